@@ -1,0 +1,173 @@
+"""The session context: a JSON ``payload`` addressed by dotted paths.
+
+A path is a sequence of dict keys and list indexes joined by dots:
+``order.items.0.sku``. ``""`` is not a path. A stored ``None`` is a value;
+a path that leads nowhere is :data:`MISSING`.
+
+Parallel branches work on a *fork*: reads fall through to the parent, writes
+copy only the containers on the written path (copy on write), so a fork costs
+what the branch writes, never the size of the context. Each fork remembers the
+paths it wrote, in order, for the merge at the join.
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Final
+
+from stageflow._errors import ContextPathError
+
+__all__ = ["MISSING", "Context", "parse_path"]
+
+
+class _Missing:
+    """Marker for "no value at this path" (distinct from a stored ``None``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final[Any] = _Missing()
+
+_PATH_CACHE: dict[str, tuple[str, ...]] = {}
+
+
+def parse_path(path: str) -> tuple[str, ...]:
+    """Split a dotted path into its segments, rejecting malformed paths."""
+    cached = _PATH_CACHE.get(path)
+    if cached is not None:
+        return cached
+    if not isinstance(path, str) or not path:
+        raise ContextPathError(str(path), "a path must be a non-empty string")
+    parts = tuple(path.split("."))
+    if any(p == "" for p in parts):
+        raise ContextPathError(path, "it has an empty segment (two dots, or a dot at an end)")
+    if len(_PATH_CACHE) < 65536:
+        _PATH_CACHE[path] = parts
+    return parts
+
+
+def _step(container: Any, part: str) -> Any:
+    if isinstance(container, dict | ChainMap):
+        return container.get(part, MISSING)
+    if isinstance(container, list) and part.isdigit():
+        index = int(part)
+        return container[index] if index < len(container) else MISSING
+    return MISSING
+
+
+def _copy_container(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+class Context:
+    """A JSON payload addressed by dotted paths, with cheap forks for branches.
+
+    Args:
+        data: the top-level object. The context takes ownership of it.
+    """
+
+    __slots__ = ("_data", "_owned", "_written")
+
+    def __init__(self, data: MutableMapping[str, Any] | None = None) -> None:
+        self._data: MutableMapping[str, Any] = {} if data is None else data
+        # nested containers this context may mutate in place, by id (the value
+        # keeps the object alive so its id cannot be reused); None means "all of
+        # them": the root context owns its whole tree.
+        self._owned: dict[int, Any] | None = None
+        # paths written since the fork, in write order (None at the root).
+        self._written: dict[str, None] | None = None
+
+    @property
+    def data(self) -> MutableMapping[str, Any]:
+        """The top-level mapping (a read-through view for forks)."""
+        return self._data
+
+    def get(self, path: str, default: Any = MISSING) -> Any:
+        """Return the value at ``path``, or ``default`` when nothing is there."""
+        parts = parse_path(path)
+        value: Any = self._data.get(parts[0], MISSING)
+        for part in parts[1:]:
+            if value is MISSING:
+                break
+            value = _step(value, part)
+        return default if value is MISSING else value
+
+    def set(self, path: str, value: Any) -> None:
+        """Store ``value`` at ``path``, creating intermediate objects as needed.
+
+        Raises:
+            ContextPathError: a segment crosses a value that is not an object
+                or list, or indexes past the end of a list.
+        """
+        parts = parse_path(path)
+        container: Any = self._data
+        owned = self._owned
+        for part in parts[:-1]:
+            child = _step(container, part)
+            if child is MISSING:
+                if isinstance(container, list):
+                    raise ContextPathError(path, f"index {part} is past the end of the list")
+                child = {}
+            elif not isinstance(child, dict | list):
+                raise ContextPathError(
+                    path,
+                    f"segment {part!r} holds a {type(child).__name__}, not an object or list",
+                )
+            elif owned is None or id(child) in owned:
+                container = child
+                continue
+            else:
+                child = _copy_container(child)
+            if owned is not None:
+                owned[id(child)] = child
+            self._assign(container, part, child, path)
+            container = child
+        self._assign(container, parts[-1], value, path)
+        if self._written is not None:
+            self._written[path] = None
+
+    @staticmethod
+    def _assign(container: Any, part: str, value: Any, path: str) -> None:
+        if isinstance(container, list):
+            if not part.isdigit():
+                raise ContextPathError(path, f"segment {part!r} indexes a list but is not a number")
+            index = int(part)
+            if index < len(container):
+                container[index] = value
+            elif index == len(container):
+                container.append(value)
+            else:
+                raise ContextPathError(path, f"index {index} is past the end of the list")
+        else:
+            container[part] = value
+
+    def fork(self) -> Context:
+        """Return a branch context: reads see this one, writes stay in the fork."""
+        child = Context.__new__(Context)
+        maps = self._data.maps if isinstance(self._data, ChainMap) else [self._data]
+        child._data = ChainMap({}, *maps)
+        child._owned = {}
+        child._written = {}
+        return child
+
+    def written(self) -> Iterator[tuple[str, Any]]:
+        """Yield ``(path, current value)`` for each path written since the fork."""
+        if self._written is None:
+            return
+        for path in self._written:
+            yield path, self.get(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the payload as a plain dict (a shallow copy of the top level)."""
+        return dict(self._data)

@@ -1,0 +1,227 @@
+"""Events: the session history, and the subscribers that watch it.
+
+Every state change of a session is an :class:`Event` with a monotonically
+increasing ``seq``. Subscribers get events as they are recorded, through a
+callback or an async iterator; a subscriber that raises, or that reads too
+slowly, never stalls or breaks the run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import anyio
+import attrs
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["Event", "EventCallback", "EventStream", "History"]
+
+_log = structlog.get_logger("stageflow.events")
+
+OVERFLOW: Final = "subscriber_overflow"
+"""Type of the marker event a slow ``events()`` subscriber gets after a gap."""
+
+
+@attrs.frozen
+class Event:
+    """One thing that happened in a session.
+
+    Attributes:
+        seq: position in the session history, from 1, without gaps.
+        type: what happened (``node_started``, ``input_received``, a stage's
+            own event type, ...).
+        timestamp: when, timezone-aware UTC.
+        session_id: the session it happened in.
+        node_id: the node it concerns, or ``None`` for session-level events.
+        path: where in the execution: ``""`` on the main path,
+            ``fanout/branch_a`` inside a branch (parallel node / branch entry).
+        payload: details, a JSON object.
+        trace_id: OpenTelemetry trace id (32 hex digits) when tracing is on.
+        span_id: id of the span the event happened in.
+        parent_span_id: id of that span's parent.
+    """
+
+    seq: int
+    type: str
+    timestamp: datetime.datetime
+    session_id: str
+    node_id: str | None
+    path: str
+    payload: Mapping[str, Any]
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON object (timestamp in ISO 8601 with offset)."""
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "timestamp": self.timestamp.isoformat(),
+            "session_id": self.session_id,
+            "node_id": self.node_id,
+            "path": self.path,
+            "payload": dict(self.payload),
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+        }
+
+
+EventCallback = Callable[[Event], object]
+"""A function called with each event as it is recorded."""
+
+
+class _Subscription:
+    __slots__ = ("dropped", "receive", "send")
+
+    def __init__(self, buffer: int) -> None:
+        self.send: MemoryObjectSendStream[Event]
+        self.receive: MemoryObjectReceiveStream[Event]
+        size = buffer if buffer > 0 else math.inf
+        self.send, self.receive = anyio.create_memory_object_stream[Event](size)
+        self.dropped = 0
+
+
+class EventStream:
+    """An async iterator over a session's events from the moment it was created.
+
+    It ends when the session finishes. A subscriber that falls more than its
+    buffer behind misses the overflowing events; the next event it gets is a
+    ``subscriber_overflow`` marker whose payload says how many were dropped
+    and the ``seq`` it resumes at (every event stays in the session history).
+    Leaving the ``async for`` early is fine; :meth:`aclose` unsubscribes.
+    """
+
+    __slots__ = ("_history", "_sub")
+
+    def __init__(self, sub: _Subscription, history: History) -> None:
+        self._sub = sub
+        self._history = history
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._sub.receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Stop receiving events."""
+        self._history._unsubscribe(self._sub)
+        self._sub.receive.close()
+
+
+class History:
+    """The ordered list of a session's events, with its subscribers."""
+
+    __slots__ = ("_callbacks", "_events", "_subscriptions", "session_id")
+
+    def __init__(self, session_id: str, events: list[Event] | None = None) -> None:
+        self.session_id = session_id
+        self._events: list[Event] = events if events is not None else []
+        self._callbacks: list[EventCallback] = []
+        self._subscriptions: list[_Subscription] = []
+
+    @property
+    def events(self) -> list[Event]:
+        """The events recorded so far (do not modify)."""
+        return self._events
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def record(
+        self,
+        type: str,
+        node_id: str | None,
+        path: str,
+        payload: Mapping[str, Any],
+        span: tuple[str, str, str | None] | None = None,
+    ) -> Event:
+        """Append an event and hand it to every subscriber."""
+        trace_id, span_id, parent = span if span is not None else (None, None, None)
+        event = Event(
+            len(self._events) + 1,
+            type,
+            datetime.datetime.now(datetime.UTC),
+            self.session_id,
+            node_id,
+            path,
+            payload,
+            trace_id,
+            span_id,
+            parent,
+        )
+        self._events.append(event)
+        if self._callbacks:
+            self._notify(event)
+        if self._subscriptions:
+            self._publish(event)
+        return event
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for every later event; returns an unsubscribe function."""
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def _notify(self, event: Event) -> None:
+        for callback in tuple(self._callbacks):
+            try:
+                callback(event)
+            except Exception:
+                # A user's hook never breaks the run: log it and detach it.
+                _log.exception(
+                    "subscriber.detached",
+                    session_id=self.session_id,
+                    subscriber=repr(callback),
+                    event_type=event.type,
+                )
+                self._callbacks.remove(callback)
+
+    def _publish(self, event: Event) -> None:
+        for sub in self._subscriptions:
+            try:
+                if sub.dropped:
+                    marker = attrs.evolve(
+                        event,
+                        type=OVERFLOW,
+                        node_id=None,
+                        path="",
+                        payload={"dropped": sub.dropped, "next_seq": event.seq},
+                    )
+                    sub.send.send_nowait(marker)
+                    sub.dropped = 0
+                sub.send.send_nowait(event)
+            except anyio.WouldBlock:
+                sub.dropped += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscriptions.remove(sub)
+
+    def stream(self, buffer: int) -> EventStream:
+        """Subscribe now; return an async iterator over the events from here on."""
+        sub = _Subscription(buffer)
+        self._subscriptions.append(sub)
+        return EventStream(sub, self)
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.remove(sub)
+        sub.send.close()
+
+    def close(self) -> None:
+        """End every ``iterate()`` subscription (after the session finished)."""
+        for sub in self._subscriptions:
+            sub.send.close()
+        self._subscriptions.clear()

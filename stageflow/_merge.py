@@ -1,0 +1,114 @@
+"""Joining parallel branches: merge each branch's writes into the parent context.
+
+Writes are merged in ``children`` order, never by finishing time, so a join
+is deterministic. A path written by several branches needs equal values, a
+declared reducer, or a node merge strategy other than ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stageflow._context import MISSING, Context
+from stageflow._errors import MergeConflictError, NodeError
+from stageflow._model import MergeStrategy, Reducer
+
+__all__ = ["merge_branches"]
+
+
+def merge_branches(
+    node_id: str,
+    strategy: MergeStrategy,
+    reducers: Mapping[str, Reducer],
+    target: Context,
+    branches: Sequence[tuple[str, Context]],
+) -> None:
+    """Write the changes of each ``(branch name, branch context)`` into ``target``.
+
+    Raises:
+        MergeConflictError: two branches wrote one path (or a path and a path
+            inside it) with different values, and neither a reducer nor the
+            strategy says how to combine them.
+        NodeError: a reducer cannot combine the values the branches wrote.
+    """
+    contributions: dict[str, list[tuple[str, Any]]] = {}
+    for branch, ctx in branches:
+        for path, value in ctx.written():
+            if value is not MISSING:
+                contributions.setdefault(path, []).append((branch, value))
+    if strategy is MergeStrategy.ERROR:
+        _check_conflicts(node_id, contributions, reducers)
+    for path, values in contributions.items():
+        reducer = reducers.get(path)
+        if reducer is not None:
+            target.set(path, _reduce(node_id, path, reducer, target.get(path), values))
+        elif strategy is MergeStrategy.FIRST:
+            target.set(path, values[0][1])
+        else:
+            # LAST, or ERROR where every value is equal (checked above).
+            target.set(path, values[-1][1])
+
+
+def _check_conflicts(
+    node_id: str,
+    contributions: Mapping[str, list[tuple[str, Any]]],
+    reducers: Mapping[str, Reducer],
+) -> None:
+    for path, values in contributions.items():
+        if path in reducers:
+            continue
+        first_branch, first = values[0]
+        for branch, value in values[1:]:
+            if value != first:
+                raise MergeConflictError(
+                    node_id=node_id, path=path, branches=(first_branch, branch)
+                )
+        # Another branch writing a parent of this path overlaps it.
+        parts = path.split(".")
+        for cut in range(1, len(parts)):
+            prefix = ".".join(parts[:cut])
+            for other, _ in contributions.get(prefix, ()):
+                if any(branch != other for branch, _ in values):
+                    raise MergeConflictError(
+                        node_id=node_id, path=prefix, branches=(other, first_branch)
+                    )
+
+
+def _reduce(
+    node_id: str, path: str, reducer: Reducer, base: Any, values: list[tuple[str, Any]]
+) -> Any:
+    items = [value for _, value in values]
+    try:
+        if reducer is Reducer.APPEND:
+            return [*(base if base is not MISSING else []), *items]
+        if reducer is Reducer.EXTEND:
+            out = list(base) if base is not MISSING else []
+            for item in items:
+                if not isinstance(item, list):
+                    raise TypeError(f"a branch wrote a {type(item).__name__}, not a list")
+                out.extend(item)
+            return out
+        if reducer is Reducer.MERGE:
+            merged = dict(base) if base is not MISSING else {}
+            for item in items:
+                if not isinstance(item, dict):
+                    raise TypeError(f"a branch wrote a {type(item).__name__}, not an object")
+                merged.update(item)
+            return merged
+        numbers = items if base is MISSING else [base, *items]
+        for number in numbers:
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise TypeError(f"{number!r} is not a number")
+        if reducer is Reducer.SUM:
+            return sum(numbers)
+        if reducer is Reducer.MAX:
+            return max(numbers)
+        return min(numbers)
+    except TypeError as exc:
+        raise NodeError(
+            f"parallel node {node_id!r}: reducer {reducer.value!r} for path {path!r} cannot "
+            f"combine the branch values ({exc}); make the branches write values the reducer "
+            "accepts, or pick another reducer",
+            node_id=node_id,
+        ) from exc

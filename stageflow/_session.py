@@ -1,0 +1,508 @@
+"""The session: runs one pipeline against one context.
+
+Every node, wherever it runs (main path or a parallel branch), goes through
+:meth:`Session._execute`, the one choke point for events, limits, logs and
+cancellation. Sequential nodes are awaited in the session's own task; tasks
+are started only for real concurrency (parallel branches), always inside a
+task group owned by :meth:`Session.run`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from stageflow import jsonlogic
+from stageflow._context import MISSING, Context
+from stageflow._errors import (
+    ConditionError,
+    LimitExceededError,
+    NodeError,
+    NonJsonValueError,
+    ParallelRunError,
+    PipelineValidationError,
+    Problem,
+    SessionStateError,
+    StageError,
+    StageflowError,
+    StageOutputError,
+    describe_exception,
+)
+from stageflow._events import Event, EventCallback, EventStream, History
+from stageflow._json import copy_json, find_non_json
+from stageflow._merge import merge_branches
+from stageflow._model import (
+    ConditionNode,
+    Limits,
+    Node,
+    ParallelNode,
+    ParallelPolicy,
+    StageNode,
+    TerminalNode,
+)
+from stageflow._pipeline import Pipeline
+from stageflow._result import SessionResult, SessionStatus
+from stageflow._stages import StageContext, StageEntry, StageRegistry, default_registry
+
+__all__ = ["Session"]
+
+_log = structlog.get_logger("stageflow.session")
+
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+
+_FINISHED: Final = frozenset(
+    {SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED}
+)
+
+
+class _Frame:
+    """Where a node runs: its context, its branch path and its nesting depth."""
+
+    __slots__ = ("ctx", "depth", "path")
+
+    def __init__(self, ctx: Context, path: str, depth: int) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.depth = depth
+
+
+class _BranchOutcome:
+    __slots__ = ("error", "finished")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.error: Exception | None = None
+
+
+class Session:
+    """One run of a pipeline, with its own context and event history.
+
+    Args:
+        pipeline: the pipeline to run.
+        registry: where stages are looked up (the default registry if not given).
+        payload: the initial context, a JSON object (copied; yours is not modified).
+        session_id: an id for logs, events and spans (a random UUID if not given).
+        limits: bounds for this session (the pipeline's ``limits`` if not given).
+
+    Raises:
+        PipelineValidationError: a stage the pipeline uses is not in ``registry``.
+        NonJsonValueError: ``payload`` is not a JSON object.
+
+    Example::
+
+        session = stageflow.Session(pipeline, payload={"user_id": "u1"})
+        result = await session.run()
+        print(result.status, result.result, result.artifacts)
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        registry: StageRegistry | None = None,
+        payload: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._registry = registry if registry is not None else default_registry()
+        self._entries = self._resolve_stages(pipeline, self._registry)
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, Mapping):
+            raise NonJsonValueError("the session payload", payload, detail="it must be an object")
+        bad = find_non_json(payload, "payload")
+        if bad is not None:
+            raise NonJsonValueError(bad[0], bad[1])
+        self.session_id = session_id or str(uuid.uuid4())
+        self._limits = limits if limits is not None else pipeline.limits
+        self._ctx = Context(copy_json(payload))
+        self._history = History(self.session_id)
+        self._status = SessionStatus.PENDING
+        self._steps = 0
+        self._terminal: TerminalNode | None = None
+        self._artifacts: dict[str, Any] = {}
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._cancel_reason: str | None = None
+        self._handlers: dict[str, Callable[[Any, _Frame], Awaitable[str | None]]] = {
+            "stage": self._run_stage,
+            "condition": self._run_condition,
+            "parallel": self._run_parallel,
+            "terminal": self._run_terminal,
+        }
+
+    @staticmethod
+    def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[str, StageEntry]:
+        entries: dict[str, StageEntry] = {}
+        problems: list[Problem] = []
+        for i, node in enumerate(pipeline.nodes):
+            if isinstance(node, StageNode):
+                if node.stage in registry:
+                    entries[node.id] = registry.get(node.stage)
+                else:
+                    problems.append(
+                        Problem(
+                            f"$.nodes[{i}].stage",
+                            f"stage node {node.id!r} uses stage {node.stage!r}, which this "
+                            f"session's registry does not have (known: "
+                            f"{', '.join(registry.names()) or 'none'}); register it",
+                        )
+                    )
+        if problems:
+            raise PipelineValidationError(problems, source=pipeline.name)
+        return entries
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline this session runs."""
+        return self._pipeline
+
+    @property
+    def status(self) -> SessionStatus:
+        """Where the session is in its life."""
+        return self._status
+
+    @property
+    def payload(self) -> Mapping[str, Any]:
+        """The main context as it is now (read-only view; kept after a failure)."""
+        return MappingProxyType(self._ctx.data)
+
+    @property
+    def history(self) -> tuple[Event, ...]:
+        """Every event recorded so far."""
+        return tuple(self._history.events)
+
+    def events(self, *, buffer: int = 1024) -> EventStream:
+        """Subscribe to events from now on; iterate with ``async for``.
+
+        Args:
+            buffer: how many events may wait for a slow reader before the
+                oldest unread ones are dropped and replaced by one
+                ``subscriber_overflow`` marker (the history keeps them all).
+                ``0`` means unbounded.
+        """
+        return self._history.stream(buffer)
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event from now on.
+
+        A callback that raises is logged and detached; it never breaks the
+        run. Returns a function that unsubscribes.
+        """
+        return self._history.subscribe(callback)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Cancel the run from any task; ``run()`` returns with status ``cancelled``."""
+        if self._status in _FINISHED:
+            return
+        self._cancel_reason = reason
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def run(self) -> SessionResult:
+        """Run the pipeline to its end and return the outcome.
+
+        Failures do not raise: they end the run with status ``failed`` and a
+        typed ``error``. Cancelling the task that awaits ``run()`` records
+        the cancellation and re-raises it.
+
+        Raises:
+            SessionStateError: the session was already run.
+        """
+        if self._status is not SessionStatus.PENDING:
+            raise SessionStateError(
+                f"session {self.session_id!r} is {self._status.value}; a session runs once, "
+                "create a new Session to run the pipeline again"
+            )
+        self._status = SessionStatus.RUNNING
+        record = self._history.record
+        record(
+            "session_started",
+            None,
+            "",
+            {"pipeline": self._pipeline.name, "digest": self._pipeline.digest},
+        )
+        error: StageflowError | None = None
+        cancelled_exc = anyio.get_cancelled_exc_class()
+        try:
+            with anyio.CancelScope() as scope:
+                self._cancel_scope = scope
+                if self._cancel_reason is not None:
+                    scope.cancel()
+                await self._run_path(self._pipeline.entry, _Frame(self._ctx, "", 0), None)
+        except cancelled_exc:
+            # The task running us was cancelled from outside: record, re-raise.
+            self._finish(SessionStatus.CANCELLED, None, reason="the task running it was cancelled")
+            raise
+        except StageflowError as exc:
+            error = exc
+        except Exception as exc:
+            error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._finish(SessionStatus.FAILED, error)
+            raise
+        finally:
+            self._cancel_scope = None
+        if error is not None:
+            return self._finish(SessionStatus.FAILED, error)
+        if self._terminal is not None:
+            return self._finish(SessionStatus.COMPLETED, None)
+        if self._cancel_reason is not None:
+            return self._finish(SessionStatus.CANCELLED, None, reason=self._cancel_reason)
+        error = StageflowError("the run ended without reaching a terminal node")
+        return self._finish(SessionStatus.FAILED, error)
+
+    def _finish(
+        self, status: SessionStatus, error: StageflowError | None, *, reason: str | None = None
+    ) -> SessionResult:
+        self._status = status
+        payload: dict[str, Any] = {"status": status.value, "steps": self._steps}
+        if error is not None:
+            payload["error"] = describe_exception(error)
+        if reason is not None:
+            payload["reason"] = reason
+        event_type = {
+            SessionStatus.COMPLETED: "session_completed",
+            SessionStatus.FAILED: "session_failed",
+            SessionStatus.CANCELLED: "session_cancelled",
+        }[status]
+        self._history.record(event_type, None, "", payload)
+        self._history.close()
+        result = None
+        if self._terminal is not None and status is SessionStatus.COMPLETED:
+            result = copy_json(self._terminal.result)
+        return SessionResult(
+            status=status,
+            result=result,
+            artifacts=self._artifacts if status is SessionStatus.COMPLETED else {},
+            error=error,
+            history=tuple(self._history.events),
+        )
+
+    # ------------------------------------------------------------ choke point
+
+    async def _run_path(self, node_id: str | None, frame: _Frame, stop: str | None) -> None:
+        """Run nodes from ``node_id`` until a node has no ``next`` or ``stop`` is reached."""
+        index = self._pipeline._index
+        execute = self._execute
+        while node_id is not None and node_id != stop:
+            node_id = await execute(index[node_id], frame)
+
+    async def _execute(self, node: Node, frame: _Frame) -> str | None:
+        """Execute one node: the single place for events, limits and cancellation."""
+        self._steps += 1
+        if self._steps > self._limits.max_steps:
+            raise LimitExceededError(
+                limit="max_steps", value=self._limits.max_steps, node_id=node.id
+            )
+        record = self._history.record
+        record("node_started", node.id, frame.path, {"node_type": node.type})
+        try:
+            next_id = await self._handlers[node.type](node, frame)
+        except anyio.get_cancelled_exc_class():
+            record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+            raise
+        except Exception as exc:
+            record(
+                "node_failed",
+                node.id,
+                frame.path,
+                {"node_type": node.type, "error": describe_exception(exc)},
+            )
+            raise
+        record("node_finished", node.id, frame.path, {"node_type": node.type, "next": next_id})
+        return next_id
+
+    # ---------------------------------------------------------- node handlers
+
+    async def _run_stage(self, node: StageNode, frame: _Frame) -> str | None:
+        entry = self._entries[node.id]
+        get = frame.ctx.get
+        arguments: dict[str, Any] = {}
+        for name, path in node.arguments.items():
+            value = get(path)
+            if value is not MISSING:
+                arguments[name] = value
+        attempt = 1
+        ctx = StageContext(
+            arguments=MappingProxyType(arguments),
+            config=copy_json(node.config) if node.config else _EMPTY,
+            session_id=self.session_id,
+            node_id=node.id,
+            node_path=f"{frame.path}/{node.id}" if frame.path else node.id,
+            stage=node.stage,
+            attempt=attempt,
+            log=_log.bind(session_id=self.session_id, node_id=node.id, attempt=attempt),
+            runtime=self,
+        )
+        stage = entry.factory()
+        try:
+            outputs = await stage.run(ctx)
+        except StageflowError:
+            raise
+        except Exception as exc:
+            raise StageError(
+                f"stage {node.stage!r} at node {node.id!r} failed on attempt {attempt}: "
+                f"{type(exc).__name__}: {exc}",
+                node_id=node.id,
+                stage=node.stage,
+                attempt=attempt,
+            ) from exc
+        if node.outputs:
+            self._write_outputs(node, outputs, frame.ctx)
+        elif outputs is not None and not isinstance(outputs, Mapping):
+            raise self._not_a_mapping(node, outputs)
+        return node.next
+
+    @staticmethod
+    def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
+        return StageOutputError(
+            f"stage {node.stage!r} at node {node.id!r} returned a {type(outputs).__name__}; "
+            "a stage returns a dict of outputs (or None)",
+            node_id=node.id,
+        )
+
+    def _write_outputs(self, node: StageNode, outputs: object, ctx: Context) -> None:
+        if not isinstance(outputs, Mapping):
+            raise self._not_a_mapping(node, outputs)
+        writes: list[tuple[str, Any]] = []
+        for key, path in node.outputs.items():
+            if key not in outputs:
+                returned = ", ".join(repr(k) for k in outputs) or "nothing"
+                raise StageOutputError(
+                    f"stage {node.stage!r} at node {node.id!r} returned no output {key!r} "
+                    f"(it returned {returned}); return it, or remove it from the node's "
+                    "'outputs'",
+                    node_id=node.id,
+                )
+            value = outputs[key]
+            bad = find_non_json(value, key)
+            if bad is not None:
+                raise StageOutputError(
+                    f"stage {node.stage!r} at node {node.id!r}: output {bad[0]!r} is a "
+                    f"{type(bad[1]).__name__}, which is not a JSON value; return only dict, "
+                    "list, str, int, float, bool or None",
+                    node_id=node.id,
+                )
+            writes.append((path, value))
+        # All outputs were checked: write them all (a failed attempt writes nothing).
+        for path, value in writes:
+            ctx.set(path, value)
+
+    async def _run_condition(self, node: ConditionNode, frame: _Frame) -> str | None:
+        data = frame.ctx.data
+        for branch in node.conditions:
+            if jsonlogic.truthy(jsonlogic.apply(branch.if_, data)):
+                return branch.then
+        if node.else_ is not None:
+            return node.else_
+        raise ConditionError(
+            f"condition node {node.id!r}: none of its {len(node.conditions)} conditions "
+            "matched and it has no 'else'; add an 'else' target or a condition that always "
+            "matches",
+            node_id=node.id,
+        )
+
+    async def _run_terminal(self, node: TerminalNode, frame: _Frame) -> str | None:
+        get = frame.ctx.get
+        self._artifacts = {path: copy_json(get(path, None)) for path in node.artifacts}
+        self._terminal = node
+        if frame.path and self._cancel_scope is not None:
+            # A terminal inside a branch ends the whole session.
+            self._cancel_scope.cancel()
+        return None
+
+    async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
+        if frame.depth >= self._limits.max_depth:
+            raise LimitExceededError(
+                limit="max_depth", value=self._limits.max_depth, node_id=node.id
+            )
+        frames = [
+            _Frame(
+                frame.ctx.fork(),
+                f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
+                frame.depth + 1,
+            )
+            for child in node.children
+        ]
+        outcomes = [_BranchOutcome() for _ in node.children]
+        winner: list[int] = []
+        async with anyio.create_task_group() as tg:
+            for i, child in enumerate(node.children):
+                tg.start_soon(
+                    self._run_branch, node, child, frames[i], outcomes[i], winner, tg.cancel_scope
+                )
+        errors = [o.error for o in outcomes if o.error is not None]
+        if node.policy is ParallelPolicy.ANY:
+            if not winner:
+                raise self._branch_failure(node, errors)
+            chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
+        else:
+            if errors:
+                raise self._branch_failure(node, errors)
+            chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
+        merge_branches(node.id, node.merge, self._pipeline.reducers, frame.ctx, chosen)
+        return node.next
+
+    @staticmethod
+    def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
+        if len(errors) == 1:
+            return errors[0]
+        return ParallelRunError(f"parallel node {node.id!r}: {len(errors)} branches failed", errors)
+
+    async def _run_branch(
+        self,
+        node: ParallelNode,
+        child: str,
+        frame: _Frame,
+        outcome: _BranchOutcome,
+        winner: list[int],
+        scope: anyio.CancelScope,
+    ) -> None:
+        record = self._history.record
+        payload = {"branch": child}
+        record("branch_started", node.id, frame.path, payload)
+        try:
+            await self._run_path(child, frame, node.next)
+        except anyio.get_cancelled_exc_class():
+            record("branch_cancelled", node.id, frame.path, payload)
+            raise
+        except Exception as exc:
+            outcome.error = exc
+            record(
+                "branch_failed", node.id, frame.path, {**payload, "error": describe_exception(exc)}
+            )
+            if node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+                scope.cancel()
+            return
+        outcome.finished = True
+        record("branch_finished", node.id, frame.path, payload)
+        if node.policy is ParallelPolicy.ANY and not winner:
+            winner.append(node.children.index(child))
+            scope.cancel()
+
+    # ------------------------------------------------------- stage runtime API
+
+    def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None:
+        """Record a stage's own event (called through ``StageContext.emit``)."""
+        body: Mapping[str, Any] = {} if payload is None else payload
+        bad = find_non_json(body, "payload")
+        if bad is not None:
+            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1])
+        path = ctx.node_path.rpartition("/")[0]
+        self._history.record(type, ctx.node_id, path, copy_json(body))
+
+    async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
+        """Wait for an external input (called through ``StageContext.wait_input``)."""
+        raise NodeError(
+            f"stage {ctx.stage!r} at node {ctx.node_id!r} waits for input {type!r}, but this "
+            "version of stageflow cannot deliver inputs yet",
+            node_id=ctx.node_id,
+        )

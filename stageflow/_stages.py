@@ -1,0 +1,286 @@
+"""Stages: the code a stage node runs, the context it gets, and the registry.
+
+A stage is either a :class:`BaseStage` subclass or a plain ``async def`` that
+takes a :class:`StageContext`. Both return a mapping of outputs (or ``None``)
+which the node's ``outputs`` mapping writes into the session context.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import attrs
+
+from stageflow._errors import RegistryError, StageConflictError, StageNotFoundError
+from stageflow._specs import StageSpec
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+__all__ = [
+    "BaseStage",
+    "StageContext",
+    "StageEntry",
+    "StageFunction",
+    "StageRegistry",
+    "get_stages",
+    "register_stage",
+]
+
+StageOutputs = Mapping[str, Any] | None
+StageFunction = Callable[["StageContext"], Awaitable[StageOutputs]]
+"""An ``async def stage(ctx) -> Mapping | None`` registered as a stage."""
+
+_T = TypeVar("_T")
+
+
+class _StageRuntime(Protocol):
+    """What the engine provides to a running stage (implemented by the session)."""
+
+    def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None: ...
+
+    async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any: ...
+
+
+class StageContext:
+    """What a stage sees while it runs: its arguments, config and the session.
+
+    Attributes:
+        arguments: argument name -> value read from the context (read-only;
+            a path with nothing stored is left out, a stored ``null`` is ``None``).
+        config: the node's static ``config`` (read-only).
+        session_id: id of the running session.
+        node_id: id of the stage node.
+        node_path: the node's position, ``parallel/branch/node`` style.
+        stage: the registered stage name.
+        attempt: 1 for the first attempt, 2 for the first retry, ...
+        log: a structlog logger bound to the session, node and attempt.
+    """
+
+    __slots__ = (
+        "_runtime",
+        "arguments",
+        "attempt",
+        "config",
+        "log",
+        "node_id",
+        "node_path",
+        "session_id",
+        "stage",
+    )
+
+    def __init__(
+        self,
+        *,
+        arguments: Mapping[str, Any],
+        config: Mapping[str, Any],
+        session_id: str,
+        node_id: str,
+        node_path: str,
+        stage: str,
+        attempt: int,
+        log: FilteringBoundLogger,
+        runtime: _StageRuntime,
+    ) -> None:
+        self.arguments = arguments
+        self.config = config
+        self.session_id = session_id
+        self.node_id = node_id
+        self.node_path = node_path
+        self.stage = stage
+        self.attempt = attempt
+        self.log = log
+        self._runtime = runtime
+
+    def emit(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Record a stage event of ``type`` with a JSON ``payload`` in the session history."""
+        self._runtime.emit(self, type, payload)
+
+    async def wait_input(self, type: str, timeout: float | None = None) -> Any:
+        """Wait for an external input of ``type`` and return its payload.
+
+        Args:
+            type: the input type, as sent with ``session.send_input(type, payload)``.
+            timeout: seconds to wait; ``None`` waits as long as the session runs.
+        """
+        return await self._runtime.wait_input(self, type, timeout)
+
+
+class BaseStage:
+    """Base class for class-based stages.
+
+    Subclasses implement :meth:`run` and may declare a :class:`StageSpec` in
+    the class attribute ``spec`` (immutable, so never shared mutable state).
+    A fresh instance is created for every attempt.
+
+    Example::
+
+        @stageflow.register_stage("Greet")
+        class Greet(stageflow.BaseStage):
+            spec = stageflow.StageSpec(description="Say hello")
+
+            async def run(self, ctx):
+                return {"greeting": f"hello {ctx.arguments['name']}"}
+    """
+
+    spec: ClassVar[StageSpec] = StageSpec()
+
+    async def run(self, ctx: StageContext) -> StageOutputs:
+        """Do the stage's work and return its outputs (a mapping) or ``None``."""
+        raise NotImplementedError(f"{type(self).__name__}.run() is not implemented")
+
+
+class _FunctionStage(BaseStage):
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: StageFunction) -> None:
+        self._fn = fn
+
+    async def run(self, ctx: StageContext) -> StageOutputs:
+        return await self._fn(ctx)
+
+
+@attrs.frozen
+class StageEntry:
+    """One registered stage.
+
+    Attributes:
+        name: the name pipelines use in ``"stage"``.
+        factory: builds a fresh stage instance (called once per attempt).
+        spec: the stage's declared spec.
+        source: where it was registered from (module, or stage pack name).
+        target: the registered class or function.
+    """
+
+    name: str
+    factory: Callable[[], BaseStage]
+    spec: StageSpec
+    source: str
+    target: object
+
+
+def _describe_source(obj: object) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+class StageRegistry:
+    """A set of named stages that sessions look stages up in.
+
+    Registering a name twice is a :class:`~stageflow.StageConflictError`
+    naming both sources; nothing is overridden silently.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, StageEntry] = {}
+
+    def register(
+        self, name: str | None = None, *, spec: StageSpec | None = None, source: str | None = None
+    ) -> Callable[[_T], _T]:
+        """Decorator registering a :class:`BaseStage` subclass or an ``async def`` stage.
+
+        Args:
+            name: the name pipelines use; defaults to the class or function name.
+            spec: the stage's spec; defaults to the class's ``spec``.
+            source: where the stage comes from, shown in the catalogue and in
+                conflict errors; defaults to the defining module.
+        """
+
+        def decorator(target: _T) -> _T:
+            self.add(target, name=name, spec=spec, source=source)
+            return target
+
+        return decorator
+
+    def add(
+        self,
+        target: object,
+        *,
+        name: str | None = None,
+        spec: StageSpec | None = None,
+        source: str | None = None,
+    ) -> StageEntry:
+        """Register ``target`` (see :meth:`register`) and return its entry."""
+        stage_name = name or getattr(target, "__name__", None)
+        if not isinstance(stage_name, str) or not stage_name:
+            raise RegistryError(f"cannot tell the name of stage {target!r}; pass name=...")
+        origin = source or _describe_source(target)
+        factory: Callable[[], BaseStage]
+        if inspect.isclass(target) and issubclass(target, BaseStage):
+            factory = target
+            stage_spec = spec or target.spec
+        elif inspect.iscoroutinefunction(target):
+            fn: StageFunction = target
+
+            def factory() -> BaseStage:
+                return _FunctionStage(fn)
+
+            stage_spec = spec or StageSpec()
+        else:
+            raise RegistryError(
+                f"stage {stage_name!r} from {origin} is neither a BaseStage subclass nor an "
+                "async function; subclass stageflow.BaseStage or use 'async def'"
+            )
+        if not isinstance(stage_spec, StageSpec):
+            raise RegistryError(
+                f"stage {stage_name!r} from {origin} has a spec of type "
+                f"{type(stage_spec).__name__}; use stageflow.StageSpec(...)"
+            )
+        existing = self._entries.get(stage_name)
+        if existing is not None:
+            raise StageConflictError(stage_name, existing.source, origin)
+        entry = StageEntry(stage_name, factory, stage_spec, origin, target)
+        self._entries[stage_name] = entry
+        return entry
+
+    def get(self, name: str) -> StageEntry:
+        """Return the entry registered under ``name``.
+
+        Raises:
+            StageNotFoundError: nothing is registered under that name.
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise StageNotFoundError(name, tuple(self._entries)) from None
+
+    def catalogue(self) -> tuple[StageEntry, ...]:
+        """Every registered stage, sorted by name."""
+        return tuple(self._entries[name] for name in sorted(self._entries))
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, sorted."""
+        return tuple(sorted(self._entries))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<StageRegistry with {len(self._entries)} stages>"
+
+
+_default_registry = StageRegistry()
+
+
+def register_stage(name: str | None = None, *, spec: StageSpec | None = None) -> Callable[[_T], _T]:
+    """Register a stage into the default registry (see :meth:`StageRegistry.register`)."""
+    return _default_registry.register(name, spec=spec)
+
+
+def get_stages() -> Mapping[str, StageEntry]:
+    """Return a read-only view of the default registry: name -> :class:`StageEntry`."""
+    return MappingProxyType(_default_registry._entries)
+
+
+def default_registry() -> StageRegistry:
+    """Return the registry used when a session is given none."""
+    return _default_registry

@@ -1,0 +1,735 @@
+"""A safe, dependency-free JsonLogic evaluator (jsonlogic.com "classic" semantics).
+
+A JsonLogic rule is plain JSON. An object with exactly one key is an operator
+applied to its value (the arguments; a value that is not an array is a single
+argument). An array is evaluated element by element. Anything else, including
+objects with zero or several keys, is a literal. :func:`apply` evaluates a rule
+against ``data`` the way json-logic-js does, with JavaScript truthiness (``[]`` is
+falsy too), loose ``==`` and ``Number()`` coercion. It passes the official
+jsonlogic.com test suite.
+
+Operators (:data:`OPERATORS`):
+
+- data: ``var`` (dotted path; list indexes as segments; ``""`` is the whole
+  data; optional default), ``missing``, ``missing_some``
+- logic: ``if`` (alias ``?:``; chained if/then/elif/then/else), ``and``, ``or``,
+  ``!``, ``!!``
+- comparison: ``==``, ``===``, ``!=``, ``!==``, ``>``, ``>=``, ``<`` and ``<=``
+  (the last two also take three arguments: "between")
+- arithmetic: ``+``, ``-``, ``*``, ``/``, ``%``, ``min``, ``max``
+- strings and arrays: ``cat``, ``substr``, ``in``, ``merge``
+- arrays: ``map``, ``filter``, ``reduce`` (``current``/``accumulator``),
+  ``all``, ``some``, ``none``
+- ``log``: returns its argument unchanged. It prints nothing.
+
+:func:`truthy` applies JsonLogic truthiness to a result, for conditions.
+
+Safety: a rule is data, never code. Evaluation reads ``data`` only by mapping
+key lookup and list/tuple indexing. It never reads attributes, calls methods of
+the data or uses ``eval``, so the json-logic-js ``method`` operator is not
+supported. An unknown operator raises :class:`~stageflow._errors.JsonLogicError`.
+So does a rule nested more than :data:`MAX_DEPTH` levels deep, checked during
+evaluation so that hostile input can never exhaust Python's stack. Evaluation has
+no side effects and mutates neither the rule nor the data.
+
+Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
+
+- Division and ``%`` by zero, and non-numeric operands such as
+  ``{"+": ["abc"]}``, give ``NaN`` or an infinity as in JavaScript, and compare
+  and convert as there (``{">": [{"/": [1, 0]}, 5]}`` is true). Only the result
+  that :func:`apply` returns is made JSON: a ``NaN`` or infinity in it, at the
+  top or inside lists, becomes ``None``, as ``JSON.stringify`` writes it.
+- Every arithmetic operator coerces its operands like JavaScript ``Number()``
+  (json-logic-js's ``+`` and ``*`` use ``parseFloat``). The result is an ``int``
+  when the operands are integral and so is the exact result.
+- ``var`` returns a stored ``null`` as ``None``. The default applies only when a
+  key or index is absent. ``missing`` counts ``null`` and ``""`` as missing.
+  Path segments select dict keys, list indexes and string characters (``0``,
+  ``1``, ...), never properties such as ``length``.
+- ``cat`` adds nothing for ``null``, as json-logic-js's ``join`` does.
+- ``==``, ``===`` and ``in`` compare arrays and objects by value. JavaScript
+  compares them by identity, which means nothing for JSON data.
+- A fixed-arity operator given the wrong number of arguments raises
+  ``JsonLogicError``, e.g. ``{">": [1]}``.
+- Non-JSON values are opaque objects: truthy, never equal to anything but
+  themselves. ``tuple`` counts as an array and any ``Mapping`` as an object, so
+  frozen rules and read-only views of data (such as a ``ChainMap``) work.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from stageflow._errors import JsonLogicError
+
+__all__ = ["MAX_DEPTH", "OPERATORS", "apply", "is_rule", "truthy"]
+
+MAX_DEPTH: Final = 100
+"""How many levels of operators and arrays a rule (or a compared value) may nest."""
+
+_Op = Callable[[Any, Any, int], Any]
+_MISSING: Final = object()
+_INF: Final = math.inf
+_NAN: Final = math.nan
+_MANY: Final = sys.maxsize
+_BIG_INT: Final = 10**21  # JavaScript prints numbers from here on in exponent form
+_JS_SPACE: Final = (
+    " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_DECIMAL: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_RADIX: Final = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
+_PLAIN: Final = frozenset({str, int, float, bool, type(None), list, tuple})
+_SIMPLE: Final = frozenset({str, int, float, bool})
+_NULL, _BOOL, _NUM, _STR, _ARR, _OBJ, _OTHER = range(7)
+_KINDS: Final[dict[type, int]] = {
+    type(None): _NULL,
+    bool: _BOOL,
+    int: _NUM,
+    float: _NUM,
+    str: _STR,
+    list: _ARR,
+    tuple: _ARR,
+    dict: _OBJ,
+}
+
+
+def apply(rule: Any, data: Any = None) -> Any:
+    """Evaluate a JsonLogic rule against data.
+
+    Args:
+        rule: the rule, as parsed JSON. Literals evaluate to themselves.
+        data: the JSON value that ``var`` and ``missing`` read.
+
+    Returns:
+        The result, a JSON value (``NaN`` and infinities become ``None``). It may
+        share containers with ``rule`` and ``data``: copy it before changing it.
+        For a condition use :func:`truthy` on it, or evaluate ``{"!!": [rule]}``,
+        which also counts an infinite result as true, as JavaScript does.
+
+    Raises:
+        JsonLogicError: the rule uses an unknown operator, gives an operator the
+            wrong number of arguments, or nests deeper than :data:`MAX_DEPTH`.
+    """
+    result = _eval(rule, data, 0)
+    kind = type(result)
+    if kind is float:
+        return result + 0.0 if math.isfinite(result) else None  # + 0.0: no negative zero
+    return _finite(result) if kind is list else result
+
+
+def is_rule(value: Any) -> bool:
+    """Tell whether ``apply`` treats ``value`` as an operator rather than a literal.
+
+    As in JsonLogic, that is any object with exactly one key, whether or not the
+    key names a supported operator (``apply`` rejects unknown ones).
+
+    Args:
+        value: any JSON value.
+
+    Returns:
+        ``True`` for a dict (or other mapping) with exactly one key.
+    """
+    return isinstance(value, Mapping) and len(value) == 1
+
+
+def truthy(value: Any) -> bool:
+    """Tell whether JsonLogic, like JavaScript, treats ``value`` as true.
+
+    False are ``None``, ``False``, ``0``, ``0.0``, NaN, ``""`` and, unlike in
+    JavaScript, empty arrays. Everything else is true, empty objects included.
+
+    Args:
+        value: any JSON value, typically what :func:`apply` returned.
+
+    Returns:
+        The truthiness that ``if``, ``and``, ``or``, ``!`` and ``filter`` use.
+    """
+    if value is True:
+        return True
+    if value is False or value is None:
+        return False
+    kind = type(value)
+    if kind is int or kind is str or kind is list or kind is tuple:
+        return bool(value)
+    if kind is float:
+        return bool(value == value and value != 0.0)  # NaN is falsy
+    return True  # objects, even empty ones, are truthy
+
+
+def _eval(rule: Any, data: Any, depth: int) -> Any:
+    kind = type(rule)
+    if kind is dict or (kind not in _PLAIN and isinstance(rule, Mapping)):
+        if len(rule) != 1:
+            return rule
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        (name,) = rule
+        op = _OPS.get(name)
+        if op is None:
+            raise _unknown(name)
+        return op(rule[name], data, depth + 1)
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        depth += 1
+        return [_eval(item, data, depth) for item in rule]
+    return rule
+
+
+def _too_deep() -> JsonLogicError:
+    return JsonLogicError(
+        f"JsonLogic rule is nested more than {MAX_DEPTH} levels deep (operators and array "
+        "literals count as levels); flatten it, e.g. give one 'and', 'or' or 'if' several "
+        "arguments instead of nesting them, or split it into several conditions"
+    )
+
+
+def _value_too_deep() -> JsonLogicError:
+    return JsonLogicError(
+        f"JsonLogic cannot compare or convert a value nested more than {MAX_DEPTH} levels "
+        "deep; compare a part of it selected with 'var' instead"
+    )
+
+
+def _unknown(name: Any) -> JsonLogicError:
+    hint = ""
+    if name == "method":
+        hint = " (json-logic-js's 'method' is deliberately unsupported: rules cannot call methods)"
+    return JsonLogicError(
+        f"unknown JsonLogic operator {name!r}{hint}; an object with exactly one key is "
+        f"always an operator; supported operators: {', '.join(sorted(_OPS))}"
+    )
+
+
+def _args(raw: Any, name: str, low: int = 0, high: int = _MANY) -> Sequence[Any]:
+    args: Sequence[Any] = raw if type(raw) is list or type(raw) is tuple else (raw,)
+    if low <= len(args) <= high:
+        return args
+    count = f"{low}" if low == high else f"{low} to {high}"
+    if high == _MANY:
+        count = f"at least {low}"
+    raise JsonLogicError(
+        f"JsonLogic operator {name!r} takes {count} argument"
+        f"{'' if count in ('1', 'at least 1') else 's'}, "
+        f"got {len(args)}; write it as {_USAGE[name]}"
+    )
+
+
+# --- conversions (JavaScript semantics) ---------------------------------------
+
+
+def _kind(value: Any) -> int:
+    kind = _KINDS.get(type(value))
+    if kind is not None:
+        return kind
+    return _OBJ if isinstance(value, Mapping) else _OTHER
+
+
+def _is_array(value: Any) -> bool:
+    return type(value) is list or type(value) is tuple
+
+
+def _to_number(value: Any) -> int | float:
+    kind = type(value)
+    if kind is int or kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is str:
+        return _parse_number(value)
+    if kind is bool:
+        return 1 if value else 0
+    if value is None:
+        return 0
+    if kind is list or kind is tuple:
+        return _parse_number(_to_string(value))
+    return _NAN
+
+
+def _parse_number(text: str) -> int | float:
+    text = text.strip(_JS_SPACE)
+    if not text:
+        return 0
+    if _DECIMAL.fullmatch(text):
+        if "." in text or "e" in text or "E" in text:
+            return float(text)
+        try:
+            number = int(text)
+        except ValueError:  # more digits than int() will parse
+            return float(text)
+        return -0.0 if number == 0 and text[0] == "-" else number  # JavaScript has -0
+    if _RADIX.fullmatch(text):
+        return int(text, 0)
+    if text in ("Infinity", "+Infinity"):
+        return _INF
+    return -_INF if text == "-Infinity" else _NAN
+
+
+def _to_int(value: Any) -> int:
+    number = _to_number(value)
+    if number != number:
+        return 0
+    if number in (_INF, -_INF):
+        return _MANY if number > 0 else -_MANY
+    return int(number)
+
+
+def _to_string(value: Any, depth: int = 0) -> str:
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        if -_BIG_INT < value < _BIG_INT:
+            return str(value)
+        try:
+            return _float_to_string(float(value))
+        except OverflowError:
+            return "Infinity" if value > 0 else "-Infinity"
+    if kind is float:
+        return _float_to_string(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _value_too_deep()
+        return ",".join("" if item is None else _to_string(item, depth + 1) for item in value)
+    return "[object Object]"
+
+
+def _float_to_string(number: float) -> str:
+    """Format a float like JavaScript's ``Number.prototype.toString()``."""
+    if number != number:
+        return "NaN"
+    if number in (_INF, -_INF):
+        return "Infinity" if number > 0 else "-Infinity"
+    if number.is_integer() and -(2**53) <= number <= 2**53:
+        return str(int(number))
+    text = repr(number)  # shortest round-trip digits, as JavaScript uses
+    sign = ""
+    if text[0] == "-":
+        sign, text = "-", text[1:]
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    significant = digits.lstrip("0")
+    point = len(whole) + int(exponent or 0) - (len(digits) - len(significant))
+    digits = significant.rstrip("0")
+    size = len(digits)
+    if size <= point <= 21:
+        body = digits + "0" * (point - size)
+    elif 0 < point <= 21:
+        body = f"{digits[:point]}.{digits[point:]}"
+    elif -6 < point <= 0:
+        body = "0." + "0" * -point + digits
+    else:
+        power = point - 1
+        body = digits[0] + ("." + digits[1:] if size > 1 else "")
+        body += f"e{'+' if power >= 0 else '-'}{abs(power)}"
+    return sign + body
+
+
+def _to_primitive(value: Any) -> Any:
+    kind = _kind(value)
+    if kind == _ARR:
+        return _to_string(value)
+    return "[object Object]" if kind >= _OBJ else value
+
+
+def _finite(values: list[Any], depth: int = 0) -> list[Any]:
+    """Return ``values`` with NaN and infinities (nested too) replaced by ``None``."""
+    out = values
+    for i, item in enumerate(values):
+        kind = type(item)
+        if kind is float:
+            new = item if math.isfinite(item) else None
+        elif kind is list and depth < MAX_DEPTH:
+            new = _finite(item, depth + 1)
+        else:
+            continue
+        if new is not item:
+            if out is values:
+                out = list(values)  # copy on first change: never mutate the data
+            out[i] = new
+    return out
+
+
+# --- equality and ordering ----------------------------------------------------
+
+
+def _strict_eq(a: Any, b: Any, depth: int = 0) -> bool:
+    kind_a = type(a)
+    if kind_a is type(b) and kind_a in _SIMPLE:
+        return bool(a == b)
+    kind = _kind(a)
+    if kind != _kind(b):
+        return False
+    if kind in (_ARR, _OBJ):
+        if len(a) != len(b):
+            return False
+        if depth >= MAX_DEPTH:
+            raise _value_too_deep()
+        if kind == _ARR:
+            return all(_strict_eq(x, y, depth + 1) for x, y in zip(a, b, strict=True))
+        for key, item in a.items():
+            other = b.get(key, _MISSING)
+            if other is _MISSING or not _strict_eq(item, other, depth + 1):
+                return False
+        return True
+    if kind == _OTHER:
+        return a is b
+    return bool(a == b)
+
+
+def _loose_eq(a: Any, b: Any) -> bool:
+    kind_a = type(a)
+    if kind_a is type(b) and kind_a in _SIMPLE:
+        return bool(a == b)
+    ka, kb = _kind(a), _kind(b)
+    if ka == kb:
+        return _strict_eq(a, b)
+    if ka == _NULL or kb == _NULL:
+        return False
+    if ka == _BOOL:
+        return _loose_eq(1 if a else 0, b)
+    if kb == _BOOL:
+        return _loose_eq(a, 1 if b else 0)
+    if ka == _NUM and kb == _STR:
+        return bool(a == _parse_number(b))
+    if ka == _STR and kb == _NUM:
+        return bool(_parse_number(a) == b)
+    if ka >= _ARR and kb >= _ARR:
+        return False  # two different kinds of object
+    if ka >= _ARR:
+        return _loose_eq(_to_primitive(a), b)
+    return _loose_eq(a, _to_primitive(b))
+
+
+def _compare(a: Any, b: Any, cmp: Callable[[Any, Any], bool]) -> bool:
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        return cmp(a, b)
+    a, b = _to_primitive(a), _to_primitive(b)
+    if type(a) is str and type(b) is str:
+        return cmp(a, b)  # by code point; JavaScript uses UTF-16 units (differs beyond BMP)
+    return cmp(_to_number(a), _to_number(b))
+
+
+# --- operators ------------------------------------------------------------------
+
+
+def _binary(name: str, fn: Callable[[Any, Any], Any]) -> _Op:
+    def op(raw: Any, data: Any, depth: int) -> Any:
+        if type(raw) is not list or len(raw) != 2:
+            raw = _args(raw, name, 2, 2)
+        return fn(_eval(raw[0], data, depth), _eval(raw[1], data, depth))
+
+    return op
+
+
+def _between(name: str, cmp: Callable[[Any, Any], bool]) -> _Op:
+    def op(raw: Any, data: Any, depth: int) -> bool:
+        args = _args(raw, name, 2, 3)
+        a, b = _eval(args[0], data, depth), _eval(args[1], data, depth)
+        if len(args) == 2:
+            return _compare(a, b, cmp)
+        c = _eval(args[2], data, depth)
+        return _compare(a, b, cmp) and _compare(b, c, cmp)
+
+    return op
+
+
+def _unary(name: str, fn: Callable[[Any], Any]) -> _Op:
+    def op(raw: Any, data: Any, depth: int) -> Any:
+        if type(raw) is list or type(raw) is tuple:
+            raw = _args(raw, name, 1, 1)[0]
+        return fn(_eval(raw, data, depth))
+
+    return op
+
+
+def _lookup(data: Any, path: Any, default: Any) -> Any:
+    if type(path) is not str:
+        if path is None:
+            return data
+        path = _to_string(path)  # JavaScript: String(path), which may be ""
+    elif not path:
+        return data
+    if "." not in path:
+        return _step(data, path, default)
+    for segment in path.split("."):
+        data = _step(data, segment, _MISSING)
+        if data is _MISSING:
+            return default
+    return data
+
+
+def _step(data: Any, key: str, default: Any) -> Any:
+    kind = type(data)
+    if kind is dict:
+        return data.get(key, default)
+    if kind is list or kind is tuple or kind is str:
+        # only canonical indexes, as in JavaScript: "0", "12"; not "01", "-1", "1.0"
+        if key.isdigit() and key.isascii() and len(key) < 19 and (key[0] != "0" or key == "0"):
+            index = int(key)
+            if index < len(data):
+                return data[index]
+        return default
+    if kind not in _PLAIN and isinstance(data, Mapping):
+        return data.get(key, default)
+    return default
+
+
+def _op_var(raw: Any, data: Any, depth: int) -> Any:
+    if type(raw) is str:
+        if raw and "." not in raw:
+            return _step(data, raw, None)
+        return _lookup(data, raw, None)
+    args = _args(raw, "var", 0, 2)
+    if not args:
+        return data
+    default = _eval(args[1], data, depth) if len(args) == 2 else None
+    return _lookup(data, _eval(args[0], data, depth), default)
+
+
+def _missing_keys(data: Any, keys: Sequence[Any]) -> list[Any]:
+    out = []
+    for key in keys:
+        value = _lookup(data, key, None)
+        if value is None or (type(value) is str and not value):
+            out.append(key)
+    return out
+
+
+def _op_missing(raw: Any, data: Any, depth: int) -> list[Any]:
+    values = [_eval(arg, data, depth) for arg in _args(raw, "missing")]
+    return _missing_keys(data, values[0] if values and _is_array(values[0]) else values)
+
+
+def _op_missing_some(raw: Any, data: Any, depth: int) -> list[Any]:
+    args = _args(raw, "missing_some", 2, 2)
+    need, keys = _eval(args[0], data, depth), _eval(args[1], data, depth)
+    missing = _missing_keys(data, keys if _is_array(keys) else [keys])
+    if not _is_array(keys) and type(keys) is not str:
+        return missing  # JavaScript: keys.length is undefined, so the test below is false
+    return [] if _compare(len(keys) - len(missing), need, operator.ge) else missing
+
+
+def _op_if(raw: Any, data: Any, depth: int) -> Any:
+    args = _args(raw, "if")
+    count, i = len(args), 0
+    while i < count - 1:
+        if truthy(_eval(args[i], data, depth)):
+            return _eval(args[i + 1], data, depth)
+        i += 2
+    return _eval(args[i], data, depth) if i < count else None
+
+
+def _logical(name: str, stop_when: bool) -> _Op:
+    def op(raw: Any, data: Any, depth: int) -> Any:
+        value = None  # JavaScript: undefined, for no arguments
+        for arg in _args(raw, name):
+            value = _eval(arg, data, depth)
+            if truthy(value) is stop_when:
+                return value
+        return value
+
+    return op
+
+
+def _op_add(raw: Any, data: Any, depth: int) -> int | float:
+    total: int | float = 0
+    try:
+        for arg in _args(raw, "+"):
+            total += _to_number(_eval(arg, data, depth))
+    except OverflowError:  # an int beyond float range met a float
+        return _NAN
+    return total
+
+
+def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
+    args = _args(raw, "*", 1)
+    product = _to_number(_eval(args[0], data, depth))
+    try:
+        for arg in args[1:]:
+            product *= _to_number(_eval(arg, data, depth))
+    except OverflowError:
+        return _NAN
+    return product
+
+
+def _op_subtract(raw: Any, data: Any, depth: int) -> int | float:
+    args = _args(raw, "-", 1, 2)
+    a = _to_number(_eval(args[0], data, depth))
+    try:
+        return -a if len(args) == 1 else a - _to_number(_eval(args[1], data, depth))
+    except OverflowError:
+        return _NAN
+
+
+def _divide(a: Any, b: Any) -> int | float:
+    x, y = _to_number(a), _to_number(b)
+    if y == 0:
+        if x == 0 or x != x:
+            return _NAN
+        return _INF if (x > 0) == (math.copysign(1.0, y) > 0) else -_INF
+    if type(x) is int and type(y) is int and x % y == 0:
+        return x // y
+    try:
+        return x / y
+    except OverflowError:
+        return _NAN
+
+
+def _modulo(a: Any, b: Any) -> int | float:
+    x, y = _to_number(a), _to_number(b)
+    if y == 0:
+        return _NAN
+    if type(x) is int and type(y) is int:
+        rest = abs(x) % abs(y)
+        return -rest if x < 0 else rest  # the sign of the dividend, as in JavaScript
+    try:
+        return math.fmod(x, y)
+    except (ValueError, OverflowError):  # an infinite dividend
+        return _NAN
+
+
+def _extreme(name: str, pick: Callable[[list[int | float]], int | float]) -> _Op:
+    def op(raw: Any, data: Any, depth: int) -> int | float:
+        numbers = [_to_number(_eval(arg, data, depth)) for arg in _args(raw, name)]
+        if not numbers:
+            return -_INF if name == "max" else _INF
+        return _NAN if any(n != n for n in numbers) else pick(numbers)
+
+    return op
+
+
+def _op_cat(raw: Any, data: Any, depth: int) -> str:
+    values = [_eval(arg, data, depth) for arg in _args(raw, "cat")]
+    # json-logic-js joins its arguments (Array.prototype.join), which skips null
+    return "".join("" if value is None else _to_string(value) for value in values)
+
+
+def _op_substr(raw: Any, data: Any, depth: int) -> str:
+    args = _args(raw, "substr", 2, 3)
+    text = _to_string(_eval(args[0], data, depth))
+    start = _to_int(_eval(args[1], data, depth))
+    if start < 0:
+        start = max(len(text) + start, 0)
+    if len(args) == 2:
+        return text[start:]
+    length = _to_number(_eval(args[2], data, depth))
+    if length < 0:  # json-logic-js: drop that many characters from the end
+        tail = text[start:]
+        return tail[: max(_to_int(len(tail) + length), 0)]
+    return text[start : start + _to_int(length)]
+
+
+def _contains(needle: Any, haystack: Any) -> bool:
+    if type(haystack) is str:
+        return bool(haystack) and _to_string(needle) in haystack
+    if _is_array(haystack):
+        return any(_strict_eq(needle, item) for item in haystack)
+    return False
+
+
+def _op_merge(raw: Any, data: Any, depth: int) -> list[Any]:
+    out: list[Any] = []
+    for arg in _args(raw, "merge"):
+        value = _eval(arg, data, depth)
+        if _is_array(value):
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
+def _over_array(name: str) -> _Op:
+    def op(raw: Any, data: Any, depth: int) -> Any:
+        args = _args(raw, name, 2, 2)
+        items, rule = _eval(args[0], data, depth), args[1]
+        if not _is_array(items):
+            items = ()
+        if name == "map":
+            return [_eval(rule, item, depth) for item in items]
+        if name == "filter":
+            return [item for item in items if truthy(_eval(rule, item, depth))]
+        if name == "all":
+            return bool(items) and all(truthy(_eval(rule, item, depth)) for item in items)
+        found = any(truthy(_eval(rule, item, depth)) for item in items)
+        return found if name == "some" else not found
+
+    return op
+
+
+def _op_reduce(raw: Any, data: Any, depth: int) -> Any:
+    args = _args(raw, "reduce", 2, 3)
+    items = _eval(args[0], data, depth)
+    rule = args[1]
+    accumulator = _eval(args[2], data, depth) if len(args) == 3 else None
+    if not _is_array(items):
+        return accumulator
+    for item in items:
+        accumulator = _eval(rule, {"current": item, "accumulator": accumulator}, depth)
+    return accumulator
+
+
+_OPS: Final[dict[str, _Op]] = {
+    "var": _op_var,
+    "missing": _op_missing,
+    "missing_some": _op_missing_some,
+    "if": _op_if,
+    "?:": _op_if,
+    "and": _logical("and", False),
+    "or": _logical("or", True),
+    "!": _unary("!", lambda a: not truthy(a)),
+    "!!": _unary("!!", truthy),
+    "log": _unary("log", lambda a: a),  # deliberately silent: prints nothing
+    "==": _binary("==", _loose_eq),
+    "===": _binary("===", _strict_eq),
+    "!=": _binary("!=", lambda a, b: not _loose_eq(a, b)),
+    "!==": _binary("!==", lambda a, b: not _strict_eq(a, b)),
+    ">": _binary(">", lambda a, b: _compare(a, b, operator.gt)),
+    ">=": _binary(">=", lambda a, b: _compare(a, b, operator.ge)),
+    "<": _between("<", operator.lt),
+    "<=": _between("<=", operator.le),
+    "+": _op_add,
+    "-": _op_subtract,
+    "*": _op_multiply,
+    "/": _binary("/", _divide),
+    "%": _binary("%", _modulo),
+    "min": _extreme("min", min),
+    "max": _extreme("max", max),
+    "cat": _op_cat,
+    "substr": _op_substr,
+    "in": _binary("in", _contains),
+    "merge": _op_merge,
+    "map": _over_array("map"),
+    "filter": _over_array("filter"),
+    "reduce": _op_reduce,
+    "all": _over_array("all"),
+    "some": _over_array("some"),
+    "none": _over_array("none"),
+}
+
+OPERATORS: Final[frozenset[str]] = frozenset(_OPS)
+"""The names of every supported operator."""
+
+_USAGE: Final[dict[str, str]] = {
+    **{name: f'{{"{name}": [a, b]}}' for name in ("==", "===", "!=", "!==", ">", ">=", "/", "%")},
+    **{name: f'{{"{name}": [a, b]}} or {{"{name}": [a, b, c]}}' for name in ("<", "<=")},
+    **{name: f'{{"{name}": value}}' for name in ("!", "!!", "log")},
+    **{name: f'{{"{name}": [array, rule]}}' for name in ("map", "filter", "all", "some", "none")},
+    "-": '{"-": [a, b]} or {"-": value}',
+    "*": '{"*": [a, b, ...]}',
+    "in": '{"in": [needle, string_or_array]}',
+    "substr": '{"substr": [text, start]} or {"substr": [text, start, length]}',
+    "var": '{"var": "path"} or {"var": ["path", default]}',
+    "missing_some": '{"missing_some": [count, ["path", ...]]}',
+    "reduce": '{"reduce": [array, rule, initial]}',
+}

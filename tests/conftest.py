@@ -1,0 +1,39 @@
+"""Shared fixtures: every ``anyio`` test runs on trio (virtual time) and on asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Run on trio with an autojumping MockClock, and on asyncio."""
+    if request.param == "trio":
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    return "asyncio"
+
+
+def _trio_tasks() -> Iterator[trio.lowlevel.Task]:
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        if task is None:
+            continue
+        yield task
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+
+
+def live_tasks() -> int:
+    """Count the tasks alive right now on the running backend."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # not running on trio
+        return len(asyncio.all_tasks())
+    return sum(1 for _ in _trio_tasks())

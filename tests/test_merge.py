@@ -1,0 +1,63 @@
+"""The join's merge, exercised directly on contexts (runtime conflicts)."""
+
+from __future__ import annotations
+
+import pytest
+
+import stageflow
+from stageflow._context import Context
+from stageflow._merge import merge_branches
+
+ERROR = stageflow.MergeStrategy.ERROR
+
+
+def branches(parent: Context, *writes: dict[str, object]) -> list[tuple[str, Context]]:
+    out = []
+    for i, values in enumerate(writes):
+        fork = parent.fork()
+        for path, value in values.items():
+            fork.set(path, value)
+        out.append((f"b{i}", fork))
+    return out
+
+
+def test_equal_values_merge_without_conflict() -> None:
+    parent = Context({})
+    merge_branches("p", ERROR, {}, parent, branches(parent, {"x": 1}, {"x": 1}))
+    assert parent.get("x") == 1
+
+
+def test_different_values_conflict_names_path_and_branches() -> None:
+    parent = Context({})
+    with pytest.raises(stageflow.MergeConflictError) as info:
+        merge_branches("p", ERROR, {}, parent, branches(parent, {"x": 1}, {"x": 2}))
+    assert info.value.path == "x"
+    assert info.value.branches == ("b0", "b1")
+    assert "reducer" in str(info.value)
+    assert parent.get("x") is stageflow.MISSING
+
+
+def test_parent_and_child_path_from_two_branches_conflict() -> None:
+    parent = Context({})
+    with pytest.raises(stageflow.MergeConflictError) as info:
+        merge_branches("p", ERROR, {}, parent, branches(parent, {"a": {"b": 1}}, {"a.b": 2}))
+    assert info.value.path == "a"
+
+
+def test_reducer_covers_a_conflicting_path() -> None:
+    parent = Context({})
+    reducers = {"x": stageflow.Reducer.APPEND}
+    merge_branches("p", ERROR, reducers, parent, branches(parent, {"x": 1}, {"x": 2}))
+    assert parent.get("x") == [1, 2]
+
+
+def test_merge_costs_what_branches_wrote() -> None:
+    big = {f"k{i}": {"v": i} for i in range(10_000)}
+    parent = Context(big)
+    forks = branches(parent, {"k1.v": -1}, {"new": 1})
+    # The forks did not copy the big context: the untouched values are shared.
+    assert forks[0][1].get("k2") is big["k2"]
+    assert len(forks[0][1].data.maps[0]) == 1  # type: ignore[attr-defined]
+    merge_branches("p", ERROR, {}, parent, forks)
+    assert parent.get("k1.v") == -1
+    assert parent.get("new") == 1

@@ -1,0 +1,239 @@
+"""Parallel nodes: branch scoping, policies, isolation, merge and cancellation."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import live_tasks
+from fakes import doc, parallel, run, stage, terminal, types
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+COMPLETED = stageflow.SessionStatus.COMPLETED
+FAILED = stageflow.SessionStatus.FAILED
+
+
+def set_node(node_id: str, path: str, value: object, *, delay: float = 0, next: str | None = None):
+    return stage(
+        node_id,
+        "Set",
+        config={"values": {"v": value}, "delay": delay},
+        outputs={"v": path},
+        next=next,
+    )
+
+
+def fan(children: list[dict], *, policy: str = "all", **extra: object) -> dict:
+    return doc(
+        [
+            parallel("fan", [c["id"] for c in children], next="end", policy=policy, **extra),
+            *children,
+            terminal("end", "a", "b", "shared"),
+        ]
+    )
+
+
+async def test_branch_runs_its_whole_subgraph_up_to_the_join() -> None:
+    pipeline = doc(
+        [
+            parallel("fan", ["a1", "b1"], next="end"),
+            set_node("a1", "a", 1, next="a2"),
+            set_node("a2", "a", 2, next="end"),
+            set_node("b1", "b", 3),
+            terminal("end", "a", "b"),
+        ]
+    )
+    result = await run(pipeline)
+    assert result.status is COMPLETED
+    assert result.artifacts == {"a": 2, "b": 3}
+    # The join runs once, after the branches, on the main path.
+    assert [e.path for e in result.history if e.node_id == "end" and e.type == "node_started"] == [
+        ""
+    ]
+
+
+async def test_any_merges_only_the_winner() -> None:
+    pipeline = fan(
+        [set_node("fast", "a", 1, delay=1), set_node("slow", "b", 2, delay=5)], policy="any"
+    )
+    result = await run(pipeline)
+    assert result.status is COMPLETED
+    assert result.artifacts == {"a": 1, "b": None, "shared": None}
+    assert ("branch_cancelled", "fan/slow") in [(e.type, e.path) for e in result.history]
+    assert "node_failed" not in types(result)
+
+
+async def test_any_loser_that_finishes_in_time_is_still_not_merged() -> None:
+    pipeline = fan(
+        [set_node("first", "a", 1, delay=1), set_node("second", "b", 2, delay=1)], policy="any"
+    )
+    result = await run(pipeline)
+    # Both finish at the same moment; only the one that won is merged.
+    merged = {k: v for k, v in result.artifacts.items() if v is not None}
+    assert merged in ({"a": 1}, {"b": 2})
+
+
+@pytest.mark.parametrize(("delay_a", "delay_b"), [(1, 2), (2, 1)])
+async def test_merge_order_is_children_order_not_finish_order(
+    delay_a: float, delay_b: float
+) -> None:
+    pipeline = fan(
+        [
+            set_node("x", "shared", "from-x", delay=delay_a),
+            set_node("y", "shared", "from-y", delay=delay_b),
+        ],
+    )
+    pipeline["reducers"] = {"shared": "append"}
+    result = await run(pipeline, payload={"shared": ["before"]})
+    assert result.artifacts["shared"] == ["before", "from-x", "from-y"]
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [("first", "from-x"), ("last", "from-y")])
+async def test_merge_strategy_picks_by_children_order(strategy: str, expected: str) -> None:
+    pipeline = fan(
+        [set_node("x", "shared", "from-x", delay=2), set_node("y", "shared", "from-y", delay=1)],
+        merge=strategy,
+    )
+    result = await run(pipeline)
+    assert result.artifacts["shared"] == expected
+
+
+@pytest.mark.parametrize(
+    ("reducer", "base", "values", "expected"),
+    [
+        ("append", [0], [1, 2], [0, 1, 2]),
+        ("extend", [0], [[1], [2, 3]], [0, 1, 2, 3]),
+        ("merge", {"k": 0}, [{"a": 1}, {"k": 2}], {"k": 2, "a": 1}),
+        ("sum", 10, [1, 2], 13),
+        ("max", 1, [5, 3], 5),
+        ("min", 4, [5, 3], 3),
+    ],
+)
+async def test_reducers(reducer: str, base: object, values: list[object], expected: object) -> None:
+    pipeline = fan([set_node("x", "shared", values[0]), set_node("y", "shared", values[1])])
+    pipeline["reducers"] = {"shared": reducer}
+    result = await run(pipeline, payload={"shared": base})
+    assert result.artifacts["shared"] == expected
+
+
+async def test_reducer_that_cannot_combine_fails_the_node() -> None:
+    pipeline = fan([set_node("x", "shared", "text"), set_node("y", "shared", 1)])
+    pipeline["reducers"] = {"shared": "sum"}
+    result = await run(pipeline)
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.NodeError)
+    assert result.error.node_id == "fan"
+    assert "reducer 'sum'" in str(result.error)
+
+
+async def test_branches_see_the_parent_but_not_each_other() -> None:
+    registry_doc = fan(
+        [
+            stage("x", "Echo", arguments={"seen": "b"}, outputs={"seen": "a"}),
+            set_node("y", "b", "from-y", delay=1),
+        ]
+    )
+    result = await run(registry_doc, payload={"b": "parent"})
+    # x read the parent's b; y's write is not visible to its sibling.
+    assert result.artifacts == {"a": "parent", "b": "from-y", "shared": None}
+
+
+async def test_terminal_inside_a_branch_ends_the_session() -> None:
+    pipeline = doc(
+        [
+            parallel("fan", ["quick", "hang"], next="end"),
+            set_node("quick", "a", 1, next="early"),
+            terminal("early", "a", result={"ended": "early"}),
+            stage("hang", "Hang"),
+            terminal("end"),
+        ]
+    )
+    before = live_tasks()
+    result = await run(pipeline)
+    assert live_tasks() == before
+    assert result.status is COMPLETED
+    assert result.result == {"ended": "early"}
+    assert result.artifacts == {"a": 1}
+    assert ("branch_cancelled", "fan/hang") in [(e.type, e.path) for e in result.history]
+    assert "end" not in [e.node_id for e in result.history]
+
+
+async def test_cancel_on_error_cancels_siblings() -> None:
+    pipeline = fan([stage("bad", "Fail", config={"delay": 1}), stage("hang", "Hang")])
+    before = live_tasks()
+    result = await run(pipeline)
+    assert live_tasks() == before
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.StageError)
+    assert result.error.node_id == "bad"
+    events = [(e.type, e.path) for e in result.history if e.type.startswith("branch_")]
+    assert ("branch_failed", "fan/bad") in events
+    assert ("branch_cancelled", "fan/hang") in events
+    assert ("node_cancelled", "hang") in [(e.type, e.node_id) for e in result.history]
+
+
+async def test_without_cancel_on_error_all_branches_finish_and_errors_are_grouped() -> None:
+    pipeline = fan(
+        [
+            stage("bad1", "Fail", config={"delay": 1, "message": "one"}),
+            set_node("ok", "a", 1, delay=2),
+            stage("bad2", "Fail", config={"delay": 3, "message": "two"}),
+        ],
+        cancel_on_error=False,
+    )
+    result = await run(pipeline)
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.ParallelRunError)
+    assert isinstance(result.error, ExceptionGroup)
+    assert [e.node_id for e in result.error.exceptions] == ["bad1", "bad2"]  # type: ignore[attr-defined]
+    assert ("branch_finished", "fan/ok") in [(e.type, e.path) for e in result.history]
+    # A failed session keeps its history, ending with session_failed.
+    assert result.history[-1].type == "session_failed"
+
+
+async def test_any_fails_only_when_every_branch_failed() -> None:
+    one_ok = fan([stage("bad", "Fail"), set_node("ok", "a", 1, delay=1)], policy="any")
+    assert (await run(one_ok)).status is COMPLETED
+    all_bad = fan(
+        [stage("bad1", "Fail", config={"delay": 1}), stage("bad2", "Fail", config={"delay": 2})],
+        policy="any",
+    )
+    result = await run(all_bad)
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.ParallelRunError)
+    assert len(result.error.exceptions) == 2
+
+
+@pytest.mark.parametrize("policy", ["all", "any"])
+async def test_no_task_survives_run(policy: str) -> None:
+    pipeline = fan(
+        [set_node("x", "a", 1, delay=1), stage("hang", "Hang" if policy == "any" else "Set")],
+        policy=policy,
+    )
+    before = live_tasks()
+    result = await run(pipeline)
+    assert result.status is COMPLETED
+    assert live_tasks() == before
+
+
+async def test_nested_parallel_paths() -> None:
+    pipeline = doc(
+        [
+            parallel("outer", ["inner", "b"], next="end"),
+            parallel("inner", ["a"]),
+            set_node("a", "a", 1),
+            set_node("b", "b", 2),
+            terminal("end", "a", "b"),
+        ]
+    )
+    result = await run(pipeline)
+    assert result.artifacts == {"a": 1, "b": 2}
+    paths = {e.node_id: e.path for e in result.history if e.type == "node_started"}
+    assert paths == {
+        "outer": "",
+        "inner": "outer/inner",
+        "a": "outer/inner/inner/a",
+        "b": "outer/b",
+        "end": "",
+    }
