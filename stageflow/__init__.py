@@ -24,6 +24,8 @@ from stageflow._errors import (
     NonJsonValueError,
     ParallelRunError,
     PipelineValidationError,
+    PluginLoadError,
+    PluginNotFoundError,
     Problem,
     RegistryError,
     SessionStateError,
@@ -48,6 +50,14 @@ from stageflow._model import (
     TerminalNode,
 )
 from stageflow._pipeline import Pipeline
+from stageflow._plugins import (
+    STAGE_PACK_GROUP,
+    FailedPack,
+    LoadedPack,
+    PluginReport,
+    StagePack,
+    list_stage_packs,
+)
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._session import Session
 from stageflow._specs import EventSpec, InputSpec, StageSpec
@@ -66,6 +76,7 @@ __version__ = "0.1.0"
 __all__ = [
     "API_VERSIONS",
     "MISSING",
+    "STAGE_PACK_GROUP",
     "BaseStage",
     "ConditionBranch",
     "ConditionError",
@@ -77,10 +88,12 @@ __all__ = [
     "EventCallback",
     "EventSpec",
     "EventStream",
+    "FailedPack",
     "InputSpec",
     "JsonLogicError",
     "LimitExceededError",
     "Limits",
+    "LoadedPack",
     "MergeConflictError",
     "MergeStrategy",
     "Node",
@@ -91,6 +104,9 @@ __all__ = [
     "ParallelRunError",
     "Pipeline",
     "PipelineValidationError",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "PluginReport",
     "Problem",
     "Reducer",
     "RegistryError",
@@ -106,11 +122,13 @@ __all__ = [
     "StageNode",
     "StageNotFoundError",
     "StageOutputError",
+    "StagePack",
     "StageRegistry",
     "StageSpec",
     "StageflowError",
     "TerminalNode",
     "get_stages",
     "jsonlogic",
+    "list_stage_packs",
     "register_stage",
 ]
