@@ -28,6 +28,8 @@ from stageflow._errors import (
     NonJsonValueError,
     ParallelRunError,
     PipelineValidationError,
+    PluginLoadError,
+    PluginNotFoundError,
     Problem,
     RegistryError,
     SessionStateError,
@@ -58,6 +60,14 @@ from stageflow._model import (
     ValidateEvents,
 )
 from stageflow._pipeline import Pipeline
+from stageflow._plugins import (
+    STAGE_PACK_GROUP,
+    FailedPack,
+    LoadedPack,
+    PluginReport,
+    StagePack,
+    list_stage_packs,
+)
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._session import Session
 from stageflow._specs import EventSpec, InputSpec, StageSpec
@@ -87,6 +97,7 @@ __all__ = [
     "EventCallback",
     "EventSpec",
     "EventStream",
+    "FailedPack",
     "InputReceipt",
     "InputRejectedError",
     "InputSpec",
@@ -94,6 +105,7 @@ __all__ = [
     "JsonLogicError",
     "LimitExceededError",
     "Limits",
+    "LoadedPack",
     "MISSING",
     "MergeConflictError",
     "MergeStrategy",
@@ -106,10 +118,14 @@ __all__ = [
     "ParallelRunError",
     "Pipeline",
     "PipelineValidationError",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "PluginReport",
     "Problem",
     "Reducer",
     "RegistryError",
     "RetryPolicy",
+    "STAGE_PACK_GROUP",
     "Session",
     "SessionResult",
     "SessionStateError",
@@ -125,6 +141,7 @@ __all__ = [
     "StageNode",
     "StageNotFoundError",
     "StageOutputError",
+    "StagePack",
     "StageRegistry",
     "StageSpec",
     "StageflowError",
@@ -133,5 +150,6 @@ __all__ = [
     "WaitStage",
     "get_stages",
     "jsonlogic",
+    "list_stage_packs",
     "register_stage",
 ]

@@ -10,7 +10,9 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   └── JsonLogicError              a JsonLogic rule cannot be evaluated
     ├── RegistryError                   stage registration and lookup
     │   ├── StageNotFoundError          (also KeyError)
-    │   └── StageConflictError          a name registered twice
+    │   ├── StageConflictError          a name registered twice
+    │   ├── PluginLoadError             a stage pack failed to load (.pack, chained __cause__)
+    │   └── PluginNotFoundError         no stage pack of that name is installed (also LookupError)
     ├── ContextError                    reading or writing the context
     │   ├── ContextPathError            a malformed path
     │   └── NonJsonValueError           a value that JSON cannot carry (also TypeError)
@@ -55,6 +57,8 @@ __all__ = [
     "NonJsonValueError",
     "ParallelRunError",
     "PipelineValidationError",
+    "PluginLoadError",
+    "PluginNotFoundError",
     "Problem",
     "RegistryError",
     "SessionStateError",
@@ -191,6 +195,53 @@ class StageConflictError(RegistryError):
         super().__init__(
             f"stage name {name!r} is registered by both {first} and {second}; "
             "rename one of them or register into a separate StageRegistry"
+        )
+
+
+class PluginLoadError(RegistryError):
+    """A stage pack (a ``stageflow.stages`` entry point) could not be loaded.
+
+    The original exception is the ``__cause__`` (also in :attr:`cause`): an
+    ``ImportError`` from the pack's code, the exception its ``register``
+    function raised, or a :class:`StageConflictError` naming both sources.
+
+    Attributes:
+        pack: the pack's name (the entry point name).
+        distribution: ``"name version"`` of the distribution declaring it, or
+            ``None`` when unknown.
+    """
+
+    def __init__(self, pack: str, detail: str, *, distribution: str | None = None) -> None:
+        self.pack = pack
+        self.distribution = distribution
+        where = f" (from {distribution})" if distribution else ""
+        super().__init__(f"stage pack {pack!r}{where} {detail}")
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The exception that made the pack fail (same as ``__cause__``)."""
+        return self.__cause__
+
+
+class PluginNotFoundError(RegistryError, LookupError):
+    """Stage packs were requested by name but no such pack is installed.
+
+    Attributes:
+        names: the requested names that are not installed.
+        installed: the names of every installed stage pack, sorted.
+    """
+
+    def __init__(self, names: Sequence[str], installed: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.installed = tuple(sorted(installed))
+        missing = ", ".join(repr(n) for n in self.names)
+        known = ", ".join(self.installed) if self.installed else "none"
+        what = "stage pack named" if len(self.names) == 1 else "stage packs named"
+        verb = "is" if len(self.names) == 1 else "are"
+        super().__init__(
+            f"no {what} {missing} {verb} installed (installed stage packs: {known}); "
+            "fix the name, or install the distribution that declares it in the "
+            "'stageflow.stages' entry point group"
         )
 
 

@@ -18,7 +18,11 @@ from stageflow._errors import RegistryError, StageConflictError, StageNotFoundEr
 from stageflow._specs import StageSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from structlog.typing import FilteringBoundLogger
+
+    from stageflow._plugins import PluginReport
 
 __all__ = [
     "BaseStage",
@@ -262,6 +266,40 @@ class StageRegistry:
         self._entries[stage_name] = entry
         return entry
 
+    def load_plugins(
+        self, names: Iterable[str] | None = None, *, strict: bool = False
+    ) -> PluginReport:
+        """Register the stages of installed stage packs (entry point group ``stageflow.stages``).
+
+        Each pack is an entry point naming a function ``register(registry)``, or
+        a module with such a function; it is loaded all-or-nothing: a pack
+        that fails to import, raises in ``register``, or brings a stage name
+        that is already taken registers none of its stages. Stages from a pack
+        get ``source`` ``"stage pack 'NAME' (DISTRIBUTION VERSION)"``. Loading
+        a pack that is already in this registry again changes nothing.
+
+        Args:
+            names: the packs to load, in this order; ``None`` loads every
+                installed pack in name order, an empty list loads none. A
+                single string is taken as one name.
+            strict: raise the first failure instead of reporting it; packs
+                loaded before it stay registered.
+
+        Returns:
+            A :class:`~stageflow.PluginReport` listing the loaded and the
+            failed packs.
+
+        Raises:
+            PluginNotFoundError: a requested name is not installed (raised
+                before anything is loaded; the message lists the installed packs).
+            PluginLoadError: with ``strict=True``, the first pack that failed;
+                the original exception is its ``__cause__``.
+        """
+        # Imported here: the plugin loader sits above the registry it fills.
+        from stageflow._plugins import load_plugins
+
+        return load_plugins(self, names, strict=strict)
+
     def get(self, name: str) -> StageEntry:
         """Return the entry registered under ``name``.
 
@@ -273,13 +311,15 @@ class StageRegistry:
             raise StageNotFoundError(name, self.names())
         return entry
 
-    def catalogue(self) -> tuple[StageEntry, ...]:
-        """Every stage, the core ones included, sorted by name."""
+    def catalogue(self, *, core: bool = True) -> tuple[StageEntry, ...]:
+        """Every stage sorted by name; ``core=False`` leaves out WaitStage and SleepStage."""
+        if not core:
+            return tuple(self._entries[name] for name in sorted(self._entries))
         return tuple(self.get(name) for name in self.names())
 
-    def names(self) -> tuple[str, ...]:
-        """The stage names, the core ones included, sorted."""
-        return tuple(sorted({*self._entries, *_CORE}))
+    def names(self, *, core: bool = True) -> tuple[str, ...]:
+        """The stage names, sorted; ``core=False`` leaves out WaitStage and SleepStage."""
+        return tuple(sorted({*self._entries, *_CORE} if core else self._entries))
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries or name in _CORE
