@@ -19,6 +19,7 @@ from stageflow._errors import (
     DefinitionError,
     JsonLogicError,
     LimitExceededError,
+    LoggingSetupError,
     MergeConflictError,
     NodeError,
     NonJsonValueError,
@@ -32,6 +33,7 @@ from stageflow._errors import (
     StageflowError,
     StageNotFoundError,
     StageOutputError,
+    TracingSetupError,
 )
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._model import (
@@ -81,6 +83,7 @@ __all__ = [
     "JsonLogicError",
     "LimitExceededError",
     "Limits",
+    "LoggingSetupError",
     "MergeConflictError",
     "MergeStrategy",
     "Node",
@@ -110,6 +113,7 @@ __all__ = [
     "StageSpec",
     "StageflowError",
     "TerminalNode",
+    "TracingSetupError",
     "get_stages",
     "jsonlogic",
     "register_stage",

@@ -21,7 +21,9 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── ConditionError              no condition matched and no ``else``
     │   ├── MergeConflictError          branches wrote one path with different values
     │   └── LimitExceededError          a session limit was hit (.limit, .value)
-    └── ParallelRunError                several branches failed (also ExceptionGroup)
+    ├── ParallelRunError                several branches failed (also ExceptionGroup)
+    ├── TracingSetupError               stageflow.tracing.configure cannot set up the SDK
+    └── LoggingSetupError               a bad stageflow.logging option (also ValueError)
 
 Messages are built from the attributes and say what happened, where, and
 how to fix it.
@@ -41,6 +43,7 @@ __all__ = [
     "DefinitionError",
     "JsonLogicError",
     "LimitExceededError",
+    "LoggingSetupError",
     "MergeConflictError",
     "NodeError",
     "NonJsonValueError",
@@ -54,6 +57,7 @@ __all__ = [
     "StageNotFoundError",
     "StageOutputError",
     "StageflowError",
+    "TracingSetupError",
 ]
 
 
@@ -258,3 +262,15 @@ class ParallelRunError(StageflowError, ExceptionGroup[Exception]):
     def derive(self, excs: Sequence[Exception]) -> ParallelRunError:  # type: ignore[override]
         """Build a group of the same type around a subset (``except*`` support)."""
         return ParallelRunError(self.message, excs)
+
+
+class TracingSetupError(StageflowError):
+    """:func:`stageflow.tracing.configure` cannot set up tracing as asked.
+
+    Raised for an unknown exporter or protocol, a missing optional exporter
+    package (install ``stageflow[otlp]``), or a second global tracer provider.
+    """
+
+
+class LoggingSetupError(StageflowError, ValueError):
+    """:func:`stageflow.logging.configure` was given an unknown format or level."""
