@@ -112,11 +112,11 @@ def _decode_span(span: Span, resource: dict[str, Any], scope: str) -> ReceivedSp
         attributes=decode_attributes(span.attributes),
         status=Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
         status_message=span.status.message,
-        events=tuple(
-            ReceivedEvent(e.name, decode_attributes(e.attributes)) for e in span.events
-        ),
+        events=tuple(ReceivedEvent(e.name, decode_attributes(e.attributes)) for e in span.events),
         links=tuple(
-            ReceivedLink(link.trace_id.hex(), link.span_id.hex(), decode_attributes(link.attributes))
+            ReceivedLink(
+                link.trace_id.hex(), link.span_id.hex(), decode_attributes(link.attributes)
+            )
             for link in span.links
         ),
         resource=resource,
@@ -210,7 +210,8 @@ class OtlpReceiver:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        assert self._server is not None and self._thread is not None
+        assert self._server is not None
+        assert self._thread is not None
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()

@@ -40,6 +40,8 @@ OTEL_VARIABLES = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_SDK_DISABLED",
@@ -121,7 +123,9 @@ def test_compose_mounts_the_collector_config_and_publishes_the_ports() -> None:
     assert collector["image"].startswith("otel/opentelemetry-collector-contrib:")
     mounts = [volume.split(":") for volume in collector["volumes"]]
     config_targets = [
-        target for source, target, *_ in mounts if (COMPOSE.parent / source).resolve() == COLLECTOR_CONFIG
+        target
+        for source, target, *_ in mounts
+        if (COMPOSE.parent / source).resolve() == COLLECTOR_CONFIG
     ]
     assert len(config_targets) == 1, f"otel-collector.yaml is not mounted: {collector['volumes']}"
     assert f"--config={config_targets[0]}" in collector["command"]
@@ -189,7 +193,11 @@ def test_otlp_http_export_delivers_every_span_with_its_attributes(
     got_fetch = receiver.span("stage fetch")
     assert got_fetch.trace_id == got_root.trace_id
     assert got_fetch.parent_span_id == got_root.span_id
-    assert got_fetch.attributes == {"stageflow.node.id": "fetch", "stageflow.attempt": 2, "flags": (1, 2)}
+    assert got_fetch.attributes == {
+        "stageflow.node.id": "fetch",
+        "stageflow.attempt": 2,
+        "flags": (1, 2),
+    }
     assert [(e.name, e.attributes) for e in got_fetch.events] == [
         ("waiting_for_input", {"stageflow.input.type": "approval"}),
         ("input_received", {}),
@@ -224,11 +232,26 @@ def test_otlp_endpoint_headers_and_service_name_come_from_the_environment(
     assert receiver.headers[0]["authorization"] == "Bearer t0k"
 
 
+def test_otlp_compression_comes_from_the_environment(
+    receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+    provider = stageflow.tracing.configure(endpoint=receiver.endpoint, set_global=False)
+    providers.append(provider)
+    with provider.get_tracer("stageflow").start_as_current_span("run gzip"):
+        pass
+    assert provider.force_flush(10_000)
+    assert receiver.headers[0]["content-encoding"] == "gzip"
+    assert receiver.names() == ["run gzip"]
+
+
 def test_service_name_defaults_to_stageflow_and_an_explicit_one_wins(
     providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plain = stageflow.tracing.configure(exporter="none", set_global=False)
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-env,deployment.environment=ci")
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "service.name=from-env,deployment.environment=ci"
+    )
     from_env = stageflow.tracing.configure(exporter="none", set_global=False)
     explicit = stageflow.tracing.configure(exporter="none", set_global=False, service_name="mine")
     providers.extend([plain, from_env, explicit])
@@ -298,7 +321,7 @@ def test_grpc_protocol_uses_the_grpc_exporter(
     else:
         call = {"protocol": "grpc"}
     with pytest.raises(stageflow.TracingSetupError, match="opentelemetry-exporter-otlp-proto-grpc"):
-        stageflow.tracing.configure(set_global=False, **call)  # type: ignore[arg-type]
+        stageflow.tracing.configure(set_global=False, **call)
 
 
 def test_traces_protocol_variable_wins_over_the_general_one(
@@ -333,7 +356,7 @@ def test_bad_settings_are_typed_errors_that_say_what_to_use(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(stageflow.TracingSetupError, match="use ") as caught:
-        stageflow.tracing.configure(set_global=False, **kwargs)  # type: ignore[arg-type]
+        stageflow.tracing.configure(set_global=False, **kwargs)
     assert expected in str(caught.value)
 
 
