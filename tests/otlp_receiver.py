@@ -5,11 +5,10 @@ an HTTP server on 127.0.0.1 (ephemeral port, in a thread) that accepts
 ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest``, as the
 OTLP/HTTP exporter sends it, and keeps every span it decodes.
 
-Use it as a context manager, or through the ``otlp_receiver`` fixture::
+Use it as a context manager, or through the ``otlp_receiver`` fixture, which
+``conftest.py`` makes available to every test (``pytest_plugins``)::
 
-    from otlp_receiver import otlp_receiver  # noqa: F401  (the fixture)
-
-    def test_export(otlp_receiver):
+    def test_export(otlp_receiver: OtlpReceiver) -> None:
         provider = stageflow.tracing.configure(
             exporter="otlp", endpoint=otlp_receiver.endpoint, set_global=False
         )

@@ -57,12 +57,6 @@ def clean_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as started:
-        yield started
-
-
-@pytest.fixture
 def providers() -> Iterator[list[TracerProvider]]:
     """Providers a test configured; shut down afterwards (which also closes their exporters)."""
     made: list[TracerProvider] = []
@@ -155,10 +149,10 @@ def test_tracing_readme_commands_use_files_that_exist() -> None:
 
 
 def test_otlp_http_export_delivers_every_span_with_its_attributes(
-    receiver: OtlpReceiver, providers: list[TracerProvider]
+    otlp_receiver: OtlpReceiver, providers: list[TracerProvider]
 ) -> None:
     provider = stageflow.tracing.configure(
-        exporter="otlp", endpoint=receiver.endpoint, set_global=False, service_name="kit-test"
+        exporter="otlp", endpoint=otlp_receiver.endpoint, set_global=False, service_name="kit-test"
     )
     providers.append(provider)
     tracer = provider.get_tracer("stageflow")
@@ -179,9 +173,9 @@ def test_otlp_http_export_delivers_every_span_with_its_attributes(
             cancelled.set_attribute("stageflow.outcome", "cancelled")
     assert provider.force_flush(10_000)
 
-    assert receiver.rejected == []
-    assert receiver.names() == ["branch fan/b", "run demo", "stage broken", "stage fetch"]
-    got_root = receiver.span("run demo")
+    assert otlp_receiver.rejected == []
+    assert otlp_receiver.names() == ["branch fan/b", "run demo", "stage broken", "stage fetch"]
+    got_root = otlp_receiver.span("run demo")
     assert got_root.trace_id == trace.format_trace_id(root.get_span_context().trace_id)
     assert got_root.span_id == trace.format_span_id(root.get_span_context().span_id)
     assert got_root.parent_span_id is None
@@ -190,7 +184,7 @@ def test_otlp_http_export_delivers_every_span_with_its_attributes(
     assert got_root.scope == "stageflow"
     assert got_root.kind == "INTERNAL"
 
-    got_fetch = receiver.span("stage fetch")
+    got_fetch = otlp_receiver.span("stage fetch")
     assert got_fetch.trace_id == got_root.trace_id
     assert got_fetch.parent_span_id == got_root.span_id
     assert got_fetch.attributes == {
@@ -204,20 +198,20 @@ def test_otlp_http_export_delivers_every_span_with_its_attributes(
     ]
     assert got_fetch.status == "UNSET"
 
-    got_broken = receiver.span("stage broken")
+    got_broken = otlp_receiver.span("stage broken")
     assert (got_broken.status, got_broken.status_message) == ("ERROR", "bad input")
     assert [e.name for e in got_broken.events] == ["exception"]
     assert got_broken.events[0].attributes["exception.type"] == "ValueError"
 
-    got_cancelled = receiver.span("branch fan/b")
+    got_cancelled = otlp_receiver.span("branch fan/b")
     assert got_cancelled.status == "UNSET"
     assert got_cancelled.attributes == {"stageflow.outcome": "cancelled"}
 
 
 def test_otlp_endpoint_headers_and_service_name_come_from_the_environment(
-    receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
+    otlp_receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base_url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.base_url)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=flows,authorization=Bearer%20t0k")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
     provider = stageflow.tracing.configure(set_global=False)
@@ -226,23 +220,23 @@ def test_otlp_endpoint_headers_and_service_name_come_from_the_environment(
         pass
     assert provider.force_flush(10_000)
 
-    assert receiver.rejected == []  # the exporter added /v1/traces to the base URL
-    assert receiver.span("run env").resource["service.name"] == "checkout"
-    assert receiver.headers[0]["x-team"] == "flows"
-    assert receiver.headers[0]["authorization"] == "Bearer t0k"
+    assert otlp_receiver.rejected == []  # the exporter added /v1/traces to the base URL
+    assert otlp_receiver.span("run env").resource["service.name"] == "checkout"
+    assert otlp_receiver.headers[0]["x-team"] == "flows"
+    assert otlp_receiver.headers[0]["authorization"] == "Bearer t0k"
 
 
 def test_otlp_compression_comes_from_the_environment(
-    receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
+    otlp_receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
-    provider = stageflow.tracing.configure(endpoint=receiver.endpoint, set_global=False)
+    provider = stageflow.tracing.configure(endpoint=otlp_receiver.endpoint, set_global=False)
     providers.append(provider)
     with provider.get_tracer("stageflow").start_as_current_span("run gzip"):
         pass
     assert provider.force_flush(10_000)
-    assert receiver.headers[0]["content-encoding"] == "gzip"
-    assert receiver.names() == ["run gzip"]
+    assert otlp_receiver.headers[0]["content-encoding"] == "gzip"
+    assert otlp_receiver.names() == ["run gzip"]
 
 
 def test_service_name_defaults_to_stageflow_and_an_explicit_one_wins(
@@ -325,17 +319,17 @@ def test_grpc_protocol_uses_the_grpc_exporter(
 
 
 def test_traces_protocol_variable_wins_over_the_general_one(
-    receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
+    otlp_receiver: OtlpReceiver, providers: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, GRPC_MODULE, None)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
-    provider = stageflow.tracing.configure(endpoint=receiver.endpoint, set_global=False)
+    provider = stageflow.tracing.configure(endpoint=otlp_receiver.endpoint, set_global=False)
     providers.append(provider)
     with provider.get_tracer("stageflow").start_as_current_span("run http"):
         pass
     assert provider.force_flush(10_000)
-    assert receiver.names() == ["run http"]
+    assert otlp_receiver.names() == ["run http"]
 
 
 @pytest.mark.parametrize(
