@@ -22,6 +22,7 @@ from stageflow._errors import (
     InputTimeoutError,
     JsonLogicError,
     LimitExceededError,
+    LoggingSetupError,
     MergeConflictError,
     NodeError,
     NodeTimeoutError,
@@ -40,6 +41,7 @@ from stageflow._errors import (
     StageflowError,
     StageNotFoundError,
     StageOutputError,
+    TracingSetupError,
 )
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._inputs import InputReceipt
@@ -106,6 +108,7 @@ __all__ = [
     "LimitExceededError",
     "Limits",
     "LoadedPack",
+    "LoggingSetupError",
     "MISSING",
     "MergeConflictError",
     "MergeStrategy",
@@ -146,6 +149,7 @@ __all__ = [
     "StageSpec",
     "StageflowError",
     "TerminalNode",
+    "TracingSetupError",
     "ValidateEvents",
     "WaitStage",
     "get_stages",

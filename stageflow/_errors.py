@@ -29,7 +29,9 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── LimitExceededError          a session limit was hit (.limit, .value)
     │   ├── NodeTimeoutError            an attempt ran out of time (also TimeoutError)
     │   └── InputTimeoutError           wait_input ran out of time (also TimeoutError)
-    └── ParallelRunError                several branches failed (also ExceptionGroup)
+    ├── ParallelRunError                several branches failed (also ExceptionGroup)
+    ├── TracingSetupError               stageflow.tracing.configure cannot set up the SDK
+    └── LoggingSetupError               a bad stageflow.logging option (also ValueError)
 
 Messages are built from the attributes and say what happened, where, and
 how to fix it.
@@ -51,6 +53,7 @@ __all__ = [
     "InputTimeoutError",
     "JsonLogicError",
     "LimitExceededError",
+    "LoggingSetupError",
     "MergeConflictError",
     "NodeError",
     "NodeTimeoutError",
@@ -69,6 +72,7 @@ __all__ = [
     "StageNotFoundError",
     "StageOutputError",
     "StageflowError",
+    "TracingSetupError",
 ]
 
 
@@ -384,3 +388,15 @@ class ParallelRunError(StageflowError, ExceptionGroup[Exception]):
     def derive(self, excs: Sequence[Exception]) -> ParallelRunError:  # type: ignore[override]
         """Build a group of the same type around a subset (``except*`` support)."""
         return ParallelRunError(self.message, excs)
+
+
+class TracingSetupError(StageflowError):
+    """:func:`stageflow.tracing.configure` cannot set up tracing as asked.
+
+    Raised for an unknown exporter or protocol, a missing optional exporter
+    package (install ``stageflow[otlp]``), or a second global tracer provider.
+    """
+
+
+class LoggingSetupError(StageflowError, ValueError):
+    """:func:`stageflow.logging.configure` was given an unknown format or level."""

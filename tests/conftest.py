@@ -10,6 +10,9 @@ import pytest
 import trio
 import trio.testing
 
+# The OTLP/HTTP receiver fixture (``otlp_receiver``) for tests that export spans.
+pytest_plugins = ["otlp_receiver"]
+
 
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> Any:

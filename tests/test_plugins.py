@@ -78,7 +78,9 @@ async def test_example_pipeline_runs_with_the_pack_loaded_by_entry_point() -> No
     assert [(p.name, p.distribution, p.version, p.stages) for p in report.loaded] == [
         ("echo", "stageflow-echo-pack", "0.1.0", ("EchoLLM",))
     ]
-    assert [(e.name, e.source) for e in registry.catalogue(core=False)] == [("EchoLLM", ECHO_SOURCE)]
+    assert [(e.name, e.source) for e in registry.catalogue(core=False)] == [
+        ("EchoLLM", ECHO_SOURCE)
+    ]
 
     pipeline = stageflow.Pipeline.load(PACK_DIR / "pipeline.json", registry=registry)
     session = stageflow.Session(
