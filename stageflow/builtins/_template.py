@@ -150,12 +150,16 @@ def _missing(ctx: StageContext, placeholder: str, problem: str) -> TemplateError
 class TemplateStage(BaseStage):
     """``builtins.template``: fill a string template from the arguments.
 
-    ``{name}`` inserts the argument ``name``, ``{name.key}`` a key of an
-    object argument; ``{{`` and ``}}`` are literal braces. There is no
-    indexing, attribute access, conversion or format spec, so a template
-    cannot reach anything but the JSON values it is given. A placeholder that
-    names a missing argument or key is a :class:`TemplateError` naming it.
-    Strings are inserted as is, other values as compact JSON.
+    ``{name}`` inserts the argument ``name``, ``{name.key.key}`` a key of an
+    object argument (names and keys are letters, digits, ``_`` and ``-``);
+    ``{{`` and ``}}`` are literal braces. There is no indexing, attribute
+    access, conversion or format spec: a dotted step is an object key lookup
+    and nothing else (``{x.__class__}`` looks for the key ``"__class__"``),
+    so a template cannot reach anything but the JSON values it is given. Any
+    other use of a brace is a load-time error. A placeholder that names a
+    missing argument or key, or steps into a value that is not an object, is
+    a :class:`TemplateError` naming it. Strings are inserted as is, other
+    values as compact JSON (``true``, ``null``, ``[1,2]``).
     """
 
     spec: ClassVar[StageSpec] = StageSpec(
