@@ -141,12 +141,18 @@ def mock_registry(
                 for e in compile_schema(spec.outputs).iter_errors(thaw(mock.outputs))
             )
         for i, error in enumerate(mock.errors):
+            location = f"{where}.mocks.{name}.errors[{i}].type"
             try:
-                exception_class(error.type)
+                _make_error(error)
             except CaseValidationError as exc:
-                problems.extend(
-                    Problem(f"{where}.mocks.{name}.errors[{i}].type", p.message)
-                    for p in exc.problems
+                problems.extend(Problem(location, p.message) for p in exc.problems)
+            except Exception as exc:
+                problems.append(
+                    Problem(
+                        location,
+                        f"mock error type {error.type!r} cannot be raised with just a message "
+                        f"({type(exc).__name__}: {exc}); use an exception type that takes one",
+                    )
                 )
     if problems:
         raise CaseValidationError(problems)

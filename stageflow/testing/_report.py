@@ -13,7 +13,7 @@ from stageflow import StageflowError
 from stageflow.testing._coverage import Coverage, measure_coverage
 from stageflow.testing._load import load_cases
 from stageflow.testing._model import Case
-from stageflow.testing._result import CaseOutcome, CaseResult, Failure
+from stageflow.testing._result import CaseOutcome, CaseResult, Failure, display_path
 from stageflow.testing._run import run_case
 
 __all__ = ["FileError", "Report", "coverage_of", "run_case_files"]
@@ -54,12 +54,9 @@ def coverage_of(results: Sequence[CaseResult]) -> tuple[Coverage, ...]:
 
 
 def _display(pipeline: object, case_file: Path | None) -> str:
-    if not isinstance(pipeline, Path):
-        return f"inline in {case_file}" if case_file is not None else "inline"
-    try:
-        return str(pipeline.relative_to(Path.cwd()))
-    except ValueError:
-        return str(pipeline)
+    if isinstance(pipeline, Path):
+        return display_path(pipeline)
+    return f"inline in {display_path(case_file)}" if case_file is not None else "inline"
 
 
 @attrs.frozen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import textwrap
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -14,7 +15,15 @@ from stageflow._errors import describe_exception
 from stageflow._json import thaw
 from stageflow.testing._model import Case, ScriptedInput
 
-__all__ = ["CaseOutcome", "CaseResult", "Failure", "InputRecord"]
+__all__ = ["CaseOutcome", "CaseResult", "Failure", "InputRecord", "display_path"]
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the current directory when it is under it, else as is."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class CaseOutcome(enum.StrEnum):
@@ -118,7 +127,7 @@ class CaseResult:
 
     def render(self) -> str:
         """The result as text: a headline, then every failure with its diff."""
-        where = f" ({self.case.file} {self.case.location})" if self.case.file else ""
+        where = f" ({display_path(self.case.file)} {self.case.location})" if self.case.file else ""
         name = f"case {self.case.name!r}{where}"
         if self.outcome is CaseOutcome.PASSED:
             return f"PASSED {name}: {self.checks} checks held; {self._summary()}"
