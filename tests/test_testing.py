@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 import pytest
 import yaml
@@ -125,8 +126,6 @@ def test_json_and_yaml_case_files_load_the_same_cases(write_cases: Callable[...,
 
 
 def attrs_without_file(case: Case) -> Case:
-    import attrs
-
     return attrs.evolve(case, file=None)
 
 
@@ -874,3 +873,60 @@ def test_loading_the_plugin_imports_nothing_from_stageflow(pytester: pytest.Pyte
     )
     result = pytester.run(sys.executable, "-c", probe)
     result.stdout.fnmatch_lines(["LOADED True False"])
+
+
+# -------------------------------------------------------------------- docs
+
+DOCS = ROOT / "docs" / "testing.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    text = DOCS.read_text()
+    blocks = []
+    for chunk in text.split(f"```{language}\n")[1:]:
+        blocks.append(chunk.split("```", 1)[0])
+    return blocks
+
+
+def test_docs_case_file_passes(tmp_path: Path) -> None:
+    case_file = json.loads(doc_blocks("json")[0])
+    (tmp_path / "examples").mkdir()
+    shutil.copytree(REFERENCE, tmp_path / "examples" / "reference")
+    where = tmp_path / "tests" / "cases"
+    where.mkdir(parents=True)
+    (where / "doc.stageflow.json").write_text(json.dumps(case_file))
+    report = run_case_files([where / "doc.stageflow.json"])
+    assert report.ok, report.render()
+    assert report.results[0].elapsed == pytest.approx(3600)
+
+
+def test_docs_mock_snippet_is_valid(schema: Doc) -> None:
+    mocks = json.loads("{" + doc_blocks("json")[1] + "}")["mocks"]
+    validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/mocks"})
+    validator.validate(mocks)
+
+
+def test_docs_python_snippet_runs(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.chdir(ROOT)
+    exec(doc_blocks("python")[0], {})
+    assert capsys.readouterr().out.rstrip().endswith("2 passed, 0 failed, 0 errors")
+
+
+def test_docs_show_the_real_failure_and_coverage_output(
+    monkeypatch: pytest.MonkeyPatch, write_cases: Callable[..., Path]
+) -> None:
+    monkeypatch.chdir(ROOT)
+    failure_text, coverage_text = (b.rstrip("\n") for b in doc_blocks("text")[1:3])
+    (wrong, _) = load_cases(Path("tests/cases/failing.cases.json"))
+    # Parallel branches start in either order; the docs show branch_a first.
+    rendered = (
+        run_case(wrong)
+        .render()
+        .replace("branch_b -> branch_a", "branch_a -> branch_b")
+        .replace("+branch_b\n      +branch_a", "+branch_a\n      +branch_b")
+    )
+    assert rendered == failure_text
+    short = write_cases([{"name": "short", "payload": SHORT}])
+    (coverage,) = run_case_files([short]).coverage
+    source = "examples/reference/pipeline.json"
+    assert attrs.evolve(coverage, source=source).render() == coverage_text
