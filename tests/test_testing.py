@@ -930,3 +930,15 @@ def test_docs_show_the_real_failure_and_coverage_output(
     (coverage,) = run_case_files([short]).coverage
     source = "examples/reference/pipeline.json"
     assert attrs.evolve(coverage, source=source).render() == coverage_text
+
+
+def test_public_names_are_sorted_exported_and_documented() -> None:
+    import stageflow.testing as testing
+
+    # Sorted as isort sorts: constants, then classes, then functions.
+    def kind(name: str) -> tuple[int, str]:
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    assert testing.__all__ == sorted(testing.__all__, key=kind)
+    undocumented = [n for n in testing.__all__ if not getattr(testing, n).__doc__]
+    assert undocumented == ["DEFAULT_MAX_TIME"]  # a float: documented in _model
