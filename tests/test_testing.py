@@ -942,3 +942,15 @@ def test_public_names_are_sorted_exported_and_documented() -> None:
     assert testing.__all__ == sorted(testing.__all__, key=kind)
     documented = [n for n in testing.__all__ if n.isupper() or getattr(testing, n).__doc__]
     assert documented == testing.__all__
+
+
+def test_an_engine_error_propagates_unwrapped(
+    monkeypatch: pytest.MonkeyPatch, write_cases: Callable[..., Path]
+) -> None:
+    async def broken_run(self: stageflow.Session) -> stageflow.SessionResult:
+        raise RuntimeError("engine bug")
+
+    (case,) = load_cases(write_cases([{"name": "n", "payload": SHORT}]))
+    monkeypatch.setattr(stageflow.Session, "run", broken_run)
+    with pytest.raises(RuntimeError, match="engine bug"):
+        run_case(case)

@@ -14,6 +14,7 @@ import pytest
 
 from stageflow import StageflowError
 from stageflow.testing._load import load_cases
+from stageflow.testing._mocks import is_file_ref, split_stages_ref
 from stageflow.testing._model import Case
 from stageflow.testing._report import coverage_of
 from stageflow.testing._result import CaseResult
@@ -33,8 +34,7 @@ class CaseFile(pytest.File):
     def collect(self) -> Iterator[CaseItem]:
         """Read the file and yield an item per case (a bad file is a collection error)."""
         stages: list[str] = self.config.getini("stageflow_stages")
-        root = self.config.rootpath
-        extra = [str(root / s) if s.endswith(".py") else s for s in stages]
+        extra = [_from_root(self.config.rootpath, s) for s in stages]
         for case in load_cases(self.path, stages_modules=extra):
             yield CaseItem.from_parent(self, name=case.name, case=case)
 
@@ -45,6 +45,14 @@ class CaseFile(pytest.File):
         if isinstance(excinfo.value, StageflowError):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo)
+
+
+def _from_root(root: Path, ref: str) -> str:
+    module, attr = split_stages_ref(ref)
+    if not is_file_ref(module):
+        return ref
+    path = str(root / module)
+    return f"{path}:{attr}" if attr else path
 
 
 class CaseFailedError(AssertionError):

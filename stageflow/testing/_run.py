@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import inspect
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -242,6 +241,12 @@ class _Driver:
                     tg.start_soon(self._send_timed, timed)
                 outcome = await session.run()
                 tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One error (an engine bug, a stage raising a BaseException) is
+            # clearer on its own than wrapped in the task group's group.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
         finally:
             unsubscribe()
         return self._observed(outcome)
@@ -256,7 +261,7 @@ class _Driver:
         return Observed(
             status=outcome.status,
             result=outcome.result,
-            artifacts=_plain(outcome.artifacts),
+            artifacts=dict(outcome.artifacts),
             error=outcome.error,
             history=outcome.history,
             elapsed=anyio.current_time() - self.start,
@@ -264,7 +269,3 @@ class _Driver:
             limit_detail=detail,
             inputs=tuple(self.records[i] for i in range(len(self.case.inputs))),
         )
-
-
-def _plain(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return dict(value)
