@@ -103,8 +103,9 @@ def test_every_definition_and_property_has_a_description(schema: Doc) -> None:
     assert missing == []
 
 
+# Case files are *.stageflow.* (collected by the plugin) or *.cases.* (run by this module).
 CASE_FILES = sorted(
-    p.name for p in CASES.iterdir() if p.suffix in (".json", ".yaml") and p.name != "loop.json"
+    p.name for p in CASES.iterdir() if ".stageflow." in p.name or ".cases." in p.name
 )
 
 
@@ -954,3 +955,71 @@ def test_an_engine_error_propagates_unwrapped(
     monkeypatch.setattr(stageflow.Session, "run", broken_run)
     with pytest.raises(RuntimeError, match="engine bug"):
         run_case(case)
+
+
+needs_inputs = pytest.mark.skipif(
+    not hasattr(stageflow.Session, "send_input"), reason="the engine cannot deliver inputs yet"
+)
+
+
+@needs_inputs
+def test_scripted_inputs_drive_the_session() -> None:
+    results = [run_case(c) for c in load_cases(CASES / "approval.cases.yaml")]
+    assert [r.render() for r in results if not r.passed] == []
+    by_name = {r.case.name: r for r in results}
+    timed = by_name["an input at a virtual time"]
+    assert timed.elapsed == pytest.approx(90)
+    assert timed.inputs[0].sent_at == pytest.approx(90)
+    assert timed.inputs[0].delivered == 1
+    early = by_name["an input sent before anyone waits is kept for the wait"]
+    assert early.inputs[0].queued
+
+
+@needs_inputs
+def test_an_input_never_sent_fails_the_case() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [
+            {
+                "name": "n",
+                "inputs": [
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}, "at": 10},
+                ],
+            }
+        ],
+    }
+    from stageflow.testing._load import cases_from_document
+
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    (failure,) = result.failures
+    assert failure.field == "inputs"
+    assert failure.message == "2 scripted input(s) never sent"
+    assert failure.details.splitlines()[:2] == [
+        "input 'approval' (when the session waits for it): the session never waited for "
+        "'approval' while this input was next",
+        "input 'approval' (at t=10s): the run ended at t=0s, before it was due",
+    ]
+
+
+@needs_inputs
+def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [{"name": "n", "limits": {"max_time": 600}}],
+    }
+    from stageflow.testing._load import cases_from_document
+
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    assert result.elapsed == pytest.approx(600)
+    assert result.limit_exceeded == "max_time"
+    limit = next(f for f in result.failures if f.field == "limit")
+    assert limit.message == (
+        "the run was ended by the limit max_time=600 virtual seconds "
+        "(the session was waiting for approval)"
+    )

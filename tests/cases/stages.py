@@ -35,3 +35,16 @@ async def increment(ctx: stageflow.StageContext) -> Mapping[str, Any]:
 )
 async def fetch(ctx: stageflow.StageContext) -> Mapping[str, Any]:
     raise RuntimeError("the real Fetch stage needs the network; mock it in test cases")
+
+
+@registry.register(
+    "AskApproval",
+    spec=stageflow.StageSpec(
+        description="Wait for an approval input and return whether it approves",
+        outputs={"type": "object", "properties": {"approved": {"type": "boolean"}}},
+        allowed_inputs=(stageflow.InputSpec("approval"),),
+    ),
+)
+async def ask_approval(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+    answer = await ctx.wait_input("approval")
+    return {"approved": bool(answer.get("ok"))}
