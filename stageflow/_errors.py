@@ -15,12 +15,18 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── ContextPathError            a malformed path
     │   └── NonJsonValueError           a value that JSON cannot carry (also TypeError)
     ├── SessionStateError               the session cannot do that now
+    ├── InputRejectedError              send_input refused an input (.input_type, .reason)
+    ├── SessionTimeoutError             the session deadline passed (also TimeoutError)
     ├── NodeError                       a node failed at run time (.node_id)
     │   ├── StageError                  a stage raised (.attempt, chained __cause__)
     │   ├── StageOutputError            a stage returned something unusable
+    │   ├── StageContractError          a stage used an input/event type it did not declare,
+    │   │                               or emitted an invalid event in strict mode
     │   ├── ConditionError              no condition matched and no ``else``
     │   ├── MergeConflictError          branches wrote one path with different values
-    │   └── LimitExceededError          a session limit was hit (.limit, .value)
+    │   ├── LimitExceededError          a session limit was hit (.limit, .value)
+    │   ├── NodeTimeoutError            an attempt ran out of time (also TimeoutError)
+    │   └── InputTimeoutError           wait_input ran out of time (also TimeoutError)
     └── ParallelRunError                several branches failed (also ExceptionGroup)
 
 Messages are built from the attributes and say what happened, where, and
@@ -39,17 +45,22 @@ __all__ = [
     "ContextError",
     "ContextPathError",
     "DefinitionError",
+    "InputRejectedError",
+    "InputTimeoutError",
     "JsonLogicError",
     "LimitExceededError",
     "MergeConflictError",
     "NodeError",
+    "NodeTimeoutError",
     "NonJsonValueError",
     "ParallelRunError",
     "PipelineValidationError",
     "Problem",
     "RegistryError",
     "SessionStateError",
+    "SessionTimeoutError",
     "StageConflictError",
+    "StageContractError",
     "StageError",
     "StageNotFoundError",
     "StageOutputError",
@@ -72,7 +83,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     object that error edges put into the context.
     """
     out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    for attr in ("node_id", "attempt", "stage", "limit", "path"):
+    for attr in ("node_id", "attempt", "stage", "limit", "path", "input_type", "timeout"):
         value = getattr(exc, attr, None)
         if isinstance(value, str | int | float | bool):
             out[attr] = value
@@ -87,6 +98,29 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, BaseExceptionGroup):
         out["errors"] = [describe_exception(e) for e in exc.exceptions]
     return out
+
+
+def error_matches(exc: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether ``exc`` matches one of the error class ``names``.
+
+    A name matches when it is the ``__name__`` of a class in the hierarchy of
+    the error, of its ``__cause__`` (the exception a stage raised), or of any
+    member of an exception group. ``Exception`` matches every failure.
+    """
+    if "Exception" in names:
+        return True
+    todo: list[BaseException] = [exc]
+    seen = 0
+    while todo and seen < 64:
+        current = todo.pop()
+        seen += 1
+        if any(cls.__name__ in names for cls in type(current).__mro__):
+            return True
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+    return False
 
 
 class DefinitionError(StageflowError, ValueError):
@@ -246,6 +280,47 @@ class LimitExceededError(NodeError):
             f'raise "limits.{limit}" in the pipeline or the Session, or look for a loop',
             node_id=node_id,
         )
+
+
+class InputRejectedError(StageflowError):
+    """``send_input`` refused an input; nothing was delivered or queued.
+
+    Attributes:
+        input_type: the type of the rejected input.
+        reason: a short machine-readable reason (``backlog_full``,
+            ``invalid``, ``too_large``, ``not_json``, ``unknown_type``).
+    """
+
+    def __init__(self, message: str, *, input_type: str, reason: str) -> None:
+        self.input_type = input_type
+        self.reason = reason
+        super().__init__(message)
+
+
+class SessionTimeoutError(StageflowError, TimeoutError):
+    """The session deadline (``limits.timeout``) passed before a terminal node."""
+
+
+class StageContractError(NodeError):
+    """A stage used an input or event type it did not declare, or sent invalid data."""
+
+
+class NodeTimeoutError(NodeError, TimeoutError):
+    """A node attempt took longer than its ``timeout``."""
+
+    def __init__(self, message: str, *, node_id: str, timeout: float, attempt: int) -> None:
+        self.timeout = timeout
+        self.attempt = attempt
+        super().__init__(message, node_id=node_id)
+
+
+class InputTimeoutError(NodeError, TimeoutError):
+    """``wait_input`` got no input of the awaited type in time."""
+
+    def __init__(self, message: str, *, node_id: str, input_type: str, timeout: float) -> None:
+        self.input_type = input_type
+        self.timeout = timeout
+        super().__init__(message, node_id=node_id)
 
 
 class ParallelRunError(StageflowError, ExceptionGroup[Exception]):
