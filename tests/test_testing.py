@@ -32,6 +32,7 @@ from stageflow.testing import (
     run_case,
     run_case_files,
 )
+from stageflow.testing._load import cases_from_document
 
 pytest_plugins = ["pytester"]
 
@@ -446,7 +447,16 @@ def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]
         run_one(path)
     (problem,) = caught.value.problems
     assert problem.location == "$.cases[0].mocks.InitStag"
-    assert "'InitStag', which is not registered (known: InitStage, WorkerAStage" in problem.message
+    assert (
+        "'InitStag', which is not registered (known: InitStage, SleepStage, WaitStage, Worker"
+        in problem.message
+    )
+
+
+def test_core_stages_cannot_be_mocked(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"SleepStage": {}}}])
+    with pytest.raises(CaseValidationError, match="'SleepStage' is a core stage"):
+        run_one(path)
 
 
 def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[..., Path]) -> None:
@@ -503,6 +513,54 @@ def test_a_synthetic_error_type_shows_in_the_session_error(
     result = run_one(path)
     assert result.passed, result.render()
     assert "QuotaExceeded: no quota" in str(result.error)
+
+
+def fetch_case(pipeline_changes: Mapping[str, Any] | None = None, **case: Any) -> Case:
+    """A case for tests/cases/fetch.json, with changes to its fetch node."""
+    pipeline = json.loads((CASES / "fetch.json").read_text())
+    fetch = pipeline["nodes"][0]
+    for key, value in (pipeline_changes or {}).items():
+        if value is None:
+            fetch.pop(key)
+        else:
+            fetch[key] = value
+    targets = json.dumps(fetch)
+    pipeline["nodes"] = [n for n in pipeline["nodes"] if n is fetch or f'"{n["id"]}"' in targets]
+    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
+    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
+    return loaded
+
+
+def test_a_mock_that_fails_on_attempt_2() -> None:
+    # Two attempts, no error edges: attempt 1 times out, attempt 2 fails for good.
+    changes = {"retry": {"attempts": 2, "delay": 30}, "on_error": None, "fallback": None}
+    errors = [
+        {"attempt": 1, "type": "TimeoutError"},
+        {"attempt": 2, "type": "ConnectionResetError", "message": "reset"},
+    ]
+    expect = {
+        "status": "failed",
+        "error": {"type": "StageError", "attempt": 2, "cause_type": "ConnectionResetError"},
+        "events": [{"type": "node_retrying", "payload": {"attempt": 1}, "count": 1}],
+    }
+    result = run_case(fetch_case(changes, mocks={"Fetch": {"errors": errors}}, expect=expect))
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(30)
+    assert isinstance(result.error, stageflow.StageError)
+    assert str(result.error.__cause__) == "reset"
+
+
+def test_an_error_only_on_attempt_2_never_fires_when_attempt_1_succeeds() -> None:
+    errors = [{"attempt": 2, "type": "ConnectionResetError"}]
+    mocks = {"Fetch": {"outputs": {"body": "first"}, "errors": errors}}
+    expect = {"artifacts": {"body": "first"}, "events": [{"type": "node_retrying", "count": 0}]}
+    assert run_case(fetch_case(mocks=mocks, expect=expect)).passed
+
+
+def test_the_committed_retry_and_input_cases_pass() -> None:
+    report = run_case_files([CASES / "fetch.stageflow.yaml", CASES / "approval.stageflow.yaml"])
+    assert report.ok, report.render()
+    assert (report.passed, report.failed) == (8, 0)
 
 
 # ----------------------------------------------------------- virtual time
@@ -576,16 +634,93 @@ def test_an_expected_limit_that_is_not_hit_fails(write_cases: Callable[..., Path
 # ------------------------------------------------------------------ inputs
 
 
-def test_scripted_inputs_need_an_engine_that_takes_inputs(
-    write_cases: Callable[..., Path],
-) -> None:
-    path = write_cases([{"name": "n", "payload": SHORT, "inputs": [{"type": "approval"}]}])
-    (case,) = load_cases(path)
-    assert case.inputs[0].describe() == "input 'approval' (when the session waits for it)"
-    if hasattr(stageflow.Session, "send_input"):
-        pytest.skip("this engine takes inputs; see the input tests")
-    with pytest.raises(CaseValidationError, match="cannot receive inputs"):
-        run_case(case)
+def test_scripted_inputs_drive_the_session() -> None:
+    results = [run_case(c) for c in load_cases(CASES / "approval.stageflow.yaml")]
+    assert [r.render() for r in results if not r.passed] == []
+    by_name = {r.case.name: r for r in results}
+    timed = by_name["an input at a virtual time"]
+    assert timed.elapsed == pytest.approx(90)
+    assert timed.inputs[0].sent_at == pytest.approx(90)
+    assert timed.inputs[0].delivered == 1
+    early = by_name["an input sent before anyone waits is kept for the wait"]
+    assert early.inputs[0].queued
+
+
+def test_an_input_never_sent_fails_the_case() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [
+            {
+                "name": "n",
+                "inputs": [
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}, "at": 1000},
+                ],
+            }
+        ],
+    }
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    (failure,) = result.failures
+    assert failure.field == "inputs"
+    assert failure.message == "2 scripted input(s) never sent"
+    assert failure.details.splitlines()[:2] == [
+        "input 'approval' (when the session waits for it): the session never waited for "
+        "'approval' while this input was next",
+        "input 'approval' (at t=1000s): the run ended at t=10s, before it was due",
+    ]
+
+
+def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [{"name": "n", "limits": {"max_time": 600}}],
+    }
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    assert result.elapsed == pytest.approx(600)
+    assert result.limit_exceeded == "max_time"
+    limit = next(f for f in result.failures if f.field == "limit")
+    assert limit.message == (
+        "the run was ended by the limit max_time=600 virtual seconds "
+        "(the session was waiting for approval)"
+    )
+
+
+def approval_case(**case: Any) -> Case:
+    """A case for tests/cases/approval.json (a 10 s pause, then waits for "approval")."""
+    pipeline = case.pop("pipeline", "approval.json")
+    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
+    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
+    return loaded
+
+
+def test_a_rejected_input_is_recorded_with_its_reason() -> None:
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"max_input_backlog": 1}
+    inputs = [
+        {"type": "approval", "payload": {"ok": True}, "at": 1},
+        {"type": "approval", "payload": {"ok": True}, "at": 2},
+    ]
+    expect = {"events": [{"type": "input_rejected", "payload": {"input_type": "approval"}}]}
+    result = run_case(approval_case(pipeline=pipeline, inputs=inputs, expect=expect))
+    assert result.passed, result.render()
+    first, second = result.inputs
+    assert (first.queued, first.error) == (True, None)
+    assert second.sent_at == pytest.approx(2)
+    assert second.error is not None
+    assert "max_input_backlog" in second.error
+
+
+def test_scripted_input_descriptions() -> None:
+    case = approval_case(inputs=[{"type": "a"}, {"type": "b", "payload": 1, "at": 2.5}])
+    assert [i.describe() for i in case.inputs] == [
+        "input 'a' (when the session waits for it)",
+        "input 'b' (at t=2.5s)",
+    ]
 
 
 # ---------------------------------------------------------------- coverage
@@ -698,6 +833,29 @@ def test_condition_edge_from_the_event(payload: dict[str, Any], credited: str) -
     pipeline = stageflow.Pipeline.from_dict(REPEATED_TARGETS, registry=stageflow.StageRegistry())
     coverage = measure_coverage(pipeline, [[finished("pick", payload)]])
     assert [str(e) for e, hits in coverage.edge_hits.items() if hits] == [credited]
+
+
+def test_coverage_names_error_edges_never_taken() -> None:
+    (success, *_) = load_cases(CASES / "fetch.stageflow.yaml")
+    (coverage,) = coverage_of([run_case(success)])
+    assert coverage.missed_nodes == ("offline", "broken")
+    assert [str(e) for e in coverage.missed_edges] == [
+        "fetch -[on_error 0]-> offline",
+        "fetch -[fallback]-> broken",
+    ]
+
+
+def test_coverage_tells_error_edges_to_one_target_apart_by_error_path() -> None:
+    handlers = [
+        {"next": "offline", "errors": ["TimeoutError"], "error_path": "slow"},
+        {"next": "offline", "errors": ["ConnectionError"], "error_path": "failure"},
+    ]
+    changes = {"retry": None, "on_error": handlers, "fallback": "offline"}
+    errors = [{"type": "ConnectionResetError"}]
+    result = run_case(fetch_case(changes, mocks={"Fetch": {"errors": errors}}))
+    (coverage,) = coverage_of([result])
+    taken = [str(e) for e, hits in coverage.edge_hits.items() if hits]
+    assert taken == ["fetch -[on_error 1]-> offline"]
 
 
 def test_measure_coverage_from_plain_session_histories() -> None:
@@ -957,69 +1115,7 @@ def test_an_engine_error_propagates_unwrapped(
         run_case(case)
 
 
-needs_inputs = pytest.mark.skipif(
-    not hasattr(stageflow.Session, "send_input"), reason="the engine cannot deliver inputs yet"
-)
-
-
-@needs_inputs
-def test_scripted_inputs_drive_the_session() -> None:
-    results = [run_case(c) for c in load_cases(CASES / "approval.cases.yaml")]
-    assert [r.render() for r in results if not r.passed] == []
-    by_name = {r.case.name: r for r in results}
-    timed = by_name["an input at a virtual time"]
-    assert timed.elapsed == pytest.approx(90)
-    assert timed.inputs[0].sent_at == pytest.approx(90)
-    assert timed.inputs[0].delivered == 1
-    early = by_name["an input sent before anyone waits is kept for the wait"]
-    assert early.inputs[0].queued
-
-
-@needs_inputs
-def test_an_input_never_sent_fails_the_case() -> None:
-    document = {
-        "pipeline": "approval.json",
-        "stages": "stages.py",
-        "cases": [
-            {
-                "name": "n",
-                "inputs": [
-                    {"type": "approval", "payload": {"ok": True}},
-                    {"type": "approval", "payload": {"ok": True}},
-                    {"type": "approval", "payload": {"ok": True}, "at": 10},
-                ],
-            }
-        ],
-    }
-    from stageflow.testing._load import cases_from_document
-
-    (case,) = cases_from_document(document, file=CASES / "virtual.json")
-    result = run_case(case)
-    (failure,) = result.failures
-    assert failure.field == "inputs"
-    assert failure.message == "2 scripted input(s) never sent"
-    assert failure.details.splitlines()[:2] == [
-        "input 'approval' (when the session waits for it): the session never waited for "
-        "'approval' while this input was next",
-        "input 'approval' (at t=10s): the run ended at t=0s, before it was due",
-    ]
-
-
-@needs_inputs
-def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
-    document = {
-        "pipeline": "approval.json",
-        "stages": "stages.py",
-        "cases": [{"name": "n", "limits": {"max_time": 600}}],
-    }
-    from stageflow.testing._load import cases_from_document
-
-    (case,) = cases_from_document(document, file=CASES / "virtual.json")
-    result = run_case(case)
-    assert result.elapsed == pytest.approx(600)
-    assert result.limit_exceeded == "max_time"
-    limit = next(f for f in result.failures if f.field == "limit")
-    assert limit.message == (
-        "the run was ended by the limit max_time=600 virtual seconds "
-        "(the session was waiting for approval)"
-    )
+def test_docs_retry_mock_snippet_is_the_committed_one() -> None:
+    snippet = yaml.safe_load(doc_blocks("yaml")[0])
+    committed = yaml.safe_load((CASES / "fetch.stageflow.yaml").read_text())
+    assert snippet["mocks"] == committed["cases"][1]["mocks"]

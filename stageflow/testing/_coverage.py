@@ -8,7 +8,10 @@ the run histories:
   event names the target (and the matched branch, when the engine records
   it as ``payload["branch"]``);
 - ``branch`` (by index) of a parallel node: a ``branch_started`` event for
-  that child; ``join``: the parallel node's ``node_finished`` event.
+  that child; ``join``: the parallel node's ``node_finished`` event;
+- ``on_error`` (by index) and ``fallback`` of a stage or parallel node: an
+  ``error_routed`` event naming the target (and the error path, which tells
+  apart edges to the same target that write the error to different paths).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class EdgeKind(enum.StrEnum):
     """A parallel node's ``children[index]``: the start of a branch."""
     JOIN = "join"
     """A parallel node's ``next``: taken when the branches have joined."""
+    ON_ERROR = "on_error"
+    """A stage or parallel node's ``on_error[index]``: an error edge."""
+    FALLBACK = "fallback"
+    """A stage or parallel node's ``fallback``: the catch-all error edge."""
 
 
 @attrs.frozen(order=True)
@@ -48,7 +55,8 @@ class Edge:
         source: id of the node the edge leaves.
         kind: what kind of edge it is.
         target: id of the node it leads to.
-        index: the condition or child index, for ``then`` and ``branch`` edges.
+        index: the condition, child or error edge index, for ``then``,
+            ``branch`` and ``on_error`` edges.
     """
 
     source: str
@@ -76,6 +84,24 @@ def pipeline_edges(node: Node) -> Iterator[Edge]:
             yield Edge(node.id, EdgeKind.BRANCH, child, i)
         if node.next is not None:
             yield Edge(node.id, EdgeKind.JOIN, node.next)
+    if isinstance(node, StageNode | ParallelNode):
+        for i, handler in enumerate(node.on_error):
+            yield Edge(node.id, EdgeKind.ON_ERROR, handler.next, i)
+        if node.fallback is not None:
+            yield Edge(node.id, EdgeKind.FALLBACK, node.fallback)
+
+
+def _error_edge(node: StageNode | ParallelNode, payload: Mapping[str, Any]) -> Edge | None:
+    target, path = payload.get("next"), payload.get("error_path")
+    candidates = [(i, h) for i, h in enumerate(node.error_handlers) if h.next == target]
+    # Several edges to one target: the error path tells them apart, else the first.
+    exact = [(i, h) for i, h in candidates if h.error_path == path] or candidates
+    if not exact:
+        return None
+    index, handler = exact[0]
+    if index == len(node.on_error):
+        return Edge(node.id, EdgeKind.FALLBACK, handler.next)
+    return Edge(node.id, EdgeKind.ON_ERROR, handler.next, index)
 
 
 def _taken(pipeline: Pipeline, event: Event) -> Edge | None:
@@ -88,6 +114,8 @@ def _taken(pipeline: Pipeline, event: Event) -> Edge | None:
         if child in node.children:
             return Edge(node.id, EdgeKind.BRANCH, child, node.children.index(child))
         return None
+    if event.type == "error_routed" and isinstance(node, StageNode | ParallelNode):
+        return _error_edge(node, event.payload)
     if event.type != "node_finished":
         return None
     target = event.payload.get("next")

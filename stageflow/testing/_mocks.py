@@ -119,7 +119,17 @@ def mock_registry(
             its outputs do not match the stage's declared outputs schema.
     """
     problems: list[Problem] = []
+    core = _core_names()
     for name, mock in mocks.items():
+        if name in core:
+            problems.append(
+                Problem(
+                    f"{where}.mocks.{name}",
+                    f"{name!r} is a core stage, which cannot be mocked; it already runs in "
+                    "virtual time and takes scripted inputs, so test it as it is",
+                )
+            )
+            continue
         if name not in registry:
             known = ", ".join(registry.names()) or "none"
             problems.append(
@@ -158,6 +168,8 @@ def mock_registry(
         raise CaseValidationError(problems)
     mocked = StageRegistry()
     for entry in registry.catalogue():
+        if entry.name in core:
+            continue  # every registry has the core stages
         replacement = mocks.get(entry.name)
         if replacement is None:
             _copy_entry(mocked, entry)
@@ -169,6 +181,11 @@ def mock_registry(
                 source=f"stageflow.testing mock of {entry.source}",
             )
     return mocked
+
+
+def _core_names() -> frozenset[str]:
+    """The core stages (``WaitStage``, ``SleepStage``, ...) that every registry holds."""
+    return frozenset(StageRegistry().names())
 
 
 def _copy_entry(registry: StageRegistry, entry: StageEntry) -> None:
@@ -268,7 +285,9 @@ def registry_from_modules(modules: Sequence[str], *, source: str | None = None) 
     if len(registries) == 1:
         return registries[0]
     combined = StageRegistry()
+    core = _core_names()
     for registry in registries:
         for entry in registry.catalogue():
-            _copy_entry(combined, entry)
+            if entry.name not in core:
+                _copy_entry(combined, entry)
     return combined

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import collections
-import inspect
 from pathlib import Path
-from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -14,9 +12,9 @@ import trio.testing
 
 from stageflow import (
     Event,
+    EventStream,
     LimitExceededError,
     Pipeline,
-    Problem,
     Session,
     SessionResult,
     StageflowError,
@@ -29,20 +27,6 @@ from stageflow.testing._model import Case, CaseValidationError, ScriptedInput
 from stageflow.testing._result import CaseOutcome, CaseResult, InputRecord
 
 __all__ = ["prepare_case", "run_case"]
-
-
-class _InputAPI(Protocol):
-    """The session's input API (``send_input`` / ``waiting_for``)."""
-
-    def send_input(self, type: str, payload: Any) -> Any: ...
-
-    def waiting_for(self) -> frozenset[str]: ...
-
-
-def _input_api(session: Session) -> _InputAPI | None:
-    if hasattr(session, "send_input") and hasattr(session, "waiting_for"):
-        return session
-    return None
 
 
 @attrs.frozen
@@ -144,26 +128,12 @@ class _Driver:
         self.records: dict[int, InputRecord] = {
             i: InputRecord(scripted) for i, scripted in enumerate(case.inputs)
         }
-        api = _input_api(session)
-        if case.inputs and api is None:
-            raise CaseValidationError(
-                [
-                    Problem(
-                        f"{case.location}.inputs",
-                        "this stageflow's Session cannot receive inputs (no send_input); "
-                        "remove the inputs or upgrade stageflow",
-                    )
-                ],
-                source=str(case.file) if case.file is not None else None,
-            )
-        self.api = api
 
     def _stop(self, limit: str, detail: str) -> None:
         if self.limit is None:
             self.limit = limit
             self.limit_detail = detail
-            if self.api is not None:
-                self.waiting_at_end = self.api.waiting_for()
+            self.waiting_at_end = self.session.waiting_for()
             self.session.cancel(f"the tester stopped the run: {detail}")
 
     def _count(self, event: Event) -> None:
@@ -177,42 +147,39 @@ class _Driver:
         await anyio.sleep(max_time)
         self._stop("max_time", f"the limit max_time={max_time:g} virtual seconds")
 
-    async def _send(self, index: int) -> None:
-        assert self.api is not None
+    def _send(self, index: int) -> None:
         scripted = self.case.inputs[index]
         now = anyio.current_time() - self.start
         try:
-            receipt = self.api.send_input(scripted.type, thaw(scripted.payload))
-            if inspect.isawaitable(receipt):
-                receipt = await receipt
+            receipt = self.session.send_input(scripted.type, thaw(scripted.payload))
         except StageflowError as exc:
+            # Rejected (backlog full, invalid payload): recorded, and the
+            # input_rejected event is in the history for expectations.
             self.records[index] = InputRecord(scripted, sent_at=now, error=str(exc))
             return
         self.records[index] = InputRecord(
-            scripted,
-            sent_at=now,
-            delivered=int(getattr(receipt, "delivered", 0)),
-            queued=bool(getattr(receipt, "queued", False)),
+            scripted, sent_at=now, delivered=receipt.delivered, queued=receipt.queued
         )
 
     async def _send_timed(self, timed: list[tuple[int, ScriptedInput]]) -> None:
         for index, scripted in timed:
             assert scripted.at is not None
             await anyio.sleep_until(self.start + scripted.at)
-            await self._send(index)
+            self._send(index)
 
-    async def _answer_waits(self, stream: Any, pending: dict[str, collections.deque[int]]) -> None:
-        assert self.api is not None
+    async def _answer_waits(
+        self, stream: EventStream, pending: dict[str, collections.deque[int]]
+    ) -> None:
         try:
             async for event in stream:
                 if event.type != "waiting_for_input":
                     continue
-                wanted = event.payload.get("input_type")
+                wanted = str(event.payload.get("input_type"))
                 queue = pending.get(wanted)
                 # A broadcast input reaches every waiter: after one send for
                 # several waits of one type, the type is no longer waited for.
-                if queue and wanted in self.api.waiting_for():
-                    await self._send(queue.popleft())
+                if queue and wanted in self.session.waiting_for():
+                    self._send(queue.popleft())
                 if not any(pending.values()):
                     return
         finally:
