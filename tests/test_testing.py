@@ -1119,3 +1119,13 @@ def test_docs_retry_mock_snippet_is_the_committed_one() -> None:
     snippet = yaml.safe_load(doc_blocks("yaml")[0])
     committed = yaml.safe_load((CASES / "fetch.stageflow.yaml").read_text())
     assert snippet["mocks"] == committed["cases"][1]["mocks"]
+
+
+def test_the_pipeline_deadline_gives_timed_out() -> None:
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"timeout": 100}
+    expect = {"status": "timed_out", "error": {"type": "SessionTimeoutError"}}
+    result = run_case(approval_case(pipeline=pipeline, expect=expect))
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(100)
+    assert result.limit_exceeded is None
