@@ -111,12 +111,13 @@ _FINAL_EVENT: Final = {
 class _Frame:
     """Where a node runs: its context, its branch path and its nesting depth."""
 
-    __slots__ = ("ctx", "depth", "path")
+    __slots__ = ("branch", "ctx", "depth", "path")
 
     def __init__(self, ctx: Context, path: str, depth: int) -> None:
         self.ctx = ctx
         self.path = path
         self.depth = depth
+        self.branch: int | str | None = None  # set by a condition for its node_finished
 
 
 class _BranchOutcome:
@@ -460,6 +461,9 @@ class Session:
         history = self._history
         if len(history) >= limits.max_history:
             raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
+        # A cancel() from a hook or a stage takes effect before the next node,
+        # even when no stage ever awaits.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         tracer = self._tracer
         span: trace.Span | None = None
         if tracer is not None:
@@ -499,7 +503,12 @@ class Session:
                 )
                 return self._route_error(node, frame, exc)
             outcome = "succeeded"
-            record("node_finished", node.id, frame.path, {"node_type": node.type, "next": next_id})
+            finished: dict[str, Any] = {"node_type": node.type, "next": next_id}
+            if frame.branch is not None:
+                # Which condition matched (its index, or "else"), for coverage tools.
+                finished["branch"] = frame.branch
+                frame.branch = None
+            record("node_finished", node.id, frame.path, finished)
             return next_id
         finally:
             if span is not None:
@@ -513,7 +522,7 @@ class Session:
         """Follow the node's first matching error edge, or re-raise ``exc``."""
         handlers: tuple[ErrorHandler, ...] = getattr(node, "error_handlers", ())
         if handlers and not isinstance(exc, LimitExceededError):
-            for handler in handlers:
+            for index, handler in enumerate(handlers):
                 if error_matches(exc, handler.errors):
                     description = describe_exception(exc)
                     frame.ctx.set(handler.error_path, description)
@@ -521,7 +530,7 @@ class Session:
                         "error_routed",
                         node.id,
                         frame.path,
-                        {"next": handler.next, "error_path": handler.error_path},
+                        {"next": handler.next, "error_path": handler.error_path, "handler": index},
                     )
                     return handler.next
         raise exc
@@ -686,10 +695,12 @@ class Session:
 
     async def _run_condition(self, node: ConditionNode, frame: _Frame) -> str | None:
         data = frame.ctx.data
-        for branch in node.conditions:
+        for index, branch in enumerate(node.conditions):
             if jsonlogic.truthy(jsonlogic.apply(branch.if_, data)):
+                frame.branch = index
                 return branch.then
         if node.else_ is not None:
+            frame.branch = "else"
             return node.else_
         raise ConditionError(
             f"condition node {node.id!r}: none of its {len(node.conditions)} conditions "
