@@ -59,19 +59,18 @@ class InputDesk:
         history: History,
         limits: Limits,
         mode: ValidateEvents,
-        specs: Mapping[str, StageSpec],
+        specs: Iterable[StageSpec],
     ) -> None:
         self._history = history
         self._limits = limits
         self._mode = mode
-        self._specs = specs  # node id -> spec of its stage
         self.traced = False  # set per run: add span events for waits
         self._broker = InputBroker(limits.max_input_backlog)
         # Input type -> the InputSpecs the pipeline's stages declare for it.
         self._declared: dict[str, list[InputSpec]] = {}
         # True when some stage waits without declaring its inputs: any type may be awaited.
         self._open = False
-        for spec in specs.values():
+        for spec in specs:
             if not spec.allowed_inputs:
                 self._open = True
             for input_spec in spec.allowed_inputs:
@@ -121,9 +120,7 @@ class InputDesk:
             )
         waiters = self._broker.waiters(type)
         if waiters:
-            self._check(
-                type, payload, [(self._input_spec(w.node_id, type), w.node_id) for w in waiters]
-            )
+            self._check(type, payload, [(_input_spec(w.spec, type), w.node_id) for w in waiters])
             delivered = self._broker.deliver(type, [copy_json(payload) for _ in waiters])
             return InputReceipt(type, delivered, False)
         if not self._open and type not in self._declared and self._mode is ValidateEvents.STRICT:
@@ -145,12 +142,6 @@ class InputDesk:
         self._broker.enqueue(type, copy_json(payload))
         self._history.record("input_queued", None, "", {"input_type": type})
         return InputReceipt(type, 0, True)
-
-    def _input_spec(self, node_id: str, type: str) -> InputSpec | None:
-        for spec in self._specs[node_id].allowed_inputs:
-            if spec.type == type:
-                return spec
-        return None
 
     def _check(
         self, type: str, payload: Any, checks: Iterable[tuple[InputSpec | None, str | None]]
@@ -184,7 +175,7 @@ class InputDesk:
 
     async def wait(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
         """Wait for an input of ``type`` on behalf of a stage."""
-        spec = self._specs[ctx.node_id]
+        spec = ctx.spec
         if spec.allowed_inputs and all(s.type != type for s in spec.allowed_inputs):
             declared = ", ".join(s.type for s in spec.allowed_inputs)
             raise StageContractError(
@@ -200,7 +191,7 @@ class InputDesk:
             if self.traced:
                 add_event("input_received", {INPUT_TYPE: type})
             return payload
-        waiter = Waiter(ctx.node_id, path, ctx.stage)
+        waiter = Waiter(ctx.node_id, path, ctx.spec)
         self._broker.add(type, waiter)
         record("waiting_for_input", ctx.node_id, path, {"input_type": type, "timeout": timeout})
         if self.traced:
@@ -240,7 +231,7 @@ class InputDesk:
         bad = find_non_json(body, "payload")
         if bad is not None:
             raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1])
-        spec = self._specs[ctx.node_id]
+        spec = ctx.spec
         path = ctx.node_path.rpartition("/")[0]
         if spec.allowed_events:
             matching = [s for s in spec.allowed_events if s.type == type]
@@ -267,6 +258,13 @@ class InputDesk:
                         {"kind": "event", "event_type": type, "errors": errors},
                     )
         self._history.record(type, ctx.node_id, path, copy_json(body))
+
+
+def _input_spec(spec: StageSpec, type: str) -> InputSpec | None:
+    for input_spec in spec.allowed_inputs:
+        if input_spec.type == type:
+            return input_spec
+    return None
 
 
 def _or_inf(timeout: float | None) -> float:

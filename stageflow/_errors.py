@@ -27,6 +27,8 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── ConditionError              no condition matched and no ``else``
     │   ├── MergeConflictError          branches wrote one path with different values
     │   ├── LimitExceededError          a session limit was hit (.limit, .value)
+    │   ├── SubpipelineError            a subpipeline call could not return its outputs
+    │   ├── MapError                    a map's items are not a list, or too many failed
     │   ├── NodeTimeoutError            an attempt ran out of time (also TimeoutError)
     │   └── InputTimeoutError           wait_input ran out of time (also TimeoutError)
     ├── ParallelRunError                several branches failed (also ExceptionGroup)
@@ -54,6 +56,7 @@ __all__ = [
     "JsonLogicError",
     "LimitExceededError",
     "LoggingSetupError",
+    "MapError",
     "MergeConflictError",
     "NodeError",
     "NodeTimeoutError",
@@ -71,6 +74,7 @@ __all__ = [
     "StageError",
     "StageNotFoundError",
     "StageOutputError",
+    "SubpipelineError",
     "StageflowError",
     "TracingSetupError",
 ]
@@ -366,6 +370,28 @@ class NodeTimeoutError(NodeError, TimeoutError):
     def __init__(self, message: str, *, node_id: str, timeout: float, attempt: int) -> None:
         self.timeout = timeout
         self.attempt = attempt
+        super().__init__(message, node_id=node_id)
+
+
+class SubpipelineError(NodeError):
+    """A subpipeline ended without a terminal, or without an artifact the node maps."""
+
+
+class MapError(NodeError):
+    """A map node's ``items`` is not a list, or more items failed than tolerated.
+
+    Attributes:
+        failures: ``(index, error description)`` of each failed item, by index.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_id: str,
+        failures: Sequence[tuple[int, dict[str, Any]]] = (),
+    ) -> None:
+        self.failures = tuple(failures)
         super().__init__(message, node_id=node_id)
 
 

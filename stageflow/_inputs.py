@@ -16,6 +16,8 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from stageflow._specs import StageSpec
+
 __all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter"]
 
 
@@ -37,12 +39,12 @@ class InputReceipt:
 class Waiter:
     """One pending ``wait_input`` call: its channel and who is waiting."""
 
-    __slots__ = ("node_id", "path", "receive", "send", "stage")
+    __slots__ = ("node_id", "path", "receive", "send", "spec")
 
-    def __init__(self, node_id: str, path: str, stage: str) -> None:
+    def __init__(self, node_id: str, path: str, spec: StageSpec) -> None:
         self.node_id = node_id
         self.path = path
-        self.stage = stage
+        self.spec = spec
         self.send: MemoryObjectSendStream[Any]
         self.receive: MemoryObjectReceiveStream[Any]
         self.send, self.receive = anyio.create_memory_object_stream[Any](1)

@@ -24,6 +24,7 @@ __all__ = [
     "ConditionNode",
     "ErrorHandler",
     "Limits",
+    "MapNode",
     "MergeStrategy",
     "Node",
     "ParallelNode",
@@ -31,6 +32,7 @@ __all__ = [
     "Reducer",
     "RetryPolicy",
     "StageNode",
+    "SubpipelineNode",
     "TerminalNode",
     "ValidateEvents",
 ]
@@ -97,7 +99,7 @@ class Limits:
         max_steps: node executions per session (guards loops).
         max_history: events in the history; the session fails when a node
             would start beyond it.
-        max_depth: nesting of parallel nodes inside each other.
+        max_depth: nesting of parallel branches, map items and subpipelines.
         timeout: session deadline in seconds from the start of ``run()``
             (status ``timed_out``), or ``None`` for none.
         max_input_backlog: inputs of one type kept while nobody waits for it.
@@ -276,9 +278,97 @@ class TerminalNode:
     type: Literal["terminal"] = "terminal"
 
 
+@attrs.frozen
+class SubpipelineNode:
+    """Runs a declared subpipeline as one node, in the same session.
+
+    Attributes:
+        id: unique node id.
+        pipeline: id of a declared subpipeline.
+        inputs: child context path -> parent context path it is copied from.
+        result_output: parent path for the child's terminal ``result``.
+        artifacts: child artifact path -> parent context path.
+        next: the node that runs after the child finished.
+        timeout: seconds the whole child run may take.
+        on_error: error edges, tried in order.
+        fallback: catch-all error edge writing the error to ``error``.
+        description: free text for people.
+    """
+
+    id: str
+    pipeline: str
+    inputs: Mapping[str, str] = attrs.field(factory=dict, converter=freeze)
+    result_output: str | None = None
+    artifacts: Mapping[str, str] = attrs.field(factory=dict, converter=freeze)
+    next: str | None = None
+    timeout: float | None = None
+    on_error: tuple[ErrorHandler, ...] = ()
+    fallback: str | None = None
+    description: str | None = None
+    type: Literal["subpipeline"] = "subpipeline"
+
+    @property
+    def error_handlers(self) -> tuple[ErrorHandler, ...]:
+        """``on_error`` followed by ``fallback`` as a catch-all edge."""
+        return _handlers(self.on_error, self.fallback)
+
+
+@attrs.frozen
+class MapNode:
+    """Runs the body region once per item of a list and collects outputs in item order.
+
+    Attributes:
+        id: unique node id.
+        items: context path of the list.
+        body: entry node of the body region.
+        item_path: where an iteration finds its item.
+        index_path: where an iteration finds its index.
+        collect: body context path -> parent path of the collected list.
+        concurrency: items run at once.
+        max_failures: failed items tolerated (0: fail fast).
+        max_failure_ratio: tolerated failures as a fraction of the items.
+        failures_path: parent path for the list of tolerated failures.
+        next: the node that runs after all items.
+        timeout: seconds the whole map may take.
+        on_error: error edges, tried in order.
+        fallback: catch-all error edge writing the error to ``error``.
+        description: free text for people.
+    """
+
+    id: str
+    items: str
+    body: str
+    item_path: str = "item"
+    index_path: str = "index"
+    collect: Mapping[str, str] = attrs.field(factory=dict, converter=freeze)
+    concurrency: int = 1
+    max_failures: int = 0
+    max_failure_ratio: float | None = None
+    failures_path: str | None = None
+    next: str | None = None
+    timeout: float | None = None
+    on_error: tuple[ErrorHandler, ...] = ()
+    fallback: str | None = None
+    description: str | None = None
+    type: Literal["map"] = "map"
+
+    @property
+    def error_handlers(self) -> tuple[ErrorHandler, ...]:
+        """``on_error`` followed by ``fallback`` as a catch-all edge."""
+        return _handlers(self.on_error, self.fallback)
+
+    def tolerated(self, total: int) -> int:
+        """How many failed items are tolerated out of ``total``."""
+        if self.max_failure_ratio is not None:
+            return int(self.max_failure_ratio * total)
+        return self.max_failures
+
+
 def _handlers(on_error: tuple[ErrorHandler, ...], fallback: str | None) -> tuple[ErrorHandler, ...]:
     return on_error if fallback is None else (*on_error, ErrorHandler(next=fallback))
 
 
-Node: TypeAlias = StageNode | ConditionNode | ParallelNode | TerminalNode
+Node: TypeAlias = (
+    StageNode | ConditionNode | ParallelNode | TerminalNode | SubpipelineNode | MapNode
+)
 """Any pipeline node."""

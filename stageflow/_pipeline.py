@@ -22,17 +22,19 @@ import yaml
 from cattrs.gen import make_dict_structure_fn, override
 
 from stageflow._errors import PipelineValidationError, Problem
+from stageflow._graph import check_graph
 from stageflow._json import copy_json, freeze
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
     ConditionNode,
     Limits,
-    MergeStrategy,
+    MapNode,
     Node,
     ParallelNode,
     Reducer,
     StageNode,
+    SubpipelineNode,
     TerminalNode,
     ValidateEvents,
 )
@@ -46,6 +48,8 @@ _NODE_CLASSES: dict[str, type[Any]] = {
     "condition": ConditionNode,
     "parallel": ParallelNode,
     "terminal": TerminalNode,
+    "subpipeline": SubpipelineNode,
+    "map": MapNode,
 }
 
 
@@ -162,6 +166,7 @@ class Pipeline:
         validate_events: default event validation mode of its sessions.
         document: the source document, read-only.
         digest: sha256 of the canonical JSON of the document.
+        subpipelines: the subpipelines declared at this level, by id.
     """
 
     api_version: str
@@ -173,7 +178,12 @@ class Pipeline:
     validate_events: ValidateEvents
     document: Mapping[str, Any] = attrs.field(repr=False, eq=False)
     digest: str
+    subpipelines: Mapping[str, Pipeline] = attrs.field(repr=False, eq=False)
     _index: Mapping[str, Node] = attrs.field(repr=False, eq=False, alias="index")
+    # subpipeline node id -> the pipeline it runs (filled in by the loader).
+    _targets: dict[str, Pipeline] = attrs.field(repr=False, eq=False, alias="targets")
+    # where this (sub)pipeline is in the document: "$" or "$.subpipelines.page"
+    _prefix: str = attrs.field(default="$", repr=False, eq=False, alias="prefix")
 
     @property
     def name(self) -> str:
@@ -189,8 +199,8 @@ class Pipeline:
         """The node's location in the document, ``$.nodes[3]`` style."""
         for i, node in enumerate(self.nodes):
             if node.id == node_id:
-                return f"$.nodes[{i}]"
-        return "$"
+                return f"{self._prefix}.nodes[{i}]"
+        return self._prefix
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._index
@@ -237,33 +247,9 @@ class Pipeline:
         if errors:
             raise PipelineValidationError([_schema_problem(doc, e) for e in errors], source=source)
         try:
-            nodes: tuple[Node, ...] = tuple(
-                _converter.structure(n, Node)  # type: ignore[arg-type]
-                for n in doc["nodes"]
-            )
-            limits = _converter.structure(doc.get("limits", {}), Limits)
-            reducers = {path: Reducer(r) for path, r in doc.get("reducers", {}).items()}
-        except (cattrs.BaseValidationError, ValueError, KeyError) as exc:
-            # The schema should have caught this; report it instead of crashing.
-            problems = [Problem("$", f"cannot read the document: {m}") for m in _flatten(exc)]
-            raise PipelineValidationError(problems, source=source) from exc
-        problems = list(_check_graph(doc, nodes, registry or default_registry()))
-        if problems:
-            raise PipelineValidationError(problems, source=source)
-        index = {node.id: node for node in nodes}
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return cls(
-            api_version=doc["api_version"],
-            entry=doc["entry"],
-            nodes=nodes,
-            metadata=freeze(doc.get("metadata", {})),
-            reducers=reducers,
-            limits=limits,
-            validate_events=ValidateEvents(doc.get("validate_events", "warn")),
-            document=freeze(doc),
-            digest=hashlib.sha256(canonical.encode()).hexdigest(),
-            index=index,
-        )
+            return _Loader(doc, registry or default_registry()).load()
+        except _Invalid as invalid:
+            raise PipelineValidationError(invalid.problems, source=source) from None
 
     @classmethod
     def load(cls, path: str | PathLike[str], *, registry: StageRegistry | None = None) -> Pipeline:
@@ -304,207 +290,172 @@ def _flatten(exc: BaseException) -> Iterator[str]:
         yield str(exc)
 
 
-def continuation_edges(node: Node) -> tuple[str, ...]:
-    """Ids a node can hand control to on its own path (not parallel children)."""
-    if isinstance(node, StageNode | ParallelNode):
-        handlers = tuple(h.next for h in node.error_handlers)
-        return ((node.next,) if node.next else ()) + handlers
-    if isinstance(node, ConditionNode):
-        targets = [c.then for c in node.conditions]
-        if node.else_:
-            targets.append(node.else_)
-        return tuple(targets)
-    return ()
+class _Invalid(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
 
 
-def all_edges(node: Node) -> tuple[str, ...]:
-    """Every id a node refers to, parallel children included."""
-    if isinstance(node, ParallelNode):
-        return node.children + continuation_edges(node)
-    return continuation_edges(node)
+def _reroot(prefix: str, problems: Iterable[Problem]) -> list[Problem]:
+    return [Problem(prefix + p.location[1:], p.message) for p in problems]
 
 
-def _walk(
-    start: Iterable[str], index: Mapping[str, Node], edges: Any, stop: str | None
-) -> set[str]:
-    seen: set[str] = set()
-    todo = [s for s in start if s in index and s != stop]
-    while todo:
-        node_id = todo.pop()
-        if node_id in seen:
-            continue
-        seen.add(node_id)
-        todo.extend(t for t in edges(index[node_id]) if t in index and t != stop and t not in seen)
-    return seen
+def _digest(doc: Any) -> str:
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_graph(
-    doc: Mapping[str, Any], nodes: tuple[Node, ...], registry: StageRegistry
-) -> Iterator[Problem]:
-    where: dict[str, int] = {}
-    for i, node in enumerate(nodes):
-        if node.id in where:
-            yield Problem(
-                f"$.nodes[{i}].id",
-                f"node id {node.id!r} is used twice (first at $.nodes[{where[node.id]}]); "
-                "give each node a unique id",
-            )
-        else:
-            where[node.id] = i
-    index = {node.id: node for node in reversed(nodes)}
-    known = ", ".join(sorted(index)) or "none"
+class _Loader:
+    """Structure and check a document and its subpipelines, then wire them together."""
 
-    if doc["entry"] not in index:
-        yield Problem("$.entry", f"entry {doc['entry']!r} is not a node id; use one of: {known}")
+    def __init__(self, doc: dict[str, Any], registry: StageRegistry) -> None:
+        self.doc = doc
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self.limits = _converter.structure(doc.get("limits", {}), Limits)
+        # graph location ("$", "$.subpipelines.page", ...) -> its pieces
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[str, tuple[Node, ...]] = {}
+        self.scopes: dict[str, tuple[str, ...]] = {}  # visible subpipeline containers
 
-    for i, node in enumerate(nodes):
-        yield from _check_edges(i, node, index, known)
-        if isinstance(node, StageNode):
-            yield from _check_stage(i, node, registry)
-        if isinstance(node, ParallelNode):
-            for child in node.children:
-                if child in (node.id, node.next):
-                    yield Problem(
-                        f"$.nodes[{i}].children",
-                        f"parallel node {node.id!r} lists {child!r} as a branch, but it is the "
-                        "node itself or its join ('next'); branches must start elsewhere",
-                    )
-
-    reachable = _walk([doc["entry"]], index, all_edges, None)
-    for i, node in enumerate(nodes):
-        if node.id not in reachable and where.get(node.id) == i and doc["entry"] in index:
-            yield Problem(
-                f"$.nodes[{i}]",
-                f"node {node.id!r} is unreachable from the entry {doc['entry']!r}; "
-                "connect it with 'next', a condition or a parallel branch, or remove it",
-            )
-
-    main_path = _walk([doc["entry"]], index, continuation_edges, None)
-    for node_id in sorted(main_path, key=lambda n: where.get(n, 0)):
-        node = index[node_id]
-        if isinstance(node, StageNode | ParallelNode) and node.next is None:
-            yield Problem(
-                f"$.nodes[{where[node_id]}].next",
-                f"{node.type} node {node_id!r} is on the main path but has no 'next'; "
-                "add 'next' pointing at the node to run after it (a terminal node to finish)",
-            )
-
-    yield from _check_branch_writes(doc, nodes, index, where)
-
-
-def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> Iterator[Problem]:
-    refs: list[tuple[str, str]] = []
-    if isinstance(node, StageNode | ParallelNode) and node.next is not None:
-        refs.append((f"$.nodes[{i}].next", node.next))
-    if isinstance(node, ConditionNode):
-        refs.extend(
-            (f"$.nodes[{i}].conditions[{j}].then", c.then) for j, c in enumerate(node.conditions)
-        )
-        if node.else_ is not None:
-            refs.append((f"$.nodes[{i}].else", node.else_))
-    if isinstance(node, ParallelNode):
-        refs.extend((f"$.nodes[{i}].children[{j}]", c) for j, c in enumerate(node.children))
-    if isinstance(node, StageNode | ParallelNode):
-        refs.extend(
-            (f"$.nodes[{i}].on_error[{j}].next", h.next) for j, h in enumerate(node.on_error)
-        )
-        if node.fallback is not None:
-            refs.append((f"$.nodes[{i}].fallback", node.fallback))
-    for location, target in refs:
-        if target not in index:
-            yield Problem(
-                location,
-                f"{node.type} node {node.id!r} points at {target!r}, which is not a node; "
-                f"use one of: {known}",
-            )
-
-
-def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:
-    if node.stage not in registry:
-        names = ", ".join(registry.names()) or "none are registered"
-        yield Problem(
-            f"$.nodes[{i}].stage",
-            f"stage node {node.id!r} uses stage {node.stage!r}, which is not registered "
-            f"(known: {names}); register it or fix the name",
-        )
-        return
-    spec = registry.get(node.stage).spec
-    if spec.arguments is not None:
-        required = spec.arguments.get("required", ())
-        for name in required:
-            if name not in node.arguments:
-                yield Problem(
-                    f"$.nodes[{i}].arguments",
-                    f"stage node {node.id!r}: stage {node.stage!r} requires argument {name!r}; "
-                    f'map it to a context path ("arguments": {{"{name}": "<path>"}})',
+    def load(self) -> Pipeline:
+        self._collect("$", self.doc, ())
+        for prefix, graph_doc in self.docs.items():
+            try:
+                nodes: tuple[Node, ...] = tuple(
+                    _converter.structure(n, Node)  # type: ignore[arg-type]
+                    for n in graph_doc["nodes"]
                 )
-        properties = spec.arguments.get("properties", {})
-        if spec.arguments.get("additionalProperties") is False:
-            for name in node.arguments:
-                if name not in properties:
-                    yield Problem(
-                        f"$.nodes[{i}].arguments.{name}",
-                        f"stage node {node.id!r}: stage {node.stage!r} takes no argument "
-                        f"{name!r} (it takes: {', '.join(sorted(properties)) or 'none'})",
-                    )
-    if spec.outputs is not None:
-        properties = spec.outputs.get("properties", {})
-        for key in node.outputs:
-            if key not in properties:
-                yield Problem(
-                    f"$.nodes[{i}].outputs.{key}",
-                    f"stage node {node.id!r}: stage {node.stage!r} returns no {key!r} "
-                    f"(it returns: {', '.join(sorted(properties)) or 'nothing'}); fix the key",
+            except (cattrs.BaseValidationError, ValueError, KeyError) as exc:
+                # The schema should have caught this; report it instead of crashing.
+                self.problems += [
+                    Problem(prefix, f"cannot read the document: {m}") for m in _flatten(exc)
+                ]
+                continue
+            self.nodes[prefix] = nodes
+            self.problems += _reroot(prefix, check_graph(graph_doc, nodes, self.registry))
+        if self.problems:
+            raise _Invalid(self.problems)
+        calls = self._resolve_calls()
+        self._check_recursion(calls)
+        if self.problems:
+            raise _Invalid(self.problems)
+        built = {prefix: self._pipeline(prefix) for prefix in self.docs}
+        for prefix, targets in calls.items():
+            for node_id, (target, _) in targets.items():
+                built[prefix]._targets[node_id] = built[target]
+        for prefix, pipeline in built.items():
+            for name in self.docs[prefix].get("subpipelines", {}):
+                pipeline.subpipelines[name] = built[f"{prefix}.subpipelines.{name}"]  # type: ignore[index]
+        return built["$"]
+
+    def _collect(self, prefix: str, graph_doc: dict[str, Any], outer: tuple[str, ...]) -> None:
+        scope = (prefix, *outer) if graph_doc.get("subpipelines") else outer
+        self.docs[prefix] = graph_doc
+        self.scopes[prefix] = scope
+        for name, child in graph_doc.get("subpipelines", {}).items():
+            self._collect(f"{prefix}.subpipelines.{name}", child, scope)
+
+    def _resolve_calls(self) -> dict[str, dict[str, tuple[str, str]]]:
+        """Graph -> {subpipeline node id: (target graph, node location)}."""
+        calls: dict[str, dict[str, tuple[str, str]]] = {}
+        for prefix, nodes in self.nodes.items():
+            calls[prefix] = {}
+            for i, node in enumerate(nodes):
+                if not isinstance(node, SubpipelineNode):
+                    continue
+                location = f"{prefix}.nodes[{i}]"
+                target = next(
+                    (
+                        f"{container}.subpipelines.{node.pipeline}"
+                        for container in self.scopes[prefix]
+                        if node.pipeline in self.docs[container].get("subpipelines", {})
+                    ),
+                    None,
                 )
-    if spec.config is not None:
-        for error in compile_schema(spec.config).iter_errors(copy_json(node.config)):
-            location = _where(None, ["nodes", i, "config", *error.absolute_path])
-            yield Problem(
-                location,
-                f"stage node {node.id!r}: config for stage {node.stage!r} is not valid: "
-                f"{error.message}",
-            )
-
-
-def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
-
-
-def _check_branch_writes(
-    doc: Mapping[str, Any],
-    nodes: tuple[Node, ...],
-    index: Mapping[str, Node],
-    where: Mapping[str, int],
-) -> Iterator[Problem]:
-    reducers: Mapping[str, str] = doc.get("reducers", {})
-    for node in nodes:
-        if not isinstance(node, ParallelNode) or node.merge is not MergeStrategy.ERROR:
-            continue
-        writes: list[tuple[str, set[str]]] = []
-        for child in node.children:
-            region = _walk([child], index, all_edges, node.next)
-            paths = {
-                path
-                for member in region
-                if isinstance(index[member], StageNode)
-                for path in index[member].outputs.values()  # type: ignore[union-attr]
-            }
-            writes.append((child, paths))
-        reported: set[str] = set()
-        for a in range(len(writes)):
-            for b in range(a + 1, len(writes)):
-                for path_a in sorted(writes[a][1]):
-                    for path_b in sorted(writes[b][1]):
-                        shared = path_a if len(path_a) <= len(path_b) else path_b
-                        if not _overlaps(path_a, path_b) or shared in reported:
-                            continue
-                        if path_a == path_b and path_a in reducers:
-                            continue
-                        reported.add(shared)
-                        yield Problem(
-                            f"$.nodes[{where[node.id]}].children",
-                            f"parallel node {node.id!r}: branches {writes[a][0]!r} and "
-                            f"{writes[b][0]!r} can both write {shared!r}; declare a reducer "
-                            f'("reducers": {{"{shared}": "append"}}), set "merge": "first" or '
-                            '"last" on the node, or write to different paths',
+                if target is None:
+                    visible = sorted(
+                        name
+                        for container in self.scopes[prefix]
+                        for name in self.docs[container].get("subpipelines", {})
+                    )
+                    self.problems.append(
+                        Problem(
+                            f"{location}.pipeline",
+                            f"subpipeline node {node.id!r} runs {node.pipeline!r}, which is not "
+                            f"declared (declared: {', '.join(visible) or 'none'}); declare it "
+                            'under "subpipelines" or fix the id',
                         )
+                    )
+                    continue
+                calls[prefix][node.id] = (target, location)
+                yield_artifacts = self._terminal_artifacts(target)
+                for artifact in node.artifacts:
+                    if artifact not in yield_artifacts:
+                        self.problems.append(
+                            Problem(
+                                f"{location}.artifacts.{artifact}",
+                                f"subpipeline node {node.id!r}: no terminal of {node.pipeline!r} "
+                                f"returns artifact {artifact!r} (they return: "
+                                f"{', '.join(sorted(yield_artifacts)) or 'none'}); fix the path",
+                            )
+                        )
+        return calls
+
+    def _terminal_artifacts(self, prefix: str) -> set[str]:
+        return {
+            path
+            for node in self.nodes.get(prefix, ())
+            if isinstance(node, TerminalNode)
+            for path in node.artifacts
+        }
+
+    def _check_recursion(self, calls: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:
+        depth: dict[str, int] = {}
+
+        def visit(prefix: str, stack: tuple[str, ...]) -> int:
+            if prefix in depth:
+                return depth[prefix]
+            deepest = 0
+            for node_id, (target, location) in calls.get(prefix, {}).items():
+                if target in stack or target == prefix:
+                    chain = " -> ".join(p.rsplit(".", 1)[-1] for p in (*stack, prefix, target)[1:])
+                    self.problems.append(
+                        Problem(
+                            f"{location}.pipeline",
+                            f"subpipeline node {node_id!r} makes the subpipelines recursive "
+                            f"({chain}); recursion is not supported, use a loop or a map",
+                        )
+                    )
+                    continue
+                deepest = max(deepest, 1 + visit(target, (*stack, prefix)))
+            depth[prefix] = deepest
+            return deepest
+
+        nesting = visit("$", ())
+        if nesting > self.limits.max_depth and not self.problems:
+            self.problems.append(
+                Problem(
+                    "$.subpipelines",
+                    f"subpipelines nest {nesting} levels deep, over limits.max_depth="
+                    f"{self.limits.max_depth}; flatten them or raise the limit",
+                )
+            )
+
+    def _pipeline(self, prefix: str) -> Pipeline:
+        graph_doc = self.docs[prefix]
+        nodes = self.nodes[prefix]
+        return Pipeline(
+            api_version=self.doc["api_version"],
+            entry=graph_doc["entry"],
+            nodes=nodes,
+            metadata=freeze(graph_doc.get("metadata", {})),
+            reducers={path: Reducer(r) for path, r in graph_doc.get("reducers", {}).items()},
+            limits=self.limits,
+            validate_events=ValidateEvents(self.doc.get("validate_events", "warn")),
+            document=freeze(graph_doc),
+            digest=_digest(graph_doc),
+            subpipelines={},
+            index={node.id: node for node in nodes},
+            targets={},
+            prefix=prefix,
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -24,6 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stageflow import jsonlogic
+from stageflow._composite import CompositeNodes
 from stageflow._context import MISSING, Context
 from stageflow._desk import InputDesk
 from stageflow._errors import (
@@ -108,15 +109,29 @@ _FINAL_EVENT: Final = {
 }
 
 
+class _Scope:
+    """One pipeline run inside the session: the main pipeline, or a subpipeline call."""
+
+    __slots__ = ("artifacts", "cancel", "depth", "pipeline", "terminal")
+
+    def __init__(self, pipeline: Pipeline, depth: int) -> None:
+        self.pipeline = pipeline
+        self.depth = depth  # the depth of the frame its entry runs in
+        self.terminal: TerminalNode | None = None
+        self.artifacts: dict[str, Any] = {}
+        self.cancel: anyio.CancelScope | None = None  # ends the run at a terminal in a branch
+
+
 class _Frame:
-    """Where a node runs: its context, its branch path and its nesting depth."""
+    """Where a node runs: its context, its path, its nesting depth and pipeline scope."""
 
-    __slots__ = ("branch", "ctx", "depth", "path")
+    __slots__ = ("branch", "ctx", "depth", "path", "scope")
 
-    def __init__(self, ctx: Context, path: str, depth: int) -> None:
+    def __init__(self, ctx: Context, path: str, depth: int, scope: _Scope) -> None:
         self.ctx = ctx
         self.path = path
         self.depth = depth
+        self.scope = scope
         self.branch: int | str | None = None  # set by a condition for its node_finished
 
 
@@ -128,7 +143,14 @@ class _BranchOutcome:
         self.error: Exception | None = None
 
 
-class Session:
+def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
+    """The pipeline and every subpipeline it declares, with their document locations."""
+    yield prefix, pipeline
+    for name, child in pipeline.subpipelines.items():
+        yield from _graphs(f"{prefix}.subpipelines.{name}", child)
+
+
+class Session(CompositeNodes):
     """One run of a pipeline, with its own context and event history.
 
     Args:
@@ -182,16 +204,12 @@ class Session:
         self._ctx = Context(copy_json(payload))
         self._history = History(self.session_id)
         self._desk = InputDesk(
-            self._history,
-            self._limits,
-            mode,
-            {node_id: entry.spec for node_id, entry in self._entries.items()},
+            self._history, self._limits, mode, [entry.spec for entry in self._entries.values()]
         )
         self._rng = random.Random(seed)
         self._status = SessionStatus.PENDING
         self._steps = 0
-        self._terminal: TerminalNode | None = None
-        self._artifacts: dict[str, Any] = {}
+        self._main = _Scope(pipeline, 0)
         self._cancel_scope: anyio.CancelScope | None = None
         self._cancel_reason: str | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
@@ -201,25 +219,32 @@ class Session:
         self._tracer: trace.Tracer | None = None
         self._node_log: Any = None
         self._error: StageflowError | None = None
+        self._frame_type = _Frame
+        self._scope_type = _Scope
         self._handlers: dict[str, Callable[[Any, _Frame], Awaitable[str | None]]] = {
             "stage": self._run_stage,
             "condition": self._run_condition,
             "parallel": self._run_parallel,
             "terminal": self._run_terminal,
+            "subpipeline": self._run_subpipeline,
+            "map": self._run_map,
         }
 
     @staticmethod
-    def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[str, StageEntry]:
-        entries: dict[str, StageEntry] = {}
+    def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[int, StageEntry]:
+        """The registry entry of every stage node (subpipelines included), by node identity."""
+        entries: dict[int, StageEntry] = {}
         problems: list[Problem] = []
-        for i, node in enumerate(pipeline.nodes):
-            if isinstance(node, StageNode):
+        for prefix, graph in _graphs("$", pipeline):
+            for i, node in enumerate(graph.nodes):
+                if not isinstance(node, StageNode):
+                    continue
                 if node.stage in registry:
-                    entries[node.id] = registry.get(node.stage)
+                    entries[id(node)] = registry.get(node.stage)
                 else:
                     problems.append(
                         Problem(
-                            f"$.nodes[{i}].stage",
+                            f"{prefix}.nodes[{i}].stage",
                             f"stage node {node.id!r} uses stage {node.stage!r}, which this "
                             f"session's registry does not have (known: "
                             f"{', '.join(registry.names()) or 'none'}); register it",
@@ -388,7 +413,10 @@ class Session:
                     scope.deadline = anyio.current_time() + self._limits.timeout
                 if self._cancel_reason is not None:
                     scope.cancel()
-                await self._run_path(self._pipeline.entry, _Frame(self._ctx, "", 0), None)
+                self._main.cancel = scope
+                await self._run_path(
+                    self._pipeline.entry, _Frame(self._ctx, "", 0, self._main), None
+                )
         except cancelled_exc:
             # The task running us was cancelled from outside: record, re-raise.
             self._finish(SessionStatus.CANCELLED, None, reason="the task running it was cancelled")
@@ -406,7 +434,7 @@ class Session:
             self._token = None
         if error is not None:
             return self._finish(SessionStatus.FAILED, error)
-        if self._terminal is not None:
+        if self._main.terminal is not None:
             return self._finish(SessionStatus.COMPLETED, None)
         if self._cancel_reason is not None:
             return self._finish(SessionStatus.CANCELLED, None, reason=self._cancel_reason)
@@ -435,10 +463,11 @@ class Session:
         self._history.record(_FINAL_EVENT[status], None, "", payload)
         self._history.close()
         completed = status is SessionStatus.COMPLETED
+        terminal = self._main.terminal
         return SessionResult(
             status=status,
-            result=copy_json(self._terminal.result) if completed and self._terminal else None,
-            artifacts=self._artifacts if completed else {},
+            result=copy_json(terminal.result) if completed and terminal else None,
+            artifacts=self._main.artifacts if completed else {},
             error=error,
             history=tuple(self._history.events),
         )
@@ -447,7 +476,7 @@ class Session:
 
     async def _run_path(self, node_id: str | None, frame: _Frame, stop: str | None) -> None:
         """Run nodes from ``node_id`` until a node has no ``next`` or ``stop`` is reached."""
-        index = self._pipeline._index
+        index = frame.scope.pipeline._index
         execute = self._execute
         while node_id is not None and node_id != stop:
             node_id = await execute(index[node_id], frame)
@@ -538,7 +567,7 @@ class Session:
     # ------------------------------------------------------------ stage nodes
 
     async def _run_stage(self, node: StageNode, frame: _Frame) -> str | None:
-        entry = self._entries[node.id]
+        entry = self._entries[id(node)]
         policy = node.retry or entry.spec.retry or _NO_RETRY
         attempt = 1
         while True:
@@ -602,6 +631,7 @@ class Session:
             stage=node.stage,
             attempt=attempt,
             runtime=self,
+            spec=entry.spec,
         )
         stage = entry.factory()
         timeout = node.timeout if node.timeout is not None else entry.spec.timeout
@@ -616,9 +646,9 @@ class Session:
                 if scope.cancelled_caught:
                     raise NodeTimeoutError(
                         f"stage {node.stage!r} at node {node.id!r} "
-                        f"({self._pipeline.location(node.id)}) timed out after {timeout:g} s on "
-                        f'attempt {attempt} of {attempts}; raise "timeout" or make the stage '
-                        "faster",
+                        f"({frame.scope.pipeline.location(node.id)}) timed out after "
+                        f'{timeout:g} s on attempt {attempt} of {attempts}; raise "timeout" or '
+                        "make the stage faster",
                         node_id=node.id,
                         timeout=timeout,
                         attempt=attempt,
@@ -711,11 +741,13 @@ class Session:
 
     async def _run_terminal(self, node: TerminalNode, frame: _Frame) -> str | None:
         get = frame.ctx.get
-        self._artifacts = {path: copy_json(get(path, None)) for path in node.artifacts}
-        self._terminal = node
-        if frame.path and self._cancel_scope is not None:
-            # A terminal inside a branch ends the whole session.
-            self._cancel_scope.cancel()
+        scope = frame.scope
+        scope.artifacts = {path: copy_json(get(path, None)) for path in node.artifacts}
+        scope.terminal = node
+        if frame.depth > scope.depth and scope.cancel is not None:
+            # A terminal inside a branch ends its whole pipeline (the session,
+            # or the subpipeline call it runs in).
+            scope.cancel.cancel()
         return None
 
     async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
@@ -728,6 +760,7 @@ class Session:
                 frame.ctx.fork(),
                 f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
                 frame.depth + 1,
+                frame.scope,
             )
             for child in node.children
         ]
@@ -750,9 +783,9 @@ class Session:
                     )
         if deadline.cancelled_caught:
             raise NodeTimeoutError(
-                f"parallel node {node.id!r} ({self._pipeline.location(node.id)}) timed out after "
-                f'{node.timeout:g} s; its branches were cancelled. Raise "timeout" or make the '
-                "branches faster",
+                f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
+                f'out after {node.timeout:g} s; its branches were cancelled. Raise "timeout" or '
+                "make the branches faster",
                 node_id=node.id,
                 timeout=float(node.timeout or 0),
                 attempt=1,
@@ -766,7 +799,7 @@ class Session:
             if errors:
                 raise _branch_failure(node, errors)
             chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
-        merge_branches(node.id, node.merge, self._pipeline.reducers, frame.ctx, chosen)
+        merge_branches(node.id, node.merge, frame.scope.pipeline.reducers, frame.ctx, chosen)
         return node.next
 
     async def _run_branch(

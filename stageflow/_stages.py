@@ -60,6 +60,7 @@ class StageContext:
         node_path: the node's position, ``parallel/branch/node`` style.
         stage: the registered stage name.
         attempt: 1 for the first attempt, 2 for the first retry, ...
+        spec: the stage's declared spec.
     """
 
     __slots__ = (
@@ -72,6 +73,7 @@ class StageContext:
         "node_id",
         "node_path",
         "session_id",
+        "spec",
         "stage",
     )
 
@@ -86,6 +88,7 @@ class StageContext:
         stage: str,
         attempt: int,
         runtime: _StageRuntime,
+        spec: StageSpec | None = None,
     ) -> None:
         self.arguments = arguments
         self.config = config
@@ -94,6 +97,7 @@ class StageContext:
         self.node_path = node_path
         self.stage = stage
         self.attempt = attempt
+        self.spec = spec if spec is not None else StageSpec()
         self._runtime = runtime
         self._log: Any = None
         # The attempt's deadline (engine-owned), paused while waiting for input.

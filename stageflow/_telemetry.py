@@ -17,6 +17,7 @@ __all__ = [
     "ATTEMPT",
     "BRANCH",
     "INPUT_TYPE",
+    "MAP_INDEX",
     "NODE_ID",
     "NODE_TYPE",
     "OUTCOME",
@@ -42,6 +43,7 @@ OUTCOME: Final = "stageflow.outcome"
 POLICY: Final = "stageflow.parallel.policy"
 BRANCH: Final = "stageflow.branch"
 INPUT_TYPE: Final = "stageflow.input.type"
+MAP_INDEX: Final = "stageflow.map.index"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 

@@ -1,0 +1,439 @@
+"""Subpipelines and map nodes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+from conftest import live_tasks
+from fakes import doc, fake_registry, load, parallel, scaled, stage, terminal, types
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+S = stageflow.SessionStatus
+
+
+class Gauge:
+    """Observes how many items run at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+
+
+def work_registry(gauge: Gauge | None = None) -> stageflow.StageRegistry:
+    registry = fake_registry()
+    gauge = gauge or Gauge()
+
+    @registry.register("Work")
+    async def work(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        item = ctx.arguments["item"]
+        gauge.active += 1
+        gauge.peak = max(gauge.peak, gauge.active)
+        try:
+            await anyio.sleep(scaled(item.get("delay", 0)))
+        finally:
+            gauge.active -= 1
+        if item.get("fail"):
+            raise ValueError(f"item {item['v']} failed")
+        return {"out": item["v"] * 10}
+
+    return registry
+
+
+def map_doc(**map_fields: Any) -> dict[str, Any]:
+    node = {
+        "id": "m",
+        "type": "map",
+        "items": "items",
+        "body": "w",
+        "collect": {"out": "outs"},
+        "next": "end",
+    }
+    node.update(map_fields)
+    return doc(
+        [
+            node,
+            stage("w", "Work", arguments={"item": "item"}, outputs={"out": "out"}),
+            terminal("end", "outs", "failed"),
+        ]
+    )
+
+
+async def run_map(
+    items: list[Any],
+    registry: stageflow.StageRegistry | None = None,
+    *,
+    limits: stageflow.Limits | None = None,
+    **fields: Any,
+) -> stageflow.SessionResult:
+    registry = registry or work_registry()
+    session = stageflow.Session(
+        load(map_doc(**fields), registry), registry=registry, payload={"items": items}, limits=limits
+    )
+    return await session.run()
+
+
+async def test_collects_in_item_order_whatever_the_finish_order() -> None:
+    rng = random.Random(4)
+    items = [{"v": i, "delay": rng.randint(1, 9)} for i in range(20)]
+    result = await run_map(items, concurrency=5)
+    assert result.status is S.COMPLETED
+    assert result.artifacts["outs"] == [i * 10 for i in range(20)]
+    finish_order = [e.payload["index"] for e in result.history if e.type == "map_item_completed"]
+    assert finish_order != sorted(finish_order)  # they really finished out of order
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_concurrency_never_exceeds_the_limit(limit: int) -> None:
+    gauge = Gauge()
+    items = [{"v": i, "delay": 1 + i % 3} for i in range(12)]
+    result = await run_map(items, work_registry(gauge), concurrency=limit)
+    assert result.status is S.COMPLETED
+    assert gauge.peak == limit
+
+
+async def test_empty_list_gives_empty_collected_lists() -> None:
+    result = await run_map([], concurrency=4)
+    assert result.artifacts["outs"] == []
+
+
+async def test_fail_fast_cancels_the_rest_and_leaves_no_task() -> None:
+    items = [{"v": 0, "delay": 1, "fail": True}, *({"v": i, "delay": 100} for i in range(1, 6))]
+    before = live_tasks()
+    result = await run_map(items, concurrency=3)
+    assert live_tasks() == before
+    assert result.status is S.FAILED
+    assert isinstance(result.error, stageflow.MapError)
+    assert [i for i, _ in result.error.failures] == [0]
+    assert isinstance(result.error.__cause__, stageflow.StageError)
+    assert "map_item_cancelled" in types(result)
+    assert types(result).count("map_item_started") == 3  # the others never started
+
+
+@pytest.mark.parametrize("fields", [{"max_failures": 2}, {"max_failure_ratio": 0.5}])
+async def test_tolerated_failures_are_reported(fields: dict[str, Any]) -> None:
+    items = [{"v": i, "fail": i in (1, 3)} for i in range(4)]
+    result = await run_map(items, concurrency=2, failures_path="failed", **fields)
+    assert result.status is S.COMPLETED
+    assert result.artifacts["outs"] == [0, None, 20, None]
+    assert [f["index"] for f in result.artifacts["failed"]] == [1, 3]
+    assert result.artifacts["failed"][0]["error"]["causes"][0]["message"] == "item 1 failed"
+
+
+async def test_too_many_failures_fail_the_node() -> None:
+    items = [{"v": i, "fail": True} for i in range(3)]
+    result = await run_map(items, concurrency=1, max_failures=1)
+    assert isinstance(result.error, stageflow.MapError)
+    assert "2 of 3 items failed (tolerated: 1)" in str(result.error)
+
+
+async def test_items_must_be_a_list() -> None:
+    result = await run_map({"not": "a list"})  # type: ignore[arg-type]
+    assert isinstance(result.error, stageflow.MapError)
+    assert "holds a dict, not a list" in str(result.error)
+
+
+async def test_map_items_are_isolated_and_only_collect_flows_back() -> None:
+    registry = work_registry()
+    document = map_doc(concurrency=2)
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": [{"v": 1}, {"v": 2}]}
+    )
+    await session.run()
+    assert "out" not in session.payload
+    assert "item" not in session.payload
+
+
+@pytest.mark.trio_only
+async def test_ten_thousand_items() -> None:
+    items = [{"v": i} for i in range(10_000)]
+    result = await run_map(items, concurrency=8, limits=stageflow.Limits(max_steps=20_000))
+    assert result.artifacts["outs"][-1] == 99_990
+
+
+async def test_error_edge_on_a_map() -> None:
+    document = map_doc(concurrency=1, fallback="end")
+    registry = work_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": [{"v": 1, "fail": True}]}
+    )
+    result = await session.run()
+    assert result.status is S.COMPLETED
+    assert session.payload["error"]["type"] == "MapError"
+
+
+# ------------------------------------------------------------------ subpipelines
+
+CHILD = {
+    "entry": "ask",
+    "nodes": [
+        {
+            "id": "ask",
+            "type": "stage",
+            "stage": "WaitStage",
+            "config": {"input": "approve"},
+            "outputs": {"payload": "answer"},
+            "next": "done",
+        },
+        {
+            "id": "done",
+            "type": "terminal",
+            "result": {"approved": True},
+            "artifacts": ["answer", "note"],
+        },
+    ],
+}
+
+
+def sub_node(node_id: str, *, next: str | None = None, **fields: Any) -> dict[str, Any]:
+    node = {
+        "id": node_id,
+        "type": "subpipeline",
+        "pipeline": "approval",
+        "inputs": {"note": "note"},
+        "result_output": f"{node_id}_result",
+        "artifacts": {"answer": f"{node_id}_answer", "note": f"{node_id}_note"},
+    }
+    if next is not None:
+        node["next"] = next
+    node.update(fields)
+    return node
+
+
+async def test_input_reaches_a_stage_in_a_subpipeline_in_a_parallel_branch() -> None:
+    document = doc(
+        [
+            parallel("fan", ["left", "right"], next="end"),
+            sub_node("left"),
+            sub_node("right"),
+            terminal("end", "left_answer", "right_answer", "left_note", "left_result"),
+        ],
+        subpipelines={"approval": CHILD},
+    )
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"note": "hi"})
+    async with anyio.create_task_group() as tg:
+
+        async def approve() -> None:
+            stream = session.events(buffer=0)
+            waiting = 0
+            async for event in stream:
+                waiting += event.type == "waiting_for_input"
+                if waiting == 2:
+                    break
+            await stream.aclose()
+            assert session.send_input("approve", "yes").delivered == 2
+
+        tg.start_soon(approve)
+        result = await session.run()
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {
+        "left_answer": "yes",
+        "right_answer": "yes",
+        "left_note": "hi",
+        "left_result": {"approved": True},
+    }
+    paths = {(e.path, e.node_id) for e in result.history if e.type == "waiting_for_input"}
+    assert paths == {("fan/left/left", "ask"), ("fan/right/right", "ask")}
+
+
+async def test_nested_subpipelines_and_event_paths() -> None:
+    inner = {
+        "entry": "s",
+        "nodes": [
+            stage("s", "Set", config={"values": {"v": 7}}, outputs={"v": "v"}, next="t"),
+            terminal("t", "v"),
+        ],
+    }
+    middle = {
+        "entry": "call",
+        "nodes": [
+            {
+                "id": "call",
+                "type": "subpipeline",
+                "pipeline": "inner",
+                "artifacts": {"v": "v"},
+                "next": "t",
+            },
+            terminal("t", "v"),
+        ],
+        "subpipelines": {"inner": inner},
+    }
+    document = doc(
+        [
+            {
+                "id": "outer",
+                "type": "subpipeline",
+                "pipeline": "middle",
+                "artifacts": {"v": "v"},
+                "next": "end",
+            },
+            terminal("end", "v"),
+        ],
+        subpipelines={"middle": middle},
+    )
+    result = await _run(document)
+    assert result.artifacts == {"v": 7}
+    started = [(e.path, e.node_id) for e in result.history if e.type == "node_started"]
+    assert ("outer/call", "s") in started
+
+
+async def _run(document: dict[str, Any]) -> stageflow.SessionResult:
+    registry = fake_registry()
+    return await stageflow.Session(load(document, registry), registry=registry).run()
+
+
+async def test_missing_artifact_at_run_time_lists_the_existing_ones() -> None:
+    child = {
+        "entry": "c",
+        "nodes": [
+            {
+                "id": "c",
+                "type": "condition",
+                "conditions": [{"if": True, "then": "short"}],
+                "else": "long",
+            },
+            terminal("short", "a"),
+            terminal("long", "a", "b"),
+        ],
+    }
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "subpipeline",
+                "pipeline": "child",
+                "artifacts": {"b": "b"},
+                "next": "end",
+            },
+            terminal("end"),
+        ],
+        subpipelines={"child": child},
+    )
+    result = await _run(document)
+    assert isinstance(result.error, stageflow.SubpipelineError)
+    assert "returns no artifact 'b' (it returns: 'a')" in str(result.error)
+
+
+async def test_terminal_in_a_branch_of_a_subpipeline_ends_only_the_subpipeline() -> None:
+    child = {
+        "entry": "fan",
+        "nodes": [
+            parallel("fan", ["quick", "hang"], next="t"),
+            stage("quick", "Set", next="early"),
+            terminal("early", result={"how": "early"}),
+            stage("hang", "Hang"),
+            terminal("t"),
+        ],
+    }
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "subpipeline",
+                "pipeline": "child",
+                "result_output": "r",
+                "next": "end",
+            },
+            terminal("end", "r"),
+        ],
+        subpipelines={"child": child},
+    )
+    result = await _run(document)
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {"r": {"how": "early"}}
+
+
+def problems(document: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(document, work_registry())
+    return {p.location: p.message for p in info.value.problems}
+
+
+def test_unknown_subpipeline_id() -> None:
+    found = problems(
+        doc(
+            [
+                {"id": "call", "type": "subpipeline", "pipeline": "nope", "next": "end"},
+                terminal("end"),
+            ],
+            subpipelines={"other": CHILD},
+        )
+    )
+    assert "declared: other" in found["$.nodes[0].pipeline"]
+
+
+def test_recursion_is_rejected() -> None:
+    a = {
+        "entry": "x",
+        "nodes": [{"id": "x", "type": "subpipeline", "pipeline": "b", "next": "t"}, terminal("t")],
+    }
+    b = {
+        "entry": "y",
+        "nodes": [{"id": "y", "type": "subpipeline", "pipeline": "a", "next": "t"}, terminal("t")],
+    }
+    found = problems(
+        doc(
+            [
+                {"id": "call", "type": "subpipeline", "pipeline": "a", "next": "end"},
+                terminal("end"),
+            ],
+            subpipelines={"a": a, "b": b},
+        )
+    )
+    assert any("recursive" in message for message in found.values())
+
+
+def test_problems_inside_subpipelines_are_located_there() -> None:
+    child = {"entry": "s", "nodes": [stage("s", "Set", next="nowhere"), terminal("t")]}
+    found = problems(
+        doc(
+            [
+                {"id": "call", "type": "subpipeline", "pipeline": "child", "next": "end"},
+                terminal("end"),
+            ],
+            subpipelines={"child": child},
+        )
+    )
+    assert "$.subpipelines.child.nodes[0].next" in found
+
+
+def test_nesting_deeper_than_the_limit() -> None:
+    level3 = {"entry": "t", "nodes": [terminal("t")]}
+    level2 = {
+        "entry": "c",
+        "nodes": [{"id": "c", "type": "subpipeline", "pipeline": "l3", "next": "t"}, terminal("t")],
+        "subpipelines": {"l3": level3},
+    }
+    document = doc(
+        [{"id": "c", "type": "subpipeline", "pipeline": "l2", "next": "end"}, terminal("end")],
+        subpipelines={"l2": level2},
+        limits={"max_depth": 1},
+    )
+    assert "nest 2 levels deep" in problems(document)["$.subpipelines"]
+
+
+def test_map_body_must_not_escape_its_region() -> None:
+    document = map_doc()
+    document["nodes"][1]["next"] = "end"
+    found = problems(document)
+    assert "closed region" in found["$.nodes[0].body"]
+
+
+def test_collect_path_the_body_never_writes() -> None:
+    found = problems(map_doc(collect={"nope": "x"}))
+    assert "collects 'nope'" in found["$.nodes[0].collect.nope"]
+
+
+def test_unmapped_child_artifact_is_a_load_error() -> None:
+    document = doc(
+        [sub_node("call", next="end", artifacts={"ghost": "g"}), terminal("end")],
+        subpipelines={"approval": CHILD},
+    )
+    assert "returns artifact 'ghost'" in problems(document)["$.nodes[0].artifacts.ghost"]
