@@ -34,6 +34,7 @@ class _Missing:
 
 
 MISSING: Final[Any] = _Missing()
+"""What a path with nothing stored reads as: distinct from a stored ``None``; test with ``is``."""
 
 _PATH_CACHE: dict[str, tuple[str, ...]] = {}
 
