@@ -54,10 +54,15 @@ def parse_path(path: str) -> tuple[str, ...]:
     return parts
 
 
+def _is_index(part: str) -> bool:
+    # ASCII only: "²".isdigit() is true, but int("²") raises.
+    return part.isascii() and part.isdigit()
+
+
 def _step(container: Any, part: str) -> Any:
     if isinstance(container, dict | ChainMap):
         return container.get(part, MISSING)
-    if isinstance(container, list) and part.isdigit():
+    if isinstance(container, list) and _is_index(part):
         index = int(part)
         return container[index] if index < len(container) else MISSING
     return MISSING
@@ -141,7 +146,7 @@ class Context:
     @staticmethod
     def _assign(container: Any, part: str, value: Any, path: str) -> None:
         if isinstance(container, list):
-            if not part.isdigit():
+            if not _is_index(part):
                 raise ContextPathError(path, f"segment {part!r} indexes a list but is not a number")
             index = int(part)
             if index < len(container):
