@@ -123,6 +123,10 @@ class Context:
             child = _step(container, part)
             if child is MISSING:
                 if isinstance(container, list):
+                    if not _is_index(part):
+                        raise ContextPathError(
+                            path, f"segment {part!r} indexes a list but is not a number"
+                        )
                     raise ContextPathError(path, f"index {part} is past the end of the list")
                 child = {}
             elif not isinstance(child, dict | list):
