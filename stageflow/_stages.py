@@ -188,6 +188,12 @@ class StageRegistry:
             source: where the stage comes from, shown in the catalogue and in
                 conflict errors; defaults to the defining module.
         """
+        if name is not None and not isinstance(name, str):
+            # `@registry.register` without parentheses passes the stage as the name.
+            raise RegistryError(
+                f"register() was given {name!r} as the stage name; decorate with "
+                "@registry.register() or @registry.register('Name'), with parentheses"
+            )
 
         def decorator(target: _T) -> _T:
             self.add(target, name=name, spec=spec, source=source)
