@@ -167,6 +167,15 @@ def _describe_source(obj: object) -> str:
     return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def _check_stage_class(cls: type[BaseStage], name: str, origin: str) -> None:
+    """Catch at registration what would otherwise fail on every run of the stage."""
+    if cls.run is BaseStage.run or not inspect.iscoroutinefunction(cls.run):
+        raise RegistryError(
+            f"stage {name!r} from {origin} does not implement run(); define "
+            "'async def run(self, ctx)' returning a mapping of outputs or None"
+        )
+
+
 class StageRegistry:
     """A set of named stages that sessions look stages up in.
 
@@ -216,6 +225,7 @@ class StageRegistry:
         origin = source or _describe_source(target)
         factory: Callable[[], BaseStage]
         if inspect.isclass(target) and issubclass(target, BaseStage):
+            _check_stage_class(target, stage_name, origin)
             factory = target
             stage_spec = spec or target.spec
         elif inspect.iscoroutinefunction(target):
