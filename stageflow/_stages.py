@@ -174,6 +174,18 @@ def _check_stage_class(cls: type[BaseStage], name: str, origin: str) -> None:
             f"stage {name!r} from {origin} does not implement run(); define "
             "'async def run(self, ctx)' returning a mapping of outputs or None"
         )
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to check (some C types)
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        raise RegistryError(
+            f"stage {name!r} from {origin} cannot be built without arguments "
+            f"({cls.__name__}{signature}); a fresh instance is made for every attempt, "
+            "so read settings from ctx.config instead of __init__ arguments"
+        ) from None
 
 
 class StageRegistry:
