@@ -276,9 +276,7 @@ def test_an_invalid_schema_in_a_spec_is_a_definition_error() -> None:
 
 def test_two_subclasses_do_not_share_state() -> None:
     class First(stageflow.BaseStage):
-        spec = stageflow.StageSpec(
-            description="first", allowed_events=[stageflow.EventSpec("one")]
-        )
+        spec = stageflow.StageSpec(description="first", allowed_events=[stageflow.EventSpec("one")])
 
     class Second(stageflow.BaseStage):
         pass
