@@ -171,10 +171,12 @@ class History:
             parent,
         )
         self._events.append(event)
-        if self._callbacks:
-            self._notify(event)
+        # Streams first: a callback that subscribes while handling this event
+        # must not receive it (a stream starts after the event in flight).
         if self._subscriptions:
             self._publish(event)
+        if self._callbacks:
+            self._notify(event)
         return event
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
