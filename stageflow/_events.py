@@ -97,7 +97,7 @@ class EventStream:
     resumes at (``next_seq``, ``None`` when the session ended meanwhile). The
     marker's own ``seq`` is the one after the missed events, and it is not
     part of the history, which keeps every event. Leave early with
-    :meth:`aclose`.
+    :meth:`aclose`, or use the stream as an async context manager.
     """
 
     __slots__ = ("_history", "_sub")
@@ -126,6 +126,12 @@ class EventStream:
         """Stop receiving events."""
         self._history._unsubscribe(self._sub)
         self._sub.receive.close()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class History:
