@@ -103,6 +103,11 @@ def _node_label(doc: Any, index: int) -> str:
     return f"node {node_id!r}" if isinstance(node_id, str) else f"node #{index}"
 
 
+def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
+    """Sort key: array indexes numerically (nodes[2] before nodes[10]), keys by name."""
+    return [(p, "") if isinstance(p, int) else (-1, str(p)) for p in error.absolute_path]
+
+
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
     path = list(error.absolute_path)
     location = _where(doc, path)
@@ -221,9 +226,7 @@ class Pipeline:
                 source=source,
             )
         doc = copy_json(document)
-        errors = sorted(
-            _schema_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]
-        )
+        errors = sorted(_schema_validator().iter_errors(doc), key=_document_order)
         if errors:
             raise PipelineValidationError([_schema_problem(doc, e) for e in errors], source=source)
         try:
