@@ -267,7 +267,14 @@ class Pipeline:
             OSError: the file cannot be read.
         """
         file = Path(path)
-        text = file.read_text(encoding="utf-8")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            problem = Problem(
+                "$",
+                f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8",
+            )
+            raise PipelineValidationError([problem], source=str(file)) from None
         document = parse_document(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
         return cls.from_dict(document, registry=registry, source=str(file))
 
