@@ -6,6 +6,7 @@ find into one :class:`~stageflow.PipelineValidationError`.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -22,7 +23,7 @@ import yaml
 from cattrs.gen import make_dict_structure_fn, override
 
 from stageflow._errors import PipelineValidationError, Problem
-from stageflow._json import copy_json, freeze
+from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -225,7 +226,9 @@ class Pipeline:
                 ],
                 source=source,
             )
-        doc = copy_json(document)
+        doc, non_json = _plain_document(document)
+        if non_json is not None:
+            raise PipelineValidationError([non_json], source=source)
         errors = sorted(_schema_validator().iter_errors(doc), key=_document_order)
         if errors:
             raise PipelineValidationError([_schema_problem(doc, e) for e in errors], source=source)
@@ -277,6 +280,41 @@ class Pipeline:
             raise PipelineValidationError([problem], source=str(file)) from None
         document = parse_document(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
         return cls.from_dict(document, registry=registry, source=str(file))
+
+
+def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
+    """Copy ``document`` as plain JSON, or find the first value JSON cannot carry.
+
+    Returns the copy and ``None``, or a problem for a YAML date, a set, NaN, ...
+    """
+    try:
+        # Mappings and tuples (a frozen document) become dicts and lists; the check
+        # below reports whatever else is not JSON.
+        plain = copy_json(document)
+    except RecursionError:
+        return None, Problem(
+            "$", f"the document nests more than {MAX_DEPTH} levels deep; flatten it"
+        )
+    bad = find_non_json(plain, "$")
+    if bad is None:
+        return plain, None
+    value = bad.value
+    hint = "use a string, number, boolean, null, object or array"
+    if isinstance(value, datetime.date | datetime.time):
+        hint = "YAML reads unquoted dates and times as such: quote it to make it a string"
+    elif bad.reason == "object keys must be strings":
+        hint = "quote the key (YAML reads unquoted numbers and booleans as such)"
+    elif isinstance(value, dict | list):
+        hint = "flatten it"
+    return plain, Problem(
+        bad.location,
+        f"{type(value).__name__} {_short(value)} is not JSON ({bad.reason}); {hint}",
+    )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_document(text: str, *, source: str, yaml_: bool = False) -> Any:
