@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from os import PathLike
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -253,7 +254,7 @@ class Pipeline:
             entry=doc["entry"],
             nodes=nodes,
             metadata=freeze(doc.get("metadata", {})),
-            reducers=reducers,
+            reducers=MappingProxyType(reducers),
             limits=limits,
             document=freeze(doc),
             digest=hashlib.sha256(canonical.encode()).hexdigest(),
