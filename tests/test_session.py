@@ -902,3 +902,31 @@ async def test_an_error_from_the_stage_api_names_the_node() -> None:
     result = await run(doc([stage("e", "BadEmit", next="end"), terminal("end")]), registry=registry)
     assert result.status is FAILED
     assert getattr(result.error, "node_id", None) == "e"
+
+
+TERMINAL_IN_BRANCH_REASON = (
+    "_session._run_parallel: when a terminal in a branch ended the session and every branch "
+    "had finished, trio's task group exit does not raise the pending cancellation, so the "
+    "branches are merged and the join runs (a terminal join replaces the result); after "
+    "the task group, 'if self._terminal is not None: await anyio.lowlevel.checkpoint()'"
+)
+
+
+async def test_a_terminal_in_the_last_running_branch_ends_the_session_on_every_backend(
+    anyio_backend_name: str, request: pytest.FixtureRequest
+) -> None:
+    if anyio_backend_name == "trio":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=TERMINAL_IN_BRANCH_REASON))
+    document = doc(
+        [
+            parallel("fan", ["a"], next="join"),
+            set_node("a", {"x": 1}, next="branch_end"),
+            terminal("branch_end", "x", result={"from": "branch"}),
+            terminal("join", "x", result={"from": "join"}),
+        ]
+    )
+    session = session_for(document)
+    result = await session.run()
+    assert result.result == {"from": "branch"}
+    assert "join" not in [e.node_id for e in result.history]
+    assert "x" not in session.payload  # nothing merged after the session ended
