@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import jsonschema
 
 from stageflow._errors import DefinitionError
 from stageflow._json import freeze, thaw
+from stageflow._model import RetryPolicy
 
 __all__ = ["EventSpec", "InputSpec", "StageSpec", "compile_schema"]
 
@@ -56,6 +58,11 @@ class InputSpec:
     )
     description: str = ""
 
+    @functools.cached_property
+    def validator(self) -> jsonschema.protocols.Validator | None:
+        """The compiled payload schema (built once), or ``None`` without a schema."""
+        return None if self.schema is None else compile_schema(self.schema)
+
 
 @attrs.frozen
 class EventSpec:
@@ -73,6 +80,11 @@ class EventSpec:
     )
     description: str = ""
 
+    @functools.cached_property
+    def validator(self) -> jsonschema.protocols.Validator | None:
+        """The compiled payload schema (built once), or ``None`` without a schema."""
+        return None if self.schema is None else compile_schema(self.schema)
+
 
 @attrs.frozen
 class StageSpec:
@@ -86,8 +98,12 @@ class StageSpec:
         config: JSON Schema of the node's ``config``, checked at load time.
         outputs: JSON Schema (an object schema) of what the stage returns;
             a node may only map output keys listed in its ``properties``.
-        allowed_inputs: the inputs the stage may wait for.
-        allowed_events: the events the stage may emit.
+        allowed_inputs: the inputs the stage may wait for; when not empty,
+            waiting for another type is an error.
+        allowed_events: the events the stage may emit; when not empty,
+            emitting another type is an error.
+        retry: default retry policy of nodes using the stage.
+        timeout: default seconds per attempt of nodes using the stage.
     """
 
     description: str = ""
@@ -102,3 +118,5 @@ class StageSpec:
     )
     allowed_inputs: tuple[InputSpec, ...] = attrs.field(default=(), converter=tuple)
     allowed_events: tuple[EventSpec, ...] = attrs.field(default=(), converter=tuple)
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
