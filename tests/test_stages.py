@@ -78,13 +78,18 @@ def test_catalogue_names_len_contains_and_iter_are_sorted_and_consistent() -> No
     registry = stageflow.StageRegistry()
     for name in ("b", "c", "a"):
         registry.register(name)(noop)
-    assert registry.names() == ("a", "b", "c")
-    assert [e.name for e in registry.catalogue()] == ["a", "b", "c"]
-    assert list(registry) == ["a", "b", "c"]
-    assert len(registry) == 3
+    # Every registry also has the core stages.
+    everything = ("SleepStage", "WaitStage", "a", "b", "c")
+    assert registry.names() == everything
+    assert registry.names(core=False) == ("a", "b", "c")
+    assert [e.name for e in registry.catalogue()] == list(everything)
+    assert [e.name for e in registry.catalogue(core=False)] == ["a", "b", "c"]
+    assert list(registry) == list(everything)
+    assert len(registry) == 5
     assert "a" in registry
+    assert "WaitStage" in registry
     assert "z" not in registry
-    assert repr(registry) == "<StageRegistry with 3 stages>"
+    assert repr(registry) == "<StageRegistry with 5 stages>"
 
 
 def test_conflict_names_both_sources() -> None:
@@ -207,11 +212,10 @@ def test_a_class_that_cannot_be_built_without_arguments_is_rejected() -> None:
 
 def test_default_registry_through_register_stage_and_get_stages() -> None:
     name = f"DefaultStage_{uuid.uuid4().hex}"
-    view = stageflow.get_stages()
-    assert name not in view
+    assert name not in stageflow.get_stages()
     stageflow.register_stage(name)(noop)
-    assert view[name].target is noop  # a live view
-    assert stageflow.get_stages()[name].name == name
+    assert stageflow.get_stages()[name].target is noop
+    assert {"WaitStage", "SleepStage"} <= set(stageflow.get_stages())
 
 
 def test_get_stages_is_read_only() -> None:
@@ -230,14 +234,21 @@ def test_stage_not_found_lists_the_known_names() -> None:
         registry.get("Gamma")
     error = info.value
     assert isinstance(error, KeyError)
-    assert (error.name, error.known) == ("Gamma", ("Alpha", "Beta"))
-    assert str(error).startswith("no stage named 'Gamma' is registered (known: Alpha, Beta)")
+    assert (error.name, error.known) == ("Gamma", ("Alpha", "Beta", "SleepStage", "WaitStage"))
+    assert str(error).startswith(
+        "no stage named 'Gamma' is registered (known: Alpha, Beta, SleepStage, WaitStage)"
+    )
     assert "@registry.register('Gamma')" in str(error)
 
 
-def test_stage_not_found_in_an_empty_registry() -> None:
-    with pytest.raises(stageflow.StageNotFoundError, match="none are registered"):
+def test_stage_not_found_in_a_fresh_registry_lists_the_core_stages() -> None:
+    with pytest.raises(stageflow.StageNotFoundError, match=r"\(known: SleepStage, WaitStage\)"):
         stageflow.StageRegistry().get("x")
+
+
+def test_a_core_stage_name_cannot_be_taken() -> None:
+    with pytest.raises(stageflow.StageConflictError, match="stageflow \\(core\\)"):
+        stageflow.StageRegistry().register("WaitStage")(noop)
 
 
 # ---------------------------------------------------------------- immutability
