@@ -3,7 +3,9 @@
 Conventions (an HTML comment on the line right before a fence):
 
 - ```python blocks of one file run in order, in one fresh interpreter, sharing
-  their globals like a notebook. ``<!-- docs: skip -->`` skips a fragment.
+  their globals like a notebook. ``<!-- docs: skip -->`` skips a fragment
+  (one that needs a collector, a running session, a file of its own...).
+  Fences may be indented (inside a list item); the marker then is too.
 - ``<!-- docs: output -->`` before a ```text block: the previous python block
   must print exactly that text.
 - ```json blocks are pipeline documents and must load with
@@ -19,6 +21,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,7 +36,8 @@ FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 DOC_STAGES = ("Classify", "Fetch", "Notify", "Summarize", "Translate")
 
 FENCE = re.compile(
-    r"(?:<!-- docs: (?P<marker>[a-z]+) -->\n)?^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$",
+    r"(?:^[ ]*<!-- docs: (?P<marker>[a-z]+) -->\n)?"
+    r"^(?P<indent>[ ]*)```(?P<lang>[a-z]*)\n(?P<body>.*?)^(?P=indent)```$",
     re.MULTILINE | re.DOTALL,
 )
 
@@ -53,7 +57,13 @@ class Block(NamedTuple):
 def blocks(file: Path) -> list[Block]:
     text = file.read_text()
     return [
-        Block(file, text.count("\n", 0, m.start("body")), m["lang"], m["marker"], m["body"])
+        Block(
+            file,
+            text.count("\n", 0, m.start("body")),
+            m["lang"],
+            m["marker"],
+            textwrap.dedent(m["body"]),  # fences indented in a list item
+        )
         for m in FENCE.finditer(text)
     ]
 
