@@ -116,9 +116,9 @@ EXPORTED = [
 
 # Layers from the bottom up. A module may import its own layer and the ones below.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "bottom": ("_errors", "_json", "jsonlogic", "_context"),
+    "bottom": ("_errors", "_json", "jsonlogic", "_context", "_log", "_version"),
     "model": ("_model", "_specs", "_stages", "_core_stages"),
-    "loading": ("_pipeline", "_merge", "_events", "_result", "_plugins"),
+    "loading": ("_pipeline", "_merge", "_events", "_result", "_plugins", "_telemetry"),
     "engine": ("_session", "_desk", "_inputs"),
     "top": ("cli", "testing", "tracing", "logging", "builtins"),
 }
@@ -561,22 +561,65 @@ def _undeclared(externals: list[External], allowed_now: set[str], allowed_lazy: 
     return problems
 
 
+def _shipped_files() -> list[Path]:
+    """The Python files the wheel ships (hatch's ``only-include``, else the package)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wheel = config.get("tool", {}).get("hatch", {}).get("build", {}).get("targets", {})
+    included = wheel.get("wheel", {}).get("only-include", ["stageflow"])
+    files: list[Path] = []
+    for entry in included:
+        path = ROOT / entry
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+# Modules that only run when an optional feature is in use, with the extra it needs:
+# their module-level imports may come from that extra.
+OPTIONAL_MODULES = {
+    "_stageflow_pytest.py": "pytest",  # the pytest11 entry point: pytest loads it
+    "stageflow/testing/_plugin.py": "pytest",  # imported by it when a case file is collected
+}
+
+
 def test_every_package_import_is_a_declared_dependency() -> None:
     """Seed defect 1: a fresh install must have every module the package imports.
 
     A module-level import must be in ``dependencies``. An import that only runs
     when a feature is used (inside a function) or only for the type checker
     (``if TYPE_CHECKING:``) may instead come from an extra: a lazy import from
-    a named extra (not ``dev``), a type-only one from any extra.
+    a named extra (not ``dev``), a type-only one from any extra. A module of
+    :data:`OPTIONAL_MODULES` may import its extra at module level.
     """
     runtime, extras = _declared()
     features = set().union(*(reqs for name, reqs in extras.items() if name != "dev"))
     every_extra = set().union(*extras.values())
-    externals = list(_external_imports(sorted(PACKAGE.rglob("*.py")), {"stageflow"}))
+    files = _shipped_files()
+    assert PACKAGE / "_session.py" in files
+    externals = list(_external_imports(files, {"stageflow"}))
     assert {e.module.partition(".")[0] for e in externals} >= {"anyio", "attrs", "yaml"}
-    problems = _undeclared([e for e in externals if not e.type_only], runtime, runtime | features)
-    problems += _undeclared([e for e in externals if e.type_only], runtime, runtime | every_extra)
+    problems: list[str] = []
+    for ext in externals:
+        optional = OPTIONAL_MODULES.get(str(ext.file.relative_to(ROOT)))
+        now = runtime | extras[optional] if optional else runtime
+        if ext.type_only:
+            problems += _undeclared([ext], now, runtime | every_extra)
+        else:
+            problems += _undeclared([ext], now, now | features)
     assert problems == []
+
+
+def test_optional_modules_exist_and_the_rest_imports_without_their_extras() -> None:
+    for module, extra in OPTIONAL_MODULES.items():
+        assert (ROOT / module).is_file(), module
+        assert extra in _declared()[1], extra
+    # Importing the package and its public submodules must not need pytest.
+    code = (
+        "import sys\n"
+        "sys.modules['pytest'] = None  # as if it were not installed\n"
+        "import stageflow, stageflow.testing, stageflow.builtins, stageflow.tracing\n"
+        "import stageflow.logging\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
 
 
 # Imported by test fixtures precisely because no distribution provides them.

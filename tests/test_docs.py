@@ -30,7 +30,15 @@ import pytest
 import stageflow
 
 ROOT = Path(__file__).parents[1]
-FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+
+# Pages whose blocks follow their own conventions and are checked by their own tests.
+OWN_TESTS = {
+    "builtins.md": "test_builtins.py",  # generated from the stage specs; node fragments
+    "testing.md": "test_testing.py",  # case files and snippets run in a prepared tree
+}
+FILES = sorted(
+    [ROOT / "README.md", *(f for f in (ROOT / "docs").glob("*.md") if f.name not in OWN_TESTS)]
+)
 
 # The stage names the documents use; the docs say so where they first appear.
 DOC_STAGES = ("Classify", "Fetch", "Notify", "Summarize", "Translate")
@@ -81,6 +89,12 @@ def docs_registry() -> stageflow.StageRegistry:
 
 def _ids(files: list[Path]) -> list[str]:
     return [str(f.relative_to(ROOT)) for f in files]
+
+
+def test_pages_left_out_are_checked_by_their_own_tests() -> None:
+    for page, test in OWN_TESTS.items():
+        assert (ROOT / "docs" / page).is_file(), page
+        assert f'"docs" / "{page}"' in (ROOT / "tests" / test).read_text(), (page, test)
 
 
 def test_the_docs_exist_and_have_blocks() -> None:

@@ -691,12 +691,6 @@ async def test_cancel_before_run_ends_cancelled_with_no_task_left() -> None:
     assert result.history[-1].payload["reason"] == "not needed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session.run: a session cancelled before run() still starts nodes, and a path "
-    "without a checkpoint (condition -> terminal) even completes; run() should finish "
-    "as cancelled before the first node when _cancel_reason is set",
-)
 async def test_cancel_before_run_runs_no_node() -> None:
     session = session_for(doc([cond("pick", True, "end"), terminal("end")]))
     session.cancel()
@@ -924,8 +918,8 @@ async def test_an_error_from_the_stage_api_names_the_node() -> None:
 TERMINAL_IN_BRANCH_REASON = (
     "_session._run_parallel: when a terminal in a branch ended the session and every branch "
     "had finished, trio's task group exit does not raise the pending cancellation, so the "
-    "branches are merged and the join runs (a terminal join replaces the result); after "
-    "the task group, 'if self._terminal is not None: await anyio.lowlevel.checkpoint()'"
+    "parallel node still merges the branches into the main context (asyncio does not): "
+    "after the task group, 'if self._terminal is not None: await anyio.lowlevel.checkpoint()'"
 )
 
 
