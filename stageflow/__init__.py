@@ -159,7 +159,6 @@ __all__ = [
     "TracingSetupError",
     "ValidateEvents",
     "WaitStage",
-    "__version__",
     "get_stages",
     "jsonlogic",
     "list_stage_packs",

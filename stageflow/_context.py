@@ -34,6 +34,7 @@ class _Missing:
 
 
 MISSING: Final[Any] = _Missing()
+"""What a path with nothing stored reads as: distinct from a stored ``None``; test with ``is``."""
 
 _PATH_CACHE: dict[str, tuple[str, ...]] = {}
 
@@ -53,10 +54,15 @@ def parse_path(path: str) -> tuple[str, ...]:
     return parts
 
 
+def _is_index(part: str) -> bool:
+    # ASCII only: "²".isdigit() is true, but int("²") raises.
+    return part.isascii() and part.isdigit()
+
+
 def _step(container: Any, part: str) -> Any:
     if isinstance(container, dict | ChainMap):
         return container.get(part, MISSING)
-    if isinstance(container, list) and part.isdigit():
+    if isinstance(container, list) and _is_index(part):
         index = int(part)
         return container[index] if index < len(container) else MISSING
     return MISSING
@@ -117,6 +123,10 @@ class Context:
             child = _step(container, part)
             if child is MISSING:
                 if isinstance(container, list):
+                    if not _is_index(part):
+                        raise ContextPathError(
+                            path, f"segment {part!r} indexes a list but is not a number"
+                        )
                     raise ContextPathError(path, f"index {part} is past the end of the list")
                 child = {}
             elif not isinstance(child, dict | list):
@@ -140,7 +150,7 @@ class Context:
     @staticmethod
     def _assign(container: Any, part: str, value: Any, path: str) -> None:
         if isinstance(container, list):
-            if not part.isdigit():
+            if not _is_index(part):
                 raise ContextPathError(path, f"segment {part!r} indexes a list but is not a number")
             index = int(part)
             if index < len(container):

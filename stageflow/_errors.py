@@ -101,11 +101,11 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
             out[attr] = value
     causes: list[dict[str, str]] = []
     seen = {id(exc)}
-    cause = exc.__cause__ or exc.__context__
+    cause = _cause_of(exc)
     while cause is not None and id(cause) not in seen and len(causes) < 16:
         seen.add(id(cause))
         causes.append({"type": type(cause).__name__, "message": str(cause)})
-        cause = cause.__cause__ or cause.__context__
+        cause = _cause_of(cause)
     out["causes"] = causes
     if isinstance(exc, BaseExceptionGroup):
         out["errors"] = [describe_exception(e) for e in exc.exceptions]
@@ -133,6 +133,13 @@ def error_matches(exc: BaseException, names: tuple[str, ...]) -> bool:
         if isinstance(current, BaseExceptionGroup):
             todo.extend(current.exceptions)
     return False
+
+
+def _cause_of(exc: BaseException) -> BaseException | None:
+    """The exception shown as "caused by" in a traceback (``raise ... from None`` hides it)."""
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    return None if exc.__suppress_context__ else exc.__context__
 
 
 class DefinitionError(StageflowError, ValueError):

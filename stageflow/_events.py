@@ -91,11 +91,14 @@ class _Subscription:
 class EventStream:
     """An async iterator over a session's events from the moment it was created.
 
-    It ends when the session finishes. A subscriber that falls more than its
-    buffer behind misses the overflowing events; the next event it gets is a
-    ``subscriber_overflow`` marker whose payload says how many were dropped
-    and the ``seq`` it resumes at (every event stays in the session history).
-    Leaving the ``async for`` early is fine; :meth:`aclose` unsubscribes.
+    It ends when the session finishes (at once if it already has). A
+    subscriber that falls more than its buffer behind misses the overflowing
+    events; the next thing it gets is a ``subscriber_overflow`` marker whose
+    payload says how many were dropped (``dropped``) and the ``seq`` it
+    resumes at (``next_seq``, ``None`` when the session ended meanwhile). The
+    marker's own ``seq`` is the one after the missed events, and it is not
+    part of the history, which keeps every event. Leave early with
+    :meth:`aclose`, or use the stream as an async context manager.
     """
 
     __slots__ = ("_history", "_sub")
@@ -108,10 +111,16 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
+        sub = self._sub
         try:
-            return await self._sub.receive.receive()
+            return await sub.receive.receive()
         except anyio.EndOfStream:
-            self._sub.receive.close()
+            sub.receive.close()
+            if sub.dropped:
+                # Events were lost after the last one delivered: say so before ending.
+                return self._history._overflow_marker(sub, None)
+            raise StopAsyncIteration from None
+        except anyio.ClosedResourceError:
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
@@ -119,11 +128,17 @@ class EventStream:
         self._history._unsubscribe(self._sub)
         self._sub.receive.close()
 
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 class History:
     """The ordered list of a session's events, with its subscribers."""
 
-    __slots__ = ("_callbacks", "_events", "_subscriptions", "session_id", "span_source")
+    __slots__ = ("_callbacks", "_closed", "_events", "_subscriptions", "session_id", "span_source")
 
     def __init__(self, session_id: str, events: list[Event] | None = None) -> None:
         self.session_id = session_id
@@ -132,6 +147,7 @@ class History:
         self._events: list[Event] = events if events is not None else []
         self._callbacks: list[EventCallback] = []
         self._subscriptions: list[_Subscription] = []
+        self._closed = False
 
     @property
     def events(self) -> list[Event]:
@@ -166,10 +182,12 @@ class History:
             parent,
         )
         self._events.append(event)
-        if self._callbacks:
-            self._notify(event)
+        # Streams first: a callback that subscribes while handling this event
+        # must not receive it (a stream starts after the event in flight).
         if self._subscriptions:
             self._publish(event)
+        if self._callbacks:
+            self._notify(event)
         return event
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
@@ -197,28 +215,50 @@ class History:
                 self._callbacks.remove(callback)
 
     def _publish(self, event: Event) -> None:
-        for sub in self._subscriptions:
+        # A copy: a subscriber whose reader is gone is removed while iterating.
+        for sub in tuple(self._subscriptions):
+            send = sub.send
             try:
                 if sub.dropped:
-                    marker = attrs.evolve(
-                        event,
-                        type=OVERFLOW,
-                        node_id=None,
-                        path="",
-                        payload={"dropped": sub.dropped, "next_seq": event.seq},
+                    # The marker and the event go together or not at all, so the
+                    # marker's next_seq is always the event that follows it.
+                    stats = send.statistics()
+                    room = (
+                        stats.max_buffer_size
+                        - stats.current_buffer_used
+                        + stats.tasks_waiting_receive
                     )
-                    sub.send.send_nowait(marker)
-                    sub.dropped = 0
-                sub.send.send_nowait(event)
+                    if room < 2:
+                        sub.dropped += 1
+                        continue
+                    send.send_nowait(self._overflow_marker(sub, event.seq))
+                send.send_nowait(event)
             except anyio.WouldBlock:
                 sub.dropped += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscriptions.remove(sub)
+                send.close()
+
+    def _overflow_marker(self, sub: _Subscription, next_seq: int | None) -> Event:
+        """The marker telling ``sub`` how many events it missed; resets the count."""
+        dropped, sub.dropped = sub.dropped, 0
+        return Event(
+            len(self._events) + 1 if next_seq is None else next_seq,
+            OVERFLOW,
+            datetime.datetime.now(datetime.UTC),
+            self.session_id,
+            None,
+            "",
+            {"dropped": dropped, "next_seq": next_seq},
+        )
 
     def stream(self, buffer: int) -> EventStream:
         """Subscribe now; return an async iterator over the events from here on."""
         sub = _Subscription(buffer)
-        self._subscriptions.append(sub)
+        if self._closed:
+            sub.send.close()  # nothing more will come: the stream ends at once
+        else:
+            self._subscriptions.append(sub)
         return EventStream(sub, self)
 
     def _unsubscribe(self, sub: _Subscription) -> None:
@@ -227,7 +267,8 @@ class History:
         sub.send.close()
 
     def close(self) -> None:
-        """End every ``iterate()`` subscription (after the session finished)."""
+        """End every stream, now and later (after the session finished)."""
+        self._closed = True
         for sub in self._subscriptions:
             sub.send.close()
         self._subscriptions.clear()

@@ -5,39 +5,64 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
-__all__ = ["JsonValue", "copy_json", "find_non_json", "freeze", "thaw"]
+__all__ = ["MAX_DEPTH", "JsonValue", "NonJson", "copy_json", "find_non_json", "freeze", "thaw"]
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
 
 _SCALARS = (str, int, bool, type(None))
 
+MAX_DEPTH: Final = 256
+"""How deeply containers may nest in a value the engine stores (JSON from people and
+programs stays far below; the recursive helpers here stay far from Python's limit)."""
 
-def find_non_json(value: Any, where: str = "$") -> tuple[str, object] | None:
-    """Return ``(location, offending value)`` for the first non-JSON part of ``value``.
+
+class NonJson(NamedTuple):
+    """Where a value stops being plain JSON, and why."""
+
+    location: str
+    value: object
+    reason: str
+
+
+def find_non_json(value: Any, where: str = "$") -> NonJson | None:
+    """Return the first non-JSON part of ``value``: its location, the offending value and why.
 
     ``None`` means ``value`` is plain JSON: dicts with string keys, lists, strings,
-    finite numbers, booleans and ``None``. Iterative, so deep values cannot hit
-    the recursion limit.
+    finite numbers, booleans and ``None``, nested at most :data:`MAX_DEPTH` levels and
+    without a container inside itself. Iterative, so hostile values can neither hit
+    the recursion limit nor loop forever.
     """
-    stack: list[tuple[str, Any]] = [(where, value)]
+    # (location, item, depth); location None marks leaving a container.
+    stack: list[tuple[str | None, Any, int]] = [(where, value, 0)]
+    inside: set[int] = set()  # ids of the containers on the current path
     while stack:
-        loc, item = stack.pop()
+        loc, item, depth = stack.pop()
+        if loc is None:
+            inside.discard(id(item))
+            continue
         if isinstance(item, _SCALARS):
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
-                return loc, item
-        elif isinstance(item, dict):
+                return NonJson(loc, item, "not a finite number")
+            continue
+        if not isinstance(item, dict | list):
+            return NonJson(loc, item, "not a JSON type")
+        if id(item) in inside:
+            return NonJson(loc, item, "it contains itself (a reference cycle)")
+        if depth >= MAX_DEPTH:
+            return NonJson(loc, item, f"it nests more than {MAX_DEPTH} levels deep")
+        inside.add(id(item))
+        stack.append((None, item, depth))
+        if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
-                    return f"{loc} key {key!r}", key
-                stack.append((f"{loc}.{key}", sub))
-        elif isinstance(item, list):
-            stack.extend((f"{loc}[{i}]", sub) for i, sub in enumerate(item))
+                    return NonJson(f"{loc} key {key!r}", key, "object keys must be strings")
+                stack.append((f"{loc}.{key}", sub, depth + 1))
         else:
-            return loc, item
+            stack.extend((f"{loc}[{i}]", sub, depth + 1) for i, sub in enumerate(item))
     return None
 
 

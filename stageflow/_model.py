@@ -201,9 +201,14 @@ class StageNode:
 
 @attrs.frozen
 class ConditionBranch:
-    """One ``{"if": rule, "then": node}`` entry of a condition node."""
+    """One ``{"if": rule, "then": node}`` entry of a condition node.
 
-    if_: Any
+    Attributes:
+        if_: the JsonLogic rule (JSON ``if``), stored read-only.
+        then: the node taken when the rule is truthy.
+    """
+
+    if_: Any = attrs.field(converter=freeze)
     then: str
 
 

@@ -6,6 +6,7 @@ find into one :class:`~stageflow.PipelineValidationError`.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from os import PathLike
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -23,7 +25,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from stageflow._errors import PipelineValidationError, Problem
 from stageflow._graph import check_graph
-from stageflow._json import copy_json, freeze
+from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -106,6 +108,11 @@ def _node_label(doc: Any, index: int) -> str:
     except (KeyError, IndexError, TypeError):
         node_id = None
     return f"node {node_id!r}" if isinstance(node_id, str) else f"node #{index}"
+
+
+def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
+    """Sort key: array indexes numerically (nodes[2] before nodes[10]), keys by name."""
+    return [(p, "") if isinstance(p, int) else (-1, str(p)) for p in error.absolute_path]
 
 
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
@@ -240,10 +247,10 @@ class Pipeline:
                 ],
                 source=source,
             )
-        doc = copy_json(document)
-        errors = sorted(
-            _schema_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]
-        )
+        doc, non_json = _plain_document(document)
+        if non_json is not None:
+            raise PipelineValidationError([non_json], source=source)
+        errors = sorted(_schema_validator().iter_errors(doc), key=_document_order)
         if errors:
             raise PipelineValidationError([_schema_problem(doc, e) for e in errors], source=source)
         try:
@@ -261,9 +268,51 @@ class Pipeline:
             OSError: the file cannot be read.
         """
         file = Path(path)
-        text = file.read_text(encoding="utf-8")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            problem = Problem(
+                "$",
+                f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8",
+            )
+            raise PipelineValidationError([problem], source=str(file)) from None
         document = parse_document(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
         return cls.from_dict(document, registry=registry, source=str(file))
+
+
+def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
+    """Copy ``document`` as plain JSON, or find the first value JSON cannot carry.
+
+    Returns the copy and ``None``, or a problem for a YAML date, a set, NaN, ...
+    """
+    try:
+        # Mappings and tuples (a frozen document) become dicts and lists; the check
+        # below reports whatever else is not JSON.
+        plain = copy_json(document)
+    except RecursionError:
+        return None, Problem(
+            "$", f"the document nests more than {MAX_DEPTH} levels deep; flatten it"
+        )
+    bad = find_non_json(plain, "$")
+    if bad is None:
+        return plain, None
+    value = bad.value
+    hint = "use a string, number, boolean, null, object or array"
+    if isinstance(value, datetime.date | datetime.time):
+        hint = "YAML reads unquoted dates and times as such: quote it to make it a string"
+    elif bad.reason == "object keys must be strings":
+        hint = "quote the key (YAML reads unquoted numbers and booleans as such)"
+    elif isinstance(value, dict | list):
+        hint = "flatten it"
+    return plain, Problem(
+        bad.location,
+        f"{type(value).__name__} {_short(value)} is not JSON ({bad.reason}); {hint}",
+    )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_document(text: str, *, source: str, yaml_: bool = False) -> Any:
@@ -449,7 +498,9 @@ class _Loader:
             entry=graph_doc["entry"],
             nodes=nodes,
             metadata=freeze(graph_doc.get("metadata", {})),
-            reducers={path: Reducer(r) for path, r in graph_doc.get("reducers", {}).items()},
+            reducers=MappingProxyType(
+                {path: Reducer(r) for path, r in graph_doc.get("reducers", {}).items()}
+            ),
             limits=self.limits,
             validate_events=ValidateEvents(self.doc.get("validate_events", "warn")),
             document=freeze(graph_doc),

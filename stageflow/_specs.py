@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import jsonschema
 
+from stageflow._errors import DefinitionError
 from stageflow._json import freeze, thaw
 from stageflow._model import RetryPolicy
 
@@ -18,10 +19,22 @@ __all__ = ["EventSpec", "InputSpec", "StageSpec", "compile_schema"]
 def _frozen_schema(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if value is None:
         return None
-    schema = thaw(value)
-    jsonschema.Draft202012Validator.check_schema(schema)
-    frozen: Mapping[str, Any] = freeze(schema)
+    frozen: Mapping[str, Any] = freeze(value)
     return frozen
+
+
+def _check_schema(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """Validator: a schema field holds a valid draft 2020-12 JSON Schema (or ``None``)."""
+    if value is None:
+        return
+    try:
+        jsonschema.Draft202012Validator.check_schema(thaw(value))
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"[{p!r}]" for p in exc.absolute_path)
+        raise DefinitionError(
+            f"{type(instance).__name__}.{attribute.name}{where} is not a valid JSON Schema "
+            f"(draft 2020-12): {exc.message}; fix the schema, or pass None to accept any value"
+        ) from None
 
 
 def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
@@ -40,7 +53,9 @@ class InputSpec:
     """
 
     type: str
-    schema: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
+    schema: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_frozen_schema, validator=_check_schema
+    )
     description: str = ""
 
     @functools.cached_property
@@ -60,7 +75,9 @@ class EventSpec:
     """
 
     type: str
-    schema: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
+    schema: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_frozen_schema, validator=_check_schema
+    )
     description: str = ""
 
     @functools.cached_property
@@ -90,9 +107,15 @@ class StageSpec:
     """
 
     description: str = ""
-    arguments: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
-    config: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
-    outputs: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
+    arguments: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_frozen_schema, validator=_check_schema
+    )
+    config: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_frozen_schema, validator=_check_schema
+    )
+    outputs: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_frozen_schema, validator=_check_schema
+    )
     allowed_inputs: tuple[InputSpec, ...] = attrs.field(default=(), converter=tuple)
     allowed_events: tuple[EventSpec, ...] = attrs.field(default=(), converter=tuple)
     retry: RetryPolicy | None = None

@@ -201,6 +201,27 @@ def _describe_source(obj: object) -> str:
     return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def _check_stage_class(cls: type[BaseStage], name: str, origin: str) -> None:
+    """Catch at registration what would otherwise fail on every run of the stage."""
+    if cls.run is BaseStage.run or not inspect.iscoroutinefunction(cls.run):
+        raise RegistryError(
+            f"stage {name!r} from {origin} does not implement run(); define "
+            "'async def run(self, ctx)' returning a mapping of outputs or None"
+        )
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to check (some C types)
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        raise RegistryError(
+            f"stage {name!r} from {origin} cannot be built without arguments "
+            f"({cls.__name__}{signature}); a fresh instance is made for every attempt, "
+            "so read settings from ctx.config instead of __init__ arguments"
+        ) from None
+
+
 _CORE: dict[str, StageEntry] = {}
 """Core stages (``WaitStage``, ``SleepStage``): part of every registry."""
 
@@ -234,6 +255,12 @@ class StageRegistry:
             source: where the stage comes from, shown in the catalogue and in
                 conflict errors; defaults to the defining module.
         """
+        if name is not None and not isinstance(name, str):
+            # `@registry.register` without parentheses passes the stage as the name.
+            raise RegistryError(
+                f"register() was given {name!r} as the stage name; decorate with "
+                "@registry.register() or @registry.register('Name'), with parentheses"
+            )
 
         def decorator(target: _T) -> _T:
             self.add(target, name=name, spec=spec, source=source)
@@ -256,6 +283,7 @@ class StageRegistry:
         origin = source or _describe_source(target)
         factory: Callable[[], BaseStage]
         if inspect.isclass(target) and issubclass(target, BaseStage):
+            _check_stage_class(target, stage_name, origin)
             factory = target
             stage_spec = spec or target.spec
         elif inspect.iscoroutinefunction(target):

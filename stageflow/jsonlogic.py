@@ -63,6 +63,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from stageflow._errors import JsonLogicError
@@ -85,6 +86,7 @@ _JS_SPACE: Final = (
 _DECIMAL: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _RADIX: Final = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
 _PLAIN: Final = frozenset({str, int, float, bool, type(None), list, tuple})
+_FROZEN: Final = MappingProxyType  # how loaded pipelines store rules: keep it on the fast path
 _SIMPLE: Final = frozenset({str, int, float, bool})
 _NULL, _BOOL, _NUM, _STR, _ARR, _OBJ, _OTHER = range(7)
 _KINDS: Final[dict[type, int]] = {
@@ -164,7 +166,7 @@ def truthy(value: Any) -> bool:
 
 def _eval(rule: Any, data: Any, depth: int) -> Any:
     kind = type(rule)
-    if kind is dict or (kind not in _PLAIN and isinstance(rule, Mapping)):
+    if kind is dict or kind is _FROZEN or (kind not in _PLAIN and isinstance(rule, Mapping)):
         if len(rule) != 1:
             return rule
         if depth >= MAX_DEPTH:

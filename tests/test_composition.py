@@ -74,7 +74,10 @@ async def run_map(
 ) -> stageflow.SessionResult:
     registry = registry or work_registry()
     session = stageflow.Session(
-        load(map_doc(**fields), registry), registry=registry, payload={"items": items}, limits=limits
+        load(map_doc(**fields), registry),
+        registry=registry,
+        payload={"items": items},
+        limits=limits,
     )
     return await session.run()
 

@@ -1,0 +1,96 @@
+"""JSON values: what the engine accepts, copies and freezes."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from fakes import doc, fake_registry, run, stage, terminal
+
+import stageflow
+from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze, thaw
+
+
+def nested(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 0, -1.5, "text", [], {}, {"a": [1, {"b": None}]}, nested(MAX_DEPTH)],
+)
+def test_plain_json_is_accepted(value: object) -> None:
+    assert find_non_json(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "location", "reason"),
+    [
+        ({"a": {1, 2}}, "$.a", "not a JSON type"),
+        ({"a": [0, math.nan]}, "$.a[1]", "not a finite number"),
+        ({"a": -math.inf}, "$.a", "not a finite number"),
+        ({"a": (1, 2)}, "$.a", "not a JSON type"),
+        ({"a": {3: "x"}}, "$.a key 3", "object keys must be strings"),
+    ],
+)
+def test_non_json_parts_are_located(value: object, location: str, reason: str) -> None:
+    found = find_non_json(value)
+    assert found is not None
+    assert (found.location, found.reason) == (location, reason)
+    assert found[0] == location  # still indexable as (location, value)
+
+
+def test_a_reference_cycle_is_found_not_followed_forever() -> None:
+    loop: list[Any] = [1]
+    loop.append({"back": loop})
+    found = find_non_json({"v": loop})
+    assert found is not None
+    assert found.location == "$.v[1].back"
+    assert "cycle" in found.reason
+
+
+def test_a_shared_object_that_is_not_a_cycle_is_fine() -> None:
+    shared = {"k": [1, 2]}
+    assert find_non_json({"a": shared, "b": [shared, shared]}) is None
+
+
+def test_values_nested_too_deeply_are_rejected() -> None:
+    found = find_non_json(nested(MAX_DEPTH + 1))
+    assert found is not None
+    assert f"more than {MAX_DEPTH} levels" in found.reason
+
+
+def test_the_deepest_accepted_value_can_be_copied_and_frozen() -> None:
+    value = nested(MAX_DEPTH)
+    assert copy_json(value) == value
+    assert thaw(freeze(value)) == value
+
+
+def test_freeze_makes_containers_read_only() -> None:
+    frozen = freeze({"a": [1, {"b": 2}]})
+    assert isinstance(frozen, MappingProxyType)
+    assert frozen["a"][1]["b"] == 2
+    with pytest.raises(TypeError):
+        frozen["a"][1]["b"] = 3
+
+
+@pytest.mark.anyio
+async def test_a_stage_returning_a_very_deep_value_fails_the_session_cleanly() -> None:
+    # Before the depth limit, the terminal's copy of the artifact raised RecursionError
+    # out of run() instead of failing the session.
+    registry = fake_registry()
+
+    @registry.register("Deep")
+    async def deep(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": nested(5000)}
+
+    document = doc([stage("deep", "Deep", outputs={"v": "v"}, next="end"), terminal("end", "v")])
+    result = await run(document, registry=registry)
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.StageOutputError)
+    assert result.error.node_id == "deep"

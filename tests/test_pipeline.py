@@ -1,0 +1,113 @@
+"""Pipeline loading edge cases: bad files, non-JSON documents, problem order, immutability."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import doc, fake_registry, load, parallel, stage, terminal
+
+import stageflow
+
+
+def problems(document: Any) -> list[stageflow.Problem]:
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=fake_registry())
+    return list(info.value.problems)
+
+
+def test_schema_problems_are_in_document_order() -> None:
+    nodes = [stage(f"s{i}", "Set", next=f"s{i + 1}") for i in range(11)] + [terminal("s11")]
+    nodes[2]["typo"] = 1
+    nodes[10]["typo"] = 1
+    found = problems(doc(nodes))
+    assert [p.location for p in found] == ["$.nodes[2]", "$.nodes[10]"]
+
+
+def test_a_file_that_is_not_utf8_is_a_validation_error(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.json"
+    path.write_bytes(b'{"api_version": "1.0", \xff\xfe}')
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.load(path, registry=fake_registry())
+    [problem] = info.value.problems
+    assert problem.location == "$"
+    assert "UTF-8" in problem.message
+    assert str(path) in str(info.value)
+
+
+def test_a_yaml_date_is_reported_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "api_version: '1.0'\n"
+        "entry: end\n"
+        "nodes:\n"
+        "  - id: end\n"
+        "    type: terminal\n"
+        "    result: {when: 2024-01-01}\n"
+    )
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.load(path, registry=fake_registry())
+    [problem] = info.value.problems
+    assert problem.location == "$.nodes[0].result.when"
+    assert "date" in problem.message
+    assert "quote" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("value", "location"),
+    [
+        ({1, 2}, "$.nodes[0].result.x"),
+        (math.nan, "$.nodes[0].result.x"),
+        ({1: "a"}, "$.nodes[0].result.x key 1"),
+        (datetime.datetime(2024, 1, 1), "$.nodes[0].result.x"),
+    ],
+)
+def test_non_json_values_in_a_document_are_problems(value: object, location: str) -> None:
+    document = doc([terminal("end", result={"x": value})])
+    assert [p.location for p in problems(document)] == [location]
+
+
+def test_a_document_nested_absurdly_deep_is_a_problem_not_a_recursion_error() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    found = problems(doc([terminal("end", result=deep)]))
+    assert len(found) == 1
+    assert "levels deep" in found[0].message
+
+
+def test_reducers_of_a_loaded_pipeline_are_read_only() -> None:
+    pipeline = load(
+        doc(
+            [parallel("fan", ["a"], next="end"), stage("a", "Set"), terminal("end")],
+            reducers={"x": "append"},
+        )
+    )
+    assert pipeline.reducers == {"x": stageflow.Reducer.APPEND}
+    with pytest.raises(TypeError):
+        pipeline.reducers["x"] = stageflow.Reducer.SUM  # type: ignore[index]
+
+
+def test_condition_rules_of_a_loaded_pipeline_are_read_only() -> None:
+    pipeline = load(
+        doc(
+            [
+                {
+                    "id": "pick",
+                    "type": "condition",
+                    "conditions": [{"if": {"==": [{"var": "x"}, [1, 2]]}, "then": "end"}],
+                },
+                terminal("end"),
+            ]
+        )
+    )
+    node = pipeline.node("pick")
+    assert isinstance(node, stageflow.ConditionNode)
+    rule = node.conditions[0].if_
+    with pytest.raises(TypeError):
+        rule["=="] = []
+    assert rule["=="][1] == (1, 2)
+    assert stageflow.jsonlogic.apply(rule, {"x": [1, 2]}) is True

@@ -1,0 +1,431 @@
+"""Stages and the registry: registration, specs, immutability, a fresh instance per run."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import pytest
+from fakes import doc, stage, terminal
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+
+async def noop(ctx: stageflow.StageContext) -> None:
+    return None
+
+
+# --------------------------------------------------------------- registering
+
+
+def test_class_stage_registers_under_its_name_by_default() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register()
+    class Greet(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            return {}
+
+    entry = registry.get("Greet")
+    assert entry.target is Greet
+    assert entry.name == "Greet"
+    assert isinstance(entry.factory(), Greet)
+    assert entry.source.endswith("Greet")
+
+
+def test_function_stage_registers_under_its_name_by_default() -> None:
+    registry = stageflow.StageRegistry()
+    returned = registry.register()(noop)
+    assert returned is noop  # the decorator gives the function back unchanged
+    entry = registry.get("noop")
+    assert entry.target is noop
+    assert entry.spec == stageflow.StageSpec()
+    assert isinstance(entry.factory(), stageflow.BaseStage)
+
+
+def test_explicit_name_spec_and_source() -> None:
+    registry = stageflow.StageRegistry()
+    spec = stageflow.StageSpec(description="does nothing")
+    registry.register("Nothing", spec=spec, source="my-pack")(noop)
+    entry = registry.get("Nothing")
+    assert (entry.name, entry.spec, entry.source) == ("Nothing", spec, "my-pack")
+    assert "noop" not in registry
+
+
+def test_class_spec_is_used_unless_one_is_given() -> None:
+    registry = stageflow.StageRegistry()
+
+    class Declared(stageflow.BaseStage):
+        spec = stageflow.StageSpec(description="declared")
+
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+    override = stageflow.StageSpec(description="override")
+    registry.register("a")(Declared)
+    registry.register("b", spec=override)(Declared)
+    assert registry.get("a").spec.description == "declared"
+    assert registry.get("b").spec is override
+
+
+def test_catalogue_names_len_contains_and_iter_are_sorted_and_consistent() -> None:
+    registry = stageflow.StageRegistry()
+    for name in ("b", "c", "a"):
+        registry.register(name)(noop)
+    # Every registry also has the core stages.
+    everything = ("SleepStage", "WaitStage", "a", "b", "c")
+    assert registry.names() == everything
+    assert registry.names(core=False) == ("a", "b", "c")
+    assert [e.name for e in registry.catalogue()] == list(everything)
+    assert [e.name for e in registry.catalogue(core=False)] == ["a", "b", "c"]
+    assert list(registry) == list(everything)
+    assert len(registry) == 5
+    assert "a" in registry
+    assert "WaitStage" in registry
+    assert "z" not in registry
+    assert repr(registry) == "<StageRegistry with 5 stages>"
+
+
+def test_conflict_names_both_sources() -> None:
+    registry = stageflow.StageRegistry()
+    registry.register("Dup", source="pack-one")(noop)
+
+    async def other(ctx: stageflow.StageContext) -> None:
+        return None
+
+    with pytest.raises(stageflow.StageConflictError) as info:
+        registry.register("Dup")(other)
+    error = info.value
+    assert (error.name, error.first) == ("Dup", "pack-one")
+    assert error.second.endswith("other")
+    assert "pack-one" in str(error)
+    assert error.second in str(error)
+    assert "rename one" in str(error)
+    # Nothing was overridden.
+    assert registry.get("Dup").target is noop
+
+
+def test_same_name_in_separate_registries_is_fine() -> None:
+    first, second = stageflow.StageRegistry(), stageflow.StageRegistry()
+    first.register("Same")(noop)
+    second.register("Same")(noop)
+    assert first.get("Same").target is second.get("Same").target
+
+
+def sync_function(ctx: stageflow.StageContext) -> None:
+    return None
+
+
+async def async_generator(ctx: stageflow.StageContext) -> Any:
+    yield None
+
+
+class NotAStage:
+    async def run(self, ctx: stageflow.StageContext) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "target",
+    [sync_function, async_generator, NotAStage, NotAStage(), noop(None)],  # type: ignore[arg-type]
+    ids=["sync function", "async generator", "class without base", "instance", "coroutine"],
+)
+def test_things_that_are_not_stages_are_rejected_clearly(target: object) -> None:
+    registry = stageflow.StageRegistry()
+    try:
+        with pytest.raises(stageflow.RegistryError) as info:
+            registry.register("Bad")(target)
+    finally:
+        if inspect.iscoroutine(target):
+            target.close()
+    message = str(info.value)
+    assert "'Bad'" in message
+    assert "async def" in message
+    assert "BaseStage" in message
+    assert "Bad" not in registry
+
+
+def test_a_nameless_stage_needs_an_explicit_name() -> None:
+    registry = stageflow.StageRegistry()
+
+    class Callable:
+        __name__ = ""
+
+        async def __call__(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+    with pytest.raises(stageflow.RegistryError, match="name="):
+        registry.add(Callable())
+
+
+def test_a_spec_of_the_wrong_type_is_rejected() -> None:
+    registry = stageflow.StageRegistry()
+    with pytest.raises(stageflow.RegistryError, match="StageSpec"):
+        registry.register("Bad", spec={"description": "x"})(noop)  # type: ignore[arg-type]
+
+
+def test_register_without_parentheses_is_a_clear_error() -> None:
+    # `@registry.register` (no call) used to replace the class by the inner
+    # decorator and register nothing, silently.
+    registry = stageflow.StageRegistry()
+
+    with pytest.raises(stageflow.RegistryError, match=r"@registry.register\(\)"):
+
+        @registry.register  # type: ignore[arg-type]
+        class Forgot(stageflow.BaseStage):
+            async def run(self, ctx: stageflow.StageContext) -> None:
+                return None
+
+
+def test_a_class_that_does_not_implement_run_is_rejected() -> None:
+    registry = stageflow.StageRegistry()
+
+    class Lazy(stageflow.BaseStage):
+        pass
+
+    with pytest.raises(stageflow.RegistryError, match="run"):
+        registry.register()(Lazy)
+
+
+def test_a_class_that_cannot_be_built_without_arguments_is_rejected() -> None:
+    registry = stageflow.StageRegistry()
+
+    class NeedsConfig(stageflow.BaseStage):
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+    with pytest.raises(stageflow.RegistryError, match="without arguments"):
+        registry.register()(NeedsConfig)
+
+
+# ----------------------------------------------------------- default registry
+
+
+def test_default_registry_through_register_stage_and_get_stages() -> None:
+    name = f"DefaultStage_{uuid.uuid4().hex}"
+    assert name not in stageflow.get_stages()
+    stageflow.register_stage(name)(noop)
+    assert stageflow.get_stages()[name].target is noop
+    assert {"WaitStage", "SleepStage"} <= set(stageflow.get_stages())
+
+
+def test_get_stages_is_read_only() -> None:
+    view: Any = stageflow.get_stages()
+    with pytest.raises(TypeError):
+        view["Injected"] = None
+    with pytest.raises(AttributeError):
+        view.clear()
+
+
+def test_stage_not_found_lists_the_known_names() -> None:
+    registry = stageflow.StageRegistry()
+    registry.register("Beta")(noop)
+    registry.register("Alpha")(noop)
+    with pytest.raises(stageflow.StageNotFoundError) as info:
+        registry.get("Gamma")
+    error = info.value
+    assert isinstance(error, KeyError)
+    assert (error.name, error.known) == ("Gamma", ("Alpha", "Beta", "SleepStage", "WaitStage"))
+    assert str(error).startswith(
+        "no stage named 'Gamma' is registered (known: Alpha, Beta, SleepStage, WaitStage)"
+    )
+    assert "@registry.register('Gamma')" in str(error)
+
+
+def test_stage_not_found_in_a_fresh_registry_lists_the_core_stages() -> None:
+    with pytest.raises(stageflow.StageNotFoundError, match=r"\(known: SleepStage, WaitStage\)"):
+        stageflow.StageRegistry().get("x")
+
+
+def test_a_core_stage_name_cannot_be_taken() -> None:
+    with pytest.raises(stageflow.StageConflictError, match="stageflow \\(core\\)"):
+        stageflow.StageRegistry().register("WaitStage")(noop)
+
+
+# ---------------------------------------------------------------- immutability
+
+
+def test_stage_spec_is_frozen_and_its_schemas_are_read_only() -> None:
+    arguments = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    spec = stageflow.StageSpec(
+        arguments=arguments,
+        allowed_events=[stageflow.EventSpec("done", schema={"type": "object"})],
+        allowed_inputs=[stageflow.InputSpec("approval")],
+    )
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        spec.description = "changed"  # type: ignore[misc]
+    assert spec.arguments is not None
+    with pytest.raises(TypeError):
+        spec.arguments["type"] = "array"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        spec.arguments["properties"]["b"] = {}
+    assert spec.arguments["required"] == ("a",)
+    assert isinstance(spec.allowed_events, tuple)
+    assert isinstance(spec.allowed_inputs, tuple)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        spec.allowed_events[0].type = "other"  # type: ignore[misc]
+    # The dict it was built from is not aliased.
+    arguments["properties"]["b"] = {"type": "integer"}
+    assert "b" not in spec.arguments["properties"]
+
+
+def test_an_invalid_schema_in_a_spec_is_a_definition_error() -> None:
+    with pytest.raises(stageflow.DefinitionError, match="arguments"):
+        stageflow.StageSpec(arguments={"type": 5})
+    with pytest.raises(stageflow.DefinitionError, match="schema"):
+        stageflow.EventSpec("done", schema={"type": "no-such-type"})
+
+
+def test_two_subclasses_do_not_share_state() -> None:
+    class First(stageflow.BaseStage):
+        spec = stageflow.StageSpec(description="first", allowed_events=[stageflow.EventSpec("one")])
+
+    class Second(stageflow.BaseStage):
+        pass
+
+    assert First.spec.allowed_events == (stageflow.EventSpec("one"),)
+    assert Second.spec.allowed_events == ()
+    assert Second.spec is stageflow.BaseStage.spec
+    assert stageflow.BaseStage.spec == stageflow.StageSpec()
+
+
+MUTABLE = (list, dict, set, bytearray)
+
+
+def _stageflow_classes() -> list[type]:
+    classes = []
+    for name in (
+        "_context",
+        "_errors",
+        "_events",
+        "_json",
+        "_merge",
+        "_model",
+        "_pipeline",
+        "_result",
+        "_session",
+        "_specs",
+        "_stages",
+        "jsonlogic",
+    ):
+        module = importlib.import_module(f"stageflow.{name}")
+        classes += [
+            value
+            for value in vars(module).values()
+            if inspect.isclass(value) and value.__module__ == module.__name__
+        ]
+    return classes
+
+
+def test_no_class_in_stageflow_has_a_mutable_class_attribute() -> None:
+    # Seed defects 5 and 6: class-level dicts and lists shared by every instance.
+    offenders = [
+        f"{cls.__module__}.{cls.__qualname__}.{attr}"
+        for cls in _stageflow_classes()
+        for attr, value in vars(cls).items()
+        if not (attr.startswith("__") or (attr.startswith("_") and attr.endswith("_")))
+        and not (issubclass(cls, tuple) and attr == "_field_defaults")  # NamedTuple's own
+        and isinstance(value, MUTABLE)
+    ]
+    assert len(_stageflow_classes()) > 30
+    assert offenders == []
+
+
+# ------------------------------------------------------------- running stages
+
+
+def counting_registry(instances: list[object]) -> stageflow.StageRegistry:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Count")
+    class Count(stageflow.BaseStage):
+        def __init__(self) -> None:
+            self.runs = 0
+            instances.append(self)
+
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            self.runs += 1
+            return {"n": ctx.arguments.get("n", 0) + 1, "runs": self.runs}
+
+    return registry
+
+
+async def test_a_fresh_instance_runs_every_node_execution() -> None:
+    instances: list[object] = []
+    registry = counting_registry(instances)
+    pipeline = stageflow.Pipeline.from_dict(_loop_doc(), registry=registry)
+    result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.artifacts == {"n": 3, "runs": 1}  # no state carried between executions
+    assert len(instances) == 3
+    assert len({id(i) for i in instances}) == 3
+
+
+def _loop_doc() -> dict[str, Any]:
+    return doc(
+        [
+            stage(
+                "count",
+                "Count",
+                arguments={"n": "n"},
+                outputs={"n": "n", "runs": "runs"},
+                next="again",
+            ),
+            {
+                "id": "again",
+                "type": "condition",
+                "conditions": [{"if": {"<": [{"var": "n"}, 3]}, "then": "count"}],
+                "else": "end",
+            },
+            terminal("end", "n", "runs"),
+        ]
+    )
+
+
+async def test_stage_context_describes_the_run() -> None:
+    seen: list[stageflow.StageContext] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Look")
+    async def look(ctx: stageflow.StageContext) -> None:
+        seen.append(ctx)
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc(
+            [
+                stage(
+                    "look",
+                    "Look",
+                    arguments={"there": "a", "null": "b", "absent": "c"},
+                    config={"k": [1, 2]},
+                    next="end",
+                ),
+                terminal("end"),
+            ]
+        ),
+        registry=registry,
+    )
+    session = stageflow.Session(
+        pipeline, registry=registry, payload={"a": 1, "b": None}, session_id="s-1"
+    )
+    await session.run()
+    [ctx] = seen
+    assert dict(ctx.arguments) == {"there": 1, "null": None}  # nothing stored: left out
+    assert ctx.config == {"k": [1, 2]}
+    assert (ctx.session_id, ctx.node_id, ctx.node_path, ctx.stage, ctx.attempt) == (
+        "s-1",
+        "look",
+        "look",
+        "Look",
+        1,
+    )
+    with pytest.raises(TypeError):
+        ctx.arguments["there"] = 2  # type: ignore[index]
