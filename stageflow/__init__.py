@@ -49,6 +49,7 @@ from stageflow._model import (
 )
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
+from stageflow._schema_export import pipeline_schema
 from stageflow._session import Session
 from stageflow._specs import EventSpec, InputSpec, StageSpec
 from stageflow._stages import (
@@ -112,5 +113,6 @@ __all__ = [
     "TerminalNode",
     "get_stages",
     "jsonlogic",
+    "pipeline_schema",
     "register_stage",
 ]

@@ -1,0 +1,116 @@
+"""The ``stageflow`` argument parser and :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from stageflow._cli._commands import add_parsers
+from stageflow._cli._common import CommandError, ExitCode, Streams
+from stageflow._cli._run import add_run_parser
+from stageflow._errors import PipelineValidationError, StageflowError
+
+__all__ = ["build_parser", "main"]
+
+_EXIT_CODES = """\
+exit codes:
+  0  done: the session completed, every file is valid, every case passed
+  1  the session failed, or a test case failed
+  2  usage error, invalid pipeline, payload or input, stages module that cannot be imported
+  3  the session was cancelled or timed out
+  4  the session waited for an input type with no scripted --input left (it was cancelled)
+  5  a feature the command needs is not available in this stageflow
+130  interrupted (Ctrl-C)
+"""
+
+
+def _stage_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("stages")
+    group.add_argument(
+        "--stages",
+        dest="stages_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=(
+            "a module name or .py file that registers stages (repeatable); its 'registry' "
+            "attribute is used if it has one, else the default registry"
+        ),
+    )
+    packs = group.add_mutually_exclusive_group()
+    packs.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load only this installed stage pack (repeatable; default: all of them)",
+    )
+    packs.add_argument("--no-plugins", action="store_true", help="load no installed stage packs")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stageflow`` parser with every subcommand."""
+    from stageflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="stageflow",
+        description="Run, check, draw and test stageflow pipelines (JSON graphs of stages).",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stageflow {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    stage_options = _stage_options()
+    add_run_parser(subparsers, [stage_options])
+    add_parsers(subparsers, stage_options)
+    return parser
+
+
+def _report(exc: StageflowError, io: Streams) -> int:
+    if isinstance(exc, PipelineValidationError):
+        where = exc.source or "pipeline"
+        for problem in exc.problems:
+            io.warn(f"{where}: {problem.location}: {problem.message}")
+        return ExitCode.USAGE
+    io.warn(str(exc))
+    if isinstance(exc, CommandError):
+        if exc.detail:
+            print(exc.detail, file=io.err)
+        return exc.exit_code
+    return ExitCode.USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stageflow`` command line and return its exit code.
+
+    Args:
+        argv: the arguments after the program name (``sys.argv[1:]`` if ``None``).
+
+    Returns:
+        An :class:`~stageflow.cli.ExitCode` value.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors end here
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    io = Streams.current()
+    try:
+        code: int = args.handler(args, io)
+    except StageflowError as exc:
+        return _report(exc, io)
+    except KeyboardInterrupt:
+        io.warn("interrupted")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`stageflow schema | head`): stop quietly.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+    return int(code)

@@ -1,0 +1,109 @@
+"""What every command shares: exit codes, the command error, output streams, JSON input."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import yaml
+
+from stageflow._errors import StageflowError
+
+__all__ = ["CommandError", "ExitCode", "Streams", "dump_json", "read_json_argument"]
+
+
+class ExitCode(enum.IntEnum):
+    """The exit status of ``stageflow``: what happened, for scripts and CI."""
+
+    OK = 0
+    """The command did what was asked: the session completed, every file is valid, ..."""
+    FAILED = 1
+    """The session failed, or a test case failed."""
+    USAGE = 2
+    """Bad command line, invalid pipeline or payload, stages module that cannot be imported."""
+    CANCELLED = 3
+    """The session was cancelled or timed out."""
+    NEEDS_INPUT = 4
+    """The session waited for an input type that had no scripted ``--input`` left; it
+    was cancelled."""
+    UNAVAILABLE = 5
+    """A feature the command needs is not installed in this stageflow."""
+    INTERRUPTED = 130
+    """Interrupted with Ctrl-C."""
+
+
+class CommandError(StageflowError):
+    """A command cannot go on; the message says what, where and how to fix it.
+
+    Attributes:
+        exit_code: the process exit status to use.
+        detail: extra text printed after the message (a traceback, a list).
+    """
+
+    def __init__(
+        self, message: str, *, exit_code: ExitCode = ExitCode.USAGE, detail: str | None = None
+    ) -> None:
+        self.exit_code = exit_code
+        self.detail = detail
+        super().__init__(message)
+
+
+@attrs.frozen
+class Streams:
+    """Where a command writes: results to ``out``, diagnostics to ``err``."""
+
+    out: IO[str]
+    err: IO[str]
+
+    @classmethod
+    def current(cls) -> Streams:
+        """The process's ``sys.stdout`` and ``sys.stderr`` as they are now."""
+        return cls(sys.stdout, sys.stderr)
+
+    def print(self, text: str = "") -> None:
+        """Write a line of results."""
+        print(text, file=self.out)
+
+    def warn(self, text: str) -> None:
+        """Write a line of diagnostics."""
+        print(f"stageflow: {text}", file=self.err)
+
+
+def dump_json(value: Any) -> str:
+    """JSON text for output: indented, keys in their given order, UTF-8 kept readable."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def read_json_argument(text: str, *, option: str) -> Any:
+    """Parse an option value: JSON text, or ``@FILE`` naming a JSON (or YAML) file.
+
+    Raises:
+        CommandError: the file cannot be read or the text is not valid JSON/YAML.
+    """
+    source = f"{option} {text}" if len(text) <= 40 else option
+    if text.startswith("@"):
+        file = Path(text[1:])
+        source = f"{option} {text}"
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(
+                f"{option}: cannot read {str(file)!r}: {exc.strerror or exc}; "
+                "check the path after '@'"
+            ) from exc
+        if file.suffix in (".yaml", ".yml"):
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise CommandError(f"{source}: not valid YAML: {exc}; fix the file") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(
+            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+            "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+        ) from exc
