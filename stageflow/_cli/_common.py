@@ -84,7 +84,7 @@ def read_json_argument(text: str, *, option: str) -> Any:
     Raises:
         CommandError: the file cannot be read or the text is not valid JSON/YAML.
     """
-    source = f"{option} {text}" if len(text) <= 40 else option
+    source = option
     if text.startswith("@"):
         file = Path(text[1:])
         source = f"{option} {text}"

@@ -85,7 +85,7 @@ class ScriptedInputs:
                     f"--input {value!r}: expected TYPE=JSON, e.g. --input approval="
                     "'{\"ok\": true}' or --input approval=@answer.json"
                 )
-            payload = read_json_argument(text, option=f"--input {input_type}=")
+            payload = read_json_argument(text, option=f"--input {input_type}")
             script.queues.setdefault(input_type, deque()).append(payload)
         return script
 
@@ -156,11 +156,14 @@ async def drive_session(
             failure.append(exc)
 
     async def consume() -> None:
-        async for event in stream:
-            if view is not None:
-                view.on_event(event)
-            if event.type == "waiting_for_input":
-                script.on_wait(session, str(event.payload.get("input_type")))
+        try:
+            async for event in stream:
+                if view is not None:
+                    view.on_event(event)
+                if event.type == "waiting_for_input":
+                    script.on_wait(session, str(event.payload.get("input_type")))
+        finally:
+            await stream.aclose()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
