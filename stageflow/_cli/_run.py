@@ -1,8 +1,9 @@
 """``stageflow run``: run a pipeline on trio, feed scripted inputs, print the outcome.
 
 Scripted inputs (``--input TYPE=JSON``) are sent only when the session waits
-for their type (a ``waiting_for_input`` event), one per wait, per type in the
-order given. When the session waits for a type that has no scripted input
+for their type (a ``waiting_for_input`` event), per type in the order given,
+once every task of the session is blocked: so every stage waiting for that
+type at that moment receives the same input (broadcast), deterministically. When the session waits for a type that has no scripted input
 left, the run is cancelled (``session.cancel(reason)``) and the command exits
 with :attr:`ExitCode.NEEDS_INPUT`: the CLI is the only sender, so nothing
 else could ever arrive.
@@ -161,6 +162,10 @@ async def drive_session(
                 if view is not None:
                     view.on_event(event)
                 if event.type == "waiting_for_input":
+                    # Answer once the session is at a standstill: every stage waiting for
+                    # this type by then gets the same input (broadcast), whatever the
+                    # scheduling order of the branches was.
+                    await anyio.wait_all_tasks_blocked()
                     script.on_wait(session, str(event.payload.get("input_type")))
         finally:
             await stream.aclose()
