@@ -214,8 +214,11 @@ async def test_live_view_rows_follow_the_events(autojump_clock: trio.testing.Moc
     assert "demo: 2 active, 0 finished, 0 failed" in table
     rows = [line for line in table.splitlines() if " a " in line or " b " in line]
     assert len(rows) == 2
-    assert "3.0 s" in rows[0] and "running" in rows[0]
-    assert "par/b" in rows[1] and "1.0 s" in rows[1] and "waiting for 'approval'" in rows[1]
+    assert "3.0 s" in rows[0]
+    assert "running" in rows[0]
+    assert "par/b" in rows[1]
+    assert "1.0 s" in rows[1]
+    assert "waiting for 'approval'" in rows[1]
 
     view.on_event(ev(4, "input_received", "b", "par/b", input_type="approval"))
     view.on_event(ev(5, "node_finished", "a", node_type="stage"))

@@ -3,10 +3,11 @@
 Scripted inputs (``--input TYPE=JSON``) are sent only when the session waits
 for their type (a ``waiting_for_input`` event), per type in the order given,
 once every task of the session is blocked: so every stage waiting for that
-type at that moment receives the same input (broadcast), deterministically. When the session waits for a type that has no scripted input
-left, the run is cancelled (``session.cancel(reason)``) and the command exits
-with :attr:`ExitCode.NEEDS_INPUT`: the CLI is the only sender, so nothing
-else could ever arrive.
+type at that moment receives the same input (broadcast), deterministically.
+When the session waits for a type that has no scripted input left, the run
+is cancelled (``session.cancel(reason)``) and the command exits with
+:attr:`ExitCode.NEEDS_INPUT`: the CLI is the only sender, so nothing else
+could ever arrive.
 """
 
 from __future__ import annotations
