@@ -247,7 +247,9 @@ def test_validate_exits_0_when_every_file_is_valid(cli: Cli) -> None:
 
 
 def test_validate_structure_only_ignores_stage_names(cli: Cli, tmp_path: Path) -> None:
-    assert cli("validate", PIPELINE).code == ExitCode.USAGE
+    got = cli("validate", PIPELINE)
+    assert got.code == ExitCode.USAGE
+    assert "pass --stages MODULE (a module name or a .py file), or --structure-only" in got.err
     assert cli("validate", PIPELINE, "--structure-only").code == ExitCode.OK
     graph_bad = write_json(tmp_path / "graph_bad.json", broken_graph_copy())
     got = cli("validate", graph_bad, "--structure-only", "--json")

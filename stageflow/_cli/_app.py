@@ -27,33 +27,6 @@ exit codes:
 """
 
 
-def _stage_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("stages")
-    group.add_argument(
-        "--stages",
-        dest="stages_modules",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help=(
-            "a module name or .py file that registers stages (repeatable); its 'registry' "
-            "attribute is used if it has one, else the default registry"
-        ),
-    )
-    packs = group.add_mutually_exclusive_group()
-    packs.add_argument(
-        "--plugin",
-        dest="plugins",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="load only this installed stage pack (repeatable; default: all of them)",
-    )
-    packs.add_argument("--no-plugins", action="store_true", help="load no installed stage packs")
-    return parent
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``stageflow`` parser with every subcommand."""
     from stageflow import __version__
@@ -66,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stageflow {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    stage_options = _stage_options()
-    add_run_parser(subparsers, [stage_options])
-    add_parsers(subparsers, stage_options)
+    add_run_parser(subparsers)
+    add_parsers(subparsers)
     return parser
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from stageflow._cli._common import CommandError, ExitCode, Streams, dump_json
 from stageflow._cli._graph import FORMATS, render
-from stageflow._cli._registry import read_pipeline, resolve_registry
+from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._cli._run import optional_module
 from stageflow._errors import PipelineValidationError
 from stageflow._json import thaw
@@ -51,6 +51,14 @@ def validate_command(args: argparse.Namespace, io: Streams) -> int:
                 io.print(f"{report['file']}: valid ({report['nodes']} nodes)")
             for problem in report["problems"]:
                 io.print(f"{report['file']}: {problem['location']}: {problem['message']}")
+        unknown_stages = any(
+            "which is not registered" in p["message"] for r in invalid for p in r["problems"]
+        )
+        if unknown_stages and not args.stages_modules:
+            io.warn(
+                "stage names are checked against the registered stages: pass --stages MODULE "
+                "(a module name or a .py file), or --structure-only to skip them"
+            )
         total = sum(len(r["problems"]) for r in invalid)
         if invalid:
             io.print(
@@ -175,11 +183,10 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
 # ---------------------------------------------------------------------- parsers
 
 
-def add_parsers(subparsers: Any, stage_options: argparse.ArgumentParser) -> None:
+def add_parsers(subparsers: Any) -> None:
     """Add validate, schema, graph, stages and test to ``subparsers``."""
     p = subparsers.add_parser(
         "validate",
-        parents=[stage_options],
         help="check pipeline files and print every problem",
         description=(
             "Load each PIPELINE (JSON schema, structure, graph and stage checks) and print "
@@ -194,11 +201,11 @@ def add_parsers(subparsers: Any, stage_options: argparse.ArgumentParser) -> None
         help="do not check stage names and specs (no --stages needed)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON report per file")
+    add_stage_options(p)
     p.set_defaults(handler=validate_command)
 
     p = subparsers.add_parser(
         "schema",
-        parents=[stage_options],
         help="print the pipeline JSON Schema",
         description=(
             "Print the JSON Schema (draft 2020-12) of pipeline documents, for editors, "
@@ -210,11 +217,11 @@ def add_parsers(subparsers: Any, stage_options: argparse.ArgumentParser) -> None
         action="store_true",
         help="restrict the 'stage' field of stage nodes to the registered names (an enum)",
     )
+    add_stage_options(p)
     p.set_defaults(handler=schema_command)
 
     p = subparsers.add_parser(
         "graph",
-        parents=[stage_options],
         help="draw a pipeline as Mermaid or DOT",
         description=(
             "Print the graph of PIPELINE: nodes (stage boxes, condition diamonds, parallel "
@@ -227,15 +234,16 @@ def add_parsers(subparsers: Any, stage_options: argparse.ArgumentParser) -> None
     p.add_argument(
         "--format", choices=tuple(FORMATS), default="mermaid", help="output format (mermaid)"
     )
+    add_stage_options(p)
     p.set_defaults(handler=graph_command)
 
     p = subparsers.add_parser(
         "stages",
-        parents=[stage_options],
         help="print the stage catalogue",
         description="List the registered stages: name, source, description and spec.",
     )
     p.add_argument("--json", action="store_true", help="print the full specs as JSON")
+    add_stage_options(p)
     p.set_defaults(handler=stages_command)
 
     p = subparsers.add_parser(

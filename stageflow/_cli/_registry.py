@@ -18,6 +18,7 @@ Building a fresh registry keeps the process-wide default registry untouched.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -36,12 +37,39 @@ from stageflow._pipeline import Pipeline, parse_document
 from stageflow._stages import StageContext, StageEntry, StageRegistry, get_stages
 
 __all__ = [
+    "add_stage_options",
     "import_stages_module",
     "read_document",
     "read_pipeline",
     "resolve_registry",
     "structural_registry",
 ]
+
+
+def add_stage_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--stages``, ``--plugin`` and ``--no-plugins`` to a command's parser."""
+    group = parser.add_argument_group("stages")
+    group.add_argument(
+        "--stages",
+        dest="stages_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=(
+            "a module name or .py file that registers stages (repeatable); its 'registry' "
+            "attribute is used if it has one, else the default registry"
+        ),
+    )
+    packs = group.add_mutually_exclusive_group()
+    packs.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load only this installed stage pack (repeatable; default: all of them)",
+    )
+    packs.add_argument("--no-plugins", action="store_true", help="load no installed stage packs")
 
 
 def _looks_like_path(spec: str) -> bool:

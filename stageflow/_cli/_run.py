@@ -25,7 +25,7 @@ import anyio
 import attrs
 
 from stageflow._cli._common import CommandError, ExitCode, Streams, dump_json, read_json_argument
-from stageflow._cli._registry import read_pipeline, resolve_registry
+from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._errors import StageflowError
 from stageflow._events import Event
 from stageflow._result import SessionResult
@@ -289,11 +289,10 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     return _STATUS_EXIT.get(result.status.value, ExitCode.FAILED)
 
 
-def add_run_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> None:
+def add_run_parser(subparsers: Any) -> None:
     """Add the ``run`` subcommand."""
     parser = subparsers.add_parser(
         "run",
-        parents=parents,
         help="run a pipeline and print its result",
         description=(
             "Run PIPELINE on trio with an initial payload, send scripted inputs when the "
@@ -339,4 +338,5 @@ def add_run_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) 
     parser.add_argument(
         "--no-live", action="store_true", help="no live view of active nodes on a terminal"
     )
+    add_stage_options(parser)
     parser.set_defaults(handler=run_command)
