@@ -111,7 +111,7 @@ def test_run_prints_a_summary_for_people(cli: Cli) -> None:
         "  a_result: 6",
         '  b_result: "low"',
     ]
-    assert any(re.match(r"\s+\d+ scored\s+start\s+\{", line) for line in lines)
+    assert any(re.match(r"\s+3 scored\s+start\s+-\s+\{\"score\": 3", line) for line in lines)
 
 
 def test_run_reads_the_payload_from_a_file(cli: Cli, tmp_path: Path) -> None:

@@ -233,12 +233,11 @@ def _print_text(
             io.print(f"  caused by {cause['type']}: {cause['message']}")
     if args.history:
         io.print(f"history ({len(result.history)} events):")
+        io.print(f"  {'seq':>4} {'type':<20} {'node':<16} {'branch':<20} payload")
         for event in result.history:
-            where = event.node_id or ""
-            if event.path:
-                where = f"{event.path}/{where}"
             payload = json.dumps(dict(event.payload), ensure_ascii=False)
-            io.print(f"  {event.seq:>4} {event.type:<20} {where:<24} {payload}")
+            node, branch = event.node_id or "-", event.path or "-"
+            io.print(f"  {event.seq:>4} {event.type:<20} {node:<16} {branch:<20} {payload}")
 
 
 def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None:
