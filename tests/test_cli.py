@@ -650,6 +650,13 @@ def test_missing_stages_module_exits_2(cli: Cli) -> None:
     assert "--stages missing/stages.py: no such file" in got.err
 
 
+def test_a_stages_file_whose_name_is_no_identifier_still_imports(cli: Cli, tmp_path: Path) -> None:
+    module = write_module(tmp_path / "my-stages.v2.py", FAILING_STAGES)
+    got = cli("stages", "--stages", module)
+    assert got.code == ExitCode.OK, got.err
+    assert got.out.splitlines()[0].startswith("Boom  (my_stages_v2")
+
+
 @pytest.fixture
 def plugin_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
     """Give StageRegistry a recording load_plugins, as the stage-pack branch will."""

@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -100,7 +101,9 @@ def _import_failure(spec: str, exc: BaseException) -> CommandError:
 
 def _module_name_for(file: Path) -> str:
     """``stem`` when that name is free (or is this file already), else ``stem_<hash>``."""
-    stem = file.stem if file.stem.isidentifier() else "stages"
+    stem = re.sub(r"\W", "_", file.stem)
+    if not stem.isidentifier():
+        stem = f"_{stem}"
     existing = sys.modules.get(stem)
     if existing is None or _same_file(existing, file):
         return stem
