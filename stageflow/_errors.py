@@ -10,18 +10,28 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   └── JsonLogicError              a JsonLogic rule cannot be evaluated
     ├── RegistryError                   stage registration and lookup
     │   ├── StageNotFoundError          (also KeyError)
-    │   └── StageConflictError          a name registered twice
+    │   ├── StageConflictError          a name registered twice
+    │   ├── PluginLoadError             a stage pack failed to load (.pack, chained __cause__)
+    │   └── PluginNotFoundError         no stage pack of that name is installed (also LookupError)
     ├── ContextError                    reading or writing the context
     │   ├── ContextPathError            a malformed path
     │   └── NonJsonValueError           a value that JSON cannot carry (also TypeError)
     ├── SessionStateError               the session cannot do that now
+    ├── InputRejectedError              send_input refused an input (.input_type, .reason)
+    ├── SessionTimeoutError             the session deadline passed (also TimeoutError)
     ├── NodeError                       a node failed at run time (.node_id)
     │   ├── StageError                  a stage raised (.attempt, chained __cause__)
     │   ├── StageOutputError            a stage returned something unusable
+    │   ├── StageContractError          a stage used an input/event type it did not declare,
+    │   │                               or emitted an invalid event in strict mode
     │   ├── ConditionError              no condition matched and no ``else``
     │   ├── MergeConflictError          branches wrote one path with different values
-    │   └── LimitExceededError          a session limit was hit (.limit, .value)
-    └── ParallelRunError                several branches failed (also ExceptionGroup)
+    │   ├── LimitExceededError          a session limit was hit (.limit, .value)
+    │   ├── NodeTimeoutError            an attempt ran out of time (also TimeoutError)
+    │   └── InputTimeoutError           wait_input ran out of time (also TimeoutError)
+    ├── ParallelRunError                several branches failed (also ExceptionGroup)
+    ├── TracingSetupError               stageflow.tracing.configure cannot set up the SDK
+    └── LoggingSetupError               a bad stageflow.logging option (also ValueError)
 
 Messages are built from the attributes and say what happened, where, and
 how to fix it.
@@ -39,21 +49,30 @@ __all__ = [
     "ContextError",
     "ContextPathError",
     "DefinitionError",
+    "InputRejectedError",
+    "InputTimeoutError",
     "JsonLogicError",
     "LimitExceededError",
+    "LoggingSetupError",
     "MergeConflictError",
     "NodeError",
+    "NodeTimeoutError",
     "NonJsonValueError",
     "ParallelRunError",
     "PipelineValidationError",
+    "PluginLoadError",
+    "PluginNotFoundError",
     "Problem",
     "RegistryError",
     "SessionStateError",
+    "SessionTimeoutError",
     "StageConflictError",
+    "StageContractError",
     "StageError",
     "StageNotFoundError",
     "StageOutputError",
     "StageflowError",
+    "TracingSetupError",
 ]
 
 
@@ -72,7 +91,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     object that error edges put into the context.
     """
     out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    for attr in ("node_id", "attempt", "stage", "limit", "path"):
+    for attr in ("node_id", "attempt", "stage", "limit", "path", "input_type", "timeout"):
         value = getattr(exc, attr, None)
         if isinstance(value, str | int | float | bool):
             out[attr] = value
@@ -87,6 +106,29 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, BaseExceptionGroup):
         out["errors"] = [describe_exception(e) for e in exc.exceptions]
     return out
+
+
+def error_matches(exc: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether ``exc`` matches one of the error class ``names``.
+
+    A name matches when it is the ``__name__`` of a class in the hierarchy of
+    the error, of its ``__cause__`` (the exception a stage raised), or of any
+    member of an exception group. ``Exception`` matches every failure.
+    """
+    if "Exception" in names:
+        return True
+    todo: list[BaseException] = [exc]
+    seen = 0
+    while todo and seen < 64:
+        current = todo.pop()
+        seen += 1
+        if any(cls.__name__ in names for cls in type(current).__mro__):
+            return True
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+    return False
 
 
 class DefinitionError(StageflowError, ValueError):
@@ -157,6 +199,53 @@ class StageConflictError(RegistryError):
         super().__init__(
             f"stage name {name!r} is registered by both {first} and {second}; "
             "rename one of them or register into a separate StageRegistry"
+        )
+
+
+class PluginLoadError(RegistryError):
+    """A stage pack (a ``stageflow.stages`` entry point) could not be loaded.
+
+    The original exception is the ``__cause__`` (also in :attr:`cause`): an
+    ``ImportError`` from the pack's code, the exception its ``register``
+    function raised, or a :class:`StageConflictError` naming both sources.
+
+    Attributes:
+        pack: the pack's name (the entry point name).
+        distribution: ``"name version"`` of the distribution declaring it, or
+            ``None`` when unknown.
+    """
+
+    def __init__(self, pack: str, detail: str, *, distribution: str | None = None) -> None:
+        self.pack = pack
+        self.distribution = distribution
+        where = f" (from {distribution})" if distribution else ""
+        super().__init__(f"stage pack {pack!r}{where} {detail}")
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The exception that made the pack fail (same as ``__cause__``)."""
+        return self.__cause__
+
+
+class PluginNotFoundError(RegistryError, LookupError):
+    """Stage packs were requested by name but no such pack is installed.
+
+    Attributes:
+        names: the requested names that are not installed.
+        installed: the names of every installed stage pack, sorted.
+    """
+
+    def __init__(self, names: Sequence[str], installed: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.installed = tuple(sorted(installed))
+        missing = ", ".join(repr(n) for n in self.names)
+        known = ", ".join(self.installed) if self.installed else "none"
+        what = "stage pack named" if len(self.names) == 1 else "stage packs named"
+        verb = "is" if len(self.names) == 1 else "are"
+        super().__init__(
+            f"no {what} {missing} {verb} installed (installed stage packs: {known}); "
+            "fix the name, or install the distribution that declares it in the "
+            "'stageflow.stages' entry point group"
         )
 
 
@@ -248,6 +337,47 @@ class LimitExceededError(NodeError):
         )
 
 
+class InputRejectedError(StageflowError):
+    """``send_input`` refused an input; nothing was delivered or queued.
+
+    Attributes:
+        input_type: the type of the rejected input.
+        reason: a short machine-readable reason (``backlog_full``,
+            ``invalid``, ``too_large``, ``not_json``, ``unknown_type``).
+    """
+
+    def __init__(self, message: str, *, input_type: str, reason: str) -> None:
+        self.input_type = input_type
+        self.reason = reason
+        super().__init__(message)
+
+
+class SessionTimeoutError(StageflowError, TimeoutError):
+    """The session deadline (``limits.timeout``) passed before a terminal node."""
+
+
+class StageContractError(NodeError):
+    """A stage used an input or event type it did not declare, or sent invalid data."""
+
+
+class NodeTimeoutError(NodeError, TimeoutError):
+    """A node attempt took longer than its ``timeout``."""
+
+    def __init__(self, message: str, *, node_id: str, timeout: float, attempt: int) -> None:
+        self.timeout = timeout
+        self.attempt = attempt
+        super().__init__(message, node_id=node_id)
+
+
+class InputTimeoutError(NodeError, TimeoutError):
+    """``wait_input`` got no input of the awaited type in time."""
+
+    def __init__(self, message: str, *, node_id: str, input_type: str, timeout: float) -> None:
+        self.input_type = input_type
+        self.timeout = timeout
+        super().__init__(message, node_id=node_id)
+
+
 class ParallelRunError(StageflowError, ExceptionGroup[Exception]):
     """Several parallel branches failed; each failure is in ``exceptions``."""
 
@@ -258,3 +388,15 @@ class ParallelRunError(StageflowError, ExceptionGroup[Exception]):
     def derive(self, excs: Sequence[Exception]) -> ParallelRunError:  # type: ignore[override]
         """Build a group of the same type around a subset (``except*`` support)."""
         return ParallelRunError(self.message, excs)
+
+
+class TracingSetupError(StageflowError):
+    """:func:`stageflow.tracing.configure` cannot set up tracing as asked.
+
+    Raised for an unknown exporter or protocol, a missing optional exporter
+    package (install ``stageflow[otlp]``), or a second global tracer provider.
+    """
+
+
+class LoggingSetupError(StageflowError, ValueError):
+    """:func:`stageflow.logging.configure` was given an unknown format or level."""

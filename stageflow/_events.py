@@ -110,6 +110,7 @@ class EventStream:
         try:
             return await self._sub.receive.receive()
         except anyio.EndOfStream:
+            self._sub.receive.close()
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:

@@ -22,12 +22,14 @@ __all__ = [
     "API_VERSIONS",
     "ConditionBranch",
     "ConditionNode",
+    "ErrorHandler",
     "Limits",
     "MergeStrategy",
     "Node",
     "ParallelNode",
     "ParallelPolicy",
     "Reducer",
+    "RetryPolicy",
     "StageNode",
     "TerminalNode",
     "ValidateEvents",
@@ -93,13 +95,69 @@ class Limits:
 
     Attributes:
         max_steps: node executions per session (guards loops).
-        max_history: events kept in the history.
+        max_history: events in the history; the session fails when a node
+            would start beyond it.
         max_depth: nesting of parallel nodes inside each other.
+        timeout: session deadline in seconds from the start of ``run()``
+            (status ``timed_out``), or ``None`` for none.
+        max_input_backlog: inputs of one type kept while nobody waits for it.
+        max_input_bytes: largest input payload, in bytes of compact JSON.
+        cleanup_timeout: seconds a stage's ``cleanup()`` may take.
     """
 
     max_steps: int = 10_000
     max_history: int = 100_000
     max_depth: int = 32
+    timeout: float | None = None
+    max_input_backlog: int = 100
+    max_input_bytes: int = 1_048_576
+    cleanup_timeout: float = 5.0
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often and when a failed stage attempt is tried again.
+
+    The delay before retry ``n`` (1 for the first retry) is
+    ``min(max_delay, delay * backoff ** (n - 1))``, multiplied by a random
+    factor in ``[1 - jitter, 1 + jitter]``.
+
+    Attributes:
+        attempts: total attempts, the first included (1 means no retry).
+        delay: seconds before the first retry.
+        backoff: multiplier for each further retry.
+        max_delay: upper bound of one delay.
+        jitter: random spread of each delay, as a fraction.
+        retry_on: error class names that are retried (matched against the
+            class hierarchy of the error and of its cause).
+    """
+
+    attempts: int = 1
+    delay: float = 0.0
+    backoff: float = 2.0
+    max_delay: float = 300.0
+    jitter: float = 0.0
+    retry_on: tuple[str, ...] = ("Exception",)
+
+    def delay_before(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based), without jitter."""
+        return float(min(self.max_delay, self.delay * self.backoff ** (retry - 1)))
+
+
+@attrs.frozen
+class ErrorHandler:
+    """An error edge: route matching failures of a node to another node.
+
+    Attributes:
+        next: the node that runs after the failure.
+        errors: error class names handled (class hierarchy of the error and
+            of its cause); ``Exception`` handles every failure.
+        error_path: where a JSON description of the error is written.
+    """
+
+    next: str
+    errors: tuple[str, ...] = ("Exception",)
+    error_path: str = "error"
 
 
 @attrs.frozen
@@ -113,6 +171,10 @@ class StageNode:
         arguments: argument name -> context path it is read from.
         outputs: output key the stage returns -> context path it is written to.
         next: the node that runs after this one (``None`` ends a branch).
+        retry: retry policy (``None``: the stage spec's, else no retry).
+        timeout: seconds per attempt (``None``: the stage spec's, else none).
+        on_error: error edges, tried in order.
+        fallback: catch-all error edge writing the error to ``error``.
         description: free text for people.
     """
 
@@ -122,8 +184,17 @@ class StageNode:
     arguments: Mapping[str, str] = attrs.field(factory=dict, converter=freeze)
     outputs: Mapping[str, str] = attrs.field(factory=dict, converter=freeze)
     next: str | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    on_error: tuple[ErrorHandler, ...] = ()
+    fallback: str | None = None
     description: str | None = None
     type: Literal["stage"] = "stage"
+
+    @property
+    def error_handlers(self) -> tuple[ErrorHandler, ...]:
+        """``on_error`` followed by ``fallback`` as a catch-all edge."""
+        return _handlers(self.on_error, self.fallback)
 
 
 @attrs.frozen
@@ -163,6 +234,9 @@ class ParallelNode:
         cancel_on_error: cancel the other branches on the first failure.
         merge: what to do with conflicting writes no reducer covers.
         next: the join: the node that runs after the branches.
+        timeout: seconds all branches together may take.
+        on_error: error edges, tried in order.
+        fallback: catch-all error edge writing the error to ``error``.
         description: free text for people.
     """
 
@@ -172,8 +246,16 @@ class ParallelNode:
     cancel_on_error: bool = True
     merge: MergeStrategy = MergeStrategy.ERROR
     next: str | None = None
+    timeout: float | None = None
+    on_error: tuple[ErrorHandler, ...] = ()
+    fallback: str | None = None
     description: str | None = None
     type: Literal["parallel"] = "parallel"
+
+    @property
+    def error_handlers(self) -> tuple[ErrorHandler, ...]:
+        """``on_error`` followed by ``fallback`` as a catch-all edge."""
+        return _handlers(self.on_error, self.fallback)
 
 
 @attrs.frozen
@@ -192,6 +274,10 @@ class TerminalNode:
     artifacts: tuple[str, ...] = ()
     description: str | None = None
     type: Literal["terminal"] = "terminal"
+
+
+def _handlers(on_error: tuple[ErrorHandler, ...], fallback: str | None) -> tuple[ErrorHandler, ...]:
+    return on_error if fallback is None else (*on_error, ErrorHandler(next=fallback))
 
 
 Node: TypeAlias = StageNode | ConditionNode | ParallelNode | TerminalNode

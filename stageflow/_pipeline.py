@@ -34,6 +34,7 @@ from stageflow._model import (
     Reducer,
     StageNode,
     TerminalNode,
+    ValidateEvents,
 )
 from stageflow._specs import compile_schema
 from stageflow._stages import StageRegistry, default_registry
@@ -158,6 +159,7 @@ class Pipeline:
         metadata: free annotations; ``name`` names the pipeline in spans and logs.
         reducers: context path -> how parallel joins combine writes to it.
         limits: bounds for sessions running this pipeline.
+        validate_events: default event validation mode of its sessions.
         document: the source document, read-only.
         digest: sha256 of the canonical JSON of the document.
     """
@@ -168,6 +170,7 @@ class Pipeline:
     metadata: Mapping[str, Any]
     reducers: Mapping[str, Reducer]
     limits: Limits
+    validate_events: ValidateEvents
     document: Mapping[str, Any] = attrs.field(repr=False, eq=False)
     digest: str
     _index: Mapping[str, Node] = attrs.field(repr=False, eq=False, alias="index")
@@ -181,6 +184,13 @@ class Pipeline:
     def node(self, node_id: str) -> Node:
         """Return the node with id ``node_id`` (``KeyError`` if there is none)."""
         return self._index[node_id]
+
+    def location(self, node_id: str) -> str:
+        """The node's location in the document, ``$.nodes[3]`` style."""
+        for i, node in enumerate(self.nodes):
+            if node.id == node_id:
+                return f"$.nodes[{i}]"
+        return "$"
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._index
@@ -249,6 +259,7 @@ class Pipeline:
             metadata=freeze(doc.get("metadata", {})),
             reducers=reducers,
             limits=limits,
+            validate_events=ValidateEvents(doc.get("validate_events", "warn")),
             document=freeze(doc),
             digest=hashlib.sha256(canonical.encode()).hexdigest(),
             index=index,
@@ -295,15 +306,14 @@ def _flatten(exc: BaseException) -> Iterator[str]:
 
 def continuation_edges(node: Node) -> tuple[str, ...]:
     """Ids a node can hand control to on its own path (not parallel children)."""
-    if isinstance(node, StageNode):
-        return (node.next,) if node.next else ()
+    if isinstance(node, StageNode | ParallelNode):
+        handlers = tuple(h.next for h in node.error_handlers)
+        return ((node.next,) if node.next else ()) + handlers
     if isinstance(node, ConditionNode):
         targets = [c.then for c in node.conditions]
         if node.else_:
             targets.append(node.else_)
         return tuple(targets)
-    if isinstance(node, ParallelNode):
-        return (node.next,) if node.next else ()
     return ()
 
 
@@ -394,6 +404,12 @@ def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> I
             refs.append((f"$.nodes[{i}].else", node.else_))
     if isinstance(node, ParallelNode):
         refs.extend((f"$.nodes[{i}].children[{j}]", c) for j, c in enumerate(node.children))
+    if isinstance(node, StageNode | ParallelNode):
+        refs.extend(
+            (f"$.nodes[{i}].on_error[{j}].next", h.next) for j, h in enumerate(node.on_error)
+        )
+        if node.fallback is not None:
+            refs.append((f"$.nodes[{i}].fallback", node.fallback))
     for location, target in refs:
         if target not in index:
             yield Problem(

@@ -29,6 +29,9 @@ class SessionStatus(enum.StrEnum):
     """A node failed and no error edge handled it; ``error`` says why."""
     CANCELLED = "cancelled"
     """``session.cancel()`` was called or the task running it was cancelled."""
+    TIMED_OUT = "timed_out"
+    """The session deadline (``limits.timeout``) passed; ``error`` is a
+    :class:`~stageflow.SessionTimeoutError`."""
 
 
 @attrs.frozen

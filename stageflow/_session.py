@@ -1,63 +1,84 @@
 """The session: runs one pipeline against one context.
 
 Every node, wherever it runs (main path or a parallel branch), goes through
-:meth:`Session._execute`, the one choke point for events, limits, logs and
-cancellation. Sequential nodes are awaited in the session's own task; tasks
-are started only for real concurrency (parallel branches), always inside a
-task group owned by :meth:`Session.run`.
+:meth:`Session._execute`, the one choke point for events, limits, error edges
+and cancellation. Sequential nodes are awaited in the session's own task;
+tasks are started only for real concurrency (parallel branches), always inside
+a task group owned by :meth:`Session.run`.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import structlog
 
 from stageflow import jsonlogic
 from stageflow._context import MISSING, Context
+from stageflow._desk import InputDesk
 from stageflow._errors import (
     ConditionError,
     LimitExceededError,
-    NodeError,
+    NodeTimeoutError,
     NonJsonValueError,
     ParallelRunError,
     PipelineValidationError,
     Problem,
     SessionStateError,
+    SessionTimeoutError,
     StageError,
     StageflowError,
     StageOutputError,
     describe_exception,
+    error_matches,
 )
 from stageflow._events import Event, EventCallback, EventStream, History
+from stageflow._inputs import AttemptTimer, InputReceipt
 from stageflow._json import copy_json, find_non_json
 from stageflow._merge import merge_branches
 from stageflow._model import (
     ConditionNode,
+    ErrorHandler,
     Limits,
     Node,
     ParallelNode,
     ParallelPolicy,
+    RetryPolicy,
     StageNode,
     TerminalNode,
+    ValidateEvents,
 )
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
-from stageflow._stages import StageContext, StageEntry, StageRegistry, default_registry
+from stageflow._stages import BaseStage, StageContext, StageEntry, StageRegistry, default_registry
 
 __all__ = ["Session"]
 
 _log = structlog.get_logger("stageflow.session")
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
-
+_NO_RETRY: Final = RetryPolicy()
 _FINISHED: Final = frozenset(
-    {SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED}
+    {
+        SessionStatus.COMPLETED,
+        SessionStatus.FAILED,
+        SessionStatus.CANCELLED,
+        SessionStatus.TIMED_OUT,
+    }
 )
+_FINAL_EVENT: Final = {
+    SessionStatus.COMPLETED: "session_completed",
+    SessionStatus.FAILED: "session_failed",
+    SessionStatus.CANCELLED: "session_cancelled",
+    SessionStatus.TIMED_OUT: "session_timed_out",
+}
 
 
 class _Frame:
@@ -88,6 +109,9 @@ class Session:
         payload: the initial context, a JSON object (copied; yours is not modified).
         session_id: an id for logs, events and spans (a random UUID if not given).
         limits: bounds for this session (the pipeline's ``limits`` if not given).
+        validate_events: how inputs and stage events are checked against
+            declared schemas (the pipeline's ``validate_events`` if not given).
+        seed: seeds the random jitter of retry delays (for reproducible runs).
 
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
@@ -108,6 +132,8 @@ class Session:
         payload: Mapping[str, Any] | None = None,
         session_id: str | None = None,
         limits: Limits | None = None,
+        validate_events: ValidateEvents | str | None = None,
+        seed: int | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._registry = registry if registry is not None else default_registry()
@@ -121,14 +147,23 @@ class Session:
             raise NonJsonValueError(bad[0], bad[1])
         self.session_id = session_id or str(uuid.uuid4())
         self._limits = limits if limits is not None else pipeline.limits
+        mode = ValidateEvents(validate_events or pipeline.validate_events)
         self._ctx = Context(copy_json(payload))
         self._history = History(self.session_id)
+        self._desk = InputDesk(
+            self._history,
+            self._limits,
+            mode,
+            {node_id: entry.spec for node_id, entry in self._entries.items()},
+        )
+        self._rng = random.Random(seed)
         self._status = SessionStatus.PENDING
         self._steps = 0
         self._terminal: TerminalNode | None = None
         self._artifacts: dict[str, Any] = {}
         self._cancel_scope: anyio.CancelScope | None = None
         self._cancel_reason: str | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
         self._handlers: dict[str, Callable[[Any, _Frame], Awaitable[str | None]]] = {
             "stage": self._run_stage,
             "condition": self._run_condition,
@@ -182,11 +217,13 @@ class Session:
     def events(self, *, buffer: int = 1024) -> EventStream:
         """Subscribe to events from now on; iterate with ``async for``.
 
+        The iterator ends when the session finishes.
+
         Args:
-            buffer: how many events may wait for a slow reader before the
-                oldest unread ones are dropped and replaced by one
-                ``subscriber_overflow`` marker (the history keeps them all).
-                ``0`` means unbounded.
+            buffer: how many events may wait for a slow reader; beyond that
+                the newest are dropped for this reader and the next event it
+                gets is a ``subscriber_overflow`` marker with the count (the
+                history keeps them all). ``0`` means unbounded.
         """
         return self._history.stream(buffer)
 
@@ -198,20 +235,70 @@ class Session:
         """
         return self._history.subscribe(callback)
 
+    def waiting_for(self) -> frozenset[str]:
+        """The input types some stage is waiting for right now."""
+        return self._desk.waiting_for()
+
+    def send_input(self, type: str, payload: Any) -> InputReceipt:
+        """Send an external input to the session (from any task of its event loop).
+
+        Every stage waiting for ``type`` right now receives ``payload``
+        (broadcast). When none waits, the input is queued (up to
+        ``limits.max_input_backlog`` per type) for the next stage that does.
+        May be called before ``run()`` to queue inputs.
+
+        Returns:
+            how many waiters got it, or that it was queued.
+
+        Raises:
+            SessionStateError: the session has finished.
+            InputRejectedError: the backlog is full, the payload is not JSON,
+                too large, or (``validate_events="strict"``) invalid; an
+                ``input_rejected`` event is recorded.
+        """
+        if self._status in _FINISHED:
+            raise SessionStateError(
+                f"session {self.session_id!r} is {self._status.value}; it takes no more inputs "
+                f"(input {type!r} was not delivered)"
+            )
+        return self._desk.send(type, payload)
+
+    def send_input_from_thread(self, type: str, payload: Any) -> InputReceipt:
+        """Like :meth:`send_input`, from a thread that is not the event loop's.
+
+        For example a web framework's worker thread. Blocks until the event
+        loop has taken the input.
+
+        Raises:
+            SessionStateError: the session is not running.
+        """
+        token = self._token
+        if token is None or self._status is not SessionStatus.RUNNING:
+            raise SessionStateError(
+                f"session {self.session_id!r} is {self._status.value}; send_input_from_thread "
+                "needs a running session (use send_input before run())"
+            )
+        return anyio.from_thread.run_sync(self.send_input, type, payload, token=token)
+
     def cancel(self, reason: str = "cancelled") -> None:
-        """Cancel the run from any task; ``run()`` returns with status ``cancelled``."""
+        """Cancel the run from any task; ``run()`` returns with status ``cancelled``.
+
+        The reason is recorded in the history. Cancelling a finished session
+        does nothing.
+        """
         if self._status in _FINISHED:
             return
-        self._cancel_reason = reason
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
     async def run(self) -> SessionResult:
         """Run the pipeline to its end and return the outcome.
 
-        Failures do not raise: they end the run with status ``failed`` and a
-        typed ``error``. Cancelling the task that awaits ``run()`` records
-        the cancellation and re-raises it.
+        Failures do not raise: they end the run with status ``failed`` (or
+        ``timed_out``) and a typed ``error``. Cancelling the task that awaits
+        ``run()`` records ``session_cancelled`` and re-raises the cancellation.
 
         Raises:
             SessionStateError: the session was already run.
@@ -222,8 +309,8 @@ class Session:
                 "create a new Session to run the pipeline again"
             )
         self._status = SessionStatus.RUNNING
-        record = self._history.record
-        record(
+        self._token = anyio.lowlevel.current_token()
+        self._history.record(
             "session_started",
             None,
             "",
@@ -234,6 +321,8 @@ class Session:
         try:
             with anyio.CancelScope() as scope:
                 self._cancel_scope = scope
+                if self._limits.timeout is not None:
+                    scope.deadline = anyio.current_time() + self._limits.timeout
                 if self._cancel_reason is not None:
                     scope.cancel()
                 await self._run_path(self._pipeline.entry, _Frame(self._ctx, "", 0), None)
@@ -244,18 +333,29 @@ class Session:
         except StageflowError as exc:
             error = exc
         except Exception as exc:
+            # A bug in stageflow: keep the history, then fail loudly.
             error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             self._finish(SessionStatus.FAILED, error)
             raise
         finally:
             self._cancel_scope = None
+            self._token = None
         if error is not None:
             return self._finish(SessionStatus.FAILED, error)
         if self._terminal is not None:
             return self._finish(SessionStatus.COMPLETED, None)
         if self._cancel_reason is not None:
             return self._finish(SessionStatus.CANCELLED, None, reason=self._cancel_reason)
+        if scope.cancelled_caught:
+            return self._finish(
+                SessionStatus.TIMED_OUT,
+                SessionTimeoutError(
+                    f"session {self.session_id!r} passed its deadline of "
+                    f"{self._limits.timeout:g} s (limits.timeout) before reaching a terminal "
+                    "node; raise the limit or make the pipeline faster"
+                ),
+            )
         error = StageflowError("the run ended without reaching a terminal node")
         return self._finish(SessionStatus.FAILED, error)
 
@@ -268,20 +368,13 @@ class Session:
             payload["error"] = describe_exception(error)
         if reason is not None:
             payload["reason"] = reason
-        event_type = {
-            SessionStatus.COMPLETED: "session_completed",
-            SessionStatus.FAILED: "session_failed",
-            SessionStatus.CANCELLED: "session_cancelled",
-        }[status]
-        self._history.record(event_type, None, "", payload)
+        self._history.record(_FINAL_EVENT[status], None, "", payload)
         self._history.close()
-        result = None
-        if self._terminal is not None and status is SessionStatus.COMPLETED:
-            result = copy_json(self._terminal.result)
+        completed = status is SessionStatus.COMPLETED
         return SessionResult(
             status=status,
-            result=result,
-            artifacts=self._artifacts if status is SessionStatus.COMPLETED else {},
+            result=copy_json(self._terminal.result) if completed and self._terminal else None,
+            artifacts=self._artifacts if completed else {},
             error=error,
             history=tuple(self._history.events),
         )
@@ -296,13 +389,15 @@ class Session:
             node_id = await execute(index[node_id], frame)
 
     async def _execute(self, node: Node, frame: _Frame) -> str | None:
-        """Execute one node: the single place for events, limits and cancellation."""
+        """Execute one node: the single place for events, limits, error edges, cancellation."""
         self._steps += 1
-        if self._steps > self._limits.max_steps:
-            raise LimitExceededError(
-                limit="max_steps", value=self._limits.max_steps, node_id=node.id
-            )
-        record = self._history.record
+        limits = self._limits
+        if self._steps > limits.max_steps:
+            raise LimitExceededError(limit="max_steps", value=limits.max_steps, node_id=node.id)
+        history = self._history
+        if len(history) >= limits.max_history:
+            raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
+        record = history.record
         record("node_started", node.id, frame.path, {"node_type": node.type})
         try:
             next_id = await self._handlers[node.type](node, frame)
@@ -316,21 +411,71 @@ class Session:
                 frame.path,
                 {"node_type": node.type, "error": describe_exception(exc)},
             )
-            raise
+            return self._route_error(node, frame, exc)
         record("node_finished", node.id, frame.path, {"node_type": node.type, "next": next_id})
         return next_id
 
-    # ---------------------------------------------------------- node handlers
+    def _route_error(self, node: Node, frame: _Frame, exc: Exception) -> str:
+        """Follow the node's first matching error edge, or re-raise ``exc``."""
+        handlers: tuple[ErrorHandler, ...] = getattr(node, "error_handlers", ())
+        if handlers and not isinstance(exc, LimitExceededError):
+            for handler in handlers:
+                if error_matches(exc, handler.errors):
+                    description = describe_exception(exc)
+                    frame.ctx.set(handler.error_path, description)
+                    self._history.record(
+                        "error_routed",
+                        node.id,
+                        frame.path,
+                        {"next": handler.next, "error_path": handler.error_path},
+                    )
+                    return handler.next
+        raise exc
+
+    # ------------------------------------------------------------ stage nodes
 
     async def _run_stage(self, node: StageNode, frame: _Frame) -> str | None:
         entry = self._entries[node.id]
+        policy = node.retry or entry.spec.retry or _NO_RETRY
+        attempt = 1
+        while True:
+            try:
+                await self._stage_attempt(node, frame, entry, attempt, policy.attempts)
+                return node.next
+            except Exception as exc:
+                if (
+                    attempt >= policy.attempts
+                    or isinstance(exc, LimitExceededError)
+                    or not error_matches(exc, policy.retry_on)
+                ):
+                    raise
+                delay = policy.delay_before(attempt)
+                if policy.jitter:
+                    delay *= 1 + policy.jitter * (2 * self._rng.random() - 1)
+                self._history.record(
+                    "node_retrying",
+                    node.id,
+                    frame.path,
+                    {
+                        "attempt": attempt,
+                        "next_attempt": attempt + 1,
+                        "delay": delay,
+                        "error": describe_exception(exc),
+                    },
+                )
+                await anyio.sleep(delay)
+                attempt += 1
+
+    async def _stage_attempt(
+        self, node: StageNode, frame: _Frame, entry: StageEntry, attempt: int, attempts: int
+    ) -> None:
+        """Run one attempt; write its outputs only if all of it succeeded."""
         get = frame.ctx.get
         arguments: dict[str, Any] = {}
         for name, path in node.arguments.items():
             value = get(path)
             if value is not MISSING:
                 arguments[name] = value
-        attempt = 1
         ctx = StageContext(
             arguments=MappingProxyType(arguments),
             config=copy_json(node.config) if node.config else _EMPTY,
@@ -343,35 +488,69 @@ class Session:
             runtime=self,
         )
         stage = entry.factory()
+        timeout = node.timeout if node.timeout is not None else entry.spec.timeout
+        outcome = "failed"
         try:
-            outputs = await stage.run(ctx)
+            if timeout is None:
+                outputs = await stage.run(ctx)
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    ctx._timer = AttemptTimer(scope)
+                    outputs = await stage.run(ctx)
+                if scope.cancelled_caught:
+                    raise NodeTimeoutError(
+                        f"stage {node.stage!r} at node {node.id!r} "
+                        f"({self._pipeline.location(node.id)}) timed out after {timeout:g} s on "
+                        f'attempt {attempt} of {attempts}; raise "timeout" or make the stage '
+                        "faster",
+                        node_id=node.id,
+                        timeout=timeout,
+                        attempt=attempt,
+                    )
+            if node.outputs:
+                self._write_outputs(node, outputs, frame.ctx)
+            elif outputs is not None and not isinstance(outputs, Mapping):
+                raise _not_a_mapping(node, outputs)
+            outcome = "succeeded"
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
         except StageflowError:
             raise
         except Exception as exc:
             raise StageError(
-                f"stage {node.stage!r} at node {node.id!r} failed on attempt {attempt}: "
-                f"{type(exc).__name__}: {exc}",
+                f"stage {node.stage!r} at node {node.id!r} failed on attempt {attempt} of "
+                f"{attempts}: {type(exc).__name__}: {exc}",
                 node_id=node.id,
                 stage=node.stage,
                 attempt=attempt,
             ) from exc
-        if node.outputs:
-            self._write_outputs(node, outputs, frame.ctx)
-        elif outputs is not None and not isinstance(outputs, Mapping):
-            raise self._not_a_mapping(node, outputs)
-        return node.next
+        finally:
+            if entry.has_cleanup:
+                await self._cleanup(stage, ctx, outcome, frame)
 
-    @staticmethod
-    def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
-        return StageOutputError(
-            f"stage {node.stage!r} at node {node.id!r} returned a {type(outputs).__name__}; "
-            "a stage returns a dict of outputs (or None)",
-            node_id=node.id,
-        )
+    async def _cleanup(
+        self, stage: BaseStage, ctx: StageContext, outcome: str, frame: _Frame
+    ) -> None:
+        """Run the stage's cleanup shielded from cancellation and bounded in time."""
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(self._limits.cleanup_timeout):
+                    await stage.cleanup(ctx, outcome)
+            except Exception as exc:
+                _log.exception(
+                    "stage.cleanup_failed", session_id=self.session_id, node_id=ctx.node_id
+                )
+                self._history.record(
+                    "cleanup_failed",
+                    ctx.node_id,
+                    frame.path,
+                    {"outcome": outcome, "error": describe_exception(exc)},
+                )
 
     def _write_outputs(self, node: StageNode, outputs: object, ctx: Context) -> None:
         if not isinstance(outputs, Mapping):
-            raise self._not_a_mapping(node, outputs)
+            raise _not_a_mapping(node, outputs)
         writes: list[tuple[str, Any]] = []
         for key, path in node.outputs.items():
             if key not in outputs:
@@ -395,6 +574,8 @@ class Session:
         # All outputs were checked: write them all (a failed attempt writes nothing).
         for path, value in writes:
             ctx.set(path, value)
+
+    # ---------------------------------------------------- other node handlers
 
     async def _run_condition(self, node: ConditionNode, frame: _Frame) -> str | None:
         data = frame.ctx.data
@@ -434,32 +615,46 @@ class Session:
         ]
         outcomes = [_BranchOutcome() for _ in node.children]
         winner: list[int] = []
-        async with anyio.create_task_group() as tg:
-            for i, child in enumerate(node.children):
-                tg.start_soon(
-                    self._run_branch, node, child, frames[i], outcomes[i], winner, tg.cancel_scope
-                )
+        with anyio.CancelScope() as deadline:
+            if node.timeout is not None:
+                deadline.deadline = anyio.current_time() + node.timeout
+            async with anyio.create_task_group() as tg:
+                for i, child in enumerate(node.children):
+                    tg.start_soon(
+                        self._run_branch,
+                        node,
+                        i,
+                        child,
+                        frames[i],
+                        outcomes[i],
+                        winner,
+                        tg.cancel_scope,
+                    )
+        if deadline.cancelled_caught:
+            raise NodeTimeoutError(
+                f"parallel node {node.id!r} ({self._pipeline.location(node.id)}) timed out after "
+                f'{node.timeout:g} s; its branches were cancelled. Raise "timeout" or make the '
+                "branches faster",
+                node_id=node.id,
+                timeout=float(node.timeout or 0),
+                attempt=1,
+            )
         errors = [o.error for o in outcomes if o.error is not None]
         if node.policy is ParallelPolicy.ANY:
             if not winner:
-                raise self._branch_failure(node, errors)
+                raise _branch_failure(node, errors)
             chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
         else:
             if errors:
-                raise self._branch_failure(node, errors)
+                raise _branch_failure(node, errors)
             chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
         merge_branches(node.id, node.merge, self._pipeline.reducers, frame.ctx, chosen)
         return node.next
 
-    @staticmethod
-    def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
-        if len(errors) == 1:
-            return errors[0]
-        return ParallelRunError(f"parallel node {node.id!r}: {len(errors)} branches failed", errors)
-
     async def _run_branch(
         self,
         node: ParallelNode,
+        index: int,
         child: str,
         frame: _Frame,
         outcome: _BranchOutcome,
@@ -485,24 +680,29 @@ class Session:
         outcome.finished = True
         record("branch_finished", node.id, frame.path, payload)
         if node.policy is ParallelPolicy.ANY and not winner:
-            winner.append(node.children.index(child))
+            winner.append(index)
             scope.cancel()
 
     # ------------------------------------------------------- stage runtime API
 
     def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event (called through ``StageContext.emit``)."""
-        body: Mapping[str, Any] = {} if payload is None else payload
-        bad = find_non_json(body, "payload")
-        if bad is not None:
-            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1])
-        path = ctx.node_path.rpartition("/")[0]
-        self._history.record(type, ctx.node_id, path, copy_json(body))
+        self._desk.emit(ctx, type, payload)
 
     async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
         """Wait for an external input (called through ``StageContext.wait_input``)."""
-        raise NodeError(
-            f"stage {ctx.stage!r} at node {ctx.node_id!r} waits for input {type!r}, but this "
-            "version of stageflow cannot deliver inputs yet",
-            node_id=ctx.node_id,
-        )
+        return await self._desk.wait(ctx, type, timeout)
+
+
+def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
+    return StageOutputError(
+        f"stage {node.stage!r} at node {node.id!r} returned a {type(outputs).__name__}; "
+        "a stage returns a dict of outputs (or None)",
+        node_id=node.id,
+    )
+
+
+def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
+    if len(errors) == 1:
+        return errors[0]
+    return ParallelRunError(f"parallel node {node.id!r}: {len(errors)} branches failed", errors)

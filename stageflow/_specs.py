@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ import attrs
 import jsonschema
 
 from stageflow._json import freeze, thaw
+from stageflow._model import RetryPolicy
 
 __all__ = ["EventSpec", "InputSpec", "StageSpec", "compile_schema"]
 
@@ -41,6 +43,11 @@ class InputSpec:
     schema: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
     description: str = ""
 
+    @functools.cached_property
+    def validator(self) -> jsonschema.protocols.Validator | None:
+        """The compiled payload schema (built once), or ``None`` without a schema."""
+        return None if self.schema is None else compile_schema(self.schema)
+
 
 @attrs.frozen
 class EventSpec:
@@ -56,6 +63,11 @@ class EventSpec:
     schema: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
     description: str = ""
 
+    @functools.cached_property
+    def validator(self) -> jsonschema.protocols.Validator | None:
+        """The compiled payload schema (built once), or ``None`` without a schema."""
+        return None if self.schema is None else compile_schema(self.schema)
+
 
 @attrs.frozen
 class StageSpec:
@@ -69,8 +81,12 @@ class StageSpec:
         config: JSON Schema of the node's ``config``, checked at load time.
         outputs: JSON Schema (an object schema) of what the stage returns;
             a node may only map output keys listed in its ``properties``.
-        allowed_inputs: the inputs the stage may wait for.
-        allowed_events: the events the stage may emit.
+        allowed_inputs: the inputs the stage may wait for; when not empty,
+            waiting for another type is an error.
+        allowed_events: the events the stage may emit; when not empty,
+            emitting another type is an error.
+        retry: default retry policy of nodes using the stage.
+        timeout: default seconds per attempt of nodes using the stage.
     """
 
     description: str = ""
@@ -79,3 +95,5 @@ class StageSpec:
     outputs: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_schema)
     allowed_inputs: tuple[InputSpec, ...] = attrs.field(default=(), converter=tuple)
     allowed_events: tuple[EventSpec, ...] = attrs.field(default=(), converter=tuple)
+    retry: RetryPolicy | None = None
+    timeout: float | None = None

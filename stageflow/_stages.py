@@ -18,7 +18,11 @@ from stageflow._errors import RegistryError, StageConflictError, StageNotFoundEr
 from stageflow._specs import StageSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from structlog.typing import FilteringBoundLogger
+
+    from stageflow._plugins import PluginReport
 
 __all__ = [
     "BaseStage",
@@ -62,6 +66,7 @@ class StageContext:
 
     __slots__ = (
         "_runtime",
+        "_timer",
         "arguments",
         "attempt",
         "config",
@@ -94,6 +99,8 @@ class StageContext:
         self.attempt = attempt
         self.log = log
         self._runtime = runtime
+        # The attempt's deadline (engine-owned), paused while waiting for input.
+        self._timer: Any = None
 
     def emit(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Record a stage event of ``type`` with a JSON ``payload`` in the session history."""
@@ -132,6 +139,14 @@ class BaseStage:
         """Do the stage's work and return its outputs (a mapping) or ``None``."""
         raise NotImplementedError(f"{type(self).__name__}.run() is not implemented")
 
+    async def cleanup(self, ctx: StageContext, outcome: str) -> None:
+        """Release what the attempt acquired; called after every attempt.
+
+        Runs shielded from cancellation and bounded by ``limits.cleanup_timeout``.
+        ``outcome`` is ``succeeded``, ``failed`` or ``cancelled``. Errors it
+        raises are logged and recorded (``cleanup_failed``), never raised.
+        """
+
 
 class _FunctionStage(BaseStage):
     __slots__ = ("_fn",)
@@ -153,6 +168,7 @@ class StageEntry:
         spec: the stage's declared spec.
         source: where it was registered from (module, or stage pack name).
         target: the registered class or function.
+        has_cleanup: whether the stage overrides :meth:`BaseStage.cleanup`.
     """
 
     name: str
@@ -160,6 +176,7 @@ class StageEntry:
     spec: StageSpec
     source: str
     target: object
+    has_cleanup: bool = False
 
 
 def _describe_source(obj: object) -> str:
@@ -167,11 +184,23 @@ def _describe_source(obj: object) -> str:
     return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+_CORE: dict[str, StageEntry] = {}
+"""Core stages (``WaitStage``, ``SleepStage``): part of every registry."""
+
+
+def register_core_stage(target: type[BaseStage], name: str) -> None:
+    """Make ``target`` available in every registry under ``name`` (stageflow itself only)."""
+    _CORE[name] = StageEntry(name, target, target.spec, "stageflow (core)", target)
+
+
 class StageRegistry:
     """A set of named stages that sessions look stages up in.
 
-    Registering a name twice is a :class:`~stageflow.StageConflictError`
-    naming both sources; nothing is overridden silently.
+    Every registry also holds the core stages (``WaitStage``, ``SleepStage``),
+    so pipelines can use them without registering anything. Registering a
+    name twice, or a core stage's name, is a
+    :class:`~stageflow.StageConflictError` naming both sources; nothing is
+    overridden silently.
     """
 
     def __init__(self) -> None:
@@ -229,12 +258,47 @@ class StageRegistry:
                 f"stage {stage_name!r} from {origin} has a spec of type "
                 f"{type(stage_spec).__name__}; use stageflow.StageSpec(...)"
             )
-        existing = self._entries.get(stage_name)
+        existing = self._entries.get(stage_name) or _CORE.get(stage_name)
         if existing is not None:
             raise StageConflictError(stage_name, existing.source, origin)
-        entry = StageEntry(stage_name, factory, stage_spec, origin, target)
+        has_cleanup = getattr(target, "cleanup", BaseStage.cleanup) is not BaseStage.cleanup
+        entry = StageEntry(stage_name, factory, stage_spec, origin, target, has_cleanup)
         self._entries[stage_name] = entry
         return entry
+
+    def load_plugins(
+        self, names: Iterable[str] | None = None, *, strict: bool = False
+    ) -> PluginReport:
+        """Register the stages of installed stage packs (entry point group ``stageflow.stages``).
+
+        Each pack is an entry point naming a function ``register(registry)``, or
+        a module with such a function; it is loaded all-or-nothing: a pack
+        that fails to import, raises in ``register``, or brings a stage name
+        that is already taken registers none of its stages. Stages from a pack
+        get ``source`` ``"stage pack 'NAME' (DISTRIBUTION VERSION)"``. Loading
+        a pack that is already in this registry again changes nothing.
+
+        Args:
+            names: the packs to load, in this order; ``None`` loads every
+                installed pack in name order, an empty list loads none. A
+                single string is taken as one name.
+            strict: raise the first failure instead of reporting it; packs
+                loaded before it stay registered.
+
+        Returns:
+            A :class:`~stageflow.PluginReport` listing the loaded and the
+            failed packs.
+
+        Raises:
+            PluginNotFoundError: a requested name is not installed (raised
+                before anything is loaded; the message lists the installed packs).
+            PluginLoadError: with ``strict=True``, the first pack that failed;
+                the original exception is its ``__cause__``.
+        """
+        # Imported here: the plugin loader sits above the registry it fills.
+        from stageflow._plugins import load_plugins
+
+        return load_plugins(self, names, strict=strict)
 
     def get(self, name: str) -> StageEntry:
         """Return the entry registered under ``name``.
@@ -242,30 +306,32 @@ class StageRegistry:
         Raises:
             StageNotFoundError: nothing is registered under that name.
         """
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise StageNotFoundError(name, tuple(self._entries)) from None
+        entry = self._entries.get(name) or _CORE.get(name)
+        if entry is None:
+            raise StageNotFoundError(name, self.names())
+        return entry
 
-    def catalogue(self) -> tuple[StageEntry, ...]:
-        """Every registered stage, sorted by name."""
-        return tuple(self._entries[name] for name in sorted(self._entries))
+    def catalogue(self, *, core: bool = True) -> tuple[StageEntry, ...]:
+        """Every stage sorted by name; ``core=False`` leaves out WaitStage and SleepStage."""
+        if not core:
+            return tuple(self._entries[name] for name in sorted(self._entries))
+        return tuple(self.get(name) for name in self.names())
 
-    def names(self) -> tuple[str, ...]:
-        """The registered names, sorted."""
-        return tuple(sorted(self._entries))
+    def names(self, *, core: bool = True) -> tuple[str, ...]:
+        """The stage names, sorted; ``core=False`` leaves out WaitStage and SleepStage."""
+        return tuple(sorted({*self._entries, *_CORE} if core else self._entries))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in _CORE
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
 
     def __repr__(self) -> str:
-        return f"<StageRegistry with {len(self._entries)} stages>"
+        return f"<StageRegistry with {len(self)} stages>"
 
 
 _default_registry = StageRegistry()
@@ -277,8 +343,8 @@ def register_stage(name: str | None = None, *, spec: StageSpec | None = None) ->
 
 
 def get_stages() -> Mapping[str, StageEntry]:
-    """Return a read-only view of the default registry: name -> :class:`StageEntry`."""
-    return MappingProxyType(_default_registry._entries)
+    """Return the default registry's stages (core ones included): name -> :class:`StageEntry`."""
+    return MappingProxyType({entry.name: entry for entry in _default_registry.catalogue()})
 
 
 def default_registry() -> StageRegistry:

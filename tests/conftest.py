@@ -10,6 +10,9 @@ import pytest
 import trio
 import trio.testing
 
+# The OTLP/HTTP receiver fixture (``otlp_receiver``) for tests that export spans.
+pytest_plugins = ["otlp_receiver"]
+
 
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
@@ -37,3 +40,19 @@ def live_tasks() -> int:
     except RuntimeError:  # not running on trio
         return len(asyncio.all_tasks())
     return sum(1 for _ in _trio_tasks())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run ``trio_only`` tests (virtual time) on trio only, not on asyncio's real clock."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("anyio_backend") if callspec else None
+        if backend == "asyncio" and item.get_closest_marker("trio_only"):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -429,7 +429,9 @@ def test_optional_fields_with_their_defaults_are_valid(
             if "default" in sub:
                 node[name] = copy.deepcopy(sub["default"])
     reference["limits"] = {
-        name: sub["default"] for name, sub in defs["limits"]["properties"].items()
+        name: sub["default"]
+        for name, sub in defs["limits"]["properties"].items()
+        if "default" in sub
     }
     reference["reducers"] = {"a_result": "append", "b_result": "merge"}
     reference["metadata"].update(description="demo", version="3", owner="team-a")

@@ -1,0 +1,90 @@
+"""The core stages every registry has: ``WaitStage`` and ``SleepStage``."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+from stageflow._specs import StageSpec
+from stageflow._stages import BaseStage, StageContext, register_core_stage
+
+__all__ = ["SleepStage", "WaitStage"]
+
+
+class WaitStage(BaseStage):
+    """Wait for one external input and return its payload as ``payload``.
+
+    Config: ``input`` (the input type) and optional ``timeout`` (seconds).
+    Map ``payload`` to a context path with the node's ``outputs``; route a
+    timeout (``InputTimeoutError``) with an error edge::
+
+        {"id": "ask", "type": "stage", "stage": "WaitStage",
+         "config": {"input": "user_message", "timeout": 600},
+         "outputs": {"payload": "message"}, "next": "answer",
+         "on_error": [{"errors": ["InputTimeoutError"], "next": "give_up"}]}
+    """
+
+    spec = StageSpec(
+        description="Wait for an external input and return its payload",
+        arguments={"type": "object", "properties": {}, "additionalProperties": False},
+        config={
+            "type": "object",
+            "required": ["input"],
+            "additionalProperties": False,
+            "properties": {
+                "input": {"type": "string", "minLength": 1, "description": "input type"},
+                "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
+            },
+        },
+        outputs={"type": "object", "properties": {"payload": {"description": "the input"}}},
+    )
+
+    async def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        """Wait for the configured input."""
+        payload = await ctx.wait_input(ctx.config["input"], ctx.config.get("timeout"))
+        return {"payload": payload}
+
+
+class SleepStage(BaseStage):
+    """Sleep for ``seconds``, or until the absolute time ``until`` (ISO 8601 with offset).
+
+    Returns ``slept``, the seconds it slept. Under trio's ``MockClock`` the
+    sleep is virtual, so tests of long timers run instantly.
+    """
+
+    spec = StageSpec(
+        description="Sleep for a duration or until an absolute time",
+        arguments={"type": "object", "properties": {}, "additionalProperties": False},
+        config={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "seconds": {"type": "number", "minimum": 0},
+                "until": {"type": "string", "format": "date-time"},
+            },
+            "oneOf": [{"required": ["seconds"]}, {"required": ["until"]}],
+        },
+        outputs={"type": "object", "properties": {"slept": {"type": "number"}}},
+    )
+
+    async def run(self, ctx: StageContext) -> Mapping[str, Any]:
+        """Sleep as configured."""
+        if "seconds" in ctx.config:
+            seconds = float(ctx.config["seconds"])
+        else:
+            until = datetime.datetime.fromisoformat(ctx.config["until"])
+            if until.tzinfo is None:
+                raise ValueError(
+                    f"SleepStage at node {ctx.node_id!r}: 'until' {ctx.config['until']!r} has no "
+                    "UTC offset; write it like 2030-01-01T09:00:00+00:00"
+                )
+            seconds = max(0.0, (until - datetime.datetime.now(datetime.UTC)).total_seconds())
+        await anyio.sleep(seconds)
+        return {"slept": seconds}
+
+
+register_core_stage(WaitStage, "WaitStage")
+register_core_stage(SleepStage, "SleepStage")

@@ -1,0 +1,134 @@
+"""External inputs: per-waiter channels, broadcast delivery and a bounded backlog.
+
+Every ``wait_input`` call gets its own memory channel. An input sent while
+stages wait for its type goes to every one of them (broadcast); an input sent
+while nobody waits is kept, per type and in order, until the next waiter takes
+it. The broker does no validation and records no events: the session does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter"]
+
+
+@attrs.frozen
+class InputReceipt:
+    """What ``session.send_input`` did with an input.
+
+    Attributes:
+        type: the input type.
+        delivered: how many waiting stages received it (0 when queued).
+        queued: whether it was kept in the backlog for the next waiter.
+    """
+
+    type: str
+    delivered: int
+    queued: bool
+
+
+class Waiter:
+    """One pending ``wait_input`` call: its channel and who is waiting."""
+
+    __slots__ = ("node_id", "path", "receive", "send", "stage")
+
+    def __init__(self, node_id: str, path: str, stage: str) -> None:
+        self.node_id = node_id
+        self.path = path
+        self.stage = stage
+        self.send: MemoryObjectSendStream[Any]
+        self.receive: MemoryObjectReceiveStream[Any]
+        self.send, self.receive = anyio.create_memory_object_stream[Any](1)
+
+
+class InputBroker:
+    """Routes inputs to waiters, or to a bounded per-type backlog."""
+
+    __slots__ = ("_backlog", "_waiters", "max_backlog")
+
+    def __init__(self, max_backlog: int) -> None:
+        self.max_backlog = max_backlog
+        self._waiters: dict[str, list[Waiter]] = {}
+        self._backlog: dict[str, deque[Any]] = {}
+
+    def waiting_for(self) -> frozenset[str]:
+        """Input types at least one stage waits for right now."""
+        return frozenset(t for t, waiters in self._waiters.items() if waiters)
+
+    def waiters(self, type: str) -> tuple[Waiter, ...]:
+        """The stages waiting for ``type`` right now, in the order they started."""
+        return tuple(self._waiters.get(type, ()))
+
+    def deliver(self, type: str, payloads: list[Any]) -> int:
+        """Hand ``payloads[i]`` to the i-th current waiter of ``type``; they stop waiting."""
+        waiters = self._waiters.pop(type, [])
+        for waiter, payload in zip(waiters, payloads, strict=True):
+            waiter.send.send_nowait(payload)
+        return len(waiters)
+
+    def backlog_full(self, type: str) -> bool:
+        """Whether one more input of ``type`` would exceed the backlog."""
+        return len(self._backlog.get(type, ())) >= self.max_backlog
+
+    def enqueue(self, type: str, payload: Any) -> None:
+        """Keep an input for the next waiter of its type."""
+        self._backlog.setdefault(type, deque()).append(payload)
+
+    def take(self, type: str) -> tuple[bool, Any]:
+        """Pop the oldest queued input of ``type``: ``(True, payload)`` or ``(False, None)``."""
+        queue = self._backlog.get(type)
+        if not queue:
+            return False, None
+        payload = queue.popleft()
+        if not queue:
+            del self._backlog[type]
+        return True, payload
+
+    def add(self, type: str, waiter: Waiter) -> None:
+        """Register a waiter for ``type``."""
+        self._waiters.setdefault(type, []).append(waiter)
+
+    def discard(self, type: str, waiter: Waiter) -> None:
+        """Forget a waiter that stopped waiting (timeout, cancellation)."""
+        waiters = self._waiters.get(type)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[type]
+        waiter.send.close()
+        waiter.receive.close()
+
+    def backlog(self) -> dict[str, list[Any]]:
+        """A copy of the queued inputs, per type, oldest first."""
+        return {t: list(q) for t, q in self._backlog.items()}
+
+
+class AttemptTimer:
+    """The deadline of one attempt, paused while the stage waits for input."""
+
+    __slots__ = ("_paused", "_remaining", "scope")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+        self._paused = 0
+        self._remaining = 0.0
+
+    def pause(self) -> None:
+        """Stop the clock (nested pauses are counted)."""
+        if self._paused == 0:
+            self._remaining = max(0.0, self.scope.deadline - anyio.current_time())
+            self.scope.deadline = math.inf
+        self._paused += 1
+
+    def resume(self) -> None:
+        """Restart the clock with the time that was left."""
+        self._paused -= 1
+        if self._paused == 0:
+            self.scope.deadline = anyio.current_time() + self._remaining

@@ -1,0 +1,295 @@
+"""Stage packs: stages shipped in their own distribution, found by entry point.
+
+A stage pack is any installed distribution that declares an entry point in
+the ``stageflow.stages`` group::
+
+    [project.entry-points."stageflow.stages"]
+    echo = "stageflow_echo_pack:register"
+
+The entry point names a function ``register(registry)`` that registers the
+pack's stages into the :class:`~stageflow.StageRegistry` it is given, or a
+module that has such a function. :meth:`StageRegistry.load_plugins` loads
+every installed pack (or the named ones) and returns a :class:`PluginReport`.
+
+Each pack is loaded all-or-nothing: its ``register`` function runs against a
+scratch registry, and its stages are moved into the target registry only when
+none of their names is taken there. Every stage a pack brings gets the pack
+as its ``source`` (``stage pack 'echo' (stageflow-echo-pack 0.1.0)``), which
+the catalogue shows and conflict errors name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Iterable
+from importlib.metadata import EntryPoint, entry_points
+from typing import Final
+
+import attrs
+import structlog
+
+from stageflow._errors import (
+    PluginLoadError,
+    PluginNotFoundError,
+    StageConflictError,
+)
+from stageflow._stages import StageRegistry
+
+__all__ = [
+    "STAGE_PACK_GROUP",
+    "FailedPack",
+    "LoadedPack",
+    "PluginReport",
+    "StagePack",
+    "list_stage_packs",
+    "load_plugins",
+]
+
+STAGE_PACK_GROUP: Final = "stageflow.stages"
+"""The entry point group stage packs declare themselves in."""
+
+_log = structlog.get_logger("stageflow.plugins")
+
+_LEAVE_OUT: Final = "or load only the packs you need with load_plugins(names=[...])"
+
+
+@attrs.frozen
+class StagePack:
+    """An installed stage pack: one entry point in the ``stageflow.stages`` group.
+
+    Attributes:
+        name: the pack's name (the entry point name), used to select it.
+        value: what the entry point points at, ``"module:function"`` or ``"module"``.
+        distribution: the name of the distribution declaring it, or ``None``
+            when the entry point does not come from an installed distribution.
+        version: that distribution's version, or ``None``.
+    """
+
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+
+    @property
+    def source(self) -> str:
+        """How the pack's stages are labelled in the catalogue and in errors."""
+        if self.distribution is None:
+            return f"stage pack {self.name!r} ({self.value})"
+        return f"stage pack {self.name!r} ({self.distribution} {self.version})"
+
+    @property
+    def _dist_label(self) -> str | None:
+        if self.distribution is None:
+            return None
+        return f"{self.distribution} {self.version}"
+
+
+@attrs.frozen
+class LoadedPack(StagePack):
+    """A stage pack whose stages are now in the registry.
+
+    Attributes:
+        stages: the names of the stages the pack registered, sorted.
+    """
+
+    stages: tuple[str, ...]
+
+
+@attrs.frozen
+class FailedPack(StagePack):
+    """A stage pack that could not be loaded; none of its stages were registered.
+
+    Attributes:
+        error: what went wrong, with the original exception as its ``__cause__``.
+    """
+
+    error: PluginLoadError
+
+
+@attrs.frozen
+class PluginReport:
+    """What :meth:`StageRegistry.load_plugins` did.
+
+    Attributes:
+        loaded: the packs whose stages were registered, in load order.
+        failed: the packs that failed, in load order; their stages were not
+            registered.
+    """
+
+    loaded: tuple[LoadedPack, ...] = ()
+    failed: tuple[FailedPack, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when no pack failed."""
+        return not self.failed
+
+
+def _pack_of(entry_point: EntryPoint) -> StagePack:
+    dist = entry_point.dist
+    if dist is None:
+        return StagePack(entry_point.name, entry_point.value, None, None)
+    return StagePack(entry_point.name, entry_point.value, dist.name, dist.version)
+
+
+def _discover() -> list[tuple[StagePack, EntryPoint]]:
+    found = [(_pack_of(ep), ep) for ep in entry_points(group=STAGE_PACK_GROUP)]
+    found.sort(key=lambda pair: (pair[0].name, pair[0].distribution or "", pair[0].value))
+    return found
+
+
+def list_stage_packs() -> tuple[StagePack, ...]:
+    """Return every installed stage pack, sorted by name, without loading any.
+
+    A name declared by two distributions appears twice; loading it fails.
+    """
+    return tuple(pack for pack, _ in _discover())
+
+
+class _PackFailure(Exception):
+    """Internal: one pack failed; carries the message detail and the cause."""
+
+    def __init__(self, detail: str, cause: BaseException) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.cause = cause
+
+
+def _register_function(obj: object, pack: StagePack) -> Callable[[StageRegistry], object]:
+    """Find the ``register(registry)`` callable an entry point leads to."""
+    target = obj
+    if isinstance(obj, types.ModuleType):
+        target = getattr(obj, "register", None)
+        if target is None or not callable(target):
+            raise TypeError(
+                f"entry point {pack.value!r} names module {obj.__name__!r}, which has no "
+                f"register(registry) function; add one or point the entry point at the "
+                f"function ('{obj.__name__}:register')"
+            )
+    if inspect.isclass(target):
+        raise TypeError(
+            f"entry point {pack.value!r} names the class {target.__qualname__}; point it at "
+            "a function register(registry) that registers the pack's stages"
+        )
+    if not callable(target):
+        raise TypeError(
+            f"entry point {pack.value!r} names a {type(target).__name__}, not a function; "
+            "point it at a function register(registry) or at a module that has one"
+        )
+    if inspect.iscoroutinefunction(target):
+        raise TypeError(
+            f"register function {pack.value!r} is 'async def'; registering stages is "
+            "synchronous, make it a plain 'def'"
+        )
+    fn: Callable[[StageRegistry], object] = target
+    return fn
+
+
+def _collect(pack: StagePack, entry_point: EntryPoint) -> StageRegistry:
+    """Import the pack and run its register function against a scratch registry."""
+    try:
+        obj = entry_point.load()
+    except Exception as exc:
+        raise _PackFailure(
+            f"could not be imported from {pack.value!r}: {type(exc).__name__}: {exc}; "
+            f"fix or reinstall the pack, {_LEAVE_OUT}",
+            exc,
+        ) from exc
+    try:
+        register = _register_function(obj, pack)
+    except TypeError as exc:
+        raise _PackFailure(f"is not a valid stage pack: {exc}", exc) from exc
+    scratch = StageRegistry()
+    try:
+        returned = register(scratch)
+    except Exception as exc:
+        raise _PackFailure(
+            f"failed in its register function {pack.value!r}: {type(exc).__name__}: {exc}; "
+            f"fix the pack, {_LEAVE_OUT}",
+            exc,
+        ) from exc
+    if returned is not None:
+        if inspect.iscoroutine(returned):
+            returned.close()  # never awaited: close it so no warning leaks
+        wrong = TypeError(
+            f"register function {pack.value!r} returned a {type(returned).__name__}; "
+            "it must register stages into the registry it is given and return None"
+        )
+        raise _PackFailure(f"is not a valid stage pack: {wrong}", wrong)
+    return scratch
+
+
+def _move(pack: StagePack, scratch: StageRegistry, registry: StageRegistry) -> tuple[str, ...]:
+    """Move the scratch registry's stages into ``registry``: all of them or none."""
+    source = pack.source
+    entries = scratch.catalogue(core=False)
+    clashes = [
+        StageConflictError(entry.name, registry.get(entry.name).source, source)
+        for entry in entries
+        if entry.name in registry
+    ]
+    if clashes:
+        first = clashes[0]
+        more = ""
+        if len(clashes) > 1:
+            others = ", ".join(repr(c.name) for c in clashes[1:])
+            more = f" (also clashing: {others})"
+        raise _PackFailure(f"was not loaded: {first}{more}, {_LEAVE_OUT}", first)
+    # No name is taken and every entry already passed StageRegistry.add once,
+    # so these calls cannot fail: the move is all-or-nothing.
+    for entry in entries:
+        registry.add(entry.target, name=entry.name, spec=entry.spec, source=source)
+    return tuple(entry.name for entry in entries)
+
+
+def _selected(names: Iterable[str] | None, found: list[tuple[StagePack, EntryPoint]]) -> list[str]:
+    installed = sorted({pack.name for pack, _ in found})
+    if names is None:
+        return installed
+    requested = [names] if isinstance(names, str) else list(names)
+    ordered = list(dict.fromkeys(requested))
+    unknown = [name for name in ordered if name not in installed]
+    if unknown:
+        raise PluginNotFoundError(unknown, installed)
+    return ordered
+
+
+def load_plugins(
+    registry: StageRegistry, names: Iterable[str] | None = None, *, strict: bool = False
+) -> PluginReport:
+    """Load installed stage packs into ``registry``; see :meth:`StageRegistry.load_plugins`."""
+    found = _discover()
+    selected = _selected(names, found)
+    by_name: dict[str, list[tuple[StagePack, EntryPoint]]] = {}
+    for pack, entry_point in found:
+        by_name.setdefault(pack.name, []).append((pack, entry_point))
+
+    loaded: list[LoadedPack] = []
+    failed: list[FailedPack] = []
+    for name in selected:
+        candidates = by_name[name]
+        pack, entry_point = candidates[0]
+        try:
+            if len(candidates) > 1:
+                dists = ", ".join(p._dist_label or p.value for p, _ in candidates)
+                twice = RuntimeError(f"entry point {name!r} is declared {len(candidates)} times")
+                raise _PackFailure(
+                    f"is declared by more than one distribution ({dists}); "
+                    f"uninstall all but one, {_LEAVE_OUT}",
+                    twice,
+                )
+            already = tuple(e.name for e in registry.catalogue() if e.source == pack.source)
+            stages = already or _move(pack, _collect(pack, entry_point), registry)
+        except _PackFailure as failure:
+            error = PluginLoadError(pack.name, failure.detail, distribution=pack._dist_label)
+            error.__cause__ = failure.cause
+            _log.warning(
+                "plugin.failed", pack=pack.name, distribution=pack._dist_label, error=str(error)
+            )
+            if strict:
+                raise error from failure.cause
+            failed.append(FailedPack(**attrs.asdict(pack, recurse=False), error=error))
+            continue
+        loaded.append(LoadedPack(**attrs.asdict(pack, recurse=False), stages=tuple(sorted(stages))))
+    return PluginReport(tuple(loaded), tuple(failed))

@@ -1,0 +1,170 @@
+"""Built-in stages that check, fail and log: assert, fail, log. None returns outputs."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Final
+
+from stageflow import jsonlogic
+from stageflow._errors import JsonLogicError
+from stageflow._json import copy_json
+from stageflow._specs import StageSpec
+from stageflow._stages import BaseStage, StageContext
+from stageflow.builtins._common import arguments, config_error
+from stageflow.builtins._errors import AssertionFailedError, injected_failure_class
+from stageflow.builtins._values import no_arguments
+
+__all__ = ["LOG_LEVELS", "AssertStage", "FailStage", "LogStage"]
+
+_NO_OUTPUTS: Final = {"type": "object", "properties": {}, "additionalProperties": False}
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+"""The levels ``builtins.log`` writes at."""
+
+
+class AssertStage(BaseStage):
+    """``builtins.assert``: fail unless a JsonLogic rule over the arguments is true.
+
+    ``config.rule`` is evaluated with :func:`stageflow.jsonlogic.apply` against
+    an object of the node's arguments (``{"var": "total"}`` reads the argument
+    ``total``; an argument whose path holds nothing is absent, so ``var``
+    gives ``null`` and ``missing`` lists it). When the result is not truthy
+    the stage raises :class:`AssertionFailedError` carrying the rule, the
+    argument values and ``config.message``. It returns no outputs.
+    """
+
+    spec: ClassVar[StageSpec] = StageSpec(
+        description="Fail with AssertionFailedError unless a JsonLogic rule is true.",
+        arguments={
+            "type": "object",
+            "properties": {},
+            "additionalProperties": {
+                "description": 'Any value; the rule reads it as `{"var": "<name>"}`.'
+            },
+        },
+        config={
+            "type": "object",
+            "properties": {
+                "rule": {"description": "The JsonLogic rule that must be truthy."},
+                "message": {
+                    "description": "What the rule checks, put at the start of the error message.",
+                    "type": "string",
+                    "minLength": 1,
+                },
+            },
+            "required": ["rule"],
+            "additionalProperties": False,
+        },
+        outputs=_NO_OUTPUTS,
+    )
+
+    async def run(self, ctx: StageContext) -> None:
+        """Return nothing when the rule holds; raise otherwise."""
+        values = dict(arguments(ctx, self.spec))
+        rule = ctx.config["rule"]
+        try:
+            holds = jsonlogic.truthy(jsonlogic.apply(rule, values))
+        except JsonLogicError as exc:
+            raise config_error(
+                ctx, f"config 'rule' cannot be evaluated: {exc}; fix the rule"
+            ) from exc
+        if not holds:
+            raise AssertionFailedError(
+                rule=rule,
+                values=copy_json(values),
+                reason=ctx.config.get("message"),
+                node_id=ctx.node_id,
+                stage=ctx.stage,
+                attempt=ctx.attempt,
+            )
+
+
+class FailStage(BaseStage):
+    """``builtins.fail``: raise an error on purpose, to exercise error handling.
+
+    It always raises :class:`InjectedFailureError` with ``config.message``.
+    With ``config.error_type``, the raised error's class is a subclass of
+    :class:`InjectedFailureError` with exactly that name, so error
+    descriptions (``{"type": "RateLimited", ...}``) and anything that matches
+    errors by type name see it as that type.
+    """
+
+    spec: ClassVar[StageSpec] = StageSpec(
+        description="Raise InjectedFailureError (or a subclass named by `error_type`).",
+        arguments=no_arguments(),
+        config={
+            "type": "object",
+            "properties": {
+                "message": {
+                    "description": "The error message.",
+                    "type": "string",
+                    "minLength": 1,
+                },
+                "error_type": {
+                    "description": "Class name of the raised error (a Python identifier).",
+                    "type": "string",
+                    "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
+                    "default": "InjectedFailureError",
+                },
+            },
+            "required": ["message"],
+            "additionalProperties": False,
+        },
+        outputs=_NO_OUTPUTS,
+    )
+
+    async def run(self, ctx: StageContext) -> None:
+        """Raise the configured error."""
+        cls = injected_failure_class(ctx.config.get("error_type", "InjectedFailureError"))
+        raise cls(ctx.config["message"], node_id=ctx.node_id, stage=ctx.stage, attempt=ctx.attempt)
+
+
+class LogStage(BaseStage):
+    """``builtins.log``: write one structured log line with the arguments.
+
+    The line goes through the stage's logger (``ctx.log``, bound to the
+    session, node and attempt) at ``config.level``, with ``config.event`` as
+    the event name and the argument values under the single key
+    ``arguments`` (one key, so argument names can never collide with
+    ``event``, ``level`` or the bound keys). It returns no outputs.
+    """
+
+    spec: ClassVar[StageSpec] = StageSpec(
+        description="Write a structured log line with the arguments.",
+        arguments={
+            "type": "object",
+            "properties": {},
+            "additionalProperties": {"description": "Any value to include in the log line."},
+        },
+        config={
+            "type": "object",
+            "properties": {
+                "event": {
+                    "description": "The log event name.",
+                    "type": "string",
+                    "minLength": 1,
+                    "default": "builtins.log",
+                },
+                "level": {
+                    "description": "The log level.",
+                    "enum": list(LOG_LEVELS),
+                    "default": "info",
+                },
+            },
+            "additionalProperties": False,
+        },
+        outputs=_NO_OUTPUTS,
+    )
+
+    async def run(self, ctx: StageContext) -> None:
+        """Log the arguments and return nothing."""
+        values: dict[str, Any] = copy_json(arguments(ctx, self.spec))
+        event: str = ctx.config.get("event", "builtins.log")
+        log = ctx.log
+        methods = {
+            "debug": log.debug,
+            "info": log.info,
+            "warning": log.warning,
+            "error": log.error,
+            "critical": log.critical,
+        }
+        methods[ctx.config.get("level", "info")](event, arguments=values)

@@ -1,0 +1,182 @@
+"""Configure structlog for an application that runs stageflow.
+
+stageflow logs through structlog as a library does: it asks for loggers
+(``structlog.get_logger("stageflow.session")``) and never configures logging
+itself, on import or otherwise. Its per-node ``node.started`` /
+``node.finished`` lines are written only when the application has configured
+structlog (``structlog.is_configured()``), checked once at the start of each
+run, so an application that never configures logging sees no output from
+stageflow at all.
+
+:func:`configure` is the one-call set-up for applications without their own
+(the CLI uses it)::
+
+    import stageflow.logging
+
+    stageflow.logging.configure()                   # JSON lines on standard error
+    stageflow.logging.configure(format="console")   # aligned, human-readable lines
+
+Each line carries an ISO 8601 UTC ``timestamp``, the ``level``, the ``logger``
+name, the ``event``, every key bound to the logger (``session_id``,
+``node_id``, ...) and, inside an OpenTelemetry span, its ``trace_id`` and
+``span_id`` (see :func:`add_otel_context`). Records from the standard
+``logging`` module (other libraries, the OpenTelemetry SDK) go through the same
+renderer, so the output is one format throughout.
+
+Applications with their own structlog set-up keep it and can add
+:func:`add_otel_context` to their processor chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Final, Literal, TextIO
+
+import structlog
+from opentelemetry import trace
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from stageflow._errors import LoggingSetupError
+
+__all__ = [
+    "Format",
+    "LoggingSetupError",
+    "add_otel_context",
+    "configure",
+]
+
+Format = Literal["json", "console"]
+"""The output formats of :func:`configure`."""
+
+_FORMATS: Final = ("json", "console")
+_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def add_otel_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Add the current OpenTelemetry span's ids to a log line (structlog processor).
+
+    Inside a span with a valid context, sets ``trace_id`` (32 lowercase hex
+    digits) and ``span_id`` (16), the same spellings as in Jaeger, the OTLP
+    JSON encoding and stageflow's events. A non-recording span that carries a
+    valid context (a trace that is not sampled here, or a remote parent) still
+    counts: its ids join the line to the rest of the trace. Outside any span
+    nothing is added, and ids already bound to the logger are kept.
+
+    Args:
+        logger: the wrapped logger (unused).
+        method_name: the log method's name (unused).
+        event_dict: the line being built.
+
+    Returns:
+        ``event_dict``, with the ids added.
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+    return event_dict
+
+
+class _StageflowHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler :func:`configure` installs, marked so it can be replaced."""
+
+
+def configure(
+    *,
+    format: Format = "json",
+    level: str | int = "INFO",
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog, with the standard ``logging`` module as its output.
+
+    Installs one handler on the root logger (replacing the one an earlier
+    call installed, and leaving handlers of the application's own alone) and
+    sets the root level. structlog loggers are not cached, so calling this
+    again, or ``structlog.testing.capture_logs()``, takes effect at once.
+
+    Args:
+        format: ``"json"`` for one JSON object per line (for log collectors),
+            ``"console"`` for aligned human-readable lines (colored on a
+            terminal).
+        level: the lowest level written: a name (``"DEBUG"``, ``"INFO"``,
+            ``"WARNING"``, ``"ERROR"``, ``"CRITICAL"``, any case) or a
+            ``logging`` level number.
+        stream: where lines go; standard error by default.
+
+    Raises:
+        LoggingSetupError: for an unknown format or level.
+    """
+    if format not in _FORMATS:
+        raise LoggingSetupError(
+            f"stageflow.logging.configure: unknown format {format!r}; use 'json' or 'console'"
+        )
+    level_number = _level_number(level)
+    out = stream if stream is not None else sys.stderr
+
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # Run for structlog's own lines and for records from the logging module alike.
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        timestamper,
+        add_otel_context,
+    ]
+    rendering: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if format == "json":
+        rendering += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        rendering.append(structlog.dev.ConsoleRenderer(colors=_is_terminal(out)))
+
+    handler = _StageflowHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processors=rendering, foreign_pre_chain=shared)
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StageflowHandler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level_number)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        context_class=dict,
+        # Not cached: stageflow's loggers are module-level, and a cached one
+        # would ignore a later configure() or capture_logs().
+        cache_logger_on_first_use=False,
+    )
+
+
+def _level_number(level: str | int) -> int:
+    if isinstance(level, bool) or not isinstance(level, str | int):
+        raise LoggingSetupError(
+            f"stageflow.logging.configure: level must be a level name or number, "
+            f"got {type(level).__name__}; use one of {', '.join(_LEVELS)}"
+        )
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelNamesMapping().get(level.strip().upper())
+    if number is None:
+        raise LoggingSetupError(
+            f"stageflow.logging.configure: unknown level {level!r}; "
+            f"use one of {', '.join(_LEVELS)} (any case) or a logging level number"
+        )
+    return number
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())

@@ -1,0 +1,239 @@
+"""Set up the OpenTelemetry SDK to export stageflow's spans.
+
+The engine itself only uses ``opentelemetry-api``: it creates spans through
+whatever tracer provider the application has, and creates none when there is
+no SDK provider. This module is for applications (and the CLI) that have no
+tracing set-up of their own and want one line to get a working one::
+
+    import stageflow.tracing
+
+    provider = stageflow.tracing.configure()          # OTLP over HTTP/protobuf
+    try:
+        ...                                           # run sessions
+    finally:
+        stageflow.tracing.shutdown()                  # flush what is buffered
+
+:func:`configure` builds an SDK :class:`~opentelemetry.sdk.trace.TracerProvider`
+with a :class:`~opentelemetry.sdk.trace.export.BatchSpanProcessor` and an
+exporter. The standard ``OTEL_*`` environment variables keep their meaning,
+because they are read by the SDK and the exporters themselves:
+``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (resource),
+``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+``OTEL_EXPORTER_OTLP_HEADERS``, ``..._TIMEOUT``, ``..._COMPRESSION``,
+``..._CERTIFICATE`` (exporter), ``OTEL_BSP_*`` (batching), ``OTEL_TRACES_SAMPLER``
+and ``OTEL_SDK_DISABLED`` (provider). The Python exporters do not read
+``OTEL_EXPORTER_OTLP_PROTOCOL``; :func:`configure` does, when no ``protocol`` is
+given.
+
+The OTLP exporters are optional: ``pip install 'stageflow[otlp]'``. They are
+imported only when :func:`configure` needs one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Final, Literal, TextIO, cast
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+from stageflow._errors import TracingSetupError
+
+__all__ = [
+    "DEFAULT_SERVICE_NAME",
+    "Exporter",
+    "Protocol",
+    "TracingSetupError",
+    "configure",
+    "force_flush",
+    "shutdown",
+]
+
+Exporter = Literal["otlp", "console", "none"]
+"""Where :func:`configure` sends spans."""
+
+Protocol = Literal["http/protobuf", "grpc"]
+"""The OTLP transport (the values of ``OTEL_EXPORTER_OTLP_PROTOCOL`` that Python supports)."""
+
+DEFAULT_SERVICE_NAME: Final = "stageflow"
+"""``service.name`` used when neither the caller nor ``OTEL_SERVICE_NAME`` names one."""
+
+_EXPORTERS: Final = ("otlp", "console", "none")
+_PROTOCOLS: Final = ("http/protobuf", "grpc")
+_PROTOCOL_ENV: Final = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+_OTLP_MODULES: Final = {
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+}
+_OTLP_PACKAGES: Final = {
+    "http/protobuf": "opentelemetry-exporter-otlp-proto-http",
+    "grpc": "opentelemetry-exporter-otlp-proto-grpc",
+}
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    exporter: Exporter = "otlp",
+    protocol: Protocol | None = None,
+    endpoint: str | None = None,
+    set_global: bool = True,
+    console_stream: TextIO | None = None,
+) -> TracerProvider:
+    """Build an SDK tracer provider that batches spans and exports them.
+
+    Args:
+        service_name: the ``service.name`` resource attribute. ``None`` (the
+            default) takes it from ``OTEL_SERVICE_NAME`` or
+            ``OTEL_RESOURCE_ATTRIBUTES``, and falls back to ``"stageflow"``;
+            a name given here wins over the environment.
+        exporter: ``"otlp"`` to send spans to a collector, ``"console"`` to
+            print each span as JSON (for local use), ``"none"`` to record spans
+            without exporting them (trace ids in logs and events only).
+        protocol: the OTLP transport, ``"http/protobuf"`` or ``"grpc"``.
+            ``None`` reads ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, then
+            ``OTEL_EXPORTER_OTLP_PROTOCOL``, and defaults to
+            ``"http/protobuf"``.
+        endpoint: where to send spans, given as is to the exporter: the full
+            traces URL for HTTP (``http://localhost:4318/v1/traces``), the
+            collector address for gRPC (``http://localhost:4317``). ``None``
+            lets the exporter read ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` (to which HTTP adds
+            ``/v1/traces``), and then use the local collector's default port.
+        set_global: install the provider as OpenTelemetry's global tracer
+            provider, which is where stageflow sessions look for it.
+            OpenTelemetry allows that once per process. With ``False`` the
+            provider is only returned, for the caller to hand on.
+        console_stream: where the console exporter writes (standard error by
+            default, so a program's own output stays clean).
+
+    Returns:
+        The configured provider. Call :func:`shutdown` (or its ``shutdown()``)
+        before the program exits so buffered spans are sent; the SDK also
+        does so at interpreter exit.
+
+    Raises:
+        TracingSetupError: for an unknown ``exporter`` or ``protocol``, when
+            the OTLP exporter package for the protocol is not installed, or
+            when ``set_global`` is true and a global SDK provider is already
+            set.
+    """
+    if exporter not in _EXPORTERS:
+        raise TracingSetupError(
+            f"stageflow.tracing.configure: unknown exporter {exporter!r}; "
+            f"use one of {', '.join(repr(e) for e in _EXPORTERS)}"
+        )
+    if set_global and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        raise TracingSetupError(
+            "stageflow.tracing.configure: a global tracer provider is already set "
+            f"({type(trace.get_tracer_provider()).__name__}), and OpenTelemetry allows only one "
+            "per process; call configure() once, or pass set_global=False and use the "
+            "provider it returns"
+        )
+    span_exporter: SpanExporter | None
+    if exporter == "otlp":
+        span_exporter = _otlp_exporter(_resolve_protocol(protocol), endpoint)
+    elif exporter == "console":
+        span_exporter = ConsoleSpanExporter(
+            out=console_stream if console_stream is not None else sys.stderr
+        )
+    else:
+        span_exporter = None
+
+    provider = TracerProvider(resource=_resource(service_name))
+    if span_exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    if set_global:
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def force_flush(provider: TracerProvider | None = None, *, timeout_millis: int = 30_000) -> bool:
+    """Export every span that has ended but is still buffered.
+
+    Args:
+        provider: the provider :func:`configure` returned; ``None`` flushes
+            the global provider.
+        timeout_millis: how long to wait for the exporter.
+
+    Returns:
+        True when everything was exported in time (also when there is no SDK
+        provider, so nothing to flush); False otherwise.
+    """
+    target = _sdk_provider(provider)
+    return True if target is None else target.force_flush(timeout_millis)
+
+
+def shutdown(provider: TracerProvider | None = None) -> None:
+    """Flush buffered spans and shut the provider's processors and exporters down.
+
+    Spans started afterwards are not exported. Calling it twice is harmless.
+
+    Args:
+        provider: the provider :func:`configure` returned; ``None`` shuts the
+            global provider down (nothing happens when it is not an SDK one).
+    """
+    target = _sdk_provider(provider)
+    if target is not None:
+        target.shutdown()
+
+
+def _sdk_provider(provider: TracerProvider | None) -> TracerProvider | None:
+    if provider is not None:
+        return provider
+    current = trace.get_tracer_provider()
+    return current if isinstance(current, TracerProvider) else None
+
+
+def _resource(service_name: str | None) -> Resource:
+    if service_name is not None:
+        # An explicit name wins over the environment (Resource.create merges it last).
+        return Resource.create({SERVICE_NAME: service_name})
+    # Our default loses to OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which
+    # the SDK's own detector reads.
+    return Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAME}).merge(
+        OTELResourceDetector().detect()
+    )
+
+
+def _resolve_protocol(protocol: str | None) -> Protocol:
+    source = "protocol"
+    if protocol is None:
+        for name in _PROTOCOL_ENV:
+            value = os.environ.get(name, "").strip()
+            if value:
+                protocol, source = value, f"environment variable {name}"
+                break
+        else:
+            return "http/protobuf"
+    if protocol not in _PROTOCOLS:
+        hint = " (the Python OTLP exporters do not support http/json)" * (protocol == "http/json")
+        raise TracingSetupError(
+            f"stageflow.tracing.configure: {source} is {protocol!r}, which is not an OTLP "
+            f"protocol stageflow can use{hint}; use 'http/protobuf' or 'grpc'"
+        )
+    return cast(Protocol, protocol)
+
+
+def _otlp_exporter(protocol: Protocol, endpoint: str | None) -> SpanExporter:
+    module_name = _OTLP_MODULES[protocol]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TracingSetupError(
+            f"stageflow.tracing.configure: OTLP over {protocol} needs the package "
+            f"{_OTLP_PACKAGES[protocol]}, which cannot be imported ({exc}); "
+            "install it with: pip install 'stageflow[otlp]'"
+        ) from exc
+    # Only a given endpoint is passed: without one the exporter reads OTEL_*.
+    kwargs = {"endpoint": endpoint} if endpoint is not None else {}
+    span_exporter: SpanExporter = module.OTLPSpanExporter(**kwargs)
+    return span_exporter

@@ -1,0 +1,80 @@
+"""Fake stage packs for tests/test_plugins.py, reached through fake entry points.
+
+As a module, this is itself a pack in module form: it has ``register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import stageflow
+
+
+async def upper(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+    return {"text": str(ctx.arguments["text"]).upper()}
+
+
+async def lower(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+    return {"text": str(ctx.arguments["text"]).lower()}
+
+
+class EchoImpostor(stageflow.BaseStage):
+    async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {"reply": "not the real EchoLLM"}
+
+
+def register(registry: stageflow.StageRegistry) -> None:
+    """The module-form pack: registers Upper and Lower."""
+    registry.add(upper, name="Upper")
+    registry.add(lower, name="Lower")
+
+
+def register_shout(registry: stageflow.StageRegistry) -> None:
+    registry.add(upper, name="Shout")
+
+
+def register_echo_copy(registry: stageflow.StageRegistry) -> None:
+    """Clashes with the example pack's EchoLLM."""
+    registry.add(EchoImpostor, name="EchoLLM")
+
+
+def register_fresh_and_upper(registry: stageflow.StageRegistry) -> None:
+    """Fresh is new, Upper clashes with the module-form pack: neither may stay."""
+    registry.add(lower, name="Fresh")
+    registry.add(upper, name="Upper")
+
+
+def register_then_fail(registry: stageflow.StageRegistry) -> None:
+    registry.add(upper, name="HalfDone")
+    raise RuntimeError("provider settings are missing")
+
+
+def register_with_own_source(registry: stageflow.StageRegistry) -> None:
+    registry.add(upper, name="Labelled", source="somewhere else")
+
+
+async def register_async(registry: stageflow.StageRegistry) -> None:
+    registry.add(upper, name="Never")
+
+
+def register_returning(registry: stageflow.StageRegistry) -> list[str]:
+    registry.add(upper, name="Returned")
+    return ["Returned"]
+
+
+def register_nothing(registry: stageflow.StageRegistry) -> None:
+    """A pack with no stages (for example, all of them need an optional extra)."""
+
+
+NOT_CALLABLE = 42
+
+
+def register_returning_coroutine(registry: stageflow.StageRegistry) -> object:
+    """A plain function that forgot to await: returns a coroutine."""
+    return register_async(registry)
+
+
+def register_upper_and_lower(registry: stageflow.StageRegistry) -> None:
+    registry.add(lower, name="Lower")
+    registry.add(upper, name="Upper")

@@ -1,0 +1,457 @@
+"""Failure model: retries, timeouts, error edges, cancellation, limits (virtual time)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+import trio
+from conftest import live_tasks
+from fakes import doc, fake_registry, load, parallel, stage, terminal, types
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+S = stageflow.SessionStatus
+
+
+def flaky_registry(
+    fail_times: int, exc: type[Exception] = ValueError
+) -> tuple[stageflow.StageRegistry, list[Any]]:
+    """A ``Flaky`` stage failing its first ``fail_times`` attempts.
+
+    It logs (instance, attempt, virtual time) per call.
+    """
+    registry = fake_registry()
+    calls: list[Any] = []
+
+    @registry.register("Flaky")
+    class Flaky(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            calls.append((self, ctx.attempt, anyio.current_time()))
+            if ctx.attempt <= fail_times:
+                raise exc(f"attempt {ctx.attempt}")
+            return {"v": ctx.attempt}
+
+    return registry, calls
+
+
+def flaky_doc(retry: Mapping[str, Any] | None, **node: Any) -> dict[str, Any]:
+    flaky = stage("f", "Flaky", next="end", outputs={"v": "v"})
+    if retry is not None:
+        flaky["retry"] = dict(retry)
+    flaky.update(node)
+    return doc([flaky, terminal("end", "v")])
+
+
+async def run_with(
+    document: Mapping[str, Any], registry: stageflow.StageRegistry, **kw: Any
+) -> stageflow.SessionResult:
+    return await stageflow.Session(load(document, registry), registry=registry, **kw).run()
+
+
+@pytest.mark.trio
+async def test_exact_backoff_schedule(autojump_clock: trio.testing.MockClock) -> None:
+    registry, calls = flaky_registry(3)
+    retry = {"attempts": 4, "delay": 1, "backoff": 2, "max_delay": 3}
+    result = await run_with(flaky_doc(retry), registry)
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {"v": 4}
+    start = calls[0][2]
+    assert [round(t - start, 6) for _, _, t in calls] == [0, 1, 3, 6]
+    retries = [e.payload for e in result.history if e.type == "node_retrying"]
+    assert [(r["attempt"], r["delay"]) for r in retries] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert [r["error"]["causes"][0]["message"] for r in retries] == [
+        "attempt 1",
+        "attempt 2",
+        "attempt 3",
+    ]
+
+
+@pytest.mark.trio
+async def test_seeded_jitter_is_reproducible_and_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    retry = {"attempts": 5, "delay": 10, "backoff": 1, "jitter": 0.5}
+    delays = []
+    for _ in range(2):
+        registry, _ = flaky_registry(4)
+        result = await run_with(flaky_doc(retry), registry, seed=7)
+        delays.append([e.payload["delay"] for e in result.history if e.type == "node_retrying"])
+    assert delays[0] == delays[1]
+    assert all(5 <= d <= 15 for d in delays[0])
+    assert len(set(delays[0])) > 1
+
+
+async def test_fresh_instance_per_attempt() -> None:
+    registry, calls = flaky_registry(2)
+    result = await run_with(flaky_doc({"attempts": 3}), registry)
+    assert result.status is S.COMPLETED
+    assert [attempt for _, attempt, _ in calls] == [1, 2, 3]
+    assert len({id(instance) for instance, _, _ in calls}) == 3  # all kept alive by calls
+
+
+async def test_attempts_exhausted_fails_with_last_error() -> None:
+    registry, _ = flaky_registry(5)
+    result = await run_with(flaky_doc({"attempts": 2}), registry)
+    assert result.status is S.FAILED
+    assert isinstance(result.error, stageflow.StageError)
+    assert result.error.attempt == 2
+    assert "attempt 2 of 2" in str(result.error)
+    assert isinstance(result.error.__cause__, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("raised", "retried"), [(KeyError, True), (IndexError, True), (ValueError, False)]
+)
+async def test_retry_matches_by_class_hierarchy(raised: type[Exception], retried: bool) -> None:
+    registry, calls = flaky_registry(1, raised)
+    result = await run_with(flaky_doc({"attempts": 2, "retry_on": ["LookupError"]}), registry)
+    assert len(calls) == (2 if retried else 1)
+    assert result.status is (S.COMPLETED if retried else S.FAILED)
+
+
+async def test_retry_defaults_come_from_the_stage_spec_and_node_overrides() -> None:
+    registry = fake_registry()
+    calls: list[int] = []
+
+    @registry.register("Spec", spec=stageflow.StageSpec(retry=stageflow.RetryPolicy(attempts=3)))
+    async def spec_stage(ctx: stageflow.StageContext) -> None:
+        calls.append(ctx.attempt)
+        raise ValueError("no")
+
+    base = doc([stage("s", "Spec", next="end"), terminal("end")])
+    await run_with(base, registry)
+    assert calls == [1, 2, 3]
+    calls.clear()
+    base["nodes"][0]["retry"] = {"attempts": 1}
+    await run_with(base, registry)
+    assert calls == [1]
+
+
+async def test_failed_attempt_writes_nothing() -> None:
+    registry = fake_registry()
+
+    @registry.register("HalfBad")
+    async def half_bad(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {"good": 1, "bad": {1, 2}}
+
+    document = doc(
+        [stage("h", "HalfBad", next="end", outputs={"good": "good", "bad": "bad"}), terminal("end")]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"keep": True})
+    result = await session.run()
+    assert isinstance(result.error, stageflow.StageOutputError)
+    assert "'bad'" in str(result.error)
+    assert dict(session.payload) == {"keep": True}
+
+
+@pytest.mark.trio_only
+async def test_node_timeout_is_typed_and_a_timeout_error() -> None:
+    document = doc([stage("slow", "Set", next="end", config={"delay": 10}), terminal("end")])
+    document["nodes"][0]["timeout"] = 2
+    result = await run_with(document, fake_registry())
+    assert result.status is S.FAILED
+    assert isinstance(result.error, stageflow.NodeTimeoutError)
+    assert isinstance(result.error, TimeoutError)
+    assert "'slow' ($.nodes[0]) timed out after 2 s on attempt 1 of 1" in str(result.error)
+
+
+@pytest.mark.trio_only
+async def test_timeout_is_retried_when_asked() -> None:
+    registry = fake_registry()
+    calls: list[int] = []
+
+    @registry.register("SlowThenFast")
+    async def slow_then_fast(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        calls.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await anyio.sleep_forever()
+        return {}
+
+    document = doc([stage("s", "SlowThenFast", next="end"), terminal("end")])
+    document["nodes"][0].update(timeout=1, retry={"attempts": 2, "retry_on": ["TimeoutError"]})
+    result = await run_with(document, registry)
+    assert result.status is S.COMPLETED
+    assert calls == [1, 2]
+
+
+@pytest.mark.trio_only
+async def test_wait_for_input_does_not_count_against_node_timeout() -> None:
+    registry = fake_registry()
+
+    @registry.register("Patient")
+    async def patient(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {"got": await ctx.wait_input("go")}
+
+    document = doc(
+        [stage("p", "Patient", next="end", outputs={"got": "got"}), terminal("end", "got")]
+    )
+    document["nodes"][0]["timeout"] = 0.5
+    session = stageflow.Session(load(document, registry), registry=registry)
+    async with anyio.create_task_group() as tg:
+
+        async def send_late() -> None:
+            await anyio.sleep(2)  # four times the node timeout, spent waiting for input
+            session.send_input("go", 1)
+
+        tg.start_soon(send_late)
+        result = await session.run()
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {"got": 1}
+
+
+async def test_error_edge_routes_matching_failure_with_description() -> None:
+    document = doc(
+        [
+            stage("bad", "Fail", next="end", config={"message": "broken"}),
+            stage("handler", "Echo", arguments={"err": "err"}, outputs={"err": "seen"}, next="end"),
+            terminal("end", "seen"),
+        ]
+    )
+    document["nodes"][0]["on_error"] = [
+        {"errors": ["KeyError"], "next": "end"},
+        {"errors": ["ValueError"], "next": "handler", "error_path": "err"},
+    ]
+    result = await run_with(document, fake_registry())
+    assert result.status is S.COMPLETED
+    seen = result.artifacts["seen"]
+    assert seen["type"] == "StageError"
+    assert seen["node_id"] == "bad"
+    assert seen["attempt"] == 1
+    assert seen["causes"] == [{"type": "ValueError", "message": "broken"}]
+    assert types(result, node_id="bad") == ["node_started", "node_failed", "error_routed"]
+
+
+async def test_fallback_handles_any_error() -> None:
+    document = doc(
+        [stage("bad", "Fail", next="end"), stage("fb", "Set", next="end"), terminal("end", "error")]
+    )
+    document["nodes"][0]["fallback"] = "fb"
+    result = await run_with(document, fake_registry())
+    assert result.status is S.COMPLETED
+    assert result.artifacts["error"]["type"] == "StageError"
+
+
+async def test_error_edge_that_does_not_match_fails_the_session() -> None:
+    document = doc([stage("bad", "Fail", next="end"), terminal("end"), terminal("other")])
+    document["nodes"][0]["on_error"] = [{"errors": ["KeyError"], "next": "other"}]
+    result = await run_with(document, fake_registry())
+    assert result.status is S.FAILED
+
+
+async def test_error_edge_on_a_parallel_node() -> None:
+    document = doc(
+        [
+            parallel(
+                "fan",
+                ["ok", "bad"],
+                next="end",
+                on_error=[{"errors": ["ValueError"], "next": "recover"}],
+            ),
+            stage("ok", "Set", config={"values": {"v": 1}}, outputs={"v": "v"}),
+            stage("bad", "Fail"),
+            stage("recover", "Set", next="end"),
+            terminal("end", "v", "error"),
+        ]
+    )
+    result = await run_with(document, fake_registry())
+    assert result.status is S.COMPLETED
+    # The failed parallel node merged nothing; the handler saw the error.
+    assert result.artifacts["v"] is None
+    assert result.artifacts["error"]["node_id"] == "bad"
+
+
+async def test_error_edge_targets_are_validated() -> None:
+    document = doc([stage("bad", "Fail", next="end"), terminal("end")])
+    document["nodes"][0]["on_error"] = [{"next": "nowhere"}]
+    document["nodes"][0]["fallback"] = "gone"
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(document)
+    assert {p.location for p in info.value.problems} == {
+        "$.nodes[0].on_error[0].next",
+        "$.nodes[0].fallback",
+    }
+
+
+@pytest.mark.trio_only
+async def test_cancel_mid_fanout_cancels_every_branch_and_leaves_no_task() -> None:
+    document = doc(
+        [
+            parallel("fan", ["a", "b", "c"], next="end"),
+            *(stage(x, "Hang") for x in "abc"),
+            terminal("end"),
+        ]
+    )
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry)
+    before = live_tasks()
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_soon() -> None:
+            await anyio.sleep(5)
+            session.cancel("user left")
+
+        tg.start_soon(cancel_soon)
+        result = await session.run()
+    assert live_tasks() == before
+    assert result.status is S.CANCELLED
+    assert result.result is None
+    cancelled = sorted(e.path for e in result.history if e.type == "branch_cancelled")
+    assert cancelled == ["fan/a", "fan/b", "fan/c"]
+    assert "node_failed" not in types(result)
+    assert result.history[-1].type == "session_cancelled"
+    assert result.history[-1].payload["reason"] == "user left"
+
+
+@pytest.mark.trio_only
+async def test_cancelling_the_task_that_runs_the_session_reraises() -> None:
+    document = doc([stage("h", "Hang", next="end"), terminal("end")])
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry)
+    with anyio.move_on_after(3) as scope:
+        await session.run()
+    assert scope.cancelled_caught
+    assert session.status is S.CANCELLED
+    assert session.history[-1].type == "session_cancelled"
+
+
+@pytest.mark.trio_only
+async def test_cleanup_runs_shielded_after_cancellation() -> None:
+    registry = fake_registry()
+    cleaned: list[str] = []
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            await anyio.sleep_forever()
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            await anyio.sleep(1)  # cleanup may await, despite the cancellation
+            cleaned.append(outcome)
+
+    document = doc([stage("h", "Holder", next="end"), terminal("end")])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_soon() -> None:
+            await anyio.sleep(1)
+            session.cancel()
+
+        tg.start_soon(cancel_soon)
+        result = await session.run()
+    assert result.status is S.CANCELLED
+    assert cleaned == ["cancelled"]
+
+
+@pytest.mark.trio_only
+async def test_cleanup_that_hangs_is_bounded() -> None:
+    registry = fake_registry()
+
+    @registry.register("BadCleanup")
+    class BadCleanup(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            await anyio.sleep_forever()
+
+    document = doc(
+        [stage("b", "BadCleanup", next="end"), terminal("end")], limits={"cleanup_timeout": 1}
+    )
+    result = await run_with(document, registry)
+    assert result.status is S.COMPLETED
+    assert "cleanup_failed" in types(result)
+
+
+async def test_step_limit_ends_a_loop() -> None:
+    document = doc([stage("a", "Set", next="b"), stage("b", "Set", next="a"), terminal("end")])
+    document["nodes"].pop()
+    document["limits"] = {"max_steps": 7}
+    result = await run_with(document, fake_registry())
+    assert result.status is S.FAILED
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert result.error.limit == "max_steps"
+    assert types(result).count("node_started") == 7
+
+
+async def test_history_limit() -> None:
+    document = doc(
+        [stage("a", "Set", next="b"), stage("b", "Set", next="a")], limits={"max_history": 20}
+    )
+    result = await run_with(document, fake_registry())
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert result.error.limit == "max_history"
+    assert len(result.history) <= 22  # the limit plus the failure and the final event
+
+
+async def test_limit_errors_are_not_routed_by_error_edges() -> None:
+    document = doc(
+        [
+            stage(
+                "a",
+                "Set",
+                next="a",
+            ),
+            terminal("end"),
+        ],
+        limits={"max_steps": 3},
+    )
+    document["nodes"][0]["fallback"] = "end"
+    result = await run_with(document, fake_registry())
+    assert result.status is S.FAILED
+    assert isinstance(result.error, stageflow.LimitExceededError)
+
+
+@pytest.mark.trio_only
+async def test_session_deadline_times_out() -> None:
+    document = doc([stage("h", "Hang", next="end"), terminal("end")], limits={"timeout": 30})
+    result = await run_with(document, fake_registry())
+    assert result.status is S.TIMED_OUT
+    assert isinstance(result.error, stageflow.SessionTimeoutError)
+    assert isinstance(result.error, TimeoutError)
+    assert result.history[-1].type == "session_timed_out"
+
+
+async def test_depth_limit() -> None:
+    document = doc(
+        [
+            parallel("p1", ["p2"], next="end"),
+            parallel("p2", ["p3"]),
+            parallel("p3", ["s"]),
+            stage("s", "Set"),
+            terminal("end"),
+        ],
+        limits={"max_depth": 2},
+    )
+    result = await run_with(document, fake_registry())
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert result.error.limit == "max_depth"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "final"),
+    [
+        ([stage("a", "Set", next="end"), terminal("end")], "session_completed"),
+        ([stage("a", "Fail", next="end"), terminal("end")], "session_failed"),
+    ],
+)
+async def test_history_ends_with_a_final_event(nodes: list[dict[str, Any]], final: str) -> None:
+    result = await run_with(doc(nodes), fake_registry())
+    assert [e.type for e in result.history].count(final) == 1
+    assert result.history[-1].type == final
+    other = {"session_completed", "session_failed", "session_cancelled", "session_timed_out"} - {
+        final
+    }
+    assert not other & set(types(result))
+
+
+async def test_error_is_json_serializable() -> None:
+    import json
+
+    result = await run_with(doc([stage("a", "Fail", next="end"), terminal("end")]), fake_registry())
+    text = json.dumps(result.to_dict())
+    assert json.loads(text)["error"]["type"] == "StageError"

@@ -1,0 +1,383 @@
+"""External inputs and events: broadcast, backlog, timeouts, validation, threads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+import trio
+import trio.testing
+from fakes import doc, fake_registry, load, parallel, stage, terminal, types
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+S = stageflow.SessionStatus
+
+
+def wait_node(
+    node_id: str, input_type: str, out: str, *, next: str | None = None, **config: Any
+) -> dict[str, Any]:
+    return stage(
+        node_id,
+        "WaitStage",
+        config={"input": input_type, **config},
+        outputs={"payload": out},
+        next=next,
+    )
+
+
+def chat_registry(**spec: Any) -> stageflow.StageRegistry:
+    registry = fake_registry()
+
+    @registry.register("Ask", spec=stageflow.StageSpec(**spec))
+    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {"answer": await ctx.wait_input("answer")}
+
+    @registry.register("Announce", spec=stageflow.StageSpec(**spec))
+    async def announce(ctx: stageflow.StageContext) -> None:
+        ctx.emit(ctx.config["event"], ctx.config.get("payload", {}))
+
+    return registry
+
+
+def new_session(
+    document: Mapping[str, Any], registry: stageflow.StageRegistry | None = None, **kw: Any
+) -> stageflow.Session:
+    registry = registry or fake_registry()
+    return stageflow.Session(load(document, registry), registry=registry, **kw)
+
+
+async def wait_until_waiting(session: stageflow.Session, input_type: str, count: int = 1) -> None:
+    """Block until ``count`` stages wait for ``input_type`` (driven by events, no polling)."""
+    stream = session.events(buffer=0)
+    try:
+        while len(session._desk.broker.waiters(input_type)) < count:
+            await stream.__anext__()
+    finally:
+        await stream.aclose()
+
+
+async def test_broadcast_reaches_waiters_in_every_branch() -> None:
+    document = doc(
+        [
+            parallel("fan", ["a", "b", "c"], next="end"),
+            wait_node("a", "go", "a"),
+            wait_node("b", "go", "b"),
+            wait_node("c", "go", "c"),
+            terminal("end", "a", "b", "c"),
+        ]
+    )
+    session = new_session(document)
+    receipts = []
+    async with anyio.create_task_group() as tg:
+
+        async def send_when_all_wait() -> None:
+            await wait_until_waiting(session, "go", 3)
+            assert session.waiting_for() == frozenset({"go"})
+            receipts.append(session.send_input("go", {"n": 1}))
+
+        tg.start_soon(send_when_all_wait)
+        result = await session.run()
+    assert receipts == [stageflow.InputReceipt("go", 3, False)]
+    assert result.artifacts == {"a": {"n": 1}, "b": {"n": 1}, "c": {"n": 1}}
+    assert types(result).count("input_received") == 3
+
+
+async def test_early_input_is_queued_then_consumed() -> None:
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    receipt = session.send_input("go", "early")
+    assert receipt == stageflow.InputReceipt("go", 0, True)
+    result = await session.run()
+    assert result.artifacts == {"got": "early"}
+    received = [e for e in result.history if e.type == "input_received"]
+    assert received[0].payload == {"input_type": "go", "from": "backlog"}
+
+
+async def test_backlog_overflow_is_rejected_and_reported() -> None:
+    document = doc(
+        [wait_node("w", "go", "got", next="end"), terminal("end", "got")],
+        limits={"max_input_backlog": 2},
+    )
+    session = new_session(document)
+    session.send_input("go", 1)
+    session.send_input("go", 2)
+    with pytest.raises(stageflow.InputRejectedError) as info:
+        session.send_input("go", 3)
+    assert info.value.reason == "backlog_full"
+    assert "max_input_backlog" in str(info.value)
+    assert [e.payload["reason"] for e in session.history if e.type == "input_rejected"] == [
+        "backlog_full"
+    ]
+    result = await session.run()
+    assert result.artifacts == {"got": 1}  # oldest first
+
+
+async def test_sequential_waits_each_get_their_own_input() -> None:
+    document = doc(
+        [
+            wait_node("w1", "msg", "first", next="w2"),
+            wait_node("w2", "msg", "second", next="end"),
+            terminal("end", "first", "second"),
+        ]
+    )
+    session = new_session(document)
+    async with anyio.create_task_group() as tg:
+
+        async def converse() -> None:
+            for text in ("hello", "again"):
+                await wait_until_waiting(session, "msg")
+                assert session.send_input("msg", text).delivered == 1
+
+        tg.start_soon(converse)
+        result = await session.run()
+    assert result.artifacts == {"first": "hello", "second": "again"}
+
+
+@pytest.mark.trio_only
+async def test_wait_timeout_is_typed_and_routable() -> None:
+    document = doc(
+        [
+            wait_node("w", "go", "got", next="end", timeout=3600),
+            terminal("end", "got"),
+            terminal("late"),
+        ]
+    )
+    document["nodes"][0]["on_error"] = [{"errors": ["InputTimeoutError"], "next": "late"}]
+    start = anyio.current_time()
+    result = await new_session(document).run()
+    assert anyio.current_time() - start == pytest.approx(3600)
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {}
+    assert "input_timeout" in types(result)
+    document["nodes"][0].pop("on_error")
+    document["nodes"].pop()  # "late" is no longer reachable
+    result = await new_session(document).run()
+    assert isinstance(result.error, stageflow.InputTimeoutError)
+    assert isinstance(result.error, TimeoutError)
+
+
+@pytest.mark.trio_only
+async def test_sleep_stage_sleeps_an_hour_in_virtual_time() -> None:
+    document = doc(
+        [
+            stage(
+                "nap",
+                "SleepStage",
+                config={"seconds": 3600},
+                outputs={"slept": "slept"},
+                next="end",
+            ),
+            terminal("end", "slept"),
+        ]
+    )
+    start = anyio.current_time()
+    result = await new_session(document).run()
+    assert anyio.current_time() - start == pytest.approx(3600)
+    assert result.artifacts == {"slept": 3600}
+
+
+async def test_sleep_stage_until_a_past_time_returns_at_once() -> None:
+    document = doc(
+        [
+            stage(
+                "nap",
+                "SleepStage",
+                config={"until": "2000-01-01T00:00:00+00:00"},
+                outputs={"slept": "s"},
+                next="end",
+            ),
+            terminal("end", "s"),
+        ]
+    )
+    assert (await new_session(document).run()).artifacts == {"s": 0}
+
+
+def test_wait_stage_config_is_checked_at_load() -> None:
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(doc([stage("w", "WaitStage", config={"timeout": -1}, next="end"), terminal("end")]))
+    assert {p.location for p in info.value.problems} == {
+        "$.nodes[0].config",
+        "$.nodes[0].config.timeout",
+    }
+
+
+async def test_sending_after_completion_is_an_error() -> None:
+    session = new_session(doc([terminal("end")]))
+    await session.run()
+    with pytest.raises(stageflow.SessionStateError, match="takes no more inputs"):
+        session.send_input("go", 1)
+
+
+async def test_sending_from_a_thread() -> None:
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    async with anyio.create_task_group() as tg:
+
+        async def from_worker_thread() -> None:
+            await wait_until_waiting(session, "go")
+            receipt = await anyio.to_thread.run_sync(session.send_input_from_thread, "go", "hi")
+            assert receipt.delivered == 1
+
+        tg.start_soon(from_worker_thread)
+        result = await session.run()
+    assert result.artifacts == {"got": "hi"}
+
+
+def test_send_from_thread_needs_a_running_session() -> None:
+    session = new_session(doc([terminal("end")]))
+    with pytest.raises(stageflow.SessionStateError):
+        session.send_input_from_thread("go", 1)
+
+
+async def test_non_json_and_oversized_inputs_are_rejected() -> None:
+    session = new_session(doc([terminal("end")], limits={"max_input_bytes": 10}))
+    with pytest.raises(stageflow.InputRejectedError) as info:
+        session.send_input("go", {"x": object()})
+    assert info.value.reason == "not_json"
+    with pytest.raises(stageflow.InputRejectedError) as info:
+        session.send_input("go", "x" * 20)
+    assert info.value.reason == "too_large"
+
+
+SCHEMA = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+
+
+@pytest.mark.parametrize("mode", ["off", "warn", "strict"])
+async def test_input_validation_modes(mode: str) -> None:
+    registry = chat_registry(allowed_inputs=[stageflow.InputSpec("answer", SCHEMA)])
+    document = doc(
+        [stage("ask", "Ask", outputs={"answer": "answer"}, next="end"), terminal("end", "answer")]
+    )
+    session = new_session(document, registry, validate_events=mode)
+    async with anyio.create_task_group() as tg:
+
+        async def answer() -> None:
+            await wait_until_waiting(session, "answer")
+            if mode == "strict":
+                with pytest.raises(stageflow.InputRejectedError) as info:
+                    session.send_input("answer", {"text": 42})
+                assert info.value.reason == "invalid"
+                assert "$.text" in str(info.value)
+                session.send_input("answer", {"text": "fine"})
+            else:
+                session.send_input("answer", {"text": 42})
+
+        tg.start_soon(answer)
+        result = await session.run()
+    failures = [e for e in result.history if e.type == "event_validation_failed"]
+    if mode == "off":
+        assert result.artifacts == {"answer": {"text": 42}}
+        assert failures == []
+    elif mode == "warn":
+        assert result.artifacts == {"answer": {"text": 42}}
+        assert failures[0].node_id == "ask"
+        assert "42 is not of type 'string'" in failures[0].payload["errors"][0]
+    else:
+        assert result.artifacts == {"answer": {"text": "fine"}}
+        assert [e.payload["reason"] for e in result.history if e.type == "input_rejected"] == [
+            "invalid"
+        ]
+
+
+@pytest.mark.parametrize("mode", ["off", "warn", "strict"])
+async def test_event_validation_modes(mode: str) -> None:
+    registry = chat_registry(allowed_events=[stageflow.EventSpec("said", SCHEMA)])
+    node = stage("a", "Announce", config={"event": "said", "payload": {"text": 1}}, next="end")
+    result = await new_session(doc([node, terminal("end")]), registry, validate_events=mode).run()
+    if mode == "strict":
+        assert isinstance(result.error, stageflow.StageContractError)
+        assert "said" not in types(result)
+    else:
+        assert result.status is S.COMPLETED
+        assert "said" in types(result)
+        assert ("event_validation_failed" in types(result)) is (mode == "warn")
+
+
+async def test_undeclared_event_and_input_types_are_errors() -> None:
+    registry = chat_registry(
+        allowed_events=[stageflow.EventSpec("said")], allowed_inputs=[stageflow.InputSpec("other")]
+    )
+    emit = stage("a", "Announce", config={"event": "shouted"}, next="end")
+    result = await new_session(doc([emit, terminal("end")]), registry).run()
+    assert isinstance(result.error, stageflow.StageContractError)
+    assert "does not declare" in str(result.error)
+    wait = stage("q", "Ask", outputs={"answer": "a"}, next="end")
+    result = await new_session(doc([wait, terminal("end")]), registry).run()
+    assert isinstance(result.error, stageflow.StageContractError)
+    assert "'answer'" in str(result.error)
+
+
+async def test_strict_mode_rejects_inputs_no_stage_declares() -> None:
+    registry = chat_registry(allowed_inputs=[stageflow.InputSpec("answer")])
+    document = doc([stage("ask", "Ask", outputs={"answer": "answer"}, next="end"), terminal("end")])
+    session = new_session(document, registry, validate_events="strict")
+    with pytest.raises(stageflow.InputRejectedError) as info:
+        session.send_input("typo", 1)
+    assert info.value.reason == "unknown_type"
+
+
+async def test_events_iterator_starts_at_subscription_and_ends_with_the_session() -> None:
+    session = new_session(doc([stage("a", "Set", next="end"), terminal("end")]))
+    seen: list[str] = []
+    stream = session.events()
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async for event in stream:
+                seen.append(event.type)
+
+        tg.start_soon(consume)
+        result = await session.run()
+    assert seen == types(result)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    script=st.lists(
+        st.tuples(st.sampled_from(["send", "wait"]), st.integers(min_value=0, max_value=3)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_no_input_is_lost_or_delivered_twice(script: list[tuple[str, int]]) -> None:
+    """Interleave sends and waits at random virtual times: every input arrives once, in order."""
+    sends = sum(1 for op, _ in script if op == "send")
+    registry = fake_registry()
+    received: list[int] = []
+
+    @registry.register("Consume")
+    async def consume(ctx: stageflow.StageContext) -> None:
+        for op, pause in script:
+            if op == "wait":
+                await anyio.sleep(pause)
+        for _ in range(sends):
+            received.append(await ctx.wait_input("n"))
+
+    document = doc(
+        [stage("c", "Consume", next="end"), terminal("end")], limits={"max_input_backlog": 100}
+    )
+
+    async def main() -> None:
+        session = new_session(document, registry)
+        async with anyio.create_task_group() as tg:
+
+            async def producer() -> None:
+                n = 0
+                for op, pause in script:
+                    await anyio.sleep(pause)
+                    if op == "send":
+                        session.send_input("n", n)
+                        n += 1
+
+            tg.start_soon(producer)
+            result = await session.run()
+        assert result.status is S.COMPLETED
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert received == list(range(sends))

@@ -1,0 +1,275 @@
+"""stageflow.logging: structlog set-up, JSON and console lines, trace correlation.
+
+Each test that configures logging restores the root logger and structlog's
+defaults afterwards; spans come from a local SDK provider, never the global one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import structlog.testing
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import stageflow
+import stageflow.logging
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def tracer() -> Iterator[trace.Tracer]:
+    provider = TracerProvider()  # records spans, exports nothing, not global
+    yield provider.get_tracer("stageflow.tests")
+    provider.shutdown()
+
+
+def json_lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def ids(span: trace.Span) -> tuple[str, str]:
+    context = span.get_span_context()
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+
+
+def test_json_lines_carry_timestamp_level_logger_event_and_bound_keys() -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    log = structlog.get_logger("stageflow.session").bind(session_id="s-1")
+    log.info("node.started", node_id="fetch", attempt=1)
+
+    [line] = json_lines(out)
+    stamp = datetime.datetime.fromisoformat(line.pop("timestamp"))
+    assert stamp.utcoffset() == datetime.timedelta(0)
+    assert abs(datetime.datetime.now(datetime.UTC) - stamp) < datetime.timedelta(minutes=5)
+    assert line == {
+        "event": "node.started",
+        "level": "info",
+        "logger": "stageflow.session",
+        "session_id": "s-1",
+        "node_id": "fetch",
+        "attempt": 1,
+    }
+
+
+def test_json_lines_carry_the_ids_of_the_current_span(tracer: trace.Tracer) -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    log = structlog.get_logger("stageflow.session")
+    log.info("outside")
+    with tracer.start_as_current_span("run demo") as run_span:
+        log.info("in run")
+        with tracer.start_as_current_span("stage fetch") as node_span:
+            log.info("node.finished", outcome="succeeded")
+
+    outside, in_run, in_node = json_lines(out)
+    assert "trace_id" not in outside
+    assert "span_id" not in outside
+    assert (in_run["trace_id"], in_run["span_id"]) == ids(run_span)
+    assert (in_node["trace_id"], in_node["span_id"]) == ids(node_span)
+    assert in_node["trace_id"] == in_run["trace_id"]
+    assert len(in_node["trace_id"]) == 32
+    assert len(in_node["span_id"]) == 16
+    assert in_node["trace_id"] == in_node["trace_id"].lower()
+
+
+def test_records_from_the_logging_module_get_the_same_format(tracer: trace.Tracer) -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    with tracer.start_as_current_span("stage call") as span:
+        logging.getLogger("some.library").warning("retrying %s in %d s", "upload", 2)
+
+    [line] = json_lines(out)
+    assert line["event"] == "retrying upload in 2 s"
+    assert (line["logger"], line["level"]) == ("some.library", "warning")
+    assert (line["trace_id"], line["span_id"]) == ids(span)
+
+
+def test_exceptions_are_rendered_into_the_json_line() -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    try:
+        raise ZeroDivisionError("no")
+    except ZeroDivisionError:
+        structlog.get_logger("t").exception("stage.crashed")
+
+    [line] = json_lines(out)
+    assert line["level"] == "error"
+    assert "ZeroDivisionError: no" in line["exception"]
+
+
+def test_level_filters_lower_lines() -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, level="warning")
+    log = structlog.get_logger("stageflow.session")
+    log.info("hidden")
+    log.warning("shown")
+    assert [line["event"] for line in json_lines(out)] == ["shown"]
+
+
+def test_level_numbers_are_accepted() -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, level=logging.DEBUG)
+    structlog.get_logger("t").debug("detail")
+    assert [line["event"] for line in json_lines(out)] == ["detail"]
+
+
+def test_console_format_is_for_humans(tracer: trace.Tracer) -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(format="console", stream=out)
+    with tracer.start_as_current_span("stage fetch") as span:
+        structlog.get_logger("stageflow.session").info("node.started", node_id="fetch")
+
+    text = out.getvalue()
+    assert text.count("\n") == 1
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    assert "node.started" in text
+    assert "[stageflow.session]" in text
+    assert "node_id=fetch" in text
+    assert f"span_id={ids(span)[1]}" in text
+    assert "\x1b[" not in text  # no colors when the stream is not a terminal
+
+
+def test_configuring_again_replaces_the_handler_and_keeps_the_applications() -> None:
+    before = list(logging.getLogger().handlers)  # pytest's own capture handlers
+    own = logging.StreamHandler(io.StringIO())
+    logging.getLogger().addHandler(own)
+    first, second = io.StringIO(), io.StringIO()
+    stageflow.logging.configure(stream=first)
+    stageflow.logging.configure(format="console", stream=second)
+    structlog.get_logger("t").info("once")
+
+    assert first.getvalue() == ""
+    assert "once" in second.getvalue()
+    added = [h for h in logging.getLogger().handlers if h not in before]
+    assert own in added
+    assert len(added) == 2  # the application's and one of stageflow's
+
+
+def test_capture_logs_still_works_after_configure() -> None:
+    # Loggers are not cached, so module-level loggers obey later configuration.
+    stageflow.logging.configure(stream=io.StringIO())
+    log = structlog.get_logger("stageflow.session")
+    log.info("before")
+    with structlog.testing.capture_logs() as captured:
+        log.info("during", node_id="a")
+    assert captured == [{"event": "during", "node_id": "a", "log_level": "info"}]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"format": "xml"}, "unknown format 'xml'; use 'json' or 'console'"),
+        ({"level": "LOUD"}, "unknown level 'LOUD'; use one of DEBUG, INFO"),
+        ({"level": 2.5}, "level must be a level name or number, got float"),
+    ],
+)
+def test_bad_options_are_typed_errors(kwargs: dict[str, Any], expected: str) -> None:
+    with pytest.raises(stageflow.LoggingSetupError) as caught:
+        stageflow.logging.configure(**kwargs)
+    assert expected in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert not structlog.is_configured()
+
+
+# -- add_otel_context on its own ---------------------------------------------------------------
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ID = 0x00F067AA0BA902B7
+
+
+def remote_span(sampled: bool) -> NonRecordingSpan:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=flags))
+
+
+def test_add_otel_context_adds_nothing_outside_a_span() -> None:
+    assert stageflow.logging.add_otel_context(None, "info", {"event": "x"}) == {"event": "x"}
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_add_otel_context_uses_any_valid_span_context(sampled: bool) -> None:
+    with trace.use_span(remote_span(sampled)):
+        got = stageflow.logging.add_otel_context(None, "info", {"event": "x"})
+    assert got == {
+        "event": "x",
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "span_id": "00f067aa0ba902b7",
+    }
+
+
+def test_add_otel_context_keeps_ids_bound_by_the_caller() -> None:
+    with trace.use_span(remote_span(True)):
+        got = stageflow.logging.add_otel_context(None, "info", {"trace_id": "t", "span_id": "s"})
+    assert got == {"trace_id": "t", "span_id": "s"}
+
+
+# -- the library configures nothing by itself ------------------------------------------------
+
+IMPORT_SCRIPT = textwrap.dedent(
+    """
+    import json, logging
+    import structlog
+    from opentelemetry import trace
+    import stageflow, stageflow.logging, stageflow.tracing
+    print(json.dumps({
+        "structlog_configured": structlog.is_configured(),
+        "root_handlers": len(logging.getLogger().handlers),
+        "tracer_provider": type(trace.get_tracer_provider()).__name__,
+    }))
+    """
+)
+
+
+def test_importing_stageflow_configures_neither_logging_nor_tracing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "structlog_configured": False,
+        "root_handlers": 0,
+        "tracer_provider": "ProxyTracerProvider",
+    }
+    assert done.stderr == ""
+
+
+def test_an_unconfigured_application_gets_no_log_output_from_a_run() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "reference" / "run.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "node.started" not in done.stdout
+    assert json.loads(done.stdout[: done.stdout.rindex("}") + 1])["status"] == "completed"
