@@ -7,6 +7,7 @@ subprocess.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import textwrap
 import types
 import warnings
 from collections.abc import Callable, Iterator
+from importlib.metadata import EntryPoint, EntryPoints, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,12 @@ with warnings.catch_warnings():
     # pydot's parser module still calls pyparsing's pre-3.0 names when it is imported.
     warnings.simplefilter("ignore", DeprecationWarning)
     import pydot.dot_parser
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
 from fakes import doc, parallel, stage, terminal
 
 import stageflow
+import stageflow._plugins
+import stageflow.tracing
 from stageflow._stages import default_registry
 from stageflow.cli import ExitCode, main
 
@@ -312,7 +317,7 @@ def parse_mermaid(text: str) -> tuple[dict[str, tuple[str, str]], set[tuple[str,
     nodes: dict[str, tuple[str, str]] = {}
     edges: set[tuple[Any, ...]] = set()
     for line in lines[1:]:
-        if line.startswith(("    %%", "    classDef ", "    class ")):
+        if line.startswith(("    %%", "    classDef ", "    class ", "    linkStyle ")):
             continue
         if match := MERMAID_EDGE.match(line):
             source, arrow, label, target = match.groups()
@@ -466,6 +471,74 @@ def test_graph_mermaid_renames_ids_it_cannot_use(cli: Cli, tmp_path: Path) -> No
     assert named == {(s, t, st, lb) for s, t, st, lb in NESTED_EDGES}
 
 
+def error_edge_pipeline() -> dict[str, Any]:
+    """A branch whose stage routes timeouts to one handler and anything else to another."""
+    ask = stage("ask", "Ask", next="done")
+    ask["on_error"] = [{"errors": ["InputTimeoutError", "StageError"], "next": "late"}]
+    ask["fallback"] = "broken"
+    fan = parallel("fan", ["ask", "side"], next="end")
+    fan["fallback"] = "end"
+    return doc(
+        [
+            fan,
+            ask,
+            stage("done", "Work"),
+            stage("late", "Work"),
+            stage("broken", "Work"),
+            stage("side", "Work"),
+            terminal("end"),
+        ]
+    )
+
+
+ERROR_EDGES = {
+    ("__start__", "fan", "solid", None),
+    ("fan", "ask", "dashed", "branch 1"),
+    ("fan", "side", "dashed", "branch 2"),
+    ("fan", "end", "bold", "join"),
+    ("fan", "end", "dashed", "fallback"),
+    ("ask", "done", "solid", None),
+    ("ask", "late", "dashed", "on InputTimeoutError, StageError"),
+    ("ask", "broken", "dashed", "fallback"),
+    ("done", "end", "dotted", None),
+    ("late", "end", "dotted", None),
+    ("broken", "end", "dotted", None),
+    ("side", "end", "dotted", None),
+}
+
+
+def test_graph_draws_error_edges_in_red(cli: Cli, tmp_path: Path) -> None:
+    path = write_json(tmp_path / "errors.json", error_edge_pipeline())
+    out = cli("graph", path, "--format", "dot").out
+    assert parse_dot(out)[1] == ERROR_EDGES
+    graph = pydot.graph_from_dot_data(out)
+    assert graph is not None
+    colors = {
+        (unquote(e.get_source()), unquote(e.get_destination()), unquote(e.get("label") or "")): (
+            e.get("color")
+        )
+        for e in graph[0].get_edges()
+    }
+    assert colors[("ask", "late", "on InputTimeoutError, StageError")] == '"#c0392b"'
+    assert colors[("fan", "end", "fallback")] == '"#c0392b"'
+    assert colors[("fan", "end", "join")] is None
+
+
+def test_graph_mermaid_colours_exactly_the_error_edges(cli: Cli, tmp_path: Path) -> None:
+    path = write_json(tmp_path / "errors.json", error_edge_pipeline())
+    text = cli("graph", path).out
+    edge_lines = [line for line in text.splitlines() if MERMAID_EDGE.match(line)]
+    styled = next(line for line in text.splitlines() if line.startswith("    linkStyle "))
+    indexes = [int(i) for i in styled.split()[1].split(",")]
+    assert {edge_lines[i].split("|")[1] for i in indexes} == {
+        '"on InputTimeoutError, StageError"',
+        '"fallback"',
+    }
+    assert len(indexes) == 3
+    _, edges = parse_mermaid(text)
+    assert len(edges) == len(ERROR_EDGES)
+
+
 def test_graph_checks_stage_names_only_when_stages_are_given(cli: Cli, tmp_path: Path) -> None:
     assert cli("graph", PIPELINE).code == ExitCode.OK
     assert cli("graph", PIPELINE, "--stages", STAGES).code == ExitCode.OK
@@ -489,13 +562,14 @@ def test_schema_prints_the_draft_2020_12_pipeline_schema(cli: Cli) -> None:
 
 
 def test_schema_with_stages_lists_the_registered_names(cli: Cli) -> None:
-    got = cli("schema", "--with-stages", "--stages", STAGES)
+    got = cli("schema", "--with-stages", "--stages", STAGES, "--no-plugins")
     assert got.code == ExitCode.OK
     schema = got.json()
     jsonschema.Draft202012Validator.check_schema(schema)
     stage_field = schema["$defs"]["stage_node"]["properties"]["stage"]
-    assert stage_field["enum"] == ["InitStage", "WorkerAStage", "WorkerBStage"]
-    assert "Registered stages: InitStage, WorkerAStage, WorkerBStage." in stage_field["description"]
+    names = ["InitStage", "SleepStage", "WaitStage", "WorkerAStage", "WorkerBStage"]
+    assert stage_field["enum"] == names
+    assert f"Registered stages: {', '.join(names)}." in stage_field["description"]
     validator = jsonschema.Draft202012Validator(schema)
     reference = json.loads(Path(PIPELINE).read_text())
     assert list(validator.iter_errors(reference)) == []
@@ -523,9 +597,13 @@ def test_pipeline_schema_rejects_bad_stage_names(bad: Any) -> None:
 
 
 def test_stages_prints_the_catalogue(cli: Cli) -> None:
-    got = cli("stages", "--stages", STAGES)
+    got = cli("stages", "--stages", STAGES, "--no-plugins")
     assert got.code == ExitCode.OK
-    assert got.out.splitlines()[:5] == [
+    lines = got.out.splitlines()
+    names = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert names == ["InitStage", "SleepStage", "WaitStage", "WorkerAStage", "WorkerBStage"]
+    assert "WaitStage  (stageflow (core))" in lines
+    assert lines[:5] == [
         "InitStage  (stages.InitStage)",
         "    Score a text and decide whether to fan out",
         "    arguments: user_id, text (required)",
@@ -537,14 +615,16 @@ def test_stages_prints_the_catalogue(cli: Cli) -> None:
 
 
 def test_stages_json_has_the_full_specs(cli: Cli) -> None:
-    entries = cli("stages", "--stages", STAGES, "--json").json()
-    assert [e["name"] for e in entries] == ["InitStage", "WorkerAStage", "WorkerBStage"]
-    init = entries[0]
+    entries = {e["name"]: e for e in cli("stages", "--stages", STAGES, "--json").json()}
+    assert {"InitStage", "WorkerAStage", "WorkerBStage", "WaitStage", "EchoLLM"} <= set(entries)
+    init = entries["InitStage"]
     assert init["source"] == "stages.InitStage"
     assert init["spec"]["arguments"]["required"] == ["text"]
     assert init["spec"]["config"]["properties"]["mode"] == {"enum": ["demo", "strict"]}
     assert init["spec"]["allowed_inputs"] == []
-    assert entries[1]["spec"]["arguments"] is None
+    assert entries["WorkerAStage"]["spec"]["arguments"] is None
+    wait = entries["WaitStage"]["spec"]
+    assert wait["config"]["required"] == ["input"]
 
 
 def test_stages_lists_inputs_and_events(cli: Cli, tmp_path: Path) -> None:
@@ -615,6 +695,29 @@ def test_a_module_without_registry_registers_into_the_default_one(
     assert cli("stages", "--stages", module).code == ExitCode.OK
 
 
+def test_built_in_stages_come_with_stages_stageflow_builtins(cli: Cli, tmp_path: Path) -> None:
+    pipeline = write_json(
+        tmp_path / "p.json",
+        doc(
+            [
+                {
+                    "id": "count",
+                    "type": "stage",
+                    "stage": "builtins.increment",
+                    "arguments": {"value": "n"},
+                    "outputs": {"value": "n"},
+                    "next": "end",
+                },
+                terminal("end", "n"),
+            ]
+        ),
+    )
+    assert cli("validate", pipeline).code == ExitCode.USAGE
+    got = cli("run", pipeline, "--stages", "stageflow.builtins", "--payload", '{"n": 41}', "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert got.json()["artifacts"] == {"n": 42}
+
+
 def test_one_name_from_two_modules_is_a_conflict(cli: Cli, tmp_path: Path) -> None:
     first = write_module(tmp_path / "first_stages.py", FAILING_STAGES)
     second = write_module(tmp_path / "second_stages.py", FAILING_STAGES)
@@ -629,6 +732,7 @@ def test_one_name_from_two_modules_is_a_conflict(cli: Cli, tmp_path: Path) -> No
     ("source", "message"),
     [
         ("registry = {}\n", "its 'registry' attribute is a dict, not a stageflow.StageRegistry"),
+        ("def registry():\n    return 1\n", "its 'registry' attribute is a int, not a"),
         ("raise RuntimeError('no config')\n", "importing it raised RuntimeError: no config"),
         ("import no_such_dependency_xyz\n", "importing it raised ModuleNotFoundError"),
     ],
@@ -657,45 +761,67 @@ def test_a_stages_file_whose_name_is_no_identifier_still_imports(cli: Cli, tmp_p
     assert got.out.splitlines()[0].startswith("Boom  (my_stages_v2")
 
 
+ECHO_SOURCE = "stage pack 'echo' (stageflow-echo-pack 0.1.0)"
+
+
 @pytest.fixture
-def plugin_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, bool]]:
-    """Give StageRegistry a recording load_plugins, as the stage-pack branch will."""
-    calls: list[tuple[Any, bool]] = []
+def fake_packs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Append (name, 'module:attr') to add stage packs next to the installed ones."""
+    added: list[tuple[str, str]] = []
+    real = tuple(entry_points(group=stageflow.STAGE_PACK_GROUP))
 
-    def load_plugins(
-        self: stageflow.StageRegistry, names: Any = None, *, strict: bool = False
-    ) -> None:
-        calls.append((names, strict))
+    def fake_entry_points(*, group: str) -> EntryPoints:
+        fakes = (EntryPoint(n, v, group) for n, v in added)
+        return EntryPoints((*real, *fakes))
 
-    monkeypatch.setattr(stageflow.StageRegistry, "load_plugins", load_plugins, raising=False)
-    return calls
-
-
-def test_stage_packs_load_by_default(cli: Cli, plugin_calls: list[tuple[Any, bool]]) -> None:
-    assert cli("stages").code == ExitCode.OK
-    assert plugin_calls == [(None, False)]
+    monkeypatch.setattr(stageflow._plugins, "entry_points", fake_entry_points)
+    return added
 
 
-def test_named_stage_packs_load_strictly(cli: Cli, plugin_calls: list[tuple[Any, bool]]) -> None:
-    assert cli("stages", "--plugin", "a", "--plugin", "b").code == ExitCode.OK
-    assert plugin_calls == [(["a", "b"], True)]
+def sources(got: Outcome) -> dict[str, str]:
+    return {e["name"]: e["source"] for e in got.json()}
 
 
-def test_no_plugins_loads_none(cli: Cli, plugin_calls: list[tuple[Any, bool]]) -> None:
-    assert cli("stages", "--no-plugins").code == ExitCode.OK
-    assert plugin_calls == []
-    assert cli("stages", "--no-plugins", "--plugin", "a").code == ExitCode.USAGE
+def test_installed_stage_packs_load_by_default(cli: Cli) -> None:
+    got = cli("stages", "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert sources(got)["EchoLLM"] == ECHO_SOURCE
 
 
-def test_plugin_without_stage_pack_support_is_unavailable(
-    cli: Cli, monkeypatch: pytest.MonkeyPatch
+def test_plugin_loads_only_the_named_packs(cli: Cli, fake_packs: list[tuple[str, str]]) -> None:
+    fake_packs.append(("text", "stage_packs"))
+    assert {"EchoLLM", "Upper", "Lower"} <= set(sources(cli("stages", "--json")))
+    got = cli("stages", "--plugin", "text", "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert "EchoLLM" not in sources(got)
+    assert sources(got)["Upper"] == "stage pack 'text' (stage_packs)"
+
+
+def test_no_plugins_loads_none(cli: Cli) -> None:
+    got = cli("stages", "--no-plugins", "--json")
+    assert got.code == ExitCode.OK
+    assert "EchoLLM" not in sources(got)
+    assert cli("stages", "--no-plugins", "--plugin", "echo").code == ExitCode.USAGE
+
+
+def test_a_missing_named_pack_is_an_error(cli: Cli) -> None:
+    got = cli("stages", "--plugin", "ecko")
+    assert got.code == ExitCode.USAGE
+    assert "no stage pack named 'ecko' is installed" in got.err
+
+
+def test_a_broken_pack_is_left_out_with_a_warning_unless_named(
+    cli: Cli, fake_packs: list[tuple[str, str]]
 ) -> None:
-    if hasattr(stageflow.StageRegistry, "load_plugins"):
-        monkeypatch.delattr(stageflow.StageRegistry, "load_plugins")
-    got = cli("stages", "--plugin", "a")
-    assert got.code == ExitCode.UNAVAILABLE
-    assert "--plugin needs stage packs" in got.err
-    assert cli("stages").code == ExitCode.OK
+    fake_packs.append(("broken", "stage_pack_broken"))
+    got = cli("stages", "--json")
+    assert got.code == ExitCode.OK
+    assert "EchoLLM" in sources(got)
+    assert "plugin.failed" in got.err
+    assert "broken" in got.err
+    got = cli("stages", "--plugin", "broken")
+    assert got.code == ExitCode.USAGE
+    assert "broken" in got.err
 
 
 # -------------------------------------------------- features from other modules
@@ -708,25 +834,7 @@ def fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attributes: Any) -
     monkeypatch.setitem(sys.modules, name, module)
 
 
-@pytest.mark.parametrize(
-    ("argv", "module"),
-    [
-        (["--trace", "otlp"], "stageflow.tracing"),
-        (["--trace", "console"], "stageflow.tracing"),
-        (["--log-format", "json"], "stageflow.logging"),
-    ],
-)
-def test_run_without_the_observability_module_is_unavailable(
-    cli: Cli, monkeypatch: pytest.MonkeyPatch, argv: list[str], module: str
-) -> None:
-    monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
-    got = cli("run", PIPELINE, "--stages", STAGES, *argv)
-    assert got.code == ExitCode.UNAVAILABLE
-    assert f"{argv[0]} needs {module}, which this stageflow does not have" in got.err
-    assert got.out == ""
-
-
-def test_run_configures_tracing_and_logs_and_flushes_spans(
+def test_run_sets_up_tracing_and_flushes_the_spans_at_the_end(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Any] = []
@@ -735,23 +843,67 @@ def test_run_configures_tracing_and_logs_and_flushes_spans(
         def shutdown(self) -> None:
             calls.append("shutdown")
 
-    def configure_tracing(*, exporter: str) -> Provider:
-        calls.append(("tracing", exporter))
+    def configure(*, exporter: str) -> Provider:
+        calls.append(exporter)
         return Provider()
 
-    def configure_logging(*, format: str) -> None:
-        calls.append(("logging", format))
-
-    fake_module(monkeypatch, "stageflow.tracing", configure=configure_tracing)
-    fake_module(monkeypatch, "stageflow.logging", configure=configure_logging)
-    got = cli(
-        "run", PIPELINE, "--stages", STAGES, "--trace", "console", "--log-format", "json", "--json"
-    )
-    assert got.code == ExitCode.OK, got.err
-    assert calls == [("logging", "json"), ("tracing", "console"), "shutdown"]
+    monkeypatch.setattr(stageflow.tracing, "configure", configure)
+    for exporter in ("otlp", "console", "none"):
+        got = cli("run", PIPELINE, "--stages", STAGES, "--trace", exporter, "--json")
+        assert got.code == ExitCode.OK, got.err
+    assert calls == ["otlp", "shutdown", "console", "shutdown", "none", "shutdown"]
     calls.clear()
-    assert cli("run", PIPELINE, "--stages", STAGES, "--trace", "none").code == ExitCode.OK
+    assert cli("run", PIPELINE, "--stages", STAGES).code == ExitCode.OK
     assert calls == []
+
+
+LOGGING_STAGES = """
+    import stageflow
+
+    registry = stageflow.StageRegistry()
+
+
+    @registry.register("Chatty")
+    async def chatty(ctx):
+        ctx.log.info("chatty.said", words=3)
+        return {}
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "console", None])
+def test_run_writes_log_lines_to_stderr(cli: Cli, tmp_path: Path, log_format: str | None) -> None:
+    stages = write_module(tmp_path / "chatty_stages.py", LOGGING_STAGES)
+    pipeline = write_json(tmp_path / "p.json", doc([stage("s", "Chatty", next="end"), terminal()]))
+    options = ["--log-format", log_format] if log_format else []
+    got = cli("run", pipeline, "--stages", stages, "--json", *options)
+    assert got.code == ExitCode.OK, got.err
+    assert got.json()["status"] == "completed"  # stdout holds the result only
+    line = next(line for line in got.err.splitlines() if "chatty.said" in line)
+    if log_format == "json":
+        record = json.loads(line)
+        assert (record["event"], record["words"], record["node_id"]) == ("chatty.said", 3, "s")
+    else:
+        assert "words=3" in line
+
+
+def test_otlp_without_its_exporter_package_is_unavailable() -> None:
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("the gRPC OTLP exporter is installed here")
+    proc = subprocess.run(
+        [entry_point(), "run", PIPELINE, "--stages", STAGES, "--trace", "otlp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    )
+    assert proc.returncode == ExitCode.UNAVAILABLE, proc.stderr
+    assert "pip install 'stageflow[otlp]'" in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_test_command_is_unavailable_without_the_tester(

@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
 
 from stageflow.cli import ExitCode, main
 

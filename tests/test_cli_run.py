@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 import trio
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
 from fakes import doc, parallel, stage, terminal
 from rich.console import Console
 
@@ -107,6 +108,54 @@ async def test_a_wait_with_no_scripted_input_left_cancels_the_session() -> None:
     )
     cancelled = [e for e in result.history if e.type == "session_cancelled"]
     assert cancelled[0].payload["reason"] == script.stop.reason
+
+
+@pytest.mark.trio
+async def test_a_wait_with_a_timeout_is_left_to_time_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wait = stage("wait", "WaitStage", next="end", outputs={"payload": "answer"})
+    wait["config"] = {"input": "approval", "timeout": 30}
+    wait["on_error"] = [{"errors": ["InputTimeoutError"], "next": "late"}]
+    document = doc([wait, terminal("end", "answer"), terminal("late", result={"late": True})])
+    warnings: list[str] = []
+    script = ScriptedInputs(warn=warnings.append)
+    result = await drive_session(session_for(document), script)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.result == {"late": True}
+    assert script.stop is None
+    assert warnings == [
+        "the session waits for input 'approval' and no scripted input of that type is left; "
+        "the wait times out after 30 s"
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_rejected_scripted_input_cancels_the_session() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Count")
+    class Count(stageflow.BaseStage):
+        spec = stageflow.StageSpec(
+            allowed_inputs=[stageflow.InputSpec("count", {"type": "integer"})],
+            outputs={"type": "object", "properties": {"n": {}}},
+        )
+
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            return {"n": await ctx.wait_input("count")}
+
+    document = doc(
+        [stage("ask", "Count", next="end", outputs={"n": "n"}), terminal("end", "n")],
+        validate_events="strict",
+    )
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    script = ScriptedInputs.parse(['count="three"'])
+    result = await drive_session(stageflow.Session(pipeline, registry=registry), script)
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert script.stop is not None
+    assert script.stop.exit_code is ExitCode.USAGE
+    assert script.stop.reason.startswith("scripted input 'count' #1 was rejected: input 'count'")
+    assert "does not match the schema" in script.stop.reason
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(log_format: str | None, io: Streams) -> None:
+    """Send log lines to standard error (the library itself never configures logging)."""
+    from stageflow import logging as stageflow_logging
+
+    stageflow_logging.configure(format="json" if log_format == "json" else "console", stream=io.err)
+
+
 def _report(exc: StageflowError, io: Streams) -> int:
     if isinstance(exc, PipelineValidationError):
         where = exc.source or "pipeline"
@@ -74,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     io = Streams.current()
     try:
+        _configure_logging(getattr(args, "log_format", None), io)
         code: int = args.handler(args, io)
     except StageflowError as exc:
         return _report(exc, io)

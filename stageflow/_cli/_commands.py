@@ -96,6 +96,8 @@ def _names(schema: Mapping[str, Any] | None) -> str:
     if schema is None:
         return "any"
     properties = schema.get("properties")
+    if schema.get("additionalProperties") is False and not properties:
+        return "none"
     if not isinstance(properties, Mapping) or not properties:
         return "(see schema)"
     required = set(schema.get("required", ()))
@@ -226,8 +228,9 @@ def add_parsers(subparsers: Any) -> None:
         description=(
             "Print the graph of PIPELINE: nodes (stage boxes, condition diamonds, parallel "
             "hexagons, terminals with a double border), next edges, condition edges "
-            "('if #1', 'else'), parallel branches (dashed, 'branch 1'), the join (bold) and "
-            "branch ends (dotted). Stage names are checked only with --stages or --plugin."
+            "('if #1', 'else'), parallel branches (dashed, 'branch 1'), the join (bold), "
+            "branch ends (dotted) and error edges (red, 'on <errors>', 'fallback'). Stage "
+            "names are checked only with --stages or --plugin."
         ),
     )
     p.add_argument("pipeline", metavar="PIPELINE", help="pipeline file")

@@ -6,7 +6,7 @@ import enum
 import json
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import attrs
 import yaml
@@ -56,8 +56,8 @@ class CommandError(StageflowError):
 class Streams:
     """Where a command writes: results to ``out``, diagnostics to ``err``."""
 
-    out: IO[str]
-    err: IO[str]
+    out: TextIO
+    err: TextIO
 
     @classmethod
     def current(cls) -> Streams:

@@ -3,9 +3,10 @@
 :func:`build_graph` turns a :class:`~stageflow.Pipeline` into :class:`Graph`
 (nodes plus typed edges); the renderers only map node types to shapes and
 edge kinds to line styles. A new node type adds one function to
-``_NODE_DETAIL`` and one to ``_EDGE_BUILDERS``; a new kind of edge (error
-edges, map bodies) adds an :class:`EdgeKind` and a style in each renderer.
-Error edges belong in :func:`_error_edges`, which every node goes through.
+``_NODE_DETAIL`` and one to ``_EDGE_BUILDERS``; a new kind of edge (map
+bodies, subpipeline calls) adds an :class:`EdgeKind` and a style in each
+renderer. Error edges (``on_error``, ``fallback``) come from
+:func:`_error_edges`, which every node goes through.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class EdgeKind(enum.StrEnum):
     """A parallel node to its ``next``: what runs once the branches are done."""
     BRANCH_END = "branch_end"
     """The last node of a branch (one without ``next``) to the parallel node's join."""
+    ERROR = "error"
+    """An error edge: ``on_error[i]`` (labelled ``on <error names>``) or ``fallback``."""
 
 
 @attrs.frozen
@@ -130,11 +133,20 @@ def _condition_edges(node: ConditionNode, pipeline: Pipeline) -> Iterator[GraphE
         yield GraphEdge(node.id, node.else_, EdgeKind.ELSE, "else")
 
 
+def _success_edges(node: Node) -> tuple[str, ...]:
+    """Where control goes when ``node`` succeeds (error edges left out)."""
+    if isinstance(node, ConditionNode):
+        return (*(c.then for c in node.conditions), *((node.else_,) if node.else_ else ()))
+    target = getattr(node, "next", None)
+    return (target,) if isinstance(target, str) else ()
+
+
 def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
     """Nodes where the branch starting at ``child`` ends without a ``next`` (in document order).
 
-    The walk follows continuation edges only: nested parallel branches end at
-    their own join, not at this one.
+    The walk follows continuation edges (error edges included: a handler
+    without ``next`` ends the branch too) but not parallel children: nested
+    branches end at their own join, not at this one.
     """
     seen: set[str] = set()
     todo = [child]
@@ -147,7 +159,7 @@ def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
     return [
         n.id
         for n in pipeline.nodes
-        if n.id in seen and not continuation_edges(n) and not isinstance(n, TerminalNode)
+        if n.id in seen and not _success_edges(n) and not isinstance(n, TerminalNode)
     ]
 
 
@@ -184,12 +196,15 @@ _EDGE_BUILDERS: Final[dict[str, Callable[[Any, Pipeline], Iterator[GraphEdge]]]]
 
 
 def _error_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    """Edges taken when ``node`` fails.
+    """Edges taken when ``node`` fails: its ``on_error`` handlers in order, then ``fallback``.
 
-    The pipeline format has no error edges yet; the failure model adds
-    ``on_error`` / ``fallback`` here, for every node type at once.
+    Read by attribute, so every node type that has error edges gets them drawn.
     """
-    return iter(())
+    for handler in getattr(node, "on_error", ()):
+        yield GraphEdge(node.id, handler.next, EdgeKind.ERROR, f"on {', '.join(handler.errors)}")
+    fallback = getattr(node, "fallback", None)
+    if isinstance(fallback, str):
+        yield GraphEdge(node.id, fallback, EdgeKind.ERROR, "fallback")
 
 
 def _start_id(pipeline: Pipeline) -> str:
@@ -225,7 +240,9 @@ _MERMAID_ARROWS: Final = {
     EdgeKind.BRANCH: "-.->",
     EdgeKind.BRANCH_END: "-.->",
     EdgeKind.JOIN: "==>",
+    EdgeKind.ERROR: "-.->",
 }
+_MERMAID_ERROR_STYLE: Final = "stroke:#c0392b,color:#c0392b"
 _MERMAID_SAFE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words Mermaid's flowchart grammar reads as keywords, never usable as bare ids.
 _MERMAID_KEYWORDS: Final = frozenset(
@@ -267,6 +284,9 @@ def render_mermaid(graph: Graph) -> str:
         arrow = _MERMAID_ARROWS.get(edge.kind, "-->")
         label = f'|"{_mermaid_text(edge.label)}"|' if edge.label else ""
         lines.append(f"    {ids[edge.source]} {arrow}{label} {ids[edge.target]}")
+    errors = [str(i) for i, edge in enumerate(graph.edges) if edge.kind is EdgeKind.ERROR]
+    if errors:
+        lines.append(f"    linkStyle {','.join(errors)} {_MERMAID_ERROR_STYLE}")
     terminals = [ids[n.id] for n in graph.nodes if n.type == "terminal"]
     if terminals:
         lines.append("    classDef terminal stroke-width:4px")
@@ -287,7 +307,9 @@ _DOT_EDGE_STYLES: Final = {
     EdgeKind.BRANCH: "dashed",
     EdgeKind.BRANCH_END: "dotted",
     EdgeKind.JOIN: "bold",
+    EdgeKind.ERROR: "dashed",
 }
+_DOT_ERROR_COLOR: Final = "#c0392b"
 
 
 def _dot_quote(text: str) -> str:
@@ -315,6 +337,8 @@ def render_dot(graph: Graph) -> str:
         values = {}
         if edge.kind in _DOT_EDGE_STYLES:
             values["style"] = _DOT_EDGE_STYLES[edge.kind]
+        if edge.kind is EdgeKind.ERROR:
+            values["color"] = values["fontcolor"] = _DOT_ERROR_COLOR
         if edge.label:
             values["label"] = edge.label
         suffix = f" [{_dot_attrs(values)}]" if values else ""

@@ -2,10 +2,12 @@
 
 The registry a command uses is a fresh :class:`~stageflow.StageRegistry` holding
 
-1. every stage of the default registry (``stageflow.register_stage``,
+1. the core stages (``WaitStage``, ``SleepStage``, in every registry) and
+   every stage of the default registry (``stageflow.register_stage``,
    :func:`stageflow.get_stages`), then
 2. the stages of each ``--stages`` module that exposes a ``registry``
-   attribute (a :class:`~stageflow.StageRegistry`), in the order given, then
+   attribute (a :class:`~stageflow.StageRegistry`, or a function returning
+   one such as ``stageflow.builtins.registry``), in the order given, then
 3. the installed stage packs (``StageRegistry.load_plugins``), unless
    ``--no-plugins``; ``--plugin NAME`` loads only the named ones.
 
@@ -32,10 +34,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from stageflow._cli._common import CommandError, ExitCode
+from stageflow._cli._common import CommandError
 from stageflow._errors import PipelineValidationError, Problem
 from stageflow._pipeline import Pipeline, parse_document
-from stageflow._stages import StageContext, StageEntry, StageRegistry, get_stages
+from stageflow._stages import StageContext, StageEntry, StageRegistry, default_registry
 
 __all__ = [
     "add_stage_options",
@@ -169,10 +171,13 @@ def _module_registry(spec: str, module: ModuleType) -> StageRegistry | None:
     registry = getattr(module, "registry", None)
     if registry is None:
         return None
+    if callable(registry) and not isinstance(registry, StageRegistry):
+        registry = registry()  # a factory, such as stageflow.builtins.registry
     if not isinstance(registry, StageRegistry):
         raise CommandError(
             f"--stages {spec}: its 'registry' attribute is a {type(registry).__name__}, not a "
-            "stageflow.StageRegistry; rename it, or make it the registry its stages are in"
+            "stageflow.StageRegistry (or a function returning one); rename it, or make it the "
+            "registry its stages are in"
         )
     return registry
 
@@ -187,17 +192,9 @@ def _copy_into(target: StageRegistry, entries: Sequence[StageEntry]) -> None:
 def _load_plugins(registry: StageRegistry, names: Sequence[str], enabled: bool) -> None:
     if not enabled:
         return
-    load = getattr(registry, "load_plugins", None)
-    if load is None:
-        if names:
-            raise CommandError(
-                "--plugin needs stage packs (StageRegistry.load_plugins), which this stageflow "
-                "does not have yet; upgrade stageflow or use --stages MODULE",
-                exit_code=ExitCode.UNAVAILABLE,
-            )
-        return
-    # Named packs were asked for explicitly: a missing or broken one is an error.
-    load(list(names) if names else None, strict=bool(names))
+    # Named packs were asked for explicitly: a missing or broken one is an error. Unnamed
+    # ones that fail are left out; stageflow logs a warning for each.
+    registry.load_plugins(list(names) if names else None, strict=bool(names))
 
 
 def resolve_registry(
@@ -216,16 +213,18 @@ def resolve_registry(
     Raises:
         CommandError: a module cannot be imported or has a bad ``registry``.
         StageConflictError: two sources register one name for different stages.
+        PluginNotFoundError: a ``--plugin`` name is not installed.
+        PluginLoadError: a ``--plugin`` pack cannot be loaded.
     """
     registry = StageRegistry()
-    _copy_into(registry, list(get_stages().values()))
+    _copy_into(registry, default_registry().catalogue(core=False))
     for spec in modules:
         module_registry = _module_registry(spec, import_stages_module(spec))
         if module_registry is not None:
-            _copy_into(registry, module_registry.catalogue())
+            _copy_into(registry, module_registry.catalogue(core=False))
         else:
             # The module registered into the default registry on import.
-            _copy_into(registry, list(get_stages().values()))
+            _copy_into(registry, default_registry().catalogue(core=False))
     _load_plugins(registry, plugins, load_plugins)
     return registry
 

@@ -4,10 +4,11 @@ Scripted inputs (``--input TYPE=JSON``) are sent only when the session waits
 for their type (a ``waiting_for_input`` event), per type in the order given,
 once every task of the session is blocked: so every stage waiting for that
 type at that moment receives the same input (broadcast), deterministically.
-When the session waits for a type that has no scripted input left, the run
-is cancelled (``session.cancel(reason)``) and the command exits with
-:attr:`ExitCode.NEEDS_INPUT`: the CLI is the only sender, so nothing else
-could ever arrive.
+When the session waits (without a timeout) for a type that has no scripted
+input left, the run is cancelled (``session.cancel(reason)``) and the
+command exits with :attr:`ExitCode.NEEDS_INPUT`: the CLI is the only
+sender, so nothing else could ever arrive. A wait with a timeout is left to
+time out, since the pipeline may route that timeout somewhere.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class ScriptedInputs:
     queues: dict[str, deque[Any]] = attrs.field(factory=dict)
     sent: list[tuple[str, int]] = attrs.field(factory=list)
     stop: Stop | None = None
+    warn: Callable[[str], None] = attrs.field(default=lambda _: None, repr=False)
 
     @classmethod
     def parse(cls, values: Sequence[str]) -> ScriptedInputs:
@@ -95,11 +97,22 @@ class ScriptedInputs:
         """Input type -> how many scripted inputs were never sent."""
         return {t: len(q) for t, q in self.queues.items() if q}
 
-    def on_wait(self, session: Session, input_type: str) -> None:
-        """React to the session waiting for ``input_type``: send the next scripted one."""
+    def on_wait(self, session: Session, input_type: str, timeout: float | None = None) -> None:
+        """React to the session waiting for ``input_type``: send the next scripted one.
+
+        With no scripted input left, a wait without ``timeout`` would never
+        end: the session is cancelled. A wait with a timeout is left to time
+        out, as the pipeline may handle that.
+        """
         if self.stop is not None or input_type not in session.waiting_for():
             return  # already cancelling, or an earlier input (broadcast) served this wait
         queue = self.queues.get(input_type)
+        if not queue and timeout is not None:
+            self.warn(
+                f"the session waits for input {input_type!r} and no scripted input of that type "
+                f"is left; the wait times out after {timeout:g} s"
+            )
+            return
         if not queue:
             given = len([s for s in self.sent if s[0] == input_type])
             self._cancel(
@@ -167,7 +180,12 @@ async def drive_session(
                     # this type by then gets the same input (broadcast), whatever the
                     # scheduling order of the branches was.
                     await anyio.wait_all_tasks_blocked()
-                    script.on_wait(session, str(event.payload.get("input_type")))
+                    timeout = event.payload.get("timeout")
+                    script.on_wait(
+                        session,
+                        str(event.payload.get("input_type")),
+                        float(timeout) if isinstance(timeout, int | float) else None,
+                    )
         finally:
             await stream.aclose()
 
@@ -201,17 +219,20 @@ def optional_module(name: str, option: str) -> ModuleType:
         ) from exc
 
 
-def _configure_observability(args: argparse.Namespace) -> Callable[[], None]:
-    """Set up logs and tracing as asked; return what to call when the run is over."""
-    if args.log_format is not None:
-        logging_module = optional_module("stageflow.logging", "--log-format")
-        logging_module.configure(format=args.log_format)
-    if args.trace is None or args.trace == "none":
+def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
+    """Set up tracing as asked; return what to call when the run is over."""
+    if args.trace is None:
         return lambda: None
-    tracing = optional_module("stageflow.tracing", "--trace")
-    handle = tracing.configure(exporter=args.trace)
-    shutdown = getattr(handle, "shutdown", None)  # a TracerProvider: flush the spans
-    return shutdown if callable(shutdown) else (lambda: None)
+    # Imported here: the OpenTelemetry SDK is only loaded when tracing is asked for.
+    from stageflow import tracing
+
+    try:
+        provider = tracing.configure(exporter=args.trace)
+    except tracing.TracingSetupError as exc:
+        if isinstance(exc.__cause__, ImportError):  # the exporter package is not installed
+            raise CommandError(str(exc), exit_code=ExitCode.UNAVAILABLE) from exc
+        raise
+    return provider.shutdown  # flushes the spans still buffered
 
 
 def _print_text(
@@ -263,8 +284,9 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
             'e.g. --payload \'{"user_id": "u1"}\''
         )
     script = ScriptedInputs.parse(args.inputs)
+    script.warn = io.warn
     session = Session(pipeline, registry=registry, payload=payload)
-    shutdown = _configure_observability(args)
+    shutdown = _configure_tracing(args)
     try:
         view = _make_view(args, io, pipeline.name)
         result = anyio.run(drive_session, session, script, view, backend="trio")
@@ -324,11 +346,13 @@ def add_run_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--trace",
         choices=("otlp", "console", "none"),
-        help="export a span per node: to an OTLP collector (OTEL_* variables), the console, "
-        "or not at all (default)",
+        help="record a span per node and export it to an OTLP collector (OTEL_* variables) or "
+        "to standard error, or not at all (none: trace ids only); default: no tracing",
     )
     parser.add_argument(
-        "--log-format", choices=("json", "console"), help="log lines as JSON or for people"
+        "--log-format",
+        choices=("json", "console"),
+        help="log lines (on standard error) as JSON or for people (default: console)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
