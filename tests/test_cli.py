@@ -919,32 +919,35 @@ def test_test_command_is_unavailable_without_the_tester(
     assert "stageflow.testing.run_case_files" in got.err
 
 
-@pytest.mark.parametrize(("passed", "code"), [(True, ExitCode.OK), (False, ExitCode.FAILED)])
+@pytest.mark.parametrize(("ok", "code"), [(True, ExitCode.OK), (False, ExitCode.FAILED)])
 def test_test_command_runs_case_files_and_reports(
-    cli: Cli, monkeypatch: pytest.MonkeyPatch, passed: bool, code: int
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, ok: bool, code: int
 ) -> None:
+    """Against the tester's API: Report.ok, Report.render(coverage=...), Report.to_dict()."""
     calls: list[Any] = []
 
     @attrs.frozen
     class Report:
-        passed: bool
+        ok: bool
+        passed: int = 0  # a count in the tester's report, never the verdict
 
         def to_dict(self) -> dict[str, Any]:
-            return {"passed": self.passed, "cases": 2}
+            return {"ok": self.ok, "passed": self.passed}
 
-        def format(self) -> str:
-            return f"2 cases, passed={self.passed}\n"
+        def render(self, *, coverage: bool = True) -> str:
+            return f"ok={self.ok} coverage={coverage}\n"
 
     def run_case_files(paths: list[str], *, stages_modules: list[str]) -> Report:
         calls.append((paths, stages_modules))
-        return Report(passed)
+        return Report(ok, passed=0 if ok else 2)
 
     fake_module(monkeypatch, "stageflow.testing", run_case_files=run_case_files)
     got = cli("test", "a.json", "b.yaml", "--stages", STAGES)
-    assert (got.code, got.out) == (code, f"2 cases, passed={passed}\n")
+    assert (got.code, got.out) == (code, f"ok={ok} coverage=True\n")
     assert calls == [(["a.json", "b.yaml"], [STAGES])]
+    assert cli("test", "a.json", "--no-coverage").out == f"ok={ok} coverage=False\n"
     got = cli("test", "a.json", "--json")
-    assert got.json() == {"passed": passed, "cases": 2}
+    assert (got.code, got.json()) == (code, {"ok": ok, "passed": 0 if ok else 2})
 
 
 # ------------------------------------------------------------------ help, usage

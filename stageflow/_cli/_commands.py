@@ -162,8 +162,8 @@ def stages_command(args: argparse.Namespace, io: Streams) -> int:
 def test_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow test``: run case files with ``stageflow.testing.run_case_files``.
 
-    The report is expected to have ``passed`` (bool), ``to_dict()`` and
-    ``format()`` (text for people; ``str(report)`` if it has none).
+    The report has ``ok`` (every case ran and passed), ``render(coverage=...)``
+    (text for people) and ``to_dict()``.
     """
     testing = optional_module("stageflow.testing", "stageflow test")
     run_case_files = getattr(testing, "run_case_files", None)
@@ -177,9 +177,8 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
     if args.json:
         io.print(dump_json(report.to_dict()))
     else:
-        text = report.format() if callable(getattr(report, "format", None)) else str(report)
-        io.print(text.rstrip("\n"))
-    return ExitCode.OK if report.passed else ExitCode.FAILED
+        io.print(report.render(coverage=not args.no_coverage).rstrip("\n"))
+    return ExitCode.OK if report.ok else ExitCode.FAILED
 
 
 # ---------------------------------------------------------------------- parsers
@@ -253,8 +252,8 @@ def add_parsers(subparsers: Any) -> None:
         "test",
         help="run pipeline test case files",
         description="Run the test case files with the pipeline tester (stageflow.testing).",
-        epilog="exit codes: 0 every case passed, 1 a case failed, 2 bad options or files, "
-        "5 the tester is not available",
+        epilog="exit codes: 0 every case passed, 1 a case failed or could not run, "
+        "2 bad options, 5 the tester is not available",
     )
     p.add_argument("cases", nargs="+", metavar="CASES", help="case files (.json, .yaml)")
     p.add_argument(
@@ -266,4 +265,7 @@ def add_parsers(subparsers: Any) -> None:
         help="a module name or .py file that registers stages (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--no-coverage", action="store_true", help="leave the node and edge coverage out"
+    )
     p.set_defaults(handler=test_command)
