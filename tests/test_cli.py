@@ -1035,3 +1035,19 @@ def test_python_dash_m_stageflow_is_the_same_command() -> None:
         check=True,
     )
     assert parse_dot(proc.stdout)[1] == REFERENCE_EDGES
+
+
+def test_a_closed_pipe_ends_quietly_with_141(tmp_path: Path) -> None:
+    # 3000 problems, one line each: far more than a pipe holds, so the writer is
+    # still printing when the reader goes away.
+    chain = [stage(f"s{i}", "Unknown", next=f"s{i + 1}") for i in range(3000)]
+    path = write_json(tmp_path / "long.json", doc([*chain, terminal("s3000")]))
+    proc = subprocess.Popen(
+        [entry_point(), "validate", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.read(len(path)) == path.encode()
+    proc.stdout.close()  # the reader goes away, as `| head -c N` would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.BROKEN_PIPE
+    assert b"Traceback" not in err

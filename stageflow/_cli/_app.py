@@ -24,6 +24,7 @@ exit codes:
   4  the session waited for an input type with no scripted --input left (it was cancelled)
   5  a feature the command needs is not available in this stageflow
 130  interrupted (Ctrl-C)
+141  standard output was closed early (| head)
 """
 
 
@@ -92,5 +93,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`stageflow schema | head`): stop quietly.
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitCode.OK
+        return ExitCode.BROKEN_PIPE
     return int(code)

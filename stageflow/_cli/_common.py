@@ -34,6 +34,9 @@ class ExitCode(enum.IntEnum):
     """A feature the command needs is not installed in this stageflow."""
     INTERRUPTED = 130
     """Interrupted with Ctrl-C."""
+    BROKEN_PIPE = 141
+    """The reader of standard output went away (``stageflow ... | head``), as if killed
+    by SIGPIPE."""
 
 
 class CommandError(StageflowError):
