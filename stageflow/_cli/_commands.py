@@ -6,10 +6,9 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stageflow._cli._common import CommandError, ExitCode, Streams, dump_json
+from stageflow._cli._common import CommandError, ExitCode, Streams, dump_json, optional_module
 from stageflow._cli._graph import FORMATS, render
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
-from stageflow._cli._run import optional_module
 from stageflow._errors import PipelineValidationError
 from stageflow._json import thaw
 from stageflow._schema_export import pipeline_schema

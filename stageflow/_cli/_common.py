@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import importlib
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
 import attrs
@@ -13,7 +15,14 @@ import yaml
 
 from stageflow._errors import StageflowError
 
-__all__ = ["CommandError", "ExitCode", "Streams", "dump_json", "read_json_argument"]
+__all__ = [
+    "CommandError",
+    "ExitCode",
+    "Streams",
+    "dump_json",
+    "optional_module",
+    "read_json_argument",
+]
 
 
 class ExitCode(enum.IntEnum):
@@ -109,4 +118,22 @@ def read_json_argument(text: str, *, option: str) -> Any:
         raise CommandError(
             f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
             "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+        ) from exc
+
+
+def optional_module(name: str, option: str) -> ModuleType:
+    """Import a stageflow module that may not be part of this install yet.
+
+    Raises:
+        CommandError: (exit code ``UNAVAILABLE``) the module is not there.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        raise CommandError(
+            f"{option} needs {name}, which this stageflow does not have; "
+            "upgrade stageflow, or leave the option out",
+            exit_code=ExitCode.UNAVAILABLE,
         ) from exc

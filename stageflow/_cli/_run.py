@@ -14,12 +14,10 @@ time out, since the pipeline may route that timeout somewhere.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from types import ModuleType
 from typing import Any, Protocol
 
 import anyio
@@ -38,7 +36,6 @@ __all__ = [
     "View",
     "add_run_parser",
     "drive_session",
-    "optional_module",
     "run_command",
 ]
 
@@ -199,24 +196,6 @@ async def drive_session(
     if failure:
         raise failure[0]
     return outcome[0]
-
-
-def optional_module(name: str, option: str) -> ModuleType:
-    """Import a stageflow module that may not be part of this install yet.
-
-    Raises:
-        CommandError: (exit code ``UNAVAILABLE``) the module is not there.
-    """
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        raise CommandError(
-            f"{option} needs {name}, which this stageflow does not have; "
-            "upgrade stageflow, or leave the option out",
-            exit_code=ExitCode.UNAVAILABLE,
-        ) from exc
 
 
 def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
