@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict stageflow
+	$(BIN)/mypy --strict stageflow _stageflow_pytest.py
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered

@@ -83,8 +83,7 @@ from stageflow._stages import (
     get_stages,
     register_stage,
 )
-
-__version__ = "0.1.0"
+from stageflow._version import __version__ as __version__
 
 __all__ = [
     "API_VERSIONS",

@@ -29,6 +29,7 @@ from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec
 from stageflow._stages import StageContext
+from stageflow._telemetry import INPUT_TYPE, add_event
 
 __all__ = ["InputDesk"]
 
@@ -50,6 +51,7 @@ class InputDesk:
         "_mode",
         "_open",
         "_specs",
+        "traced",
     )
 
     def __init__(
@@ -63,6 +65,7 @@ class InputDesk:
         self._limits = limits
         self._mode = mode
         self._specs = specs  # node id -> spec of its stage
+        self.traced = False  # set per run: add span events for waits
         self._broker = InputBroker(limits.max_input_backlog)
         # Input type -> the InputSpecs the pipeline's stages declare for it.
         self._declared: dict[str, list[InputSpec]] = {}
@@ -194,10 +197,14 @@ class InputDesk:
         found, payload = self._broker.take(type)
         if found:
             record("input_received", ctx.node_id, path, {"input_type": type, "from": "backlog"})
+            if self.traced:
+                add_event("input_received", {INPUT_TYPE: type})
             return payload
         waiter = Waiter(ctx.node_id, path, ctx.stage)
         self._broker.add(type, waiter)
         record("waiting_for_input", ctx.node_id, path, {"input_type": type, "timeout": timeout})
+        if self.traced:
+            add_event("waiting_for_input", {INPUT_TYPE: type})
         timer = ctx._timer
         if timer is not None:
             timer.pause()
@@ -219,6 +226,8 @@ class InputDesk:
                 timeout=float(timeout or 0),
             )
         record("input_received", ctx.node_id, path, {"input_type": type, "from": "sender"})
+        if self.traced:
+            add_event("input_received", {INPUT_TYPE: type})
         return payload
 
     # ---------------------------------------------------------------- events

@@ -15,12 +15,13 @@ from typing import Any, Final
 
 import anyio
 import attrs
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from stageflow._log import get_logger
 
 __all__ = ["Event", "EventCallback", "EventStream", "History"]
 
-_log = structlog.get_logger("stageflow.events")
+_log = get_logger("stageflow.events")
 
 OVERFLOW: Final = "subscriber_overflow"
 """Type of the marker event a slow ``events()`` subscriber gets after a gap."""
@@ -122,10 +123,12 @@ class EventStream:
 class History:
     """The ordered list of a session's events, with its subscribers."""
 
-    __slots__ = ("_callbacks", "_events", "_subscriptions", "session_id")
+    __slots__ = ("_callbacks", "_events", "_subscriptions", "session_id", "span_source")
 
     def __init__(self, session_id: str, events: list[Event] | None = None) -> None:
         self.session_id = session_id
+        # Gives the ids of the current span when tracing is on (else None).
+        self.span_source: Callable[[], tuple[str, str, str | None] | None] | None = None
         self._events: list[Event] = events if events is not None else []
         self._callbacks: list[EventCallback] = []
         self._subscriptions: list[_Subscription] = []
@@ -147,6 +150,8 @@ class History:
         span: tuple[str, str, str | None] | None = None,
     ) -> Event:
         """Append an event and hand it to every subscriber."""
+        if span is None and self.span_source is not None:
+            span = self.span_source()
         trace_id, span_id, parent = span if span is not None else (None, None, None)
         event = Event(
             len(self._events) + 1,

@@ -27,13 +27,13 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Final
 
 import attrs
-import structlog
 
 from stageflow._errors import (
     PluginLoadError,
     PluginNotFoundError,
     StageConflictError,
 )
+from stageflow._log import get_logger
 from stageflow._stages import StageRegistry
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 STAGE_PACK_GROUP: Final = "stageflow.stages"
 """The entry point group stage packs declare themselves in."""
 
-_log = structlog.get_logger("stageflow.plugins")
+_log = get_logger("stageflow.plugins")
 
 _LEAVE_OUT: Final = "or load only the packs you need with load_plugins(names=[...])"
 

@@ -10,6 +10,7 @@ a task group owned by :meth:`Session.run`.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -19,6 +20,8 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from stageflow import jsonlogic
 from stageflow._context import MISSING, Context
@@ -42,6 +45,7 @@ from stageflow._errors import (
 from stageflow._events import Event, EventCallback, EventStream, History
 from stageflow._inputs import AttemptTimer, InputReceipt
 from stageflow._json import copy_json, find_non_json
+from stageflow._log import get_logger
 from stageflow._merge import merge_branches
 from stageflow._model import (
     ConditionNode,
@@ -58,10 +62,27 @@ from stageflow._model import (
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._stages import BaseStage, StageContext, StageEntry, StageRegistry, default_registry
+from stageflow._telemetry import (
+    ATTEMPT,
+    BRANCH,
+    NODE_ID,
+    NODE_TYPE,
+    PIPELINE_DIGEST,
+    PIPELINE_NAME,
+    POLICY,
+    SESSION_ID,
+    STAGE,
+    add_event,
+    current_ids,
+    end_span,
+    resolve_tracer,
+    span_ids,
+)
+from stageflow._version import __version__
 
 __all__ = ["Session"]
 
-_log = structlog.get_logger("stageflow.session")
+_log = get_logger("stageflow.session")
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_RETRY: Final = RetryPolicy()
@@ -73,6 +94,12 @@ _FINISHED: Final = frozenset(
         SessionStatus.TIMED_OUT,
     }
 )
+_SPAN_OUTCOME: Final = {
+    SessionStatus.COMPLETED: "succeeded",
+    SessionStatus.FAILED: "failed",
+    SessionStatus.TIMED_OUT: "failed",
+    SessionStatus.CANCELLED: "cancelled",
+}
 _FINAL_EVENT: Final = {
     SessionStatus.COMPLETED: "session_completed",
     SessionStatus.FAILED: "session_failed",
@@ -84,12 +111,13 @@ _FINAL_EVENT: Final = {
 class _Frame:
     """Where a node runs: its context, its branch path and its nesting depth."""
 
-    __slots__ = ("ctx", "depth", "path")
+    __slots__ = ("branch", "ctx", "depth", "path")
 
     def __init__(self, ctx: Context, path: str, depth: int) -> None:
         self.ctx = ctx
         self.path = path
         self.depth = depth
+        self.branch: int | str | None = None  # set by a condition for its node_finished
 
 
 class _BranchOutcome:
@@ -112,6 +140,8 @@ class Session:
         validate_events: how inputs and stage events are checked against
             declared schemas (the pipeline's ``validate_events`` if not given).
         seed: seeds the random jitter of retry delays (for reproducible runs).
+        tracer_provider: where spans go (the global OpenTelemetry provider if
+            not given). Without a real provider no span objects are created.
 
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
@@ -134,6 +164,7 @@ class Session:
         limits: Limits | None = None,
         validate_events: ValidateEvents | str | None = None,
         seed: int | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._registry = registry if registry is not None else default_registry()
@@ -164,6 +195,12 @@ class Session:
         self._cancel_scope: anyio.CancelScope | None = None
         self._cancel_reason: str | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._tracer_provider = tracer_provider
+        # Decided once per run: a tracer (or None: no spans at all), and
+        # whether node log lines are written (only into a configured structlog).
+        self._tracer: trace.Tracer | None = None
+        self._node_log: Any = None
+        self._error: StageflowError | None = None
         self._handlers: dict[str, Callable[[Any, _Frame], Awaitable[str | None]]] = {
             "stage": self._run_stage,
             "condition": self._run_condition,
@@ -310,6 +347,32 @@ class Session:
             )
         self._status = SessionStatus.RUNNING
         self._token = anyio.lowlevel.current_token()
+        self._tracer = tracer = resolve_tracer(self._tracer_provider, __version__)
+        if structlog.is_configured():
+            self._node_log = _log.bind(session_id=self.session_id)
+        root_span: trace.Span | None = None
+        otel_token: object = None
+        if tracer is not None:
+            root_span = tracer.start_span(
+                f"run {self._pipeline.name}",
+                attributes={
+                    SESSION_ID: self.session_id,
+                    PIPELINE_NAME: self._pipeline.name,
+                    PIPELINE_DIGEST: self._pipeline.digest,
+                },
+            )
+            otel_token = otel_context.attach(trace.set_span_in_context(root_span))
+            self._history.span_source = current_ids
+            self._desk.traced = True
+        try:
+            return await self._run_root()
+        finally:
+            if root_span is not None:
+                end_span(root_span, _SPAN_OUTCOME.get(self._status, "cancelled"), self._error)
+                otel_context.detach(otel_token)  # type: ignore[arg-type]
+                self._history.span_source = None
+
+    async def _run_root(self) -> SessionResult:
         self._history.record(
             "session_started",
             None,
@@ -363,6 +426,7 @@ class Session:
         self, status: SessionStatus, error: StageflowError | None, *, reason: str | None = None
     ) -> SessionResult:
         self._status = status
+        self._error = error
         payload: dict[str, Any] = {"status": status.value, "steps": self._steps}
         if error is not None:
             payload["error"] = describe_exception(error)
@@ -389,7 +453,7 @@ class Session:
             node_id = await execute(index[node_id], frame)
 
     async def _execute(self, node: Node, frame: _Frame) -> str | None:
-        """Execute one node: the single place for events, limits, error edges, cancellation."""
+        """Execute one node: the one place for events, spans, logs, limits and error edges."""
         self._steps += 1
         limits = self._limits
         if self._steps > limits.max_steps:
@@ -397,29 +461,68 @@ class Session:
         history = self._history
         if len(history) >= limits.max_history:
             raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
+        # A cancel() from a hook or a stage takes effect before the next node,
+        # even when no stage ever awaits.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        tracer = self._tracer
+        span: trace.Span | None = None
+        if tracer is not None:
+            attributes: dict[str, Any] = {NODE_ID: node.id, NODE_TYPE: node.type}
+            if isinstance(node, StageNode):
+                attributes[STAGE] = node.stage
+            elif isinstance(node, ParallelNode):
+                attributes[POLICY] = node.policy.value
+            span = tracer.start_span(f"{node.type} {node.id}", attributes=attributes)
+            otel_token = otel_context.attach(trace.set_span_in_context(span))
+        log = self._node_log
+        if log is not None:
+            started = time.perf_counter()
+            log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
+            if span is not None:
+                trace_id, span_id, _ = span_ids(span)
+                log = log.bind(trace_id=trace_id, span_id=span_id)
+            log.info("node.started")
         record = history.record
-        record("node_started", node.id, frame.path, {"node_type": node.type})
+        outcome = "failed"
+        error: Exception | None = None
         try:
-            next_id = await self._handlers[node.type](node, frame)
-        except anyio.get_cancelled_exc_class():
-            record("node_cancelled", node.id, frame.path, {"node_type": node.type})
-            raise
-        except Exception as exc:
-            record(
-                "node_failed",
-                node.id,
-                frame.path,
-                {"node_type": node.type, "error": describe_exception(exc)},
-            )
-            return self._route_error(node, frame, exc)
-        record("node_finished", node.id, frame.path, {"node_type": node.type, "next": next_id})
-        return next_id
+            record("node_started", node.id, frame.path, {"node_type": node.type})
+            try:
+                next_id = await self._handlers[node.type](node, frame)
+            except anyio.get_cancelled_exc_class():
+                outcome = "cancelled"
+                record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+                raise
+            except Exception as exc:
+                error = exc
+                record(
+                    "node_failed",
+                    node.id,
+                    frame.path,
+                    {"node_type": node.type, "error": describe_exception(exc)},
+                )
+                return self._route_error(node, frame, exc)
+            outcome = "succeeded"
+            finished: dict[str, Any] = {"node_type": node.type, "next": next_id}
+            if frame.branch is not None:
+                # Which condition matched (its index, or "else"), for coverage tools.
+                finished["branch"] = frame.branch
+                frame.branch = None
+            record("node_finished", node.id, frame.path, finished)
+            return next_id
+        finally:
+            if span is not None:
+                end_span(span, outcome, error)
+                otel_context.detach(otel_token)
+            if log is not None:
+                duration_ms = round((time.perf_counter() - started) * 1000, 3)
+                log.info("node.finished", outcome=outcome, duration_ms=duration_ms)
 
     def _route_error(self, node: Node, frame: _Frame, exc: Exception) -> str:
         """Follow the node's first matching error edge, or re-raise ``exc``."""
         handlers: tuple[ErrorHandler, ...] = getattr(node, "error_handlers", ())
         if handlers and not isinstance(exc, LimitExceededError):
-            for handler in handlers:
+            for index, handler in enumerate(handlers):
                 if error_matches(exc, handler.errors):
                     description = describe_exception(exc)
                     frame.ctx.set(handler.error_path, description)
@@ -427,7 +530,7 @@ class Session:
                         "error_routed",
                         node.id,
                         frame.path,
-                        {"next": handler.next, "error_path": handler.error_path},
+                        {"next": handler.next, "error_path": handler.error_path, "handler": index},
                     )
                     return handler.next
         raise exc
@@ -441,8 +544,13 @@ class Session:
         while True:
             try:
                 await self._stage_attempt(node, frame, entry, attempt, policy.attempts)
+                if self._tracer is not None:
+                    trace.get_current_span().set_attribute(ATTEMPT, attempt)
                 return node.next
             except Exception as exc:
+                if self._tracer is not None:
+                    span = trace.get_current_span()
+                    span.set_attribute(ATTEMPT, attempt)
                 if (
                     attempt >= policy.attempts
                     or isinstance(exc, LimitExceededError)
@@ -463,6 +571,15 @@ class Session:
                         "error": describe_exception(exc),
                     },
                 )
+                if self._tracer is not None:
+                    add_event(
+                        "retry",
+                        {
+                            ATTEMPT: attempt,
+                            "exception.type": type(exc).__name__,
+                            "exception.message": str(exc),
+                        },
+                    )
                 await anyio.sleep(delay)
                 attempt += 1
 
@@ -484,7 +601,6 @@ class Session:
             node_path=f"{frame.path}/{node.id}" if frame.path else node.id,
             stage=node.stage,
             attempt=attempt,
-            log=_log.bind(session_id=self.session_id, node_id=node.id, attempt=attempt),
             runtime=self,
         )
         stage = entry.factory()
@@ -579,10 +695,12 @@ class Session:
 
     async def _run_condition(self, node: ConditionNode, frame: _Frame) -> str | None:
         data = frame.ctx.data
-        for branch in node.conditions:
+        for index, branch in enumerate(node.conditions):
             if jsonlogic.truthy(jsonlogic.apply(branch.if_, data)):
+                frame.branch = index
                 return branch.then
         if node.else_ is not None:
+            frame.branch = "else"
             return node.else_
         raise ConditionError(
             f"condition node {node.id!r}: none of its {len(node.conditions)} conditions "
@@ -661,27 +779,44 @@ class Session:
         winner: list[int],
         scope: anyio.CancelScope,
     ) -> None:
+        span: trace.Span | None = None
+        if self._tracer is not None:
+            span = self._tracer.start_span(
+                f"branch {node.id}/{child}", attributes={BRANCH: child, NODE_ID: node.id}
+            )
+            otel_token = otel_context.attach(trace.set_span_in_context(span))
         record = self._history.record
         payload = {"branch": child}
-        record("branch_started", node.id, frame.path, payload)
+        span_outcome = "cancelled"
         try:
-            await self._run_path(child, frame, node.next)
-        except anyio.get_cancelled_exc_class():
-            record("branch_cancelled", node.id, frame.path, payload)
-            raise
-        except Exception as exc:
-            outcome.error = exc
-            record(
-                "branch_failed", node.id, frame.path, {**payload, "error": describe_exception(exc)}
-            )
-            if node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+            record("branch_started", node.id, frame.path, payload)
+            try:
+                await self._run_path(child, frame, node.next)
+            except anyio.get_cancelled_exc_class():
+                record("branch_cancelled", node.id, frame.path, payload)
+                raise
+            except Exception as exc:
+                outcome.error = exc
+                span_outcome = "failed"
+                record(
+                    "branch_failed",
+                    node.id,
+                    frame.path,
+                    {**payload, "error": describe_exception(exc)},
+                )
+                if node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+                    scope.cancel()
+                return
+            outcome.finished = True
+            span_outcome = "succeeded"
+            record("branch_finished", node.id, frame.path, payload)
+            if node.policy is ParallelPolicy.ANY and not winner:
+                winner.append(index)
                 scope.cancel()
-            return
-        outcome.finished = True
-        record("branch_finished", node.id, frame.path, payload)
-        if node.policy is ParallelPolicy.ANY and not winner:
-            winner.append(index)
-            scope.cancel()
+        finally:
+            if span is not None:
+                end_span(span, span_outcome, outcome.error)
+                otel_context.detach(otel_token)
 
     # ------------------------------------------------------- stage runtime API
 

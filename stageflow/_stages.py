@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 import attrs
 
 from stageflow._errors import RegistryError, StageConflictError, StageNotFoundError
+from stageflow._log import get_logger
 from stageflow._specs import StageSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from structlog.typing import FilteringBoundLogger
 
     from stageflow._plugins import PluginReport
 
@@ -61,16 +60,15 @@ class StageContext:
         node_path: the node's position, ``parallel/branch/node`` style.
         stage: the registered stage name.
         attempt: 1 for the first attempt, 2 for the first retry, ...
-        log: a structlog logger bound to the session, node and attempt.
     """
 
     __slots__ = (
+        "_log",
         "_runtime",
         "_timer",
         "arguments",
         "attempt",
         "config",
-        "log",
         "node_id",
         "node_path",
         "session_id",
@@ -87,7 +85,6 @@ class StageContext:
         node_path: str,
         stage: str,
         attempt: int,
-        log: FilteringBoundLogger,
         runtime: _StageRuntime,
     ) -> None:
         self.arguments = arguments
@@ -97,10 +94,26 @@ class StageContext:
         self.node_path = node_path
         self.stage = stage
         self.attempt = attempt
-        self.log = log
         self._runtime = runtime
+        self._log: Any = None
         # The attempt's deadline (engine-owned), paused while waiting for input.
         self._timer: Any = None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the session, node, stage and attempt.
+
+        It follows the application's structlog configuration; without one it
+        logs through the standard ``logging`` module.
+        """
+        if self._log is None:
+            self._log = get_logger("stageflow.stage").bind(
+                session_id=self.session_id,
+                node_id=self.node_id,
+                stage=self.stage,
+                attempt=self.attempt,
+            )
+        return self._log
 
     def emit(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Record a stage event of ``type`` with a JSON ``payload`` in the session history."""

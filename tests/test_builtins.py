@@ -189,7 +189,6 @@ def bare_context(name: str, values: Mapping[str, Any]) -> stageflow.StageContext
         node_path="op",
         stage=name,
         attempt=1,
-        log=structlog.get_logger(),
         runtime=None,  # type: ignore[arg-type]  # the checks never reach the session
     )
 

@@ -455,3 +455,26 @@ async def test_error_is_json_serializable() -> None:
     result = await run_with(doc([stage("a", "Fail", next="end"), terminal("end")]), fake_registry())
     text = json.dumps(result.to_dict())
     assert json.loads(text)["error"]["type"] == "StageError"
+
+
+async def test_cancel_from_a_hook_stops_a_run_whose_stages_never_await() -> None:
+    document = doc([stage("a", "Echo", next="b"), stage("b", "Echo", next="end"), terminal("end")])
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry)
+
+    def cancel_after_a(event: stageflow.Event) -> None:
+        if event.type == "node_finished" and event.node_id == "a":
+            session.cancel("enough")
+
+    session.subscribe(cancel_after_a)
+    result = await session.run()
+    assert result.status is S.CANCELLED
+    assert "b" not in [e.node_id for e in result.history if e.type == "node_started"]
+
+
+async def test_error_routed_names_the_handler_index() -> None:
+    document = doc([stage("bad", "Fail", next="end"), terminal("end"), terminal("other")])
+    document["nodes"][0]["on_error"] = [{"errors": ["KeyError"], "next": "other"}, {"next": "end"}]
+    result = await run_with(document, fake_registry())
+    [routed] = [e for e in result.history if e.type == "error_routed"]
+    assert routed.payload == {"next": "end", "error_path": "error", "handler": 1}

@@ -237,3 +237,17 @@ async def test_nested_parallel_paths() -> None:
         "b": "outer/b",
         "end": "",
     }
+
+
+@pytest.mark.parametrize(("value", "branch"), [(1, 0), (2, 1), (3, "else")])
+async def test_condition_records_which_branch_matched(value: int, branch: object) -> None:
+    conditions = [
+        {"if": {"==": [{"var": "x"}, 1]}, "then": "end"},
+        {"if": {"==": [{"var": "x"}, 2]}, "then": "end"},
+    ]
+    document = doc(
+        [{"id": "c", "type": "condition", "conditions": conditions, "else": "end"}, terminal("end")]
+    )
+    result = await run(document, payload={"x": value})
+    [finished] = [e for e in result.history if e.type == "node_finished" and e.node_id == "c"]
+    assert finished.payload["branch"] == branch

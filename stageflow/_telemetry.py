@@ -1,0 +1,87 @@
+"""Tracing through ``opentelemetry-api`` only, decided once per run.
+
+The engine asks :func:`resolve_tracer` when a run starts. Without an SDK (or
+other real) tracer provider it gets ``None`` and creates no span objects at
+all; otherwise every node execution, branch and run gets a span, named and
+attributed as ``tracing/CATALOGUE.md`` documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+__all__ = [
+    "ATTEMPT",
+    "BRANCH",
+    "INPUT_TYPE",
+    "NODE_ID",
+    "NODE_TYPE",
+    "OUTCOME",
+    "PIPELINE_DIGEST",
+    "PIPELINE_NAME",
+    "POLICY",
+    "SESSION_ID",
+    "STAGE",
+    "current_ids",
+    "end_span",
+    "resolve_tracer",
+    "span_ids",
+]
+
+SESSION_ID: Final = "stageflow.session.id"
+PIPELINE_NAME: Final = "stageflow.pipeline.name"
+PIPELINE_DIGEST: Final = "stageflow.pipeline.digest"
+NODE_ID: Final = "stageflow.node.id"
+NODE_TYPE: Final = "stageflow.node.type"
+STAGE: Final = "stageflow.stage"
+ATTEMPT: Final = "stageflow.attempt"
+OUTCOME: Final = "stageflow.outcome"
+POLICY: Final = "stageflow.parallel.policy"
+BRANCH: Final = "stageflow.branch"
+INPUT_TYPE: Final = "stageflow.input.type"
+
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def resolve_tracer(provider: trace.TracerProvider | None, version: str) -> Tracer | None:
+    """The tracer for a run, or ``None`` when no real tracer provider is configured."""
+    chosen = provider if provider is not None else trace.get_tracer_provider()
+    if isinstance(chosen, _NO_PROVIDER):
+        return None
+    return chosen.get_tracer("stageflow", version)
+
+
+def span_ids(span: Span) -> tuple[str, str, str | None]:
+    """``(trace_id, span_id, parent_span_id)`` of a span, as lowercase hex."""
+    context = span.get_span_context()
+    parent = getattr(span, "parent", None)
+    return (
+        format(context.trace_id, "032x"),
+        format(context.span_id, "016x"),
+        format(parent.span_id, "016x") if parent is not None else None,
+    )
+
+
+def current_ids() -> tuple[str, str, str | None] | None:
+    """Ids of the current span (from the OpenTelemetry context), if it is valid."""
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        return None
+    return span_ids(span)
+
+
+def end_span(span: Span, outcome: str, error: BaseException | None = None) -> None:
+    """Finish a span with its outcome: ERROR (and the exception) only for failures."""
+    span.set_attribute(OUTCOME, outcome)
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
+
+
+def add_event(name: str, attributes: dict[str, Any]) -> None:
+    """Add an event to the current span (a no-op on a non-recording span)."""
+    trace.get_current_span().add_event(name, attributes)

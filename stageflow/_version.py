@@ -1,0 +1,3 @@
+"""The stageflow version."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,280 @@
+"""Checking a run against a case's expectations; every failed check is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from stageflow import Event, SessionStatus, StageflowError
+from stageflow._errors import describe_exception
+from stageflow.testing._diff import (
+    json_equal,
+    json_text,
+    list_diff,
+    subset_mismatches,
+    text_diff,
+)
+from stageflow.testing._model import Case, ErrorExpectation, EventExpectation
+from stageflow.testing._result import Failure, InputRecord
+
+__all__ = ["Observed", "check"]
+
+_SHOWN = 5  # candidate events listed under a failed event expectation
+
+
+@attrs.frozen
+class Observed:
+    """What a run produced, as the checks see it."""
+
+    status: SessionStatus
+    result: Mapping[str, Any] | None
+    artifacts: Mapping[str, Any]
+    error: StageflowError | None
+    history: tuple[Event, ...]
+    elapsed: float
+    limit_exceeded: str | None
+    limit_detail: str
+    inputs: tuple[InputRecord, ...]
+
+    @property
+    def visited(self) -> list[str]:
+        return [e.node_id for e in self.history if e.type == "node_started" and e.node_id]
+
+
+def check(case: Case, run: Observed) -> tuple[list[Failure], int]:
+    """Check ``run`` against ``case.expect``; return the failures and the number of checks."""
+    failures: list[Failure] = []
+    checks = 0
+    for failure in _checks(case, run):
+        checks += 1
+        if failure is not None:
+            failures.append(failure)
+    return failures, checks
+
+
+def _checks(case: Case, run: Observed) -> Iterator[Failure | None]:
+    expect = case.expect
+    status = expect.effective_status
+    if status is not None:
+        yield _check_status(status, run)
+    yield _check_limit(expect.limit_exceeded, run)
+    if expect.has_result:
+        yield _check_exact("result", expect.result, run.result)
+    if expect.artifacts is not None:
+        yield _check_exact("artifacts", expect.artifacts, run.artifacts)
+    if expect.artifacts_subset is not None:
+        yield _check_subset("artifacts_subset", expect.artifacts_subset, run.artifacts)
+    if expect.path is not None:
+        yield _check_path(expect.path, run.visited)
+    if expect.path_in_order is not None:
+        yield _check_path_in_order(expect.path_in_order, run.visited)
+    if expect.not_visited is not None:
+        yield _check_not_visited(expect.not_visited, run.visited)
+    for i, event in enumerate(expect.events):
+        yield _check_event(f"events[{i}]", event, run.history)
+    if expect.error is not None:
+        yield _check_error(expect.error, run)
+    if case.inputs:
+        yield _check_inputs(run)
+
+
+def _error_line(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    return f"error: {type(error).__name__}: {error}"
+
+
+def _check_status(expected: str, run: Observed) -> Failure | None:
+    if run.status.value == expected:
+        return None
+    details = [_error_line(run.error)] if run.error is not None else []
+    if run.limit_exceeded is not None:
+        details.append(f"the run was ended by {run.limit_detail}")
+    return Failure("status", f"expected {expected!r}, got {run.status.value!r}", "\n".join(details))
+
+
+def _check_limit(expected: str | None, run: Observed) -> Failure | None:
+    if run.limit_exceeded == expected:
+        return None
+    if expected is None:
+        return Failure(
+            "limit",
+            f"the run was ended by {run.limit_detail}",
+            "raise the limit in the case's 'limits', or expect it with "
+            f'"limit_exceeded": "{run.limit_exceeded}"',
+        )
+    if run.limit_exceeded is None:
+        return Failure(
+            "limit_exceeded",
+            f"expected the run to be ended by {expected}, but it ended with status "
+            f"{run.status.value!r} after {run.elapsed:g} virtual seconds "
+            f"and {len(run.history)} events",
+        )
+    return Failure(
+        "limit_exceeded", f"expected the run to be ended by {expected}, not {run.limit_detail}"
+    )
+
+
+def _check_exact(field: str, expected: Any, actual: Any) -> Failure | None:
+    if json_equal(expected, actual):
+        return None
+    short = len(json_text(expected)) + len(json_text(actual)) <= 60
+    if short:
+        return Failure(field, f"expected {json_text(expected)}, got {json_text(actual)}")
+    return Failure(field, "differs from the expected value", text_diff(expected, actual))
+
+
+def _check_subset(field: str, expected: Mapping[str, Any], actual: Any) -> Failure | None:
+    mismatches = subset_mismatches(expected, actual, "")
+    if not mismatches:
+        return None
+    return Failure(
+        field,
+        f"{len(mismatches)} expected value(s) not found",
+        "\n".join(mismatches) + f"\nactual: {json_text(actual)}",
+    )
+
+
+def _arrow(path: Sequence[str]) -> str:
+    return " -> ".join(path) or "(no nodes)"
+
+
+def _check_path(expected: Sequence[str], actual: Sequence[str]) -> Failure | None:
+    if list(expected) == list(actual):
+        return None
+    details = f"expected: {_arrow(expected)}\nactual:   {_arrow(actual)}\n" + list_diff(
+        expected, actual
+    )
+    return Failure("path", "the visited nodes differ", details)
+
+
+def _check_path_in_order(expected: Sequence[str], actual: Sequence[str]) -> Failure | None:
+    position = 0
+    for matched, node_id in enumerate(expected):
+        try:
+            position = actual.index(node_id, position) + 1
+        except ValueError:
+            if node_id not in actual:
+                why = f"{node_id!r} was never started"
+            else:
+                after = expected[matched - 1]
+                why = f"{node_id!r} was started, but not after {after!r}"
+            return Failure(
+                "path_in_order",
+                f"{why} (matched {matched} of {len(expected)})",
+                f"expected in order: {_arrow(expected)}\nactual:            {_arrow(actual)}",
+            )
+    return None
+
+
+def _check_not_visited(expected: Sequence[str], actual: Sequence[str]) -> Failure | None:
+    seen = [n for n in expected if n in actual]
+    if not seen:
+        return None
+    listed = ", ".join(f"{n!r} (step {actual.index(n) + 1})" for n in seen)
+    return Failure("not_visited", f"started {listed}", f"actual: {_arrow(actual)}")
+
+
+def _matches(expected: EventExpectation, event: Event) -> bool:
+    if event.type != expected.type:
+        return False
+    if expected.node_id is not None and event.node_id != expected.node_id:
+        return False
+    return expected.payload is None or not subset_mismatches(expected.payload, event.payload, "")
+
+
+def _show(event: Event) -> str:
+    node = f" node {event.node_id!r}" if event.node_id else ""
+    return f"#{event.seq} {event.type}{node} {json_text(event.payload)}"
+
+
+def _check_event(
+    field: str, expected: EventExpectation, history: Sequence[Event]
+) -> Failure | None:
+    matching = [e for e in history if _matches(expected, e)]
+    if expected.count is not None:
+        if len(matching) == expected.count:
+            return None
+        shown = "\n".join(_show(e) for e in matching[:_SHOWN])
+        return Failure(
+            field,
+            f"expected {expected.count} x {expected.describe()}, found {len(matching)}",
+            shown,
+        )
+    if matching:
+        return None
+    same_type = [e for e in history if e.type == expected.type]
+    if same_type:
+        more = len(same_type) - _SHOWN
+        details = "events of that type:\n" + "\n".join(_show(e) for e in same_type[:_SHOWN])
+        if more > 0:
+            details += f"\n... and {more} more"
+        if expected.payload is not None:
+            closest = subset_mismatches(expected.payload, same_type[0].payload, "payload")
+            details += f"\nfirst one differs: {'; '.join(closest) or 'node id'}"
+    else:
+        types = sorted({e.type for e in history})
+        details = f"no {expected.type!r} event at all; types seen: {', '.join(types)}"
+    return Failure(field, f"no {expected.describe()}", details)
+
+
+def _cause_types(error: StageflowError) -> list[str]:
+    out: list[str] = []
+    todo = [describe_exception(error)]
+    while todo:
+        described = todo.pop(0)
+        out.extend(c["type"] for c in described.get("causes", ()))
+        for sub in described.get("errors", ()):
+            out.append(sub["type"])
+            todo.append(sub)
+    return out
+
+
+def _check_error(expected: ErrorExpectation, run: Observed) -> Failure | None:
+    error = run.error
+    if error is None:
+        return Failure("error", f"expected an error, but the run has none (status {run.status})")
+    problems: list[str] = []
+    actual_type = type(error).__name__
+    if expected.type is not None and actual_type != expected.type:
+        problems.append(f"type: expected {expected.type!r}, got {actual_type!r}")
+    if expected.message_contains is not None and expected.message_contains not in str(error):
+        problems.append(f"message does not contain {expected.message_contains!r}")
+    for attr in ("node_id", "stage", "attempt"):
+        want = getattr(expected, attr)
+        got = getattr(error, attr, None)
+        if want is not None and want != got:
+            problems.append(f"{attr}: expected {want!r}, got {got!r}")
+    if expected.cause_type is not None:
+        causes = _cause_types(error)
+        if expected.cause_type not in causes:
+            listed = ", ".join(causes) or "none"
+            problems.append(f"no {expected.cause_type!r} among the causes (causes: {listed})")
+    if not problems:
+        return None
+    return Failure(
+        "error",
+        f"{len(problems)} mismatch(es)",
+        "\n".join(problems) + f"\nactual {_error_line(error)}",
+    )
+
+
+def _check_inputs(run: Observed) -> Failure | None:
+    unsent = [r for r in run.inputs if r.sent_at is None]
+    if not unsent:
+        return None
+    lines = []
+    for record in unsent:
+        scripted = record.input
+        if scripted.at is None:
+            why = f"the session never waited for {scripted.type!r} while this input was next"
+        else:
+            why = f"the run ended at t={run.elapsed:g}s, before it was due"
+        lines.append(f"{scripted.describe()}: {why}")
+    return Failure(
+        "inputs",
+        f"{len(unsent)} scripted input(s) never sent",
+        "\n".join(lines) + "\nremove them from the case, or fix the pipeline so it waits for them",
+    )

@@ -1,0 +1,293 @@
+"""Stage registries for cases: importing stage modules, and replacing stages with mocks."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+
+from stageflow import BaseStage, Problem, StageContext, StageEntry, StageRegistry
+from stageflow._json import thaw
+from stageflow._specs import compile_schema
+from stageflow._stages import default_registry
+from stageflow.testing._model import CaseValidationError, MockError, StageMock
+
+__all__ = [
+    "exception_class",
+    "is_file_ref",
+    "mock_registry",
+    "registry_from_modules",
+    "split_stages_ref",
+]
+
+# Synthetic exception classes, one per name, so that two mocks raising
+# "RateLimited" raise the same class.
+_SYNTHETIC: dict[str, type[Exception]] = {}
+
+# Stage files loaded by path, so that a file is executed once per process
+# (executing it twice would register its stages twice).
+_FILE_MODULES: dict[Path, ModuleType] = {}
+
+
+def exception_class(name: str) -> type[Exception]:
+    """Resolve the exception type a mock raises from its name.
+
+    A built-in exception name (``ValueError``) gives that class; a dotted
+    ``module.Class`` path is imported; any other identifier gives an
+    ``Exception`` subclass of that name (the same class for the same name).
+
+    Raises:
+        CaseValidationError: a dotted path that cannot be imported or is not
+            an exception class.
+    """
+    if "." not in name:
+        found = getattr(builtins, name, None)
+        if isinstance(found, type) and issubclass(found, Exception):
+            return found
+        cls = _SYNTHETIC.get(name)
+        if cls is None:
+            cls = type(name, (Exception,), {"__module__": "stageflow.testing.mocked"})
+            _SYNTHETIC[name] = cls
+        return cls
+    module_name, _, attr = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CaseValidationError(
+            [
+                Problem(
+                    "$",
+                    f"mock error type {name!r} cannot be imported ({exc}); use a built-in "
+                    "exception name, an importable module.Class, or a plain name",
+                )
+            ]
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, Exception)):
+        raise CaseValidationError(
+            [Problem("$", f"mock error type {name!r} is not an exception class")]
+        )
+    return found
+
+
+def _make_error(error: MockError) -> Exception:
+    return exception_class(error.type)(error.message)
+
+
+def _mock_stage(name: str, mock: StageMock) -> type[BaseStage]:
+    outputs = thaw(mock.outputs)
+
+    class MockStage(BaseStage):
+        __slots__ = ()
+
+        async def run(self, ctx: StageContext) -> Mapping[str, Any]:
+            if mock.delay:
+                await anyio.sleep(mock.delay)
+            error = mock.error_for(ctx.attempt)
+            if error is not None:
+                raise _make_error(error)
+            # A fresh copy per attempt: the engine owns what a stage returns.
+            result: dict[str, Any] = thaw(outputs)
+            return result
+
+    MockStage.__name__ = MockStage.__qualname__ = f"Mock[{name}]"
+    return MockStage
+
+
+def mock_registry(
+    registry: StageRegistry, mocks: Mapping[str, StageMock], *, where: str = "$"
+) -> StageRegistry:
+    """A new registry with the stages of ``registry``, those in ``mocks`` replaced.
+
+    Each mock keeps the real stage's spec, so a pipeline validates against the
+    mocked registry exactly as against the real one. ``registry`` is not changed.
+
+    Args:
+        registry: the real stages.
+        mocks: stage name -> mock.
+        where: location of the mocks in the case file, for error messages.
+
+    Raises:
+        CaseValidationError: a mock names a stage that is not registered, or
+            its outputs do not match the stage's declared outputs schema.
+    """
+    problems: list[Problem] = []
+    core = _core_names()
+    for name, mock in mocks.items():
+        if name in core:
+            problems.append(
+                Problem(
+                    f"{where}.mocks.{name}",
+                    f"{name!r} is a core stage, which cannot be mocked; it already runs in "
+                    "virtual time and takes scripted inputs, so test it as it is",
+                )
+            )
+            continue
+        if name not in registry:
+            known = ", ".join(registry.names()) or "none"
+            problems.append(
+                Problem(
+                    f"{where}.mocks.{name}",
+                    f"mock for stage {name!r}, which is not registered (known: {known}); "
+                    "fix the name or add the module that registers it to 'stages'",
+                )
+            )
+            continue
+        spec = registry.get(name).spec
+        if spec.outputs is not None:
+            problems.extend(
+                Problem(
+                    f"{where}.mocks.{name}.outputs",
+                    f"mock for stage {name!r} returns outputs that do not match the stage's "
+                    f"declared outputs schema: {e.message}; fix the mock's outputs",
+                )
+                for e in compile_schema(spec.outputs).iter_errors(thaw(mock.outputs))
+            )
+        for i, error in enumerate(mock.errors):
+            location = f"{where}.mocks.{name}.errors[{i}].type"
+            try:
+                _make_error(error)
+            except CaseValidationError as exc:
+                problems.extend(Problem(location, p.message) for p in exc.problems)
+            except Exception as exc:
+                problems.append(
+                    Problem(
+                        location,
+                        f"mock error type {error.type!r} cannot be raised with just a message "
+                        f"({type(exc).__name__}: {exc}); use an exception type that takes one",
+                    )
+                )
+    if problems:
+        raise CaseValidationError(problems)
+    mocked = StageRegistry()
+    for entry in registry.catalogue():
+        if entry.name in core:
+            continue  # every registry has the core stages
+        replacement = mocks.get(entry.name)
+        if replacement is None:
+            _copy_entry(mocked, entry)
+        else:
+            mocked.add(
+                _mock_stage(entry.name, replacement),
+                name=entry.name,
+                spec=entry.spec,
+                source=f"stageflow.testing mock of {entry.source}",
+            )
+    return mocked
+
+
+def _core_names() -> frozenset[str]:
+    """The core stages (``WaitStage``, ``SleepStage``, ...) that every registry holds."""
+    return frozenset(StageRegistry().names())
+
+
+def _copy_entry(registry: StageRegistry, entry: StageEntry) -> None:
+    registry.add(entry.target, name=entry.name, spec=entry.spec, source=entry.source)
+
+
+def _import_file(path: Path) -> ModuleType:
+    module = _FILE_MODULES.get(path)
+    if module is not None:
+        return module
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    name = f"stageflow_case_stages_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # Its sibling modules are importable while it runs, as for `python file.py`.
+    sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    _FILE_MODULES[path] = module
+    return module
+
+
+def split_stages_ref(ref: str) -> tuple[str, str]:
+    """Split ``module:attr`` (or ``file.py:attr``) into its module and attribute."""
+    head, sep, tail = ref.rpartition(":")
+    if sep and head and tail.isidentifier():
+        return head, tail
+    return ref, ""
+
+
+def is_file_ref(module: str) -> bool:
+    """Whether a stages module reference is a path to a ``.py`` file."""
+    return module.endswith(".py") or "/" in module or "\\" in module
+
+
+def _load_module(ref: str) -> ModuleType:
+    if is_file_ref(ref):
+        return _import_file(Path(ref).resolve())
+    return importlib.import_module(ref)
+
+
+def registry_from_modules(modules: Sequence[str], *, source: str | None = None) -> StageRegistry:
+    """The stages of ``modules``, in one registry.
+
+    Each entry is a module name (``myapp.stages``), a module and attribute
+    (``myapp.stages:REGISTRY``) or a path to a ``.py`` file. A module's
+    stages are those of its ``registry`` attribute (a :class:`StageRegistry`),
+    or of the named attribute; a module without one is taken to register
+    into the default registry. No modules: the default registry.
+
+    Raises:
+        CaseValidationError: a module cannot be imported, or the named
+            attribute is not a registry.
+        StageConflictError: two modules register the same stage name.
+    """
+    if not modules:
+        return default_registry()
+    registries: list[StageRegistry] = []
+    problems: list[Problem] = []
+    for ref in modules:
+        module_ref, attr = split_stages_ref(ref)
+        try:
+            module = _load_module(module_ref)
+        except Exception as exc:
+            problems.append(
+                Problem(
+                    "$.stages",
+                    f"cannot import stages module {module_ref!r}: {type(exc).__name__}: {exc}; "
+                    "check the name (a module on sys.path, or a .py path relative to the "
+                    "case file)",
+                )
+            )
+            continue
+        found = getattr(module, attr or "registry", None)
+        if isinstance(found, StageRegistry):
+            registries.append(found)
+        elif attr:
+            problems.append(
+                Problem(
+                    "$.stages",
+                    f"{module_ref}:{attr} is a {type(found).__name__}, not a StageRegistry; "
+                    "name the module's StageRegistry after the colon",
+                )
+            )
+        elif default_registry() not in registries:
+            registries.append(default_registry())
+    if problems:
+        raise CaseValidationError(problems, source=source)
+    if len(registries) == 1:
+        return registries[0]
+    combined = StageRegistry()
+    core = _core_names()
+    for registry in registries:
+        for entry in registry.catalogue():
+            if entry.name not in core:
+                _copy_entry(combined, entry)
+    return combined

@@ -1,0 +1,286 @@
+"""The case model: frozen attrs classes read from a case file.
+
+Field names follow the case file (``schemas/test-case.schema.json``). Objects
+from the file (payloads, expected values) are stored read-only, as the
+pipeline model stores them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from stageflow import DefinitionError, Problem
+from stageflow._json import freeze, thaw
+
+__all__ = [
+    "DEFAULT_MAX_TIME",
+    "Case",
+    "CaseLimits",
+    "CaseValidationError",
+    "ErrorExpectation",
+    "EventExpectation",
+    "Expectations",
+    "MockError",
+    "ScriptedInput",
+    "StageMock",
+]
+
+DEFAULT_MAX_TIME: Final = 86_400.0
+"""Virtual seconds a case may run when its limits do not say (one virtual day)."""
+
+
+class CaseValidationError(DefinitionError):
+    """A case file (or a case in it) is not valid; every problem is in ``problems``.
+
+    Attributes:
+        problems: each problem with its location (``$.cases[2].mocks.Fetch``)
+            and a message saying what to fix.
+        source: the case file, when the case came from one.
+    """
+
+    def __init__(self, problems: Sequence[Problem], *, source: str | None = None) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"case file{where} is not valid ({count} problem{'s' if count != 1 else ''}):\n{lines}"
+        )
+
+
+def _freeze_optional(value: Any) -> Any:
+    return None if value is None else freeze(value)
+
+
+def _freeze_document(value: Path | Mapping[str, Any]) -> Path | Mapping[str, Any]:
+    if isinstance(value, Path):
+        return value
+    frozen: Mapping[str, Any] = freeze(value)
+    return frozen
+
+
+@attrs.frozen
+class ScriptedInput:
+    """An external input the tester sends to the session.
+
+    Attributes:
+        type: the input type.
+        payload: the JSON payload.
+        at: virtual seconds from the start of the run at which it is sent;
+            ``None`` sends it when the session waits for ``type``.
+    """
+
+    type: str
+    payload: Any = attrs.field(default=None, converter=freeze)
+    at: float | None = None
+
+    def describe(self) -> str:
+        """One line naming the input and when it is sent."""
+        when = f"at t={self.at:g}s" if self.at is not None else "when the session waits for it"
+        return f"input {self.type!r} ({when})"
+
+
+@attrs.frozen
+class MockError:
+    """An exception a mocked stage raises.
+
+    Attributes:
+        type: a built-in exception name, a dotted ``module.Class`` path, or
+            any identifier (which becomes an ``Exception`` subclass of that name).
+        message: the exception message.
+        attempt: the attempt it is raised on; ``None`` for every attempt.
+    """
+
+    type: str
+    message: str = "mocked error"
+    attempt: int | None = None
+
+    def applies_to(self, attempt: int) -> bool:
+        """Whether this error is raised on ``attempt``."""
+        return self.attempt is None or self.attempt == attempt
+
+
+@attrs.frozen
+class StageMock:
+    """What a mocked stage does on each attempt.
+
+    It sleeps ``delay`` virtual seconds, then raises the first of ``errors``
+    that applies to the attempt, or returns ``outputs``.
+
+    Attributes:
+        outputs: the outputs it returns.
+        delay: virtual seconds before it returns or raises.
+        errors: the errors it raises, by attempt.
+    """
+
+    outputs: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
+    delay: float = 0.0
+    errors: tuple[MockError, ...] = ()
+
+    def error_for(self, attempt: int) -> MockError | None:
+        """The error raised on ``attempt``, or ``None`` if the attempt succeeds."""
+        for error in self.errors:
+            if error.applies_to(attempt):
+                return error
+        return None
+
+
+@attrs.frozen
+class CaseLimits:
+    """Bounds on one run of a case.
+
+    Attributes:
+        max_steps: node executions (the engine's limit; the pipeline's if ``None``).
+        max_events: history events before the tester cancels the run (``None``: no limit).
+        max_time: virtual seconds before the tester cancels the run.
+    """
+
+    max_steps: int | None = None
+    max_events: int | None = None
+    max_time: float = DEFAULT_MAX_TIME
+
+
+@attrs.frozen
+class EventExpectation:
+    """Events that must be in the history.
+
+    Attributes:
+        type: the event type.
+        node_id: the node it must concern (``None``: any).
+        payload: keys the payload must have with these values (subset match).
+        count: exact number of matching events (``None``: at least one).
+    """
+
+    type: str
+    node_id: str | None = None
+    payload: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    count: int | None = None
+
+    def describe(self) -> str:
+        """The expectation in one line, as the case file would say it."""
+        parts = [f"type={self.type!r}"]
+        if self.node_id is not None:
+            parts.append(f"node_id={self.node_id!r}")
+        if self.payload is not None:
+            parts.append(f"payload contains {_json_text(self.payload)}")
+        return "event " + ", ".join(parts)
+
+
+@attrs.frozen
+class ErrorExpectation:
+    """Checks on the session's error; every field that is not ``None`` must match.
+
+    Attributes:
+        type: the error's class name.
+        message_contains: text the message must contain.
+        node_id: the node the error concerns.
+        stage: the stage name (stage errors).
+        attempt: the attempt that failed (stage errors).
+        cause_type: class name of an exception in the cause chain.
+    """
+
+    type: str | None = None
+    message_contains: str | None = None
+    node_id: str | None = None
+    stage: str | None = None
+    attempt: int | None = None
+    cause_type: str | None = None
+
+
+@attrs.frozen
+class Expectations:
+    """What a run must produce. ``None`` means "not checked".
+
+    Attributes:
+        status: the session status (``completed``, ``failed``, ``cancelled``).
+            When neither it nor ``limit_exceeded`` is given, ``completed``.
+        result: the terminal's result, exactly. Use :attr:`has_result` to
+            tell "expect ``null``" from "not checked".
+        has_result: whether ``result`` is checked.
+        artifacts: the artifacts, exactly.
+        artifacts_subset: artifacts that must be present with these values.
+        path: the started node ids, exactly.
+        path_in_order: node ids that must be started in this order.
+        not_visited: node ids that must never be started.
+        events: events that must (or, with ``count=0``, must not) be there.
+        error: checks on the session's error.
+        limit_exceeded: the limit that must end the run.
+    """
+
+    status: str | None = None
+    result: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    has_result: bool = False
+    artifacts: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    artifacts_subset: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_freeze_optional
+    )
+    path: tuple[str, ...] | None = None
+    path_in_order: tuple[str, ...] | None = None
+    not_visited: tuple[str, ...] | None = None
+    events: tuple[EventExpectation, ...] = ()
+    error: ErrorExpectation | None = None
+    limit_exceeded: str | None = None
+
+    @property
+    def effective_status(self) -> str | None:
+        """The status checked: the given one, else ``completed`` unless a limit is expected."""
+        if self.status is not None:
+            return self.status
+        if self.limit_exceeded is not None:
+            return None
+        return "completed"
+
+
+@attrs.frozen
+class Case:
+    """One case: a run of a pipeline and what it must produce.
+
+    Build cases with :func:`~stageflow.testing.load_cases` (from a file) or
+    directly (from Python).
+
+    Attributes:
+        name: unique within its file; the pytest test id.
+        pipeline: a path to the pipeline file, or the pipeline document.
+        description: what the case checks.
+        stages: where stages come from: module names (``pkg.mod`` or
+            ``pkg.mod:attr``) or paths to ``.py`` files.
+        payload: the initial context.
+        inputs: scripted external inputs.
+        mocks: stage name -> mock.
+        limits: bounds on the run.
+        expect: what the run must produce.
+        file: the case file (``None`` for a case built in Python).
+        index: position of the case in its file (for locations in messages).
+    """
+
+    name: str
+    pipeline: Path | Mapping[str, Any] = attrs.field(converter=_freeze_document)
+    description: str = ""
+    stages: tuple[str, ...] = ()
+    payload: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
+    inputs: tuple[ScriptedInput, ...] = ()
+    mocks: Mapping[str, StageMock] = attrs.field(factory=dict, converter=freeze)
+    limits: CaseLimits = CaseLimits()
+    expect: Expectations = Expectations()
+    file: Path | None = None
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        """``'name' in file`` for messages."""
+        return f"{self.name!r} in {self.file}" if self.file is not None else repr(self.name)
+
+    @property
+    def location(self) -> str:
+        """Where the case is in its file, as a JSON path."""
+        return f"$.cases[{self.index}]"
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(thaw(value), sort_keys=True, ensure_ascii=False)

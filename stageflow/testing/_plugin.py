@@ -1,0 +1,104 @@
+"""The pytest side of the tester: case files as collectors, cases as items.
+
+The hooks are in the top-level ``_stageflow_pytest`` module (the ``pytest11``
+entry point), which imports this module only when a case file is collected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+from stageflow import StageflowError
+from stageflow.testing._load import load_cases
+from stageflow.testing._mocks import is_file_ref, split_stages_ref
+from stageflow.testing._model import Case
+from stageflow.testing._report import coverage_of
+from stageflow.testing._result import CaseResult
+from stageflow.testing._run import run_case
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
+
+__all__ = ["CaseFailedError", "CaseFile", "CaseItem", "write_coverage"]
+
+_RESULTS: Final = pytest.StashKey[list[CaseResult]]()
+
+
+class CaseFile(pytest.File):
+    """A case file: one test item per case."""
+
+    def collect(self) -> Iterator[CaseItem]:
+        """Read the file and yield an item per case (a bad file is a collection error)."""
+        stages: list[str] = self.config.getini("stageflow_stages")
+        extra = [_from_root(self.config.rootpath, s) for s in stages]
+        for case in load_cases(self.path, stages_modules=extra):
+            yield CaseItem.from_parent(self, name=case.name, case=case)
+
+    def repr_failure(  # type: ignore[override]  # Collector's takes no style
+        self, excinfo: pytest.ExceptionInfo[BaseException]
+    ) -> str | TerminalRepr:
+        """Show a bad case file as the list of its problems."""
+        if isinstance(excinfo.value, StageflowError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+def _from_root(root: Path, ref: str) -> str:
+    module, attr = split_stages_ref(ref)
+    if not is_file_ref(module):
+        return ref
+    path = str(root / module)
+    return f"{path}:{attr}" if attr else path
+
+
+class CaseFailedError(AssertionError):
+    """A case ran and an expectation failed; ``result`` has the details."""
+
+    def __init__(self, result: CaseResult) -> None:
+        self.result = result
+        super().__init__(result.render())
+
+
+class CaseItem(pytest.Item):
+    """One case, run as a test."""
+
+    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+
+    def runtest(self) -> None:
+        """Run the case; raise :class:`CaseFailedError` if an expectation failed."""
+        result = run_case(self.case)
+        self.config.stash.setdefault(_RESULTS, []).append(result)
+        if not result.passed:
+            raise CaseFailedError(result)
+
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        """Show a failed case as its rendered result, a bad case as its message."""
+        if isinstance(excinfo.value, CaseFailedError):
+            return excinfo.value.result.render()
+        if isinstance(excinfo.value, StageflowError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        """Where the case is: its file and name."""
+        return self.path, None, f"stageflow case {self.case.name!r}"
+
+
+def write_coverage(terminalreporter: Any, config: pytest.Config) -> None:
+    """Write the coverage of the cases that ran in this pytest session."""
+    terminalreporter.section("stageflow coverage")
+    results: list[CaseResult] = config.stash.get(_RESULTS, [])
+    coverages = coverage_of(results)
+    if not coverages:
+        terminalreporter.write_line("no stageflow case ran")
+    for coverage in coverages:
+        for line in coverage.render().splitlines():
+            terminalreporter.write_line(line)

@@ -1,0 +1,1131 @@
+"""The pipeline tester (stageflow.testing): case files, runs, diffs, coverage, pytest plugin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jsonschema
+import pytest
+import yaml
+
+import stageflow
+from stageflow.testing import (
+    Case,
+    CaseOutcome,
+    CaseValidationError,
+    Edge,
+    EdgeKind,
+    Expectations,
+    MockError,
+    Report,
+    StageMock,
+    coverage_of,
+    load_cases,
+    measure_coverage,
+    mock_registry,
+    run_case,
+    run_case_files,
+)
+from stageflow.testing._load import cases_from_document
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).parents[1]
+CASES = ROOT / "tests" / "cases"
+REFERENCE = ROOT / "examples" / "reference"
+SCHEMA_PATH = ROOT / "schemas" / "test-case.schema.json"
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture
+def write_cases(tmp_path: Path) -> Callable[..., Path]:
+    """Write a case file next to copies of the reference pipeline and stages."""
+    shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
+    shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
+
+    def write(cases: list[Doc], name: str = "ref.stageflow.json", **top: Any) -> Path:
+        document = {"pipeline": "pipeline.json", "stages": "stages.py", **top, "cases": cases}
+        path = tmp_path / name
+        if name.endswith((".yaml", ".yml")):
+            path.write_text(yaml.safe_dump(document))
+        else:
+            path.write_text(json.dumps(document, indent=2))
+        return path
+
+    return write
+
+
+def run_one(path: Path) -> stageflow.testing.CaseResult:
+    (case,) = load_cases(path)
+    return run_case(case)
+
+
+LONG = {"user_id": "u1", "text": "one two three four five"}
+SHORT = {"user_id": "u1", "text": "hi"}
+
+
+# ------------------------------------------------------------------ schema
+
+
+@pytest.fixture(scope="module")
+def schema() -> Doc:
+    loaded: Doc = json.loads(SCHEMA_PATH.read_text())
+    return loaded
+
+
+def test_schema_is_draft_2020_12_with_its_version_in_the_id(schema: Doc) -> None:
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$id"] == "https://stageflow.dev/schemas/test-case/1.0/test-case.schema.json"
+
+
+def test_schema_ships_inside_the_package() -> None:
+    from stageflow._pipeline import load_schema
+
+    assert load_schema("test-case")["$id"].endswith("/1.0/test-case.schema.json")
+
+
+def test_every_definition_and_property_has_a_description(schema: Doc) -> None:
+    missing = []
+    todo: list[tuple[str, Any]] = [("#", schema)]
+    while todo:
+        where, sub = todo.pop()
+        if not (isinstance(sub.get("description"), str) and sub["description"].strip()):
+            missing.append(where)
+        todo.extend((f"{where}/$defs/{k}", v) for k, v in sub.get("$defs", {}).items())
+        todo.extend((f"{where}/properties/{k}", v) for k, v in sub.get("properties", {}).items())
+    assert missing == []
+
+
+# Case files are *.stageflow.* (collected by the plugin) or *.cases.* (run by this module).
+CASE_FILES = sorted(
+    p.name for p in CASES.iterdir() if ".stageflow." in p.name or ".cases." in p.name
+)
+
+
+@pytest.mark.parametrize("path", CASE_FILES)
+def test_every_committed_case_file_matches_the_schema(schema: Doc, path: str) -> None:
+    text = (CASES / path).read_text()
+    document = yaml.safe_load(text) if path.endswith(".yaml") else json.loads(text)
+    jsonschema.Draft202012Validator(schema).validate(document)
+
+
+# ----------------------------------------------------------------- loading
+
+
+def test_json_and_yaml_case_files_load_the_same_cases(write_cases: Callable[..., Path]) -> None:
+    cases = [{"name": "long", "payload": LONG, "expect": {"artifacts_subset": {"score": 5}}}]
+    from_json = load_cases(write_cases(cases))
+    from_yaml = load_cases(write_cases(cases, name="ref.stageflow.yaml"))
+    assert [attrs_without_file(c) for c in from_json] == [attrs_without_file(c) for c in from_yaml]
+
+
+def attrs_without_file(case: Case) -> Case:
+    return attrs.evolve(case, file=None)
+
+
+def test_pipeline_path_is_relative_to_the_case_file(write_cases: Callable[..., Path]) -> None:
+    (case,) = load_cases(write_cases([{"name": "c"}]))
+    assert case.pipeline == (write_cases([{"name": "c"}]).parent / "pipeline.json").resolve()
+
+
+def test_file_mocks_and_limits_are_defaults_that_cases_override(
+    write_cases: Callable[..., Path],
+) -> None:
+    path = write_cases(
+        [
+            {"name": "inherits"},
+            {
+                "name": "overrides",
+                "mocks": {"WorkerAStage": {"outputs": {"a_result": 2}}},
+                "limits": {"max_time": 5},
+            },
+        ],
+        mocks={
+            "WorkerAStage": {"outputs": {"a_result": 1}},
+            "WorkerBStage": {"outputs": {"b_result": "x"}},
+        },
+        limits={"max_steps": 50, "max_time": 100},
+    )
+    inherits, overrides = load_cases(path)
+    assert inherits.mocks["WorkerAStage"].outputs == {"a_result": 1}
+    assert overrides.mocks["WorkerAStage"].outputs == {"a_result": 2}
+    assert overrides.mocks["WorkerBStage"].outputs == {"b_result": "x"}
+    assert (inherits.limits.max_steps, inherits.limits.max_time) == (50, 100)
+    assert (overrides.limits.max_steps, overrides.limits.max_time) == (50, 5)
+
+
+def test_a_bad_case_file_lists_every_problem_with_its_location(
+    write_cases: Callable[..., Path],
+) -> None:
+    path = write_cases(
+        [
+            {"name": "a", "expect": {"status": "done"}},
+            {"name": "b", "mocks": {"WorkerAStage": {"output": {}}}},
+            {"name": "c", "inputs": [{"type": "approval", "at": -1}]},
+        ]
+    )
+    with pytest.raises(CaseValidationError) as caught:
+        load_cases(path)
+    problems = {p.location: p.message for p in caught.value.problems}
+    assert set(problems) == {
+        "$.cases[0].expect.status",
+        "$.cases[1].mocks.WorkerAStage",
+        "$.cases[2].inputs[0].at",
+    }
+    assert "case 'a'" in problems["$.cases[0].expect.status"]
+    assert '"completed"' in problems["$.cases[0].expect.status"]
+    assert "'output'" in problems["$.cases[1].mocks.WorkerAStage"]
+    assert str(path) in str(caught.value)
+
+
+def test_duplicate_case_names_are_rejected(write_cases: Callable[..., Path]) -> None:
+    with pytest.raises(CaseValidationError) as caught:
+        load_cases(write_cases([{"name": "same"}, {"name": "same"}]))
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[1].name"
+    assert "first at $.cases[0]" in problem.message
+
+
+def test_malformed_json_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.stageflow.json"
+    path.write_text('{"pipeline": "p.json",\n "cases": [}')
+    with pytest.raises(CaseValidationError, match="line 2 column"):
+        load_cases(path)
+
+
+def test_a_case_file_must_be_an_object(tmp_path: Path) -> None:
+    path = tmp_path / "list.stageflow.yaml"
+    path.write_text("- name: a\n")
+    with pytest.raises(CaseValidationError, match="a case file is an object, got list"):
+        load_cases(path)
+
+
+# --------------------------------------------------------- passing cases
+
+
+def test_the_committed_reference_cases_pass() -> None:
+    report = run_case_files([CASES / "reference.stageflow.json", CASES / "loop.stageflow.yaml"])
+    assert [(r.case.name, r.outcome) for r in report.results] == [
+        ("long text takes the parallel path", CaseOutcome.PASSED),
+        ("mocked workers", CaseOutcome.PASSED),
+        ("counts to three and fetches", CaseOutcome.PASSED),
+        ("a slow fetch costs no real time", CaseOutcome.PASSED),
+        ("the step limit stops a long loop", CaseOutcome.PASSED),
+        ("a fetch that fails on its first attempt fails the run", CaseOutcome.PASSED),
+    ]
+    assert report.ok
+    assert report.render().endswith("6 passed, 0 failed, 0 errors")
+
+
+def test_a_passing_result_carries_the_run(write_cases: Callable[..., Path]) -> None:
+    result = run_one(write_cases([{"name": "long", "payload": LONG}]))
+    assert result.passed
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.result == {"status": "ok"}
+    assert result.artifacts == {"score": 5, "a_result": 10, "b_result": "high"}
+    assert result.visited[:3] == ("start", "decide", "fanout")
+    assert result.history[0].type == "session_started"
+    assert result.render().startswith("PASSED case 'long'")
+
+
+def test_a_case_built_in_python_runs_with_a_given_registry() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Hello")
+    async def hello(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {"greeting": f"hello {ctx.arguments['name']}"}
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "greet",
+        "nodes": [
+            {
+                "id": "greet",
+                "type": "stage",
+                "stage": "Hello",
+                "arguments": {"name": "name"},
+                "outputs": {"greeting": "greeting"},
+                "next": "end",
+            },
+            {"id": "end", "type": "terminal", "artifacts": ["greeting"]},
+        ],
+    }
+    case = Case(
+        name="greets",
+        pipeline=pipeline,
+        payload={"name": "Ada"},
+        expect=Expectations(artifacts={"greeting": "hello Ada"}, path=("greet", "end")),
+    )
+    result = run_case(case, registry=registry)
+    assert result.passed, result.render()
+    wrong = run_case(
+        Case(name="wrong", pipeline=pipeline, payload={"name": "Bob"}, expect=case.expect),
+        registry=registry,
+    )
+    assert [f.field for f in wrong.failures] == ["artifacts"]
+
+
+def test_an_inline_pipeline_in_the_case_file(tmp_path: Path) -> None:
+    shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
+    document = {
+        "pipeline": json.loads((REFERENCE / "pipeline.json").read_text()),
+        "stages": "stages.py",
+        "cases": [
+            {"name": "short", "payload": SHORT, "expect": {"path": ["start", "decide", "finish"]}}
+        ],
+    }
+    path = tmp_path / "inline.stageflow.json"
+    path.write_text(json.dumps(document))
+    report = run_case_files([path])
+    assert report.ok, report.render()
+    assert report.coverage[0].source == f"inline in {path}"
+
+
+# --------------------------------------------------------- failing cases
+
+
+def test_a_failing_case_lists_every_failed_expectation_with_a_diff() -> None:
+    (wrong, _) = load_cases(CASES / "failing.cases.json")
+    result = run_case(wrong)
+    assert result.outcome is CaseOutcome.FAILED
+    assert [f.field for f in result.failures] == ["result", "artifacts", "path", "events[0]"]
+    assert result.checks == 6  # status and limit held
+    text = result.render()
+    assert text.startswith(
+        "FAILED case 'wrong expectations' (tests/cases/failing.cases.json $.cases[0]): "
+        "4 of 6 checks failed"
+    )
+    assert 'result: expected {"status": "done"}, got {"status": "ok"}' in text
+    # The artifacts as a unified diff of pretty-printed JSON.
+    assert '-  "a_result": 11,\n      +  "a_result": 10,' in text
+    # The path: both paths, then the nodes that differ.
+    assert "expected: start -> decide -> finish" in text
+    assert "actual:   start -> decide -> fanout -> " in text
+    assert "+fanout" in text
+    # The event: what was looked for and the nearest event of that type.
+    assert "no event type='scored', payload contains {\"score\": 4}" in text
+    assert "payload.score: expected 4, got 5" in text
+
+
+def test_a_failed_status_shows_the_session_error() -> None:
+    (_, worker_fails) = load_cases(CASES / "failing.cases.json")
+    result = run_case(worker_fails)
+    assert [f.field for f in result.failures] == ["status", "artifacts_subset"]
+    status = result.failures[0]
+    assert status.message == "expected 'completed', got 'failed'"
+    assert "ConnectionError: backend down" in status.details
+    assert 'b_result: missing (expected "low")' in result.failures[1].details
+
+
+def test_json_values_are_compared_as_json(write_cases: Callable[..., Path]) -> None:
+    # true is not 1, and 5 is 5.0.
+    path = write_cases(
+        [
+            {
+                "name": "n",
+                "payload": {"text": "a b c d e"},
+                "expect": {"artifacts_subset": {"score": 5.0}},
+            }
+        ]
+    )
+    assert run_one(path).passed
+    path = write_cases(
+        [{"name": "b", "payload": {"text": "a"}, "expect": {"artifacts_subset": {"score": True}}}]
+    )
+    assert [f.field for f in run_one(path).failures] == ["artifacts_subset"]
+
+
+def test_path_in_order_says_which_node_is_missing(write_cases: Callable[..., Path]) -> None:
+    path = write_cases(
+        [
+            {"name": "never", "payload": SHORT, "expect": {"path_in_order": ["start", "fanout"]}},
+            {"name": "order", "payload": LONG, "expect": {"path_in_order": ["fanout", "decide"]}},
+            {"name": "ok", "payload": LONG, "expect": {"path_in_order": ["start", "finish"]}},
+        ]
+    )
+    never, order, ok = (run_case(c) for c in load_cases(path))
+    assert never.failures[0].message == "'fanout' was never started (matched 1 of 2)"
+    assert (
+        order.failures[0].message == "'decide' was started, but not after 'fanout' (matched 1 of 2)"
+    )
+    assert ok.passed
+
+
+def test_not_visited_names_the_step(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "payload": LONG, "expect": {"not_visited": ["fanout"]}}])
+    (failure,) = run_one(path).failures
+    assert (failure.field, failure.message) == ("not_visited", "started 'fanout' (step 3)")
+
+
+def test_event_counts(write_cases: Callable[..., Path]) -> None:
+    events = [
+        {"type": "branch_started", "node_id": "fanout", "count": 2},
+        {"type": "scored", "count": 0},
+        {"type": "branch_failed", "count": 0},
+    ]
+    path = write_cases([{"name": "n", "payload": LONG, "expect": {"events": events}}])
+    (failure,) = run_one(path).failures
+    assert failure.field == "events[1]"
+    assert failure.message == "expected 0 x event type='scored', found 1"
+    assert "scored node 'start'" in failure.details
+
+
+def test_a_missing_event_type_lists_the_types_seen(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "payload": SHORT, "expect": {"events": [{"type": "nope"}]}}])
+    (failure,) = run_one(path).failures
+    assert failure.details.startswith("no 'nope' event at all; types seen: node_finished")
+
+
+def test_error_expectations_report_each_mismatch(write_cases: Callable[..., Path]) -> None:
+    mocks = {"WorkerAStage": {"errors": [{"type": "KeyError", "message": "gone"}]}}
+    expect = {
+        "status": "failed",
+        "error": {
+            "type": "ConditionError",
+            "node_id": "branch_a",
+            "attempt": 2,
+            "cause_type": "ValueError",
+            "message_contains": "zzz",
+        },
+    }
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks, "expect": expect}])
+    (failure,) = run_one(path).failures
+    assert failure.message == "4 mismatch(es)"
+    assert failure.details.splitlines()[:4] == [
+        "type: expected 'ConditionError', got 'StageError'",
+        "message does not contain 'zzz'",
+        "attempt: expected 2, got 1",
+        "no 'ValueError' among the causes (causes: KeyError)",
+    ]
+
+
+def test_expecting_an_error_from_a_run_without_one(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "payload": SHORT, "expect": {"error": {"type": "X"}}}])
+    (failure,) = run_one(path).failures
+    assert failure.message == "expected an error, but the run has none (status completed)"
+
+
+def test_status_defaults_to_completed(write_cases: Callable[..., Path]) -> None:
+    mocks = {"InitStage": {"errors": [{"type": "ValueError"}]}}
+    path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks}])
+    result = run_one(path)
+    assert [f.field for f in result.failures] == ["status"]
+
+
+# ------------------------------------------------------------------ mocks
+
+
+def reference_registry() -> stageflow.StageRegistry:
+    from stageflow.testing._mocks import registry_from_modules
+
+    return registry_from_modules([str(REFERENCE / "stages.py")])
+
+
+def test_mocks_keep_the_real_spec_and_leave_the_real_registry_alone() -> None:
+    real = reference_registry()
+    mocked = mock_registry(real, {"InitStage": StageMock(outputs={"score": 1})})
+    assert mocked is not real
+    assert mocked.names() == real.names()
+    assert mocked.get("InitStage").spec is real.get("InitStage").spec
+    assert mocked.get("InitStage").target is not real.get("InitStage").target
+    assert "mock of" in mocked.get("InitStage").source
+    assert mocked.get("WorkerAStage").target is real.get("WorkerAStage").target
+    assert real.get("InitStage").target.__name__ == "InitStage"
+
+
+def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"InitStag": {}}}])
+    with pytest.raises(CaseValidationError) as caught:
+        run_one(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.InitStag"
+    assert (
+        "'InitStag', which is not registered (known: InitStage, SleepStage, WaitStage, Worker"
+        in problem.message
+    )
+
+
+def test_core_stages_cannot_be_mocked(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"SleepStage": {}}}])
+    with pytest.raises(CaseValidationError, match="'SleepStage' is a core stage"):
+        run_one(path)
+
+
+def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"InitStage": {"outputs": {"score": "high"}}}}])
+    with pytest.raises(CaseValidationError) as caught:
+        run_one(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.InitStage.outputs"
+    assert "'high' is not of type 'integer'" in problem.message
+
+
+def test_an_error_on_attempt_1_only(write_cases: Callable[..., Path]) -> None:
+    # Without retries, an error on attempt 2 never fires: the run completes.
+    mocks = {
+        "WorkerBStage": {"outputs": {"b_result": "x"}, "errors": [{"attempt": 2, "type": "E"}]}
+    }
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    assert run_one(path).passed
+    mocks = {"WorkerBStage": {"errors": [{"attempt": 1, "type": "ValueError", "message": "m"}]}}
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    result = run_one(path)
+    assert isinstance(result.error, stageflow.StageError)
+    assert (result.error.node_id, result.error.attempt) == ("branch_b", 1)
+    assert type(result.error.__cause__) is ValueError
+
+
+def test_mock_error_types() -> None:
+    from stageflow.testing._mocks import exception_class
+
+    assert exception_class("TimeoutError") is TimeoutError
+    assert exception_class("json.JSONDecodeError") is json.JSONDecodeError
+    synthetic = exception_class("RateLimited")
+    assert synthetic.__name__ == "RateLimited"
+    assert issubclass(synthetic, Exception)
+    assert exception_class("RateLimited") is synthetic
+    with pytest.raises(CaseValidationError, match="cannot be imported"):
+        exception_class("no_such_module.Error")
+    with pytest.raises(CaseValidationError, match="is not an exception class"):
+        exception_class("json.dumps")
+
+
+def test_a_mock_error_that_needs_more_than_a_message_is_rejected() -> None:
+    mocks = {"InitStage": StageMock(errors=(MockError("json.JSONDecodeError"),))}
+    with pytest.raises(CaseValidationError, match="cannot be raised with just a message"):
+        mock_registry(reference_registry(), mocks)
+
+
+def test_a_synthetic_error_type_shows_in_the_session_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    mocks = {"InitStage": {"errors": [{"type": "QuotaExceeded", "message": "no quota"}]}}
+    expect = {"status": "failed", "error": {"cause_type": "QuotaExceeded"}}
+    path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks, "expect": expect}])
+    result = run_one(path)
+    assert result.passed, result.render()
+    assert "QuotaExceeded: no quota" in str(result.error)
+
+
+def fetch_case(pipeline_changes: Mapping[str, Any] | None = None, **case: Any) -> Case:
+    """A case for tests/cases/fetch.json, with changes to its fetch node."""
+    pipeline = json.loads((CASES / "fetch.json").read_text())
+    fetch = pipeline["nodes"][0]
+    for key, value in (pipeline_changes or {}).items():
+        if value is None:
+            fetch.pop(key)
+        else:
+            fetch[key] = value
+    targets = json.dumps(fetch)
+    pipeline["nodes"] = [n for n in pipeline["nodes"] if n is fetch or f'"{n["id"]}"' in targets]
+    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
+    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
+    return loaded
+
+
+def test_a_mock_that_fails_on_attempt_2() -> None:
+    # Two attempts, no error edges: attempt 1 times out, attempt 2 fails for good.
+    changes = {"retry": {"attempts": 2, "delay": 30}, "on_error": None, "fallback": None}
+    errors = [
+        {"attempt": 1, "type": "TimeoutError"},
+        {"attempt": 2, "type": "ConnectionResetError", "message": "reset"},
+    ]
+    expect = {
+        "status": "failed",
+        "error": {"type": "StageError", "attempt": 2, "cause_type": "ConnectionResetError"},
+        "events": [{"type": "node_retrying", "payload": {"attempt": 1}, "count": 1}],
+    }
+    result = run_case(fetch_case(changes, mocks={"Fetch": {"errors": errors}}, expect=expect))
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(30)
+    assert isinstance(result.error, stageflow.StageError)
+    assert str(result.error.__cause__) == "reset"
+
+
+def test_an_error_only_on_attempt_2_never_fires_when_attempt_1_succeeds() -> None:
+    errors = [{"attempt": 2, "type": "ConnectionResetError"}]
+    mocks = {"Fetch": {"outputs": {"body": "first"}, "errors": errors}}
+    expect = {"artifacts": {"body": "first"}, "events": [{"type": "node_retrying", "count": 0}]}
+    assert run_case(fetch_case(mocks=mocks, expect=expect)).passed
+
+
+def test_the_committed_retry_and_input_cases_pass() -> None:
+    report = run_case_files([CASES / "fetch.stageflow.yaml", CASES / "approval.stageflow.yaml"])
+    assert report.ok, report.render()
+    assert (report.passed, report.failed) == (8, 0)
+
+
+# ----------------------------------------------------------- virtual time
+
+
+def test_an_hour_long_mock_finishes_at_once_in_virtual_time(
+    write_cases: Callable[..., Path],
+) -> None:
+    mocks = {"WorkerAStage": {"delay": 3600, "outputs": {"a_result": 1}}}
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    result = run_one(path)
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(3600)
+    assert result.artifacts["a_result"] == 1
+
+
+def test_the_time_limit_cancels_a_slow_run(write_cases: Callable[..., Path]) -> None:
+    mocks = {"InitStage": {"delay": 7200, "outputs": {"score": 1, "need_parallel": False}}}
+    cases = [
+        {"name": "unexpected", "payload": SHORT, "mocks": mocks, "limits": {"max_time": 60}},
+        {
+            "name": "expected",
+            "payload": SHORT,
+            "mocks": mocks,
+            "limits": {"max_time": 60},
+            "expect": {"limit_exceeded": "max_time", "status": "cancelled"},
+        },
+    ]
+    unexpected, expected = (run_case(c) for c in load_cases(write_cases(cases)))
+    assert unexpected.status is stageflow.SessionStatus.CANCELLED
+    assert unexpected.elapsed == pytest.approx(60)
+    assert [f.field for f in unexpected.failures] == ["status", "limit"]
+    assert unexpected.failures[1].message == (
+        "the run was ended by the limit max_time=60 virtual seconds"
+    )
+    assert expected.passed, expected.render()
+
+
+def test_the_event_limit_cancels_a_run(write_cases: Callable[..., Path]) -> None:
+    # The cancellation lands where the run next waits: in the mock's delay.
+    mocks = {"WorkerAStage": {"delay": 1, "outputs": {"a_result": 1}}}
+    case = {"name": "n", "payload": LONG, "mocks": mocks, "limits": {"max_events": 2}}
+    result = run_one(write_cases([case]))
+    assert result.limit_exceeded == "max_events"
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert "finish" not in result.visited
+    assert [f.field for f in result.failures] == ["status", "limit"]
+    assert result.failures[1].message == "the run was ended by the limit max_events=2"
+    case["expect"] = {"limit_exceeded": "max_events", "status": "cancelled"}
+    assert run_one(write_cases([case])).passed
+
+
+def test_an_exceeded_event_limit_is_reported_even_if_the_run_ends_first(
+    write_cases: Callable[..., Path],
+) -> None:
+    case = {"name": "n", "payload": SHORT, "limits": {"max_events": 3}}
+    result = run_one(write_cases([case]))
+    assert result.limit_exceeded == "max_events"
+    assert [f.field for f in result.failures][-1] == "limit"
+
+
+def test_an_expected_limit_that_is_not_hit_fails(write_cases: Callable[..., Path]) -> None:
+    cases = [{"name": "n", "payload": SHORT, "expect": {"limit_exceeded": "max_steps"}}]
+    (failure,) = run_one(write_cases(cases)).failures
+    assert failure.field == "limit_exceeded"
+    assert failure.message.startswith(
+        "expected the run to be ended by max_steps, but it ended with status 'completed'"
+    )
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_scripted_inputs_drive_the_session() -> None:
+    results = [run_case(c) for c in load_cases(CASES / "approval.stageflow.yaml")]
+    assert [r.render() for r in results if not r.passed] == []
+    by_name = {r.case.name: r for r in results}
+    timed = by_name["an input at a virtual time"]
+    assert timed.elapsed == pytest.approx(90)
+    assert timed.inputs[0].sent_at == pytest.approx(90)
+    assert timed.inputs[0].delivered == 1
+    early = by_name["an input sent before anyone waits is kept for the wait"]
+    assert early.inputs[0].queued
+
+
+def test_an_input_never_sent_fails_the_case() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [
+            {
+                "name": "n",
+                "inputs": [
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}, "at": 1000},
+                ],
+            }
+        ],
+    }
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    (failure,) = result.failures
+    assert failure.field == "inputs"
+    assert failure.message == "2 scripted input(s) never sent"
+    assert failure.details.splitlines()[:2] == [
+        "input 'approval' (when the session waits for it): the session never waited for "
+        "'approval' while this input was next",
+        "input 'approval' (at t=1000s): the run ended at t=10s, before it was due",
+    ]
+
+
+def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [{"name": "n", "limits": {"max_time": 600}}],
+    }
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    assert result.elapsed == pytest.approx(600)
+    assert result.limit_exceeded == "max_time"
+    limit = next(f for f in result.failures if f.field == "limit")
+    assert limit.message == (
+        "the run was ended by the limit max_time=600 virtual seconds "
+        "(the session was waiting for approval)"
+    )
+
+
+def approval_case(**case: Any) -> Case:
+    """A case for tests/cases/approval.json (a 10 s pause, then waits for "approval")."""
+    pipeline = case.pop("pipeline", "approval.json")
+    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
+    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
+    return loaded
+
+
+def test_a_rejected_input_is_recorded_with_its_reason() -> None:
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"max_input_backlog": 1}
+    inputs = [
+        {"type": "approval", "payload": {"ok": True}, "at": 1},
+        {"type": "approval", "payload": {"ok": True}, "at": 2},
+    ]
+    expect = {"events": [{"type": "input_rejected", "payload": {"input_type": "approval"}}]}
+    result = run_case(approval_case(pipeline=pipeline, inputs=inputs, expect=expect))
+    assert result.passed, result.render()
+    first, second = result.inputs
+    assert (first.queued, first.error) == (True, None)
+    assert second.sent_at == pytest.approx(2)
+    assert second.error is not None
+    assert "max_input_backlog" in second.error
+
+
+def test_scripted_input_descriptions() -> None:
+    case = approval_case(inputs=[{"type": "a"}, {"type": "b", "payload": 1, "at": 2.5}])
+    assert [i.describe() for i in case.inputs] == [
+        "input 'a' (when the session waits for it)",
+        "input 'b' (at t=2.5s)",
+    ]
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def test_coverage_of_a_case_set_that_misses_the_else_branch() -> None:
+    report = run_case_files([CASES / "reference.stageflow.json"])
+    (coverage,) = report.coverage
+    assert coverage.runs == 2
+    assert coverage.missed_nodes == ()
+    assert coverage.missed_edges == (Edge("decide", EdgeKind.ELSE, "finish"),)
+    text = coverage.render()
+    assert "edges: 5/6 (83.3%)" in text
+    assert "edges never taken:\n    decide -[else]-> finish" in text
+
+
+def test_coverage_of_only_the_else_path_names_the_parallel_branches(
+    write_cases: Callable[..., Path],
+) -> None:
+    report = run_case_files([write_cases([{"name": "short", "payload": SHORT}])])
+    (coverage,) = report.coverage
+    assert coverage.missed_nodes == ("fanout", "branch_a", "branch_b")
+    assert [str(e) for e in coverage.missed_edges] == [
+        "decide -[then 0]-> fanout",
+        "fanout -[branch 0]-> branch_a",
+        "fanout -[branch 1]-> branch_b",
+        "fanout -[join]-> finish",
+    ]
+    assert coverage.node_hits == {
+        "start": 1,
+        "decide": 1,
+        "fanout": 0,
+        "branch_a": 0,
+        "branch_b": 0,
+        "finish": 1,
+    }
+    assert coverage.node_ratio == pytest.approx(0.5)
+    assert coverage.edge_ratio == pytest.approx(2 / 6)
+    assert "nodes never run:\n    fanout\n    branch_a\n    branch_b" in coverage.render()
+
+
+def test_coverage_of_both_paths_is_complete(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "long", "payload": LONG}, {"name": "short", "payload": SHORT}])
+    (coverage,) = run_case_files([path]).coverage
+    assert coverage.complete
+    assert coverage.edge_hits[Edge("start", EdgeKind.NEXT, "decide")] == 2
+    assert "every node and edge was exercised" in coverage.render()
+
+
+def test_coverage_counts_failed_runs_up_to_where_they_stopped(
+    write_cases: Callable[..., Path],
+) -> None:
+    mocks = {"WorkerAStage": {"errors": [{"type": "ValueError"}]}}
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    (coverage,) = run_case_files([path]).coverage
+    assert coverage.node_hits["branch_a"] == 1
+    assert coverage.node_hits["finish"] == 0
+    assert Edge("fanout", EdgeKind.JOIN, "finish") in coverage.missed_edges
+
+
+REPEATED_TARGETS = {
+    "api_version": "1.0",
+    "entry": "pick",
+    "nodes": [
+        {
+            "id": "pick",
+            "type": "condition",
+            "conditions": [
+                {"if": {"==": [{"var": "x"}, 1]}, "then": "a"},
+                {"if": {"==": [{"var": "x"}, 2]}, "then": "b"},
+                {"if": {"==": [{"var": "x"}, 3]}, "then": "a"},
+            ],
+            "else": "b",
+        },
+        {"id": "a", "type": "terminal"},
+        {"id": "b", "type": "terminal"},
+    ],
+}
+
+
+def test_condition_edges_are_counted_per_branch() -> None:
+    registry = stageflow.StageRegistry()
+    results = [
+        run_case(Case(name=str(x), pipeline=REPEATED_TARGETS, payload={"x": x}), registry=registry)
+        for x in (1, 2)
+    ]
+    (coverage,) = coverage_of(results)
+    assert coverage.missed_nodes == ()
+    assert [str(e) for e in coverage.missed_edges] == ["pick -[then 2]-> a", "pick -[else]-> b"]
+
+
+def finished(node_id: str, payload: dict[str, Any]) -> stageflow.Event:
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    return stageflow.Event(1, "node_finished", now, "s", node_id, "", payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "credited"),
+    [
+        ({"next": "b", "branch": "else"}, "pick -[else]-> b"),
+        ({"next": "a", "branch": 2}, "pick -[then 2]-> a"),
+        # Without the matched branch, the first branch with that target is credited.
+        ({"next": "a"}, "pick -[then 0]-> a"),
+        ({"next": "b"}, "pick -[then 1]-> b"),
+    ],
+)
+def test_condition_edge_from_the_event(payload: dict[str, Any], credited: str) -> None:
+    pipeline = stageflow.Pipeline.from_dict(REPEATED_TARGETS, registry=stageflow.StageRegistry())
+    coverage = measure_coverage(pipeline, [[finished("pick", payload)]])
+    assert [str(e) for e, hits in coverage.edge_hits.items() if hits] == [credited]
+
+
+def test_coverage_names_error_edges_never_taken() -> None:
+    (success, *_) = load_cases(CASES / "fetch.stageflow.yaml")
+    (coverage,) = coverage_of([run_case(success)])
+    assert coverage.missed_nodes == ("offline", "broken")
+    assert [str(e) for e in coverage.missed_edges] == [
+        "fetch -[on_error 0]-> offline",
+        "fetch -[fallback]-> broken",
+    ]
+
+
+def test_coverage_tells_error_edges_to_one_target_apart_by_error_path() -> None:
+    handlers = [
+        {"next": "offline", "errors": ["TimeoutError"], "error_path": "slow"},
+        {"next": "offline", "errors": ["ConnectionError"], "error_path": "failure"},
+    ]
+    changes = {"retry": None, "on_error": handlers, "fallback": "offline"}
+    errors = [{"type": "ConnectionResetError"}]
+    result = run_case(fetch_case(changes, mocks={"Fetch": {"errors": errors}}))
+    (coverage,) = coverage_of([result])
+    taken = [str(e) for e, hits in coverage.edge_hits.items() if hits]
+    assert taken == ["fetch -[on_error 1]-> offline"]
+
+
+def test_measure_coverage_from_plain_session_histories() -> None:
+    pipeline = stageflow.Pipeline.load(REFERENCE / "pipeline.json", registry=reference_registry())
+    coverage = measure_coverage(pipeline, [])
+    assert coverage.runs == 0
+    assert len(coverage.missed_nodes) == 6
+    assert len(coverage.missed_edges) == 6
+    assert coverage.to_dict()["missed_edges"][0]["label"] == "start -[next]-> decide"
+
+
+# ----------------------------------------------------------------- report
+
+
+def test_run_case_files_reports_broken_files_and_cases_and_runs_the_rest(
+    tmp_path: Path, write_cases: Callable[..., Path]
+) -> None:
+    good = write_cases([{"name": "ok", "payload": SHORT}, {"name": "bad", "mocks": {"Nope": {}}}])
+    broken = tmp_path / "broken.stageflow.json"
+    broken.write_text("{")
+    missing = tmp_path / "missing.stageflow.json"
+    report = run_case_files([broken, good, missing])
+    assert [e.file for e in report.file_errors] == [broken, missing]
+    assert [r.outcome for r in report.results] == [CaseOutcome.PASSED, CaseOutcome.ERROR]
+    assert (report.passed, report.failed, report.errors) == (1, 0, 3)
+    assert not report.ok
+    assert "'Nope', which is not registered" in report.results[1].render()
+    assert report.render().endswith("1 passed, 0 failed, 3 errors")
+    assert json.loads(json.dumps(report.to_dict()))["errors"] == 3
+
+
+def test_run_case_files_with_extra_stages_modules(tmp_path: Path) -> None:
+    shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
+    path = tmp_path / "nostages.stageflow.json"
+    path.write_text(
+        json.dumps({"pipeline": "pipeline.json", "cases": [{"name": "n", "payload": SHORT}]})
+    )
+    report = run_case_files([path], stages_modules=[str(REFERENCE / "stages.py")])
+    assert report.ok, report.render()
+
+
+def test_a_stages_module_by_name_and_attribute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mystages.py").write_text(
+        (REFERENCE / "stages.py").read_text().replace("registry", "REGISTRY")
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
+    document = {
+        "pipeline": "pipeline.json",
+        "stages": "mystages:REGISTRY",
+        "cases": [{"name": "n", "payload": SHORT}],
+    }
+    path = tmp_path / "named.stageflow.json"
+    path.write_text(json.dumps(document))
+    assert run_case_files([path]).ok
+    document["stages"] = ["mystages:nothing", "no_such_stages_module"]
+    path.write_text(json.dumps(document))
+    (result,) = run_case_files([path]).results
+    text = result.render()
+    assert "mystages:nothing is a NoneType, not a StageRegistry" in text
+    assert "cannot import stages module 'no_such_stages_module'" in text
+
+
+def test_an_empty_report_is_not_ok() -> None:
+    assert not Report(results=()).ok
+
+
+# ----------------------------------------------------------- pytest plugin
+
+
+def _plugin_files(pytester: pytest.Pytester) -> None:
+    shutil.copy(REFERENCE / "pipeline.json", pytester.path / "pipeline.json")
+    shutil.copy(REFERENCE / "stages.py", pytester.path / "stages.py")
+
+
+def test_plugin_collects_one_item_per_case(pytester: pytest.Pytester) -> None:
+    _plugin_files(pytester)
+    shutil.copy(CASES / "reference.stageflow.json", pytester.path / "ref.stageflow.json")
+    text = (pytester.path / "ref.stageflow.json").read_text()
+    (pytester.path / "ref.stageflow.json").write_text(text.replace("../../examples/reference/", ""))
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ref.stageflow.json::long text takes the parallel path PASSED*",
+            "*ref.stageflow.json::mocked workers PASSED*",
+        ]
+    )
+
+
+def test_plugin_shows_the_diff_of_a_failing_case(pytester: pytest.Pytester) -> None:
+    _plugin_files(pytester)
+    text = (CASES / "failing.cases.json").read_text().replace("../../examples/reference/", "")
+    (pytester.path / "failing.stageflow.json").write_text(text)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*FAILED case 'wrong expectations' (failing.stageflow.json $.cases?0?): 4 of 6 *",
+            '*-  "a_result": 11,',
+            '*+  "a_result": 10,',
+            "*status: expected 'completed', got 'failed'",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:
+    (pytester.path / "bad.stageflow.yaml").write_text("pipeline: p.json\ncases: []\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*CaseValidationError: case file in *bad.stageflow.yaml*"])
+
+
+def test_plugin_patterns_come_from_the_ini_option(pytester: pytest.Pytester) -> None:
+    _plugin_files(pytester)
+    case = {
+        "pipeline": "pipeline.json",
+        "stages": "stages.py",
+        "cases": [{"name": "c", "payload": SHORT}],
+    }
+    (pytester.path / "flow-cases.json").write_text(json.dumps(case))
+    (pytester.path / "other.stageflow.json").write_text(json.dumps(case))
+    pytester.makeini("[pytest]\nstageflow_case_files = flow-*.json\n")
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*flow-cases.json::c PASSED*"])
+
+
+def test_plugin_adds_stages_modules_from_the_ini_option(pytester: pytest.Pytester) -> None:
+    _plugin_files(pytester)
+    case = {"pipeline": "pipeline.json", "cases": [{"name": "c", "payload": LONG}]}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    pytester.makeini("[pytest]\nstageflow_stages = stages.py\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_plugin_prints_coverage_on_request(pytester: pytest.Pytester) -> None:
+    _plugin_files(pytester)
+    case = {
+        "pipeline": "pipeline.json",
+        "stages": "stages.py",
+        "cases": [{"name": "c", "payload": LONG}],
+    }
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    result = pytester.runpytest("--stageflow-coverage")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*stageflow coverage*",
+            "*edges: 5/6 (83.3%)",
+            "*edges never taken:",
+            "*decide -?else?-> finish",
+        ]
+    )
+    assert "stageflow coverage" not in pytester.runpytest().stdout.str()
+
+
+def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
+    _plugin_files(pytester)
+    case = {"pipeline": "pipeline.json", "stages": "stages.py", "cases": [{"name": "c"}]}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    result = pytester.runpytest("-p", "no:stageflow")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_loading_the_plugin_imports_nothing_from_stageflow(pytester: pytest.Pytester) -> None:
+    # Coverage tools start after plugins load: the plugin must not import stageflow early.
+    probe = (
+        "import sys, pytest; pytest.main(['--co', '-q', '-p', 'no:cacheprovider']); "
+        "print('LOADED', '_stageflow_pytest' in sys.modules, 'stageflow' in sys.modules)"
+    )
+    result = pytester.run(sys.executable, "-c", probe)
+    result.stdout.fnmatch_lines(["LOADED True False"])
+
+
+# -------------------------------------------------------------------- docs
+
+DOCS = ROOT / "docs" / "testing.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    text = DOCS.read_text()
+    blocks = []
+    for chunk in text.split(f"```{language}\n")[1:]:
+        blocks.append(chunk.split("```", 1)[0])
+    return blocks
+
+
+def test_docs_case_file_passes(tmp_path: Path) -> None:
+    case_file = json.loads(doc_blocks("json")[0])
+    (tmp_path / "examples").mkdir()
+    shutil.copytree(REFERENCE, tmp_path / "examples" / "reference")
+    where = tmp_path / "tests" / "cases"
+    where.mkdir(parents=True)
+    (where / "doc.stageflow.json").write_text(json.dumps(case_file))
+    report = run_case_files([where / "doc.stageflow.json"])
+    assert report.ok, report.render()
+    assert report.results[0].elapsed == pytest.approx(3600)
+
+
+def test_docs_mock_snippet_is_valid(schema: Doc) -> None:
+    mocks = json.loads("{" + doc_blocks("json")[1] + "}")["mocks"]
+    validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/mocks"})
+    validator.validate(mocks)
+
+
+def test_docs_python_snippet_runs(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.chdir(ROOT)
+    exec(doc_blocks("python")[0], {})
+    assert capsys.readouterr().out.rstrip().endswith("2 passed, 0 failed, 0 errors")
+
+
+def test_docs_show_the_real_failure_and_coverage_output(
+    monkeypatch: pytest.MonkeyPatch, write_cases: Callable[..., Path]
+) -> None:
+    monkeypatch.chdir(ROOT)
+    failure_text, coverage_text = (b.rstrip("\n") for b in doc_blocks("text")[1:3])
+    (wrong, _) = load_cases(Path("tests/cases/failing.cases.json"))
+    # Parallel branches start in either order; the docs show branch_a first.
+    rendered = (
+        run_case(wrong)
+        .render()
+        .replace("branch_b -> branch_a", "branch_a -> branch_b")
+        .replace("+branch_b\n      +branch_a", "+branch_a\n      +branch_b")
+    )
+    assert rendered == failure_text
+    short = write_cases([{"name": "short", "payload": SHORT}])
+    (coverage,) = run_case_files([short]).coverage
+    source = "examples/reference/pipeline.json"
+    assert attrs.evolve(coverage, source=source).render() == coverage_text
+
+
+def test_public_names_are_sorted_exported_and_documented() -> None:
+    import stageflow.testing as testing
+
+    # Sorted as isort sorts: constants, then classes, then functions.
+    def kind(name: str) -> tuple[int, str]:
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    assert testing.__all__ == sorted(testing.__all__, key=kind)
+    documented = [n for n in testing.__all__ if n.isupper() or getattr(testing, n).__doc__]
+    assert documented == testing.__all__
+
+
+def test_an_engine_error_propagates_unwrapped(
+    monkeypatch: pytest.MonkeyPatch, write_cases: Callable[..., Path]
+) -> None:
+    async def broken_run(self: stageflow.Session) -> stageflow.SessionResult:
+        raise RuntimeError("engine bug")
+
+    (case,) = load_cases(write_cases([{"name": "n", "payload": SHORT}]))
+    monkeypatch.setattr(stageflow.Session, "run", broken_run)
+    with pytest.raises(RuntimeError, match="engine bug"):
+        run_case(case)
+
+
+def test_docs_retry_mock_snippet_is_the_committed_one() -> None:
+    snippet = yaml.safe_load(doc_blocks("yaml")[0])
+    committed = yaml.safe_load((CASES / "fetch.stageflow.yaml").read_text())
+    assert snippet["mocks"] == committed["cases"][1]["mocks"]
+
+
+def test_the_pipeline_deadline_gives_timed_out() -> None:
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"timeout": 100}
+    expect = {"status": "timed_out", "error": {"type": "SessionTimeoutError"}}
+    result = run_case(approval_case(pipeline=pipeline, expect=expect))
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(100)
+    assert result.limit_exceeded is None
