@@ -870,20 +870,33 @@ LOGGING_STAGES = """
 """
 
 
-@pytest.mark.parametrize("log_format", ["json", "console", None])
-def test_run_writes_log_lines_to_stderr(cli: Cli, tmp_path: Path, log_format: str | None) -> None:
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        (["--log-format", "json"], "json"),
+        (["--log-format", "console"], "console"),
+        (["--log-level", "INFO"], "console"),
+        (["--log-format", "json", "--log-level", "warning"], None),
+        ([], None),
+    ],
+)
+def test_run_writes_log_lines_to_stderr(
+    cli: Cli, tmp_path: Path, options: list[str], shown: str | None
+) -> None:
     stages = write_module(tmp_path / "chatty_stages.py", LOGGING_STAGES)
     pipeline = write_json(tmp_path / "p.json", doc([stage("s", "Chatty", next="end"), terminal()]))
-    options = ["--log-format", log_format] if log_format else []
     got = cli("run", pipeline, "--stages", stages, "--json", *options)
     assert got.code == ExitCode.OK, got.err
     assert got.json()["status"] == "completed"  # stdout holds the result only
-    line = next(line for line in got.err.splitlines() if "chatty.said" in line)
-    if log_format == "json":
-        record = json.loads(line)
+    lines = [line for line in got.err.splitlines() if "chatty.said" in line]
+    if shown is None:
+        assert lines == []
+        assert "node.started" not in got.err
+    elif shown == "json":
+        record = json.loads(lines[0])
         assert (record["event"], record["words"], record["node_id"]) == ("chatty.said", 3, "s")
     else:
-        assert "words=3" in line
+        assert "words=3" in lines[0]
 
 
 def test_otlp_without_its_exporter_package_is_unavailable() -> None:
@@ -917,6 +930,26 @@ def test_test_command_is_unavailable_without_the_tester(
     got = cli("test", "cases.json")
     assert got.code == ExitCode.UNAVAILABLE
     assert "stageflow.testing.run_case_files" in got.err
+
+
+def test_test_command_runs_the_case_files(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    got = cli("test", "tests/cases/reference.stageflow.json")
+    assert got.code == ExitCode.OK, got.err
+    assert "coverage of pipeline demo_full_flow" in got.out
+    assert "decide -[else]-> finish" in got.out  # the branch no case took
+    assert got.out.splitlines()[-1] == "2 passed, 0 failed, 0 errors"
+    got = cli("test", "tests/cases/reference.stageflow.json", "--no-coverage", "--json")
+    assert (got.code, got.json()["ok"], got.json()["passed"]) == (ExitCode.OK, True, 2)
+
+
+def test_test_command_exits_1_on_a_failing_case(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    got = cli("test", "tests/cases/failing.cases.json", "--no-coverage")
+    assert got.code == ExitCode.FAILED
+    assert "FAILED case 'wrong expectations'" in got.out
+    assert "coverage of" not in got.out
+    assert got.out.splitlines()[-1] == "0 passed, 2 failed, 0 errors"
 
 
 @pytest.mark.parametrize(("ok", "code"), [(True, ExitCode.OK), (False, ExitCode.FAILED)])

@@ -48,7 +48,7 @@ EXAMPLES = examples()
 
 def test_the_page_has_examples() -> None:
     commands = [command.split()[1] for command, _ in EXAMPLES]
-    assert {"run", "validate", "schema", "graph", "stages"} <= set(commands)
+    assert {"run", "validate", "schema", "graph", "stages", "test"} <= set(commands)
 
 
 @pytest.mark.parametrize(("command", "expected"), EXAMPLES, ids=[c for c, _ in EXAMPLES])

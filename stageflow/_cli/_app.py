@@ -7,9 +7,10 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO, cast
 
 from stageflow._cli._commands import add_parsers
-from stageflow._cli._common import CommandError, ExitCode, Streams
+from stageflow._cli._common import CommandError, ExitCode, FollowStderr, Streams
 from stageflow._cli._run import add_run_parser
 from stageflow._errors import PipelineValidationError, StageflowError
 
@@ -45,11 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(log_format: str | None, io: Streams) -> None:
-    """Send log lines to standard error (the library itself never configures logging)."""
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Send log lines to standard error (the library itself never configures logging).
+
+    Without options only warnings and errors are written: ``node.started``
+    lines are for those who ask (``--log-format`` or ``--log-level``).
+    """
     from stageflow import logging as stageflow_logging
 
-    stageflow_logging.configure(format="json" if log_format == "json" else "console", stream=io.err)
+    log_format = getattr(args, "log_format", None)
+    level = getattr(args, "log_level", None) or ("info" if log_format else "warning")
+    stageflow_logging.configure(
+        format="json" if log_format == "json" else "console",
+        level=level,
+        stream=cast(TextIO, FollowStderr()),
+    )
 
 
 def _report(exc: StageflowError, io: Streams) -> int:
@@ -82,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     io = Streams.current()
     try:
-        _configure_logging(getattr(args, "log_format", None), io)
+        _configure_logging(args)
         code: int = args.handler(args, io)
     except StageflowError as exc:
         return _report(exc, io)

@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stageflow._cli._common import CommandError, ExitCode, Streams, dump_json, optional_module
+from stageflow._cli._common import (
+    CommandError,
+    ExitCode,
+    Streams,
+    add_logging_options,
+    dump_json,
+    optional_module,
+)
 from stageflow._cli._graph import FORMATS, render
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._errors import PipelineValidationError
@@ -267,4 +274,5 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--no-coverage", action="store_true", help="leave the node and edge coverage out"
     )
+    add_logging_options(p)
     p.set_defaults(handler=test_command)

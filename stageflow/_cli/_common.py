@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import enum
 import importlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -16,9 +18,12 @@ import yaml
 from stageflow._errors import StageflowError
 
 __all__ = [
+    "LOG_LEVELS",
     "CommandError",
     "ExitCode",
+    "FollowStderr",
     "Streams",
+    "add_logging_options",
     "dump_json",
     "optional_module",
     "read_json_argument",
@@ -137,3 +142,42 @@ def optional_module(name: str, option: str) -> ModuleType:
             "upgrade stageflow, or leave the option out",
             exit_code=ExitCode.UNAVAILABLE,
         ) from exc
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-format`` and ``--log-level`` to a command that runs sessions."""
+    group = parser.add_argument_group("logs (on standard error)")
+    group.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="one JSON object per line, or lines for people (default: console)",
+    )
+    group.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="the lowest level written (default: info with --log-format, else warning)",
+    )
+
+
+class FollowStderr(io.TextIOBase):
+    """A text stream that writes to whatever ``sys.stderr`` is at the time.
+
+    Log lines then follow a redirection made after logging was configured
+    (the live view's, or a test's capture).
+    """
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the current standard error."""
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush the current standard error."""
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        """Whether the current standard error is a terminal."""
+        return sys.stderr.isatty()

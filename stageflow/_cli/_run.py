@@ -23,7 +23,14 @@ from typing import Any, Protocol
 import anyio
 import attrs
 
-from stageflow._cli._common import CommandError, ExitCode, Streams, dump_json, read_json_argument
+from stageflow._cli._common import (
+    CommandError,
+    ExitCode,
+    Streams,
+    add_logging_options,
+    dump_json,
+    read_json_argument,
+)
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._errors import StageflowError
 from stageflow._events import Event
@@ -302,7 +309,7 @@ def add_run_parser(subparsers: Any) -> None:
         epilog=(
             "exit codes: 0 completed, 1 failed, 2 usage or invalid pipeline/payload/input, "
             "3 cancelled or timed out, 4 waited for an input with no --input left, "
-            "5 --trace/--log-format not available"
+            "5 --trace otlp without the OTLP exporter package"
         ),
     )
     parser.add_argument("pipeline", metavar="PIPELINE", help="pipeline file (.json, .yaml)")
@@ -328,11 +335,6 @@ def add_run_parser(subparsers: Any) -> None:
         help="record a span per node and export it to an OTLP collector (OTEL_* variables) or "
         "to standard error, or not at all (none: trace ids only); default: no tracing",
     )
-    parser.add_argument(
-        "--log-format",
-        choices=("json", "console"),
-        help="log lines (on standard error) as JSON or for people (default: console)",
-    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--history", action="store_true", help="print the event history with the result"
@@ -341,4 +343,5 @@ def add_run_parser(subparsers: Any) -> None:
         "--no-live", action="store_true", help="no live view of active nodes on a terminal"
     )
     add_stage_options(parser)
+    add_logging_options(parser)
     parser.set_defaults(handler=run_command)
