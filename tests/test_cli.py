@@ -1084,3 +1084,31 @@ def test_a_closed_pipe_ends_quietly_with_141(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.BROKEN_PIPE
     assert b"Traceback" not in err
+
+
+def test_entry_point_traces_to_the_console_on_stderr() -> None:
+    # A real process: OpenTelemetry allows one global tracer provider per process.
+    proc = subprocess.run(
+        [
+            entry_point(),
+            "run",
+            PIPELINE,
+            "--stages",
+            STAGES,
+            "--payload",
+            '{"text": "hi"}',
+            "--trace",
+            "console",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "completed"
+    names = re.findall(r'^    "name": "([^"]+)",$', proc.stderr, re.MULTILINE)
+    assert sorted(names) == sorted(
+        ["run demo_full_flow", "stage start", "condition decide", "terminal finish"]
+    )
