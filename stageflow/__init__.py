@@ -75,6 +75,7 @@ from stageflow._plugins import (
     list_stage_packs,
 )
 from stageflow._result import SessionResult, SessionStatus
+from stageflow._schema_export import pipeline_schema
 from stageflow._session import Session
 from stageflow._specs import EventSpec, InputSpec, StageSpec
 from stageflow._stages import (
@@ -162,5 +163,6 @@ __all__ = [
     "get_stages",
     "jsonlogic",
     "list_stage_packs",
+    "pipeline_schema",
     "register_stage",
 ]

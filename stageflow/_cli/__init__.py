@@ -1,0 +1,1 @@
+"""Implementation of the ``stageflow`` command line (public entry: :mod:`stageflow.cli`)."""

@@ -1,0 +1,108 @@
+"""The ``stageflow`` argument parser and :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO, cast
+
+from stageflow._cli._commands import add_parsers
+from stageflow._cli._common import CommandError, ExitCode, FollowStderr, Streams
+from stageflow._cli._run import add_run_parser
+from stageflow._errors import PipelineValidationError, StageflowError
+
+__all__ = ["build_parser", "main"]
+
+_EXIT_CODES = """\
+exit codes:
+  0  done: the session completed, every file is valid, every case passed
+  1  the session failed, or a test case failed
+  2  usage error, invalid pipeline, payload or input, stages module that cannot be imported
+  3  the session was cancelled or timed out
+  4  the session waited for an input type with no scripted --input left (it was cancelled)
+  5  a feature the command needs is not available in this stageflow
+130  interrupted (Ctrl-C)
+141  standard output was closed early (| head)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stageflow`` parser with every subcommand."""
+    from stageflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="stageflow",
+        description="Run, check, draw and test stageflow pipelines (JSON graphs of stages).",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stageflow {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    add_run_parser(subparsers)
+    add_parsers(subparsers)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Send log lines to standard error (the library itself never configures logging).
+
+    Without options only warnings and errors are written: ``node.started``
+    lines are for those who ask (``--log-format`` or ``--log-level``).
+    """
+    from stageflow import logging as stageflow_logging
+
+    log_format = getattr(args, "log_format", None)
+    level = getattr(args, "log_level", None) or ("info" if log_format else "warning")
+    stageflow_logging.configure(
+        format="json" if log_format == "json" else "console",
+        level=level,
+        stream=cast(TextIO, FollowStderr()),
+    )
+
+
+def _report(exc: StageflowError, io: Streams) -> int:
+    if isinstance(exc, PipelineValidationError):
+        where = exc.source or "pipeline"
+        for problem in exc.problems:
+            io.warn(f"{where}: {problem.location}: {problem.message}")
+        return ExitCode.USAGE
+    io.warn(str(exc))
+    if isinstance(exc, CommandError):
+        if exc.detail:
+            print(exc.detail, file=io.err)
+        return exc.exit_code
+    return ExitCode.USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stageflow`` command line and return its exit code.
+
+    Args:
+        argv: the arguments after the program name (``sys.argv[1:]`` if ``None``).
+
+    Returns:
+        An :class:`~stageflow.cli.ExitCode` value.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors end here
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    io = Streams.current()
+    try:
+        _configure_logging(args)
+        code: int = args.handler(args, io)
+    except StageflowError as exc:
+        return _report(exc, io)
+    except KeyboardInterrupt:
+        io.warn("interrupted")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`stageflow schema | head`): stop quietly.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
+    return int(code)

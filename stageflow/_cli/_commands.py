@@ -1,0 +1,278 @@
+"""The commands that do not run a pipeline: validate, schema, graph, stages, test."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stageflow._cli._common import (
+    CommandError,
+    ExitCode,
+    Streams,
+    add_logging_options,
+    dump_json,
+    optional_module,
+)
+from stageflow._cli._graph import FORMATS, render
+from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
+from stageflow._errors import PipelineValidationError
+from stageflow._json import thaw
+from stageflow._schema_export import pipeline_schema
+from stageflow._specs import EventSpec, InputSpec, StageSpec
+from stageflow._stages import StageEntry, StageRegistry
+
+__all__ = ["add_parsers"]
+
+
+def _registry(args: argparse.Namespace) -> StageRegistry:
+    return resolve_registry(
+        args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
+    )
+
+
+# --------------------------------------------------------------------- validate
+
+
+def validate_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow validate``: every problem of every file, with its location."""
+    registry = None if args.structure_only else _registry(args)
+    reports: list[dict[str, Any]] = []
+    for path in args.pipelines:
+        try:
+            pipeline = read_pipeline(path, registry)
+        except PipelineValidationError as exc:
+            problems = [{"location": p.location, "message": p.message} for p in exc.problems]
+            reports.append({"file": path, "valid": False, "problems": problems})
+        else:
+            reports.append(
+                {"file": path, "valid": True, "nodes": len(pipeline.nodes), "problems": []}
+            )
+    invalid = [r for r in reports if not r["valid"]]
+    if args.json:
+        io.print(dump_json(reports))
+    else:
+        for report in reports:
+            if report["valid"]:
+                io.print(f"{report['file']}: valid ({report['nodes']} nodes)")
+            for problem in report["problems"]:
+                io.print(f"{report['file']}: {problem['location']}: {problem['message']}")
+        unknown_stages = any(
+            "which is not registered" in p["message"] for r in invalid for p in r["problems"]
+        )
+        if unknown_stages and not args.stages_modules:
+            io.warn(
+                "stage names are checked against the registered stages: pass --stages MODULE "
+                "(a module name or a .py file), or --structure-only to skip them"
+            )
+        total = sum(len(r["problems"]) for r in invalid)
+        if invalid:
+            io.print(
+                f"{len(invalid)} of {len(reports)} file{'s' if len(reports) != 1 else ''} "
+                f"not valid, {total} problem{'s' if total != 1 else ''}"
+            )
+    return ExitCode.USAGE if invalid else ExitCode.OK
+
+
+# ----------------------------------------------------------------------- schema
+
+
+def schema_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow schema``: the pipeline JSON Schema, optionally with the stage names."""
+    names = _registry(args).names() if args.with_stages else None
+    io.print(dump_json(pipeline_schema(names)))
+    return ExitCode.OK
+
+
+# ------------------------------------------------------------------------ graph
+
+
+def graph_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow graph``: draw the pipeline; stages are checked only if given."""
+    check_stages = bool(args.stages_modules or args.plugins)
+    pipeline = read_pipeline(args.pipeline, _registry(args) if check_stages else None)
+    io.out.write(render(pipeline, args.format))
+    return ExitCode.OK
+
+
+# ----------------------------------------------------------------------- stages
+
+
+def _names(schema: Mapping[str, Any] | None) -> str:
+    if schema is None:
+        return "any"
+    properties = schema.get("properties")
+    if schema.get("additionalProperties") is False and not properties:
+        return "none"
+    if not isinstance(properties, Mapping) or not properties:
+        return "(see schema)"
+    required = set(schema.get("required", ()))
+    return ", ".join(f"{n} (required)" if n in required else n for n in properties)
+
+
+def _io_specs(specs: Sequence[InputSpec | EventSpec]) -> list[dict[str, Any]]:
+    return [{"type": s.type, "description": s.description, "schema": thaw(s.schema)} for s in specs]
+
+
+def spec_to_dict(spec: StageSpec) -> dict[str, Any]:
+    """A stage spec as JSON (schemas as plain JSON Schema objects)."""
+    return {
+        "description": spec.description,
+        "arguments": thaw(spec.arguments),
+        "config": thaw(spec.config),
+        "outputs": thaw(spec.outputs),
+        "allowed_inputs": _io_specs(spec.allowed_inputs),
+        "allowed_events": _io_specs(spec.allowed_events),
+    }
+
+
+def _describe(entry: StageEntry) -> list[str]:
+    spec = entry.spec
+    lines = [f"{entry.name}  ({entry.source})"]
+    if spec.description:
+        lines.append(f"    {spec.description}")
+    lines.append(f"    arguments: {_names(spec.arguments)}")
+    lines.append(f"    config:    {_names(spec.config)}")
+    lines.append(f"    outputs:   {_names(spec.outputs)}")
+    if spec.allowed_inputs:
+        lines.append(f"    inputs:    {', '.join(s.type for s in spec.allowed_inputs)}")
+    if spec.allowed_events:
+        lines.append(f"    events:    {', '.join(s.type for s in spec.allowed_events)}")
+    return lines
+
+
+def stages_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow stages``: the stage catalogue."""
+    catalogue = _registry(args).catalogue()
+    if args.json:
+        io.print(
+            dump_json(
+                [
+                    {"name": e.name, "source": e.source, "spec": spec_to_dict(e.spec)}
+                    for e in catalogue
+                ]
+            )
+        )
+        return ExitCode.OK
+    if not catalogue:
+        io.print("no stages registered; pass --stages MODULE (a module name or a .py file)")
+    for entry in catalogue:
+        for line in _describe(entry):
+            io.print(line)
+    return ExitCode.OK
+
+
+# ------------------------------------------------------------------------- test
+
+
+def test_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow test``: run case files with ``stageflow.testing.run_case_files``.
+
+    The report has ``ok`` (every case ran and passed), ``render(coverage=...)``
+    (text for people) and ``to_dict()``.
+    """
+    testing = optional_module("stageflow.testing", "stageflow test")
+    run_case_files = getattr(testing, "run_case_files", None)
+    if run_case_files is None:
+        raise CommandError(
+            "stageflow test needs stageflow.testing.run_case_files, which this stageflow "
+            "does not have yet; upgrade stageflow",
+            exit_code=ExitCode.UNAVAILABLE,
+        )
+    report = run_case_files(list(args.cases), stages_modules=list(args.stages_modules))
+    if args.json:
+        io.print(dump_json(report.to_dict()))
+    else:
+        io.print(report.render(coverage=not args.no_coverage).rstrip("\n"))
+    return ExitCode.OK if report.ok else ExitCode.FAILED
+
+
+# ---------------------------------------------------------------------- parsers
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add validate, schema, graph, stages and test to ``subparsers``."""
+    p = subparsers.add_parser(
+        "validate",
+        help="check pipeline files and print every problem",
+        description=(
+            "Load each PIPELINE (JSON schema, structure, graph and stage checks) and print "
+            "every problem as FILE: LOCATION: MESSAGE."
+        ),
+        epilog="exit codes: 0 every file is valid, 2 a file has problems or bad options",
+    )
+    p.add_argument("pipelines", nargs="+", metavar="PIPELINE", help="pipeline files")
+    p.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="do not check stage names and specs (no --stages needed)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON report per file")
+    add_stage_options(p)
+    p.set_defaults(handler=validate_command)
+
+    p = subparsers.add_parser(
+        "schema",
+        help="print the pipeline JSON Schema",
+        description=(
+            "Print the JSON Schema (draft 2020-12) of pipeline documents, for editors, "
+            "validators and programs that write pipelines."
+        ),
+    )
+    p.add_argument(
+        "--with-stages",
+        action="store_true",
+        help="restrict the 'stage' field of stage nodes to the registered names (an enum)",
+    )
+    add_stage_options(p)
+    p.set_defaults(handler=schema_command)
+
+    p = subparsers.add_parser(
+        "graph",
+        help="draw a pipeline as Mermaid or DOT",
+        description=(
+            "Print the graph of PIPELINE: nodes (stage boxes, condition diamonds, parallel "
+            "hexagons, terminals with a double border), next edges, condition edges "
+            "('if #1', 'else'), parallel branches (dashed, 'branch 1'), the join (bold), "
+            "branch ends (dotted) and error edges (red, 'on <errors>', 'fallback'). Stage "
+            "names are checked only with --stages or --plugin."
+        ),
+    )
+    p.add_argument("pipeline", metavar="PIPELINE", help="pipeline file")
+    p.add_argument(
+        "--format", choices=tuple(FORMATS), default="mermaid", help="output format (mermaid)"
+    )
+    add_stage_options(p)
+    p.set_defaults(handler=graph_command)
+
+    p = subparsers.add_parser(
+        "stages",
+        help="print the stage catalogue",
+        description="List the registered stages: name, source, description and spec.",
+    )
+    p.add_argument("--json", action="store_true", help="print the full specs as JSON")
+    add_stage_options(p)
+    p.set_defaults(handler=stages_command)
+
+    p = subparsers.add_parser(
+        "test",
+        help="run pipeline test case files",
+        description="Run the test case files with the pipeline tester (stageflow.testing).",
+        epilog="exit codes: 0 every case passed, 1 a case failed or could not run, "
+        "2 bad options, 5 the tester is not available",
+    )
+    p.add_argument("cases", nargs="+", metavar="CASES", help="case files (.json, .yaml)")
+    p.add_argument(
+        "--stages",
+        dest="stages_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module name or .py file that registers stages (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--no-coverage", action="store_true", help="leave the node and edge coverage out"
+    )
+    add_logging_options(p)
+    p.set_defaults(handler=test_command)

@@ -1,0 +1,183 @@
+"""What every command shares: exit codes, the command error, output streams, JSON input."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import importlib
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import attrs
+import yaml
+
+from stageflow._errors import StageflowError
+
+__all__ = [
+    "LOG_LEVELS",
+    "CommandError",
+    "ExitCode",
+    "FollowStderr",
+    "Streams",
+    "add_logging_options",
+    "dump_json",
+    "optional_module",
+    "read_json_argument",
+]
+
+
+class ExitCode(enum.IntEnum):
+    """The exit status of ``stageflow``: what happened, for scripts and CI."""
+
+    OK = 0
+    """The command did what was asked: the session completed, every file is valid, ..."""
+    FAILED = 1
+    """The session failed, or a test case failed."""
+    USAGE = 2
+    """Bad command line, invalid pipeline or payload, stages module that cannot be imported."""
+    CANCELLED = 3
+    """The session was cancelled or timed out."""
+    NEEDS_INPUT = 4
+    """The session waited for an input type that had no scripted ``--input`` left; it
+    was cancelled."""
+    UNAVAILABLE = 5
+    """A feature the command needs is not installed in this stageflow."""
+    INTERRUPTED = 130
+    """Interrupted with Ctrl-C."""
+    BROKEN_PIPE = 141
+    """The reader of standard output went away (``stageflow ... | head``), as if killed
+    by SIGPIPE."""
+
+
+class CommandError(StageflowError):
+    """A command cannot go on; the message says what, where and how to fix it.
+
+    Attributes:
+        exit_code: the process exit status to use.
+        detail: extra text printed after the message (a traceback, a list).
+    """
+
+    def __init__(
+        self, message: str, *, exit_code: ExitCode = ExitCode.USAGE, detail: str | None = None
+    ) -> None:
+        self.exit_code = exit_code
+        self.detail = detail
+        super().__init__(message)
+
+
+@attrs.frozen
+class Streams:
+    """Where a command writes: results to ``out``, diagnostics to ``err``."""
+
+    out: TextIO
+    err: TextIO
+
+    @classmethod
+    def current(cls) -> Streams:
+        """The process's ``sys.stdout`` and ``sys.stderr`` as they are now."""
+        return cls(sys.stdout, sys.stderr)
+
+    def print(self, text: str = "") -> None:
+        """Write a line of results."""
+        print(text, file=self.out)
+
+    def warn(self, text: str) -> None:
+        """Write a line of diagnostics."""
+        print(f"stageflow: {text}", file=self.err)
+
+
+def dump_json(value: Any) -> str:
+    """JSON text for output: indented, keys in their given order, UTF-8 kept readable."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def read_json_argument(text: str, *, option: str) -> Any:
+    """Parse an option value: JSON text, or ``@FILE`` naming a JSON (or YAML) file.
+
+    Raises:
+        CommandError: the file cannot be read or the text is not valid JSON/YAML.
+    """
+    source = option
+    if text.startswith("@"):
+        file = Path(text[1:])
+        source = f"{option} {text}"
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(
+                f"{option}: cannot read {str(file)!r}: {exc.strerror or exc}; "
+                "check the path after '@'"
+            ) from exc
+        if file.suffix in (".yaml", ".yml"):
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise CommandError(f"{source}: not valid YAML: {exc}; fix the file") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(
+            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+            "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+        ) from exc
+
+
+def optional_module(name: str, option: str) -> ModuleType:
+    """Import a stageflow module that may not be part of this install yet.
+
+    Raises:
+        CommandError: (exit code ``UNAVAILABLE``) the module is not there.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        raise CommandError(
+            f"{option} needs {name}, which this stageflow does not have; "
+            "upgrade stageflow, or leave the option out",
+            exit_code=ExitCode.UNAVAILABLE,
+        ) from exc
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-format`` and ``--log-level`` to a command that runs sessions."""
+    group = parser.add_argument_group("logs (on standard error)")
+    group.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="one JSON object per line, or lines for people (default: console)",
+    )
+    group.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="the lowest level written (default: info with --log-format, else warning)",
+    )
+
+
+class FollowStderr(io.TextIOBase):
+    """A text stream that writes to whatever ``sys.stderr`` is at the time.
+
+    Log lines then follow a redirection made after logging was configured
+    (the live view's, or a test's capture).
+    """
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the current standard error."""
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush the current standard error."""
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        """Whether the current standard error is a terminal."""
+        return sys.stderr.isatty()

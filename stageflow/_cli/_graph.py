@@ -1,0 +1,365 @@
+"""Drawing a pipeline: a small graph model, rendered as Mermaid, Graphviz DOT or JSON.
+
+:func:`build_graph` turns a :class:`~stageflow.Pipeline` into :class:`Graph`
+(nodes plus typed edges); the renderers only map node types to shapes and
+edge kinds to line styles. A new node type adds one function to
+``_NODE_DETAIL`` and one to ``_EDGE_BUILDERS``; a new kind of edge (map
+bodies, subpipeline calls) adds an :class:`EdgeKind` and a style in each
+renderer. Error edges (``on_error``, ``fallback``) come from
+:func:`_error_edges`, which every node goes through.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import attrs
+
+from stageflow._model import ConditionNode, Node, ParallelNode, StageNode, TerminalNode
+from stageflow._pipeline import Pipeline, continuation_edges
+
+__all__ = ["FORMATS", "EdgeKind", "Graph", "GraphEdge", "GraphNode", "build_graph", "render"]
+
+
+class EdgeKind(enum.StrEnum):
+    """Why control can go from one node to another."""
+
+    ENTRY = "entry"
+    """From the start marker to the pipeline's ``entry``."""
+    NEXT = "next"
+    """A stage's ``next``."""
+    CONDITION = "condition"
+    """A condition's ``conditions[i].then``; labelled ``if #i+1``."""
+    ELSE = "else"
+    """A condition's ``else``."""
+    BRANCH = "branch"
+    """A parallel node to the entry of one branch; labelled ``branch i+1``."""
+    JOIN = "join"
+    """A parallel node to its ``next``: what runs once the branches are done."""
+    BRANCH_END = "branch_end"
+    """The last node of a branch (one without ``next``) to the parallel node's join."""
+    ERROR = "error"
+    """An error edge: ``on_error[i]`` (labelled ``on <error names>``) or ``fallback``."""
+
+
+@attrs.frozen
+class GraphNode:
+    """A node as drawn.
+
+    Attributes:
+        id: the pipeline node id (or the start marker's id).
+        type: the node type, or ``"start"`` for the start marker.
+        detail: a second line under the id (``stage: Name``), or ``None``.
+    """
+
+    id: str
+    type: str
+    detail: str | None = None
+
+
+@attrs.frozen
+class GraphEdge:
+    """An edge as drawn: from ``source`` to ``target`` because of ``kind``."""
+
+    source: str
+    target: str
+    kind: EdgeKind
+    label: str | None = None
+
+
+@attrs.frozen
+class Graph:
+    """A pipeline's nodes and edges, ready to render."""
+
+    name: str
+    start: str
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The graph as a JSON object."""
+        return {
+            "name": self.name,
+            "start": self.start,
+            "nodes": [attrs.asdict(n) for n in self.nodes],
+            "edges": [
+                {"source": e.source, "target": e.target, "kind": e.kind.value, "label": e.label}
+                for e in self.edges
+            ],
+        }
+
+
+# ----------------------------------------------------------------- per node type
+
+
+def _stage_detail(node: StageNode) -> str:
+    return f"stage: {node.stage}"
+
+
+def _condition_detail(node: ConditionNode) -> str:
+    count = len(node.conditions)
+    return f"condition: {count} rule{'s' if count != 1 else ''}"
+
+
+def _parallel_detail(node: ParallelNode) -> str:
+    return f"parallel: {node.policy.value}"
+
+
+def _terminal_detail(node: TerminalNode) -> str:
+    return "terminal"
+
+
+_NODE_DETAIL: Final[dict[str, Callable[[Any], str]]] = {
+    "stage": _stage_detail,
+    "condition": _condition_detail,
+    "parallel": _parallel_detail,
+    "terminal": _terminal_detail,
+}
+
+
+def _stage_edges(node: StageNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    if node.next is not None:
+        yield GraphEdge(node.id, node.next, EdgeKind.NEXT)
+
+
+def _condition_edges(node: ConditionNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    for i, branch in enumerate(node.conditions, start=1):
+        yield GraphEdge(node.id, branch.then, EdgeKind.CONDITION, f"if #{i}")
+    if node.else_ is not None:
+        yield GraphEdge(node.id, node.else_, EdgeKind.ELSE, "else")
+
+
+def _success_edges(node: Node) -> tuple[str, ...]:
+    """Where control goes when ``node`` succeeds (error edges left out)."""
+    if isinstance(node, ConditionNode):
+        return (*(c.then for c in node.conditions), *((node.else_,) if node.else_ else ()))
+    target = getattr(node, "next", None)
+    return (target,) if isinstance(target, str) else ()
+
+
+def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
+    """Nodes where the branch starting at ``child`` ends without a ``next`` (in document order).
+
+    The walk follows continuation edges (error edges included: a handler
+    without ``next`` ends the branch too) but not parallel children: nested
+    branches end at their own join, not at this one.
+    """
+    seen: set[str] = set()
+    todo = [child]
+    while todo:
+        node_id = todo.pop()
+        if node_id in seen or node_id == join or node_id not in pipeline:
+            continue
+        seen.add(node_id)
+        todo.extend(continuation_edges(pipeline.node(node_id)))
+    return [
+        n.id
+        for n in pipeline.nodes
+        if n.id in seen and not _success_edges(n) and not isinstance(n, TerminalNode)
+    ]
+
+
+def _parallel_edges(node: ParallelNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    for i, child in enumerate(node.children, start=1):
+        yield GraphEdge(node.id, child, EdgeKind.BRANCH, f"branch {i}")
+    if node.next is None:
+        return
+    yield GraphEdge(node.id, node.next, EdgeKind.JOIN, "join")
+    tails: list[str] = []
+    for child in node.children:
+        tails.extend(t for t in _branch_tails(child, node.next, pipeline) if t not in tails)
+    for tail in tails:
+        yield GraphEdge(tail, node.next, EdgeKind.BRANCH_END)
+
+
+def _terminal_edges(node: TerminalNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    return iter(())
+
+
+def _generic_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    """A node type this module does not know yet: draw its ``next`` if it has one."""
+    target = getattr(node, "next", None)
+    if isinstance(target, str):
+        yield GraphEdge(node.id, target, EdgeKind.NEXT)
+
+
+_EDGE_BUILDERS: Final[dict[str, Callable[[Any, Pipeline], Iterator[GraphEdge]]]] = {
+    "stage": _stage_edges,
+    "condition": _condition_edges,
+    "parallel": _parallel_edges,
+    "terminal": _terminal_edges,
+}
+
+
+def _error_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    """Edges taken when ``node`` fails: its ``on_error`` handlers in order, then ``fallback``.
+
+    Read by attribute, so every node type that has error edges gets them drawn.
+    """
+    for handler in getattr(node, "on_error", ()):
+        yield GraphEdge(node.id, handler.next, EdgeKind.ERROR, f"on {', '.join(handler.errors)}")
+    fallback = getattr(node, "fallback", None)
+    if isinstance(fallback, str):
+        yield GraphEdge(node.id, fallback, EdgeKind.ERROR, "fallback")
+
+
+def _start_id(pipeline: Pipeline) -> str:
+    start = "__start__"
+    while start in pipeline:
+        start = f"_{start}"
+    return start
+
+
+def build_graph(pipeline: Pipeline) -> Graph:
+    """Describe ``pipeline`` as nodes and edges (nodes in document order)."""
+    start = _start_id(pipeline)
+    nodes = [GraphNode(start, "start", None)]
+    edges = [GraphEdge(start, pipeline.entry, EdgeKind.ENTRY)]
+    for node in pipeline.nodes:
+        detail = _NODE_DETAIL.get(node.type)
+        nodes.append(GraphNode(node.id, node.type, detail(node) if detail else node.type))
+        edges.extend(_EDGE_BUILDERS.get(node.type, _generic_edges)(node, pipeline))
+        edges.extend(_error_edges(node, pipeline))
+    return Graph(pipeline.name, start, tuple(nodes), tuple(edges))
+
+
+# ---------------------------------------------------------------------- Mermaid
+
+_MERMAID_SHAPES: Final = {
+    "start": ("((", "))"),
+    "stage": ("[", "]"),
+    "condition": ("{", "}"),
+    "parallel": ("[[", "]]"),
+    "terminal": ("([", "])"),
+}
+_MERMAID_ARROWS: Final = {
+    EdgeKind.BRANCH: "-.->",
+    EdgeKind.BRANCH_END: "-.->",
+    EdgeKind.JOIN: "==>",
+    EdgeKind.ERROR: "-.->",
+}
+_MERMAID_ERROR_STYLE: Final = "stroke:#c0392b,color:#c0392b"
+_MERMAID_SAFE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words Mermaid's flowchart grammar reads as keywords, never usable as bare ids.
+_MERMAID_KEYWORDS: Final = frozenset(
+    {"end", "graph", "flowchart", "subgraph", "style", "class", "classdef", "click", "linkstyle"}
+)
+
+
+def _mermaid_text(text: str) -> str:
+    text = re.sub(r"#(?=\w+;)", "#35;", text)
+    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+def _mermaid_ids(graph: Graph) -> dict[str, str]:
+    used = {n.id for n in graph.nodes}
+    ids: dict[str, str] = {}
+    for i, node in enumerate(graph.nodes):
+        if _MERMAID_SAFE_ID.fullmatch(node.id) and node.id.lower() not in _MERMAID_KEYWORDS:
+            ids[node.id] = node.id
+            continue
+        candidate = f"n{i}"
+        while candidate in used:
+            candidate = f"_{candidate}"
+        used.add(candidate)
+        ids[node.id] = candidate
+    return ids
+
+
+def render_mermaid(graph: Graph) -> str:
+    """Mermaid ``flowchart`` text: paste into Markdown (```mermaid) or mermaid.live."""
+    ids = _mermaid_ids(graph)
+    lines = ["flowchart TD", f"    %% pipeline: {graph.name}"]
+    for node in graph.nodes:
+        opening, closing = _MERMAID_SHAPES.get(node.type, ("[", "]"))
+        text = _mermaid_text(node.id if node.type != "start" else "start")
+        if node.detail:
+            text += "<br/>" + _mermaid_text(node.detail)
+        lines.append(f'    {ids[node.id]}{opening}"{text}"{closing}')
+    for edge in graph.edges:
+        arrow = _MERMAID_ARROWS.get(edge.kind, "-->")
+        label = f'|"{_mermaid_text(edge.label)}"|' if edge.label else ""
+        lines.append(f"    {ids[edge.source]} {arrow}{label} {ids[edge.target]}")
+    errors = [str(i) for i, edge in enumerate(graph.edges) if edge.kind is EdgeKind.ERROR]
+    if errors:
+        lines.append(f"    linkStyle {','.join(errors)} {_MERMAID_ERROR_STYLE}")
+    terminals = [ids[n.id] for n in graph.nodes if n.type == "terminal"]
+    if terminals:
+        lines.append("    classDef terminal stroke-width:4px")
+        lines.append(f"    class {','.join(terminals)} terminal")
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------- DOT
+
+_DOT_NODE_ATTRS: Final = {
+    "start": {"shape": "point", "width": "0.2"},
+    "stage": {"shape": "box", "style": "rounded"},
+    "condition": {"shape": "diamond"},
+    "parallel": {"shape": "hexagon"},
+    "terminal": {"shape": "box", "style": "rounded,bold", "peripheries": "2"},
+}
+_DOT_EDGE_STYLES: Final = {
+    EdgeKind.BRANCH: "dashed",
+    EdgeKind.BRANCH_END: "dotted",
+    EdgeKind.JOIN: "bold",
+    EdgeKind.ERROR: "dashed",
+}
+_DOT_ERROR_COLOR: Final = "#c0392b"
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _dot_attrs(values: dict[str, str]) -> str:
+    return ", ".join(f"{key}={_dot_quote(value)}" for key, value in values.items())
+
+
+def render_dot(graph: Graph) -> str:
+    """Graphviz DOT text: ``dot -Tsvg`` draws it."""
+    lines = [
+        f"digraph {_dot_quote(graph.name)} {{",
+        "    rankdir=TB;",
+        '    node [fontname="Helvetica"];',
+        '    edge [fontname="Helvetica"];',
+    ]
+    for node in graph.nodes:
+        values = dict(_DOT_NODE_ATTRS.get(node.type, {"shape": "box"}))
+        if node.type != "start":
+            values["label"] = f"{node.id}\n{node.detail}" if node.detail else node.id
+        lines.append(f"    {_dot_quote(node.id)} [{_dot_attrs(values)}];")
+    for edge in graph.edges:
+        values = {}
+        if edge.kind in _DOT_EDGE_STYLES:
+            values["style"] = _DOT_EDGE_STYLES[edge.kind]
+        if edge.kind is EdgeKind.ERROR:
+            values["color"] = values["fontcolor"] = _DOT_ERROR_COLOR
+        if edge.label:
+            values["label"] = edge.label
+        suffix = f" [{_dot_attrs(values)}]" if values else ""
+        lines.append(f"    {_dot_quote(edge.source)} -> {_dot_quote(edge.target)}{suffix};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(graph: Graph) -> str:
+    """The graph as JSON (see :meth:`Graph.to_dict`)."""
+    return json.dumps(graph.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+FORMATS: Final[dict[str, Callable[[Graph], str]]] = {
+    "mermaid": render_mermaid,
+    "dot": render_dot,
+    "json": render_json,
+}
+"""``--format`` name -> renderer."""
+
+
+def render(pipeline: Pipeline, format: str) -> str:
+    """Draw ``pipeline`` in ``format`` (a key of :data:`FORMATS`)."""
+    return FORMATS[format](build_graph(pipeline))

@@ -1,0 +1,80 @@
+"""Every ``console`` example in docs/cli.md runs and prints what the page shows.
+
+A block is ``$ stageflow ...`` lines, each followed by its expected standard
+output; ``...`` in an expected line matches anything. ``> FILE`` at the end
+of a command means the output goes to a file: then it must be JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+
+from stageflow.cli import ExitCode, main
+
+ROOT = Path(__file__).parents[1]
+PAGE = ROOT / "docs" / "cli.md"
+
+
+def examples() -> list[tuple[str, list[str]]]:
+    found: list[tuple[str, list[str]]] = []
+    lines = PAGE.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        fence = re.match(r"^(\s*)```console$", lines[i])
+        i += 1
+        if not fence:
+            continue
+        indent = len(fence[1])
+        block: list[str] = []
+        while not lines[i].strip().startswith("```"):
+            block.append(lines[i][indent:])
+            i += 1
+        for line in block:
+            if line.startswith("$ "):
+                found.append((line[2:], []))
+            else:
+                found[-1][1].append(line)
+    return found
+
+
+EXAMPLES = examples()
+
+
+def test_the_page_has_examples() -> None:
+    commands = [command.split()[1] for command, _ in EXAMPLES]
+    assert {"run", "validate", "schema", "graph", "stages", "test"} <= set(commands)
+
+
+@pytest.mark.parametrize(("command", "expected"), EXAMPLES, ids=[c for c, _ in EXAMPLES])
+def test_example(
+    command: str,
+    expected: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    argv = shlex.split(command)
+    assert argv[0] == "stageflow"
+    redirect = None
+    if ">" in argv:
+        redirect = argv[argv.index(">") + 1]
+        argv = argv[: argv.index(">")]
+    code = main(argv[1:])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.OK, err
+    if redirect is not None:
+        assert expected == []
+        assert redirect.endswith(".json")
+        json.loads(out)
+        return
+    got = out.splitlines()
+    assert len(got) == len(expected), out
+    for line, pattern in zip(got, expected, strict=True):
+        regex = ".*".join(re.escape(part) for part in pattern.split("..."))
+        assert re.fullmatch(regex, line), (line, pattern)
