@@ -118,3 +118,16 @@ async def run(
 def types(result: stageflow.SessionResult, *, node_id: str | None = None) -> list[str]:
     """The event types of a result, optionally only those of one node."""
     return [e.type for e in result.history if node_id is None or e.node_id == node_id]
+
+
+async def wait_until_waiting(session: stageflow.Session, input_type: str, count: int = 1) -> None:
+    """Block until ``count`` stages wait for ``input_type`` (driven by events, no polling).
+
+    Checks the state first: the waits may have started before this subscribed.
+    """
+    stream = session.events(buffer=0)
+    try:
+        while len(session._desk.broker.waiters(input_type)) < count:
+            await stream.__anext__()
+    finally:
+        await stream.aclose()

@@ -9,7 +9,17 @@ from typing import Any
 import anyio
 import pytest
 from conftest import live_tasks
-from fakes import doc, fake_registry, load, parallel, scaled, stage, terminal, types
+from fakes import (
+    doc,
+    fake_registry,
+    load,
+    parallel,
+    scaled,
+    stage,
+    terminal,
+    types,
+    wait_until_waiting,
+)
 
 import stageflow
 
@@ -224,13 +234,7 @@ async def test_input_reaches_a_stage_in_a_subpipeline_in_a_parallel_branch() -> 
     async with anyio.create_task_group() as tg:
 
         async def approve() -> None:
-            stream = session.events(buffer=0)
-            waiting = 0
-            async for event in stream:
-                waiting += event.type == "waiting_for_input"
-                if waiting == 2:
-                    break
-            await stream.aclose()
+            await wait_until_waiting(session, "approve", 2)
             assert session.send_input("approve", "yes").delivered == 2
 
         tg.start_soon(approve)

@@ -10,7 +10,7 @@ import anyio.to_thread
 import pytest
 import trio
 import trio.testing
-from fakes import doc, fake_registry, load, parallel, stage, terminal, types
+from fakes import doc, fake_registry, load, parallel, stage, terminal, types, wait_until_waiting
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,16 +52,6 @@ def new_session(
 ) -> stageflow.Session:
     registry = registry or fake_registry()
     return stageflow.Session(load(document, registry), registry=registry, **kw)
-
-
-async def wait_until_waiting(session: stageflow.Session, input_type: str, count: int = 1) -> None:
-    """Block until ``count`` stages wait for ``input_type`` (driven by events, no polling)."""
-    stream = session.events(buffer=0)
-    try:
-        while len(session._desk.broker.waiters(input_type)) < count:
-            await stream.__anext__()
-    finally:
-        await stream.aclose()
 
 
 async def test_broadcast_reaches_waiters_in_every_branch() -> None:

@@ -19,8 +19,17 @@ from typing import Any, Final
 
 import attrs
 
-from stageflow._model import ConditionNode, Node, ParallelNode, StageNode, TerminalNode
-from stageflow._pipeline import Pipeline, continuation_edges
+from stageflow._graph import continuation_edges
+from stageflow._model import (
+    ConditionNode,
+    MapNode,
+    Node,
+    ParallelNode,
+    StageNode,
+    SubpipelineNode,
+    TerminalNode,
+)
+from stageflow._pipeline import Pipeline
 
 __all__ = ["FORMATS", "EdgeKind", "Graph", "GraphEdge", "GraphNode", "build_graph", "render"]
 
@@ -44,6 +53,8 @@ class EdgeKind(enum.StrEnum):
     """The last node of a branch (one without ``next``) to the parallel node's join."""
     ERROR = "error"
     """An error edge: ``on_error[i]`` (labelled ``on <error names>``) or ``fallback``."""
+    BODY = "body"
+    """A map node to the entry of its body, run once per item; labelled ``each item``."""
 
 
 @attrs.frozen
@@ -113,11 +124,21 @@ def _terminal_detail(node: TerminalNode) -> str:
     return "terminal"
 
 
+def _subpipeline_detail(node: SubpipelineNode) -> str:
+    return f"subpipeline: {node.pipeline}"
+
+
+def _map_detail(node: MapNode) -> str:
+    return f"map: {node.items}, {node.concurrency} at a time"
+
+
 _NODE_DETAIL: Final[dict[str, Callable[[Any], str]]] = {
     "stage": _stage_detail,
     "condition": _condition_detail,
     "parallel": _parallel_detail,
     "terminal": _terminal_detail,
+    "subpipeline": _subpipeline_detail,
+    "map": _map_detail,
 }
 
 
@@ -187,7 +208,14 @@ def _generic_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
         yield GraphEdge(node.id, target, EdgeKind.NEXT)
 
 
+def _map_edges(node: MapNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    yield GraphEdge(node.id, node.body, EdgeKind.BODY, "each item")
+    if node.next is not None:
+        yield GraphEdge(node.id, node.next, EdgeKind.NEXT)
+
+
 _EDGE_BUILDERS: Final[dict[str, Callable[[Any, Pipeline], Iterator[GraphEdge]]]] = {
+    "map": _map_edges,
     "stage": _stage_edges,
     "condition": _condition_edges,
     "parallel": _parallel_edges,
@@ -235,8 +263,11 @@ _MERMAID_SHAPES: Final = {
     "condition": ("{", "}"),
     "parallel": ("[[", "]]"),
     "terminal": ("([", "])"),
+    "subpipeline": ("[[", "]]"),
+    "map": ("[/", "/]"),
 }
 _MERMAID_ARROWS: Final = {
+    EdgeKind.BODY: "-.->",
     EdgeKind.BRANCH: "-.->",
     EdgeKind.BRANCH_END: "-.->",
     EdgeKind.JOIN: "==>",
@@ -302,8 +333,11 @@ _DOT_NODE_ATTRS: Final = {
     "condition": {"shape": "diamond"},
     "parallel": {"shape": "hexagon"},
     "terminal": {"shape": "box", "style": "rounded,bold", "peripheries": "2"},
+    "subpipeline": {"shape": "component"},
+    "map": {"shape": "box3d"},
 }
 _DOT_EDGE_STYLES: Final = {
+    EdgeKind.BODY: "dashed",
     EdgeKind.BRANCH: "dashed",
     EdgeKind.BRANCH_END: "dotted",
     EdgeKind.JOIN: "bold",
