@@ -7,6 +7,8 @@ being strict) when the engine is fixed: remove the mark then.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 import trio.testing
@@ -124,13 +126,14 @@ async def test_send_input_from_thread_on_the_loop_thread_is_a_typed_error() -> N
     async with anyio.create_task_group() as tg:
 
         async def misuse() -> None:
-            async for event in stream:
-                if event.type == "waiting_for_input":
-                    try:
-                        with pytest.raises(stageflow.SessionStateError, match="send_input"):
-                            session.send_input_from_thread("go", 1)
-                    finally:
-                        session.send_input("go", 1)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    if event.type == "waiting_for_input":
+                        try:
+                            with pytest.raises(stageflow.SessionStateError, match="send_input"):
+                                session.send_input_from_thread("go", 1)
+                        finally:
+                            session.send_input("go", 1)
 
         tg.start_soon(misuse)
         await session.run()
