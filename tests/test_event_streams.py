@@ -1,0 +1,139 @@
+"""What docs/inputs.md promises about ``events()`` and ``send_input_from_thread``.
+
+The tests marked ``xfail(strict=True)`` show engine bugs found while writing
+the docs; each reason says what is wrong. They start passing (and so fail,
+being strict) when the engine is fixed: remove the mark then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+import pytest
+import trio.testing
+from fakes import doc, fake_registry, load, stage, terminal
+
+import stageflow
+
+
+def chatty_registry() -> stageflow.StageRegistry:
+    """``Chatty`` emits five ``tick`` events without awaiting, then waits for ``go``."""
+    registry = fake_registry()
+
+    @registry.register("Chatty")
+    async def chatty(ctx: stageflow.StageContext) -> None:
+        for n in range(5):
+            ctx.emit("tick", {"n": n})
+        await ctx.wait_input("go")
+
+    return registry
+
+
+def session_of(*nodes: dict[str, object], registry: stageflow.StageRegistry) -> stageflow.Session:
+    return stageflow.Session(load(doc(list(nodes)), registry), registry=registry)
+
+
+@pytest.mark.anyio
+async def test_slow_subscriber_gets_an_overflow_marker_then_resumes() -> None:
+    session = session_of(
+        stage("talk", "Chatty", next="end"), terminal("end"), registry=chatty_registry()
+    )
+    stream = session.events(buffer=2)
+    waiting = anyio.Event()
+    session.subscribe(lambda e: waiting.set() if e.type == "waiting_for_input" else None)
+    got: list[stageflow.Event] = []
+    async with anyio.create_task_group() as tg:
+
+        async def slow_reader() -> None:
+            await waiting.wait()  # read nothing until the stage waits
+            got.append(await stream.__anext__())
+            got.append(await stream.__anext__())
+            session.send_input("go", None)
+            got.append(await stream.__anext__())
+            got.append(await stream.__anext__())
+            await stream.aclose()
+
+        tg.start_soon(slow_reader)
+        result = await session.run()
+    assert [(e.seq, e.type) for e in got] == [
+        (1, "session_started"),
+        (2, "node_started"),
+        (9, "subscriber_overflow"),
+        (9, "input_received"),
+    ]
+    # Five ticks and waiting_for_input were dropped for this reader only.
+    assert dict(got[2].payload) == {"dropped": 6, "next_seq": 9}
+    assert [e.type for e in result.history[2:8]] == ["tick"] * 5 + ["waiting_for_input"]
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="History.close() ends the streams without the pending overflow marker: a reader "
+    "whose gap reaches the end of the run is never told events were dropped "
+    "(fix: EventStream.__anext__ yields the marker on EndOfStream while sub.dropped > 0)",
+)
+async def test_gap_at_the_end_of_the_run_is_still_marked() -> None:
+    registry = fake_registry()
+    session = session_of(
+        stage("a", "Set", next="b"),
+        stage("b", "Set", next="end"),
+        terminal("end"),
+        registry=registry,
+    )
+    stream = session.events(buffer=2)
+    result = await session.run()
+    got = [event async for event in stream]
+    markers = [e for e in got if e.type == "subscriber_overflow"]
+    assert len(markers) == 1
+    delivered = len(got) - 1
+    assert delivered + markers[0].payload["dropped"] == len(result.history)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="events() on a finished session returns a stream nobody ever closes, so "
+    "'async for' hangs (fix: History remembers it was closed and stream() returns an "
+    "already-ended stream)",
+)
+@pytest.mark.trio
+async def test_events_of_a_finished_session_end_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    session = session_of(terminal("end"), registry=fake_registry())
+    await session.run()
+    stream = session.events()
+    try:
+        with anyio.fail_after(60):  # virtual time: a hang shows up as TimeoutError at once
+            assert [event async for event in stream] == []
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="send_input_from_thread called on the event loop's own thread raises trio's "
+    "RuntimeError, and on asyncio blocks the loop forever (not run here); it should raise "
+    "SessionStateError telling to use send_input",
+)
+@pytest.mark.trio
+async def test_send_input_from_thread_on_the_loop_thread_is_a_typed_error() -> None:
+    registry = fake_registry()
+    node = stage("w", "WaitStage", config={"input": "go"}, next="end")
+    session = session_of(node, terminal("end"), registry=registry)
+    stream = session.events()
+    async with anyio.create_task_group() as tg:
+
+        async def misuse() -> None:
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    if event.type == "waiting_for_input":
+                        try:
+                            with pytest.raises(stageflow.SessionStateError, match="send_input"):
+                                session.send_input_from_thread("go", 1)
+                        finally:
+                            session.send_input("go", 1)
+
+        tg.start_soon(misuse)
+        await session.run()
