@@ -13,7 +13,6 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
@@ -155,5 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _call(bench: Benchmark, settings: Settings, table: Table, figures: Figures) -> Any:
-    return await bench.run(settings, table, figures)  # type: ignore[misc]
+async def _call(bench: Benchmark, settings: Settings, table: Table, figures: Figures) -> None:
+    pending = bench.run(settings, table, figures)
+    if pending is not None:
+        await pending
