@@ -10,6 +10,7 @@ a task group owned by :meth:`Session.run`.
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -213,6 +214,7 @@ class Session(CompositeNodes):
         self._cancel_scope: anyio.CancelScope | None = None
         self._cancel_reason: str | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
         self._tracer_provider = tracer_provider
         # Decided once per run: a tracer (or None: no spans at all), and
         # whether node log lines are written (only into a configured structlog).
@@ -335,6 +337,11 @@ class Session(CompositeNodes):
             SessionStateError: the session is not running.
         """
         token = self._token
+        if threading.get_ident() == self._loop_thread:
+            raise SessionStateError(
+                f"session {self.session_id!r}: send_input_from_thread was called on the event "
+                "loop's own thread, where it would block the loop; call send_input instead"
+            )
         if token is None or self._status is not SessionStatus.RUNNING:
             raise SessionStateError(
                 f"session {self.session_id!r} is {self._status.value}; send_input_from_thread "
@@ -372,6 +379,7 @@ class Session(CompositeNodes):
             )
         self._status = SessionStatus.RUNNING
         self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
         self._tracer = tracer = resolve_tracer(self._tracer_provider, __version__)
         if structlog.is_configured():
             self._node_log = _log.bind(session_id=self.session_id)

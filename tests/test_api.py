@@ -637,7 +637,12 @@ def test_optional_modules_exist_and_the_rest_imports_without_their_extras() -> N
 
 
 # Imported by test fixtures precisely because no distribution provides them.
-DELIBERATELY_MISSING = {"stageflow_test_provider_sdk_that_is_not_installed"}
+DELIBERATELY_MISSING = {
+    "stageflow_test_provider_sdk_that_is_not_installed",
+    # Benchmarks only: `make bench` installs it from benchmarks/requirements.txt
+    # into .bench-venv; it is never a dependency of stageflow.
+    "langgraph",
+}
 
 
 def test_every_test_example_and_benchmark_import_is_declared() -> None:

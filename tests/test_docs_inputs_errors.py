@@ -18,7 +18,6 @@ import builtins
 import contextlib
 import io
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +172,15 @@ def test_errors_page_names_every_error_class() -> None:
     import stageflow.testing
 
     text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
-    # Classes defined in stageflow's modules (not those builtins.fail makes at run time).
+    # Classes users can import: from stageflow or a public submodule (not the
+    # CLI's internal ones, nor those builtins.fail makes at run time).
+    import stageflow.builtins
+
+    namespaces = (stageflow, stageflow.testing, stageflow.builtins)
     public = {
         c
         for c in _subclasses(stageflow.StageflowError)
-        if c.__module__.startswith("stageflow")
-        and getattr(sys.modules[c.__module__], c.__name__, None) is c
+        if any(getattr(ns, c.__name__, None) is c for ns in namespaces)
     }
     missing = sorted(
         c.__name__

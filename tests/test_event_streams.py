@@ -1,9 +1,4 @@
-"""What docs/inputs.md promises about ``events()`` and ``send_input_from_thread``.
-
-The tests marked ``xfail(strict=True)`` show engine bugs found while writing
-the docs; each reason says what is wrong. They start passing (and so fail,
-being strict) when the engine is fixed: remove the mark then.
-"""
+"""What docs/inputs.md promises about ``events()`` and ``send_input_from_thread``."""
 
 from __future__ import annotations
 
@@ -68,12 +63,6 @@ async def test_slow_subscriber_gets_an_overflow_marker_then_resumes() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="History.close() ends the streams without the pending overflow marker: a reader "
-    "whose gap reaches the end of the run is never told events were dropped "
-    "(fix: EventStream.__anext__ yields the marker on EndOfStream while sub.dropped > 0)",
-)
 async def test_gap_at_the_end_of_the_run_is_still_marked() -> None:
     registry = fake_registry()
     session = session_of(
@@ -91,12 +80,6 @@ async def test_gap_at_the_end_of_the_run_is_still_marked() -> None:
     assert delivered + markers[0].payload["dropped"] == len(result.history)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events() on a finished session returns a stream nobody ever closes, so "
-    "'async for' hangs (fix: History remembers it was closed and stream() returns an "
-    "already-ended stream)",
-)
 @pytest.mark.trio
 async def test_events_of_a_finished_session_end_at_once(
     autojump_clock: trio.testing.MockClock,
@@ -111,12 +94,6 @@ async def test_events_of_a_finished_session_end_at_once(
         await stream.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send_input_from_thread called on the event loop's own thread raises trio's "
-    "RuntimeError, and on asyncio blocks the loop forever (not run here); it should raise "
-    "SessionStateError telling to use send_input",
-)
 @pytest.mark.trio
 async def test_send_input_from_thread_on_the_loop_thread_is_a_typed_error() -> None:
     registry = fake_registry()

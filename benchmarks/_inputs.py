@@ -1,0 +1,314 @@
+"""Sessions paused in ``wait_input``, and snapshots of a paused session.
+
+These measure APIs that land with the inputs and snapshot issues:
+``session.send_input(type, payload)`` / ``await ctx.wait_input(type)`` and
+``session.to_dict()`` / ``Session.from_dict(data, registry=...)``. Until the
+engine has them, their rows say so instead of failing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import resource
+import statistics
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+import stageflow
+from benchmarks import _shapes as shapes
+from benchmarks._harness import (
+    NA,
+    Row,
+    Settings,
+    Table,
+    at_least,
+    at_most,
+    clock,
+    kib,
+    ratio,
+    settle,
+    size,
+    times,
+    us,
+)
+
+SECTION = "paused"
+SNAPSHOT = "snapshot"
+
+Sweep = Callable[[int, bool], Awaitable[tuple[int, int, int]]]
+"""``(count, trace memory) -> (pause ns, resume ns, bytes held while paused)``."""
+
+
+def inputs_available() -> bool:
+    """Whether the engine can pause a session in ``wait_input`` and resume it."""
+    return callable(getattr(stageflow.Session, "send_input", None))
+
+
+def snapshots_available() -> bool:
+    """Whether sessions can be snapshotted and restored."""
+    return callable(getattr(stageflow.Session, "to_dict", None)) and callable(
+        getattr(stageflow.Session, "from_dict", None)
+    )
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _traced() -> int:
+    return tracemalloc.get_traced_memory()[0]
+
+
+def session_sweep(reg: stageflow.StageRegistry) -> Sweep:
+    """Pause ``count`` sessions in ``wait_input``, then resume each with one input."""
+    pipeline = shapes.waiting(reg)
+
+    async def sweep(count: int, memory: bool) -> tuple[int, int, int]:
+        settle()
+        if memory:
+            tracemalloc.start()
+        base = _traced() if memory else 0
+        sessions: list[stageflow.Session] = []
+        async with trio.open_nursery() as nursery:
+            start = clock()
+            for _ in range(count):
+                session = stageflow.Session(pipeline, registry=reg)
+                nursery.start_soon(session.run)
+                sessions.append(session)
+            await trio.testing.wait_all_tasks_blocked()
+            paused = clock()
+            held = _traced() - base if memory else 0
+            if memory:
+                tracemalloc.stop()
+            for session in sessions:
+                await _maybe_await(session.send_input("go", {"x": 1}))
+        done = clock()
+        unfinished = [s for s in sessions if s.status is not stageflow.SessionStatus.COMPLETED]
+        if unfinished:
+            raise RuntimeError(
+                f"{len(unfinished)} of {count} paused sessions did not complete after their "
+                f"input (first: {unfinished[0].status.value})"
+            )
+        return paused - start, done - paused, held
+
+    return sweep
+
+
+def bare_sweep() -> Sweep:
+    """The same with raw trio: one task per waiter, blocked on its own memory channel."""
+
+    async def waiter(receive: trio.MemoryReceiveChannel[Any], ctx: dict[str, Any]) -> None:
+        ctx["v"] = await receive.receive()
+
+    async def sweep(count: int, memory: bool) -> tuple[int, int, int]:
+        settle()
+        if memory:
+            tracemalloc.start()
+        base = _traced() if memory else 0
+        senders: list[trio.MemorySendChannel[Any]] = []
+        contexts: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            start = clock()
+            for _ in range(count):
+                send, receive = trio.open_memory_channel[Any](1)
+                ctx: dict[str, Any] = {}
+                nursery.start_soon(waiter, receive, ctx)
+                senders.append(send)
+                contexts.append(ctx)
+            await trio.testing.wait_all_tasks_blocked()
+            paused = clock()
+            held = _traced() - base if memory else 0
+            if memory:
+                tracemalloc.stop()
+            for send in senders:
+                send.send_nowait({"x": 1})
+        done = clock()
+        if any("v" not in ctx for ctx in contexts):
+            raise RuntimeError("a bare waiter did not get its input")
+        return paused - start, done - paused, held
+
+    return sweep
+
+
+async def _sweeps(
+    sweeps: list[Sweep], count: int, rounds: int, warmup: int
+) -> list[tuple[float, float, float]]:
+    """Median pause and resume time per waiter, and bytes held per waiter, for each sweep."""
+    for sweep in sweeps:
+        if warmup:
+            await sweep(warmup, False)
+    pauses: list[list[int]] = [[] for _ in sweeps]
+    resumes: list[list[int]] = [[] for _ in sweeps]
+    for _ in range(rounds):
+        for i, sweep in enumerate(sweeps):
+            pause, resume, _ = await sweep(count, False)
+            pauses[i].append(pause)
+            resumes[i].append(resume)
+    out = []
+    for i, sweep in enumerate(sweeps):
+        _, _, held = await sweep(count, True)
+        out.append(
+            (
+                statistics.median(pauses[i]) / count,
+                statistics.median(resumes[i]) / count,
+                held / count,
+            )
+        )
+    return out
+
+
+def _na_paused_rows(table: Table, count: int) -> None:
+    table.add(Row(SECTION, f"paused session, memory each ({count:,} paused)", NA, NA, "n/a", None))
+    table.add(Row(SECTION, f"paused session, time to pause ({count:,})", NA, NA, "n/a", None))
+    table.add(Row(SECTION, f"paused session, time to resume ({count:,})", NA, NA, "n/a", None))
+
+
+async def paused(settings: Settings, table: Table, figures: dict[str, float | None]) -> None:
+    """10,000 and 100,000 sessions paused in ``wait_input`` in one process."""
+    counts = (settings.size(10_000, 50), settings.size(100_000, 200))
+    if not inputs_available():
+        for count in counts:
+            _na_paused_rows(table, count)
+        table.add(Row(SECTION, "paused sessions held in one process", NA, "-", "-", None))
+        return
+    reg = shapes.registry()
+    sweeps = [session_sweep(reg), bare_sweep()]
+    for count, name, rounds in zip(
+        counts, ("small", "large"), (settings.fewer(5), settings.fewer(3)), strict=True
+    ):
+        warmup = settings.size(1000, 20) if name == "small" else 0
+        (pause, resume, held), (bare_pause, bare_resume, bare_held) = await _sweeps(
+            sweeps, count, rounds, warmup
+        )
+        figures[f"paused_{name}_bytes"] = held
+        figures[f"paused_{name}_pause"] = pause
+        figures[f"paused_{name}_resume"] = resume
+        table.add(
+            Row(
+                SECTION,
+                f"paused session, memory each ({count:,} paused)",
+                kib(held),
+                f"{kib(bare_held)} trio task on a memory channel",
+                times(ratio(held, bare_held)),
+                at_most(4096, held, "<=4 KiB"),
+            )
+        )
+        table.add(
+            Row(
+                SECTION,
+                f"paused session, time to pause ({count:,})",
+                us(pause),
+                f"{us(bare_pause)} start a trio task that blocks",
+                times(ratio(pause, bare_pause)),
+                at_most(50_000, pause, "<=50 us"),
+            )
+        )
+        table.add(
+            Row(
+                SECTION,
+                f"paused session, time to resume ({count:,})",
+                us(resume),
+                f"{us(bare_resume)} send to the channel, task ends",
+                times(ratio(resume, bare_resume)),
+                at_most(50_000, resume, "<=50 us"),
+            )
+        )
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    table.add(
+        Row(
+            SECTION,
+            "paused sessions held in one process",
+            f"{counts[1]:,} (peak RSS {peak_mib:,.0f} MiB)",
+            "-",
+            "-",
+            at_least(100_000, counts[1], ">=100,000"),
+        )
+    )
+
+
+# ------------------------------------------------------------------ snapshots
+
+
+def payload_of(nbytes: int) -> dict[str, Any]:
+    """A context of about ``nbytes`` of JSON: one object of 100-character strings."""
+    count = max(1, nbytes // 112)
+    return {"doc": {f"k{i:06d}": "x" * 100 for i in range(count)}}
+
+
+async def _time_async(fn: Callable[[], Any], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats + 1):
+        settle()
+        start = clock()
+        await _maybe_await(fn())
+        samples.append(clock() - start)
+    return statistics.median(samples[1:])
+
+
+async def snapshots(settings: Settings, table: Table, figures: dict[str, float | None]) -> None:
+    """Snapshot size and ``to_dict`` / ``from_dict`` time as the context grows."""
+    sizes = (1024, settings.size(64 * 1024, 16 * 1024), settings.size(1024 * 1024, 32 * 1024))
+    labels = [
+        f"{n // 1024:,} KiB" if n < 1024 * 1024 else f"{n // (1024 * 1024)} MiB" for n in sizes
+    ]
+    if not (inputs_available() and snapshots_available()):
+        for label in labels:
+            for what in ("JSON size", "to_dict time", "from_dict time"):
+                table.add(Row(SNAPSHOT, f"snapshot, context {label}: {what}", NA, NA, "n/a"))
+        return
+    reg = shapes.registry()
+    pipeline = shapes.waiting(reg)
+    repeats = settings.fewer(11)
+    for nbytes, label in zip(sizes, labels, strict=True):
+        payload = payload_of(nbytes)
+        context_json = json.dumps(payload)
+        session = stageflow.Session(pipeline, registry=reg, payload=payload)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            await trio.testing.wait_all_tasks_blocked()
+            to_dict = await _time_async(session.to_dict, repeats)
+            snapshot = await _maybe_await(session.to_dict())
+            text = json.dumps(snapshot)
+            data = json.loads(text)
+            from_dict = await _time_async(
+                lambda data=data: stageflow.Session.from_dict(data, registry=reg), repeats
+            )
+            await _maybe_await(session.send_input("go", {"x": 1}))
+        reference = await _time_async(
+            lambda payload=payload: json.loads(json.dumps(payload)), repeats
+        )
+        round_trip = f"{us(reference)} JSON round trip of the context"
+        table.add(
+            Row(
+                SNAPSHOT,
+                f"snapshot, context {label}: JSON size",
+                size(len(text)),
+                f"{size(len(context_json))} the context as JSON",
+                times(ratio(len(text), len(context_json))),
+            )
+        )
+        table.add(
+            Row(
+                SNAPSHOT,
+                f"snapshot, context {label}: to_dict time",
+                us(to_dict),
+                round_trip,
+                times(ratio(to_dict, reference)),
+            )
+        )
+        table.add(
+            Row(
+                SNAPSHOT,
+                f"snapshot, context {label}: from_dict time",
+                us(from_dict),
+                round_trip,
+                times(ratio(from_dict, reference)),
+            )
+        )

@@ -1,0 +1,147 @@
+"""Measure one tracing set-up in a process of its own (OpenTelemetry's global
+tracer provider can be set only once per process).
+
+Run as ``python -m benchmarks._tracing_worker VARIANT [--quick]``; prints one
+JSON object: ``available`` and, when available, ``per_node`` (ns per node of
+the chain), ``run3`` (ns for a 3-node run, ``Session()`` to result) and, for
+the SDK variant, ``span`` (ns for one bare SDK span with the same provider).
+
+Variants: ``untraced`` (the session is told to make no spans:
+``tracing=False`` when ``Session`` has that switch, else
+``tracer_provider=NoOpTracerProvider()``), ``none`` (no tracer provider
+configured), ``noop`` (the API's ``NoOpTracerProvider`` set globally),
+``sdk`` (SDK ``TracerProvider`` with a ``BatchSpanProcessor`` and an
+exporter that drops what it gets).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+from opentelemetry import trace
+
+VARIANTS = ("sdk", "untraced", "none", "noop")
+
+
+def untraced_options(parameters: Sequence[str]) -> dict[str, Any] | None:
+    """``Session`` keyword arguments that turn its spans off, or ``None`` if it has none."""
+    if "tracing" in parameters:
+        return {"tracing": False}
+    if "tracer_provider" in parameters:
+        return {"tracer_provider": trace.NoOpTracerProvider()}
+    return None
+
+
+def _setup(variant: str) -> Any:
+    """Install the variant's tracer provider; return the exporter for ``sdk``."""
+    if variant == "noop":
+        trace.set_tracer_provider(trace.NoOpTracerProvider())
+        return None
+    if variant != "sdk":
+        return None
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class DroppingExporter(SpanExporter):
+        """Counts the spans it is given and does nothing else."""
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            self.count += len(spans)
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            return None
+
+    exporter = DroppingExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+async def _measure(variant: str, quick: bool, exporter: Any) -> dict[str, Any]:
+    import stageflow
+    from benchmarks import _shapes as shapes
+    from benchmarks._harness import Settings, clock, interleave
+
+    options: dict[str, Any] = {}
+    if variant == "untraced":
+        found = untraced_options(list(inspect.signature(stageflow.Session).parameters))
+        if found is None:
+            return {"available": False, "reason": "the engine has no switch to turn tracing off"}
+        options = found
+
+    settings = Settings.make(quick=quick)
+    reg = shapes.registry()
+    three = shapes.three_nodes(reg)
+
+    async def run3() -> int:
+        start = clock()
+        session = stageflow.Session(three, registry=reg, payload={"n": 0}, **options)
+        result = await session.run()
+        elapsed = clock() - start
+        shapes.check(result, n=2)
+        return elapsed
+
+    if exporter is not None:
+        # Does the engine make spans at all? Run once and flush.
+        await run3()
+        trace.get_tracer_provider().force_flush()  # type: ignore[attr-defined]
+        if exporter.count == 0:
+            return {"available": False, "reason": "the engine makes no spans"}
+
+    length = settings.chain_length
+    run_chain, run_empty = await interleave(
+        [
+            shapes.session_sampler(shapes.chain(reg, length), reg, options, n=length),
+            shapes.session_sampler(shapes.empty(reg), reg, options, batch=20),
+        ],
+        settings,
+    )
+    (run,) = await interleave([run3], settings, repeats=settings.repeats * 3)
+    out: dict[str, Any] = {
+        "available": True,
+        "per_node": (run_chain - run_empty) / length,
+        "run3": run,
+    }
+    if exporter is not None:
+        tracer = trace.get_tracer("benchmarks")
+        batch = 1000
+
+        async def spans() -> int:
+            start = clock()
+            for _ in range(batch):
+                with tracer.start_as_current_span("bench"):
+                    pass
+            return clock() - start
+
+        (span,) = await interleave([spans], settings)
+        out["span"] = span / batch
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in VARIANTS:
+        print(f"usage: python -m benchmarks._tracing_worker {{{','.join(VARIANTS)}}} [--quick]")
+        return 2
+    variant = argv[0]
+    exporter = _setup(variant)
+    result = trio.run(_measure, variant, "--quick" in argv, exporter)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
