@@ -41,6 +41,7 @@ class CompositeNodes:
     _tracer: trace.Tracer | None
     _run_path: Callable[[str | None, _Frame, str | None], Awaitable[None]]
     _frame_type: type[_Frame]
+    _open_task_group: Callable[[], Any]
     _scope_type: type[_Scope]
 
     def _check_depth(self, node_id: str, frame: _Frame) -> None:
@@ -118,7 +119,7 @@ class CompositeNodes:
                 deadline.deadline = anyio.current_time() + node.timeout
             # A fixed pool of workers pulls item indexes in order: memory is
             # bounded by the concurrency, not by the number of items.
-            async with anyio.create_task_group() as tg:
+            async with self._open_task_group() as tg:
                 run.cancel = tg.cancel_scope
                 for _ in range(min(node.concurrency, total)):
                     tg.start_soon(self._map_worker, run)
@@ -217,4 +218,4 @@ class _MapRun:
         self.collected: dict[str, list[Any]] = {s: [None] * len(items) for s in node.collect}
         self.failures: list[tuple[int, Exception]] = []
         self.done = 0
-        self.cancel: anyio.CancelScope | None = None
+        self.cancel: Any = None  # the task group's cancel scope (anyio or trio)

@@ -20,6 +20,7 @@ import jsonschema
 from stageflow._errors import (
     InputRejectedError,
     InputTimeoutError,
+    LimitExceededError,
     NonJsonValueError,
     StageContractError,
 )
@@ -199,14 +200,19 @@ class InputDesk:
         timer = ctx._timer
         if timer is not None:
             timer.pause()
+        timed_out = False
         try:
-            with anyio.move_on_after(_or_inf(timeout)) as scope:
+            if timeout is None:
                 payload = await waiter.receive.receive()
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    payload = await waiter.receive.receive()
+                timed_out = scope.cancelled_caught
         finally:
             self._broker.discard(type, waiter)
             if timer is not None:
                 timer.resume()
-        if scope.cancelled_caught:
+        if timed_out:
             record("input_timeout", ctx.node_id, path, {"input_type": type, "timeout": timeout})
             raise InputTimeoutError(
                 f"stage {ctx.stage!r} at node {ctx.node_id!r} waited {_or_inf(timeout):g} s for "
@@ -257,6 +263,10 @@ class InputDesk:
                         path,
                         {"kind": "event", "event_type": type, "errors": errors},
                     )
+        if len(self._history) >= self._limits.max_history:
+            raise LimitExceededError(
+                limit="max_history", value=self._limits.max_history, node_id=ctx.node_id
+            )
         self._history.record(type, ctx.node_id, path, copy_json(body))
 
 

@@ -20,7 +20,9 @@ from typing import Any, Final
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import sniffio
 import structlog
+import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -31,6 +33,7 @@ from stageflow._desk import InputDesk
 from stageflow._errors import (
     ConditionError,
     LimitExceededError,
+    NodeError,
     NodeTimeoutError,
     NonJsonValueError,
     ParallelRunError,
@@ -207,7 +210,8 @@ class Session(CompositeNodes):
         self._desk = InputDesk(
             self._history, self._limits, mode, [entry.spec for entry in self._entries.values()]
         )
-        self._rng = random.Random(seed)
+        self._seed = seed
+        self._rng: random.Random | None = None  # built when a jittered retry needs it
         self._status = SessionStatus.PENDING
         self._steps = 0
         self._main = _Scope(pipeline, 0)
@@ -220,6 +224,7 @@ class Session(CompositeNodes):
         # whether node log lines are written (only into a configured structlog).
         self._tracer: trace.Tracer | None = None
         self._node_log: Any = None
+        self._open_task_group: Callable[[], Any] = anyio.create_task_group
         self._error: StageflowError | None = None
         self._frame_type = _Frame
         self._scope_type = _Scope
@@ -381,6 +386,12 @@ class Session(CompositeNodes):
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._tracer = tracer = resolve_tracer(self._tracer_provider, __version__)
+        # A raw trio nursery costs a third of anyio's task group per child.
+        self._open_task_group = (
+            trio.open_nursery
+            if sniffio.current_async_library() == "trio"
+            else anyio.create_task_group
+        )
         if structlog.is_configured():
             self._node_log = _log.bind(session_id=self.session_id)
         root_span: trace.Span | None = None
@@ -596,6 +607,8 @@ class Session(CompositeNodes):
                     raise
                 delay = policy.delay_before(attempt)
                 if policy.jitter:
+                    if self._rng is None:
+                        self._rng = random.Random(self._seed)
                     delay *= 1 + policy.jitter * (2 * self._rng.random() - 1)
                 self._history.record(
                     "node_retrying",
@@ -629,7 +642,9 @@ class Session(CompositeNodes):
         for name, path in node.arguments.items():
             value = get(path)
             if value is not MISSING:
-                arguments[name] = value
+                # A copy: a stage that mutates an argument must not change the
+                # context (or a sibling branch's view of it) behind the engine.
+                arguments[name] = copy_json(value)
         ctx = StageContext(
             arguments=MappingProxyType(arguments),
             config=copy_json(node.config) if node.config else _EMPTY,
@@ -641,10 +656,11 @@ class Session(CompositeNodes):
             runtime=self,
             spec=entry.spec,
         )
-        stage = entry.factory()
+        stage: BaseStage | None = None
         timeout = node.timeout if node.timeout is not None else entry.spec.timeout
         outcome = "failed"
         try:
+            stage = entry.factory()
             if timeout is None:
                 outputs = await stage.run(ctx)
             else:
@@ -669,9 +685,12 @@ class Session(CompositeNodes):
         except anyio.get_cancelled_exc_class():
             outcome = "cancelled"
             raise
-        except StageflowError:
+        except NodeError:
             raise
         except Exception as exc:
+            # Anything else (a stage's own error, or a StageflowError that does not
+            # name the node, such as a NonJsonValueError from ctx.emit) is wrapped
+            # so the failure names its node and attempt; the original is the cause.
             raise StageError(
                 f"stage {node.stage!r} at node {node.id!r} failed on attempt {attempt} of "
                 f"{attempts}: {type(exc).__name__}: {exc}",
@@ -680,7 +699,7 @@ class Session(CompositeNodes):
                 attempt=attempt,
             ) from exc
         finally:
-            if entry.has_cleanup:
+            if entry.has_cleanup and stage is not None:
                 await self._cleanup(stage, ctx, outcome, frame)
 
     async def _cleanup(
@@ -724,7 +743,7 @@ class Session(CompositeNodes):
                     "list, str, int, float, bool or None",
                     node_id=node.id,
                 )
-            writes.append((path, value))
+            writes.append((path, copy_json(value)))
         # All outputs were checked: write them all (a failed attempt writes nothing).
         for path, value in writes:
             ctx.set(path, value)
@@ -777,7 +796,7 @@ class Session(CompositeNodes):
         with anyio.CancelScope() as deadline:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout
-            async with anyio.create_task_group() as tg:
+            async with self._open_task_group() as tg:
                 for i, child in enumerate(node.children):
                     tg.start_soon(
                         self._run_branch,
@@ -789,6 +808,11 @@ class Session(CompositeNodes):
                         winner,
                         tg.cancel_scope,
                     )
+        if frame.scope.terminal is not None:
+            # A terminal in a branch ended this pipeline. If every branch had
+            # finished by then, trio does not deliver the pending cancellation at
+            # the task group's exit: take it here, before anything is merged.
+            await anyio.lowlevel.checkpoint()
         if deadline.cancelled_caught:
             raise NodeTimeoutError(
                 f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "

@@ -1,9 +1,4 @@
-"""The session: events and subscribers, limits, bad payloads and outputs, failure, cancellation.
-
-Tests marked ``xfail(strict=True)`` pin down defects of ``stageflow/_session.py``
-that are reported to the engine's owner; each reason says what is wrong and
-where the fix goes. They start failing (XPASS) as soon as the fix lands.
-"""
+"""The session: events and subscribers, limits, bad payloads and outputs, failure, cancellation."""
 
 from __future__ import annotations
 
@@ -375,13 +370,6 @@ async def test_the_history_limit_ends_a_long_run() -> None:
     assert 50 <= len(result.history) <= 52
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session: limits.max_history is only checked when a node starts, so a stage "
-    "that emits in a loop grows the history without bound; check it where events are "
-    "recorded for a running stage (Session.emit / the input desk) and fail the stage "
-    "with LimitExceededError(limit='max_history')",
-)
 async def test_the_history_limit_bounds_what_a_stage_emits() -> None:
     registry = fake_registry()
 
@@ -790,12 +778,6 @@ def types_of(session: stageflow.Session, node_id: str) -> list[str]:
 # -------------------------------------------------- defects of _session.py
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session._run_stage passes context objects to the stage uncopied: a stage that "
-    "mutates ctx.arguments['items'] changes the context even though it failed; pass "
-    "copy_json(value) for each argument",
-)
 async def test_a_failed_stage_cannot_change_the_context_through_its_arguments() -> None:
     registry = fake_registry()
 
@@ -813,12 +795,6 @@ async def test_a_failed_stage_cannot_change_the_context_through_its_arguments() 
     assert session.payload["items"] == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session._run_stage passes context objects to the stage uncopied, so a branch "
-    "mutating an argument writes into the parent context and its siblings see it; pass "
-    "copy_json(value) for each argument",
-)
 async def test_a_branch_cannot_change_its_siblings_through_its_arguments() -> None:
     registry = fake_registry()
 
@@ -843,11 +819,6 @@ async def test_a_branch_cannot_change_its_siblings_through_its_arguments() -> No
     assert result.artifacts == {"items": [1], "seen": [1]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session._write_outputs stores the returned objects themselves: two paths can "
-    "share one object, so writing one changes the other; store copy_json(value)",
-)
 async def test_outputs_are_stored_as_copies() -> None:
     registry = fake_registry()
     shared = ["cached"]
@@ -875,12 +846,6 @@ async def test_outputs_are_stored_as_copies() -> None:
     assert shared == ["cached"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session._run_stage calls entry.factory() outside its try block: a stage whose "
-    "__init__ raises makes run() raise instead of failing the session with StageError; "
-    "move 'stage = entry.factory()' inside the try",
-)
 async def test_a_stage_whose_constructor_raises_fails_the_session() -> None:
     registry = fake_registry()
 
@@ -897,12 +862,6 @@ async def test_a_stage_whose_constructor_raises_fails_the_session() -> None:
     assert isinstance(result.error, stageflow.StageError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_session._run_stage re-raises any StageflowError from a stage as is, so e.g. a "
-    "NonJsonValueError from ctx.emit() fails the session without the node id; wrap "
-    "errors that are not NodeError in StageError (chained)",
-)
 async def test_an_error_from_the_stage_api_names_the_node() -> None:
     registry = fake_registry()
 
@@ -915,19 +874,11 @@ async def test_an_error_from_the_stage_api_names_the_node() -> None:
     assert getattr(result.error, "node_id", None) == "e"
 
 
-TERMINAL_IN_BRANCH_REASON = (
-    "_session._run_parallel: when a terminal in a branch ended the session and every branch "
-    "had finished, trio's task group exit does not raise the pending cancellation, so the "
-    "parallel node still merges the branches into the main context (asyncio does not): "
-    "after the task group, 'if self._terminal is not None: await anyio.lowlevel.checkpoint()'"
-)
-
-
 async def test_a_terminal_in_the_last_running_branch_ends_the_session_on_every_backend(
-    anyio_backend_name: str, request: pytest.FixtureRequest
+    anyio_backend_name: str,
 ) -> None:
-    if anyio_backend_name == "trio":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=TERMINAL_IN_BRANCH_REASON))
+    # On trio, every branch could have finished before the terminal's
+    # cancellation was delivered; the parallel node must not merge then.
     document = doc(
         [
             parallel("fan", ["a"], next="join"),
