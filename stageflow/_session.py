@@ -90,6 +90,8 @@ __all__ = ["Session"]
 _log = get_logger("stageflow.session")
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+# Immutable JSON values that need neither a check nor a copy (floats may be NaN).
+_PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 _NO_RETRY: Final = RetryPolicy()
 _FINISHED: Final = frozenset(
     {
@@ -644,7 +646,7 @@ class Session(CompositeNodes):
             if value is not MISSING:
                 # A copy: a stage that mutates an argument must not change the
                 # context (or a sibling branch's view of it) behind the engine.
-                arguments[name] = copy_json(value)
+                arguments[name] = value if type(value) in _PLAIN_SCALARS else copy_json(value)
         ctx = StageContext(
             arguments=MappingProxyType(arguments),
             config=copy_json(node.config) if node.config else _EMPTY,
@@ -735,12 +737,15 @@ class Session(CompositeNodes):
                     node_id=node.id,
                 )
             value = outputs[key]
+            if type(value) in _PLAIN_SCALARS:
+                writes.append((path, value))
+                continue
             bad = find_non_json(value, key)
             if bad is not None:
                 raise StageOutputError(
-                    f"stage {node.stage!r} at node {node.id!r}: output {bad[0]!r} is a "
-                    f"{type(bad[1]).__name__}, which is not a JSON value; return only dict, "
-                    "list, str, int, float, bool or None",
+                    f"stage {node.stage!r} at node {node.id!r}: output {bad.location!r} is a "
+                    f"{type(bad.value).__name__}, which is not a JSON value ({bad.reason}); "
+                    "return only dict, list, str, int, finite float, bool or None",
                     node_id=node.id,
                 )
             writes.append((path, copy_json(value)))
