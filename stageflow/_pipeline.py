@@ -115,44 +115,48 @@ def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
     return [(p, "") if isinstance(p, int) else (-1, str(p)) for p in error.absolute_path]
 
 
+def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str:
+    """Say what a JSON Schema error means for ``subject`` and how to fix it.
+
+    Shared by every document stageflow validates (pipelines, test cases).
+    """
+    keyword = error.validator
+    if keyword == "additionalProperties":
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        allowed = sorted(schema.get("properties", {}))
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        extra = sorted(set(instance) - set(allowed))
+        return (
+            f"{subject} has unknown field(s) {', '.join(repr(e) for e in extra)}; "
+            f"remove them or fix the spelling (allowed: {', '.join(allowed)})"
+        )
+    if keyword == "required":
+        return f"{subject}: {error.message}; add it"
+    if keyword == "enum":
+        options = ", ".join(json.dumps(v) for v in error.validator_value)  # type: ignore[union-attr]
+        return f"{subject}: {json.dumps(error.instance)} is not allowed here; use one of {options}"
+    if keyword == "type":
+        return (
+            f"{subject}: expected {error.validator_value}, got {type(error.instance).__name__} "
+            f"{json.dumps(error.instance, default=str)[:60]}"
+        )
+    return f"{subject}: {error.message}"
+
+
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
     path = list(error.absolute_path)
-    location = _where(doc, path)
     subject = "the pipeline"
     if len(path) >= 2 and path[0] == "nodes" and isinstance(path[1], int):
         subject = _node_label(doc, path[1])
-    keyword = error.validator
     if path == ["api_version"]:
         supported = ", ".join(repr(v) for v in API_VERSIONS)
         message = (
             f"api_version {error.instance!r} is not supported; this stageflow reads {supported}. "
             f'Set "api_version": "{API_VERSIONS[-1]}" or upgrade stageflow'
         )
-    elif keyword == "additionalProperties":
-        schema = error.schema if isinstance(error.schema, Mapping) else {}
-        allowed = sorted(schema.get("properties", {}))
-        extra = (
-            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
-        )
-        message = (
-            f"{subject} has unknown field(s) {', '.join(repr(e) for e in extra)}; "
-            f"remove them or fix the spelling (allowed: {', '.join(allowed)})"
-        )
-    elif keyword == "required":
-        message = f"{subject}: {error.message}; add it"
-    elif keyword == "enum":
-        options = ", ".join(json.dumps(v) for v in error.validator_value)  # type: ignore[union-attr]
-        message = (
-            f"{subject}: {json.dumps(error.instance)} is not allowed here; use one of {options}"
-        )
-    elif keyword == "type":
-        message = (
-            f"{subject}: expected {error.validator_value}, got {type(error.instance).__name__} "
-            f"{json.dumps(error.instance, default=str)[:60]}"
-        )
     else:
-        message = f"{subject}: {error.message}"
-    return Problem(location, message)
+        message = schema_error_message(error, subject)
+    return Problem(_where(doc, path), message)
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from stageflow import Problem
-from stageflow._pipeline import load_schema
+from stageflow._pipeline import load_schema, schema_error_message
 from stageflow._specs import compile_schema
 from stageflow.testing._mocks import is_file_ref, split_stages_ref
 from stageflow.testing._model import (
@@ -57,31 +57,10 @@ def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
         except (KeyError, IndexError, TypeError):
             name = None
         subject = f"case {name!r}" if isinstance(name, str) else f"case #{path[1]}"
-    keyword = error.validator
-    if keyword == "additionalProperties" and isinstance(error.instance, dict):
-        schema = error.schema if isinstance(error.schema, Mapping) else {}
-        allowed = sorted(schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        message = (
-            f"{subject} has unknown field(s) {', '.join(repr(e) for e in extra)}; remove them "
-            f"or fix the spelling (allowed here: {', '.join(allowed)})"
-        )
-    elif keyword == "required":
-        message = f"{subject}: {error.message}; add it"
-    elif keyword == "enum":
-        options = ", ".join(json.dumps(v) for v in error.validator_value)  # type: ignore[union-attr]
-        message = (
-            f"{subject}: {json.dumps(error.instance)} is not allowed here; use one of {options}"
-        )
-    elif keyword == "type":
-        message = (
-            f"{subject}: expected {error.validator_value}, got {type(error.instance).__name__} "
-            f"{json.dumps(error.instance, default=str)[:60]}"
-        )
-    elif keyword == "oneOf" and path == ["pipeline"]:
+    if error.validator == "oneOf" and path == ["pipeline"]:
         message = "'pipeline' must be a path to a pipeline file or a pipeline document (an object)"
     else:
-        message = f"{subject}: {error.message}"
+        message = schema_error_message(error, subject)
     return Problem(_where(path), message)
 
 
