@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="SECTION",
-        help="run only this section (engine, tracing, paused, snapshot, map, langgraph); repeatable",
+        help="run only this section (engine, tracing, paused, snapshot, map, langgraph); "
+        "repeatable",
     )
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
