@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from benchmarks import _engine, _inputs, _tracing
+from benchmarks import _engine, _inputs, _map, _tracing
 from benchmarks._harness import Row, Settings, Table
 
 Figures = dict[str, float | None]
@@ -42,6 +42,7 @@ def catalogue(with_langgraph: bool) -> list[Benchmark]:
         Benchmark("tracing", "tracing variants", _tracing.tracing),
         Benchmark("paused", "paused sessions", _inputs.paused),
         Benchmark("snapshot", "snapshots", _inputs.snapshots),
+        Benchmark("map", "map of trivial items", _map.map_items),
     ]
     if with_langgraph:
         from benchmarks import _langgraph
@@ -106,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="SECTION",
-        help="run only this section (engine, tracing, paused, snapshot, langgraph); repeatable",
+        help="run only this section (engine, tracing, paused, snapshot, map, langgraph); "
+        "repeatable",
     )
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -45,6 +45,11 @@ STAGEFLOW_ROWS = [
     "snapshot, context 1 KiB: from_dict time",
     "snapshot, context 16 KiB: JSON size",
     "snapshot, context 32 KiB: from_dict time",
+    *(
+        f"map of 200 trivial items, {what} (concurrency {concurrency}"
+        for concurrency in (1, 8, 64)
+        for what in ("per item", "peak memory", "in flight mid-run")
+    ),
 ]
 LANGGRAPH_ROWS = [
     "LangGraph: sequential node, per node",
