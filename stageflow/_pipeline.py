@@ -10,7 +10,7 @@ import datetime
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 from os import PathLike
 from pathlib import Path
@@ -23,7 +23,7 @@ import jsonschema
 import yaml
 from cattrs.gen import make_dict_structure_fn, override
 
-from stageflow._errors import PipelineValidationError, Problem
+from stageflow._errors import DefinitionError, PipelineValidationError, Problem
 from stageflow._graph import check_graph
 from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
 from stageflow._model import (
@@ -319,8 +319,17 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def parse_document(text: str, *, source: str, yaml_: bool = False) -> Any:
-    """Parse JSON (or YAML) text, turning syntax errors into a located problem."""
+def parse_document(
+    text: str,
+    *,
+    source: str,
+    yaml_: bool = False,
+    error: Callable[..., DefinitionError] = PipelineValidationError,
+) -> Any:
+    """Parse JSON (or YAML) text, turning syntax errors into a located problem.
+
+    ``error`` is the exception type raised, built as ``error([problem], source=source)``.
+    """
     try:
         if yaml_:
             return yaml.safe_load(text)
@@ -332,7 +341,7 @@ def parse_document(text: str, *, source: str, yaml_: bool = False) -> Any:
         )
     except yaml.YAMLError as exc:
         problem = Problem("$", f"not valid YAML: {exc}; fix the syntax")
-    raise PipelineValidationError([problem], source=source)
+    raise error([problem], source=source)
 
 
 def _flatten(exc: BaseException) -> Iterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -11,10 +10,9 @@ from typing import Any
 
 import cattrs
 import jsonschema
-import yaml
 
 from stageflow import Problem
-from stageflow._pipeline import load_schema, schema_error_message
+from stageflow._pipeline import load_schema, parse_document, schema_error_message
 from stageflow._specs import compile_schema
 from stageflow.testing._mocks import is_file_ref, split_stages_ref
 from stageflow.testing._model import (
@@ -64,21 +62,6 @@ def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
     return Problem(_where(path), message)
 
 
-def _parse(text: str, *, source: str, yaml_: bool) -> Any:
-    try:
-        if yaml_:
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        problem = Problem(
-            "$",
-            f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix the syntax",
-        )
-    except yaml.YAMLError as exc:
-        problem = Problem("$", f"not valid YAML: {exc}; fix the syntax")
-    raise CaseValidationError([problem], source=source)
-
-
 def load_cases(
     path: str | PathLike[str], *, stages_modules: Sequence[str] = ()
 ) -> tuple[Case, ...]:
@@ -101,7 +84,12 @@ def load_cases(
     """
     file = Path(path)
     text = file.read_text(encoding="utf-8")
-    document = _parse(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
+    document = parse_document(
+        text,
+        source=str(file),
+        yaml_=file.suffix in (".yaml", ".yml"),
+        error=CaseValidationError,
+    )
     return cases_from_document(document, file=file, stages_modules=stages_modules)
 
 
