@@ -1112,3 +1112,16 @@ def test_entry_point_traces_to_the_console_on_stderr() -> None:
     assert sorted(names) == sorted(
         ["run demo_full_flow", "stage start", "condition decide", "terminal finish"]
     )
+
+
+def test_graph_without_stages_knows_the_stages_of_subpipelines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stageflow.cli import main
+
+    code = main(
+        ["graph", str(Path(__file__).parents[1] / "examples" / "documents" / "pipeline.json")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "subpipeline: read_page" in out

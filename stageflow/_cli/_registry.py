@@ -240,11 +240,19 @@ def structural_registry(document: object) -> StageRegistry:
     arguments, outputs, config), for commands that do not run anything.
     """
     registry = StageRegistry()
-    nodes = document.get("nodes") if isinstance(document, Mapping) else None
-    for node in nodes if isinstance(nodes, list) else ():
-        name = node.get("stage") if isinstance(node, Mapping) else None
-        if isinstance(name, str) and name and name not in registry:
-            registry.add(_not_loaded, name=name, source="(not loaded: structure only)")
+    todo = [document]  # the document, then every (nested) subpipeline
+    while todo:
+        graph = todo.pop()
+        if not isinstance(graph, Mapping):
+            continue
+        nodes = graph.get("nodes")
+        for node in nodes if isinstance(nodes, list) else ():
+            name = node.get("stage") if isinstance(node, Mapping) else None
+            if isinstance(name, str) and name and name not in registry:
+                registry.add(_not_loaded, name=name, source="(not loaded: structure only)")
+        children = graph.get("subpipelines")
+        if isinstance(children, Mapping):
+            todo.extend(children.values())
     return registry
 
 
