@@ -28,48 +28,40 @@ from opentelemetry import trace
 
 from stageflow import jsonlogic
 from stageflow._composite import CompositeNodes
-from stageflow._context import MISSING, Context
+from stageflow._context import Context
 from stageflow._desk import InputDesk
 from stageflow._errors import (
     ConditionError,
     LimitExceededError,
-    NodeError,
-    NodeTimeoutError,
     NonJsonValueError,
-    ParallelRunError,
     PipelineValidationError,
     Problem,
     SessionStateError,
     SessionTimeoutError,
-    StageError,
     StageflowError,
-    StageOutputError,
     describe_exception,
     error_matches,
 )
 from stageflow._events import Event, EventCallback, EventStream, History
-from stageflow._inputs import AttemptTimer, InputReceipt
+from stageflow._inputs import InputReceipt
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
-from stageflow._merge import merge_branches
 from stageflow._model import (
     ConditionNode,
     ErrorHandler,
     Limits,
     Node,
     ParallelNode,
-    ParallelPolicy,
-    RetryPolicy,
     StageNode,
     TerminalNode,
     ValidateEvents,
 )
+from stageflow._parallel_node import ParallelNodes
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
-from stageflow._stages import BaseStage, StageContext, StageEntry, StageRegistry, default_registry
+from stageflow._stage_node import StageNodes
+from stageflow._stages import StageContext, StageEntry, StageRegistry, default_registry
 from stageflow._telemetry import (
-    ATTEMPT,
-    BRANCH,
     NODE_ID,
     NODE_TYPE,
     PIPELINE_DIGEST,
@@ -77,7 +69,6 @@ from stageflow._telemetry import (
     POLICY,
     SESSION_ID,
     STAGE,
-    add_event,
     current_ids,
     end_span,
     resolve_tracer,
@@ -89,10 +80,6 @@ __all__ = ["Session"]
 
 _log = get_logger("stageflow.session")
 
-_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
-# Immutable JSON values that need neither a check nor a copy (floats may be NaN).
-_PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
-_NO_RETRY: Final = RetryPolicy()
 _FINISHED: Final = frozenset(
     {
         SessionStatus.COMPLETED,
@@ -141,14 +128,6 @@ class _Frame:
         self.branch: int | str | None = None  # set by a condition for its node_finished
 
 
-class _BranchOutcome:
-    __slots__ = ("error", "finished")
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.error: Exception | None = None
-
-
 def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
     """The pipeline and every subpipeline it declares, with their document locations."""
     yield prefix, pipeline
@@ -156,7 +135,7 @@ def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
         yield from _graphs(f"{prefix}.subpipelines.{name}", child)
 
 
-class Session(CompositeNodes):
+class Session(StageNodes, ParallelNodes, CompositeNodes):
     """One run of a pipeline, with its own context and event history.
 
     Args:
@@ -585,174 +564,6 @@ class Session(CompositeNodes):
                     return handler.next
         raise exc
 
-    # ------------------------------------------------------------ stage nodes
-
-    async def _run_stage(self, node: StageNode, frame: _Frame) -> str | None:
-        entry = self._entries[id(node)]
-        policy = node.retry or entry.spec.retry or _NO_RETRY
-        attempt = 1
-        while True:
-            try:
-                await self._stage_attempt(node, frame, entry, attempt, policy.attempts)
-                if self._tracer is not None:
-                    trace.get_current_span().set_attribute(ATTEMPT, attempt)
-                return node.next
-            except Exception as exc:
-                if self._tracer is not None:
-                    span = trace.get_current_span()
-                    span.set_attribute(ATTEMPT, attempt)
-                if (
-                    attempt >= policy.attempts
-                    or isinstance(exc, LimitExceededError)
-                    or not error_matches(exc, policy.retry_on)
-                ):
-                    raise
-                delay = policy.delay_before(attempt)
-                if policy.jitter:
-                    if self._rng is None:
-                        self._rng = random.Random(self._seed)
-                    delay *= 1 + policy.jitter * (2 * self._rng.random() - 1)
-                self._history.record(
-                    "node_retrying",
-                    node.id,
-                    frame.path,
-                    {
-                        "attempt": attempt,
-                        "next_attempt": attempt + 1,
-                        "delay": delay,
-                        "error": describe_exception(exc),
-                    },
-                )
-                if self._tracer is not None:
-                    add_event(
-                        "retry",
-                        {
-                            ATTEMPT: attempt,
-                            "exception.type": type(exc).__name__,
-                            "exception.message": str(exc),
-                        },
-                    )
-                await anyio.sleep(delay)
-                attempt += 1
-
-    async def _stage_attempt(
-        self, node: StageNode, frame: _Frame, entry: StageEntry, attempt: int, attempts: int
-    ) -> None:
-        """Run one attempt; write its outputs only if all of it succeeded."""
-        get = frame.ctx.get
-        arguments: dict[str, Any] = {}
-        for name, path in node.arguments.items():
-            value = get(path)
-            if value is not MISSING:
-                # A copy: a stage that mutates an argument must not change the
-                # context (or a sibling branch's view of it) behind the engine.
-                arguments[name] = value if type(value) in _PLAIN_SCALARS else copy_json(value)
-        ctx = StageContext(
-            arguments=MappingProxyType(arguments),
-            config=copy_json(node.config) if node.config else _EMPTY,
-            session_id=self.session_id,
-            node_id=node.id,
-            node_path=f"{frame.path}/{node.id}" if frame.path else node.id,
-            stage=node.stage,
-            attempt=attempt,
-            runtime=self,
-            spec=entry.spec,
-        )
-        stage: BaseStage | None = None
-        timeout = node.timeout if node.timeout is not None else entry.spec.timeout
-        outcome = "failed"
-        try:
-            stage = entry.factory()
-            if timeout is None:
-                outputs = await stage.run(ctx)
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    ctx._timer = AttemptTimer(scope)
-                    outputs = await stage.run(ctx)
-                if scope.cancelled_caught:
-                    raise NodeTimeoutError(
-                        f"stage {node.stage!r} at node {node.id!r} "
-                        f"({frame.scope.pipeline.location(node.id)}) timed out after "
-                        f'{timeout:g} s on attempt {attempt} of {attempts}; raise "timeout" or '
-                        "make the stage faster",
-                        node_id=node.id,
-                        timeout=timeout,
-                        attempt=attempt,
-                    )
-            if node.outputs:
-                self._write_outputs(node, outputs, frame.ctx)
-            elif outputs is not None and not isinstance(outputs, Mapping):
-                raise _not_a_mapping(node, outputs)
-            outcome = "succeeded"
-        except anyio.get_cancelled_exc_class():
-            outcome = "cancelled"
-            raise
-        except NodeError:
-            raise
-        except Exception as exc:
-            # Anything else (a stage's own error, or a StageflowError that does not
-            # name the node, such as a NonJsonValueError from ctx.emit) is wrapped
-            # so the failure names its node and attempt; the original is the cause.
-            raise StageError(
-                f"stage {node.stage!r} at node {node.id!r} failed on attempt {attempt} of "
-                f"{attempts}: {type(exc).__name__}: {exc}",
-                node_id=node.id,
-                stage=node.stage,
-                attempt=attempt,
-            ) from exc
-        finally:
-            if entry.has_cleanup and stage is not None:
-                await self._cleanup(stage, ctx, outcome, frame)
-
-    async def _cleanup(
-        self, stage: BaseStage, ctx: StageContext, outcome: str, frame: _Frame
-    ) -> None:
-        """Run the stage's cleanup shielded from cancellation and bounded in time."""
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(self._limits.cleanup_timeout):
-                    await stage.cleanup(ctx, outcome)
-            except Exception as exc:
-                _log.exception(
-                    "stage.cleanup_failed", session_id=self.session_id, node_id=ctx.node_id
-                )
-                self._history.record(
-                    "cleanup_failed",
-                    ctx.node_id,
-                    frame.path,
-                    {"outcome": outcome, "error": describe_exception(exc)},
-                )
-
-    def _write_outputs(self, node: StageNode, outputs: object, ctx: Context) -> None:
-        if not isinstance(outputs, Mapping):
-            raise _not_a_mapping(node, outputs)
-        writes: list[tuple[str, Any]] = []
-        for key, path in node.outputs.items():
-            if key not in outputs:
-                returned = ", ".join(repr(k) for k in outputs) or "nothing"
-                raise StageOutputError(
-                    f"stage {node.stage!r} at node {node.id!r} returned no output {key!r} "
-                    f"(it returned {returned}); return it, or remove it from the node's "
-                    "'outputs'",
-                    node_id=node.id,
-                )
-            value = outputs[key]
-            if type(value) in _PLAIN_SCALARS:
-                writes.append((path, value))
-                continue
-            bad = find_non_json(value, key)
-            if bad is not None:
-                raise StageOutputError(
-                    f"stage {node.stage!r} at node {node.id!r}: output {bad.location!r} is a "
-                    f"{type(bad.value).__name__}, which is not a JSON value ({bad.reason}); "
-                    "return only dict, list, str, int, finite float, bool or None",
-                    node_id=node.id,
-                )
-            writes.append((path, copy_json(value)))
-        # All outputs were checked: write them all (a failed attempt writes nothing).
-        for path, value in writes:
-            ctx.set(path, value)
-
     # ---------------------------------------------------- other node handlers
 
     async def _run_condition(self, node: ConditionNode, frame: _Frame) -> str | None:
@@ -782,112 +593,6 @@ class Session(CompositeNodes):
             scope.cancel.cancel()
         return None
 
-    async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
-        if frame.depth >= self._limits.max_depth:
-            raise LimitExceededError(
-                limit="max_depth", value=self._limits.max_depth, node_id=node.id
-            )
-        frames = [
-            _Frame(
-                frame.ctx.fork(),
-                f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
-                frame.depth + 1,
-                frame.scope,
-            )
-            for child in node.children
-        ]
-        outcomes = [_BranchOutcome() for _ in node.children]
-        winner: list[int] = []
-        with anyio.CancelScope() as deadline:
-            if node.timeout is not None:
-                deadline.deadline = anyio.current_time() + node.timeout
-            async with self._open_task_group() as tg:
-                for i, child in enumerate(node.children):
-                    tg.start_soon(
-                        self._run_branch,
-                        node,
-                        i,
-                        child,
-                        frames[i],
-                        outcomes[i],
-                        winner,
-                        tg.cancel_scope,
-                    )
-        if frame.scope.terminal is not None:
-            # A terminal in a branch ended this pipeline. If every branch had
-            # finished by then, trio does not deliver the pending cancellation at
-            # the task group's exit: take it here, before anything is merged.
-            await anyio.lowlevel.checkpoint()
-        if deadline.cancelled_caught:
-            raise NodeTimeoutError(
-                f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
-                f'out after {node.timeout:g} s; its branches were cancelled. Raise "timeout" or '
-                "make the branches faster",
-                node_id=node.id,
-                timeout=float(node.timeout or 0),
-                attempt=1,
-            )
-        errors = [o.error for o in outcomes if o.error is not None]
-        if node.policy is ParallelPolicy.ANY:
-            if not winner:
-                raise _branch_failure(node, errors)
-            chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
-        else:
-            if errors:
-                raise _branch_failure(node, errors)
-            chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
-        merge_branches(node.id, node.merge, frame.scope.pipeline.reducers, frame.ctx, chosen)
-        return node.next
-
-    async def _run_branch(
-        self,
-        node: ParallelNode,
-        index: int,
-        child: str,
-        frame: _Frame,
-        outcome: _BranchOutcome,
-        winner: list[int],
-        scope: anyio.CancelScope,
-    ) -> None:
-        span: trace.Span | None = None
-        if self._tracer is not None:
-            span = self._tracer.start_span(
-                f"branch {node.id}/{child}", attributes={BRANCH: child, NODE_ID: node.id}
-            )
-            otel_token = otel_context.attach(trace.set_span_in_context(span))
-        record = self._history.record
-        payload = {"branch": child}
-        span_outcome = "cancelled"
-        try:
-            record("branch_started", node.id, frame.path, payload)
-            try:
-                await self._run_path(child, frame, node.next)
-            except anyio.get_cancelled_exc_class():
-                record("branch_cancelled", node.id, frame.path, payload)
-                raise
-            except Exception as exc:
-                outcome.error = exc
-                span_outcome = "failed"
-                record(
-                    "branch_failed",
-                    node.id,
-                    frame.path,
-                    {**payload, "error": describe_exception(exc)},
-                )
-                if node.policy is ParallelPolicy.ALL and node.cancel_on_error:
-                    scope.cancel()
-                return
-            outcome.finished = True
-            span_outcome = "succeeded"
-            record("branch_finished", node.id, frame.path, payload)
-            if node.policy is ParallelPolicy.ANY and not winner:
-                winner.append(index)
-                scope.cancel()
-        finally:
-            if span is not None:
-                end_span(span, span_outcome, outcome.error)
-                otel_context.detach(otel_token)
-
     # ------------------------------------------------------- stage runtime API
 
     def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None:
@@ -897,17 +602,3 @@ class Session(CompositeNodes):
     async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
         """Wait for an external input (called through ``StageContext.wait_input``)."""
         return await self._desk.wait(ctx, type, timeout)
-
-
-def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
-    return StageOutputError(
-        f"stage {node.stage!r} at node {node.id!r} returned a {type(outputs).__name__}; "
-        "a stage returns a dict of outputs (or None)",
-        node_id=node.id,
-    )
-
-
-def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
-    if len(errors) == 1:
-        return errors[0]
-    return ParallelRunError(f"parallel node {node.id!r}: {len(errors)} branches failed", errors)

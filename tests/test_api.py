@@ -133,7 +133,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_telemetry",
         "_schema_export",
     ),
-    "engine": ("_session", "_composite", "_desk", "_inputs"),
+    "engine": ("_session", "_stage_node", "_parallel_node", "_composite", "_desk", "_inputs"),
     "top": ("cli", "_cli", "__main__", "testing", "tracing", "logging", "builtins"),
 }
 

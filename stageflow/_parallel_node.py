@@ -1,0 +1,164 @@
+"""Parallel nodes: branches in a task group, ``all`` / ``any``, and the join.
+
+Mixed into :class:`~stageflow.Session`. Each branch runs its nodes through the
+session's choke point on its own copy-on-write fork of the context; the join
+merges the forks in ``children`` order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from stageflow._errors import (
+    LimitExceededError,
+    NodeTimeoutError,
+    ParallelRunError,
+    describe_exception,
+)
+from stageflow._merge import merge_branches
+from stageflow._model import Limits, ParallelNode, ParallelPolicy
+from stageflow._telemetry import BRANCH, NODE_ID, end_span
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stageflow._events import History
+    from stageflow._session import _Frame
+
+__all__ = ["ParallelNodes"]
+
+
+class _BranchOutcome:
+    __slots__ = ("error", "finished")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.error: Exception | None = None
+
+
+class ParallelNodes:
+    """Handlers for parallel nodes, mixed into the session."""
+
+    _history: History
+    _limits: Limits
+    _tracer: trace.Tracer | None
+    _open_task_group: Callable[[], Any]
+    _frame_type: type[_Frame]
+    _run_path: Callable[[str | None, _Frame, str | None], Any]
+
+    async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
+        if frame.depth >= self._limits.max_depth:
+            raise LimitExceededError(
+                limit="max_depth", value=self._limits.max_depth, node_id=node.id
+            )
+        frames = [
+            self._frame_type(
+                frame.ctx.fork(),
+                f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
+                frame.depth + 1,
+                frame.scope,
+            )
+            for child in node.children
+        ]
+        outcomes = [_BranchOutcome() for _ in node.children]
+        winner: list[int] = []
+        with anyio.CancelScope() as deadline:
+            if node.timeout is not None:
+                deadline.deadline = anyio.current_time() + node.timeout
+            async with self._open_task_group() as tg:
+                for i, child in enumerate(node.children):
+                    tg.start_soon(
+                        self._run_branch,
+                        node,
+                        i,
+                        child,
+                        frames[i],
+                        outcomes[i],
+                        winner,
+                        tg.cancel_scope,
+                    )
+        if frame.scope.terminal is not None:
+            # A terminal in a branch ended this pipeline. If every branch had
+            # finished by then, trio does not deliver the pending cancellation at
+            # the task group's exit: take it here, before anything is merged.
+            await anyio.lowlevel.checkpoint()
+        if deadline.cancelled_caught:
+            raise NodeTimeoutError(
+                f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
+                f'out after {node.timeout:g} s; its branches were cancelled. Raise "timeout" or '
+                "make the branches faster",
+                node_id=node.id,
+                timeout=float(node.timeout or 0),
+                attempt=1,
+            )
+        errors = [o.error for o in outcomes if o.error is not None]
+        if node.policy is ParallelPolicy.ANY:
+            if not winner:
+                raise _branch_failure(node, errors)
+            chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
+        else:
+            if errors:
+                raise _branch_failure(node, errors)
+            chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
+        merge_branches(node.id, node.merge, frame.scope.pipeline.reducers, frame.ctx, chosen)
+        return node.next
+
+    async def _run_branch(
+        self,
+        node: ParallelNode,
+        index: int,
+        child: str,
+        frame: _Frame,
+        outcome: _BranchOutcome,
+        winner: list[int],
+        scope: anyio.CancelScope,
+    ) -> None:
+        span: trace.Span | None = None
+        if self._tracer is not None:
+            span = self._tracer.start_span(
+                f"branch {node.id}/{child}", attributes={BRANCH: child, NODE_ID: node.id}
+            )
+            otel_token = otel_context.attach(trace.set_span_in_context(span))
+        record = self._history.record
+        payload = {"branch": child}
+        span_outcome = "cancelled"
+        try:
+            record("branch_started", node.id, frame.path, payload)
+            try:
+                await self._run_path(child, frame, node.next)
+            except anyio.get_cancelled_exc_class():
+                record("branch_cancelled", node.id, frame.path, payload)
+                raise
+            except Exception as exc:
+                outcome.error = exc
+                span_outcome = "failed"
+                record(
+                    "branch_failed",
+                    node.id,
+                    frame.path,
+                    {**payload, "error": describe_exception(exc)},
+                )
+                if node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+                    scope.cancel()
+                return
+            outcome.finished = True
+            span_outcome = "succeeded"
+            record("branch_finished", node.id, frame.path, payload)
+            if node.policy is ParallelPolicy.ANY and not winner:
+                winner.append(index)
+                scope.cancel()
+        finally:
+            if span is not None:
+                end_span(span, span_outcome, outcome.error)
+                otel_context.detach(otel_token)
+
+
+def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
+    if len(errors) == 1:
+        return errors[0]
+    return ParallelRunError(f"parallel node {node.id!r}: {len(errors)} branches failed", errors)
