@@ -206,6 +206,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         self._tracer: trace.Tracer | None = None
         self._node_log: Any = None
         self._open_task_group: Callable[[], Any] = anyio.create_task_group
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint_if_cancelled
         self._error: StageflowError | None = None
         self._frame_type = _Frame
         self._scope_type = _Scope
@@ -367,11 +368,14 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._tracer = tracer = resolve_tracer(self._tracer_provider, __version__)
-        # A raw trio nursery costs a third of anyio's task group per child.
-        self._open_task_group = (
-            trio.open_nursery
-            if sniffio.current_async_library() == "trio"
-            else anyio.create_task_group
+        # On trio, use its primitives directly: a raw nursery costs a third of
+        # anyio's task group per child, and the per-node cancellation check a third.
+        on_trio = sniffio.current_async_library() == "trio"
+        self._open_task_group = trio.open_nursery if on_trio else anyio.create_task_group
+        self._checkpoint = (
+            trio.lowlevel.checkpoint_if_cancelled
+            if on_trio
+            else anyio.lowlevel.checkpoint_if_cancelled
         )
         if structlog.is_configured():
             self._node_log = _log.bind(session_id=self.session_id)
@@ -492,7 +496,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
         # A cancel() from a hook or a stage takes effect before the next node,
         # even when no stage ever awaits.
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint()
         tracer = self._tracer
         span: trace.Span | None = None
         if tracer is not None:
