@@ -412,15 +412,29 @@ class InputTimeoutError(NodeError, TimeoutError):
 
 
 class ParallelRunError(StageflowError, ExceptionGroup[Exception]):
-    """Several parallel branches failed; each failure is in ``exceptions``."""
+    """Several parallel branches failed; each failure is in ``exceptions``.
 
-    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> ParallelRunError:
+    Attributes:
+        node_id: the parallel node, or ``None`` for a group built by hand.
+    """
+
+    node_id: str | None
+
+    def __new__(
+        cls, message: str, exceptions: Sequence[Exception], *, node_id: str | None = None
+    ) -> ParallelRunError:
         self = super().__new__(cls, message, list(exceptions))
+        self.node_id = node_id
         return self
+
+    def __init__(
+        self, message: str, exceptions: Sequence[Exception], *, node_id: str | None = None
+    ) -> None:
+        super().__init__(message, list(exceptions))
 
     def derive(self, excs: Sequence[Exception]) -> ParallelRunError:  # type: ignore[override]
         """Build a group of the same type around a subset (``except*`` support)."""
-        return ParallelRunError(self.message, excs)
+        return ParallelRunError(self.message, excs, node_id=self.node_id)
 
 
 class TracingSetupError(StageflowError):

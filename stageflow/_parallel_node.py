@@ -161,4 +161,6 @@ class ParallelNodes:
 def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
     if len(errors) == 1:
         return errors[0]
-    return ParallelRunError(f"parallel node {node.id!r}: {len(errors)} branches failed", errors)
+    return ParallelRunError(
+        f"parallel node {node.id!r}: {len(errors)} branches failed", errors, node_id=node.id
+    )

@@ -187,6 +187,8 @@ async def test_without_cancel_on_error_all_branches_finish_and_errors_are_groupe
     assert isinstance(result.error, stageflow.ParallelRunError)
     assert isinstance(result.error, ExceptionGroup)
     assert [e.node_id for e in result.error.exceptions] == ["bad1", "bad2"]  # type: ignore[attr-defined]
+    assert result.error.node_id == "fan"
+    assert result.to_dict()["error"]["node_id"] == "fan"
     assert ("branch_finished", "fan/ok") in [(e.type, e.path) for e in result.history]
     # A failed session keeps its history, ending with session_failed.
     assert result.history[-1].type == "session_failed"
