@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from stageflow import jsonlogic
 from stageflow._errors import Problem
 from stageflow._json import thaw
 from stageflow._model import (
@@ -124,6 +125,13 @@ def check_graph(
 
     for i, node in enumerate(nodes):
         yield from _check_edges(i, node, index, known)
+        if isinstance(node, ConditionNode):
+            for j, branch in enumerate(node.conditions):
+                for inner, message in jsonlogic.check(branch.if_):
+                    yield Problem(
+                        f"$.nodes[{i}].conditions[{j}].if{inner}",
+                        f"condition node {node.id!r}: {message}; fix the rule",
+                    )
         if isinstance(node, StageNode):
             yield from _check_stage(i, node, registry)
         if isinstance(node, ParallelNode):

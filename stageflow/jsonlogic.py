@@ -68,7 +68,7 @@ from typing import Any, Final
 
 from stageflow._errors import JsonLogicError
 
-__all__ = ["MAX_DEPTH", "OPERATORS", "apply", "is_rule", "truthy"]
+__all__ = ["MAX_DEPTH", "OPERATORS", "apply", "check", "is_rule", "truthy"]
 
 MAX_DEPTH: Final = 100
 """How many levels of operators and arrays a rule (or a compared value) may nest."""
@@ -735,3 +735,37 @@ _USAGE: Final[dict[str, str]] = {
     "missing_some": '{"missing_some": [count, ["path", ...]]}',
     "reduce": '{"reduce": [array, rule, initial]}',
 }
+
+
+def check(rule: Any) -> list[tuple[str, str]]:
+    """Find what would make ``rule`` fail before evaluating it.
+
+    Returns ``(location, message)`` pairs, the location relative to the rule
+    (``""`` for the rule itself, ``.and[1]`` for an argument): unknown
+    operators (every one-key object is an operation, as :func:`apply` treats
+    it) and nesting deeper than :data:`MAX_DEPTH`. Reads the rule only.
+    """
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any, int]] = [("", rule, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            problems.append((where, f"the rule nests more than {MAX_DEPTH} levels deep"))
+            continue
+        if isinstance(value, Mapping):
+            if len(value) == 1:
+                [(name, args)] = value.items()
+                if name not in OPERATORS:
+                    problems.append(
+                        (
+                            where,
+                            f"unknown JsonLogic operator {name!r}; supported: "
+                            f"{', '.join(sorted(OPERATORS))}",
+                        )
+                    )
+                    continue
+                stack.append((f"{where}.{name}", args, depth + 1))
+            continue
+        if isinstance(value, list | tuple):
+            stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+    return sorted(problems)

@@ -218,3 +218,29 @@ def test_pipeline_model_is_frozen() -> None:
     with pytest.raises(AttributeError):
         node.next = "x"  # type: ignore[misc]
     assert pipeline.to_dict()["nodes"][0]["config"] == {"k": [1]}
+
+
+def test_unknown_jsonlogic_operator_is_a_load_problem() -> None:
+    rule = {"and": [{"==": [{"var": "x"}, 1]}, {"equals": [1, 1]}]}
+    document = doc(
+        [
+            {
+                "id": "c",
+                "type": "condition",
+                "conditions": [{"if": rule, "then": "end"}],
+                "else": "end",
+            },
+            terminal("end"),
+        ]
+    )
+    found = problems(document)
+    assert [p.location for p in found] == ["$.nodes[0].conditions[0].if.and[1]"]
+    assert "unknown JsonLogic operator 'equals'" in found[0].message
+
+
+def test_jsonlogic_check_accepts_valid_rules_and_literals() -> None:
+    assert (
+        stageflow.jsonlogic.check({"if": [{"<": [{"var": "a"}, 3]}, "small", {"a": 1, "b": 2}]})
+        == []
+    )
+    assert stageflow.jsonlogic.check(True) == []
