@@ -11,10 +11,9 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import anyio
-import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from stageflow._log import get_logger
@@ -27,9 +26,8 @@ OVERFLOW: Final = "subscriber_overflow"
 """Type of the marker event a slow ``events()`` subscriber gets after a gap."""
 
 
-@attrs.frozen
-class Event:
-    """One thing that happened in a session.
+class Event(NamedTuple):
+    """One thing that happened in a session (immutable; a named tuple, cheap to make).
 
     Attributes:
         seq: position in the session history, from 1, without gaps.
