@@ -1,4 +1,4 @@
-"""Shared by the CLI tests: ``main()`` configures logging, so each test restores it."""
+"""Shared by tests that configure logging (the CLI does): each test restores it."""
 
 from __future__ import annotations
 

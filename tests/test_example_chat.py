@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
+from example_support import load_example
 
 import stageflow
 
@@ -24,34 +24,10 @@ GREETING = "Hello, Ada! Ask me a question, or say bye to leave."
 HELP = "I answer questions (end them with '?') and repeat everything else."
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def chat_run() -> ModuleType:
-    """examples/chat/run.py, imported with its own ``stages`` module.
-
-    Other examples have a ``stages`` module too, so the chat's is put in
-    ``sys.modules`` only while run.py is imported.
-    """
-    stages = _load("chat_stages", EXAMPLE / "stages.py")
-    saved = sys.modules.get("stages")
-    sys.modules["stages"] = stages
-    try:
-        module = _load("chat_run", EXAMPLE / "run.py")
-    finally:
-        if saved is None:
-            del sys.modules["stages"]
-        else:
-            sys.modules["stages"] = saved
-    assert module.registry is stages.registry
-    return module
+    """examples/chat/run.py, imported with its own ``stages`` module."""
+    return load_example("chat")[1]
 
 
 def visited(result: stageflow.SessionResult) -> list[str | None]:

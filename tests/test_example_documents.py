@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from example_support import load_example
 
 import stageflow
 
@@ -61,30 +61,10 @@ EXPECTED = {
 }
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def example() -> tuple[ModuleType, ModuleType]:
-    """(stages, run) of examples/documents; its ``stages`` is in sys.modules only for the import."""
-    stages = _load("documents_stages", EXAMPLE / "stages.py")
-    saved = sys.modules.get("stages")
-    sys.modules["stages"] = stages
-    try:
-        run = _load("documents_run", EXAMPLE / "run.py")
-    finally:
-        if saved is None:
-            del sys.modules["stages"]
-        else:
-            sys.modules["stages"] = saved
-    assert run.registry is stages.registry
-    return stages, run
+    """(stages, run) of examples/documents."""
+    return load_example("documents")
 
 
 async def _read(

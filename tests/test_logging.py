@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import structlog
 import structlog.testing
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -28,19 +29,6 @@ import stageflow
 import stageflow.logging
 
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from example_support import load_example
 
 import stageflow
 
@@ -19,12 +20,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def registry() -> stageflow.StageRegistry:
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import stages  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(EXAMPLE))
-    reg: stageflow.StageRegistry = stages.registry
+    # Loaded without leaving a module named "stages" behind (every example has one).
+    reg: stageflow.StageRegistry = load_example("reference")[0].registry
     return reg
 
 

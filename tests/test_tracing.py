@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from example_support import load_example
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -39,12 +39,8 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 
 @pytest.fixture
 def reference_registry() -> stageflow.StageRegistry:
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import stages  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(EXAMPLE))
-    registry: stageflow.StageRegistry = stages.registry
+    # Loaded without leaving a module named "stages" behind (every example has one).
+    registry: stageflow.StageRegistry = load_example("reference")[0].registry
     return registry
 
 
