@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stageflow._context import MISSING, Context
@@ -24,7 +23,7 @@ from stageflow._errors import (
 )
 from stageflow._json import copy_json
 from stageflow._model import Limits, MapNode, SubpipelineNode
-from stageflow._telemetry import MAP_INDEX, NODE_ID, end_span
+from stageflow._telemetry import MAP_INDEX, NODE_ID, ActiveSpan, enter_span, exit_span
 
 if TYPE_CHECKING:
     from stageflow._events import History
@@ -166,12 +165,11 @@ class CompositeNodes:
         ctx.set(node.index_path, index)
         base = f"{frame.path}/{node.id}" if frame.path else node.id
         item = self._frame_type(ctx, f"{base}/{index}", frame.depth + 1, frame.scope)
-        span: trace.Span | None = None
+        span: ActiveSpan | None = None
         if self._tracer is not None:
-            span = self._tracer.start_span(
-                f"item {node.id}[{index}]", attributes={NODE_ID: node.id, MAP_INDEX: index}
+            span = enter_span(
+                self._tracer, f"item {node.id}[{index}]", {NODE_ID: node.id, MAP_INDEX: index}
             )
-            token = otel_context.attach(trace.set_span_in_context(span))
         record = self._history.record
         payload = {"index": index}
         outcome, error = "cancelled", None
@@ -201,8 +199,7 @@ class CompositeNodes:
             return False
         finally:
             if span is not None:
-                end_span(span, outcome, error)
-                otel_context.detach(token)
+                exit_span(span, outcome, error)
 
 
 class _MapRun:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stageflow._errors import (
@@ -22,7 +21,7 @@ from stageflow._errors import (
 )
 from stageflow._merge import merge_branches
 from stageflow._model import Limits, ParallelNode, ParallelPolicy
-from stageflow._telemetry import BRANCH, NODE_ID, end_span
+from stageflow._telemetry import BRANCH, NODE_ID, ActiveSpan, enter_span, exit_span
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,12 +117,11 @@ class ParallelNodes:
         winner: list[int],
         scope: anyio.CancelScope,
     ) -> None:
-        span: trace.Span | None = None
+        span: ActiveSpan | None = None
         if self._tracer is not None:
-            span = self._tracer.start_span(
-                f"branch {node.id}/{child}", attributes={BRANCH: child, NODE_ID: node.id}
+            span = enter_span(
+                self._tracer, f"branch {node.id}/{child}", {BRANCH: child, NODE_ID: node.id}
             )
-            otel_token = otel_context.attach(trace.set_span_in_context(span))
         record = self._history.record
         payload = {"branch": child}
         span_outcome = "cancelled"
@@ -154,8 +152,7 @@ class ParallelNodes:
                 scope.cancel()
         finally:
             if span is not None:
-                end_span(span, span_outcome, outcome.error)
-                otel_context.detach(otel_token)
+                exit_span(span, span_outcome, outcome.error)
 
 
 def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:

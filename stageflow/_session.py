@@ -23,7 +23,6 @@ import anyio.lowlevel
 import sniffio
 import structlog
 import trio
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stageflow import jsonlogic
@@ -69,8 +68,10 @@ from stageflow._telemetry import (
     POLICY,
     SESSION_ID,
     STAGE,
+    ActiveSpan,
     current_ids,
-    end_span,
+    enter_span,
+    exit_span,
     resolve_tracer,
     span_ids,
 )
@@ -379,26 +380,24 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         )
         if structlog.is_configured():
             self._node_log = _log.bind(session_id=self.session_id)
-        root_span: trace.Span | None = None
-        otel_token: object = None
+        root_span: ActiveSpan | None = None
         if tracer is not None:
-            root_span = tracer.start_span(
+            root_span = enter_span(
+                tracer,
                 f"run {self._pipeline.name}",
-                attributes={
+                {
                     SESSION_ID: self.session_id,
                     PIPELINE_NAME: self._pipeline.name,
                     PIPELINE_DIGEST: self._pipeline.digest,
                 },
             )
-            otel_token = otel_context.attach(trace.set_span_in_context(root_span))
             self._history.span_source = current_ids
             self._desk.traced = True
         try:
             return await self._run_root()
         finally:
             if root_span is not None:
-                end_span(root_span, _SPAN_OUTCOME.get(self._status, "cancelled"), self._error)
-                otel_context.detach(otel_token)  # type: ignore[arg-type]
+                exit_span(root_span, _SPAN_OUTCOME.get(self._status, "cancelled"), self._error)
                 self._history.span_source = None
 
     async def _run_root(self) -> SessionResult:
@@ -498,21 +497,20 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         # even when no stage ever awaits.
         await self._checkpoint()
         tracer = self._tracer
-        span: trace.Span | None = None
+        span: ActiveSpan | None = None
         if tracer is not None:
             attributes: dict[str, Any] = {NODE_ID: node.id, NODE_TYPE: node.type}
             if isinstance(node, StageNode):
                 attributes[STAGE] = node.stage
             elif isinstance(node, ParallelNode):
                 attributes[POLICY] = node.policy.value
-            span = tracer.start_span(f"{node.type} {node.id}", attributes=attributes)
-            otel_token = otel_context.attach(trace.set_span_in_context(span))
+            span = enter_span(tracer, f"{node.type} {node.id}", attributes)
         log = self._node_log
         if log is not None:
             started = time.perf_counter()
             log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
             if span is not None:
-                trace_id, span_id, _ = span_ids(span)
+                trace_id, span_id, _ = span_ids(span.span)
                 log = log.bind(trace_id=trace_id, span_id=span_id)
             log.info("node.started")
         record = history.record
@@ -545,8 +543,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             return next_id
         finally:
             if span is not None:
-                end_span(span, outcome, error)
-                otel_context.detach(otel_token)
+                exit_span(span, outcome, error)
             if log is not None:
                 duration_ms = round((time.perf_counter() - started) * 1000, 3)
                 log.info("node.finished", outcome=outcome, duration_ms=duration_ms)

@@ -8,8 +8,9 @@ attributed as ``tracing/CATALOGUE.md`` documents.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
@@ -26,8 +27,10 @@ __all__ = [
     "POLICY",
     "SESSION_ID",
     "STAGE",
+    "ActiveSpan",
     "current_ids",
-    "end_span",
+    "enter_span",
+    "exit_span",
     "resolve_tracer",
     "span_ids",
 ]
@@ -75,13 +78,31 @@ def current_ids() -> tuple[str, str, str | None] | None:
     return span_ids(span)
 
 
-def end_span(span: Span, outcome: str, error: BaseException | None = None) -> None:
-    """Finish a span with its outcome: ERROR (and the exception) only for failures."""
+class ActiveSpan(NamedTuple):
+    """A span made current by :func:`enter_span`, to be closed by :func:`exit_span`."""
+
+    span: Span
+    token: object
+
+
+def enter_span(tracer: Tracer, name: str, attributes: dict[str, Any]) -> ActiveSpan:
+    """Start a span as a child of the current one and make it current."""
+    span = tracer.start_span(name, attributes=attributes)
+    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span)))
+
+
+def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
+    """Finish a span with its outcome (ERROR and the exception only for failures).
+
+    Restores the span that was current before :func:`enter_span`.
+    """
+    span = active.span
     span.set_attribute(OUTCOME, outcome)
     if error is not None:
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
     span.end()
+    otel_context.detach(active.token)  # type: ignore[arg-type]
 
 
 def add_event(name: str, attributes: dict[str, Any]) -> None:
