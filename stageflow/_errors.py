@@ -6,7 +6,8 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
 
     StageflowError
     ├── DefinitionError                 a document (pipeline, rule, case) is wrong
-    │   ├── PipelineValidationError     .problems: every problem, with its location
+    │   ├── ProblemsError               .problems: every problem of a document, located
+    │   │   └── PipelineValidationError a pipeline document
     │   └── JsonLogicError              a JsonLogic rule cannot be evaluated
     ├── RegistryError                   stage registration and lookup
     │   ├── StageNotFoundError          (also KeyError)
@@ -42,7 +43,7 @@ how to fix it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -66,6 +67,7 @@ __all__ = [
     "PluginLoadError",
     "PluginNotFoundError",
     "Problem",
+    "ProblemsError",
     "RegistryError",
     "SessionStateError",
     "SessionTimeoutError",
@@ -162,8 +164,18 @@ class Problem:
         return f"{self.location}: {self.message}"
 
 
-class PipelineValidationError(DefinitionError):
-    """A pipeline document has one or more problems; all are listed in ``problems``."""
+class ProblemsError(DefinitionError):
+    """A document has one or more problems; all are listed in ``problems``.
+
+    The base of the errors for each kind of document (pipelines, test cases).
+
+    Attributes:
+        problems: each problem with its location and a message saying what to fix.
+        source: the file (or label) the document came from, if known.
+    """
+
+    document: ClassVar[str] = "document"
+    """What the document is called in the message (``pipeline``, ``case file``)."""
 
     def __init__(self, problems: Sequence[Problem], *, source: str | None = None) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
@@ -172,8 +184,15 @@ class PipelineValidationError(DefinitionError):
         count = len(self.problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"pipeline{where} is not valid ({count} problem{'s' if count != 1 else ''}):\n{lines}"
+            f"{self.document}{where} is not valid "
+            f"({count} problem{'s' if count != 1 else ''}):\n{lines}"
         )
+
+
+class PipelineValidationError(ProblemsError):
+    """A pipeline document has one or more problems; all are listed in ``problems``."""
+
+    document = "pipeline"
 
 
 class JsonLogicError(DefinitionError):

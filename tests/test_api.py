@@ -83,6 +83,7 @@ EXPORTED = [
     "PluginNotFoundError",
     "PluginReport",
     "Problem",
+    "ProblemsError",
     "Reducer",
     "RegistryError",
     "RetryPolicy",

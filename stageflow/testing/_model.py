@@ -8,13 +8,13 @@ pipeline model stores them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
-from stageflow import DefinitionError, Problem
+from stageflow._errors import ProblemsError
 from stageflow._json import freeze, thaw
 
 __all__ = [
@@ -34,7 +34,7 @@ DEFAULT_MAX_TIME: Final = 86_400.0
 """Virtual seconds a case may run when its limits do not say (one virtual day)."""
 
 
-class CaseValidationError(DefinitionError):
+class CaseValidationError(ProblemsError):
     """A case file (or a case in it) is not valid; every problem is in ``problems``.
 
     Attributes:
@@ -43,15 +43,7 @@ class CaseValidationError(DefinitionError):
         source: the case file, when the case came from one.
     """
 
-    def __init__(self, problems: Sequence[Problem], *, source: str | None = None) -> None:
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        self.source = source
-        where = f" in {source}" if source else ""
-        count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(
-            f"case file{where} is not valid ({count} problem{'s' if count != 1 else ''}):\n{lines}"
-        )
+    document = "case file"
 
 
 def _freeze_optional(value: Any) -> Any:
