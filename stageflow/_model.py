@@ -162,8 +162,23 @@ class ErrorHandler:
     error_path: str = "error"
 
 
+class _Routable:
+    """What nodes with error edges share: ``on_error`` then ``fallback``."""
+
+    __slots__ = ()
+    on_error: tuple[ErrorHandler, ...]
+    fallback: str | None
+
+    @property
+    def error_handlers(self) -> tuple[ErrorHandler, ...]:
+        """``on_error`` followed by ``fallback`` as a catch-all edge."""
+        if self.fallback is None:
+            return self.on_error
+        return (*self.on_error, ErrorHandler(next=self.fallback))
+
+
 @attrs.frozen
-class StageNode:
+class StageNode(_Routable):
     """Runs a registered stage.
 
     Attributes:
@@ -192,11 +207,6 @@ class StageNode:
     fallback: str | None = None
     description: str | None = None
     type: Literal["stage"] = "stage"
-
-    @property
-    def error_handlers(self) -> tuple[ErrorHandler, ...]:
-        """``on_error`` followed by ``fallback`` as a catch-all edge."""
-        return _handlers(self.on_error, self.fallback)
 
 
 @attrs.frozen
@@ -231,7 +241,7 @@ class ConditionNode:
 
 
 @attrs.frozen
-class ParallelNode:
+class ParallelNode(_Routable):
     """Runs branches concurrently and joins them at ``next``.
 
     Attributes:
@@ -259,11 +269,6 @@ class ParallelNode:
     description: str | None = None
     type: Literal["parallel"] = "parallel"
 
-    @property
-    def error_handlers(self) -> tuple[ErrorHandler, ...]:
-        """``on_error`` followed by ``fallback`` as a catch-all edge."""
-        return _handlers(self.on_error, self.fallback)
-
 
 @attrs.frozen
 class TerminalNode:
@@ -284,7 +289,7 @@ class TerminalNode:
 
 
 @attrs.frozen
-class SubpipelineNode:
+class SubpipelineNode(_Routable):
     """Runs a declared subpipeline as one node, in the same session.
 
     Attributes:
@@ -312,14 +317,9 @@ class SubpipelineNode:
     description: str | None = None
     type: Literal["subpipeline"] = "subpipeline"
 
-    @property
-    def error_handlers(self) -> tuple[ErrorHandler, ...]:
-        """``on_error`` followed by ``fallback`` as a catch-all edge."""
-        return _handlers(self.on_error, self.fallback)
-
 
 @attrs.frozen
-class MapNode:
+class MapNode(_Routable):
     """Runs the body region once per item of a list and collects outputs in item order.
 
     Attributes:
@@ -357,20 +357,11 @@ class MapNode:
     description: str | None = None
     type: Literal["map"] = "map"
 
-    @property
-    def error_handlers(self) -> tuple[ErrorHandler, ...]:
-        """``on_error`` followed by ``fallback`` as a catch-all edge."""
-        return _handlers(self.on_error, self.fallback)
-
     def tolerated(self, total: int) -> int:
         """How many failed items are tolerated out of ``total``."""
         if self.max_failure_ratio is not None:
             return int(self.max_failure_ratio * total)
         return self.max_failures
-
-
-def _handlers(on_error: tuple[ErrorHandler, ...], fallback: str | None) -> tuple[ErrorHandler, ...]:
-    return on_error if fallback is None else (*on_error, ErrorHandler(next=fallback))
 
 
 Node: TypeAlias = (
