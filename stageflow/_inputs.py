@@ -107,10 +107,6 @@ class InputBroker:
         waiter.send.close()
         waiter.receive.close()
 
-    def backlog(self) -> dict[str, list[Any]]:
-        """A copy of the queued inputs, per type, oldest first."""
-        return {t: list(q) for t, q in self._backlog.items()}
-
 
 class AttemptTimer:
     """The deadline of one attempt, paused while the stage waits for input."""
