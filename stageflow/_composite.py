@@ -74,11 +74,13 @@ class CompositeNodes:
         if saved is not None:
             child.resume = saved["position"]
         frame.work = child
+        ended = saved is not None and scope.ended_at(saved["position"].get("terminal"))
         with anyio.CancelScope() as cancel:
             scope.cancel = cancel
             if node.timeout is not None:
                 cancel.deadline = anyio.current_time() + node.timeout
-            await self._run_path(target.entry, child, None)
+            if not ended:
+                await self._run_path(target.entry, child, None)
         if scope.terminal is None:
             if cancel.cancelled_caught:
                 raise NodeTimeoutError(

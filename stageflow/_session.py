@@ -135,6 +135,16 @@ class _Scope:
         self.artifacts: dict[str, Any] = {}
         self.cancel: anyio.CancelScope | None = None  # ends the run at a terminal in a branch
 
+    def ended_at(self, terminal: Mapping[str, Any] | None) -> bool:
+        """Restore the terminal a snapshot says this run had reached; whether it had."""
+        if terminal is None:
+            return False
+        node = self.pipeline.node(terminal["node"])
+        assert isinstance(node, TerminalNode)
+        self.terminal = node
+        self.artifacts = terminal["artifacts"]
+        return True
+
 
 class _Frame:
     """Where a node runs: its context, its path, its nesting depth and pipeline scope.
@@ -448,6 +458,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             resume = copy_json(saved["position"])
             self._ctx = Context(resume["context"])
             self._main = _Scope(self._pipeline, 0)
+            self._main.ended_at(resume.get("terminal"))
             self._steps = saved["steps"] - count_positions(resume)
             self._history.reopen()
         self._status = SessionStatus.RUNNING
@@ -538,7 +549,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                 if self._cancel_reason is not None:
                     scope.cancel()
                 self._main.cancel = scope
-                await self._run_path(self._pipeline.entry, root, None)
+                if self._main.terminal is None:
+                    await self._run_path(self._pipeline.entry, root, None)
         except cancelled_exc:
             if self._suspending:
                 return self._suspended()
@@ -724,6 +736,14 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         state: dict[str, Any] = {"path": frame.path, "node": node_id}
         if full:
             state["context"] = copy_json(dict(frame.ctx.data))
+            terminal = frame.scope.terminal
+            if terminal is not None:
+                # A terminal in a branch ended this pipeline; the other branches
+                # are being cancelled. The restored run ends there too.
+                state["terminal"] = {
+                    "node": terminal.id,
+                    "artifacts": copy_json(frame.scope.artifacts),
+                }
         else:
             state["writes"] = writes_of(frame.ctx)
         node = frame.scope.pipeline._index[node_id]

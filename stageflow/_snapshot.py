@@ -234,6 +234,18 @@ def _check_frame(
         )
         return
     node = pipeline.node(node_id)
+    terminal = position.get("terminal")
+    if terminal is not None and (
+        terminal["node"] not in pipeline or pipeline.node(terminal["node"]).type != "terminal"
+    ):
+        problems.append(
+            Problem(
+                f"{where}.terminal.node",
+                f"the run had ended at terminal {terminal['node']!r}, which pipeline "
+                f"{pipeline.name!r} ({pipeline._prefix}) does not have as a terminal node; "
+                "restore with a pipeline that still has it",
+            )
+        )
     following = position.get("next")
     if following is not None and following not in pipeline:
         problems.append(

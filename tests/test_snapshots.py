@@ -825,3 +825,44 @@ async def test_running_a_restored_session_twice_is_refused() -> None:
     await restored.run()
     with pytest.raises(stageflow.SessionStateError):
         await restored.run()
+
+
+def terminal_in_branch(*, inside_subpipeline: bool) -> Case:
+    registry = nested_registry()
+    race = [
+        parallel("race", ["quick", "slow"], next="after"),
+        stage("quick", "Set", config={"values": {"q": 1}}, outputs={"q": "q"}, next="early"),
+        terminal("early", "q", result={"ended": "early"}),
+        stage("slow", "Ask", config={"input": "never"}, outputs={"answer": "slow"}),
+        terminal("after", result={"ended": "after"}),
+    ]
+    if not inside_subpipeline:
+        return Case(load(doc(race), registry), registry, {})
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "subpipeline",
+                "pipeline": "racer",
+                "result_output": "inner",
+                "artifacts": {"q": "q"},
+                "next": "end",
+            },
+            terminal("end", "inner", "q"),
+        ],
+        subpipelines={"racer": {"entry": "race", "nodes": race}},
+    )
+    return Case(load(document, registry), registry, {})
+
+
+@pytest.mark.parametrize("inside_subpipeline", [False, True])
+async def test_a_terminal_in_a_branch_still_ends_the_run_after_any_cut(
+    inside_subpipeline: bool,
+) -> None:
+    case = terminal_in_branch(inside_subpipeline=inside_subpipeline)
+    expected = await uninterrupted(case)
+    assert expected.status is stageflow.SessionStatus.COMPLETED
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
