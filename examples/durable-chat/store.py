@@ -26,9 +26,8 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import stageflow
 
@@ -61,8 +60,7 @@ class SessionNotFoundError(LookupError):
         self.session_id = session_id
 
 
-@dataclass(frozen=True)
-class StoredSession:
+class StoredSession(NamedTuple):
     """What the store knows about a session without parsing its snapshot.
 
     Attributes:
