@@ -194,13 +194,34 @@ def check_document(data: object) -> Mapping[str, Any]:
         )
     if data.get("version") != VERSION:
         raise SnapshotVersionError(data.get("version"), (VERSION,))
+    session_id = data.get("session_id")
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise SnapshotError(
-            [Problem(e.json_path, schema_error_message(e, "the snapshot")) for e in errors[:20]],
-            source=f"session {data.get('session_id')!r}",
+            [Problem(e.json_path, _message(e)) for e in errors[:20]],
+            source=f"session {session_id!r}" if isinstance(session_id, str) else None,
         )
     return data
+
+
+_RECORDS: Final = ("stage", "parallel", "map", "subpipeline", "next")
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """What a schema error in a snapshot means, without quoting whole frames."""
+    if error.validator == "oneOf" and isinstance(error.instance, Mapping):
+        both = "context" in error.instance and "writes" in error.instance
+        return (
+            f"a frame has {'both' if both else 'neither of'} 'context' and 'writes'; it needs "
+            "exactly one: 'context' for the main path and subpipeline runs, 'writes' for "
+            "branches and map items"
+        )
+    if error.validator == "not" and error.path and error.path[-1] in _RECORDS:
+        return (
+            f"a frame holds at most one of {', '.join(map(repr, _RECORDS))}; "
+            f"remove {error.path[-1]!r} or the other one"
+        )
+    return schema_error_message(error, "the snapshot")
 
 
 def check_nodes(position: Mapping[str, Any] | None, pipeline: Pipeline) -> list[Problem]:

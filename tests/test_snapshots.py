@@ -12,7 +12,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from example_support import load_example
+from example_support import load_example, load_module
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,6 +61,31 @@ def documents_case() -> Case:
         EXAMPLES / "documents" / "pipeline.json", registry=stages.registry
     )
     return Case(pipeline, stages.registry, {"document": run.DOCUMENT})
+
+
+def durable_chat_case() -> Case:
+    stages = load_module("durable_chat_stages", EXAMPLES / "durable-chat" / "stages.py")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "durable-chat" / "pipeline.json", registry=stages.registry
+    )
+    inputs = {
+        "user_name": [{"name": "Ada"}],
+        "user_message": [{"text": "hello"}, {"text": "what is a pipeline?"}, {"text": "bye"}],
+    }
+    return Case(pipeline, stages.registry, {}, inputs)
+
+
+async def test_durable_chat_restored_at_every_wait_and_every_event() -> None:
+    case = durable_chat_case()
+    expected = await uninterrupted(case)
+    assert expected.result == {"ended": "bye"}
+    cuts = await cut_at_waits(case)
+    assert [sorted(w) for w, _ in cuts] == [["user_name"]] + [["user_message"]] * 3
+    assert all(outcome == expected for _, outcome in cuts)
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
 
 
 CHAT = ["hello", "can you help me?", "what is a pipeline?", "tell me more", "bye"]
@@ -866,3 +891,22 @@ async def test_a_terminal_in_a_branch_still_ends_the_run_after_any_cut(
     while (outcome := await cut_at_event(case, seq)) is not None:
         assert outcome == expected, f"cut at event {seq}"
         seq += 1
+
+
+async def test_a_frame_with_both_contexts_or_two_records_is_explained_plainly() -> None:
+    case, data = await suspended_chat()
+    data["position"]["writes"] = []
+    data["position"]["parallel"] = {"branches": [], "winner": None}
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(data, registry=case.registry)
+    messages = {p.location: p.message for p in caught.value.problems}
+    assert messages["$.position"].startswith("a frame has both 'context' and 'writes'")
+    assert "'user'" not in messages["$.position"]  # the frame itself is not quoted
+    assert messages["$.position.parallel"].startswith("a frame holds at most one of")
+
+
+async def test_a_snapshot_without_a_session_id_says_so_without_naming_one() -> None:
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict({"format": "stageflow.session-snapshot", "version": 1})
+    assert "in session" not in str(caught.value)
+    assert "$" in {p.location for p in caught.value.problems}
