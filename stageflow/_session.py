@@ -260,7 +260,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         self._suspending = False
         self._live = 0
         self._stop_outcome = "cancelled"  # span / cleanup outcome when a run is torn down
-        # The snapshot a WAITING session resumes from (a restore, or its own suspension).
+        # What a WAITING session resumes from (a restore, or its own suspension):
+        # its positions, step counter, the run span that saved them, the digest.
         self._saved: dict[str, Any] | None = None
         self._outcome: dict[str, Any] | None = None  # a restored finished session's result
         self._root_ids: tuple[str, str] | None = None  # the run's root span, for snapshots
@@ -490,7 +491,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             self._node_log = _log.bind(session_id=self.session_id)
         root_span: ActiveSpan | None = None
         if tracer is not None:
-            origin = saved.get("trace") if resume is not None and saved is not None else None
+            origin = saved["trace"] if resume is not None and saved is not None else None
             root_span = enter_span(
                 tracer,
                 f"run {self._pipeline.name}",
@@ -515,6 +516,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
 
     async def _run_root(self, resume: dict[str, Any] | None) -> SessionResult:
         timeout = self._limits.timeout
+        root = self._root = _Frame(self._ctx, "", 0, self._main)
+        root.resume = resume
         if resume is None:
             self._history.record(
                 "session_started",
@@ -531,13 +534,11 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                 "digest": self._pipeline.digest,
                 "node": resume["node"],
             }
-            if self._saved["pipeline"]["digest"] != self._pipeline.digest:
-                resumed["previous_digest"] = self._saved["pipeline"]["digest"]
+            if self._saved["digest"] != self._pipeline.digest:
+                resumed["previous_digest"] = self._saved["digest"]
             self._history.record("session_resumed", None, "", resumed)
         error: StageflowError | None = None
         cancelled_exc = anyio.get_cancelled_exc_class()
-        root = self._root = _Frame(self._ctx, "", 0, self._main)
-        root.resume = resume
         self._live = 1
         try:
             with anyio.CancelScope() as scope:
@@ -630,9 +631,9 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         if blocked and blocked >= self._live and not self._suspending:
             self._suspending = True
             self._stop_outcome = "suspended"
-            snapshot = self._snapshot(SessionStatus.WAITING)
-            waits = list(blocked_positions(snapshot["position"]))
-            event = self._history.record(
+            saved = self._saved = self._saved_state()
+            waits = list(blocked_positions(saved["position"]))
+            self._history.record(
                 "session_suspended",
                 None,
                 "",
@@ -641,8 +642,6 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                     "wake_at": _earliest([d for _, d in waits], self._deadline),
                 },
             )
-            snapshot["history"].append(event.to_dict())
-            self._saved = snapshot
             # Tearing the run down is not part of the session's history.
             self._history.muted = True
             if self._cancel_scope is not None:
@@ -681,33 +680,30 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         flight, retry and step counters, and timer deadlines as absolute UTC
         times. Restore it with :meth:`from_dict`. See ``docs/snapshots.md``.
         """
-        if self._status is SessionStatus.WAITING and self._saved is not None:
+        status = self._status
+        if status is SessionStatus.WAITING and self._saved is not None:
             # Suspended or restored: the saved positions, with what arrived since.
-            snapshot: dict[str, Any] = copy_json(self._saved)
-            snapshot["taken_at"] = self._clock().astimezone(datetime.UTC).isoformat()
-            snapshot["backlog"] = self._desk.broker.backlog()
-            snapshot["history"] = [event.to_dict() for event in self._history.events]
-            return snapshot
-        return self._snapshot(self._status)
-
-    def _snapshot(self, status: SessionStatus) -> dict[str, Any]:
-        active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
-        root = self._root
-        if active and root is not None:
-            position = self._frame_state(root, self._pipeline.entry, True)
+            state = self._saved
+        elif status is SessionStatus.RUNNING and self._root is not None:
+            state = self._saved_state()
         else:
+            root = self._root
             node = root.node if root is not None and root.node else self._pipeline.entry
-            position = {"path": "", "node": node, "context": copy_json(dict(self._ctx.data))}
-        now = self._desk.clock() if self._status is SessionStatus.RUNNING else self._clock()
-        now = now.astimezone(datetime.UTC)
-        trace_ids = self._root_ids
+            state = {
+                "position": {"path": "", "node": node, "context": copy_json(dict(self._ctx.data))},
+                "steps": self._steps,
+                "trace": self._trace_ids(),
+            }
+        now = self._desk.clock() if status is SessionStatus.RUNNING else self._clock()
+        active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
+        position: dict[str, Any] = copy_json(state["position"])
         return {
             "format": SNAPSHOT_FORMAT,
             "version": SNAPSHOT_VERSION,
             "stageflow_version": __version__,
             "session_id": self.session_id,
             "status": status.value,
-            "taken_at": now.isoformat(),
+            "taken_at": now.astimezone(datetime.UTC).isoformat(),
             "pipeline": {
                 "name": self._pipeline.name,
                 "digest": self._pipeline.digest,
@@ -717,15 +713,29 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             "validate_events": self._mode.value,
             "seed": self._seed,
             "rng_draws": self._draws,
-            "steps": self._steps,
+            "steps": state["steps"],
             "deadline": self._deadline,
-            "trace": ({"trace_id": trace_ids[0], "span_id": trace_ids[1]} if trace_ids else None),
+            "trace": copy_json(state["trace"]),
             "current_node": position["node"] if active else None,
             "position": position,
             "backlog": self._desk.broker.backlog(),
             "outcome": copy_json(self._outcome) if status in _FINISHED else None,
             "history": [event.to_dict() for event in self._history.events],
         }
+
+    def _saved_state(self) -> dict[str, Any]:
+        """What a running session would resume from: its positions and counters, now."""
+        assert self._root is not None
+        return {
+            "position": self._frame_state(self._root, self._pipeline.entry, True),
+            "steps": self._steps,
+            "trace": self._trace_ids(),
+            "digest": self._pipeline.digest,
+        }
+
+    def _trace_ids(self) -> dict[str, str] | None:
+        ids = self._root_ids
+        return {"trace_id": ids[0], "span_id": ids[1]} if ids is not None else None
 
     def _frame_state(self, frame: _Frame, entry: str, full: bool) -> dict[str, Any]:
         """A frame as the snapshot keeps it, with whatever runs inside its node."""
@@ -734,6 +744,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             return restored
         node_id = frame.node or entry
         state: dict[str, Any] = {"path": frame.path, "node": node_id}
+        if frame.node is None:
+            state["next"] = entry  # the path has not started: it starts at its entry
         if full:
             state["context"] = copy_json(dict(frame.ctx.data))
             terminal = frame.scope.terminal
@@ -748,7 +760,9 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             state["writes"] = writes_of(frame.ctx)
         node = frame.scope.pipeline._index[node_id]
         work = frame.work
-        if work is DONE and not isinstance(node, TerminalNode):
+        if "next" in state:
+            pass
+        elif work is DONE and not isinstance(node, TerminalNode):
             state["next"] = frame.next  # a terminal runs again: it ends its pipeline
         elif isinstance(node, StageNode):
             state["stage"] = self._stage_state(work)
@@ -858,9 +872,12 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             for _ in range(self._draws):
                 self._rng.random()
         if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:
-            saved = copy_json(dict(snapshot))
-            saved["status"] = SessionStatus.WAITING.value
-            self._saved = saved
+            self._saved = {
+                "position": copy_json(snapshot["position"]),
+                "steps": snapshot["steps"],
+                "trace": copy_json(snapshot["trace"]),
+                "digest": snapshot["pipeline"]["digest"],
+            }
             self._steps = snapshot["steps"]
             self._status = SessionStatus.WAITING
         elif status is not SessionStatus.PENDING:

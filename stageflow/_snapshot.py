@@ -148,8 +148,8 @@ def _children(position: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 def count_positions(position: Mapping[str, Any] | None) -> int:
     """How many node executions in flight (to run again) the tree holds."""
-    if position is None:
-        return 0
+    if position is None or "terminal" in position:
+        return 0  # (a run that had reached its terminal runs nothing again)
     own = 0 if "next" in position else 1
     return own + sum(count_positions(child) for child in _children(position))
 

@@ -61,15 +61,17 @@ class Script:
 
 @attrs.frozen
 class Outcome:
-    """What the equivalence is about: status, result and artifacts."""
+    """What the equivalence is about: status, result, artifacts (and the node count)."""
 
     status: stageflow.SessionStatus
     result: Any
     artifacts: Any
+    steps: int
 
     @classmethod
     def of(cls, result: stageflow.SessionResult) -> Outcome:
-        return cls(result.status, result.result, json.loads(json.dumps(dict(result.artifacts))))
+        artifacts = json.loads(json.dumps(dict(result.artifacts)))
+        return cls(result.status, result.result, artifacts, result.history[-1].payload["steps"])
 
 
 @attrs.frozen
@@ -138,6 +140,7 @@ async def cut_at_event(case: Case, seq: int) -> Outcome | None:
     data, remaining = taken[0]
     restored = case.restore(data)
     if restored.status.value in {"completed", "failed", "cancelled", "timed_out"}:
-        return Outcome(restored.status, data["outcome"]["result"], data["outcome"]["artifacts"])
+        outcome = data["outcome"]
+        return Outcome(restored.status, outcome["result"], outcome["artifacts"], data["steps"])
     Script(remaining).attach(restored)
     return Outcome.of(await finish(restored))
