@@ -367,7 +367,7 @@ def paused(settings: Settings, table: Table, figures: dict[str, float | None]) -
         stats[mode] = (statistics.median(pauses) / count, statistics.median(resumes) / count)
     _, _, held = _paused_sweep("sync", count, True)
     held_each = held / count
-    stageflow_held = figures.get("paused_small_bytes")
+    stageflow_held = figures.get("paused_live_small_bytes")
     table.add(
         Row(
             SECTION,
@@ -384,6 +384,6 @@ def paused(settings: Settings, table: Table, figures: dict[str, float | None]) -
             f"paused run, time to {what} ({count:,})",
             stats[mode][index],
             mode,
-            figures.get(f"paused_small_{what}"),
+            figures.get(f"paused_live_small_{what}"),
             f"time to {what}",
         )
