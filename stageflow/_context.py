@@ -68,6 +68,17 @@ def _step(container: Any, part: str) -> Any:
     return MISSING
 
 
+def _top_get(data: MutableMapping[str, Any], key: str) -> Any:
+    # ChainMap.get tests membership in every map first: look in each map once instead.
+    if type(data) is ChainMap:
+        for layer in data.maps:
+            value = layer.get(key, MISSING)
+            if value is not MISSING:
+                return value
+        return MISSING
+    return data.get(key, MISSING)
+
+
 def _copy_container(value: Any) -> Any:
     if isinstance(value, dict):
         return dict(value)
@@ -101,12 +112,17 @@ class Context:
 
     def get(self, path: str, default: Any = MISSING) -> Any:
         """Return the value at ``path``, or ``default`` when nothing is there."""
-        parts = parse_path(path)
-        value: Any = self._data.get(parts[0], MISSING)
-        for part in parts[1:]:
-            if value is MISSING:
-                break
-            value = _step(value, part)
+        parts = _PATH_CACHE.get(path) or parse_path(path)
+        data = self._data
+        if type(data) is dict:
+            value: Any = data.get(parts[0], MISSING)
+        else:
+            value = _top_get(data, parts[0])
+        if len(parts) > 1:
+            for part in parts[1:]:
+                if value is MISSING:
+                    break
+                value = _step(value, part)
         return default if value is MISSING else value
 
     def set(self, path: str, value: Any) -> None:
@@ -116,7 +132,14 @@ class Context:
             ContextPathError: a segment crosses a value that is not an object
                 or list, or indexes past the end of a list.
         """
-        parts = parse_path(path)
+        parts = _PATH_CACHE.get(path) or parse_path(path)
+        if len(parts) == 1:
+            # A top-level key: the top level is always an object, and a fork's
+            # writes go to its own first map.
+            self._data[path] = value
+            if self._written is not None:
+                self._written[path] = None
+            return
         container: Any = self._data
         owned = self._owned
         for part in parts[:-1]:
