@@ -45,6 +45,8 @@ __all__ = ["compile_condition", "compile_rule"]
 Compiled = Callable[[Any], Any]
 """A compiled (sub-)rule: a function of the data."""
 
+# Operators whose result is always a bool.
+_BOOLEAN: Final = frozenset({"==", "===", "!=", "!==", ">", ">=", "<", "<=", "in", "!", "!!"})
 # Values a rule evaluates to as they are (arrays are evaluated item by item
 # into a new list, and one-key objects are operations).
 _CONSTANTS: Final = frozenset({str, int, float, bool, type(None)})
@@ -67,6 +69,8 @@ def compile_rule(rule: Any) -> Compiled:
 def compile_condition(rule: Any) -> Callable[[Any], bool]:
     """Compile ``rule`` as a condition: the result is ``truthy(apply(rule, data))``."""
     evaluate = _compile(rule, 0)
+    if _is_mapping(rule) and len(rule) == 1 and next(iter(rule)) in _BOOLEAN:
+        return evaluate  # a bool whenever it returns
 
     def test(data: Any) -> bool:
         result = evaluate(data)
@@ -78,14 +82,19 @@ def compile_condition(rule: Any) -> Callable[[Any], bool]:
     return test
 
 
-def _compile(rule: Any, depth: int) -> Compiled:
-    """What ``jsonlogic._eval(rule, data, depth)`` does, as a function of ``data``."""
+def _is_mapping(rule: Any) -> bool:
+    """Whether ``jsonlogic._eval`` takes ``rule`` for an object."""
     kind = type(rule)
-    if (
+    return (
         kind is dict
         or kind is MappingProxyType
         or (kind not in _PLAIN and isinstance(rule, Mapping))
-    ):
+    )
+
+
+def _compile(rule: Any, depth: int) -> Compiled:
+    """What ``jsonlogic._eval(rule, data, depth)`` does, as a function of ``data``."""
+    if _is_mapping(rule):
         if len(rule) != 1:
             return _constant(rule)
         if depth >= MAX_DEPTH:
@@ -104,7 +113,7 @@ def _compile(rule: Any, depth: int) -> Compiled:
             return op(raw, data, inner)
 
         return call
-    if kind is list or kind is tuple:
+    if type(rule) is list or type(rule) is tuple:
         if depth >= MAX_DEPTH:
             return _failing(_too_deep)
         items = [_compile(item, depth + 1) for item in rule]
@@ -170,10 +179,23 @@ def _binary(fn: Callable[[Any, Any], Any], raw: Any, depth: int) -> Compiled | N
         return None
     left, right = raw
     if type(right) in _CONSTANTS:  # {"==": [{"var": "x"}, 1]}: the usual shape
+        key = _plain_var(left, depth)
+        if key is not None:
+            return lambda data: fn(
+                data.get(key) if type(data) is dict else _step(data, key, None), right
+            )
         first = _compile(left, depth)
         return lambda data: fn(first(data), right)
     first, second = _compile(left, depth), _compile(right, depth)
     return lambda data: fn(first(data), second(data))
+
+
+def _plain_var(rule: Any, depth: int) -> str | None:
+    """The key of a ``{"var": "key"}`` (no dots) evaluated at ``depth``, else ``None``."""
+    if depth >= MAX_DEPTH or not _is_mapping(rule) or len(rule) != 1 or "var" not in rule:
+        return None
+    key = rule["var"]
+    return key if type(key) is str and key and "." not in key else None
 
 
 def _between(cmp: Callable[[Any, Any], bool], raw: Any, depth: int) -> Compiled | None:

@@ -51,7 +51,7 @@ def _typed(value: Any) -> Any:
 
 def condition_outcome(rule: Any, data: Any) -> tuple[str, Any]:
     try:
-        return "value", truthy(apply(rule, data))
+        return "value", repr(truthy(apply(rule, data)))
     except JsonLogicError as exc:
         return "error", str(exc)
 
@@ -59,7 +59,7 @@ def condition_outcome(rule: Any, data: Any) -> tuple[str, Any]:
 def compiled_condition_outcome(rule: Any, data: Any) -> tuple[str, Any]:
     test = compile_condition(rule)  # never raises: errors come when evaluated
     try:
-        return "value", test(data)
+        return "value", repr(test(data))  # repr: True, never 1
     except JsonLogicError as exc:
         return "error", str(exc)
 
