@@ -8,6 +8,7 @@ attributed as ``tracing/CATALOGUE.md`` documents.
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
 from typing import Any, Final, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -50,6 +51,15 @@ MAP_INDEX: Final = "stageflow.map.index"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
+SpanIds = tuple[str, str, str | None]
+
+# The OpenTelemetry context that enter_span() made current, with the ids of its
+# span: every event recorded inside the span needs them, and formatting them
+# costs more than checking that this context is still the current one.
+_ENTERED: Final[ContextVar[tuple[otel_context.Context, SpanIds] | None]] = ContextVar(
+    "stageflow_entered_span", default=None
+)
+
 
 def resolve_tracer(provider: trace.TracerProvider | None, version: str) -> Tracer | None:
     """The tracer for a run, or ``None`` when no real tracer provider is configured."""
@@ -59,7 +69,7 @@ def resolve_tracer(provider: trace.TracerProvider | None, version: str) -> Trace
     return chosen.get_tracer("stageflow", version)
 
 
-def span_ids(span: Span) -> tuple[str, str, str | None]:
+def span_ids(span: Span) -> SpanIds:
     """``(trace_id, span_id, parent_span_id)`` of a span, as lowercase hex."""
     context = span.get_span_context()
     parent = getattr(span, "parent", None)
@@ -70,8 +80,11 @@ def span_ids(span: Span) -> tuple[str, str, str | None]:
     )
 
 
-def current_ids() -> tuple[str, str, str | None] | None:
+def current_ids() -> SpanIds | None:
     """Ids of the current span (from the OpenTelemetry context), if it is valid."""
+    entered = _ENTERED.get()
+    if entered is not None and entered[0] is otel_context.get_current():
+        return entered[1]  # still in the span enter_span() started: ids known
     span = trace.get_current_span()
     if not span.get_span_context().is_valid:
         return None
@@ -83,12 +96,16 @@ class ActiveSpan(NamedTuple):
 
     span: Span
     token: object
+    ids: SpanIds
+    entered: Token[tuple[otel_context.Context, SpanIds] | None]
 
 
 def enter_span(tracer: Tracer, name: str, attributes: dict[str, Any]) -> ActiveSpan:
     """Start a span as a child of the current one and make it current."""
     span = tracer.start_span(name, attributes=attributes)
-    return ActiveSpan(span, otel_context.attach(trace.set_span_in_context(span)))
+    context = trace.set_span_in_context(span)
+    ids = span_ids(span)
+    return ActiveSpan(span, otel_context.attach(context), ids, _ENTERED.set((context, ids)))
 
 
 def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
@@ -102,6 +119,12 @@ def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = No
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
     span.end()
+    try:  # noqa: SIM105 (contextlib.suppress costs a third of a microsecond per span)
+        _ENTERED.reset(active.entered)
+    except ValueError:
+        # Exited in another context than it was entered in: OpenTelemetry's
+        # detach below logs that; the stale entry cannot match a later context.
+        pass
     otel_context.detach(active.token)  # type: ignore[arg-type]
 
 

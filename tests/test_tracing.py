@@ -124,6 +124,30 @@ async def test_reference_span_tree(
             assert span.name == f"branch {event.path}"
 
 
+async def test_events_inside_a_stages_own_span_carry_its_ids(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry = stageflow.StageRegistry()
+    tracer = provider.get_tracer("the-application")
+
+    @registry.register("Spans")
+    async def spans(ctx: stageflow.StageContext) -> None:
+        ctx.emit("before")
+        with tracer.start_as_current_span("mine"):
+            ctx.emit("inside")
+        ctx.emit("after")
+
+    document = doc([stage("a", "Spans", next="end"), terminal("end")])
+    result = await run_traced(document, provider, registry)
+    spans_by_name = {span.name: span for span in exporter.get_finished_spans()}
+    node_id = format(spans_by_name["stage a"].context.span_id, "016x")
+    mine_id = format(spans_by_name["mine"].context.span_id, "016x")
+    by_type = {event.type: event for event in result.history if event.node_id == "a"}
+    assert (by_type["inside"].span_id, by_type["inside"].parent_span_id) == (mine_id, node_id)
+    for event_type in ("node_started", "before", "after", "node_finished"):
+        assert by_type[event_type].span_id == node_id, event_type
+
+
 async def test_no_provider_creates_no_spans_and_no_ids() -> None:
     result = await run_traced(doc([stage("a", "Set", next="end"), terminal("end")]), None)  # type: ignore[arg-type]
     assert all(e.trace_id is None and e.span_id is None for e in result.history)
