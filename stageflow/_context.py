@@ -68,6 +68,10 @@ def _step(container: Any, part: str) -> Any:
     return MISSING
 
 
+_new_chain: Final = ChainMap.__new__
+_new_context: Final = object.__new__
+
+
 def _top_get(data: MutableMapping[str, Any], key: str) -> Any:
     # ChainMap.get tests membership in every map first: look in each map once instead.
     if type(data) is ChainMap:
@@ -187,19 +191,25 @@ class Context:
 
     def fork(self) -> Context:
         """Return a branch context: reads see this one, writes stay in the fork."""
-        child = Context.__new__(Context)
-        maps = self._data.maps if isinstance(self._data, ChainMap) else [self._data]
-        child._data = ChainMap({}, *maps)
+        data = self._data
+        chain: ChainMap[str, Any] = _new_chain(ChainMap)  # what ChainMap({}, *maps) makes
+        chain.maps = [{}, *data.maps] if isinstance(data, ChainMap) else [{}, data]
+        child = _new_context(Context)
+        child._data = chain
         child._owned = {}
         child._written = {}
         return child
 
     def written(self) -> Iterator[tuple[str, Any]]:
         """Yield ``(path, current value)`` for each path written since the fork."""
-        if self._written is None:
+        written = self._written
+        if written is None:
             return
-        for path in self._written:
-            yield path, self.get(path)
+        data = self._data
+        # A fork writes a top-level key into its own first map.
+        own = data.maps[0] if isinstance(data, ChainMap) else data
+        for path in written:
+            yield path, own[path] if "." not in path else self.get(path)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the payload as a plain dict (a shallow copy of the top level)."""
