@@ -427,7 +427,7 @@ def _compare(a: Any, b: Any, cmp: Callable[[Any, Any], bool]) -> bool:
 
 def _binary(name: str, fn: Callable[[Any, Any], Any]) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> Any:
-        if type(raw) is not list or len(raw) != 2:
+        if (type(raw) is not list and type(raw) is not tuple) or len(raw) != 2:
             raw = _args(raw, name, 2, 2)
         return fn(_eval(raw[0], data, depth), _eval(raw[1], data, depth))
 
