@@ -7,7 +7,7 @@ limits, events and spans reach inside.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,6 +23,7 @@ from stageflow._errors import (
 )
 from stageflow._json import copy_json
 from stageflow._model import Limits, MapNode, SubpipelineNode
+from stageflow._snapshot import apply_writes, error_state, restore_error
 from stageflow._telemetry import MAP_INDEX, NODE_ID, ActiveSpan, enter_span, exit_span
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ class CompositeNodes:
     _frame_type: type[_Frame]
     _open_task_group: Callable[[], Any]
     _scope_type: type[_Scope]
+    _frame_state: Callable[[_Frame, str, bool], dict[str, Any]]
+    _check_idle: Callable[[], None]
+    _live: int
+    _suspend: bool
 
     def _check_depth(self, node_id: str, frame: _Frame) -> None:
         if frame.depth >= self._limits.max_depth:
@@ -54,19 +59,28 @@ class CompositeNodes:
     async def _run_subpipeline(self, node: SubpipelineNode, frame: _Frame) -> str | None:
         self._check_depth(node.id, frame)
         target = frame.scope.pipeline._targets[node.id]
-        child_ctx = Context({})
-        for child_path, parent_path in node.inputs.items():
-            value = frame.ctx.get(parent_path)
-            if value is not MISSING:
-                child_ctx.set(child_path, copy_json(value))
+        saved = frame.resume.get("subpipeline") if frame.resume is not None else None
+        if saved is not None:
+            child_ctx = Context(copy_json(saved["position"]["context"]))
+        else:
+            child_ctx = Context({})
+            for child_path, parent_path in node.inputs.items():
+                value = frame.ctx.get(parent_path)
+                if value is not MISSING:
+                    child_ctx.set(child_path, copy_json(value))
         scope = self._scope_type(target, frame.depth + 1)
         path = f"{frame.path}/{node.id}" if frame.path else node.id
         child = self._frame_type(child_ctx, path, frame.depth + 1, scope)
+        if saved is not None:
+            child.resume = saved["position"]
+        frame.work = child
+        ended = saved is not None and scope.ended_at(saved["position"].get("terminal"))
         with anyio.CancelScope() as cancel:
             scope.cancel = cancel
             if node.timeout is not None:
                 cancel.deadline = anyio.current_time() + node.timeout
-            await self._run_path(target.entry, child, None)
+            if not ended:
+                await self._run_path(target.entry, child, None)
         if scope.terminal is None:
             if cancel.cancelled_caught:
                 raise NodeTimeoutError(
@@ -113,15 +127,27 @@ class CompositeNodes:
             )
         total = len(items)
         run = _MapRun(node, frame, items)
+        frame.work = run
+        saved = frame.resume.get("map") if frame.resume is not None else None
+        if saved is not None:
+            self._restore_map(run, saved)
+        workers = min(node.concurrency, len(run.resumes) + total - run.next)
+        if len(run.failures) > node.tolerated(total):
+            workers = 0  # it had already failed: only the error is left to raise
         with anyio.CancelScope() as deadline:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout
             # A fixed pool of workers pulls item indexes in order: memory is
-            # bounded by the concurrency, not by the number of items.
-            async with self._open_task_group() as tg:
-                run.cancel = tg.cancel_scope
-                for _ in range(min(node.concurrency, total)):
-                    tg.start_soon(self._map_worker, run)
+            # bounded by the concurrency, not by the number of items. Each
+            # worker is a position of its own while this frame waits.
+            self._live += workers - 1
+            try:
+                async with self._open_task_group() as tg:
+                    run.cancel = tg.cancel_scope
+                    for _ in range(workers):
+                        tg.start_soon(self._map_worker, run)
+            finally:
+                self._live += 1
         if deadline.cancelled_caught:
             raise NodeTimeoutError(
                 f"map node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed out "
@@ -150,21 +176,41 @@ class CompositeNodes:
         return node.next
 
     async def _map_worker(self, run: _MapRun) -> None:
-        for index in run.indexes:
-            failed = await self._map_item(run, index)
-            if failed and len(run.failures) > run.node.tolerated(len(run.items)):
-                assert run.cancel is not None
-                run.cancel.cancel()  # fail fast: cancel the items still running
-                return
+        try:
+            while True:
+                item: _Frame | None = None
+                if run.resumes:
+                    index, item = run.resumes.pop(0)
+                elif run.next < len(run.items):
+                    index = run.next
+                    run.next += 1
+                else:
+                    return
+                failed = await self._map_item(run, index, item)
+                if failed and len(run.failures) > run.node.tolerated(len(run.items)):
+                    assert run.cancel is not None
+                    run.cancel.cancel()  # fail fast: cancel the items still running
+                    return
+        finally:
+            self._live -= 1
+            if self._suspend:
+                self._check_idle()
 
-    async def _map_item(self, run: _MapRun, index: int) -> bool:
-        """Run one item; return whether it failed."""
-        node, frame = run.node, run.frame
-        ctx = frame.ctx.fork()
-        ctx.set(node.item_path, copy_json(run.items[index]))
-        ctx.set(node.index_path, index)
-        base = f"{frame.path}/{node.id}" if frame.path else node.id
-        item = self._frame_type(ctx, f"{base}/{index}", frame.depth + 1, frame.scope)
+    def _item_frame(self, run: _MapRun, index: int, ctx: Context) -> _Frame:
+        frame = run.frame
+        base = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
+        return self._frame_type(ctx, f"{base}/{index}", frame.depth + 1, frame.scope)
+
+    async def _map_item(self, run: _MapRun, index: int, item: _Frame | None) -> bool:
+        """Run one item (or go on with a restored one); return whether it failed."""
+        node = run.node
+        if item is None:
+            ctx = run.frame.ctx.fork()
+            ctx.set(node.item_path, copy_json(run.items[index]))
+            ctx.set(node.index_path, index)
+            item = self._item_frame(run, index, ctx)
+        ctx = item.ctx
+        run.running[index] = item
         span: ActiveSpan | None = None
         if self._tracer is not None:
             span = enter_span(
@@ -183,6 +229,7 @@ class CompositeNodes:
             except Exception as exc:
                 outcome, error = "failed", exc
                 run.failures.append((index, exc))
+                del run.running[index]  # before the event: a snapshot must not run it again
                 record(
                     "map_item_failed",
                     node.id,
@@ -194,24 +241,70 @@ class CompositeNodes:
                 value = ctx.get(source)
                 run.collected[source][index] = None if value is MISSING else value
             run.done += 1
+            del run.running[index]
             outcome = "succeeded"
             record("map_item_completed", node.id, item.path, payload)
             return False
         finally:
+            run.running.pop(index, None)
             if span is not None:
                 exit_span(span, outcome, error)
+
+    def _map_state(self, run: _MapRun) -> dict[str, Any]:
+        """A map node in flight as a snapshot keeps it: done, failed, running, next."""
+        running = [
+            {"index": index, "position": self._frame_state(item, run.node.body, False)}
+            for index, item in sorted([*run.running.items(), *run.resumes])
+        ]
+        return {
+            "next": run.next,
+            "done": run.done,
+            "collected": copy_json(run.collected),
+            "failures": [{"index": i, "error": error_state(e)} for i, e in run.failures],
+            "running": running,
+        }
+
+    def _restore_map(self, run: _MapRun, saved: dict[str, Any]) -> None:
+        """Set a map run up as the snapshot left it."""
+        total = len(run.items)
+        run.next = min(saved["next"], total)
+        run.done = saved["done"]
+        for source, values in saved["collected"].items():
+            if source in run.collected and len(values) == total:
+                run.collected[source] = copy_json(values)
+        run.failures = [(f["index"], restore_error(f["error"])) for f in saved["failures"]]
+        for running in saved["running"]:
+            position = running["position"]
+            ctx = run.frame.ctx.fork()
+            apply_writes(ctx, position["writes"])
+            item = self._item_frame(run, running["index"], ctx)
+            item.resume = position
+            run.resumes.append((running["index"], item))
 
 
 class _MapRun:
     """The shared state of one map node execution."""
 
-    __slots__ = ("cancel", "collected", "done", "failures", "frame", "indexes", "items", "node")
+    __slots__ = (
+        "cancel",
+        "collected",
+        "done",
+        "failures",
+        "frame",
+        "items",
+        "next",
+        "node",
+        "resumes",
+        "running",
+    )
 
     def __init__(self, node: MapNode, frame: _Frame, items: list[Any]) -> None:
         self.node = node
         self.frame = frame
         self.items = items
-        self.indexes: Iterator[int] = iter(range(len(items)))
+        self.next = 0  # the next item index to start
+        self.running: dict[int, _Frame] = {}  # items in flight, by index
+        self.resumes: list[tuple[int, _Frame]] = []  # restored items to go on with first
         self.collected: dict[str, list[Any]] = {s: [None] * len(items) for s in node.collect}
         self.failures: list[tuple[int, Exception]] = []
         self.done = 0

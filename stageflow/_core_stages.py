@@ -6,8 +6,6 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
-
 from stageflow._specs import StageSpec
 from stageflow._stages import BaseStage, StageContext, register_core_stage
 
@@ -51,8 +49,10 @@ class WaitStage(BaseStage):
 class SleepStage(BaseStage):
     """Sleep for ``seconds``, or until the absolute time ``until`` (ISO 8601 with offset).
 
-    Returns ``slept``, the seconds it slept. Under trio's ``MockClock`` the
-    sleep is virtual, so tests of long timers run instantly.
+    Returns ``slept``, the seconds it planned to sleep. The deadline is an
+    absolute UTC time kept in snapshots: a restored session wakes on time.
+    Under trio's ``MockClock`` the sleep is virtual, so tests of long timers
+    run instantly.
     """
 
     spec = StageSpec(
@@ -71,9 +71,9 @@ class SleepStage(BaseStage):
     )
 
     async def run(self, ctx: StageContext) -> Mapping[str, Any]:
-        """Sleep as configured."""
+        """Sleep as configured; the deadline survives a snapshot and restore."""
         if "seconds" in ctx.config:
-            seconds = float(ctx.config["seconds"])
+            slept = await ctx.sleep(float(ctx.config["seconds"]))
         else:
             until = datetime.datetime.fromisoformat(ctx.config["until"])
             if until.tzinfo is None:
@@ -81,9 +81,8 @@ class SleepStage(BaseStage):
                     f"SleepStage at node {ctx.node_id!r}: 'until' {ctx.config['until']!r} has no "
                     "UTC offset; write it like 2030-01-01T09:00:00+00:00"
                 )
-            seconds = max(0.0, (until - datetime.datetime.now(datetime.UTC)).total_seconds())
-        await anyio.sleep(seconds)
-        return {"slept": seconds}
+            slept = await ctx.sleep_until(until)
+        return {"slept": slept}
 
 
 register_core_stage(WaitStage, "WaitStage")

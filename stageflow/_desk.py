@@ -10,11 +10,13 @@ schema the pipeline's stages declare for that type.
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import jsonschema
 
 from stageflow._errors import (
@@ -25,7 +27,7 @@ from stageflow._errors import (
     StageContractError,
 )
 from stageflow._events import History
-from stageflow._inputs import InputBroker, InputReceipt, Waiter
+from stageflow._inputs import InputBroker, InputReceipt, Waiter, fulfil
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec
@@ -52,6 +54,9 @@ class InputDesk:
         "_mode",
         "_open",
         "_specs",
+        "clock",
+        "on_block",
+        "sleeping",
         "traced",
     )
 
@@ -66,6 +71,12 @@ class InputDesk:
         self._limits = limits
         self._mode = mode
         self.traced = False  # set per run: add span events for waits
+        # The session's UTC clock (anchored to the event loop's clock per run):
+        # deadlines of waits and sleeps are absolute times on it.
+        self.clock: Callable[[], datetime.datetime] = _utc_now
+        # Called when a position starts waiting or sleeping (suspend mode).
+        self.on_block: Callable[[], None] | None = None
+        self.sleeping = 0  # positions sleeping right now
         self._broker = InputBroker(limits.max_input_backlog)
         # Input type -> the InputSpecs the pipeline's stages declare for it.
         self._declared: dict[str, list[InputSpec]] = {}
@@ -174,8 +185,8 @@ class InputDesk:
 
     # ---------------------------------------------------------------- waiting
 
-    async def wait(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
-        """Wait for an input of ``type`` on behalf of a stage."""
+    async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
+        """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
         spec = ctx.spec
         if spec.allowed_inputs and all(s.type != type for s in spec.allowed_inputs):
             declared = ", ".join(s.type for s in spec.allowed_inputs)
@@ -186,13 +197,28 @@ class InputDesk:
             )
         path = ctx.node_path.rpartition("/")[0]
         record = self._history.record
+        entry = self._replayed(ctx, "wait", type)
+        if entry is not None and "payload" in entry:
+            # Consumed before the snapshot: hand it over again, in order.
+            _journal(ctx, entry)
+            record("input_received", ctx.node_id, path, {"input_type": type, "from": "replay"})
+            return copy_json(entry["payload"])
+        remaining = timeout
+        if entry is None:
+            entry = {"wait": type, "deadline": None}
+            if timeout is not None:
+                entry["deadline"] = (self.clock() + datetime.timedelta(seconds=timeout)).isoformat()
+        elif entry.get("deadline") is not None:
+            remaining = self.seconds_until(entry["deadline"])
+        _journal(ctx, entry)
         found, payload = self._broker.take(type)
         if found:
+            fulfil(entry, copy_json(payload))
             record("input_received", ctx.node_id, path, {"input_type": type, "from": "backlog"})
             if self.traced:
                 add_event("input_received", {INPUT_TYPE: type})
             return payload
-        waiter = Waiter(ctx.node_id, path, ctx.spec)
+        waiter = Waiter(ctx.node_id, path, ctx.spec, entry)
         self._broker.add(type, waiter)
         record("waiting_for_input", ctx.node_id, path, {"input_type": type, "timeout": timeout})
         if self.traced:
@@ -202,10 +228,12 @@ class InputDesk:
             timer.pause()
         timed_out = False
         try:
-            if timeout is None:
+            if self.on_block is not None:
+                self.on_block()
+            if remaining is None:
                 payload = await waiter.receive.receive()
             else:
-                with anyio.move_on_after(timeout) as scope:
+                with anyio.move_on_after(remaining) as scope:
                     payload = await waiter.receive.receive()
                 timed_out = scope.cancelled_caught
         finally:
@@ -226,6 +254,71 @@ class InputDesk:
         if self.traced:
             add_event("input_received", {INPUT_TYPE: type})
         return payload
+
+    # ----------------------------------------------------------------- timers
+
+    async def sleep(
+        self, ctx: StageContext, seconds: float | None, until: datetime.datetime | None
+    ) -> float:
+        """Sleep on behalf of a stage, to an absolute deadline that snapshots keep."""
+        entry = self._replayed(ctx, "sleep", None)
+        if entry is None:
+            now = self.clock()
+            if until is None:
+                planned = max(0.0, seconds or 0.0)
+                until = now + datetime.timedelta(seconds=planned)
+            else:
+                planned = max(0.0, (until - now).total_seconds())
+            entry = {"sleep": until.astimezone(datetime.UTC).isoformat(), "seconds": planned}
+            remaining = planned
+        else:
+            remaining = self.seconds_until(entry["sleep"])
+        _journal(ctx, entry)
+        await self.pause(remaining)
+        return float(entry["seconds"])
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` as a position blocked on a timer (for suspend mode).
+
+        A timer that is already due blocks nothing: a session restored at its
+        ``wake_at`` goes on instead of suspending again.
+        """
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        self.sleeping += 1
+        try:
+            if self.on_block is not None:
+                self.on_block()
+            await anyio.sleep(seconds)
+        finally:
+            self.sleeping -= 1
+
+    def seconds_until(self, deadline: str) -> float:
+        """Seconds from now to an ISO deadline (0 when it has passed)."""
+        left = datetime.datetime.fromisoformat(deadline) - self.clock()
+        return max(0.0, left.total_seconds())
+
+    def _replayed(self, ctx: StageContext, kind: str, key: str | None) -> dict[str, Any] | None:
+        """The journal entry this call replays after a restore, or ``None`` for a new call.
+
+        A call that does not match the journal (the stage took another way
+        this time) ends the replay: it and every later call run live.
+        """
+        replay = ctx._replay
+        if not replay:
+            return None
+        entry = replay.pop(0)
+        if kind in entry and (key is None or entry[kind] == key):
+            return entry
+        ctx._replay = None
+        self._history.record(
+            "replay_diverged",
+            ctx.node_id,
+            ctx.node_path.rpartition("/")[0],
+            {"expected": _describe_call(entry), "got": _describe_call({kind: key})},
+        )
+        return None
 
     # ---------------------------------------------------------------- events
 
@@ -268,6 +361,23 @@ class InputDesk:
                 limit="max_history", value=self._limits.max_history, node_id=ctx.node_id
             )
         self._history.record(type, ctx.node_id, path, copy_json(body))
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _journal(ctx: StageContext, entry: dict[str, Any]) -> None:
+    """Append a call to the attempt's journal."""
+    if ctx._calls is None:
+        ctx._calls = []
+    ctx._calls.append(entry)
+
+
+def _describe_call(entry: dict[str, Any]) -> str:
+    if "wait" in entry:
+        return f"wait_input({entry['wait']!r})"
+    return "sleep"
 
 
 def _input_spec(spec: StageSpec, type: str) -> InputSpec | None:

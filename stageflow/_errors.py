@@ -7,7 +7,10 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     StageflowError
     ├── DefinitionError                 a document (pipeline, rule, case) is wrong
     │   ├── ProblemsError               .problems: every problem of a document, located
-    │   │   └── PipelineValidationError a pipeline document
+    │   │   ├── PipelineValidationError a pipeline document
+    │   │   └── SnapshotError           a session snapshot cannot be restored
+    │   │       ├── SnapshotVersionError    written by another snapshot format version
+    │   │       └── SnapshotMismatchError   made for another pipeline, or unknown nodes
     │   └── JsonLogicError              a JsonLogic rule cannot be evaluated
     ├── RegistryError                   stage registration and lookup
     │   ├── StageNotFoundError          (also KeyError)
@@ -31,7 +34,8 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── SubpipelineError            a subpipeline call could not return its outputs
     │   ├── MapError                    a map's items are not a list, or too many failed
     │   ├── NodeTimeoutError            an attempt ran out of time (also TimeoutError)
-    │   └── InputTimeoutError           wait_input ran out of time (also TimeoutError)
+    │   ├── InputTimeoutError           wait_input ran out of time (also TimeoutError)
+    │   └── RestoredError               a failure recorded in a snapshot, restored
     ├── ParallelRunError                several branches failed (also ExceptionGroup)
     ├── TracingSetupError               stageflow.tracing.configure cannot set up the SDK
     └── LoggingSetupError               a bad stageflow.logging option (also ValueError)
@@ -69,8 +73,12 @@ __all__ = [
     "Problem",
     "ProblemsError",
     "RegistryError",
+    "RestoredError",
     "SessionStateError",
     "SessionTimeoutError",
+    "SnapshotError",
+    "SnapshotMismatchError",
+    "SnapshotVersionError",
     "StageConflictError",
     "StageContractError",
     "StageError",
@@ -96,6 +104,9 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     Used for ``SessionResult.error``, for history events and for the error
     object that error edges put into the context.
     """
+    if isinstance(exc, RestoredError):
+        restored: dict[str, Any] = dict(exc.description)
+        return restored
     out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
     for attr in ("node_id", "attempt", "stage", "limit", "path", "input_type", "timeout"):
         value = getattr(exc, attr, None)
@@ -129,6 +140,8 @@ def error_matches(exc: BaseException, names: tuple[str, ...]) -> bool:
         current = todo.pop()
         seen += 1
         if any(cls.__name__ in names for cls in type(current).__mro__):
+            return True
+        if isinstance(current, RestoredError) and any(c in names for c in current.classes):
             return True
         if current.__cause__ is not None:
             todo.append(current.__cause__)
@@ -193,6 +206,40 @@ class PipelineValidationError(ProblemsError):
     """A pipeline document has one or more problems; all are listed in ``problems``."""
 
     document = "pipeline"
+
+
+class SnapshotError(ProblemsError):
+    """A session snapshot cannot be restored; every problem is in ``problems``."""
+
+    document = "session snapshot"
+
+
+class SnapshotVersionError(SnapshotError):
+    """The snapshot was written in another snapshot format version.
+
+    Attributes:
+        found: the version in the snapshot.
+        supported: the versions this stageflow reads.
+    """
+
+    def __init__(self, found: object, supported: Sequence[int]) -> None:
+        self.found = found
+        self.supported = tuple(supported)
+        versions = ", ".join(str(v) for v in self.supported)
+        super().__init__(
+            [
+                Problem(
+                    "$.version",
+                    f"snapshot format version {found!r} is not one this stageflow reads "
+                    f"({versions}); restore it with the stageflow version that wrote it, or "
+                    "finish the session there",
+                )
+            ]
+        )
+
+
+class SnapshotMismatchError(SnapshotError):
+    """The snapshot does not fit the pipeline: another digest, or nodes that do not exist."""
 
 
 class JsonLogicError(DefinitionError):
@@ -428,6 +475,29 @@ class InputTimeoutError(NodeError, TimeoutError):
         self.input_type = input_type
         self.timeout = timeout
         super().__init__(message, node_id=node_id)
+
+
+class RestoredError(NodeError):
+    """A failure that happened before a snapshot, brought back by a restore.
+
+    A branch or map item that had failed when the snapshot was taken has no
+    live exception any more; this stands in for it. ``describe_exception``
+    gives the original description, and error edges and ``retry_on`` match
+    it by the original class names.
+
+    Attributes:
+        description: the original error, as ``describe_exception`` gave it.
+        classes: class names of the original error, its causes and members.
+    """
+
+    def __init__(self, description: dict[str, Any], classes: Sequence[str]) -> None:
+        self.description = description
+        self.classes = tuple(classes)
+        node_id = description.get("node_id")
+        super().__init__(
+            f"{description.get('type', 'Exception')}: {description.get('message', '')}",
+            node_id=node_id if isinstance(node_id, str) else "",
+        )
 
 
 class ParallelRunError(StageflowError, ExceptionGroup[Exception]):

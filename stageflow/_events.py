@@ -161,6 +161,9 @@ class Event(_EventFields):
         }
 
 
+_MUTED: Final = Event(0, "muted", datetime.datetime.min, "", None, "", {})
+"""What ``History.record`` returns while muted (never stored or published)."""
+
 EventCallback = Callable[[Event], object]
 """A function called with each event as it is recorded."""
 
@@ -226,7 +229,15 @@ class EventStream:
 class History:
     """The ordered list of a session's events, with its subscribers."""
 
-    __slots__ = ("_callbacks", "_closed", "_events", "_subscriptions", "session_id", "span_source")
+    __slots__ = (
+        "_callbacks",
+        "_closed",
+        "_events",
+        "_subscriptions",
+        "muted",
+        "session_id",
+        "span_source",
+    )
 
     def __init__(self, session_id: str, events: list[Event] | None = None) -> None:
         self.session_id = session_id
@@ -236,6 +247,8 @@ class History:
         self._callbacks: list[EventCallback] = []
         self._subscriptions: list[_Subscription] = []
         self._closed = False
+        # While a suspended run is torn down nothing is recorded: it is not history.
+        self.muted = False
 
     @property
     def events(self) -> list[Event]:
@@ -254,6 +267,8 @@ class History:
         span: tuple[str, str, str | None] | None = None,
     ) -> Event:
         """Append an event and hand it to every subscriber."""
+        if self.muted:
+            return _MUTED
         events = self._events
         if span is None:
             source = self.span_source
@@ -376,6 +391,10 @@ class History:
         if sub in self._subscriptions:
             self._subscriptions.remove(sub)
         sub.send.close()
+
+    def reopen(self) -> None:
+        """Take new streams again (a suspended session runs on)."""
+        self._closed = False
 
     def close(self) -> None:
         """End every stream, now and later (after the session finished)."""

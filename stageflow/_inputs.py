@@ -16,9 +16,10 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from stageflow._json import copy_json
 from stageflow._specs import StageSpec
 
-__all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter"]
+__all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter", "fulfil"]
 
 
 @attrs.frozen
@@ -36,15 +37,22 @@ class InputReceipt:
     queued: bool
 
 
+def fulfil(entry: dict[str, Any], payload: Any) -> None:
+    """Mark a journaled wait as answered with ``payload`` (kept for replay)."""
+    entry.pop("deadline", None)
+    entry["payload"] = payload
+
+
 class Waiter:
-    """One pending ``wait_input`` call: its channel and who is waiting."""
+    """One pending ``wait_input`` call: its channel, who is waiting, its journal entry."""
 
-    __slots__ = ("node_id", "path", "receive", "send", "spec")
+    __slots__ = ("entry", "node_id", "path", "receive", "send", "spec")
 
-    def __init__(self, node_id: str, path: str, spec: StageSpec) -> None:
+    def __init__(self, node_id: str, path: str, spec: StageSpec, entry: dict[str, Any]) -> None:
         self.node_id = node_id
         self.path = path
         self.spec = spec
+        self.entry = entry
         self.send: MemoryObjectSendStream[Any]
         self.receive: MemoryObjectReceiveStream[Any]
         self.send, self.receive = anyio.create_memory_object_stream[Any](1)
@@ -53,12 +61,13 @@ class Waiter:
 class InputBroker:
     """Routes inputs to waiters, or to a bounded per-type backlog."""
 
-    __slots__ = ("_backlog", "_waiters", "max_backlog")
+    __slots__ = ("_backlog", "_waiters", "blocked", "max_backlog")
 
     def __init__(self, max_backlog: int) -> None:
         self.max_backlog = max_backlog
         self._waiters: dict[str, list[Waiter]] = {}
         self._backlog: dict[str, deque[Any]] = {}
+        self.blocked = 0  # waiters registered right now, over all types
 
     def waiting_for(self) -> frozenset[str]:
         """Input types at least one stage waits for right now."""
@@ -72,7 +81,11 @@ class InputBroker:
         """Hand ``payloads[i]`` to the i-th current waiter of ``type``; they stop waiting."""
         waiters = self._waiters.pop(type, [])
         for waiter, payload in zip(waiters, payloads, strict=True):
+            # Journaled now, not when the waiter wakes: a snapshot taken in
+            # between must not lose the input.
+            fulfil(waiter.entry, copy_json(payload))
             waiter.send.send_nowait(payload)
+        self.blocked -= len(waiters)
         return len(waiters)
 
     def backlog_full(self, type: str) -> bool:
@@ -82,6 +95,14 @@ class InputBroker:
     def enqueue(self, type: str, payload: Any) -> None:
         """Keep an input for the next waiter of its type."""
         self._backlog.setdefault(type, deque()).append(payload)
+
+    def backlog(self) -> dict[str, list[Any]]:
+        """The queued inputs by type, oldest first (copies, for a snapshot)."""
+        return {t: [copy_json(p) for p in queue] for t, queue in self._backlog.items()}
+
+    def restore_backlog(self, backlog: dict[str, list[Any]]) -> None:
+        """Queue the inputs of a snapshot's backlog, replacing what is queued."""
+        self._backlog = {t: deque(queue) for t, queue in backlog.items() if queue}
 
     def take(self, type: str) -> tuple[bool, Any]:
         """Pop the oldest queued input of ``type``: ``(True, payload)`` or ``(False, None)``."""
@@ -96,12 +117,14 @@ class InputBroker:
     def add(self, type: str, waiter: Waiter) -> None:
         """Register a waiter for ``type``."""
         self._waiters.setdefault(type, []).append(waiter)
+        self.blocked += 1
 
     def discard(self, type: str, waiter: Waiter) -> None:
         """Forget a waiter that stopped waiting (timeout, cancellation)."""
         waiters = self._waiters.get(type)
         if waiters and waiter in waiters:
             waiters.remove(waiter)
+            self.blocked -= 1
             if not waiters:
                 del self._waiters[type]
         waiter.send.close()

@@ -21,6 +21,7 @@ from stageflow._errors import (
 )
 from stageflow._merge import merge_branches
 from stageflow._model import Limits, ParallelNode, ParallelPolicy
+from stageflow._snapshot import apply_writes, error_state, restore_error, writes_of
 from stageflow._telemetry import BRANCH, NODE_ID, ActiveSpan, enter_span, exit_span
 
 if TYPE_CHECKING:
@@ -33,11 +34,24 @@ __all__ = ["ParallelNodes"]
 
 
 class _BranchOutcome:
-    __slots__ = ("error", "finished")
+    __slots__ = ("cancelled", "error", "finished")
 
     def __init__(self) -> None:
         self.finished = False
+        self.cancelled = False
         self.error: Exception | None = None
+
+
+class _ParallelRun:
+    """One parallel node execution: its branch frames, outcomes and the ``any`` winner."""
+
+    __slots__ = ("frames", "node", "outcomes", "winner")
+
+    def __init__(self, node: ParallelNode, frames: list[_Frame]) -> None:
+        self.node = node
+        self.frames = frames
+        self.outcomes = [_BranchOutcome() for _ in frames]
+        self.winner: list[int] = []
 
 
 class ParallelNodes:
@@ -49,6 +63,10 @@ class ParallelNodes:
     _open_task_group: Callable[[], Any]
     _frame_type: type[_Frame]
     _run_path: Callable[[str | None, _Frame, str | None], Any]
+    _frame_state: Callable[[_Frame, str, bool], dict[str, Any]]
+    _check_idle: Callable[[], None]
+    _live: int
+    _suspend: bool
 
     async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
         if frame.depth >= self._limits.max_depth:
@@ -64,23 +82,31 @@ class ParallelNodes:
             )
             for child in node.children
         ]
-        outcomes = [_BranchOutcome() for _ in node.children]
-        winner: list[int] = []
+        run = _ParallelRun(node, frames)
+        outcomes, winner = run.outcomes, run.winner
+        frame.work = run
+        saved = frame.resume.get("parallel") if frame.resume is not None else None
+        todo = self._restore_branches(run, saved) if saved is not None else range(len(frames))
         with anyio.CancelScope() as deadline:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout
-            async with self._open_task_group() as tg:
-                for i, child in enumerate(node.children):
-                    tg.start_soon(
-                        self._run_branch,
-                        node,
-                        i,
-                        child,
-                        frames[i],
-                        outcomes[i],
-                        winner,
-                        tg.cancel_scope,
-                    )
+            # Each branch is a position of its own while this frame waits for them.
+            self._live += len(todo) - 1
+            try:
+                async with self._open_task_group() as tg:
+                    for i in todo:
+                        tg.start_soon(
+                            self._run_branch,
+                            node,
+                            i,
+                            node.children[i],
+                            frames[i],
+                            outcomes[i],
+                            winner,
+                            tg.cancel_scope,
+                        )
+            finally:
+                self._live += 1
         if frame.scope.terminal is not None:
             # A terminal in a branch ended this pipeline. If every branch had
             # finished by then, trio does not deliver the pending cancellation at
@@ -130,6 +156,7 @@ class ParallelNodes:
             try:
                 await self._run_path(child, frame, node.next)
             except anyio.get_cancelled_exc_class():
+                outcome.cancelled = True
                 record("branch_cancelled", node.id, frame.path, payload)
                 raise
             except Exception as exc:
@@ -153,6 +180,60 @@ class ParallelNodes:
         finally:
             if span is not None:
                 exit_span(span, span_outcome, outcome.error)
+            self._live -= 1
+            if self._suspend:
+                self._check_idle()
+
+    def _parallel_state(self, run: _ParallelRun) -> dict[str, Any]:
+        """A parallel node in flight as a snapshot keeps it: every branch's state."""
+        branches: list[dict[str, Any]] = []
+        for child, frame, outcome in zip(run.node.children, run.frames, run.outcomes, strict=True):
+            if outcome.finished:
+                branches.append(
+                    {"child": child, "state": "finished", "writes": writes_of(frame.ctx)}
+                )
+            elif outcome.error is not None:
+                branches.append(
+                    {"child": child, "state": "failed", "error": error_state(outcome.error)}
+                )
+            elif outcome.cancelled:
+                branches.append({"child": child, "state": "cancelled"})
+            else:
+                position = self._frame_state(frame, child, False)
+                branches.append({"child": child, "state": "running", "position": position})
+        return {"branches": branches, "winner": run.winner[0] if run.winner else None}
+
+    @staticmethod
+    def _restore_branches(run: _ParallelRun, saved: dict[str, Any]) -> list[int]:
+        """Set branches up as the snapshot left them; return those to run (again)."""
+        node = run.node
+        by_child = {branch["child"]: branch for branch in saved["branches"]}
+        todo: list[int] = []
+        for i, child in enumerate(node.children):
+            branch = by_child.get(child)
+            frame, outcome = run.frames[i], run.outcomes[i]
+            state = branch["state"] if branch is not None else "running"
+            if branch is None:
+                todo.append(i)  # a branch the pipeline gained since
+            elif state == "finished":
+                apply_writes(frame.ctx, branch["writes"])
+                outcome.finished = True
+            elif state == "failed":
+                outcome.error = restore_error(branch["error"])
+            elif state == "cancelled":
+                outcome.cancelled = True
+            else:
+                apply_writes(frame.ctx, branch["position"]["writes"])
+                frame.resume = branch["position"]
+                todo.append(i)
+        if saved["winner"] is not None:
+            run.winner.append(saved["winner"])
+        stopped = bool(run.winner) or (
+            node.policy is ParallelPolicy.ALL
+            and node.cancel_on_error
+            and any(o.error is not None for o in run.outcomes)
+        )
+        return [] if stopped else todo
 
 
 def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:

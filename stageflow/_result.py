@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 from collections.abc import Mapping
 from typing import Any
@@ -17,12 +18,16 @@ __all__ = ["SessionResult", "SessionStatus"]
 class SessionStatus(enum.StrEnum):
     """Where a session is in its life.
 
-    ``pending`` and ``running`` are never in a :class:`SessionResult`; the
-    others end a run.
+    ``pending`` and ``running`` are never in a :class:`SessionResult`;
+    ``waiting`` pauses a run (suspend mode, or a restored session not yet
+    run); the others end it.
     """
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
+    """Suspended: every active position waits for an input or a timer
+    (``run(suspend=True)``). Snapshot it with ``to_dict()``; ``run()`` goes on."""
     COMPLETED = "completed"
     """A terminal node was reached."""
     FAILED = "failed"
@@ -45,6 +50,10 @@ class SessionResult:
         artifacts: context path -> value, for the terminal's ``artifacts``.
         error: the typed error that ended a failed run, else ``None``.
         history: every event of the session, in order.
+        waiting_for: for ``waiting``: the input types the session waits for.
+        wake_at: for ``waiting``: the earliest timer deadline (UTC) of a
+            sleep, a retry delay, an input timeout or the session deadline,
+            when the session should run again even without input; else ``None``.
     """
 
     status: SessionStatus
@@ -52,13 +61,19 @@ class SessionResult:
     artifacts: Mapping[str, Any]
     error: StageflowError | None
     history: tuple[Event, ...] = attrs.field(repr=False)
+    waiting_for: frozenset[str] = frozenset()
+    wake_at: datetime.datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as a JSON object."""
-        return {
+        """The result as a JSON object (with ``waiting_for`` and ``wake_at`` when waiting)."""
+        out: dict[str, Any] = {
             "status": self.status.value,
             "result": self.result,
             "artifacts": dict(self.artifacts),
             "error": describe_exception(self.error) if self.error is not None else None,
             "history": [event.to_dict() for event in self.history],
         }
+        if self.status is SessionStatus.WAITING:
+            out["waiting_for"] = sorted(self.waiting_for)
+            out["wake_at"] = self.wake_at.isoformat() if self.wake_at is not None else None
+        return out

@@ -6,6 +6,7 @@ session's one choke point (``_execute``), which calls :meth:`_run_stage`.
 
 from __future__ import annotations
 
+import datetime
 import random
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -29,10 +30,12 @@ from stageflow._inputs import AttemptTimer
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import Limits, RetryPolicy, StageNode
+from stageflow._snapshot import RetryWait
 from stageflow._stages import BaseStage, StageContext, StageEntry
 from stageflow._telemetry import ATTEMPT, add_event
 
 if TYPE_CHECKING:
+    from stageflow._desk import InputDesk
     from stageflow._events import History
     from stageflow._session import _Frame
 
@@ -56,25 +59,40 @@ class StageNodes:
     _seed: int | None
     _rng: random.Random | None
 
-    def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None:
-        """Record a stage's own event (the session implements it)."""
-        raise NotImplementedError
+    _desk: InputDesk
+    _draws: int
+    _stop_outcome: str
 
-    async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any:
-        """Wait for an external input (the session implements it)."""
-        raise NotImplementedError
+    def _stage_state(self, work: object) -> dict[str, Any]:
+        """A stage node in flight as a snapshot keeps it (``work`` is the frame's)."""
+        if isinstance(work, StageContext):
+            calls = [*(work._calls or ()), *(work._replay or ())]
+            return {"attempt": work.attempt, "calls": copy_json(calls), "retry_at": None}
+        if isinstance(work, RetryWait):
+            return {"attempt": work.attempt, "calls": [], "retry_at": work.at}
+        return {"attempt": 1, "calls": [], "retry_at": None}
 
     async def _run_stage(self, node: StageNode, frame: _Frame) -> str | None:
         entry = self._entries[id(node)]
         policy = node.retry or entry.spec.retry or _NO_RETRY
         attempt = 1
+        replay: list[dict[str, Any]] | None = None
+        saved = frame.resume.get("stage") if frame.resume is not None else None
+        if saved is not None:
+            # Restored: go on with the attempt in flight, replaying its journal.
+            attempt = saved["attempt"]
+            replay = saved["calls"] or None
+            if saved.get("retry_at"):
+                frame.work = RetryWait(attempt, saved["retry_at"])
+                await self._desk.pause(self._desk.seconds_until(saved["retry_at"]))
         while True:
             try:
-                await self._stage_attempt(node, frame, entry, attempt, policy.attempts)
+                await self._stage_attempt(node, frame, entry, attempt, policy.attempts, replay)
                 if self._tracer is not None:
                     trace.get_current_span().set_attribute(ATTEMPT, attempt)
                 return node.next
             except Exception as exc:
+                replay = None
                 if self._tracer is not None:
                     span = trace.get_current_span()
                     span.set_attribute(ATTEMPT, attempt)
@@ -88,6 +106,7 @@ class StageNodes:
                 if policy.jitter:
                     if self._rng is None:
                         self._rng = random.Random(self._seed)
+                    self._draws += 1
                     delay *= 1 + policy.jitter * (2 * self._rng.random() - 1)
                 self._history.record(
                     "node_retrying",
@@ -109,11 +128,19 @@ class StageNodes:
                             "exception.message": str(exc),
                         },
                     )
-                await anyio.sleep(delay)
                 attempt += 1
+                deadline = self._desk.clock() + datetime.timedelta(seconds=delay)
+                frame.work = RetryWait(attempt, deadline.isoformat())
+                await self._desk.pause(delay)
 
     async def _stage_attempt(
-        self, node: StageNode, frame: _Frame, entry: StageEntry, attempt: int, attempts: int
+        self,
+        node: StageNode,
+        frame: _Frame,
+        entry: StageEntry,
+        attempt: int,
+        attempts: int,
+        replay: list[dict[str, Any]] | None,
     ) -> None:
         """Run one attempt; write its outputs only if all of it succeeded."""
         get = frame.ctx.get
@@ -132,9 +159,11 @@ class StageNodes:
             node_path=f"{frame.path}/{node.id}" if frame.path else node.id,
             stage=node.stage,
             attempt=attempt,
-            runtime=self,
+            runtime=self._desk,
             spec=entry.spec,
         )
+        ctx._replay = replay
+        frame.work = ctx
         stage: BaseStage | None = None
         timeout = node.timeout if node.timeout is not None else entry.spec.timeout
         outcome = "failed"
@@ -162,7 +191,7 @@ class StageNodes:
                 raise _not_a_mapping(node, outputs)
             outcome = "succeeded"
         except anyio.get_cancelled_exc_class():
-            outcome = "cancelled"
+            outcome = self._stop_outcome
             raise
         except NodeError:
             raise

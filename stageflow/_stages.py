@@ -7,6 +7,7 @@ which the node's ``outputs`` mapping writes into the session context.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import MappingProxyType
@@ -47,6 +48,10 @@ class _StageRuntime(Protocol):
 
     async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any: ...
 
+    async def sleep(
+        self, ctx: StageContext, seconds: float | None, until: datetime.datetime | None
+    ) -> float: ...
+
 
 class StageContext:
     """What a stage sees while it runs: its arguments, config and the session.
@@ -64,7 +69,9 @@ class StageContext:
     """
 
     __slots__ = (
+        "_calls",
         "_log",
+        "_replay",
         "_runtime",
         "_timer",
         "arguments",
@@ -102,6 +109,10 @@ class StageContext:
         self._log: Any = None
         # The attempt's deadline (engine-owned), paused while waiting for input.
         self._timer: Any = None
+        # The attempt's journal: one JSON entry per wait_input / sleep call, in
+        # order, kept in snapshots; and, after a restore, the entries to replay.
+        self._calls: list[dict[str, Any]] | None = None
+        self._replay: list[dict[str, Any]] | None = None
 
     @property
     def log(self) -> Any:
@@ -131,6 +142,36 @@ class StageContext:
             timeout: seconds to wait; ``None`` waits as long as the session runs.
         """
         return await self._runtime.wait_input(self, type, timeout)
+
+    async def sleep(self, seconds: float) -> float:
+        """Sleep for ``seconds``; the deadline survives a snapshot and restore.
+
+        Prefer this to ``anyio.sleep`` in stages: a session restored from a
+        snapshot taken during the sleep wakes at the original deadline (an
+        absolute UTC time), not ``seconds`` after the restore.
+
+        Returns:
+            the seconds planned by the first call (also after a restore).
+        """
+        return await self._runtime.sleep(self, float(seconds), None)
+
+    async def sleep_until(self, when: datetime.datetime) -> float:
+        """Sleep until the aware datetime ``when`` (at once if it has passed).
+
+        Like :meth:`sleep`, the deadline survives a snapshot and restore.
+
+        Returns:
+            the seconds planned by the first call (also after a restore).
+
+        Raises:
+            ValueError: ``when`` has no UTC offset.
+        """
+        if when.tzinfo is None:
+            raise ValueError(
+                f"sleep_until({when.isoformat()!r}) at node {self.node_id!r}: the time has no UTC "
+                "offset; pass an aware datetime, e.g. with tzinfo=datetime.UTC"
+            )
+        return await self._runtime.sleep(self, None, when)
 
 
 class BaseStage:

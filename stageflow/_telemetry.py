@@ -19,6 +19,7 @@ __all__ = [
     "ATTEMPT",
     "BRANCH",
     "INPUT_TYPE",
+    "LINK_KIND",
     "MAP_INDEX",
     "NODE_ID",
     "NODE_TYPE",
@@ -33,6 +34,7 @@ __all__ = [
     "enter_span",
     "exit_span",
     "resolve_tracer",
+    "restored_link",
     "span_ids",
 ]
 
@@ -48,6 +50,7 @@ POLICY: Final = "stageflow.parallel.policy"
 BRANCH: Final = "stageflow.branch"
 INPUT_TYPE: Final = "stageflow.input.type"
 MAP_INDEX: Final = "stageflow.map.index"
+LINK_KIND: Final = "stageflow.link.kind"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
@@ -101,12 +104,28 @@ class ActiveSpan(NamedTuple):
     entered: Token[tuple[otel_context.Context, SpanIds] | None]
 
 
-def enter_span(tracer: Tracer, name: str, attributes: dict[str, Any]) -> ActiveSpan:
+def enter_span(
+    tracer: Tracer,
+    name: str,
+    attributes: dict[str, Any],
+    links: list[trace.Link] | None = None,
+) -> ActiveSpan:
     """Start a span as a child of the current one and make it current."""
-    span = tracer.start_span(name, attributes=attributes)
+    span = tracer.start_span(name, attributes=attributes, links=links)
     context = trace.set_span_in_context(span)
     ids = span_ids(span)
     return ActiveSpan(span, otel_context.attach(context), ids, _ENTERED.set((context, ids)))
+
+
+def restored_link(trace_id: str, span_id: str) -> trace.Link:
+    """A link to the root span of the run a restored session's snapshot came from."""
+    context = trace.SpanContext(
+        int(trace_id, 16),
+        int(span_id, 16),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    return trace.Link(context, {LINK_KIND: "restored_from"})
 
 
 def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:

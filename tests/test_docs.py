@@ -102,7 +102,7 @@ def test_pages_left_out_are_checked_by_their_own_tests() -> None:
 
 def test_the_docs_exist_and_have_blocks() -> None:
     names = {f.name for f in FILES}
-    assert {"README.md", "concepts.md", "pipeline-format.md"} <= names
+    assert {"README.md", "concepts.md", "pipeline-format.md", "snapshots.md"} <= names
     for file in FILES:
         assert blocks(file), f"{file} has no code block"
 

@@ -319,3 +319,49 @@ async def test_real_otlp_export_of_a_run(
     assert stage_a.parent_span_id == otlp_receiver.span("branch fanout/branch_a").span_id
     assert stage_a.attributes["stageflow.stage"] == "WorkerAStage"
     assert otlp_receiver.rejected == []
+
+
+async def test_a_restored_session_starts_a_new_trace_linked_to_the_original(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "ask",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "go"},
+                "next": "end",
+            },
+            terminal("end"),
+        ]
+    )
+    pipeline = load(document, registry)
+    session = stageflow.Session(pipeline, registry=registry, tracer_provider=provider)
+    suspended = await session.run(suspend=True)
+    assert suspended.status is stageflow.SessionStatus.WAITING
+    [first_run] = [s for s in exporter.get_finished_spans() if s.name == "run pipeline"]
+    assert first_run.attributes is not None
+    assert first_run.attributes["stageflow.outcome"] == "suspended"
+    assert first_run.status.status_code is not StatusCode.ERROR
+    snapshot = session.to_dict()
+    assert snapshot["trace"] == {
+        "trace_id": format(first_run.context.trace_id, "032x"),
+        "span_id": format(first_run.context.span_id, "016x"),
+    }
+    exporter.clear()
+    restored = stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=provider)
+    restored.send_input("go", 1)
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    spans = exporter.get_finished_spans()
+    run_span = named(spans, "run pipeline")
+    assert run_span.context.trace_id != first_run.context.trace_id
+    [link] = run_span.links
+    assert link.context.trace_id == first_run.context.trace_id
+    assert link.context.span_id == first_run.context.span_id
+    assert link.attributes == {"stageflow.link.kind": "restored_from"}
+    # The history's events after the restore carry the new trace.
+    resumed = next(e for e in result.history if e.type == "session_resumed")
+    assert resumed.trace_id == format(run_span.context.trace_id, "032x")

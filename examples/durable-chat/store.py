@@ -1,0 +1,181 @@
+"""A small snapshot store over SQLite (standard library) for durable sessions.
+
+stageflow ships no storage of its own: a snapshot (``session.to_dict()``) is a
+plain JSON object, and where it goes is the application's choice. This store
+is a model of one, in one table::
+
+    sessions(session_id TEXT PRIMARY KEY, snapshot TEXT, status TEXT,
+             waiting_for TEXT, updated_at TEXT)
+
+``snapshot`` is the JSON text, ``status`` and ``waiting_for`` (a JSON list of
+input types) are copied out of the session so that a service can find its
+waiting sessions without parsing snapshots, and ``updated_at`` is the UTC
+time of the last save.
+
+Two requests for the same session must not run at the same time, or the
+later save would drop the earlier one's turn. :meth:`SnapshotStore.transaction`
+takes SQLite's write lock for a whole load -> run -> save; a service with many
+processes and slow stages would rather lock per session (a lease column or a
+version number checked on save).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import stageflow
+
+__all__ = ["SessionNotFoundError", "SnapshotStore", "StoredSession"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  TEXT PRIMARY KEY,
+    snapshot    TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    waiting_for TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, updated_at);
+"""
+
+
+class SessionNotFoundError(LookupError):
+    """The store holds no session with this id.
+
+    Attributes:
+        session_id: the id that was looked up.
+    """
+
+    def __init__(self, session_id: str, path: str) -> None:
+        super().__init__(
+            f"no session {session_id!r} in {path}; start one first, or check the id "
+            "(it is printed by the request that started the session)"
+        )
+        self.session_id = session_id
+
+
+class StoredSession(NamedTuple):
+    """What the store knows about a session without parsing its snapshot.
+
+    Attributes:
+        session_id: the session's id.
+        status: the session's status when it was saved (``waiting``, ``completed``, ...).
+        waiting_for: the input types it was waiting for, sorted.
+        updated_at: when it was last saved (ISO 8601, UTC).
+    """
+
+    session_id: str
+    status: str
+    waiting_for: tuple[str, ...]
+    updated_at: str
+
+
+class SnapshotStore:
+    """Session snapshots in one SQLite file.
+
+    Args:
+        path: the database file (created with its table if missing), or
+            ``":memory:"``.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        # Autocommit: every statement is its own transaction unless
+        # transaction() opens one.
+        self._db = sqlite3.connect(self._path, isolation_level=None)
+        self._db.executescript(SCHEMA)
+
+    def __enter__(self) -> SnapshotStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the database's write lock; commit at the end, roll back on an exception.
+
+        Wrap one request in it (load, send the input, run, save) so that two
+        requests never advance the same session from the same snapshot.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def save(self, session: stageflow.Session) -> None:
+        """Store the session's snapshot, replacing the one it had."""
+        snapshot = session.to_dict()
+        self._db.execute(
+            "INSERT INTO sessions (session_id, snapshot, status, waiting_for, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (session_id) DO UPDATE SET snapshot = excluded.snapshot, "
+            "status = excluded.status, waiting_for = excluded.waiting_for, "
+            "updated_at = excluded.updated_at",
+            (
+                session.session_id,
+                json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False),
+                snapshot["status"],
+                json.dumps(sorted(session.waiting_for())),
+                datetime.datetime.now(datetime.UTC).isoformat(),
+            ),
+        )
+
+    def load(self, session_id: str) -> dict[str, Any]:
+        """The snapshot last saved for ``session_id``, for ``Session.from_dict``.
+
+        Raises:
+            SessionNotFoundError: no session with this id was saved.
+        """
+        row = self._db.execute(
+            "SELECT snapshot FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id, self._path)
+        snapshot: dict[str, Any] = json.loads(row[0])
+        return snapshot
+
+    def info(self, session_id: str) -> StoredSession:
+        """Status, awaited inputs and save time of ``session_id``.
+
+        Raises:
+            SessionNotFoundError: no session with this id was saved.
+        """
+        row = self._db.execute(
+            "SELECT session_id, status, waiting_for, updated_at FROM sessions WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id, self._path)
+        return _stored(row)
+
+    def waiting(self, input_type: str | None = None) -> list[StoredSession]:
+        """The waiting sessions, oldest save first; with ``input_type``, those awaiting it."""
+        rows = self._db.execute(
+            "SELECT session_id, status, waiting_for, updated_at FROM sessions "
+            "WHERE status = 'waiting' ORDER BY updated_at, session_id"
+        ).fetchall()
+        found = [_stored(row) for row in rows]
+        if input_type is not None:
+            found = [s for s in found if input_type in s.waiting_for]
+        return found
+
+
+def _stored(row: tuple[str, str, str, str]) -> StoredSession:
+    session_id, status, waiting_for, updated_at = row
+    return StoredSession(session_id, status, tuple(json.loads(waiting_for)), updated_at)

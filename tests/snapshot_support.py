@@ -1,0 +1,146 @@
+"""Driving sessions with scripted inputs, and cutting them into snapshots.
+
+:class:`Script` answers each ``waiting_for_input`` event with the next
+payload of that type, the way a user or a service would. The cutters take
+snapshots where a run waits, or at any event, put them through
+``json.dumps``/``json.loads``, restore them into a fresh session and finish
+the run with the inputs that had not been sent yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import attrs
+import sniffio
+
+import stageflow
+
+
+async def finish(session: stageflow.Session) -> stageflow.SessionResult:
+    """``session.run()``, failing instead of hanging if the restored run never ends.
+
+    A day of virtual time on trio; half a minute of real time on asyncio.
+    """
+    limit = 86_400 if sniffio.current_async_library() == "trio" else 30
+    with anyio.fail_after(limit):
+        return await session.run()
+
+
+class Script:
+    """Inputs to send, by type and in order; ``budget`` bounds how many are sent."""
+
+    def __init__(self, inputs: Mapping[str, list[Any]], budget: int | None = None) -> None:
+        self.inputs = {t: list(queue) for t, queue in inputs.items()}
+        self.budget = budget
+        self.session: stageflow.Session | None = None
+
+    def attach(self, session: stageflow.Session) -> stageflow.Session:
+        """Answer ``session``'s waits from now on."""
+        self.session = session
+        session.subscribe(self._on_event)
+        return session
+
+    def remaining(self) -> dict[str, list[Any]]:
+        """The inputs not sent yet."""
+        return copy.deepcopy(self.inputs)
+
+    def _on_event(self, event: stageflow.Event) -> None:
+        if event.type != "waiting_for_input" or self.budget == 0:
+            return
+        queue = self.inputs.get(event.payload["input_type"])
+        if queue and self.session is not None:
+            if self.budget is not None:
+                self.budget -= 1
+            self.session.send_input(event.payload["input_type"], queue.pop(0))
+
+
+@attrs.frozen
+class Outcome:
+    """What the equivalence is about: status, result, artifacts (and the node count)."""
+
+    status: stageflow.SessionStatus
+    result: Any
+    artifacts: Any
+    steps: int
+
+    @classmethod
+    def of(cls, result: stageflow.SessionResult) -> Outcome:
+        artifacts = json.loads(json.dumps(dict(result.artifacts)))
+        return cls(result.status, result.result, artifacts, result.history[-1].payload["steps"])
+
+
+@attrs.frozen
+class Case:
+    """A pipeline to cut: how to build it, its payload and the inputs it gets."""
+
+    pipeline: stageflow.Pipeline
+    registry: stageflow.StageRegistry
+    payload: Mapping[str, Any]
+    inputs: Mapping[str, list[Any]] = attrs.field(factory=dict)
+
+    def session(self) -> stageflow.Session:
+        return stageflow.Session(
+            self.pipeline, registry=self.registry, payload=copy.deepcopy(dict(self.payload))
+        )
+
+    def restore(self, snapshot: Mapping[str, Any]) -> stageflow.Session:
+        """Restore ``snapshot`` as a new process would: from its JSON text."""
+        data = json.loads(json.dumps(snapshot))
+        return stageflow.Session.from_dict(data, registry=self.registry)
+
+
+async def uninterrupted(case: Case) -> Outcome:
+    """The outcome of a run that is never snapshotted."""
+    session = Script(case.inputs).attach(case.session())
+    return Outcome.of(await session.run())
+
+
+async def cut_at_waits(case: Case) -> list[tuple[frozenset[str], Outcome]]:
+    """For k = 0, 1, ...: answer k waits, suspend, restore, finish; until a run needs no cut.
+
+    Returns what each cut waited for and the outcome after the restore.
+    """
+    outcomes: list[tuple[frozenset[str], Outcome]] = []
+    for answered in range(1000):
+        script = Script(case.inputs, budget=answered)
+        session = script.attach(case.session())
+        suspended = await session.run(suspend=True)
+        if suspended.status is not stageflow.SessionStatus.WAITING:
+            return outcomes
+        restored = Script(script.remaining()).attach(case.restore(session.to_dict()))
+        assert restored.status is stageflow.SessionStatus.WAITING
+        assert restored.waiting_for() == suspended.waiting_for
+        outcomes.append((suspended.waiting_for, Outcome.of(await finish(restored))))
+    raise AssertionError("the pipeline kept waiting")
+
+
+async def cut_at_event(case: Case, seq: int) -> Outcome | None:
+    """Snapshot in the middle of a run, when event ``seq`` is recorded; restore and finish.
+
+    Returns ``None`` when the run has fewer events.
+    """
+    session = case.session()
+    script = Script(case.inputs)
+    taken: list[tuple[dict[str, Any], dict[str, list[Any]]]] = []
+
+    def snapshot(event: stageflow.Event) -> None:
+        if event.seq == seq:
+            taken.append((json.loads(json.dumps(session.to_dict())), script.remaining()))
+
+    session.subscribe(snapshot)  # before the script: it sees the wait unanswered
+    script.attach(session)
+    await session.run()
+    if not taken:
+        return None
+    data, remaining = taken[0]
+    restored = case.restore(data)
+    if restored.status.value in {"completed", "failed", "cancelled", "timed_out"}:
+        outcome = data["outcome"]
+        return Outcome(restored.status, outcome["result"], outcome["artifacts"], data["steps"])
+    Script(remaining).attach(restored)
+    return Outcome.of(await finish(restored))

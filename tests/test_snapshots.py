@@ -1,0 +1,912 @@
+"""Snapshots: crash-point equivalence, nested positions, timers, suspend mode, rejections."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import trio.testing
+from example_support import load_example, load_module
+from fakes import doc, fake_registry, load, parallel, stage, terminal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from snapshot_support import Case, Outcome, Script, cut_at_event, cut_at_waits, uninterrupted
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+WAITING = stageflow.SessionStatus.WAITING
+
+
+def json_round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(data))
+    return result
+
+
+# ------------------------------------------------------------------ examples
+
+
+def chat_case(messages: list[str]) -> Case:
+    stages, _ = load_example("chat")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "chat" / "pipeline.json", registry=stages.registry
+    )
+    return Case(
+        pipeline,
+        stages.registry,
+        {"user": {"name": "Ada"}},
+        {"user_message": [{"text": m} for m in messages]},
+    )
+
+
+def reference_case() -> Case:
+    stages, _ = load_example("reference")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "reference" / "pipeline.json", registry=stages.registry
+    )
+    return Case(pipeline, stages.registry, {"user_id": "u-42", "text": "one two three four five"})
+
+
+def documents_case() -> Case:
+    stages, run = load_example("documents")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "documents" / "pipeline.json", registry=stages.registry
+    )
+    return Case(pipeline, stages.registry, {"document": run.DOCUMENT})
+
+
+def durable_chat_case() -> Case:
+    stages = load_module("durable_chat_stages", EXAMPLES / "durable-chat" / "stages.py")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "durable-chat" / "pipeline.json", registry=stages.registry
+    )
+    inputs = {
+        "user_name": [{"name": "Ada"}],
+        "user_message": [{"text": "hello"}, {"text": "what is a pipeline?"}, {"text": "bye"}],
+    }
+    return Case(pipeline, stages.registry, {}, inputs)
+
+
+async def test_durable_chat_restored_at_every_wait_and_every_event() -> None:
+    case = durable_chat_case()
+    expected = await uninterrupted(case)
+    assert expected.result == {"ended": "bye"}
+    cuts = await cut_at_waits(case)
+    assert [sorted(w) for w, _ in cuts] == [["user_name"]] + [["user_message"]] * 3
+    assert all(outcome == expected for _, outcome in cuts)
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+
+
+CHAT = ["hello", "can you help me?", "what is a pipeline?", "tell me more", "bye"]
+
+
+async def test_chat_restored_at_every_wait_ends_like_the_uninterrupted_run() -> None:
+    case = chat_case(CHAT)
+    expected = await uninterrupted(case)
+    assert expected.status is stageflow.SessionStatus.COMPLETED
+    cuts = await cut_at_waits(case)
+    assert len(cuts) == len(CHAT)  # the greeting's wait, then one per message but the last
+    for waiting_for, outcome in cuts:
+        assert waiting_for == {"user_message"}
+        assert outcome == expected
+
+
+async def test_chat_snapshotted_at_every_event_ends_like_the_uninterrupted_run() -> None:
+    case = chat_case([*CHAT[:3], "bye"])
+    expected = await uninterrupted(case)
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+    assert seq > 30
+
+
+async def test_reference_snapshotted_at_every_event_ends_like_the_uninterrupted_run() -> None:
+    case = reference_case()
+    expected = await uninterrupted(case)
+    assert expected.result == {"status": "ok"}
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+    assert seq > 15
+
+
+@pytest.mark.trio_only
+async def test_documents_snapshotted_at_every_event_ends_like_the_uninterrupted_run() -> None:
+    # Map items in flight, inside them subpipeline runs: every cut restores them.
+    case = documents_case()
+    expected = await uninterrupted(case)
+    assert expected.status is stageflow.SessionStatus.COMPLETED
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+    assert seq > 100
+
+
+async def test_documents_snapshotted_at_some_events_ends_like_the_uninterrupted_run() -> None:
+    case = documents_case()
+    expected = await uninterrupted(case)
+    for seq in (5, 37, 90):
+        assert await cut_at_event(case, seq) == expected, f"cut at event {seq}"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    messages=st.lists(st.sampled_from(["hi", "help", "why?", "ok"]), max_size=4),
+    cut=st.integers(min_value=1, max_value=80),
+)
+def test_property_chat_cut_at_a_random_event(messages: list[str], cut: int) -> None:
+    case = chat_case([*messages, "bye"])
+
+    async def main() -> None:
+        expected = await uninterrupted(case)
+        outcome = await cut_at_event(case, cut)
+        assert outcome is None or outcome == expected
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# ------------------------------------------------------------ nested positions
+
+
+def nested_registry() -> stageflow.StageRegistry:
+    registry = fake_registry()
+
+    @registry.register("Ask")
+    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        first = await ctx.wait_input(ctx.config["input"])
+        return {"answer": f"{ctx.config.get('prefix', '')}{first}"}
+
+    return registry
+
+
+NESTED = doc(
+    [
+        parallel("fan", ["left", "right", "inner"], next="each"),
+        stage("left", "Ask", config={"input": "left"}, outputs={"answer": "left"}),
+        stage("right", "Ask", config={"input": "right"}, outputs={"answer": "right"}),
+        {
+            "id": "inner",
+            "type": "subpipeline",
+            "pipeline": "asker",
+            "inputs": {"who": "name"},
+            "artifacts": {"said": "inner"},
+        },
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "item_ask",
+            "concurrency": 2,
+            "collect": {"said": "answers"},
+            "next": "end",
+        },
+        {
+            "id": "item_ask",
+            "type": "stage",
+            "stage": "Ask",
+            "config": {"input": "item", "prefix": "item:"},
+            "outputs": {"answer": "said"},
+        },
+        terminal("end", "left", "right", "inner", "answers"),
+    ],
+    subpipelines={
+        "asker": {
+            "entry": "ask_inner",
+            "nodes": [
+                stage(
+                    "ask_inner",
+                    "Ask",
+                    config={"input": "inner"},
+                    outputs={"answer": "said"},
+                    next="done",
+                ),
+                terminal("done", "said"),
+            ],
+        }
+    },
+)
+NESTED_INPUTS = {
+    "left": ["L"],
+    "right": ["R"],
+    "inner": ["I"],
+    "item": ["a", "b", "c"],
+}
+
+
+def nested_case() -> Case:
+    registry = nested_registry()
+    return Case(load(NESTED, registry), registry, {"name": "n", "items": [1, 2, 3]}, NESTED_INPUTS)
+
+
+async def test_waits_in_branches_a_subpipeline_and_map_items_restore_and_complete() -> None:
+    case = nested_case()
+    expected = await uninterrupted(case)
+    assert expected.artifacts == {
+        "left": "L",
+        "right": "R",
+        "inner": "I",
+        "answers": ["item:a", "item:b", "item:c"],
+    }
+    session = case.session()
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    assert suspended.waiting_for == {"left", "right", "inner"}
+    snapshot = session.to_dict()
+    branches = snapshot["position"]["parallel"]["branches"]
+    assert [b["state"] for b in branches] == ["running"] * 3
+    inner = branches[2]["position"]["subpipeline"]["position"]
+    assert inner["node"] == "ask_inner"
+    assert inner["stage"]["calls"] == [{"wait": "inner", "deadline": None}]
+    restored = case.restore(snapshot)
+    restored.send_input("left", "L")  # queued before run(): the resumed wait takes it
+    second = await restored.run(suspend=True)
+    assert second.waiting_for == {"right", "inner"}
+    snapshot = restored.to_dict()
+    assert [b["state"] for b in snapshot["position"]["parallel"]["branches"]] == [
+        "finished",
+        "running",
+        "running",
+    ]
+    restored = case.restore(snapshot)
+    restored.send_input("right", "R")
+    restored.send_input("inner", "I")
+    third = await restored.run(suspend=True)
+    assert third.waiting_for == {"item"}
+    items = restored.to_dict()["position"]["map"]
+    assert [r["index"] for r in items["running"]] == [0, 1]
+    assert items["next"] == 2
+    restored = case.restore(restored.to_dict())
+    restored.send_input("item", "a")
+    fourth = await restored.run(suspend=True)
+    assert fourth.status is WAITING
+    items = restored.to_dict()["position"]["map"]
+    assert items["done"] == 1
+    assert [r["index"] for r in items["running"]] == [1, 2]
+    restored = Script({"item": ["b", "c"]}).attach(case.restore(restored.to_dict()))
+    assert Outcome.of(await restored.run()) == expected
+
+
+async def test_nested_case_restored_at_every_wait_and_every_event() -> None:
+    case = nested_case()
+    expected = await uninterrupted(case)
+    for _, outcome in await cut_at_waits(case):
+        assert outcome == expected
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+
+
+# ------------------------------------------------------------- the re-run contract
+
+
+def counting_registry(counter: list[str]) -> stageflow.StageRegistry:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("TwoQuestions")
+    async def two(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        counter.append("start")
+        ctx.emit("asking", {"what": "first"})
+        first = await ctx.wait_input("first")
+        counter.append("between")
+        second = await ctx.wait_input("second")
+        return {"both": [first, second]}
+
+    return registry
+
+
+TWO = doc(
+    [stage("two", "TwoQuestions", outputs={"both": "both"}, next="end"), terminal("end", "both")]
+)
+
+
+async def test_a_restored_stage_reruns_and_gets_its_consumed_inputs_replayed() -> None:
+    counter: list[str] = []
+    registry = counting_registry(counter)
+    session = stageflow.Session(load(TWO, registry), registry=registry)
+    session.send_input("first", {"n": 1})
+    suspended = await session.run(suspend=True)
+    assert suspended.waiting_for == {"second"}
+    calls = session.to_dict()["position"]["stage"]["calls"]
+    assert calls == [
+        {"wait": "first", "payload": {"n": 1}},
+        {"wait": "second", "deadline": None},
+    ]
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    restored.send_input("second", {"n": 2})
+    result = await restored.run()
+    assert result.artifacts == {"both": [{"n": 1}, {"n": 2}]}
+    # Code before the waits ran again; the first input was not awaited again.
+    assert counter == ["start", "between", "start", "between"]
+    received = [e.payload["from"] for e in result.history if e.type == "input_received"]
+    assert received == ["backlog", "replay", "backlog"]
+    assert [e.type for e in result.history].count("asking") == 2
+
+
+async def test_a_diverging_replay_is_recorded_and_the_call_runs_live() -> None:
+    registry = stageflow.StageRegistry()
+    kinds = ["a", "b"]
+
+    @registry.register("Fickle")
+    async def fickle(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        first = await ctx.wait_input(kinds[0])
+        second = await ctx.wait_input("last")
+        return {"value": [first, second]}
+
+    document = doc(
+        [stage("f", "Fickle", outputs={"value": "value"}, next="end"), terminal("end", "value")]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    session.send_input("a", 1)
+    assert (await session.run(suspend=True)).waiting_for == {"last"}
+    kinds[0] = "b"
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    restored.send_input("b", 2)
+    restored.send_input("last", 3)
+    result = await restored.run()
+    assert result.artifacts == {"value": [2, 3]}
+    diverged = [e for e in result.history if e.type == "replay_diverged"]
+    assert [e.payload for e in diverged] == [
+        {"expected": "wait_input('a')", "got": "wait_input('b')"}
+    ]
+
+
+# --------------------------------------------------------------------- timers
+
+
+def sleeper_registry() -> stageflow.StageRegistry:
+    return stageflow.StageRegistry()
+
+
+SLEEP = doc(
+    [
+        {
+            "id": "nap",
+            "type": "stage",
+            "stage": "SleepStage",
+            "config": {"seconds": 3600},
+            "outputs": {"slept": "slept"},
+            "next": "end",
+        },
+        terminal("end", "slept"),
+    ]
+)
+T0 = datetime.datetime(2030, 1, 1, 9, 0, tzinfo=datetime.UTC)
+
+
+def restore_at(
+    data: Mapping[str, Any], registry: stageflow.StageRegistry, now: datetime.datetime
+) -> stageflow.Session:
+    """Restore in a process whose clock says ``now`` when the run starts."""
+    return stageflow.Session.from_dict(json_round_trip(data), registry=registry, clock=lambda: now)
+
+
+@pytest.mark.trio_only
+async def test_a_sleep_restored_later_ends_at_its_original_deadline() -> None:
+    registry = sleeper_registry()
+    pipeline = load(SLEEP, registry)
+    start = trio.current_time()
+
+    def clock_from(base: datetime.datetime) -> Any:
+        return lambda: base + datetime.timedelta(seconds=trio.current_time() - start)
+
+    session = stageflow.Session(pipeline, registry=registry, clock=clock_from(T0))
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    assert suspended.waiting_for == frozenset()
+    assert suspended.wake_at == T0 + datetime.timedelta(hours=1)
+    data = json_round_trip(session.to_dict())
+    assert data["position"]["stage"]["calls"] == [
+        {"sleep": (T0 + datetime.timedelta(hours=1)).isoformat(), "seconds": 3600.0}
+    ]
+    # Twenty minutes later, another process restores it.
+    await trio.sleep(1200)
+    restored = stageflow.Session.from_dict(data, registry=registry, clock=clock_from(T0))
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() - before == pytest.approx(2400)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"slept": 3600.0}  # as planned, not as waited after the restore
+
+
+@pytest.mark.trio_only
+async def test_a_sleep_restored_after_its_deadline_ends_at_once() -> None:
+    registry = sleeper_registry()
+    pipeline = load(SLEEP, registry)
+    session = stageflow.Session(pipeline, registry=registry, clock=lambda: T0)
+    await session.run(suspend=True)
+    later = T0 + datetime.timedelta(days=1)
+    restored = restore_at(session.to_dict(), registry, later)
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() == before
+    assert result.status is stageflow.SessionStatus.COMPLETED
+
+
+@pytest.mark.trio_only
+async def test_an_input_timeout_keeps_its_absolute_deadline() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "ask",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "reply", "timeout": 600},
+                "outputs": {"payload": "reply"},
+                "next": "end",
+                "on_error": [{"errors": ["InputTimeoutError"], "next": "late"}],
+            },
+            terminal("end", result={"on_time": True}),
+            terminal("late", result={"on_time": False}),
+        ]
+    )
+    pipeline = load(document, registry)
+    session = stageflow.Session(pipeline, registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.waiting_for == {"reply"}
+    assert suspended.wake_at == T0 + datetime.timedelta(seconds=600)
+    later = T0 + datetime.timedelta(seconds=599)
+    restored = restore_at(session.to_dict(), registry, later)
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() - before == pytest.approx(1)
+    assert result.result == {"on_time": False}
+
+
+@pytest.mark.trio_only
+async def test_the_session_deadline_survives_a_restore() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "ask",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "reply"},
+                "next": "end",
+            },
+            terminal("end"),
+        ],
+        limits={"timeout": 100},
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.wake_at == T0 + datetime.timedelta(seconds=100)
+    later = T0 + datetime.timedelta(seconds=70)
+    restored = restore_at(session.to_dict(), registry, later)
+    before = trio.current_time()
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.TIMED_OUT
+    assert trio.current_time() - before == pytest.approx(30)
+
+
+@pytest.mark.trio_only
+async def test_a_retry_delay_and_its_attempt_survive_a_restore() -> None:
+    attempts: list[int] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Flaky")
+    async def flaky(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ConnectionError("try again")
+        return {"attempt": ctx.attempt}
+
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "stage",
+                "stage": "Flaky",
+                "retry": {"attempts": 3, "delay": 60, "backoff": 1},
+                "outputs": {"attempt": "attempt"},
+                "next": "end",
+            },
+            terminal("end", "attempt"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.wake_at == T0 + datetime.timedelta(seconds=60)
+    data = session.to_dict()
+    assert data["position"]["stage"] == {
+        "attempt": 2,
+        "calls": [],
+        "retry_at": (T0 + datetime.timedelta(seconds=60)).isoformat(),
+    }
+    # A service restores it early: it suspends again at once, with the same wake_at.
+    early = T0 + datetime.timedelta(seconds=45)
+    restored = stageflow.Session.from_dict(data, registry=registry, clock=lambda: early)
+    again = await restored.run(suspend=True)
+    assert again.wake_at == suspended.wake_at
+    # At wake_at it goes on: attempt 2 fails, and the second delay suspends it.
+    at = suspended.wake_at
+    assert at is not None
+    restored = restore_at(restored.to_dict(), registry, at)
+    second = await restored.run(suspend=True)
+    assert second.wake_at == T0 + datetime.timedelta(seconds=120)
+    # Restored without suspend mode, the run sleeps out the rest of the delay itself.
+    late = T0 + datetime.timedelta(seconds=100)
+    restored = restore_at(restored.to_dict(), registry, late)
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() - before == pytest.approx(20)
+    assert result.artifacts == {"attempt": 3}
+    assert attempts == [1, 2, 3]
+
+
+async def test_seeded_jitter_draws_go_on_after_a_restore() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "stage",
+                "stage": "Fail",
+                "retry": {"attempts": 4, "delay": 1, "jitter": 0.5},
+                "next": "end",
+            },
+            terminal("end"),
+        ]
+    )
+    pipeline = load(document, registry)
+
+    def delays(result: stageflow.SessionResult) -> list[float]:
+        return [e.payload["delay"] for e in result.history if e.type == "node_retrying"]
+
+    straight = await stageflow.Session(pipeline, registry=registry, seed=7).run()
+    session = stageflow.Session(pipeline, registry=registry, seed=7)
+    first = await session.run(suspend=True)
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    second = await restored.run()
+    assert delays(first) + delays(second)[len(delays(first)) :] == delays(straight)
+    assert second.status is straight.status is stageflow.SessionStatus.FAILED
+
+
+# ---------------------------------------------------------------- suspend mode
+
+
+async def test_suspend_keeps_the_teardown_out_of_the_history_and_runs_on_in_place() -> None:
+    case = chat_case(["bye"])
+    session = case.session()
+    events: list[str] = []
+    session.subscribe(lambda e: events.append(e.type))
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    assert session.status is WAITING
+    assert events[-2:] == ["waiting_for_input", "session_suspended"]
+    assert [e.type for e in session.history] == events
+    receipt = session.send_input("user_message", {"text": "bye"})
+    assert receipt.queued
+    assert session.to_dict()["backlog"] == {"user_message": [{"text": "bye"}]}
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert "session_resumed" in [e.type for e in result.history]
+
+
+async def test_a_suspended_stage_is_cleaned_up_with_outcome_suspended() -> None:
+    outcomes: list[str] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            return {"got": await ctx.wait_input("go")}
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            outcomes.append(outcome)
+
+    document = doc([stage("hold", "Holder", next="end"), terminal("end")])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    assert outcomes == ["suspended"]
+
+
+async def test_suspend_waits_for_every_position_to_block() -> None:
+    # One branch waits at once, the other works a while first: no early suspension.
+    registry = nested_registry()
+    document = doc(
+        [
+            parallel("fan", ["ask", "work"], next="end"),
+            stage("ask", "Ask", config={"input": "x"}, outputs={"answer": "x"}),
+            stage("work", "Set", config={"values": {"y": 1}, "delay": 5}, outputs={"y": "y"}),
+            terminal("end", "x", "y"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    branches = session.to_dict()["position"]["parallel"]["branches"]
+    assert [b["state"] for b in branches] == ["running", "finished"]
+    assert branches[1]["writes"] == [["y", 1]]
+    restored = stageflow.Session.from_dict(session.to_dict(), registry=registry)
+    restored.send_input("x", "X")
+    result = await restored.run()
+    assert result.artifacts == {"x": "X", "y": 1}
+
+
+async def test_a_run_without_waits_completes_in_suspend_mode() -> None:
+    case = reference_case()
+    result = await case.session().run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+
+
+async def test_streams_end_at_a_suspension() -> None:
+    case = chat_case([])
+    session = case.session()
+    seen: list[str] = []
+
+    async def read(stream: stageflow.EventStream) -> None:
+        async for event in stream:
+            seen.append(event.type)
+
+    stream = session.events()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read, stream)
+        await session.run(suspend=True)
+    assert seen[-1] == "session_suspended"
+
+
+# ------------------------------------------------------------ other states
+
+
+async def test_a_pending_session_round_trips() -> None:
+    case = chat_case(["bye"])
+    session = case.session()
+    session.send_input("user_message", {"text": "bye"})
+    data = json_round_trip(session.to_dict())
+    assert data["status"] == "pending"
+    assert data["position"] == {"path": "", "node": "greet", "context": {"user": {"name": "Ada"}}}
+    restored = case.restore(data)
+    assert restored.status is stageflow.SessionStatus.PENDING
+    result = await restored.run()
+    assert result.result == {"ended": "bye"}
+
+
+async def test_a_finished_session_round_trips_with_its_outcome() -> None:
+    registry = fake_registry()
+    document = doc([stage("boom", "Fail", config={"message": "no"}, next="end"), terminal("end")])
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"k": 1})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    assert restored.status is stageflow.SessionStatus.FAILED
+    assert dict(restored.payload) == {"k": 1}
+    assert [e.to_dict() for e in restored.history] == [e.to_dict() for e in result.history]
+    assert restored.to_dict()["outcome"]["error"]["type"] == "StageError"
+    with pytest.raises(stageflow.SessionStateError):
+        await restored.run()
+
+
+async def test_a_failed_branch_is_restored_and_still_fails_the_join() -> None:
+    registry = nested_registry()
+    document = doc(
+        [
+            parallel("fan", ["bad", "ask"], next="end", cancel_on_error=False),
+            stage("bad", "Fail", config={"message": "broken"}),
+            stage("ask", "Ask", config={"input": "x"}, outputs={"answer": "x"}),
+            terminal("end"),
+        ]
+    )
+    document["nodes"][0]["on_error"] = [{"errors": ["ValueError"], "next": "handled"}]
+    document["nodes"].append(terminal("handled", "error"))
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    branches = session.to_dict()["position"]["parallel"]["branches"]
+    assert branches[0]["state"] == "failed"
+    assert "ValueError" in branches[0]["error"]["classes"]
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    restored.send_input("x", 1)
+    result = await restored.run()
+    # The error edge matched the restored failure by its original class.
+    assert result.result == {"ok": True}
+    assert result.artifacts["error"]["type"] == "StageError"
+    assert result.artifacts["error"]["causes"][0] == {"type": "ValueError", "message": "broken"}
+
+
+async def test_snapshot_size_does_not_grow_with_the_number_of_nodes() -> None:
+    registry = fake_registry()
+
+    def chain(length: int) -> dict[str, Any]:
+        nodes = [
+            stage(f"n{i}", "Set", config={"values": {"v": i}}, outputs={"v": "v"}, next=f"n{i + 1}")
+            for i in range(length)
+        ]
+        nodes.append(
+            {
+                "id": f"n{length}",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "go"},
+                "next": "end",
+            }
+        )
+        return doc([*nodes, terminal("end")])
+
+    sizes = {}
+    for length in (10, 100):
+        session = stageflow.Session(load(chain(length), registry), registry=registry)
+        await session.run(suspend=True)
+        data = session.to_dict()
+        sizes[length] = {
+            key: len(json.dumps(data[key])) for key in ("position", "history", "pipeline")
+        }
+    # The position holds one context, whatever ran before (only the node id "n10" /
+    # "n100" and the value 9 / 99 differ); the history and the document grow.
+    assert sizes[100]["position"] - sizes[10]["position"] == 2
+    assert sizes[100]["history"] > 5 * sizes[10]["history"]
+
+
+# ------------------------------------------------------------------ rejections
+
+
+async def suspended_chat() -> tuple[Case, dict[str, Any]]:
+    case = chat_case([])
+    session = case.session()
+    await session.run(suspend=True)
+    return case, json_round_trip(session.to_dict())
+
+
+async def test_another_format_version_is_rejected() -> None:
+    case, data = await suspended_chat()
+    data["version"] = 2
+    with pytest.raises(stageflow.SnapshotVersionError) as caught:
+        stageflow.Session.from_dict(data, registry=case.registry)
+    assert caught.value.found == 2
+    assert "version 2" in str(caught.value)
+    assert caught.value.problems[0].location == "$.version"
+
+
+async def test_something_else_is_rejected_as_no_snapshot() -> None:
+    with pytest.raises(stageflow.SnapshotError, match="not a stageflow session snapshot"):
+        stageflow.Session.from_dict({"status": "waiting"})
+
+
+async def test_a_malformed_snapshot_lists_its_problems() -> None:
+    case, data = await suspended_chat()
+    del data["history"]
+    data["steps"] = "many"
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(data, registry=case.registry)
+    assert not isinstance(caught.value, stageflow.SnapshotMismatchError)
+    locations = {p.location for p in caught.value.problems}
+    assert "$.steps" in locations
+    assert any("history" in p.message for p in caught.value.problems)
+
+
+async def test_an_altered_pipeline_document_is_a_digest_mismatch() -> None:
+    case, data = await suspended_chat()
+    data["pipeline"]["document"]["limits"]["max_steps"] = 7
+    with pytest.raises(stageflow.SnapshotMismatchError, match="digest"):
+        stageflow.Session.from_dict(data, registry=case.registry)
+
+
+async def test_a_changed_pipeline_passed_explicitly_is_accepted_when_its_nodes_exist() -> None:
+    case, data = await suspended_chat()
+    document = json.loads((EXAMPLES / "chat" / "pipeline.json").read_text())
+    document["metadata"]["description"] = "version two"
+    changed = stageflow.Pipeline.from_dict(document, registry=case.registry)
+    assert changed.digest != data["pipeline"]["digest"]
+    restored = stageflow.Session.from_dict(data, registry=case.registry, pipeline=changed)
+    restored.send_input("user_message", {"text": "bye"})
+    result = await restored.run()
+    assert result.result == {"ended": "bye"}
+    resumed = next(e for e in result.history if e.type == "session_resumed")
+    assert resumed.payload["previous_digest"] == data["pipeline"]["digest"]
+    assert restored.to_dict()["pipeline"]["digest"] == changed.digest
+
+
+async def test_a_pipeline_without_the_active_node_is_rejected() -> None:
+    case, data = await suspended_chat()
+    document = json.loads((EXAMPLES / "chat" / "pipeline.json").read_text())
+    for node in document["nodes"]:
+        if node["id"] == "listen":
+            node["id"] = "hear"
+        for key in ("next",):
+            if node.get(key) == "listen":
+                node[key] = "hear"
+    text = json.dumps(document).replace('"listen"', '"hear"')
+    changed = stageflow.Pipeline.from_dict(json.loads(text), registry=case.registry)
+    with pytest.raises(stageflow.SnapshotMismatchError) as caught:
+        stageflow.Session.from_dict(data, registry=case.registry, pipeline=changed)
+    assert [p.location for p in caught.value.problems] == ["$.position.node"]
+    assert "'listen'" in str(caught.value)
+
+
+async def test_unknown_node_ids_in_the_snapshot_are_rejected() -> None:
+    case, data = await suspended_chat()
+    data["position"]["node"] = "nowhere"
+    data["current_node"] = "nowhere"
+    with pytest.raises(stageflow.SnapshotMismatchError, match="'nowhere'"):
+        stageflow.Session.from_dict(data, registry=case.registry)
+
+
+async def test_a_node_of_another_type_is_rejected() -> None:
+    case, data = await suspended_chat()
+    data["position"]["node"] = "route"  # a condition node, but the frame holds a stage
+    with pytest.raises(stageflow.SnapshotMismatchError, match="was a stage node"):
+        stageflow.Session.from_dict(data, registry=case.registry)
+
+
+async def test_running_a_restored_session_twice_is_refused() -> None:
+    case = chat_case(["bye"])
+    restored = case.restore((await suspended_chat())[1])
+    Script({"user_message": [{"text": "bye"}]}).attach(restored)
+    await restored.run()
+    with pytest.raises(stageflow.SessionStateError):
+        await restored.run()
+
+
+def terminal_in_branch(*, inside_subpipeline: bool) -> Case:
+    registry = nested_registry()
+    race = [
+        parallel("race", ["quick", "slow"], next="after"),
+        stage("quick", "Set", config={"values": {"q": 1}}, outputs={"q": "q"}, next="early"),
+        terminal("early", "q", result={"ended": "early"}),
+        stage("slow", "Ask", config={"input": "never"}, outputs={"answer": "slow"}),
+        terminal("after", result={"ended": "after"}),
+    ]
+    if not inside_subpipeline:
+        return Case(load(doc(race), registry), registry, {})
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "subpipeline",
+                "pipeline": "racer",
+                "result_output": "inner",
+                "artifacts": {"q": "q"},
+                "next": "end",
+            },
+            terminal("end", "inner", "q"),
+        ],
+        subpipelines={"racer": {"entry": "race", "nodes": race}},
+    )
+    return Case(load(document, registry), registry, {})
+
+
+@pytest.mark.parametrize("inside_subpipeline", [False, True])
+async def test_a_terminal_in_a_branch_still_ends_the_run_after_any_cut(
+    inside_subpipeline: bool,
+) -> None:
+    case = terminal_in_branch(inside_subpipeline=inside_subpipeline)
+    expected = await uninterrupted(case)
+    assert expected.status is stageflow.SessionStatus.COMPLETED
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+
+
+async def test_a_frame_with_both_contexts_or_two_records_is_explained_plainly() -> None:
+    case, data = await suspended_chat()
+    data["position"]["writes"] = []
+    data["position"]["parallel"] = {"branches": [], "winner": None}
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(data, registry=case.registry)
+    messages = {p.location: p.message for p in caught.value.problems}
+    assert messages["$.position"].startswith("a frame has both 'context' and 'writes'")
+    assert "'user'" not in messages["$.position"]  # the frame itself is not quoted
+    assert messages["$.position.parallel"].startswith("a frame holds at most one of")
+
+
+async def test_a_snapshot_without_a_session_id_says_so_without_naming_one() -> None:
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict({"format": "stageflow.session-snapshot", "version": 1})
+    assert "in session" not in str(caught.value)
+    assert "$" in {p.location for p in caught.value.problems}
