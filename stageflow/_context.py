@@ -68,6 +68,21 @@ def _step(container: Any, part: str) -> Any:
     return MISSING
 
 
+_new_chain: Final = ChainMap.__new__
+_new_context: Final = object.__new__
+
+
+def _top_get(data: MutableMapping[str, Any], key: str) -> Any:
+    # ChainMap.get tests membership in every map first: look in each map once instead.
+    if type(data) is ChainMap:
+        for layer in data.maps:
+            value = layer.get(key, MISSING)
+            if value is not MISSING:
+                return value
+        return MISSING
+    return data.get(key, MISSING)
+
+
 def _copy_container(value: Any) -> Any:
     if isinstance(value, dict):
         return dict(value)
@@ -101,12 +116,17 @@ class Context:
 
     def get(self, path: str, default: Any = MISSING) -> Any:
         """Return the value at ``path``, or ``default`` when nothing is there."""
-        parts = parse_path(path)
-        value: Any = self._data.get(parts[0], MISSING)
-        for part in parts[1:]:
-            if value is MISSING:
-                break
-            value = _step(value, part)
+        parts = _PATH_CACHE.get(path) or parse_path(path)
+        data = self._data
+        if type(data) is dict:
+            value: Any = data.get(parts[0], MISSING)
+        else:
+            value = _top_get(data, parts[0])
+        if len(parts) > 1:
+            for part in parts[1:]:
+                if value is MISSING:
+                    break
+                value = _step(value, part)
         return default if value is MISSING else value
 
     def set(self, path: str, value: Any) -> None:
@@ -116,7 +136,14 @@ class Context:
             ContextPathError: a segment crosses a value that is not an object
                 or list, or indexes past the end of a list.
         """
-        parts = parse_path(path)
+        parts = _PATH_CACHE.get(path) or parse_path(path)
+        if len(parts) == 1:
+            # A top-level key: the top level is always an object, and a fork's
+            # writes go to its own first map.
+            self._data[path] = value
+            if self._written is not None:
+                self._written[path] = None
+            return
         container: Any = self._data
         owned = self._owned
         for part in parts[:-1]:
@@ -164,19 +191,25 @@ class Context:
 
     def fork(self) -> Context:
         """Return a branch context: reads see this one, writes stay in the fork."""
-        child = Context.__new__(Context)
-        maps = self._data.maps if isinstance(self._data, ChainMap) else [self._data]
-        child._data = ChainMap({}, *maps)
+        data = self._data
+        chain: ChainMap[str, Any] = _new_chain(ChainMap)  # what ChainMap({}, *maps) makes
+        chain.maps = [{}, *data.maps] if isinstance(data, ChainMap) else [{}, data]
+        child = _new_context(Context)
+        child._data = chain
         child._owned = {}
         child._written = {}
         return child
 
     def written(self) -> Iterator[tuple[str, Any]]:
         """Yield ``(path, current value)`` for each path written since the fork."""
-        if self._written is None:
+        written = self._written
+        if written is None:
             return
-        for path in self._written:
-            yield path, self.get(path)
+        data = self._data
+        # A fork writes a top-level key into its own first map.
+        own = data.maps[0] if isinstance(data, ChainMap) else data
+        for path in written:
+            yield path, own[path] if "." not in path else self.get(path)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the payload as a plain dict (a shallow copy of the top level)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
 import anyio
@@ -26,7 +27,43 @@ OVERFLOW: Final = "subscriber_overflow"
 """Type of the marker event a slow ``events()`` subscriber gets after a gap."""
 
 
-class Event(NamedTuple):
+_UTC: Final = datetime.UTC
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
+_MICROSECOND: Final = datetime.timedelta(microseconds=1)
+_new_tuple: Final = tuple.__new__
+_time_ns: Final = time.time_ns
+
+
+def _stored(timestamp: Any) -> Any:
+    """How an event keeps its timestamp: UTC datetimes as integer microseconds since 1970."""
+    if type(timestamp) is datetime.datetime and timestamp.tzinfo is _UTC:
+        return (timestamp - _EPOCH) // _MICROSECOND
+    return timestamp  # anything else is kept (and given back) as it is
+
+
+def _shown(stored: Any) -> Any:
+    """The timestamp an event gives back for what it stores."""
+    if type(stored) is int:
+        return _EPOCH + datetime.timedelta(microseconds=stored)
+    return stored
+
+
+class _EventFields(NamedTuple):
+    """The tuple layout of :class:`Event`: ``timestamp`` as :func:`_stored` keeps it."""
+
+    seq: int
+    type: str
+    timestamp: Any
+    session_id: str
+    node_id: str | None
+    path: str
+    payload: Mapping[str, Any]
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+
+
+class Event(_EventFields):
     """One thing that happened in a session (immutable; a named tuple, cheap to make).
 
     Attributes:
@@ -44,16 +81,69 @@ class Event(NamedTuple):
         parent_span_id: id of that span's parent.
     """
 
-    seq: int
-    type: str
-    timestamp: datetime.datetime
-    session_id: str
-    node_id: str | None
-    path: str
-    payload: Mapping[str, Any]
-    trace_id: str | None = None
-    span_id: str | None = None
-    parent_span_id: str | None = None
+    # Making a datetime costs most of what recording an event costs, and few
+    # events are ever asked for their time: a UTC timestamp is kept as integer
+    # microseconds (exact both ways) and made a datetime when it is read.
+    # Indexing, iteration, repr, equality and pickling all see the datetime.
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        seq: int,
+        type: str,
+        timestamp: datetime.datetime,
+        session_id: str,
+        node_id: str | None,
+        path: str,
+        payload: Mapping[str, Any],
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        parent_span_id: str | None = None,
+    ) -> Event:
+        """Make an event (the engine records its own without this check)."""
+        return _new_tuple(
+            cls,
+            (
+                seq,
+                type,
+                _stored(timestamp),
+                session_id,
+                node_id,
+                path,
+                payload,
+                trace_id,
+                span_id,
+                parent_span_id,
+            ),
+        )
+
+    @property
+    def timestamp(self) -> datetime.datetime:
+        """When it happened, timezone-aware UTC."""
+        return _shown(tuple.__getitem__(self, 2))  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Any]:
+        values = list(tuple.__iter__(self))
+        values[2] = _shown(values[2])
+        return iter(values)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        value = tuple.__getitem__(self, index)
+        return _shown(value) if index in (2, -8) else value
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)
+        )
+        return f"{type(self).__name__}({fields})"
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Event:  # type: ignore[override]
+        # Through __new__, so that _replace() keeps the timestamp's stored form.
+        return cls(*iterable)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a JSON object (timestamp in ISO 8601 with offset)."""
@@ -179,22 +269,45 @@ class History:
         """Append an event and hand it to every subscriber."""
         if self.muted:
             return _MUTED
-        if span is None and self.span_source is not None:
-            span = self.span_source()
-        trace_id, span_id, parent = span if span is not None else (None, None, None)
-        event = Event(
-            len(self._events) + 1,
-            type,
-            datetime.datetime.now(datetime.UTC),
-            self.session_id,
-            node_id,
-            path,
-            payload,
-            trace_id,
-            span_id,
-            parent,
-        )
-        self._events.append(event)
+        events = self._events
+        if span is None:
+            source = self.span_source
+            if source is not None:
+                span = source()
+        # Straight to the tuple: the fields need no checks, the time no datetime yet.
+        if span is None:
+            event: Event = _new_tuple(
+                Event,
+                (
+                    len(events) + 1,
+                    type,
+                    _time_ns() // 1000,
+                    self.session_id,
+                    node_id,
+                    path,
+                    payload,
+                    None,
+                    None,
+                    None,
+                ),
+            )
+        else:
+            event = _new_tuple(
+                Event,
+                (
+                    len(events) + 1,
+                    type,
+                    _time_ns() // 1000,
+                    self.session_id,
+                    node_id,
+                    path,
+                    payload,
+                    span[0],
+                    span[1],
+                    span[2],
+                ),
+            )
+        events.append(event)
         # Streams first: a callback that subscribes while handling this event
         # must not receive it (a stream starts after the event in flight).
         if self._subscriptions:
@@ -258,7 +371,7 @@ class History:
         return Event(
             len(self._events) + 1 if next_seq is None else next_seq,
             OVERFLOW,
-            datetime.datetime.now(datetime.UTC),
+            datetime.datetime.now(_UTC),
             self.session_id,
             None,
             "",

@@ -64,6 +64,8 @@ def _check_conflicts(
                 raise MergeConflictError(
                     node_id=node_id, path=path, branches=(first_branch, branch)
                 )
+        if "." not in path:
+            continue
         # Another branch writing a parent of this path overlaps it.
         parts = path.split(".")
         for cut in range(1, len(parts)):

@@ -11,12 +11,13 @@ attribute ends in an underscore (``if_``, ``else_``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
 from stageflow._json import freeze
+from stageflow._jsonlogic_compiled import compile_condition
 
 __all__ = [
     "API_VERSIONS",
@@ -209,6 +210,10 @@ class StageNode(_Routable):
     type: Literal["stage"] = "stage"
 
 
+def _compile(branch: ConditionBranch) -> Callable[[Any], bool]:
+    return compile_condition(branch.if_)
+
+
 @attrs.frozen
 class ConditionBranch:
     """One ``{"if": rule, "then": node}`` entry of a condition node.
@@ -216,10 +221,16 @@ class ConditionBranch:
     Attributes:
         if_: the JsonLogic rule (JSON ``if``), stored read-only.
         then: the node taken when the rule is truthy.
+        matches: ``if_`` compiled when the branch is made: ``matches(data)`` is
+            ``jsonlogic.truthy(jsonlogic.apply(if_, data))``, without walking
+            the rule again on every evaluation.
     """
 
     if_: Any = attrs.field(converter=freeze)
     then: str
+    matches: Callable[[Any], bool] = attrs.field(
+        init=False, default=attrs.Factory(_compile, takes_self=True), eq=False, repr=False
+    )
 
 
 @attrs.frozen

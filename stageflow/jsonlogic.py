@@ -427,7 +427,7 @@ def _compare(a: Any, b: Any, cmp: Callable[[Any, Any], bool]) -> bool:
 
 def _binary(name: str, fn: Callable[[Any, Any], Any]) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> Any:
-        if type(raw) is not list or len(raw) != 2:
+        if (type(raw) is not list and type(raw) is not tuple) or len(raw) != 2:
             raw = _args(raw, name, 2, 2)
         return fn(_eval(raw[0], data, depth), _eval(raw[1], data, depth))
 
@@ -681,6 +681,29 @@ def _op_reduce(raw: Any, data: Any, depth: int) -> Any:
     return accumulator
 
 
+# The functions behind the fixed-arity operators, shared with the rule compiler
+# (stageflow._jsonlogic_compiled), which calls them without the argument checks.
+_BINARY: Final[dict[str, Callable[[Any, Any], Any]]] = {
+    "==": _loose_eq,
+    "===": _strict_eq,
+    "!=": lambda a, b: not _loose_eq(a, b),
+    "!==": lambda a, b: not _strict_eq(a, b),
+    ">": lambda a, b: _compare(a, b, operator.gt),
+    ">=": lambda a, b: _compare(a, b, operator.ge),
+    "/": _divide,
+    "%": _modulo,
+    "in": _contains,
+}
+_BETWEEN: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+}
+_UNARY: Final[dict[str, Callable[[Any], Any]]] = {
+    "!": lambda a: not truthy(a),
+    "!!": truthy,
+    "log": lambda a: a,  # deliberately silent: prints nothing
+}
+
 _OPS: Final[dict[str, _Op]] = {
     "var": _op_var,
     "missing": _op_missing,
@@ -689,27 +712,16 @@ _OPS: Final[dict[str, _Op]] = {
     "?:": _op_if,
     "and": _logical("and", False),
     "or": _logical("or", True),
-    "!": _unary("!", lambda a: not truthy(a)),
-    "!!": _unary("!!", truthy),
-    "log": _unary("log", lambda a: a),  # deliberately silent: prints nothing
-    "==": _binary("==", _loose_eq),
-    "===": _binary("===", _strict_eq),
-    "!=": _binary("!=", lambda a, b: not _loose_eq(a, b)),
-    "!==": _binary("!==", lambda a, b: not _strict_eq(a, b)),
-    ">": _binary(">", lambda a, b: _compare(a, b, operator.gt)),
-    ">=": _binary(">=", lambda a, b: _compare(a, b, operator.ge)),
-    "<": _between("<", operator.lt),
-    "<=": _between("<=", operator.le),
+    **{name: _unary(name, fn) for name, fn in _UNARY.items()},
+    **{name: _binary(name, fn) for name, fn in _BINARY.items()},
+    **{name: _between(name, cmp) for name, cmp in _BETWEEN.items()},
     "+": _op_add,
     "-": _op_subtract,
     "*": _op_multiply,
-    "/": _binary("/", _divide),
-    "%": _binary("%", _modulo),
     "min": _extreme("min", min),
     "max": _extreme("max", max),
     "cat": _op_cat,
     "substr": _op_substr,
-    "in": _binary("in", _contains),
     "merge": _op_merge,
     "map": _over_array("map"),
     "filter": _over_array("filter"),

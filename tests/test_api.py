@@ -126,7 +126,15 @@ EXPORTED = [
 
 # Layers from the bottom up. A module may import its own layer and the ones below.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "bottom": ("_errors", "_json", "jsonlogic", "_context", "_log", "_version"),
+    "bottom": (
+        "_errors",
+        "_json",
+        "jsonlogic",
+        "_jsonlogic_compiled",
+        "_context",
+        "_log",
+        "_version",
+    ),
     "model": ("_model", "_specs", "_stages", "_core_stages"),
     "loading": (
         "_pipeline",

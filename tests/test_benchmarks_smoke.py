@@ -119,3 +119,17 @@ def test_quick_mode_does_not_judge_budgets(quick_run: subprocess.CompletedProces
     budgets = {row[5] for row in table_rows(quick_run.stdout)[1:]}
     assert not any(cell.startswith(("met", "NOT MET")) for cell in budgets)
     assert any(cell.startswith("not judged") for cell in budgets)
+
+
+@pytest.mark.parametrize("shape", ["chain", "conditions", "fanout", "traced"])
+def test_the_profiling_loop_runs_each_shape(shape: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks._profile", shape, "--seconds", "0", "--size", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"{shape}: 1 runs of 5 in ")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import datetime
+import pickle
+
 import anyio
 import pytest
 
@@ -56,3 +60,78 @@ async def test_close_ends_every_stream_and_later_ones() -> None:
     assert [e.seq async for e in early] == [1]
     with anyio.fail_after(5):  # a guard against a hang, not a timing check
         assert [e async for e in history.stream(0)] == []
+
+
+# ------------------------------------------------------------- the Event type
+
+UTC = datetime.UTC
+WHEN = datetime.datetime(2026, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
+
+
+def event_at(timestamp: datetime.datetime, **fields: object) -> stageflow.Event:
+    event = stageflow.Event(1, "tick", timestamp, "s", "n", "", {"k": 1})
+    return event._replace(**fields) if fields else event
+
+
+def test_an_event_gives_its_timestamp_back_in_every_view() -> None:
+    event = event_at(WHEN)
+    assert event.timestamp == WHEN
+    assert event.timestamp.isoformat() == WHEN.isoformat()
+    assert event[2] == WHEN
+    assert event[-8] == WHEN
+    assert event[1:3] == ("tick", WHEN)
+    seq, type_, timestamp, *_ = event
+    assert (seq, type_, timestamp) == (1, "tick", WHEN)
+    assert event._asdict()["timestamp"] == WHEN
+    assert f"timestamp={WHEN!r}" in repr(event)
+    assert event.to_dict()["timestamp"] == "2026-03-01T12:30:45.123456+00:00"
+
+
+def test_a_recorded_event_is_utc_and_survives_a_json_round_trip() -> None:
+    history = History("s")
+    before = datetime.datetime.now(UTC)
+    event = history.record("tick", "n", "", {"k": 1})
+    after = datetime.datetime.now(UTC)
+    assert event.timestamp.tzinfo is UTC
+    assert before <= event.timestamp <= after
+    data = event.to_dict()
+    again = stageflow.Event(
+        data["seq"],
+        data["type"],
+        datetime.datetime.fromisoformat(data["timestamp"]),
+        data["session_id"],
+        data["node_id"],
+        data["path"],
+        data["payload"],
+    )
+    assert again == event
+    assert again.to_dict() == data
+
+
+def test_copies_and_replaced_events_compare_equal() -> None:
+    event = History("s").record("tick", None, "", {"k": [1]})
+    assert copy.copy(event) == event
+    assert copy.deepcopy(event) == event
+    assert pickle.loads(pickle.dumps(event)) == event
+    assert event._replace(seq=1) == event
+    assert event._replace(seq=2) != event
+    assert stageflow.Event._make(event) == event
+    assert event._replace(timestamp=WHEN).timestamp == WHEN
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        datetime.datetime(
+            2026, 3, 1, 14, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+        ),
+        datetime.datetime(2026, 3, 1, 12, 30),  # naive: not what the engine makes, kept anyway
+        datetime.datetime(1, 1, 1, tzinfo=UTC),
+        datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_a_timestamp_comes_back_exactly_as_given(timestamp: datetime.datetime) -> None:
+    event = event_at(timestamp)
+    assert event.timestamp == timestamp
+    assert event.timestamp.tzinfo == timestamp.tzinfo
+    assert event.to_dict()["timestamp"] == timestamp.isoformat()

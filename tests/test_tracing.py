@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from otlp_receiver import OtlpReceiver
 
 import stageflow
 import stageflow.tracing
+from stageflow._telemetry import current_ids, enter_span, exit_span
 
 pytestmark = pytest.mark.anyio
 
@@ -122,6 +124,44 @@ async def test_reference_span_tree(
             assert span.attributes["stageflow.node.id"] == event.node_id  # type: ignore[index]
         if event.type.startswith("branch_"):
             assert span.name == f"branch {event.path}"
+
+
+async def test_events_inside_a_stages_own_span_carry_its_ids(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry = stageflow.StageRegistry()
+    tracer = provider.get_tracer("the-application")
+
+    @registry.register("Spans")
+    async def spans(ctx: stageflow.StageContext) -> None:
+        ctx.emit("before")
+        with tracer.start_as_current_span("mine"):
+            ctx.emit("inside")
+        ctx.emit("after")
+
+    document = doc([stage("a", "Spans", next="end"), terminal("end")])
+    result = await run_traced(document, provider, registry)
+    spans_by_name = {span.name: span for span in exporter.get_finished_spans()}
+    node_id = format(spans_by_name["stage a"].context.span_id, "016x")
+    mine_id = format(spans_by_name["mine"].context.span_id, "016x")
+    by_type = {event.type: event for event in result.history if event.node_id == "a"}
+    assert (by_type["inside"].span_id, by_type["inside"].parent_span_id) == (mine_id, node_id)
+    for event_type in ("node_started", "before", "after", "node_finished"):
+        assert by_type[event_type].span_id == node_id, event_type
+
+
+def test_a_span_exited_in_another_context_still_ends(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    def scenario() -> None:
+        active = enter_span(provider.get_tracer("t"), "moved", {})
+        assert current_ids() == active.ids
+        contextvars.copy_context().run(exit_span, active, "succeeded")
+
+    contextvars.copy_context().run(scenario)  # leaves the test's own context alone
+    [span] = exporter.get_finished_spans()
+    assert (span.name, span.attributes) == ("moved", {"stageflow.outcome": "succeeded"})
+    assert current_ids() is None
 
 
 async def test_no_provider_creates_no_spans_and_no_ids() -> None:
