@@ -217,11 +217,11 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
         return
     reg = shapes.registry()
     kinds = (
-        ("", session_sweep(reg)),
-        ("suspended ", suspended_sweep(reg, as_text=False)),
-        ("as snapshot text ", suspended_sweep(reg, as_text=True)),
+        ("live", "paused session", session_sweep(reg)),
+        ("suspended", "paused session, suspended", suspended_sweep(reg, as_text=False)),
+        ("text", "paused session, as snapshot text", suspended_sweep(reg, as_text=True)),
     )
-    sweeps = [sweep for _, sweep in kinds] + [bare_sweep()]
+    sweeps = [sweep for _, _, sweep in kinds] + [bare_sweep()]
     for count, name, rounds in zip(
         counts, ("small", "large"), (settings.fewer(5), settings.fewer(3)), strict=True
     ):
@@ -229,15 +229,14 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
         *measured, (bare_pause, bare_resume, bare_held) = await _sweeps(
             sweeps, count, rounds, warmup
         )
-        for (kind, _), (pause, resume, held) in zip(kinds, measured, strict=True):
-            key = kind.strip().replace(" ", "_") or "live"
+        for (key, kind, _), (pause, resume, held) in zip(kinds, measured, strict=True):
             figures[f"paused_{key}_{name}_bytes"] = held
             figures[f"paused_{key}_{name}_pause"] = pause
             figures[f"paused_{key}_{name}_resume"] = resume
             table.add(
                 Row(
                     SECTION,
-                    f"paused session {kind}, memory each ({count:,} paused)",
+                    f"{kind}, memory each ({count:,} paused)",
                     kib(held),
                     f"{kib(bare_held)} trio task on a memory channel",
                     times(ratio(held, bare_held)),
@@ -247,7 +246,7 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
             table.add(
                 Row(
                     SECTION,
-                    f"paused session {kind}, time to pause ({count:,})",
+                    f"{kind}, time to pause ({count:,})",
                     us(pause),
                     f"{us(bare_pause)} start a trio task that blocks",
                     times(ratio(pause, bare_pause)),
@@ -257,7 +256,7 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
             table.add(
                 Row(
                     SECTION,
-                    f"paused session {kind}, time to resume ({count:,})",
+                    f"{kind}, time to resume ({count:,})",
                     us(resume),
                     f"{us(bare_resume)} send to the channel, task ends",
                     times(ratio(resume, bare_resume)),

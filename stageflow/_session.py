@@ -27,7 +27,6 @@ import structlog
 import trio
 from opentelemetry import trace
 
-from stageflow import jsonlogic
 from stageflow._composite import CompositeNodes
 from stageflow._context import Context
 from stageflow._desk import InputDesk
@@ -79,6 +78,7 @@ from stageflow._snapshot import VERSION as SNAPSHOT_VERSION
 from stageflow._stage_node import StageNodes
 from stageflow._stages import StageEntry, StageRegistry, default_registry
 from stageflow._telemetry import (
+    ATTEMPT,
     NODE_ID,
     NODE_TYPE,
     PIPELINE_DIGEST,
@@ -919,7 +919,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         if self._steps > limits.max_steps:
             raise LimitExceededError(limit="max_steps", value=limits.max_steps, node_id=node.id)
         history = self._history
-        if len(history) >= limits.max_history:
+        if len(history.events) >= limits.max_history:
             raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
         # A cancel() from a hook or a stage takes effect before the next node,
         # even when no stage ever awaits.
@@ -930,6 +930,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             attributes: dict[str, Any] = {NODE_ID: node.id, NODE_TYPE: node.type}
             if isinstance(node, StageNode):
                 attributes[STAGE] = node.stage
+                attributes[ATTEMPT] = 1  # raised by _run_stage if a retry succeeds or fails
             elif isinstance(node, ParallelNode):
                 attributes[POLICY] = node.policy.value
             span = enter_span(tracer, f"{node.type} {node.id}", attributes)
@@ -1005,7 +1006,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
     async def _run_condition(self, node: ConditionNode, frame: _Frame) -> str | None:
         data = frame.ctx.data
         for index, branch in enumerate(node.conditions):
-            if jsonlogic.truthy(jsonlogic.apply(branch.if_, data)):
+            if branch.matches(data):
                 frame.branch = index
                 return branch.then
         if node.else_ is not None:

@@ -88,14 +88,13 @@ class StageNodes:
         while True:
             try:
                 await self._stage_attempt(node, frame, entry, attempt, policy.attempts, replay)
-                if self._tracer is not None:
+                if attempt > 1 and self._tracer is not None:
                     trace.get_current_span().set_attribute(ATTEMPT, attempt)
                 return node.next
             except Exception as exc:
                 replay = None
-                if self._tracer is not None:
-                    span = trace.get_current_span()
-                    span.set_attribute(ATTEMPT, attempt)
+                if attempt > 1 and self._tracer is not None:
+                    trace.get_current_span().set_attribute(ATTEMPT, attempt)
                 if (
                     attempt >= policy.attempts
                     or isinstance(exc, LimitExceededError)
@@ -168,13 +167,16 @@ class StageNodes:
         timeout = node.timeout if node.timeout is not None else entry.spec.timeout
         outcome = "failed"
         try:
-            stage = entry.factory()
+            run = entry.function
+            if run is None:
+                stage = entry.factory()
+                run = stage.run
             if timeout is None:
-                outputs = await stage.run(ctx)
+                outputs = await run(ctx)
             else:
                 with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
                     ctx._timer = AttemptTimer(scope)
-                    outputs = await stage.run(ctx)
+                    outputs = await run(ctx)
                 if scope.cancelled_caught:
                     raise NodeTimeoutError(
                         f"stage {node.stage!r} at node {node.id!r} "
@@ -230,7 +232,7 @@ class StageNodes:
                 )
 
     def _write_outputs(self, node: StageNode, outputs: object, ctx: Context) -> None:
-        if not isinstance(outputs, Mapping):
+        if type(outputs) is not dict and not isinstance(outputs, Mapping):
             raise _not_a_mapping(node, outputs)
         writes: list[tuple[str, Any]] = []
         for key, path in node.outputs.items():

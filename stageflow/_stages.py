@@ -227,6 +227,8 @@ class StageEntry:
         source: where it was registered from (module, or stage pack name).
         target: the registered class or function.
         has_cleanup: whether the stage overrides :meth:`BaseStage.cleanup`.
+        function: the registered ``async def``, which the engine awaits
+            directly (``None`` for a stage class: ``factory`` makes one per attempt).
     """
 
     name: str
@@ -235,6 +237,7 @@ class StageEntry:
     source: str
     target: object
     has_cleanup: bool = False
+    function: StageFunction | None = None
 
 
 def _describe_source(obj: object) -> str:
@@ -323,12 +326,14 @@ class StageRegistry:
             raise RegistryError(f"cannot tell the name of stage {target!r}; pass name=...")
         origin = source or _describe_source(target)
         factory: Callable[[], BaseStage]
+        function: StageFunction | None = None
         if inspect.isclass(target) and issubclass(target, BaseStage):
             _check_stage_class(target, stage_name, origin)
             factory = target
             stage_spec = spec or target.spec
         elif inspect.iscoroutinefunction(target):
             fn: StageFunction = target
+            function = fn
 
             def factory() -> BaseStage:
                 return _FunctionStage(fn)
@@ -348,7 +353,7 @@ class StageRegistry:
         if existing is not None:
             raise StageConflictError(stage_name, existing.source, origin)
         has_cleanup = getattr(target, "cleanup", BaseStage.cleanup) is not BaseStage.cleanup
-        entry = StageEntry(stage_name, factory, stage_spec, origin, target, has_cleanup)
+        entry = StageEntry(stage_name, factory, stage_spec, origin, target, has_cleanup, function)
         self._entries[stage_name] = entry
         return entry
 
