@@ -40,7 +40,7 @@ from stageflow._model import (
     TerminalNode,
     ValidateEvents,
 )
-from stageflow._specs import compile_schema
+from stageflow._specs import DocumentSchema
 from stageflow._stages import StageRegistry, default_registry
 
 __all__ = ["Pipeline", "load_schema"]
@@ -64,8 +64,8 @@ def load_schema(name: str = "pipeline") -> Mapping[str, Any]:
 
 
 @functools.cache
-def _schema_validator() -> jsonschema.protocols.Validator:
-    return compile_schema(load_schema("pipeline"))
+def _schema_validator() -> DocumentSchema:
+    return DocumentSchema(load_schema("pipeline"))
 
 
 def _make_converter() -> cattrs.Converter:

@@ -92,7 +92,6 @@ from stageflow._telemetry import (
     exit_span,
     resolve_tracer,
     restored_link,
-    span_ids,
 )
 from stageflow._version import __version__
 
@@ -502,7 +501,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                 },
                 links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
             )
-            self._root_ids = span_ids(root_span.span)[:2]
+            self._root_ids = root_span.ids[:2]
             self._history.span_source = current_ids
             self._desk.traced = True
         try:
@@ -939,7 +938,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             started = time.perf_counter()
             log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
             if span is not None:
-                trace_id, span_id, _ = span_ids(span.span)
+                trace_id, span_id, _ = span.ids
                 log = log.bind(trace_id=trace_id, span_id=span_id)
             log.info("node.started")
         record = history.record

@@ -32,7 +32,7 @@ from stageflow._events import Event
 from stageflow._json import copy_json
 from stageflow._model import MapNode, ParallelNode, StageNode, SubpipelineNode
 from stageflow._pipeline import Pipeline, load_schema, schema_error_message
-from stageflow._specs import compile_schema
+from stageflow._specs import DocumentSchema
 
 __all__ = [
     "DONE",
@@ -56,8 +56,8 @@ VERSION: Final = 1
 
 
 @functools.cache
-def _validator() -> jsonschema.protocols.Validator:
-    return compile_schema(load_schema("session-snapshot"))
+def _validator() -> DocumentSchema:
+    return DocumentSchema(load_schema("session-snapshot"))
 
 
 DONE: Final = "done"

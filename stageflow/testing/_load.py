@@ -13,7 +13,7 @@ import jsonschema
 
 from stageflow import Problem
 from stageflow._pipeline import load_schema, parse_document, schema_error_message
-from stageflow._specs import compile_schema
+from stageflow._specs import DocumentSchema
 from stageflow.testing._mocks import is_file_ref, split_stages_ref
 from stageflow.testing._model import (
     Case,
@@ -35,8 +35,8 @@ _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
 @functools.cache
-def _validator() -> jsonschema.protocols.Validator:
-    return compile_schema(load_schema(SCHEMA_NAME))
+def _validator() -> DocumentSchema:
+    return DocumentSchema(load_schema(SCHEMA_NAME))
 
 
 def _where(path: Iterable[Any]) -> str:
