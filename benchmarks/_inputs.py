@@ -105,7 +105,8 @@ def suspended_sweep(reg: stageflow.StageRegistry, *, as_text: bool) -> Sweep:
     """Suspend ``count`` sessions (``run(suspend=True)``: no task is left), then resume each.
 
     With ``as_text`` only each snapshot's JSON text is kept, as a service
-    that stores snapshots would; resuming restores from it first.
+    that stores snapshots would; resuming restores from it first, with the
+    service's loaded pipeline (``pipeline=``) as a service would.
     """
     pipeline = shapes.waiting(reg)
 
@@ -127,7 +128,9 @@ def suspended_sweep(reg: stageflow.StageRegistry, *, as_text: bool) -> Sweep:
         statuses = set()
         for item in kept:
             if as_text:
-                item = stageflow.Session.from_dict(json.loads(item), registry=reg)
+                item = stageflow.Session.from_dict(
+                    json.loads(item), registry=reg, pipeline=pipeline
+                )
             item.send_input("go", {"x": 1})
             statuses.add((await item.run()).status)
         done = clock()

@@ -36,6 +36,8 @@ __all__ = ["CompositeNodes"]
 class CompositeNodes:
     """Handlers for ``subpipeline`` and ``map`` nodes, mixed into the session."""
 
+    __slots__ = ()
+
     _history: History
     _limits: Limits
     _tracer: trace.Tracer | None
@@ -44,9 +46,7 @@ class CompositeNodes:
     _open_task_group: Callable[[], Any]
     _scope_type: type[_Scope]
     _frame_state: Callable[[_Frame, str, bool], dict[str, Any]]
-    _check_idle: Callable[[], None]
-    _live: int
-    _suspend: bool
+    _positions: Callable[[int], None]
 
     def _check_depth(self, node_id: str, frame: _Frame) -> None:
         if frame.depth >= self._limits.max_depth:
@@ -140,14 +140,14 @@ class CompositeNodes:
             # A fixed pool of workers pulls item indexes in order: memory is
             # bounded by the concurrency, not by the number of items. Each
             # worker is a position of its own while this frame waits.
-            self._live += workers - 1
+            self._positions(workers - 1)
             try:
                 async with self._open_task_group() as tg:
                     run.cancel = tg.cancel_scope
                     for _ in range(workers):
                         tg.start_soon(self._map_worker, run)
             finally:
-                self._live += 1
+                self._positions(1)
         if deadline.cancelled_caught:
             raise NodeTimeoutError(
                 f"map node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed out "
@@ -192,9 +192,7 @@ class CompositeNodes:
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
-            self._live -= 1
-            if self._suspend:
-                self._check_idle()
+            self._positions(-1)
 
     def _item_frame(self, run: _MapRun, index: int, ctx: Context) -> _Frame:
         frame = run.frame

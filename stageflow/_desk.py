@@ -231,10 +231,10 @@ class InputDesk:
             if self.on_block is not None:
                 self.on_block()
             if remaining is None:
-                payload = await waiter.receive.receive()
+                payload = await waiter.take()
             else:
                 with anyio.move_on_after(remaining) as scope:
-                    payload = await waiter.receive.receive()
+                    payload = await waiter.take()
                 timed_out = scope.cancelled_caught
         finally:
             self._broker.discard(type, waiter)

@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
@@ -44,18 +43,31 @@ def fulfil(entry: dict[str, Any], payload: Any) -> None:
 
 
 class Waiter:
-    """One pending ``wait_input`` call: its channel, who is waiting, its journal entry."""
+    """One pending ``wait_input`` call: who is waiting, its journal entry, its input.
 
-    __slots__ = ("entry", "node_id", "path", "receive", "send", "spec")
+    It gets at most one input (``give``), then it is no longer registered:
+    an event and a slot, lighter than a channel.
+    """
+
+    __slots__ = ("arrived", "entry", "node_id", "path", "payload", "spec")
 
     def __init__(self, node_id: str, path: str, spec: StageSpec, entry: dict[str, Any]) -> None:
         self.node_id = node_id
         self.path = path
         self.spec = spec
         self.entry = entry
-        self.send: MemoryObjectSendStream[Any]
-        self.receive: MemoryObjectReceiveStream[Any]
-        self.send, self.receive = anyio.create_memory_object_stream[Any](1)
+        self.payload: Any = None
+        self.arrived = anyio.Event()
+
+    def give(self, payload: Any) -> None:
+        """Hand the waiter its input and wake it."""
+        self.payload = payload
+        self.arrived.set()
+
+    async def take(self) -> Any:
+        """Wait for the input and return it."""
+        await self.arrived.wait()
+        return self.payload
 
 
 class InputBroker:
@@ -84,7 +96,7 @@ class InputBroker:
             # Journaled now, not when the waiter wakes: a snapshot taken in
             # between must not lose the input.
             fulfil(waiter.entry, copy_json(payload))
-            waiter.send.send_nowait(payload)
+            waiter.give(payload)
         self.blocked -= len(waiters)
         return len(waiters)
 
@@ -127,8 +139,6 @@ class InputBroker:
             self.blocked -= 1
             if not waiters:
                 del self._waiters[type]
-        waiter.send.close()
-        waiter.receive.close()
 
 
 class AttemptTimer:

@@ -57,6 +57,8 @@ class _ParallelRun:
 class ParallelNodes:
     """Handlers for parallel nodes, mixed into the session."""
 
+    __slots__ = ()
+
     _history: History
     _limits: Limits
     _tracer: trace.Tracer | None
@@ -64,9 +66,7 @@ class ParallelNodes:
     _frame_type: type[_Frame]
     _run_path: Callable[[str | None, _Frame, str | None], Any]
     _frame_state: Callable[[_Frame, str, bool], dict[str, Any]]
-    _check_idle: Callable[[], None]
-    _live: int
-    _suspend: bool
+    _positions: Callable[[int], None]
 
     async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
         if frame.depth >= self._limits.max_depth:
@@ -91,7 +91,7 @@ class ParallelNodes:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout
             # Each branch is a position of its own while this frame waits for them.
-            self._live += len(todo) - 1
+            self._positions(len(todo) - 1)
             try:
                 async with self._open_task_group() as tg:
                     for i in todo:
@@ -106,7 +106,7 @@ class ParallelNodes:
                             tg.cancel_scope,
                         )
             finally:
-                self._live += 1
+                self._positions(1)
         if frame.scope.terminal is not None:
             # A terminal in a branch ended this pipeline. If every branch had
             # finished by then, trio does not deliver the pending cancellation at
@@ -180,9 +180,7 @@ class ParallelNodes:
         finally:
             if span is not None:
                 exit_span(span, span_outcome, outcome.error)
-            self._live -= 1
-            if self._suspend:
-                self._check_idle()
+            self._positions(-1)
 
     def _parallel_state(self, run: _ParallelRun) -> dict[str, Any]:
         """A parallel node in flight as a snapshot keeps it: every branch's state."""

@@ -218,6 +218,47 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         print(result.status, result.result, result.artifacts)
     """
 
+    # Slots: a session waiting in memory costs what it holds, no instance dict.
+    __slots__ = (
+        "_cancel_reason",
+        "_cancel_scope",
+        "_checkpoint",
+        "_clock",
+        "_ctx",
+        "_deadline",
+        "_desk",
+        "_draws",
+        "_entries",
+        "_error",
+        "_history",
+        "_limits",
+        "_live",
+        "_loop_thread",
+        "_main",
+        "_mode",
+        "_node_log",
+        "_open_task_group",
+        "_outcome",
+        "_pipeline",
+        "_registry",
+        "_rng",
+        "_root",
+        "_root_ids",
+        "_saved",
+        "_seed",
+        "_status",
+        "_steps",
+        "_stop_outcome",
+        "_suspend",
+        "_suspending",
+        "_token",
+        "_tracer",
+        "_tracer_provider",
+        "session_id",
+    )
+    _frame_type = _Frame
+    _scope_type = _Scope
+
     def __init__(
         self,
         pipeline: Pipeline,
@@ -280,16 +321,6 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         self._open_task_group: Callable[[], Any] = anyio.create_task_group
         self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint_if_cancelled
         self._error: StageflowError | None = None
-        self._frame_type = _Frame
-        self._scope_type = _Scope
-        self._handlers: dict[str, Callable[[Any, _Frame], Awaitable[str | None]]] = {
-            "stage": self._run_stage,
-            "condition": self._run_condition,
-            "parallel": self._run_parallel,
-            "terminal": self._run_terminal,
-            "subpipeline": self._run_subpipeline,
-            "map": self._run_map,
-        }
 
     @staticmethod
     def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[int, StageEntry]:
@@ -623,6 +654,19 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
 
     # --------------------------------------------------------------- suspend
 
+    def _positions(self, change: int) -> None:
+        """Count positions that start (branches, map workers) or end; check for idle."""
+        self._live += change
+        if change < 0 and self._suspend:
+            self._check_idle()
+
+    def _random(self) -> float:
+        """The next number of the session's seeded generator (a snapshot counts them)."""
+        if self._rng is None:
+            self._rng = random.Random(self._seed)
+        self._draws += 1
+        return self._rng.random()
+
     def _check_idle(self) -> None:
         """In suspend mode: suspend when every running position waits or sleeps."""
         desk = self._desk
@@ -950,7 +994,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                 started_payload["resumed"] = True
             record("node_started", node.id, frame.path, started_payload)
             try:
-                next_id = await self._handlers[node.type](node, frame)
+                next_id = await _HANDLERS[node.type](self, node, frame)
             except anyio.get_cancelled_exc_class():
                 outcome = self._stop_outcome
                 record("node_cancelled", node.id, frame.path, {"node_type": node.type})
@@ -1028,3 +1072,14 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             # or the subpipeline call it runs in).
             scope.cancel.cancel()
         return None
+
+
+# Node type -> its handler, called as handler(session, node, frame).
+_HANDLERS: Final[dict[str, Callable[[Session, Any, _Frame], Awaitable[str | None]]]] = {
+    "stage": Session._run_stage,
+    "condition": Session._run_condition,
+    "parallel": Session._run_parallel,
+    "terminal": Session._run_terminal,
+    "subpipeline": Session._run_subpipeline,
+    "map": Session._run_map,
+}

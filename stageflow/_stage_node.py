@@ -7,8 +7,7 @@ session's one choke point (``_execute``), which calls :meth:`_run_stage`.
 from __future__ import annotations
 
 import datetime
-import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -51,16 +50,16 @@ _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 class StageNodes:
     """Handlers for stage nodes, mixed into the session."""
 
+    __slots__ = ()
+
     session_id: str
     _entries: dict[int, StageEntry]
     _history: History
     _limits: Limits
     _tracer: trace.Tracer | None
-    _seed: int | None
-    _rng: random.Random | None
+    _random: Callable[[], float]
 
     _desk: InputDesk
-    _draws: int
     _stop_outcome: str
 
     def _stage_state(self, work: object) -> dict[str, Any]:
@@ -103,10 +102,7 @@ class StageNodes:
                     raise
                 delay = policy.delay_before(attempt)
                 if policy.jitter:
-                    if self._rng is None:
-                        self._rng = random.Random(self._seed)
-                    self._draws += 1
-                    delay *= 1 + policy.jitter * (2 * self._rng.random() - 1)
+                    delay *= 1 + policy.jitter * (2 * self._random() - 1)
                 self._history.record(
                     "node_retrying",
                     node.id,
