@@ -88,6 +88,20 @@ async def test_durable_chat_restored_at_every_wait_and_every_event() -> None:
         seq += 1
 
 
+async def test_stage_pack_example_snapshotted_at_every_event() -> None:
+    registry = stageflow.StageRegistry()
+    registry.load_plugins(["echo"], strict=True)  # the example pack, installed by `make test`
+    pipeline = stageflow.Pipeline.load(EXAMPLES / "stage-pack" / "pipeline.json", registry=registry)
+    case = Case(pipeline, registry, {"question": "what is stageflow?"})
+    expected = await uninterrupted(case)
+    assert expected.result == {"status": "answered"}
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+    assert seq > 5
+
+
 CHAT = ["hello", "can you help me?", "what is a pipeline?", "tell me more", "bye"]
 
 
