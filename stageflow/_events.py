@@ -161,6 +161,8 @@ class Event(_EventFields):
         }
 
 
+_NO_SPAN: Final = (None, None, None)
+
 _MUTED: Final = Event(0, "muted", datetime.datetime.min, "", None, "", {})
 """What ``History.record`` returns while muted (never stored or published)."""
 
@@ -275,38 +277,20 @@ class History:
             if source is not None:
                 span = source()
         # Straight to the tuple: the fields need no checks, the time no datetime yet.
-        if span is None:
-            event: Event = _new_tuple(
-                Event,
-                (
-                    len(events) + 1,
-                    type,
-                    _time_ns() // 1000,
-                    self.session_id,
-                    node_id,
-                    path,
-                    payload,
-                    None,
-                    None,
-                    None,
-                ),
-            )
-        else:
-            event = _new_tuple(
-                Event,
-                (
-                    len(events) + 1,
-                    type,
-                    _time_ns() // 1000,
-                    self.session_id,
-                    node_id,
-                    path,
-                    payload,
-                    span[0],
-                    span[1],
-                    span[2],
-                ),
-            )
+        ids = span if span is not None else _NO_SPAN
+        event: Event = _new_tuple(
+            Event,
+            (
+                len(events) + 1,
+                type,
+                _time_ns() // 1000,
+                self.session_id,
+                node_id,
+                path,
+                payload,
+                *ids,
+            ),
+        )
         events.append(event)
         # Streams first: a callback that subscribes while handling this event
         # must not receive it (a stream starts after the event in flight).

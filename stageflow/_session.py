@@ -724,8 +724,10 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         times. Restore it with :meth:`from_dict`. See ``docs/snapshots.md``.
         """
         status = self._status
-        if status is SessionStatus.WAITING and self._saved is not None:
-            # Suspended or restored: the saved positions, with what arrived since.
+        if self._saved is not None and (status is SessionStatus.WAITING or self._suspending):
+            # Suspended (or being torn down for it) or restored: the saved
+            # positions, with what arrived since.
+            status = SessionStatus.WAITING
             state = self._saved
         elif status is SessionStatus.RUNNING and self._root is not None:
             state = self._saved_state()

@@ -144,3 +144,15 @@ async def cut_at_event(case: Case, seq: int) -> Outcome | None:
         return Outcome(restored.status, outcome["result"], outcome["artifacts"], data["steps"])
     Script(remaining).attach(restored)
     return Outcome.of(await finish(restored))
+
+
+async def every_cut(case: Case, expected: Outcome) -> int:
+    """Cut the run at each of its events in turn; every restore must end as ``expected``.
+
+    Returns how many events the run had.
+    """
+    seq = 1
+    while (outcome := await cut_at_event(case, seq)) is not None:
+        assert outcome == expected, f"cut at event {seq}"
+        seq += 1
+    return seq - 1

@@ -16,7 +16,15 @@ from example_support import load_example, load_module
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snapshot_support import Case, Outcome, Script, cut_at_event, cut_at_waits, uninterrupted
+from snapshot_support import (
+    Case,
+    Outcome,
+    Script,
+    cut_at_event,
+    cut_at_waits,
+    every_cut,
+    uninterrupted,
+)
 
 import stageflow
 
@@ -82,10 +90,7 @@ async def test_durable_chat_restored_at_every_wait_and_every_event() -> None:
     cuts = await cut_at_waits(case)
     assert [sorted(w) for w, _ in cuts] == [["user_name"]] + [["user_message"]] * 3
     assert all(outcome == expected for _, outcome in cuts)
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
+    await every_cut(case, expected)
 
 
 async def test_stage_pack_example_snapshotted_at_every_event() -> None:
@@ -95,11 +100,7 @@ async def test_stage_pack_example_snapshotted_at_every_event() -> None:
     case = Case(pipeline, registry, {"question": "what is stageflow?"})
     expected = await uninterrupted(case)
     assert expected.result == {"status": "answered"}
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
-    assert seq > 5
+    assert await every_cut(case, expected) > 5
 
 
 CHAT = ["hello", "can you help me?", "what is a pipeline?", "tell me more", "bye"]
@@ -119,22 +120,14 @@ async def test_chat_restored_at_every_wait_ends_like_the_uninterrupted_run() -> 
 async def test_chat_snapshotted_at_every_event_ends_like_the_uninterrupted_run() -> None:
     case = chat_case([*CHAT[:3], "bye"])
     expected = await uninterrupted(case)
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
-    assert seq > 30
+    assert await every_cut(case, expected) > 30
 
 
 async def test_reference_snapshotted_at_every_event_ends_like_the_uninterrupted_run() -> None:
     case = reference_case()
     expected = await uninterrupted(case)
     assert expected.result == {"status": "ok"}
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
-    assert seq > 15
+    assert await every_cut(case, expected) > 15
 
 
 @pytest.mark.trio_only
@@ -143,11 +136,7 @@ async def test_documents_snapshotted_at_every_event_ends_like_the_uninterrupted_
     case = documents_case()
     expected = await uninterrupted(case)
     assert expected.status is stageflow.SessionStatus.COMPLETED
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
-    assert seq > 100
+    assert await every_cut(case, expected) > 100
 
 
 async def test_documents_snapshotted_at_some_events_ends_like_the_uninterrupted_run() -> None:
@@ -299,10 +288,7 @@ async def test_nested_case_restored_at_every_wait_and_every_event() -> None:
     expected = await uninterrupted(case)
     for _, outcome in await cut_at_waits(case):
         assert outcome == expected
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
+    await every_cut(case, expected)
 
 
 # ------------------------------------------------------------- the re-run contract
@@ -901,10 +887,7 @@ async def test_a_terminal_in_a_branch_still_ends_the_run_after_any_cut(
     case = terminal_in_branch(inside_subpipeline=inside_subpipeline)
     expected = await uninterrupted(case)
     assert expected.status is stageflow.SessionStatus.COMPLETED
-    seq = 1
-    while (outcome := await cut_at_event(case, seq)) is not None:
-        assert outcome == expected, f"cut at event {seq}"
-        seq += 1
+    await every_cut(case, expected)
 
 
 async def test_a_frame_with_both_contexts_or_two_records_is_explained_plainly() -> None:
