@@ -47,6 +47,7 @@ class CompositeNodes:
     _scope_type: type[_Scope]
     _frame_state: Callable[[_Frame, str, bool], dict[str, Any]]
     _positions: Callable[[int], None]
+    _not_rerun: Callable[[dict[str, Any]], None]
 
     def _check_depth(self, node_id: str, frame: _Frame) -> None:
         if frame.depth >= self._limits.max_depth:
@@ -134,6 +135,9 @@ class CompositeNodes:
         workers = min(node.concurrency, len(run.resumes) + total - run.next)
         if len(run.failures) > node.tolerated(total):
             workers = 0  # it had already failed: only the error is left to raise
+            for _, item in run.resumes:
+                assert item.resume is not None
+                self._not_rerun(item.resume)
         with anyio.CancelScope() as deadline:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout

@@ -218,6 +218,11 @@ class InputDesk:
             if self.traced:
                 add_event("input_received", {INPUT_TYPE: type})
             return payload
+        if remaining is not None and remaining <= 0:
+            # Restored after its deadline: it times out now (it does not block,
+            # so suspend mode goes on to the timeout's error edge).
+            await anyio.lowlevel.checkpoint()
+            raise self._timed_out(ctx, type, timeout, path)
         waiter = Waiter(ctx.node_id, path, ctx.spec, entry)
         self._broker.add(type, waiter)
         record("waiting_for_input", ctx.node_id, path, {"input_type": type, "timeout": timeout})
@@ -241,19 +246,27 @@ class InputDesk:
             if timer is not None:
                 timer.resume()
         if timed_out:
-            record("input_timeout", ctx.node_id, path, {"input_type": type, "timeout": timeout})
-            raise InputTimeoutError(
-                f"stage {ctx.stage!r} at node {ctx.node_id!r} waited {_or_inf(timeout):g} s for "
-                f"input {type!r} and got none; send it sooner, raise the timeout, or route "
-                "InputTimeoutError with an error edge",
-                node_id=ctx.node_id,
-                input_type=type,
-                timeout=float(timeout or 0),
-            )
+            raise self._timed_out(ctx, type, timeout, path)
         record("input_received", ctx.node_id, path, {"input_type": type, "from": "sender"})
         if self.traced:
             add_event("input_received", {INPUT_TYPE: type})
         return payload
+
+    def _timed_out(
+        self, ctx: StageContext, type: str, timeout: float | None, path: str
+    ) -> InputTimeoutError:
+        """Record ``input_timeout``; the error to raise."""
+        self._history.record(
+            "input_timeout", ctx.node_id, path, {"input_type": type, "timeout": timeout}
+        )
+        return InputTimeoutError(
+            f"stage {ctx.stage!r} at node {ctx.node_id!r} waited {_or_inf(timeout):g} s for "
+            f"input {type!r} and got none; send it sooner, raise the timeout, or route "
+            "InputTimeoutError with an error edge",
+            node_id=ctx.node_id,
+            input_type=type,
+            timeout=float(timeout or 0),
+        )
 
     # ----------------------------------------------------------------- timers
 

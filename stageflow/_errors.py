@@ -495,7 +495,7 @@ class RestoredError(NodeError):
         self.classes = tuple(classes)
         node_id = description.get("node_id")
         super().__init__(
-            f"{description.get('type', 'Exception')}: {description.get('message', '')}",
+            str(description.get("message", "")),
             node_id=node_id if isinstance(node_id, str) else "",
         )
 

@@ -100,6 +100,11 @@ class InputBroker:
         self.blocked -= len(waiters)
         return len(waiters)
 
+    def release(self) -> None:
+        """Unregister every waiter: inputs sent from now on are queued (a suspension)."""
+        self._waiters.clear()
+        self.blocked = 0
+
     def backlog_full(self, type: str) -> bool:
         """Whether one more input of ``type`` would exceed the backlog."""
         return len(self._backlog.get(type, ())) >= self.max_backlog

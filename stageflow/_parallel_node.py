@@ -67,6 +67,7 @@ class ParallelNodes:
     _run_path: Callable[[str | None, _Frame, str | None], Any]
     _frame_state: Callable[[_Frame, str, bool], dict[str, Any]]
     _positions: Callable[[int], None]
+    _not_rerun: Callable[[dict[str, Any]], None]
 
     async def _run_parallel(self, node: ParallelNode, frame: _Frame) -> str | None:
         if frame.depth >= self._limits.max_depth:
@@ -173,10 +174,10 @@ class ParallelNodes:
                 return
             outcome.finished = True
             span_outcome = "succeeded"
-            record("branch_finished", node.id, frame.path, payload)
             if node.policy is ParallelPolicy.ANY and not winner:
-                winner.append(index)
+                winner.append(index)  # before the event: a snapshot taken there keeps it
                 scope.cancel()
+            record("branch_finished", node.id, frame.path, payload)
         finally:
             if span is not None:
                 exit_span(span, span_outcome, outcome.error)
@@ -201,8 +202,7 @@ class ParallelNodes:
                 branches.append({"child": child, "state": "running", "position": position})
         return {"branches": branches, "winner": run.winner[0] if run.winner else None}
 
-    @staticmethod
-    def _restore_branches(run: _ParallelRun, saved: dict[str, Any]) -> list[int]:
+    def _restore_branches(self, run: _ParallelRun, saved: dict[str, Any]) -> list[int]:
         """Set branches up as the snapshot left them; return those to run (again)."""
         node = run.node
         by_child = {branch["child"]: branch for branch in saved["branches"]}
@@ -231,7 +231,15 @@ class ParallelNodes:
             and node.cancel_on_error
             and any(o.error is not None for o in run.outcomes)
         )
-        return [] if stopped else todo
+        if not stopped:
+            return todo
+        # The join had been decided (a winner, or a failure that cancels the
+        # rest): the branches still running are not run again.
+        for i in todo:
+            resume = run.frames[i].resume
+            if resume is not None:
+                self._not_rerun(resume)
+        return []
 
 
 def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:

@@ -448,14 +448,19 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
     def cancel(self, reason: str = "cancelled") -> None:
         """Cancel the run from any task; ``run()`` returns with status ``cancelled``.
 
-        The reason is recorded in the history. Cancelling a finished session
-        does nothing.
+        The reason is recorded in the history. A ``waiting`` session
+        (suspended or restored) ends ``cancelled`` at once. Cancelling a
+        finished session does nothing.
         """
         if self._status in _FINISHED:
             return
         if self._cancel_reason is None:
             self._cancel_reason = reason
-        if self._cancel_scope is not None:
+        if self._status is SessionStatus.WAITING:
+            # Nothing runs: it ends now, so a snapshot taken next says so.
+            self._history.reopen()
+            self._finish(SessionStatus.CANCELLED, None, reason=self._cancel_reason)
+        elif self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
     async def run(self, *, suspend: bool = False) -> SessionResult:
@@ -660,6 +665,10 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         if change < 0 and self._suspend:
             self._check_idle()
 
+    def _not_rerun(self, position: dict[str, Any]) -> None:
+        """A restored position that will not run again keeps the steps it had counted."""
+        self._steps += count_positions(position)
+
     def _random(self) -> float:
         """The next number of the session's seeded generator (a snapshot counts them)."""
         if self._rng is None:
@@ -676,6 +685,9 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             self._stop_outcome = "suspended"
             saved = self._saved = self._saved_state()
             waits = list(blocked_positions(saved["position"]))
+            # Inputs sent from now on (subscribers of the event below included)
+            # are queued, so the snapshot keeps them.
+            desk.broker.release()
             self._history.record(
                 "session_suspended",
                 None,
@@ -695,6 +707,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         assert self._saved is not None
         self._history.muted = False
         self._history.close()
+        self._suspending = False
         self._status = SessionStatus.WAITING
         waits = list(blocked_positions(self._saved["position"]))
         wake_at = _earliest([d for _, d in waits], self._deadline)

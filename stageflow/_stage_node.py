@@ -103,6 +103,10 @@ class StageNodes:
                 delay = policy.delay_before(attempt)
                 if policy.jitter:
                     delay *= 1 + policy.jitter * (2 * self._random() - 1)
+                # The attempt to come, before the event: a snapshot from here on
+                # waits out the delay instead of running the failed attempt again.
+                deadline = self._desk.clock() + datetime.timedelta(seconds=delay)
+                frame.work = RetryWait(attempt + 1, deadline.isoformat())
                 self._history.record(
                     "node_retrying",
                     node.id,
@@ -124,8 +128,6 @@ class StageNodes:
                         },
                     )
                 attempt += 1
-                deadline = self._desk.clock() + datetime.timedelta(seconds=delay)
-                frame.work = RetryWait(attempt, deadline.isoformat())
                 await self._desk.pause(delay)
 
     async def _stage_attempt(

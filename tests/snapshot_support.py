@@ -124,6 +124,16 @@ async def cut_at_event(case: Case, seq: int) -> Outcome | None:
 
     Returns ``None`` when the run has fewer events.
     """
+    pair = await cut_at_event_pair(case, seq)
+    return None if pair is None else pair[1]
+
+
+async def cut_at_event_pair(case: Case, seq: int) -> tuple[Outcome, Outcome] | None:
+    """Like :func:`cut_at_event`, with the outcome of the very run that was cut.
+
+    For pipelines whose runs differ with the scheduling order (a fail-fast map
+    with concurrency), compare the restore with the run it was cut from.
+    """
     session = case.session()
     script = Script(case.inputs)
     taken: list[tuple[dict[str, Any], dict[str, list[Any]]]] = []
@@ -134,16 +144,18 @@ async def cut_at_event(case: Case, seq: int) -> Outcome | None:
 
     session.subscribe(snapshot)  # before the script: it sees the wait unanswered
     script.attach(session)
-    await session.run()
+    original = Outcome.of(await session.run())
     if not taken:
         return None
     data, remaining = taken[0]
     restored = case.restore(data)
     if restored.status.value in {"completed", "failed", "cancelled", "timed_out"}:
         outcome = data["outcome"]
-        return Outcome(restored.status, outcome["result"], outcome["artifacts"], data["steps"])
+        return original, Outcome(
+            restored.status, outcome["result"], outcome["artifacts"], data["steps"]
+        )
     Script(remaining).attach(restored)
-    return Outcome.of(await finish(restored))
+    return original, Outcome.of(await finish(restored))
 
 
 async def every_cut(case: Case, expected: Outcome) -> int:

@@ -15,6 +15,7 @@ from snapshot_support import (
     Outcome,
     Script,
     cut_at_event,
+    cut_at_event_pair,
     cut_at_waits,
     every_cut,
     uninterrupted,
@@ -53,10 +54,6 @@ def review_registry() -> stageflow.StageRegistry:
 # ------------------------------------------------- an input timeout already due
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: wait_input blocks on an already passed deadline: suspends forever",
-)
 @pytest.mark.trio_only
 async def test_suspend_mode_at_a_passed_input_deadline_times_the_wait_out() -> None:
     registry = review_registry()
@@ -100,10 +97,6 @@ ANY_RACE = doc(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: any-winner appended after branch_finished; stopped branches counted",
-)
 @pytest.mark.trio_only
 async def test_an_any_race_cut_at_every_event_keeps_its_winner() -> None:
     registry = review_registry()
@@ -181,10 +174,6 @@ async def test_retries_and_error_edges_in_branches_restore_at_every_wait_and_eve
     await every_cut(case, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a cut at node_retrying re-runs the failed attempt",
-)
 @pytest.mark.trio_only
 async def test_a_cut_at_node_retrying_does_not_run_the_failed_attempt_again() -> None:
     calls: list[int] = []
@@ -233,9 +222,6 @@ async def test_a_cut_at_node_retrying_does_not_run_the_failed_attempt_again() ->
 # ------------------------------------------------------------- any race cuts
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: _run_branch records branch_finished before appending the any-winner"
-)
 @pytest.mark.trio_only
 async def test_an_any_race_cut_at_the_winners_branch_finished_keeps_the_winner() -> None:
     registry = review_registry()
@@ -246,10 +232,6 @@ async def test_an_any_race_cut_at_the_winners_branch_finished_keeps_the_winner()
     assert outcome.artifacts == {"fast": "F", "slow": None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: count_positions counts branches a stopped parallel won't re-run",
-)
 @pytest.mark.trio_only
 async def test_an_any_race_cut_while_the_loser_is_cancelled_counts_steps_once() -> None:
     registry = review_registry()
@@ -312,10 +294,6 @@ async def test_a_map_with_a_tolerated_failure_restores_at_every_wait_and_event()
     await every_cut(case, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: count_positions counts running items of a map that already failed (workers=0)",
-)
 async def test_a_map_that_failed_fast_counts_its_cancelled_items_once_after_a_cut() -> None:
     registry = item_registry()
     document = json.loads(json.dumps(MAP_FAILURES))
@@ -326,8 +304,17 @@ async def test_a_map_that_failed_fast_counts_its_cancelled_items_once_after_a_cu
     # Cut when item 1 has failed and item 0 is about to be cancelled: the
     # restored map raises at once and does not run item 0 again, so its step
     # must not be taken off the counter.
-    outcome = await cut_at_event(case, seq_of(plain, "map_item_failed"))
-    assert outcome == Outcome.of(plain)
+    # Which items run before the failure depends on the scheduling order, so
+    # the restore is compared with the very run it was cut from.
+    compared = 0
+    for _ in range(10):
+        pair = await cut_at_event_pair(case, seq_of(plain, "map_item_failed"))
+        if pair is None:
+            continue  # this run was shorter than the first one
+        original, restored = pair
+        assert restored == original
+        compared += 1
+    assert compared
 
 
 # ------------------------------------------------------------- failed branches
@@ -343,9 +330,6 @@ FAILED_BRANCH = doc(
 )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: RestoredError's message is prefixed with the class name"
-)
 async def test_a_branch_failure_restored_fails_the_session_with_the_same_error() -> None:
     registry = review_registry()
     case = Case(load(FAILED_BRANCH, registry), registry, {}, {"w": ["x"]})
@@ -366,9 +350,6 @@ def describe(error: BaseException | None) -> Any:
     return None if error is None else describe_exception(error)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: RestoredError's message is prefixed with the class name"
-)
 async def test_a_tolerated_map_failure_restored_gives_the_same_map_error_message() -> None:
     registry = item_registry()
     document = json.loads(json.dumps(MAP_FAILURES))
@@ -403,10 +384,6 @@ TWO_ASKS = doc(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an input delivered to a waiter after _check_idle saved the positions is lost",
-)
 async def test_an_input_sent_as_the_session_suspends_is_not_lost() -> None:
     registry = review_registry()
     session = stageflow.Session(load(TWO_ASKS, registry), registry=registry)
@@ -470,29 +447,30 @@ async def test_inputs_sent_to_a_suspended_session_before_run_go_on_in_place() ->
     assert again.status is stageflow.SessionStatus.COMPLETED
 
 
-@pytest.mark.xfail(strict=True, reason="bug: cancel() of a WAITING session is not in its snapshot")
-async def test_cancel_of_a_waiting_session_is_kept_or_takes_effect() -> None:
+async def test_cancel_of_a_waiting_session_ends_it_at_once_and_the_snapshot_says_so() -> None:
     registry = review_registry()
     session = stageflow.Session(load(TWO_ASKS, registry), registry=registry)
     await session.run(suspend=True)
     session.cancel("user left")
-    # Either the cancel ends the session now, or the next run ends cancelled;
-    # a snapshot taken in between must not forget it.
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    assert session.history[-1].type == "session_cancelled"
+    assert session.history[-1].payload["reason"] == "user left"
+    with pytest.raises(stageflow.SessionStateError):
+        await session.run()
     data = round_trip(session.to_dict())
+    assert data["status"] == "cancelled"
     restored = stageflow.Session.from_dict(data, registry=registry)
-    with anyio.fail_after(60):
-        result = await restored.run(suspend=True)
-    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert restored.status is stageflow.SessionStatus.CANCELLED
 
 
-async def test_cancel_of_a_suspended_session_in_memory_ends_the_next_run() -> None:
+async def test_cancel_of_a_restored_waiting_session_ends_it() -> None:
     registry = review_registry()
     session = stageflow.Session(load(TWO_ASKS, registry), registry=registry)
     await session.run(suspend=True)
-    session.cancel("user left")
-    result = await session.run(suspend=True)
-    assert result.status is stageflow.SessionStatus.CANCELLED
-    assert result.history[-1].payload["reason"] == "user left"
+    restored = stageflow.Session.from_dict(round_trip(session.to_dict()), registry=registry)
+    restored.cancel("timed out by the service")
+    assert restored.status is stageflow.SessionStatus.CANCELLED
+    assert restored.history[-1].payload["reason"] == "timed out by the service"
 
 
 async def test_send_input_from_thread_reaches_a_restored_running_session() -> None:
