@@ -59,6 +59,26 @@ class Script:
             self.session.send_input(event.payload["input_type"], queue.pop(0))
 
 
+TIMED_REPLY: Mapping[str, Any] = {
+    "api_version": "1.0",
+    "entry": "ask",
+    "nodes": [
+        {
+            "id": "ask",
+            "type": "stage",
+            "stage": "WaitStage",
+            "config": {"input": "reply", "timeout": 600},
+            "outputs": {"payload": "reply"},
+            "next": "end",
+            "on_error": [{"errors": ["InputTimeoutError"], "next": "late"}],
+        },
+        {"id": "end", "type": "terminal", "result": {"on_time": True}},
+        {"id": "late", "type": "terminal", "result": {"on_time": False}},
+    ],
+}
+"""Wait ten minutes for a ``reply``; a timeout ends at ``late``."""
+
+
 @attrs.frozen
 class Outcome:
     """What the equivalence is about: status, result, artifacts (and the node count)."""

@@ -17,6 +17,7 @@ from fakes import doc, fake_registry, load, parallel, stage, terminal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from snapshot_support import (
+    TIMED_REPLY,
     Case,
     Outcome,
     Script,
@@ -440,21 +441,7 @@ async def test_a_sleep_restored_after_its_deadline_ends_at_once() -> None:
 @pytest.mark.trio_only
 async def test_an_input_timeout_keeps_its_absolute_deadline() -> None:
     registry = fake_registry()
-    document = doc(
-        [
-            {
-                "id": "ask",
-                "type": "stage",
-                "stage": "WaitStage",
-                "config": {"input": "reply", "timeout": 600},
-                "outputs": {"payload": "reply"},
-                "next": "end",
-                "on_error": [{"errors": ["InputTimeoutError"], "next": "late"}],
-            },
-            terminal("end", result={"on_time": True}),
-            terminal("late", result={"on_time": False}),
-        ]
-    )
+    document = TIMED_REPLY
     pipeline = load(document, registry)
     session = stageflow.Session(pipeline, registry=registry, clock=lambda: T0)
     suspended = await session.run(suspend=True)

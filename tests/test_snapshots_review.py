@@ -11,6 +11,7 @@ import anyio
 import pytest
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 from snapshot_support import (
+    TIMED_REPLY,
     Case,
     Outcome,
     Script,
@@ -57,21 +58,7 @@ def review_registry() -> stageflow.StageRegistry:
 @pytest.mark.trio_only
 async def test_suspend_mode_at_a_passed_input_deadline_times_the_wait_out() -> None:
     registry = review_registry()
-    document = doc(
-        [
-            {
-                "id": "ask",
-                "type": "stage",
-                "stage": "WaitStage",
-                "config": {"input": "reply", "timeout": 600},
-                "outputs": {"payload": "reply"},
-                "next": "end",
-                "on_error": [{"errors": ["InputTimeoutError"], "next": "late"}],
-            },
-            terminal("end", result={"on_time": True}),
-            terminal("late", result={"on_time": False}),
-        ]
-    )
+    document = TIMED_REPLY
     session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
     first = await session.run(suspend=True)
     assert first.wake_at == T0 + datetime.timedelta(seconds=600)
