@@ -236,36 +236,25 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
             figures[f"paused_{key}_{name}_bytes"] = held
             figures[f"paused_{key}_{name}_pause"] = pause
             figures[f"paused_{key}_{name}_resume"] = resume
-            table.add(
-                Row(
-                    SECTION,
-                    f"{kind}, memory each ({count:,} paused)",
-                    kib(held),
-                    f"{kib(bare_held)} trio task on a memory channel",
-                    times(ratio(held, bare_held)),
-                    at_most(4096, held, "<=4 KiB"),
+            rows = (
+                (f"memory each ({count:,} paused)", held, bare_held, kib,
+                 "trio task on a memory channel", 4096, "<=4 KiB"),
+                (f"time to pause ({count:,})", pause, bare_pause, us,
+                 "start a trio task that blocks", 50_000, "<=50 us"),
+                (f"time to resume ({count:,})", resume, bare_resume, us,
+                 "send to the channel, task ends", 50_000, "<=50 us"),
+            )  # fmt: skip
+            for what, value, bare, unit, reference, budget, label in rows:
+                table.add(
+                    Row(
+                        SECTION,
+                        f"{kind}, {what}",
+                        unit(value),
+                        f"{unit(bare)} {reference}",
+                        times(ratio(value, bare)),
+                        at_most(budget, value, label),
+                    )
                 )
-            )
-            table.add(
-                Row(
-                    SECTION,
-                    f"{kind}, time to pause ({count:,})",
-                    us(pause),
-                    f"{us(bare_pause)} start a trio task that blocks",
-                    times(ratio(pause, bare_pause)),
-                    at_most(50_000, pause, "<=50 us"),
-                )
-            )
-            table.add(
-                Row(
-                    SECTION,
-                    f"{kind}, time to resume ({count:,})",
-                    us(resume),
-                    f"{us(bare_resume)} send to the channel, task ends",
-                    times(ratio(resume, bare_resume)),
-                    at_most(50_000, resume, "<=50 us"),
-                )
-            )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     table.add(
         Row(
