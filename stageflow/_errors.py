@@ -226,16 +226,19 @@ class SnapshotVersionError(SnapshotError):
         self.found = found
         self.supported = tuple(supported)
         versions = ", ".join(str(v) for v in self.supported)
-        super().__init__(
-            [
-                Problem(
-                    "$.version",
-                    f"snapshot format version {found!r} is not one this stageflow reads "
-                    f"({versions}); restore it with the stageflow version that wrote it, or "
-                    "finish the session there",
-                )
-            ]
-        )
+        if isinstance(found, int) and not isinstance(found, bool):
+            message = (
+                f"snapshot format version {found} is not one this stageflow reads "
+                f"({versions}); restore it with the stageflow version that wrote it, or "
+                "finish the session there"
+            )
+        else:
+            message = (
+                f"the snapshot's 'version' is {found!r}, not a format version number "
+                f"(this stageflow reads {versions}); the snapshot is damaged: restore "
+                "the one session.to_dict() wrote"
+            )
+        super().__init__([Problem("$.version", message)])
 
 
 class SnapshotMismatchError(SnapshotError):

@@ -881,21 +881,27 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                     embedded["document"], registry=registry, source=f"snapshot of {session_id!r}"
                 )
             except PipelineValidationError as exc:
-                raise SnapshotError(
-                    [
-                        Problem(f"$.pipeline.document{p.location[1:]}", p.message)
-                        for p in exc.problems
-                    ],
-                    source=f"session {session_id!r}",
-                ) from exc
+                problems = [
+                    Problem(f"$.pipeline.document{p.location[1:]}", p.message) for p in exc.problems
+                ]
+                if registry is None:
+                    problems.append(
+                        Problem(
+                            "$.pipeline.document",
+                            "no registry= was passed, so the default registry was searched; "
+                            "pass the registry that has the pipeline's stages",
+                        )
+                    )
+                raise SnapshotError(problems, source=f"session {session_id!r}") from exc
             if pipeline.digest != embedded["digest"]:
                 raise mismatch(
                     [
                         Problem(
                             "$.pipeline.digest",
                             f"the snapshot's pipeline document has digest {pipeline.digest}, "
-                            f"not {embedded['digest']} as recorded: the snapshot was altered; "
-                            "restore an unaltered snapshot",
+                            f"not {embedded['digest']} as recorded: the snapshot was altered. "
+                            "Restore an unaltered snapshot; to move a session to a changed "
+                            "pipeline, pass it as from_dict(..., pipeline=)",
                         )
                     ],
                     session_id,

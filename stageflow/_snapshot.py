@@ -181,14 +181,25 @@ def check_document(data: object) -> Mapping[str, Any]:
         SnapshotVersionError: another format version.
         SnapshotError: not a snapshot, or not a valid one.
     """
-    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+    if not isinstance(data, Mapping):
+        raise SnapshotError(
+            [
+                Problem(
+                    "$",
+                    f"a session snapshot is a JSON object, got a {type(data).__name__}; pass "
+                    "what session.to_dict() returned (json.loads it first if you stored it "
+                    "as text)",
+                )
+            ]
+        )
+    if data.get("format") != FORMAT:
         raise SnapshotError(
             [
                 Problem(
                     "$.format",
-                    f"this is not a stageflow session snapshot (format: {found!r}); pass what "
-                    "session.to_dict() returned, after json.loads if you stored it as text",
+                    f"this is not a stageflow session snapshot ('format' is "
+                    f"{data.get('format')!r}, not {FORMAT!r}); pass what session.to_dict() "
+                    "returned",
                 )
             ]
         )
@@ -249,8 +260,9 @@ def _check_frame(
         problems.append(
             Problem(
                 f"{where}.node",
-                f"the session is at node {node_id!r}, which pipeline {pipeline.name!r} "
-                f"({pipeline._prefix}) does not have; restore with a pipeline that still has it",
+                f"the session is at node {node_id!r}, which {_graph_name(pipeline)} does not "
+                "have; restore with the pipeline the snapshot was taken with (or one that "
+                "still has that node)",
             )
         )
         return
@@ -262,9 +274,9 @@ def _check_frame(
         problems.append(
             Problem(
                 f"{where}.terminal.node",
-                f"the run had ended at terminal {terminal['node']!r}, which pipeline "
-                f"{pipeline.name!r} ({pipeline._prefix}) does not have as a terminal node; "
-                "restore with a pipeline that still has it",
+                f"the run had ended at terminal {terminal['node']!r}, which "
+                f"{_graph_name(pipeline)} does not have as a terminal node; restore with a "
+                "pipeline that still has it",
             )
         )
     following = position.get("next")
@@ -272,8 +284,8 @@ def _check_frame(
         problems.append(
             Problem(
                 f"{where}.next",
-                f"the session goes on at node {following!r}, which pipeline {pipeline.name!r} "
-                f"({pipeline._prefix}) does not have; restore with a pipeline that still has it",
+                f"the session goes on at node {following!r}, which {_graph_name(pipeline)} does "
+                "not have; restore with a pipeline that still has it",
             )
         )
     for key, kind in _KINDS.items():
@@ -315,6 +327,13 @@ def _check_frame(
             f"{where}.subpipeline.position",
             problems,
         )
+
+
+def _graph_name(pipeline: Pipeline) -> str:
+    """``pipeline 'x'``, or ``subpipeline 'page' of pipeline 'x'`` (its document location)."""
+    if pipeline._prefix == "$":
+        return f"pipeline {pipeline.name!r}"
+    return f"the subpipeline at {pipeline._prefix} of the pipeline"
 
 
 def mismatch(problems: list[Problem], session_id: str) -> SnapshotMismatchError:

@@ -94,6 +94,15 @@ def test_run_reference_pipeline_prints_the_result_as_json(cli: Cli) -> None:
     }
 
 
+def test_run_without_stages_says_to_pass_them(cli: Cli) -> None:
+    got = cli("run", PIPELINE)
+    assert got.code == ExitCode.USAGE
+    assert "'InitStage', which is not registered" in got.err
+    assert got.err.rstrip().endswith(
+        "pass --stages MODULE (a module name or a .py file that registers them)"
+    )
+
+
 def test_run_json_includes_the_history_on_request(cli: Cli) -> None:
     got = cli(
         "run", PIPELINE, "--stages", STAGES, "--payload", '{"text": "hi"}', "--json", "--history"
@@ -254,7 +263,7 @@ def test_validate_exits_0_when_every_file_is_valid(cli: Cli) -> None:
 def test_validate_structure_only_ignores_stage_names(cli: Cli, tmp_path: Path) -> None:
     got = cli("validate", PIPELINE)
     assert got.code == ExitCode.USAGE
-    assert "pass --stages MODULE (a module name or a .py file), or --structure-only" in got.err
+    assert "that registers them), or --structure-only to skip them" in got.err
     assert cli("validate", PIPELINE, "--structure-only").code == ExitCode.OK
     graph_bad = write_json(tmp_path / "graph_bad.json", broken_graph_copy())
     got = cli("validate", graph_bad, "--structure-only", "--json")

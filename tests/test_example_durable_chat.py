@@ -250,8 +250,8 @@ def test_a_finished_session_takes_no_more_input(started: tuple[Path, str]) -> No
         reply(db, "send", session_id, type, json.dumps(payload))
     proc = request(db, "send", session_id, "user_message", '{"text": "hello?"}', status=2)
     assert proc.stderr == (
-        f"run.py: session {session_id!r} does not wait for 'user_message' (it waits for "
-        "nothing: it is completed); send one of the input types it waits for\n"
+        f"run.py: session {session_id!r} is completed and takes no more input; "
+        "start a new session\n"
     )
 
 

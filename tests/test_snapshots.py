@@ -764,6 +764,27 @@ async def test_something_else_is_rejected_as_no_snapshot() -> None:
         stageflow.Session.from_dict({"status": "waiting"})
 
 
+async def test_text_instead_of_a_snapshot_says_to_parse_it() -> None:
+    _, data = await suspended_chat()
+    with pytest.raises(stageflow.SnapshotError, match=r"got a str; pass .*json\.loads it"):
+        stageflow.Session.from_dict(json.dumps(data))  # type: ignore[arg-type]
+
+
+async def test_a_version_that_is_no_number_is_called_damaged() -> None:
+    case, data = await suspended_chat()
+    data["version"] = "1"
+    with pytest.raises(stageflow.SnapshotVersionError, match="not a format version number"):
+        stageflow.Session.from_dict(data, registry=case.registry)
+
+
+async def test_a_forgotten_registry_is_named() -> None:
+    _, data = await suspended_chat()
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(data)
+    assert "no registry= was passed" in str(caught.value)
+    assert "'Greet'" in str(caught.value)
+
+
 async def test_a_malformed_snapshot_lists_its_problems() -> None:
     case, data = await suspended_chat()
     del data["history"]

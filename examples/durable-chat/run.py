@@ -1,9 +1,10 @@
 """One request to the durable chat: restore the session, advance it, save it again.
 
-    python run.py --db chat.db start
-    python run.py --db chat.db send SESSION_ID user_name '{"name": "Ada"}'
-    python run.py --db chat.db send SESSION_ID user_message '{"text": "hello"}'
-    python run.py --db chat.db waiting
+    cd examples/durable-chat   # from the repository, after make test or make demo
+    ../../.venv/bin/python run.py --db chat.db start
+    ../../.venv/bin/python run.py --db chat.db send SESSION_ID user_name '{"name": "Ada"}'
+    ../../.venv/bin/python run.py --db chat.db send SESSION_ID user_message '{"text": "hi"}'
+    ../../.venv/bin/python run.py --db chat.db waiting
 
 Every command is a fresh process, as a request to a service would be: it loads
 the session's snapshot from SQLite (``start`` makes a new session instead),
@@ -92,11 +93,15 @@ async def send(store: SnapshotStore, session_id: str, type: str, payload: Any) -
             stored = store.info(session_id)
         except SessionNotFoundError as exc:
             raise BadRequestError(str(exc)) from exc
-        if type not in stored.waiting_for:
-            awaited = ", ".join(stored.waiting_for) or "nothing: it is " + stored.status
+        if not stored.waiting_for:
             raise BadRequestError(
-                f"session {session_id!r} does not wait for {type!r} (it waits for {awaited}); "
-                "send one of the input types it waits for"
+                f"session {session_id!r} is {stored.status} and takes no more input; "
+                "start a new session"
+            )
+        if type not in stored.waiting_for:
+            raise BadRequestError(
+                f"session {session_id!r} does not wait for {type!r} (it waits for "
+                f"{', '.join(stored.waiting_for)}); send one of the input types it waits for"
             )
         session = stageflow.Session.from_dict(store.load(session_id), registry=registry)
         try:

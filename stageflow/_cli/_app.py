@@ -11,6 +11,7 @@ from typing import TextIO, cast
 
 from stageflow._cli._commands import add_parsers
 from stageflow._cli._common import CommandError, ExitCode, FollowStderr, Streams
+from stageflow._cli._registry import STAGES_HINT, UNREGISTERED
 from stageflow._cli._run import add_run_parser
 from stageflow._errors import PipelineValidationError, StageflowError
 
@@ -68,6 +69,8 @@ def _report(exc: StageflowError, io: Streams) -> int:
         where = exc.source or "pipeline"
         for problem in exc.problems:
             io.warn(f"{where}: {problem.location}: {problem.message}")
+        if any(UNREGISTERED in p.message for p in exc.problems):
+            io.warn(STAGES_HINT)
         return ExitCode.USAGE
     io.warn(str(exc))
     if isinstance(exc, CommandError):

@@ -15,7 +15,13 @@ from stageflow._cli._common import (
     optional_module,
 )
 from stageflow._cli._graph import FORMATS, render
-from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
+from stageflow._cli._registry import (
+    STAGES_HINT,
+    UNREGISTERED,
+    add_stage_options,
+    read_pipeline,
+    resolve_registry,
+)
 from stageflow._errors import PipelineValidationError
 from stageflow._json import thaw
 from stageflow._schema_export import pipeline_schema
@@ -57,14 +63,9 @@ def validate_command(args: argparse.Namespace, io: Streams) -> int:
                 io.print(f"{report['file']}: valid ({report['nodes']} nodes)")
             for problem in report["problems"]:
                 io.print(f"{report['file']}: {problem['location']}: {problem['message']}")
-        unknown_stages = any(
-            "which is not registered" in p["message"] for r in invalid for p in r["problems"]
-        )
+        unknown_stages = any(UNREGISTERED in p["message"] for r in invalid for p in r["problems"])
         if unknown_stages and not args.stages_modules:
-            io.warn(
-                "stage names are checked against the registered stages: pass --stages MODULE "
-                "(a module name or a .py file), or --structure-only to skip them"
-            )
+            io.warn(f"{STAGES_HINT}, or --structure-only to skip them")
         total = sum(len(r["problems"]) for r in invalid)
         if invalid:
             io.print(

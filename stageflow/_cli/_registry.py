@@ -40,6 +40,8 @@ from stageflow._pipeline import Pipeline, parse_document
 from stageflow._stages import StageContext, StageEntry, StageRegistry, default_registry
 
 __all__ = [
+    "STAGES_HINT",
+    "UNREGISTERED",
     "add_stage_options",
     "import_stages_module",
     "read_document",
@@ -47,6 +49,15 @@ __all__ = [
     "resolve_registry",
     "structural_registry",
 ]
+
+
+UNREGISTERED = "which is not registered"
+"""How a problem about an unknown stage name reads (the pipeline loader's check)."""
+STAGES_HINT = (
+    "stage names are checked against the registered stages: pass --stages MODULE "
+    "(a module name or a .py file that registers them)"
+)
+"""What to tell a user whose pipeline names stages the command does not know."""
 
 
 def add_stage_options(parser: argparse.ArgumentParser) -> None:
