@@ -204,12 +204,14 @@ class InputDesk:
             record("input_received", ctx.node_id, path, {"input_type": type, "from": "replay"})
             return copy_json(entry["payload"])
         remaining = timeout
+        restored_deadline = False
         if entry is None:
             entry = {"wait": type, "deadline": None}
             if timeout is not None:
                 entry["deadline"] = (self.clock() + datetime.timedelta(seconds=timeout)).isoformat()
         elif entry.get("deadline") is not None:
             remaining = self.seconds_until(entry["deadline"])
+            restored_deadline = True
         _journal(ctx, entry)
         found, payload = self._broker.take(type)
         if found:
@@ -218,7 +220,7 @@ class InputDesk:
             if self.traced:
                 add_event("input_received", {INPUT_TYPE: type})
             return payload
-        if remaining is not None and remaining <= 0:
+        if restored_deadline and remaining is not None and remaining <= 0:
             # Restored after its deadline: it times out now (it does not block,
             # so suspend mode goes on to the timeout's error edge).
             await anyio.lowlevel.checkpoint()
