@@ -238,10 +238,10 @@ class InputDesk:
             if self.on_block is not None:
                 self.on_block()
             if remaining is None:
-                payload = await waiter.take()
+                await waiter.arrived.wait()
             else:
                 with anyio.move_on_after(remaining) as scope:
-                    payload = await waiter.take()
+                    await waiter.arrived.wait()
                 timed_out = scope.cancelled_caught
         finally:
             self._broker.discard(type, waiter)
@@ -252,7 +252,7 @@ class InputDesk:
         record("input_received", ctx.node_id, path, {"input_type": type, "from": "sender"})
         if self.traced:
             add_event("input_received", {INPUT_TYPE: type})
-        return payload
+        return waiter.payload
 
     def _timed_out(
         self, ctx: StageContext, type: str, timeout: float | None, path: str

@@ -60,14 +60,9 @@ class Waiter:
         self.arrived = anyio.Event()
 
     def give(self, payload: Any) -> None:
-        """Hand the waiter its input and wake it."""
+        """Hand the waiter its input (``payload``) and wake it (``arrived``)."""
         self.payload = payload
         self.arrived.set()
-
-    async def take(self) -> Any:
-        """Wait for the input and return it."""
-        await self.arrived.wait()
-        return self.payload
 
 
 class InputBroker:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -46,7 +46,9 @@ class _StageRuntime(Protocol):
 
     def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None: ...
 
-    async def wait_input(self, ctx: StageContext, type: str, timeout: float | None) -> Any: ...
+    def wait_input(
+        self, ctx: StageContext, type: str, timeout: float | None
+    ) -> Coroutine[Any, Any, Any]: ...
 
     async def sleep(
         self, ctx: StageContext, seconds: float | None, until: datetime.datetime | None
@@ -134,14 +136,15 @@ class StageContext:
         """Record a stage event of ``type`` with a JSON ``payload`` in the session history."""
         self._runtime.emit(self, type, payload)
 
-    async def wait_input(self, type: str, timeout: float | None = None) -> Any:
-        """Wait for an external input of ``type`` and return its payload.
+    def wait_input(self, type: str, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+        """Wait for an external input of ``type``; ``await`` it for the payload.
 
         Args:
             type: the input type, as sent with ``session.send_input(type, payload)``.
             timeout: seconds to wait; ``None`` waits as long as the session runs.
         """
-        return await self._runtime.wait_input(self, type, timeout)
+        # The engine's coroutine itself: one frame less for every waiting session.
+        return self._runtime.wait_input(self, type, timeout)
 
     async def sleep(self, seconds: float) -> float:
         """Sleep for ``seconds``; the deadline survives a snapshot and restore.
