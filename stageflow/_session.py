@@ -64,7 +64,7 @@ from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._snapshot import (
     DONE,
-    blocked_positions,
+    awaited,
     check_document,
     check_nodes,
     count_positions,
@@ -171,14 +171,6 @@ class _Frame:
 
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _earliest(deadlines: list[str | None], session_deadline: str | None) -> str | None:
-    """The earliest of some ISO 8601 deadlines, or ``None`` when there is none."""
-    found = [d for d in (*deadlines, session_deadline) if d is not None]
-    if not found:
-        return None
-    return min(found, key=datetime.datetime.fromisoformat)
 
 
 def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
@@ -396,7 +388,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         the types its stages will wait for when it runs again.
         """
         if self._status is SessionStatus.WAITING and self._saved is not None:
-            return frozenset(t for t, _ in blocked_positions(self._saved["position"]) if t)
+            return awaited(self._saved["position"], None)[0]
         return self._desk.waiting_for()
 
     def send_input(self, type: str, payload: Any) -> InputReceipt:
@@ -684,7 +676,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             self._suspending = True
             self._stop_outcome = "suspended"
             saved = self._saved = self._saved_state()
-            waits = list(blocked_positions(saved["position"]))
+            waiting_for, wake_at = awaited(saved["position"], self._deadline)
             # Inputs sent from now on (subscribers of the event below included)
             # are queued, so the snapshot keeps them.
             desk.broker.release()
@@ -692,10 +684,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                 "session_suspended",
                 None,
                 "",
-                {
-                    "waiting_for": sorted({t for t, _ in waits if t}),
-                    "wake_at": _earliest([d for _, d in waits], self._deadline),
-                },
+                {"waiting_for": sorted(waiting_for), "wake_at": wake_at},
             )
             # Tearing the run down is not part of the session's history.
             self._history.muted = True
@@ -709,15 +698,14 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         self._history.close()
         self._suspending = False
         self._status = SessionStatus.WAITING
-        waits = list(blocked_positions(self._saved["position"]))
-        wake_at = _earliest([d for _, d in waits], self._deadline)
+        waiting_for, wake_at = awaited(self._saved["position"], self._deadline)
         return SessionResult(
             status=SessionStatus.WAITING,
             result=None,
             artifacts={},
             error=None,
             history=tuple(self._history.events),
-            waiting_for=frozenset(t for t, _ in waits if t),
+            waiting_for=waiting_for,
             wake_at=datetime.datetime.fromisoformat(wake_at) if wake_at else None,
         )
 

@@ -40,7 +40,7 @@ __all__ = [
     "VERSION",
     "RetryWait",
     "apply_writes",
-    "blocked_positions",
+    "awaited",
     "check_document",
     "check_nodes",
     "count_positions",
@@ -154,7 +154,26 @@ def count_positions(position: Mapping[str, Any] | None) -> int:
     return own + sum(count_positions(child) for child in _children(position))
 
 
-def blocked_positions(
+def awaited(
+    position: Mapping[str, Any] | None, session_deadline: str | None
+) -> tuple[frozenset[str], str | None]:
+    """What a saved session waits for: the input types, and the earliest deadline.
+
+    The deadline (ISO 8601) is the earliest of every sleep, retry delay and
+    input timeout in the tree and the session deadline, or ``None``.
+    """
+    types: set[str] = set()
+    deadlines = [] if session_deadline is None else [session_deadline]
+    for type, deadline in _blocked(position):
+        if type is not None:
+            types.add(type)
+        if deadline is not None:
+            deadlines.append(deadline)
+    earliest = min(deadlines, key=datetime.datetime.fromisoformat) if deadlines else None
+    return frozenset(types), earliest
+
+
+def _blocked(
     position: Mapping[str, Any] | None,
 ) -> Iterator[tuple[str | None, str | None]]:
     """``(input type or None, deadline or None)`` for every stage that waits or sleeps."""
@@ -171,7 +190,7 @@ def blocked_positions(
             elif "payload" not in last:
                 yield last["wait"], last.get("deadline")
     for child in _children(position):
-        yield from blocked_positions(child)
+        yield from _blocked(child)
 
 
 def check_document(data: object) -> Mapping[str, Any]:
