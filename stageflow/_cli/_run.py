@@ -271,9 +271,10 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
         )
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
-    session = Session(pipeline, registry=registry, payload=payload)
+    # Tracing first: a session takes its tracer provider when it is made.
     shutdown = _configure_tracing(args)
     try:
+        session = Session(pipeline, registry=registry, payload=payload)
         view = _make_view(args, io, pipeline.name)
         result = anyio.run(drive_session, session, script, view, backend="trio")
     finally:
