@@ -14,7 +14,8 @@ On any other backend both come from anyio.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import anyio
@@ -23,7 +24,13 @@ import sniffio
 import trio
 import trio.testing
 
-__all__ = ["Backend", "current_backend", "is_cancellation", "run_in_virtual_time"]
+__all__ = [
+    "Backend",
+    "current_backend",
+    "is_cancellation",
+    "is_interrupt",
+    "run_in_virtual_time",
+]
 
 _T = TypeVar("_T")
 
@@ -50,6 +57,15 @@ def current_backend() -> Backend:
     )
 
 
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, groups opened (``exc`` itself if it is none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
 def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     """Whether ``exc`` is the backend's cancellation, or a group of nothing else.
 
@@ -57,11 +73,20 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     exception group (its leaves all ``Cancelled``): that is a cancellation
     too, not a failure.
     """
-    if isinstance(exc, cancelled):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_cancellation(inner, cancelled) for inner in exc.exceptions)
-    return False
+    return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C: a ``KeyboardInterrupt``, alone or grouped with cancellations.
+
+    On trio, a ``KeyboardInterrupt`` raised while tasks run arrives in an
+    exception group, with the cancellations of the other tasks.
+    """
+    leaves = list(_leaves(exc))
+    return any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves) and all(
+        isinstance(leaf, KeyboardInterrupt | trio.Cancelled | asyncio.CancelledError)
+        for leaf in leaves
+    )
 
 
 def run_in_virtual_time(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:

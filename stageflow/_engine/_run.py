@@ -26,7 +26,7 @@ import anyio.lowlevel
 import structlog
 
 from stageflow._context import Context
-from stageflow._engine._backend import Backend, current_backend
+from stageflow._engine._backend import Backend, current_backend, is_cancellation
 from stageflow._engine._frames import (
     ChildKind,
     Finished,
@@ -274,12 +274,6 @@ class Run:
                 self._main.cancel = scope
                 if self._main.terminal is None:
                     await self.run_path(pipeline.entry, root, None)
-        except self.backend.cancelled:
-            if self.suspending:
-                return self._suspended()
-            # The task running us was cancelled from outside: record, re-raise.
-            self._finish(SessionStatus.CANCELLED, None, reason="the task running it was cancelled")
-            raise
         except StageflowError as exc:
             error = exc
         except Exception as exc:
@@ -289,6 +283,16 @@ class Run:
             error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             self._finish(SessionStatus.FAILED, error)
+            raise
+        except BaseException as exc:
+            # Only to look at it (it is re-raised): on trio a cancellation that
+            # crossed a task group arrives as a group of cancellations.
+            if not is_cancellation(exc, self.backend.cancelled):
+                raise
+            if self.suspending:
+                return self._suspended()
+            # The task running us was cancelled from outside: record, re-raise.
+            self._finish(SessionStatus.CANCELLED, None, reason="the task running it was cancelled")
             raise
         finally:
             self._cancel_scope = None
@@ -495,10 +499,6 @@ class Run:
             record("node_started", node.id, frame.path, started_payload)
             try:
                 next_id = await self._executors[node.type](node, frame)
-            except self.backend.cancelled:
-                outcome = self.stop_outcome
-                record("node_cancelled", node.id, frame.path, {"node_type": node.type})
-                raise
             except Exception as exc:
                 error = exc
                 record(
@@ -508,6 +508,11 @@ class Run:
                     {"node_type": node.type, "error": describe_exception(exc)},
                 )
                 return self._route_error(node, frame, exc)
+            except BaseException as exc:  # looked at and re-raised (see _run_root)
+                if is_cancellation(exc, self.backend.cancelled):
+                    outcome = self.stop_outcome
+                    record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+                raise
             outcome = "succeeded"
             frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
             finished: dict[str, Any] = {"node_type": node.type, "next": next_id}
@@ -564,10 +569,6 @@ class Run:
             record(kind.started, node_id, frame.path, payload)
             try:
                 await self.run_path(entry, frame, stop)
-            except self.backend.cancelled:
-                settle(None, True)
-                record(kind.cancelled, node_id, frame.path, payload)
-                raise
             except Exception as exc:
                 outcome, error = "failed", exc
                 settle(exc, False)
@@ -578,6 +579,12 @@ class Run:
                     {**payload, "error": describe_exception(exc)},
                 )
                 return False
+            except BaseException as exc:  # looked at and re-raised (see _run_root)
+                if is_cancellation(exc, self.backend.cancelled):
+                    outcome = self.stop_outcome
+                    settle(None, True)
+                    record(kind.cancelled, node_id, frame.path, payload)
+                raise
             outcome = "succeeded"
             settle(None, False)
             record(kind.finished, node_id, frame.path, payload)

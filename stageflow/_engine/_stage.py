@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from stageflow._context import MISSING, Context
+from stageflow._engine._backend import is_cancellation
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
 from stageflow._engine._positions import StagePosition
@@ -189,9 +190,6 @@ class StageExecutor:
             elif outputs is not None and not isinstance(outputs, Mapping):
                 raise _not_a_mapping(node, outputs)
             outcome = "succeeded"
-        except anyio.get_cancelled_exc_class():
-            outcome = kernel.stop_outcome
-            raise
         except NodeError:
             raise
         except Exception as exc:
@@ -205,6 +203,10 @@ class StageExecutor:
                 stage=node.stage,
                 attempt=attempt,
             ) from exc
+        except BaseException as exc:  # looked at and re-raised: a cancellation, grouped or not
+            if is_cancellation(exc, kernel.backend.cancelled):
+                outcome = kernel.stop_outcome
+            raise
         finally:
             if entry.has_cleanup and stage is not None:
                 await self._cleanup(stage, ctx, outcome, frame)
