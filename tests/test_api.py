@@ -142,6 +142,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_merge",
         "_events",
         "_result",
+        "_stage_modules",
         "_telemetry",
         "_schema_export",
     ),

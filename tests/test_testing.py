@@ -917,8 +917,8 @@ def test_a_stages_module_by_name_and_attribute(
     path.write_text(json.dumps(document))
     (result,) = run_case_files([path]).results
     text = result.render()
-    assert "mystages:nothing is a NoneType, not a StageRegistry" in text
-    assert "cannot import stages module 'no_such_stages_module'" in text
+    assert "stages module mystages:nothing: module 'mystages' has no attribute 'nothing'" in text
+    assert "stages module no_such_stages_module: no module named 'no_such_stages_module'" in text
 
 
 def test_an_empty_report_is_not_ok() -> None:

@@ -14,7 +14,7 @@ import jsonschema
 from stageflow import Problem
 from stageflow._pipeline import load_schema, parse_document, schema_error_message
 from stageflow._specs import DocumentSchema
-from stageflow.testing._mocks import is_file_ref, split_stages_ref
+from stageflow._stage_modules import is_file_ref, split_stages_ref
 from stageflow.testing._model import (
     Case,
     CaseLimits,
