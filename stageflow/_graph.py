@@ -7,8 +7,11 @@ to the graph (``$.nodes[3].next``); the loader re-roots them for subpipelines
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import attrs
 
 from stageflow import jsonlogic
 from stageflow._errors import Problem
@@ -26,36 +29,121 @@ from stageflow._model import (
 from stageflow._specs import compile_schema
 from stageflow._stages import StageRegistry
 
-__all__ = ["all_edges", "check_graph", "continuation_edges", "node_writes", "walk"]
+__all__ = [
+    "Edge",
+    "EdgeKind",
+    "all_edges",
+    "check_graph",
+    "continuation_edges",
+    "edges",
+    "node_writes",
+    "walk",
+]
 
 _WITH_NEXT = (StageNode, ParallelNode, SubpipelineNode, MapNode)
 
 
-def continuation_edges(node: Node) -> tuple[str, ...]:
-    """Ids a node can hand control to on its own path (not branch or map body entries)."""
+class EdgeKind(enum.StrEnum):
+    """What kind of edge leads from one node to another."""
+
+    NEXT = "next"
+    """The ``next`` of a stage, subpipeline or map node (for a map: once every item is done)."""
+    THEN = "then"
+    """A condition node's ``conditions[index].then``."""
+    ELSE = "else"
+    """A condition node's ``else``."""
+    BRANCH = "branch"
+    """A parallel node's ``children[index]``: the start of a branch."""
+    JOIN = "join"
+    """A parallel node's ``next``: taken when the branches have joined."""
+    BODY = "body"
+    """A map node's ``body``: the start of each item's run."""
+    ON_ERROR = "on_error"
+    """An error edge, ``on_error[index].next``, of any node that has them."""
+    FALLBACK = "fallback"
+    """The catch-all error edge, ``fallback``, of any node that has one."""
+
+
+# Edge kinds that start a new path (a branch, an item) instead of continuing this one.
+_OPENING = frozenset({EdgeKind.BRANCH, EdgeKind.BODY})
+
+
+@attrs.frozen(order=True)
+class Edge:
+    """One edge of a pipeline graph.
+
+    Attributes:
+        source: id of the node the edge leaves.
+        kind: what kind of edge it is.
+        target: id of the node it leads to.
+        index: the condition, child or error edge index, for ``then``,
+            ``branch`` and ``on_error`` edges.
+    """
+
+    source: str
+    kind: EdgeKind
+    target: str
+    index: int | None = None
+
+    @property
+    def field(self) -> str:
+        """Where the edge is written in its node (``next``, ``conditions[1].then``, ...)."""
+        match self.kind:
+            case EdgeKind.NEXT | EdgeKind.JOIN:
+                return "next"
+            case EdgeKind.THEN:
+                return f"conditions[{self.index}].then"
+            case EdgeKind.BRANCH:
+                return f"children[{self.index}]"
+            case EdgeKind.ON_ERROR:
+                return f"on_error[{self.index}].next"
+            case _:
+                return self.kind.value
+
+    def __str__(self) -> str:
+        label = self.kind.value if self.index is None else f"{self.kind.value} {self.index}"
+        return f"{self.source} -[{label}]-> {self.target}"
+
+
+def edges(node: Node) -> tuple[Edge, ...]:
+    """Every edge leaving ``node``, in document order: the one list of a node's edges.
+
+    The graph checks, ``stageflow graph`` and test coverage all read it.
+    """
+    out: list[Edge] = []
     if isinstance(node, ConditionNode):
-        targets = [c.then for c in node.conditions]
-        if node.else_:
-            targets.append(node.else_)
-        return tuple(targets)
+        out.extend(Edge(node.id, EdgeKind.THEN, c.then, i) for i, c in enumerate(node.conditions))
+        if node.else_ is not None:
+            out.append(Edge(node.id, EdgeKind.ELSE, node.else_))
+        return tuple(out)
     if isinstance(node, TerminalNode):
         return ()
-    handlers = tuple(h.next for h in node.error_handlers)
-    return ((node.next,) if node.next else ()) + handlers
+    if isinstance(node, ParallelNode):
+        out.extend(Edge(node.id, EdgeKind.BRANCH, c, i) for i, c in enumerate(node.children))
+    if isinstance(node, MapNode):
+        out.append(Edge(node.id, EdgeKind.BODY, node.body))
+    if node.next is not None:
+        kind = EdgeKind.JOIN if isinstance(node, ParallelNode) else EdgeKind.NEXT
+        out.append(Edge(node.id, kind, node.next))
+    out.extend(Edge(node.id, EdgeKind.ON_ERROR, h.next, i) for i, h in enumerate(node.on_error))
+    if node.fallback is not None:
+        out.append(Edge(node.id, EdgeKind.FALLBACK, node.fallback))
+    return tuple(out)
+
+
+def continuation_edges(node: Node) -> tuple[str, ...]:
+    """Ids a node can hand control to on its own path (not branch or map body entries)."""
+    return tuple(e.target for e in edges(node) if e.kind not in _OPENING)
 
 
 def region_edges(node: Node) -> tuple[str, ...]:
     """Edges that stay in one context: continuation edges and parallel children."""
-    if isinstance(node, ParallelNode):
-        return node.children + continuation_edges(node)
-    return continuation_edges(node)
+    return tuple(e.target for e in edges(node) if e.kind is not EdgeKind.BODY)
 
 
 def all_edges(node: Node) -> tuple[str, ...]:
     """Every id a node refers to: parallel children and map bodies included."""
-    if isinstance(node, MapNode):
-        return (node.body, *continuation_edges(node))
-    return region_edges(node)
+    return tuple(e.target for e in edges(node))
 
 
 def walk(
@@ -169,30 +257,11 @@ def check_graph(
 
 
 def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> Iterator[Problem]:
-    refs: list[tuple[str, str]] = []
-    if isinstance(node, _WITH_NEXT) and node.next is not None:
-        refs.append((f"$.nodes[{i}].next", node.next))
-    if isinstance(node, ConditionNode):
-        refs.extend(
-            (f"$.nodes[{i}].conditions[{j}].then", c.then) for j, c in enumerate(node.conditions)
-        )
-        if node.else_ is not None:
-            refs.append((f"$.nodes[{i}].else", node.else_))
-    if isinstance(node, ParallelNode):
-        refs.extend((f"$.nodes[{i}].children[{j}]", c) for j, c in enumerate(node.children))
-    if isinstance(node, MapNode):
-        refs.append((f"$.nodes[{i}].body", node.body))
-    if isinstance(node, _WITH_NEXT):
-        refs.extend(
-            (f"$.nodes[{i}].on_error[{j}].next", h.next) for j, h in enumerate(node.on_error)
-        )
-        if node.fallback is not None:
-            refs.append((f"$.nodes[{i}].fallback", node.fallback))
-    for location, target in refs:
-        if target not in index:
+    for edge in edges(node):
+        if edge.target not in index:
             yield Problem(
-                location,
-                f"{node.type} node {node.id!r} points at {target!r}, which is not a node; "
+                f"$.nodes[{i}].{edge.field}",
+                f"{node.type} node {node.id!r} points at {edge.target!r}, which is not a node; "
                 f"use one of: {known}",
             )
 

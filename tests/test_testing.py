@@ -1129,3 +1129,54 @@ def test_the_pipeline_deadline_gives_timed_out() -> None:
     assert result.passed, result.render()
     assert result.elapsed == pytest.approx(100)
     assert result.limit_exceeded is None
+
+
+MAP_AND_SUBPIPELINE = {
+    "api_version": "1.0",
+    "entry": "each",
+    "nodes": [
+        {
+            "id": "each",
+            "type": "map",
+            "items": "xs",
+            "body": "item",
+            "item_path": "x",
+            "collect": {"y": "seen"},
+            "next": "call",
+        },
+        {
+            "id": "item",
+            "type": "stage",
+            "stage": "builtins.set",
+            "config": {"value": 1},
+            "outputs": {"value": "y"},
+        },
+        {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
+        {"id": "end", "type": "terminal"},
+    ],
+    "subpipelines": {"inner": {"entry": "stop", "nodes": [{"id": "stop", "type": "terminal"}]}},
+}
+
+
+def test_coverage_counts_map_and_subpipeline_edges() -> None:
+    from stageflow import builtins
+
+    case = Case(name="n", pipeline=MAP_AND_SUBPIPELINE, payload={"xs": [1, 2]})
+    result = run_case(case, registry=builtins.registry())
+    assert result.passed, result.render()
+    (coverage,) = coverage_of([result])
+    assert coverage.edge_hits == {
+        Edge("each", EdgeKind.BODY, "item"): 2,
+        Edge("each", EdgeKind.NEXT, "call"): 1,
+        Edge("call", EdgeKind.NEXT, "end"): 1,
+    }
+    assert coverage.complete
+
+
+def test_coverage_reports_a_map_body_never_entered() -> None:
+    from stageflow import builtins
+
+    case = Case(name="n", pipeline=MAP_AND_SUBPIPELINE, payload={"xs": []})
+    (coverage,) = coverage_of([run_case(case, registry=builtins.registry())])
+    assert coverage.missed_edges == (Edge("each", EdgeKind.BODY, "item"),)
+    assert "every node and edge was exercised" not in coverage.render()

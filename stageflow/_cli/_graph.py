@@ -2,11 +2,12 @@
 
 :func:`build_graph` turns a :class:`~stageflow.Pipeline` into :class:`Graph`
 (nodes plus typed edges); the renderers only map node types to shapes and
-edge kinds to line styles. A new node type adds one function to
-``_NODE_DETAIL`` and one to ``_EDGE_BUILDERS``; a new kind of edge (map
-bodies, subpipeline calls) adds an :class:`EdgeKind` and a style in each
-renderer. Error edges (``on_error``, ``fallback``) come from
-:func:`_error_edges`, which every node goes through.
+edge kinds to line styles. A node's edges are the graph module's
+(:func:`stageflow._graph.edges`, which the graph checks and test coverage read
+too); ``_DRAWN`` says how each kind is drawn, and the drawing adds only what
+is not an edge of the model: the start marker and the branch ends that lead
+to a parallel node's join. A new node type adds one function to
+``_NODE_DETAIL``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, Final
 
 import attrs
 
-from stageflow._graph import continuation_edges
+from stageflow._graph import Edge, continuation_edges, edges
+from stageflow._graph import EdgeKind as ModelEdgeKind
 from stageflow._model import (
     ConditionNode,
     MapNode,
@@ -55,6 +57,21 @@ class EdgeKind(enum.StrEnum):
     """An error edge: ``on_error[i]`` (labelled ``on <error names>``) or ``fallback``."""
     BODY = "body"
     """A map node to the entry of its body, run once per item; labelled ``each item``."""
+
+
+_CONDITION_KINDS: Final = (ModelEdgeKind.THEN, ModelEdgeKind.ELSE)
+_WITH_ERRORS: Final = (StageNode, ParallelNode, SubpipelineNode, MapNode)
+# model edge kind -> (drawn kind, label; "{n}" is the 1-based index)
+_DRAWN: Final[dict[ModelEdgeKind, tuple[EdgeKind, str | None]]] = {
+    ModelEdgeKind.NEXT: (EdgeKind.NEXT, None),
+    ModelEdgeKind.THEN: (EdgeKind.CONDITION, "if #{n}"),
+    ModelEdgeKind.ELSE: (EdgeKind.ELSE, "else"),
+    ModelEdgeKind.BRANCH: (EdgeKind.BRANCH, "branch {n}"),
+    ModelEdgeKind.JOIN: (EdgeKind.JOIN, "join"),
+    ModelEdgeKind.BODY: (EdgeKind.BODY, "each item"),
+    ModelEdgeKind.ON_ERROR: (EdgeKind.ERROR, None),
+    ModelEdgeKind.FALLBACK: (EdgeKind.ERROR, "fallback"),
+}
 
 
 @attrs.frozen
@@ -142,24 +159,12 @@ _NODE_DETAIL: Final[dict[str, Callable[[Any], str]]] = {
 }
 
 
-def _stage_edges(node: StageNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    if node.next is not None:
-        yield GraphEdge(node.id, node.next, EdgeKind.NEXT)
-
-
-def _condition_edges(node: ConditionNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    for i, branch in enumerate(node.conditions, start=1):
-        yield GraphEdge(node.id, branch.then, EdgeKind.CONDITION, f"if #{i}")
-    if node.else_ is not None:
-        yield GraphEdge(node.id, node.else_, EdgeKind.ELSE, "else")
-
-
 def _success_edges(node: Node) -> tuple[str, ...]:
-    """Where control goes when ``node`` succeeds (error edges left out)."""
-    if isinstance(node, ConditionNode):
-        return (*(c.then for c in node.conditions), *((node.else_,) if node.else_ else ()))
-    target = getattr(node, "next", None)
-    return (target,) if isinstance(target, str) else ()
+    """Where control goes when ``node`` succeeds (error and opening edges left out)."""
+    return tuple(e.target for e in edges(node) if e.kind in _SUCCESS)
+
+
+_SUCCESS: Final = frozenset({ModelEdgeKind.NEXT, ModelEdgeKind.JOIN, *_CONDITION_KINDS})
 
 
 def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
@@ -184,55 +189,27 @@ def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
     ]
 
 
-def _parallel_edges(node: ParallelNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    for i, child in enumerate(node.children, start=1):
-        yield GraphEdge(node.id, child, EdgeKind.BRANCH, f"branch {i}")
-    if node.next is None:
-        return
-    yield GraphEdge(node.id, node.next, EdgeKind.JOIN, "join")
-    tails: list[str] = []
-    for child in node.children:
-        tails.extend(t for t in _branch_tails(child, node.next, pipeline) if t not in tails)
-    for tail in tails:
-        yield GraphEdge(tail, node.next, EdgeKind.BRANCH_END)
+def _drawn(node: Node, edge: Edge) -> GraphEdge:
+    """How one model edge (:func:`stageflow._graph.edges`) is drawn."""
+    kind, label = _DRAWN[edge.kind]
+    index = edge.index if edge.index is not None else 0
+    if edge.kind is ModelEdgeKind.ON_ERROR and isinstance(node, _WITH_ERRORS):
+        label = f"on {', '.join(node.on_error[index].errors)}"
+    elif label is not None:
+        label = label.format(n=index + 1)
+    return GraphEdge(node.id, edge.target, kind, label)
 
 
-def _terminal_edges(node: TerminalNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    return iter(())
-
-
-def _generic_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    """A node type this module does not know yet: draw its ``next`` if it has one."""
-    target = getattr(node, "next", None)
-    if isinstance(target, str):
-        yield GraphEdge(node.id, target, EdgeKind.NEXT)
-
-
-def _map_edges(node: MapNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    yield GraphEdge(node.id, node.body, EdgeKind.BODY, "each item")
-    if node.next is not None:
-        yield GraphEdge(node.id, node.next, EdgeKind.NEXT)
-
-
-_EDGE_BUILDERS: Final[dict[str, Callable[[Any, Pipeline], Iterator[GraphEdge]]]] = {
-    "map": _map_edges,
-    "stage": _stage_edges,
-    "condition": _condition_edges,
-    "parallel": _parallel_edges,
-    "terminal": _terminal_edges,
-}
-
-
-def _error_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    """Edges taken when ``node`` fails: its ``on_error`` handlers in order, then ``fallback``.
-
-    Read by attribute, so every node type that has error edges gets them drawn.
-    """
-    for handler in getattr(node, "on_error", ()):
-        yield GraphEdge(node.id, handler.next, EdgeKind.ERROR, f"on {', '.join(handler.errors)}")
-    fallback = getattr(node, "fallback", None)
-    if isinstance(fallback, str):
-        yield GraphEdge(node.id, fallback, EdgeKind.ERROR, "fallback")
+def _node_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
+    for edge in edges(node):
+        yield _drawn(node, edge)
+        if edge.kind is ModelEdgeKind.JOIN and isinstance(node, ParallelNode):
+            tails: list[str] = []
+            for child in node.children:
+                tails.extend(
+                    t for t in _branch_tails(child, edge.target, pipeline) if t not in tails
+                )
+            yield from (GraphEdge(tail, edge.target, EdgeKind.BRANCH_END) for tail in tails)
 
 
 def _start_id(pipeline: Pipeline) -> str:
@@ -246,13 +223,12 @@ def build_graph(pipeline: Pipeline) -> Graph:
     """Describe ``pipeline`` as nodes and edges (nodes in document order)."""
     start = _start_id(pipeline)
     nodes = [GraphNode(start, "start", None)]
-    edges = [GraphEdge(start, pipeline.entry, EdgeKind.ENTRY)]
+    drawn = [GraphEdge(start, pipeline.entry, EdgeKind.ENTRY)]
     for node in pipeline.nodes:
         detail = _NODE_DETAIL.get(node.type)
         nodes.append(GraphNode(node.id, node.type, detail(node) if detail else node.type))
-        edges.extend(_EDGE_BUILDERS.get(node.type, _generic_edges)(node, pipeline))
-        edges.extend(_error_edges(node, pipeline))
-    return Graph(pipeline.name, start, tuple(nodes), tuple(edges))
+        drawn.extend(_node_edges(node, pipeline))
+    return Graph(pipeline.name, start, tuple(nodes), tuple(drawn))
 
 
 # ---------------------------------------------------------------------- Mermaid
