@@ -178,6 +178,10 @@ class Pipeline:
         document: the source document, read-only.
         digest: sha256 of the canonical JSON of the document.
         subpipelines: the subpipelines declared at this level, by id.
+        registry: the stage registry the pipeline was validated against
+            (the one given to :meth:`from_dict` / :meth:`load`, else the
+            default registry). A :class:`~stageflow.Session` looks its stages
+            up there unless it is given another.
     """
 
     api_version: str
@@ -193,6 +197,7 @@ class Pipeline:
     _index: Mapping[str, Node] = attrs.field(repr=False, eq=False, alias="index")
     # subpipeline node id -> the pipeline it runs (filled in by the loader).
     _targets: dict[str, Pipeline] = attrs.field(repr=False, eq=False, alias="targets")
+    registry: StageRegistry = attrs.field(repr=False, eq=False, factory=default_registry)
     # where this (sub)pipeline is in the document: "$" or "$.subpipelines.page"
     _prefix: str = attrs.field(default="$", repr=False, eq=False, alias="prefix")
 
@@ -234,7 +239,8 @@ class Pipeline:
         Args:
             document: the pipeline document.
             registry: where stage names are looked up (the default registry
-                if not given).
+                if not given). The pipeline keeps it as :attr:`registry`, so
+                sessions running it need not be given it again.
             source: a file name or label used in error messages.
 
         Raises:
@@ -521,5 +527,6 @@ class _Loader:
             subpipelines={},
             index={node.id: node for node in nodes},
             targets={},
+            registry=self.registry,
             prefix=prefix,
         )

@@ -76,7 +76,7 @@ from stageflow._snapshot import (
 from stageflow._snapshot import FORMAT as SNAPSHOT_FORMAT
 from stageflow._snapshot import VERSION as SNAPSHOT_VERSION
 from stageflow._stage_node import StageNodes
-from stageflow._stages import StageEntry, StageRegistry, default_registry
+from stageflow._stages import StageEntry, StageRegistry
 from stageflow._telemetry import (
     ATTEMPT,
     NODE_ID,
@@ -180,12 +180,29 @@ def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
         yield from _graphs(f"{prefix}.subpipelines.{name}", child)
 
 
+def _missing_stage(node_id: str, stage: str, registry: StageRegistry, *, given: bool) -> str:
+    """Say which registry lacks ``stage`` and how to pass the right one."""
+    known = ", ".join(registry.names()) or "none"
+    if given:
+        return (
+            f"stage node {node_id!r} uses stage {stage!r}, which the registry passed as "
+            f"Session(registry=...) does not have (known: {known}); pass the registry that "
+            "has it, or leave registry= out to use the one the pipeline was loaded with"
+        )
+    return (
+        f"stage node {node_id!r} uses stage {stage!r}, which the registry the pipeline was "
+        f"loaded with does not have (known: {known}); register it there, or pass the "
+        "registry that has it as Session(pipeline, registry=...)"
+    )
+
+
 class Session(StageNodes, ParallelNodes, CompositeNodes):
     """One run of a pipeline, with its own context and event history.
 
     Args:
         pipeline: the pipeline to run.
-        registry: where stages are looked up (the default registry if not given).
+        registry: where stages are looked up (``pipeline.registry``, the
+            registry the pipeline was loaded with, if not given).
         payload: the initial context, a JSON object (copied; yours is not modified).
         session_id: an id for logs, events and spans (a random UUID if not given).
         limits: bounds for this session (the pipeline's ``limits`` if not given).
@@ -265,8 +282,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         clock: Callable[[], datetime.datetime] | None = None,
     ) -> None:
         self._pipeline = pipeline
-        self._registry = registry if registry is not None else default_registry()
-        self._entries = self._resolve_stages(pipeline, self._registry)
+        self._registry = registry if registry is not None else pipeline.registry
+        self._entries = self._resolve_stages(pipeline, self._registry, given=registry is not None)
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):
@@ -315,7 +332,9 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         self._error: StageflowError | None = None
 
     @staticmethod
-    def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[int, StageEntry]:
+    def _resolve_stages(
+        pipeline: Pipeline, registry: StageRegistry, *, given: bool
+    ) -> dict[int, StageEntry]:
         """The registry entry of every stage node (subpipelines included), by node identity."""
         entries: dict[int, StageEntry] = {}
         problems: list[Problem] = []
@@ -329,9 +348,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
                     problems.append(
                         Problem(
                             f"{prefix}.nodes[{i}].stage",
-                            f"stage node {node.id!r} uses stage {node.stage!r}, which this "
-                            f"session's registry does not have (known: "
-                            f"{', '.join(registry.names()) or 'none'}); register it",
+                            _missing_stage(node.id, node.stage, registry, given=given),
                         )
                     )
         if problems:
@@ -843,7 +860,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
 
         Args:
             data: the snapshot (after ``json.loads`` if it was stored as text).
-            registry: where stages are looked up (the default registry if not given).
+            registry: where stages are looked up (``pipeline.registry`` when
+                ``pipeline`` is given, else the default registry, if not given).
             pipeline: the pipeline to go on with. If not given, it is rebuilt
                 from the document in the snapshot. A pipeline with another
                 digest is accepted when every node the session is at still
