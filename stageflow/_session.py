@@ -61,7 +61,7 @@ from stageflow._model import (
 )
 from stageflow._parallel_node import ParallelNodes
 from stageflow._pipeline import Pipeline
-from stageflow._result import SessionResult, SessionStatus
+from stageflow._result import SessionResult, SessionStatus, input_types
 from stageflow._snapshot import (
     DONE,
     awaited,
@@ -398,15 +398,17 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         """
         return self._history.subscribe(callback)
 
-    def waiting_for(self) -> frozenset[str]:
-        """The input types some stage is waiting for right now.
+    def waiting_for(self) -> tuple[str, ...]:
+        """The input types some stage is waiting for right now, sorted.
 
         For a ``waiting`` session (suspended, or restored and not yet run):
-        the types its stages will wait for when it runs again.
+        the types its stages will wait for when it runs again. The same shape
+        as :attr:`SessionResult.waiting_for`; a method because it changes
+        while the session runs.
         """
         if self._status is SessionStatus.WAITING and self._saved is not None:
-            return awaited(self._saved["position"], None)[0]
-        return self._desk.waiting_for()
+            return input_types(awaited(self._saved["position"], None)[0])
+        return input_types(self._desk.waiting_for())
 
     def send_input(self, type: str, payload: Any) -> InputReceipt:
         """Send an external input to the session (from any task of its event loop).

@@ -70,7 +70,7 @@ async def test_broadcast_reaches_waiters_in_every_branch() -> None:
 
         async def send_when_all_wait() -> None:
             await wait_until_waiting(session, "go", 3)
-            assert session.waiting_for() == frozenset({"go"})
+            assert session.waiting_for() == ("go",)
             receipts.append(session.send_input("go", {"n": 1}))
 
         tg.start_soon(send_when_all_wait)

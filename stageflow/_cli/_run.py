@@ -279,10 +279,7 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     finally:
         shutdown()
     if args.json:
-        data = result.to_dict()
-        if not args.history:
-            del data["history"]
-        io.print(dump_json(data))
+        io.print(dump_json(result.to_dict(history=args.history)))
     else:
         _print_text(result, session, args, io)
     if script.stop is not None:
