@@ -884,6 +884,21 @@ async def test_assert_reads_absent_arguments_as_missing() -> None:
     assert error.reason is None
 
 
+async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None:
+    # A condition node would read "order.total" from the context; this rule
+    # sees only the node's arguments, and the message says so.
+    error = await failure(
+        node("assert", config={"rule": {">": [{"var": "order.total"}, 0]}}),
+        payload={"order": {"total": 5}},
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.unmapped == ("order",)
+    text = str(error)
+    assert "the rule reads 'order', not among the arguments" in text
+    assert "the rule sees the node's arguments, not the context" in text
+    assert '"arguments": {"order": "<path>"}' in text
+
+
 async def test_assert_with_an_unknown_operator_is_a_config_error() -> None:
     error = await failure(node("assert", config={"rule": {"nope": []}}))
     assert isinstance(error, BuiltinConfigError)
