@@ -26,7 +26,7 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import compile_schema
+from stageflow._specs import compile_schema, json_message
 from stageflow._stages import StageRegistry
 
 __all__ = [
@@ -192,11 +192,31 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def check_graph(
-    doc: Mapping[str, Any], nodes: tuple[Node, ...], registry: StageRegistry
+    doc: Mapping[str, Any],
+    nodes: tuple[Node, ...],
+    registry: StageRegistry,
+    *,
+    positions: tuple[int, ...] | None = None,
+    other_ids: frozenset[str] = frozenset(),
+    whole: bool = True,
 ) -> Iterator[Problem]:
-    """Every graph problem of one pipeline or subpipeline (locations rooted at ``$``)."""
+    """Every graph problem of one pipeline or subpipeline (locations rooted at ``$``).
+
+    Args:
+        doc: the graph's document (its ``entry`` and ``reducers`` are read).
+        nodes: the structured nodes.
+        registry: where stage names are looked up.
+        positions: each node's index in the document's ``nodes`` (default:
+            0, 1, 2, ...), for a graph some of whose nodes could not be read.
+        other_ids: ids of nodes left out of ``nodes`` because their own
+            shape is invalid; edges to them are not dangling.
+        whole: also run the checks of the whole graph (reachability, main
+            path, loops, map regions, branch writes), which need every node;
+            ``False`` when some nodes were left out.
+    """
+    at = positions if positions is not None else tuple(range(len(nodes)))
     where: dict[str, int] = {}
-    for i, node in enumerate(nodes):
+    for i, node in zip(at, nodes, strict=True):
         if node.id in where:
             yield Problem(
                 f"$.nodes[{i}].id",
@@ -206,13 +226,13 @@ def check_graph(
         else:
             where[node.id] = i
     index = {node.id: node for node in reversed(nodes)}
-    known = ", ".join(sorted(index)) or "none"
+    known = ", ".join(sorted({*index, *other_ids})) or "none"
     entry = doc["entry"]
-    if entry not in index:
+    if entry not in index and entry not in other_ids:
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
-    for i, node in enumerate(nodes):
-        yield from _check_edges(i, node, index, known)
+    for i, node in zip(at, nodes, strict=True):
+        yield from _check_edges(i, node, {*index, *other_ids}, known)
         if isinstance(node, ConditionNode):
             for j, branch in enumerate(node.conditions):
                 for inner, message in jsonlogic.check(branch.if_):
@@ -231,10 +251,10 @@ def check_graph(
                         "node itself or its join ('next'); branches must start elsewhere",
                     )
 
-    if entry not in index:
+    if entry not in index or not whole:
         return
     reachable = walk([entry], index, all_edges)
-    for i, node in enumerate(nodes):
+    for i, node in zip(at, nodes, strict=True):
         if node.id not in reachable and where.get(node.id) == i:
             yield Problem(
                 f"$.nodes[{i}]",
@@ -252,13 +272,51 @@ def check_graph(
                 "add 'next' pointing at the node to run after it (a terminal node to finish)",
             )
 
+    yield from _check_exits(nodes, index, where, reachable)
     yield from _check_maps(nodes, index, where, entry)
     yield from _check_branch_writes(doc, nodes, index, where)
 
 
-def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> Iterator[Problem]:
+def _check_exits(
+    nodes: tuple[Node, ...],
+    index: Mapping[str, Node],
+    where: Mapping[str, int],
+    reachable: set[str],
+) -> Iterator[Problem]:
+    """Nodes from which no path ends: every way on from them loops.
+
+    A path ends at a terminal, or at a node with nowhere to go on (the end of
+    a branch or of a map item). Error edges count: a loop that can only be
+    left through an error edge (an input timeout routed by ``on_error``) is
+    fine, and so is a loop left through a condition on an input.
+    """
+    # A dangling edge is reported on its own; it is not a loop too.
+    ends = {
+        node.id
+        for node in nodes
+        if not continuation_edges(node) or any(t not in index for t in continuation_edges(node))
+    }
+    # Walk backwards from the ends: whatever reaches one can finish.
+    callers: dict[str, set[str]] = {}
+    for node in nodes:
+        for target in continuation_edges(node):
+            callers.setdefault(target, set()).add(node.id)
+    can_end = walk(ends, index, lambda n: tuple(callers.get(n.id, ())))
+    stuck = sorted(reachable - can_end, key=lambda n: where.get(n, 0))
+    if stuck:
+        names = ", ".join(repr(n) for n in stuck)
+        yield Problem(
+            f"$.nodes[{where[stuck[0]]}]",
+            f"no path from {names} ever ends: every way on from "
+            f"{'it' if len(stuck) == 1 else 'them'} loops back, so a session there runs "
+            "until limits.max_steps; give the loop a way out to a terminal node (a "
+            "condition's 'else', or an error edge) or to the end of its branch",
+        )
+
+
+def _check_edges(i: int, node: Node, ids: set[str], known: str) -> Iterator[Problem]:
     for edge in edges(node):
-        if edge.target not in index:
+        if edge.target not in ids:
             yield Problem(
                 f"$.nodes[{i}].{edge.field}",
                 f"{node.type} node {node.id!r} points at {edge.target!r}, which is not a node; "
@@ -269,10 +327,17 @@ def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> I
 def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:
     if node.stage not in registry:
         names = ", ".join(registry.names()) or "none are registered"
+        fix = "register it or fix the name"
+        if node.stage.startswith("builtins."):
+            fix = (
+                "it is a built-in stage, which a registry holds only when asked: load the "
+                "pipeline with registry=stageflow.builtins.registry() (on the command line, "
+                "--stages stageflow.builtins)"
+            )
         yield Problem(
             f"$.nodes[{i}].stage",
             f"stage node {node.id!r} uses stage {node.stage!r}, which is not registered "
-            f"(known: {names}); register it or fix the name",
+            f"(known: {names}); {fix}",
         )
         return
     spec = registry.get(node.stage).spec
@@ -311,7 +376,7 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
             yield Problem(
                 f"$.nodes[{i}].config{suffix}",
                 f"stage node {node.id!r}: config for stage {node.stage!r} is not valid: "
-                f"{error.message}" + (f" ({hint})" if hint else ""),
+                f"{json_message(error)}" + (f" ({hint})" if hint else ""),
             )
 
 

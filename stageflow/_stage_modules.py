@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -90,6 +91,11 @@ def _on_sys_path(directory: str) -> Iterator[None]:
             sys.path.remove(directory)
 
 
+# Module names this loader gave to files it imported by path (name -> file). A
+# module name given later resolves on sys.path as usual: such a file gives way.
+_FROM_FILES: dict[str, Path] = {}
+
+
 def _import_failure(ref: str, exc: BaseException) -> StagesModuleError:
     detail = "".join(traceback.format_exception(exc)).rstrip()
     return StagesModuleError(
@@ -138,7 +144,20 @@ def _import_file(ref: str, file: Path) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise _import_failure(ref, exc) from exc
+    _FROM_FILES[name] = file
     return module
+
+
+def _give_way(name: str) -> None:
+    """Forget a file imported under ``name`` if ``name`` resolves to another module."""
+    file = _FROM_FILES.get(name)
+    if file is None:
+        return
+    found = importlib.machinery.PathFinder.find_spec(name)
+    origin = found.origin if found is not None else None
+    if origin is None or Path(origin).resolve() != file:
+        del _FROM_FILES[name]
+        sys.modules.pop(name, None)
 
 
 def import_stages_module(ref: str) -> ModuleType:
@@ -151,6 +170,7 @@ def import_stages_module(ref: str) -> ModuleType:
         return _import_file(ref, Path(ref).resolve())
     try:
         with _on_sys_path(os.getcwd()):
+            _give_way(ref)
             return importlib.import_module(ref)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (ref == exc.name or ref.startswith(exc.name + ".")):

@@ -70,3 +70,17 @@ def test_merging_keeps_a_stage_reached_twice_once() -> None:
     merged = merge_registries([reference, reference])
     assert merged.names() == reference.names()
     assert isinstance(merged, stageflow.StageRegistry)
+
+
+def test_a_module_name_is_not_shadowed_by_a_file_imported_under_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "shadowed_stages.py").write_text(NAMED.replace("Named", "FromFile"))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "shadowed_stages.py").write_text(NAMED.replace("Named", "FromName"))
+    assert "FromFile" in registry_of(f"{elsewhere / 'shadowed_stages.py'}:REGISTRY")
+    monkeypatch.chdir(here)
+    assert "FromName" in registry_of("shadowed_stages:REGISTRY")

@@ -1180,3 +1180,12 @@ def test_coverage_reports_a_map_body_never_entered() -> None:
     (coverage,) = coverage_of([run_case(case, registry=builtins.registry())])
     assert coverage.missed_edges == (Edge("each", EdgeKind.BODY, "item"),)
     assert "every node and edge was exercised" not in coverage.render()
+
+
+def test_a_pipeline_file_given_as_a_case_file_is_named_as_such() -> None:
+    report = run_case_files([REFERENCE / "pipeline.json"])
+    (error,) = report.file_errors
+    assert "this looks like a pipeline (it has 'entry' and 'nodes'), not a case file" in (
+        error.message
+    )
+    assert '{"pipeline": "pipeline.json", "cases": [' in error.message

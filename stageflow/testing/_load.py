@@ -109,6 +109,20 @@ def cases_from_document(
             ],
             source=source,
         )
+    if "cases" not in document and "nodes" in document and "entry" in document:
+        name = file.name if file is not None else "pipeline.json"
+        raise CaseValidationError(
+            [
+                Problem(
+                    "$",
+                    "this looks like a pipeline (it has 'entry' and 'nodes'), not a case file; "
+                    "pass a case file that names it: "
+                    f'{{"pipeline": "{name}", "cases": [{{"name": ..., "payload": {{...}}, '
+                    '"expect": {...}}]} (see docs/testing.md)',
+                )
+            ],
+            source=source,
+        )
     errors = sorted(
         _validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path]
     )
