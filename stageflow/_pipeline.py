@@ -43,7 +43,7 @@ from stageflow._model import (
 from stageflow._specs import DocumentSchema, json_message, json_text
 from stageflow._stages import StageRegistry, default_registry
 
-__all__ = ["Pipeline", "load_schema"]
+__all__ = ["Pipeline", "load_schema", "structure_node"]
 
 # The pattern of a context path in the pipeline schema ($defs.path).
 _PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
@@ -95,6 +95,19 @@ def _make_converter() -> cattrs.Converter:
 
 
 _converter = _make_converter()
+
+
+def structure_node(raw: Any) -> Node | None:
+    """One node of a document as a model, or ``None`` when it cannot be read as one.
+
+    For tools that show an invalid pipeline (``stageflow graph``): the loader
+    never builds a pipeline from a document with problems.
+    """
+    try:
+        node: Node = _converter.structure(raw, Node)  # type: ignore[arg-type]
+    except (cattrs.BaseValidationError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return node
 
 
 def _where(doc: Any, path: Iterable[Any]) -> str:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import attrs
 
+from stageflow._errors import Problem
 from stageflow._graph import Edge, continuation_edges, edges
 from stageflow._graph import EdgeKind as ModelEdgeKind
 from stageflow._model import (
@@ -31,9 +32,18 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._pipeline import Pipeline
+from stageflow._pipeline import Pipeline, structure_node
 
-__all__ = ["FORMATS", "EdgeKind", "Graph", "GraphEdge", "GraphNode", "build_graph", "render"]
+__all__ = [
+    "FORMATS",
+    "EdgeKind",
+    "Graph",
+    "GraphEdge",
+    "GraphNode",
+    "build_graph",
+    "build_invalid_graph",
+    "render",
+]
 
 
 class EdgeKind(enum.StrEnum):
@@ -82,11 +92,16 @@ class GraphNode:
         id: the pipeline node id (or the start marker's id).
         type: the node type, or ``"start"`` for the start marker.
         detail: a second line under the id (``stage: Name``), or ``None``.
+        problems: what is wrong with the node, for an invalid pipeline
+            (``"LOCATION: MESSAGE"``). Its type is ``"invalid"`` when the node
+            cannot be read at all, ``"missing"`` when an edge names an id no
+            node has.
     """
 
     id: str
     type: str
     detail: str | None = None
+    problems: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -107,18 +122,68 @@ class Graph:
     start: str
     nodes: tuple[GraphNode, ...]
     edges: tuple[GraphEdge, ...]
+    problems: tuple[Problem, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The graph as a JSON object."""
-        return {
+        """The graph as a JSON object (``problems`` only for an invalid pipeline)."""
+        out: dict[str, Any] = {
             "name": self.name,
             "start": self.start,
-            "nodes": [attrs.asdict(n) for n in self.nodes],
+            "nodes": [_node_dict(n) for n in self.nodes],
             "edges": [
                 {"source": e.source, "target": e.target, "kind": e.kind.value, "label": e.label}
                 for e in self.edges
             ],
         }
+        if self.problems:
+            out["problems"] = [
+                {"location": p.location, "message": p.message} for p in self.problems
+            ]
+        return out
+
+
+def _node_dict(node: GraphNode) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": node.id, "type": node.type, "detail": node.detail}
+    if node.problems:
+        out["problems"] = list(node.problems)
+    return out
+
+
+class _Drawable(Protocol):
+    """What drawing reads of a pipeline (a :class:`Pipeline`, or the readable part of one)."""
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+
+    @property
+    def entry(self) -> str:
+        """The entry node id."""
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The nodes, in document order."""
+
+    def node(self, node_id: str) -> Node:
+        """The node with that id."""
+
+    def __contains__(self, node_id: object) -> bool:
+        """Whether a node has that id."""
+
+
+@attrs.frozen
+class _Readable:
+    """The nodes of an invalid document that can be read, standing in for a pipeline."""
+
+    name: str
+    entry: str
+    nodes: tuple[Node, ...]
+
+    def node(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.id == node_id)
+
+    def __contains__(self, node_id: object) -> bool:
+        return any(n.id == node_id for n in self.nodes)
 
 
 # ----------------------------------------------------------------- per node type
@@ -167,7 +232,7 @@ def _success_edges(node: Node) -> tuple[str, ...]:
 _SUCCESS: Final = frozenset({ModelEdgeKind.NEXT, ModelEdgeKind.JOIN, *_CONDITION_KINDS})
 
 
-def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
+def _branch_tails(child: str, join: str, pipeline: _Drawable) -> list[str]:
     """Nodes where the branch starting at ``child`` ends without a ``next`` (in document order).
 
     The walk follows continuation edges (error edges included: a handler
@@ -200,7 +265,7 @@ def _drawn(node: Node, edge: Edge) -> GraphEdge:
     return GraphEdge(node.id, edge.target, kind, label)
 
 
-def _node_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
+def _node_edges(node: Node, pipeline: _Drawable) -> Iterator[GraphEdge]:
     for edge in edges(node):
         yield _drawn(node, edge)
         if edge.kind is ModelEdgeKind.JOIN and isinstance(node, ParallelNode):
@@ -212,14 +277,14 @@ def _node_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
             yield from (GraphEdge(tail, edge.target, EdgeKind.BRANCH_END) for tail in tails)
 
 
-def _start_id(pipeline: Pipeline) -> str:
+def _start_id(pipeline: _Drawable) -> str:
     start = "__start__"
     while start in pipeline:
         start = f"_{start}"
     return start
 
 
-def build_graph(pipeline: Pipeline) -> Graph:
+def build_graph(pipeline: _Drawable) -> Graph:
     """Describe ``pipeline`` as nodes and edges (nodes in document order)."""
     start = _start_id(pipeline)
     nodes = [GraphNode(start, "start", None)]
@@ -229,6 +294,62 @@ def build_graph(pipeline: Pipeline) -> Graph:
         nodes.append(GraphNode(node.id, node.type, detail(node) if detail else node.type))
         drawn.extend(_node_edges(node, pipeline))
     return Graph(pipeline.name, start, tuple(nodes), tuple(drawn))
+
+
+_NODE_AT = re.compile(r"^\$\.nodes\[(\d+)\]")
+
+
+def build_invalid_graph(document: Any, problems: Sequence[Problem]) -> Graph | None:
+    """Draw what can be read of an invalid pipeline document, with its problems marked.
+
+    Nodes that cannot be read are drawn as ``invalid``; ids that edges name
+    but no node has, as ``missing``. Each problem located in a node
+    (``$.nodes[3]...``) marks that node; one at ``$.entry`` marks the start.
+    Returns ``None`` when the document has no list of nodes to draw.
+    """
+    if not isinstance(document, Mapping) or not isinstance(document.get("nodes"), list):
+        return None
+    raw_nodes: list[Any] = document["nodes"]
+    ids = [
+        raw["id"] if isinstance(raw, Mapping) and isinstance(raw.get("id"), str) else f"#{i}"
+        for i, raw in enumerate(raw_nodes)
+    ]
+    read = [structure_node(raw) for raw in raw_nodes]
+    entry = document.get("entry")
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    readable = _Readable(
+        name if isinstance(name, str) and name else "pipeline",
+        entry if isinstance(entry, str) else "",
+        tuple(node for node in read if node is not None),
+    )
+    graph = build_graph(readable)
+    marks: dict[str, list[str]] = {}
+    for problem in problems:
+        found = _NODE_AT.match(problem.location)
+        if found and int(found.group(1)) < len(ids):
+            owner = ids[int(found.group(1))]
+        elif problem.location.startswith("$.entry"):
+            owner = graph.start
+        else:
+            continue
+        marks.setdefault(owner, []).append(f"{problem.location}: {problem.message}")
+    nodes: list[GraphNode] = []
+    for drawn in graph.nodes:
+        nodes.append(attrs.evolve(drawn, problems=tuple(marks.get(drawn.id, ()))))
+    for i, node in enumerate(read):
+        if node is None:
+            nodes.insert(
+                i + 1,
+                GraphNode(ids[i], "invalid", "cannot be read", tuple(marks.get(ids[i], ()))),
+            )
+    known = {n.id for n in nodes}
+    for edge in graph.edges:
+        if edge.target not in known and edge.target:
+            known.add(edge.target)
+            nodes.append(GraphNode(edge.target, "missing", "not a node", ("no node has this id",)))
+    edges = tuple(e for e in graph.edges if e.target)
+    return Graph(graph.name, graph.start, tuple(nodes), edges, tuple(problems))
 
 
 # ---------------------------------------------------------------------- Mermaid
@@ -257,6 +378,14 @@ _MERMAID_KEYWORDS: Final = frozenset(
 )
 
 
+_PROBLEM_COLOR: Final = "#c0392b"
+
+
+def _problem_note(node: GraphNode) -> str:
+    count = len(node.problems)
+    return f"! {count} problem{'s' if count != 1 else ''}"
+
+
 def _mermaid_text(text: str) -> str:
     text = re.sub(r"#(?=\w+;)", "#35;", text)
     return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
@@ -281,11 +410,14 @@ def render_mermaid(graph: Graph) -> str:
     """Mermaid ``flowchart`` text: paste into Markdown (```mermaid) or mermaid.live."""
     ids = _mermaid_ids(graph)
     lines = ["flowchart TD", f"    %% pipeline: {graph.name}"]
+    lines.extend(f"    %% problem: {p.location}: {p.message}" for p in graph.problems)
     for node in graph.nodes:
         opening, closing = _MERMAID_SHAPES.get(node.type, ("[", "]"))
         text = _mermaid_text(node.id if node.type != "start" else "start")
         if node.detail:
             text += "<br/>" + _mermaid_text(node.detail)
+        if node.problems:
+            text += "<br/>" + _problem_note(node)
         lines.append(f'    {ids[node.id]}{opening}"{text}"{closing}')
     for edge in graph.edges:
         arrow = _MERMAID_ARROWS.get(edge.kind, "-->")
@@ -298,6 +430,10 @@ def render_mermaid(graph: Graph) -> str:
     if terminals:
         lines.append("    classDef terminal stroke-width:4px")
         lines.append(f"    class {','.join(terminals)} terminal")
+    marked = [ids[n.id] for n in graph.nodes if n.problems]
+    if marked:
+        lines.append(f"    classDef problem stroke:{_PROBLEM_COLOR},stroke-width:3px")
+        lines.append(f"    class {','.join(marked)} problem")
     return "\n".join(lines) + "\n"
 
 
@@ -338,10 +474,17 @@ def render_dot(graph: Graph) -> str:
         '    node [fontname="Helvetica"];',
         '    edge [fontname="Helvetica"];',
     ]
+    lines.extend(f"    // problem: {p.location}: {p.message}" for p in graph.problems)
     for node in graph.nodes:
         values = dict(_DOT_NODE_ATTRS.get(node.type, {"shape": "box"}))
         if node.type != "start":
             values["label"] = f"{node.id}\n{node.detail}" if node.detail else node.id
+        if node.problems:
+            values["color"] = values["fontcolor"] = _PROBLEM_COLOR
+            values["penwidth"] = "2"
+            values["tooltip"] = "\n".join(node.problems)
+            if node.type != "start":
+                values["label"] += "\n" + _problem_note(node)
         lines.append(f"    {_dot_quote(node.id)} [{_dot_attrs(values)}];")
     for edge in graph.edges:
         values = {}

@@ -29,6 +29,7 @@ from stageflow._cli._common import (
     Streams,
     add_logging_options,
     dump_json,
+    exit_codes_epilog,
     read_json_argument,
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
@@ -303,11 +304,8 @@ def add_run_parser(subparsers: Any) -> None:
             "session waits for them, and print the outcome. On a terminal, the active nodes "
             "are shown while the run lasts."
         ),
-        epilog=(
-            "exit codes: 0 completed, 1 failed, 2 usage or invalid pipeline/payload/input, "
-            "3 cancelled or timed out, 4 waited for an input with no --input left, "
-            "5 --trace otlp without the OTLP exporter package"
-        ),
+        epilog=exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pipeline", metavar="PIPELINE", help="pipeline file (.json, .yaml)")
     parser.add_argument(
