@@ -852,15 +852,19 @@ def test_run_sets_up_tracing_and_flushes_the_spans_at_the_end(
         def shutdown(self) -> None:
             calls.append("shutdown")
 
-    def configure(*, exporter: str) -> Provider:
-        calls.append(exporter)
+    def configure(*, exporter: str, console_format: str = "json") -> Provider:
+        calls.append(exporter if exporter != "console" else f"console {console_format}")
         return Provider()
 
     monkeypatch.setattr(stageflow.tracing, "configure", configure)
     for exporter in ("otlp", "console", "none"):
         got = cli("run", PIPELINE, "--stages", STAGES, "--trace", exporter, "--json")
         assert got.code == ExitCode.OK, got.err
-    assert calls == ["otlp", "shutdown", "console", "shutdown", "none", "shutdown"]
+    assert calls == ["otlp", "shutdown", "console lines", "shutdown", "none", "shutdown"]
+    calls.clear()
+    got = cli("run", PIPELINE, "--stages", STAGES, "--trace", "console", "--trace-json", "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert calls == ["console json", "shutdown"]
     calls.clear()
     assert cli("run", PIPELINE, "--stages", STAGES).code == ExitCode.OK
     assert calls == []
@@ -1108,6 +1112,7 @@ def test_entry_point_traces_to_the_console_on_stderr() -> None:
             '{"text": "hi"}',
             "--trace",
             "console",
+            "--trace-json",
             "--json",
         ],
         capture_output=True,

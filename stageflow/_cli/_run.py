@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -35,8 +35,10 @@ from stageflow._cli._common import (
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._errors import StageflowError
 from stageflow._events import Event
+from stageflow._json import thaw
 from stageflow._result import SessionResult
 from stageflow._session import Session
+from stageflow._specs import json_text
 
 __all__ = [
     "ScriptedInputs",
@@ -77,6 +79,8 @@ class ScriptedInputs:
     sent: list[tuple[str, int]] = attrs.field(factory=list)
     stop: Stop | None = None
     warn: Callable[[str], None] = attrs.field(default=lambda _: None, repr=False)
+    schemas: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    """Input type -> the payload schema a stage declares for it, for the hint."""
 
     @classmethod
     def parse(cls, values: Sequence[str]) -> ScriptedInputs:
@@ -120,10 +124,14 @@ class ScriptedInputs:
             return
         if not queue:
             given = len([s for s in self.sent if s[0] == input_type])
+            schema = self.schemas.get(input_type)
+            shape = f" (a payload matching {json_text(schema, 120)})" if schema else ""
             self._cancel(
                 session,
                 f"the session waits for input {input_type!r} and no scripted input of that "
-                f"type is left ({given} given); add --input {input_type}=JSON",
+                f"type is left ({given} given); nothing else can send one, so the run is "
+                f"cancelled. Send it with --input {input_type}=JSON{shape}, or "
+                f"--input {input_type}=@FILE",
                 ExitCode.NEEDS_INPUT,
             )
             return
@@ -141,6 +149,7 @@ class ScriptedInputs:
 
     def _cancel(self, session: Session, reason: str, code: ExitCode) -> None:
         self.stop = Stop(reason, code)
+        self.warn(reason)  # at once: the result is printed only when the run has ended
         session.cancel(reason)
 
 
@@ -214,7 +223,12 @@ def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
     from stageflow import tracing
 
     try:
-        provider = tracing.configure(exporter=args.trace)
+        if args.trace == "console":
+            # One line per span for a person; --trace-json for OpenTelemetry's full JSON.
+            console_format: tracing.ConsoleFormat = "json" if args.trace_json else "lines"
+            provider = tracing.configure(exporter="console", console_format=console_format)
+        else:
+            provider = tracing.configure(exporter=args.trace)
     except tracing.TracingSetupError as exc:
         if isinstance(exc.__cause__, ImportError):  # the exporter package is not installed
             raise CommandError(str(exc), exit_code=ExitCode.UNAVAILABLE) from exc
@@ -272,19 +286,30 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
         )
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
-    session = Session(pipeline, registry=registry, payload=payload)
+    script.schemas = {
+        spec.type: thaw(spec.schema)
+        for entry in registry.catalogue()
+        for spec in entry.spec.allowed_inputs
+        if spec.schema is not None
+    }
+    session = Session(pipeline, payload=payload)
     shutdown = _configure_tracing(args)
+    options: dict[str, Any] = {}
+    if args.virtual_time:
+        import trio.testing
+
+        options["clock"] = trio.testing.MockClock(autojump_threshold=0)
     try:
         view = _make_view(args, io, pipeline.name)
-        result = anyio.run(drive_session, session, script, view, backend="trio")
+        result = anyio.run(
+            drive_session, session, script, view, backend="trio", backend_options=options
+        )
     finally:
         shutdown()
     if args.json:
         io.print(dump_json(result.to_dict(history=args.history)))
     else:
         _print_text(result, session, args, io)
-    if script.stop is not None:
-        io.warn(script.stop.reason)
     unused = script.unused()
     if unused:
         listed = ", ".join(f"{t} ({n})" for t, n in unused.items())
@@ -328,7 +353,21 @@ def add_run_parser(subparsers: Any) -> None:
         "--trace",
         choices=("otlp", "console", "none"),
         help="record a span per node and export it to an OTLP collector (OTEL_* variables) or "
-        "to standard error, or not at all (none: trace ids only); default: no tracing",
+        "to standard error, one line per span, or not at all (none: trace ids only); "
+        "default: no tracing",
+    )
+    parser.add_argument(
+        "--trace-json",
+        action="store_true",
+        help="with --trace console, print each span as OpenTelemetry's full JSON",
+    )
+    parser.add_argument(
+        "--virtual-time",
+        action="store_true",
+        help=(
+            "run timers in virtual time, as stageflow test does: sleeps, retry delays and "
+            "timeouts pass at once whenever every task waits (trio's MockClock)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
