@@ -699,3 +699,23 @@ def test_importing_the_package_configures_no_logging() -> None:
         "assert not structlog.is_configured()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------------------------- schemas
+
+
+def test_the_published_schemas_are_the_packaged_ones() -> None:
+    # One source of truth: stageflow/_schemas/ ships in the wheel and is what the
+    # loaders read; schemas/ is a plain copy for editors and readers of the
+    # repository (a real folder: symlinks break Windows checkouts). Edit the
+    # packaged files, then `cp stageflow/_schemas/*.json schemas/`.
+    root = PACKAGE.parent
+    published = root / "schemas"
+    assert published.is_dir()
+    assert not published.is_symlink()
+    packaged = {p.name: p.read_bytes() for p in (PACKAGE / "_schemas").glob("*.json")}
+    copies = {p.name: p.read_bytes() for p in published.glob("*.json")}
+    assert packaged
+    assert copies.keys() == packaged.keys()
+    stale = sorted(name for name in packaged if copies[name] != packaged[name])
+    assert stale == [], f"run: cp stageflow/_schemas/*.json schemas/ ({stale} differ)"
