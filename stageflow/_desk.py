@@ -30,7 +30,7 @@ from stageflow._events import History
 from stageflow._inputs import InputBroker, InputReceipt, Waiter, fulfil
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, ValidateEvents
-from stageflow._specs import InputSpec, StageSpec
+from stageflow._specs import InputSpec, StageSpec, json_message
 from stageflow._stages import StageContext
 from stageflow._telemetry import INPUT_TYPE, add_event
 
@@ -40,7 +40,7 @@ __all__ = ["InputDesk"]
 def _schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any) -> list[str]:
     if validator is None:
         return []
-    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(payload)]
+    return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
 
 
 class InputDesk:

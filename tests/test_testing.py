@@ -465,7 +465,7 @@ def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[.
         run_one(path)
     (problem,) = caught.value.problems
     assert problem.location == "$.cases[0].mocks.InitStage.outputs"
-    assert "'high' is not of type 'integer'" in problem.message
+    assert 'expected integer, got string "high"' in problem.message
 
 
 def test_an_error_on_attempt_1_only(write_cases: Callable[..., Path]) -> None:

@@ -11,7 +11,7 @@ import anyio
 
 from stageflow import BaseStage, Problem, StageContext, StageEntry, StageRegistry
 from stageflow._json import thaw
-from stageflow._specs import compile_schema
+from stageflow._specs import compile_schema, json_message
 from stageflow._stage_modules import (
     StagesModuleError,
     merge_registries,
@@ -140,7 +140,7 @@ def mock_registry(
                 Problem(
                     f"{where}.mocks.{name}.outputs",
                     f"mock for stage {name!r} returns outputs that do not match the stage's "
-                    f"declared outputs schema: {e.message}; fix the mock's outputs",
+                    f"declared outputs schema: {json_message(e)}; fix the mock's outputs",
                 )
                 for e in compile_schema(spec.outputs).iter_errors(thaw(mock.outputs))
             )
