@@ -10,9 +10,25 @@ Everything public is importable from here; modules whose names start with an
 underscore are private.
 """
 
+# General layout (the import layers are checked by tests/test_api.py, bottom up):
+#
+# - bottom: errors, JSON helpers, JsonLogic, the context;
+# - model: the frozen node models, stage specs and the stage registry;
+# - loading: pipeline loading and graph checks, events, results, plugins,
+#   telemetry helpers;
+# - kernel: ``_engine/``, the self-contained engine (frames, executors, the
+#   run's choke point, snapshots; see docs/internals.md);
+# - engine: ``_session.py``, the public Session handle built on the kernel;
+# - top: the CLI, the test kit, tracing and logging set-up, the built-in stages.
+#
+# This file re-exports the public names of the private modules, and makes them
+# report ``stageflow`` as their module, so tracebacks and help() say
+# ``stageflow.StageError``, not ``stageflow._errors.StageError``.
+
 from stageflow import jsonlogic
 from stageflow._context import MISSING
 from stageflow._core_stages import SleepStage, WaitStage
+from stageflow._engine._inputs import InputReceipt
 from stageflow._errors import (
     ConditionError,
     ContextError,
@@ -51,7 +67,6 @@ from stageflow._errors import (
     TracingSetupError,
 )
 from stageflow._events import Event, EventCallback, EventStream
-from stageflow._inputs import InputReceipt
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -176,3 +191,26 @@ __all__ = [
     "pipeline_schema",
     "register_stage",
 ]
+
+
+def _fix_module_metadata() -> None:
+    """Give every public class and function ``stageflow`` as its ``__module__``.
+
+    The string annotations of attrs classes are resolved first, in their own
+    modules: resolving them later (cattrs does, on first use) looks names up
+    in the module ``__module__`` names.
+    """
+    import attrs
+
+    for name in __all__:
+        value = globals()[name]
+        if attrs.has(value):
+            attrs.resolve_types(value)
+        module = getattr(value, "__module__", None)
+        private = isinstance(module, str) and module.startswith("stageflow._")
+        if private and (isinstance(value, type) or callable(value)):
+            value.__module__ = __name__
+
+
+_fix_module_metadata()
+del _fix_module_metadata

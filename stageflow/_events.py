@@ -18,6 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from stageflow._log import get_logger
+from stageflow._telemetry import Tracing
 
 __all__ = ["Event", "EventCallback", "EventStream", "History"]
 
@@ -61,6 +62,12 @@ class _EventFields(NamedTuple):
     trace_id: str | None = None
     span_id: str | None = None
     parent_span_id: str | None = None
+
+
+# Where the stored timestamp sits, from the start and from the end: derived
+# from the field list, so adding a field cannot leave them stale.
+_TIMESTAMP: Final = _EventFields._fields.index("timestamp")
+_TIMESTAMP_INDEXES: Final = (_TIMESTAMP, _TIMESTAMP - len(_EventFields._fields))
 
 
 class Event(_EventFields):
@@ -121,18 +128,18 @@ class Event(_EventFields):
     @property
     def timestamp(self) -> datetime.datetime:
         """When it happened, timezone-aware UTC."""
-        return _shown(tuple.__getitem__(self, 2))  # type: ignore[no-any-return]
+        return _shown(tuple.__getitem__(self, _TIMESTAMP))  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
         values = list(tuple.__iter__(self))
-        values[2] = _shown(values[2])
+        values[_TIMESTAMP] = _shown(values[_TIMESTAMP])
         return iter(values)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return tuple(self)[index]
         value = tuple.__getitem__(self, index)
-        return _shown(value) if index in (2, -8) else value
+        return _shown(value) if index in _TIMESTAMP_INDEXES else value
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -236,15 +243,21 @@ class History:
         "_closed",
         "_events",
         "_subscriptions",
+        "_tracing",
         "muted",
         "session_id",
-        "span_source",
     )
 
-    def __init__(self, session_id: str, events: list[Event] | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        events: list[Event] | None = None,
+        *,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.session_id = session_id
-        # Gives the ids of the current span when tracing is on (else None).
-        self.span_source: Callable[[], tuple[str, str, str | None] | None] | None = None
+        # With tracing, each event carries the ids of the span it happened in.
+        self._tracing = tracing
         self._events: list[Event] = events if events is not None else []
         self._callbacks: list[EventCallback] = []
         self._subscriptions: list[_Subscription] = []
@@ -273,10 +286,11 @@ class History:
             return _MUTED
         events = self._events
         if span is None:
-            source = self.span_source
-            if source is not None:
-                span = source()
+            tracing = self._tracing
+            if tracing is not None:
+                span = tracing.current_ids()
         # Straight to the tuple: the fields need no checks, the time no datetime yet.
+        # The order is _EventFields' (tests/test_events.py checks it field by field).
         ids = span if span is not None else _NO_SPAN
         event: Event = _new_tuple(
             Event,

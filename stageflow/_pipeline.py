@@ -235,6 +235,20 @@ class Pipeline:
         """Return the node with id ``node_id`` (``KeyError`` if there is none)."""
         return self._index[node_id]
 
+    @property
+    def node_index(self) -> Mapping[str, Node]:
+        """Node id -> node, for every node of this graph (read-only; the engine's lookup)."""
+        return self._index
+
+    def callee(self, node_id: str) -> Pipeline:
+        """The pipeline that the subpipeline node ``node_id`` runs (``KeyError`` if none)."""
+        return self._targets[node_id]
+
+    @property
+    def document_path(self) -> str:
+        """Where this graph is in its document: ``$``, or ``$.subpipelines.page`` style."""
+        return self._prefix
+
     def location(self, node_id: str) -> str:
         """The node's location in the document, ``$.nodes[3]`` style."""
         for i, node in enumerate(self.nodes):

@@ -7,9 +7,10 @@ A reference is
 - a module name (``myapp.stages``), looked up on ``sys.path`` plus the
   current directory;
 - a path to a ``.py`` file (``stages.py``, ``lib/stages.py``), imported under
-  its stem as the module name (so catalogue sources read ``stages.InitStage``)
-  with its directory on ``sys.path`` while it runs; importing the same file
-  again reuses the module;
+  its stem as the module name (so catalogue sources read ``stages.InitStage``;
+  the tester asks for names made from the path instead, see
+  :func:`import_stages_module`) with its directory on ``sys.path`` while it
+  runs; importing the same file again reuses the module;
 - either of them followed by ``:ATTRIBUTE`` (``myapp.stages:REGISTRY``).
 
 The module's stages are those of the named attribute, else of its
@@ -80,14 +81,19 @@ def is_file_ref(module: str) -> bool:
 
 @contextmanager
 def _on_sys_path(directory: str) -> Iterator[None]:
-    """Let a module import its neighbours while it is imported."""
-    added = directory not in sys.path
-    if added:
-        sys.path.insert(0, directory)
+    """Put ``directory`` first on ``sys.path`` while a module is imported.
+
+    First even when it is on ``sys.path`` already further down: the module
+    next to the reference (or in the current directory) wins over another of
+    the same name elsewhere on the path.
+    """
+    sys.path.insert(0, directory)
     try:
         yield
     finally:
-        if added and directory in sys.path:
+        if sys.path and sys.path[0] == directory:
+            del sys.path[0]
+        elif directory in sys.path:
             sys.path.remove(directory)
 
 
@@ -122,14 +128,20 @@ def _module_name_for(file: Path) -> str:
     return f"{stem}_{digest}"
 
 
-def _import_file(ref: str, file: Path) -> ModuleType:
+def _unique_name(file: Path) -> str:
+    stem = re.sub(r"\W", "_", file.stem)
+    digest = hashlib.sha256(str(file).encode()).hexdigest()[:12]
+    return f"stageflow_stages_{stem}_{digest}"
+
+
+def _import_file(ref: str, file: Path, *, unique_name: bool) -> ModuleType:
     if not file.is_file():
         raise StagesModuleError(
             ref,
             f"no such file ({file}); pass a path to a .py file or a module name such as "
             "'myapp.stages'",
         )
-    name = _module_name_for(file)
+    name = _unique_name(file) if unique_name else _module_name_for(file)
     loaded = sys.modules.get(name)
     if loaded is not None and _same_file(loaded, file):
         return loaded
@@ -160,14 +172,23 @@ def _give_way(name: str) -> None:
         sys.modules.pop(name, None)
 
 
-def import_stages_module(ref: str) -> ModuleType:
+def import_stages_module(ref: str, *, unique_name: bool = False) -> ModuleType:
     """Import the module of a reference (a module name or a ``.py`` path; no ``:attr``).
+
+    Args:
+        ref: the reference, without ``:attr``.
+        unique_name: import a file under a name made from its path
+            (``stageflow_stages_stages_<hash>``) rather than its stem. The
+            tester asks for it: one pytest process loads the stage files of
+            many case files, and every example directory has a ``stages.py``.
+            The CLI runs one command per process and keeps the stem, so
+            catalogue sources read ``stages.InitStage``.
 
     Raises:
         StagesModuleError: the module or file does not exist, or importing it raised.
     """
     if is_file_ref(ref) or Path(ref).is_file():
-        return _import_file(ref, Path(ref).resolve())
+        return _import_file(ref, Path(ref).resolve(), unique_name=unique_name)
     try:
         with _on_sys_path(os.getcwd()):
             _give_way(ref)
@@ -184,15 +205,17 @@ def import_stages_module(ref: str) -> ModuleType:
         raise _import_failure(ref, exc) from exc
 
 
-def registry_of(ref: str) -> StageRegistry:
+def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
     """The registry a stages module reference stands for (see the module docstring).
+
+    ``unique_name`` is as for :func:`import_stages_module`.
 
     Raises:
         StagesModuleError: the module cannot be imported, or its attribute is
             not a registry (nor a function returning one).
     """
     module_ref, attr = split_stages_ref(ref)
-    module = import_stages_module(module_ref)
+    module = import_stages_module(module_ref, unique_name=unique_name)
     name = attr or "registry"
     if not hasattr(module, name):
         if not attr:

@@ -41,18 +41,23 @@ StageFunction = Callable[["StageContext"], Awaitable[StageOutputs]]
 _T = TypeVar("_T")
 
 
-class _StageRuntime(Protocol):
-    """What the engine provides to a running stage (implemented by the session)."""
+class StageRuntime(Protocol):
+    """What the engine provides to a running stage: one object per attempt.
 
-    def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None: ...
+    The engine's implementation is ``stageflow._engine._runtime.StageWork``;
+    a test double for a stage's own unit tests implements these three methods.
+    """
 
-    def wait_input(
-        self, ctx: StageContext, type: str, timeout: float | None
-    ) -> Coroutine[Any, Any, Any]: ...
+    def emit(self, type: str, payload: Mapping[str, Any] | None) -> None:
+        """Record a stage event."""
 
-    async def sleep(
-        self, ctx: StageContext, seconds: float | None, until: datetime.datetime | None
-    ) -> float: ...
+    def wait_input(self, type: str, timeout: float | None) -> Coroutine[Any, Any, Any]:
+        """Return an awaitable that waits for an input of ``type``."""
+
+    def sleep(
+        self, seconds: float | None, until: datetime.datetime | None
+    ) -> Coroutine[Any, Any, float]:
+        """Return an awaitable that sleeps ``seconds`` or until ``until``."""
 
 
 class StageContext:
@@ -71,11 +76,8 @@ class StageContext:
     """
 
     __slots__ = (
-        "_calls",
         "_log",
-        "_replay",
         "_runtime",
-        "_timer",
         "arguments",
         "attempt",
         "config",
@@ -96,7 +98,7 @@ class StageContext:
         node_path: str,
         stage: str,
         attempt: int,
-        runtime: _StageRuntime,
+        runtime: StageRuntime,
         spec: StageSpec | None = None,
     ) -> None:
         self.arguments = arguments
@@ -107,14 +109,9 @@ class StageContext:
         self.stage = stage
         self.attempt = attempt
         self.spec = spec if spec is not None else StageSpec()
+        # The engine's side of this attempt (its journal, timer and session).
         self._runtime = runtime
         self._log: Any = None
-        # The attempt's deadline (engine-owned), paused while waiting for input.
-        self._timer: Any = None
-        # The attempt's journal: one JSON entry per wait_input / sleep call, in
-        # order, kept in snapshots; and, after a restore, the entries to replay.
-        self._calls: list[dict[str, Any]] | None = None
-        self._replay: list[dict[str, Any]] | None = None
 
     @property
     def log(self) -> Any:
@@ -134,7 +131,7 @@ class StageContext:
 
     def emit(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Record a stage event of ``type`` with a JSON ``payload`` in the session history."""
-        self._runtime.emit(self, type, payload)
+        self._runtime.emit(type, payload)
 
     def wait_input(self, type: str, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
         """Wait for an external input of ``type``; ``await`` it for the payload.
@@ -144,7 +141,7 @@ class StageContext:
             timeout: seconds to wait; ``None`` waits as long as the session runs.
         """
         # The engine's coroutine itself: one frame less for every waiting session.
-        return self._runtime.wait_input(self, type, timeout)
+        return self._runtime.wait_input(type, timeout)
 
     async def sleep(self, seconds: float) -> float:
         """Sleep for ``seconds``; the deadline survives a snapshot and restore.
@@ -156,7 +153,7 @@ class StageContext:
         Returns:
             the seconds planned by the first call (also after a restore).
         """
-        return await self._runtime.sleep(self, float(seconds), None)
+        return await self._runtime.sleep(float(seconds), None)
 
     async def sleep_until(self, when: datetime.datetime) -> float:
         """Sleep until the aware datetime ``when`` (at once if it has passed).
@@ -174,7 +171,7 @@ class StageContext:
                 f"sleep_until({when.isoformat()!r}) at node {self.node_id!r}: the time has no UTC "
                 "offset; pass an aware datetime, e.g. with tzinfo=datetime.UTC"
             )
-        return await self._runtime.sleep(self, None, when)
+        return await self._runtime.sleep(None, when)
 
 
 class BaseStage:

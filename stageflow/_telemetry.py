@@ -1,9 +1,10 @@
 """Tracing through ``opentelemetry-api`` only, decided once per run.
 
-The engine asks :func:`resolve_tracer` when a run starts. Without an SDK (or
-other real) tracer provider it gets ``None`` and creates no span objects at
-all; otherwise every node execution, branch and run gets a span, named and
-attributed as ``tracing/CATALOGUE.md`` documents.
+A session asks :meth:`Tracing.resolve` once, when it is made. Without an SDK
+(or other real) tracer provider it gets ``None`` and creates no span objects
+at all; otherwise the one :class:`Tracing` object is handed to the run, the
+input desk and the history, and every node execution, branch, map item and
+run gets a span, named and attributed as ``tracing/CATALOGUE.md`` documents.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = [
     "SESSION_ID",
     "STAGE",
     "ActiveSpan",
+    "SpanIds",
+    "Tracing",
     "current_ids",
     "enter_span",
     "exit_span",
@@ -151,3 +154,48 @@ def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = No
 def add_event(name: str, attributes: dict[str, Any]) -> None:
     """Add an event to the current span (a no-op on a non-recording span)."""
     trace.get_current_span().add_event(name, attributes)
+
+
+class Tracing:
+    """Tracing for one session: its tracer, and the span operations the engine uses.
+
+    A session without a real tracer provider has no ``Tracing`` at all
+    (``None``), so the untraced path is one ``is None`` test.
+    """
+
+    __slots__ = ("tracer",)
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    @classmethod
+    def resolve(cls, provider: trace.TracerProvider | None, version: str) -> Tracing | None:
+        """Tracing through ``provider`` (the global one if ``None``), or ``None`` without one."""
+        tracer = resolve_tracer(provider, version)
+        return cls(tracer) if tracer is not None else None
+
+    def start(
+        self, name: str, attributes: dict[str, Any], links: list[trace.Link] | None = None
+    ) -> ActiveSpan:
+        """Start a span under the current one and make it current (see :func:`enter_span`)."""
+        return enter_span(self.tracer, name, attributes, links)
+
+    @staticmethod
+    def end(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
+        """Finish a span started by :meth:`start` (see :func:`exit_span`)."""
+        exit_span(active, outcome, error)
+
+    @staticmethod
+    def current_ids() -> SpanIds | None:
+        """Ids of the current span, for an event recorded now (see :func:`current_ids`)."""
+        return current_ids()
+
+    @staticmethod
+    def add_event(name: str, attributes: dict[str, Any]) -> None:
+        """Add an event to the current span."""
+        add_event(name, attributes)
+
+    @staticmethod
+    def set_attribute(key: str, value: Any) -> None:
+        """Set an attribute on the current span."""
+        trace.get_current_span().set_attribute(key, value)

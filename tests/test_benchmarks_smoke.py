@@ -124,7 +124,9 @@ def test_every_row_has_a_figure_or_says_why_not(
     for row in table_rows(quick_run.stdout)[1:]:
         assert len(row) == len(COLUMNS), row
         measured = row[2]
-        assert measured == "n/a (not yet available)" or measured[0].isdigit(), row
+        # A figure: in quick mode, tiny sizes on a loaded machine can make a
+        # difference of two timings negative, which is still a figure.
+        assert measured == "n/a (not yet available)" or measured.lstrip("-")[0].isdigit(), row
 
 
 def test_quick_mode_does_not_judge_budgets(quick_run: subprocess.CompletedProcess[str]) -> None:

@@ -135,3 +135,33 @@ def test_a_timestamp_comes_back_exactly_as_given(timestamp: datetime.datetime) -
     assert event.timestamp == timestamp
     assert event.timestamp.tzinfo == timestamp.tzinfo
     assert event.to_dict()["timestamp"] == timestamp.isoformat()
+
+
+def test_a_recorded_event_has_each_field_where_its_name_says() -> None:
+    # History.record builds the tuple positionally for speed: each value must
+    # land under its own name, read by name, by index and from the end.
+    history = History("s", tracing=None)
+    before = datetime.datetime.now(UTC)
+    event = history.record("tick", "node", "a/b", {"k": 1}, ("t" * 32, "s" * 16, "p" * 16))
+    expected = {
+        "seq": 1,
+        "type": "tick",
+        "session_id": "s",
+        "node_id": "node",
+        "path": "a/b",
+        "payload": {"k": 1},
+        "trace_id": "t" * 32,
+        "span_id": "s" * 16,
+        "parent_span_id": "p" * 16,
+    }
+    fields = stageflow.Event._fields
+    for name, value in expected.items():
+        index = fields.index(name)
+        assert getattr(event, name) == value
+        assert event[index] == value
+        assert event[index - len(fields)] == value
+    stamp = fields.index("timestamp")
+    assert event[stamp] == event[stamp - len(fields)] == event.timestamp
+    assert isinstance(event.timestamp, datetime.datetime)
+    assert before - datetime.timedelta(seconds=1) <= event.timestamp
+    assert list(event)[stamp] == event.timestamp

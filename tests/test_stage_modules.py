@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -84,3 +85,18 @@ def test_a_module_name_is_not_shadowed_by_a_file_imported_under_that_name(
     assert "FromFile" in registry_of(f"{elsewhere / 'shadowed_stages.py'}:REGISTRY")
     monkeypatch.chdir(here)
     assert "FromName" in registry_of("shadowed_stages:REGISTRY")
+
+
+def test_the_current_directory_comes_first_even_when_it_is_on_sys_path_already(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
+    for folder, stage in ((elsewhere, "Elsewhere"), (here, "Here")):
+        folder.mkdir()
+        (folder / "first_stages.py").write_text(NAMED.replace("Named", stage))
+    monkeypatch.syspath_prepend(str(here))
+    monkeypatch.syspath_prepend(str(elsewhere))  # elsewhere before here on sys.path
+    monkeypatch.chdir(here)
+    monkeypatch.delitem(sys.modules, "first_stages", raising=False)
+    assert "Here" in registry_of("first_stages:REGISTRY")
+    monkeypatch.delitem(sys.modules, "first_stages", raising=False)

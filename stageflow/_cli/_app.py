@@ -19,6 +19,7 @@ from stageflow._cli._common import (
 )
 from stageflow._cli._registry import STAGES_HINT, UNREGISTERED
 from stageflow._cli._run import add_run_parser
+from stageflow._engine._backend import is_interrupt
 from stageflow._errors import PipelineValidationError, StageflowError
 
 __all__ = ["build_parser", "main"]
@@ -112,12 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, io)
     except StageflowError as exc:
         return _report(exc, io)
-    except KeyboardInterrupt:
-        io.warn("interrupted")
-        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`stageflow schema | head`): stop quietly.
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.BROKEN_PIPE
+    except BaseException as exc:
+        # Ctrl-C, also when trio delivers it in a group with the cancellations
+        # of the other tasks; anything else goes on up.
+        if not is_interrupt(exc):
+            raise
+        io.warn("interrupted")
+        return ExitCode.INTERRUPTED
     return int(code)

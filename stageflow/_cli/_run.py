@@ -33,6 +33,7 @@ from stageflow._cli._common import (
     read_json_argument,
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
+from stageflow._engine._backend import run_in_virtual_time
 from stageflow._errors import StageflowError
 from stageflow._events import Event
 from stageflow._json import thaw
@@ -292,18 +293,15 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
         for spec in entry.spec.allowed_inputs
         if spec.schema is not None
     }
-    session = Session(pipeline, payload=payload)
+    # Tracing first: a session takes its tracer provider when it is made.
     shutdown = _configure_tracing(args)
-    options: dict[str, Any] = {}
-    if args.virtual_time:
-        import trio.testing
-
-        options["clock"] = trio.testing.MockClock(autojump_threshold=0)
     try:
+        session = Session(pipeline, payload=payload)  # the pipeline carries the registry
         view = _make_view(args, io, pipeline.name)
-        result = anyio.run(
-            drive_session, session, script, view, backend="trio", backend_options=options
-        )
+        if args.virtual_time:
+            result = run_in_virtual_time(drive_session, session, script, view)
+        else:
+            result = anyio.run(drive_session, session, script, view, backend="trio")
     finally:
         shutdown()
     if args.json:

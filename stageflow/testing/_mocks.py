@@ -208,7 +208,7 @@ def registry_from_modules(modules: Sequence[str], *, source: str | None = None) 
     problems: list[Problem] = []
     for ref in modules:
         try:
-            registries.append(registry_of(ref))
+            registries.append(registry_of(ref, unique_name=True))
         except StagesModuleError as exc:
             problems.append(Problem("$.stages", f"stages module {exc}"))
     if problems:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import anyio
 import attrs
-import trio
-import trio.testing
 
 from stageflow import (
     Event,
@@ -20,6 +18,7 @@ from stageflow import (
     StageflowError,
     StageRegistry,
 )
+from stageflow._engine._backend import run_in_virtual_time
 from stageflow._json import thaw
 from stageflow.testing._expect import Observed, check
 from stageflow.testing._mocks import mock_registry, registry_from_modules
@@ -82,8 +81,7 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
         OSError: the pipeline file cannot be read.
     """
     prepared = prepare_case(case, registry=registry)
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    return trio.run(_run_prepared, prepared, clock=clock)
+    return run_in_virtual_time(_run_prepared, prepared)
 
 
 async def _run_prepared(prepared: PreparedCase) -> CaseResult:

@@ -25,7 +25,7 @@ import stageflow
 from stageflow._errors import describe_exception
 from stageflow._pipeline import load_schema
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SCHEMA_FILE = "session-snapshot.schema.json"
 
 Doc = dict[str, Any]

@@ -1,9 +1,10 @@
-"""External inputs: per-waiter channels, broadcast delivery and a bounded backlog.
+"""External inputs: waiters, broadcast delivery and a bounded backlog.
 
-Every ``wait_input`` call gets its own memory channel. An input sent while
-stages wait for its type goes to every one of them (broadcast); an input sent
-while nobody waits is kept, per type and in order, until the next waiter takes
-it. The broker does no validation and records no events: the session does.
+Every ``wait_input`` call registers a :class:`Waiter` (an event and a slot
+for the payload). An input sent while stages wait for its type goes to every
+one of them (broadcast); an input sent while nobody waits is kept, per type
+and in order, until the next waiter takes it. The broker does no validation
+and records no events: the input desk does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import anyio
 import attrs
 
+from stageflow._engine._positions import Call
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
 
@@ -36,7 +38,7 @@ class InputReceipt:
     queued: bool
 
 
-def fulfil(entry: dict[str, Any], payload: Any) -> None:
+def fulfil(entry: Call, payload: Any) -> None:
     """Mark a journaled wait as answered with ``payload`` (kept for replay)."""
     entry.pop("deadline", None)
     entry["payload"] = payload
@@ -51,7 +53,7 @@ class Waiter:
 
     __slots__ = ("arrived", "entry", "node_id", "path", "payload", "spec")
 
-    def __init__(self, node_id: str, path: str, spec: StageSpec, entry: dict[str, Any]) -> None:
+    def __init__(self, node_id: str, path: str, spec: StageSpec, entry: Call) -> None:
         self.node_id = node_id
         self.path = path
         self.spec = spec

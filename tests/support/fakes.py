@@ -127,7 +127,7 @@ async def wait_until_waiting(session: stageflow.Session, input_type: str, count:
     """
     stream = session.events(buffer=0)
     try:
-        while len(session._desk.broker.waiters(input_type)) < count:
+        while len(session._state.desk.broker.waiters(input_type)) < count:
             await stream.__anext__()
     finally:
         await stream.aclose()

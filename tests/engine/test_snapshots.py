@@ -31,7 +31,7 @@ import stageflow
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 WAITING = stageflow.SessionStatus.WAITING
 
 

@@ -1,85 +1,156 @@
-"""Session snapshots: the JSON format, its checks, and the pieces shared by every node type.
+"""The position tree of a snapshot: every key it has, and the walks over it.
 
-A snapshot is plain JSON (``schemas/session-snapshot.schema.json``). Its
-``position`` is a tree of frames: the main path, and inside it the branches
-of a parallel node, the items of a map node or the run of a subpipeline that
-were in flight. A frame names the node it is at and carries its context: the
-whole context for the main path and a subpipeline run, only what it wrote
-for a fork (a branch or a map item), so nothing is copied per node. The
-session (``_session.py`` and the node mixins) builds the tree and resumes
-from it; this module holds the format, validation and the helpers they share.
+A snapshot's ``position`` is a tree of frames (:class:`FramePosition`): the
+main path, and inside it the branches of a parallel node, the items of a map
+node or the run of a subpipeline that were in flight. A frame names the node
+it is at and carries its context: the whole context for the main path and a
+subpipeline run (``context``), only what it wrote for a fork, a branch or a
+map item (``writes``), so nothing is copied per node. A frame whose node had
+finished says where it goes on (``next``); one whose node was in flight holds
+that node's own record (``stage``, ``parallel``, ``map`` or ``subpipeline``).
+
+The keys are declared here once, as ``TypedDict`` s: the executors build and
+read their records through these types, so a misspelt key is a type error.
+``schemas/session-snapshot.schema.json`` is the same tree as JSON Schema.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 from collections.abc import Iterator, Mapping
-from typing import Any, Final
-
-import jsonschema
+from typing import Any, Final, TypedDict
 
 from stageflow._context import Context
-from stageflow._errors import (
-    Problem,
-    RestoredError,
-    SnapshotError,
-    SnapshotMismatchError,
-    SnapshotVersionError,
-    describe_exception,
-)
-from stageflow._events import Event
+from stageflow._errors import Problem, RestoredError, SnapshotMismatchError, describe_exception
 from stageflow._json import copy_json
 from stageflow._model import MapNode, ParallelNode, StageNode, SubpipelineNode
-from stageflow._pipeline import Pipeline, load_schema, schema_error_message
-from stageflow._specs import DocumentSchema
+from stageflow._pipeline import Pipeline
 
 __all__ = [
-    "DONE",
-    "FORMAT",
-    "VERSION",
-    "RetryWait",
+    "BranchPosition",
+    "Call",
+    "FramePosition",
+    "MapPosition",
+    "ParallelPosition",
+    "StagePosition",
+    "SubpipelinePosition",
+    "TerminalPosition",
     "apply_writes",
     "awaited",
-    "check_document",
     "check_nodes",
     "count_positions",
     "error_state",
-    "event_from_dict",
     "mismatch",
     "restore_error",
     "writes_of",
 ]
 
-FORMAT: Final = "stageflow.session-snapshot"
-VERSION: Final = 1
+Writes = list[list[Any]]
+"""What a fork wrote: ``[path, value]`` pairs in write order."""
 
 
-@functools.cache
-def _validator() -> DocumentSchema:
-    return DocumentSchema(load_schema("session-snapshot"))
+class Call(TypedDict, total=False):
+    """One ``wait_input`` or ``sleep`` call in a stage attempt's journal.
+
+    A wait has ``wait`` (the input type), ``deadline`` while it waits with a
+    timeout, and ``payload`` once answered; a sleep has ``sleep`` (its absolute
+    deadline) and ``seconds`` (what the first call planned).
+    """
+
+    wait: str
+    deadline: str | None
+    payload: Any
+    sleep: str
+    seconds: float
 
 
-DONE: Final = "done"
-"""A frame's ``work`` once its node has finished and the frame has not moved on."""
+class StagePosition(TypedDict):
+    """A stage node in flight: the attempt, its journal, or the retry it waits for."""
+
+    attempt: int
+    calls: list[Call]
+    retry_at: str | None
 
 
-class RetryWait:
-    """A stage node waiting out a retry delay: the attempt to come and when."""
+class BranchPosition(TypedDict, total=False):
+    """One branch of a parallel node: ``finished``, ``failed``, ``cancelled`` or ``running``."""
 
-    __slots__ = ("at", "attempt")
+    child: str
+    state: str
+    writes: Writes
+    error: dict[str, Any]
+    position: FramePosition
 
-    def __init__(self, attempt: int, at: str) -> None:
-        self.attempt = attempt
-        self.at = at
+
+class ParallelPosition(TypedDict):
+    """A parallel node in flight: each branch, and the ``any`` winner if decided."""
+
+    branches: list[BranchPosition]
+    winner: int | None
 
 
-def writes_of(ctx: Context) -> list[list[Any]]:
+class ItemPosition(TypedDict):
+    """A map item in flight."""
+
+    index: int
+    position: FramePosition
+
+
+class FailurePosition(TypedDict):
+    """A map item that failed."""
+
+    index: int
+    error: dict[str, Any]
+
+
+class MapPosition(TypedDict):
+    """A map node in flight: the next item to start, what is done, failed and running."""
+
+    next: int
+    done: int
+    collected: dict[str, list[Any]]
+    failures: list[FailurePosition]
+    running: list[ItemPosition]
+
+
+class SubpipelinePosition(TypedDict):
+    """A subpipeline call in flight: the child run's own frame."""
+
+    position: FramePosition
+
+
+class TerminalPosition(TypedDict):
+    """The terminal a run had reached (in a branch, while the rest was being cancelled)."""
+
+    node: str
+    artifacts: dict[str, Any]
+
+
+class FramePosition(TypedDict, total=False):
+    """One frame of the tree (see the module docstring)."""
+
+    path: str
+    node: str
+    next: str | None
+    context: dict[str, Any]
+    writes: Writes
+    terminal: TerminalPosition
+    stage: StagePosition
+    parallel: ParallelPosition
+    map: MapPosition
+    subpipeline: SubpipelinePosition
+
+
+RECORDS: Final = ("stage", "parallel", "map", "subpipeline", "next")
+"""The keys of which a frame holds at most one."""
+
+
+def writes_of(ctx: Context) -> Writes:
     """What a fork wrote, as ``[path, value]`` pairs in write order (copies)."""
     return [[path, copy_json(value)] for path, value in ctx.written()]
 
 
-def apply_writes(ctx: Context, writes: list[list[Any]]) -> None:
+def apply_writes(ctx: Context, writes: Writes) -> None:
     """Write a fork's recorded writes into ``ctx``, in order."""
     for path, value in writes:
         ctx.set(path, copy_json(value))
@@ -117,23 +188,7 @@ def restore_error(state: Mapping[str, Any]) -> RestoredError:
     return RestoredError(description, state.get("classes", ()))
 
 
-def event_from_dict(data: Mapping[str, Any]) -> Event:
-    """Rebuild an :class:`Event` from its ``to_dict()`` form."""
-    return Event(
-        data["seq"],
-        data["type"],
-        datetime.datetime.fromisoformat(data["timestamp"]),
-        data["session_id"],
-        data["node_id"],
-        data["path"],
-        data["payload"],
-        data.get("trace_id"),
-        data.get("span_id"),
-        data.get("parent_span_id"),
-    )
-
-
-def _children(position: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+def children(position: FramePosition) -> Iterator[FramePosition]:
     """The frames nested directly inside ``position``."""
     if "parallel" in position:
         for branch in position["parallel"]["branches"]:
@@ -146,16 +201,16 @@ def _children(position: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
         yield position["subpipeline"]["position"]
 
 
-def count_positions(position: Mapping[str, Any] | None) -> int:
+def count_positions(position: FramePosition | None) -> int:
     """How many node executions in flight (to run again) the tree holds."""
     if position is None or "terminal" in position:
         return 0  # (a run that had reached its terminal runs nothing again)
     own = 0 if "next" in position else 1
-    return own + sum(count_positions(child) for child in _children(position))
+    return own + sum(count_positions(child) for child in children(position))
 
 
 def awaited(
-    position: Mapping[str, Any] | None, session_deadline: str | None
+    position: FramePosition | None, session_deadline: str | None
 ) -> tuple[frozenset[str], str | None]:
     """What a saved session waits for: the input types, and the earliest deadline.
 
@@ -173,9 +228,7 @@ def awaited(
     return frozenset(types), earliest
 
 
-def _blocked(
-    position: Mapping[str, Any] | None,
-) -> Iterator[tuple[str | None, str | None]]:
+def _blocked(position: FramePosition | None) -> Iterator[tuple[str | None, str | None]]:
     """``(input type or None, deadline or None)`` for every stage that waits or sleeps."""
     if position is None:
         return
@@ -189,77 +242,11 @@ def _blocked(
                 yield None, last["sleep"]
             elif "payload" not in last:
                 yield last["wait"], last.get("deadline")
-    for child in _children(position):
+    for child in children(position):
         yield from _blocked(child)
 
 
-def check_document(data: object) -> Mapping[str, Any]:
-    """Check a snapshot's format, version and shape; return it.
-
-    Raises:
-        SnapshotVersionError: another format version.
-        SnapshotError: not a snapshot, or not a valid one.
-    """
-    if not isinstance(data, Mapping):
-        raise SnapshotError(
-            [
-                Problem(
-                    "$",
-                    f"a session snapshot is a JSON object, got a {type(data).__name__}; pass "
-                    "what session.to_dict() returned (json.loads it first if you stored it "
-                    "as text)",
-                )
-            ]
-        )
-    if data.get("format") != FORMAT:
-        raise SnapshotError(
-            [
-                Problem(
-                    "$.format",
-                    f"this is not a stageflow session snapshot ('format' is "
-                    f"{data.get('format')!r}, not {FORMAT!r}); pass what session.to_dict() "
-                    "returned",
-                )
-            ]
-        )
-    if data.get("version") != VERSION:
-        raise SnapshotVersionError(data.get("version"), (VERSION,))
-    session_id = data.get("session_id")
-    errors = sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise SnapshotError(
-            [Problem(e.json_path, _message(e)) for e in errors[:20]],
-            source=f"session {session_id!r}" if isinstance(session_id, str) else None,
-        )
-    return data
-
-
-_RECORDS: Final = ("stage", "parallel", "map", "subpipeline", "next")
-
-
-def _message(error: jsonschema.ValidationError) -> str:
-    """What a schema error in a snapshot means, without quoting whole frames."""
-    if error.validator == "oneOf" and isinstance(error.instance, Mapping):
-        both = "context" in error.instance and "writes" in error.instance
-        return (
-            f"a frame has {'both' if both else 'neither of'} 'context' and 'writes'; it needs "
-            "exactly one: 'context' for the main path and subpipeline runs, 'writes' for "
-            "branches and map items"
-        )
-    if error.validator == "not" and error.path and error.path[-1] in _RECORDS:
-        return (
-            f"a frame holds at most one of {', '.join(map(repr, _RECORDS))}; "
-            f"remove {error.path[-1]!r} or the other one"
-        )
-    return schema_error_message(error, "the snapshot")
-
-
-def check_nodes(position: Mapping[str, Any] | None, pipeline: Pipeline) -> list[Problem]:
-    """Every frame of the tree must name an existing node of the right kind."""
-    problems: list[Problem] = []
-    _check_frame(position, pipeline, "$.position", problems)
-    return problems
-
+# ------------------------------------------------------- against a pipeline
 
 _KINDS: Final = {
     "stage": StageNode,
@@ -269,8 +256,15 @@ _KINDS: Final = {
 }
 
 
+def check_nodes(position: FramePosition | None, pipeline: Pipeline) -> list[Problem]:
+    """Every frame of the tree must name an existing node of the right kind."""
+    problems: list[Problem] = []
+    _check_frame(position, pipeline, "$.position", problems)
+    return problems
+
+
 def _check_frame(
-    position: Mapping[str, Any] | None, pipeline: Pipeline, where: str, problems: list[Problem]
+    position: FramePosition | None, pipeline: Pipeline, where: str, problems: list[Problem]
 ) -> None:
     if position is None:
         return
@@ -342,17 +336,17 @@ def _check_frame(
     elif "subpipeline" in position:
         _check_frame(
             position["subpipeline"]["position"],
-            pipeline._targets[node_id],
+            pipeline.callee(node_id),
             f"{where}.subpipeline.position",
             problems,
         )
 
 
 def _graph_name(pipeline: Pipeline) -> str:
-    """``pipeline 'x'``, or ``subpipeline 'page' of pipeline 'x'`` (its document location)."""
-    if pipeline._prefix == "$":
+    """``pipeline 'x'``, or ``the subpipeline at $.subpipelines.page`` (its document location)."""
+    if pipeline.document_path == "$":
         return f"pipeline {pipeline.name!r}"
-    return f"the subpipeline at {pipeline._prefix} of the pipeline"
+    return f"the subpipeline at {pipeline.document_path} of the pipeline"
 
 
 def mismatch(problems: list[Problem], session_id: str) -> SnapshotMismatchError:

@@ -1,0 +1,95 @@
+"""The one place the engine reaches past anyio to trio: chosen once per run.
+
+Everything else in the package is written against anyio. On trio, the
+reference backend, two primitives are taken from trio itself because they sit
+on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
+
+- a raw nursery costs about a third of anyio's task group per child
+  ("parallel branch, per branch" and "map item" rows);
+- trio's own ``checkpoint_if_cancelled`` costs about a third of anyio's, and
+  it runs once per node ("sequential stage node, per node" row).
+
+On any other backend both come from anyio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, NamedTuple, TypeVar
+
+import anyio
+import anyio.lowlevel
+import sniffio
+import trio
+import trio.testing
+
+__all__ = [
+    "Backend",
+    "current_backend",
+    "is_cancellation",
+    "is_interrupt",
+    "run_in_virtual_time",
+]
+
+_T = TypeVar("_T")
+
+
+class Backend(NamedTuple):
+    """The task group opener, the cancellation check and the cancellation class of a run."""
+
+    open_task_group: Callable[[], Any]
+    checkpoint: Callable[[], Awaitable[None]]
+    cancelled: type[BaseException]
+
+
+_TRIO = Backend(trio.open_nursery, trio.lowlevel.checkpoint_if_cancelled, trio.Cancelled)
+
+
+def current_backend() -> Backend:
+    """The primitives for the event loop running now."""
+    if sniffio.current_async_library() == "trio":
+        return _TRIO
+    return Backend(
+        anyio.create_task_group,
+        anyio.lowlevel.checkpoint_if_cancelled,
+        anyio.get_cancelled_exc_class(),
+    )
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, groups opened (``exc`` itself if it is none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
+    """Whether ``exc`` is the backend's cancellation, or a group of nothing else.
+
+    On trio a cancellation that crosses a task group can arrive wrapped in an
+    exception group (its leaves all ``Cancelled``): that is a cancellation
+    too, not a failure.
+    """
+    return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C: a ``KeyboardInterrupt``, alone or grouped with cancellations.
+
+    On trio, a ``KeyboardInterrupt`` raised while tasks run arrives in an
+    exception group, with the cancellations of the other tasks.
+    """
+    leaves = list(_leaves(exc))
+    return any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves) and all(
+        isinstance(leaf, KeyboardInterrupt | trio.Cancelled | asyncio.CancelledError)
+        for leaf in leaves
+    )
+
+
+def run_in_virtual_time(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """Run ``function(*args)`` on trio with an autojumping mock clock (the test kit's loop)."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(function, *args, clock=clock)

@@ -1,0 +1,170 @@
+"""The session's input desk: the sending side of inputs.
+
+It checks inputs against the types and schemas stages declare
+(``validate_events`` = off | warn | strict), routes them through the
+:class:`~stageflow._engine._inputs.InputBroker`, and records every step in the
+history. Inputs that arrive into active waits are checked against the waiting
+stages' own schemas first; inputs that go to the backlog are checked against
+every schema the pipeline's stages declare for that type. The receiving side
+(``wait_input``, ``sleep``, ``emit`` of a running stage) is the run's
+:class:`~stageflow._engine._runtime.StageRuntime`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import jsonschema
+
+from stageflow._engine._inputs import InputBroker, InputReceipt
+from stageflow._errors import InputRejectedError
+from stageflow._events import History
+from stageflow._json import copy_json, find_non_json
+from stageflow._model import Limits, ValidateEvents
+from stageflow._specs import InputSpec, StageSpec, json_message
+
+__all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
+
+
+def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any) -> list[str]:
+    """``"path: message"`` for every way ``payload`` breaks the schema (none without one)."""
+    if validator is None:
+        return []
+    return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
+
+
+class InputDesk:
+    """The sending side of a session's inputs: checks, the broker, the backlog."""
+
+    __slots__ = ("_broker", "_declared", "_history", "_limits", "_mode", "_open")
+
+    def __init__(
+        self,
+        history: History,
+        limits: Limits,
+        mode: ValidateEvents,
+        specs: Iterable[StageSpec],
+    ) -> None:
+        self._history = history
+        self._limits = limits
+        self._mode = mode
+        self._broker = InputBroker(limits.max_input_backlog)
+        # Input type -> the InputSpecs the pipeline's stages declare for it.
+        self._declared: dict[str, list[InputSpec]] = {}
+        # True when some stage waits without declaring its inputs: any type may be awaited.
+        self._open = False
+        for spec in specs:
+            if not spec.allowed_inputs:
+                self._open = True
+            for input_spec in spec.allowed_inputs:
+                self._declared.setdefault(input_spec.type, []).append(input_spec)
+
+    @property
+    def broker(self) -> InputBroker:
+        """The input broker (waiters and backlog)."""
+        return self._broker
+
+    def waiting_for(self) -> frozenset[str]:
+        """Input types awaited right now."""
+        return self._broker.waiting_for()
+
+    # ---------------------------------------------------------------- sending
+
+    def _reject(self, type: str, reason: str, message: str, **extra: Any) -> InputRejectedError:
+        self._history.record(
+            "input_rejected", None, "", {"input_type": type, "reason": reason, **extra}
+        )
+        return InputRejectedError(message, input_type=type, reason=reason)
+
+    def send(self, type: str, payload: Any) -> InputReceipt:
+        """Deliver ``payload`` to every waiter of ``type``, or queue it."""
+        if not isinstance(type, str) or not type:
+            raise InputRejectedError(
+                f"input type {type!r} is not a non-empty string; pass the type the stage waits for",
+                input_type=str(type),
+                reason="bad_type",
+            )
+        bad = find_non_json(payload, "payload")
+        if bad is not None:
+            raise self._reject(
+                type,
+                "not_json",
+                f"input {type!r} was rejected: {bad[0]} is a {type_name(bad[1])}, not a JSON "
+                "value; send dict, list, str, int, float, bool or None",
+            )
+        size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self._limits.max_input_bytes:
+            raise self._reject(
+                type,
+                "too_large",
+                f"input {type!r} was rejected: {size} bytes is over limits.max_input_bytes="
+                f"{self._limits.max_input_bytes}; send less, or raise the limit",
+                size=size,
+            )
+        waiters = self._broker.waiters(type)
+        if waiters:
+            self._check(type, payload, [(input_spec(w.spec, type), w.node_id) for w in waiters])
+            delivered = self._broker.deliver(type, [copy_json(payload) for _ in waiters])
+            return InputReceipt(type, delivered, False)
+        if not self._open and type not in self._declared and self._mode is ValidateEvents.STRICT:
+            raise self._reject(
+                type,
+                "unknown_type",
+                f"input {type!r} was rejected: no stage of this pipeline declares it "
+                f"(declared: {', '.join(sorted(self._declared)) or 'none'}); fix the type",
+            )
+        self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])
+        if self._broker.backlog_full(type):
+            raise self._reject(
+                type,
+                "backlog_full",
+                f"input {type!r} was rejected: {self._broker.max_backlog} inputs of this type "
+                "already wait for a stage (limits.max_input_backlog); send it later, or raise "
+                "the limit",
+            )
+        self._broker.enqueue(type, copy_json(payload))
+        self._history.record("input_queued", None, "", {"input_type": type})
+        return InputReceipt(type, 0, True)
+
+    def _check(
+        self, type: str, payload: Any, checks: Iterable[tuple[InputSpec | None, str | None]]
+    ) -> None:
+        """Validate an input against each ``(spec, waiting node id)``; reject or warn."""
+        if self._mode is ValidateEvents.OFF:
+            return
+        for spec, node_id in checks:
+            if spec is None:
+                continue
+            errors = schema_errors(spec.validator, payload)
+            if not errors:
+                continue
+            if self._mode is ValidateEvents.STRICT:
+                raise self._reject(
+                    type,
+                    "invalid",
+                    f"input {type!r} was rejected: it does not match the schema declared by "
+                    f"{'node ' + repr(node_id) if node_id else 'the pipeline'}: "
+                    f"{'; '.join(errors)}; fix the payload",
+                    errors=errors,
+                )
+            self._history.record(
+                "event_validation_failed",
+                node_id,
+                "",
+                {"kind": "input", "input_type": type, "errors": errors},
+            )
+
+
+def input_spec(spec: StageSpec, type: str) -> InputSpec | None:
+    """What ``spec`` declares for inputs of ``type``, if anything."""
+    for declared in spec.allowed_inputs:
+        if declared.type == type:
+            return declared
+    return None
+
+
+def type_name(value: object) -> str:
+    """The type name of ``value``, for messages."""
+    return type(value).__name__

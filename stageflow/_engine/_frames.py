@@ -1,0 +1,246 @@
+"""Where nodes run: scopes, frames and the typed work record of each node in flight.
+
+A :class:`Scope` is one pipeline run inside a session: the main pipeline, or
+one subpipeline call. A :class:`Frame` is one path of execution in a scope:
+the main path, a parallel branch, a map item or a subpipeline's path. While a
+frame's node runs, ``frame.work`` says what it is doing, as one of the
+records of :data:`Work`; that is what a snapshot saves of it.
+
+:class:`Kernel` is what the node executors may use of the run that drives
+them, so that they depend on this module and not on the run itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from stageflow._context import Context
+from stageflow._engine._backend import Backend
+from stageflow._engine._positions import FramePosition, TerminalPosition
+from stageflow._engine._runtime import StageRuntime, StageWork
+from stageflow._events import History
+from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode
+from stageflow._pipeline import Pipeline
+from stageflow._stages import StageEntry
+from stageflow._telemetry import Tracing
+
+if TYPE_CHECKING:
+    import anyio
+
+__all__ = [
+    "BRANCH",
+    "MAP_ITEM",
+    "BranchOutcome",
+    "ChildKind",
+    "Finished",
+    "Frame",
+    "Kernel",
+    "MapRun",
+    "ParallelRun",
+    "RetryWait",
+    "Scope",
+    "SubpipelineRun",
+    "Work",
+]
+
+
+class Scope:
+    """One pipeline run inside the session: the main pipeline, or a subpipeline call."""
+
+    __slots__ = ("artifacts", "cancel", "depth", "pipeline", "terminal")
+
+    def __init__(self, pipeline: Pipeline, depth: int) -> None:
+        self.pipeline = pipeline
+        self.depth = depth  # the depth of the frame its entry runs in
+        self.terminal: TerminalNode | None = None
+        self.artifacts: dict[str, Any] = {}
+        self.cancel: anyio.CancelScope | None = None  # ends the run at a terminal in a branch
+
+    def ended_at(self, terminal: TerminalPosition | None) -> bool:
+        """Restore the terminal a snapshot says this run had reached; whether it had."""
+        if terminal is None:
+            return False
+        node = self.pipeline.node(terminal["node"])
+        assert isinstance(node, TerminalNode)
+        self.terminal = node
+        self.artifacts = terminal["artifacts"]
+        return True
+
+
+class Frame:
+    """Where a node runs: its context, its path, its nesting depth and pipeline scope.
+
+    ``node`` and ``work`` say what the frame is doing right now: the node in
+    flight and its executor's record, or :class:`Finished` once the node has
+    finished but the frame has not moved on. ``resume`` is the snapshot frame
+    a restored run starts this frame from.
+    """
+
+    __slots__ = ("branch", "ctx", "depth", "node", "path", "resume", "scope", "work")
+
+    def __init__(self, ctx: Context, path: str, depth: int, scope: Scope) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.depth = depth
+        self.scope = scope
+        self.branch: int | str | None = None  # set by a condition for its node_finished
+        self.node: str | None = None
+        self.work: Work = None
+        self.resume: FramePosition | None = None
+
+
+class Finished:
+    """The frame's node has finished; the frame goes on at ``next`` (``None``: its path ends)."""
+
+    __slots__ = ("next",)
+
+    def __init__(self, next: str | None) -> None:
+        self.next = next
+
+
+class RetryWait:
+    """A stage node waiting out a retry delay: the attempt to come and when (ISO 8601)."""
+
+    __slots__ = ("at", "attempt")
+
+    def __init__(self, attempt: int, at: str) -> None:
+        self.attempt = attempt
+        self.at = at
+
+
+class BranchOutcome:
+    """How one branch of a parallel node ended (all false while it runs)."""
+
+    __slots__ = ("cancelled", "error", "finished")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.cancelled = False
+        self.error: Exception | None = None
+
+
+class ParallelRun:
+    """One parallel node execution: its branch frames, outcomes and the ``any`` winner."""
+
+    __slots__ = ("frames", "node", "outcomes", "winner")
+
+    def __init__(self, node: ParallelNode, frames: list[Frame]) -> None:
+        self.node = node
+        self.frames = frames
+        self.outcomes = [BranchOutcome() for _ in frames]
+        self.winner: list[int] = []
+
+
+class MapRun:
+    """The shared state of one map node execution."""
+
+    __slots__ = (
+        "cancel",
+        "collected",
+        "done",
+        "failures",
+        "frame",
+        "items",
+        "next",
+        "node",
+        "resumes",
+        "running",
+    )
+
+    def __init__(self, node: MapNode, frame: Frame, items: list[Any]) -> None:
+        self.node = node
+        self.frame = frame
+        self.items = items
+        self.next = 0  # the next item index to start
+        self.running: dict[int, Frame] = {}  # items in flight, by index
+        self.resumes: list[tuple[int, Frame]] = []  # restored items to go on with first
+        self.collected: dict[str, list[Any]] = {s: [None] * len(items) for s in node.collect}
+        self.failures: list[tuple[int, Exception]] = []
+        self.done = 0
+        self.cancel: Any = None  # the task group's cancel scope (anyio or trio)
+
+
+class SubpipelineRun:
+    """A subpipeline call in flight: the frame its pipeline runs in."""
+
+    __slots__ = ("child",)
+
+    def __init__(self, child: Frame) -> None:
+        self.child = child
+
+
+Work = StageWork | RetryWait | ParallelRun | MapRun | SubpipelineRun | Finished | None
+"""What a frame's node is doing (``None``: it has no record yet, or needs none)."""
+
+
+class Kernel(Protocol):
+    """What node executors use of the run that drives them."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def history(self) -> History: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def tracing(self) -> Tracing | None: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def runtime(self) -> StageRuntime: ...
+    @property
+    def entries(self) -> Mapping[int, StageEntry]: ...
+    @property
+    def stop_outcome(self) -> str: ...
+
+    def run_path(self, node_id: str | None, frame: Frame, stop: str | None) -> Awaitable[None]:
+        """Run nodes from ``node_id`` in ``frame`` until the path ends or reaches ``stop``."""
+
+    def run_child(
+        self,
+        kind: ChildKind,
+        node_id: str,
+        frame: Frame,
+        entry: str,
+        stop: str | None,
+        payload: dict[str, Any],
+        span: tuple[str, dict[str, Any]],
+        settle: Callable[[Exception | None, bool], None],
+    ) -> Awaitable[bool]:
+        """Run a branch or a map item from ``entry``: its events, its span, its outcome.
+
+        ``settle(error, cancelled)`` is called as it ends, before its last
+        event (so a snapshot taken by that event's subscribers sees the
+        outcome). Returns whether it succeeded; a failure is not raised.
+        """
+
+    def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:
+        """The frame as a snapshot keeps it."""
+
+    def positions(self, change: int) -> None:
+        """Count positions (branches, map workers) that start or end."""
+
+    def not_rerun(self, position: FramePosition) -> None:
+        """A restored position that will not run again keeps its counted steps."""
+
+    def random(self) -> float:
+        """The next number of the session's seeded generator."""
+
+
+class ChildKind:
+    """The history events of one kind of child position (a branch, a map item)."""
+
+    __slots__ = ("cancelled", "failed", "finished", "started")
+
+    def __init__(self, prefix: str, finished: str) -> None:
+        self.started = f"{prefix}_started"
+        self.finished = f"{prefix}_{finished}"
+        self.failed = f"{prefix}_failed"
+        self.cancelled = f"{prefix}_cancelled"
+
+
+BRANCH = ChildKind("branch", "finished")
+"""A parallel node's branch: ``branch_started`` ... ``branch_finished``."""
+MAP_ITEM = ChildKind("map_item", "completed")
+"""A map node's item: ``map_item_started`` ... ``map_item_completed``."""

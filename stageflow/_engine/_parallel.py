@@ -1,0 +1,195 @@
+"""Parallel nodes: branches in a task group, ``all`` / ``any``, and the join.
+
+The executor of ``parallel`` nodes. Each branch is a child position
+(``Kernel.run_child``) that runs its nodes through the run's choke point on
+its own copy-on-write fork of the context; the join merges the forks in
+``children`` order.
+
+Hot path: "parallel branch, per branch" benchmark rows.
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+
+from stageflow._engine._frames import BRANCH, Frame, Kernel, ParallelRun
+from stageflow._engine._positions import (
+    BranchPosition,
+    ParallelPosition,
+    apply_writes,
+    error_state,
+    restore_error,
+    writes_of,
+)
+from stageflow._errors import LimitExceededError, NodeTimeoutError, ParallelRunError
+from stageflow._merge import merge_branches
+from stageflow._model import ParallelNode, ParallelPolicy
+from stageflow._telemetry import BRANCH as BRANCH_ATTRIBUTE
+from stageflow._telemetry import NODE_ID
+
+__all__ = ["ParallelExecutor"]
+
+
+class ParallelExecutor:
+    """Runs parallel nodes; saves and restores their branches."""
+
+    __slots__ = ("_kernel",)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+
+    async def run(self, node: ParallelNode, frame: Frame) -> str | None:
+        """Run the branches (or go on with restored ones), join them; return the next node."""
+        kernel = self._kernel
+        limits = kernel.limits
+        if frame.depth >= limits.max_depth:
+            raise LimitExceededError(limit="max_depth", value=limits.max_depth, node_id=node.id)
+        frames = [
+            Frame(
+                frame.ctx.fork(),
+                f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
+                frame.depth + 1,
+                frame.scope,
+            )
+            for child in node.children
+        ]
+        run = ParallelRun(node, frames)
+        outcomes, winner = run.outcomes, run.winner
+        frame.work = run
+        saved = frame.resume.get("parallel") if frame.resume is not None else None
+        todo = self._restore(run, saved) if saved is not None else range(len(frames))
+        with anyio.CancelScope() as deadline:
+            if node.timeout is not None:
+                deadline.deadline = anyio.current_time() + node.timeout
+            # Each branch is a position of its own while this frame waits for them.
+            kernel.positions(len(todo) - 1)
+            try:
+                async with kernel.backend.open_task_group() as tg:
+                    for i in todo:
+                        tg.start_soon(self._branch, run, i, tg.cancel_scope)
+            finally:
+                kernel.positions(1)
+        if frame.scope.terminal is not None:
+            # A terminal in a branch ended this pipeline. If every branch had
+            # finished by then, trio does not deliver the pending cancellation at
+            # the task group's exit: take it here, before anything is merged.
+            await anyio.lowlevel.checkpoint()
+        if deadline.cancelled_caught:
+            raise NodeTimeoutError(
+                f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
+                f'out after {node.timeout:g} s; its branches were cancelled. Raise "timeout" or '
+                "make the branches faster",
+                node_id=node.id,
+                timeout=float(node.timeout or 0),
+                attempt=1,
+            )
+        errors = [o.error for o in outcomes if o.error is not None]
+        if node.policy is ParallelPolicy.ANY:
+            if not winner:
+                raise _branch_failure(node, errors)
+            chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
+        else:
+            if errors:
+                raise _branch_failure(node, errors)
+            chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
+        merge_branches(node.id, node.merge, frame.scope.pipeline.reducers, frame.ctx, chosen)
+        return node.next
+
+    async def _branch(self, run: ParallelRun, index: int, scope: anyio.CancelScope) -> None:
+        node = run.node
+        child = node.children[index]
+        outcome = run.outcomes[index]
+        winner = run.winner
+
+        def settle(error: Exception | None, cancelled: bool) -> None:
+            outcome.cancelled = cancelled
+            outcome.error = error
+            if error is None and not cancelled:
+                outcome.finished = True
+                if node.policy is ParallelPolicy.ANY and not winner:
+                    winner.append(index)  # before the event: a snapshot taken there keeps it
+                    scope.cancel()
+
+        try:
+            succeeded = await self._kernel.run_child(
+                BRANCH,
+                node.id,
+                run.frames[index],
+                child,
+                node.next,
+                {"branch": child},
+                (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
+                settle,
+            )
+            if not succeeded and node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+                scope.cancel()
+        finally:
+            self._kernel.positions(-1)
+
+    def save(self, run: ParallelRun) -> ParallelPosition:
+        """A parallel node in flight as a snapshot keeps it: every branch's state."""
+        branches: list[BranchPosition] = []
+        for child, frame, outcome in zip(run.node.children, run.frames, run.outcomes, strict=True):
+            if outcome.finished:
+                branches.append(
+                    {"child": child, "state": "finished", "writes": writes_of(frame.ctx)}
+                )
+            elif outcome.error is not None:
+                branches.append(
+                    {"child": child, "state": "failed", "error": error_state(outcome.error)}
+                )
+            elif outcome.cancelled:
+                branches.append({"child": child, "state": "cancelled"})
+            else:
+                position = self._kernel.frame_state(frame, child, False)
+                branches.append({"child": child, "state": "running", "position": position})
+        return {"branches": branches, "winner": run.winner[0] if run.winner else None}
+
+    def _restore(self, run: ParallelRun, saved: ParallelPosition) -> list[int]:
+        """Set branches up as the snapshot left them; return those to run (again)."""
+        node = run.node
+        by_child = {branch["child"]: branch for branch in saved["branches"]}
+        todo: list[int] = []
+        for i, child in enumerate(node.children):
+            branch = by_child.get(child)
+            frame, outcome = run.frames[i], run.outcomes[i]
+            if branch is None:
+                todo.append(i)  # a branch the pipeline gained since
+                continue
+            state = branch["state"]
+            if state == "finished":
+                apply_writes(frame.ctx, branch["writes"])
+                outcome.finished = True
+            elif state == "failed":
+                outcome.error = restore_error(branch["error"])
+            elif state == "cancelled":
+                outcome.cancelled = True
+            else:
+                apply_writes(frame.ctx, branch["position"]["writes"])
+                frame.resume = branch["position"]
+                todo.append(i)
+        if saved["winner"] is not None:
+            run.winner.append(saved["winner"])
+        stopped = bool(run.winner) or (
+            node.policy is ParallelPolicy.ALL
+            and node.cancel_on_error
+            and any(o.error is not None for o in run.outcomes)
+        )
+        if not stopped:
+            return todo
+        # The join had been decided (a winner, or a failure that cancels the
+        # rest): the branches still running are not run again.
+        for i in todo:
+            resume = run.frames[i].resume
+            if resume is not None:
+                self._kernel.not_rerun(resume)
+        return []
+
+
+def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:
+    if len(errors) == 1:
+        return errors[0]
+    return ParallelRunError(
+        f"parallel node {node.id!r}: {len(errors)} branches failed", errors, node_id=node.id
+    )

@@ -1,0 +1,623 @@
+"""One ``run()`` of a session: the choke point every node goes through.
+
+A :class:`Run` is made by ``Session.run()`` and lives until it returns. It
+owns the one place where a node executes (:meth:`Run.execute`: limits, the
+cancellation checkpoint, the node's span and log lines, its history events,
+error edges), the path loop (:meth:`Run.run_path`), the one lifecycle of
+child positions (:meth:`Run.run_child`: parallel branches and map items),
+conditions and terminals, and suspend mode. The executors of the other node
+kinds (stage, parallel, subpipeline, map) are plain objects it calls; they
+open no node spans and record no node events of their own.
+
+Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
+("sequential stage node" and "condition node" benchmark rows).
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import anyio
+import anyio.lowlevel
+import structlog
+
+from stageflow._context import Context
+from stageflow._engine._backend import Backend, current_backend, is_cancellation
+from stageflow._engine._frames import (
+    ChildKind,
+    Finished,
+    Frame,
+    MapRun,
+    ParallelRun,
+    Scope,
+    SubpipelineRun,
+)
+from stageflow._engine._map import MapExecutor
+from stageflow._engine._parallel import ParallelExecutor
+from stageflow._engine._positions import FramePosition, awaited, count_positions, writes_of
+from stageflow._engine._runtime import StageRuntime
+from stageflow._engine._stage import StageExecutor
+from stageflow._engine._state import Saved, SessionState, TraceIds
+from stageflow._engine._subpipeline import SubpipelineExecutor
+from stageflow._errors import (
+    ConditionError,
+    LimitExceededError,
+    SessionTimeoutError,
+    StageflowError,
+    describe_exception,
+    error_matches,
+)
+from stageflow._events import History
+from stageflow._json import copy_json
+from stageflow._log import get_logger
+from stageflow._model import (
+    ConditionNode,
+    ErrorHandler,
+    Limits,
+    Node,
+    ParallelNode,
+    StageNode,
+    TerminalNode,
+)
+from stageflow._result import SessionResult, SessionStatus
+from stageflow._stages import StageEntry
+from stageflow._telemetry import (
+    ATTEMPT,
+    NODE_ID,
+    NODE_TYPE,
+    PIPELINE_DIGEST,
+    PIPELINE_NAME,
+    POLICY,
+    SESSION_ID,
+    STAGE,
+    ActiveSpan,
+    Tracing,
+    restored_link,
+)
+
+__all__ = ["Run"]
+
+_log = get_logger("stageflow.session")
+
+_SPAN_OUTCOME: Final = {
+    SessionStatus.WAITING: "suspended",
+    SessionStatus.COMPLETED: "succeeded",
+    SessionStatus.FAILED: "failed",
+    SessionStatus.TIMED_OUT: "failed",
+    SessionStatus.CANCELLED: "cancelled",
+}
+
+
+class Run:
+    """One run of a session (see the module docstring)."""
+
+    __slots__ = (
+        "_cancel_scope",
+        "_executors",
+        "_live",
+        "_main",
+        "_node_log",
+        "_root",
+        "_state",
+        "_suspend",
+        "backend",
+        "loop_thread",
+        "runtime",
+        "stop_outcome",
+        "suspending",
+        "token",
+    )
+
+    def __init__(self, state: SessionState, *, suspend: bool) -> None:
+        self._state = state
+        self._suspend = suspend
+        self.suspending = False  # set when every position blocks in suspend mode
+        self._live = 1  # positions running: the main path, each branch, each map worker
+        self.stop_outcome = "cancelled"  # span / cleanup outcome when the run is torn down
+        self.backend: Backend = current_backend()
+        self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
+        self.loop_thread = threading.get_ident()
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._main = Scope(state.pipeline, 0)
+        self._root: Frame | None = None  # the main path's frame while it runs
+        # The session's UTC clock for deadlines: the wall clock at the start,
+        # advanced by the event loop's clock (so virtual time moves it too).
+        started_at = state.clock().astimezone(datetime.UTC)
+        loop_start = anyio.current_time()
+        self.runtime = StageRuntime(
+            state.desk,
+            state.history,
+            state.limits,
+            state.mode,
+            clock=lambda: (
+                started_at + datetime.timedelta(seconds=anyio.current_time() - loop_start)
+            ),
+            tracing=state.tracing,
+            on_block=self.check_idle if suspend else None,
+        )
+        # Node log lines are written only into a configured structlog.
+        self._node_log = (
+            _log.bind(session_id=state.session_id) if structlog.is_configured() else None
+        )
+        self._executors: dict[str, Callable[[Any, Frame], Awaitable[str | None]]] = {
+            "stage": StageExecutor(self).run,
+            "condition": self._condition,
+            "parallel": ParallelExecutor(self).run,
+            "terminal": self._terminal,
+            "subpipeline": SubpipelineExecutor(self).run,
+            "map": MapExecutor(self).run,
+        }
+
+    # ----------------------------------------------------- what executors use
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self._state.session_id
+
+    @property
+    def history(self) -> History:
+        """The session's history."""
+        return self._state.history
+
+    @property
+    def limits(self) -> Limits:
+        """The session's limits."""
+        return self._state.limits
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """The session's tracing, or ``None``."""
+        return self._state.tracing
+
+    @property
+    def entries(self) -> Mapping[int, StageEntry]:
+        """The registry entry of every stage node, by node identity."""
+        return self._state.entries
+
+    def random(self) -> float:
+        """The next number of the session's seeded generator."""
+        return self._state.random()
+
+    def not_rerun(self, position: FramePosition) -> None:
+        """A restored position that will not run again keeps the steps it had counted."""
+        self._state.steps += count_positions(position)
+
+    def positions(self, change: int) -> None:
+        """Count positions that start (branches, map workers) or end; check for idle."""
+        self._live += change
+        if change < 0 and self._suspend:
+            self.check_idle()
+
+    # ------------------------------------------------------------------ run
+
+    def cancel(self) -> None:
+        """End the run from any task of its event loop (``Session.cancel``)."""
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def run(self) -> SessionResult:
+        """Run the session from its entry, or from where it was saved; the result."""
+        state = self._state
+        resume: FramePosition | None = None
+        saved = state.saved
+        if state.status is SessionStatus.WAITING and saved is not None:
+            resume = copy_json(saved["position"])
+            assert resume is not None
+            state.ctx = Context(resume["context"])
+            self._main.ended_at(resume.get("terminal"))
+            state.steps = saved["steps"] - count_positions(resume)
+            state.history.reopen()
+        state.status = SessionStatus.RUNNING
+        tracing = state.tracing
+        root_span: ActiveSpan | None = None
+        if tracing is not None:
+            pipeline = state.pipeline
+            origin = saved["trace"] if resume is not None and saved is not None else None
+            root_span = tracing.start(
+                f"run {pipeline.name}",
+                {
+                    SESSION_ID: state.session_id,
+                    PIPELINE_NAME: pipeline.name,
+                    PIPELINE_DIGEST: pipeline.digest,
+                },
+                links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
+            )
+            state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
+        try:
+            return await self._run_root(resume)
+        finally:
+            if root_span is not None:
+                Tracing.end(root_span, _SPAN_OUTCOME.get(state.status, "cancelled"), state.error)
+
+    async def _run_root(self, resume: FramePosition | None) -> SessionResult:
+        state = self._state
+        timeout = state.limits.timeout
+        root = self._root = Frame(state.ctx, "", 0, self._main)
+        root.resume = resume
+        pipeline = state.pipeline
+        if resume is None:
+            state.history.record(
+                "session_started",
+                None,
+                "",
+                {"pipeline": pipeline.name, "digest": pipeline.digest},
+            )
+            if timeout is not None:
+                state.deadline = self.at(timeout)
+        else:
+            assert state.saved is not None
+            resumed: dict[str, Any] = {
+                "pipeline": pipeline.name,
+                "digest": pipeline.digest,
+                "node": resume["node"],
+            }
+            if state.saved["digest"] != pipeline.digest:
+                resumed["previous_digest"] = state.saved["digest"]
+            state.history.record("session_resumed", None, "", resumed)
+        error: StageflowError | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                self._cancel_scope = scope
+                if resume is None and timeout is not None:
+                    scope.deadline = anyio.current_time() + timeout
+                elif state.deadline is not None:
+                    scope.deadline = anyio.current_time() + self.runtime.seconds_until(
+                        state.deadline
+                    )
+                if state.cancel_reason is not None:
+                    scope.cancel()
+                self._main.cancel = scope
+                if self._main.terminal is None:
+                    await self.run_path(pipeline.entry, root, None)
+        except StageflowError as exc:
+            error = exc
+        except Exception as exc:
+            if self.suspending:
+                return self._suspended()
+            # A bug in stageflow: keep the history, then fail loudly.
+            error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._finish(SessionStatus.FAILED, error)
+            raise
+        except BaseException as exc:
+            # Only to look at it (it is re-raised): on trio a cancellation that
+            # crossed a task group arrives as a group of cancellations.
+            if not is_cancellation(exc, self.backend.cancelled):
+                raise
+            if self.suspending:
+                return self._suspended()
+            # The task running us was cancelled from outside: record, re-raise.
+            self._finish(SessionStatus.CANCELLED, None, reason="the task running it was cancelled")
+            raise
+        finally:
+            self._cancel_scope = None
+            self.token = None
+        if self.suspending:
+            return self._suspended()
+        if error is not None:
+            return self._finish(SessionStatus.FAILED, error)
+        if self._main.terminal is not None:
+            return self._finish(SessionStatus.COMPLETED, None)
+        if state.cancel_reason is not None:
+            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
+        if scope.cancelled_caught:
+            return self._finish(
+                SessionStatus.TIMED_OUT,
+                SessionTimeoutError(
+                    f"session {state.session_id!r} passed its deadline of "
+                    f"{state.limits.timeout:g} s (limits.timeout) before reaching a terminal "
+                    "node; raise the limit or make the pipeline faster"
+                ),
+            )
+        error = StageflowError("the run ended without reaching a terminal node")
+        return self._finish(SessionStatus.FAILED, error)
+
+    def _finish(
+        self, status: SessionStatus, error: StageflowError | None, *, reason: str | None = None
+    ) -> SessionResult:
+        return self._state.finish(status, error, self._main, reason=reason)
+
+    def clock(self) -> datetime.datetime:
+        """The session's UTC clock for this run (moves with the event loop's clock)."""
+        return self.runtime.clock()
+
+    def at(self, seconds: float) -> str:
+        """The absolute time ``seconds`` from now on the session clock (ISO 8601)."""
+        return (self.runtime.clock() + datetime.timedelta(seconds=seconds)).isoformat()
+
+    # --------------------------------------------------------------- suspend
+
+    def check_idle(self) -> None:
+        """In suspend mode: suspend when every running position waits or sleeps."""
+        state = self._state
+        desk = state.desk
+        blocked = desk.broker.blocked + self.runtime.sleeping
+        if blocked and blocked >= self._live and not self.suspending:
+            self.suspending = True
+            self.stop_outcome = "suspended"
+            saved = state.saved = self.saved_state()
+            waiting_for, wake_at = awaited(saved["position"], state.deadline)
+            # Inputs sent from now on (subscribers of the event below included)
+            # are queued, so the snapshot keeps them.
+            desk.broker.release()
+            state.history.record(
+                "session_suspended",
+                None,
+                "",
+                {"waiting_for": sorted(waiting_for), "wake_at": wake_at},
+            )
+            # Tearing the run down is not part of the session's history.
+            state.history.muted = True
+            if self._cancel_scope is not None:
+                self._cancel_scope.cancel()
+
+    def _suspended(self) -> SessionResult:
+        """End a suspended run: status ``waiting``, streams end, the snapshot is kept."""
+        state = self._state
+        assert state.saved is not None
+        state.history.muted = False
+        state.history.close()
+        self.suspending = False
+        state.status = SessionStatus.WAITING
+        waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
+        return SessionResult(
+            status=SessionStatus.WAITING,
+            result=None,
+            artifacts={},
+            error=None,
+            history=tuple(state.history.events),
+            waiting_for=waiting_for,
+            wake_at=datetime.datetime.fromisoformat(wake_at) if wake_at else None,
+        )
+
+    # ------------------------------------------------------------- snapshots
+
+    def saved_state(self) -> Saved:
+        """What this run would resume from: its positions and counters, now."""
+        state = self._state
+        assert self._root is not None
+        return {
+            "position": self.frame_state(self._root, state.pipeline.entry, True),
+            "steps": state.steps,
+            "trace": self.trace_ids(),
+            "digest": state.pipeline.digest,
+        }
+
+    def trace_ids(self) -> TraceIds | None:
+        """The root span of this session's last traced run, for a snapshot."""
+        ids = self._state.root_ids
+        return None if ids is None else {"trace_id": ids["trace_id"], "span_id": ids["span_id"]}
+
+    @property
+    def current_node(self) -> str | None:
+        """The node the main path is at (``None`` before it starts)."""
+        return self._root.node if self._root is not None else None
+
+    def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:
+        """A frame as the snapshot keeps it, with whatever runs inside its node."""
+        if frame.node is None and frame.resume is not None:
+            restored: FramePosition = copy_json(frame.resume)  # not yet started again
+            return restored
+        node_id = frame.node or entry
+        state: FramePosition = {"path": frame.path, "node": node_id}
+        if frame.node is None:
+            state["next"] = entry  # the path has not started: it starts at its entry
+        if full:
+            state["context"] = copy_json(dict(frame.ctx.data))
+            terminal = frame.scope.terminal
+            if terminal is not None:
+                # A terminal in a branch ended this pipeline; the other branches
+                # are being cancelled. The restored run ends there too.
+                state["terminal"] = {
+                    "node": terminal.id,
+                    "artifacts": copy_json(frame.scope.artifacts),
+                }
+        else:
+            state["writes"] = writes_of(frame.ctx)
+        node = frame.scope.pipeline.node(node_id)
+        work = frame.work
+        if "next" in state:
+            pass
+        elif isinstance(work, Finished) and not isinstance(node, TerminalNode):
+            state["next"] = work.next  # a terminal runs again: it ends its pipeline
+        elif isinstance(node, StageNode):
+            state["stage"] = StageExecutor.save(work)
+        elif isinstance(work, ParallelRun):
+            state["parallel"] = ParallelExecutor(self).save(work)
+        elif isinstance(work, MapRun):
+            state["map"] = MapExecutor(self).save(work)
+        elif isinstance(work, SubpipelineRun):
+            state["subpipeline"] = SubpipelineExecutor(self).save(work)
+        return state
+
+    # ------------------------------------------------------------ choke point
+
+    async def run_path(self, node_id: str | None, frame: Frame, stop: str | None) -> None:
+        """Run nodes from ``node_id`` until a node has no ``next`` or ``stop`` is reached.
+
+        A restored frame starts instead at the node its snapshot names.
+        """
+        index = frame.scope.pipeline.node_index
+        execute = self.execute
+        resume = frame.resume
+        if resume is not None:
+            try:
+                if "next" in resume:
+                    node_id = resume["next"]  # its node had finished
+                else:
+                    node_id = await execute(index[resume["node"]], frame)
+            finally:
+                frame.resume = None
+        while node_id is not None and node_id != stop:
+            node_id = await execute(index[node_id], frame)
+
+    async def execute(self, node: Node, frame: Frame) -> str | None:
+        """Execute one node: the one place for events, spans, logs, limits and error edges."""
+        frame.node = node.id
+        frame.work = None
+        state = self._state
+        state.steps += 1
+        limits = state.limits
+        if state.steps > limits.max_steps:
+            raise LimitExceededError(limit="max_steps", value=limits.max_steps, node_id=node.id)
+        history = state.history
+        if len(history.events) >= limits.max_history:
+            raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
+        # A cancel() from a hook or a stage takes effect before the next node,
+        # even when no stage ever awaits.
+        await self.backend.checkpoint()
+        tracing = state.tracing
+        span: ActiveSpan | None = None
+        if tracing is not None:
+            attributes: dict[str, Any] = {NODE_ID: node.id, NODE_TYPE: node.type}
+            if isinstance(node, StageNode):
+                attributes[STAGE] = node.stage
+                attributes[ATTEMPT] = 1  # raised by the stage executor if a retry succeeds or fails
+            elif isinstance(node, ParallelNode):
+                attributes[POLICY] = node.policy.value
+            span = tracing.start(f"{node.type} {node.id}", attributes)
+        log = self._node_log
+        if log is not None:
+            started = time.perf_counter()
+            log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
+            if span is not None:
+                trace_id, span_id, _ = span.ids
+                log = log.bind(trace_id=trace_id, span_id=span_id)
+            log.info("node.started")
+        record = history.record
+        outcome = "failed"
+        error: Exception | None = None
+        try:
+            started_payload: dict[str, Any] = {"node_type": node.type}
+            if frame.resume is not None:
+                started_payload["resumed"] = True
+            record("node_started", node.id, frame.path, started_payload)
+            try:
+                next_id = await self._executors[node.type](node, frame)
+            except Exception as exc:
+                error = exc
+                record(
+                    "node_failed",
+                    node.id,
+                    frame.path,
+                    {"node_type": node.type, "error": describe_exception(exc)},
+                )
+                return self._route_error(node, frame, exc)
+            except BaseException as exc:  # looked at and re-raised (see _run_root)
+                if is_cancellation(exc, self.backend.cancelled):
+                    outcome = self.stop_outcome
+                    record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+                raise
+            outcome = "succeeded"
+            frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
+            finished: dict[str, Any] = {"node_type": node.type, "next": next_id}
+            if frame.branch is not None:
+                # Which condition matched (its index, or "else"), for coverage tools.
+                finished["branch"] = frame.branch
+                frame.branch = None
+            record("node_finished", node.id, frame.path, finished)
+            return next_id
+        finally:
+            if span is not None:
+                Tracing.end(span, outcome, error)
+            if log is not None:
+                duration_ms = round((time.perf_counter() - started) * 1000, 3)
+                log.info("node.finished", outcome=outcome, duration_ms=duration_ms)
+
+    def _route_error(self, node: Node, frame: Frame, exc: Exception) -> str:
+        """Follow the node's first matching error edge, or re-raise ``exc``."""
+        handlers: tuple[ErrorHandler, ...] = getattr(node, "error_handlers", ())
+        if handlers and not isinstance(exc, LimitExceededError):
+            for index, handler in enumerate(handlers):
+                if error_matches(exc, handler.errors):
+                    description = describe_exception(exc)
+                    frame.ctx.set(handler.error_path, description)
+                    # Handled: a snapshot from here on goes to the handler.
+                    frame.work = Finished(handler.next)
+                    self._state.history.record(
+                        "error_routed",
+                        node.id,
+                        frame.path,
+                        {"next": handler.next, "error_path": handler.error_path, "handler": index},
+                    )
+                    return handler.next
+        raise exc
+
+    async def run_child(
+        self,
+        kind: ChildKind,
+        node_id: str,
+        frame: Frame,
+        entry: str,
+        stop: str | None,
+        payload: dict[str, Any],
+        span: tuple[str, dict[str, Any]],
+        settle: Callable[[Exception | None, bool], None],
+    ) -> bool:
+        """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
+        tracing = self._state.tracing
+        active = tracing.start(*span) if tracing is not None else None
+        record = self._state.history.record
+        outcome = "cancelled"
+        error: Exception | None = None
+        try:
+            record(kind.started, node_id, frame.path, payload)
+            try:
+                await self.run_path(entry, frame, stop)
+            except Exception as exc:
+                outcome, error = "failed", exc
+                settle(exc, False)
+                record(
+                    kind.failed,
+                    node_id,
+                    frame.path,
+                    {**payload, "error": describe_exception(exc)},
+                )
+                return False
+            except BaseException as exc:  # looked at and re-raised (see _run_root)
+                if is_cancellation(exc, self.backend.cancelled):
+                    outcome = self.stop_outcome
+                    settle(None, True)
+                    record(kind.cancelled, node_id, frame.path, payload)
+                raise
+            outcome = "succeeded"
+            settle(None, False)
+            record(kind.finished, node_id, frame.path, payload)
+            return True
+        finally:
+            if active is not None:
+                Tracing.end(active, outcome, error)
+
+    # ---------------------------------------------- conditions and terminals
+
+    async def _condition(self, node: ConditionNode, frame: Frame) -> str | None:
+        data = frame.ctx.data
+        for index, branch in enumerate(node.conditions):
+            if branch.matches(data):
+                frame.branch = index
+                return branch.then
+        if node.else_ is not None:
+            frame.branch = "else"
+            return node.else_
+        raise ConditionError(
+            f"condition node {node.id!r}: none of its {len(node.conditions)} conditions "
+            "matched and it has no 'else'; add an 'else' target or a condition that always "
+            "matches",
+            node_id=node.id,
+        )
+
+    async def _terminal(self, node: TerminalNode, frame: Frame) -> str | None:
+        get = frame.ctx.get
+        scope = frame.scope
+        scope.artifacts = {path: copy_json(get(path, None)) for path in node.artifacts}
+        scope.terminal = node
+        if frame.depth > scope.depth and scope.cancel is not None:
+            # A terminal inside a branch ends its whole pipeline (the session,
+            # or the subpipeline call it runs in).
+            scope.cancel.cancel()
+        return None

@@ -1,0 +1,342 @@
+"""What a running stage reaches through its context: waits, sleeps and events.
+
+One :class:`StageRuntime` per run, made by the run with everything it needs
+(the session's clock for this run, tracing, the suspend-mode hook); one
+:class:`StageWork` per stage attempt, which is both the frame's work record
+(its journal is what a snapshot keeps) and the runtime its
+:class:`~stageflow.StageContext` calls.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from stageflow._engine._desk import InputDesk, schema_errors
+from stageflow._engine._inputs import AttemptTimer, Waiter, fulfil
+from stageflow._engine._positions import Call
+from stageflow._errors import (
+    InputTimeoutError,
+    LimitExceededError,
+    NonJsonValueError,
+    StageContractError,
+)
+from stageflow._events import History
+from stageflow._json import copy_json, find_non_json
+from stageflow._model import Limits, StageNode, ValidateEvents
+from stageflow._specs import StageSpec
+from stageflow._telemetry import INPUT_TYPE, Tracing
+
+__all__ = ["StageRuntime", "StageWork"]
+
+
+class StageWork:
+    """One attempt of a stage node in flight: who it is, its journal, its timer.
+
+    ``calls`` is the attempt's journal, one :class:`Call` per ``wait_input`` /
+    ``sleep``, in order (kept in snapshots); after a restore ``replay`` holds
+    the calls to hand back before anything runs live.
+    """
+
+    __slots__ = (
+        "attempt",
+        "calls",
+        "node",
+        "node_path",
+        "path",
+        "replay",
+        "runtime",
+        "spec",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        runtime: StageRuntime,
+        node: StageNode,
+        spec: StageSpec,
+        path: str,
+        attempt: int,
+        replay: list[Call] | None,
+    ) -> None:
+        self.runtime = runtime
+        self.node = node
+        self.spec = spec
+        self.path = path  # the frame's path (where events of this stage are recorded)
+        self.node_path = f"{path}/{node.id}" if path else node.id
+        self.attempt = attempt
+        self.calls: list[Call] | None = None
+        self.replay = replay
+        self.timer: AttemptTimer | None = None  # the attempt's deadline, if it has one
+
+    def journal(self, entry: Call) -> None:
+        """Append a call to the attempt's journal."""
+        if self.calls is None:
+            self.calls = []
+        self.calls.append(entry)
+
+    # The StageContext runtime protocol: each call goes to the run's runtime.
+
+    def emit(self, type: str, payload: Mapping[str, Any] | None) -> None:
+        """Record a stage event (see :meth:`StageRuntime.emit`)."""
+        self.runtime.emit(self, type, payload)
+
+    def wait_input(self, type: str, timeout: float | None) -> Coroutine[Any, Any, Any]:
+        """Wait for an input (the runtime's coroutine itself: one frame less per wait)."""
+        return self.runtime.wait_input(self, type, timeout)
+
+    def sleep(
+        self, seconds: float | None, until: datetime.datetime | None
+    ) -> Coroutine[Any, Any, float]:
+        """Sleep to an absolute deadline that snapshots keep."""
+        return self.runtime.sleep(self, seconds, until)
+
+
+class StageRuntime:
+    """Waits, sleeps and stage events for one run of a session."""
+
+    __slots__ = (
+        "_desk",
+        "_history",
+        "_limits",
+        "_mode",
+        "_on_block",
+        "_tracing",
+        "clock",
+        "sleeping",
+    )
+
+    def __init__(
+        self,
+        desk: InputDesk,
+        history: History,
+        limits: Limits,
+        mode: ValidateEvents,
+        *,
+        clock: Callable[[], datetime.datetime],
+        tracing: Tracing | None,
+        on_block: Callable[[], None] | None,
+    ) -> None:
+        self._desk = desk
+        self._history = history
+        self._limits = limits
+        self._mode = mode
+        # The session's UTC clock for this run: deadlines of waits and sleeps
+        # are absolute times on it.
+        self.clock = clock
+        self._tracing = tracing
+        # Called when a position starts waiting or sleeping (suspend mode only).
+        self._on_block = on_block
+        self.sleeping = 0  # positions sleeping right now
+
+    # ---------------------------------------------------------------- waiting
+
+    async def wait_input(self, work: StageWork, type: str, timeout: float | None) -> Any:
+        """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
+        spec = work.spec
+        node_id = work.node.id
+        if spec.allowed_inputs and all(s.type != type for s in spec.allowed_inputs):
+            declared = ", ".join(s.type for s in spec.allowed_inputs)
+            raise StageContractError(
+                f"stage {work.node.stage!r} at node {node_id!r} waits for input {type!r}, which "
+                f"its spec does not declare (declared: {declared}); add an InputSpec for it",
+                node_id=node_id,
+            )
+        path = work.path
+        record = self._history.record
+        entry = self._replayed(work, "wait", type)
+        if entry is not None and "payload" in entry:
+            # Consumed before the snapshot: hand it over again, in order.
+            work.journal(entry)
+            record("input_received", node_id, path, {"input_type": type, "from": "replay"})
+            return copy_json(entry["payload"])
+        remaining = timeout
+        restored_deadline = False
+        if entry is None:
+            entry = {"wait": type, "deadline": None}
+            if timeout is not None:
+                entry["deadline"] = (self.clock() + datetime.timedelta(seconds=timeout)).isoformat()
+        elif entry.get("deadline") is not None:
+            remaining = self.seconds_until(entry["deadline"])  # type: ignore[arg-type]
+            restored_deadline = True
+        work.journal(entry)
+        broker = self._desk.broker
+        found, payload = broker.take(type)
+        tracing = self._tracing
+        if found:
+            fulfil(entry, copy_json(payload))
+            record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
+            if tracing is not None:
+                tracing.add_event("input_received", {INPUT_TYPE: type})
+            return payload
+        if restored_deadline and remaining is not None and remaining <= 0:
+            # Restored after its deadline: it times out now (it does not block,
+            # so suspend mode goes on to the timeout's error edge).
+            await anyio.lowlevel.checkpoint()
+            raise self._timed_out(work, type, timeout)
+        waiter = Waiter(node_id, path, spec, entry)
+        broker.add(type, waiter)
+        record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
+        if tracing is not None:
+            tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
+        timer = work.timer
+        if timer is not None:
+            timer.pause()
+        timed_out = False
+        try:
+            if self._on_block is not None:
+                self._on_block()
+            if remaining is None:
+                await waiter.arrived.wait()
+            else:
+                with anyio.move_on_after(remaining) as scope:
+                    await waiter.arrived.wait()
+                timed_out = scope.cancelled_caught
+        finally:
+            broker.discard(type, waiter)
+            if timer is not None:
+                timer.resume()
+        if timed_out:
+            raise self._timed_out(work, type, timeout)
+        record("input_received", node_id, path, {"input_type": type, "from": "sender"})
+        if tracing is not None:
+            tracing.add_event("input_received", {INPUT_TYPE: type})
+        return waiter.payload
+
+    def _timed_out(self, work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
+        """Record ``input_timeout``; the error to raise."""
+        node_id = work.node.id
+        self._history.record(
+            "input_timeout", node_id, work.path, {"input_type": type, "timeout": timeout}
+        )
+        return InputTimeoutError(
+            f"stage {work.node.stage!r} at node {node_id!r} waited {_or_inf(timeout):g} s for "
+            f"input {type!r} and got none; send it sooner, raise the timeout, or route "
+            "InputTimeoutError with an error edge",
+            node_id=node_id,
+            input_type=type,
+            timeout=float(timeout or 0),
+        )
+
+    # ----------------------------------------------------------------- timers
+
+    async def sleep(
+        self, work: StageWork, seconds: float | None, until: datetime.datetime | None
+    ) -> float:
+        """Sleep on behalf of a stage, to an absolute deadline that snapshots keep."""
+        entry = self._replayed(work, "sleep", None)
+        if entry is None:
+            now = self.clock()
+            if until is None:
+                planned = max(0.0, seconds or 0.0)
+                until = now + datetime.timedelta(seconds=planned)
+            else:
+                planned = max(0.0, (until - now).total_seconds())
+            entry = {"sleep": until.astimezone(datetime.UTC).isoformat(), "seconds": planned}
+            remaining = planned
+        else:
+            remaining = self.seconds_until(entry["sleep"])
+        work.journal(entry)
+        await self.pause(remaining)
+        return float(entry["seconds"])
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` as a position blocked on a timer (for suspend mode).
+
+        A timer that is already due blocks nothing: a session restored at its
+        ``wake_at`` goes on instead of suspending again.
+        """
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        self.sleeping += 1
+        try:
+            if self._on_block is not None:
+                self._on_block()
+            await anyio.sleep(seconds)
+        finally:
+            self.sleeping -= 1
+
+    def seconds_until(self, deadline: str) -> float:
+        """Seconds from now to an ISO deadline (0 when it has passed)."""
+        left = datetime.datetime.fromisoformat(deadline) - self.clock()
+        return max(0.0, left.total_seconds())
+
+    def _replayed(self, work: StageWork, kind: str, key: str | None) -> Call | None:
+        """The journal entry this call replays after a restore, or ``None`` for a new call.
+
+        A call that does not match the journal (the stage took another way
+        this time) ends the replay: it and every later call run live.
+        """
+        replay = work.replay
+        if not replay:
+            return None
+        entry = replay.pop(0)
+        if kind in entry and (key is None or entry.get(kind) == key):
+            return entry
+        work.replay = None
+        self._history.record(
+            "replay_diverged",
+            work.node.id,
+            work.path,
+            {"expected": _describe_call(entry), "got": _describe_call({kind: key})},  # type: ignore[misc]
+        )
+        return None
+
+    # ---------------------------------------------------------------- events
+
+    def emit(self, work: StageWork, type: str, payload: Mapping[str, Any] | None) -> None:
+        """Record a stage's own event after checking it against the stage's spec."""
+        body: Any = {} if payload is None else payload
+        if not isinstance(body, Mapping):
+            raise NonJsonValueError(f"event {type!r} payload", body, detail="it must be an object")
+        bad = find_non_json(body, "payload")
+        if bad is not None:
+            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1])
+        spec = work.spec
+        node_id = work.node.id
+        stage = work.node.stage
+        if spec.allowed_events:
+            matching = [s for s in spec.allowed_events if s.type == type]
+            if not matching:
+                declared = ", ".join(s.type for s in spec.allowed_events)
+                raise StageContractError(
+                    f"stage {stage!r} at node {node_id!r} emitted event {type!r}, which "
+                    f"its spec does not declare (declared: {declared}); add an EventSpec for it",
+                    node_id=node_id,
+                )
+            if self._mode is not ValidateEvents.OFF:
+                errors = schema_errors(matching[0].validator, dict(body))
+                if errors and self._mode is ValidateEvents.STRICT:
+                    raise StageContractError(
+                        f"stage {stage!r} at node {node_id!r} emitted event {type!r} "
+                        f"that does not match its schema: {'; '.join(errors)}",
+                        node_id=node_id,
+                    )
+                if errors:
+                    self._history.record(
+                        "event_validation_failed",
+                        node_id,
+                        work.path,
+                        {"kind": "event", "event_type": type, "errors": errors},
+                    )
+        if len(self._history) >= self._limits.max_history:
+            raise LimitExceededError(
+                limit="max_history", value=self._limits.max_history, node_id=node_id
+            )
+        self._history.record(type, node_id, work.path, copy_json(body))
+
+
+def _describe_call(entry: Call) -> str:
+    if "wait" in entry:
+        return f"wait_input({entry['wait']!r})"
+    return "sleep"
+
+
+def _or_inf(timeout: float | None) -> float:
+    """``timeout`` or infinity."""
+    return float("inf") if timeout is None else timeout

@@ -1,0 +1,272 @@
+"""Session snapshots: the JSON document, its checks, and reading and writing it.
+
+A snapshot is plain JSON (``schemas/session-snapshot.schema.json``): the
+session's identity, its pipeline document and digest, limits, counters,
+deadlines, its position tree (:mod:`stageflow._engine._positions`), the
+input backlog, its outcome once finished, and its history. :func:`dump`
+writes one from a session's state (and its run, if one is in progress);
+:func:`check_document`, :func:`restore_pipeline` and :func:`load` read one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import jsonschema
+
+from stageflow._engine._positions import (
+    RECORDS,
+    FramePosition,
+    check_nodes,
+    mismatch,
+    restore_error,
+)
+from stageflow._engine._state import FINISHED, SessionState, TraceIds
+from stageflow._errors import (
+    PipelineValidationError,
+    Problem,
+    SnapshotError,
+    SnapshotVersionError,
+)
+from stageflow._events import Event
+from stageflow._json import copy_json
+from stageflow._pipeline import Pipeline, load_schema, schema_error_message
+from stageflow._result import SessionStatus
+from stageflow._specs import DocumentSchema
+from stageflow._stages import StageRegistry
+from stageflow._version import __version__
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "check_document",
+    "dump",
+    "event_from_dict",
+    "load",
+    "restore_pipeline",
+]
+
+FORMAT: Final = "stageflow.session-snapshot"
+VERSION: Final = 1
+
+
+@functools.cache
+def _validator() -> DocumentSchema:
+    return DocumentSchema(load_schema("session-snapshot"))
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """Rebuild an :class:`Event` from its ``to_dict()`` form."""
+    return Event(
+        data["seq"],
+        data["type"],
+        datetime.datetime.fromisoformat(data["timestamp"]),
+        data["session_id"],
+        data["node_id"],
+        data["path"],
+        data["payload"],
+        data.get("trace_id"),
+        data.get("span_id"),
+        data.get("parent_span_id"),
+    )
+
+
+def check_document(data: object) -> Mapping[str, Any]:
+    """Check a snapshot's format, version and shape; return it.
+
+    Raises:
+        SnapshotVersionError: another format version.
+        SnapshotError: not a snapshot, or not a valid one.
+    """
+    if not isinstance(data, Mapping):
+        raise SnapshotError(
+            [
+                Problem(
+                    "$",
+                    f"a session snapshot is a JSON object, got a {type(data).__name__}; pass "
+                    "what session.to_dict() returned (json.loads it first if you stored it "
+                    "as text)",
+                )
+            ]
+        )
+    if data.get("format") != FORMAT:
+        raise SnapshotError(
+            [
+                Problem(
+                    "$.format",
+                    f"this is not a stageflow session snapshot ('format' is "
+                    f"{data.get('format')!r}, not {FORMAT!r}); pass what session.to_dict() "
+                    "returned",
+                )
+            ]
+        )
+    if data.get("version") != VERSION:
+        raise SnapshotVersionError(data.get("version"), (VERSION,))
+    session_id = data.get("session_id")
+    errors = sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise SnapshotError(
+            [Problem(e.json_path, _message(e)) for e in errors[:20]],
+            source=f"session {session_id!r}" if isinstance(session_id, str) else None,
+        )
+    return data
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """What a schema error in a snapshot means, without quoting whole frames."""
+    if error.validator == "oneOf" and isinstance(error.instance, Mapping):
+        both = "context" in error.instance and "writes" in error.instance
+        return (
+            f"a frame has {'both' if both else 'neither of'} 'context' and 'writes'; it needs "
+            "exactly one: 'context' for the main path and subpipeline runs, 'writes' for "
+            "branches and map items"
+        )
+    if error.validator == "not" and error.path and error.path[-1] in RECORDS:
+        return (
+            f"a frame holds at most one of {', '.join(map(repr, RECORDS))}; "
+            f"remove {error.path[-1]!r} or the other one"
+        )
+    return schema_error_message(error, "the snapshot")
+
+
+def dump(state: SessionState) -> dict[str, Any]:
+    """A snapshot of the session as plain JSON, at any moment (see ``Session.to_dict``)."""
+    status = state.status
+    run = state.run
+    suspending = run is not None and run.suspending
+    if state.saved is not None and (status is SessionStatus.WAITING or suspending):
+        # Suspended (or being torn down for it) or restored: the saved
+        # positions, with what arrived since.
+        status = SessionStatus.WAITING
+        position = state.saved["position"]
+        steps = state.saved["steps"]
+        trace = state.saved["trace"]
+    elif status is SessionStatus.RUNNING and run is not None:
+        saved = run.saved_state()  # a live snapshot, taken mid-run
+        position, steps, trace = saved["position"], saved["steps"], saved["trace"]
+    else:
+        node = run.current_node if run is not None else state.last_node
+        position = {
+            "path": "",
+            "node": node or state.pipeline.entry,
+            "context": copy_json(dict(state.ctx.data)),
+        }
+        steps = state.steps
+        trace = _trace_ids(state)
+    running = status is SessionStatus.RUNNING and run is not None
+    now = run.clock() if running and run is not None else state.clock()
+    active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
+    position = copy_json(position)
+    pipeline = state.pipeline
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "stageflow_version": __version__,
+        "session_id": state.session_id,
+        "status": status.value,
+        "taken_at": now.astimezone(datetime.UTC).isoformat(),
+        "pipeline": {
+            "name": pipeline.name,
+            "digest": pipeline.digest,
+            "document": pipeline.to_dict(),
+        },
+        "limits": attrs.asdict(state.limits),
+        "validate_events": state.mode.value,
+        "seed": state.seed,
+        "rng_draws": state.draws,
+        "steps": steps,
+        "deadline": state.deadline,
+        "trace": copy_json(trace),
+        "current_node": position["node"] if active else None,
+        "position": position,
+        "backlog": state.desk.broker.backlog(),
+        "outcome": copy_json(state.outcome) if status in FINISHED else None,
+        "history": [event.to_dict() for event in state.history.events],
+    }
+
+
+def _trace_ids(state: SessionState) -> TraceIds | None:
+    ids = state.root_ids
+    return None if ids is None else {"trace_id": ids["trace_id"], "span_id": ids["span_id"]}
+
+
+def restore_pipeline(
+    snapshot: Mapping[str, Any], registry: StageRegistry | None, pipeline: Pipeline | None
+) -> Pipeline:
+    """The pipeline a snapshot goes on with: ``pipeline``, or the one it carries.
+
+    Raises:
+        SnapshotMismatchError: the carried document does not match its digest,
+            or the session is at nodes that the pipeline does not have.
+        SnapshotError: the carried document no longer loads.
+    """
+    session_id = snapshot["session_id"]
+    embedded = snapshot["pipeline"]
+    if pipeline is None:
+        try:
+            pipeline = Pipeline.from_dict(
+                embedded["document"], registry=registry, source=f"snapshot of {session_id!r}"
+            )
+        except PipelineValidationError as exc:
+            problems = [
+                Problem(f"$.pipeline.document{p.location[1:]}", p.message) for p in exc.problems
+            ]
+            if registry is None:
+                problems.append(
+                    Problem(
+                        "$.pipeline.document",
+                        "no registry= was passed, so the default registry was searched; "
+                        "pass the registry that has the pipeline's stages",
+                    )
+                )
+            raise SnapshotError(problems, source=f"session {session_id!r}") from exc
+        if pipeline.digest != embedded["digest"]:
+            raise mismatch(
+                [
+                    Problem(
+                        "$.pipeline.digest",
+                        f"the snapshot's pipeline document has digest {pipeline.digest}, "
+                        f"not {embedded['digest']} as recorded: the snapshot was altered. "
+                        "Restore an unaltered snapshot; to move a session to a changed "
+                        "pipeline, pass it as from_dict(..., pipeline=)",
+                    )
+                ],
+                session_id,
+            )
+    status = SessionStatus(snapshot["status"])
+    active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
+    problems = check_nodes(snapshot["position"], pipeline) if active else []
+    if problems:
+        raise mismatch(problems, session_id)
+    return pipeline
+
+
+def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
+    """Give a new session's state what the snapshot kept."""
+    status = SessionStatus(snapshot["status"])
+    state.history.events.extend(event_from_dict(e) for e in snapshot["history"])
+    state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
+    state.deadline = snapshot["deadline"]
+    state.replay_draws(snapshot["rng_draws"])
+    if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:
+        position: FramePosition = copy_json(snapshot["position"])
+        state.saved = {
+            "position": position,
+            "steps": snapshot["steps"],
+            "trace": copy_json(snapshot["trace"]),
+            "digest": snapshot["pipeline"]["digest"],
+        }
+        state.steps = snapshot["steps"]
+        state.status = SessionStatus.WAITING
+    elif status is not SessionStatus.PENDING:
+        state.status = status
+        state.steps = snapshot["steps"]
+        state.outcome = copy_json(snapshot["outcome"])
+        error = state.outcome.get("error") if state.outcome else None
+        if error is not None:
+            state.error = restore_error(error)
+        state.history.close()

@@ -1,0 +1,216 @@
+"""A session's state across runs: what the public ``Session`` handle holds.
+
+:class:`SessionState` is everything that outlives one ``run()``: the
+pipeline and its resolved stages, the context, the history, the input desk,
+counters, deadlines, the positions a waiting session resumes from, and its
+outcome. A :class:`~stageflow._engine._run.Run` works on it; the snapshot
+module reads and writes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from collections.abc import Callable
+from typing import Any, Final, Protocol, TypedDict
+
+import anyio.lowlevel
+
+from stageflow._context import Context
+from stageflow._engine._desk import InputDesk
+from stageflow._engine._frames import Scope
+from stageflow._engine._positions import FramePosition
+from stageflow._errors import StageflowError, describe_exception
+from stageflow._events import History
+from stageflow._json import copy_json
+from stageflow._model import Limits, ValidateEvents
+from stageflow._pipeline import Pipeline
+from stageflow._result import SessionResult, SessionStatus
+from stageflow._stages import StageEntry
+from stageflow._telemetry import Tracing
+
+__all__ = ["FINISHED", "ActiveRun", "Saved", "SessionState", "TraceIds"]
+
+FINISHED: Final = frozenset(
+    {
+        SessionStatus.COMPLETED,
+        SessionStatus.FAILED,
+        SessionStatus.CANCELLED,
+        SessionStatus.TIMED_OUT,
+    }
+)
+"""The statuses a session ends in."""
+
+_FINAL_EVENT: Final = {
+    SessionStatus.COMPLETED: "session_completed",
+    SessionStatus.FAILED: "session_failed",
+    SessionStatus.CANCELLED: "session_cancelled",
+    SessionStatus.TIMED_OUT: "session_timed_out",
+}
+
+
+class TraceIds(TypedDict):
+    """The root span of the run that took a snapshot."""
+
+    trace_id: str
+    span_id: str
+
+
+class Saved(TypedDict):
+    """What a waiting session resumes from: positions, step counter, run span, digest."""
+
+    position: FramePosition
+    steps: int
+    trace: TraceIds | None
+    digest: str
+
+
+class ActiveRun(Protocol):
+    """What the session and its snapshots ask of the run in progress (``_run.Run``)."""
+
+    @property
+    def suspending(self) -> bool:
+        """Whether the run is being torn down to suspend."""
+
+    @property
+    def current_node(self) -> str | None:
+        """The node the main path is at."""
+
+    @property
+    def token(self) -> anyio.lowlevel.EventLoopToken | None:
+        """The event loop's token while the run runs."""
+
+    @property
+    def loop_thread(self) -> int:
+        """The event loop's thread."""
+
+    def clock(self) -> datetime.datetime:
+        """The session's UTC clock for this run."""
+
+    def saved_state(self) -> Saved:
+        """What the run would resume from, now."""
+
+    def cancel(self) -> None:
+        """End the run."""
+
+
+class SessionState:
+    """A session's state across runs (see the module docstring)."""
+
+    __slots__ = (
+        "cancel_reason",
+        "clock",
+        "ctx",
+        "deadline",
+        "desk",
+        "draws",
+        "entries",
+        "error",
+        "history",
+        "last_node",
+        "limits",
+        "mode",
+        "outcome",
+        "pipeline",
+        "rng",
+        "root_ids",
+        "run",
+        "saved",
+        "seed",
+        "session_id",
+        "status",
+        "steps",
+        "tracing",
+    )
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        entries: dict[int, StageEntry],
+        session_id: str,
+        payload: dict[str, Any],
+        limits: Limits,
+        mode: ValidateEvents,
+        seed: int | None,
+        clock: Callable[[], datetime.datetime],
+        tracing: Tracing | None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.entries = entries  # the registry entry of every stage node, by node identity
+        self.session_id = session_id
+        self.limits = limits
+        self.mode = mode
+        self.ctx = Context(payload)
+        self.tracing = tracing
+        self.history = History(session_id, tracing=tracing)
+        self.desk = InputDesk(
+            self.history, limits, mode, [entry.spec for entry in entries.values()]
+        )
+        self.seed = seed
+        self.rng: random.Random | None = None  # built when a jittered retry needs it
+        self.draws = 0  # numbers drawn from it (a snapshot replays them)
+        self.clock = clock
+        self.deadline: str | None = None  # the session deadline, absolute (ISO 8601)
+        # What a WAITING session resumes from (a restore, or its own suspension).
+        self.saved: Saved | None = None
+        self.outcome: dict[str, Any] | None = None  # a finished session's result, for snapshots
+        self.root_ids: TraceIds | None = None  # the last run's root span, for snapshots
+        self.status = SessionStatus.PENDING
+        self.steps = 0
+        self.error: StageflowError | None = None
+        self.cancel_reason: str | None = None
+        self.run: ActiveRun | None = None  # the run in progress, if any
+        self.last_node: str | None = None  # where the main path was when the last run ended
+
+    def random(self) -> float:
+        """The next number of the session's seeded generator (a snapshot counts them)."""
+        if self.rng is None:
+            self.rng = random.Random(self.seed)
+        self.draws += 1
+        return self.rng.random()
+
+    def replay_draws(self, draws: int) -> None:
+        """Draw ``draws`` numbers, as the session that took a snapshot had."""
+        self.draws = draws
+        if draws and self.seed is not None:
+            self.rng = random.Random(self.seed)
+            for _ in range(draws):
+                self.rng.random()
+
+    def finish(
+        self,
+        status: SessionStatus,
+        error: StageflowError | None,
+        main: Scope | None,
+        *,
+        reason: str | None = None,
+    ) -> SessionResult:
+        """End the session: its status, outcome and final event; the result."""
+        self.status = status
+        self.error = error
+        completed = status is SessionStatus.COMPLETED
+        terminal = main.terminal if main is not None else None
+        result = copy_json(terminal.result) if completed and terminal else None
+        artifacts = main.artifacts if completed and main is not None else {}
+        described = describe_exception(error) if error is not None else None
+        # Kept before the final event, so a snapshot taken by its subscribers has it.
+        self.outcome = {
+            "result": copy_json(result),
+            "artifacts": copy_json(artifacts),
+            "error": described,
+        }
+        payload: dict[str, Any] = {"status": status.value, "steps": self.steps}
+        if described is not None:
+            payload["error"] = copy_json(described)
+        if reason is not None:
+            payload["reason"] = reason
+        self.history.record(_FINAL_EVENT[status], None, "", payload)
+        self.history.close()
+        return SessionResult(
+            status=status,
+            result=result,
+            artifacts=artifacts,
+            error=error,
+            history=tuple(self.history.events),
+        )

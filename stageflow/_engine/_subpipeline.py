@@ -1,0 +1,100 @@
+"""Subpipeline nodes: a nested pipeline run as one node, in the same session.
+
+The executor of ``subpipeline`` nodes. The called pipeline runs in a scope
+of its own (its terminal ends it, not the session) on a fresh context built
+from the node's ``inputs``; its nodes go through the run's choke point, so
+inputs, cancellation, limits, events and spans reach inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from stageflow._context import MISSING, Context
+from stageflow._engine._frames import Frame, Kernel, Scope, SubpipelineRun
+from stageflow._engine._positions import SubpipelinePosition
+from stageflow._errors import LimitExceededError, NodeTimeoutError, SubpipelineError
+from stageflow._json import copy_json
+from stageflow._model import SubpipelineNode
+
+__all__ = ["SubpipelineExecutor", "check_depth"]
+
+
+def check_depth(kernel: Kernel, node_id: str, frame: Frame) -> None:
+    """Refuse to nest a frame deeper than ``limits.max_depth``."""
+    if frame.depth >= kernel.limits.max_depth:
+        raise LimitExceededError(limit="max_depth", value=kernel.limits.max_depth, node_id=node_id)
+
+
+class SubpipelineExecutor:
+    """Runs subpipeline nodes; saves and restores the call in flight."""
+
+    __slots__ = ("_kernel",)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+
+    async def run(self, node: SubpipelineNode, frame: Frame) -> str | None:
+        """Run the called pipeline to its terminal; map its result back; return the next node."""
+        check_depth(self._kernel, node.id, frame)
+        target = frame.scope.pipeline.callee(node.id)
+        saved = frame.resume.get("subpipeline") if frame.resume is not None else None
+        if saved is not None:
+            child_ctx = Context(copy_json(saved["position"]["context"]))
+        else:
+            child_ctx = Context({})
+            for child_path, parent_path in node.inputs.items():
+                value = frame.ctx.get(parent_path)
+                if value is not MISSING:
+                    child_ctx.set(child_path, copy_json(value))
+        scope = Scope(target, frame.depth + 1)
+        path = f"{frame.path}/{node.id}" if frame.path else node.id
+        child = Frame(child_ctx, path, frame.depth + 1, scope)
+        if saved is not None:
+            child.resume = saved["position"]
+        frame.work = SubpipelineRun(child)
+        ended = saved is not None and scope.ended_at(saved["position"].get("terminal"))
+        with anyio.CancelScope() as cancel:
+            scope.cancel = cancel
+            if node.timeout is not None:
+                cancel.deadline = anyio.current_time() + node.timeout
+            if not ended:
+                await self._kernel.run_path(target.entry, child, None)
+        if scope.terminal is None:
+            if cancel.cancelled_caught:
+                raise NodeTimeoutError(
+                    f"subpipeline node {node.id!r} ({frame.scope.pipeline.location(node.id)}) "
+                    f'timed out after {node.timeout:g} s; raise "timeout" or make '
+                    f"{node.pipeline!r} faster",
+                    node_id=node.id,
+                    timeout=float(node.timeout or 0),
+                    attempt=1,
+                )
+            raise SubpipelineError(
+                f"subpipeline node {node.id!r}: {node.pipeline!r} ended without reaching a "
+                "terminal node; end every path of it with a terminal",
+                node_id=node.id,
+            )
+        writes: list[tuple[str, Any]] = []
+        if node.result_output is not None:
+            writes.append((node.result_output, copy_json(scope.terminal.result)))
+        for artifact, parent_path in node.artifacts.items():
+            if artifact not in scope.artifacts:
+                returned = ", ".join(repr(a) for a in scope.artifacts) or "none"
+                raise SubpipelineError(
+                    f"subpipeline node {node.id!r}: {node.pipeline!r} ended at terminal "
+                    f"{scope.terminal.id!r}, which returns no artifact {artifact!r} (it returns: "
+                    f"{returned}); list it in that terminal's 'artifacts' or fix the mapping",
+                    node_id=node.id,
+                )
+            writes.append((parent_path, scope.artifacts[artifact]))
+        for parent_path, value in writes:
+            frame.ctx.set(parent_path, value)
+        return node.next
+
+    def save(self, run: SubpipelineRun) -> SubpipelinePosition:
+        """A subpipeline call in flight as a snapshot keeps it: the child run's frame."""
+        child = run.child
+        return {"position": self._kernel.frame_state(child, child.scope.pipeline.entry, True)}

@@ -1,0 +1,107 @@
+"""Ctrl-C in ``stageflow run``: exit 130 and one line on stderr, in a real subprocess.
+
+On trio, the KeyboardInterrupt arrives wrapped in an exception group with the
+cancellations of the session's tasks; before the fix the CLI printed that
+group's traceback and exited 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STAGES = """
+import sys
+
+import anyio
+
+import stageflow
+
+registry = stageflow.StageRegistry()
+
+
+@registry.register("Block")
+async def block(ctx):
+    print("ready", file=sys.stderr, flush=True)
+    await anyio.sleep_forever()
+"""
+
+# The blocking stage runs inside a parallel node: the interrupt crosses a task group.
+PIPELINE = {
+    "api_version": "1.0",
+    "entry": "fan",
+    "nodes": [
+        {"id": "fan", "type": "parallel", "children": ["a", "b"], "next": "end"},
+        {"id": "a", "type": "stage", "stage": "Block"},
+        {"id": "b", "type": "stage", "stage": "Block"},
+        {"id": "end", "type": "terminal", "result": {}},
+    ],
+}
+
+
+def _entry_point() -> str:
+    found = shutil.which("stageflow", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("the stageflow entry point is not installed: pip install -e .")
+    return found
+
+
+@pytest.fixture
+def command(tmp_path: Path) -> list[str]:
+    (tmp_path / "blocking.py").write_text(STAGES)
+    (tmp_path / "pipeline.json").write_text(json.dumps(PIPELINE))
+    return [
+        _entry_point(),
+        "run",
+        str(tmp_path / "pipeline.json"),
+        "--stages",
+        str(tmp_path / "blocking.py"),
+    ]
+
+
+@pytest.mark.parametrize("options", [["--no-live"], ["--json"], ["--json", "--history"]])
+def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) -> None:
+    proc = subprocess.Popen(
+        [*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        # Both branches are blocked once each has said so: then interrupt.
+        assert proc.stderr.readline() == "ready\n"
+        assert proc.stderr.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["stageflow: interrupted"], err
+    assert out == ""
+
+
+def test_ctrl_c_with_the_live_view_on_a_terminal_exits_130(command: list[str]) -> None:
+    # A pseudo-terminal makes stdout a terminal, so the live view is on.
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        command, stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    os.close(follower)
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "ready\n"
+        assert proc.stderr.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        os.close(leader)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1:] == ["stageflow: interrupted"], err
+    assert "Traceback" not in err
