@@ -23,7 +23,7 @@ from stageflow._errors import InputRejectedError
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, ValidateEvents
-from stageflow._specs import InputSpec, StageSpec
+from stageflow._specs import InputSpec, StageSpec, json_message
 
 __all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
 
@@ -32,7 +32,7 @@ def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any
     """``"path: message"`` for every way ``payload`` breaks the schema (none without one)."""
     if validator is None:
         return []
-    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(payload)]
+    return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
 
 
 class InputDesk:
