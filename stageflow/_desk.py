@@ -119,7 +119,7 @@ class InputDesk:
                 type,
                 "not_json",
                 f"input {type!r} was rejected: {bad[0]} is a {type_name(bad[1])}, not a JSON "
-                "value; send dict, list, str, int, float, bool or None",
+                f"value ({bad.reason}); send dict, list, str, int, float, bool or None",
             )
         size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
         if size > self._limits.max_input_bytes:
@@ -344,7 +344,7 @@ class InputDesk:
             raise NonJsonValueError(f"event {type!r} payload", body, detail="it must be an object")
         bad = find_non_json(body, "payload")
         if bad is not None:
-            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1])
+            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1], detail=bad.reason)
         spec = ctx.spec
         path = ctx.node_path.rpartition("/")[0]
         if spec.allowed_events:

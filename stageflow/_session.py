@@ -273,7 +273,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             raise NonJsonValueError("the session payload", payload, detail="it must be an object")
         bad = find_non_json(payload, "payload")
         if bad is not None:
-            raise NonJsonValueError(bad[0], bad[1])
+            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason)
         self.session_id = session_id or str(uuid.uuid4())
         self._limits = limits if limits is not None else pipeline.limits
         self._mode = mode = ValidateEvents(validate_events or pipeline.validate_events)

@@ -25,6 +25,7 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
 )
+from stageflow._guard import int_too_large
 from stageflow._inputs import AttemptTimer
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
@@ -243,7 +244,7 @@ class StageNodes:
                     node_id=node.id,
                 )
             value = outputs[key]
-            if type(value) in _PLAIN_SCALARS:
+            if type(value) in _PLAIN_SCALARS and not (type(value) is int and int_too_large(value)):
                 writes.append((path, value))
                 continue
             bad = find_non_json(value, key)

@@ -127,6 +127,7 @@ EXPORTED = [
 # Layers from the bottom up. A module may import its own layer and the ones below.
 LAYERS: dict[str, tuple[str, ...]] = {
     "bottom": (
+        "_guard",
         "_errors",
         "_json",
         "jsonlogic",
