@@ -19,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import jsonschema
 
+from stageflow._deadlines import after
 from stageflow._errors import (
     InputRejectedError,
     InputTimeoutError,
@@ -208,7 +209,7 @@ class InputDesk:
         if entry is None:
             entry = {"wait": type, "deadline": None}
             if timeout is not None:
-                entry["deadline"] = (self.clock() + datetime.timedelta(seconds=timeout)).isoformat()
+                entry["deadline"] = after(self.clock(), timeout).isoformat()
         elif entry.get("deadline") is not None:
             remaining = self.seconds_until(entry["deadline"])
             restored_deadline = True
@@ -281,7 +282,7 @@ class InputDesk:
             now = self.clock()
             if until is None:
                 planned = max(0.0, seconds or 0.0)
-                until = now + datetime.timedelta(seconds=planned)
+                until = after(now, planned)
             else:
                 planned = max(0.0, (until - now).total_seconds())
             entry = {"sleep": until.astimezone(datetime.UTC).isoformat(), "seconds": planned}

@@ -16,6 +16,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
+from stageflow._deadlines import retry_delay
 from stageflow._json import freeze
 from stageflow._jsonlogic_compiled import compile_condition
 
@@ -143,8 +144,11 @@ class RetryPolicy:
     retry_on: tuple[str, ...] = ("Exception",)
 
     def delay_before(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based), without jitter."""
-        return float(min(self.max_delay, self.delay * self.backoff ** (retry - 1)))
+        """Seconds to wait before retry number ``retry`` (1-based), without jitter.
+
+        A product too large for a float is ``max_delay`` (it would be capped anyway).
+        """
+        return retry_delay(self.delay, self.backoff, self.max_delay, retry)
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ from opentelemetry import trace
 
 from stageflow._composite import CompositeNodes
 from stageflow._context import Context
+from stageflow._deadlines import after
 from stageflow._desk import InputDesk
 from stageflow._errors import (
     ConditionError,
@@ -509,9 +510,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         # advanced by the event loop's clock (so virtual time moves it too).
         started_at = self._clock().astimezone(datetime.UTC)
         loop_start = anyio.current_time()
-        self._desk.clock = lambda: (
-            started_at + datetime.timedelta(seconds=anyio.current_time() - loop_start)
-        )
+        self._desk.clock = lambda: after(started_at, anyio.current_time() - loop_start)
         if suspend:
             self._desk.on_block = self._check_idle
         if structlog.is_configured():
@@ -713,7 +712,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
 
     def _at(self, seconds: float) -> str:
         """The absolute time ``seconds`` from now on the session clock (ISO 8601)."""
-        return (self._desk.clock() + datetime.timedelta(seconds=seconds)).isoformat()
+        return after(self._desk.clock(), seconds).isoformat()
 
     def to_dict(self) -> dict[str, Any]:
         """A snapshot of the session as plain JSON, at any moment.

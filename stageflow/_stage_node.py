@@ -6,7 +6,6 @@ session's one choke point (``_execute``), which calls :meth:`_run_stage`.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -16,6 +15,7 @@ import anyio.lowlevel
 from opentelemetry import trace
 
 from stageflow._context import MISSING, Context
+from stageflow._deadlines import after
 from stageflow._errors import (
     LimitExceededError,
     NodeError,
@@ -106,7 +106,7 @@ class StageNodes:
                     delay *= 1 + policy.jitter * (2 * self._random() - 1)
                 # The attempt to come, before the event: a snapshot from here on
                 # waits out the delay instead of running the failed attempt again.
-                deadline = self._desk.clock() + datetime.timedelta(seconds=delay)
+                deadline = after(self._desk.clock(), delay)
                 frame.work = RetryWait(attempt + 1, deadline.isoformat())
                 self._history.record(
                     "node_retrying",

@@ -128,6 +128,7 @@ EXPORTED = [
 LAYERS: dict[str, tuple[str, ...]] = {
     "bottom": (
         "_guard",
+        "_deadlines",
         "_errors",
         "_json",
         "jsonlogic",
