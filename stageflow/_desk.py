@@ -31,7 +31,7 @@ from stageflow._events import History
 from stageflow._inputs import InputBroker, InputReceipt, Waiter, fulfil
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, ValidateEvents
-from stageflow._specs import InputSpec, StageSpec
+from stageflow._specs import InputSpec, StageSpec, event_type_problem
 from stageflow._stages import StageContext
 from stageflow._telemetry import INPUT_TYPE, add_event
 
@@ -340,6 +340,14 @@ class InputDesk:
 
     def emit(self, ctx: StageContext, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event after checking it against the stage's spec."""
+        problem = event_type_problem(type)
+        if problem is not None:
+            raise StageContractError(
+                f"stage {ctx.stage!r} at node {ctx.node_id!r} emitted an event of type "
+                f"{type!r}: {problem}; emit a non-empty string naming what happened in the "
+                "stage, such as 'order_priced'",
+                node_id=ctx.node_id,
+            )
         body: Any = {} if payload is None else payload
         if not isinstance(body, Mapping):
             raise NonJsonValueError(f"event {type!r} payload", body, detail="it must be an object")
