@@ -42,6 +42,14 @@ Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
 - Every arithmetic operator coerces its operands like JavaScript ``Number()``
   (json-logic-js's ``+`` and ``*`` use ``parseFloat``). The result is an ``int``
   when the operands are integral and so is the exact result.
+- Arithmetic is bounded: an integer operand or result of more than
+  :data:`MAX_EXACT_BITS` bits (past the float range, about ``1.8e308``)
+  overflows to an infinity, as json-logic-js overflows to ``Infinity``, so a
+  ``reduce`` that squares its accumulator forty times ends at once instead of
+  building a 2^40-bit integer. Below that, integers stay exact.
+- ``cat`` and ``merge`` may build at most :data:`MAX_SIZE` characters or items;
+  beyond it they raise ``JsonLogicError`` (a ``reduce`` that doubles a string or
+  a list would otherwise take all memory).
 - ``var`` returns a stored ``null`` as ``None``. The default applies only when a
   key or index is absent. ``missing`` counts ``null`` and ``""`` as missing.
   Path segments select dict keys, list indexes and string characters (``0``,
@@ -64,21 +72,36 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from stageflow._errors import JsonLogicError
 
-__all__ = ["MAX_DEPTH", "OPERATORS", "apply", "check", "is_rule", "truthy"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXACT_BITS",
+    "MAX_SIZE",
+    "OPERATORS",
+    "apply",
+    "check",
+    "is_rule",
+    "truthy",
+]
 
 MAX_DEPTH: Final = 100
 """How many levels of operators and arrays a rule (or a compared value) may nest."""
 
 _Op = Callable[[Any, Any, int], Any]
+_Sized = TypeVar("_Sized", str, list[Any])
 _MISSING: Final = object()
 _INF: Final = math.inf
 _NAN: Final = math.nan
 _MANY: Final = sys.maxsize
 _BIG_INT: Final = 10**21  # JavaScript prints numbers from here on in exponent form
+MAX_EXACT_BITS: Final = 1024
+"""Largest integer an arithmetic result keeps exactly, in bits (the range of a float);
+beyond it the result overflows to an infinity, as in JavaScript."""
+MAX_SIZE: Final = 1_000_000
+"""Most characters a ``cat`` and items a ``merge`` may build."""
 _JS_SPACE: Final = (
     " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
@@ -544,11 +567,23 @@ def _logical(name: str, stop_when: bool) -> _Op:
     return op
 
 
+def _bounded(number: int | float) -> int | float:
+    """An integer past :data:`MAX_EXACT_BITS` overflows to an infinity, as in JavaScript.
+
+    Without it, a ``reduce`` that squares its accumulator builds integers of
+    billions of bits and freezes the event loop; json-logic-js reaches
+    ``Infinity`` after about ten squarings, and so does this.
+    """
+    if type(number) is int and number.bit_length() > MAX_EXACT_BITS:
+        return _INF if number > 0 else -_INF
+    return number
+
+
 def _op_add(raw: Any, data: Any, depth: int) -> int | float:
     total: int | float = 0
     try:
         for arg in _args(raw, "+"):
-            total += _to_number(_eval(arg, data, depth))
+            total = _bounded(total + _bounded(_to_number(_eval(arg, data, depth))))
     except OverflowError:  # an int beyond float range met a float
         return _NAN
     return total
@@ -556,10 +591,10 @@ def _op_add(raw: Any, data: Any, depth: int) -> int | float:
 
 def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
     args = _args(raw, "*", 1)
-    product = _to_number(_eval(args[0], data, depth))
+    product = _bounded(_to_number(_eval(args[0], data, depth)))
     try:
         for arg in args[1:]:
-            product *= _to_number(_eval(arg, data, depth))
+            product = _bounded(product * _bounded(_to_number(_eval(arg, data, depth))))
     except OverflowError:
         return _NAN
     return product
@@ -567,15 +602,17 @@ def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
 
 def _op_subtract(raw: Any, data: Any, depth: int) -> int | float:
     args = _args(raw, "-", 1, 2)
-    a = _to_number(_eval(args[0], data, depth))
+    a = _bounded(_to_number(_eval(args[0], data, depth)))
     try:
-        return -a if len(args) == 1 else a - _to_number(_eval(args[1], data, depth))
+        if len(args) == 1:
+            return -a
+        return _bounded(a - _bounded(_to_number(_eval(args[1], data, depth))))
     except OverflowError:
         return _NAN
 
 
 def _divide(a: Any, b: Any) -> int | float:
-    x, y = _to_number(a), _to_number(b)
+    x, y = _bounded(_to_number(a)), _bounded(_to_number(b))
     if y == 0:
         if x == 0 or x != x:
             return _NAN
@@ -589,7 +626,7 @@ def _divide(a: Any, b: Any) -> int | float:
 
 
 def _modulo(a: Any, b: Any) -> int | float:
-    x, y = _to_number(a), _to_number(b)
+    x, y = _bounded(_to_number(a)), _bounded(_to_number(b))
     if y == 0:
         return _NAN
     if type(x) is int and type(y) is int:
@@ -614,7 +651,7 @@ def _extreme(name: str, pick: Callable[[list[int | float]], int | float]) -> _Op
 def _op_cat(raw: Any, data: Any, depth: int) -> str:
     values = [_eval(arg, data, depth) for arg in _args(raw, "cat")]
     # json-logic-js joins its arguments (Array.prototype.join), which skips null
-    return "".join("" if value is None else _to_string(value) for value in values)
+    return _sized("cat", "".join("" if value is None else _to_string(value) for value in values))
 
 
 def _op_substr(raw: Any, data: Any, depth: int) -> str:
@@ -648,7 +685,22 @@ def _op_merge(raw: Any, data: Any, depth: int) -> list[Any]:
             out.extend(value)
         else:
             out.append(value)
+        _sized("merge", out)
     return out
+
+
+def _sized(name: str, built: _Sized) -> _Sized:
+    """``built``, or a :class:`JsonLogicError` when it is over :data:`MAX_SIZE`.
+
+    A ``reduce`` that doubles a string or a list would otherwise take all memory.
+    """
+    if len(built) > MAX_SIZE:
+        raise JsonLogicError(
+            f"JsonLogic {name!r} built a value of {len(built):,} "
+            f"{'characters' if name == 'cat' else 'items'}, over the limit of {MAX_SIZE:,}; "
+            "a rule decides, it does not build data: move that work into a stage"
+        )
+    return built
 
 
 def _over_array(name: str) -> _Op:
