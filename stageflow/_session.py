@@ -76,6 +76,7 @@ from stageflow._snapshot import (
 )
 from stageflow._snapshot import FORMAT as SNAPSHOT_FORMAT
 from stageflow._snapshot import VERSION as SNAPSHOT_VERSION
+from stageflow._snapshot_check import consistency_problems
 from stageflow._stage_node import StageNodes
 from stageflow._stages import StageEntry, StageRegistry, default_registry
 from stageflow._telemetry import (
@@ -223,6 +224,7 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         "_draws",
         "_entries",
         "_error",
+        "_final",
         "_history",
         "_limits",
         "_live",
@@ -297,6 +299,9 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         # its positions, step counter, the run span that saved them, the digest.
         self._saved: dict[str, Any] | None = None
         self._outcome: dict[str, Any] | None = None  # a restored finished session's result
+        # A restored session that is not active: its position and trace as saved, so
+        # that its snapshot says the same (the run that reached them is gone).
+        self._final: dict[str, Any] | None = None
         self._root_ids: tuple[str, str] | None = None  # the run's root span, for snapshots
         self._status = SessionStatus.PENDING
         self._steps = 0
@@ -731,6 +736,8 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             state = self._saved
         elif status is SessionStatus.RUNNING and self._root is not None:
             state = self._saved_state()
+        elif self._root is None and self._final is not None:
+            state = {**self._final, "steps": self._steps}
         else:
             root = self._root
             node = root.node if root is not None and root.node else self._pipeline.entry
@@ -899,6 +906,11 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
         problems = check_nodes(position, pipeline) if active else []
         if problems:
             raise mismatch(problems, session_id)
+        problems = consistency_problems(
+            snapshot, pipeline, registry if registry is not None else default_registry()
+        )
+        if problems:
+            raise SnapshotError(problems[:20], source=f"session {session_id!r}")
         session = cls(
             pipeline,
             registry=registry,
@@ -931,7 +943,12 @@ class Session(StageNodes, ParallelNodes, CompositeNodes):
             }
             self._steps = snapshot["steps"]
             self._status = SessionStatus.WAITING
-        elif status is not SessionStatus.PENDING:
+        else:
+            self._final = {
+                "position": copy_json(snapshot["position"]),
+                "trace": copy_json(snapshot["trace"]),
+            }
+        if status not in (SessionStatus.RUNNING, SessionStatus.WAITING, SessionStatus.PENDING):
             self._status = status
             self._steps = snapshot["steps"]
             self._outcome = copy_json(snapshot["outcome"])

@@ -32,6 +32,7 @@ from stageflow._events import Event
 from stageflow._json import copy_json
 from stageflow._model import MapNode, ParallelNode, StageNode, SubpipelineNode
 from stageflow._pipeline import Pipeline, load_schema, schema_error_message
+from stageflow._snapshot_check import shape_problems
 from stageflow._specs import DocumentSchema
 
 __all__ = [
@@ -225,6 +226,10 @@ def check_document(data: object) -> Mapping[str, Any]:
     if data.get("version") != VERSION:
         raise SnapshotVersionError(data.get("version"), (VERSION,))
     session_id = data.get("session_id")
+    source = f"session {session_id!r}" if isinstance(session_id, str) else None
+    over_budget = shape_problems(data)
+    if over_budget:
+        raise SnapshotError(over_budget, source=source)
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise SnapshotError(

@@ -140,6 +140,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "model": ("_model", "_specs", "_stages", "_core_stages"),
     "loading": (
         "_pipeline",
+        "_snapshot_check",
         "_graph",
         "_merge",
         "_events",
