@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stageflow
+from stageflow._cli._common import CommandError, read_json_argument
 from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_NESTING, int_too_large
 from stageflow._json import find_non_json
 from stageflow._pipeline import parse_document
@@ -328,3 +329,8 @@ def test_fuzz_mutated_texts_give_a_document_or_a_validation_error(data: st.DataO
         load(document)
     except stageflow.PipelineValidationError:
         pass
+
+
+def test_a_cli_payload_nested_too_deeply_is_a_usage_error() -> None:
+    with pytest.raises(CommandError, match="levels deep"):
+        read_json_argument("[" * 100_000 + "]" * 100_000, option="--payload")
