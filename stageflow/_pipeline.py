@@ -318,6 +318,8 @@ def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
         hint = "quote the key (YAML reads unquoted numbers and booleans as such)"
     elif isinstance(value, dict | list):
         hint = "flatten it"
+    elif isinstance(value, int) and int_too_large(value):
+        hint = "write such a number as a string"
     return plain, Problem(
         bad.location,
         f"{type(value).__name__} {_short(value)} is not JSON ({bad.reason}); {hint}",
