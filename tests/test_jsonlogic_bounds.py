@@ -137,3 +137,27 @@ def test_fuzz_reduce_that_grows_its_accumulator_ends(op: str, seed: Any, steps: 
     rule = {"reduce": [{"var": "steps"}, {op: [{"var": "accumulator"}] * 2}, seed]}
     with contextlib.suppress(JsonLogicError):
         jsonlogic.apply(rule, {"steps": list(range(steps))})
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    levels=st.integers(0, 400),
+    wrapper=st.sampled_from(["!", "!!", "list", "if", "var"]),
+)
+def test_fuzz_deep_rules_give_a_result_or_a_typed_error(levels: int, wrapper: str) -> None:
+    """Rules nested up to four times past the depth limit: a result or a JsonLogicError."""
+    rule: Any = {"var": "n"}
+    for _ in range(levels):
+        if wrapper == "list":
+            rule = [rule]
+        elif wrapper == "if":
+            rule = {"if": [rule, 1, 0]}
+        elif wrapper == "var":
+            rule = {"var": [rule]}
+        else:
+            rule = {wrapper: [rule]}
+    if levels < jsonlogic.MAX_DEPTH // 2:  # two levels of rule per wrapper at most
+        jsonlogic.apply(rule, {"n": 1})
+        return
+    with contextlib.suppress(JsonLogicError):
+        jsonlogic.apply(rule, {"n": 1})
