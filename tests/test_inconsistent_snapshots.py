@@ -411,3 +411,65 @@ async def test_fuzz_mutated_snapshots_restore_and_run_or_are_refused(
     assert result.status in set(stageflow.SessionStatus)
     assert result.error is None or isinstance(result.error, stageflow.StageflowError)
     json.dumps(session.to_dict())
+
+
+NODE_IDS = sorted(
+    {n["id"] for n in DOCUMENT["nodes"]}
+    | {n["id"] for n in DOCUMENT["subpipelines"]["inner"]["nodes"]}
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    pick=st.integers(0, 10**6),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 10**6),
+            st.sampled_from(["node", "next", "child", "state", "index", "attempt", "winner"]),
+            st.integers(0, 10**6),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+async def test_fuzz_positions_moved_to_other_nodes_restore_and_run_or_are_refused(
+    pick: int, edits: list[tuple[int, str, int]]
+) -> None:
+    """Frames pointed at other real nodes, branches given other states, counters moved.
+
+    Each edit keeps the snapshot valid per the schema, so only the consistency
+    checks stand between it and the engine.
+    """
+    taken = await snapshots()
+    snapshot = taken[pick % len(taken)]
+    for spot, key, choice in edits:
+        spots = [w for w in locations(snapshot) if w and w[0] == "position" and w[-1] == key]
+        if not spots:
+            continue
+        where = spots[spot % len(spots)]
+        if key in ("node", "next", "child"):
+            value: Any = NODE_IDS[choice % len(NODE_IDS)]
+        elif key == "state":
+            value = ["running", "finished", "failed", "cancelled"][choice % 4]
+        else:
+            value = choice % 6
+        replace(snapshot, where, value)
+    try:
+        session = restore(snapshot)
+    except stageflow.SnapshotError:
+        return
+    assert without_taken_at(json.loads(json.dumps(session.to_dict()))) == without_taken_at(snapshot)
+    for input_type, payload in INPUTS:
+        with contextlib.suppress(stageflow.InputRejectedError, stageflow.SessionStateError):
+            session.send_input(input_type, payload)
+    if session.status is not stageflow.SessionStatus.WAITING:
+        return
+    limit = 86_400 if sniffio.current_async_library() == "trio" else 10
+    with anyio.fail_after(limit):
+        result = await session.run(suspend=True)
+    assert result.error is None or isinstance(result.error, stageflow.StageflowError)
+    json.dumps(session.to_dict())
