@@ -334,3 +334,10 @@ def test_fuzz_mutated_texts_give_a_document_or_a_validation_error(data: st.DataO
 def test_a_cli_payload_nested_too_deeply_is_a_usage_error() -> None:
     with pytest.raises(CommandError, match="levels deep"):
         read_json_argument("[" * 100_000 + "]" * 100_000, option="--payload")
+
+
+def test_session_limits_cannot_nest_deeper_than_a_snapshot_may() -> None:
+    """A session nesting past the snapshot budget could never be restored."""
+    with pytest.raises(stageflow.DefinitionError, match="max_depth"):
+        stageflow.Limits(max_depth=MAX_NESTING + 1)
+    assert stageflow.Limits(max_depth=MAX_NESTING).max_depth == MAX_NESTING
