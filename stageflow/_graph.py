@@ -427,22 +427,49 @@ def _check_branch_writes(
     for node in nodes:
         if not isinstance(node, ParallelNode) or node.merge is not MergeStrategy.ERROR:
             continue
-        writes = [(child, _region_writes(child, index, node.next)) for child in node.children]
-        reported: set[str] = set()
-        for a in range(len(writes)):
-            for b in range(a + 1, len(writes)):
-                for path_a in sorted(writes[a][1]):
-                    for path_b in sorted(writes[b][1]):
-                        shared = path_a if len(path_a) <= len(path_b) else path_b
-                        if not overlaps(path_a, path_b) or shared in reported:
-                            continue
-                        if path_a == path_b and path_a in reducers:
-                            continue
-                        reported.add(shared)
-                        yield Problem(
-                            f"$.nodes[{where[node.id]}].children",
-                            f"parallel node {node.id!r}: branches {writes[a][0]!r} and "
-                            f"{writes[b][0]!r} can both write {shared!r}; declare a reducer "
-                            f'("reducers": {{"{shared}": "append"}}), set "merge": "first" or '
-                            '"last" on the node, or write to different paths',
-                        )
+        children = node.children
+        clashes = _write_clashes(
+            [_region_writes(child, index, node.next) for child in children], reducers
+        )
+        for (a, b), shared in sorted((pair, path) for path, pair in clashes.items()):
+            yield Problem(
+                f"$.nodes[{where[node.id]}].children",
+                f"parallel node {node.id!r}: branches {children[a]!r} and "
+                f"{children[b]!r} can both write {shared!r}; declare a reducer "
+                f'("reducers": {{"{shared}": "append"}}), set "merge": "first" or '
+                '"last" on the node, or write to different paths',
+            )
+
+
+def _write_clashes(
+    writes: list[set[str]], reducers: Mapping[str, str]
+) -> dict[str, tuple[int, int]]:
+    """Paths two branches can both write (or one a path inside the other's): path -> branches.
+
+    The path is the shorter of the two; the branches are the first pair, in
+    ``children`` order, that clash on it. Linear in the paths written (times
+    their segments): each path is looked up with each of its prefixes, instead
+    of comparing every path of every branch with every other.
+    """
+    writers: dict[str, list[int]] = {}
+    for branch, paths in enumerate(writes):
+        for path in paths:
+            writers.setdefault(path, []).append(branch)
+    clashes: dict[str, tuple[int, int]] = {}
+
+    def clash(path: str, pair: tuple[int, int]) -> None:
+        if path not in clashes or pair < clashes[path]:
+            clashes[path] = pair
+
+    for path, branches in writers.items():
+        if len(branches) > 1 and path not in reducers:
+            clash(path, (branches[0], branches[1]))
+        parts = path.split(".")
+        for cut in range(1, len(parts)):
+            outer = writers.get(".".join(parts[:cut]))
+            if outer is None:
+                continue
+            pairs = [(min(x, y), max(x, y)) for x in outer[:2] for y in branches[:2] if x != y]
+            if pairs:
+                clash(".".join(parts[:cut]), min(pairs))
+    return clashes

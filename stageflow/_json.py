@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
+
+from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, int_too_large
 
 __all__ = ["MAX_DEPTH", "JsonValue", "NonJson", "copy_json", "find_non_json", "freeze", "thaw"]
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
 
-_SCALARS = (str, int, bool, type(None))
-
-MAX_DEPTH: Final = 256
-"""How deeply containers may nest in a value the engine stores (JSON from people and
-programs stays far below; the recursive helpers here stay far from Python's limit)."""
+_SCALARS = (str, bool, type(None))
 
 
 class NonJson(NamedTuple):
@@ -26,13 +24,16 @@ class NonJson(NamedTuple):
     reason: str
 
 
-def find_non_json(value: Any, where: str = "$") -> NonJson | None:
+def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> NonJson | None:
     """Return the first non-JSON part of ``value``: its location, the offending value and why.
 
     ``None`` means ``value`` is plain JSON: dicts with string keys, lists, strings,
-    finite numbers, booleans and ``None``, nested at most :data:`MAX_DEPTH` levels and
-    without a container inside itself. Iterative, so hostile values can neither hit
-    the recursion limit nor loop forever.
+    finite numbers, integers of at most :data:`MAX_INT_DIGITS` digits (what
+    ``json.dumps`` can write), booleans and ``None``, nested at most ``max_depth``
+    levels (:data:`MAX_DEPTH` unless told) and without a container inside itself.
+    This is the one guard every value from outside passes (documents, payloads,
+    stage outputs, emitted events, inputs, reducer results, snapshots). Iterative,
+    so hostile values can neither hit the recursion limit nor loop forever.
     """
     # (location, item, depth); location None marks leaving a container.
     stack: list[tuple[str | None, Any, int]] = [(where, value, 0)]
@@ -44,6 +45,10 @@ def find_non_json(value: Any, where: str = "$") -> NonJson | None:
             continue
         if isinstance(item, _SCALARS):
             continue
+        if isinstance(item, int):
+            if int_too_large(item):
+                return NonJson(loc, item, f"an integer of more than {MAX_INT_DIGITS} digits")
+            continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 return NonJson(loc, item, "not a finite number")
@@ -52,8 +57,8 @@ def find_non_json(value: Any, where: str = "$") -> NonJson | None:
             return NonJson(loc, item, "not a JSON type")
         if id(item) in inside:
             return NonJson(loc, item, "it contains itself (a reference cycle)")
-        if depth >= MAX_DEPTH:
-            return NonJson(loc, item, f"it nests more than {MAX_DEPTH} levels deep")
+        if depth >= max_depth:
+            return NonJson(loc, item, f"it nests more than {max_depth} levels deep")
         inside.add(id(item))
         stack.append((None, item, depth))
         if isinstance(item, dict):

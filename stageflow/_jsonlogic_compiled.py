@@ -25,19 +25,19 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from stageflow.jsonlogic import (
-    _BETWEEN,
-    _BINARY,
-    _OPS,
-    _PLAIN,
-    _UNARY,
+    BETWEEN_OPS,
+    BINARY_OPS,
     MAX_DEPTH,
-    _compare,
-    _finite,
-    _lookup,
-    _step,
-    _too_deep,
-    _unknown,
+    OPERATOR_TABLE,
+    PLAIN_TYPES,
+    UNARY_OPS,
+    compare_values,
+    finite_values,
+    lookup_path,
+    step_into,
+    too_deep_error,
     truthy,
+    unknown_operator_error,
 )
 
 __all__ = ["compile_condition", "compile_rule"]
@@ -61,7 +61,7 @@ def compile_rule(rule: Any) -> Compiled:
         kind = type(result)
         if kind is float:
             return result + 0.0 if math.isfinite(result) else None  # as apply() returns it
-        return _finite(result) if kind is list else result
+        return finite_values(result) if kind is list else result
 
     return apply_compiled
 
@@ -88,7 +88,7 @@ def _is_mapping(rule: Any) -> bool:
     return (
         kind is dict
         or kind is MappingProxyType
-        or (kind not in _PLAIN and isinstance(rule, Mapping))
+        or (kind not in PLAIN_TYPES and isinstance(rule, Mapping))
     )
 
 
@@ -98,11 +98,11 @@ def _compile(rule: Any, depth: int) -> Compiled:
         if len(rule) != 1:
             return _constant(rule)
         if depth >= MAX_DEPTH:
-            return _failing(_too_deep)
+            return _failing(too_deep_error)
         (name,) = rule
-        op = _OPS.get(name)
+        op = OPERATOR_TABLE.get(name)
         if op is None:
-            return _failing(lambda: _unknown(name))
+            return _failing(lambda: unknown_operator_error(name))
         raw = rule[name]
         inner = depth + 1
         compiled = _special(name, raw, inner)
@@ -115,7 +115,7 @@ def _compile(rule: Any, depth: int) -> Compiled:
         return call
     if type(rule) is list or type(rule) is tuple:
         if depth >= MAX_DEPTH:
-            return _failing(_too_deep)
+            return _failing(too_deep_error)
         items = [_compile(item, depth + 1) for item in rule]
         return lambda data: [item(data) for item in items]
     return _constant(rule)
@@ -141,21 +141,21 @@ def _special(name: str, raw: Any, depth: int) -> Compiled | None:
     """A closure for a common operator with well-formed arguments, else ``None``.
 
     ``depth`` is the depth the operator evaluates its arguments at. ``None``
-    leaves the operator (and any error about its arguments) to ``_OPS``.
+    leaves the operator (and any error about its arguments) to ``OPERATOR_TABLE``.
     """
     if name == "var":
         if type(raw) is not str:
             return None
         if raw and "." not in raw:
-            return lambda data: _step(data, raw, None)
-        return lambda data: _lookup(data, raw, None)
-    binary = _BINARY.get(name)
+            return lambda data: step_into(data, raw, None)
+        return lambda data: lookup_path(data, raw, None)
+    binary = BINARY_OPS.get(name)
     if binary is not None:
         return _binary(binary, raw, depth)
-    cmp = _BETWEEN.get(name)
+    cmp = BETWEEN_OPS.get(name)
     if cmp is not None:
         return _between(cmp, raw, depth)
-    unary = _UNARY.get(name)
+    unary = UNARY_OPS.get(name)
     if unary is not None:
         if type(raw) is list or type(raw) is tuple:
             if len(raw) != 1:
@@ -182,7 +182,7 @@ def _binary(fn: Callable[[Any, Any], Any], raw: Any, depth: int) -> Compiled | N
         key = _plain_var(left, depth)
         if key is not None:
             return lambda data: fn(
-                data.get(key) if type(data) is dict else _step(data, key, None), right
+                data.get(key) if type(data) is dict else step_into(data, key, None), right
             )
         first = _compile(left, depth)
         return lambda data: fn(first(data), right)
@@ -203,12 +203,12 @@ def _between(cmp: Callable[[Any, Any], bool], raw: Any, depth: int) -> Compiled 
         return None
     first, second = _compile(raw[0], depth), _compile(raw[1], depth)
     if len(raw) == 2:
-        return lambda data: _compare(first(data), second(data), cmp)
+        return lambda data: compare_values(first(data), second(data), cmp)
     third = _compile(raw[2], depth)
 
     def between(data: Any) -> bool:
         a, b, c = first(data), second(data), third(data)  # all three, as apply does
-        return _compare(a, b, cmp) and _compare(b, c, cmp)
+        return compare_values(a, b, cmp) and compare_values(b, c, cmp)
 
     return between
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from stageflow._context import MISSING, Context
 from stageflow._errors import MergeConflictError, NodeError
+from stageflow._json import find_non_json
 from stageflow._model import MergeStrategy, Reducer
 
 __all__ = ["merge_branches"]
@@ -30,7 +31,9 @@ def merge_branches(
         MergeConflictError: two branches wrote one path (or a path and a path
             inside it) with different values, and neither a reducer nor the
             strategy says how to combine them.
-        NodeError: a reducer cannot combine the values the branches wrote.
+        NodeError: a reducer cannot combine the values the branches wrote, or
+            combines them into a value JSON cannot carry (a ``sum`` that overflows
+            to an infinity, an integer of too many digits, a list nested too deep).
     """
     contributions: dict[str, list[tuple[str, Any]]] = {}
     for branch, ctx in branches:
@@ -42,7 +45,7 @@ def merge_branches(
     for path, values in contributions.items():
         reducer = reducers.get(path)
         if reducer is not None:
-            target.set(path, _reduce(node_id, path, reducer, target.get(path), values))
+            target.set(path, _checked(node_id, path, reducer, target.get(path), values))
         elif strategy is MergeStrategy.FIRST:
             target.set(path, values[0][1])
         else:
@@ -75,6 +78,28 @@ def _check_conflicts(
                     raise MergeConflictError(
                         node_id=node_id, path=prefix, branches=(other, first_branch)
                     )
+
+
+def _checked(
+    node_id: str, path: str, reducer: Reducer, base: Any, values: list[tuple[str, Any]]
+) -> Any:
+    """The reduced value, refused when it is not JSON (the snapshot could not hold it).
+
+    A number is checked whole; for the container reducers the new contributions are
+    (wrapped in a list, for the level they nest at), not the whole value again at
+    every join.
+    """
+    reduced = _reduce(node_id, path, reducer, base, values)
+    numeric = reducer in (Reducer.SUM, Reducer.MAX, Reducer.MIN)
+    bad = find_non_json(reduced if numeric else [v for _, v in values], path)
+    if bad is not None:
+        raise NodeError(
+            f"parallel node {node_id!r}: reducer {reducer.value!r} for path {path!r} made "
+            f"{bad.location} a value JSON cannot carry ({bad.reason}); keep the branch values "
+            "smaller, or pick another reducer",
+            node_id=node_id,
+        )
+    return reduced
 
 
 def _reduce(

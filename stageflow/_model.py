@@ -16,6 +16,9 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
+from stageflow._deadlines import retry_delay
+from stageflow._errors import DefinitionError
+from stageflow._guard import MAX_NESTING
 from stageflow._json import freeze
 from stageflow._jsonlogic_compiled import compile_condition
 
@@ -92,6 +95,15 @@ class ValidateEvents(enum.StrEnum):
     STRICT = "strict"
 
 
+def _check_max_depth(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    """Validator: ``max_depth`` stays within what a snapshot may nest (:data:`MAX_NESTING`)."""
+    if not 1 <= value <= MAX_NESTING:
+        raise DefinitionError(
+            f"Limits(max_depth={value}) is outside 1..{MAX_NESTING}: deeper nesting could "
+            f"not be snapshotted and restored; use at most {MAX_NESTING}"
+        )
+
+
 @attrs.frozen
 class Limits:
     """Bounds that end a runaway session with a typed error instead of a hang.
@@ -100,7 +112,8 @@ class Limits:
         max_steps: node executions per session (guards loops).
         max_history: events in the history; the session fails when a node
             would start beyond it.
-        max_depth: nesting of parallel branches, map items and subpipelines.
+        max_depth: nesting of parallel branches, map items and subpipelines
+            (1 to :data:`~stageflow._guard.MAX_NESTING`, 64).
         timeout: session deadline in seconds from the start of ``run()``
             (status ``timed_out``), or ``None`` for none.
         max_input_backlog: inputs of one type kept while nobody waits for it.
@@ -110,7 +123,7 @@ class Limits:
 
     max_steps: int = 10_000
     max_history: int = 100_000
-    max_depth: int = 32
+    max_depth: int = attrs.field(default=32, validator=_check_max_depth)
     timeout: float | None = None
     max_input_backlog: int = 100
     max_input_bytes: int = 1_048_576
@@ -143,8 +156,11 @@ class RetryPolicy:
     retry_on: tuple[str, ...] = ("Exception",)
 
     def delay_before(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based), without jitter."""
-        return float(min(self.max_delay, self.delay * self.backoff ** (retry - 1)))
+        """Seconds to wait before retry number ``retry`` (1-based), without jitter.
+
+        A product too large for a float is ``max_delay`` (it would be capped anyway).
+        """
+        return retry_delay(self.delay, self.backoff, self.max_delay, retry)
 
 
 @attrs.frozen

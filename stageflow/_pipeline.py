@@ -25,6 +25,13 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from stageflow._errors import DefinitionError, PipelineValidationError, Problem
 from stageflow._graph import check_graph
+from stageflow._guard import (
+    MAX_NESTING,
+    BudgetError,
+    int_too_large,
+    parse_json_text,
+    parse_yaml_text,
+)
 from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
@@ -298,6 +305,9 @@ class Pipeline:
         doc, non_json = _plain_document(document)
         if non_json is not None:
             raise PipelineValidationError([non_json], source=source)
+        too_deep = _nesting_problem(doc)
+        if too_deep is not None:
+            raise PipelineValidationError([too_deep], source=source)
         errors = sorted(_schema_validator().iter_errors(doc), key=_document_order)
         if errors:
             problems = [_schema_problem(doc, e) for e in errors]
@@ -421,13 +431,41 @@ def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
         hint = "quote the key (YAML reads unquoted numbers and booleans as such)"
     elif isinstance(value, dict | list):
         hint = "flatten it"
+    elif isinstance(value, int) and int_too_large(value):
+        hint = "write such a number as a string"
     return plain, Problem(
         bad.location,
         f"{type(value).__name__} {_short(value)} is not JSON ({bad.reason}); {hint}",
     )
 
 
+def _nesting_problem(doc: Mapping[str, Any]) -> Problem | None:
+    """A problem when subpipelines nest deeper than stageflow reads (:data:`MAX_NESTING`).
+
+    Checked before the schema, whose validator recurses once per level.
+    """
+    todo: list[tuple[str, Any, int]] = [("$", doc, 0)]
+    while todo:
+        where, graph, level = todo.pop()
+        children = graph.get("subpipelines") if isinstance(graph, dict) else None
+        if not isinstance(children, dict):
+            continue
+        if level >= MAX_NESTING:
+            return Problem(
+                f"{where}.subpipelines",
+                f"subpipelines nest more than {MAX_NESTING} levels deep, the most stageflow "
+                "reads; flatten them (declare subpipelines side by side at the top level)",
+            )
+        todo.extend((f"{where}.subpipelines.{k}", v, level + 1) for k, v in children.items())
+    return None
+
+
 def _short(value: object) -> str:
+    # repr() of a huge integer, or of anything holding one or nested deeply, fails.
+    if isinstance(value, int) and int_too_large(value):
+        return f"of {value.bit_length()} bits"
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        return f"of {len(value)} items"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -442,11 +480,15 @@ def parse_document(
     """Parse JSON (or YAML) text, turning syntax errors into a located problem.
 
     ``error`` is the exception type raised, built as ``error([problem], source=source)``.
+    The text is parsed within the budgets of :mod:`stageflow._guard` (size, depth,
+    integer digits, YAML aliases): a text over one is a located problem too.
     """
     try:
         if yaml_:
-            return yaml.safe_load(text)
-        return json.loads(text)
+            return parse_yaml_text(text)
+        return parse_json_text(text)
+    except BudgetError as exc:
+        problem = Problem("$", f"not read: {exc}")
     except json.JSONDecodeError as exc:
         problem = Problem(
             "$",

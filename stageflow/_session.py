@@ -145,7 +145,7 @@ class Session:
             raise NonJsonValueError("the session payload", payload, detail="it must be an object")
         bad = find_non_json(payload, "payload")
         if bad is not None:
-            raise NonJsonValueError(bad[0], bad[1])
+            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason)
         self._state = SessionState(
             pipeline=pipeline,
             entries=entries,
@@ -311,6 +311,7 @@ class Session:
                 f"session {state.session_id!r} is {state.status.value}; a session runs once, "
                 "create a new Session to run the pipeline again"
             )
+        state.final = None  # a restored pending session: what it saved is behind it now
         run = state.run = Run(state, suspend=suspend)
         try:
             return await run.run()

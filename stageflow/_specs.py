@@ -16,14 +16,79 @@ from stageflow._json import freeze, thaw
 from stageflow._model import RetryPolicy
 
 __all__ = [
+    "ENGINE_EVENT_TYPES",
     "DocumentSchema",
     "EventSpec",
     "InputSpec",
     "StageSpec",
     "compile_schema",
+    "event_type_problem",
     "json_message",
     "json_text",
 ]
+
+ENGINE_EVENT_TYPES: Final = frozenset(
+    {
+        "branch_cancelled",
+        "branch_failed",
+        "branch_finished",
+        "branch_started",
+        "event_validation_failed",
+        "input_queued",
+        "input_received",
+        "input_rejected",
+        "input_timeout",
+        "map_item_cancelled",
+        "map_item_completed",
+        "map_item_failed",
+        "map_item_started",
+        "node_cancelled",
+        "node_failed",
+        "node_finished",
+        "node_retrying",
+        "node_started",
+        "replay_diverged",
+        "session_cancelled",
+        "session_completed",
+        "session_failed",
+        "session_resumed",
+        "session_started",
+        "session_suspended",
+        "session_timed_out",
+        "waiting_for_input",
+    }
+)
+"""The event types the engine records; a stage may not emit (or declare) them."""
+
+
+def event_type_problem(type: object) -> str | None:
+    """Why ``type`` cannot be the type of a stage's own event, or ``None`` when it can.
+
+    A stage's event type is a non-empty string that is not one of
+    :data:`ENGINE_EVENT_TYPES` (the history, snapshots and every consumer read
+    those as the engine's own).
+    """
+    if not isinstance(type, str):
+        return f"an event type is a string, not {_type_name(type)}"
+    if not type.strip():
+        return "an event type is a non-empty string"
+    if type in ENGINE_EVENT_TYPES:
+        return f"{type!r} is an event type the engine records itself"
+    return None
+
+
+def _type_name(value: object) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _check_event_type(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """Validator: an :class:`EventSpec` declares a type a stage may emit."""
+    problem = event_type_problem(value)
+    if problem is not None:
+        raise DefinitionError(
+            f"EventSpec type {value!r} cannot be declared: {problem}; name the event after "
+            "what happened in your stage, such as 'order_priced'"
+        )
 
 
 def json_text(value: Any, limit: int = 60) -> str:
@@ -175,9 +240,12 @@ class EventSpec:
         type: the event type.
         schema: JSON Schema of the payload, or ``None`` for any JSON object.
         description: what the event means.
+
+    Raises:
+        DefinitionError: ``type`` is empty, not a string, or an engine event type.
     """
 
-    type: str
+    type: str = attrs.field(validator=_check_event_type)
     schema: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_frozen_schema, validator=_check_schema
     )

@@ -42,6 +42,14 @@ Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
 - Every arithmetic operator coerces its operands like JavaScript ``Number()``
   (json-logic-js's ``+`` and ``*`` use ``parseFloat``). The result is an ``int``
   when the operands are integral and so is the exact result.
+- Arithmetic is bounded: an integer operand or result of more than
+  :data:`MAX_EXACT_BITS` bits (past the float range, about ``1.8e308``)
+  overflows to an infinity, as json-logic-js overflows to ``Infinity``, so a
+  ``reduce`` that squares its accumulator forty times ends at once instead of
+  building a 2^40-bit integer. Below that, integers stay exact.
+- ``cat`` and ``merge`` may build at most :data:`MAX_SIZE` characters or items;
+  beyond it they raise ``JsonLogicError`` (a ``reduce`` that doubles a string or
+  a list would otherwise take all memory).
 - ``var`` returns a stored ``null`` as ``None``. The default applies only when a
   key or index is absent. ``missing`` counts ``null`` and ``""`` as missing.
   Path segments select dict keys, list indexes and string characters (``0``,
@@ -64,28 +72,48 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from stageflow._errors import JsonLogicError
 
-__all__ = ["MAX_DEPTH", "OPERATORS", "apply", "check", "is_rule", "truthy"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXACT_BITS",
+    "MAX_SIZE",
+    "OPERATORS",
+    "apply",
+    "check",
+    "is_rule",
+    "truthy",
+]
+
+# Names below without an underscore but not in __all__ (the operator tables,
+# compare_values, lookup_path, ...) are package-internal: the compiled
+# evaluator (stageflow/_jsonlogic_compiled.py) shares them. They are not part
+# of the public API and may change in any release.
 
 MAX_DEPTH: Final = 100
 """How many levels of operators and arrays a rule (or a compared value) may nest."""
 
 _Op = Callable[[Any, Any, int], Any]
+_Sized = TypeVar("_Sized", str, list[Any])
 _MISSING: Final = object()
 _INF: Final = math.inf
 _NAN: Final = math.nan
 _MANY: Final = sys.maxsize
 _BIG_INT: Final = 10**21  # JavaScript prints numbers from here on in exponent form
+MAX_EXACT_BITS: Final = 1024
+"""Largest integer an arithmetic result keeps exactly, in bits (the range of a float);
+beyond it the result overflows to an infinity, as in JavaScript."""
+MAX_SIZE: Final = 1_000_000
+"""Most characters a ``cat`` and items a ``merge`` may build."""
 _JS_SPACE: Final = (
     " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
 _DECIMAL: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _RADIX: Final = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
-_PLAIN: Final = frozenset({str, int, float, bool, type(None), list, tuple})
+PLAIN_TYPES: Final = frozenset({str, int, float, bool, type(None), list, tuple})
 _FROZEN: Final = MappingProxyType  # how loaded pipelines store rules: keep it on the fast path
 _SIMPLE: Final = frozenset({str, int, float, bool})
 _NULL, _BOOL, _NUM, _STR, _ARR, _OBJ, _OTHER = range(7)
@@ -122,7 +150,7 @@ def apply(rule: Any, data: Any = None) -> Any:
     kind = type(result)
     if kind is float:
         return result + 0.0 if math.isfinite(result) else None  # + 0.0: no negative zero
-    return _finite(result) if kind is list else result
+    return finite_values(result) if kind is list else result
 
 
 def is_rule(value: Any) -> bool:
@@ -166,25 +194,25 @@ def truthy(value: Any) -> bool:
 
 def _eval(rule: Any, data: Any, depth: int) -> Any:
     kind = type(rule)
-    if kind is dict or kind is _FROZEN or (kind not in _PLAIN and isinstance(rule, Mapping)):
+    if kind is dict or kind is _FROZEN or (kind not in PLAIN_TYPES and isinstance(rule, Mapping)):
         if len(rule) != 1:
             return rule
         if depth >= MAX_DEPTH:
-            raise _too_deep()
+            raise too_deep_error()
         (name,) = rule
-        op = _OPS.get(name)
+        op = OPERATOR_TABLE.get(name)
         if op is None:
-            raise _unknown(name)
+            raise unknown_operator_error(name)
         return op(rule[name], data, depth + 1)
     if kind is list or kind is tuple:
         if depth >= MAX_DEPTH:
-            raise _too_deep()
+            raise too_deep_error()
         depth += 1
         return [_eval(item, data, depth) for item in rule]
     return rule
 
 
-def _too_deep() -> JsonLogicError:
+def too_deep_error() -> JsonLogicError:
     return JsonLogicError(
         f"JsonLogic rule is nested more than {MAX_DEPTH} levels deep (operators and array "
         "literals count as levels); flatten it, e.g. give one 'and', 'or' or 'if' several "
@@ -199,13 +227,13 @@ def _value_too_deep() -> JsonLogicError:
     )
 
 
-def _unknown(name: Any) -> JsonLogicError:
+def unknown_operator_error(name: Any) -> JsonLogicError:
     hint = ""
     if name == "method":
         hint = " (json-logic-js's 'method' is deliberately unsupported: rules cannot call methods)"
     return JsonLogicError(
         f"unknown JsonLogic operator {name!r}{hint}; an object with exactly one key is "
-        f"always an operator; supported operators: {', '.join(sorted(_OPS))}"
+        f"always an operator; supported operators: {', '.join(sorted(OPERATOR_TABLE))}"
     )
 
 
@@ -343,7 +371,7 @@ def _to_primitive(value: Any) -> Any:
     return "[object Object]" if kind >= _OBJ else value
 
 
-def _finite(values: list[Any], depth: int = 0) -> list[Any]:
+def finite_values(values: list[Any], depth: int = 0) -> list[Any]:
     """Return ``values`` with NaN and infinities (nested too) replaced by ``None``."""
     out = values
     for i, item in enumerate(values):
@@ -351,7 +379,7 @@ def _finite(values: list[Any], depth: int = 0) -> list[Any]:
         if kind is float:
             new = item if math.isfinite(item) else None
         elif kind is list and depth < MAX_DEPTH:
-            new = _finite(item, depth + 1)
+            new = finite_values(item, depth + 1)
         else:
             continue
         if new is not item:
@@ -412,7 +440,7 @@ def _loose_eq(a: Any, b: Any) -> bool:
     return _loose_eq(a, _to_primitive(b))
 
 
-def _compare(a: Any, b: Any, cmp: Callable[[Any, Any], bool]) -> bool:
+def compare_values(a: Any, b: Any, cmp: Callable[[Any, Any], bool]) -> bool:
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
         return cmp(a, b)
@@ -439,9 +467,9 @@ def _between(name: str, cmp: Callable[[Any, Any], bool]) -> _Op:
         args = _args(raw, name, 2, 3)
         a, b = _eval(args[0], data, depth), _eval(args[1], data, depth)
         if len(args) == 2:
-            return _compare(a, b, cmp)
+            return compare_values(a, b, cmp)
         c = _eval(args[2], data, depth)
-        return _compare(a, b, cmp) and _compare(b, c, cmp)
+        return compare_values(a, b, cmp) and compare_values(b, c, cmp)
 
     return op
 
@@ -455,7 +483,7 @@ def _unary(name: str, fn: Callable[[Any], Any]) -> _Op:
     return op
 
 
-def _lookup(data: Any, path: Any, default: Any) -> Any:
+def lookup_path(data: Any, path: Any, default: Any) -> Any:
     if type(path) is not str:
         if path is None:
             return data
@@ -463,15 +491,15 @@ def _lookup(data: Any, path: Any, default: Any) -> Any:
     elif not path:
         return data
     if "." not in path:
-        return _step(data, path, default)
+        return step_into(data, path, default)
     for segment in path.split("."):
-        data = _step(data, segment, _MISSING)
+        data = step_into(data, segment, _MISSING)
         if data is _MISSING:
             return default
     return data
 
 
-def _step(data: Any, key: str, default: Any) -> Any:
+def step_into(data: Any, key: str, default: Any) -> Any:
     kind = type(data)
     if kind is dict:
         return data.get(key, default)
@@ -482,7 +510,7 @@ def _step(data: Any, key: str, default: Any) -> Any:
             if index < len(data):
                 return data[index]
         return default
-    if kind not in _PLAIN and isinstance(data, Mapping):
+    if kind not in PLAIN_TYPES and isinstance(data, Mapping):
         return data.get(key, default)
     return default
 
@@ -490,19 +518,19 @@ def _step(data: Any, key: str, default: Any) -> Any:
 def _op_var(raw: Any, data: Any, depth: int) -> Any:
     if type(raw) is str:
         if raw and "." not in raw:
-            return _step(data, raw, None)
-        return _lookup(data, raw, None)
+            return step_into(data, raw, None)
+        return lookup_path(data, raw, None)
     args = _args(raw, "var", 0, 2)
     if not args:
         return data
     default = _eval(args[1], data, depth) if len(args) == 2 else None
-    return _lookup(data, _eval(args[0], data, depth), default)
+    return lookup_path(data, _eval(args[0], data, depth), default)
 
 
 def _missing_keys(data: Any, keys: Sequence[Any]) -> list[Any]:
     out = []
     for key in keys:
-        value = _lookup(data, key, None)
+        value = lookup_path(data, key, None)
         if value is None or (type(value) is str and not value):
             out.append(key)
     return out
@@ -519,7 +547,7 @@ def _op_missing_some(raw: Any, data: Any, depth: int) -> list[Any]:
     missing = _missing_keys(data, keys if _is_array(keys) else [keys])
     if not _is_array(keys) and type(keys) is not str:
         return missing  # JavaScript: keys.length is undefined, so the test below is false
-    return [] if _compare(len(keys) - len(missing), need, operator.ge) else missing
+    return [] if compare_values(len(keys) - len(missing), need, operator.ge) else missing
 
 
 def _op_if(raw: Any, data: Any, depth: int) -> Any:
@@ -544,11 +572,23 @@ def _logical(name: str, stop_when: bool) -> _Op:
     return op
 
 
+def _bounded(number: int | float) -> int | float:
+    """An integer past :data:`MAX_EXACT_BITS` overflows to an infinity, as in JavaScript.
+
+    Without it, a ``reduce`` that squares its accumulator builds integers of
+    billions of bits and freezes the event loop; json-logic-js reaches
+    ``Infinity`` after about ten squarings, and so does this.
+    """
+    if type(number) is int and number.bit_length() > MAX_EXACT_BITS:
+        return _INF if number > 0 else -_INF
+    return number
+
+
 def _op_add(raw: Any, data: Any, depth: int) -> int | float:
     total: int | float = 0
     try:
         for arg in _args(raw, "+"):
-            total += _to_number(_eval(arg, data, depth))
+            total = _bounded(total + _bounded(_to_number(_eval(arg, data, depth))))
     except OverflowError:  # an int beyond float range met a float
         return _NAN
     return total
@@ -556,10 +596,10 @@ def _op_add(raw: Any, data: Any, depth: int) -> int | float:
 
 def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
     args = _args(raw, "*", 1)
-    product = _to_number(_eval(args[0], data, depth))
+    product = _bounded(_to_number(_eval(args[0], data, depth)))
     try:
         for arg in args[1:]:
-            product *= _to_number(_eval(arg, data, depth))
+            product = _bounded(product * _bounded(_to_number(_eval(arg, data, depth))))
     except OverflowError:
         return _NAN
     return product
@@ -567,15 +607,17 @@ def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
 
 def _op_subtract(raw: Any, data: Any, depth: int) -> int | float:
     args = _args(raw, "-", 1, 2)
-    a = _to_number(_eval(args[0], data, depth))
+    a = _bounded(_to_number(_eval(args[0], data, depth)))
     try:
-        return -a if len(args) == 1 else a - _to_number(_eval(args[1], data, depth))
+        if len(args) == 1:
+            return -a
+        return _bounded(a - _bounded(_to_number(_eval(args[1], data, depth))))
     except OverflowError:
         return _NAN
 
 
 def _divide(a: Any, b: Any) -> int | float:
-    x, y = _to_number(a), _to_number(b)
+    x, y = _bounded(_to_number(a)), _bounded(_to_number(b))
     if y == 0:
         if x == 0 or x != x:
             return _NAN
@@ -589,7 +631,7 @@ def _divide(a: Any, b: Any) -> int | float:
 
 
 def _modulo(a: Any, b: Any) -> int | float:
-    x, y = _to_number(a), _to_number(b)
+    x, y = _bounded(_to_number(a)), _bounded(_to_number(b))
     if y == 0:
         return _NAN
     if type(x) is int and type(y) is int:
@@ -614,7 +656,7 @@ def _extreme(name: str, pick: Callable[[list[int | float]], int | float]) -> _Op
 def _op_cat(raw: Any, data: Any, depth: int) -> str:
     values = [_eval(arg, data, depth) for arg in _args(raw, "cat")]
     # json-logic-js joins its arguments (Array.prototype.join), which skips null
-    return "".join("" if value is None else _to_string(value) for value in values)
+    return _sized("cat", "".join("" if value is None else _to_string(value) for value in values))
 
 
 def _op_substr(raw: Any, data: Any, depth: int) -> str:
@@ -648,7 +690,22 @@ def _op_merge(raw: Any, data: Any, depth: int) -> list[Any]:
             out.extend(value)
         else:
             out.append(value)
+        _sized("merge", out)
     return out
+
+
+def _sized(name: str, built: _Sized) -> _Sized:
+    """``built``, or a :class:`JsonLogicError` when it is over :data:`MAX_SIZE`.
+
+    A ``reduce`` that doubles a string or a list would otherwise take all memory.
+    """
+    if len(built) > MAX_SIZE:
+        raise JsonLogicError(
+            f"JsonLogic {name!r} built a value of {len(built):,} "
+            f"{'characters' if name == 'cat' else 'items'}, over the limit of {MAX_SIZE:,}; "
+            "a rule decides, it does not build data: move that work into a stage"
+        )
+    return built
 
 
 def _over_array(name: str) -> _Op:
@@ -683,28 +740,28 @@ def _op_reduce(raw: Any, data: Any, depth: int) -> Any:
 
 # The functions behind the fixed-arity operators, shared with the rule compiler
 # (stageflow._jsonlogic_compiled), which calls them without the argument checks.
-_BINARY: Final[dict[str, Callable[[Any, Any], Any]]] = {
+BINARY_OPS: Final[dict[str, Callable[[Any, Any], Any]]] = {
     "==": _loose_eq,
     "===": _strict_eq,
     "!=": lambda a, b: not _loose_eq(a, b),
     "!==": lambda a, b: not _strict_eq(a, b),
-    ">": lambda a, b: _compare(a, b, operator.gt),
-    ">=": lambda a, b: _compare(a, b, operator.ge),
+    ">": lambda a, b: compare_values(a, b, operator.gt),
+    ">=": lambda a, b: compare_values(a, b, operator.ge),
     "/": _divide,
     "%": _modulo,
     "in": _contains,
 }
-_BETWEEN: Final[dict[str, Callable[[Any, Any], bool]]] = {
+BETWEEN_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "<": operator.lt,
     "<=": operator.le,
 }
-_UNARY: Final[dict[str, Callable[[Any], Any]]] = {
+UNARY_OPS: Final[dict[str, Callable[[Any], Any]]] = {
     "!": lambda a: not truthy(a),
     "!!": truthy,
     "log": lambda a: a,  # deliberately silent: prints nothing
 }
 
-_OPS: Final[dict[str, _Op]] = {
+OPERATOR_TABLE: Final[dict[str, _Op]] = {
     "var": _op_var,
     "missing": _op_missing,
     "missing_some": _op_missing_some,
@@ -712,9 +769,9 @@ _OPS: Final[dict[str, _Op]] = {
     "?:": _op_if,
     "and": _logical("and", False),
     "or": _logical("or", True),
-    **{name: _unary(name, fn) for name, fn in _UNARY.items()},
-    **{name: _binary(name, fn) for name, fn in _BINARY.items()},
-    **{name: _between(name, cmp) for name, cmp in _BETWEEN.items()},
+    **{name: _unary(name, fn) for name, fn in UNARY_OPS.items()},
+    **{name: _binary(name, fn) for name, fn in BINARY_OPS.items()},
+    **{name: _between(name, cmp) for name, cmp in BETWEEN_OPS.items()},
     "+": _op_add,
     "-": _op_subtract,
     "*": _op_multiply,
@@ -731,7 +788,7 @@ _OPS: Final[dict[str, _Op]] = {
     "none": _over_array("none"),
 }
 
-OPERATORS: Final[frozenset[str]] = frozenset(_OPS)
+OPERATORS: Final[frozenset[str]] = frozenset(OPERATOR_TABLE)
 """The names of every supported operator."""
 
 _USAGE: Final[dict[str, str]] = {

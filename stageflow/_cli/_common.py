@@ -17,6 +17,7 @@ import attrs
 import yaml
 
 from stageflow._errors import StageflowError
+from stageflow._guard import BudgetError, parse_json_text, parse_yaml_text
 
 __all__ = [
     "LOG_LEVELS",
@@ -143,11 +144,15 @@ def read_json_argument(text: str, *, option: str) -> Any:
             ) from exc
         if file.suffix in (".yaml", ".yml"):
             try:
-                return yaml.safe_load(text)
+                return parse_yaml_text(text)
             except yaml.YAMLError as exc:
                 raise CommandError(f"{source}: not valid YAML: {exc}; fix the file") from exc
+            except BudgetError as exc:
+                raise CommandError(f"{source}: not read: {exc}") from exc
     try:
-        return json.loads(text)
+        return parse_json_text(text)
+    except BudgetError as exc:
+        raise CommandError(f"{source}: not read: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise CommandError(
             f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "

@@ -119,7 +119,7 @@ class InputDesk:
                 type,
                 "not_json",
                 f"input {type!r} was rejected: {bad[0]} is a {type_name(bad[1])}, not a JSON "
-                "value; send dict, list, str, int, float, bool or None",
+                f"value ({bad.reason}); send dict, list, str, int, float, bool or None",
             )
         size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
         if size > self._limits.max_input_bytes:

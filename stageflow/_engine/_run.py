@@ -26,6 +26,7 @@ import anyio.lowlevel
 import structlog
 
 from stageflow._context import Context
+from stageflow._deadlines import after
 from stageflow._engine._backend import Backend, current_backend, is_cancellation
 from stageflow._engine._frames import (
     ChildKind,
@@ -136,9 +137,7 @@ class Run:
             state.history,
             state.limits,
             state.mode,
-            clock=lambda: (
-                started_at + datetime.timedelta(seconds=anyio.current_time() - loop_start)
-            ),
+            clock=lambda: after(started_at, anyio.current_time() - loop_start),
             tracing=state.tracing,
             on_block=self.check_idle if suspend else None,
         )
@@ -331,7 +330,7 @@ class Run:
 
     def at(self, seconds: float) -> str:
         """The absolute time ``seconds`` from now on the session clock (ISO 8601)."""
-        return (self.runtime.clock() + datetime.timedelta(seconds=seconds)).isoformat()
+        return after(self.runtime.clock(), seconds).isoformat()
 
     # --------------------------------------------------------------- suspend
 

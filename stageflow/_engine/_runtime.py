@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from stageflow._deadlines import after
 from stageflow._engine._desk import InputDesk, schema_errors
 from stageflow._engine._inputs import AttemptTimer, Waiter, fulfil
 from stageflow._engine._positions import Call
@@ -28,7 +29,7 @@ from stageflow._errors import (
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, StageNode, ValidateEvents
-from stageflow._specs import StageSpec
+from stageflow._specs import StageSpec, event_type_problem
 from stageflow._telemetry import INPUT_TYPE, Tracing
 
 __all__ = ["StageRuntime", "StageWork"]
@@ -159,7 +160,7 @@ class StageRuntime:
         if entry is None:
             entry = {"wait": type, "deadline": None}
             if timeout is not None:
-                entry["deadline"] = (self.clock() + datetime.timedelta(seconds=timeout)).isoformat()
+                entry["deadline"] = after(self.clock(), timeout).isoformat()
         elif entry.get("deadline") is not None:
             remaining = self.seconds_until(entry["deadline"])  # type: ignore[arg-type]
             restored_deadline = True
@@ -235,7 +236,7 @@ class StageRuntime:
             now = self.clock()
             if until is None:
                 planned = max(0.0, seconds or 0.0)
-                until = now + datetime.timedelta(seconds=planned)
+                until = after(now, planned)
             else:
                 planned = max(0.0, (until - now).total_seconds())
             entry = {"sleep": until.astimezone(datetime.UTC).isoformat(), "seconds": planned}
@@ -293,15 +294,23 @@ class StageRuntime:
 
     def emit(self, work: StageWork, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event after checking it against the stage's spec."""
+        node_id = work.node.id
+        stage = work.node.stage
+        problem = event_type_problem(type)
+        if problem is not None:
+            raise StageContractError(
+                f"stage {stage!r} at node {node_id!r} emitted an event of type {type!r}: "
+                f"{problem}; emit a non-empty string naming what happened in the stage, such "
+                "as 'order_priced'",
+                node_id=node_id,
+            )
         body: Any = {} if payload is None else payload
         if not isinstance(body, Mapping):
             raise NonJsonValueError(f"event {type!r} payload", body, detail="it must be an object")
         bad = find_non_json(body, "payload")
         if bad is not None:
-            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1])
+            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1], detail=bad.reason)
         spec = work.spec
-        node_id = work.node.id
-        stage = work.node.stage
         if spec.allowed_events:
             matching = [s for s in spec.allowed_events if s.type == type]
             if not matching:

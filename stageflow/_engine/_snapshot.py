@@ -25,6 +25,7 @@ from stageflow._engine._positions import (
     mismatch,
     restore_error,
 )
+from stageflow._engine._snapshot_check import consistency_problems, shape_problems
 from stageflow._engine._state import FINISHED, SessionState, TraceIds
 from stageflow._errors import (
     PipelineValidationError,
@@ -107,6 +108,10 @@ def check_document(data: object) -> Mapping[str, Any]:
     if data.get("version") != VERSION:
         raise SnapshotVersionError(data.get("version"), (VERSION,))
     session_id = data.get("session_id")
+    source = f"session {session_id!r}" if isinstance(session_id, str) else None
+    over_budget = shape_problems(data)
+    if over_budget:
+        raise SnapshotError(over_budget, source=source)
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise SnapshotError(
@@ -138,6 +143,7 @@ def dump(state: SessionState) -> dict[str, Any]:
     status = state.status
     run = state.run
     suspending = run is not None and run.suspending
+    position: FramePosition | None
     if state.saved is not None and (status is SessionStatus.WAITING or suspending):
         # Suspended (or being torn down for it) or restored: the saved
         # positions, with what arrived since.
@@ -148,6 +154,9 @@ def dump(state: SessionState) -> dict[str, Any]:
     elif status is SessionStatus.RUNNING and run is not None:
         saved = run.saved_state()  # a live snapshot, taken mid-run
         position, steps, trace = saved["position"], saved["steps"], saved["trace"]
+    elif run is None and state.final is not None:
+        # Restored and not active: what it was restored from, unchanged.
+        position, steps, trace = state.final["position"], state.steps, state.final["trace"]
     else:
         node = run.current_node if run is not None else state.last_node
         position = {
@@ -181,7 +190,7 @@ def dump(state: SessionState) -> dict[str, Any]:
         "steps": steps,
         "deadline": state.deadline,
         "trace": copy_json(trace),
-        "current_node": position["node"] if active else None,
+        "current_node": position["node"] if active and position is not None else None,
         "position": position,
         "backlog": state.desk.broker.backlog(),
         "outcome": copy_json(state.outcome) if status in FINISHED else None,
@@ -242,6 +251,11 @@ def restore_pipeline(
     problems = check_nodes(snapshot["position"], pipeline) if active else []
     if problems:
         raise mismatch(problems, session_id)
+    problems = consistency_problems(
+        snapshot, pipeline, registry if registry is not None else pipeline.registry
+    )
+    if problems:
+        raise SnapshotError(problems[:20], source=f"session {session_id!r}")
     return pipeline
 
 
@@ -265,7 +279,12 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
         }
         state.steps = snapshot["steps"]
         state.status = SessionStatus.WAITING
-    elif status is not SessionStatus.PENDING:
+    else:
+        state.final = {
+            "position": copy_json(snapshot["position"]),
+            "trace": copy_json(snapshot["trace"]),
+        }
+    if status not in (SessionStatus.RUNNING, SessionStatus.WAITING, SessionStatus.PENDING):
         state.status = status
         state.steps = snapshot["steps"]
         state.outcome = copy_json(snapshot["outcome"])

@@ -11,7 +11,6 @@ stage node, per node" benchmark row).
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -20,6 +19,7 @@ import anyio
 import anyio.lowlevel
 
 from stageflow._context import MISSING, Context
+from stageflow._deadlines import after
 from stageflow._engine._backend import is_cancellation
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
@@ -34,6 +34,7 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
 )
+from stageflow._guard import int_too_large
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
@@ -106,7 +107,7 @@ class StageExecutor:
                     delay *= 1 + policy.jitter * (2 * kernel.random() - 1)
                 # The attempt to come, before the event: a snapshot from here on
                 # waits out the delay instead of running the failed attempt again.
-                deadline = kernel.runtime.clock() + datetime.timedelta(seconds=delay)
+                deadline = after(kernel.runtime.clock(), delay)
                 frame.work = RetryWait(attempt + 1, deadline.isoformat())
                 kernel.history.record(
                     "node_retrying",
@@ -247,7 +248,7 @@ class StageExecutor:
                     node_id=node.id,
                 )
             value = outputs[key]
-            if type(value) in _PLAIN_SCALARS:
+            if type(value) in _PLAIN_SCALARS and not (type(value) is int and int_too_large(value)):
                 writes.append((path, value))
                 continue
             bad = find_non_json(value, key)

@@ -49,6 +49,13 @@ _FINAL_EVENT: Final = {
 }
 
 
+class FinalPosition(TypedDict):
+    """What a restored session that is not active keeps of its snapshot."""
+
+    position: FramePosition | None
+    trace: TraceIds | None
+
+
 class TraceIds(TypedDict):
     """The root span of the run that took a snapshot."""
 
@@ -106,6 +113,7 @@ class SessionState:
         "draws",
         "entries",
         "error",
+        "final",
         "history",
         "last_node",
         "limits",
@@ -162,6 +170,9 @@ class SessionState:
         self.cancel_reason: str | None = None
         self.run: ActiveRun | None = None  # the run in progress, if any
         self.last_node: str | None = None  # where the main path was when the last run ended
+        # A restored session that is not active: its position and trace as saved,
+        # so that its snapshot says the same (the run that reached them is gone).
+        self.final: FinalPosition | None = None
 
     def random(self) -> float:
         """The next number of the session's seeded generator (a snapshot counts them)."""

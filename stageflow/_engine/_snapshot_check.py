@@ -1,0 +1,409 @@
+"""Checks of a session snapshot beyond its schema: within budget, and consistent.
+
+The schema says what a snapshot looks like; it cannot say that a date exists,
+that a map's next item is inside its list, that a winner is one the parallel
+node can have, that the history counts 1, 2, 3, ... A snapshot can pass the
+schema and still make a restore raise a raw exception, loop for ever, or run
+differently. Two functions find all of that first, each problem located at
+the field at fault:
+
+- :func:`shape_problems`, before the schema: within the budgets of
+  :mod:`stageflow._guard` (JSON values only, depth, frames nested), so the
+  schema's own recursive validator only ever sees a bounded document;
+- :func:`consistency_problems`, once at restore, against the pipeline: every
+  frame, counter and time means something the engine can go on from.
+
+The session turns the problems into a :class:`~stageflow.SnapshotError`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from stageflow._context import Context
+from stageflow._errors import ContextPathError, Problem
+from stageflow._graph import all_edges, continuation_edges, region_edges, walk
+from stageflow._guard import MAX_DEPTH, MAX_NESTING
+from stageflow._json import copy_json, find_non_json
+from stageflow._model import (
+    MapNode,
+    ParallelNode,
+    ParallelPolicy,
+    RetryPolicy,
+    StageNode,
+    SubpipelineNode,
+)
+from stageflow._pipeline import Pipeline
+from stageflow._stages import StageRegistry
+
+__all__ = ["MAX_RNG_DRAWS", "consistency_problems", "shape_problems"]
+
+MAX_RNG_DRAWS: Final = 1_000_000
+"""Most random draws a snapshot may record: a restore draws as many again."""
+
+# A snapshot wraps values in frames: each nested frame adds up to four levels
+# (frame, record, list, item) and a write three (writes, pair, value).
+_SNAPSHOT_DEPTH: Final = MAX_DEPTH + 4 * MAX_NESTING + 8
+
+
+def shape_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """Budget problems of a snapshot, found before the schema is applied (so it is bounded)."""
+    nesting = _frame_nesting(data.get("position"))
+    if nesting is not None:
+        return [
+            Problem(
+                nesting,
+                f"positions nest more than {MAX_NESTING} frames deep (branches, map items and "
+                "subpipeline runs inside each other); no session nests so deep: the snapshot "
+                "is damaged",
+            )
+        ]
+    bad = find_non_json(data, "$", _SNAPSHOT_DEPTH)
+    if bad is not None:
+        return [
+            Problem(
+                bad.location,
+                f"not a JSON value stageflow stores ({bad.reason}); the snapshot is damaged or "
+                "was not written by session.to_dict()",
+            )
+        ]
+    return []
+
+
+def _frame_nesting(position: Any) -> str | None:
+    """Where frames nest past :data:`MAX_NESTING`, or ``None``. Tolerates any shape."""
+    todo: list[tuple[str, Any, int]] = [("$.position", position, 1)]
+    while todo:
+        where, frame, level = todo.pop()
+        if not isinstance(frame, Mapping):
+            continue
+        if level > MAX_NESTING:
+            return where
+        todo.extend((f"{where}{sub}", child, level + 1) for sub, child in _raw_children(frame))
+    return None
+
+
+def _raw_children(frame: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """``(location suffix, frame)`` nested in a frame of unchecked shape."""
+    for key, listing in (("parallel", "branches"), ("map", "running")):
+        record = frame.get(key)
+        items = record.get(listing) if isinstance(record, Mapping) else None
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if isinstance(item, Mapping) and "position" in item:
+                    yield f".{key}.{listing}[{i}].position", item["position"]
+    record = frame.get("subpipeline")
+    if isinstance(record, Mapping) and "position" in record:
+        yield ".subpipeline.position", record["position"]
+
+
+def consistency_problems(
+    snapshot: Mapping[str, Any], pipeline: Pipeline, registry: StageRegistry
+) -> list[Problem]:
+    """Everything in a schema-valid snapshot that the engine could not go on from.
+
+    Times that are no real date, a history not numbered 1..n or of another
+    session, counters past their limits, and positions the pipeline cannot
+    have: nodes outside the branch or map body they are in, items past the
+    map's list, winners a parallel node cannot have, attempts past the retry
+    policy, writes that cannot be applied. Frames are checked only when the
+    session is active (the others are not run again).
+    """
+    checker = _Checker(snapshot, pipeline, registry)
+    checker.check()
+    return checker.problems
+
+
+_ACTIVE: Final = ("running", "waiting")
+
+
+class _Checker:
+    def __init__(
+        self, snapshot: Mapping[str, Any], pipeline: Pipeline, registry: StageRegistry
+    ) -> None:
+        self.snapshot = snapshot
+        self.pipeline = pipeline
+        self.registry = registry
+        self.problems: list[Problem] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(Problem(where, message))
+
+    def check(self) -> None:
+        snapshot = self.snapshot
+        self.time("$.taken_at", snapshot["taken_at"])
+        if snapshot["deadline"] is not None:
+            self.time("$.deadline", snapshot["deadline"])
+        self.history(snapshot["history"], snapshot["session_id"])
+        self.document_name()
+        self.counters()
+        position = snapshot["position"]
+        active = snapshot["status"] in _ACTIVE
+        if active and position is None:
+            self.add(
+                "$.position",
+                f"the session is {snapshot['status']} but has no position to go on from",
+            )
+        if active and position is not None:
+            if snapshot["current_node"] != position["node"]:
+                self.add(
+                    "$.current_node",
+                    f"{snapshot['current_node']!r} is not the node of the position "
+                    f"({position['node']!r})",
+                )
+            try:
+                ctx = Context(copy_json(position["context"]))
+            except (KeyError, TypeError):
+                return  # the schema requires the root frame's context
+            self.frame(position, self.pipeline, ctx, "$.position", None)
+
+    # ------------------------------------------------------------- scalars
+
+    def time(self, where: str, text: str) -> None:
+        try:
+            datetime.datetime.fromisoformat(text)
+        except ValueError as exc:
+            self.add(where, f"{text!r} is not a real date and time ({exc})")
+
+    def history(self, events: list[Mapping[str, Any]], session_id: str) -> None:
+        for i, event in enumerate(events):
+            where = f"$.history[{i}]"
+            if event["seq"] != i + 1:
+                self.add(
+                    f"{where}.seq",
+                    f"event {i + 1} of the history has seq {event['seq']}; a history is "
+                    "numbered 1, 2, 3, ... without gaps",
+                )
+            if event["session_id"] != session_id:
+                self.add(
+                    f"{where}.session_id",
+                    f"event of session {event['session_id']!r} in the history of session "
+                    f"{session_id!r}",
+                )
+            self.time(f"{where}.timestamp", event["timestamp"])
+
+    def document_name(self) -> None:
+        embedded = self.snapshot["pipeline"]
+        metadata = embedded["document"].get("metadata")
+        name = metadata.get("name") if isinstance(metadata, Mapping) else None
+        expected = name if isinstance(name, str) and name else "pipeline"
+        if embedded["name"] != expected:
+            self.add(
+                "$.pipeline.name",
+                f"{embedded['name']!r} is not the name of the pipeline document it carries "
+                f"({expected!r})",
+            )
+
+    def counters(self) -> None:
+        snapshot = self.snapshot
+        limits = snapshot["limits"]
+        # A session that hit max_steps counted the step it refused.
+        if snapshot["steps"] > limits["max_steps"] + 1:
+            self.add(
+                "$.steps",
+                f"{snapshot['steps']} node executions is past limits.max_steps="
+                f"{limits['max_steps']}; no session gets there",
+            )
+        if snapshot["rng_draws"] > MAX_RNG_DRAWS:
+            self.add(
+                "$.rng_draws",
+                f"{snapshot['rng_draws']} random draws is over the {MAX_RNG_DRAWS:,} a restore "
+                "replays; the snapshot is damaged",
+            )
+        for input_type, payloads in snapshot["backlog"].items():
+            if len(payloads) > limits["max_input_backlog"]:
+                self.add(
+                    f"$.backlog.{input_type}",
+                    f"{len(payloads)} queued inputs is over limits.max_input_backlog="
+                    f"{limits['max_input_backlog']}",
+                )
+
+    # -------------------------------------------------------------- frames
+
+    def frame(
+        self,
+        frame: Mapping[str, Any],
+        pipeline: Pipeline,
+        ctx: Context,
+        where: str,
+        region: set[str] | None,
+    ) -> None:
+        """Check one frame; ``region`` is the set of nodes it may be at (``None``: any)."""
+        node_id = frame["node"]
+        if node_id not in pipeline:
+            return  # check_nodes reports it
+        if region is not None and node_id not in region:
+            self.add(
+                f"{where}.node",
+                f"node {node_id!r} is not in the branch or map body this position is in "
+                f"(those are: {', '.join(sorted(region))})",
+            )
+            return
+        node = pipeline.node(node_id)
+        if "next" in frame:
+            following = frame["next"]
+            allowed = {*continuation_edges(node), node_id, None}
+            if following not in allowed:
+                self.add(
+                    f"{where}.next",
+                    f"the path goes on at {following!r}, which node {node_id!r} does not lead to",
+                )
+        if "stage" in frame and isinstance(node, StageNode):
+            self.stage(frame["stage"], node, f"{where}.stage")
+        elif "parallel" in frame and isinstance(node, ParallelNode):
+            self.parallel(frame["parallel"], node, pipeline, ctx, f"{where}.parallel")
+        elif "map" in frame and isinstance(node, MapNode):
+            self.map(frame["map"], node, pipeline, ctx, f"{where}.map")
+        elif "subpipeline" in frame and isinstance(node, SubpipelineNode):
+            inner = frame["subpipeline"]["position"]
+            sub = Context(copy_json(inner["context"]))
+            self.frame(inner, pipeline.callee(node_id), sub, f"{where}.subpipeline.position", None)
+
+    def stage(self, state: Mapping[str, Any], node: StageNode, where: str) -> None:
+        entry = self.registry.get(node.stage) if node.stage in self.registry else None
+        policy = node.retry or (entry.spec.retry if entry is not None else None) or RetryPolicy()
+        if state["attempt"] > policy.attempts:
+            self.add(
+                f"{where}.attempt",
+                f"attempt {state['attempt']} is past the {policy.attempts} attempt(s) the retry "
+                f"policy of node {node.id!r} allows",
+            )
+        if state["retry_at"] is not None:
+            self.time(f"{where}.retry_at", state["retry_at"])
+            if state["attempt"] < 2:
+                self.add(
+                    f"{where}.retry_at",
+                    "a retry delay before attempt 1; only attempts from 2 on wait for one",
+                )
+        for i, call in enumerate(state["calls"]):
+            if call.get("deadline") is not None:
+                self.time(f"{where}.calls[{i}].deadline", call["deadline"])
+            if call.get("sleep") is not None:
+                self.time(f"{where}.calls[{i}].sleep", call["sleep"])
+
+    def fork(self, parent: Context, writes: list[list[Any]], where: str) -> Context | None:
+        ctx = parent.fork()
+        for i, (path, value) in enumerate(writes):
+            try:
+                ctx.set(path, copy_json(value))
+            except ContextPathError as exc:
+                self.add(f"{where}[{i}]", f"the write cannot be applied: {exc}")
+                return None
+        return ctx
+
+    def parallel(
+        self,
+        state: Mapping[str, Any],
+        node: ParallelNode,
+        pipeline: Pipeline,
+        ctx: Context,
+        where: str,
+    ) -> None:
+        index = pipeline.node_index
+        seen: set[str] = set()
+        for i, branch in enumerate(state["branches"]):
+            child = branch["child"]
+            if child in seen:
+                self.add(f"{where}.branches[{i}].child", f"branch {child!r} is listed twice")
+            seen.add(child)
+            if child not in node.children:
+                continue  # check_nodes reports it
+            if branch["state"] == "finished":
+                self.fork(ctx, branch["writes"], f"{where}.branches[{i}].writes")
+            elif branch["state"] == "running":
+                position = branch["position"]
+                forked = self.fork(
+                    ctx, position["writes"], f"{where}.branches[{i}].position.writes"
+                )
+                if forked is not None:
+                    region = walk([child], index, region_edges, node.next)
+                    self.frame(
+                        position, pipeline, forked, f"{where}.branches[{i}].position", region
+                    )
+        winner = state["winner"]
+        if winner is None:
+            return
+        if node.policy is not ParallelPolicy.ANY:
+            self.add(
+                f"{where}.winner",
+                f"parallel node {node.id!r} has policy {node.policy.value!r}: only an 'any' "
+                "node has a winner",
+            )
+        elif winner >= len(node.children):
+            self.add(
+                f"{where}.winner",
+                f"winner {winner} is past the {len(node.children)} branches of parallel node "
+                f"{node.id!r}",
+            )
+        else:
+            states = {b["child"]: b["state"] for b in state["branches"]}
+            won = states.get(node.children[winner])
+            if won in ("failed", "cancelled"):
+                self.add(
+                    f"{where}.winner",
+                    f"the winner, branch {node.children[winner]!r}, {won}: a winner succeeded",
+                )
+
+    def map(
+        self,
+        state: Mapping[str, Any],
+        node: MapNode,
+        pipeline: Pipeline,
+        ctx: Context,
+        where: str,
+    ) -> None:
+        items = ctx.get(node.items)
+        if not isinstance(items, list):
+            self.add(
+                where,
+                f"map node {node.id!r} is in flight but its items ({node.items!r}) are not a "
+                "list in the context",
+            )
+            return
+        total = len(items)
+        if state["next"] > total:
+            self.add(
+                f"{where}.next",
+                f"next item {state['next']} is past the {total} items of map node {node.id!r}",
+            )
+        if state["done"] > state["next"]:
+            self.add(
+                f"{where}.done",
+                f"{state['done']} items done, more than the {state['next']} started",
+            )
+        for source, values in state["collected"].items():
+            if source not in node.collect:
+                self.add(
+                    f"{where}.collected.{source}",
+                    f"map node {node.id!r} does not collect {source!r}",
+                )
+            elif len(values) != total:
+                self.add(
+                    f"{where}.collected.{source}",
+                    f"{len(values)} values collected for {total} items; one per item",
+                )
+        for i, failure in enumerate(state["failures"]):
+            if failure["index"] >= total:
+                self.add(
+                    f"{where}.failures[{i}].index",
+                    f"item {failure['index']} is past the {total} items of map node {node.id!r}",
+                )
+        region = walk([node.body], pipeline.node_index, all_edges)
+        previous = -1
+        for i, item in enumerate(state["running"]):
+            at = f"{where}.running[{i}]"
+            if item["index"] >= total:
+                self.add(
+                    f"{at}.index",
+                    f"item {item['index']} is past the {total} items of map node {node.id!r}",
+                )
+                continue
+            if item["index"] <= previous:
+                self.add(f"{at}.index", "running items are listed once each, in item order")
+            previous = item["index"]
+            position = item["position"]
+            forked = self.fork(ctx, position["writes"], f"{at}.position.writes")
+            if forked is not None:
+                self.frame(position, pipeline, forked, f"{at}.position", region)

@@ -1,0 +1,165 @@
+"""Budgets for input from outside: how large, how deep and how nested anything may be.
+
+Every parser and walker that reads a document, a value or a snapshot takes its
+bounds from here, so one set of numbers (documented in ``docs/limits.md``)
+holds everywhere: a hostile document gets a typed error in bounded time and
+memory instead of a ``RecursionError``, a ``ValueError`` from ``json.dumps``
+or a parse that never ends. A leaf module: it imports nothing from stageflow.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import yaml
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_INT_DIGITS",
+    "MAX_NESTING",
+    "MAX_YAML_NODES",
+    "BudgetError",
+    "int_too_large",
+    "parse_json_text",
+    "parse_yaml_text",
+]
+
+MAX_DEPTH: Final = 256
+"""How deeply containers may nest in any JSON value stageflow accepts or stores."""
+
+MAX_INT_DIGITS: Final = 4300
+"""Most decimal digits of an integer: what ``json.dumps`` can write (CPython's default
+``sys.get_int_max_str_digits()``), so every stored value stays serialisable."""
+
+MAX_NESTING: Final = 64
+"""Most levels of nested structure a document may declare or a snapshot hold:
+subpipelines inside subpipelines, frames (branches, map items, subpipeline runs)
+inside frames. Also the largest ``limits.max_depth``."""
+
+MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
+"""Largest JSON or YAML text a pipeline or case file may be, in bytes of UTF-8."""
+
+MAX_YAML_NODES: Final = 1_000_000
+"""Most values a YAML text may expand to, aliases counted at their expanded size
+(a "billion laughs" document is refused before it is built)."""
+
+# 10 ** MAX_INT_DIGITS has MAX_INT_DIGITS + 1 digits: the first integer too large.
+_INT_LIMIT: Final = 10**MAX_INT_DIGITS
+# Below this many bits an integer has fewer than MAX_INT_DIGITS digits (the fast path).
+_SAFE_BITS: Final = int(MAX_INT_DIGITS * 3.32)
+
+
+class BudgetError(Exception):
+    """A text or value is over one of the budgets; the message says which and how to fix it.
+
+    Internal: callers turn it into the typed error of the document at hand.
+    """
+
+
+def int_too_large(number: int) -> bool:
+    """Whether an integer has more than :data:`MAX_INT_DIGITS` decimal digits."""
+    if number.bit_length() < _SAFE_BITS:
+        return False
+    return abs(number) >= _INT_LIMIT
+
+
+def _check_size(text: str) -> None:
+    # Characters are at most 4 bytes: only a text that might be too large is encoded.
+    if len(text) * 4 > MAX_DOCUMENT_BYTES and len(text.encode()) > MAX_DOCUMENT_BYTES:
+        raise BudgetError(
+            f"the text is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, the most stageflow "
+            "reads; split the document (subpipelines, case files) or keep data out of it"
+        )
+
+
+def parse_json_text(text: str) -> Any:
+    """``json.loads`` within the budgets.
+
+    Raises:
+        json.JSONDecodeError: the text is not JSON (the caller locates it).
+        BudgetError: too large, nested too deeply to parse, or an integer with
+            too many digits.
+    """
+    _check_size(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise BudgetError(
+            f"the text nests arrays and objects more than {MAX_DEPTH} levels deep; flatten it"
+        ) from None
+    except ValueError as exc:  # CPython's limit on the digits of an integer
+        raise BudgetError(
+            f"it has an integer of more than {MAX_INT_DIGITS} digits ({exc}); "
+            "write such a number as a string"
+        ) from None
+
+
+def parse_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` within the budgets, aliases counted at their expanded size.
+
+    The text is first read as a stream of parser events (iterative, linear in
+    the text), which bounds the nesting and the expanded size; only then is it
+    built. Aliases are allowed within the budget.
+
+    Raises:
+        yaml.YAMLError: the text is not YAML.
+        BudgetError: too large, too deep, or expanding to too many values.
+    """
+    _check_size(text)
+    _measure_yaml(text)
+    try:
+        return yaml.safe_load(text)
+    except ValueError as exc:  # an integer with too many digits
+        raise BudgetError(
+            f"it has an integer of more than {MAX_INT_DIGITS} digits ({exc}); "
+            "quote such a number to make it a string"
+        ) from None
+
+
+def _measure_yaml(text: str) -> None:
+    """Walk the events of ``text``, raising :class:`BudgetError` when over a budget."""
+    # For each anchor: (values it expands to, levels it nests).
+    anchors: dict[str, tuple[int, int]] = {}
+    # For each open collection: [anchor, values before it, its depth, deepest level inside].
+    open_: list[list[Any]] = []
+    values = 0
+    deepest = 0
+
+    def add(count: int, height: int) -> None:
+        nonlocal values, deepest
+        values += count
+        if values > MAX_YAML_NODES:
+            raise BudgetError(
+                f"the YAML expands to more than {MAX_YAML_NODES:,} values (aliases count as "
+                "often as they are used); repeat less through aliases, or split the document"
+            )
+        level = len(open_) + height
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            raise BudgetError(
+                f"the YAML nests more than {MAX_DEPTH} levels deep (aliases included); flatten it"
+            )
+        if open_:
+            open_[-1][3] = max(open_[-1][3], level)
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.ScalarEvent):
+            add(1, 0)
+            if event.anchor is not None:
+                anchors[event.anchor] = (1, 0)
+        elif isinstance(event, yaml.AliasEvent):
+            count, height = anchors.get(event.anchor or "", (1, 0))
+            add(count, height)
+        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            add(1, 1)
+            open_.append([event.anchor, values - 1, len(open_) + 1, len(open_) + 1])
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            anchor, before, level, inside = open_.pop()
+            if open_:
+                open_[-1][3] = max(open_[-1][3], inside)
+            if anchor is not None:
+                anchors[anchor] = (values - before, inside - level + 1)

@@ -1,0 +1,343 @@
+"""Hostile documents and values: only typed errors, in bounded time (issue 19, classes 1 and 2).
+
+Valid JSON can still be unusable: integers of more digits than ``json.dumps``
+writes, numbers that overflow to an infinity, nesting deeper than any parser
+or walker can follow, YAML aliases that expand to billions of values. Each
+place that takes such a value from outside (documents, payloads, stage
+outputs, emitted events, inputs, reducers) refuses it with a typed error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import doc, fake_registry, load, parallel, stage, terminal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import stageflow
+from stageflow._cli._common import CommandError, read_json_argument
+from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_NESTING, int_too_large
+from stageflow._json import find_non_json
+from stageflow._pipeline import parse_document
+
+BIG = 10**MAX_INT_DIGITS  # MAX_INT_DIGITS + 1 digits: the smallest integer over the limit
+
+
+def minimal(**top: Any) -> dict[str, Any]:
+    return doc([stage("a", "Echo", next="end"), terminal("end")], **top)
+
+
+def subpipelines(levels: int, *, broken: bool) -> dict[str, Any]:
+    """A pipeline whose subpipelines nest ``levels`` deep; the innermost has an unknown field."""
+    inner: dict[str, Any] = {"entry": "s", "nodes": [stage("s", "Echo", next="e"), terminal("e")]}
+    if broken:
+        inner["nodes"][0]["bogus"] = 1
+    for _ in range(levels):
+        inner = {
+            "entry": "c",
+            "nodes": [
+                {"id": "c", "type": "subpipeline", "pipeline": "p", "next": "e"},
+                terminal("e"),
+            ],
+            "subpipelines": {"p": inner},
+        }
+    return {"api_version": "1.0", **inner}
+
+
+# ------------------------------------------------------------------ the value guard
+
+
+def test_an_integer_of_too_many_digits_is_not_json() -> None:
+    assert not int_too_large(BIG - 1)
+    assert int_too_large(BIG)
+    assert int_too_large(-BIG)
+    bad = find_non_json({"n": [1, BIG]}, "$")
+    assert bad is not None
+    assert bad.location == "$.n[1]"
+    assert str(MAX_INT_DIGITS) in bad.reason
+
+
+def test_a_document_with_a_huge_integer_is_a_validation_error() -> None:
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        load(minimal(metadata={"n": BIG}))
+    assert caught.value.problems[0].location == "$.metadata.n"
+    assert "digits" in caught.value.problems[0].message
+
+
+def test_json_text_with_a_huge_integer_is_a_validation_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text('{"api_version": "1.0", "metadata": {"n": ' + "9" * 5000 + "}}")
+    with pytest.raises(stageflow.PipelineValidationError, match="digits"):
+        stageflow.Pipeline.load(path, registry=fake_registry())
+
+
+def test_a_payload_with_a_huge_integer_is_refused_by_the_session() -> None:
+    pipeline = load(minimal())
+    with pytest.raises(stageflow.NonJsonValueError, match="digits"):
+        stageflow.Session(pipeline, registry=fake_registry(), payload={"n": BIG})
+
+
+# ------------------------------------------------------------------ depth and size
+
+
+@pytest.mark.parametrize("yaml_", [False, True], ids=["json", "yaml"])
+def test_deeply_nested_text_is_a_validation_error(yaml_: bool) -> None:
+    text = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(stageflow.PipelineValidationError, match="levels deep"):
+        parse_document(text, source="deep", yaml_=yaml_)
+
+
+def test_text_nested_just_past_the_budget_is_a_validation_error() -> None:
+    text = '{"api_version": "1.0", "metadata": {"x": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}}"
+    with pytest.raises(stageflow.PipelineValidationError, match="levels deep"):
+        stageflow.Pipeline.from_dict(parse_document(text, source="deep"))
+
+
+def test_subpipelines_nested_past_the_budget_are_a_validation_error() -> None:
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        load(subpipelines(126, broken=True))
+    assert f"more than {MAX_NESTING} levels" in str(caught.value)
+
+
+def test_subpipelines_nested_within_the_budget_report_their_schema_error() -> None:
+    with pytest.raises(stageflow.PipelineValidationError, match="bogus"):
+        load(subpipelines(MAX_NESTING - 1, broken=True))
+
+
+def test_limits_max_depth_is_bounded_by_the_schema() -> None:
+    with pytest.raises(stageflow.PipelineValidationError, match="max_depth"):
+        load(minimal(limits={"max_depth": MAX_NESTING + 1}))
+
+
+def laughs(levels: int) -> str:
+    """A "billion laughs" YAML text: each level repeats the one before nine times."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_within_the_budget_are_read() -> None:
+    loaded = parse_document(laughs(2), source="small", yaml_=True)
+    assert len(loaded["a2"]) == 9
+    assert loaded["a2"][0] == loaded["a1"]
+
+
+def test_a_billion_laughs_yaml_is_refused_in_bounded_time() -> None:
+    """Ten levels would never finish; refused from the parser's events, in a subprocess."""
+    code = textwrap.dedent(
+        f"""
+        import stageflow
+        from stageflow._pipeline import parse_document
+        try:
+            parse_document({laughs(10)!r}, source="lol", yaml_=True)
+        except stageflow.PipelineValidationError as exc:
+            print("refused:", exc.problems[0].message)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "refused:" in done.stdout
+    assert "aliases" in done.stdout
+
+
+def test_a_text_over_the_size_budget_is_refused() -> None:
+    text = '{"api_version": "1.0", "metadata": {"x": "' + "a" * (17 * 1024 * 1024) + '"}}'
+    with pytest.raises(stageflow.PipelineValidationError, match="MiB"):
+        parse_document(text, source="big")
+
+
+# ------------------------------------------------------------ values made at run time
+
+
+def value_registry() -> stageflow.StageRegistry:
+    registry = fake_registry()
+
+    @registry.register("Huge")
+    async def huge(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": 10 ** ctx.config["digits"]}
+
+    @registry.register("EmitHuge")
+    async def emit_huge(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ctx.emit("progress", {"n": 10 ** ctx.config["digits"]})
+        return {}
+
+    @registry.register("Float")
+    async def float_stage(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": float(ctx.config["value"])}
+
+    return registry
+
+
+async def run_one(node: dict[str, Any], **top: Any) -> stageflow.SessionResult:
+    registry = value_registry()
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([{**node, "next": "end"}, terminal("end", "v")], **top), registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry)
+    result = await session.run()
+    json.dumps(session.to_dict())  # the session stays serialisable, whatever happened
+    return result
+
+
+@pytest.mark.anyio
+async def test_a_stage_output_with_a_huge_integer_fails_the_node() -> None:
+    node = stage("a", "Huge", config={"digits": MAX_INT_DIGITS}, outputs={"v": "v"})
+    result = await run_one(node)
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.StageOutputError)
+    assert "digits" in str(result.error)
+
+
+@pytest.mark.anyio
+async def test_an_emitted_payload_with_a_huge_integer_fails_the_stage() -> None:
+    node = stage("a", "EmitHuge", config={"digits": MAX_INT_DIGITS})
+    result = await run_one(node)
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.StageError)
+    assert isinstance(result.error.__cause__, stageflow.NonJsonValueError)
+    assert "digits" in str(result.error.__cause__)
+
+
+@pytest.mark.anyio
+async def test_an_input_with_a_huge_integer_is_rejected() -> None:
+    pipeline = load(
+        doc(
+            [
+                stage("w", "WaitStage", config={"input": "msg"}, next="end"),
+                terminal("end"),
+            ]
+        )
+    )
+    session = stageflow.Session(pipeline, registry=fake_registry())
+    with pytest.raises(stageflow.InputRejectedError) as caught:
+        session.send_input("msg", {"n": BIG})
+    assert caught.value.reason == "not_json"
+    assert "digits" in str(caught.value)
+    json.dumps(session.to_dict())
+
+
+def sum_fan(value: Any, registry_stage: str = "Float") -> dict[str, Any]:
+    config = {"value": value} if registry_stage == "Float" else {"digits": value}
+    return doc(
+        [
+            parallel("fan", ["x", "y"], next="end"),
+            stage("x", registry_stage, config=config, outputs={"v": "v"}),
+            stage("y", registry_stage, config=config, outputs={"v": "v"}),
+            terminal("end", "v"),
+        ],
+        reducers={"v": "sum"},
+    )
+
+
+@pytest.mark.anyio
+async def test_a_sum_reducer_that_overflows_to_infinity_fails_the_join() -> None:
+    registry = value_registry()
+    pipeline = stageflow.Pipeline.from_dict(sum_fan(1.5e308), registry=registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.NodeError)
+    assert result.error.node_id == "fan"
+    assert "finite" in str(result.error)
+    json.loads(json.dumps(session.to_dict(), allow_nan=False))
+
+
+@pytest.mark.anyio
+async def test_a_sum_reducer_that_grows_past_the_integer_budget_fails_the_join() -> None:
+    registry = value_registry()
+    pipeline = stageflow.Pipeline.from_dict(sum_fan(MAX_INT_DIGITS - 1, "Huge"), registry=registry)
+    session = stageflow.Session(pipeline, registry=registry, payload={"v": BIG - 1})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert "digits" in str(result.error)
+    json.dumps(session.to_dict())
+
+
+# ------------------------------------------------------------------------- fuzzers
+
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    # Integers over the budget (built, not listed: their repr() itself fails).
+    st.sampled_from([MAX_INT_DIGITS, 5000]).map(lambda digits: 10**digits),
+    st.sampled_from([float("inf"), float("-inf"), float("nan")]),
+    st.floats(),
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=20,
+)
+
+
+def nested(value: Any, levels: int) -> Any:
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+FIELDS = ["metadata", "limits", "reducers", "entry", "nodes", "subpipelines", "validate_events"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    field=st.sampled_from(FIELDS),
+    value=json_values,
+    levels=st.sampled_from([0, 1, MAX_DEPTH - 2, MAX_DEPTH, 5 * MAX_DEPTH]),
+)
+def test_fuzz_documents_give_a_pipeline_or_a_validation_error(
+    field: str, value: Any, levels: int
+) -> None:
+    """Any JSON-ish value at any top-level field: a pipeline or a PipelineValidationError."""
+    document = minimal()
+    document[field] = nested(value, levels)
+    try:
+        pipeline = load(document)
+    except stageflow.PipelineValidationError:
+        return
+    json.dumps(pipeline.to_dict(), allow_nan=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fuzz_mutated_texts_give_a_document_or_a_validation_error(data: st.DataObject) -> None:
+    """Random edits of a valid JSON or YAML text: parsed, or a located problem, never a crash."""
+    yaml_ = data.draw(st.booleans(), label="yaml")
+    text = json.dumps(minimal(metadata={"n": [1, 2.5, "x"]}))
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(0, len(text)), label="at")
+        cut = data.draw(st.integers(0, 8), label="cut")
+        insert = data.draw(
+            st.sampled_from(["[", "{", "]", "&a ", "*a", "9" * 5000, "1e999", "-", '"', ": ", ""])
+            | st.text(max_size=4),
+            label="insert",
+        )
+        text = text[:at] + insert * data.draw(st.integers(1, 300), label="times") + text[at + cut :]
+    try:
+        document = parse_document(text, source="fuzz", yaml_=yaml_)
+        load(document)
+    except stageflow.PipelineValidationError:
+        pass
+
+
+def test_a_cli_payload_nested_too_deeply_is_a_usage_error() -> None:
+    with pytest.raises(CommandError, match="levels deep"):
+        read_json_argument("[" * 100_000 + "]" * 100_000, option="--payload")
+
+
+def test_session_limits_cannot_nest_deeper_than_a_snapshot_may() -> None:
+    """A session nesting past the snapshot budget could never be restored."""
+    with pytest.raises(stageflow.DefinitionError, match="max_depth"):
+        stageflow.Limits(max_depth=MAX_NESTING + 1)
+    assert stageflow.Limits(max_depth=MAX_NESTING).max_depth == MAX_NESTING

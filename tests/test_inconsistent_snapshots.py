@@ -1,0 +1,475 @@
+"""Snapshots valid per the schema but inconsistent are SnapshotErrors (issue 19, classes 2 and 4).
+
+A snapshot can pass its schema and still name an impossible date, a map item
+past the list, a winner an ``all`` node cannot have, a history not numbered
+1..n, counters a restore would replay for ever, or frames nested hundreds
+deep. Each is a ``SnapshotError`` naming the field, at ``from_dict``; and a
+snapshot restored and snapshotted again is the same snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+import sniffio
+from fakes import fake_registry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import stageflow
+from stageflow._engine._snapshot_check import MAX_RNG_DRAWS
+from stageflow._guard import MAX_INT_DIGITS, MAX_NESTING
+
+pytestmark = pytest.mark.anyio
+
+WAIT = "WaitStage"
+
+DOCUMENT: dict[str, Any] = {
+    "api_version": "1.0",
+    "entry": "fan",
+    "nodes": [
+        {"id": "fan", "type": "parallel", "children": ["left", "right"], "next": "race"},
+        {
+            "id": "left",
+            "type": "stage",
+            "stage": WAIT,
+            "config": {"input": "a", "timeout": 600},
+            "outputs": {"payload": "left"},
+        },
+        {
+            "id": "right",
+            "type": "stage",
+            "stage": "Set",
+            "config": {"values": {"v": 1}},
+            "outputs": {"v": "right"},
+        },
+        {
+            "id": "race",
+            "type": "parallel",
+            "policy": "any",
+            "children": ["slow", "fast"],
+            "next": "pages",
+        },
+        {"id": "slow", "type": "stage", "stage": WAIT, "config": {"input": "never"}},
+        {
+            "id": "fast",
+            "type": "stage",
+            "stage": WAIT,
+            "config": {"input": "b"},
+            "outputs": {"payload": "fast"},
+        },
+        {
+            "id": "pages",
+            "type": "map",
+            "items": "items",
+            "body": "page",
+            "concurrency": 2,
+            "collect": {"got": "pages_out"},
+            "next": "sub",
+        },
+        {
+            "id": "page",
+            "type": "stage",
+            "stage": WAIT,
+            "config": {"input": "page"},
+            "outputs": {"payload": "got"},
+        },
+        {"id": "sub", "type": "subpipeline", "pipeline": "inner", "next": "end"},
+        {"id": "end", "type": "terminal", "artifacts": ["left", "right", "pages_out"]},
+    ],
+    "subpipelines": {
+        "inner": {
+            "entry": "ask",
+            "nodes": [
+                {
+                    "id": "ask",
+                    "type": "stage",
+                    "stage": WAIT,
+                    "config": {"input": "c"},
+                    "next": "done",
+                },
+                {"id": "done", "type": "terminal"},
+            ],
+        }
+    },
+}
+INPUTS = [("a", {"n": 1}), ("b", {"n": 2}), ("page", 1), ("page", 2), ("page", 3), ("c", {})]
+PAYLOAD = {"items": ["p1", "p2", "p3"]}
+
+
+async def suspensions() -> list[dict[str, Any]]:
+    """A snapshot at every suspension of the document's run, restored between inputs."""
+    registry = fake_registry()
+    pipeline = stageflow.Pipeline.from_dict(DOCUMENT, registry=registry)
+    session = stageflow.Session(pipeline, registry=registry, payload=PAYLOAD, seed=3)
+    snapshots: list[dict[str, Any]] = []
+    pending = list(INPUTS)
+    while True:
+        result = await session.run(suspend=True)
+        snapshot = json.loads(json.dumps(session.to_dict()))
+        snapshots.append(snapshot)
+        if result.status is not stageflow.SessionStatus.WAITING:
+            return snapshots
+        session = stageflow.Session.from_dict(snapshot, registry=registry)
+        while pending and pending[0][0] in result.waiting_for:
+            input_type, payload = pending.pop(0)
+            session.send_input(input_type, payload)
+
+
+_SNAPSHOTS: dict[str, list[dict[str, Any]]] = {}
+
+
+async def snapshots() -> list[dict[str, Any]]:
+    backend = sniffio.current_async_library()
+    if backend not in _SNAPSHOTS:
+        _SNAPSHOTS[backend] = await suspensions()
+    return copy.deepcopy(_SNAPSHOTS[backend])
+
+
+def restore(snapshot: dict[str, Any]) -> stageflow.Session:
+    return stageflow.Session.from_dict(snapshot, registry=fake_registry())
+
+
+def refused(snapshot: dict[str, Any]) -> stageflow.SnapshotError:
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        restore(snapshot)
+    return caught.value
+
+
+def at(snapshot: dict[str, Any], record: str) -> dict[str, Any]:
+    """The first frame (depth first) with ``record`` (parallel, map, subpipeline, stage)."""
+    todo = [snapshot["position"]]
+    while todo:
+        frame = todo.pop()
+        if record in frame:
+            return frame  # type: ignore[no-any-return]
+        for key, listing in (("parallel", "branches"), ("map", "running")):
+            if key in frame:
+                todo.extend(b["position"] for b in frame[key][listing] if "position" in b)
+        if "subpipeline" in frame:
+            todo.append(frame["subpipeline"]["position"])
+    raise LookupError(record)
+
+
+async def snapshot_with(record: str, test: Callable[[dict[str, Any]], bool] = bool) -> Any:
+    for snapshot in await snapshots():
+        try:
+            frame = at(snapshot, record)
+        except (LookupError, TypeError):
+            continue
+        if test(frame):
+            return snapshot, frame
+    raise LookupError(record)
+
+
+def without_taken_at(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in snapshot.items() if k != "taken_at"}
+
+
+# ------------------------------------------------------------------------ stability
+
+
+async def test_the_document_suspends_inside_branches_map_items_and_subpipelines() -> None:
+    taken = await snapshots()
+    records = {r for s in taken[:-1] for r in ("parallel", "map", "subpipeline") if _has(s, r)}
+    assert records == {"parallel", "map", "subpipeline"}
+    assert taken[-1]["status"] == "completed"
+
+
+def _has(snapshot: dict[str, Any], record: str) -> bool:
+    try:
+        at(snapshot, record)
+    except LookupError:
+        return False
+    return True
+
+
+async def test_snapshot_restore_snapshot_is_stable() -> None:
+    for snapshot in await snapshots():
+        again = restore(copy.deepcopy(snapshot)).to_dict()
+        assert without_taken_at(again) == without_taken_at(snapshot), snapshot["status"]
+
+
+async def test_a_completed_session_keeps_its_position_through_a_restore() -> None:
+    final = (await snapshots())[-1]
+    assert final["position"]["node"] == "end"
+    assert restore(final).to_dict()["position"]["node"] == "end"
+
+
+# --------------------------------------------------------------- one field at a time
+
+
+async def test_an_impossible_date_names_the_field() -> None:
+    snapshot = (await snapshots())[0]
+    snapshot["taken_at"] = "2025-02-30T12:00:00+00:00"
+    error = refused(snapshot)
+    assert error.problems[0].location == "$.taken_at"
+    assert "not a real date" in error.problems[0].message
+
+
+async def test_an_impossible_event_date_names_the_event() -> None:
+    snapshot = (await snapshots())[0]
+    snapshot["history"][2]["timestamp"] = "2025-13-01T00:00:00+00:00"
+    refused(snapshot)  # the schema's pattern already refuses month 13
+    snapshot["history"][2]["timestamp"] = "2025-04-31T00:00:00+00:00"
+    assert refused(snapshot).problems[0].location == "$.history[2].timestamp"
+
+
+async def test_history_seq_not_one_to_n_names_the_event() -> None:
+    snapshot = (await snapshots())[0]
+    snapshot["history"][1]["seq"] = 7
+    assert [p.location for p in refused(snapshot).problems] == ["$.history[1].seq"]
+
+
+async def test_a_map_position_past_the_list_names_the_field() -> None:
+    snapshot, frame = await snapshot_with("map", lambda f: bool(f["map"]["running"]))
+    frame["map"]["next"] = 50
+    assert refused(snapshot).problems[0].location.endswith(".map.next")
+    snapshot, frame = await snapshot_with("map", lambda f: bool(f["map"]["running"]))
+    frame["map"]["running"][0]["index"] = 9
+    assert refused(snapshot).problems[0].location.endswith(".map.running[0].index")
+
+
+async def test_a_winner_an_all_node_cannot_have_names_the_field() -> None:
+    snapshot, frame = await snapshot_with("parallel", lambda f: f["node"] == "fan")
+    frame["parallel"]["winner"] = 0
+    error = refused(snapshot)
+    assert error.problems[0].location == "$.position.parallel.winner"
+    assert "'any'" in error.problems[0].message
+
+
+async def test_a_winner_past_the_branches_names_the_field() -> None:
+    snapshot, frame = await snapshot_with("parallel", lambda f: f["node"] == "race")
+    frame["parallel"]["winner"] = 5
+    assert refused(snapshot).problems[0].location == "$.position.parallel.winner"
+
+
+async def test_a_branch_position_outside_its_branch_names_the_field() -> None:
+    snapshot, frame = await snapshot_with("parallel", lambda f: f["node"] == "race")
+    running = next(b for b in frame["parallel"]["branches"] if b["state"] == "running")
+    running["position"]["node"] = "page"  # a map body node, not in this branch
+    running["position"].pop("stage", None)
+    error = refused(snapshot)
+    assert error.problems[0].location.endswith(".position.node")
+
+
+async def test_an_attempt_past_the_retry_policy_names_the_field() -> None:
+    snapshot, frame = await snapshot_with("stage")
+    frame["stage"]["attempt"] = 10**12
+    assert refused(snapshot).problems[0].location.endswith(".stage.attempt")
+
+
+async def test_steps_past_the_limit_name_the_field() -> None:
+    snapshot = (await snapshots())[0]
+    snapshot["steps"] = 10**15
+    assert refused(snapshot).problems[0].location == "$.steps"
+
+
+async def test_a_huge_integer_in_a_context_is_refused() -> None:
+    snapshot = (await snapshots())[0]
+    snapshot["position"]["context"]["n"] = 10**MAX_INT_DIGITS
+    error = refused(snapshot)
+    assert error.problems[0].location == "$.position.context.n"
+
+
+async def test_frames_nested_three_hundred_deep_are_refused() -> None:
+    snapshot, frame = await snapshot_with("map", lambda f: bool(f["map"]["running"]))
+    inner = frame["map"]["running"][0]["position"]
+    outer = {k: v for k, v in frame.items() if k != "context"}
+    for _ in range(300):
+        level = copy.deepcopy(outer)
+        level["writes"] = []
+        level["map"]["running"] = [{"index": 0, "position": inner}]
+        inner = level
+    frame["map"]["running"] = [{"index": 0, "position": inner}]
+    error = refused(snapshot)
+    assert f"more than {MAX_NESTING} frames" in error.problems[0].message
+
+
+def test_random_draws_a_restore_would_replay_for_ever_are_refused() -> None:
+    """Before the fix the restore drew 10**15 numbers; a subprocess bounds it."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        sys.path.insert(0, "tests/support")
+        import stageflow
+        from fakes import fake_registry
+        registry = fake_registry()
+        pipeline = stageflow.Pipeline.from_dict(
+            {"api_version": "1.0", "entry": "a", "nodes": [
+                {"id": "a", "type": "stage", "stage": "WaitStage",
+                  "config": {"input": "x"}, "next": "end"},
+                {"id": "end", "type": "terminal"}]}, registry=registry)
+        session = stageflow.Session(pipeline, registry=registry, seed=1)
+        snapshot = session.to_dict()
+        snapshot["rng_draws"] = 10**15
+        try:
+            stageflow.Session.from_dict(snapshot, registry=registry)
+        except stageflow.SnapshotError as exc:
+            print(exc.problems[0].location)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "$.rng_draws"
+    assert MAX_RNG_DRAWS < 10**15
+
+
+# ----------------------------------------------------------------------------- fuzzer
+
+REPLACEMENTS: list[Any] = [
+    None,
+    0,
+    -1,
+    1,
+    2,
+    7,
+    10**9,
+    10**18,
+    1.5,
+    "",
+    "x",
+    "end",
+    "page",
+    "fan",
+    "2025-02-30T00:00:00+00:00",
+    "9999-12-31T23:59:59.999999+00:00",
+    [],
+    {},
+    [["x", 1]],
+    {"path": "", "node": "end", "context": {}},
+]
+
+
+def locations(value: Any, where: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [where]
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            out.extend(locations(sub, (*where, key)))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            out.extend(locations(sub, (*where, i)))
+    return out
+
+
+def replace(snapshot: dict[str, Any], where: tuple[Any, ...], value: Any) -> None:
+    target: Any = snapshot
+    for part in where[:-1]:
+        target = target[part]
+    target[where[-1]] = value
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    pick=st.integers(0, 10**6),
+    spot=st.integers(0, 10**6),
+    replacement=st.sampled_from(REPLACEMENTS) | st.integers() | st.text(max_size=6),
+    inside=st.sampled_from(["anywhere", "position", "position", "position", "history"]),
+)
+async def test_fuzz_mutated_snapshots_restore_and_run_or_are_refused(
+    pick: int, spot: int, replacement: Any, inside: str
+) -> None:
+    """One value replaced anywhere (mostly in positions): a SnapshotError, or kept and run.
+
+    A snapshot that is accepted comes back unchanged from ``to_dict()`` and runs
+    to a typed outcome in bounded time; anything else must be refused.
+    """
+    taken = await snapshots()
+    snapshot = taken[pick % len(taken)]
+    spots = [w for w in locations(snapshot) if w and (inside == "anywhere" or w[0] == inside)]
+    if not spots:
+        return
+    replace(snapshot, spots[spot % len(spots)], copy.deepcopy(replacement))
+    try:
+        session = restore(snapshot)
+    except stageflow.SnapshotError:
+        return
+    # Accepted: it is kept as it is (a restore that changed it would run differently).
+    assert without_taken_at(json.loads(json.dumps(session.to_dict()))) == without_taken_at(snapshot)
+    for input_type, payload in INPUTS:
+        with contextlib.suppress(stageflow.InputRejectedError, stageflow.SessionStateError):
+            session.send_input(input_type, payload)
+    if session.status is not stageflow.SessionStatus.WAITING:
+        return  # a finished session does not run again
+    limit = 86_400 if sniffio.current_async_library() == "trio" else 10
+    with anyio.fail_after(limit):
+        result = await session.run(suspend=True)
+    assert result.status in set(stageflow.SessionStatus)
+    assert result.error is None or isinstance(result.error, stageflow.StageflowError)
+    json.dumps(session.to_dict())
+
+
+NODE_IDS = sorted(
+    {n["id"] for n in DOCUMENT["nodes"]}
+    | {n["id"] for n in DOCUMENT["subpipelines"]["inner"]["nodes"]}
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    pick=st.integers(0, 10**6),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 10**6),
+            st.sampled_from(["node", "next", "child", "state", "index", "attempt", "winner"]),
+            st.integers(0, 10**6),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+async def test_fuzz_positions_moved_to_other_nodes_restore_and_run_or_are_refused(
+    pick: int, edits: list[tuple[int, str, int]]
+) -> None:
+    """Frames pointed at other real nodes, branches given other states, counters moved.
+
+    Each edit keeps the snapshot valid per the schema, so only the consistency
+    checks stand between it and the engine.
+    """
+    taken = await snapshots()
+    snapshot = taken[pick % len(taken)]
+    for spot, key, choice in edits:
+        spots = [w for w in locations(snapshot) if w and w[0] == "position" and w[-1] == key]
+        if not spots:
+            continue
+        where = spots[spot % len(spots)]
+        if key in ("node", "next", "child"):
+            value: Any = NODE_IDS[choice % len(NODE_IDS)]
+        elif key == "state":
+            value = ["running", "finished", "failed", "cancelled"][choice % 4]
+        else:
+            value = choice % 6
+        replace(snapshot, where, value)
+    try:
+        session = restore(snapshot)
+    except stageflow.SnapshotError:
+        return
+    assert without_taken_at(json.loads(json.dumps(session.to_dict()))) == without_taken_at(snapshot)
+    for input_type, payload in INPUTS:
+        with contextlib.suppress(stageflow.InputRejectedError, stageflow.SessionStateError):
+            session.send_input(input_type, payload)
+    if session.status is not stageflow.SessionStatus.WAITING:
+        return
+    limit = 86_400 if sniffio.current_async_library() == "trio" else 10
+    with anyio.fail_after(limit):
+        result = await session.run(suspend=True)
+    assert result.error is None or isinstance(result.error, stageflow.StageflowError)
+    json.dumps(session.to_dict())

@@ -1,0 +1,163 @@
+"""JsonLogic evaluation is bounded in time and memory (issue 19, class 1).
+
+A ``reduce`` that squares its accumulator forty times built a 2^40-bit
+integer and froze the event loop; json-logic-js overflows to ``Infinity``
+after about ten squarings. Integers past the float range now overflow to an
+infinity the same way; ``cat`` and ``merge`` have a size bound. Each hostile
+rule runs in a subprocess with a hard timeout, as a hang is the failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stageflow import JsonLogicError, jsonlogic
+
+CONFORMANCE = Path("/work/shared/conformance/jsonlogic/tests.json")
+
+SQUARE_FORTY_TIMES = {
+    "reduce": [
+        {"var": "steps"},
+        {"*": [{"var": "accumulator"}, {"var": "accumulator"}]},
+        3,
+    ]
+}
+STEPS = {"steps": list(range(40))}
+
+
+def run_isolated(rule: Any, data: Any) -> str:
+    """``apply(rule, data)`` in a subprocess that is killed after 30 s; its printed outcome."""
+    code = textwrap.dedent(
+        f"""
+        import json
+        from stageflow import JsonLogicError, jsonlogic
+        try:
+            print(repr(jsonlogic.apply(json.loads({json.dumps(rule)!r}),
+                                       json.loads({json.dumps(data)!r}))))
+        except JsonLogicError as exc:
+            print("JsonLogicError", exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_squaring_forty_times_overflows_to_infinity_in_bounded_time() -> None:
+    # JSON has no infinity: apply() returns it as None, as JSON.stringify writes it.
+    assert run_isolated(SQUARE_FORTY_TIMES, STEPS) == "None"
+
+
+def test_squaring_overflows_where_javascript_does() -> None:
+    rule = {">": [SQUARE_FORTY_TIMES, 10**300]}
+    assert jsonlogic.apply(rule, STEPS) is True
+    ten = {"reduce": [{"var": "steps"}, SQUARE_FORTY_TIMES["reduce"][1], 3]}
+    # 3 ** (2 ** 9) has 812 bits, kept exactly; one squaring more is past the float range.
+    assert jsonlogic.apply(ten, {"steps": list(range(9))}) == 3 ** (2**9)
+    assert jsonlogic.apply({"==": [ten, {"/": [1, 0]}]}, {"steps": list(range(10))}) is True
+
+
+def test_a_doubling_cat_is_refused_in_bounded_time() -> None:
+    rule = {"reduce": [{"var": "steps"}, {"cat": [{"var": "accumulator"}] * 2}, "ab"]}
+    assert run_isolated(rule, STEPS).startswith("JsonLogicError")
+
+
+def test_a_doubling_merge_is_refused_in_bounded_time() -> None:
+    rule = {"reduce": [{"var": "steps"}, {"merge": [{"var": "accumulator"}] * 2}, [1]]}
+    outcome = run_isolated(rule, STEPS)
+    assert outcome.startswith("JsonLogicError")
+    assert "merge" in outcome
+
+
+def test_an_integer_from_the_data_past_the_float_range_is_an_infinity() -> None:
+    huge = 10**4000
+    assert jsonlogic.apply({"+": [{"var": "n"}, 1]}, {"n": huge}) is None  # +Infinity
+    assert jsonlogic.apply({">": [{"*": [{"var": "n"}, 2]}, 10**308]}, {"n": huge}) is True
+    assert jsonlogic.apply({"<": [{"var": "n"}, 10**4001]}, {"n": huge}) is True  # exact
+
+
+@pytest.mark.skipif(not CONFORMANCE.exists(), reason="the shared conformance suite is absent")
+def test_the_shared_conformance_suite_still_passes() -> None:
+    cases = [c for c in json.loads(CONFORMANCE.read_text()) if not isinstance(c, str)]
+    assert cases
+    for rule, data, expected in cases:
+        assert jsonlogic.apply(rule, data) == expected, (rule, data)
+
+
+numbers = st.one_of(
+    st.integers(),
+    st.sampled_from([0, 1, -1, 2, 10**308, -(10**308), 2**1023, 2**1024, 10**4000]),
+    st.floats(allow_nan=False),
+    st.sampled_from(["1e308", "-0", "0x10", "Infinity", "abc", ""]),
+)
+ARITHMETIC = ["+", "-", "*", "/", "%", "min", "max", "<", ">", "=="]
+
+
+def arithmetic(depth: int) -> st.SearchStrategy[Any]:
+    if depth == 0:
+        return numbers | st.just({"var": "n"})
+    inner = arithmetic(depth - 1)
+    return numbers | st.builds(
+        lambda op, args: {op: args}, st.sampled_from(ARITHMETIC), st.lists(inner, max_size=3)
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rule=arithmetic(4), n=numbers)
+def test_fuzz_numeric_rules_give_a_bounded_json_number_or_a_typed_error(rule: Any, n: Any) -> None:
+    try:
+        result = jsonlogic.apply(rule, {"n": n})
+    except JsonLogicError:
+        return
+    if isinstance(result, int) and not isinstance(result, bool):
+        assert result.bit_length() <= max(jsonlogic.MAX_EXACT_BITS, 14_000)
+    if isinstance(result, float):
+        assert math.isfinite(result)  # apply() makes NaN and infinities None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    op=st.sampled_from(["*", "+", "cat", "merge"]),
+    seed=st.sampled_from([3, 2**500, "ab", [1, 2]]),
+    steps=st.integers(0, 60),
+)
+def test_fuzz_reduce_that_grows_its_accumulator_ends(op: str, seed: Any, steps: int) -> None:
+    rule = {"reduce": [{"var": "steps"}, {op: [{"var": "accumulator"}] * 2}, seed]}
+    with contextlib.suppress(JsonLogicError):
+        jsonlogic.apply(rule, {"steps": list(range(steps))})
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    levels=st.integers(0, 400),
+    wrapper=st.sampled_from(["!", "!!", "list", "if", "var"]),
+)
+def test_fuzz_deep_rules_give_a_result_or_a_typed_error(levels: int, wrapper: str) -> None:
+    """Rules nested up to four times past the depth limit: a result or a JsonLogicError."""
+    rule: Any = {"var": "n"}
+    for _ in range(levels):
+        if wrapper == "list":
+            rule = [rule]
+        elif wrapper == "if":
+            rule = {"if": [rule, 1, 0]}
+        elif wrapper == "var":
+            rule = {"var": [rule]}
+        else:
+            rule = {wrapper: [rule]}
+    if levels < jsonlogic.MAX_DEPTH // 2:  # two levels of rule per wrapper at most
+        jsonlogic.apply(rule, {"n": 1})
+        return
+    with contextlib.suppress(JsonLogicError):
+        jsonlogic.apply(rule, {"n": 1})
