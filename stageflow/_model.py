@@ -276,6 +276,8 @@ class ParallelNode(_Routable):
         children: entry node of each branch; also the merge order.
         policy: ``all`` or ``any``.
         cancel_on_error: cancel the other branches on the first failure.
+        concurrency: branches run at once, started in ``children`` order as
+            others end (``None``: every branch starts at once).
         merge: what to do with conflicting writes no reducer covers.
         next: the join: the node that runs after the branches.
         timeout: seconds all branches together may take.
@@ -288,6 +290,7 @@ class ParallelNode(_Routable):
     children: tuple[str, ...]
     policy: ParallelPolicy = ParallelPolicy.ALL
     cancel_on_error: bool = True
+    concurrency: int | None = None
     merge: MergeStrategy = MergeStrategy.ERROR
     next: str | None = None
     timeout: float | None = None

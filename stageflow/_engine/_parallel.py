@@ -10,6 +10,8 @@ Hot path: "parallel branch, per branch" benchmark rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio
 import anyio.lowlevel
 
@@ -62,12 +64,16 @@ class ParallelExecutor:
         with anyio.CancelScope() as deadline:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout
-            # Each branch is a position of its own while this frame waits for them.
-            kernel.positions(len(todo) - 1)
+            # A pool of workers pulls branch indexes in ``children`` order (one
+            # per branch without a concurrency); each worker is a position of
+            # its own while this frame waits for them.
+            workers = min(len(todo), node.concurrency or len(todo))
+            pending = iter(todo)
+            kernel.positions(workers - 1)
             try:
                 async with kernel.backend.open_task_group() as tg:
-                    for i in todo:
-                        tg.start_soon(self._branch, run, i, tg.cancel_scope)
+                    for _ in range(workers):
+                        tg.start_soon(self._worker, run, pending, tg.cancel_scope)
             finally:
                 kernel.positions(1)
         if frame.scope.terminal is not None:
@@ -99,6 +105,18 @@ class ParallelExecutor:
         merge_branches(node.id, node.merge, frame.scope.pipeline.reducers, frame.ctx, chosen)
         return node.next
 
+    async def _worker(
+        self, run: ParallelRun, pending: Iterator[int], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            for index in pending:
+                # Once decided (a winner, a failure that cancels the rest), a
+                # branch still to start starts and is cancelled at its first
+                # node, as one started a moment earlier would be.
+                await self._branch(run, index, scope)
+        finally:
+            self._kernel.positions(-1)
+
     async def _branch(self, run: ParallelRun, index: int, scope: anyio.CancelScope) -> None:
         node = run.node
         child = node.children[index]
@@ -114,24 +132,21 @@ class ParallelExecutor:
                     winner.append(index)  # before the event: a snapshot taken there keeps it
                     scope.cancel()
 
-        try:
-            succeeded = await self._kernel.run_child(
-                BRANCH,
-                node.id,
-                run.frames[index],
-                child,
-                node.next,
-                {"branch": child},
-                (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
-                settle,
-            )
-            if not succeeded and (
-                (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
-                or isinstance(outcome.error, LimitExceededError)
-            ):
-                scope.cancel()
-        finally:
-            self._kernel.positions(-1)
+        succeeded = await self._kernel.run_child(
+            BRANCH,
+            node.id,
+            run.frames[index],
+            child,
+            node.next,
+            {"branch": child},
+            (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
+            settle,
+        )
+        if not succeeded and (
+            (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
+            or isinstance(outcome.error, LimitExceededError)
+        ):
+            scope.cancel()
 
     def save(self, run: ParallelRun) -> ParallelPosition:
         """A parallel node in flight as a snapshot keeps it: every branch's state."""

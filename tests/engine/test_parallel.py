@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from conftest import live_tasks
-from fakes import doc, parallel, run, stage, terminal, types
+from fakes import (
+    doc,
+    fake_registry,
+    load,
+    parallel,
+    run,
+    stage,
+    terminal,
+    types,
+    wait_until_waiting,
+)
 
 import stageflow
 
@@ -253,3 +264,36 @@ async def test_condition_records_which_branch_matched(value: int, branch: object
     result = await run(document, payload={"x": value})
     [finished] = [e for e in result.history if e.type == "node_finished" and e.node_id == "c"]
     assert finished.payload["branch"] == branch
+
+
+async def test_concurrency_bounds_how_many_branches_run_at_once() -> None:
+    registry = fake_registry()
+    registry.add(stageflow.WaitStage, name="Wait")
+    children = [
+        stage(name, "Wait", config={"input": "go"}, outputs={"payload": name})
+        for name in ("a", "b", "c", "d")
+    ]
+    document = doc(
+        [
+            parallel("fan", ["a", "b", "c", "d"], next="end", concurrency=2),
+            *children,
+            terminal("end", "a", "b", "c", "d"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    rounds: list[list[str | None]] = []
+
+    async def answer_two_at_a_time() -> None:
+        for n in (1, 2):
+            await wait_until_waiting(session, "go", 2)
+            waiting = [e.node_id for e in session.history if e.type == "waiting_for_input"]
+            rounds.append(waiting[2 * (n - 1) :])
+            assert session.send_input("go", n).delivered == 2
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(answer_two_at_a_time)
+        result = await session.run()
+    assert result.status is COMPLETED
+    # Two at a time, started in `children` order as others end.
+    assert [sorted(r) for r in rounds] == [["a", "b"], ["c", "d"]]
+    assert result.artifacts == {"a": 1, "b": 1, "c": 2, "d": 2}
