@@ -16,12 +16,19 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from stageflow._log import SPAN_REPORTED, first_report
+
 __all__ = [
     "ATTEMPT",
     "BRANCH",
+    "CANCEL_REASON",
+    "CONDITION_BRANCH",
+    "ERROR_HANDLED",
+    "ERROR_TYPE",
     "INPUT_TYPE",
     "LINK_KIND",
     "MAP_INDEX",
+    "NEXT_NODE",
     "NODE_ID",
     "NODE_TYPE",
     "OUTCOME",
@@ -30,12 +37,17 @@ __all__ = [
     "POLICY",
     "SESSION_ID",
     "STAGE",
+    "SUBPIPELINE",
     "ActiveSpan",
     "SpanIds",
     "Tracing",
     "current_ids",
     "enter_span",
+    "error_type",
     "exit_span",
+    "bind_span",
+    "input_link",
+    "sender_context",
     "resolve_tracer",
     "restored_link",
     "span_ids",
@@ -54,6 +66,12 @@ BRANCH: Final = "stageflow.branch"
 INPUT_TYPE: Final = "stageflow.input.type"
 MAP_INDEX: Final = "stageflow.map.index"
 LINK_KIND: Final = "stageflow.link.kind"
+CONDITION_BRANCH: Final = "stageflow.condition.branch"
+NEXT_NODE: Final = "stageflow.next"
+SUBPIPELINE: Final = "stageflow.subpipeline.name"
+CANCEL_REASON: Final = "stageflow.cancel.reason"
+ERROR_TYPE: Final = "error.type"  # OpenTelemetry's semantic convention, not stageflow.*
+ERROR_HANDLED: Final = "stageflow.error.handled"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
@@ -120,6 +138,13 @@ def enter_span(
     return ActiveSpan(span, otel_context.attach(context), ids, _ENTERED.set((context, ids)))
 
 
+def bind_span(log: Any, active: ActiveSpan) -> Any:
+    """``log`` bound to a span's ``trace_id``, ``span_id`` and ``trace_flags``."""
+    trace_id, span_id, _ = active.ids
+    flags = active.span.get_span_context().trace_flags
+    return log.bind(trace_id=trace_id, span_id=span_id, trace_flags=f"{flags:02x}")
+
+
 def restored_link(trace_id: str, span_id: str) -> trace.Link:
     """A link to the root span of the run a restored session's snapshot came from."""
     context = trace.SpanContext(
@@ -131,15 +156,34 @@ def restored_link(trace_id: str, span_id: str) -> trace.Link:
     return trace.Link(context, {LINK_KIND: "restored_from"})
 
 
-def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
-    """Finish a span with its outcome (ERROR and the exception only for failures).
+def error_type(error: BaseException) -> str:
+    """The ``error.type`` of an exception: its class, qualified by its public module."""
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
-    Restores the span that was current before :func:`enter_span`.
+
+def exit_span(
+    active: ActiveSpan,
+    outcome: str,
+    error: BaseException | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> None:
+    """Finish a span with its outcome (ERROR and ``error.type`` only for failures).
+
+    The exception itself is recorded as an event on the first span it ends
+    (see :func:`first_report`); the spans it crosses on its way out get the
+    status and ``error.type`` only. Restores the span that was current before
+    :func:`enter_span`.
     """
     span = active.span
     span.set_attribute(OUTCOME, outcome)
+    if attributes:
+        span.set_attributes(attributes)
     if error is not None:
-        span.record_exception(error)
+        span.set_attribute(ERROR_TYPE, error_type(error))
+        if first_report(error, SPAN_REPORTED):
+            span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
     span.end()
     try:  # noqa: SIM105 (contextlib.suppress costs a third of a microsecond per span)
@@ -149,6 +193,17 @@ def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = No
         # detach below logs that; the stale entry cannot match a later context.
         pass
     otel_context.detach(active.token)  # type: ignore[arg-type]
+
+
+def sender_context() -> trace.SpanContext | None:
+    """The current span's context when it is valid: who sends an input, for its link."""
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def input_link(sender: trace.SpanContext) -> None:
+    """Link the current span (a stage that got an input) to the span that sent it."""
+    trace.get_current_span().add_link(sender, {LINK_KIND: "input_from"})
 
 
 def add_event(name: str, attributes: dict[str, Any]) -> None:
@@ -181,9 +236,14 @@ class Tracing:
         return enter_span(self.tracer, name, attributes, links)
 
     @staticmethod
-    def end(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
+    def end(
+        active: ActiveSpan,
+        outcome: str,
+        error: BaseException | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
         """Finish a span started by :meth:`start` (see :func:`exit_span`)."""
-        exit_span(active, outcome, error)
+        exit_span(active, outcome, error, attributes)
 
     @staticmethod
     def current_ids() -> SpanIds | None:

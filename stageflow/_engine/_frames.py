@@ -221,6 +221,9 @@ class Kernel(Protocol):
     def positions(self, change: int) -> None:
         """Count positions (branches, map workers) that start or end."""
 
+    def cancelling(self, prefix: str, reason: str) -> None:
+        """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
+
     def not_rerun(self, position: FramePosition) -> None:
         """A restored position that will not run again keeps its counted steps."""
 

@@ -117,6 +117,9 @@ class MapExecutor:
                 failed = not await self._item(run, index, item)
                 if failed and len(run.failures) > run.node.tolerated(len(run.items)):
                     assert run.cancel is not None
+                    frame = run.frame
+                    prefix = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
+                    self._kernel.cancelling(prefix, "sibling_failed")
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
@@ -159,7 +162,7 @@ class MapExecutor:
                 node.body,
                 None,
                 {"index": index},
-                (f"item {node.id}[{index}]", {NODE_ID: node.id, MAP_INDEX: index}),
+                (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
                 settle,
             )
         finally:

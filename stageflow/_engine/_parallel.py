@@ -101,6 +101,8 @@ class ParallelExecutor:
         child = node.children[index]
         outcome = run.outcomes[index]
         winner = run.winner
+        # The branches' common path prefix: what a cancellation reason covers.
+        prefix = run.frames[index].path.rpartition("/")[0]
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             outcome.cancelled = cancelled
@@ -109,6 +111,7 @@ class ParallelExecutor:
                 outcome.finished = True
                 if node.policy is ParallelPolicy.ANY and not winner:
                     winner.append(index)  # before the event: a snapshot taken there keeps it
+                    self._kernel.cancelling(prefix, "lost_race")
                     scope.cancel()
 
         try:
@@ -123,6 +126,7 @@ class ParallelExecutor:
                 settle,
             )
             if not succeeded and node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+                self._kernel.cancelling(prefix, "sibling_failed")
                 scope.cancel()
         finally:
             self._kernel.positions(-1)

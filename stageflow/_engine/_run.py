@@ -53,7 +53,7 @@ from stageflow._errors import (
 )
 from stageflow._events import History
 from stageflow._json import copy_json
-from stageflow._log import get_logger
+from stageflow._log import get_logger, node_finished
 from stageflow._model import (
     ConditionNode,
     ErrorHandler,
@@ -61,12 +61,17 @@ from stageflow._model import (
     Node,
     ParallelNode,
     StageNode,
+    SubpipelineNode,
     TerminalNode,
 )
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._stages import StageEntry
 from stageflow._telemetry import (
     ATTEMPT,
+    CANCEL_REASON,
+    CONDITION_BRANCH,
+    ERROR_HANDLED,
+    NEXT_NODE,
     NODE_ID,
     NODE_TYPE,
     PIPELINE_DIGEST,
@@ -74,8 +79,10 @@ from stageflow._telemetry import (
     POLICY,
     SESSION_ID,
     STAGE,
+    SUBPIPELINE,
     ActiveSpan,
     Tracing,
+    bind_span,
     restored_link,
 )
 
@@ -87,7 +94,7 @@ _SPAN_OUTCOME: Final = {
     SessionStatus.WAITING: "suspended",
     SessionStatus.COMPLETED: "succeeded",
     SessionStatus.FAILED: "failed",
-    SessionStatus.TIMED_OUT: "failed",
+    SessionStatus.TIMED_OUT: "timed_out",
     SessionStatus.CANCELLED: "cancelled",
 }
 
@@ -96,6 +103,7 @@ class Run:
     """One run of a session (see the module docstring)."""
 
     __slots__ = (
+        "_cancel_reasons",
         "_cancel_scope",
         "_executors",
         "_live",
@@ -122,6 +130,7 @@ class Run:
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
         self._cancel_scope: anyio.CancelScope | None = None
+        self._cancel_reasons: dict[str, str] = {}  # path prefix -> why it is cancelled
         self._main = Scope(state.pipeline, 0)
         self._root: Frame | None = None  # the main path's frame while it runs
         # The session's UTC clock for deadlines: the wall clock at the start,
@@ -187,6 +196,24 @@ class Run:
         """A restored position that will not run again keeps the steps it had counted."""
         self._state.steps += count_positions(position)
 
+    def cancelling(self, prefix: str, reason: str) -> None:
+        """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
+        self._cancel_reasons.setdefault(prefix, reason)
+
+    def cancel_reason(self, path: str) -> str:
+        """Why the position at ``path`` is being cancelled (``stageflow.cancel.reason``)."""
+        for prefix, reason in self._cancel_reasons.items():
+            if not prefix or path == prefix or path.startswith(f"{prefix}/"):
+                return reason
+        if self.stop_outcome == "suspended":
+            return "suspended"
+        if self._state.cancel_reason is not None:
+            return "session_cancelled"
+        scope = self._cancel_scope
+        if scope is not None and anyio.current_time() >= scope.deadline:
+            return "session_timeout"
+        return "cancelled"
+
     def positions(self, change: int) -> None:
         """Count positions that start (branches, map workers) or end; check for idle."""
         self._live += change
@@ -232,7 +259,9 @@ class Run:
             return await self._run_root(resume)
         finally:
             if root_span is not None:
-                Tracing.end(root_span, _SPAN_OUTCOME.get(state.status, "cancelled"), state.error)
+                outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
+                ending = {CANCEL_REASON: self.cancel_reason("")} if outcome == "cancelled" else None
+                Tracing.end(root_span, outcome, state.error, ending)
 
     async def _run_root(self, resume: FramePosition | None) -> SessionResult:
         state = self._state
@@ -480,18 +509,20 @@ class Run:
                 attributes[ATTEMPT] = 1  # raised by the stage executor if a retry succeeds or fails
             elif isinstance(node, ParallelNode):
                 attributes[POLICY] = node.policy.value
+            elif isinstance(node, SubpipelineNode):
+                attributes[SUBPIPELINE] = node.pipeline
             span = tracing.start(f"{node.type} {node.id}", attributes)
         log = self._node_log
         if log is not None:
             started = time.perf_counter()
             log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
             if span is not None:
-                trace_id, span_id, _ = span.ids
-                log = log.bind(trace_id=trace_id, span_id=span_id)
+                log = bind_span(log, span)
             log.info("node.started")
         record = history.record
         outcome = "failed"
         error: Exception | None = None
+        ending: dict[str, Any] | None = None  # span attributes known only at the end
         try:
             started_payload: dict[str, Any] = {"node_type": node.type}
             if frame.resume is not None:
@@ -501,16 +532,23 @@ class Run:
                 next_id = await self._executors[node.type](node, frame)
             except Exception as exc:
                 error = exc
+                if isinstance(exc, TimeoutError):
+                    outcome = "timed_out"
+                ending = {ERROR_HANDLED: False}
                 record(
                     "node_failed",
                     node.id,
                     frame.path,
                     {"node_type": node.type, "error": describe_exception(exc)},
                 )
-                return self._route_error(node, frame, exc)
+                routed = self._route_error(node, frame, exc)
+                ending[ERROR_HANDLED] = True
+                return routed
             except BaseException as exc:  # looked at and re-raised (see _run_root)
                 if is_cancellation(exc, self.backend.cancelled):
                     outcome = self.stop_outcome
+                    if span is not None or log is not None:
+                        ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     record("node_cancelled", node.id, frame.path, {"node_type": node.type})
                 raise
             outcome = "succeeded"
@@ -519,15 +557,18 @@ class Run:
             if frame.branch is not None:
                 # Which condition matched (its index, or "else"), for coverage tools.
                 finished["branch"] = frame.branch
+                if span is not None:
+                    ending = {CONDITION_BRANCH: str(frame.branch), NEXT_NODE: next_id or ""}
                 frame.branch = None
             record("node_finished", node.id, frame.path, finished)
             return next_id
         finally:
+            if self._cancel_reasons:
+                self._cancel_reasons.pop(f"{frame.path}/{node.id}" if frame.path else node.id, None)
             if span is not None:
-                Tracing.end(span, outcome, error)
+                Tracing.end(span, outcome, error, ending)
             if log is not None:
-                duration_ms = round((time.perf_counter() - started) * 1000, 3)
-                log.info("node.finished", outcome=outcome, duration_ms=duration_ms)
+                node_finished(log, outcome, error, ending, time.perf_counter() - started)
 
     def _route_error(self, node: Node, frame: Frame, exc: Exception) -> str:
         """Follow the node's first matching error edge, or re-raise ``exc``."""
@@ -565,6 +606,7 @@ class Run:
         record = self._state.history.record
         outcome = "cancelled"
         error: Exception | None = None
+        ending: dict[str, Any] | None = None
         try:
             record(kind.started, node_id, frame.path, payload)
             try:
@@ -582,6 +624,8 @@ class Run:
             except BaseException as exc:  # looked at and re-raised (see _run_root)
                 if is_cancellation(exc, self.backend.cancelled):
                     outcome = self.stop_outcome
+                    if active is not None:
+                        ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     settle(None, True)
                     record(kind.cancelled, node_id, frame.path, payload)
                 raise
@@ -591,7 +635,7 @@ class Run:
             return True
         finally:
             if active is not None:
-                Tracing.end(active, outcome, error)
+                Tracing.end(active, outcome, error, ending)
 
     # ---------------------------------------------- conditions and terminals
 
@@ -619,5 +663,7 @@ class Run:
         if frame.depth > scope.depth and scope.cancel is not None:
             # A terminal inside a branch ends its whole pipeline (the session,
             # or the subpipeline call it runs in).
+            if scope.depth == 0:
+                self.cancelling("", "terminal_reached")
             scope.cancel.cancel()
         return None

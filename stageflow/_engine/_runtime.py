@@ -29,7 +29,7 @@ from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._specs import StageSpec
-from stageflow._telemetry import INPUT_TYPE, Tracing
+from stageflow._telemetry import INPUT_TYPE, Tracing, input_link
 
 __all__ = ["StageRuntime", "StageWork"]
 
@@ -172,6 +172,8 @@ class StageRuntime:
             record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
             if tracing is not None:
                 tracing.add_event("input_received", {INPUT_TYPE: type})
+                if broker.taken_sender is not None:
+                    input_link(broker.taken_sender)
             return payload
         if restored_deadline and remaining is not None and remaining <= 0:
             # Restored after its deadline: it times out now (it does not block,
@@ -205,6 +207,8 @@ class StageRuntime:
         record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
             tracing.add_event("input_received", {INPUT_TYPE: type})
+            if waiter.sender is not None:
+                input_link(waiter.sender)
         return waiter.payload
 
     def _timed_out(self, work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:

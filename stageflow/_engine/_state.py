@@ -147,6 +147,8 @@ class SessionState:
         self.desk = InputDesk(
             self.history, limits, mode, [entry.spec for entry in entries.values()]
         )
+        # A traced session links each stage that gets an input to the span that sent it.
+        self.desk.broker.trace_senders = tracing is not None
         self.seed = seed
         self.rng: random.Random | None = None  # built when a jittered retry needs it
         self.draws = 0  # numbers drawn from it (a snapshot replays them)
