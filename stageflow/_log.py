@@ -15,7 +15,14 @@ from typing import Any
 
 import structlog
 
-__all__ = ["LOG_REPORTED", "SPAN_REPORTED", "first_report", "get_logger", "node_finished"]
+__all__ = [
+    "LOG_REPORTED",
+    "SPAN_REPORTED",
+    "first_report",
+    "get_logger",
+    "node_finished",
+    "session_finished",
+]
 
 # Set on an exception once a span, or a log line, has reported it: one marker
 # per channel (exceptions take no weak references, so a flag on the object is
@@ -121,3 +128,19 @@ class _LibraryLogger:
 def get_logger(name: str) -> Any:
     """Return stageflow's logger ``name`` (see the module docstring)."""
     return _LibraryLogger(name, {})
+
+
+def session_finished(log: Any, status: str, error: BaseException | None) -> None:
+    """Write a session run's ``session.finished`` line: INFO, or ERROR when it failed.
+
+    The traceback is written here only when no node line wrote it already
+    (a failure outside any node, such as the session deadline).
+    """
+    if error is None:
+        log.info("session.finished", status=status)
+        return
+    values = {"status": status, "error_type": type(error).__name__, "error": str(error)}
+    if first_report(error, LOG_REPORTED):
+        log.error("session.finished", exc_info=error, **values)
+    else:
+        log.error("session.finished", **values)

@@ -53,7 +53,7 @@ from stageflow._errors import (
 )
 from stageflow._events import History
 from stageflow._json import copy_json
-from stageflow._log import get_logger, node_finished
+from stageflow._log import get_logger, node_finished, session_finished
 from stageflow._model import (
     ConditionNode,
     ErrorHandler,
@@ -255,9 +255,16 @@ class Run:
                 links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
             )
             state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
+        log = self._node_log
+        if log is not None:
+            if root_span is not None:
+                log = bind_span(log, root_span)
+            log.info("session.started", pipeline=state.pipeline.name, resumed=resume is not None)
         try:
             return await self._run_root(resume)
         finally:
+            if log is not None:
+                session_finished(log, state.status.value, state.error)
             if root_span is not None:
                 outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
                 ending = {CANCEL_REASON: self.cancel_reason("")} if outcome == "cancelled" else None
