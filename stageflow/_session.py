@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 import anyio.from_thread
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._positions import awaited
@@ -26,6 +26,7 @@ from stageflow._engine._state import FINISHED, SessionState
 from stageflow._errors import NonJsonValueError, PipelineValidationError, Problem, SessionStateError
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._json import copy_json, find_non_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
@@ -89,6 +90,9 @@ class Session:
             clock if not given). Read when a run starts; the deadlines a
             snapshot keeps (sleeps, input timeouts, retry delays, the session
             deadline) are absolute times on it.
+        meter_provider: where metrics go (the global OpenTelemetry meter
+            provider if not given). Without a real provider no instruments
+            are made and nothing is measured.
 
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
@@ -116,6 +120,7 @@ class Session:
         seed: int | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         entries = _resolve_stages(
             pipeline, registry if registry is not None else default_registry()
@@ -137,6 +142,7 @@ class Session:
             seed=seed,
             clock=clock if clock is not None else _utc_now,
             tracing=Tracing.resolve(tracer_provider, __version__),
+            metrics=Metrics.resolve(meter_provider, __version__),
         )
 
     @property
@@ -319,6 +325,7 @@ class Session:
         pipeline: Pipeline | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> Session:
         """Restore a session from a snapshot made by :meth:`to_dict`.
 
@@ -338,6 +345,7 @@ class Session:
             tracer_provider: where spans go; the first run's root span links
                 to the span of the run that took the snapshot.
             clock: as for :class:`Session`.
+            meter_provider: as for :class:`Session`.
 
         Raises:
             SnapshotVersionError: the snapshot has another format version.
@@ -360,6 +368,7 @@ class Session:
             seed=snapshot["seed"],
             tracer_provider=tracer_provider,
             clock=clock,
+            meter_provider=meter_provider,
         )
         load(session._state, snapshot)
         return session

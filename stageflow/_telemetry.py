@@ -35,7 +35,9 @@ __all__ = [
     "PIPELINE_DIGEST",
     "PIPELINE_NAME",
     "POLICY",
+    "REJECT_REASON",
     "SESSION_ID",
+    "SESSION_STATUS",
     "STAGE",
     "SUBPIPELINE",
     "ActiveSpan",
@@ -72,6 +74,8 @@ SUBPIPELINE: Final = "stageflow.subpipeline.name"
 CANCEL_REASON: Final = "stageflow.cancel.reason"
 ERROR_TYPE: Final = "error.type"  # OpenTelemetry's semantic convention, not stageflow.*
 ERROR_HANDLED: Final = "stageflow.error.handled"
+REJECT_REASON: Final = "stageflow.input.reject_reason"
+SESSION_STATUS: Final = "stageflow.session.status"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 

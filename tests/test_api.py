@@ -148,6 +148,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_result",
         "_plugins",
         "_telemetry",
+        "_metrics",
         "_schema_export",
     ),
     # The engine kernel (a package, layered inside by its own docstring's

@@ -22,8 +22,10 @@ from stageflow._engine._inputs import InputBroker, InputReceipt
 from stageflow._errors import InputRejectedError
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec
+from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
 __all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
 
@@ -38,7 +40,7 @@ def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any
 class InputDesk:
     """The sending side of a session's inputs: checks, the broker, the backlog."""
 
-    __slots__ = ("_broker", "_declared", "_history", "_limits", "_mode", "_open")
+    __slots__ = ("_broker", "_declared", "_history", "_limits", "_mode", "_open", "metrics")
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class InputDesk:
         self._limits = limits
         self._mode = mode
         self._broker = InputBroker(limits.max_input_backlog)
+        self.metrics: Metrics | None = None  # set by a metered session: counts rejections
         # Input type -> the InputSpecs the pipeline's stages declare for it.
         self._declared: dict[str, list[InputSpec]] = {}
         # True when some stage waits without declaring its inputs: any type may be awaited.
@@ -76,6 +79,8 @@ class InputDesk:
         self._history.record(
             "input_rejected", None, "", {"input_type": type, "reason": reason, **extra}
         )
+        if self.metrics is not None:
+            self.metrics.rejected.add(1, {INPUT_TYPE: type, REJECT_REASON: reason})
         return InputRejectedError(message, input_type=type, reason=reason)
 
     def send(self, type: str, payload: Any) -> InputReceipt:

@@ -20,6 +20,7 @@ from stageflow._engine._backend import Backend
 from stageflow._engine._positions import FramePosition, TerminalPosition
 from stageflow._engine._runtime import StageRuntime, StageWork
 from stageflow._events import History
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
@@ -185,6 +186,8 @@ class Kernel(Protocol):
     def limits(self) -> Limits: ...
     @property
     def tracing(self) -> Tracing | None: ...
+    @property
+    def metrics(self) -> Metrics | None: ...
     @property
     def backend(self) -> Backend: ...
     @property

@@ -54,6 +54,7 @@ from stageflow._errors import (
 from stageflow._events import History
 from stageflow._json import copy_json
 from stageflow._log import get_logger, node_finished, session_finished
+from stageflow._metrics import Metrics, node_measured, session_measured
 from stageflow._model import (
     ConditionNode,
     ErrorHandler,
@@ -146,6 +147,8 @@ class Run:
                 started_at + datetime.timedelta(seconds=anyio.current_time() - loop_start)
             ),
             tracing=state.tracing,
+            metrics=state.metrics,
+            pipeline=state.pipeline.name,
             on_block=self.check_idle if suspend else None,
         )
         # Node log lines are written only into a configured structlog.
@@ -182,6 +185,11 @@ class Run:
     def tracing(self) -> Tracing | None:
         """The session's tracing, or ``None``."""
         return self._state.tracing
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The session's metrics, or ``None``."""
+        return self._state.metrics
 
     @property
     def entries(self) -> Mapping[int, StageEntry]:
@@ -255,6 +263,10 @@ class Run:
                 links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
             )
             state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
+        meters = state.metrics
+        if meters is not None:
+            run_started = time.perf_counter()
+            meters.active.add(1, {PIPELINE_NAME: state.pipeline.name})
         log = self._node_log
         if log is not None:
             if root_span is not None:
@@ -263,6 +275,8 @@ class Run:
         try:
             return await self._run_root(resume)
         finally:
+            if meters is not None:
+                session_measured(meters, state.pipeline.name, state.status.value, run_started)
             if log is not None:
                 session_finished(log, state.status.value, state.error)
             if root_span is not None:
@@ -519,9 +533,11 @@ class Run:
             elif isinstance(node, SubpipelineNode):
                 attributes[SUBPIPELINE] = node.pipeline
             span = tracing.start(f"{node.type} {node.id}", attributes)
+        meters = state.metrics
         log = self._node_log
-        if log is not None:
+        if log is not None or meters is not None:
             started = time.perf_counter()
+        if log is not None:
             log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
             if span is not None:
                 log = bind_span(log, span)
@@ -572,6 +588,8 @@ class Run:
         finally:
             if self._cancel_reasons:
                 self._cancel_reasons.pop(f"{frame.path}/{node.id}" if frame.path else node.id, None)
+            if meters is not None:  # before the span ends: the span is the exemplar
+                node_measured(meters, frame.scope.pipeline.name, node, outcome, started)
             if span is not None:
                 Tracing.end(span, outcome, error, ending)
             if log is not None:

@@ -27,9 +27,10 @@ from stageflow._errors import (
 )
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._specs import StageSpec
-from stageflow._telemetry import INPUT_TYPE, Tracing, input_link
+from stageflow._telemetry import INPUT_TYPE, OUTCOME, PIPELINE_NAME, Tracing, input_link
 
 __all__ = ["StageRuntime", "StageWork"]
 
@@ -103,11 +104,14 @@ class StageRuntime:
         "_desk",
         "_history",
         "_limits",
+        "_metrics",
         "_mode",
         "_on_block",
+        "_pipeline",
         "_tracing",
         "clock",
         "sleeping",
+        "waits",
     )
 
     def __init__(
@@ -120,6 +124,8 @@ class StageRuntime:
         clock: Callable[[], datetime.datetime],
         tracing: Tracing | None,
         on_block: Callable[[], None] | None,
+        metrics: Metrics | None = None,
+        pipeline: str = "",
     ) -> None:
         self._desk = desk
         self._history = history
@@ -129,6 +135,9 @@ class StageRuntime:
         # are absolute times on it.
         self.clock = clock
         self._tracing = tracing
+        self._metrics = metrics
+        self._pipeline = pipeline  # the session's pipeline name, for metric attributes
+        self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
         # Called when a position starts waiting or sleeping (suspend mode only).
         self._on_block = on_block
         self.sleeping = 0  # positions sleeping right now
@@ -189,6 +198,12 @@ class StageRuntime:
         if timer is not None:
             timer.pause()
         timed_out = False
+        meters = self._metrics
+        if meters is not None:
+            wait_started = anyio.current_time()
+            self.waits += 1
+            if self.waits == 1:
+                meters.waiting.add(1, {PIPELINE_NAME: self._pipeline})
         try:
             if self._on_block is not None:
                 self._on_block()
@@ -202,6 +217,8 @@ class StageRuntime:
             broker.discard(type, waiter)
             if timer is not None:
                 timer.resume()
+            if meters is not None:
+                self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
         if timed_out:
             raise self._timed_out(work, type, timeout)
         record("input_received", node_id, path, {"input_type": type, "from": "sender"})
@@ -210,6 +227,18 @@ class StageRuntime:
             if waiter.sender is not None:
                 input_link(waiter.sender)
         return waiter.payload
+
+    def _waited(
+        self, meters: Metrics, work: StageWork, type: str, seconds: float, waiter: Waiter
+    ) -> None:
+        """Measure a wait that ended (in the stage's span: it is the exemplar)."""
+        self.waits -= 1
+        if self.waits == 0:
+            meters.waiting.add(-1, {PIPELINE_NAME: self._pipeline})
+        outcome = "received" if waiter.arrived.is_set() else "not_received"
+        meters.input_wait.record(
+            seconds, {PIPELINE_NAME: self._pipeline, INPUT_TYPE: type, OUTCOME: outcome}
+        )
 
     def _timed_out(self, work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
         """Record ``input_timeout``; the error to raise."""

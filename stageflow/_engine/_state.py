@@ -23,6 +23,7 @@ from stageflow._engine._positions import FramePosition
 from stageflow._errors import StageflowError, describe_exception
 from stageflow._events import History
 from stageflow._json import copy_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
@@ -109,6 +110,7 @@ class SessionState:
         "history",
         "last_node",
         "limits",
+        "metrics",
         "mode",
         "outcome",
         "pipeline",
@@ -135,6 +137,7 @@ class SessionState:
         seed: int | None,
         clock: Callable[[], datetime.datetime],
         tracing: Tracing | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.entries = entries  # the registry entry of every stage node, by node identity
@@ -143,12 +146,14 @@ class SessionState:
         self.mode = mode
         self.ctx = Context(payload)
         self.tracing = tracing
+        self.metrics = metrics
         self.history = History(session_id, tracing=tracing)
         self.desk = InputDesk(
             self.history, limits, mode, [entry.spec for entry in entries.values()]
         )
         # A traced session links each stage that gets an input to the span that sent it.
         self.desk.broker.trace_senders = tracing is not None
+        self.desk.metrics = metrics
         self.seed = seed
         self.rng: random.Random | None = None  # built when a jittered retry needs it
         self.draws = 0  # numbers drawn from it (a snapshot replays them)
