@@ -72,9 +72,7 @@ class Metrics:
             elif kind == "counter":
                 made[name] = meter.create_counter(name, unit=unit, description=description)
             else:
-                made[name] = meter.create_up_down_counter(
-                    name, unit=unit, description=description
-                )
+                made[name] = meter.create_up_down_counter(name, unit=unit, description=description)
         self.node_duration: metrics.Histogram = made["stageflow.node.duration"]
         self.retries: metrics.Counter = made["stageflow.node.retries"]
         self.session_duration: metrics.Histogram = made["stageflow.session.duration"]
