@@ -93,6 +93,12 @@ class Session:
         meter_provider: where metrics go (the global OpenTelemetry meter
             provider if not given). Without a real provider no instruments
             are made and nothing is measured.
+        trace_wait_threshold: when every running position of a traced run
+            waits, and one of them waits for an input (without a timeout of
+            this many seconds or less) or for a timer longer than this, the
+            open spans end and the run goes on in a new segment (a new trace
+            linked to the previous one), so no span stays open across a
+            long wait. ``None`` never cuts. See ``docs/observability.md``.
 
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
@@ -121,6 +127,7 @@ class Session:
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        trace_wait_threshold: float | None = 60.0,
     ) -> None:
         entries = _resolve_stages(
             pipeline, registry if registry is not None else default_registry()
@@ -141,7 +148,7 @@ class Session:
             mode=ValidateEvents(validate_events or pipeline.validate_events),
             seed=seed,
             clock=clock if clock is not None else _utc_now,
-            tracing=Tracing.resolve(tracer_provider, __version__),
+            tracing=Tracing.resolve(tracer_provider, __version__, trace_wait_threshold),
             metrics=Metrics.resolve(meter_provider, __version__),
         )
 
@@ -326,6 +333,7 @@ class Session:
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        trace_wait_threshold: float | None = 60.0,
     ) -> Session:
         """Restore a session from a snapshot made by :meth:`to_dict`.
 
@@ -346,6 +354,7 @@ class Session:
                 to the span of the run that took the snapshot.
             clock: as for :class:`Session`.
             meter_provider: as for :class:`Session`.
+            trace_wait_threshold: as for :class:`Session`.
 
         Raises:
             SnapshotVersionError: the snapshot has another format version.
@@ -369,6 +378,7 @@ class Session:
             tracer_provider=tracer_provider,
             clock=clock,
             meter_provider=meter_provider,
+            trace_wait_threshold=trace_wait_threshold,
         )
         load(session._state, snapshot)
         return session

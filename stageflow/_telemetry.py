@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from stageflow._log import SPAN_REPORTED, first_report
+from stageflow._segments import SegmentedSpan, Segments
 
 __all__ = [
     "ATTEMPT",
@@ -39,11 +40,13 @@ __all__ = [
     "SESSION_ID",
     "SESSION_STATUS",
     "STAGE",
+    "WAIT_SECONDS",
     "SUBPIPELINE",
     "ActiveSpan",
     "SpanIds",
     "Tracing",
     "current_ids",
+    "enter",
     "enter_span",
     "error_type",
     "exit_span",
@@ -76,6 +79,7 @@ ERROR_TYPE: Final = "error.type"  # OpenTelemetry's semantic convention, not sta
 ERROR_HANDLED: Final = "stageflow.error.handled"
 REJECT_REASON: Final = "stageflow.input.reject_reason"
 SESSION_STATUS: Final = "stageflow.session.status"
+WAIT_SECONDS: Final = "stageflow.wait.seconds"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
@@ -84,9 +88,9 @@ SpanIds = tuple[str, str, str | None]
 # The OpenTelemetry context that enter_span() made current, with the ids of its
 # span: every event recorded inside the span needs them, and formatting them
 # costs more than checking that this context is still the current one.
-_ENTERED: Final[ContextVar[tuple[otel_context.Context, SpanIds] | None]] = ContextVar(
-    "stageflow_entered_span", default=None
-)
+# A segmented span is kept instead of its ids: a cut changes them.
+_Entered = tuple[otel_context.Context, SpanIds | SegmentedSpan]
+_ENTERED: Final[ContextVar[_Entered | None]] = ContextVar("stageflow_entered_span", default=None)
 
 
 def resolve_tracer(provider: trace.TracerProvider | None, version: str) -> Tracer | None:
@@ -113,7 +117,8 @@ def current_ids() -> SpanIds | None:
     """Ids of the current span (from the OpenTelemetry context), if it is valid."""
     entered = _ENTERED.get()
     if entered is not None and entered[0] is otel_context.get_current():
-        return entered[1]  # still in the span enter_span() started: ids known
+        known = entered[1]  # still in the span enter_span() started: ids known
+        return known if type(known) is tuple else known.ids  # type: ignore[union-attr]
     span = trace.get_current_span()
     if not span.get_span_context().is_valid:
         return None
@@ -126,7 +131,7 @@ class ActiveSpan(NamedTuple):
     span: Span
     token: object
     ids: SpanIds
-    entered: Token[tuple[otel_context.Context, SpanIds] | None]
+    entered: Token[_Entered | None]
 
 
 def enter_span(
@@ -136,8 +141,16 @@ def enter_span(
     links: list[trace.Link] | None = None,
 ) -> ActiveSpan:
     """Start a span as a child of the current one and make it current."""
-    span = tracer.start_span(name, attributes=attributes, links=links)
+    return enter(tracer.start_span(name, attributes=attributes, links=links))
+
+
+def enter(span: Span) -> ActiveSpan:
+    """Make a started span current."""
     context = trace.set_span_in_context(span)
+    if isinstance(span, SegmentedSpan):
+        return ActiveSpan(
+            span, otel_context.attach(context), span.ids, _ENTERED.set((context, span))
+        )
     ids = span_ids(span)
     return ActiveSpan(span, otel_context.attach(context), ids, _ENTERED.set((context, ids)))
 
@@ -181,15 +194,18 @@ def exit_span(
     :func:`enter_span`.
     """
     span = active.span
-    span.set_attribute(OUTCOME, outcome)
-    if attributes:
-        span.set_attributes(attributes)
-    if error is not None:
-        span.set_attribute(ERROR_TYPE, error_type(error))
-        if first_report(error, SPAN_REPORTED):
-            span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    span.end()
+    if type(span) is SegmentedSpan and span.span is None and not span.revivable:
+        span.end()  # a wait span a cut ended: it stays as the cut left it
+    else:
+        span.set_attribute(OUTCOME, outcome)
+        if attributes:
+            span.set_attributes(attributes)
+        if error is not None:
+            span.set_attribute(ERROR_TYPE, error_type(error))
+            if first_report(error, SPAN_REPORTED):
+                span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
     try:  # noqa: SIM105 (contextlib.suppress costs a third of a microsecond per span)
         _ENTERED.reset(active.entered)
     except ValueError:
@@ -219,25 +235,45 @@ class Tracing:
     """Tracing for one session: its tracer, and the span operations the engine uses.
 
     A session without a real tracer provider has no ``Tracing`` at all
-    (``None``), so the untraced path is one ``is None`` test.
+    (``None``), so the untraced path is one ``is None`` test. ``threshold``
+    is the session's ``trace_wait_threshold`` (``None``: waits never cut the
+    trace); ``segments`` holds the open spans of the run in progress when
+    it may be cut into segments (set by the run for its duration).
     """
 
-    __slots__ = ("tracer",)
+    __slots__ = ("segments", "threshold", "tracer")
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, threshold: float | None = None) -> None:
         self.tracer = tracer
+        self.threshold = threshold
+        self.segments: Segments | None = None
 
     @classmethod
-    def resolve(cls, provider: trace.TracerProvider | None, version: str) -> Tracing | None:
+    def resolve(
+        cls, provider: trace.TracerProvider | None, version: str, threshold: float | None = None
+    ) -> Tracing | None:
         """Tracing through ``provider`` (the global one if ``None``), or ``None`` without one."""
         tracer = resolve_tracer(provider, version)
-        return cls(tracer) if tracer is not None else None
+        return cls(tracer, threshold) if tracer is not None else None
 
     def start(
-        self, name: str, attributes: dict[str, Any], links: list[trace.Link] | None = None
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        links: list[trace.Link] | None = None,
+        *,
+        revivable: bool = True,
     ) -> ActiveSpan:
-        """Start a span under the current one and make it current (see :func:`enter_span`)."""
-        return enter_span(self.tracer, name, attributes, links)
+        """Start a span under the current one and make it current (see :func:`enter_span`).
+
+        In a run that may be cut into segments, the span is a
+        :class:`~stageflow._segments.SegmentedSpan` (``revivable=False``: a
+        wait span, which a cut ends for good).
+        """
+        segments = self.segments
+        if segments is None:
+            return enter_span(self.tracer, name, attributes, links)
+        return enter(segments.start(name, attributes, links, revivable))
 
     @staticmethod
     def end(

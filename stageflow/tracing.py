@@ -57,13 +57,16 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from stageflow._errors import TracingSetupError
+from stageflow._segments import wanted_ids
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
     "Exporter",
     "Protocol",
+    "RestoringIdGenerator",
     "TracingSetupError",
     "configure",
     "configure_metrics",
@@ -99,6 +102,30 @@ _OTLP_PACKAGES: Final = {
     "http/protobuf": "opentelemetry-exporter-otlp-proto-http",
     "grpc": "opentelemetry-exporter-otlp-proto-grpc",
 }
+
+
+class RestoringIdGenerator(RandomIdGenerator):
+    """Random ids, except for a span stageflow rebuilds after a crash: it keeps its own.
+
+    When a session is restored from a snapshot taken while spans were open
+    (the process that took it may have died before exporting them), stageflow
+    exports those spans once, with the ids their children and links already
+    point at. The SDK draws ids from the provider's id generator, so that
+    needs this one: :func:`configure` installs it, and an application with its
+    own provider passes it, ``TracerProvider(id_generator=RestoringIdGenerator())``.
+    With another generator the rebuild exports nothing (see
+    ``docs/observability.md``).
+    """
+
+    def generate_span_id(self) -> int:
+        """The span id a rebuilt span must keep, or a random one."""
+        wanted = wanted_ids()
+        return wanted[1] if wanted is not None else super().generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        """The trace id a rebuilt root span must keep, or a random one."""
+        wanted = wanted_ids()
+        return wanted[0] if wanted is not None else super().generate_trace_id()
 
 
 def configure(
@@ -170,7 +197,7 @@ def configure(
     else:
         span_exporter = None
 
-    provider = TracerProvider(resource=_resource(service_name))
+    provider = TracerProvider(resource=_resource(service_name), id_generator=RestoringIdGenerator())
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     if set_global:

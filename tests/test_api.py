@@ -147,6 +147,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_events",
         "_result",
         "_plugins",
+        "_segments",
         "_telemetry",
         "_metrics",
         "_schema_export",

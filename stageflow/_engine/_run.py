@@ -66,6 +66,7 @@ from stageflow._model import (
     TerminalNode,
 )
 from stageflow._result import SessionResult, SessionStatus
+from stageflow._segments import SegmentedSpan, Segments, rebuild
 from stageflow._stages import StageEntry
 from stageflow._telemetry import (
     ATTEMPT,
@@ -150,6 +151,8 @@ class Run:
             metrics=state.metrics,
             pipeline=state.pipeline.name,
             on_block=self.check_idle if suspend else None,
+            on_long_block=self.check_cut if self._segmenting() else None,
+            cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
         # Node log lines are written only into a configured structlog.
         self._node_log = (
@@ -227,6 +230,27 @@ class Run:
         self._live += change
         if change < 0 and self._suspend:
             self.check_idle()
+        elif change < 0 and self.runtime.long_blocks:
+            self.check_cut()
+
+    def _segmenting(self) -> bool:
+        """Whether long waits cut this run's trace (traced, a threshold, not suspend mode)."""
+        tracing = self._state.tracing
+        return tracing is not None and tracing.threshold is not None and not self._suspend
+
+    def check_cut(self) -> None:
+        """End the open spans when every position waits and one of them waits long."""
+        tracing = self._state.tracing
+        segments = tracing.segments if tracing is not None else None
+        runtime = self.runtime
+        if segments is None or not runtime.long_blocks:
+            return
+        if self._state.desk.broker.blocked + runtime.sleeping >= self._live:
+            segments.cut()
+
+    def _segment_root(self, root: SegmentedSpan) -> None:
+        """A new segment started: snapshots and restored runs refer to its root."""
+        self._state.root_ids = {"trace_id": root.ids[0], "span_id": root.ids[1]}
 
     # ------------------------------------------------------------------ run
 
@@ -253,6 +277,13 @@ class Run:
         if tracing is not None:
             pipeline = state.pipeline
             origin = saved["trace"] if resume is not None and saved is not None else None
+            if origin is not None and origin.get("open"):
+                # The process that took the snapshot died with these spans open.
+                rebuild(tracing.tracer, origin["open"], origin.get("seen") or time.time_ns())
+            if self._segmenting():
+                tracing.segments = Segments(
+                    tracing.tracer, tracing.threshold or 0.0, self._segment_root
+                )
             root_span = tracing.start(
                 f"run {pipeline.name}",
                 {
@@ -283,6 +314,8 @@ class Run:
                 outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
                 ending = {CANCEL_REASON: self.cancel_reason("")} if outcome == "cancelled" else None
                 Tracing.end(root_span, outcome, state.error, ending)
+                if tracing is not None:
+                    tracing.segments = None
 
     async def _run_root(self, resume: FramePosition | None) -> SessionResult:
         state = self._state
@@ -389,7 +422,7 @@ class Run:
         blocked = desk.broker.blocked + self.runtime.sleeping
         if blocked and blocked >= self._live and not self.suspending:
             self.suspending = True
-            self.stop_outcome = "suspended"
+            self.stop_outcome = self.runtime.stop_outcome = "suspended"
             saved = state.saved = self.saved_state()
             waiting_for, wake_at = awaited(saved["position"], state.deadline)
             # Inputs sent from now on (subscribers of the event below included)
@@ -441,7 +474,17 @@ class Run:
     def trace_ids(self) -> TraceIds | None:
         """The root span of this session's last traced run, for a snapshot."""
         ids = self._state.root_ids
-        return None if ids is None else {"trace_id": ids["trace_id"], "span_id": ids["span_id"]}
+        if ids is None:
+            return None
+        saved: TraceIds = {"trace_id": ids["trace_id"], "span_id": ids["span_id"]}
+        tracing = self._state.tracing
+        if tracing is not None and tracing.segments is not None and not self.suspending:
+            # A live snapshot: if this process dies, a restore rebuilds these.
+            spans = tracing.segments.snapshot()
+            if spans:
+                saved["open"] = spans
+                saved["seen"] = time.time_ns()
+        return saved
 
     @property
     def current_node(self) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import random
 from collections.abc import Callable
-from typing import Any, Final, Protocol, TypedDict
+from typing import Any, Final, NotRequired, Protocol, TypedDict
 
 import anyio.lowlevel
 
@@ -27,6 +27,7 @@ from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
+from stageflow._segments import OpenSpan
 from stageflow._stages import StageEntry
 from stageflow._telemetry import Tracing
 
@@ -51,10 +52,12 @@ _FINAL_EVENT: Final = {
 
 
 class TraceIds(TypedDict):
-    """The root span of the run that took a snapshot."""
+    """The root span of the run that took a snapshot, and the spans open then (live ones)."""
 
     trace_id: str
     span_id: str
+    open: NotRequired[list[OpenSpan]]
+    seen: NotRequired[int]  # when a live snapshot was taken (ns since the epoch)
 
 
 class Saved(TypedDict):
