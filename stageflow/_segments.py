@@ -98,7 +98,6 @@ class SegmentedSpan(Span):
         self.span: Span | None = span  # the incarnation, None after a cut
         self.previous: SpanContext | None = None  # the incarnation a cut ended
         self.revivable = revivable  # a wait span is not started again after a cut
-        self.start_ns = time.time_ns()
         self.ids = _span_ids(span)
 
     @property
@@ -133,7 +132,6 @@ class SegmentedSpan(Span):
             self.name, context=context, attributes=attributes, links=links
         )
         self.span = span
-        self.start_ns = time.time_ns()
         self.ids = _span_ids(span)
         segments.open[self] = None
         if owner is None:
@@ -191,12 +189,13 @@ class SegmentedSpan(Span):
 
     def end(self, end_time: int | None = None) -> None:
         """End the span for good (a wait span cut earlier stays as the cut ended it)."""
-        segments = self.segments
-        segments.open.pop(self, None)
-        if self.span is None and not self.revivable:
-            return
-        self.live().end(end_time)
-        segments.open.pop(self, None)
+        span = self.span
+        if span is None:
+            if not self.revivable:
+                return
+            span = self._revive()
+        span.end(end_time)
+        self.segments.open.pop(self, None)
         self.span = None
 
 
@@ -254,7 +253,7 @@ class Segments:
                     "trace_id": trace_id,
                     "span_id": span_id,
                     "parent_span_id": parent,
-                    "start": wrapper.start_ns,
+                    "start": getattr(wrapper.span, "start_time", None) or time.time_ns(),
                     "attributes": {k: v for k, v in wrapper.attributes.items() if k != _OUTCOME},
                 }
             )

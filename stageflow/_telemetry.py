@@ -194,18 +194,21 @@ def exit_span(
     :func:`enter_span`.
     """
     span = active.span
-    if type(span) is SegmentedSpan and span.span is None and not span.revivable:
-        span.end()  # a wait span a cut ended: it stays as the cut left it
-    else:
-        span.set_attribute(OUTCOME, outcome)
+    # A segmented span's last attributes go straight to its incarnation: it
+    # will not be started again, so its own record of them needs no update.
+    target: Span | None = span
+    if type(span) is SegmentedSpan:
+        target = span.live() if span.span is not None or span.revivable else None
+    if target is not None:  # None: a wait span a cut ended stays as the cut left it
+        target.set_attribute(OUTCOME, outcome)
         if attributes:
-            span.set_attributes(attributes)
+            target.set_attributes(attributes)
         if error is not None:
-            span.set_attribute(ERROR_TYPE, error_type(error))
+            target.set_attribute(ERROR_TYPE, error_type(error))
             if first_report(error, SPAN_REPORTED):
-                span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        span.end()
+                target.record_exception(error)
+            target.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
     try:  # noqa: SIM105 (contextlib.suppress costs a third of a microsecond per span)
         _ENTERED.reset(active.entered)
     except ValueError:
