@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -302,28 +303,16 @@ MUTABLE = (list, dict, set, bytearray)
 
 
 def _stageflow_classes() -> list[type]:
-    classes = []
-    for name in (
-        "_context",
-        "_errors",
-        "_events",
-        "_json",
-        "_merge",
-        "_model",
-        "_pipeline",
-        "_result",
-        "_session",
-        "_specs",
-        "_stages",
-        "jsonlogic",
-    ):
-        module = importlib.import_module(f"stageflow.{name}")
-        classes += [
-            value
-            for value in vars(module).values()
-            if inspect.isclass(value) and value.__module__ == module.__name__
-        ]
-    return classes
+    """Every class defined in the package (public ones report ``stageflow`` as module)."""
+    classes: dict[int, type] = {}
+    for info in pkgutil.walk_packages(stageflow.__path__, "stageflow."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if inspect.isclass(value) and value.__module__ in (module.__name__, "stageflow"):
+                classes[id(value)] = value
+    return list(classes.values())
 
 
 def test_no_class_in_stageflow_has_a_mutable_class_attribute() -> None:
