@@ -226,11 +226,22 @@ CRASHY = doc(
 )
 
 
+async def _until_started(session: stageflow.Session, node_id: str) -> None:
+    """Block until ``node_id`` has started (its ``node_started`` event; no polling)."""
+    stream = session.events(buffer=0)
+    try:
+        while not any(e.type == "node_started" and e.node_id == node_id for e in session.history):
+            await stream.__anext__()
+    finally:
+        await stream.aclose()
+
+
 async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -> None:
     session, registry = _session(CRASHY, traced)
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.run)
         await wait_until_waiting(session, "go")
+        await _until_started(session, "b")  # trio starts the branches in any order
         snapshot = session.to_dict()  # b still works: spans are open
         exported_before_crash = traced.spans()
         tg.cancel_scope.cancel()  # the process "dies": nothing it exports from here counts
