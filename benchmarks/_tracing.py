@@ -24,6 +24,8 @@ LABELS = {
     "none": "no provider configured",
     "noop": "API-only NoOpTracerProvider",
     "sdk": "SDK + BatchSpanProcessor + dropping exporter",
+    "sdk-flat": "SDK as above, trace_wait_threshold=None",
+    "metrics": "no tracing, SDK MeterProvider",
 }
 
 
@@ -76,7 +78,9 @@ async def tracing(settings: Settings, table: Table, figures: dict[str, float | N
     span = _median(runs["sdk"], "span")
     for key, what in (("per_node", "per node"), ("run3", "3-node run")):
         base = _median(runs["untraced"], key) if untraced_available else None
-        for variant in ("none", "noop", "sdk"):
+        for variant in ("none", "noop", "sdk", "sdk-flat", "metrics"):
+            if not all(run.get("available") for run in runs[variant]):
+                continue
             value = _median(runs[variant], key)
             r = ratio(value, base)
             budget: Budget | None = None

@@ -11,7 +11,10 @@ Variants: ``untraced`` (the session is told to make no spans:
 ``tracer_provider=NoOpTracerProvider()``), ``none`` (no tracer provider
 configured), ``noop`` (the API's ``NoOpTracerProvider`` set globally),
 ``sdk`` (SDK ``TracerProvider`` with a ``BatchSpanProcessor`` and an
-exporter that drops what it gets).
+exporter that drops what it gets; the session's defaults, so its spans can
+be cut into segments at long waits), ``sdk-flat`` (the same with
+``trace_wait_threshold=None``: plain spans, no segment bookkeeping),
+``metrics`` (no tracing; an SDK ``MeterProvider`` with an in-memory reader).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import trio
 from opentelemetry import trace
 
-VARIANTS = ("sdk", "untraced", "none", "noop")
+VARIANTS = ("sdk", "untraced", "none", "noop", "sdk-flat", "metrics")
 
 
 def untraced_options(parameters: Sequence[str]) -> dict[str, Any] | None:
@@ -42,7 +45,14 @@ def _setup(variant: str) -> Any:
     if variant == "noop":
         trace.set_tracer_provider(trace.NoOpTracerProvider())
         return None
-    if variant != "sdk":
+    if variant == "metrics":
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+        return None
+    if variant not in ("sdk", "sdk-flat"):
         return None
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -82,6 +92,10 @@ async def _measure(variant: str, quick: bool, exporter: Any) -> dict[str, Any]:
         if found is None:
             return {"available": False, "reason": "the engine has no switch to turn tracing off"}
         options = found
+    if variant == "sdk-flat":
+        if "trace_wait_threshold" not in inspect.signature(stageflow.Session).parameters:
+            return {"available": False, "reason": "the engine has no trace segments"}
+        options = {"trace_wait_threshold": None}
 
     settings = Settings.make(quick=quick)
     reg = shapes.registry()

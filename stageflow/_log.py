@@ -9,12 +9,88 @@ only warnings and errors, on stderr, and nothing at all below that.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import structlog
 
-__all__ = ["get_logger"]
+__all__ = [
+    "LOG_REPORTED",
+    "SPAN_REPORTED",
+    "first_report",
+    "get_logger",
+    "node_finished",
+    "session_finished",
+]
+
+# Set on an exception once a span, or a log line, has reported it: one marker
+# per channel (exceptions take no weak references, so a flag on the object is
+# the cheapest record).
+SPAN_REPORTED = "_stageflow_span_reported"
+LOG_REPORTED = "_stageflow_log_reported"
+_MAX_DEPTH = 8  # causes and groups are shallow; a bound, not a tuning knob
+
+
+def _reported(error: BaseException, marker: str, depth: int = 0) -> bool:
+    if getattr(error, marker, False):
+        return True
+    if depth > _MAX_DEPTH:
+        return False
+    cause = error.__cause__
+    if cause is not None and _reported(cause, marker, depth + 1):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return any(_reported(e, marker, depth + 1) for e in error.exceptions)
+    return False
+
+
+def first_report(error: BaseException, marker: str) -> bool:
+    """Whether ``error`` is reported here for the first time (then marks it reported).
+
+    A failure crosses several spans and log lines on its way out (stage,
+    branch, parallel node, run): it is reported in full (exception event,
+    traceback) once, where it was raised. An error that wraps reported ones
+    (a group of branch failures, an error caused by one) counts as reported.
+    ``marker`` is the channel: :data:`SPAN_REPORTED` or :data:`LOG_REPORTED`.
+    """
+    if _reported(error, marker):
+        return False
+    # An exception class with __slots__ and no __dict__ cannot be marked.
+    with contextlib.suppress(AttributeError):
+        setattr(error, marker, True)
+    return True
+
+
+def node_finished(
+    log: Any,
+    outcome: str,
+    error: BaseException | None,
+    extra: dict[str, Any] | None,
+    seconds: float,
+) -> None:
+    """Write a node's ``node.finished`` line.
+
+    A failure where it was raised is an ERROR line with the error type,
+    message and traceback (``exc_info``, rendered by structlog), or a WARNING
+    when an error edge handled it; a failure passing through (a parallel
+    node whose branch failed) is an INFO line naming the error type only.
+    """
+    values: dict[str, Any] = {"outcome": outcome, "duration_ms": round(seconds * 1000, 3)}
+    if extra:
+        values.update((key.rpartition(".")[2], value) for key, value in extra.items())
+    if error is None:
+        log.info("node.finished", **values)
+        return
+    values["error_type"] = type(error).__name__
+    values["error"] = str(error)
+    if not first_report(error, LOG_REPORTED):
+        log.info("node.finished", **values)
+    elif extra is not None and extra.get("stageflow.error.handled"):
+        log.warning("node.finished", exc_info=error, **values)
+    else:
+        log.error("node.finished", exc_info=error, **values)
+
 
 _STDLIB_PROCESSORS: list[Any] = [
     structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
@@ -52,3 +128,19 @@ class _LibraryLogger:
 def get_logger(name: str) -> Any:
     """Return stageflow's logger ``name`` (see the module docstring)."""
     return _LibraryLogger(name, {})
+
+
+def session_finished(log: Any, status: str, error: BaseException | None) -> None:
+    """Write a session run's ``session.finished`` line: INFO, or ERROR when it failed.
+
+    The traceback is written here only when no node line wrote it already
+    (a failure outside any node, such as the session deadline).
+    """
+    if error is None:
+        log.info("session.finished", status=status)
+        return
+    values = {"status": status, "error_type": type(error).__name__, "error": str(error)}
+    if first_report(error, LOG_REPORTED):
+        log.error("session.finished", exc_info=error, **values)
+    else:
+        log.error("session.finished", **values)

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 import anyio.from_thread
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._positions import awaited
@@ -26,6 +26,7 @@ from stageflow._engine._state import FINISHED, SessionState
 from stageflow._errors import NonJsonValueError, PipelineValidationError, Problem, SessionStateError
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._json import copy_json, find_non_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus, input_types
@@ -106,6 +107,15 @@ class Session:
             clock if not given). Read when a run starts; the deadlines a
             snapshot keeps (sleeps, input timeouts, retry delays, the session
             deadline) are absolute times on it.
+        meter_provider: where metrics go (the global OpenTelemetry meter
+            provider if not given). Without a real provider no instruments
+            are made and nothing is measured.
+        trace_wait_threshold: when every running position of a traced run
+            waits, and one of them waits for an input (without a timeout of
+            this many seconds or less) or for a timer longer than this, the
+            open spans end and the run goes on in a new segment (a new trace
+            linked to the previous one), so no span stays open across a
+            long wait. ``None`` never cuts. See ``docs/observability.md``.
 
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
@@ -133,6 +143,8 @@ class Session:
         seed: int | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        trace_wait_threshold: float | None = 60.0,
     ) -> None:
         entries = _resolve_stages(
             pipeline,
@@ -155,7 +167,8 @@ class Session:
             mode=ValidateEvents(validate_events or pipeline.validate_events),
             seed=seed,
             clock=clock if clock is not None else _utc_now,
-            tracing=Tracing.resolve(tracer_provider, __version__),
+            tracing=Tracing.resolve(tracer_provider, __version__, trace_wait_threshold),
+            metrics=Metrics.resolve(meter_provider, __version__),
         )
 
     @property
@@ -341,6 +354,8 @@ class Session:
         pipeline: Pipeline | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        trace_wait_threshold: float | None = 60.0,
     ) -> Session:
         """Restore a session from a snapshot made by :meth:`to_dict`.
 
@@ -361,6 +376,8 @@ class Session:
             tracer_provider: where spans go; the first run's root span links
                 to the span of the run that took the snapshot.
             clock: as for :class:`Session`.
+            meter_provider: as for :class:`Session`.
+            trace_wait_threshold: as for :class:`Session`.
 
         Raises:
             SnapshotVersionError: the snapshot has another format version.
@@ -383,6 +400,8 @@ class Session:
             seed=snapshot["seed"],
             tracer_provider=tracer_provider,
             clock=clock,
+            meter_provider=meter_provider,
+            trace_wait_threshold=trace_wait_threshold,
         )
         load(session._state, snapshot)
         return session

@@ -16,26 +16,43 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from stageflow._log import SPAN_REPORTED, first_report
+from stageflow._segments import SegmentedSpan, Segments
+
 __all__ = [
     "ATTEMPT",
     "BRANCH",
+    "CANCEL_REASON",
+    "CONDITION_BRANCH",
+    "ERROR_HANDLED",
+    "ERROR_TYPE",
     "INPUT_TYPE",
     "LINK_KIND",
     "MAP_INDEX",
+    "NEXT_NODE",
     "NODE_ID",
     "NODE_TYPE",
     "OUTCOME",
     "PIPELINE_DIGEST",
     "PIPELINE_NAME",
     "POLICY",
+    "REJECT_REASON",
     "SESSION_ID",
+    "SESSION_STATUS",
     "STAGE",
+    "WAIT_SECONDS",
+    "SUBPIPELINE",
     "ActiveSpan",
     "SpanIds",
     "Tracing",
     "current_ids",
+    "enter",
     "enter_span",
+    "error_type",
     "exit_span",
+    "bind_span",
+    "input_link",
+    "sender_context",
     "resolve_tracer",
     "restored_link",
     "span_ids",
@@ -54,6 +71,15 @@ BRANCH: Final = "stageflow.branch"
 INPUT_TYPE: Final = "stageflow.input.type"
 MAP_INDEX: Final = "stageflow.map.index"
 LINK_KIND: Final = "stageflow.link.kind"
+CONDITION_BRANCH: Final = "stageflow.condition.branch"
+NEXT_NODE: Final = "stageflow.next"
+SUBPIPELINE: Final = "stageflow.subpipeline.name"
+CANCEL_REASON: Final = "stageflow.cancel.reason"
+ERROR_TYPE: Final = "error.type"  # OpenTelemetry's semantic convention, not stageflow.*
+ERROR_HANDLED: Final = "stageflow.error.handled"
+REJECT_REASON: Final = "stageflow.input.reject_reason"
+SESSION_STATUS: Final = "stageflow.session.status"
+WAIT_SECONDS: Final = "stageflow.wait.seconds"
 
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
@@ -62,9 +88,9 @@ SpanIds = tuple[str, str, str | None]
 # The OpenTelemetry context that enter_span() made current, with the ids of its
 # span: every event recorded inside the span needs them, and formatting them
 # costs more than checking that this context is still the current one.
-_ENTERED: Final[ContextVar[tuple[otel_context.Context, SpanIds] | None]] = ContextVar(
-    "stageflow_entered_span", default=None
-)
+# A segmented span is kept instead of its ids: a cut changes them.
+_Entered = tuple[otel_context.Context, SpanIds | SegmentedSpan]
+_ENTERED: Final[ContextVar[_Entered | None]] = ContextVar("stageflow_entered_span", default=None)
 
 
 def resolve_tracer(provider: trace.TracerProvider | None, version: str) -> Tracer | None:
@@ -91,7 +117,8 @@ def current_ids() -> SpanIds | None:
     """Ids of the current span (from the OpenTelemetry context), if it is valid."""
     entered = _ENTERED.get()
     if entered is not None and entered[0] is otel_context.get_current():
-        return entered[1]  # still in the span enter_span() started: ids known
+        known = entered[1]  # still in the span enter_span() started: ids known
+        return known if type(known) is tuple else known.ids  # type: ignore[union-attr]
     span = trace.get_current_span()
     if not span.get_span_context().is_valid:
         return None
@@ -104,7 +131,7 @@ class ActiveSpan(NamedTuple):
     span: Span
     token: object
     ids: SpanIds
-    entered: Token[tuple[otel_context.Context, SpanIds] | None]
+    entered: Token[_Entered | None]
 
 
 def enter_span(
@@ -114,10 +141,25 @@ def enter_span(
     links: list[trace.Link] | None = None,
 ) -> ActiveSpan:
     """Start a span as a child of the current one and make it current."""
-    span = tracer.start_span(name, attributes=attributes, links=links)
+    return enter(tracer.start_span(name, attributes=attributes, links=links))
+
+
+def enter(span: Span) -> ActiveSpan:
+    """Make a started span current."""
     context = trace.set_span_in_context(span)
+    if isinstance(span, SegmentedSpan):
+        return ActiveSpan(
+            span, otel_context.attach(context), span.ids, _ENTERED.set((context, span))
+        )
     ids = span_ids(span)
     return ActiveSpan(span, otel_context.attach(context), ids, _ENTERED.set((context, ids)))
+
+
+def bind_span(log: Any, active: ActiveSpan) -> Any:
+    """``log`` bound to a span's ``trace_id``, ``span_id`` and ``trace_flags``."""
+    trace_id, span_id, _ = active.ids
+    flags = active.span.get_span_context().trace_flags
+    return log.bind(trace_id=trace_id, span_id=span_id, trace_flags=f"{flags:02x}")
 
 
 def restored_link(trace_id: str, span_id: str) -> trace.Link:
@@ -131,16 +173,41 @@ def restored_link(trace_id: str, span_id: str) -> trace.Link:
     return trace.Link(context, {LINK_KIND: "restored_from"})
 
 
-def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
-    """Finish a span with its outcome (ERROR and the exception only for failures).
+def error_type(error: BaseException) -> str:
+    """The ``error.type`` of an exception: its class, qualified by its public module."""
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
-    Restores the span that was current before :func:`enter_span`.
+
+def exit_span(
+    active: ActiveSpan,
+    outcome: str,
+    error: BaseException | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> None:
+    """Finish a span with its outcome (ERROR and ``error.type`` only for failures).
+
+    The exception itself is recorded as an event on the first span it ends
+    (see :func:`first_report`); the spans it crosses on its way out get the
+    status and ``error.type`` only. Restores the span that was current before
+    :func:`enter_span`.
     """
     span = active.span
-    span.set_attribute(OUTCOME, outcome)
-    if error is not None:
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    # A segmented span's last attributes go straight to its incarnation: it
+    # will not be started again, so its own record of them needs no update.
+    target: Span | None = span
+    if type(span) is SegmentedSpan:
+        target = span.live() if span.span is not None or span.revivable else None
+    if target is not None:  # None: a wait span a cut ended stays as the cut left it
+        target.set_attribute(OUTCOME, outcome)
+        if attributes:
+            target.set_attributes(attributes)
+        if error is not None:
+            target.set_attribute(ERROR_TYPE, error_type(error))
+            if first_report(error, SPAN_REPORTED):
+                target.record_exception(error)
+            target.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
     span.end()
     try:  # noqa: SIM105 (contextlib.suppress costs a third of a microsecond per span)
         _ENTERED.reset(active.entered)
@@ -149,6 +216,17 @@ def exit_span(active: ActiveSpan, outcome: str, error: BaseException | None = No
         # detach below logs that; the stale entry cannot match a later context.
         pass
     otel_context.detach(active.token)  # type: ignore[arg-type]
+
+
+def sender_context() -> trace.SpanContext | None:
+    """The current span's context when it is valid: who sends an input, for its link."""
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def input_link(sender: trace.SpanContext) -> None:
+    """Link the current span (a stage that got an input) to the span that sent it."""
+    trace.get_current_span().add_link(sender, {LINK_KIND: "input_from"})
 
 
 def add_event(name: str, attributes: dict[str, Any]) -> None:
@@ -160,30 +238,55 @@ class Tracing:
     """Tracing for one session: its tracer, and the span operations the engine uses.
 
     A session without a real tracer provider has no ``Tracing`` at all
-    (``None``), so the untraced path is one ``is None`` test.
+    (``None``), so the untraced path is one ``is None`` test. ``threshold``
+    is the session's ``trace_wait_threshold`` (``None``: waits never cut the
+    trace); ``segments`` holds the open spans of the run in progress when
+    it may be cut into segments (set by the run for its duration).
     """
 
-    __slots__ = ("tracer",)
+    __slots__ = ("segments", "threshold", "tracer")
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, threshold: float | None = None) -> None:
         self.tracer = tracer
+        self.threshold = threshold
+        self.segments: Segments | None = None
 
     @classmethod
-    def resolve(cls, provider: trace.TracerProvider | None, version: str) -> Tracing | None:
+    def resolve(
+        cls, provider: trace.TracerProvider | None, version: str, threshold: float | None = None
+    ) -> Tracing | None:
         """Tracing through ``provider`` (the global one if ``None``), or ``None`` without one."""
         tracer = resolve_tracer(provider, version)
-        return cls(tracer) if tracer is not None else None
+        return cls(tracer, threshold) if tracer is not None else None
 
     def start(
-        self, name: str, attributes: dict[str, Any], links: list[trace.Link] | None = None
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        links: list[trace.Link] | None = None,
+        *,
+        revivable: bool = True,
     ) -> ActiveSpan:
-        """Start a span under the current one and make it current (see :func:`enter_span`)."""
-        return enter_span(self.tracer, name, attributes, links)
+        """Start a span under the current one and make it current (see :func:`enter_span`).
+
+        In a run that may be cut into segments, the span is a
+        :class:`~stageflow._segments.SegmentedSpan` (``revivable=False``: a
+        wait span, which a cut ends for good).
+        """
+        segments = self.segments
+        if segments is None:
+            return enter_span(self.tracer, name, attributes, links)
+        return enter(segments.start(name, attributes, links, revivable))
 
     @staticmethod
-    def end(active: ActiveSpan, outcome: str, error: BaseException | None = None) -> None:
+    def end(
+        active: ActiveSpan,
+        outcome: str,
+        error: BaseException | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
         """Finish a span started by :meth:`start` (see :func:`exit_span`)."""
-        exit_span(active, outcome, error)
+        exit_span(active, outcome, error, attributes)
 
     @staticmethod
     def current_ids() -> SpanIds | None:

@@ -44,6 +44,7 @@ __all__ = [
     "LoggingSetupError",
     "add_otel_context",
     "configure",
+    "event_first",
 ]
 
 Format = Literal["json", "console"]
@@ -75,7 +76,28 @@ def add_otel_context(logger: WrappedLogger, method_name: str, event_dict: EventD
     if context.is_valid:
         event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
         event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+        event_dict.setdefault("trace_flags", f"{context.trace_flags:02x}")
     return event_dict
+
+
+def event_first(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Put the ``event`` key first, then the other keys in their order (structlog processor).
+
+    A JSON line then starts with what happened: ``{"event": "node.finished", ...}``.
+
+    Args:
+        logger: the wrapped logger (unused).
+        method_name: the log method's name (unused).
+        event_dict: the line being built.
+
+    Returns:
+        The same keys, ``event`` first.
+    """
+    if "event" not in event_dict:
+        return event_dict
+    ordered: EventDict = {"event": event_dict.pop("event")}
+    ordered.update(event_dict)
+    return ordered
 
 
 class _StageflowHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -87,6 +109,7 @@ def configure(
     format: Format = "json",
     level: str | int = "INFO",
     stream: TextIO | None = None,
+    tracebacks: bool = True,
 ) -> None:
     """Configure structlog, with the standard ``logging`` module as its output.
 
@@ -103,6 +126,10 @@ def configure(
             ``"WARNING"``, ``"ERROR"``, ``"CRITICAL"``, any case) or a
             ``logging`` level number.
         stream: where lines go; standard error by default.
+        tracebacks: write the traceback of a line that carries an exception
+            (a failed node's ``node.finished``, ``log.exception(...)``);
+            ``False`` keeps the line and its ``error_type`` / ``error`` keys
+            but leaves the traceback out (the CLI's default).
 
     Raises:
         LoggingSetupError: for an unknown format or level.
@@ -124,13 +151,20 @@ def configure(
         add_otel_context,
     ]
     rendering: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if not tracebacks:
+        rendering.append(_drop_exc_info)
     if format == "json":
         rendering += [
             structlog.processors.format_exc_info,
+            event_first,
             structlog.processors.JSONRenderer(),
         ]
     else:
-        rendering.append(structlog.dev.ConsoleRenderer(colors=_is_terminal(out)))
+        rendering.append(
+            structlog.dev.ConsoleRenderer(
+                colors=_is_terminal(out), exception_formatter=structlog.dev.plain_traceback
+            )
+        )
 
     handler = _StageflowHandler(out)
     handler.setFormatter(
@@ -158,6 +192,11 @@ def configure(
         # would ignore a later configure() or capture_logs().
         cache_logger_on_first_use=False,
     )
+
+
+def _drop_exc_info(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    event_dict.pop("exc_info", None)
+    return event_dict
 
 
 def _level_number(level: str | int) -> int:

@@ -1,4 +1,4 @@
-"""Set up the OpenTelemetry SDK to export stageflow's spans.
+"""Set up the OpenTelemetry SDK to export stageflow's spans and metrics.
 
 The engine itself only uses ``opentelemetry-api``: it creates spans through
 whatever tracer provider the application has, and creates none when there is
@@ -25,8 +25,14 @@ and ``OTEL_SDK_DISABLED`` (provider). The Python exporters do not read
 ``OTEL_EXPORTER_OTLP_PROTOCOL``; :func:`configure` does, when no ``protocol`` is
 given.
 
-The OTLP exporters are optional: ``pip install 'stageflow[otlp]'``. They are
-imported only when :func:`configure` needs one.
+OTLP over HTTP/protobuf is part of a plain install; OTLP over gRPC is the
+optional extra ``pip install 'stageflow[otlp]'``. Exporters are imported only
+when :func:`configure` needs one.
+
+:func:`configure_metrics` does the same for metrics: an SDK
+:class:`~opentelemetry.sdk.metrics.MeterProvider` with a periodic reader and
+an OTLP (or console) metric exporter, set as the global meter provider, where
+sessions look for it.
 """
 
 from __future__ import annotations
@@ -34,9 +40,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Final, Literal, TextIO, cast
+from typing import Any, Final, Literal, TextIO, cast
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -44,16 +57,20 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from stageflow._errors import TracingSetupError
+from stageflow._segments import wanted_ids
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
     "ConsoleFormat",
     "Exporter",
     "Protocol",
+    "RestoringIdGenerator",
     "TracingSetupError",
     "configure",
+    "configure_metrics",
     "force_flush",
     "format_span_line",
     "shutdown",
@@ -78,10 +95,42 @@ _OTLP_MODULES: Final = {
     "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
 }
+_OTLP_METRIC_MODULES: Final = {
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+}
+_METRICS_PROTOCOL_ENV: Final = (
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+)
 _OTLP_PACKAGES: Final = {
     "http/protobuf": "opentelemetry-exporter-otlp-proto-http",
     "grpc": "opentelemetry-exporter-otlp-proto-grpc",
 }
+
+
+class RestoringIdGenerator(RandomIdGenerator):
+    """Random ids, except for a span stageflow rebuilds after a crash: it keeps its own.
+
+    When a session is restored from a snapshot taken while spans were open
+    (the process that took it may have died before exporting them), stageflow
+    exports those spans once, with the ids their children and links already
+    point at. The SDK draws ids from the provider's id generator, so that
+    needs this one: :func:`configure` installs it, and an application with its
+    own provider passes it, ``TracerProvider(id_generator=RestoringIdGenerator())``.
+    With another generator the rebuild exports nothing (see
+    ``docs/observability.md``).
+    """
+
+    def generate_span_id(self) -> int:
+        """The span id a rebuilt span must keep, or a random one."""
+        wanted = wanted_ids()
+        return wanted[1] if wanted is not None else super().generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        """The trace id a rebuilt root span must keep, or a random one."""
+        wanted = wanted_ids()
+        return wanted[0] if wanted is not None else super().generate_trace_id()
 
 
 def configure(
@@ -160,7 +209,7 @@ def configure(
     else:
         span_exporter = None
 
-    provider = TracerProvider(resource=_resource(service_name))
+    provider = TracerProvider(resource=_resource(service_name), id_generator=RestoringIdGenerator())
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     if set_global:
@@ -205,6 +254,73 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:12] + "..."
 
 
+def configure_metrics(
+    *,
+    service_name: str | None = None,
+    exporter: Exporter = "otlp",
+    protocol: Protocol | None = None,
+    endpoint: str | None = None,
+    set_global: bool = True,
+    console_stream: TextIO | None = None,
+    export_interval_millis: float | None = None,
+) -> MeterProvider:
+    """Build an SDK meter provider that exports stageflow's metrics periodically.
+
+    The arguments mean what they mean for :func:`configure`; the endpoint is
+    the full metrics URL for HTTP (``http://localhost:4318/v1/metrics``), and
+    without one the exporter reads ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``. The protocol falls back on
+    ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL``, then ``OTEL_EXPORTER_OTLP_PROTOCOL``.
+
+    Histograms recorded inside a sampled span (node durations, input waits)
+    carry that span as an exemplar: the SDK's default exemplar filter.
+
+    Args:
+        service_name: the ``service.name`` resource attribute (see :func:`configure`).
+        exporter: ``"otlp"``, ``"console"`` or ``"none"`` (measure, export nothing).
+        protocol: ``"http/protobuf"`` or ``"grpc"``.
+        endpoint: where to send metrics, given as is to the exporter.
+        set_global: install it as OpenTelemetry's global meter provider.
+        console_stream: where the console exporter writes (standard error by default).
+        export_interval_millis: how often metrics are exported; ``None`` lets
+            the SDK read ``OTEL_METRIC_EXPORT_INTERVAL`` (default 60 s).
+
+    Returns:
+        The configured provider; :func:`shutdown` flushes and stops it.
+
+    Raises:
+        TracingSetupError: as :func:`configure` does.
+    """
+    if exporter not in _EXPORTERS:
+        raise TracingSetupError(
+            f"stageflow.tracing.configure_metrics: unknown exporter {exporter!r}; "
+            f"use one of {', '.join(repr(e) for e in _EXPORTERS)}"
+        )
+    metric_exporter: MetricExporter | None
+    if exporter == "otlp":
+        chosen = _resolve_protocol(protocol, _METRICS_PROTOCOL_ENV)
+        module = _import_exporter(_OTLP_METRIC_MODULES[chosen], chosen)
+        kwargs = {"endpoint": endpoint} if endpoint is not None else {}
+        metric_exporter = module.OTLPMetricExporter(**kwargs)
+    elif exporter == "console":
+        metric_exporter = ConsoleMetricExporter(
+            out=console_stream if console_stream is not None else sys.stderr
+        )
+    else:
+        metric_exporter = None
+    readers: list[MetricReader] = []
+    if metric_exporter is not None:
+        readers.append(
+            PeriodicExportingMetricReader(
+                metric_exporter, export_interval_millis=export_interval_millis
+            )
+        )
+    provider = MeterProvider(metric_readers=readers, resource=_resource(service_name))
+    if set_global:
+        metrics.set_meter_provider(provider)
+    return provider
+
+
 def force_flush(provider: TracerProvider | None = None, *, timeout_millis: int = 30_000) -> bool:
     """Export every span that has ended but is still buffered.
 
@@ -225,14 +341,24 @@ def shutdown(provider: TracerProvider | None = None) -> None:
     """Flush buffered spans and shut the provider's processors and exporters down.
 
     Spans started afterwards are not exported. Calling it twice is harmless.
+    With no collector listening, the OTLP exporter retries each batch with
+    backoff for up to its timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by
+    default) before giving up, so shutdown can take that long;
+    ``tracing/README.md`` says how to shorten it.
 
     Args:
         provider: the provider :func:`configure` returned; ``None`` shuts the
-            global provider down (nothing happens when it is not an SDK one).
+            global tracer provider down, and the global meter provider too
+            when it is an SDK one (:func:`configure_metrics`). Nothing happens
+            for providers that are not SDK ones.
     """
     target = _sdk_provider(provider)
     if target is not None:
         target.shutdown()
+    if provider is None:
+        meters = metrics.get_meter_provider()
+        if isinstance(meters, MeterProvider):
+            meters.shutdown()
 
 
 def _sdk_provider(provider: TracerProvider | None) -> TracerProvider | None:
@@ -253,10 +379,10 @@ def _resource(service_name: str | None) -> Resource:
     )
 
 
-def _resolve_protocol(protocol: str | None) -> Protocol:
+def _resolve_protocol(protocol: str | None, variables: tuple[str, ...] = _PROTOCOL_ENV) -> Protocol:
     source = "protocol"
     if protocol is None:
-        for name in _PROTOCOL_ENV:
+        for name in variables:
             value = os.environ.get(name, "").strip()
             if value:
                 protocol, source = value, f"environment variable {name}"
@@ -272,16 +398,25 @@ def _resolve_protocol(protocol: str | None) -> Protocol:
     return cast(Protocol, protocol)
 
 
-def _otlp_exporter(protocol: Protocol, endpoint: str | None) -> SpanExporter:
-    module_name = _OTLP_MODULES[protocol]
+def _import_exporter(module_name: str, protocol: Protocol) -> Any:
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
+        package = _OTLP_PACKAGES[protocol]
+        # HTTP is a dependency of stageflow (a broken install); gRPC is the extra.
+        how = (
+            f"pip install '{package}'"
+            if protocol == "http/protobuf"
+            else ("pip install 'stageflow[otlp]'")
+        )
         raise TracingSetupError(
             f"stageflow.tracing.configure: OTLP over {protocol} needs the package "
-            f"{_OTLP_PACKAGES[protocol]}, which cannot be imported ({exc}); "
-            "install it with: pip install 'stageflow[otlp]'"
+            f"{package}, which cannot be imported ({exc}); install it with: {how}"
         ) from exc
+
+
+def _otlp_exporter(protocol: Protocol, endpoint: str | None) -> SpanExporter:
+    module = _import_exporter(_OTLP_MODULES[protocol], protocol)
     # Only a given endpoint is passed: without one the exporter reads OTEL_*.
     kwargs = {"endpoint": endpoint} if endpoint is not None else {}
     span_exporter: SpanExporter = module.OTLPSpanExporter(**kwargs)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -20,6 +21,21 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     if request.param == "trio":
         return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_left_as_found() -> Iterator[None]:
+    """Leave structlog unconfigured after a test that found it so.
+
+    ``structlog.testing.capture_logs()`` restores the processors it replaced
+    with ``configure()``, which marks structlog configured for good; stageflow
+    then writes its node lines (a failed node's traceback included) into every
+    later test's output.
+    """
+    configured = structlog.is_configured()
+    yield
+    if not configured and structlog.is_configured():
+        structlog.reset_defaults()
 
 
 def _trio_tasks() -> Iterator[trio.lowlevel.Task]:

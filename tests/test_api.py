@@ -149,7 +149,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_events",
         "_result",
         "_stage_modules",
+        "_segments",
         "_telemetry",
+        "_metrics",
         "_schema_export",
     ),
     # The engine kernel (a package, layered inside by its own docstring's

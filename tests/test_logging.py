@@ -211,13 +211,14 @@ def test_add_otel_context_uses_any_valid_span_context(sampled: bool) -> None:
         "event": "x",
         "trace_id": "0af7651916cd43dd8448eb211c80319c",
         "span_id": "00f067aa0ba902b7",
+        "trace_flags": "01" if sampled else "00",
     }
 
 
 def test_add_otel_context_keeps_ids_bound_by_the_caller() -> None:
     with trace.use_span(remote_span(True)):
         got = stageflow.logging.add_otel_context(None, "info", {"trace_id": "t", "span_id": "s"})
-    assert got == {"trace_id": "t", "span_id": "s"}
+    assert got == {"trace_id": "t", "span_id": "s", "trace_flags": "01"}
 
 
 # -- the library configures nothing by itself ------------------------------------------------

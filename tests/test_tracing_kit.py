@@ -112,6 +112,18 @@ def test_traces_pipeline_limits_memory_batches_and_exports_to_jaeger_and_debug()
     assert config["exporters"][jaeger] == {"endpoint": "jaeger:4317", "tls": {"insecure": True}}
 
 
+def test_metrics_and_logs_pipelines_sit_next_to_traces() -> None:
+    config = load_yaml(COLLECTOR_CONFIG)
+    pipelines = config["service"]["pipelines"]
+    for signal in ("metrics", "logs"):
+        assert pipelines[signal]["receivers"] == ["otlp"]
+        assert pipelines[signal]["processors"] == ["memory_limiter", "batch"]
+    # Metrics are scraped by Prometheus from the collector; Jaeger only gets traces.
+    assert "prometheus" in pipelines["metrics"]["exporters"]
+    assert config["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
+    assert "8889:8889" in load_yaml(COMPOSE)["services"]["otel-collector"]["ports"]
+
+
 def test_compose_mounts_the_collector_config_and_publishes_the_ports() -> None:
     services = load_yaml(COMPOSE)["services"]
     collector = services["otel-collector"]
@@ -319,13 +331,12 @@ def test_console_exporter_prints_each_span_as_json(providers: list[TracerProvide
 # -- bad input -------------------------------------------------------------------------------
 
 
-def test_missing_http_exporter_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_http_exporter_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, HTTP_MODULE, None)  # makes the import fail
     with pytest.raises(stageflow.TracingSetupError) as caught:
         stageflow.tracing.configure(set_global=False)
     message = str(caught.value)
-    assert "opentelemetry-exporter-otlp-proto-http" in message
-    assert "pip install 'stageflow[otlp]'" in message
+    assert "pip install 'opentelemetry-exporter-otlp-proto-http'" in message
     assert isinstance(caught.value, stageflow.StageflowError)
     assert isinstance(caught.value.__cause__, ImportError)
 

@@ -46,7 +46,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
     """Send log lines to standard error (the library itself never configures logging).
 
     Without options only warnings and errors are written: ``node.started``
-    lines are for those who ask (``--log-format`` or ``--log-level``).
+    lines are for those who ask (``--log-format`` or ``--log-level``), and so
+    are tracebacks (``--traceback`` or ``--log-level debug``).
     """
     from stageflow import logging as stageflow_logging
 
@@ -56,6 +57,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
         format="json" if log_format == "json" else "console",
         level=level,
         stream=cast(TextIO, FollowStderr()),
+        tracebacks=bool(getattr(args, "traceback", False)) or level == "debug",
     )
 
 

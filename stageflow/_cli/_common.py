@@ -193,7 +193,13 @@ def add_logging_options(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
-        help="the lowest level written (default: info with --log-format, else warning)",
+        help="the lowest level written (default: info with --log-format, else warning); "
+        "debug also writes tracebacks",
+    )
+    group.add_argument(
+        "--traceback",
+        action="store_true",
+        help="write the traceback of a failed stage with its error line",
     )
 
 

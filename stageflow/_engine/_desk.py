@@ -22,8 +22,10 @@ from stageflow._engine._inputs import InputBroker, InputReceipt
 from stageflow._errors import InputRejectedError
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec, json_message
+from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
 __all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
 
@@ -45,6 +47,7 @@ class InputDesk:
         "_limits",
         "_mode",
         "_open",
+        "metrics",
         "recorded_rejections",
         "unrecorded_rejections",
     )
@@ -63,6 +66,7 @@ class InputDesk:
         self.recorded_rejections = 0
         self.unrecorded_rejections = 0
         self._broker = InputBroker(limits.max_input_backlog)
+        self.metrics: Metrics | None = None  # set by a metered session: counts rejections
         # Input type -> the InputSpecs the pipeline's stages declare for it.
         self._declared: dict[str, list[InputSpec]] = {}
         # True when some stage waits without declaring its inputs: any type may be awaited.
@@ -96,6 +100,8 @@ class InputDesk:
             )
         else:
             self.unrecorded_rejections += 1
+        if self.metrics is not None:
+            self.metrics.rejected.add(1, {INPUT_TYPE: type, REJECT_REASON: reason})
         return InputRejectedError(message, input_type=type, reason=reason)
 
     def history_full(self) -> bool:

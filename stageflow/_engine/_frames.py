@@ -20,6 +20,7 @@ from stageflow._engine._backend import Backend
 from stageflow._engine._positions import FramePosition, TerminalPosition
 from stageflow._engine._runtime import StageRuntime, StageWork
 from stageflow._events import History
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
@@ -186,6 +187,8 @@ class Kernel(Protocol):
     @property
     def tracing(self) -> Tracing | None: ...
     @property
+    def metrics(self) -> Metrics | None: ...
+    @property
     def backend(self) -> Backend: ...
     @property
     def runtime(self) -> StageRuntime: ...
@@ -220,6 +223,9 @@ class Kernel(Protocol):
 
     def positions(self, change: int) -> None:
         """Count positions (branches, map workers) that start or end."""
+
+    def cancelling(self, prefix: str, reason: str) -> None:
+        """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
 
     def not_rerun(self, position: FramePosition) -> None:
         """A restored position that will not run again keeps its counted steps."""

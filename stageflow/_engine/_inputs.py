@@ -19,6 +19,7 @@ import attrs
 from stageflow._engine._positions import Call
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
+from stageflow._telemetry import sender_context
 
 __all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter", "fulfil"]
 
@@ -51,7 +52,7 @@ class Waiter:
     an event and a slot, lighter than a channel.
     """
 
-    __slots__ = ("arrived", "entry", "node_id", "path", "payload", "spec")
+    __slots__ = ("arrived", "entry", "node_id", "path", "payload", "sender", "spec")
 
     def __init__(self, node_id: str, path: str, spec: StageSpec, entry: Call) -> None:
         self.node_id = node_id
@@ -59,6 +60,7 @@ class Waiter:
         self.spec = spec
         self.entry = entry
         self.payload: Any = None
+        self.sender: Any = None  # the span that sent the input (when inputs are traced)
         self.arrived = anyio.Event()
 
     def give(self, payload: Any) -> None:
@@ -70,13 +72,26 @@ class Waiter:
 class InputBroker:
     """Routes inputs to waiters, or to a bounded per-type backlog."""
 
-    __slots__ = ("_backlog", "_waiters", "blocked", "max_backlog")
+    __slots__ = (
+        "_backlog",
+        "_senders",
+        "_waiters",
+        "blocked",
+        "max_backlog",
+        "taken_sender",
+        "trace_senders",
+    )
 
     def __init__(self, max_backlog: int) -> None:
         self.max_backlog = max_backlog
         self._waiters: dict[str, list[Waiter]] = {}
         self._backlog: dict[str, deque[Any]] = {}
+        # The span that sent each queued input (None: untraced or restored),
+        # kept in step with the backlog, for the input link of its receiver.
+        self._senders: dict[str, deque[Any]] = {}
         self.blocked = 0  # waiters registered right now, over all types
+        self.trace_senders = False  # set by a traced run: remember who sent each input
+        self.taken_sender: Any = None  # the sender of the input take() returned last
 
     def waiting_for(self) -> frozenset[str]:
         """Input types at least one stage waits for right now."""
@@ -97,8 +112,10 @@ class InputBroker:
         if not current:
             return 0
         chosen = [waiter for waiter in waiters if waiter in current]
+        sender = sender_context() if self.trace_senders else None
         for waiter in chosen:
             current.remove(waiter)
+            waiter.sender = sender
             # Journaled now, not when the waiter wakes: a snapshot taken in
             # between must not lose the input.
             fulfil(waiter.entry, copy_json(payload))
@@ -120,6 +137,8 @@ class InputBroker:
     def enqueue(self, type: str, payload: Any) -> None:
         """Keep an input for the next waiter of its type."""
         self._backlog.setdefault(type, deque()).append(payload)
+        sender = sender_context() if self.trace_senders else None
+        self._senders.setdefault(type, deque()).append(sender)
 
     def backlog(self) -> dict[str, list[Any]]:
         """The queued inputs by type, oldest first (copies, for a snapshot)."""
@@ -128,6 +147,7 @@ class InputBroker:
     def restore_backlog(self, backlog: dict[str, list[Any]]) -> None:
         """Queue the inputs of a snapshot's backlog, replacing what is queued."""
         self._backlog = {t: deque(queue) for t, queue in backlog.items() if queue}
+        self._senders = {t: deque([None] * len(queue)) for t, queue in self._backlog.items()}
 
     def take(self, type: str) -> tuple[bool, Any]:
         """Pop the oldest queued input of ``type``: ``(True, payload)`` or ``(False, None)``."""
@@ -135,8 +155,11 @@ class InputBroker:
         if not queue:
             return False, None
         payload = queue.popleft()
+        senders = self._senders[type]
+        self.taken_sender = senders.popleft()
         if not queue:
             del self._backlog[type]
+            del self._senders[type]
         return True, payload
 
     def add(self, type: str, waiter: Waiter) -> None:

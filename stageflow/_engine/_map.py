@@ -123,6 +123,9 @@ class MapExecutor:
                     or isinstance(run.failures[-1][1], LimitExceededError)
                 ):
                     assert run.cancel is not None
+                    frame = run.frame
+                    prefix = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
+                    self._kernel.cancelling(prefix, "sibling_failed")
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
@@ -165,7 +168,7 @@ class MapExecutor:
                 node.body,
                 None,
                 {"index": index},
-                (f"item {node.id}[{index}]", {NODE_ID: node.id, MAP_INDEX: index}),
+                (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
                 settle,
             )
         finally:

@@ -122,6 +122,8 @@ class ParallelExecutor:
         child = node.children[index]
         outcome = run.outcomes[index]
         winner = run.winner
+        # The branches' common path prefix: what a cancellation reason covers.
+        prefix = run.frames[index].path.rpartition("/")[0]
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             outcome.cancelled = cancelled
@@ -130,6 +132,7 @@ class ParallelExecutor:
                 outcome.finished = True
                 if node.policy is ParallelPolicy.ANY and not winner:
                     winner.append(index)  # before the event: a snapshot taken there keeps it
+                    self._kernel.cancelling(prefix, "lost_race")
                     scope.cancel()
 
         succeeded = await self._kernel.run_child(
@@ -146,6 +149,7 @@ class ParallelExecutor:
             (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
             or isinstance(outcome.error, LimitExceededError)
         ):
+            self._kernel.cancelling(prefix, "sibling_failed")
             scope.cancel()
 
     def save(self, run: ParallelRun) -> ParallelPosition:

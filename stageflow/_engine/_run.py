@@ -54,7 +54,8 @@ from stageflow._errors import (
 )
 from stageflow._events import History
 from stageflow._json import copy_json
-from stageflow._log import get_logger
+from stageflow._log import get_logger, node_finished, session_finished
+from stageflow._metrics import Metrics, node_measured, session_measured
 from stageflow._model import (
     ConditionNode,
     ErrorHandler,
@@ -62,12 +63,18 @@ from stageflow._model import (
     Node,
     ParallelNode,
     StageNode,
+    SubpipelineNode,
     TerminalNode,
 )
 from stageflow._result import SessionResult, SessionStatus
+from stageflow._segments import SegmentedSpan, Segments, rebuild
 from stageflow._stages import StageEntry
 from stageflow._telemetry import (
     ATTEMPT,
+    CANCEL_REASON,
+    CONDITION_BRANCH,
+    ERROR_HANDLED,
+    NEXT_NODE,
     NODE_ID,
     NODE_TYPE,
     PIPELINE_DIGEST,
@@ -75,8 +82,10 @@ from stageflow._telemetry import (
     POLICY,
     SESSION_ID,
     STAGE,
+    SUBPIPELINE,
     ActiveSpan,
     Tracing,
+    bind_span,
     restored_link,
 )
 
@@ -91,7 +100,7 @@ _SPAN_OUTCOME: Final = {
     SessionStatus.WAITING: "suspended",
     SessionStatus.COMPLETED: "succeeded",
     SessionStatus.FAILED: "failed",
-    SessionStatus.TIMED_OUT: "failed",
+    SessionStatus.TIMED_OUT: "timed_out",
     SessionStatus.CANCELLED: "cancelled",
 }
 
@@ -100,6 +109,7 @@ class Run:
     """One run of a session (see the module docstring)."""
 
     __slots__ = (
+        "_cancel_reasons",
         "_cancel_scope",
         "_executors",
         "_live",
@@ -126,6 +136,7 @@ class Run:
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
         self._cancel_scope: anyio.CancelScope | None = None
+        self._cancel_reasons: dict[str, str] = {}  # path prefix -> why it is cancelled
         self._main = Scope(state.pipeline, 0)
         self._root: Frame | None = None  # the main path's frame while it runs
         # The session's UTC clock for deadlines: the wall clock at the start,
@@ -139,7 +150,11 @@ class Run:
             state.mode,
             clock=lambda: after(started_at, anyio.current_time() - loop_start),
             tracing=state.tracing,
+            metrics=state.metrics,
+            pipeline=state.pipeline.name,
             on_block=self.check_idle if suspend else None,
+            on_long_block=self.check_cut if self._segmenting() else None,
+            cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
         # Node log lines are written only into a configured structlog.
         self._node_log = (
@@ -177,6 +192,11 @@ class Run:
         return self._state.tracing
 
     @property
+    def metrics(self) -> Metrics | None:
+        """The session's metrics, or ``None``."""
+        return self._state.metrics
+
+    @property
     def entries(self) -> Mapping[int, StageEntry]:
         """The registry entry of every stage node, by node identity."""
         return self._state.entries
@@ -189,11 +209,50 @@ class Run:
         """A restored position that will not run again keeps the steps it had counted."""
         self._state.steps += count_positions(position)
 
+    def cancelling(self, prefix: str, reason: str) -> None:
+        """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
+        self._cancel_reasons.setdefault(prefix, reason)
+
+    def cancel_reason(self, path: str) -> str:
+        """Why the position at ``path`` is being cancelled (``stageflow.cancel.reason``)."""
+        for prefix, reason in self._cancel_reasons.items():
+            if not prefix or path == prefix or path.startswith(f"{prefix}/"):
+                return reason
+        if self.stop_outcome == "suspended":
+            return "suspended"
+        if self._state.cancel_reason is not None:
+            return "session_cancelled"
+        scope = self._cancel_scope
+        if scope is not None and anyio.current_time() >= scope.deadline:
+            return "session_timeout"
+        return "cancelled"
+
     def positions(self, change: int) -> None:
         """Count positions that start (branches, map workers) or end; check for idle."""
         self._live += change
         if change < 0 and self._suspend:
             self.check_idle()
+        elif change < 0 and self.runtime.long_blocks:
+            self.check_cut()
+
+    def _segmenting(self) -> bool:
+        """Whether long waits cut this run's trace (traced, a threshold, not suspend mode)."""
+        tracing = self._state.tracing
+        return tracing is not None and tracing.threshold is not None and not self._suspend
+
+    def check_cut(self) -> None:
+        """End the open spans when every position waits and one of them waits long."""
+        tracing = self._state.tracing
+        segments = tracing.segments if tracing is not None else None
+        runtime = self.runtime
+        if segments is None or not runtime.long_blocks:
+            return
+        if self._state.desk.broker.blocked + runtime.sleeping >= self._live:
+            segments.cut()
+
+    def _segment_root(self, root: SegmentedSpan) -> None:
+        """A new segment started: snapshots and restored runs refer to its root."""
+        self._state.root_ids = {"trace_id": root.ids[0], "span_id": root.ids[1]}
 
     # ------------------------------------------------------------------ run
 
@@ -220,6 +279,13 @@ class Run:
         if tracing is not None:
             pipeline = state.pipeline
             origin = saved["trace"] if resume is not None and saved is not None else None
+            if origin is not None and origin.get("open"):
+                # The process that took the snapshot died with these spans open.
+                rebuild(tracing.tracer, origin["open"], origin.get("seen") or time.time_ns())
+            if self._segmenting():
+                tracing.segments = Segments(
+                    tracing.tracer, tracing.threshold or 0.0, self._segment_root
+                )
             root_span = tracing.start(
                 f"run {pipeline.name}",
                 {
@@ -230,11 +296,28 @@ class Run:
                 links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
             )
             state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
+        meters = state.metrics
+        if meters is not None:
+            run_started = time.perf_counter()
+            meters.active.add(1, {PIPELINE_NAME: state.pipeline.name})
+        log = self._node_log
+        if log is not None:
+            if root_span is not None:
+                log = bind_span(log, root_span)
+            log.info("session.started", pipeline=state.pipeline.name, resumed=resume is not None)
         try:
             return await self._run_root(resume)
         finally:
+            if meters is not None:
+                session_measured(meters, state.pipeline.name, state.status.value, run_started)
+            if log is not None:
+                session_finished(log, state.status.value, state.error)
             if root_span is not None:
-                Tracing.end(root_span, _SPAN_OUTCOME.get(state.status, "cancelled"), state.error)
+                outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
+                ending = {CANCEL_REASON: self.cancel_reason("")} if outcome == "cancelled" else None
+                Tracing.end(root_span, outcome, state.error, ending)
+                if tracing is not None:
+                    tracing.segments = None
 
     async def _run_root(self, resume: FramePosition | None) -> SessionResult:
         state = self._state
@@ -341,7 +424,7 @@ class Run:
         blocked = desk.broker.blocked + self.runtime.sleeping
         if blocked and blocked >= self._live and not self.suspending:
             self.suspending = True
-            self.stop_outcome = "suspended"
+            self.stop_outcome = self.runtime.stop_outcome = "suspended"
             saved = state.saved = self.saved_state()
             waiting_for, wake_at = awaited(saved["position"], state.deadline)
             # Inputs sent from now on (subscribers of the event below included)
@@ -400,7 +483,17 @@ class Run:
     def trace_ids(self) -> TraceIds | None:
         """The root span of this session's last traced run, for a snapshot."""
         ids = self._state.root_ids
-        return None if ids is None else {"trace_id": ids["trace_id"], "span_id": ids["span_id"]}
+        if ids is None:
+            return None
+        saved: TraceIds = {"trace_id": ids["trace_id"], "span_id": ids["span_id"]}
+        tracing = self._state.tracing
+        if tracing is not None and tracing.segments is not None and not self.suspending:
+            # A live snapshot: if this process dies, a restore rebuilds these.
+            spans = tracing.segments.snapshot()
+            if spans:
+                saved["open"] = spans
+                saved["seen"] = time.time_ns()
+        return saved
 
     @property
     def current_node(self) -> str | None:
@@ -494,18 +587,22 @@ class Run:
                 attributes[ATTEMPT] = 1  # raised by the stage executor if a retry succeeds or fails
             elif isinstance(node, ParallelNode):
                 attributes[POLICY] = node.policy.value
+            elif isinstance(node, SubpipelineNode):
+                attributes[SUBPIPELINE] = node.pipeline
             span = tracing.start(f"{node.type} {node.id}", attributes)
+        meters = state.metrics
         log = self._node_log
-        if log is not None:
+        if log is not None or meters is not None:
             started = time.perf_counter()
+        if log is not None:
             log = log.bind(node_id=node.id, node_type=node.type, path=frame.path)
             if span is not None:
-                trace_id, span_id, _ = span.ids
-                log = log.bind(trace_id=trace_id, span_id=span_id)
+                log = bind_span(log, span)
             log.info("node.started")
         record = history.record
         outcome = "failed"
         error: Exception | None = None
+        ending: dict[str, Any] | None = None  # span attributes known only at the end
         try:
             started_payload: dict[str, Any] = {"node_type": node.type}
             if frame.resume is not None:
@@ -515,16 +612,23 @@ class Run:
                 next_id = await self._executors[node.type](node, frame)
             except Exception as exc:
                 error = exc
+                if isinstance(exc, TimeoutError):
+                    outcome = "timed_out"
+                ending = {ERROR_HANDLED: False}
                 record(
                     "node_failed",
                     node.id,
                     frame.path,
                     {"node_type": node.type, "error": describe_exception(exc)},
                 )
-                return self._route_error(node, frame, exc)
+                routed = self._route_error(node, frame, exc)
+                ending[ERROR_HANDLED] = True
+                return routed
             except BaseException as exc:  # looked at and re-raised (see _run_root)
                 if is_cancellation(exc, self.backend.cancelled):
                     outcome = self.stop_outcome
+                    if span is not None or log is not None:
+                        ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     record("node_cancelled", node.id, frame.path, {"node_type": node.type})
                 raise
             outcome = "succeeded"
@@ -533,15 +637,20 @@ class Run:
             if frame.branch is not None:
                 # Which condition matched (its index, or "else"), for coverage tools.
                 finished["branch"] = frame.branch
+                if span is not None:
+                    ending = {CONDITION_BRANCH: str(frame.branch), NEXT_NODE: next_id or ""}
                 frame.branch = None
             record("node_finished", node.id, frame.path, finished)
             return next_id
         finally:
+            if self._cancel_reasons:
+                self._cancel_reasons.pop(f"{frame.path}/{node.id}" if frame.path else node.id, None)
+            if meters is not None:  # before the span ends: the span is the exemplar
+                node_measured(meters, frame.scope.pipeline.name, node, outcome, started)
             if span is not None:
-                Tracing.end(span, outcome, error)
+                Tracing.end(span, outcome, error, ending)
             if log is not None:
-                duration_ms = round((time.perf_counter() - started) * 1000, 3)
-                log.info("node.finished", outcome=outcome, duration_ms=duration_ms)
+                node_finished(log, outcome, error, ending, time.perf_counter() - started)
 
     def _route_error(self, node: Node, frame: Frame, exc: Exception) -> str:
         """Follow the node's first matching error edge, or re-raise ``exc``."""
@@ -579,6 +688,7 @@ class Run:
         record = self._state.history.record
         outcome = "cancelled"
         error: Exception | None = None
+        ending: dict[str, Any] | None = None
         try:
             record(kind.started, node_id, frame.path, payload)
             try:
@@ -596,6 +706,8 @@ class Run:
             except BaseException as exc:  # looked at and re-raised (see _run_root)
                 if is_cancellation(exc, self.backend.cancelled):
                     outcome = self.stop_outcome
+                    if active is not None:
+                        ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     settle(None, True)
                     record(kind.cancelled, node_id, frame.path, payload)
                 raise
@@ -605,7 +717,7 @@ class Run:
             return True
         finally:
             if active is not None:
-                Tracing.end(active, outcome, error)
+                Tracing.end(active, outcome, error, ending)
 
     # ---------------------------------------------- conditions and terminals
 
@@ -633,5 +745,7 @@ class Run:
         if frame.depth > scope.depth and scope.cancel is not None:
             # A terminal inside a branch ends its whole pipeline (the session,
             # or the subpipeline call it runs in).
+            if scope.depth == 0:
+                self.cancelling("", "terminal_reached")
             scope.cancel.cancel()
         return None

@@ -28,9 +28,18 @@ from stageflow._errors import (
 )
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._specs import StageSpec, event_type_problem
-from stageflow._telemetry import INPUT_TYPE, Tracing
+from stageflow._telemetry import (
+    INPUT_TYPE,
+    OUTCOME,
+    PIPELINE_NAME,
+    WAIT_SECONDS,
+    ActiveSpan,
+    Tracing,
+    input_link,
+)
 
 __all__ = ["StageRuntime", "StageWork"]
 
@@ -101,14 +110,21 @@ class StageRuntime:
     """Waits, sleeps and stage events for one run of a session."""
 
     __slots__ = (
+        "_cut_after",
         "_desk",
         "_history",
         "_limits",
+        "_metrics",
         "_mode",
         "_on_block",
+        "_on_long_block",
+        "_pipeline",
         "_tracing",
         "clock",
+        "long_blocks",
         "sleeping",
+        "stop_outcome",
+        "waits",
     )
 
     def __init__(
@@ -121,6 +137,10 @@ class StageRuntime:
         clock: Callable[[], datetime.datetime],
         tracing: Tracing | None,
         on_block: Callable[[], None] | None,
+        metrics: Metrics | None = None,
+        pipeline: str = "",
+        on_long_block: Callable[[], None] | None = None,
+        cut_after: float = 0.0,
     ) -> None:
         self._desk = desk
         self._history = history
@@ -130,6 +150,15 @@ class StageRuntime:
         # are absolute times on it.
         self.clock = clock
         self._tracing = tracing
+        self._metrics = metrics
+        self._pipeline = pipeline  # the session's pipeline name, for metric attributes
+        self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
+        # Called when a position starts a wait that may cut the trace into
+        # segments: an input wait, or a timer longer than cut_after seconds.
+        self._on_long_block = on_long_block
+        self._cut_after = cut_after
+        self.long_blocks = 0  # positions blocked in such waits right now
+        self.stop_outcome = "cancelled"  # how a wait span ends when the run is torn down
         # Called when a position starts waiting or sleeping (suspend mode only).
         self._on_block = on_block
         self.sleeping = 0  # positions sleeping right now
@@ -173,6 +202,8 @@ class StageRuntime:
             record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
             if tracing is not None:
                 tracing.add_event("input_received", {INPUT_TYPE: type})
+                if broker.taken_sender is not None:
+                    input_link(broker.taken_sender)
             return payload
         if restored_deadline and remaining is not None and remaining <= 0:
             # Restored after its deadline: it times out now (it does not block,
@@ -180,14 +211,31 @@ class StageRuntime:
             await anyio.lowlevel.checkpoint()
             raise self._timed_out(work, type, timeout)
         waiter = Waiter(node_id, path, spec, entry)
-        broker.add(type, waiter)
-        record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
+        wait_span: ActiveSpan | None = None
         if tracing is not None:
             tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
+            # Human wait time, apart from the stage's work (a cut ends it for good).
+            wait_span = tracing.start(f"wait {type}", {INPUT_TYPE: type}, revivable=False)
+        broker.add(type, waiter)
+        # An input wait without a short timeout may cut the trace (see _segments).
+        long = self._on_long_block is not None and (
+            remaining is None or remaining > self._cut_after
+        )
+        if long:
+            self.long_blocks += 1
+            self._on_long_block()  # type: ignore[misc]
+        record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
         timer = work.timer
         if timer is not None:
             timer.pause()
         timed_out = False
+        meters = self._metrics
+        if meters is not None or wait_span is not None:
+            wait_started = anyio.current_time()
+        if meters is not None:
+            self.waits += 1
+            if self.waits == 1:
+                meters.waiting.add(1, {PIPELINE_NAME: self._pipeline})
         try:
             if self._on_block is not None:
                 self._on_block()
@@ -201,14 +249,39 @@ class StageRuntime:
                 timed_out = scope.cancelled_caught and not waiter.arrived.is_set()
         finally:
             broker.discard(type, waiter)
+            if long:
+                self.long_blocks -= 1
             if timer is not None:
                 timer.resume()
+            if wait_span is not None:
+                arrived = waiter.arrived.is_set()
+                Tracing.end(
+                    wait_span,
+                    "succeeded" if arrived else "timed_out" if timed_out else self.stop_outcome,
+                )
+            if meters is not None:
+                self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
         if timed_out:
             raise self._timed_out(work, type, timeout)
         record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
-            tracing.add_event("input_received", {INPUT_TYPE: type})
+            waited = round(anyio.current_time() - wait_started, 6)
+            tracing.add_event("input_received", {INPUT_TYPE: type, WAIT_SECONDS: waited})
+            if waiter.sender is not None:
+                input_link(waiter.sender)
         return waiter.payload
+
+    def _waited(
+        self, meters: Metrics, work: StageWork, type: str, seconds: float, waiter: Waiter
+    ) -> None:
+        """Measure a wait that ended (in the stage's span: it is the exemplar)."""
+        self.waits -= 1
+        if self.waits == 0:
+            meters.waiting.add(-1, {PIPELINE_NAME: self._pipeline})
+        outcome = "received" if waiter.arrived.is_set() else "not_received"
+        meters.input_wait.record(
+            seconds, {PIPELINE_NAME: self._pipeline, INPUT_TYPE: type, OUTCOME: outcome}
+        )
 
     def _timed_out(self, work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
         """Record ``input_timeout``; the error to raise."""
@@ -257,12 +330,19 @@ class StageRuntime:
             await anyio.lowlevel.checkpoint()
             return
         self.sleeping += 1
+        long = self._on_long_block is not None and seconds > self._cut_after
+        if long:
+            self.long_blocks += 1
         try:
+            if long:
+                self._on_long_block()  # type: ignore[misc]
             if self._on_block is not None:
                 self._on_block()
             await anyio.sleep(seconds)
         finally:
             self.sleeping -= 1
+            if long:
+                self.long_blocks -= 1
 
     def seconds_until(self, deadline: str) -> float:
         """Seconds from now to an ISO deadline (0 when it has passed)."""

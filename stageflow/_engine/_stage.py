@@ -39,7 +39,7 @@ from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
 from stageflow._stages import BaseStage, StageContext, StageEntry
-from stageflow._telemetry import ATTEMPT
+from stageflow._telemetry import ATTEMPT, NODE_ID, PIPELINE_NAME
 
 __all__ = ["StageExecutor"]
 
@@ -120,6 +120,10 @@ class StageExecutor:
                         "error": describe_exception(exc),
                     },
                 )
+                if kernel.metrics is not None:
+                    kernel.metrics.retries.add(
+                        1, {PIPELINE_NAME: frame.scope.pipeline.name, NODE_ID: node.id}
+                    )
                 if kernel.tracing is not None:
                     kernel.tracing.add_event(
                         "retry",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import random
 from collections.abc import Callable
-from typing import Any, Final, Protocol, TypedDict
+from typing import Any, Final, NotRequired, Protocol, TypedDict
 
 import anyio.lowlevel
 
@@ -23,9 +23,11 @@ from stageflow._engine._positions import FramePosition
 from stageflow._errors import StageflowError, describe_exception
 from stageflow._events import History
 from stageflow._json import copy_json
+from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
+from stageflow._segments import OpenSpan
 from stageflow._stages import StageEntry
 from stageflow._telemetry import Tracing
 
@@ -57,10 +59,12 @@ class FinalPosition(TypedDict):
 
 
 class TraceIds(TypedDict):
-    """The root span of the run that took a snapshot."""
+    """The root span of the run that took a snapshot, and the spans open then (live ones)."""
 
     trace_id: str
     span_id: str
+    open: NotRequired[list[OpenSpan]]
+    seen: NotRequired[int]  # when a live snapshot was taken (ns since the epoch)
 
 
 class Saved(TypedDict):
@@ -117,6 +121,7 @@ class SessionState:
         "history",
         "last_node",
         "limits",
+        "metrics",
         "mode",
         "outcome",
         "pipeline",
@@ -143,6 +148,7 @@ class SessionState:
         seed: int | None,
         clock: Callable[[], datetime.datetime],
         tracing: Tracing | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.entries = entries  # the registry entry of every stage node, by node identity
@@ -151,10 +157,14 @@ class SessionState:
         self.mode = mode
         self.ctx = Context(payload)
         self.tracing = tracing
+        self.metrics = metrics
         self.history = History(session_id, tracing=tracing)
         self.desk = InputDesk(
             self.history, limits, mode, [entry.spec for entry in entries.values()]
         )
+        # A traced session links each stage that gets an input to the span that sent it.
+        self.desk.broker.trace_senders = tracing is not None
+        self.desk.metrics = metrics
         self.seed = seed
         self.rng: random.Random | None = None  # built when a jittered retry needs it
         self.draws = 0  # numbers drawn from it (a snapshot replays them)

@@ -1,0 +1,305 @@
+"""Trace segments: no span stays open across a long wait; open spans survive a crash.
+
+A run that waits (for a person's input, or a long timer) with nothing else
+to do has its open spans ended at once (``stageflow.outcome = waiting``) and
+exported: the run is cut into segments. Every span of a traced run is a
+:class:`SegmentedSpan`, a span whose *incarnation* (the SDK span behind it)
+can end at a cut and be started again, lazily, the first time the run uses
+it afterwards (a child span, an event, its end). The incarnations after a cut
+form the next segment: a new trace whose root, ``run {pipeline}``, links to
+the previous segment's root; every revived span links to its previous
+incarnation. The ids events are stamped with are those of the incarnation
+current at the time.
+
+A live snapshot lists the incarnations open at that moment (``trace.open``).
+If the process dies, they are never exported; restoring the snapshot
+rebuilds them with their original ids and exports them once
+(:func:`rebuild`), so no exported span has a missing parent and the restored
+run's link has a target. Keeping an id takes the provider's cooperation: the
+SDK draws ids from its id generator, and :class:`RestoringIdGenerator`-style
+generators (``stageflow.tracing`` installs one) ask :func:`wanted_ids` first.
+
+``docs/observability.md`` describes the model for users.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import Any, Final, TypedDict
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, Status, Tracer
+from opentelemetry.util.types import Attributes
+
+__all__ = [
+    "OUTCOME_INTERRUPTED",
+    "OUTCOME_WAITING",
+    "REBUILT",
+    "SEGMENT",
+    "OpenSpan",
+    "SegmentedSpan",
+    "Segments",
+    "rebuild",
+    "wanted_ids",
+]
+
+SEGMENT: Final = "stageflow.segment"
+REBUILT: Final = "stageflow.span.rebuilt"
+OUTCOME_WAITING: Final = "waiting"
+OUTCOME_INTERRUPTED: Final = "interrupted"
+_OUTCOME: Final = "stageflow.outcome"
+_LINK_KIND: Final = "stageflow.link.kind"
+
+# (trace id, span id) the next span started in this context must get (a rebuild).
+_WANTED: Final[ContextVar[tuple[int, int] | None]] = ContextVar(
+    "stageflow_wanted_span_ids", default=None
+)
+
+
+def wanted_ids() -> tuple[int, int] | None:
+    """The ``(trace_id, span_id)`` a span being rebuilt needs, for an id generator."""
+    return _WANTED.get()
+
+
+class OpenSpan(TypedDict):
+    """An open span as a live snapshot keeps it (``trace.open``)."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    start: int  # nanoseconds since the epoch
+    attributes: dict[str, Any]
+
+
+def _hex_ids(context: SpanContext) -> tuple[str, str]:
+    return context.trace_id.to_bytes(16, "big").hex(), context.span_id.to_bytes(8, "big").hex()
+
+
+class SegmentedSpan(Span):
+    """A span that a segment cut can end and the run's next use can start again."""
+
+    def __init__(
+        self,
+        segments: Segments,
+        parent: SegmentedSpan | None,
+        name: str,
+        attributes: dict[str, Any],
+        span: Span,
+        revivable: bool,
+    ) -> None:
+        self.segments = segments
+        self.owner = parent  # the enclosing stageflow span (None: the run's root)
+        self.name = name
+        self.attributes = attributes
+        self.span: Span | None = span  # the incarnation, None after a cut
+        self.previous: SpanContext | None = None  # the incarnation a cut ended
+        self.revivable = revivable  # a wait span is not started again after a cut
+        self.ids = _span_ids(span)
+
+    @property
+    def parent(self) -> SpanContext | None:
+        """The parent of the current incarnation (as the SDK's ``Span.parent``)."""
+        return getattr(self.live(), "parent", None)
+
+    def live(self) -> Span:
+        """The current incarnation, started again if a cut ended it."""
+        span = self.span
+        if span is None:
+            span = self._revive()
+        return span
+
+    def _revive(self) -> Span:
+        segments = self.segments
+        owner = self.owner
+        attributes = dict(self.attributes)
+        links = []
+        if owner is None:
+            # The root of a new segment: a new trace, linked to the previous one.
+            segments.segment += 1
+            attributes[SEGMENT] = segments.segment
+            context = otel_context.Context()
+            kind = "previous_segment"
+        else:
+            context = trace.set_span_in_context(owner)  # starts the owner again first
+            kind = "continues"
+        if self.previous is not None:
+            links.append(Link(self.previous, {_LINK_KIND: kind}))
+        span = segments.tracer.start_span(
+            self.name, context=context, attributes=attributes, links=links
+        )
+        self.span = span
+        self.ids = _span_ids(span)
+        segments.open[self] = None
+        if owner is None:
+            segments.on_root(self)
+        return span
+
+    # -- the Span interface: every use goes to the live incarnation
+
+    def get_span_context(self) -> SpanContext:
+        """The current incarnation's context (a child started now is its child)."""
+        return self.live().get_span_context()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Set an attribute (kept for the incarnations to come)."""
+        self.attributes[key] = value
+        self.live().set_attribute(key, value)
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:  # type: ignore[override]
+        """Set attributes (kept for the incarnations to come)."""
+        self.attributes.update(attributes)
+        self.live().set_attributes(attributes)
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        """Add an event to the current incarnation."""
+        self.live().add_event(name, attributes, timestamp)
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        """Add a link to the current incarnation."""
+        self.live().add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        """Rename the span (and the incarnations to come)."""
+        self.name = name
+        self.live().update_name(name)
+
+    def is_recording(self) -> bool:
+        """Whether the current incarnation records (false between a cut and the next use)."""
+        return self.span is not None and self.span.is_recording()
+
+    def set_status(self, status: Status | Any, description: str | None = None) -> None:
+        """Set the status of the current incarnation."""
+        self.live().set_status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        """Record an exception on the current incarnation."""
+        self.live().record_exception(exception, attributes, timestamp, escaped)
+
+    def end(self, end_time: int | None = None) -> None:
+        """End the span for good (a wait span cut earlier stays as the cut ended it)."""
+        span = self.span
+        if span is None:
+            if not self.revivable:
+                return
+            span = self._revive()
+        span.end(end_time)
+        self.segments.open.pop(self, None)
+        self.span = None
+
+
+class Segments:
+    """The open spans of one traced run, and where its waits cut it."""
+
+    __slots__ = ("on_root", "open", "segment", "threshold", "tracer")
+
+    def __init__(
+        self, tracer: Tracer, threshold: float, on_root: Callable[[SegmentedSpan], None]
+    ) -> None:
+        self.tracer = tracer
+        self.threshold = threshold  # a timer (or input timeout) this long or shorter never cuts
+        self.on_root = on_root  # told when a new segment's root starts
+        self.open: dict[SegmentedSpan, None] = {}  # live incarnations, parents first
+        self.segment = 1
+
+    def start(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        links: Sequence[Link] | None = None,
+        revivable: bool = True,
+    ) -> SegmentedSpan:
+        """Start a span under the current one (not made current: the caller does that)."""
+        current = trace.get_current_span()
+        owner = current if isinstance(current, SegmentedSpan) else None
+        if owner is not None and owner.segments is not self:
+            owner = None  # another run's span (a session run from inside a stage)
+        span = self.tracer.start_span(name, attributes=attributes, links=links)
+        wrapper = SegmentedSpan(self, owner, name, attributes, span, revivable)
+        self.open[wrapper] = None
+        return wrapper
+
+    def cut(self) -> None:
+        """End every live incarnation (children first): the segment is over."""
+        for wrapper in reversed(list(self.open)):
+            span = wrapper.span
+            if span is None:
+                continue
+            span.set_attribute(_OUTCOME, OUTCOME_WAITING)
+            wrapper.previous = span.get_span_context()
+            span.end()
+            wrapper.span = None
+        self.open.clear()
+
+    def snapshot(self) -> list[OpenSpan]:
+        """The live incarnations, parents first, as a snapshot keeps them."""
+        spans: list[OpenSpan] = []
+        for wrapper in self.open:
+            trace_id, span_id, parent = wrapper.ids
+            spans.append(
+                {
+                    "name": wrapper.name,
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                    "parent_span_id": parent,
+                    "start": getattr(wrapper.span, "start_time", None) or time.time_ns(),
+                    "attributes": {k: v for k, v in wrapper.attributes.items() if k != _OUTCOME},
+                }
+            )
+        return spans
+
+
+def _span_ids(span: Span) -> tuple[str, str, str | None]:
+    trace_id, span_id = _hex_ids(span.get_span_context())
+    parent = getattr(span, "parent", None)
+    return trace_id, span_id, (parent.span_id.to_bytes(8, "big").hex() if parent else None)
+
+
+def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
+    """Export the spans a crashed process left open, with their ids; how many were.
+
+    Each ends at ``end`` (when the snapshot was taken: the last moment it
+    was known to be open) with ``stageflow.outcome = interrupted``. A
+    provider whose id generator does not honour :func:`wanted_ids` gets
+    nothing: a span that did not get its id is left unended, so never
+    exported, and the rebuild stops.
+    """
+    done = 0
+    for record in spans:
+        trace_id, span_id = int(record["trace_id"], 16), int(record["span_id"], 16)
+        parent_id = record["parent_span_id"]
+        if parent_id is None:
+            context = otel_context.Context()
+        else:
+            parent = SpanContext(
+                trace_id,
+                int(parent_id, 16),
+                is_remote=True,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+            context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        attributes = {**record["attributes"], _OUTCOME: OUTCOME_INTERRUPTED, REBUILT: True}
+        token = _WANTED.set((trace_id, span_id))
+        try:
+            span = tracer.start_span(
+                record["name"], context=context, attributes=attributes, start_time=record["start"]
+            )
+        finally:
+            _WANTED.reset(token)
+        got = span.get_span_context()
+        if (got.trace_id, got.span_id) != (trace_id, span_id):
+            return done
+        span.end(end_time=max(end, record["start"]))
+        done += 1
+    return done

@@ -1,0 +1,168 @@
+"""Log lines of failed runs: one ERROR line with the traceback, session lines, trace flags."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+from fakes import doc, fake_registry, load, parallel, stage, terminal
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+import stageflow
+import stageflow.logging
+from stageflow.cli import main
+
+pytestmark = pytest.mark.anyio
+
+FAILING = doc(
+    [
+        parallel("fan", ["ok", "bad"], next="end"),
+        stage("ok", "Set", config={"values": {}}),
+        stage("bad", "Fail", config={"message": "no luck"}),
+        terminal(),
+    ]
+)
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield tracer_provider
+    tracer_provider.shutdown()
+
+
+async def _logged_run(
+    document: dict[str, Any], provider: TracerProvider | None
+) -> tuple[stageflow.SessionResult, list[dict[str, Any]], str]:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    result = await session.run()
+    raw = out.getvalue()
+    return result, [json.loads(line) for line in raw.splitlines()], raw
+
+
+async def test_a_failed_node_is_one_error_line_with_its_traceback_and_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    result, lines, _ = await _logged_run(FAILING, provider)
+    assert result.status is stageflow.SessionStatus.FAILED
+    errors = [
+        line for line in lines if line["level"] == "error" and line["event"] == "node.finished"
+    ]
+    [line] = errors
+    assert line["node_id"] == "bad"
+    assert line["error_type"] == "StageError"
+    assert "no luck" in line["error"]
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "ValueError: no luck" in line["exception"]
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
+    assert line["span_id"] == f"{span.context.span_id:016x}"
+    # The nodes the failure crossed say so without repeating the traceback.
+    fan = [x for x in lines if x.get("node_id") == "fan" and x["event"] == "node.finished"]
+    assert fan[0]["level"] == "info"
+    assert "exception" not in fan[0]
+
+
+async def test_a_session_is_a_start_and_an_end_line_with_its_status(
+    provider: TracerProvider,
+) -> None:
+    _, lines, _ = await _logged_run(FAILING, provider)
+    started = [x for x in lines if x["event"] == "session.started"]
+    finished = [x for x in lines if x["event"] == "session.finished"]
+    assert len(started) == len(finished) == 1
+    assert finished[0]["level"] == "error"
+    assert finished[0]["status"] == "failed"
+    assert finished[0]["error_type"] == "StageError"
+    assert "exception" not in finished[0]  # the node's line has it
+
+
+async def test_a_completed_session_ends_with_an_info_line(provider: TracerProvider) -> None:
+    _, lines, _ = await _logged_run(doc([terminal()]), provider)
+    [finished] = [x for x in lines if x["event"] == "session.finished"]
+    assert finished["level"] == "info"
+    assert finished["status"] == "completed"
+
+
+async def test_every_line_in_a_span_has_trace_flags_and_event_first(
+    provider: TracerProvider,
+) -> None:
+    _, lines, raw = await _logged_run(FAILING, provider)
+    # W3C trace flags: bit 0 is "sampled" (the SDK also sets bit 1, "random trace id").
+    assert all(int(line["trace_flags"], 16) & 1 for line in lines)
+    assert all(text.startswith('{"event": ') for text in raw.splitlines())
+
+
+async def test_a_sampled_out_run_logs_trace_flags_00() -> None:
+    sampled_out = TracerProvider(sampler=ALWAYS_OFF)
+    _, lines, _ = await _logged_run(FAILING, sampled_out)
+    assert lines
+    assert not any(int(line["trace_flags"], 16) & 1 for line in lines)
+
+
+async def test_a_routed_failure_is_a_warning(provider: TracerProvider) -> None:
+    document = doc([stage("bad", "Fail", next="end"), terminal(), terminal("handler")])
+    document["nodes"][0]["on_error"] = [{"errors": ["ValueError"], "next": "handler"}]
+    _, lines, _ = await _logged_run(document, provider)
+    [line] = [x for x in lines if x.get("node_id") == "bad" and x["event"] == "node.finished"]
+    assert line["level"] == "warning"
+    assert line["handled"] is True
+    assert not [x for x in lines if x["level"] == "error"]
+
+
+def _failing_cli_files(tmp_path: Path) -> tuple[str, str]:
+    pipeline = tmp_path / "fail.json"
+    pipeline.write_text(json.dumps(doc([stage("a", "cli_fail", next="end"), terminal()])))
+    stages = tmp_path / "cli_fail_stages.py"
+    stages.write_text(
+        "import stageflow\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('cli_fail')\n"
+        "async def cli_fail(ctx):\n"
+        "    raise ValueError('deep trouble')\n"
+    )
+    return str(pipeline), str(stages)
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [((), False), (("--traceback",), True), (("--log-level", "debug"), True)],
+    ids=["default", "--traceback", "--log-level debug"],
+)
+def test_the_cli_shows_the_stage_traceback_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], shown: bool
+) -> None:
+    pipeline, stages = _failing_cli_files(tmp_path)
+    code = main(["run", pipeline, "--stages", stages, "--no-live", *options])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "node.finished" in err  # the ERROR line, always
+    assert ("raise ValueError('deep trouble')" in err) is shown
+
+
+def test_the_cli_json_log_lines_start_with_the_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline, stages = _failing_cli_files(tmp_path)
+    main(["run", pipeline, "--stages", stages, "--log-format", "json", "--traceback"])
+    lines = [json.loads(text) for text in capsys.readouterr().err.splitlines() if text]
+    assert all(next(iter(line)) == "event" for line in lines)
+    [error] = [x for x in lines if x["level"] == "error" and x["event"] == "node.finished"]
+    assert "deep trouble" in error["exception"]

@@ -1,0 +1,203 @@
+"""Metrics through the OpenTelemetry API: values from the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import stageflow
+from stageflow._metrics import INSTRUMENTS
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
+    provider = MeterProvider(metric_readers=[reader])
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    found: dict[str, list[Any]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            assert scope.scope.name == "stageflow"
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
+def _registry() -> stageflow.StageRegistry:
+    registry = fake_registry()
+    registry.add(stageflow.WaitStage, name="Wait")
+    calls = {"n": 0}
+
+    @registry.register("Flaky")
+    async def flaky(ctx: stageflow.StageContext) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("first try fails")
+        return {}
+
+    return registry
+
+
+REFERENCE = doc(
+    [
+        stage("flaky", "Flaky", next="fan"),
+        parallel("fan", ["a", "b"], next="end"),
+        stage("a", "Set", config={"values": {}}),
+        stage("b", "Set", config={"values": {}}),
+        terminal(),
+    ],
+    metadata={"name": "metered"},
+)
+REFERENCE["nodes"][0]["retry"] = {"attempts": 2, "delay": 0}
+
+
+async def test_a_reference_run_measures_nodes_retries_and_the_session(
+    meter_provider: MeterProvider,
+    reader: InMemoryMetricReader,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    registry = _registry()
+    session = stageflow.Session(
+        load(REFERENCE, registry),
+        registry=registry,
+        meter_provider=meter_provider,
+        tracer_provider=tracer_provider,
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    found = points(reader)
+
+    durations = {p.attributes["stageflow.node.id"]: p for p in found["stageflow.node.duration"]}
+    assert set(durations) == {"flaky", "fan", "a", "b", "end"}
+    assert durations["fan"].attributes == {
+        "stageflow.pipeline.name": "metered",
+        "stageflow.node.type": "parallel",
+        "stageflow.node.id": "fan",
+        "stageflow.outcome": "succeeded",
+    }
+    assert all(p.count == 1 for p in durations.values())
+
+    # Each node's duration carries its node span as the exemplar.
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    for node_id, name in [("flaky", "stage flaky"), ("fan", "parallel fan"), ("a", "stage a")]:
+        [exemplar] = durations[node_id].exemplars
+        assert exemplar.span_id == spans[name].context.span_id
+        assert exemplar.trace_id == spans[name].context.trace_id
+
+    [retries] = found["stageflow.node.retries"]
+    assert retries.value == 1
+    assert retries.attributes == {
+        "stageflow.pipeline.name": "metered",
+        "stageflow.node.id": "flaky",
+    }
+
+    [run] = found["stageflow.session.duration"]
+    assert run.count == 1
+    assert run.attributes == {
+        "stageflow.pipeline.name": "metered",
+        "stageflow.session.status": "completed",
+    }
+    [active] = found["stageflow.sessions.active"]
+    assert active.value == 0
+
+
+async def test_a_failed_node_is_measured_with_its_outcome(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    registry = _registry()
+    document = doc([stage("bad", "Fail", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, meter_provider=meter_provider
+    )
+    await session.run()
+    [bad] = [
+        p
+        for p in points(reader)["stageflow.node.duration"]
+        if p.attributes["stageflow.node.id"] == "bad"
+    ]
+    assert bad.attributes["stageflow.outcome"] == "failed"
+    [run] = points(reader)["stageflow.session.duration"]
+    assert run.attributes["stageflow.session.status"] == "failed"
+
+
+WAITING = doc([stage("ask", "Wait", next="end", outputs={"payload": "answer"}), terminal()])
+WAITING["nodes"][0]["config"] = {"input": "answer"}
+
+
+@pytest.mark.trio_only
+async def test_input_waits_waiting_sessions_and_rejections_are_measured(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry), registry=registry, meter_provider=meter_provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "answer")
+        [waiting] = points(reader)["stageflow.sessions.waiting"]
+        assert waiting.value == 1
+        await anyio.sleep(3600)  # virtual time: an hour of human wait
+        with pytest.raises(stageflow.InputRejectedError):
+            session.send_input("answer", {"bad": float("nan")})
+        session.send_input("answer", {"text": "yes"})
+    found = points(reader)
+    [waiting] = found["stageflow.sessions.waiting"]
+    assert waiting.value == 0
+    [wait] = found["stageflow.input.wait.duration"]
+    assert wait.count == 1
+    assert wait.sum == pytest.approx(3600, abs=1)
+    assert wait.attributes == {
+        "stageflow.pipeline.name": "pipeline",
+        "stageflow.input.type": "answer",
+        "stageflow.outcome": "received",
+    }
+    [rejected] = found["stageflow.inputs.rejected"]
+    assert rejected.value == 1
+    assert rejected.attributes == {
+        "stageflow.input.type": "answer",
+        "stageflow.input.reject_reason": "not_json",
+    }
+
+
+def test_every_instrument_is_in_the_catalogue() -> None:
+    from pathlib import Path
+
+    catalogue = (Path(__file__).parents[1] / "tracing" / "CATALOGUE.md").read_text()
+    missing = [name for name in INSTRUMENTS if f"`{name}`" not in catalogue]
+    assert not missing

@@ -1,0 +1,68 @@
+"""stageflow.tracing.configure_metrics and OTLP/HTTP out of the box."""
+
+from __future__ import annotations
+
+import io
+import tomllib
+from pathlib import Path
+
+import pytest
+from fakes import doc, fake_registry, load, stage, terminal
+from otlp_receiver import OtlpReceiver
+
+import stageflow
+import stageflow.tracing
+
+ROOT = Path(__file__).parents[1]
+DOCUMENT = doc([stage("s", "Set", next="end", config={"values": {}}), terminal()])
+
+
+def _run(meter_provider: object) -> None:
+    import anyio
+
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(DOCUMENT, registry),
+        registry=registry,
+        meter_provider=meter_provider,  # type: ignore[arg-type]
+    )
+    anyio.run(session.run)
+
+
+def test_otlp_http_is_a_plain_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [r.split(">")[0].split("=")[0].strip() for r in project["dependencies"]]
+    assert "opentelemetry-exporter-otlp-proto-http" in names
+
+
+def test_console_metrics_show_stageflow_instruments() -> None:
+    out = io.StringIO()
+    provider = stageflow.tracing.configure_metrics(
+        exporter="console", set_global=False, console_stream=out
+    )
+    try:
+        _run(provider)
+        assert provider.force_flush()
+    finally:
+        provider.shutdown()
+    text = out.getvalue()
+    assert "stageflow.node.duration" in text
+    assert "stageflow.session.duration" in text
+
+
+def test_otlp_metrics_go_to_the_metrics_url(otlp_receiver: OtlpReceiver) -> None:
+    provider = stageflow.tracing.configure_metrics(
+        endpoint=f"{otlp_receiver.base_url}/v1/metrics", set_global=False
+    )
+    try:
+        _run(provider)
+        provider.force_flush()
+    finally:
+        provider.shutdown()
+    # The test receiver answers traces only: the metrics request is seen, and refused.
+    assert [r.path for r in otlp_receiver.rejected][:1] == ["/v1/metrics"]
+
+
+def test_configure_metrics_rejects_an_unknown_exporter() -> None:
+    with pytest.raises(stageflow.TracingSetupError, match="unknown exporter"):
+        stageflow.tracing.configure_metrics(exporter="carrier-pigeon", set_global=False)  # type: ignore[arg-type]

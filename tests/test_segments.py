@@ -1,0 +1,320 @@
+"""Long waits cut a run's trace into linked segments; a restore rebuilds the spans a crash lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import anyio
+import pytest
+from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import stageflow
+import stageflow.tracing
+
+pytestmark = pytest.mark.anyio
+
+ROOT_LINK = {"stageflow.link.kind": "previous_segment"}
+CONTINUES = {"stageflow.link.kind": "continues"}
+
+
+class Traced:
+    """A provider (with stageflow's id generator) and its in-memory exporter."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider(id_generator=stageflow.tracing.RestoringIdGenerator())
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    kit = Traced()
+    yield kit
+    kit.provider.shutdown()
+
+
+def _registry() -> stageflow.StageRegistry:
+    registry = fake_registry()
+    registry.add(stageflow.WaitStage, name="Wait")
+    registry.add(stageflow.SleepStage, name="Sleep")
+    return registry
+
+
+def _session(
+    document: Mapping[str, Any], traced: Traced, **kw: Any
+) -> tuple[stageflow.Session, stageflow.StageRegistry]:
+    registry = _registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=traced.provider, **kw
+    )
+    return session, registry
+
+
+def _waiting(node_id: str, *, next: str | None = None, **config: Any) -> dict[str, Any]:
+    node = stage(node_id, "Wait", next=next, outputs={"payload": node_id})
+    node["config"] = {"input": "go", **config}
+    return node
+
+
+def _attr(span: ReadableSpan, key: str) -> Any:
+    assert span.attributes is not None
+    return span.attributes.get(key)
+
+
+def orphans(spans: tuple[ReadableSpan, ...]) -> list[str]:
+    """Spans whose parent, or a link's target, is not among the exported spans."""
+    ids = {(s.context.trace_id, s.context.span_id) for s in spans}
+    found = [
+        f"{s.name}: parent"
+        for s in spans
+        if s.parent is not None and (s.parent.trace_id, s.parent.span_id) not in ids
+    ]
+    found += [
+        f"{s.name}: link {link.attributes}"
+        for s in spans
+        for link in s.links
+        if (link.context.trace_id, link.context.span_id) not in ids
+    ]
+    return found
+
+
+def segment_tree(spans: tuple[ReadableSpan, ...]) -> list[list[str]]:
+    """Per trace, in start order: each span as ``name < parent name`` (``name`` for a root)."""
+    by_id = {s.context.span_id: s for s in spans}
+    traces: dict[int, list[ReadableSpan]] = {}
+    for span in sorted(spans, key=lambda s: s.start_time or 0):
+        traces.setdefault(span.context.trace_id, []).append(span)
+    return [
+        [f"{s.name} < {by_id[s.parent.span_id].name}" if s.parent else s.name for s in members]
+        for members in traces.values()
+    ]
+
+
+WAITING = doc([_waiting("ask", next="end"), terminal()])
+
+
+async def test_a_long_wait_cuts_the_trace_into_linked_segments(traced: Traced) -> None:
+    session, _ = _session(WAITING, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        # Mid-wait: everything so far is exported, and every parent with it.
+        mid = traced.spans()
+        assert sorted(s.name for s in mid) == ["run pipeline", "stage ask", "wait go"]
+        assert {_attr(s, "stageflow.outcome") for s in mid} == {"waiting"}
+        assert orphans(mid) == []
+        session.send_input("go", {"ok": True})
+    spans = traced.spans()
+    assert segment_tree(spans) == [
+        ["run pipeline", "stage ask < run pipeline", "wait go < stage ask"],
+        ["run pipeline", "stage ask < run pipeline", "terminal end < run pipeline"],
+    ]
+    assert orphans(spans) == []
+    first, second = [s for s in spans if s.name == "run pipeline"]
+    assert _attr(second, "stageflow.segment") == 2
+    assert [(link.context.span_id, link.attributes) for link in second.links] == [
+        (first.context.span_id, ROOT_LINK)
+    ]
+    ask_before, ask_after = [s for s in spans if s.name == "stage ask"]
+    assert [link.attributes for link in ask_after.links] == [CONTINUES]
+    assert ask_after.links[0].context.span_id == ask_before.context.span_id
+    assert _attr(ask_after, "stageflow.outcome") == "succeeded"
+    assert _attr(second, "stageflow.outcome") == "succeeded"
+    # The wait time is on the event that ends it, in the second segment.
+    [received] = [e for e in ask_after.events if e.name == "input_received"]
+    assert received.attributes is not None
+    assert received.attributes["stageflow.wait.seconds"] >= 0
+
+
+async def test_history_events_carry_the_ids_of_their_segment(traced: Traced) -> None:
+    session, _ = _session(WAITING, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        session.send_input("go", {})
+    result_events = {e.type: e for e in session.history}
+    roots = [s for s in traced.spans() if s.name == "run pipeline"]
+    assert result_events["session_started"].trace_id == f"{roots[0].context.trace_id:032x}"
+    assert result_events["session_completed"].trace_id == f"{roots[1].context.trace_id:032x}"
+
+
+async def test_no_threshold_no_segments(traced: Traced) -> None:
+    session, _ = _session(WAITING, traced, trace_wait_threshold=None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        assert traced.spans() == ()  # everything is open across the wait
+        session.send_input("go", {})
+    assert len({s.context.trace_id for s in traced.spans()}) == 1
+
+
+async def test_a_wait_with_a_short_timeout_does_not_cut(traced: Traced) -> None:
+    document = doc([_waiting("ask", next="end", timeout=30), terminal()])
+    session, _ = _session(document, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        assert traced.spans() == ()
+        session.send_input("go", {})
+    assert len({s.context.trace_id for s in traced.spans()}) == 1
+
+
+@pytest.mark.trio_only
+@pytest.mark.parametrize(("seconds", "segments"), [(30, 1), (3600, 2)])
+async def test_only_a_timer_longer_than_the_threshold_cuts(
+    traced: Traced, seconds: int, segments: int
+) -> None:
+    document = doc([stage("nap", "Sleep", next="end", config={"seconds": seconds}), terminal()])
+    session, _ = _session(document, traced)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    spans = traced.spans()
+    assert len({s.context.trace_id for s in spans}) == segments
+    assert orphans(spans) == []
+
+
+async def test_a_working_branch_keeps_the_segment_open_until_it_ends(traced: Traced) -> None:
+    document = doc(
+        [
+            parallel("fan", ["a", "b"], next="end"),
+            _waiting("a"),
+            stage("b", "Set", config={"values": {}, "delay": 5}),
+            terminal(),
+        ]
+    )
+    session, _ = _session(document, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        assert traced.spans() == ()  # branch b works: nothing is cut
+        # Once b ends, only the wait is left: the segment ends.
+        stream = session.events(buffer=0)
+        async for event in stream:
+            if event.type == "branch_finished":
+                break
+        await stream.aclose()
+        names = sorted(s.name for s in traced.spans())
+        assert "run pipeline" in names
+        assert "stage a" in names
+        assert orphans(traced.spans()) == []
+        session.send_input("go", {})
+    assert segment_tree(traced.spans())[1] == [
+        "run pipeline",
+        "parallel fan < run pipeline",
+        "branch fan/a < parallel fan",
+        "stage a < branch fan/a",
+        "terminal end < run pipeline",
+    ]
+    assert orphans(traced.spans()) == []
+
+
+CRASHY = doc(
+    [
+        stage("first", "Set", next="fan", config={"values": {}}),
+        parallel("fan", ["a", "b"], next="end"),
+        _waiting("a"),
+        stage("b", "Set", config={"values": {}, "delay": 5}),
+        terminal(),
+    ]
+)
+
+
+async def _until_started(session: stageflow.Session, node_id: str) -> None:
+    """Block until ``node_id`` has started (its ``node_started`` event; no polling)."""
+    stream = session.events(buffer=0)
+    try:
+        while not any(e.type == "node_started" and e.node_id == node_id for e in session.history):
+            await stream.__anext__()
+    finally:
+        await stream.aclose()
+
+
+async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -> None:
+    session, registry = _session(CRASHY, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        await _until_started(session, "b")  # trio starts the branches in any order
+        snapshot = session.to_dict()  # b still works: spans are open
+        exported_before_crash = traced.spans()
+        tg.cancel_scope.cancel()  # the process "dies": nothing it exports from here counts
+    open_spans = snapshot["trace"]["open"]
+    assert sorted(s["name"] for s in open_spans) == [
+        "branch fan/a",
+        "branch fan/b",
+        "parallel fan",
+        "run pipeline",
+        "stage a",
+        "stage b",
+        "wait go",
+    ]
+    seen: set[str | None] = {None}
+    for span in open_spans:  # parents first: a restore rebuilds them in this order
+        assert span["parent_span_id"] in seen
+        seen.add(span["span_id"])
+    assert sorted(s.name for s in exported_before_crash) == ["stage first"]
+    assert orphans(exported_before_crash) == [
+        "stage first: parent"
+    ]  # its run span died with the process
+
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "go")
+        restored.send_input("go", {})
+    after.provider.shutdown()
+    everything = exported_before_crash + after.spans()
+    assert orphans(everything) == []
+    rebuilt = [s for s in after.spans() if _attr(s, "stageflow.span.rebuilt")]
+    assert [f"{s.context.span_id:016x}" for s in rebuilt] == [s["span_id"] for s in open_spans]
+    assert {_attr(s, "stageflow.outcome") for s in rebuilt} == {"interrupted"}
+    ids = [(s.context.trace_id, s.context.span_id) for s in everything]
+    assert len(ids) == len(set(ids))  # each span exported once
+    # The restored run links to the (rebuilt) root of the run that took the snapshot.
+    new_root = next(
+        s
+        for s in after.spans()
+        if s.name == "run pipeline" and not _attr(s, "stageflow.span.rebuilt")
+    )
+    assert [link.context.span_id for link in new_root.links] == [
+        int(snapshot["trace"]["span_id"], 16)
+    ]
+
+
+async def test_a_snapshot_taken_in_a_cut_wait_has_nothing_to_rebuild(traced: Traced) -> None:
+    session, _ = _session(WAITING, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        snapshot = session.to_dict()
+        tg.cancel_scope.cancel()
+    assert "open" not in snapshot["trace"]
+
+
+async def test_without_the_id_generator_nothing_is_rebuilt(traced: Traced) -> None:
+    session, registry = _session(CRASHY, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        snapshot = session.to_dict()
+        tg.cancel_scope.cancel()
+    exporter = InMemorySpanExporter()
+    plain = TracerProvider()
+    plain.add_span_processor(SimpleSpanProcessor(exporter))
+    restored = stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=plain)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "go")
+        restored.send_input("go", {})
+    plain.shutdown()
+    assert not [s for s in exporter.get_finished_spans() if _attr(s, "stageflow.span.rebuilt")]
