@@ -245,7 +245,7 @@ async def test_a_schema_from_a_newer_stageflow_is_refused(make_store: Any) -> No
     await store.migrate()  # idempotent
     # A newer stageflow wrote version 99.
     await _bump_schema(store, 99)
-    with pytest.raises(StoreSchemaError, match="schema version 99.*upgrade stageflow"):
+    with pytest.raises(StoreSchemaError, match=r"schema version 99.*upgrade stageflow"):
         await make_store().migrate()
 
 

@@ -40,10 +40,11 @@ class Gate(stageflow.BaseStage):
     async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
         key = getattr(ctx, "execution_key", None)
         line = {"pid": os.getpid(), "node": ctx.node_id, "execution_key": key}
-        with open(ctx.config["marks"], "a") as marks:
-            marks.write(json.dumps(line) + "\n")
-        gate = Path(ctx.config["gate"])
-        while not gate.exists():  # a file poll: the test opens the gate
+        async with await anyio.open_file(ctx.config["marks"], "a") as marks:
+            await marks.write(json.dumps(line) + "\n")
+        gate = anyio.Path(ctx.config["gate"])
+        # A file poll, not a timed sleep: it ends when the test (another process) opens the gate.
+        while not await gate.exists():  # noqa: ASYNC110
             await anyio.sleep(0.01)
         return {"gated": True}
 
