@@ -104,12 +104,18 @@ class SessionService:
         )
 
     async def wait(
-        self, session_id: str, *, seq: int | None = None, timeout: float
+        self,
+        session_id: str,
+        *,
+        seq: int | None = None,
+        finished: bool = False,
+        timeout: float,
     ) -> StoredSession:
         """Wait until input ``seq`` is recorded in a saved turn, or the session has finished.
 
         Without ``seq``: until every input sent so far is recorded (and at
-        least one turn was saved). For request/response handlers.
+        least one turn was saved). For request/response handlers. With
+        ``finished=True``: until the session has ended (timers included).
 
         Raises:
             TimeoutError: not within ``timeout`` seconds.
@@ -121,7 +127,7 @@ class SessionService:
             target = stored.inbox_head if seq is None else seq
             while not (
                 stored.finished
-                or (stored.inbox_done >= target and stored.version > 0 and not stored.lease_owner)
+                or (not finished and stored.inbox_done >= target and stored.version > 0 and not stored.lease_owner)
             ):
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _MAX_POLL)
