@@ -22,6 +22,11 @@ _MIN_POLL = 0.005
 _MAX_POLL = 0.2
 
 
+def _recorded(stored: StoredSession, seq: int) -> bool:
+    """Whether input ``seq`` is in a saved turn and no turn is running."""
+    return stored.inbox_done >= seq and stored.version > 0 and stored.lease_owner is None
+
+
 class SessionService:
     """Start, feed, cancel and read stored sessions, from any process.
 
@@ -125,10 +130,7 @@ class SessionService:
         with anyio.fail_after(timeout):
             stored = await self.store.get(session_id)
             target = stored.inbox_head if seq is None else seq
-            while not (
-                stored.finished
-                or (not finished and stored.inbox_done >= target and stored.version > 0 and not stored.lease_owner)
-            ):
+            while not (stored.finished or (not finished and _recorded(stored, target))):
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _MAX_POLL)
                 stored = await self.store.get(session_id)
