@@ -133,6 +133,11 @@ class Worker:
         """Counters of what this worker did."""
         return WorkerStatistics(running=len(self._turns), **self._counts)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`shutdown` was called (the worker claims no more)."""
+        return self._stopping
+
     def shutdown(self) -> None:
         """Stop claiming; :meth:`run` returns once the turns in flight are saved.
 
