@@ -49,7 +49,7 @@ async def test_a_dropped_listen_connection_is_reopened(
         assert killed == 1
         # The worker notices, reconnects (backoff 0.1 s), re-listens and claims at once.
         with anyio.fail_after(10):
-            while store.listener_reconnects < 2:  # type: ignore[attr-defined]
+            while store.listener_reconnects < 2:  # type: ignore[attr-defined]  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         record = await service.send_input(sid, "msg", {"n": 1})
         stored = await service.wait(sid, seq=record.seq, timeout=10)
