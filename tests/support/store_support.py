@@ -1,4 +1,4 @@
-"""Stages, pipelines and helpers shared by the session store tests (tests/store/).
+"""Stages, pipelines and helpers shared by the session store tests (tests/scaleout/).
 
 Stages block on a file or an input, never on a sleep, so a test that kills
 or freezes a worker knows where it stands.
