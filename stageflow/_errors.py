@@ -38,12 +38,7 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   └── RestoredError               a failure recorded in a snapshot, restored
     ├── ParallelRunError                several branches failed (also ExceptionGroup)
     ├── TracingSetupError               stageflow.tracing.configure cannot set up the SDK
-    ├── LoggingSetupError               a bad stageflow.logging option (also ValueError)
-    └── StoreError                      the session store (stageflow.store) cannot do that
-        ├── SessionNotFoundError        no stored session has that id (also LookupError)
-        ├── SessionFinishedError        the session has ended; it takes no new input
-        ├── StoreUnavailableError       the store URL cannot be opened or reached
-        └── StoreSchemaError            the tables were made by a newer stageflow
+    └── LoggingSetupError               a bad stageflow.logging option (also ValueError)
 
 Messages are built from the attributes and say what happened, where, and
 how to fix it.

@@ -46,7 +46,8 @@ def service() -> Any:
 def ask(service: Any, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     code = service.main(list(argv))
     out, err = capsys.readouterr()
-    return code, json.loads(out) if out else err
+    # The last line: structlog may be configured (by another test) to print to stdout too.
+    return code, json.loads(out.strip().splitlines()[-1]) if out else err
 
 
 def test_a_conversation_one_request_at_a_time(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
@@ -185,6 +186,7 @@ class PostgresStore:
             "-c idle_in_transaction_session_timeout=60000"
         )
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(pool_size)
         self._ready = False
         self._work = Wakeup()
@@ -214,6 +216,10 @@ class PostgresStore:
             ) from exc
 
     def _open_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
+        with self._pool_lock:  # several threads may ask first
+            return self._open_pool_locked()
+
+    def _open_pool_locked(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             self._open_connection().close()  # a clear error when the server is unreachable
             pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (

@@ -151,19 +151,23 @@ class Wakeup:
         self._pending = False
 
     def set(self) -> None:
-        """Wake the waiter (or the next one)."""
+        """Wake the waiters (or the next one)."""
         self._pending = True
-        if self._event is not None:
-            self._event.set()
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
 
     async def wait(self, timeout: float) -> None:
         """Return when set (now, if set since the last wait) or after ``timeout`` seconds."""
         if not self._pending:
-            event = self._event = anyio.Event()
+            if self._event is None:
+                self._event = anyio.Event()
+            event = self._event
             with anyio.move_on_after(max(timeout, 0.0)):
                 await event.wait()
+            if self._event is event:  # timed out: the next wait may run on another loop
+                self._event = None
         self._pending = False
-        self._event = None
 
 
 class SQLiteStore:
