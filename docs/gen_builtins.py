@@ -353,7 +353,7 @@ pipeline = stageflow.Pipeline.from_dict(
     },
     registry=registry,
 )
-session = stageflow.Session(pipeline, registry=registry, payload={"text": "hi"})
+session = stageflow.Session(pipeline, payload={"text": "hi"})
 result = trio.run(session.run)
 assert result.artifacts == {"score": 12}
 ```

@@ -7,8 +7,11 @@ to the graph (``$.nodes[3].next``); the loader re-roots them for subpipelines
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import attrs
 
 from stageflow import jsonlogic
 from stageflow._errors import Problem
@@ -23,39 +26,124 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import compile_schema
+from stageflow._specs import compile_schema, json_message
 from stageflow._stages import StageRegistry
 
-__all__ = ["all_edges", "check_graph", "continuation_edges", "node_writes", "walk"]
+__all__ = [
+    "Edge",
+    "EdgeKind",
+    "all_edges",
+    "check_graph",
+    "continuation_edges",
+    "edges",
+    "node_writes",
+    "walk",
+]
 
 _WITH_NEXT = (StageNode, ParallelNode, SubpipelineNode, MapNode)
 
 
-def continuation_edges(node: Node) -> tuple[str, ...]:
-    """Ids a node can hand control to on its own path (not branch or map body entries)."""
+class EdgeKind(enum.StrEnum):
+    """What kind of edge leads from one node to another."""
+
+    NEXT = "next"
+    """The ``next`` of a stage, subpipeline or map node (for a map: once every item is done)."""
+    THEN = "then"
+    """A condition node's ``conditions[index].then``."""
+    ELSE = "else"
+    """A condition node's ``else``."""
+    BRANCH = "branch"
+    """A parallel node's ``children[index]``: the start of a branch."""
+    JOIN = "join"
+    """A parallel node's ``next``: taken when the branches have joined."""
+    BODY = "body"
+    """A map node's ``body``: the start of each item's run."""
+    ON_ERROR = "on_error"
+    """An error edge, ``on_error[index].next``, of any node that has them."""
+    FALLBACK = "fallback"
+    """The catch-all error edge, ``fallback``, of any node that has one."""
+
+
+# Edge kinds that start a new path (a branch, an item) instead of continuing this one.
+_OPENING = frozenset({EdgeKind.BRANCH, EdgeKind.BODY})
+
+
+@attrs.frozen(order=True)
+class Edge:
+    """One edge of a pipeline graph.
+
+    Attributes:
+        source: id of the node the edge leaves.
+        kind: what kind of edge it is.
+        target: id of the node it leads to.
+        index: the condition, child or error edge index, for ``then``,
+            ``branch`` and ``on_error`` edges.
+    """
+
+    source: str
+    kind: EdgeKind
+    target: str
+    index: int | None = None
+
+    @property
+    def field(self) -> str:
+        """Where the edge is written in its node (``next``, ``conditions[1].then``, ...)."""
+        match self.kind:
+            case EdgeKind.NEXT | EdgeKind.JOIN:
+                return "next"
+            case EdgeKind.THEN:
+                return f"conditions[{self.index}].then"
+            case EdgeKind.BRANCH:
+                return f"children[{self.index}]"
+            case EdgeKind.ON_ERROR:
+                return f"on_error[{self.index}].next"
+            case _:
+                return self.kind.value
+
+    def __str__(self) -> str:
+        label = self.kind.value if self.index is None else f"{self.kind.value} {self.index}"
+        return f"{self.source} -[{label}]-> {self.target}"
+
+
+def edges(node: Node) -> tuple[Edge, ...]:
+    """Every edge leaving ``node``, in document order: the one list of a node's edges.
+
+    The graph checks, ``stageflow graph`` and test coverage all read it.
+    """
+    out: list[Edge] = []
     if isinstance(node, ConditionNode):
-        targets = [c.then for c in node.conditions]
-        if node.else_:
-            targets.append(node.else_)
-        return tuple(targets)
+        out.extend(Edge(node.id, EdgeKind.THEN, c.then, i) for i, c in enumerate(node.conditions))
+        if node.else_ is not None:
+            out.append(Edge(node.id, EdgeKind.ELSE, node.else_))
+        return tuple(out)
     if isinstance(node, TerminalNode):
         return ()
-    handlers = tuple(h.next for h in node.error_handlers)
-    return ((node.next,) if node.next else ()) + handlers
+    if isinstance(node, ParallelNode):
+        out.extend(Edge(node.id, EdgeKind.BRANCH, c, i) for i, c in enumerate(node.children))
+    if isinstance(node, MapNode):
+        out.append(Edge(node.id, EdgeKind.BODY, node.body))
+    if node.next is not None:
+        kind = EdgeKind.JOIN if isinstance(node, ParallelNode) else EdgeKind.NEXT
+        out.append(Edge(node.id, kind, node.next))
+    out.extend(Edge(node.id, EdgeKind.ON_ERROR, h.next, i) for i, h in enumerate(node.on_error))
+    if node.fallback is not None:
+        out.append(Edge(node.id, EdgeKind.FALLBACK, node.fallback))
+    return tuple(out)
+
+
+def continuation_edges(node: Node) -> tuple[str, ...]:
+    """Ids a node can hand control to on its own path (not branch or map body entries)."""
+    return tuple(e.target for e in edges(node) if e.kind not in _OPENING)
 
 
 def region_edges(node: Node) -> tuple[str, ...]:
     """Edges that stay in one context: continuation edges and parallel children."""
-    if isinstance(node, ParallelNode):
-        return node.children + continuation_edges(node)
-    return continuation_edges(node)
+    return tuple(e.target for e in edges(node) if e.kind is not EdgeKind.BODY)
 
 
 def all_edges(node: Node) -> tuple[str, ...]:
     """Every id a node refers to: parallel children and map bodies included."""
-    if isinstance(node, MapNode):
-        return (node.body, *continuation_edges(node))
-    return region_edges(node)
+    return tuple(e.target for e in edges(node))
 
 
 def walk(
@@ -104,11 +192,31 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def check_graph(
-    doc: Mapping[str, Any], nodes: tuple[Node, ...], registry: StageRegistry
+    doc: Mapping[str, Any],
+    nodes: tuple[Node, ...],
+    registry: StageRegistry,
+    *,
+    positions: tuple[int, ...] | None = None,
+    other_ids: frozenset[str] = frozenset(),
+    whole: bool = True,
 ) -> Iterator[Problem]:
-    """Every graph problem of one pipeline or subpipeline (locations rooted at ``$``)."""
+    """Every graph problem of one pipeline or subpipeline (locations rooted at ``$``).
+
+    Args:
+        doc: the graph's document (its ``entry`` and ``reducers`` are read).
+        nodes: the structured nodes.
+        registry: where stage names are looked up.
+        positions: each node's index in the document's ``nodes`` (default:
+            0, 1, 2, ...), for a graph some of whose nodes could not be read.
+        other_ids: ids of nodes left out of ``nodes`` because their own
+            shape is invalid; edges to them are not dangling.
+        whole: also run the checks of the whole graph (reachability, main
+            path, loops, map regions, branch writes), which need every node;
+            ``False`` when some nodes were left out.
+    """
+    at = positions if positions is not None else tuple(range(len(nodes)))
     where: dict[str, int] = {}
-    for i, node in enumerate(nodes):
+    for i, node in zip(at, nodes, strict=True):
         if node.id in where:
             yield Problem(
                 f"$.nodes[{i}].id",
@@ -118,13 +226,13 @@ def check_graph(
         else:
             where[node.id] = i
     index = {node.id: node for node in reversed(nodes)}
-    known = ", ".join(sorted(index)) or "none"
+    known = ", ".join(sorted({*index, *other_ids})) or "none"
     entry = doc["entry"]
-    if entry not in index:
+    if entry not in index and entry not in other_ids:
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
-    for i, node in enumerate(nodes):
-        yield from _check_edges(i, node, index, known)
+    for i, node in zip(at, nodes, strict=True):
+        yield from _check_edges(i, node, {*index, *other_ids}, known)
         if isinstance(node, ConditionNode):
             for j, branch in enumerate(node.conditions):
                 for inner, message in jsonlogic.check(branch.if_):
@@ -143,10 +251,10 @@ def check_graph(
                         "node itself or its join ('next'); branches must start elsewhere",
                     )
 
-    if entry not in index:
+    if entry not in index or not whole:
         return
     reachable = walk([entry], index, all_edges)
-    for i, node in enumerate(nodes):
+    for i, node in zip(at, nodes, strict=True):
         if node.id not in reachable and where.get(node.id) == i:
             yield Problem(
                 f"$.nodes[{i}]",
@@ -164,35 +272,54 @@ def check_graph(
                 "add 'next' pointing at the node to run after it (a terminal node to finish)",
             )
 
+    yield from _check_exits(nodes, index, where, reachable)
     yield from _check_maps(nodes, index, where, entry)
     yield from _check_branch_writes(doc, nodes, index, where)
 
 
-def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> Iterator[Problem]:
-    refs: list[tuple[str, str]] = []
-    if isinstance(node, _WITH_NEXT) and node.next is not None:
-        refs.append((f"$.nodes[{i}].next", node.next))
-    if isinstance(node, ConditionNode):
-        refs.extend(
-            (f"$.nodes[{i}].conditions[{j}].then", c.then) for j, c in enumerate(node.conditions)
+def _check_exits(
+    nodes: tuple[Node, ...],
+    index: Mapping[str, Node],
+    where: Mapping[str, int],
+    reachable: set[str],
+) -> Iterator[Problem]:
+    """Nodes from which no path ends: every way on from them loops.
+
+    A path ends at a terminal, or at a node with nowhere to go on (the end of
+    a branch or of a map item). Error edges count: a loop that can only be
+    left through an error edge (an input timeout routed by ``on_error``) is
+    fine, and so is a loop left through a condition on an input.
+    """
+    # A dangling edge is reported on its own; it is not a loop too.
+    ends = {
+        node.id
+        for node in nodes
+        if not continuation_edges(node) or any(t not in index for t in continuation_edges(node))
+    }
+    # Walk backwards from the ends: whatever reaches one can finish.
+    callers: dict[str, set[str]] = {}
+    for node in nodes:
+        for target in continuation_edges(node):
+            callers.setdefault(target, set()).add(node.id)
+    can_end = walk(ends, index, lambda n: tuple(callers.get(n.id, ())))
+    stuck = sorted(reachable - can_end, key=lambda n: where.get(n, 0))
+    if stuck:
+        names = ", ".join(repr(n) for n in stuck)
+        yield Problem(
+            f"$.nodes[{where[stuck[0]]}]",
+            f"no path from {names} ever ends: every way on from "
+            f"{'it' if len(stuck) == 1 else 'them'} loops back, so a session there runs "
+            "until limits.max_steps; give the loop a way out to a terminal node (a "
+            "condition's 'else', or an error edge) or to the end of its branch",
         )
-        if node.else_ is not None:
-            refs.append((f"$.nodes[{i}].else", node.else_))
-    if isinstance(node, ParallelNode):
-        refs.extend((f"$.nodes[{i}].children[{j}]", c) for j, c in enumerate(node.children))
-    if isinstance(node, MapNode):
-        refs.append((f"$.nodes[{i}].body", node.body))
-    if isinstance(node, _WITH_NEXT):
-        refs.extend(
-            (f"$.nodes[{i}].on_error[{j}].next", h.next) for j, h in enumerate(node.on_error)
-        )
-        if node.fallback is not None:
-            refs.append((f"$.nodes[{i}].fallback", node.fallback))
-    for location, target in refs:
-        if target not in index:
+
+
+def _check_edges(i: int, node: Node, ids: set[str], known: str) -> Iterator[Problem]:
+    for edge in edges(node):
+        if edge.target not in ids:
             yield Problem(
-                location,
-                f"{node.type} node {node.id!r} points at {target!r}, which is not a node; "
+                f"$.nodes[{i}].{edge.field}",
+                f"{node.type} node {node.id!r} points at {edge.target!r}, which is not a node; "
                 f"use one of: {known}",
             )
 
@@ -200,10 +327,17 @@ def _check_edges(i: int, node: Node, index: Mapping[str, Node], known: str) -> I
 def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:
     if node.stage not in registry:
         names = ", ".join(registry.names()) or "none are registered"
+        fix = "register it or fix the name"
+        if node.stage.startswith("builtins."):
+            fix = (
+                "it is a built-in stage, which a registry holds only when asked: load the "
+                "pipeline with registry=stageflow.builtins.registry() (on the command line, "
+                "--stages stageflow.builtins)"
+            )
         yield Problem(
             f"$.nodes[{i}].stage",
             f"stage node {node.id!r} uses stage {node.stage!r}, which is not registered "
-            f"(known: {names}); register it or fix the name",
+            f"(known: {names}); {fix}",
         )
         return
     spec = registry.get(node.stage).spec
@@ -242,7 +376,7 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
             yield Problem(
                 f"$.nodes[{i}].config{suffix}",
                 f"stage node {node.id!r}: config for stage {node.stage!r} is not valid: "
-                f"{error.message}" + (f" ({hint})" if hint else ""),
+                f"{json_message(error)}" + (f" ({hint})" if hint else ""),
             )
 
 

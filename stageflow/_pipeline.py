@@ -40,10 +40,13 @@ from stageflow._model import (
     TerminalNode,
     ValidateEvents,
 )
-from stageflow._specs import DocumentSchema
+from stageflow._specs import DocumentSchema, json_message, json_text
 from stageflow._stages import StageRegistry, default_registry
 
-__all__ = ["Pipeline", "load_schema"]
+__all__ = ["Pipeline", "load_schema", "structure_node"]
+
+# The pattern of a context path in the pipeline schema ($defs.path).
+_PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
 
 _NODE_CLASSES: dict[str, type[Any]] = {
     "stage": StageNode,
@@ -94,6 +97,19 @@ def _make_converter() -> cattrs.Converter:
 _converter = _make_converter()
 
 
+def structure_node(raw: Any) -> Node | None:
+    """One node of a document as a model, or ``None`` when it cannot be read as one.
+
+    For tools that show an invalid pipeline (``stageflow graph``): the loader
+    never builds a pipeline from a document with problems.
+    """
+    try:
+        node: Node = _converter.structure(raw, Node)  # type: ignore[arg-type]
+    except (cattrs.BaseValidationError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return node
+
+
 def _where(doc: Any, path: Iterable[Any]) -> str:
     """Render a jsonschema error path as ``$.nodes[3].next``."""
     out = "$"
@@ -131,16 +147,17 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
             f"remove them or fix the spelling (allowed: {', '.join(allowed)})"
         )
     if keyword == "required":
-        return f"{subject}: {error.message}; add it"
+        return f"{subject}: {json_message(error)}; add it"
     if keyword == "enum":
         options = ", ".join(json.dumps(v) for v in error.validator_value)  # type: ignore[union-attr]
         return f"{subject}: {json.dumps(error.instance)} is not allowed here; use one of {options}"
-    if keyword == "type":
+    if keyword == "pattern" and error.validator_value == _PATH_PATTERN:
         return (
-            f"{subject}: expected {error.validator_value}, got {type(error.instance).__name__} "
-            f"{json.dumps(error.instance, default=str)[:60]}"
+            f"{subject}: {json_text(error.instance)} is not a context path; a path is "
+            'dotted keys and list indexes such as "order.items.0.sku": no empty segment, '
+            "so no leading, trailing or double dot"
         )
-    return f"{subject}: {error.message}"
+    return f"{subject}: {json_message(error)}"
 
 
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
@@ -148,10 +165,17 @@ def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
     subject = "the pipeline"
     if len(path) >= 2 and path[0] == "nodes" and isinstance(path[1], int):
         subject = _node_label(doc, path[1])
-    if path == ["api_version"]:
-        supported = ", ".join(repr(v) for v in API_VERSIONS)
+    if path == ["api_version"] and isinstance(error.instance, int | float):
+        text = json_text(error.instance)
         message = (
-            f"api_version {error.instance!r} is not supported; this stageflow reads {supported}. "
+            f"api_version is the string {json.dumps(API_VERSIONS[-1])}, not the number {text}: "
+            f'quote it ("api_version": "{API_VERSIONS[-1]}")'
+        )
+    elif path == ["api_version"]:
+        supported = ", ".join(json.dumps(v) for v in API_VERSIONS)
+        message = (
+            f"api_version {json_text(error.instance)} is not supported; this stageflow reads "
+            f"{supported}. "
             f'Set "api_version": "{API_VERSIONS[-1]}" or upgrade stageflow'
         )
     else:
@@ -178,6 +202,10 @@ class Pipeline:
         document: the source document, read-only.
         digest: sha256 of the canonical JSON of the document.
         subpipelines: the subpipelines declared at this level, by id.
+        registry: the stage registry the pipeline was validated against
+            (the one given to :meth:`from_dict` / :meth:`load`, else the
+            default registry). A :class:`~stageflow.Session` looks its stages
+            up there unless it is given another.
     """
 
     api_version: str
@@ -193,6 +221,7 @@ class Pipeline:
     _index: Mapping[str, Node] = attrs.field(repr=False, eq=False, alias="index")
     # subpipeline node id -> the pipeline it runs (filled in by the loader).
     _targets: dict[str, Pipeline] = attrs.field(repr=False, eq=False, alias="targets")
+    registry: StageRegistry = attrs.field(repr=False, eq=False, factory=default_registry)
     # where this (sub)pipeline is in the document: "$" or "$.subpipelines.page"
     _prefix: str = attrs.field(default="$", repr=False, eq=False, alias="prefix")
 
@@ -248,7 +277,8 @@ class Pipeline:
         Args:
             document: the pipeline document.
             registry: where stage names are looked up (the default registry
-                if not given).
+                if not given). The pipeline keeps it as :attr:`registry`, so
+                sessions running it need not be given it again.
             source: a file name or label used in error messages.
 
         Raises:
@@ -270,7 +300,9 @@ class Pipeline:
             raise PipelineValidationError([non_json], source=source)
         errors = sorted(_schema_validator().iter_errors(doc), key=_document_order)
         if errors:
-            raise PipelineValidationError([_schema_problem(doc, e) for e in errors], source=source)
+            problems = [_schema_problem(doc, e) for e in errors]
+            problems += _problems_beside_schema(doc, errors, registry or default_registry())
+            raise PipelineValidationError(problems, source=source)
         try:
             return _Loader(doc, registry or default_registry()).load()
         except _Invalid as invalid:
@@ -296,6 +328,73 @@ class Pipeline:
             raise PipelineValidationError([problem], source=str(file)) from None
         document = parse_document(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
         return cls.from_dict(document, registry=registry, source=str(file))
+
+
+def _invalid_nodes(errors: Iterable[jsonschema.ValidationError]) -> set[tuple[Any, ...]]:
+    """Document paths of the nodes with a schema error (``("nodes", 3)``, ...)."""
+    bad: set[tuple[Any, ...]] = set()
+    for error in errors:
+        path = tuple(error.absolute_path)
+        for k in range(len(path) - 1):
+            # The first ("nodes", i) on the path is a graph's node: inside it,
+            # "nodes" may be a key of a config or a result.
+            if path[k] == "nodes" and isinstance(path[k + 1], int):
+                bad.add(path[: k + 2])
+                break
+    return bad
+
+
+def _graph_docs(doc: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """The document and its (nested) subpipelines, with their paths."""
+    yield path, doc
+    children = doc.get("subpipelines") if isinstance(doc, Mapping) else None
+    if isinstance(children, Mapping):
+        for name, child in children.items():
+            yield from _graph_docs(child, (*path, "subpipelines", name))
+
+
+def _problems_beside_schema(
+    doc: Any, errors: list[jsonschema.ValidationError], registry: StageRegistry
+) -> list[Problem]:
+    """The graph, stage and config problems of every node whose own shape is valid.
+
+    Reported with the schema problems, so one look shows every problem. A
+    graph with invalid nodes gets the checks of single nodes only (edges,
+    rules, stages and their config; the invalid nodes' ids count as known);
+    the checks of a whole graph (reachability, main path, loops, map
+    regions, branch writes, subpipeline calls) wait until every node is valid.
+    """
+    bad = _invalid_nodes(errors)
+    problems: list[Problem] = []
+    for path, graph in _graph_docs(doc):
+        nodes = graph.get("nodes") if isinstance(graph, Mapping) else None
+        if not isinstance(nodes, list) or not isinstance(graph.get("entry"), str):
+            continue
+        valid: list[Node] = []
+        positions: list[int] = []
+        others: set[str] = set()
+        for i, raw in enumerate(nodes):
+            node_id = raw.get("id") if isinstance(raw, Mapping) else None
+            try:
+                if (*path, "nodes", i) in bad:
+                    raise ValueError(i)
+                node: Node = _converter.structure(raw, Node)  # type: ignore[arg-type]
+            except (cattrs.BaseValidationError, ValueError, KeyError, TypeError):
+                if isinstance(node_id, str):
+                    others.add(node_id)
+                continue
+            valid.append(node)
+            positions.append(i)
+        found = check_graph(
+            graph,
+            tuple(valid),
+            registry,
+            positions=tuple(positions),
+            other_ids=frozenset(others),
+            whole=len(valid) == len(nodes),
+        )
+        problems += _reroot(_where(doc, path), found)
+    return problems
 
 
 def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
@@ -535,5 +634,6 @@ class _Loader:
             subpipelines={},
             index={node.id: node for node in nodes},
             targets={},
+            registry=self.registry,
             prefix=prefix,
         )

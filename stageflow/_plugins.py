@@ -16,6 +16,11 @@ scratch registry, and its stages are moved into the target registry only when
 none of their names is taken there. Every stage a pack brings gets the pack
 as its ``source`` (``stage pack 'echo' (stageflow-echo-pack 0.1.0)``), which
 the catalogue shows and conflict errors name.
+
+This module sits below :mod:`stageflow._stages` (the registry calls it from
+``StageRegistry.load_plugins``): it knows a registry only through the small
+:class:`PackRegistry` protocol below and builds its scratch registry as
+``type(registry)()``, so the two modules do not import each other.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import inspect
 import types
 from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 import attrs
 
@@ -34,12 +39,14 @@ from stageflow._errors import (
     StageConflictError,
 )
 from stageflow._log import get_logger
-from stageflow._stages import StageRegistry
+from stageflow._specs import StageSpec
 
 __all__ = [
     "STAGE_PACK_GROUP",
     "FailedPack",
     "LoadedPack",
+    "PackEntry",
+    "PackRegistry",
     "PluginReport",
     "StagePack",
     "list_stage_packs",
@@ -52,6 +59,55 @@ STAGE_PACK_GROUP: Final = "stageflow.stages"
 _log = get_logger("stageflow.plugins")
 
 _LEAVE_OUT: Final = "or load only the packs you need with load_plugins(names=[...])"
+
+
+class PackEntry(Protocol):
+    """What the loader reads of a registered stage (a ``StageEntry``)."""
+
+    @property
+    def name(self) -> str:
+        """The stage name."""
+
+    @property
+    def spec(self) -> StageSpec:
+        """The stage's declared spec."""
+
+    @property
+    def source(self) -> str:
+        """Where the stage comes from."""
+
+    @property
+    def target(self) -> object:
+        """The registered class or function."""
+
+
+class PackRegistry(Protocol):
+    """What the loader needs of a registry (a ``StageRegistry``); built empty with ``type(r)()``."""
+
+    def __init__(self) -> None:
+        """An empty registry."""
+
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered."""
+
+    def get(self, name: str) -> PackEntry:
+        """The entry registered under ``name``."""
+
+    def catalogue(self, *, core: bool = True) -> tuple[PackEntry, ...]:
+        """Every entry, sorted by name."""
+
+    def add(
+        self,
+        target: object,
+        *,
+        name: str | None = None,
+        spec: StageSpec | None = None,
+        source: str | None = None,
+    ) -> object:
+        """Register ``target``."""
+
+
+_R = TypeVar("_R", bound=PackRegistry)
 
 
 @attrs.frozen
@@ -156,7 +212,7 @@ class _PackFailure(Exception):
         self.cause = cause
 
 
-def _register_function(obj: object, pack: StagePack) -> Callable[[StageRegistry], object]:
+def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
     """Find the ``register(registry)`` callable an entry point leads to."""
     target = obj
     if isinstance(obj, types.ModuleType):
@@ -182,11 +238,11 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[StageRegistry]
             f"register function {pack.value!r} is 'async def'; registering stages is "
             "synchronous, make it a plain 'def'"
         )
-    fn: Callable[[StageRegistry], object] = target
+    fn: Callable[[_R], object] = target
     return fn
 
 
-def _collect(pack: StagePack, entry_point: EntryPoint) -> StageRegistry:
+def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
     """Import the pack and run its register function against a scratch registry."""
     try:
         obj = entry_point.load()
@@ -197,10 +253,10 @@ def _collect(pack: StagePack, entry_point: EntryPoint) -> StageRegistry:
             exc,
         ) from exc
     try:
-        register = _register_function(obj, pack)
+        register: Callable[[_R], object] = _register_function(obj, pack)
     except TypeError as exc:
         raise _PackFailure(f"is not a valid stage pack: {exc}", exc) from exc
-    scratch = StageRegistry()
+    scratch = type(registry)()
     try:
         returned = register(scratch)
     except Exception as exc:
@@ -220,7 +276,7 @@ def _collect(pack: StagePack, entry_point: EntryPoint) -> StageRegistry:
     return scratch
 
 
-def _move(pack: StagePack, scratch: StageRegistry, registry: StageRegistry) -> tuple[str, ...]:
+def _move(pack: StagePack, scratch: _R, registry: _R) -> tuple[str, ...]:
     """Move the scratch registry's stages into ``registry``: all of them or none."""
     source = pack.source
     entries = scratch.catalogue(core=False)
@@ -256,7 +312,7 @@ def _selected(names: Iterable[str] | None, found: list[tuple[StagePack, EntryPoi
 
 
 def load_plugins(
-    registry: StageRegistry, names: Iterable[str] | None = None, *, strict: bool = False
+    registry: PackRegistry, names: Iterable[str] | None = None, *, strict: bool = False
 ) -> PluginReport:
     """Load installed stage packs into ``registry``; see :meth:`StageRegistry.load_plugins`."""
     found = _discover()
@@ -280,7 +336,7 @@ def load_plugins(
                     twice,
                 )
             already = tuple(e.name for e in registry.catalogue() if e.source == pack.source)
-            stages = already or _move(pack, _collect(pack, entry_point), registry)
+            stages = already or _move(pack, _collect(pack, entry_point, registry), registry)
         except _PackFailure as failure:
             error = PluginLoadError(pack.name, failure.detail, distribution=pack._dist_label)
             error.__cause__ = failure.cause

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -12,7 +12,12 @@ import attrs
 from stageflow._errors import StageflowError, describe_exception
 from stageflow._events import Event
 
-__all__ = ["SessionResult", "SessionStatus"]
+__all__ = ["SessionResult", "SessionStatus", "input_types"]
+
+
+def input_types(types: Iterable[str]) -> tuple[str, ...]:
+    """Input types in their one public shape: a sorted tuple without repeats."""
+    return tuple(sorted(set(types)))
 
 
 class SessionStatus(enum.StrEnum):
@@ -50,7 +55,9 @@ class SessionResult:
         artifacts: context path -> value, for the terminal's ``artifacts``.
         error: the typed error that ended a failed run, else ``None``.
         history: every event of the session, in order.
-        waiting_for: for ``waiting``: the input types the session waits for.
+        waiting_for: for ``waiting``: the input types the session waits for,
+            sorted (a tuple: JSON-friendly, the same shape as
+            :meth:`Session.waiting_for() <stageflow.Session.waiting_for>`).
         wake_at: for ``waiting``: the earliest timer deadline (UTC) of a
             sleep, a retry delay, an input timeout or the session deadline,
             when the session should run again even without input; else ``None``.
@@ -61,19 +68,25 @@ class SessionResult:
     artifacts: Mapping[str, Any]
     error: StageflowError | None
     history: tuple[Event, ...] = attrs.field(repr=False)
-    waiting_for: frozenset[str] = frozenset()
+    waiting_for: tuple[str, ...] = attrs.field(default=(), converter=input_types)
     wake_at: datetime.datetime | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The result as a JSON object (with ``waiting_for`` and ``wake_at`` when waiting)."""
+    def to_dict(self, *, history: bool = True) -> dict[str, Any]:
+        """The result as a JSON object (with ``waiting_for`` and ``wake_at`` when waiting).
+
+        Args:
+            history: include the event history (``"history"``); ``False``
+                leaves the key out, for printing a result.
+        """
         out: dict[str, Any] = {
             "status": self.status.value,
             "result": self.result,
             "artifacts": dict(self.artifacts),
             "error": describe_exception(self.error) if self.error is not None else None,
-            "history": [event.to_dict() for event in self.history],
         }
+        if history:
+            out["history"] = [event.to_dict() for event in self.history]
         if self.status is SessionStatus.WAITING:
-            out["waiting_for"] = sorted(self.waiting_for)
+            out["waiting_for"] = list(self.waiting_for)
             out["wake_at"] = self.wake_at.isoformat() if self.wake_at is not None else None
         return out

@@ -28,8 +28,8 @@ from stageflow._events import Event, EventCallback, EventStream
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._pipeline import Pipeline
-from stageflow._result import SessionResult, SessionStatus
-from stageflow._stages import StageEntry, StageRegistry, default_registry
+from stageflow._result import SessionResult, SessionStatus, input_types
+from stageflow._stages import StageEntry, StageRegistry
 from stageflow._telemetry import Tracing
 from stageflow._version import __version__
 
@@ -47,7 +47,25 @@ def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
         yield from _graphs(f"{prefix}.subpipelines.{name}", child)
 
 
-def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[int, StageEntry]:
+def _missing_stage(node_id: str, stage: str, registry: StageRegistry, *, given: bool) -> str:
+    """Say which registry lacks ``stage`` and how to pass the right one."""
+    known = ", ".join(registry.names()) or "none"
+    if given:
+        return (
+            f"stage node {node_id!r} uses stage {stage!r}, which the registry passed as "
+            f"Session(registry=...) does not have (known: {known}); pass the registry that "
+            "has it, or leave registry= out to use the one the pipeline was loaded with"
+        )
+    return (
+        f"stage node {node_id!r} uses stage {stage!r}, which the registry the pipeline was "
+        f"loaded with does not have (known: {known}); register it there, or pass the "
+        "registry that has it as Session(pipeline, registry=...)"
+    )
+
+
+def _resolve_stages(
+    pipeline: Pipeline, registry: StageRegistry, *, given: bool
+) -> dict[int, StageEntry]:
     """The registry entry of every stage node (subpipelines included), by node identity."""
     entries: dict[int, StageEntry] = {}
     problems: list[Problem] = []
@@ -61,9 +79,7 @@ def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[int, St
                 problems.append(
                     Problem(
                         f"{prefix}.nodes[{i}].stage",
-                        f"stage node {node.id!r} uses stage {node.stage!r}, which this "
-                        f"session's registry does not have (known: "
-                        f"{', '.join(registry.names()) or 'none'}); register it",
+                        _missing_stage(node.id, node.stage, registry, given=given),
                     )
                 )
     if problems:
@@ -76,7 +92,8 @@ class Session:
 
     Args:
         pipeline: the pipeline to run.
-        registry: where stages are looked up (the default registry if not given).
+        registry: where stages are looked up (``pipeline.registry``, the
+            registry the pipeline was loaded with, if not given).
         payload: the initial context, a JSON object (copied; yours is not modified).
         session_id: an id for logs, events and spans (a random UUID if not given).
         limits: bounds for this session (the pipeline's ``limits`` if not given).
@@ -118,7 +135,9 @@ class Session:
         clock: Callable[[], datetime.datetime] | None = None,
     ) -> None:
         entries = _resolve_stages(
-            pipeline, registry if registry is not None else default_registry()
+            pipeline,
+            registry if registry is not None else pipeline.registry,
+            given=registry is not None,
         )
         if payload is None:
             payload = {}
@@ -185,16 +204,18 @@ class Session:
         """
         return self._state.history.subscribe(callback)
 
-    def waiting_for(self) -> frozenset[str]:
-        """The input types some stage is waiting for right now.
+    def waiting_for(self) -> tuple[str, ...]:
+        """The input types some stage is waiting for right now, sorted.
 
         For a ``waiting`` session (suspended, or restored and not yet run):
-        the types its stages will wait for when it runs again.
+        the types its stages will wait for when it runs again. The same shape
+        as :attr:`SessionResult.waiting_for`; a method because it changes
+        while the session runs.
         """
         state = self._state
         if state.status is SessionStatus.WAITING and state.saved is not None:
-            return awaited(state.saved["position"], None)[0]
-        return state.desk.waiting_for()
+            return input_types(awaited(state.saved["position"], None)[0])
+        return input_types(state.desk.waiting_for())
 
     def send_input(self, type: str, payload: Any) -> InputReceipt:
         """Send an external input to the session (from any task of its event loop).
@@ -330,7 +351,8 @@ class Session:
 
         Args:
             data: the snapshot (after ``json.loads`` if it was stored as text).
-            registry: where stages are looked up (the default registry if not given).
+            registry: where stages are looked up (``pipeline.registry`` when
+                ``pipeline`` is given, else the default registry, if not given).
             pipeline: the pipeline to go on with. If not given, it is rebuilt
                 from the document in the snapshot. A pipeline with another
                 digest is accepted when every node the session is at still

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import jsonschema
@@ -14,7 +15,81 @@ from stageflow._errors import DefinitionError
 from stageflow._json import freeze, thaw
 from stageflow._model import RetryPolicy
 
-__all__ = ["DocumentSchema", "EventSpec", "InputSpec", "StageSpec", "compile_schema"]
+__all__ = [
+    "DocumentSchema",
+    "EventSpec",
+    "InputSpec",
+    "StageSpec",
+    "compile_schema",
+    "json_message",
+    "json_text",
+]
+
+
+def json_text(value: Any, limit: int = 60) -> str:
+    """``value`` written as compact JSON (``true``, ``{"x": 1}``), cut to ``limit`` characters."""
+    try:
+        text = json.dumps(thaw(value), ensure_ascii=False, separators=(", ", ": "))
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_JSON_TYPES: Final = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+_BOUNDS: Final = {
+    "minimum": "less than the minimum of",
+    "maximum": "greater than the maximum of",
+    "exclusiveMinimum": "not greater than",
+    "exclusiveMaximum": "not less than",
+}
+
+
+def json_message(error: jsonschema.ValidationError) -> str:
+    """A JSON Schema error said in JSON terms: values as JSON, not Python reprs.
+
+    ``jsonschema`` writes ``True is not of type 'string'`` and ``{'x': 1}``;
+    a pipeline author wrote ``true`` and ``{"x": 1}``.
+    """
+    keyword, instance = error.validator, error.instance
+    expected: Any = error.validator_value
+    got = json_text(instance)
+    if keyword == "required":
+        missing = [n for n in expected if isinstance(instance, dict) and n not in instance]
+        return f"field {json_text(missing[0] if missing else expected)} is required"
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        allowed = (
+            set(error.schema.get("properties", {})) if isinstance(error.schema, Mapping) else set()
+        )
+        extra = [json_text(k) for k in instance if k not in allowed]
+        return f"field(s) {', '.join(extra)} are not allowed here"
+    if keyword == "type":
+        kinds = [str(k) for k in expected] if isinstance(expected, list) else [str(expected)]
+        return (
+            f"expected {' or '.join(kinds)}, got {_JSON_TYPES.get(type(instance), 'value')} {got}"
+        )
+    if keyword == "enum":
+        return f"{got} is not allowed here; use one of {', '.join(json_text(v) for v in expected)}"
+    if keyword == "const":
+        return f"{got} is not allowed here; the only allowed value is {json_text(expected)}"
+    if keyword == "pattern":
+        return f"{got} does not match the pattern {json_text(expected)}"
+    if keyword in _BOUNDS:
+        return f"{got} is {_BOUNDS[keyword]} {json_text(expected)}"
+    if keyword in ("minLength", "minItems", "minProperties"):
+        return f"{got} is too short (at least {expected})"
+    if keyword in ("maxLength", "maxItems", "maxProperties"):
+        return f"{got} is too long (at most {expected})"
+    # Other keywords: jsonschema's message, with the instance written as JSON.
+    return error.message.replace(repr(instance), got, 1)
 
 
 def _frozen_schema(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

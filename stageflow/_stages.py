@@ -17,12 +17,12 @@ import attrs
 
 from stageflow._errors import RegistryError, StageConflictError, StageNotFoundError
 from stageflow._log import get_logger
+from stageflow._plugins import PluginReport, load_plugins
 from stageflow._specs import StageSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from stageflow._plugins import PluginReport
 
 __all__ = [
     "BaseStage",
@@ -386,9 +386,6 @@ class StageRegistry:
             PluginLoadError: with ``strict=True``, the first pack that failed;
                 the original exception is its ``__cause__``.
         """
-        # Imported here: the plugin loader sits above the registry it fills.
-        from stageflow._plugins import load_plugins
-
         return load_plugins(self, names, strict=strict)
 
     def get(self, name: str) -> StageEntry:

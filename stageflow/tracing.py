@@ -38,7 +38,7 @@ from typing import Final, Literal, TextIO, cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -49,16 +49,21 @@ from stageflow._errors import TracingSetupError
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
+    "ConsoleFormat",
     "Exporter",
     "Protocol",
     "TracingSetupError",
     "configure",
     "force_flush",
+    "format_span_line",
     "shutdown",
 ]
 
 Exporter = Literal["otlp", "console", "none"]
 """Where :func:`configure` sends spans."""
+
+ConsoleFormat = Literal["json", "lines"]
+"""How the console exporter writes spans: OpenTelemetry's JSON, or one line each."""
 
 Protocol = Literal["http/protobuf", "grpc"]
 """The OTLP transport (the values of ``OTEL_EXPORTER_OTLP_PROTOCOL`` that Python supports)."""
@@ -87,6 +92,7 @@ def configure(
     endpoint: str | None = None,
     set_global: bool = True,
     console_stream: TextIO | None = None,
+    console_format: ConsoleFormat = "json",
 ) -> TracerProvider:
     """Build an SDK tracer provider that batches spans and exports them.
 
@@ -114,6 +120,10 @@ def configure(
             provider is only returned, for the caller to hand on.
         console_stream: where the console exporter writes (standard error by
             default, so a program's own output stays clean).
+        console_format: ``"json"`` writes each span as OpenTelemetry's full
+            JSON; ``"lines"`` writes one line per span for a person to read
+            (see :func:`format_span_line`), as ``stageflow run --trace
+            console`` does.
 
     Returns:
         The configured provider. Call :func:`shutdown` (or its ``shutdown()``)
@@ -142,9 +152,11 @@ def configure(
     if exporter == "otlp":
         span_exporter = _otlp_exporter(_resolve_protocol(protocol), endpoint)
     elif exporter == "console":
-        span_exporter = ConsoleSpanExporter(
-            out=console_stream if console_stream is not None else sys.stderr
-        )
+        out = console_stream if console_stream is not None else sys.stderr
+        if console_format == "lines":
+            span_exporter = ConsoleSpanExporter(out=out, formatter=format_span_line)
+        else:
+            span_exporter = ConsoleSpanExporter(out=out)
     else:
         span_exporter = None
 
@@ -154,6 +166,43 @@ def configure(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def format_span_line(span: ReadableSpan) -> str:
+    """One line for a finished span, for a person reading a terminal.
+
+    ``span stage fetch  12.5 ms  ok  node.id=fetch outcome=succeeded  trace 4bf92f35
+    span 00f067aa parent 53995c3f``: the name, the duration, the status,
+    the ``stageflow.*`` attributes (prefix left out), then short trace, span
+    and parent ids to tie lines together. Spans are written as they end, so
+    a parent's line comes after its children's.
+    """
+    start, end = span.start_time or 0, span.end_time or span.start_time or 0
+    status = span.status.status_code.name.lower()
+    if status == "unset":
+        status = "ok"
+    attributes = " ".join(
+        f"{key.removeprefix('stageflow.')}={_short(value)}"
+        for key, value in (span.attributes or {}).items()
+        if key.startswith("stageflow.")
+    )
+    context = span.get_span_context()
+    ids = ""
+    if context is not None:
+        ids = f"trace {context.trace_id:032x}"[:14] + f"  span {context.span_id:016x}"[:15]
+    if span.parent is not None:
+        ids += f"  parent {span.parent.span_id:016x}"[:17]
+    parts = [f"span {span.name}", f"{(end - start) / 1e6:.1f} ms", status]
+    if attributes:
+        parts.append(attributes)
+    if ids:
+        parts.append(ids)
+    return "  ".join(parts) + "\n"
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:12] + "..."
 
 
 def force_flush(provider: TracerProvider | None = None, *, timeout_millis: int = 30_000) -> bool:

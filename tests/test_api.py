@@ -139,14 +139,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_log",
         "_version",
     ),
-    "model": ("_model", "_specs", "_stages", "_core_stages"),
+    "model": ("_model", "_specs", "_plugins", "_stages", "_core_stages"),
     "loading": (
         "_pipeline",
         "_graph",
         "_merge",
         "_events",
         "_result",
-        "_plugins",
+        "_stage_modules",
         "_telemetry",
         "_schema_export",
     ),
@@ -181,15 +181,6 @@ KNOWN_VIOLATIONS: dict[str, str] = {
             "_unknown",
         )
     },
-    "stageflow._stages: upward type-only import of stageflow._plugins": (
-        "StageRegistry.load_plugins reaches up to the plugin loader; build the scratch "
-        "registry in _plugins as type(registry)() and import StageRegistry there only "
-        "under TYPE_CHECKING, then move _plugins to the model layer"
-    ),
-    "stageflow._stages: upward import of stageflow._plugins": "same as above",
-    "import cycle: stageflow._plugins -> stageflow._stages -> stageflow._plugins": (
-        "same as above (the cycle goes through the import inside load_plugins)"
-    ),
 }
 
 
@@ -853,3 +844,23 @@ def test_models_still_load_after_their_module_is_renamed() -> None:
         {"api_version": "1.0", "entry": "end", "nodes": [{"id": "end", "type": "terminal"}]}
     )
     assert pipeline.limits == stageflow.Limits()
+
+
+# ------------------------------------------------------------------- schemas
+
+
+def test_the_published_schemas_are_the_packaged_ones() -> None:
+    # One source of truth: stageflow/_schemas/ ships in the wheel and is what the
+    # loaders read; schemas/ is a plain copy for editors and readers of the
+    # repository (a real folder: symlinks break Windows checkouts). Edit the
+    # packaged files, then `cp stageflow/_schemas/*.json schemas/`.
+    root = PACKAGE.parent
+    published = root / "schemas"
+    assert published.is_dir()
+    assert not published.is_symlink()
+    packaged = {p.name: p.read_bytes() for p in (PACKAGE / "_schemas").glob("*.json")}
+    copies = {p.name: p.read_bytes() for p in published.glob("*.json")}
+    assert packaged
+    assert copies.keys() == packaged.keys()
+    stale = sorted(name for name in packaged if copies[name] != packaged[name])
+    assert stale == [], f"run: cp stageflow/_schemas/*.json schemas/ ({stale} differ)"

@@ -254,7 +254,7 @@ async def test_set_outputs_the_configured_constant() -> None:
 
 def test_set_config_is_checked_at_load_time() -> None:
     message = problem_at("$.nodes[0].config", node("set", config={}))
-    assert "'value' is a required property" in message
+    assert 'field "value" is required' in message
     assert problem_at("$.nodes[0].config", node("set", config={"value": 1, "valu": 2}))
     assert problem_at(
         "$.nodes[0].arguments.x", node("set", config={"value": 1}, arguments={"x": "a"})
@@ -350,7 +350,7 @@ def test_increment_config_is_checked_at_load_time() -> None:
         "$.nodes[0].config.by",
         node("increment", arguments={"value": "n"}, config={"by": "1"}, outputs={"value": "n"}),
     )
-    assert "is not of type 'number'" in message
+    assert 'expected number, got string "1"' in message
 
 
 # ------------------------------------------------------------ merge, pick, drop
@@ -882,6 +882,21 @@ async def test_assert_reads_absent_arguments_as_missing() -> None:
     )
     assert isinstance(error, AssertionFailedError)
     assert error.reason is None
+
+
+async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None:
+    # A condition node would read "order.total" from the context; this rule
+    # sees only the node's arguments, and the message says so.
+    error = await failure(
+        node("assert", config={"rule": {">": [{"var": "order.total"}, 0]}}),
+        payload={"order": {"total": 5}},
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.unmapped == ("order",)
+    text = str(error)
+    assert "the rule reads 'order', not among the arguments" in text
+    assert "the rule sees the node's arguments, not the context" in text
+    assert '"arguments": {"order": "<path>"}' in text
 
 
 async def test_assert_with_an_unknown_operator_is_a_config_error() -> None:

@@ -852,15 +852,19 @@ def test_run_sets_up_tracing_and_flushes_the_spans_at_the_end(
         def shutdown(self) -> None:
             calls.append("shutdown")
 
-    def configure(*, exporter: str) -> Provider:
-        calls.append(exporter)
+    def configure(*, exporter: str, console_format: str = "json") -> Provider:
+        calls.append(exporter if exporter != "console" else f"console {console_format}")
         return Provider()
 
     monkeypatch.setattr(stageflow.tracing, "configure", configure)
     for exporter in ("otlp", "console", "none"):
         got = cli("run", PIPELINE, "--stages", STAGES, "--trace", exporter, "--json")
         assert got.code == ExitCode.OK, got.err
-    assert calls == ["otlp", "shutdown", "console", "shutdown", "none", "shutdown"]
+    assert calls == ["otlp", "shutdown", "console lines", "shutdown", "none", "shutdown"]
+    calls.clear()
+    got = cli("run", PIPELINE, "--stages", STAGES, "--trace", "console", "--trace-json", "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert calls == ["console json", "shutdown"]
     calls.clear()
     assert cli("run", PIPELINE, "--stages", STAGES).code == ExitCode.OK
     assert calls == []
@@ -1108,6 +1112,7 @@ def test_entry_point_traces_to_the_console_on_stderr() -> None:
             '{"text": "hi"}',
             "--trace",
             "console",
+            "--trace-json",
             "--json",
         ],
         capture_output=True,
@@ -1134,3 +1139,68 @@ def test_graph_without_stages_knows_the_stages_of_subpipelines(
     out = capsys.readouterr().out
     assert code == 0
     assert "subpipeline: read_page" in out
+
+
+EXIT_CODE_ROW = re.compile(r"^\| (\d+) \| (.+) \|$", re.MULTILINE)
+EPILOG_ROW = re.compile(r"^\s*(\d+)  (.+)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_help_ends_with_its_exit_codes(cli: Cli, command: str) -> None:
+    text = cli(command, "--help").out
+    assert "exit codes:" in text
+    listed = dict(EPILOG_ROW.findall(text.split("exit codes:")[1]))
+    assert {"0", "2"} <= set(listed)
+    top = dict(EPILOG_ROW.findall(cli("--help").out.split("exit codes:")[1]))
+    assert all(top[code] == meaning for code, meaning in listed.items())
+
+
+def test_the_docs_and_the_top_level_help_say_the_same_about_each_exit_code(cli: Cli) -> None:
+    top = dict(EPILOG_ROW.findall(cli("--help").out.split("exit codes:")[1]))
+    page = (ROOT / "docs" / "cli.md").read_text()
+    table = page.split("## Exit codes")[1].split("They are also")[0]
+    documented = {code: text.replace("\\|", "|") for code, text in EXIT_CODE_ROW.findall(table)}
+    assert documented == top
+    assert set(top) == {str(int(code)) for code in ExitCode}
+
+
+def test_files_and_options_may_be_intermixed(cli: Cli, tmp_path: Path) -> None:
+    other = shutil.copy(PIPELINE, tmp_path / "other.json")
+    got = cli("validate", PIPELINE, "--stages", STAGES, str(other), "--no-plugins")
+    assert got.code == ExitCode.OK, got.err
+    assert got.out.count(": valid (") == 2
+
+
+def test_an_unknown_option_after_the_files_is_still_a_usage_error(cli: Cli) -> None:
+    got = cli("validate", PIPELINE, "--frobnicate")
+    assert got.code == ExitCode.USAGE
+    assert "unrecognized arguments: --frobnicate" in got.err
+
+
+def test_graph_draws_an_invalid_pipeline_with_its_problems_marked(cli: Cli, tmp_path: Path) -> None:
+    document = doc(
+        [
+            stage("a", "Set", next="gone"),
+            {"id": "broken", "type": "stage", "colour": "red"},
+            terminal("end"),
+        ]
+    )
+    path = write_json(tmp_path / "bad.json", document)
+    got = cli("graph", path)
+    assert got.code == ExitCode.USAGE
+    assert "%% problem: $.nodes[0].next: stage node 'a' points at 'gone'" in got.out
+    assert re.search(r'^    a\["a<br/>stage: Set<br/>! \d+ problems?"\]$', got.out, re.MULTILINE)
+    assert 'broken["broken<br/>cannot be read<br/>! ' in got.out
+    assert 'gone["gone<br/>not a node<br/>! 1 problem"]' in got.out
+    assert "class a,broken," in got.out
+    assert f"{path}: $.nodes[0].next:" in got.err
+    as_json = cli("graph", path, "--format", "json").json()
+    assert {n["id"]: n["type"] for n in as_json["nodes"]}["broken"] == "invalid"
+    assert as_json["problems"]
+    assert "// problem: $.nodes[0].next" in cli("graph", path, "--format", "dot").out
+
+
+def test_graph_help_describes_the_default_formats_shapes(cli: Cli) -> None:
+    text = cli("graph", "--help").out
+    assert "shapes in Mermaid (the default format):" in text
+    assert "condition    a diamond" in text

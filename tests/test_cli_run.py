@@ -193,7 +193,7 @@ def test_run_command_feeds_inputs_and_exits_by_outcome(
     out, err = capsys.readouterr()
     assert code == ExitCode.NEEDS_INPUT
     assert json.loads(out)["status"] == "cancelled"
-    assert "add --input answer=JSON" in err
+    assert "Send it with --input answer=JSON" in err
     assert "scripted inputs never asked for: other (1)" in err
 
 
@@ -299,3 +299,42 @@ def test_the_live_view_is_used_only_on_a_terminal(tty: bool, flags: list[str], l
     out = FakeTerminal() if tty else io.StringIO()
     view = _make_view(args, Streams(out, io.StringIO()), "demo")
     assert isinstance(view, LiveView) is live
+
+
+@pytest.mark.anyio
+async def test_a_wait_with_no_input_left_is_reported_at_once_with_how_to_send_it() -> None:
+    order: list[str] = []
+    script = ScriptedInputs.parse([])
+    script.warn = lambda message: order.append(f"warn: {message}")
+    script.schemas = {"answer": {"type": "integer"}}
+    session = session_for(TWO_QUESTIONS)
+    session.subscribe(lambda event: order.append(event.type))
+    result = await drive_session(session, script)
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    (warning,) = [line for line in order if line.startswith("warn: ")]
+    assert order.index(warning) < order.index("session_cancelled")
+    assert "waits for input 'answer'" in warning
+    assert 'Send it with --input answer=JSON (a payload matching {"type": "integer"})' in warning
+
+
+SLEEPY = doc(
+    [
+        stage("nap", "SleepStage", config={"seconds": 86400}, next="end"),
+        terminal("end"),
+    ]
+)
+
+
+def test_run_with_virtual_time_passes_a_day_of_sleep_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = write(tmp_path, "sleepy.json", json.dumps(SLEEPY))
+    code = main(["run", pipeline, "--virtual-time", "--json", "--no-plugins"])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.OK, err
+    assert json.loads(out)["status"] == "completed"
+
+
+def test_run_help_offers_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["run", "--help"])
+    assert "--virtual-time" in capsys.readouterr().out

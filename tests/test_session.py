@@ -892,3 +892,23 @@ async def test_a_terminal_in_the_last_running_branch_ends_the_session_on_every_b
     assert result.result == {"from": "branch"}
     assert "join" not in [e.node_id for e in result.history]
     assert "x" not in session.payload  # nothing merged after the session ended
+
+
+async def test_result_to_dict_leaves_the_history_out_when_asked() -> None:
+    result = await run(fan_pipeline())
+    data = result.to_dict(history=False)
+    assert "history" not in data
+    assert data == {k: v for k, v in result.to_dict().items() if k != "history"}
+
+
+def test_waiting_for_is_a_sorted_tuple_that_json_can_carry() -> None:
+    result = stageflow.SessionResult(
+        status=stageflow.SessionStatus.WAITING,
+        result=None,
+        artifacts={},
+        error=None,
+        history=(),
+        waiting_for=frozenset({"b", "a"}),
+    )
+    assert result.waiting_for == ("a", "b")
+    assert json.loads(json.dumps(result.waiting_for)) == ["a", "b"]

@@ -465,7 +465,7 @@ def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[.
         run_one(path)
     (problem,) = caught.value.problems
     assert problem.location == "$.cases[0].mocks.InitStage.outputs"
-    assert "'high' is not of type 'integer'" in problem.message
+    assert 'expected integer, got string "high"' in problem.message
 
 
 def test_an_error_on_attempt_1_only(write_cases: Callable[..., Path]) -> None:
@@ -917,8 +917,8 @@ def test_a_stages_module_by_name_and_attribute(
     path.write_text(json.dumps(document))
     (result,) = run_case_files([path]).results
     text = result.render()
-    assert "mystages:nothing is a NoneType, not a StageRegistry" in text
-    assert "cannot import stages module 'no_such_stages_module'" in text
+    assert "stages module mystages:nothing: module 'mystages' has no attribute 'nothing'" in text
+    assert "stages module no_such_stages_module: no module named 'no_such_stages_module'" in text
 
 
 def test_an_empty_report_is_not_ok() -> None:
@@ -1129,3 +1129,63 @@ def test_the_pipeline_deadline_gives_timed_out() -> None:
     assert result.passed, result.render()
     assert result.elapsed == pytest.approx(100)
     assert result.limit_exceeded is None
+
+
+MAP_AND_SUBPIPELINE = {
+    "api_version": "1.0",
+    "entry": "each",
+    "nodes": [
+        {
+            "id": "each",
+            "type": "map",
+            "items": "xs",
+            "body": "item",
+            "item_path": "x",
+            "collect": {"y": "seen"},
+            "next": "call",
+        },
+        {
+            "id": "item",
+            "type": "stage",
+            "stage": "builtins.set",
+            "config": {"value": 1},
+            "outputs": {"value": "y"},
+        },
+        {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
+        {"id": "end", "type": "terminal"},
+    ],
+    "subpipelines": {"inner": {"entry": "stop", "nodes": [{"id": "stop", "type": "terminal"}]}},
+}
+
+
+def test_coverage_counts_map_and_subpipeline_edges() -> None:
+    from stageflow import builtins
+
+    case = Case(name="n", pipeline=MAP_AND_SUBPIPELINE, payload={"xs": [1, 2]})
+    result = run_case(case, registry=builtins.registry())
+    assert result.passed, result.render()
+    (coverage,) = coverage_of([result])
+    assert coverage.edge_hits == {
+        Edge("each", EdgeKind.BODY, "item"): 2,
+        Edge("each", EdgeKind.NEXT, "call"): 1,
+        Edge("call", EdgeKind.NEXT, "end"): 1,
+    }
+    assert coverage.complete
+
+
+def test_coverage_reports_a_map_body_never_entered() -> None:
+    from stageflow import builtins
+
+    case = Case(name="n", pipeline=MAP_AND_SUBPIPELINE, payload={"xs": []})
+    (coverage,) = coverage_of([run_case(case, registry=builtins.registry())])
+    assert coverage.missed_edges == (Edge("each", EdgeKind.BODY, "item"),)
+    assert "every node and edge was exercised" not in coverage.render()
+
+
+def test_a_pipeline_file_given_as_a_case_file_is_named_as_such() -> None:
+    report = run_case_files([REFERENCE / "pipeline.json"])
+    (error,) = report.file_errors
+    assert "this looks like a pipeline (it has 'entry' and 'nodes'), not a case file" in (
+        error.message
+    )
+    assert '{"pipeline": "pipeline.json", "cases": [' in error.message

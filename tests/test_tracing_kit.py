@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -265,6 +266,33 @@ def test_exporter_none_records_spans_with_ids_but_sends_nothing(
         assert span.is_recording()
         assert span.get_span_context().is_valid
     assert provider.force_flush(1_000)
+
+
+def test_console_lines_print_one_readable_line_per_span(providers: list[TracerProvider]) -> None:
+    out = io.StringIO()
+    provider = stageflow.tracing.configure(
+        exporter="console", console_stream=out, set_global=False, console_format="lines"
+    )
+    providers.append(provider)
+    tracer = provider.get_tracer("stageflow")
+    with (
+        tracer.start_as_current_span("run demo"),
+        tracer.start_as_current_span(
+            "stage local", attributes={"stageflow.node.id": "local", "other": 1}
+        ),
+    ):
+        pass
+    stageflow.tracing.shutdown(provider)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r"span stage local  \d+\.\d ms  ok  node\.id=local  trace [0-9a-f]{8}  "
+        r"span [0-9a-f]{8}  parent [0-9a-f]{8}",
+        lines[0],
+    ), lines[0]
+    assert lines[1].startswith("span run demo  ")
+    assert "parent" not in lines[1]
+    assert "{" not in out.getvalue()
 
 
 def test_console_exporter_prints_each_span_as_json(providers: list[TracerProvider]) -> None:

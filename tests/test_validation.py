@@ -43,7 +43,7 @@ def test_nodes_as_object_is_a_clear_problem_not_a_crash() -> None:
 
 def test_missing_nodes_is_reported() -> None:
     found = problems({"api_version": "1.0", "entry": "a"})
-    assert any("'nodes' is a required property" in p.message for p in found)
+    assert any('field "nodes" is required; add it' in p.message for p in found)
 
 
 def test_not_an_object() -> None:
@@ -116,7 +116,7 @@ def test_unknown_api_version_names_supported_versions() -> None:
     document["api_version"] = "2.0"
     found = problems(document)
     assert found[0].location == "$.api_version"
-    assert "'1.0'" in found[0].message
+    assert 'api_version "2.0" is not supported; this stageflow reads "1.0"' in found[0].message
 
 
 def test_unknown_field_names_node_and_field() -> None:
@@ -244,3 +244,123 @@ def test_jsonlogic_check_accepts_valid_rules_and_literals() -> None:
         == []
     )
     assert stageflow.jsonlogic.check(True) == []
+
+
+# ------------------------------------------------ every problem at once (issue 21)
+
+
+def test_schema_problems_do_not_hide_the_problems_of_valid_nodes() -> None:
+    document = doc(
+        [
+            {**terminal("end"), "colour": "red"},  # its own shape is invalid
+            stage("a", "Nope", next="nowhere"),
+            stage("b", "Set", next="end", config={"values": {}}),
+        ],
+        entry="a",
+    )
+    found = {(p.location, p.message.split(";")[0]) for p in problems(document)}
+    assert ("$.nodes[0]", "node 'end' has unknown field(s) 'colour'") in found
+    assert any(loc == "$.nodes[1].next" and "'nowhere'" in msg for loc, msg in found)
+    assert any(loc == "$.nodes[1].stage" and "'Nope'" in msg for loc, msg in found)
+    # 'end' is invalid but exists: an edge to it is not dangling.
+    assert not any("'end', which is not a node" in msg for _, msg in found)
+
+
+def test_a_top_level_schema_problem_does_not_hide_graph_problems() -> None:
+    document = doc([stage("a", "Nope", next="b"), stage("b", "Set", next="b")], colour="red")
+    found = problems(document)
+    assert [p.location for p in found] == ["$", "$.nodes[0].stage", "$.nodes[0]"]
+    assert "ever ends" in found[2].message
+
+
+def test_a_loop_with_no_way_out_is_refused() -> None:
+    document = doc(
+        [stage("a", "Set", next="b"), stage("b", "Set", next="a"), terminal("end")],
+        entry="a",
+    )
+    document["nodes"][2] = terminal("end")
+    document["nodes"].append(stage("start", "Set", next="a"))
+    document["entry"] = "start"
+    found = problems(document)
+    loop = [p for p in found if "ever ends" in p.message]
+    assert len(loop) == 1
+    assert "'a', 'b'" in loop[0].message
+    assert loop[0].location == "$.nodes[0]"
+
+
+def test_a_condition_whose_only_edges_loop_is_refused() -> None:
+    document = doc(
+        [{"id": "c", "type": "condition", "conditions": [{"if": True, "then": "c"}]}],
+    )
+    assert any("no path from 'c' ever ends" in p.message for p in problems(document))
+
+
+def test_a_loop_left_only_through_an_error_edge_is_fine() -> None:
+    load(doc([{**stage("a", "Set", next="a"), "fallback": "end"}, terminal("end")]))
+
+
+def test_a_loop_left_through_a_condition_is_fine() -> None:
+    load(
+        doc(
+            [
+                stage("ask", "Set", next="check"),
+                {
+                    "id": "check",
+                    "type": "condition",
+                    "conditions": [{"if": {"var": "done"}, "then": "end"}],
+                    "else": "ask",
+                },
+                terminal("end"),
+            ]
+        )
+    )
+
+
+# ------------------------------------------------- messages in JSON terms (issue 21)
+
+
+def test_a_numeric_api_version_says_to_quote_it() -> None:
+    (found,) = problems({"api_version": 1.0, "entry": "e", "nodes": [terminal("e")]})
+    assert found.location == "$.api_version"
+    assert 'api_version is the string "1.0", not the number 1.0: quote it' in found.message
+
+
+def test_config_problems_write_values_as_json() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register(
+        "Flag",
+        spec=stageflow.StageSpec(
+            config={
+                "type": "object",
+                "properties": {"on": {"type": "string"}},
+                "additionalProperties": False,
+            }
+        ),
+    )
+    async def flag(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {}
+
+    document = doc(
+        [stage("a", "Flag", next="end", config={"on": True, "x": {"y": 1}}), terminal("end")]
+    )
+    messages = " | ".join(p.message for p in problems(document, registry))
+    assert "got boolean true" in messages
+    assert '"x"' in messages
+    assert "True" not in messages
+    assert "'x'" not in messages
+
+
+def test_a_bad_context_path_says_what_a_path_looks_like() -> None:
+    document = doc([stage("a", "Set", next="end", outputs={"v": "a..b"}), terminal("end")])
+    (found,) = problems(document)
+    assert found.location == "$.nodes[0].outputs.v"
+    assert '"a..b" is not a context path' in found.message
+    assert '"order.items.0.sku"' in found.message
+
+
+def test_an_unregistered_builtin_stage_says_where_the_builtins_are() -> None:
+    document = doc([stage("a", "builtins.set", next="end", config={"value": 1}), terminal("end")])
+    (found,) = problems(document)
+    assert "registry=stageflow.builtins.registry()" in found.message
+    assert "--stages stageflow.builtins" in found.message

@@ -42,7 +42,7 @@ async def chat(
     and the bot's own wait timeout ends the chat.
     """
     pipeline = stageflow.Pipeline.load(HERE / "pipeline.json", registry=registry)
-    session = stageflow.Session(pipeline, registry=registry, payload={"user": {"name": name}})
+    session = stageflow.Session(pipeline, payload={"user": {"name": name}})
     script = iter(messages)
 
     async def play_the_user(events: stageflow.EventStream) -> None:

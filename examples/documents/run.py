@@ -46,7 +46,7 @@ async def read_document(
 ) -> stageflow.SessionResult:
     """Run the pipeline over ``document`` (``{"pages": [text, ...]}``)."""
     pipeline = stageflow.Pipeline.load(HERE / "pipeline.json", registry=reg)
-    session = stageflow.Session(pipeline, registry=reg, payload={"document": document})
+    session = stageflow.Session(pipeline, payload={"document": document})
     return await session.run()
 
 

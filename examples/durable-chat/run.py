@@ -76,7 +76,7 @@ async def advance(store: SnapshotStore, session: stageflow.Session) -> dict[str,
 
 async def start(store: SnapshotStore) -> dict[str, Any]:
     """Start a new conversation; it runs until it waits for the user's name."""
-    session = stageflow.Session(load_pipeline(), registry=registry)
+    session = stageflow.Session(load_pipeline())
     with store.transaction():
         return await advance(store, session)
 

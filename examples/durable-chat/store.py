@@ -14,9 +14,13 @@ time of the last save.
 
 Two requests for the same session must not run at the same time, or the
 later save would drop the earlier one's turn. :meth:`SnapshotStore.transaction`
-takes SQLite's write lock for a whole load -> run -> save; a service with many
-processes and slow stages would rather lock per session (a lease column or a
-version number checked on save).
+takes SQLite's write lock for a whole load -> run -> save.
+
+This is an example, not a model for a service: holding the database's write
+lock across a whole run makes every request, for any session, wait for the
+slowest one. A service locks per session (a lease column, or a version number
+checked on save) only around the load and the save; stageflow's own session
+store (the scale-out work) will do that. See docs/snapshots.md, "Storage".
 """
 
 from __future__ import annotations

@@ -27,11 +27,9 @@ HERE = Path(__file__).parent
 
 async def main(text: str) -> int:
     pipeline = stageflow.Pipeline.load(HERE / "pipeline.json", registry=registry)
-    session = stageflow.Session(
-        pipeline, registry=registry, payload={"user_id": "u-42", "text": text}
-    )
+    session = stageflow.Session(pipeline, payload={"user_id": "u-42", "text": text})
     result = await session.run()
-    print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=2))
+    print(json.dumps(result.to_dict(history=False), indent=2))
     print(f"{len(result.history)} events: {', '.join(e.type for e in result.history)}")
     return 0 if result.status is stageflow.SessionStatus.COMPLETED else 1
 

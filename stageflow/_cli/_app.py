@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from typing import TextIO, cast
 
 from stageflow._cli._commands import add_parsers
-from stageflow._cli._common import CommandError, ExitCode, FollowStderr, Streams
+from stageflow._cli._common import (
+    CommandError,
+    ExitCode,
+    FollowStderr,
+    Streams,
+    exit_codes_epilog,
+)
 from stageflow._cli._registry import STAGES_HINT, UNREGISTERED
 from stageflow._cli._run import add_run_parser
 from stageflow._cli._store import add_store_parsers
@@ -18,18 +24,6 @@ from stageflow._engine._backend import is_interrupt
 from stageflow._errors import PipelineValidationError, StageflowError
 
 __all__ = ["build_parser", "main"]
-
-_EXIT_CODES = """\
-exit codes:
-  0  done: the session completed, every file is valid, every case passed
-  1  the session failed, or a test case failed
-  2  usage error, invalid pipeline, payload or input, stages module that cannot be imported
-  3  the session was cancelled or timed out
-  4  the session waited for an input type with no scripted --input left (it was cancelled)
-  5  a feature the command needs is not available in this stageflow
-130  interrupted (Ctrl-C)
-141  standard output was closed early (| head)
-"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stageflow",
         description="Run, check, draw and test stageflow pipelines (JSON graphs of stages).",
-        epilog=_EXIT_CODES,
+        epilog=exit_codes_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"stageflow {__version__}")
@@ -83,6 +77,24 @@ def _report(exc: StageflowError, io: Streams) -> int:
     return ExitCode.USAGE
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, with a command's files before, between and after its options.
+
+    ``stageflow validate A.json --stages s.py B.json`` is read as two files:
+    what the command's list of files (its ``intermixed`` default) did not
+    take is added to it. Anything else left over is a usage error, reported
+    by argparse as usual.
+    """
+    args, extras = parser.parse_known_args(argv)
+    target = getattr(args, "intermixed", None)
+    if extras and target and not any(e.startswith("-") and e != "-" for e in extras):
+        getattr(args, target).extend(extras)
+        return args
+    if extras:
+        return parser.parse_args(argv)  # exits with argparse's message
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stageflow`` command line and return its exit code.
 
@@ -94,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version and usage errors end here
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     io = Streams.current()

@@ -12,13 +12,15 @@ from stageflow._cli._common import (
     Streams,
     add_logging_options,
     dump_json,
+    exit_codes_epilog,
     optional_module,
 )
-from stageflow._cli._graph import FORMATS, render
+from stageflow._cli._graph import FORMATS, build_invalid_graph, render
 from stageflow._cli._registry import (
     STAGES_HINT,
     UNREGISTERED,
     add_stage_options,
+    read_document,
     read_pipeline,
     resolve_registry,
 )
@@ -29,6 +31,43 @@ from stageflow._specs import EventSpec, InputSpec, StageSpec
 from stageflow._stages import StageEntry, StageRegistry
 
 __all__ = ["add_parsers"]
+
+_GRAPH_HELP = """\
+Print the graph of PIPELINE. Each node shows its id and a second line (stage
+name, number of conditions, ...).
+
+shapes in Mermaid (the default format):
+  start        a small circle
+  stage        a rectangle
+  condition    a diamond
+  parallel     a box with double side bars (second line: its branches)
+  subpipeline  a box with double side bars (second line: the subpipeline)
+  map          a parallelogram
+  terminal     a rounded stadium with a thick border
+shapes in DOT: stage rounded box, condition diamond, parallel hexagon,
+  subpipeline component, map 3-D box, terminal double-bordered box.
+
+edges: next (plain), condition ('if #1', 'else'), parallel branches (dashed,
+'branch 1'), the join (bold), branch ends (dotted), map body (dashed, 'each
+item'), error edges (red, 'on <errors>', 'fallback').
+
+An invalid pipeline is drawn too, as far as its nodes can be read: nodes with
+problems get a red border and a '! N problems' line, unreadable nodes are
+drawn as 'invalid', ids that no node has as 'missing'; the problems go to
+standard error and the exit code is 2. Stage names are checked only with
+--stages or --plugin.
+"""
+
+# The exit codes each command can return (its --help lists them).
+_CHECKS = (ExitCode.OK, ExitCode.USAGE, ExitCode.INTERRUPTED, ExitCode.BROKEN_PIPE)
+_TESTS = (
+    ExitCode.OK,
+    ExitCode.FAILED,
+    ExitCode.USAGE,
+    ExitCode.UNAVAILABLE,
+    ExitCode.INTERRUPTED,
+    ExitCode.BROKEN_PIPE,
+)
 
 
 def _registry(args: argparse.Namespace) -> StageRegistry:
@@ -89,9 +128,29 @@ def schema_command(args: argparse.Namespace, io: Streams) -> int:
 
 
 def graph_command(args: argparse.Namespace, io: Streams) -> int:
-    """``stageflow graph``: draw the pipeline; stages are checked only if given."""
+    """``stageflow graph``: draw the pipeline; stages are checked only if given.
+
+    An invalid pipeline is drawn too, as far as its nodes can be read, with
+    its problems marked; they are also printed to standard error and the
+    exit code is 2, as for ``validate``.
+    """
     check_stages = bool(args.stages_modules or args.plugins)
-    pipeline = read_pipeline(args.pipeline, _registry(args) if check_stages else None)
+    try:
+        pipeline = read_pipeline(args.pipeline, _registry(args) if check_stages else None)
+    except PipelineValidationError as exc:
+        try:
+            document = read_document(args.pipeline)
+        except PipelineValidationError:
+            raise exc from None
+        graph = build_invalid_graph(document, exc.problems)
+        if graph is None:
+            raise
+        io.out.write(FORMATS[args.format](graph))
+        for problem in exc.problems:
+            io.warn(f"{args.pipeline}: {problem.location}: {problem.message}")
+        count = len(exc.problems)
+        io.warn(f"the pipeline is not valid ({count} problem{'s' if count != 1 else ''}, marked)")
+        return ExitCode.USAGE
     io.out.write(render(pipeline, args.format))
     return ExitCode.OK
 
@@ -200,9 +259,11 @@ def add_parsers(subparsers: Any) -> None:
             "Load each PIPELINE (JSON schema, structure, graph and stage checks) and print "
             "every problem as FILE: LOCATION: MESSAGE."
         ),
-        epilog="exit codes: 0 every file is valid, 2 a file has problems or bad options",
+        epilog=exit_codes_epilog(_CHECKS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipelines", nargs="+", metavar="PIPELINE", help="pipeline files")
+    p.set_defaults(intermixed="pipelines")
     p.add_argument(
         "--structure-only",
         action="store_true",
@@ -219,6 +280,8 @@ def add_parsers(subparsers: Any) -> None:
             "Print the JSON Schema (draft 2020-12) of pipeline documents, for editors, "
             "validators and programs that write pipelines."
         ),
+        epilog=exit_codes_epilog(_CHECKS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--with-stages",
@@ -231,13 +294,9 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "graph",
         help="draw a pipeline as Mermaid or DOT",
-        description=(
-            "Print the graph of PIPELINE: nodes (stage boxes, condition diamonds, parallel "
-            "hexagons, terminals with a double border), next edges, condition edges "
-            "('if #1', 'else'), parallel branches (dashed, 'branch 1'), the join (bold), "
-            "branch ends (dotted) and error edges (red, 'on <errors>', 'fallback'). Stage "
-            "names are checked only with --stages or --plugin."
-        ),
+        description=_GRAPH_HELP,
+        epilog=exit_codes_epilog(_CHECKS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipeline", metavar="PIPELINE", help="pipeline file")
     p.add_argument(
@@ -250,6 +309,8 @@ def add_parsers(subparsers: Any) -> None:
         "stages",
         help="print the stage catalogue",
         description="List the registered stages: name, source, description and spec.",
+        epilog=exit_codes_epilog(_CHECKS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print the full specs as JSON")
     add_stage_options(p)
@@ -259,10 +320,11 @@ def add_parsers(subparsers: Any) -> None:
         "test",
         help="run pipeline test case files",
         description="Run the test case files with the pipeline tester (stageflow.testing).",
-        epilog="exit codes: 0 every case passed, 1 a case failed or could not run, "
-        "2 bad options, 5 the tester is not available",
+        epilog=exit_codes_epilog(_TESTS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("cases", nargs="+", metavar="CASES", help="case files (.json, .yaml)")
+    p.set_defaults(intermixed="cases")
     p.add_argument(
         "--stages",
         dest="stages_modules",

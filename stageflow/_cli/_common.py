@@ -8,6 +8,7 @@ import importlib
 import io
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -19,12 +20,14 @@ from stageflow._errors import StageflowError
 
 __all__ = [
     "LOG_LEVELS",
+    "EXIT_CODE_MEANINGS",
     "CommandError",
     "ExitCode",
     "FollowStderr",
     "Streams",
     "add_logging_options",
     "dump_json",
+    "exit_codes_epilog",
     "optional_module",
     "read_json_argument",
 ]
@@ -36,9 +39,10 @@ class ExitCode(enum.IntEnum):
     OK = 0
     """The command did what was asked: the session completed, every file is valid, ..."""
     FAILED = 1
-    """The session failed, or a test case failed."""
+    """The session failed, or a test case failed or could not run."""
     USAGE = 2
-    """Bad command line, invalid pipeline or payload, stages module that cannot be imported."""
+    """Bad command line, invalid pipeline, payload or input, stages module that cannot be
+    imported, two stages with one name."""
     CANCELLED = 3
     """The session was cancelled or timed out."""
     NEEDS_INPUT = 4
@@ -51,6 +55,31 @@ class ExitCode(enum.IntEnum):
     BROKEN_PIPE = 141
     """The reader of standard output went away (``stageflow ... | head``), as if killed
     by SIGPIPE."""
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "done: the session completed, every file is valid, every case passed",
+    ExitCode.FAILED: "the session failed, or a test case failed or could not run",
+    ExitCode.USAGE: (
+        "usage error; invalid pipeline, payload or input; a stages module that cannot be "
+        "imported; two stages with one name"
+    ),
+    ExitCode.CANCELLED: "the session was cancelled or timed out",
+    ExitCode.NEEDS_INPUT: (
+        "the session waited for an input type with no scripted --input left (it was cancelled)"
+    ),
+    ExitCode.UNAVAILABLE: "a feature the command needs is not installed in this stageflow",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.BROKEN_PIPE: "standard output was closed early (| head)",
+}
+"""What each exit code means: the one wording of ``--help`` epilogs and docs/cli.md."""
+
+
+def exit_codes_epilog(codes: Iterable[ExitCode] = tuple(ExitCode)) -> str:
+    """The ``exit codes:`` epilog of a command's ``--help``, for the codes it can return."""
+    lines = ["exit codes:"]
+    lines.extend(f"{int(code):>3}  {EXIT_CODE_MEANINGS[code]}" for code in codes)
+    return "\n".join(lines) + "\n"
 
 
 class CommandError(StageflowError):

@@ -2,11 +2,12 @@
 
 :func:`build_graph` turns a :class:`~stageflow.Pipeline` into :class:`Graph`
 (nodes plus typed edges); the renderers only map node types to shapes and
-edge kinds to line styles. A new node type adds one function to
-``_NODE_DETAIL`` and one to ``_EDGE_BUILDERS``; a new kind of edge (map
-bodies, subpipeline calls) adds an :class:`EdgeKind` and a style in each
-renderer. Error edges (``on_error``, ``fallback``) come from
-:func:`_error_edges`, which every node goes through.
+edge kinds to line styles. A node's edges are the graph module's
+(:func:`stageflow._graph.edges`, which the graph checks and test coverage read
+too); ``_DRAWN`` says how each kind is drawn, and the drawing adds only what
+is not an edge of the model: the start marker and the branch ends that lead
+to a parallel node's join. A new node type adds one function to
+``_NODE_DETAIL``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import attrs
 
-from stageflow._graph import continuation_edges
+from stageflow._errors import Problem
+from stageflow._graph import Edge, continuation_edges, edges
+from stageflow._graph import EdgeKind as ModelEdgeKind
 from stageflow._model import (
     ConditionNode,
     MapNode,
@@ -29,9 +32,18 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._pipeline import Pipeline
+from stageflow._pipeline import Pipeline, structure_node
 
-__all__ = ["FORMATS", "EdgeKind", "Graph", "GraphEdge", "GraphNode", "build_graph", "render"]
+__all__ = [
+    "FORMATS",
+    "EdgeKind",
+    "Graph",
+    "GraphEdge",
+    "GraphNode",
+    "build_graph",
+    "build_invalid_graph",
+    "render",
+]
 
 
 class EdgeKind(enum.StrEnum):
@@ -57,6 +69,21 @@ class EdgeKind(enum.StrEnum):
     """A map node to the entry of its body, run once per item; labelled ``each item``."""
 
 
+_CONDITION_KINDS: Final = (ModelEdgeKind.THEN, ModelEdgeKind.ELSE)
+_WITH_ERRORS: Final = (StageNode, ParallelNode, SubpipelineNode, MapNode)
+# model edge kind -> (drawn kind, label; "{n}" is the 1-based index)
+_DRAWN: Final[dict[ModelEdgeKind, tuple[EdgeKind, str | None]]] = {
+    ModelEdgeKind.NEXT: (EdgeKind.NEXT, None),
+    ModelEdgeKind.THEN: (EdgeKind.CONDITION, "if #{n}"),
+    ModelEdgeKind.ELSE: (EdgeKind.ELSE, "else"),
+    ModelEdgeKind.BRANCH: (EdgeKind.BRANCH, "branch {n}"),
+    ModelEdgeKind.JOIN: (EdgeKind.JOIN, "join"),
+    ModelEdgeKind.BODY: (EdgeKind.BODY, "each item"),
+    ModelEdgeKind.ON_ERROR: (EdgeKind.ERROR, None),
+    ModelEdgeKind.FALLBACK: (EdgeKind.ERROR, "fallback"),
+}
+
+
 @attrs.frozen
 class GraphNode:
     """A node as drawn.
@@ -65,11 +92,16 @@ class GraphNode:
         id: the pipeline node id (or the start marker's id).
         type: the node type, or ``"start"`` for the start marker.
         detail: a second line under the id (``stage: Name``), or ``None``.
+        problems: what is wrong with the node, for an invalid pipeline
+            (``"LOCATION: MESSAGE"``). Its type is ``"invalid"`` when the node
+            cannot be read at all, ``"missing"`` when an edge names an id no
+            node has.
     """
 
     id: str
     type: str
     detail: str | None = None
+    problems: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -90,18 +122,68 @@ class Graph:
     start: str
     nodes: tuple[GraphNode, ...]
     edges: tuple[GraphEdge, ...]
+    problems: tuple[Problem, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The graph as a JSON object."""
-        return {
+        """The graph as a JSON object (``problems`` only for an invalid pipeline)."""
+        out: dict[str, Any] = {
             "name": self.name,
             "start": self.start,
-            "nodes": [attrs.asdict(n) for n in self.nodes],
+            "nodes": [_node_dict(n) for n in self.nodes],
             "edges": [
                 {"source": e.source, "target": e.target, "kind": e.kind.value, "label": e.label}
                 for e in self.edges
             ],
         }
+        if self.problems:
+            out["problems"] = [
+                {"location": p.location, "message": p.message} for p in self.problems
+            ]
+        return out
+
+
+def _node_dict(node: GraphNode) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": node.id, "type": node.type, "detail": node.detail}
+    if node.problems:
+        out["problems"] = list(node.problems)
+    return out
+
+
+class _Drawable(Protocol):
+    """What drawing reads of a pipeline (a :class:`Pipeline`, or the readable part of one)."""
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+
+    @property
+    def entry(self) -> str:
+        """The entry node id."""
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The nodes, in document order."""
+
+    def node(self, node_id: str) -> Node:
+        """The node with that id."""
+
+    def __contains__(self, node_id: object) -> bool:
+        """Whether a node has that id."""
+
+
+@attrs.frozen
+class _Readable:
+    """The nodes of an invalid document that can be read, standing in for a pipeline."""
+
+    name: str
+    entry: str
+    nodes: tuple[Node, ...]
+
+    def node(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.id == node_id)
+
+    def __contains__(self, node_id: object) -> bool:
+        return any(n.id == node_id for n in self.nodes)
 
 
 # ----------------------------------------------------------------- per node type
@@ -142,27 +224,15 @@ _NODE_DETAIL: Final[dict[str, Callable[[Any], str]]] = {
 }
 
 
-def _stage_edges(node: StageNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    if node.next is not None:
-        yield GraphEdge(node.id, node.next, EdgeKind.NEXT)
-
-
-def _condition_edges(node: ConditionNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    for i, branch in enumerate(node.conditions, start=1):
-        yield GraphEdge(node.id, branch.then, EdgeKind.CONDITION, f"if #{i}")
-    if node.else_ is not None:
-        yield GraphEdge(node.id, node.else_, EdgeKind.ELSE, "else")
-
-
 def _success_edges(node: Node) -> tuple[str, ...]:
-    """Where control goes when ``node`` succeeds (error edges left out)."""
-    if isinstance(node, ConditionNode):
-        return (*(c.then for c in node.conditions), *((node.else_,) if node.else_ else ()))
-    target = getattr(node, "next", None)
-    return (target,) if isinstance(target, str) else ()
+    """Where control goes when ``node`` succeeds (error and opening edges left out)."""
+    return tuple(e.target for e in edges(node) if e.kind in _SUCCESS)
 
 
-def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
+_SUCCESS: Final = frozenset({ModelEdgeKind.NEXT, ModelEdgeKind.JOIN, *_CONDITION_KINDS})
+
+
+def _branch_tails(child: str, join: str, pipeline: _Drawable) -> list[str]:
     """Nodes where the branch starting at ``child`` ends without a ``next`` (in document order).
 
     The walk follows continuation edges (error edges included: a handler
@@ -184,75 +254,102 @@ def _branch_tails(child: str, join: str, pipeline: Pipeline) -> list[str]:
     ]
 
 
-def _parallel_edges(node: ParallelNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    for i, child in enumerate(node.children, start=1):
-        yield GraphEdge(node.id, child, EdgeKind.BRANCH, f"branch {i}")
-    if node.next is None:
-        return
-    yield GraphEdge(node.id, node.next, EdgeKind.JOIN, "join")
-    tails: list[str] = []
-    for child in node.children:
-        tails.extend(t for t in _branch_tails(child, node.next, pipeline) if t not in tails)
-    for tail in tails:
-        yield GraphEdge(tail, node.next, EdgeKind.BRANCH_END)
+def _drawn(node: Node, edge: Edge) -> GraphEdge:
+    """How one model edge (:func:`stageflow._graph.edges`) is drawn."""
+    kind, label = _DRAWN[edge.kind]
+    index = edge.index if edge.index is not None else 0
+    if edge.kind is ModelEdgeKind.ON_ERROR and isinstance(node, _WITH_ERRORS):
+        label = f"on {', '.join(node.on_error[index].errors)}"
+    elif label is not None:
+        label = label.format(n=index + 1)
+    return GraphEdge(node.id, edge.target, kind, label)
 
 
-def _terminal_edges(node: TerminalNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    return iter(())
+def _node_edges(node: Node, pipeline: _Drawable) -> Iterator[GraphEdge]:
+    for edge in edges(node):
+        yield _drawn(node, edge)
+        if edge.kind is ModelEdgeKind.JOIN and isinstance(node, ParallelNode):
+            tails: list[str] = []
+            for child in node.children:
+                tails.extend(
+                    t for t in _branch_tails(child, edge.target, pipeline) if t not in tails
+                )
+            yield from (GraphEdge(tail, edge.target, EdgeKind.BRANCH_END) for tail in tails)
 
 
-def _generic_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    """A node type this module does not know yet: draw its ``next`` if it has one."""
-    target = getattr(node, "next", None)
-    if isinstance(target, str):
-        yield GraphEdge(node.id, target, EdgeKind.NEXT)
-
-
-def _map_edges(node: MapNode, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    yield GraphEdge(node.id, node.body, EdgeKind.BODY, "each item")
-    if node.next is not None:
-        yield GraphEdge(node.id, node.next, EdgeKind.NEXT)
-
-
-_EDGE_BUILDERS: Final[dict[str, Callable[[Any, Pipeline], Iterator[GraphEdge]]]] = {
-    "map": _map_edges,
-    "stage": _stage_edges,
-    "condition": _condition_edges,
-    "parallel": _parallel_edges,
-    "terminal": _terminal_edges,
-}
-
-
-def _error_edges(node: Node, pipeline: Pipeline) -> Iterator[GraphEdge]:
-    """Edges taken when ``node`` fails: its ``on_error`` handlers in order, then ``fallback``.
-
-    Read by attribute, so every node type that has error edges gets them drawn.
-    """
-    for handler in getattr(node, "on_error", ()):
-        yield GraphEdge(node.id, handler.next, EdgeKind.ERROR, f"on {', '.join(handler.errors)}")
-    fallback = getattr(node, "fallback", None)
-    if isinstance(fallback, str):
-        yield GraphEdge(node.id, fallback, EdgeKind.ERROR, "fallback")
-
-
-def _start_id(pipeline: Pipeline) -> str:
+def _start_id(pipeline: _Drawable) -> str:
     start = "__start__"
     while start in pipeline:
         start = f"_{start}"
     return start
 
 
-def build_graph(pipeline: Pipeline) -> Graph:
+def build_graph(pipeline: _Drawable) -> Graph:
     """Describe ``pipeline`` as nodes and edges (nodes in document order)."""
     start = _start_id(pipeline)
     nodes = [GraphNode(start, "start", None)]
-    edges = [GraphEdge(start, pipeline.entry, EdgeKind.ENTRY)]
+    drawn = [GraphEdge(start, pipeline.entry, EdgeKind.ENTRY)]
     for node in pipeline.nodes:
         detail = _NODE_DETAIL.get(node.type)
         nodes.append(GraphNode(node.id, node.type, detail(node) if detail else node.type))
-        edges.extend(_EDGE_BUILDERS.get(node.type, _generic_edges)(node, pipeline))
-        edges.extend(_error_edges(node, pipeline))
-    return Graph(pipeline.name, start, tuple(nodes), tuple(edges))
+        drawn.extend(_node_edges(node, pipeline))
+    return Graph(pipeline.name, start, tuple(nodes), tuple(drawn))
+
+
+_NODE_AT = re.compile(r"^\$\.nodes\[(\d+)\]")
+
+
+def build_invalid_graph(document: Any, problems: Sequence[Problem]) -> Graph | None:
+    """Draw what can be read of an invalid pipeline document, with its problems marked.
+
+    Nodes that cannot be read are drawn as ``invalid``; ids that edges name
+    but no node has, as ``missing``. Each problem located in a node
+    (``$.nodes[3]...``) marks that node; one at ``$.entry`` marks the start.
+    Returns ``None`` when the document has no list of nodes to draw.
+    """
+    if not isinstance(document, Mapping) or not isinstance(document.get("nodes"), list):
+        return None
+    raw_nodes: list[Any] = document["nodes"]
+    ids = [
+        raw["id"] if isinstance(raw, Mapping) and isinstance(raw.get("id"), str) else f"#{i}"
+        for i, raw in enumerate(raw_nodes)
+    ]
+    read = [structure_node(raw) for raw in raw_nodes]
+    entry = document.get("entry")
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    readable = _Readable(
+        name if isinstance(name, str) and name else "pipeline",
+        entry if isinstance(entry, str) else "",
+        tuple(node for node in read if node is not None),
+    )
+    graph = build_graph(readable)
+    marks: dict[str, list[str]] = {}
+    for problem in problems:
+        found = _NODE_AT.match(problem.location)
+        if found and int(found.group(1)) < len(ids):
+            owner = ids[int(found.group(1))]
+        elif problem.location.startswith("$.entry"):
+            owner = graph.start
+        else:
+            continue
+        marks.setdefault(owner, []).append(f"{problem.location}: {problem.message}")
+    nodes: list[GraphNode] = []
+    for drawn in graph.nodes:
+        nodes.append(attrs.evolve(drawn, problems=tuple(marks.get(drawn.id, ()))))
+    for i, node in enumerate(read):
+        if node is None:
+            nodes.insert(
+                i + 1,
+                GraphNode(ids[i], "invalid", "cannot be read", tuple(marks.get(ids[i], ()))),
+            )
+    known = {n.id for n in nodes}
+    for edge in graph.edges:
+        if edge.target not in known and edge.target:
+            known.add(edge.target)
+            nodes.append(GraphNode(edge.target, "missing", "not a node", ("no node has this id",)))
+    edges = tuple(e for e in graph.edges if e.target)
+    return Graph(graph.name, graph.start, tuple(nodes), edges, tuple(problems))
 
 
 # ---------------------------------------------------------------------- Mermaid
@@ -281,6 +378,14 @@ _MERMAID_KEYWORDS: Final = frozenset(
 )
 
 
+_PROBLEM_COLOR: Final = "#c0392b"
+
+
+def _problem_note(node: GraphNode) -> str:
+    count = len(node.problems)
+    return f"! {count} problem{'s' if count != 1 else ''}"
+
+
 def _mermaid_text(text: str) -> str:
     text = re.sub(r"#(?=\w+;)", "#35;", text)
     return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
@@ -305,11 +410,14 @@ def render_mermaid(graph: Graph) -> str:
     """Mermaid ``flowchart`` text: paste into Markdown (```mermaid) or mermaid.live."""
     ids = _mermaid_ids(graph)
     lines = ["flowchart TD", f"    %% pipeline: {graph.name}"]
+    lines.extend(f"    %% problem: {p.location}: {p.message}" for p in graph.problems)
     for node in graph.nodes:
         opening, closing = _MERMAID_SHAPES.get(node.type, ("[", "]"))
         text = _mermaid_text(node.id if node.type != "start" else "start")
         if node.detail:
             text += "<br/>" + _mermaid_text(node.detail)
+        if node.problems:
+            text += "<br/>" + _problem_note(node)
         lines.append(f'    {ids[node.id]}{opening}"{text}"{closing}')
     for edge in graph.edges:
         arrow = _MERMAID_ARROWS.get(edge.kind, "-->")
@@ -322,6 +430,10 @@ def render_mermaid(graph: Graph) -> str:
     if terminals:
         lines.append("    classDef terminal stroke-width:4px")
         lines.append(f"    class {','.join(terminals)} terminal")
+    marked = [ids[n.id] for n in graph.nodes if n.problems]
+    if marked:
+        lines.append(f"    classDef problem stroke:{_PROBLEM_COLOR},stroke-width:3px")
+        lines.append(f"    class {','.join(marked)} problem")
     return "\n".join(lines) + "\n"
 
 
@@ -362,10 +474,17 @@ def render_dot(graph: Graph) -> str:
         '    node [fontname="Helvetica"];',
         '    edge [fontname="Helvetica"];',
     ]
+    lines.extend(f"    // problem: {p.location}: {p.message}" for p in graph.problems)
     for node in graph.nodes:
         values = dict(_DOT_NODE_ATTRS.get(node.type, {"shape": "box"}))
         if node.type != "start":
             values["label"] = f"{node.id}\n{node.detail}" if node.detail else node.id
+        if node.problems:
+            values["color"] = values["fontcolor"] = _PROBLEM_COLOR
+            values["penwidth"] = "2"
+            values["tooltip"] = "\n".join(node.problems)
+            if node.type != "start":
+                values["label"] += "\n" + _problem_note(node)
         lines.append(f"    {_dot_quote(node.id)} [{_dot_attrs(values)}];")
     for edge in graph.edges:
         values = {}

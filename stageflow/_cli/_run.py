@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -29,13 +29,17 @@ from stageflow._cli._common import (
     Streams,
     add_logging_options,
     dump_json,
+    exit_codes_epilog,
     read_json_argument,
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
+from stageflow._engine._backend import run_in_virtual_time
 from stageflow._errors import StageflowError
 from stageflow._events import Event
+from stageflow._json import thaw
 from stageflow._result import SessionResult
 from stageflow._session import Session
+from stageflow._specs import json_text
 
 __all__ = [
     "ScriptedInputs",
@@ -76,6 +80,8 @@ class ScriptedInputs:
     sent: list[tuple[str, int]] = attrs.field(factory=list)
     stop: Stop | None = None
     warn: Callable[[str], None] = attrs.field(default=lambda _: None, repr=False)
+    schemas: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    """Input type -> the payload schema a stage declares for it, for the hint."""
 
     @classmethod
     def parse(cls, values: Sequence[str]) -> ScriptedInputs:
@@ -119,10 +125,14 @@ class ScriptedInputs:
             return
         if not queue:
             given = len([s for s in self.sent if s[0] == input_type])
+            schema = self.schemas.get(input_type)
+            shape = f" (a payload matching {json_text(schema, 120)})" if schema else ""
             self._cancel(
                 session,
                 f"the session waits for input {input_type!r} and no scripted input of that "
-                f"type is left ({given} given); add --input {input_type}=JSON",
+                f"type is left ({given} given); nothing else can send one, so the run is "
+                f"cancelled. Send it with --input {input_type}=JSON{shape}, or "
+                f"--input {input_type}=@FILE",
                 ExitCode.NEEDS_INPUT,
             )
             return
@@ -140,6 +150,7 @@ class ScriptedInputs:
 
     def _cancel(self, session: Session, reason: str, code: ExitCode) -> None:
         self.stop = Stop(reason, code)
+        self.warn(reason)  # at once: the result is printed only when the run has ended
         session.cancel(reason)
 
 
@@ -213,7 +224,12 @@ def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
     from stageflow import tracing
 
     try:
-        provider = tracing.configure(exporter=args.trace)
+        if args.trace == "console":
+            # One line per span for a person; --trace-json for OpenTelemetry's full JSON.
+            console_format: tracing.ConsoleFormat = "json" if args.trace_json else "lines"
+            provider = tracing.configure(exporter="console", console_format=console_format)
+        else:
+            provider = tracing.configure(exporter=args.trace)
     except tracing.TracingSetupError as exc:
         if isinstance(exc.__cause__, ImportError):  # the exporter package is not installed
             raise CommandError(str(exc), exit_code=ExitCode.UNAVAILABLE) from exc
@@ -271,23 +287,27 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
         )
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
+    script.schemas = {
+        spec.type: thaw(spec.schema)
+        for entry in registry.catalogue()
+        for spec in entry.spec.allowed_inputs
+        if spec.schema is not None
+    }
     # Tracing first: a session takes its tracer provider when it is made.
     shutdown = _configure_tracing(args)
     try:
-        session = Session(pipeline, registry=registry, payload=payload)
+        session = Session(pipeline, payload=payload)  # the pipeline carries the registry
         view = _make_view(args, io, pipeline.name)
-        result = anyio.run(drive_session, session, script, view, backend="trio")
+        if args.virtual_time:
+            result = run_in_virtual_time(drive_session, session, script, view)
+        else:
+            result = anyio.run(drive_session, session, script, view, backend="trio")
     finally:
         shutdown()
     if args.json:
-        data = result.to_dict()
-        if not args.history:
-            del data["history"]
-        io.print(dump_json(data))
+        io.print(dump_json(result.to_dict(history=args.history)))
     else:
         _print_text(result, session, args, io)
-    if script.stop is not None:
-        io.warn(script.stop.reason)
     unused = script.unused()
     if unused:
         listed = ", ".join(f"{t} ({n})" for t, n in unused.items())
@@ -307,11 +327,8 @@ def add_run_parser(subparsers: Any) -> None:
             "session waits for them, and print the outcome. On a terminal, the active nodes "
             "are shown while the run lasts."
         ),
-        epilog=(
-            "exit codes: 0 completed, 1 failed, 2 usage or invalid pipeline/payload/input, "
-            "3 cancelled or timed out, 4 waited for an input with no --input left, "
-            "5 --trace otlp without the OTLP exporter package"
-        ),
+        epilog=exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pipeline", metavar="PIPELINE", help="pipeline file (.json, .yaml)")
     parser.add_argument(
@@ -334,7 +351,21 @@ def add_run_parser(subparsers: Any) -> None:
         "--trace",
         choices=("otlp", "console", "none"),
         help="record a span per node and export it to an OTLP collector (OTEL_* variables) or "
-        "to standard error, or not at all (none: trace ids only); default: no tracing",
+        "to standard error, one line per span, or not at all (none: trace ids only); "
+        "default: no tracing",
+    )
+    parser.add_argument(
+        "--trace-json",
+        action="store_true",
+        help="with --trace console, print each span as OpenTelemetry's full JSON",
+    )
+    parser.add_argument(
+        "--virtual-time",
+        action="store_true",
+        help=(
+            "run timers in virtual time, as stageflow test does: sleeps, retry delays and "
+            "timeouts pass at once whenever every task waits (trio's MockClock)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(

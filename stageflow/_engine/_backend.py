@@ -36,14 +36,20 @@ _T = TypeVar("_T")
 
 
 class Backend(NamedTuple):
-    """The task group opener, the cancellation check and the cancellation class of a run."""
+    """The task group opener, checkpoints and the cancellation class of a run."""
 
     open_task_group: Callable[[], Any]
-    checkpoint: Callable[[], Awaitable[None]]
+    checkpoint: Callable[[], Awaitable[None]]  # a cancellation check; does not yield
+    yield_: Callable[[], Awaitable[None]]  # a cancellation check that also yields
     cancelled: type[BaseException]
 
 
-_TRIO = Backend(trio.open_nursery, trio.lowlevel.checkpoint_if_cancelled, trio.Cancelled)
+_TRIO = Backend(
+    trio.open_nursery,
+    trio.lowlevel.checkpoint_if_cancelled,
+    trio.lowlevel.checkpoint,
+    trio.Cancelled,
+)
 
 
 def current_backend() -> Backend:
@@ -53,6 +59,7 @@ def current_backend() -> Backend:
     return Backend(
         anyio.create_task_group,
         anyio.lowlevel.checkpoint_if_cancelled,
+        anyio.lowlevel.checkpoint,
         anyio.get_cancelled_exc_class(),
     )
 

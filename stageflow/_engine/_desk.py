@@ -23,7 +23,7 @@ from stageflow._errors import InputRejectedError
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, ValidateEvents
-from stageflow._specs import InputSpec, StageSpec
+from stageflow._specs import InputSpec, StageSpec, json_message
 
 __all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
 
@@ -32,13 +32,22 @@ def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any
     """``"path: message"`` for every way ``payload`` breaks the schema (none without one)."""
     if validator is None:
         return []
-    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(payload)]
+    return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
 
 
 class InputDesk:
     """The sending side of a session's inputs: checks, the broker, the backlog."""
 
-    __slots__ = ("_broker", "_declared", "_history", "_limits", "_mode", "_open")
+    __slots__ = (
+        "_broker",
+        "_declared",
+        "_history",
+        "_limits",
+        "_mode",
+        "_open",
+        "recorded_rejections",
+        "unrecorded_rejections",
+    )
 
     def __init__(
         self,
@@ -50,6 +59,9 @@ class InputDesk:
         self._history = history
         self._limits = limits
         self._mode = mode
+        # Rejected inputs recorded in the history, and those past the budget.
+        self.recorded_rejections = 0
+        self.unrecorded_rejections = 0
         self._broker = InputBroker(limits.max_input_backlog)
         # Input type -> the InputSpecs the pipeline's stages declare for it.
         self._declared: dict[str, list[InputSpec]] = {}
@@ -73,10 +85,25 @@ class InputDesk:
     # ---------------------------------------------------------------- sending
 
     def _reject(self, type: str, reason: str, message: str, **extra: Any) -> InputRejectedError:
-        self._history.record(
-            "input_rejected", None, "", {"input_type": type, "reason": reason, **extra}
-        )
+        """Record a rejection (within its own budget); the error for the sender."""
+        # Senders must not be able to grow the history or fill it up and so end
+        # the session: rejections have a budget of their own, outside
+        # max_history; past it only the sender is told.
+        if self.recorded_rejections < self._limits.max_input_backlog:
+            self.recorded_rejections += 1
+            self._history.record(
+                "input_rejected", None, "", {"input_type": type, "reason": reason, **extra}
+            )
+        else:
+            self.unrecorded_rejections += 1
         return InputRejectedError(message, input_type=type, reason=reason)
+
+    def history_full(self) -> bool:
+        """Whether the session's own events reached ``limits.max_history``.
+
+        Recorded rejections do not count: they have a budget of their own.
+        """
+        return len(self._history) - self.recorded_rejections >= self._limits.max_history
 
     def send(self, type: str, payload: Any) -> InputReceipt:
         """Deliver ``payload`` to every waiter of ``type``, or queue it."""
@@ -106,8 +133,11 @@ class InputDesk:
         waiters = self._broker.waiters(type)
         if waiters:
             self._check(type, payload, [(input_spec(w.spec, type), w.node_id) for w in waiters])
-            delivered = self._broker.deliver(type, [copy_json(payload) for _ in waiters])
-            return InputReceipt(type, delivered, False)
+            # Checking may record events whose subscribers send inputs of their
+            # own: deliver to the waiters still waiting, or queue it as usual.
+            delivered = self._broker.deliver(type, waiters, payload)
+            if delivered:
+                return InputReceipt(type, delivered, False)
         if not self._open and type not in self._declared and self._mode is ValidateEvents.STRICT:
             raise self._reject(
                 type,

@@ -86,16 +86,27 @@ class InputBroker:
         """The stages waiting for ``type`` right now, in the order they started."""
         return tuple(self._waiters.get(type, ()))
 
-    def deliver(self, type: str, payloads: list[Any]) -> int:
-        """Hand ``payloads[i]`` to the i-th current waiter of ``type``; they stop waiting."""
-        waiters = self._waiters.pop(type, [])
-        for waiter, payload in zip(waiters, payloads, strict=True):
+    def deliver(self, type: str, waiters: tuple[Waiter, ...], payload: Any) -> int:
+        """Hand a copy of ``payload`` to each of ``waiters`` still waiting; they stop waiting.
+
+        ``waiters`` is what :meth:`waiters` returned before the input was
+        checked: one that stopped waiting meanwhile (a subscriber of a check's
+        event sent it an input) is skipped. Returns how many got it.
+        """
+        current = self._waiters.get(type)
+        if not current:
+            return 0
+        chosen = [waiter for waiter in waiters if waiter in current]
+        for waiter in chosen:
+            current.remove(waiter)
             # Journaled now, not when the waiter wakes: a snapshot taken in
             # between must not lose the input.
             fulfil(waiter.entry, copy_json(payload))
-            waiter.give(payload)
-        self.blocked -= len(waiters)
-        return len(waiters)
+            waiter.give(copy_json(payload))
+        if not current:
+            del self._waiters[type]
+        self.blocked -= len(chosen)
+        return len(chosen)
 
     def release(self) -> None:
         """Unregister every waiter: inputs sent from now on are queued (a suspension)."""

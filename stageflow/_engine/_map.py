@@ -22,7 +22,7 @@ from stageflow._engine._positions import (
     restore_error,
 )
 from stageflow._engine._subpipeline import check_depth
-from stageflow._errors import MapError, NodeTimeoutError, describe_exception
+from stageflow._errors import LimitExceededError, MapError, NodeTimeoutError, describe_exception
 from stageflow._json import copy_json
 from stageflow._model import MapNode
 from stageflow._telemetry import MAP_INDEX, NODE_ID
@@ -84,6 +84,9 @@ class MapExecutor:
                 timeout=float(node.timeout or 0),
                 attempt=1,
             )
+        for _, error in run.failures:
+            if isinstance(error, LimitExceededError):
+                raise error  # a session limit, not an item's failure: never tolerated
         failures = sorted(run.failures, key=lambda f: f[0])
         if len(failures) > node.tolerated(total):
             first_index, first = failures[0]
@@ -115,7 +118,10 @@ class MapExecutor:
                 else:
                     return
                 failed = not await self._item(run, index, item)
-                if failed and len(run.failures) > run.node.tolerated(len(run.items)):
+                if failed and (
+                    len(run.failures) > run.node.tolerated(len(run.items))
+                    or isinstance(run.failures[-1][1], LimitExceededError)
+                ):
                     assert run.cancel is not None
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return

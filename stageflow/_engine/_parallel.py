@@ -85,6 +85,9 @@ class ParallelExecutor:
                 attempt=1,
             )
         errors = [o.error for o in outcomes if o.error is not None]
+        for error in errors:
+            if isinstance(error, LimitExceededError):
+                raise error  # a session limit, not a branch's failure
         if node.policy is ParallelPolicy.ANY:
             if not winner:
                 raise _branch_failure(node, errors)
@@ -122,7 +125,10 @@ class ParallelExecutor:
                 (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
                 settle,
             )
-            if not succeeded and node.policy is ParallelPolicy.ALL and node.cancel_on_error:
+            if not succeeded and (
+                (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
+                or isinstance(outcome.error, LimitExceededError)
+            ):
                 scope.cancel()
         finally:
             self._kernel.positions(-1)

@@ -83,6 +83,9 @@ __all__ = ["Run"]
 
 _log = get_logger("stageflow.session")
 
+# Run.execute yields to the scheduler when the step count is a multiple of 64.
+_YIELD_EVERY: Final = 63
+
 _SPAN_OUTCOME: Final = {
     SessionStatus.WAITING: "suspended",
     SessionStatus.COMPLETED: "succeeded",
@@ -357,12 +360,19 @@ class Run:
                 self._cancel_scope.cancel()
 
     def _suspended(self) -> SessionResult:
-        """End a suspended run: status ``waiting``, streams end, the snapshot is kept."""
+        """End a suspended run: status ``waiting``, streams end, the snapshot is kept.
+
+        A ``cancel()`` that came while the run was being suspended (from a
+        subscriber of ``session_suspended``, say) ends the session instead.
+        """
         state = self._state
         assert state.saved is not None
         state.history.muted = False
-        state.history.close()
         self.suspending = False
+        if state.cancel_reason is not None:
+            state.saved = None
+            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
+        state.history.close()
         state.status = SessionStatus.WAITING
         waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
         return SessionResult(
@@ -466,11 +476,16 @@ class Run:
         if state.steps > limits.max_steps:
             raise LimitExceededError(limit="max_steps", value=limits.max_steps, node_id=node.id)
         history = state.history
-        if len(history.events) >= limits.max_history:
+        if state.desk.history_full():
             raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
-        # A cancel() from a hook or a stage takes effect before the next node,
-        # even when no stage ever awaits.
-        await self.backend.checkpoint()
+        if state.steps & _YIELD_EVERY:
+            # A cancel() from a hook or a stage takes effect before the next
+            # node, even when no stage ever awaits.
+            await self.backend.checkpoint()
+        else:
+            # Every so many nodes, a real yield: other tasks (a cancel() from
+            # one of them, a deadline) get in between nodes that never await.
+            await self.backend.yield_()
         tracing = state.tracing
         span: ActiveSpan | None = None
         if tracing is not None:

@@ -195,7 +195,9 @@ class StageRuntime:
             else:
                 with anyio.move_on_after(remaining) as scope:
                     await waiter.arrived.wait()
-                timed_out = scope.cancelled_caught
+                # An input delivered in the instant the deadline passed was
+                # journaled and its sender told so: it is received, not lost.
+                timed_out = scope.cancelled_caught and not waiter.arrived.is_set()
         finally:
             broker.discard(type, waiter)
             if timer is not None:
@@ -324,11 +326,15 @@ class StageRuntime:
                         work.path,
                         {"kind": "event", "event_type": type, "errors": errors},
                     )
-        if len(self._history) >= self._limits.max_history:
+        self.check_history(node_id)
+        self._history.record(type, node_id, work.path, copy_json(body))
+
+    def check_history(self, node_id: str) -> None:
+        """Raise ``LimitExceededError`` when the history is full (``limits.max_history``)."""
+        if self._desk.history_full():
             raise LimitExceededError(
                 limit="max_history", value=self._limits.max_history, node_id=node_id
             )
-        self._history.record(type, node_id, work.path, copy_json(body))
 
 
 def _describe_call(entry: Call) -> str:

@@ -249,6 +249,9 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     """Give a new session's state what the snapshot kept."""
     status = SessionStatus(snapshot["status"])
     state.history.events.extend(event_from_dict(e) for e in snapshot["history"])
+    state.desk.recorded_rejections = sum(
+        1 for event in state.history.events if event.type == "input_rejected"
+    )
     state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
     state.deadline = snapshot["deadline"]
     state.replay_draws(snapshot["rng_draws"])

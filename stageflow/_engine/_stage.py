@@ -99,6 +99,8 @@ class StageExecutor:
                     or not error_matches(exc, policy.retry_on)
                 ):
                     raise
+                # Retries are events too: they stop at the history limit.
+                kernel.runtime.check_history(node.id)
                 delay = policy.delay_before(attempt)
                 if policy.jitter:
                     delay *= 1 + policy.jitter * (2 * kernel.random() - 1)

@@ -205,6 +205,9 @@ class SessionState:
             payload["error"] = copy_json(described)
         if reason is not None:
             payload["reason"] = reason
+        if self.desk.unrecorded_rejections:
+            # Inputs rejected past the budget for recording them (senders were told).
+            payload["unrecorded_rejections"] = self.desk.unrecorded_rejections
         self.history.record(_FINAL_EVENT[status], None, "", payload)
         self.history.close()
         return SessionResult(

@@ -21,15 +21,38 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 """The levels ``builtins.log`` writes at."""
 
 
+def _rule_names(rule: Any) -> list[str]:
+    """The first segment of every ``var`` name a rule reads, in order, without repeats."""
+    names: list[str] = []
+    todo = [rule]
+    while todo:
+        part = todo.pop(0)
+        if isinstance(part, dict):
+            if len(part) == 1 and "var" in part:
+                ref = part["var"]
+                ref = ref[0] if isinstance(ref, list) and ref else ref
+                if isinstance(ref, str) and ref and ref.split(".")[0] not in names:
+                    names.append(ref.split(".")[0])
+            todo.extend(part.values())
+        elif isinstance(part, list):
+            todo.extend(part)
+    return names
+
+
 class AssertStage(BaseStage):
     """``builtins.assert``: fail unless a JsonLogic rule over the arguments is true.
 
-    ``config.rule`` is evaluated with :func:`stageflow.jsonlogic.apply` against
-    an object of the node's arguments (``{"var": "total"}`` reads the argument
-    ``total``; an argument whose path holds nothing is absent, so ``var``
-    gives ``null`` and ``missing`` lists it). When the result is not truthy
-    the stage raises :class:`AssertionFailedError` carrying the rule, the
-    argument values and ``config.message``. It returns no outputs.
+    Unlike a condition node's rule, which reads the whole context, this rule
+    sees only the node's **arguments**, as every stage does: ``config.rule``
+    is evaluated with :func:`stageflow.jsonlogic.apply` against an object of
+    the node's arguments (``{"var": "total"}`` reads the argument ``total``,
+    mapped from a context path with ``"arguments": {"total": "order.total"}``;
+    an argument whose path holds nothing is absent, so ``var`` gives ``null``
+    and ``missing`` lists it). When the result is not truthy the stage
+    raises :class:`AssertionFailedError` carrying the rule, the argument
+    values and ``config.message``; when the rule reads a name that is not
+    among the arguments the stage got, the message says so. It returns no
+    outputs.
     """
 
     spec: ClassVar[StageSpec] = StageSpec(
@@ -68,10 +91,12 @@ class AssertStage(BaseStage):
                 ctx, f"config 'rule' cannot be evaluated: {exc}; fix the rule"
             ) from exc
         if not holds:
+            unmapped = [n for n in _rule_names(rule) if n not in values]
             raise AssertionFailedError(
                 rule=rule,
                 values=copy_json(values),
                 reason=ctx.config.get("message"),
+                unmapped=unmapped,
                 node_id=ctx.node_id,
                 stage=ctx.stage,
                 attempt=ctx.attempt,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stageflow._errors import StageError
@@ -114,6 +114,8 @@ class AssertionFailedError(BuiltinStageError):
         rule: the rule that was false.
         values: the arguments it was evaluated against.
         reason: the configured ``message``, or ``None``.
+        unmapped: names the rule reads (``{"var": ...}``) that are not among
+            the arguments, in rule order.
     """
 
     def __init__(
@@ -125,14 +127,26 @@ class AssertionFailedError(BuiltinStageError):
         node_id: str,
         stage: str,
         attempt: int,
+        unmapped: Sequence[str] = (),
     ) -> None:
         self.rule = rule
         self.values = dict(values)
         self.reason = reason
+        self.unmapped = tuple(unmapped)
         what = f"assertion failed: {reason}" if reason else "assertion failed"
+        fix = "fix the data that reaches this node, or the rule in its config"
+        if self.unmapped:
+            names = ", ".join(repr(n) for n in self.unmapped)
+            first = self.unmapped[0]
+            fix = (
+                f"the rule reads {names}, not among the arguments: the rule sees the node's "
+                "arguments, not the context (unlike a condition node); map each from a "
+                f'context path ("arguments": {{"{first}": "<path>"}}) or check that the path '
+                "holds a value"
+            )
         super().__init__(
             f"{what}; rule {preview(rule)} is false for the arguments {preview(self.values)}; "
-            "fix the data that reaches this node, or the rule in its config",
+            + fix,
             node_id=node_id,
             stage=stage,
             attempt=attempt,

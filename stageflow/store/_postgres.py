@@ -131,7 +131,7 @@ def _stored(row: Sequence[Any]) -> StoredSession:
         queue=row[1],
         status=row[2],
         pipeline=row[3],
-        waiting_for=frozenset(row[4]),
+        waiting_for=tuple(sorted(row[4])),
         wake_at=_utc(row[5]),
         runnable_at=_utc(row[6]),
         version=row[7],

@@ -107,7 +107,7 @@ class StoredSession:
         queue: the worker pool it is routed to.
         status: ``pending``, ``waiting`` or a finished status (``poisoned`` included).
         pipeline: the pipeline's name.
-        waiting_for: the input types it waited for at its last save.
+        waiting_for: the input types it waited for at its last save (sorted).
         wake_at: its earliest timer (UTC), if any.
         runnable_at: when a worker may claim it next (``None``: nothing to do).
         version: how many snapshots were saved (+1 per turn).
@@ -125,7 +125,7 @@ class StoredSession:
     queue: str
     status: str
     pipeline: str
-    waiting_for: frozenset[str]
+    waiting_for: tuple[str, ...]
     wake_at: datetime.datetime | None
     runnable_at: datetime.datetime | None
     version: int
@@ -154,7 +154,7 @@ class StoredSession:
             "queue": self.queue,
             "status": self.status,
             "pipeline": self.pipeline,
-            "waiting_for": sorted(self.waiting_for),
+            "waiting_for": list(self.waiting_for),
             "wake_at": iso(self.wake_at),
             "runnable_at": iso(self.runnable_at),
             "version": self.version,

@@ -122,7 +122,7 @@ def _stored(row: Sequence[Any]) -> StoredSession:
         queue=row[1],
         status=row[2],
         pipeline=row[3],
-        waiting_for=frozenset(json.loads(row[4])),
+        waiting_for=tuple(sorted(json.loads(row[4]))),
         wake_at=_dt(row[5]),
         runnable_at=_dt(row[6]),
         version=row[7],

@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import anyio
@@ -277,7 +277,7 @@ class Worker:
             # A rejected input is recorded in the history; an ended session takes none.
             with contextlib.suppress(InputRejectedError, SessionStateError):
                 session.send_input(item.type, item.payload)
-        waiting_for: frozenset[str] = frozenset()
+        waiting_for: Collection[str] = ()
         wake_at = None
         if session.status in _GOING_ON:
             result = await session.run(suspend=True)

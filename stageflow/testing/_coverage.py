@@ -1,97 +1,54 @@
 """Coverage: which nodes and edges of a pipeline a set of runs exercised.
 
-Edges are read from the pipeline model; whether one was taken is read from
+Edges are the graph module's (:func:`stageflow._graph.edges`, which the graph
+checks and ``stageflow graph`` read too); whether one was taken is read from
 the run histories:
 
-- ``next`` of a stage node: its ``node_finished`` event names that ``next``;
+- ``next`` of a stage, subpipeline or map node: its ``node_finished`` event
+  names that ``next``;
+- ``body`` of a map node: a ``map_item_started`` event (one per item);
 - ``then`` (by index) / ``else`` of a condition node: its ``node_finished``
   event names the target (and the matched branch, when the engine records
   it as ``payload["branch"]``);
 - ``branch`` (by index) of a parallel node: a ``branch_started`` event for
   that child; ``join``: the parallel node's ``node_finished`` event;
-- ``on_error`` (by index) and ``fallback`` of a stage or parallel node: an
+- ``on_error`` (by index) and ``fallback`` of any node with error edges: an
   ``error_routed`` event naming the target (and the error path, which tells
   apart edges to the same target that write the error to different paths).
 """
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from stageflow import ConditionNode, Event, Node, ParallelNode, Pipeline, StageNode
+from stageflow import (
+    ConditionNode,
+    Event,
+    MapNode,
+    Node,
+    ParallelNode,
+    Pipeline,
+    StageNode,
+    SubpipelineNode,
+)
+from stageflow._graph import Edge, EdgeKind, edges
 
 __all__ = ["Coverage", "Edge", "EdgeKind", "measure_coverage"]
 
-
-class EdgeKind(enum.StrEnum):
-    """What kind of edge leads from one node to another."""
-
-    NEXT = "next"
-    """A stage node's ``next``."""
-    THEN = "then"
-    """A condition node's ``conditions[index].then``."""
-    ELSE = "else"
-    """A condition node's ``else``."""
-    BRANCH = "branch"
-    """A parallel node's ``children[index]``: the start of a branch."""
-    JOIN = "join"
-    """A parallel node's ``next``: taken when the branches have joined."""
-    ON_ERROR = "on_error"
-    """A stage or parallel node's ``on_error[index]``: an error edge."""
-    FALLBACK = "fallback"
-    """A stage or parallel node's ``fallback``: the catch-all error edge."""
+_Routed = StageNode | ParallelNode | SubpipelineNode | MapNode
+_ROUTED = (StageNode, ParallelNode, SubpipelineNode, MapNode)
 
 
-@attrs.frozen(order=True)
-class Edge:
-    """One edge of a pipeline graph.
-
-    Attributes:
-        source: id of the node the edge leaves.
-        kind: what kind of edge it is.
-        target: id of the node it leads to.
-        index: the condition, child or error edge index, for ``then``,
-            ``branch`` and ``on_error`` edges.
-    """
-
-    source: str
-    kind: EdgeKind
-    target: str
-    index: int | None = None
-
-    def __str__(self) -> str:
-        label = self.kind.value if self.index is None else f"{self.kind.value} {self.index}"
-        return f"{self.source} -[{label}]-> {self.target}"
+def pipeline_edges(node: Node) -> tuple[Edge, ...]:
+    """Every edge leaving ``node``, in document order (the graph module's :func:`edges`)."""
+    return edges(node)
 
 
-def pipeline_edges(node: Node) -> Iterator[Edge]:
-    """Every edge leaving ``node``, in document order."""
-    if isinstance(node, StageNode):
-        if node.next is not None:
-            yield Edge(node.id, EdgeKind.NEXT, node.next)
-    elif isinstance(node, ConditionNode):
-        for i, branch in enumerate(node.conditions):
-            yield Edge(node.id, EdgeKind.THEN, branch.then, i)
-        if node.else_ is not None:
-            yield Edge(node.id, EdgeKind.ELSE, node.else_)
-    elif isinstance(node, ParallelNode):
-        for i, child in enumerate(node.children):
-            yield Edge(node.id, EdgeKind.BRANCH, child, i)
-        if node.next is not None:
-            yield Edge(node.id, EdgeKind.JOIN, node.next)
-    if isinstance(node, StageNode | ParallelNode):
-        for i, handler in enumerate(node.on_error):
-            yield Edge(node.id, EdgeKind.ON_ERROR, handler.next, i)
-        if node.fallback is not None:
-            yield Edge(node.id, EdgeKind.FALLBACK, node.fallback)
-
-
-def _error_edge(node: StageNode | ParallelNode, payload: Mapping[str, Any]) -> Edge | None:
+def _error_edge(node: _Routed, payload: Mapping[str, Any]) -> Edge | None:
     target, path = payload.get("next"), payload.get("error_path")
     candidates = [(i, h) for i, h in enumerate(node.error_handlers) if h.next == target]
     # Several edges to one target: the error path tells them apart, else the first.
@@ -114,14 +71,16 @@ def _taken(pipeline: Pipeline, event: Event) -> Edge | None:
         if child in node.children:
             return Edge(node.id, EdgeKind.BRANCH, child, node.children.index(child))
         return None
-    if event.type == "error_routed" and isinstance(node, StageNode | ParallelNode):
+    if event.type == "map_item_started" and isinstance(node, MapNode):
+        return Edge(node.id, EdgeKind.BODY, node.body)
+    if event.type == "error_routed" and isinstance(node, _ROUTED):
         return _error_edge(node, event.payload)
     if event.type != "node_finished":
         return None
     target = event.payload.get("next")
     if not isinstance(target, str):
         return None
-    if isinstance(node, StageNode):
+    if isinstance(node, StageNode | SubpipelineNode | MapNode):
         return Edge(node.id, EdgeKind.NEXT, target)
     if isinstance(node, ParallelNode):
         return Edge(node.id, EdgeKind.JOIN, target)

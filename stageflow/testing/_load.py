@@ -14,7 +14,7 @@ import jsonschema
 from stageflow import Problem
 from stageflow._pipeline import load_schema, parse_document, schema_error_message
 from stageflow._specs import DocumentSchema
-from stageflow.testing._mocks import is_file_ref, split_stages_ref
+from stageflow._stage_modules import is_file_ref, split_stages_ref
 from stageflow.testing._model import (
     Case,
     CaseLimits,
@@ -105,6 +105,20 @@ def cases_from_document(
                     "$",
                     f"a case file is an object, got {type(document).__name__}; start from "
                     '{"pipeline": "pipeline.json", "cases": [{"name": ..., "expect": {...}}]}',
+                )
+            ],
+            source=source,
+        )
+    if "cases" not in document and "nodes" in document and "entry" in document:
+        name = file.name if file is not None else "pipeline.json"
+        raise CaseValidationError(
+            [
+                Problem(
+                    "$",
+                    "this looks like a pipeline (it has 'entry' and 'nodes'), not a case file; "
+                    "pass a case file that names it: "
+                    f'{{"pipeline": "{name}", "cases": [{{"name": ..., "payload": {{...}}, '
+                    '"expect": {...}}]} (see docs/testing.md)',
                 )
             ],
             source=source,

@@ -3,38 +3,32 @@
 from __future__ import annotations
 
 import builtins
-import hashlib
 import importlib
-import importlib.util
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
 
 from stageflow import BaseStage, Problem, StageContext, StageEntry, StageRegistry
 from stageflow._json import thaw
-from stageflow._specs import compile_schema
+from stageflow._specs import compile_schema, json_message
+from stageflow._stage_modules import (
+    StagesModuleError,
+    merge_registries,
+    registry_of,
+)
 from stageflow._stages import default_registry
 from stageflow.testing._model import CaseValidationError, MockError, StageMock
 
 __all__ = [
     "exception_class",
-    "is_file_ref",
     "mock_registry",
     "registry_from_modules",
-    "split_stages_ref",
 ]
 
 # Synthetic exception classes, one per name, so that two mocks raising
 # "RateLimited" raise the same class.
 _SYNTHETIC: dict[str, type[Exception]] = {}
-
-# Stage files loaded by path, so that a file is executed once per process
-# (executing it twice would register its stages twice).
-_FILE_MODULES: dict[Path, ModuleType] = {}
 
 
 def exception_class(name: str) -> type[Exception]:
@@ -146,7 +140,7 @@ def mock_registry(
                 Problem(
                     f"{where}.mocks.{name}.outputs",
                     f"mock for stage {name!r} returns outputs that do not match the stage's "
-                    f"declared outputs schema: {e.message}; fix the mock's outputs",
+                    f"declared outputs schema: {json_message(e)}; fix the mock's outputs",
                 )
                 for e in compile_schema(spec.outputs).iter_errors(thaw(mock.outputs))
             )
@@ -192,57 +186,16 @@ def _copy_entry(registry: StageRegistry, entry: StageEntry) -> None:
     registry.add(entry.target, name=entry.name, spec=entry.spec, source=entry.source)
 
 
-def _import_file(path: Path) -> ModuleType:
-    module = _FILE_MODULES.get(path)
-    if module is not None:
-        return module
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    name = f"stageflow_case_stages_{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    # Its sibling modules are importable while it runs, as for `python file.py`.
-    sys.path.insert(0, str(path.parent))
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    finally:
-        sys.path.remove(str(path.parent))
-    _FILE_MODULES[path] = module
-    return module
-
-
-def split_stages_ref(ref: str) -> tuple[str, str]:
-    """Split ``module:attr`` (or ``file.py:attr``) into its module and attribute."""
-    head, sep, tail = ref.rpartition(":")
-    if sep and head and tail.isidentifier():
-        return head, tail
-    return ref, ""
-
-
-def is_file_ref(module: str) -> bool:
-    """Whether a stages module reference is a path to a ``.py`` file."""
-    return module.endswith(".py") or "/" in module or "\\" in module
-
-
-def _load_module(ref: str) -> ModuleType:
-    if is_file_ref(ref):
-        return _import_file(Path(ref).resolve())
-    return importlib.import_module(ref)
-
-
 def registry_from_modules(modules: Sequence[str], *, source: str | None = None) -> StageRegistry:
     """The stages of ``modules``, in one registry.
 
-    Each entry is a module name (``myapp.stages``), a module and attribute
-    (``myapp.stages:REGISTRY``) or a path to a ``.py`` file. A module's
-    stages are those of its ``registry`` attribute (a :class:`StageRegistry`),
-    or of the named attribute; a module without one is taken to register
-    into the default registry. No modules: the default registry.
+    Each entry is a stages module reference, read by the loader the CLI's
+    ``--stages`` shares (:mod:`stageflow._stage_modules`): a module name
+    (``myapp.stages``), a path to a ``.py`` file, either with ``:ATTRIBUTE``.
+    A module's stages are those of the named attribute or of its ``registry``
+    attribute (a :class:`StageRegistry`, or a function returning one); a
+    module without one is taken to register into the default registry. No
+    modules: the default registry.
 
     Raises:
         CaseValidationError: a module cannot be imported, or the named
@@ -254,40 +207,13 @@ def registry_from_modules(modules: Sequence[str], *, source: str | None = None) 
     registries: list[StageRegistry] = []
     problems: list[Problem] = []
     for ref in modules:
-        module_ref, attr = split_stages_ref(ref)
         try:
-            module = _load_module(module_ref)
-        except Exception as exc:
-            problems.append(
-                Problem(
-                    "$.stages",
-                    f"cannot import stages module {module_ref!r}: {type(exc).__name__}: {exc}; "
-                    "check the name (a module on sys.path, or a .py path relative to the "
-                    "case file)",
-                )
-            )
-            continue
-        found = getattr(module, attr or "registry", None)
-        if isinstance(found, StageRegistry):
-            registries.append(found)
-        elif attr:
-            problems.append(
-                Problem(
-                    "$.stages",
-                    f"{module_ref}:{attr} is a {type(found).__name__}, not a StageRegistry; "
-                    "name the module's StageRegistry after the colon",
-                )
-            )
-        elif default_registry() not in registries:
-            registries.append(default_registry())
+            registries.append(registry_of(ref, unique_name=True))
+        except StagesModuleError as exc:
+            problems.append(Problem("$.stages", f"stages module {exc}"))
     if problems:
         raise CaseValidationError(problems, source=source)
-    if len(registries) == 1:
-        return registries[0]
-    combined = StageRegistry()
-    core = _core_names()
-    for registry in registries:
-        for entry in registry.catalogue():
-            if entry.name not in core:
-                _copy_entry(combined, entry)
-    return combined
+    unique = list(dict.fromkeys(registries))
+    if len(unique) == 1:
+        return unique[0]
+    return merge_registries(unique)

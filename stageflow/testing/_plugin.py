@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from stageflow import StageflowError
+from stageflow._stage_modules import is_file_ref, split_stages_ref
 from stageflow.testing._load import load_cases
-from stageflow.testing._mocks import is_file_ref, split_stages_ref
 from stageflow.testing._model import Case
 from stageflow.testing._report import coverage_of
 from stageflow.testing._result import CaseResult

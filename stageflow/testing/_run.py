@@ -120,7 +120,7 @@ class _Driver:
         self.session = session
         self.limit: str | None = None
         self.limit_detail = ""
-        self.waiting_at_end: frozenset[str] = frozenset()
+        self.waiting_at_end: tuple[str, ...] = ()
         self.start = 0.0
         self.events = 0
         self.records: dict[int, InputRecord] = {
@@ -222,7 +222,7 @@ class _Driver:
             limit = outcome.error.limit
             detail = f"the limit {limit}={outcome.error.value}"
         if limit == "max_time" and self.waiting_at_end:
-            detail += f" (the session was waiting for {', '.join(sorted(self.waiting_at_end))})"
+            detail += f" (the session was waiting for {', '.join(self.waiting_at_end)})"
         return Observed(
             status=outcome.status,
             result=outcome.result,

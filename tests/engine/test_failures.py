@@ -369,7 +369,8 @@ async def test_cleanup_that_hangs_is_bounded() -> None:
 
 async def test_step_limit_ends_a_loop() -> None:
     document = doc([stage("a", "Set", next="b"), stage("b", "Set", next="a"), terminal("end")])
-    document["nodes"].pop()
+    # A way out that is never taken: a loop with none is refused at load time.
+    document["nodes"][1]["fallback"] = "end"
     document["limits"] = {"max_steps": 7}
     result = await run_with(document, fake_registry())
     assert result.status is S.FAILED
@@ -380,7 +381,12 @@ async def test_step_limit_ends_a_loop() -> None:
 
 async def test_history_limit() -> None:
     document = doc(
-        [stage("a", "Set", next="b"), stage("b", "Set", next="a")], limits={"max_history": 20}
+        [
+            stage("a", "Set", next="b"),
+            {**stage("b", "Set", next="a"), "fallback": "end"},
+            terminal("end"),
+        ],
+        limits={"max_history": 20},
     )
     result = await run_with(document, fake_registry())
     assert isinstance(result.error, stageflow.LimitExceededError)

@@ -114,7 +114,7 @@ async def test_chat_restored_at_every_wait_ends_like_the_uninterrupted_run() -> 
     cuts = await cut_at_waits(case)
     assert len(cuts) == len(CHAT)  # the greeting's wait, then one per message but the last
     for waiting_for, outcome in cuts:
-        assert waiting_for == {"user_message"}
+        assert waiting_for == ("user_message",)
         assert outcome == expected
 
 
@@ -248,7 +248,7 @@ async def test_waits_in_branches_a_subpipeline_and_map_items_restore_and_complet
     session = case.session()
     suspended = await session.run(suspend=True)
     assert suspended.status is WAITING
-    assert suspended.waiting_for == {"left", "right", "inner"}
+    assert suspended.waiting_for == ("inner", "left", "right")
     snapshot = session.to_dict()
     branches = snapshot["position"]["parallel"]["branches"]
     assert [b["state"] for b in branches] == ["running"] * 3
@@ -258,7 +258,7 @@ async def test_waits_in_branches_a_subpipeline_and_map_items_restore_and_complet
     restored = case.restore(snapshot)
     restored.send_input("left", "L")  # queued before run(): the resumed wait takes it
     second = await restored.run(suspend=True)
-    assert second.waiting_for == {"right", "inner"}
+    assert second.waiting_for == ("inner", "right")
     snapshot = restored.to_dict()
     assert [b["state"] for b in snapshot["position"]["parallel"]["branches"]] == [
         "finished",
@@ -269,7 +269,7 @@ async def test_waits_in_branches_a_subpipeline_and_map_items_restore_and_complet
     restored.send_input("right", "R")
     restored.send_input("inner", "I")
     third = await restored.run(suspend=True)
-    assert third.waiting_for == {"item"}
+    assert third.waiting_for == ("item",)
     items = restored.to_dict()["position"]["map"]
     assert [r["index"] for r in items["running"]] == [0, 1]
     assert items["next"] == 2
@@ -321,7 +321,7 @@ async def test_a_restored_stage_reruns_and_gets_its_consumed_inputs_replayed() -
     session = stageflow.Session(load(TWO, registry), registry=registry)
     session.send_input("first", {"n": 1})
     suspended = await session.run(suspend=True)
-    assert suspended.waiting_for == {"second"}
+    assert suspended.waiting_for == ("second",)
     calls = session.to_dict()["position"]["stage"]["calls"]
     assert calls == [
         {"wait": "first", "payload": {"n": 1}},
@@ -353,7 +353,7 @@ async def test_a_diverging_replay_is_recorded_and_the_call_runs_live() -> None:
     )
     session = stageflow.Session(load(document, registry), registry=registry)
     session.send_input("a", 1)
-    assert (await session.run(suspend=True)).waiting_for == {"last"}
+    assert (await session.run(suspend=True)).waiting_for == ("last",)
     kinds[0] = "b"
     restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
     restored.send_input("b", 2)
@@ -408,7 +408,7 @@ async def test_a_sleep_restored_later_ends_at_its_original_deadline() -> None:
     session = stageflow.Session(pipeline, registry=registry, clock=clock_from(T0))
     suspended = await session.run(suspend=True)
     assert suspended.status is WAITING
-    assert suspended.waiting_for == frozenset()
+    assert suspended.waiting_for == ()
     assert suspended.wake_at == T0 + datetime.timedelta(hours=1)
     data = json_round_trip(session.to_dict())
     assert data["position"]["stage"]["calls"] == [
@@ -445,7 +445,7 @@ async def test_an_input_timeout_keeps_its_absolute_deadline() -> None:
     pipeline = load(document, registry)
     session = stageflow.Session(pipeline, registry=registry, clock=lambda: T0)
     suspended = await session.run(suspend=True)
-    assert suspended.waiting_for == {"reply"}
+    assert suspended.waiting_for == ("reply",)
     assert suspended.wake_at == T0 + datetime.timedelta(seconds=600)
     later = T0 + datetime.timedelta(seconds=599)
     restored = restore_at(session.to_dict(), registry, later)

@@ -323,7 +323,7 @@ async def test_a_branch_failure_restored_fails_the_session_with_the_same_error()
     plain = await Script(case.inputs).attach(case.session()).run()
     assert isinstance(plain.error, stageflow.StageError)
     session = case.session()
-    assert (await session.run(suspend=True)).waiting_for == {"w"}
+    assert (await session.run(suspend=True)).waiting_for == ("w",)
     restored = case.restore(session.to_dict())
     restored.send_input("w", "x")
     result = await restored.run()
@@ -384,7 +384,7 @@ async def test_an_input_sent_as_the_session_suspends_is_not_lost() -> None:
     session.subscribe(on_event)
     first = await session.run(suspend=True)
     assert first.status is WAITING
-    assert first.waiting_for == {"right"}
+    assert first.waiting_for == ("right",)
     restored = stageflow.Session.from_dict(round_trip(session.to_dict()), registry=registry)
     with anyio.fail_after(60):
         result = await restored.run(suspend=True)
@@ -398,7 +398,7 @@ async def test_suspend_with_one_of_two_inputs_already_in_the_backlog() -> None:
     session = case.session()
     session.send_input("right", "R")
     first = await session.run(suspend=True)
-    assert first.waiting_for == {"left"}
+    assert first.waiting_for == ("left",)
     data = session.to_dict()
     branches = data["position"]["parallel"]["branches"]
     assert [b["state"] for b in branches] == ["running", "finished"]
@@ -412,12 +412,12 @@ async def test_suspend_with_one_of_two_inputs_already_in_the_backlog() -> None:
 async def test_inputs_sent_to_a_suspended_session_before_run_go_on_in_place() -> None:
     registry = review_registry()
     session = stageflow.Session(load(TWO_ASKS, registry), registry=registry)
-    assert (await session.run(suspend=True)).waiting_for == {"left", "right"}
+    assert (await session.run(suspend=True)).waiting_for == ("left", "right")
     assert session.send_input("left", "L").queued
-    assert session.waiting_for() == {"left", "right"}
+    assert session.waiting_for() == ("left", "right")
     assert session.to_dict()["backlog"] == {"left": ["L"]}
     second = await session.run(suspend=True)
-    assert second.waiting_for == {"right"}
+    assert second.waiting_for == ("right",)
     data = round_trip(session.to_dict())
     assert [b["state"] for b in data["position"]["parallel"]["branches"]] == [
         "finished",

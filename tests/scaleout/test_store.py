@@ -67,7 +67,7 @@ async def test_round_trip_create_send_claim_complete(store: SessionStore) -> Non
     assert ok
     row = await store.get("s1")
     assert (row.status, row.version, row.inbox_done, row.events_done) == ("waiting", 1, 1, 2)
-    assert row.waiting_for == frozenset({"msg"})
+    assert row.waiting_for == ("msg",)
     assert row.wake_at == wake
     assert row.runnable_at == wake  # the timer is the next wake-up
     assert row.lease_owner is None

@@ -120,7 +120,7 @@ async def uninterrupted(case: Case) -> Outcome:
     return Outcome.of(await session.run())
 
 
-async def cut_at_waits(case: Case) -> list[tuple[frozenset[str], Outcome]]:
+async def cut_at_waits(case: Case) -> list[tuple[tuple[str, ...], Outcome]]:
     """For k = 0, 1, ...: answer k waits, suspend, restore, finish; until a run needs no cut.
 
     Returns what each cut waited for and the outcome after the restore.

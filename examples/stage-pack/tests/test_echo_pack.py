@@ -28,7 +28,7 @@ async def run(
     registry: stageflow.StageRegistry, payload: dict[str, Any]
 ) -> stageflow.SessionResult:
     pipeline = stageflow.Pipeline.load(PIPELINE, registry=registry)
-    return await stageflow.Session(pipeline, registry=registry, payload=payload).run()
+    return await stageflow.Session(pipeline, payload=payload).run()
 
 
 @pytest.mark.trio

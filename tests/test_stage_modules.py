@@ -1,0 +1,102 @@
+"""One loader for stages module references: the CLI's ``--stages`` and the tester's ``stages``."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import stageflow
+from stageflow._stage_modules import StagesModuleError, merge_registries, registry_of
+from stageflow.testing._mocks import registry_from_modules
+
+ROOT = Path(__file__).parents[1]
+REFERENCE_STAGES = ROOT / "examples" / "reference" / "stages.py"
+
+NAMED = """\
+import stageflow
+
+REGISTRY = stageflow.StageRegistry()
+
+
+@REGISTRY.register("Named")
+async def named(ctx):
+    return {}
+"""
+
+
+def test_a_file_with_an_attribute_names_its_registry(tmp_path: Path) -> None:
+    (tmp_path / "named_stages.py").write_text(NAMED)
+    registry = registry_of(f"{tmp_path / 'named_stages.py'}:REGISTRY")
+    assert "Named" in registry.names(core=False)
+
+
+def test_a_registry_factory_is_called() -> None:
+    registry = registry_of("stageflow.builtins")
+    assert "builtins.assert" in registry
+
+
+def test_the_tester_accepts_a_registry_factory_as_the_cli_does() -> None:
+    registry = registry_from_modules(["stageflow.builtins"])
+    assert "builtins.assert" in registry
+
+
+def test_the_cli_accepts_module_and_attribute_as_the_tester_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stageflow.cli import main
+
+    module = tmp_path / "named_stages_cli.py"
+    module.write_text(NAMED)
+    assert main(["stages", "--no-plugins", "--stages", f"{module}:REGISTRY"]) == 0
+    assert "Named" in capsys.readouterr().out
+
+
+def test_a_missing_attribute_is_named(tmp_path: Path) -> None:
+    (tmp_path / "no_attr_stages.py").write_text("x = 1\n")
+    with pytest.raises(StagesModuleError, match="has no attribute 'REGISTRY'"):
+        registry_of(f"{tmp_path / 'no_attr_stages.py'}:REGISTRY")
+
+
+def test_the_same_file_is_imported_once(tmp_path: Path) -> None:
+    file = tmp_path / "once_stages.py"
+    file.write_text(textwrap.dedent(NAMED))
+    assert registry_of(f"{file}:REGISTRY") is registry_of(f"{file}:REGISTRY")
+
+
+def test_merging_keeps_a_stage_reached_twice_once() -> None:
+    reference = registry_of(str(REFERENCE_STAGES))
+    merged = merge_registries([reference, reference])
+    assert merged.names() == reference.names()
+    assert isinstance(merged, stageflow.StageRegistry)
+
+
+def test_a_module_name_is_not_shadowed_by_a_file_imported_under_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "shadowed_stages.py").write_text(NAMED.replace("Named", "FromFile"))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "shadowed_stages.py").write_text(NAMED.replace("Named", "FromName"))
+    assert "FromFile" in registry_of(f"{elsewhere / 'shadowed_stages.py'}:REGISTRY")
+    monkeypatch.chdir(here)
+    assert "FromName" in registry_of("shadowed_stages:REGISTRY")
+
+
+def test_the_current_directory_comes_first_even_when_it_is_on_sys_path_already(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
+    for folder, stage in ((elsewhere, "Elsewhere"), (here, "Here")):
+        folder.mkdir()
+        (folder / "first_stages.py").write_text(NAMED.replace("Named", stage))
+    monkeypatch.syspath_prepend(str(here))
+    monkeypatch.syspath_prepend(str(elsewhere))  # elsewhere before here on sys.path
+    monkeypatch.chdir(here)
+    monkeypatch.delitem(sys.modules, "first_stages", raising=False)
+    assert "Here" in registry_of("first_stages:REGISTRY")
+    monkeypatch.delitem(sys.modules, "first_stages", raising=False)
