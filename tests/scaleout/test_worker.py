@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from store_support import chat_pipeline, registry, sleep_pipeline
+from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
 
 import stageflow
 from stageflow.store import SessionService, SessionStore, Worker
@@ -139,3 +140,31 @@ async def test_timers_survive_a_worker_restart(make_store: Callable[..., Any]) -
         done = await service.wait(sid, finished=True, timeout=20)
     assert done.status == "completed"
     assert done.updated_at >= stored.wake_at
+
+
+async def test_heartbeats_keep_a_stage_longer_than_its_lease(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(gate_pipeline(marks, gate))
+    for n in (1, 2):
+        await service.send_input(sid, "msg", {"n": n})
+    async with running(make_store(), lease=1.5, worker_id="A") as holder:
+        with anyio.fail_after(20):
+            while not read_marks(marks):  # noqa: ASYNC110  (the stage writes it)
+                await anyio.sleep(0.01)
+        async with running(make_store(), lease=1.5, worker_id="B") as rival:
+            # The claim's expiry and three renewals (every lease / 3): the stage outlives its
+            # lease, and a slow heartbeat (1 s late) would still not lose it.
+            renewals: set[Any] = set()
+            with anyio.fail_after(20):
+                while len(renewals) < 4:
+                    renewals.add((await service.get(sid)).runnable_at)
+                    await anyio.sleep(0.02)
+            gate.touch()
+            done = await service.wait(sid, finished=True, timeout=20)
+            assert rival.statistics().claimed == 0
+        assert holder.statistics().saved == 1
+    assert done.status == "completed"
+    assert len(read_marks(marks)) == 1  # no second execution
