@@ -61,8 +61,15 @@ PIPELINE = {
             "stage": "Count",
             "arguments": {"count": "count"},
             "outputs": {"count": "count"},
-            "next": "wait",
+            "next": "route",
         },
+        {
+            "id": "route",
+            "type": "condition",
+            "conditions": [{"if": {"var": "msg.stop"}, "then": "end"}],
+            "else": "wait",
+        },
+        {"id": "end", "type": "terminal"},
     ],
 }
 
