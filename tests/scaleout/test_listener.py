@@ -43,6 +43,9 @@ async def test_a_dropped_listen_connection_is_reopened(
         await tg.start(worker.run)
         sid = await service.start(chat_pipeline())
         await service.wait(sid, timeout=10)
+        with anyio.fail_after(10):  # the LISTEN connection is open
+            while store.listener_reconnects < 1:  # type: ignore[attr-defined]  # noqa: ASYNC110
+                await anyio.sleep(0.01)
         killed = await anyio.to_thread.run_sync(
             _terminate_listeners, store_url, store_options["schema"]
         )

@@ -150,13 +150,13 @@ async def test_heartbeats_keep_a_stage_longer_than_its_lease(
     sid = await service.start(gate_pipeline(marks, gate))
     for n in (1, 2):
         await service.send_input(sid, "msg", {"n": n})
-    async with running(make_store(), lease=1.5, worker_id="A") as holder:
+    async with running(make_store(), lease=2.0, worker_id="A") as holder:
         with anyio.fail_after(20):
             while not read_marks(marks):  # noqa: ASYNC110  (the stage writes it)
                 await anyio.sleep(0.01)
-        async with running(make_store(), lease=1.5, worker_id="B") as rival:
+        async with running(make_store(), lease=2.0, worker_id="B") as rival:
             # The claim's expiry and three renewals (every lease / 3): the stage outlives its
-            # lease, and a slow heartbeat (1 s late) would still not lose it.
+            # lease, and a heartbeat 1.3 s late would still not lose it.
             renewals: set[Any] = set()
             with anyio.fail_after(20):
                 while len(renewals) < 4:
