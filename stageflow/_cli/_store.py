@@ -151,6 +151,7 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
     options: dict[str, Any] = {"notify": False} if args.poll_only else {}
 
     async def body(store: SessionStore) -> dict[str, Any]:
+        await store.migrate()  # an unreachable store or a newer schema: its own error, now
         worker = Worker(
             store,
             registry=registry,

@@ -70,3 +70,10 @@ def test_unknown_sessions_and_bad_urls_exit_2_with_the_fix(url: str, capsys: Any
     code, _, err = run_cli(capsys, "sessions", "list", "--store", "mysql://x")
     assert code == 2
     assert "unknown scheme" in err
+
+
+def test_a_worker_on_an_unreachable_store_exits_2_with_the_fix(capsys: Any) -> None:
+    argv = ("worker", "--store", "sqlite:////nonexistent/dir/s.db", "--no-plugins")
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "check that the directory exists" in err
