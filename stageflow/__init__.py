@@ -19,6 +19,8 @@ underscore are private.
 # - kernel: ``_engine/``, the self-contained engine (frames, executors, the
 #   run's choke point, snapshots; see docs/internals.md);
 # - engine: ``_session.py``, the public Session handle built on the kernel;
+# - store: ``store/``, sessions at scale (session stores, SessionService, Worker),
+#   a public submodule; its two roles are re-exported here too;
 # - top: the CLI, the test kit, tracing and logging set-up, the built-in stages.
 #
 # This file re-exports the public names of the private modules, and makes them
@@ -108,6 +110,7 @@ from stageflow._stages import (
     register_stage,
 )
 from stageflow._version import __version__ as __version__
+from stageflow.store import SessionService, Worker
 
 __all__ = [
     "API_VERSIONS",
@@ -159,6 +162,7 @@ __all__ = [
     "STAGE_PACK_GROUP",
     "Session",
     "SessionResult",
+    "SessionService",
     "SessionStateError",
     "SessionStatus",
     "SessionTimeoutError",
@@ -185,6 +189,7 @@ __all__ = [
     "TracingSetupError",
     "ValidateEvents",
     "WaitStage",
+    "Worker",
     "get_stages",
     "jsonlogic",
     "list_stage_packs",
@@ -207,7 +212,8 @@ def _fix_module_metadata() -> None:
         if attrs.has(value):
             attrs.resolve_types(value)
         module = getattr(value, "__module__", None)
-        private = isinstance(module, str) and module.startswith("stageflow._")
+        inner = ("stageflow._", "stageflow.store._")
+        private = isinstance(module, str) and module.startswith(inner)
         if private and (isinstance(value, type) or callable(value)):
             value.__module__ = __name__
 

@@ -95,6 +95,7 @@ EXPORTED = [
     "STAGE_PACK_GROUP",
     "Session",
     "SessionResult",
+    "SessionService",
     "SessionStateError",
     "SessionStatus",
     "SessionTimeoutError",
@@ -121,6 +122,7 @@ EXPORTED = [
     "TracingSetupError",
     "ValidateEvents",
     "WaitStage",
+    "Worker",
     "get_stages",
     "jsonlogic",
     "pipeline_schema",
@@ -158,6 +160,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # order), then the public session handle built on it.
     "kernel": ("_engine",),
     "engine": ("_session",),
+    # Sessions at scale (store, service, worker): built on the public session handle.
+    "store": ("store",),
     "top": ("cli", "_cli", "__main__", "testing", "tracing", "logging", "builtins"),
 }
 
@@ -710,6 +714,7 @@ def _shipped_files() -> list[Path]:
 OPTIONAL_MODULES = {
     "_stageflow_pytest.py": "pytest",  # the pytest11 entry point: pytest loads it
     "stageflow/testing/_plugin.py": "pytest",  # imported by it when a case file is collected
+    "stageflow/store/_postgres.py": "postgres",  # imported by open_store for postgresql:// only
 }
 
 

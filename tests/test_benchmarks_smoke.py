@@ -62,6 +62,9 @@ STAGEFLOW_ROWS = [
         for concurrency in (1, 8, 64)
         for what in ("per item", "peak memory", "in flight mid-run")
     ),
+    "SQLite: turns/s",
+    "SQLite: process CPU per turn",
+    "SQLite: send_input, median",
 ]
 LANGGRAPH_ROWS = [
     "LangGraph: sequential node, per node",

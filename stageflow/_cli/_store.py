@@ -1,0 +1,278 @@
+"""``stageflow worker`` and ``stageflow sessions ...``: the session store from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import attrs
+
+from stageflow._cli._common import Streams, dump_json, read_json_argument
+from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
+from stageflow.store import SessionService, SessionStore, StoredSession, Worker, open_store
+
+__all__ = ["add_store_parsers"]
+
+T = TypeVar("T")
+
+STORE_ENV = "STAGEFLOW_STORE"
+
+
+def _add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        required=STORE_ENV not in os.environ,
+        metavar="URL",
+        help=f"sqlite:///path.db or postgresql://user@host/db (default: ${STORE_ENV})",
+    )
+    parser.add_argument(
+        "--schema", help="PostgreSQL schema of the tables (default: stageflow)", default=None
+    )
+
+
+def _open(args: argparse.Namespace, **options: Any) -> SessionStore:
+    if args.schema is not None:
+        options["schema"] = args.schema
+    return open_store(args.store, **options)
+
+
+def _run_with_store(
+    args: argparse.Namespace, body: Callable[[SessionStore], Awaitable[T]], **options: Any
+) -> T:
+    async def main() -> T:
+        store = _open(args, **options)
+        try:
+            return await body(store)
+        finally:
+            await store.aclose()
+
+    return anyio.run(main, backend="trio")
+
+
+def add_store_parsers(subparsers: Any) -> None:
+    """Add ``worker`` and ``sessions`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "worker",
+        help="run stored sessions: claim, run a turn, save, until SIGTERM",
+        description=(
+            "Claim due sessions from the store, run each until it waits or ends, and save it "
+            "(fenced by its lease). SIGTERM or Ctrl-C stops claiming and waits up to "
+            "--shutdown-grace seconds for the turns in flight; a second signal abandons them "
+            "(their leases expire and another worker runs them again). Prints the worker's "
+            "statistics as JSON when it stops."
+        ),
+    )
+    _add_store_option(p)
+    p.add_argument("--pipelines", metavar="DIR", help="pipeline files (*.json) to reuse by digest")
+    p.add_argument("--concurrency", type=int, default=32, help="turns in flight (default 32)")
+    p.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    p.add_argument("--poll", type=float, default=1.0, help="longest idle wait (default 1 s)")
+    p.add_argument(
+        "--queue", dest="queues", action="append", default=None, help="a queue (repeatable)"
+    )
+    p.add_argument("--worker-id", default=None, help="the name in lease_owner")
+    p.add_argument("--max-attempts", type=int, default=5, help="failures before 'poisoned'")
+    p.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument(
+        "--poll-only", action="store_true", help="no NOTIFY (PgBouncer in transaction pooling)"
+    )
+    add_stage_options(p)
+    p.set_defaults(handler=worker_command)
+
+    p = subparsers.add_parser(
+        "sessions",
+        help="list, show, feed, cancel and purge stored sessions",
+        description="Read and change the sessions of a store (see docs/scaleout.md).",
+    )
+    sub = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    q = sub.add_parser("list", help="sessions matching filters, oldest first")
+    _add_store_option(q)
+    q.add_argument("--status", help="pending, waiting, completed, failed, poisoned, ...")
+    q.add_argument("--pipeline", help="pipeline name")
+    q.add_argument("--waiting-for", help="an input type")
+    q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=list_command)
+
+    q = sub.add_parser("show", help="one session's row (and its committed events)")
+    _add_store_option(q)
+    q.add_argument("session_id")
+    q.add_argument("--events", action="store_true", help="also the committed events")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=show_command)
+
+    q = sub.add_parser("send", help="store an input for a session")
+    _add_store_option(q)
+    q.add_argument("session_id")
+    q.add_argument("type", help="the input type")
+    q.add_argument("payload", help="JSON text or @FILE")
+    q.add_argument("--key", help="idempotency key: a retry returns the original record")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=send_command)
+
+    q = sub.add_parser("cancel", help="ask for a session to be cancelled")
+    _add_store_option(q)
+    q.add_argument("session_id")
+    q.add_argument("--reason", default="cancelled")
+    q.add_argument("--key", help="idempotency key")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=cancel_command)
+
+    q = sub.add_parser("purge", help="delete old finished sessions and old consumed inputs")
+    _add_store_option(q)
+    q.add_argument("--finished-days", type=float, default=30.0, help="default 30")
+    q.add_argument("--inputs-days", type=float, default=7.0, help="default 7")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=purge_command)
+
+
+# ----------------------------------------------------------------------- worker
+
+
+def worker_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow worker``: run stored sessions until SIGTERM or Ctrl-C."""
+    registry = resolve_registry(
+        args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
+    )
+    pipelines = (
+        [read_pipeline(str(p), registry) for p in sorted(Path(args.pipelines).glob("*.json"))]
+        if args.pipelines
+        else []
+    )
+    options: dict[str, Any] = {"notify": False} if args.poll_only else {}
+
+    async def body(store: SessionStore) -> dict[str, Any]:
+        await store.migrate()  # an unreachable store or a newer schema: its own error, now
+        worker = Worker(
+            store,
+            registry=registry,
+            pipelines=pipelines,
+            concurrency=args.concurrency,
+            lease=args.lease,
+            poll=args.poll,
+            queues=args.queues or ("default",),
+            worker_id=args.worker_id,
+            max_attempts=args.max_attempts,
+            shutdown_grace=args.shutdown_grace,
+        )
+        async with anyio.create_task_group() as tg:
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        if worker.stopping:
+                            tg.cancel_scope.cancel()  # a second signal: abandon the turns
+                        worker.shutdown()
+
+            tg.start_soon(on_signals)
+            await worker.run()
+            tg.cancel_scope.cancel()
+        return {"worker_id": worker.worker_id, **attrs.asdict(worker.statistics())}
+
+    if not args.store.startswith("postgres"):
+        options = {}
+    io.print(dump_json(_run_with_store(args, body, **options)))
+    return 0
+
+
+# --------------------------------------------------------------------- sessions
+
+
+def _row_line(row: StoredSession) -> str:
+    waits = ",".join(sorted(row.waiting_for)) or "-"
+    return f"{row.session_id}  {row.status:<9}  {row.pipeline}  waits for: {waits}"
+
+
+def list_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow sessions list``."""
+
+    async def body(store: SessionStore) -> list[StoredSession]:
+        return await SessionService(store).list(
+            status=args.status,
+            pipeline=args.pipeline,
+            waiting_for=args.waiting_for,
+            due=args.due,
+            limit=args.limit,
+        )
+
+    rows = _run_with_store(args, body)
+    if args.json:
+        io.print(dump_json([r.to_dict() for r in rows]))
+    else:
+        for row in rows:
+            io.print(_row_line(row))
+    return 0
+
+
+def show_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow sessions show``."""
+
+    async def body(store: SessionStore) -> dict[str, Any]:
+        out = (await store.get(args.session_id)).to_dict()
+        if args.events:
+            out["events"] = await store.events(args.session_id, limit=100_000)
+        return out
+
+    out = _run_with_store(args, body)
+    if args.json:
+        io.print(dump_json(out))
+    else:
+        for key, value in out.items():
+            if key != "events":
+                io.print(f"{key}: {value}")
+        for event in out.get("events", ()):
+            io.print(f"  {event['seq']:>4}  {event['type']}  {event.get('node_id') or ''}")
+    return 0
+
+
+def send_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow sessions send``."""
+    payload = read_json_argument(args.payload, option="PAYLOAD")
+
+    async def body(store: SessionStore) -> dict[str, Any]:
+        record = await SessionService(store).send_input(
+            args.session_id, args.type, payload, idempotency_key=args.key
+        )
+        return attrs.asdict(record)
+
+    out = _run_with_store(args, body)
+    io.print(dump_json(out) if args.json else f"input {out['seq']} stored")
+    return 0
+
+
+def cancel_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow sessions cancel``."""
+
+    async def body(store: SessionStore) -> dict[str, Any]:
+        record = await SessionService(store).cancel(
+            args.session_id, args.reason, idempotency_key=args.key
+        )
+        return attrs.asdict(record)
+
+    out = _run_with_store(args, body)
+    io.print(dump_json(out) if args.json else f"cancel request {out['seq']} stored")
+    return 0
+
+
+def purge_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow sessions purge``."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    async def body(store: SessionStore) -> int:
+        return await store.purge(
+            finished_before=now - datetime.timedelta(days=args.finished_days),
+            inputs_before=now - datetime.timedelta(days=args.inputs_days),
+        )
+
+    gone = _run_with_store(args, body)
+    io.print(dump_json({"deleted": gone}) if args.json else f"{gone} rows deleted")
+    return 0

@@ -1,0 +1,70 @@
+"""The session store's errors: a branch of the :class:`~stageflow.StageflowError` tree.
+
+Factored out so that the records, both stores, the service and the worker
+can raise them without importing one another::
+
+    StageflowError
+    └── StoreError                      the session store cannot do that
+        ├── SessionNotFoundError        no session has that id (also LookupError)
+        ├── SessionFinishedError        the session has ended; it takes no new input
+        ├── StoreUnavailableError       the store URL cannot be opened or reached
+        └── StoreSchemaError            the tables were made by a newer stageflow
+"""
+
+from __future__ import annotations
+
+from stageflow._errors import StageflowError
+
+__all__ = [
+    "SessionFinishedError",
+    "SessionNotFoundError",
+    "StoreError",
+    "StoreSchemaError",
+    "StoreUnavailableError",
+]
+
+
+class StoreError(StageflowError):
+    """The session store cannot do what was asked."""
+
+
+class SessionNotFoundError(StoreError, LookupError):
+    """No stored session has this id."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"no stored session has id {session_id!r}; check the id, or start the session "
+            "with SessionService.start() first (purge() deletes finished sessions)"
+        )
+
+
+class SessionFinishedError(StoreError):
+    """The session has finished: a new input (or cancel) cannot be delivered."""
+
+    def __init__(self, session_id: str, status: str, input_type: str) -> None:
+        self.session_id = session_id
+        self.status = status
+        self.input_type = input_type
+        super().__init__(
+            f"session {session_id!r} is {status}; input {input_type!r} was not stored. "
+            "Start a new session; a retry with the original idempotency key returns the "
+            "original record"
+        )
+
+
+class StoreUnavailableError(StoreError):
+    """The store URL is malformed, or its database cannot be reached."""
+
+
+class StoreSchemaError(StoreError):
+    """The store's tables were created by a newer stageflow (a higher schema version)."""
+
+    def __init__(self, where: str, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"the session tables in {where} have schema version {found}, but this stageflow "
+            f"supports up to {supported}; upgrade stageflow on this machine (every worker and "
+            "service of one store must run a version that knows its schema)"
+        )

@@ -1,0 +1,158 @@
+"""What a request handler uses: start sessions, send inputs, read and follow them.
+
+The service never runs a session: it writes rows (one short transaction
+each) and reads them. Workers do the running, in this process or another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import anyio
+
+from stageflow._pipeline import Pipeline
+from stageflow._session import Session
+from stageflow._stages import StageRegistry
+from stageflow.store._records import InputRecord, SessionStore, StoredSession
+
+__all__ = ["SessionService"]
+
+_MIN_POLL = 0.005
+_MAX_POLL = 0.2
+
+
+def _recorded(stored: StoredSession, seq: int) -> bool:
+    """Whether input ``seq`` is in a saved turn and no turn is running."""
+    return stored.inbox_done >= seq and stored.version > 0 and stored.lease_owner is None
+
+
+class SessionService:
+    """Start, feed, cancel and read stored sessions, from any process.
+
+    Args:
+        store: the session store.
+        registry: where :meth:`start` checks the pipeline's stages (the
+            default registry if not given).
+        pipelines: pipelines :meth:`start` accepts by name as well.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        registry: StageRegistry | None = None,
+        pipelines: Iterable[Pipeline] = (),
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.pipelines = {p.name: p for p in pipelines}
+
+    async def start(
+        self,
+        pipeline: Pipeline | str,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+        idempotency_key: str | None = None,
+        queue: str = "default",
+    ) -> str:
+        """Store a new session; a worker runs it. Returns its id.
+
+        A retried ``idempotency_key`` (or a known ``session_id``) returns the
+        existing session's id and creates nothing.
+        """
+        if isinstance(pipeline, str):
+            pipeline = self.pipelines[pipeline]
+        session = Session(pipeline, registry=self.registry, payload=payload, session_id=session_id)
+        created = await self.store.create(
+            session.to_dict(), queue=queue, idempotency_key=idempotency_key
+        )
+        return created.session_id
+
+    async def send_input(
+        self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
+    ) -> InputRecord:
+        """Store an input for the session; a worker delivers it, exactly once.
+
+        Raises:
+            SessionNotFoundError: no such session.
+            SessionFinishedError: the session has ended (a retried key returns
+                its original record instead).
+        """
+        return await self.store.send_input(
+            session_id, type, payload, idempotency_key=idempotency_key
+        )
+
+    async def cancel(
+        self, session_id: str, reason: str = "cancelled", *, idempotency_key: str | None = None
+    ) -> InputRecord:
+        """Ask for the session to be cancelled; its next turn ends it ``cancelled``."""
+        return await self.store.request_cancel(session_id, reason, idempotency_key=idempotency_key)
+
+    async def get(self, session_id: str) -> StoredSession:
+        """The session's stored state. Raises SessionNotFoundError."""
+        return await self.store.get(session_id)
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        waiting_for: str | None = None,
+        due: bool = False,
+        limit: int = 100,
+    ) -> list[StoredSession]:
+        """Stored sessions matching every given filter, oldest first."""
+        return await self.store.list_sessions(
+            status=status, pipeline=pipeline, waiting_for=waiting_for, due=due, limit=limit
+        )
+
+    async def wait(
+        self,
+        session_id: str,
+        *,
+        seq: int | None = None,
+        finished: bool = False,
+        timeout: float,
+    ) -> StoredSession:
+        """Wait until input ``seq`` is recorded in a saved turn, or the session has finished.
+
+        Without ``seq``: until every input sent so far is recorded (and at
+        least one turn was saved). For request/response handlers. With
+        ``finished=True``: until the session has ended (timers included).
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+            SessionNotFoundError: no such session.
+        """
+        delay = _MIN_POLL
+        with anyio.fail_after(timeout):
+            stored = await self.store.get(session_id)
+            target = stored.inbox_head if seq is None else seq
+            while not (stored.finished or (not finished and _recorded(stored, target))):
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _MAX_POLL)
+                stored = await self.store.get(session_id)
+            return stored
+
+    async def follow(self, session_id: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The committed history events (``Event.to_dict()``), each once, in ``seq`` order.
+
+        Ends after the last event of a finished session. Events of a turn
+        that a lost lease discarded never appear.
+        """
+        delay = _MIN_POLL
+        while True:
+            batch = await self.store.events(session_id, after=after)
+            for event in batch:
+                after = int(event["seq"])
+                yield event
+            if batch:
+                delay = _MIN_POLL
+                continue
+            stored = await self.store.get(session_id)
+            if stored.finished and stored.events_done <= after:
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _MAX_POLL)

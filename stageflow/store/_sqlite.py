@@ -1,0 +1,610 @@
+"""The embedded session store: stdlib ``sqlite3`` in worker threads, through anyio.
+
+One connection per store under a ``threading.Lock``; every write is one
+``BEGIN IMMEDIATE`` transaction of a few statements, never spanning an
+``await``. Times are REAL epoch seconds from the store's clock (the local
+clock: the database is a local file). A write that makes work (create, an
+input, a save, a release) also wakes :meth:`SQLiteStore.wait_for_work` in
+this process at once; other processes find it by polling.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from stageflow.store._errors import (
+    SessionFinishedError,
+    SessionNotFoundError,
+    StoreSchemaError,
+    StoreUnavailableError,
+)
+from stageflow.store._history import dumps, snapshot_info
+from stageflow.store._records import (
+    CANCEL_INPUT,
+    FINISHED_STATUSES,
+    Created,
+    InputRecord,
+    Lease,
+    StoredInput,
+    StoredSession,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "Wakeup"]
+
+SCHEMA_VERSION = 1
+"""The table layout this stageflow writes (both stores)."""
+
+T = TypeVar("T")
+
+_FINISHED_SQL = "('completed','failed','cancelled','timed_out','poisoned')"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS stageflow_sessions (
+    session_id  TEXT PRIMARY KEY,
+    queue       TEXT NOT NULL DEFAULT 'default',
+    status      TEXT NOT NULL,
+    snapshot    TEXT NOT NULL,
+    pipeline    TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    waiting_for TEXT NOT NULL DEFAULT '[]',
+    wake_at     REAL,
+    runnable_at REAL,
+    inbox_head  INTEGER NOT NULL DEFAULT 0,
+    inbox_done  INTEGER NOT NULL DEFAULT 0,
+    events_done INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    version     INTEGER NOT NULL DEFAULT 0,
+    start_key   TEXT UNIQUE,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stageflow_sessions_due ON stageflow_sessions (queue, runnable_at)
+    WHERE runnable_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS stageflow_sessions_finished ON stageflow_sessions (updated_at)
+    WHERE status IN {_FINISHED_SQL};
+CREATE TABLE IF NOT EXISTS stageflow_inbox (
+    session_id      TEXT NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
+    seq             INTEGER NOT NULL,
+    type            TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at      REAL NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS stageflow_inbox_key ON stageflow_inbox
+    (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS stageflow_events (
+    session_id TEXT NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE IF NOT EXISTS stageflow_schema (version INTEGER NOT NULL);
+"""
+
+_ROW = (
+    "session_id, queue, status, pipeline, waiting_for, wake_at, runnable_at, version, "
+    "inbox_head, inbox_done, events_done, attempts, lease_owner, last_error, created_at, "
+    "updated_at"
+)
+
+
+def _dt(value: float | None) -> datetime.datetime | None:
+    if value is None:
+        return None
+    return datetime.datetime.fromtimestamp(value, datetime.UTC)
+
+
+def _epoch(value: datetime.datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _stored(row: Sequence[Any]) -> StoredSession:
+    created = _dt(row[14])
+    updated = _dt(row[15])
+    assert created is not None
+    assert updated is not None
+    return StoredSession(
+        session_id=row[0],
+        queue=row[1],
+        status=row[2],
+        pipeline=row[3],
+        waiting_for=tuple(sorted(json.loads(row[4]))),
+        wake_at=_dt(row[5]),
+        runnable_at=_dt(row[6]),
+        version=row[7],
+        inbox_head=row[8],
+        inbox_done=row[9],
+        events_done=row[10],
+        attempts=row[11],
+        lease_owner=row[12],
+        error=row[13],
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+class Wakeup:
+    """An in-process wake-up: writes set it, :meth:`wait` returns when it was set.
+
+    ``pending`` keeps a wake-up that came while nobody waited, so the next
+    :meth:`wait` returns at once (no wake-up is lost between a claim and a wait).
+    """
+
+    __slots__ = ("_event", "_pending")
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+        self._pending = False
+
+    def set(self) -> None:
+        """Wake the waiters (or the next one)."""
+        self._pending = True
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when set (now, if set since the last wait) or after ``timeout`` seconds."""
+        if not self._pending:
+            if self._event is None:
+                self._event = anyio.Event()
+            event = self._event
+            with anyio.move_on_after(max(timeout, 0.0)):
+                await event.wait()
+            if self._event is event:  # timed out: the next wait may run on another loop
+                self._event = None
+        self._pending = False
+
+
+class SQLiteStore:
+    """The embedded :class:`~stageflow.store.SessionStore` on one SQLite file.
+
+    Args:
+        path: the database file (``":memory:"`` for a private in-memory store).
+        synchronous: ``"FULL"`` (default) or ``"NORMAL"``; a process crash is
+            safe either way, ``FULL`` also survives a power loss.
+        events: also copy each turn's history to ``stageflow_events`` (the
+            feed of ``SessionService.follow``).
+        clock: epoch seconds now (``time.time``); tests pass a fake one.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        events: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = str(path)
+        self._synchronous = synchronous
+        self._events = events
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._ready = False
+        self._work = Wakeup()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(
+                    f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
+                    "directory exists and is writable"
+                ) from exc
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+        return self._conn
+
+    def _locked(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            conn = self._connect()
+            if not write:
+                return fn(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        if not self._ready:
+            await self.migrate()
+        return await anyio.to_thread.run_sync(self._locked, fn, write)
+
+    async def migrate(self) -> None:
+        """Create the tables (schema version 1), or check that they are not newer."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT max(version) FROM stageflow_schema").fetchone()
+            found = row[0]
+            if found is None:
+                conn.execute("INSERT INTO stageflow_schema VALUES (?)", (SCHEMA_VERSION,))
+            elif found > SCHEMA_VERSION:
+                raise StoreSchemaError(self.path, found, SCHEMA_VERSION)
+
+        await anyio.to_thread.run_sync(self._locked, run, False)
+        self._ready = True
+
+    def _wake(self) -> None:
+        self._work.set()
+
+    # ------------------------------------------------------------ sessions
+
+    async def create(
+        self,
+        snapshot: Mapping[str, Any],
+        *,
+        queue: str = "default",
+        idempotency_key: str | None = None,
+    ) -> Created:
+        """Store a new session, runnable at once (see :class:`SessionStore`)."""
+        info = snapshot_info(snapshot)
+        text = dumps(snapshot)
+
+        def run(conn: sqlite3.Connection) -> Created:
+            now = self._clock()
+            cur = conn.execute(
+                "INSERT INTO stageflow_sessions (session_id, queue, status, snapshot, pipeline, "
+                "digest, runnable_at, start_key, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (info.session_id, queue, text, info.pipeline, info.digest, now,
+                 idempotency_key, now, now),
+            )  # fmt: skip
+            if cur.rowcount == 1:
+                return Created(info.session_id, duplicate=False)
+            row = conn.execute(
+                "SELECT session_id FROM stageflow_sessions WHERE start_key = ? "
+                "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = ?",
+                (idempotency_key, info.session_id),
+            ).fetchone()
+            return Created(row[0], duplicate=True)
+
+        created = await self._run(run, write=True)
+        if not created.duplicate:
+            self._wake()
+        return created
+
+    async def send_input(
+        self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
+    ) -> InputRecord:
+        """Append an input to the inbox (see :class:`SessionStore`)."""
+        text = dumps(payload)
+
+        def run(conn: sqlite3.Connection) -> InputRecord:
+            row = conn.execute(
+                "SELECT status, inbox_head, lease_owner FROM stageflow_sessions "
+                "WHERE session_id = ?",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            if idempotency_key is not None:
+                seen = conn.execute(
+                    "SELECT seq FROM stageflow_inbox WHERE session_id = ? AND idempotency_key = ?",
+                    (session_id, idempotency_key),
+                ).fetchone()
+                if seen is not None:
+                    return InputRecord(session_id, seen[0], duplicate=True)
+            if row[0] in FINISHED_STATUSES:
+                raise SessionFinishedError(session_id, row[0], type)
+            seq = row[1] + 1
+            now = self._clock()
+            conn.execute(
+                "INSERT INTO stageflow_inbox (session_id, seq, type, payload, idempotency_key, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, seq, type, text, idempotency_key, now),
+            )
+            conn.execute(
+                "UPDATE stageflow_sessions SET inbox_head = ?, runnable_at = CASE WHEN "
+                "lease_owner IS NULL THEN ? ELSE runnable_at END WHERE session_id = ?",
+                (seq, now, session_id),
+            )
+            return InputRecord(session_id, seq, duplicate=False)
+
+        record = await self._run(run, write=True)
+        if not record.duplicate:
+            self._wake()
+        return record
+
+    async def request_cancel(
+        self, session_id: str, reason: str, *, idempotency_key: str | None = None
+    ) -> InputRecord:
+        """Store a cancel request (an inbox row of type ``stageflow.cancel``)."""
+        return await self.send_input(
+            session_id, CANCEL_INPUT, {"reason": reason}, idempotency_key=idempotency_key
+        )
+
+    # ------------------------------------------------------------ leases
+
+    async def claim(
+        self, worker_id: str, *, limit: int, lease: float, queues: Sequence[str] = ("default",)
+    ) -> list[Lease]:
+        """Lease up to ``limit`` due sessions (see :class:`SessionStore`)."""
+        if limit <= 0:
+            return []
+        marks = ",".join("?" * len(queues))
+
+        def run(conn: sqlite3.Connection) -> list[Lease]:
+            now = self._clock()
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT session_id FROM stageflow_sessions WHERE queue IN ({marks}) "
+                    "AND runnable_at <= ? ORDER BY runnable_at LIMIT ?",
+                    (*queues, now, limit),
+                )
+            ]
+            leases: list[Lease] = []
+            for sid in ids:
+                row = conn.execute(
+                    "UPDATE stageflow_sessions SET lease_owner = ?, lease_token = lease_token + 1, "
+                    "attempts = attempts + 1, runnable_at = ? WHERE session_id = ? RETURNING "
+                    "lease_token, snapshot, digest, inbox_done, inbox_head, events_done, attempts",
+                    (worker_id, now + lease, sid),
+                ).fetchone()
+                inputs = tuple(
+                    StoredInput(seq, type_, json.loads(payload))
+                    for seq, type_, payload in conn.execute(
+                        "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = ? "
+                        "AND seq > ? AND seq <= ? ORDER BY seq",
+                        (sid, row[3], row[4]),
+                    )
+                )
+                leases.append(
+                    Lease(
+                        session_id=sid,
+                        token=row[0],
+                        snapshot=json.loads(row[1]),
+                        digest=row[2],
+                        inputs=inputs,
+                        inbox_done=row[3],
+                        inbox_head=row[4],
+                        events_done=row[5],
+                        attempts=row[6],
+                        db_now=datetime.datetime.fromtimestamp(now, datetime.UTC),
+                    )
+                )
+            return leases
+
+        return await self._run(run, write=True)
+
+    async def heartbeat(self, worker_id: str, leases: Sequence[Lease], lease: float) -> set[str]:
+        """Extend the leases still held; returns their session ids."""
+        if not leases:
+            return set()
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            until = self._clock() + lease
+            held: set[str] = set()
+            for item in leases:
+                cur = conn.execute(
+                    "UPDATE stageflow_sessions SET runnable_at = ? WHERE session_id = ? "
+                    "AND lease_token = ? AND lease_owner = ?",
+                    (until, item.session_id, item.token, worker_id),
+                )
+                if cur.rowcount == 1:
+                    held.add(item.session_id)
+            return held
+
+        return await self._run(run, write=True)
+
+    async def complete(
+        self,
+        lease: Lease,
+        snapshot: Mapping[str, Any],
+        *,
+        waiting_for: Collection[str],
+        wake_at: datetime.datetime | None,
+        events: Sequence[Mapping[str, Any]],
+    ) -> bool:
+        """Save a turn, fenced by the lease's token (see :class:`SessionStore`)."""
+        info = snapshot_info(snapshot)
+        text = dumps(snapshot)
+        finished = info.status in FINISHED_STATUSES
+        last_seq = max((int(e["seq"]) for e in events), default=lease.events_done)
+        rows = [(lease.session_id, int(e["seq"]), str(e["type"]), dumps(e)) for e in events]
+
+        def run(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            cur = conn.execute(
+                "UPDATE stageflow_sessions SET snapshot = ?, status = ?, waiting_for = ?, "
+                "wake_at = ?, inbox_done = ?, events_done = ?, attempts = 0, last_error = NULL, "
+                "lease_owner = NULL, version = version + 1, updated_at = ?, digest = ?, "
+                "runnable_at = CASE WHEN ? THEN NULL WHEN inbox_head > ? THEN ? ELSE ? END "
+                "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL",
+                (text, info.status, dumps(sorted(waiting_for)), _epoch(wake_at),
+                 lease.inbox_head, last_seq, now, info.digest, finished, lease.inbox_head, now,
+                 _epoch(wake_at), lease.session_id, lease.token),
+            )  # fmt: skip
+            if cur.rowcount != 1:
+                return False
+            if self._events and rows:
+                conn.executemany(
+                    "INSERT INTO stageflow_events (session_id, seq, type, event) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    rows,
+                )
+            return True
+
+        saved = await self._run(run, write=True)
+        if saved:
+            self._wake()
+        return saved
+
+    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> None:
+        """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            now = self._clock()
+            poisoned = lease.attempts >= max_attempts
+            conn.execute(
+                "UPDATE stageflow_sessions SET lease_owner = NULL, last_error = ?, "
+                "updated_at = ?, status = CASE WHEN ? THEN 'poisoned' ELSE status END, "
+                "runnable_at = CASE WHEN ? THEN NULL ELSE ? END "
+                "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL",
+                (error, now, poisoned, poisoned, now + min(2.0**lease.attempts, 60.0),
+                 lease.session_id, lease.token),
+            )  # fmt: skip
+
+        await self._run(run, write=True)
+        self._wake()
+
+    # ------------------------------------------------------------ reading
+
+    async def get(self, session_id: str) -> StoredSession:
+        """The session's row (see :class:`SessionStore`)."""
+
+        def run(conn: sqlite3.Connection) -> StoredSession:
+            row = conn.execute(
+                f"SELECT {_ROW} FROM stageflow_sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            return _stored(row)
+
+        return await self._run(run)
+
+    async def load(self, session_id: str) -> dict[str, Any]:
+        """The session's snapshot (see :class:`SessionStore`)."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute(
+                "SELECT snapshot FROM stageflow_sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            snapshot: dict[str, Any] = json.loads(row[0])
+            return snapshot
+
+        return await self._run(run)
+
+    async def events(
+        self, session_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Committed history events past ``after`` (see :class:`SessionStore`)."""
+
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [
+                json.loads(r[0])
+                for r in conn.execute(
+                    "SELECT event FROM stageflow_events WHERE session_id = ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (session_id, after, limit),
+                )
+            ]
+
+        return await self._run(run)
+
+    async def list_sessions(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        waiting_for: str | None = None,
+        due: bool = False,
+        limit: int = 100,
+    ) -> list[StoredSession]:
+        """Sessions matching every given filter (see :class:`SessionStore`)."""
+        where = ["1 = 1"]
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if waiting_for is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(waiting_for) WHERE value = ?)")
+            args.append(waiting_for)
+
+        def run(conn: sqlite3.Connection) -> list[StoredSession]:
+            clauses = [*where]
+            params = [*args]
+            if due:
+                clauses.append("runnable_at <= ?")
+                params.append(self._clock())
+            sql = (
+                f"SELECT {_ROW} FROM stageflow_sessions WHERE {' AND '.join(clauses)} "
+                "ORDER BY created_at, session_id LIMIT ?"
+            )
+            return [_stored(r) for r in conn.execute(sql, (*params, limit))]
+
+        return await self._run(run)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return after a write in this process made work, or after ``timeout`` seconds."""
+        await self._work.wait(timeout)
+
+    async def next_due(self) -> datetime.datetime | None:
+        """The earliest ``runnable_at`` in the future, if any."""
+
+        def run(conn: sqlite3.Connection) -> datetime.datetime | None:
+            row = conn.execute(
+                "SELECT min(runnable_at) FROM stageflow_sessions WHERE runnable_at > ?",
+                (self._clock(),),
+            ).fetchone()
+            return _dt(row[0])
+
+        return await self._run(run)
+
+    async def now(self) -> datetime.datetime:
+        """The store's clock."""
+        return datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+
+    async def purge(
+        self, *, finished_before: datetime.datetime, inputs_before: datetime.datetime
+    ) -> int:
+        """Delete finished sessions and consumed inputs older than the given times."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            gone = conn.execute(
+                "DELETE FROM stageflow_sessions WHERE session_id IN (SELECT session_id FROM "
+                f"stageflow_sessions WHERE status IN {_FINISHED_SQL} AND updated_at < ? "
+                "LIMIT 10000)",
+                (finished_before.timestamp(),),
+            ).rowcount
+            gone += conn.execute(
+                "DELETE FROM stageflow_inbox WHERE created_at < ? AND seq <= (SELECT inbox_done "
+                "FROM stageflow_sessions s WHERE s.session_id = stageflow_inbox.session_id)",
+                (inputs_before.timestamp(),),
+            ).rowcount
+            return gone
+
+        return await self._run(run, write=True)
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+
+        def run() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await anyio.to_thread.run_sync(run)

@@ -1,0 +1,289 @@
+"""The worker: claims due sessions, runs one turn each, saves them fenced.
+
+One claim loop and one heartbeat loop per worker, plus one task per turn in
+flight, all in the task group of :meth:`Worker.run`. A turn that fails
+outside the session's own error model (a snapshot that no longer loads, a
+missing stage, a bug) is released with backoff and never reaches the task
+group; after ``max_attempts`` the session is ``poisoned``. A turn whose lease
+is lost (a missed heartbeat, a takeover) is cancelled and discarded: the
+fenced save would write nothing anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+import structlog
+
+from stageflow._errors import InputRejectedError, SessionStateError
+from stageflow._pipeline import Pipeline
+from stageflow._result import SessionStatus
+from stageflow._session import Session
+from stageflow._stages import StageRegistry
+from stageflow.store._history import turn_events
+from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
+
+__all__ = ["Worker", "WorkerStatistics", "db_clock"]
+
+logger = structlog.get_logger("stageflow.worker")
+
+_GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
+
+
+def db_clock(db_now: datetime.datetime) -> Callable[[], datetime.datetime]:
+    """A session clock on the database's time: ``db_now`` plus the monotonic time since."""
+    start = time.monotonic()
+
+    def now() -> datetime.datetime:
+        return db_now + datetime.timedelta(seconds=time.monotonic() - start)
+
+    return now
+
+
+@attrs.frozen
+class WorkerStatistics:
+    """What a worker has done so far.
+
+    Attributes:
+        claimed: leases taken.
+        saved: turns saved.
+        fenced: saves rejected because the lease had been lost.
+        lost: turns cancelled because a heartbeat found the lease lost.
+        released: turns given back after a failure (poisoned ones included).
+        running: turns in flight now.
+    """
+
+    claimed: int
+    saved: int
+    fenced: int
+    lost: int
+    released: int
+    running: int
+
+
+@attrs.define
+class _Turn:
+    lease: Lease
+    scope: anyio.CancelScope
+
+
+class Worker:
+    """Runs the sessions of a store: claim, run one turn, save; again.
+
+    Args:
+        store: the session store.
+        registry: where stages are looked up (the default registry if not given).
+        pipelines: pipelines to reuse by digest (others are rebuilt from the
+            document each snapshot carries).
+        concurrency: turns in flight at most.
+        lease: seconds a claim lasts; heartbeats renew it every ``lease / 3``.
+        poll: the longest idle wait between claims (the safety net under
+            wake-up notifications).
+        queues: the queues this worker serves.
+        worker_id: its name in the ``lease_owner`` column (host:pid:random if not given).
+        max_attempts: failed claims in a row before a session is ``poisoned``.
+        fetch_cooldown: the shortest time between two claims after wake-ups.
+        shutdown_grace: seconds :meth:`shutdown` waits for turns in flight.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        registry: StageRegistry | None = None,
+        pipelines: Iterable[Pipeline] = (),
+        concurrency: int = 32,
+        lease: float = 30.0,
+        poll: float = 1.0,
+        queues: Iterable[str] = ("default",),
+        worker_id: str | None = None,
+        max_attempts: int = 5,
+        fetch_cooldown: float = 0.1,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.pipelines = {p.digest: p for p in pipelines}
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll = poll
+        self.queues = tuple(queues)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.max_attempts = max_attempts
+        self.fetch_cooldown = fetch_cooldown
+        self.shutdown_grace = shutdown_grace
+        self._turns: dict[str, _Turn] = {}
+        self._stopping = False
+        self._idle: anyio.CancelScope | None = None
+        self._slot: anyio.Event | None = None
+        self._counts = {"claimed": 0, "saved": 0, "fenced": 0, "lost": 0, "released": 0}
+
+    def statistics(self) -> WorkerStatistics:
+        """Counters of what this worker did."""
+        return WorkerStatistics(running=len(self._turns), **self._counts)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`shutdown` was called (the worker claims no more)."""
+        return self._stopping
+
+    def shutdown(self) -> None:
+        """Stop claiming; :meth:`run` returns once the turns in flight are saved.
+
+        Turns still running after ``shutdown_grace`` seconds are abandoned:
+        their leases expire and another worker runs them again.
+        """
+        self._stopping = True
+        if self._idle is not None:
+            self._idle.cancel()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Claim and run sessions until cancelled or :meth:`shutdown`."""
+        await self.store.migrate()
+        self._stopping = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
+            task_status.started()
+            await self._claim_loop(tg)
+            with anyio.move_on_after(self.shutdown_grace):
+                while self._turns:
+                    await self._wait_for_slot()
+            if self._turns:
+                logger.warning("worker.abandoned", turns=len(self._turns))
+            tg.cancel_scope.cancel()
+
+    async def _wait_for_slot(self) -> None:
+        self._slot = anyio.Event()
+        await self._slot.wait()
+
+    async def _claim_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        errors = 0
+        last_empty = -1.0
+        while not self._stopping:
+            with anyio.CancelScope() as idle:
+                self._idle = idle
+                if self._stopping:
+                    break
+                try:
+                    if len(self._turns) >= self.concurrency:
+                        await self._wait_for_slot()
+                        continue
+                    # Damp the herd: after an empty claim, wait a little before the next.
+                    pause = last_empty + self.fetch_cooldown * random.uniform(1.0, 1.5)
+                    if pause > time.monotonic():
+                        await anyio.sleep(pause - time.monotonic())
+                    leases = await self.store.claim(
+                        self.worker_id,
+                        limit=self.concurrency - len(self._turns),
+                        lease=self.lease,
+                        queues=self.queues,
+                    )
+                    errors = 0
+                    for lease in leases:
+                        self._counts["claimed"] += 1
+                        turn = self._turns[lease.session_id] = _Turn(lease, anyio.CancelScope())
+                        tg.start_soon(self._turn, turn)
+                    if leases:
+                        continue
+                    last_empty = time.monotonic()
+                    await self.store.wait_for_work(await self._idle_timeout())
+                except Exception as exc:  # a store outage must not stop the worker
+                    errors += 1
+                    logger.warning("worker.claim_failed", error=str(exc), worker=self.worker_id)
+                    await anyio.sleep(min(self.poll * errors, 10.0))
+            self._idle = None
+
+    async def _idle_timeout(self) -> float:
+        due = await self.store.next_due()
+        if due is None:
+            return self.poll
+        wait = (due - await self.store.now()).total_seconds()
+        return min(self.poll, max(wait, 0.0))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.lease / 3)
+            turns = list(self._turns.values())
+            if not turns:
+                continue
+            try:
+                held = await self.store.heartbeat(
+                    self.worker_id, [t.lease for t in turns], self.lease
+                )
+            except Exception as exc:
+                logger.warning("worker.heartbeat_failed", error=str(exc))
+                continue
+            for turn in turns:
+                if turn.lease.session_id not in held and not turn.scope.cancel_called:
+                    self._counts["lost"] += 1
+                    logger.warning("worker.lease_lost", session_id=turn.lease.session_id)
+                    turn.scope.cancel()
+
+    async def _turn(self, turn: _Turn) -> None:
+        lease = turn.lease
+        log = logger.bind(session_id=lease.session_id, attempt=lease.attempts)
+        try:
+            with turn.scope:
+                if lease.attempts > self.max_attempts:
+                    await self._release(lease, "crashed during its last attempts (crash loop)")
+                    return
+                try:
+                    saved = await self._run_turn(lease)
+                except Exception as exc:
+                    log.warning("worker.turn_failed", error=repr(exc))
+                    await self._release(lease, f"{type(exc).__name__}: {exc}")
+                    return
+                self._counts["saved" if saved else "fenced"] += 1
+                if not saved:
+                    log.warning("worker.save_fenced")
+        finally:
+            del self._turns[lease.session_id]
+            if self._slot is not None:
+                self._slot.set()
+
+    async def _release(self, lease: Lease, error: str) -> None:
+        self._counts["released"] += 1
+        try:
+            await self.store.release(lease, error=error, max_attempts=self.max_attempts)
+        except Exception as exc:  # the lease expires on its own
+            logger.warning("worker.release_failed", session_id=lease.session_id, error=str(exc))
+
+    async def _run_turn(self, lease: Lease) -> bool:
+        """Restore, deliver the inputs, run until the session waits or ends, save."""
+        session = Session.from_dict(
+            lease.snapshot,
+            registry=self.registry,
+            pipeline=self.pipelines.get(lease.digest),
+            clock=db_clock(lease.db_now),
+        )
+        for item in lease.inputs:
+            if item.type == CANCEL_INPUT:
+                payload: Any = item.payload
+                session.cancel(str(payload.get("reason", "cancelled")))
+                continue
+            # A rejected input is recorded in the history; an ended session takes none.
+            with contextlib.suppress(InputRejectedError, SessionStateError):
+                session.send_input(item.type, item.payload)
+        waiting_for: Collection[str] = ()
+        wake_at = None
+        if session.status in _GOING_ON:
+            result = await session.run(suspend=True)
+            waiting_for, wake_at = result.waiting_for, result.wake_at
+        snapshot = session.to_dict()
+        events, _ = turn_events(snapshot, lease.events_done)
+        return await self.store.complete(
+            lease, snapshot, waiting_for=waiting_for, wake_at=wake_at, events=events
+        )

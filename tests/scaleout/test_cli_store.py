@@ -1,0 +1,79 @@
+"""``stageflow sessions ...`` against a SQLite store (the worker command runs in test_crash)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+from store_support import chat_pipeline, registry
+
+from stageflow.cli import main
+from stageflow.store import SessionService, open_store
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 's.db'}"
+
+
+def start(url: str) -> str:
+    async def body() -> str:
+        store = open_store(url)
+        try:
+            return await SessionService(store, registry=registry).start(
+                chat_pipeline(), session_id="s1"
+            )
+        finally:
+            await store.aclose()
+
+    return anyio.run(body)
+
+
+def test_sessions_list_show_send_cancel_purge(url: str, capsys: Any) -> None:
+    start(url)
+    code, out, _ = run_cli(capsys, "sessions", "list", "--store", url, "--json")
+    assert code == 0
+    assert [(r["session_id"], r["status"]) for r in json.loads(out)] == [("s1", "pending")]
+    code, out, _ = run_cli(capsys, "sessions", "list", "--store", url, "--status", "completed")
+    assert (code, out) == (0, "")
+    code, out, _ = run_cli(
+        capsys, "sessions", "send", "--store", url, "s1", "msg", '{"n": 1}', "--key", "k", "--json"
+    )
+    assert (code, json.loads(out)) == (0, {"session_id": "s1", "seq": 1, "duplicate": False})
+    retry = ("sessions", "send", "--store", url, "s1", "msg", "{}", "--key", "k")
+    code, out, _ = run_cli(capsys, *retry)
+    assert (code, out) == (0, "input 1 stored\n")
+    code, out, _ = run_cli(capsys, "sessions", "cancel", "--store", url, "s1", "--reason", "bye")
+    assert (code, out) == (0, "cancel request 2 stored\n")
+    code, out, _ = run_cli(capsys, "sessions", "show", "--store", url, "s1", "--events", "--json")
+    shown = json.loads(out)
+    assert (code, shown["inbox_head"], shown["events"]) == (0, 2, [])
+    code, out, _ = run_cli(capsys, "sessions", "purge", "--store", url, "--json")
+    assert (code, json.loads(out)) == (0, {"deleted": 0})
+
+
+def test_unknown_sessions_and_bad_urls_exit_2_with_the_fix(url: str, capsys: Any) -> None:
+    start(url)
+    code, _, err = run_cli(capsys, "sessions", "show", "--store", url, "nope")
+    assert code == 2
+    assert "no stored session has id 'nope'" in err
+    code, _, err = run_cli(capsys, "sessions", "list", "--store", "mysql://x")
+    assert code == 2
+    assert "unknown scheme" in err
+
+
+def test_a_worker_on_an_unreachable_store_exits_2_with_the_fix(capsys: Any) -> None:
+    argv = ("worker", "--store", "sqlite:////nonexistent/dir/s.db", "--no-plugins")
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "check that the directory exists" in err

@@ -1,0 +1,286 @@
+"""The store protocol on SQLite and PostgreSQL: rows, leases, fences, inboxes, errors."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from store_support import chat_pipeline, registry
+
+import stageflow
+from stageflow.store import (
+    Lease,
+    SessionFinishedError,
+    SessionNotFoundError,
+    SessionStore,
+    StoreSchemaError,
+    StoreUnavailableError,
+    open_store,
+)
+
+pytestmark = pytest.mark.anyio
+
+UTC = datetime.UTC
+
+
+def snapshot(session_id: str | None = None) -> dict[str, Any]:
+    return stageflow.Session(chat_pipeline(), registry=registry, session_id=session_id).to_dict()
+
+
+def saved(lease: Lease, status: str = "waiting", seqs: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A snapshot to save for ``lease``: its own, with a new status and history events."""
+    snap = dict(lease.snapshot)
+    snap["status"] = status
+    snap["history"] = [
+        *snap.get("history", []),
+        *({"seq": s, "type": "note", "payload": {"s": s}} for s in seqs),
+    ]
+    return snap
+
+
+async def claim_one(store: SessionStore, worker: str = "w1", lease: float = 30.0) -> Lease:
+    leases = await store.claim(worker, limit=10, lease=lease)
+    assert len(leases) == 1, leases
+    return leases[0]
+
+
+async def test_round_trip_create_send_claim_complete(store: SessionStore) -> None:
+    created = await store.create(snapshot("s1"))
+    assert (created.session_id, created.duplicate) == ("s1", False)
+    row = await store.get("s1")
+    assert (row.status, row.pipeline, row.version, row.inbox_head) == ("pending", "chat", 0, 0)
+    record = await store.send_input("s1", "msg", {"n": 1})
+    assert (record.seq, record.duplicate) == (1, False)
+
+    lease = await claim_one(store)
+    assert [(i.seq, i.type, i.payload) for i in lease.inputs] == [(1, "msg", {"n": 1})]
+    assert (lease.token, lease.attempts, lease.inbox_head) == (1, 1, 1)
+    assert lease.snapshot["session_id"] == "s1"
+    assert lease.db_now.tzinfo is not None
+
+    wake = datetime.datetime(2030, 1, 1, tzinfo=UTC)
+    ok = await store.complete(
+        lease, saved(lease, seqs=(1, 2)), waiting_for=["msg"], wake_at=wake,
+        events=saved(lease, seqs=(1, 2))["history"],
+    )  # fmt: skip
+    assert ok
+    row = await store.get("s1")
+    assert (row.status, row.version, row.inbox_done, row.events_done) == ("waiting", 1, 1, 2)
+    assert row.waiting_for == ("msg",)
+    assert row.wake_at == wake
+    assert row.runnable_at == wake  # the timer is the next wake-up
+    assert row.lease_owner is None
+    assert [e["seq"] for e in await store.events("s1")] == [1, 2]
+    assert [e["seq"] for e in await store.events("s1", after=1)] == [2]
+    assert (await store.load("s1"))["status"] == "waiting"
+    assert await store.claim("w1", limit=10, lease=30) == []  # not due before its timer
+
+
+async def test_create_with_a_key_or_a_known_id_creates_once(store: SessionStore) -> None:
+    first = await store.create(snapshot("a"), idempotency_key="k")
+    again = await store.create(snapshot("b"), idempotency_key="k")
+    same_id = await store.create(snapshot("a"))
+    assert (first.session_id, first.duplicate) == ("a", False)
+    assert (again.session_id, again.duplicate) == ("a", True)
+    assert (same_id.session_id, same_id.duplicate) == ("a", True)
+    assert [s.session_id for s in await store.list_sessions()] == ["a"]
+
+
+async def test_send_input_idempotency_holds_after_the_session_finished(store: SessionStore) -> None:
+    await store.create(snapshot("s"))
+    first = await store.send_input("s", "msg", {"n": 1}, idempotency_key="k1")
+    retry = await store.send_input("s", "msg", {"n": 999}, idempotency_key="k1")
+    assert (first.seq, first.duplicate, retry.seq, retry.duplicate) == (1, False, 1, True)
+    lease = await claim_one(store)
+    assert [i.payload for i in lease.inputs] == [{"n": 1}]  # one row per key
+    assert await store.complete(
+        lease, saved(lease, "completed"), waiting_for=(), wake_at=None, events=()
+    )
+    late = await store.send_input("s", "msg", {"n": 1}, idempotency_key="k1")
+    assert (late.seq, late.duplicate) == (1, True)
+    with pytest.raises(SessionFinishedError, match="is completed") as info:
+        await store.send_input("s", "msg", {"n": 2}, idempotency_key="k2")
+    assert isinstance(info.value, stageflow.StageflowError)
+    assert (await store.get("s")).runnable_at is None
+
+
+async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
+    with pytest.raises(SessionNotFoundError, match="no stored session has id 'nope'"):
+        await store.send_input("nope", "msg", {})
+    with pytest.raises(SessionNotFoundError):
+        await store.get("nope")
+    with pytest.raises(SessionNotFoundError):
+        await store.load("nope")
+    with pytest.raises(LookupError):
+        await store.request_cancel("nope", "why")
+
+
+async def test_claims_skip_leased_and_not_due_rows(store: SessionStore) -> None:
+    await store.create(snapshot("a"))
+    await store.create(snapshot("b"))
+    first = await store.claim("w1", limit=1, lease=30)
+    second = await store.claim("w2", limit=5, lease=30)
+    assert len(first) == len(second) == 1
+    assert {first[0].session_id, second[0].session_id} == {"a", "b"}
+    assert await store.claim("w3", limit=5, lease=30) == []  # both leased
+    # An input to a leased session does not make it claimable by others.
+    await store.send_input("a", "msg", {"n": 1})
+    assert await store.claim("w3", limit=5, lease=30) == []
+    # Not due: a session waiting on a future timer.
+    lease = first[0] if first[0].session_id == "b" else second[0]
+    later = datetime.datetime.now(UTC) + datetime.timedelta(hours=1)
+    await store.complete(lease, saved(lease), waiting_for=(), wake_at=later, events=())
+    assert await store.claim("w3", limit=5, lease=30) == []
+    due = await store.next_due()
+    assert due is not None
+    assert due.replace(microsecond=0) <= later.replace(microsecond=0) + datetime.timedelta(hours=1)
+
+
+async def test_an_expired_lease_is_claimed_again_with_a_new_token(store: SessionStore) -> None:
+    await store.create(snapshot("s"))
+    old = await claim_one(store, "w1", lease=0.0)
+    new = await claim_one(store, "w2", lease=30)
+    assert (old.token, new.token, new.attempts) == (1, 2, 2)
+
+
+async def test_a_stale_tokens_save_changes_nothing(store: SessionStore) -> None:
+    await store.create(snapshot("s"))
+    await store.send_input("s", "msg", {"n": 1})
+    stale = await claim_one(store, "w1", lease=0.0)
+    fresh = await claim_one(store, "w2")
+    before = await store.get("s")
+    ok = await store.complete(
+        stale, saved(stale, "completed", (1,)), waiting_for=(), wake_at=None,
+        events=[{"seq": 1, "type": "note"}],
+    )  # fmt: skip
+    assert ok is False
+    after = await store.get("s")
+    assert after == before
+    assert await store.events("s") == []
+    assert (await store.load("s"))["status"] == "pending"
+    # The holder's save goes through; the stale heartbeat is not "held".
+    assert await store.heartbeat("w1", [stale], 30) == set()
+    assert await store.heartbeat("w2", [fresh], 30) == {"s"}
+    assert await store.complete(fresh, saved(fresh), waiting_for=(), wake_at=None, events=())
+    # A save after a release is fenced too.
+    assert not await store.complete(fresh, saved(fresh), waiting_for=(), wake_at=None, events=())
+
+
+async def test_heartbeat_extends_only_the_owners_current_token(store: SessionStore) -> None:
+    await store.create(snapshot("s"))
+    lease = await claim_one(store, "w1", lease=0.0)
+    assert await store.heartbeat("other", [lease], 30) == set()
+    assert await store.heartbeat("w1", [lease], 30) == {"s"}
+    assert await store.claim("w2", limit=5, lease=30) == []  # extended: not due again
+
+
+async def test_release_backs_off_then_poisons(store: SessionStore) -> None:
+    await store.create(snapshot("s"))
+    lease = await claim_one(store, "w1")
+    await store.release(lease, error="boom", max_attempts=2)
+    row = await store.get("s")
+    assert (row.status, row.error, row.lease_owner, row.attempts) == ("pending", "boom", None, 1)
+    assert row.runnable_at is not None
+    backoff = (row.runnable_at - row.updated_at).total_seconds()
+    assert 1.5 < backoff < 2.5  # min(2 ** attempts, 60) s
+    assert await store.claim("w1", limit=5, lease=30) == []  # backing off
+    # A second release of the same lease is fenced: it was given back already.
+    await store.release(lease, error="again", max_attempts=1)
+    assert (await store.get("s")).status == "pending"
+
+    await store.create(snapshot("p"))
+    doomed = await claim_one(store, "w1")
+    await store.release(doomed, error="boom", max_attempts=1)
+    row = await store.get("p")
+    assert (row.status, row.runnable_at, row.error) == ("poisoned", None, "boom")
+    assert row.finished
+    with pytest.raises(SessionFinishedError, match="poisoned"):
+        await store.send_input("p", "msg", {})
+    assert [s.session_id for s in await store.list_sessions(status="poisoned")] == ["p"]
+
+
+async def test_claims_follow_the_queue_filter(store: SessionStore) -> None:
+    await store.create(snapshot("a"), queue="fast")
+    await store.create(snapshot("b"))
+    assert await store.claim("w", limit=5, lease=30, queues=["slow"]) == []
+    fast = await store.claim("w", limit=5, lease=30, queues=["fast"])
+    assert [x.session_id for x in fast] == ["a"]
+    assert (await store.get("a")).queue == "fast"
+
+
+async def test_list_filters(store: SessionStore) -> None:
+    await store.create(snapshot("a"))
+    await store.create(snapshot("b"))
+    lease = next(x for x in await store.claim("w", limit=5, lease=30) if x.session_id == "a")
+    await store.complete(lease, saved(lease), waiting_for=["msg"], wake_at=None, events=())
+    assert [s.session_id for s in await store.list_sessions(waiting_for="msg")] == ["a"]
+    assert [s.session_id for s in await store.list_sessions(status="waiting")] == ["a"]
+    assert [s.session_id for s in await store.list_sessions(pipeline="chat")] == ["a", "b"]
+    assert await store.list_sessions(pipeline="other") == []
+    assert await store.list_sessions(due=True) == []  # b is leased, a waits for input
+    assert (await store.get("a")).to_dict()["waiting_for"] == ["msg"]
+
+
+async def test_purge_deletes_old_finished_sessions_and_consumed_inputs(store: SessionStore) -> None:
+    for sid in ("done", "live"):
+        await store.create(snapshot(sid))
+        await store.send_input(sid, "msg", {"n": 1})
+    for lease in await store.claim("w", limit=5, lease=30):
+        status = "completed" if lease.session_id == "done" else "waiting"
+        await store.complete(lease, saved(lease, status, (1,)), waiting_for=(), wake_at=None,
+                             events=[{"seq": 1, "type": "x"}])  # fmt: skip
+    await store.send_input("live", "msg", {"n": 2})  # not consumed yet: kept
+    future = datetime.datetime.now(UTC) + datetime.timedelta(days=1)
+    past = datetime.datetime.now(UTC) - datetime.timedelta(days=1)
+    assert await store.purge(finished_before=past, inputs_before=past) == 0
+    assert await store.purge(finished_before=future, inputs_before=future) == 2
+    assert [s.session_id for s in await store.list_sessions()] == ["live"]
+    assert [i.seq for i in (await store.claim("w", limit=5, lease=30))[0].inputs] == [2]
+
+
+async def test_a_schema_from_a_newer_stageflow_is_refused(make_store: Any) -> None:
+    store = make_store()
+    await store.migrate()
+    await store.migrate()  # idempotent
+    # A newer stageflow wrote version 99.
+    await _bump_schema(store, 99)
+    with pytest.raises(StoreSchemaError, match=r"schema version 99.*upgrade stageflow"):
+        await make_store().migrate()
+
+
+async def _bump_schema(store: Any, version: int) -> None:
+    import anyio
+
+    if hasattr(store, "path"):
+        import sqlite3
+
+        def run() -> None:
+            conn = sqlite3.connect(store.path)
+            conn.execute("UPDATE stageflow_schema SET version = ?", (version,))
+            conn.commit()
+            conn.close()
+
+        await anyio.to_thread.run_sync(run)
+    else:
+        import psycopg
+
+        def run_pg() -> None:
+            with psycopg.connect(store.url, autocommit=True) as conn:
+                conn.execute(f"UPDATE {store.schema}.stageflow_schema SET version = %s", (version,))
+
+        await anyio.to_thread.run_sync(run_pg)
+
+
+async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: Any) -> None:
+    with pytest.raises(StoreUnavailableError, match="unknown scheme"):
+        open_store("mysql://x")
+    with pytest.raises(StoreUnavailableError, match="has no file"):
+        open_store("sqlite://")
+    missing = open_store(f"sqlite:///{tmp_path}/no/such/dir/db.sqlite")
+    with pytest.raises(StoreUnavailableError, match="directory exists"):
+        await missing.migrate()
+    closed = open_store("postgresql://nobody@127.0.0.1:1/db", connect_timeout=2)
+    with pytest.raises(StoreUnavailableError, match="cannot reach the PostgreSQL store"):
+        await closed.migrate()
+    await closed.aclose()

@@ -1,0 +1,170 @@
+"""SessionService and Worker in one process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
+
+import stageflow
+from stageflow.store import SessionService, SessionStore, Worker
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running(store: SessionStore, **options: Any) -> AsyncIterator[Worker]:
+    worker = Worker(
+        store,
+        registry=options.pop("registry", registry),
+        poll=options.pop("poll", 0.2),
+        fetch_cooldown=0.01,
+        **options,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        yield worker
+        worker.shutdown()
+
+
+async def test_a_conversation_through_the_service(make_store: Callable[..., Any]) -> None:
+    service = SessionService(make_store(), registry=registry)
+    async with running(make_store()) as worker:
+        sid = await service.start(chat_pipeline(), idempotency_key="start-1")
+        assert await service.start(chat_pipeline(), idempotency_key="start-1") == sid
+        first = await service.wait(sid, timeout=20)
+        assert (first.status, first.waiting_for) == ("waiting", ("msg",))
+        for n in (1, 2):
+            record = await service.send_input(sid, "msg", {"n": n}, idempotency_key=f"m{n}")
+            again = await service.send_input(sid, "msg", {"n": n}, idempotency_key=f"m{n}")
+            assert (again.seq, again.duplicate) == (record.seq, True)
+            stored = await service.wait(sid, seq=record.seq, timeout=20)
+            assert stored.inbox_done >= record.seq
+        await service.send_input(sid, "msg", {"n": -1})
+        done = await service.wait(sid, timeout=20)
+        assert done.status == "completed"
+        assert worker.statistics().fenced == 0
+    snapshot = await service.store.load(sid)
+    session = stageflow.Session.from_dict(snapshot, registry=registry)
+    assert session.status is stageflow.SessionStatus.COMPLETED
+    assert snapshot["outcome"]["artifacts"]["seen"] == [1, 2, -1]
+    events = [e async for e in service.follow(sid)]
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))  # every committed event once, in order
+    assert seqs == [e["seq"] for e in snapshot["history"]]
+    assert events[-1]["type"] == "session_completed"
+    assert [s.session_id for s in await service.list(status="completed")] == [sid]
+
+
+async def test_cancel_through_the_service(make_store: Callable[..., Any]) -> None:
+    service = SessionService(make_store(), registry=registry, pipelines=[chat_pipeline()])
+    async with running(make_store()):
+        sid = await service.start("chat")
+        await service.wait(sid, timeout=20)
+        await service.cancel(sid, "user left", idempotency_key="c1")
+        done = await service.wait(sid, timeout=20)
+    assert done.status == "cancelled"
+    history = (await service.store.load(sid))["history"]
+    assert any(e["type"] == "session_cancelled" for e in history)
+    again = await service.cancel(sid, "user left", idempotency_key="c1")
+    assert again.duplicate
+
+
+async def test_a_poisoned_session_does_not_stop_the_others(make_store: Callable[..., Any]) -> None:
+    other = stageflow.StageRegistry()
+
+    @other.register("Collect")
+    class Missing(stageflow.BaseStage):
+        spec = stageflow.StageSpec(description="only the service knows this one")
+
+        async def run(self, ctx: stageflow.StageContext) -> dict[str, Any]:
+            return {}
+
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "x",
+            "metadata": {"name": "broken"},
+            "nodes": [
+                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=_with_unknown(other),
+    )
+    service = SessionService(make_store(), registry=_with_unknown(other))
+    store = make_store()
+    async with running(store, max_attempts=1) as worker:
+        bad = await service.start(broken)
+        good = await service.start(chat_pipeline())
+        await service.send_input(good, "msg", {"n": -1})
+        assert (await service.wait(good, timeout=20)).status == "completed"
+        poisoned = await service.wait(bad, timeout=20)
+        assert worker.statistics().released == 1
+    assert poisoned.status == "poisoned"
+    assert poisoned.error is not None
+    assert "Unknown" in poisoned.error
+
+
+def _with_unknown(reg: stageflow.StageRegistry) -> stageflow.StageRegistry:
+    if "Unknown" not in reg.names():
+
+        @reg.register("Unknown")
+        class Unknown(stageflow.BaseStage):
+            spec = stageflow.StageSpec(description="a stage the worker lacks")
+
+            async def run(self, ctx: stageflow.StageContext) -> dict[str, Any]:
+                return {}
+
+    return reg
+
+
+async def test_timers_survive_a_worker_restart(make_store: Callable[..., Any]) -> None:
+    service = SessionService(make_store(), registry=registry)
+    async with running(make_store()):
+        sid = await service.start(sleep_pipeline(1.0))
+        stored = await service.wait(sid, timeout=20)
+    assert stored.status == "waiting"
+    assert stored.wake_at is not None
+    assert stored.runnable_at == stored.wake_at
+    # No worker runs now. A new one claims nothing before the timer, then completes it.
+    store = make_store()
+    assert await store.claim("early", limit=5, lease=30) == []
+    assert (await store.get(sid)).wake_at == stored.wake_at  # unchanged by the early look
+    async with running(store):
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "completed"
+    assert done.updated_at >= stored.wake_at
+
+
+async def test_heartbeats_keep_a_stage_longer_than_its_lease(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(gate_pipeline(marks, gate))
+    for n in (1, 2):
+        await service.send_input(sid, "msg", {"n": n})
+    async with running(make_store(), lease=2.0, worker_id="A") as holder:
+        with anyio.fail_after(20):
+            while not read_marks(marks):  # noqa: ASYNC110  (the stage writes it)
+                await anyio.sleep(0.01)
+        async with running(make_store(), lease=2.0, worker_id="B") as rival:
+            # The claim's expiry and three renewals (every lease / 3): the stage outlives its
+            # lease, and a heartbeat 1.3 s late would still not lose it.
+            renewals: set[Any] = set()
+            with anyio.fail_after(20):
+                while len(renewals) < 4:
+                    renewals.add((await service.get(sid)).runnable_at)
+                    await anyio.sleep(0.02)
+            gate.touch()
+            done = await service.wait(sid, finished=True, timeout=20)
+            assert rival.statistics().claimed == 0
+        assert holder.statistics().saved == 1
+    assert done.status == "completed"
+    assert len(read_marks(marks)) == 1  # no second execution
