@@ -405,14 +405,24 @@ class MergeConflictError(NodeError):
 
 
 class LimitExceededError(NodeError):
-    """A session limit (steps, history size, depth, ...) was reached."""
+    """A session limit (steps, history size, depth, ...) was reached.
 
-    def __init__(self, *, limit: str, value: int | float, node_id: str) -> None:
+    Attributes:
+        limit: the limit's name in :class:`~stageflow.Limits` (``max_steps``, ...).
+        value: its value.
+    """
+
+    def __init__(
+        self, *, limit: str, value: int | float, node_id: str, detail: str | None = None
+    ) -> None:
         self.limit = limit
         self.value = value
         super().__init__(
-            f"session limit {limit}={value} reached at node {node_id!r}; "
-            f'raise "limits.{limit}" in the pipeline or the Session, or look for a loop',
+            detail
+            or (
+                f"session limit {limit}={value} reached at node {node_id!r}; "
+                f'raise "limits.{limit}" in the pipeline or the Session, or look for a loop'
+            ),
             node_id=node_id,
         )
 

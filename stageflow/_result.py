@@ -49,7 +49,11 @@ class SessionResult:
             terminal was reached. Never a status string.
         artifacts: context path -> value, for the terminal's ``artifacts``.
         error: the typed error that ended a failed run, else ``None``.
-        history: every event of the session, in order.
+        history: the events the session holds, in order: every event of a
+            session that was never restored; for a restored one, the events
+            its snapshot kept (all, the newest ``n`` or none, see
+            ``Session.to_dict(history=...)``) and every event since. ``seq``
+            numbering never restarts.
         waiting_for: for ``waiting``: the input types the session waits for.
         wake_at: for ``waiting``: the earliest timer deadline (UTC) of a
             sleep, a retry delay, an input timeout or the session deadline,

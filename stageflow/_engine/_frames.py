@@ -75,11 +75,28 @@ class Frame:
     flight and its executor's record, or :class:`Finished` once the node has
     finished but the frame has not moved on. ``resume`` is the snapshot frame
     a restored run starts this frame from.
+
+    ``visits`` counts the nodes the frame has started (snapshots keep it) and
+    ``origin`` names the node visit that forked it (``""`` for the main
+    path): together they give every node visit its execution key.
     """
 
-    __slots__ = ("branch", "ctx", "depth", "node", "path", "resume", "scope", "work")
+    __slots__ = (
+        "branch",
+        "ctx",
+        "depth",
+        "node",
+        "origin",
+        "path",
+        "resume",
+        "scope",
+        "visits",
+        "work",
+    )
 
-    def __init__(self, ctx: Context, path: str, depth: int, scope: Scope) -> None:
+    def __init__(
+        self, ctx: Context, path: str, depth: int, scope: Scope, parent: Frame | None = None
+    ) -> None:
         self.ctx = ctx
         self.path = path
         self.depth = depth
@@ -88,6 +105,13 @@ class Frame:
         self.node: str | None = None
         self.work: Work = None
         self.resume: FramePosition | None = None
+        self.visits = 0
+        # The parent's node visit (the same after a restore: visits are kept).
+        self.origin = "" if parent is None else f"{parent.visit_key()}:{path}"
+
+    def visit_key(self) -> str:
+        """This frame's current node visit, unique in the session (see ``execution_key``)."""
+        return f"{self.origin}/{self.node}.{self.visits}"
 
 
 class Finished:

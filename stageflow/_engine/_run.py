@@ -36,6 +36,7 @@ from stageflow._engine._frames import (
     Scope,
     SubpipelineRun,
 )
+from stageflow._engine._limits import RunCaps
 from stageflow._engine._map import MapExecutor
 from stageflow._engine._parallel import ParallelExecutor
 from stageflow._engine._positions import FramePosition, awaited, count_positions, writes_of
@@ -97,6 +98,7 @@ class Run:
 
     __slots__ = (
         "_cancel_scope",
+        "_caps",
         "_executors",
         "_live",
         "_main",
@@ -212,6 +214,8 @@ class Run:
             self._main.ended_at(resume.get("terminal"))
             state.steps = saved["steps"] - count_positions(resume)
             state.history.reopen()
+        state.stopped_by_limit = None
+        self._caps = RunCaps(state.limits, state.steps, len(state.history.events))
         state.status = SessionStatus.RUNNING
         tracing = state.tracing
         root_span: ActiveSpan | None = None
@@ -407,6 +411,7 @@ class Run:
         state: FramePosition = {"path": frame.path, "node": node_id}
         if frame.node is None:
             state["next"] = entry  # the path has not started: it starts at its entry
+        state["visits"] = frame.visits
         if full:
             state["context"] = copy_json(dict(frame.ctx.data))
             terminal = frame.scope.terminal
@@ -446,6 +451,9 @@ class Run:
         execute = self.execute
         resume = frame.resume
         if resume is not None:
+            # The node in flight runs again as the same visit (the same execution key).
+            visits = resume.get("visits", 0)
+            frame.visits = visits if "next" in resume or not visits else visits - 1
             try:
                 if "next" in resume:
                     node_id = resume["next"]  # its node had finished
@@ -460,14 +468,13 @@ class Run:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
         frame.node = node.id
         frame.work = None
+        frame.visits += 1
         state = self._state
         state.steps += 1
-        limits = state.limits
-        if state.steps > limits.max_steps:
-            raise LimitExceededError(limit="max_steps", value=limits.max_steps, node_id=node.id)
         history = state.history
-        if len(history.events) >= limits.max_history:
-            raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
+        caps = self._caps
+        if state.steps > caps.steps or len(history.events) >= caps.events:
+            raise self._stop_at_limit(node, frame)
         # A cancel() from a hook or a stage takes effect before the next node,
         # even when no stage ever awaits.
         await self.backend.checkpoint()
@@ -528,6 +535,15 @@ class Run:
             if log is not None:
                 duration_ms = round((time.perf_counter() - started) * 1000, 3)
                 log.info("node.finished", outcome=outcome, duration_ms=duration_ms)
+
+    def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
+        """A step or event limit stops the run before ``node``: keep where it was, to resume."""
+        state = self._state
+        error = self._caps.error(node.id, state.steps, len(state.history.events))
+        # Taken before anything unwinds: a restore with the limit raised goes on from here.
+        state.saved = self.saved_state()
+        state.stopped_by_limit = error
+        return error
 
     def _route_error(self, node: Node, frame: Frame, exc: Exception) -> str:
         """Follow the node's first matching error edge, or re-raise ``exc``."""

@@ -324,10 +324,9 @@ class StageRuntime:
                         work.path,
                         {"kind": "event", "event_type": type, "errors": errors},
                     )
-        if len(self._history) >= self._limits.max_history:
-            raise LimitExceededError(
-                limit="max_history", value=self._limits.max_history, node_id=node_id
-            )
+        max_history = self._limits.max_history
+        if max_history is not None and len(self._history) >= max_history:
+            raise LimitExceededError(limit="max_history", value=max_history, node_id=node_id)
         self._history.record(type, node_id, work.path, copy_json(body))
 
 

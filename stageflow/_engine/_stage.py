@@ -159,6 +159,7 @@ class StageExecutor:
             attempt=attempt,
             runtime=work,
             spec=entry.spec,
+            execution_key=f"{kernel.session_id}{frame.origin}/{node.id}.{frame.visits}",
         )
         frame.work = work
         stage: BaseStage | None = None

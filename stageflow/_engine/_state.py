@@ -20,7 +20,7 @@ from stageflow._context import Context
 from stageflow._engine._desk import InputDesk
 from stageflow._engine._frames import Scope
 from stageflow._engine._positions import FramePosition
-from stageflow._errors import StageflowError, describe_exception
+from stageflow._errors import LimitExceededError, StageflowError, describe_exception
 from stageflow._events import History
 from stageflow._json import copy_json
 from stageflow._model import Limits, ValidateEvents
@@ -120,6 +120,7 @@ class SessionState:
         "session_id",
         "status",
         "steps",
+        "stopped_by_limit",
         "tracing",
     )
 
@@ -162,6 +163,9 @@ class SessionState:
         self.cancel_reason: str | None = None
         self.run: ActiveRun | None = None  # the run in progress, if any
         self.last_node: str | None = None  # where the main path was when the last run ended
+        # The limit error that stopped the last run at a node boundary; ``saved``
+        # then holds where it stopped, so a restore with the limit raised resumes.
+        self.stopped_by_limit: LimitExceededError | None = None
 
     def random(self) -> float:
         """The next number of the session's seeded generator (a snapshot counts them)."""
@@ -189,6 +193,8 @@ class SessionState:
         """End the session: its status, outcome and final event; the result."""
         self.status = status
         self.error = error
+        if error is None or error is not self.stopped_by_limit:
+            self.stopped_by_limit = None  # it failed for another reason: nothing to resume
         completed = status is SessionStatus.COMPLETED
         terminal = main.terminal if main is not None else None
         result = copy_json(terminal.result) if completed and terminal else None
