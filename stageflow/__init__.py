@@ -63,6 +63,7 @@ from stageflow._errors import (
     StageflowError,
     StageNotFoundError,
     StageOutputError,
+    StageSchemaError,
     SubpipelineError,
     TracingSetupError,
 )
@@ -169,6 +170,7 @@ __all__ = [
     "StageConflictError",
     "StageContext",
     "StageContractError",
+    "StageSchemaError",
     "StageEntry",
     "StageError",
     "StageFunction",

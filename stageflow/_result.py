@@ -58,6 +58,10 @@ class SessionResult:
         wake_at: for ``waiting``: the earliest timer deadline (UTC) of a
             sleep, a retry delay, an input timeout or the session deadline,
             when the session should run again even without input; else ``None``.
+        discarded_inputs: for a session that ended: the inputs still queued
+            when it ended, which no stage received, as ``(type, payload)``
+            pairs in the order they were sent per type (also recorded as an
+            ``inputs_discarded`` event). Empty otherwise.
     """
 
     status: SessionStatus
@@ -67,6 +71,7 @@ class SessionResult:
     history: tuple[Event, ...] = attrs.field(repr=False)
     waiting_for: frozenset[str] = frozenset()
     wake_at: datetime.datetime | None = None
+    discarded_inputs: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON object (with ``waiting_for`` and ``wake_at`` when waiting)."""

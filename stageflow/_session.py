@@ -19,6 +19,7 @@ import anyio.from_thread
 from opentelemetry import trace
 
 from stageflow._engine._inputs import InputReceipt
+from stageflow._engine._node_inputs import node_entry
 from stageflow._engine._positions import awaited
 from stageflow._engine._run import Run
 from stageflow._engine._snapshot import (
@@ -29,7 +30,13 @@ from stageflow._engine._snapshot import (
     restore_pipeline,
 )
 from stageflow._engine._state import FINISHED, SessionState
-from stageflow._errors import NonJsonValueError, PipelineValidationError, Problem, SessionStateError
+from stageflow._errors import (
+    DefinitionError,
+    NonJsonValueError,
+    PipelineValidationError,
+    Problem,
+    SessionStateError,
+)
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import Limits, StageNode, ValidateEvents
@@ -62,7 +69,10 @@ def _resolve_stages(pipeline: Pipeline, registry: StageRegistry) -> dict[int, St
             if not isinstance(node, StageNode):
                 continue
             if node.stage in registry:
-                entries[id(node)] = registry.get(node.stage)
+                try:
+                    entries[id(node)] = node_entry(node, registry.get(node.stage))
+                except DefinitionError as exc:
+                    problems.append(Problem(f"{prefix}.nodes[{i}].config.input_schema", str(exc)))
             else:
                 problems.append(
                     Problem(

@@ -20,7 +20,7 @@ from stageflow._engine._backend import Backend
 from stageflow._engine._positions import FramePosition, TerminalPosition
 from stageflow._engine._runtime import StageRuntime, StageWork
 from stageflow._events import History
-from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode
+from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
 from stageflow._telemetry import Tracing
@@ -217,6 +217,8 @@ class Kernel(Protocol):
     def entries(self) -> Mapping[int, StageEntry]: ...
     @property
     def stop_outcome(self) -> str: ...
+    @property
+    def mode(self) -> ValidateEvents: ...
 
     def run_path(self, node_id: str | None, frame: Frame, stop: str | None) -> Awaitable[None]:
         """Run nodes from ``node_id`` in ``frame`` until the path ends or reaches ``stop``."""

@@ -63,6 +63,7 @@ from stageflow._model import (
     ParallelNode,
     StageNode,
     TerminalNode,
+    ValidateEvents,
 )
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._stages import StageEntry
@@ -106,6 +107,7 @@ class Run:
         "_root",
         "_state",
         "_suspend",
+        "_unstarted",
         "backend",
         "loop_thread",
         "runtime",
@@ -119,6 +121,9 @@ class Run:
         self._suspend = suspend
         self.suspending = False  # set when every position blocks in suspend mode
         self._live = 1  # positions running: the main path, each branch, each map worker
+        # Restored positions in flight that have not started again yet: their
+        # steps are un-counted until they do, so a snapshot adds them back.
+        self._unstarted = 0
         self.stop_outcome = "cancelled"  # span / cleanup outcome when the run is torn down
         self.backend: Backend = current_backend()
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
@@ -177,6 +182,11 @@ class Run:
         return self._state.tracing
 
     @property
+    def mode(self) -> ValidateEvents:
+        """How the session checks inputs, events and stage contracts."""
+        return self._state.mode
+
+    @property
     def entries(self) -> Mapping[int, StageEntry]:
         """The registry entry of every stage node, by node identity."""
         return self._state.entries
@@ -187,7 +197,9 @@ class Run:
 
     def not_rerun(self, position: FramePosition) -> None:
         """A restored position that will not run again keeps the steps it had counted."""
-        self._state.steps += count_positions(position)
+        counted = count_positions(position)
+        self._unstarted -= counted
+        self._state.steps += counted
 
     def positions(self, change: int) -> None:
         """Count positions that start (branches, map workers) or end; check for idle."""
@@ -212,7 +224,8 @@ class Run:
             assert resume is not None
             state.ctx = Context(resume["context"])
             self._main.ended_at(resume.get("terminal"))
-            state.steps = saved["steps"] - count_positions(resume)
+            self._unstarted = count_positions(resume)
+            state.steps = saved["steps"] - self._unstarted
             state.history.reopen()
         state.stopped_by_limit = None
         self._caps = RunCaps(state.limits, state.steps, len(state.history.events))
@@ -387,7 +400,7 @@ class Run:
         assert self._root is not None
         return {
             "position": self.frame_state(self._root, state.pipeline.entry, True),
-            "steps": state.steps,
+            "steps": state.steps + self._unstarted,
             "trace": self.trace_ids(),
             "digest": state.pipeline.digest,
         }
@@ -404,8 +417,10 @@ class Run:
 
     def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:
         """A frame as the snapshot keeps it, with whatever runs inside its node."""
-        if frame.node is None and frame.resume is not None:
-            restored: FramePosition = copy_json(frame.resume)  # not yet started again
+        if frame.resume is not None and (frame.node is None or frame.work is None):
+            # Not yet started again, or started but its executor has not taken
+            # over the restored record (its journal) yet: the record as restored.
+            restored: FramePosition = copy_json(frame.resume)
             return restored
         node_id = frame.node or entry
         state: FramePosition = {"path": frame.path, "node": node_id}
@@ -458,6 +473,7 @@ class Run:
                 if "next" in resume:
                     node_id = resume["next"]  # its node had finished
                 else:
+                    self._unstarted -= 1  # counted again as it starts
                     node_id = await execute(index[resume["node"]], frame)
             finally:
                 frame.resume = None

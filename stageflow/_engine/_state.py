@@ -206,6 +206,22 @@ class SessionState:
             "artifacts": copy_json(artifacts),
             "error": described,
         }
+        # Inputs nobody received are said to be dropped, never dropped in silence.
+        discarded = tuple(
+            (type, payload)
+            for type, payloads in self.desk.broker.backlog().items()
+            for payload in payloads
+        )
+        if discarded:
+            self.history.record(
+                "inputs_discarded",
+                None,
+                "",
+                {
+                    "count": len(discarded),
+                    "inputs": [{"input_type": t, "payload": p} for t, p in discarded],
+                },
+            )
         payload: dict[str, Any] = {"status": status.value, "steps": self.steps}
         if described is not None:
             payload["error"] = copy_json(described)
@@ -219,4 +235,5 @@ class SessionState:
             artifacts=artifacts,
             error=error,
             history=tuple(self.history.events),
+            discarded_inputs=discarded,
         )
