@@ -421,7 +421,9 @@ async def test_execution_key_outside_the_engine_defaults_to_the_node_path() -> N
     assert ctx.execution_key == "s/fan/a/op"
 
 
-async def test_a_restored_session_snapshotted_before_its_node_starts_again_keeps_its_steps() -> None:
+async def test_a_restored_session_snapshotted_before_its_node_starts_again_keeps_its_steps() -> (
+    None
+):
     # Bug found by the property test above: a second snapshot taken before the
     # restored node had started again un-counted its step a second time.
     case = chat_case(1)

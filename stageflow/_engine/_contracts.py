@@ -21,27 +21,26 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-import jsonschema
-
 from stageflow._errors import StageSchemaError
 from stageflow._events import History
 from stageflow._model import StageNode, ValidateEvents
-from stageflow._specs import compile_schema
+from stageflow._specs import DocumentSchema
 
 __all__ = ["ContractChecks"]
 
 _CACHE_SIZE: Final = 1024
 
 # id(schema) -> (schema, validator): a schema object is compiled once, and kept
-# so that an id reused after garbage collection is never taken for it.
-_validators: dict[int, tuple[Mapping[str, Any], jsonschema.protocols.Validator]] = {}
+# so that an id reused after garbage collection is never taken for it. The
+# validator answers a valid value with the compiled (fast) check alone.
+_validators: dict[int, tuple[Mapping[str, Any], DocumentSchema]] = {}
 
 
-def _validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+def _validator(schema: Mapping[str, Any]) -> DocumentSchema:
     cached = _validators.get(id(schema))
     if cached is not None and cached[0] is schema:
         return cached[1]
-    validator = compile_schema(schema)
+    validator = DocumentSchema(schema)
     if len(_validators) >= _CACHE_SIZE:
         _validators.clear()
     _validators[id(schema)] = (schema, validator)

@@ -27,9 +27,8 @@ RESUMABLE: Final = frozenset({"max_steps", "max_history", "max_run_steps", "max_
 """The limits that stop a session at a node boundary, where it can be resumed."""
 
 _RESUME: Final = (
-    "to go on, restore its snapshot with that limit raised: "
-    "Session.from_dict(session.to_dict(), limits=attrs.evolve(limits, {limit}=...)) resumes "
-    "it at node {node!r}"
+    "to go on, restore it with the limit raised: Session.from_dict(session.to_dict(), "
+    "limits=...) resumes it at node {node!r}"
 )
 
 
@@ -69,11 +68,10 @@ class RunCaps:
                     node_id=node_id,
                     detail=(
                         f"session limit max_steps={limits.max_steps} reached at node "
-                        f"{node_id!r}: the session has executed {limits.max_steps} nodes over "
-                        "its life. For a session that lives on (a chat, an agent), bound each "
-                        "run with limits.max_run_steps instead and set max_steps to null; "
-                        "if it loops, fix the loop; "
-                        + _RESUME.format(limit="max_steps", node=node_id)
+                        f"{node_id!r} (node executions over the session's life); if it loops, "
+                        "fix the loop; a session that lives on should bound each run with "
+                        "limits.max_run_steps and set max_steps to null; "
+                        + _RESUME.format(node=node_id)
                     ),
                 )
             assert limits.max_run_steps is not None
@@ -84,8 +82,7 @@ class RunCaps:
                 detail=(
                     f"run limit max_run_steps={limits.max_run_steps} reached at node "
                     f"{node_id!r}: this run() executed {limits.max_run_steps} nodes. Look for a "
-                    "loop that never waits, or raise the limit; "
-                    + _RESUME.format(limit="max_run_steps", node=node_id)
+                    "loop that never waits, or raise the limit; " + _RESUME.format(node=node_id)
                 ),
             )
         lifetime = limits.max_history is not None and events >= limits.max_history
@@ -100,7 +97,7 @@ class RunCaps:
                     f"{node_id!r}: the session holds {events} events. Keep the history out of "
                     'the snapshot (session.to_dict(history="none") or a count), so a restored '
                     "session holds only its new events, or raise the limit; "
-                    + _RESUME.format(limit="max_history", node=node_id)
+                    + _RESUME.format(node=node_id)
                 ),
             )
         assert limits.max_run_events is not None
@@ -111,8 +108,7 @@ class RunCaps:
             detail=(
                 f"run limit max_run_events={limits.max_run_events} reached at node "
                 f"{node_id!r}: this run() recorded {events - self.events_at_start} events. "
-                "Look for a loop, or raise the limit; "
-                + _RESUME.format(limit="max_run_events", node=node_id)
+                "Look for a loop, or raise the limit; " + _RESUME.format(node=node_id)
             ),
         )
 
