@@ -384,6 +384,7 @@ def test_pipeline_is_valid_and_uses_the_example_stages(stages: ModuleType) -> No
 
 
 @pytest.mark.trio_only
+@pytest.mark.timeout(600)  # about 15 s alone; more under coverage on a busy machine
 async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(tmp_path: Path) -> None:
     """Each message is one request (restore, send, run, save), as ``run.py send`` does.
 

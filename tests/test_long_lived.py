@@ -293,12 +293,14 @@ async def test_a_per_run_limit_bounds_each_run_not_the_life() -> None:
 
 async def test_max_run_events_stops_a_run_that_records_too_much() -> None:
     stages = chat_stages()
-    pipeline = chat_pipeline(stages, max_run_events=12)
+    pipeline = chat_pipeline(stages, max_run_events=5)
     session = stageflow.Session(pipeline, registry=stages.registry)
     session.send_input("user_name", {"name": "Ada"})
-    result = await session.run()
+    result = await session.run(suspend=True)
     assert isinstance(result.error, stageflow.LimitExceededError)
     assert result.error.limit == "max_run_events"
+    assert result.error.node_id == "greet"
+    assert "this run() recorded 7 events" in str(result.error)
 
 
 async def test_a_restore_onto_a_new_pipeline_version_takes_its_limits() -> None:
