@@ -113,6 +113,7 @@ EXPORTED = [
     "StageOutputError",
     "StagePack",
     "StageRegistry",
+    "StageSchemaError",
     "StageSpec",
     "StageflowError",
     "SubpipelineError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from fakes import doc, stage, terminal
 
 import stageflow
+import stageflow._engine
 
 pytestmark = pytest.mark.anyio
 
@@ -316,6 +318,8 @@ def _stageflow_classes() -> list[type]:
         "_specs",
         "_stages",
         "jsonlogic",
+        # The engine kernel's modules (they used to live in _session).
+        *(f"_engine.{info.name}" for info in pkgutil.iter_modules(stageflow._engine.__path__)),
     ):
         module = importlib.import_module(f"stageflow.{name}")
         classes += [

@@ -70,7 +70,7 @@ class RunCaps:
                         f"session limit max_steps={limits.max_steps} reached at node "
                         f"{node_id!r} (node executions over the session's life); if it loops, "
                         "fix the loop; a session that lives on should bound each run with "
-                        "limits.max_run_steps and set max_steps to null; "
+                        "limits.max_run_steps and set limits.max_steps to null; "
                         + _RESUME.format(node=node_id)
                     ),
                 )
