@@ -385,11 +385,16 @@ def test_pipeline_is_valid_and_uses_the_example_stages(stages: ModuleType) -> No
 
 @pytest.mark.trio_only
 @pytest.mark.timeout(600)  # about 15 s alone; more under coverage on a busy machine
-async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(tmp_path: Path) -> None:
+async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each message is one request (restore, send, run, save), as ``run.py send`` does.
 
     In the same process, to keep it fast; the test counts, it does not time.
     """
+    # run.py imports its neighbours as "stages" and "store": not another example's.
+    monkeypatch.delitem(sys.modules, "stages", raising=False)
+    monkeypatch.delitem(sys.modules, "store", raising=False)
     run = load_module("durable_chat_run", RUN)
     messages = 10_000
     sizes: dict[int, int] = {}
