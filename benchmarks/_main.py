@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from benchmarks import _engine, _inputs, _map, _scaleout, _tracing
+from benchmarks import _engine, _inputs, _long, _map, _scaleout, _tracing
 from benchmarks._harness import Row, Settings, Table
 
 Figures = dict[str, float | None]
@@ -44,6 +44,7 @@ def catalogue(with_langgraph: bool) -> list[Benchmark]:
         Benchmark("snapshot", "snapshots", _inputs.snapshots),
         Benchmark("map", "map of trivial items", _map.map_items),
         Benchmark("scaleout", "session store, per turn", _scaleout.scaleout),
+        Benchmark("long", "long-lived chat turns", _long.chat_turns),
     ]
     if with_langgraph:
         from benchmarks import _langgraph
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="SECTION",
-        help="run only this section (engine, tracing, paused, snapshot, map, scaleout, "
+        help="run only this section (engine, tracing, paused, snapshot, map, long, scaleout, "
         "langgraph); "
         "repeatable",
     )

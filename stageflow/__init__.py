@@ -65,6 +65,7 @@ from stageflow._errors import (
     StageflowError,
     StageNotFoundError,
     StageOutputError,
+    StageSchemaError,
     SubpipelineError,
     TracingSetupError,
 )
@@ -181,6 +182,7 @@ __all__ = [
     "StageOutputError",
     "StagePack",
     "StageRegistry",
+    "StageSchemaError",
     "StageSpec",
     "StageflowError",
     "SubpipelineError",

@@ -15,7 +15,10 @@ __all__ = ["SleepStage", "WaitStage"]
 class WaitStage(BaseStage):
     """Wait for one external input and return its payload as ``payload``.
 
-    Config: ``input`` (the input type) and optional ``timeout`` (seconds).
+    Config: ``input`` (the input type), optional ``timeout`` (seconds) and
+    optional ``input_schema`` (the payload's JSON Schema: with
+    ``validate_events: strict`` a payload that does not fit is rejected to
+    its sender, with ``warn`` it is recorded as ``event_validation_failed``).
     Map ``payload`` to a context path with the node's ``outputs``; route a
     timeout (``InputTimeoutError``) with an error edge::
 
@@ -35,9 +38,14 @@ class WaitStage(BaseStage):
             "properties": {
                 "input": {"type": "string", "minLength": 1, "description": "input type"},
                 "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
+                "input_schema": {
+                    "type": "object",
+                    "description": "JSON Schema (draft 2020-12) of the input's payload",
+                },
             },
         },
         outputs={"type": "object", "properties": {"payload": {"description": "the input"}}},
+        input_from_config="input",
     )
 
     async def run(self, ctx: StageContext) -> Mapping[str, Any]:

@@ -27,7 +27,9 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── StageError                  a stage raised (.attempt, chained __cause__)
     │   ├── StageOutputError            a stage returned something unusable
     │   ├── StageContractError          a stage used an input/event type it did not declare,
-    │   │                               or emitted an invalid event in strict mode
+    │   │   │                           or emitted an invalid event in strict mode
+    │   │   └── StageSchemaError        an argument or output value broke its declared schema
+    │   │                               (.kind, .key, .expected, .got; strict mode)
     │   ├── ConditionError              no condition matched and no ``else``
     │   ├── MergeConflictError          branches wrote one path with different values
     │   ├── LimitExceededError          a session limit was hit (.limit, .value)
@@ -81,6 +83,7 @@ __all__ = [
     "SnapshotVersionError",
     "StageConflictError",
     "StageContractError",
+    "StageSchemaError",
     "StageError",
     "StageNotFoundError",
     "StageOutputError",
@@ -405,14 +408,24 @@ class MergeConflictError(NodeError):
 
 
 class LimitExceededError(NodeError):
-    """A session limit (steps, history size, depth, ...) was reached."""
+    """A session limit (steps, history size, depth, ...) was reached.
 
-    def __init__(self, *, limit: str, value: int | float, node_id: str) -> None:
+    Attributes:
+        limit: the limit's name in :class:`~stageflow.Limits` (``max_steps``, ...).
+        value: its value.
+    """
+
+    def __init__(
+        self, *, limit: str, value: int | float, node_id: str, detail: str | None = None
+    ) -> None:
         self.limit = limit
         self.value = value
         super().__init__(
-            f"session limit {limit}={value} reached at node {node_id!r}; "
-            f'raise "limits.{limit}" in the pipeline or the Session, or look for a loop',
+            detail
+            or (
+                f"session limit {limit}={value} reached at node {node_id!r}; "
+                f'raise "limits.{limit}" in the pipeline or the Session, or look for a loop'
+            ),
             node_id=node_id,
         )
 
@@ -438,6 +451,51 @@ class SessionTimeoutError(StageflowError, TimeoutError):
 
 class StageContractError(NodeError):
     """A stage used an input or event type it did not declare, or sent invalid data."""
+
+
+class StageSchemaError(StageContractError):
+    """A stage's argument or output value does not match the schema its spec declares.
+
+    Raised in ``validate_events="strict"`` mode (``warn`` records a
+    ``contract_violation`` event instead).
+
+    Attributes:
+        kind: ``"argument"`` (checked before the stage runs) or ``"output"``
+            (checked before anything is written).
+        stage: the stage's registered name.
+        key: the argument or output name, with the path inside it if the
+            problem is nested (``user['name']``).
+        expected: what the schema asks for (``type "integer"``, ...).
+        got: the value found (JSON, shortened), or ``nothing``.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        node_id: str,
+        stage: str,
+        key: str,
+        expected: str,
+        got: str,
+        more: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.stage = stage
+        self.key = key
+        self.expected = expected
+        self.got = got
+        also = f" (and {more} more)" if more else ""
+        fix = (
+            "fix the context value the node maps to it, or the stage's declared arguments schema"
+            if kind == "argument"
+            else "fix what the stage returns, or its declared outputs schema"
+        )
+        super().__init__(
+            f"stage {stage!r} at node {node_id!r}: {kind} {key!r} does not match its declared "
+            f"schema: expected {expected}, got {got}{also}; {fix}",
+            node_id=node_id,
+        )
 
 
 class NodeTimeoutError(NodeError, TimeoutError):

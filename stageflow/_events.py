@@ -236,7 +236,12 @@ class EventStream:
 
 
 class History:
-    """The ordered list of a session's events, with its subscribers."""
+    """The ordered list of a session's events, with its subscribers.
+
+    It holds the events recorded since the session was made or restored, after
+    the ones its snapshot kept (all, a tail, or none): ``events[0].seq`` is
+    ``base + 1``, and numbering never restarts.
+    """
 
     __slots__ = (
         "_callbacks",
@@ -244,6 +249,7 @@ class History:
         "_events",
         "_subscriptions",
         "_tracing",
+        "base",
         "muted",
         "session_id",
     )
@@ -264,6 +270,19 @@ class History:
         self._closed = False
         # While a suspended run is torn down nothing is recorded: it is not history.
         self.muted = False
+        # Events recorded before the first one held (a session restored from a
+        # snapshot that kept none or only a tail of its history): seq goes on.
+        self.base = 0
+
+    @property
+    def next_seq(self) -> int:
+        """The ``seq`` the next event will get."""
+        return self.base + len(self._events) + 1
+
+    def restore(self, events: Iterable[Event], next_seq: int) -> None:
+        """Hold ``events`` (the tail a snapshot kept, maybe none); go on at ``next_seq``."""
+        self._events[:] = events
+        self.base = next_seq - 1 - len(self._events)
 
     @property
     def events(self) -> list[Event]:
@@ -295,7 +314,7 @@ class History:
         event: Event = _new_tuple(
             Event,
             (
-                len(events) + 1,
+                self.base + len(events) + 1,
                 type,
                 _time_ns() // 1000,
                 self.session_id,
@@ -367,7 +386,7 @@ class History:
         """The marker telling ``sub`` how many events it missed; resets the count."""
         dropped, sub.dropped = sub.dropped, 0
         return Event(
-            len(self._events) + 1 if next_seq is None else next_seq,
+            self.next_seq if next_seq is None else next_seq,
             OVERFLOW,
             datetime.datetime.now(_UTC),
             self.session_id,

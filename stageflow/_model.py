@@ -108,10 +108,20 @@ def _check_max_depth(instance: object, attribute: attrs.Attribute[Any], value: i
 class Limits:
     """Bounds that end a runaway session with a typed error instead of a hang.
 
+    Two kinds: *lifetime* limits count over the whole life of a session,
+    across every ``run()`` and restore (``max_steps``; ``max_history`` counts
+    the events the session holds in memory); *per-run* limits count within
+    one ``run()`` (``max_run_steps``, ``max_run_events``), which is what a
+    session that lives for thousands of turns wants bounded. A session
+    stopped by either kind can be resumed once the limit is raised:
+    ``Session.from_dict(snapshot, limits=...)`` (see ``docs/snapshots.md``).
+
     Attributes:
-        max_steps: node executions per session (guards loops).
-        max_history: events in the history; the session fails when a node
-            would start beyond it.
+        max_steps: node executions over the session's life (guards loops);
+            ``None`` for no lifetime bound.
+        max_history: events the session holds (those its snapshot kept plus
+            those recorded since); the session fails when a node would start
+            beyond it. ``None`` for no bound.
         max_depth: nesting of parallel branches, map items and subpipelines
             (1 to :data:`~stageflow._guard.MAX_NESTING`, 64).
         timeout: session deadline in seconds from the start of ``run()``
@@ -119,15 +129,19 @@ class Limits:
         max_input_backlog: inputs of one type kept while nobody waits for it.
         max_input_bytes: largest input payload, in bytes of compact JSON.
         cleanup_timeout: seconds a stage's ``cleanup()`` may take.
+        max_run_steps: node executions within one ``run()``, or ``None``.
+        max_run_events: events recorded within one ``run()``, or ``None``.
     """
 
-    max_steps: int = 10_000
-    max_history: int = 100_000
+    max_steps: int | None = 10_000
+    max_history: int | None = 100_000
     max_depth: int = attrs.field(default=32, validator=_check_max_depth)
     timeout: float | None = None
     max_input_backlog: int = 100
     max_input_bytes: int = 1_048_576
     cleanup_timeout: float = 5.0
+    max_run_steps: int | None = None
+    max_run_events: int | None = None
 
 
 @attrs.frozen

@@ -54,13 +54,21 @@ class SessionResult:
             terminal was reached. Never a status string.
         artifacts: context path -> value, for the terminal's ``artifacts``.
         error: the typed error that ended a failed run, else ``None``.
-        history: every event of the session, in order.
+        history: the events the session holds, in order: every event of a
+            session that was never restored; for a restored one, the events
+            its snapshot kept (all, the newest ``n`` or none, see
+            ``Session.to_dict(history=...)``) and every event since. ``seq``
+            numbering never restarts.
         waiting_for: for ``waiting``: the input types the session waits for,
             sorted (a tuple: JSON-friendly, the same shape as
             :meth:`Session.waiting_for() <stageflow.Session.waiting_for>`).
         wake_at: for ``waiting``: the earliest timer deadline (UTC) of a
             sleep, a retry delay, an input timeout or the session deadline,
             when the session should run again even without input; else ``None``.
+        discarded_inputs: for a session that ended: the inputs still queued
+            when it ended, which no stage received, as ``(type, payload)``
+            pairs in the order they were sent per type (also recorded as an
+            ``inputs_discarded`` event). Empty otherwise.
     """
 
     status: SessionStatus
@@ -70,6 +78,7 @@ class SessionResult:
     history: tuple[Event, ...] = attrs.field(repr=False)
     waiting_for: tuple[str, ...] = attrs.field(default=(), converter=input_types)
     wake_at: datetime.datetime | None = None
+    discarded_inputs: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self, *, history: bool = True) -> dict[str, Any]:
         """The result as a JSON object (with ``waiting_for`` and ``wake_at`` when waiting).

@@ -19,11 +19,24 @@ import anyio.from_thread
 from opentelemetry import metrics, trace
 
 from stageflow._engine._inputs import InputReceipt
+from stageflow._engine._node_inputs import node_entry
 from stageflow._engine._positions import awaited
 from stageflow._engine._run import Run
-from stageflow._engine._snapshot import check_document, dump, load, restore_pipeline
+from stageflow._engine._snapshot import (
+    HistoryChoice,
+    check_document,
+    dump,
+    load,
+    restore_pipeline,
+)
 from stageflow._engine._state import FINISHED, SessionState
-from stageflow._errors import NonJsonValueError, PipelineValidationError, Problem, SessionStateError
+from stageflow._errors import (
+    DefinitionError,
+    NonJsonValueError,
+    PipelineValidationError,
+    Problem,
+    SessionStateError,
+)
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
@@ -75,7 +88,10 @@ def _resolve_stages(
             if not isinstance(node, StageNode):
                 continue
             if node.stage in registry:
-                entries[id(node)] = registry.get(node.stage)
+                try:
+                    entries[id(node)] = node_entry(node, registry.get(node.stage))
+                except DefinitionError as exc:
+                    problems.append(Problem(f"{prefix}.nodes[{i}].config.input_schema", str(exc)))
             else:
                 problems.append(
                     Problem(
@@ -193,7 +209,15 @@ class Session:
 
     @property
     def history(self) -> tuple[Event, ...]:
-        """Every event recorded so far."""
+        """The events this session holds, oldest first.
+
+        For a session made here: every event recorded so far. For a restored
+        session: the events its snapshot kept (all of them, the newest ``n``,
+        or none, as ``to_dict(history=...)`` was asked), then every event
+        recorded since the restore. ``seq`` never restarts: the first event
+        held may have a ``seq`` above 1, and the events before it are wherever
+        you sent them (see ``docs/snapshots.md``, "Long-lived sessions").
+        """
         return tuple(self._state.history.events)
 
     def events(self, *, buffer: int = 1024) -> EventStream:
@@ -334,16 +358,26 @@ class Session:
 
     # ------------------------------------------------------------- snapshots
 
-    def to_dict(self) -> dict[str, Any]:
-        """A snapshot of the session as plain JSON, at any moment.
+    def to_dict(self, *, history: HistoryChoice = "all") -> dict[str, Any]:
+        """A snapshot of the session as plain JSON (format version 2), at any moment.
 
         It holds the pipeline document and digest, every active position
         (inside branches, map items and subpipelines too) with its context,
-        the history, the input backlog, the inputs consumed by stages in
-        flight, retry and step counters, and timer deadlines as absolute UTC
-        times. Restore it with :meth:`from_dict`. See ``docs/snapshots.md``.
+        the input backlog, the inputs consumed by stages in flight, retry and
+        step counters, timer deadlines as absolute UTC times, the ``seq`` of
+        the next event (``history_seq``) and the history you ask for. Restore
+        it with :meth:`from_dict`. See ``docs/snapshots.md``.
+
+        Args:
+            history: ``"all"`` (every event the session holds), ``"none"``
+                (no events: the snapshot's size no longer grows with the
+                session's age; send events elsewhere as they happen, with
+                :meth:`subscribe`), or a count ``n`` (the newest ``n``).
+
+        Raises:
+            SnapshotError: ``history`` is none of these.
         """
-        return dump(self._state)
+        return dump(self._state, history)
 
     @classmethod
     def from_dict(
@@ -352,18 +386,26 @@ class Session:
         *,
         registry: StageRegistry | None = None,
         pipeline: Pipeline | None = None,
+        limits: Limits | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> Session:
-        """Restore a session from a snapshot made by :meth:`to_dict`.
+        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1 or 2).
 
         The restored session has the snapshot's status: ``waiting`` when it
         had active positions (``run()`` goes on from them), ``pending``, or
         the status it finished with. A stage that was in flight runs again
         from its start, and the inputs it had consumed are replayed to it in
         order. Inputs sent before ``run()`` are queued for the waiting stages.
+        Event numbering goes on from the snapshot's, whether or not it kept
+        its history.
+
+        A session that a step or event limit stopped (status ``failed``,
+        ``stopped_by_limit`` in the snapshot) is restored ``waiting`` at the
+        node it stopped at when ``limits`` raises that limit; ``run()`` then
+        goes on.
 
         Args:
             data: the snapshot (after ``json.loads`` if it was stored as text).
@@ -373,6 +415,9 @@ class Session:
                 from the document in the snapshot. A pipeline with another
                 digest is accepted when every node the session is at still
                 exists with the same type (a migration).
+            limits: the limits from now on. If not given: the limits of
+                ``pipeline`` when it is another version (another digest) than
+                the snapshot's, else the snapshot's.
             tracer_provider: where spans go; the first run's root span links
                 to the span of the run that took the snapshot.
             clock: as for :class:`Session`.
@@ -390,12 +435,15 @@ class Session:
         snapshot = check_document(data)
         pipeline = restore_pipeline(snapshot, registry, pipeline)
         position = snapshot["position"]
+        if limits is None:
+            migrated = pipeline.digest != snapshot["pipeline"]["digest"]
+            limits = pipeline.limits if migrated else Limits(**snapshot["limits"])
         session = cls(
             pipeline,
             registry=registry,
             payload=position["context"] if position is not None else None,
             session_id=snapshot["session_id"],
-            limits=Limits(**snapshot["limits"]),
+            limits=limits,
             validate_events=snapshot["validate_events"],
             seed=snapshot["seed"],
             tracer_provider=tracer_provider,

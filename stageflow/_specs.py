@@ -275,6 +275,12 @@ class StageSpec:
             emitting another type is an error.
         retry: default retry policy of nodes using the stage.
         timeout: default seconds per attempt of nodes using the stage.
+        input_from_config: for a stage that waits for the input type its
+            node's ``config`` names (as ``WaitStage`` does with ``input``):
+            that config key. Each node then accepts exactly that type, with
+            the payload schema in its ``config.input_schema`` if it gives one,
+            so the session can reject input types no wait accepts and, in
+            ``strict`` mode, payloads that do not fit.
     """
 
     description: str = ""
@@ -291,3 +297,4 @@ class StageSpec:
     allowed_events: tuple[EventSpec, ...] = attrs.field(default=(), converter=tuple)
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    input_from_config: str | None = None

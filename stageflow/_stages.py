@@ -73,6 +73,13 @@ class StageContext:
         stage: the registered stage name.
         attempt: 1 for the first attempt, 2 for the first retry, ...
         spec: the stage's declared spec.
+        execution_key: a key for this visit of the node, to pass as the
+            idempotency key of side effects (a payment, an email): the same
+            for every attempt of the visit and when the node runs again after
+            a crash or restore, different for every later visit of the node
+            (a loop), unique across parallel branches, map items and
+            subpipeline calls. ``session_id/node.3`` style; treat it as
+            opaque. See ``docs/snapshots.md``, "Side effects".
     """
 
     __slots__ = (
@@ -81,6 +88,7 @@ class StageContext:
         "arguments",
         "attempt",
         "config",
+        "execution_key",
         "node_id",
         "node_path",
         "session_id",
@@ -100,6 +108,7 @@ class StageContext:
         attempt: int,
         runtime: StageRuntime,
         spec: StageSpec | None = None,
+        execution_key: str | None = None,
     ) -> None:
         self.arguments = arguments
         self.config = config
@@ -109,6 +118,9 @@ class StageContext:
         self.stage = stage
         self.attempt = attempt
         self.spec = spec if spec is not None else StageSpec()
+        self.execution_key = (
+            execution_key if execution_key is not None else f"{session_id}/{node_path}"
+        )
         # The engine's side of this attempt (its journal, timer and session).
         self._runtime = runtime
         self._log: Any = None

@@ -114,6 +114,7 @@ EXPORTED = [
     "StageOutputError",
     "StagePack",
     "StageRegistry",
+    "StageSchemaError",
     "StageSpec",
     "StageflowError",
     "SubpipelineError",

@@ -189,11 +189,16 @@ def test_the_stored_final_snapshot_restores_the_finished_session(
 ) -> None:
     with store_module.SnapshotStore(conversation.db) as store:
         snapshot = store.load(conversation.session_id)
+        events = store.events(conversation.session_id)
     session = stageflow.Session.from_dict(snapshot, registry=stages.registry)
     assert session.session_id == conversation.session_id
     assert session.status is stageflow.SessionStatus.COMPLETED
     assert session.payload["transcript"] == TRANSCRIPT
-    sent = [dict(e.payload) for e in session.history if e.type == "bot_said"]
+    # The snapshot keeps no history; the store has every event, each once.
+    assert session.history == ()
+    assert snapshot["history"] == []
+    assert [e["seq"] for e in events] == list(range(1, snapshot["history_seq"]))
+    sent = [e["payload"] for e in events if e["type"] == "bot_said"]
     assert sent == [{"text": e["text"]} for e in TRANSCRIPT if e["from"] == "bot"]
 
 
@@ -290,7 +295,7 @@ async def test_store_round_trip_restores_a_session_that_goes_on(
     with store_module.SnapshotStore(tmp_path / "s.db") as store:
         loaded = store.load(session.session_id)
     # taken_at is the time of each to_dict() call; everything else is the same.
-    again = session.to_dict()
+    again = session.to_dict(history="none")
     assert loaded["taken_at"] <= again["taken_at"]
     assert {**loaded, "taken_at": None} == json.loads(json.dumps({**again, "taken_at": None}))
     restored = stageflow.Session.from_dict(loaded, registry=stages.registry)
@@ -373,3 +378,42 @@ def test_pipeline_is_valid_and_uses_the_example_stages(stages: ModuleType) -> No
     used = {n.stage for n in loaded.nodes if isinstance(n, stageflow.StageNode)}
     assert used == {"Say", "Listen", "Greet", "Answer"}
     assert loaded.validate_events is stageflow.ValidateEvents.STRICT
+
+
+# ------------------------------------------------------- a long conversation
+
+
+@pytest.mark.trio_only
+@pytest.mark.timeout(600)  # about 15 s alone; more under coverage on a busy machine
+async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each message is one request (restore, send, run, save), as ``run.py send`` does.
+
+    In the same process, to keep it fast; the test counts, it does not time.
+    """
+    # run.py imports its neighbours as "stages" and "store": not another example's.
+    monkeypatch.delitem(sys.modules, "stages", raising=False)
+    monkeypatch.delitem(sys.modules, "store", raising=False)
+    run = load_module("durable_chat_run", RUN)
+    messages = 10_000
+    sizes: dict[int, int] = {}
+    with run.SnapshotStore(tmp_path / "chat.db") as store:
+        session_id = (await run.start(store))["session_id"]
+        await run.send(store, session_id, "user_name", {"name": "Ada"})
+        for i in range(1, messages + 1):
+            text = f"message {i:05d}"  # the same length throughout
+            reply = await run.send(store, session_id, "user_message", {"text": text})
+            assert reply["said"] == [f"You said: {text}"]
+            if i in (10, 1_000, 10_000):
+                sizes[i] = len(json.dumps(store.load(session_id)))
+        last = await run.send(store, session_id, "user_message", {"text": "bye"})
+        events = store.events(session_id)
+        snapshot = store.load(session_id)
+    assert last["status"] == "completed"
+    assert last["artifacts"]["turns"] == messages + 1
+    # Constant: only the digits of a few counters (turns, steps, visits, seq) grow.
+    assert max(sizes.values()) - min(sizes.values()) <= 20, sizes
+    assert snapshot["history"] == []
+    assert [e["seq"] for e in events] == list(range(1, snapshot["history_seq"]))
+    assert sum(e["type"] == "bot_said" for e in events) == messages + 3

@@ -14,6 +14,7 @@ import pytest
 from fakes import doc, stage, terminal
 
 import stageflow
+import stageflow._engine
 
 pytestmark = pytest.mark.anyio
 

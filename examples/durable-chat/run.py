@@ -24,6 +24,7 @@ the database.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -44,8 +45,9 @@ class BadRequestError(Exception):
     """A request this session cannot take; nothing was changed."""
 
 
+@functools.cache
 def load_pipeline() -> stageflow.Pipeline:
-    """The durable chat pipeline."""
+    """The durable chat pipeline (loaded once per process, as a service would)."""
     return stageflow.Pipeline.load(HERE / "pipeline.json", registry=registry)
 
 
@@ -59,7 +61,7 @@ async def advance(store: SnapshotStore, session: stageflow.Session) -> dict[str,
 
     session.subscribe(collect)
     result = await session.run(suspend=True)
-    store.save(session)
+    store.save(session)  # the snapshot, and the events recorded since the restore
     reply: dict[str, Any] = {
         "session_id": session.session_id,
         "status": result.status.value,
@@ -103,7 +105,9 @@ async def send(store: SnapshotStore, session_id: str, type: str, payload: Any) -
                 f"session {session_id!r} does not wait for {type!r} (it waits for "
                 f"{', '.join(stored.waiting_for)}); send one of the input types it waits for"
             )
-        session = stageflow.Session.from_dict(store.load(session_id), registry=registry)
+        session = stageflow.Session.from_dict(
+            store.load(session_id), registry=registry, pipeline=load_pipeline()
+        )
         try:
             session.send_input(type, payload)
         except stageflow.InputRejectedError as exc:

@@ -7,6 +7,10 @@ keep the conversation in the ``transcript`` list and announce every line the
 bot says with a declared ``bot_said`` event, which ``run.py`` returns as the
 reply to a request.
 
+The transcript keeps the last ``KEEP`` lines only: the context, and so the
+snapshot, stays the same size however long the conversation runs (the whole
+conversation is in the events the store appends, see ``store.py``).
+
 Each stage that talks does so *after* its only wait (or has no wait at all),
 and ``Listen`` does nothing before its wait. A stage in flight when a session
 is suspended is re-run from its start when the session is restored, so a line
@@ -65,10 +69,14 @@ TRANSCRIPT = {
 }
 
 
+KEEP = 10
+"""Lines of the transcript kept in the context (the newest)."""
+
+
 def say(ctx: stageflow.StageContext, transcript: list[Any], text: str) -> list[Any]:
-    """Announce ``text`` and return the transcript with it added."""
+    """Announce ``text``; return the transcript with it added (its last ``KEEP`` lines)."""
     ctx.emit("bot_said", {"text": text})
-    return [*transcript, {"from": "bot", "text": text}]
+    return [*transcript, {"from": "bot", "text": text}][-KEEP:]
 
 
 @registry.register("Say")

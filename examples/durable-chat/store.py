@@ -2,15 +2,25 @@
 
 stageflow ships no storage of its own: a snapshot (``session.to_dict()``) is a
 plain JSON object, and where it goes is the application's choice. This store
-is a model of one, in one table::
+is a model of one, in two tables::
 
     sessions(session_id TEXT PRIMARY KEY, snapshot TEXT, status TEXT,
              waiting_for TEXT, updated_at TEXT)
+    events(session_id TEXT, seq INTEGER, event TEXT, PRIMARY KEY (session_id, seq))
 
 ``snapshot`` is the JSON text, ``status`` and ``waiting_for`` (a JSON list of
 input types) are copied out of the session so that a service can find its
 waiting sessions without parsing snapshots, and ``updated_at`` is the UTC
 time of the last save.
+
+The snapshot leaves the history out (``to_dict(history="none")``), so its size
+does not grow with the conversation; the events go to ``events`` instead, in
+the same transaction as the snapshot, each exactly once: a save appends the
+events the session holds (``session.history``: for a restored session, those
+recorded since the restore) that come after the last stored one and before
+the snapshot's ``history_seq``. A request that fails before its save writes
+neither, and the next one restores the previous snapshot, whose numbering
+goes on where the stored events end.
 
 Two requests for the same session must not run at the same time, or the
 later save would drop the earlier one's turn. :meth:`SnapshotStore.transaction`
@@ -46,6 +56,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated_at  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, updated_at);
+CREATE TABLE IF NOT EXISTS events (
+    session_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    event       TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
 """
 
 
@@ -122,9 +138,24 @@ class SnapshotStore:
             raise
         self._db.execute("COMMIT")
 
-    def save(self, session: stageflow.Session) -> None:
-        """Store the session's snapshot, replacing the one it had."""
-        snapshot = session.to_dict()
+    def save(self, session: stageflow.Session) -> dict[str, Any]:
+        """Store the session's snapshot (without its history) and append its new events.
+
+        Returns the snapshot.
+        """
+        snapshot = session.to_dict(history="none")
+        (stored,) = self._db.execute(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE session_id = ?",
+            (session.session_id,),
+        ).fetchone()
+        self._db.executemany(
+            "INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)",
+            [
+                (session.session_id, e.seq, json.dumps(e.to_dict(), ensure_ascii=False))
+                for e in session.history
+                if stored < e.seq < snapshot["history_seq"]
+            ],
+        )
         self._db.execute(
             "INSERT INTO sessions (session_id, snapshot, status, waiting_for, updated_at) "
             "VALUES (?, ?, ?, ?, ?) "
@@ -139,6 +170,14 @@ class SnapshotStore:
                 datetime.datetime.now(datetime.UTC).isoformat(),
             ),
         )
+        return snapshot
+
+    def events(self, session_id: str) -> list[dict[str, Any]]:
+        """Every event stored for ``session_id``, in ``seq`` order (``Event.to_dict()`` form)."""
+        rows = self._db.execute(
+            "SELECT event FROM events WHERE session_id = ? ORDER BY seq", (session_id,)
+        ).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
     def load(self, session_id: str) -> dict[str, Any]:
         """The snapshot last saved for ``session_id``, for ``Session.from_dict``.

@@ -109,7 +109,8 @@ class InputDesk:
 
         Recorded rejections do not count: they have a budget of their own.
         """
-        return len(self._history) - self.recorded_rejections >= self._limits.max_history
+        limit = self._limits.max_history
+        return limit is not None and len(self._history) - self.recorded_rejections >= limit
 
     def send(self, type: str, payload: Any) -> InputReceipt:
         """Deliver ``payload`` to every waiter of ``type``, or queue it."""
@@ -144,13 +145,8 @@ class InputDesk:
             delivered = self._broker.deliver(type, waiters, payload)
             if delivered:
                 return InputReceipt(type, delivered, False)
-        if not self._open and type not in self._declared and self._mode is ValidateEvents.STRICT:
-            raise self._reject(
-                type,
-                "unknown_type",
-                f"input {type!r} was rejected: no stage of this pipeline declares it "
-                f"(declared: {', '.join(sorted(self._declared)) or 'none'}); fix the type",
-            )
+        if not self._open and type not in self._declared:
+            self._unknown(type)
         self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])
         if self._broker.backlog_full(type):
             raise self._reject(
@@ -163,6 +159,25 @@ class InputDesk:
         self._broker.enqueue(type, copy_json(payload))
         self._history.record("input_queued", None, "", {"input_type": type})
         return InputReceipt(type, 0, True)
+
+    def _unknown(self, type: str) -> None:
+        """An input type no wait of the pipeline can ever accept: reject (strict) or warn."""
+        if self._mode is ValidateEvents.OFF:
+            return
+        accepted = sorted(self._declared)
+        if self._mode is ValidateEvents.STRICT:
+            raise self._reject(
+                type,
+                "unknown_type",
+                f"input {type!r} was rejected: no wait in this pipeline accepts it, so it would "
+                f"be queued forever; it accepts {', '.join(map(repr, accepted)) or 'no inputs'}. "
+                "Fix the type",
+                accepted=accepted,
+            )
+        # warn: kept (it may be what the caller meant), but never in silence.
+        self._history.record(
+            "input_unexpected", None, "", {"input_type": type, "accepted": accepted}
+        )
 
     def _check(
         self, type: str, payload: Any, checks: Iterable[tuple[InputSpec | None, str | None]]

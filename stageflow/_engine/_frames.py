@@ -21,7 +21,7 @@ from stageflow._engine._positions import FramePosition, TerminalPosition
 from stageflow._engine._runtime import StageRuntime, StageWork
 from stageflow._events import History
 from stageflow._metrics import Metrics
-from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode
+from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
 from stageflow._telemetry import Tracing
@@ -76,11 +76,28 @@ class Frame:
     flight and its executor's record, or :class:`Finished` once the node has
     finished but the frame has not moved on. ``resume`` is the snapshot frame
     a restored run starts this frame from.
+
+    ``visits`` counts the nodes the frame has started (snapshots keep it) and
+    ``origin`` names the node visit that forked it (``""`` for the main
+    path): together they give every node visit its execution key.
     """
 
-    __slots__ = ("branch", "ctx", "depth", "node", "path", "resume", "scope", "work")
+    __slots__ = (
+        "branch",
+        "ctx",
+        "depth",
+        "node",
+        "origin",
+        "path",
+        "resume",
+        "scope",
+        "visits",
+        "work",
+    )
 
-    def __init__(self, ctx: Context, path: str, depth: int, scope: Scope) -> None:
+    def __init__(
+        self, ctx: Context, path: str, depth: int, scope: Scope, parent: Frame | None = None
+    ) -> None:
         self.ctx = ctx
         self.path = path
         self.depth = depth
@@ -89,6 +106,13 @@ class Frame:
         self.node: str | None = None
         self.work: Work = None
         self.resume: FramePosition | None = None
+        self.visits = 0
+        # The parent's node visit (the same after a restore: visits are kept).
+        self.origin = "" if parent is None else f"{parent.visit_key()}:{path}"
+
+    def visit_key(self) -> str:
+        """This frame's current node visit, unique in the session (see ``execution_key``)."""
+        return f"{self.origin}/{self.node}.{self.visits}"
 
 
 class Finished:
@@ -196,6 +220,8 @@ class Kernel(Protocol):
     def entries(self) -> Mapping[int, StageEntry]: ...
     @property
     def stop_outcome(self) -> str: ...
+    @property
+    def mode(self) -> ValidateEvents: ...
 
     def run_path(self, node_id: str | None, frame: Frame, stop: str | None) -> Awaitable[None]:
         """Run nodes from ``node_id`` in ``frame`` until the path ends or reaches ``stop``."""

@@ -135,7 +135,7 @@ class MapExecutor:
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:
         frame = run.frame
         base = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
-        return Frame(ctx, f"{base}/{index}", frame.depth + 1, frame.scope)
+        return Frame(ctx, f"{base}/{index}", frame.depth + 1, frame.scope, frame)
 
     async def _item(self, run: MapRun, index: int, item: Frame | None) -> bool:
         """Run one item (or go on with a restored one); return whether it succeeded."""

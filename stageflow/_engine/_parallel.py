@@ -53,6 +53,7 @@ class ParallelExecutor:
                 f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
                 frame.depth + 1,
                 frame.scope,
+                frame,
             )
             for child in node.children
         ]

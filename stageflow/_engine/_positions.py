@@ -139,6 +139,7 @@ class FramePosition(TypedDict, total=False):
     parallel: ParallelPosition
     map: MapPosition
     subpipeline: SubpipelinePosition
+    visits: int
 
 
 RECORDS: Final = ("stage", "parallel", "map", "subpipeline", "next")

@@ -37,6 +37,7 @@ from stageflow._engine._frames import (
     Scope,
     SubpipelineRun,
 )
+from stageflow._engine._limits import RunCaps
 from stageflow._engine._map import MapExecutor
 from stageflow._engine._parallel import ParallelExecutor
 from stageflow._engine._positions import FramePosition, awaited, count_positions, writes_of
@@ -65,6 +66,7 @@ from stageflow._model import (
     StageNode,
     SubpipelineNode,
     TerminalNode,
+    ValidateEvents,
 )
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import SegmentedSpan, Segments, rebuild
@@ -111,6 +113,7 @@ class Run:
     __slots__ = (
         "_cancel_reasons",
         "_cancel_scope",
+        "_caps",
         "_executors",
         "_live",
         "_main",
@@ -118,6 +121,7 @@ class Run:
         "_root",
         "_state",
         "_suspend",
+        "_unstarted",
         "backend",
         "loop_thread",
         "runtime",
@@ -131,6 +135,9 @@ class Run:
         self._suspend = suspend
         self.suspending = False  # set when every position blocks in suspend mode
         self._live = 1  # positions running: the main path, each branch, each map worker
+        # Restored positions in flight that have not started again yet: their
+        # steps are un-counted until they do, so a snapshot adds them back.
+        self._unstarted = 0
         self.stop_outcome = "cancelled"  # span / cleanup outcome when the run is torn down
         self.backend: Backend = current_backend()
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
@@ -197,6 +204,11 @@ class Run:
         return self._state.metrics
 
     @property
+    def mode(self) -> ValidateEvents:
+        """How the session checks inputs, events and stage contracts."""
+        return self._state.mode
+
+    @property
     def entries(self) -> Mapping[int, StageEntry]:
         """The registry entry of every stage node, by node identity."""
         return self._state.entries
@@ -207,7 +219,9 @@ class Run:
 
     def not_rerun(self, position: FramePosition) -> None:
         """A restored position that will not run again keeps the steps it had counted."""
-        self._state.steps += count_positions(position)
+        counted = count_positions(position)
+        self._unstarted -= counted
+        self._state.steps += counted
 
     def cancelling(self, prefix: str, reason: str) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
@@ -271,8 +285,11 @@ class Run:
             assert resume is not None
             state.ctx = Context(resume["context"])
             self._main.ended_at(resume.get("terminal"))
-            state.steps = saved["steps"] - count_positions(resume)
+            self._unstarted = count_positions(resume)
+            state.steps = saved["steps"] - self._unstarted
             state.history.reopen()
+        state.stopped_by_limit = None
+        self._caps = RunCaps(state.limits, state.steps, len(state.history.events))
         state.status = SessionStatus.RUNNING
         tracing = state.tracing
         root_span: ActiveSpan | None = None
@@ -475,7 +492,7 @@ class Run:
         assert self._root is not None
         return {
             "position": self.frame_state(self._root, state.pipeline.entry, True),
-            "steps": state.steps,
+            "steps": state.steps + self._unstarted,
             "trace": self.trace_ids(),
             "digest": state.pipeline.digest,
         }
@@ -502,13 +519,16 @@ class Run:
 
     def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:
         """A frame as the snapshot keeps it, with whatever runs inside its node."""
-        if frame.node is None and frame.resume is not None:
-            restored: FramePosition = copy_json(frame.resume)  # not yet started again
+        if frame.resume is not None and (frame.node is None or frame.work is None):
+            # Not yet started again, or started but its executor has not taken
+            # over the restored record (its journal) yet: the record as restored.
+            restored: FramePosition = copy_json(frame.resume)
             return restored
         node_id = frame.node or entry
         state: FramePosition = {"path": frame.path, "node": node_id}
         if frame.node is None:
             state["next"] = entry  # the path has not started: it starts at its entry
+        state["visits"] = frame.visits
         if full:
             state["context"] = copy_json(dict(frame.ctx.data))
             terminal = frame.scope.terminal
@@ -548,10 +568,14 @@ class Run:
         execute = self.execute
         resume = frame.resume
         if resume is not None:
+            # The node in flight runs again as the same visit (the same execution key).
+            visits = resume.get("visits", 0)
+            frame.visits = visits if "next" in resume or not visits else visits - 1
             try:
                 if "next" in resume:
                     node_id = resume["next"]  # its node had finished
                 else:
+                    self._unstarted -= 1  # counted again as it starts
                     node_id = await execute(index[resume["node"]], frame)
             finally:
                 frame.resume = None
@@ -562,14 +586,15 @@ class Run:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
         frame.node = node.id
         frame.work = None
+        frame.visits += 1
         state = self._state
         state.steps += 1
-        limits = state.limits
-        if state.steps > limits.max_steps:
-            raise LimitExceededError(limit="max_steps", value=limits.max_steps, node_id=node.id)
         history = state.history
-        if state.desk.history_full():
-            raise LimitExceededError(limit="max_history", value=limits.max_history, node_id=node.id)
+        caps = self._caps
+        # Recorded rejections have a budget of their own, outside the event cap.
+        events = len(history.events) - state.desk.recorded_rejections
+        if state.steps > caps.steps or events >= caps.events:
+            raise self._stop_at_limit(node, frame)
         if state.steps & _YIELD_EVERY:
             # A cancel() from a hook or a stage takes effect before the next
             # node, even when no stage ever awaits.
@@ -651,6 +676,15 @@ class Run:
                 Tracing.end(span, outcome, error, ending)
             if log is not None:
                 node_finished(log, outcome, error, ending, time.perf_counter() - started)
+
+    def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
+        """A step or event limit stops the run before ``node``: keep where it was, to resume."""
+        state = self._state
+        error = self._caps.error(node.id, state.steps, len(state.history.events))
+        # Taken before anything unwinds: a restore with the limit raised goes on from here.
+        state.saved = self.saved_state()
+        state.stopped_by_limit = error
+        return error
 
     def _route_error(self, node: Node, frame: Frame, exc: Exception) -> str:
         """Follow the node's first matching error edge, or re-raise ``exc``."""

@@ -420,10 +420,9 @@ class StageRuntime:
 
     def check_history(self, node_id: str) -> None:
         """Raise ``LimitExceededError`` when the history is full (``limits.max_history``)."""
-        if self._desk.history_full():
-            raise LimitExceededError(
-                limit="max_history", value=self._limits.max_history, node_id=node_id
-            )
+        limit = self._limits.max_history
+        if limit is not None and self._desk.history_full():
+            raise LimitExceededError(limit="max_history", value=limit, node_id=node_id)
 
 
 def _describe_call(entry: Call) -> str:

@@ -3,9 +3,14 @@
 A snapshot is plain JSON (``schemas/session-snapshot.schema.json``): the
 session's identity, its pipeline document and digest, limits, counters,
 deadlines, its position tree (:mod:`stageflow._engine._positions`), the
-input backlog, its outcome once finished, and its history. :func:`dump`
-writes one from a session's state (and its run, if one is in progress);
-:func:`check_document`, :func:`restore_pipeline` and :func:`load` read one.
+input backlog, its outcome once finished, the next event ``seq``
+(``history_seq``) and as much of its history as the caller asks for (all of
+it, a tail, or none). :func:`dump` writes one from a session's state (and its
+run, if one is in progress); :func:`check_document`, :func:`restore_pipeline`
+and :func:`load` read one, of this format version or an older one.
+
+Version history: 1 always carried the whole history and no ``history_seq``;
+2 added ``history_seq`` (events may be left out) and ``stopped_by_limit``.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from __future__ import annotations
 import datetime
 import functools
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import jsonschema
 
+from stageflow._engine._limits import raised
 from stageflow._engine._positions import (
     RECORDS,
     FramePosition,
@@ -35,6 +41,7 @@ from stageflow._errors import (
 )
 from stageflow._events import Event
 from stageflow._json import copy_json
+from stageflow._model import Limits
 from stageflow._pipeline import Pipeline, load_schema, schema_error_message
 from stageflow._result import SessionStatus
 from stageflow._specs import DocumentSchema
@@ -43,7 +50,9 @@ from stageflow._version import __version__
 
 __all__ = [
     "FORMAT",
+    "READABLE",
     "VERSION",
+    "HistoryChoice",
     "check_document",
     "dump",
     "event_from_dict",
@@ -52,7 +61,12 @@ __all__ = [
 ]
 
 FORMAT: Final = "stageflow.session-snapshot"
-VERSION: Final = 1
+VERSION: Final = 2
+READABLE: Final = (1, 2)
+"""The format versions :func:`load` reads (older ones are migrated as they are read)."""
+
+HistoryChoice = Literal["all", "none"] | int
+"""How much history a snapshot keeps: ``"all"``, ``"none"`` or the last ``n`` events."""
 
 
 @functools.cache
@@ -105,8 +119,8 @@ def check_document(data: object) -> Mapping[str, Any]:
                 )
             ]
         )
-    if data.get("version") != VERSION:
-        raise SnapshotVersionError(data.get("version"), (VERSION,))
+    if data.get("version") not in READABLE:
+        raise SnapshotVersionError(data.get("version"), READABLE)
     session_id = data.get("session_id")
     source = f"session {session_id!r}" if isinstance(session_id, str) else None
     over_budget = shape_problems(data)
@@ -138,13 +152,43 @@ def _message(error: jsonschema.ValidationError) -> str:
     return schema_error_message(error, "the snapshot")
 
 
-def dump(state: SessionState) -> dict[str, Any]:
+def kept_events(history: HistoryChoice) -> int | None:
+    """How many of the newest events a snapshot keeps (``None``: all of them).
+
+    Raises:
+        SnapshotError: ``history`` is not ``"all"``, ``"none"`` or a count.
+    """
+    if history == "all":
+        return None
+    if history == "none":
+        return 0
+    if type(history) is int and history >= 0:
+        return history
+    raise SnapshotError(
+        [
+            Problem(
+                "history",
+                f'to_dict(history={history!r}) is not a choice; pass "all" (every event), '
+                '"none" (no events, only the next seq) or a count n >= 0 (the last n events)',
+            )
+        ]
+    )
+
+
+def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
     """A snapshot of the session as plain JSON, at any moment (see ``Session.to_dict``)."""
+    keep = kept_events(history)
     status = state.status
     run = state.run
     suspending = run is not None and run.suspending
     position: FramePosition | None
-    if state.saved is not None and (status is SessionStatus.WAITING or suspending):
+    stopped = state.stopped_by_limit.limit if state.stopped_by_limit is not None else None
+    if stopped is not None and state.saved is not None and status is SessionStatus.FAILED:
+        # Stopped by a limit: the positions it would go on from once the limit is raised.
+        position = state.saved["position"]
+        steps = state.saved["steps"]
+        trace = state.saved["trace"]
+    elif state.saved is not None and (status is SessionStatus.WAITING or suspending):
         # Suspended (or being torn down for it) or restored: the saved
         # positions, with what arrived since.
         status = SessionStatus.WAITING
@@ -194,8 +238,16 @@ def dump(state: SessionState) -> dict[str, Any]:
         "position": position,
         "backlog": state.desk.broker.backlog(),
         "outcome": copy_json(state.outcome) if status in FINISHED else None,
-        "history": [event.to_dict() for event in state.history.events],
+        "stopped_by_limit": stopped if status is SessionStatus.FAILED else None,
+        "history_seq": state.history.next_seq,
+        "history": [event.to_dict() for event in _tail(state.history.events, keep)],
     }
+
+
+def _tail(events: list[Event], keep: int | None) -> list[Event]:
+    if keep is None or keep >= len(events):
+        return events
+    return events[len(events) - keep :] if keep else []
 
 
 def _trace_ids(state: SessionState) -> TraceIds | None:
@@ -248,6 +300,7 @@ def restore_pipeline(
             )
     status = SessionStatus(snapshot["status"])
     active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
+    active = active or snapshot.get("stopped_by_limit") is not None
     problems = check_nodes(snapshot["position"], pipeline) if active else []
     if problems:
         raise mismatch(problems, session_id)
@@ -260,12 +313,21 @@ def restore_pipeline(
 
 
 def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
-    """Give a new session's state what the snapshot kept."""
+    """Give a new session's state what the snapshot kept.
+
+    A session a limit had stopped (``stopped_by_limit``) is restored
+    ``waiting`` at the node it stopped at when the new session's limits raise
+    that limit; otherwise ``failed``, as it was.
+    """
     status = SessionStatus(snapshot["status"])
-    state.history.events.extend(event_from_dict(e) for e in snapshot["history"])
-    state.desk.recorded_rejections = sum(
-        1 for event in state.history.events if event.type == "input_rejected"
-    )
+    stopped = snapshot.get("stopped_by_limit")
+    if stopped is not None and raised(stopped, Limits(**snapshot["limits"]), state.limits):
+        status = SessionStatus.WAITING
+    events = [event_from_dict(e) for e in snapshot["history"]]
+    # Version 1 kept every event and no counter; version 2 says where to go on.
+    next_seq = snapshot.get("history_seq", len(events) + 1)
+    state.history.restore(events, next_seq)
+    state.desk.recorded_rejections = sum(1 for event in events if event.type == "input_rejected")
     state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
     state.deadline = snapshot["deadline"]
     state.replay_draws(snapshot["rng_draws"])

@@ -136,7 +136,7 @@ class _Checker:
         self.time("$.taken_at", snapshot["taken_at"])
         if snapshot["deadline"] is not None:
             self.time("$.deadline", snapshot["deadline"])
-        self.history(snapshot["history"], snapshot["session_id"])
+        self.history(snapshot["history"], snapshot["session_id"], snapshot.get("history_seq"))
         self.document_name()
         self.counters()
         position = snapshot["position"]
@@ -167,14 +167,26 @@ class _Checker:
         except ValueError as exc:
             self.add(where, f"{text!r} is not a real date and time ({exc})")
 
-    def history(self, events: list[Mapping[str, Any]], session_id: str) -> None:
+    def history(
+        self, events: list[Mapping[str, Any]], session_id: str, next_seq: int | None
+    ) -> None:
+        # Version 1 keeps every event (1, 2, 3, ...); version 2 the newest ones
+        # (none, a tail or all), numbered up to history_seq - 1.
+        first = 1 if next_seq is None else next_seq - len(events)
+        if first < 1:
+            self.add(
+                "$.history_seq",
+                f"history_seq {next_seq} comes before the {len(events)} events the snapshot "
+                "keeps; it is the seq of the next event",
+            )
+            return
         for i, event in enumerate(events):
             where = f"$.history[{i}]"
-            if event["seq"] != i + 1:
+            if event["seq"] != first + i:
                 self.add(
                     f"{where}.seq",
-                    f"event {i + 1} of the history has seq {event['seq']}; a history is "
-                    "numbered 1, 2, 3, ... without gaps",
+                    f"event {i + 1} of the kept history has seq {event['seq']}, not "
+                    f"{first + i}; a history is numbered without gaps up to history_seq - 1",
                 )
             if event["session_id"] != session_id:
                 self.add(
@@ -200,7 +212,8 @@ class _Checker:
         snapshot = self.snapshot
         limits = snapshot["limits"]
         # A session that hit max_steps counted the step it refused.
-        if snapshot["steps"] > limits["max_steps"] + 1:
+        max_steps = limits.get("max_steps")
+        if max_steps is not None and snapshot["steps"] > max_steps + 1:
             self.add(
                 "$.steps",
                 f"{snapshot['steps']} node executions is past limits.max_steps="

@@ -21,6 +21,7 @@ import anyio.lowlevel
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import is_cancellation
+from stageflow._engine._contracts import ContractChecks
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
 from stageflow._engine._positions import StagePosition
@@ -53,10 +54,11 @@ _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 class StageExecutor:
     """Runs stage nodes; saves and restores a stage in flight."""
 
-    __slots__ = ("_kernel",)
+    __slots__ = ("_contracts", "_kernel")
 
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
+        self._contracts = ContractChecks(kernel.mode, kernel.history)
 
     @staticmethod
     def save(work: Work) -> StagePosition:
@@ -155,7 +157,10 @@ class StageExecutor:
                 # context (or a sibling branch's view of it) behind the engine.
                 arguments[name] = value if type(value) in _PLAIN_SCALARS else copy_json(value)
         kernel = self._kernel
-        work = StageWork(kernel.runtime, node, entry.spec, frame.path, attempt, replay)
+        spec = entry.spec
+        if spec.arguments is not None:
+            self._contracts.check("argument", node, frame.path, spec.arguments, arguments)
+        work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
         ctx = StageContext(
             arguments=MappingProxyType(arguments),
             config=copy_json(node.config) if node.config else _EMPTY,
@@ -166,6 +171,7 @@ class StageExecutor:
             attempt=attempt,
             runtime=work,
             spec=entry.spec,
+            execution_key=f"{kernel.session_id}{frame.origin}/{node.id}.{frame.visits}",
         )
         frame.work = work
         stage: BaseStage | None = None
@@ -192,6 +198,8 @@ class StageExecutor:
                         timeout=timeout,
                         attempt=attempt,
                     )
+            if spec.outputs is not None:
+                self._contracts.check("output", node, frame.path, spec.outputs, outputs)
             if node.outputs:
                 StageExecutor._write_outputs(node, outputs, frame.ctx)
             elif outputs is not None and not isinstance(outputs, Mapping):

@@ -20,7 +20,7 @@ from stageflow._context import Context
 from stageflow._engine._desk import InputDesk
 from stageflow._engine._frames import Scope
 from stageflow._engine._positions import FramePosition
-from stageflow._errors import StageflowError, describe_exception
+from stageflow._errors import LimitExceededError, StageflowError, describe_exception
 from stageflow._events import History
 from stageflow._json import copy_json
 from stageflow._metrics import Metrics
@@ -133,6 +133,7 @@ class SessionState:
         "session_id",
         "status",
         "steps",
+        "stopped_by_limit",
         "tracing",
     )
 
@@ -183,6 +184,9 @@ class SessionState:
         # A restored session that is not active: its position and trace as saved,
         # so that its snapshot says the same (the run that reached them is gone).
         self.final: FinalPosition | None = None
+        # The limit error that stopped the last run at a node boundary; ``saved``
+        # then holds where it stopped, so a restore with the limit raised resumes.
+        self.stopped_by_limit: LimitExceededError | None = None
 
     def random(self) -> float:
         """The next number of the session's seeded generator (a snapshot counts them)."""
@@ -210,6 +214,8 @@ class SessionState:
         """End the session: its status, outcome and final event; the result."""
         self.status = status
         self.error = error
+        if error is None or error is not self.stopped_by_limit:
+            self.stopped_by_limit = None  # it failed for another reason: nothing to resume
         completed = status is SessionStatus.COMPLETED
         terminal = main.terminal if main is not None else None
         result = copy_json(terminal.result) if completed and terminal else None
@@ -221,6 +227,22 @@ class SessionState:
             "artifacts": copy_json(artifacts),
             "error": described,
         }
+        # Inputs nobody received are said to be dropped, never dropped in silence.
+        discarded = tuple(
+            (type, payload)
+            for type, payloads in self.desk.broker.backlog().items()
+            for payload in payloads
+        )
+        if discarded:
+            self.history.record(
+                "inputs_discarded",
+                None,
+                "",
+                {
+                    "count": len(discarded),
+                    "inputs": [{"input_type": t, "payload": p} for t, p in discarded],
+                },
+            )
         payload: dict[str, Any] = {"status": status.value, "steps": self.steps}
         if described is not None:
             payload["error"] = copy_json(described)
@@ -237,4 +259,5 @@ class SessionState:
             artifacts=artifacts,
             error=error,
             history=tuple(self.history.events),
+            discarded_inputs=discarded,
         )

@@ -51,7 +51,7 @@ class SubpipelineExecutor:
                     child_ctx.set(child_path, copy_json(value))
         scope = Scope(target, frame.depth + 1)
         path = f"{frame.path}/{node.id}" if frame.path else node.id
-        child = Frame(child_ctx, path, frame.depth + 1, scope)
+        child = Frame(child_ctx, path, frame.depth + 1, scope, frame)
         if saved is not None:
             child.resume = saved["position"]
         frame.work = SubpipelineRun(child)

@@ -59,9 +59,9 @@ def test_schema_is_a_valid_draft_2020_12_schema(schema: Doc) -> None:
 
 def test_schema_id_carries_the_format_version(schema: Doc) -> None:
     assert schema["$id"] == (
-        "https://stageflow.dev/schemas/session-snapshot/1/session-snapshot.schema.json"
+        "https://stageflow.dev/schemas/session-snapshot/2/session-snapshot.schema.json"
     )
-    assert schema["properties"]["version"]["const"] == 1
+    assert schema["properties"]["version"]["enum"] == [1, 2]  # version 1 is still read
     assert schema["properties"]["format"]["const"] == "stageflow.session-snapshot"
 
 
@@ -537,9 +537,9 @@ NOT = "not"  # the keyword that forbids a second record in a frame
 # mutation of the rich snapshot -> every (json_path, keyword) it must be reported at
 BAD_SNAPSHOTS: dict[str, tuple[Callable[[Doc], None], list[tuple[Path_, str]]]] = {
     "wrong format": (_set(("format",), "stageflow.snapshot"), [(("format",), "const")]),
-    "version as a string": (_set(("version",), "1"), [(("version",), "const")]),
-    "version as a boolean": (_set(("version",), True), [(("version",), "const")]),
-    "another version": (_set(("version",), 2), [(("version",), "const")]),
+    "version as a string": (_set(("version",), "1"), [(("version",), "enum")]),
+    "version as a boolean": (_set(("version",), True), [(("version",), "enum")]),
+    "another version": (_set(("version",), 3), [(("version",), "enum")]),
     "missing version": (_delete(("version",)), [((), "required")]),
     "unknown top-level key": (_set(("context",), {}), [((), "additionalProperties")]),
     "unknown status": (_set(("status",), "paused"), [(("status",), "enum")]),

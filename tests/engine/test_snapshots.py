@@ -734,8 +734,9 @@ async def test_snapshot_size_does_not_grow_with_the_number_of_nodes() -> None:
             key: len(json.dumps(data[key])) for key in ("position", "history", "pipeline")
         }
     # The position holds one context, whatever ran before (only the node id "n10" /
-    # "n100" and the value 9 / 99 differ); the history and the document grow.
-    assert sizes[100]["position"] - sizes[10]["position"] == 2
+    # "n100", the value 9 / 99 and the visit count 11 / 101 differ); the history
+    # and the document grow.
+    assert sizes[100]["position"] - sizes[10]["position"] == 3
     assert sizes[100]["history"] > 5 * sizes[10]["history"]
 
 
@@ -751,11 +752,11 @@ async def suspended_chat() -> tuple[Case, dict[str, Any]]:
 
 async def test_another_format_version_is_rejected() -> None:
     case, data = await suspended_chat()
-    data["version"] = 2
+    data["version"] = 3
     with pytest.raises(stageflow.SnapshotVersionError) as caught:
         stageflow.Session.from_dict(data, registry=case.registry)
-    assert caught.value.found == 2
-    assert "version 2" in str(caught.value)
+    assert caught.value.found == 3
+    assert "version 3" in str(caught.value)
     assert caught.value.problems[0].location == "$.version"
 
 

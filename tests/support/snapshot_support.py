@@ -102,11 +102,17 @@ class Case:
     registry: stageflow.StageRegistry
     payload: Mapping[str, Any]
     inputs: Mapping[str, list[Any]] = attrs.field(factory=dict)
+    history: Any = "all"  # what each snapshot keeps of the history (to_dict(history=...))
 
     def session(self) -> stageflow.Session:
         return stageflow.Session(
             self.pipeline, registry=self.registry, payload=copy.deepcopy(dict(self.payload))
         )
+
+    def snapshot(self, session: stageflow.Session) -> dict[str, Any]:
+        """``session.to_dict()`` with this case's history choice, through JSON text."""
+        data: dict[str, Any] = json.loads(json.dumps(session.to_dict(history=self.history)))
+        return data
 
     def restore(self, snapshot: Mapping[str, Any]) -> stageflow.Session:
         """Restore ``snapshot`` as a new process would: from its JSON text."""
@@ -132,7 +138,7 @@ async def cut_at_waits(case: Case) -> list[tuple[tuple[str, ...], Outcome]]:
         suspended = await session.run(suspend=True)
         if suspended.status is not stageflow.SessionStatus.WAITING:
             return outcomes
-        restored = Script(script.remaining()).attach(case.restore(session.to_dict()))
+        restored = Script(script.remaining()).attach(case.restore(case.snapshot(session)))
         assert restored.status is stageflow.SessionStatus.WAITING
         assert restored.waiting_for() == suspended.waiting_for
         outcomes.append((suspended.waiting_for, Outcome.of(await finish(restored))))
@@ -160,7 +166,7 @@ async def cut_at_event_pair(case: Case, seq: int) -> tuple[Outcome, Outcome] | N
 
     def snapshot(event: stageflow.Event) -> None:
         if event.seq == seq:
-            taken.append((json.loads(json.dumps(session.to_dict())), script.remaining()))
+            taken.append((case.snapshot(session), script.remaining()))
 
     session.subscribe(snapshot)  # before the script: it sees the wait unanswered
     script.attach(session)

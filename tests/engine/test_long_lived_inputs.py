@@ -1,0 +1,272 @@
+"""Inputs never silently kept or dropped, and run-time contract checks (issue 16)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from fakes import doc, load, stage, terminal
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+MESSAGE = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {"text": {"type": "string"}},
+    "additionalProperties": False,
+}
+
+
+def chat_doc(mode: str, schema: Mapping[str, Any] | None = MESSAGE) -> dict[str, Any]:
+    config: dict[str, Any] = {"input": "user_message"}
+    if schema is not None:
+        config["input_schema"] = dict(schema)
+    return doc(
+        [
+            {
+                "id": "listen",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": config,
+                "outputs": {"payload": "message"},
+                "next": "end",
+            },
+            terminal("end", "message"),
+        ],
+        validate_events=mode,
+    )
+
+
+async def restored(mode: str) -> stageflow.Session:
+    registry = stageflow.StageRegistry()
+    pipeline = load(chat_doc(mode), registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    await session.run(suspend=True)
+    data = json.loads(json.dumps(session.to_dict(history="none")))
+    return stageflow.Session.from_dict(data, registry=registry)
+
+
+async def test_a_misspelt_input_is_rejected_in_strict_naming_what_is_accepted() -> None:
+    session = await restored("strict")
+    with pytest.raises(stageflow.InputRejectedError) as caught:
+        session.send_input("user_mesage", {"text": "hi"})
+    assert caught.value.reason == "unknown_type"
+    assert caught.value.input_type == "user_mesage"
+    assert "no wait in this pipeline accepts it" in str(caught.value)
+    assert "it accepts 'user_message'" in str(caught.value)
+    [event] = [e for e in session.history if e.type == "input_rejected"]
+    assert event.payload["accepted"] == ["user_message"]
+
+
+async def test_a_misspelt_input_is_a_warning_event_in_warn() -> None:
+    session = await restored("warn")
+    receipt = session.send_input("user_mesage", {"text": "hi"})
+    assert receipt.queued
+    [event] = [e for e in session.history if e.type == "input_unexpected"]
+    assert dict(event.payload) == {"input_type": "user_mesage", "accepted": ["user_message"]}
+
+
+async def test_a_misspelt_input_is_queued_silently_only_when_checks_are_off() -> None:
+    session = await restored("off")
+    assert session.send_input("user_mesage", {"text": "hi"}).queued
+    assert not [e for e in session.history if e.type == "input_unexpected"]
+
+
+async def test_a_malformed_wait_stage_payload_is_rejected_in_strict() -> None:
+    session = await restored("strict")
+    with pytest.raises(stageflow.InputRejectedError) as caught:
+        session.send_input("user_message", {"txt": "hi"})
+    assert caught.value.reason == "invalid"
+    assert 'field "text" is required' in str(caught.value)
+    session.send_input("user_message", {"text": "hi"})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"message": {"text": "hi"}}
+
+
+async def test_a_malformed_wait_stage_payload_is_flagged_to_a_live_waiter_in_warn() -> None:
+    registry = stageflow.StageRegistry()
+    session = stageflow.Session(load(chat_doc("warn"), registry), registry=registry)
+
+    def answer(event: stageflow.Event) -> None:
+        if event.type == "waiting_for_input":
+            session.send_input("user_message", {"txt": "hi"})
+
+    session.subscribe(answer)
+    result = await session.run()
+    [flagged] = [e for e in result.history if e.type == "event_validation_failed"]
+    assert flagged.node_id == "listen"
+    assert flagged.payload["input_type"] == "user_message"
+
+
+async def test_an_invalid_input_schema_in_wait_stage_config_is_located() -> None:
+    registry = stageflow.StageRegistry()
+    pipeline = load(chat_doc("strict", {"type": "nope"}), registry)
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Session(pipeline, registry=registry)
+    [problem] = caught.value.problems
+    assert problem.location == "$.nodes[0].config.input_schema"
+    assert "not a valid JSON Schema" in problem.message
+
+
+async def test_inputs_left_in_the_backlog_are_reported_when_the_session_ends() -> None:
+    registry = stageflow.StageRegistry()
+    session = stageflow.Session(load(chat_doc("warn"), registry), registry=registry)
+    session.send_input("user_message", {"text": "one"})
+    session.send_input("user_message", {"text": "two"})
+    session.send_input("user_message", {"text": "three"})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.discarded_inputs == (
+        ("user_message", {"text": "two"}),
+        ("user_message", {"text": "three"}),
+    )
+    [event] = [e for e in result.history if e.type == "inputs_discarded"]
+    assert event.payload["count"] == 2
+    assert event.payload["inputs"][0] == {"input_type": "user_message", "payload": {"text": "two"}}
+    assert result.history[-1].type == "session_completed"
+    assert result.history[-2] == event
+
+
+async def test_a_session_cancelled_while_waiting_reports_its_backlog() -> None:
+    registry = stageflow.StageRegistry()
+    session = stageflow.Session(load(chat_doc("warn"), registry), registry=registry)
+    await session.run(suspend=True)
+    session.send_input("other", {})  # warned, queued, never taken
+    session.cancel("bye")
+    [event] = [e for e in session.history if e.type == "inputs_discarded"]
+    assert event.payload["inputs"] == [{"input_type": "other", "payload": {}}]
+
+
+async def test_nothing_is_reported_when_nothing_was_left() -> None:
+    registry = stageflow.StageRegistry()
+    session = stageflow.Session(load(chat_doc("warn"), registry), registry=registry)
+    session.send_input("user_message", {"text": "one"})
+    result = await session.run()
+    assert result.discarded_inputs == ()
+    assert "inputs_discarded" not in [e.type for e in result.history]
+
+
+# --------------------------------------------------------- contract checks
+
+TYPED = stageflow.StageSpec(
+    arguments={
+        "type": "object",
+        "required": ["count"],
+        "properties": {"count": {"type": "integer"}},
+    },
+    outputs={"type": "object", "properties": {"total": {"type": "integer"}}},
+)
+
+
+def typed_registry() -> stageflow.StageRegistry:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Total", spec=TYPED)
+    async def total(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        count = ctx.arguments.get("count")
+        return {"total": count * 2 if isinstance(count, int) else "xx"}
+
+    return registry
+
+
+def typed_doc(mode: str) -> dict[str, Any]:
+    return doc(
+        [
+            stage("t", "Total", next="end", arguments={"count": "n"}, outputs={"total": "total"}),
+            terminal("end", "total"),
+        ],
+        validate_events=mode,
+    )
+
+
+async def run_typed(mode: str, payload: Mapping[str, Any]) -> stageflow.SessionResult:
+    registry = typed_registry()
+    session = stageflow.Session(load(typed_doc(mode), registry), registry=registry, payload=payload)
+    return await session.run()
+
+
+async def test_a_wrong_argument_type_fails_in_strict_naming_node_key_expected_got() -> None:
+    result = await run_typed("strict", {"n": "x"})
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert isinstance(error, stageflow.StageContractError)
+    assert (error.node_id, error.kind, error.key) == ("t", "argument", "count")
+    assert error.expected == 'type "integer"'
+    assert error.got == '"x"'
+    assert str(error) == (
+        "stage 'Total' at node 't': argument 'count' does not match its declared schema: "
+        'expected type "integer", got "x"; fix the context value the node maps to it, or the '
+        "stage's declared arguments schema"
+    )
+
+
+async def test_a_missing_required_argument_fails_in_strict() -> None:
+    result = await run_typed("strict", {})
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert (error.key, error.expected, error.got) == (
+        "count",
+        "a value (it is required)",
+        "nothing",
+    )
+
+
+async def test_a_float_for_an_integer_argument_fails_in_strict() -> None:
+    registry = typed_registry()
+    session = stageflow.Session(
+        load(typed_doc("strict"), registry), registry=registry, payload={"n": 2.5}
+    )
+    result = await session.run()
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert error.kind == "argument"  # 2.5 is no integer
+    result = await run_typed("strict", {"n": 2})
+    assert result.status is stageflow.SessionStatus.COMPLETED
+
+
+async def test_output_checks_catch_what_the_stage_returns() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Total", spec=TYPED)
+    async def total(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {"total": "xx"}
+
+    session = stageflow.Session(
+        load(typed_doc("strict"), registry), registry=registry, payload={"n": 2}
+    )
+    result = await session.run()
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert (error.kind, error.key, error.got) == ("output", "total", '"xx"')
+    assert "total" not in session.payload
+
+
+async def test_violations_are_events_in_warn_and_nothing_in_off() -> None:
+    warned = await run_typed("warn", {"n": "x"})
+    assert warned.status is stageflow.SessionStatus.COMPLETED
+    events = [e for e in warned.history if e.type == "contract_violation"]
+    assert [e.payload["kind"] for e in events] == ["argument", "output"]
+    assert events[0].payload["violations"] == [
+        {"key": "count", "expected": 'type "integer"', "got": '"x"'}
+    ]
+    off = await run_typed("off", {"n": "x"})
+    assert off.status is stageflow.SessionStatus.COMPLETED
+    assert "contract_violation" not in [e.type for e in off.history]
+
+
+async def test_the_test_kits_mocks_are_checked_like_real_stages() -> None:
+    from stageflow.testing import StageMock, mock_registry
+
+    registry = mock_registry(typed_registry(), {"Total": StageMock(outputs={"total": 4})})
+    session = stageflow.Session(
+        load(typed_doc("strict"), registry), registry=registry, payload={"n": "x"}
+    )
+    result = await session.run()
+    real = await run_typed("strict", {"n": "x"})
+    assert isinstance(result.error, stageflow.StageSchemaError)
+    assert str(result.error) == str(real.error)
