@@ -1,0 +1,314 @@
+"""Snapshots: timers across restores, and suspend mode."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import trio.testing
+from fakes import doc, fake_registry, load, parallel, stage, terminal
+from snapshot_support import (
+    TIMED_REPLY,
+)
+from test_snapshots import chat_case, nested_registry, reference_case
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+WAITING = stageflow.SessionStatus.WAITING
+
+
+def json_round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(data))
+    return result
+
+
+# --------------------------------------------------------------------- timers
+
+
+def sleeper_registry() -> stageflow.StageRegistry:
+    return stageflow.StageRegistry()
+
+
+SLEEP = doc(
+    [
+        {
+            "id": "nap",
+            "type": "stage",
+            "stage": "SleepStage",
+            "config": {"seconds": 3600},
+            "outputs": {"slept": "slept"},
+            "next": "end",
+        },
+        terminal("end", "slept"),
+    ]
+)
+T0 = datetime.datetime(2030, 1, 1, 9, 0, tzinfo=datetime.UTC)
+
+
+def restore_at(
+    data: Mapping[str, Any], registry: stageflow.StageRegistry, now: datetime.datetime
+) -> stageflow.Session:
+    """Restore in a process whose clock says ``now`` when the run starts."""
+    return stageflow.Session.from_dict(json_round_trip(data), registry=registry, clock=lambda: now)
+
+
+@pytest.mark.trio_only
+async def test_a_sleep_restored_later_ends_at_its_original_deadline() -> None:
+    registry = sleeper_registry()
+    pipeline = load(SLEEP, registry)
+    start = trio.current_time()
+
+    def clock_from(base: datetime.datetime) -> Any:
+        return lambda: base + datetime.timedelta(seconds=trio.current_time() - start)
+
+    session = stageflow.Session(pipeline, registry=registry, clock=clock_from(T0))
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    assert suspended.waiting_for == ()
+    assert suspended.wake_at == T0 + datetime.timedelta(hours=1)
+    data = json_round_trip(session.to_dict())
+    assert data["position"]["stage"]["calls"] == [
+        {"sleep": (T0 + datetime.timedelta(hours=1)).isoformat(), "seconds": 3600.0}
+    ]
+    # Twenty minutes later, another process restores it.
+    await trio.sleep(1200)
+    restored = stageflow.Session.from_dict(data, registry=registry, clock=clock_from(T0))
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() - before == pytest.approx(2400)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"slept": 3600.0}  # as planned, not as waited after the restore
+
+
+@pytest.mark.trio_only
+async def test_a_sleep_restored_after_its_deadline_ends_at_once() -> None:
+    registry = sleeper_registry()
+    pipeline = load(SLEEP, registry)
+    session = stageflow.Session(pipeline, registry=registry, clock=lambda: T0)
+    await session.run(suspend=True)
+    later = T0 + datetime.timedelta(days=1)
+    restored = restore_at(session.to_dict(), registry, later)
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() == before
+    assert result.status is stageflow.SessionStatus.COMPLETED
+
+
+@pytest.mark.trio_only
+async def test_an_input_timeout_keeps_its_absolute_deadline() -> None:
+    registry = fake_registry()
+    document = TIMED_REPLY
+    pipeline = load(document, registry)
+    session = stageflow.Session(pipeline, registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.waiting_for == ("reply",)
+    assert suspended.wake_at == T0 + datetime.timedelta(seconds=600)
+    later = T0 + datetime.timedelta(seconds=599)
+    restored = restore_at(session.to_dict(), registry, later)
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() - before == pytest.approx(1)
+    assert result.result == {"on_time": False}
+
+
+@pytest.mark.trio_only
+async def test_the_session_deadline_survives_a_restore() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "ask",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "reply"},
+                "next": "end",
+            },
+            terminal("end"),
+        ],
+        limits={"timeout": 100},
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.wake_at == T0 + datetime.timedelta(seconds=100)
+    later = T0 + datetime.timedelta(seconds=70)
+    restored = restore_at(session.to_dict(), registry, later)
+    before = trio.current_time()
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.TIMED_OUT
+    assert trio.current_time() - before == pytest.approx(30)
+
+
+@pytest.mark.trio_only
+async def test_a_retry_delay_and_its_attempt_survive_a_restore() -> None:
+    attempts: list[int] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Flaky")
+    async def flaky(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ConnectionError("try again")
+        return {"attempt": ctx.attempt}
+
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "stage",
+                "stage": "Flaky",
+                "retry": {"attempts": 3, "delay": 60, "backoff": 1},
+                "outputs": {"attempt": "attempt"},
+                "next": "end",
+            },
+            terminal("end", "attempt"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.wake_at == T0 + datetime.timedelta(seconds=60)
+    data = session.to_dict()
+    assert data["position"]["stage"] == {
+        "attempt": 2,
+        "calls": [],
+        "retry_at": (T0 + datetime.timedelta(seconds=60)).isoformat(),
+    }
+    # A service restores it early: it suspends again at once, with the same wake_at.
+    early = T0 + datetime.timedelta(seconds=45)
+    restored = stageflow.Session.from_dict(data, registry=registry, clock=lambda: early)
+    again = await restored.run(suspend=True)
+    assert again.wake_at == suspended.wake_at
+    # At wake_at it goes on: attempt 2 fails, and the second delay suspends it.
+    at = suspended.wake_at
+    assert at is not None
+    restored = restore_at(restored.to_dict(), registry, at)
+    second = await restored.run(suspend=True)
+    assert second.wake_at == T0 + datetime.timedelta(seconds=120)
+    # Restored without suspend mode, the run sleeps out the rest of the delay itself.
+    late = T0 + datetime.timedelta(seconds=100)
+    restored = restore_at(restored.to_dict(), registry, late)
+    before = trio.current_time()
+    result = await restored.run()
+    assert trio.current_time() - before == pytest.approx(20)
+    assert result.artifacts == {"attempt": 3}
+    assert attempts == [1, 2, 3]
+
+
+async def test_seeded_jitter_draws_go_on_after_a_restore() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "call",
+                "type": "stage",
+                "stage": "Fail",
+                "retry": {"attempts": 4, "delay": 1, "jitter": 0.5},
+                "next": "end",
+            },
+            terminal("end"),
+        ]
+    )
+    pipeline = load(document, registry)
+
+    def delays(result: stageflow.SessionResult) -> list[float]:
+        return [e.payload["delay"] for e in result.history if e.type == "node_retrying"]
+
+    straight = await stageflow.Session(pipeline, registry=registry, seed=7).run()
+    session = stageflow.Session(pipeline, registry=registry, seed=7)
+    first = await session.run(suspend=True)
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    second = await restored.run()
+    assert delays(first) + delays(second)[len(delays(first)) :] == delays(straight)
+    assert second.status is straight.status is stageflow.SessionStatus.FAILED
+
+
+# ---------------------------------------------------------------- suspend mode
+
+
+async def test_suspend_keeps_the_teardown_out_of_the_history_and_runs_on_in_place() -> None:
+    case = chat_case(["bye"])
+    session = case.session()
+    events: list[str] = []
+    session.subscribe(lambda e: events.append(e.type))
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    assert session.status is WAITING
+    assert events[-2:] == ["waiting_for_input", "session_suspended"]
+    assert [e.type for e in session.history] == events
+    receipt = session.send_input("user_message", {"text": "bye"})
+    assert receipt.queued
+    assert session.to_dict()["backlog"] == {"user_message": [{"text": "bye"}]}
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert "session_resumed" in [e.type for e in result.history]
+
+
+async def test_a_suspended_stage_is_cleaned_up_with_outcome_suspended() -> None:
+    outcomes: list[str] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            return {"got": await ctx.wait_input("go")}
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            outcomes.append(outcome)
+
+    document = doc([stage("hold", "Holder", next="end"), terminal("end")])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    assert outcomes == ["suspended"]
+
+
+async def test_suspend_waits_for_every_position_to_block() -> None:
+    # One branch waits at once, the other works a while first: no early suspension.
+    registry = nested_registry()
+    document = doc(
+        [
+            parallel("fan", ["ask", "work"], next="end"),
+            stage("ask", "Ask", config={"input": "x"}, outputs={"answer": "x"}),
+            stage("work", "Set", config={"values": {"y": 1}, "delay": 5}, outputs={"y": "y"}),
+            terminal("end", "x", "y"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    branches = session.to_dict()["position"]["parallel"]["branches"]
+    assert [b["state"] for b in branches] == ["running", "finished"]
+    assert branches[1]["writes"] == [["y", 1]]
+    restored = stageflow.Session.from_dict(session.to_dict(), registry=registry)
+    restored.send_input("x", "X")
+    result = await restored.run()
+    assert result.artifacts == {"x": "X", "y": 1}
+
+
+async def test_a_run_without_waits_completes_in_suspend_mode() -> None:
+    case = reference_case()
+    result = await case.session().run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+
+
+async def test_streams_end_at_a_suspension() -> None:
+    case = chat_case([])
+    session = case.session()
+    seen: list[str] = []
+
+    async def read(stream: stageflow.EventStream) -> None:
+        async for event in stream:
+            seen.append(event.type)
+
+    stream = session.events()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read, stream)
+        await session.run(suspend=True)
+    assert seen[-1] == "session_suspended"

@@ -1,0 +1,367 @@
+"""Built-in stages: the list stages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stageflow
+import stageflow.builtins as builtins
+from stageflow.builtins import (
+    BuiltinArgumentError,
+    BuiltinConfigError,
+    BuiltinStageError,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parents[1]
+REGISTRY = builtins.registry()
+
+
+def node(stage: str, **fields: Any) -> dict[str, Any]:
+    return {"id": "op", "type": "stage", "stage": f"builtins.{stage}", **fields, "next": "end"}
+
+
+def document(*nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """Chain ``nodes`` (ids op, op1, op2, ...) into a pipeline ending at a terminal."""
+    ids = ["op", *(f"op{i}" for i in range(1, len(nodes))), "end"]
+    chained = [{**n, "id": ids[i], "next": ids[i + 1]} for i, n in enumerate(nodes)]
+    end = {"id": "end", "type": "terminal", "result": {"done": True}, "artifacts": []}
+    return {"api_version": "1.0", "entry": "op", "nodes": [*chained, end]}
+
+
+async def run(
+    *nodes: Mapping[str, Any],
+    payload: Mapping[str, Any] | None = None,
+    registry: stageflow.StageRegistry = REGISTRY,
+) -> tuple[stageflow.SessionResult, dict[str, Any]]:
+    pipeline = stageflow.Pipeline.from_dict(document(*nodes), registry=registry)
+    session = stageflow.Session(pipeline, registry=registry, payload=payload or {})
+    result = await session.run()
+    return result, json.loads(json.dumps(dict(session.payload)))
+
+
+async def context_after(*nodes: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+    result, context = await run(*nodes, payload=payload)
+    assert result.status is stageflow.SessionStatus.COMPLETED, result.error
+    return context
+
+
+async def failure(
+    *nodes: Mapping[str, Any],
+    payload: Mapping[str, Any] | None = None,
+    registry: stageflow.StageRegistry = REGISTRY,
+) -> BuiltinStageError:
+    result, _ = await run(*nodes, payload=payload, registry=registry)
+    assert result.status is stageflow.SessionStatus.FAILED
+    error = result.error
+    assert isinstance(error, BuiltinStageError), repr(error)
+    assert isinstance(error, stageflow.StageError)
+    assert error.node_id == "op"
+    assert error.attempt == 1
+    assert str(error).startswith(f"stage {error.stage!r} at node 'op': ")
+    return error
+
+
+def problems(*nodes: Mapping[str, Any]) -> list[stageflow.Problem]:
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document(*nodes), registry=REGISTRY)
+    return list(info.value.problems)
+
+
+def problem_at(location: str, *nodes: Mapping[str, Any]) -> str:
+    found = problems(*nodes)
+    matching = [p.message for p in found if p.location == location]
+    assert matching, f"no problem at {location}: {found}"
+    assert "'op'" in matching[0]
+    return matching[0]
+
+
+# ------------------------------------------------------------------- lists
+
+
+async def test_append_returns_a_new_list() -> None:
+    after = await context_after(
+        node("append", arguments={"list": "l", "item": "i"}, outputs={"value": "out"}),
+        payload={"l": [1, {"a": 1}], "i": {"b": 2}},
+    )
+    assert after == {"l": [1, {"a": 1}], "i": {"b": 2}, "out": [1, {"a": 1}, {"b": 2}]}
+
+
+async def test_append_null_item() -> None:
+    after = await context_after(
+        node("append", arguments={"list": "l", "item": "i"}, outputs={"value": "l"}),
+        payload={"l": [], "i": None},
+    )
+    assert after["l"] == [None]
+
+
+async def test_append_to_a_non_list_is_an_error() -> None:
+    error = await failure(
+        node("append", arguments={"list": "l", "item": "i"}, outputs={"value": "l"}),
+        payload={"l": "abc", "i": 1},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "list"
+    assert 'must be an array, got a string "abc"' in str(error)
+
+
+async def test_append_without_an_item_is_an_error() -> None:
+    error = await failure(
+        node("append", arguments={"list": "l", "item": "i"}, outputs={"value": "l"}),
+        payload={"l": []},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "item"
+
+
+async def test_extend() -> None:
+    after = await context_after(
+        node("extend", arguments={"list": "l", "items": "i"}, outputs={"value": "l"}),
+        payload={"l": [1], "i": [2, [3]]},
+    )
+    assert after == {"l": [1, 2, [3]], "i": [2, [3]]}
+
+
+async def test_extend_with_a_non_list_is_an_error() -> None:
+    error = await failure(
+        node("extend", arguments={"list": "l", "items": "i"}, outputs={"value": "l"}),
+        payload={"l": [1], "i": {"a": 1}},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "items"
+
+
+async def test_unique_compares_json_values() -> None:
+    items = [1, 1.0, True, "1", {"a": 1, "b": 2}, {"b": 2, "a": 1}, [1], [1.0], None, None, 2.5]
+    after = await context_after(
+        node("unique", arguments={"list": "l"}, outputs={"value": "u"}), payload={"l": items}
+    )
+    assert after["u"] == [1, True, "1", {"a": 1, "b": 2}, [1], None, 2.5]
+    assert after["u"][1] is True
+
+
+async def test_unique_rejects_a_non_list() -> None:
+    error = await failure(
+        node("unique", arguments={"list": "l"}, outputs={"value": "u"}), payload={"l": {"a": 1}}
+    )
+    assert isinstance(error, BuiltinArgumentError)
+
+
+@pytest.mark.parametrize(
+    ("config", "item", "rest"),
+    [({}, "c", ["a", "b"]), ({"index": 0}, "a", ["b", "c"]), ({"index": -2}, "b", ["a", "c"])],
+)
+async def test_pop(config: dict[str, Any], item: str, rest: list[str]) -> None:
+    after = await context_after(
+        node(
+            "pop",
+            arguments={"list": "q"},
+            config=config,
+            outputs={"item": "got", "value": "rest"},
+        ),
+        payload={"q": ["a", "b", "c"]},
+    )
+    assert after == {"q": ["a", "b", "c"], "got": item, "rest": rest}
+
+
+@pytest.mark.parametrize(
+    ("items", "index", "what"), [([], -1, "is empty"), ([1, 2], 2, "has 2 items")]
+)
+async def test_pop_out_of_range_is_an_error(items: list[Any], index: int, what: str) -> None:
+    error = await failure(
+        node("pop", arguments={"list": "q"}, config={"index": index}, outputs={"item": "got"}),
+        payload={"q": items},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert what in str(error)
+    assert f"no item at index {index}" in str(error)
+
+
+async def test_failed_pop_writes_nothing() -> None:
+    result, context = await run(
+        node("pop", arguments={"list": "q"}, outputs={"item": "got", "value": "q"}),
+        payload={"q": []},
+    )
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert context == {"q": []}
+
+
+@pytest.mark.parametrize("index", ["first", 1.5, None])
+def test_pop_index_is_checked_at_load_time(index: Any) -> None:
+    assert problem_at(
+        "$.nodes[0].config.index", node("pop", arguments={"list": "q"}, config={"index": index})
+    )
+
+
+CART = [{"sku": "a", "price": 5}, {"sku": "b", "price": 20}, {"sku": "c", "price": 12}]
+
+
+async def test_filter_on_the_item() -> None:
+    after = await context_after(
+        node(
+            "filter",
+            arguments={"items": "cart"},
+            config={"rule": {">": [{"var": "price"}, 10]}},
+            outputs={"value": "out"},
+        ),
+        payload={"cart": CART},
+    )
+    assert after["out"] == [CART[1], CART[2]]
+    assert after["cart"] == CART
+
+
+async def test_filter_truthiness_of_the_whole_item() -> None:
+    after = await context_after(
+        node(
+            "filter",
+            arguments={"items": "l"},
+            config={"rule": {"var": ""}},
+            outputs={"value": "out"},
+        ),
+        payload={"l": [0, 1, "", "a", None, [], [0], {}, False]},
+    )
+    assert after["out"] == [1, "a", [0], {}]
+
+
+async def test_filter_in_scope_reads_item_index_and_arguments() -> None:
+    rule = {
+        "and": [
+            {"<=": [{"var": "item.price"}, {"var": "arguments.budget"}]},
+            {"!=": [{"var": "index"}, 0]},
+        ]
+    }
+    after = await context_after(
+        node(
+            "filter",
+            arguments={"items": "cart", "budget": "limits.budget"},
+            config={"rule": rule, "data": "scope"},
+            outputs={"value": "out"},
+        ),
+        payload={"cart": CART, "limits": {"budget": 15}},
+    )
+    assert after["out"] == [CART[2]]
+
+
+async def test_filter_with_an_unknown_operator_is_a_config_error() -> None:
+    error = await failure(
+        node(
+            "filter",
+            arguments={"items": "l"},
+            config={"rule": {"frobnicate": [1]}},
+            outputs={"value": "out"},
+        ),
+        payload={"l": [1]},
+    )
+    assert isinstance(error, BuiltinConfigError)
+    assert isinstance(error.__cause__, stageflow.JsonLogicError)
+    assert "frobnicate" in str(error)
+    assert "fix the rule" in str(error)
+
+
+async def test_filter_of_a_non_list_is_an_error() -> None:
+    error = await failure(
+        node("filter", arguments={"items": "l"}, config={"rule": True}, outputs={"value": "o"}),
+        payload={"l": "abc"},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "items"
+
+
+def test_filter_config_is_checked_at_load_time() -> None:
+    assert problem_at("$.nodes[0].config", node("filter", arguments={"items": "l"}, config={}))
+    assert problem_at(
+        "$.nodes[0].config.data",
+        node("filter", arguments={"items": "l"}, config={"rule": True, "data": "all"}),
+    )
+
+
+async def test_concat_strings_in_configured_order() -> None:
+    after = await context_after(
+        node(
+            "concat",
+            arguments={"b": "x.b", "a": "x.a", "c": "x.c"},
+            config={"order": ["a", "b", "c"], "separator": ", "},
+            outputs={"value": "out"},
+        ),
+        payload={"x": {"a": "one", "b": "two", "c": ""}},
+    )
+    assert after["out"] == "one, two, "
+
+
+async def test_concat_lists() -> None:
+    after = await context_after(
+        node(
+            "concat",
+            arguments={"a": "a", "b": "b"},
+            config={"order": ["b", "a"]},
+            outputs={"value": "out"},
+        ),
+        payload={"a": [1, {"k": 1}], "b": []},
+    )
+    assert after["out"] == [1, {"k": 1}]
+
+
+async def test_concat_of_a_mix_is_an_error_naming_the_odd_one() -> None:
+    error = await failure(
+        node(
+            "concat",
+            arguments={"a": "a", "b": "b"},
+            config={"order": ["a", "b"]},
+            outputs={"value": "out"},
+        ),
+        payload={"a": "x", "b": ["y"]},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "b"
+    assert "but 'a' is a string" in str(error)
+
+
+async def test_concat_of_a_number_is_a_type_error() -> None:
+    error = await failure(
+        node("concat", arguments={"a": "a"}, config={"order": ["a"]}, outputs={"value": "o"}),
+        payload={"a": 5},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert "must be a string or an array, got an integer 5" in str(error)
+
+
+async def test_concat_of_an_unmapped_name_is_an_error() -> None:
+    error = await failure(
+        node(
+            "concat",
+            arguments={"a": "a"},
+            config={"order": ["a", "b"]},
+            outputs={"value": "out"},
+        ),
+        payload={"a": "x"},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "b"
+
+
+async def test_concat_separator_with_lists_is_a_config_error() -> None:
+    error = await failure(
+        node(
+            "concat",
+            arguments={"a": "a"},
+            config={"order": ["a"], "separator": ","},
+            outputs={"value": "out"},
+        ),
+        payload={"a": [1]},
+    )
+    assert isinstance(error, BuiltinConfigError)
+    assert "only applies to strings" in str(error)
+
+
+@pytest.mark.parametrize(
+    "config", [{}, {"order": []}, {"order": ["a", "a"]}, {"order": ["a"], "sep": ""}]
+)
+def test_concat_config_is_checked_at_load_time(config: dict[str, Any]) -> None:
+    found = problems(node("concat", arguments={"a": "a"}, config=config))
+    assert [p.location for p in found if p.location.startswith("$.nodes[0].config")]

@@ -1,0 +1,327 @@
+"""Built-in stages: template, assert, fail and log."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+import stageflow
+import stageflow.builtins as builtins
+from stageflow.builtins import (
+    AssertionFailedError,
+    BuiltinArgumentError,
+    BuiltinConfigError,
+    BuiltinStageError,
+    InjectedFailureError,
+    TemplateError,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parents[1]
+REGISTRY = builtins.registry()
+
+
+def node(stage: str, **fields: Any) -> dict[str, Any]:
+    return {"id": "op", "type": "stage", "stage": f"builtins.{stage}", **fields, "next": "end"}
+
+
+def document(*nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """Chain ``nodes`` (ids op, op1, op2, ...) into a pipeline ending at a terminal."""
+    ids = ["op", *(f"op{i}" for i in range(1, len(nodes))), "end"]
+    chained = [{**n, "id": ids[i], "next": ids[i + 1]} for i, n in enumerate(nodes)]
+    end = {"id": "end", "type": "terminal", "result": {"done": True}, "artifacts": []}
+    return {"api_version": "1.0", "entry": "op", "nodes": [*chained, end]}
+
+
+async def run(
+    *nodes: Mapping[str, Any],
+    payload: Mapping[str, Any] | None = None,
+    registry: stageflow.StageRegistry = REGISTRY,
+) -> tuple[stageflow.SessionResult, dict[str, Any]]:
+    pipeline = stageflow.Pipeline.from_dict(document(*nodes), registry=registry)
+    session = stageflow.Session(pipeline, registry=registry, payload=payload or {})
+    result = await session.run()
+    return result, json.loads(json.dumps(dict(session.payload)))
+
+
+async def context_after(*nodes: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+    result, context = await run(*nodes, payload=payload)
+    assert result.status is stageflow.SessionStatus.COMPLETED, result.error
+    return context
+
+
+async def failure(
+    *nodes: Mapping[str, Any],
+    payload: Mapping[str, Any] | None = None,
+    registry: stageflow.StageRegistry = REGISTRY,
+) -> BuiltinStageError:
+    result, _ = await run(*nodes, payload=payload, registry=registry)
+    assert result.status is stageflow.SessionStatus.FAILED
+    error = result.error
+    assert isinstance(error, BuiltinStageError), repr(error)
+    assert isinstance(error, stageflow.StageError)
+    assert error.node_id == "op"
+    assert error.attempt == 1
+    assert str(error).startswith(f"stage {error.stage!r} at node 'op': ")
+    return error
+
+
+def problems(*nodes: Mapping[str, Any]) -> list[stageflow.Problem]:
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document(*nodes), registry=REGISTRY)
+    return list(info.value.problems)
+
+
+def problem_at(location: str, *nodes: Mapping[str, Any]) -> str:
+    found = problems(*nodes)
+    matching = [p.message for p in found if p.location == location]
+    assert matching, f"no problem at {location}: {found}"
+    assert "'op'" in matching[0]
+    return matching[0]
+
+
+# ---------------------------------------------------------------- template
+
+
+def template(text: str, **arguments: str) -> dict[str, Any]:
+    return node(
+        "template", arguments=arguments, config={"template": text}, outputs={"value": "out"}
+    )
+
+
+async def test_template_fills_placeholders() -> None:
+    after = await context_after(
+        template(
+            "{{{greeting}}}, {user.name}! {n} {flag} {none} {list} {obj} }}{{",
+            greeting="g",
+            user="u",
+            n="n",
+            flag="f",
+            none="z",
+            list="l",
+            obj="o",
+        ),
+        payload={
+            "g": "Hi",
+            "u": {"name": "Ada"},
+            "n": 2.5,
+            "f": True,
+            "z": None,
+            "l": [1, "a"],
+            "o": {"k": "é"},
+        },
+    )
+    assert after["out"] == '{Hi}, Ada! 2.5 true null [1,"a"] {"k":"é"} }{'
+
+
+async def test_template_without_placeholders() -> None:
+    after = await context_after(template("plain text"), payload={})
+    assert after["out"] == "plain text"
+
+
+async def test_template_unknown_argument_names_it() -> None:
+    error = await failure(template("Hi {user.name}", person="u"), payload={"u": {}})
+    assert isinstance(error, TemplateError)
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.placeholder == "user.name"
+    assert error.argument == "user"
+    assert "{user.name}" in str(error)
+    assert "known: person" in str(error)
+
+
+async def test_template_unknown_key_names_it() -> None:
+    error = await failure(template("Hi {user.name}", user="u"), payload={"u": {"nick": "a"}})
+    assert isinstance(error, TemplateError)
+    assert "has no key 'name' (it has: nick)" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("{x.__class__}", "a string"),
+        ("{x.__class__.__name__}", {"a": 1}),
+        ("{x.upper}", "abc"),
+        ("{x.0}", ["first"]),
+        ("{x.real}", 5),
+        ("{x.__dict__}", {}),
+    ],
+)
+async def test_template_cannot_reach_attributes(text: str, value: Any) -> None:
+    error = await failure(template(text, x="x"), payload={"x": value})
+    assert isinstance(error, TemplateError)
+    assert "looks up object keys only" in str(error) or "has no key" in str(error)
+
+
+async def test_template_dotted_names_are_only_keys() -> None:
+    after = await context_after(
+        template("{x.__class__}", x="x"), payload={"x": {"__class__": "just data"}}
+    )
+    assert after["out"] == "just data"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{x[0]}", "{x!r}", "{x:>10}", "{}", "{ x }", "{x", "x}", "{x.}", "{.x}", "{x..y}", "{0[0]}"],
+)
+def test_template_syntax_beyond_keys_is_rejected_at_load_time(text: str) -> None:
+    message = problem_at("$.nodes[0].config.template", template(text, x="x"))
+    assert "does not match" in message
+
+
+@pytest.mark.parametrize("text", ["{x[0]}", "{x.__class__!r}", "a}", "{x:>10}"])
+async def test_template_syntax_is_rejected_at_run_time_too(text: str) -> None:
+    # A registry that skips the config schema: the stage itself must still refuse.
+    loose = stageflow.StageRegistry()
+    loose.add(builtins.TemplateStage, name="builtins.template", spec=stageflow.StageSpec())
+    error = await failure(template(text, x="x"), payload={"x": ["a"]}, registry=loose)
+    assert isinstance(error, BuiltinConfigError)
+    assert "malformed at character" in str(error)
+
+
+def test_template_pattern_matches_the_parser() -> None:
+    pattern = re.compile(builtins.TEMPLATE_PATTERN)
+    assert pattern.search("a {b} {c.d-e_1} {{ }} {{x}}")
+    for bad in ["{", "}", "{a b}", "{{a}", "{a}}", "{é}"]:
+        assert not pattern.search(bad), bad
+
+
+def test_template_is_required_at_load_time() -> None:
+    assert problem_at("$.nodes[0].config", node("template", config={}))
+
+
+# ------------------------------------------------------- assert, fail, log
+
+
+async def test_assert_passes_and_writes_nothing() -> None:
+    after = await context_after(
+        node(
+            "assert",
+            arguments={"total": "o.total", "items": "o.items"},
+            config={"rule": {"and": [{">": [{"var": "total"}, 0]}, {"var": "items.0"}]}},
+        ),
+        payload={"o": {"total": 5, "items": ["a"]}},
+    )
+    assert after == {"o": {"total": 5, "items": ["a"]}}
+
+
+async def test_assert_failure_carries_rule_values_and_message() -> None:
+    rule = {">": [{"var": "total"}, 0]}
+    error = await failure(
+        node(
+            "assert",
+            arguments={"total": "o.total", "absent": "nowhere"},
+            config={"rule": rule, "message": "the total is positive"},
+        ),
+        payload={"o": {"total": 0}},
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.rule == rule
+    assert error.values == {"total": 0}
+    assert error.reason == "the total is positive"
+    text = str(error)
+    assert "assertion failed: the total is positive" in text
+    assert '{">":[{"var":"total"},0]}' in text
+    assert '{"total":0}' in text
+
+
+async def test_assert_reads_absent_arguments_as_missing() -> None:
+    error = await failure(
+        node("assert", arguments={"a": "nowhere"}, config={"rule": {"!": {"missing": ["a"]}}}),
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.reason is None
+
+
+async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None:
+    # A condition node would read "order.total" from the context; this rule
+    # sees only the node's arguments, and the message says so.
+    error = await failure(
+        node("assert", config={"rule": {">": [{"var": "order.total"}, 0]}}),
+        payload={"order": {"total": 5}},
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.unmapped == ("order",)
+    text = str(error)
+    assert "the rule reads 'order', not among the arguments" in text
+    assert "the rule sees the node's arguments, not the context" in text
+    assert '"arguments": {"order": "<path>"}' in text
+
+
+async def test_assert_with_an_unknown_operator_is_a_config_error() -> None:
+    error = await failure(node("assert", config={"rule": {"nope": []}}))
+    assert isinstance(error, BuiltinConfigError)
+    assert isinstance(error.__cause__, stageflow.JsonLogicError)
+
+
+def test_assert_has_no_outputs() -> None:
+    message = problem_at(
+        "$.nodes[0].outputs.value", node("assert", config={"rule": True}, outputs={"value": "x"})
+    )
+    assert "returns: nothing" in message
+
+
+async def test_fail_raises_the_injected_failure() -> None:
+    result, _ = await run(node("fail", config={"message": "boom"}))
+    error = result.error
+    assert type(error) is InjectedFailureError
+    assert error.error_type == "InjectedFailureError"
+    assert error.reason == "boom"
+    assert str(error).startswith("stage 'builtins.fail' at node 'op': boom")
+
+
+async def test_fail_with_a_type_name() -> None:
+    error = await failure(node("fail", config={"message": "429", "error_type": "RateLimited"}))
+    assert isinstance(error, InjectedFailureError)
+    assert type(error).__name__ == "RateLimited"
+    assert error.error_type == "RateLimited"
+    assert error.to_dict()["type"] == "RateLimited"
+    again = await failure(node("fail", config={"message": "x", "error_type": "RateLimited"}))
+    assert type(again) is type(error)
+
+
+@pytest.mark.parametrize(
+    "config", [{}, {"message": ""}, {"message": "x", "error_type": "not valid"}, {"message": 1}]
+)
+def test_fail_config_is_checked_at_load_time(config: dict[str, Any]) -> None:
+    found = problems(node("fail", config=config))
+    assert [p.location for p in found if p.location.startswith("$.nodes[0].config")]
+
+
+async def test_log_writes_one_structured_line() -> None:
+    with structlog.testing.capture_logs() as logs:
+        result, after = await run(
+            node(
+                "log",
+                arguments={"order": "o.id", "event": "o.items"},
+                config={"event": "order.flagged", "level": "warning"},
+            ),
+            payload={"o": {"id": "o-1", "items": [1]}},
+        )
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert after == {"o": {"id": "o-1", "items": [1]}}
+    lines = [line for line in logs if line["event"] == "order.flagged"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["log_level"] == "warning"
+    assert line["arguments"] == {"order": "o-1", "event": [1]}
+    assert line["node_id"] == "op"
+    assert "session_id" in line
+
+
+async def test_log_defaults_to_info() -> None:
+    with structlog.testing.capture_logs() as logs:
+        result, _ = await run(node("log"))
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    lines = [line for line in logs if line["event"] == "builtins.log"]
+    assert [(line["log_level"], line["arguments"]) for line in lines] == [("info", {})]
+
+
+def test_log_config_is_checked_at_load_time() -> None:
+    assert problem_at("$.nodes[0].config.level", node("log", config={"level": "loud"}))

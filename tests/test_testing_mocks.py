@@ -1,0 +1,364 @@
+"""The pipeline tester: mocks, virtual time and scripted inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import stageflow
+from stageflow.testing import (
+    Case,
+    CaseValidationError,
+    MockError,
+    StageMock,
+    load_cases,
+    mock_registry,
+    run_case,
+    run_case_files,
+)
+from stageflow.testing._load import cases_from_document
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).parents[1]
+CASES = ROOT / "tests" / "cases"
+REFERENCE = ROOT / "examples" / "reference"
+SCHEMA_PATH = ROOT / "schemas" / "test-case.schema.json"
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture
+def write_cases(tmp_path: Path) -> Callable[..., Path]:
+    """Write a case file next to copies of the reference pipeline and stages."""
+    shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
+    shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
+
+    def write(cases: list[Doc], name: str = "ref.stageflow.json", **top: Any) -> Path:
+        document = {"pipeline": "pipeline.json", "stages": "stages.py", **top, "cases": cases}
+        path = tmp_path / name
+        if name.endswith((".yaml", ".yml")):
+            path.write_text(yaml.safe_dump(document))
+        else:
+            path.write_text(json.dumps(document, indent=2))
+        return path
+
+    return write
+
+
+def run_one(path: Path) -> stageflow.testing.CaseResult:
+    (case,) = load_cases(path)
+    return run_case(case)
+
+
+LONG = {"user_id": "u1", "text": "one two three four five"}
+SHORT = {"user_id": "u1", "text": "hi"}
+
+
+# ------------------------------------------------------------------ mocks
+
+
+def reference_registry() -> stageflow.StageRegistry:
+    from stageflow.testing._mocks import registry_from_modules
+
+    return registry_from_modules([str(REFERENCE / "stages.py")])
+
+
+def test_mocks_keep_the_real_spec_and_leave_the_real_registry_alone() -> None:
+    real = reference_registry()
+    mocked = mock_registry(real, {"InitStage": StageMock(outputs={"score": 1})})
+    assert mocked is not real
+    assert mocked.names() == real.names()
+    assert mocked.get("InitStage").spec is real.get("InitStage").spec
+    assert mocked.get("InitStage").target is not real.get("InitStage").target
+    assert "mock of" in mocked.get("InitStage").source
+    assert mocked.get("WorkerAStage").target is real.get("WorkerAStage").target
+    assert real.get("InitStage").target.__name__ == "InitStage"
+
+
+def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"InitStag": {}}}])
+    with pytest.raises(CaseValidationError) as caught:
+        run_one(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.InitStag"
+    assert (
+        "'InitStag', which is not registered (known: InitStage, SleepStage, WaitStage, Worker"
+        in problem.message
+    )
+
+
+def test_core_stages_cannot_be_mocked(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"SleepStage": {}}}])
+    with pytest.raises(CaseValidationError, match="'SleepStage' is a core stage"):
+        run_one(path)
+
+
+def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[..., Path]) -> None:
+    path = write_cases([{"name": "n", "mocks": {"InitStage": {"outputs": {"score": "high"}}}}])
+    with pytest.raises(CaseValidationError) as caught:
+        run_one(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.InitStage.outputs"
+    assert 'expected integer, got string "high"' in problem.message
+
+
+def test_an_error_on_attempt_1_only(write_cases: Callable[..., Path]) -> None:
+    # Without retries, an error on attempt 2 never fires: the run completes.
+    mocks = {
+        "WorkerBStage": {"outputs": {"b_result": "x"}, "errors": [{"attempt": 2, "type": "E"}]}
+    }
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    assert run_one(path).passed
+    mocks = {"WorkerBStage": {"errors": [{"attempt": 1, "type": "ValueError", "message": "m"}]}}
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    result = run_one(path)
+    assert isinstance(result.error, stageflow.StageError)
+    assert (result.error.node_id, result.error.attempt) == ("branch_b", 1)
+    assert type(result.error.__cause__) is ValueError
+
+
+def test_mock_error_types() -> None:
+    from stageflow.testing._mocks import exception_class
+
+    assert exception_class("TimeoutError") is TimeoutError
+    assert exception_class("json.JSONDecodeError") is json.JSONDecodeError
+    synthetic = exception_class("RateLimited")
+    assert synthetic.__name__ == "RateLimited"
+    assert issubclass(synthetic, Exception)
+    assert exception_class("RateLimited") is synthetic
+    with pytest.raises(CaseValidationError, match="cannot be imported"):
+        exception_class("no_such_module.Error")
+    with pytest.raises(CaseValidationError, match="is not an exception class"):
+        exception_class("json.dumps")
+
+
+def test_a_mock_error_that_needs_more_than_a_message_is_rejected() -> None:
+    mocks = {"InitStage": StageMock(errors=(MockError("json.JSONDecodeError"),))}
+    with pytest.raises(CaseValidationError, match="cannot be raised with just a message"):
+        mock_registry(reference_registry(), mocks)
+
+
+def test_a_synthetic_error_type_shows_in_the_session_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    mocks = {"InitStage": {"errors": [{"type": "QuotaExceeded", "message": "no quota"}]}}
+    expect = {"status": "failed", "error": {"cause_type": "QuotaExceeded"}}
+    path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks, "expect": expect}])
+    result = run_one(path)
+    assert result.passed, result.render()
+    assert "QuotaExceeded: no quota" in str(result.error)
+
+
+def fetch_case(pipeline_changes: Mapping[str, Any] | None = None, **case: Any) -> Case:
+    """A case for tests/cases/fetch.json, with changes to its fetch node."""
+    pipeline = json.loads((CASES / "fetch.json").read_text())
+    fetch = pipeline["nodes"][0]
+    for key, value in (pipeline_changes or {}).items():
+        if value is None:
+            fetch.pop(key)
+        else:
+            fetch[key] = value
+    targets = json.dumps(fetch)
+    pipeline["nodes"] = [n for n in pipeline["nodes"] if n is fetch or f'"{n["id"]}"' in targets]
+    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
+    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
+    return loaded
+
+
+def test_a_mock_that_fails_on_attempt_2() -> None:
+    # Two attempts, no error edges: attempt 1 times out, attempt 2 fails for good.
+    changes = {"retry": {"attempts": 2, "delay": 30}, "on_error": None, "fallback": None}
+    errors = [
+        {"attempt": 1, "type": "TimeoutError"},
+        {"attempt": 2, "type": "ConnectionResetError", "message": "reset"},
+    ]
+    expect = {
+        "status": "failed",
+        "error": {"type": "StageError", "attempt": 2, "cause_type": "ConnectionResetError"},
+        "events": [{"type": "node_retrying", "payload": {"attempt": 1}, "count": 1}],
+    }
+    result = run_case(fetch_case(changes, mocks={"Fetch": {"errors": errors}}, expect=expect))
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(30)
+    assert isinstance(result.error, stageflow.StageError)
+    assert str(result.error.__cause__) == "reset"
+
+
+def test_an_error_only_on_attempt_2_never_fires_when_attempt_1_succeeds() -> None:
+    errors = [{"attempt": 2, "type": "ConnectionResetError"}]
+    mocks = {"Fetch": {"outputs": {"body": "first"}, "errors": errors}}
+    expect = {"artifacts": {"body": "first"}, "events": [{"type": "node_retrying", "count": 0}]}
+    assert run_case(fetch_case(mocks=mocks, expect=expect)).passed
+
+
+def test_the_committed_retry_and_input_cases_pass() -> None:
+    report = run_case_files([CASES / "fetch.stageflow.yaml", CASES / "approval.stageflow.yaml"])
+    assert report.ok, report.render()
+    assert (report.passed, report.failed) == (8, 0)
+
+
+# ----------------------------------------------------------- virtual time
+
+
+def test_an_hour_long_mock_finishes_at_once_in_virtual_time(
+    write_cases: Callable[..., Path],
+) -> None:
+    mocks = {"WorkerAStage": {"delay": 3600, "outputs": {"a_result": 1}}}
+    path = write_cases([{"name": "n", "payload": LONG, "mocks": mocks}])
+    result = run_one(path)
+    assert result.passed, result.render()
+    assert result.elapsed == pytest.approx(3600)
+    assert result.artifacts["a_result"] == 1
+
+
+def test_the_time_limit_cancels_a_slow_run(write_cases: Callable[..., Path]) -> None:
+    mocks = {"InitStage": {"delay": 7200, "outputs": {"score": 1, "need_parallel": False}}}
+    cases = [
+        {"name": "unexpected", "payload": SHORT, "mocks": mocks, "limits": {"max_time": 60}},
+        {
+            "name": "expected",
+            "payload": SHORT,
+            "mocks": mocks,
+            "limits": {"max_time": 60},
+            "expect": {"limit_exceeded": "max_time", "status": "cancelled"},
+        },
+    ]
+    unexpected, expected = (run_case(c) for c in load_cases(write_cases(cases)))
+    assert unexpected.status is stageflow.SessionStatus.CANCELLED
+    assert unexpected.elapsed == pytest.approx(60)
+    assert [f.field for f in unexpected.failures] == ["status", "limit"]
+    assert unexpected.failures[1].message == (
+        "the run was ended by the limit max_time=60 virtual seconds"
+    )
+    assert expected.passed, expected.render()
+
+
+def test_the_event_limit_cancels_a_run(write_cases: Callable[..., Path]) -> None:
+    # The cancellation lands where the run next waits: in the mock's delay.
+    mocks = {"WorkerAStage": {"delay": 1, "outputs": {"a_result": 1}}}
+    case = {"name": "n", "payload": LONG, "mocks": mocks, "limits": {"max_events": 2}}
+    result = run_one(write_cases([case]))
+    assert result.limit_exceeded == "max_events"
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert "finish" not in result.visited
+    assert [f.field for f in result.failures] == ["status", "limit"]
+    assert result.failures[1].message == "the run was ended by the limit max_events=2"
+    case["expect"] = {"limit_exceeded": "max_events", "status": "cancelled"}
+    assert run_one(write_cases([case])).passed
+
+
+def test_an_exceeded_event_limit_is_reported_even_if_the_run_ends_first(
+    write_cases: Callable[..., Path],
+) -> None:
+    case = {"name": "n", "payload": SHORT, "limits": {"max_events": 3}}
+    result = run_one(write_cases([case]))
+    assert result.limit_exceeded == "max_events"
+    assert [f.field for f in result.failures][-1] == "limit"
+
+
+def test_an_expected_limit_that_is_not_hit_fails(write_cases: Callable[..., Path]) -> None:
+    cases = [{"name": "n", "payload": SHORT, "expect": {"limit_exceeded": "max_steps"}}]
+    (failure,) = run_one(write_cases(cases)).failures
+    assert failure.field == "limit_exceeded"
+    assert failure.message.startswith(
+        "expected the run to be ended by max_steps, but it ended with status 'completed'"
+    )
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_scripted_inputs_drive_the_session() -> None:
+    results = [run_case(c) for c in load_cases(CASES / "approval.stageflow.yaml")]
+    assert [r.render() for r in results if not r.passed] == []
+    by_name = {r.case.name: r for r in results}
+    timed = by_name["an input at a virtual time"]
+    assert timed.elapsed == pytest.approx(90)
+    assert timed.inputs[0].sent_at == pytest.approx(90)
+    assert timed.inputs[0].delivered == 1
+    early = by_name["an input sent before anyone waits is kept for the wait"]
+    assert early.inputs[0].queued
+
+
+def test_an_input_never_sent_fails_the_case() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [
+            {
+                "name": "n",
+                "inputs": [
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}},
+                    {"type": "approval", "payload": {"ok": True}, "at": 1000},
+                ],
+            }
+        ],
+    }
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    (failure,) = result.failures
+    assert failure.field == "inputs"
+    assert failure.message == "2 scripted input(s) never sent"
+    assert failure.details.splitlines()[:2] == [
+        "input 'approval' (when the session waits for it): the session never waited for "
+        "'approval' while this input was next",
+        "input 'approval' (at t=1000s): the run ended at t=10s, before it was due",
+    ]
+
+
+def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
+    document = {
+        "pipeline": "approval.json",
+        "stages": "stages.py",
+        "cases": [{"name": "n", "limits": {"max_time": 600}}],
+    }
+    (case,) = cases_from_document(document, file=CASES / "virtual.json")
+    result = run_case(case)
+    assert result.elapsed == pytest.approx(600)
+    assert result.limit_exceeded == "max_time"
+    limit = next(f for f in result.failures if f.field == "limit")
+    assert limit.message == (
+        "the run was ended by the limit max_time=600 virtual seconds "
+        "(the session was waiting for approval)"
+    )
+
+
+def approval_case(**case: Any) -> Case:
+    """A case for tests/cases/approval.json (a 10 s pause, then waits for "approval")."""
+    pipeline = case.pop("pipeline", "approval.json")
+    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
+    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
+    return loaded
+
+
+def test_a_rejected_input_is_recorded_with_its_reason() -> None:
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"max_input_backlog": 1}
+    inputs = [
+        {"type": "approval", "payload": {"ok": True}, "at": 1},
+        {"type": "approval", "payload": {"ok": True}, "at": 2},
+    ]
+    expect = {"events": [{"type": "input_rejected", "payload": {"input_type": "approval"}}]}
+    result = run_case(approval_case(pipeline=pipeline, inputs=inputs, expect=expect))
+    assert result.passed, result.render()
+    first, second = result.inputs
+    assert (first.queued, first.error) == (True, None)
+    assert second.sent_at == pytest.approx(2)
+    assert second.error is not None
+    assert "max_input_backlog" in second.error
+
+
+def test_scripted_input_descriptions() -> None:
+    case = approval_case(inputs=[{"type": "a"}, {"type": "b", "payload": 1, "at": 2.5}])
+    assert [i.describe() for i in case.inputs] == [
+        "input 'a' (when the session waits for it)",
+        "input 'b' (at t=2.5s)",
+    ]
