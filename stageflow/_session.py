@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._node_inputs import node_entry
-from stageflow._engine._positions import awaited
+from stageflow._engine._positions import awaited, parked_waits
 from stageflow._engine._run import Run
 from stageflow._engine._snapshot import (
     HistoryChoice,
@@ -258,7 +258,8 @@ class Session:
         """Send an external input to the session (from any task of its event loop).
 
         Every stage waiting for ``type`` right now receives ``payload``
-        (broadcast). When none waits, the input is queued (up to
+        (broadcast); a suspended or restored session's saved waits count as
+        waiting. When none waits, the input is queued (up to
         ``limits.max_input_backlog`` per type) for the next stage that does.
         May be called before ``run()`` to queue inputs.
 
@@ -277,7 +278,10 @@ class Session:
                 f"session {state.session_id!r} is {state.status.value}; it takes no more inputs "
                 f"(input {type!r} was not delivered)"
             )
-        return state.desk.send(type, payload)
+        saved = state.saved if state.status is SessionStatus.WAITING and state.run is None else None
+        # Suspended or restored: the stages it saved waiting are waiting still.
+        parked = parked_waits(saved["position"], type, state.clock()) if saved else []
+        return state.desk.send(type, payload, parked)
 
     def send_input_from_thread(self, type: str, payload: Any) -> InputReceipt:
         """Like :meth:`send_input`, from a thread that is not the event loop's.

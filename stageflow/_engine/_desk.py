@@ -13,12 +13,13 @@ every schema the pipeline's stages declare for that type. The receiving side
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jsonschema
 
-from stageflow._engine._inputs import InputBroker, InputReceipt
+from stageflow._engine._inputs import InputBroker, InputReceipt, fulfil
+from stageflow._engine._positions import Call
 from stageflow._errors import InputRejectedError
 from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
@@ -112,8 +113,15 @@ class InputDesk:
         limit = self._limits.max_history
         return limit is not None and len(self._history) - self.recorded_rejections >= limit
 
-    def send(self, type: str, payload: Any) -> InputReceipt:
-        """Deliver ``payload`` to every waiter of ``type``, or queue it."""
+    def send(self, type: str, payload: Any, parked: Sequence[Call] = ()) -> InputReceipt:
+        """Deliver ``payload`` to every waiter of ``type``, or queue it.
+
+        ``parked`` are the unanswered saved waits of a suspended or restored
+        session (see :func:`~stageflow._engine._positions.parked_waits`):
+        they are waiters too, answered in their journal entries, and checked
+        against every schema declared for ``type`` (their stages are not
+        running to say which is theirs).
+        """
         if not isinstance(type, str) or not type:
             raise InputRejectedError(
                 f"input type {type!r} is not a non-empty string; pass the type the stage waits for",
@@ -145,6 +153,12 @@ class InputDesk:
             delivered = self._broker.deliver(type, waiters, payload)
             if delivered:
                 return InputReceipt(type, delivered, False)
+        if parked:
+            self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])
+            for entry in parked:
+                fulfil(entry, copy_json(payload))
+                entry["parked"] = True
+            return InputReceipt(type, len(parked), False)
         if not self._open and type not in self._declared:
             self._unknown(type)
         self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])

@@ -41,6 +41,7 @@ __all__ = [
     "count_positions",
     "error_state",
     "mismatch",
+    "parked_waits",
     "restore_error",
     "writes_of",
 ]
@@ -53,13 +54,15 @@ class Call(TypedDict, total=False):
     """One ``wait_input`` or ``sleep`` call in a stage attempt's journal.
 
     A wait has ``wait`` (the input type), ``deadline`` while it waits with a
-    timeout, and ``payload`` once answered; a sleep has ``sleep`` (its absolute
+    timeout, and ``payload`` once answered (``parked`` too when it was
+    answered while the session was suspended or stored); a sleep has ``sleep`` (its absolute
     deadline) and ``seconds`` (what the first call planned).
     """
 
     wait: str
     deadline: str | None
     payload: Any
+    parked: bool
     sleep: str
     seconds: float
 
@@ -245,6 +248,29 @@ def _blocked(position: FramePosition | None) -> Iterator[tuple[str | None, str |
                 yield last["wait"], last.get("deadline")
     for child in children(position):
         yield from _blocked(child)
+
+
+def parked_waits(position: FramePosition | None, type: str, now: datetime.datetime) -> list[Call]:
+    """The saved, unanswered waits for ``type`` whose deadline has not passed.
+
+    These are the stages a suspended or restored session waits in: an input
+    sent now reaches each of them (the journal entry is answered in place), as
+    it reaches every live waiter. A wait past its deadline would have timed
+    out first, so it is left to time out when the session runs.
+    """
+    found: list[Call] = []
+    if position is None:
+        return found
+    stage = position.get("stage")
+    if stage is not None and not stage.get("retry_at") and stage["calls"]:
+        last = stage["calls"][-1]
+        if last.get("wait") == type and "payload" not in last:
+            deadline = last.get("deadline")
+            if deadline is None or datetime.datetime.fromisoformat(deadline) > now:
+                found.append(last)
+    for child in children(position):
+        found.extend(parked_waits(child, type, now))
+    return found
 
 
 # ------------------------------------------------------- against a pipeline

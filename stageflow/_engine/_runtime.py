@@ -180,9 +180,11 @@ class StageRuntime:
         record = self._history.record
         entry = self._replayed(work, "wait", type)
         if entry is not None and "payload" in entry:
-            # Consumed before the snapshot: hand it over again, in order.
+            # Consumed before the snapshot, or sent to the suspended session:
+            # hand it over (again), in order.
+            source = "sender" if entry.pop("parked", False) else "replay"
             work.journal(entry)
-            record("input_received", node_id, path, {"input_type": type, "from": "replay"})
+            record("input_received", node_id, path, {"input_type": type, "from": source})
             return copy_json(entry["payload"])
         remaining = timeout
         restored_deadline = False

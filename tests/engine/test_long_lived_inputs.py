@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -270,3 +271,95 @@ async def test_the_test_kits_mocks_are_checked_like_real_stages() -> None:
     real = await run_typed("strict", {"n": "x"})
     assert isinstance(result.error, stageflow.StageSchemaError)
     assert str(result.error) == str(real.error)
+
+
+# ------------------------------------ an input sent to a suspended session
+
+
+def two_waiters_doc(timeout: float | None = None) -> dict[str, Any]:
+    def listen(node_id: str) -> dict[str, Any]:
+        config: dict[str, Any] = {"input": "go"}
+        if timeout is not None:
+            config["timeout"] = timeout
+        return {
+            "id": node_id,
+            "type": "stage",
+            "stage": "WaitStage",
+            "config": config,
+            "outputs": {"payload": node_id},
+        }
+
+    return doc(
+        [
+            {"id": "both", "type": "parallel", "children": ["left", "right"], "next": "end"},
+            listen("left"),
+            listen("right"),
+            terminal("end", "left", "right"),
+        ]
+    )
+
+
+def journal_calls(snapshot: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every journal entry of the snapshot's position tree."""
+    found: list[Mapping[str, Any]] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            found.extend(value.get("stage", {}).get("calls", []))
+            for child in value.values():
+                walk(child)
+        elif isinstance(value, list):
+            for child in value:
+                walk(child)
+
+    walk(snapshot.get("position"))
+    return found
+
+
+async def suspended_two_waiters(timeout: float | None = None) -> stageflow.Session:
+    pipeline = load(two_waiters_doc(timeout))
+    session = stageflow.Session(pipeline)
+    result = await session.run(suspend=True)
+    assert result.waiting_for == ("go",)
+    return session
+
+
+async def test_an_input_sent_to_a_suspended_session_reaches_every_stage_that_waited() -> None:
+    # Live, both waiting stages get one input; suspended, it is the same.
+    session = await suspended_two_waiters()
+    receipt = session.send_input("go", {"n": 1})
+    assert (receipt.delivered, receipt.queued) == (2, False)
+    assert session.waiting_for() == ()
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"left": {"n": 1}, "right": {"n": 1}}
+
+
+async def test_an_input_sent_after_a_restore_reaches_every_stage_that_waited() -> None:
+    session = await suspended_two_waiters()
+    data = json.loads(json.dumps(session.to_dict()))
+    restored = stageflow.Session.from_dict(data, pipeline=load(two_waiters_doc()))
+    assert restored.send_input("go", {"n": 2}).delivered == 2
+    # The delivery is kept in the snapshot: a second restore still has it.
+    again = stageflow.Session.from_dict(
+        json.loads(json.dumps(restored.to_dict())), pipeline=load(two_waiters_doc())
+    )
+    assert again.waiting_for() == ()
+    assert [c.get("parked") for c in journal_calls(again.to_dict())] == [True, True]
+    result = await again.run()
+    assert result.artifacts == {"left": {"n": 2}, "right": {"n": 2}}
+    received = [e for e in again.history if e.type == "input_received"]
+    assert sorted(e.node_id or "" for e in received) == ["left", "right"]
+    assert {e.payload["from"] for e in received} == {"sender"}
+    assert all("parked" not in call for call in journal_calls(again.to_dict()))
+
+
+async def test_a_suspended_wait_past_its_deadline_does_not_take_the_input() -> None:
+    # Live, that stage would have timed out before the input arrived.
+    clock = [datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)]
+    pipeline = load(two_waiters_doc(timeout=60))
+    session = stageflow.Session(pipeline, clock=lambda: clock[0])
+    await session.run(suspend=True)
+    clock[0] += datetime.timedelta(minutes=5)
+    receipt = session.send_input("go", {"n": 3})
+    assert (receipt.delivered, receipt.queued) == (0, True)

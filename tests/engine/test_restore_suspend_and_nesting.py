@@ -125,9 +125,10 @@ async def test_inputs_sent_to_a_suspended_session_before_run_go_on_in_place() ->
     registry = review_registry()
     session = stageflow.Session(load(TWO_ASKS, registry), registry=registry)
     assert (await session.run(suspend=True)).waiting_for == ("left", "right")
-    assert session.send_input("left", "L").queued
-    assert session.waiting_for() == ("left", "right")
-    assert session.to_dict()["backlog"] == {"left": ["L"]}
+    # The saved wait takes it at once (issue 19): not queued, kept in its journal.
+    assert session.send_input("left", "L").delivered == 1
+    assert session.waiting_for() == ("right",)
+    assert session.to_dict()["backlog"] == {}
     second = await session.run(suspend=True)
     assert second.waiting_for == ("right",)
     data = round_trip(session.to_dict())
