@@ -140,6 +140,11 @@ class InputBroker:
         sender = sender_context() if self.trace_senders else None
         self._senders.setdefault(type, deque()).append(sender)
 
+    def requeue(self, type: str, payload: Any) -> None:
+        """Queue an input ahead of the others of its type (it arrived before them)."""
+        self._backlog.setdefault(type, deque()).appendleft(payload)
+        self._senders.setdefault(type, deque()).appendleft(None)
+
     def backlog(self) -> dict[str, list[Any]]:
         """The queued inputs by type, oldest first (copies, for a snapshot)."""
         return {t: [copy_json(p) for p in queue] for t, queue in self._backlog.items()}

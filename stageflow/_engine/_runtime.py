@@ -355,7 +355,9 @@ class StageRuntime:
         """The journal entry this call replays after a restore, or ``None`` for a new call.
 
         A call that does not match the journal (the stage took another way
-        this time) ends the replay: it and every later call run live.
+        this time) ends the replay: it and every later call run live. An
+        input sent to the saved wait (``parked``), which the stage never saw,
+        is queued again for the next wait of its type: it is not lost.
         """
         replay = work.replay
         if not replay:
@@ -364,6 +366,9 @@ class StageRuntime:
         if kind in entry and (key is None or entry.get(kind) == key):
             return entry
         work.replay = None
+        for unseen in (entry, *replay):
+            if unseen.get("parked"):
+                self._desk.broker.requeue(unseen["wait"], unseen["payload"])
         self._history.record(
             "replay_diverged",
             work.node.id,
