@@ -95,6 +95,17 @@ class ValidateEvents(enum.StrEnum):
     STRICT = "strict"
 
 
+def _check_run_seconds(
+    instance: object, attribute: attrs.Attribute[Any], value: float | None
+) -> None:
+    """Validator: ``max_run_seconds`` is a positive number of seconds, or ``None``."""
+    if value is not None and not value > 0:  # also NaN
+        raise DefinitionError(
+            f"Limits(max_run_seconds={value!r}) is not a positive number of seconds; use "
+            "a number above 0, or None for no bound"
+        )
+
+
 def _check_max_depth(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     """Validator: ``max_depth`` stays within what a snapshot may nest (:data:`MAX_NESTING`)."""
     if not 1 <= value <= MAX_NESTING:
@@ -111,7 +122,8 @@ class Limits:
     Two kinds: *lifetime* limits count over the whole life of a session,
     across every ``run()`` and restore (``max_steps``; ``max_history`` counts
     the events the session holds in memory); *per-run* limits count within
-    one ``run()`` (``max_run_steps``, ``max_run_events``), which is what a
+    one ``run()`` (``max_run_steps``, ``max_run_events``,
+    ``max_run_seconds``), which is what a
     session that lives for thousands of turns wants bounded. A session
     stopped by either kind can be resumed once the limit is raised:
     ``Session.from_dict(snapshot, limits=...)`` (see ``docs/snapshots.md``).
@@ -131,6 +143,9 @@ class Limits:
         cleanup_timeout: seconds a stage's ``cleanup()`` may take.
         max_run_steps: node executions within one ``run()``, or ``None``.
         max_run_events: events recorded within one ``run()``, or ``None``.
+        max_run_seconds: wall time of one ``run()`` in seconds (on the event
+            loop's clock, waits included), or ``None``. Past it the run stops
+            as at a step limit: every position is kept, to resume.
     """
 
     max_steps: int | None = 10_000
@@ -142,6 +157,7 @@ class Limits:
     cleanup_timeout: float = 5.0
     max_run_steps: int | None = None
     max_run_events: int | None = None
+    max_run_seconds: float | None = attrs.field(default=None, validator=_check_run_seconds)
 
 
 @attrs.frozen

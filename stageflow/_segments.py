@@ -99,6 +99,7 @@ class SegmentedSpan(Span):
         self.previous: SpanContext | None = None  # the incarnation a cut ended
         self.revivable = revivable  # a wait span is not started again after a cut
         self.ids = _span_ids(span)
+        self.flags = span.get_span_context().trace_flags
 
     @property
     def parent(self) -> SpanContext | None:
@@ -133,6 +134,7 @@ class SegmentedSpan(Span):
         )
         self.span = span
         self.ids = _span_ids(span)
+        self.flags = span.get_span_context().trace_flags
         segments.open[self] = None
         if owner is None:
             segments.on_root(self)

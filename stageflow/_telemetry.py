@@ -156,9 +156,18 @@ def enter(span: Span) -> ActiveSpan:
 
 
 def bind_span(log: Any, active: ActiveSpan) -> Any:
-    """``log`` bound to a span's ``trace_id``, ``span_id`` and ``trace_flags``."""
-    trace_id, span_id, _ = active.ids
-    flags = active.span.get_span_context().trace_flags
+    """``log`` bound to a span's ``trace_id``, ``span_id`` and ``trace_flags``.
+
+    For a span a segment cut ended and started again, the ids of its newest
+    incarnation (a cut span is never started again by this).
+    """
+    span = active.span
+    if isinstance(span, SegmentedSpan):
+        trace_id, span_id, _ = span.ids
+        flags = span.flags
+    else:
+        trace_id, span_id, _ = active.ids
+        flags = span.get_span_context().trace_flags
     return log.bind(trace_id=trace_id, span_id=span_id, trace_flags=f"{flags:02x}")
 
 

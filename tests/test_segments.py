@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
 from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -318,3 +319,22 @@ async def test_without_the_id_generator_nothing_is_rebuilt(traced: Traced) -> No
         restored.send_input("go", {})
     plain.shutdown()
     assert not [s for s in exporter.get_finished_spans() if _attr(s, "stageflow.span.rebuilt")]
+
+
+async def test_log_lines_carry_the_ids_of_the_segment_they_end_in(traced: Traced) -> None:
+    session, _ = _session(WAITING, traced)
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            await wait_until_waiting(session, "go")
+            session.send_input("go", {})
+    spans = traced.spans()
+    ask_after = [s for s in spans if s.name == "stage ask"][1]
+    root_after = [s for s in spans if s.name == "run pipeline"][1]
+    [ask_line] = [x for x in logs if x["event"] == "node.finished" and x["node_id"] == "ask"]
+    assert ask_line["trace_id"] == f"{ask_after.context.trace_id:032x}"
+    assert ask_line["span_id"] == f"{ask_after.context.span_id:016x}"
+    [started] = [x for x in logs if x["event"] == "node.started" and x["node_id"] == "ask"]
+    assert started["trace_id"] != ask_line["trace_id"]  # it started in the first segment
+    [finished] = [x for x in logs if x["event"] == "session.finished"]
+    assert finished["span_id"] == f"{root_after.context.span_id:016x}"

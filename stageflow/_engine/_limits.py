@@ -21,10 +21,12 @@ from typing import Final
 from stageflow._errors import LimitExceededError
 from stageflow._model import Limits
 
-__all__ = ["RESUMABLE", "RunCaps", "raised"]
+__all__ = ["RESUMABLE", "RunCaps", "raised", "run_time_error"]
 
-RESUMABLE: Final = frozenset({"max_steps", "max_history", "max_run_steps", "max_run_events"})
-"""The limits that stop a session at a node boundary, where it can be resumed."""
+RESUMABLE: Final = frozenset(
+    {"max_steps", "max_history", "max_run_steps", "max_run_events", "max_run_seconds"}
+)
+"""The limits that stop a session where it can be resumed."""
 
 _RESUME: Final = (
     "to go on, restore it with the limit raised: Session.from_dict(session.to_dict(), "
@@ -111,6 +113,21 @@ class RunCaps:
                 "Look for a loop, or raise the limit; " + _RESUME.format(node=node_id)
             ),
         )
+
+
+def run_time_error(seconds: float, node_id: str) -> LimitExceededError:
+    """The error for a run past ``limits.max_run_seconds``, its main path at ``node_id``."""
+    return LimitExceededError(
+        limit="max_run_seconds",
+        value=seconds,
+        node_id=node_id,
+        detail=(
+            f"run limit max_run_seconds={seconds:g} reached at node {node_id!r}: this run() "
+            f"took {seconds:g} s. Look for a stage that never returns, run with "
+            "suspend=True so that a run ends at its waits, or raise the limit; the stages in "
+            "flight run again when it goes on; " + _RESUME.format(node=node_id)
+        ),
+    )
 
 
 def raised(limit: str, before: Limits, after: Limits) -> bool:

@@ -37,7 +37,7 @@ from stageflow._engine._frames import (
     Scope,
     SubpipelineRun,
 )
-from stageflow._engine._limits import RunCaps
+from stageflow._engine._limits import RunCaps, run_time_error
 from stageflow._engine._map import MapExecutor
 from stageflow._engine._parallel import ParallelExecutor
 from stageflow._engine._positions import FramePosition, awaited, count_positions, writes_of
@@ -120,6 +120,7 @@ class Run:
         "_node_log",
         "_root",
         "_state",
+        "_stopped",
         "_suspend",
         "_unstarted",
         "backend",
@@ -134,6 +135,8 @@ class Run:
         self._state = state
         self._suspend = suspend
         self.suspending = False  # set when every position blocks in suspend mode
+        # Set when limits.max_run_seconds passed: positions are saved, the run torn down.
+        self._stopped: LimitExceededError | None = None
         self._live = 1  # positions running: the main path, each branch, each map worker
         # Restored positions in flight that have not started again yet: their
         # steps are un-counted until they do, so a snapshot adds them back.
@@ -328,6 +331,8 @@ class Run:
             if meters is not None:
                 session_measured(meters, state.pipeline.name, state.status.value, run_started)
             if log is not None:
+                if root_span is not None and tracing is not None and tracing.segments is not None:
+                    log = bind_span(log, root_span)  # a cut since it started: the newest ids
                 session_finished(log, state.status.value, state.error)
             if root_span is not None:
                 outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
@@ -375,7 +380,7 @@ class Run:
                     scope.cancel()
                 self._main.cancel = scope
                 if self._main.terminal is None:
-                    await self.run_path(pipeline.entry, root, None)
+                    await self._run_main(root)
         except StageflowError as exc:
             error = exc
         except Exception as exc:
@@ -399,6 +404,9 @@ class Run:
         finally:
             self._cancel_scope = None
             self.token = None
+        if self._stopped is not None:
+            state.history.muted = False
+            return self._finish(SessionStatus.FAILED, self._stopped)
         if self.suspending:
             return self._suspended()
         if error is not None:
@@ -418,6 +426,43 @@ class Run:
             )
         error = StageflowError("the run ended without reaching a terminal node")
         return self._finish(SessionStatus.FAILED, error)
+
+    async def _run_main(self, root: Frame) -> None:
+        """The main path; watched by a timer when ``limits.max_run_seconds`` is set."""
+        entry = self._state.pipeline.entry
+        seconds = self._state.limits.max_run_seconds
+        if seconds is None:
+            await self.run_path(entry, root, None)
+            return
+        failure: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._stop_after, seconds)
+            try:
+                await self.run_path(entry, root, None)
+            except Exception as exc:  # raised below, not wrapped in the group's exception group
+                failure = exc
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _stop_after(self, seconds: float) -> None:
+        """Stop the run when ``seconds`` have passed: save every position, then tear down.
+
+        Like a step limit, it keeps where the session was (the stages in
+        flight run again when it goes on), so it is saved before any branch
+        or item is cancelled; the teardown is not part of the history.
+        """
+        await anyio.sleep(seconds)
+        state = self._state
+        if self.suspending or state.cancel_reason is not None or self._cancel_scope is None:
+            return
+        self._stopped = run_time_error(seconds, self.current_node or state.pipeline.entry)
+        state.saved = self.saved_state()
+        state.stopped_by_limit = self._stopped
+        state.desk.broker.release()  # inputs sent from now on are queued, so they are kept
+        self.cancelling("", "max_run_seconds")
+        state.history.muted = True
+        self._cancel_scope.cancel()
 
     def _finish(
         self, status: SessionStatus, error: StageflowError | None, *, reason: str | None = None
@@ -675,6 +720,8 @@ class Run:
             if span is not None:
                 Tracing.end(span, outcome, error, ending)
             if log is not None:
+                if span is not None and tracing is not None and tracing.segments is not None:
+                    log = bind_span(log, span)  # a cut since it started: the newest ids
                 node_finished(log, outcome, error, ending, time.perf_counter() - started)
 
     def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
