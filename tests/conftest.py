@@ -11,8 +11,9 @@ import structlog
 import trio
 import trio.testing
 
-# The OTLP/HTTP receiver fixture (``otlp_receiver``) for tests that export spans.
-pytest_plugins = ["otlp_receiver"]
+# Fixtures shared across test files, from tests/support/: the OTLP/HTTP receiver
+# (``otlp_receiver``) for tests that export spans; the in-process ``cli``.
+pytest_plugins = ["otlp_receiver", "cli_fixtures"]
 
 
 @pytest.fixture(params=["trio", "asyncio"])
