@@ -11,9 +11,10 @@ import structlog
 import trio
 import trio.testing
 
-# Fixtures shared across test files, from tests/support/: the OTLP/HTTP receiver
-# (``otlp_receiver``) for tests that export spans; the in-process ``cli``.
-pytest_plugins = ["otlp_receiver", "cli_fixtures"]
+# Fixtures shared across test files: pytest's own ``pytester``; and from
+# tests/support/, the OTLP/HTTP receiver (``otlp_receiver``) for tests that
+# export spans, the in-process ``cli``, the tester's ``write_cases``.
+pytest_plugins = ["pytester", "otlp_receiver", "cli_fixtures", "tester_fixtures"]
 
 
 @pytest.fixture(params=["trio", "asyncio"])
