@@ -13,8 +13,15 @@ import trio.testing
 
 # Fixtures shared across test files: pytest's own ``pytester``; and from
 # tests/support/, the OTLP/HTTP receiver (``otlp_receiver``) for tests that
-# export spans, the in-process ``cli``, the tester's ``write_cases``.
-pytest_plugins = ["pytester", "otlp_receiver", "cli_fixtures", "tester_fixtures"]
+# export spans, the in-memory span ``exporter`` and its ``provider``, the
+# in-process ``cli``, the tester's ``write_cases``.
+pytest_plugins = [
+    "pytester",
+    "otlp_receiver",
+    "tracing_fixtures",
+    "cli_fixtures",
+    "tester_fixtures",
+]
 
 
 @pytest.fixture(params=["trio", "asyncio"])
