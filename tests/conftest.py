@@ -11,6 +11,12 @@ import structlog
 import trio
 import trio.testing
 
+# Support modules whose helpers check results: their asserts are rewritten as a
+# test module's are, so a failing check shows its values.
+pytest.register_assert_rewrite(
+    "builtin_support", "example_support", "graph_support", "snapshot_support"
+)
+
 # Fixtures shared across test files: pytest's own ``pytester``; and from
 # tests/support/, the OTLP/HTTP receiver (``otlp_receiver``) for tests that
 # export spans, the in-memory span ``exporter`` and its ``provider``, the
