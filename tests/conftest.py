@@ -17,10 +17,13 @@ pytest.register_assert_rewrite(
     "builtin_support", "example_support", "graph_support", "snapshot_support"
 )
 
-# Fixtures shared across test files: pytest's own ``pytester``; and from
-# tests/support/, the OTLP/HTTP receiver (``otlp_receiver``) for tests that
-# export spans, the in-memory span ``exporter`` and its ``provider``, the
-# in-process ``cli``, the tester's ``write_cases``.
+# Fixtures shared across test files, registered here once: pytest's own
+# ``pytester``; and from tests/support/, the OTLP/HTTP receiver
+# (``otlp_receiver``) for tests that export spans, the in-memory span
+# ``exporter`` and its ``provider``, the in-process ``cli``, the tester's
+# ``write_cases``. A ``*_fixtures`` module there is such a plugin; the other
+# support modules (``*_support``, ``fakes``) are imported by name, and no test
+# module imports another.
 pytest_plugins = [
     "pytester",
     "otlp_receiver",
