@@ -11,8 +11,26 @@ import structlog
 import trio
 import trio.testing
 
-# The OTLP/HTTP receiver fixture (``otlp_receiver``) for tests that export spans.
-pytest_plugins = ["otlp_receiver"]
+# Support modules whose helpers check results: their asserts are rewritten as a
+# test module's are, so a failing check shows its values.
+pytest.register_assert_rewrite(
+    "builtin_support", "example_support", "graph_support", "snapshot_support"
+)
+
+# Fixtures shared across test files, registered here once: pytest's own
+# ``pytester``; and from tests/support/, the OTLP/HTTP receiver
+# (``otlp_receiver``) for tests that export spans, the in-memory span
+# ``exporter`` and its ``provider``, the in-process ``cli``, the tester's
+# ``write_cases``. A ``*_fixtures`` module there is such a plugin; the other
+# support modules (``*_support``, ``fakes``) are imported by name, and no test
+# module imports another.
+pytest_plugins = [
+    "pytester",
+    "otlp_receiver",
+    "tracing_fixtures",
+    "cli_fixtures",
+    "tester_fixtures",
+]
 
 
 @pytest.fixture(params=["trio", "asyncio"])

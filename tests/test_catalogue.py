@@ -71,11 +71,6 @@ def test_every_metric_is_catalogued_and_back() -> None:
 # -- everything a set of runs records is catalogued ------------------------------------------
 
 
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
 def _registry() -> stageflow.StageRegistry:
     registry = fake_registry()
     registry.add(stageflow.WaitStage, name="Wait")

@@ -12,66 +12,31 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import types
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-
-with warnings.catch_warnings():
-    # pydot's parser module still calls pyparsing's pre-3.0 names when it is imported.
-    warnings.simplefilter("ignore", DeprecationWarning)
-from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+from cli_support import (
+    EXAMPLE,
+    FAILING_STAGES,
+    PIPELINE,
+    ROOT,
+    STAGES,
+    SUBCOMMANDS,
+    Cli,
+    restore_logging,  # noqa: F401  (autouse fixture)
+    write_json,
+    write_module,
+)
 from fakes import doc, stage, terminal
+from graph_support import REFERENCE_EDGES, parse_dot
 
 import stageflow
 import stageflow._plugins
 import stageflow.tracing
-from stageflow.cli import ExitCode, main
-
-ROOT = Path(__file__).parents[1]
-EXAMPLE = ROOT / "examples" / "reference"
-PIPELINE = str(EXAMPLE / "pipeline.json")
-STAGES = str(EXAMPLE / "stages.py")
-SUBCOMMANDS = ("run", "validate", "schema", "graph", "stages", "test")
-
-
-@attrs.frozen
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Outcome]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def call(*argv: str) -> Outcome:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return call
-
-
-def write_json(path: Path, value: Any) -> str:
-    path.write_text(json.dumps(value, indent=2))
-    return str(path)
-
-
-def write_module(path: Path, source: str) -> str:
-    path.write_text(textwrap.dedent(source))
-    return str(path)
-
+from stageflow.cli import ExitCode
 
 # --------------------------------------------------------------------------- run
 
@@ -137,18 +102,6 @@ def test_run_imports_stages_by_module_name_from_the_current_directory(
     got = cli("run", "pipeline.json", "--stages", "stages", "--payload", '{"text": "hi"}', "--json")
     assert got.code == ExitCode.OK, got.err
     assert got.json()["status"] == "completed"
-
-
-FAILING_STAGES = """
-    import stageflow
-
-    registry = stageflow.StageRegistry()
-
-
-    @registry.register("Boom")
-    async def boom(ctx):
-        raise ValueError("the disk is full")
-"""
 
 
 def test_run_exits_1_when_the_session_fails(cli: Cli, tmp_path: Path) -> None:
@@ -541,8 +494,6 @@ def test_python_dash_m_stageflow_is_the_same_command() -> None:
         timeout=60,
         check=True,
     )
-    from test_cli_graph import REFERENCE_EDGES, parse_dot  # (a cycle at import time otherwise)
-
     assert parse_dot(proc.stdout)[1] == REFERENCE_EDGES
 
 

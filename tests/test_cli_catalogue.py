@@ -3,69 +3,31 @@
 from __future__ import annotations
 
 import json
-import textwrap
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import EntryPoint, EntryPoints, entry_points
 from pathlib import Path
 from typing import Any
 
-import attrs
 import jsonschema
 import pytest
-from test_cli import FAILING_STAGES
-
-with warnings.catch_warnings():
-    # pydot's parser module still calls pyparsing's pre-3.0 names when it is imported.
-    warnings.simplefilter("ignore", DeprecationWarning)
-from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+from cli_support import (
+    FAILING_STAGES,
+    PIPELINE,
+    ROOT,
+    STAGES,
+    Cli,
+    Outcome,
+    restore_logging,  # noqa: F401  (autouse fixture)
+    write_json,
+    write_module,
+)
 from fakes import doc, stage, terminal
 
 import stageflow
 import stageflow._plugins
 import stageflow.tracing
 from stageflow._stages import default_registry
-from stageflow.cli import ExitCode, main
-
-ROOT = Path(__file__).parents[1]
-EXAMPLE = ROOT / "examples" / "reference"
-PIPELINE = str(EXAMPLE / "pipeline.json")
-STAGES = str(EXAMPLE / "stages.py")
-SUBCOMMANDS = ("run", "validate", "schema", "graph", "stages", "test")
-
-
-@attrs.frozen
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Outcome]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def call(*argv: str) -> Outcome:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return call
-
-
-def write_json(path: Path, value: Any) -> str:
-    path.write_text(json.dumps(value, indent=2))
-    return str(path)
-
-
-def write_module(path: Path, source: str) -> str:
-    path.write_text(textwrap.dedent(source))
-    return str(path)
-
+from stageflow.cli import ExitCode
 
 # ----------------------------------------------------------------------- schema
 

@@ -2,85 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import re
-import textwrap
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pydot
 import pytest
-from test_cli import FAILING_STAGES
-
-with warnings.catch_warnings():
-    # pydot's parser module still calls pyparsing's pre-3.0 names when it is imported.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import pydot.dot_parser
-from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+from cli_support import (
+    FAILING_STAGES,
+    PIPELINE,
+    STAGES,
+    Cli,
+    restore_logging,  # noqa: F401  (autouse fixture)
+    write_json,
+    write_module,
+)
 from fakes import doc, parallel, stage, terminal
+from graph_support import REFERENCE_EDGES, parse_dot, unquote
 
-from stageflow.cli import ExitCode, main
-
-ROOT = Path(__file__).parents[1]
-EXAMPLE = ROOT / "examples" / "reference"
-PIPELINE = str(EXAMPLE / "pipeline.json")
-STAGES = str(EXAMPLE / "stages.py")
-SUBCOMMANDS = ("run", "validate", "schema", "graph", "stages", "test")
-
-
-@attrs.frozen
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Outcome]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def call(*argv: str) -> Outcome:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return call
-
-
-def write_json(path: Path, value: Any) -> str:
-    path.write_text(json.dumps(value, indent=2))
-    return str(path)
-
-
-def write_module(path: Path, source: str) -> str:
-    path.write_text(textwrap.dedent(source))
-    return str(path)
-
+from stageflow.cli import ExitCode
 
 # ------------------------------------------------------------------------ graph
 
 MERMAID_EDGE = re.compile(r'^    (\S+) (-->|-\.->|==>)(?:\|"([^"]*)"\|)? (\S+)$')
 MERMAID_NODE = re.compile(r'^    (\w+)(\(\(|\[\[|\(\[|\[|\{)"(.*)"(\)\)|\]\]|\]\)|\]|\})$')
 
-# source, target, arrow style, label
-REFERENCE_EDGES = {
-    ("__start__", "start", "solid", None),
-    ("start", "decide", "solid", None),
-    ("decide", "fanout", "solid", "if #1"),
-    ("decide", "finish", "solid", "else"),
-    ("fanout", "branch_a", "dashed", "branch 1"),
-    ("fanout", "branch_b", "dashed", "branch 2"),
-    ("fanout", "finish", "bold", "join"),
-    ("branch_a", "finish", "dotted", None),
-    ("branch_b", "finish", "dotted", None),
-}
 MERMAID_STYLE = {"-->": "solid", "-.->": "dotted", "==>": "bold"}
 
 
@@ -121,30 +67,6 @@ def test_graph_mermaid_draws_every_node_and_edge(cli: Cli) -> None:
     expected = {(s, t, "dotted" if st == "dashed" else st, lb) for s, t, st, lb in REFERENCE_EDGES}
     assert edges == expected
     assert "    class finish terminal" in got.out.splitlines()
-
-
-def unquote(text: str) -> str:
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
-
-
-def parse_dot(text: str) -> tuple[dict[str, dict[str, str]], set[tuple[str, ...]]]:
-    graphs = pydot.graph_from_dot_data(text)
-    assert graphs is not None
-    assert len(graphs) == 1
-    graph = graphs[0]
-    nodes = {
-        unquote(n.get_name()): {k: unquote(v) for k, v in n.get_attributes().items()}
-        for n in graph.get_nodes()
-        if n.get_name() not in ("node", "edge", "graph")
-    }
-    edges = set()
-    for edge in graph.get_edges():
-        attributes = {k: unquote(v) for k, v in edge.get_attributes().items()}
-        source, target = unquote(edge.get_source()), unquote(edge.get_destination())
-        assert source in nodes
-        assert target in nodes
-        edges.add((source, target, attributes.get("style", "solid"), attributes.get("label")))
-    return nodes, edges
 
 
 def test_graph_dot_draws_every_node_and_edge(cli: Cli) -> None:

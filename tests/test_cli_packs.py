@@ -13,17 +13,17 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
 import stageflow_echo_pack
-from cli_support import restore_logging  # noqa: F401  (autouse fixture)
+from cli_support import (
+    Cli,
+    restore_logging,  # noqa: F401  (autouse fixture)
+)
 
 import stageflow
-from stageflow.cli import ExitCode, main
+from stageflow.cli import ExitCode
 from stageflow.testing import run_case_files
 
 ROOT = Path(__file__).parents[1]
@@ -48,35 +48,12 @@ NOT_REGISTERED = (
 )
 
 
-@attrs.frozen
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Outcome]
-
-
 @pytest.fixture(autouse=True)
 def _echo_pack_installed() -> None:
     assert "echo" in {p.name for p in stageflow.list_stage_packs()}, (
         "the example stage pack is not installed: run `make test`, "
         "or `pip install -e examples/stage-pack`"
     )
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def call(*argv: str) -> Outcome:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return call
 
 
 # -- stageflow run ----------------------------------------------------------------------

@@ -369,6 +369,31 @@ def replace(snapshot: dict[str, Any], where: tuple[Any, ...], value: Any) -> Non
     target[where[-1]] = value
 
 
+async def restore_and_run(snapshot: dict[str, Any]) -> stageflow.SessionResult | None:
+    """Restore an edited snapshot and run it on; ``None`` if it is refused or already finished.
+
+    An accepted snapshot comes back unchanged from ``to_dict()``, and its run
+    ends in bounded time with a typed error or none, leaving a JSON snapshot.
+    """
+    try:
+        session = restore(snapshot)
+    except stageflow.SnapshotError:
+        return None
+    # Accepted: it is kept as it is (a restore that changed it would run differently).
+    assert without_taken_at(json.loads(json.dumps(session.to_dict()))) == without_taken_at(snapshot)
+    for input_type, payload in INPUTS:
+        with contextlib.suppress(stageflow.InputRejectedError, stageflow.SessionStateError):
+            session.send_input(input_type, payload)
+    if session.status is not stageflow.SessionStatus.WAITING:
+        return None  # a finished session does not run again
+    limit = 86_400 if sniffio.current_async_library() == "trio" else 10
+    with anyio.fail_after(limit):
+        result = await session.run(suspend=True)
+    assert result.error is None or isinstance(result.error, stageflow.StageflowError)
+    json.dumps(session.to_dict())
+    return result
+
+
 @settings(
     max_examples=120,
     deadline=None,
@@ -394,23 +419,9 @@ async def test_fuzz_mutated_snapshots_restore_and_run_or_are_refused(
     if not spots:
         return
     replace(snapshot, spots[spot % len(spots)], copy.deepcopy(replacement))
-    try:
-        session = restore(snapshot)
-    except stageflow.SnapshotError:
-        return
-    # Accepted: it is kept as it is (a restore that changed it would run differently).
-    assert without_taken_at(json.loads(json.dumps(session.to_dict()))) == without_taken_at(snapshot)
-    for input_type, payload in INPUTS:
-        with contextlib.suppress(stageflow.InputRejectedError, stageflow.SessionStateError):
-            session.send_input(input_type, payload)
-    if session.status is not stageflow.SessionStatus.WAITING:
-        return  # a finished session does not run again
-    limit = 86_400 if sniffio.current_async_library() == "trio" else 10
-    with anyio.fail_after(limit):
-        result = await session.run(suspend=True)
-    assert result.status in set(stageflow.SessionStatus)
-    assert result.error is None or isinstance(result.error, stageflow.StageflowError)
-    json.dumps(session.to_dict())
+    result = await restore_and_run(snapshot)
+    if result is not None:
+        assert result.status in set(stageflow.SessionStatus)
 
 
 NODE_IDS = sorted(
@@ -458,18 +469,4 @@ async def test_fuzz_positions_moved_to_other_nodes_restore_and_run_or_are_refuse
         else:
             value = choice % 6
         replace(snapshot, where, value)
-    try:
-        session = restore(snapshot)
-    except stageflow.SnapshotError:
-        return
-    assert without_taken_at(json.loads(json.dumps(session.to_dict()))) == without_taken_at(snapshot)
-    for input_type, payload in INPUTS:
-        with contextlib.suppress(stageflow.InputRejectedError, stageflow.SessionStateError):
-            session.send_input(input_type, payload)
-    if session.status is not stageflow.SessionStatus.WAITING:
-        return
-    limit = 86_400 if sniffio.current_async_library() == "trio" else 10
-    with anyio.fail_after(limit):
-        result = await session.run(suspend=True)
-    assert result.error is None or isinstance(result.error, stageflow.StageflowError)
-    json.dumps(session.to_dict())
+    await restore_and_run(snapshot)

@@ -11,7 +11,6 @@ from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_unti
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import stageflow
@@ -28,19 +27,6 @@ def reader() -> InMemoryMetricReader:
 @pytest.fixture
 def meter_provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
     provider = MeterProvider(metric_readers=[reader])
-    yield provider
-    provider.shutdown()
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield provider
     provider.shutdown()
 
@@ -88,7 +74,7 @@ REFERENCE["nodes"][0]["retry"] = {"attempts": 2, "delay": 0}
 async def test_a_reference_run_measures_nodes_retries_and_the_session(
     meter_provider: MeterProvider,
     reader: InMemoryMetricReader,
-    tracer_provider: TracerProvider,
+    provider: TracerProvider,
     exporter: InMemorySpanExporter,
 ) -> None:
     registry = _registry()
@@ -96,7 +82,7 @@ async def test_a_reference_run_measures_nodes_retries_and_the_session(
         load(REFERENCE, registry),
         registry=registry,
         meter_provider=meter_provider,
-        tracer_provider=tracer_provider,
+        tracer_provider=provider,
     )
     result = await session.run()
     assert result.status is stageflow.SessionStatus.COMPLETED

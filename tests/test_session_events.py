@@ -4,81 +4,16 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping
-from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, fake_registry, load, parallel, run, scaled, stage, terminal, types
+from fakes import doc, fake_registry, run, scaled, stage, terminal, types
+from session_support import COMPLETED, fan_pipeline, loop_pipeline, session_for, set_node
 from structlog.testing import capture_logs
 
 import stageflow
 
 pytestmark = pytest.mark.anyio
-
-COMPLETED = stageflow.SessionStatus.COMPLETED
-FAILED = stageflow.SessionStatus.FAILED
-CANCELLED = stageflow.SessionStatus.CANCELLED
-
-
-def cond(node_id: str, rule: object, then: str, *, else_: str | None = None) -> dict[str, Any]:
-    node: dict[str, Any] = {
-        "id": node_id,
-        "type": "condition",
-        "conditions": [{"if": rule, "then": then}],
-    }
-    if else_ is not None:
-        node["else"] = else_
-    return node
-
-
-def set_node(node_id: str, values: Mapping[str, Any], *, next: str | None = None) -> dict:
-    return stage(
-        node_id, "Set", config={"values": dict(values)}, outputs={k: k for k in values}, next=next
-    )
-
-
-def session_for(
-    document: Mapping[str, Any],
-    registry: stageflow.StageRegistry | None = None,
-    **kwargs: Any,
-) -> stageflow.Session:
-    registry = registry or fake_registry()
-    return stageflow.Session(load(document, registry), registry=registry, **kwargs)
-
-
-def fan_pipeline() -> dict[str, Any]:
-    return doc(
-        [
-            set_node("first", {"a": 1}, next="fan"),
-            parallel("fan", ["left", "right"], next="end"),
-            set_node("left", {"l": 1}),
-            set_node("right", {"r": 2}),
-            terminal("end", "a", "l", "r"),
-        ]
-    )
-
-
-def loop_pipeline(**top: Any) -> dict[str, Any]:
-    return doc(
-        [
-            set_node("work", {"x": 1}, next="again"),
-            cond("again", True, "work", else_="end"),
-            terminal("end"),
-        ],
-        **top,
-    )
-
-
-def hang_pipeline() -> dict[str, Any]:
-    return doc(
-        [
-            set_node("before", {"a": 1}, next="hang"),
-            stage("hang", "Hang", next="end"),
-            terminal("end"),
-        ]
-    )
-
 
 # ------------------------------------------------------------------- events
 

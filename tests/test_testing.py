@@ -13,7 +13,17 @@ import attrs
 import jsonschema
 import pytest
 import yaml
-from test_testing_mocks import approval_case
+from tester_support import (
+    CASES,
+    LONG,
+    REFERENCE,
+    ROOT,
+    SCHEMA_PATH,
+    SHORT,
+    Doc,
+    approval_case,
+    run_one,
+)
 
 import stageflow
 from stageflow.testing import (
@@ -28,43 +38,6 @@ from stageflow.testing import (
     run_case,
     run_case_files,
 )
-
-pytest_plugins = ["pytester"]
-
-ROOT = Path(__file__).parents[1]
-CASES = ROOT / "tests" / "cases"
-REFERENCE = ROOT / "examples" / "reference"
-SCHEMA_PATH = ROOT / "schemas" / "test-case.schema.json"
-
-Doc = dict[str, Any]
-
-
-@pytest.fixture
-def write_cases(tmp_path: Path) -> Callable[..., Path]:
-    """Write a case file next to copies of the reference pipeline and stages."""
-    shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
-    shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
-
-    def write(cases: list[Doc], name: str = "ref.stageflow.json", **top: Any) -> Path:
-        document = {"pipeline": "pipeline.json", "stages": "stages.py", **top, "cases": cases}
-        path = tmp_path / name
-        if name.endswith((".yaml", ".yml")):
-            path.write_text(yaml.safe_dump(document))
-        else:
-            path.write_text(json.dumps(document, indent=2))
-        return path
-
-    return write
-
-
-def run_one(path: Path) -> stageflow.testing.CaseResult:
-    (case,) = load_cases(path)
-    return run_case(case)
-
-
-LONG = {"user_id": "u1", "text": "one two three four five"}
-SHORT = {"user_id": "u1", "text": "hi"}
-
 
 # ------------------------------------------------------------------ schema
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from tester_support import (
+    CASES,
+    LONG,
+    SHORT,
+    approval_case,
+    fetch_case,
+    reference_registry,
+    run_one,
+)
 
 import stageflow
 from stageflow.testing import (
-    Case,
     CaseValidationError,
     MockError,
     StageMock,
@@ -24,50 +29,7 @@ from stageflow.testing import (
 )
 from stageflow.testing._load import cases_from_document
 
-pytest_plugins = ["pytester"]
-
-ROOT = Path(__file__).parents[1]
-CASES = ROOT / "tests" / "cases"
-REFERENCE = ROOT / "examples" / "reference"
-SCHEMA_PATH = ROOT / "schemas" / "test-case.schema.json"
-
-Doc = dict[str, Any]
-
-
-@pytest.fixture
-def write_cases(tmp_path: Path) -> Callable[..., Path]:
-    """Write a case file next to copies of the reference pipeline and stages."""
-    shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
-    shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
-
-    def write(cases: list[Doc], name: str = "ref.stageflow.json", **top: Any) -> Path:
-        document = {"pipeline": "pipeline.json", "stages": "stages.py", **top, "cases": cases}
-        path = tmp_path / name
-        if name.endswith((".yaml", ".yml")):
-            path.write_text(yaml.safe_dump(document))
-        else:
-            path.write_text(json.dumps(document, indent=2))
-        return path
-
-    return write
-
-
-def run_one(path: Path) -> stageflow.testing.CaseResult:
-    (case,) = load_cases(path)
-    return run_case(case)
-
-
-LONG = {"user_id": "u1", "text": "one two three four five"}
-SHORT = {"user_id": "u1", "text": "hi"}
-
-
 # ------------------------------------------------------------------ mocks
-
-
-def reference_registry() -> stageflow.StageRegistry:
-    from stageflow.testing._mocks import registry_from_modules
-
-    return registry_from_modules([str(REFERENCE / "stages.py")])
 
 
 def test_mocks_keep_the_real_spec_and_leave_the_real_registry_alone() -> None:
@@ -154,22 +116,6 @@ def test_a_synthetic_error_type_shows_in_the_session_error(
     result = run_one(path)
     assert result.passed, result.render()
     assert "QuotaExceeded: no quota" in str(result.error)
-
-
-def fetch_case(pipeline_changes: Mapping[str, Any] | None = None, **case: Any) -> Case:
-    """A case for tests/cases/fetch.json, with changes to its fetch node."""
-    pipeline = json.loads((CASES / "fetch.json").read_text())
-    fetch = pipeline["nodes"][0]
-    for key, value in (pipeline_changes or {}).items():
-        if value is None:
-            fetch.pop(key)
-        else:
-            fetch[key] = value
-    targets = json.dumps(fetch)
-    pipeline["nodes"] = [n for n in pipeline["nodes"] if n is fetch or f'"{n["id"]}"' in targets]
-    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
-    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
-    return loaded
 
 
 def test_a_mock_that_fails_on_attempt_2() -> None:
@@ -329,14 +275,6 @@ def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
         "the run was ended by the limit max_time=600 virtual seconds "
         "(the session was waiting for approval)"
     )
-
-
-def approval_case(**case: Any) -> Case:
-    """A case for tests/cases/approval.json (a 10 s pause, then waits for "approval")."""
-    pipeline = case.pop("pipeline", "approval.json")
-    document = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "n", **case}]}
-    (loaded,) = cases_from_document(document, file=CASES / "virtual.json")
-    return loaded
 
 
 def test_a_rejected_input_is_recorded_with_its_reason() -> None:

@@ -13,7 +13,16 @@ from example_support import EXAMPLES, load_module
 from fakes import doc, load, parallel, stage, terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from snapshot_support import Case, Script, every_cut, finish, uninterrupted
+from snapshot_support import (
+    Case,
+    Script,
+    documents_case,
+    every_cut,
+    finish,
+    reference_case,
+    uninterrupted,
+)
+from snapshot_support import chat_case as example_chat_case
 
 import stageflow
 
@@ -143,16 +152,12 @@ async def test_durable_chat_cut_at_every_event_with_history_out() -> None:
 
 
 async def test_chat_example_cut_at_every_event_with_history_out() -> None:
-    from test_snapshots import chat_case as example_chat_case
-
     case = attrs.evolve(example_chat_case(["hello", "what is a pipeline?", "bye"]), history=0)
     expected = await uninterrupted(case)
     assert await every_cut(case, expected) > 20
 
 
 async def test_reference_cut_at_every_event_with_history_out() -> None:
-    from test_snapshots import reference_case
-
     case = attrs.evolve(reference_case(), history="none")
     expected = await uninterrupted(case)
     assert await every_cut(case, expected) > 15
@@ -160,8 +165,6 @@ async def test_reference_cut_at_every_event_with_history_out() -> None:
 
 @pytest.mark.trio_only
 async def test_documents_cut_at_every_event_with_history_out() -> None:
-    from test_snapshots import documents_case
-
     case = attrs.evolve(documents_case(), history="none")
     expected = await uninterrupted(case)
     assert await every_cut(case, expected) > 100

@@ -4,13 +4,12 @@ branches, failed branches and map items, cut at every event.
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from fakes import doc, fake_registry, load, parallel, stage, terminal
+from fakes import doc, load, parallel, stage, terminal
 from snapshot_support import (
     Case,
     Outcome,
@@ -19,6 +18,8 @@ from snapshot_support import (
     cut_at_event_pair,
     cut_at_waits,
     every_cut,
+    json_round_trip,
+    review_registry,
     uninterrupted,
 )
 
@@ -26,30 +27,6 @@ import stageflow
 from stageflow._errors import describe_exception
 
 pytestmark = pytest.mark.anyio
-
-T0 = datetime.datetime(2030, 1, 1, 9, 0, tzinfo=datetime.UTC)
-WAITING = stageflow.SessionStatus.WAITING
-
-
-def round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(data))
-    return result
-
-
-def review_registry() -> stageflow.StageRegistry:
-    registry = fake_registry()
-
-    @registry.register("Ask")
-    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        got = await ctx.wait_input(ctx.config["input"], ctx.config.get("timeout"))
-        return {"answer": got}
-
-    @registry.register("Nap")
-    async def nap(ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        await ctx.sleep(ctx.config["seconds"])
-        return {"answer": ctx.config["value"]}
-
-    return registry
 
 
 # ------------------------------------------------------------------ any races
@@ -171,7 +148,9 @@ async def test_a_cut_at_node_retrying_does_not_run_the_failed_attempt_again() ->
     cut = session()
     script = Script(inputs)
     taken: list[dict[str, Any]] = []
-    cut.subscribe(lambda e: taken.append(round_trip(cut.to_dict())) if e.seq == retrying else None)
+    cut.subscribe(
+        lambda e: taken.append(json_round_trip(cut.to_dict())) if e.seq == retrying else None
+    )
     script.attach(cut)
     await cut.run()
     calls.clear()
@@ -330,7 +309,7 @@ async def test_a_tolerated_map_failure_restored_gives_the_same_map_error_message
     script = Script(case.inputs)
     taken: list[dict[str, Any]] = []
     session.subscribe(
-        lambda e: taken.append(round_trip(session.to_dict())) if e.seq == outcome_seq else None
+        lambda e: taken.append(json_round_trip(session.to_dict())) if e.seq == outcome_seq else None
     )
     script.attach(session)
     await session.run()

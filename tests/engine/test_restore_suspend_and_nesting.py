@@ -6,49 +6,28 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, fake_registry, load, parallel, stage, terminal
+from fakes import doc, load, parallel, stage, terminal
 from snapshot_support import (
+    T0,
     TIMED_REPLY,
+    WAITING,
     Case,
     Outcome,
     Script,
     cut_at_waits,
     every_cut,
+    json_round_trip,
+    review_registry,
     uninterrupted,
 )
 
 import stageflow
 
 pytestmark = pytest.mark.anyio
-
-T0 = datetime.datetime(2030, 1, 1, 9, 0, tzinfo=datetime.UTC)
-WAITING = stageflow.SessionStatus.WAITING
-
-
-def round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(data))
-    return result
-
-
-def review_registry() -> stageflow.StageRegistry:
-    registry = fake_registry()
-
-    @registry.register("Ask")
-    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        got = await ctx.wait_input(ctx.config["input"], ctx.config.get("timeout"))
-        return {"answer": got}
-
-    @registry.register("Nap")
-    async def nap(ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        await ctx.sleep(ctx.config["seconds"])
-        return {"answer": ctx.config["value"]}
-
-    return registry
 
 
 # ------------------------------------------------- an input timeout already due
@@ -63,7 +42,7 @@ async def test_suspend_mode_at_a_passed_input_deadline_times_the_wait_out() -> N
     assert first.wake_at == T0 + datetime.timedelta(seconds=600)
     due = first.wake_at
     restored = stageflow.Session.from_dict(
-        round_trip(session.to_dict()), registry=registry, clock=lambda: due
+        json_round_trip(session.to_dict()), registry=registry, clock=lambda: due
     )
     # The service pattern of docs/snapshots.md: restore at wake_at, run(suspend=True).
     result = await restored.run(suspend=True)
@@ -97,7 +76,7 @@ async def test_an_input_sent_as_the_session_suspends_is_not_lost() -> None:
     first = await session.run(suspend=True)
     assert first.status is WAITING
     assert first.waiting_for == ("right",)
-    restored = stageflow.Session.from_dict(round_trip(session.to_dict()), registry=registry)
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
     with anyio.fail_after(60):
         result = await restored.run(suspend=True)
     assert result.status is stageflow.SessionStatus.COMPLETED, result.waiting_for
@@ -131,7 +110,7 @@ async def test_inputs_sent_to_a_suspended_session_before_run_go_on_in_place() ->
     assert session.to_dict()["backlog"] == {}
     second = await session.run(suspend=True)
     assert second.waiting_for == ("right",)
-    data = round_trip(session.to_dict())
+    data = json_round_trip(session.to_dict())
     assert [b["state"] for b in data["position"]["parallel"]["branches"]] == [
         "finished",
         "running",
@@ -140,7 +119,7 @@ async def test_inputs_sent_to_a_suspended_session_before_run_go_on_in_place() ->
     result = await session.run()
     assert result.artifacts == {"left": "L", "right": "R"}
     # A session suspended then run to its end: its snapshot is the finished one.
-    final = round_trip(session.to_dict())
+    final = json_round_trip(session.to_dict())
     assert final["status"] == "completed"
     assert final["outcome"]["artifacts"] == {"left": "L", "right": "R"}
     again = stageflow.Session.from_dict(final, registry=registry)
@@ -157,7 +136,7 @@ async def test_cancel_of_a_waiting_session_ends_it_at_once_and_the_snapshot_says
     assert session.history[-1].payload["reason"] == "user left"
     with pytest.raises(stageflow.SessionStateError):
         await session.run()
-    data = round_trip(session.to_dict())
+    data = json_round_trip(session.to_dict())
     assert data["status"] == "cancelled"
     restored = stageflow.Session.from_dict(data, registry=registry)
     assert restored.status is stageflow.SessionStatus.CANCELLED
@@ -167,7 +146,7 @@ async def test_cancel_of_a_restored_waiting_session_ends_it() -> None:
     registry = review_registry()
     session = stageflow.Session(load(TWO_ASKS, registry), registry=registry)
     await session.run(suspend=True)
-    restored = stageflow.Session.from_dict(round_trip(session.to_dict()), registry=registry)
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
     restored.cancel("timed out by the service")
     assert restored.status is stageflow.SessionStatus.CANCELLED
     assert restored.history[-1].payload["reason"] == "timed out by the service"
@@ -317,7 +296,7 @@ async def test_snapshots_taken_from_another_task_while_stages_run_all_restore() 
 
         async def watch() -> None:
             while True:
-                snapshots.append((round_trip(session.to_dict()), script.remaining()))
+                snapshots.append((json_round_trip(session.to_dict()), script.remaining()))
                 await anyio.lowlevel.checkpoint()
 
         tg.start_soon(run)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,21 +12,18 @@ import trio
 import trio.testing
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 from snapshot_support import (
+    T0,
     TIMED_REPLY,
+    WAITING,
+    chat_case,
+    json_round_trip,
+    nested_registry,
+    reference_case,
 )
-from test_snapshots import chat_case, nested_registry, reference_case
 
 import stageflow
 
 pytestmark = pytest.mark.anyio
-
-EXAMPLES = Path(__file__).parents[2] / "examples"
-WAITING = stageflow.SessionStatus.WAITING
-
-
-def json_round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(data))
-    return result
 
 
 # --------------------------------------------------------------------- timers
@@ -51,7 +46,6 @@ SLEEP = doc(
         terminal("end", "slept"),
     ]
 )
-T0 = datetime.datetime(2030, 1, 1, 9, 0, tzinfo=datetime.UTC)
 
 
 def restore_at(

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from example_support import load_example, load_module
+from example_support import EXAMPLES, load_module
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from snapshot_support import (
+    WAITING,
     Case,
     Script,
+    chat_case,
     cut_at_event,
     cut_at_waits,
+    documents_case,
     every_cut,
+    json_round_trip,
+    nested_registry,
+    reference_case,
     uninterrupted,
 )
 
@@ -27,45 +32,8 @@ import stageflow
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
-WAITING = stageflow.SessionStatus.WAITING
-
-
-def json_round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(data))
-    return result
-
 
 # ------------------------------------------------------------------ examples
-
-
-def chat_case(messages: list[str]) -> Case:
-    stages, _ = load_example("chat")
-    pipeline = stageflow.Pipeline.load(
-        EXAMPLES / "chat" / "pipeline.json", registry=stages.registry
-    )
-    return Case(
-        pipeline,
-        stages.registry,
-        {"user": {"name": "Ada"}},
-        {"user_message": [{"text": m} for m in messages]},
-    )
-
-
-def reference_case() -> Case:
-    stages, _ = load_example("reference")
-    pipeline = stageflow.Pipeline.load(
-        EXAMPLES / "reference" / "pipeline.json", registry=stages.registry
-    )
-    return Case(pipeline, stages.registry, {"user_id": "u-42", "text": "one two three four five"})
-
-
-def documents_case() -> Case:
-    stages, run = load_example("documents")
-    pipeline = stageflow.Pipeline.load(
-        EXAMPLES / "documents" / "pipeline.json", registry=stages.registry
-    )
-    return Case(pipeline, stages.registry, {"document": run.DOCUMENT})
 
 
 def durable_chat_case() -> Case:
@@ -160,17 +128,6 @@ def test_property_chat_cut_at_a_random_event(messages: list[str], cut: int) -> N
 
 
 # ------------------------------------------------------------ nested positions
-
-
-def nested_registry() -> stageflow.StageRegistry:
-    registry = fake_registry()
-
-    @registry.register("Ask")
-    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        first = await ctx.wait_input(ctx.config["input"])
-        return {"answer": f"{ctx.config.get('prefix', '')}{first}"}
-
-    return registry
 
 
 NESTED = doc(

@@ -5,11 +5,15 @@ payload of that type, the way a user or a service would. The cutters take
 snapshots where a run waits, or at any event, put them through
 ``json.dumps``/``json.loads``, restore them into a fresh session and finish
 the run with the inputs that had not been sent yet.
+
+At the end: what the snapshot and restore tests (``tests/engine/``) share,
+the examples as cases, and stages that wait for inputs.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +21,8 @@ from typing import Any
 import anyio
 import attrs
 import sniffio
+from example_support import EXAMPLES, load_example
+from fakes import fake_registry
 
 import stageflow
 
@@ -194,3 +200,76 @@ async def every_cut(case: Case, expected: Outcome) -> int:
         assert outcome == expected, f"cut at event {seq}"
         seq += 1
     return seq - 1
+
+
+# ------------------------------------------------------- shared by the test files
+
+T0 = datetime.datetime(2030, 1, 1, 9, 0, tzinfo=datetime.UTC)
+WAITING = stageflow.SessionStatus.WAITING
+
+
+def json_round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` through ``json.dumps`` and ``json.loads``, as a snapshot kept as text."""
+    result: dict[str, Any] = json.loads(json.dumps(data))
+    return result
+
+
+def review_registry() -> stageflow.StageRegistry:
+    """The fakes, with ``Ask`` (waits for ``config.input``, ``config.timeout``) and ``Nap``."""
+    registry = fake_registry()
+
+    @registry.register("Ask")
+    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        got = await ctx.wait_input(ctx.config["input"], ctx.config.get("timeout"))
+        return {"answer": got}
+
+    @registry.register("Nap")
+    async def nap(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        await ctx.sleep(ctx.config["seconds"])
+        return {"answer": ctx.config["value"]}
+
+    return registry
+
+
+def nested_registry() -> stageflow.StageRegistry:
+    """The fakes, with ``Ask``: waits for ``config.input``, answers it after ``config.prefix``."""
+    registry = fake_registry()
+
+    @registry.register("Ask")
+    async def ask(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        first = await ctx.wait_input(ctx.config["input"])
+        return {"answer": f"{ctx.config.get('prefix', '')}{first}"}
+
+    return registry
+
+
+def chat_case(messages: list[str]) -> Case:
+    """The chat example, greeting Ada, then sent ``messages``."""
+    stages, _ = load_example("chat")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "chat" / "pipeline.json", registry=stages.registry
+    )
+    return Case(
+        pipeline,
+        stages.registry,
+        {"user": {"name": "Ada"}},
+        {"user_message": [{"text": m} for m in messages]},
+    )
+
+
+def reference_case() -> Case:
+    """The reference example with a long text."""
+    stages, _ = load_example("reference")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "reference" / "pipeline.json", registry=stages.registry
+    )
+    return Case(pipeline, stages.registry, {"user_id": "u-42", "text": "one two three four five"})
+
+
+def documents_case() -> Case:
+    """The documents example (a map whose items run a subpipeline) on its own document."""
+    stages, run = load_example("documents")
+    pipeline = stageflow.Pipeline.load(
+        EXAMPLES / "documents" / "pipeline.json", registry=stages.registry
+    )
+    return Case(pipeline, stages.registry, {"document": run.DOCUMENT})
