@@ -31,7 +31,7 @@ from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
-from stageflow.store._history import turn_events
+from stageflow.store._history import turn_snapshot
 from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
@@ -227,6 +227,8 @@ class Worker:
                 logger.warning("worker.heartbeat_failed", error=str(exc))
                 continue
             for turn in turns:
+                if self._turns.get(turn.lease.session_id) is not turn:
+                    continue  # saved (or released) while the heartbeat ran
                 if turn.lease.session_id not in held and not turn.scope.cancel_called:
                     self._counts["lost"] += 1
                     logger.warning("worker.lease_lost", session_id=turn.lease.session_id)
@@ -282,8 +284,11 @@ class Worker:
         if session.status in _GOING_ON:
             result = await session.run(suspend=True)
             waiting_for, wake_at = result.waiting_for, result.wake_at
-        snapshot = session.to_dict()
-        events, _ = turn_events(snapshot, lease.events_done)
+        # The history leaves the snapshot: only this turn's events are written, to the
+        # events table, in the same fenced save (a store without one keeps them inline).
+        snapshot, events = turn_snapshot(
+            session, lease.events_done, keep_history=not self.store.events_table
+        )
         return await self.store.complete(
             lease, snapshot, waiting_for=waiting_for, wake_at=wake_at, events=events
         )
