@@ -65,6 +65,17 @@ STAGEFLOW_ROWS = [
     "SQLite: turns/s",
     "SQLite: process CPU per turn",
     "SQLite: send_input, median",
+    "stored snapshot bytes, turn",
+]
+# Printed when a PostgreSQL server can be used (else a note says why not).
+POSTGRES_ROWS = [
+    "PostgreSQL: turns/s, 1 worker process",
+    "PostgreSQL: turns/s, 2 worker processes",
+    "PostgreSQL: worker CPU per turn",
+    "PostgreSQL: database CPU per turn",
+    "PostgreSQL: WAL per turn (1 worker process",
+    "PostgreSQL: WAL per turn, 15 KB snapshot",
+    "coordination efficiency E(2)",
 ]
 LANGGRAPH_ROWS = [
     "LangGraph: sequential node, per node",
@@ -112,6 +123,8 @@ def test_quick_mode_prints_one_table_with_every_row(
     assert rows[0] == COLUMNS
     labels = [row[1] for row in rows[1:]]
     expected = list(STAGEFLOW_ROWS)
+    if "scaleout: PostgreSQL rows skipped" not in quick_run.stdout:
+        expected += POSTGRES_ROWS
     if importlib.util.find_spec("langgraph") is not None:
         expected += LANGGRAPH_ROWS
     else:
