@@ -159,7 +159,7 @@ def _postgres() -> Iterator[str | None]:
         yield None
         return
     sys.path.insert(0, str(ROOT / "tests" / "support"))
-    import pg_server
+    import pg_server  # type: ignore[import-not-found]
 
     with contextlib.ExitStack() as stack:
         try:
@@ -285,7 +285,7 @@ async def _processes(
 
 def _padding(size: int) -> dict[str, Any]:
     """A context of about ``size`` bytes of JSON (notes a chat would keep)."""
-    notes = []
+    notes: list[dict[str, Any]] = []
     while len(json.dumps(notes)) < size:
         n = len(notes)
         notes.append(
