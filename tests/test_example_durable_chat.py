@@ -28,6 +28,13 @@ RUN = EXAMPLE / "run.py"
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Real clocks: the session store talks to SQLite through threads, and a virtual
+    clock would jump while a query runs in one."""
+    return request.param
+
 ASK = "Hello! I am the stageflow bot. What is your name?"
 GREETING = "Nice to meet you, Ada! Ask me anything, or say bye to leave."
 
@@ -321,7 +328,7 @@ def test_pipeline_is_valid_and_uses_the_example_stages(stages: ModuleType) -> No
 # ------------------------------------------------------- a long conversation
 
 
-@pytest.mark.trio_only
+@pytest.mark.trio_only  # once is enough: it is long
 @pytest.mark.timeout(900)  # about a minute alone; more under coverage on a busy machine
 async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

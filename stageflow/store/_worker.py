@@ -39,6 +39,7 @@ __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 logger = structlog.get_logger("stageflow.worker")
 
 _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
+_BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)
 
 
 def db_clock(db_now: datetime.datetime) -> Callable[[], datetime.datetime]:
@@ -85,7 +86,8 @@ class Worker:
         store: the session store.
         registry: where stages are looked up (the default registry if not given).
         pipelines: pipelines to reuse by digest (others are rebuilt from the
-            document each snapshot carries).
+            document a snapshot carries, once per digest: the worker keeps the
+            last 64 it built).
         concurrency: turns in flight at most.
         lease: seconds a claim lasts; heartbeats renew it every ``lease / 3``.
         poll: the longest idle wait between claims (the safety net under
@@ -123,6 +125,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.fetch_cooldown = fetch_cooldown
         self.shutdown_grace = shutdown_grace
+        self._built: dict[str, Pipeline] = {}  # rebuilt from snapshots, by digest
         self._turns: dict[str, _Turn] = {}
         self._stopping = False
         self._idle: anyio.CancelScope | None = None
@@ -265,12 +268,20 @@ class Worker:
 
     async def _run_turn(self, lease: Lease) -> bool:
         """Restore, deliver the inputs, run until the session waits or ends, save."""
+        pipeline = self.pipelines.get(lease.digest) or self._built.get(lease.digest)
         session = Session.from_dict(
             lease.snapshot,
             registry=self.registry,
-            pipeline=self.pipelines.get(lease.digest),
+            pipeline=pipeline,
             clock=db_clock(lease.db_now),
         )
+        if pipeline is None and session.pipeline.digest == lease.digest:
+            # Rebuilt from the snapshot's document: keep it for the next turns. Building
+            # a pipeline (and resolving its stages, which the engine caches per node
+            # object) costs more than the rest of a short turn.
+            if len(self._built) >= _BUILT_PIPELINES:
+                self._built.pop(next(iter(self._built)))
+            self._built[lease.digest] = session.pipeline
         for item in lease.inputs:
             if item.type == CANCEL_INPUT:
                 payload: Any = item.payload

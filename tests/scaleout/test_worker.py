@@ -173,3 +173,27 @@ async def test_heartbeats_keep_a_stage_longer_than_its_lease(
     assert holder.statistics().saved == 1
     assert done.status == "completed"
     assert len(read_marks(marks)) == 1  # no second execution
+
+
+async def test_a_worker_rebuilds_a_pipeline_from_snapshots_once(
+    make_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker given no pipelines= rebuilds each from the document its snapshots carry;
+    # building one (and resolving its stages) cost more than the rest of a short turn.
+    pipeline = chat_pipeline()
+    built: list[str] = []
+    build = stageflow.Pipeline.from_dict.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[stageflow.Pipeline], *args: Any, **kwargs: Any) -> Any:
+        made = build(cls, *args, **kwargs)
+        built.append(made.digest)
+        return made
+
+    monkeypatch.setattr(stageflow.Pipeline, "from_dict", classmethod(counted))
+    service = SessionService(make_store(), registry=registry)
+    async with running(make_store()):
+        sid = await service.start(pipeline)
+        for n in (1, 2, 3):
+            record = await service.send_input(sid, "msg", {"n": n})
+            await service.wait(sid, seq=record.seq, timeout=20)
+    assert built == [pipeline.digest]  # the first turn's; the next three reuse it
