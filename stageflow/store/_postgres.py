@@ -424,14 +424,16 @@ class PostgresStore:
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             with conn.transaction():
-                row = conn.execute(
-                    "SELECT status, inbox_head FROM stageflow_sessions WHERE session_id = %s "
-                    "FOR UPDATE",
-                    (session_id,),
-                ).fetchone()
-                if row is None:
-                    raise SessionNotFoundError(session_id)
-                if idempotency_key is not None:
+                if idempotency_key is None:
+                    seq = self._append(conn, session_id, type, text)
+                else:
+                    row = conn.execute(
+                        "SELECT status, inbox_head FROM stageflow_sessions "
+                        "WHERE session_id = %s FOR UPDATE",
+                        (session_id,),
+                    ).fetchone()
+                    if row is None:
+                        raise SessionNotFoundError(session_id)
                     seen = conn.execute(
                         "SELECT seq FROM stageflow_inbox WHERE session_id = %s "
                         "AND idempotency_key = %s",
@@ -439,27 +441,55 @@ class PostgresStore:
                     ).fetchone()
                     if seen is not None:
                         return InputRecord(session_id, seen[0], duplicate=True)
-                if row[0] in FINISHED_STATUSES:
-                    raise SessionFinishedError(session_id, row[0], type)
-                seq = row[1] + 1
-                conn.execute(
-                    "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
-                    "idempotency_key) VALUES (%s, %s, %s, %s::jsonb, %s)",
-                    (session_id, seq, type, text, idempotency_key),
-                )
-                conn.execute(
-                    "UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, runnable_at = "
-                    "CASE WHEN lease_owner IS NULL THEN now() ELSE runnable_at END "
-                    "WHERE session_id = %s",
-                    (session_id,),
-                )
-            self._send_notify([session_id])
+                    if row[0] in FINISHED_STATUSES:
+                        raise SessionFinishedError(session_id, row[0], type)
+                    seq = row[1] + 1
+                    conn.execute(
+                        "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
+                        "idempotency_key) VALUES (%s, %s, %s, %s::jsonb, %s)",
+                        (session_id, seq, type, text, idempotency_key),
+                    )
+                    conn.execute(
+                        "UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, "
+                        "runnable_at = CASE WHEN lease_owner IS NULL THEN now() "
+                        "ELSE runnable_at END WHERE session_id = %s",
+                        (session_id,),
+                    )
+            self._send_notify([session_id])  # committed: the notifier may send it now
             return InputRecord(session_id, seq, duplicate=False)
 
         record = await self._run(run)
         if not record.duplicate:
             self._work.set()
         return record
+
+    @staticmethod
+    def _append(conn: psycopg.Connection[Any], session_id: str, type: str, text: str) -> int:
+        """An input without a key: the UPDATE takes the row lock and the seq at once.
+
+        One statement fewer than the keyed path, and no row-lock record in the
+        WAL: a concurrent send waits for the lock and re-reads ``inbox_head``.
+        """
+        row = conn.execute(
+            "UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, runnable_at = "
+            "CASE WHEN lease_owner IS NULL THEN now() ELSE runnable_at END "
+            f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} RETURNING inbox_head",
+            (session_id,),
+        ).fetchone()
+        if row is None:
+            found = conn.execute(
+                "SELECT status FROM stageflow_sessions WHERE session_id = %s", (session_id,)
+            ).fetchone()
+            if found is None:
+                raise SessionNotFoundError(session_id)
+            raise SessionFinishedError(session_id, found[0], type)
+        seq: int = row[0]
+        conn.execute(
+            "INSERT INTO stageflow_inbox (session_id, seq, type, payload) "
+            "VALUES (%s, %s, %s, %s::jsonb)",
+            (session_id, seq, type, text),
+        )
+        return seq
 
     async def request_cancel(
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
