@@ -31,9 +31,9 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    """Real clocks: the session store talks to SQLite through threads, and a virtual
-    clock would jump while a query runs in one."""
+    """Real clocks: the store talks to SQLite through threads (a virtual clock would jump)."""
     return request.param
+
 
 ASK = "Hello! I am the stageflow bot. What is your name?"
 GREETING = "Nice to meet you, Ada! Ask me anything, or say bye to leave."

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import threading
 import time
@@ -166,6 +167,17 @@ def _stored(row: Sequence[Any]) -> StoredSession:
     return stored_session(row, _utc, list)
 
 
+def _queue_filter(queues: Sequence[str]) -> tuple[str, Any]:
+    """The claim's queue condition and its parameter.
+
+    ``=`` for one queue: an ordered scan of the due index that stops after
+    ``limit`` rows. ``= ANY`` for several, which sorts all their due rows.
+    """
+    if len(queues) == 1:
+        return "queue = %s", queues[0]
+    return "queue = ANY(%s)", list(queues)
+
+
 class _Notifier:
     """Sends this process's notifications after commit, coalesced, from its own thread.
 
@@ -287,6 +299,7 @@ class PostgresStore:
         self._reconnects = 0
         self._notifier = _Notifier(self._open_connection)
         self._saves = SaveNotices()
+        self._clock_offset = (datetime.timedelta(0), -math.inf)  # (db - local, when measured)
         self._done: psycopg.Connection[Any] | None = None
         self._done_reading = False
         self._done_backoff = 0.0
@@ -508,11 +521,13 @@ class PostgresStore:
         if limit <= 0:
             return []
 
+        which, named = _queue_filter(queues)
+
         def run(conn: psycopg.Connection[Any]) -> list[Lease]:
             with conn.transaction():
                 rows = conn.execute(
                     "WITH due AS (SELECT session_id FROM stageflow_sessions "
-                    "WHERE queue = ANY(%s) AND runnable_at <= now() ORDER BY runnable_at "
+                    f"WHERE {which} AND runnable_at <= now() ORDER BY runnable_at "
                     "LIMIT %s FOR UPDATE SKIP LOCKED) "
                     "UPDATE stageflow_sessions s SET lease_owner = %s, "
                     "lease_token = s.lease_token + 1, attempts = s.attempts + 1, "
@@ -520,7 +535,7 @@ class PostgresStore:
                     "FROM due WHERE s.session_id = due.session_id RETURNING s.session_id, "
                     "s.lease_token, s.snapshot, s.digest, s.inbox_done, s.inbox_head, "
                     "s.events_done, s.attempts, now()",
-                    (list(queues), limit, worker_id, lease),
+                    (named, limit, worker_id, lease),
                 ).fetchall()
                 if not rows:
                     return []
@@ -728,19 +743,31 @@ class PostgresStore:
 
         return await self._run(run)
 
-    async def next_due(self) -> datetime.datetime | None:
-        """The earliest ``runnable_at`` in the future, if any."""
+    async def next_due(self, *, queues: Sequence[str] = ("default",)) -> datetime.datetime | None:
+        """The earliest ``runnable_at`` in the future in ``queues``, if any.
+
+        It also reads the database's clock, so the :meth:`now` that usually
+        follows needs no query of its own.
+        """
+        which, named = _queue_filter(queues)
 
         def run(conn: psycopg.Connection[Any]) -> datetime.datetime | None:
             row = conn.execute(
-                "SELECT min(runnable_at) FROM stageflow_sessions WHERE runnable_at > now()"
+                f"SELECT (SELECT runnable_at FROM stageflow_sessions WHERE {which} "
+                "AND runnable_at > now() ORDER BY runnable_at LIMIT 1), now()",
+                (named,),
             ).fetchone()
-            return _utc(row[0]) if row else None
+            assert row is not None
+            self._clock_offset = (row[1] - datetime.datetime.now(datetime.UTC), time.monotonic())
+            return _utc(row[0])
 
         return await self._run(run)
 
     async def now(self) -> datetime.datetime:
-        """The database's clock."""
+        """The database's clock (read at most a second ago, plus the local time since)."""
+        offset, measured = self._clock_offset
+        if time.monotonic() - measured < 1.0:
+            return datetime.datetime.now(datetime.UTC) + offset
 
         def run(conn: psycopg.Connection[Any]) -> datetime.datetime:
             row = conn.execute("SELECT now()").fetchone()

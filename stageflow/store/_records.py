@@ -280,8 +280,8 @@ class SessionStore(Protocol):
         only this process's.
         """
 
-    async def next_due(self) -> datetime.datetime | None:
-        """The earliest future ``runnable_at``, if any."""
+    async def next_due(self, *, queues: Sequence[str] = ("default",)) -> datetime.datetime | None:
+        """The earliest future ``runnable_at`` in ``queues``, if any."""
 
     async def now(self) -> datetime.datetime:
         """The store's clock (the database's ``now()``)."""

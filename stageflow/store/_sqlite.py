@@ -560,13 +560,15 @@ class SQLiteStore:
         """Return once this process saved the session after ``mark``, or after ``timeout`` s."""
         await self._saves.wait(session_id, mark, timeout)
 
-    async def next_due(self) -> datetime.datetime | None:
-        """The earliest ``runnable_at`` in the future, if any."""
+    async def next_due(self, *, queues: Sequence[str] = ("default",)) -> datetime.datetime | None:
+        """The earliest ``runnable_at`` in the future in ``queues``, if any."""
+        marks = ",".join("?" * len(queues))
 
         def run(conn: sqlite3.Connection) -> datetime.datetime | None:
             row = conn.execute(
-                "SELECT min(runnable_at) FROM stageflow_sessions WHERE runnable_at > ?",
-                (self._clock(),),
+                f"SELECT min(runnable_at) FROM stageflow_sessions WHERE queue IN ({marks}) "
+                "AND runnable_at > ?",
+                (*queues, self._clock()),
             ).fetchone()
             return _dt(row[0])
 

@@ -210,7 +210,7 @@ class Worker:
             self._idle = None
 
     async def _idle_timeout(self) -> float:
-        due = await self.store.next_due()
+        due = await self.store.next_due(queues=self.queues)
         if due is None:
             return self.poll
         wait = (due - await self.store.now()).total_seconds()
