@@ -43,8 +43,8 @@ import stageflow
 from stageflow.store import (
     SessionNotFoundError,
     SessionService,
-    StoreError,
     StoredSession,
+    StoreError,
     Worker,
     open_store,
 )
@@ -71,8 +71,19 @@ def open_service(url: str) -> SessionService:
 
 
 def embedded_worker(service: SessionService) -> Worker:
-    """A worker for this process, on the service's store."""
-    return Worker(service.store, registry=registry, pipelines=[load_pipeline()], poll=0.2)
+    """A worker for this process, on the service's store.
+
+    No fetch cooldown: it damps a herd of idle workers woken together, and a
+    lone embedded worker has none; with it, each turn would wait up to 150 ms
+    after the worker's last empty claim.
+    """
+    return Worker(
+        service.store,
+        registry=registry,
+        pipelines=[load_pipeline()],
+        poll=0.2,
+        fetch_cooldown=0.0,
+    )
 
 
 async def read(service: SessionService, session_id: str) -> StoredSession:
@@ -123,9 +134,7 @@ async def submit(
     return record.seq
 
 
-async def describe(
-    service: SessionService, stored: StoredSession, *, after: int
-) -> dict[str, Any]:
+async def describe(service: SessionService, stored: StoredSession, *, after: int) -> dict[str, Any]:
     """The reply: status, awaited inputs, the bot's lines after event ``after``, the outcome."""
     events = await service.store.events(stored.session_id, after=after, limit=100_000)
     reply: dict[str, Any] = {
