@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The quick run (every section, the scaleout one with a throwaway PostgreSQL and
+# worker processes) is one fixture, timed with the first test that uses it.
+pytestmark = pytest.mark.timeout(600)
+
 # Row labels (up to the sizes in parentheses) that quick mode must print.
 STAGEFLOW_ROWS = [
     "sequential stage node, per node",
