@@ -43,10 +43,13 @@ class Settings:
     quick: bool
     repeats: int
     warmups: int
+    million: int = 0  # stored sessions for the scale-out --million mode (0: not run)
 
     @classmethod
-    def make(cls, *, quick: bool) -> Settings:
-        return cls(quick=quick, repeats=3 if quick else 31, warmups=1 if quick else 3)
+    def make(cls, *, quick: bool, million: int = 0) -> Settings:
+        return cls(
+            quick=quick, repeats=3 if quick else 31, warmups=1 if quick else 3, million=million
+        )
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full

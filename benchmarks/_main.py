@@ -113,9 +113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "langgraph); "
         "repeatable",
     )
+    parser.add_argument(
+        "--million",
+        nargs="?",
+        type=int,
+        const=1_000_000,
+        default=0,
+        metavar="N",
+        help="scaleout: also claim/send/save among N stored sessions (default 1,000,000; "
+        "about 1.5 GB of disk per million and minutes to load; not run in CI)",
+    )
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    settings = Settings.make(quick=args.quick)
+    settings = Settings.make(quick=args.quick, million=args.million)
     with_langgraph = importlib.util.find_spec("langgraph") is not None
     table = Table(judge=not settings.quick)
     if not with_langgraph:

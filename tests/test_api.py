@@ -24,6 +24,7 @@ silent on type-only imports:
 from __future__ import annotations
 
 import ast
+import functools
 import graphlib
 import importlib
 import importlib.metadata
@@ -667,10 +668,16 @@ def _external_imports(files: list[Path], local: set[str]) -> Iterator[External]:
                 yield External(file, stmt.lineno, module, id(stmt) not in top_level, type_only)
 
 
+@functools.cache
+def _packages() -> dict[str, list[str]]:
+    """Top-level module -> distributions (one scan of the installed metadata, not per import)."""
+    return dict(importlib.metadata.packages_distributions())
+
+
 def _distributions(module: str) -> set[str]:
     """The installed distributions that provide ``module``."""
     top = module.partition(".")[0]
-    candidates = importlib.metadata.packages_distributions().get(top, [])
+    candidates = _packages().get(top, [])
     if len(candidates) <= 1:
         return {_normalise(c) for c in candidates}
     # A namespace package (opentelemetry): find the distribution that ships the module.

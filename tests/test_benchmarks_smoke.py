@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The quick run (every section, the scaleout one with a throwaway PostgreSQL and
+# worker processes) is one fixture, timed with the first test that uses it.
+pytestmark = pytest.mark.timeout(600)
+
 # Row labels (up to the sizes in parentheses) that quick mode must print.
 STAGEFLOW_ROWS = [
     "sequential stage node, per node",
@@ -65,6 +69,17 @@ STAGEFLOW_ROWS = [
     "SQLite: turns/s",
     "SQLite: process CPU per turn",
     "SQLite: send_input, median",
+    "stored snapshot bytes, turn",
+]
+# Printed when a PostgreSQL server can be used (else a note says why not).
+POSTGRES_ROWS = [
+    "PostgreSQL: turns/s, 1 worker process",
+    "PostgreSQL: turns/s, 2 worker processes",
+    "PostgreSQL: worker CPU per turn",
+    "PostgreSQL: database CPU per turn",
+    "PostgreSQL: WAL per turn (1 worker process",
+    "PostgreSQL: WAL per turn, 15 KB snapshot",
+    "coordination efficiency E(2)",
 ]
 LANGGRAPH_ROWS = [
     "LangGraph: sequential node, per node",
@@ -112,6 +127,8 @@ def test_quick_mode_prints_one_table_with_every_row(
     assert rows[0] == COLUMNS
     labels = [row[1] for row in rows[1:]]
     expected = list(STAGEFLOW_ROWS)
+    if "scaleout: PostgreSQL rows skipped" not in quick_run.stdout:
+        expected += POSTGRES_ROWS
     if importlib.util.find_spec("langgraph") is not None:
         expected += LANGGRAPH_ROWS
     else:

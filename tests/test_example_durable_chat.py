@@ -1,10 +1,9 @@
 """The durable chat example (examples/durable-chat): every request in a fresh process.
 
 The conversation is driven through ``run.py`` in real subprocesses, each one
-restoring the session from SQLite, sending one input, running it with
-``run(suspend=True)`` and saving it again; it must end exactly like one
-uninterrupted in-process run with the same inputs. The snapshot store is
-tested on its own too.
+storing its request with ``SessionService`` on the SQLite session store and
+letting an embedded ``Worker`` run the turn; it must end exactly like one
+uninterrupted in-process run with the same inputs.
 """
 
 from __future__ import annotations
@@ -17,15 +16,24 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import pytest
 from example_support import EXAMPLES, load_module
 
 import stageflow
+from stageflow.store import open_store
 
 EXAMPLE = EXAMPLES / "durable-chat"
 RUN = EXAMPLE / "run.py"
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Real clocks: the store talks to SQLite through threads (a virtual clock would jump)."""
+    return request.param
+
 
 ASK = "Hello! I am the stageflow bot. What is your name?"
 GREETING = "Nice to meet you, Ada! Ask me anything, or say bye to leave."
@@ -55,11 +63,6 @@ def stages() -> ModuleType:
     return load_module("durable_chat_stages", EXAMPLE / "stages.py")
 
 
-@pytest.fixture(scope="module")
-def store_module() -> ModuleType:
-    return load_module("durable_chat_store", EXAMPLE / "store.py")
-
-
 def pipeline(stages: ModuleType) -> stageflow.Pipeline:
     return stageflow.Pipeline.load(EXAMPLE / "pipeline.json", registry=stages.registry)
 
@@ -85,8 +88,19 @@ def reply(db: Path, *args: str) -> dict[str, Any]:
 
 
 def rows(db: Path) -> list[tuple[Any, ...]]:
+    """The store's session rows (without times)."""
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall()
+        return conn.execute(
+            "SELECT session_id, status, waiting_for, snapshot, version, inbox_head, inbox_done, "
+            "events_done FROM stageflow_sessions ORDER BY session_id"
+        ).fetchall()
+
+
+def stored(db: Path) -> list[tuple[Any, ...]]:
+    """Everything a request could have written: session rows and inbox rows."""
+    with sqlite3.connect(db) as conn:
+        inbox = conn.execute("SELECT * FROM stageflow_inbox ORDER BY session_id, seq").fetchall()
+    return [*rows(db), *inbox]
 
 
 # ------------------------------------------------------------ across processes
@@ -164,7 +178,7 @@ def test_the_last_request_completes_with_the_result_and_artifacts(
     assert conversation.waiting_at_end == {"waiting": []}
     [row] = rows(conversation.db)
     assert row[0] == conversation.session_id
-    assert row[2:4] == ("completed", "[]")
+    assert row[1:3] == ("completed", "[]")
 
 
 async def test_the_processes_end_like_one_uninterrupted_run(
@@ -184,12 +198,13 @@ async def test_the_processes_end_like_one_uninterrupted_run(
     assert spoken == said
 
 
-def test_the_stored_final_snapshot_restores_the_finished_session(
-    conversation: Conversation, stages: ModuleType, store_module: ModuleType
+async def test_the_stored_final_snapshot_restores_the_finished_session(
+    conversation: Conversation, stages: ModuleType
 ) -> None:
-    with store_module.SnapshotStore(conversation.db) as store:
-        snapshot = store.load(conversation.session_id)
-        events = store.events(conversation.session_id)
+    store = open_store(f"sqlite:///{conversation.db}")
+    snapshot = await store.load(conversation.session_id)
+    events = await store.events(conversation.session_id)
+    await store.aclose()
     session = stageflow.Session.from_dict(snapshot, registry=stages.registry)
     assert session.session_id == conversation.session_id
     assert session.status is stageflow.SessionStatus.COMPLETED
@@ -216,7 +231,7 @@ def test_an_unknown_session_is_a_bad_request(tmp_path: Path) -> None:
     proc = request(db, "send", "nope", "user_name", '{"name": "Ada"}', status=2)
     assert proc.stdout == ""
     assert proc.stderr == (
-        f"run.py: no session 'nope' in {db}; start one first, or check the id "
+        "run.py: no session 'nope' in the store; start one first, or check the id "
         "(it is printed by the request that started the session)\n"
     )
 
@@ -239,12 +254,12 @@ def test_a_bad_input_is_refused_and_changes_nothing(
     started: tuple[Path, str], type: str, payload: str, error: str
 ) -> None:
     db, session_id = started
-    before = rows(db)
+    before = stored(db)
     proc = request(db, "send", session_id, type, payload, status=2)
     assert proc.stdout == ""
     assert proc.stderr.startswith("run.py: ")
     assert error in proc.stderr
-    assert rows(db) == before
+    assert stored(db) == before
     # The session still takes the right input afterwards.
     assert reply(db, "send", session_id, "user_name", '{"name": "Ada"}')["said"] == [GREETING]
 
@@ -272,105 +287,35 @@ def test_sessions_are_independent(tmp_path: Path) -> None:
     assert waiting == {first: ["user_name"], second: ["user_message"]}
 
 
-# -------------------------------------------------------------------- store
+# --------------------------------------------------------- keys and stores
 
 
-async def suspended(stages: ModuleType, *inputs: tuple[str, Any]) -> stageflow.Session:
-    """A chat session run with ``suspend=True`` after ``inputs`` were queued."""
-    session = stageflow.Session(pipeline(stages), registry=stages.registry)
-    for type, payload in inputs:
-        session.send_input(type, payload)
-    result = await session.run(suspend=True)
-    assert result.status is stageflow.SessionStatus.WAITING
-    return session
+def test_a_retried_request_with_its_key_is_stored_once(tmp_path: Path) -> None:
+    db = tmp_path / "chat.db"
+    first = reply(db, "--key", "s1", "start")
+    assert reply(db, "--key", "s1", "start")["session_id"] == first["session_id"]
+    sid = first["session_id"]
+    said = reply(db, "--key", "m1", "send", sid, "user_name", '{"name": "Ada"}')["said"]
+    assert said == [GREETING]
+    before = stored(db)
+    # The retry finds the input stored: the session waits for user_message now, so the
+    # advisory check refuses it; nothing is stored twice either way.
+    request(db, "--key", "m1", "send", sid, "user_name", '{"name": "Ada"}', status=2)
+    assert stored(db) == before
+    assert [w["session_id"] for w in reply(db, "waiting")["waiting"]] == [sid]
 
 
-async def test_store_round_trip_restores_a_session_that_goes_on(
-    tmp_path: Path, stages: ModuleType, store_module: ModuleType
-) -> None:
-    session = await suspended(stages, SCRIPT[0])
-    with store_module.SnapshotStore(tmp_path / "s.db") as store:
-        store.save(session)
-    # Another connection (as another process would open) reads it back.
-    with store_module.SnapshotStore(tmp_path / "s.db") as store:
-        loaded = store.load(session.session_id)
-    # taken_at is the time of each to_dict() call; everything else is the same.
-    again = session.to_dict(history="none")
-    assert loaded["taken_at"] <= again["taken_at"]
-    assert {**loaded, "taken_at": None} == json.loads(json.dumps({**again, "taken_at": None}))
-    restored = stageflow.Session.from_dict(loaded, registry=stages.registry)
-    for type, payload in SCRIPT[1:]:
-        restored.send_input(type, payload)
-    result = await restored.run()
-    assert result.status is stageflow.SessionStatus.COMPLETED
-    assert result.artifacts["transcript"] == TRANSCRIPT
-
-
-async def test_store_indexes_status_and_awaited_inputs(
-    tmp_path: Path, stages: ModuleType, store_module: ModuleType
-) -> None:
-    asking = await suspended(stages)
-    chatting = await suspended(stages, SCRIPT[0])
-    with store_module.SnapshotStore(tmp_path / "s.db") as store:
-        store.save(asking)
-        store.save(chatting)
-        assert store.info(asking.session_id).waiting_for == ("user_name",)
-        assert store.info(chatting.session_id).status == "waiting"
-        assert [s.session_id for s in store.waiting()] == [asking.session_id, chatting.session_id]
-        assert [s.session_id for s in store.waiting("user_message")] == [chatting.session_id]
-        assert store.waiting("something_else") == []
-        # Saving again replaces the row: finish the chat and save it.
-        for type, payload in SCRIPT[1:]:
-            chatting.send_input(type, payload)
-        assert (await chatting.run()).status is stageflow.SessionStatus.COMPLETED
-        store.save(chatting)
-        assert store.info(chatting.session_id).status == "completed"
-        assert store.info(chatting.session_id).waiting_for == ()
-        assert [s.session_id for s in store.waiting()] == [asking.session_id]
-        assert store.load(chatting.session_id)["status"] == "completed"
-    assert len(rows(tmp_path / "s.db")) == 2
-
-
-def test_store_unknown_id_is_a_clear_error(tmp_path: Path, store_module: ModuleType) -> None:
-    db = tmp_path / "s.db"
-    with store_module.SnapshotStore(db) as store:
-        with pytest.raises(store_module.SessionNotFoundError) as info:
-            store.load("missing")
-        assert isinstance(info.value, LookupError)
-        assert info.value.session_id == "missing"
-        assert str(info.value) == (
-            f"no session 'missing' in {db}; start one first, or check the id "
-            "(it is printed by the request that started the session)"
-        )
-        with pytest.raises(store_module.SessionNotFoundError, match="no session 'gone'"):
-            store.info("gone")
-
-
-async def test_store_transaction_rolls_back_and_locks_out_writers(
-    tmp_path: Path, stages: ModuleType, store_module: ModuleType
-) -> None:
-    db = tmp_path / "s.db"
-    session = await suspended(stages)
-    with store_module.SnapshotStore(db) as store:
-
-        def failing_request() -> None:
-            with store.transaction():
-                store.save(session)
-                raise RuntimeError("request failed")
-
-        with pytest.raises(RuntimeError, match="request failed"):
-            failing_request()
-        assert rows(db) == []
-        with store.transaction():
-            store.save(session)
-            # Another writer cannot get in while the request holds the lock.
-            other = sqlite3.connect(db, timeout=0)
-            try:
-                with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-                    other.execute("DELETE FROM sessions")
-            finally:
-                other.close()
-        assert [r[0] for r in rows(db)] == [session.session_id]
+def test_store_url_and_db_name_the_same_store(tmp_path: Path) -> None:
+    db = tmp_path / "chat.db"
+    sid = reply(db, "start")["session_id"]
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--store", f"sqlite:///{db}", "waiting"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [w["session_id"] for w in json.loads(proc.stdout)["waiting"]] == [sid]
 
 
 def test_pipeline_is_valid_and_uses_the_example_stages(stages: ModuleType) -> None:
@@ -383,33 +328,39 @@ def test_pipeline_is_valid_and_uses_the_example_stages(stages: ModuleType) -> No
 # ------------------------------------------------------- a long conversation
 
 
-@pytest.mark.trio_only
-@pytest.mark.timeout(600)  # about 15 s alone; more under coverage on a busy machine
+@pytest.mark.trio_only  # once is enough: it is long
+@pytest.mark.timeout(1800)  # 1-2 minutes alone; far more under coverage on a busy machine
 async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each message is one request (restore, send, run, save), as ``run.py send`` does.
+    """Each message is one request (store the input, a worker runs the turn and saves it).
 
-    In the same process, to keep it fast; the test counts, it does not time.
+    As ``run.py send`` does, through the same functions, with one service and
+    one worker in this process to keep it fast; the test counts, it does not time.
     """
-    # run.py imports its neighbours as "stages" and "store": not another example's.
+    # run.py imports its neighbour as "stages": not another example's.
     monkeypatch.delitem(sys.modules, "stages", raising=False)
-    monkeypatch.delitem(sys.modules, "store", raising=False)
     run = load_module("durable_chat_run", RUN)
     messages = 10_000
     sizes: dict[int, int] = {}
-    with run.SnapshotStore(tmp_path / "chat.db") as store:
-        session_id = (await run.start(store))["session_id"]
-        await run.send(store, session_id, "user_name", {"name": "Ada"})
+    service = run.open_service(f"sqlite:///{tmp_path / 'chat.db'}")
+    store = service.store
+    async with anyio.create_task_group() as tg:
+        worker = run.embedded_worker(service)
+        await tg.start(worker.run)
+        session_id = (await run.start(service))["session_id"]
+        await run.send(service, session_id, "user_name", {"name": "Ada"})
         for i in range(1, messages + 1):
             text = f"message {i:05d}"  # the same length throughout
-            reply = await run.send(store, session_id, "user_message", {"text": text})
+            reply = await run.send(service, session_id, "user_message", {"text": text})
             assert reply["said"] == [f"You said: {text}"]
             if i in (10, 1_000, 10_000):
-                sizes[i] = len(json.dumps(store.load(session_id)))
-        last = await run.send(store, session_id, "user_message", {"text": "bye"})
-        events = store.events(session_id)
-        snapshot = store.load(session_id)
+                sizes[i] = len(json.dumps(await store.load(session_id)))
+        last = await run.send(service, session_id, "user_message", {"text": "bye"})
+        worker.shutdown()
+    events = await store.events(session_id, limit=1_000_000)
+    snapshot = await store.load(session_id)
+    await store.aclose()
     assert last["status"] == "completed"
     assert last["artifacts"]["turns"] == messages + 1
     # Constant: only the digits of a few counters (turns, steps, visits, seq) grow.
@@ -417,3 +368,4 @@ async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(
     assert snapshot["history"] == []
     assert [e["seq"] for e in events] == list(range(1, snapshot["history_seq"]))
     assert sum(e["type"] == "bot_said" for e in events) == messages + 3
+    assert worker.statistics().saved == messages + 3  # one saved turn per request

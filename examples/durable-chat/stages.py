@@ -9,7 +9,7 @@ reply to a request.
 
 The transcript keeps the last ``KEEP`` lines only: the context, and so the
 snapshot, stays the same size however long the conversation runs (the whole
-conversation is in the events the store appends, see ``store.py``).
+conversation is in the events table of the session store).
 
 Each stage that talks does so *after* its only wait (or has no wait at all),
 and ``Listen`` does nothing before its wait. A stage in flight when a session

@@ -1,19 +1,35 @@
-"""The one place where a turn's history moves from the snapshot to the events table.
+"""The one place where a turn's history leaves the snapshot for the events table.
 
-Today (snapshot format v1) the snapshot carries the whole history, so the
-events of a turn are the snapshot's history entries past ``events_done``.
-Once the engine can write the history to a sink instead (snapshot format v2,
-history out of the snapshot), only :func:`turn_events` changes: it takes the
-sink's events of the turn, and the snapshot stops carrying them.
+Stored snapshots are format v2 with the history out (``to_dict(history="none")``):
+the snapshot row holds ``history_seq`` and no events, and each turn's new
+events (``events_done < seq < history_seq``) go to the events table in the
+same fenced transaction that saves the snapshot. So a turn writes O(context),
+not O(history), whatever the session's age. A reader that wants the whole
+history back (``load(..., history=True)``) gets it reassembled from the
+events table by :func:`with_history`.
+
+Snapshots stored by an older stageflow (v1, history inside) still load: the
+first turn after them keeps only the events it records, and
+:func:`with_history` merges the events a v1 snapshot still holds with those
+the table holds past them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["SnapshotInfo", "dumps", "snapshot_info", "turn_events"]
+from stageflow._session import Session
+
+__all__ = [
+    "SnapshotInfo",
+    "dumps",
+    "snapshot_info",
+    "split_history",
+    "turn_snapshot",
+    "with_history",
+]
 
 
 def dumps(value: Any) -> str:
@@ -44,10 +60,44 @@ def snapshot_info(snapshot: Mapping[str, Any]) -> SnapshotInfo:
     )
 
 
-def turn_events(
-    snapshot: Mapping[str, Any], events_done: int
-) -> tuple[list[Mapping[str, Any]], int]:
-    """The history events a turn adds (``seq > events_done``) and the new ``events_done``."""
-    new = [e for e in snapshot.get("history", ()) if int(e["seq"]) > events_done]
-    last = max((int(e["seq"]) for e in new), default=events_done)
-    return new, last
+def turn_snapshot(
+    session: Session, events_done: int, *, keep_history: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The snapshot to store after a turn and the events the turn adds.
+
+    The events are those the session holds with ``events_done < seq <
+    history_seq``: each ``seq`` leaves once, in the save that commits it.
+    ``keep_history`` (a store without an events table) keeps every event
+    the session holds in the snapshot as well.
+    """
+    snapshot = session.to_dict(history="all" if keep_history else "none")
+    end = int(snapshot["history_seq"])
+    events = [e.to_dict() for e in session.history if events_done < e.seq < end]
+    return snapshot, events
+
+
+def split_history(
+    snapshot: Mapping[str, Any], events_done: int = 0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A snapshot with its history taken out, and the events past ``events_done`` it held.
+
+    For snapshots a caller made with their history inside (``create`` of a
+    session that already recorded events, a v1 snapshot).
+    """
+    held = list(snapshot.get("history") or ())
+    out = dict(snapshot)
+    if held:
+        out["history"] = []
+        out.setdefault("history_seq", max(int(e["seq"]) for e in held) + 1)
+    return out, [dict(e) for e in held if int(e["seq"]) > events_done]
+
+
+def with_history(
+    snapshot: Mapping[str, Any], stored: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``snapshot`` with its history reassembled: the events it holds, then those stored after."""
+    held = list(snapshot.get("history") or ())
+    last = max((int(e["seq"]) for e in held), default=0)
+    out = dict(snapshot)
+    out["history"] = [*held, *(dict(e) for e in stored if int(e["seq"]) > last)]
+    return out

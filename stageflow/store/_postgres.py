@@ -5,12 +5,18 @@ worker threads run under trio and asyncio alike (about 0.2 ms per hop). The
 tables live in their own schema (default ``stageflow``), reached through the
 connections' ``search_path``.
 
-Wake-ups: after a write commits, the store sends one ``pg_notify`` on the
-schema's channel (never inside the write transaction). :meth:`wait_for_work`
-listens on a dedicated connection driven by ``anyio.wait_readable``; when that
-connection breaks it is reopened with backoff (0.1 s doubling to 10 s), and the
-first wait after a reconnect returns at once, since notifications may have
-been missed. Correctness never depends on a notification: workers also poll.
+Wake-ups: after a write commits, the store hands the session id to its
+notifier, a thread with its own autocommit connection that sends what
+accumulated as one ``SELECT pg_notify(...)`` per channel (never inside the
+write transaction): many inputs arriving together cost one NOTIFY, not one
+each. Two channels: ``<schema>.wake`` (work for workers: a new session, an
+input, a save that left the session runnable) and ``<schema>.done`` (a saved
+or released session, for :meth:`wait_for_save`, so ``SessionService.wait``
+and ``follow`` need not poll). Each is listened to on a dedicated connection
+driven by ``anyio.wait_readable``; when one breaks it is reopened with backoff
+(0.1 s doubling to 10 s), and the first wait after a reconnect returns at
+once, since notifications may have been missed. Correctness never depends on
+a notification: workers and waiters also poll, only more slowly.
 
 Needs the ``postgres`` extra: ``pip install 'stageflow[postgres]'``.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import threading
 import time
@@ -37,7 +44,7 @@ from stageflow.store._errors import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from stageflow.store._history import dumps, snapshot_info
+from stageflow.store._history import dumps, with_history
 from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
@@ -47,7 +54,19 @@ from stageflow.store._records import (
     StoredInput,
     StoredSession,
 )
-from stageflow.store._sqlite import SCHEMA_VERSION, Wakeup
+from stageflow.store._shared import (
+    FINISHED_SQL,
+    ROW,
+    SCHEMA_VERSION,
+    EventBatch,
+    SaveNotices,
+    Wakeup,
+    backoff,
+    new_session,
+    save_of,
+    stored_session,
+    unbatch,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -55,7 +74,6 @@ T = TypeVar("T")
 logger = structlog.get_logger("stageflow.store")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-_FINISHED_SQL = "('completed','failed','cancelled','timed_out','poisoned')"
 
 _TABLES = f"""
 CREATE TABLE IF NOT EXISTS stageflow_sessions (
@@ -76,15 +94,17 @@ CREATE TABLE IF NOT EXISTS stageflow_sessions (
     attempts     int    NOT NULL DEFAULT 0,
     last_error   text,
     version      bigint NOT NULL DEFAULT 0,
-    start_key    text UNIQUE,
+    start_key    text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+) WITH (fillfactor = 80, toast_tuple_target = 128, autovacuum_vacuum_scale_factor = 0.02,
         autovacuum_analyze_scale_factor = 0.02);
+CREATE UNIQUE INDEX IF NOT EXISTS stageflow_sessions_start_key ON stageflow_sessions (start_key)
+    WHERE start_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS stageflow_sessions_due ON stageflow_sessions (queue, runnable_at)
     WHERE runnable_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS stageflow_sessions_finished ON stageflow_sessions (updated_at)
-    WHERE status IN {_FINISHED_SQL};
+    WHERE status IN {FINISHED_SQL};
 CREATE TABLE IF NOT EXISTS stageflow_inbox (
     session_id      text   NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
     seq             bigint NOT NULL,
@@ -98,10 +118,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS stageflow_inbox_key ON stageflow_inbox
     (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS stageflow_events (
     session_id text   NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
+    last_seq   bigint NOT NULL,
     seq        bigint NOT NULL,
-    type       text   NOT NULL,
-    event      jsonb  NOT NULL,
-    PRIMARY KEY (session_id, seq)
+    events     text   NOT NULL,
+    PRIMARY KEY (session_id, last_seq)
 );
 CREATE TABLE IF NOT EXISTS stageflow_schema (version int NOT NULL);
 """
@@ -110,15 +130,33 @@ CREATE TABLE IF NOT EXISTS stageflow_schema (version int NOT NULL);
 _COMPRESSION = """
 DO $$ BEGIN
     ALTER TABLE stageflow_sessions ALTER COLUMN snapshot SET COMPRESSION lz4;
+    ALTER TABLE stageflow_events ALTER COLUMN events SET COMPRESSION lz4;
 EXCEPTION WHEN OTHERS THEN NULL;
 END $$;
 """
 
-_ROW = (
-    "session_id, queue, status, pipeline, waiting_for, wake_at, runnable_at, version, "
-    "inbox_head, inbox_done, events_done, attempts, lease_owner, last_error, created_at, "
-    "updated_at"
-)
+# From version 1 (less WAL per turn): a large snapshot out of line
+# (toast_tuple_target), so the claim's and the inputs' updates of the row copy
+# a TOAST pointer, not the snapshot; start_key indexed only where set; one
+# events row per save (a JSON array) instead of one per event.
+_UPGRADE_1 = """
+ALTER TABLE stageflow_sessions SET (toast_tuple_target = 128);
+ALTER TABLE stageflow_sessions DROP CONSTRAINT IF EXISTS stageflow_sessions_start_key_key;
+CREATE UNIQUE INDEX IF NOT EXISTS stageflow_sessions_start_key ON stageflow_sessions (start_key)
+    WHERE start_key IS NOT NULL;
+ALTER TABLE stageflow_events RENAME TO stageflow_events_v1;
+ALTER INDEX stageflow_events_pkey RENAME TO stageflow_events_v1_pkey;
+CREATE TABLE stageflow_events (
+    session_id text   NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
+    last_seq   bigint NOT NULL,
+    seq        bigint NOT NULL,
+    events     text   NOT NULL,
+    PRIMARY KEY (session_id, last_seq)
+);
+INSERT INTO stageflow_events SELECT session_id, seq, seq, '[' || event::text || ']'
+    FROM stageflow_events_v1;
+DROP TABLE stageflow_events_v1;
+"""
 
 
 def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
@@ -126,24 +164,87 @@ def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
 
 
 def _stored(row: Sequence[Any]) -> StoredSession:
-    return StoredSession(
-        session_id=row[0],
-        queue=row[1],
-        status=row[2],
-        pipeline=row[3],
-        waiting_for=tuple(sorted(row[4])),
-        wake_at=_utc(row[5]),
-        runnable_at=_utc(row[6]),
-        version=row[7],
-        inbox_head=row[8],
-        inbox_done=row[9],
-        events_done=row[10],
-        attempts=row[11],
-        lease_owner=row[12],
-        error=row[13],
-        created_at=row[14].astimezone(datetime.UTC),
-        updated_at=row[15].astimezone(datetime.UTC),
-    )
+    return stored_session(row, _utc, list)
+
+
+def _queue_filter(queues: Sequence[str]) -> tuple[str, Any]:
+    """The claim's queue condition and its parameter.
+
+    ``=`` for one queue: an ordered scan of the due index that stops after
+    ``limit`` rows. ``= ANY`` for several, which sorts all their due rows.
+    """
+    if len(queues) == 1:
+        return "queue = %s", queues[0]
+    return "queue = ANY(%s)", list(queues)
+
+
+class _Notifier:
+    """Sends this process's notifications after commit, coalesced, from its own thread.
+
+    Ids handed over while a ``pg_notify`` is in flight go out together in the
+    next one (one statement for both channels), so a burst of writes costs a
+    few NOTIFYs, not one per row. A payload over 7 KB becomes ``"*"`` (the
+    limit is 8 KB). A failed send is logged and dropped: notifications are
+    hints, and the receivers also poll.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._cond = threading.Condition()
+        self._pending: dict[str, set[str]] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.sent = 0
+
+    def add(self, channel: str, session_ids: Collection[str]) -> None:
+        """Send ``session_ids`` on ``channel`` soon."""
+        with self._cond:
+            if self._closed:
+                return
+            self._pending.setdefault(channel, set()).update(session_ids)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="stageflow-notify", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                batch, self._pending = self._pending, {}
+                closed = self._closed
+            if batch:
+                args: list[str] = []
+                for channel, ids in batch.items():
+                    payload = ",".join(sorted(ids))
+                    args += [channel, "*" if len(payload.encode()) > 7000 else payload]
+                calls = ", ".join(["pg_notify(%s, %s)"] * (len(args) // 2))
+                try:
+                    conn = conn or self._connect()
+                    conn.execute(f"SELECT {calls}", args)
+                    self.sent += 1
+                except (psycopg.Error, StoreUnavailableError) as exc:
+                    logger.warning("store.notify_failed", error=str(exc))
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+            if closed:
+                if conn is not None:
+                    conn.close()
+                return
+
+    def close(self) -> None:
+        """Send what is pending, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
 
 
 class PostgresStore:
@@ -181,6 +282,7 @@ class PostgresStore:
         self._events = events
         self._connect_timeout = connect_timeout
         self._channel = f"{schema}.wake"
+        self._done_channel = f"{schema}.done"
         self._options = (
             f"-c search_path={schema} -c statement_timeout=30000 "
             "-c idle_in_transaction_session_timeout=60000"
@@ -195,6 +297,13 @@ class PostgresStore:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._reconnects = 0
+        self._notifier = _Notifier(self._open_connection)
+        self._saves = SaveNotices()
+        self._clock_offset = (datetime.timedelta(0), -math.inf)  # (db - local, when measured)
+        self._done: psycopg.Connection[Any] | None = None
+        self._done_reading = False
+        self._done_backoff = 0.0
+        self._done_retry_at = 0.0
 
     # ------------------------------------------------------------ plumbing
 
@@ -245,17 +354,18 @@ class PostgresStore:
             await self.migrate()
         return await anyio.to_thread.run_sync(self._with_conn, fn, limiter=self._limiter)
 
-    def _send_notify(self, conn: psycopg.Connection[Any], session_ids: Collection[str]) -> None:
+    def _send_notify(self, session_ids: Collection[str], *, done: bool = False) -> None:
         """Wake listeners, after the write committed (never inside its transaction)."""
-        if not self._notify:
-            return
-        payload = ",".join(session_ids)
-        if len(payload.encode()) > 7000:
-            payload = "*"
-        conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+        if self._notify:
+            self._notifier.add(self._done_channel if done else self._channel, session_ids)
+
+    @property
+    def events_table(self) -> bool:
+        """Whether turns' events go to ``stageflow_events`` (else they stay in the snapshot)."""
+        return self._events
 
     async def migrate(self) -> None:
-        """Create the schema and tables (version 1), or check that they are not newer."""
+        """Create or upgrade the schema and tables (version 2), or check they are not newer."""
 
         def run(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -266,11 +376,15 @@ class PostgresStore:
                 conn.execute(_TABLES)
                 row = conn.execute("SELECT max(version) FROM stageflow_schema").fetchone()
                 found = row[0] if row else None
-                if found is None:
-                    conn.execute(_COMPRESSION)
-                    conn.execute("INSERT INTO stageflow_schema VALUES (%s)", (SCHEMA_VERSION,))
-                elif found > SCHEMA_VERSION:
+                if found is not None and found > SCHEMA_VERSION:
                     raise StoreSchemaError(self._where(), found, SCHEMA_VERSION)
+                if found == SCHEMA_VERSION:
+                    return
+                if found == 1:
+                    conn.execute(_UPGRADE_1)
+                conn.execute(_COMPRESSION)
+                conn.execute("DELETE FROM stageflow_schema")
+                conn.execute("INSERT INTO stageflow_schema VALUES (%s)", (SCHEMA_VERSION,))
 
         await anyio.to_thread.run_sync(self._with_conn, run, limiter=self._limiter)
         self._ready = True
@@ -285,23 +399,27 @@ class PostgresStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
-        info = snapshot_info(snapshot)
-        text = dumps(snapshot)
+        new = new_session(snapshot, events_table=self._events)
 
         def run(conn: psycopg.Connection[Any]) -> Created:
-            row = conn.execute(
-                "INSERT INTO stageflow_sessions (session_id, queue, status, snapshot, pipeline, "
-                "digest, runnable_at, start_key) VALUES (%s, %s, 'pending', %s, %s, %s, now(), %s) "
-                "ON CONFLICT DO NOTHING RETURNING session_id",
-                (info.session_id, queue, text, info.pipeline, info.digest, idempotency_key),
-            ).fetchone()
+            with conn.transaction():
+                row = conn.execute(
+                    "INSERT INTO stageflow_sessions (session_id, queue, status, snapshot, "
+                    "pipeline, digest, runnable_at, start_key, events_done) "
+                    "VALUES (%s, %s, 'pending', %s, %s, %s, now(), %s, %s) "
+                    "ON CONFLICT DO NOTHING RETURNING session_id",
+                    (new.session_id, queue, new.text, new.pipeline, new.digest, idempotency_key,
+                     new.events_done),
+                ).fetchone()  # fmt: skip
+                if row is not None and new.events is not None:
+                    self._insert_events(conn, new.session_id, new.events)
             if row is not None:
-                self._send_notify(conn, [info.session_id])
-                return Created(info.session_id, duplicate=False)
+                self._send_notify([new.session_id])
+                return Created(new.session_id, duplicate=False)
             found = conn.execute(
                 "SELECT session_id FROM stageflow_sessions WHERE start_key = %s "
                 "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = %s",
-                (idempotency_key, info.session_id),
+                (idempotency_key, new.session_id),
             ).fetchone()
             assert found is not None
             return Created(found[0], duplicate=True)
@@ -319,14 +437,16 @@ class PostgresStore:
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             with conn.transaction():
-                row = conn.execute(
-                    "SELECT status, inbox_head FROM stageflow_sessions WHERE session_id = %s "
-                    "FOR UPDATE",
-                    (session_id,),
-                ).fetchone()
-                if row is None:
-                    raise SessionNotFoundError(session_id)
-                if idempotency_key is not None:
+                if idempotency_key is None:
+                    seq = self._append(conn, session_id, type, text)
+                else:
+                    row = conn.execute(
+                        "SELECT status, inbox_head FROM stageflow_sessions "
+                        "WHERE session_id = %s FOR UPDATE",
+                        (session_id,),
+                    ).fetchone()
+                    if row is None:
+                        raise SessionNotFoundError(session_id)
                     seen = conn.execute(
                         "SELECT seq FROM stageflow_inbox WHERE session_id = %s "
                         "AND idempotency_key = %s",
@@ -334,27 +454,55 @@ class PostgresStore:
                     ).fetchone()
                     if seen is not None:
                         return InputRecord(session_id, seen[0], duplicate=True)
-                if row[0] in FINISHED_STATUSES:
-                    raise SessionFinishedError(session_id, row[0], type)
-                seq = row[1] + 1
-                conn.execute(
-                    "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
-                    "idempotency_key) VALUES (%s, %s, %s, %s::jsonb, %s)",
-                    (session_id, seq, type, text, idempotency_key),
-                )
-                conn.execute(
-                    "UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, runnable_at = "
-                    "CASE WHEN lease_owner IS NULL THEN now() ELSE runnable_at END "
-                    "WHERE session_id = %s",
-                    (session_id,),
-                )
-            self._send_notify(conn, [session_id])
+                    if row[0] in FINISHED_STATUSES:
+                        raise SessionFinishedError(session_id, row[0], type)
+                    seq = row[1] + 1
+                    conn.execute(
+                        "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
+                        "idempotency_key) VALUES (%s, %s, %s, %s::jsonb, %s)",
+                        (session_id, seq, type, text, idempotency_key),
+                    )
+                    conn.execute(
+                        "UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, "
+                        "runnable_at = CASE WHEN lease_owner IS NULL THEN now() "
+                        "ELSE runnable_at END WHERE session_id = %s",
+                        (session_id,),
+                    )
+            self._send_notify([session_id])  # committed: the notifier may send it now
             return InputRecord(session_id, seq, duplicate=False)
 
         record = await self._run(run)
         if not record.duplicate:
             self._work.set()
         return record
+
+    @staticmethod
+    def _append(conn: psycopg.Connection[Any], session_id: str, type: str, text: str) -> int:
+        """An input without a key: the UPDATE takes the row lock and the seq at once.
+
+        One statement fewer than the keyed path, and no row-lock record in the
+        WAL: a concurrent send waits for the lock and re-reads ``inbox_head``.
+        """
+        row = conn.execute(
+            "UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, runnable_at = "
+            "CASE WHEN lease_owner IS NULL THEN now() ELSE runnable_at END "
+            f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} RETURNING inbox_head",
+            (session_id,),
+        ).fetchone()
+        if row is None:
+            found = conn.execute(
+                "SELECT status FROM stageflow_sessions WHERE session_id = %s", (session_id,)
+            ).fetchone()
+            if found is None:
+                raise SessionNotFoundError(session_id)
+            raise SessionFinishedError(session_id, found[0], type)
+        seq: int = row[0]
+        conn.execute(
+            "INSERT INTO stageflow_inbox (session_id, seq, type, payload) "
+            "VALUES (%s, %s, %s, %s::jsonb)",
+            (session_id, seq, type, text),
+        )
+        return seq
 
     async def request_cancel(
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
@@ -373,11 +521,13 @@ class PostgresStore:
         if limit <= 0:
             return []
 
+        which, named = _queue_filter(queues)
+
         def run(conn: psycopg.Connection[Any]) -> list[Lease]:
             with conn.transaction():
                 rows = conn.execute(
                     "WITH due AS (SELECT session_id FROM stageflow_sessions "
-                    "WHERE queue = ANY(%s) AND runnable_at <= now() ORDER BY runnable_at "
+                    f"WHERE {which} AND runnable_at <= now() ORDER BY runnable_at "
                     "LIMIT %s FOR UPDATE SKIP LOCKED) "
                     "UPDATE stageflow_sessions s SET lease_owner = %s, "
                     "lease_token = s.lease_token + 1, attempts = s.attempts + 1, "
@@ -385,7 +535,7 @@ class PostgresStore:
                     "FROM due WHERE s.session_id = due.session_id RETURNING s.session_id, "
                     "s.lease_token, s.snapshot, s.digest, s.inbox_done, s.inbox_head, "
                     "s.events_done, s.attempts, now()",
-                    (list(queues), limit, worker_id, lease),
+                    (named, limit, worker_id, lease),
                 ).fetchall()
                 if not rows:
                     return []
@@ -449,10 +599,7 @@ class PostgresStore:
         that waited for ``send_input``'s row lock re-evaluates it, so an input
         sent during the turn leaves the session runnable.
         """
-        info = snapshot_info(snapshot)
-        text = dumps(snapshot)
-        finished = info.status in FINISHED_STATUSES
-        last_seq = max((int(e["seq"]) for e in events), default=lease.events_done)
+        save = save_of(lease, snapshot, waiting_for, events, events_table=self._events)
 
         def run(conn: psycopg.Connection[Any]) -> bool:
             with conn.transaction():
@@ -463,29 +610,35 @@ class PostgresStore:
                     "updated_at = now(), digest = %s, runnable_at = CASE WHEN %s THEN NULL "
                     "WHEN inbox_head > %s THEN now() ELSE %s END "
                     "WHERE session_id = %s AND lease_token = %s AND lease_owner IS NOT NULL "
-                    "RETURNING session_id",
-                    (text, info.status, sorted(waiting_for), wake_at, lease.inbox_head,
-                     last_seq, info.digest, finished, lease.inbox_head, wake_at,
+                    "RETURNING runnable_at <= now()",
+                    (save.text, save.status, save.waiting_for, wake_at, lease.inbox_head,
+                     save.events_done, save.digest, save.finished, lease.inbox_head, wake_at,
                      lease.session_id, lease.token),
                 ).fetchone()  # fmt: skip
                 if row is None:
                     return False
-                if self._events and events:
-                    conn.execute(
-                        "INSERT INTO stageflow_events (session_id, seq, type, event) "
-                        "SELECT %s, u.seq, u.type, u.event::jsonb FROM "
-                        "unnest(%s::bigint[], %s::text[], %s::text[]) AS u(seq, type, event) "
-                        "ON CONFLICT DO NOTHING",
-                        (lease.session_id, [int(e["seq"]) for e in events],
-                         [str(e["type"]) for e in events], [dumps(e) for e in events]),
-                    )  # fmt: skip
-            self._send_notify(conn, [lease.session_id])
+                if save.events is not None:
+                    self._insert_events(conn, lease.session_id, save.events)
+            if row[0]:  # an input arrived during the turn: runnable again now
+                self._send_notify([lease.session_id])
+            self._send_notify([lease.session_id], done=True)
             return True
 
         saved = await self._run(run)
         if saved:
             self._work.set()
+            self._saves.notice([lease.session_id])
         return saved
+
+    @staticmethod
+    def _insert_events(conn: psycopg.Connection[Any], session_id: str, batch: EventBatch) -> None:
+        # A plain INSERT: the fence makes each seq unique (ON CONFLICT would add a
+        # speculative-insertion record to the WAL for nothing).
+        conn.execute(
+            "INSERT INTO stageflow_events (session_id, last_seq, seq, events) "
+            "VALUES (%s, %s, %s, %s)",
+            (session_id, batch.last, batch.first, batch.text),
+        )
 
     async def release(self, lease: Lease, *, error: str, max_attempts: int) -> None:
         """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``."""
@@ -498,12 +651,14 @@ class PostgresStore:
                 "runnable_at = CASE WHEN %s THEN NULL "
                 "ELSE now() + make_interval(secs => %s::float8) END "
                 "WHERE session_id = %s AND lease_token = %s AND lease_owner IS NOT NULL",
-                (error, poisoned, poisoned, min(2.0**lease.attempts, 60.0), lease.session_id,
+                (error, poisoned, poisoned, backoff(lease.attempts), lease.session_id,
                  lease.token),
             )  # fmt: skip
+            self._send_notify([lease.session_id], done=True)
 
         await self._run(run)
         self._work.set()
+        self._saves.notice([lease.session_id])
 
     # ------------------------------------------------------------ reading
 
@@ -512,7 +667,7 @@ class PostgresStore:
 
         def run(conn: psycopg.Connection[Any]) -> StoredSession:
             row = conn.execute(
-                f"SELECT {_ROW} FROM stageflow_sessions WHERE session_id = %s", (session_id,)
+                f"SELECT {ROW} FROM stageflow_sessions WHERE session_id = %s", (session_id,)
             ).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
@@ -520,8 +675,8 @@ class PostgresStore:
 
         return await self._run(run)
 
-    async def load(self, session_id: str) -> dict[str, Any]:
-        """The session's snapshot (see :class:`SessionStore`)."""
+    async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
+        """The session's snapshot; ``history=True`` puts its committed history back in."""
 
         def run(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             row = conn.execute(
@@ -530,6 +685,12 @@ class PostgresStore:
             if row is None:
                 raise SessionNotFoundError(session_id)
             snapshot: dict[str, Any] = json.loads(row[0])
+            if history and self._events:
+                rows = conn.execute(
+                    "SELECT events FROM stageflow_events WHERE session_id = %s ORDER BY last_seq",
+                    (session_id,),
+                )
+                snapshot = with_history(snapshot, unbatch((r[0] for r in rows), 0, 2**62))
             return snapshot
 
         return await self._run(run)
@@ -540,14 +701,12 @@ class PostgresStore:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
 
         def run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-            return [
-                r[0]
-                for r in conn.execute(
-                    "SELECT event FROM stageflow_events WHERE session_id = %s AND seq > %s "
-                    "ORDER BY seq LIMIT %s",
-                    (session_id, after, limit),
-                )
-            ]
+            rows = conn.execute(
+                "SELECT events FROM stageflow_events WHERE session_id = %s AND last_seq > %s "
+                "ORDER BY last_seq LIMIT %s",
+                (session_id, after, limit),
+            )
+            return unbatch((r[0] for r in rows), after, limit)
 
         return await self._run(run)
 
@@ -575,7 +734,7 @@ class PostgresStore:
         if due:
             where.append("runnable_at <= now()")
         query = (
-            f"SELECT {_ROW} FROM stageflow_sessions WHERE {' AND '.join(where)} "
+            f"SELECT {ROW} FROM stageflow_sessions WHERE {' AND '.join(where)} "
             "ORDER BY created_at, session_id LIMIT %s"
         )
 
@@ -584,19 +743,31 @@ class PostgresStore:
 
         return await self._run(run)
 
-    async def next_due(self) -> datetime.datetime | None:
-        """The earliest ``runnable_at`` in the future, if any."""
+    async def next_due(self, *, queues: Sequence[str] = ("default",)) -> datetime.datetime | None:
+        """The earliest ``runnable_at`` in the future in ``queues``, if any.
+
+        It also reads the database's clock, so the :meth:`now` that usually
+        follows needs no query of its own.
+        """
+        which, named = _queue_filter(queues)
 
         def run(conn: psycopg.Connection[Any]) -> datetime.datetime | None:
             row = conn.execute(
-                "SELECT min(runnable_at) FROM stageflow_sessions WHERE runnable_at > now()"
+                f"SELECT (SELECT runnable_at FROM stageflow_sessions WHERE {which} "
+                "AND runnable_at > now() ORDER BY runnable_at LIMIT 1), now()",
+                (named,),
             ).fetchone()
-            return _utc(row[0]) if row else None
+            assert row is not None
+            self._clock_offset = (row[1] - datetime.datetime.now(datetime.UTC), time.monotonic())
+            return _utc(row[0])
 
         return await self._run(run)
 
     async def now(self) -> datetime.datetime:
-        """The database's clock."""
+        """The database's clock (read at most a second ago, plus the local time since)."""
+        offset, measured = self._clock_offset
+        if time.monotonic() - measured < 1.0:
+            return datetime.datetime.now(datetime.UTC) + offset
 
         def run(conn: psycopg.Connection[Any]) -> datetime.datetime:
             row = conn.execute("SELECT now()").fetchone()
@@ -614,7 +785,7 @@ class PostgresStore:
         def run(conn: psycopg.Connection[Any]) -> int:
             gone = conn.execute(
                 "DELETE FROM stageflow_sessions WHERE session_id IN (SELECT session_id FROM "
-                f"stageflow_sessions WHERE status IN {_FINISHED_SQL} AND updated_at < %s "
+                f"stageflow_sessions WHERE status IN {FINISHED_SQL} AND updated_at < %s "
                 "LIMIT 10000)",
                 (finished_before,),
             ).rowcount
@@ -635,21 +806,21 @@ class PostgresStore:
         """How many times the LISTEN connection was (re)opened."""
         return self._reconnects
 
-    def _start_listening(self) -> psycopg.Connection[Any]:
+    def _start_listening(self, channel: str | None = None) -> psycopg.Connection[Any]:
         conn = self._open_connection()
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel or self._channel)))
         return conn
 
-    def _drain(self, conn: psycopg.Connection[Any]) -> int:
-        """Read the notifications that arrived (non-blocking); raise if the connection broke."""
+    def _drain(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """Read the notifications' payloads (non-blocking); raise if the connection broke."""
         pgconn = conn.pgconn
         pgconn.consume_input()
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             raise psycopg.OperationalError("the LISTEN connection is closed")
-        count = 0
-        while pgconn.notifies() is not None:
-            count += 1
-        return count
+        payloads = []
+        while (notice := pgconn.notifies()) is not None:
+            payloads.append(notice.extra.decode())
+        return payloads
 
     def _drop_listener(self, exc: BaseException) -> None:
         conn, self._listen = self._listen, None
@@ -712,13 +883,78 @@ class PostgresStore:
                 self._work.set()
                 return
 
+    @property
+    def save_notices(self) -> bool:
+        """Whether saves made by other processes are noticed without polling (NOTIFY on)."""
+        return self._notify
+
+    def save_mark(self) -> int:
+        """A mark for :meth:`wait_for_save`; take it before reading the session."""
+        return self._saves.mark()
+
+    async def wait_for_save(self, session_id: str, mark: int, timeout: float) -> None:
+        """Return once a save (or release) of the session after ``mark`` was noticed.
+
+        Or after ``timeout`` seconds. One waiter at a time reads the
+        ``<schema>.done`` connection and hands each notice to all of them.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while not self._saves.seen(session_id, mark):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self._notify or self._done_reading:
+                await self._saves.next(left)
+                continue
+            self._done_reading = True
+            try:
+                await self._read_done(left)
+            finally:
+                self._done_reading = False
+                self._saves.wake_all()  # another waiter takes over the reading
+
+    async def _read_done(self, timeout: float) -> None:
+        if self._done is None:
+            if time.monotonic() < self._done_retry_at:
+                await self._saves.next(min(timeout, self._done_retry_at - time.monotonic()))
+                return
+            try:
+                self._done = await anyio.to_thread.run_sync(
+                    self._start_listening, self._done_channel, limiter=self._limiter
+                )
+            except StoreUnavailableError as exc:
+                self._done_backoff = min(max(self._done_backoff * 2, 0.1), 10.0)
+                self._done_retry_at = time.monotonic() + self._done_backoff
+                logger.warning("store.done_listener_lost", error=str(exc))
+                return
+            self._done_backoff = 0.0
+            self._saves.notice(["*"])  # saves may have been missed before the LISTEN
+            return
+        conn = self._done
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(conn.fileno())
+            try:
+                payloads = self._drain(conn)
+            except (psycopg.Error, OSError, ValueError) as exc:
+                self._done = None
+                conn.close()
+                logger.warning("store.done_listener_lost", error=str(exc))
+                self._saves.notice(["*"])
+                return
+            ids = [sid for payload in payloads for sid in payload.split(",")]
+            if ids:
+                self._saves.notice(ids)
+
     async def aclose(self) -> None:
-        """Close the pool and the LISTEN connection."""
+        """Close the pool and the LISTEN connections; send the pending notifications."""
 
         def run() -> None:
-            if self._listen is not None:
-                self._listen.close()
-                self._listen = None
+            self._notifier.close()
+            self._notifier = _Notifier(self._open_connection)
+            for conn in (self._listen, self._done):
+                if conn is not None:
+                    conn.close()
+            self._listen = self._done = None
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None

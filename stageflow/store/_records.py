@@ -234,8 +234,17 @@ class SessionStore(Protocol):
     async def get(self, session_id: str) -> StoredSession:
         """The session's row. Raises SessionNotFoundError."""
 
-    async def load(self, session_id: str) -> dict[str, Any]:
-        """The session's snapshot. Raises SessionNotFoundError."""
+    @property
+    def events_table(self) -> bool:
+        """Whether turns' events go to the events table (the snapshots then hold no history)."""
+
+    async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
+        """The session's snapshot. Raises SessionNotFoundError.
+
+        Stored snapshots hold no history (format v2, ``history_seq`` only);
+        ``history=True`` reassembles it from the events table, for a caller
+        that restores the session and wants its whole history.
+        """
 
     async def events(
         self, session_id: str, *, after: int = 0, limit: int = 1000
@@ -256,8 +265,23 @@ class SessionStore(Protocol):
     async def wait_for_work(self, timeout: float) -> None:
         """Return when work may have arrived (a wake-up hint), or after ``timeout`` s."""
 
-    async def next_due(self) -> datetime.datetime | None:
-        """The earliest future ``runnable_at``, if any."""
+    @property
+    def save_notices(self) -> bool:
+        """Whether saves made by other processes are noticed without polling."""
+
+    def save_mark(self) -> int:
+        """A mark for :meth:`wait_for_save`; take it before reading the session."""
+
+    async def wait_for_save(self, session_id: str, mark: int, timeout: float) -> None:
+        """Return once a save or release of the session after ``mark`` was noticed (a hint).
+
+        Or after ``timeout`` seconds. The PostgreSQL store hears saves of
+        every process (``NOTIFY`` on ``<schema>.done``); the SQLite store
+        only this process's.
+        """
+
+    async def next_due(self, *, queues: Sequence[str] = ("default",)) -> datetime.datetime | None:
+        """The earliest future ``runnable_at`` in ``queues``, if any."""
 
     async def now(self) -> datetime.datetime:
         """The store's clock (the database's ``now()``)."""

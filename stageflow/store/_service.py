@@ -6,7 +6,7 @@ each) and reads them. Workers do the running, in this process or another.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -19,7 +19,7 @@ from stageflow.store._records import InputRecord, SessionStore, StoredSession
 __all__ = ["SessionService"]
 
 _MIN_POLL = 0.005
-_MAX_POLL = 0.2
+_MAX_POLL = 0.2  # without save notices (SQLite across processes)
 
 
 def _recorded(stored: StoredSession, seq: int) -> bool:
@@ -35,6 +35,11 @@ class SessionService:
         registry: where :meth:`start` checks the pipeline's stages (the
             default registry if not given).
         pipelines: pipelines :meth:`start` accepts by name as well.
+        poll: the longest pause of :meth:`wait` and :meth:`follow` between two
+            reads of the session when the store notices saves (PostgreSQL with
+            ``NOTIFY``): they wake on the notice, and the poll is only the
+            safety net. Without notices they poll from 5 ms, doubling up to
+            ``min(poll, 0.2)`` s.
     """
 
     def __init__(
@@ -43,10 +48,22 @@ class SessionService:
         *,
         registry: StageRegistry | None = None,
         pipelines: Iterable[Pipeline] = (),
+        poll: float = 1.0,
     ) -> None:
         self.store = store
         self.registry = registry
         self.pipelines = {p.name: p for p in pipelines}
+        self.poll = poll
+
+    def _pauses(self) -> Iterator[float]:
+        """The pauses between reads: fixed with save notices, else doubling from 5 ms."""
+        if self.store.save_notices:
+            while True:
+                yield self.poll
+        delay = _MIN_POLL
+        while True:
+            yield min(delay, self.poll)
+            delay = min(delay * 2, _MAX_POLL)
 
     async def start(
         self,
@@ -126,13 +143,14 @@ class SessionService:
             TimeoutError: not within ``timeout`` seconds.
             SessionNotFoundError: no such session.
         """
-        delay = _MIN_POLL
+        pauses = self._pauses()
         with anyio.fail_after(timeout):
+            mark = self.store.save_mark()
             stored = await self.store.get(session_id)
             target = stored.inbox_head if seq is None else seq
             while not (stored.finished or (not finished and _recorded(stored, target))):
-                await anyio.sleep(delay)
-                delay = min(delay * 2, _MAX_POLL)
+                await self.store.wait_for_save(session_id, mark, next(pauses))
+                mark = self.store.save_mark()
                 stored = await self.store.get(session_id)
             return stored
 
@@ -142,17 +160,17 @@ class SessionService:
         Ends after the last event of a finished session. Events of a turn
         that a lost lease discarded never appear.
         """
-        delay = _MIN_POLL
+        pauses = self._pauses()
         while True:
+            mark = self.store.save_mark()
             batch = await self.store.events(session_id, after=after)
             for event in batch:
                 after = int(event["seq"])
                 yield event
             if batch:
-                delay = _MIN_POLL
+                pauses = self._pauses()
                 continue
             stored = await self.store.get(session_id)
             if stored.finished and stored.events_done <= after:
                 return
-            await anyio.sleep(delay)
-            delay = min(delay * 2, _MAX_POLL)
+            await self.store.wait_for_save(session_id, mark, next(pauses))

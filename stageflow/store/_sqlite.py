@@ -27,7 +27,7 @@ from stageflow.store._errors import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from stageflow.store._history import dumps, snapshot_info
+from stageflow.store._history import dumps, with_history
 from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
@@ -37,15 +37,23 @@ from stageflow.store._records import (
     StoredInput,
     StoredSession,
 )
+from stageflow.store._shared import (
+    FINISHED_SQL,
+    ROW,
+    SCHEMA_VERSION,
+    EventBatch,
+    SaveNotices,
+    Wakeup,
+    backoff,
+    new_session,
+    save_of,
+    stored_session,
+    unbatch,
+)
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore", "Wakeup"]
-
-SCHEMA_VERSION = 1
-"""The table layout this stageflow writes (both stores)."""
+__all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
-
-_FINISHED_SQL = "('completed','failed','cancelled','timed_out','poisoned')"
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS stageflow_sessions (
@@ -66,14 +74,16 @@ CREATE TABLE IF NOT EXISTS stageflow_sessions (
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
     version     INTEGER NOT NULL DEFAULT 0,
-    start_key   TEXT UNIQUE,
+    start_key   TEXT,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS stageflow_sessions_start_key ON stageflow_sessions (start_key)
+    WHERE start_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS stageflow_sessions_due ON stageflow_sessions (queue, runnable_at)
     WHERE runnable_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS stageflow_sessions_finished ON stageflow_sessions (updated_at)
-    WHERE status IN {_FINISHED_SQL};
+    WHERE status IN {FINISHED_SQL};
 CREATE TABLE IF NOT EXISTS stageflow_inbox (
     session_id      TEXT NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
     seq             INTEGER NOT NULL,
@@ -87,19 +97,29 @@ CREATE UNIQUE INDEX IF NOT EXISTS stageflow_inbox_key ON stageflow_inbox
     (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS stageflow_events (
     session_id TEXT NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
+    last_seq   INTEGER NOT NULL,
     seq        INTEGER NOT NULL,
-    type       TEXT NOT NULL,
-    event      TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
+    events     TEXT NOT NULL,
+    PRIMARY KEY (session_id, last_seq)
 );
 CREATE TABLE IF NOT EXISTS stageflow_schema (version INTEGER NOT NULL);
 """
 
-_ROW = (
-    "session_id, queue, status, pipeline, waiting_for, wake_at, runnable_at, version, "
-    "inbox_head, inbox_done, events_done, attempts, lease_owner, last_error, created_at, "
-    "updated_at"
-)
+# From version 1: one events row per save instead of one per event (a v1
+# table keeps its UNIQUE start_key, which SQLite cannot drop in place).
+_UPGRADE_1 = """
+ALTER TABLE stageflow_events RENAME TO stageflow_events_v1;
+CREATE TABLE stageflow_events (
+    session_id TEXT NOT NULL REFERENCES stageflow_sessions ON DELETE CASCADE,
+    last_seq   INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    events     TEXT NOT NULL,
+    PRIMARY KEY (session_id, last_seq)
+);
+INSERT INTO stageflow_events SELECT session_id, seq, seq, '[' || event || ']'
+    FROM stageflow_events_v1;
+DROP TABLE stageflow_events_v1;
+"""
 
 
 def _dt(value: float | None) -> datetime.datetime | None:
@@ -113,61 +133,7 @@ def _epoch(value: datetime.datetime | None) -> float | None:
 
 
 def _stored(row: Sequence[Any]) -> StoredSession:
-    created = _dt(row[14])
-    updated = _dt(row[15])
-    assert created is not None
-    assert updated is not None
-    return StoredSession(
-        session_id=row[0],
-        queue=row[1],
-        status=row[2],
-        pipeline=row[3],
-        waiting_for=tuple(sorted(json.loads(row[4]))),
-        wake_at=_dt(row[5]),
-        runnable_at=_dt(row[6]),
-        version=row[7],
-        inbox_head=row[8],
-        inbox_done=row[9],
-        events_done=row[10],
-        attempts=row[11],
-        lease_owner=row[12],
-        error=row[13],
-        created_at=created,
-        updated_at=updated,
-    )
-
-
-class Wakeup:
-    """An in-process wake-up: writes set it, :meth:`wait` returns when it was set.
-
-    ``pending`` keeps a wake-up that came while nobody waited, so the next
-    :meth:`wait` returns at once (no wake-up is lost between a claim and a wait).
-    """
-
-    __slots__ = ("_event", "_pending")
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-        self._pending = False
-
-    def set(self) -> None:
-        """Wake the waiters (or the next one)."""
-        self._pending = True
-        event, self._event = self._event, None
-        if event is not None:
-            event.set()
-
-    async def wait(self, timeout: float) -> None:
-        """Return when set (now, if set since the last wait) or after ``timeout`` seconds."""
-        if not self._pending:
-            if self._event is None:
-                self._event = anyio.Event()
-            event = self._event
-            with anyio.move_on_after(max(timeout, 0.0)):
-                await event.wait()
-            if self._event is event:  # timed out: the next wait may run on another loop
-                self._event = None
-        self._pending = False
+    return stored_session(row, _dt, json.loads)
 
 
 class SQLiteStore:
@@ -198,6 +164,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._ready = False
         self._work = Wakeup()
+        self._saves = SaveNotices()
 
     # ------------------------------------------------------------ plumbing
 
@@ -236,19 +203,32 @@ class SQLiteStore:
             await self.migrate()
         return await anyio.to_thread.run_sync(self._locked, fn, write)
 
+    @property
+    def events_table(self) -> bool:
+        """Whether turns' events go to ``stageflow_events`` (else they stay in the snapshot)."""
+        return self._events
+
     async def migrate(self) -> None:
-        """Create the tables (schema version 1), or check that they are not newer."""
+        """Create or upgrade the tables (schema version 2), or check that they are not newer."""
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT max(version) FROM stageflow_schema").fetchone()
-            found = row[0]
-            if found is None:
-                conn.execute("INSERT INTO stageflow_schema VALUES (?)", (SCHEMA_VERSION,))
-            elif found > SCHEMA_VERSION:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'stageflow_schema'"
+            ).fetchone()  # one migration at a time: this runs under BEGIN IMMEDIATE
+            found = None
+            if row is not None:
+                found = conn.execute("SELECT max(version) FROM stageflow_schema").fetchone()[0]
+            if found is not None and found > SCHEMA_VERSION:
                 raise StoreSchemaError(self.path, found, SCHEMA_VERSION)
+            if found == SCHEMA_VERSION:
+                return
+            for statement in (_UPGRADE_1 if found == 1 else _SCHEMA).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM stageflow_schema")
+            conn.execute("INSERT INTO stageflow_schema VALUES (?)", (SCHEMA_VERSION,))
 
-        await anyio.to_thread.run_sync(self._locked, run, False)
+        await anyio.to_thread.run_sync(self._locked, run, True)
         self._ready = True
 
     def _wake(self) -> None:
@@ -264,24 +244,25 @@ class SQLiteStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
-        info = snapshot_info(snapshot)
-        text = dumps(snapshot)
+        new = new_session(snapshot, events_table=self._events)
 
         def run(conn: sqlite3.Connection) -> Created:
             now = self._clock()
             cur = conn.execute(
                 "INSERT INTO stageflow_sessions (session_id, queue, status, snapshot, pipeline, "
-                "digest, runnable_at, start_key, created_at, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (info.session_id, queue, text, info.pipeline, info.digest, now,
-                 idempotency_key, now, now),
+                "digest, runnable_at, start_key, events_done, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (new.session_id, queue, new.text, new.pipeline, new.digest, now,
+                 idempotency_key, new.events_done, now, now),
             )  # fmt: skip
             if cur.rowcount == 1:
-                return Created(info.session_id, duplicate=False)
+                if new.events is not None:
+                    self._insert_events(conn, new.session_id, new.events)
+                return Created(new.session_id, duplicate=False)
             row = conn.execute(
                 "SELECT session_id FROM stageflow_sessions WHERE start_key = ? "
                 "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = ?",
-                (idempotency_key, info.session_id),
+                (idempotency_key, new.session_id),
             ).fetchone()
             return Created(row[0], duplicate=True)
 
@@ -424,11 +405,7 @@ class SQLiteStore:
         events: Sequence[Mapping[str, Any]],
     ) -> bool:
         """Save a turn, fenced by the lease's token (see :class:`SessionStore`)."""
-        info = snapshot_info(snapshot)
-        text = dumps(snapshot)
-        finished = info.status in FINISHED_STATUSES
-        last_seq = max((int(e["seq"]) for e in events), default=lease.events_done)
-        rows = [(lease.session_id, int(e["seq"]), str(e["type"]), dumps(e)) for e in events]
+        save = save_of(lease, snapshot, waiting_for, events, events_table=self._events)
 
         def run(conn: sqlite3.Connection) -> bool:
             now = self._clock()
@@ -438,24 +415,28 @@ class SQLiteStore:
                 "lease_owner = NULL, version = version + 1, updated_at = ?, digest = ?, "
                 "runnable_at = CASE WHEN ? THEN NULL WHEN inbox_head > ? THEN ? ELSE ? END "
                 "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL",
-                (text, info.status, dumps(sorted(waiting_for)), _epoch(wake_at),
-                 lease.inbox_head, last_seq, now, info.digest, finished, lease.inbox_head, now,
-                 _epoch(wake_at), lease.session_id, lease.token),
+                (save.text, save.status, dumps(save.waiting_for), _epoch(wake_at),
+                 lease.inbox_head, save.events_done, now, save.digest, save.finished,
+                 lease.inbox_head, now, _epoch(wake_at), lease.session_id, lease.token),
             )  # fmt: skip
             if cur.rowcount != 1:
                 return False
-            if self._events and rows:
-                conn.executemany(
-                    "INSERT INTO stageflow_events (session_id, seq, type, event) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    rows,
-                )
+            if save.events is not None:
+                self._insert_events(conn, lease.session_id, save.events)
             return True
 
         saved = await self._run(run, write=True)
         if saved:
             self._wake()
+            self._saves.notice([lease.session_id])
         return saved
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, session_id: str, batch: EventBatch) -> None:
+        conn.execute(
+            "INSERT INTO stageflow_events (session_id, last_seq, seq, events) VALUES (?, ?, ?, ?)",
+            (session_id, batch.last, batch.first, batch.text),
+        )
 
     async def release(self, lease: Lease, *, error: str, max_attempts: int) -> None:
         """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``."""
@@ -468,12 +449,13 @@ class SQLiteStore:
                 "updated_at = ?, status = CASE WHEN ? THEN 'poisoned' ELSE status END, "
                 "runnable_at = CASE WHEN ? THEN NULL ELSE ? END "
                 "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL",
-                (error, now, poisoned, poisoned, now + min(2.0**lease.attempts, 60.0),
+                (error, now, poisoned, poisoned, now + backoff(lease.attempts),
                  lease.session_id, lease.token),
             )  # fmt: skip
 
         await self._run(run, write=True)
         self._wake()
+        self._saves.notice([lease.session_id])
 
     # ------------------------------------------------------------ reading
 
@@ -482,7 +464,7 @@ class SQLiteStore:
 
         def run(conn: sqlite3.Connection) -> StoredSession:
             row = conn.execute(
-                f"SELECT {_ROW} FROM stageflow_sessions WHERE session_id = ?", (session_id,)
+                f"SELECT {ROW} FROM stageflow_sessions WHERE session_id = ?", (session_id,)
             ).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
@@ -490,8 +472,8 @@ class SQLiteStore:
 
         return await self._run(run)
 
-    async def load(self, session_id: str) -> dict[str, Any]:
-        """The session's snapshot (see :class:`SessionStore`)."""
+    async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
+        """The session's snapshot; ``history=True`` puts its committed history back in."""
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
             row = conn.execute(
@@ -500,6 +482,12 @@ class SQLiteStore:
             if row is None:
                 raise SessionNotFoundError(session_id)
             snapshot: dict[str, Any] = json.loads(row[0])
+            if history and self._events:
+                rows = conn.execute(
+                    "SELECT events FROM stageflow_events WHERE session_id = ? ORDER BY last_seq",
+                    (session_id,),
+                )
+                snapshot = with_history(snapshot, unbatch((r[0] for r in rows), 0, 2**62))
             return snapshot
 
         return await self._run(run)
@@ -510,14 +498,12 @@ class SQLiteStore:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
 
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [
-                json.loads(r[0])
-                for r in conn.execute(
-                    "SELECT event FROM stageflow_events WHERE session_id = ? AND seq > ? "
-                    "ORDER BY seq LIMIT ?",
-                    (session_id, after, limit),
-                )
-            ]
+            rows = conn.execute(
+                "SELECT events FROM stageflow_events WHERE session_id = ? AND last_seq > ? "
+                "ORDER BY last_seq LIMIT ?",
+                (session_id, after, limit),
+            )
+            return unbatch((r[0] for r in rows), after, limit)
 
         return await self._run(run)
 
@@ -550,7 +536,7 @@ class SQLiteStore:
                 clauses.append("runnable_at <= ?")
                 params.append(self._clock())
             sql = (
-                f"SELECT {_ROW} FROM stageflow_sessions WHERE {' AND '.join(clauses)} "
+                f"SELECT {ROW} FROM stageflow_sessions WHERE {' AND '.join(clauses)} "
                 "ORDER BY created_at, session_id LIMIT ?"
             )
             return [_stored(r) for r in conn.execute(sql, (*params, limit))]
@@ -561,13 +547,28 @@ class SQLiteStore:
         """Return after a write in this process made work, or after ``timeout`` seconds."""
         await self._work.wait(timeout)
 
-    async def next_due(self) -> datetime.datetime | None:
-        """The earliest ``runnable_at`` in the future, if any."""
+    @property
+    def save_notices(self) -> bool:
+        """False: saves of other processes are found by polling (this one's are noticed)."""
+        return False
+
+    def save_mark(self) -> int:
+        """A mark for :meth:`wait_for_save`; take it before reading the session."""
+        return self._saves.mark()
+
+    async def wait_for_save(self, session_id: str, mark: int, timeout: float) -> None:
+        """Return once this process saved the session after ``mark``, or after ``timeout`` s."""
+        await self._saves.wait(session_id, mark, timeout)
+
+    async def next_due(self, *, queues: Sequence[str] = ("default",)) -> datetime.datetime | None:
+        """The earliest ``runnable_at`` in the future in ``queues``, if any."""
+        marks = ",".join("?" * len(queues))
 
         def run(conn: sqlite3.Connection) -> datetime.datetime | None:
             row = conn.execute(
-                "SELECT min(runnable_at) FROM stageflow_sessions WHERE runnable_at > ?",
-                (self._clock(),),
+                f"SELECT min(runnable_at) FROM stageflow_sessions WHERE queue IN ({marks}) "
+                "AND runnable_at > ?",
+                (*queues, self._clock()),
             ).fetchone()
             return _dt(row[0])
 
@@ -585,7 +586,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> int:
             gone = conn.execute(
                 "DELETE FROM stageflow_sessions WHERE session_id IN (SELECT session_id FROM "
-                f"stageflow_sessions WHERE status IN {_FINISHED_SQL} AND updated_at < ? "
+                f"stageflow_sessions WHERE status IN {FINISHED_SQL} AND updated_at < ? "
                 "LIMIT 10000)",
                 (finished_before.timestamp(),),
             ).rowcount

@@ -31,7 +31,7 @@ from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
-from stageflow.store._history import turn_events
+from stageflow.store._history import turn_snapshot
 from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
@@ -39,6 +39,7 @@ __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 logger = structlog.get_logger("stageflow.worker")
 
 _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
+_BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)
 
 
 def db_clock(db_now: datetime.datetime) -> Callable[[], datetime.datetime]:
@@ -85,7 +86,8 @@ class Worker:
         store: the session store.
         registry: where stages are looked up (the default registry if not given).
         pipelines: pipelines to reuse by digest (others are rebuilt from the
-            document each snapshot carries).
+            document a snapshot carries, once per digest: the worker keeps the
+            last 64 it built).
         concurrency: turns in flight at most.
         lease: seconds a claim lasts; heartbeats renew it every ``lease / 3``.
         poll: the longest idle wait between claims (the safety net under
@@ -123,6 +125,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.fetch_cooldown = fetch_cooldown
         self.shutdown_grace = shutdown_grace
+        self._built: dict[str, Pipeline] = {}  # rebuilt from snapshots, by digest
         self._turns: dict[str, _Turn] = {}
         self._stopping = False
         self._idle: anyio.CancelScope | None = None
@@ -207,7 +210,7 @@ class Worker:
             self._idle = None
 
     async def _idle_timeout(self) -> float:
-        due = await self.store.next_due()
+        due = await self.store.next_due(queues=self.queues)
         if due is None:
             return self.poll
         wait = (due - await self.store.now()).total_seconds()
@@ -227,6 +230,8 @@ class Worker:
                 logger.warning("worker.heartbeat_failed", error=str(exc))
                 continue
             for turn in turns:
+                if self._turns.get(turn.lease.session_id) is not turn:
+                    continue  # saved (or released) while the heartbeat ran
                 if turn.lease.session_id not in held and not turn.scope.cancel_called:
                     self._counts["lost"] += 1
                     logger.warning("worker.lease_lost", session_id=turn.lease.session_id)
@@ -263,12 +268,20 @@ class Worker:
 
     async def _run_turn(self, lease: Lease) -> bool:
         """Restore, deliver the inputs, run until the session waits or ends, save."""
+        pipeline = self.pipelines.get(lease.digest) or self._built.get(lease.digest)
         session = Session.from_dict(
             lease.snapshot,
             registry=self.registry,
-            pipeline=self.pipelines.get(lease.digest),
+            pipeline=pipeline,
             clock=db_clock(lease.db_now),
         )
+        if pipeline is None and session.pipeline.digest == lease.digest:
+            # Rebuilt from the snapshot's document: keep it for the next turns. Building
+            # a pipeline (and resolving its stages, which the engine caches per node
+            # object) costs more than the rest of a short turn.
+            if len(self._built) >= _BUILT_PIPELINES:
+                self._built.pop(next(iter(self._built)))
+            self._built[lease.digest] = session.pipeline
         for item in lease.inputs:
             if item.type == CANCEL_INPUT:
                 payload: Any = item.payload
@@ -282,8 +295,11 @@ class Worker:
         if session.status in _GOING_ON:
             result = await session.run(suspend=True)
             waiting_for, wake_at = result.waiting_for, result.wake_at
-        snapshot = session.to_dict()
-        events, _ = turn_events(snapshot, lease.events_done)
+        # The history leaves the snapshot: only this turn's events are written, to the
+        # events table, in the same fenced save (a store without one keeps them inline).
+        snapshot, events = turn_snapshot(
+            session, lease.events_done, keep_history=not self.store.events_table
+        )
         return await self.store.complete(
             lease, snapshot, waiting_for=waiting_for, wake_at=wake_at, events=events
         )

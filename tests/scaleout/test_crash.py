@@ -100,9 +100,12 @@ def test_kill_9_mid_stage_the_session_completes_on_another_worker(
     assert [m["node"] for m in marks] == ["gate", "gate"]  # the stage ran twice
     assert marks[0]["pid"] == first.pid
     assert marks[1]["pid"] == second.pid
-    # ctx.execution_key (branch longlived) is not on main yet: None == None until it lands,
-    # then the two runs must share the key.
-    assert marks[0]["execution_key"] == marks[1]["execution_key"]
+    # The re-run after the crash gets the same ctx.execution_key: a side effect keyed by it
+    # (a payment, a mail) is made once.
+    key = marks[0]["execution_key"]
+    assert key is not None
+    assert key.startswith(f"{sid}/gate.")
+    assert marks[1]["execution_key"] == key
     assert (stats["saved"], stats["fenced"]) == (1, 0)
     events = call(store.events, sid)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

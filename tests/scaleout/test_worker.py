@@ -49,7 +49,10 @@ async def test_a_conversation_through_the_service(make_store: Callable[..., Any]
         done = await service.wait(sid, timeout=20)
         assert done.status == "completed"
         assert worker.statistics().fenced == 0
-    snapshot = await service.store.load(sid)
+    stored = await service.store.load(sid)
+    assert stored["version"] == 2
+    assert stored["history"] == []  # the row holds no history: it is in the events table
+    snapshot = await service.store.load(sid, history=True)
     session = stageflow.Session.from_dict(snapshot, registry=registry)
     assert session.status is stageflow.SessionStatus.COMPLETED
     assert snapshot["outcome"]["artifacts"]["seen"] == [1, 2, -1]
@@ -57,6 +60,7 @@ async def test_a_conversation_through_the_service(make_store: Callable[..., Any]
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1))  # every committed event once, in order
     assert seqs == [e["seq"] for e in snapshot["history"]]
+    assert stored["history_seq"] == seqs[-1] + 1
     assert events[-1]["type"] == "session_completed"
     assert [s.session_id for s in await service.list(status="completed")] == [sid]
 
@@ -69,7 +73,7 @@ async def test_cancel_through_the_service(make_store: Callable[..., Any]) -> Non
         await service.cancel(sid, "user left", idempotency_key="c1")
         done = await service.wait(sid, timeout=20)
     assert done.status == "cancelled"
-    history = (await service.store.load(sid))["history"]
+    history = (await service.store.load(sid, history=True))["history"]
     assert any(e["type"] == "session_cancelled" for e in history)
     again = await service.cancel(sid, "user left", idempotency_key="c1")
     assert again.duplicate
@@ -165,6 +169,31 @@ async def test_heartbeats_keep_a_stage_longer_than_its_lease(
             gate.touch()
             done = await service.wait(sid, finished=True, timeout=20)
             assert rival.statistics().claimed == 0
-        assert holder.statistics().saved == 1
+    # After the worker stopped: the save can be seen (and noticed) before complete() returns.
+    assert holder.statistics().saved == 1
     assert done.status == "completed"
     assert len(read_marks(marks)) == 1  # no second execution
+
+
+async def test_a_worker_rebuilds_a_pipeline_from_snapshots_once(
+    make_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker given no pipelines= rebuilds each from the document its snapshots carry;
+    # building one (and resolving its stages) cost more than the rest of a short turn.
+    pipeline = chat_pipeline()
+    built: list[str] = []
+    build = stageflow.Pipeline.from_dict.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[stageflow.Pipeline], *args: Any, **kwargs: Any) -> Any:
+        made = build(cls, *args, **kwargs)
+        built.append(made.digest)
+        return made
+
+    monkeypatch.setattr(stageflow.Pipeline, "from_dict", classmethod(counted))
+    service = SessionService(make_store(), registry=registry)
+    async with running(make_store()):
+        sid = await service.start(pipeline)
+        for n in (1, 2, 3):
+            record = await service.send_input(sid, "msg", {"n": n})
+            await service.wait(sid, seq=record.seq, timeout=20)
+    assert built == [pipeline.digest]  # the first turn's; the next three reuse it

@@ -38,8 +38,7 @@ class Gate(stageflow.BaseStage):
     spec = stageflow.StageSpec(description="mark, then wait for a gate file")
 
     async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        key = getattr(ctx, "execution_key", None)
-        line = {"pid": os.getpid(), "node": ctx.node_id, "execution_key": key}
+        line = {"pid": os.getpid(), "node": ctx.node_id, "execution_key": ctx.execution_key}
         async with await anyio.open_file(ctx.config["marks"], "a") as marks:
             await marks.write(json.dumps(line) + "\n")
         gate = anyio.Path(ctx.config["gate"])

@@ -1,0 +1,277 @@
+"""What the SQLite and PostgreSQL stores share: the same logic, two SQL dialects.
+
+Each store keeps only its SQL and its driver calls; what a save or a create
+writes (the snapshot text, the status, the events and ``events_done``), the
+row layout read back, the retry backoff and the in-process wake-up are here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import attrs
+
+from stageflow.store._history import dumps, snapshot_info, split_history
+from stageflow.store._records import FINISHED_STATUSES, Lease, StoredSession
+
+__all__ = [
+    "FINISHED_SQL",
+    "ROW",
+    "SCHEMA_VERSION",
+    "EventBatch",
+    "NewSession",
+    "Save",
+    "SaveNotices",
+    "Wakeup",
+    "backoff",
+    "event_batch",
+    "new_session",
+    "unbatch",
+    "save_of",
+    "stored_session",
+]
+
+SCHEMA_VERSION = 2
+"""The table layout this stageflow writes (both stores).
+
+1: the first layout. 2: ``start_key`` indexed only where set; the events
+table holds one row per save (``seq`` .. ``last_seq``, a JSON array), not one
+per event; stored snapshots hold no history (format v2; v1 rows still load).
+"""
+
+FINISHED_SQL = "('completed','failed','cancelled','timed_out','poisoned')"
+
+ROW = (
+    "session_id, queue, status, pipeline, waiting_for, wake_at, runnable_at, version, "
+    "inbox_head, inbox_done, events_done, attempts, lease_owner, last_error, created_at, "
+    "updated_at"
+)
+"""The columns :func:`stored_session` reads, in its order."""
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before a released session runs again: ``min(2**attempts, 60)``."""
+    return min(2.0**attempts, 60.0)
+
+
+def stored_session(
+    row: Sequence[Any],
+    when: Callable[[Any], datetime.datetime | None],
+    waiting_for: Callable[[Any], Collection[str]],
+) -> StoredSession:
+    """A :class:`StoredSession` from a row of :data:`ROW` (times and lists per dialect)."""
+    created, updated = when(row[14]), when(row[15])
+    assert created is not None
+    assert updated is not None
+    return StoredSession(
+        session_id=row[0],
+        queue=row[1],
+        status=row[2],
+        pipeline=row[3],
+        waiting_for=tuple(sorted(waiting_for(row[4]))),
+        wake_at=when(row[5]),
+        runnable_at=when(row[6]),
+        version=row[7],
+        inbox_head=row[8],
+        inbox_done=row[9],
+        events_done=row[10],
+        attempts=row[11],
+        lease_owner=row[12],
+        error=row[13],
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+@attrs.frozen
+class EventBatch:
+    """The events one save commits: one row of the events table.
+
+    One row per save rather than one per event: one heap tuple and one index
+    entry instead of a dozen, and the array compresses as a whole (the
+    events of a turn repeat their keys, session id and timestamps). The
+    primary key is ``(session_id, last_seq)``, so ``events(after=)`` is a
+    range scan.
+    """
+
+    first: int
+    last: int
+    text: str
+
+
+def event_batch(events: Sequence[Mapping[str, Any]]) -> EventBatch | None:
+    """The row for ``events`` (in ``seq`` order), or None when there are none."""
+    if not events:
+        return None
+    return EventBatch(int(events[0]["seq"]), int(events[-1]["seq"]), dumps(list(events)))
+
+
+def unbatch(rows: Iterable[str], after: int, limit: int) -> list[dict[str, Any]]:
+    """The events with ``seq > after`` of batch rows (JSON arrays), at most ``limit``."""
+    out: list[dict[str, Any]] = []
+    for text in rows:
+        for event in json.loads(text):
+            if int(event["seq"]) > after:
+                out.append(event)
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+@attrs.frozen
+class NewSession:
+    """What :meth:`create` inserts: the columns, the snapshot text and its events."""
+
+    session_id: str
+    pipeline: str
+    digest: str
+    text: str
+    events: EventBatch | None
+    events_done: int
+
+
+def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSession:
+    """The row of a new session; with an events table, the snapshot's history moves there."""
+    info = snapshot_info(snapshot)
+    batch = None
+    if events_table:
+        snapshot, held = split_history(snapshot)
+        batch = event_batch(held)
+    done = batch.last if batch is not None else 0
+    return NewSession(info.session_id, info.pipeline, info.digest, dumps(snapshot), batch, done)
+
+
+@attrs.frozen
+class Save:
+    """What a fenced save writes (see ``complete``)."""
+
+    text: str
+    status: str
+    digest: str
+    finished: bool
+    waiting_for: list[str]
+    events: EventBatch | None
+    events_done: int
+
+
+def save_of(
+    lease: Lease,
+    snapshot: Mapping[str, Any],
+    waiting_for: Collection[str],
+    events: Sequence[Mapping[str, Any]],
+    *,
+    events_table: bool,
+) -> Save:
+    """The values of a turn's save; ``events_done`` moves to the last ``seq`` saved."""
+    info = snapshot_info(snapshot)
+    batch = event_batch(events) if events_table else None
+    last = max((int(e["seq"]) for e in events), default=lease.events_done)
+    return Save(
+        text=dumps(snapshot),
+        status=info.status,
+        digest=info.digest,
+        finished=info.status in FINISHED_STATUSES,
+        waiting_for=sorted(waiting_for),
+        events=batch,
+        events_done=max(last, lease.events_done),
+    )
+
+
+class Wakeup:
+    """An in-process wake-up: writes set it, :meth:`wait` returns when it was set.
+
+    ``pending`` keeps a wake-up that came while nobody waited, so the next
+    :meth:`wait` returns at once (no wake-up is lost between a claim and a wait).
+    """
+
+    __slots__ = ("_event", "_pending")
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+        self._pending = False
+
+    def set(self) -> None:
+        """Wake the waiters (or the next one)."""
+        self._pending = True
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when set (now, if set since the last wait) or after ``timeout`` seconds."""
+        if not self._pending:
+            if self._event is None:
+                self._event = anyio.Event()
+            event = self._event
+            with anyio.move_on_after(max(timeout, 0.0)):
+                await event.wait()
+            if self._event is event:  # timed out: the next wait may run on another loop
+                self._event = None
+        self._pending = False
+
+
+class SaveNotices:
+    """Which sessions were saved lately, for waiters that must not poll.
+
+    A waiter takes :meth:`mark` *before* it reads a session, then
+    :meth:`wait` returns as soon as a save of that session (or of any, for a
+    ``"*"`` notice: an overflowing payload, a listener that reconnected) was
+    noticed after the mark. Notices are hints: a waiter still reads the row.
+    """
+
+    __slots__ = ("_all", "_event", "_gen", "_saved")
+
+    _KEEP = 10_000
+
+    def __init__(self) -> None:
+        self._gen = 0
+        self._all = 0
+        self._saved: dict[str, int] = {}
+        self._event: anyio.Event | None = None
+
+    def mark(self) -> int:
+        """The current generation."""
+        return self._gen
+
+    def notice(self, session_ids: Iterable[str]) -> None:
+        """Sessions saved (``"*"``: maybe any); wakes the waiters."""
+        self._gen += 1
+        for sid in session_ids:
+            if sid == "*":
+                self._all = self._gen
+            else:
+                self._saved[sid] = self._gen
+        if len(self._saved) > self._KEEP:  # older notices are stale anyway: waiters re-read
+            self._saved.clear()
+            self._all = self._gen
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    def seen(self, session_id: str, mark: int) -> bool:
+        """Whether a save of ``session_id`` was noticed after ``mark``."""
+        return self._all > mark or self._saved.get(session_id, 0) > mark
+
+    async def next(self, timeout: float) -> None:
+        """Until the next notice (or :meth:`wake_all`), or ``timeout`` seconds."""
+        if self._event is None:
+            self._event = anyio.Event()
+        with anyio.move_on_after(max(timeout, 0.0)):
+            await self._event.wait()
+
+    async def wait(self, session_id: str, mark: int, timeout: float) -> None:
+        """Until a save of ``session_id`` after ``mark`` is noticed, or ``timeout`` seconds."""
+        with anyio.move_on_after(max(timeout, 0.0)):
+            while not self.seen(session_id, mark):
+                await self.next(math.inf)
+
+    def wake_all(self) -> None:
+        """Wake the waiters without a notice (one of them may take over a listener)."""
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
