@@ -176,8 +176,11 @@ def draw(
             mid = (x + 32, y)
         else:
             d = _route(points, first, last)
-            a, b = points[len(points) // 2 - 1], points[len(points) // 2]
-            mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+            if len(points) > 2:  # a long edge: at its middle bend
+                mid = points[len(points) // 2]
+            else:
+                (ax, ay), (bx, by) = points
+                mid = (ax + (bx - ax) * 0.6, ay + (by - ay) * 0.6)
         out.append(
             f'<g class="{" ".join(classes)}" data-source="{_e(edge.source)}" '
             f'data-target="{_e(edge.target)}" data-kind="{edge.kind.value}">'

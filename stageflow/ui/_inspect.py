@@ -29,6 +29,7 @@ __all__ = [
     "event_objects",
     "inspect_session",
     "input_schema",
+    "plain",
     "redact",
 ]
 
@@ -174,6 +175,15 @@ def pipeline_version(pipeline: stageflow.Pipeline) -> str:
     return str(version) if isinstance(version, str) and version else pipeline.digest[:12]
 
 
+def plain(value: Any) -> Any:
+    """Frozen JSON (read-only mappings, tuples) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 def input_schema(pipeline: stageflow.Pipeline, node_id: str, type: str) -> Mapping[str, Any] | None:
     """The payload schema node ``node_id`` declares for input ``type`` (``None``: any JSON)."""
     if node_id not in pipeline:
@@ -184,10 +194,10 @@ def input_schema(pipeline: stageflow.Pipeline, node_id: str, type: str) -> Mappi
     spec = pipeline.registry.get(node.stage).spec
     for declared in spec.allowed_inputs:
         if declared.type == type:
-            return declared.schema
+            return plain(declared.schema) if declared.schema is not None else None
     if spec.input_from_config is not None and node.config.get(spec.input_from_config) == type:
         schema = node.config.get("input_schema")
-        return schema if isinstance(schema, Mapping) else None
+        return plain(schema) if isinstance(schema, Mapping) else None
     return None
 
 
@@ -344,7 +354,12 @@ def inspect_session(
     found = list(_walk(root, pipeline, None, "")) if active and root else []
     positions = tuple(p for p, _ in found)
     own = _main_path_events(pipeline, events)
-    visits = Counter(e.get("node_id") for e in own if e.get("type") == "node_started")
+    # A node restored in flight starts again as the same visit (``resumed``): not counted.
+    visits = Counter(
+        e.get("node_id")
+        for e in own
+        if e.get("type") == "node_started" and not (e.get("payload") or {}).get("resumed")
+    )
     failures = Counter(e.get("node_id") for e in own if e.get("type") == "node_failed")
     cancels = Counter(e.get("node_id") for e in own if e.get("type") == "node_cancelled")
     last_end: dict[str, str] = {}
