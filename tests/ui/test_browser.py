@@ -150,6 +150,7 @@ def shoot(driver: Any, name: str) -> Path:
     """Save a screenshot of the whole page as a test artefact (and for the docs)."""
     folder = Path(os.environ.get("STAGEFLOW_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "ui"
     folder.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1366, min(max(int(height), 700), 2600))
     path = folder / f"{name}.png"
@@ -171,9 +172,14 @@ def node_classes(driver: Any, node_id: str) -> set[str]:
 
 
 def wait_for(driver: Any, condition: Any, timeout: float = 30.0) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    # The page may reload between finding an element and reading it: look again.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(
+        condition
+    )
 
 
 async def _inbox_head(url: str, session_id: str) -> int:
