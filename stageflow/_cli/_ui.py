@@ -15,6 +15,9 @@ from stageflow._cli._registry import add_stage_options, resolve_registry
 
 __all__ = ["add_ui_parser"]
 
+# Loopback names: bound to one of them, the inspector answers requests naming only these.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
 _DESCRIPTION = """\
 Serve a web inspector for sessions and pipelines, bound to 127.0.0.1 by default.
 
@@ -82,12 +85,13 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
         redact=tuple(args.redact),
         coverage=Path(args.coverage) if args.coverage else None,
         refresh=args.refresh,
+        allowed_hosts=_LOOPBACK if args.host in _LOOPBACK else None,
     )
     try:
         app = ui.create_app(config)
     except ui.InspectorError as exc:
         raise CommandError(str(exc)) from exc
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in _LOOPBACK:
         io.warn(
             f"serving on {args.host}: anyone who reaches this address sees the sessions"
             + (" and can act on them" if args.allow_actions else "")

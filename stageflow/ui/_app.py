@@ -22,6 +22,8 @@ import jinja2
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -71,6 +73,9 @@ class InspectorConfig:
         redact: path patterns of values to hide (see ``docs/ui.md``).
         coverage: a ``stageflow test --json`` report, drawn on the pipeline pages.
         refresh: seconds between two looks at the store for live updates.
+        allowed_hosts: the host names requests may name (``Host``), or ``None``
+            for any; ``stageflow ui`` on a loopback address allows only loopback
+            names, so a web page cannot reach it by rebinding its own name.
     """
 
     store: SessionStore | None = None
@@ -82,6 +87,7 @@ class InspectorConfig:
     redact: tuple[str, ...] = ()
     coverage: Path | None = None
     refresh: float = 1.0
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 def _plain(value: Any) -> Any:
@@ -203,12 +209,11 @@ class Inspector:
     def need_source(self) -> Source:
         """The session source; an error page when the inspector has none."""
         if self.source is None:
-            error = InspectorError(
+            raise InspectorError(
                 "this inspector shows no sessions: start it with --store URL or a snapshot "
-                "file or directory"
+                "file or directory",
+                status_code=404,
             )
-            error.status_code = 404
-            raise error
         return self.source
 
     def jaeger_link(self, event: Mapping[str, Any]) -> str | None:
@@ -417,9 +422,9 @@ class Inspector:
         """GET /pipelines/{file}: one pipeline's graph, node details, problems and coverage."""
         directory = self.config.pipelines
         if directory is None:
-            error = InspectorError("no pipeline directory: start stageflow ui with --pipelines DIR")
-            error.status_code = 404
-            raise error
+            raise InspectorError(
+                "no pipeline directory: start stageflow ui with --pipelines DIR", status_code=404
+            )
         loaded = read_pipeline_file(directory, request.path_params["file"], self.config.registry)
         cover = coverage_marks(self.coverage.get(loaded.name, ()), loaded.file)
         svg = None
@@ -514,4 +519,14 @@ def create_app(config: InspectorConfig) -> Starlette:
         HTTPException: inspector.error_page,
         stageflow.StageflowError: inspector.error_page,
     }
-    return Starlette(routes=routes, exception_handlers=dict(handlers), lifespan=lifespan)
+    middleware = (
+        [Middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))]
+        if config.allowed_hosts is not None
+        else []
+    )
+    return Starlette(
+        routes=routes,
+        exception_handlers=dict(handlers),
+        lifespan=lifespan,
+        middleware=middleware,
+    )

@@ -22,10 +22,15 @@ class InspectorError(StageflowError):
     """The inspector cannot show or do what was asked.
 
     Attributes:
-        status_code: the HTTP status of the page that says so.
+        status_code: the HTTP status of the page that says so (400 unless given).
     """
 
     status_code = 400
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        if status_code is not None:
+            self.status_code = status_code
+        super().__init__(message)
 
 
 class SnapshotLoadError(InspectorError):

@@ -84,11 +84,10 @@ def read_pipeline_file(
         InspectorError: (404) no such pipeline file in the directory.
     """
     if file not in list_pipeline_files(directory):
-        error = InspectorError(
-            f"no pipeline file {file!r} in {str(directory)!r}; pick one from the pipelines page"
+        raise InspectorError(
+            f"no pipeline file {file!r} in {str(directory)!r}; pick one from the pipelines page",
+            status_code=404,
         )
-        error.status_code = 404
-        raise error
     path = str(directory / file)
     try:
         document = read_document(path)

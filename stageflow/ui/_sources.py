@@ -36,6 +36,7 @@ __all__ = [
 
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 _MAX_EVENTS = 100_000
+_MAX_ROWS = 10_000
 
 
 @attrs.frozen
@@ -254,15 +255,21 @@ class StoreSource:
 
     async def rows(self, filters: Filters, limit: int) -> tuple[list[SessionRow], list[str]]:
         """Matching sessions, newest update first."""
+        # The store lists oldest first: take many rows, keep the newest.
         found = await self.store.list_sessions(
             status=filters.status or None,
             pipeline=filters.pipeline or None,
             waiting_for=filters.waiting_for or None,
-            limit=limit,
+            limit=_MAX_ROWS,
         )
-        rows = [self._row(r, *await self._details_of(r)) for r in found]
-        rows.sort(key=lambda r: r.updated or "", reverse=True)
-        return rows, []
+        found.sort(key=lambda r: r.updated_at, reverse=True)
+        rows = [self._row(r, *await self._details_of(r)) for r in found[:limit]]
+        problems = (
+            [f"more than {_MAX_ROWS} sessions match: filter to see the others"]
+            if len(found) >= _MAX_ROWS
+            else []
+        )
+        return rows, problems
 
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:
         """Row, snapshot and committed events of one stored session."""

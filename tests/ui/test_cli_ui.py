@@ -117,3 +117,35 @@ def test_serves_snapshots_on_127_0_0_1_until_sigterm(ui_data: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert f"inspector on http://127.0.0.1:{port}/" in err
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_serve_runs_the_app_under_trio_and_asyncio(ui_data: Path, backend: str) -> None:
+    import anyio
+    import anyio.from_thread
+
+    from stageflow.ui import InspectorConfig, create_app, serve
+
+    port = _free_port()
+    app = create_app(InspectorConfig(snapshots=ui_data / "snaps"))
+    with anyio.from_thread.start_blocking_portal(backend=backend) as portal:
+        stop = portal.call(anyio.Event)
+        running = portal.start_task_soon(
+            lambda: serve(app, "127.0.0.1", port, shutdown_trigger=stop.wait)
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # poll the socket until it serves
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/sessions/done-1", timeout=5
+                    ) as response:
+                        page = response.read().decode()
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+        finally:
+            portal.call(stop.set)
+            running.result(timeout=30)
+    assert 'class="status status-completed"' in page

@@ -23,6 +23,7 @@ from stageflow.store import SessionService, SessionStore, open_store
 from stageflow.testing import measure_coverage
 from stageflow.ui import InspectorConfig, create_app
 from stageflow.ui._inspect import event_objects
+from stageflow.ui._sources import Filters, StoreSource
 
 pytestmark = pytest.mark.anyio
 
@@ -466,3 +467,26 @@ async def test_assets_ship_in_the_package_and_nothing_loads_from_the_network(
         assert not re.search(r"(src|href)=\"(https?:)?//", text), file
         assert "@import" not in text, file
         assert "url(http" not in text, file
+
+
+async def test_requests_naming_another_host_are_refused_when_hosts_are_given(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url, allowed_hosts=("127.0.0.1", "localhost"))
+    response = await client.get("/sessions", headers={"host": "attacker.example"})
+    assert response.status_code == 400
+    assert "waiting-1" not in response.text
+    ok = await client.get("/sessions", headers={"host": "127.0.0.1:8080"})
+    assert ok.status_code == 200
+
+
+async def test_the_newest_sessions_are_listed_first(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        rows, problems = await StoreSource(store, None).rows(Filters(), 2)
+        every = await store.list_sessions()
+    finally:
+        await store.aclose()
+    newest = sorted(every, key=lambda r: r.updated_at, reverse=True)[:2]
+    assert [r.session_id for r in rows] == [r.session_id for r in newest]
+    assert problems == []
