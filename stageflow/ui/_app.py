@@ -37,7 +37,13 @@ from starlette.staticfiles import StaticFiles
 
 import stageflow
 from stageflow._cli._graph import build_graph
-from stageflow.store import SessionFinishedError, SessionNotFoundError, SessionStore, StoreError
+from stageflow.store import (
+    FINISHED_STATUSES,
+    SessionFinishedError,
+    SessionNotFoundError,
+    SessionStore,
+    StoreError,
+)
 from stageflow.ui._drawing import NodeMarks, draw, drawn_kind
 from stageflow.ui._errors import ActionsDisabledError, InputRefusedError, InspectorError
 from stageflow.ui._inspect import SessionView
@@ -298,7 +304,8 @@ class Inspector:
             taken={(s, drawn_kind(k), t) for s, k, t in view.taken},
             title=f"pipeline {view.pipeline.name} in session {view.session_id}",
         )
-        finished = view.status in stageflow.store.FINISHED_STATUSES
+        # The row's status is the store's word (``poisoned`` is never in a snapshot).
+        finished = loaded.row.status in FINISHED_STATUSES
         fp = await source.fingerprint(session_id)
         return self.page(
             request,

@@ -21,7 +21,7 @@ import stageflow
 from stageflow._cli._registry import structural_registry
 from stageflow.store import SessionNotFoundError, SessionStore, StoredSession
 from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
-from stageflow.ui._inspect import SessionView, inspect_session, pipeline_version
+from stageflow.ui._inspect import SessionView, inspect_session, pipeline_version, plain
 
 __all__ = [
     "Filters",
@@ -30,8 +30,8 @@ __all__ = [
     "SnapshotSource",
     "Source",
     "StoreSource",
+    "PipelineCache",
     "check_input",
-    "restore",
 ]
 
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
@@ -121,27 +121,44 @@ def _registry_for(
     return structural
 
 
-def restore(
-    snapshot: Any, registry: stageflow.StageRegistry | None, where: str
-) -> tuple[stageflow.Session, Mapping[str, Any]]:
-    """Check a snapshot by restoring it; returns the session and the snapshot.
+class PipelineCache:
+    """Pipelines already loaded from snapshots, by digest (loading one costs ~100 ms)."""
 
-    Stages the inspector was not given (``--stages``) are stood in for by
-    names without specs: nothing runs here, and the document is checked all
-    the same.
+    def __init__(self, registry: stageflow.StageRegistry | None, size: int = 64) -> None:
+        self.registry = registry
+        self.size = size
+        self._pipelines: dict[str, stageflow.Pipeline] = {}
 
-    Raises:
-        SnapshotLoadError: it is not a snapshot this stageflow restores.
-    """
-    if not isinstance(snapshot, Mapping):
-        raise SnapshotLoadError(f"{where}: not a session snapshot (a JSON object is expected)")
-    pipeline = snapshot.get("pipeline")
-    document = pipeline.get("document") if isinstance(pipeline, Mapping) else None
-    try:
-        session = stageflow.Session.from_dict(snapshot, registry=_registry_for(document, registry))
-    except stageflow.StageflowError as exc:
-        raise SnapshotLoadError(f"{where}: the snapshot does not load: {exc}") from exc
-    return session, snapshot
+    def restore(self, snapshot: Any, where: str) -> tuple[stageflow.Session, Mapping[str, Any]]:
+        """Check a snapshot by restoring it; returns the session and the snapshot.
+
+        Stages the inspector was not given (``--stages``) are stood in for by
+        names without specs: nothing runs here, and the document is checked
+        all the same. A pipeline is loaded once per digest and reused for a
+        snapshot that carries the same document.
+
+        Raises:
+            SnapshotLoadError: it is not a snapshot this stageflow restores.
+        """
+        if not isinstance(snapshot, Mapping):
+            raise SnapshotLoadError(f"{where}: not a session snapshot (a JSON object is expected)")
+        meta = snapshot.get("pipeline")
+        document = meta.get("document") if isinstance(meta, Mapping) else None
+        digest = meta.get("digest") if isinstance(meta, Mapping) else None
+        known = self._pipelines.get(digest) if isinstance(digest, str) else None
+        if known is not None and plain(known.document) != plain(document):
+            known = None  # not the document of that digest: a full restore reports it
+        try:
+            session = stageflow.Session.from_dict(
+                snapshot, registry=_registry_for(document, self.registry), pipeline=known
+            )
+        except stageflow.StageflowError as exc:
+            raise SnapshotLoadError(f"{where}: the snapshot does not load: {exc}") from exc
+        if known is None and session.pipeline.digest == digest:
+            if len(self._pipelines) >= self.size:
+                self._pipelines.clear()
+            self._pipelines[session.pipeline.digest] = session.pipeline
+        return session, snapshot
 
 
 def _view(
@@ -220,7 +237,7 @@ class StoreSource:
 
     def __init__(self, store: SessionStore, registry: stageflow.StageRegistry | None) -> None:
         self.store = store
-        self.registry = registry
+        self.pipelines = PipelineCache(registry)
         # (session id, saved version) -> (pipeline version, error): snapshots do not change.
         self._details: dict[tuple[str, int], tuple[str, str | None]] = {}
 
@@ -230,7 +247,7 @@ class StoreSource:
         if found is None:
             snapshot = await self.store.load(row.session_id)
             try:
-                session, _ = restore(snapshot, self.registry, f"session {row.session_id!r}")
+                session, _ = self.pipelines.restore(snapshot, f"session {row.session_id!r}")
             except SnapshotLoadError as exc:
                 found = ("?", str(exc))
             else:
@@ -275,7 +292,7 @@ class StoreSource:
         """Row, snapshot and committed events of one stored session."""
         stored = await self.store.get(session_id)
         snapshot = await self.store.load(session_id)
-        session, _ = restore(snapshot, self.registry, f"session {session_id!r}")
+        session, _ = self.pipelines.restore(snapshot, f"session {session_id!r}")
         events = await self.store.events(session_id, limit=_MAX_EVENTS)
         if not events:
             events = list(snapshot.get("history") or ())
@@ -307,7 +324,7 @@ class SnapshotSource:
 
     def __init__(self, path: Path, registry: stageflow.StageRegistry | None) -> None:
         self.path = path
-        self.registry = registry
+        self.pipelines = PipelineCache(registry)
         # file -> ((mtime, size), session, snapshot) or the problem reading it
         self._cache: dict[Path, tuple[tuple[int, int], Any]] = {}
 
@@ -344,7 +361,7 @@ class SnapshotSource:
                 raise SnapshotLoadError(
                     f"{file}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                 ) from exc
-            loaded = restore(data, self.registry, str(file))
+            loaded = self.pipelines.restore(data, str(file))
         except SnapshotLoadError as exc:
             self._cache[file] = (key, exc)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import pytest
 import stageflow
 from stageflow._cli._graph import build_invalid_graph
 from stageflow.ui._drawing import draw
+from stageflow.ui._errors import SnapshotLoadError
 from stageflow.ui._inspect import REDACTED, inspect_session, redact
 from stageflow.ui._layout import layout
+from stageflow.ui._sources import PipelineCache
 
 pytestmark = pytest.mark.anyio
 
@@ -153,3 +156,21 @@ def test_the_inspector_reads_sessions_through_public_apis_only() -> None:
     # layer) are shared on purpose; nothing below the public API is imported.
     assert outside <= ALLOWED | ALLOWED_CLI
     assert "stageflow._cli._graph" in outside
+
+
+async def test_a_pipeline_is_loaded_once_per_digest_and_a_tampered_snapshot_still_fails() -> None:
+    pipeline = stageflow.Pipeline.from_dict(NESTED)
+    cache = PipelineCache(None)
+    snapshots = []
+    for sid in ("c-1", "c-2"):
+        session = stageflow.Session(pipeline, payload={"items": [1]}, session_id=sid)
+        await session.run(suspend=True)
+        snapshots.append(session.to_dict())
+    first, _ = cache.restore(snapshots[0], "c-1")
+    second, _ = cache.restore(snapshots[1], "c-2")
+    assert second.pipeline is first.pipeline
+    tampered = copy.deepcopy(snapshots[1])
+    tampered["pipeline"]["document"]["nodes"][3]["id"] = "finish"
+    tampered["pipeline"]["document"]["nodes"][2]["next"] = "finish"
+    with pytest.raises(SnapshotLoadError, match="c-3: the snapshot does not load"):
+        cache.restore(tampered, "c-3")
