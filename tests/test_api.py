@@ -24,6 +24,7 @@ silent on type-only imports:
 from __future__ import annotations
 
 import ast
+import functools
 import graphlib
 import importlib
 import importlib.metadata
@@ -667,12 +668,19 @@ def _external_imports(files: list[Path], local: set[str]) -> Iterator[External]:
                 yield External(file, stmt.lineno, module, id(stmt) not in top_level, type_only)
 
 
-def _distributions(module: str) -> set[str]:
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    # Scans every installed distribution's file list: seconds each time, so once per run.
+    return dict(importlib.metadata.packages_distributions())
+
+
+@functools.cache
+def _distributions(module: str) -> frozenset[str]:
     """The installed distributions that provide ``module``."""
     top = module.partition(".")[0]
-    candidates = importlib.metadata.packages_distributions().get(top, [])
+    candidates = _packages_distributions().get(top, [])
     if len(candidates) <= 1:
-        return {_normalise(c) for c in candidates}
+        return frozenset(_normalise(c) for c in candidates)
     # A namespace package (opentelemetry): find the distribution that ships the module.
     spec = importlib.util.find_spec(module)
     origin = Path(spec.origin).resolve() if spec and spec.origin else None
@@ -680,8 +688,8 @@ def _distributions(module: str) -> set[str]:
         dist = importlib.metadata.distribution(candidate)
         for file in dist.files or ():
             if origin is not None and Path(str(dist.locate_file(file))).resolve() == origin:
-                return {_normalise(candidate)}
-    return {_normalise(c) for c in candidates}
+                return frozenset({_normalise(candidate)})
+    return frozenset(_normalise(c) for c in candidates)
 
 
 def _undeclared(externals: list[External], allowed_now: set[str], allowed_lazy: set[str]) -> list:
