@@ -21,7 +21,8 @@ underscore are private.
 # - engine: ``_session.py``, the public Session handle built on the kernel;
 # - store: ``store/``, sessions at scale (session stores, SessionService, Worker),
 #   a public submodule; its two roles are re-exported here too;
-# - top: the CLI, the test kit, tracing and logging set-up, the built-in stages.
+# - top: the CLI, the test kit, tracing and logging set-up, the built-in stages,
+#   the web inspector (``ui``, needs the ``ui`` extra).
 #
 # This file re-exports the public names of the private modules, and makes them
 # report ``stageflow`` as their module, so tracebacks and help() say

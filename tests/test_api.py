@@ -164,7 +164,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "engine": ("_session",),
     # Sessions at scale (store, service, worker): built on the public session handle.
     "store": ("store",),
-    "top": ("cli", "_cli", "__main__", "testing", "tracing", "logging", "builtins"),
+    "top": ("cli", "_cli", "__main__", "testing", "tracing", "logging", "builtins", "ui"),
 }
 
 # Known violations, each with what would remove it. A ratchet: the layer test
@@ -669,17 +669,18 @@ def _external_imports(files: list[Path], local: set[str]) -> Iterator[External]:
 
 
 @functools.cache
-def _packages() -> dict[str, list[str]]:
-    """Top-level module -> distributions (one scan of the installed metadata, not per import)."""
+def _packages_distributions() -> dict[str, list[str]]:
+    # Scans every installed distribution's file list: seconds each time, so once per run.
     return dict(importlib.metadata.packages_distributions())
 
 
-def _distributions(module: str) -> set[str]:
+@functools.cache
+def _distributions(module: str) -> frozenset[str]:
     """The installed distributions that provide ``module``."""
     top = module.partition(".")[0]
-    candidates = _packages().get(top, [])
+    candidates = _packages_distributions().get(top, [])
     if len(candidates) <= 1:
-        return {_normalise(c) for c in candidates}
+        return frozenset(_normalise(c) for c in candidates)
     # A namespace package (opentelemetry): find the distribution that ships the module.
     spec = importlib.util.find_spec(module)
     origin = Path(spec.origin).resolve() if spec and spec.origin else None
@@ -687,8 +688,8 @@ def _distributions(module: str) -> set[str]:
         dist = importlib.metadata.distribution(candidate)
         for file in dist.files or ():
             if origin is not None and Path(str(dist.locate_file(file))).resolve() == origin:
-                return {_normalise(candidate)}
-    return {_normalise(c) for c in candidates}
+                return frozenset({_normalise(candidate)})
+    return frozenset(_normalise(c) for c in candidates)
 
 
 def _undeclared(externals: list[External], allowed_now: set[str], allowed_lazy: set[str]) -> list:
@@ -723,6 +724,9 @@ OPTIONAL_MODULES = {
     "_stageflow_pytest.py": "pytest",  # the pytest11 entry point: pytest loads it
     "stageflow/testing/_plugin.py": "pytest",  # imported by it when a case file is collected
     "stageflow/store/_postgres.py": "postgres",  # imported by open_store for postgresql:// only
+    # stageflow.ui, the web inspector (`stageflow ui` imports it only when run)
+    "stageflow/ui/_app.py": "ui",
+    "stageflow/ui/_serve.py": "ui",
 }
 
 

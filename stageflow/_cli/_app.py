@@ -20,6 +20,7 @@ from stageflow._cli._common import (
 from stageflow._cli._registry import STAGES_HINT, UNREGISTERED
 from stageflow._cli._run import add_run_parser
 from stageflow._cli._store import add_store_parsers
+from stageflow._cli._ui import add_ui_parser
 from stageflow._engine._backend import is_interrupt
 from stageflow._errors import PipelineValidationError, StageflowError
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(subparsers)
     add_parsers(subparsers)
     add_store_parsers(subparsers)
+    add_ui_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,155 @@
+"""``stageflow ui``: serve the web inspector (needs the ``ui`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from stageflow._cli._common import CommandError, ExitCode, Streams
+from stageflow._cli._registry import add_stage_options, resolve_registry
+
+__all__ = ["add_ui_parser"]
+
+# Loopback names: bound to one of them, the inspector answers requests naming only these.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+_DESCRIPTION = """\
+Serve a web inspector for sessions and pipelines, bound to 127.0.0.1 by default.
+
+Sessions come from a store (--store, or $STAGEFLOW_STORE) or from SNAPSHOT
+files (a Session.to_dict() JSON file, or a directory of them); pipelines from
+--pipelines DIR. Pages: the sessions (filters, live updates), a session (its
+graph with each node's state, history, context, backlog, error, an input
+form checked against the declared schema), a pipeline (graph, node details,
+problems, coverage from --coverage). Read-only unless --allow-actions.
+"""
+
+
+def _sqlite_file(url: str) -> Path | None:
+    rest = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
+    if rest is None or rest == ":memory:":
+        return None
+    return Path(rest)
+
+
+def ui_command(args: argparse.Namespace, io: Streams) -> int:
+    """``stageflow ui``: serve until Ctrl-C or SIGTERM."""
+    try:
+        from stageflow import ui
+    except ModuleNotFoundError as exc:
+        raise CommandError(
+            f"stageflow ui needs {exc.name}, which is not installed; "
+            "install the inspector with pip install 'stageflow[ui]'",
+            exit_code=ExitCode.UNAVAILABLE,
+        ) from exc
+    from stageflow.store import open_store
+
+    if args.store and args.snapshot:
+        raise CommandError("give either --store or SNAPSHOT files, not both")
+    if not args.snapshot and not args.store:
+        args.store = os.environ.get("STAGEFLOW_STORE")
+    store = None
+    if args.store:
+        file = _sqlite_file(args.store)
+        if file is not None and not file.exists():
+            raise CommandError(
+                f"--store {args.store}: no such SQLite file ({file}); check the path "
+                "(the inspector never creates a store)"
+            )
+        store = open_store(args.store)
+    snapshots = Path(args.snapshot) if args.snapshot else None
+    if snapshots is not None and not snapshots.exists():
+        raise CommandError(f"SNAPSHOT {args.snapshot}: no such file or directory; check the path")
+    pipelines = Path(args.pipelines) if args.pipelines else None
+    if pipelines is not None and not pipelines.is_dir():
+        raise CommandError(f"--pipelines {args.pipelines}: not a directory; check the path")
+    registry = (
+        resolve_registry(
+            args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
+        )
+        if args.stages_modules or args.plugins
+        else None
+    )
+    config = ui.InspectorConfig(
+        store=store,
+        snapshots=snapshots,
+        pipelines=pipelines,
+        registry=registry,
+        jaeger=args.jaeger,
+        allow_actions=args.allow_actions,
+        redact=tuple(args.redact),
+        coverage=Path(args.coverage) if args.coverage else None,
+        refresh=args.refresh,
+        allowed_hosts=_LOOPBACK if args.host in _LOOPBACK else None,
+    )
+    try:
+        app = ui.create_app(config)
+    except ui.InspectorError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.host not in _LOOPBACK:
+        io.warn(
+            f"serving on {args.host}: anyone who reaches this address sees the sessions"
+            + (" and can act on them" if args.allow_actions else "")
+        )
+    io.warn(f"inspector on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            stop = anyio.Event()
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        stop.set()
+
+            tg.start_soon(on_signals)
+            await ui.serve(app, args.host, args.port, shutdown_trigger=stop.wait)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main, backend="trio")
+    return ExitCode.OK
+
+
+def add_ui_parser(subparsers: Any) -> None:
+    """Add ``ui`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "ui",
+        help="serve a web inspector for sessions and pipelines",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "snapshot", nargs="?", metavar="SNAPSHOT", help="a snapshot file or a directory of them"
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="sqlite:///path.db or postgresql://user@host/db (default: $STAGEFLOW_STORE, "
+        "unless SNAPSHOT is given)",
+    )
+    p.add_argument("--pipelines", metavar="DIR", help="pipeline files for the pipeline pages")
+    p.add_argument("--jaeger", metavar="URL", help="Jaeger UI base URL: events link to spans")
+    p.add_argument("--coverage", metavar="REPORT", help="a 'stageflow test --json' report to draw")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument(
+        "--allow-actions", action="store_true", help="let the pages send inputs and cancel"
+    )
+    p.add_argument(
+        "--redact",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="hide values whose path matches (fnmatch, e.g. '*password', 'secrets.*'); "
+        "repeatable; a pipeline adds its own in metadata.redact",
+    )
+    p.add_argument(
+        "--refresh", type=float, default=1.0, help="seconds between live checks (default 1)"
+    )
+    add_stage_options(p)
+    p.set_defaults(handler=ui_command)

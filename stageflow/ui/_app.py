@@ -1,0 +1,539 @@
+"""The inspector's ASGI app: routes, pages, live updates (Starlette, on anyio).
+
+Every page is rendered on the server (Jinja2, autoescaped); the one script
+(``static/ui.js``) adds live updates, node selection and the check of an
+input against its schema before it is sent. Errors become pages that say
+what happened and what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import jinja2
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+import stageflow
+from stageflow._cli._graph import build_graph
+from stageflow.store import (
+    FINISHED_STATUSES,
+    SessionFinishedError,
+    SessionNotFoundError,
+    SessionStore,
+    StoreError,
+)
+from stageflow.ui._drawing import NodeMarks, draw, drawn_kind
+from stageflow.ui._errors import ActionsDisabledError, InputRefusedError, InspectorError
+from stageflow.ui._inspect import SessionView
+from stageflow.ui._pipelines import (
+    coverage_marks,
+    list_pipeline_files,
+    load_coverage,
+    read_pipeline_file,
+)
+from stageflow.ui._sources import Filters, Loaded, SnapshotSource, Source, StoreSource, check_input
+
+__all__ = ["InspectorConfig", "create_app"]
+
+_HERE = Path(__file__).parent
+_LIMIT = 200
+_STATUSES = ("pending", "waiting", "completed", "failed", "cancelled", "timed_out", "poisoned")
+
+log = structlog.get_logger("stageflow.ui")
+
+
+@attrs.frozen
+class InspectorConfig:
+    """What ``stageflow ui`` was asked to show, and what it may do.
+
+    Attributes:
+        store: the session store to read (``None``: no store).
+        snapshots: a snapshot file or a directory of them (``None``: none).
+        pipelines: a directory of pipeline files for the pipeline pages.
+        registry: the stages (``--stages``): their input schemas check the
+            input forms; without them only ``WaitStage``'s ``input_schema`` is known.
+        jaeger: the Jaeger UI's base URL; each event with span ids links to its span.
+        allow_actions: whether the pages may send inputs and cancel sessions.
+        redact: path patterns of values to hide (see ``docs/ui.md``).
+        coverage: a ``stageflow test --json`` report, drawn on the pipeline pages.
+        refresh: seconds between two looks at the store for live updates.
+        allowed_hosts: the host names requests may name (``Host``), or ``None``
+            for any; ``stageflow ui`` on a loopback address allows only loopback
+            names, so a web page cannot reach it by rebinding its own name.
+    """
+
+    store: SessionStore | None = None
+    snapshots: Path | None = None
+    pipelines: Path | None = None
+    registry: stageflow.StageRegistry | None = None
+    jaeger: str | None = None
+    allow_actions: bool = False
+    redact: tuple[str, ...] = ()
+    coverage: Path | None = None
+    refresh: float = 1.0
+    allowed_hosts: tuple[str, ...] | None = None
+
+
+def _plain(value: Any) -> Any:
+    """Frozen JSON (read-only mappings, tuples) as plain JSON, for ``json.dumps``."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple | frozenset):
+        return list(value)
+    return str(value)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["json"] = lambda value: json.dumps(
+        value, indent=2, ensure_ascii=False, default=_plain
+    )
+    env.filters["compact"] = lambda value: json.dumps(value, ensure_ascii=False, default=_plain)
+    env.filters["short_time"] = lambda text: str(text)[:19].replace("T", " ") if text else ""
+    return env
+
+
+_MAX_FORM_BYTES = 2 * 1024 * 1024
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The fields of a URL-encoded form (the only kind the pages post); the first of each.
+
+    Raises:
+        InputRefusedError: the body is larger than the inspector reads.
+    """
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise InputRefusedError(
+                f"the form is larger than {_MAX_FORM_BYTES} bytes; nothing was sent"
+            )
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items()}
+
+
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response that ends as soon as the client goes away.
+
+    Starlette relies on a failed ``send`` to notice a closed connection under
+    ASGI 2.4, so an idle stream (nothing to send) would poll on for ever; this
+    one also listens for ``http.disconnect`` while it streams, on every server.
+    """
+
+    def __init__(self, content: AsyncIterator[str]) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Stream until the content ends or the client disconnects."""
+        async with anyio.create_task_group() as tg:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):
+                    await self.stream_response(send)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _state_label(view: SessionView, node_id: str) -> NodeMarks:
+    state = view.nodes[node_id]
+    words = [state.state]
+    if state.visits:
+        words.append(f"started {state.visits} time{'s' if state.visits != 1 else ''}")
+    if state.failures:
+        words.append(f"failed {state.failures}")
+    waits = sorted({p.waits_for for p in state.positions if p.waits_for})
+    if waits:
+        words.append("waits for " + ", ".join(waits))
+    badge = f"{state.visits}x" if state.visits > 1 else ""
+    return NodeMarks(state.state, badge, "; ".join(words))
+
+
+class Inspector:
+    """The app's state: sources, templates, settings. One per app."""
+
+    def __init__(self, config: InspectorConfig) -> None:
+        self.config = config
+        self.env = _environment()
+        self.source: Source | None = None
+        if config.store is not None:
+            self.source = StoreSource(config.store, config.registry)
+        elif config.snapshots is not None:
+            self.source = SnapshotSource(config.snapshots, config.registry)
+        self.coverage = load_coverage(config.coverage)
+
+    # ---------------------------------------------------------------- helpers
+
+    def page(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
+        """Render a page of the inspector."""
+        html = self.env.get_template(template).render(
+            request=request,
+            config=self.config,
+            source=self.source,
+            has_pipelines=self.config.pipelines is not None,
+            **values,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def need_source(self) -> Source:
+        """The session source; an error page when the inspector has none."""
+        if self.source is None:
+            raise InspectorError(
+                "this inspector shows no sessions: start it with --store URL or a snapshot "
+                "file or directory",
+                status_code=404,
+            )
+        return self.source
+
+    def jaeger_link(self, event: Mapping[str, Any]) -> str | None:
+        """The Jaeger UI address of the event's span, when there is one."""
+        base = self.config.jaeger
+        if not base or not event.get("trace_id"):
+            return None
+        link = f"{base.rstrip('/')}/trace/{event['trace_id']}"
+        if event.get("span_id"):
+            link += f"?uiFind={event['span_id']}"
+        return link
+
+    # ---------------------------------------------------------------- sessions
+
+    def filters(self, request: Request) -> Filters:
+        """The sessions page's filters from the query string."""
+        q = request.query_params
+        return Filters(q.get("status", ""), q.get("pipeline", ""), q.get("waiting_for", ""))
+
+    async def sessions(self, request: Request) -> Response:
+        """GET /sessions: the sessions, filtered, updated live."""
+        source = self.need_source()
+        filters = self.filters(request)
+        rows, problems = await source.rows(filters, _LIMIT)
+        body = self.env.get_template("_rows.html").render(rows=rows)
+        query = urllib.parse.urlencode(attrs.asdict(filters))
+        return self.page(
+            request,
+            "sessions.html",
+            rows=rows,
+            rows_html=body,
+            problems=problems,
+            filters=filters,
+            statuses=_STATUSES,
+            stream=f"/sessions/stream?{query}&fp={_fingerprint(body)}",
+        )
+
+    async def sessions_stream(self, request: Request) -> Response:
+        """GET /sessions/stream: server-sent ``rows`` events whenever the list changes."""
+        source = self.need_source()
+        filters = self.filters(request)
+        last = request.query_params.get("fp", "")
+        template = self.env.get_template("_rows.html")
+
+        async def changes() -> AsyncIterator[str]:
+            nonlocal last
+            yield "retry: 2000\n\n"
+            while True:
+                rows, _ = await source.rows(filters, _LIMIT)
+                body = template.render(rows=rows)
+                fp = _fingerprint(body)
+                if fp != last:
+                    last = fp
+                    data = "".join(f"data: {line}\n" for line in body.splitlines())
+                    yield f"event: rows\nid: {fp}\n{data}\n"
+                await anyio.sleep(self.config.refresh)
+
+        return EventStream(changes())
+
+    async def session(self, request: Request) -> Response:
+        """GET /sessions/{id}: one session, its graph, history, context and actions."""
+        return await self.session_page(request, request.path_params["session_id"])
+
+    async def session_page(
+        self,
+        request: Request,
+        session_id: str,
+        *,
+        refused: InputRefusedError | None = None,
+        sent: Mapping[str, str] | None = None,
+        status: int = 200,
+    ) -> Response:
+        """Render the session page (with a refused input's message and payload, if any)."""
+        source = self.need_source()
+        loaded = await source.load(session_id, self.config.redact)
+        view = loaded.view
+        marks = {node.id: _state_label(view, node.id) for node in view.pipeline.nodes}
+        graph = build_graph(view.pipeline)
+        svg = draw(
+            graph,
+            marks=marks,
+            taken={(s, drawn_kind(k), t) for s, k, t in view.taken},
+            title=f"pipeline {view.pipeline.name} in session {view.session_id}",
+        )
+        # The row's status is the store's word (``poisoned`` is never in a snapshot).
+        finished = loaded.row.status in FINISHED_STATUSES
+        fp = await source.fingerprint(session_id)
+        return self.page(
+            request,
+            "session.html",
+            status=status,
+            loaded=loaded,
+            view=view,
+            row=loaded.row,
+            svg=svg,
+            graph=graph,
+            marks=marks,
+            nodes={n.id: n for n in view.pipeline.nodes},
+            documents={
+                str(n.get("id")): n
+                for n in view.pipeline.document.get("nodes", ())
+                if isinstance(n, Mapping)
+            },
+            finished=finished,
+            can_act=self.config.allow_actions and source.kind == "store" and not finished,
+            refused=refused,
+            sent=sent or {},
+            notice=request.query_params.get("notice", ""),
+            jaeger=self.jaeger_link,
+            stream=f"/sessions/{urllib.parse.quote(session_id)}/stream?fp={fp}",
+        )
+
+    async def session_stream(self, request: Request) -> Response:
+        """GET /sessions/{id}/stream: a ``changed`` event when the session is saved again."""
+        source = self.need_source()
+        session_id = request.path_params["session_id"]
+        known = request.query_params.get("fp", "")
+
+        async def changes() -> AsyncIterator[str]:
+            yield "retry: 2000\n\n"
+            while True:
+                fp = await source.fingerprint(session_id)
+                if fp != known:
+                    yield f"event: changed\ndata: {fp}\n\n"
+                    return
+                await anyio.sleep(self.config.refresh)
+
+        return EventStream(changes())
+
+    def _check_action(self, request: Request) -> StoreSource:
+        if not self.config.allow_actions:
+            raise ActionsDisabledError(
+                "this inspector is read-only: sending inputs and cancelling need "
+                "stageflow ui --allow-actions"
+            )
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            raise ActionsDisabledError(
+                f"a form from another site ({origin}) cannot act on sessions here"
+            )
+        source = self.need_source()
+        if not isinstance(source, StoreSource):
+            raise ActionsDisabledError(
+                "a snapshot file has no worker to deliver an input: open a store "
+                "(--store URL) to send inputs or cancel"
+            )
+        return source
+
+    async def send_input(self, request: Request) -> Response:
+        """POST /sessions/{id}/input: check the input, store it, back to the page."""
+        source = self._check_action(request)
+        session_id = request.path_params["session_id"]
+        form = await _form(request)
+        type = form.get("type", "")
+        text = form.get("payload", "")
+        loaded: Loaded = await source.load(session_id, self.config.redact)
+        try:
+            payload = check_input(loaded.view, type, text)
+            record = await source.store.send_input(session_id, type, payload)
+        except (InputRefusedError, SessionFinishedError) as exc:
+            refused = exc if isinstance(exc, InputRefusedError) else InputRefusedError(str(exc))
+            return await self.session_page(
+                request, session_id, refused=refused, sent={type: text}, status=422
+            )
+        log.info("ui.input_sent", session_id=session_id, type=type, seq=record.seq)
+        notice = f"input {type!r} stored as #{record.seq}; a worker delivers it"
+        return RedirectResponse(
+            f"/sessions/{urllib.parse.quote(session_id)}?"
+            + urllib.parse.urlencode({"notice": notice}),
+            status_code=303,
+        )
+
+    async def cancel(self, request: Request) -> Response:
+        """POST /sessions/{id}/cancel: store a cancel request, back to the page."""
+        source = self._check_action(request)
+        session_id = request.path_params["session_id"]
+        form = await _form(request)
+        reason = form.get("reason", "").strip() or "cancelled from stageflow ui"
+        try:
+            record = await source.store.request_cancel(session_id, reason)
+        except SessionFinishedError as exc:
+            return await self.session_page(
+                request, session_id, refused=InputRefusedError(str(exc)), status=422
+            )
+        log.info("ui.cancel_sent", session_id=session_id, seq=record.seq)
+        notice = f"cancel request stored as #{record.seq}; a worker ends the session"
+        return RedirectResponse(
+            f"/sessions/{urllib.parse.quote(session_id)}?"
+            + urllib.parse.urlencode({"notice": notice}),
+            status_code=303,
+        )
+
+    # --------------------------------------------------------------- pipelines
+
+    async def pipelines(self, request: Request) -> Response:
+        """GET /pipelines: the pipeline files of --pipelines."""
+        directory = self.config.pipelines
+        entries = []
+        for file in list_pipeline_files(directory):
+            assert directory is not None
+            loaded = read_pipeline_file(directory, file, self.config.registry)
+            cover = coverage_marks(self.coverage.get(loaded.name, ()), file)
+            entries.append((loaded, cover))
+        return self.page(request, "pipelines.html", entries=entries, directory=directory)
+
+    async def pipeline(self, request: Request) -> Response:
+        """GET /pipelines/{file}: one pipeline's graph, node details, problems and coverage."""
+        directory = self.config.pipelines
+        if directory is None:
+            raise InspectorError(
+                "no pipeline directory: start stageflow ui with --pipelines DIR", status_code=404
+            )
+        loaded = read_pipeline_file(directory, request.path_params["file"], self.config.registry)
+        cover = coverage_marks(self.coverage.get(loaded.name, ()), loaded.file)
+        svg = None
+        if loaded.graph is not None:
+            marks: dict[str, NodeMarks] = {}
+            if cover is not None:
+                for node_id, hits in cover.nodes.items():
+                    state = "covered" if hits else "missed"
+                    label = f"run {hits} times by the cases" if hits else "never run by the cases"
+                    marks[node_id] = NodeMarks(state, f"{hits}x", label)
+            svg = draw(
+                loaded.graph,
+                marks=marks,
+                missed=cover.missed if cover else (),
+                title=f"pipeline {loaded.name}",
+            )
+        node_problems = {n.id: n.problems for n in loaded.graph.nodes} if loaded.graph else {}
+        return self.page(
+            request,
+            "pipeline.html",
+            loaded=loaded,
+            svg=svg,
+            cover=cover,
+            node_problems=node_problems,
+        )
+
+    # ------------------------------------------------------------------ misc
+
+    async def home(self, request: Request) -> Response:
+        """GET /: the sessions, or the pipelines when there are no sessions to show."""
+        target = "/sessions" if self.source is not None else "/pipelines"
+        return RedirectResponse(target, status_code=307)
+
+    async def health(self, request: Request) -> Response:
+        """GET /healthz: ``ok`` once the app serves (for readiness checks)."""
+        return PlainTextResponse("ok")
+
+    async def error_page(self, request: Request, exc: Exception) -> Response:
+        """Any error as a page: what happened and what to do, never a traceback."""
+        if isinstance(exc, InputRefusedError):
+            status, title = exc.status_code, "Input refused"
+        elif isinstance(exc, InspectorError):
+            status, title = exc.status_code, "Cannot show this"
+        elif isinstance(exc, SessionNotFoundError):
+            status, title = 404, "No such session"
+        elif isinstance(exc, StoreError):
+            status, title = 503, "The session store cannot be read"
+        elif isinstance(exc, HTTPException):
+            status, title = exc.status_code, str(exc.detail)
+        else:
+            log.exception("ui.error", path=request.url.path)
+            status, title = 500, "Internal error"
+            exc = RuntimeError(
+                "the inspector failed on this page; its log (standard error) has the details"
+            )
+        message = str(exc) if not isinstance(exc, HTTPException) else f"{request.url.path}: {title}"
+        return self.page(request, "error.html", status=status, title=title, message=message)
+
+
+def create_app(config: InspectorConfig) -> Starlette:
+    """The inspector as an ASGI app (serve it with Hypercorn, on trio or asyncio).
+
+    Raises:
+        InspectorError: the coverage report cannot be read.
+    """
+    inspector = Inspector(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if inspector.source is not None:
+                with anyio.CancelScope(shield=True):
+                    await inspector.source.aclose()
+
+    routes = [
+        Route("/", inspector.home),
+        Route("/healthz", inspector.health),
+        Route("/sessions", inspector.sessions),
+        Route("/sessions/stream", inspector.sessions_stream),
+        Route("/sessions/{session_id:str}", inspector.session),
+        Route("/sessions/{session_id:str}/stream", inspector.session_stream),
+        Route("/sessions/{session_id:str}/input", inspector.send_input, methods=["POST"]),
+        Route("/sessions/{session_id:str}/cancel", inspector.cancel, methods=["POST"]),
+        Route("/pipelines", inspector.pipelines),
+        Route("/pipelines/{file:str}", inspector.pipeline),
+        Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
+    ]
+    handlers: Mapping[Any, Any] = {
+        Exception: inspector.error_page,
+        HTTPException: inspector.error_page,
+        stageflow.StageflowError: inspector.error_page,
+    }
+    middleware = (
+        [Middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))]
+        if config.allowed_hosts is not None
+        else []
+    )
+    return Starlette(
+        routes=routes,
+        exception_handlers=dict(handlers),
+        lifespan=lifespan,
+        middleware=middleware,
+    )

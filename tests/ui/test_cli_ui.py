@@ -1,0 +1,151 @@
+"""``stageflow ui`` from the command line: its checks, and a real serve and stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stageflow.cli import main
+
+ROOT = Path(__file__).parents[2]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_a_store_file_that_does_not_exist_is_not_created(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.db"
+    code, err = run(capsys, "ui", "--store", f"sqlite:///{missing}")
+    assert code == 2
+    assert "no such SQLite file" in err
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no/such/snapshot.json"], "SNAPSHOT no/such/snapshot.json: no such file"),
+        (["--pipelines", "no/such/dir"], "--pipelines no/such/dir: not a directory"),
+        (["--store", "mysql://x", "--pipelines", "."], "unknown scheme"),
+    ],
+)
+def test_bad_arguments_say_what_to_fix(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, err = run(capsys, "ui", *args)
+    assert code == 2
+    assert message in err
+
+
+def test_store_and_snapshot_together_are_refused(
+    capsys: pytest.CaptureFixture[str], ui_data: Path
+) -> None:
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), "--store", "sqlite:///x.db")
+    assert code == 2
+    assert "either --store or SNAPSHOT" in err
+
+
+def test_a_coverage_file_that_is_not_a_report_is_refused(
+    capsys: pytest.CaptureFixture[str], ui_data: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    report.write_text('{"passed": 1}')
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(report))
+    assert code == 2
+    assert "not a tester's report" in err
+
+
+def test_without_the_ui_extra_the_command_says_how_to_install_it(ui_data: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None  # as if the ui extra were not installed\n"
+        "from stageflow.cli import main\n"
+        f"sys.exit(main(['ui', {str(ui_data / 'snaps')!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 5
+    assert "pip install 'stageflow[ui]'" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serves_snapshots_on_127_0_0_1_until_sigterm(ui_data: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "STAGEFLOW_STORE": ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stageflow", "ui", str(ui_data / "snaps"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # poll the socket until it serves
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/sessions", timeout=5) as r:
+                    page = r.read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert 'data-session="waiting-1"' in page
+        assert "read-only" in page
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"inspector on http://127.0.0.1:{port}/" in err
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_serve_runs_the_app_under_trio_and_asyncio(ui_data: Path, backend: str) -> None:
+    import anyio
+    import anyio.from_thread
+
+    from stageflow.ui import InspectorConfig, create_app, serve
+
+    port = _free_port()
+    app = create_app(InspectorConfig(snapshots=ui_data / "snaps"))
+    with anyio.from_thread.start_blocking_portal(backend=backend) as portal:
+        stop = portal.call(anyio.Event)
+        running = portal.start_task_soon(
+            lambda: serve(app, "127.0.0.1", port, shutdown_trigger=stop.wait)
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # poll the socket until it serves
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/sessions/done-1", timeout=5
+                    ) as response:
+                        page = response.read().decode()
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+        finally:
+            portal.call(stop.set)
+            running.result(timeout=30)
+    assert 'class="status status-completed"' in page

@@ -1,0 +1,176 @@
+"""What the inspector reads of a snapshot, its layout, and what it may import."""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+
+import stageflow
+from stageflow._cli._graph import build_invalid_graph
+from stageflow.ui._drawing import draw
+from stageflow.ui._errors import SnapshotLoadError
+from stageflow.ui._inspect import REDACTED, inspect_session, redact
+from stageflow.ui._layout import layout
+from stageflow.ui._sources import PipelineCache
+
+pytestmark = pytest.mark.anyio
+
+NOTE_SCHEMA = {"type": "object", "required": ["text"]}
+
+NESTED = {
+    "api_version": "1.0",
+    "entry": "each",
+    "metadata": {"name": "nested"},
+    "nodes": [
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "ask",
+            "concurrency": 2,
+            "next": "sub",
+        },
+        {
+            "id": "ask",
+            "type": "stage",
+            "stage": "WaitStage",
+            "config": {"input": "answer"},
+            "outputs": {"payload": "answer"},
+        },
+        {"id": "sub", "type": "subpipeline", "pipeline": "notes", "next": "done"},
+        {"id": "done", "type": "terminal"},
+    ],
+    "subpipelines": {
+        "notes": {
+            "entry": "note",
+            "nodes": [
+                {
+                    "id": "note",
+                    "type": "stage",
+                    "stage": "WaitStage",
+                    "config": {"input": "note", "input_schema": NOTE_SCHEMA},
+                    "next": "end",
+                },
+                {"id": "end", "type": "terminal"},
+            ],
+        }
+    },
+}
+
+
+async def test_positions_inside_map_items_are_drawn_on_the_body_node() -> None:
+    pipeline = stageflow.Pipeline.from_dict(NESTED)
+    session = stageflow.Session(pipeline, payload={"items": [1, 2, 3]}, session_id="n-1")
+    await session.run(suspend=True)
+    view = inspect_session(session.to_dict(), [e.to_dict() for e in session.history], pipeline)
+    assert view.nodes["each"].state == "running"
+    assert [p.state for p in view.nodes["each"].positions] == ["map"]
+    assert view.nodes["ask"].state == "waiting"
+    assert len(view.nodes["ask"].positions) == 2  # two items at a time
+    assert {p.path for p in view.nodes["ask"].positions} == {"each/0", "each/1"}
+    assert view.nodes["sub"].state == "unvisited"
+    assert [f.type for f in view.forms] == ["answer"]
+
+
+async def test_a_position_inside_a_subpipeline_marks_the_subpipeline_node() -> None:
+    pipeline = stageflow.Pipeline.from_dict(NESTED)
+    session = stageflow.Session(pipeline, payload={"items": []}, session_id="n-2")
+    await session.run(suspend=True)
+    view = inspect_session(session.to_dict(), [e.to_dict() for e in session.history], pipeline)
+    assert view.nodes["each"].state == "visited"
+    sub = view.nodes["sub"]
+    assert sub.state == "waiting"
+    assert [(p.state, p.inner) for p in sub.positions] == [
+        ("subpipeline", "sub"),
+        ("waiting", "sub/note"),
+    ]
+    assert "note" not in view.nodes  # the subpipeline's own nodes are not drawn here
+    (form,) = view.forms
+    assert (form.type, form.nodes) == ("note", ("sub/note",))
+    assert form.schema == NOTE_SCHEMA  # from the subpipeline's node config
+
+
+def test_redact_hides_matching_paths_at_any_depth() -> None:
+    value = {"user": {"password": "p", "name": "n"}, "password": "q", "cards": [{"no": 1}]}
+    assert redact(value, ["*password", "cards.*.no"]) == {
+        "user": {"password": REDACTED, "name": "n"},
+        "password": REDACTED,
+        "cards": [{"no": REDACTED}],
+    }
+    assert redact(value, ["user"]) == {**value, "user": REDACTED}
+    assert redact(value, []) is value
+
+
+def test_layout_puts_nodes_in_layers_without_overlaps_and_routes_every_edge() -> None:
+    nodes = ["s", "a", "b", "c", "d"]
+    edges = [("s", "a"), ("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"), ("d", "a"), ("a", "d")]
+    sizes = {n: (100.0, 40.0) for n in nodes}
+    placed = layout(nodes, sizes, edges)
+    ys = {n: placed.boxes[n].y for n in nodes}
+    assert ys["s"] < ys["a"] < ys["b"] == ys["c"] < ys["d"]  # the loop d -> a goes back up
+    for a in nodes:
+        for b in nodes:
+            if a < b and ys[a] == ys[b]:
+                assert abs(placed.boxes[a].x - placed.boxes[b].x) >= 100.0
+    for (source, target), route in zip(edges, placed.routes, strict=True):
+        assert route[0] == (placed.boxes[source].x, placed.boxes[source].y)
+        assert route[-1] == (placed.boxes[target].x, placed.boxes[target].y)
+    assert len(placed.routes[6]) == 3  # a -> d spans two layers: one bend between
+    assert layout(nodes, sizes, edges) == placed  # the same every time
+
+
+def test_drawing_escapes_node_ids_and_labels() -> None:
+    document = {
+        "api_version": "1.0",
+        "entry": "<b>",
+        "metadata": {"name": "x&y"},
+        "nodes": [{"id": "<b>", "type": "terminal"}],
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Pipeline.from_dict(document)  # such ids are invalid, and drawn all the same
+    graph = build_invalid_graph(document, caught.value.problems)
+    assert graph is not None
+    svg = draw(graph)
+    assert "<b>" not in svg
+    assert 'data-node="&lt;b&gt;"' in svg
+
+
+ALLOWED = {"stageflow", "stageflow.store", "stageflow.testing", "stageflow._cli._graph"}
+ALLOWED_CLI = {"stageflow._cli._registry"}
+
+
+def test_the_inspector_reads_sessions_through_public_apis_only() -> None:
+    package = Path(stageflow.__file__).parent / "ui"
+    used: set[str] = set()
+    for file in package.glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                used.add(node.module)
+            elif isinstance(node, ast.Import):
+                used.update(alias.name for alias in node.names)
+    outside = {m for m in used if m.startswith("stageflow") and not m.startswith("stageflow.ui")}
+    # The graph model and the structural stage registry of the CLI (the same top
+    # layer) are shared on purpose; nothing below the public API is imported.
+    assert outside <= ALLOWED | ALLOWED_CLI
+    assert "stageflow._cli._graph" in outside
+
+
+async def test_a_pipeline_is_loaded_once_per_digest_and_a_tampered_snapshot_still_fails() -> None:
+    pipeline = stageflow.Pipeline.from_dict(NESTED)
+    cache = PipelineCache(None)
+    snapshots = []
+    for sid in ("c-1", "c-2"):
+        session = stageflow.Session(pipeline, payload={"items": [1]}, session_id=sid)
+        await session.run(suspend=True)
+        snapshots.append(session.to_dict())
+    first, _ = cache.restore(snapshots[0], "c-1")
+    second, _ = cache.restore(snapshots[1], "c-2")
+    assert second.pipeline is first.pipeline
+    tampered = copy.deepcopy(snapshots[1])
+    tampered["pipeline"]["document"]["nodes"][3]["id"] = "finish"
+    tampered["pipeline"]["document"]["nodes"][2]["next"] = "finish"
+    with pytest.raises(SnapshotLoadError, match="c-3: the snapshot does not load"):
+        cache.restore(tampered, "c-3")

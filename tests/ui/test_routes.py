@@ -1,0 +1,492 @@
+"""Every route of the inspector, on a SQLite store and on a snapshot directory."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import ui_support
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import stageflow
+from stageflow.store import SessionService, SessionStore, open_store
+from stageflow.testing import measure_coverage
+from stageflow.ui import InspectorConfig, create_app
+from stageflow.ui._inspect import event_objects
+from stageflow.ui._sources import Filters, StoreSource
+
+pytestmark = pytest.mark.anyio
+
+Client = Callable[..., httpx.AsyncClient]
+
+
+def node_classes(page: str, node_id: str) -> set[str]:
+    """The classes of the drawn node ``node_id`` in a page's SVG."""
+    found = re.search(rf'<g class="([^"]*)" data-node="{re.escape(node_id)}"', page)
+    assert found is not None, f"node {node_id!r} is not drawn"
+    return set(found.group(1).split())
+
+
+def edge_classes(page: str, source: str, target: str) -> set[str]:
+    found = re.search(
+        rf'<g class="([^"]*)" data-source="{re.escape(source)}" data-target="{re.escape(target)}"',
+        page,
+    )
+    assert found is not None, f"edge {source} -> {target} is not drawn"
+    return set(found.group(1).split())
+
+
+async def inbox_head(url: str, session_id: str) -> int:
+    store = open_store(url)
+    try:
+        return (await store.get(session_id)).inbox_head
+    finally:
+        await store.aclose()
+
+
+# ------------------------------------------------------------------ sessions page
+
+
+async def test_sessions_page_lists_each_session_with_its_status(
+    make_client: Client, store_url: str
+) -> None:
+    response = await make_client(store_url=store_url).get("/sessions")
+    assert response.status_code == 200
+    rows = dict(re.findall(r'<tr data-session="([^"]+)" data-status="([^"]+)">', response.text))
+    assert rows == {"done-1": "completed", "failed-1": "failed", "waiting-1": "waiting"}
+    assert "request rejected: too big" in response.text  # the failed one's error
+    assert 'approval <span class="muted">1.2</span>' in response.text  # pipeline and version
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status=failed", ["failed-1"]),
+        ("waiting_for=approval", ["waiting-1"]),
+        ("pipeline=approval&status=completed", ["done-1"]),
+        ("pipeline=other", []),
+    ],
+)
+async def test_sessions_page_filters(
+    make_client: Client, store_url: str, query: str, expected: list[str]
+) -> None:
+    response = await make_client(store_url=store_url).get(f"/sessions?{query}")
+    assert re.findall(r'<tr data-session="([^"]+)"', response.text) == expected
+
+
+async def test_home_goes_to_sessions_or_to_pipelines(make_client: Client, store_url: str) -> None:
+    assert (await make_client(store_url=store_url).get("/")).headers["location"] == "/sessions"
+    assert (await make_client().get("/")).headers["location"] == "/pipelines"
+    page = await make_client().get("/sessions")
+    assert page.status_code == 404
+    assert "--store URL" in page.text
+
+
+# ------------------------------------------------------------------- session page
+
+
+async def test_waiting_session_shows_node_states_and_its_input_form(
+    make_client: Client, store_url: str
+) -> None:
+    page = (await make_client(store_url=store_url).get("/sessions/waiting-1")).text
+    assert "state-waiting" in node_classes(page, "review")
+    assert "state-running" in node_classes(page, "fan")  # its branch waits inside it
+    assert "state-visited" in node_classes(page, "audit")
+    assert "state-unvisited" in node_classes(page, "decide")
+    assert "taken" in edge_classes(page, "prepare", "fan")
+    assert "taken" not in edge_classes(page, "decide", "done")
+    schema = re.search(r'data-schema="([^"]*)"', page)
+    assert schema is not None
+    assert json.loads(schema.group(1).replace("&#34;", '"'))["required"] == ["approved"]
+    assert 'name="type" value="approval"' in page
+    assert "Read-only" in page  # no --allow-actions: no send button
+    assert "Send approval" not in page
+
+
+async def test_failed_session_shows_the_failed_node_and_the_error_chain(
+    make_client: Client, store_url: str
+) -> None:
+    page = (await make_client(store_url=store_url).get("/sessions/failed-1")).text
+    assert "state-failed" in node_classes(page, "reject")
+    assert "taken" in edge_classes(page, "decide", "reject")
+    assert "<code>ValueError</code>: request rejected: too big" in page
+    assert "The session has ended" in page
+
+
+async def test_completed_session_shows_the_path_taken_and_the_result(
+    make_client: Client, store_url: str
+) -> None:
+    page = (await make_client(store_url=store_url).get("/sessions/done-1")).text
+    assert "state-visited" in node_classes(page, "done")
+    assert "state-unvisited" in node_classes(page, "reject")
+    assert "taken" in edge_classes(page, "decide", "done")
+    assert '"approved": true' in html.unescape(page)  # the artifacts
+    assert "session_completed" in page  # the history
+
+
+async def test_context_values_are_redacted_by_the_pipeline_and_the_command_line(
+    make_client: Client, store_url: str
+) -> None:
+    plain = html.unescape((await make_client(store_url=store_url).get("/sessions/waiting-1")).text)
+    assert "s3cr3t" not in plain  # metadata.redact: ["*.secret"]
+    assert "[redacted]" in plain
+    assert '"title": "desk"' in plain
+    hidden = await make_client(store_url=store_url, redact=("title", "draft.title")).get(
+        "/sessions/waiting-1"
+    )
+    assert '"title": "desk"' not in html.unescape(hidden.text)
+
+
+async def test_span_links_go_to_jaeger_by_trace_and_span_id(
+    make_client: Client, tmp_path: Path
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    session = stageflow.Session(
+        ui_support.approval_pipeline(), session_id="traced-1", tracer_provider=provider
+    )
+    await session.run(suspend=True)
+    snapshot = session.to_dict()
+    (tmp_path / "traced.json").write_text(json.dumps(snapshot))
+    client = make_client(snapshots=tmp_path, jaeger="http://jaeger.local:16686/")
+    page = (await client.get("/sessions/traced-1")).text
+    started = [e for e in snapshot["history"] if e["type"] == "node_started"]
+    assert started
+    for event in started:
+        link = f"http://jaeger.local:16686/trace/{event['trace_id']}?uiFind={event['span_id']}"
+        assert f'href="{link}"' in page
+
+
+async def test_unknown_session_is_a_404_page_without_a_traceback(
+    make_client: Client, store_url: str
+) -> None:
+    response = await make_client(store_url=store_url).get("/sessions/nope")
+    assert response.status_code == 404
+    assert "no stored session has id &#39;nope&#39;" in response.text
+    assert "Traceback" not in response.text
+
+
+async def test_unreachable_store_is_a_503_page(make_client: Client, tmp_path: Path) -> None:
+    client = make_client(store_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    response = await client.get("/sessions")
+    assert response.status_code == 503
+    assert "cannot open the SQLite store" in response.text
+    assert "Traceback" not in response.text
+
+
+class BrokenStore:
+    """A store whose listing fails with a bug, not a store error."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def list_sessions(self, **_: Any) -> list[Any]:
+        raise RuntimeError("a bug with a secret inside")
+
+
+async def test_an_unexpected_error_is_a_500_page_without_details(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store=BrokenStore(open_store(store_url)))
+    response = await client.get("/sessions")
+    assert response.status_code == 500
+    assert "standard error" in response.text
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
+
+
+async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> list[str]:
+    """The first ``count`` server-sent events of ``path``; ``then()`` runs after the first."""
+    messages: list[str] = []
+    done = anyio.Event()
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(b"host", b"testserver")],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+
+    async def receive() -> dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if done.is_set():
+            raise OSError("the client went away")  # how an ASGI server reports it
+        body = message.get("body", b"").decode()
+        if "event:" in body:
+            messages.append(body)
+            if len(messages) == 1 and then is not None:
+                await then()
+            if len(messages) >= count:
+                done.set()
+
+    with anyio.fail_after(20):
+        with contextlib.suppress(OSError):
+            await app(scope, receive, send)
+    return messages
+
+
+async def test_sessions_stream_sends_the_rows_again_when_a_session_changes(
+    store_url: str,
+) -> None:
+    store = open_store(store_url)
+    app = create_app(InspectorConfig(store=store, refresh=0.01))
+
+    async def change() -> None:
+        await SessionService(store).start(ui_support.approval_pipeline(), session_id="new-1")
+
+    try:
+        first, second = await sse_messages(app, "/sessions/stream?fp=stale", 2, change)
+    finally:
+        await store.aclose()
+    assert first.startswith("event: rows")
+    assert 'data: <tr data-session="new-1" data-status="pending">' not in first
+    assert 'data-session="new-1"' in second
+
+
+async def test_session_stream_says_changed_when_the_session_is_saved_again(
+    store_url: str,
+) -> None:
+    store = open_store(store_url)
+    app = create_app(InspectorConfig(store=store, refresh=0.01))
+    try:
+        fp = f"{(await store.get('waiting-1')).version}.0.waiting."
+        poked: list[int] = []
+
+        async def send() -> None:
+            poked.append((await store.send_input("waiting-1", "approval", {})).seq)
+
+        with anyio.move_on_after(0.3):  # nothing changed: no event (checked for a while)
+            await sse_messages(app, f"/sessions/waiting-1/stream?fp={fp}", 1)
+            pytest.fail("a changed event came without a change")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            messages = await sse_messages(app, f"/sessions/waiting-1/stream?fp={fp}", 1)
+    finally:
+        await store.aclose()
+    assert poked == [1]
+    assert messages[0].startswith("event: changed")
+
+
+# -------------------------------------------------------------------------- actions
+
+
+async def test_sending_needs_allow_actions(make_client: Client, store_url: str) -> None:
+    client = make_client(store_url=store_url)
+    response = await client.post(
+        "/sessions/waiting-1/input", data={"type": "approval", "payload": '{"approved": true}'}
+    )
+    assert response.status_code == 403
+    assert "--allow-actions" in response.text
+    assert (await client.post("/sessions/waiting-1/cancel")).status_code == 403
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
+async def test_a_valid_input_is_stored_and_the_page_says_so(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post(
+        "/sessions/waiting-1/input",
+        data={"type": "approval", "payload": '{"approved": true, "note": "fine"}'},
+    )
+    assert response.status_code == 303
+    assert await inbox_head(store_url, "waiting-1") == 1
+    page = await client.get(response.headers["location"])
+    assert "input &#39;approval&#39; stored as #1" in page.text
+
+
+@pytest.mark.parametrize(
+    ("type", "payload", "message"),
+    [
+        ("approval", '{"approved": "yes"}', "$.approved: &#39;yes&#39; is not of type"),
+        ("approval", '{"note": "x"}', "&#39;approved&#39; is a required property"),
+        ("approval", '{"approved": true, "extra": 1}', "Additional properties"),
+        ("approval", "{approved: true}", "is not JSON"),
+        ("answer", "{}", "does not wait for input &#39;answer&#39;"),
+    ],
+)
+async def test_a_refused_input_changes_nothing_and_says_why(
+    make_client: Client, store_url: str, type: str, payload: str, message: str
+) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post(
+        "/sessions/waiting-1/input", data={"type": type, "payload": payload}
+    )
+    assert response.status_code == 422
+    assert message in response.text
+    assert "nothing was sent" in response.text
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
+async def test_input_to_a_finished_session_is_refused(make_client: Client, store_url: str) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post(
+        "/sessions/done-1/input", data={"type": "approval", "payload": '{"approved": true}'}
+    )
+    assert response.status_code == 422
+    assert "does not wait for input" in response.text
+    response = await client.post("/sessions/done-1/cancel", data={"reason": "late"})
+    assert response.status_code == 422
+    assert "is completed" in response.text
+
+
+async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: str) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post("/sessions/waiting-1/cancel", data={"reason": "not needed"})
+    assert response.status_code == 303
+    assert await inbox_head(store_url, "waiting-1") == 1
+
+
+async def test_a_form_from_another_site_cannot_act(make_client: Client, store_url: str) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post(
+        "/sessions/waiting-1/cancel", headers={"origin": "http://evil.example"}
+    )
+    assert response.status_code == 403
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
+# ---------------------------------------------------------------- snapshot files
+
+
+async def test_snapshot_directory_lists_sessions_and_unreadable_files(
+    make_client: Client, ui_data: Path
+) -> None:
+    client = make_client(snapshots=ui_data / "snaps", allow_actions=True)
+    page = (await client.get("/sessions")).text
+    rows = dict(re.findall(r'<tr data-session="([^"]+)" data-status="([^"]+)">', page))
+    assert rows == {"done-1": "completed", "failed-1": "failed", "waiting-1": "waiting"}
+    assert "broken.json: not JSON" in page
+    waiting = (await client.get("/sessions/waiting-1")).text
+    assert "state-waiting" in node_classes(waiting, "review")
+    assert "Snapshot files take no actions" in waiting
+
+
+async def test_a_snapshot_that_does_not_load_is_a_422_page(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    response = await make_client(snapshots=ui_data / "snaps").get("/sessions/broken")
+    assert response.status_code == 422
+    assert "broken.json: not JSON" in response.text
+    snapshot = json.loads((ui_data / "snaps" / "waiting-1.json").read_text())
+    snapshot["version"] = 99
+    (tmp_path / "future.json").write_text(json.dumps(snapshot))
+    response = await make_client(snapshots=tmp_path / "future.json").get("/sessions/future")
+    assert response.status_code == 422
+    assert "the snapshot does not load" in response.text
+
+
+async def test_a_snapshot_file_takes_no_actions(make_client: Client, ui_data: Path) -> None:
+    client = make_client(snapshots=ui_data / "snaps" / "waiting-1.json", allow_actions=True)
+    response = await client.post(
+        "/sessions/waiting-1/input", data={"type": "approval", "payload": "{}"}
+    )
+    assert response.status_code == 403
+    assert "open a store" in response.text
+
+
+# -------------------------------------------------------------------- pipelines
+
+
+async def test_pipelines_page_lists_files_with_their_problems(make_client: Client) -> None:
+    page = (await make_client().get("/pipelines")).text
+    assert 'href="/pipelines/approval.json"' in page
+    assert 'href="/pipelines/invalid.json"' in page
+
+
+async def test_an_invalid_pipeline_is_drawn_with_its_problems(make_client: Client) -> None:
+    page = (await make_client().get("/pipelines/invalid.json")).text
+    assert "has-problems" in node_classes(page, "a")
+    assert "node-missing" in node_classes(page, "nowhere")
+    assert "$.nodes[0].next" in page
+
+
+async def test_pipeline_page_draws_the_coverage_of_the_testers_report(
+    make_client: Client, store_url: str, tmp_path: Path
+) -> None:
+    store = open_store(store_url)
+    try:
+        histories = [event_objects(await store.events(sid)) for sid in ("done-1", "failed-1")]
+    finally:
+        await store.aclose()
+    coverage = measure_coverage(ui_support.approval_pipeline(), histories)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"coverage": [coverage.to_dict()]}))
+    page = (await make_client(coverage=report).get("/pipelines/approval.json")).text
+    assert "state-covered" in node_classes(page, "reject")
+    assert "2 run(s)" in page
+    missed = [(e["source"], e["target"]) for e in coverage.to_dict()["missed_edges"]]
+    assert missed  # reject -> done was never taken: the rejection fails
+    for source, target in missed:
+        assert "missed" in edge_classes(page, source, target)
+
+
+async def test_unknown_pipeline_file_is_a_404_page(make_client: Client) -> None:
+    response = await make_client().get("/pipelines/nope.json")
+    assert response.status_code == 404
+    assert "no pipeline file" in response.text
+
+
+# --------------------------------------------------------------- assets, health
+
+
+async def test_assets_ship_in_the_package_and_nothing_loads_from_the_network(
+    make_client: Client,
+) -> None:
+    client = make_client()
+    for asset in ("/static/ui.css", "/static/ui.js"):
+        assert (await client.get(asset)).status_code == 200
+    assert (await client.get("/healthz")).text == "ok"
+    root = Path(__file__).parents[2] / "stageflow" / "ui"
+    for file in [*root.glob("templates/*.html"), *root.glob("static/*")]:
+        text = file.read_text()
+        assert not re.search(r"(src|href)=\"(https?:)?//", text), file
+        assert "@import" not in text, file
+        assert "url(http" not in text, file
+
+
+async def test_requests_naming_another_host_are_refused_when_hosts_are_given(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url, allowed_hosts=("127.0.0.1", "localhost"))
+    response = await client.get("/sessions", headers={"host": "attacker.example"})
+    assert response.status_code == 400
+    assert "waiting-1" not in response.text
+    ok = await client.get("/sessions", headers={"host": "127.0.0.1:8080"})
+    assert ok.status_code == 200
+
+
+async def test_the_newest_sessions_are_listed_first(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        rows, problems = await StoreSource(store, None).rows(Filters(), 2)
+        every = await store.list_sessions()
+    finally:
+        await store.aclose()
+    newest = sorted(every, key=lambda r: r.updated_at, reverse=True)[:2]
+    assert [r.session_id for r in rows] == [r.session_id for r in newest]
+    assert problems == []
