@@ -19,6 +19,7 @@ import datetime
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import anyio
@@ -114,7 +115,6 @@ class Run:
         "_cancel_reasons",
         "_cancel_scope",
         "_caps",
-        "_executors",
         "_live",
         "_main",
         "_node_log",
@@ -143,38 +143,31 @@ class Run:
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
         self._cancel_scope: anyio.CancelScope | None = None
-        self._cancel_reasons: dict[str, str] = {}  # path prefix -> why it is cancelled
+        # Path prefix -> why it is cancelled; made when first needed (a live
+        # paused session keeps its run: "paused session, memory each" row).
+        self._cancel_reasons: dict[str, str] | None = None
         self._main = Scope(state.pipeline, 0)
         self._root: Frame | None = None  # the main path's frame while it runs
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
-        started_at = state.clock().astimezone(datetime.UTC)
-        loop_start = anyio.current_time()
         self.runtime = StageRuntime(
             state.desk,
             state.history,
             state.limits,
             state.mode,
-            clock=lambda: after(started_at, anyio.current_time() - loop_start),
+            started_at=state.clock().astimezone(datetime.UTC),
             tracing=state.tracing,
             metrics=state.metrics,
             pipeline=state.pipeline.name,
-            on_block=self.check_idle if suspend else None,
-            on_long_block=self.check_cut if self._segmenting() else None,
+            hooks=self,
+            on_block=suspend,
+            on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
         # Node log lines are written only into a configured structlog.
         self._node_log = (
             _log.bind(session_id=state.session_id) if structlog.is_configured() else None
         )
-        self._executors: dict[str, Callable[[Any, Frame], Awaitable[str | None]]] = {
-            "stage": StageExecutor(self).run,
-            "condition": self._condition,
-            "parallel": ParallelExecutor(self).run,
-            "terminal": self._terminal,
-            "subpipeline": SubpipelineExecutor(self).run,
-            "map": MapExecutor(self).run,
-        }
 
     # ----------------------------------------------------- what executors use
 
@@ -225,11 +218,13 @@ class Run:
 
     def cancelling(self, prefix: str, reason: str) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
+        if self._cancel_reasons is None:
+            self._cancel_reasons = {}
         self._cancel_reasons.setdefault(prefix, reason)
 
     def cancel_reason(self, path: str) -> str:
         """Why the position at ``path`` is being cancelled (``stageflow.cancel.reason``)."""
-        for prefix, reason in self._cancel_reasons.items():
+        for prefix, reason in (self._cancel_reasons or {}).items():
             if not prefix or path == prefix or path.startswith(f"{prefix}/"):
                 return reason
         if self.stop_outcome == "suspended":
@@ -550,11 +545,11 @@ class Run:
         elif isinstance(node, StageNode):
             state["stage"] = StageExecutor.save(work)
         elif isinstance(work, ParallelRun):
-            state["parallel"] = ParallelExecutor(self).save(work)
+            state["parallel"] = _PARALLEL.save(self, work)
         elif isinstance(work, MapRun):
-            state["map"] = MapExecutor(self).save(work)
+            state["map"] = _MAP.save(self, work)
         elif isinstance(work, SubpipelineRun):
-            state["subpipeline"] = SubpipelineExecutor(self).save(work)
+            state["subpipeline"] = _SUBPIPELINE.save(self, work)
         return state
 
     # ------------------------------------------------------------ choke point
@@ -634,7 +629,7 @@ class Run:
                 started_payload["resumed"] = True
             record("node_started", node.id, frame.path, started_payload)
             try:
-                next_id = await self._executors[node.type](node, frame)
+                next_id = await _EXECUTORS[node.type](self, node, frame)
             except Exception as exc:
                 error = exc
                 if isinstance(exc, TimeoutError):
@@ -783,3 +778,23 @@ class Run:
                 self.cancelling("", "terminal_reached")
             scope.cancel.cancel()
         return None
+
+
+# The executors hold no state: one of each serves every run, and the run
+# passes itself to them. A class-level table instead of one per run ("paused
+# session, memory each" benchmark row: a live run is kept by every waiting session).
+_PARALLEL: Final = ParallelExecutor()
+_MAP: Final = MapExecutor()
+_SUBPIPELINE: Final = SubpipelineExecutor()
+_EXECUTORS: Final[Mapping[str, Callable[[Run, Any, Frame], Awaitable[str | None]]]] = (
+    MappingProxyType(
+        {
+            "stage": StageExecutor().run,
+            "condition": Run._condition,
+            "parallel": _PARALLEL.run,
+            "terminal": Run._terminal,
+            "subpipeline": _SUBPIPELINE.run,
+            "map": _MAP.run,
+        }
+    )
+)

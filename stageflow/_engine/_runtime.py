@@ -10,8 +10,8 @@ One :class:`StageRuntime` per run, made by the run with everything it needs
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -41,7 +41,7 @@ from stageflow._telemetry import (
     input_link,
 )
 
-__all__ = ["StageRuntime", "StageWork"]
+__all__ = ["RunHooks", "StageRuntime", "StageWork"]
 
 
 class StageWork:
@@ -106,6 +106,16 @@ class StageWork:
         return self.runtime.sleep(self, seconds, until)
 
 
+class RunHooks(Protocol):
+    """What the runtime calls back on the run that made it."""
+
+    def check_idle(self) -> None:
+        """Suspend mode: a position starts waiting or sleeping."""
+
+    def check_cut(self) -> None:
+        """A position starts a wait that may cut the trace into segments."""
+
+
 class StageRuntime:
     """Waits, sleeps and stage events for one run of a session."""
 
@@ -113,14 +123,16 @@ class StageRuntime:
         "_cut_after",
         "_desk",
         "_history",
+        "_hooks",
         "_limits",
+        "_loop_start",
         "_metrics",
         "_mode",
         "_on_block",
         "_on_long_block",
         "_pipeline",
+        "_started_at",
         "_tracing",
-        "clock",
         "long_blocks",
         "sleeping",
         "stop_outcome",
@@ -134,32 +146,39 @@ class StageRuntime:
         limits: Limits,
         mode: ValidateEvents,
         *,
-        clock: Callable[[], datetime.datetime],
+        started_at: datetime.datetime,
         tracing: Tracing | None,
-        on_block: Callable[[], None] | None,
+        hooks: RunHooks,
+        on_block: bool,
         metrics: Metrics | None = None,
         pipeline: str = "",
-        on_long_block: Callable[[], None] | None = None,
+        on_long_block: bool = False,
         cut_after: float = 0.0,
     ) -> None:
         self._desk = desk
         self._history = history
         self._limits = limits
         self._mode = mode
-        # The session's UTC clock for this run: deadlines of waits and sleeps
-        # are absolute times on it.
-        self.clock = clock
+        # The session's UTC clock for this run (see clock()): deadlines of
+        # waits and sleeps are absolute times on it.
+        self._started_at = started_at
+        self._loop_start = anyio.current_time()
         self._tracing = tracing
         self._metrics = metrics
         self._pipeline = pipeline  # the session's pipeline name, for metric attributes
         self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
-        # Called when a position starts a wait that may cut the trace into
-        # segments: an input wait, or a timer longer than cut_after seconds.
+        # The run's hooks, as plain flags and one reference (bound methods
+        # would cost every live waiting session: "paused session, memory each"
+        # benchmark row). With on_long_block, hooks.check_cut() is called when
+        # a position starts a wait that may cut the trace into segments: an
+        # input wait, or a timer longer than cut_after seconds.
+        self._hooks = hooks
         self._on_long_block = on_long_block
         self._cut_after = cut_after
         self.long_blocks = 0  # positions blocked in such waits right now
         self.stop_outcome = "cancelled"  # how a wait span ends when the run is torn down
-        # Called when a position starts waiting or sleeping (suspend mode only).
+        # With on_block (suspend mode), hooks.check_idle() is called when a
+        # position starts waiting or sleeping.
         self._on_block = on_block
         self.sleeping = 0  # positions sleeping right now
 
@@ -218,12 +237,10 @@ class StageRuntime:
             wait_span = tracing.start(f"wait {type}", {INPUT_TYPE: type}, revivable=False)
         broker.add(type, waiter)
         # An input wait without a short timeout may cut the trace (see _segments).
-        long = self._on_long_block is not None and (
-            remaining is None or remaining > self._cut_after
-        )
+        long = self._on_long_block and (remaining is None or remaining > self._cut_after)
         if long:
             self.long_blocks += 1
-            self._on_long_block()  # type: ignore[misc]
+            self._hooks.check_cut()
         record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
         timer = work.timer
         if timer is not None:
@@ -237,8 +254,8 @@ class StageRuntime:
             if self.waits == 1:
                 meters.waiting.add(1, {PIPELINE_NAME: self._pipeline})
         try:
-            if self._on_block is not None:
-                self._on_block()
+            if self._on_block:
+                self._hooks.check_idle()
             if remaining is None:
                 await waiter.arrived.wait()
             else:
@@ -330,19 +347,26 @@ class StageRuntime:
             await anyio.lowlevel.checkpoint()
             return
         self.sleeping += 1
-        long = self._on_long_block is not None and seconds > self._cut_after
+        long = self._on_long_block and seconds > self._cut_after
         if long:
             self.long_blocks += 1
         try:
             if long:
-                self._on_long_block()  # type: ignore[misc]
-            if self._on_block is not None:
-                self._on_block()
+                self._hooks.check_cut()
+            if self._on_block:
+                self._hooks.check_idle()
             await anyio.sleep(seconds)
         finally:
             self.sleeping -= 1
             if long:
                 self.long_blocks -= 1
+
+    def clock(self) -> datetime.datetime:
+        """The session's UTC clock: the wall clock at the run's start, moved by the loop's clock.
+
+        Virtual time (a mock clock) moves it too.
+        """
+        return after(self._started_at, anyio.current_time() - self._loop_start)
 
     def seconds_until(self, deadline: str) -> float:
         """Seconds from now to an ISO deadline (0 when it has passed)."""

@@ -21,7 +21,7 @@ import anyio.lowlevel
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import is_cancellation
-from stageflow._engine._contracts import ContractChecks
+from stageflow._engine._contracts import check_contract
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
 from stageflow._engine._positions import StagePosition
@@ -52,13 +52,14 @@ _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
 class StageExecutor:
-    """Runs stage nodes; saves and restores a stage in flight."""
+    """Runs stage nodes; saves and restores a stage in flight.
 
-    __slots__ = ("_contracts", "_kernel")
+    It holds no state: one instance serves every run, which passes itself as
+    ``kernel`` (a paused session keeps no executor of its own: "paused
+    session, memory each" benchmark row).
+    """
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-        self._contracts = ContractChecks(kernel.mode, kernel.history)
+    __slots__ = ()
 
     @staticmethod
     def save(work: Work) -> StagePosition:
@@ -70,9 +71,8 @@ class StageExecutor:
             return {"attempt": work.attempt, "calls": [], "retry_at": work.at}
         return {"attempt": 1, "calls": [], "retry_at": None}
 
-    async def run(self, node: StageNode, frame: Frame) -> str | None:
+    async def run(self, kernel: Kernel, node: StageNode, frame: Frame) -> str | None:
         """Run the node's attempts (or go on with a restored one); return the next node."""
-        kernel = self._kernel
         entry = kernel.entries[id(node)]
         policy = node.retry or entry.spec.retry or _NO_RETRY
         attempt = 1
@@ -88,7 +88,7 @@ class StageExecutor:
                 await kernel.runtime.pause(kernel.runtime.seconds_until(retry_at))
         while True:
             try:
-                await self._attempt(node, frame, entry, attempt, policy.attempts, replay)
+                await self._attempt(kernel, node, frame, entry, attempt, policy.attempts, replay)
                 if attempt > 1 and kernel.tracing is not None:
                     kernel.tracing.set_attribute(ATTEMPT, attempt)
                 return node.next
@@ -140,6 +140,7 @@ class StageExecutor:
 
     async def _attempt(
         self,
+        kernel: Kernel,
         node: StageNode,
         frame: Frame,
         entry: StageEntry,
@@ -156,10 +157,11 @@ class StageExecutor:
                 # A copy: a stage that mutates an argument must not change the
                 # context (or a sibling branch's view of it) behind the engine.
                 arguments[name] = value if type(value) in _PLAIN_SCALARS else copy_json(value)
-        kernel = self._kernel
         spec = entry.spec
         if spec.arguments is not None:
-            self._contracts.check("argument", node, frame.path, spec.arguments, arguments)
+            check_contract(
+                kernel.mode, kernel.history, "argument", node, frame.path, spec.arguments, arguments
+            )
         work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
         ctx = StageContext(
             arguments=MappingProxyType(arguments),
@@ -199,7 +201,9 @@ class StageExecutor:
                         attempt=attempt,
                     )
             if spec.outputs is not None:
-                self._contracts.check("output", node, frame.path, spec.outputs, outputs)
+                check_contract(
+                    kernel.mode, kernel.history, "output", node, frame.path, spec.outputs, outputs
+                )
             if node.outputs:
                 StageExecutor._write_outputs(node, outputs, frame.ctx)
             elif outputs is not None and not isinstance(outputs, Mapping):
@@ -224,21 +228,21 @@ class StageExecutor:
             raise
         finally:
             if entry.has_cleanup and stage is not None:
-                await self._cleanup(stage, ctx, outcome, frame)
+                await self._cleanup(kernel, stage, ctx, outcome, frame)
 
     async def _cleanup(
-        self, stage: BaseStage, ctx: StageContext, outcome: str, frame: Frame
+        self, kernel: Kernel, stage: BaseStage, ctx: StageContext, outcome: str, frame: Frame
     ) -> None:
         """Run the stage's cleanup shielded from cancellation and bounded in time."""
         with anyio.CancelScope(shield=True):
             try:
-                with anyio.fail_after(self._kernel.limits.cleanup_timeout):
+                with anyio.fail_after(kernel.limits.cleanup_timeout):
                     await stage.cleanup(ctx, outcome)
             except Exception as exc:
                 _log.exception(
                     "stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id
                 )
-                self._kernel.history.record(
+                kernel.history.record(
                     "cleanup_failed",
                     ctx.node_id,
                     frame.path,
