@@ -168,8 +168,6 @@ class Event(_EventFields):
         }
 
 
-_NO_SPAN: Final = (None, None, None)
-
 _MUTED: Final = Event(0, "muted", datetime.datetime.min, "", None, "", {})
 """What ``History.record`` returns while muted (never stored or published)."""
 
@@ -310,20 +308,41 @@ class History:
                 span = tracing.current_ids()
         # Straight to the tuple: the fields need no checks, the time no datetime yet.
         # The order is _EventFields' (tests/test_events.py checks it field by field).
-        ids = span if span is not None else _NO_SPAN
-        event: Event = _new_tuple(
-            Event,
-            (
-                self.base + len(events) + 1,
-                type,
-                _time_ns() // 1000,
-                self.session_id,
-                node_id,
-                path,
-                payload,
-                *ids,
-            ),
-        )
+        # Written out, not unpacked with *span: a literal tuple is built in one
+        # step, an unpacked one through a list ("sequential stage node" row).
+        event: Event
+        if span is None:
+            event = _new_tuple(
+                Event,
+                (
+                    self.base + len(events) + 1,
+                    type,
+                    _time_ns() // 1000,
+                    self.session_id,
+                    node_id,
+                    path,
+                    payload,
+                    None,
+                    None,
+                    None,
+                ),
+            )
+        else:
+            event = _new_tuple(
+                Event,
+                (
+                    self.base + len(events) + 1,
+                    type,
+                    _time_ns() // 1000,
+                    self.session_id,
+                    node_id,
+                    path,
+                    payload,
+                    span[0],
+                    span[1],
+                    span[2],
+                ),
+            )
         events.append(event)
         # Streams first: a callback that subscribes while handling this event
         # must not receive it (a stream starts after the event in flight).

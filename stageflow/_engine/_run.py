@@ -28,7 +28,12 @@ import structlog
 
 from stageflow._context import Context
 from stageflow._deadlines import after
-from stageflow._engine._backend import Backend, current_backend, is_cancellation
+from stageflow._engine._backend import (
+    Backend,
+    CancelScopeLike,
+    current_backend,
+    is_cancellation,
+)
 from stageflow._engine._frames import (
     ChildKind,
     Finished,
@@ -142,7 +147,7 @@ class Run:
         self.backend: Backend = current_backend()
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
-        self._cancel_scope: anyio.CancelScope | None = None
+        self._cancel_scope: CancelScopeLike | None = None
         # Path prefix -> why it is cancelled; made when first needed (a live
         # paused session keeps its run: "paused session, memory each" row).
         self._cancel_reasons: dict[str, str] | None = None
@@ -358,7 +363,7 @@ class Run:
             state.history.record("session_resumed", None, "", resumed)
         error: StageflowError | None = None
         try:
-            with anyio.CancelScope() as scope:
+            with self.backend.cancel_scope() as scope:
                 self._cancel_scope = scope
                 if resume is None and timeout is not None:
                     scope.deadline = anyio.current_time() + timeout
