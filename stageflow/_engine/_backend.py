@@ -10,7 +10,9 @@ on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
   it runs once per node ("sequential stage node, per node" row);
 - trio's own ``CancelScope`` for the run's scope: anyio's wraps one, which
   costs about 2 us per run and 230 bytes per live waiting session ("3-node
-  run" and "paused session, memory each" rows).
+  run" and "paused session, memory each" rows);
+- trio's own ``Event`` for an input wait: anyio's wraps one, and a waiting
+  session keeps the wrapper and one more coroutine ("paused session" rows).
 
 On any other backend both come from anyio.
 """
@@ -30,6 +32,7 @@ import trio.testing
 __all__ = [
     "Backend",
     "CancelScopeLike",
+    "EventLike",
     "current_backend",
     "is_cancellation",
     "is_interrupt",
@@ -56,6 +59,19 @@ class CancelScopeLike(Protocol):
     def __exit__(self, *exc_info: Any) -> bool: ...
 
 
+class EventLike(Protocol):
+    """What the engine uses of an event: trio's and anyio's both have it."""
+
+    def set(self) -> None:
+        """Wake every waiter."""
+
+    def is_set(self) -> bool:
+        """Whether it was set."""
+
+    def wait(self) -> Awaitable[Any]:
+        """Wait until it is set."""
+
+
 class Backend(NamedTuple):
     """The task group opener, checkpoints, cancel scopes and the cancellation class of a run."""
 
@@ -64,6 +80,7 @@ class Backend(NamedTuple):
     yield_: Callable[[], Awaitable[None]]  # a cancellation check that also yields
     cancelled: type[BaseException]
     cancel_scope: Callable[[], CancelScopeLike]
+    event: Callable[[], EventLike]
 
 
 _TRIO = Backend(
@@ -72,6 +89,7 @@ _TRIO = Backend(
     trio.lowlevel.checkpoint,
     trio.Cancelled,
     trio.CancelScope,
+    trio.Event,
 )
 
 
@@ -85,6 +103,7 @@ def current_backend() -> Backend:
         anyio.lowlevel.checkpoint,
         anyio.get_cancelled_exc_class(),
         anyio.CancelScope,
+        anyio.Event,
     )
 
 

@@ -166,6 +166,7 @@ class Run:
             pipeline=state.pipeline.name,
             hooks=self,
             on_block=suspend,
+            new_event=self.backend.event,
             on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
@@ -565,7 +566,6 @@ class Run:
         A restored frame starts instead at the node its snapshot names.
         """
         index = frame.scope.pipeline.node_index
-        execute = self.execute
         resume = frame.resume
         if resume is not None:
             # The node in flight runs again as the same visit (the same execution key).
@@ -576,11 +576,11 @@ class Run:
                     node_id = resume["next"]  # its node had finished
                 else:
                     self._unstarted -= 1  # counted again as it starts
-                    node_id = await execute(index[resume["node"]], frame)
+                    node_id = await self.execute(index[resume["node"]], frame)
             finally:
                 frame.resume = None
         while node_id is not None and node_id != stop:
-            node_id = await execute(index[node_id], frame)
+            node_id = await self.execute(index[node_id], frame)
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
@@ -624,7 +624,9 @@ class Run:
             if span is not None:
                 log = bind_span(log, span)
             log.info("node.started")
-        record = history.record
+        # history.record is called, not kept in a local: a bound method in the
+        # locals of a frame that waits is kept by every waiting session and
+        # walked by the collector ("paused session" rows).
         outcome = "failed"
         error: Exception | None = None
         ending: dict[str, Any] | None = None  # span attributes known only at the end
@@ -632,7 +634,7 @@ class Run:
             started_payload: dict[str, Any] = {"node_type": node.type}
             if frame.resume is not None:
                 started_payload["resumed"] = True
-            record("node_started", node.id, frame.path, started_payload)
+            history.record("node_started", node.id, frame.path, started_payload)
             try:
                 next_id = await _EXECUTORS[node.type](self, node, frame)
             except Exception as exc:
@@ -640,7 +642,7 @@ class Run:
                 if isinstance(exc, TimeoutError):
                     outcome = "timed_out"
                 ending = {ERROR_HANDLED: False}
-                record(
+                history.record(
                     "node_failed",
                     node.id,
                     frame.path,
@@ -654,7 +656,7 @@ class Run:
                     outcome = self.stop_outcome
                     if span is not None or log is not None:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
-                    record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+                    history.record("node_cancelled", node.id, frame.path, {"node_type": node.type})
                 raise
             outcome = "succeeded"
             frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
@@ -665,7 +667,7 @@ class Run:
                 if span is not None:
                     ending = {CONDITION_BRANCH: str(frame.branch), NEXT_NODE: next_id or ""}
                 frame.branch = None
-            record("node_finished", node.id, frame.path, finished)
+            history.record("node_finished", node.id, frame.path, finished)
             return next_id
         finally:
             if self._cancel_reasons:
@@ -719,18 +721,18 @@ class Run:
         """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
         tracing = self._state.tracing
         active = tracing.start(*span) if tracing is not None else None
-        record = self._state.history.record
+        history = self._state.history
         outcome = "cancelled"
         error: Exception | None = None
         ending: dict[str, Any] | None = None
         try:
-            record(kind.started, node_id, frame.path, payload)
+            history.record(kind.started, node_id, frame.path, payload)
             try:
                 await self.run_path(entry, frame, stop)
             except Exception as exc:
                 outcome, error = "failed", exc
                 settle(exc, False)
-                record(
+                history.record(
                     kind.failed,
                     node_id,
                     frame.path,
@@ -743,11 +745,11 @@ class Run:
                     if active is not None:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     settle(None, True)
-                    record(kind.cancelled, node_id, frame.path, payload)
+                    history.record(kind.cancelled, node_id, frame.path, payload)
                 raise
             outcome = "succeeded"
             settle(None, False)
-            record(kind.finished, node_id, frame.path, payload)
+            history.record(kind.finished, node_id, frame.path, payload)
             return True
         finally:
             if active is not None:

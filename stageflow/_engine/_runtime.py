@@ -10,13 +10,14 @@ One :class:`StageRuntime` per run, made by the run with everything it needs
 from __future__ import annotations
 
 import datetime
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from stageflow._deadlines import after
+from stageflow._engine._backend import EventLike
 from stageflow._engine._desk import InputDesk, schema_errors
 from stageflow._engine._inputs import AttemptTimer, Waiter, fulfil
 from stageflow._engine._positions import Call
@@ -128,6 +129,7 @@ class StageRuntime:
         "_loop_start",
         "_metrics",
         "_mode",
+        "_new_event",
         "_on_block",
         "_on_long_block",
         "_pipeline",
@@ -150,6 +152,7 @@ class StageRuntime:
         tracing: Tracing | None,
         hooks: RunHooks,
         on_block: bool,
+        new_event: Callable[[], EventLike],
         metrics: Metrics | None = None,
         pipeline: str = "",
         on_long_block: bool = False,
@@ -173,6 +176,7 @@ class StageRuntime:
         # a position starts a wait that may cut the trace into segments: an
         # input wait, or a timer longer than cut_after seconds.
         self._hooks = hooks
+        self._new_event = new_event  # the backend's event class, for input waits
         self._on_long_block = on_long_block
         self._cut_after = cut_after
         self.long_blocks = 0  # positions blocked in such waits right now
@@ -188,7 +192,7 @@ class StageRuntime:
         """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
         spec = work.spec
         node_id = work.node.id
-        if spec.allowed_inputs and all(s.type != type for s in spec.allowed_inputs):
+        if spec.allowed_inputs and not _declares(spec, type):
             declared = ", ".join(s.type for s in spec.allowed_inputs)
             raise StageContractError(
                 f"stage {work.node.stage!r} at node {node_id!r} waits for input {type!r}, which "
@@ -196,12 +200,14 @@ class StageRuntime:
                 node_id=node_id,
             )
         path = work.path
-        record = self._history.record
+        # No bound methods or closures in the locals of this frame: a waiting
+        # session keeps them, and the collector walks them ("paused session" rows).
+        history = self._history
         entry = self._replayed(work, "wait", type)
         if entry is not None and "payload" in entry:
             # Consumed before the snapshot: hand it over again, in order.
             work.journal(entry)
-            record("input_received", node_id, path, {"input_type": type, "from": "replay"})
+            history.record("input_received", node_id, path, {"input_type": type, "from": "replay"})
             return copy_json(entry["payload"])
         remaining = timeout
         restored_deadline = False
@@ -218,7 +224,7 @@ class StageRuntime:
         tracing = self._tracing
         if found:
             fulfil(entry, copy_json(payload))
-            record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
+            history.record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
             if tracing is not None:
                 tracing.add_event("input_received", {INPUT_TYPE: type})
                 if broker.taken_sender is not None:
@@ -229,7 +235,7 @@ class StageRuntime:
             # so suspend mode goes on to the timeout's error edge).
             await anyio.lowlevel.checkpoint()
             raise self._timed_out(work, type, timeout)
-        waiter = Waiter(node_id, path, spec, entry)
+        waiter = Waiter(node_id, path, spec, entry, self._new_event())
         wait_span: ActiveSpan | None = None
         if tracing is not None:
             tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
@@ -241,7 +247,7 @@ class StageRuntime:
         if long:
             self.long_blocks += 1
             self._hooks.check_cut()
-        record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
+        history.record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
         timer = work.timer
         if timer is not None:
             timer.pause()
@@ -280,7 +286,7 @@ class StageRuntime:
                 self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
         if timed_out:
             raise self._timed_out(work, type, timeout)
-        record("input_received", node_id, path, {"input_type": type, "from": "sender"})
+        history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
             waited = round(anyio.current_time() - wait_started, 6)
             tracing.add_event("input_received", {INPUT_TYPE: type, WAIT_SECONDS: waited})
@@ -447,6 +453,11 @@ class StageRuntime:
         limit = self._limits.max_history
         if limit is not None and self._desk.history_full():
             raise LimitExceededError(limit="max_history", value=limit, node_id=node_id)
+
+
+def _declares(spec: StageSpec, type: str) -> bool:
+    """Whether ``spec`` declares inputs of ``type``."""
+    return any(declared.type == type for declared in spec.allowed_inputs)
 
 
 def _describe_call(entry: Call) -> str:

@@ -149,10 +149,10 @@ class StageExecutor:
         replay: Any,
     ) -> None:
         """Run one attempt; write its outputs only if all of it succeeded."""
-        get = frame.ctx.get
+        context = frame.ctx  # not its bound get(): this frame waits while the stage runs
         arguments: dict[str, Any] = {}
         for name, path in node.arguments.items():
-            value = get(path)
+            value = context.get(path)
             if value is not MISSING:
                 # A copy: a stage that mutates an argument must not change the
                 # context (or a sibling branch's view of it) behind the engine.
