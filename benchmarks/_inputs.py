@@ -236,9 +236,13 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
             figures[f"paused_{key}_{name}_bytes"] = held
             figures[f"paused_{key}_{name}_pause"] = pause
             figures[f"paused_{key}_{name}_resume"] = resume
+            # Issue 18's memory budgets: live <= 6 KiB, suspended <= 3 KiB,
+            # snapshot text <= 2 KiB.
+            memory_budget = {"live": 6, "suspended": 3, "text": 2}[key]
             rows = (
                 (f"memory each ({count:,} paused)", held, bare_held, kib,
-                 "trio task on a memory channel", 4096, "<=4 KiB"),
+                 "trio task on a memory channel", memory_budget * 1024,
+                 f"<={memory_budget} KiB"),
                 (f"time to pause ({count:,})", pause, bare_pause, us,
                  "start a trio task that blocks", 50_000, "<=50 us"),
                 (f"time to resume ({count:,})", resume, bare_resume, us,

@@ -295,6 +295,8 @@ def shapes(settings: Settings, table: Table, figures: dict[str, float | None]) -
             mode,
             _sf(figures, f"fanout_{name}"),
             "per branch",
+            least=10,
+            text="stageflow >=10x cheaper",
         )
 
     # A 3-node run: two nodes and the end.
@@ -313,6 +315,8 @@ def shapes(settings: Settings, table: Table, figures: dict[str, float | None]) -
         mode,
         figures.get("run3"),
         "3-node run",
+        least=20,
+        text="stageflow >=20x cheaper",
     )
 
 

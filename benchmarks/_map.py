@@ -21,7 +21,19 @@ from typing import Any
 
 import stageflow
 from benchmarks import _shapes as shapes
-from benchmarks._harness import Row, Settings, Table, interleave, kib, ratio, settle, times, us
+from benchmarks._harness import (
+    Row,
+    Settings,
+    Table,
+    all_of,
+    at_most,
+    interleave,
+    kib,
+    ratio,
+    settle,
+    times,
+    us,
+)
 
 SECTION = "map"
 CONCURRENCY = (1, 8, 64)
@@ -179,6 +191,11 @@ async def map_items(settings: Settings, table: Table, figures: Figures) -> None:
                 us(cost),
                 f"{us(loop)} plain loop per item",
                 times(ratio(cost, loop)),
+                all_of(
+                    "<=4 us and <=25x the plain loop",
+                    at_most(4000, cost, ""),
+                    at_most(25, ratio(cost, loop), ""),
+                ),
             )
         )
 

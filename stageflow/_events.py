@@ -168,8 +168,6 @@ class Event(_EventFields):
         }
 
 
-_NO_SPAN: Final = (None, None, None)
-
 _MUTED: Final = Event(0, "muted", datetime.datetime.min, "", None, "", {})
 """What ``History.record`` returns while muted (never stored or published)."""
 
@@ -265,8 +263,10 @@ class History:
         # With tracing, each event carries the ids of the span it happened in.
         self._tracing = tracing
         self._events: list[Event] = events if events is not None else []
-        self._callbacks: list[EventCallback] = []
-        self._subscriptions: list[_Subscription] = []
+        # Made at the first subscriber: most sessions have none, and a waiting
+        # session keeps its history ("paused session, memory each" row).
+        self._callbacks: list[EventCallback] | None = None
+        self._subscriptions: list[_Subscription] | None = None
         self._closed = False
         # While a suspended run is torn down nothing is recorded: it is not history.
         self.muted = False
@@ -310,20 +310,41 @@ class History:
                 span = tracing.current_ids()
         # Straight to the tuple: the fields need no checks, the time no datetime yet.
         # The order is _EventFields' (tests/test_events.py checks it field by field).
-        ids = span if span is not None else _NO_SPAN
-        event: Event = _new_tuple(
-            Event,
-            (
-                self.base + len(events) + 1,
-                type,
-                _time_ns() // 1000,
-                self.session_id,
-                node_id,
-                path,
-                payload,
-                *ids,
-            ),
-        )
+        # Written out, not unpacked with *span: a literal tuple is built in one
+        # step, an unpacked one through a list ("sequential stage node" row).
+        event: Event
+        if span is None:
+            event = _new_tuple(
+                Event,
+                (
+                    self.base + len(events) + 1,
+                    type,
+                    _time_ns() // 1000,
+                    self.session_id,
+                    node_id,
+                    path,
+                    payload,
+                    None,
+                    None,
+                    None,
+                ),
+            )
+        else:
+            event = _new_tuple(
+                Event,
+                (
+                    self.base + len(events) + 1,
+                    type,
+                    _time_ns() // 1000,
+                    self.session_id,
+                    node_id,
+                    path,
+                    payload,
+                    span[0],
+                    span[1],
+                    span[2],
+                ),
+            )
         events.append(event)
         # Streams first: a callback that subscribes while handling this event
         # must not receive it (a stream starts after the event in flight).
@@ -335,16 +356,20 @@ class History:
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every later event; returns an unsubscribe function."""
+        if self._callbacks is None:
+            self._callbacks = []
         self._callbacks.append(callback)
 
         def unsubscribe() -> None:
-            if callback in self._callbacks:
+            if self._callbacks is not None and callback in self._callbacks:
                 self._callbacks.remove(callback)
 
         return unsubscribe
 
     def _notify(self, event: Event) -> None:
-        for callback in tuple(self._callbacks):
+        callbacks = self._callbacks
+        assert callbacks is not None  # called only when there are callbacks
+        for callback in tuple(callbacks):
             try:
                 callback(event)
             except Exception:
@@ -355,11 +380,13 @@ class History:
                     subscriber=repr(callback),
                     event_type=event.type,
                 )
-                self._callbacks.remove(callback)
+                callbacks.remove(callback)
 
     def _publish(self, event: Event) -> None:
         # A copy: a subscriber whose reader is gone is removed while iterating.
-        for sub in tuple(self._subscriptions):
+        subscriptions = self._subscriptions
+        assert subscriptions is not None  # called only when there are subscriptions
+        for sub in tuple(subscriptions):
             send = sub.send
             try:
                 if sub.dropped:
@@ -379,7 +406,7 @@ class History:
             except anyio.WouldBlock:
                 sub.dropped += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._subscriptions.remove(sub)
+                subscriptions.remove(sub)
                 send.close()
 
     def _overflow_marker(self, sub: _Subscription, next_seq: int | None) -> Event:
@@ -401,11 +428,13 @@ class History:
         if self._closed:
             sub.send.close()  # nothing more will come: the stream ends at once
         else:
+            if self._subscriptions is None:
+                self._subscriptions = []
             self._subscriptions.append(sub)
         return EventStream(sub, self)
 
     def _unsubscribe(self, sub: _Subscription) -> None:
-        if sub in self._subscriptions:
+        if self._subscriptions is not None and sub in self._subscriptions:
             self._subscriptions.remove(sub)
         sub.send.close()
 
@@ -416,6 +445,6 @@ class History:
     def close(self) -> None:
         """End every stream, now and later (after the session finished)."""
         self._closed = True
-        for sub in self._subscriptions:
+        for sub in self._subscriptions or ():
             sub.send.close()
-        self._subscriptions.clear()
+        self._subscriptions = None

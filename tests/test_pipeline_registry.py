@@ -50,3 +50,21 @@ def test_a_registry_given_to_the_session_that_lacks_a_stage_says_so() -> None:
     message = str(caught.value)
     assert "the registry passed as Session(registry=...) does not have" in message
     assert "leave registry= out to use the one the pipeline was loaded with" in message
+
+
+async def test_sessions_of_one_pipeline_use_the_registry_each_is_given() -> None:
+    # Stages are looked up once per (pipeline, registry): a session given
+    # another registry must get that registry's stages, not the ones found
+    # for an earlier session of the same pipeline.
+    pipeline = stageflow.Pipeline.from_dict(DOCUMENT, registry=fake_registry())
+    assert (await stageflow.Session(pipeline).run()).artifacts == {"a": 1}
+    other = stageflow.StageRegistry()
+
+    @other.register("Set")
+    async def set_two(ctx: stageflow.StageContext) -> dict[str, int]:
+        return {"a": 2}
+
+    assert (await stageflow.Session(pipeline, registry=other).run()).artifacts == {"a": 2}
+    assert (await stageflow.Session(pipeline).run()).artifacts == {"a": 1}
+    with pytest.raises(stageflow.PipelineValidationError):
+        stageflow.Session(pipeline, registry=stageflow.StageRegistry())

@@ -26,7 +26,7 @@ from stageflow._events import History
 from stageflow._model import StageNode, ValidateEvents
 from stageflow._specs import DocumentSchema
 
-__all__ = ["ContractChecks"]
+__all__ = ["check_contract"]
 
 _CACHE_SIZE: Final = 1024
 
@@ -73,53 +73,47 @@ def _violations(schema: Mapping[str, Any], values: Mapping[str, Any]) -> list[tu
     return found
 
 
-class ContractChecks:
-    """The contract checks of one run (see the module docstring)."""
+def check_contract(
+    mode: ValidateEvents,
+    history: History,
+    kind: str,
+    node: StageNode,
+    path: str,
+    schema: Mapping[str, Any] | None,
+    values: object,
+) -> None:
+    """Check ``values`` (the arguments, or the outputs) of ``node`` against ``schema``.
 
-    __slots__ = ("_history", "_mode")
+    ``mode`` is the session's ``validate_events``; a violation in ``warn`` mode
+    is recorded in ``history``.
 
-    def __init__(self, mode: ValidateEvents, history: History) -> None:
-        self._mode = mode
-        self._history = history
-
-    def check(
-        self,
-        kind: str,
-        node: StageNode,
-        path: str,
-        schema: Mapping[str, Any] | None,
-        values: object,
-    ) -> None:
-        """Check ``values`` (the arguments, or the outputs) of ``node`` against ``schema``.
-
-        Raises:
-            StageSchemaError: in ``strict`` mode, a value does not match.
-        """
-        if schema is None or self._mode is ValidateEvents.OFF or not isinstance(values, Mapping):
-            return
-        violations = _violations(schema, values)
-        if not violations:
-            return
-        if self._mode is ValidateEvents.STRICT:
-            key, expected, got = violations[0]
-            raise StageSchemaError(
-                kind=kind,
-                node_id=node.id,
-                stage=node.stage,
-                key=key,
-                expected=expected,
-                got=got,
-                more=len(violations) - 1,
-            )
-        self._history.record(
-            "contract_violation",
-            node.id,
-            path,
-            {
-                "kind": kind,
-                "violations": [
-                    {"key": key, "expected": expected, "got": got}
-                    for key, expected, got in violations
-                ],
-            },
+    Raises:
+        StageSchemaError: in ``strict`` mode, a value does not match.
+    """
+    if schema is None or mode is ValidateEvents.OFF or not isinstance(values, Mapping):
+        return
+    violations = _violations(schema, values)
+    if not violations:
+        return
+    if mode is ValidateEvents.STRICT:
+        key, expected, got = violations[0]
+        raise StageSchemaError(
+            kind=kind,
+            node_id=node.id,
+            stage=node.stage,
+            key=key,
+            expected=expected,
+            got=got,
+            more=len(violations) - 1,
         )
+    history.record(
+        "contract_violation",
+        node.id,
+        path,
+        {
+            "kind": kind,
+            "violations": [
+                {"key": key, "expected": expected, "got": got} for key, expected, got in violations
+            ],
+        },
+    )

@@ -13,10 +13,10 @@ them, so that they depend on this module and not on the run itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from stageflow._context import Context
-from stageflow._engine._backend import Backend
+from stageflow._engine._backend import Backend, CancelScopeLike
 from stageflow._engine._positions import FramePosition, TerminalPosition
 from stageflow._engine._runtime import StageRuntime, StageWork
 from stageflow._events import History
@@ -25,9 +25,6 @@ from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode, Valida
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
 from stageflow._telemetry import Tracing
-
-if TYPE_CHECKING:
-    import anyio
 
 __all__ = [
     "BRANCH",
@@ -56,7 +53,7 @@ class Scope:
         self.depth = depth  # the depth of the frame its entry runs in
         self.terminal: TerminalNode | None = None
         self.artifacts: dict[str, Any] = {}
-        self.cancel: anyio.CancelScope | None = None  # ends the run at a terminal in a branch
+        self.cancel: CancelScopeLike | None = None  # ends the run at a terminal in a branch
 
     def ended_at(self, terminal: TerminalPosition | None) -> bool:
         """Restore the terminal a snapshot says this run had reached; whether it had."""

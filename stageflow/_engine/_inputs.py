@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import attrs
 
+from stageflow._engine._backend import EventLike
 from stageflow._engine._positions import Call
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
@@ -54,14 +55,16 @@ class Waiter:
 
     __slots__ = ("arrived", "entry", "node_id", "path", "payload", "sender", "spec")
 
-    def __init__(self, node_id: str, path: str, spec: StageSpec, entry: Call) -> None:
+    def __init__(
+        self, node_id: str, path: str, spec: StageSpec, entry: Call, arrived: EventLike
+    ) -> None:
         self.node_id = node_id
         self.path = path
         self.spec = spec
         self.entry = entry
         self.payload: Any = None
         self.sender: Any = None  # the span that sent the input (when inputs are traced)
-        self.arrived = anyio.Event()
+        self.arrived = arrived  # the backend's event (trio's own on trio)
 
     def give(self, payload: Any) -> None:
         """Hand the waiter its input (``payload``) and wake it (``arrived``)."""

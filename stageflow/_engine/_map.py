@@ -31,16 +31,16 @@ __all__ = ["MapExecutor"]
 
 
 class MapExecutor:
-    """Runs map nodes; saves and restores the items in flight."""
+    """Runs map nodes; saves and restores the items in flight.
 
-    __slots__ = ("_kernel",)
+    It holds no state: one instance serves every run, which passes itself as
+    ``kernel`` (a paused session keeps no executor of its own).
+    """
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
+    __slots__ = ()
 
-    async def run(self, node: MapNode, frame: Frame) -> str | None:
+    async def run(self, kernel: Kernel, node: MapNode, frame: Frame) -> str | None:
         """Run the body once per item (or go on with restored items); return the next node."""
-        kernel = self._kernel
         check_depth(kernel, node.id, frame)
         items = frame.ctx.get(node.items)
         if not isinstance(items, list):
@@ -73,7 +73,7 @@ class MapExecutor:
                 async with kernel.backend.open_task_group() as tg:
                     run.cancel = tg.cancel_scope
                     for _ in range(workers):
-                        tg.start_soon(self._worker, run)
+                        tg.start_soon(self._worker, kernel, run)
             finally:
                 kernel.positions(1)
         if deadline.cancelled_caught:
@@ -106,7 +106,7 @@ class MapExecutor:
             )
         return node.next
 
-    async def _worker(self, run: MapRun) -> None:
+    async def _worker(self, kernel: Kernel, run: MapRun) -> None:
         try:
             while True:
                 item: Frame | None = None
@@ -117,7 +117,7 @@ class MapExecutor:
                     run.next += 1
                 else:
                     return
-                failed = not await self._item(run, index, item)
+                failed = not await self._item(kernel, run, index, item)
                 if failed and (
                     len(run.failures) > run.node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)
@@ -125,11 +125,11 @@ class MapExecutor:
                     assert run.cancel is not None
                     frame = run.frame
                     prefix = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
-                    self._kernel.cancelling(prefix, "sibling_failed")
+                    kernel.cancelling(prefix, "sibling_failed")
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
-            self._kernel.positions(-1)
+            kernel.positions(-1)
 
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:
@@ -137,7 +137,7 @@ class MapExecutor:
         base = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
         return Frame(ctx, f"{base}/{index}", frame.depth + 1, frame.scope, frame)
 
-    async def _item(self, run: MapRun, index: int, item: Frame | None) -> bool:
+    async def _item(self, kernel: Kernel, run: MapRun, index: int, item: Frame | None) -> bool:
         """Run one item (or go on with a restored one); return whether it succeeded."""
         node = run.node
         if item is None:
@@ -161,7 +161,7 @@ class MapExecutor:
             del run.running[index]  # before the event: a snapshot must not run it again
 
         try:
-            return await self._kernel.run_child(
+            return await kernel.run_child(
                 MAP_ITEM,
                 node.id,
                 item,
@@ -174,10 +174,10 @@ class MapExecutor:
         finally:
             run.running.pop(index, None)
 
-    def save(self, run: MapRun) -> MapPosition:
+    def save(self, kernel: Kernel, run: MapRun) -> MapPosition:
         """A map node in flight as a snapshot keeps it: done, failed, running, next."""
         running: list[ItemPosition] = [
-            {"index": index, "position": self._kernel.frame_state(item, run.node.body, False)}
+            {"index": index, "position": kernel.frame_state(item, run.node.body, False)}
             for index, item in sorted([*run.running.items(), *run.resumes])
         ]
         return {

@@ -34,16 +34,16 @@ __all__ = ["ParallelExecutor"]
 
 
 class ParallelExecutor:
-    """Runs parallel nodes; saves and restores their branches."""
+    """Runs parallel nodes; saves and restores their branches.
 
-    __slots__ = ("_kernel",)
+    It holds no state: one instance serves every run, which passes itself as
+    ``kernel`` (a paused session keeps no executor of its own).
+    """
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
+    __slots__ = ()
 
-    async def run(self, node: ParallelNode, frame: Frame) -> str | None:
+    async def run(self, kernel: Kernel, node: ParallelNode, frame: Frame) -> str | None:
         """Run the branches (or go on with restored ones), join them; return the next node."""
-        kernel = self._kernel
         limits = kernel.limits
         if frame.depth >= limits.max_depth:
             raise LimitExceededError(limit="max_depth", value=limits.max_depth, node_id=node.id)
@@ -61,7 +61,7 @@ class ParallelExecutor:
         outcomes, winner = run.outcomes, run.winner
         frame.work = run
         saved = frame.resume.get("parallel") if frame.resume is not None else None
-        todo = self._restore(run, saved) if saved is not None else range(len(frames))
+        todo = self._restore(kernel, run, saved) if saved is not None else range(len(frames))
         with anyio.CancelScope() as deadline:
             if node.timeout is not None:
                 deadline.deadline = anyio.current_time() + node.timeout
@@ -74,7 +74,7 @@ class ParallelExecutor:
             try:
                 async with kernel.backend.open_task_group() as tg:
                     for _ in range(workers):
-                        tg.start_soon(self._worker, run, pending, tg.cancel_scope)
+                        tg.start_soon(self._worker, kernel, run, pending, tg.cancel_scope)
             finally:
                 kernel.positions(1)
         if frame.scope.terminal is not None:
@@ -107,18 +107,24 @@ class ParallelExecutor:
         return node.next
 
     async def _worker(
-        self, run: ParallelRun, pending: Iterator[int], scope: anyio.CancelScope
+        self,
+        kernel: Kernel,
+        run: ParallelRun,
+        pending: Iterator[int],
+        scope: anyio.CancelScope,
     ) -> None:
         try:
             for index in pending:
                 # Once decided (a winner, a failure that cancels the rest), a
                 # branch still to start starts and is cancelled at its first
                 # node, as one started a moment earlier would be.
-                await self._branch(run, index, scope)
+                await self._branch(kernel, run, index, scope)
         finally:
-            self._kernel.positions(-1)
+            kernel.positions(-1)
 
-    async def _branch(self, run: ParallelRun, index: int, scope: anyio.CancelScope) -> None:
+    async def _branch(
+        self, kernel: Kernel, run: ParallelRun, index: int, scope: anyio.CancelScope
+    ) -> None:
         node = run.node
         child = node.children[index]
         outcome = run.outcomes[index]
@@ -133,10 +139,10 @@ class ParallelExecutor:
                 outcome.finished = True
                 if node.policy is ParallelPolicy.ANY and not winner:
                     winner.append(index)  # before the event: a snapshot taken there keeps it
-                    self._kernel.cancelling(prefix, "lost_race")
+                    kernel.cancelling(prefix, "lost_race")
                     scope.cancel()
 
-        succeeded = await self._kernel.run_child(
+        succeeded = await kernel.run_child(
             BRANCH,
             node.id,
             run.frames[index],
@@ -150,10 +156,10 @@ class ParallelExecutor:
             (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
             or isinstance(outcome.error, LimitExceededError)
         ):
-            self._kernel.cancelling(prefix, "sibling_failed")
+            kernel.cancelling(prefix, "sibling_failed")
             scope.cancel()
 
-    def save(self, run: ParallelRun) -> ParallelPosition:
+    def save(self, kernel: Kernel, run: ParallelRun) -> ParallelPosition:
         """A parallel node in flight as a snapshot keeps it: every branch's state."""
         branches: list[BranchPosition] = []
         for child, frame, outcome in zip(run.node.children, run.frames, run.outcomes, strict=True):
@@ -168,11 +174,11 @@ class ParallelExecutor:
             elif outcome.cancelled:
                 branches.append({"child": child, "state": "cancelled"})
             else:
-                position = self._kernel.frame_state(frame, child, False)
+                position = kernel.frame_state(frame, child, False)
                 branches.append({"child": child, "state": "running", "position": position})
         return {"branches": branches, "winner": run.winner[0] if run.winner else None}
 
-    def _restore(self, run: ParallelRun, saved: ParallelPosition) -> list[int]:
+    def _restore(self, kernel: Kernel, run: ParallelRun, saved: ParallelPosition) -> list[int]:
         """Set branches up as the snapshot left them; return those to run (again)."""
         node = run.node
         by_child = {branch["child"]: branch for branch in saved["branches"]}
@@ -209,7 +215,7 @@ class ParallelExecutor:
         for i in todo:
             resume = run.frames[i].resume
             if resume is not None:
-                self._kernel.not_rerun(resume)
+                kernel.not_rerun(resume)
         return []
 
 

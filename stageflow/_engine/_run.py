@@ -19,6 +19,7 @@ import datetime
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import anyio
@@ -27,7 +28,12 @@ import structlog
 
 from stageflow._context import Context
 from stageflow._deadlines import after
-from stageflow._engine._backend import Backend, current_backend, is_cancellation
+from stageflow._engine._backend import (
+    Backend,
+    CancelScopeLike,
+    current_backend,
+    is_cancellation,
+)
 from stageflow._engine._frames import (
     ChildKind,
     Finished,
@@ -114,7 +120,6 @@ class Run:
         "_cancel_reasons",
         "_cancel_scope",
         "_caps",
-        "_executors",
         "_live",
         "_main",
         "_node_log",
@@ -145,39 +150,33 @@ class Run:
         self.backend: Backend = current_backend()
         self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
-        self._cancel_scope: anyio.CancelScope | None = None
-        self._cancel_reasons: dict[str, str] = {}  # path prefix -> why it is cancelled
+        self._cancel_scope: CancelScopeLike | None = None
+        # Path prefix -> why it is cancelled; made when first needed (a live
+        # paused session keeps its run: "paused session, memory each" row).
+        self._cancel_reasons: dict[str, str] | None = None
         self._main = Scope(state.pipeline, 0)
         self._root: Frame | None = None  # the main path's frame while it runs
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
-        started_at = state.clock().astimezone(datetime.UTC)
-        loop_start = anyio.current_time()
         self.runtime = StageRuntime(
             state.desk,
             state.history,
             state.limits,
             state.mode,
-            clock=lambda: after(started_at, anyio.current_time() - loop_start),
+            started_at=state.clock().astimezone(datetime.UTC),
             tracing=state.tracing,
             metrics=state.metrics,
             pipeline=state.pipeline.name,
-            on_block=self.check_idle if suspend else None,
-            on_long_block=self.check_cut if self._segmenting() else None,
+            hooks=self,
+            on_block=suspend,
+            new_event=self.backend.event,
+            on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
         # Node log lines are written only into a configured structlog.
         self._node_log = (
             _log.bind(session_id=state.session_id) if structlog.is_configured() else None
         )
-        self._executors: dict[str, Callable[[Any, Frame], Awaitable[str | None]]] = {
-            "stage": StageExecutor(self).run,
-            "condition": self._condition,
-            "parallel": ParallelExecutor(self).run,
-            "terminal": self._terminal,
-            "subpipeline": SubpipelineExecutor(self).run,
-            "map": MapExecutor(self).run,
-        }
 
     # ----------------------------------------------------- what executors use
 
@@ -228,11 +227,13 @@ class Run:
 
     def cancelling(self, prefix: str, reason: str) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
+        if self._cancel_reasons is None:
+            self._cancel_reasons = {}
         self._cancel_reasons.setdefault(prefix, reason)
 
     def cancel_reason(self, path: str) -> str:
         """Why the position at ``path`` is being cancelled (``stageflow.cancel.reason``)."""
-        for prefix, reason in self._cancel_reasons.items():
+        for prefix, reason in (self._cancel_reasons or {}).items():
             if not prefix or path == prefix or path.startswith(f"{prefix}/"):
                 return reason
         if self.stop_outcome == "suspended":
@@ -368,7 +369,7 @@ class Run:
             state.history.record("session_resumed", None, "", resumed)
         error: StageflowError | None = None
         try:
-            with anyio.CancelScope() as scope:
+            with self.backend.cancel_scope() as scope:
                 self._cancel_scope = scope
                 if resume is None and timeout is not None:
                     scope.deadline = anyio.current_time() + timeout
@@ -595,11 +596,11 @@ class Run:
         elif isinstance(node, StageNode):
             state["stage"] = StageExecutor.save(work)
         elif isinstance(work, ParallelRun):
-            state["parallel"] = ParallelExecutor(self).save(work)
+            state["parallel"] = _PARALLEL.save(self, work)
         elif isinstance(work, MapRun):
-            state["map"] = MapExecutor(self).save(work)
+            state["map"] = _MAP.save(self, work)
         elif isinstance(work, SubpipelineRun):
-            state["subpipeline"] = SubpipelineExecutor(self).save(work)
+            state["subpipeline"] = _SUBPIPELINE.save(self, work)
         return state
 
     # ------------------------------------------------------------ choke point
@@ -610,7 +611,6 @@ class Run:
         A restored frame starts instead at the node its snapshot names.
         """
         index = frame.scope.pipeline.node_index
-        execute = self.execute
         resume = frame.resume
         if resume is not None:
             # The node in flight runs again as the same visit (the same execution key).
@@ -621,11 +621,11 @@ class Run:
                     node_id = resume["next"]  # its node had finished
                 else:
                     self._unstarted -= 1  # counted again as it starts
-                    node_id = await execute(index[resume["node"]], frame)
+                    node_id = await self.execute(index[resume["node"]], frame)
             finally:
                 frame.resume = None
         while node_id is not None and node_id != stop:
-            node_id = await execute(index[node_id], frame)
+            node_id = await self.execute(index[node_id], frame)
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
@@ -669,7 +669,9 @@ class Run:
             if span is not None:
                 log = bind_span(log, span)
             log.info("node.started")
-        record = history.record
+        # history.record is called, not kept in a local: a bound method in the
+        # locals of a frame that waits is kept by every waiting session and
+        # walked by the collector ("paused session" rows).
         outcome = "failed"
         error: Exception | None = None
         ending: dict[str, Any] | None = None  # span attributes known only at the end
@@ -677,15 +679,15 @@ class Run:
             started_payload: dict[str, Any] = {"node_type": node.type}
             if frame.resume is not None:
                 started_payload["resumed"] = True
-            record("node_started", node.id, frame.path, started_payload)
+            history.record("node_started", node.id, frame.path, started_payload)
             try:
-                next_id = await self._executors[node.type](node, frame)
+                next_id = await _EXECUTORS[node.type](self, node, frame)
             except Exception as exc:
                 error = exc
                 if isinstance(exc, TimeoutError):
                     outcome = "timed_out"
                 ending = {ERROR_HANDLED: False}
-                record(
+                history.record(
                     "node_failed",
                     node.id,
                     frame.path,
@@ -699,7 +701,7 @@ class Run:
                     outcome = self.stop_outcome
                     if span is not None or log is not None:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
-                    record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+                    history.record("node_cancelled", node.id, frame.path, {"node_type": node.type})
                 raise
             outcome = "succeeded"
             frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
@@ -710,7 +712,7 @@ class Run:
                 if span is not None:
                     ending = {CONDITION_BRANCH: str(frame.branch), NEXT_NODE: next_id or ""}
                 frame.branch = None
-            record("node_finished", node.id, frame.path, finished)
+            history.record("node_finished", node.id, frame.path, finished)
             return next_id
         finally:
             if self._cancel_reasons:
@@ -766,18 +768,18 @@ class Run:
         """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
         tracing = self._state.tracing
         active = tracing.start(*span) if tracing is not None else None
-        record = self._state.history.record
+        history = self._state.history
         outcome = "cancelled"
         error: Exception | None = None
         ending: dict[str, Any] | None = None
         try:
-            record(kind.started, node_id, frame.path, payload)
+            history.record(kind.started, node_id, frame.path, payload)
             try:
                 await self.run_path(entry, frame, stop)
             except Exception as exc:
                 outcome, error = "failed", exc
                 settle(exc, False)
-                record(
+                history.record(
                     kind.failed,
                     node_id,
                     frame.path,
@@ -790,11 +792,11 @@ class Run:
                     if active is not None:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     settle(None, True)
-                    record(kind.cancelled, node_id, frame.path, payload)
+                    history.record(kind.cancelled, node_id, frame.path, payload)
                 raise
             outcome = "succeeded"
             settle(None, False)
-            record(kind.finished, node_id, frame.path, payload)
+            history.record(kind.finished, node_id, frame.path, payload)
             return True
         finally:
             if active is not None:
@@ -830,3 +832,23 @@ class Run:
                 self.cancelling("", "terminal_reached")
             scope.cancel.cancel()
         return None
+
+
+# The executors hold no state: one of each serves every run, and the run
+# passes itself to them. A class-level table instead of one per run ("paused
+# session, memory each" benchmark row: a live run is kept by every waiting session).
+_PARALLEL: Final = ParallelExecutor()
+_MAP: Final = MapExecutor()
+_SUBPIPELINE: Final = SubpipelineExecutor()
+_EXECUTORS: Final[Mapping[str, Callable[[Run, Any, Frame], Awaitable[str | None]]]] = (
+    MappingProxyType(
+        {
+            "stage": StageExecutor().run,
+            "condition": Run._condition,
+            "parallel": _PARALLEL.run,
+            "terminal": Run._terminal,
+            "subpipeline": _SUBPIPELINE.run,
+            "map": _MAP.run,
+        }
+    )
+)

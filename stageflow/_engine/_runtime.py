@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from stageflow._deadlines import after
+from stageflow._engine._backend import EventLike
 from stageflow._engine._desk import InputDesk, schema_errors
 from stageflow._engine._inputs import AttemptTimer, Waiter, fulfil
 from stageflow._engine._positions import Call
@@ -41,7 +42,7 @@ from stageflow._telemetry import (
     input_link,
 )
 
-__all__ = ["StageRuntime", "StageWork"]
+__all__ = ["RunHooks", "StageRuntime", "StageWork"]
 
 
 class StageWork:
@@ -106,6 +107,16 @@ class StageWork:
         return self.runtime.sleep(self, seconds, until)
 
 
+class RunHooks(Protocol):
+    """What the runtime calls back on the run that made it."""
+
+    def check_idle(self) -> None:
+        """Suspend mode: a position starts waiting or sleeping."""
+
+    def check_cut(self) -> None:
+        """A position starts a wait that may cut the trace into segments."""
+
+
 class StageRuntime:
     """Waits, sleeps and stage events for one run of a session."""
 
@@ -113,14 +124,17 @@ class StageRuntime:
         "_cut_after",
         "_desk",
         "_history",
+        "_hooks",
         "_limits",
+        "_loop_start",
         "_metrics",
         "_mode",
+        "_new_event",
         "_on_block",
         "_on_long_block",
         "_pipeline",
+        "_started_at",
         "_tracing",
-        "clock",
         "long_blocks",
         "sleeping",
         "stop_outcome",
@@ -134,32 +148,41 @@ class StageRuntime:
         limits: Limits,
         mode: ValidateEvents,
         *,
-        clock: Callable[[], datetime.datetime],
+        started_at: datetime.datetime,
         tracing: Tracing | None,
-        on_block: Callable[[], None] | None,
+        hooks: RunHooks,
+        on_block: bool,
+        new_event: Callable[[], EventLike],
         metrics: Metrics | None = None,
         pipeline: str = "",
-        on_long_block: Callable[[], None] | None = None,
+        on_long_block: bool = False,
         cut_after: float = 0.0,
     ) -> None:
         self._desk = desk
         self._history = history
         self._limits = limits
         self._mode = mode
-        # The session's UTC clock for this run: deadlines of waits and sleeps
-        # are absolute times on it.
-        self.clock = clock
+        # The session's UTC clock for this run (see clock()): deadlines of
+        # waits and sleeps are absolute times on it.
+        self._started_at = started_at
+        self._loop_start = anyio.current_time()
         self._tracing = tracing
         self._metrics = metrics
         self._pipeline = pipeline  # the session's pipeline name, for metric attributes
         self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
-        # Called when a position starts a wait that may cut the trace into
-        # segments: an input wait, or a timer longer than cut_after seconds.
+        # The run's hooks, as plain flags and one reference (bound methods
+        # would cost every live waiting session: "paused session, memory each"
+        # benchmark row). With on_long_block, hooks.check_cut() is called when
+        # a position starts a wait that may cut the trace into segments: an
+        # input wait, or a timer longer than cut_after seconds.
+        self._hooks = hooks
+        self._new_event = new_event  # the backend's event class, for input waits
         self._on_long_block = on_long_block
         self._cut_after = cut_after
         self.long_blocks = 0  # positions blocked in such waits right now
         self.stop_outcome = "cancelled"  # how a wait span ends when the run is torn down
-        # Called when a position starts waiting or sleeping (suspend mode only).
+        # With on_block (suspend mode), hooks.check_idle() is called when a
+        # position starts waiting or sleeping.
         self._on_block = on_block
         self.sleeping = 0  # positions sleeping right now
 
@@ -169,7 +192,7 @@ class StageRuntime:
         """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
         spec = work.spec
         node_id = work.node.id
-        if spec.allowed_inputs and all(s.type != type for s in spec.allowed_inputs):
+        if spec.allowed_inputs and not _declares(spec, type):
             declared = ", ".join(s.type for s in spec.allowed_inputs)
             raise StageContractError(
                 f"stage {work.node.stage!r} at node {node_id!r} waits for input {type!r}, which "
@@ -177,14 +200,16 @@ class StageRuntime:
                 node_id=node_id,
             )
         path = work.path
-        record = self._history.record
+        # No bound methods or closures in the locals of this frame: a waiting
+        # session keeps them, and the collector walks them ("paused session" rows).
+        history = self._history
         entry = self._replayed(work, "wait", type)
         if entry is not None and "payload" in entry:
             # Consumed before the snapshot, or sent to the suspended session:
             # hand it over (again), in order.
             source = "sender" if entry.pop("parked", False) else "replay"
             work.journal(entry)
-            record("input_received", node_id, path, {"input_type": type, "from": source})
+            history.record("input_received", node_id, path, {"input_type": type, "from": source})
             return copy_json(entry["payload"])
         remaining = timeout
         restored_deadline = False
@@ -201,7 +226,7 @@ class StageRuntime:
         tracing = self._tracing
         if found:
             fulfil(entry, copy_json(payload))
-            record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
+            history.record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
             if tracing is not None:
                 tracing.add_event("input_received", {INPUT_TYPE: type})
                 if broker.taken_sender is not None:
@@ -212,7 +237,7 @@ class StageRuntime:
             # so suspend mode goes on to the timeout's error edge).
             await anyio.lowlevel.checkpoint()
             raise self._timed_out(work, type, timeout)
-        waiter = Waiter(node_id, path, spec, entry)
+        waiter = Waiter(node_id, path, spec, entry, self._new_event())
         wait_span: ActiveSpan | None = None
         if tracing is not None:
             tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
@@ -220,13 +245,11 @@ class StageRuntime:
             wait_span = tracing.start(f"wait {type}", {INPUT_TYPE: type}, revivable=False)
         broker.add(type, waiter)
         # An input wait without a short timeout may cut the trace (see _segments).
-        long = self._on_long_block is not None and (
-            remaining is None or remaining > self._cut_after
-        )
+        long = self._on_long_block and (remaining is None or remaining > self._cut_after)
         if long:
             self.long_blocks += 1
-            self._on_long_block()  # type: ignore[misc]
-        record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
+            self._hooks.check_cut()
+        history.record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
         timer = work.timer
         if timer is not None:
             timer.pause()
@@ -239,8 +262,8 @@ class StageRuntime:
             if self.waits == 1:
                 meters.waiting.add(1, {PIPELINE_NAME: self._pipeline})
         try:
-            if self._on_block is not None:
-                self._on_block()
+            if self._on_block:
+                self._hooks.check_idle()
             if remaining is None:
                 await waiter.arrived.wait()
             else:
@@ -265,7 +288,7 @@ class StageRuntime:
                 self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
         if timed_out:
             raise self._timed_out(work, type, timeout)
-        record("input_received", node_id, path, {"input_type": type, "from": "sender"})
+        history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
             waited = round(anyio.current_time() - wait_started, 6)
             tracing.add_event("input_received", {INPUT_TYPE: type, WAIT_SECONDS: waited})
@@ -332,19 +355,26 @@ class StageRuntime:
             await anyio.lowlevel.checkpoint()
             return
         self.sleeping += 1
-        long = self._on_long_block is not None and seconds > self._cut_after
+        long = self._on_long_block and seconds > self._cut_after
         if long:
             self.long_blocks += 1
         try:
             if long:
-                self._on_long_block()  # type: ignore[misc]
-            if self._on_block is not None:
-                self._on_block()
+                self._hooks.check_cut()
+            if self._on_block:
+                self._hooks.check_idle()
             await anyio.sleep(seconds)
         finally:
             self.sleeping -= 1
             if long:
                 self.long_blocks -= 1
+
+    def clock(self) -> datetime.datetime:
+        """The session's UTC clock: the wall clock at the run's start, moved by the loop's clock.
+
+        Virtual time (a mock clock) moves it too.
+        """
+        return after(self._started_at, anyio.current_time() - self._loop_start)
 
     def seconds_until(self, deadline: str) -> float:
         """Seconds from now to an ISO deadline (0 when it has passed)."""
@@ -430,6 +460,11 @@ class StageRuntime:
         limit = self._limits.max_history
         if limit is not None and self._desk.history_full():
             raise LimitExceededError(limit="max_history", value=limit, node_id=node_id)
+
+
+def _declares(spec: StageSpec, type: str) -> bool:
+    """Whether ``spec`` declares inputs of ``type``."""
+    return any(declared.type == type for declared in spec.allowed_inputs)
 
 
 def _describe_call(entry: Call) -> str:

@@ -21,7 +21,7 @@ import anyio.lowlevel
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import is_cancellation
-from stageflow._engine._contracts import ContractChecks
+from stageflow._engine._contracts import check_contract
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
 from stageflow._engine._positions import StagePosition
@@ -52,13 +52,14 @@ _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
 class StageExecutor:
-    """Runs stage nodes; saves and restores a stage in flight."""
+    """Runs stage nodes; saves and restores a stage in flight.
 
-    __slots__ = ("_contracts", "_kernel")
+    It holds no state: one instance serves every run, which passes itself as
+    ``kernel`` (a paused session keeps no executor of its own: "paused
+    session, memory each" benchmark row).
+    """
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-        self._contracts = ContractChecks(kernel.mode, kernel.history)
+    __slots__ = ()
 
     @staticmethod
     def save(work: Work) -> StagePosition:
@@ -70,9 +71,8 @@ class StageExecutor:
             return {"attempt": work.attempt, "calls": [], "retry_at": work.at}
         return {"attempt": 1, "calls": [], "retry_at": None}
 
-    async def run(self, node: StageNode, frame: Frame) -> str | None:
+    async def run(self, kernel: Kernel, node: StageNode, frame: Frame) -> str | None:
         """Run the node's attempts (or go on with a restored one); return the next node."""
-        kernel = self._kernel
         entry = kernel.entries[id(node)]
         policy = node.retry or entry.spec.retry or _NO_RETRY
         attempt = 1
@@ -87,81 +87,137 @@ class StageExecutor:
                 frame.work = RetryWait(attempt, retry_at)
                 await kernel.runtime.pause(kernel.runtime.seconds_until(retry_at))
         while True:
+            # One attempt, written out here rather than in a coroutine of its
+            # own: one coroutine level less per stage node and per waiting
+            # session ("sequential stage node" and "paused session" rows).
+            stage: BaseStage | None = None
+            outcome = "failed"
             try:
-                await self._attempt(node, frame, entry, attempt, policy.attempts, replay)
-                if attempt > 1 and kernel.tracing is not None:
-                    kernel.tracing.set_attribute(ATTEMPT, attempt)
-                return node.next
+                ctx = self._context(kernel, node, frame, entry, attempt, replay)
+                try:
+                    run = entry.function
+                    if run is None:
+                        stage = entry.factory()
+                        run = stage.run
+                    timeout = node.timeout if node.timeout is not None else entry.spec.timeout
+                    if timeout is None:
+                        outputs = await run(ctx)
+                    else:
+                        outputs = await self._timed(node, frame, run, ctx, timeout, attempt, policy)
+                    self._outputs(kernel, node, frame, entry, outputs)
+                    outcome = "succeeded"
+                except NodeError:
+                    raise
+                except Exception as exc:
+                    # Anything else (a stage's own error, or a StageflowError that
+                    # does not name the node, such as a NonJsonValueError from
+                    # ctx.emit) is wrapped so the failure names its node and
+                    # attempt; the original is the cause.
+                    raise StageError(
+                        f"stage {node.stage!r} at node {node.id!r} failed on attempt "
+                        f"{attempt} of {policy.attempts}: {type(exc).__name__}: {exc}",
+                        node_id=node.id,
+                        stage=node.stage,
+                        attempt=attempt,
+                    ) from exc
+                except BaseException as exc:  # looked at and re-raised: a cancellation
+                    if is_cancellation(exc, kernel.backend.cancelled):
+                        outcome = kernel.stop_outcome
+                    raise
+                finally:
+                    if entry.has_cleanup and stage is not None:
+                        await self._cleanup(kernel, stage, ctx, outcome, frame)
             except Exception as exc:
                 replay = None
-                if attempt > 1 and kernel.tracing is not None:
-                    kernel.tracing.set_attribute(ATTEMPT, attempt)
-                if (
-                    attempt >= policy.attempts
-                    or isinstance(exc, LimitExceededError)
-                    or not error_matches(exc, policy.retry_on)
-                ):
+                delay = self._retry_delay(kernel, node, frame, policy, attempt, exc)
+                if delay is None:
                     raise
-                # Retries are events too: they stop at the history limit.
-                kernel.runtime.check_history(node.id)
-                delay = policy.delay_before(attempt)
-                if policy.jitter:
-                    delay *= 1 + policy.jitter * (2 * kernel.random() - 1)
-                # The attempt to come, before the event: a snapshot from here on
-                # waits out the delay instead of running the failed attempt again.
-                deadline = after(kernel.runtime.clock(), delay)
-                frame.work = RetryWait(attempt + 1, deadline.isoformat())
-                kernel.history.record(
-                    "node_retrying",
-                    node.id,
-                    frame.path,
-                    {
-                        "attempt": attempt,
-                        "next_attempt": attempt + 1,
-                        "delay": delay,
-                        "error": describe_exception(exc),
-                    },
-                )
-                if kernel.metrics is not None:
-                    kernel.metrics.retries.add(
-                        1, {PIPELINE_NAME: frame.scope.pipeline.name, NODE_ID: node.id}
-                    )
-                if kernel.tracing is not None:
-                    kernel.tracing.add_event(
-                        "retry",
-                        {
-                            ATTEMPT: attempt,
-                            "exception.type": type(exc).__name__,
-                            "exception.message": str(exc),
-                        },
-                    )
                 attempt += 1
                 await kernel.runtime.pause(delay)
+                continue
+            if attempt > 1 and kernel.tracing is not None:
+                kernel.tracing.set_attribute(ATTEMPT, attempt)
+            return node.next
 
-    async def _attempt(
-        self,
+    @staticmethod
+    def _retry_delay(
+        kernel: Kernel,
+        node: StageNode,
+        frame: Frame,
+        policy: RetryPolicy,
+        attempt: int,
+        exc: Exception,
+    ) -> float | None:
+        """After a failed attempt: the delay before the next one, or ``None`` to give up."""
+        if attempt > 1 and kernel.tracing is not None:
+            kernel.tracing.set_attribute(ATTEMPT, attempt)
+        if (
+            attempt >= policy.attempts
+            or isinstance(exc, LimitExceededError)
+            or not error_matches(exc, policy.retry_on)
+        ):
+            return None
+        # Retries are events too: they stop at the history limit.
+        kernel.runtime.check_history(node.id)
+        delay = policy.delay_before(attempt)
+        if policy.jitter:
+            delay *= 1 + policy.jitter * (2 * kernel.random() - 1)
+        # The attempt to come, before the event: a snapshot from here on
+        # waits out the delay instead of running the failed attempt again.
+        deadline = after(kernel.runtime.clock(), delay)
+        frame.work = RetryWait(attempt + 1, deadline.isoformat())
+        kernel.history.record(
+            "node_retrying",
+            node.id,
+            frame.path,
+            {
+                "attempt": attempt,
+                "next_attempt": attempt + 1,
+                "delay": delay,
+                "error": describe_exception(exc),
+            },
+        )
+        if kernel.metrics is not None:
+            kernel.metrics.retries.add(
+                1, {PIPELINE_NAME: frame.scope.pipeline.name, NODE_ID: node.id}
+            )
+        if kernel.tracing is not None:
+            kernel.tracing.add_event(
+                "retry",
+                {
+                    ATTEMPT: attempt,
+                    "exception.type": type(exc).__name__,
+                    "exception.message": str(exc),
+                },
+            )
+        return delay
+
+    @staticmethod
+    def _context(
+        kernel: Kernel,
         node: StageNode,
         frame: Frame,
         entry: StageEntry,
         attempt: int,
-        attempts: int,
         replay: Any,
-    ) -> None:
-        """Run one attempt; write its outputs only if all of it succeeded."""
-        get = frame.ctx.get
+    ) -> StageContext:
+        """An attempt's arguments, checked, and its fresh context (``frame.work`` its record)."""
+        context = frame.ctx
         arguments: dict[str, Any] = {}
         for name, path in node.arguments.items():
-            value = get(path)
+            value = context.get(path)
             if value is not MISSING:
                 # A copy: a stage that mutates an argument must not change the
                 # context (or a sibling branch's view of it) behind the engine.
                 arguments[name] = value if type(value) in _PLAIN_SCALARS else copy_json(value)
-        kernel = self._kernel
         spec = entry.spec
         if spec.arguments is not None:
-            self._contracts.check("argument", node, frame.path, spec.arguments, arguments)
+            check_contract(
+                kernel.mode, kernel.history, "argument", node, frame.path, spec.arguments, arguments
+            )
         work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
-        ctx = StageContext(
+        frame.work = work
+        return StageContext(
             arguments=MappingProxyType(arguments),
             config=copy_json(node.config) if node.config else _EMPTY,
             session_id=kernel.session_id,
@@ -170,75 +226,66 @@ class StageExecutor:
             stage=node.stage,
             attempt=attempt,
             runtime=work,
-            spec=entry.spec,
+            spec=spec,
             execution_key=f"{kernel.session_id}{frame.origin}/{node.id}.{frame.visits}",
         )
-        frame.work = work
-        stage: BaseStage | None = None
-        timeout = node.timeout if node.timeout is not None else entry.spec.timeout
-        outcome = "failed"
-        try:
-            run = entry.function
-            if run is None:
-                stage = entry.factory()
-                run = stage.run
-            if timeout is None:
-                outputs = await run(ctx)
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    work.timer = AttemptTimer(scope)
-                    outputs = await run(ctx)
-                if scope.cancelled_caught:
-                    raise NodeTimeoutError(
-                        f"stage {node.stage!r} at node {node.id!r} "
-                        f"({frame.scope.pipeline.location(node.id)}) timed out after "
-                        f'{timeout:g} s on attempt {attempt} of {attempts}; raise "timeout" or '
-                        "make the stage faster",
-                        node_id=node.id,
-                        timeout=timeout,
-                        attempt=attempt,
-                    )
-            if spec.outputs is not None:
-                self._contracts.check("output", node, frame.path, spec.outputs, outputs)
-            if node.outputs:
-                StageExecutor._write_outputs(node, outputs, frame.ctx)
-            elif outputs is not None and not isinstance(outputs, Mapping):
-                raise _not_a_mapping(node, outputs)
-            outcome = "succeeded"
-        except NodeError:
-            raise
-        except Exception as exc:
-            # Anything else (a stage's own error, or a StageflowError that does not
-            # name the node, such as a NonJsonValueError from ctx.emit) is wrapped
-            # so the failure names its node and attempt; the original is the cause.
-            raise StageError(
-                f"stage {node.stage!r} at node {node.id!r} failed on attempt {attempt} of "
-                f"{attempts}: {type(exc).__name__}: {exc}",
+
+    @staticmethod
+    async def _timed(
+        node: StageNode,
+        frame: Frame,
+        run: Any,
+        ctx: StageContext,
+        timeout: float,
+        attempt: int,
+        policy: RetryPolicy,
+    ) -> Any:
+        """Await the stage within its per-attempt timeout (the timer stops while it waits)."""
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            work = frame.work
+            assert isinstance(work, StageWork)
+            work.timer = AttemptTimer(scope)
+            outputs = await run(ctx)
+        if scope.cancelled_caught:
+            raise NodeTimeoutError(
+                f"stage {node.stage!r} at node {node.id!r} "
+                f"({frame.scope.pipeline.location(node.id)}) timed out after "
+                f'{timeout:g} s on attempt {attempt} of {policy.attempts}; raise "timeout" or '
+                "make the stage faster",
                 node_id=node.id,
-                stage=node.stage,
+                timeout=timeout,
                 attempt=attempt,
-            ) from exc
-        except BaseException as exc:  # looked at and re-raised: a cancellation, grouped or not
-            if is_cancellation(exc, kernel.backend.cancelled):
-                outcome = kernel.stop_outcome
-            raise
-        finally:
-            if entry.has_cleanup and stage is not None:
-                await self._cleanup(stage, ctx, outcome, frame)
+            )
+        return outputs
+
+    @staticmethod
+    def _outputs(
+        kernel: Kernel, node: StageNode, frame: Frame, entry: StageEntry, outputs: object
+    ) -> None:
+        """Check an attempt's outputs and write them (all of them, or none)."""
+        spec = entry.spec
+        if spec.outputs is not None:
+            check_contract(
+                kernel.mode, kernel.history, "output", node, frame.path, spec.outputs, outputs
+            )
+        if node.outputs:
+            StageExecutor._write_outputs(node, outputs, frame.ctx)
+        elif outputs is not None and not isinstance(outputs, Mapping):
+            raise _not_a_mapping(node, outputs)
 
     async def _cleanup(
-        self, stage: BaseStage, ctx: StageContext, outcome: str, frame: Frame
+        self, kernel: Kernel, stage: BaseStage, ctx: StageContext, outcome: str, frame: Frame
     ) -> None:
         """Run the stage's cleanup shielded from cancellation and bounded in time."""
         with anyio.CancelScope(shield=True):
             try:
-                with anyio.fail_after(self._kernel.limits.cleanup_timeout):
+                with anyio.fail_after(kernel.limits.cleanup_timeout):
                     await stage.cleanup(ctx, outcome)
             except Exception as exc:
                 _log.exception(
                     "stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id
                 )
-                self._kernel.history.record(
+                kernel.history.record(
                     "cleanup_failed",
                     ctx.node_id,
                     frame.path,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NotRequired, Protocol, TypedDict
 
 import anyio.lowlevel
@@ -141,7 +141,7 @@ class SessionState:
         self,
         *,
         pipeline: Pipeline,
-        entries: dict[int, StageEntry],
+        entries: Mapping[int, StageEntry],
         session_id: str,
         payload: dict[str, Any],
         limits: Limits,

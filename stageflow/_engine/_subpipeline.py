@@ -29,16 +29,17 @@ def check_depth(kernel: Kernel, node_id: str, frame: Frame) -> None:
 
 
 class SubpipelineExecutor:
-    """Runs subpipeline nodes; saves and restores the call in flight."""
+    """Runs subpipeline nodes; saves and restores the call in flight.
 
-    __slots__ = ("_kernel",)
+    It holds no state: one instance serves every run, which passes itself as
+    ``kernel`` (a paused session keeps no executor of its own).
+    """
 
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
+    __slots__ = ()
 
-    async def run(self, node: SubpipelineNode, frame: Frame) -> str | None:
+    async def run(self, kernel: Kernel, node: SubpipelineNode, frame: Frame) -> str | None:
         """Run the called pipeline to its terminal; map its result back; return the next node."""
-        check_depth(self._kernel, node.id, frame)
+        check_depth(kernel, node.id, frame)
         target = frame.scope.pipeline.callee(node.id)
         saved = frame.resume.get("subpipeline") if frame.resume is not None else None
         if saved is not None:
@@ -61,7 +62,7 @@ class SubpipelineExecutor:
             if node.timeout is not None:
                 cancel.deadline = anyio.current_time() + node.timeout
             if not ended:
-                await self._kernel.run_path(target.entry, child, None)
+                await kernel.run_path(target.entry, child, None)
         if scope.terminal is None:
             if cancel.cancelled_caught:
                 raise NodeTimeoutError(
@@ -94,7 +95,7 @@ class SubpipelineExecutor:
             frame.ctx.set(parent_path, value)
         return node.next
 
-    def save(self, run: SubpipelineRun) -> SubpipelinePosition:
+    def save(self, kernel: Kernel, run: SubpipelineRun) -> SubpipelinePosition:
         """A subpipeline call in flight as a snapshot keeps it: the child run's frame."""
         child = run.child
-        return {"position": self._kernel.frame_state(child, child.scope.pipeline.entry, True)}
+        return {"position": kernel.frame_state(child, child.scope.pipeline.entry, True)}
