@@ -294,6 +294,9 @@ class Inspector:
     ) -> Response:
         """Render the session page (with a refused input's message and payload, if any)."""
         source = self.need_source()
+        # Taken before the load: a save between the two then still reloads the page
+        # (taken after, the page could show the old state with the new fingerprint).
+        fp = await source.fingerprint(session_id)
         loaded = await source.load(session_id, self.config.redact)
         view = loaded.view
         marks = {node.id: _state_label(view, node.id) for node in view.pipeline.nodes}
@@ -306,7 +309,6 @@ class Inspector:
         )
         # The row's status is the store's word (``poisoned`` is never in a snapshot).
         finished = loaded.row.status in FINISHED_STATUSES
-        fp = await source.fingerprint(session_id)
         return self.page(
             request,
             "session.html",
