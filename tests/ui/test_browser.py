@@ -172,11 +172,14 @@ def node_classes(driver: Any, node_id: str) -> set[str]:
 
 
 def wait_for(driver: Any, condition: Any, timeout: float = 30.0) -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     # The page may reload between finding an element and reading it: look again.
-    ignored = (NoSuchElementException, StaleElementReferenceException)
+    # Stale and missing elements are WebDriverExceptions, and so is what
+    # chromedriver raises for an element of the document just replaced ("Node
+    # with given id does not belong to the document"; seen once in CI).
+    ignored = (WebDriverException,)
     return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(
         condition
     )
