@@ -153,15 +153,14 @@ class InputDesk:
             delivered = self._broker.deliver(type, waiters, payload)
             if delivered:
                 return InputReceipt(type, delivered, False)
+        if not parked and not self._open and type not in self._declared:
+            self._unknown(type)
+        self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])
         if parked:
-            self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])
             for entry in parked:
                 fulfil(entry, copy_json(payload))
                 entry["parked"] = True
             return InputReceipt(type, len(parked), False)
-        if not self._open and type not in self._declared:
-            self._unknown(type)
-        self._check(type, payload, [(spec, None) for spec in self._declared.get(type, [])])
         if self._broker.backlog_full(type):
             raise self._reject(
                 type,
