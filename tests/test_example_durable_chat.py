@@ -17,14 +17,13 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import durable_chat_support as chat
 import pytest
-from example_support import EXAMPLES, load_module
+from durable_chat_support import ASK, EXAMPLE, GREETING, RUN, SCRIPT, TRANSCRIPT
+from example_support import load_module
 
 import stageflow
 from stageflow.store import open_store
-
-EXAMPLE = EXAMPLES / "durable-chat"
-RUN = EXAMPLE / "run.py"
 
 pytestmark = pytest.mark.anyio
 
@@ -33,29 +32,6 @@ pytestmark = pytest.mark.anyio
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """Real clocks: the store talks to SQLite through threads (a virtual clock would jump)."""
     return request.param
-
-
-ASK = "Hello! I am the stageflow bot. What is your name?"
-GREETING = "Nice to meet you, Ada! Ask me anything, or say bye to leave."
-
-# One conversation: each input is one request, sent to a fresh process.
-SCRIPT: list[tuple[str, dict[str, str]]] = [
-    ("user_name", {"name": "Ada"}),
-    ("user_message", {"text": "hello"}),
-    ("user_message", {"text": "what is a pipeline?"}),
-    ("user_message", {"text": "bye"}),
-]
-TRANSCRIPT = [
-    {"from": "bot", "text": ASK},
-    {"from": "user", "text": "Ada"},
-    {"from": "bot", "text": GREETING},
-    {"from": "user", "text": "hello"},
-    {"from": "bot", "text": "You said: hello"},
-    {"from": "user", "text": "what is a pipeline?"},
-    {"from": "bot", "text": "Good question! All I can tell you is that it has 4 words."},
-    {"from": "user", "text": "bye"},
-    {"from": "bot", "text": "Goodbye, Ada! We exchanged 3 messages."},
-]
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +44,13 @@ def pipeline(stages: ModuleType) -> stageflow.Pipeline:
 
 
 def request(db: Path, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run one ``run.py`` command in its own process."""
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--db", str(db), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == status, proc.stderr
-    return proc
+    """Run one ``run.py`` command on the SQLite store in ``db``, in its own process."""
+    return chat.request(f"sqlite:///{db}", *args, status=status)
 
 
 def reply(db: Path, *args: str) -> dict[str, Any]:
-    """The JSON a successful request prints; it writes nothing to stderr."""
-    proc = request(db, *args)
-    assert proc.stderr == ""
-    decoded: dict[str, Any] = json.loads(proc.stdout)
-    return decoded
+    """The JSON a successful request on ``db`` prints."""
+    return chat.reply(f"sqlite:///{db}", *args)
 
 
 def rows(db: Path) -> list[tuple[Any, ...]]:
@@ -106,19 +72,12 @@ def stored(db: Path) -> list[tuple[Any, ...]]:
 # ------------------------------------------------------------ across processes
 
 
-class Conversation:
-    """The replies of the scripted conversation, one process per request."""
+class Conversation(chat.Conversation):
+    """The scripted conversation on the SQLite store in ``db``."""
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self.started = reply(db, "start")
-        self.session_id: str = self.started["session_id"]
-        self.waiting_after_start = reply(db, "waiting")
-        self.replies = [
-            reply(db, "send", self.session_id, type, json.dumps(payload))
-            for type, payload in SCRIPT
-        ]
-        self.waiting_at_end = reply(db, "waiting")
+        super().__init__(f"sqlite:///{db}")
 
 
 @pytest.fixture(scope="module")
