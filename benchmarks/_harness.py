@@ -21,7 +21,6 @@ NA = "n/a (not yet available)"
 Sampler = Callable[[], Awaitable[int]]
 """An async function that runs one sample and returns the nanoseconds it timed."""
 
-SyncSampler = Callable[[], int]
 """The same, for code that is not async (LangGraph's sync API, snapshots)."""
 
 clock = time.perf_counter_ns
@@ -90,26 +89,6 @@ async def interleave(
         for i, sampler in enumerate(samplers):
             settle()
             samples[i].append(await sampler())
-    return [statistics.median(s) for s in samples]
-
-
-def interleave_sync(
-    samplers: Sequence[SyncSampler],
-    settings: Settings,
-    *,
-    repeats: int | None = None,
-    warmups: int | None = None,
-) -> list[float]:
-    """:func:`interleave` for synchronous samplers."""
-    rounds = settings.repeats if repeats is None else repeats
-    for _ in range(settings.warmups if warmups is None else warmups):
-        for sampler in samplers:
-            sampler()
-    samples: list[list[int]] = [[] for _ in samplers]
-    for _ in range(rounds):
-        for i, sampler in enumerate(samplers):
-            settle()
-            samples[i].append(sampler())
     return [statistics.median(s) for s in samples]
 
 

@@ -2,24 +2,30 @@
 
 Each LangGraph figure is measured with its sync API (``invoke``) and with its
 async API (``ainvoke`` on asyncio, async node functions), and the faster of
-the two is reported, so the comparison never flatters stageflow. The
-reference column holds stageflow's figure for the same shape from this run;
-the ratio is LangGraph / stageflow.
+the two is reported, so the comparison never flatters stageflow. stageflow
+runs the same shape in the same interleaved rounds as LangGraph: on trio
+next to ``invoke`` (called from the trio task), on asyncio next to
+``ainvoke``. The reference column holds stageflow's figure from the rounds
+of the mode reported, so load changes both sides alike; the ratio is
+LangGraph / stageflow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import operator
 import statistics
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypedDict
 
+import trio
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
+from benchmarks import _shapes
 from benchmarks._harness import (
     Row,
     Settings,
@@ -27,7 +33,6 @@ from benchmarks._harness import (
     at_least,
     clock,
     interleave,
-    interleave_sync,
     kib,
     ratio,
     settle,
@@ -164,53 +169,66 @@ def waiting_graph(mode: str) -> Any:
 LIMIT = {"recursion_limit": 100_000}
 
 
+Ours = Sequence[Callable[[], Coroutine[Any, Any, int]]]
+
+
 def _medians(
-    graphs: list[Any], inputs: list[Any], check: Callable[[Any, int], None], settings: Settings
-) -> dict[str, list[float]]:
-    """Median ns per invocation of each graph, for each mode."""
-    out: dict[str, list[float]] = {}
+    graphs: list[Any],
+    inputs: list[Any],
+    check: Callable[[Any, int], None],
+    ours: Ours,
+    settings: Settings,
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Median ns per invocation of each graph and of each of ``ours``, for each mode.
+
+    ``ours`` are stageflow samplers of the same shapes, interleaved with
+    LangGraph's in the same rounds: on trio for the sync mode, on asyncio
+    for the async one.
+    """
     repeats = settings.fewer(7)
-    sync_graphs = [g["sync"] for g in graphs]
-    async_graphs = [g["async"] for g in graphs]
 
-    def sync_sampler(i: int) -> Callable[[], int]:
-        def sample() -> int:
-            start = clock()
-            result = sync_graphs[i].invoke(inputs[i], LIMIT)
-            elapsed = clock() - start
-            check(result, i)
-            return elapsed
+    def sync_sampler(i: int) -> Callable[[], Coroutine[Any, Any, int]]:
+        graph = graphs[i]["sync"]
 
-        return sample
-
-    out["sync"] = interleave_sync(
-        [sync_sampler(i) for i in range(len(graphs))], settings, repeats=repeats
-    )
-
-    def async_sampler(i: int) -> Callable[[], Any]:
         async def sample() -> int:
             start = clock()
-            result = await async_graphs[i].ainvoke(inputs[i], LIMIT)
+            result = graph.invoke(inputs[i], LIMIT)  # blocks the trio task, as intended
             elapsed = clock() - start
             check(result, i)
             return elapsed
 
         return sample
 
-    out["async"] = asyncio.run(
-        interleave([async_sampler(i) for i in range(len(graphs))], settings, repeats=repeats)
-    )
+    def async_sampler(i: int) -> Callable[[], Coroutine[Any, Any, int]]:
+        graph = graphs[i]["async"]
+
+        async def sample() -> int:
+            start = clock()
+            result = await graph.ainvoke(inputs[i], LIMIT)
+            elapsed = clock() - start
+            check(result, i)
+            return elapsed
+
+        return sample
+
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    count = len(graphs)
+    sync = [sync_sampler(i) for i in range(count)] + list(ours)
+    medians = trio.run(functools.partial(interleave, sync, settings, repeats=repeats))
+    out["sync"] = (medians[:count], medians[count:])
+    async_ = [async_sampler(i) for i in range(count)] + list(ours)
+    medians = asyncio.run(interleave(async_, settings, repeats=repeats))
+    out["async"] = (medians[:count], medians[count:])
     return out
 
 
-def _per_item(medians: dict[str, list[float]], count: int) -> tuple[float, str]:
-    """(large - small) / (count - 1) in the faster mode (by the large graph), and that mode."""
-    best = min(medians, key=lambda mode: medians[mode][0])
-    return (medians[best][0] - medians[best][1]) / (count - 1), best
-
-
-def _sf(figures: dict[str, float | None], key: str) -> float | None:
-    return figures.get(key)
+def _per_item(
+    medians: dict[str, tuple[list[float], list[float]]], count: int
+) -> tuple[float, str, float]:
+    """(large - small) / (count - 1) in LangGraph's faster mode, the mode, and stageflow's."""
+    best = min(medians, key=lambda mode: medians[mode][0][0])
+    theirs, ours = medians[best]
+    return (theirs[0] - theirs[1]) / (count - 1), best, (ours[0] - ours[1]) / (count - 1)
 
 
 def _row(
@@ -220,15 +238,18 @@ def _row(
     mode: str,
     reference: float | None,
     what: str,
+    interleaved: bool = True,
     **budget: Any,
 ) -> None:
     r = ratio(value, reference)
+    # stageflow measured in LangGraph's rounds: on trio next to invoke, on asyncio next to ainvoke.
+    where = f" ({'trio' if mode == 'sync' else 'asyncio'}, same rounds)" if interleaved else ""
     table.add(
         Row(
             SECTION,
             f"LangGraph: {label} [{mode}]",
             us(value),
-            f"{us(reference) if reference is not None else 'n/a'} stageflow {what}",
+            f"{us(reference) if reference is not None else 'n/a'} stageflow {what}{where}",
             times(r),
             at_least(budget["least"], r, budget["text"]) if budget else None,
         )
@@ -236,7 +257,12 @@ def _row(
 
 
 def shapes(settings: Settings, table: Table, figures: dict[str, float | None]) -> None:
-    """Chain, conditional, fan-out and 3-node run on LangGraph."""
+    """Chain, conditional, fan-out and 3-node run on LangGraph and stageflow, interleaved."""
+    reg = _shapes.registry()
+
+    def ours(*pipelines: Any, batch: int = 1) -> Ours:
+        return [_shapes.session_sampler(p, reg, batch=batch) for p in pipelines]
+
     # Chain: (N-node chain - 1-node chain) / (N - 1).
     length = settings.chain_length
     graphs = [{m: chain_graph(n, m) for m in ("sync", "async")} for n in (length, 1)]
@@ -245,55 +271,61 @@ def shapes(settings: Settings, table: Table, figures: dict[str, float | None]) -
         if result["n"] != (length if i == 0 else 1):
             raise RuntimeError(f"LangGraph chain ended with n={result['n']}")
 
-    value, mode = _per_item(_medians(graphs, [{"n": 0}] * 2, check_chain, settings), length)
+    chains = ours(_shapes.chain(reg, length), _shapes.chain(reg, 1))
+    value, mode, reference = _per_item(
+        _medians(graphs, [{"n": 0}] * 2, check_chain, chains, settings), length
+    )
     _row(
         table,
         f"sequential node, per node (chain of {length:,})",
         value,
         mode,
-        _sf(figures, "chain_per_node"),
+        reference,
         "per node",
         least=30,
         text="stageflow >=30x cheaper",
     )
 
     # Conditional edges in the same two graph sizes as stageflow's condition nodes.
-    for name, graph_size in zip(("small", "large"), settings.condition_sizes, strict=True):
+    for graph_size in settings.condition_sizes:
         graphs = [{m: condition_graph(n, m) for m in ("sync", "async")} for n in (graph_size, 2)]
 
         def check_flag(result: Any, i: int) -> None:
             if result["flag"] is not True:
                 raise RuntimeError("LangGraph conditional graph lost its state")
 
-        value, mode = _per_item(
-            _medians(graphs, [{"flag": True}] * 2, check_flag, settings), graph_size - 1
+        conditions = ours(_shapes.conditions(reg, graph_size), _shapes.conditions(reg, 2))
+        value, mode, reference = _per_item(
+            _medians(graphs, [{"flag": True}] * 2, check_flag, conditions, settings),
+            graph_size - 1,
         )
         _row(
             table,
             f"node + conditional edge, per node ({graph_size:,}-node graph)",
             value,
             mode,
-            _sf(figures, f"condition_{name}"),
+            reference,
             "condition node",
         )
 
     # Fan-out: (N branches - 1 branch) / (N - 1).
-    for name, branches in zip(("small", "large"), settings.fanout_sizes, strict=True):
+    for branches in settings.fanout_sizes:
         graphs = [{m: fanout_graph(n, m) for m in ("sync", "async")} for n in (branches, 1)]
 
         def check_fan(result: Any, i: int, branches: int = branches) -> None:
             if len(result["r"]) != (branches if i == 0 else 1):
                 raise RuntimeError("LangGraph fan-out lost a branch")
 
-        value, mode = _per_item(
-            _medians(graphs, [{"n": 0, "r": []}] * 2, check_fan, settings), branches
+        fans = ours(_shapes.fanout(reg, branches), _shapes.fanout(reg, 1))
+        value, mode, reference = _per_item(
+            _medians(graphs, [{"n": 0, "r": []}] * 2, check_fan, fans, settings), branches
         )
         _row(
             table,
             f"parallel branch, per branch (fan-out of {branches:,})",
             value,
             mode,
-            _sf(figures, f"fanout_{name}"),
+            reference,
             "per branch",
             least=10,
             text="stageflow >=10x cheaper",
@@ -306,14 +338,16 @@ def shapes(settings: Settings, table: Table, figures: dict[str, float | None]) -
         if result["n"] != 2:
             raise RuntimeError("LangGraph 3-node run did not run both nodes")
 
-    medians = _medians(graphs, [{"n": 0}], check_run, settings)
-    mode = min(medians, key=lambda m: medians[m][0])
+    medians = _medians(
+        graphs, [{"n": 0}], check_run, ours(_shapes.three_nodes(reg), batch=10), settings
+    )
+    mode = min(medians, key=lambda m: medians[m][0][0])
     _row(
         table,
         "2 nodes + end, invoke to result",
-        medians[mode][0],
+        medians[mode][0][0],
         mode,
-        figures.get("run3"),
+        medians[mode][1][0],
         "3-node run",
         least=20,
         text="stageflow >=20x cheaper",
@@ -390,4 +424,5 @@ def paused(settings: Settings, table: Table, figures: dict[str, float | None]) -
             mode,
             figures.get(f"paused_live_small_{what}"),
             f"time to {what}",
+            interleaved=False,
         )
