@@ -601,7 +601,7 @@ class PostgresStore:
         """
         save = save_of(lease, snapshot, waiting_for, events, events_table=self._events)
 
-        def run(conn: psycopg.Connection[Any]) -> bool:
+        def run(conn: psycopg.Connection[Any]) -> bool | None:
             with conn.transaction():
                 row = conn.execute(
                     "UPDATE stageflow_sessions SET snapshot = %s, status = %s, waiting_for = %s, "
@@ -616,19 +616,24 @@ class PostgresStore:
                      lease.session_id, lease.token),
                 ).fetchone()  # fmt: skip
                 if row is None:
-                    return False
+                    return None
                 if save.events is not None:
                     self._insert_events(conn, lease.session_id, save.events)
             if row[0]:  # an input arrived during the turn: runnable again now
                 self._send_notify([lease.session_id])
             self._send_notify([lease.session_id], done=True)
-            return True
+            return bool(row[0])
 
-        saved = await self._run(run)
-        if saved:
+        runnable = await self._run(run)
+        if runnable is None:
+            return False
+        if runnable or (wake_at is not None and not save.finished):
+            # Work now, or a timer the idle wait must see. A save that leaves the
+            # session waiting for input wakes nobody (scaleout row "coordination
+            # efficiency": the wake-up cost an empty claim and a cooldown).
             self._work.set()
-            self._saves.notice([lease.session_id])
-        return saved
+        self._saves.notice([lease.session_id])
+        return True
 
     @staticmethod
     def _insert_events(conn: psycopg.Connection[Any], session_id: str, batch: EventBatch) -> None:
@@ -830,15 +835,15 @@ class PostgresStore:
         self._retry_at = time.monotonic() + self._backoff
         logger.warning("store.listener_lost", error=str(exc), retry_in=self._backoff)
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return on a NOTIFY, a write of this process, or after ``timeout`` seconds.
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return on a NOTIFY or a write of this process (True), or after ``timeout`` seconds.
 
         The first call (and the first after the LISTEN connection broke and
-        was reopened) returns at once: notifications may have been missed.
+        was reopened) returns at once, with False: notifications may have
+        been missed, so the caller looks as it would after a poll.
         """
         if not self._notify or self._listening:
-            await self._work.wait(timeout)
-            return
+            return await self._work.wait(timeout)
         self._listening = True
         try:
             if self._listen is None and time.monotonic() >= self._retry_at:
@@ -851,15 +856,17 @@ class PostgresStore:
                 else:
                     self._reconnects += 1
                     self._backoff = 0.0
-                    return
+                    return False
             conn = self._listen
             if conn is None:
-                await self._work.wait(min(timeout, max(self._retry_at - time.monotonic(), 0.0)))
-                return
+                return await self._work.wait(
+                    min(timeout, max(self._retry_at - time.monotonic(), 0.0))
+                )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, conn)
-                await self._work.wait(timeout)
+                woken = await self._work.wait(timeout)
                 tg.cancel_scope.cancel()
+            return woken
         finally:
             self._listening = False
 
