@@ -36,7 +36,7 @@ __all__ = [
     "stored_session",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The table layout this stageflow writes (both stores).
 
 1: the first layout. 2: ``start_key`` indexed only where set; the events
