@@ -81,6 +81,16 @@ def add_store_parsers(subparsers: Any) -> None:
     p.add_argument("--max-attempts", type=int, default=5, help="failures before 'poisoned'")
     p.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument(
+        "--fetch-cooldown",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="after a wake-up whose claim found nothing (another worker took the session), "
+        "wait this long (times 1 to 1.5) before the next wake-up's claim: damps the herd of "
+        "idle workers one notification wakes; a claim after a finished turn never waits; "
+        "0 turns it off (default 0.1)",
+    )
+    p.add_argument(
         "--poll-only", action="store_true", help="no NOTIFY (PgBouncer in transaction pooling)"
     )
     add_stage_options(p)
@@ -162,6 +172,7 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
             queues=args.queues or ("default",),
             worker_id=args.worker_id,
             max_attempts=args.max_attempts,
+            fetch_cooldown=args.fetch_cooldown,
             shutdown_grace=args.shutdown_grace,
         )
         async with anyio.create_task_group() as tg:

@@ -262,8 +262,12 @@ class SessionStore(Protocol):
     ) -> list[StoredSession]:
         """Sessions matching every given filter, oldest first."""
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when work may have arrived (a wake-up hint), or after ``timeout`` s."""
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return when work may have arrived (a wake-up hint), or after ``timeout`` s.
+
+        True for a wake-up hint; False after the timeout, or when the store
+        cannot tell (a listener that just reconnected may have missed hints).
+        """
 
     @property
     def save_notices(self) -> bool:

@@ -36,7 +36,7 @@ __all__ = [
     "stored_session",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The table layout this stageflow writes (both stores).
 
 1: the first layout. 2: ``start_key`` indexed only where set; the events
@@ -202,8 +202,11 @@ class Wakeup:
         if event is not None:
             event.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Return when set (now, if set since the last wait) or after ``timeout`` seconds."""
+    async def wait(self, timeout: float) -> bool:
+        """Return when set (now, if set since the last wait) or after ``timeout`` seconds.
+
+        True when it was set, False on the timeout.
+        """
         if not self._pending:
             if self._event is None:
                 self._event = anyio.Event()
@@ -212,7 +215,8 @@ class Wakeup:
                 await event.wait()
             if self._event is event:  # timed out: the next wait may run on another loop
                 self._event = None
-        self._pending = False
+        woken, self._pending = self._pending, False
+        return woken
 
 
 class SaveNotices:

@@ -209,7 +209,12 @@ class SQLiteStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables (schema version 2), or check that they are not newer."""
+        """Create or upgrade the tables (schema version 3), or check that they are not newer.
+
+        Version 3 changed only the PostgreSQL tables (no foreign keys from the
+        inbox and the events); SQLite keeps its foreign keys (they cost no
+        WAL record there), so from version 2 only the number moves.
+        """
 
         def run(conn: sqlite3.Connection) -> None:
             row = conn.execute(
@@ -407,29 +412,32 @@ class SQLiteStore:
         """Save a turn, fenced by the lease's token (see :class:`SessionStore`)."""
         save = save_of(lease, snapshot, waiting_for, events, events_table=self._events)
 
-        def run(conn: sqlite3.Connection) -> bool:
+        def run(conn: sqlite3.Connection) -> bool | None:
             now = self._clock()
-            cur = conn.execute(
+            row = conn.execute(
                 "UPDATE stageflow_sessions SET snapshot = ?, status = ?, waiting_for = ?, "
                 "wake_at = ?, inbox_done = ?, events_done = ?, attempts = 0, last_error = NULL, "
                 "lease_owner = NULL, version = version + 1, updated_at = ?, digest = ?, "
                 "runnable_at = CASE WHEN ? THEN NULL WHEN inbox_head > ? THEN ? ELSE ? END "
-                "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL",
+                "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL "
+                "RETURNING runnable_at IS NOT NULL",
                 (save.text, save.status, dumps(save.waiting_for), _epoch(wake_at),
                  lease.inbox_head, save.events_done, now, save.digest, save.finished,
                  lease.inbox_head, now, _epoch(wake_at), lease.session_id, lease.token),
-            )  # fmt: skip
-            if cur.rowcount != 1:
-                return False
+            ).fetchall()  # fmt: skip
+            if not row:
+                return None
             if save.events is not None:
                 self._insert_events(conn, lease.session_id, save.events)
-            return True
+            return bool(row[0][0])
 
-        saved = await self._run(run, write=True)
-        if saved:
+        runnable = await self._run(run, write=True)
+        if runnable is None:
+            return False
+        if runnable:  # work now or a timer; a session left waiting wakes no worker
             self._wake()
-            self._saves.notice([lease.session_id])
-        return saved
+        self._saves.notice([lease.session_id])
+        return True
 
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, session_id: str, batch: EventBatch) -> None:
@@ -543,9 +551,9 @@ class SQLiteStore:
 
         return await self._run(run)
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return after a write in this process made work, or after ``timeout`` seconds."""
-        await self._work.wait(timeout)
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return after a write in this process made work (True), or after ``timeout`` s."""
+        return await self._work.wait(timeout)
 
     @property
     def save_notices(self) -> bool:

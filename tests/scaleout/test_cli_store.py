@@ -77,3 +77,30 @@ def test_a_worker_on_an_unreachable_store_exits_2_with_the_fix(capsys: Any) -> N
     code, out, err = run_cli(capsys, *argv)
     assert (code, out) == (2, "")
     assert "check that the directory exists" in err
+
+
+def test_the_worker_takes_its_tuning_options(
+    url: str, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--fetch-cooldown`` (and the other knobs) reach the Worker; ``--help`` names it."""
+    import stageflow._cli._store as cli_store
+
+    made: dict[str, Any] = {}
+
+    class Recorder(cli_store.Worker):
+        def __init__(self, store: Any, **options: Any) -> None:
+            super().__init__(store, **options)
+            made.update(options)
+
+        async def run(self, **_: Any) -> None:
+            return None
+
+    monkeypatch.setattr(cli_store, "Worker", Recorder)
+    argv = ("worker", "--store", url, "--no-plugins", "--fetch-cooldown", "0.02",
+            "--concurrency", "4", "--poll", "0.5")  # fmt: skip
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0
+    assert (made["fetch_cooldown"], made["concurrency"], made["poll"]) == (0.02, 4, 0.5)
+    assert json.loads(out)["claims"] == 0
+    code, out, _ = run_cli(capsys, "worker", "--help")
+    assert (code, "--fetch-cooldown SECONDS" in out) == (0, True)

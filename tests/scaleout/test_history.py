@@ -105,3 +105,68 @@ def _downgrade(store: Any, backend: str, events: list[dict[str, Any]]) -> None:
         with pg.cursor() as cur:
             cur.executemany("INSERT INTO stageflow_events VALUES (%s, %s, %s, %s::jsonb)", rows)
         pg.execute("UPDATE stageflow_schema SET version = 1")
+
+
+async def test_tables_of_schema_version_2_are_upgraded(
+    make_store: Callable[..., Any], backend: str
+) -> None:
+    """Version 3 drops the PostgreSQL foreign keys of the inbox and the events."""
+    store = make_store()
+    sid, _ = await _conversation(store, 1)
+    await anyio.to_thread.run_sync(_back_to_version_2, store, backend)
+    assert await anyio.to_thread.run_sync(_schema_state, store, backend) == (2, 2)
+    upgraded = make_store()
+    await upgraded.migrate()
+    foreign_keys = 2 if backend == "sqlite" else 0  # SQLite keeps its own
+    assert await anyio.to_thread.run_sync(_schema_state, upgraded, backend) == (3, foreign_keys)
+    record = await upgraded.send_input(sid, "msg", {"n": 2})
+    assert record.seq == 2
+    (lease,) = await upgraded.claim("w", limit=1, lease=30)
+    assert [i.seq for i in lease.inputs] == [2]
+
+
+def _back_to_version_2(store: Any, backend: str) -> None:
+    if backend == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        conn.execute("UPDATE stageflow_schema SET version = 2")
+        conn.commit()
+        conn.close()
+        return
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        for table in ("stageflow_inbox", "stageflow_events"):
+            pg.execute(
+                f"ALTER TABLE {table} ADD CONSTRAINT {table}_session_id_fkey FOREIGN KEY "
+                "(session_id) REFERENCES stageflow_sessions ON DELETE CASCADE"
+            )
+        pg.execute("UPDATE stageflow_schema SET version = 2")
+
+
+def _schema_state(store: Any, backend: str) -> tuple[int, int]:
+    """(schema version, foreign keys of the inbox and events tables)."""
+    if backend == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        version = conn.execute("SELECT version FROM stageflow_schema").fetchone()[0]
+        keys = sum(
+            len(conn.execute(f"PRAGMA foreign_key_list({t})").fetchall())
+            for t in ("stageflow_inbox", "stageflow_events")
+        )
+        conn.close()
+        return version, keys
+    import psycopg
+
+    with psycopg.connect(store.url, autocommit=True) as pg:
+        row = pg.execute(
+            f"SELECT (SELECT version FROM {store.schema}.stageflow_schema), "
+            "(SELECT count(*) FROM pg_constraint c JOIN pg_namespace n "
+            "ON n.oid = c.connamespace WHERE n.nspname = %s AND c.contype = 'f')",
+            (store.schema,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

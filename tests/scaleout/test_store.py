@@ -236,6 +236,7 @@ async def test_purge_deletes_old_finished_sessions_and_consumed_inputs(store: Se
     assert await store.purge(finished_before=past, inputs_before=past) == 0
     assert await store.purge(finished_before=future, inputs_before=future) == 2
     assert [s.session_id for s in await store.list_sessions()] == ["live"]
+    assert await store.events("done") == []  # went with its session (no foreign key on PG)
     assert [i.seq for i in (await store.claim("w", limit=5, lease=30))[0].inputs] == [2]
 
 

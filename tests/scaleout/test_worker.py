@@ -12,7 +12,7 @@ import pytest
 from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
 
 import stageflow
-from stageflow.store import SessionService, SessionStore, Worker
+from stageflow.store import SessionService, SessionStore, Worker, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +23,7 @@ async def running(store: SessionStore, **options: Any) -> AsyncIterator[Worker]:
         store,
         registry=options.pop("registry", registry),
         poll=options.pop("poll", 0.2),
-        fetch_cooldown=0.01,
+        fetch_cooldown=options.pop("fetch_cooldown", 0.01),
         **options,
     )
     async with anyio.create_task_group() as tg:
@@ -63,6 +63,37 @@ async def test_a_conversation_through_the_service(make_store: Callable[..., Any]
     assert stored["history_seq"] == seqs[-1] + 1
     assert events[-1]["type"] == "session_completed"
     assert [s.session_id for s in await service.list(status="completed")] == [sid]
+
+
+async def test_the_fetch_cooldown_never_delays_the_next_turn_of_a_conversation(
+    tmp_path: Path,
+) -> None:
+    """Only a claim that a wake-up hint triggered and that found nothing starts the cooldown.
+
+    Before, every empty claim did (the one made when a turn ended, before the
+    next input was sent; an empty poll), and the worker's own save woke it
+    for such a claim: each next turn then waited for the cooldown, and with
+    an hour's cooldown this conversation stalled. The stores are separate
+    objects, as in two processes: SQLite then has no wake-up hints at all,
+    so every claim here follows a turn or a poll.
+    """
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    service = SessionService(open_store(url), registry=registry)
+    worker_store = open_store(url)
+    try:
+        async with running(worker_store, fetch_cooldown=3600.0) as worker:
+            sid = await service.start(chat_pipeline())
+            assert (await service.wait(sid, timeout=20)).status == "waiting"
+            for n in (1, 2, 3):
+                record = await service.send_input(sid, "msg", {"n": n})
+                stored = await service.wait(sid, seq=record.seq, timeout=20)
+                assert stored.inbox_done == record.seq
+            stats = worker.statistics()
+            assert (stats.saved, stats.claimed) == (4, 4)
+            assert stats.claims - stats.empty_claims == 4  # one session: one lease per claim
+    finally:
+        await service.store.aclose()
+        await worker_store.aclose()
 
 
 async def test_cancel_through_the_service(make_store: Callable[..., Any]) -> None:
