@@ -4,6 +4,10 @@ Every state change of a session is an :class:`Event` with a monotonically
 increasing ``seq``. Subscribers get events as they are recorded, through a
 callback or an async iterator; a subscriber that raises, or that reads too
 slowly, never stalls or breaks the run.
+
+Hot path: :meth:`History.record` runs at least twice per node, and a history
+is kept by every finished result and waiting session; the tricks here name
+the benchmark row that justifies them.
 """
 
 from __future__ import annotations
