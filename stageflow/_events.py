@@ -4,15 +4,20 @@ Every state change of a session is an :class:`Event` with a monotonically
 increasing ``seq``. Subscribers get events as they are recorded, through a
 callback or an async iterator; a subscriber that raises, or that reads too
 slowly, never stalls or breaks the run.
+
+Hot path: :meth:`History.record` runs at least twice per node, and a history
+is kept by every finished result and waiting session; the tricks here name
+the benchmark row that justifies them.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import operator
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, NamedTuple, overload
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -20,7 +25,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from stageflow._log import get_logger
 from stageflow._telemetry import Tracing
 
-__all__ = ["Event", "EventCallback", "EventStream", "History"]
+__all__ = [
+    "Event",
+    "EventCallback",
+    "EventLog",
+    "EventStream",
+    "History",
+    "node_finished_payload",
+    "node_started_payload",
+]
 
 _log = get_logger("stageflow.events")
 
@@ -168,9 +181,6 @@ class Event(_EventFields):
         }
 
 
-_MUTED: Final = Event(0, "muted", datetime.datetime.min, "", None, "", {})
-"""What ``History.record`` returns while muted (never stored or published)."""
-
 EventCallback = Callable[[Event], object]
 """A function called with each event as it is recorded."""
 
@@ -233,18 +243,136 @@ class EventStream:
         await self.aclose()
 
 
+_WIDTH: Final = 5
+"""Slots per event in ``History._flat``: type, stored timestamp, node id, path, payload."""
+
+_NO_SPAN: Final = (None, None, None)
+
+
+def _event(
+    flat: list[Any],
+    spans: dict[int, tuple[Any, ...]] | None,
+    base: int,
+    session_id: str,
+    index: int,
+) -> Event:
+    """The :class:`Event` for the ``index``-th record of a history (from 0)."""
+    at = index * _WIDTH
+    span = spans.get(index, _NO_SPAN) if spans is not None else _NO_SPAN
+    return _new_tuple(
+        Event,
+        (
+            base + index + 1,
+            flat[at],
+            flat[at + 1],
+            session_id,
+            flat[at + 2],
+            flat[at + 3],
+            # A copy: a stored payload may be shared by many events (see History.record).
+            dict(flat[at + 4]),
+            span[0],
+            span[1],
+            span[2],
+        ),
+    )
+
+
+class EventLog(Sequence[Event]):
+    """A read-only sequence of a session's events, as it held them when asked.
+
+    ``SessionResult.history``, ``Session.history`` and ``CaseResult.history``
+    are event logs. The history keeps a compact record per event; each
+    :class:`Event` is made when it is read (indexing, iterating), and not
+    kept: two reads give equal events, not the same objects, and each has its
+    own ``payload`` dict. An event log equals a tuple, list or event log of
+    equal events in the same order; slicing gives a tuple.
+    """
+
+    __slots__ = ("_base", "_flat", "_length", "_session_id", "_spans")
+
+    def __init__(
+        self,
+        flat: list[Any],
+        spans: dict[int, tuple[Any, ...]] | None,
+        base: int,
+        session_id: str,
+        length: int,
+    ) -> None:
+        # The history only ever appends to flat and spans (restore() replaces
+        # them), so the first `length` records stay what they were.
+        self._flat = flat
+        self._spans = spans
+        self._base = base
+        self._session_id = session_id
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Event, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | tuple[Event, ...]:
+        if isinstance(index, slice):
+            return tuple(self._at(i) for i in range(*index.indices(self._length)))
+        position = operator.index(index)
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError("event log index out of range")
+        return self._at(position)
+
+    def _at(self, index: int) -> Event:
+        return _event(self._flat, self._spans, self._base, self._session_id, index)
+
+    def __iter__(self) -> Iterator[Event]:
+        for index in range(self._length):
+            yield self._at(index)
+
+    def __reversed__(self) -> Iterator[Event]:
+        for index in reversed(range(self._length)):
+            yield self._at(index)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventLog | tuple | list):
+            return NotImplemented
+        return len(other) == self._length and all(
+            mine == theirs for mine, theirs in zip(self, other, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # events hold payload dicts: never hashable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (and copied) as the tuple of its events.
+        return (tuple, (tuple(self),))
+
+
 class History:
     """The ordered list of a session's events, with its subscribers.
 
     It holds the events recorded since the session was made or restored, after
     the ones its snapshot kept (all, a tail, or none): ``events[0].seq`` is
     ``base + 1``, and numbering never restarts.
+
+    Each event is kept as five slots of one flat list (type, timestamp as
+    :func:`_stored` keeps it, node id, path, payload): ``seq`` is implied by
+    the position, the session id is the history's, and span ids (with
+    tracing) sit in a dict by position. An :class:`Event` is made only for
+    subscribers and when read ("event retained in history" row: a kept
+    :class:`Event` with its payload dict was 384 B).
     """
 
     __slots__ = (
         "_callbacks",
         "_closed",
-        "_events",
+        "_flat",
+        "_spans",
         "_subscriptions",
         "_tracing",
         "base",
@@ -255,14 +383,16 @@ class History:
     def __init__(
         self,
         session_id: str,
-        events: list[Event] | None = None,
+        events: Iterable[Event] | None = None,
         *,
         tracing: Tracing | None = None,
     ) -> None:
         self.session_id = session_id
         # With tracing, each event carries the ids of the span it happened in.
         self._tracing = tracing
-        self._events: list[Event] = events if events is not None else []
+        self._flat: list[Any] = []
+        # Span ids by event position, made at the first event that has them.
+        self._spans: dict[int, tuple[Any, ...]] | None = None
         # Made at the first subscriber: most sessions have none, and a waiting
         # session keeps its history ("paused session, memory each" row).
         self._callbacks: list[EventCallback] | None = None
@@ -273,24 +403,42 @@ class History:
         # Events recorded before the first one held (a session restored from a
         # snapshot that kept none or only a tail of its history): seq goes on.
         self.base = 0
+        if events is not None:
+            held = list(events)
+            self.restore(held, len(held) + 1)
 
     @property
     def next_seq(self) -> int:
         """The ``seq`` the next event will get."""
-        return self.base + len(self._events) + 1
+        return self.base + len(self._flat) // _WIDTH + 1
 
     def restore(self, events: Iterable[Event], next_seq: int) -> None:
-        """Hold ``events`` (the tail a snapshot kept, maybe none); go on at ``next_seq``."""
-        self._events[:] = events
-        self.base = next_seq - 1 - len(self._events)
+        """Hold ``events`` (the tail a snapshot kept, maybe none); go on at ``next_seq``.
+
+        Their ``seq`` follow from ``next_seq`` and their session id is the
+        history's (a snapshot's history is checked for both when it is read).
+        """
+        # New containers, never the old ones changed: event logs handed out share them.
+        flat: list[Any] = []
+        spans: dict[int, tuple[Any, ...]] = {}
+        for index, event in enumerate(events):
+            fields = tuple(tuple.__iter__(event))  # the timestamp as stored
+            flat += (fields[1], fields[_TIMESTAMP], fields[4], fields[5], fields[6])
+            if fields[7:] != _NO_SPAN:
+                spans[index] = fields[7:]
+        self._flat = flat
+        self._spans = spans or None
+        self.base = next_seq - 1 - len(flat) // _WIDTH
 
     @property
-    def events(self) -> list[Event]:
-        """The events recorded so far (do not modify)."""
-        return self._events
+    def events(self) -> EventLog:
+        """The events recorded so far (an :class:`EventLog`: later events are not in it)."""
+        return EventLog(
+            self._flat, self._spans, self.base, self.session_id, len(self._flat) // _WIDTH
+        )
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._flat) // _WIDTH
 
     def record(
         self,
@@ -299,60 +447,42 @@ class History:
         path: str,
         payload: Mapping[str, Any],
         span: tuple[str, str, str | None] | None = None,
-    ) -> Event:
-        """Append an event and hand it to every subscriber."""
+    ) -> None:
+        """Append an event and hand it to every subscriber.
+
+        ``payload`` is kept as given and never handed out (every read and every
+        subscriber gets a copy): callers may pass one dict for many events, as
+        :func:`node_started_payload` and :func:`node_finished_payload` give.
+        """
         if self.muted:
-            return _MUTED
-        events = self._events
+            return
+        flat = self._flat
         if span is None:
             tracing = self._tracing
             if tracing is not None:
                 span = tracing.current_ids()
-        # Straight to the tuple: the fields need no checks, the time no datetime yet.
-        # The order is _EventFields' (tests/test_events.py checks it field by field).
-        # Written out, not unpacked with *span: a literal tuple is built in one
-        # step, an unpacked one through a list ("sequential stage node" row).
-        event: Event
-        if span is None:
-            event = _new_tuple(
-                Event,
-                (
-                    self.base + len(events) + 1,
-                    type,
-                    _time_ns() // 1000,
-                    self.session_id,
-                    node_id,
-                    path,
-                    payload,
-                    None,
-                    None,
-                    None,
-                ),
-            )
-        else:
-            event = _new_tuple(
-                Event,
-                (
-                    self.base + len(events) + 1,
-                    type,
-                    _time_ns() // 1000,
-                    self.session_id,
-                    node_id,
-                    path,
-                    payload,
-                    span[0],
-                    span[1],
-                    span[2],
-                ),
-            )
-        events.append(event)
+        if span is not None:
+            if self._spans is None:
+                self._spans = {}
+            self._spans[len(flat) // _WIDTH] = span
+        # Five slots of one list, no Event, no datetime yet: the fields need no
+        # checks, and a record is a list extend ("sequential stage node" and
+        # "event retained in history" rows). The order is _event()'s.
+        flat += (type, _time_ns() // 1000, node_id, path, payload)
+        if self._subscriptions or self._callbacks:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the event just recorded to the subscribers."""
+        event = _event(
+            self._flat, self._spans, self.base, self.session_id, len(self._flat) // _WIDTH - 1
+        )
         # Streams first: a callback that subscribes while handling this event
         # must not receive it (a stream starts after the event in flight).
         if self._subscriptions:
             self._publish(event)
         if self._callbacks:
             self._notify(event)
-        return event
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every later event; returns an unsubscribe function."""
@@ -448,3 +578,41 @@ class History:
         for sub in self._subscriptions or ():
             sub.send.close()
         self._subscriptions = None
+
+
+# Node events' payloads, one dict for all events alike: a history keeps its
+# payloads as given and copies them when read ("event retained in history"
+# row: a one-key dict is 184 B, four times the rest of a kept event).
+_STARTED: Final[dict[str, dict[str, Any]]] = {}
+_FINISHED: Final[dict[tuple[str, str | None, int | str | None], dict[str, Any]]] = {}
+_MAX_SHARED: Final = 4096
+"""Payloads kept for sharing, at most (node ids come from pipelines: few, but unbounded)."""
+
+
+def node_started_payload(node_type: str) -> Mapping[str, Any]:
+    """The payload of a ``node_started`` event (not resumed), shared: do not modify."""
+    payload = _STARTED.get(node_type)
+    if payload is None:
+        payload = {"node_type": node_type}
+        if len(_STARTED) < _MAX_SHARED:
+            _STARTED[node_type] = payload
+    return payload
+
+
+def node_finished_payload(
+    node_type: str, next_id: str | None, branch: int | str | None = None
+) -> Mapping[str, Any]:
+    """The payload of a ``node_finished`` event, shared: do not modify.
+
+    ``branch`` is the condition that matched (its index, or ``"else"``) for a
+    condition node, ``None`` (and left out) otherwise.
+    """
+    key = (node_type, next_id, branch)
+    payload = _FINISHED.get(key)
+    if payload is None:
+        payload = {"node_type": node_type, "next": next_id}
+        if branch is not None:
+            payload["branch"] = branch
+        if len(_FINISHED) < _MAX_SHARED:
+            _FINISHED[key] = payload
+    return payload

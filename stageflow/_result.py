@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -58,7 +58,9 @@ class SessionResult:
             session that was never restored; for a restored one, the events
             its snapshot kept (all, the newest ``n`` or none, see
             ``Session.to_dict(history=...)``) and every event since. ``seq``
-            numbering never restarts.
+            numbering never restarts. A read-only sequence, not a tuple
+            (an event log, see ``docs/concepts.md``): each event is made
+            when it is read.
         waiting_for: for ``waiting``: the input types the session waits for,
             sorted (a tuple: JSON-friendly, the same shape as
             :meth:`Session.waiting_for() <stageflow.Session.waiting_for>`).
@@ -75,7 +77,7 @@ class SessionResult:
     result: Mapping[str, Any] | None
     artifacts: Mapping[str, Any]
     error: StageflowError | None
-    history: tuple[Event, ...] = attrs.field(repr=False)
+    history: Sequence[Event] = attrs.field(repr=False)
     waiting_for: tuple[str, ...] = attrs.field(default=(), converter=input_types)
     wake_at: datetime.datetime | None = None
     discarded_inputs: tuple[tuple[str, Any], ...] = ()

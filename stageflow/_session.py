@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -243,8 +243,8 @@ class Session:
         return MappingProxyType(self._state.ctx.data)
 
     @property
-    def history(self) -> tuple[Event, ...]:
-        """The events this session holds, oldest first.
+    def history(self) -> Sequence[Event]:
+        """The events this session holds, oldest first (read-only; each made when read).
 
         For a session made here: every event recorded so far. For a restored
         session: the events its snapshot kept (all of them, the newest ``n``,
@@ -253,7 +253,7 @@ class Session:
         held may have a ``seq`` above 1, and the events before it are wherever
         you sent them (see ``docs/snapshots.md``, "Long-lived sessions").
         """
-        return tuple(self._state.history.events)
+        return self._state.history.events
 
     def events(self, *, buffer: int = 1024) -> EventStream:
         """Subscribe to events from now on; iterate with ``async for``.

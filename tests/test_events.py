@@ -8,9 +8,11 @@ import pickle
 
 import anyio
 import pytest
+from fakes import run
+from session_support import COMPLETED, fan_pipeline
 
 import stageflow
-from stageflow._events import History
+from stageflow._events import History, node_started_payload
 
 pytestmark = pytest.mark.anyio
 
@@ -90,7 +92,8 @@ def test_an_event_gives_its_timestamp_back_in_every_view() -> None:
 def test_a_recorded_event_is_utc_and_survives_a_json_round_trip() -> None:
     history = History("s")
     before = datetime.datetime.now(UTC)
-    event = history.record("tick", "n", "", {"k": 1})
+    history.record("tick", "n", "", {"k": 1})
+    event = history.events[-1]
     after = datetime.datetime.now(UTC)
     assert event.timestamp.tzinfo is UTC
     assert before <= event.timestamp <= after
@@ -109,7 +112,9 @@ def test_a_recorded_event_is_utc_and_survives_a_json_round_trip() -> None:
 
 
 def test_copies_and_replaced_events_compare_equal() -> None:
-    event = History("s").record("tick", None, "", {"k": [1]})
+    history = History("s")
+    history.record("tick", None, "", {"k": [1]})
+    event = history.events[-1]
     assert copy.copy(event) == event
     assert copy.deepcopy(event) == event
     assert pickle.loads(pickle.dumps(event)) == event
@@ -142,7 +147,8 @@ def test_a_recorded_event_has_each_field_where_its_name_says() -> None:
     # land under its own name, read by name, by index and from the end.
     history = History("s", tracing=None)
     before = datetime.datetime.now(UTC)
-    event = history.record("tick", "node", "a/b", {"k": 1}, ("t" * 32, "s" * 16, "p" * 16))
+    history.record("tick", "node", "a/b", {"k": 1}, ("t" * 32, "s" * 16, "p" * 16))
+    event = history.events[-1]
     expected = {
         "seq": 1,
         "type": "tick",
@@ -165,3 +171,83 @@ def test_a_recorded_event_has_each_field_where_its_name_says() -> None:
     assert isinstance(event.timestamp, datetime.datetime)
     assert before - datetime.timedelta(seconds=1) <= event.timestamp
     assert list(event)[stamp] == event.timestamp
+
+
+# ------------------------------------------------- the event log (made when read)
+
+
+def test_an_event_log_is_what_the_history_held_when_asked() -> None:
+    history = History("s")
+    record(history, 2)
+    log = history.events
+    record(history, 1)
+    assert len(log) == 2
+    assert [e.seq for e in log] == [1, 2]
+    assert [e.seq for e in history.events] == [1, 2, 3]
+    assert log[-1].seq == 2
+    assert log[0:1] == (log[0],)
+    assert [e.seq for e in reversed(log)] == [2, 1]
+    with pytest.raises(IndexError):
+        log[2]
+
+
+def test_an_event_log_equals_the_tuple_or_list_of_its_events() -> None:
+    history = History("s")
+    record(history, 3)
+    log = history.events
+    as_tuple = tuple(log)
+    assert log == as_tuple
+    assert as_tuple == log
+    assert log == list(log)
+    assert log == history.events
+    assert log != as_tuple[:2]
+    assert log != (*as_tuple[:2], as_tuple[2]._replace(type="other"))
+    assert pickle.loads(pickle.dumps(log)) == as_tuple
+    assert copy.copy(log) == log
+
+
+def test_changing_a_read_payload_changes_nothing_kept() -> None:
+    history = History("s")
+    shared = node_started_payload("stage")
+    history.record("node_started", "a", "", shared)
+    history.record("node_started", "b", "", shared)
+    seen: list[stageflow.Event] = []
+    history.subscribe(seen.append)
+    history.record("node_started", "c", "", shared)
+    first = history.events[0]
+    first.payload["node_type"] = "changed"  # type: ignore[index]
+    seen[0].payload["node_type"] = "changed"  # type: ignore[index]
+    assert [e.payload for e in history.events] == [{"node_type": "stage"}] * 3
+    assert node_started_payload("stage") == {"node_type": "stage"}
+
+
+def test_restored_events_come_back_as_they_were_recorded() -> None:
+    history = History("s")
+    history.record("tick", "node", "a/b", {"k": 1}, ("t" * 32, "s" * 16, None))
+    history.record("tock", None, "", {})
+    kept = [*history.events, event_at(WHEN)._replace(seq=3, session_id="s")]
+    restored = History("s")
+    restored.restore(kept[1:], 4)  # a snapshot that kept the newest two
+    assert restored.events == kept[1:]
+    assert restored.next_seq == 4
+    restored.record("tick", None, "", {})
+    assert [e.seq for e in restored.events] == [2, 3, 4]
+    assert restored.events[1].timestamp == WHEN
+    assert History("s", kept).events == kept
+    assert History("s", kept).events[0].span_id == "s" * 16
+
+
+async def test_session_results_keep_their_own_events_and_payloads() -> None:
+    # Node events of every session share their payload dicts in the history:
+    # a caller changing what it read must not reach another session.
+    first, second = await run(fan_pipeline()), await run(fan_pipeline())
+    assert first.status is second.status is COMPLETED
+    started = next(e for e in first.history if e.type == "node_started")
+    started.payload["node_type"] = "changed"  # type: ignore[index]
+    assert {e.payload["node_type"] for e in second.history if e.type == "node_started"} == {
+        "stage",
+        "parallel",
+        "terminal",
+    }
+    assert [e.to_dict() for e in first.history] == first.to_dict()["history"]
+    assert first.history == tuple(first.history)

@@ -59,7 +59,7 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
 )
-from stageflow._events import History
+from stageflow._events import History, node_finished_payload, node_started_payload
 from stageflow._json import copy_json
 from stageflow._log import get_logger, node_finished, session_finished
 from stageflow._metrics import Metrics, node_measured, session_measured
@@ -293,7 +293,7 @@ class Run:
             state.steps = saved["steps"] - self._unstarted
             state.history.reopen()
         state.stopped_by_limit = None
-        self._caps = RunCaps(state.limits, state.steps, len(state.history.events))
+        self._caps = RunCaps(state.limits, state.steps, len(state.history))
         state.status = SessionStatus.RUNNING
         tracing = state.tracing
         root_span: ActiveSpan | None = None
@@ -525,7 +525,7 @@ class Run:
             result=None,
             artifacts={},
             error=None,
-            history=tuple(state.history.events),
+            history=state.history.events,
             waiting_for=waiting_for,
             wake_at=datetime.datetime.fromisoformat(wake_at) if wake_at else None,
         )
@@ -637,7 +637,7 @@ class Run:
         history = state.history
         caps = self._caps
         # Recorded rejections have a budget of their own, outside the event cap.
-        events = len(history.events) - state.desk.recorded_rejections
+        events = len(history) - state.desk.recorded_rejections
         if state.steps > caps.steps or events >= caps.events:
             raise self._stop_at_limit(node, frame)
         if state.steps & _YIELD_EVERY:
@@ -676,10 +676,14 @@ class Run:
         error: Exception | None = None
         ending: dict[str, Any] | None = None  # span attributes known only at the end
         try:
-            started_payload: dict[str, Any] = {"node_type": node.type}
-            if frame.resume is not None:
-                started_payload["resumed"] = True
-            history.record("node_started", node.id, frame.path, started_payload)
+            history.record(
+                "node_started",
+                node.id,
+                frame.path,
+                node_started_payload(node.type)
+                if frame.resume is None
+                else {"node_type": node.type, "resumed": True},
+            )
             try:
                 next_id = await _EXECUTORS[node.type](self, node, frame)
             except Exception as exc:
@@ -705,14 +709,18 @@ class Run:
                 raise
             outcome = "succeeded"
             frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
-            finished: dict[str, Any] = {"node_type": node.type, "next": next_id}
-            if frame.branch is not None:
-                # Which condition matched (its index, or "else"), for coverage tools.
-                finished["branch"] = frame.branch
+            # Which condition matched (its index, or "else"), for coverage tools.
+            branch = frame.branch
+            if branch is not None:
                 if span is not None:
-                    ending = {CONDITION_BRANCH: str(frame.branch), NEXT_NODE: next_id or ""}
+                    ending = {CONDITION_BRANCH: str(branch), NEXT_NODE: next_id or ""}
                 frame.branch = None
-            history.record("node_finished", node.id, frame.path, finished)
+            history.record(
+                "node_finished",
+                node.id,
+                frame.path,
+                node_finished_payload(node.type, next_id, branch),
+            )
             return next_id
         finally:
             if self._cancel_reasons:
@@ -729,7 +737,7 @@ class Run:
     def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
         """A step or event limit stops the run before ``node``: keep where it was, to resume."""
         state = self._state
-        error = self._caps.error(node.id, state.steps, len(state.history.events))
+        error = self._caps.error(node.id, state.steps, len(state.history))
         # Taken before anything unwinds: a restore with the limit raised goes on from here.
         state.saved = self.saved_state()
         state.stopped_by_limit = error

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -244,10 +244,10 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
     }
 
 
-def _tail(events: list[Event], keep: int | None) -> list[Event]:
+def _tail(events: Sequence[Event], keep: int | None) -> Sequence[Event]:
     if keep is None or keep >= len(events):
         return events
-    return events[len(events) - keep :] if keep else []
+    return events[len(events) - keep :] if keep else ()
 
 
 def _trace_ids(state: SessionState) -> TraceIds | None:

@@ -258,6 +258,6 @@ class SessionState:
             result=result,
             artifacts=artifacts,
             error=error,
-            history=tuple(self.history.events),
+            history=self.history.events,
             discarded_inputs=discarded,
         )

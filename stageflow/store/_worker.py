@@ -278,7 +278,10 @@ class Worker:
                 if not saved:
                     log.warning("worker.save_fenced")
         finally:
-            del self._turns[lease.session_id]
+            # Only its own entry: the session may have been claimed again already
+            # (saved, or its lease lost, while this task was on its way out).
+            if self._turns.get(lease.session_id) is turn:
+                del self._turns[lease.session_id]
             if self._slot is not None:
                 self._slot.set()
 

@@ -32,7 +32,7 @@ class Observed:
     result: Mapping[str, Any] | None
     artifacts: Mapping[str, Any]
     error: StageflowError | None
-    history: tuple[Event, ...]
+    history: Sequence[Event]
     elapsed: float
     limit_exceeded: str | None
     limit_detail: str

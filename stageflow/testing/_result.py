@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ class CaseResult:
     result: Mapping[str, Any] | None = None
     artifacts: Mapping[str, Any] = attrs.field(factory=dict)
     error: StageflowError | None = None
-    history: tuple[Event, ...] = attrs.field(default=(), repr=False)
+    history: Sequence[Event] = attrs.field(default=(), repr=False)
     elapsed: float = 0.0
     limit_exceeded: str | None = None
     inputs: tuple[InputRecord, ...] = ()

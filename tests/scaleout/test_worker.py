@@ -228,3 +228,49 @@ async def test_a_worker_rebuilds_a_pipeline_from_snapshots_once(
             record = await service.send_input(sid, "msg", {"n": n})
             await service.wait(sid, seq=record.seq, timeout=20)
     assert built == [pipeline.digest]  # the first turn's; the next three reuse it
+
+
+class _ReclaimedWhileSaving:
+    """A store whose first save returns only after the worker claimed the session again.
+
+    As when the turn's task resumes late after its save (a busy loop): the
+    session is claimable (new input, lease cleared) while the old turn is
+    still on its way out.
+    """
+
+    def __init__(self, store: SessionStore, service: SessionService) -> None:
+        self._store = store
+        self._service = service
+        self.worker: Worker | None = None
+        self.reclaimed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def complete(self, lease: Any, snapshot: Any, **options: Any) -> bool:
+        saved: bool = await self._store.complete(lease, snapshot, **options)
+        if not self.reclaimed and self.worker is not None and snapshot["status"] == "waiting":
+            self.reclaimed = True
+            await self._service.send_input(lease.session_id, "msg", {"n": 1})
+            with anyio.fail_after(20):
+                while self.worker.statistics().claimed < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        return saved
+
+
+async def test_a_turn_ending_after_its_session_was_claimed_again_leaves_the_new_turn(
+    make_store: Callable[..., Any],
+) -> None:
+    # The old turn's exit removed the new turn's entry; the new turn's exit then
+    # failed with a KeyError that stopped the worker.
+    service = SessionService(make_store(), registry=registry)
+    store = _ReclaimedWhileSaving(make_store(), service)
+    async with running(store) as worker:  # type: ignore[arg-type]
+        store.worker = worker
+        sid = await service.start(chat_pipeline())
+        stored = await service.wait(sid, seq=1, timeout=20)
+        assert stored.inbox_done >= 1
+        await service.send_input(sid, "msg", {"n": -1})
+        done = await service.wait(sid, timeout=20)
+        assert done.status == "completed"
+        assert worker.statistics().claimed >= 2
