@@ -55,12 +55,17 @@ def _both(backend: str, plan: dict[str, Any]) -> tuple[Recording, Recording]:
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(plan=PLANS)
 def test_tight_and_general_paths_are_indistinguishable(backend: str, plan: dict[str, Any]) -> None:
+    if backend == "asyncio" and any(kind == "flaky" for kind, _ in plan["blocks"]):
+        # A retry's delay on asyncio is real time: whether a restored run
+        # finds it passed or suspends again depends on the machine, not on
+        # the path. Suspend mode with timers is covered on trio (virtual time).
+        plan = {**plan, "suspend": False}
     tight, general = _both(backend, plan)
     assert tight.results == general.results
     assert tight.events == general.events
