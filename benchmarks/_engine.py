@@ -28,6 +28,7 @@ from benchmarks._harness import (
     times,
     us,
 )
+from stageflow._engine import _run
 
 SECTION = "engine"
 EMPTY_BATCH = 20
@@ -54,6 +55,23 @@ def bare_sampler(
     return sample
 
 
+def general_path(sample: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+    """``sample`` with the engine's tight path off (every node through ``Run.execute``).
+
+    The private switch of docs/internals.md ("The tight path"): the same
+    pipeline, timed in the same rounds, with and without it.
+    """
+
+    async def general() -> int:
+        _run._TIGHT = False
+        try:
+            return await sample()
+        finally:
+            _run._TIGHT = True
+
+    return general
+
+
 async def chain(settings: Settings, table: Table, figures: Figures) -> None:
     """Sequential stage nodes vs the bare-trio loop step."""
     reg = shapes.registry()
@@ -62,8 +80,9 @@ async def chain(settings: Settings, table: Table, figures: Figures) -> None:
     bare = bare_sampler(lambda: shapes.bare_chain(table_), lambda ctx: ctx["n"] == length)
     chain_pipeline, empty_pipeline = shapes.chain(reg, length), shapes.empty(reg)
     sampler = shapes.session_sampler(chain_pipeline, reg, n=length)
-    run_chain, run_empty, run_bare = await interleave(
-        [sampler, shapes.session_sampler(empty_pipeline, reg, batch=EMPTY_BATCH), bare],
+    empty = shapes.session_sampler(empty_pipeline, reg, batch=EMPTY_BATCH)
+    run_chain, run_empty, run_bare, run_general = await interleave(
+        [sampler, empty, bare, general_path(sampler)],
         settings,
     )
     per_node = (run_chain - run_empty) / length
@@ -78,6 +97,26 @@ async def chain(settings: Settings, table: Table, figures: Figures) -> None:
             f"{us(per_step)} bare-trio loop step",
             times(r),
             at_most(8, r, "<=8x the bare-trio step"),
+        )
+    )
+    general_per_node = (run_general - run_empty) / length
+    table.add(
+        Row(
+            SECTION,
+            f"sequential stage node, general path (tight path off, chain of {length:,})",
+            us(general_per_node),
+            f"{us(per_step)} bare-trio loop step",
+            times(ratio(general_per_node, per_step)),
+        )
+    )
+    table.add(
+        Row(
+            SECTION,
+            f"{length:,}-node chain, Session() to result, vs a plain while loop",
+            us(run_chain),
+            f"{us(run_bare)} while loop over a dict graph",
+            times(ratio(run_chain, run_bare)),
+            at_most(10, ratio(run_chain, run_bare), "<=10x the loop"),
         )
     )
 
@@ -215,10 +254,12 @@ async def three_node_run(settings: Settings, table: Table, figures: Figures) -> 
     async def one_run() -> stageflow.SessionResult:
         return await stageflow.Session(pipeline, registry=reg, payload={"n": 0}).run()
 
-    run, ref = await interleave(
+    whole = bare_sampler(one_run, lambda result: result.artifacts == {"n": 2}, EMPTY_BATCH)
+    run, ref, general = await interleave(
         [
-            bare_sampler(one_run, lambda result: result.artifacts == {"n": 2}, EMPTY_BATCH),
+            whole,
             bare_sampler(lambda: shapes.bare_chain(table_), lambda ctx: ctx["n"] == 2, EMPTY_BATCH),
+            general_path(whole),
         ],
         settings,
     )
@@ -230,5 +271,14 @@ async def three_node_run(settings: Settings, table: Table, figures: Figures) -> 
             us(run),
             f"{us(ref)} bare-trio loop, 2 steps",
             times(ratio(run, ref)),
+        )
+    )
+    table.add(
+        Row(
+            SECTION,
+            "3-node run, general path (tight path off)",
+            us(general),
+            f"{us(ref)} bare-trio loop, 2 steps",
+            times(ratio(general, ref)),
         )
     )

@@ -10,7 +10,10 @@ kinds (stage, parallel, subpipeline, map) are plain objects it calls; they
 open no node spans and record no node events of their own.
 
 Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
-("sequential stage node" and "condition node" benchmark rows).
+("sequential stage node" and "condition node" benchmark rows). ``run_path``
+executes simple stage nodes of an untraced run itself, in a tight loop
+decided by a per-node plan (docs/internals.md, "The tight path"; the
+"sequential stage node" and "1,000-node chain" rows).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio
 import anyio.lowlevel
@@ -54,6 +57,7 @@ from stageflow._engine._subpipeline import SubpipelineExecutor
 from stageflow._errors import (
     ConditionError,
     LimitExceededError,
+    NodeError,
     SessionTimeoutError,
     StageflowError,
     describe_exception,
@@ -103,6 +107,48 @@ _log = get_logger("stageflow.session")
 
 # Run.execute yields to the scheduler when the step count is a multiple of 64.
 _YIELD_EVERY: Final = 63
+
+# The tight path of run_path (see there); False forces every node through
+# execute(). Private: only the property test and the benchmarks turn it off
+# (docs/internals.md, "The tight path").
+_TIGHT = True
+_UNSEEN: Final[Any] = object()
+
+# id(entries) -> (entries, the plan): for every node of a resolved (pipeline,
+# registry) that the tight path has met, by node identity, its registry entry
+# if it is a simple stage node (one attempt, no timeout, no cleanup), else
+# None; decided once per node, not once per execution ("sequential stage
+# node" and "3-node run" rows). The entries are kept so that an id reused
+# after garbage collection is never taken for them (they hold the nodes'
+# pipeline's resolution, so node ids in the plan stay the same nodes).
+_PLAN_SIZE: Final = 1024
+_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, StageEntry | None]]] = {}
+
+
+def _plan(entries: Mapping[int, StageEntry]) -> dict[int, StageEntry | None]:
+    """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
+    cached = _plans.get(id(entries))
+    if cached is not None and cached[0] is entries:
+        return cached[1]
+    if len(_plans) >= _PLAN_SIZE:
+        _plans.clear()
+    plan: dict[int, StageEntry | None] = {}
+    _plans[id(entries)] = (entries, plan)
+    return plan
+
+
+def _planned(
+    plan: dict[int, StageEntry | None], node: Node, entries: Mapping[int, StageEntry]
+) -> StageEntry | None:
+    """Decide, once, whether ``node`` takes the tight path; its entry if it does."""
+    entry = None
+    if isinstance(node, StageNode):
+        entry = entries.get(id(node))
+        if entry is not None and not StageExecutor.simple(node, entry):
+            entry = None
+    plan[id(node)] = entry
+    return entry
+
 
 _SPAN_OUTCOME: Final = {
     SessionStatus.WAITING: "suspended",
@@ -624,8 +670,91 @@ class Run:
                     node_id = await self.execute(index[resume["node"]], frame)
             finally:
                 frame.resume = None
+        state = self._state
+        simple = _plan(state.entries) if _TIGHT and self._plain() else None
+        if simple is None:
+            while node_id is not None and node_id != stop:
+                node_id = await self.execute(index[node_id], frame)
+            return
         while node_id is not None and node_id != stop:
-            node_id = await self.execute(index[node_id], frame)
+            node = index[node_id]
+            entry = simple.get(id(node), _UNSEEN)
+            if entry is _UNSEEN:
+                entry = _planned(simple, node, state.entries)
+            if entry is None:
+                node_id = await self.execute(node, frame)
+                continue
+            node = cast(StageNode, node)  # the plan has entries for stage nodes only
+            # The tight path ("sequential stage node" and "1,000-node chain"
+            # rows): a simple stage node (one attempt, no timeout, no cleanup)
+            # of a run without spans, metrics or log lines, executed here
+            # instead of through execute() and StageExecutor.run(): two
+            # coroutine levels and the per-node checks for tracing, metrics
+            # and logs less. It does what execute() does for such a node, in
+            # the same order: the property test in
+            # tests/engine/test_tight_path.py holds the two paths equal.
+            frame.node = node_id
+            frame.work = None
+            frame.visits += 1
+            state.steps += 1
+            history = state.history
+            caps = self._caps
+            if (
+                state.steps > caps.steps
+                or len(history) - state.desk.recorded_rejections >= caps.events
+            ):
+                raise self._stop_at_limit(node, frame)
+            if state.steps & _YIELD_EVERY:
+                await self.backend.checkpoint()
+            else:
+                await self.backend.yield_()
+            try:
+                history.record("node_started", node_id, frame.path, node_started_payload("stage"))
+                try:
+                    # StageExecutor.run's one attempt, written out.
+                    ctx = StageExecutor.context(self, node, frame, entry, 1, None)
+                    try:
+                        run = entry.function
+                        if run is None:
+                            run = entry.factory().run
+                        StageExecutor.outputs(self, node, frame, entry, await run(ctx))
+                    except NodeError:
+                        raise
+                    except Exception as exc:
+                        raise StageExecutor.failure(node, 1, 1, exc) from exc
+                except Exception as exc:
+                    history.record(
+                        "node_failed",
+                        node_id,
+                        frame.path,
+                        {"node_type": "stage", "error": describe_exception(exc)},
+                    )
+                    node_id = self._route_error(node, frame, exc)
+                    continue
+                except BaseException as exc:  # looked at and re-raised (see _run_root)
+                    if is_cancellation(exc, self.backend.cancelled):
+                        history.record(
+                            "node_cancelled", node_id, frame.path, {"node_type": "stage"}
+                        )
+                    raise
+                node_id = node.next
+                frame.work = Finished(node_id)  # a snapshot from here on resumes at node_id
+                history.record(
+                    "node_finished",
+                    node.id,
+                    frame.path,
+                    node_finished_payload("stage", node_id, None),
+                )
+            finally:
+                if self._cancel_reasons:
+                    self._cancel_reasons.pop(
+                        f"{frame.path}/{node.id}" if frame.path else node.id, None
+                    )
+
+    def _plain(self) -> bool:
+        """Whether this run makes no spans, metrics or node log lines (the tight path's case)."""
+        state = self._state
+        return state.tracing is None and state.metrics is None and self._node_log is None
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""

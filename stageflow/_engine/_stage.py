@@ -93,7 +93,7 @@ class StageExecutor:
             stage: BaseStage | None = None
             outcome = "failed"
             try:
-                ctx = self._context(kernel, node, frame, entry, attempt, replay)
+                ctx = self.context(kernel, node, frame, entry, attempt, replay)
                 try:
                     run = entry.function
                     if run is None:
@@ -104,7 +104,7 @@ class StageExecutor:
                         outputs = await run(ctx)
                     else:
                         outputs = await self._timed(node, frame, run, ctx, timeout, attempt, policy)
-                    self._outputs(kernel, node, frame, entry, outputs)
+                    self.outputs(kernel, node, frame, entry, outputs)
                     outcome = "succeeded"
                 except NodeError:
                     raise
@@ -113,13 +113,7 @@ class StageExecutor:
                     # does not name the node, such as a NonJsonValueError from
                     # ctx.emit) is wrapped so the failure names its node and
                     # attempt; the original is the cause.
-                    raise StageError(
-                        f"stage {node.stage!r} at node {node.id!r} failed on attempt "
-                        f"{attempt} of {policy.attempts}: {type(exc).__name__}: {exc}",
-                        node_id=node.id,
-                        stage=node.stage,
-                        attempt=attempt,
-                    ) from exc
+                    raise self.failure(node, attempt, policy.attempts, exc) from exc
                 except BaseException as exc:  # looked at and re-raised: a cancellation
                     if is_cancellation(exc, kernel.backend.cancelled):
                         outcome = kernel.stop_outcome
@@ -138,6 +132,24 @@ class StageExecutor:
             if attempt > 1 and kernel.tracing is not None:
                 kernel.tracing.set_attribute(ATTEMPT, attempt)
             return node.next
+
+    @staticmethod
+    def simple(node: StageNode, entry: StageEntry) -> bool:
+        """Whether ``node`` runs one attempt with no timeout and no cleanup (the tight path's)."""
+        policy = node.retry or entry.spec.retry or _NO_RETRY
+        timeout = node.timeout if node.timeout is not None else entry.spec.timeout
+        return policy.attempts == 1 and timeout is None and not entry.has_cleanup
+
+    @staticmethod
+    def failure(node: StageNode, attempt: int, attempts: int, exc: Exception) -> StageError:
+        """The error that names the node and attempt of a stage's own failure ``exc``."""
+        return StageError(
+            f"stage {node.stage!r} at node {node.id!r} failed on attempt "
+            f"{attempt} of {attempts}: {type(exc).__name__}: {exc}",
+            node_id=node.id,
+            stage=node.stage,
+            attempt=attempt,
+        )
 
     @staticmethod
     def _retry_delay(
@@ -193,7 +205,7 @@ class StageExecutor:
         return delay
 
     @staticmethod
-    def _context(
+    def context(
         kernel: Kernel,
         node: StageNode,
         frame: Frame,
@@ -259,7 +271,7 @@ class StageExecutor:
         return outputs
 
     @staticmethod
-    def _outputs(
+    def outputs(
         kernel: Kernel, node: StageNode, frame: Frame, entry: StageEntry, outputs: object
     ) -> None:
         """Check an attempt's outputs and write them (all of them, or none)."""
