@@ -39,7 +39,7 @@ from stageflow._guard import int_too_large
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
-from stageflow._stages import BaseStage, StageContext, StageEntry
+from stageflow._stages import BaseStage, StageContext, StageEntry, engine_context
 from stageflow._telemetry import ATTEMPT, NODE_ID, PIPELINE_NAME
 
 __all__ = ["StageExecutor"]
@@ -229,17 +229,20 @@ class StageExecutor:
             )
         work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
         frame.work = work
-        return StageContext(
-            arguments=MappingProxyType(arguments),
-            config=copy_json(node.config) if node.config else _EMPTY,
-            session_id=kernel.session_id,
-            node_id=node.id,
-            node_path=work.node_path,
-            stage=node.stage,
-            attempt=attempt,
-            runtime=work,
-            spec=spec,
-            execution_key=f"{kernel.session_id}{frame.origin}/{node.id}.{frame.visits}",
+        # Positional, and node_path / execution_key made when read ("sequential
+        # stage node" row): see stageflow._stages.engine_context.
+        return engine_context(
+            MappingProxyType(arguments),
+            copy_json(node.config) if node.config else _EMPTY,
+            kernel.session_id,
+            node.id,
+            frame.path,
+            node.stage,
+            attempt,
+            work,
+            spec,
+            frame.origin,
+            frame.visits,
         )
 
     @staticmethod
