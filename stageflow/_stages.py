@@ -233,7 +233,7 @@ def engine_context(
     read. Built without ``__init__``: a keyword call of eleven arguments cost
     several times the slot stores ("sequential stage node" benchmark row).
     """
-    ctx = _new(StageContext)
+    ctx: StageContext = _new(StageContext)
     ctx.arguments = arguments
     ctx.config = config
     ctx.session_id = session_id

@@ -35,7 +35,7 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
 )
-from stageflow._guard import int_too_large
+from stageflow._guard import SAFE_INT_BITS, int_too_large
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
@@ -284,6 +284,27 @@ class StageExecutor:
                 kernel.mode, kernel.history, "output", node, frame.path, spec.outputs, outputs
             )
         if node.outputs:
+            if type(outputs) is dict:
+                # The usual case first ("sequential stage node" benchmark row):
+                # a dict whose outputs are all str, small int, bool or None
+                # needs no check and no copy, and is written as returned. Any
+                # other value (or a missing key: the sentinel is no scalar)
+                # goes through _write_outputs, which checks everything anew.
+                for key in node.outputs:
+                    value = outputs.get(key, _EMPTY)
+                    kind = type(value)
+                    if not (
+                        kind is str
+                        or (kind is int and value.bit_length() < SAFE_INT_BITS)
+                        or value is None
+                        or kind is bool
+                    ):
+                        StageExecutor._write_outputs(node, outputs, frame.ctx)
+                        return
+                context = frame.ctx
+                for key, path in node.outputs.items():
+                    context.set(path, outputs[key])
+                return
             StageExecutor._write_outputs(node, outputs, frame.ctx)
         elif outputs is not None and not isinstance(outputs, Mapping):
             raise _not_a_mapping(node, outputs)
