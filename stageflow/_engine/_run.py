@@ -115,15 +115,15 @@ _TIGHT = True
 _UNSEEN: Final[Any] = object()
 
 # id(entries) -> (entries, the plan): for every node of a resolved (pipeline,
-# registry) that the tight path has met, by node identity, its registry entry
-# and the payload of its node_finished event if it is a simple stage node
-# (one attempt, no timeout, no cleanup), else None; decided once per node,
-# not once per execution ("sequential stage node" and "3-node run" rows).
+# registry) that the tight path has met, by node identity: (its registry
+# entry, the payload of its node_finished event, its argument (name, path)
+# pairs) if it is a simple stage node (one attempt, no timeout, no cleanup),
+# else None; decided and made once per node, not once per execution ("sequential stage node" and "3-node run" rows).
 # The entries are kept so that an id reused after garbage collection is
 # never taken for them (they hold the nodes' pipeline's resolution, so node
 # ids in the plan stay the same nodes).
 _PLAN_SIZE: Final = 1024
-_Planned = tuple[StageEntry, Mapping[str, Any]] | None
+_Planned = tuple[StageEntry, Mapping[str, Any], tuple[tuple[str, str], ...]] | None
 _plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Planned]]] = {}
 
 
@@ -147,7 +147,12 @@ def _planned(plan: dict[int, _Planned], node: Node, entries: Mapping[int, StageE
         if entry is not None and StageExecutor.simple(node, entry):
             # The node_finished payload made once, not per execution (a shared
             # payload, like node_finished_payload's: "sequential stage node" row).
-            planned = (entry, node_finished_payload("stage", node.next, None))
+            # The argument pairs too (StageExecutor.context's ``pairs``).
+            planned = (
+                entry,
+                node_finished_payload("stage", node.next, None),
+                tuple(node.arguments.items()),
+            )
     plan[id(node)] = planned
     return planned
 
@@ -688,7 +693,7 @@ class Run:
             if planned is None:
                 node_id = await self.execute(node, frame)
                 continue
-            entry, finished = planned
+            entry, finished, pairs = planned
             node = cast(StageNode, node)  # the plan has entries for stage nodes only
             # The tight path ("sequential stage node" and "1,000-node chain"
             # rows): a simple stage node (one attempt, no timeout, no cleanup)
@@ -717,7 +722,7 @@ class Run:
                 history.record("node_started", node_id, frame.path, started)
                 try:
                     # StageExecutor.run's one attempt, written out.
-                    ctx = StageExecutor.context(self, node, frame, entry, 1, None)
+                    ctx = StageExecutor.context(self, node, frame, entry, 1, None, pairs)
                     try:
                         run = entry.function
                         if run is None:

@@ -212,11 +212,17 @@ class StageExecutor:
         entry: StageEntry,
         attempt: int,
         replay: Any,
+        pairs: tuple[tuple[str, str], ...] | None = None,
     ) -> StageContext:
-        """An attempt's arguments, checked, and its fresh context (``frame.work`` its record)."""
+        """An attempt's arguments, checked, and its fresh context (``frame.work`` its record).
+
+        ``pairs`` is ``tuple(node.arguments.items())`` when the caller has it
+        made once per node (the tight path's plan: iterating a tuple is
+        cheaper than a read-only mapping's items, "sequential stage node" row).
+        """
         context = frame.ctx
         arguments: dict[str, Any] = {}
-        for name, path in node.arguments.items():
+        for name, path in node.arguments.items() if pairs is None else pairs:
             value = context.get(path)
             if value is not MISSING:
                 # A copy: a stage that mutates an argument must not change the
