@@ -144,12 +144,20 @@ class StageContext:
             self._node_path = f"{parent}/{self.node_id}" if parent else self.node_id
         return self._node_path
 
+    @node_path.setter
+    def node_path(self, value: str) -> None:
+        self._node_path = value
+
     @property
     def execution_key(self) -> str:
         """A key for this visit of the node (see the class docstring)."""
         if self._key is None:
             self._key = f"{self.session_id}{self._origin}/{self.node_id}.{self._visit}"
         return self._key
+
+    @execution_key.setter
+    def execution_key(self, value: str) -> None:
+        self._key = value
 
     @property
     def log(self) -> Any:

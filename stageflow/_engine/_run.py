@@ -118,7 +118,8 @@ _UNSEEN: Final[Any] = object()
 # registry) that the tight path has met, by node identity: (its registry
 # entry, the payload of its node_finished event, its argument (name, path)
 # pairs) if it is a simple stage node (one attempt, no timeout, no cleanup),
-# else None; decided and made once per node, not once per execution ("sequential stage node" and "3-node run" rows).
+# else None; decided and made once per node, not once per execution
+# ("sequential stage node" and "3-node run" rows).
 # The entries are kept so that an id reused after garbage collection is
 # never taken for them (they hold the nodes' pipeline's resolution, so node
 # ids in the plan stay the same nodes).

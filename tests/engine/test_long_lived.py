@@ -460,6 +460,9 @@ async def test_execution_key_outside_the_engine_defaults_to_the_node_path() -> N
         runtime=None,  # type: ignore[arg-type]
     )
     assert ctx.execution_key == "s/fan/a/op"
+    # Still attributes a test double may set.
+    ctx.execution_key, ctx.node_path = "k", "p"
+    assert (ctx.execution_key, ctx.node_path) == ("k", "p")
 
 
 async def test_a_restored_session_snapshotted_before_its_node_starts_again_keeps_its_steps() -> (
