@@ -21,6 +21,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_YAML_NODES",
     "BudgetError",
+    "SAFE_INT_BITS",
     "int_too_large",
     "parse_json_text",
     "parse_yaml_text",
@@ -49,6 +50,8 @@ MAX_YAML_NODES: Final = 1_000_000
 _INT_LIMIT: Final = 10**MAX_INT_DIGITS
 # Below this many bits an integer has fewer than MAX_INT_DIGITS digits (the fast path).
 _SAFE_BITS: Final = int(MAX_INT_DIGITS * 3.32)
+# An int with fewer bits is never too large (see int_too_large).
+SAFE_INT_BITS: Final = _SAFE_BITS
 
 
 class BudgetError(Exception):

@@ -82,15 +82,23 @@ class StageContext:
             opaque. See ``docs/snapshots.md``, "Side effects".
     """
 
+    # execution_key and node_path are properties made when first read: most
+    # stages never read them, and an engine-made context is built by
+    # engine_context() without __init__'s keyword call ("sequential stage
+    # node" benchmark row). The fields behind them: _key / _node_path (None
+    # until made), _origin / _visit / _parent (what they are made from).
     __slots__ = (
+        "_key",
         "_log",
+        "_node_path",
+        "_origin",
+        "_parent",
         "_runtime",
+        "_visit",
         "arguments",
         "attempt",
         "config",
-        "execution_key",
         "node_id",
-        "node_path",
         "session_id",
         "spec",
         "stage",
@@ -114,16 +122,42 @@ class StageContext:
         self.config = config
         self.session_id = session_id
         self.node_id = node_id
-        self.node_path = node_path
+        self._node_path: str | None = node_path
+        self._parent = ""
         self.stage = stage
         self.attempt = attempt
         self.spec = spec if spec is not None else StageSpec()
-        self.execution_key = (
+        self._key: str | None = (
             execution_key if execution_key is not None else f"{session_id}/{node_path}"
         )
+        self._origin = ""
+        self._visit = 0
         # The engine's side of this attempt (its journal, timer and session).
         self._runtime = runtime
         self._log: Any = None
+
+    @property
+    def node_path(self) -> str:
+        """The node's position, ``parallel/branch/node`` style."""
+        if self._node_path is None:
+            parent = self._parent
+            self._node_path = f"{parent}/{self.node_id}" if parent else self.node_id
+        return self._node_path
+
+    @node_path.setter
+    def node_path(self, value: str) -> None:
+        self._node_path = value
+
+    @property
+    def execution_key(self) -> str:
+        """A key for this visit of the node (see the class docstring)."""
+        if self._key is None:
+            self._key = f"{self.session_id}{self._origin}/{self.node_id}.{self._visit}"
+        return self._key
+
+    @execution_key.setter
+    def execution_key(self, value: str) -> None:
+        self._key = value
 
     @property
     def log(self) -> Any:
@@ -184,6 +218,48 @@ class StageContext:
                 "offset; pass an aware datetime, e.g. with tzinfo=datetime.UTC"
             )
         return await self._runtime.sleep(None, when)
+
+
+def engine_context(
+    arguments: Mapping[str, Any],
+    config: Mapping[str, Any],
+    session_id: str,
+    node_id: str,
+    parent: str,
+    stage: str,
+    attempt: int,
+    runtime: StageRuntime,
+    spec: StageSpec,
+    origin: str,
+    visit: int,
+) -> StageContext:
+    """The engine's :class:`StageContext` for one attempt (private to the engine).
+
+    The same context as ``StageContext(...)`` with ``node_path`` ``parent/node_id``
+    (``node_id`` at the top level) and ``execution_key``
+    ``session_id + origin + "/" + node_id + "." + visit``, both made when
+    read. Built without ``__init__``: a keyword call of eleven arguments cost
+    several times the slot stores ("sequential stage node" benchmark row).
+    """
+    ctx: StageContext = _new(StageContext)
+    ctx.arguments = arguments
+    ctx.config = config
+    ctx.session_id = session_id
+    ctx.node_id = node_id
+    ctx._node_path = None
+    ctx._parent = parent
+    ctx.stage = stage
+    ctx.attempt = attempt
+    ctx.spec = spec
+    ctx._key = None
+    ctx._origin = origin
+    ctx._visit = visit
+    ctx._runtime = runtime
+    ctx._log = None
+    return ctx
+
+
+_new: Any = object.__new__
 
 
 class BaseStage:

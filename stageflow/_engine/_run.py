@@ -115,39 +115,47 @@ _TIGHT = True
 _UNSEEN: Final[Any] = object()
 
 # id(entries) -> (entries, the plan): for every node of a resolved (pipeline,
-# registry) that the tight path has met, by node identity, its registry entry
-# if it is a simple stage node (one attempt, no timeout, no cleanup), else
-# None; decided once per node, not once per execution ("sequential stage
-# node" and "3-node run" rows). The entries are kept so that an id reused
-# after garbage collection is never taken for them (they hold the nodes'
-# pipeline's resolution, so node ids in the plan stay the same nodes).
+# registry) that the tight path has met, by node identity: (its registry
+# entry, the payload of its node_finished event, its argument (name, path)
+# pairs) if it is a simple stage node (one attempt, no timeout, no cleanup),
+# else None; decided and made once per node, not once per execution
+# ("sequential stage node" and "3-node run" rows).
+# The entries are kept so that an id reused after garbage collection is
+# never taken for them (they hold the nodes' pipeline's resolution, so node
+# ids in the plan stay the same nodes).
 _PLAN_SIZE: Final = 1024
-_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, StageEntry | None]]] = {}
+_Planned = tuple[StageEntry, Mapping[str, Any], tuple[tuple[str, str], ...]] | None
+_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Planned]]] = {}
 
 
-def _plan(entries: Mapping[int, StageEntry]) -> dict[int, StageEntry | None]:
+def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Planned]:
     """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
     cached = _plans.get(id(entries))
     if cached is not None and cached[0] is entries:
         return cached[1]
     if len(_plans) >= _PLAN_SIZE:
         _plans.clear()
-    plan: dict[int, StageEntry | None] = {}
+    plan: dict[int, _Planned] = {}
     _plans[id(entries)] = (entries, plan)
     return plan
 
 
-def _planned(
-    plan: dict[int, StageEntry | None], node: Node, entries: Mapping[int, StageEntry]
-) -> StageEntry | None:
-    """Decide, once, whether ``node`` takes the tight path; its entry if it does."""
-    entry = None
+def _planned(plan: dict[int, _Planned], node: Node, entries: Mapping[int, StageEntry]) -> _Planned:
+    """Decide, once, whether ``node`` takes the tight path; its plan if it does."""
+    planned: _Planned = None
     if isinstance(node, StageNode):
         entry = entries.get(id(node))
-        if entry is not None and not StageExecutor.simple(node, entry):
-            entry = None
-    plan[id(node)] = entry
-    return entry
+        if entry is not None and StageExecutor.simple(node, entry):
+            # The node_finished payload made once, not per execution (a shared
+            # payload, like node_finished_payload's: "sequential stage node" row).
+            # The argument pairs too (StageExecutor.context's ``pairs``).
+            planned = (
+                entry,
+                node_finished_payload("stage", node.next, None),
+                tuple(node.arguments.items()),
+            )
+    plan[id(node)] = planned
+    return planned
 
 
 _SPAN_OUTCOME: Final = {
@@ -676,14 +684,17 @@ class Run:
             while node_id is not None and node_id != stop:
                 node_id = await self.execute(index[node_id], frame)
             return
+        # One shared payload for every node_started of the loop ("sequential stage node" row).
+        started = node_started_payload("stage")
         while node_id is not None and node_id != stop:
             node = index[node_id]
-            entry = simple.get(id(node), _UNSEEN)
-            if entry is _UNSEEN:
-                entry = _planned(simple, node, state.entries)
-            if entry is None:
+            planned = simple.get(id(node), _UNSEEN)
+            if planned is _UNSEEN:
+                planned = _planned(simple, node, state.entries)
+            if planned is None:
                 node_id = await self.execute(node, frame)
                 continue
+            entry, finished, pairs = planned
             node = cast(StageNode, node)  # the plan has entries for stage nodes only
             # The tight path ("sequential stage node" and "1,000-node chain"
             # rows): a simple stage node (one attempt, no timeout, no cleanup)
@@ -709,10 +720,10 @@ class Run:
             else:
                 await self.backend.yield_()
             try:
-                history.record("node_started", node_id, frame.path, node_started_payload("stage"))
+                history.record("node_started", node_id, frame.path, started)
                 try:
                     # StageExecutor.run's one attempt, written out.
-                    ctx = StageExecutor.context(self, node, frame, entry, 1, None)
+                    ctx = StageExecutor.context(self, node, frame, entry, 1, None, pairs)
                     try:
                         run = entry.function
                         if run is None:
@@ -739,12 +750,7 @@ class Run:
                     raise
                 node_id = node.next
                 frame.work = Finished(node_id)  # a snapshot from here on resumes at node_id
-                history.record(
-                    "node_finished",
-                    node.id,
-                    frame.path,
-                    node_finished_payload("stage", node_id, None),
-                )
+                history.record("node_finished", node.id, frame.path, finished)
             finally:
                 if self._cancel_reasons:
                     self._cancel_reasons.pop(

@@ -57,7 +57,6 @@ class StageWork:
         "attempt",
         "calls",
         "node",
-        "node_path",
         "path",
         "replay",
         "runtime",
@@ -78,7 +77,6 @@ class StageWork:
         self.node = node
         self.spec = spec
         self.path = path  # the frame's path (where events of this stage are recorded)
-        self.node_path = f"{path}/{node.id}" if path else node.id
         self.attempt = attempt
         self.calls: list[Call] | None = None
         self.replay = replay

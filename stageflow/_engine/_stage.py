@@ -35,11 +35,11 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
 )
-from stageflow._guard import int_too_large
+from stageflow._guard import SAFE_INT_BITS, int_too_large
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
-from stageflow._stages import BaseStage, StageContext, StageEntry
+from stageflow._stages import BaseStage, StageContext, StageEntry, engine_context
 from stageflow._telemetry import ATTEMPT, NODE_ID, PIPELINE_NAME
 
 __all__ = ["StageExecutor"]
@@ -212,11 +212,17 @@ class StageExecutor:
         entry: StageEntry,
         attempt: int,
         replay: Any,
+        pairs: tuple[tuple[str, str], ...] | None = None,
     ) -> StageContext:
-        """An attempt's arguments, checked, and its fresh context (``frame.work`` its record)."""
+        """An attempt's arguments, checked, and its fresh context (``frame.work`` its record).
+
+        ``pairs`` is ``tuple(node.arguments.items())`` when the caller has it
+        made once per node (the tight path's plan: iterating a tuple is
+        cheaper than a read-only mapping's items, "sequential stage node" row).
+        """
         context = frame.ctx
         arguments: dict[str, Any] = {}
-        for name, path in node.arguments.items():
+        for name, path in node.arguments.items() if pairs is None else pairs:
             value = context.get(path)
             if value is not MISSING:
                 # A copy: a stage that mutates an argument must not change the
@@ -229,17 +235,20 @@ class StageExecutor:
             )
         work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
         frame.work = work
-        return StageContext(
-            arguments=MappingProxyType(arguments),
-            config=copy_json(node.config) if node.config else _EMPTY,
-            session_id=kernel.session_id,
-            node_id=node.id,
-            node_path=work.node_path,
-            stage=node.stage,
-            attempt=attempt,
-            runtime=work,
-            spec=spec,
-            execution_key=f"{kernel.session_id}{frame.origin}/{node.id}.{frame.visits}",
+        # Positional, and node_path / execution_key made when read ("sequential
+        # stage node" row): see stageflow._stages.engine_context.
+        return engine_context(
+            MappingProxyType(arguments),
+            copy_json(node.config) if node.config else _EMPTY,
+            kernel.session_id,
+            node.id,
+            frame.path,
+            node.stage,
+            attempt,
+            work,
+            spec,
+            frame.origin,
+            frame.visits,
         )
 
     @staticmethod
@@ -281,6 +290,27 @@ class StageExecutor:
                 kernel.mode, kernel.history, "output", node, frame.path, spec.outputs, outputs
             )
         if node.outputs:
+            if type(outputs) is dict:
+                # The usual case first ("sequential stage node" benchmark row):
+                # a dict whose outputs are all str, small int, bool or None
+                # needs no check and no copy, and is written as returned. Any
+                # other value (or a missing key: the sentinel is no scalar)
+                # goes through _write_outputs, which checks everything anew.
+                for key in node.outputs:
+                    value = outputs.get(key, _EMPTY)
+                    kind = type(value)
+                    if not (
+                        kind is str
+                        or (kind is int and value.bit_length() < SAFE_INT_BITS)
+                        or value is None
+                        or kind is bool
+                    ):
+                        StageExecutor._write_outputs(node, outputs, frame.ctx)
+                        return
+                context = frame.ctx
+                for key, path in node.outputs.items():
+                    context.set(path, outputs[key])
+                return
             StageExecutor._write_outputs(node, outputs, frame.ctx)
         elif outputs is not None and not isinstance(outputs, Mapping):
             raise _not_a_mapping(node, outputs)

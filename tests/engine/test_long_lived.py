@@ -412,6 +412,42 @@ async def test_execution_keys_are_unique_across_branches_and_map_items() -> None
     assert len(set(found)) == 5
 
 
+async def test_a_context_read_after_its_visit_keeps_its_key_and_nested_path() -> None:
+    # Both are made when first read: read late, they are still the attempt's.
+    seen: list[stageflow.StageContext] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Keep")
+    async def keep(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        seen.append(ctx)
+        return {"n": ctx.arguments.get("n", 0) + 1}
+
+    document = doc(
+        [
+            parallel("fan", ["x"], next="a"),
+            stage("x", "Keep"),
+            stage("a", "Keep", next="again", arguments={"n": "n"}, outputs={"n": "n"}),
+            {
+                "id": "again",
+                "type": "condition",
+                "conditions": [{"if": {"<": [{"var": "n"}, 3]}, "then": "a"}],
+                "else": "end",
+            },
+            terminal("end"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, session_id="s1")
+    await session.run()
+    branch, *loop = seen
+    assert branch.node_path == "fan/x/x"
+    assert branch.execution_key == "s1/fan.1:fan/x/x.1"
+    assert [(ctx.node_path, ctx.execution_key) for ctx in loop] == [
+        ("a", "s1/a.2"),
+        ("a", "s1/a.4"),
+        ("a", "s1/a.6"),
+    ]
+
+
 async def test_execution_key_outside_the_engine_defaults_to_the_node_path() -> None:
     ctx = stageflow.StageContext(
         arguments={},
@@ -424,6 +460,9 @@ async def test_execution_key_outside_the_engine_defaults_to_the_node_path() -> N
         runtime=None,  # type: ignore[arg-type]
     )
     assert ctx.execution_key == "s/fan/a/op"
+    # Still attributes a test double may set.
+    ctx.execution_key, ctx.node_path = "k", "p"
+    assert (ctx.execution_key, ctx.node_path) == ("k", "p")
 
 
 async def test_a_restored_session_snapshotted_before_its_node_starts_again_keeps_its_steps() -> (
