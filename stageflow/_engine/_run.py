@@ -704,21 +704,8 @@ class Run:
             # and logs less. It does what execute() does for such a node, in
             # the same order: the property test in
             # tests/engine/test_tight_path.py holds the two paths equal.
-            frame.node = node_id
-            frame.work = None
-            frame.visits += 1
-            state.steps += 1
+            await self._enter(node, frame)
             history = state.history
-            caps = self._caps
-            if (
-                state.steps > caps.steps
-                or len(history) - state.desk.recorded_rejections >= caps.events
-            ):
-                raise self._stop_at_limit(node, frame)
-            if state.steps & _YIELD_EVERY:
-                await self.backend.checkpoint()
-            else:
-                await self.backend.yield_()
             try:
                 history.record("node_started", node_id, frame.path, started)
                 try:
@@ -757,6 +744,29 @@ class Run:
                         f"{frame.path}/{node.id}" if frame.path else node.id, None
                     )
 
+    def _enter(self, node: Node, frame: Frame) -> Awaitable[None]:
+        """Count ``node``'s step and visit and check the limits, for both paths.
+
+        Returns the scheduling point to await before the node runs: a
+        cancellation check, so that a cancel() from a hook or a stage takes
+        effect before the next node even when no stage ever awaits; and every
+        so many nodes a real yield, so that other tasks (a cancel() from one
+        of them, a deadline) get in between nodes that never await.
+        """
+        frame.node = node.id
+        frame.work = None
+        frame.visits += 1
+        state = self._state
+        state.steps += 1
+        caps = self._caps
+        # Recorded rejections have a budget of their own, outside the event cap.
+        events = len(state.history) - state.desk.recorded_rejections
+        if state.steps > caps.steps or events >= caps.events:
+            raise self._stop_at_limit(node, frame)
+        if state.steps & _YIELD_EVERY:
+            return self.backend.checkpoint()
+        return self.backend.yield_()
+
     def _plain(self) -> bool:
         """Whether this run makes no spans, metrics or node log lines (the tight path's case)."""
         state = self._state
@@ -764,25 +774,9 @@ class Run:
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
-        frame.node = node.id
-        frame.work = None
-        frame.visits += 1
+        await self._enter(node, frame)
         state = self._state
-        state.steps += 1
         history = state.history
-        caps = self._caps
-        # Recorded rejections have a budget of their own, outside the event cap.
-        events = len(history) - state.desk.recorded_rejections
-        if state.steps > caps.steps or events >= caps.events:
-            raise self._stop_at_limit(node, frame)
-        if state.steps & _YIELD_EVERY:
-            # A cancel() from a hook or a stage takes effect before the next
-            # node, even when no stage ever awaits.
-            await self.backend.checkpoint()
-        else:
-            # Every so many nodes, a real yield: other tasks (a cancel() from
-            # one of them, a deadline) get in between nodes that never await.
-            await self.backend.yield_()
         tracing = state.tracing
         span: ActiveSpan | None = None
         if tracing is not None:
