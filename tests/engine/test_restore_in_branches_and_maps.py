@@ -83,7 +83,10 @@ RETRIES_IN_BRANCHES = doc(
             "type": "stage",
             "stage": "Flaky",
             "config": {"succeed_on": 2},
-            "retry": {"attempts": 3, "delay": 2, "jitter": 0.5},
+            # 5 to 15 s: a's second attempt waits after b's (at 1 s) even when a
+            # restore re-runs b's failing attempt seconds of real time later (the
+            # restored clock starts at the wall clock; retry deadlines are absolute).
+            "retry": {"attempts": 3, "delay": 10, "jitter": 0.5},
             "outputs": {"answer": "a"},
         },
         {
