@@ -12,7 +12,7 @@ import pytest
 from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
 
 import stageflow
-from stageflow.store import SessionService, SessionStore, Worker, open_store
+from stageflow.store import Lease, SessionService, SessionStore, Worker, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -243,18 +243,26 @@ class _ReclaimedWhileSaving:
         self._service = service
         self.worker: Worker | None = None
         self.reclaimed = False
+        self.claimed_again = anyio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def complete(self, lease: Any, snapshot: Any, **options: Any) -> bool:
+    async def claim(self, worker_id: str, **options: Any) -> list[Lease]:
+        leases: list[Lease] = await self._store.claim(worker_id, **options)
+        if self.reclaimed and leases:
+            self.claimed_again.set()
+        return leases
+
+    async def complete(self, lease: Lease, snapshot: Any, **options: Any) -> bool:
         saved: bool = await self._store.complete(lease, snapshot, **options)
         if not self.reclaimed and self.worker is not None and snapshot["status"] == "waiting":
             self.reclaimed = True
             await self._service.send_input(lease.session_id, "msg", {"n": 1})
             with anyio.fail_after(20):
-                while self.worker.statistics().claimed < 2:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+                await self.claimed_again.wait()
+            # The worker counts a claim and enters its turn before it next yields.
+            assert self.worker.statistics().claimed == 2
         return saved
 
 
