@@ -395,15 +395,21 @@ class PostgresStore:
             with conn.transaction():
                 # One migration at a time across processes.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.schema,))
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(self.schema)))  # fmt: skip
-                conn.execute(_TABLES)
-                row = conn.execute("SELECT max(version) FROM stageflow_schema").fetchone()
-                found = row[0] if row else None
+                # The version first: tables that are up to date get no DDL. A CREATE
+                # INDEX IF NOT EXISTS locks its table before it looks for the index, and
+                # that lock, held to the end of this transaction, deadlocked with other
+                # processes' writes (a worker starting while a service creates sessions).
+                found = None
+                if conn.execute("SELECT to_regclass('stageflow_schema')").fetchone() != (None,):
+                    row = conn.execute("SELECT max(version) FROM stageflow_schema").fetchone()
+                    found = row[0] if row else None
                 if found is not None and found > SCHEMA_VERSION:
                     raise StoreSchemaError(self._where(), found, SCHEMA_VERSION)
                 if found == SCHEMA_VERSION:
                     return
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(self.schema)))  # fmt: skip
+                conn.execute(_TABLES)
                 if found == 1:
                     conn.execute(_UPGRADE_1)
                 if found in (1, 2):

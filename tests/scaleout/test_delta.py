@@ -1,4 +1,5 @@
-"""Saved snapshots as deltas (PostgreSQL, schema version 4), and the reads a turn no longer makes.
+"""Saved snapshots as deltas (PostgreSQL, schema version 4), its migration, and the reads a turn
+no longer makes.
 
 A save stores its snapshot as a zlib stream against the stored one while it
 is small; both stores must give back exactly the snapshot that was saved.
@@ -169,3 +170,21 @@ async def test_next_due_after_an_empty_claim_is_the_timer(store: SessionStore) -
     assert await store.next_due() == wake  # the empty claim's answer
     assert await store.next_due() == wake  # read again
     assert await store.next_due(queues=["other"]) is None
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_migrating_tables_that_are_up_to_date_waits_for_no_table_lock(
+    make_store: Any,
+) -> None:
+    """A worker starting while another process writes (it deadlocked: the DDL's locks)."""
+    import psycopg
+
+    store = make_store()
+    await store.migrate()
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, options=options) as writer:
+        # What a service's create() holds while it runs: a writer's lock on the tables.
+        writer.execute("LOCK TABLE stageflow_sessions, stageflow_inbox IN ROW EXCLUSIVE MODE")
+        with anyio.fail_after(20):  # before: CREATE INDEX IF NOT EXISTS waited for the lock
+            await make_store().migrate()
+        writer.rollback()
