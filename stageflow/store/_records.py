@@ -84,6 +84,9 @@ class Lease:
         events_done: the last history seq already copied to the events table.
         attempts: claims since the last successful save, this one included.
         db_now: the database's clock when the lease was taken (aware, UTC).
+        base: the stored snapshot text (UTF-8) that a save may store its
+            snapshot against as a delta (PostgreSQL), or None. Opaque to
+            workers: they pass the lease back to ``complete``.
     """
 
     session_id: str
@@ -96,6 +99,7 @@ class Lease:
     events_done: int
     attempts: int
     db_now: datetime.datetime
+    base: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ __all__ = ["SessionService"]
 
 _MIN_POLL = 0.005
 _MAX_POLL = 0.2  # without save notices (SQLite across processes)
+_SENT_MARKS = 10_000  # the save marks of inputs sent and not yet waited for
 
 
 def _recorded(stored: StoredSession, seq: int) -> bool:
@@ -54,6 +55,10 @@ class SessionService:
         self.registry = registry
         self.pipelines = {p.name: p for p in pipelines}
         self.poll = poll
+        # (session id, seq) -> the save mark taken before the input was sent: until a
+        # save of the session is noticed after it, the input cannot be recorded, so
+        # wait() need not read the row first (scaleout row "database CPU per turn").
+        self._sent: dict[tuple[str, int], int] = {}
 
     def _pauses(self) -> Iterator[float]:
         """The pauses between reads: fixed with save notices, else doubling from 5 ms."""
@@ -97,9 +102,15 @@ class SessionService:
             SessionFinishedError: the session has ended (a retried key returns
                 its original record instead).
         """
-        return await self.store.send_input(
+        mark = self.store.save_mark()
+        record = await self.store.send_input(
             session_id, type, payload, idempotency_key=idempotency_key
         )
+        if not record.duplicate and self.store.save_notices:
+            if len(self._sent) >= _SENT_MARKS:  # never waited for: forget the oldest
+                del self._sent[next(iter(self._sent))]
+            self._sent[(session_id, record.seq)] = mark
+        return record
 
     async def cancel(
         self, session_id: str, reason: str = "cancelled", *, idempotency_key: str | None = None
@@ -145,6 +156,11 @@ class SessionService:
         """
         pauses = self._pauses()
         with anyio.fail_after(timeout):
+            sent = None if seq is None else self._sent.pop((session_id, seq), None)
+            if sent is not None:
+                # Sent by this service: until a save is noticed after the send, the
+                # input is not recorded (returns at once if one was noticed already).
+                await self.store.wait_for_save(session_id, sent, next(pauses))
             mark = self.store.save_mark()
             stored = await self.store.get(session_id)
             target = stored.inbox_head if seq is None else seq

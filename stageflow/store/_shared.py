@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,19 +31,27 @@ __all__ = [
     "Wakeup",
     "backoff",
     "event_batch",
+    "snapshot_delta",
+    "unpack_delta",
     "new_session",
     "unbatch",
     "save_of",
     "stored_session",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The table layout this stageflow writes (both stores).
 
 1: the first layout. 2: ``start_key`` indexed only where set; the events
 table holds one row per save (``seq`` .. ``last_seq``, a JSON array), not one
 per event; stored snapshots hold no history (format v2; v1 rows still load).
+3: no foreign keys from the inbox and the events (PostgreSQL). 4: a saved
+snapshot may be stored as a delta against the stored one (PostgreSQL's
+``snapshot_delta``; see :func:`snapshot_delta`).
 """
+
+DELTA_MAX = 1024
+"""The largest delta a save stores; beyond it (or 1/8 of the snapshot) it stores the whole."""
 
 FINISHED_SQL = "('completed','failed','cancelled','timed_out','poisoned')"
 
@@ -180,6 +189,36 @@ def save_of(
         events=batch,
         events_done=max(last, lease.events_done),
     )
+
+
+def snapshot_delta(base: bytes | None, text: str) -> bytes | None:
+    """``text`` as a zlib stream with ``base`` as its preset dictionary, or None.
+
+    Most of a snapshot is the same from one turn to the next (the pipeline,
+    the limits, a large context), so against the stored snapshot a turn's
+    snapshot is a few hundred bytes (about 220 B for a 14.5 KB one, 60 B for
+    1.3 KB), where the whole, compressed, is 2.6 to 3 KB. A save that stores
+    the delta leaves the stored snapshot (and its TOAST chunks) as they are
+    (scaleout row "WAL per turn, 15 KB snapshot"). None, to store the whole
+    snapshot (which then becomes the base), when there is no base or the
+    delta exceeds :data:`DELTA_MAX` or 1/8 of the snapshot: the snapshot has
+    drifted from its base (zlib looks back at most 32 KB into the base, so a
+    larger snapshot gains less).
+    """
+    if base is None:
+        return None
+    raw = text.encode()
+    packer = zlib.compressobj(6, zdict=base)
+    delta = packer.compress(raw) + packer.flush()
+    if len(delta) > min(DELTA_MAX, len(raw) // 8):
+        return None
+    return delta
+
+
+def unpack_delta(base: bytes, delta: bytes) -> str:
+    """The snapshot text that :func:`snapshot_delta` packed against ``base``."""
+    unpacker = zlib.decompressobj(zdict=base)
+    return (unpacker.decompress(delta) + unpacker.flush()).decode()
 
 
 class Wakeup:

@@ -209,11 +209,12 @@ class SQLiteStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables (schema version 3), or check that they are not newer.
+        """Create or upgrade the tables (schema version 4), or check that they are not newer.
 
-        Version 3 changed only the PostgreSQL tables (no foreign keys from the
-        inbox and the events); SQLite keeps its foreign keys (they cost no
-        WAL record there), so from version 2 only the number moves.
+        Versions 3 and 4 changed only the PostgreSQL tables (no foreign keys
+        from the inbox and the events; snapshots saved as deltas); SQLite
+        keeps its foreign keys (they cost no WAL record there) and whole
+        snapshots, so from version 2 only the number moves.
         """
 
         def run(conn: sqlite3.Connection) -> None:

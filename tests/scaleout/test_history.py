@@ -12,6 +12,7 @@ from store_support import chat_pipeline, registry
 
 import stageflow
 from stageflow.store import SessionService, SessionStore, Worker
+from stageflow.store._shared import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -118,7 +119,10 @@ async def test_tables_of_schema_version_2_are_upgraded(
     upgraded = make_store()
     await upgraded.migrate()
     foreign_keys = 2 if backend == "sqlite" else 0  # SQLite keeps its own
-    assert await anyio.to_thread.run_sync(_schema_state, upgraded, backend) == (3, foreign_keys)
+    assert await anyio.to_thread.run_sync(_schema_state, upgraded, backend) == (
+        SCHEMA_VERSION,
+        foreign_keys,
+    )
     record = await upgraded.send_input(sid, "msg", {"n": 2})
     assert record.seq == 2
     (lease,) = await upgraded.claim("w", limit=1, lease=30)
