@@ -726,7 +726,10 @@ class Run:
         started = node_started_payload("stage")
         history = state.history
         records = history.records
-        task = flag_task(self.backend)
+        backend = self.backend
+        task = flag_task(backend)
+        checkpoint, yield_ = backend.checkpoint, backend.yield_
+        caps, desk = self._caps, state.desk
         session_id = state.session_id
         runtime = self.runtime
         path = frame.path
@@ -753,9 +756,26 @@ class Run:
             # and logs less. It does what execute() does for such a node, in
             # the same order: the property test in
             # tests/engine/test_tight_path.py holds the two paths equal.
-            point = self._enter(node, frame, task)
-            if point is not None:
-                await point
+            # _enter, written out (the same steps in the same order: keep them
+            # alike): count the step and visit, check the limits, then the
+            # scheduling point, awaited only when it does something.
+            frame.node = node_id
+            frame.work = None
+            frame.visits += 1
+            steps = state.steps = state.steps + 1
+            if (
+                steps > caps.steps
+                or len(records) >= (caps.events + desk.recorded_rejections) * RECORD_SLOTS
+            ):
+                raise self._stop_at_limit(node, frame)
+            if not steps & _YIELD_EVERY:
+                await yield_()
+            elif (
+                task is None
+                or task._cancel_status.effectively_cancelled
+                or (task._runner.ki_pending and task is task._runner.main_task)
+            ):
+                await checkpoint()
             entry = step.entry
             try:
                 # History.record's append, written out while nothing watches.

@@ -3,22 +3,25 @@
 Random pipelines (``tight_support``: conditions, retries, timeouts, error
 edges, parallel branches, a map, a subpipeline, waits for inputs answered
 live or across suspend and restore, a ``cancel()`` from a stage, step limits,
-tracing on and off) run once with the tight path and once with every node
+tracing on and off, with and without a subscriber) run once with the tight path and once with every node
 through ``Run.execute``; results, histories, a snapshot at every event and
 the span trees must be the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
 import pytest
 import trio.testing
 from hypothesis import HealthCheck, given, settings
+from fakes import doc, stage, terminal
 from hypothesis import strategies as st
 from tight_support import BLOCKS, Recording, general_path, record_run
 
+import stageflow
 from stageflow._engine import _run
 
 PLANS = st.fixed_dictionaries(
@@ -31,6 +34,7 @@ PLANS = st.fixed_dictionaries(
         "traced": st.booleans(),
         "suspend": st.booleans(),
         "max_steps": st.sampled_from([None, None, None, 3, 9]),
+        "watched": st.booleans(),
     }
 )
 
@@ -99,3 +103,36 @@ def test_the_tight_path_is_taken() -> None:
         assert calls == 5
     finally:
         _run.Run.execute = execute  # type: ignore[method-assign]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tight", [True, False])
+async def test_a_subscriber_that_joins_mid_run_sees_every_later_event(tight: bool) -> None:
+    """A stage subscribes while the tight path records quietly: nothing after it is missed."""
+    stages = stageflow.StageRegistry()
+    seen: list[tuple[str, str | None]] = []
+    holder: list[stageflow.Session] = []
+
+    @stages.register("Join")
+    async def join(ctx: stageflow.StageContext) -> dict[str, Any]:
+        holder[0].subscribe(lambda event: seen.append((event.type, event.node_id)))
+        return {}
+
+    @stages.register("Step")
+    async def step(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"n": ctx.arguments["n"] + 1}
+
+    nodes = [
+        stage("a", "Step", arguments={"n": "n"}, outputs={"n": "n"}, next="join"),
+        stage("join", "Join", next="b"),
+        stage("b", "Step", arguments={"n": "n"}, outputs={"n": "n"}, next="end"),
+        terminal("end", "n"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages, payload={"n": 0})
+    holder.append(session)
+    with contextlib.nullcontext() if tight else general_path():
+        result = await session.run()
+    assert result.artifacts == {"n": 2}
+    assert seen[:3] == [("node_finished", "join"), ("node_started", "b"), ("node_finished", "b")]
+    assert [(e.type, e.node_id) for e in result.history][-len(seen) :] == seen
