@@ -124,18 +124,22 @@ _time_ns: Final = time.time_ns
 
 # id(entries) -> (entries, the plan): for every node of a resolved (pipeline,
 # registry) that the tight path has met, by node identity: its _Step if it is
-# a simple stage node (one attempt, no timeout, no cleanup), else None;
+# a simple stage node (one attempt, no timeout, no cleanup), its _Choice if it
+# is a condition node, else None;
 # decided and made once per node, not once per execution ("sequential stage
 # node" and "3-node run" rows).
 # The entries are kept so that an id reused after garbage collection is
 # never taken for them (they hold the nodes' pipeline's resolution, so node
 # ids in the plan stay the same nodes).
 _PLAN_SIZE: Final = 1024
-_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Step | None]]] = {}
+_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Step | _Choice | None]]] = {}
 
 
 class _Step:
     """What the tight path needs of one simple stage node, made once (see ``_plans``).
+
+    ``done`` and ``finished`` are the frame's record and the node_finished
+    payload once it has finished, shared: never changed, only read.
 
     ``direct`` says the node's arguments and outputs are top-level keys, its
     stage declares no argument or output contract and the node has no
@@ -144,15 +148,13 @@ class _Step:
     without their calls and checks: "sequential stage node" row).
     """
 
-    __slots__ = ("direct", "done", "entry", "finished", "next", "node", "outputs", "pairs")
+    __slots__ = ("direct", "done", "entry", "finished", "node", "outputs", "pairs", "started")
 
     def __init__(self, node: StageNode, entry: StageEntry) -> None:
         self.node = node
         self.entry = entry
-        self.next = node.next
-        # Shared: never changed, only read by snapshots (Run.frame_state).
+        self.started = node_started_payload("stage")
         self.done = Finished(node.next)
-        # The node_finished payload, shared like node_finished_payload's.
         self.finished = node_finished_payload("stage", node.next, None)
         # The argument pairs (StageExecutor.context's ``pairs``) and output pairs.
         self.pairs = tuple(node.arguments.items())
@@ -167,27 +169,58 @@ class _Step:
         )
 
 
-def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | None]:
+class _Choice:
+    """What the tight path needs of a condition node, made once (see ``_plans``).
+
+    ``choices``: for each condition, then for ``else`` (its test ``None``),
+    the test, the frame's record and the node_finished payload when it is
+    taken (what ``Run._condition`` and ``execute()`` make per execution:
+    "condition node" rows).
+    """
+
+    __slots__ = ("choices", "node", "started")
+
+    def __init__(self, node: ConditionNode) -> None:
+        self.node = node
+        self.started = node_started_payload("condition")
+        choices: list[tuple[Callable[[Any], bool] | None, Finished, Mapping[str, Any]]] = [
+            (
+                branch.matches,
+                Finished(branch.then),
+                node_finished_payload("condition", branch.then, index),
+            )
+            for index, branch in enumerate(node.conditions)
+        ]
+        if node.else_ is not None:
+            choices.append(
+                (None, Finished(node.else_), node_finished_payload("condition", node.else_, "else"))
+            )
+        self.choices = tuple(choices)
+
+
+def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | None]:
     """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
     cached = _plans.get(id(entries))
     if cached is not None and cached[0] is entries:
         return cached[1]
     if len(_plans) >= _PLAN_SIZE:
         _plans.clear()
-    plan: dict[int, _Step | None] = {}
+    plan: dict[int, _Step | _Choice | None] = {}
     _plans[id(entries)] = (entries, plan)
     return plan
 
 
 def _planned(
-    plan: dict[int, _Step | None], node: Node, entries: Mapping[int, StageEntry]
-) -> _Step | None:
+    plan: dict[int, _Step | _Choice | None], node: Node, entries: Mapping[int, StageEntry]
+) -> _Step | _Choice | None:
     """Decide, once, whether ``node`` takes the tight path; its plan if it does."""
-    planned: _Step | None = None
+    planned: _Step | _Choice | None = None
     if isinstance(node, StageNode):
         entry = entries.get(id(node))
         if entry is not None and StageExecutor.simple(node, entry):
             planned = _Step(node, entry)
+    elif isinstance(node, ConditionNode):
+        planned = _Choice(node)
     plan[id(node)] = planned
     return planned
 
@@ -721,9 +754,8 @@ class Run:
                 node_id = await self.execute(index[node_id], frame)
             return
         # Made once per path, not per node ("sequential stage node" row): the
-        # shared node_started payload, the history's records (replaced only
-        # by a restore, never during a run), the task for the cancellation test.
-        started = node_started_payload("stage")
+        # history's records (replaced only by a restore, never during a run),
+        # the task for the cancellation test.
         history = state.history
         records = history.records
         backend = self.backend
@@ -748,14 +780,16 @@ class Run:
                 node_id = await self.execute(node, frame)
                 continue
             node = step.node  # the same node, typed
-            # The tight path ("sequential stage node" and "1,000-node chain"
-            # rows): a simple stage node (one attempt, no timeout, no cleanup)
-            # of a run without spans, metrics or log lines, executed here
-            # instead of through execute() and StageExecutor.run(): two
-            # coroutine levels and the per-node checks for tracing, metrics
-            # and logs less. It does what execute() does for such a node, in
-            # the same order: the property test in
-            # tests/engine/test_tight_path.py holds the two paths equal.
+            # The tight path ("sequential stage node", "condition node" and
+            # "1,000-node chain" rows): a simple stage node (one attempt, no
+            # timeout, no cleanup) or a condition node of a run without
+            # spans, metrics or log lines, executed here instead of through
+            # execute() and StageExecutor.run(): two coroutine levels and the
+            # per-node checks for tracing, metrics and logs less. It does
+            # what execute() does for such a node, in the same order: the
+            # property test in tests/engine/test_tight_path.py holds the two
+            # paths equal.
+            #
             # _enter, written out (the same steps in the same order: keep them
             # alike): count the step and visit, check the limits, then the
             # scheduling point, awaited only when it does something.
@@ -776,100 +810,104 @@ class Run:
                 or (task._runner.ki_pending and task is task._runner.main_task)
             ):
                 await checkpoint()
-            entry = step.entry
             try:
                 # History.record's append, written out while nothing watches.
                 if history.quiet:
-                    records += ("node_started", _time_ns() // 1000, node_id, path, started)
+                    records += ("node_started", _time_ns() // 1000, node_id, path, step.started)
                 else:
-                    history.record("node_started", node_id, path, started)
+                    history.record("node_started", node_id, path, step.started)
                 try:
-                    # StageExecutor.run's one attempt, written out.
-                    if step.direct:
-                        # StageExecutor.context for top-level keys, no contract, no config.
-                        arguments: dict[str, Any] = {}
-                        for name, key in step.pairs:
-                            value = get(key, MISSING)
-                            if value is not MISSING:
-                                arguments[name] = (
-                                    value if type(value) in PLAIN_SCALARS else copy_json(value)
-                                )
-                        spec = entry.spec
-                        work = StageWork(runtime, node, spec, path, 1, None)
-                        frame.work = work
-                        ctx = engine_context(
-                            MappingProxyType(arguments),
-                            EMPTY_MAPPING,
-                            session_id,
-                            node_id,
-                            path,
-                            node.stage,
-                            1,
-                            work,
-                            spec,
-                            frame.origin,
-                            frame.visits,
-                        )
-                    else:
-                        ctx = StageExecutor.context(
-                            self,
-                            node,
-                            frame,
-                            entry,
-                            1,
-                            None,
-                            step.pairs,
-                        )
-                    try:
-                        run = entry.function
-                        if run is None:
-                            run = entry.factory().run
-                        outputs = await run(ctx)
-                        if step.direct and type(outputs) is dict:
-                            # StageExecutor.outputs' usual case: every output a
-                            # str, small int, bool or None, written as returned.
-                            for key, _ in step.outputs:
-                                value = outputs.get(key, EMPTY_MAPPING)
-                                kind = type(value)
-                                if not (
-                                    kind is str
-                                    or (kind is int and value.bit_length() < SAFE_INT_BITS)
-                                    or value is None
-                                    or kind is bool
-                                ):
-                                    StageExecutor.outputs(self, node, frame, entry, outputs)
-                                    break
-                            else:
-                                for key, target in step.outputs:
-                                    if top:
-                                        data[target] = outputs[key]
-                                    else:
-                                        context.set(target, outputs[key])
+                    if type(step) is _Choice:
+                        # Run._condition, with its outcomes made once.
+                        for matches, done, finished in step.choices:  # noqa: B007 (read after break)
+                            if matches is None or matches(data):
+                                break
                         else:
-                            StageExecutor.outputs(self, node, frame, entry, outputs)
-                    except NodeError:
-                        raise
-                    except Exception as exc:
-                        raise StageExecutor.failure(node, 1, 1, exc) from exc
+                            await self._condition(step.node, frame)  # raises ConditionError
+                            raise AssertionError("no condition matched")  # pragma: no cover
+                    else:
+                        done, finished = step.done, step.finished
+                        entry = step.entry
+                        # StageExecutor.run's one attempt, written out.
+                        if step.direct:
+                            # StageExecutor.context for top-level keys, no contract, no config.
+                            arguments: dict[str, Any] = {}
+                            for name, key in step.pairs:
+                                value = get(key, MISSING)
+                                if value is not MISSING:
+                                    arguments[name] = (
+                                        value if type(value) in PLAIN_SCALARS else copy_json(value)
+                                    )
+                            spec = entry.spec
+                            work = StageWork(runtime, node, spec, path, 1, None)
+                            frame.work = work
+                            ctx = engine_context(
+                                MappingProxyType(arguments),
+                                EMPTY_MAPPING,
+                                session_id,
+                                node_id,
+                                path,
+                                node.stage,
+                                1,
+                                work,
+                                spec,
+                                frame.origin,
+                                frame.visits,
+                            )
+                        else:
+                            ctx = StageExecutor.context(
+                                self, node, frame, entry, 1, None, step.pairs
+                            )
+                        try:
+                            run = entry.function
+                            if run is None:
+                                run = entry.factory().run
+                            outputs = await run(ctx)
+                            if step.direct and type(outputs) is dict:
+                                # StageExecutor.outputs' usual case: every output a
+                                # str, small int, bool or None, written as returned.
+                                for key, _ in step.outputs:
+                                    value = outputs.get(key, EMPTY_MAPPING)
+                                    kind = type(value)
+                                    if not (
+                                        kind is str
+                                        or (kind is int and value.bit_length() < SAFE_INT_BITS)
+                                        or value is None
+                                        or kind is bool
+                                    ):
+                                        StageExecutor.outputs(self, node, frame, entry, outputs)
+                                        break
+                                else:
+                                    for key, target in step.outputs:
+                                        if top:
+                                            data[target] = outputs[key]
+                                        else:
+                                            context.set(target, outputs[key])
+                            else:
+                                StageExecutor.outputs(self, node, frame, entry, outputs)
+                        except NodeError:
+                            raise
+                        except Exception as exc:
+                            raise StageExecutor.failure(node, 1, 1, exc) from exc
                 except Exception as exc:
                     history.record(
                         "node_failed",
                         node_id,
                         path,
-                        {"node_type": "stage", "error": describe_exception(exc)},
+                        {"node_type": node.type, "error": describe_exception(exc)},
                     )
                     node_id = self._route_error(node, frame, exc)
                     continue
                 except BaseException as exc:  # looked at and re-raised (see _run_root)
-                    if is_cancellation(exc, self.backend.cancelled):
-                        history.record("node_cancelled", node_id, path, {"node_type": "stage"})
+                    if is_cancellation(exc, backend.cancelled):
+                        history.record("node_cancelled", node_id, path, {"node_type": node.type})
                     raise
-                frame.work = step.done  # a snapshot from here on resumes at the next node
+                frame.work = done  # a snapshot from here on resumes at the next node
                 if history.quiet:
-                    records += ("node_finished", _time_ns() // 1000, node_id, path, step.finished)
+                    records += ("node_finished", _time_ns() // 1000, node_id, path, finished)
                 else:
-                    history.record("node_finished", node_id, path, step.finished)
-                node_id = step.next
+                    history.record("node_finished", node_id, path, finished)
+                node_id = done.next
             finally:
                 if self._cancel_reasons:
                     self._cancel_reasons.pop(f"{path}/{node.id}" if path else node.id, None)

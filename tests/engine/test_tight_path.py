@@ -136,3 +136,37 @@ async def test_a_subscriber_that_joins_mid_run_sees_every_later_event(tight: boo
     assert result.artifacts == {"n": 2}
     assert seen[:3] == [("node_finished", "join"), ("node_started", "b"), ("node_finished", "b")]
     assert [(e.type, e.node_id) for e in result.history][-len(seen) :] == seen
+
+
+@pytest.mark.anyio
+async def test_a_condition_that_matches_nothing_fails_alike_on_both_paths() -> None:
+    stages = stageflow.StageRegistry()
+    nodes = [
+        {
+            "id": "c",
+            "type": "condition",
+            "conditions": [{"if": {"var": "flag"}, "then": "end"}],
+        },
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    outcomes = []
+    for path in (contextlib.nullcontext(), general_path()):
+        with path:
+            result = await stageflow.Session(
+                pipeline, registry=stages, payload={"flag": False}
+            ).run()
+        outcomes.append(
+            (
+                result.status,
+                str(result.error),
+                [(e.type, e.node_id, dict(e.payload)) for e in result.history],
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] is stageflow.SessionStatus.FAILED
+    assert [kind for kind, _, _ in outcomes[0][2]][-3:] == [
+        "node_started",
+        "node_failed",
+        "session_failed",
+    ]
