@@ -3,9 +3,10 @@
 Random pipelines (``tight_support``: conditions, retries, timeouts, error
 edges, parallel branches, a map, a subpipeline, waits for inputs answered
 live or across suspend and restore, a ``cancel()`` from a stage, step limits,
-tracing on and off, with and without a subscriber) run once with the tight path and once with every node
-through ``Run.execute``; results, histories, a snapshot at every event and
-the span trees must be the same.
+tracing on and off, with and without a subscriber) run once with the tight
+path and once with every node through ``Run.execute``; results, histories,
+a snapshot at every event (at the end of each run when nothing subscribes)
+and the span trees must be the same.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
-from hypothesis import HealthCheck, given, settings
 from fakes import doc, stage, terminal
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tight_support import BLOCKS, Recording, general_path, record_run
 
