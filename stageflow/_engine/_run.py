@@ -11,9 +11,10 @@ open no node spans and record no node events of their own.
 
 Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
 ("sequential stage node" and "condition node" benchmark rows). ``run_path``
-executes simple stage nodes of an untraced run itself, in a tight loop
-decided by a per-node plan (docs/internals.md, "The tight path"; the
-"sequential stage node" and "1,000-node chain" rows).
+executes simple stage nodes and condition nodes of an untraced run itself,
+in a tight loop decided by a per-node plan (docs/internals.md, "The tight
+path"; the "sequential stage node", "condition node" and "1,000-node chain"
+rows).
 """
 
 from __future__ import annotations
