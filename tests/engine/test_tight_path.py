@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
-from fakes import doc, stage, terminal
+from fakes import doc, parallel, stage, terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tight_support import BLOCKS, Recording, general_path, record_run
@@ -171,3 +171,47 @@ async def test_a_condition_that_matches_nothing_fails_alike_on_both_paths() -> N
         "node_failed",
         "session_failed",
     ]
+
+
+@pytest.mark.anyio
+async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
+    """Every attribute of the context the tight path builds itself, in a branch too."""
+    stages = stageflow.StageRegistry()
+    seen: list[list[Any]] = []
+
+    @stages.register("Look")
+    async def look(ctx: stageflow.StageContext) -> dict[str, Any]:
+        seen[-1].append(
+            (
+                dict(ctx.arguments),
+                dict(ctx.config),
+                ctx.session_id,
+                ctx.node_id,
+                ctx.node_path,
+                ctx.execution_key,
+                ctx.stage,
+                ctx.attempt,
+                ctx.spec,
+            )
+        )
+        return {"n": ctx.arguments.get("n", 0) + 1}
+
+    nodes = [
+        stage("a", "Look", arguments={"n": "n"}, outputs={"n": "n"}, next="fan"),
+        parallel("fan", ["l", "r"], next="end"),
+        stage("l", "Look", arguments={"n": "n"}, outputs={"n": "ln"}),
+        stage("r", "Look", outputs={"n": "rn"}),
+        terminal("end", "n", "ln", "rn"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    artifacts = []
+    for path in (contextlib.nullcontext(), general_path()):
+        seen.append([])
+        with path:
+            result = await stageflow.Session(
+                pipeline, registry=stages, payload={"n": 1}, session_id="s-1"
+            ).run()
+        artifacts.append(result.artifacts)
+    assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1}
+    assert sorted(seen[0], key=repr) == sorted(seen[1], key=repr)
+    assert len(seen[0]) == 3
