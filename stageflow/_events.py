@@ -26,6 +26,7 @@ from stageflow._log import get_logger
 from stageflow._telemetry import Tracing
 
 __all__ = [
+    "RECORD_SLOTS",
     "Event",
     "EventCallback",
     "EventLog",
@@ -246,6 +247,9 @@ class EventStream:
 _WIDTH: Final = 5
 """Slots per event in ``History._flat``: type, stored timestamp, node id, path, payload."""
 
+RECORD_SLOTS: Final = _WIDTH
+"""Slots per event in :attr:`History.records`."""
+
 _NO_SPAN: Final = (None, None, None)
 
 
@@ -372,11 +376,12 @@ class History:
         "_callbacks",
         "_closed",
         "_flat",
+        "_muted",
         "_spans",
         "_subscriptions",
         "_tracing",
         "base",
-        "muted",
+        "quiet",
         "session_id",
     )
 
@@ -399,13 +404,46 @@ class History:
         self._subscriptions: list[_Subscription] | None = None
         self._closed = False
         # While a suspended run is torn down nothing is recorded: it is not history.
-        self.muted = False
+        self._muted = False
+        # Whether record() would only append: no tracing, no subscriber, not
+        # muted. The engine's tight path then appends a node's events itself
+        # (append_quiet, or the list itself: "sequential stage node" row).
+        self.quiet = tracing is None
         # Events recorded before the first one held (a session restored from a
         # snapshot that kept none or only a tail of its history): seq goes on.
         self.base = 0
         if events is not None:
             held = list(events)
             self.restore(held, len(held) + 1)
+
+    @property
+    def muted(self) -> bool:
+        """Whether events are dropped (while a suspended or stopped run is torn down)."""
+        return self._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._muted = value
+        self._requiet()
+
+    def _requiet(self) -> None:
+        """Say again whether record() only appends (see ``quiet``)."""
+        self.quiet = (
+            self._tracing is None
+            and not self._muted
+            and not self._subscriptions
+            and not self._callbacks
+        )
+
+    @property
+    def records(self) -> list[Any]:
+        """The flat list of records (five slots per event), to append to while ``quiet``.
+
+        Only the engine's tight path appends to it, in :meth:`record`'s order
+        (type, timestamp in microseconds, node id, path, payload), and only
+        while ``quiet`` is true ("sequential stage node" row).
+        """
+        return self._flat
 
     @property
     def next_seq(self) -> int:
@@ -454,7 +492,7 @@ class History:
         subscriber gets a copy): callers may pass one dict for many events, as
         :func:`node_started_payload` and :func:`node_finished_payload` give.
         """
-        if self.muted:
+        if self._muted:
             return
         flat = self._flat
         if span is None:
@@ -489,10 +527,12 @@ class History:
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(callback)
+        self.quiet = False
 
         def unsubscribe() -> None:
             if self._callbacks is not None and callback in self._callbacks:
                 self._callbacks.remove(callback)
+                self._requiet()
 
         return unsubscribe
 
@@ -511,6 +551,7 @@ class History:
                     event_type=event.type,
                 )
                 callbacks.remove(callback)
+                self._requiet()
 
     def _publish(self, event: Event) -> None:
         # A copy: a subscriber whose reader is gone is removed while iterating.
@@ -538,6 +579,7 @@ class History:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 subscriptions.remove(sub)
                 send.close()
+                self._requiet()
 
     def _overflow_marker(self, sub: _Subscription, next_seq: int | None) -> Event:
         """The marker telling ``sub`` how many events it missed; resets the count."""
@@ -561,11 +603,13 @@ class History:
             if self._subscriptions is None:
                 self._subscriptions = []
             self._subscriptions.append(sub)
+            self.quiet = False
         return EventStream(sub, self)
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         if self._subscriptions is not None and sub in self._subscriptions:
             self._subscriptions.remove(sub)
+            self._requiet()
         sub.send.close()
 
     def reopen(self) -> None:
@@ -578,6 +622,7 @@ class History:
         for sub in self._subscriptions or ():
             sub.send.close()
         self._subscriptions = None
+        self._requiet()
 
 
 # Node events' payloads, one dict for all events alike: a history keeps its

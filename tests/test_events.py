@@ -251,3 +251,49 @@ async def test_session_results_keep_their_own_events_and_payloads() -> None:
     }
     assert [e.to_dict() for e in first.history] == first.to_dict()["history"]
     assert first.history == tuple(first.history)
+
+
+def test_a_history_is_quiet_only_while_record_would_only_append() -> None:
+    history = History("s")
+    assert history.quiet
+    unsubscribe = history.subscribe(lambda event: None)
+    assert not history.quiet
+    unsubscribe()
+    assert history.quiet
+    stream = history.stream(4)
+    assert not history.quiet
+    history._unsubscribe(stream._sub)
+    stream._sub.receive.close()
+    assert history.quiet
+    history.muted = True
+    assert not history.quiet
+    history.muted = False
+    assert history.quiet
+    late = history.stream(4)
+    history.close()
+    late._sub.receive.close()
+    assert history.quiet
+
+
+def test_a_history_with_a_failing_callback_is_quiet_again_once_it_is_detached() -> None:
+    history = History("s")
+
+    def failing(event: stageflow.Event) -> None:
+        raise RuntimeError("boom")
+
+    history.subscribe(failing)
+    record(history, 1)
+    assert history.quiet
+
+
+def test_a_quiet_history_records_the_same_events() -> None:
+    history = History("s")
+    history.records.extend(("tick", 0, "n", "", node_started_payload("stage")))
+    (event,) = history.events
+    assert (event.seq, event.type, event.node_id, dict(event.payload)) == (
+        1,
+        "tick",
+        "n",
+        {"node_type": "stage"},
+    )
+    assert event.timestamp == datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

@@ -11,9 +11,10 @@ open no node spans and record no node events of their own.
 
 Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
 ("sequential stage node" and "condition node" benchmark rows). ``run_path``
-executes simple stage nodes of an untraced run itself, in a tight loop
-decided by a per-node plan (docs/internals.md, "The tight path"; the
-"sequential stage node" and "1,000-node chain" rows).
+executes simple stage nodes and condition nodes of an untraced run itself,
+in a tight loop decided by a per-node plan (docs/internals.md, "The tight
+path"; the "sequential stage node", "condition node" and "1,000-node chain"
+rows).
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
 import structlog
 
-from stageflow._context import Context
+from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import (
     Backend,
     CancelScopeLike,
     current_backend,
+    flag_task,
     is_cancellation,
 )
 from stageflow._engine._frames import (
@@ -50,8 +52,8 @@ from stageflow._engine._limits import RunCaps, run_time_error
 from stageflow._engine._map import MapExecutor
 from stageflow._engine._parallel import ParallelExecutor
 from stageflow._engine._positions import FramePosition, awaited, count_positions, writes_of
-from stageflow._engine._runtime import StageRuntime
-from stageflow._engine._stage import StageExecutor
+from stageflow._engine._runtime import StageRuntime, StageWork
+from stageflow._engine._stage import EMPTY_MAPPING, PLAIN_SCALARS, StageExecutor
 from stageflow._engine._state import Saved, SessionState, TraceIds
 from stageflow._engine._subpipeline import SubpipelineExecutor
 from stageflow._errors import (
@@ -63,7 +65,13 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
 )
-from stageflow._events import History, node_finished_payload, node_started_payload
+from stageflow._events import (
+    RECORD_SLOTS,
+    History,
+    node_finished_payload,
+    node_started_payload,
+)
+from stageflow._guard import SAFE_INT_BITS
 from stageflow._json import copy_json
 from stageflow._log import get_logger, node_finished, session_finished
 from stageflow._metrics import Metrics, node_measured, session_measured
@@ -80,7 +88,7 @@ from stageflow._model import (
 )
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import SegmentedSpan, Segments, rebuild
-from stageflow._stages import StageEntry
+from stageflow._stages import StageContext, StageEntry
 from stageflow._telemetry import (
     ATTEMPT,
     CANCEL_REASON,
@@ -113,47 +121,108 @@ _YIELD_EVERY: Final = 63
 # (docs/internals.md, "The tight path").
 _TIGHT = True
 _UNSEEN: Final[Any] = object()
+_time_ns: Final = time.time_ns
+_new: Final = object.__new__
 
 # id(entries) -> (entries, the plan): for every node of a resolved (pipeline,
-# registry) that the tight path has met, by node identity: (its registry
-# entry, the payload of its node_finished event, its argument (name, path)
-# pairs) if it is a simple stage node (one attempt, no timeout, no cleanup),
-# else None; decided and made once per node, not once per execution
-# ("sequential stage node" and "3-node run" rows).
+# registry) that the tight path has met, by node identity: its _Step if it is
+# a simple stage node (one attempt, no timeout, no cleanup), its _Choice if it
+# is a condition node, else None;
+# decided and made once per node, not once per execution ("sequential stage
+# node" and "3-node run" rows).
 # The entries are kept so that an id reused after garbage collection is
 # never taken for them (they hold the nodes' pipeline's resolution, so node
 # ids in the plan stay the same nodes).
 _PLAN_SIZE: Final = 1024
-_Planned = tuple[StageEntry, Mapping[str, Any], tuple[tuple[str, str], ...]] | None
-_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Planned]]] = {}
+_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Step | _Choice | None]]] = {}
 
 
-def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Planned]:
+class _Step:
+    """What the tight path needs of one simple stage node, made once (see ``_plans``).
+
+    ``done`` and ``finished`` are the frame's record and the node_finished
+    payload once it has finished, shared: never changed, only read.
+
+    ``direct`` says the node's arguments and outputs are top-level keys, its
+    stage declares no argument or output contract and the node has no
+    config: the loop then reads the arguments and writes the outputs itself
+    (what ``StageExecutor.context`` and ``outputs`` do for such a node,
+    without their calls and checks: "sequential stage node" row).
+    """
+
+    __slots__ = ("direct", "done", "entry", "finished", "node", "outputs", "pairs", "started")
+
+    def __init__(self, node: StageNode, entry: StageEntry) -> None:
+        self.node = node
+        self.entry = entry
+        self.started = node_started_payload("stage")
+        self.done = Finished(node.next)
+        self.finished = node_finished_payload("stage", node.next, None)
+        # The argument pairs (StageExecutor.context's ``pairs``) and output pairs.
+        self.pairs = tuple(node.arguments.items())
+        self.outputs = tuple(node.outputs.items())
+        spec = entry.spec
+        self.direct = (
+            spec.arguments is None
+            and spec.outputs is None
+            and not node.config
+            and all("." not in path for path in node.arguments.values())
+            and all("." not in path for path in node.outputs.values())
+        )
+
+
+class _Choice:
+    """What the tight path needs of a condition node, made once (see ``_plans``).
+
+    ``choices``: for each condition, then for ``else`` (its test ``None``),
+    the test, the frame's record and the node_finished payload when it is
+    taken (what ``Run._condition`` and ``execute()`` make per execution:
+    "condition node" rows).
+    """
+
+    __slots__ = ("choices", "node", "started")
+
+    def __init__(self, node: ConditionNode) -> None:
+        self.node = node
+        self.started = node_started_payload("condition")
+        choices: list[tuple[Callable[[Any], bool] | None, Finished, Mapping[str, Any]]] = [
+            (
+                branch.matches,
+                Finished(branch.then),
+                node_finished_payload("condition", branch.then, index),
+            )
+            for index, branch in enumerate(node.conditions)
+        ]
+        if node.else_ is not None:
+            choices.append(
+                (None, Finished(node.else_), node_finished_payload("condition", node.else_, "else"))
+            )
+        self.choices = tuple(choices)
+
+
+def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | None]:
     """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
     cached = _plans.get(id(entries))
     if cached is not None and cached[0] is entries:
         return cached[1]
     if len(_plans) >= _PLAN_SIZE:
         _plans.clear()
-    plan: dict[int, _Planned] = {}
+    plan: dict[int, _Step | _Choice | None] = {}
     _plans[id(entries)] = (entries, plan)
     return plan
 
 
-def _planned(plan: dict[int, _Planned], node: Node, entries: Mapping[int, StageEntry]) -> _Planned:
+def _planned(
+    plan: dict[int, _Step | _Choice | None], node: Node, entries: Mapping[int, StageEntry]
+) -> _Step | _Choice | None:
     """Decide, once, whether ``node`` takes the tight path; its plan if it does."""
-    planned: _Planned = None
+    planned: _Step | _Choice | None = None
     if isinstance(node, StageNode):
         entry = entries.get(id(node))
         if entry is not None and StageExecutor.simple(node, entry):
-            # The node_finished payload made once, not per execution (a shared
-            # payload, like node_finished_payload's: "sequential stage node" row).
-            # The argument pairs too (StageExecutor.context's ``pairs``).
-            planned = (
-                entry,
-                node_finished_payload("stage", node.next, None),
-                tuple(node.arguments.items()),
-            )
+            planned = _Step(node, entry)
+    elif isinstance(node, ConditionNode):
+        planned = _Choice(node)
     plan[id(node)] = planned
     return planned
 
@@ -177,6 +246,7 @@ class Run:
         "_live",
         "_main",
         "_node_log",
+        "_records",
         "_root",
         "_state",
         "_stopped",
@@ -348,6 +418,7 @@ class Run:
             state.history.reopen()
         state.stopped_by_limit = None
         self._caps = RunCaps(state.limits, state.steps, len(state.history))
+        self._records = state.history.records  # replaced only by a restore, never in a run
         state.status = SessionStatus.RUNNING
         tracing = state.tracing
         root_span: ActiveSpan | None = None
@@ -684,88 +755,213 @@ class Run:
             while node_id is not None and node_id != stop:
                 node_id = await self.execute(index[node_id], frame)
             return
-        # One shared payload for every node_started of the loop ("sequential stage node" row).
-        started = node_started_payload("stage")
+        # Made once per path, not per node ("sequential stage node" row): the
+        # history's records (replaced only by a restore, never during a run),
+        # the task for the cancellation test.
+        history = state.history
+        records = history.records
+        backend = self.backend
+        task = flag_task(backend)
+        checkpoint, yield_ = backend.checkpoint, backend.yield_
+        caps, desk = self._caps, state.desk
+        session_id = state.session_id
+        runtime = self.runtime
+        path = frame.path
+        context = frame.ctx
+        # A root or subpipeline context is a dict (a fork reads through a
+        # ChainMap): its top-level keys are read and written as dict items.
+        data = context.data
+        top = type(data) is dict
+        get = data.get if top else context.get
         while node_id is not None and node_id != stop:
             node = index[node_id]
-            planned = simple.get(id(node), _UNSEEN)
-            if planned is _UNSEEN:
-                planned = _planned(simple, node, state.entries)
-            if planned is None:
+            step = simple.get(id(node), _UNSEEN)
+            if step is _UNSEEN:
+                step = _planned(simple, node, state.entries)
+            if step is None:
                 node_id = await self.execute(node, frame)
                 continue
-            entry, finished, pairs = planned
-            node = cast(StageNode, node)  # the plan has entries for stage nodes only
-            # The tight path ("sequential stage node" and "1,000-node chain"
-            # rows): a simple stage node (one attempt, no timeout, no cleanup)
-            # of a run without spans, metrics or log lines, executed here
-            # instead of through execute() and StageExecutor.run(): two
-            # coroutine levels and the per-node checks for tracing, metrics
-            # and logs less. It does what execute() does for such a node, in
-            # the same order: the property test in
-            # tests/engine/test_tight_path.py holds the two paths equal.
-            await self._enter(node, frame)
-            history = state.history
+            node = step.node  # the same node, typed
+            # The tight path ("sequential stage node", "condition node" and
+            # "1,000-node chain" rows): a simple stage node (one attempt, no
+            # timeout, no cleanup) or a condition node of a run without
+            # spans, metrics or log lines, executed here instead of through
+            # execute() and StageExecutor.run(): two coroutine levels and the
+            # per-node checks for tracing, metrics and logs less. It does
+            # what execute() does for such a node, in the same order: the
+            # property test in tests/engine/test_tight_path.py holds the two
+            # paths equal.
+            #
+            # _enter, written out (the same steps in the same order: keep them
+            # alike): count the step and visit, check the limits, then the
+            # scheduling point, awaited only when it does something.
+            frame.node = node_id
+            frame.work = None
+            frame.visits += 1
+            steps = state.steps = state.steps + 1
+            if (
+                steps > caps.steps
+                or len(records) >= (caps.events + desk.recorded_rejections) * RECORD_SLOTS
+            ):
+                raise self._stop_at_limit(node, frame)
+            if not steps & _YIELD_EVERY:
+                await yield_()
+            elif (
+                task is None
+                or task._cancel_status.effectively_cancelled
+                or (task._runner.ki_pending and task is task._runner.main_task)
+            ):
+                await checkpoint()
             try:
-                history.record("node_started", node_id, frame.path, started)
+                # History.record's append, written out while nothing watches.
+                if history.quiet:
+                    records += ("node_started", _time_ns() // 1000, node_id, path, step.started)
+                else:
+                    history.record("node_started", node_id, path, step.started)
                 try:
-                    # StageExecutor.run's one attempt, written out.
-                    ctx = StageExecutor.context(self, node, frame, entry, 1, None, pairs)
-                    try:
-                        run = entry.function
-                        if run is None:
-                            run = entry.factory().run
-                        StageExecutor.outputs(self, node, frame, entry, await run(ctx))
-                    except NodeError:
-                        raise
-                    except Exception as exc:
-                        raise StageExecutor.failure(node, 1, 1, exc) from exc
+                    if type(step) is _Choice:
+                        # Run._condition, with its outcomes made once.
+                        for matches, done, finished in step.choices:  # noqa: B007 (read after break)
+                            if matches is None or matches(data):
+                                break
+                        else:
+                            await self._condition(step.node, frame)  # raises ConditionError
+                            raise AssertionError("no condition matched")  # pragma: no cover
+                    else:
+                        done, finished = step.done, step.finished
+                        entry = step.entry
+                        # StageExecutor.run's one attempt, written out.
+                        if step.direct:
+                            # StageExecutor.context for top-level keys, no contract, no config.
+                            arguments: dict[str, Any] = {}
+                            for name, key in step.pairs:
+                                value = get(key, MISSING)
+                                if value is not MISSING:
+                                    arguments[name] = (
+                                        value if type(value) in PLAIN_SCALARS else copy_json(value)
+                                    )
+                            spec = entry.spec
+                            # StageWork(runtime, node, spec, path, 1, None) and
+                            # engine_context(...), written out: two calls less
+                            # per node, about 7 % of its instructions
+                            # ("sequential stage node" row). Keep them alike.
+                            work = _new(StageWork)
+                            work.runtime = runtime
+                            work.node = node
+                            work.spec = spec
+                            work.path = path
+                            work.attempt = 1
+                            work.calls = None
+                            work.replay = None
+                            work.timer = None
+                            frame.work = work
+                            ctx = _new(StageContext)
+                            ctx.arguments = MappingProxyType(arguments)
+                            ctx.config = EMPTY_MAPPING
+                            ctx.session_id = session_id
+                            ctx.node_id = node_id
+                            ctx._node_path = None
+                            ctx._parent = path
+                            ctx.stage = node.stage
+                            ctx.attempt = 1
+                            ctx.spec = spec
+                            ctx._key = None
+                            ctx._origin = frame.origin
+                            ctx._visit = frame.visits
+                            ctx._runtime = work
+                            ctx._log = None
+                        else:
+                            ctx = StageExecutor.context(
+                                self, node, frame, entry, 1, None, step.pairs
+                            )
+                        try:
+                            run = entry.function
+                            if run is None:
+                                run = entry.factory().run
+                            outputs = await run(ctx)
+                            if step.direct and type(outputs) is dict:
+                                # StageExecutor.outputs' usual case: every output a
+                                # str, small int, bool or None, written as returned.
+                                for key, _ in step.outputs:
+                                    value = outputs.get(key, EMPTY_MAPPING)
+                                    kind = type(value)
+                                    if not (
+                                        kind is str
+                                        or (kind is int and value.bit_length() < SAFE_INT_BITS)
+                                        or value is None
+                                        or kind is bool
+                                    ):
+                                        StageExecutor.outputs(self, node, frame, entry, outputs)
+                                        break
+                                else:
+                                    for key, target in step.outputs:
+                                        if top:
+                                            data[target] = outputs[key]
+                                        else:
+                                            context.set(target, outputs[key])
+                            else:
+                                StageExecutor.outputs(self, node, frame, entry, outputs)
+                        except NodeError:
+                            raise
+                        except Exception as exc:
+                            raise StageExecutor.failure(node, 1, 1, exc) from exc
                 except Exception as exc:
                     history.record(
                         "node_failed",
                         node_id,
-                        frame.path,
-                        {"node_type": "stage", "error": describe_exception(exc)},
+                        path,
+                        {"node_type": node.type, "error": describe_exception(exc)},
                     )
                     node_id = self._route_error(node, frame, exc)
                     continue
                 except BaseException as exc:  # looked at and re-raised (see _run_root)
-                    if is_cancellation(exc, self.backend.cancelled):
-                        history.record(
-                            "node_cancelled", node_id, frame.path, {"node_type": "stage"}
-                        )
+                    if is_cancellation(exc, backend.cancelled):
+                        history.record("node_cancelled", node_id, path, {"node_type": node.type})
                     raise
-                node_id = node.next
-                frame.work = Finished(node_id)  # a snapshot from here on resumes at node_id
-                history.record("node_finished", node.id, frame.path, finished)
+                frame.work = done  # a snapshot from here on resumes at the next node
+                if history.quiet:
+                    records += ("node_finished", _time_ns() // 1000, node_id, path, finished)
+                else:
+                    history.record("node_finished", node_id, path, finished)
+                node_id = done.next
             finally:
                 if self._cancel_reasons:
-                    self._cancel_reasons.pop(
-                        f"{frame.path}/{node.id}" if frame.path else node.id, None
-                    )
+                    self._cancel_reasons.pop(f"{path}/{node.id}" if path else node.id, None)
 
-    def _enter(self, node: Node, frame: Frame) -> Awaitable[None]:
+    def _enter(self, node: Node, frame: Frame, task: Any) -> Awaitable[None] | None:
         """Count ``node``'s step and visit and check the limits, for both paths.
 
-        Returns the scheduling point to await before the node runs: a
-        cancellation check, so that a cancel() from a hook or a stage takes
-        effect before the next node even when no stage ever awaits; and every
-        so many nodes a real yield, so that other tasks (a cancel() from one
-        of them, a deadline) get in between nodes that never await.
+        Returns the scheduling point to await before the node runs, or
+        ``None``: a cancellation check, so that a cancel() from a hook or a
+        stage takes effect before the next node even when no stage ever
+        awaits; and every so many nodes a real yield, so that other tasks (a
+        cancel() from one of them, a deadline) get in between nodes that
+        never await. With the trio ``task`` of the tight path (``flag_task``)
+        the check is its flag test, and the checkpoint is returned only when
+        it would do something ("sequential stage node" row).
         """
         frame.node = node.id
         frame.work = None
         frame.visits += 1
         state = self._state
-        state.steps += 1
+        steps = state.steps = state.steps + 1
         caps = self._caps
         # Recorded rejections have a budget of their own, outside the event cap.
-        events = len(state.history) - state.desk.recorded_rejections
-        if state.steps > caps.steps or events >= caps.events:
+        # The events held, counted in record slots: no History.__len__ call.
+        if (
+            steps > caps.steps
+            or len(self._records) >= (caps.events + state.desk.recorded_rejections) * RECORD_SLOTS
+        ):
             raise self._stop_at_limit(node, frame)
-        if state.steps & _YIELD_EVERY:
+        if not steps & _YIELD_EVERY:
+            return self.backend.yield_()
+        if task is None:
             return self.backend.checkpoint()
-        return self.backend.yield_()
+        if task._cancel_status.effectively_cancelled or (
+            task._runner.ki_pending and task is task._runner.main_task
+        ):
+            return self.backend.checkpoint()
+        return None
 
     def _plain(self) -> bool:
         """Whether this run makes no spans, metrics or node log lines (the tight path's case)."""
@@ -774,7 +970,9 @@ class Run:
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
-        await self._enter(node, frame)
+        point = self._enter(node, frame, None)
+        if point is not None:
+            await point
         state = self._state
         history = state.history
         tracing = state.tracing

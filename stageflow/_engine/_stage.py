@@ -42,13 +42,16 @@ from stageflow._model import RetryPolicy, StageNode
 from stageflow._stages import BaseStage, StageContext, StageEntry, engine_context
 from stageflow._telemetry import ATTEMPT, NODE_ID, PIPELINE_NAME
 
-__all__ = ["StageExecutor"]
+__all__ = ["EMPTY_MAPPING", "PLAIN_SCALARS", "StageExecutor"]
 
 _log = get_logger("stageflow.session")
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_RETRY: Final = RetryPolicy()
 # Immutable JSON values that need neither a check nor a copy (floats may be NaN).
 _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
+# For the tight path (``Run.run_path``), which does what context() does for simple nodes.
+EMPTY_MAPPING: Final = _EMPTY
+PLAIN_SCALARS: Final = _PLAIN_SCALARS
 
 
 class StageExecutor:

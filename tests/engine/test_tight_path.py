@@ -3,22 +3,26 @@
 Random pipelines (``tight_support``: conditions, retries, timeouts, error
 edges, parallel branches, a map, a subpipeline, waits for inputs answered
 live or across suspend and restore, a ``cancel()`` from a stage, step limits,
-tracing on and off) run once with the tight path and once with every node
-through ``Run.execute``; results, histories, a snapshot at every event and
-the span trees must be the same.
+tracing on and off, with and without a subscriber) run once with the tight
+path and once with every node through ``Run.execute``; results, histories,
+a snapshot at every event (at the end of each run when nothing subscribes)
+and the span trees must be the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
 import pytest
 import trio.testing
+from fakes import doc, parallel, stage, terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tight_support import BLOCKS, Recording, general_path, record_run
 
+import stageflow
 from stageflow._engine import _run
 
 PLANS = st.fixed_dictionaries(
@@ -31,6 +35,7 @@ PLANS = st.fixed_dictionaries(
         "traced": st.booleans(),
         "suspend": st.booleans(),
         "max_steps": st.sampled_from([None, None, None, 3, 9]),
+        "watched": st.booleans(),
     }
 )
 
@@ -99,3 +104,114 @@ def test_the_tight_path_is_taken() -> None:
         assert calls == 5
     finally:
         _run.Run.execute = execute  # type: ignore[method-assign]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tight", [True, False])
+async def test_a_subscriber_that_joins_mid_run_sees_every_later_event(tight: bool) -> None:
+    """A stage subscribes while the tight path records quietly: nothing after it is missed."""
+    stages = stageflow.StageRegistry()
+    seen: list[tuple[str, str | None]] = []
+    holder: list[stageflow.Session] = []
+
+    @stages.register("Join")
+    async def join(ctx: stageflow.StageContext) -> dict[str, Any]:
+        holder[0].subscribe(lambda event: seen.append((event.type, event.node_id)))
+        return {}
+
+    @stages.register("Step")
+    async def step(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"n": ctx.arguments["n"] + 1}
+
+    nodes = [
+        stage("a", "Step", arguments={"n": "n"}, outputs={"n": "n"}, next="join"),
+        stage("join", "Join", next="b"),
+        stage("b", "Step", arguments={"n": "n"}, outputs={"n": "n"}, next="end"),
+        terminal("end", "n"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages, payload={"n": 0})
+    holder.append(session)
+    with contextlib.nullcontext() if tight else general_path():
+        result = await session.run()
+    assert result.artifacts == {"n": 2}
+    assert seen[:3] == [("node_finished", "join"), ("node_started", "b"), ("node_finished", "b")]
+    assert [(e.type, e.node_id) for e in result.history][-len(seen) :] == seen
+
+
+@pytest.mark.anyio
+async def test_a_condition_that_matches_nothing_fails_alike_on_both_paths() -> None:
+    stages = stageflow.StageRegistry()
+    nodes = [
+        {
+            "id": "c",
+            "type": "condition",
+            "conditions": [{"if": {"var": "flag"}, "then": "end"}],
+        },
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    outcomes = []
+    for path in (contextlib.nullcontext(), general_path()):
+        with path:
+            result = await stageflow.Session(
+                pipeline, registry=stages, payload={"flag": False}
+            ).run()
+        outcomes.append(
+            (
+                result.status,
+                str(result.error),
+                [(e.type, e.node_id, dict(e.payload)) for e in result.history],
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] is stageflow.SessionStatus.FAILED
+    assert [kind for kind, _, _ in outcomes[0][2]][-3:] == [
+        "node_started",
+        "node_failed",
+        "session_failed",
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
+    """Every attribute of the context the tight path builds itself, in a branch too."""
+    stages = stageflow.StageRegistry()
+    seen: list[list[Any]] = []
+
+    @stages.register("Look")
+    async def look(ctx: stageflow.StageContext) -> dict[str, Any]:
+        seen[-1].append(
+            (
+                dict(ctx.arguments),
+                dict(ctx.config),
+                ctx.session_id,
+                ctx.node_id,
+                ctx.node_path,
+                ctx.execution_key,
+                ctx.stage,
+                ctx.attempt,
+                ctx.spec,
+            )
+        )
+        return {"n": ctx.arguments.get("n", 0) + 1}
+
+    nodes = [
+        stage("a", "Look", arguments={"n": "n"}, outputs={"n": "n"}, next="fan"),
+        parallel("fan", ["l", "r"], next="end"),
+        stage("l", "Look", arguments={"n": "n"}, outputs={"n": "ln"}),
+        stage("r", "Look", outputs={"n": "rn"}),
+        terminal("end", "n", "ln", "rn"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    artifacts = []
+    for path in (contextlib.nullcontext(), general_path()):
+        seen.append([])
+        with path:
+            result = await stageflow.Session(
+                pipeline, registry=stages, payload={"n": 1}, session_id="s-1"
+            ).run()
+        artifacts.append(result.artifacts)
+    assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1}
+    assert sorted(seen[0], key=repr) == sorted(seen[1], key=repr)
+    assert len(seen[0]) == 3

@@ -311,8 +311,15 @@ async def record_run(
     traced: bool,
     suspend: bool,
     max_steps: int | None,
+    watched: bool = True,
 ) -> Recording:
-    """Run the pipeline of ``blocks`` to its end (restoring each suspension) and record it."""
+    """Run the pipeline of ``blocks`` to its end (restoring each suspension) and record it.
+
+    ``watched``: a subscriber takes a snapshot at every event and answers
+    waits as they start; otherwise nothing subscribes (the history records
+    quietly), the inputs are queued before the first run, and the history
+    and a snapshot are taken when each run returns.
+    """
     holder = Holder()
     stages = registry(holder)
     pipeline = stageflow.Pipeline.from_dict(pipeline_document(blocks), registry=stages)
@@ -331,6 +338,10 @@ async def record_run(
 
     def watch(session: stageflow.Session) -> stageflow.Session:
         holder.session = session
+        if not watched:
+            for kind in sorted(to_send):
+                session.send_input(kind, to_send.pop(kind))
+            return session
 
         def on_event(event: stageflow.Event) -> None:
             recording.events.append(event_record(event, ids))
