@@ -26,6 +26,7 @@ from stageflow._engine._snapshot import (
     HistoryChoice,
     check_document,
     dump,
+    limits_of,
     load,
     restore_pipeline,
 )
@@ -394,7 +395,7 @@ class Session:
     # ------------------------------------------------------------- snapshots
 
     def to_dict(self, *, history: HistoryChoice = "all") -> dict[str, Any]:
-        """A snapshot of the session as plain JSON (format version 2), at any moment.
+        """A snapshot of the session as plain JSON (format version 3), at any moment.
 
         It holds the pipeline document and digest, every active position
         (inside branches, map items and subpipelines too) with its context,
@@ -427,7 +428,7 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> Session:
-        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1 or 2).
+        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1, 2 or 3).
 
         The restored session has the snapshot's status: ``waiting`` when it
         had active positions (``run()`` goes on from them), ``pending``, or
@@ -472,7 +473,7 @@ class Session:
         position = snapshot["position"]
         if limits is None:
             migrated = pipeline.digest != snapshot["pipeline"]["digest"]
-            limits = pipeline.limits if migrated else Limits(**snapshot["limits"])
+            limits = pipeline.limits if migrated else limits_of(snapshot)
         session = cls(
             pipeline,
             registry=registry,
