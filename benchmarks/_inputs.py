@@ -8,6 +8,7 @@ engine has them, their rows say so instead of failing.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import resource
@@ -177,6 +178,180 @@ def bare_sweep() -> Sweep:
     return sweep
 
 
+# ------------------------------------------------- a sample on a held population
+
+SAMPLE = 2000
+"""Sessions paused and resumed per round on top of a held population."""
+
+
+class _Kind:
+    """Pause ``n`` waiters of one kind (a handle for them) and resume them."""
+
+    def __init__(self, reg: stageflow.StageRegistry | None, nursery: trio.Nursery) -> None:
+        self.reg = reg
+        self.pipeline = shapes.waiting(reg) if reg is not None else None
+        self.nursery = nursery
+
+    async def pause(self, n: int) -> list[Any]:
+        raise NotImplementedError
+
+    async def resume(self, held: list[Any]) -> None:
+        raise NotImplementedError
+
+
+class _Live(_Kind):
+    async def pause(self, n: int) -> list[Any]:
+        sessions = [stageflow.Session(self.pipeline, registry=self.reg) for _ in range(n)]  # type: ignore[arg-type]
+        for session in sessions:
+            self.nursery.start_soon(session.run)
+        await trio.testing.wait_all_tasks_blocked()
+        return sessions
+
+    async def resume(self, held: list[Any]) -> None:
+        for session in held:
+            session.send_input("go", {"x": 1})
+        await trio.testing.wait_all_tasks_blocked()  # the resumed sessions ran to their end
+        _check_completed(held)
+
+
+class _Suspended(_Kind):
+    as_text = False
+
+    async def pause(self, n: int) -> list[Any]:
+        kept: list[Any] = []
+        for _ in range(n):
+            session = stageflow.Session(self.pipeline, registry=self.reg)  # type: ignore[arg-type]
+            await session.run(suspend=True)
+            kept.append(json.dumps(session.to_dict()) if self.as_text else session)
+        return kept
+
+    async def resume(self, held: list[Any]) -> None:
+        sessions = []
+        for item in held:
+            if self.as_text:
+                item = stageflow.Session.from_dict(
+                    json.loads(item), registry=self.reg, pipeline=self.pipeline
+                )
+            item.send_input("go", {"x": 1})
+            await item.run()
+            sessions.append(item)
+        _check_completed(sessions)
+
+
+class _Text(_Suspended):
+    as_text = True
+
+
+class _Bare(_Kind):
+    @staticmethod
+    async def _waiter(receive: trio.MemoryReceiveChannel[Any], ctx: dict[str, Any]) -> None:
+        ctx["v"] = await receive.receive()
+
+    async def pause(self, n: int) -> list[Any]:
+        held = []
+        for _ in range(n):
+            send, receive = trio.open_memory_channel[Any](1)
+            ctx: dict[str, Any] = {}
+            self.nursery.start_soon(self._waiter, receive, ctx)
+            held.append((send, ctx))
+        await trio.testing.wait_all_tasks_blocked()
+        return held
+
+    async def resume(self, held: list[Any]) -> None:
+        for send, _ in held:
+            send.send_nowait({"x": 1})
+        await trio.testing.wait_all_tasks_blocked()
+        if any("v" not in ctx for _, ctx in held):
+            raise RuntimeError("a bare waiter did not get its input")
+
+
+def _check_completed(sessions: list[stageflow.Session]) -> None:
+    unfinished = [s for s in sessions if s.status is not stageflow.SessionStatus.COMPLETED]
+    if unfinished:
+        raise RuntimeError(
+            f"{len(unfinished)} of {len(sessions)} paused sessions did not complete after "
+            f"their input (first: {unfinished[0].status.value})"
+        )
+
+
+def _full_collection_share(per_waiter_tracked: float) -> float:
+    """The collector's full collections, amortized per waiter paused, in ns.
+
+    CPython runs a full collection once the objects that reached the oldest
+    generation since the last one pass a quarter of those it holds: with a
+    population held, one every ``held objects / 4 / objects per waiter``
+    waiters paused (and kept). A sample of a few thousand waiters seldom
+    meets one, so one is timed here (the population held) and its cost
+    shared out over the waiters between two of them.
+    """
+    gc.collect()
+    tracked = len(gc.get_objects(generation=2))
+    start = clock()
+    gc.collect()
+    full = clock() - start
+    between = max(1.0, tracked / 4 / max(per_waiter_tracked, 1.0))
+    return full / between
+
+
+async def _held_sample(
+    make: Callable[[trio.Nursery], _Kind], count: int, sample: int, rounds: int
+) -> tuple[float, float, float]:
+    """Per waiter: pause and resume time of a sample, bytes it holds, with ``count`` held.
+
+    ``count - sample`` waiters are paused first and held (built with the
+    collector off, for speed, then collected once so that they sit in the
+    oldest generation, as after a build under the collector); each round
+    then pauses ``sample`` more and resumes them, timed, with the collector
+    on. The pause time adds the amortized full collections
+    (:func:`_full_collection_share`). The memory is that of one more sample,
+    traced.
+    """
+    settle()
+    async with trio.open_nursery() as nursery:
+        kind = make(nursery)
+        before = len(gc.get_objects())
+        gc.disable()
+        try:
+            population = await kind.pause(count - sample)
+        finally:
+            gc.enable()
+        per_waiter_tracked = (len(gc.get_objects()) - before) / max(1, count - sample)
+        full_share = _full_collection_share(per_waiter_tracked)
+        pauses, resumes = [], []
+        for _ in range(rounds):
+            start = clock()
+            held = await kind.pause(sample)
+            paused = clock()
+            await kind.resume(held)
+            pauses.append(paused - start)
+            resumes.append(clock() - paused)
+        tracemalloc.start()
+        base = _traced()
+        held = await kind.pause(sample)
+        memory = _traced() - base
+        tracemalloc.stop()
+        await kind.resume(held)
+        await kind.resume(population)
+    return (
+        statistics.median(pauses) / sample + full_share,
+        statistics.median(resumes) / sample,
+        memory / sample,
+    )
+
+
+async def _held_sweeps(
+    reg: stageflow.StageRegistry, count: int, sample: int, rounds: int
+) -> list[tuple[float, float, float]]:
+    """Live, suspended, snapshot text and the bare trio reference, each on its own population."""
+    makers: list[Callable[[trio.Nursery], _Kind]] = [
+        lambda nursery: _Live(reg, nursery),
+        lambda nursery: _Suspended(reg, nursery),
+        lambda nursery: _Text(reg, nursery),
+        lambda nursery: _Bare(None, nursery),
+    ]
+    return [await _held_sample(make, count, sample, rounds) for make in makers]
+
+
 async def _sweeps(
     sweeps: list[Sweep], count: int, rounds: int, warmup: int
 ) -> list[tuple[float, float, float]]:
@@ -226,12 +401,20 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
     )
     sweeps = [sweep for _, _, sweep in kinds] + [bare_sweep()]
     for count, name, rounds in zip(
-        counts, ("small", "large"), (settings.fewer(5), settings.fewer(3)), strict=True
+        counts, ("small", "large"), (settings.fewer(5), settings.fewer(5)), strict=True
     ):
-        warmup = settings.size(1000, 20) if name == "small" else 0
-        *measured, (bare_pause, bare_resume, bare_held) = await _sweeps(
-            sweeps, count, rounds, warmup
-        )
+        if name == "small":
+            warmup = settings.size(1000, 20)
+            *measured, (bare_pause, bare_resume, bare_held) = await _sweeps(
+                sweeps, count, rounds, warmup
+            )
+        else:
+            # 100,000 held: a sample paused and resumed on top of a held
+            # population (whole sweeps of 100,000 did not finish in 25 min).
+            sample = settings.size(SAMPLE, 20)
+            *measured, (bare_pause, bare_resume, bare_held) = await _held_sweeps(
+                reg, count, sample, rounds
+            )
         for (key, kind, _), (pause, resume, held) in zip(kinds, measured, strict=True):
             figures[f"paused_{key}_{name}_bytes"] = held
             figures[f"paused_{key}_{name}_pause"] = pause

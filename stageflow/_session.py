@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ from stageflow._engine._snapshot import (
     HistoryChoice,
     check_document,
     dump,
+    limits_of,
     load,
     restore_pipeline,
 )
@@ -361,7 +362,7 @@ class Session:
         elif state.run is not None:
             state.run.cancel()
 
-    async def run(self, *, suspend: bool = False) -> SessionResult:
+    def run(self, *, suspend: bool = False) -> Coroutine[Any, Any, SessionResult]:
         """Run the pipeline to its end and return the outcome.
 
         Failures do not raise: they end the run with status ``failed`` (or
@@ -378,27 +379,23 @@ class Session:
                 input types and the earliest timer deadline; ``to_dict()``
                 gives the snapshot to keep, and ``run()`` goes on.
 
+        Returns:
+            the run's coroutine: ``await session.run()``, or pass ``session.run``
+            to ``start_soon``. A plain method that returns the coroutine (which
+            checks the session's state when it starts), rather than an ``async
+            def``: a live waiting session then keeps one coroutine frame less
+            ("paused session, memory each" benchmark row).
+
         Raises:
-            SessionStateError: the session has finished or is running.
+            SessionStateError: the session has finished or is running (when
+                the coroutine starts).
         """
-        state = self._state
-        if state.status is not SessionStatus.PENDING and state.status is not SessionStatus.WAITING:
-            raise SessionStateError(
-                f"session {state.session_id!r} is {state.status.value}; a session runs once, "
-                "create a new Session to run the pipeline again"
-            )
-        state.final = None  # a restored pending session: what it saved is behind it now
-        run = state.run = Run(state, suspend=suspend)
-        try:
-            return await run.run()
-        finally:
-            state.last_node = run.current_node
-            state.run = None
+        return Run(self._state, suspend=suspend).run()
 
     # ------------------------------------------------------------- snapshots
 
     def to_dict(self, *, history: HistoryChoice = "all") -> dict[str, Any]:
-        """A snapshot of the session as plain JSON (format version 2), at any moment.
+        """A snapshot of the session as plain JSON (format version 3), at any moment.
 
         It holds the pipeline document and digest, every active position
         (inside branches, map items and subpipelines too) with its context,
@@ -431,7 +428,7 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> Session:
-        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1 or 2).
+        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1, 2 or 3).
 
         The restored session has the snapshot's status: ``waiting`` when it
         had active positions (``run()`` goes on from them), ``pending``, or
@@ -476,7 +473,7 @@ class Session:
         position = snapshot["position"]
         if limits is None:
             migrated = pipeline.digest != snapshot["pipeline"]["digest"]
-            limits = pipeline.limits if migrated else Limits(**snapshot["limits"])
+            limits = pipeline.limits if migrated else limits_of(snapshot)
         session = cls(
             pipeline,
             registry=registry,

@@ -86,6 +86,15 @@ async def test_a_session_runs_once() -> None:
         await session.run()
 
 
+async def test_run_checks_the_state_when_awaited_not_when_called() -> None:
+    # Session.run returns the run's coroutine (issue 18): calling it does nothing yet.
+    session = session_for(fan_pipeline())
+    await session.run()
+    again = session.run()
+    with pytest.raises(stageflow.SessionStateError, match="create a new Session"):
+        await again
+
+
 async def test_a_running_session_cannot_be_run_again() -> None:
     session = session_for(hang_pipeline())
     started = anyio.Event()

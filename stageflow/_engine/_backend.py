@@ -13,8 +13,11 @@ on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
 - trio's own ``CancelScope`` for the run's scope: anyio's wraps one, which
   costs about 2 us per run and 230 bytes per live waiting session ("3-node
   run" and "paused session, memory each" rows);
-- trio's own ``Event`` for an input wait: anyio's wraps one, and a waiting
-  session keeps the wrapper and one more coroutine ("paused session" rows).
+- for an input wait, a one-shot wake-up (:class:`TrioWake`) that parks the
+  waiting task with trio's ``wait_task_rescheduled`` itself: trio's ``Event``
+  (let alone anyio's, which wraps it) keeps a set of tasks, a closure and one
+  more coroutine frame for every waiting session, about 700 bytes and three
+  objects the collector walks ("paused session" rows).
 
 On any other backend both come from anyio.
 """
@@ -22,6 +25,7 @@ On any other backend both come from anyio.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -35,10 +39,12 @@ __all__ = [
     "Backend",
     "CancelScopeLike",
     "EventLike",
+    "TrioWake",
     "current_backend",
-    "is_cancellation",
     "flag_task",
+    "is_cancellation",
     "is_interrupt",
+    "loop_handles",
     "run_in_virtual_time",
 ]
 
@@ -75,6 +81,48 @@ class EventLike(Protocol):
         """Wait until it is set."""
 
 
+class TrioWake:
+    """A one-shot event for one waiting task, on trio (what ``trio.Event`` does, lighter).
+
+    ``wait()`` returns trio's ``wait_task_rescheduled`` coroutine itself (no
+    frame of its own) with this object as the abort function (no closure);
+    ``set()`` reschedules the parked task. Only one task may wait on it, and
+    it must await ``wait()`` at once: the task is taken when ``wait()`` is called.
+    """
+
+    __slots__ = ("_set", "_task")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._task: trio.lowlevel.Task | None = None
+
+    def is_set(self) -> bool:
+        """Whether it was set."""
+        return self._set
+
+    def set(self) -> None:
+        """Wake the task waiting on it, if any (once)."""
+        if self._set:
+            return
+        self._set = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+    def wait(self) -> Awaitable[Any]:
+        """Park the calling task until :meth:`set` (a checkpoint if it was set already)."""
+        if self._set:
+            return trio.lowlevel.checkpoint()  # noqa: ASYNC105 (awaited by the caller)
+        self._task = trio.lowlevel.current_task()
+        return trio.lowlevel.wait_task_rescheduled(self)  # noqa: ASYNC105 (the same)
+
+    def __call__(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        """Trio's abort callback: a cancelled wait stops waiting (``set()`` wakes nobody)."""
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 class Backend(NamedTuple):
     """The task group opener, checkpoints, cancel scopes and the cancellation class of a run."""
 
@@ -92,7 +140,7 @@ _TRIO = Backend(
     trio.lowlevel.checkpoint,
     trio.Cancelled,
     trio.CancelScope,
-    trio.Event,
+    TrioWake,
 )
 
 
@@ -133,6 +181,29 @@ def flag_task(backend: Backend) -> Any:
     ):  # pragma: no cover - a trio that changed its internals
         return None
     return task
+
+
+# The event loop the last run ran on: (its raw token, anyio's token for it,
+# its thread). anyio makes a new token object per call; every run of a loop
+# shares one instead ("paused session, memory each" benchmark row: a live run
+# keeps its token). One entry: a process runs one loop at a time per thread.
+_loop: tuple[object, anyio.lowlevel.EventLoopToken, int] | None = None
+
+
+def loop_handles() -> tuple[anyio.lowlevel.EventLoopToken, int]:
+    """Anyio's token for the event loop running now, and its thread (shared per loop)."""
+    global _loop
+    if sniffio.current_async_library() == "trio":
+        raw: object = trio.lowlevel.current_trio_token()
+    else:
+        raw = asyncio.get_running_loop()
+    cached = _loop
+    thread = threading.get_ident()
+    if cached is not None and cached[0] is raw and cached[2] == thread:
+        return cached[1], cached[2]
+    token = anyio.lowlevel.current_token()
+    _loop = (raw, token, thread)
+    return token, thread
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -13,7 +13,8 @@ them, so that they depend on this module and not on the run itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Final, Protocol
 
 from stageflow._context import Context
 from stageflow._engine._backend import Backend, CancelScopeLike
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 
+_NO_ARTIFACTS: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
 class Scope:
     """One pipeline run inside the session: the main pipeline, or a subpipeline call."""
 
@@ -52,7 +56,9 @@ class Scope:
         self.pipeline = pipeline
         self.depth = depth  # the depth of the frame its entry runs in
         self.terminal: TerminalNode | None = None
-        self.artifacts: dict[str, Any] = {}
+        # Set by its terminal; until then the shared empty mapping (a live
+        # waiting session keeps its scope: "paused session, memory each" row).
+        self.artifacts: Mapping[str, Any] = _NO_ARTIFACTS
         self.cancel: CancelScopeLike | None = None  # ends the run at a terminal in a branch
 
     def ended_at(self, terminal: TerminalPosition | None) -> bool:

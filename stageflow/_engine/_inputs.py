@@ -47,24 +47,25 @@ def fulfil(entry: Call, payload: Any) -> None:
 
 
 class Waiter:
-    """One pending ``wait_input`` call: who is waiting, its journal entry, its input.
+    """One pending ``wait_input`` call: who is waiting, for what, its journal entry, its input.
 
     It gets at most one input (``give``), then it is no longer registered:
     an event and a slot, lighter than a channel.
     """
 
-    __slots__ = ("arrived", "entry", "node_id", "path", "payload", "sender", "spec")
+    __slots__ = ("arrived", "entry", "node_id", "path", "payload", "sender", "spec", "type")
 
     def __init__(
-        self, node_id: str, path: str, spec: StageSpec, entry: Call, arrived: EventLike
+        self, node_id: str, path: str, spec: StageSpec, entry: Call, type: str, arrived: EventLike
     ) -> None:
         self.node_id = node_id
         self.path = path
         self.spec = spec
         self.entry = entry
+        self.type = type
         self.payload: Any = None
         self.sender: Any = None  # the span that sent the input (when inputs are traced)
-        self.arrived = arrived  # the backend's event (trio's own on trio)
+        self.arrived = arrived  # the backend's event (a one-shot wake-up on trio)
 
     def give(self, payload: Any) -> None:
         """Hand the waiter its input (``payload``) and wake it (``arrived``)."""
@@ -73,7 +74,13 @@ class Waiter:
 
 
 class InputBroker:
-    """Routes inputs to waiters, or to a bounded per-type backlog."""
+    """Routes inputs to waiters, or to a bounded per-type backlog.
+
+    Its containers are made when first needed, and the waiters of every type
+    share one list: a session waiting in memory keeps the broker ("paused
+    session, memory each" benchmark row). A session has few waiters at once
+    (one per waiting position), so scanning that list costs little.
+    """
 
     __slots__ = (
         "_backlog",
@@ -87,22 +94,22 @@ class InputBroker:
 
     def __init__(self, max_backlog: int) -> None:
         self.max_backlog = max_backlog
-        self._waiters: dict[str, list[Waiter]] = {}
-        self._backlog: dict[str, deque[Any]] = {}
+        self._waiters: list[Waiter] | None = None  # in the order they started
+        self._backlog: dict[str, deque[Any]] | None = None
         # The span that sent each queued input (None: untraced or restored),
         # kept in step with the backlog, for the input link of its receiver.
-        self._senders: dict[str, deque[Any]] = {}
+        self._senders: dict[str, deque[Any]] | None = None
         self.blocked = 0  # waiters registered right now, over all types
         self.trace_senders = False  # set by a traced run: remember who sent each input
         self.taken_sender: Any = None  # the sender of the input take() returned last
 
     def waiting_for(self) -> frozenset[str]:
         """Input types at least one stage waits for right now."""
-        return frozenset(t for t, waiters in self._waiters.items() if waiters)
+        return frozenset(waiter.type for waiter in self._waiters or ())
 
     def waiters(self, type: str) -> tuple[Waiter, ...]:
         """The stages waiting for ``type`` right now, in the order they started."""
-        return tuple(self._waiters.get(type, ()))
+        return tuple(waiter for waiter in self._waiters or () if waiter.type == type)
 
     def deliver(self, type: str, waiters: tuple[Waiter, ...], payload: Any) -> int:
         """Hand a copy of ``payload`` to each of ``waiters`` still waiting; they stop waiting.
@@ -111,54 +118,75 @@ class InputBroker:
         checked: one that stopped waiting meanwhile (a subscriber of a check's
         event sent it an input) is skipped. Returns how many got it.
         """
-        current = self._waiters.get(type)
+        current = self._waiters
         if not current:
             return 0
-        chosen = [waiter for waiter in waiters if waiter in current]
+        registered = {id(waiter) for waiter in current}
+        chosen = [waiter for waiter in waiters if id(waiter) in registered]
+        if not chosen:
+            return 0
+        taken = {id(waiter) for waiter in chosen}
+        current[:] = [waiter for waiter in current if id(waiter) not in taken]
         sender = sender_context() if self.trace_senders else None
         for waiter in chosen:
-            current.remove(waiter)
             waiter.sender = sender
             # Journaled now, not when the waiter wakes: a snapshot taken in
             # between must not lose the input.
             fulfil(waiter.entry, copy_json(payload))
             waiter.give(copy_json(payload))
         if not current:
-            del self._waiters[type]
+            self._waiters = None
         self.blocked -= len(chosen)
         return len(chosen)
 
     def release(self) -> None:
         """Unregister every waiter: inputs sent from now on are queued (a suspension)."""
-        self._waiters.clear()
+        self._waiters = None
         self.blocked = 0
 
     def backlog_full(self, type: str) -> bool:
         """Whether one more input of ``type`` would exceed the backlog."""
-        return len(self._backlog.get(type, ())) >= self.max_backlog
+        return len((self._backlog or {}).get(type, ())) >= self.max_backlog
+
+    def _queues(self, type: str) -> tuple[deque[Any], deque[Any]]:
+        """The backlog of ``type`` and its senders (made when first needed)."""
+        if self._backlog is None or self._senders is None:
+            self._backlog, self._senders = {}, {}
+        queue = self._backlog.get(type)
+        if queue is None:
+            queue = self._backlog[type] = deque()
+            self._senders[type] = deque()
+        return queue, self._senders[type]
 
     def enqueue(self, type: str, payload: Any) -> None:
         """Keep an input for the next waiter of its type."""
-        self._backlog.setdefault(type, deque()).append(payload)
-        sender = sender_context() if self.trace_senders else None
-        self._senders.setdefault(type, deque()).append(sender)
+        queue, senders = self._queues(type)
+        queue.append(payload)
+        senders.append(sender_context() if self.trace_senders else None)
 
     def requeue(self, type: str, payload: Any) -> None:
         """Queue an input ahead of the others of its type (it arrived before them)."""
-        self._backlog.setdefault(type, deque()).appendleft(payload)
-        self._senders.setdefault(type, deque()).appendleft(None)
+        queue, senders = self._queues(type)
+        queue.appendleft(payload)
+        senders.appendleft(None)
 
     def backlog(self) -> dict[str, list[Any]]:
         """The queued inputs by type, oldest first (copies, for a snapshot)."""
-        return {t: [copy_json(p) for p in queue] for t, queue in self._backlog.items()}
+        return {t: [copy_json(p) for p in queue] for t, queue in (self._backlog or {}).items()}
 
     def restore_backlog(self, backlog: dict[str, list[Any]]) -> None:
         """Queue the inputs of a snapshot's backlog, replacing what is queued."""
-        self._backlog = {t: deque(queue) for t, queue in backlog.items() if queue}
-        self._senders = {t: deque([None] * len(queue)) for t, queue in self._backlog.items()}
+        self._backlog = {t: deque(queue) for t, queue in backlog.items() if queue} or None
+        self._senders = (
+            {t: deque([None] * len(queue)) for t, queue in self._backlog.items()}
+            if self._backlog
+            else None
+        )
 
     def take(self, type: str) -> tuple[bool, Any]:
         """Pop the oldest queued input of ``type``: ``(True, payload)`` or ``(False, None)``."""
+        if self._backlog is None or self._senders is None:
+            return False, None
         queue = self._backlog.get(type)
         if not queue:
             return False, None
@@ -170,19 +198,25 @@ class InputBroker:
             del self._senders[type]
         return True, payload
 
-    def add(self, type: str, waiter: Waiter) -> None:
-        """Register a waiter for ``type``."""
-        self._waiters.setdefault(type, []).append(waiter)
+    def add(self, waiter: Waiter) -> None:
+        """Register a waiter (for its ``type``)."""
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
         self.blocked += 1
 
-    def discard(self, type: str, waiter: Waiter) -> None:
+    def discard(self, waiter: Waiter) -> None:
         """Forget a waiter that stopped waiting (timeout, cancellation)."""
-        waiters = self._waiters.get(type)
-        if waiters and waiter in waiters:
-            waiters.remove(waiter)
-            self.blocked -= 1
-            if not waiters:
-                del self._waiters[type]
+        waiters = self._waiters
+        if not waiters:
+            return
+        for i, registered in enumerate(waiters):
+            if registered is waiter:
+                del waiters[i]
+                self.blocked -= 1
+                if not waiters:
+                    self._waiters = None
+                return
 
 
 class AttemptTimer:

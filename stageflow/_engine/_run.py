@@ -20,7 +20,6 @@ rows).
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -33,11 +32,11 @@ import structlog
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import (
-    Backend,
     CancelScopeLike,
     current_backend,
     flag_task,
     is_cancellation,
+    loop_handles,
 )
 from stageflow._engine._frames import (
     ChildKind,
@@ -60,6 +59,7 @@ from stageflow._errors import (
     ConditionError,
     LimitExceededError,
     NodeError,
+    SessionStateError,
     SessionTimeoutError,
     StageflowError,
     describe_exception,
@@ -86,6 +86,7 @@ from stageflow._model import (
     TerminalNode,
     ValidateEvents,
 )
+from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import SegmentedSpan, Segments, rebuild
 from stageflow._stages import StageContext, StageEntry
@@ -227,6 +228,23 @@ def _planned(
     return planned
 
 
+# (pipeline name, digest) -> the payload of its session_started event, shared
+# ("paused session, memory each" row: a payload per session otherwise).
+_STARTED: Final[dict[tuple[str, str], Mapping[str, Any]]] = {}
+_MAX_STARTED: Final = 1024
+
+
+def _started_payload(pipeline: Pipeline) -> Mapping[str, Any]:
+    """The ``session_started`` payload for ``pipeline``, shared: do not modify."""
+    key = (pipeline.name, pipeline.digest)
+    payload = _STARTED.get(key)
+    if payload is None:
+        payload = {"pipeline": pipeline.name, "digest": pipeline.digest}
+        if len(_STARTED) < _MAX_STARTED:
+            _STARTED[key] = payload
+    return payload
+
+
 _SPAN_OUTCOME: Final = {
     SessionStatus.WAITING: "suspended",
     SessionStatus.COMPLETED: "succeeded",
@@ -271,32 +289,17 @@ class Run:
         # steps are un-counted until they do, so a snapshot adds them back.
         self._unstarted = 0
         self.stop_outcome = "cancelled"  # span / cleanup outcome when the run is torn down
-        self.backend: Backend = current_backend()
-        self.token: anyio.lowlevel.EventLoopToken | None = anyio.lowlevel.current_token()
-        self.loop_thread = threading.get_ident()
+        # The event loop's primitives, token and thread, and the runtime: set
+        # when the run starts (run()), on the event loop (a Run is made by
+        # Session.run(), which may be called before the loop runs).
+        self.token: anyio.lowlevel.EventLoopToken | None = None
+        self.loop_thread = 0
         self._cancel_scope: CancelScopeLike | None = None
         # Path prefix -> why it is cancelled; made when first needed (a live
         # paused session keeps its run: "paused session, memory each" row).
         self._cancel_reasons: dict[str, str] | None = None
         self._main = Scope(state.pipeline, 0)
         self._root: Frame | None = None  # the main path's frame while it runs
-        # The session's UTC clock for deadlines: the wall clock at the start,
-        # advanced by the event loop's clock (so virtual time moves it too).
-        self.runtime = StageRuntime(
-            state.desk,
-            state.history,
-            state.limits,
-            state.mode,
-            started_at=state.clock().astimezone(datetime.UTC),
-            tracing=state.tracing,
-            metrics=state.metrics,
-            pipeline=state.pipeline.name,
-            hooks=self,
-            on_block=suspend,
-            new_event=self.backend.event,
-            on_long_block=self._segmenting(),
-            cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
-        )
         # Node log lines are written only into a configured structlog.
         self._node_log = (
             _log.bind(session_id=state.session_id) if structlog.is_configured() else None
@@ -403,8 +406,99 @@ class Run:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
+    def _start(self) -> None:
+        """Take the event loop's primitives, token and thread; make the stage runtime."""
+        state = self._state
+        self.backend = current_backend()
+        self.token, self.loop_thread = loop_handles()
+        # The session's UTC clock for deadlines: the wall clock at the start,
+        # advanced by the event loop's clock (so virtual time moves it too).
+        self.runtime = StageRuntime(
+            state.desk,
+            state.history,
+            state.limits,
+            state.mode,
+            started_at=state.clock().astimezone(datetime.UTC),
+            tracing=state.tracing,
+            metrics=state.metrics,
+            pipeline=state.pipeline.name,
+            hooks=self,
+            on_block=self._suspend,
+            new_event=self.backend.event,
+            on_long_block=self._segmenting(),
+            cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
+        )
+
     async def run(self) -> SessionResult:
-        """Run the session from its entry, or from where it was saved; the result."""
+        """Run the session from its entry, or from where it was saved; the result.
+
+        This is ``Session.run()``'s coroutine: the whole run, from the state
+        check to the outcome, is one coroutine frame, which every live waiting
+        session keeps ("paused session, memory each" row).
+
+        Raises:
+            SessionStateError: the session has finished or is running.
+        """
+        state = self._state
+        if state.status is not SessionStatus.PENDING and state.status is not SessionStatus.WAITING:
+            raise SessionStateError(
+                f"session {state.session_id!r} is {state.status.value}; a session runs once, "
+                "create a new Session to run the pipeline again"
+            )
+        state.final = None  # a restored pending session: what it saved is behind it now
+        state.run = self
+        try:
+            self._start()
+            resume = self._resume()
+            # The run's span, metrics and log lines: made and ended outside this
+            # frame, so that it keeps no locals for them (see the docstring).
+            observed = self._observe(resume) if self._observing() else None
+            try:
+                root = self._enter_root(resume)
+                error: StageflowError | None = None
+                try:
+                    with self.backend.cancel_scope() as scope:
+                        self._arm(scope, resume)
+                        if self._main.terminal is None:
+                            if state.limits.max_run_seconds is None:
+                                await self.run_path(state.pipeline.entry, root, None)
+                            else:
+                                await self._run_main(root)
+                except StageflowError as exc:
+                    error = exc
+                except Exception as exc:
+                    if self.suspending:
+                        return self._suspended()
+                    # A bug in stageflow: keep the history, then fail loudly.
+                    error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
+                    self._finish(SessionStatus.FAILED, error)
+                    raise
+                except BaseException as exc:
+                    # Only to look at it (it is re-raised): on trio a cancellation that
+                    # crossed a task group arrives as a group of cancellations.
+                    if not is_cancellation(exc, self.backend.cancelled):
+                        raise
+                    if self.suspending:
+                        return self._suspended()
+                    # The task running us was cancelled from outside: record, re-raise.
+                    self._finish(
+                        SessionStatus.CANCELLED, None, reason="the task running it was cancelled"
+                    )
+                    raise
+                finally:
+                    self._cancel_scope = None
+                    self.token = None
+                return self._ended(error, scope.cancelled_caught)
+            finally:
+                if observed is not None:
+                    self._observed(*observed)
+        finally:
+            state.last_node = self.current_node
+            state.run = None
+
+    def _resume(self) -> FramePosition | None:
+        """Ready the state for this run: where a waiting session goes on from (or ``None``)."""
         state = self._state
         resume: FramePosition | None = None
         saved = state.saved
@@ -420,66 +514,58 @@ class Run:
         self._caps = RunCaps(state.limits, state.steps, len(state.history))
         self._records = state.history.records  # replaced only by a restore, never in a run
         state.status = SessionStatus.RUNNING
+        return resume
+
+    def _observing(self) -> bool:
+        """Whether this run has a span, metrics or log lines of its own."""
+        state = self._state
+        return state.tracing is not None or state.metrics is not None or self._node_log is not None
+
+    def _observe(self, resume: FramePosition | None) -> tuple[ActiveSpan | None, Any, float]:
+        """Start the run's span, count it active, log its start: what _observed ends."""
+        state = self._state
         tracing = state.tracing
         root_span: ActiveSpan | None = None
         if tracing is not None:
-            pipeline = state.pipeline
-            origin = saved["trace"] if resume is not None and saved is not None else None
-            if origin is not None and origin.get("open"):
-                # The process that took the snapshot died with these spans open.
-                rebuild(tracing.tracer, origin["open"], origin.get("seen") or time.time_ns())
-            if self._segmenting():
-                tracing.segments = Segments(
-                    tracing.tracer, tracing.threshold or 0.0, self._segment_root
-                )
-            root_span = tracing.start(
-                f"run {pipeline.name}",
-                {
-                    SESSION_ID: state.session_id,
-                    PIPELINE_NAME: pipeline.name,
-                    PIPELINE_DIGEST: pipeline.digest,
-                },
-                links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
-            )
-            state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
+            root_span = self._root_span(tracing, state.saved if resume is not None else None)
         meters = state.metrics
+        started = time.perf_counter()
         if meters is not None:
-            run_started = time.perf_counter()
             meters.active.add(1, {PIPELINE_NAME: state.pipeline.name})
         log = self._node_log
         if log is not None:
             if root_span is not None:
                 log = bind_span(log, root_span)
             log.info("session.started", pipeline=state.pipeline.name, resumed=resume is not None)
-        try:
-            return await self._run_root(resume)
-        finally:
-            if meters is not None:
-                session_measured(meters, state.pipeline.name, state.status.value, run_started)
-            if log is not None:
-                if root_span is not None and tracing is not None and tracing.segments is not None:
-                    log = bind_span(log, root_span)  # a cut since it started: the newest ids
-                session_finished(log, state.status.value, state.error)
-            if root_span is not None:
-                outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
-                ending = {CANCEL_REASON: self.cancel_reason("")} if outcome == "cancelled" else None
-                Tracing.end(root_span, outcome, state.error, ending)
-                if tracing is not None:
-                    tracing.segments = None
+        return root_span, log, started
 
-    async def _run_root(self, resume: FramePosition | None) -> SessionResult:
+    def _observed(self, root_span: ActiveSpan | None, log: Any, started: float) -> None:
+        """End what :meth:`_observe` started: the metrics, the log line, the span."""
+        state = self._state
+        tracing = state.tracing
+        meters = state.metrics
+        if meters is not None:
+            session_measured(meters, state.pipeline.name, state.status.value, started)
+        if log is not None:
+            if root_span is not None and tracing is not None and tracing.segments is not None:
+                log = bind_span(log, root_span)  # a cut since it started: the newest ids
+            session_finished(log, state.status.value, state.error)
+        if root_span is not None:
+            outcome = _SPAN_OUTCOME.get(state.status, "cancelled")
+            ending = {CANCEL_REASON: self.cancel_reason("")} if outcome == "cancelled" else None
+            Tracing.end(root_span, outcome, state.error, ending)
+            if tracing is not None:
+                tracing.segments = None
+
+    def _enter_root(self, resume: FramePosition | None) -> Frame:
+        """The main path's frame; record ``session_started`` (or ``session_resumed``)."""
         state = self._state
         timeout = state.limits.timeout
         root = self._root = Frame(state.ctx, "", 0, self._main)
         root.resume = resume
         pipeline = state.pipeline
         if resume is None:
-            state.history.record(
-                "session_started",
-                None,
-                "",
-                {"pipeline": pipeline.name, "digest": pipeline.digest},
-            )
+            state.history.record("session_started", None, "", _started_payload(pipeline))
             if timeout is not None:
                 state.deadline = self.at(timeout)
         else:
@@ -492,44 +578,24 @@ class Run:
             if state.saved["digest"] != pipeline.digest:
                 resumed["previous_digest"] = state.saved["digest"]
             state.history.record("session_resumed", None, "", resumed)
-        error: StageflowError | None = None
-        try:
-            with self.backend.cancel_scope() as scope:
-                self._cancel_scope = scope
-                if resume is None and timeout is not None:
-                    scope.deadline = anyio.current_time() + timeout
-                elif state.deadline is not None:
-                    scope.deadline = anyio.current_time() + self.runtime.seconds_until(
-                        state.deadline
-                    )
-                if state.cancel_reason is not None:
-                    scope.cancel()
-                self._main.cancel = scope
-                if self._main.terminal is None:
-                    await self._run_main(root)
-        except StageflowError as exc:
-            error = exc
-        except Exception as exc:
-            if self.suspending:
-                return self._suspended()
-            # A bug in stageflow: keep the history, then fail loudly.
-            error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            self._finish(SessionStatus.FAILED, error)
-            raise
-        except BaseException as exc:
-            # Only to look at it (it is re-raised): on trio a cancellation that
-            # crossed a task group arrives as a group of cancellations.
-            if not is_cancellation(exc, self.backend.cancelled):
-                raise
-            if self.suspending:
-                return self._suspended()
-            # The task running us was cancelled from outside: record, re-raise.
-            self._finish(SessionStatus.CANCELLED, None, reason="the task running it was cancelled")
-            raise
-        finally:
-            self._cancel_scope = None
-            self.token = None
+        return root
+
+    def _arm(self, scope: CancelScopeLike, resume: FramePosition | None) -> None:
+        """Set up the run's cancel scope: the session deadline, a cancel that came first."""
+        state = self._state
+        self._cancel_scope = scope
+        timeout = state.limits.timeout
+        if resume is None and timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+        elif state.deadline is not None:
+            scope.deadline = anyio.current_time() + self.runtime.seconds_until(state.deadline)
+        if state.cancel_reason is not None:
+            scope.cancel()
+        self._main.cancel = scope
+
+    def _ended(self, error: StageflowError | None, timed_out: bool) -> SessionResult:
+        """The outcome of a run whose main path returned or raised ``error``."""
+        state = self._state
         if self._stopped is not None:
             state.history.muted = False
             return self._finish(SessionStatus.FAILED, self._stopped)
@@ -541,7 +607,7 @@ class Run:
             return self._finish(SessionStatus.COMPLETED, None)
         if state.cancel_reason is not None:
             return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
-        if scope.cancelled_caught:
+        if timed_out:
             return self._finish(
                 SessionStatus.TIMED_OUT,
                 SessionTimeoutError(
@@ -550,16 +616,43 @@ class Run:
                     "node; raise the limit or make the pipeline faster"
                 ),
             )
-        error = StageflowError("the run ended without reaching a terminal node")
-        return self._finish(SessionStatus.FAILED, error)
+        return self._finish(
+            SessionStatus.FAILED, StageflowError("the run ended without reaching a terminal node")
+        )
+
+    def _root_span(self, tracing: Tracing, saved: Saved | None) -> ActiveSpan:
+        """Start the run's root span (linked to the run that saved ``saved``, if any)."""
+        state = self._state
+        pipeline = state.pipeline
+        origin = saved["trace"] if saved is not None else None
+        if origin is not None and origin.get("open"):
+            # The process that took the snapshot died with these spans open.
+            rebuild(tracing.tracer, origin["open"], origin.get("seen") or time.time_ns())
+        if self._segmenting():
+            tracing.segments = Segments(
+                tracing.tracer, tracing.threshold or 0.0, self._segment_root
+            )
+        root_span = tracing.start(
+            f"run {pipeline.name}",
+            {
+                SESSION_ID: state.session_id,
+                PIPELINE_NAME: pipeline.name,
+                PIPELINE_DIGEST: pipeline.digest,
+            },
+            links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
+        )
+        state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
+        return root_span
 
     async def _run_main(self, root: Frame) -> None:
-        """The main path; watched by a timer when ``limits.max_run_seconds`` is set."""
+        """The main path watched by a timer (``limits.max_run_seconds`` is set).
+
+        Without that limit run() runs the main path itself: one coroutine
+        frame less for every live waiting session ("paused session" rows).
+        """
         entry = self._state.pipeline.entry
         seconds = self._state.limits.max_run_seconds
-        if seconds is None:
-            await self.run_path(entry, root, None)
-            return
+        assert seconds is not None
         failure: Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._stop_after, seconds)
@@ -914,7 +1007,7 @@ class Run:
                     )
                     node_id = self._route_error(node, frame, exc)
                     continue
-                except BaseException as exc:  # looked at and re-raised (see _run_root)
+                except BaseException as exc:  # looked at and re-raised (see run)
                     if is_cancellation(exc, backend.cancelled):
                         history.record("node_cancelled", node_id, path, {"node_type": node.type})
                     raise
@@ -1027,7 +1120,7 @@ class Run:
                 routed = self._route_error(node, frame, exc)
                 ending[ERROR_HANDLED] = True
                 return routed
-            except BaseException as exc:  # looked at and re-raised (see _run_root)
+            except BaseException as exc:  # looked at and re-raised (see run)
                 if is_cancellation(exc, self.backend.cancelled):
                     outcome = self.stop_outcome
                     if span is not None or log is not None:
@@ -1121,7 +1214,7 @@ class Run:
                     {**payload, "error": describe_exception(exc)},
                 )
                 return False
-            except BaseException as exc:  # looked at and re-raised (see _run_root)
+            except BaseException as exc:  # looked at and re-raised (see run)
                 if is_cancellation(exc, self.backend.cancelled):
                     outcome = self.stop_outcome
                     if active is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -235,19 +235,19 @@ class StageRuntime:
             # so suspend mode goes on to the timeout's error edge).
             await anyio.lowlevel.checkpoint()
             raise self._timed_out(work, type, timeout)
-        waiter = Waiter(node_id, path, spec, entry, self._new_event())
+        waiter = Waiter(node_id, path, spec, entry, type, self._new_event())
         wait_span: ActiveSpan | None = None
         if tracing is not None:
             tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
             # Human wait time, apart from the stage's work (a cut ends it for good).
             wait_span = tracing.start(f"wait {type}", {INPUT_TYPE: type}, revivable=False)
-        broker.add(type, waiter)
+        broker.add(waiter)
         # An input wait without a short timeout may cut the trace (see _segments).
         long = self._on_long_block and (remaining is None or remaining > self._cut_after)
         if long:
             self.long_blocks += 1
             self._hooks.check_cut()
-        history.record("waiting_for_input", node_id, path, {"input_type": type, "timeout": timeout})
+        history.record("waiting_for_input", node_id, path, _waiting_payload(type, timeout))
         timer = work.timer
         if timer is not None:
             timer.pause()
@@ -271,7 +271,7 @@ class StageRuntime:
                 # journaled and its sender told so: it is received, not lost.
                 timed_out = scope.cancelled_caught and not waiter.arrived.is_set()
         finally:
-            broker.discard(type, waiter)
+            broker.discard(waiter)
             if long:
                 self.long_blocks -= 1
             if timer is not None:
@@ -458,6 +458,25 @@ class StageRuntime:
         limit = self._limits.max_history
         if limit is not None and self._desk.history_full():
             raise LimitExceededError(limit="max_history", value=limit, node_id=node_id)
+
+
+# Input type -> the payload of its waiting_for_input event without a timeout, shared
+# (History.record keeps payloads as given and hands out copies): one dict per
+# waiting session otherwise ("paused session, memory each" benchmark row).
+_WAITING: Final[dict[str, Mapping[str, Any]]] = {}
+_MAX_WAITING: Final = 4096
+
+
+def _waiting_payload(type: str, timeout: float | None) -> Mapping[str, Any]:
+    """The ``waiting_for_input`` payload (shared without a timeout: do not modify)."""
+    if timeout is not None:
+        return {"input_type": type, "timeout": timeout}
+    payload = _WAITING.get(type)
+    if payload is None:
+        payload = {"input_type": type, "timeout": None}
+        if len(_WAITING) < _MAX_WAITING:
+            _WAITING[type] = payload
+    return payload
 
 
 def _declares(spec: StageSpec, type: str) -> bool:

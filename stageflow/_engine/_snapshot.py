@@ -10,7 +10,11 @@ run, if one is in progress); :func:`check_document`, :func:`restore_pipeline`
 and :func:`load` read one, of this format version or an older one.
 
 Version history: 1 always carried the whole history and no ``history_seq``;
-2 added ``history_seq`` (events may be left out) and ``stopped_by_limit``.
+2 added ``history_seq`` (events may be left out) and ``stopped_by_limit``;
+3 writes ``limits`` with only the limits that differ from their defaults,
+and its events without ``session_id`` (the snapshot's) and without the span
+ids that are null: a waiting session's snapshot is about a fifth shorter
+(the "paused session, as snapshot text" benchmark row). All three are read.
 """
 
 from __future__ import annotations
@@ -56,13 +60,16 @@ __all__ = [
     "check_document",
     "dump",
     "event_from_dict",
+    "event_to_snapshot",
+    "limits_of",
+    "limits_to_snapshot",
     "load",
     "restore_pipeline",
 ]
 
 FORMAT: Final = "stageflow.session-snapshot"
-VERSION: Final = 2
-READABLE: Final = (1, 2)
+VERSION: Final = 3
+READABLE: Final = (1, 2, 3)
 """The format versions :func:`load` reads (older ones are migrated as they are read)."""
 
 HistoryChoice = Literal["all", "none"] | int
@@ -74,13 +81,20 @@ def _validator() -> DocumentSchema:
     return DocumentSchema(load_schema("session-snapshot"))
 
 
-def event_from_dict(data: Mapping[str, Any]) -> Event:
-    """Rebuild an :class:`Event` from its ``to_dict()`` form."""
+_SPAN_KEYS: Final = ("trace_id", "span_id", "parent_span_id")
+
+
+def event_from_dict(data: Mapping[str, Any], session_id: str | None = None) -> Event:
+    """Rebuild an :class:`Event` from its ``to_dict()`` form, or a version 3 snapshot's.
+
+    A version 3 snapshot leaves out each event's ``session_id`` (``session_id``,
+    the snapshot's, is taken) and the span ids that are null.
+    """
     return Event(
         data["seq"],
         data["type"],
         datetime.datetime.fromisoformat(data["timestamp"]),
-        data["session_id"],
+        data["session_id"] if session_id is None or "session_id" in data else session_id,
         data["node_id"],
         data["path"],
         data["payload"],
@@ -88,6 +102,35 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         data.get("span_id"),
         data.get("parent_span_id"),
     )
+
+
+def event_to_snapshot(event: Event) -> dict[str, Any]:
+    """An event as a version 3 snapshot keeps it: no ``session_id``, no null span ids."""
+    out = event.to_dict()
+    del out["session_id"]
+    for key in _SPAN_KEYS:
+        if out[key] is None:
+            del out[key]
+    return out
+
+
+_LIMIT_DEFAULTS: Final = attrs.asdict(Limits())
+
+
+def limits_to_snapshot(limits: Limits) -> dict[str, Any]:
+    """The limits that differ from their defaults, as a version 3 snapshot keeps them."""
+    return {
+        name: value
+        for name, value in attrs.asdict(limits).items()
+        if name not in _LIMIT_DEFAULTS
+        or value != _LIMIT_DEFAULTS[name]
+        or type(value) is not type(_LIMIT_DEFAULTS[name])
+    }
+
+
+def limits_of(snapshot: Mapping[str, Any]) -> Limits:
+    """The limits a snapshot keeps (those left out have their defaults)."""
+    return Limits(**snapshot["limits"])
 
 
 def check_document(data: object) -> Mapping[str, Any]:
@@ -227,7 +270,7 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
             "digest": pipeline.digest,
             "document": pipeline.to_dict(),
         },
-        "limits": attrs.asdict(state.limits),
+        "limits": limits_to_snapshot(state.limits),
         "validate_events": state.mode.value,
         "seed": state.seed,
         "rng_draws": state.draws,
@@ -240,7 +283,7 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
         "outcome": copy_json(state.outcome) if status in FINISHED else None,
         "stopped_by_limit": stopped if status is SessionStatus.FAILED else None,
         "history_seq": state.history.next_seq,
-        "history": [event.to_dict() for event in _tail(state.history.events, keep)],
+        "history": [event_to_snapshot(event) for event in _tail(state.history.events, keep)],
     }
 
 
@@ -321,9 +364,10 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     """
     status = SessionStatus(snapshot["status"])
     stopped = snapshot.get("stopped_by_limit")
-    if stopped is not None and raised(stopped, Limits(**snapshot["limits"]), state.limits):
+    if stopped is not None and raised(stopped, limits_of(snapshot), state.limits):
         status = SessionStatus.WAITING
-    events = [event_from_dict(e) for e in snapshot["history"]]
+    session_id = snapshot["session_id"]
+    events = [event_from_dict(e, session_id) for e in snapshot["history"]]
     # Version 1 kept every event and no counter; version 2 says where to go on.
     next_seq = snapshot.get("history_seq", len(events) + 1)
     state.history.restore(events, next_seq)

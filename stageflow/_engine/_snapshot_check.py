@@ -22,12 +22,15 @@ import datetime
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+import attrs
+
 from stageflow._context import Context
 from stageflow._errors import ContextPathError, Problem
 from stageflow._graph import all_edges, continuation_edges, region_edges, walk
 from stageflow._guard import MAX_DEPTH, MAX_NESTING
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import (
+    Limits,
     MapNode,
     ParallelNode,
     ParallelPolicy,
@@ -188,7 +191,7 @@ class _Checker:
                     f"event {i + 1} of the kept history has seq {event['seq']}, not "
                     f"{first + i}; a history is numbered without gaps up to history_seq - 1",
                 )
-            if event["session_id"] != session_id:
+            if event.get("session_id", session_id) != session_id:
                 self.add(
                     f"{where}.session_id",
                     f"event of session {event['session_id']!r} in the history of session "
@@ -210,7 +213,8 @@ class _Checker:
 
     def counters(self) -> None:
         snapshot = self.snapshot
-        limits = snapshot["limits"]
+        # Version 3 keeps only the limits that differ from their defaults.
+        limits = attrs.asdict(Limits(**snapshot["limits"]))
         # A session that hit max_steps counted the step it refused.
         max_steps = limits.get("max_steps")
         if max_steps is not None and snapshot["steps"] > max_steps + 1:

@@ -160,9 +160,7 @@ class SessionState:
         self.tracing = tracing
         self.metrics = metrics
         self.history = History(session_id, tracing=tracing)
-        self.desk = InputDesk(
-            self.history, limits, mode, [entry.spec for entry in entries.values()]
-        )
+        self.desk = InputDesk(self.history, limits, mode, entries)
         # A traced session links each stage that gets an input to the span that sent it.
         self.desk.broker.trace_senders = tracing is not None
         self.desk.metrics = metrics

@@ -1,8 +1,9 @@
 """The one place where a turn's history leaves the snapshot for the events table.
 
-Stored snapshots are format v2 with the history out (``to_dict(history="none")``):
-the snapshot row holds ``history_seq`` and no events, and each turn's new
-events (``events_done < seq < history_seq``) go to the events table in the
+Stored snapshots are format v3 (v2 before issue 18) with the history out
+(``to_dict(history="none")``): the snapshot row holds ``history_seq`` and no
+events, and each turn's new events (``events_done < seq < history_seq``) go
+to the events table in the
 same fenced transaction that saves the snapshot. So a turn writes O(context),
 not O(history), whatever the session's age. A reader that wants the whole
 history back (``load(..., history=True)``) gets it reassembled from the
@@ -20,6 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from stageflow._engine._snapshot import event_from_dict
 from stageflow._session import Session
 
 __all__ = [
@@ -89,7 +91,12 @@ def split_history(
     if held:
         out["history"] = []
         out.setdefault("history_seq", max(int(e["seq"]) for e in held) + 1)
-    return out, [dict(e) for e in held if int(e["seq"]) > events_done]
+    # The events table holds whole events (``Event.to_dict()``): a v3 snapshot's
+    # leave out their session id and null span ids.
+    session_id = str(snapshot["session_id"])
+    return out, [
+        event_from_dict(e, session_id).to_dict() for e in held if int(e["seq"]) > events_done
+    ]
 
 
 def with_history(

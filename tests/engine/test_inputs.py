@@ -54,6 +54,22 @@ def new_session(
     return stageflow.Session(load(document, registry), registry=registry, **kw)
 
 
+async def test_an_input_sent_as_the_wait_starts_is_received() -> None:
+    # A subscriber of waiting_for_input answers before the stage's task has
+    # parked: the wake-up is set before anyone waits on it (issue 18's TrioWake).
+    registry = chat_registry()
+    session = new_session(
+        doc([stage("ask", "Ask", outputs={"answer": "a"}, next="end"), terminal("end", "a")]),
+        registry,
+    )
+    session.subscribe(
+        lambda e: session.send_input("answer", "now") if e.type == "waiting_for_input" else None
+    )
+    result = await session.run()
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {"a": "now"}
+
+
 async def test_broadcast_reaches_waiters_in_every_branch() -> None:
     document = doc(
         [

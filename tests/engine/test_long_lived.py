@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import attrs
 import pytest
@@ -51,6 +52,16 @@ def chat_case(messages: int, history: Any = "all") -> Case:
     return Case(chat_pipeline(stages), stages.registry, {}, inputs, history=history)
 
 
+def kept(event: stageflow.Event) -> dict[str, Any]:
+    """An event as a version 3 snapshot keeps it: no session id, no null span ids."""
+    spans = ("trace_id", "span_id", "parent_span_id")
+    return {
+        k: v
+        for k, v in event.to_dict().items()
+        if k != "session_id" and not (k in spans and v is None)
+    }
+
+
 def json_round_trip(data: Mapping[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(json.dumps(data))
     return result
@@ -73,10 +84,10 @@ async def test_a_snapshot_without_history_keeps_the_next_seq() -> None:
     await session.run(suspend=True)
     held = session.history
     data = session.to_dict(history="none")
-    assert data["version"] == 2
+    assert data["version"] == 3
     assert data["history"] == []
     assert data["history_seq"] == held[-1].seq + 1
-    assert session.to_dict()["history"] == [e.to_dict() for e in held]  # "all" by default
+    assert session.to_dict()["history"] == [kept(e) for e in held]  # "all" by default
 
 
 async def test_a_tail_keeps_the_newest_events() -> None:
@@ -138,8 +149,40 @@ async def test_a_version_1_snapshot_restores_and_finishes() -> None:
     assert result.artifacts["turns"] == 2
     assert [e.seq for e in result.history] == list(range(1, len(result.history) + 1))
     again = session.to_dict(history="none")
-    assert again["version"] == 2
+    assert again["version"] == 3
     assert again["history_seq"] == len(result.history) + 1
+
+
+async def test_a_version_2_snapshot_restores_and_finishes() -> None:
+    # Written by stageflow before format version 3 (issue 18): every limit and
+    # every field of every event spelled out.
+    data = json.loads((DATA / "durable-chat-v2.json").read_text())
+    assert data["version"] == 2
+    stages = chat_stages()
+    session = stageflow.Session.from_dict(data, registry=stages.registry)
+    assert session.status is WAITING
+    assert session.waiting_for() == ("user_message",)
+    assert [e.to_dict() for e in session.history] == data["history"]
+    session.send_input("user_message", {"text": "bye"})
+    result = await session.run()
+    assert result.status is COMPLETED
+    assert result.artifacts["turns"] == 2
+    assert [e.seq for e in result.history] == list(range(1, len(result.history) + 1))
+
+
+async def test_a_version_3_snapshot_keeps_events_and_limits_short() -> None:
+    stages = chat_stages()
+    session = stageflow.Session(
+        chat_pipeline(stages), registry=stages.registry, limits=stageflow.Limits(max_steps=50)
+    )
+    await session.run(suspend=True)
+    data = json_round_trip(session.to_dict())
+    assert data["version"] == 3
+    assert data["limits"] == {"max_steps": 50}  # only what differs from the defaults
+    assert all("session_id" not in e and "trace_id" not in e for e in data["history"])
+    restored = stageflow.Session.from_dict(data, registry=stages.registry)
+    assert [e.to_dict() for e in restored.history] == [e.to_dict() for e in session.history]
+    assert json_round_trip(restored.to_dict()) == {**data, "taken_at": ANY}
 
 
 # ------------------------------------------------ crash-point equivalence, v2

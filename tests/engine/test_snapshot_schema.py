@@ -59,9 +59,9 @@ def test_schema_is_a_valid_draft_2020_12_schema(schema: Doc) -> None:
 
 def test_schema_id_carries_the_format_version(schema: Doc) -> None:
     assert schema["$id"] == (
-        "https://stageflow.dev/schemas/session-snapshot/2/session-snapshot.schema.json"
+        "https://stageflow.dev/schemas/session-snapshot/3/session-snapshot.schema.json"
     )
-    assert schema["properties"]["version"]["enum"] == [1, 2]  # version 1 is still read
+    assert schema["properties"]["version"]["enum"] == [1, 2, 3]  # versions 1 and 2 are still read
     assert schema["properties"]["format"]["const"] == "stageflow.session-snapshot"
 
 
@@ -539,7 +539,7 @@ BAD_SNAPSHOTS: dict[str, tuple[Callable[[Doc], None], list[tuple[Path_, str]]]] 
     "wrong format": (_set(("format",), "stageflow.snapshot"), [(("format",), "const")]),
     "version as a string": (_set(("version",), "1"), [(("version",), "enum")]),
     "version as a boolean": (_set(("version",), True), [(("version",), "enum")]),
-    "another version": (_set(("version",), 3), [(("version",), "enum")]),
+    "another version": (_set(("version",), 4), [(("version",), "enum")]),
     "missing version": (_delete(("version",)), [((), "required")]),
     "unknown top-level key": (_set(("context",), {}), [((), "additionalProperties")]),
     "unknown status": (_set(("status",), "paused"), [(("status",), "enum")]),

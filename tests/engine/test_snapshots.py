@@ -426,11 +426,11 @@ async def suspended_chat() -> tuple[Case, dict[str, Any]]:
 
 async def test_another_format_version_is_rejected() -> None:
     case, data = await suspended_chat()
-    data["version"] = 3
+    data["version"] = 4  # 1, 2 and 3 are read
     with pytest.raises(stageflow.SnapshotVersionError) as caught:
         stageflow.Session.from_dict(data, registry=case.registry)
-    assert caught.value.found == 3
-    assert "version 3" in str(caught.value)
+    assert caught.value.found == 4
+    assert "version 4" in str(caught.value)
     assert caught.value.problems[0].location == "$.version"
 
 
