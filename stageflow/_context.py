@@ -193,7 +193,9 @@ class Context:
         """Return a branch context: reads see this one, writes stay in the fork."""
         data = self._data
         chain: ChainMap[str, Any] = _new_chain(ChainMap)  # what ChainMap({}, *maps) makes
-        chain.maps = [{}, *data.maps] if isinstance(data, ChainMap) else [{}, data]
+        # An exact type test: isinstance on ChainMap (an ABC) costs more than
+        # the rest of a fork ("parallel branch" and "map item" rows).
+        chain.maps = [{}, *data.maps] if type(data) is ChainMap else [{}, data]
         child = _new_context(Context)
         child._data = chain
         child._owned = {}
@@ -207,7 +209,7 @@ class Context:
             return
         data = self._data
         # A fork writes a top-level key into its own first map.
-        own = data.maps[0] if isinstance(data, ChainMap) else data
+        own = data.maps[0] if type(data) is ChainMap else data
         for path in written:
             yield path, own[path] if "." not in path else self.get(path)
 

@@ -123,9 +123,7 @@ class MapExecutor:
                     or isinstance(run.failures[-1][1], LimitExceededError)
                 ):
                     assert run.cancel is not None
-                    frame = run.frame
-                    prefix = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
-                    kernel.cancelling(prefix, "sibling_failed")
+                    kernel.cancelling(run.base, "sibling_failed")
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
@@ -134,8 +132,7 @@ class MapExecutor:
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:
         frame = run.frame
-        base = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
-        return Frame(ctx, f"{base}/{index}", frame.depth + 1, frame.scope, frame)
+        return Frame(ctx, f"{run.base}/{index}", frame.depth + 1, frame.scope, frame, run.visit)
 
     async def _item(self, kernel: Kernel, run: MapRun, index: int, item: Frame | None) -> bool:
         """Run one item (or go on with a restored one); return whether it succeeded."""
@@ -168,7 +165,10 @@ class MapExecutor:
                 node.body,
                 None,
                 {"index": index},
-                (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
+                # Made only for a span ("map item" row).
+                None
+                if kernel.tracing is None
+                else (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
                 settle,
             )
         finally:

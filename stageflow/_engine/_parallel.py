@@ -47,17 +47,16 @@ class ParallelExecutor:
         limits = kernel.limits
         if frame.depth >= limits.max_depth:
             raise LimitExceededError(limit="max_depth", value=limits.max_depth, node_id=node.id)
+        # The branches' common path prefix and this node's visit key, made
+        # once for every branch ("parallel branch" row).
+        prefix = f"{frame.path}/{node.id}" if frame.path else node.id
+        visit = frame.visit_key()
+        fork, depth, scope = frame.ctx.fork, frame.depth + 1, frame.scope
         frames = [
-            Frame(
-                frame.ctx.fork(),
-                f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
-                frame.depth + 1,
-                frame.scope,
-                frame,
-            )
+            Frame(fork(), f"{prefix}/{child}", depth, scope, frame, visit)
             for child in node.children
         ]
-        run = ParallelRun(node, frames)
+        run = ParallelRun(node, frames, prefix)
         outcomes, winner = run.outcomes, run.winner
         frame.work = run
         saved = frame.resume.get("parallel") if frame.resume is not None else None
@@ -129,8 +128,7 @@ class ParallelExecutor:
         child = node.children[index]
         outcome = run.outcomes[index]
         winner = run.winner
-        # The branches' common path prefix: what a cancellation reason covers.
-        prefix = run.frames[index].path.rpartition("/")[0]
+        prefix = run.prefix
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             outcome.cancelled = cancelled
@@ -149,7 +147,10 @@ class ParallelExecutor:
             child,
             node.next,
             {"branch": child},
-            (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
+            # Made only for a span ("parallel branch" row).
+            None
+            if kernel.tracing is None
+            else (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
             settle,
         )
         if not succeeded and (
