@@ -181,6 +181,7 @@ class MapRun:
         "node",
         "resumes",
         "running",
+        "top",
         "visit",
     )
 
@@ -192,6 +193,9 @@ class MapRun:
         # every item's frame ("map item" row).
         self.base = f"{frame.path}/{node.id}" if frame.path else node.id
         self.visit = frame.visit_key()
+        # Whether the item and index paths are both top-level keys (an item's
+        # fork is then made with them).
+        self.top = "." not in node.item_path and "." not in node.index_path
         self.next = 0  # the next item index to start
         self.running: dict[int, Frame] = {}  # items in flight, by index
         self.resumes: list[tuple[int, Frame]] = []  # restored items to go on with first

@@ -10,6 +10,8 @@ Hot path: "map item" benchmark rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from stageflow._context import MISSING, Context
@@ -107,19 +109,38 @@ class MapExecutor:
         return node.next
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:
+        node = run.node
         try:
             while True:
-                item: Frame | None = None
                 if run.resumes:
-                    index, item = run.resumes.pop(0)
+                    index, item = run.resumes.pop(0)  # go on with a restored item first
                 elif run.next < len(run.items):
                     index = run.next
                     run.next += 1
+                    item = self._new_item(run, index)
                 else:
                     return
-                failed = not await self._item(kernel, run, index, item)
-                if failed and (
-                    len(run.failures) > run.node.tolerated(len(run.items))
+                run.running[index] = item
+                # The item's run_child is awaited here, not in a coroutine of
+                # its own per item ("map item" row).
+                try:
+                    succeeded = await kernel.run_child(
+                        MAP_ITEM,
+                        node.id,
+                        item,
+                        node.body,
+                        None,
+                        {"index": index},
+                        # Made only for a span ("map item" row).
+                        None
+                        if kernel.tracing is None
+                        else (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
+                        self._settle(run, index, item),
+                    )
+                finally:
+                    run.running.pop(index, None)
+                if not succeeded and (
+                    len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)
                 ):
                     assert run.cancel is not None
@@ -134,16 +155,24 @@ class MapExecutor:
         frame = run.frame
         return Frame(ctx, f"{run.base}/{index}", frame.depth + 1, frame.scope, frame, run.visit)
 
-    async def _item(self, kernel: Kernel, run: MapRun, index: int, item: Frame | None) -> bool:
-        """Run one item (or go on with a restored one); return whether it succeeded."""
+    @staticmethod
+    def _new_item(run: MapRun, index: int) -> Frame:
+        """The frame of item ``index``: a fork with the item and its index written."""
         node = run.node
-        if item is None:
+        value = copy_json(run.items[index])
+        if run.top:
+            # Both paths are top-level keys: the fork is made with them ("map item" row).
+            ctx = run.frame.ctx.fork({node.item_path: value, node.index_path: index})
+        else:
             ctx = run.frame.ctx.fork()
-            ctx.set(node.item_path, copy_json(run.items[index]))
+            ctx.set(node.item_path, value)
             ctx.set(node.index_path, index)
-            item = self._item_frame(run, index, ctx)
-        done = item
-        run.running[index] = item
+        return MapExecutor._item_frame(run, index, ctx)
+
+    @staticmethod
+    def _settle(run: MapRun, index: int, item: Frame) -> Callable[[Exception | None, bool], None]:
+        """What ``run_child`` calls as item ``index`` ends (see ``Kernel.run_child``)."""
+        node = run.node
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             if cancelled:
@@ -152,27 +181,12 @@ class MapExecutor:
                 run.failures.append((index, error))
             else:
                 for source in node.collect:
-                    value = done.ctx.get(source)
+                    value = item.ctx.get(source)
                     run.collected[source][index] = None if value is MISSING else value
                 run.done += 1
             del run.running[index]  # before the event: a snapshot must not run it again
 
-        try:
-            return await kernel.run_child(
-                MAP_ITEM,
-                node.id,
-                item,
-                node.body,
-                None,
-                {"index": index},
-                # Made only for a span ("map item" row).
-                None
-                if kernel.tracing is None
-                else (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
-                settle,
-            )
-        finally:
-            run.running.pop(index, None)
+        return settle
 
     def save(self, kernel: Kernel, run: MapRun) -> MapPosition:
         """A map node in flight as a snapshot keeps it: done, failed, running, next."""

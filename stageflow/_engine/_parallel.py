@@ -10,7 +10,7 @@ Hot path: "parallel branch, per branch" benchmark rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import anyio.lowlevel
@@ -112,53 +112,57 @@ class ParallelExecutor:
         pending: Iterator[int],
         scope: anyio.CancelScope,
     ) -> None:
+        node = run.node
         try:
             for index in pending:
                 # Once decided (a winner, a failure that cancels the rest), a
                 # branch still to start starts and is cancelled at its first
-                # node, as one started a moment earlier would be.
-                await self._branch(kernel, run, index, scope)
+                # node, as one started a moment earlier would be. Its
+                # run_child is awaited here, not in a coroutine of its own
+                # per branch ("parallel branch" row).
+                child = node.children[index]
+                succeeded = await kernel.run_child(
+                    BRANCH,
+                    node.id,
+                    run.frames[index],
+                    child,
+                    node.next,
+                    {"branch": child},
+                    # Made only for a span ("parallel branch" row).
+                    None
+                    if kernel.tracing is None
+                    else (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
+                    self._settle(kernel, run, index, scope),
+                )
+                if not succeeded and (
+                    (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
+                    or isinstance(run.outcomes[index].error, LimitExceededError)
+                ):
+                    kernel.cancelling(run.prefix, "sibling_failed")
+                    scope.cancel()
         finally:
             kernel.positions(-1)
 
-    async def _branch(
-        self, kernel: Kernel, run: ParallelRun, index: int, scope: anyio.CancelScope
-    ) -> None:
-        node = run.node
-        child = node.children[index]
+    @staticmethod
+    def _settle(
+        kernel: Kernel, run: ParallelRun, index: int, scope: anyio.CancelScope
+    ) -> Callable[[Exception | None, bool], None]:
+        """What ``run_child`` calls as branch ``index`` ends (see ``Kernel.run_child``)."""
         outcome = run.outcomes[index]
         winner = run.winner
-        prefix = run.prefix
+        race = run.node.policy is ParallelPolicy.ANY
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             outcome.cancelled = cancelled
             outcome.error = error
             if error is None and not cancelled:
                 outcome.finished = True
-                if node.policy is ParallelPolicy.ANY and not winner:
+                if race and not winner:
                     winner.append(index)  # before the event: a snapshot taken there keeps it
-                    kernel.cancelling(prefix, "lost_race")
+                    kernel.cancelling(run.prefix, "lost_race")
                     scope.cancel()
 
-        succeeded = await kernel.run_child(
-            BRANCH,
-            node.id,
-            run.frames[index],
-            child,
-            node.next,
-            {"branch": child},
-            # Made only for a span ("parallel branch" row).
-            None
-            if kernel.tracing is None
-            else (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
-            settle,
-        )
-        if not succeeded and (
-            (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
-            or isinstance(outcome.error, LimitExceededError)
-        ):
-            kernel.cancelling(prefix, "sibling_failed")
-            scope.cancel()
+        return settle
 
     def save(self, kernel: Kernel, run: ParallelRun) -> ParallelPosition:
         """A parallel node in flight as a snapshot keeps it: every branch's state."""
