@@ -11,6 +11,7 @@ Hot path: "map item" benchmark rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import anyio
 
@@ -30,6 +31,10 @@ from stageflow._model import MapNode
 from stageflow._telemetry import MAP_INDEX, NODE_ID
 
 __all__ = ["MapExecutor"]
+
+# Each worker task's name, given so that spawning one does not format the
+# function's qualified name (trio and anyio both do when none is given).
+_WORKER: Final = "stageflow map worker"
 
 
 class MapExecutor:
@@ -75,7 +80,7 @@ class MapExecutor:
                 async with kernel.backend.open_task_group() as tg:
                     run.cancel = tg.cancel_scope
                     for _ in range(workers):
-                        tg.start_soon(self._worker, kernel, run)
+                        tg.start_soon(self._worker, kernel, run, name=_WORKER)
             finally:
                 kernel.positions(1)
         if deadline.cancelled_caught:

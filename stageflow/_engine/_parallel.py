@@ -11,6 +11,7 @@ Hot path: "parallel branch, per branch" benchmark rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Final
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +32,11 @@ from stageflow._telemetry import BRANCH as BRANCH_ATTRIBUTE
 from stageflow._telemetry import NODE_ID
 
 __all__ = ["ParallelExecutor"]
+
+# Each worker task's name, given so that spawning one does not format the
+# function's qualified name (trio and anyio both do when none is given;
+# "parallel branch" row: one worker per branch without a concurrency).
+_WORKER: Final = "stageflow parallel worker"
 
 
 class ParallelExecutor:
@@ -73,7 +79,9 @@ class ParallelExecutor:
             try:
                 async with kernel.backend.open_task_group() as tg:
                     for _ in range(workers):
-                        tg.start_soon(self._worker, kernel, run, pending, tg.cancel_scope)
+                        tg.start_soon(
+                            self._worker, kernel, run, pending, tg.cancel_scope, name=_WORKER
+                        )
             finally:
                 kernel.positions(1)
         if frame.scope.terminal is not None:
