@@ -189,15 +189,23 @@ class Context:
         else:
             container[part] = value
 
-    def fork(self) -> Context:
-        """Return a branch context: reads see this one, writes stay in the fork."""
+    def fork(self, top: dict[str, Any] | None = None) -> Context:
+        """Return a branch context: reads see this one, writes stay in the fork.
+
+        ``top`` maps top-level keys (one-segment paths) to values the fork is
+        made with, as if ``set`` wrote them in that order; the fork takes
+        ownership of the dict. A map item starts so, with its item and index.
+        """
         data = self._data
         chain: ChainMap[str, Any] = _new_chain(ChainMap)  # what ChainMap({}, *maps) makes
-        chain.maps = [{}, *data.maps] if isinstance(data, ChainMap) else [{}, data]
+        own = {} if top is None else top
+        # An exact type test: isinstance on ChainMap (an ABC) costs more than
+        # the rest of a fork ("parallel branch" and "map item" rows).
+        chain.maps = [own, *data.maps] if type(data) is ChainMap else [own, data]
         child = _new_context(Context)
         child._data = chain
         child._owned = {}
-        child._written = {}
+        child._written = {} if top is None else dict.fromkeys(top)
         return child
 
     def written(self) -> Iterator[tuple[str, Any]]:
@@ -207,7 +215,7 @@ class Context:
             return
         data = self._data
         # A fork writes a top-level key into its own first map.
-        own = data.maps[0] if isinstance(data, ChainMap) else data
+        own = data.maps[0] if type(data) is ChainMap else data
         for path in written:
             yield path, own[path] if "." not in path else self.get(path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, int_too_large
 
@@ -71,8 +71,21 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     return None
 
 
+# Scalars a copy shares, tested by exact type before any isinstance: an
+# isinstance on the Mapping ABC costs more than the copy of an int ("map item"
+# row: an item, its index and the collected list are copied per item or run).
+_SHARED: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def copy_json(value: Any) -> Any:
     """Copy a JSON value (containers copied, scalars shared); much faster than deepcopy."""
+    kind = type(value)
+    if kind in _SHARED:
+        return value
+    if kind is dict:
+        return {k: v if type(v) in _SHARED else copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _SHARED else copy_json(v) for v in value]
     if isinstance(value, dict):
         return {k: copy_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

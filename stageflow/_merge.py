@@ -35,22 +35,30 @@ def merge_branches(
             combines them into a value JSON cannot carry (a ``sum`` that overflows
             to an infinity, an integer of too many digits, a list nested too deep).
     """
+    # Once per branch and per path written: a join of many branches spends
+    # here ("parallel branch" row), so no list is made for a path until a
+    # second branch writes it.
     contributions: dict[str, list[tuple[str, Any]]] = {}
+    get = contributions.get
     for branch, ctx in branches:
         for path, value in ctx.written():
             if value is not MISSING:
-                contributions.setdefault(path, []).append((branch, value))
+                found = get(path)
+                if found is None:
+                    contributions[path] = [(branch, value)]
+                else:
+                    found.append((branch, value))
     if strategy is MergeStrategy.ERROR:
         _check_conflicts(node_id, contributions, reducers)
+    first = strategy is MergeStrategy.FIRST
+    set_ = target.set
     for path, values in contributions.items():
-        reducer = reducers.get(path)
+        reducer = reducers.get(path) if reducers else None
         if reducer is not None:
-            target.set(path, _checked(node_id, path, reducer, target.get(path), values))
-        elif strategy is MergeStrategy.FIRST:
-            target.set(path, values[0][1])
+            set_(path, _checked(node_id, path, reducer, target.get(path), values))
         else:
-            # LAST, or ERROR where every value is equal (checked above).
-            target.set(path, values[-1][1])
+            # FIRST; or LAST, or ERROR where every value is equal (checked above).
+            set_(path, values[0][1] if first else values[-1][1])
 
 
 def _check_conflicts(
@@ -59,6 +67,10 @@ def _check_conflicts(
     reducers: Mapping[str, Reducer],
 ) -> None:
     for path, values in contributions.items():
+        if len(values) == 1 and "." not in path:
+            # One writer of a top-level key: nothing to compare, and an
+            # overlap with a path inside it is found from that path's side.
+            continue
         if path in reducers:
             continue
         first_branch, first = values[0]

@@ -209,6 +209,19 @@ def test_written_lists_paths_in_first_write_order_with_current_values() -> None:
     assert list(fork.written()) == [("b", 2), ("a.x", 1), ("order.note", "n")]
 
 
+def test_a_fork_made_with_top_level_values_is_a_fork_with_them_set() -> None:
+    parent = Context({"n": 0, "keep": {"x": 1}})
+    made = parent.fork({"item": {"v": 1}, "index": 3})
+    reference = parent.fork()
+    reference.set("item", {"v": 1})
+    reference.set("index", 3)
+    assert made.to_dict() == reference.to_dict()
+    assert list(made.written()) == list(reference.written())
+    assert made.get("keep.x") == 1
+    made.set("keep.x", 2)  # copy on write, as for any fork
+    assert parent.to_dict() == {"n": 0, "keep": {"x": 1}}
+
+
 def test_written_is_empty_for_the_root_and_a_fresh_fork() -> None:
     root = Context({})
     root.set("a", 1)

@@ -71,6 +71,22 @@ def test_the_deepest_accepted_value_can_be_copied_and_frozen() -> None:
     assert thaw(freeze(value)) == value
 
 
+def test_copy_json_copies_every_container_and_shares_scalars() -> None:
+    class Tagged(dict[str, Any]):
+        pass
+
+    inner = {"b": [1, 2.5, "s", None, True]}
+    value = {"a": [inner, Tagged(c=[1])], "t": (1, [2])}
+    copied = copy_json(value)
+    assert copied == {"a": [inner, {"c": [1]}], "t": [1, [2]]}
+    assert copied["a"][0] is not inner
+    assert copied["a"][0]["b"] is not inner["b"]
+    assert type(copied["a"][1]) is dict
+    assert copy_json(MappingProxyType({"k": [1]})) == {"k": [1]}
+    big = 2**70
+    assert copy_json(big) is big
+
+
 def test_freeze_makes_containers_read_only() -> None:
     frozen = freeze({"a": [1, {"b": 2}]})
     assert isinstance(frozen, MappingProxyType)

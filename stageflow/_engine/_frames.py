@@ -99,7 +99,13 @@ class Frame:
     )
 
     def __init__(
-        self, ctx: Context, path: str, depth: int, scope: Scope, parent: Frame | None = None
+        self,
+        ctx: Context,
+        path: str,
+        depth: int,
+        scope: Scope,
+        parent: Frame | None = None,
+        visit: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.path = path
@@ -110,8 +116,13 @@ class Frame:
         self.work: Work = None
         self.resume: FramePosition | None = None
         self.visits = 0
-        # The parent's node visit (the same after a restore: visits are kept).
-        self.origin = "" if parent is None else f"{parent.visit_key()}:{path}"
+        # The parent's node visit (the same after a restore: visits are kept);
+        # ``visit`` is its key when the caller made it once for many children
+        # ("parallel branch" and "map item" rows).
+        if parent is None:
+            self.origin = ""
+        else:
+            self.origin = f"{parent.visit_key() if visit is None else visit}:{path}"
 
     def visit_key(self) -> str:
         """This frame's current node visit, unique in the session (see ``execution_key``)."""
@@ -151,19 +162,21 @@ class BranchOutcome:
 class ParallelRun:
     """One parallel node execution: its branch frames, outcomes and the ``any`` winner."""
 
-    __slots__ = ("frames", "node", "outcomes", "winner")
+    __slots__ = ("frames", "node", "outcomes", "prefix", "winner")
 
-    def __init__(self, node: ParallelNode, frames: list[Frame]) -> None:
+    def __init__(self, node: ParallelNode, frames: list[Frame], prefix: str) -> None:
         self.node = node
         self.frames = frames
         self.outcomes = [BranchOutcome() for _ in frames]
         self.winner: list[int] = []
+        self.prefix = prefix  # the branches' common path prefix: what a cancellation covers
 
 
 class MapRun:
     """The shared state of one map node execution."""
 
     __slots__ = (
+        "base",
         "cancel",
         "collected",
         "done",
@@ -174,12 +187,21 @@ class MapRun:
         "node",
         "resumes",
         "running",
+        "top",
+        "visit",
     )
 
     def __init__(self, node: MapNode, frame: Frame, items: list[Any]) -> None:
         self.node = node
         self.frame = frame
         self.items = items
+        # The items' path prefix and the map node's visit key, made once for
+        # every item's frame ("map item" row).
+        self.base = f"{frame.path}/{node.id}" if frame.path else node.id
+        self.visit = frame.visit_key()
+        # Whether the item and index paths are both top-level keys (an item's
+        # fork is then made with them).
+        self.top = "." not in node.item_path and "." not in node.index_path
         self.next = 0  # the next item index to start
         self.running: dict[int, Frame] = {}  # items in flight, by index
         self.resumes: list[tuple[int, Frame]] = []  # restored items to go on with first
@@ -237,10 +259,13 @@ class Kernel(Protocol):
         entry: str,
         stop: str | None,
         payload: dict[str, Any],
-        span: tuple[str, dict[str, Any]],
+        span: tuple[str, dict[str, Any]] | None,
         settle: Callable[[Exception | None, bool], None],
     ) -> Awaitable[bool]:
         """Run a branch or a map item from ``entry``: its events, its span, its outcome.
+
+        ``span`` is its span's name and attributes; ``None`` when the run is
+        not traced (it is made only for a span).
 
         ``settle(error, cancelled)`` is called as it ends, before its last
         event (so a snapshot taken by that event's subscribers sees the

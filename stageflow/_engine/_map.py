@@ -10,6 +10,9 @@ Hot path: "map item" benchmark rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final
+
 import anyio
 
 from stageflow._context import MISSING, Context
@@ -28,6 +31,10 @@ from stageflow._model import MapNode
 from stageflow._telemetry import MAP_INDEX, NODE_ID
 
 __all__ = ["MapExecutor"]
+
+# Each worker task's name, given so that spawning one does not format the
+# function's qualified name (trio and anyio both do when none is given).
+_WORKER: Final = "stageflow map worker"
 
 
 class MapExecutor:
@@ -73,7 +80,7 @@ class MapExecutor:
                 async with kernel.backend.open_task_group() as tg:
                     run.cancel = tg.cancel_scope
                     for _ in range(workers):
-                        tg.start_soon(self._worker, kernel, run)
+                        tg.start_soon(self._worker, kernel, run, name=_WORKER)
             finally:
                 kernel.positions(1)
         if deadline.cancelled_caught:
@@ -107,25 +114,42 @@ class MapExecutor:
         return node.next
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:
+        node = run.node
         try:
             while True:
-                item: Frame | None = None
                 if run.resumes:
-                    index, item = run.resumes.pop(0)
+                    index, item = run.resumes.pop(0)  # go on with a restored item first
                 elif run.next < len(run.items):
                     index = run.next
                     run.next += 1
+                    item = self._new_item(run, index)
                 else:
                     return
-                failed = not await self._item(kernel, run, index, item)
-                if failed and (
-                    len(run.failures) > run.node.tolerated(len(run.items))
+                run.running[index] = item
+                # The item's run_child is awaited here, not in a coroutine of
+                # its own per item ("map item" row).
+                try:
+                    succeeded = await kernel.run_child(
+                        MAP_ITEM,
+                        node.id,
+                        item,
+                        node.body,
+                        None,
+                        {"index": index},
+                        # Made only for a span ("map item" row).
+                        None
+                        if kernel.tracing is None
+                        else (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
+                        self._settle(run, index, item),
+                    )
+                finally:
+                    run.running.pop(index, None)
+                if not succeeded and (
+                    len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)
                 ):
                     assert run.cancel is not None
-                    frame = run.frame
-                    prefix = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
-                    kernel.cancelling(prefix, "sibling_failed")
+                    kernel.cancelling(run.base, "sibling_failed")
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
@@ -134,19 +158,26 @@ class MapExecutor:
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:
         frame = run.frame
-        base = f"{frame.path}/{run.node.id}" if frame.path else run.node.id
-        return Frame(ctx, f"{base}/{index}", frame.depth + 1, frame.scope, frame)
+        return Frame(ctx, f"{run.base}/{index}", frame.depth + 1, frame.scope, frame, run.visit)
 
-    async def _item(self, kernel: Kernel, run: MapRun, index: int, item: Frame | None) -> bool:
-        """Run one item (or go on with a restored one); return whether it succeeded."""
+    @staticmethod
+    def _new_item(run: MapRun, index: int) -> Frame:
+        """The frame of item ``index``: a fork with the item and its index written."""
         node = run.node
-        if item is None:
+        value = copy_json(run.items[index])
+        if run.top:
+            # Both paths are top-level keys: the fork is made with them ("map item" row).
+            ctx = run.frame.ctx.fork({node.item_path: value, node.index_path: index})
+        else:
             ctx = run.frame.ctx.fork()
-            ctx.set(node.item_path, copy_json(run.items[index]))
+            ctx.set(node.item_path, value)
             ctx.set(node.index_path, index)
-            item = self._item_frame(run, index, ctx)
-        done = item
-        run.running[index] = item
+        return MapExecutor._item_frame(run, index, ctx)
+
+    @staticmethod
+    def _settle(run: MapRun, index: int, item: Frame) -> Callable[[Exception | None, bool], None]:
+        """What ``run_child`` calls as item ``index`` ends (see ``Kernel.run_child``)."""
+        node = run.node
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             if cancelled:
@@ -155,24 +186,12 @@ class MapExecutor:
                 run.failures.append((index, error))
             else:
                 for source in node.collect:
-                    value = done.ctx.get(source)
+                    value = item.ctx.get(source)
                     run.collected[source][index] = None if value is MISSING else value
                 run.done += 1
             del run.running[index]  # before the event: a snapshot must not run it again
 
-        try:
-            return await kernel.run_child(
-                MAP_ITEM,
-                node.id,
-                item,
-                node.body,
-                None,
-                {"index": index},
-                (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
-                settle,
-            )
-        finally:
-            run.running.pop(index, None)
+        return settle
 
     def save(self, kernel: Kernel, run: MapRun) -> MapPosition:
         """A map node in flight as a snapshot keeps it: done, failed, running, next."""

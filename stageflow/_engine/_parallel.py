@@ -10,7 +10,8 @@ Hot path: "parallel branch, per branch" benchmark rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Final
 
 import anyio
 import anyio.lowlevel
@@ -32,6 +33,11 @@ from stageflow._telemetry import NODE_ID
 
 __all__ = ["ParallelExecutor"]
 
+# Each worker task's name, given so that spawning one does not format the
+# function's qualified name (trio and anyio both do when none is given;
+# "parallel branch" row: one worker per branch without a concurrency).
+_WORKER: Final = "stageflow parallel worker"
+
 
 class ParallelExecutor:
     """Runs parallel nodes; saves and restores their branches.
@@ -47,17 +53,16 @@ class ParallelExecutor:
         limits = kernel.limits
         if frame.depth >= limits.max_depth:
             raise LimitExceededError(limit="max_depth", value=limits.max_depth, node_id=node.id)
+        # The branches' common path prefix and this node's visit key, made
+        # once for every branch ("parallel branch" row).
+        prefix = f"{frame.path}/{node.id}" if frame.path else node.id
+        visit = frame.visit_key()
+        fork, depth, scope = frame.ctx.fork, frame.depth + 1, frame.scope
         frames = [
-            Frame(
-                frame.ctx.fork(),
-                f"{frame.path}/{node.id}/{child}" if frame.path else f"{node.id}/{child}",
-                frame.depth + 1,
-                frame.scope,
-                frame,
-            )
+            Frame(fork(), f"{prefix}/{child}", depth, scope, frame, visit)
             for child in node.children
         ]
-        run = ParallelRun(node, frames)
+        run = ParallelRun(node, frames, prefix)
         outcomes, winner = run.outcomes, run.winner
         frame.work = run
         saved = frame.resume.get("parallel") if frame.resume is not None else None
@@ -74,7 +79,9 @@ class ParallelExecutor:
             try:
                 async with kernel.backend.open_task_group() as tg:
                     for _ in range(workers):
-                        tg.start_soon(self._worker, kernel, run, pending, tg.cancel_scope)
+                        tg.start_soon(
+                            self._worker, kernel, run, pending, tg.cancel_scope, name=_WORKER
+                        )
             finally:
                 kernel.positions(1)
         if frame.scope.terminal is not None:
@@ -113,51 +120,57 @@ class ParallelExecutor:
         pending: Iterator[int],
         scope: anyio.CancelScope,
     ) -> None:
+        node = run.node
         try:
             for index in pending:
                 # Once decided (a winner, a failure that cancels the rest), a
                 # branch still to start starts and is cancelled at its first
-                # node, as one started a moment earlier would be.
-                await self._branch(kernel, run, index, scope)
+                # node, as one started a moment earlier would be. Its
+                # run_child is awaited here, not in a coroutine of its own
+                # per branch ("parallel branch" row).
+                child = node.children[index]
+                succeeded = await kernel.run_child(
+                    BRANCH,
+                    node.id,
+                    run.frames[index],
+                    child,
+                    node.next,
+                    {"branch": child},
+                    # Made only for a span ("parallel branch" row).
+                    None
+                    if kernel.tracing is None
+                    else (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
+                    self._settle(kernel, run, index, scope),
+                )
+                if not succeeded and (
+                    (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
+                    or isinstance(run.outcomes[index].error, LimitExceededError)
+                ):
+                    kernel.cancelling(run.prefix, "sibling_failed")
+                    scope.cancel()
         finally:
             kernel.positions(-1)
 
-    async def _branch(
-        self, kernel: Kernel, run: ParallelRun, index: int, scope: anyio.CancelScope
-    ) -> None:
-        node = run.node
-        child = node.children[index]
+    @staticmethod
+    def _settle(
+        kernel: Kernel, run: ParallelRun, index: int, scope: anyio.CancelScope
+    ) -> Callable[[Exception | None, bool], None]:
+        """What ``run_child`` calls as branch ``index`` ends (see ``Kernel.run_child``)."""
         outcome = run.outcomes[index]
         winner = run.winner
-        # The branches' common path prefix: what a cancellation reason covers.
-        prefix = run.frames[index].path.rpartition("/")[0]
+        race = run.node.policy is ParallelPolicy.ANY
 
         def settle(error: Exception | None, cancelled: bool) -> None:
             outcome.cancelled = cancelled
             outcome.error = error
             if error is None and not cancelled:
                 outcome.finished = True
-                if node.policy is ParallelPolicy.ANY and not winner:
+                if race and not winner:
                     winner.append(index)  # before the event: a snapshot taken there keeps it
-                    kernel.cancelling(prefix, "lost_race")
+                    kernel.cancelling(run.prefix, "lost_race")
                     scope.cancel()
 
-        succeeded = await kernel.run_child(
-            BRANCH,
-            node.id,
-            run.frames[index],
-            child,
-            node.next,
-            {"branch": child},
-            (f"branch {node.id}/{child}", {BRANCH_ATTRIBUTE: child, NODE_ID: node.id}),
-            settle,
-        )
-        if not succeeded and (
-            (node.policy is ParallelPolicy.ALL and node.cancel_on_error)
-            or isinstance(outcome.error, LimitExceededError)
-        ):
-            kernel.cancelling(prefix, "sibling_failed")
-            scope.cancel()
+        return settle
 
     def save(self, kernel: Kernel, run: ParallelRun) -> ParallelPosition:
         """A parallel node in flight as a snapshot keeps it: every branch's state."""

@@ -1190,12 +1190,12 @@ class Run:
         entry: str,
         stop: str | None,
         payload: dict[str, Any],
-        span: tuple[str, dict[str, Any]],
+        span: tuple[str, dict[str, Any]] | None,
         settle: Callable[[Exception | None, bool], None],
     ) -> bool:
         """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
         tracing = self._state.tracing
-        active = tracing.start(*span) if tracing is not None else None
+        active = tracing.start(*span) if tracing is not None and span is not None else None
         history = self._state.history
         outcome = "cancelled"
         error: Exception | None = None
