@@ -81,6 +81,10 @@ class WorkerStatistics:
 class _Turn:
     lease: Lease
     scope: anyio.CancelScope
+    # Set as its fenced save starts: from then on the save decides whether
+    # the lease was still held, not a heartbeat (which, running beside a save
+    # that has just committed, finds the lease released).
+    saving: bool = False
 
 
 class Worker:
@@ -165,8 +169,8 @@ class Worker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Claim and run sessions until cancelled or :meth:`shutdown`."""
+        self._stopping = False  # before the migration: a shutdown() during it holds
         await self.store.migrate()
-        self._stopping = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats)
             task_status.started()
@@ -253,8 +257,8 @@ class Worker:
                 logger.warning("worker.heartbeat_failed", error=str(exc))
                 continue
             for turn in turns:
-                if self._turns.get(turn.lease.session_id) is not turn:
-                    continue  # saved (or released) while the heartbeat ran
+                if self._turns.get(turn.lease.session_id) is not turn or turn.saving:
+                    continue  # saving, saved or released while the heartbeat ran
                 if turn.lease.session_id not in held and not turn.scope.cancel_called:
                     self._counts["lost"] += 1
                     logger.warning("worker.lease_lost", session_id=turn.lease.session_id)
@@ -269,7 +273,7 @@ class Worker:
                     await self._release(lease, "crashed during its last attempts (crash loop)")
                     return
                 try:
-                    saved = await self._run_turn(lease)
+                    saved = await self._run_turn(turn)
                 except Exception as exc:
                     log.warning("worker.turn_failed", error=repr(exc))
                     await self._release(lease, f"{type(exc).__name__}: {exc}")
@@ -292,8 +296,9 @@ class Worker:
         except Exception as exc:  # the lease expires on its own
             logger.warning("worker.release_failed", session_id=lease.session_id, error=str(exc))
 
-    async def _run_turn(self, lease: Lease) -> bool:
+    async def _run_turn(self, turn: _Turn) -> bool:
         """Restore, deliver the inputs, run until the session waits or ends, save."""
+        lease = turn.lease
         pipeline = self.pipelines.get(lease.digest) or self._built.get(lease.digest)
         session = Session.from_dict(
             lease.snapshot,
@@ -326,6 +331,7 @@ class Worker:
         snapshot, events = turn_snapshot(
             session, lease.events_done, keep_history=not self.store.events_table
         )
+        turn.saving = True
         return await self.store.complete(
             lease, snapshot, waiting_for=waiting_for, wake_at=wake_at, events=events
         )

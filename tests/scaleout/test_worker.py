@@ -282,3 +282,84 @@ async def test_a_turn_ending_after_its_session_was_claimed_again_leaves_the_new_
         done = await service.wait(sid, timeout=20)
         assert done.status == "completed"
         assert worker.statistics().claimed >= 2
+
+
+class _HeartbeatAfterSave:
+    """A store whose first save returns only after a heartbeat ran on the committed save.
+
+    As when the heartbeat's thread runs between the save's commit and the
+    turn's task resuming: the heartbeat finds the lease released.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.committed = False
+        self.heartbeat_after_commit = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def heartbeat(self, worker_id: str, leases: list[Lease], lease: float) -> Any:
+        held = await self._store.heartbeat(worker_id, leases, lease)
+        if self.committed:
+            self.heartbeat_after_commit.set()
+        return held
+
+    async def complete(self, lease: Lease, snapshot: Any, **options: Any) -> bool:
+        saved: bool = await self._store.complete(lease, snapshot, **options)
+        if not self.committed:
+            self.committed = True
+            with anyio.fail_after(20):
+                await self.heartbeat_after_commit.wait()
+        return saved
+
+
+async def test_a_heartbeat_beside_a_committed_save_loses_no_turn(
+    make_store: Callable[..., Any],
+) -> None:
+    # The heartbeat counted the saved turn as lost and cancelled it: a warning
+    # for nothing, and the save went uncounted.
+    service = SessionService(make_store(), registry=registry)
+    store = _HeartbeatAfterSave(make_store())
+    async with running(store, lease=0.6) as worker:  # type: ignore[arg-type]
+        sid = await service.start(chat_pipeline())
+        stored = await service.wait(sid, timeout=20)
+        assert stored.status == "waiting"
+        await store.heartbeat_after_commit.wait()
+        await service.send_input(sid, "msg", {"n": -1})
+        assert (await service.wait(sid, timeout=20)).status == "completed"
+        statistics = worker.statistics()
+        assert (statistics.lost, statistics.saved) == (0, 2)
+
+
+class _SlowMigration:
+    """A store whose migration waits for the test to let it finish."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.started = anyio.Event()
+        self.finish = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def migrate(self) -> None:
+        self.started.set()
+        await self.finish.wait()
+        await self._store.migrate()
+
+
+async def test_a_shutdown_during_the_migration_stops_the_worker(
+    make_store: Callable[..., Any],
+) -> None:
+    # run() cleared the stop flag after migrating: a SIGTERM that arrived
+    # while `stageflow worker` migrated was lost, and the worker ran on.
+    store = _SlowMigration(make_store())
+    worker = Worker(store, registry=registry, poll=0.2)  # type: ignore[arg-type]
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await store.started.wait()
+            worker.shutdown()
+            store.finish.set()
+    assert worker.statistics().claims == 0
