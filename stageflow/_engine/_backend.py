@@ -8,7 +8,7 @@ on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
   ("parallel branch, per branch" and "map item" rows);
 - trio's own ``checkpoint_if_cancelled`` costs about a third of anyio's, and
   it runs once per node ("sequential stage node, per node" row); the tight
-  path tests the flag it tests itself (:func:`flag_task`), and awaits it only
+  path tests the flags it tests itself (:func:`cancel_flags`), and awaits it only
   when that flag is up (the same row);
 - trio's own ``CancelScope`` for the run's scope: anyio's wraps one, which
   costs about 2 us per run and 230 bytes per live waiting session ("3-node
@@ -37,11 +37,12 @@ import trio.testing
 
 __all__ = [
     "Backend",
+    "CancelFlags",
     "CancelScopeLike",
     "EventLike",
     "TrioWake",
+    "cancel_flags",
     "current_backend",
-    "flag_task",
     "is_cancellation",
     "is_interrupt",
     "loop_handles",
@@ -158,16 +159,32 @@ def current_backend() -> Backend:
     )
 
 
-def flag_task(backend: Backend) -> Any:
-    """The running trio task, for a cancellation test without a call; ``None`` elsewhere.
+class CancelFlags(NamedTuple):
+    """What trio's ``checkpoint_if_cancelled`` tests, read once per path.
+
+    ``status`` is the running task's cancel status: the object of the
+    innermost cancel scope around the caller, which stays the task's status
+    for as long as the caller stays in that scope (scopes entered below it
+    restore it on exit). ``runner`` is trio's run state (its ``ki_pending``
+    and ``main_task``), ``task`` the running task.
+    """
+
+    status: Any
+    runner: Any
+    task: Any
+
+
+def cancel_flags(backend: Backend) -> CancelFlags | None:
+    """The flags a cancellation test reads on trio, without a call; ``None`` elsewhere.
 
     ``checkpoint_if_cancelled`` does nothing but this test (and counts it)
-    unless the task is cancelled or, for the main task, a Ctrl-C is pending.
-    The tight path makes the same test on the task it returns and awaits
+    unless ``status.effectively_cancelled`` or, for the main task,
+    ``runner.ki_pending``. The tight path makes the same test and awaits
     ``backend.checkpoint()`` only when it is true: the same checkpoint,
     without a coroutine per node ("sequential stage node" row). ``None``
     (await the checkpoint every time) on asyncio, and on a trio whose tasks
-    no longer have these private attributes.
+    no longer have these private attributes: they are read here, in the one
+    module that reaches into trio.
     """
     if backend is not _TRIO:
         return None
@@ -180,7 +197,7 @@ def flag_task(backend: Backend) -> Any:
         and hasattr(runner, "main_task")
     ):  # pragma: no cover - a trio that changed its internals
         return None
-    return task
+    return CancelFlags(status, runner, task)
 
 
 # The event loop the last run ran on: (its raw token, anyio's token for it,

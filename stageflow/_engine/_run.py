@@ -33,8 +33,8 @@ from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import (
     CancelScopeLike,
+    cancel_flags,
     current_backend,
-    flag_task,
     is_cancellation,
     loop_handles,
 )
@@ -89,7 +89,7 @@ from stageflow._model import (
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import SegmentedSpan, Segments, rebuild
-from stageflow._stages import StageContext, StageEntry
+from stageflow._stages import StageEntry, engine_context
 from stageflow._telemetry import (
     ATTEMPT,
     CANCEL_REASON,
@@ -850,11 +850,15 @@ class Run:
             return
         # Made once per path, not per node ("sequential stage node" row): the
         # history's records (replaced only by a restore, never during a run),
-        # the task for the cancellation test.
+        # what the cancellation test reads.
         history = state.history
         records = history.records
         backend = self.backend
-        task = flag_task(backend)
+        flags = cancel_flags(backend)
+        status: Any
+        runner: Any
+        task: Any
+        status, runner, task = (None, None, None) if flags is None else flags
         checkpoint, yield_ = backend.checkpoint, backend.yield_
         caps, desk = self._caps, state.desk
         session_id = state.session_id
@@ -900,9 +904,9 @@ class Run:
             if not steps & _YIELD_EVERY:
                 await yield_()
             elif (
-                task is None
-                or task._cancel_status.effectively_cancelled
-                or (task._runner.ki_pending and task is task._runner.main_task)
+                status is None
+                or status.effectively_cancelled
+                or (runner.ki_pending and task is runner.main_task)
             ):
                 await checkpoint()
             try:
@@ -934,10 +938,10 @@ class Run:
                                         value if type(value) in PLAIN_SCALARS else copy_json(value)
                                     )
                             spec = entry.spec
-                            # StageWork(runtime, node, spec, path, 1, None) and
-                            # engine_context(...), written out: two calls less
-                            # per node, about 7 % of its instructions
-                            # ("sequential stage node" row). Keep them alike.
+                            # StageWork(runtime, node, spec, path, 1, None)
+                            # written out: a call less per node ("sequential
+                            # stage node" row). Keep them alike. The context
+                            # is engine_context's (its slots are _stages.py's).
                             work = _new(StageWork)
                             work.runtime = runtime
                             work.node = node
@@ -948,21 +952,19 @@ class Run:
                             work.replay = None
                             work.timer = None
                             frame.work = work
-                            ctx = _new(StageContext)
-                            ctx.arguments = MappingProxyType(arguments)
-                            ctx.config = EMPTY_MAPPING
-                            ctx.session_id = session_id
-                            ctx.node_id = node_id
-                            ctx._node_path = None
-                            ctx._parent = path
-                            ctx.stage = node.stage
-                            ctx.attempt = 1
-                            ctx.spec = spec
-                            ctx._key = None
-                            ctx._origin = frame.origin
-                            ctx._visit = frame.visits
-                            ctx._runtime = work
-                            ctx._log = None
+                            ctx = engine_context(
+                                MappingProxyType(arguments),
+                                EMPTY_MAPPING,
+                                session_id,
+                                node_id,
+                                path,
+                                node.stage,
+                                1,
+                                work,
+                                spec,
+                                frame.origin,
+                                frame.visits,
+                            )
                         else:
                             ctx = StageExecutor.context(
                                 self, node, frame, entry, 1, None, step.pairs
@@ -1021,17 +1023,16 @@ class Run:
                 if self._cancel_reasons:
                     self._cancel_reasons.pop(f"{path}/{node.id}" if path else node.id, None)
 
-    def _enter(self, node: Node, frame: Frame, task: Any) -> Awaitable[None] | None:
-        """Count ``node``'s step and visit and check the limits, for both paths.
+    def _enter(self, node: Node, frame: Frame) -> Awaitable[None]:
+        """Count ``node``'s step and visit and check the limits (``execute``'s steps).
 
-        Returns the scheduling point to await before the node runs, or
-        ``None``: a cancellation check, so that a cancel() from a hook or a
-        stage takes effect before the next node even when no stage ever
-        awaits; and every so many nodes a real yield, so that other tasks (a
-        cancel() from one of them, a deadline) get in between nodes that
-        never await. With the trio ``task`` of the tight path (``flag_task``)
-        the check is its flag test, and the checkpoint is returned only when
-        it would do something ("sequential stage node" row).
+        Returns the scheduling point to await before the node runs: a
+        cancellation check, so that a cancel() from a hook or a stage takes
+        effect before the next node even when no stage ever awaits; and every
+        so many nodes a real yield, so that other tasks (a cancel() from one
+        of them, a deadline) get in between nodes that never await. The tight
+        path in ``run_path`` writes these steps out, testing the cancellation
+        flags itself (``cancel_flags``): keep the two alike.
         """
         frame.node = node.id
         frame.work = None
@@ -1048,13 +1049,7 @@ class Run:
             raise self._stop_at_limit(node, frame)
         if not steps & _YIELD_EVERY:
             return self.backend.yield_()
-        if task is None:
-            return self.backend.checkpoint()
-        if task._cancel_status.effectively_cancelled or (
-            task._runner.ki_pending and task is task._runner.main_task
-        ):
-            return self.backend.checkpoint()
-        return None
+        return self.backend.checkpoint()
 
     def _plain(self) -> bool:
         """Whether this run makes no spans, metrics or node log lines (the tight path's case)."""
@@ -1063,9 +1058,7 @@ class Run:
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
-        point = self._enter(node, frame, None)
-        if point is not None:
-            await point
+        await self._enter(node, frame)
         state = self._state
         history = state.history
         tracing = state.tracing
