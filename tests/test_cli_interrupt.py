@@ -80,7 +80,9 @@ def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) 
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
+        # A process left running would surface later as another test's unraisable warning.
         proc.kill()
+        proc.communicate()
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["stageflow: interrupted"], err
     assert out == ""
@@ -101,6 +103,7 @@ def test_ctrl_c_with_the_live_view_on_a_terminal_exits_130(command: list[str]) -
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        proc.communicate()
         os.close(leader)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1:] == ["stageflow: interrupted"], err
