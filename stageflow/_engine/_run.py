@@ -266,6 +266,7 @@ class Run:
         "_node_log",
         "_records",
         "_root",
+        "_simple",
         "_state",
         "_stopped",
         "_suspend",
@@ -411,6 +412,10 @@ class Run:
         state = self._state
         self.backend = current_backend()
         self.token, self.loop_thread = loop_handles()
+        # The tight path's plan, or None when every node goes through
+        # execute(): decided once per run, not once per path (a map item's or
+        # a branch's path is often one node: "map item" row).
+        self._simple = _plan(state.entries) if _TIGHT and self._plain() else None
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
         self.runtime = StageRuntime(
@@ -843,7 +848,7 @@ class Run:
             finally:
                 frame.resume = None
         state = self._state
-        simple = _plan(state.entries) if _TIGHT and self._plain() else None
+        simple = self._simple
         if simple is None:
             while node_id is not None and node_id != stop:
                 node_id = await self.execute(index[node_id], frame)
@@ -852,7 +857,7 @@ class Run:
         # history's records (replaced only by a restore, never during a run),
         # what the cancellation test reads.
         history = state.history
-        records = history.records
+        records = self._records
         backend = self.backend
         flags = cancel_flags(backend)
         status: Any
@@ -865,11 +870,13 @@ class Run:
         runtime = self.runtime
         path = frame.path
         context = frame.ctx
-        # A root or subpipeline context is a dict (a fork reads through a
-        # ChainMap): its top-level keys are read and written as dict items.
+        # A root or subpipeline context is a dict: its top-level keys are read
+        # and written as dict items. A fork's are read from its maps in order
+        # and written into the first, recorded as written (Context.layers: a
+        # map item's or a branch's path, "map item" and "parallel branch" rows).
         data = context.data
         top = type(data) is dict
-        get = data.get if top else context.get
+        layers = None if top else context.layers()
         while node_id is not None and node_id != stop:
             node = index[node_id]
             step = simple.get(id(node), _UNSEEN)
@@ -932,7 +939,15 @@ class Run:
                             # StageExecutor.context for top-level keys, no contract, no config.
                             arguments: dict[str, Any] = {}
                             for name, key in step.pairs:
-                                value = get(key, MISSING)
+                                if top:
+                                    value = data.get(key, MISSING)
+                                elif layers is not None:
+                                    for layer in layers[0]:
+                                        value = layer.get(key, MISSING)
+                                        if value is not MISSING:
+                                            break
+                                else:
+                                    value = context.get(key)
                                 if value is not MISSING:
                                     arguments[name] = (
                                         value if type(value) in PLAIN_SCALARS else copy_json(value)
@@ -992,6 +1007,11 @@ class Run:
                                     for key, target in step.outputs:
                                         if top:
                                             data[target] = outputs[key]
+                                        elif layers is not None:
+                                            layers[0][0][target] = outputs[key]
+                                            written = layers[1]
+                                            if written is not None:
+                                                written[target] = None
                                         else:
                                             context.set(target, outputs[key])
                             else:
@@ -1193,8 +1213,14 @@ class Run:
         outcome = "cancelled"
         error: Exception | None = None
         ending: dict[str, Any] | None = None
+        path = frame.path
         try:
-            history.record(kind.started, node_id, frame.path, payload)
+            # History.record's append, written out while nothing watches
+            # ("map item" and "parallel branch" rows), as in run_path.
+            if history.quiet:
+                self._records.extend((kind.started, _time_ns() // 1000, node_id, path, payload))
+            else:
+                history.record(kind.started, node_id, path, payload)
             try:
                 await self.run_path(entry, frame, stop)
             except Exception as exc:
@@ -1217,7 +1243,10 @@ class Run:
                 raise
             outcome = "succeeded"
             settle(None, False)
-            history.record(kind.finished, node_id, frame.path, payload)
+            if history.quiet:
+                self._records.extend((kind.finished, _time_ns() // 1000, node_id, path, payload))
+            else:
+                history.record(kind.finished, node_id, path, payload)
             return True
         finally:
             if active is not None:
