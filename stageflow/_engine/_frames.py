@@ -107,7 +107,7 @@ class Frame:
         parent: Frame | None = None,
         visit: str | None = None,
     ) -> None:
-        # MapExecutor._item_frame makes an item's frame without this call: keep them alike.
+        # MapExecutor._item_frame and _worker make an item frame without this call: keep alike.
         self.ctx = ctx
         self.path = path
         self.depth = depth

@@ -119,6 +119,7 @@ class MapExecutor:
         items, running, collected = run.items, run.running, run.collected
         item_path, index_path = node.item_path, node.index_path
         fork = run.frame.ctx.fork
+        base, visit, depth, scope = run.base, run.visit, run.depth, run.frame.scope
         # Each collected path, and whether it is a top-level key (read first
         # from the item fork's own map: "map item" row).
         collect = tuple((source, "." not in source) for source in node.collect)
@@ -158,14 +159,26 @@ class MapExecutor:
                     run.next += 1
                     if run.top:
                         # Both paths are top-level keys: the fork is made with
-                        # the item and its index (what _new_item does, without
-                        # the call: "map item" row).
+                        # the item and its index, and the frame by slot stores
+                        # (what _new_item and _item_frame do, without their
+                        # calls: "map item" row). Keep them alike.
                         value = items[index]
                         own = {
                             item_path: value if type(value) in PLAIN_SCALARS else copy_json(value),
                             index_path: index,
                         }
-                        item = self._item_frame(run, index, fork(own))
+                        path = f"{base}/{index}"
+                        item = _new(Frame)
+                        item.ctx = fork(own)
+                        item.path = path
+                        item.depth = depth
+                        item.scope = scope
+                        item.branch = None
+                        item.node = None
+                        item.work = None
+                        item.resume = None
+                        item.visits = 0
+                        item.origin = f"{visit}:{path}"
                     else:
                         own = None
                         item = self._new_item(run, index)
@@ -188,8 +201,10 @@ class MapExecutor:
                         else None,
                         settle,
                     )
-                finally:
+                except BaseException:
+                    # A settled item is out of ``running`` already; one that raised may not be.
                     running.pop(index, None)
+                    raise
                 if not succeeded and (
                     len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)
@@ -204,7 +219,8 @@ class MapExecutor:
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:
         # Frame(ctx, path, depth, scope, parent, run.visit), written out: one
-        # call less per item ("map item" row). Keep it alike with Frame.__init__.
+        # call less per item ("map item" row). Keep it alike with Frame.__init__
+        # (and with _worker, which makes a new item's frame itself).
         path = f"{run.base}/{index}"
         item = _new(Frame)
         item.ctx = ctx

@@ -1207,9 +1207,10 @@ class Run:
         settle: Callable[[Exception | None, bool], None],
     ) -> bool:
         """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
-        tracing = self._state.tracing
-        active = tracing.start(*span) if tracing is not None and span is not None else None
-        history = self._state.history
+        state = self._state
+        # ``span`` is made only when the run is traced.
+        active = None if span is None or state.tracing is None else state.tracing.start(*span)
+        history = state.history
         outcome = "cancelled"
         error: Exception | None = None
         ending: dict[str, Any] | None = None
