@@ -210,7 +210,7 @@ def cancel_flags(backend: Backend) -> CancelFlags | None:
         ):  # pragma: no cover - a trio that changed its internals
             return None
         _flags = True
-    return _new_flags(CancelFlags, (status, runner, task))  # type: ignore[no-any-return]
+    return _new_flags(CancelFlags, (status, runner, task))
 
 
 # The event loop the last run ran on: (its raw token, anyio's token for it,
