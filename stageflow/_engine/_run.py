@@ -122,6 +122,7 @@ _YIELD_EVERY: Final = 63
 # (docs/internals.md, "The tight path").
 _TIGHT = True
 _UNSEEN: Final[Any] = object()
+_NO_FLAGS: Final = (None, None, None)  # off trio: await the checkpoint every node
 _time_ns: Final = time.time_ns
 _new: Final = object.__new__
 
@@ -859,11 +860,12 @@ class Run:
         history = state.history
         records = self._records
         backend = self.backend
-        flags = cancel_flags(backend)
         status: Any
         runner: Any
         task: Any
-        status, runner, task = (None, None, None) if flags is None else flags
+        # Unpacked at once: the flags' tuple is not kept in the frame of a
+        # path that waits ("paused session, memory each" row).
+        status, runner, task = cancel_flags(backend) or _NO_FLAGS
         checkpoint, yield_ = backend.checkpoint, backend.yield_
         caps, desk = self._caps, state.desk
         session_id = state.session_id
