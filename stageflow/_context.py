@@ -208,6 +208,21 @@ class Context:
         child._written = {} if top is None else dict.fromkeys(top)
         return child
 
+    def layers(self) -> tuple[list[MutableMapping[str, Any]], dict[str, None] | None] | None:
+        """A fork's top-level maps and its record of written paths; ``None`` for a root.
+
+        A top-level key reads as its value in the first of the maps that has
+        it, and is written into the first map and recorded in the written
+        paths (what :meth:`get` and :meth:`set` do for a one-segment path).
+        The engine's tight path reads and writes top-level keys of a fork so,
+        without a call per key ("map item" and "parallel branch" rows); no
+        one else may change the maps or the record.
+        """
+        data = self._data
+        if type(data) is not ChainMap:
+            return None
+        return data.maps, self._written
+
     def written(self) -> Iterator[tuple[str, Any]]:
         """Yield ``(path, current value)`` for each path written since the fork."""
         written = self._written

@@ -222,6 +222,30 @@ def test_a_fork_made_with_top_level_values_is_a_fork_with_them_set() -> None:
     assert parent.to_dict() == {"n": 0, "keep": {"x": 1}}
 
 
+def test_layers_of_a_fork_read_like_get_and_write_like_set() -> None:
+    parent = Context({"a": 1, "b": 2})
+    fork = parent.fork({"b": 3})
+    layers = fork.layers()
+    assert layers is not None
+    maps, written = layers
+    for key in ("a", "b", "c"):
+        first = next((layer[key] for layer in maps if key in layer), MISSING)
+        assert first == fork.get(key)
+    # What the engine's tight path does for a top-level output of a fork.
+    maps[0]["c"] = 4
+    assert written is not None
+    written["c"] = None
+    reference = parent.fork({"b": 3})
+    reference.set("c", 4)
+    assert fork.to_dict() == reference.to_dict()
+    assert list(fork.written()) == list(reference.written())
+    assert parent.to_dict() == {"a": 1, "b": 2}
+
+
+def test_a_root_has_no_layers() -> None:
+    assert Context({"a": 1}).layers() is None
+
+
 def test_written_is_empty_for_the_root_and_a_fresh_fork() -> None:
     root = Context({})
     root.set("a", 1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -159,6 +159,13 @@ def current_backend() -> Backend:
     )
 
 
+# Whether trio's tasks have been found to have what cancel_flags reads.
+_flags = False
+# A CancelFlags made without the named tuple's own __new__, a Python call
+# (once per path, so once per map item: "map item" row).
+_new_flags: Final = tuple.__new__
+
+
 class CancelFlags(NamedTuple):
     """What trio's ``checkpoint_if_cancelled`` tests, read once per path.
 
@@ -186,18 +193,24 @@ def cancel_flags(backend: Backend) -> CancelFlags | None:
     no longer have these private attributes: they are read here, in the one
     module that reaches into trio.
     """
+    global _flags
     if backend is not _TRIO:
         return None
     task = trio.lowlevel.current_task()
     status = getattr(task, "_cancel_status", None)
     runner = getattr(task, "_runner", None)
-    if not (
-        hasattr(status, "effectively_cancelled")
-        and hasattr(runner, "ki_pending")
-        and hasattr(runner, "main_task")
-    ):  # pragma: no cover - a trio that changed its internals
-        return None
-    return CancelFlags(status, runner, task)
+    if not _flags:
+        # Checked on the first task only: every trio task has the same
+        # attributes (a map item's or a branch's path is a path of its own:
+        # "map item" row).
+        if not (
+            hasattr(status, "effectively_cancelled")
+            and hasattr(runner, "ki_pending")
+            and hasattr(runner, "main_task")
+        ):  # pragma: no cover - a trio that changed its internals
+            return None
+        _flags = True
+    return _new_flags(CancelFlags, (status, runner, task))
 
 
 # The event loop the last run ran on: (its raw token, anyio's token for it,

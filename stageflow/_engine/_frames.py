@@ -107,6 +107,7 @@ class Frame:
         parent: Frame | None = None,
         visit: str | None = None,
     ) -> None:
+        # MapExecutor._item_frame and _worker make an item frame without this call: keep alike.
         self.ctx = ctx
         self.path = path
         self.depth = depth
@@ -179,6 +180,7 @@ class MapRun:
         "base",
         "cancel",
         "collected",
+        "depth",
         "done",
         "failures",
         "frame",
@@ -199,6 +201,7 @@ class MapRun:
         # every item's frame ("map item" row).
         self.base = f"{frame.path}/{node.id}" if frame.path else node.id
         self.visit = frame.visit_key()
+        self.depth = frame.depth + 1  # the items' frames'
         # Whether the item and index paths are both top-level keys (an item's
         # fork is then made with them).
         self.top = "." not in node.item_path and "." not in node.index_path

@@ -10,8 +10,7 @@ Hot path: "map item" benchmark rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import anyio
 
@@ -24,6 +23,7 @@ from stageflow._engine._positions import (
     error_state,
     restore_error,
 )
+from stageflow._engine._stage import PLAIN_SCALARS
 from stageflow._engine._subpipeline import check_depth
 from stageflow._errors import LimitExceededError, MapError, NodeTimeoutError, describe_exception
 from stageflow._json import copy_json
@@ -35,6 +35,7 @@ __all__ = ["MapExecutor"]
 # Each worker task's name, given so that spawning one does not format the
 # function's qualified name (trio and anyio both do when none is given).
 _WORKER: Final = "stageflow map worker"
+_new: Final = object.__new__
 
 
 class MapExecutor:
@@ -115,17 +116,75 @@ class MapExecutor:
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:
         node = run.node
+        items, running, collected = run.items, run.running, run.collected
+        item_path, index_path = node.item_path, node.index_path
+        fork = run.frame.ctx.fork
+        base, visit, depth, scope = run.base, run.visit, run.depth, run.frame.scope
+        # Each collected path, and whether it is a top-level key (read first
+        # from the item fork's own map: "map item" row).
+        collect = tuple((source, "." not in source) for source in node.collect)
+        traced = kernel.tracing is not None
+        # The item in flight: this worker runs one at a time, so one settle
+        # function serves them all, reading the item it settles from these
+        # (not a closure made per item: "map item" row). ``own`` is the item
+        # fork's own map when the worker made the fork, else None.
+        index = 0
+        item: Frame | None = None
+        own: dict[str, Any] | None = None
+
+        def settle(error: Exception | None, cancelled: bool) -> None:
+            """What ``run_child`` calls as the item ends (see ``Kernel.run_child``)."""
+            if cancelled:
+                return
+            if error is not None:
+                run.failures.append((index, error))
+            else:
+                assert item is not None
+                for source, top in collect:
+                    # What item.ctx.get(source) reads: the fork's own map first.
+                    value = own.get(source, MISSING) if top and own is not None else MISSING
+                    if value is MISSING:
+                        value = item.ctx.get(source)
+                    collected[source][index] = None if value is MISSING else value
+                run.done += 1
+            del running[index]  # before the event: a snapshot must not run it again
+
         try:
             while True:
                 if run.resumes:
                     index, item = run.resumes.pop(0)  # go on with a restored item first
-                elif run.next < len(run.items):
+                    own = None
+                elif run.next < len(items):
                     index = run.next
                     run.next += 1
-                    item = self._new_item(run, index)
+                    if run.top:
+                        # Both paths are top-level keys: the fork is made with
+                        # the item and its index, and the frame by slot stores
+                        # (what _new_item and _item_frame do, without their
+                        # calls: "map item" row). Keep them alike.
+                        value = items[index]
+                        own = {
+                            item_path: value if type(value) in PLAIN_SCALARS else copy_json(value),
+                            index_path: index,
+                        }
+                        path = f"{base}/{index}"
+                        item = _new(Frame)
+                        item.ctx = fork(own)
+                        item.path = path
+                        item.depth = depth
+                        item.scope = scope
+                        item.branch = None
+                        item.node = None
+                        item.work = None
+                        item.resume = None
+                        item.visits = 0
+                        item.origin = f"{visit}:{path}"
+                    else:
+                        own = None
+                        item = self._new_item(run, index)
                 else:
                     return
-                run.running[index] = item
+                running[index] = item
                 # The item's run_child is awaited here, not in a coroutine of
                 # its own per item ("map item" row).
                 try:
@@ -137,13 +196,15 @@ class MapExecutor:
                         None,
                         {"index": index},
                         # Made only for a span ("map item" row).
-                        None
-                        if kernel.tracing is None
-                        else (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}),
-                        self._settle(run, index, item),
+                        (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
+                        if traced
+                        else None,
+                        settle,
                     )
-                finally:
-                    run.running.pop(index, None)
+                except BaseException:
+                    # A settled item is out of ``running`` already; one that raised may not be.
+                    running.pop(index, None)
+                    raise
                 if not succeeded and (
                     len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)
@@ -157,8 +218,22 @@ class MapExecutor:
 
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:
-        frame = run.frame
-        return Frame(ctx, f"{run.base}/{index}", frame.depth + 1, frame.scope, frame, run.visit)
+        # Frame(ctx, path, depth, scope, parent, run.visit), written out: one
+        # call less per item ("map item" row). Keep it alike with Frame.__init__
+        # (and with _worker, which makes a new item's frame itself).
+        path = f"{run.base}/{index}"
+        item = _new(Frame)
+        item.ctx = ctx
+        item.path = path
+        item.depth = run.depth
+        item.scope = run.frame.scope
+        item.branch = None
+        item.node = None
+        item.work = None
+        item.resume = None
+        item.visits = 0
+        item.origin = f"{run.visit}:{path}"
+        return item
 
     @staticmethod
     def _new_item(run: MapRun, index: int) -> Frame:
@@ -173,25 +248,6 @@ class MapExecutor:
             ctx.set(node.item_path, value)
             ctx.set(node.index_path, index)
         return MapExecutor._item_frame(run, index, ctx)
-
-    @staticmethod
-    def _settle(run: MapRun, index: int, item: Frame) -> Callable[[Exception | None, bool], None]:
-        """What ``run_child`` calls as item ``index`` ends (see ``Kernel.run_child``)."""
-        node = run.node
-
-        def settle(error: Exception | None, cancelled: bool) -> None:
-            if cancelled:
-                return
-            if error is not None:
-                run.failures.append((index, error))
-            else:
-                for source in node.collect:
-                    value = item.ctx.get(source)
-                    run.collected[source][index] = None if value is MISSING else value
-                run.done += 1
-            del run.running[index]  # before the event: a snapshot must not run it again
-
-        return settle
 
     def save(self, kernel: Kernel, run: MapRun) -> MapPosition:
         """A map node in flight as a snapshot keeps it: done, failed, running, next."""

@@ -122,6 +122,7 @@ _YIELD_EVERY: Final = 63
 # (docs/internals.md, "The tight path").
 _TIGHT = True
 _UNSEEN: Final[Any] = object()
+_NO_FLAGS: Final = (None, None, None)  # off trio: await the checkpoint every node
 _time_ns: Final = time.time_ns
 _new: Final = object.__new__
 
@@ -266,6 +267,7 @@ class Run:
         "_node_log",
         "_records",
         "_root",
+        "_simple",
         "_state",
         "_stopped",
         "_suspend",
@@ -411,6 +413,10 @@ class Run:
         state = self._state
         self.backend = current_backend()
         self.token, self.loop_thread = loop_handles()
+        # The tight path's plan, or None when every node goes through
+        # execute(): decided once per run, not once per path (a map item's or
+        # a branch's path is often one node: "map item" row).
+        self._simple = _plan(state.entries) if _TIGHT and self._plain() else None
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
         self.runtime = StageRuntime(
@@ -843,7 +849,7 @@ class Run:
             finally:
                 frame.resume = None
         state = self._state
-        simple = _plan(state.entries) if _TIGHT and self._plain() else None
+        simple = self._simple
         if simple is None:
             while node_id is not None and node_id != stop:
                 node_id = await self.execute(index[node_id], frame)
@@ -852,24 +858,27 @@ class Run:
         # history's records (replaced only by a restore, never during a run),
         # what the cancellation test reads.
         history = state.history
-        records = history.records
+        records = self._records
         backend = self.backend
-        flags = cancel_flags(backend)
         status: Any
         runner: Any
         task: Any
-        status, runner, task = (None, None, None) if flags is None else flags
+        # Unpacked at once: the flags' tuple is not kept in the frame of a
+        # path that waits ("paused session, memory each" row).
+        status, runner, task = cancel_flags(backend) or _NO_FLAGS
         checkpoint, yield_ = backend.checkpoint, backend.yield_
         caps, desk = self._caps, state.desk
         session_id = state.session_id
         runtime = self.runtime
         path = frame.path
         context = frame.ctx
-        # A root or subpipeline context is a dict (a fork reads through a
-        # ChainMap): its top-level keys are read and written as dict items.
+        # A root or subpipeline context is a dict: its top-level keys are read
+        # and written as dict items. A fork's are read from its maps in order
+        # and written into the first, recorded as written (Context.layers: a
+        # map item's or a branch's path, "map item" and "parallel branch" rows).
         data = context.data
         top = type(data) is dict
-        get = data.get if top else context.get
+        layers = None if top else context.layers()
         while node_id is not None and node_id != stop:
             node = index[node_id]
             step = simple.get(id(node), _UNSEEN)
@@ -932,7 +941,15 @@ class Run:
                             # StageExecutor.context for top-level keys, no contract, no config.
                             arguments: dict[str, Any] = {}
                             for name, key in step.pairs:
-                                value = get(key, MISSING)
+                                if top:
+                                    value = data.get(key, MISSING)
+                                elif layers is not None:
+                                    for layer in layers[0]:
+                                        value = layer.get(key, MISSING)
+                                        if value is not MISSING:
+                                            break
+                                else:
+                                    value = context.get(key)
                                 if value is not MISSING:
                                     arguments[name] = (
                                         value if type(value) in PLAIN_SCALARS else copy_json(value)
@@ -992,6 +1009,11 @@ class Run:
                                     for key, target in step.outputs:
                                         if top:
                                             data[target] = outputs[key]
+                                        elif layers is not None:
+                                            layers[0][0][target] = outputs[key]
+                                            written = layers[1]
+                                            if written is not None:
+                                                written[target] = None
                                         else:
                                             context.set(target, outputs[key])
                             else:
@@ -1187,14 +1209,21 @@ class Run:
         settle: Callable[[Exception | None, bool], None],
     ) -> bool:
         """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
-        tracing = self._state.tracing
-        active = tracing.start(*span) if tracing is not None and span is not None else None
-        history = self._state.history
+        state = self._state
+        # ``span`` is made only when the run is traced.
+        active = None if span is None or state.tracing is None else state.tracing.start(*span)
+        history = state.history
         outcome = "cancelled"
         error: Exception | None = None
         ending: dict[str, Any] | None = None
+        path = frame.path
         try:
-            history.record(kind.started, node_id, frame.path, payload)
+            # History.record's append, written out while nothing watches
+            # ("map item" and "parallel branch" rows), as in run_path.
+            if history.quiet:
+                self._records.extend((kind.started, _time_ns() // 1000, node_id, path, payload))
+            else:
+                history.record(kind.started, node_id, path, payload)
             try:
                 await self.run_path(entry, frame, stop)
             except Exception as exc:
@@ -1217,7 +1246,10 @@ class Run:
                 raise
             outcome = "succeeded"
             settle(None, False)
-            history.record(kind.finished, node_id, frame.path, payload)
+            if history.quiet:
+                self._records.extend((kind.finished, _time_ns() // 1000, node_id, path, payload))
+            else:
+                history.record(kind.finished, node_id, path, payload)
             return True
         finally:
             if active is not None:

@@ -163,6 +163,43 @@ async def test_map_items_are_isolated_and_only_collect_flows_back() -> None:
     assert "item" not in session.payload
 
 
+async def test_an_item_reads_the_parent_through_its_fork_and_collects_its_own_writes() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Scale")
+    async def scale(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        arguments = ctx.arguments
+        return {"out": arguments["item"] * arguments["factor"], "at": arguments["index"]}
+
+    document = doc(
+        [
+            {
+                "id": "m",
+                "type": "map",
+                "items": "items",
+                "body": "w",
+                "collect": {"out": "outs", "at": "ats"},
+                "next": "end",
+            },
+            stage(
+                "w",
+                "Scale",
+                arguments={"item": "item", "factor": "factor", "index": "index"},
+                outputs={"out": "out", "at": "at"},
+            ),
+            terminal("end", "outs", "ats"),
+        ]
+    )
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        payload={"items": [1, 2, 3], "factor": 10, "out": "the parent's"},
+    )
+    result = await session.run()
+    assert result.artifacts == {"outs": [10, 20, 30], "ats": [0, 1, 2]}
+    assert session.payload["out"] == "the parent's"  # an item's writes stay in its fork
+
+
 @pytest.mark.trio_only
 async def test_ten_thousand_items() -> None:
     items = [{"v": i} for i in range(10_000)]
