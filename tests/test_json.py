@@ -7,9 +7,9 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from fakes import doc, fake_registry, run, stage, terminal
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from fakes import doc, fake_registry, run, stage, terminal
 
 import stageflow
 from stageflow._guard import SAFE_INT_BITS

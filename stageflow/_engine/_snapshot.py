@@ -381,9 +381,7 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     # Version 1 kept every event and no counter; version 2 says where to go on.
     next_seq = snapshot.get("history_seq", len(events) + 1)
     state.history.restore_snapshot(events, next_seq)
-    state.desk.recorded_rejections = sum(
-        1 for event in events if event["type"] == "input_rejected"
-    )
+    state.desk.recorded_rejections = sum(1 for event in events if event["type"] == "input_rejected")
     state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
     state.deadline = snapshot["deadline"]
     state.replay_draws(snapshot["rng_draws"])
