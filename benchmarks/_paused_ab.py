@@ -128,8 +128,10 @@ async def main(sides: list[Side], rounds: int, held: int, sample: int) -> None:
                         pause[kind, i].append((paused - start) / sample)
                         resume[kind, i].append((done - paused) / sample)
         memory: dict[tuple[str, int], tuple[float, float]] = {}
+        batch = []  # the last round's, resumed: freed before anything is counted
         for kind in KINDS:
             for i, side in enumerate(sides):
+                batch = []
                 gc.collect()
                 objects = len(gc.get_objects())
                 tracemalloc.start()

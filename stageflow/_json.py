@@ -81,7 +81,7 @@ def _plain(value: Any, depth: int, max_depth: int) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return value.bit_length() < SAFE_INT_BITS
+        return bool(value.bit_length() < SAFE_INT_BITS)
     if kind is float:
         return math.isfinite(value)
     return False

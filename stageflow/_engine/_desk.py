@@ -32,6 +32,10 @@ from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
 __all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
 
+# Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
+# input as json.dumps with options makes ("paused session, time to resume" rows).
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any) -> list[str]:
     """``"path: message"`` for every way ``payload`` breaks the schema (none without one)."""
@@ -133,7 +137,9 @@ class InputDesk:
                 f"input {type!r} was rejected: {bad[0]} is a {type_name(bad[1])}, not a JSON "
                 f"value ({bad.reason}); send dict, list, str, int, float, bool or None",
             )
-        size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        text = _COMPACT.encode(payload)
+        # A character is at most 4 bytes of UTF-8: a short text needs no encoding.
+        size = len(text) if len(text) * 4 <= self._limits.max_input_bytes else len(text.encode())
         if size > self._limits.max_input_bytes:
             raise self._reject(
                 type,

@@ -258,6 +258,7 @@ class Run:
     """One run of a session (see the module docstring)."""
 
     __slots__ = (
+        "_awaited",
         "_cancel_reasons",
         "_cancel_scope",
         "_caps",
@@ -425,6 +426,7 @@ class Run:
             hooks=self,
             on_block=self._suspend,
             new_event=self.backend.event,
+            loop_start=self.backend.current_time(),
             on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
@@ -707,7 +709,9 @@ class Run:
             self.suspending = True
             self.stop_outcome = self.runtime.stop_outcome = "suspended"
             saved = state.saved = self.saved_state()
-            waiting_for, wake_at = awaited(saved["position"], state.deadline)
+            # Kept for _suspended: the saved positions do not change until then
+            # (inputs sent meanwhile are queued).
+            waiting_for, wake_at = self._awaited = awaited(saved["position"], state.deadline)
             # Inputs sent from now on (subscribers of the event below included)
             # are queued, so the snapshot keeps them.
             desk.broker.release()
@@ -737,7 +741,7 @@ class Run:
             return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         state.history.close()
         state.status = SessionStatus.WAITING
-        waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
+        waiting_for, wake_at = self._awaited
         return SessionResult(
             status=SessionStatus.WAITING,
             result=None,
@@ -953,7 +957,10 @@ class Run:
                             work.timer = None
                             frame.work = work
                             ctx = engine_context(
-                                MappingProxyType(arguments),
+                                # No arguments: the shared empty view, one object
+                                # less that a waiting session keeps ("paused
+                                # session" rows).
+                                MappingProxyType(arguments) if arguments else EMPTY_MAPPING,
                                 EMPTY_MAPPING,
                                 session_id,
                                 node_id,
