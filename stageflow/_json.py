@@ -1,4 +1,9 @@
-"""JSON values: the only kind of data a context, an input or an event holds."""
+"""JSON values: the only kind of data a context, an input or an event holds.
+
+Hot path: :func:`copy_json` runs per map item and per copied value ("map
+item" rows), :func:`find_non_json` per input, stage output and restored
+snapshot ("paused session, time to pause / resume" rows).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 All three steps run before anything executes and collect every problem they
 find into one :class:`~stageflow.PipelineValidationError`.
+
+Hot path: only :meth:`Pipeline.to_dict`, once per session snapshot ("paused
+session, as snapshot text" row).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ stages' own schemas first; inputs that go to the backlog are checked against
 every schema the pipeline's stages declare for that type. The receiving side
 (``wait_input``, ``sleep``, ``emit`` of a running stage) is the run's
 :class:`~stageflow._engine._runtime.StageRuntime`.
+
+Hot path: :meth:`InputDesk.send`, once per input ("paused session, time to
+resume" rows).
 """
 
 from __future__ import annotations

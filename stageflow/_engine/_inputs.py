@@ -5,6 +5,9 @@ for the payload). An input sent while stages wait for its type goes to every
 one of them (broadcast); an input sent while nobody waits is kept, per type
 and in order, until the next waiter takes it. The broker does no validation
 and records no events: the input desk does.
+
+Hot path: :meth:`InputBroker.deliver`, once per input a waiting stage gets
+("paused session, time to resume" rows).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Version history: 1 always carried the whole history and no ``history_seq``;
 and its events without ``session_id`` (the snapshot's) and without the span
 ids that are null: a waiting session's snapshot is about a fifth shorter
 (the "paused session, as snapshot text" benchmark row). All three are read.
+
+Hot path: :func:`dump` and :func:`load` run once per snapshot and restore
+of a stored waiting session ("paused session, as snapshot text" rows).
 """
 
 from __future__ import annotations
