@@ -259,7 +259,6 @@ class Run:
     """One run of a session (see the module docstring)."""
 
     __slots__ = (
-        "_awaited",
         "_cancel_reasons",
         "_cancel_scope",
         "_caps",
@@ -710,9 +709,7 @@ class Run:
             self.suspending = True
             self.stop_outcome = self.runtime.stop_outcome = "suspended"
             saved = state.saved = self.saved_state()
-            # Kept for _suspended: the saved positions do not change until then
-            # (inputs sent meanwhile are queued).
-            waiting_for, wake_at = self._awaited = awaited(saved["position"], state.deadline)
+            waiting_for, wake_at = awaited(saved["position"], state.deadline)
             # Inputs sent from now on (subscribers of the event below included)
             # are queued, so the snapshot keeps them.
             desk.broker.release()
@@ -742,7 +739,7 @@ class Run:
             return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         state.history.close()
         state.status = SessionStatus.WAITING
-        waiting_for, wake_at = self._awaited
+        waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
         return SessionResult(
             status=SessionStatus.WAITING,
             result=None,
