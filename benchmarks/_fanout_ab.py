@@ -44,6 +44,8 @@ def load(tree: str, name: str, into: Path) -> Any:
         text = _IMPORT.sub(
             lambda m: f"{name}." if m.group(0).endswith(".") else f"{m.group(1)} {name}", text
         )
+        # Not an import: the snapshot format's name, which the schema checks.
+        text = text.replace(f'"{name}.session-snapshot"', '"stageflow.session-snapshot"')
         path.write_text(text)
     return importlib.import_module(name)
 

@@ -251,6 +251,7 @@ RECORD_SLOTS: Final = _WIDTH
 """Slots per event in :attr:`History.records`."""
 
 _NO_SPAN: Final = (None, None, None)
+_SPAN_FIELDS: Final = ("trace_id", "span_id", "parent_span_id")
 
 
 def _event(
@@ -467,6 +468,60 @@ class History:
         self._flat = flat
         self._spans = spans or None
         self.base = next_seq - 1 - len(flat) // _WIDTH
+
+    def restore_snapshot(self, events: Sequence[Mapping[str, Any]], next_seq: int) -> None:
+        """:meth:`restore` from events as a snapshot keeps them (checked when it was read).
+
+        The same as ``restore([event_from_dict(e) for e in events], next_seq)``
+        without an :class:`Event` each ("paused session, as snapshot text" row).
+        """
+        flat: list[Any] = []
+        spans: dict[int, tuple[Any, ...]] = {}
+        fromisoformat = datetime.datetime.fromisoformat
+        for index, event in enumerate(events):
+            flat += (
+                event["type"],
+                _stored(fromisoformat(event["timestamp"])),
+                event["node_id"],
+                event["path"],
+                event["payload"],
+            )
+            span = (event.get("trace_id"), event.get("span_id"), event.get("parent_span_id"))
+            if span != _NO_SPAN:
+                spans[index] = span
+        self._flat = flat
+        self._spans = spans or None
+        self.base = next_seq - 1 - len(flat) // _WIDTH
+
+    def snapshot_events(self, keep: int | None) -> list[dict[str, Any]]:
+        """The newest ``keep`` events (``None``: all) as a version 3 snapshot keeps them.
+
+        Each is :meth:`Event.to_dict` without ``session_id`` (the snapshot's)
+        and without the span ids that are null, made from the records
+        directly, without an :class:`Event` each ("paused session, as
+        snapshot text" row).
+        """
+        flat = self._flat
+        spans = self._spans
+        length = len(flat) // _WIDTH
+        first = 0 if keep is None or keep >= length else length - keep
+        out = []
+        for index in range(first, length):
+            at = index * _WIDTH
+            event: dict[str, Any] = {
+                "seq": self.base + index + 1,
+                "type": flat[at],
+                "timestamp": _shown(flat[at + 1]).isoformat(),
+                "node_id": flat[at + 2],
+                "path": flat[at + 3],
+                "payload": dict(flat[at + 4]),
+            }
+            if spans is not None and index in spans:
+                for key, value in zip(_SPAN_FIELDS, spans[index], strict=True):
+                    if value is not None:
+                        event[key] = value
+            out.append(event)
+        return out
 
     @property
     def events(self) -> EventLog:

@@ -2,6 +2,9 @@
 
 All three steps run before anything executes and collect every problem they
 find into one :class:`~stageflow.PipelineValidationError`.
+
+Hot path: only :meth:`Pipeline.to_dict`, once per session snapshot ("paused
+session, as snapshot text" row).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import datetime
 import functools
 import hashlib
 import json
+import marshal
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 from os import PathLike
@@ -54,6 +58,12 @@ __all__ = ["Pipeline", "load_schema", "structure_node"]
 
 # The pattern of a context path in the pipeline schema ($defs.path).
 _PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
+
+# id(pipeline) -> (pipeline, its document as plain JSON in marshal's bytes), for
+# Pipeline.to_dict. The pipeline is kept so that an id reused after garbage
+# collection is never taken for it; pipelines are frozen.
+_PLAIN_DOCUMENTS: dict[int, tuple[Pipeline, bytes]] = {}
+_MAX_PLAIN_DOCUMENTS = 1024
 
 _NODE_CLASSES: dict[str, type[Any]] = {
     "stage": StageNode,
@@ -268,7 +278,17 @@ class Pipeline:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a copy of the source document."""
-        result: dict[str, Any] = copy_json(self.document)
+        # The document is kept frozen (read-only mappings, tuples), which
+        # copy_json walks through the Mapping ABC; a snapshot copies it every
+        # time ("paused session, as snapshot text" row). marshal copies plain
+        # JSON in C: several times faster. Its bytes never leave the process.
+        cached = _PLAIN_DOCUMENTS.get(id(self))
+        if cached is None or cached[0] is not self:
+            cached = (self, marshal.dumps(copy_json(self.document)))
+            if len(_PLAIN_DOCUMENTS) >= _MAX_PLAIN_DOCUMENTS:
+                _PLAIN_DOCUMENTS.clear()
+            _PLAIN_DOCUMENTS[id(self)] = cached
+        result: dict[str, Any] = marshal.loads(cached[1])
         return result
 
     @classmethod

@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 from fakes import doc, fake_registry, run, stage, terminal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stageflow
-from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze, thaw
+from stageflow._guard import SAFE_INT_BITS
+from stageflow._json import MAX_DEPTH, _walk, copy_json, find_non_json, freeze, thaw
 
 
 def nested(levels: int) -> list[Any]:
@@ -43,6 +46,56 @@ def test_non_json_parts_are_located(value: object, location: str, reason: str) -
     assert found is not None
     assert (found.location, found.reason) == (location, reason)
     assert found[0] == location  # still indexable as (location, value)
+
+
+class _Text(str):
+    pass
+
+
+def _edge_int(which: int) -> int:
+    """2 ** SAFE_INT_BITS (either sign), or the first integer past the digit budget."""
+    if which:
+        return 2**which if which > 0 else -(2**-which)
+    return 10**4300
+
+
+# Leaves of every kind the check tells apart: plain scalars, integers at the
+# edge of the digit budget, non-finite floats, subclasses and non-JSON types.
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([SAFE_INT_BITS, -SAFE_INT_BITS, 0]).map(_edge_int) | st.just(10**4299),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.builds(_Text, st.text(max_size=3)),
+    st.sampled_from([(1, 2), {1}, b"x", object()]),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.integers()), inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_VALUES, max_depth=st.sampled_from([0, 1, 2, 3, MAX_DEPTH]))
+def test_the_quick_check_agrees_with_the_walk(value: object, max_depth: int) -> None:
+    # find_non_json answers plain values without the walk: the same answers.
+    found = find_non_json(value, "$", max_depth)
+    walked = _walk(value, "$", max_depth)
+    assert (found is None) == (walked is None)
+    if found is not None and walked is not None:
+        assert (found.location, found.reason) == (walked.location, walked.reason)
+
+
+@pytest.mark.parametrize("levels", [63, 64, 65, 66, MAX_DEPTH])
+def test_values_around_the_quick_checks_depth_are_accepted(levels: int) -> None:
+    assert find_non_json({"v": nested(levels)}, "$", levels + 1) is None
+    assert find_non_json({"v": nested(levels)}, "$", levels) is not None
 
 
 def test_a_reference_cycle_is_found_not_followed_forever() -> None:

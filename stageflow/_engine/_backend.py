@@ -133,6 +133,9 @@ class Backend(NamedTuple):
     cancelled: type[BaseException]
     cancel_scope: Callable[[], CancelScopeLike]
     event: Callable[[], EventLike]
+    # The event loop's clock: anyio.current_time() finds the backend first, once
+    # per call (once per run: "paused session" rows).
+    current_time: Callable[[], float]
 
 
 _TRIO = Backend(
@@ -142,6 +145,7 @@ _TRIO = Backend(
     trio.Cancelled,
     trio.CancelScope,
     TrioWake,
+    trio.current_time,
 )
 
 
@@ -156,6 +160,7 @@ def current_backend() -> Backend:
         anyio.get_cancelled_exc_class(),
         anyio.CancelScope,
         anyio.Event,
+        anyio.current_time,
     )
 
 

@@ -8,6 +8,9 @@ stages' own schemas first; inputs that go to the backlog are checked against
 every schema the pipeline's stages declare for that type. The receiving side
 (``wait_input``, ``sleep``, ``emit`` of a running stage) is the run's
 :class:`~stageflow._engine._runtime.StageRuntime`.
+
+Hot path: :meth:`InputDesk.send`, once per input ("paused session, time to
+resume" rows).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from stageflow._stages import StageEntry
 from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
 __all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
+
+# Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
+# input as json.dumps with options makes ("paused session, time to resume" rows).
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any) -> list[str]:
@@ -133,7 +140,9 @@ class InputDesk:
                 f"input {type!r} was rejected: {bad[0]} is a {type_name(bad[1])}, not a JSON "
                 f"value ({bad.reason}); send dict, list, str, int, float, bool or None",
             )
-        size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        text = _COMPACT.encode(payload)
+        # A character is at most 4 bytes of UTF-8: a short text needs no encoding.
+        size = len(text) if len(text) * 4 <= self._limits.max_input_bytes else len(text.encode())
         if size > self._limits.max_input_bytes:
             raise self._reject(
                 type,

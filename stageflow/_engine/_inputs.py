@@ -5,6 +5,9 @@ for the payload). An input sent while stages wait for its type goes to every
 one of them (broadcast); an input sent while nobody waits is kept, per type
 and in order, until the next waiter takes it. The broker does no validation
 and records no events: the input desk does.
+
+Hot path: :meth:`InputBroker.deliver`, once per input a waiting stage gets
+("paused session, time to resume" rows).
 """
 
 from __future__ import annotations
@@ -121,12 +124,18 @@ class InputBroker:
         current = self._waiters
         if not current:
             return 0
-        registered = {id(waiter) for waiter in current}
-        chosen = [waiter for waiter in waiters if id(waiter) in registered]
-        if not chosen:
-            return 0
-        taken = {id(waiter) for waiter in chosen}
-        current[:] = [waiter for waiter in current if id(waiter) not in taken]
+        if len(current) == 1 and len(waiters) == 1 and current[0] is waiters[0]:
+            # One stage waits, and it is the one chosen: the usual case, without
+            # the sets and lists below ("paused session, time to resume" rows).
+            chosen: list[Waiter] = [current[0]]
+            current.clear()
+        else:
+            registered = {id(waiter) for waiter in current}
+            chosen = [waiter for waiter in waiters if id(waiter) in registered]
+            if not chosen:
+                return 0
+            taken = {id(waiter) for waiter in chosen}
+            current[:] = [waiter for waiter in current if id(waiter) not in taken]
         sender = sender_context() if self.trace_senders else None
         for waiter in chosen:
             waiter.sender = sender
@@ -169,6 +178,10 @@ class InputBroker:
         queue, senders = self._queues(type)
         queue.appendleft(payload)
         senders.appendleft(None)
+
+    def queued(self) -> bool:
+        """Whether some input waits in the backlog."""
+        return any(self._backlog.values()) if self._backlog else False
 
     def backlog(self) -> dict[str, list[Any]]:
         """The queued inputs by type, oldest first (copies, for a snapshot)."""

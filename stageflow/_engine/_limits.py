@@ -36,12 +36,11 @@ _RESUME: Final = (
 
 def _cap(lifetime: int | None, start: int, per_run: int | None) -> float:
     """The counter value beyond which a limit is passed (``inf``: no bound)."""
-    caps = [math.inf]
-    if lifetime is not None:
-        caps.append(lifetime)
-    if per_run is not None:
-        caps.append(start + per_run)
-    return min(caps)
+    if per_run is None:
+        return math.inf if lifetime is None else lifetime
+    if lifetime is None:
+        return start + per_run
+    return min(lifetime, start + per_run)
 
 
 class RunCaps:

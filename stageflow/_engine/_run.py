@@ -431,6 +431,7 @@ class Run:
             hooks=self,
             on_block=self._suspend,
             new_event=self.backend.event,
+            loop_start=self.backend.current_time(),
             on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
@@ -970,7 +971,10 @@ class Run:
                             work.timer = None
                             frame.work = work
                             ctx = engine_context(
-                                MappingProxyType(arguments),
+                                # No arguments: the shared empty view, one object
+                                # less that a waiting session keeps ("paused
+                                # session" rows).
+                                MappingProxyType(arguments) if arguments else EMPTY_MAPPING,
                                 EMPTY_MAPPING,
                                 session_id,
                                 node_id,

@@ -151,6 +151,7 @@ class StageRuntime:
         hooks: RunHooks,
         on_block: bool,
         new_event: Callable[[], EventLike],
+        loop_start: float,
         metrics: Metrics | None = None,
         pipeline: str = "",
         on_long_block: bool = False,
@@ -163,7 +164,7 @@ class StageRuntime:
         # The session's UTC clock for this run (see clock()): deadlines of
         # waits and sleeps are absolute times on it.
         self._started_at = started_at
-        self._loop_start = anyio.current_time()
+        self._loop_start = loop_start
         self._tracing = tracing
         self._metrics = metrics
         self._pipeline = pipeline  # the session's pipeline name, for metric attributes

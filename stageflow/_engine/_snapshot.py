@@ -15,13 +15,16 @@ Version history: 1 always carried the whole history and no ``history_seq``;
 and its events without ``session_id`` (the snapshot's) and without the span
 ids that are null: a waiting session's snapshot is about a fifth shorter
 (the "paused session, as snapshot text" benchmark row). All three are read.
+
+Hot path: :func:`dump` and :func:`load` run once per snapshot and restore
+of a stored waiting session ("paused session, as snapshot text" rows).
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -114,23 +117,40 @@ def event_to_snapshot(event: Event) -> dict[str, Any]:
     return out
 
 
-_LIMIT_DEFAULTS: Final = attrs.asdict(Limits())
+_DEFAULT_LIMITS: Final = Limits()
+_LIMIT_DEFAULTS: Final = attrs.asdict(_DEFAULT_LIMITS)
+
+# id(limits) -> (limits, what a snapshot keeps of them): sessions share their
+# pipeline's Limits, and attrs.asdict per snapshot cost a tenth of one
+# ("paused session, as snapshot text" row). The Limits is kept so that an id
+# reused after garbage collection is never taken for it; Limits are frozen.
+_KEPT_LIMITS: Final[dict[int, tuple[Limits, dict[str, Any]]]] = {}
+_MAX_KEPT_LIMITS: Final = 1024
 
 
 def limits_to_snapshot(limits: Limits) -> dict[str, Any]:
     """The limits that differ from their defaults, as a version 3 snapshot keeps them."""
-    return {
+    cached = _KEPT_LIMITS.get(id(limits))
+    if cached is not None and cached[0] is limits:
+        return dict(cached[1])
+    kept = {
         name: value
         for name, value in attrs.asdict(limits).items()
         if name not in _LIMIT_DEFAULTS
         or value != _LIMIT_DEFAULTS[name]
         or type(value) is not type(_LIMIT_DEFAULTS[name])
     }
+    if len(_KEPT_LIMITS) >= _MAX_KEPT_LIMITS:
+        _KEPT_LIMITS.clear()
+    _KEPT_LIMITS[id(limits)] = (limits, kept)
+    return dict(kept)
 
 
 def limits_of(snapshot: Mapping[str, Any]) -> Limits:
     """The limits a snapshot keeps (those left out have their defaults)."""
-    return Limits(**snapshot["limits"])
+    kept = snapshot["limits"]
+    # Limits are frozen: the defaults are one shared instance.
+    return Limits(**kept) if kept else _DEFAULT_LIMITS
 
 
 def check_document(data: object) -> Mapping[str, Any]:
@@ -283,14 +303,8 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
         "outcome": copy_json(state.outcome) if status in FINISHED else None,
         "stopped_by_limit": stopped if status is SessionStatus.FAILED else None,
         "history_seq": state.history.next_seq,
-        "history": [event_to_snapshot(event) for event in _tail(state.history.events, keep)],
+        "history": state.history.snapshot_events(keep),
     }
-
-
-def _tail(events: Sequence[Event], keep: int | None) -> Sequence[Event]:
-    if keep is None or keep >= len(events):
-        return events
-    return events[len(events) - keep :] if keep else ()
 
 
 def _trace_ids(state: SessionState) -> TraceIds | None:
@@ -366,12 +380,11 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     stopped = snapshot.get("stopped_by_limit")
     if stopped is not None and raised(stopped, limits_of(snapshot), state.limits):
         status = SessionStatus.WAITING
-    session_id = snapshot["session_id"]
-    events = [event_from_dict(e, session_id) for e in snapshot["history"]]
+    events = snapshot["history"]
     # Version 1 kept every event and no counter; version 2 says where to go on.
     next_seq = snapshot.get("history_seq", len(events) + 1)
-    state.history.restore(events, next_seq)
-    state.desk.recorded_rejections = sum(1 for event in events if event.type == "input_rejected")
+    state.history.restore_snapshot(events, next_seq)
+    state.desk.recorded_rejections = sum(1 for event in events if event["type"] == "input_rejected")
     state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
     state.deadline = snapshot["deadline"]
     state.replay_draws(snapshot["rng_draws"])

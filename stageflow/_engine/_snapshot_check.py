@@ -22,8 +22,6 @@ import datetime
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-import attrs
-
 from stageflow._context import Context
 from stageflow._errors import ContextPathError, Problem
 from stageflow._graph import all_edges, continuation_edges, region_edges, walk
@@ -120,6 +118,7 @@ def consistency_problems(
 
 
 _ACTIVE: Final = ("running", "waiting")
+_DEFAULT_LIMITS: Final = Limits()  # frozen: shared
 
 
 class _Checker:
@@ -214,14 +213,15 @@ class _Checker:
     def counters(self) -> None:
         snapshot = self.snapshot
         # Version 3 keeps only the limits that differ from their defaults.
-        limits = attrs.asdict(Limits(**snapshot["limits"]))
+        kept = snapshot["limits"]
+        limits = Limits(**kept) if kept else _DEFAULT_LIMITS
         # A session that hit max_steps counted the step it refused.
-        max_steps = limits.get("max_steps")
+        max_steps = limits.max_steps
         if max_steps is not None and snapshot["steps"] > max_steps + 1:
             self.add(
                 "$.steps",
                 f"{snapshot['steps']} node executions is past limits.max_steps="
-                f"{limits['max_steps']}; no session gets there",
+                f"{max_steps}; no session gets there",
             )
         if snapshot["rng_draws"] > MAX_RNG_DRAWS:
             self.add(
@@ -230,11 +230,11 @@ class _Checker:
                 "replays; the snapshot is damaged",
             )
         for input_type, payloads in snapshot["backlog"].items():
-            if len(payloads) > limits["max_input_backlog"]:
+            if len(payloads) > limits.max_input_backlog:
                 self.add(
                     f"$.backlog.{input_type}",
                     f"{len(payloads)} queued inputs is over limits.max_input_backlog="
-                    f"{limits['max_input_backlog']}",
+                    f"{limits.max_input_backlog}",
                 )
 
     # -------------------------------------------------------------- frames

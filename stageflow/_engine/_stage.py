@@ -241,7 +241,8 @@ class StageExecutor:
         # Positional, and node_path / execution_key made when read ("sequential
         # stage node" row): see stageflow._stages.engine_context.
         return engine_context(
-            MappingProxyType(arguments),
+            # No arguments: the shared empty view ("paused session" rows).
+            MappingProxyType(arguments) if arguments else _EMPTY,
             copy_json(node.config) if node.config else _EMPTY,
             kernel.session_id,
             node.id,

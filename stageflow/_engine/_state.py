@@ -226,10 +226,15 @@ class SessionState:
             "error": described,
         }
         # Inputs nobody received are said to be dropped, never dropped in silence.
-        discarded = tuple(
-            (type, payload)
-            for type, payloads in self.desk.broker.backlog().items()
-            for payload in payloads
+        broker = self.desk.broker
+        discarded = (
+            tuple(
+                (type, payload)
+                for type, payloads in broker.backlog().items()
+                for payload in payloads
+            )
+            if broker.queued()
+            else ()
         )
         if discarded:
             self.history.record(
