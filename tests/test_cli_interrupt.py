@@ -54,6 +54,15 @@ def _entry_point() -> str:
     return found
 
 
+def _sigint_by_default() -> None:
+    # A test run started in the background (`make test &`, nohup, some CI
+    # runners) ignores SIGINT, and an ignored signal stays ignored across
+    # exec: the CLI would never see the interrupt. Its user's terminal
+    # delivers it; give the child the default disposition, as a terminal's
+    # foreground job has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def command(tmp_path: Path) -> list[str]:
     (tmp_path / "blocking.py").write_text(STAGES)
@@ -70,7 +79,11 @@ def command(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("options", [["--no-live"], ["--json"], ["--json", "--history"]])
 def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) -> None:
     proc = subprocess.Popen(
-        [*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_by_default,
     )
     try:
         assert proc.stderr is not None
@@ -92,7 +105,12 @@ def test_ctrl_c_with_the_live_view_on_a_terminal_exits_130(command: list[str]) -
     # A pseudo-terminal makes stdout a terminal, so the live view is on.
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        command, stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        command,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_sigint_by_default,
     )
     os.close(follower)
     try:
