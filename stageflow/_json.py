@@ -33,9 +33,11 @@ class NonJson(NamedTuple):
 # walk: well within the interpreter's recursion limit, and deeper than the
 # values sessions hold.
 _FAST_DEPTH: Final = 64
+# How many containers _plain enters before it leaves the value to the walk.
+_FAST_CONTAINERS: Final = 10_000
 
 
-def _plain(value: Any, depth: int, max_depth: int) -> bool:
+def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     """Whether ``value`` is plainly JSON, tested by exact types without locations.
 
     ``True`` only when :func:`find_non_json` would find nothing; ``False``
@@ -45,14 +47,21 @@ def _plain(value: Any, depth: int, max_depth: int) -> bool:
     location per item costs a few times less ("paused session" rows: an
     input, a stage's outputs and a restored snapshot are checked per pause
     and resume).
+
+    ``left`` counts down the containers it may still enter; at zero it
+    gives up and the walk decides. A value that shares one list many times
+    over (``x = [x, x]`` twenty levels deep) is exponential to walk as a
+    tree: the walk, which takes the last item first, refuses a bad entry
+    after it at once, and this check must not walk the tree first.
     """
     kind = type(value)
     # The dict and list loops are written out twice: one shared loop over
     # ``value.values()`` needs a pass of its own over the keys, 19% more for
     # a 20-key dict ("paused session" rows).
     if kind is dict:
-        if depth >= max_depth:
+        if depth >= max_depth or left[0] <= 0:
             return False
+        left[0] -= 1
         depth += 1
         for key, item in value.items():
             if type(key) is not str:
@@ -66,12 +75,13 @@ def _plain(value: Any, depth: int, max_depth: int) -> bool:
             elif kind is float:
                 if not math.isfinite(item):
                     return False
-            elif not _plain(item, depth, max_depth):
+            elif not _plain(item, depth, max_depth, left):
                 return False
         return True
     if kind is list:
-        if depth >= max_depth:
+        if depth >= max_depth or left[0] <= 0:
             return False
+        left[0] -= 1
         depth += 1
         for item in value:
             kind = type(item)
@@ -83,7 +93,7 @@ def _plain(value: Any, depth: int, max_depth: int) -> bool:
             elif kind is float:
                 if not math.isfinite(item):
                     return False
-            elif not _plain(item, depth, max_depth):
+            elif not _plain(item, depth, max_depth, left):
                 return False
         return True
     if kind is str or kind is bool or value is None:
@@ -108,7 +118,7 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     else is walked iteratively, so hostile values can neither hit the
     recursion limit nor loop forever.
     """
-    if _plain(value, 0, max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH):
+    if _plain(value, 0, max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH, [_FAST_CONTAINERS]):
         return None
     return _walk(value, where, max_depth)
 

@@ -284,7 +284,15 @@ class Pipeline:
         # JSON in C: several times faster. Its bytes never leave the process.
         cached = _PLAIN_DOCUMENTS.get(id(self))
         if cached is None or cached[0] is not self:
-            cached = (self, marshal.dumps(copy_json(self.document)))
+            plain = copy_json(self.document)
+            try:
+                packed = marshal.dumps(plain)
+            except ValueError:
+                # marshal takes exact built-in types only; a document built in
+                # Python may hold str, int or float subclasses (enum members):
+                # their JSON form is what a snapshot keeps anyway.
+                packed = marshal.dumps(json.loads(json.dumps(plain)))
+            cached = (self, packed)
             if len(_PLAIN_DOCUMENTS) >= _MAX_PLAIN_DOCUMENTS:
                 _PLAIN_DOCUMENTS.clear()
             _PLAIN_DOCUMENTS[id(self)] = cached

@@ -163,3 +163,16 @@ async def test_a_stage_returning_a_very_deep_value_fails_the_session_cleanly() -
     assert result.status is stageflow.SessionStatus.FAILED
     assert isinstance(result.error, stageflow.StageOutputError)
     assert result.error.node_id == "deep"
+
+
+def test_a_bad_value_after_a_shared_list_is_found_without_walking_the_tree() -> None:
+    # x = [x, x], forty levels: 2**40 items as a tree, 40 lists as objects.
+    # The quick check once walked that tree first, item by item, before the
+    # walk (which takes the last item first) could refuse the NaN after it;
+    # here it would never have ended (the suite's timeout fails it).
+    shared: list[Any] = []
+    for _ in range(40):
+        shared = [shared, shared]
+    bad = find_non_json({"a": shared, "z": math.nan}, "payload")
+    assert bad is not None
+    assert (bad.location, bad.reason) == ("payload.z", "not a finite number")

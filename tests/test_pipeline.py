@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import enum
 import math
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,40 @@ def test_condition_rules_of_a_loaded_pipeline_are_read_only() -> None:
         rule["=="] = []
     assert rule["=="][1] == (1, 2)
     assert stageflow.jsonlogic.apply(rule, {"x": [1, 2]}) is True
+
+
+class _Kind(enum.StrEnum):
+    STAGE = "stage"
+    TERMINAL = "terminal"
+
+
+class _Attempts(enum.IntEnum):
+    THREE = 3
+
+
+@pytest.mark.anyio
+async def test_a_document_with_enum_members_copies_and_snapshots_as_plain_json() -> None:
+    # A document built in Python may hold str and int subclasses; to_dict's
+    # fast copy (marshal) takes exact types only and once raised ValueError,
+    # at every snapshot of the session too.
+    document = doc(
+        [
+            {
+                **stage("a", "Set", next="end", config={"values": {"n": _Attempts.THREE}}),
+                "type": _Kind.STAGE,
+            },
+            {**terminal("end"), "type": _Kind.TERMINAL},
+        ]
+    )
+    registry = fake_registry()
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    copied = pipeline.to_dict()
+    assert [n["type"] for n in copied["nodes"]] == ["stage", "terminal"]
+    assert copied["nodes"][0]["config"]["values"]["n"] == 3
+    session = stageflow.Session(pipeline, registry=registry)
+    result = await session.run()
+    assert result.status == "completed"
+    snapshot = session.to_dict()
+    assert snapshot["pipeline"]["document"]["nodes"][0]["type"] == "stage"
+    restored = stageflow.Session.from_dict(snapshot, registry=registry)
+    assert restored.status == "completed"

@@ -26,14 +26,21 @@ from stageflow._engine._inputs import InputBroker, InputReceipt, fulfil
 from stageflow._engine._positions import Call
 from stageflow._errors import InputRejectedError
 from stageflow._events import History
-from stageflow._json import copy_json, find_non_json
+from stageflow._json import NonJson, copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec, json_message
 from stageflow._stages import StageEntry
 from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
-__all__ = ["InputDesk", "input_spec", "schema_errors", "type_name"]
+__all__ = [
+    "InputDesk",
+    "input_spec",
+    "not_json_message",
+    "schema_errors",
+    "surrogate_message",
+    "type_name",
+]
 
 # Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
 # input as json.dumps with options makes ("paused session, time to resume" rows).
@@ -134,15 +141,15 @@ class InputDesk:
             )
         bad = find_non_json(payload, "payload")
         if bad is not None:
-            raise self._reject(
-                type,
-                "not_json",
-                f"input {type!r} was rejected: {bad[0]} is a {type_name(bad[1])}, not a JSON "
-                f"value ({bad.reason}); send dict, list, str, int, float, bool or None",
-            )
+            raise self._reject(type, "not_json", not_json_message(type, bad))
         text = _COMPACT.encode(payload)
-        # A character is at most 4 bytes of UTF-8: a short text needs no encoding.
-        size = len(text) if len(text) * 4 <= self._limits.max_input_bytes else len(text.encode())
+        if text.isascii():  # one byte per character: no encoding needed
+            size = len(text)
+        else:
+            try:
+                size = len(text.encode())
+            except UnicodeEncodeError as exc:
+                raise self._reject(type, "not_json", surrogate_message(type, text, exc)) from None
         if size > self._limits.max_input_bytes:
             raise self._reject(
                 type,
@@ -270,3 +277,20 @@ def input_spec(spec: StageSpec, type: str) -> InputSpec | None:
 def type_name(value: object) -> str:
     """The type name of ``value``, for messages."""
     return type(value).__name__
+
+
+def not_json_message(type: str, bad: NonJson) -> str:
+    """Why an input of ``type`` was refused: where its payload stops being JSON."""
+    return (
+        f"input {type!r} was rejected: {bad.location} is a {type_name(bad.value)}, not a JSON "
+        f"value ({bad.reason}); send dict, list, str, int, float, bool or None"
+    )
+
+
+def surrogate_message(type: str, text: str, error: UnicodeEncodeError) -> str:
+    """Why an input of ``type`` was refused: its JSON ``text`` holds a lone surrogate."""
+    return (
+        f"input {type!r} was rejected: its text holds a lone surrogate "
+        f"({text[error.start]!r}, at character {error.start} of its JSON form), which is not "
+        "Unicode text and cannot be stored as UTF-8; send valid Unicode text"
+    )

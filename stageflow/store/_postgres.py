@@ -44,7 +44,7 @@ from stageflow.store._errors import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from stageflow.store._history import dumps, with_history
+from stageflow.store._history import input_text, with_history
 from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
@@ -466,7 +466,7 @@ class PostgresStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        text = dumps(payload)
+        text = input_text(type, payload)
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:

@@ -27,7 +27,7 @@ from stageflow.store._errors import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from stageflow.store._history import dumps, with_history
+from stageflow.store._history import dumps, input_text, with_history
 from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
@@ -281,7 +281,7 @@ class SQLiteStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        text = dumps(payload)
+        text = input_text(type, payload)
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(

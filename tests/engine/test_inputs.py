@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -249,6 +250,23 @@ async def test_non_json_and_oversized_inputs_are_rejected() -> None:
     with pytest.raises(stageflow.InputRejectedError) as info:
         session.send_input("go", "x" * 20)
     assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("size", [1, 300_000])
+async def test_an_input_with_a_lone_surrogate_is_rejected_whatever_its_size(size: int) -> None:
+    # A short text once skipped its UTF-8 encoding and was delivered; the
+    # snapshot written as UTF-8 text then failed (a long one raised an
+    # untyped UnicodeEncodeError).
+    session = new_session(doc([terminal("end")]))
+    with pytest.raises(stageflow.InputRejectedError, match="lone surrogate") as info:
+        session.send_input("go", {"text": "\ud800" * size})
+    assert info.value.reason == "not_json"
+    assert [e.payload["reason"] for e in session.history if e.type == "input_rejected"] == [
+        "not_json"
+    ]
+    # Nothing of it was kept: the snapshot is still UTF-8 text.
+    assert "\\ud800" not in json.dumps(session.to_dict())
+    json.dumps(session.to_dict(), ensure_ascii=False).encode()
 
 
 SCHEMA = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}

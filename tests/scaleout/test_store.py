@@ -105,6 +105,28 @@ async def test_send_input_idempotency_holds_after_the_session_finished(store: Se
     assert (await store.get("s")).runnable_at is None
 
 
+@pytest.mark.parametrize(
+    ("payload", "found"),
+    [
+        ({"x": float("nan")}, "payload.x is a float"),
+        ({"x": object()}, "payload.x is a object"),
+        ({"text": "\ud800"}, "lone surrogate"),
+    ],
+)
+async def test_a_payload_that_is_not_json_is_refused_before_it_is_stored(
+    store: SessionStore, payload: Any, found: str
+) -> None:
+    # Stored, it was refused only by the worker that delivered it, when the
+    # sender had its record already (NaN), or raised an untyped error.
+    await store.create(snapshot("s"))
+    with pytest.raises(stageflow.InputRejectedError, match=found) as info:
+        await store.send_input("s", "msg", payload, idempotency_key="k")
+    assert (info.value.reason, info.value.input_type) == ("not_json", "msg")
+    assert (await store.get("s")).inbox_head == 0
+    record = await store.send_input("s", "msg", {"text": "fixed"}, idempotency_key="k")
+    assert (record.seq, record.duplicate) == (1, False)
+
+
 async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
     with pytest.raises(SessionNotFoundError, match="no stored session has id 'nope'"):
         await store.send_input("nope", "msg", {})
