@@ -36,6 +36,7 @@ from stageflow._guard import (
     parse_json_text,
     parse_yaml_text,
 )
+from stageflow._identity import IdentityCache
 from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
@@ -59,11 +60,8 @@ __all__ = ["Pipeline", "load_schema", "structure_node"]
 # The pattern of a context path in the pipeline schema ($defs.path).
 _PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
 
-# id(pipeline) -> (pipeline, its document as plain JSON in marshal's bytes), for
-# Pipeline.to_dict. The pipeline is kept so that an id reused after garbage
-# collection is never taken for it; pipelines are frozen.
-_PLAIN_DOCUMENTS: dict[int, tuple[Pipeline, bytes]] = {}
-_MAX_PLAIN_DOCUMENTS = 1024
+# Each pipeline's document as plain JSON in marshal's bytes, for Pipeline.to_dict.
+_PLAIN_DOCUMENTS: IdentityCache[bytes] = IdentityCache()
 
 _NODE_CLASSES: dict[str, type[Any]] = {
     "stage": StageNode,
@@ -282,8 +280,8 @@ class Pipeline:
         # copy_json walks through the Mapping ABC; a snapshot copies it every
         # time ("paused session, as snapshot text" row). marshal copies plain
         # JSON in C: several times faster. Its bytes never leave the process.
-        cached = _PLAIN_DOCUMENTS.get(id(self))
-        if cached is None or cached[0] is not self:
+        packed = _PLAIN_DOCUMENTS.get(self)
+        if packed is None:
             plain = copy_json(self.document)
             try:
                 packed = marshal.dumps(plain)
@@ -292,11 +290,8 @@ class Pipeline:
                 # Python may hold str, int or float subclasses (enum members):
                 # their JSON form is what a snapshot keeps anyway.
                 packed = marshal.dumps(json.loads(json.dumps(plain)))
-            cached = (self, packed)
-            if len(_PLAIN_DOCUMENTS) >= _MAX_PLAIN_DOCUMENTS:
-                _PLAIN_DOCUMENTS.clear()
-            _PLAIN_DOCUMENTS[id(self)] = cached
-        result: dict[str, Any] = marshal.loads(cached[1])
+            _PLAIN_DOCUMENTS.put(self, packed)
+        result: dict[str, Any] = marshal.loads(packed)
         return result
 
     @classmethod

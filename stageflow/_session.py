@@ -39,6 +39,7 @@ from stageflow._errors import (
     SessionStateError,
 )
 from stageflow._events import Event, EventCallback, EventStream
+from stageflow._identity import IdentityCache
 from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
@@ -89,28 +90,22 @@ def _missing_stage(node_id: str, stage: str, registry: StageRegistry, *, given: 
     )
 
 
-# id(pipeline) -> (pipeline, registry, its stage entries): a pipeline's stages
-# are looked up once per registry, not once per session ("3-node run,
-# Session() to result" benchmark row). The pipeline is kept so that an id
-# reused after garbage collection is never taken for it. Safe to share: a
-# registry never changes or drops an entry it has given out, and the engine
-# only reads the entries.
-_RESOLVED_SIZE: Final = 1024
-_resolved: dict[int, tuple[Pipeline, StageRegistry, Mapping[int, StageEntry]]] = {}
+# Each pipeline's stage entries, with the registry they came from: a
+# pipeline's stages are looked up once per registry, not once per session
+# ("3-node run, Session() to result" benchmark row). Safe to share: a registry
+# never changes or drops an entry it has given out, and the engine only reads
+# the entries.
+_resolved: Final[IdentityCache[tuple[StageRegistry, Mapping[int, StageEntry]]]] = IdentityCache()
 
 
 def _stages_of(
     pipeline: Pipeline, registry: StageRegistry, *, given: bool
 ) -> Mapping[int, StageEntry]:
     """The registry entry of every stage node, resolved once per (pipeline, registry)."""
-    cached = _resolved.get(id(pipeline))
-    if cached is not None and cached[0] is pipeline and cached[1] is registry:
-        return cached[2]
-    entries = _resolve_stages(pipeline, registry, given=given)
-    if len(_resolved) >= _RESOLVED_SIZE:
-        _resolved.clear()
-    _resolved[id(pipeline)] = (pipeline, registry, entries)
-    return entries
+    cached = _resolved.get(pipeline)
+    if cached is not None and cached[0] is registry:
+        return cached[1]
+    return _resolved.put(pipeline, (registry, _resolve_stages(pipeline, registry, given=given)))[1]
 
 
 def _resolve_stages(

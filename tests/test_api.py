@@ -139,6 +139,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_deadlines",
         "_errors",
         "_json",
+        "_identity",
         "jsonlogic",
         "_jsonlogic_compiled",
         "_context",

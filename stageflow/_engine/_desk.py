@@ -26,21 +26,14 @@ from stageflow._engine._inputs import InputBroker, InputReceipt, fulfil
 from stageflow._engine._positions import Call
 from stageflow._errors import InputRejectedError
 from stageflow._events import History
-from stageflow._json import NonJson, copy_json, find_non_json
+from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec, json_message
 from stageflow._stages import StageEntry
 from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
-__all__ = [
-    "InputDesk",
-    "input_spec",
-    "not_json_message",
-    "schema_errors",
-    "surrogate_message",
-    "type_name",
-]
+__all__ = ["InputDesk", "input_json", "input_spec", "schema_errors", "type_name"]
 
 # Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
 # input as json.dumps with options makes ("paused session, time to resume" rows).
@@ -139,17 +132,10 @@ class InputDesk:
                 input_type=str(type),
                 reason="bad_type",
             )
-        bad = find_non_json(payload, "payload")
-        if bad is not None:
-            raise self._reject(type, "not_json", not_json_message(type, bad))
-        text = _COMPACT.encode(payload)
-        if text.isascii():  # one byte per character: no encoding needed
-            size = len(text)
-        else:
-            try:
-                size = len(text.encode())
-            except UnicodeEncodeError as exc:
-                raise self._reject(type, "not_json", surrogate_message(type, text, exc)) from None
+        try:
+            _, size = input_json(type, payload)
+        except InputRejectedError as refused:
+            raise self._reject(type, refused.reason, str(refused)) from None
         if size > self._limits.max_input_bytes:
             raise self._reject(
                 type,
@@ -279,18 +265,34 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
-def not_json_message(type: str, bad: NonJson) -> str:
-    """Why an input of ``type`` was refused: where its payload stops being JSON."""
-    return (
-        f"input {type!r} was rejected: {bad.location} is a {type_name(bad.value)}, not a JSON "
-        f"value ({bad.reason}); send dict, list, str, int, float, bool or None"
-    )
+def input_json(type: str, payload: Any) -> tuple[str, int]:
+    """An input's payload as compact JSON text, and its size in UTF-8 bytes.
 
+    The one check of a payload from a sender, for a live session and for a
+    session store alike (``limits.max_input_bytes`` counts this size).
 
-def surrogate_message(type: str, text: str, error: UnicodeEncodeError) -> str:
-    """Why an input of ``type`` was refused: its JSON ``text`` holds a lone surrogate."""
-    return (
-        f"input {type!r} was rejected: its text holds a lone surrogate "
-        f"({text[error.start]!r}, at character {error.start} of its JSON form), which is not "
-        "Unicode text and cannot be stored as UTF-8; send valid Unicode text"
-    )
+    Raises:
+        InputRejectedError: ``reason="not_json"``: the payload is not JSON,
+            or its text holds a lone surrogate, which UTF-8 cannot carry.
+    """
+    bad = find_non_json(payload, "payload")
+    if bad is not None:
+        raise InputRejectedError(
+            f"input {type!r} was rejected: {bad.location} is a {type_name(bad.value)}, not a "
+            f"JSON value ({bad.reason}); send dict, list, str, int, float, bool or None",
+            input_type=type,
+            reason="not_json",
+        )
+    text = _COMPACT.encode(payload)
+    if text.isascii():  # one byte per character: no encoding needed
+        return text, len(text)
+    try:
+        return text, len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise InputRejectedError(
+            f"input {type!r} was rejected: its text holds a lone surrogate "
+            f"({text[exc.start]!r}, at character {exc.start} of its JSON form), which is not "
+            "Unicode text and cannot be stored as UTF-8; send valid Unicode text",
+            input_type=type,
+            reason="not_json",
+        ) from None

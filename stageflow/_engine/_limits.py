@@ -16,12 +16,16 @@ session stopped by a limit at the node it stopped at), or look for a loop.
 from __future__ import annotations
 
 import math
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from stageflow._errors import LimitExceededError
 from stageflow._model import Limits
 
-__all__ = ["RESUMABLE", "RunCaps", "raised", "run_time_error"]
+__all__ = ["DEFAULT_LIMITS", "RESUMABLE", "RunCaps", "limits_of", "raised", "run_time_error"]
+
+DEFAULT_LIMITS: Final = Limits()
+"""The default limits: one shared instance (``Limits`` is frozen)."""
 
 RESUMABLE: Final = frozenset(
     {"max_steps", "max_history", "max_run_steps", "max_run_events", "max_run_seconds"}
@@ -32,6 +36,12 @@ _RESUME: Final = (
     "to go on, restore it with the limit raised: Session.from_dict(session.to_dict(), "
     "limits=...) resumes it at node {node!r}"
 )
+
+
+def limits_of(snapshot: Mapping[str, Any]) -> Limits:
+    """The limits a snapshot keeps (those left out have their defaults)."""
+    kept = snapshot["limits"]
+    return Limits(**kept) if kept else DEFAULT_LIMITS
 
 
 def _cap(lifetime: int | None, start: int, per_run: int | None) -> float:

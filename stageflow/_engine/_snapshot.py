@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 import attrs
 import jsonschema
 
-from stageflow._engine._limits import raised
+from stageflow._engine._limits import DEFAULT_LIMITS, limits_of, raised
 from stageflow._engine._positions import (
     RECORDS,
     FramePosition,
@@ -47,6 +47,7 @@ from stageflow._errors import (
     SnapshotVersionError,
 )
 from stageflow._events import Event
+from stageflow._identity import IdentityCache
 from stageflow._json import copy_json
 from stageflow._model import Limits
 from stageflow._pipeline import Pipeline, load_schema, schema_error_message
@@ -117,40 +118,29 @@ def event_to_snapshot(event: Event) -> dict[str, Any]:
     return out
 
 
-_DEFAULT_LIMITS: Final = Limits()
-_LIMIT_DEFAULTS: Final = attrs.asdict(_DEFAULT_LIMITS)
+_LIMIT_DEFAULTS: Final = attrs.asdict(DEFAULT_LIMITS)
 
-# id(limits) -> (limits, what a snapshot keeps of them): sessions share their
-# pipeline's Limits, and attrs.asdict per snapshot cost a tenth of one
-# ("paused session, as snapshot text" row). The Limits is kept so that an id
-# reused after garbage collection is never taken for it; Limits are frozen.
-_KEPT_LIMITS: Final[dict[int, tuple[Limits, dict[str, Any]]]] = {}
-_MAX_KEPT_LIMITS: Final = 1024
+# What a snapshot keeps of each Limits: sessions share their pipeline's
+# Limits, and attrs.asdict per snapshot cost a tenth of one ("paused session,
+# as snapshot text" row).
+_KEPT_LIMITS: Final[IdentityCache[dict[str, Any]]] = IdentityCache()
 
 
 def limits_to_snapshot(limits: Limits) -> dict[str, Any]:
     """The limits that differ from their defaults, as a version 3 snapshot keeps them."""
-    cached = _KEPT_LIMITS.get(id(limits))
-    if cached is not None and cached[0] is limits:
-        return dict(cached[1])
-    kept = {
-        name: value
-        for name, value in attrs.asdict(limits).items()
-        if name not in _LIMIT_DEFAULTS
-        or value != _LIMIT_DEFAULTS[name]
-        or type(value) is not type(_LIMIT_DEFAULTS[name])
-    }
-    if len(_KEPT_LIMITS) >= _MAX_KEPT_LIMITS:
-        _KEPT_LIMITS.clear()
-    _KEPT_LIMITS[id(limits)] = (limits, kept)
+    kept = _KEPT_LIMITS.get(limits)
+    if kept is None:
+        kept = _KEPT_LIMITS.put(
+            limits,
+            {
+                name: value
+                for name, value in attrs.asdict(limits).items()
+                if name not in _LIMIT_DEFAULTS
+                or value != _LIMIT_DEFAULTS[name]
+                or type(value) is not type(_LIMIT_DEFAULTS[name])
+            },
+        )
     return dict(kept)
-
-
-def limits_of(snapshot: Mapping[str, Any]) -> Limits:
-    """The limits a snapshot keeps (those left out have their defaults)."""
-    kept = snapshot["limits"]
-    # Limits are frozen: the defaults are one shared instance.
-    return Limits(**kept) if kept else _DEFAULT_LIMITS
 
 
 def check_document(data: object) -> Mapping[str, Any]:

@@ -23,12 +23,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from stageflow._context import Context
+from stageflow._engine._limits import limits_of
 from stageflow._errors import ContextPathError, Problem
 from stageflow._graph import all_edges, continuation_edges, region_edges, walk
 from stageflow._guard import MAX_DEPTH, MAX_NESTING
 from stageflow._json import copy_json, find_non_json
 from stageflow._model import (
-    Limits,
     MapNode,
     ParallelNode,
     ParallelPolicy,
@@ -118,7 +118,6 @@ def consistency_problems(
 
 
 _ACTIVE: Final = ("running", "waiting")
-_DEFAULT_LIMITS: Final = Limits()  # frozen: shared
 
 
 class _Checker:
@@ -213,8 +212,7 @@ class _Checker:
     def counters(self) -> None:
         snapshot = self.snapshot
         # Version 3 keeps only the limits that differ from their defaults.
-        kept = snapshot["limits"]
-        limits = Limits(**kept) if kept else _DEFAULT_LIMITS
+        limits = limits_of(snapshot)
         # A session that hit max_steps counted the step it refused.
         max_steps = limits.max_steps
         if max_steps is not None and snapshot["steps"] > max_steps + 1:

@@ -21,16 +21,12 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from stageflow._engine._desk import not_json_message, surrogate_message
 from stageflow._engine._snapshot import event_from_dict
-from stageflow._errors import InputRejectedError
-from stageflow._json import find_non_json
 from stageflow._session import Session
 
 __all__ = [
     "SnapshotInfo",
     "dumps",
-    "input_text",
     "snapshot_info",
     "split_history",
     "turn_snapshot",
@@ -41,25 +37,6 @@ __all__ = [
 def dumps(value: Any) -> str:
     """Compact JSON text, as stored."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def input_text(type: str, payload: Any) -> str:
-    """An input's payload as stored; refused with :class:`InputRejectedError` before any write.
-
-    The store is the sender's only chance to hear of a payload that is not
-    JSON: a worker that delivers it later can only record the rejection.
-    """
-    bad = find_non_json(payload, "payload")
-    if bad is not None:
-        raise InputRejectedError(not_json_message(type, bad), input_type=type, reason="not_json")
-    text = dumps(payload)
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        raise InputRejectedError(
-            surrogate_message(type, text, exc), input_type=type, reason="not_json"
-        ) from None
-    return text
 
 
 class SnapshotInfo:

@@ -38,13 +38,14 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
+from stageflow._engine._desk import input_json
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
     StoreSchemaError,
     StoreUnavailableError,
 )
-from stageflow.store._history import input_text, with_history
+from stageflow.store._history import with_history
 from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
@@ -466,7 +467,7 @@ class PostgresStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        text = input_text(type, payload)
+        text, _ = input_json(type, payload)
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:

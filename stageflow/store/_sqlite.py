@@ -21,13 +21,14 @@ from typing import Any, TypeVar
 
 import anyio
 
+from stageflow._engine._desk import input_json
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
     StoreSchemaError,
     StoreUnavailableError,
 )
-from stageflow.store._history import dumps, input_text, with_history
+from stageflow.store._history import dumps, with_history
 from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
@@ -281,7 +282,7 @@ class SQLiteStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        text = input_text(type, payload)
+        text, _ = input_json(type, payload)
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(
