@@ -104,3 +104,29 @@ async def tracing(settings: Settings, table: Table, figures: dict[str, float | N
     table.add(
         Row(SECTION, "one SDK span (start_as_current_span), same provider", us(span), "-", "-")
     )
+    attributed = _median(runs["sdk"], "attributed_span")
+    if attributed is not None:
+        table.add(
+            Row(
+                SECTION,
+                "one SDK span with a stage node span's 5 attributes, same provider",
+                us(attributed),
+                f"{us(span)} bare",
+                times(ratio(attributed, span)),
+            )
+        )
+        # What is left of the SDK row once the untraced node and an SDK span
+        # carrying the same attributes are taken off: stageflow's own code
+        # (the SDK's work for the attributes is in the reference).
+        sdk, base = _median(runs["sdk"], "per_node"), _median(runs["untraced"], "per_node")
+        if sdk is not None and base is not None and untraced_available:
+            own = sdk - base - attributed
+            table.add(
+                Row(
+                    SECTION,
+                    "tracing, SDK: stageflow's own code per node (SDK - untraced - span above)",
+                    us(own),
+                    f"{us(span)} bare span",
+                    times(ratio(own, span)),
+                )
+            )

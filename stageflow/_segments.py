@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -79,6 +79,7 @@ def _hex_ids(context: SpanContext) -> tuple[str, str]:
     return context.trace_id.to_bytes(16, "big").hex(), context.span_id.to_bytes(8, "big").hex()
 
 
+@final  # tested with type() is, not isinstance() (see Segments.start)
 class SegmentedSpan(Span):
     """A span that a segment cut can end and the run's next use can start again."""
 
@@ -144,7 +145,12 @@ class SegmentedSpan(Span):
 
     def get_span_context(self) -> SpanContext:
         """The current incarnation's context (a child started now is its child)."""
-        return self.live().get_span_context()
+        # live() written out: the SDK asks a parent three times per child span
+        # ("SDK ... per node" row).
+        span = self.span
+        if span is None:
+            span = self._revive()
+        return span.get_span_context()
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Set an attribute (kept for the incarnations to come)."""
@@ -224,7 +230,9 @@ class Segments:
     ) -> SegmentedSpan:
         """Start a span under the current one (not made current: the caller does that)."""
         current = trace.get_current_span()
-        owner = current if isinstance(current, SegmentedSpan) else None
+        # type(), not isinstance(): Span is an ABC, and its check costs two
+        # Python calls per span ("SDK ... per node" row). Nothing subclasses it.
+        owner = current if type(current) is SegmentedSpan else None
         if owner is not None and owner.segments is not self:
             owner = None  # another run's span (a session run from inside a stage)
         span = self.tracer.start_span(name, attributes=attributes, links=links)

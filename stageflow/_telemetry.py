@@ -43,6 +43,7 @@ __all__ = [
     "WAIT_SECONDS",
     "SUBPIPELINE",
     "ActiveSpan",
+    "active_ids",
     "SpanIds",
     "Tracing",
     "current_ids",
@@ -144,10 +145,16 @@ def enter_span(
     return enter(tracer.start_span(name, attributes=attributes, links=links))
 
 
+def active_ids(active: ActiveSpan) -> SpanIds:
+    """The ids of an entered span's live incarnation: what :func:`current_ids` gives in it."""
+    span = active.span
+    return span.ids if type(span) is SegmentedSpan else active.ids
+
+
 def enter(span: Span) -> ActiveSpan:
     """Make a started span current."""
     context = trace.set_span_in_context(span)
-    if isinstance(span, SegmentedSpan):
+    if type(span) is SegmentedSpan:  # not isinstance(): see Segments.start
         return ActiveSpan(
             span, otel_context.attach(context), span.ids, _ENTERED.set((context, span))
         )
@@ -162,7 +169,7 @@ def bind_span(log: Any, active: ActiveSpan) -> Any:
     incarnation (a cut span is never started again by this).
     """
     span = active.span
-    if isinstance(span, SegmentedSpan):
+    if type(span) is SegmentedSpan:
         trace_id, span_id, _ = span.ids
         flags = span.flags
     else:

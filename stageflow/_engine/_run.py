@@ -106,6 +106,7 @@ from stageflow._telemetry import (
     SUBPIPELINE,
     ActiveSpan,
     Tracing,
+    active_ids,
     bind_span,
     restored_link,
 )
@@ -139,6 +140,19 @@ _PLAN_SIZE: Final = 1024
 _plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Step | _Choice | None]]] = {}
 
 
+def _node_span(node: Node) -> tuple[str, dict[str, Any]]:
+    """The name and the starting attributes of ``node``'s span (a new dict each call)."""
+    attributes: dict[str, Any] = {NODE_ID: node.id, NODE_TYPE: node.type}
+    if isinstance(node, StageNode):
+        attributes[STAGE] = node.stage
+        attributes[ATTEMPT] = 1  # raised by the stage executor if a retry succeeds or fails
+    elif isinstance(node, ParallelNode):
+        attributes[POLICY] = node.policy.value
+    elif isinstance(node, SubpipelineNode):
+        attributes[SUBPIPELINE] = node.pipeline
+    return f"{node.type} {node.id}", attributes
+
+
 class _Step:
     """What the tight path needs of one simple stage node, made once (see ``_plans``).
 
@@ -152,11 +166,24 @@ class _Step:
     without their calls and checks: "sequential stage node" row).
     """
 
-    __slots__ = ("direct", "done", "entry", "finished", "node", "outputs", "pairs", "started")
+    __slots__ = (
+        "attributes",
+        "direct",
+        "done",
+        "entry",
+        "finished",
+        "name",
+        "node",
+        "outputs",
+        "pairs",
+        "started",
+    )
 
     def __init__(self, node: StageNode, entry: StageEntry) -> None:
         self.node = node
         self.entry = entry
+        # The span's name and starting attributes, for a traced run (copied per span).
+        self.name, self.attributes = _node_span(node)
         self.started = node_started_payload("stage")
         self.done = Finished(node.next)
         self.finished = node_finished_payload("stage", node.next, None)
@@ -177,29 +204,34 @@ class _Choice:
     """What the tight path needs of a condition node, made once (see ``_plans``).
 
     ``choices``: for each condition, then for ``else`` (its test ``None``),
-    the test, the frame's record and the node_finished payload when it is
-    taken (what ``Run._condition`` and ``execute()`` make per execution:
-    "condition node" rows).
+    the test, the frame's record, the node_finished payload and the span's
+    last attributes when it is taken (what ``Run._condition`` and
+    ``execute()`` make per execution: "condition node" rows).
     """
 
-    __slots__ = ("choices", "node", "started")
+    __slots__ = ("attributes", "choices", "name", "node", "started")
 
     def __init__(self, node: ConditionNode) -> None:
         self.node = node
+        self.name, self.attributes = _node_span(node)
         self.started = node_started_payload("condition")
-        choices: list[tuple[Callable[[Any], bool] | None, Finished, Mapping[str, Any]]] = [
-            (
-                branch.matches,
-                Finished(branch.then),
-                node_finished_payload("condition", branch.then, index),
-            )
-            for index, branch in enumerate(node.conditions)
+        targets: list[tuple[Callable[[Any], bool] | None, str, int | str]] = [
+            (branch.matches, branch.then, index) for index, branch in enumerate(node.conditions)
         ]
         if node.else_ is not None:
-            choices.append(
-                (None, Finished(node.else_), node_finished_payload("condition", node.else_, "else"))
+            targets.append((None, node.else_, "else"))
+        self.choices: tuple[
+            tuple[Callable[[Any], bool] | None, Finished, Mapping[str, Any], dict[str, Any]], ...
+        ] = tuple(
+            (
+                matches,
+                Finished(then),
+                node_finished_payload("condition", then, branch),
+                # execute()'s ending for a condition; shared, only read.
+                {CONDITION_BRANCH: str(branch), NEXT_NODE: then or ""},
             )
-        self.choices = tuple(choices)
+            for matches, then, branch in targets
+        )
 
 
 def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | None]:
@@ -871,6 +903,7 @@ class Run:
         caps, desk = self._caps, state.desk
         session_id = state.session_id
         runtime = self.runtime
+        tracing = state.tracing
         path = frame.path
         context = frame.ctx
         # A root or subpipeline context is a dict: its top-level keys are read
@@ -889,15 +922,15 @@ class Run:
                 node_id = await self.execute(node, frame)
                 continue
             node = step.node  # the same node, typed
-            # The tight path ("sequential stage node", "condition node" and
-            # "1,000-node chain" rows): a simple stage node (one attempt, no
-            # timeout, no cleanup) or a condition node of a run without
-            # spans, metrics or log lines, executed here instead of through
-            # execute() and StageExecutor.run(): two coroutine levels and the
-            # per-node checks for tracing, metrics and logs less. It does
-            # what execute() does for such a node, in the same order: the
-            # property test in tests/engine/test_tight_path.py holds the two
-            # paths equal.
+            # The tight path ("sequential stage node", "condition node",
+            # "1,000-node chain" and "SDK ... per node" rows): a simple stage
+            # node (one attempt, no timeout, no cleanup) or a condition node
+            # of a run without metrics or node log lines, executed here
+            # instead of through execute() and StageExecutor.run(): two
+            # coroutine levels and the per-node checks for metrics and logs
+            # less. It does what execute() does for such a node, in the same
+            # order, its span included: the property test in
+            # tests/engine/test_tight_path.py holds the two paths equal.
             #
             # _enter, written out (the same steps in the same order: keep them
             # alike): count the step and visit, check the limits, then the
@@ -919,16 +952,29 @@ class Run:
                 or (runner.ki_pending and task is runner.main_task)
             ):
                 await checkpoint()
+            # execute()'s span: its outcome, error and last attributes.
+            span = None if tracing is None else tracing.start(step.name, dict(step.attributes))
+            outcome = "failed"
+            error: Exception | None = None
+            ending: dict[str, Any] | None = None
             try:
                 # History.record's append, written out while nothing watches.
                 if history.quiet:
                     records += ("node_started", _time_ns() // 1000, node_id, path, step.started)
                 else:
-                    history.record("node_started", node_id, path, step.started)
+                    # The span's ids given, not looked up in the context
+                    # ("SDK ... per node" row).
+                    history.record(
+                        "node_started",
+                        node_id,
+                        path,
+                        step.started,
+                        None if span is None else active_ids(span),
+                    )
                 try:
                     if type(step) is _Choice:
                         # Run._condition, with its outcomes made once.
-                        for matches, done, finished in step.choices:  # noqa: B007 (read after break)
+                        for matches, done, finished, ending in step.choices:  # noqa: B007 (read after break)
                             if matches is None or matches(data):
                                 break
                         else:
@@ -1027,6 +1073,10 @@ class Run:
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                 except Exception as exc:
+                    error = exc
+                    if isinstance(exc, TimeoutError):
+                        outcome = "timed_out"
+                    ending = {ERROR_HANDLED: False}
                     history.record(
                         "node_failed",
                         node_id,
@@ -1034,20 +1084,32 @@ class Run:
                         {"node_type": node.type, "error": describe_exception(exc)},
                     )
                     node_id = self._route_error(node, frame, exc)
+                    ending[ERROR_HANDLED] = True
                     continue
                 except BaseException as exc:  # looked at and re-raised (see run)
                     if is_cancellation(exc, backend.cancelled):
+                        outcome = self.stop_outcome
+                        ending = None if span is None else {CANCEL_REASON: self.cancel_reason(path)}
                         history.record("node_cancelled", node_id, path, {"node_type": node.type})
                     raise
+                outcome = "succeeded"
                 frame.work = done  # a snapshot from here on resumes at the next node
                 if history.quiet:
                     records += ("node_finished", _time_ns() // 1000, node_id, path, finished)
                 else:
-                    history.record("node_finished", node_id, path, finished)
+                    history.record(
+                        "node_finished",
+                        node_id,
+                        path,
+                        finished,
+                        None if span is None else active_ids(span),
+                    )
                 node_id = done.next
             finally:
                 if self._cancel_reasons:
                     self._cancel_reasons.pop(f"{path}/{node.id}" if path else node.id, None)
+                if span is not None:
+                    Tracing.end(span, outcome, error, ending)
 
     def _enter(self, node: Node, frame: Frame) -> Awaitable[None]:
         """Count ``node``'s step and visit and check the limits (``execute``'s steps).
@@ -1078,9 +1140,8 @@ class Run:
         return self.backend.checkpoint()
 
     def _plain(self) -> bool:
-        """Whether this run makes no spans, metrics or node log lines (the tight path's case)."""
-        state = self._state
-        return state.tracing is None and state.metrics is None and self._node_log is None
+        """Whether this run makes no metrics or node log lines (the tight path's case)."""
+        return self._state.metrics is None and self._node_log is None
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""
@@ -1090,15 +1151,8 @@ class Run:
         tracing = state.tracing
         span: ActiveSpan | None = None
         if tracing is not None:
-            attributes: dict[str, Any] = {NODE_ID: node.id, NODE_TYPE: node.type}
-            if isinstance(node, StageNode):
-                attributes[STAGE] = node.stage
-                attributes[ATTEMPT] = 1  # raised by the stage executor if a retry succeeds or fails
-            elif isinstance(node, ParallelNode):
-                attributes[POLICY] = node.policy.value
-            elif isinstance(node, SubpipelineNode):
-                attributes[SUBPIPELINE] = node.pipeline
-            span = tracing.start(f"{node.type} {node.id}", attributes)
+            name, attributes = _node_span(node)
+            span = tracing.start(name, attributes)
         meters = state.metrics
         log = self._node_log
         if log is not None or meters is not None:

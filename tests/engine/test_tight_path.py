@@ -78,8 +78,9 @@ def test_tight_and_general_paths_are_indistinguishable(backend: str, plan: dict[
     assert tight.spans == general.spans
 
 
-def test_the_tight_path_is_taken() -> None:
-    """Untraced, stage nodes skip ``execute()``; with the switch off they do not."""
+@pytest.mark.parametrize("traced", [False, True])
+def test_the_tight_path_is_taken(traced: bool) -> None:
+    """Stage nodes skip ``execute()``, traced or not; with the switch off they do not."""
     calls = 0
     execute = _run.Run.execute
 
@@ -90,7 +91,7 @@ def test_the_tight_path_is_taken() -> None:
 
     plan = {
         "blocks": [("chain", 0), ("set", 0)],
-        "traced": False,
+        "traced": traced,
         "suspend": False,
         "max_steps": None,
     }

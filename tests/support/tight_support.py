@@ -266,10 +266,22 @@ def event_record(event: stageflow.Event, ids: Ids) -> tuple[Any, ...]:
     )
 
 
+# A frame of the engine in a traceback, with its source line: the two paths
+# raise through different engine frames (the tight path has fewer).
+_ENGINE_FRAME = re.compile(r'  File "[^"]*/stageflow/[^"]*", line \d+, in \w+\n(    .*\n)*')
+
+
 def _attributes(attributes: Any, ids: Ids) -> list[tuple[str, str]]:
-    """Attributes as text; durations blanked on asyncio (real time)."""
+    """Attributes as text; durations blanked on asyncio (real time), engine frames dropped."""
     return sorted(
-        (k, "<real>" if ids.real_time and isinstance(v, float) else str(v))
+        (
+            k,
+            "<real>"
+            if ids.real_time and isinstance(v, float)
+            else _ENGINE_FRAME.sub("", v)
+            if k == "exception.stacktrace"
+            else str(v),
+        )
         for k, v in (attributes or {}).items()
     )
 
