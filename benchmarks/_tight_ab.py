@@ -1,12 +1,15 @@
 """A/B of the engine's tight path, one process: tight path on and off, alternating.
 
-``python -m benchmarks._tight_ab [ROUNDS]``: a chain of 1,000 stage nodes
+``python -m benchmarks._tight_ab [ROUNDS] [--traced]``: a chain of 1,000 stage nodes
 and a 3-node run (batches of 20), timed with the thread's CPU time
 (``time.thread_time_ns``, which other processes on a loaded machine move less
 than wall time), medians of ROUNDS (15) alternating rounds; per node, a
 terminal-only run is subtracted. Not part of ``make bench`` (its rows
 "sequential stage node, general path" and "3-node run, general path" time
 the same switch in wall time). The switch: docs/internals.md, "The tight path".
+With ``--traced``, the SDK tracer provider of the ``tracing`` section
+(``BatchSpanProcessor``, an exporter that drops the spans) is installed first,
+so both paths make their spans.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ async def main() -> None:
     res: dict[str, list[float]] = {
         k: [] for k in ("tight", "general", "empty", "bare", "run3_tight", "run3_general")
     }
-    for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 15):
+    numbers = [a for a in sys.argv[1:] if a.isdigit()]
+    for _ in range(int(numbers[0]) if numbers else 15):
         for tight in (True, False):
             _run._TIGHT = tight
             res["tight" if tight else "general"].append(await t(chain))
@@ -74,4 +78,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--traced" in sys.argv[1:]:
+        from benchmarks._tracing_worker import _setup
+
+        _setup("sdk")
     trio.run(main)
