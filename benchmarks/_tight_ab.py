@@ -1,6 +1,6 @@
 """A/B of the engine's tight path, one process: tight path on and off, alternating.
 
-``python -m benchmarks._tight_ab [ROUNDS] [--traced]``: a chain of 1,000 stage nodes
+``python -m benchmarks._tight_ab [ROUNDS] [--traced] [--metered]``: a chain of 1,000 stage nodes
 and a 3-node run (batches of 20), timed with the thread's CPU time
 (``time.thread_time_ns``, which other processes on a loaded machine move less
 than wall time), medians of ROUNDS (15) alternating rounds; per node, a
@@ -9,7 +9,8 @@ terminal-only run is subtracted. Not part of ``make bench`` (its rows
 the same switch in wall time). The switch: docs/internals.md, "The tight path".
 With ``--traced``, the SDK tracer provider of the ``tracing`` section
 (``BatchSpanProcessor``, an exporter that drops the spans) is installed first,
-so both paths make their spans.
+so both paths make their spans; with ``--metered``, its SDK meter provider
+(an in-memory reader), so both record the node duration metric.
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--traced" in sys.argv[1:]:
-        from benchmarks._tracing_worker import _setup
+    from benchmarks._tracing_worker import _setup
 
+    if "--traced" in sys.argv[1:]:
         _setup("sdk")
+    if "--metered" in sys.argv[1:]:
+        _setup("metrics")
     trio.run(main)

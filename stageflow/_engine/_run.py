@@ -903,7 +903,7 @@ class Run:
         caps, desk = self._caps, state.desk
         session_id = state.session_id
         runtime = self.runtime
-        tracing = state.tracing
+        tracing, meters = state.tracing, state.metrics
         path = frame.path
         context = frame.ctx
         # A root or subpipeline context is a dict: its top-level keys are read
@@ -923,14 +923,15 @@ class Run:
                 continue
             node = step.node  # the same node, typed
             # The tight path ("sequential stage node", "condition node",
-            # "1,000-node chain" and "SDK ... per node" rows): a simple stage
-            # node (one attempt, no timeout, no cleanup) or a condition node
-            # of a run without metrics or node log lines, executed here
-            # instead of through execute() and StageExecutor.run(): two
-            # coroutine levels and the per-node checks for metrics and logs
-            # less. It does what execute() does for such a node, in the same
-            # order, its span included: the property test in
-            # tests/engine/test_tight_path.py holds the two paths equal.
+            # "1,000-node chain", "SDK ... per node" and "MeterProvider: per
+            # node" rows): a simple stage node (one attempt, no timeout, no
+            # cleanup) or a condition node of a run without node log lines,
+            # executed here instead of through execute() and
+            # StageExecutor.run(): two coroutine levels and the per-node
+            # checks for logs less. It does what execute() does for such a
+            # node, in the same order, its span and duration metric
+            # included: the property test in tests/engine/test_tight_path.py
+            # holds the two paths equal.
             #
             # _enter, written out (the same steps in the same order: keep them
             # alike): count the step and visit, check the limits, then the
@@ -952,8 +953,11 @@ class Run:
                 or (runner.ki_pending and task is runner.main_task)
             ):
                 await checkpoint()
-            # execute()'s span: its outcome, error and last attributes.
+            # execute()'s span (its outcome, error and last attributes) and
+            # duration metric.
             span = None if tracing is None else tracing.start(step.name, dict(step.attributes))
+            if meters is not None:
+                started = time.perf_counter()
             outcome = "failed"
             error: Exception | None = None
             ending: dict[str, Any] | None = None
@@ -1108,6 +1112,8 @@ class Run:
             finally:
                 if self._cancel_reasons:
                     self._cancel_reasons.pop(f"{path}/{node.id}" if path else node.id, None)
+                if meters is not None:  # before the span ends: the span is the exemplar
+                    node_measured(meters, frame.scope.pipeline.name, node, outcome, started)
                 if span is not None:
                     Tracing.end(span, outcome, error, ending)
 
@@ -1140,8 +1146,8 @@ class Run:
         return self.backend.checkpoint()
 
     def _plain(self) -> bool:
-        """Whether this run makes no metrics or node log lines (the tight path's case)."""
-        return self._state.metrics is None and self._node_log is None
+        """Whether this run makes no node log lines (the tight path's case)."""
+        return self._node_log is None
 
     async def execute(self, node: Node, frame: Frame) -> str | None:
         """Execute one node: the one place for events, spans, logs, limits and error edges."""

@@ -3,10 +3,10 @@
 Random pipelines (``tight_support``: conditions, retries, timeouts, error
 edges, parallel branches, a map, a subpipeline, waits for inputs answered
 live or across suspend and restore, a ``cancel()`` from a stage, step limits,
-tracing on and off, with and without a subscriber) run once with the tight
-path and once with every node through ``Run.execute``; results, histories,
-a snapshot at every event (at the end of each run when nothing subscribes)
-and the span trees must be the same.
+tracing and metrics on and off, with and without a subscriber) run once with
+the tight path and once with every node through ``Run.execute``; results,
+histories, a snapshot at every event (at the end of each run when nothing
+subscribes), the span trees and the metrics' data points must be the same.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ PLANS = st.fixed_dictionaries(
             max_size=7,
         ),
         "traced": st.booleans(),
+        "metered": st.booleans(),
         "suspend": st.booleans(),
         "max_steps": st.sampled_from([None, None, None, 3, 9]),
         "watched": st.booleans(),
@@ -76,6 +77,7 @@ def test_tight_and_general_paths_are_indistinguishable(backend: str, plan: dict[
     assert tight.events == general.events
     assert tight.snapshots == general.snapshots
     assert tight.spans == general.spans
+    assert tight.metrics == general.metrics
 
 
 @pytest.mark.parametrize("traced", [False, True])

@@ -4,7 +4,8 @@ A pipeline is a chain of *blocks* (a few nodes each: stage runs, error edges,
 retries, timeouts, conditions, parallel branches, a map, a subpipeline, a
 wait for an input, a ``cancel()`` from a stage) ending at one terminal. A
 :class:`Recording` is everything observable of one run of it: the result,
-the history, a snapshot at every event, and the span tree, normalised only
+the history, a snapshot at every event, the span tree and the metrics' data
+points (counts, not durations), normalised only
 where two runs inherently differ (wall-clock timestamps, random trace and
 span ids; the session id, seed and clock are given to the session).
 """
@@ -21,6 +22,8 @@ from typing import Any
 import attrs
 import sniffio
 from fakes import doc, fake_registry, parallel, scaled, stage, terminal
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -307,6 +310,25 @@ def span_records(spans: Sequence[ReadableSpan], ids: Ids) -> list[tuple[Any, ...
     return out
 
 
+def metric_records(reader: InMemoryMetricReader) -> list[tuple[Any, ...]]:
+    """Every data point: metric, attributes, and a histogram's count or a sum's value.
+
+    A histogram's sum and buckets are durations in real time: left out.
+    """
+    data = reader.get_metrics_data()
+    out: list[tuple[Any, ...]] = []
+    if data is None:
+        return out
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = point.count if isinstance(point, HistogramDataPoint) else point.value
+                    attributes = sorted((k, str(v)) for k, v in (point.attributes or {}).items())
+                    out.append((metric.name, attributes, value))
+    return sorted(out)
+
+
 @attrs.define
 class Recording:
     """Everything observable of one random run (see the module docstring)."""
@@ -315,6 +337,7 @@ class Recording:
     events: list[Any] = attrs.field(factory=list)
     snapshots: list[Any] = attrs.field(factory=list)
     spans: list[Any] = attrs.field(factory=list)
+    metrics: list[Any] = attrs.field(factory=list)
 
 
 async def record_run(
@@ -324,13 +347,15 @@ async def record_run(
     suspend: bool,
     max_steps: int | None,
     watched: bool = True,
+    metered: bool = False,
 ) -> Recording:
     """Run the pipeline of ``blocks`` to its end (restoring each suspension) and record it.
 
     ``watched``: a subscriber takes a snapshot at every event and answers
     waits as they start; otherwise nothing subscribes (the history records
     quietly), the inputs are queued before the first run, and the history
-    and a snapshot are taken when each run returns.
+    and a snapshot are taken when each run returns. ``metered``: the session
+    has an SDK meter provider, whose data points are recorded at the end.
     """
     holder = Holder()
     stages = registry(holder)
@@ -340,6 +365,8 @@ async def record_run(
     if traced:
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader]) if metered else None
     limits = stageflow.Limits(max_steps=max_steps, timeout=10_000)
     to_send = inputs_of(blocks)
     recording = Recording()
@@ -375,6 +402,7 @@ async def record_run(
             limits=limits,
             seed=7,
             tracer_provider=provider,
+            meter_provider=meters,
             clock=clock,
         )
     )
@@ -398,7 +426,11 @@ async def record_run(
             recording.snapshots.append(normalised(snapshot, ids))
             session = watch(
                 stageflow.Session.from_dict(
-                    snapshot, registry=stages, tracer_provider=provider, clock=clock
+                    snapshot,
+                    registry=stages,
+                    tracer_provider=provider,
+                    meter_provider=meters,
+                    clock=clock,
                 )
             )
             for kind in sorted(result.waiting_for):
@@ -408,4 +440,7 @@ async def record_run(
         if provider is not None:
             recording.spans = span_records(exporter.get_finished_spans(), ids)
             provider.shutdown()
+        if meters is not None:
+            recording.metrics = metric_records(reader)
+            meters.shutdown()
     return recording
