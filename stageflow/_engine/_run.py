@@ -967,7 +967,7 @@ class Run:
                     records += ("node_started", _time_ns() // 1000, node_id, path, step.started)
                 else:
                     # The span's ids given, not looked up in the context
-                    # ("SDK ... per node" row).
+                    # (as execute() does; "SDK ... per node" row).
                     history.record(
                         "node_started",
                         node_id,
@@ -978,12 +978,14 @@ class Run:
                 try:
                     if type(step) is _Choice:
                         # Run._condition, with its outcomes made once.
-                        for matches, done, finished, ending in step.choices:  # noqa: B007 (read after break)
+                        for matches, done, finished, taken in step.choices:  # noqa: B007 (read after break)
                             if matches is None or matches(data):
                                 break
                         else:
                             await self._condition(step.node, frame)  # raises ConditionError
                             raise AssertionError("no condition matched")  # pragma: no cover
+                        # Set once a choice is taken: a test that raises leaves it None.
+                        ending = taken
                     else:
                         done, finished = step.done, step.finished
                         entry = step.entry
@@ -1175,6 +1177,8 @@ class Run:
         error: Exception | None = None
         ending: dict[str, Any] | None = None  # span attributes known only at the end
         try:
+            # The node span's ids given, not looked up: a stage that leaves
+            # a context of its own attached does not change them.
             history.record(
                 "node_started",
                 node.id,
@@ -1182,6 +1186,7 @@ class Run:
                 node_started_payload(node.type)
                 if frame.resume is None
                 else {"node_type": node.type, "resumed": True},
+                None if span is None else active_ids(span),
             )
             try:
                 next_id = await _EXECUTORS[node.type](self, node, frame)
@@ -1219,6 +1224,7 @@ class Run:
                 node.id,
                 frame.path,
                 node_finished_payload(node.type, next_id, branch),
+                None if span is None else active_ids(span),
             )
             return next_id
         finally:

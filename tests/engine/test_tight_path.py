@@ -20,6 +20,11 @@ import trio.testing
 from fakes import doc, parallel, stage, terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tight_support import BLOCKS, Recording, general_path, record_run
 
 import stageflow
@@ -218,3 +223,76 @@ async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
     assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1}
     assert sorted(seen[0], key=repr) == sorted(seen[1], key=repr)
     assert len(seen[0]) == 3
+
+
+def _traced() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tight", [True, False])
+async def test_a_context_a_stage_leaves_attached_does_not_relabel_the_node_events(
+    tight: bool,
+) -> None:
+    """``node_finished`` carries the node span's ids on both paths, whatever the stage left."""
+    provider, _ = _traced()
+    stages = stageflow.StageRegistry()
+
+    @stages.register("Leak")
+    async def leak(ctx: stageflow.StageContext) -> dict[str, Any]:
+        own = provider.get_tracer("user").start_span("user work")
+        otel_context.attach(trace.set_span_in_context(own))  # never detached
+        own.end()
+        return {}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("s", "Leak", next="end"), terminal("end")]), registry=stages
+    )
+    with contextlib.nullcontext() if tight else general_path():
+        result = await stageflow.Session(pipeline, registry=stages, tracer_provider=provider).run()
+    events = {e.type: e for e in result.history if e.node_id == "s"}
+    started, finished = events["node_started"], events["node_finished"]
+    assert started.span_id is not None
+    assert (finished.trace_id, finished.span_id, finished.parent_span_id) == (
+        started.trace_id,
+        started.span_id,
+        started.parent_span_id,
+    )
+
+
+@pytest.mark.parametrize("tight", [True, False])
+def test_an_interrupt_while_a_condition_is_tested_names_no_branch(tight: bool) -> None:
+    """A KeyboardInterrupt from a condition's test: the span says no branch was taken."""
+    provider, exporter = _traced()
+    stages = stageflow.StageRegistry()
+    nodes = [
+        {
+            "id": "c",
+            "type": "condition",
+            "conditions": [{"if": {"var": "nope"}, "then": "end"}, {"if": True, "then": "end"}],
+            "else": "end",
+        },
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+
+    def interrupted(data: Any) -> bool:
+        raise KeyboardInterrupt
+
+    (node,) = [n for n in pipeline.nodes if n.id == "c"]
+    # Ctrl-C delivered while the second test runs (the plan reads the
+    # compiled test from the node, so it is replaced before the run).
+    object.__setattr__(node.conditions[1], "matches", interrupted)
+
+    async def run() -> None:
+        await stageflow.Session(pipeline, registry=stages, tracer_provider=provider).run()
+
+    with contextlib.nullcontext() if tight else general_path(), pytest.raises(KeyboardInterrupt):
+        trio.run(run)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "condition c"]
+    assert span.attributes is not None
+    assert "stageflow.condition.branch" not in span.attributes
+    assert span.attributes["stageflow.outcome"] == "failed"
