@@ -145,8 +145,15 @@ def enter_span(
     return enter(tracer.start_span(name, attributes=attributes, links=links))
 
 
-def active_ids(active: ActiveSpan) -> SpanIds:
-    """The ids of an entered span's live incarnation: what :func:`current_ids` gives in it."""
+def active_ids(active: ActiveSpan | None) -> SpanIds | None:
+    """The ids of an entered span's live incarnation (what :func:`current_ids` gives in it).
+
+    For the events a node records about itself: they carry its span's ids
+    even when the stage left a context of its own attached. ``None`` for no
+    span (the history then looks the current span up).
+    """
+    if active is None:
+        return None
     span = active.span
     return span.ids if type(span) is SegmentedSpan else active.ids
 

@@ -72,6 +72,7 @@ from stageflow._events import (
     node_started_payload,
 )
 from stageflow._guard import SAFE_INT_BITS
+from stageflow._identity import IdentityCache
 from stageflow._json import copy_json
 from stageflow._log import get_logger, node_finished, session_finished
 from stageflow._metrics import Metrics, node_measured, session_measured
@@ -127,17 +128,16 @@ _NO_FLAGS: Final = (None, None, None)  # off trio: await the checkpoint every no
 _time_ns: Final = time.time_ns
 _new: Final = object.__new__
 
-# id(entries) -> (entries, the plan): for every node of a resolved (pipeline,
+# entries -> the plan, by identity: for every node of a resolved (pipeline,
 # registry) that the tight path has met, by node identity: its _Step if it is
 # a simple stage node (one attempt, no timeout, no cleanup), its _Choice if it
 # is a condition node, else None;
 # decided and made once per node, not once per execution ("sequential stage
 # node" and "3-node run" rows).
-# The entries are kept so that an id reused after garbage collection is
-# never taken for them (they hold the nodes' pipeline's resolution, so node
+# The cache keeps the entries, so that an id reused after garbage collection
+# is never taken for them (they hold the nodes' pipeline's resolution, so node
 # ids in the plan stay the same nodes).
-_PLAN_SIZE: Final = 1024
-_plans: dict[int, tuple[Mapping[int, StageEntry], dict[int, _Step | _Choice | None]]] = {}
+_plans: Final = IdentityCache[dict[int, "_Step | _Choice | None"]]()
 
 
 def _node_span(node: Node) -> tuple[str, dict[str, Any]]:
@@ -236,14 +236,8 @@ class _Choice:
 
 def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | None]:
     """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
-    cached = _plans.get(id(entries))
-    if cached is not None and cached[0] is entries:
-        return cached[1]
-    if len(_plans) >= _PLAN_SIZE:
-        _plans.clear()
-    plan: dict[int, _Step | _Choice | None] = {}
-    _plans[id(entries)] = (entries, plan)
-    return plan
+    plan = _plans.get(entries)
+    return plan if plan is not None else _plans.put(entries, {})
 
 
 def _planned(
@@ -973,7 +967,7 @@ class Run:
                         node_id,
                         path,
                         step.started,
-                        None if span is None else active_ids(span),
+                        active_ids(span),
                     )
                 try:
                     if type(step) is _Choice:
@@ -1088,6 +1082,7 @@ class Run:
                         node_id,
                         path,
                         {"node_type": node.type, "error": describe_exception(exc)},
+                        active_ids(span),
                     )
                     node_id = self._route_error(node, frame, exc)
                     ending[ERROR_HANDLED] = True
@@ -1096,7 +1091,13 @@ class Run:
                     if is_cancellation(exc, backend.cancelled):
                         outcome = self.stop_outcome
                         ending = None if span is None else {CANCEL_REASON: self.cancel_reason(path)}
-                        history.record("node_cancelled", node_id, path, {"node_type": node.type})
+                        history.record(
+                            "node_cancelled",
+                            node_id,
+                            path,
+                            {"node_type": node.type},
+                            active_ids(span),
+                        )
                     raise
                 outcome = "succeeded"
                 frame.work = done  # a snapshot from here on resumes at the next node
@@ -1108,7 +1109,7 @@ class Run:
                         node_id,
                         path,
                         finished,
-                        None if span is None else active_ids(span),
+                        active_ids(span),
                     )
                 node_id = done.next
             finally:
@@ -1186,7 +1187,7 @@ class Run:
                 node_started_payload(node.type)
                 if frame.resume is None
                 else {"node_type": node.type, "resumed": True},
-                None if span is None else active_ids(span),
+                active_ids(span),
             )
             try:
                 next_id = await _EXECUTORS[node.type](self, node, frame)
@@ -1200,6 +1201,7 @@ class Run:
                     node.id,
                     frame.path,
                     {"node_type": node.type, "error": describe_exception(exc)},
+                    active_ids(span),
                 )
                 routed = self._route_error(node, frame, exc)
                 ending[ERROR_HANDLED] = True
@@ -1209,7 +1211,13 @@ class Run:
                     outcome = self.stop_outcome
                     if span is not None or log is not None:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
-                    history.record("node_cancelled", node.id, frame.path, {"node_type": node.type})
+                    history.record(
+                        "node_cancelled",
+                        node.id,
+                        frame.path,
+                        {"node_type": node.type},
+                        active_ids(span),
+                    )
                 raise
             outcome = "succeeded"
             frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
@@ -1224,7 +1232,7 @@ class Run:
                 node.id,
                 frame.path,
                 node_finished_payload(node.type, next_id, branch),
-                None if span is None else active_ids(span),
+                active_ids(span),
             )
             return next_id
         finally:

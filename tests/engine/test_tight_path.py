@@ -234,10 +234,11 @@ def _traced() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("tight", [True, False])
+@pytest.mark.parametrize("fails", [False, True])
 async def test_a_context_a_stage_leaves_attached_does_not_relabel_the_node_events(
-    tight: bool,
+    tight: bool, fails: bool
 ) -> None:
-    """``node_finished`` carries the node span's ids on both paths, whatever the stage left."""
+    """The node's end event carries its span's ids on both paths, whatever the stage left."""
     provider, _ = _traced()
     stages = stageflow.StageRegistry()
 
@@ -246,6 +247,8 @@ async def test_a_context_a_stage_leaves_attached_does_not_relabel_the_node_event
         own = provider.get_tracer("user").start_span("user work")
         otel_context.attach(trace.set_span_in_context(own))  # never detached
         own.end()
+        if fails:
+            raise ValueError("after leaking")
         return {}
 
     pipeline = stageflow.Pipeline.from_dict(
@@ -254,7 +257,8 @@ async def test_a_context_a_stage_leaves_attached_does_not_relabel_the_node_event
     with contextlib.nullcontext() if tight else general_path():
         result = await stageflow.Session(pipeline, registry=stages, tracer_provider=provider).run()
     events = {e.type: e for e in result.history if e.node_id == "s"}
-    started, finished = events["node_started"], events["node_finished"]
+    started = events["node_started"]
+    finished = events["node_failed" if fails else "node_finished"]
     assert started.span_id is not None
     assert (finished.trace_id, finished.span_id, finished.parent_span_id) == (
         started.trace_id,
