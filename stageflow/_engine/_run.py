@@ -446,14 +446,8 @@ class Run:
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
         self.runtime = StageRuntime(
-            state.desk,
-            state.history,
-            state.limits,
-            state.mode,
+            state,
             started_at=state.clock().astimezone(datetime.UTC),
-            tracing=state.tracing,
-            metrics=state.metrics,
-            pipeline=state.pipeline.name,
             hooks=self,
             on_block=self._suspend,
             new_event=self.backend.event,
@@ -986,21 +980,30 @@ class Run:
                         # StageExecutor.run's one attempt, written out.
                         if step.direct:
                             # StageExecutor.context for top-level keys, no contract, no config.
-                            arguments: dict[str, Any] = {}
-                            for name, key in step.pairs:
-                                if top:
-                                    value = data.get(key, MISSING)
-                                elif layers is not None:
-                                    for layer in layers[0]:
-                                        value = layer.get(key, MISSING)
-                                        if value is not MISSING:
-                                            break
-                                else:
-                                    value = context.get(key)
-                                if value is not MISSING:
-                                    arguments[name] = (
-                                        value if type(value) in PLAIN_SCALARS else copy_json(value)
-                                    )
+                            # No arguments: the shared empty view, and no
+                            # empty dict left in this frame, which a waiting
+                            # session keeps ("paused session" rows).
+                            view: Mapping[str, Any] = EMPTY_MAPPING
+                            if step.pairs:
+                                arguments: dict[str, Any] = {}
+                                for name, key in step.pairs:
+                                    if top:
+                                        value = data.get(key, MISSING)
+                                    elif layers is not None:
+                                        for layer in layers[0]:
+                                            value = layer.get(key, MISSING)
+                                            if value is not MISSING:
+                                                break
+                                    else:
+                                        value = context.get(key)
+                                    if value is not MISSING:
+                                        arguments[name] = (
+                                            value
+                                            if type(value) in PLAIN_SCALARS
+                                            else copy_json(value)
+                                        )
+                                if arguments:
+                                    view = MappingProxyType(arguments)
                             spec = entry.spec
                             # StageWork(runtime, node, spec, path, 1, None)
                             # written out: a call less per node ("sequential
@@ -1017,10 +1020,7 @@ class Run:
                             work.timer = None
                             frame.work = work
                             ctx = engine_context(
-                                # No arguments: the shared empty view, one object
-                                # less that a waiting session keeps ("paused
-                                # session" rows).
-                                MappingProxyType(arguments) if arguments else EMPTY_MAPPING,
+                                view,
                                 EMPTY_MAPPING,
                                 session_id,
                                 node_id,

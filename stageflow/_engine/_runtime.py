@@ -31,6 +31,7 @@ from stageflow._events import History
 from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
+from stageflow._pipeline import Pipeline
 from stageflow._specs import StageSpec, event_type_problem
 from stageflow._telemetry import (
     INPUT_TYPE,
@@ -42,7 +43,7 @@ from stageflow._telemetry import (
     input_link,
 )
 
-__all__ = ["RunHooks", "StageRuntime", "StageWork"]
+__all__ = ["RunHooks", "RuntimeState", "StageRuntime", "StageWork"]
 
 
 class StageWork:
@@ -85,8 +86,12 @@ class StageWork:
     def journal(self, entry: Call) -> None:
         """Append a call to the attempt's journal."""
         if self.calls is None:
-            self.calls = []
-        self.calls.append(entry)
+            # A list of exactly one (64 B, where [] and an append make 88 B):
+            # most attempts journal one call, and a waiting session keeps it
+            # ("paused session, memory each" row).
+            self.calls = [entry]
+        else:
+            self.calls.append(entry)
 
     # The StageContext runtime protocol: each call goes to the run's runtime.
 
@@ -105,6 +110,38 @@ class StageWork:
         return self.runtime.sleep(self, seconds, until)
 
 
+class RuntimeState(Protocol):
+    """What the runtime reads of the session's state (``SessionState`` has it)."""
+
+    @property
+    def desk(self) -> InputDesk:
+        """The session's input desk."""
+
+    @property
+    def history(self) -> History:
+        """The session's history."""
+
+    @property
+    def limits(self) -> Limits:
+        """The session's limits."""
+
+    @property
+    def mode(self) -> ValidateEvents:
+        """How stage events are checked against their schemas."""
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """The run's tracing, if traced."""
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The session's instruments, if metered."""
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The session's pipeline (its name labels the metrics)."""
+
+
 class RunHooks(Protocol):
     """What the runtime calls back on the run that made it."""
 
@@ -120,19 +157,13 @@ class StageRuntime:
 
     __slots__ = (
         "_cut_after",
-        "_desk",
-        "_history",
         "_hooks",
-        "_limits",
         "_loop_start",
-        "_metrics",
-        "_mode",
         "_new_event",
         "_on_block",
         "_on_long_block",
-        "_pipeline",
         "_started_at",
-        "_tracing",
+        "_state",
         "long_blocks",
         "sleeping",
         "stop_outcome",
@@ -141,33 +172,25 @@ class StageRuntime:
 
     def __init__(
         self,
-        desk: InputDesk,
-        history: History,
-        limits: Limits,
-        mode: ValidateEvents,
+        state: RuntimeState,
         *,
         started_at: datetime.datetime,
-        tracing: Tracing | None,
         hooks: RunHooks,
         on_block: bool,
         new_event: Callable[[], EventLike],
         loop_start: float,
-        metrics: Metrics | None = None,
-        pipeline: str = "",
         on_long_block: bool = False,
         cut_after: float = 0.0,
     ) -> None:
-        self._desk = desk
-        self._history = history
-        self._limits = limits
-        self._mode = mode
+        # The session's state: its desk, history, limits, validation mode,
+        # tracing and metrics are read from it, not copied here (one slot
+        # instead of seven, which every live waiting session keeps: "paused
+        # session, memory each" row).
+        self._state = state
         # The session's UTC clock for this run (see clock()): deadlines of
         # waits and sleeps are absolute times on it.
         self._started_at = started_at
         self._loop_start = loop_start
-        self._tracing = tracing
-        self._metrics = metrics
-        self._pipeline = pipeline  # the session's pipeline name, for metric attributes
         self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
         # The run's hooks, as plain flags and one reference (bound methods
         # would cost every live waiting session: "paused session, memory each"
@@ -192,23 +215,24 @@ class StageRuntime:
         spec = work.spec
         node_id = work.node.id
         if spec.allowed_inputs and not _declares(spec, type):
-            declared = ", ".join(s.type for s in spec.allowed_inputs)
-            raise StageContractError(
-                f"stage {work.node.stage!r} at node {node_id!r} waits for input {type!r}, which "
-                f"its spec does not declare (declared: {declared}); add an InputSpec for it",
-                node_id=node_id,
-            )
+            raise _undeclared_input(work, type)
         path = work.path
-        # No bound methods or closures in the locals of this frame: a waiting
-        # session keeps them, and the collector walks them ("paused session" rows).
-        history = self._history
+        # No bound methods or closures in the locals of this frame, and no
+        # local that the code can do without: a waiting session keeps the
+        # frame (8 B a local), and the collector walks what it holds ("paused
+        # session" rows).
+        history = self._state.history
         entry = self._replayed(work, "wait", type)
         if entry is not None and "payload" in entry:
             # Consumed before the snapshot, or sent to the suspended session:
             # hand it over (again), in order.
-            source = "sender" if entry.pop("parked", False) else "replay"
             work.journal(entry)
-            history.record("input_received", node_id, path, {"input_type": type, "from": source})
+            history.record(
+                "input_received",
+                node_id,
+                path,
+                {"input_type": type, "from": "sender" if entry.pop("parked", False) else "replay"},
+            )
             return copy_json(entry["payload"])
         remaining = timeout
         restored_deadline = False
@@ -220,9 +244,9 @@ class StageRuntime:
             remaining = self.seconds_until(entry["deadline"])  # type: ignore[arg-type]
             restored_deadline = True
         work.journal(entry)
-        broker = self._desk.broker
+        broker = self._state.desk.broker
         found, payload = broker.take(type)
-        tracing = self._tracing
+        tracing = self._state.tracing
         if found:
             fulfil(entry, copy_json(payload))
             history.record("input_received", node_id, path, {"input_type": type, "from": "backlog"})
@@ -253,13 +277,13 @@ class StageRuntime:
         if timer is not None:
             timer.pause()
         timed_out = False
-        meters = self._metrics
+        meters = self._state.metrics
         if meters is not None or wait_span is not None:
             wait_started = anyio.current_time()
         if meters is not None:
             self.waits += 1
             if self.waits == 1:
-                meters.waiting.add(1, {PIPELINE_NAME: self._pipeline})
+                meters.waiting.add(1, {PIPELINE_NAME: self._state.pipeline.name})
         try:
             if self._on_block:
                 self._hooks.check_idle()
@@ -278,10 +302,11 @@ class StageRuntime:
             if timer is not None:
                 timer.resume()
             if wait_span is not None:
-                arrived = waiter.arrived.is_set()
                 Tracing.end(
                     wait_span,
-                    "succeeded" if arrived else "timed_out" if timed_out else self.stop_outcome,
+                    "succeeded"
+                    if waiter.arrived.is_set()
+                    else ("timed_out" if timed_out else self.stop_outcome),
                 )
             if meters is not None:
                 self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
@@ -289,8 +314,10 @@ class StageRuntime:
             raise self._timed_out(work, type, timeout)
         history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
-            waited = round(anyio.current_time() - wait_started, 6)
-            tracing.add_event("input_received", {INPUT_TYPE: type, WAIT_SECONDS: waited})
+            tracing.add_event(
+                "input_received",
+                {INPUT_TYPE: type, WAIT_SECONDS: round(anyio.current_time() - wait_started, 6)},
+            )
             if waiter.sender is not None:
                 input_link(waiter.sender)
         return waiter.payload
@@ -299,18 +326,19 @@ class StageRuntime:
         self, meters: Metrics, work: StageWork, type: str, seconds: float, waiter: Waiter
     ) -> None:
         """Measure a wait that ended (in the stage's span: it is the exemplar)."""
+        pipeline = self._state.pipeline.name
         self.waits -= 1
         if self.waits == 0:
-            meters.waiting.add(-1, {PIPELINE_NAME: self._pipeline})
+            meters.waiting.add(-1, {PIPELINE_NAME: pipeline})
         outcome = "received" if waiter.arrived.is_set() else "not_received"
         meters.input_wait.record(
-            seconds, {PIPELINE_NAME: self._pipeline, INPUT_TYPE: type, OUTCOME: outcome}
+            seconds, {PIPELINE_NAME: pipeline, INPUT_TYPE: type, OUTCOME: outcome}
         )
 
     def _timed_out(self, work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
         """Record ``input_timeout``; the error to raise."""
         node_id = work.node.id
-        self._history.record(
+        self._state.history.record(
             "input_timeout", node_id, work.path, {"input_type": type, "timeout": timeout}
         )
         return InputTimeoutError(
@@ -397,8 +425,8 @@ class StageRuntime:
         work.replay = None
         for unseen in (entry, *replay):
             if unseen.get("parked"):
-                self._desk.broker.requeue(unseen["wait"], unseen["payload"])
-        self._history.record(
+                self._state.desk.broker.requeue(unseen["wait"], unseen["payload"])
+        self._state.history.record(
             "replay_diverged",
             work.node.id,
             work.path,
@@ -436,28 +464,29 @@ class StageRuntime:
                     f"its spec does not declare (declared: {declared}); add an EventSpec for it",
                     node_id=node_id,
                 )
-            if self._mode is not ValidateEvents.OFF:
+            mode = self._state.mode
+            if mode is not ValidateEvents.OFF:
                 errors = schema_errors(matching[0].validator, dict(body))
-                if errors and self._mode is ValidateEvents.STRICT:
+                if errors and mode is ValidateEvents.STRICT:
                     raise StageContractError(
                         f"stage {stage!r} at node {node_id!r} emitted event {type!r} "
                         f"that does not match its schema: {'; '.join(errors)}",
                         node_id=node_id,
                     )
                 if errors:
-                    self._history.record(
+                    self._state.history.record(
                         "event_validation_failed",
                         node_id,
                         work.path,
                         {"kind": "event", "event_type": type, "errors": errors},
                     )
         self.check_history(node_id)
-        self._history.record(type, node_id, work.path, copy_json(body))
+        self._state.history.record(type, node_id, work.path, copy_json(body))
 
     def check_history(self, node_id: str) -> None:
         """Raise ``LimitExceededError`` when the history is full (``limits.max_history``)."""
-        limit = self._limits.max_history
-        if limit is not None and self._desk.history_full():
+        limit = self._state.limits.max_history
+        if limit is not None and self._state.desk.history_full():
             raise LimitExceededError(limit="max_history", value=limit, node_id=node_id)
 
 
@@ -478,6 +507,16 @@ def _waiting_payload(type: str, timeout: float | None) -> Mapping[str, Any]:
         if len(_WAITING) < _MAX_WAITING:
             _WAITING[type] = payload
     return payload
+
+
+def _undeclared_input(work: StageWork, type: str) -> StageContractError:
+    """The error for a wait on an input type the stage's spec does not declare."""
+    declared = ", ".join(s.type for s in work.spec.allowed_inputs)
+    return StageContractError(
+        f"stage {work.node.stage!r} at node {work.node.id!r} waits for input {type!r}, which "
+        f"its spec does not declare (declared: {declared}); add an InputSpec for it",
+        node_id=work.node.id,
+    )
 
 
 def _declares(spec: StageSpec, type: str) -> bool:
