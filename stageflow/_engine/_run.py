@@ -978,12 +978,15 @@ class Run:
                         done, finished = step.done, step.finished
                         entry = step.entry
                         # StageExecutor.run's one attempt, written out.
+                        # The arguments' view, bound for every stage node,
+                        # and the dict behind it never left in a local: this
+                        # frame is what a waiting session keeps, and a node
+                        # that waits must not keep an earlier node's argument
+                        # copies alive. No arguments: the shared empty view,
+                        # and no empty dict ("paused session" rows).
+                        view: Mapping[str, Any] = EMPTY_MAPPING
                         if step.direct:
                             # StageExecutor.context for top-level keys, no contract, no config.
-                            # No arguments: the shared empty view, and no
-                            # empty dict left in this frame, which a waiting
-                            # session keeps ("paused session" rows).
-                            view: Mapping[str, Any] = EMPTY_MAPPING
                             if step.pairs:
                                 arguments: dict[str, Any] = {}
                                 for name, key in step.pairs:
@@ -1004,6 +1007,7 @@ class Run:
                                         )
                                 if arguments:
                                     view = MappingProxyType(arguments)
+                                del arguments
                             spec = entry.spec
                             # StageWork(runtime, node, spec, path, 1, None)
                             # written out: a call less per node ("sequential

@@ -12,6 +12,7 @@ subscribes), the span trees and the metrics' data points must be the same.
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Any
 
 import anyio
@@ -300,3 +301,54 @@ def test_an_interrupt_while_a_condition_is_tested_names_no_branch(tight: bool) -
     assert span.attributes is not None
     assert "stageflow.condition.branch" not in span.attributes
     assert span.attributes["stageflow.outcome"] == "failed"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("waiter_config", [None, {"k": 1}], ids=["direct", "with-config"])
+async def test_a_waiting_node_keeps_no_copy_of_earlier_arguments(
+    waiter_config: dict[str, Any] | None,
+) -> None:
+    """While a node waits, the path's frame holds no copy of an earlier node's arguments.
+
+    A waiting session keeps that frame for as long as it waits: an earlier
+    node's argument dict (its values copied from the context) must be gone,
+    whether the waiting node takes the loop's own way (no config) or
+    ``StageExecutor.context`` (a config).
+    """
+    stages = stageflow.StageRegistry()
+
+    @stages.register("Use")
+    async def use(ctx: stageflow.StageContext) -> dict[str, Any]:
+        assert len(ctx.arguments["probe_blob"]) == 50
+        return {}
+
+    @stages.register("Wait")
+    async def wait(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": await ctx.wait_input("go")}
+
+    waiting = stage("b", "Wait", outputs={"v": "v"}, next="end")
+    if waiter_config is not None:
+        waiting["config"] = waiter_config
+    pipeline = stageflow.Pipeline.from_dict(
+        doc(
+            [
+                stage("a", "Use", arguments={"probe_blob": "blob"}, next="b"),
+                waiting,
+                terminal("end"),
+            ]
+        ),
+        registry=stages,
+    )
+    session = stageflow.Session(
+        pipeline, registry=stages, payload={"blob": [{"i": i} for i in range(50)]}
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await anyio.wait_all_tasks_blocked()
+        assert session.waiting_for() == ("go",)
+        gc.collect()
+        # Stage "a"'s argument dict is the only dict keyed by "probe_blob".
+        kept = [o for o in gc.get_objects() if type(o) is dict and set(o) == {"probe_blob"}]
+        session.send_input("go", 1)
+    assert kept == []
+    assert session.status is stageflow.SessionStatus.COMPLETED
