@@ -90,7 +90,7 @@ from stageflow._model import (
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import SegmentedSpan, Segments, rebuild
-from stageflow._stages import StageEntry, engine_context
+from stageflow._stages import StageContext, StageEntry, engine_context
 from stageflow._telemetry import (
     ATTEMPT,
     CANCEL_REASON,
@@ -901,12 +901,27 @@ class Run:
         data = context.data
         top = type(data) is dict
         layers = None if top else context.layers()
+        # What a node leaves in this frame's locals, declared here (no code)
+        # for the release before a node that may wait (below).
+        ctx: StageContext | None
+        view: Mapping[str, Any] | None
+        work: StageWork | None
+        outputs: Any
+        value: Any
+        error: Exception | None
+        span: ActiveSpan | None
         while node_id is not None and node_id != stop:
             node = index[node_id]
             step = simple.get(id(node), _UNSEEN)
             if step is _UNSEEN:
                 step = _planned(simple, node, state.entries)
             if step is None:
+                # This frame is what a waiting session keeps: a node that
+                # may wait for days must not keep alive what earlier nodes
+                # left in its locals (an argument view over copied values,
+                # a stage's outputs, an error and its traceback, an ended
+                # span). Only here and before a stage's own await below.
+                ctx = view = work = outputs = value = error = span = None
                 node_id = await self.execute(node, frame)
                 continue
             node = step.node  # the same node, typed
@@ -947,7 +962,7 @@ class Run:
             if meters is not None:
                 started = time.perf_counter()
             outcome = "failed"
-            error: Exception | None = None
+            error = None
             ending: dict[str, Any] | None = None
             try:
                 # History.record's append, written out while nothing watches.
@@ -984,7 +999,7 @@ class Run:
                         # that waits must not keep an earlier node's argument
                         # copies alive. No arguments: the shared empty view,
                         # and no empty dict ("paused session" rows).
-                        view: Mapping[str, Any] = EMPTY_MAPPING
+                        view = EMPTY_MAPPING
                         if step.direct:
                             # StageExecutor.context for top-level keys, no contract, no config.
                             if step.pairs:
@@ -1044,6 +1059,7 @@ class Run:
                             run = entry.function
                             if run is None:
                                 run = entry.factory().run
+                            outputs = value = None  # an earlier node's (see above)
                             outputs = await run(ctx)
                             if step.direct and type(outputs) is dict:
                                 # StageExecutor.outputs' usual case: every output a

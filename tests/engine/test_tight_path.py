@@ -304,16 +304,20 @@ def test_an_interrupt_while_a_condition_is_tested_names_no_branch(tight: bool) -
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("waiter_config", [None, {"k": 1}], ids=["direct", "with-config"])
+@pytest.mark.parametrize(
+    "waiter_fields",
+    [{}, {"config": {"k": 1}}, {"retry": {"attempts": 2}}],
+    ids=["direct", "with-config", "through-execute"],
+)
 async def test_a_waiting_node_keeps_no_copy_of_earlier_arguments(
-    waiter_config: dict[str, Any] | None,
+    waiter_fields: dict[str, Any],
 ) -> None:
     """While a node waits, the path's frame holds no copy of an earlier node's arguments.
 
     A waiting session keeps that frame for as long as it waits: an earlier
     node's argument dict (its values copied from the context) must be gone,
-    whether the waiting node takes the loop's own way (no config) or
-    ``StageExecutor.context`` (a config).
+    whether the waiting node takes the loop's own way (no config),
+    ``StageExecutor.context`` (a config) or ``Run.execute`` (a retry policy).
     """
     stages = stageflow.StageRegistry()
 
@@ -326,9 +330,7 @@ async def test_a_waiting_node_keeps_no_copy_of_earlier_arguments(
     async def wait(ctx: stageflow.StageContext) -> dict[str, Any]:
         return {"v": await ctx.wait_input("go")}
 
-    waiting = stage("b", "Wait", outputs={"v": "v"}, next="end")
-    if waiter_config is not None:
-        waiting["config"] = waiter_config
+    waiting = {**stage("b", "Wait", outputs={"v": "v"}, next="end"), **waiter_fields}
     pipeline = stageflow.Pipeline.from_dict(
         doc(
             [
@@ -351,4 +353,74 @@ async def test_a_waiting_node_keeps_no_copy_of_earlier_arguments(
         kept = [o for o in gc.get_objects() if type(o) is dict and set(o) == {"probe_blob"}]
         session.send_input("go", 1)
     assert kept == []
+    assert session.status is stageflow.SessionStatus.COMPLETED
+
+
+class ProbeError(Exception):
+    """Raised by the stage whose error must not outlive its node."""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "waiter_fields", [{}, {"retry": {"attempts": 2}}], ids=["tight", "through-execute"]
+)
+async def test_a_waiting_node_keeps_no_earlier_outputs_or_error(
+    waiter_fields: dict[str, Any],
+) -> None:
+    """While a node waits, an earlier node's outputs and a routed error are gone.
+
+    "a" writes a list that "b" (a config: StageExecutor's way, which leaves
+    the loop's own locals as "a" left them) overwrites in the context; "c"
+    fails and its error edge leads to "d", which waits. Neither "a"'s list
+    nor "c"'s error (with its traceback, and the frames it holds) may be kept
+    alive by the path's frame meanwhile.
+    """
+    stages = stageflow.StageRegistry()
+
+    @stages.register("Big")
+    async def big(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"draft": [{"probe_marker": i} for i in range(50)]}
+
+    @stages.register("Small")
+    async def small(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"draft": "short"}
+
+    @stages.register("Fail")
+    async def fail(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise ProbeError("routed")
+
+    @stages.register("Wait")
+    async def wait(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": await ctx.wait_input("go")}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc(
+            [
+                stage("a", "Big", outputs={"draft": "draft"}, next="b"),
+                {**stage("b", "Small", outputs={"draft": "draft"}, next="c"), "config": {"k": 1}},
+                {
+                    **stage("c", "Fail", next="end"),
+                    "on_error": [{"errors": ["ProbeError"], "next": "d"}],
+                },
+                {**stage("d", "Wait", outputs={"v": "v"}, next="end"), **waiter_fields},
+                terminal("end"),
+            ]
+        ),
+        registry=stages,
+    )
+    session = stageflow.Session(pipeline, registry=stages)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await anyio.wait_all_tasks_blocked()
+        assert session.waiting_for() == ("go",)
+        gc.collect()
+        drafts = [
+            o
+            for o in gc.get_objects()
+            if type(o) is list and o and type(o[0]) is dict and "probe_marker" in o[0]
+        ]
+        errors = [o for o in gc.get_objects() if type(o) is ProbeError]
+        session.send_input("go", 1)
+    assert drafts == []
+    assert errors == []
     assert session.status is stageflow.SessionStatus.COMPLETED
