@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -303,6 +304,21 @@ def test_an_interrupt_while_a_condition_is_tested_names_no_branch(tight: bool) -
     assert span.attributes["stageflow.outcome"] == "failed"
 
 
+async def alive_while_waiting(
+    session: stageflow.Session, probe: Callable[[object], bool]
+) -> list[object]:
+    """The objects ``probe`` picks while ``session`` waits for ``go``; then it completes."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await anyio.wait_all_tasks_blocked()
+        assert session.waiting_for() == ("go",)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if probe(o)]
+        session.send_input("go", 1)
+    assert session.status is stageflow.SessionStatus.COMPLETED
+    return alive
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "waiter_fields",
@@ -344,16 +360,11 @@ async def test_a_waiting_node_keeps_no_copy_of_earlier_arguments(
     session = stageflow.Session(
         pipeline, registry=stages, payload={"blob": [{"i": i} for i in range(50)]}
     )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        await anyio.wait_all_tasks_blocked()
-        assert session.waiting_for() == ("go",)
-        gc.collect()
-        # Stage "a"'s argument dict is the only dict keyed by "probe_blob".
-        kept = [o for o in gc.get_objects() if type(o) is dict and set(o) == {"probe_blob"}]
-        session.send_input("go", 1)
-    assert kept == []
-    assert session.status is stageflow.SessionStatus.COMPLETED
+    # Stage "a"'s argument dict is the only dict keyed by "probe_blob".
+    assert (
+        await alive_while_waiting(session, lambda o: type(o) is dict and set(o) == {"probe_blob"})
+        == []
+    )
 
 
 class ProbeError(Exception):
@@ -409,18 +420,11 @@ async def test_a_waiting_node_keeps_no_earlier_outputs_or_error(
         registry=stages,
     )
     session = stageflow.Session(pipeline, registry=stages)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        await anyio.wait_all_tasks_blocked()
-        assert session.waiting_for() == ("go",)
-        gc.collect()
-        drafts = [
-            o
-            for o in gc.get_objects()
-            if type(o) is list and o and type(o[0]) is dict and "probe_marker" in o[0]
-        ]
-        errors = [o for o in gc.get_objects() if type(o) is ProbeError]
-        session.send_input("go", 1)
-    assert drafts == []
-    assert errors == []
-    assert session.status is stageflow.SessionStatus.COMPLETED
+    alive = await alive_while_waiting(
+        session,
+        lambda o: (
+            type(o) is ProbeError
+            or (type(o) is list and bool(o) and type(o[0]) is dict and "probe_marker" in o[0])
+        ),
+    )
+    assert alive == []
