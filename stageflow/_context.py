@@ -223,16 +223,47 @@ class Context:
             return None
         return data.maps, self._written
 
+    def own(self) -> MutableMapping[str, Any]:
+        """The map a fork writes its top-level keys into; the whole data at the root.
+
+        A fork's own map holds a top-level key exactly when the fork wrote
+        that key or a path inside it.
+        """
+        data = self._data
+        return data.maps[0] if type(data) is ChainMap else data
+
+    def wrote(self, path: str) -> bool:
+        """Whether this fork wrote ``path``, a path above it or a path inside it.
+
+        Always true at the root, which owns all its data.
+        """
+        written = self._written
+        if written is None:
+            return True
+        if path in written:
+            return True
+        below = path + "."
+        return any(p.startswith(below) or below.startswith(p + ".") for p in written)
+
     def written(self) -> Iterator[tuple[str, Any]]:
-        """Yield ``(path, current value)`` for each path written since the fork."""
+        """Yield ``(path, current value)`` for each path written since the fork.
+
+        A path that a later write above it took away (``a.b`` written, then
+        ``a`` replaced by an object without ``b``) is left out: the later
+        write, also yielded, says all there is, and a merge or a snapshot
+        must never carry :data:`MISSING`.
+        """
         written = self._written
         if written is None:
             return
-        data = self._data
-        # A fork writes a top-level key into its own first map.
-        own = data.maps[0] if type(data) is ChainMap else data
+        own = self.own()
         for path in written:
-            yield path, own[path] if "." not in path else self.get(path)
+            if "." not in path:
+                yield path, own[path]
+            else:
+                value = self.get(path)
+                if value is not MISSING:
+                    yield path, value
 
     def to_dict(self) -> dict[str, Any]:
         """Return the payload as a plain dict (a shallow copy of the top level)."""

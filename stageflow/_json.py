@@ -182,6 +182,15 @@ def copy_json(value: Any) -> Any:
         return [copy_json(v) for v in value]
     if isinstance(value, Mapping):
         return {k: copy_json(v) for k, v in value.items()}
+    # A subclass of a JSON scalar (an IntEnum, a StrEnum) becomes the plain
+    # value JSON keeps of it, so a session reads the same before and after a
+    # snapshot; the base class's own conversion, never the subclass's.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
     return value
 
 

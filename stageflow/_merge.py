@@ -42,12 +42,11 @@ def merge_branches(
     get = contributions.get
     for branch, ctx in branches:
         for path, value in ctx.written():
-            if value is not MISSING:
-                found = get(path)
-                if found is None:
-                    contributions[path] = [(branch, value)]
-                else:
-                    found.append((branch, value))
+            found = get(path)
+            if found is None:
+                contributions[path] = [(branch, value)]
+            else:
+                found.append((branch, value))
     if strategy is MergeStrategy.ERROR:
         _check_conflicts(node_id, contributions, reducers)
     first = strategy is MergeStrategy.FIRST

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from types import MappingProxyType
 from typing import Any
 
 import pytest
-from fakes import doc, fake_registry, run, stage, terminal
+from fakes import doc, fake_registry, load, run, stage, terminal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,6 +139,58 @@ def test_copy_json_copies_every_container_and_shares_scalars() -> None:
     assert copy_json(MappingProxyType({"k": [1]})) == {"k": [1]}
     big = 2**70
     assert copy_json(big) is big
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Mood(enum.StrEnum):
+    CALM = "calm"
+
+
+class Shouting(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+class Ratio(float):
+    pass
+
+
+def test_copy_json_turns_subclasses_of_scalars_into_plain_values() -> None:
+    # A subclass of a JSON scalar used to be kept as it was, so a session read
+    # an IntEnum before a snapshot and an int after one.
+    copied = copy_json({"c": Color.RED, "m": [Mood.CALM], "s": Shouting("hey"), "r": Ratio(0.5)})
+    assert copied == {"c": 1, "m": ["calm"], "s": "hey", "r": 0.5}
+    assert [type(v) for v in (copied["c"], copied["m"][0], copied["s"], copied["r"])] == [
+        int,
+        str,
+        str,
+        float,
+    ]
+    assert copy_json(True) is True
+
+
+@pytest.mark.anyio
+async def test_a_stage_output_of_an_enum_is_stored_as_its_plain_value() -> None:
+    registry = fake_registry()
+
+    @registry.register("Paint")
+    async def paint(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"color": Color.RED, "mood": Mood.CALM}
+
+    document = doc(
+        [
+            stage("paint", "Paint", outputs={"color": "color", "mood": "mood"}, next="end"),
+            terminal("end", "color", "mood"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    result = await session.run()
+    assert result.artifacts == {"color": 1, "mood": "calm"}
+    assert type(session.payload["color"]) is int
+    assert type(session.payload["mood"]) is str
 
 
 def test_freeze_makes_containers_read_only() -> None:

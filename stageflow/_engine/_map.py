@@ -25,7 +25,13 @@ from stageflow._engine._positions import (
 )
 from stageflow._engine._stage import PLAIN_SCALARS
 from stageflow._engine._subpipeline import check_depth
-from stageflow._errors import LimitExceededError, MapError, NodeTimeoutError, describe_exception
+from stageflow._errors import (
+    ContextPathError,
+    LimitExceededError,
+    MapError,
+    NodeTimeoutError,
+    describe_exception,
+)
 from stageflow._json import copy_json
 from stageflow._model import MapNode
 from stageflow._telemetry import MAP_INDEX, NODE_ID
@@ -36,6 +42,26 @@ __all__ = ["MapExecutor"]
 # function's qualified name (trio and anyio both do when none is given).
 _WORKER: Final = "stageflow map worker"
 _new: Final = object.__new__
+
+
+def _check_item_paths(node: MapNode, ctx: Context) -> None:
+    """Fail the map node, before any item runs, if an item cannot be written where it goes.
+
+    An item's fork is made by the workers; a nested ``item_path`` or
+    ``index_path`` under a value that is not an object would fail there,
+    outside any item, so it is tried here on a throwaway fork.
+    """
+    probe = ctx.fork()
+    try:
+        probe.set(node.item_path, None)
+        probe.set(node.index_path, 0)
+    except ContextPathError as exc:
+        raise MapError(
+            f"map node {node.id!r} cannot write its items at item_path {node.item_path!r} "
+            f"and index_path {node.index_path!r}: {exc}; make the paths' parents objects "
+            "before the map runs, or use top-level item_path and index_path",
+            node_id=node.id,
+        ) from exc
 
 
 class MapExecutor:
@@ -60,6 +86,8 @@ class MapExecutor:
             )
         total = len(items)
         run = MapRun(node, frame, items)
+        if not run.top:
+            _check_item_paths(node, frame.ctx)
         frame.work = run
         saved = frame.resume.get("map") if frame.resume is not None else None
         if saved is not None:
@@ -140,12 +168,26 @@ class MapExecutor:
                 run.failures.append((index, error))
             else:
                 assert item is not None
+                mine = own if own is not None else item.ctx.own()
                 for source, top in collect:
-                    # What item.ctx.get(source) reads: the fork's own map first.
-                    value = own.get(source, MISSING) if top and own is not None else MISSING
-                    if value is MISSING:
-                        value = item.ctx.get(source)
-                    collected[source][index] = None if value is MISSING else value
+                    # Only what the item wrote (at, above or below the path),
+                    # never the parent's value read through the fork: null
+                    # otherwise. A top-level key is in the fork's own map
+                    # exactly when the item wrote it or a path inside it.
+                    if top:
+                        value = mine.get(source, MISSING)
+                    else:
+                        value = item.ctx.get(source) if item.ctx.wrote(source) else MISSING
+                    # Copied: the item's value may share containers the
+                    # parent still has (copy on write copies only the
+                    # containers on a written path).
+                    collected[source][index] = (
+                        None
+                        if value is MISSING
+                        else value
+                        if type(value) in PLAIN_SCALARS
+                        else copy_json(value)
+                    )
                 run.done += 1
             del running[index]  # before the event: a snapshot must not run it again
 

@@ -1270,6 +1270,11 @@ class Run:
     def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
         """A step or event limit stops the run before ``node``: keep where it was, to resume."""
         state = self._state
+        if state.stopped_by_limit is not None:
+            # A second position (a sibling branch or map item) reached the
+            # limit before the first one's stop cancelled it: the first stop
+            # is the one to resume from, and the error the run ends with.
+            return state.stopped_by_limit
         error = self._caps.error(node.id, state.steps, len(state.history))
         # Taken before anything unwinds: a restore with the limit raised goes on from here.
         state.saved = self.saved_state()

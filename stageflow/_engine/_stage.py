@@ -371,6 +371,14 @@ class StageExecutor:
 
 
 def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
+    if outputs is None:  # None is fine only for a node that maps no outputs
+        mapped = ", ".join(repr(key) for key in node.outputs)
+        return StageOutputError(
+            f"stage {node.stage!r} at node {node.id!r} returned None, but the node maps "
+            f"its outputs {mapped}; return a dict with them, or remove them from the "
+            "node's 'outputs'",
+            node_id=node.id,
+        )
     return StageOutputError(
         f"stage {node.stage!r} at node {node.id!r} returned a {type(outputs).__name__}; "
         "a stage returns a dict of outputs (or None)",

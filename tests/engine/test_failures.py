@@ -149,6 +149,24 @@ async def test_failed_attempt_writes_nothing() -> None:
     assert dict(session.payload) == {"keep": True}
 
 
+async def test_a_stage_returning_none_where_outputs_are_mapped_says_so() -> None:
+    # The message used to say "returned a NoneType; a stage returns a dict of
+    # outputs (or None)": None named as both the fault and the remedy.
+    registry = fake_registry()
+
+    @registry.register("Nothing")
+    async def nothing(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document = doc([stage("n", "Nothing", next="end", outputs={"v": "v"}), terminal("end")])
+    result = await run_with(document, registry)
+    assert isinstance(result.error, stageflow.StageOutputError)
+    assert str(result.error) == (
+        "stage 'Nothing' at node 'n' returned None, but the node maps its outputs 'v'; "
+        "return a dict with them, or remove them from the node's 'outputs'"
+    )
+
+
 @pytest.mark.trio_only
 async def test_node_timeout_is_typed_and_a_timeout_error() -> None:
     document = doc([stage("slow", "Set", next="end", config={"delay": 10}), terminal("end")])

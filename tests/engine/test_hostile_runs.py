@@ -9,6 +9,7 @@ without bound, and nodes that never await kept every other task out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,6 +187,46 @@ async def test_a_limit_hit_inside_a_branch_fails_the_session() -> None:
     result = await session.run()
     assert result.status is S.FAILED
     assert isinstance(result.error, stageflow.LimitExceededError)
+
+
+@pytest.mark.parametrize("shape", ["parallel", "map"])
+async def test_a_limit_two_positions_reach_at_once_resumes_when_raised(shape: str) -> None:
+    # Both branches (or both items in flight) refuse a step before the first
+    # refusal's stop cancels the other. The session must stay resumable from
+    # the first stop: a second stop used to overwrite it, the run then ended
+    # with the first error, and the snapshot (steps past max_steps + 1) was
+    # refused by Session.from_dict.
+    registry = _wait_registry()
+    if shape == "parallel":
+        nodes = [
+            parallel("fan", ["left", "right"], next="end"),
+            stage("left", "Count", outputs={"n": "left"}),
+            stage("right", "Count", outputs={"n": "right"}),
+            terminal("end", "left", "right"),
+        ]
+        done = {"left": 1, "right": 1}
+    else:
+        each = {"id": "fan", "type": "map", "items": "items", "body": "item", "next": "end"}
+        nodes = [
+            {**each, "concurrency": 2, "collect": {"n": "ns"}},
+            stage("item", "Count", outputs={"n": "n"}),
+            terminal("end", "ns"),
+        ]
+        done = {"ns": [1, 1]}
+    document = doc(nodes, limits={"max_steps": 1})
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": [0, 0]}
+    )
+    result = await session.run()
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    snapshot = json.loads(json.dumps(session.to_dict()))
+    assert snapshot["steps"] == 2  # the first refused step, not one per position
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, limits=stageflow.Limits(max_steps=100)
+    )
+    resumed = await restored.run()
+    assert resumed.status is S.COMPLETED
+    assert resumed.artifacts == done
 
 
 async def test_retries_do_not_grow_the_history_past_its_limit() -> None:

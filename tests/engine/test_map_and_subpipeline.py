@@ -200,6 +200,81 @@ async def test_an_item_reads_the_parent_through_its_fork_and_collects_its_own_wr
     assert session.payload["out"] == "the parent's"  # an item's writes stay in its fork
 
 
+@pytest.mark.parametrize("source", ["summary", "summary.n"])
+async def test_collect_takes_only_what_an_item_wrote_as_a_copy(source: str) -> None:
+    # Items 0 and 2 write nothing at the collected path: null, as documented,
+    # not the parent's value read through the fork. Item 1 writes summary.n,
+    # so its summary is copied on write from the parent's, sharing "keep"
+    # with it: the collected value must not change when the parent's "keep"
+    # is later changed in place (nor differ after a snapshot and restore).
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "m",
+                "type": "map",
+                "items": "items",
+                "body": "pick",
+                "collect": {source: "sums"},
+                "next": "touch",
+            },
+            {
+                "id": "pick",
+                "type": "condition",
+                "conditions": [{"if": {">": [{"var": "item"}, 1]}, "then": "write"}],
+                "else": "skip",
+            },
+            stage("write", "Echo", arguments={"n": "item"}, outputs={"n": "summary.n"}),
+            stage("skip", "Set", config={"values": {"x": 1}}, outputs={"x": "other"}),
+            stage("touch", "Set", config={"values": {"d": 2}}, outputs={"d": "summary.keep.d"}),
+            terminal("end", "sums", "summary"),
+        ]
+    )
+    document["nodes"][4]["next"] = "end"
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        payload={"items": [0, 5, 0], "summary": {"n": "parent", "keep": {"d": 1}}},
+    )
+    result = await session.run()
+    written = {"n": 5, "keep": {"d": 1}} if source == "summary" else 5
+    assert result.artifacts == {
+        "sums": [None, written, None],
+        "summary": {"n": "parent", "keep": {"d": 2}},
+    }
+
+
+@pytest.mark.parametrize("edge", [False, True])
+async def test_an_item_path_under_a_scalar_fails_the_map_with_a_map_error(edge: bool) -> None:
+    # Before: the path error came from the workers' task group, so run()
+    # raised a bare exception group, and an error edge routed "ExceptionGroup".
+    node: dict[str, Any] = {
+        "id": "m",
+        "type": "map",
+        "items": "items",
+        "body": "w",
+        "item_path": "cur.item",
+        "next": "end",
+    }
+    if edge:
+        node["on_error"] = [{"errors": ["MapError"], "next": "end", "error_path": "err"}]
+    document = doc([node, stage("w", "Echo", arguments={"y": "cur.item"}), terminal("end", "err")])
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": [1, 2], "cur": 5}
+    )
+    result = await session.run()
+    if edge:
+        assert result.status is S.COMPLETED
+        assert result.artifacts["err"]["type"] == "MapError"
+        assert "item_path 'cur.item'" in result.artifacts["err"]["message"]
+    else:
+        assert result.status is S.FAILED
+        assert isinstance(result.error, stageflow.MapError)
+        assert "segment 'cur' holds a int" in str(result.error)
+        assert types(result)[-1] == "session_failed"
+
+
 @pytest.mark.trio_only
 async def test_ten_thousand_items() -> None:
     items = [{"v": i} for i in range(10_000)]

@@ -319,3 +319,32 @@ async def test_a_tolerated_map_failure_restored_gives_the_same_map_error_message
     restored = case.restore(taken[0])
     result = await restored.run()
     assert str(result.error) == str(plain.error)
+
+
+# A branch writes a.b, then replaces a with an object without b, then waits:
+# the snapshot's record of the branch's writes must not carry a.b as MISSING.
+REPLACED_PARENT = doc(
+    [
+        parallel("p", ["inner", "other"], next="end"),
+        stage("inner", "Set", config={"values": {"v": 1}}, outputs={"v": "a.b"}, next="replace"),
+        stage("replace", "Set", config={"values": {"v": {"c": 3}}}, outputs={"v": "a"}, next="ask"),
+        stage("ask", "Ask", config={"input": "go"}, outputs={"answer": "got"}),
+        stage("other", "Set", config={"values": {"v": 2}}, outputs={"v": "b"}),
+        terminal("end", "a", "b", "got"),
+    ]
+)
+
+
+async def test_a_branch_that_replaced_what_it_wrote_into_snapshots_as_json() -> None:
+    registry = review_registry()
+    case = Case(load(REPLACED_PARENT, registry), registry, {"a": {"b": 0}}, {"go": ["yes"]})
+    plain = await Script(case.inputs).attach(case.session()).run()
+    assert plain.artifacts == {"a": {"c": 3}, "b": 2, "got": "yes"}
+    session = case.session()
+    assert (await session.run(suspend=True)).waiting_for == ("go",)
+    text = json.dumps(session.to_dict())  # raised TypeError on MISSING before
+    restored = case.restore(json.loads(text))
+    restored.send_input("go", "yes")
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == plain.artifacts
