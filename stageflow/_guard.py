@@ -19,6 +19,7 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_INT_DIGITS",
     "MAX_NESTING",
+    "MAX_VALUES",
     "MAX_YAML_NODES",
     "BudgetError",
     "SAFE_INT_BITS",
@@ -41,6 +42,11 @@ inside frames. Also the largest ``limits.max_depth``."""
 
 MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
 """Largest JSON or YAML text a pipeline or case file may be, in bytes of UTF-8."""
+
+MAX_VALUES: Final = 10_000_000
+"""Most values (containers and scalars) a JSON value may hold once written out:
+a list or object shared many times over counts each time, as JSON writes it
+(``x = [x, x]`` forty levels deep is 2**41 values, refused at once)."""
 
 MAX_YAML_NODES: Final = 1_000_000
 """Most values a YAML text may expand to, aliases counted at their expanded size

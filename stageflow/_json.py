@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, TypeAlias
 
-from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, SAFE_INT_BITS, int_too_large
+from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_VALUES, SAFE_INT_BITS, int_too_large
 
 __all__ = ["MAX_DEPTH", "JsonValue", "NonJson", "copy_json", "find_non_json", "freeze", "thaw"]
 
@@ -33,8 +33,13 @@ class NonJson(NamedTuple):
 # walk: well within the interpreter's recursion limit, and deeper than the
 # values sessions hold.
 _FAST_DEPTH: Final = 64
-# How many containers _plain enters before it leaves the value to the walk.
+# How many containers _plain enters, and how many items it looks at, before it
+# leaves the value to the walk (a value of more items than MAX_VALUES is
+# refused by the walk, if shared containers made it so).
 _FAST_CONTAINERS: Final = 10_000
+_FAST_ITEMS: Final = MAX_VALUES
+# The smallest container the walk remembers as found plain (see _walk).
+_KEPT_SIZE: Final = 64
 
 
 def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
@@ -48,20 +53,23 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     input, a stage's outputs and a restored snapshot are checked per pause
     and resume).
 
-    ``left`` counts down the containers it may still enter; at zero it
-    gives up and the walk decides. A value that shares one list many times
-    over (``x = [x, x]`` twenty levels deep) is exponential to walk as a
-    tree: the walk, which takes the last item first, refuses a bad entry
-    after it at once, and this check must not walk the tree first.
+    ``left`` counts down the containers it may still enter and the items it
+    may still look at; at zero it gives up and the walk decides. A value
+    that shares one list many times over (``x = [x, x]`` twenty levels
+    deep, or one long list a thousand times) is exponential or merely huge
+    to walk as a tree: the walk counts a shared container it has checked
+    at its size without walking it again, and this check must not walk the
+    tree first.
     """
     kind = type(value)
     # The dict and list loops are written out twice: one shared loop over
     # ``value.values()`` needs a pass of its own over the keys, 19% more for
     # a 20-key dict ("paused session" rows).
     if kind is dict:
-        if depth >= max_depth or left[0] <= 0:
+        if depth >= max_depth or left[0] <= 0 or left[1] <= 0:
             return False
         left[0] -= 1
+        left[1] -= len(value)
         depth += 1
         for key, item in value.items():
             if type(key) is not str:
@@ -79,9 +87,10 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
                 return False
         return True
     if kind is list:
-        if depth >= max_depth or left[0] <= 0:
+        if depth >= max_depth or left[0] <= 0 or left[1] <= 0:
             return False
         left[0] -= 1
+        left[1] -= len(value)
         depth += 1
         for item in value:
             kind = type(item)
@@ -111,28 +120,54 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     ``None`` means ``value`` is plain JSON: dicts with string keys, lists, strings,
     finite numbers, integers of at most :data:`MAX_INT_DIGITS` digits (what
     ``json.dumps`` can write), booleans and ``None``, nested at most ``max_depth``
-    levels (:data:`MAX_DEPTH` unless told) and without a container inside itself.
+    levels (:data:`MAX_DEPTH` unless told), without a container inside itself,
+    and at most :data:`MAX_VALUES` values once written out (a container
+    shared many times over counted each time).
     This is the one guard every value from outside passes (documents, payloads,
     stage outputs, emitted events, inputs, reducer results, snapshots). Plain
     values are answered by a check that recurses at most 64 levels; anything
     else is walked iteratively, so hostile values can neither hit the
     recursion limit nor loop forever.
     """
-    if _plain(value, 0, max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH, [_FAST_CONTAINERS]):
+    fast = max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH
+    if _plain(value, 0, fast, [_FAST_CONTAINERS, _FAST_ITEMS]):
         return None
     return _walk(value, where, max_depth)
 
 
 def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
-    """:func:`find_non_json` item by item, each with its location."""
-    # (location, item, depth); location None marks leaving a container.
-    stack: list[tuple[str | None, Any, int]] = [(where, value, 0)]
+    """:func:`find_non_json` item by item, each with its location.
+
+    A container already found plain is not walked again where it is shared
+    (at the same depth or less): it counts at its size, so a value that is
+    exponential as a tree costs what its distinct containers cost, and is
+    refused once its size as JSON passes :data:`MAX_VALUES`.
+    """
+    # (location, item, depth, values counted when entered); location None
+    # marks leaving a container.
+    stack: list[tuple[str | None, Any, int, int]] = [(where, value, 0, 0)]
     inside: set[int] = set()  # ids of the containers on the current path
+    # id -> (the container, the depth it was found plain at, its size as JSON),
+    # for containers of _KEPT_SIZE values or more (a smaller one is cheaper to
+    # walk again than to keep); the container is kept so that its id is not
+    # reused during the walk.
+    plain: dict[int, tuple[Any, int, int]] = {}
+    counted = 0
     while stack:
-        loc, item, depth = stack.pop()
+        loc, item, depth, entered = stack.pop()
         if loc is None:
             inside.discard(id(item))
+            if counted - entered >= _KEPT_SIZE:
+                plain[id(item)] = (item, depth, counted - entered)
             continue
+        counted += 1
+        if counted > MAX_VALUES:
+            return NonJson(
+                loc,
+                item,
+                f"it holds more than {MAX_VALUES:,} values written out as JSON "
+                "(a list or object shared many times over counts each time)",
+            )
         if isinstance(item, _SCALARS):
             continue
         if isinstance(item, int):
@@ -147,17 +182,21 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
             return NonJson(loc, item, "not a JSON type")
         if id(item) in inside:
             return NonJson(loc, item, "it contains itself (a reference cycle)")
+        seen = plain.get(id(item))
+        if seen is not None and depth <= seen[1]:
+            counted += seen[2] - 1  # its values, itself counted above
+            continue
         if depth >= max_depth:
             return NonJson(loc, item, f"it nests more than {max_depth} levels deep")
         inside.add(id(item))
-        stack.append((None, item, depth))
+        stack.append((None, item, depth, counted - 1))
         if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
                     return NonJson(f"{loc} key {key!r}", key, "object keys must be strings")
-                stack.append((f"{loc}.{key}", sub, depth + 1))
+                stack.append((f"{loc}.{key}", sub, depth + 1, 0))
         else:
-            stack.extend((f"{loc}[{i}]", sub, depth + 1) for i, sub in enumerate(item))
+            stack.extend((f"{loc}[{i}]", sub, depth + 1, 0) for i, sub in enumerate(item))
     return None
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stageflow
-from stageflow._guard import SAFE_INT_BITS
+from stageflow._guard import MAX_VALUES, SAFE_INT_BITS
 from stageflow._json import MAX_DEPTH, _walk, copy_json, find_non_json, freeze, thaw
 
 
@@ -229,3 +229,40 @@ def test_a_bad_value_after_a_shared_list_is_found_without_walking_the_tree() -> 
     bad = find_non_json({"a": shared, "z": math.nan}, "payload")
     assert bad is not None
     assert (bad.location, bad.reason) == ("payload.z", "not a finite number")
+
+
+def shared_levels(levels: int) -> list[Any]:
+    """``x = [x, x]`` ``levels`` times: ``levels + 1`` lists, 2 ** (levels + 1) - 1 as JSON."""
+    shared: list[Any] = []
+    for _ in range(levels):
+        shared = [shared, shared]
+    return shared
+
+
+def test_a_value_that_expands_past_the_budget_is_refused_without_walking_it() -> None:
+    # x = [x, x], forty levels, all plain: it used to be walked as a tree of
+    # 2**41 lists, so a payload, an input or a snapshot holding it never
+    # returned (the suite's timeout fails a walk that does).
+    bad = find_non_json({"v": shared_levels(40)}, "payload")
+    assert bad is not None
+    assert bad.location.startswith("payload.v[1][1]")
+    assert bad.reason == (
+        f"it holds more than {MAX_VALUES:,} values written out as JSON "
+        "(a list or object shared many times over counts each time)"
+    )
+    # Shared, but within the budget (2**21 - 1 values): accepted, and walked
+    # once per distinct list.
+    assert find_non_json({"v": shared_levels(20)}) is None
+
+
+@pytest.mark.anyio
+async def test_a_session_refuses_a_payload_and_an_input_that_expand_past_the_budget() -> None:
+    registry = fake_registry()
+    registry.add(stageflow.WaitStage, name="Wait")
+    document = doc([stage("w", "Wait", config={"input": "answer"}, next="end"), terminal("end")])
+    pipeline = load(document, registry)
+    with pytest.raises(stageflow.NonJsonValueError, match="shared many times over"):
+        stageflow.Session(pipeline, registry=registry, payload={"v": shared_levels(40)})
+    session = stageflow.Session(pipeline, registry=registry)
+    with pytest.raises(stageflow.InputRejectedError, match="shared many times over"):
+        session.send_input("answer", shared_levels(40))
