@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple, overload
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from stageflow._json import copy_json
 from stageflow._log import get_logger
 from stageflow._telemetry import Tracing
 
@@ -273,8 +274,10 @@ def _event(
             session_id,
             flat[at + 2],
             flat[at + 3],
-            # A copy: a stored payload may be shared by many events (see History.record).
-            dict(flat[at + 4]),
+            # A copy, nested values included: a stored payload may be shared by
+            # many events (see History.record), and a reader (a subscriber) that
+            # changes its event must not change the history a snapshot keeps.
+            copy_json(flat[at + 4]),
             span[0],
             span[1],
             span[2],
@@ -484,7 +487,8 @@ class History:
                 _stored(fromisoformat(event["timestamp"])),
                 event["node_id"],
                 event["path"],
-                event["payload"],
+                # A copy: the caller keeps its snapshot dict, the history its own.
+                copy_json(event["payload"]),
             )
             span = (event.get("trace_id"), event.get("span_id"), event.get("parent_span_id"))
             if span != _NO_SPAN:
@@ -514,7 +518,8 @@ class History:
                 "timestamp": _shown(flat[at + 1]).isoformat(),
                 "node_id": flat[at + 2],
                 "path": flat[at + 3],
-                "payload": dict(flat[at + 4]),
+                # A copy, nested values included: the snapshot is the caller's.
+                "payload": copy_json(flat[at + 4]),
             }
             if spans is not None and index in spans:
                 for key, value in zip(_SPAN_FIELDS, spans[index], strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from typing import Any
 
 import anyio
 import pytest
@@ -266,3 +267,47 @@ async def test_unbounded_stream_never_drops() -> None:
     stream = session.events(buffer=0)
     result = await session.run()
     assert [event async for event in stream] == list(result.history)
+
+
+async def test_no_reader_of_an_event_can_change_the_history_a_snapshot_keeps() -> None:
+    # Events handed out (a subscriber's, a history read's), a snapshot's
+    # events and the snapshot a session was restored from shared the nested
+    # values of the payloads the history keeps: changing one changed the
+    # history, and so every later snapshot.
+    registry = fake_registry()
+    registry.add(stageflow.WaitStage, name="Wait")
+
+    @registry.register(
+        "Note", spec=stageflow.StageSpec(allowed_events=[stageflow.EventSpec("note")])
+    )
+    async def note(ctx: stageflow.StageContext) -> None:
+        ctx.emit("note", {"items": [1, 2], "inner": {"a": 1}})
+
+    document = doc(
+        [
+            stage("n", "Note", next="w"),
+            stage("w", "Wait", config={"input": "go"}, next="end"),
+            terminal(),
+        ]
+    )
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    heard: list[stageflow.Event] = []
+    session.subscribe(heard.append)
+    await session.run(suspend=True)
+    kept = {"items": [1, 2], "inner": {"a": 1}}
+
+    def noted(events: Any) -> Any:
+        return next(e for e in events if e["type"] == "note")["payload"]
+
+    next(e for e in heard if e.type == "note").payload["inner"]["a"] = "subscriber"
+    next(e for e in session.history if e.type == "note").payload["items"].append("reader")
+    first = session.to_dict()
+    assert noted(first["history"]) == kept
+    noted(first["history"])["items"].append("snapshot")
+    assert noted(session.to_dict()["history"]) == kept
+    snapshot = json.loads(json.dumps(first))
+    noted(snapshot["history"])["items"] = kept["items"]  # undo the change above
+    restored = stageflow.Session.from_dict(snapshot, registry=registry)
+    noted(snapshot["history"])["inner"]["a"] = "after the restore"
+    assert next(e for e in restored.history if e.type == "note").payload == kept
