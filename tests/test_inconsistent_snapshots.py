@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import pytest
@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stageflow
-from stageflow._engine._snapshot_check import MAX_RNG_DRAWS
+from stageflow._engine._snapshot_check import INTEGER_FIELDS, MAX_RNG_DRAWS
 from stageflow._guard import MAX_INT_DIGITS, MAX_NESTING
+from stageflow._json import thaw
+from stageflow._pipeline import load_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -470,3 +472,71 @@ async def test_fuzz_positions_moved_to_other_nodes_restore_and_run_or_are_refuse
             value = choice % 6
         replace(snapshot, where, value)
     await restore_and_run(snapshot)
+
+
+# ------------------------------------------------------------ integers as floats
+
+
+def schema_integer_names() -> set[str]:
+    """The names of the fields the snapshot schema types ``integer``."""
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, sub in (node.get("properties") or {}).items():
+                kinds = sub.get("type")
+                if kinds == "integer" or (isinstance(kinds, list) and "integer" in kinds):
+                    names.add(key)
+            for sub in node.values():
+                visit(sub)
+        elif isinstance(node, list):
+            for sub in node:
+                visit(sub)
+
+    visit(thaw(load_schema("session-snapshot")))
+    return names
+
+
+def test_every_integer_field_of_the_schema_is_checked_for_floats() -> None:
+    assert schema_integer_names() == INTEGER_FIELDS
+
+
+# Where a field of one of those names is data, not the snapshot's own field.
+_DATA: Final = ("context", "payload", "writes", "backlog", "pipeline", "collected", "result")
+
+
+def integer_fields(value: Any, where: str = "$") -> list[tuple[str, Any, str]]:
+    """``(location, container, key)`` of every snapshot field named in INTEGER_FIELDS."""
+    found: list[tuple[str, Any, str]] = []
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if key in _DATA:
+                continue
+            if key in INTEGER_FIELDS and type(sub) is int:
+                found.append((f"{where}.{key}", value, key))
+            found.extend(integer_fields(sub, f"{where}.{key}"))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            found.extend(integer_fields(sub, f"{where}[{i}]"))
+    return found
+
+
+async def test_an_integer_field_written_as_a_float_names_the_field() -> None:
+    # JSON Schema counts 2.0 as an integer: such a snapshot restored, then
+    # raised TypeError mid-run (steps, rng_draws, a map's next or index) or
+    # numbered its events 1.0, 2.0, ... (history_seq).
+    checked: set[str] = set()
+    for snapshot in await snapshots():
+        for location, _, key in integer_fields(snapshot):
+            broken = copy.deepcopy(snapshot)
+            container = next(c for loc, c, _ in integer_fields(broken) if loc == location)
+            container[key] = float(container[key])
+            error = refused(broken)
+            assert [p.location for p in error.problems] == [location]
+            assert error.problems[0].message.endswith(f"write the integer {int(container[key])}")
+            checked.add(key)
+    # The document's run has every kind but a winner and the trace's fields.
+    assert checked >= INTEGER_FIELDS - {"winner", "start", "seen", *_LIMITS, "seed"}
+
+
+_LIMITS: Final = {n for n in INTEGER_FIELDS if n.startswith("max_")}

@@ -38,7 +38,11 @@ from stageflow._engine._positions import (
     mismatch,
     restore_error,
 )
-from stageflow._engine._snapshot_check import consistency_problems, shape_problems
+from stageflow._engine._snapshot_check import (
+    consistency_problems,
+    integer_problems,
+    shape_problems,
+)
 from stageflow._engine._state import FINISHED, SessionState, TraceIds
 from stageflow._errors import (
     PipelineValidationError,
@@ -185,6 +189,9 @@ def check_document(data: object) -> Mapping[str, Any]:
             [Problem(e.json_path, _message(e)) for e in errors[:20]],
             source=f"session {session_id!r}" if isinstance(session_id, str) else None,
         )
+    floats = integer_problems(data)
+    if floats:
+        raise SnapshotError(floats[:20], source=source)
     return data
 
 

@@ -39,7 +39,13 @@ from stageflow._model import (
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageRegistry
 
-__all__ = ["MAX_RNG_DRAWS", "consistency_problems", "shape_problems"]
+__all__ = [
+    "INTEGER_FIELDS",
+    "MAX_RNG_DRAWS",
+    "consistency_problems",
+    "integer_problems",
+    "shape_problems",
+]
 
 MAX_RNG_DRAWS: Final = 1_000_000
 """Most random draws a snapshot may record: a restore draws as many again."""
@@ -71,6 +77,86 @@ def shape_problems(data: Mapping[str, Any]) -> list[Problem]:
             )
         ]
     return []
+
+
+_LIMIT_INTEGERS: Final = (
+    "max_steps",
+    "max_history",
+    "max_depth",
+    "max_input_backlog",
+    "max_input_bytes",
+    "max_run_steps",
+    "max_run_events",
+)
+_TOP_INTEGERS: Final = ("seed", "rng_draws", "steps", "history_seq")
+
+INTEGER_FIELDS: Final = frozenset(
+    (
+        *_LIMIT_INTEGERS,
+        *_TOP_INTEGERS,
+        "start",  # trace.open[].start
+        "seen",  # trace.seen
+        "seq",  # history[].seq
+        "visits",  # a frame's
+        "attempt",  # a stage's
+        "winner",  # a parallel node's
+        "next",  # a map's
+        "done",  # a map's
+        "index",  # a map's failures[] and running[]
+    )
+)
+"""The names of the fields :func:`integer_problems` checks: every field the
+snapshot schema types ``integer`` (a test holds the two equal)."""
+
+
+def integer_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """Integer fields of a schema-valid snapshot written as floats (``2.0``).
+
+    JSON Schema counts ``2.0`` as an integer, and ``json.loads`` of a text
+    another program wrote can give one; the engine indexes, counts and
+    numbers events with these fields, where a float raises a raw
+    ``TypeError`` mid-run or numbers events ``1.0, 2.0, ...``.
+    """
+    found: list[Problem] = []
+
+    def need(where: str, value: Any) -> None:
+        if type(value) is float:
+            found.append(Problem(where, f"{value!r} is a float; write the integer {int(value)}"))
+
+    limits = data.get("limits")
+    if isinstance(limits, Mapping):
+        for key in _LIMIT_INTEGERS:
+            need(f"$.limits.{key}", limits.get(key))
+    for key in _TOP_INTEGERS:
+        need(f"$.{key}", data.get(key))
+    trace = data.get("trace")
+    if isinstance(trace, Mapping):
+        need("$.trace.seen", trace.get("seen"))
+        for i, span in enumerate(trace.get("open") or ()):
+            need(f"$.trace.open[{i}].start", span.get("start"))
+    for i, event in enumerate(data.get("history") or ()):
+        need(f"$.history[{i}].seq", event.get("seq"))
+    todo: list[tuple[str, Any]] = [("$.position", data.get("position"))]
+    while todo:
+        where, frame = todo.pop()
+        if not isinstance(frame, Mapping):
+            continue
+        need(f"{where}.visits", frame.get("visits"))
+        stage = frame.get("stage")
+        if isinstance(stage, Mapping):
+            need(f"{where}.stage.attempt", stage.get("attempt"))
+        parallel = frame.get("parallel")
+        if isinstance(parallel, Mapping):
+            need(f"{where}.parallel.winner", parallel.get("winner"))
+        state = frame.get("map")
+        if isinstance(state, Mapping):
+            need(f"{where}.map.next", state.get("next"))
+            need(f"{where}.map.done", state.get("done"))
+            for listing in ("failures", "running"):
+                for i, item in enumerate(state.get(listing) or ()):
+                    need(f"{where}.map.{listing}[{i}].index", item.get("index"))
+        todo.extend((f"{where}{sub}", child) for sub, child in _raw_children(frame))
+    return found
 
 
 def _frame_nesting(position: Any) -> str | None:
