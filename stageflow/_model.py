@@ -11,6 +11,7 @@ attribute ends in an underscore (``if_``, ``else_``).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
@@ -95,15 +96,45 @@ class ValidateEvents(enum.StrEnum):
     STRICT = "strict"
 
 
-def _check_run_seconds(
-    instance: object, attribute: attrs.Attribute[Any], value: float | None
-) -> None:
-    """Validator: ``max_run_seconds`` is a positive number of seconds, or ``None``."""
-    if value is not None and not value > 0:  # also NaN
-        raise DefinitionError(
-            f"Limits(max_run_seconds={value!r}) is not a positive number of seconds; use "
-            "a number above 0, or None for no bound"
-        )
+def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """Validator: a whole number of at least ``minimum`` (or ``None`` if ``optional``).
+
+    What a snapshot can keep and restore: its schema takes the same numbers.
+    """
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if type(value) is not int or value < minimum:
+            bound = " or None for no bound" if optional else ""
+            raise DefinitionError(
+                f"Limits({attribute.name}={value!r}) is not a whole number of at least "
+                f"{minimum}; use one{bound}"
+            )
+
+    return check
+
+
+def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """Validator: a finite number of seconds above 0 (or from 0 if ``zero``), or ``None``.
+
+    An infinite or NaN duration is no JSON: a session holding it could not be
+    snapshotted and restored.
+    """
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        number = type(value) in (int, float)
+        if not (number and math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            least = "0 or more" if zero else "above 0"
+            bound = ", or None for no bound" if optional else ""
+            raise DefinitionError(
+                f"Limits({attribute.name}={value!r}) is not a finite number of seconds "
+                f"{least}; use one{bound}"
+            )
+
+    return check
 
 
 def _check_max_depth(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -148,16 +179,20 @@ class Limits:
             as at a step limit: every position is kept, to resume.
     """
 
-    max_steps: int | None = 10_000
-    max_history: int | None = 100_000
-    max_depth: int = attrs.field(default=32, validator=_check_max_depth)
-    timeout: float | None = None
-    max_input_backlog: int = 100
-    max_input_bytes: int = 1_048_576
-    cleanup_timeout: float = 5.0
-    max_run_steps: int | None = None
-    max_run_events: int | None = None
-    max_run_seconds: float | None = attrs.field(default=None, validator=_check_run_seconds)
+    max_steps: int | None = attrs.field(default=10_000, validator=_count(1, optional=True))
+    max_history: int | None = attrs.field(default=100_000, validator=_count(1, optional=True))
+    max_depth: int = attrs.field(
+        default=32, validator=[_count(1, optional=False), _check_max_depth]
+    )
+    timeout: float | None = attrs.field(default=None, validator=_seconds(zero=False, optional=True))
+    max_input_backlog: int = attrs.field(default=100, validator=_count(0, optional=False))
+    max_input_bytes: int = attrs.field(default=1_048_576, validator=_count(1, optional=False))
+    cleanup_timeout: float = attrs.field(default=5.0, validator=_seconds(zero=True, optional=False))
+    max_run_steps: int | None = attrs.field(default=None, validator=_count(1, optional=True))
+    max_run_events: int | None = attrs.field(default=None, validator=_count(1, optional=True))
+    max_run_seconds: float | None = attrs.field(
+        default=None, validator=_seconds(zero=False, optional=True)
+    )
 
 
 @attrs.frozen

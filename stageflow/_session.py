@@ -147,7 +147,8 @@ class Session:
         limits: bounds for this session (the pipeline's ``limits`` if not given).
         validate_events: how inputs and stage events are checked against
             declared schemas (the pipeline's ``validate_events`` if not given).
-        seed: seeds the random jitter of retry delays (for reproducible runs).
+        seed: seeds the random jitter of retry delays (for reproducible runs):
+            a whole number, which snapshots keep.
         tracer_provider: where spans go (the global OpenTelemetry provider if
             not given). Without a real provider no span objects are created.
         clock: returns the current time as an aware UTC datetime (the system
@@ -167,6 +168,7 @@ class Session:
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
         NonJsonValueError: ``payload`` is not a JSON object.
+        TypeError: ``seed`` is not a whole number or ``None``.
 
     Example::
 
@@ -198,6 +200,11 @@ class Session:
             registry if registry is not None else pipeline.registry,
             given=registry is not None,
         )
+        if seed is not None and type(seed) is not int:
+            raise TypeError(
+                f"Session(seed={seed!r}): a seed is a whole number (a snapshot keeps it, "
+                "so that a restored session draws the same delays) or None"
+            )
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):

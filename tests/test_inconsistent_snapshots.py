@@ -540,3 +540,55 @@ async def test_an_integer_field_written_as_a_float_names_the_field() -> None:
 
 
 _LIMITS: Final = {n for n in INTEGER_FIELDS if n.startswith("max_")}
+
+
+# ------------------------------------------------- settings a snapshot must keep
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timeout", float("inf")),
+        ("timeout", float("nan")),
+        ("timeout", 0),
+        ("cleanup_timeout", float("inf")),
+        ("cleanup_timeout", -1),
+        ("max_run_seconds", float("inf")),
+        ("max_steps", 0),
+        ("max_steps", 2.5),
+        ("max_history", True),
+        ("max_input_backlog", -1),
+        ("max_input_bytes", 0),
+        ("max_run_steps", "10"),
+        ("max_run_events", 0),
+        ("max_depth", 3.0),
+    ],
+)
+def test_limits_a_snapshot_could_not_keep_are_refused_when_made(field: str, value: Any) -> None:
+    # Each was taken, ran, and made a snapshot that Session.from_dict refused
+    # (or that json.dumps could not write).
+    with pytest.raises(stageflow.DefinitionError, match=f"Limits\\({field}="):
+        stageflow.Limits(**{field: value})
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, b"x", True])
+def test_a_seed_a_snapshot_could_not_keep_is_refused(seed: Any) -> None:
+    pipeline = stageflow.Pipeline.from_dict(DOCUMENT, registry=fake_registry())
+    with pytest.raises(TypeError, match="a seed is a whole number"):
+        stageflow.Session(pipeline, registry=fake_registry(), seed=seed)
+
+
+async def test_limits_at_their_bounds_snapshot_and_restore() -> None:
+    limits = stageflow.Limits(
+        timeout=10**9,
+        cleanup_timeout=0,
+        max_input_backlog=0,
+        max_steps=None,
+        max_run_seconds=0.5,
+    )
+    registry = fake_registry()
+    pipeline = stageflow.Pipeline.from_dict(DOCUMENT, registry=registry)
+    session = stageflow.Session(pipeline, registry=registry, payload=PAYLOAD, limits=limits)
+    await session.run(suspend=True)
+    restored = restore(json.loads(json.dumps(session.to_dict())))
+    assert restored.to_dict()["limits"] == session.to_dict()["limits"]
