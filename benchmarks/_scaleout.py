@@ -5,8 +5,17 @@ Method (each row says which part it comes from):
 - **SQLite, in-process.** N sessions of a wait/count loop, one ``Worker``
   (concurrency 32) in the benchmark's own process; R rounds each send one
   input to every session and wait until every input is recorded in a saved
-  turn. Over the rounds only: turns/s, the process's CPU per turn (service
-  and worker together) and ``send_input``'s median.
+  turn. Over the rounds only: turns/s, the process's CPU per turn (driver,
+  service and worker together; informational, no budget) and
+  ``send_input``'s median.
+- **SQLite, worker process.** One ``stageflow worker`` subprocess
+  (concurrency 32) on a fresh SQLite file; the benchmark process drives N
+  sessions as in the PostgreSQL rows below (its ``wait()`` polls: SQLite has
+  no notifications between processes; that is the driver's CPU, not the
+  worker's). After a warm-up turn per session, over the driven turns:
+  turns/s and the worker process's CPU per turn (``/proc/<pid>/stat``,
+  before and after). The budget "worker CPU <= 4 ms per turn" is judged on
+  this row.
 - **Snapshot bytes over a long conversation.** One session, 1,000 turns on
   the SQLite store: the stored snapshot's size at turn 1 and turn 1,000. The
   history leaves the snapshot, so the size stays flat.
@@ -116,13 +125,13 @@ async def scaleout(settings: Settings, table: Table, figures: dict[str, float | 
     table.add(
         Row(
             "scaleout",
-            "SQLite: process CPU per turn (service + worker)",
+            "SQLite: process CPU per turn (in-process worker: driver, service and worker)",
             f"{cpu:.2f} ms",
             f"snapshot {size:,} B",
-            budget=at_most(4.0, cpu, "worker CPU <= 4 ms per turn"),
         )
     )
     table.add(Row("scaleout", "SQLite: send_input, median", f"{send:.2f} ms", "-"))
+    await _sqlite_worker_rows(settings, table, figures)
     growth = sizes[-1] / sizes[0]
     table.add(
         Row(
@@ -169,7 +178,7 @@ def _postgres() -> Iterator[str | None]:
         yield dsn
 
 
-# ---------------------------------------------------------------- PostgreSQL
+# ----------------------------------------- worker processes (PostgreSQL, SQLite)
 
 
 def _cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
@@ -201,9 +210,11 @@ def _server_probe(dsn: str) -> tuple[int, list[int]]:
     return int(row[0]), pids
 
 
-def _spawn(dsn: str, schema: str, concurrency: int) -> subprocess.Popen[str]:
+def _spawn(url: str, schema: str | None, concurrency: int) -> subprocess.Popen[str]:
+    """A ``stageflow worker`` on the store at ``url`` (``schema``: PostgreSQL's only)."""
     command = [
-        sys.executable, "-m", "stageflow", "worker", "--store", dsn, "--schema", schema,
+        sys.executable, "-m", "stageflow", "worker", "--store", url,
+        *(["--schema", schema] if schema is not None else []),
         "--stages", "benchmarks._scaleout_stages", "--no-plugins",
         "--concurrency", str(concurrency), "--poll", "1.0",
     ]  # fmt: skip
@@ -217,10 +228,15 @@ def _spawn(dsn: str, schema: str, concurrency: int) -> subprocess.Popen[str]:
 
 
 def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:
+    """SIGTERM every worker and wait for it; one still running after 120 s is killed."""
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
-        proc.communicate(timeout=120)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 async def _drive(service: SessionService, ids: Sequence[str], turns: int) -> None:
@@ -237,7 +253,7 @@ async def _drive(service: SessionService, ids: Sequence[str], turns: int) -> Non
 
 
 async def _processes(
-    dsn: str,
+    url: str,
     *,
     workers: int,
     concurrency: int,
@@ -246,41 +262,51 @@ async def _processes(
     io: bool = False,
     payload: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """One run with worker processes; per-turn figures over the driven turns."""
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    store = open_store(dsn, schema=schema, pool_size=8)
+    """One run with worker processes; per-turn figures over the driven turns.
+
+    Always ``rate`` (turns/s), ``worker_ms`` (the worker processes' CPU) and
+    ``snapshot`` (bytes). On PostgreSQL (a fresh schema, dropped after) also
+    ``server_ms`` (the server processes' CPU) and ``wal`` (bytes); an SQLite
+    ``url`` names a file the run uses as it is.
+    """
+    postgres = url.startswith(("postgresql://", "postgres://"))
+    schema = f"bench_{uuid.uuid4().hex[:8]}" if postgres else None
+    store = open_store(url, schema=schema, pool_size=8) if postgres else open_store(url)
     procs: list[subprocess.Popen[str]] = []
     try:
         await store.migrate()
         pipeline = stageflow.Pipeline.from_dict(IO_PIPELINE if io else PIPELINE, registry=registry)
         service = SessionService(store, registry=registry)
-        procs = [_spawn(dsn, schema, concurrency) for _ in range(workers)]
+        for _ in range(workers):
+            procs.append(_spawn(url, schema, concurrency))
         ids = [await service.start(pipeline, payload=payload) for _ in range(sessions)]
         for sid in ids:  # every worker process is up and has run a first turn
             await service.wait(sid, timeout=600)
         await _drive(service, ids, 1)  # warm-up
-        wal, pids = await anyio.to_thread.run_sync(_server_probe, dsn)
+        if postgres:
+            wal, pids = await anyio.to_thread.run_sync(_server_probe, url)
+            server_cpu = _cpu_seconds(pids)
         workers_cpu = _cpu_seconds([p.pid for p in procs])
-        server_cpu = _cpu_seconds(pids)
         started = time.perf_counter()
         await _drive(service, ids, turns)
         wall = time.perf_counter() - started
-        wal_after, pids_after = await anyio.to_thread.run_sync(_server_probe, dsn)
         worker_spent = _spent(workers_cpu, _cpu_seconds([p.pid for p in procs]))
-        server_spent = _spent(server_cpu, _cpu_seconds(sorted({*pids, *pids_after})))
-        snapshot = len(json.dumps(await store.load(ids[0]), separators=(",", ":")))
+        done = sessions * turns
+        figures = {"rate": done / wall, "worker_ms": worker_spent / done * 1000}
+        if postgres:
+            wal_after, pids_after = await anyio.to_thread.run_sync(_server_probe, url)
+            server_spent = _spent(server_cpu, _cpu_seconds(sorted({*pids, *pids_after})))
+            figures["server_ms"] = server_spent / done * 1000
+            figures["wal"] = (wal_after - wal) / done
+        snapshot = await store.load(ids[0])
+        figures["snapshot"] = len(json.dumps(snapshot, separators=(",", ":")))
     finally:
-        await anyio.to_thread.run_sync(_stop, procs)
-        await store.aclose()
-        await anyio.to_thread.run_sync(_drop_schema, dsn, schema)
-    done = sessions * turns
-    return {
-        "rate": done / wall,
-        "worker_ms": worker_spent / done * 1000,
-        "server_ms": server_spent / done * 1000,
-        "wal": (wal_after - wal) / done,
-        "snapshot": snapshot,
-    }
+        with anyio.CancelScope(shield=True):  # the workers stop even when the run is cancelled
+            await anyio.to_thread.run_sync(_stop, procs)
+            await store.aclose()
+            if schema is not None:
+                await anyio.to_thread.run_sync(_drop_schema, url, schema)
+    return figures
 
 
 def _padding(size: int) -> dict[str, Any]:
@@ -292,6 +318,30 @@ def _padding(size: int) -> dict[str, Any]:
             {"n": n, "text": f"note {n}: the customer asked about order {n * 7919 % 10007}"}
         )
     return {"notes": notes}
+
+
+async def _sqlite_worker_rows(
+    settings: Settings, table: Table, figures: dict[str, float | None]
+) -> None:
+    sessions = settings.size(500, 10)
+    turns = settings.size(4, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = await _processes(
+            f"sqlite:///{tmp}/bench.db", workers=1, concurrency=32, sessions=sessions, turns=turns
+        )
+    figures["scaleout sqlite worker cpu"] = run["worker_ms"]
+    shape = f"{sessions} sessions x {turns} turns, concurrency 32"
+    table.add(Row("scaleout", f"SQLite: turns/s, 1 worker process ({shape})",
+                  f"{run['rate']:,.0f}/s", "-"))  # fmt: skip
+    table.add(
+        Row(
+            "scaleout",
+            "SQLite: worker CPU per turn (1 worker process)",
+            f"{run['worker_ms']:.2f} ms",
+            f"snapshot {run['snapshot']:,} B",
+            budget=at_most(4.0, run["worker_ms"], "worker CPU <= 4 ms per turn"),
+        )
+    )
 
 
 async def _postgres_rows(dsn: str, settings: Settings, table: Table) -> None:

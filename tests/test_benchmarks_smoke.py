@@ -67,9 +67,11 @@ STAGEFLOW_ROWS = [
         for concurrency in (1, 8, 64)
         for what in ("per item", "peak memory", "in flight mid-run")
     ),
-    "SQLite: turns/s",
-    "SQLite: process CPU per turn",
+    "SQLite: turns/s (",
+    "SQLite: process CPU per turn (in-process worker",
     "SQLite: send_input, median",
+    "SQLite: turns/s, 1 worker process",
+    "SQLite: worker CPU per turn (1 worker process)",
     "stored snapshot bytes, turn",
 ]
 # Printed when a PostgreSQL server can be used (else a note says why not).
