@@ -42,6 +42,32 @@ _FAST_ITEMS: Final = MAX_VALUES
 _KEPT_SIZE: Final = 64
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is Unicode text UTF-8 can carry: no lone surrogate.
+
+    Only asked of text that is not ASCII (``str.isascii`` reads a flag).
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate(text: str) -> str | None:
+    """Why ``text`` is no JSON text (its first lone surrogate), or ``None``."""
+    if text.isascii():
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return (
+            f"it holds a lone surrogate ({text[exc.start]!r} at character {exc.start}), which "
+            "is not Unicode text and cannot be written as UTF-8"
+        )
+    return None
+
+
 def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     """Whether ``value`` is plainly JSON, tested by exact types without locations.
 
@@ -72,10 +98,14 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         left[1] -= len(value)
         depth += 1
         for key, item in value.items():
-            if type(key) is not str:
+            if type(key) is not str or not (key.isascii() or _utf8(key)):
                 return False
             kind = type(item)
-            if kind is str or kind is bool or item is None:
+            if kind is str:
+                if item.isascii() or _utf8(item):
+                    continue
+                return False
+            if kind is bool or item is None:
                 continue
             if kind is int:
                 if item.bit_length() >= SAFE_INT_BITS:
@@ -94,7 +124,11 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         depth += 1
         for item in value:
             kind = type(item)
-            if kind is str or kind is bool or item is None:
+            if kind is str:
+                if item.isascii() or _utf8(item):
+                    continue
+                return False
+            if kind is bool or item is None:
                 continue
             if kind is int:
                 if item.bit_length() >= SAFE_INT_BITS:
@@ -105,7 +139,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
             elif not _plain(item, depth, max_depth, left):
                 return False
         return True
-    if kind is str or kind is bool or value is None:
+    if kind is str:
+        return value.isascii() or _utf8(value)
+    if kind is bool or value is None:
         return True
     if kind is int:
         return bool(value.bit_length() < SAFE_INT_BITS)
@@ -117,7 +153,8 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
 def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> NonJson | None:
     """Return the first non-JSON part of ``value``: its location, the offending value and why.
 
-    ``None`` means ``value`` is plain JSON: dicts with string keys, lists, strings,
+    ``None`` means ``value`` is plain JSON: dicts with string keys, lists, strings
+    (Unicode text: no lone surrogate, which UTF-8 cannot carry),
     finite numbers, integers of at most :data:`MAX_INT_DIGITS` digits (what
     ``json.dumps`` can write), booleans and ``None``, nested at most ``max_depth``
     levels (:data:`MAX_DEPTH` unless told), without a container inside itself,
@@ -168,6 +205,11 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
                 f"it holds more than {MAX_VALUES:,} values written out as JSON "
                 "(a list or object shared many times over counts each time)",
             )
+        if isinstance(item, str):
+            why = _surrogate(item)
+            if why is not None:
+                return NonJson(loc, item, why)
+            continue
         if isinstance(item, _SCALARS):
             continue
         if isinstance(item, int):
@@ -194,6 +236,9 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     return NonJson(f"{loc} key {key!r}", key, "object keys must be strings")
+                why = _surrogate(key)
+                if why is not None:
+                    return NonJson(f"{loc} key {key!r}", key, why)
                 stack.append((f"{loc}.{key}", sub, depth + 1, 0))
         else:
             stack.extend((f"{loc}[{i}]", sub, depth + 1, 0) for i, sub in enumerate(item))

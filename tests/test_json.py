@@ -40,6 +40,19 @@ def test_plain_json_is_accepted(value: object) -> None:
         ({"a": -math.inf}, "$.a", "not a finite number"),
         ({"a": (1, 2)}, "$.a", "not a JSON type"),
         ({"a": {3: "x"}}, "$.a key 3", "object keys must be strings"),
+        # UTF-8 cannot carry a lone surrogate: a store's write used to fail on it.
+        (
+            {"a": ["ok", "é\ud800"]},
+            "$.a[1]",
+            "it holds a lone surrogate ('\\ud800' at character 1), which is not Unicode "
+            "text and cannot be written as UTF-8",
+        ),
+        (
+            {"\udfff": 1},
+            "$ key '\\udfff'",
+            "it holds a lone surrogate ('\\udfff' at character 0), which is not Unicode "
+            "text and cannot be written as UTF-8",
+        ),
     ],
 )
 def test_non_json_parts_are_located(value: object, location: str, reason: str) -> None:
@@ -69,6 +82,7 @@ _LEAVES = st.one_of(
     st.sampled_from([SAFE_INT_BITS, -SAFE_INT_BITS, 0]).map(_edge_int) | st.just(10**4299),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=3),
+    st.sampled_from(["\ud800", "é\udfff", "é"]),
     st.builds(_Text, st.text(max_size=3)),
     st.sampled_from([(1, 2), {1}, b"x", object()]),
 )
@@ -76,7 +90,9 @@ _VALUES = st.recursive(
     _LEAVES,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
-        st.dictionaries(st.one_of(st.text(max_size=3), st.integers()), inner, max_size=4),
+        st.dictionaries(
+            st.one_of(st.text(max_size=3), st.integers(), st.just("k\ud800")), inner, max_size=4
+        ),
     ),
     max_leaves=20,
 )
@@ -266,3 +282,25 @@ async def test_a_session_refuses_a_payload_and_an_input_that_expand_past_the_bud
     session = stageflow.Session(pipeline, registry=registry)
     with pytest.raises(stageflow.InputRejectedError, match="shared many times over"):
         session.send_input("answer", shared_levels(40))
+
+
+@pytest.mark.anyio
+async def test_a_payload_or_an_output_with_a_lone_surrogate_is_refused() -> None:
+    # Only inputs were checked for lone surrogates: a payload or a stage
+    # output holding one was taken, and a session store then failed to write
+    # the snapshot with a bare UnicodeEncodeError.
+    registry = fake_registry()
+    document = doc([stage("s", "Set", config={"values": {"v": "x"}}, next="end"), terminal()])
+    pipeline = load(document, registry)
+    with pytest.raises(stageflow.NonJsonValueError, match="lone surrogate"):
+        stageflow.Session(pipeline, registry=registry, payload={"name": "a\ud800b"})
+
+    @registry.register("Broken")
+    async def broken(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": ["fine", "\udc80"]}
+
+    document = doc([stage("b", "Broken", outputs={"v": "v"}, next="end"), terminal("end", "v")])
+    result = await run(document, registry=registry)
+    assert isinstance(result.error, stageflow.StageOutputError)
+    assert "output 'v[1]' is a str" in str(result.error)
+    assert "lone surrogate" in str(result.error)

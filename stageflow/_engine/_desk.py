@@ -284,15 +284,6 @@ def input_json(type: str, payload: Any) -> tuple[str, int]:
             reason="not_json",
         )
     text = _COMPACT.encode(payload)
-    if text.isascii():  # one byte per character: no encoding needed
-        return text, len(text)
-    try:
-        return text, len(text.encode())
-    except UnicodeEncodeError as exc:
-        raise InputRejectedError(
-            f"input {type!r} was rejected: its text holds a lone surrogate "
-            f"({text[exc.start]!r}, at character {exc.start} of its JSON form), which is not "
-            "Unicode text and cannot be stored as UTF-8; send valid Unicode text",
-            input_type=type,
-            reason="not_json",
-        ) from None
+    # One byte per character when ASCII: no encoding needed (the guard above
+    # refused a lone surrogate, which UTF-8 cannot carry).
+    return text, len(text) if text.isascii() else len(text.encode())
