@@ -33,11 +33,11 @@ class NonJson(NamedTuple):
 # walk: well within the interpreter's recursion limit, and deeper than the
 # values sessions hold.
 _FAST_DEPTH: Final = 64
-# How many containers _plain enters, and how many items it looks at, before it
-# leaves the value to the walk (a value of more items than MAX_VALUES is
-# refused by the walk, if shared containers made it so).
-_FAST_CONTAINERS: Final = 10_000
-_FAST_ITEMS: Final = MAX_VALUES
+# How much _plain looks at before it leaves the value to the walk: a container
+# costs one unit, and one more per 1,024 items it holds (10,000 containers, or
+# about 10,000,000 items: a value of more than MAX_VALUES, if shared
+# containers made it so, is refused by the walk).
+_FAST_UNITS: Final = 10_000
 # The smallest container the walk remembers as found plain (see _walk).
 _KEPT_SIZE: Final = 64
 
@@ -79,8 +79,8 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     input, a stage's outputs and a restored snapshot are checked per pause
     and resume).
 
-    ``left`` counts down the containers it may still enter and the items it
-    may still look at; at zero it gives up and the walk decides. A value
+    ``left`` counts down what it may still look at (see ``_FAST_UNITS``); at
+    zero it gives up and the walk decides. A value
     that shares one list many times over (``x = [x, x]`` twenty levels
     deep, or one long list a thousand times) is exponential or merely huge
     to walk as a tree: the walk counts a shared container it has checked
@@ -92,10 +92,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     # ``value.values()`` needs a pass of its own over the keys, 19% more for
     # a 20-key dict ("paused session" rows).
     if kind is dict:
-        if depth >= max_depth or left[0] <= 0 or left[1] <= 0:
+        if depth >= max_depth or left[0] <= 0:
             return False
-        left[0] -= 1
-        left[1] -= len(value)
+        left[0] -= 1 + (len(value) >> 10)
         depth += 1
         for key, item in value.items():
             if type(key) is not str or not (key.isascii() or _utf8(key)):
@@ -117,10 +116,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
                 return False
         return True
     if kind is list:
-        if depth >= max_depth or left[0] <= 0 or left[1] <= 0:
+        if depth >= max_depth or left[0] <= 0:
             return False
-        left[0] -= 1
-        left[1] -= len(value)
+        left[0] -= 1 + (len(value) >> 10)
         depth += 1
         for item in value:
             kind = type(item)
@@ -167,7 +165,7 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     recursion limit nor loop forever.
     """
     fast = max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH
-    if _plain(value, 0, fast, [_FAST_CONTAINERS, _FAST_ITEMS]):
+    if _plain(value, 0, fast, [_FAST_UNITS]):
         return None
     return _walk(value, where, max_depth)
 

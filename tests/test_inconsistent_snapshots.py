@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import stageflow
 from stageflow._engine._snapshot_check import INTEGER_FIELDS, MAX_RNG_DRAWS
-from stageflow._guard import MAX_INT_DIGITS, MAX_NESTING
+from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_NESTING
 from stageflow._json import thaw
 from stageflow._pipeline import load_schema
 
@@ -592,3 +592,33 @@ async def test_limits_at_their_bounds_snapshot_and_restore() -> None:
     await session.run(suspend=True)
     restored = restore(json.loads(json.dumps(session.to_dict())))
     assert restored.to_dict()["limits"] == session.to_dict()["limits"]
+
+
+def deeper_than_a_value_may_be() -> Any:
+    value: Any = 1
+    for _ in range(MAX_DEPTH + 44):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("region", ["context", "backlog", "history"])
+async def test_a_value_nested_past_the_guard_is_a_snapshot_error_at_the_value(
+    region: str,
+) -> None:
+    # The snapshot was checked as a whole, with room for its frames: a context
+    # 300 deep reached Session() and failed as a bad *payload*; in the backlog
+    # or an event it was taken, though send_input refuses it.
+    snapshot = (await snapshots())[0]
+    deep = deeper_than_a_value_may_be()
+    if region == "context":
+        snapshot["position"]["context"]["deep"] = deep
+        where = "$.position.context.deep"
+    elif region == "backlog":
+        snapshot["backlog"]["a"] = [deep]
+        where = "$.backlog.a[0]"
+    else:
+        snapshot["history"][0]["payload"]["deep"] = deep
+        where = "$.history[0].payload.deep"
+    problem = refused(snapshot).problems[0]
+    assert problem.location.startswith(where + "[0]")
+    assert f"nests more than {MAX_DEPTH} levels deep" in problem.message

@@ -67,6 +67,8 @@ def shape_problems(data: Mapping[str, Any]) -> list[Problem]:
                 "is damaged",
             )
         ]
+    if find_non_json(data) is None:
+        return []  # nothing in it nests past MAX_DEPTH, so no value inside does
     bad = find_non_json(data, "$", _SNAPSHOT_DEPTH)
     if bad is not None:
         return [
@@ -76,7 +78,51 @@ def shape_problems(data: Mapping[str, Any]) -> list[Problem]:
                 "was not written by session.to_dict()",
             )
         ]
+    for where, value in _values(data):
+        bad = find_non_json(value, where)
+        if bad is not None:
+            return [
+                Problem(
+                    bad.location,
+                    f"not a value a session holds ({bad.reason}); the snapshot is damaged or "
+                    "was not written by session.to_dict()",
+                )
+            ]
     return []
+
+
+def _values(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The values a session holds, each checked on its own against :data:`MAX_DEPTH`.
+
+    The whole snapshot is checked against a depth with room for its frames;
+    each value inside must be as bounded as the guard makes it in a live
+    session (a context, an input waiting in the backlog, an event's payload).
+    Tolerates any shape: the schema has not been applied yet.
+    """
+    backlog = data.get("backlog")
+    if isinstance(backlog, Mapping):
+        for input_type, payloads in backlog.items():
+            if isinstance(payloads, list):
+                for i, payload in enumerate(payloads):
+                    yield f"$.backlog.{input_type}[{i}]", payload
+    history = data.get("history")
+    if isinstance(history, list):
+        for i, event in enumerate(history):
+            if isinstance(event, Mapping) and "payload" in event:
+                yield f"$.history[{i}].payload", event["payload"]
+    todo: list[tuple[str, Any]] = [("$.position", data.get("position"))]
+    while todo:
+        where, frame = todo.pop()
+        if not isinstance(frame, Mapping):
+            continue
+        if "context" in frame:
+            yield f"{where}.context", frame["context"]
+        writes = frame.get("writes")
+        if isinstance(writes, list):
+            for i, write in enumerate(writes):
+                if isinstance(write, list) and len(write) == 2:
+                    yield f"{where}.writes[{i}][1]", write[1]
+        todo.extend((f"{where}{sub}", child) for sub, child in _raw_children(frame))
 
 
 _LIMIT_INTEGERS: Final = (
@@ -118,44 +164,48 @@ def integer_problems(data: Mapping[str, Any]) -> list[Problem]:
     ``TypeError`` mid-run or numbers events ``1.0, 2.0, ...``.
     """
     found: list[Problem] = []
-
-    def need(where: str, value: Any) -> None:
-        if type(value) is float:
-            found.append(Problem(where, f"{value!r} is a float; write the integer {int(value)}"))
-
-    limits = data.get("limits")
-    if isinstance(limits, Mapping):
-        for key in _LIMIT_INTEGERS:
-            need(f"$.limits.{key}", limits.get(key))
-    for key in _TOP_INTEGERS:
-        need(f"$.{key}", data.get(key))
+    # A location is made only for a float found: a snapshot is checked at
+    # every restore ("paused session, as snapshot text" rows).
+    records: list[tuple[str, Any, tuple[str, ...]]] = [
+        ("$.limits", data.get("limits"), _LIMIT_INTEGERS),
+        ("$", data, _TOP_INTEGERS),
+    ]
     trace = data.get("trace")
     if isinstance(trace, Mapping):
-        need("$.trace.seen", trace.get("seen"))
-        for i, span in enumerate(trace.get("open") or ()):
-            need(f"$.trace.open[{i}].start", span.get("start"))
+        records.append(("$.trace", trace, ("seen",)))
+        records.extend(
+            (f"$.trace.open[{i}]", span, ("start",))
+            for i, span in enumerate(trace.get("open") or ())
+        )
     for i, event in enumerate(data.get("history") or ()):
-        need(f"$.history[{i}].seq", event.get("seq"))
+        if type(event.get("seq")) is float:
+            records.append((f"$.history[{i}]", event, ("seq",)))
     todo: list[tuple[str, Any]] = [("$.position", data.get("position"))]
     while todo:
-        where, frame = todo.pop()
+        at, frame = todo.pop()
         if not isinstance(frame, Mapping):
             continue
-        need(f"{where}.visits", frame.get("visits"))
-        stage = frame.get("stage")
-        if isinstance(stage, Mapping):
-            need(f"{where}.stage.attempt", stage.get("attempt"))
-        parallel = frame.get("parallel")
-        if isinstance(parallel, Mapping):
-            need(f"{where}.parallel.winner", parallel.get("winner"))
+        records.append((at, frame, ("visits",)))
+        records.append((f"{at}.stage", frame.get("stage"), ("attempt",)))
+        records.append((f"{at}.parallel", frame.get("parallel"), ("winner",)))
         state = frame.get("map")
         if isinstance(state, Mapping):
-            need(f"{where}.map.next", state.get("next"))
-            need(f"{where}.map.done", state.get("done"))
+            records.append((f"{at}.map", state, ("next", "done")))
             for listing in ("failures", "running"):
                 for i, item in enumerate(state.get(listing) or ()):
-                    need(f"{where}.map.{listing}[{i}].index", item.get("index"))
-        todo.extend((f"{where}{sub}", child) for sub, child in _raw_children(frame))
+                    records.append((f"{at}.map.{listing}[{i}]", item, ("index",)))
+        todo.extend((f"{at}{sub}", child) for sub, child in _raw_children(frame))
+    for where, record, keys in records:
+        if isinstance(record, Mapping):
+            for key in keys:
+                value = record.get(key)
+                if type(value) is float:
+                    found.append(
+                        Problem(
+                            f"{where}.{key}",
+                            f"{value!r} is a float; write the integer {int(value)}",
+                        )
+                    )
     return found
 
 
