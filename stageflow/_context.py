@@ -242,8 +242,8 @@ class Context:
             return True
         if path in written:
             return True
-        below = path + "."
-        return any(p.startswith(below) or below.startswith(p + ".") for p in written)
+        inside = path + "."  # what a path inside it starts with
+        return any(p.startswith(inside) or inside.startswith(p + ".") for p in written)
 
     def written(self) -> Iterator[tuple[str, Any]]:
         """Yield ``(path, current value)`` for each path written since the fork.

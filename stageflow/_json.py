@@ -42,20 +42,12 @@ _FAST_UNITS: Final = 10_000
 _KEPT_SIZE: Final = 64
 
 
-def _utf8(text: str) -> bool:
-    """Whether ``text`` is Unicode text UTF-8 can carry: no lone surrogate.
-
-    Only asked of text that is not ASCII (``str.isascii`` reads a flag).
-    """
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _surrogate(text: str) -> str | None:
-    """Why ``text`` is no JSON text (its first lone surrogate), or ``None``."""
+    """Why ``text`` is no JSON text (its first lone surrogate), or ``None``.
+
+    UTF-8 cannot carry a lone surrogate; ASCII text, the usual case, is
+    answered by a flag (``str.isascii``) without encoding it.
+    """
     if text.isascii():
         return None
     try:
@@ -80,12 +72,11 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     and resume).
 
     ``left`` counts down what it may still look at (see ``_FAST_UNITS``); at
-    zero it gives up and the walk decides. A value
-    that shares one list many times over (``x = [x, x]`` twenty levels
-    deep, or one long list a thousand times) is exponential or merely huge
-    to walk as a tree: the walk counts a shared container it has checked
-    at its size without walking it again, and this check must not walk the
-    tree first.
+    zero it gives up and the walk decides. A value that shares one list
+    many times over (``x = [x, x]`` twenty levels deep, or one long list a
+    thousand times) is exponential or merely huge to walk as a tree: the
+    walk counts a shared container it has checked at its size without
+    walking it again, and this check must not walk the tree first.
     """
     kind = type(value)
     # The dict and list loops are written out twice: one shared loop over
@@ -97,11 +88,11 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         left[0] -= 1 + (len(value) >> 10)
         depth += 1
         for key, item in value.items():
-            if type(key) is not str or not (key.isascii() or _utf8(key)):
+            if type(key) is not str or not (key.isascii() or _surrogate(key) is None):
                 return False
             kind = type(item)
             if kind is str:
-                if item.isascii() or _utf8(item):
+                if item.isascii() or _surrogate(item) is None:
                     continue
                 return False
             if kind is bool or item is None:
@@ -123,7 +114,7 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         for item in value:
             kind = type(item)
             if kind is str:
-                if item.isascii() or _utf8(item):
+                if item.isascii() or _surrogate(item) is None:
                     continue
                 return False
             if kind is bool or item is None:
@@ -138,7 +129,7 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
                 return False
         return True
     if kind is str:
-        return value.isascii() or _utf8(value)
+        return value.isascii() or _surrogate(value) is None
     if kind is bool or value is None:
         return True
     if kind is int:

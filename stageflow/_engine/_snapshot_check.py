@@ -110,11 +110,7 @@ def _values(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         for i, event in enumerate(history):
             if isinstance(event, Mapping) and "payload" in event:
                 yield f"$.history[{i}].payload", event["payload"]
-    todo: list[tuple[str, Any]] = [("$.position", data.get("position"))]
-    while todo:
-        where, frame = todo.pop()
-        if not isinstance(frame, Mapping):
-            continue
+    for where, frame in _frames(data.get("position")):
         if "context" in frame:
             yield f"{where}.context", frame["context"]
         writes = frame.get("writes")
@@ -122,7 +118,16 @@ def _values(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             for i, write in enumerate(writes):
                 if isinstance(write, list) and len(write) == 2:
                     yield f"{where}.writes[{i}][1]", write[1]
-        todo.extend((f"{where}{sub}", child) for sub, child in _raw_children(frame))
+
+
+def _frames(position: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(location, frame)`` of every frame in a position of unchecked shape."""
+    todo: list[tuple[str, Any]] = [("$.position", position)]
+    while todo:
+        where, frame = todo.pop()
+        if isinstance(frame, Mapping):
+            yield where, frame
+            todo.extend((f"{where}{sub}", child) for sub, child in _raw_children(frame))
 
 
 _LIMIT_INTEGERS: Final = (
@@ -164,8 +169,8 @@ def integer_problems(data: Mapping[str, Any]) -> list[Problem]:
     ``TypeError`` mid-run or numbers events ``1.0, 2.0, ...``.
     """
     found: list[Problem] = []
-    # A location is made only for a float found: a snapshot is checked at
-    # every restore ("paused session, as snapshot text" rows).
+    # An event's location is made only for a float seq: a snapshot is
+    # checked at every restore ("paused session, as snapshot text" rows).
     records: list[tuple[str, Any, tuple[str, ...]]] = [
         ("$.limits", data.get("limits"), _LIMIT_INTEGERS),
         ("$", data, _TOP_INTEGERS),
@@ -180,11 +185,7 @@ def integer_problems(data: Mapping[str, Any]) -> list[Problem]:
     for i, event in enumerate(data.get("history") or ()):
         if type(event.get("seq")) is float:
             records.append((f"$.history[{i}]", event, ("seq",)))
-    todo: list[tuple[str, Any]] = [("$.position", data.get("position"))]
-    while todo:
-        at, frame = todo.pop()
-        if not isinstance(frame, Mapping):
-            continue
+    for at, frame in _frames(data.get("position")):
         records.append((at, frame, ("visits",)))
         records.append((f"{at}.stage", frame.get("stage"), ("attempt",)))
         records.append((f"{at}.parallel", frame.get("parallel"), ("winner",)))
@@ -194,7 +195,6 @@ def integer_problems(data: Mapping[str, Any]) -> list[Problem]:
             for listing in ("failures", "running"):
                 for i, item in enumerate(state.get(listing) or ()):
                     records.append((f"{at}.map.{listing}[{i}]", item, ("index",)))
-        todo.extend((f"{at}{sub}", child) for sub, child in _raw_children(frame))
     for where, record, keys in records:
         if isinstance(record, Mapping):
             for key in keys:
