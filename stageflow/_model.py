@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
@@ -115,6 +116,10 @@ def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute
     return check
 
 
+# The largest int that converts to a finite float.
+_LARGEST_FLOAT: Final = int(sys.float_info.max)
+
+
 def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     """Validator: a finite number of seconds above 0 (or from 0 if ``zero``), or ``None``.
 
@@ -125,8 +130,12 @@ def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        number = type(value) in (int, float)
-        if not (number and math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        # A float must hold it: an int past the largest float is refused too
+        # (the run adds it to the clock), without math.isfinite's overflow.
+        finite = (type(value) is int and value <= _LARGEST_FLOAT) or (
+            type(value) is float and math.isfinite(value)
+        )
+        if not (finite and (value >= 0 if zero else value > 0)):
             least = "0 or more" if zero else "above 0"
             bound = ", or None for no bound" if optional else ""
             raise DefinitionError(
@@ -177,6 +186,12 @@ class Limits:
         max_run_seconds: wall time of one ``run()`` in seconds (on the event
             loop's clock, waits included), or ``None``. Past it the run stops
             as at a step limit: every position is kept, to resume.
+
+    Raises:
+        DefinitionError: a value a snapshot could not keep: a count that is
+            not a whole number or is below its minimum (1; 0 for
+            ``max_input_backlog``), a duration that is not a finite number
+            above 0 (0 or more for ``cleanup_timeout``).
     """
 
     max_steps: int | None = attrs.field(default=10_000, validator=_count(1, optional=True))

@@ -530,6 +530,13 @@ def _flatten(exc: BaseException) -> Iterator[str]:
         yield str(exc)
 
 
+def _limit_errors(exc: cattrs.BaseValidationError) -> Iterator[tuple[str, BaseException]]:
+    """``(limit name, error)`` of each limit cattrs could not structure."""
+    for sub in exc.exceptions:
+        names = [n.name for n in getattr(sub, "__notes__", ()) if hasattr(n, "name")]
+        yield (names[0] if names else "?"), sub
+
+
 class _Invalid(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
@@ -551,7 +558,17 @@ class _Loader:
         self.doc = doc
         self.registry = registry
         self.problems: list[Problem] = []
-        self.limits = _converter.structure(doc.get("limits", {}), Limits)
+        try:
+            self.limits = _converter.structure(doc.get("limits", {}), Limits)
+        except cattrs.BaseValidationError as exc:
+            # What the schema lets through and Limits refuses (a duration
+            # past the largest float): each refusal names its limit.
+            raise _Invalid(
+                [
+                    Problem(f"$.limits.{name}", f"{error}; write a smaller number")
+                    for name, error in _limit_errors(exc)
+                ]
+            ) from None
         # graph location ("$", "$.subpipelines.page", ...) -> its pieces
         self.docs: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, tuple[Node, ...]] = {}

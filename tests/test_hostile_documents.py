@@ -341,3 +341,19 @@ def test_session_limits_cannot_nest_deeper_than_a_snapshot_may() -> None:
     with pytest.raises(stageflow.DefinitionError, match="max_depth"):
         stageflow.Limits(max_depth=MAX_NESTING + 1)
     assert stageflow.Limits(max_depth=MAX_NESTING).max_depth == MAX_NESTING
+
+
+def test_a_duration_past_the_largest_float_is_a_located_problem() -> None:
+    # The schema takes any number; structuring the limits raised a bare
+    # cattrs ClassValidationError (OverflowError inside) out of from_dict.
+    document = {
+        "api_version": "1.0",
+        "entry": "end",
+        "nodes": [{"id": "end", "type": "terminal"}],
+        "limits": {"timeout": 10**400},
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Pipeline.from_dict(document)
+    [problem] = caught.value.problems
+    assert problem.location == "$.limits.timeout"
+    assert "too large" in problem.message

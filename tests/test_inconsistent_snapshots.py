@@ -551,6 +551,7 @@ _LIMITS: Final = {n for n in INTEGER_FIELDS if n.startswith("max_")}
         ("timeout", float("inf")),
         ("timeout", float("nan")),
         ("timeout", 0),
+        ("timeout", 2**1024),  # past the largest float: the run raised OverflowError
         ("cleanup_timeout", float("inf")),
         ("cleanup_timeout", -1),
         ("max_run_seconds", float("inf")),
@@ -580,7 +581,7 @@ def test_a_seed_a_snapshot_could_not_keep_is_refused(seed: Any) -> None:
 
 async def test_limits_at_their_bounds_snapshot_and_restore() -> None:
     limits = stageflow.Limits(
-        timeout=10**9,
+        timeout=2**1023,
         cleanup_timeout=0,
         max_input_backlog=0,
         max_steps=None,
