@@ -156,6 +156,21 @@ class Event(_EventFields):
         value = tuple.__getitem__(self, index)
         return _shown(value) if index in _TIMESTAMP_INDEXES else value
 
+    def __eq__(self, other: object) -> bool:
+        # By the datetime, not the stored form: the same instant written in
+        # UTC and in another zone is the same event (tuple equality on the
+        # stored forms said they differ).
+        if isinstance(other, tuple):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)

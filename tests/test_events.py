@@ -297,3 +297,17 @@ def test_a_quiet_history_records_the_same_events() -> None:
         {"node_type": "stage"},
     )
     assert event.timestamp == datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def test_events_are_equal_by_their_instant_whatever_its_zone() -> None:
+    # Equality compared the stored forms: integer microseconds for a UTC time,
+    # the datetime itself for any other zone, so the same instant differed.
+    utc = datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC)
+    plus_two = utc.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    event = stageflow.Event(1, "x", utc, "s", None, "", {})
+    same = stageflow.Event(1, "x", plus_two, "s", None, "", {})
+    assert event == same
+    assert not event != same
+    assert event == tuple(same)
+    assert event != event._replace(timestamp=utc + datetime.timedelta(microseconds=1))
+    assert event != "an event"
