@@ -33,7 +33,14 @@ from stageflow._specs import InputSpec, StageSpec, json_message
 from stageflow._stages import StageEntry
 from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
-__all__ = ["InputDesk", "input_json", "input_spec", "schema_errors", "type_name"]
+__all__ = [
+    "InputDesk",
+    "check_input_type",
+    "input_json",
+    "input_spec",
+    "schema_errors",
+    "type_name",
+]
 
 # Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
 # input as json.dumps with options makes ("paused session, time to resume" rows).
@@ -126,12 +133,7 @@ class InputDesk:
         against every schema declared for ``type`` (their stages are not
         running to say which is theirs).
         """
-        if not isinstance(type, str) or not type:
-            raise InputRejectedError(
-                f"input type {type!r} is not a non-empty string; pass the type the stage waits for",
-                input_type=str(type),
-                reason="bad_type",
-            )
+        check_input_type(type)
         try:
             _, size = input_json(type, payload)
         except InputRejectedError as refused:
@@ -265,6 +267,16 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
+def check_input_type(type: object) -> None:
+    """Refuse an input type that is not a non-empty string (``reason="bad_type"``)."""
+    if not isinstance(type, str) or not type:
+        raise InputRejectedError(
+            f"input type {type!r} is not a non-empty string; pass the type the stage waits for",
+            input_type=str(type),
+            reason="bad_type",
+        )
+
+
 def input_json(type: str, payload: Any) -> tuple[str, int]:
     """An input's payload as compact JSON text, and its size in UTF-8 bytes.
 
@@ -272,9 +284,11 @@ def input_json(type: str, payload: Any) -> tuple[str, int]:
     session store alike (``limits.max_input_bytes`` counts this size).
 
     Raises:
-        InputRejectedError: ``reason="not_json"``: the payload is not JSON,
-            or its text holds a lone surrogate, which UTF-8 cannot carry.
+        InputRejectedError: ``reason="bad_type"``: the type is not a
+            non-empty string; ``reason="not_json"``: the payload is not JSON
+            (a lone surrogate in its text included, which UTF-8 cannot carry).
     """
+    check_input_type(type)
     bad = find_non_json(payload, "payload")
     if bad is not None:
         raise InputRejectedError(

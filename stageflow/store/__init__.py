@@ -28,6 +28,7 @@ from typing import Any
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
+    StoredDataError,
     StoreError,
     StoreSchemaError,
     StoreUnavailableError,
@@ -60,6 +61,7 @@ __all__ = [
     "StoreError",
     "StoreSchemaError",
     "StoreUnavailableError",
+    "StoredDataError",
     "StoredInput",
     "StoredSession",
     "Worker",

@@ -8,7 +8,8 @@ can raise them without importing one another::
         ├── SessionNotFoundError        no session has that id (also LookupError)
         ├── SessionFinishedError        the session has ended; it takes no new input
         ├── StoreUnavailableError       the store URL cannot be opened or reached
-        └── StoreSchemaError            the tables were made by a newer stageflow
+        ├── StoreSchemaError            the tables were made by a newer stageflow
+        └── StoredDataError             a stored snapshot or input cannot be read
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "StoreError",
     "StoreSchemaError",
     "StoreUnavailableError",
+    "StoredDataError",
 ]
 
 
@@ -68,3 +70,12 @@ class StoreSchemaError(StoreError):
             f"supports up to {supported}; upgrade stageflow on this machine (every worker and "
             "service of one store must run a version that knows its schema)"
         )
+
+
+class StoredDataError(StoreError):
+    """A stored snapshot or input cannot be read (not JSON text, a damaged delta).
+
+    A worker fails the turn with it, so the session is ``poisoned`` after
+    ``max_attempts`` with this error, and other sessions go on; the row is
+    kept as it is, to look at.
+    """

@@ -38,7 +38,6 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
-from stageflow._engine._desk import input_json
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -52,7 +51,6 @@ from stageflow.store._records import (
     Created,
     InputRecord,
     Lease,
-    StoredInput,
     StoredSession,
 )
 from stageflow.store._shared import (
@@ -63,7 +61,9 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    inbox_text,
     new_session,
+    read_lease,
     save_of,
     snapshot_delta,
     stored_session,
@@ -467,7 +467,11 @@ class PostgresStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        text, _ = input_json(type, payload)
+        return await self._store_input(session_id, type, inbox_text(type, payload), idempotency_key)
+
+    async def _store_input(
+        self, session_id: str, type: str, text: str, idempotency_key: str | None
+    ) -> InputRecord:
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:
@@ -539,9 +543,8 @@ class PostgresStore:
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Store a cancel request (an inbox row of type ``stageflow.cancel``)."""
-        return await self.send_input(
-            session_id, CANCEL_INPUT, {"reason": reason}, idempotency_key=idempotency_key
-        )
+        text = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
+        return await self._store_input(session_id, CANCEL_INPUT, text, idempotency_key)
 
     # ------------------------------------------------------------ leases
 
@@ -589,25 +592,25 @@ class PostgresStore:
                 if r[0] is None:
                     self._note_due(queues, r[11], r[9])
                     continue
-                found = [StoredInput(seq, type_, payload) for seq, type_, payload in r[10] or ()]
+                found = list(r[10] or ())
                 if r[4] + len(found) < r[5]:  # committed after the statement's snapshot
-                    found = [
-                        StoredInput(seq, type_, payload)
-                        for seq, type_, payload in conn.execute(
-                            "SELECT seq, type, payload FROM stageflow_inbox WHERE "
-                            "session_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
-                            (r[0], r[4], r[5]),
-                        )
-                    ]
+                    found = conn.execute(
+                        "SELECT seq, type, payload FROM stageflow_inbox WHERE "
+                        "session_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
+                        (r[0], r[4], r[5]),
+                    ).fetchall()
                 base = r[2].encode()
-                text = r[2] if r[8] is None else unpack_delta(base, r[8])
+                snapshot, inputs, unreadable = read_lease(
+                    r[2], found, payloads_read=True, base=base, delta=r[8]
+                )
                 leases.append(
                     Lease(
                         session_id=r[0],
                         token=r[1],
-                        snapshot=json.loads(text),
+                        snapshot=snapshot,
                         digest=r[3],
-                        inputs=tuple(found),
+                        inputs=inputs,
+                        unreadable=unreadable,
                         inbox_done=r[4],
                         inbox_head=r[5],
                         events_done=r[6],

@@ -87,6 +87,9 @@ class Lease:
         base: the stored snapshot text (UTF-8) that a save may store its
             snapshot against as a delta (PostgreSQL), or None. Opaque to
             workers: they pass the lease back to ``complete``.
+        unreadable: why the stored snapshot or one of the inputs could not
+            be read (``snapshot`` and ``inputs`` are then empty), or None. A
+            worker fails the turn with it (:class:`StoredDataError`).
     """
 
     session_id: str
@@ -100,6 +103,7 @@ class Lease:
     attempts: int
     db_now: datetime.datetime
     base: bytes | None = attrs.field(default=None, repr=False)
+    unreadable: str | None = None
 
 
 @attrs.frozen

@@ -17,8 +17,16 @@ from typing import Any
 import anyio
 import attrs
 
+from stageflow._engine._desk import input_json
+from stageflow._errors import InputRejectedError
 from stageflow.store._history import dumps, snapshot_info, split_history
-from stageflow.store._records import FINISHED_STATUSES, Lease, StoredSession
+from stageflow.store._records import (
+    CANCEL_INPUT,
+    FINISHED_STATUSES,
+    Lease,
+    StoredInput,
+    StoredSession,
+)
 
 __all__ = [
     "FINISHED_SQL",
@@ -31,6 +39,8 @@ __all__ = [
     "Wakeup",
     "backoff",
     "event_batch",
+    "inbox_text",
+    "read_lease",
     "snapshot_delta",
     "unpack_delta",
     "new_session",
@@ -38,6 +48,64 @@ __all__ = [
     "save_of",
     "stored_session",
 ]
+
+
+def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
+    """An input's JSON text for the inbox, checked as a live session checks it.
+
+    The cancel request's type is the store's own: ``send_input`` refuses it
+    (a worker would apply whatever it carried), ``request_cancel`` writes it.
+
+    Raises:
+        InputRejectedError: a bad type (the reserved one included) or a
+            payload that is not JSON; nothing is stored.
+    """
+    if type == CANCEL_INPUT and not cancel:
+        raise InputRejectedError(
+            f"input type {CANCEL_INPUT!r} is the store's cancel request; to cancel the "
+            "session, call SessionService.cancel(session_id, reason)",
+            input_type=type,
+            reason="bad_type",
+        )
+    text, _ = input_json(type, payload)
+    return text
+
+
+def read_lease(
+    text: str,
+    inputs: Sequence[tuple[int, str, Any]],
+    *,
+    payloads_read: bool,
+    base: bytes | None = None,
+    delta: bytes | None = None,
+) -> tuple[Mapping[str, Any], tuple[StoredInput, ...], str | None]:
+    """A claimed row's snapshot and inputs, or why they cannot be read.
+
+    ``text`` is the stored snapshot, or with ``delta`` the ``base`` it was
+    packed against (:func:`unpack_delta`); ``inputs`` are ``(seq, type,
+    payload)``, the payload as JSON text, or already read when
+    ``payloads_read`` (PostgreSQL's jsonb: a payload that is a JSON string
+    comes as a ``str``). Reading happens inside the claim: one damaged row must not
+    fail the claim of every other (its lease says why instead, and the
+    worker poisons it).
+    """
+    try:
+        if delta is not None:
+            text = unpack_delta(base if base is not None else text.encode(), delta)
+        snapshot = json.loads(text)
+        if not isinstance(snapshot, Mapping):
+            raise ValueError(f"it is a JSON {type(snapshot).__name__}, not an object")
+    except (ValueError, zlib.error) as exc:
+        return {}, (), f"the stored snapshot cannot be read: {exc}"
+    read: list[StoredInput] = []
+    for seq, input_type, payload in inputs:
+        try:
+            value = payload if payloads_read else json.loads(payload)
+        except ValueError as exc:
+            return {}, (), f"stored input {seq} ({input_type!r}) cannot be read: {exc}"
+        read.append(StoredInput(seq, input_type, value))
+    return snapshot, tuple(read), None
+
 
 SCHEMA_VERSION = 4
 """The table layout this stageflow writes (both stores).

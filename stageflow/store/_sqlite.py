@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import anyio
 
-from stageflow._engine._desk import input_json
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -35,7 +34,6 @@ from stageflow.store._records import (
     Created,
     InputRecord,
     Lease,
-    StoredInput,
     StoredSession,
 )
 from stageflow.store._shared import (
@@ -46,7 +44,9 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    inbox_text,
     new_session,
+    read_lease,
     save_of,
     stored_session,
     unbatch,
@@ -282,7 +282,11 @@ class SQLiteStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        text, _ = input_json(type, payload)
+        return await self._store_input(session_id, type, inbox_text(type, payload), idempotency_key)
+
+    async def _store_input(
+        self, session_id: str, type: str, text: str, idempotency_key: str | None
+    ) -> InputRecord:
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(
@@ -324,9 +328,8 @@ class SQLiteStore:
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Store a cancel request (an inbox row of type ``stageflow.cancel``)."""
-        return await self.send_input(
-            session_id, CANCEL_INPUT, {"reason": reason}, idempotency_key=idempotency_key
-        )
+        text = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
+        return await self._store_input(session_id, CANCEL_INPUT, text, idempotency_key)
 
     # ------------------------------------------------------------ leases
 
@@ -356,21 +359,20 @@ class SQLiteStore:
                     "lease_token, snapshot, digest, inbox_done, inbox_head, events_done, attempts",
                     (worker_id, now + lease, sid),
                 ).fetchone()
-                inputs = tuple(
-                    StoredInput(seq, type_, json.loads(payload))
-                    for seq, type_, payload in conn.execute(
-                        "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = ? "
-                        "AND seq > ? AND seq <= ? ORDER BY seq",
-                        (sid, row[3], row[4]),
-                    )
-                )
+                rows = conn.execute(
+                    "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = ? "
+                    "AND seq > ? AND seq <= ? ORDER BY seq",
+                    (sid, row[3], row[4]),
+                ).fetchall()
+                snapshot, inputs, unreadable = read_lease(row[1], rows, payloads_read=False)
                 leases.append(
                     Lease(
                         session_id=sid,
                         token=row[0],
-                        snapshot=json.loads(row[1]),
+                        snapshot=snapshot,
                         digest=row[2],
                         inputs=inputs,
+                        unreadable=unreadable,
                         inbox_done=row[3],
                         inbox_head=row[4],
                         events_done=row[5],

@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -31,6 +31,7 @@ from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
+from stageflow.store._errors import StoredDataError
 from stageflow.store._history import turn_snapshot
 from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
 
@@ -299,6 +300,8 @@ class Worker:
     async def _run_turn(self, turn: _Turn) -> bool:
         """Restore, deliver the inputs, run until the session waits or ends, save."""
         lease = turn.lease
+        if lease.unreadable is not None:
+            raise StoredDataError(lease.unreadable)  # poisoned after max_attempts
         pipeline = self.pipelines.get(lease.digest) or self._built.get(lease.digest)
         session = Session.from_dict(
             lease.snapshot,
@@ -315,8 +318,11 @@ class Worker:
             self._built[lease.digest] = session.pipeline
         for item in lease.inputs:
             if item.type == CANCEL_INPUT:
+                # Written by request_cancel (send_input refuses the type); a
+                # row of an older stageflow may carry anything.
                 payload: Any = item.payload
-                session.cancel(str(payload.get("reason", "cancelled")))
+                reason = payload.get("reason") if isinstance(payload, Mapping) else None
+                session.cancel(reason if isinstance(reason, str) else "cancelled")
                 continue
             # A rejected input is recorded in the history; an ended session takes none.
             with contextlib.suppress(InputRejectedError, SessionStateError):

@@ -363,3 +363,71 @@ async def test_a_shutdown_during_the_migration_stops_the_worker(
             worker.shutdown()
             store.finish.set()
     assert worker.statistics().claims == 0
+
+
+def _sql(store: Any, statement: str, *params: Any) -> None:
+    """Run one statement on the store's database behind its back (a damaged row, an old row)."""
+    if isinstance(store, stageflow.store.SQLiteStore):
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        conn.execute(statement, params)
+        conn.commit()
+        conn.close()
+        return
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
+async def test_a_damaged_snapshot_row_is_poisoned_and_the_others_go_on(
+    make_store: Callable[..., Any],
+) -> None:
+    # The claim read every snapshot inside its transaction: one that was not
+    # JSON failed the whole claim, every time, and no session ran again.
+    store = make_store()
+    service = SessionService(store, registry=registry)
+    damaged = await service.start(chat_pipeline())
+    healthy = [await service.start(chat_pipeline()) for _ in range(2)]
+    _sql(store, "UPDATE stageflow_sessions SET snapshot = ? WHERE session_id = ?", '{"cut', damaged)
+    async with running(make_store(), max_attempts=2):
+        for sid in healthy:
+            assert (await service.wait(sid, timeout=20)).status == "waiting"
+        poisoned = await service.wait(damaged, finished=True, timeout=20)
+    assert poisoned.status == "poisoned"
+    assert poisoned.error is not None
+    assert poisoned.error.startswith("StoredDataError: the stored snapshot cannot be read")
+
+
+async def test_send_input_refuses_a_bad_type_and_the_cancel_requests_type(
+    make_store: Callable[..., Any],
+) -> None:
+    # The store took any type: '' was dropped at delivery, None broke the
+    # database's NOT NULL, and a stageflow.cancel input whose payload was not
+    # an object crashed every turn of the session until it was poisoned.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    for bad in ("", None, stageflow.store.CANCEL_INPUT):
+        with pytest.raises(stageflow.InputRejectedError) as refused:
+            await service.send_input(sid, bad, "x")  # type: ignore[arg-type]
+        assert refused.value.reason == "bad_type"
+    assert (await service.get(sid)).inbox_head == 0  # nothing was stored
+    record = await service.cancel(sid, "the user left")
+    assert record.seq == 1
+
+
+async def test_a_cancel_row_of_any_payload_cancels_the_session(
+    make_store: Callable[..., Any],
+) -> None:
+    # An inbox row of the cancel type written by an older stageflow (or by
+    # hand) with a payload that is not an object: the worker crashed on it.
+    store = make_store()
+    service = SessionService(store, registry=registry)
+    sid = await service.start(chat_pipeline())
+    await service.cancel(sid, "first")
+    _sql(store, "UPDATE stageflow_inbox SET payload = ? WHERE session_id = ?", '"stop"', sid)
+    async with running(make_store()):
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "cancelled"
