@@ -307,7 +307,7 @@ def test_events_are_equal_by_their_instant_whatever_its_zone() -> None:
     event = stageflow.Event(1, "x", utc, "s", None, "", {})
     same = stageflow.Event(1, "x", plus_two, "s", None, "", {})
     assert event == same
-    assert not event != same
+    assert (event != same) is False
     assert event == tuple(same)
     assert event != event._replace(timestamp=utc + datetime.timedelta(microseconds=1))
     assert event != "an event"
