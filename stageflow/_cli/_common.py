@@ -7,8 +7,9 @@ import enum
 import importlib
 import io
 import json
+import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -29,9 +30,36 @@ __all__ = [
     "add_logging_options",
     "dump_json",
     "exit_codes_epilog",
+    "number",
     "optional_module",
     "read_json_argument",
 ]
+
+
+def number(
+    *, least: float, above: bool = False, most: float | None = None, whole: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``least`` (or ``above`` it) to ``most``.
+
+    A value out of range is a usage error (exit 2) that says the range,
+    not a traceback from where the number is used.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole number' if whole else 'number'}"
+            ) from None
+        low = value > least if above else value >= least
+        if not (math.isfinite(value) and low and (most is None or value <= most)):
+            bound = f"above {least:g}" if above else f"at least {least:g}"
+            top = f" and at most {most:g}" if most is not None else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: use a number {bound}{top}")
+        return value
+
+    return parse
 
 
 class ExitCode(enum.IntEnum):

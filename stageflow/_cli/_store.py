@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from stageflow._cli._common import Streams, dump_json, read_json_argument
+from stageflow._cli._common import Streams, dump_json, number, read_json_argument
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow.store import SessionService, SessionStore, StoredSession, Worker, open_store
 
@@ -22,6 +22,10 @@ __all__ = ["add_store_parsers"]
 T = TypeVar("T")
 
 STORE_ENV = "STAGEFLOW_STORE"
+
+# The oldest a purge may reach back, in days: a century (further would pass
+# the first year a date can have).
+_MAX_DAYS = 36_500
 
 
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -71,18 +75,37 @@ def add_store_parsers(subparsers: Any) -> None:
     )
     _add_store_option(p)
     p.add_argument("--pipelines", metavar="DIR", help="pipeline files (*.json) to reuse by digest")
-    p.add_argument("--concurrency", type=int, default=32, help="turns in flight (default 32)")
-    p.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
-    p.add_argument("--poll", type=float, default=1.0, help="longest idle wait (default 1 s)")
+    p.add_argument(
+        "--concurrency",
+        type=number(least=1, whole=True),
+        default=32,
+        help="turns in flight (default 32)",
+    )
+    p.add_argument(
+        "--lease", type=number(least=0, above=True), default=30.0, help="lease seconds (default 30)"
+    )
+    p.add_argument(
+        "--poll",
+        type=number(least=0, above=True),
+        default=1.0,
+        help="longest idle wait (default 1 s)",
+    )
     p.add_argument(
         "--queue", dest="queues", action="append", default=None, help="a queue (repeatable)"
     )
     p.add_argument("--worker-id", default=None, help="the name in lease_owner")
-    p.add_argument("--max-attempts", type=int, default=5, help="failures before 'poisoned'")
-    p.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument(
+        "--max-attempts",
+        type=number(least=1, whole=True),
+        default=5,
+        help="failures before 'poisoned'",
+    )
+    p.add_argument(
+        "--shutdown-grace", type=number(least=0), default=10.0, help="seconds (default 10)"
+    )
     p.add_argument(
         "--fetch-cooldown",
-        type=float,
+        type=number(least=0),
         default=0.1,
         metavar="SECONDS",
         help="after a wake-up whose claim found nothing (another worker took the session), "
@@ -109,7 +132,7 @@ def add_store_parsers(subparsers: Any) -> None:
     q.add_argument("--pipeline", help="pipeline name")
     q.add_argument("--waiting-for", help="an input type")
     q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")
-    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--limit", type=number(least=1, whole=True), default=100)
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=list_command)
 
@@ -139,8 +162,12 @@ def add_store_parsers(subparsers: Any) -> None:
 
     q = sub.add_parser("purge", help="delete old finished sessions and old consumed inputs")
     _add_store_option(q)
-    q.add_argument("--finished-days", type=float, default=30.0, help="default 30")
-    q.add_argument("--inputs-days", type=float, default=7.0, help="default 7")
+    q.add_argument(
+        "--finished-days", type=number(least=0, most=_MAX_DAYS), default=30.0, help="default 30"
+    )
+    q.add_argument(
+        "--inputs-days", type=number(least=0, most=_MAX_DAYS), default=7.0, help="default 7"
+    )
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=purge_command)
 

@@ -62,6 +62,7 @@ from stageflow.store._shared import (
     Wakeup,
     backoff,
     inbox_text,
+    inline_events,
     new_session,
     read_lease,
     save_of,
@@ -786,6 +787,8 @@ class PostgresStore:
         self, session_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
+        if not self._events:  # the events stay in the snapshot
+            return inline_events(await self.load(session_id, history=True), after, limit)
 
         def run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             rows = conn.execute(

@@ -40,6 +40,7 @@ __all__ = [
     "backoff",
     "event_batch",
     "inbox_text",
+    "inline_events",
     "read_lease",
     "snapshot_delta",
     "unpack_delta",
@@ -69,6 +70,17 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
         )
     text, _ = input_json(type, payload)
     return text
+
+
+def inline_events(snapshot: Mapping[str, Any], after: int, limit: int) -> list[dict[str, Any]]:
+    """The events past ``after`` that a store without an events table keeps in the snapshot."""
+    history = snapshot.get("history") or ()
+    session_id = snapshot.get("session_id")
+    return [
+        {**event, "session_id": event.get("session_id", session_id)}
+        for event in history
+        if event["seq"] > after
+    ][:limit]
 
 
 def read_lease(

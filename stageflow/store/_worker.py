@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import random
 import socket
@@ -88,6 +89,27 @@ class _Turn:
     saving: bool = False
 
 
+def _check_settings(**settings: float) -> None:
+    """Refuse settings that would make a worker poison healthy sessions or do nothing.
+
+    ``lease=0`` expires every claim at once (the turn runs again and again
+    until it is poisoned), ``max_attempts=0`` poisons a session at its first
+    claim, ``concurrency=0`` never claims.
+    """
+    for name, value in settings.items():
+        whole = name in ("concurrency", "max_attempts")
+        positive = name in ("lease", "poll")
+        if whole:
+            good = type(value) is int and value >= 1
+            what = "a whole number of at least 1"
+        else:
+            number = type(value) in (int, float) and math.isfinite(value)
+            good = number and (value > 0 if positive else value >= 0)
+            what = f"a finite number of seconds{' above 0' if positive else ', 0 or more'}"
+        if not good:
+            raise ValueError(f"Worker({name}={value!r}): {name} must be {what}")
+
+
 class Worker:
     """Runs the sessions of a store: claim, run one turn, save; again.
 
@@ -110,6 +132,11 @@ class Worker:
             one notification wakes. A claim after a turn ended, and one after
             an empty poll, is never delayed. 0 turns it off.
         shutdown_grace: seconds :meth:`shutdown` waits for turns in flight.
+
+    Raises:
+        ValueError: a setting out of its range (a lease or poll of 0 or
+            less, fewer than 1 attempt or turn in flight, a negative or
+            infinite time).
     """
 
     def __init__(
@@ -127,6 +154,14 @@ class Worker:
         fetch_cooldown: float = 0.1,
         shutdown_grace: float = 10.0,
     ) -> None:
+        _check_settings(
+            concurrency=concurrency,
+            lease=lease,
+            poll=poll,
+            max_attempts=max_attempts,
+            fetch_cooldown=fetch_cooldown,
+            shutdown_grace=shutdown_grace,
+        )
         self.store = store
         self.registry = registry
         self.pipelines = {p.digest: p for p in pipelines}

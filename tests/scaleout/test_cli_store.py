@@ -104,3 +104,25 @@ def test_the_worker_takes_its_tuning_options(
     assert json.loads(out)["claims"] == 0
     code, out, _ = run_cli(capsys, "worker", "--help")
     assert (code, "--fetch-cooldown SECONDS" in out) == (0, True)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["sessions", "purge", "--finished-days", "-5"],
+        ["sessions", "purge", "--finished-days", "1e9"],
+        ["sessions", "purge", "--inputs-days", "nan"],
+        ["sessions", "list", "--limit", "-1"],
+        ["worker", "--lease", "0"],
+        ["worker", "--poll", "nan"],
+        ["worker", "--concurrency", "0"],
+        ["worker", "--max-attempts", "0"],
+    ],
+)
+def test_numbers_out_of_range_are_usage_errors(arguments: list[str], url: str, capsys: Any) -> None:
+    # A negative purge age deleted every finished session and consumed input;
+    # 1e9 days, nan and inf printed tracebacks; a lease of 0 was taken.
+    code, _, err = run_cli(capsys, *arguments, "--store", url)
+    assert code == 2
+    assert "is out of range: use a number" in err
+    assert "Traceback" not in err

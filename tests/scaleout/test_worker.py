@@ -431,3 +431,48 @@ async def test_a_cancel_row_of_any_payload_cancels_the_session(
     async with running(make_store()):
         done = await service.wait(sid, finished=True, timeout=20)
     assert done.status == "cancelled"
+
+
+async def test_follow_ends_on_a_store_that_keeps_events_in_the_snapshot(
+    make_store: Callable[..., Any],
+) -> None:
+    # With events=False nothing reaches the events table: follow() yielded
+    # nothing and never ended.
+    service = SessionService(make_store(events=False), registry=registry)
+    async with running(make_store(events=False)):
+        sid = await service.start(chat_pipeline())
+        await service.wait(sid, timeout=20)
+        await service.send_input(sid, "msg", {"n": -1})
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "completed"
+    with anyio.fail_after(20):
+        events = [e async for e in service.follow(sid)]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "session_completed"
+    assert {e["session_id"] for e in events} == {sid}
+    assert [e["seq"] for e in events if e["seq"] > 3] == [
+        e["seq"] async for e in service.follow(sid, after=3)
+    ]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"lease": 0},
+        {"lease": float("nan")},
+        {"poll": -1},
+        {"max_attempts": 0},
+        {"concurrency": 0},
+        {"concurrency": 2.5},
+        {"fetch_cooldown": float("inf")},
+        {"shutdown_grace": -1},
+    ],
+)
+def test_worker_settings_out_of_range_are_refused(setting: dict[str, Any], tmp_path: Path) -> None:
+    # lease=0 ran one turn five times and poisoned a healthy session;
+    # max_attempts=0 poisoned every session at its first claim; concurrency=0
+    # claimed nothing, silently.
+    [name] = setting
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with pytest.raises(ValueError, match=f"Worker\\({name}="):
+        Worker(store, registry=registry, **setting)
