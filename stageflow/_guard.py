@@ -10,6 +10,7 @@ or a parse that never ends. A leaf module: it imports nothing from stageflow.
 from __future__ import annotations
 
 import json
+from os import PathLike
 from typing import Any, Final
 
 import yaml
@@ -25,6 +26,7 @@ __all__ = [
     "SAFE_INT_BITS",
     "int_too_large",
     "parse_json_text",
+    "read_text_file",
     "parse_yaml_text",
 ]
 
@@ -77,10 +79,33 @@ def int_too_large(number: int) -> bool:
 def _check_size(text: str) -> None:
     # Characters are at most 4 bytes: only a text that might be too large is encoded.
     if len(text) * 4 > MAX_DOCUMENT_BYTES and len(text.encode()) > MAX_DOCUMENT_BYTES:
-        raise BudgetError(
-            f"the text is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, the most stageflow "
-            "reads; split the document (subpipelines, case files) or keep data out of it"
-        )
+        raise _too_large()
+
+
+def _too_large() -> BudgetError:
+    return BudgetError(
+        f"the text is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, the most stageflow "
+        "reads; split the document (subpipelines, case files) or keep data out of it"
+    )
+
+
+def read_text_file(path: str | PathLike[str]) -> str:
+    """A document file's text, read no further than the budget allows.
+
+    At most :data:`MAX_DOCUMENT_BYTES` bytes are read (a huge file, or an
+    endless one such as ``/dev/zero``, is refused without being read whole),
+    then decoded as UTF-8.
+
+    Raises:
+        OSError: the file cannot be read.
+        BudgetError: it is larger than :data:`MAX_DOCUMENT_BYTES`.
+        UnicodeDecodeError: it is not UTF-8 text.
+    """
+    with open(path, "rb") as file:
+        data = file.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise _too_large()
+    return data.decode("utf-8")
 
 
 def parse_json_text(text: str) -> Any:

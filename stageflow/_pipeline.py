@@ -35,6 +35,7 @@ from stageflow._guard import (
     int_too_large,
     parse_json_text,
     parse_yaml_text,
+    read_text_file,
 )
 from stageflow._identity import IdentityCache
 from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
@@ -352,12 +353,15 @@ class Pipeline:
         """
         file = Path(path)
         try:
-            text = file.read_text(encoding="utf-8")
+            text = read_text_file(file)
         except UnicodeDecodeError as exc:
             problem = Problem(
                 "$",
                 f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8",
             )
+            raise PipelineValidationError([problem], source=str(file)) from None
+        except BudgetError as exc:
+            problem = Problem("$", f"not read: {exc}")
             raise PipelineValidationError([problem], source=str(file)) from None
         document = parse_document(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
         return cls.from_dict(document, registry=registry, source=str(file))

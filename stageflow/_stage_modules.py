@@ -153,7 +153,7 @@ def _import_file(ref: str, file: Path, *, unique_name: bool) -> ModuleType:
     try:
         with _on_sys_path(str(file.parent)):
             module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that exits is one that failed
         del sys.modules[name]
         raise _import_failure(ref, exc) from exc
     _FROM_FILES[name] = file
@@ -201,7 +201,7 @@ def import_stages_module(ref: str, *, unique_name: bool = False) -> ModuleType:
                 "pass an importable module name or a path to a .py file",
             ) from exc
         raise _import_failure(ref, exc) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that exits is one that failed
         raise _import_failure(ref, exc) from exc
 
 
@@ -229,7 +229,7 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
     if callable(found) and not isinstance(found, StageRegistry):
         try:
             found = found()  # a factory, such as stageflow.builtins.registry
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _import_failure(ref, exc) from exc
     if not isinstance(found, StageRegistry):
         raise StagesModuleError(

@@ -18,7 +18,7 @@ import attrs
 import yaml
 
 from stageflow._errors import StageflowError
-from stageflow._guard import BudgetError, parse_json_text, parse_yaml_text
+from stageflow._guard import BudgetError, parse_json_text, parse_yaml_text, read_text_file
 
 __all__ = [
     "LOG_LEVELS",
@@ -164,12 +164,18 @@ def read_json_argument(text: str, *, option: str) -> Any:
         file = Path(text[1:])
         source = f"{option} {text}"
         try:
-            text = file.read_text(encoding="utf-8")
+            text = read_text_file(file)
         except OSError as exc:
             raise CommandError(
                 f"{option}: cannot read {str(file)!r}: {exc.strerror or exc}; "
                 "check the path after '@'"
             ) from exc
+        except UnicodeDecodeError as exc:
+            raise CommandError(
+                f"{source}: the file is not UTF-8 text ({exc.reason}); save it as UTF-8"
+            ) from exc
+        except BudgetError as exc:
+            raise CommandError(f"{source}: not read: {exc}") from exc
         if file.suffix in (".yaml", ".yml"):
             try:
                 return parse_yaml_text(text)
@@ -238,14 +244,19 @@ class FollowStderr(io.TextIOBase):
     (the live view's, or a test's capture).
     """
 
+    # Python sets sys.stderr to None when the process starts with it closed
+    # (``2>&-``): what would go there is dropped, and the command still runs.
+
     def write(self, text: str) -> int:
-        """Write ``text`` to the current standard error."""
-        return sys.stderr.write(text)
+        """Write ``text`` to the current standard error (dropped if it is closed)."""
+        stream = sys.stderr
+        return len(text) if stream is None else stream.write(text)
 
     def flush(self) -> None:
         """Flush the current standard error."""
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
 
     def isatty(self) -> bool:
         """Whether the current standard error is a terminal."""
-        return sys.stderr.isatty()
+        return sys.stderr is not None and sys.stderr.isatty()

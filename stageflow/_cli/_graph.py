@@ -406,11 +406,22 @@ def _mermaid_ids(graph: Graph) -> dict[str, str]:
     return ids
 
 
+def _one_line(text: str) -> str:
+    r"""``text`` for a comment line, line breaks shown as ``\n``.
+
+    A line break in a name or a message would end the comment and turn the
+    rest into graph text.
+    """
+    return "".join("\\n" if c in "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029" else c for c in text)
+
+
 def render_mermaid(graph: Graph) -> str:
     """Mermaid ``flowchart`` text: paste into Markdown (```mermaid) or mermaid.live."""
     ids = _mermaid_ids(graph)
-    lines = ["flowchart TD", f"    %% pipeline: {graph.name}"]
-    lines.extend(f"    %% problem: {p.location}: {p.message}" for p in graph.problems)
+    lines = ["flowchart TD", f"    %% pipeline: {_one_line(graph.name)}"]
+    lines.extend(
+        f"    %% problem: {_one_line(f'{p.location}: {p.message}')}" for p in graph.problems
+    )
     for node in graph.nodes:
         opening, closing = _MERMAID_SHAPES.get(node.type, ("[", "]"))
         text = _mermaid_text(node.id if node.type != "start" else "start")
@@ -474,7 +485,9 @@ def render_dot(graph: Graph) -> str:
         '    node [fontname="Helvetica"];',
         '    edge [fontname="Helvetica"];',
     ]
-    lines.extend(f"    // problem: {p.location}: {p.message}" for p in graph.problems)
+    lines.extend(
+        f"    // problem: {_one_line(f'{p.location}: {p.message}')}" for p in graph.problems
+    )
     for node in graph.nodes:
         values = dict(_DOT_NODE_ATTRS.get(node.type, {"shape": "box"}))
         if node.type != "start":

@@ -27,6 +27,7 @@ from typing import Any
 
 from stageflow._cli._common import CommandError
 from stageflow._errors import PipelineValidationError, Problem
+from stageflow._guard import BudgetError, read_text_file
 from stageflow._pipeline import Pipeline, parse_document
 from stageflow._stage_modules import StagesModuleError, merge_registries, registry_of
 from stageflow._stages import StageContext, StageRegistry, default_registry
@@ -154,7 +155,7 @@ def read_document(path: str) -> Any:
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text_file(file)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise PipelineValidationError(
@@ -165,6 +166,8 @@ def read_document(path: str) -> Any:
             [Problem("$", f"the file is not UTF-8 text ({exc.reason}); save it as UTF-8")],
             source=path,
         ) from exc
+    except BudgetError as exc:
+        raise PipelineValidationError([Problem("$", f"not read: {exc}")], source=path) from exc
     return parse_document(text, source=path, yaml_=file.suffix in (".yaml", ".yml"))
 
 

@@ -12,6 +12,7 @@ import cattrs
 import jsonschema
 
 from stageflow import Problem
+from stageflow._guard import BudgetError, read_text_file
 from stageflow._pipeline import load_schema, parse_document, schema_error_message
 from stageflow._specs import DocumentSchema
 from stageflow._stage_modules import is_file_ref, split_stages_ref
@@ -83,7 +84,15 @@ def load_cases(
         OSError: the file cannot be read.
     """
     file = Path(path)
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = read_text_file(file)
+    except UnicodeDecodeError as exc:
+        raise CaseValidationError(
+            [Problem("$", f"the file is not UTF-8 text ({exc.reason}); save it as UTF-8")],
+            source=str(file),
+        ) from exc
+    except BudgetError as exc:
+        raise CaseValidationError([Problem("$", f"not read: {exc}")], source=str(file)) from exc
     document = parse_document(
         text,
         source=str(file),

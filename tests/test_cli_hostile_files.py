@@ -1,0 +1,106 @@
+"""The command line on files and modules that are not what it expects (each failed before).
+
+Files that are not UTF-8 text, files too large (or endless) to read whole, a
+stages module that calls ``sys.exit()``, a closed standard error, and names
+with line breaks in a drawn graph: each gets the documented exit code and
+one ``stageflow:`` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_support import PIPELINE, STAGES, Cli, restore_logging, write_json  # noqa: F401
+
+from stageflow._guard import MAX_DOCUMENT_BYTES
+from stageflow.cli import ExitCode
+
+
+def latin1(path: Path) -> str:
+    path.write_bytes(b'\xff{"text": "caf\xe9"}')
+    return str(path)
+
+
+def test_a_payload_file_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    # It raised UnicodeDecodeError: a traceback and exit 1.
+    payload = latin1(tmp_path / "payload.json")
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", f"@{payload}")
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        f"stageflow: --payload @{payload}: the file is not UTF-8 text (invalid start byte); "
+        "save it as UTF-8"
+    ]
+
+
+def test_a_case_file_that_is_not_utf8_is_reported_and_the_others_run(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # load_cases raised UnicodeDecodeError, and the run stopped at it.
+    good = write_json(
+        tmp_path / "good.json",
+        {
+            "pipeline": PIPELINE,
+            "stages": STAGES,
+            "cases": [{"name": "ok", "payload": {"user_id": "u", "text": "a b"}}],
+        },
+    )
+    bad = latin1(tmp_path / "bad.json")
+    got = cli("test", good, bad)
+    assert got.code == ExitCode.FAILED
+    assert "1 passed, 0 failed, 1 errors" in got.out
+    assert "the file is not UTF-8 text" in got.out
+
+
+def test_a_file_past_the_budget_is_refused_without_reading_it_whole(cli: Cli) -> None:
+    # /dev/zero never ends: it was read until memory ran out.
+    got = cli("validate", "/dev/zero", "--structure-only")
+    assert got.code == ExitCode.USAGE
+    assert f"over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB" in got.out + got.err
+
+
+def test_a_stages_module_that_exits_is_a_module_that_cannot_be_imported(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # sys.exit(7) in the module ended the command with exit 7 and no output.
+    module = tmp_path / "exiting.py"
+    module.write_text("import sys\nsys.exit(7)\n")
+    got = cli("stages", "--no-plugins", "--stages", str(module))
+    assert got.code == ExitCode.USAGE
+    assert "importing it raised SystemExit: 7" in got.err
+
+
+def test_a_command_runs_with_standard_error_closed() -> None:
+    # Python makes sys.stderr None: configuring the logs raised AttributeError.
+    done = subprocess.run(
+        f"{sys.executable} -m stageflow schema 2>&-",
+        shell=True,
+        capture_output=False,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    assert '"$schema"' in done.stdout
+
+
+@pytest.mark.parametrize("format", ["mermaid", "dot"])
+def test_line_breaks_in_names_and_problems_stay_inside_the_graphs_comments(
+    cli: Cli, tmp_path: Path, format: str
+) -> None:
+    # A newline in metadata.name (or in an id a problem quotes) ended the
+    # comment line: the rest became a Mermaid edge, or closed the digraph.
+    document = {
+        "api_version": "1.0",
+        "entry": "zz",
+        "metadata": {"name": "x\nA-->B"},
+        "nodes": [{"id": "a\n}", "type": "terminal"}],
+    }
+    got = cli("graph", write_json(tmp_path / "p.json", document), "--format", format)
+    comment = "%%" if format == "mermaid" else "//"
+    lines = got.out.splitlines()
+    assert "A-->B" not in lines
+    assert "}" not in lines[:-1]  # the digraph's closing brace is its last line
+    assert any(line.strip().startswith(comment) and "\\n" in line for line in lines)
