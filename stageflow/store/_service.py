@@ -83,9 +83,21 @@ class SessionService:
 
         A retried ``idempotency_key`` (or a known ``session_id``) returns the
         existing session's id and creates nothing.
+
+        Raises:
+            LookupError: ``pipeline`` is a name not in ``pipelines``.
+            ValueError: ``queue`` is not a non-empty string.
         """
         if isinstance(pipeline, str):
+            if pipeline not in self.pipelines:
+                known = ", ".join(repr(name) for name in self.pipelines) or "none"
+                raise LookupError(
+                    f"no pipeline named {pipeline!r} was given to SessionService(pipelines=...) "
+                    f"(it has: {known}); pass the Pipeline itself, or add it there"
+                )
             pipeline = self.pipelines[pipeline]
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue={queue!r}: a queue is a non-empty string ('default')")
         session = Session(pipeline, registry=self.registry, payload=payload, session_id=session_id)
         created = await self.store.create(
             session.to_dict(), queue=queue, idempotency_key=idempotency_key
@@ -153,7 +165,10 @@ class SessionService:
         Raises:
             TimeoutError: not within ``timeout`` seconds.
             SessionNotFoundError: no such session.
+            ValueError: ``timeout`` is NaN.
         """
+        if timeout != timeout:  # NaN: anyio's own message names no argument
+            raise ValueError("wait(timeout=nan): pass a number of seconds")
         pauses = self._pauses()
         with anyio.fail_after(timeout):
             sent = None if seq is None else self._sent.pop((session_id, seq), None)

@@ -476,3 +476,18 @@ def test_worker_settings_out_of_range_are_refused(setting: dict[str, Any], tmp_p
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     with pytest.raises(ValueError, match=f"Worker\\({name}="):
         Worker(store, registry=registry, **setting)
+
+
+async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
+    make_store: Callable[..., Any],
+) -> None:
+    # A bare KeyError for an unknown name, the database's NOT NULL for a
+    # queue of None, anyio's "deadline must not be NaN" for a wait.
+    service = SessionService(make_store(), registry=registry, pipelines=[chat_pipeline()])
+    with pytest.raises(LookupError, match="no pipeline named 'nope'.*it has: 'chat'"):
+        await service.start("nope")
+    with pytest.raises(ValueError, match="queue=None"):
+        await service.start("chat", queue=None)  # type: ignore[arg-type]
+    sid = await service.start("chat")
+    with pytest.raises(ValueError, match="wait\\(timeout=nan\\)"):
+        await service.wait(sid, timeout=float("nan"))
