@@ -29,9 +29,11 @@ Applications with their own structlog set-up keep it and can add
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
-from typing import Final, Literal, TextIO
+from typing import Any, Final, Literal, TextIO
 
 import structlog
 from opentelemetry import trace
@@ -100,6 +102,39 @@ def event_first(logger: WrappedLogger, method_name: str, event_dict: EventDict) 
     return ordered
 
 
+def _strict_json(value: Any, **options: Any) -> str:
+    """A log line as strict JSON: what ``json.dumps`` writes, or a line that says why not.
+
+    ``json.dumps`` writes ``NaN`` and ``Infinity``, which strict JSON
+    readers refuse, and raises on a value whose ``repr()`` fails; either
+    would break the one-object-per-line stream a collector reads. Such
+    floats are written as strings; an unwritable value becomes its type name.
+    """
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float in it written as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _fallback(value: object) -> str:
+    """What a log line writes for a value JSON has no form for: its repr, or its type."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} with a failing repr()>"
+
+
 class _StageflowHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler :func:`configure` installs, marked so it can be replaced."""
 
@@ -157,7 +192,7 @@ def configure(
         rendering += [
             structlog.processors.format_exc_info,
             event_first,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_strict_json, default=_fallback),
         ]
     else:
         rendering.append(

@@ -67,6 +67,35 @@ def test_json_lines_carry_timestamp_level_logger_event_and_bound_keys() -> None:
     }
 
 
+def test_json_lines_stay_strict_json_whatever_a_line_carries() -> None:
+    # NaN and infinities were written bare: strict JSON readers refuse them.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    structlog.get_logger("stageflow.stage").info(
+        "metric", ratio=float("nan"), top=[float("-inf")], fine=0.5
+    )
+
+    def strict(constant: str) -> Any:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    [line] = [json.loads(text, parse_constant=strict) for text in out.getvalue().splitlines()]
+    assert (line["ratio"], line["top"], line["fine"]) == ("nan", ["-inf"], 0.5)
+
+
+def test_a_value_whose_repr_fails_is_written_as_its_type() -> None:
+    # It raised inside the renderer: a "--- Logging error ---" traceback went
+    # into the JSON-lines stream instead of the line. (Only the renderer is
+    # called here: pytest's own log capture would repr() the value too.)
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    text = stageflow.logging._strict_json(
+        {"event": "odd", "value": Unprintable()}, default=stageflow.logging._fallback
+    )
+    assert json.loads(text) == {"event": "odd", "value": "<Unprintable with a failing repr()>"}
+
+
 def test_json_lines_carry_the_ids_of_the_current_span(tracer: trace.Tracer) -> None:
     out = io.StringIO()
     stageflow.logging.configure(stream=out)
