@@ -104,3 +104,19 @@ def test_line_breaks_in_names_and_problems_stay_inside_the_graphs_comments(
     assert "A-->B" not in lines
     assert "}" not in lines[:-1]  # the digraph's closing brace is its last line
     assert any(line.strip().startswith(comment) and "\\n" in line for line in lines)
+
+
+def test_a_json_report_of_a_file_name_that_is_not_utf8_is_valid_json(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # The name came from the OS with a lone surrogate and was written raw:
+    # the output was not UTF-8 (or, with PYTHONIOENCODING=utf-8, a traceback).
+    name = tmp_path / "bad\udcffname.json"
+    name.write_text(
+        '{"api_version": "1.0", "entry": "e", "nodes": [{"id": "e", "type": "terminal"}]}'
+    )
+    got = cli("validate", str(name), "--structure-only", "--json")
+    assert got.code == ExitCode.OK
+    got.out.encode()  # valid UTF-8
+    [report] = got.json()
+    assert report["file"] == str(name)

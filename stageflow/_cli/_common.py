@@ -149,8 +149,18 @@ class Streams:
 
 
 def dump_json(value: Any) -> str:
-    """JSON text for output: indented, keys in their given order, UTF-8 kept readable."""
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    r"""JSON text for output: indented, keys in their given order, UTF-8 kept readable.
+
+    Text UTF-8 cannot carry (a file name that is not UTF-8 comes from the OS
+    with lone surrogates) is written with ``\u`` escapes instead, so the
+    output stays valid JSON in valid UTF-8.
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, indent=2)
+    return text
 
 
 def read_json_argument(text: str, *, option: str) -> Any:

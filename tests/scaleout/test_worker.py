@@ -484,7 +484,7 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
     # A bare KeyError for an unknown name, the database's NOT NULL for a
     # queue of None, anyio's "deadline must not be NaN" for a wait.
     service = SessionService(make_store(), registry=registry, pipelines=[chat_pipeline()])
-    with pytest.raises(LookupError, match="no pipeline named 'nope'.*it has: 'chat'"):
+    with pytest.raises(LookupError, match=r"no pipeline named 'nope'.*it has: 'chat'"):
         await service.start("nope")
     with pytest.raises(ValueError, match="queue=None"):
         await service.start("chat", queue=None)  # type: ignore[arg-type]
