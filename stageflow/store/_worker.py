@@ -11,6 +11,7 @@ fenced save would write nothing anyway.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import math
@@ -25,8 +26,10 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
+import sniffio
 import structlog
 
+from stageflow._engine._backend import is_cancellation, is_interrupt
 from stageflow._errors import InputRejectedError, SessionStateError
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
@@ -87,6 +90,21 @@ class _Turn:
     # the lease was still held, not a heartbeat (which, running beside a save
     # that has just committed, finds the lease released).
     saving: bool = False
+
+
+def _cancelled(exc: BaseException, scope: anyio.CancelScope) -> bool:
+    """Whether ``exc`` is a cancellation that was asked for, not one a stage raised.
+
+    On trio only trio makes its ``Cancelled``. On asyncio anyone can raise
+    ``CancelledError``: it is a real one when the turn's scope was cancelled
+    or the task has a cancellation request pending (``Task.cancelling()``).
+    """
+    if not is_cancellation(exc, anyio.get_cancelled_exc_class()):
+        return isinstance(exc, GeneratorExit)
+    if sniffio.current_async_library() != "asyncio":
+        return True
+    task = asyncio.current_task()
+    return scope.cancel_called or (task is not None and task.cancelling() > 0)
 
 
 def _check_settings(**settings: float) -> None:
@@ -311,6 +329,16 @@ class Worker:
                 try:
                     saved = await self._run_turn(turn)
                 except Exception as exc:
+                    log.warning("worker.turn_failed", error=repr(exc))
+                    await self._release(lease, f"{type(exc).__name__}: {exc}")
+                    return
+                except BaseException as exc:
+                    # A stage that raised SystemExit, or a cancellation nobody
+                    # asked for (asyncio's CancelledError leaked by a library):
+                    # the turn failed, the worker goes on. Ctrl-C and a real
+                    # cancellation (of this turn or of the worker) go on up.
+                    if is_interrupt(exc) or _cancelled(exc, turn.scope):
+                        raise
                     log.warning("worker.turn_failed", error=repr(exc))
                     await self._release(lease, f"{type(exc).__name__}: {exc}")
                     return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -491,3 +491,56 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
     sid = await service.start("chat")
     with pytest.raises(ValueError, match="wait\\(timeout=nan\\)"):
         await service.wait(sid, timeout=float("nan"))
+
+
+class Raises(stageflow.BaseStage):
+    """Raise what ``config.raise`` names: SystemExit or asyncio's CancelledError."""
+
+    spec = stageflow.StageSpec(description="raise a BaseException")
+
+    async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        import asyncio
+
+        if ctx.config["raise"] == "SystemExit":
+            raise SystemExit(3)
+        raise asyncio.CancelledError()
+
+
+@pytest.mark.parametrize("raised", ["SystemExit", "CancelledError"])
+async def test_a_stage_that_raises_a_base_exception_fails_its_turn_not_the_worker(
+    make_store: Callable[..., Any], raised: str, anyio_backend: str
+) -> None:
+    # It went up into the worker's task group: on trio the worker died, on
+    # asyncio a stray CancelledError ended run() as if it had been shut down;
+    # no other session ran again.
+    local = stageflow.StageRegistry()
+    local.register("Collect")(registry.get("Collect").target)
+    local.register("Raises")(Raises)
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "boom",
+            "metadata": {"name": "broken"},
+            "nodes": [
+                {
+                    "id": "boom",
+                    "type": "stage",
+                    "stage": "Raises",
+                    "config": {"raise": raised},
+                    "next": "end",
+                },
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=local,
+    )
+    service = SessionService(make_store(), registry=local)
+    async with running(make_store(), registry=local, max_attempts=2) as worker:
+        bad = await service.start(broken)
+        poisoned = await service.wait(bad, finished=True, timeout=20)
+        healthy = await service.start(chat_pipeline())
+        assert (await service.wait(healthy, timeout=20)).status == "waiting"
+        assert not worker.stopping
+    assert poisoned.status == "poisoned"
+    assert poisoned.error is not None
+    assert poisoned.error.startswith(raised)
