@@ -257,7 +257,11 @@ class SessionStore(Protocol):
     async def events(
         self, session_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        """Committed history events with ``seq > after``, in order."""
+        """Committed history events with ``seq > after``, in order.
+
+        From the events table, or from the snapshot on a store without one
+        (``events=False``).
+        """
 
     async def list_sessions(
         self,
