@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from stageflow._cli._common import Streams, dump_json, number, read_json_argument
+from stageflow._cli._common import CommandError, Streams, dump_json, number, read_json_argument
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow.store import SessionService, SessionStore, StoredSession, Worker, open_store
 
@@ -47,9 +47,30 @@ def _open(args: argparse.Namespace, **options: Any) -> SessionStore:
     return open_store(args.store, **options)
 
 
+def check_store_exists(url: str, why: str) -> None:
+    """Refuse an SQLite URL whose file does not exist (opening it would create it).
+
+    Raises:
+        CommandError: the file is missing; the message ends with ``why``.
+    """
+    rest = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
+    if rest is None or rest == ":memory:":
+        return
+    if not Path(rest).exists():
+        raise CommandError(f"--store {url}: no such SQLite file ({rest}); check the path ({why})")
+
+
 def _run_with_store(
-    args: argparse.Namespace, body: Callable[[SessionStore], Awaitable[T]], **options: Any
+    args: argparse.Namespace,
+    body: Callable[[SessionStore], Awaitable[T]],
+    *,
+    create: bool = False,
+    **options: Any,
 ) -> T:
+    """Open the store (an SQLite file must exist unless ``create``), run ``body``, close it."""
+    if not create:
+        check_store_exists(args.store, "sessions commands never create a store; a worker does")
+
     async def main() -> T:
         store = _open(args, **options)
         try:
@@ -218,7 +239,7 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
 
     if not args.store.startswith("postgres"):
         options = {}
-    io.print(dump_json(_run_with_store(args, body, **options)))
+    io.print(dump_json(_run_with_store(args, body, create=True, **options)))
     return 0
 
 

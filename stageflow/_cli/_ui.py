@@ -12,6 +12,7 @@ import anyio
 
 from stageflow._cli._common import CommandError, ExitCode, Streams
 from stageflow._cli._registry import add_stage_options, resolve_registry
+from stageflow._cli._store import check_store_exists
 
 __all__ = ["add_ui_parser"]
 
@@ -28,13 +29,6 @@ graph with each node's state, history, context, backlog, error, an input
 form checked against the declared schema), a pipeline (graph, node details,
 problems, coverage from --coverage). Read-only unless --allow-actions.
 """
-
-
-def _sqlite_file(url: str) -> Path | None:
-    rest = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
-    if rest is None or rest == ":memory:":
-        return None
-    return Path(rest)
 
 
 def ui_command(args: argparse.Namespace, io: Streams) -> int:
@@ -55,12 +49,7 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
         args.store = os.environ.get("STAGEFLOW_STORE")
     store = None
     if args.store:
-        file = _sqlite_file(args.store)
-        if file is not None and not file.exists():
-            raise CommandError(
-                f"--store {args.store}: no such SQLite file ({file}); check the path "
-                "(the inspector never creates a store)"
-            )
+        check_store_exists(args.store, "the inspector never creates a store")
         store = open_store(args.store)
     snapshots = Path(args.snapshot) if args.snapshot else None
     if snapshots is not None and not snapshots.exists():

@@ -126,3 +126,12 @@ def test_numbers_out_of_range_are_usage_errors(arguments: list[str], url: str, c
     assert code == 2
     assert "is out of range: use a number" in err
     assert "Traceback" not in err
+
+
+def test_a_sessions_command_on_a_missing_sqlite_file_says_so(tmp_path: Path, capsys: Any) -> None:
+    # A typo in the path made an empty database there and listed nothing, exit 0.
+    missing = tmp_path / "typo.db"
+    code, out, err = run_cli(capsys, "sessions", "list", "--store", f"sqlite:///{missing}")
+    assert (code, out) == (2, "")
+    assert f"no such SQLite file ({missing}); check the path" in err
+    assert not missing.exists()
