@@ -19,6 +19,7 @@ import attrs
 
 from stageflow._engine._desk import input_json
 from stageflow._errors import InputRejectedError
+from stageflow.store._errors import StoredDataError
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
     CANCEL_INPUT,
@@ -153,16 +154,27 @@ def stored_session(
     when: Callable[[Any], datetime.datetime | None],
     waiting_for: Callable[[Any], Collection[str]],
 ) -> StoredSession:
-    """A :class:`StoredSession` from a row of :data:`ROW` (times and lists per dialect)."""
+    """A :class:`StoredSession` from a row of :data:`ROW` (times and lists per dialect).
+
+    Raises:
+        StoredDataError: the row's ``waiting_for`` cannot be read (a damaged row).
+    """
     created, updated = when(row[14]), when(row[15])
     assert created is not None
     assert updated is not None
+    try:
+        waits = tuple(sorted(waiting_for(row[4])))
+    except (ValueError, TypeError) as exc:
+        raise StoredDataError(
+            f"stored session {row[0]!r}: its waiting_for column cannot be read ({exc}); "
+            "the row is damaged: restore it from a backup, or purge the session"
+        ) from exc
     return StoredSession(
         session_id=row[0],
         queue=row[1],
         status=row[2],
         pipeline=row[3],
-        waiting_for=tuple(sorted(waiting_for(row[4]))),
+        waiting_for=waits,
         wake_at=when(row[5]),
         runnable_at=when(row[6]),
         version=row[7],

@@ -135,3 +135,20 @@ def test_a_sessions_command_on_a_missing_sqlite_file_says_so(tmp_path: Path, cap
     assert (code, out) == (2, "")
     assert f"no such SQLite file ({missing}); check the path" in err
     assert not missing.exists()
+
+
+def test_a_damaged_row_is_named_not_a_traceback(url: str, capsys: Any) -> None:
+    # A waiting_for that is not JSON text made list and show print a
+    # JSONDecodeError traceback (exit 1).
+    import sqlite3
+
+    start(url)
+    conn = sqlite3.connect(url[len("sqlite:///") :])
+    conn.execute("UPDATE stageflow_sessions SET waiting_for = '[\"cut' WHERE session_id = 's1'")
+    conn.commit()
+    conn.close()
+    for command in (("list",), ("show", "s1")):
+        code, _, err = run_cli(capsys, "sessions", *command, "--store", url)
+        assert code == 2
+        assert "stored session 's1': its waiting_for column cannot be read" in err
+        assert "Traceback" not in err
