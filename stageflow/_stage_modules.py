@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -214,6 +215,10 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
         StagesModuleError: the module cannot be imported, or its attribute is
             not a registry (nor a function returning one).
     """
+    if ref.endswith(":") and len(ref) > 1:
+        raise StagesModuleError(
+            ref, "nothing follows the colon; name the registry after it, or drop the colon"
+        )
     module_ref, attr = split_stages_ref(ref)
     module = import_stages_module(module_ref, unique_name=unique_name)
     name = attr or "registry"
@@ -226,6 +231,13 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
             "StageRegistry after the colon",
         )
     found = getattr(module, name)
+    if inspect.iscoroutinefunction(found):
+        raise StagesModuleError(
+            ref,
+            f"its {name!r} attribute is an async function (a stage?), not a "
+            "stageflow.StageRegistry or a function returning one; name the module's registry"
+            + (" after the colon" if attr else ""),
+        )
     if callable(found) and not isinstance(found, StageRegistry):
         try:
             found = found()  # a factory, such as stageflow.builtins.registry

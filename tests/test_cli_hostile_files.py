@@ -120,3 +120,34 @@ def test_a_json_report_of_a_file_name_that_is_not_utf8_is_valid_json(
     got.out.encode()  # valid UTF-8
     [report] = got.json()
     assert report["file"] == str(name)
+
+
+def test_a_stage_function_named_as_the_registry_is_said_to_be_one(cli: Cli, tmp_path: Path) -> None:
+    # It was called as a registry factory: "boom() missing 1 required
+    # positional argument: 'ctx'; fix the module".
+    module = tmp_path / "st.py"
+    module.write_text("async def boom(ctx):\n    return {}\n")
+    got = cli("stages", "--no-plugins", "--stages", f"{module}:boom")
+    assert got.code == ExitCode.USAGE
+    assert "its 'boom' attribute is an async function (a stage?)" in got.err
+
+
+def test_an_empty_attribute_after_the_colon_is_said_to_be_empty(cli: Cli, tmp_path: Path) -> None:
+    # "st.py:" was looked up as a module named 'st.py:'.
+    module = tmp_path / "st.py"
+    module.write_text("import stageflow\nregistry = stageflow.StageRegistry()\n")
+    got = cli("stages", "--no-plugins", "--stages", f"{module}:")
+    assert got.code == ExitCode.USAGE
+    assert "nothing follows the colon" in got.err
+
+
+def test_a_case_files_missing_pipeline_is_located(cli: Cli, tmp_path: Path) -> None:
+    # "setup: [Errno 2] No such file or directory: ..." with no location.
+    cases = write_json(
+        tmp_path / "c.json",
+        {"pipeline": "nope.json", "stages": STAGES, "cases": [{"name": "a", "payload": {}}]},
+    )
+    got = cli("test", cases)
+    assert got.code == ExitCode.FAILED
+    assert "$.pipeline: cannot read" in got.out
+    assert "check the path (relative to the case file)" in got.out

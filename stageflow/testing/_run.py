@@ -13,6 +13,7 @@ from stageflow import (
     EventStream,
     LimitExceededError,
     Pipeline,
+    Problem,
     Session,
     SessionResult,
     StageflowError,
@@ -41,9 +42,9 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
     """Build the mocked registry and load the pipeline of ``case``.
 
     Raises:
-        CaseValidationError: bad stages modules or mocks.
+        CaseValidationError: bad stages modules or mocks, or a pipeline
+            file that cannot be read.
         PipelineValidationError: the pipeline is not valid.
-        OSError: the pipeline file cannot be read.
     """
     source = str(case.file) if case.file is not None else None
     real = registry if registry is not None else registry_from_modules(case.stages, source=source)
@@ -52,7 +53,19 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
     except CaseValidationError as exc:
         raise CaseValidationError(exc.problems, source=source) from None
     if isinstance(case.pipeline, Path):
-        pipeline = Pipeline.load(case.pipeline, registry=mocked)
+        try:
+            pipeline = Pipeline.load(case.pipeline, registry=mocked)
+        except OSError as exc:
+            raise CaseValidationError(
+                [
+                    Problem(
+                        "$.pipeline",
+                        f"cannot read {str(case.pipeline)!r}: {exc.strerror or exc}; "
+                        "check the path (relative to the case file)",
+                    )
+                ],
+                source=source,
+            ) from exc
     else:
         pipeline = Pipeline.from_dict(
             thaw(case.pipeline), registry=mocked, source=f"{source or 'case'} $.pipeline"
