@@ -18,7 +18,8 @@ __all__ = ["MAX_DEPTH", "JsonValue", "NonJson", "copy_json", "find_non_json", "f
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
 
-_SCALARS = (str, bool, type(None))
+# Scalars the walk accepts as they are (a string is tested for lone surrogates first).
+_SCALARS = (bool, type(None))
 
 
 class NonJson(NamedTuple):

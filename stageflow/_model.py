@@ -97,6 +97,33 @@ class ValidateEvents(enum.StrEnum):
     STRICT = "strict"
 
 
+# The largest int that converts to a finite float.
+_LARGEST_FLOAT: Final = int(sys.float_info.max)
+
+
+def is_count(value: object, least: int) -> bool:
+    """Whether ``value`` is a whole number (an ``int``, not a ``bool``) of at least ``least``."""
+    return type(value) is int and value >= least
+
+
+def is_seconds(value: object, *, zero: bool) -> bool:
+    """Whether ``value`` is a finite number of seconds above 0 (from 0 if ``zero``).
+
+    A float must hold it: an int past the largest float is refused too (a
+    run adds it to the clock), without ``math.isfinite``'s overflow on it.
+    """
+    if type(value) is int:
+        return value <= _LARGEST_FLOAT and (value >= 0 if zero else value > 0)
+    if type(value) is float:
+        return math.isfinite(value) and (value >= 0 if zero else value > 0)
+    return False
+
+
+def seconds_wanted(*, zero: bool) -> str:
+    """What :func:`is_seconds` accepts, for messages."""
+    return f"a finite number of seconds {'0 or more' if zero else 'above 0'}"
+
+
 def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     """Validator: a whole number of at least ``minimum`` (or ``None`` if ``optional``).
 
@@ -106,7 +133,7 @@ def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        if type(value) is not int or value < minimum:
+        if not is_count(value, minimum):
             bound = " or None for no bound" if optional else ""
             raise DefinitionError(
                 f"Limits({attribute.name}={value!r}) is not a whole number of at least "
@@ -116,12 +143,8 @@ def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute
     return check
 
 
-# The largest int that converts to a finite float.
-_LARGEST_FLOAT: Final = int(sys.float_info.max)
-
-
 def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    """Validator: a finite number of seconds above 0 (or from 0 if ``zero``), or ``None``.
+    """Validator: :func:`is_seconds`, or ``None`` if ``optional``.
 
     An infinite or NaN duration is no JSON: a session holding it could not be
     snapshotted and restored.
@@ -130,17 +153,11 @@ def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        # A float must hold it: an int past the largest float is refused too
-        # (the run adds it to the clock), without math.isfinite's overflow.
-        finite = (type(value) is int and value <= _LARGEST_FLOAT) or (
-            type(value) is float and math.isfinite(value)
-        )
-        if not (finite and (value >= 0 if zero else value > 0)):
-            least = "0 or more" if zero else "above 0"
+        if not is_seconds(value, zero=zero):
             bound = ", or None for no bound" if optional else ""
             raise DefinitionError(
-                f"Limits({attribute.name}={value!r}) is not a finite number of seconds "
-                f"{least}; use one{bound}"
+                f"Limits({attribute.name}={value!r}) is not {seconds_wanted(zero=zero)}; "
+                f"use one{bound}"
             )
 
     return check

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import math
 import os
 import random
 import socket
@@ -31,6 +30,7 @@ import structlog
 
 from stageflow._engine._backend import is_cancellation, is_interrupt
 from stageflow._errors import InputRejectedError, SessionStateError
+from stageflow._model import is_count, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
@@ -107,25 +107,36 @@ def _cancelled(exc: BaseException, scope: anyio.CancelScope) -> bool:
     return scope.cancel_called or (task is not None and task.cancelling() > 0)
 
 
-def _check_settings(**settings: float) -> None:
+def _check_settings(
+    *,
+    concurrency: int,
+    max_attempts: int,
+    lease: float,
+    poll: float,
+    fetch_cooldown: float,
+    shutdown_grace: float,
+) -> None:
     """Refuse settings that would make a worker poison healthy sessions or do nothing.
 
     ``lease=0`` expires every claim at once (the turn runs again and again
     until it is poisoned), ``max_attempts=0`` poisons a session at its first
     claim, ``concurrency=0`` never claims.
     """
-    for name, value in settings.items():
-        whole = name in ("concurrency", "max_attempts")
-        positive = name in ("lease", "poll")
-        if whole:
-            good = type(value) is int and value >= 1
-            what = "a whole number of at least 1"
-        else:
-            number = type(value) in (int, float) and math.isfinite(value)
-            good = number and (value > 0 if positive else value >= 0)
-            what = f"a finite number of seconds{' above 0' if positive else ', 0 or more'}"
-        if not good:
-            raise ValueError(f"Worker({name}={value!r}): {name} must be {what}")
+    for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
+        if not is_count(value, 1):
+            raise ValueError(
+                f"Worker({name}={value!r}): {name} must be a whole number of at least 1"
+            )
+    for name, seconds, zero in (
+        ("lease", lease, False),
+        ("poll", poll, False),
+        ("fetch_cooldown", fetch_cooldown, True),
+        ("shutdown_grace", shutdown_grace, True),
+    ):
+        if not is_seconds(seconds, zero=zero):
+            raise ValueError(
+                f"Worker({name}={seconds!r}): {name} must be {seconds_wanted(zero=zero)}"
+            )
 
 
 class Worker:

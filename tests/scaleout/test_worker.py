@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -466,6 +467,7 @@ async def test_follow_ends_on_a_store_that_keeps_events_in_the_snapshot(
         {"concurrency": 2.5},
         {"fetch_cooldown": float("inf")},
         {"shutdown_grace": -1},
+        {"lease": 10**400},  # past the largest float: it raised OverflowError
     ],
 )
 def test_worker_settings_out_of_range_are_refused(setting: dict[str, Any], tmp_path: Path) -> None:
@@ -499,8 +501,6 @@ class Raises(stageflow.BaseStage):
     spec = stageflow.StageSpec(description="raise a BaseException")
 
     async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        import asyncio
-
         if ctx.config["raise"] == "SystemExit":
             raise SystemExit(3)
         raise asyncio.CancelledError()
