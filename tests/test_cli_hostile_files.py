@@ -3,7 +3,9 @@
 Files that are not UTF-8 text, files too large (or endless) to read whole, a
 stages module that calls ``sys.exit()``, a closed standard error, and names
 with line breaks in a drawn graph: each gets the documented exit code and
-one ``stageflow:`` line, never a traceback.
+one ``stageflow:`` line, never a traceback of stageflow's own. (The one
+traceback shown is a stages module's that raised, which the message
+promises.)
 """
 
 from __future__ import annotations
@@ -70,6 +72,24 @@ def test_a_stages_module_that_exits_is_a_module_that_cannot_be_imported(
     got = cli("stages", "--no-plugins", "--stages", str(module))
     assert got.code == ExitCode.USAGE
     assert "importing it raised SystemExit: 7" in got.err
+
+
+def test_the_tester_shows_the_traceback_of_a_stages_module_that_raised(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # The message said "(traceback below)" and no traceback followed.
+    module = tmp_path / "broken.py"
+    module.write_text("def helper():\n    raise RuntimeError('no config')\n\nhelper()\n")
+    case = write_json(
+        tmp_path / "case.json",
+        {"pipeline": PIPELINE, "stages": str(module), "cases": [{"name": "x", "payload": {}}]},
+    )
+    got = cli("test", case)
+    assert got.code == ExitCode.FAILED
+    head, _, below = got.out.partition("(traceback below)")
+    assert "importing it raised RuntimeError: no config" in head
+    assert "Traceback (most recent call last):" in below
+    assert "raise RuntimeError('no config')" in below
 
 
 def test_a_command_runs_with_standard_error_closed() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -210,7 +211,9 @@ def registry_from_modules(modules: Sequence[str], *, source: str | None = None) 
         try:
             registries.append(registry_of(ref, unique_name=True))
         except StagesModuleError as exc:
-            problems.append(Problem("$.stages", f"stages module {exc}"))
+            # The loader's message ends "(traceback below)" for a module that raised.
+            traceback = f"\n{textwrap.indent(exc.detail, '      ')}" if exc.detail else ""
+            problems.append(Problem("$.stages", f"stages module {exc}{traceback}"))
     if problems:
         raise CaseValidationError(problems, source=source)
     unique = list(dict.fromkeys(registries))
