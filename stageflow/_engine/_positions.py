@@ -43,6 +43,7 @@ __all__ = [
     "mismatch",
     "parked_waits",
     "restore_error",
+    "unseen_inputs",
     "writes_of",
 ]
 
@@ -270,6 +271,26 @@ def parked_waits(position: FramePosition | None, type: str, now: datetime.dateti
                 found.append(last)
     for child in children(position):
         found.extend(parked_waits(child, type, now))
+    return found
+
+
+def unseen_inputs(position: FramePosition | None) -> list[tuple[str, Any]]:
+    """The inputs sent to saved waits (``parked``) that no stage has taken yet.
+
+    A restored stage takes its parked input when the session runs again; a
+    session that ends before that (cancelled while waiting) lists them with
+    the backlog it discards, so none is lost in silence.
+    """
+    found: list[tuple[str, Any]] = []
+    if position is None:
+        return found
+    stage = position.get("stage")
+    if stage is not None and stage["calls"]:
+        last = stage["calls"][-1]
+        if last.get("parked") and "payload" in last:
+            found.append((last["wait"], copy_json(last["payload"])))
+    for child in children(position):
+        found.extend(unseen_inputs(child))
     return found
 
 

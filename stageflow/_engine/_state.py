@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NotRequired, Protocol, TypedDict
 
 import anyio.lowlevel
@@ -208,8 +208,14 @@ class SessionState:
         main: Scope | None,
         *,
         reason: str | None = None,
+        unseen: Sequence[tuple[str, Any]] = (),
     ) -> SessionResult:
-        """End the session: its status, outcome and final event; the result."""
+        """End the session: its status, outcome and final event; the result.
+
+        ``unseen`` are inputs the session took that no stage has seen (sent to
+        the saved waits of a session that ends while waiting): they are
+        discarded with the backlog.
+        """
         self.status = status
         self.error = error
         if error is None or error is not self.stopped_by_limit:
@@ -227,7 +233,7 @@ class SessionState:
         }
         # Inputs nobody received are said to be dropped, never dropped in silence.
         broker = self.desk.broker
-        discarded = (
+        discarded = tuple(unseen) + (
             tuple(
                 (type, payload)
                 for type, payloads in broker.backlog().items()

@@ -390,17 +390,24 @@ class Worker:
             if len(self._built) >= _BUILT_PIPELINES:
                 self._built.pop(next(iter(self._built)))
             self._built[lease.digest] = session.pipeline
+        cancel: str | None = None
         for item in lease.inputs:
             if item.type == CANCEL_INPUT:
                 # Written by request_cancel (send_input refuses the type); a
                 # row of an older stageflow may carry anything.
                 payload: Any = item.payload
                 reason = payload.get("reason") if isinstance(payload, Mapping) else None
-                session.cancel(reason if isinstance(reason, str) else "cancelled")
+                if cancel is None:
+                    cancel = reason if isinstance(reason, str) else "cancelled"
                 continue
             # A rejected input is recorded in the history; an ended session takes none.
             with contextlib.suppress(InputRejectedError, SessionStateError):
                 session.send_input(item.type, item.payload)
+        if cancel is not None:
+            # Applied after the turn's other inputs (no stage runs in between): an
+            # input that came after the request is then recorded as discarded with
+            # the session's end, not refused by a session that has already ended.
+            session.cancel(cancel)
         waiting_for: Collection[str] = ()
         wake_at = None
         if session.status in _GOING_ON:

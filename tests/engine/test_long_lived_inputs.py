@@ -143,6 +143,32 @@ async def test_a_session_cancelled_while_waiting_reports_its_backlog() -> None:
     assert event.payload["inputs"] == [{"input_type": "other", "payload": {}}]
 
 
+@pytest.mark.parametrize("restored", [False, True], ids=["suspended", "restored"])
+async def test_an_input_sent_to_a_saved_wait_is_reported_when_the_session_is_cancelled(
+    restored: bool,
+) -> None:
+    # The input answered the stage's saved wait, which never ran again: the
+    # cancelled session's history held no trace of it.
+    registry = stageflow.StageRegistry()
+    pipeline = load(chat_doc("warn"), registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    await session.run(suspend=True)
+    if restored:
+        session = stageflow.Session.from_dict(session.to_dict(), registry=registry)
+    assert session.send_input("user_message", {"text": "hi"}).delivered == 1
+    session.send_input("other", {})
+    session.cancel("bye")
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    [event] = [e for e in session.history if e.type == "inputs_discarded"]
+    assert event.payload["inputs"] == [
+        {"input_type": "user_message", "payload": {"text": "hi"}},
+        {"input_type": "other", "payload": {}},
+    ]
+    assert session.history[-1].type == "session_cancelled"
+    again = stageflow.Session.from_dict(session.to_dict(), registry=registry)
+    assert again.status is stageflow.SessionStatus.CANCELLED
+
+
 async def test_nothing_is_reported_when_nothing_was_left() -> None:
     registry = stageflow.StageRegistry()
     session = stageflow.Session(load(chat_doc("warn"), registry), registry=registry)

@@ -419,6 +419,34 @@ async def test_send_input_refuses_a_bad_type_and_the_cancel_requests_type(
     assert record.seq == 1
 
 
+async def test_inputs_sent_after_a_cancel_request_are_recorded_as_discarded(
+    make_store: Callable[..., Any],
+) -> None:
+    # The worker cancelled at the request's row, and the ended session refused
+    # the inputs behind it: they were in no history. The input before the
+    # request, sent to the saved wait, was in none either.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store()):
+        await service.wait(sid, timeout=20)
+    await service.send_input(sid, "msg", {"n": 1})
+    await service.cancel(sid, "user left")
+    await service.send_input(sid, "msg", {"n": 2})
+    await service.send_input(sid, "note", {"text": "late"})
+    async with running(make_store()):
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "cancelled"
+    history = (await service.store.load(sid, history=True))["history"]
+    [discarded] = [e for e in history if e["type"] == "inputs_discarded"]
+    assert discarded["payload"]["inputs"] == [
+        {"input_type": "msg", "payload": {"n": 1}},
+        {"input_type": "msg", "payload": {"n": 2}},
+        {"input_type": "note", "payload": {"text": "late"}},
+    ]
+    assert history[-1]["type"] == "session_cancelled"
+    assert history[-1]["payload"]["reason"] == "user left"
+
+
 async def test_a_cancel_row_of_any_payload_cancels_the_session(
     make_store: Callable[..., Any],
 ) -> None:
