@@ -151,6 +151,16 @@ class StoredSession:
         """Whether the session has ended (it takes no more input)."""
         return self.status in FINISHED_STATUSES
 
+    @property
+    def inputs_not_taken(self) -> int:
+        """Inputs stored but never delivered, because the session ended first.
+
+        They were stored while its last turn ran (or before it was poisoned):
+        the seqs after ``inbox_done``. They stay in the inbox until purged.
+        ``0`` while the session goes on.
+        """
+        return self.inbox_head - self.inbox_done if self.finished else 0
+
     def to_dict(self) -> dict[str, Any]:
         """The row as JSON (times as ISO 8601 strings)."""
 
@@ -168,6 +178,7 @@ class StoredSession:
             "version": self.version,
             "inbox_head": self.inbox_head,
             "inbox_done": self.inbox_done,
+            "inputs_not_taken": self.inputs_not_taken,
             "events_done": self.events_done,
             "attempts": self.attempts,
             "lease_owner": self.lease_owner,

@@ -447,6 +447,32 @@ async def test_inputs_sent_after_a_cancel_request_are_recorded_as_discarded(
     assert history[-1]["payload"]["reason"] == "user left"
 
 
+async def test_an_input_stored_during_the_last_turn_is_counted_as_not_taken(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The send was accepted (the session had not ended), the turn ended the
+    # session, and nothing said that the input was never delivered.
+    marks, gate = tmp_path / "marks.jsonl", tmp_path / "gate"
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(gate_pipeline(marks, gate))
+    for n in (1, 2):
+        await service.send_input(sid, "msg", {"n": n})
+    async with running(make_store()):
+        with anyio.fail_after(20):
+            while not read_marks(marks):  # noqa: ASYNC110  (the stage writes it)
+                await anyio.sleep(0.01)
+        late = await service.send_input(sid, "msg", {"n": 3})
+        gate.touch()
+        done = await service.wait(sid, seq=late.seq, timeout=20)
+    assert done.status == "completed"
+    assert (done.inbox_done, done.inbox_head) == (late.seq - 1, late.seq)
+    assert done.inputs_not_taken == 1
+    assert done.to_dict()["inputs_not_taken"] == 1
+    waiting = await service.get(await service.start(gate_pipeline(marks, gate)))
+    await service.send_input(waiting.session_id, "msg", {"n": 1})
+    assert (await service.get(waiting.session_id)).inputs_not_taken == 0
+
+
 async def test_a_cancel_row_of_any_payload_cancels_the_session(
     make_store: Callable[..., Any],
 ) -> None:
