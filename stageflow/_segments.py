@@ -98,14 +98,19 @@ class SegmentedSpan(Span):
         self.attributes = attributes
         self.span: Span | None = span  # the incarnation, None after a cut
         self.previous: SpanContext | None = None  # the incarnation a cut ended
+        self._ended: Span | None = None  # that incarnation (for its parent)
         self.revivable = revivable  # a wait span is not started again after a cut
         self.ids = _span_ids(span)
         self.flags = span.get_span_context().trace_flags
 
     @property
     def parent(self) -> SpanContext | None:
-        """The parent of the current incarnation (as the SDK's ``Span.parent``)."""
-        return getattr(self.live(), "parent", None)
+        """The parent of the current incarnation (as the SDK's ``Span.parent``).
+
+        Between a cut and the next use, the parent of the incarnation the cut
+        ended: reading it starts nothing again.
+        """
+        return getattr(self.span if self.span is not None else self._ended, "parent", None)
 
     def live(self) -> Span:
         """The current incarnation, started again if a cut ended it."""
@@ -126,14 +131,16 @@ class SegmentedSpan(Span):
             context = otel_context.Context()
             kind = "previous_segment"
         else:
-            context = trace.set_span_in_context(owner)  # starts the owner again first
+            if owner.span is None:
+                owner._revive()  # the owner first: reading its context starts nothing
+            context = trace.set_span_in_context(owner)
             kind = "continues"
         if self.previous is not None:
             links.append(Link(self.previous, {_LINK_KIND: kind}))
         span = segments.tracer.start_span(
             self.name, context=context, attributes=attributes, links=links
         )
-        self.span = span
+        self.span, self._ended = span, None
         self.ids = _span_ids(span)
         self.flags = span.get_span_context().trace_flags
         segments.open[self] = None
@@ -144,11 +151,21 @@ class SegmentedSpan(Span):
     # -- the Span interface: every use goes to the live incarnation
 
     def get_span_context(self) -> SpanContext:
-        """The current incarnation's context (a child started now is its child)."""
-        # live() written out: the SDK asks a parent three times per child span
+        """The current incarnation's context; between a cut and the next use, the ended one's.
+
+        Reading a context starts nothing again: a log line, a metric's
+        exemplar or a subscriber reads it while the run waits, and the wait
+        must stay cut. The run's own uses start the span again first (a child
+        from :meth:`Segments.start`, an event, its end; :meth:`Segments.wake`
+        after a long wait), so a child gets the live incarnation as parent.
+        """
+        # Written out: the SDK asks a parent three times per child span
         # ("SDK ... per node" row).
         span = self.span
         if span is None:
+            previous = self.previous
+            if previous is not None:
+                return previous
             span = self._revive()
         return span.get_span_context()
 
@@ -205,6 +222,7 @@ class SegmentedSpan(Span):
         span.end(end_time)
         self.segments.open.pop(self, None)
         self.span = None
+        self.previous, self._ended = span.get_span_context(), span  # what reads see from now
 
 
 class Segments:
@@ -233,8 +251,11 @@ class Segments:
         # type(), not isinstance(): Span is an ABC, and its check costs two
         # Python calls per span ("SDK ... per node" row). Nothing subclasses it.
         owner = current if type(current) is SegmentedSpan else None
-        if owner is not None and owner.segments is not self:
-            owner = None  # another run's span (a session run from inside a stage)
+        if owner is not None:
+            if owner.segments is not self:
+                owner = None  # another run's span (a session run from inside a stage)
+            elif owner.span is None:
+                owner._revive()  # a child of the live incarnation, in the new segment
         span = self.tracer.start_span(name, attributes=attributes, links=links)
         wrapper = SegmentedSpan(self, owner, name, attributes, span, revivable)
         self.open[wrapper] = None
@@ -248,9 +269,21 @@ class Segments:
                 continue
             span.set_attribute(_OUTCOME, OUTCOME_WAITING)
             wrapper.previous = span.get_span_context()
+            wrapper._ended = span
             span.end()
             wrapper.span = None
         self.open.clear()
+
+    @staticmethod
+    def wake() -> None:
+        """After a long wait: start the current span again if a cut ended it.
+
+        Code that goes on in it (a stage's own spans) then gets the live
+        incarnation as parent, not the one the cut ended.
+        """
+        current = trace.get_current_span()
+        if type(current) is SegmentedSpan and current.span is None and current.revivable:
+            current._revive()
 
     def snapshot(self) -> list[OpenSpan]:
         """The live incarnations, parents first, as a snapshot keeps them."""

@@ -9,6 +9,9 @@ import anyio
 import pytest
 import structlog.testing
 from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -300,6 +303,66 @@ async def test_a_snapshot_taken_in_a_cut_wait_has_nothing_to_rebuild(traced: Tra
         snapshot = session.to_dict()
         tg.cancel_scope.cancel()
     assert "open" not in snapshot["trace"]
+
+
+@pytest.mark.parametrize("reader", ["metrics", "subscriber"])
+async def test_reading_the_current_span_in_a_cut_wait_starts_nothing(
+    traced: Traced, reader: str
+) -> None:
+    # A metric's exemplar filter (or a subscriber's log line) read the current
+    # span's context right after the cut: that started the cut spans again,
+    # so they stayed open across the wait and a snapshot listed them.
+    kw: dict[str, Any] = {}
+    if reader == "metrics":
+        kw["meter_provider"] = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    session, _ = _session(WAITING, traced, **kw)
+    if reader == "subscriber":
+        session.subscribe(lambda _: (trace.get_current_span().get_span_context(), None))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        assert "open" not in session.to_dict()["trace"]
+        session.send_input("go", {"ok": True})
+    assert segment_tree(traced.spans()) == [
+        ["run pipeline", "stage ask < run pipeline", "wait go < stage ask"],
+        ["run pipeline", "stage ask < run pipeline", "terminal end < run pipeline"],
+    ]
+
+
+async def test_a_span_a_stage_starts_after_a_cut_sleep_is_in_the_new_segment(
+    traced: Traced,
+) -> None:
+    # Its parent was the stage span's incarnation that the cut had ended.
+    tracer = traced.provider.get_tracer("app")
+
+    class NapThenSpan(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            await ctx.sleep(0.05)  # virtual on trio; past the threshold below
+            with tracer.start_as_current_span("app.after"):
+                return {}
+
+    registry = _registry()
+    registry.add(NapThenSpan, name="NapThenSpan")
+    document = doc([stage("nap", "NapThenSpan", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        tracer_provider=traced.provider,
+        trace_wait_threshold=0.01,
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    spans = traced.spans()
+    assert segment_tree(spans) == [
+        ["run pipeline", "stage nap < run pipeline"],
+        [
+            "run pipeline",
+            "stage nap < run pipeline",
+            "app.after < stage nap",
+            "terminal end < run pipeline",
+        ],
+    ]
+    assert orphans(spans) == []
 
 
 async def test_without_the_id_generator_nothing_is_rebuilt(traced: Traced) -> None:

@@ -32,6 +32,7 @@ from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._pipeline import Pipeline
+from stageflow._segments import Segments
 from stageflow._specs import StageSpec, event_type_problem
 from stageflow._telemetry import (
     INPUT_TYPE,
@@ -310,6 +311,8 @@ class StageRuntime:
                 )
             if meters is not None:
                 self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
+        if long and tracing is not None:
+            Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         if timed_out:
             raise self._timed_out(work, type, timeout)
         history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
@@ -391,6 +394,8 @@ class StageRuntime:
             if self._on_block:
                 self._hooks.check_idle()
             await anyio.sleep(seconds)
+            if long and self._state.tracing is not None:
+                Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         finally:
             self.sleeping -= 1
             if long:
