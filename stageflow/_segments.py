@@ -34,6 +34,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, Status, Tracer
 from opentelemetry.util.types import Attributes
 
+from stageflow._json import find_non_json
+
 __all__ = [
     "OUTCOME_INTERRUPTED",
     "OUTCOME_WAITING",
@@ -297,10 +299,29 @@ class Segments:
                     "span_id": span_id,
                     "parent_span_id": parent,
                     "start": getattr(wrapper.span, "start_time", None) or time.time_ns(),
-                    "attributes": {k: v for k, v in wrapper.attributes.items() if k != _OUTCOME},
+                    "attributes": {
+                        k: kept
+                        for k, v in wrapper.attributes.items()
+                        if k != _OUTCOME and (kept := _attribute_json(v)) is not None
+                    },
                 }
             )
         return spans
+
+
+def _attribute_json(value: Any) -> Any:
+    """An attribute value as a snapshot keeps it, or ``None`` for one it cannot keep.
+
+    A stage may set any attribute on its span; the snapshot keeps what is
+    JSON and an OpenTelemetry value (a scalar or a list of scalars), and
+    leaves out the rest (``None``, bytes, NaN, ...): a rebuilt span goes
+    without it.
+    """
+    kept = list(value) if isinstance(value, (list, tuple)) else value
+    scalars = kept if type(kept) is list else [kept]
+    if any(item is None or isinstance(item, (list, dict)) for item in scalars):
+        return None
+    return kept if find_non_json(kept) is None else None
 
 
 def _span_ids(span: Span) -> tuple[str, str, str | None]:

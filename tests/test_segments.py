@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -293,6 +295,54 @@ async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -
     assert [link.context.span_id for link in new_root.links] == [
         int(snapshot["trace"]["span_id"], 16)
     ]
+
+
+async def test_a_snapshot_keeps_the_attributes_a_stage_set_that_it_can_restore(
+    traced: Traced,
+) -> None:
+    # Any attribute a stage set on its span went into the snapshot as it was:
+    # a list (a valid OpenTelemetry value), None or NaN made from_dict refuse
+    # the engine's own snapshot, and bytes made it no JSON.
+    started = [anyio.Event()]
+
+    class Tagged(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            span = trace.get_current_span()
+            span.set_attribute("app.tags", ["a", "b"])
+            span.set_attribute("app.count", 3)
+            for key, bad in [("app.none", None), ("app.raw", b"raw"), ("app.nan", math.nan)]:
+                span.set_attribute(key, bad)  # type: ignore[arg-type]
+            started[-1].set()
+            await anyio.sleep_forever()
+            raise AssertionError("cancelled")
+
+    registry = _registry()
+    registry.add(Tagged, name="Tagged")
+    document = doc([stage("work", "Tagged", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=traced.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await started[-1].wait()
+        snapshot = json.loads(json.dumps(session.to_dict(), allow_nan=False))
+        tg.cancel_scope.cancel()
+    [kept] = [s["attributes"] for s in snapshot["trace"]["open"] if s["name"] == "stage work"]
+    assert (kept["app.tags"], kept["app.count"]) == (["a", "b"], 3)
+    assert not {"app.none", "app.raw", "app.nan"} & set(kept)
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    started.append(anyio.Event())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)  # the rebuild is exported as it starts
+        await started[-1].wait()
+        tg.cancel_scope.cancel()
+    [rebuilt] = [
+        s for s in after.spans() if s.name == "stage work" and _attr(s, "stageflow.span.rebuilt")
+    ]
+    assert _attr(rebuilt, "app.tags") == ("a", "b")
 
 
 async def test_a_snapshot_taken_in_a_cut_wait_has_nothing_to_rebuild(traced: Traced) -> None:
