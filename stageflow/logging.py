@@ -106,25 +106,44 @@ def _strict_json(value: Any, **options: Any) -> str:
     """A log line as strict JSON: what ``json.dumps`` writes, or a line that says why not.
 
     ``json.dumps`` writes ``NaN`` and ``Infinity``, which strict JSON
-    readers refuse, and raises on a value whose ``repr()`` fails; either
-    would break the one-object-per-line stream a collector reads. Such
-    floats are written as strings; an unwritable value becomes its type name.
+    readers refuse, and raises on a value whose ``repr()`` fails, on a
+    container inside itself and on keys that are not strings; any of these
+    would break the one-object-per-line stream a collector reads (or make the
+    log call raise). Such floats are written as strings, other keys as their
+    ``str()``, a container met again inside itself as ``"<circular>"``, one
+    nested deeper than :data:`_LOG_DEPTH` as ``"<nested too deep>"``, and an
+    unwritable value as its type name.
     """
     try:
         return json.dumps(value, allow_nan=False, **options)
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False, **options)
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps(_plain(value, set(), 0), allow_nan=False, **options)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float in it written as a string."""
+# How deep a log line's values are written; below, a marker.
+_LOG_DEPTH: Final = 64
+
+
+def _plain(value: Any, within: set[int], depth: int) -> Any:
+    """``value`` as ``json.dumps`` can write it strictly (see :func:`_strict_json`)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+    if not isinstance(value, dict | list | tuple):
+        return value
+    if id(value) in within:
+        return "<circular>"
+    if depth >= _LOG_DEPTH:
+        return "<nested too deep>"
+    within.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {
+                key if isinstance(key, str) else str(key): _plain(item, within, depth + 1)
+                for key, item in value.items()
+            }
+        return [_plain(item, within, depth + 1) for item in value]
+    finally:
+        within.discard(id(value))
 
 
 def _fallback(value: object) -> str:

@@ -10,6 +10,7 @@ import datetime
 import io
 import json
 import logging
+import math
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,42 @@ def test_a_value_whose_repr_fails_is_written_as_its_type() -> None:
         {"event": "odd", "value": Unprintable()}, default=stageflow.logging._fallback
     )
     assert json.loads(text) == {"event": "odd", "value": "<Unprintable with a failing repr()>"}
+
+
+def test_a_container_inside_itself_or_keys_that_are_not_strings_still_make_a_line() -> None:
+    # A value inside itself sent the NaN rewrite into endless recursion: the
+    # log call raised RecursionError (a stage that logged it failed). Tuple
+    # keys raised TypeError: the line was lost for a "--- Logging error ---".
+    state: dict[str, Any] = {"step": 1}
+    state["parent"] = state
+    deep: list[Any] = []
+    for _ in range(200):
+        deep = [deep]
+    text = stageflow.logging._strict_json(
+        {
+            "event": "odd",
+            "state": state,
+            "pairs": {(1, 2): "a"},
+            "ratio": math.inf,
+            "deep": deep,
+        },
+        default=stageflow.logging._fallback,
+    )
+    line = json.loads(text)
+    assert line["state"] == {"step": 1, "parent": "<circular>"}
+    assert (line["pairs"], line["ratio"]) == ({"(1, 2)": "a"}, "inf")
+    assert json.dumps(line["deep"]).count("[") == 63  # the line itself is the first level
+    assert "<nested too deep>" in json.dumps(line["deep"])
+
+
+def test_a_log_call_with_a_value_inside_itself_writes_its_line() -> None:
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    state: dict[str, Any] = {}
+    state["self"] = state
+    structlog.get_logger("stageflow.stage").info("state", state=state)
+    [line] = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert line["state"] == {"self": "<circular>"}
 
 
 def test_json_lines_carry_the_ids_of_the_current_span(tracer: trace.Tracer) -> None:
