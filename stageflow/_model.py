@@ -136,14 +136,17 @@ def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute
         if not is_count(value, minimum):
             bound = " or None for no bound" if optional else ""
             raise DefinitionError(
-                f"Limits({attribute.name}={value!r}) is not a whole number of at least "
+                f"{type(instance).__name__}({attribute.name}={value!r}) is not a whole number of "
+                f"at least "
                 f"{minimum}; use one{bound}"
             )
 
     return check
 
 
-def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+def seconds_check(
+    *, zero: bool, optional: bool
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     """Validator: :func:`is_seconds`, or ``None`` if ``optional``.
 
     An infinite or NaN duration is no JSON: a session holding it could not be
@@ -156,7 +159,8 @@ def _seconds(*, zero: bool, optional: bool) -> Callable[[object, attrs.Attribute
         if not is_seconds(value, zero=zero):
             bound = ", or None for no bound" if optional else ""
             raise DefinitionError(
-                f"Limits({attribute.name}={value!r}) is not {seconds_wanted(zero=zero)}; "
+                f"{type(instance).__name__}({attribute.name}={value!r}) is not "
+                f"{seconds_wanted(zero=zero)}; "
                 f"use one{bound}"
             )
 
@@ -216,14 +220,18 @@ class Limits:
     max_depth: int = attrs.field(
         default=32, validator=[_count(1, optional=False), _check_max_depth]
     )
-    timeout: float | None = attrs.field(default=None, validator=_seconds(zero=False, optional=True))
+    timeout: float | None = attrs.field(
+        default=None, validator=seconds_check(zero=False, optional=True)
+    )
     max_input_backlog: int = attrs.field(default=100, validator=_count(0, optional=False))
     max_input_bytes: int = attrs.field(default=1_048_576, validator=_count(1, optional=False))
-    cleanup_timeout: float = attrs.field(default=5.0, validator=_seconds(zero=True, optional=False))
+    cleanup_timeout: float = attrs.field(
+        default=5.0, validator=seconds_check(zero=True, optional=False)
+    )
     max_run_steps: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     max_run_events: int | None = attrs.field(default=None, validator=_count(1, optional=True))
     max_run_seconds: float | None = attrs.field(
-        default=None, validator=_seconds(zero=False, optional=True)
+        default=None, validator=seconds_check(zero=False, optional=True)
     )
 
 

@@ -56,7 +56,7 @@ from stageflow._model import (
 from stageflow._specs import DocumentSchema, json_message, json_text
 from stageflow._stages import StageRegistry, default_registry
 
-__all__ = ["Pipeline", "load_schema", "structure_node"]
+__all__ = ["Pipeline", "load_schema", "plain_document", "structure_node"]
 
 # The pattern of a context path in the pipeline schema ($defs.path).
 _PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
@@ -326,7 +326,7 @@ class Pipeline:
                 ],
                 source=source,
             )
-        doc, non_json = _plain_document(document)
+        doc, non_json = plain_document(document)
         if non_json is not None:
             raise PipelineValidationError([non_json], source=source)
         too_deep = _nesting_problem(doc)
@@ -434,10 +434,11 @@ def _problems_beside_schema(
     return problems
 
 
-def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
+def plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
     """Copy ``document`` as plain JSON, or find the first value JSON cannot carry.
 
     Returns the copy and ``None``, or a problem for a YAML date, a set, NaN, ...
+    Pipelines and case files are checked with it.
     """
     try:
         # Mappings and tuples (a frozen document) become dicts and lists; the check
@@ -460,6 +461,8 @@ def _plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
         hint = "flatten it"
     elif isinstance(value, int) and int_too_large(value):
         hint = "write such a number as a string"
+    elif isinstance(value, float):
+        hint = "use a finite number (JSON has no NaN or infinity; 1e999 reads as infinity)"
     return plain, Problem(
         bad.location,
         f"{type(value).__name__} {_short(value)} is not JSON ({bad.reason}); {hint}",

@@ -28,11 +28,14 @@ from tester_support import (
 import stageflow
 from stageflow.testing import (
     Case,
+    CaseLimits,
     CaseOutcome,
     CaseValidationError,
     Edge,
     EdgeKind,
     Expectations,
+    ScriptedInput,
+    StageMock,
     coverage_of,
     load_cases,
     run_case,
@@ -377,8 +380,9 @@ def test_error_expectations_report_each_mismatch(write_cases: Callable[..., Path
 
 def test_expecting_an_error_from_a_run_without_one(write_cases: Callable[..., Path]) -> None:
     path = write_cases([{"name": "n", "payload": SHORT, "expect": {"error": {"type": "X"}}}])
-    (failure,) = run_one(path).failures
-    assert failure.message == "expected an error, but the run has none (status completed)"
+    status, error = run_one(path).failures
+    assert status.message == "expected 'failed', got 'completed'"
+    assert error.message == "expected an error, but the run has none (status completed)"
 
 
 def test_status_defaults_to_completed(write_cases: Callable[..., Path]) -> None:
@@ -386,6 +390,68 @@ def test_status_defaults_to_completed(write_cases: Callable[..., Path]) -> None:
     path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks}])
     result = run_one(path)
     assert [f.field for f in result.failures] == ["status"]
+
+
+def test_an_expected_error_implies_a_failed_run(write_cases: Callable[..., Path]) -> None:
+    # The status still defaulted to completed: a case whose only expectation
+    # was the error the run failed with could never pass.
+    mocks = {"InitStage": {"errors": [{"type": "ValueError", "message": "boom"}]}}
+    expect = {"error": {"cause_type": "ValueError", "node_id": "start"}}
+    path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks, "expect": expect}])
+    result = run_one(path)
+    assert result.failures == ()
+    assert result.status is stageflow.SessionStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("max_time", "1e999", "float inf is not JSON (not a finite number)"),
+        ("max_time", "NaN", "float nan is not JSON (not a finite number)"),
+        ("max_time", "1" + "0" * 400, "is greater than the maximum of 1000000000000"),
+        ("at", "NaN", "float nan is not JSON (not a finite number)"),
+        ("delay", "Infinity", "float inf is not JSON (not a finite number)"),
+    ],
+)
+def test_a_time_that_is_not_a_finite_number_is_a_located_error(
+    tmp_path: Path, field: str, value: str, problem: str
+) -> None:
+    # max_time 1e999 slept forever (stageflow test hung); NaN raised a bare
+    # ValueError that ended the whole run of case files with a traceback.
+    case: dict[str, Any] = {"name": "n", "payload": SHORT}
+    document: dict[str, Any] = {"pipeline": str(REFERENCE / "pipeline.json"), "cases": [case]}
+    location = {
+        "max_time": "$.limits.max_time",
+        "at": "$.cases[0].inputs[0].at",
+        "delay": "$.mocks.InitStage.delay",
+    }[field]
+    if field == "max_time":
+        document["limits"] = {"max_time": "@"}
+    elif field == "at":
+        case["inputs"] = [{"type": "go", "at": "@"}]
+    else:
+        document["mocks"] = {"InitStage": {"delay": "@"}}
+    path = tmp_path / "case.stageflow.json"
+    path.write_text(json.dumps(document).replace('"@"', value))
+    with pytest.raises(CaseValidationError) as refused:
+        load_cases(path)
+    [found] = refused.value.problems
+    assert found.location == location
+    assert problem in found.message
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CaseLimits(max_time=float("inf")),
+        lambda: CaseLimits(max_time=0),
+        lambda: ScriptedInput("go", at=float("nan")),
+        lambda: StageMock(delay=-1.0),
+    ],
+)
+def test_times_built_in_python_are_checked_too(make: Callable[[], object]) -> None:
+    with pytest.raises(stageflow.DefinitionError, match="is not a finite number of seconds"):
+        make()
 
 
 # ----------------------------------------------------------- pytest plugin

@@ -13,7 +13,12 @@ import jsonschema
 
 from stageflow import Problem
 from stageflow._guard import BudgetError, read_text_file
-from stageflow._pipeline import load_schema, parse_document, schema_error_message
+from stageflow._pipeline import (
+    load_schema,
+    parse_document,
+    plain_document,
+    schema_error_message,
+)
 from stageflow._specs import DocumentSchema
 from stageflow._stage_modules import is_file_ref, split_stages_ref
 from stageflow.testing._model import (
@@ -132,6 +137,11 @@ def cases_from_document(
             ],
             source=source,
         )
+    # NaN, infinities (1e999 in JSON, .inf in YAML), dates, ...: a case's times
+    # must be numbers it can wait for, and its payloads must be sendable.
+    document, non_json = plain_document(document)
+    if non_json is not None:
+        raise CaseValidationError([non_json], source=source)
     errors = sorted(
         _validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path]
     )

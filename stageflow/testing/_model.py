@@ -16,6 +16,7 @@ import attrs
 
 from stageflow._errors import ProblemsError
 from stageflow._json import freeze, thaw
+from stageflow._model import seconds_check
 
 __all__ = [
     "DEFAULT_MAX_TIME",
@@ -70,7 +71,7 @@ class ScriptedInput:
 
     type: str
     payload: Any = attrs.field(default=None, converter=freeze)
-    at: float | None = None
+    at: float | None = attrs.field(default=None, validator=seconds_check(zero=True, optional=True))
 
     def describe(self) -> str:
         """One line naming the input and when it is sent."""
@@ -112,7 +113,7 @@ class StageMock:
     """
 
     outputs: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
-    delay: float = 0.0
+    delay: float = attrs.field(default=0.0, validator=seconds_check(zero=True, optional=False))
     errors: tuple[MockError, ...] = ()
 
     def error_for(self, attempt: int) -> MockError | None:
@@ -135,7 +136,9 @@ class CaseLimits:
 
     max_steps: int | None = None
     max_events: int | None = None
-    max_time: float = DEFAULT_MAX_TIME
+    max_time: float = attrs.field(
+        default=DEFAULT_MAX_TIME, validator=seconds_check(zero=False, optional=False)
+    )
 
 
 @attrs.frozen
@@ -221,12 +224,16 @@ class Expectations:
 
     @property
     def effective_status(self) -> str | None:
-        """The status checked: the given one, else ``completed`` unless a limit is expected."""
+        """The status checked: the given one, else what the other expectations imply.
+
+        ``failed`` when an error is expected, none when a limit is, and
+        ``completed`` otherwise.
+        """
         if self.status is not None:
             return self.status
         if self.limit_exceeded is not None:
             return None
-        return "completed"
+        return "failed" if self.error is not None else "completed"
 
 
 @attrs.frozen
