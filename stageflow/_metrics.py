@@ -23,13 +23,19 @@ from opentelemetry import metrics
 
 from stageflow._telemetry import NODE_ID, NODE_TYPE, OUTCOME, PIPELINE_NAME, SESSION_STATUS
 
-__all__ = ["INSTRUMENTS", "Metrics", "node_measured", "session_measured"]
+__all__ = ["INSTRUMENTS", "Metrics", "global_provider_set", "node_measured", "session_measured"]
 
 _NO_PROVIDER = (metrics.NoOpMeterProvider,)
 # The API's stand-in before a provider is set has no public class; it is told
 # by name, as OpenTelemetry's own tests do. A session made before the
 # application sets its provider stays unmetered (decided once, like tracing).
 _PROXY_PROVIDER: Final = "_ProxyMeterProvider"
+
+
+def global_provider_set() -> bool:
+    """Whether OpenTelemetry's global meter provider was set (it can be set once)."""
+    return type(metrics.get_meter_provider()).__name__ != _PROXY_PROVIDER
+
 
 # name -> (kind, unit, description): the catalogue of instruments.
 INSTRUMENTS: Final = {

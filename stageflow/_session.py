@@ -42,7 +42,7 @@ from stageflow._events import Event, EventCallback, EventStream
 from stageflow._identity import IdentityCache
 from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
-from stageflow._model import Limits, StageNode, ValidateEvents
+from stageflow._model import Limits, StageNode, ValidateEvents, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus, input_types
 from stageflow._stages import StageEntry, StageRegistry
@@ -168,7 +168,9 @@ class Session:
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
         NonJsonValueError: ``payload`` is not a JSON object.
-        TypeError: ``seed`` is not a whole number or ``None``.
+        TypeError: ``seed`` is not a whole number or ``None``, or
+            ``trace_wait_threshold`` is not a number or ``None``.
+        ValueError: ``trace_wait_threshold`` is negative, infinite or NaN.
 
     Example::
 
@@ -204,6 +206,14 @@ class Session:
             raise TypeError(
                 f"Session(seed={seed!r}): a seed is a whole number (a snapshot keeps it, "
                 "so that a restored session draws the same delays) or None"
+            )
+        if trace_wait_threshold is not None and not is_seconds(trace_wait_threshold, zero=True):
+            number = isinstance(trace_wait_threshold, int | float) and not isinstance(
+                trace_wait_threshold, bool
+            )
+            raise (ValueError if number else TypeError)(
+                f"Session(trace_wait_threshold={trace_wait_threshold!r}) is not "
+                f"{seconds_wanted(zero=True)}; use one, or None never to cut the trace"
             )
         if payload is None:
             payload = {}

@@ -60,6 +60,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from stageflow._errors import TracingSetupError
+from stageflow._metrics import global_provider_set
 from stageflow._segments import wanted_ids
 
 __all__ = [
@@ -295,6 +296,13 @@ def configure_metrics(
         raise TracingSetupError(
             f"stageflow.tracing.configure_metrics: unknown exporter {exporter!r}; "
             f"use one of {', '.join(repr(e) for e in _EXPORTERS)}"
+        )
+    if set_global and global_provider_set():
+        raise TracingSetupError(
+            "stageflow.tracing.configure_metrics: a global meter provider is already set "
+            f"({type(metrics.get_meter_provider()).__name__}), and OpenTelemetry allows only "
+            "one per process; call configure_metrics() once, or pass set_global=False and use "
+            "the provider it returns"
         )
     metric_exporter: MetricExporter | None
     if exporter == "otlp":

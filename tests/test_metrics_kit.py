@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -66,3 +70,27 @@ def test_otlp_metrics_go_to_the_metrics_url(otlp_receiver: OtlpReceiver) -> None
 def test_configure_metrics_rejects_an_unknown_exporter() -> None:
     with pytest.raises(stageflow.TracingSetupError, match="unknown exporter"):
         stageflow.tracing.configure_metrics(exporter="carrier-pigeon", set_global=False)  # type: ignore[arg-type]
+
+
+def test_configure_metrics_refuses_a_second_global_provider() -> None:
+    # OpenTelemetry only logged "Overriding ... not allowed": the second call
+    # returned a provider that sessions never measured into.
+    script = textwrap.dedent(
+        """
+        from opentelemetry import metrics
+        import stageflow, stageflow.tracing
+        first = stageflow.tracing.configure_metrics(exporter="none")
+        try:
+            stageflow.tracing.configure_metrics(exporter="none")
+        except stageflow.TracingSetupError as exc:
+            print("refused:", exc)
+        print("first is global:", metrics.get_meter_provider() is first)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: stageflow.tracing.configure_metrics: a global meter provider" in done.stdout
+    assert "first is global: True" in done.stdout

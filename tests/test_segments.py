@@ -151,6 +151,19 @@ async def test_history_events_carry_the_ids_of_their_segment(traced: Traced) -> 
     assert result_events["session_completed"].trace_id == f"{roots[1].context.trace_id:032x}"
 
 
+@pytest.mark.parametrize(
+    ("threshold", "error"),
+    [("60", TypeError), (True, TypeError), (-1, ValueError), (math.nan, ValueError)],
+)
+async def test_a_threshold_that_is_not_seconds_is_refused(
+    traced: Traced, threshold: Any, error: type[Exception]
+) -> None:
+    # It was kept as given: a traced run failed at its first timed input wait
+    # with a TypeError comparing an int with a str.
+    with pytest.raises(error, match="trace_wait_threshold"):
+        _session(WAITING, traced, trace_wait_threshold=threshold)
+
+
 async def test_no_threshold_no_segments(traced: Traced) -> None:
     session, _ = _session(WAITING, traced, trace_wait_threshold=None)
     async with anyio.create_task_group() as tg:
