@@ -479,7 +479,14 @@ class Run:
             resume = self._resume()
             # The run's span, metrics and log lines: made and ended outside this
             # frame, so that it keeps no locals for them (see the docstring).
-            observed = self._observe(resume) if self._observing() else None
+            try:
+                observed = self._observe(resume) if self._observing() else None
+            except Exception as exc:
+                # A tracer or meter provider that raised (a span processor's
+                # on_start): the session ends failed, as for a node's span,
+                # not left running with no run.
+                self._internal_error(exc)
+                raise
             try:
                 root = self._enter_root(resume)
                 error: StageflowError | None = None
@@ -497,9 +504,7 @@ class Run:
                     if self.suspending:
                         return self._suspended()
                     # A bug in stageflow: keep the history, then fail loudly.
-                    error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    self._finish(SessionStatus.FAILED, error)
+                    self._internal_error(exc)
                     raise
                 except BaseException as exc:
                     # Only to look at it (it is re-raised): on trio a cancellation that
@@ -714,6 +719,12 @@ class Run:
         self, status: SessionStatus, error: StageflowError | None, *, reason: str | None = None
     ) -> SessionResult:
         return self._state.finish(status, error, self._main, reason=reason)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """End the session failed by an error outside any node (the caller re-raises it)."""
+        error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        self._finish(SessionStatus.FAILED, error)
 
     def clock(self) -> datetime.datetime:
         """The session's UTC clock for this run (moves with the event loop's clock)."""

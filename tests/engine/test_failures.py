@@ -10,6 +10,7 @@ import pytest
 import trio
 from conftest import live_tasks
 from fakes import doc, fake_registry, load, parallel, stage, terminal, types
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 import stageflow
 
@@ -502,3 +503,31 @@ async def test_error_routed_names_the_handler_index() -> None:
     result = await run_with(document, fake_registry())
     [routed] = [e for e in result.history if e.type == "error_routed"]
     assert routed.payload == {"next": "end", "error_path": "error", "handler": 1}
+
+
+class _RefusingRootSpans(SpanProcessor):
+    """A span processor whose ``on_start`` raises for the run's own span."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if span.name.startswith("run "):
+            raise RuntimeError("span processor bug")
+
+
+async def test_a_run_whose_root_span_cannot_start_ends_failed() -> None:
+    # run() raised, and the session stayed "running" with no run: it could
+    # never run, end or be cancelled again, and its snapshot said running.
+    provider = TracerProvider()
+    provider.add_span_processor(_RefusingRootSpans())
+    registry = fake_registry()
+    document = doc([stage("s", "Set", next="end", config={"values": {}}), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    with pytest.raises(RuntimeError, match="span processor bug"):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.FAILED
+    snapshot = session.to_dict()
+    assert snapshot["status"] == "failed"
+    assert snapshot["outcome"]["error"]["message"].startswith("internal error: RuntimeError")
+    restored = stageflow.Session.from_dict(snapshot, registry=registry)
+    assert restored.status is stageflow.SessionStatus.FAILED
