@@ -93,7 +93,9 @@ class Metrics:
         chosen = provider if provider is not None else metrics.get_meter_provider()
         if isinstance(chosen, _NO_PROVIDER) or type(chosen).__name__ == _PROXY_PROVIDER:
             return None
-        return cls(chosen.get_meter("stageflow", version))
+        meter = chosen.get_meter("stageflow", version)
+        # An SDK provider turned off (OTEL_SDK_DISABLED=true) hands out a no-op meter.
+        return None if isinstance(meter, metrics.NoOpMeter) else cls(meter)
 
 
 def node_measured(meters: Metrics, pipeline: str, node: Any, outcome: str, started: float) -> None:

@@ -124,6 +124,14 @@ class SegmentedSpan(Span):
     def _revive(self) -> Span:
         segments = self.segments
         owner = self.owner
+        previous = self.previous
+        if previous is not None and not previous.trace_flags.sampled:
+            # A run nobody samples stays so: a new segment's root would be
+            # sampled afresh. The ended incarnation's ids go on, recording nothing.
+            span: Span = trace.NonRecordingSpan(previous)
+            self.span, self._ended = span, None
+            segments.open[self] = None
+            return span
         attributes = dict(self.attributes)
         links = []
         if owner is None:
@@ -291,6 +299,8 @@ class Segments:
         """The live incarnations, parents first, as a snapshot keeps them."""
         spans: list[OpenSpan] = []
         for wrapper in self.open:
+            if not wrapper.flags.sampled:
+                continue  # a trace nobody samples: nothing to rebuild
             trace_id, span_id, parent = wrapper.ids
             spans.append(
                 {

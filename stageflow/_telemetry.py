@@ -99,7 +99,10 @@ def resolve_tracer(provider: trace.TracerProvider | None, version: str) -> Trace
     chosen = provider if provider is not None else trace.get_tracer_provider()
     if isinstance(chosen, _NO_PROVIDER):
         return None
-    return chosen.get_tracer("stageflow", version)
+    tracer = chosen.get_tracer("stageflow", version)
+    # An SDK provider turned off (OTEL_SDK_DISABLED=true) hands out a no-op
+    # tracer, whose spans all have the invalid (all-zero) ids: no tracing.
+    return None if isinstance(tracer, trace.NoOpTracer) else tracer
 
 
 def span_ids(span: Span) -> SpanIds:

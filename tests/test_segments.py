@@ -358,6 +358,42 @@ async def test_a_snapshot_keeps_the_attributes_a_stage_set_that_it_can_restore(
     assert _attr(rebuilt, "app.tags") == ("a", "b")
 
 
+async def test_a_run_nobody_samples_leaves_nothing_to_rebuild(traced: Traced) -> None:
+    # Its open spans went into the snapshot with no parent (a non-recording
+    # span has none), and a restore exported them as sampled roots of a trace
+    # nobody had sampled.
+    caller = trace.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=trace.TraceFlags(0))
+    session, _ = _session(CRASHY, traced)
+    with trace.use_span(trace.NonRecordingSpan(caller)):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            await wait_until_waiting(session, "go")
+            await _until_started(session, "b")
+            snapshot = session.to_dict()
+            tg.cancel_scope.cancel()
+    assert snapshot["trace"]["trace_id"] == f"{0xABC:032x}"  # the ids are still known
+    assert "open" not in snapshot["trace"]
+    assert [(s.name, s.context.trace_id) for s in traced.spans()] == []
+
+
+async def test_an_sdk_turned_off_by_the_environment_is_no_tracing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OTEL_SDK_DISABLED=true: every event, log line and snapshot carried the
+    # all-zero ids of the SDK's no-op spans as if they were a trace.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    traced = Traced()
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    session, _ = _session(WAITING, traced, meter_provider=meters)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        snapshot = session.to_dict()
+        session.send_input("go", {})
+    assert snapshot["trace"] is None
+    assert {(e.trace_id, e.span_id) for e in session.history} == {(None, None)}
+
+
 async def test_a_snapshot_taken_in_a_cut_wait_has_nothing_to_rebuild(traced: Traced) -> None:
     session, _ = _session(WAITING, traced)
     async with anyio.create_task_group() as tg:
