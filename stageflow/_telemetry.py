@@ -10,7 +10,7 @@ run gets a span, named and attributed as ``tracing/CATALOGUE.md`` documents.
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -23,6 +23,7 @@ __all__ = [
     "ATTEMPT",
     "BRANCH",
     "CANCEL_REASON",
+    "CancelReason",
     "CONDITION_BRANCH",
     "ERROR_HANDLED",
     "ERROR_TYPE",
@@ -76,6 +77,17 @@ CONDITION_BRANCH: Final = "stageflow.condition.branch"
 NEXT_NODE: Final = "stageflow.next"
 SUBPIPELINE: Final = "stageflow.subpipeline.name"
 CANCEL_REASON: Final = "stageflow.cancel.reason"
+CancelReason = Literal[
+    "lost_race",
+    "sibling_failed",
+    "terminal_reached",
+    "session_cancelled",
+    "session_timeout",
+    "max_run_seconds",
+    "suspended",
+    "cancelled",
+]
+"""Every value of ``stageflow.cancel.reason`` (tracing/CATALOGUE.md lists each)."""
 ERROR_TYPE: Final = "error.type"  # OpenTelemetry's semantic convention, not stageflow.*
 ERROR_HANDLED: Final = "stageflow.error.handled"
 REJECT_REASON: Final = "stageflow.input.reject_reason"

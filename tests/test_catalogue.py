@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ def test_every_attribute_the_code_names_is_catalogued_and_back() -> None:
     assert sorted(listed - code) == []
     for name in elsewhere:
         assert f"`{name}`" in CATALOGUE
+
+
+def test_every_cancel_reason_is_catalogued_and_back() -> None:
+    # max_run_seconds was given to cancelled spans and listed nowhere. The
+    # engine's reasons are typed with CancelReason: mypy holds them to it.
+    [row] = [
+        line for line in CATALOGUE.splitlines() if line.startswith("| `stageflow.cancel.reason`")
+    ]
+    description = row.split(" | ")[-1]
+    listed = set(re.findall(r"^`(\w+)`|, `(\w+)`|or `(\w+)`", description))
+    names = {next(n for n in found if n) for found in listed}
+    assert names == set(typing.get_args(stageflow._telemetry.CancelReason))
 
 
 def test_every_metric_is_catalogued_and_back() -> None:

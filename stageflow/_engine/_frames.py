@@ -25,7 +25,7 @@ from stageflow._metrics import Metrics
 from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
-from stageflow._telemetry import Tracing
+from stageflow._telemetry import CancelReason, Tracing
 
 __all__ = [
     "BRANCH",
@@ -281,7 +281,7 @@ class Kernel(Protocol):
     def positions(self, change: int) -> None:
         """Count positions (branches, map workers) that start or end."""
 
-    def cancelling(self, prefix: str, reason: str) -> None:
+    def cancelling(self, prefix: str, reason: CancelReason) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
 
     def not_rerun(self, position: FramePosition) -> None:

@@ -106,6 +106,7 @@ from stageflow._telemetry import (
     STAGE,
     SUBPIPELINE,
     ActiveSpan,
+    CancelReason,
     Tracing,
     active_ids,
     bind_span,
@@ -325,7 +326,7 @@ class Run:
         self._cancel_scope: CancelScopeLike | None = None
         # Path prefix -> why it is cancelled; made when first needed (a live
         # paused session keeps its run: "paused session, memory each" row).
-        self._cancel_reasons: dict[str, str] | None = None
+        self._cancel_reasons: dict[str, CancelReason] | None = None
         self._main = Scope(state.pipeline, 0)
         self._root: Frame | None = None  # the main path's frame while it runs
         # Node log lines are written only into a configured structlog.
@@ -380,13 +381,13 @@ class Run:
         self._unstarted -= counted
         self._state.steps += counted
 
-    def cancelling(self, prefix: str, reason: str) -> None:
+    def cancelling(self, prefix: str, reason: CancelReason) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""
         if self._cancel_reasons is None:
             self._cancel_reasons = {}
         self._cancel_reasons.setdefault(prefix, reason)
 
-    def cancel_reason(self, path: str) -> str:
+    def cancel_reason(self, path: str) -> CancelReason:
         """Why the position at ``path`` is being cancelled (``stageflow.cancel.reason``)."""
         for prefix, reason in (self._cancel_reasons or {}).items():
             if not prefix or path == prefix or path.startswith(f"{prefix}/"):
