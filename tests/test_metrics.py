@@ -181,6 +181,36 @@ async def test_input_waits_waiting_sessions_and_rejections_are_measured(
     }
 
 
+async def test_a_rejected_input_of_a_type_nobody_declares_is_counted_under_one_label(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    # Each invented type was an attribute value of its own: a sender could
+    # make one metric series per type it sent.
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry),
+        registry=registry,
+        meter_provider=meter_provider,
+        validate_events="strict",
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "answer")
+        for n in range(3):
+            with pytest.raises(stageflow.InputRejectedError):
+                session.send_input(f"invented-{n}", {})
+        with pytest.raises(stageflow.InputRejectedError):
+            session.send_input("answer", {"bad": float("nan")})
+        session.send_input("answer", {"text": "yes"})
+    rejected = {
+        (p.attributes["stageflow.input.type"], p.attributes["stageflow.input.reject_reason"]): (
+            p.value
+        )
+        for p in points(reader)["stageflow.inputs.rejected"]
+    }
+    assert rejected == {("(undeclared)", "unknown_type"): 3, ("answer", "not_json"): 1}
+
+
 def test_every_instrument_is_in_the_catalogue() -> None:
     from pathlib import Path
 

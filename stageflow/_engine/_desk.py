@@ -34,6 +34,7 @@ from stageflow._stages import StageEntry
 from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
 __all__ = [
+    "UNDECLARED_INPUT",
     "InputDesk",
     "check_input_type",
     "input_json",
@@ -52,6 +53,10 @@ def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any
     if validator is None:
         return []
     return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
+
+
+UNDECLARED_INPUT: Final = "(undeclared)"
+"""``stageflow.input.type`` of a rejected input whose type no stage declares or awaits."""
 
 
 class InputDesk:
@@ -113,7 +118,11 @@ class InputDesk:
         else:
             self.unrecorded_rejections += 1
         if self.metrics is not None:
-            self.metrics.rejected.add(1, {INPUT_TYPE: type, REJECT_REASON: reason})
+            # A sender's type is a metric attribute only if the pipeline knows it:
+            # one series per random type would let a sender grow the metrics.
+            known = type in self._declared or type in self._broker.waiting_for()
+            label = type if known else UNDECLARED_INPUT
+            self.metrics.rejected.add(1, {INPUT_TYPE: label, REJECT_REASON: reason})
         return InputRejectedError(message, input_type=type, reason=reason)
 
     def history_full(self) -> bool:
