@@ -49,7 +49,10 @@ Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
   building a 2^40-bit integer. Below that, integers stay exact.
 - ``cat`` and ``merge`` may build at most :data:`MAX_SIZE` characters or items;
   beyond it they raise ``JsonLogicError`` (a ``reduce`` that doubles a string or
-  a list would otherwise take all memory).
+  a list would otherwise take all memory). A list a rule holds more than once
+  (a ``reduce`` whose step is ``[acc, acc]`` builds 2^n leaves in n lists) is
+  compared, cleaned of NaN and written as text once, so those take the time of
+  the lists; text made from a list is bounded by :data:`MAX_SIZE` too.
 - ``var`` returns a stored ``null`` as ``None``. The default applies only when a
   key or index is absent. ``missing`` counts ``null`` and ``""`` as missing.
   Path segments select dict keys, list indexes and string characters (``0``,
@@ -308,7 +311,7 @@ def _to_int(value: Any) -> int:
     return int(number)
 
 
-def _to_string(value: Any, depth: int = 0) -> str:
+def _to_string(value: Any, depth: int = 0, done: dict[int, str] | None = None) -> str:
     kind = type(value)
     if kind is str:
         return value  # type: ignore[no-any-return]
@@ -328,7 +331,22 @@ def _to_string(value: Any, depth: int = 0) -> str:
     if kind is list or kind is tuple:
         if depth >= MAX_DEPTH:
             raise _value_too_deep()
-        return ",".join("" if item is None else _to_string(item, depth + 1) for item in value)
+        # A list met again (a rule can build [x, x] over and over: a value with
+        # 2**n leaves in n lists) is written once; the text stays under MAX_SIZE.
+        if done is None:
+            done = {}
+        text = done.get(id(value))
+        if text is None:
+            text = ",".join(
+                "" if item is None else _to_string(item, depth + 1, done) for item in value
+            )
+            if len(text) > MAX_SIZE:
+                raise JsonLogicError(
+                    f"JsonLogic cannot write a list of over {MAX_SIZE:,} characters as text; "
+                    "compare or join smaller parts of it"
+                )
+            done[id(value)] = text
+        return text
     return "[object Object]"
 
 
@@ -371,15 +389,26 @@ def _to_primitive(value: Any) -> Any:
     return "[object Object]" if kind >= _OBJ else value
 
 
-def finite_values(values: list[Any], depth: int = 0) -> list[Any]:
-    """Return ``values`` with NaN and infinities (nested too) replaced by ``None``."""
+def finite_values(
+    values: list[Any], depth: int = 0, done: dict[int, list[Any]] | None = None
+) -> list[Any]:
+    """Return ``values`` with NaN and infinities (nested too) replaced by ``None``.
+
+    A list met again is cleaned once (``done``): a rule can build a value
+    whose lists share items over and over, with far more leaves than lists.
+    """
     out = values
     for i, item in enumerate(values):
         kind = type(item)
         if kind is float:
             new = item if math.isfinite(item) else None
         elif kind is list and depth < MAX_DEPTH:
-            new = finite_values(item, depth + 1)
+            if done is None:
+                done = {}
+            cleaned = done.get(id(item))
+            if cleaned is None:
+                cleaned = done[id(item)] = finite_values(item, depth + 1, done)
+            new = cleaned
         else:
             continue
         if new is not item:
@@ -392,7 +421,7 @@ def finite_values(values: list[Any], depth: int = 0) -> list[Any]:
 # --- equality and ordering ----------------------------------------------------
 
 
-def _strict_eq(a: Any, b: Any, depth: int = 0) -> bool:
+def _strict_eq(a: Any, b: Any, depth: int = 0, equal: set[tuple[int, int]] | None = None) -> bool:
     kind_a = type(a)
     if kind_a is type(b) and kind_a in _SIMPLE:
         return bool(a == b)
@@ -404,13 +433,23 @@ def _strict_eq(a: Any, b: Any, depth: int = 0) -> bool:
             return False
         if depth >= MAX_DEPTH:
             raise _value_too_deep()
+        # Pairs found equal are not compared again: values whose containers
+        # share items over and over compare in the time of their containers.
+        if equal is None:
+            equal = set()
+        elif (id(a), id(b)) in equal:
+            return True
         if kind == _ARR:
-            return all(_strict_eq(x, y, depth + 1) for x, y in zip(a, b, strict=True))
-        for key, item in a.items():
-            other = b.get(key, _MISSING)
-            if other is _MISSING or not _strict_eq(item, other, depth + 1):
-                return False
-        return True
+            same = all(_strict_eq(x, y, depth + 1, equal) for x, y in zip(a, b, strict=True))
+        else:
+            same = all(
+                (other := b.get(key, _MISSING)) is not _MISSING
+                and _strict_eq(item, other, depth + 1, equal)
+                for key, item in a.items()
+            )
+        if same:
+            equal.add((id(a), id(b)))
+        return same
     if kind == _OTHER:
         return a is b
     return bool(a == b)

@@ -36,15 +36,26 @@ SQUARE_FORTY_TIMES = {
 STEPS = {"steps": list(range(40))}
 
 
-def run_isolated(rule: Any, data: Any) -> str:
-    """``apply(rule, data)`` in a subprocess that is killed after 30 s; its printed outcome."""
+def run_isolated(rule: Any, data: Any, *, compiled: bool = False) -> str:
+    """``apply(rule, data)`` in a subprocess that is killed after 30 s; its printed outcome.
+
+    The outcome is the result's ``repr()`` (``list`` for a list), or the error.
+
+    ``compiled``: the compiled evaluator condition nodes use, not ``apply``.
+    """
+    evaluate = (
+        "_jsonlogic_compiled.compile_rule(rule)(data)"
+        if compiled
+        else "jsonlogic.apply(rule, data)"
+    )
     code = textwrap.dedent(
         f"""
         import json
-        from stageflow import JsonLogicError, jsonlogic
+        from stageflow import JsonLogicError, jsonlogic, _jsonlogic_compiled
+        rule, data = json.loads({json.dumps(rule)!r}), json.loads({json.dumps(data)!r})
         try:
-            print(repr(jsonlogic.apply(json.loads({json.dumps(rule)!r}),
-                                       json.loads({json.dumps(data)!r}))))
+            value = {evaluate}
+            print("list" if isinstance(value, list) else repr(value))  # a list may be huge
         except JsonLogicError as exc:
             print("JsonLogicError", exc)
         """
@@ -79,6 +90,39 @@ def test_a_doubling_merge_is_refused_in_bounded_time() -> None:
     outcome = run_isolated(rule, STEPS)
     assert outcome.startswith("JsonLogicError")
     assert "merge" in outcome
+
+
+def _shared_tree(items: int) -> dict[str, Any]:
+    """A reduce whose step is ``[acc, acc]``: ``items`` lists, 2**items leaves."""
+    accumulator = {"var": "accumulator"}
+    return {"reduce": [[0] * items, [accumulator, accumulator], 1.5]}
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["apply", "compiled"])
+@pytest.mark.parametrize(
+    ("rule", "outcome"),
+    [
+        (_shared_tree(60), "list"),
+        ({"==": [_shared_tree(60), _shared_tree(60)]}, "True"),
+        ({"===": [_shared_tree(60), _shared_tree(59)]}, "False"),
+        ({"in": [_shared_tree(60), [1, _shared_tree(60)]]}, "True"),
+        ({"cat": [_shared_tree(60)]}, "JsonLogicError JsonLogic cannot write a list of over"),
+    ],
+    ids=["result", "equal", "unequal", "in", "cat"],
+)
+def test_values_that_share_their_lists_are_walked_in_bounded_time(
+    rule: Any, outcome: str, compiled: bool
+) -> None:
+    # [acc, acc] doubles the leaves each step while adding one list: the
+    # result's NaN clean-up, ==, in and cat walked every leaf (2**60 here).
+    assert run_isolated(rule, {}, compiled=compiled).startswith(outcome)
+
+
+def test_a_result_that_shares_its_lists_is_cleaned_of_nan_everywhere() -> None:
+    accumulator = {"var": "accumulator"}
+    rule = {"reduce": [[0, 0], [accumulator, accumulator], {"/": [0, 0]}]}  # NaN leaves
+    assert jsonlogic.apply(rule) == [[None, None], [None, None]]
+    assert jsonlogic.apply(_shared_tree(2)) == [[1.5, 1.5], [1.5, 1.5]]
 
 
 def test_an_integer_from_the_data_past_the_float_range_is_an_infinity() -> None:
