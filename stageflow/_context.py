@@ -13,7 +13,7 @@ paths it wrote, in order, for the merge at the join.
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any, Final
 
 from stageflow._errors import ContextPathError
@@ -173,6 +173,27 @@ class Context:
         self._assign(container, parts[-1], value, path)
         if self._written is not None:
             self._written[path] = None
+
+    def set_all(self, writes: Sequence[tuple[str, Any]]) -> None:
+        """Store each ``(path, value)`` in order: all of them, or none.
+
+        A node's outputs (a stage's, a subpipeline's results, a map's
+        collected values) are written so: a path that crosses a scalar,
+        found after others were written, would leave those behind. When a
+        later write can fail (two or more writes, one of them nested), they
+        are tried on a fork first, which this context never sees.
+
+        Raises:
+            ContextPathError: as :meth:`set`, and nothing was written.
+        """
+        if len(writes) > 1 and any(
+            len(_PATH_CACHE.get(path) or parse_path(path)) > 1 for path, _ in writes
+        ):
+            trial = self.fork()
+            for path, value in writes:
+                trial.set(path, value)
+        for path, value in writes:
+            self.set(path, value)
 
     @staticmethod
     def _assign(container: Any, part: str, value: Any, path: str) -> None:

@@ -133,13 +133,15 @@ class MapExecutor:
                 failures=[(i, describe_exception(e)) for i, e in failures],
             )
             raise error from first
-        for source, target in node.collect.items():
-            frame.ctx.set(target, run.collected[source])
+        writes = [(target, run.collected[source]) for source, target in node.collect.items()]
         if node.failures_path is not None:
-            frame.ctx.set(
-                node.failures_path,
-                [{"index": i, "error": describe_exception(e)} for i, e in failures],
+            writes.append(
+                (
+                    node.failures_path,
+                    [{"index": i, "error": describe_exception(e)} for i, e in failures],
+                )
             )
+        frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
         return node.next
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:

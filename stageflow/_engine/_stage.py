@@ -27,6 +27,7 @@ from stageflow._engine._inputs import AttemptTimer
 from stageflow._engine._positions import StagePosition
 from stageflow._engine._runtime import StageWork
 from stageflow._errors import (
+    ContextPathError,
     LimitExceededError,
     NodeError,
     NodeTimeoutError,
@@ -36,6 +37,7 @@ from stageflow._errors import (
     error_matches,
 )
 from stageflow._guard import SAFE_INT_BITS, int_too_large
+from stageflow._identity import IdentityCache
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
@@ -312,8 +314,16 @@ class StageExecutor:
                         StageExecutor._write_outputs(node, outputs, frame.ctx)
                         return
                 context = frame.ctx
-                for key, path in node.outputs.items():
-                    context.set(path, outputs[key])
+                mapped = node.outputs
+                try:
+                    if len(mapped) > 1 and _nested(mapped):
+                        # A later path may cross a scalar: all of them or none.
+                        context.set_all([(path, outputs[key]) for key, path in mapped.items()])
+                        return
+                    for key, path in mapped.items():
+                        context.set(path, outputs[key])
+                except ContextPathError as exc:
+                    raise _unwritable(node, exc) from exc
                 return
             StageExecutor._write_outputs(node, outputs, frame.ctx)
         elif outputs is not None and not isinstance(outputs, Mapping):
@@ -366,8 +376,33 @@ class StageExecutor:
                 )
             writes.append((path, copy_json(value)))
         # All outputs were checked: write them all (a failed attempt writes nothing).
-        for path, value in writes:
-            ctx.set(path, value)
+        try:
+            ctx.set_all(writes)
+        except ContextPathError as exc:
+            raise _unwritable(node, exc) from exc
+
+
+# Whether a node's output mapping has a nested path (its writes can fail
+# part-way), by the mapping itself: worked out once per node, not per
+# execution ("sequential stage node" row).
+_NESTED: IdentityCache[bool] = IdentityCache()
+
+
+def _nested(mapped: Mapping[str, str]) -> bool:
+    found = _NESTED.get(mapped)
+    if found is None:
+        found = _NESTED.put(mapped, any("." in path for path in mapped.values()))
+    return found
+
+
+def _unwritable(node: StageNode, exc: ContextPathError) -> StageOutputError:
+    """An output whose path cannot hold it (it crosses a scalar, say): nothing was written."""
+    key = next((k for k, path in node.outputs.items() if path == exc.path), None)
+    return StageOutputError(
+        f"stage {node.stage!r} at node {node.id!r}: output {key!r} cannot be written: {exc} "
+        "(none of the node's outputs was written)",
+        node_id=node.id,
+    )
 
 
 def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:

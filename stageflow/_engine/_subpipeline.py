@@ -91,8 +91,7 @@ class SubpipelineExecutor:
                     node_id=node.id,
                 )
             writes.append((parent_path, scope.artifacts[artifact]))
-        for parent_path, value in writes:
-            frame.ctx.set(parent_path, value)
+        frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
         return node.next
 
     def save(self, kernel: Kernel, run: SubpipelineRun) -> SubpipelinePosition:

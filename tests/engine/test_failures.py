@@ -531,3 +531,74 @@ async def test_a_run_whose_root_span_cannot_start_ends_failed() -> None:
     assert snapshot["outcome"]["error"]["message"].startswith("internal error: RuntimeError")
     restored = stageflow.Session.from_dict(snapshot, registry=registry)
     assert restored.status is stageflow.SessionStatus.FAILED
+
+
+_CHILD = {"entry": "t", "nodes": [{"id": "t", "type": "terminal", "result": {"ok": True}}]}
+
+
+def _set(node_id: str, values: Mapping[str, Any], outputs: Mapping[str, str]) -> dict[str, Any]:
+    node = stage(node_id, "Set", outputs=outputs)
+    node["config"] = {"values": dict(values)}
+    return node
+
+
+@pytest.mark.parametrize(
+    ("node", "body", "error"),
+    [
+        (
+            {**_set("n", {"a": 1, "b": 2}, {"a": "written", "b": "scalar.x"}), "next": "end"},
+            [],
+            "StageOutputError",
+        ),
+        (
+            {**_set("n", {"a": 1, "b": [2]}, {"a": "written", "b": "scalar.x"}), "next": "end"},
+            [],
+            "StageOutputError",
+        ),
+        (
+            {
+                "id": "n",
+                "type": "subpipeline",
+                "pipeline": "child",
+                "result_output": "written",
+                "artifacts": {"ok": "scalar.x"},
+                "next": "end",
+            },
+            [],
+            "ContextPathError",
+        ),
+        (
+            {
+                "id": "n",
+                "type": "map",
+                "items": "lists",
+                "body": "item_body",
+                "collect": {"a": "written", "b": "scalar.x"},
+                "next": "end",
+            },
+            [_set("item_body", {"a": 1, "b": 2}, {"a": "a", "b": "b"})],
+            "ContextPathError",
+        ),
+    ],
+    ids=["stage, scalar outputs", "stage, a list output", "subpipeline", "map"],
+)
+async def test_a_node_whose_later_output_cannot_be_written_writes_none(
+    node: dict[str, Any], body: list[dict[str, Any]], error: str
+) -> None:
+    # The outputs were written one by one: those before the path that crosses
+    # a scalar stayed in the context, and the error edge ran with them there.
+    # A stage's failure was a StageError, not the documented StageOutputError.
+    child = {**_CHILD, "nodes": [{**_CHILD["nodes"][0], "artifacts": ["ok"]}]}
+    recover = {"id": "recover", "type": "terminal", "artifacts": ["error.type"]}
+    document = doc(
+        [{**node, "fallback": "recover"}, *body, recover, terminal()],
+        subpipelines={"child": child},
+    )
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"scalar": 3, "lists": [[1]]}
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"error.type": error}
+    assert "written" not in session.to_dict()["position"]["context"]
