@@ -674,15 +674,19 @@ class _Loader:
         }
 
     def _check_recursion(self, calls: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:
+        # A walk of the call graph with its own stack, not Python's: a chain of
+        # thousands of subpipelines, each calling the next, is refused for its
+        # depth, not with a RecursionError. ``depth``: the deepest call chain
+        # below each subpipeline walked.
         depth: dict[str, int] = {}
-
-        def visit(prefix: str, stack: tuple[str, ...]) -> int:
-            if prefix in depth:
-                return depth[prefix]
-            deepest = 0
-            for node_id, (target, location) in calls.get(prefix, {}).items():
-                if target in stack or target == prefix:
-                    chain = " -> ".join(p.rsplit(".", 1)[-1] for p in (*stack, prefix, target)[1:])
+        path = ["$"]  # the chain being walked, and the same as a set
+        on_path = {"$"}
+        walking = [("$", iter(calls.get("$", {}).items()), 0)]
+        while walking:
+            prefix, children, deepest = walking[-1]
+            for node_id, (target, location) in children:
+                if target in on_path:
+                    chain = " -> ".join(p.rsplit(".", 1)[-1] for p in (*path[1:], target))
                     self.problems.append(
                         Problem(
                             f"{location}.pipeline",
@@ -690,12 +694,24 @@ class _Loader:
                             f"({chain}); recursion is not supported, use a loop or a map",
                         )
                     )
-                    continue
-                deepest = max(deepest, 1 + visit(target, (*stack, prefix)))
-            depth[prefix] = deepest
-            return deepest
+                elif target in depth:
+                    deepest = max(deepest, 1 + depth[target])
+                else:
+                    walking[-1] = (prefix, children, deepest)
+                    walking.append((target, iter(calls.get(target, {}).items()), 0))
+                    path.append(target)
+                    on_path.add(target)
+                    break
+            else:
+                walking.pop()
+                path.pop()
+                on_path.discard(prefix)
+                depth[prefix] = deepest
+                if walking:
+                    above, rest, most = walking[-1]
+                    walking[-1] = (above, rest, max(most, 1 + deepest))
 
-        nesting = visit("$", ())
+        nesting = depth["$"]
         if nesting > self.limits.max_depth and not self.problems:
             self.problems.append(
                 Problem(

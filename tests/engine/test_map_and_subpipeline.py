@@ -506,7 +506,29 @@ def test_recursion_is_rejected() -> None:
             subpipelines={"a": a, "b": b},
         )
     )
-    assert any("recursive" in message for message in found.values())
+    assert any("recursive (a -> b -> a)" in message for message in found.values())
+
+
+def test_a_long_chain_of_subpipelines_is_refused_for_its_depth() -> None:
+    # 2,000 sibling subpipelines, each calling the next: the loader's walk of
+    # the calls recursed once per link and raised a bare RecursionError.
+    links = 2000
+    subpipelines = {
+        f"s{i}": {
+            "entry": "c",
+            "nodes": [
+                {"id": "c", "type": "subpipeline", "pipeline": f"s{i + 1}", "next": "t"},
+                terminal("t"),
+            ],
+        }
+        for i in range(links - 1)
+    }
+    subpipelines[f"s{links - 1}"] = {"entry": "t", "nodes": [terminal("t")]}
+    document = doc(
+        [{"id": "c", "type": "subpipeline", "pipeline": "s0", "next": "end"}, terminal("end")],
+        subpipelines=subpipelines,
+    )
+    assert f"nest {links} levels deep" in problems(document)["$.subpipelines"]
 
 
 def test_problems_inside_subpipelines_are_located_there() -> None:
