@@ -165,20 +165,27 @@ def walk(
 
 
 def node_writes(node: Node) -> set[str]:
-    """The context paths a node writes in the context it runs in."""
+    """The context paths a node writes in the context it runs in.
+
+    Its error edges' ``error_path`` included: a failure they route writes
+    the error's description there.
+    """
     if isinstance(node, StageNode):
-        return set(node.outputs.values())
-    if isinstance(node, SubpipelineNode):
+        written = set(node.outputs.values())
+    elif isinstance(node, SubpipelineNode):
         written = set(node.artifacts.values())
         if node.result_output:
             written.add(node.result_output)
-        return written
-    if isinstance(node, MapNode):
+    elif isinstance(node, MapNode):
         written = set(node.collect.values())
         if node.failures_path:
             written.add(node.failures_path)
-        return written
-    return set()
+    elif isinstance(node, ParallelNode):
+        written = set()
+    else:
+        return set()
+    written.update(handler.error_path for handler in node.error_handlers)
+    return written
 
 
 def _region_writes(start: str, index: Mapping[str, Node], stop: str | None) -> set[str]:

@@ -22,6 +22,7 @@ from fakes import (
 )
 
 import stageflow
+import stageflow.builtins
 
 pytestmark = pytest.mark.anyio
 
@@ -578,3 +579,91 @@ def test_unmapped_child_artifact_is_a_load_error() -> None:
         subpipelines={"approval": CHILD},
     )
     assert "returns artifact 'ghost'" in problems(document)["$.nodes[0].artifacts.ghost"]
+
+
+_FAILING = {
+    "entry": "f",
+    "nodes": [
+        {
+            "id": "f",
+            "type": "stage",
+            "stage": "builtins.fail",
+            "config": {"message": "no"},
+            "next": "t",
+        },
+        terminal("t"),
+    ],
+}
+
+
+def _recovering_branches(error_paths: tuple[str, str]) -> dict[str, Any]:
+    branches: list[dict[str, Any]] = []
+    for side, error_path in zip(("l", "r"), error_paths, strict=True):
+        branches += [
+            {
+                "id": side,
+                "type": "subpipeline",
+                "pipeline": "failing",
+                "on_error": [{"next": f"{side}_ok", "error_path": error_path}],
+            },
+            {
+                "id": f"{side}_ok",
+                "type": "stage",
+                "stage": "builtins.set",
+                "config": {"value": side},
+                "outputs": {"value": side},
+            },
+        ]
+    return doc(
+        [
+            {"id": "fan", "type": "parallel", "children": ["l", "r"], "next": "end"},
+            *branches,
+            terminal("end", "l", "r"),
+        ],
+        subpipelines={"failing": _FAILING},
+    )
+
+
+async def test_what_error_edges_write_counts_in_the_branch_write_check() -> None:
+    # Two branches that each recovered through an error edge writing 'error'
+    # passed the load check, then failed at the join with MergeConflictError.
+    registry = stageflow.builtins.registry()
+    with pytest.raises(stageflow.PipelineValidationError) as refused:
+        stageflow.Pipeline.from_dict(_recovering_branches(("error", "error")), registry=registry)
+    [problem] = refused.value.problems
+    assert problem.location == "$.nodes[0].children"
+    assert "branches 'l' and 'r' can both write 'error'" in problem.message
+    pipeline = stageflow.Pipeline.from_dict(
+        _recovering_branches(("l_error", "r_error")), registry=registry
+    )
+    result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"l": "l", "r": "r"}
+
+
+async def test_a_map_may_collect_what_its_bodys_error_edge_writes() -> None:
+    # It was refused at load: "collects 'error', which no node of its body writes".
+    document = doc(
+        [
+            {
+                "id": "m",
+                "type": "map",
+                "items": "items",
+                "body": "s",
+                "collect": {"error.message": "messages"},
+                "next": "end",
+            },
+            {"id": "s", "type": "subpipeline", "pipeline": "failing", "fallback": "noted"},
+            {"id": "noted", "type": "stage", "stage": "builtins.log", "config": {}},
+            terminal("end", "messages"),
+        ],
+        subpipelines={"failing": _FAILING},
+    )
+    registry = stageflow.builtins.registry()
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    result = await stageflow.Session(pipeline, registry=registry, payload={"items": [1, 2]}).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert [m.split(":")[-1].split("(")[0].strip() for m in result.artifacts["messages"]] == [
+        "no",
+        "no",
+    ]
