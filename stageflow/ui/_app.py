@@ -381,8 +381,13 @@ class Inspector:
         try:
             payload = check_input(loaded.view, type, text)
             record = await source.store.send_input(session_id, type, payload)
-        except (InputRefusedError, SessionFinishedError) as exc:
-            refused = exc if isinstance(exc, InputRefusedError) else InputRefusedError(str(exc))
+        except (InputRefusedError, SessionFinishedError, stageflow.InputRejectedError) as exc:
+            if isinstance(exc, InputRefusedError):
+                refused = exc
+            elif isinstance(exc, SessionFinishedError):
+                refused = InputRefusedError(str(exc))
+            else:  # the store's own check (a lone surrogate in a string, ...)
+                refused = InputRefusedError(f"{exc}; nothing was sent")
             return await self.session_page(
                 request, session_id, refused=refused, sent={type: text}, status=422
             )

@@ -211,13 +211,29 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
             f"the payload of input {type!r} is not JSON: {exc.msg} at line {exc.lineno} "
             f'column {exc.colno}; nothing was sent. Quote strings ("yes")'
         ) from exc
+    except ValueError as exc:  # an integer with more digits than Python converts
+        raise InputRefusedError(
+            f"the payload of input {type!r} cannot be read: {str(exc).split(':')[0]}; "
+            "nothing was sent. Send a number that long as a string"
+        ) from exc
+    except RecursionError as exc:
+        raise InputRefusedError(
+            f"the payload of input {type!r} is nested too deeply to read; nothing was "
+            "sent. Send a flatter payload"
+        ) from exc
     schema = forms[type].schema
     if schema is not None:
         validator = jsonschema.validators.validator_for(schema)(schema)
-        problems = tuple(
-            f"{e.json_path}: {e.message}"
-            for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.path))
-        )
+        try:
+            problems = tuple(
+                f"{e.json_path}: {e.message}"
+                for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.path))
+            )
+        except RecursionError as exc:
+            raise InputRefusedError(
+                f"the payload of input {type!r} is nested too deeply to check against its "
+                "schema; nothing was sent. Send a flatter payload"
+            ) from exc
         if problems:
             raise InputRefusedError(
                 f"the payload of input {type!r} does not match the schema the session "

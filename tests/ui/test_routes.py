@@ -342,6 +342,28 @@ async def test_a_refused_input_changes_nothing_and_says_why(
     assert await inbox_head(store_url, "waiting-1") == 0
 
 
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ('{"approved": true, "note": "\\ud800"}', "not a JSON value"),
+        ('{"approved": true, "n": ' + "1" * 5000 + "}", "Send a number that long as a string"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+    ids=["lone-surrogate", "5000-digit-int", "nested-100000-deep"],
+)
+async def test_a_payload_the_store_cannot_take_is_refused_with_the_reason(
+    make_client: Client, store_url: str, payload: str, message: str
+) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post(
+        "/sessions/waiting-1/input", data={"type": "approval", "payload": payload}
+    )
+    assert response.status_code == 422
+    assert message in response.text
+    assert "nothing was sent" in response.text
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
 async def test_input_to_a_finished_session_is_refused(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
