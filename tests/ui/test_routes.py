@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import os
 import re
+import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -406,6 +409,52 @@ async def test_snapshot_directory_lists_sessions_and_unreadable_files(
     waiting = (await client.get("/sessions/waiting-1")).text
     assert "state-waiting" in node_classes(waiting, "review")
     assert "Snapshot files take no actions" in waiting
+
+
+def copy_snapshots(ui_data: Path, directory: Path) -> Path:
+    """A copy of the snapshot directory (``done-1``, ``failed-1``, ``waiting-1``, ``broken``)."""
+    shutil.copytree(ui_data / "snaps", directory)
+    return directory
+
+
+async def test_a_fifo_in_a_snapshot_directory_is_listed_as_unreadable_not_opened(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    fifo = snaps / "zz-pipe.json"
+    os.mkfifo(fifo)
+    # A writer waits for the FIFO to be opened: an inspector that opens it reads an
+    # empty file (and would block for ever without this writer) instead of skipping it.
+    writer = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)))
+    writer.start()
+    try:
+        page = (await make_client(snapshots=snaps).get("/sessions")).text
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer go
+        writer.join()
+    rows = re.findall(r'<tr data-session="([^"]+)"', page)
+    assert sorted(rows) == ["done-1", "failed-1", "waiting-1"]
+    assert "zz-pipe.json: not a regular file (a FIFO)" in page
+
+
+async def test_snapshot_files_are_read_off_the_event_loop(
+    make_client: Client, ui_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    loop_thread = threading.get_ident()
+    parsed_in: list[int] = []
+    loads = json.loads
+
+    def spy(text: str | bytes, **options: Any) -> Any:
+        if '"session_id"' in (text if isinstance(text, str) else text.decode(errors="replace")):
+            parsed_in.append(threading.get_ident())
+        return loads(text, **options)
+
+    monkeypatch.setattr(json, "loads", spy)
+    response = await make_client(snapshots=snaps).get("/sessions")
+    assert response.status_code == 200
+    assert len(parsed_in) == 3  # done-1, failed-1, waiting-1
+    assert loop_thread not in parsed_in
 
 
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
