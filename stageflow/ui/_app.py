@@ -105,6 +105,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def session_path(session_id: str) -> str:
+    """A session id as one path segment, for the pages' links and forms.
+
+    Every character but letters, digits and ``-._~`` is percent-encoded, ``/``
+    included: a browser then keeps ``a/../b`` as it is. The routes take the
+    rest of the path as the id, so ``/sessions/orders/42`` works too.
+    """
+    return urllib.parse.quote(session_id, safe="")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
@@ -117,6 +127,7 @@ def _environment() -> jinja2.Environment:
         value, indent=2, ensure_ascii=False, default=_plain
     )
     env.filters["compact"] = lambda value: json.dumps(value, ensure_ascii=False, default=_plain)
+    env.filters["id_path"] = session_path
     env.filters["short_time"] = lambda text: str(text)[:19].replace("T", " ") if text else ""
     return env
 
@@ -254,11 +265,11 @@ class Inspector:
             problems=problems,
             filters=filters,
             statuses=_STATUSES,
-            stream=f"/sessions/stream?{query}&fp={_fingerprint(body)}",
+            stream=f"/live/sessions?{query}&fp={_fingerprint(body)}",
         )
 
     async def sessions_stream(self, request: Request) -> Response:
-        """GET /sessions/stream: server-sent ``rows`` events whenever the list changes."""
+        """GET /live/sessions: server-sent ``rows`` events whenever the list changes."""
         source = self.need_source()
         filters = self.filters(request)
         last = request.query_params.get("fp", "")
@@ -331,11 +342,11 @@ class Inspector:
             sent=sent or {},
             notice=request.query_params.get("notice", ""),
             jaeger=self.jaeger_link,
-            stream=f"/sessions/{urllib.parse.quote(session_id)}/stream?fp={fp}",
+            stream=f"/live/sessions/{session_path(session_id)}?fp={fp}",
         )
 
     async def session_stream(self, request: Request) -> Response:
-        """GET /sessions/{id}/stream: a ``changed`` event when the session is saved again."""
+        """GET /live/sessions/{id}: a ``changed`` event when the session is saved again."""
         source = self.need_source()
         session_id = request.path_params["session_id"]
         known = request.query_params.get("fp", "")
@@ -371,7 +382,7 @@ class Inspector:
         return source
 
     async def send_input(self, request: Request) -> Response:
-        """POST /sessions/{id}/input: check the input, store it, back to the page."""
+        """POST /actions/input/{id}: check the input, store it, back to the page."""
         source = self._check_action(request)
         session_id = request.path_params["session_id"]
         form = await _form(request)
@@ -394,13 +405,12 @@ class Inspector:
         log.info("ui.input_sent", session_id=session_id, type=type, seq=record.seq)
         notice = f"input {type!r} stored as #{record.seq}; a worker delivers it"
         return RedirectResponse(
-            f"/sessions/{urllib.parse.quote(session_id)}?"
-            + urllib.parse.urlencode({"notice": notice}),
+            f"/sessions/{session_path(session_id)}?" + urllib.parse.urlencode({"notice": notice}),
             status_code=303,
         )
 
     async def cancel(self, request: Request) -> Response:
-        """POST /sessions/{id}/cancel: store a cancel request, back to the page."""
+        """POST /actions/cancel/{id}: store a cancel request, back to the page."""
         source = self._check_action(request)
         session_id = request.path_params["session_id"]
         form = await _form(request)
@@ -414,8 +424,7 @@ class Inspector:
         log.info("ui.cancel_sent", session_id=session_id, seq=record.seq)
         notice = f"cancel request stored as #{record.seq}; a worker ends the session"
         return RedirectResponse(
-            f"/sessions/{urllib.parse.quote(session_id)}?"
-            + urllib.parse.urlencode({"notice": notice}),
+            f"/sessions/{session_path(session_id)}?" + urllib.parse.urlencode({"notice": notice}),
             status_code=303,
         )
 
@@ -515,15 +524,17 @@ def create_app(config: InspectorConfig) -> Starlette:
                 with anyio.CancelScope(shield=True):
                     await inspector.source.aclose()
 
+    # A session id is any text, "/" included: each route that names one takes the rest
+    # of the path as the id, so what is done to the session comes before it.
     routes = [
         Route("/", inspector.home),
         Route("/healthz", inspector.health),
         Route("/sessions", inspector.sessions),
-        Route("/sessions/stream", inspector.sessions_stream),
-        Route("/sessions/{session_id:str}", inspector.session),
-        Route("/sessions/{session_id:str}/stream", inspector.session_stream),
-        Route("/sessions/{session_id:str}/input", inspector.send_input, methods=["POST"]),
-        Route("/sessions/{session_id:str}/cancel", inspector.cancel, methods=["POST"]),
+        Route("/sessions/{session_id:path}", inspector.session),
+        Route("/live/sessions", inspector.sessions_stream),
+        Route("/live/sessions/{session_id:path}", inspector.session_stream),
+        Route("/actions/input/{session_id:path}", inspector.send_input, methods=["POST"]),
+        Route("/actions/cancel/{session_id:path}", inspector.cancel, methods=["POST"]),
         Route("/pipelines", inspector.pipelines),
         Route("/pipelines/{file:str}", inspector.pipeline),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,7 @@ async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> lis
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": path,
+        "path": urllib.parse.unquote(path),  # as a server decodes it (%2F included)
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "headers": [(b"host", b"testserver")],
@@ -262,7 +263,7 @@ async def test_sessions_stream_sends_the_rows_again_when_a_session_changes(
         await SessionService(store).start(ui_support.approval_pipeline(), session_id="new-1")
 
     try:
-        first, second = await sse_messages(app, "/sessions/stream?fp=stale", 2, change)
+        first, second = await sse_messages(app, "/live/sessions?fp=stale", 2, change)
     finally:
         await store.aclose()
     assert first.startswith("event: rows")
@@ -283,15 +284,72 @@ async def test_session_stream_says_changed_when_the_session_is_saved_again(
             poked.append((await store.send_input("waiting-1", "approval", {})).seq)
 
         with anyio.move_on_after(0.3):  # nothing changed: no event (checked for a while)
-            await sse_messages(app, f"/sessions/waiting-1/stream?fp={fp}", 1)
+            await sse_messages(app, f"/live/sessions/waiting-1?fp={fp}", 1)
             pytest.fail("a changed event came without a change")
         async with anyio.create_task_group() as tg:
             tg.start_soon(send)
-            messages = await sse_messages(app, f"/sessions/waiting-1/stream?fp={fp}", 1)
+            messages = await sse_messages(app, f"/live/sessions/waiting-1?fp={fp}", 1)
     finally:
         await store.aclose()
     assert poked == [1]
     assert messages[0].startswith("event: changed")
+
+
+ODD_IDS = ("orders/42", "orders/42/stream", "stream", "x/../y", "a b?c#d%2F", "über")
+
+
+@pytest.fixture
+async def odd_ids_url(tmp_path: Path) -> str:
+    """A store whose sessions, waiting for ``approval``, have ids that are awkward in a path."""
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    store = open_store(url)
+    try:
+        service = SessionService(store, registry=ui_support.registry)
+        for sid in ODD_IDS:
+            await service.start(
+                ui_support.approval_pipeline(), payload={"title": "t"}, session_id=sid
+            )
+        await ui_support.run_worker_until(store, service, dict.fromkeys(ODD_IDS, False))
+    finally:
+        await store.aclose()
+    return url
+
+
+async def test_any_session_id_opens_its_page_stream_and_actions(
+    make_client: Client, odd_ids_url: str
+) -> None:
+    client = make_client(store_url=odd_ids_url, allow_actions=True)
+    listing = (await client.get("/sessions")).text
+    app = client._transport.app  # type: ignore[attr-defined]
+    for sid in ODD_IDS:
+        found = re.search(
+            rf'<tr data-session="{re.escape(html.escape(sid))}"[^>]*>\s*<td><a href="([^"]*)"',
+            listing,
+        )
+        assert found is not None, sid
+        page = await client.get(html.unescape(found.group(1)))
+        assert page.status_code == 200, sid
+        assert f"<title>Session {html.escape(sid)} · stageflow ui</title>" in page.text
+        stream = re.search(r'data-stream="([^"]*)"', page.text)
+        assert stream is not None
+        url = re.sub(r"fp=[^&]*", "fp=stale", html.unescape(stream.group(1)))
+        (changed,) = await sse_messages(app, url, 1)
+        assert changed.startswith("event: changed"), sid
+        action = re.search(r'<form class="input-form" method="post" action="([^"]*)"', page.text)
+        assert action is not None
+        sent = await client.post(
+            html.unescape(action.group(1)), data={"type": "approval", "payload": "{}"}
+        )
+        assert sent.status_code == 422  # the schema needs "approved": the id was found
+        assert f"Session <code>{html.escape(sid)}</code>" in sent.text
+        cancel = re.search(r'<form class="cancel-form" method="post" action="([^"]*)"', page.text)
+        assert cancel is not None
+        done = await client.post(html.unescape(cancel.group(1)), data={"reason": "test"})
+        assert done.status_code == 303
+        back = await client.get(done.headers["location"])
+        assert f"<title>Session {html.escape(sid)} · stageflow ui</title>" in back.text
+    for sid in ODD_IDS:
+        assert await inbox_head(odd_ids_url, sid) == 1  # its own cancel request, no other
 
 
 # -------------------------------------------------------------------------- actions
@@ -300,11 +358,11 @@ async def test_session_stream_says_changed_when_the_session_is_saved_again(
 async def test_sending_needs_allow_actions(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": "approval", "payload": '{"approved": true}'}
+        "/actions/input/waiting-1", data={"type": "approval", "payload": '{"approved": true}'}
     )
     assert response.status_code == 403
     assert "--allow-actions" in response.text
-    assert (await client.post("/sessions/waiting-1/cancel")).status_code == 403
+    assert (await client.post("/actions/cancel/waiting-1")).status_code == 403
     assert await inbox_head(store_url, "waiting-1") == 0
 
 
@@ -313,7 +371,7 @@ async def test_a_valid_input_is_stored_and_the_page_says_so(
 ) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input",
+        "/actions/input/waiting-1",
         data={"type": "approval", "payload": '{"approved": true, "note": "fine"}'},
     )
     assert response.status_code == 303
@@ -337,7 +395,7 @@ async def test_a_refused_input_changes_nothing_and_says_why(
 ) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": type, "payload": payload}
+        "/actions/input/waiting-1", data={"type": type, "payload": payload}
     )
     assert response.status_code == 422
     assert message in response.text
@@ -359,7 +417,7 @@ async def test_a_payload_the_store_cannot_take_is_refused_with_the_reason(
 ) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": "approval", "payload": payload}
+        "/actions/input/waiting-1", data={"type": "approval", "payload": payload}
     )
     assert response.status_code == 422
     assert message in response.text
@@ -370,18 +428,18 @@ async def test_a_payload_the_store_cannot_take_is_refused_with_the_reason(
 async def test_input_to_a_finished_session_is_refused(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/done-1/input", data={"type": "approval", "payload": '{"approved": true}'}
+        "/actions/input/done-1", data={"type": "approval", "payload": '{"approved": true}'}
     )
     assert response.status_code == 422
     assert "does not wait for input" in response.text
-    response = await client.post("/sessions/done-1/cancel", data={"reason": "late"})
+    response = await client.post("/actions/cancel/done-1", data={"reason": "late"})
     assert response.status_code == 422
     assert "is completed" in response.text
 
 
 async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
-    response = await client.post("/sessions/waiting-1/cancel", data={"reason": "not needed"})
+    response = await client.post("/actions/cancel/waiting-1", data={"reason": "not needed"})
     assert response.status_code == 303
     assert await inbox_head(store_url, "waiting-1") == 1
 
@@ -389,7 +447,7 @@ async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: st
 async def test_a_form_from_another_site_cannot_act(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/cancel", headers={"origin": "http://evil.example"}
+        "/actions/cancel/waiting-1", headers={"origin": "http://evil.example"}
     )
     assert response.status_code == 403
     assert await inbox_head(store_url, "waiting-1") == 0
@@ -474,7 +532,7 @@ async def test_a_snapshot_that_does_not_load_is_a_422_page(
 async def test_a_snapshot_file_takes_no_actions(make_client: Client, ui_data: Path) -> None:
     client = make_client(snapshots=ui_data / "snaps" / "waiting-1.json", allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": "approval", "payload": "{}"}
+        "/actions/input/waiting-1", data={"type": "approval", "payload": "{}"}
     )
     assert response.status_code == 403
     assert "open a store" in response.text
