@@ -53,7 +53,15 @@ from stageflow.ui._pipelines import (
     load_coverage,
     read_pipeline_file,
 )
-from stageflow.ui._sources import Filters, Loaded, SnapshotSource, Source, StoreSource, check_input
+from stageflow.ui._sources import (
+    Filters,
+    Loaded,
+    SessionRow,
+    SnapshotSource,
+    Source,
+    StoreSource,
+    check_input,
+)
 
 __all__ = ["InspectorConfig", "create_app"]
 
@@ -179,6 +187,11 @@ class EventStream(StreamingResponse):
             tg.cancel_scope.cancel()
 
 
+def _data(text: str) -> str:
+    """``text`` as the data lines of a server-sent event (one ``data:`` line per line)."""
+    return "".join(f"data: {line}\n" for line in text.splitlines() or [""])
+
+
 def _fingerprint(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -269,24 +282,44 @@ class Inspector:
         )
 
     async def sessions_stream(self, request: Request) -> Response:
-        """GET /live/sessions: server-sent ``rows`` events whenever the list changes."""
+        """GET /live/sessions: server-sent ``rows`` events whenever the list changes.
+
+        The first look at the store comes before the response starts, so a
+        store that cannot be read is the 503 page. Later, a failing look sends
+        a ``problem`` event with the store's message (and an empty one when it
+        reads again) and the stream goes on looking.
+        """
         source = self.need_source()
         filters = self.filters(request)
         last = request.query_params.get("fp", "")
         template = self.env.get_template("_rows.html")
+        first, _ = await source.rows(filters, _LIMIT)
 
         async def changes() -> AsyncIterator[str]:
             nonlocal last
             yield "retry: 2000\n\n"
+            rows: list[SessionRow] | None = first
+            problem = ""
             while True:
-                rows, _ = await source.rows(filters, _LIMIT)
-                body = template.render(rows=rows)
-                fp = _fingerprint(body)
-                if fp != last:
-                    last = fp
-                    data = "".join(f"data: {line}\n" for line in body.splitlines())
-                    yield f"event: rows\nid: {fp}\n{data}\n"
+                if rows is not None:
+                    body = template.render(rows=rows)
+                    fp = _fingerprint(body)
+                    if fp != last:
+                        last = fp
+                        yield f"event: rows\nid: {fp}\n{_data(body)}\n"
                 await anyio.sleep(self.config.refresh)
+                try:
+                    rows, _ = await source.rows(filters, _LIMIT)
+                except (StoreError, InspectorError) as exc:
+                    rows = None
+                    if str(exc) != problem:
+                        problem = str(exc)
+                        log.warning("ui.live_update_failed", path=request.url.path, error=problem)
+                        yield f"event: problem\n{_data(problem)}\n"
+                    continue
+                if problem:
+                    problem = ""
+                    yield "event: problem\ndata: \n\n"
 
         return EventStream(changes())
 
@@ -346,19 +379,43 @@ class Inspector:
         )
 
     async def session_stream(self, request: Request) -> Response:
-        """GET /live/sessions/{id}: a ``changed`` event when the session is saved again."""
+        """GET /live/sessions/{id}: a ``changed`` event when the session is saved again.
+
+        An unknown session is the 404 page (looked up before the response
+        starts); one that disappears later (purged, its file removed) gets a
+        ``gone`` event and the stream ends. A look that fails otherwise sends a
+        ``problem`` event, as on the sessions page, and the stream goes on.
+        """
         source = self.need_source()
         session_id = request.path_params["session_id"]
         known = request.query_params.get("fp", "")
+        first = await source.fingerprint(session_id)
 
         async def changes() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
+            fp: str | None = first
+            problem = ""
             while True:
-                fp = await source.fingerprint(session_id)
-                if fp != known:
+                if fp is not None and fp != known:
                     yield f"event: changed\ndata: {fp}\n\n"
                     return
                 await anyio.sleep(self.config.refresh)
+                try:
+                    fp = await source.fingerprint(session_id)
+                except SessionNotFoundError as exc:
+                    log.info("ui.session_gone", session_id=session_id)
+                    yield f"event: gone\n{_data(str(exc))}\n"
+                    return
+                except (StoreError, InspectorError) as exc:
+                    fp = None
+                    if str(exc) != problem:
+                        problem = str(exc)
+                        log.warning("ui.live_update_failed", path=request.url.path, error=problem)
+                        yield f"event: problem\n{_data(problem)}\n"
+                    continue
+                if problem:
+                    problem = ""
+                    yield "event: problem\ndata: \n\n"
 
         return EventStream(changes())
 

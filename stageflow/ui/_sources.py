@@ -300,7 +300,12 @@ class StoreSource:
             limit=_MAX_ROWS,
         )
         found.sort(key=lambda r: r.updated_at, reverse=True)
-        rows = [self._row(r, *await self._details_of(r)) for r in found[:limit]]
+        rows = []
+        for row in found[:limit]:
+            try:
+                rows.append(self._row(row, *await self._details_of(row)))
+            except SessionNotFoundError:
+                continue  # purged since it was listed
         problems = (
             [f"more than {_MAX_ROWS} sessions match: filter to see the others"]
             if len(found) >= _MAX_ROWS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import html
 import json
 import os
@@ -23,7 +24,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import stageflow
-from stageflow.store import SessionService, SessionStore, open_store
+from stageflow.store import (
+    SessionNotFoundError,
+    SessionService,
+    SessionStore,
+    StoreUnavailableError,
+    open_store,
+)
 from stageflow.testing import measure_coverage
 from stageflow.ui import InspectorConfig, create_app
 from stageflow.ui._inspect import event_objects
@@ -212,8 +219,11 @@ async def test_an_unexpected_error_is_a_500_page_without_details(
     assert "Traceback" not in response.text
 
 
-async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> list[str]:
-    """The first ``count`` server-sent events of ``path``; ``then()`` runs after the first."""
+async def sse_messages(
+    app: Any, path: str, count: int, then: Any = None, *, started: Any = None
+) -> list[str]:
+    """The first ``count`` server-sent events of ``path``; ``then()`` runs after the first,
+    ``started()`` once the response has begun (its ``retry`` line is sent)."""
     messages: list[str] = []
     done = anyio.Event()
     path, _, query = path.partition("?")
@@ -240,6 +250,8 @@ async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> lis
         if done.is_set():
             raise OSError("the client went away")  # how an ASGI server reports it
         body = message.get("body", b"").decode()
+        if body.startswith("retry:") and started is not None:
+            await started()
         if "event:" in body:
             messages.append(body)
             if len(messages) == 1 and then is not None:
@@ -350,6 +362,118 @@ async def test_any_session_id_opens_its_page_stream_and_actions(
         assert f"<title>Session {html.escape(sid)} · stageflow ui</title>" in back.text
     for sid in ODD_IDS:
         assert await inbox_head(odd_ids_url, sid) == 1  # its own cancel request, no other
+
+
+async def test_the_live_stream_of_an_unknown_session_is_a_404_page(
+    make_client: Client, store_url: str
+) -> None:
+    with anyio.fail_after(10):  # not a stream that starts and then breaks
+        response = await make_client(store_url=store_url).get("/live/sessions/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "no stored session has id &#39;nope&#39;" in response.text
+
+
+async def test_the_live_stream_of_an_unreachable_store_is_a_503_page(
+    make_client: Client, tmp_path: Path
+) -> None:
+    client = make_client(store_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    with anyio.fail_after(10):
+        response = await client.get("/live/sessions")
+    assert response.status_code == 503
+    assert "cannot open the SQLite store" in response.text
+
+
+async def test_a_session_purged_while_its_page_is_open_gets_a_gone_event(
+    store_url: str,
+) -> None:
+    store = open_store(store_url)
+    app = create_app(InspectorConfig(store=store, refresh=0.01))
+
+    async def purge() -> None:
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        assert await store.purge(finished_before=later, inputs_before=later) >= 1
+
+    try:
+        fp = f"{(await store.get('done-1')).version}.{(await store.get('done-1')).inbox_head}"
+        (gone,) = await sse_messages(
+            app, f"/live/sessions/done-1?fp={fp}.completed.", 1, started=purge
+        )
+    finally:
+        await store.aclose()
+    assert gone.startswith("event: gone\n")
+    assert "no stored session has id 'done-1'" in gone
+
+
+class FlakyStore:
+    """A store whose second look (a listing, or a session's row) fails, then reads again."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def _look(self) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise StoreUnavailableError("the store is down for this test; wait")
+
+    async def list_sessions(self, **options: Any) -> Any:
+        self._look()
+        return await self.store.list_sessions(**options)
+
+    async def get(self, session_id: str) -> Any:
+        self._look()
+        return await self.store.get(session_id)
+
+
+class PurgingStore:
+    """A store that purges ``failed-1`` between listing it and loading it."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def load(self, session_id: str) -> Any:
+        if session_id == "failed-1":
+            raise SessionNotFoundError(session_id)
+        return await self.store.load(session_id)
+
+
+async def test_a_session_purged_while_the_list_is_read_is_left_out(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store=PurgingStore(open_store(store_url)))
+    response = await client.get("/sessions")
+    assert response.status_code == 200
+    assert re.findall(r'<tr data-session="([^"]+)"', response.text) == ["done-1", "waiting-1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "first"),
+    [("/live/sessions?fp=stale", "event: rows"), ("/live/sessions/waiting-1?fp=", None)],
+)
+async def test_a_store_error_during_a_live_stream_is_a_problem_event_and_it_goes_on(
+    store_url: str, path: str, first: str | None
+) -> None:
+    store = open_store(store_url)
+    app = create_app(InspectorConfig(store=FlakyStore(store), refresh=0.01))  # type: ignore[arg-type]
+    try:
+        if first is None:  # the session stream: no change until the fingerprint is right
+            row = await store.get("waiting-1")
+            path += f"{row.version}.{row.inbox_head}.waiting."
+        messages = await sse_messages(app, path, 3 if first else 2)
+    finally:
+        await store.aclose()
+    if first:
+        assert messages.pop(0).startswith(first)
+    down, back = messages
+    assert down == "event: problem\ndata: the store is down for this test; wait\n\n"
+    assert back == "event: problem\ndata: \n\n"
 
 
 # -------------------------------------------------------------------------- actions
