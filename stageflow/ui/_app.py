@@ -192,6 +192,23 @@ def _data(text: str) -> str:
     return "".join(f"data: {line}\n" for line in text.splitlines() or [""])
 
 
+# The notices a session page shows after the app's own redirect, by code: the page
+# never shows text from its address, which anyone can write into a link.
+_NOTICES = {
+    "input-stored": "input #{seq} stored; a worker delivers it",
+    "cancel-stored": "cancel request stored as #{seq}; a worker ends the session",
+}
+
+
+def _notice(query: Mapping[str, str]) -> str:
+    """The notice ``?notice=CODE&seq=N`` stands for; empty for anything else."""
+    template = _NOTICES.get(query.get("notice", ""))
+    seq = query.get("seq", "")
+    if template is None or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
+        return ""
+    return template.format(seq=int(seq))
+
+
 def _fingerprint(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -373,7 +390,7 @@ class Inspector:
             can_act=self.config.allow_actions and source.kind == "store" and not finished,
             refused=refused,
             sent=sent or {},
-            notice=request.query_params.get("notice", ""),
+            notice=_notice(request.query_params),
             jaeger=self.jaeger_link,
             stream=f"/live/sessions/{session_path(session_id)}?fp={fp}",
         )
@@ -460,9 +477,9 @@ class Inspector:
                 request, session_id, refused=refused, sent={type: text}, status=422
             )
         log.info("ui.input_sent", session_id=session_id, type=type, seq=record.seq)
-        notice = f"input {type!r} stored as #{record.seq}; a worker delivers it"
         return RedirectResponse(
-            f"/sessions/{session_path(session_id)}?" + urllib.parse.urlencode({"notice": notice}),
+            f"/sessions/{session_path(session_id)}?"
+            + urllib.parse.urlencode({"notice": "input-stored", "seq": record.seq}),
             status_code=303,
         )
 
@@ -479,9 +496,9 @@ class Inspector:
                 request, session_id, refused=InputRefusedError(str(exc)), status=422
             )
         log.info("ui.cancel_sent", session_id=session_id, seq=record.seq)
-        notice = f"cancel request stored as #{record.seq}; a worker ends the session"
         return RedirectResponse(
-            f"/sessions/{session_path(session_id)}?" + urllib.parse.urlencode({"notice": notice}),
+            f"/sessions/{session_path(session_id)}?"
+            + urllib.parse.urlencode({"notice": "cancel-stored", "seq": record.seq}),
             status_code=303,
         )
 

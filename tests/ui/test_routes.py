@@ -57,6 +57,12 @@ def edge_classes(page: str, source: str, target: str) -> set[str]:
     return set(found.group(1).split())
 
 
+def notice_of(page: str) -> str | None:
+    """The text of a page's notice box, if it has one."""
+    found = re.search(r'<p class="message notice" role="status">(.*?)</p>', page)
+    return html.unescape(found.group(1)) if found else None
+
+
 async def inbox_head(url: str, session_id: str) -> int:
     store = open_store(url)
     try:
@@ -501,7 +507,7 @@ async def test_a_valid_input_is_stored_and_the_page_says_so(
     assert response.status_code == 303
     assert await inbox_head(store_url, "waiting-1") == 1
     page = await client.get(response.headers["location"])
-    assert "input &#39;approval&#39; stored as #1" in page.text
+    assert "input #1 stored; a worker delivers it" in page.text
 
 
 @pytest.mark.parametrize(
@@ -566,6 +572,25 @@ async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: st
     response = await client.post("/actions/cancel/waiting-1", data={"reason": "not needed"})
     assert response.status_code == 303
     assert await inbox_head(store_url, "waiting-1") == 1
+
+
+async def test_a_session_page_shows_only_the_notices_the_inspector_issues(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post("/actions/cancel/waiting-1", data={"reason": "not needed"})
+    assert response.headers["location"] == "/sessions/waiting-1?notice=cancel-stored&seq=1"
+    page = (await client.get(response.headers["location"])).text
+    assert notice_of(page) == "cancel request stored as #1; a worker ends the session"
+    for query in (
+        "notice=Re-enter+your+password+at+http://evil.example",
+        "notice=input-stored&seq=call+us",
+        "notice=input-stored",
+        "seq=1",
+    ):
+        page = (await client.get(f"/sessions/waiting-1?{query}")).text
+        assert notice_of(page) is None, query
+        assert "evil.example" not in page
 
 
 async def test_a_form_from_another_site_cannot_act(make_client: Client, store_url: str) -> None:

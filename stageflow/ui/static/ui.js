@@ -23,6 +23,7 @@
       } else {
         const url = new URL(window.location.href);
         url.searchParams.delete("notice");
+        url.searchParams.delete("seq");
         window.location.replace(url.toString());
       }
     });
