@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -231,6 +232,11 @@ class Inspector:
     """The app's state: sources, templates, settings. One per app."""
 
     def __init__(self, config: InspectorConfig) -> None:
+        if not (isinstance(config.refresh, int | float) and 0 < config.refresh < math.inf):
+            raise InspectorError(
+                f"InspectorConfig(refresh={config.refresh!r}): the seconds between two looks "
+                "at the store must be a finite number above 0; use e.g. 1.0"
+            )
         self.config = config
         self.env = _environment()
         self.source: Source | None = None
@@ -585,7 +591,8 @@ def create_app(config: InspectorConfig) -> Starlette:
     """The inspector as an ASGI app (serve it with Hypercorn, on trio or asyncio).
 
     Raises:
-        InspectorError: the coverage report cannot be read.
+        InspectorError: the coverage report cannot be read, or ``refresh`` is
+            not a finite number of seconds above 0.
     """
     inspector = Inspector(config)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stageflow.cli import main
+from stageflow.ui import InspectorConfig, InspectorError, create_app
 
 ROOT = Path(__file__).parents[2]
 
@@ -48,6 +50,52 @@ def test_bad_arguments_say_what_to_fix(
     code, err = run(capsys, "ui", *args)
     assert code == 2
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "argument --port: '70000' is out of range: use a number at least 0"),
+        (["--port", "-1"], "argument --port: '-1' is out of range"),
+        (["--port", "80.5"], "argument --port: '80.5' is not a whole number"),
+        (["--refresh", "0"], "argument --refresh: '0' is out of range: use a number above 0"),
+        (["--refresh", "-1"], "argument --refresh: '-1' is out of range"),
+        (["--refresh", "nan"], "argument --refresh: 'nan' is out of range"),
+        (["--refresh", "inf"], "argument --refresh: 'inf' is out of range"),
+    ],
+)
+def test_a_port_or_refresh_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], ui_data: Path, args: list[str], message: str
+) -> None:
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), *args)
+    assert code == 2
+    assert f"stageflow ui: error: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_a_port_in_use_is_a_usage_error_that_says_what_to_fix(
+    capsys: pytest.CaptureFixture[str], ui_data: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run(capsys, "ui", str(ui_data / "snaps"), "--port", str(port))
+    assert code == 2
+    assert (
+        f"stageflow: --host 127.0.0.1 --port {port}: cannot listen there: Address already in use"
+        in err
+    )
+    assert "pick a free port with --port" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("refresh", [0, -1.0, math.nan, math.inf])
+def test_an_embedded_inspector_refuses_a_refresh_out_of_range(
+    ui_data: Path, refresh: float
+) -> None:
+    with pytest.raises(InspectorError, match=r"refresh=.*finite number above 0"):
+        create_app(InspectorConfig(snapshots=ui_data / "snaps", refresh=refresh))
 
 
 def test_store_and_snapshot_together_are_refused(
