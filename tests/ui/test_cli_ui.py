@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,6 +116,39 @@ def test_a_coverage_file_that_is_not_a_report_is_refused(
     code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(report))
     assert code == 2
     assert "not a tester's report" in err
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ({"pipeline": "approval", "runs": "3x"}, "$.coverage[0].runs: '3x' is not a whole number"),
+        ({"pipeline": "approval", "runs": None}, "$.coverage[0].runs: None is not a whole number"),
+        ({"pipeline": "approval", "runs": True}, "$.coverage[0].runs: True is not a whole number"),
+        (
+            {"pipeline": "approval", "nodes": {"prepare": "two"}},
+            "$.coverage[0].nodes.prepare: 'two' is not a whole number",
+        ),
+        ({"pipeline": "approval", "edges": 12}, "$.coverage[0].edges: is a int, not a list"),
+        (
+            {"pipeline": "approval", "missed_edges": [{"source": "a", "kind": 1, "target": "b"}]},
+            "$.coverage[0].missed_edges[0].kind: is a int, not a string",
+        ),
+        ({"pipeline": 7}, "$.coverage[0].pipeline: is a int, not a pipeline name"),
+        ("approval", "$.coverage[0]: is a str, not an object"),
+    ],
+)
+def test_a_coverage_report_with_a_field_of_the_wrong_type_is_refused_at_start(
+    ui_data: Path, tmp_path: Path, entry: Any, where: str
+) -> None:
+    # At start-up: stageflow ui turns this error into exit 2 with its message (see
+    # test_a_coverage_file_that_is_not_a_report_is_refused); the pages were 500s.
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"coverage": [entry]}))
+    with pytest.raises(InspectorError) as refused:
+        create_app(InspectorConfig(pipelines=ui_data / "pipes", coverage=report))
+    assert where in str(refused.value)
+    assert str(refused.value).startswith(f"--coverage {str(report)!r}: ")
+    assert "stageflow test CASES --json > report.json" in str(refused.value)
 
 
 def test_without_the_ui_extra_the_command_says_how_to_install_it(ui_data: Path) -> None:
