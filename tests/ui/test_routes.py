@@ -201,6 +201,20 @@ async def test_unreachable_store_is_a_503_page(make_client: Client, tmp_path: Pa
     assert "Traceback" not in response.text
 
 
+async def test_a_store_file_damaged_while_the_inspector_runs_is_a_503_page(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url)
+    assert (await client.get("/sessions")).status_code == 200
+    for file in Path(store_url.removeprefix("sqlite:///")).parent.glob("sessions.db*"):
+        file.write_bytes(b"not a database " * 1000)
+    for path in ("/sessions", "/sessions/waiting-1"):
+        response = await client.get(path)
+        assert response.status_code == 503, path
+        assert "<h1>The session store cannot be read</h1>" in response.text
+        assert "cannot be read or written: file is not a database" in response.text
+
+
 class BrokenStore:
     """A store whose listing fails with a bug, not a store error."""
 
