@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -114,6 +116,43 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shown_surrogate(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    # A byte of a file name that is not UTF-8 (os.fsdecode's surrogate escape), as \xNN.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def displayable(text: str) -> str:
+    r"""``text`` as UTF-8 can carry it: each lone surrogate written out as an escape.
+
+    A file name that is not UTF-8 (``caf\xe9.json`` in Latin-1) comes from
+    the file system with surrogate escapes; the page shows its bytes as
+    ``\xNN`` instead of failing to encode.
+    """
+    return _SURROGATE.sub(_shown_surrogate, text)
+
+
+def file_path(name: str) -> str:
+    """A file name as one path segment: its bytes on disk, percent-encoded."""
+    return urllib.parse.quote(os.fsencode(name), safe="")
+
+
+def _path_file(request: Request) -> str:
+    """The file name a ``/pipelines/FILE`` address names, bytes that are not UTF-8 included.
+
+    A server decodes the path as UTF-8 (an undecodable byte becomes U+FFFD),
+    so the name is read from the raw path when the server gives it.
+    """
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and b"/" in raw:
+        segment = raw.partition(b"?")[0].rsplit(b"/", 1)[1]
+        return os.fsdecode(urllib.parse.unquote_to_bytes(segment))
+    return str(request.path_params["file"])
+
+
 def session_path(session_id: str) -> str:
     """A session id as one path segment, for the pages' links and forms.
 
@@ -121,7 +160,7 @@ def session_path(session_id: str) -> str:
     included: a browser then keeps ``a/../b`` as it is. The routes take the
     rest of the path as the id, so ``/sessions/orders/42`` works too.
     """
-    return urllib.parse.quote(session_id, safe="")
+    return urllib.parse.quote(session_id.encode("utf-8", "surrogatepass"), safe="")
 
 
 def _environment() -> jinja2.Environment:
@@ -137,6 +176,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["compact"] = lambda value: json.dumps(value, ensure_ascii=False, default=_plain)
     env.filters["id_path"] = session_path
+    env.filters["file_path"] = file_path
     env.filters["short_time"] = lambda text: str(text)[:19].replace("T", " ") if text else ""
     return env
 
@@ -257,7 +297,7 @@ class Inspector:
             has_pipelines=self.config.pipelines is not None,
             **values,
         )
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(displayable(html), status_code=status)
 
     def need_source(self) -> Source:
         """The session source; an error page when the inspector has none."""
@@ -325,7 +365,7 @@ class Inspector:
             problem = ""
             while True:
                 if rows is not None:
-                    body = template.render(rows=rows)
+                    body = displayable(template.render(rows=rows))
                     fp = _fingerprint(body)
                     if fp != last:
                         last = fp
@@ -528,7 +568,7 @@ class Inspector:
             raise InspectorError(
                 "no pipeline directory: start stageflow ui with --pipelines DIR", status_code=404
             )
-        loaded = read_pipeline_file(directory, request.path_params["file"], self.config.registry)
+        loaded = read_pipeline_file(directory, _path_file(request), self.config.registry)
         cover = coverage_marks(self.coverage.get(loaded.name, ()), loaded.file)
         svg = None
         if loaded.graph is not None:

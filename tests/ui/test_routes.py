@@ -737,6 +737,39 @@ async def test_pipeline_page_draws_the_coverage_of_the_testers_report(
         assert "missed" in edge_classes(page, source, target)
 
 
+async def test_a_pipeline_file_whose_name_is_not_utf8_is_listed_and_opens(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    pipes = tmp_path / "pipes"
+    shutil.copytree(ui_data / "pipes", pipes)
+    shutil.copy(pipes / "approval.json", os.path.join(os.fsencode(pipes), b"caf\xe9.json"))
+    client = make_client(pipelines=pipes)
+    listing = await client.get("/pipelines")
+    assert listing.status_code == 200
+    assert '<a href="/pipelines/caf%E9.json">caf\\xe9.json</a>' in listing.text
+    page = await client.get("/pipelines/caf%E9.json")
+    assert page.status_code == 200
+    assert "<h1>Pipeline approval" in page.text
+
+
+async def test_snapshot_files_whose_names_are_not_utf8_are_shown_escaped(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    raw = os.fsencode(snaps)  # names that are bytes in Latin-1, not UTF-8
+    os.rename(os.path.join(raw, b"done-1.json"), os.path.join(raw, b"old-caf\xe9.json"))
+    shutil.copy(snaps / "broken.json", os.path.join(raw, b"notes-\xe9t\xe9.json"))
+    client = make_client(snapshots=snaps)
+    listing = await client.get("/sessions")
+    assert listing.status_code == 200
+    assert 'data-session="done-1"' in listing.text
+    assert "notes-\\xe9t\\xe9.json: not JSON" in listing.text
+    assert "broken.json: not JSON" in listing.text
+    page = await client.get("/sessions/done-1")
+    assert page.status_code == 200
+    assert "old-caf\\xe9.json</dd>" in page.text
+
+
 async def test_unknown_pipeline_file_is_a_404_page(make_client: Client) -> None:
     response = await make_client().get("/pipelines/nope.json")
     assert response.status_code == 404
