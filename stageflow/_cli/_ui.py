@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from stageflow._cli._common import CommandError, ExitCode, Streams
+from stageflow._cli._common import CommandError, ExitCode, Streams, number
 from stageflow._cli._registry import add_stage_options, resolve_registry
 from stageflow._cli._store import check_store_exists
 
@@ -85,7 +86,12 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
             f"serving on {args.host}: anyone who reaches this address sees the sessions"
             + (" and can act on them" if args.allow_actions else "")
         )
-    io.warn(f"inspector on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    _check_address(args.host, args.port)
+    if args.port:
+        io.warn(f"inspector on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    else:
+        io.warn(f"inspector on {args.host}, on a free port: the 'Running on' line names it")
+    failed: list[OSError] = []
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -97,11 +103,50 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
                         stop.set()
 
             tg.start_soon(on_signals)
-            await ui.serve(app, args.host, args.port, shutdown_trigger=stop.wait)
+            try:
+                await ui.serve(app, args.host, args.port, shutdown_trigger=stop.wait)
+            except* OSError as group:  # the address cannot be bound (before anything served)
+                failed.extend(_os_errors(group))
             tg.cancel_scope.cancel()
 
     anyio.run(main, backend="trio")
+    if failed:  # taken between the check and the server's own bind
+        raise _cannot_listen(args.host, args.port, failed[0])
     return ExitCode.OK
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> CommandError:
+    return CommandError(
+        f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}; pick a "
+        "free port with --port (or stop what listens on it), or an address of this "
+        "machine with --host"
+    )
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as the server will, to report a port in use before serving.
+
+    Raises:
+        CommandError: the address cannot be bound (in use, not this machine's, no right).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Hypercorn does
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        raise _cannot_listen(host, port, exc) from exc
+
+
+def _os_errors(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    """The ``OSError``s of a (nested) exception group, in order."""
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_os_errors(exc))
+        else:
+            found.append(exc)
+    return found
 
 
 def add_ui_parser(subparsers: Any) -> None:
@@ -125,7 +170,12 @@ def add_ui_parser(subparsers: Any) -> None:
     p.add_argument("--jaeger", metavar="URL", help="Jaeger UI base URL: events link to spans")
     p.add_argument("--coverage", metavar="REPORT", help="a 'stageflow test --json' report to draw")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument(
+        "--port",
+        type=number(least=0, most=65535, whole=True),
+        default=8080,
+        help="port, 0 to 65535; 0 picks a free one (default 8080)",
+    )
     p.add_argument(
         "--allow-actions", action="store_true", help="let the pages send inputs and cancel"
     )
@@ -138,7 +188,11 @@ def add_ui_parser(subparsers: Any) -> None:
         "repeatable; a pipeline adds its own in metadata.redact",
     )
     p.add_argument(
-        "--refresh", type=float, default=1.0, help="seconds between live checks (default 1)"
+        "--refresh",
+        type=number(least=0, above=True),
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between live checks, above 0 (default 1)",
     )
     add_stage_options(p)
     p.set_defaults(handler=ui_command)

@@ -56,7 +56,12 @@ class SessionFinishedError(StoreError):
 
 
 class StoreUnavailableError(StoreError):
-    """The store URL is malformed, or its database cannot be reached."""
+    """The store URL is malformed, or its database cannot be reached or read.
+
+    Also raised by the SQLite store when its file stops being readable or
+    writable while in use (not a database, damaged, a disk error, a lock
+    held past the busy timeout).
+    """
 
 
 class StoreSchemaError(StoreError):

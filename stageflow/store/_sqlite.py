@@ -10,6 +10,7 @@ this process at once; other processes find it by polling.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import sqlite3
@@ -187,18 +188,36 @@ class SQLiteStore:
         return self._conn
 
     def _locked(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        """Run ``fn`` with the connection (in a transaction when it writes).
+
+        Raises:
+            StoreUnavailableError: the database cannot be read or written now: the
+                file is not a database or is damaged, a disk error, a lock held
+                past the busy timeout (SQLite's ``DatabaseError`` and
+                ``OperationalError``; its other errors are bugs and go on up).
+        """
         with self._lock:
-            conn = self._connect()
-            if not write:
-                return fn(conn)
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                out = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return out
+                conn = self._connect()
+                if not write:
+                    return fn(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(conn)
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # the first error says why
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return out
+            except sqlite3.DatabaseError as exc:
+                if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+                    raise
+                raise StoreUnavailableError(
+                    f"the SQLite store {self.path!r} cannot be read or written: {exc}; check "
+                    "that the file is a stageflow store on a disk that reads and has room, "
+                    "and that no other process keeps it locked (or restore it from a backup)"
+                ) from exc
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         if not self._ready:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import os
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -53,7 +56,15 @@ from stageflow.ui._pipelines import (
     load_coverage,
     read_pipeline_file,
 )
-from stageflow.ui._sources import Filters, Loaded, SnapshotSource, Source, StoreSource, check_input
+from stageflow.ui._sources import (
+    Filters,
+    Loaded,
+    SessionRow,
+    SnapshotSource,
+    Source,
+    StoreSource,
+    check_input,
+)
 
 __all__ = ["InspectorConfig", "create_app"]
 
@@ -105,6 +116,53 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shown_surrogate(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    # A byte of a file name that is not UTF-8 (os.fsdecode's surrogate escape), as \xNN.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def displayable(text: str) -> str:
+    r"""``text`` as UTF-8 can carry it: each lone surrogate written out as an escape.
+
+    A file name that is not UTF-8 (``caf\xe9.json`` in Latin-1) comes from
+    the file system with surrogate escapes; the page shows its bytes as
+    ``\xNN`` instead of failing to encode.
+    """
+    return _SURROGATE.sub(_shown_surrogate, text)
+
+
+def file_path(name: str) -> str:
+    """A file name as one path segment: its bytes on disk, percent-encoded."""
+    return urllib.parse.quote(os.fsencode(name), safe="")
+
+
+def _path_file(request: Request) -> str:
+    """The file name a ``/pipelines/FILE`` address names, bytes that are not UTF-8 included.
+
+    A server decodes the path as UTF-8 (an undecodable byte becomes U+FFFD),
+    so the name is read from the raw path when the server gives it.
+    """
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and b"/" in raw:
+        segment = raw.partition(b"?")[0].rsplit(b"/", 1)[1]
+        return os.fsdecode(urllib.parse.unquote_to_bytes(segment))
+    return str(request.path_params["file"])
+
+
+def session_path(session_id: str) -> str:
+    """A session id as one path segment, for the pages' links and forms.
+
+    Every character but letters, digits and ``-._~`` is percent-encoded, ``/``
+    included: a browser then keeps ``a/../b`` as it is. The routes take the
+    rest of the path as the id, so ``/sessions/orders/42`` works too.
+    """
+    return urllib.parse.quote(session_id.encode("utf-8", "surrogatepass"), safe="")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
@@ -117,6 +175,8 @@ def _environment() -> jinja2.Environment:
         value, indent=2, ensure_ascii=False, default=_plain
     )
     env.filters["compact"] = lambda value: json.dumps(value, ensure_ascii=False, default=_plain)
+    env.filters["id_path"] = session_path
+    env.filters["file_path"] = file_path
     env.filters["short_time"] = lambda text: str(text)[:19].replace("T", " ") if text else ""
     return env
 
@@ -168,6 +228,28 @@ class EventStream(StreamingResponse):
             tg.cancel_scope.cancel()
 
 
+def _data(text: str) -> str:
+    """``text`` as the data lines of a server-sent event (one ``data:`` line per line)."""
+    return "".join(f"data: {line}\n" for line in text.splitlines() or [""])
+
+
+# The notices a session page shows after the app's own redirect, by code: the page
+# never shows text from its address, which anyone can write into a link.
+_NOTICES = {
+    "input-stored": "input #{seq} stored; a worker delivers it",
+    "cancel-stored": "cancel request stored as #{seq}; a worker ends the session",
+}
+
+
+def _notice(query: Mapping[str, str]) -> str:
+    """The notice ``?notice=CODE&seq=N`` stands for; empty for anything else."""
+    template = _NOTICES.get(query.get("notice", ""))
+    seq = query.get("seq", "")
+    if template is None or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
+        return ""
+    return template.format(seq=int(seq))
+
+
 def _fingerprint(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -190,6 +272,11 @@ class Inspector:
     """The app's state: sources, templates, settings. One per app."""
 
     def __init__(self, config: InspectorConfig) -> None:
+        if not (isinstance(config.refresh, int | float) and 0 < config.refresh < math.inf):
+            raise InspectorError(
+                f"InspectorConfig(refresh={config.refresh!r}): the seconds between two looks "
+                "at the store must be a finite number above 0; use e.g. 1.0"
+            )
         self.config = config
         self.env = _environment()
         self.source: Source | None = None
@@ -210,7 +297,7 @@ class Inspector:
             has_pipelines=self.config.pipelines is not None,
             **values,
         )
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(displayable(html), status_code=status)
 
     def need_source(self) -> Source:
         """The session source; an error page when the inspector has none."""
@@ -254,28 +341,48 @@ class Inspector:
             problems=problems,
             filters=filters,
             statuses=_STATUSES,
-            stream=f"/sessions/stream?{query}&fp={_fingerprint(body)}",
+            stream=f"/live/sessions?{query}&fp={_fingerprint(body)}",
         )
 
     async def sessions_stream(self, request: Request) -> Response:
-        """GET /sessions/stream: server-sent ``rows`` events whenever the list changes."""
+        """GET /live/sessions: server-sent ``rows`` events whenever the list changes.
+
+        The first look at the store comes before the response starts, so a
+        store that cannot be read is the 503 page. Later, a failing look sends
+        a ``problem`` event with the store's message (and an empty one when it
+        reads again) and the stream goes on looking.
+        """
         source = self.need_source()
         filters = self.filters(request)
         last = request.query_params.get("fp", "")
         template = self.env.get_template("_rows.html")
+        first, _ = await source.rows(filters, _LIMIT)
 
         async def changes() -> AsyncIterator[str]:
             nonlocal last
             yield "retry: 2000\n\n"
+            rows: list[SessionRow] | None = first
+            problem = ""
             while True:
-                rows, _ = await source.rows(filters, _LIMIT)
-                body = template.render(rows=rows)
-                fp = _fingerprint(body)
-                if fp != last:
-                    last = fp
-                    data = "".join(f"data: {line}\n" for line in body.splitlines())
-                    yield f"event: rows\nid: {fp}\n{data}\n"
+                if rows is not None:
+                    body = displayable(template.render(rows=rows))
+                    fp = _fingerprint(body)
+                    if fp != last:
+                        last = fp
+                        yield f"event: rows\nid: {fp}\n{_data(body)}\n"
                 await anyio.sleep(self.config.refresh)
+                try:
+                    rows, _ = await source.rows(filters, _LIMIT)
+                except (StoreError, InspectorError) as exc:
+                    rows = None
+                    if str(exc) != problem:
+                        problem = str(exc)
+                        log.warning("ui.live_update_failed", path=request.url.path, error=problem)
+                        yield f"event: problem\n{_data(problem)}\n"
+                    continue
+                if problem:
+                    problem = ""
+                    yield "event: problem\ndata: \n\n"
 
         return EventStream(changes())
 
@@ -329,25 +436,49 @@ class Inspector:
             can_act=self.config.allow_actions and source.kind == "store" and not finished,
             refused=refused,
             sent=sent or {},
-            notice=request.query_params.get("notice", ""),
+            notice=_notice(request.query_params),
             jaeger=self.jaeger_link,
-            stream=f"/sessions/{urllib.parse.quote(session_id)}/stream?fp={fp}",
+            stream=f"/live/sessions/{session_path(session_id)}?fp={fp}",
         )
 
     async def session_stream(self, request: Request) -> Response:
-        """GET /sessions/{id}/stream: a ``changed`` event when the session is saved again."""
+        """GET /live/sessions/{id}: a ``changed`` event when the session is saved again.
+
+        An unknown session is the 404 page (looked up before the response
+        starts); one that disappears later (purged, its file removed) gets a
+        ``gone`` event and the stream ends. A look that fails otherwise sends a
+        ``problem`` event, as on the sessions page, and the stream goes on.
+        """
         source = self.need_source()
         session_id = request.path_params["session_id"]
         known = request.query_params.get("fp", "")
+        first = await source.fingerprint(session_id)
 
         async def changes() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
+            fp: str | None = first
+            problem = ""
             while True:
-                fp = await source.fingerprint(session_id)
-                if fp != known:
+                if fp is not None and fp != known:
                     yield f"event: changed\ndata: {fp}\n\n"
                     return
                 await anyio.sleep(self.config.refresh)
+                try:
+                    fp = await source.fingerprint(session_id)
+                except SessionNotFoundError as exc:
+                    log.info("ui.session_gone", session_id=session_id)
+                    yield f"event: gone\n{_data(str(exc))}\n"
+                    return
+                except (StoreError, InspectorError) as exc:
+                    fp = None
+                    if str(exc) != problem:
+                        problem = str(exc)
+                        log.warning("ui.live_update_failed", path=request.url.path, error=problem)
+                        yield f"event: problem\n{_data(problem)}\n"
+                    continue
+                if problem:
+                    problem = ""
+                    yield "event: problem\ndata: \n\n"
 
         return EventStream(changes())
 
@@ -371,7 +502,7 @@ class Inspector:
         return source
 
     async def send_input(self, request: Request) -> Response:
-        """POST /sessions/{id}/input: check the input, store it, back to the page."""
+        """POST /actions/input/{id}: check the input, store it, back to the page."""
         source = self._check_action(request)
         session_id = request.path_params["session_id"]
         form = await _form(request)
@@ -381,21 +512,25 @@ class Inspector:
         try:
             payload = check_input(loaded.view, type, text)
             record = await source.store.send_input(session_id, type, payload)
-        except (InputRefusedError, SessionFinishedError) as exc:
-            refused = exc if isinstance(exc, InputRefusedError) else InputRefusedError(str(exc))
+        except (InputRefusedError, SessionFinishedError, stageflow.InputRejectedError) as exc:
+            if isinstance(exc, InputRefusedError):
+                refused = exc
+            elif isinstance(exc, SessionFinishedError):
+                refused = InputRefusedError(str(exc))
+            else:  # the store's own check (a lone surrogate in a string, ...)
+                refused = InputRefusedError(f"{exc}; nothing was sent")
             return await self.session_page(
                 request, session_id, refused=refused, sent={type: text}, status=422
             )
         log.info("ui.input_sent", session_id=session_id, type=type, seq=record.seq)
-        notice = f"input {type!r} stored as #{record.seq}; a worker delivers it"
         return RedirectResponse(
-            f"/sessions/{urllib.parse.quote(session_id)}?"
-            + urllib.parse.urlencode({"notice": notice}),
+            f"/sessions/{session_path(session_id)}?"
+            + urllib.parse.urlencode({"notice": "input-stored", "seq": record.seq}),
             status_code=303,
         )
 
     async def cancel(self, request: Request) -> Response:
-        """POST /sessions/{id}/cancel: store a cancel request, back to the page."""
+        """POST /actions/cancel/{id}: store a cancel request, back to the page."""
         source = self._check_action(request)
         session_id = request.path_params["session_id"]
         form = await _form(request)
@@ -407,10 +542,9 @@ class Inspector:
                 request, session_id, refused=InputRefusedError(str(exc)), status=422
             )
         log.info("ui.cancel_sent", session_id=session_id, seq=record.seq)
-        notice = f"cancel request stored as #{record.seq}; a worker ends the session"
         return RedirectResponse(
-            f"/sessions/{urllib.parse.quote(session_id)}?"
-            + urllib.parse.urlencode({"notice": notice}),
+            f"/sessions/{session_path(session_id)}?"
+            + urllib.parse.urlencode({"notice": "cancel-stored", "seq": record.seq}),
             status_code=303,
         )
 
@@ -434,7 +568,7 @@ class Inspector:
             raise InspectorError(
                 "no pipeline directory: start stageflow ui with --pipelines DIR", status_code=404
             )
-        loaded = read_pipeline_file(directory, request.path_params["file"], self.config.registry)
+        loaded = read_pipeline_file(directory, _path_file(request), self.config.registry)
         cover = coverage_marks(self.coverage.get(loaded.name, ()), loaded.file)
         svg = None
         if loaded.graph is not None:
@@ -497,7 +631,8 @@ def create_app(config: InspectorConfig) -> Starlette:
     """The inspector as an ASGI app (serve it with Hypercorn, on trio or asyncio).
 
     Raises:
-        InspectorError: the coverage report cannot be read.
+        InspectorError: the coverage report cannot be read, or ``refresh`` is
+            not a finite number of seconds above 0.
     """
     inspector = Inspector(config)
 
@@ -510,15 +645,17 @@ def create_app(config: InspectorConfig) -> Starlette:
                 with anyio.CancelScope(shield=True):
                     await inspector.source.aclose()
 
+    # A session id is any text, "/" included: each route that names one takes the rest
+    # of the path as the id, so what is done to the session comes before it.
     routes = [
         Route("/", inspector.home),
         Route("/healthz", inspector.health),
         Route("/sessions", inspector.sessions),
-        Route("/sessions/stream", inspector.sessions_stream),
-        Route("/sessions/{session_id:str}", inspector.session),
-        Route("/sessions/{session_id:str}/stream", inspector.session_stream),
-        Route("/sessions/{session_id:str}/input", inspector.send_input, methods=["POST"]),
-        Route("/sessions/{session_id:str}/cancel", inspector.cancel, methods=["POST"]),
+        Route("/sessions/{session_id:path}", inspector.session),
+        Route("/live/sessions", inspector.sessions_stream),
+        Route("/live/sessions/{session_id:path}", inspector.session_stream),
+        Route("/actions/input/{session_id:path}", inspector.send_input, methods=["POST"]),
+        Route("/actions/cancel/{session_id:path}", inspector.cancel, methods=["POST"]),
         Route("/pipelines", inspector.pipelines),
         Route("/pipelines/{file:str}", inspector.pipeline),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),

@@ -112,31 +112,81 @@ def read_pipeline_file(
     return PipelineFile(file, pipeline.name, build_graph(pipeline), (), nodes, pipeline)
 
 
+_REPORT_HINT = "write the report with stageflow test CASES --json > report.json"
+
+
+def _type_of(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong in one coverage entry (``where: what``), or ``None``."""
+    if not isinstance(entry, Mapping):
+        return f": is a {_type_of(entry)}, not an object"
+    if not isinstance(entry.get("pipeline"), str):
+        return f".pipeline: is a {_type_of(entry.get('pipeline'))}, not a pipeline name"
+    if not isinstance(entry.get("source", ""), str):
+        return f".source: is a {_type_of(entry['source'])}, not a file name"
+    if not _count(entry.get("runs", 0)):
+        return f".runs: {entry['runs']!r} is not a whole number of runs (0 or more)"
+    nodes = entry.get("nodes", {})
+    if not isinstance(nodes, Mapping):
+        return f".nodes: is a {_type_of(nodes)}, not an object of node id -> times started"
+    for node_id, hits in nodes.items():
+        if not _count(hits):
+            return f".nodes.{node_id}: {hits!r} is not a whole number of starts (0 or more)"
+    for key in ("edges", "missed_edges"):
+        edges = entry.get(key, [])
+        if not isinstance(edges, list):
+            return f".{key}: is a {_type_of(edges)}, not a list of edges"
+        for index, edge in enumerate(edges):
+            if not isinstance(edge, Mapping):
+                return f".{key}[{index}]: is a {_type_of(edge)}, not an edge object"
+            for field in ("source", "kind", "target"):
+                if not isinstance(edge.get(field), str):
+                    return (
+                        f".{key}[{index}].{field}: is a {_type_of(edge.get(field))}, not a string"
+                    )
+    return None
+
+
 def load_coverage(path: Path | None) -> Mapping[str, Sequence[Mapping[str, Any]]]:
     """The coverage entries of a ``stageflow test --json`` report, by pipeline name.
 
+    Every entry is checked here, where the report is read (start-up), so that
+    the pages never meet a field of the wrong type.
+
     Raises:
-        InspectorError: the report cannot be read or is not such a report.
+        InspectorError: the report cannot be read, is not such a report, or a
+            field of an entry has the wrong type (the message names it,
+            ``$.coverage[0].runs``).
     """
     if path is None:
         return {}
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InspectorError(
-            f"--coverage {str(path)!r}: cannot read the report: {exc}; write it with "
-            "stageflow test CASES --json > report.json"
+            f"--coverage {str(path)!r}: cannot read the report: {exc}; {_REPORT_HINT}"
         ) from exc
     entries = report.get("coverage") if isinstance(report, Mapping) else None
     if not isinstance(entries, list):
         raise InspectorError(
-            f"--coverage {str(path)!r}: not a tester's report (no 'coverage' list); write it "
-            "with stageflow test CASES --json > report.json"
+            f"--coverage {str(path)!r}: not a tester's report (no 'coverage' list); {_REPORT_HINT}"
         )
     out: dict[str, list[Mapping[str, Any]]] = {}
-    for entry in entries:
-        if isinstance(entry, Mapping) and isinstance(entry.get("pipeline"), str):
-            out.setdefault(entry["pipeline"], []).append(entry)
+    for index, entry in enumerate(entries):
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise InspectorError(
+                f"--coverage {str(path)!r}: $.coverage[{index}]{problem}; not a report "
+                f"stageflow test wrote: {_REPORT_HINT}"
+            )
+        out.setdefault(entry["pipeline"], []).append(entry)
     return out
 
 
@@ -147,13 +197,10 @@ def coverage_marks(entries: Sequence[Mapping[str, Any]], file: str) -> CoverageM
     chosen = next((e for e in entries if Path(str(e.get("source", ""))).name == file), entries[0])
     nodes = chosen.get("nodes")
     missed = chosen.get("missed_edges")
+    # The entry was checked by load_coverage.
     return CoverageMarks(
-        runs=int(chosen.get("runs", 0)),
-        nodes={str(k): int(v) for k, v in nodes.items()} if isinstance(nodes, Mapping) else {},
-        missed=frozenset(
-            (str(e.get("source")), drawn_kind(str(e.get("kind"))), str(e.get("target")))
-            for e in (missed if isinstance(missed, list) else ())
-            if isinstance(e, Mapping)
-        ),
-        edges=len(chosen.get("edges") or ()),
+        runs=chosen.get("runs", 0),
+        nodes={str(k): v for k, v in (nodes or {}).items()},
+        missed=frozenset((e["source"], drawn_kind(e["kind"]), e["target"]) for e in missed or ()),
+        edges=len(chosen.get("edges", ())),
     )

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
+import anyio.to_thread
 import attrs
 import jsonschema
 
@@ -211,13 +215,29 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
             f"the payload of input {type!r} is not JSON: {exc.msg} at line {exc.lineno} "
             f'column {exc.colno}; nothing was sent. Quote strings ("yes")'
         ) from exc
+    except ValueError as exc:  # an integer with more digits than Python converts
+        raise InputRefusedError(
+            f"the payload of input {type!r} cannot be read: {str(exc).split(':')[0]}; "
+            "nothing was sent. Send a number that long as a string"
+        ) from exc
+    except RecursionError as exc:
+        raise InputRefusedError(
+            f"the payload of input {type!r} is nested too deeply to read; nothing was "
+            "sent. Send a flatter payload"
+        ) from exc
     schema = forms[type].schema
     if schema is not None:
         validator = jsonschema.validators.validator_for(schema)(schema)
-        problems = tuple(
-            f"{e.json_path}: {e.message}"
-            for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.path))
-        )
+        try:
+            problems = tuple(
+                f"{e.json_path}: {e.message}"
+                for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.path))
+            )
+        except RecursionError as exc:
+            raise InputRefusedError(
+                f"the payload of input {type!r} is nested too deeply to check against its "
+                "schema; nothing was sent. Send a flatter payload"
+            ) from exc
         if problems:
             raise InputRefusedError(
                 f"the payload of input {type!r} does not match the schema the session "
@@ -280,7 +300,12 @@ class StoreSource:
             limit=_MAX_ROWS,
         )
         found.sort(key=lambda r: r.updated_at, reverse=True)
-        rows = [self._row(r, *await self._details_of(r)) for r in found[:limit]]
+        rows = []
+        for row in found[:limit]:
+            try:
+                rows.append(self._row(row, *await self._details_of(row)))
+            except SessionNotFoundError:
+                continue  # purged since it was listed
         problems = (
             [f"more than {_MAX_ROWS} sessions match: filter to see the others"]
             if len(found) >= _MAX_ROWS
@@ -317,6 +342,78 @@ class StoreSource:
 # -------------------------------------------------------------------- snapshots
 
 
+def _stat(file: Path) -> os.stat_result:
+    """The file's status (a ``stat`` does not wait on a FIFO, unlike an ``open``).
+
+    Raises:
+        SnapshotLoadError: the file is gone or cannot be looked at.
+    """
+    try:
+        return file.stat()
+    except OSError as exc:
+        raise SnapshotLoadError(
+            f"{file}: cannot read the file: {exc.strerror or exc}; check the path"
+        ) from exc
+
+
+def _check_regular(file: Path, info: os.stat_result) -> None:
+    """Refuse what is not a regular file of a size the inspector reads.
+
+    Raises:
+        SnapshotLoadError: a FIFO, socket, device or directory (opening a FIFO
+            would wait for a writer), or a file that is too big.
+    """
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a directory"
+            if stat.S_ISDIR(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a device or other special file"
+        )
+        raise SnapshotLoadError(
+            f"{file}: not a regular file ({kind}); the inspector reads only regular "
+            "snapshot files: move it out of the directory or rename it"
+        )
+    if info.st_size > _MAX_SNAPSHOT_BYTES:
+        raise SnapshotLoadError(
+            f"{file}: {info.st_size} bytes is more than the {_MAX_SNAPSHOT_BYTES} the "
+            "inspector reads"
+        )
+
+
+def _read_json(file: Path) -> Any:
+    """The JSON of a snapshot file (called in a worker thread).
+
+    The file is opened without waiting (``O_NONBLOCK``) and checked again
+    once open, so a file swapped for a FIFO after the first look is refused
+    instead of blocking the thread for ever.
+
+    Raises:
+        SnapshotLoadError: the file cannot be read, is not a regular file, or is not JSON.
+    """
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            _check_regular(file, os.fstat(handle.fileno()))
+            raw = handle.read(_MAX_SNAPSHOT_BYTES + 1)
+        if len(raw) > _MAX_SNAPSHOT_BYTES:
+            raise SnapshotLoadError(
+                f"{file}: more than the {_MAX_SNAPSHOT_BYTES} bytes the inspector reads"
+            )
+        return json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SnapshotLoadError(f"{file}: cannot read the file: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise SnapshotLoadError(
+            f"{file}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except (ValueError, RecursionError) as exc:
+        raise SnapshotLoadError(f"{file}: the JSON cannot be read: {exc}") from exc
+
+
 class SnapshotSource:
     """Sessions of snapshot files: one ``.json`` file, or every one in a directory."""
 
@@ -333,14 +430,9 @@ class SnapshotSource:
             return sorted(self.path.glob("*.json"))
         return [self.path]
 
-    def _read(self, file: Path) -> tuple[stageflow.Session, Mapping[str, Any]]:
-        try:
-            stat = file.stat()
-        except OSError as exc:
-            raise SnapshotLoadError(
-                f"{file}: cannot read the file: {exc.strerror or exc}; check the path"
-            ) from exc
-        key = (stat.st_mtime_ns, stat.st_size)
+    async def _read(self, file: Path) -> tuple[stageflow.Session, Mapping[str, Any]]:
+        info = _stat(file)
+        key = (info.st_mtime_ns, info.st_size)
         cached = self._cache.get(file)
         if cached is not None and cached[0] == key:
             if isinstance(cached[1], SnapshotLoadError):
@@ -348,19 +440,9 @@ class SnapshotSource:
             out: tuple[stageflow.Session, Mapping[str, Any]] = cached[1]
             return out
         try:
-            if stat.st_size > _MAX_SNAPSHOT_BYTES:
-                raise SnapshotLoadError(
-                    f"{file}: {stat.st_size} bytes is more than the "
-                    f"{_MAX_SNAPSHOT_BYTES} the inspector reads"
-                )
-            try:
-                data = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SnapshotLoadError(f"{file}: cannot read the file: {exc}") from exc
-            except json.JSONDecodeError as exc:
-                raise SnapshotLoadError(
-                    f"{file}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-                ) from exc
+            _check_regular(file, info)
+            # Off the event loop: a big file (or a slow disk) must not stall other pages.
+            data = await anyio.to_thread.run_sync(_read_json, file)
             loaded = self.pipelines.restore(data, str(file))
         except SnapshotLoadError as exc:
             self._cache[file] = (key, exc)
@@ -387,7 +469,7 @@ class SnapshotSource:
         problems: list[str] = []
         for file in self._files():
             try:
-                session, snapshot = self._read(file)
+                session, snapshot = await self._read(file)
             except SnapshotLoadError as exc:
                 problems.append(str(exc))
                 continue
@@ -397,10 +479,10 @@ class SnapshotSource:
         rows.sort(key=lambda r: r.updated or "", reverse=True)
         return rows[:limit], problems
 
-    def _find(self, session_id: str) -> tuple[Path, stageflow.Session, Mapping[str, Any]]:
+    async def _find(self, session_id: str) -> tuple[Path, stageflow.Session, Mapping[str, Any]]:
         for file in self._files():
             try:
-                session, snapshot = self._read(file)
+                session, snapshot = await self._read(file)
             except SnapshotLoadError:
                 if file.stem == session_id:
                     raise
@@ -411,7 +493,7 @@ class SnapshotSource:
 
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:
         """The session of the file that holds it (its history is the snapshot's)."""
-        file, session, snapshot = self._find(session_id)
+        file, session, snapshot = await self._find(session_id)
         events = list(snapshot.get("history") or ())
         return Loaded(
             self._row(session, snapshot), _view(session, snapshot, events, redact), str(file)
@@ -419,9 +501,9 @@ class SnapshotSource:
 
     async def fingerprint(self, session_id: str) -> str:
         """Changes when the file is written again."""
-        file, _, _ = self._find(session_id)
-        stat = file.stat()
-        return hashlib.sha1(f"{stat.st_mtime_ns}.{stat.st_size}".encode()).hexdigest()[:12]
+        file, _, _ = await self._find(session_id)
+        info = _stat(file)
+        return hashlib.sha1(f"{info.st_mtime_ns}.{info.st_size}".encode()).hexdigest()[:12]
 
     async def aclose(self) -> None:
         """Nothing to close."""

@@ -307,3 +307,26 @@ async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: 
     with pytest.raises(StoreUnavailableError, match="cannot reach the PostgreSQL store"):
         await closed.migrate()
     await closed.aclose()
+
+
+async def test_an_sqlite_file_damaged_while_open_raises_store_unavailable(tmp_path: Any) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'sessions.db'}")
+    try:
+        await store.create(snapshot("s1"))
+        for file in tmp_path.glob("sessions.db*"):  # a restore gone wrong, a disk error
+            file.write_bytes(b"not a database " * 1000)
+        reads_and_writes = [
+            store.list_sessions(),
+            store.get("s1"),
+            store.load("s1"),
+            store.send_input("s1", "message", {"text": "hi"}),
+            store.claim("w1", limit=1, lease=30.0),
+        ]
+        for call in reads_and_writes:
+            with pytest.raises(StoreUnavailableError) as unavailable:
+                await call
+            message = str(unavailable.value)
+            assert "sessions.db' cannot be read or written: file is not a database" in message
+            assert "restore it from a backup" in message
+    finally:
+        await store.aclose()

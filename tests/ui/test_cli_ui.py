@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -11,10 +13,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stageflow.cli import main
+from stageflow.ui import InspectorConfig, InspectorError, create_app
 
 ROOT = Path(__file__).parents[2]
 
@@ -50,6 +54,52 @@ def test_bad_arguments_say_what_to_fix(
     assert message in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "argument --port: '70000' is out of range: use a number at least 0"),
+        (["--port", "-1"], "argument --port: '-1' is out of range"),
+        (["--port", "80.5"], "argument --port: '80.5' is not a whole number"),
+        (["--refresh", "0"], "argument --refresh: '0' is out of range: use a number above 0"),
+        (["--refresh", "-1"], "argument --refresh: '-1' is out of range"),
+        (["--refresh", "nan"], "argument --refresh: 'nan' is out of range"),
+        (["--refresh", "inf"], "argument --refresh: 'inf' is out of range"),
+    ],
+)
+def test_a_port_or_refresh_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], ui_data: Path, args: list[str], message: str
+) -> None:
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), *args)
+    assert code == 2
+    assert f"stageflow ui: error: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_a_port_in_use_is_a_usage_error_that_says_what_to_fix(
+    capsys: pytest.CaptureFixture[str], ui_data: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run(capsys, "ui", str(ui_data / "snaps"), "--port", str(port))
+    assert code == 2
+    assert (
+        f"stageflow: --host 127.0.0.1 --port {port}: cannot listen there: Address already in use"
+        in err
+    )
+    assert "pick a free port with --port" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("refresh", [0, -1.0, math.nan, math.inf])
+def test_an_embedded_inspector_refuses_a_refresh_out_of_range(
+    ui_data: Path, refresh: float
+) -> None:
+    with pytest.raises(InspectorError, match=r"refresh=.*finite number above 0"):
+        create_app(InspectorConfig(snapshots=ui_data / "snaps", refresh=refresh))
+
+
 def test_store_and_snapshot_together_are_refused(
     capsys: pytest.CaptureFixture[str], ui_data: Path
 ) -> None:
@@ -66,6 +116,39 @@ def test_a_coverage_file_that_is_not_a_report_is_refused(
     code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(report))
     assert code == 2
     assert "not a tester's report" in err
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ({"pipeline": "approval", "runs": "3x"}, "$.coverage[0].runs: '3x' is not a whole number"),
+        ({"pipeline": "approval", "runs": None}, "$.coverage[0].runs: None is not a whole number"),
+        ({"pipeline": "approval", "runs": True}, "$.coverage[0].runs: True is not a whole number"),
+        (
+            {"pipeline": "approval", "nodes": {"prepare": "two"}},
+            "$.coverage[0].nodes.prepare: 'two' is not a whole number",
+        ),
+        ({"pipeline": "approval", "edges": 12}, "$.coverage[0].edges: is a int, not a list"),
+        (
+            {"pipeline": "approval", "missed_edges": [{"source": "a", "kind": 1, "target": "b"}]},
+            "$.coverage[0].missed_edges[0].kind: is a int, not a string",
+        ),
+        ({"pipeline": 7}, "$.coverage[0].pipeline: is a int, not a pipeline name"),
+        ("approval", "$.coverage[0]: is a str, not an object"),
+    ],
+)
+def test_a_coverage_report_with_a_field_of_the_wrong_type_is_refused_at_start(
+    ui_data: Path, tmp_path: Path, entry: Any, where: str
+) -> None:
+    # At start-up: stageflow ui turns this error into exit 2 with its message (see
+    # test_a_coverage_file_that_is_not_a_report_is_refused); the pages were 500s.
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"coverage": [entry]}))
+    with pytest.raises(InspectorError) as refused:
+        create_app(InspectorConfig(pipelines=ui_data / "pipes", coverage=report))
+    assert where in str(refused.value)
+    assert str(refused.value).startswith(f"--coverage {str(report)!r}: ")
+    assert "stageflow test CASES --json > report.json" in str(refused.value)
 
 
 def test_without_the_ui_extra_the_command_says_how_to_install_it(ui_data: Path) -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import html
 import json
+import os
 import re
+import shutil
+import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import stageflow
-from stageflow.store import SessionService, SessionStore, open_store
+from stageflow.store import (
+    SessionNotFoundError,
+    SessionService,
+    SessionStore,
+    StoreUnavailableError,
+    open_store,
+)
 from stageflow.testing import measure_coverage
 from stageflow.ui import InspectorConfig, create_app
 from stageflow.ui._inspect import event_objects
@@ -44,6 +55,12 @@ def edge_classes(page: str, source: str, target: str) -> set[str]:
     )
     assert found is not None, f"edge {source} -> {target} is not drawn"
     return set(found.group(1).split())
+
+
+def notice_of(page: str) -> str | None:
+    """The text of a page's notice box, if it has one."""
+    found = re.search(r'<p class="message notice" role="status">(.*?)</p>', page)
+    return html.unescape(found.group(1)) if found else None
 
 
 async def inbox_head(url: str, session_id: str) -> int:
@@ -184,6 +201,20 @@ async def test_unreachable_store_is_a_503_page(make_client: Client, tmp_path: Pa
     assert "Traceback" not in response.text
 
 
+async def test_a_store_file_damaged_while_the_inspector_runs_is_a_503_page(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url)
+    assert (await client.get("/sessions")).status_code == 200
+    for file in Path(store_url.removeprefix("sqlite:///")).parent.glob("sessions.db*"):
+        file.write_bytes(b"not a database " * 1000)
+    for path in ("/sessions", "/sessions/waiting-1"):
+        response = await client.get(path)
+        assert response.status_code == 503, path
+        assert "<h1>The session store cannot be read</h1>" in response.text
+        assert "cannot be read or written: file is not a database" in response.text
+
+
 class BrokenStore:
     """A store whose listing fails with a bug, not a store error."""
 
@@ -208,8 +239,11 @@ async def test_an_unexpected_error_is_a_500_page_without_details(
     assert "Traceback" not in response.text
 
 
-async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> list[str]:
-    """The first ``count`` server-sent events of ``path``; ``then()`` runs after the first."""
+async def sse_messages(
+    app: Any, path: str, count: int, then: Any = None, *, started: Any = None
+) -> list[str]:
+    """The first ``count`` server-sent events of ``path``; ``then()`` runs after the first,
+    ``started()`` once the response has begun (its ``retry`` line is sent)."""
     messages: list[str] = []
     done = anyio.Event()
     path, _, query = path.partition("?")
@@ -219,7 +253,7 @@ async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> lis
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": path,
+        "path": urllib.parse.unquote(path),  # as a server decodes it (%2F included)
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "headers": [(b"host", b"testserver")],
@@ -236,6 +270,8 @@ async def sse_messages(app: Any, path: str, count: int, then: Any = None) -> lis
         if done.is_set():
             raise OSError("the client went away")  # how an ASGI server reports it
         body = message.get("body", b"").decode()
+        if body.startswith("retry:") and started is not None:
+            await started()
         if "event:" in body:
             messages.append(body)
             if len(messages) == 1 and then is not None:
@@ -259,7 +295,7 @@ async def test_sessions_stream_sends_the_rows_again_when_a_session_changes(
         await SessionService(store).start(ui_support.approval_pipeline(), session_id="new-1")
 
     try:
-        first, second = await sse_messages(app, "/sessions/stream?fp=stale", 2, change)
+        first, second = await sse_messages(app, "/live/sessions?fp=stale", 2, change)
     finally:
         await store.aclose()
     assert first.startswith("event: rows")
@@ -280,15 +316,184 @@ async def test_session_stream_says_changed_when_the_session_is_saved_again(
             poked.append((await store.send_input("waiting-1", "approval", {})).seq)
 
         with anyio.move_on_after(0.3):  # nothing changed: no event (checked for a while)
-            await sse_messages(app, f"/sessions/waiting-1/stream?fp={fp}", 1)
+            await sse_messages(app, f"/live/sessions/waiting-1?fp={fp}", 1)
             pytest.fail("a changed event came without a change")
         async with anyio.create_task_group() as tg:
             tg.start_soon(send)
-            messages = await sse_messages(app, f"/sessions/waiting-1/stream?fp={fp}", 1)
+            messages = await sse_messages(app, f"/live/sessions/waiting-1?fp={fp}", 1)
     finally:
         await store.aclose()
     assert poked == [1]
     assert messages[0].startswith("event: changed")
+
+
+ODD_IDS = ("orders/42", "orders/42/stream", "stream", "x/../y", "a b?c#d%2F", "über")
+
+
+@pytest.fixture
+async def odd_ids_url(tmp_path: Path) -> str:
+    """A store whose sessions, waiting for ``approval``, have ids that are awkward in a path."""
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    store = open_store(url)
+    try:
+        service = SessionService(store, registry=ui_support.registry)
+        for sid in ODD_IDS:
+            await service.start(
+                ui_support.approval_pipeline(), payload={"title": "t"}, session_id=sid
+            )
+        await ui_support.run_worker_until(store, service, dict.fromkeys(ODD_IDS, False))
+    finally:
+        await store.aclose()
+    return url
+
+
+async def test_any_session_id_opens_its_page_stream_and_actions(
+    make_client: Client, odd_ids_url: str
+) -> None:
+    client = make_client(store_url=odd_ids_url, allow_actions=True)
+    listing = (await client.get("/sessions")).text
+    app = client._transport.app  # type: ignore[attr-defined]
+    for sid in ODD_IDS:
+        found = re.search(
+            rf'<tr data-session="{re.escape(html.escape(sid))}"[^>]*>\s*<td><a href="([^"]*)"',
+            listing,
+        )
+        assert found is not None, sid
+        page = await client.get(html.unescape(found.group(1)))
+        assert page.status_code == 200, sid
+        assert f"<title>Session {html.escape(sid)} · stageflow ui</title>" in page.text
+        stream = re.search(r'data-stream="([^"]*)"', page.text)
+        assert stream is not None
+        url = re.sub(r"fp=[^&]*", "fp=stale", html.unescape(stream.group(1)))
+        (changed,) = await sse_messages(app, url, 1)
+        assert changed.startswith("event: changed"), sid
+        action = re.search(r'<form class="input-form" method="post" action="([^"]*)"', page.text)
+        assert action is not None
+        sent = await client.post(
+            html.unescape(action.group(1)), data={"type": "approval", "payload": "{}"}
+        )
+        assert sent.status_code == 422  # the schema needs "approved": the id was found
+        assert f"Session <code>{html.escape(sid)}</code>" in sent.text
+        cancel = re.search(r'<form class="cancel-form" method="post" action="([^"]*)"', page.text)
+        assert cancel is not None
+        done = await client.post(html.unescape(cancel.group(1)), data={"reason": "test"})
+        assert done.status_code == 303
+        back = await client.get(done.headers["location"])
+        assert f"<title>Session {html.escape(sid)} · stageflow ui</title>" in back.text
+    for sid in ODD_IDS:
+        assert await inbox_head(odd_ids_url, sid) == 1  # its own cancel request, no other
+
+
+async def test_the_live_stream_of_an_unknown_session_is_a_404_page(
+    make_client: Client, store_url: str
+) -> None:
+    with anyio.fail_after(10):  # not a stream that starts and then breaks
+        response = await make_client(store_url=store_url).get("/live/sessions/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "no stored session has id &#39;nope&#39;" in response.text
+
+
+async def test_the_live_stream_of_an_unreachable_store_is_a_503_page(
+    make_client: Client, tmp_path: Path
+) -> None:
+    client = make_client(store_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    with anyio.fail_after(10):
+        response = await client.get("/live/sessions")
+    assert response.status_code == 503
+    assert "cannot open the SQLite store" in response.text
+
+
+async def test_a_session_purged_while_its_page_is_open_gets_a_gone_event(
+    store_url: str,
+) -> None:
+    store = open_store(store_url)
+    app = create_app(InspectorConfig(store=store, refresh=0.01))
+
+    async def purge() -> None:
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        assert await store.purge(finished_before=later, inputs_before=later) >= 1
+
+    try:
+        fp = f"{(await store.get('done-1')).version}.{(await store.get('done-1')).inbox_head}"
+        (gone,) = await sse_messages(
+            app, f"/live/sessions/done-1?fp={fp}.completed.", 1, started=purge
+        )
+    finally:
+        await store.aclose()
+    assert gone.startswith("event: gone\n")
+    assert "no stored session has id 'done-1'" in gone
+
+
+class FlakyStore:
+    """A store whose second look (a listing, or a session's row) fails, then reads again."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def _look(self) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise StoreUnavailableError("the store is down for this test; wait")
+
+    async def list_sessions(self, **options: Any) -> Any:
+        self._look()
+        return await self.store.list_sessions(**options)
+
+    async def get(self, session_id: str) -> Any:
+        self._look()
+        return await self.store.get(session_id)
+
+
+class PurgingStore:
+    """A store that purges ``failed-1`` between listing it and loading it."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def load(self, session_id: str) -> Any:
+        if session_id == "failed-1":
+            raise SessionNotFoundError(session_id)
+        return await self.store.load(session_id)
+
+
+async def test_a_session_purged_while_the_list_is_read_is_left_out(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store=PurgingStore(open_store(store_url)))
+    response = await client.get("/sessions")
+    assert response.status_code == 200
+    assert re.findall(r'<tr data-session="([^"]+)"', response.text) == ["done-1", "waiting-1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "first"),
+    [("/live/sessions?fp=stale", "event: rows"), ("/live/sessions/waiting-1?fp=", None)],
+)
+async def test_a_store_error_during_a_live_stream_is_a_problem_event_and_it_goes_on(
+    store_url: str, path: str, first: str | None
+) -> None:
+    store = open_store(store_url)
+    app = create_app(InspectorConfig(store=FlakyStore(store), refresh=0.01))  # type: ignore[arg-type]
+    try:
+        if first is None:  # the session stream: no change until the fingerprint is right
+            row = await store.get("waiting-1")
+            path += f"{row.version}.{row.inbox_head}.waiting."
+        messages = await sse_messages(app, path, 3 if first else 2)
+    finally:
+        await store.aclose()
+    if first:
+        assert messages.pop(0).startswith(first)
+    down, back = messages
+    assert down == "event: problem\ndata: the store is down for this test; wait\n\n"
+    assert back == "event: problem\ndata: \n\n"
 
 
 # -------------------------------------------------------------------------- actions
@@ -297,11 +502,11 @@ async def test_session_stream_says_changed_when_the_session_is_saved_again(
 async def test_sending_needs_allow_actions(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": "approval", "payload": '{"approved": true}'}
+        "/actions/input/waiting-1", data={"type": "approval", "payload": '{"approved": true}'}
     )
     assert response.status_code == 403
     assert "--allow-actions" in response.text
-    assert (await client.post("/sessions/waiting-1/cancel")).status_code == 403
+    assert (await client.post("/actions/cancel/waiting-1")).status_code == 403
     assert await inbox_head(store_url, "waiting-1") == 0
 
 
@@ -310,13 +515,13 @@ async def test_a_valid_input_is_stored_and_the_page_says_so(
 ) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input",
+        "/actions/input/waiting-1",
         data={"type": "approval", "payload": '{"approved": true, "note": "fine"}'},
     )
     assert response.status_code == 303
     assert await inbox_head(store_url, "waiting-1") == 1
     page = await client.get(response.headers["location"])
-    assert "input &#39;approval&#39; stored as #1" in page.text
+    assert "input #1 stored; a worker delivers it" in page.text
 
 
 @pytest.mark.parametrize(
@@ -334,7 +539,29 @@ async def test_a_refused_input_changes_nothing_and_says_why(
 ) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": type, "payload": payload}
+        "/actions/input/waiting-1", data={"type": type, "payload": payload}
+    )
+    assert response.status_code == 422
+    assert message in response.text
+    assert "nothing was sent" in response.text
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ('{"approved": true, "note": "\\ud800"}', "not a JSON value"),
+        ('{"approved": true, "n": ' + "1" * 5000 + "}", "Send a number that long as a string"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+    ids=["lone-surrogate", "5000-digit-int", "nested-100000-deep"],
+)
+async def test_a_payload_the_store_cannot_take_is_refused_with_the_reason(
+    make_client: Client, store_url: str, payload: str, message: str
+) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post(
+        "/actions/input/waiting-1", data={"type": "approval", "payload": payload}
     )
     assert response.status_code == 422
     assert message in response.text
@@ -345,26 +572,45 @@ async def test_a_refused_input_changes_nothing_and_says_why(
 async def test_input_to_a_finished_session_is_refused(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/done-1/input", data={"type": "approval", "payload": '{"approved": true}'}
+        "/actions/input/done-1", data={"type": "approval", "payload": '{"approved": true}'}
     )
     assert response.status_code == 422
     assert "does not wait for input" in response.text
-    response = await client.post("/sessions/done-1/cancel", data={"reason": "late"})
+    response = await client.post("/actions/cancel/done-1", data={"reason": "late"})
     assert response.status_code == 422
     assert "is completed" in response.text
 
 
 async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
-    response = await client.post("/sessions/waiting-1/cancel", data={"reason": "not needed"})
+    response = await client.post("/actions/cancel/waiting-1", data={"reason": "not needed"})
     assert response.status_code == 303
     assert await inbox_head(store_url, "waiting-1") == 1
+
+
+async def test_a_session_page_shows_only_the_notices_the_inspector_issues(
+    make_client: Client, store_url: str
+) -> None:
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.post("/actions/cancel/waiting-1", data={"reason": "not needed"})
+    assert response.headers["location"] == "/sessions/waiting-1?notice=cancel-stored&seq=1"
+    page = (await client.get(response.headers["location"])).text
+    assert notice_of(page) == "cancel request stored as #1; a worker ends the session"
+    for query in (
+        "notice=Re-enter+your+password+at+http://evil.example",
+        "notice=input-stored&seq=call+us",
+        "notice=input-stored",
+        "seq=1",
+    ):
+        page = (await client.get(f"/sessions/waiting-1?{query}")).text
+        assert notice_of(page) is None, query
+        assert "evil.example" not in page
 
 
 async def test_a_form_from_another_site_cannot_act(make_client: Client, store_url: str) -> None:
     client = make_client(store_url=store_url, allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/cancel", headers={"origin": "http://evil.example"}
+        "/actions/cancel/waiting-1", headers={"origin": "http://evil.example"}
     )
     assert response.status_code == 403
     assert await inbox_head(store_url, "waiting-1") == 0
@@ -386,6 +632,52 @@ async def test_snapshot_directory_lists_sessions_and_unreadable_files(
     assert "Snapshot files take no actions" in waiting
 
 
+def copy_snapshots(ui_data: Path, directory: Path) -> Path:
+    """A copy of the snapshot directory (``done-1``, ``failed-1``, ``waiting-1``, ``broken``)."""
+    shutil.copytree(ui_data / "snaps", directory)
+    return directory
+
+
+async def test_a_fifo_in_a_snapshot_directory_is_listed_as_unreadable_not_opened(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    fifo = snaps / "zz-pipe.json"
+    os.mkfifo(fifo)
+    # A writer waits for the FIFO to be opened: an inspector that opens it reads an
+    # empty file (and would block for ever without this writer) instead of skipping it.
+    writer = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)))
+    writer.start()
+    try:
+        page = (await make_client(snapshots=snaps).get("/sessions")).text
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer go
+        writer.join()
+    rows = re.findall(r'<tr data-session="([^"]+)"', page)
+    assert sorted(rows) == ["done-1", "failed-1", "waiting-1"]
+    assert "zz-pipe.json: not a regular file (a FIFO)" in page
+
+
+async def test_snapshot_files_are_read_off_the_event_loop(
+    make_client: Client, ui_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    loop_thread = threading.get_ident()
+    parsed_in: list[int] = []
+    loads = json.loads
+
+    def spy(text: str | bytes, **options: Any) -> Any:
+        if '"session_id"' in (text if isinstance(text, str) else text.decode(errors="replace")):
+            parsed_in.append(threading.get_ident())
+        return loads(text, **options)
+
+    monkeypatch.setattr(json, "loads", spy)
+    response = await make_client(snapshots=snaps).get("/sessions")
+    assert response.status_code == 200
+    assert len(parsed_in) == 3  # done-1, failed-1, waiting-1
+    assert loop_thread not in parsed_in
+
+
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
     make_client: Client, ui_data: Path, tmp_path: Path
 ) -> None:
@@ -403,7 +695,7 @@ async def test_a_snapshot_that_does_not_load_is_a_422_page(
 async def test_a_snapshot_file_takes_no_actions(make_client: Client, ui_data: Path) -> None:
     client = make_client(snapshots=ui_data / "snaps" / "waiting-1.json", allow_actions=True)
     response = await client.post(
-        "/sessions/waiting-1/input", data={"type": "approval", "payload": "{}"}
+        "/actions/input/waiting-1", data={"type": "approval", "payload": "{}"}
     )
     assert response.status_code == 403
     assert "open a store" in response.text
@@ -443,6 +735,39 @@ async def test_pipeline_page_draws_the_coverage_of_the_testers_report(
     assert missed  # reject -> done was never taken: the rejection fails
     for source, target in missed:
         assert "missed" in edge_classes(page, source, target)
+
+
+async def test_a_pipeline_file_whose_name_is_not_utf8_is_listed_and_opens(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    pipes = tmp_path / "pipes"
+    shutil.copytree(ui_data / "pipes", pipes)
+    shutil.copy(pipes / "approval.json", os.path.join(os.fsencode(pipes), b"caf\xe9.json"))
+    client = make_client(pipelines=pipes)
+    listing = await client.get("/pipelines")
+    assert listing.status_code == 200
+    assert '<a href="/pipelines/caf%E9.json">caf\\xe9.json</a>' in listing.text
+    page = await client.get("/pipelines/caf%E9.json")
+    assert page.status_code == 200
+    assert "<h1>Pipeline approval" in page.text
+
+
+async def test_snapshot_files_whose_names_are_not_utf8_are_shown_escaped(
+    make_client: Client, ui_data: Path, tmp_path: Path
+) -> None:
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    raw = os.fsencode(snaps)  # names that are bytes in Latin-1, not UTF-8
+    os.rename(os.path.join(raw, b"done-1.json"), os.path.join(raw, b"old-caf\xe9.json"))
+    shutil.copy(snaps / "broken.json", os.path.join(raw, b"notes-\xe9t\xe9.json"))
+    client = make_client(snapshots=snaps)
+    listing = await client.get("/sessions")
+    assert listing.status_code == 200
+    assert 'data-session="done-1"' in listing.text
+    assert "notes-\\xe9t\\xe9.json: not JSON" in listing.text
+    assert "broken.json: not JSON" in listing.text
+    page = await client.get("/sessions/done-1")
+    assert page.status_code == 200
+    assert "old-caf\\xe9.json</dd>" in page.text
 
 
 async def test_unknown_pipeline_file_is_a_404_page(make_client: Client) -> None:

@@ -23,8 +23,20 @@
       } else {
         const url = new URL(window.location.href);
         url.searchParams.delete("notice");
+        url.searchParams.delete("seq");
         window.location.replace(url.toString());
       }
+    });
+    // Sent by the server, then the stream ends: the session was purged or its file removed.
+    source.addEventListener("gone", function (event) {
+      source.close();
+      live.textContent = "This session no longer exists: " + event.data;
+    });
+    // The store (or a snapshot file) cannot be read now; an empty one: it reads again.
+    source.addEventListener("problem", function (event) {
+      live.textContent = event.data
+        ? "Live updates paused: " + event.data
+        : "Live updates go on.";
     });
   }
   document.querySelectorAll("textarea, input[name=reason]").forEach(function (el) {
