@@ -684,7 +684,7 @@ def _modulo(a: Any, b: Any) -> int | float:
 
 def _extreme(name: str, pick: Callable[[list[int | float]], int | float]) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> int | float:
-        numbers = [_to_number(_eval(arg, data, depth)) for arg in _args(raw, name)]
+        numbers = [_bounded(_to_number(_eval(arg, data, depth))) for arg in _args(raw, name)]
         if not numbers:
             return -_INF if name == "max" else _INF
         return _NAN if any(n != n for n in numbers) else pick(numbers)

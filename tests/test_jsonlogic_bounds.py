@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stageflow import JsonLogicError, jsonlogic
+from stageflow import JsonLogicError, _jsonlogic_compiled, jsonlogic
 
 CONFORMANCE = Path("/work/shared/conformance/jsonlogic/tests.json")
 
@@ -123,6 +123,15 @@ def test_a_result_that_shares_its_lists_is_cleaned_of_nan_everywhere() -> None:
     rule = {"reduce": [[0, 0], [accumulator, accumulator], {"/": [0, 0]}]}  # NaN leaves
     assert jsonlogic.apply(rule) == [[None, None], [None, None]]
     assert jsonlogic.apply(_shared_tree(2)) == [[1.5, 1.5], [1.5, 1.5]]
+
+
+@pytest.mark.parametrize("name", ["max", "min"])
+def test_min_and_max_overflow_to_an_infinity_as_arithmetic_does(name: str) -> None:
+    # They returned the 20,000-bit integer itself, which no JSON writer takes.
+    huge = "0x" + "f" * 5000
+    rule = {name: [huge if name == "max" else {"-": [huge]}, 1]}
+    assert jsonlogic.apply(rule) is None  # an infinity, which JSON writes as null
+    assert _jsonlogic_compiled.compile_rule(rule)({}) is None
 
 
 def test_an_integer_from_the_data_past_the_float_range_is_an_infinity() -> None:
