@@ -854,10 +854,13 @@ def check(rule: Any) -> list[tuple[str, str]]:
     it) and nesting deeper than :data:`MAX_DEPTH`. Reads the rule only.
     """
     problems: list[tuple[str, str]] = []
+    # Levels as evaluation counts them: an operation and an array literal are
+    # one each; an operation's argument list is not one of its own.
     stack: list[tuple[str, Any, int]] = [("", rule, 0)]
     while stack:
         where, value, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        nested = isinstance(value, list | tuple) or (isinstance(value, Mapping) and len(value) == 1)
+        if nested and depth >= MAX_DEPTH:
             problems.append((where, f"the rule nests more than {MAX_DEPTH} levels deep"))
             continue
         if isinstance(value, Mapping):
@@ -872,7 +875,12 @@ def check(rule: Any) -> list[tuple[str, str]]:
                         )
                     )
                     continue
-                stack.append((f"{where}.{name}", args, depth + 1))
+                if isinstance(args, list | tuple):
+                    stack.extend(
+                        (f"{where}.{name}[{i}]", item, depth + 1) for i, item in enumerate(args)
+                    )
+                else:
+                    stack.append((f"{where}.{name}", args, depth + 1))
             continue
         if isinstance(value, list | tuple):
             stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stageflow._errors import JsonLogicError
-from stageflow.jsonlogic import MAX_DEPTH, OPERATORS, apply, is_rule, truthy
+from stageflow.jsonlogic import MAX_DEPTH, OPERATORS, apply, check, is_rule, truthy
 
 SUITE = Path(__file__).parent / "data" / "jsonlogic" / "tests.json"
 
@@ -122,6 +122,24 @@ def test_depth_limit_allows_max_depth() -> None:
     assert apply(_nested(MAX_DEPTH - 1, {"var": "x"}, lambda r: {"!!": [r]}), {"x": 1}) is True
     with pytest.raises(JsonLogicError, match="nested more than"):
         apply(_nested(MAX_DEPTH // 2, {"var": "x"}, lambda r: {"!!": [[r]]}), {"x": 1})
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda r: {"!!": r}, lambda r: {"!!": [r]}, lambda r: {"!!": [[r]]}, lambda r: [r]],
+    ids=["bare argument", "argument list", "array literal argument", "array literal"],
+)
+def test_check_refuses_exactly_what_apply_refuses_for_depth(wrap: Any) -> None:
+    # check() counted an operation's argument list as a level: a rule of 51
+    # to 100 {"!!": [rule]} levels ran, yet a pipeline holding it was refused.
+    for levels in range(1, MAX_DEPTH + 3):
+        rule = _nested(levels, {"var": "x"}, wrap)
+        try:
+            apply(rule, {"x": 1})
+            runs = True
+        except JsonLogicError:
+            runs = False
+        assert (check(rule) == []) is runs, levels
 
 
 def test_deep_data_is_not_a_recursion_error() -> None:
