@@ -583,6 +583,8 @@ class _Loader:
 
     def load(self) -> Pipeline:
         self._collect("$", self.doc, ())
+        if self.problems:
+            raise _Invalid(self.problems)
         for prefix, graph_doc in self.docs.items():
             try:
                 nodes: tuple[Node, ...] = tuple(
@@ -614,6 +616,18 @@ class _Loader:
 
     def _collect(self, prefix: str, graph_doc: dict[str, Any], outer: tuple[str, ...]) -> None:
         scope = (prefix, *outer) if graph_doc.get("subpipelines") else outer
+        if prefix in self.docs:
+            # An id with dots can spell another declaration's location: "a.subpipelines.b"
+            # at the top and "b" inside "a". One would silently stand for the other.
+            self.problems.append(
+                Problem(
+                    prefix,
+                    "two subpipelines are declared at this location: an id with dots "
+                    "('a.subpipelines.b') spells the location of one declared inside "
+                    "another ('b' inside 'a'); rename one of them",
+                )
+            )
+            return
         self.docs[prefix] = graph_doc
         self.scopes[prefix] = scope
         for name, child in graph_doc.get("subpipelines", {}).items():

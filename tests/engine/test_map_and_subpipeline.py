@@ -667,3 +667,29 @@ async def test_a_map_may_collect_what_its_bodys_error_edge_writes() -> None:
         "no",
         "no",
     ]
+
+
+def test_a_subpipeline_id_that_spells_another_ones_location_is_refused() -> None:
+    # Both got the key $.subpipelines.a.subpipelines.b: the node naming the
+    # top-level one ran the one nested in 'a', and the other was never checked.
+    leaf = {"entry": "t", "nodes": [terminal("t")]}
+    found = problems(
+        doc(
+            [
+                {
+                    "id": "call",
+                    "type": "subpipeline",
+                    "pipeline": "a.subpipelines.b",
+                    "next": "end",
+                },
+                terminal("end"),
+            ],
+            subpipelines={
+                "a.subpipelines.b": leaf,
+                "a": {**leaf, "subpipelines": {"b": leaf}},
+            },
+        )
+    )
+    assert (
+        "two subpipelines are declared at this location" in found["$.subpipelines.a.subpipelines.b"]
+    )
