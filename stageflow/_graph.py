@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 from stageflow import jsonlogic
 from stageflow._errors import Problem
+from stageflow._guard import MAX_NESTING
 from stageflow._json import thaw
 from stageflow._model import (
     ConditionNode,
@@ -238,8 +239,9 @@ def check_graph(
     if entry not in index and entry not in other_ids:
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
+    ids = {*index, *other_ids}  # once: per node it made loading quadratic
     for i, node in zip(at, nodes, strict=True):
-        yield from _check_edges(i, node, {*index, *other_ids}, known)
+        yield from _check_edges(i, node, ids, known)
         if isinstance(node, ConditionNode):
             for j, branch in enumerate(node.conditions):
                 for inner, message in jsonlogic.check(branch.if_):
@@ -280,8 +282,46 @@ def check_graph(
             )
 
     yield from _check_exits(nodes, index, where, reachable)
+    deepest, inner = _nesting(entry, index)
+    if deepest > MAX_NESTING:
+        # It could never run (limits.max_depth is at most MAX_NESTING), and the
+        # region checks below walk every region nested in each: time quadratic
+        # in such a chain.
+        yield Problem(
+            f"$.nodes[{where[inner]}]",
+            f"map bodies and parallel branches nest {deepest} levels deep here, more than "
+            f"any run may nest ({MAX_NESTING}, the largest limits.max_depth); flatten them",
+        )
+        return
     yield from _check_maps(nodes, index, where, entry)
     yield from _check_branch_writes(doc, nodes, index, where)
+
+
+def _nesting(entry: str, index: Mapping[str, Node]) -> tuple[int, str]:
+    """How deep map bodies and parallel branches nest, from ``entry``; the innermost node.
+
+    Each node is counted at the level it is first reached at (a node reached
+    at two levels is a region problem of its own), so this is linear.
+    """
+    level = {entry: 0}
+    deepest, inner = 0, entry
+    todo = [entry]
+    while todo:
+        node_id = todo.pop()
+        here = level[node_id]
+        for edge in edges(index[node_id]):
+            target = edge.target
+            if target not in index or target in level:
+                continue
+            level[target] = depth = here + (edge.kind in _NESTING_EDGES)
+            if depth > deepest:
+                deepest, inner = depth, target
+            todo.append(target)
+    return deepest, inner
+
+
+# Edges into a nested context: a map item's run, a parallel branch.
+_NESTING_EDGES: Final = frozenset({EdgeKind.BODY, EdgeKind.BRANCH})
 
 
 def _check_exits(

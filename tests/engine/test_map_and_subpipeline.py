@@ -23,6 +23,7 @@ from fakes import (
 
 import stageflow
 import stageflow.builtins
+from stageflow._guard import MAX_NESTING
 
 pytestmark = pytest.mark.anyio
 
@@ -693,3 +694,27 @@ def test_a_subpipeline_id_that_spells_another_ones_location_is_refused() -> None
     assert (
         "two subpipelines are declared at this location" in found["$.subpipelines.a.subpipelines.b"]
     )
+
+
+@pytest.mark.parametrize("kind", ["map", "parallel"])
+def test_maps_and_branches_nested_deeper_than_any_run_may_are_refused(kind: str) -> None:
+    # 2,000 nested maps (or parallels) loaded, in time quadratic in their number
+    # (11 s here), though no run could nest them: limits.max_depth is at most 64.
+    def nested(levels: int) -> dict[str, Any]:
+        nodes: list[dict[str, Any]] = []
+        for i in range(levels):
+            inner = f"n{i + 1}"
+            node: dict[str, Any] = (
+                {"id": f"n{i}", "type": "map", "items": "xs", "body": inner}
+                if kind == "map"
+                else {"id": f"n{i}", "type": "parallel", "children": [inner]}
+            )
+            if i == 0:
+                node["next"] = "end"
+            nodes.append(node)
+        return doc([*nodes, stage(f"n{levels}", "Set"), terminal("end")])
+
+    load(nested(MAX_NESTING), work_registry())  # as deep as a run may nest: fine
+    found = problems(nested(2000))
+    assert list(found) == ["$.nodes[2000]"]
+    assert "nest 2000 levels deep here, more than any run may nest (64" in found["$.nodes[2000]"]
