@@ -718,3 +718,42 @@ def test_maps_and_branches_nested_deeper_than_any_run_may_are_refused(kind: str)
     found = problems(nested(2000))
     assert list(found) == ["$.nodes[2000]"]
     assert "nest 2000 levels deep here, more than any run may nest (64" in found["$.nodes[2000]"]
+
+
+def _waiting_child_doc(kind: str) -> dict[str, Any]:
+    wait = {
+        "id": "w",
+        "type": "stage",
+        "stage": "WaitStage",
+        "config": {"input": "go"},
+        "outputs": {"payload": "answer"},
+    }
+    if kind == "stage":
+        first: list[dict[str, Any]] = [{**wait, "id": "n", "timeout": 1, "next": "end"}]
+    else:
+        first = [{"id": "n", "type": "subpipeline", "pipeline": "c", "timeout": 1, "next": "end"}]
+    child = {"entry": "w", "nodes": [{**wait, "next": "t"}, terminal("t")]}
+    return doc([*first, terminal("end")], subpipelines={"c": child})
+
+
+@pytest.mark.trio_only
+@pytest.mark.parametrize(("kind", "status"), [("stage", S.COMPLETED), ("subpipeline", S.FAILED)])
+async def test_a_subpipelines_timeout_counts_input_waits_and_a_stages_does_not(
+    kind: str, status: stageflow.SessionStatus
+) -> None:
+    # What docs/snapshots.md said ("time spent waiting for input never counts
+    # against them") was true of a stage's timeout only; the docs now say so.
+    registry = stageflow.StageRegistry()
+    session = stageflow.Session(
+        stageflow.Pipeline.from_dict(_waiting_child_doc(kind), registry=registry),
+        registry=registry,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await anyio.sleep(5)  # virtual time: a person answering late
+        if session.status is S.RUNNING:
+            session.send_input("go", "hi")
+    assert session.status is status
+    if status is S.FAILED:
+        [event] = [e for e in session.history if e.type == "node_failed"]
+        assert event.payload["error"]["type"] == "NodeTimeoutError"
