@@ -289,6 +289,17 @@ class Session:
         """
         return self._state.history.subscribe(callback)
 
+    def accepted_inputs(self) -> tuple[str, ...] | None:
+        """The input types some wait of the pipeline can ever accept, sorted.
+
+        Every stage that declares its inputs counts (``WaitStage`` declares
+        the one its ``config.input`` names). ``None`` when some stage of the
+        pipeline declares none, so it may wait for any type. An input of a
+        type not listed is queued for nobody (``input_unexpected``), or
+        rejected with ``validate_events="strict"`` (``unknown_type``).
+        """
+        return self._state.desk.accepted()
+
     def waiting_for(self) -> tuple[str, ...]:
         """The input types some stage is waiting for right now, sorted.
 

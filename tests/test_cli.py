@@ -381,10 +381,13 @@ def test_test_command_exits_1_on_a_failing_case(cli: Cli, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(("ok", "code"), [(True, ExitCode.OK), (False, ExitCode.FAILED)])
 def test_test_command_runs_case_files_and_reports(
-    cli: Cli, monkeypatch: pytest.MonkeyPatch, ok: bool, code: int
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ok: bool, code: int
 ) -> None:
     """Against the tester's API: Report.ok, Report.render(coverage=...), Report.to_dict()."""
     calls: list[Any] = []
+    monkeypatch.chdir(tmp_path)  # the files must exist: a path that names none is a typo
+    for name in ("a.json", "b.yaml"):
+        (tmp_path / name).write_text("{}")
 
     @attrs.frozen
     class Report:

@@ -92,6 +92,22 @@ def test_the_tester_shows_the_traceback_of_a_stages_module_that_raised(
     assert "raise RuntimeError('no config')" in below
 
 
+def test_a_case_file_path_that_names_no_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    # It printed "ERROR nope.json: [Errno 2] No such file or directory" and
+    # exited 1, where every other command says "check the path" and exits 2.
+    good = write_json(
+        tmp_path / "good.json",
+        {"pipeline": PIPELINE, "stages": STAGES, "cases": [{"name": "ok", "payload": {}}]},
+    )
+    got = cli("test", good, str(tmp_path / "nope.json"))
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        f"stageflow: {tmp_path / 'nope.json'}: no such file; check the path "
+        "(the other case files were not run)"
+    ]
+    assert got.out == ""
+
+
 def test_a_command_runs_with_standard_error_closed() -> None:
     # Python makes sys.stderr None: configuring the logs raised AttributeError.
     done = subprocess.run(

@@ -130,6 +130,79 @@ async def test_a_wait_with_a_timeout_is_left_to_time_out(
     ]
 
 
+@pytest.mark.trio
+async def test_a_scripted_type_one_typo_away_stops_the_run_at_the_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The wait was left to time out (300 s of real time for the chat example),
+    # and only then was the typo reported, as an input never asked for.
+    wait = stage("wait", "Ask", next="end", outputs={"answer": "answer"})
+    wait["config"] = {"type": "approval"}
+    document = doc([wait, terminal("end", "answer")])
+    warnings: list[str] = []
+    script = ScriptedInputs.parse(['aproval={"ok": true}'])
+    script.warn = warnings.append
+    result = await drive_session(session_for(document), script)
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert script.stop is not None
+    assert script.stop.exit_code == ExitCode.NEEDS_INPUT
+    assert warnings == [
+        "the session waits for input 'approval', which no scripted input has left, while "
+        "--input aproval was never asked for: did you mean --input approval=...? "
+        "The run is cancelled"
+    ]
+
+
+def test_a_scripted_type_no_wait_accepts_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every wait of this pipeline is a WaitStage, which declares its type: a
+    # type none of them accepts is known to be wrong before anything runs.
+    wait = stage("wait", "WaitStage", next="end", outputs={"payload": "answer"})
+    wait["config"] = {"input": "approval"}
+    pipeline = write(tmp_path, "p.json", json.dumps(doc([wait, terminal("end", "answer")])))
+    code = main(["run", pipeline, "--no-plugins", "--input", "aproval=1"])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.USAGE
+    assert out == ""
+    assert err.strip() == (
+        "stageflow: --input aproval: no wait of this pipeline accepts input type 'aproval' "
+        "(did you mean 'approval'?); it accepts 'approval'"
+    )
+
+
+def test_warn_mode_problems_are_told_on_standard_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # validate_events "warn" recorded a contract_violation event and said
+    # nothing: the run completed, exit 0, in silence.
+    stages = write(tmp_path, "typed.py", textwrap.dedent(TYPED_MODULE))
+    node = stage("greet", "Greet", next="end", arguments={"name": "name"})
+    pipeline = write(tmp_path, "p.json", json.dumps(doc([node, terminal("end")])))
+    code = main(["run", pipeline, "--stages", stages, "--no-plugins", "--payload", '{"name": 5}'])
+    _, err = capsys.readouterr()
+    assert code == ExitCode.OK
+    assert "stageflow: warning: node 'greet': contract_violation {" in err
+    assert '"key": "name"' in err
+
+
+TYPED_MODULE = """
+    import stageflow
+
+    registry = stageflow.StageRegistry()
+
+
+    @registry.register("Greet")
+    class Greet(stageflow.BaseStage):
+        spec = stageflow.StageSpec(
+            arguments={"type": "object", "properties": {"name": {"type": "string"}}}
+        )
+
+        async def run(self, ctx):
+            return {}
+"""
+
+
 @pytest.mark.anyio
 async def test_a_rejected_scripted_input_cancels_the_session() -> None:
     registry = stageflow.StageRegistry()

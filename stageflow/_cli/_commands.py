@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ shapes in Mermaid (the default format):
   start        a small circle
   stage        a rectangle
   condition    a diamond
-  parallel     a box with double side bars (second line: its branches)
+  parallel     a box with double side bars (second line: its policy)
   subpipeline  a box with double side bars (second line: the subpipeline)
   map          a parallelogram
   terminal     a rounded stadium with a thick border
@@ -238,6 +239,15 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
             "stageflow test needs stageflow.testing.run_case_files, which this stageflow "
             "does not have yet; upgrade stageflow",
             exit_code=ExitCode.UNAVAILABLE,
+        )
+    # A path that names no file is a typo on the command line, as for every other
+    # command (exit 2); a file that exists but cannot be read or run is reported
+    # with the others, which still run.
+    missing = [path for path in args.cases if not os.path.exists(path)]
+    if missing:
+        raise CommandError(
+            f"{', '.join(missing)}: no such file; check the path"
+            + (" (the other case files were not run)" if len(missing) < len(args.cases) else "")
         )
     report = run_case_files(list(args.cases), stages_modules=list(args.stages_modules))
     if args.json:

@@ -14,11 +14,12 @@ time out, since the pipeline may route that timeout somewhere.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 import attrs
@@ -117,6 +118,19 @@ class ScriptedInputs:
         if self.stop is not None or input_type not in session.waiting_for():
             return  # already cancelling, or an earlier input (broadcast) served this wait
         queue = self.queues.get(input_type)
+        unused = [t for t, q in self.queues.items() if q and t != input_type]
+        near = difflib.get_close_matches(input_type, unused, n=1) if not queue else []
+        if near:
+            # A scripted type one typo away: waiting out the timeout (or running on
+            # without it) would only end in "scripted inputs never asked for".
+            self._cancel(
+                session,
+                f"the session waits for input {input_type!r}, which no scripted input has "
+                f"left, while --input {near[0]} was never asked for: did you mean --input "
+                f"{input_type}=...? The run is cancelled",
+                ExitCode.NEEDS_INPUT,
+            )
+            return
         if not queue and timeout is not None:
             self.warn(
                 f"the session waits for input {input_type!r} and no scripted input of that type "
@@ -273,6 +287,40 @@ def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None
     return LiveView(Console(file=io.out), title)
 
 
+def _check_scripted_types(session: Session, script: ScriptedInputs) -> None:
+    """Refuse an ``--input`` type no wait of the pipeline can accept (a typo, most often).
+
+    It would never be asked for: the run would wait out the timeout of the
+    wait that was meant, then report it unused.
+
+    Raises:
+        CommandError: such a type, with the accepted ones and the nearest.
+    """
+    accepted = session.accepted_inputs()
+    if accepted is None:
+        return  # a stage that declares no inputs may wait for any type
+    for input_type in script.queues:
+        if input_type in accepted:
+            continue
+        near = difflib.get_close_matches(input_type, accepted, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise CommandError(
+            f"--input {input_type}: no wait of this pipeline accepts input type "
+            f"{input_type!r}{hint}; it accepts {', '.join(map(repr, accepted)) or 'no inputs'}"
+        )
+
+
+# History events that say the run went on past something wrong (validate_events "warn").
+_WARNINGS: Final = ("contract_violation", "event_validation_failed", "input_unexpected")
+
+
+def _warn_of(event: Event, io: Streams) -> None:
+    """Tell standard error of a ``warn``-mode event: the run goes on, but not in silence."""
+    if event.type in _WARNINGS:
+        where = f"node {event.node_id!r}: " if event.node_id else ""
+        io.warn(f"warning: {where}{event.type} {json.dumps(dict(event.payload))}")
+
+
 def run_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow run``: see the module docstring."""
     registry = resolve_registry(
@@ -297,6 +345,8 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     shutdown = _configure_tracing(args)
     try:
         session = Session(pipeline, payload=payload)  # the pipeline carries the registry
+        _check_scripted_types(session, script)
+        session.subscribe(lambda event: _warn_of(event, io))
         view = _make_view(args, io, pipeline.name)
         if args.virtual_time:
             result = run_in_virtual_time(drive_session, session, script, view)

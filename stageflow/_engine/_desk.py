@@ -99,6 +99,10 @@ class InputDesk:
         """The input broker (waiters and backlog)."""
         return self._broker
 
+    def accepted(self) -> tuple[str, ...] | None:
+        """The input types the pipeline's stages declare, sorted; ``None`` if one declares none."""
+        return None if self._open else tuple(sorted(self._declared))
+
     def waiting_for(self) -> frozenset[str]:
         """Input types awaited right now."""
         return self._broker.waiting_for()

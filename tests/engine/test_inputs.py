@@ -405,3 +405,26 @@ def test_no_input_is_lost_or_delivered_twice(script: list[tuple[str, int]]) -> N
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert received == list(range(sends))
+
+
+async def test_accepted_inputs_are_the_declared_types_or_none_when_any_may_be_awaited() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Free")
+    async def free(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": await ctx.wait_input("anything")}
+
+    def waits(*types: str) -> list[dict[str, Any]]:
+        nodes = []
+        for i, type in enumerate(types):
+            node = stage(f"w{i}", "WaitStage", next=f"w{i + 1}" if i + 1 < len(types) else "end")
+            node["config"] = {"input": type}
+            nodes.append(node)
+        return nodes
+
+    declared = load(doc([*waits("b", "a", "b"), terminal()]), registry)
+    assert stageflow.Session(declared, registry=registry).accepted_inputs() == ("a", "b")
+    [wait] = waits("a")
+    wait["next"] = "f"
+    open_ = load(doc([wait, stage("f", "Free", next="end"), terminal()]), registry)
+    assert stageflow.Session(open_, registry=registry).accepted_inputs() is None
