@@ -7,6 +7,7 @@ to the graph (``$.nodes[3].next``); the loader re-roots them for subpipelines
 
 from __future__ import annotations
 
+import difflib
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -240,8 +241,12 @@ def check_graph(
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
     ids = {*index, *other_ids}  # once: per node it made loading quadratic
+    meant: dict[str, list[str]] = {}  # node id -> the ids its mistyped edges likely meant
     for i, node in zip(at, nodes, strict=True):
-        yield from _check_edges(i, node, ids, known)
+        for problem, guess in _check_edges(i, node, ids, known):
+            if guess is not None:
+                meant.setdefault(node.id, []).append(guess)
+            yield problem
         if isinstance(node, ConditionNode):
             for j, branch in enumerate(node.conditions):
                 for inner, message in jsonlogic.check(branch.if_):
@@ -262,7 +267,10 @@ def check_graph(
 
     if entry not in index or not whole:
         return
-    reachable = walk([entry], index, all_edges)
+    # An edge with a typo in its target leaves what it meant unreachable: read
+    # it as the id it likely meant, so only the typo is reported, not what
+    # follows from it.
+    reachable = walk([entry], index, lambda node: (*all_edges(node), *meant.get(node.id, ())))
     for i, node in zip(at, nodes, strict=True):
         if node.id not in reachable and where.get(node.id) == i:
             yield Problem(
@@ -361,14 +369,20 @@ def _check_exits(
         )
 
 
-def _check_edges(i: int, node: Node, ids: set[str], known: str) -> Iterator[Problem]:
+def _check_edges(
+    i: int, node: Node, ids: set[str], known: str
+) -> Iterator[tuple[Problem, str | None]]:
+    """Each edge to a missing node: the problem, and the id it likely meant (or ``None``)."""
     for edge in edges(node):
         if edge.target not in ids:
-            yield Problem(
+            near = difflib.get_close_matches(edge.target, ids, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            problem = Problem(
                 f"$.nodes[{i}].{edge.field}",
                 f"{node.type} node {node.id!r} points at {edge.target!r}, which is not a node; "
-                f"use one of: {known}",
+                f"{hint}use one of: {known}",
             )
+            yield problem, near[0] if near else None
 
 
 def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:

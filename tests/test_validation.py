@@ -364,3 +364,30 @@ def test_an_unregistered_builtin_stage_says_where_the_builtins_are() -> None:
     (found,) = problems(document)
     assert "registry=stageflow.builtins.registry()" in found.message
     assert "--stages stageflow.builtins" in found.message
+
+
+def test_a_typo_in_an_edge_is_reported_once_with_the_id_it_likely_meant() -> None:
+    # The typo came with one "unreachable" problem for every node after it.
+    document = doc(
+        [
+            stage("a", "Set", next="decdie"),
+            stage("decide", "Set", next="b"),
+            stage("b", "Set", next="end"),
+            terminal("end"),
+            terminal("orphan"),
+        ]
+    )
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=fake_registry())
+    assert [(p.location, p.message) for p in info.value.problems] == [
+        (
+            "$.nodes[0].next",
+            "stage node 'a' points at 'decdie', which is not a node; did you mean 'decide'? "
+            "use one of: a, b, decide, end, orphan",
+        ),
+        (
+            "$.nodes[4]",
+            "node 'orphan' is unreachable from the entry 'a'; connect it with 'next', a "
+            "condition, a parallel branch or a map body, or remove it",
+        ),
+    ]
