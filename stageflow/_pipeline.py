@@ -434,11 +434,12 @@ def _problems_beside_schema(
     return problems
 
 
-def plain_document(document: Mapping[str, Any]) -> tuple[Any, Problem | None]:
+def plain_document(document: Any) -> tuple[Any, Problem | None]:
     """Copy ``document`` as plain JSON, or find the first value JSON cannot carry.
 
     Returns the copy and ``None``, or a problem for a YAML date, a set, NaN, ...
-    Pipelines and case files are checked with it.
+    Pipelines, case files and the command line's JSON and YAML values are
+    checked with it.
     """
     try:
         # Mappings and tuples (a frozen document) become dicts and lists; the check

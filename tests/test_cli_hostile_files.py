@@ -37,6 +37,22 @@ def test_a_payload_file_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Pa
     ]
 
 
+def test_a_yaml_payload_with_a_date_names_the_file_and_says_to_quote_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # It said "payload.text is a date ... return only dict, list, str, ...":
+    # the wording for a stage's outputs, with no file and no word on YAML.
+    payload = tmp_path / "payload.yaml"
+    payload.write_text("text: 2024-01-01\n")
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", f"@{payload}")
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        f"stageflow: --payload @{payload}: $.text: date datetime.date(2024, 1, 1) is not JSON "
+        "(not a JSON type); YAML reads unquoted dates and times as such: quote it to make it "
+        "a string"
+    ]
+
+
 def test_a_case_file_that_is_not_utf8_is_reported_and_the_others_run(
     cli: Cli, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import yaml
 
 from stageflow._errors import StageflowError
 from stageflow._guard import BudgetError, parse_json_text, parse_yaml_text, read_text_file
+from stageflow._pipeline import plain_document
 
 __all__ = [
     "LOG_LEVELS",
@@ -188,13 +189,13 @@ def read_json_argument(text: str, *, option: str) -> Any:
             raise CommandError(f"{source}: not read: {exc}") from exc
         if file.suffix in (".yaml", ".yml"):
             try:
-                return parse_yaml_text(text)
+                return _plain(parse_yaml_text(text), source)
             except yaml.YAMLError as exc:
                 raise CommandError(f"{source}: not valid YAML: {exc}; fix the file") from exc
             except BudgetError as exc:
                 raise CommandError(f"{source}: not read: {exc}") from exc
     try:
-        return parse_json_text(text)
+        return _plain(parse_json_text(text), source)
     except BudgetError as exc:
         raise CommandError(f"{source}: not read: {exc}") from exc
     except json.JSONDecodeError as exc:
@@ -202,6 +203,14 @@ def read_json_argument(text: str, *, option: str) -> Any:
             f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
             "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
         ) from exc
+
+
+def _plain(value: Any, source: str) -> Any:
+    """``value`` if JSON can carry it (a YAML date, NaN, ... cannot), named where it is."""
+    plain, problem = plain_document(value)
+    if problem is not None:
+        raise CommandError(f"{source}: {problem.location}: {problem.message}")
+    return plain
 
 
 def optional_module(name: str, option: str) -> ModuleType:
