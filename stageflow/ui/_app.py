@@ -153,6 +153,35 @@ def _path_file(request: Request) -> str:
     return str(request.path_params["file"])
 
 
+class _StreamProblem:
+    """What a live stream last told the page about the store: each change once.
+
+    A look that fails sends a ``problem`` event with the store's message (and
+    logs it), unless it is the message sent last; the first look that reads
+    again sends an empty one, which clears it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.text = ""
+
+    def failed(self, exc: Exception) -> str | None:
+        """The event for a failed look, or ``None`` when the page already has it."""
+        text = str(exc)
+        if text == self.text:
+            return None
+        self.text = text
+        log.warning("ui.live_update_failed", path=self.path, error=text)
+        return f"event: problem\n{_data(text)}\n"
+
+    def cleared(self) -> str | None:
+        """The event for a look that read again after a failure, or ``None``."""
+        if not self.text:
+            return None
+        self.text = ""
+        return "event: problem\ndata: \n\n"
+
+
 def session_path(session_id: str) -> str:
     """A session id as one path segment, for the pages' links and forms.
 
@@ -362,7 +391,7 @@ class Inspector:
             nonlocal last
             yield "retry: 2000\n\n"
             rows: list[SessionRow] | None = first
-            problem = ""
+            problem = _StreamProblem(request.url.path)
             while True:
                 if rows is not None:
                     body = displayable(template.render(rows=rows))
@@ -375,14 +404,11 @@ class Inspector:
                     rows, _ = await source.rows(filters, _LIMIT)
                 except (StoreError, InspectorError) as exc:
                     rows = None
-                    if str(exc) != problem:
-                        problem = str(exc)
-                        log.warning("ui.live_update_failed", path=request.url.path, error=problem)
-                        yield f"event: problem\n{_data(problem)}\n"
+                    if (event := problem.failed(exc)) is not None:
+                        yield event
                     continue
-                if problem:
-                    problem = ""
-                    yield "event: problem\ndata: \n\n"
+                if (event := problem.cleared()) is not None:
+                    yield event
 
         return EventStream(changes())
 
@@ -457,7 +483,7 @@ class Inspector:
         async def changes() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
             fp: str | None = first
-            problem = ""
+            problem = _StreamProblem(request.url.path)
             while True:
                 if fp is not None and fp != known:
                     yield f"event: changed\ndata: {fp}\n\n"
@@ -471,14 +497,11 @@ class Inspector:
                     return
                 except (StoreError, InspectorError) as exc:
                     fp = None
-                    if str(exc) != problem:
-                        problem = str(exc)
-                        log.warning("ui.live_update_failed", path=request.url.path, error=problem)
-                        yield f"event: problem\n{_data(problem)}\n"
+                    if (event := problem.failed(exc)) is not None:
+                        yield event
                     continue
-                if problem:
-                    problem = ""
-                    yield "event: problem\ndata: \n\n"
+                if (event := problem.cleared()) is not None:
+                    yield event
 
         return EventStream(changes())
 
