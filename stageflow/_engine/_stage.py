@@ -37,7 +37,6 @@ from stageflow._errors import (
     error_matches,
 )
 from stageflow._guard import SAFE_INT_BITS, int_too_large
-from stageflow._identity import IdentityCache
 from stageflow._json import copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
@@ -316,12 +315,11 @@ class StageExecutor:
                 context = frame.ctx
                 mapped = node.outputs
                 try:
-                    if len(mapped) > 1 and _nested(mapped):
-                        # A later path may cross a scalar: all of them or none.
+                    if len(mapped) == 1:
+                        for key, path in mapped.items():
+                            context.set(path, outputs[key])
+                    else:  # a later path may cross a scalar: all of them or none
                         context.set_all([(path, outputs[key]) for key, path in mapped.items()])
-                        return
-                    for key, path in mapped.items():
-                        context.set(path, outputs[key])
                 except ContextPathError as exc:
                     raise _unwritable(node, exc) from exc
                 return
@@ -380,19 +378,6 @@ class StageExecutor:
             ctx.set_all(writes)
         except ContextPathError as exc:
             raise _unwritable(node, exc) from exc
-
-
-# Whether a node's output mapping has a nested path (its writes can fail
-# part-way), by the mapping itself: worked out once per node, not per
-# execution ("sequential stage node" row).
-_NESTED: IdentityCache[bool] = IdentityCache()
-
-
-def _nested(mapped: Mapping[str, str]) -> bool:
-    found = _NESTED.get(mapped)
-    if found is None:
-        found = _NESTED.put(mapped, any("." in path for path in mapped.values()))
-    return found
 
 
 def _unwritable(node: StageNode, exc: ContextPathError) -> StageOutputError:
