@@ -124,6 +124,31 @@ def test_a_case_file_path_that_names_no_file_is_a_usage_error(cli: Cli, tmp_path
     assert got.out == ""
 
 
+def test_the_tester_keeps_the_sessions_log_lines_out_unless_asked(cli: Cli, tmp_path: Path) -> None:
+    # A case that expects a failure printed the session's ERROR lines
+    # (node.finished, session.finished) around a report saying it passed.
+    case = write_json(
+        tmp_path / "case.json",
+        {
+            "pipeline": PIPELINE,
+            "stages": STAGES,
+            "cases": [
+                {
+                    "name": "fails as expected",
+                    "payload": {"user_id": "u", "text": "a b"},
+                    "mocks": {"InitStage": {"errors": [{"type": "ValueError"}]}},
+                    "expect": {"status": "failed"},
+                }
+            ],
+        },
+    )
+    got = cli("test", case, "--no-coverage")
+    assert got.code == ExitCode.OK
+    assert "session.finished" not in got.err
+    asked = cli("test", case, "--no-coverage", "--log-level", "error")
+    assert "session.finished" in asked.err
+
+
 def test_a_command_runs_with_standard_error_closed() -> None:
     # Python makes sys.stderr None: configuring the logs raised AttributeError.
     done = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -249,7 +250,17 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
             f"{', '.join(missing)}: no such file; check the path"
             + (" (the other case files were not run)" if len(missing) < len(args.cases) else "")
         )
-    report = run_case_files(list(args.cases), stages_modules=list(args.stages_modules))
+    # The report says how each case ran. Without a log option, the sessions' own
+    # lines stay out of it: a case that expects a failure printed ERROR lines.
+    quiet = not (getattr(args, "log_level", None) or getattr(args, "log_format", None))
+    session_log = logging.getLogger("stageflow.session")
+    level = session_log.level
+    if quiet:
+        session_log.setLevel(logging.CRITICAL + 1)
+    try:
+        report = run_case_files(list(args.cases), stages_modules=list(args.stages_modules))
+    finally:
+        session_log.setLevel(level)
     if args.json:
         io.print(dump_json(report.to_dict()))
     else:
