@@ -41,6 +41,7 @@ __all__ = [
     "CancelScopeLike",
     "EventLike",
     "TrioWake",
+    "NO_FLAGS",
     "cancel_flags",
     "current_backend",
     "is_cancellation",
@@ -184,6 +185,10 @@ class CancelFlags(NamedTuple):
     status: Any
     runner: Any
     task: Any
+
+
+# What a caller uses for the flags off trio: await the checkpoint every node.
+NO_FLAGS: Final = (None, None, None)
 
 
 def cancel_flags(backend: Backend) -> CancelFlags | None:

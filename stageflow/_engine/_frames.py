@@ -251,8 +251,21 @@ class Kernel(Protocol):
     @property
     def mode(self) -> ValidateEvents: ...
 
-    def run_path(self, node_id: str | None, frame: Frame, stop: str | None) -> Awaitable[None]:
-        """Run nodes from ``node_id`` in ``frame`` until the path ends or reaches ``stop``."""
+    def run_path(
+        self,
+        node_id: str | None,
+        frame: Frame,
+        stop: str | None,
+        flags: tuple[Any, Any, Any] | None = None,
+    ) -> Awaitable[None]:
+        """Run nodes from ``node_id`` in ``frame`` until the path ends or reaches ``stop``.
+
+        ``flags`` are what :func:`~stageflow._engine._backend.cancel_flags`
+        returned (or ``(None, None, None)`` for none) in the task that runs
+        the path, in the cancel scope it runs in; ``None`` reads them. A caller
+        that runs many paths one after another in one task and scope reads
+        them once (a map worker: "map item" benchmark row).
+        """
 
     def run_child(
         self,
@@ -264,6 +277,7 @@ class Kernel(Protocol):
         payload: dict[str, Any],
         span: tuple[str, dict[str, Any]] | None,
         settle: Callable[[Exception | None, bool], None],
+        flags: tuple[Any, Any, Any] | None = None,
     ) -> Awaitable[bool]:
         """Run a branch or a map item from ``entry``: its events, its span, its outcome.
 
@@ -273,6 +287,7 @@ class Kernel(Protocol):
         ``settle(error, cancelled)`` is called as it ends, before its last
         event (so a snapshot taken by that event's subscribers sees the
         outcome). Returns whether it succeeded; a failure is not raised.
+        ``flags`` as for :meth:`run_path`.
         """
 
     def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:

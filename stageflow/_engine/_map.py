@@ -15,6 +15,7 @@ from typing import Any, Final
 import anyio
 
 from stageflow._context import MISSING, Context
+from stageflow._engine._backend import NO_FLAGS, cancel_flags
 from stageflow._engine._frames import MAP_ITEM, Frame, Kernel, MapRun
 from stageflow._engine._positions import (
     ItemPosition,
@@ -154,6 +155,9 @@ class MapExecutor:
         # from the item fork's own map: "map item" row).
         collect = tuple((source, "." not in source) for source in node.collect)
         traced = kernel.tracing is not None
+        # Read once for all the items: each item's path runs in this task and
+        # in this cancel scope (Kernel.run_path; "map item" row).
+        flags = cancel_flags(kernel.backend) or NO_FLAGS
         # The item in flight: this worker runs one at a time, so one settle
         # function serves them all, reading the item it settles from these
         # (not a closure made per item: "map item" row). ``own`` is the item
@@ -244,6 +248,7 @@ class MapExecutor:
                         if traced
                         else None,
                         settle,
+                        flags,
                     )
                 except BaseException:
                     # A settled item is out of ``running`` already; one that raised may not be.

@@ -32,6 +32,7 @@ import structlog
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
 from stageflow._engine._backend import (
+    NO_FLAGS,
     CancelScopeLike,
     cancel_flags,
     current_backend,
@@ -125,7 +126,6 @@ _YIELD_EVERY: Final = 63
 # (docs/internals.md, "The tight path").
 _TIGHT = True
 _UNSEEN: Final[Any] = object()
-_NO_FLAGS: Final = (None, None, None)  # off trio: await the checkpoint every node
 _time_ns: Final = time.time_ns
 _new: Final = object.__new__
 
@@ -862,10 +862,17 @@ class Run:
 
     # ------------------------------------------------------------ choke point
 
-    async def run_path(self, node_id: str | None, frame: Frame, stop: str | None) -> None:
+    async def run_path(
+        self,
+        node_id: str | None,
+        frame: Frame,
+        stop: str | None,
+        flags: tuple[Any, Any, Any] | None = None,
+    ) -> None:
         """Run nodes from ``node_id`` until a node has no ``next`` or ``stop`` is reached.
 
         A restored frame starts instead at the node its snapshot names.
+        ``flags``: the running task's cancellation flags (see ``Kernel.run_path``).
         """
         index = frame.scope.pipeline.node_index
         resume = frame.resume
@@ -897,8 +904,10 @@ class Run:
         runner: Any
         task: Any
         # Unpacked at once: the flags' tuple is not kept in the frame of a
-        # path that waits ("paused session, memory each" row).
-        status, runner, task = cancel_flags(backend) or _NO_FLAGS
+        # path that waits ("paused session, memory each" row). A map worker
+        # reads them once for all its items ("map item" row).
+        status, runner, task = flags or cancel_flags(backend) or NO_FLAGS
+        flags = None
         checkpoint, yield_ = backend.checkpoint, backend.yield_
         caps, desk = self._caps, state.desk
         session_id = state.session_id
@@ -1322,6 +1331,7 @@ class Run:
         payload: dict[str, Any],
         span: tuple[str, dict[str, Any]] | None,
         settle: Callable[[Exception | None, bool], None],
+        flags: tuple[Any, Any, Any] | None = None,
     ) -> bool:
         """Run a branch or a map item: its events, span and outcome (see ``Kernel``)."""
         state = self._state
@@ -1340,7 +1350,7 @@ class Run:
             else:
                 history.record(kind.started, node_id, path, payload)
             try:
-                await self.run_path(entry, frame, stop)
+                await self.run_path(entry, frame, stop, flags)
             except Exception as exc:
                 outcome, error = "failed", exc
                 settle(exc, False)

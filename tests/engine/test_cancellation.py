@@ -170,3 +170,98 @@ async def test_a_suspended_run_ends_its_branch_and_item_spans_suspended(
     outcomes = _outcomes(exporter)
     assert outcomes[node] == outcomes[child] == "suspended"
     assert "cancelled" not in outcomes.values()
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_a_cancel_from_a_map_item_stops_the_map_before_its_next_item(
+    concurrency: int,
+) -> None:
+    """Items that never await still stop at the next item once cancel() is called.
+
+    A map worker reads the cancellation flags once for all its items (the
+    "map item" benchmark row): the test it makes before each item must still
+    see a cancel() made by an item's own stage.
+    """
+    registry = stageflow.StageRegistry()
+    ran: list[int] = []
+    sessions: list[stageflow.Session] = []
+
+    @registry.register("Count")
+    async def count(ctx: stageflow.StageContext) -> dict[str, Any]:
+        n = ctx.arguments["n"]
+        ran.append(n)
+        if n == 4:
+            sessions[0].cancel("enough")
+        return {"n": n}  # never awaits
+
+    document = doc(
+        [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "items",
+                "body": "count",
+                "item_path": "n",
+                "concurrency": concurrency,
+                "next": "end",
+            },
+            stage("count", "Count", arguments={"n": "n"}),
+            terminal(),
+        ]
+    )
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": list(range(50))}
+    )
+    sessions.append(session)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    # The item that cancelled ends; no stage runs after it (an item a worker
+    # had already begun is recorded as cancelled before its node starts).
+    assert ran == [0, 1, 2, 3, 4]
+    started = [e.path for e in result.history if e.type == "node_started" and e.path]
+    assert started == [f"each/{n}" for n in range(5)]
+    assert result.history[-1].type == "session_cancelled"
+
+
+async def test_a_failing_map_item_stops_the_other_workers_before_their_next_item() -> None:
+    """Fail fast reaches workers whose items never await (their flags are the task group's)."""
+    registry = stageflow.StageRegistry()
+    ran: list[int] = []
+
+    @registry.register("Count")
+    async def count(ctx: stageflow.StageContext) -> dict[str, Any]:
+        n = ctx.arguments["n"]
+        ran.append(n)
+        if n == 4:
+            raise ValueError("item 4 is bad")
+        return {"n": n}  # never awaits
+
+    document = doc(
+        [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "items",
+                "body": "count",
+                "item_path": "n",
+                "concurrency": 3,
+                "next": "end",
+            },
+            stage("count", "Count", arguments={"n": "n"}),
+            terminal(),
+        ]
+    )
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": list(range(50))}
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.MapError)
+    assert 4 in ran
+    assert len(ran) < 50
+    # No stage starts once the failure has cancelled the items: the last
+    # started stage is the one that failed or one already in flight.
+    failed_at = next(i for i, e in enumerate(result.history) if e.type == "node_failed")
+    assert not any(e.type == "node_started" for e in result.history[failed_at:])
+    cancelled = [e for e in result.history if e.type == "map_item_cancelled"]
+    assert all(e.payload["index"] > 4 for e in cancelled)
