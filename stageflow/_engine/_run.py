@@ -544,7 +544,11 @@ class Run:
             state.steps = saved["steps"] - self._unstarted
             state.history.reopen()
         state.stopped_by_limit = None
-        self._caps = RunCaps(state.limits, state.steps, len(state.history))
+        # Events counted as the caps count them: recorded rejections held
+        # already have their own budget, as those recorded during the run.
+        self._caps = RunCaps(
+            state.limits, state.steps, len(state.history) - state.desk.recorded_rejections
+        )
         self._records = state.history.records  # replaced only by a restore, never in a run
         state.status = SessionStatus.RUNNING
         return resume
@@ -1287,7 +1291,9 @@ class Run:
             # limit before the first one's stop cancelled it: the first stop
             # is the one to resume from, and the error the run ends with.
             return state.stopped_by_limit
-        error = self._caps.error(node.id, state.steps, len(state.history))
+        error = self._caps.error(
+            node.id, state.steps, len(state.history) - state.desk.recorded_rejections
+        )
         # Taken before anything unwinds: a restore with the limit raised goes on from here.
         state.saved = self.saved_state()
         state.stopped_by_limit = error
