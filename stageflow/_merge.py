@@ -115,14 +115,15 @@ def _check_conflicts(
             # One writer of a top-level key: nothing to compare, and an
             # overlap with a path inside it is found from that path's side.
             continue
-        if path in reducers:
-            continue
-        first_branch, first = values[0]
-        for branch, value in values[1:]:
-            if value != first:
-                raise MergeConflictError(
-                    node_id=node_id, path=path, branches=(first_branch, branch)
-                )
+        if path not in reducers:
+            # A reducer combines the writes of exactly its path; a write above
+            # or inside it by another branch is still a conflict (below).
+            first_branch, first = values[0]
+            for branch, value in values[1:]:
+                if value != first:
+                    raise MergeConflictError(
+                        node_id=node_id, path=path, branches=(first_branch, branch)
+                    )
         if "." not in path:
             continue
         # Another branch writing a parent of this path overlaps it.
@@ -130,10 +131,11 @@ def _check_conflicts(
         for cut in range(1, len(parts)):
             prefix = ".".join(parts[:cut])
             for other, _ in contributions.get(prefix, ()):
-                if any(branch != other for branch, _ in values):
-                    raise MergeConflictError(
-                        node_id=node_id, path=prefix, branches=(other, first_branch)
-                    )
+                for branch, _ in values:
+                    if branch != other:
+                        raise MergeConflictError(
+                            node_id=node_id, path=prefix, branches=(other, branch)
+                        )
 
 
 def _checked(
