@@ -54,6 +54,8 @@ def merge_branches(
         _keep_one_writer_per_overlap(contributions, [branch for branch, _ in branches], first)
     # Every value is made before any is written: a reducer that cannot combine
     # what it got fails the node with nothing merged, as a failed branch does.
+    # The writes cannot fail: no two branches' writes overlap any more (checked
+    # or settled above), and each branch's fit the context it forked from.
     writes: list[tuple[str, Any]] = []
     for path, values in contributions.items():
         reducer = reducers.get(path) if reducers else None
@@ -62,7 +64,9 @@ def merge_branches(
         else:
             # FIRST; or LAST, or ERROR where every value is equal (checked above).
             writes.append((path, values[0][1] if first else values[-1][1]))
-    target.set_all(writes)
+    set_ = target.set
+    for path, value in writes:
+        set_(path, value)
 
 
 def _keep_one_writer_per_overlap(
