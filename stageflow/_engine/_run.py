@@ -57,6 +57,7 @@ from stageflow._engine._state import Saved, SessionState, TraceIds
 from stageflow._engine._subpipeline import SubpipelineExecutor
 from stageflow._errors import (
     ConditionError,
+    JsonLogicError,
     LimitExceededError,
     NodeError,
     SessionStateError,
@@ -997,12 +998,17 @@ class Run:
                 try:
                     if type(step) is _Choice:
                         # Run._condition, with its outcomes made once.
-                        for matches, done, finished, taken in step.choices:  # noqa: B007 (read after break)
-                            if matches is None or matches(data):
-                                break
-                        else:
+                        try:
+                            for matches, done, finished, taken in step.choices:  # noqa: B007 (read after break)
+                                if matches is None or matches(data):
+                                    break
+                            else:
+                                await self._condition(step.node, frame)  # raises ConditionError
+                                raise AssertionError("no condition matched")  # pragma: no cover
+                        except JsonLogicError:
+                            # A rule past a JsonLogic bound: the error that names the node.
                             await self._condition(step.node, frame)  # raises ConditionError
-                            raise AssertionError("no condition matched")  # pragma: no cover
+                            raise
                         # Set once a choice is taken: a test that raises leaves it None.
                         ending = taken
                     else:
@@ -1381,7 +1387,15 @@ class Run:
     async def _condition(self, node: ConditionNode, frame: Frame) -> str | None:
         data = frame.ctx.data
         for index, branch in enumerate(node.conditions):
-            if branch.matches(data):
+            try:
+                matched = branch.matches(data)
+            except JsonLogicError as exc:
+                raise ConditionError(
+                    f"condition node {node.id!r}: the 'if' of conditions[{index}] cannot be "
+                    f"evaluated against the context: {exc}",
+                    node_id=node.id,
+                ) from exc
+            if matched:
                 frame.branch = index
                 return branch.then
         if node.else_ is not None:
