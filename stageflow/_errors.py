@@ -30,7 +30,8 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   │   │                           or emitted an invalid event in strict mode
     │   │   └── StageSchemaError        an argument or output value broke its declared schema
     │   │                               (.kind, .key, .expected, .got; strict mode)
-    │   ├── ConditionError              no condition matched and no ``else``
+    │   ├── ConditionError              no condition matched and no ``else``, or a rule
+    │   │                               could not be evaluated (the JsonLogicError its cause)
     │   ├── MergeConflictError          branches wrote one path with different values
     │   ├── LimitExceededError          a session limit was hit (.limit, .value)
     │   ├── SubpipelineError            a subpipeline call could not return its outputs
@@ -389,7 +390,11 @@ class StageOutputError(NodeError):
 
 
 class ConditionError(NodeError):
-    """No condition of a condition node matched and it has no ``else``."""
+    """No condition of a condition node matched and it has no ``else``.
+
+    Also a rule that cannot be evaluated at run time (past a JsonLogic bound):
+    the :class:`JsonLogicError` is the ``__cause__``.
+    """
 
 
 class MergeConflictError(NodeError):

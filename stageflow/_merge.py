@@ -8,7 +8,7 @@ declared reducer, or a node merge strategy other than ``error``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from stageflow._context import MISSING, Context
 from stageflow._errors import MergeConflictError, NodeError
@@ -47,17 +47,66 @@ def merge_branches(
                 contributions[path] = [(branch, value)]
             else:
                 found.append((branch, value))
+    first = strategy is MergeStrategy.FIRST
     if strategy is MergeStrategy.ERROR:
         _check_conflicts(node_id, contributions, reducers)
-    first = strategy is MergeStrategy.FIRST
-    set_ = target.set
+    elif len(branches) > 1:
+        _keep_one_writer_per_overlap(contributions, [branch for branch, _ in branches], first)
+    # Every value is made before any is written: a reducer that cannot combine
+    # what it got fails the node with nothing merged, as a failed branch does.
+    # The writes cannot fail: no two branches' writes overlap any more (checked
+    # or settled above), and each branch's fit the context it forked from.
+    writes: list[tuple[str, Any]] = []
     for path, values in contributions.items():
         reducer = reducers.get(path) if reducers else None
         if reducer is not None:
-            set_(path, _checked(node_id, path, reducer, target.get(path), values))
+            writes.append((path, _checked(node_id, path, reducer, target.get(path), values)))
         else:
             # FIRST; or LAST, or ERROR where every value is equal (checked above).
-            set_(path, values[0][1] if first else values[-1][1])
+            writes.append((path, values[0][1] if first else values[-1][1]))
+    set_ = target.set
+    for path, value in writes:
+        set_(path, value)
+
+
+def _keep_one_writer_per_overlap(
+    contributions: dict[str, list[tuple[str, Any]]], order: Sequence[str], first: bool
+) -> None:
+    """For ``first`` / ``last``: where branches wrote a path and a path inside it, keep one.
+
+    Paths that overlap (``a`` and ``a.b``, written by different branches) are
+    one conflict: the first (or last) branch, in ``children`` order, that
+    wrote any of them keeps its writes there, the others' are dropped, as
+    for two branches writing the same path. Writing both would put one
+    branch's value inside another's (or fail, where ``a`` is a number).
+    """
+    roots: dict[str, str] = {}  # a nested path -> the outermost written path above it
+    for path in contributions:
+        if "." not in path:
+            continue
+        parts = path.split(".")
+        for cut in range(1, len(parts)):
+            prefix = ".".join(parts[:cut])
+            if prefix in contributions:
+                roots[path] = prefix
+                break
+    if not roots:
+        return
+    groups: dict[str, list[str]] = {}
+    for path, root in roots.items():
+        groups.setdefault(root, [root]).append(path)
+    rank = {branch: i for i, branch in enumerate(order)}
+    for paths in groups.values():
+        writers = {branch for path in paths for branch, _ in contributions[path]}
+        if len(writers) < 2:
+            continue  # one branch wrote a path and a path inside it: no conflict
+        keep = (min if first else max)(writers, key=rank.__getitem__)
+        for path in paths:
+            kept = [(branch, value) for branch, value in contributions[path] if branch == keep]
+            if kept:
+                contributions[path] = kept
+            else:
+                del contributions[path]
 
 
 def _check_conflicts(
@@ -70,14 +119,15 @@ def _check_conflicts(
             # One writer of a top-level key: nothing to compare, and an
             # overlap with a path inside it is found from that path's side.
             continue
-        if path in reducers:
-            continue
-        first_branch, first = values[0]
-        for branch, value in values[1:]:
-            if value != first:
-                raise MergeConflictError(
-                    node_id=node_id, path=path, branches=(first_branch, branch)
-                )
+        if path not in reducers:
+            # A reducer combines the writes of exactly its path; a write above
+            # or inside it by another branch is still a conflict (below).
+            first_branch, first = values[0]
+            for branch, value in values[1:]:
+                if value != first:
+                    raise MergeConflictError(
+                        node_id=node_id, path=path, branches=(first_branch, branch)
+                    )
         if "." not in path:
             continue
         # Another branch writing a parent of this path overlaps it.
@@ -85,10 +135,11 @@ def _check_conflicts(
         for cut in range(1, len(parts)):
             prefix = ".".join(parts[:cut])
             for other, _ in contributions.get(prefix, ()):
-                if any(branch != other for branch, _ in values):
-                    raise MergeConflictError(
-                        node_id=node_id, path=prefix, branches=(other, first_branch)
-                    )
+                for branch, _ in values:
+                    if branch != other:
+                        raise MergeConflictError(
+                            node_id=node_id, path=prefix, branches=(other, branch)
+                        )
 
 
 def _checked(
@@ -113,11 +164,29 @@ def _checked(
     return reduced
 
 
+# What a container reducer folds into: the value the path had before the node.
+_CONTAINER: Final[Mapping[Reducer, type]] = {
+    Reducer.APPEND: list,
+    Reducer.EXTEND: list,
+    Reducer.MERGE: dict,
+}
+
+
 def _reduce(
     node_id: str, path: str, reducer: Reducer, base: Any, values: list[tuple[str, Any]]
 ) -> Any:
     items = [value for _, value in values]
     try:
+        if (
+            reducer in _CONTAINER
+            and base is not MISSING
+            and not isinstance(base, _CONTAINER[reducer])
+        ):
+            raise TypeError(
+                f"the value before the parallel node is a {type(base).__name__}, not "
+                f"{'an object' if reducer is Reducer.MERGE else 'a list'}: write one there before "
+                "the parallel node, or leave the path unset"
+            )
         if reducer is Reducer.APPEND:
             return [*(base if base is not MISSING else []), *items]
         if reducer is Reducer.EXTEND:

@@ -14,6 +14,7 @@ import enum
 import math
 import sys
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any, Final, Literal, TypeAlias
 
 import attrs
@@ -495,7 +496,9 @@ class MapNode(_Routable):
     def tolerated(self, total: int) -> int:
         """How many failed items are tolerated out of ``total``."""
         if self.max_failure_ratio is not None:
-            return int(self.max_failure_ratio * total)
+            # The fraction as written: the float 0.29 is just below 29/100, and
+            # 0.29 of 100 items tolerates 29, not 28.
+            return int(Fraction(repr(self.max_failure_ratio)) * total)
         return self.max_failures
 
 

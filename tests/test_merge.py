@@ -44,6 +44,30 @@ def test_parent_and_child_path_from_two_branches_conflict() -> None:
     assert info.value.path == "a"
 
 
+@pytest.mark.parametrize("outer_first", [True, False])
+def test_a_reducer_on_a_nested_path_does_not_cover_another_branch_writing_above_it(
+    outer_first: bool,
+) -> None:
+    """Neither the reducer's contribution lost under "a", nor a raw ContextPathError."""
+    parent = Context({})
+    reducers = {"a.b": stageflow.Reducer.APPEND}
+    writes = [{"a": 5}, {"a.b": 1}] if outer_first else [{"a.b": 1}, {"a": 5}]
+    with pytest.raises(stageflow.MergeConflictError) as info:
+        merge_branches("p", ERROR, reducers, parent, branches(parent, *writes))
+    assert info.value.path == "a"
+    assert sorted(info.value.branches) == ["b0", "b1"]
+    assert parent.get("a") is stageflow.MISSING
+
+
+def test_an_overlap_names_the_two_branches_that_wrote_it() -> None:
+    parent = Context({})
+    forks = branches(parent, {"a": {"b": 1}, "a.b": 1}, {"a.b": 1})
+    with pytest.raises(stageflow.MergeConflictError) as info:
+        merge_branches("p", ERROR, {}, parent, forks)
+    assert info.value.path == "a"
+    assert info.value.branches == ("b0", "b1")
+
+
 def test_reducer_covers_a_conflicting_path() -> None:
     parent = Context({})
     reducers = {"x": stageflow.Reducer.APPEND}

@@ -209,6 +209,24 @@ def test_an_exceeded_event_limit_is_reported_even_if_the_run_ends_first(
     assert [f.field for f in result.failures][-1] == "limit"
 
 
+@pytest.mark.parametrize("limit", ["max_run_steps", "max_run_events", "max_run_seconds"])
+def test_a_per_run_limit_of_the_pipeline_can_be_expected(
+    write_cases: Callable[..., Path], limit: str
+) -> None:
+    """The tester reports these limits; a case must be able to expect them."""
+    mocks = {"WorkerAStage": {"delay": 60, "outputs": {"a_result": 1}}}
+    path = write_cases(
+        [{"name": "n", "payload": LONG, "mocks": mocks, "expect": {"limit_exceeded": limit}}]
+    )
+    pipeline = path.parent / "pipeline.json"
+    document = json.loads(pipeline.read_text())
+    document["limits"] = {limit: 2}
+    pipeline.write_text(json.dumps(document))
+    result = run_one(path)
+    assert result.limit_exceeded == limit
+    assert result.passed, result.render()
+
+
 def test_an_expected_limit_that_is_not_hit_fails(write_cases: Callable[..., Path]) -> None:
     cases = [{"name": "n", "payload": SHORT, "expect": {"limit_exceeded": "max_steps"}}]
     (failure,) = run_one(write_cases(cases)).failures

@@ -67,7 +67,11 @@ class RunCaps:
         self.events = _cap(limits.max_history, events_at_start, limits.max_run_events)
 
     def error(self, node_id: str, steps: int, events: int) -> LimitExceededError:
-        """The error for the limit a node at ``steps`` / ``events`` passed."""
+        """The error for the limit a node at ``steps`` / ``events`` passed.
+
+        ``events`` (and ``events_at_start``) count the events held less the
+        recorded input rejections, which have a budget of their own.
+        """
         limits = self.limits
         if steps > self.steps:
             lifetime = limits.max_steps is not None and steps > limits.max_steps

@@ -58,6 +58,7 @@ from stageflow._engine._state import Saved, SessionState, TraceIds
 from stageflow._engine._subpipeline import SubpipelineExecutor
 from stageflow._errors import (
     ConditionError,
+    JsonLogicError,
     LimitExceededError,
     NodeError,
     SessionStateError,
@@ -544,7 +545,11 @@ class Run:
             state.steps = saved["steps"] - self._unstarted
             state.history.reopen()
         state.stopped_by_limit = None
-        self._caps = RunCaps(state.limits, state.steps, len(state.history))
+        # Events counted as the caps count them: recorded rejections held
+        # already have their own budget, as those recorded during the run.
+        self._caps = RunCaps(
+            state.limits, state.steps, len(state.history) - state.desk.recorded_rejections
+        )
         self._records = state.history.records  # replaced only by a restore, never in a run
         state.status = SessionStatus.RUNNING
         return resume
@@ -1002,12 +1007,17 @@ class Run:
                 try:
                     if type(step) is _Choice:
                         # Run._condition, with its outcomes made once.
-                        for matches, done, finished, taken in step.choices:  # noqa: B007 (read after break)
-                            if matches is None or matches(data):
-                                break
-                        else:
+                        try:
+                            for matches, done, finished, taken in step.choices:  # noqa: B007 (read after break)
+                                if matches is None or matches(data):
+                                    break
+                            else:
+                                await self._condition(step.node, frame)  # raises ConditionError
+                                raise AssertionError("no condition matched")  # pragma: no cover
+                        except JsonLogicError:
+                            # A rule past a JsonLogic bound: the error that names the node.
                             await self._condition(step.node, frame)  # raises ConditionError
-                            raise AssertionError("no condition matched")  # pragma: no cover
+                            raise
                         # Set once a choice is taken: a test that raises leaves it None.
                         ending = taken
                     else:
@@ -1296,7 +1306,9 @@ class Run:
             # limit before the first one's stop cancelled it: the first stop
             # is the one to resume from, and the error the run ends with.
             return state.stopped_by_limit
-        error = self._caps.error(node.id, state.steps, len(state.history))
+        error = self._caps.error(
+            node.id, state.steps, len(state.history) - state.desk.recorded_rejections
+        )
         # Taken before anything unwinds: a restore with the limit raised goes on from here.
         state.saved = self.saved_state()
         state.stopped_by_limit = error
@@ -1385,7 +1397,15 @@ class Run:
     async def _condition(self, node: ConditionNode, frame: Frame) -> str | None:
         data = frame.ctx.data
         for index, branch in enumerate(node.conditions):
-            if branch.matches(data):
+            try:
+                matched = branch.matches(data)
+            except JsonLogicError as exc:
+                raise ConditionError(
+                    f"condition node {node.id!r}: the 'if' of conditions[{index}] cannot be "
+                    f"evaluated against the context: {exc}",
+                    node_id=node.id,
+                ) from exc
+            if matched:
                 frame.branch = index
                 return branch.then
         if node.else_ is not None:

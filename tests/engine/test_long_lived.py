@@ -349,6 +349,43 @@ async def test_max_run_events_stops_a_run_that_records_too_much() -> None:
     assert "this run() recorded 7 events" in str(result.error)
 
 
+@pytest.mark.parametrize("restored", [False, True])
+async def test_input_rejections_held_before_a_run_do_not_raise_its_event_budget(
+    restored: bool,
+) -> None:
+    """Recorded rejections have a budget of their own, also when the run starts with some."""
+    nodes = [
+        stage("inc", "Set", config={"values": {"x": 1}}, outputs={"x": "x"}, next="again"),
+        {
+            "id": "again",
+            "type": "condition",
+            "conditions": [{"if": True, "then": "inc"}],
+            "else": "end",
+        },
+        terminal("end"),
+    ]
+    pipeline = load(doc(nodes))
+    limits = stageflow.Limits(max_run_events=20)
+    counted = []
+    for rejections in (0, 5):
+        session = stageflow.Session(pipeline, limits=limits)
+        for _ in range(rejections):
+            with pytest.raises(stageflow.InputRejectedError):
+                session.send_input("note", {"v": float("nan")})
+        if restored:
+            snapshot = json.loads(json.dumps(session.to_dict()))
+            session = stageflow.Session.from_dict(
+                snapshot, registry=pipeline.registry, limits=limits
+            )
+        result = await session.run()
+        assert isinstance(result.error, stageflow.LimitExceededError)
+        assert result.error.limit == "max_run_events"
+        assert [e.type for e in result.history].count("input_rejected") == rejections
+        own = sum(1 for e in result.history if e.type != "input_rejected")
+        counted.append((own, str(result.error)))
+    assert counted[0] == counted[1]
+
+
 async def test_a_restore_onto_a_new_pipeline_version_takes_its_limits() -> None:
     stages = chat_stages()
     old = chat_pipeline(stages, max_steps=5)

@@ -141,6 +141,21 @@ async def test_tolerated_failures_are_reported(fields: dict[str, Any]) -> None:
     assert result.artifacts["failed"][0]["error"]["causes"][0]["message"] == "item 1 failed"
 
 
+@pytest.mark.parametrize(("ratio", "total"), [(0.29, 100), (0.57, 100), (0.1, 30)])
+async def test_a_failure_ratio_tolerates_its_decimal_fraction_of_the_items(
+    ratio: float, total: int
+) -> None:
+    """0.29 of 100 items is 29, although the float 0.29 times 100 is 28.999999999999996."""
+    tolerated = round(ratio * total)
+    items = [{"v": i, "fail": i < tolerated} for i in range(total)]
+    result = await run_map(items, concurrency=4, max_failure_ratio=ratio, failures_path="failed")
+    assert result.status is S.COMPLETED, result.error
+    assert len(result.artifacts["failed"]) == tolerated
+    items[tolerated]["fail"] = True
+    result = await run_map(items, concurrency=4, max_failure_ratio=ratio)
+    assert f"{tolerated + 1} of {total} items failed (tolerated: {tolerated})" in str(result.error)
+
+
 async def test_too_many_failures_fail_the_node() -> None:
     items = [{"v": i, "fail": True} for i in range(3)]
     result = await run_map(items, concurrency=1, max_failures=1)

@@ -138,6 +138,89 @@ async def test_reducer_that_cannot_combine_fails_the_node() -> None:
     assert "reducer 'sum'" in str(result.error)
 
 
+@pytest.mark.parametrize(
+    ("reducer", "base", "found"),
+    [
+        ("append", "abc", "a str, not a list"),
+        ("extend", {"k": 1}, "a dict, not a list"),
+        ("merge", [["k", 1]], "a list, not an object"),
+        ("merge", "ab", "a str, not an object"),
+    ],
+)
+async def test_a_reducer_over_an_old_value_it_cannot_fold_into_fails_the_node(
+    reducer: str, base: object, found: str
+) -> None:
+    """Not a string split into characters, a dict's keys, nor a raw ValueError from run()."""
+    values = [["x"], ["y"]] if reducer == "extend" else [{"a": 1}, {"b": 2}]
+    if reducer == "append":
+        values = ["x", "y"]
+    pipeline = fan([set_node("x", "shared", values[0]), set_node("y", "shared", values[1])])
+    pipeline["reducers"] = {"shared": reducer}
+    result = await run(pipeline, payload={"shared": base})
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.NodeError)
+    assert result.error.node_id == "fan"
+    assert f"the value before the parallel node is {found}" in str(result.error)
+
+
+async def test_a_join_whose_reducer_fails_merges_nothing() -> None:
+    """The paths before the one a reducer cannot combine are not written either."""
+    both = stage(
+        "x",
+        "Set",
+        config={"values": {"a": 1, "s": "text"}},
+        outputs={"a": "a", "s": "shared"},
+    )
+    pipeline = doc(
+        [
+            parallel(
+                "fan",
+                ["x", "y"],
+                next="end",
+                on_error=[{"errors": ["NodeError"], "next": "handled"}],
+            ),
+            both,
+            set_node("y", "shared", 1),
+            terminal("end", "a", "shared"),
+            terminal("handled", "a", "shared", "error.node_id", result={"ok": False}),
+        ],
+        reducers={"shared": "sum"},
+    )
+    result = await run(pipeline)
+    assert result.status is COMPLETED
+    assert result.result == {"ok": False}
+    assert result.artifacts == {"a": None, "shared": None, "error.node_id": "fan"}
+
+
+@pytest.mark.parametrize(
+    ("first_writes", "second_writes", "strategy", "expected"),
+    [
+        (("a", 5), ("a.b", 1), "first", 5),
+        (("a", 5), ("a.b", 1), "last", {"b": 1}),
+        (("a.b", 1), ("a", {"c": 2}), "first", {"b": 1}),
+        (("a.b", 1), ("a", {"c": 2}), "last", {"c": 2}),
+    ],
+)
+async def test_first_and_last_keep_one_branch_where_one_wrote_inside_the_others_path(
+    first_writes: tuple[str, object],
+    second_writes: tuple[str, object],
+    strategy: str,
+    expected: object,
+) -> None:
+    """Paths a and a.b from two branches conflict; first / last settle it by children order."""
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "y"], next="end", merge=strategy),
+            set_node("x", first_writes[0], first_writes[1]),
+            set_node("y", second_writes[0], second_writes[1], delay=1),
+            terminal("end", "a"),
+        ]
+    )
+    result = await run(pipeline)
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts == {"a": expected}
+
+
 async def test_branches_see_the_parent_but_not_each_other() -> None:
     registry_doc = fan(
         [

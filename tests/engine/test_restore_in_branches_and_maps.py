@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from fakes import doc, load, parallel, stage, terminal
+from fakes import doc, fake_registry, load, parallel, stage, terminal
 from snapshot_support import (
     Case,
     Outcome,
@@ -348,3 +348,46 @@ async def test_a_branch_that_replaced_what_it_wrote_into_snapshots_as_json() -> 
     result = await restored.run()
     assert result.status is stageflow.SessionStatus.COMPLETED
     assert result.artifacts == plain.artifacts
+
+
+# ------------------------------------------------- first / last over overlapping writes
+
+
+@pytest.mark.parametrize(("strategy", "a"), [("first", {"k": 1}), ("last", {"c": 9})])
+async def test_first_and_last_settle_overlapping_writes_alike_at_every_cut(
+    strategy: str, a: Any
+) -> None:
+    """Branches writing "a", "a.b" and "a.c" (one keeps its writes there), a reducer beside."""
+    stages = fake_registry()
+
+    def wait(node_id: str, input_type: str, path: str, nxt: str | None = None) -> dict[str, Any]:
+        config = {"input": input_type}
+        return stage(node_id, "WaitStage", config=config, outputs={"payload": path}, next=nxt)
+
+    def put(node_id: str, path: str, value: Any, nxt: str | None = None) -> dict[str, Any]:
+        config = {"values": {"v": value}}
+        return stage(node_id, "Set", config=config, outputs={"v": path}, next=nxt)
+
+    document = doc(
+        [
+            parallel("p", ["x", "y", "z"], next="end", merge=strategy),
+            wait("x", "gx", "a", "x2"),
+            put("x2", "n", 1),
+            put("y", "a.b", 2, "y2"),
+            wait("y2", "gy", "q"),
+            wait("z", "gz", "a.c", "z2"),
+            put("z2", "s", 3),
+            terminal("end", "a", "n", "q", "s"),
+        ],
+        reducers={"s": "sum"},
+    )
+    case = Case(
+        load(document, stages),
+        stages,
+        {"s": 10},
+        inputs={"gx": [{"k": 1}], "gy": ["qq"], "gz": [9]},
+    )
+    expected = await uninterrupted(case)
+    assert expected.artifacts == {"a": a, "n": 1, "q": "qq", "s": 13}
+    assert await every_cut(case, expected) > 20
+    assert all(outcome == expected for _, outcome in await cut_at_waits(case))

@@ -184,6 +184,38 @@ async def test_a_condition_that_matches_nothing_fails_alike_on_both_paths() -> N
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("tight", [True, False])
+async def test_a_rule_past_a_jsonlogic_bound_fails_its_condition_node_by_name(
+    tight: bool,
+) -> None:
+    """A ConditionError naming the node (in a branch too), the JsonLogicError its cause."""
+    stages = stageflow.StageRegistry()
+    doubled = {"cat": [{"var": "accumulator"}, {"var": "accumulator"}]}
+    too_long = {"==": [{"reduce": [{"var": "steps"}, doubled, "xx"]}, "y"]}
+    nodes = [
+        parallel("fan", ["c"], next="end"),
+        {
+            "id": "c",
+            "type": "condition",
+            "conditions": [{"if": False, "then": "end"}, {"if": too_long, "then": "end"}],
+            "else": "end",
+        },
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages, payload={"steps": list(range(40))})
+    with contextlib.nullcontext() if tight else general_path():
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.ConditionError)
+    assert result.error.node_id == "c"
+    assert "conditions[1]" in str(result.error)
+    assert isinstance(result.error.__cause__, stageflow.JsonLogicError)
+    failed = [e for e in result.history if e.type == "node_failed" and e.node_id == "c"]
+    assert failed[0].payload["error"]["type"] == "ConditionError"
+
+
+@pytest.mark.anyio
 async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
     """Every attribute of the context the tight path builds itself, in a branch too."""
     stages = stageflow.StageRegistry()
