@@ -138,6 +138,8 @@ def json_message(error: jsonschema.ValidationError) -> str:
         return f"field(s) {', '.join(extra)} are not allowed here"
     if keyword == "type":
         kinds = [str(k) for k in expected] if isinstance(expected, list) else [str(expected)]
+        if instance is None:
+            return f"expected {' or '.join(kinds)}, got null"  # not "null null"
         return (
             f"expected {' or '.join(kinds)}, got {_JSON_TYPES.get(type(instance), 'value')} {got}"
         )

@@ -41,6 +41,14 @@ def test_nodes_as_object_is_a_clear_problem_not_a_crash() -> None:
     assert "expected array" in found[0].message
 
 
+def test_a_null_where_a_type_is_expected_is_named_once() -> None:
+    found = problems({"api_version": "1.0", "entry": "a", "nodes": None})
+    assert [p.location for p in found] == ["$.nodes"]
+    assert found[0].message.endswith("expected array, got null")
+    found = problems({"api_version": "1.0", "entry": "a", "nodes": True})
+    assert found[0].message.endswith("expected array, got boolean true")
+
+
 def test_missing_nodes_is_reported() -> None:
     found = problems({"api_version": "1.0", "entry": "a"})
     assert any('field "nodes" is required; add it' in p.message for p in found)
