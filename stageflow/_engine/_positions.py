@@ -17,7 +17,7 @@ read their records through these types, so a misspelt key is a type error.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, TypedDict
 
 from stageflow._context import Context
@@ -43,6 +43,7 @@ __all__ = [
     "mismatch",
     "parked_waits",
     "restore_error",
+    "parked_calls",
     "unseen_inputs",
     "writes_of",
 ]
@@ -274,24 +275,30 @@ def parked_waits(position: FramePosition | None, type: str, now: datetime.dateti
     return found
 
 
-def unseen_inputs(position: FramePosition | None) -> list[tuple[str, Any]]:
-    """The inputs sent to saved waits (``parked``) that no stage has taken yet.
+def parked_calls(position: FramePosition | None) -> list[Call]:
+    """The journal entries of saved waits that were sent an input (``parked``), not copied.
 
-    A restored stage takes its parked input when the session runs again; a
-    session that ends before that (cancelled while waiting) lists them with
-    the backlog it discards, so none is lost in silence.
+    A restored stage takes its parked input when its journal replays that
+    entry; a session that ends before (cancelled while waiting, or a run
+    that stops before the stage runs again) lists them with the backlog it
+    discards, so none is lost in silence (:func:`unseen_inputs`).
     """
-    found: list[tuple[str, Any]] = []
+    found: list[Call] = []
     if position is None:
         return found
     stage = position.get("stage")
     if stage is not None and stage["calls"]:
         last = stage["calls"][-1]
         if last.get("parked") and "payload" in last:
-            found.append((last["wait"], copy_json(last["payload"])))
+            found.append(last)
     for child in children(position):
-        found.extend(unseen_inputs(child))
+        found.extend(parked_calls(child))
     return found
+
+
+def unseen_inputs(calls: Iterable[Call]) -> list[tuple[str, Any]]:
+    """The (type, payload) of parked entries (:func:`parked_calls`), as discarded inputs."""
+    return [(call["wait"], copy_json(call["payload"])) for call in calls]
 
 
 # ------------------------------------------------------- against a pipeline

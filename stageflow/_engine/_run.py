@@ -51,7 +51,14 @@ from stageflow._engine._frames import (
 from stageflow._engine._limits import RunCaps, run_time_error
 from stageflow._engine._map import MapExecutor
 from stageflow._engine._parallel import ParallelExecutor
-from stageflow._engine._positions import FramePosition, awaited, count_positions, writes_of
+from stageflow._engine._positions import (
+    FramePosition,
+    awaited,
+    count_positions,
+    parked_calls,
+    unseen_inputs,
+    writes_of,
+)
 from stageflow._engine._runtime import StageRuntime, StageWork
 from stageflow._engine._stage import EMPTY_MAPPING, PLAIN_SCALARS, StageExecutor
 from stageflow._engine._state import Saved, SessionState, TraceIds
@@ -544,6 +551,8 @@ class Run:
             self._unstarted = count_positions(resume)
             state.steps = saved["steps"] - self._unstarted
             state.history.reopen()
+            parked = parked_calls(resume)
+            state.parked = {id(call): call for call in parked} if parked else None
         state.stopped_by_limit = None
         # Events counted as the caps count them: recorded rejections held
         # already have their own budget, as those recorded during the run.
@@ -627,7 +636,10 @@ class Run:
             scope.deadline = anyio.current_time() + timeout
         elif state.deadline is not None:
             scope.deadline = anyio.current_time() + self.runtime.seconds_until(state.deadline)
-        if state.cancel_reason is not None:
+        if state.cancel_reason is not None or scope.deadline <= anyio.current_time():
+            # A deadline already passed (a run restored late) cancels now: trio
+            # would notice it only at the next yield, after the nodes that
+            # never await had run (asyncio's checkpoint notices it at once).
             scope.cancel()
         self._main.cancel = scope
 
@@ -724,7 +736,11 @@ class Run:
     def _finish(
         self, status: SessionStatus, error: StageflowError | None, *, reason: str | None = None
     ) -> SessionResult:
-        return self._state.finish(status, error, self._main, reason=reason)
+        state = self._state
+        parked, state.parked = state.parked, None
+        # Inputs sent to restored waits whose stages did not run again.
+        unseen = unseen_inputs(parked.values()) if parked else ()
+        return state.finish(status, error, self._main, reason=reason, unseen=unseen)
 
     def _internal_error(self, exc: Exception) -> None:
         """End the session failed by an error outside any node (the caller re-raises it)."""

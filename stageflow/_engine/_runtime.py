@@ -142,6 +142,10 @@ class RuntimeState(Protocol):
     def pipeline(self) -> Pipeline:
         """The session's pipeline (its name labels the metrics)."""
 
+    @property
+    def parked(self) -> dict[int, Call] | None:
+        """The run's parked journal entries no restored stage has replayed yet, by identity."""
+
 
 class RunHooks(Protocol):
     """What the runtime calls back on the run that made it."""
@@ -425,12 +429,17 @@ class StageRuntime:
         if not replay:
             return None
         entry = replay.pop(0)
+        parked = self._state.parked
         if kind in entry and (key is None or entry.get(kind) == key):
+            if parked is not None:
+                parked.pop(id(entry), None)  # the stage takes its input
             return entry
         work.replay = None
         for unseen in (entry, *replay):
             if unseen.get("parked"):
                 self._state.desk.broker.requeue(unseen["wait"], unseen["payload"])
+                if parked is not None:
+                    parked.pop(id(unseen), None)  # in the backlog now
         self._state.history.record(
             "replay_diverged",
             work.node.id,

@@ -19,7 +19,7 @@ import anyio.lowlevel
 from stageflow._context import Context
 from stageflow._engine._desk import InputDesk
 from stageflow._engine._frames import Scope
-from stageflow._engine._positions import FramePosition
+from stageflow._engine._positions import Call, FramePosition
 from stageflow._errors import LimitExceededError, StageflowError, describe_exception
 from stageflow._events import History
 from stageflow._json import copy_json
@@ -124,6 +124,7 @@ class SessionState:
         "metrics",
         "mode",
         "outcome",
+        "parked",
         "pipeline",
         "rng",
         "root_ids",
@@ -172,6 +173,10 @@ class SessionState:
         # What a WAITING session resumes from (a restore, or its own suspension).
         self.saved: Saved | None = None
         self.outcome: dict[str, Any] | None = None  # a finished session's result, for snapshots
+        # The parked entries (inputs sent to saved waits) of the run in
+        # progress that no restored stage has replayed yet, by identity: a
+        # run that ends first lists them as discarded (positions.parked_calls).
+        self.parked: dict[int, Call] | None = None
         self.root_ids: TraceIds | None = None  # the last run's root span, for snapshots
         self.status = SessionStatus.PENDING
         self.steps = 0

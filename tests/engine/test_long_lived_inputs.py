@@ -389,3 +389,83 @@ async def test_a_suspended_wait_past_its_deadline_does_not_take_the_input() -> N
     clock[0] += datetime.timedelta(minutes=5)
     receipt = session.send_input("go", {"n": 3})
     assert (receipt.delivered, receipt.queued) == (0, True)
+
+
+def _late_doc() -> dict[str, Any]:
+    """A wait, then stages that never await, under a one-minute session timeout."""
+    nodes: list[dict[str, Any]] = [
+        {
+            "id": "listen",
+            "type": "stage",
+            "stage": "WaitStage",
+            "config": {"input": "go"},
+            "next": "s0",
+        }
+    ]
+    nodes += [stage(f"s{i}", "Count", next=f"s{i + 1}" if i < 4 else "end") for i in range(5)]
+    nodes.append(terminal("end"))
+    document = doc(nodes)
+    document["limits"] = {"timeout": 60}
+    return document
+
+
+async def test_a_session_restored_past_its_deadline_runs_nothing_and_keeps_its_input() -> None:
+    """Restored after its deadline: timed out before any node runs, on trio as on asyncio.
+
+    On trio the run's cancel scope noticed a deadline already past only at
+    the next yield, so the stages that never await all ran and the session
+    completed; on both backends the input sent to the saved wait was in no
+    event.
+    """
+    ran: list[str] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Count")
+    async def count(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ran.append(ctx.node_id)
+        return {}
+
+    clock = [datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)]
+    pipeline = load(_late_doc(), registry)
+    session = stageflow.Session(pipeline, registry=registry, clock=lambda: clock[0])
+    await session.run(suspend=True)
+    clock[0] += datetime.timedelta(minutes=5)
+    data = json.loads(json.dumps(session.to_dict()))
+    late = stageflow.Session.from_dict(
+        data, pipeline=pipeline, registry=registry, clock=lambda: clock[0]
+    )
+    assert late.send_input("go", {"n": 1}).delivered == 1  # to the saved wait
+    result = await late.run()
+    assert result.status is stageflow.SessionStatus.TIMED_OUT
+    assert ran == []
+    assert [e.type for e in result.history][-3:] == [
+        "session_resumed",
+        "inputs_discarded",
+        "session_timed_out",
+    ]
+    assert result.discarded_inputs == (("go", {"n": 1}),)
+
+
+async def test_a_run_cancelled_before_a_restored_wait_runs_again_keeps_its_input() -> None:
+    pipeline = load(two_waiters_doc())
+    session = stageflow.Session(pipeline)
+    await session.run(suspend=True)
+    restored = stageflow.Session.from_dict(
+        json.loads(json.dumps(session.to_dict())), pipeline=pipeline
+    )
+    # The first input reaches both saved waits; the second waits in the backlog.
+    assert restored.send_input("go", {"n": 1}).delivered == 2
+    assert restored.send_input("go", {"n": 2}).queued
+
+    def cancel_at_resume(event: stageflow.Event) -> None:
+        if event.type == "session_resumed":
+            restored.cancel("not now")
+
+    restored.subscribe(cancel_at_resume)
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert not [e for e in result.history if e.type == "input_received"]
+    # Before: only the backlog's input was listed.
+    assert sorted(p["n"] for _, p in result.discarded_inputs) == [1, 1, 2]
+    [discarded] = [e for e in result.history if e.type == "inputs_discarded"]
+    assert discarded.payload["count"] == 3
