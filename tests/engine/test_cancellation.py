@@ -172,6 +172,28 @@ async def test_a_suspended_run_ends_its_branch_and_item_spans_suspended(
     assert "cancelled" not in outcomes.values()
 
 
+def _counting_map(registry: stageflow.StageRegistry, concurrency: int) -> stageflow.Session:
+    """A session mapping the registry's ``Count`` stage over 50 items."""
+    document = doc(
+        [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "items",
+                "body": "count",
+                "item_path": "n",
+                "concurrency": concurrency,
+                "next": "end",
+            },
+            stage("count", "Count", arguments={"n": "n"}),
+            terminal(),
+        ]
+    )
+    return stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": list(range(50))}
+    )
+
+
 @pytest.mark.parametrize("concurrency", [1, 3])
 async def test_a_cancel_from_a_map_item_stops_the_map_before_its_next_item(
     concurrency: int,
@@ -194,24 +216,7 @@ async def test_a_cancel_from_a_map_item_stops_the_map_before_its_next_item(
             sessions[0].cancel("enough")
         return {"n": n}  # never awaits
 
-    document = doc(
-        [
-            {
-                "id": "each",
-                "type": "map",
-                "items": "items",
-                "body": "count",
-                "item_path": "n",
-                "concurrency": concurrency,
-                "next": "end",
-            },
-            stage("count", "Count", arguments={"n": "n"}),
-            terminal(),
-        ]
-    )
-    session = stageflow.Session(
-        load(document, registry), registry=registry, payload={"items": list(range(50))}
-    )
+    session = _counting_map(registry, concurrency)
     sessions.append(session)
     result = await session.run()
     assert result.status is stageflow.SessionStatus.CANCELLED
@@ -236,24 +241,7 @@ async def test_a_failing_map_item_stops_the_other_workers_before_their_next_item
             raise ValueError("item 4 is bad")
         return {"n": n}  # never awaits
 
-    document = doc(
-        [
-            {
-                "id": "each",
-                "type": "map",
-                "items": "items",
-                "body": "count",
-                "item_path": "n",
-                "concurrency": 3,
-                "next": "end",
-            },
-            stage("count", "Count", arguments={"n": "n"}),
-            terminal(),
-        ]
-    )
-    session = stageflow.Session(
-        load(document, registry), registry=registry, payload={"items": list(range(50))}
-    )
+    session = _counting_map(registry, 3)
     result = await session.run()
     assert result.status is stageflow.SessionStatus.FAILED
     assert isinstance(result.error, stageflow.MapError)
