@@ -797,6 +797,7 @@ class Run:
             return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         state.history.close()
         state.status = SessionStatus.WAITING
+        state.parked = None  # the new snapshot's position keeps the waits not run again
         waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
         return SessionResult(
             status=SessionStatus.WAITING,
