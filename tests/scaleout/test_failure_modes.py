@@ -1,0 +1,324 @@
+"""Failure modes of SCALEOUT.md that the other store tests leave out, each made to happen.
+
+Leases that expire mid-turn (in process, on both stores), a crash loop, a
+worker shut down with a turn in flight, a database clock that is not the
+local one, purges racing a conversation, two workers sharing the sessions.
+Stages block on a file (``Gate``); nothing waits on a timed sleep: waits are
+bounded polls of the store's state or the worker's counters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
+
+import stageflow
+from stageflow.store import (
+    Lease,
+    SessionService,
+    SessionStore,
+    StoreUnavailableError,
+    Worker,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running(store: Any, **options: Any) -> AsyncIterator[Worker]:
+    worker = Worker(
+        store,
+        registry=options.pop("registry", registry),
+        poll=options.pop("poll", 0.1),
+        fetch_cooldown=options.pop("fetch_cooldown", 0.01),
+        **options,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        yield worker
+        worker.shutdown()
+
+
+async def until(
+    check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 20
+) -> None:
+    """Poll ``check`` (sync or async) until it holds; fail after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while True:
+            result = check()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(0.01)
+
+
+async def gated_session(service: SessionService, tmp_path: Path) -> tuple[str, Path, Path]:
+    """A session with its two inputs sent: its first turn runs into the ``Gate`` stage."""
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    sid = await service.start(gate_pipeline(marks, gate))
+    for n in (1, 2):
+        await service.send_input(sid, "msg", {"n": n})
+    return sid, marks, gate
+
+
+class _FirstLeaseUnrenewable:
+    """A store whose heartbeats fail while they carry the session's first lease.
+
+    As a store outage that only the heartbeats meet (or a loop too busy to
+    send them): the first lease expires while its turn is inside the stage.
+    With ``renew`` set, heartbeats go through again.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.renew = False
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def heartbeat(self, worker_id: str, leases: list[Lease], lease: float) -> set[str]:
+        if not self.renew and any(item.token == 1 for item in leases):
+            self.refused += 1
+            raise StoreUnavailableError("heartbeats cannot reach the store")
+        held: set[str] = await self._store.heartbeat(worker_id, leases, lease)
+        return held
+
+
+async def test_a_lease_lost_mid_turn_cancels_the_turn_and_writes_nothing(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A heartbeat that finds the lease taken over cancels the stage; the turn is discarded."""
+    service = SessionService(make_store(), registry=registry)
+    sid, marks, gate = await gated_session(service, tmp_path)
+    store = _FirstLeaseUnrenewable(make_store())
+    rival = make_store()
+    # One turn at most: A does not claim the session again itself (the next test does).
+    async with running(store, lease=0.6, worker_id="A", concurrency=1) as worker:
+        await until(lambda: len(read_marks(marks)) == 1, "A inside the stage")
+        taken: list[Lease] = []
+
+        async def take_over() -> bool:
+            taken.extend(await rival.claim("B", limit=1, lease=60))
+            return bool(taken)
+
+        await until(take_over, "the expired lease claimed by B")
+        assert taken[0].token == 2
+        assert [i.payload["n"] for i in taken[0].inputs] == [1, 2]
+        store.renew = True
+        await until(lambda: worker.statistics().lost == 1, "A's heartbeat finds the lease lost")
+        await until(lambda: worker.statistics().running == 0, "A's turn cancelled")
+        gate.touch()  # a stage that was not cancelled would now finish and try to save
+        row = await service.get(sid)
+        assert (row.version, row.lease_owner, row.inbox_done) == (0, "B", 0)
+    stats = worker.statistics()
+    assert (stats.saved, stats.fenced, stats.lost, stats.claimed) == (0, 0, 1, 1)
+    assert len(read_marks(marks)) == 1
+    # B, the holder, saves the turn: the inputs are recorded once.
+    snapshot = {**taken[0].snapshot, "status": "waiting"}
+    assert await rival.complete(taken[0], snapshot, waiting_for=(), wake_at=None, events=())
+    assert (await service.get(sid)).inbox_done == 2
+
+
+async def test_a_crash_loop_is_poisoned_without_running_again(
+    make_store: Callable[..., Any],
+) -> None:
+    """``attempts > max_attempts`` (the worker died on it each time): poisoned, not run."""
+    service = SessionService(make_store(), registry=registry)
+    # Two queues, so that the test's claims below pick the session they mean.
+    looping = await service.start(chat_pipeline(), queue="looping")
+    once = await service.start(chat_pipeline(), queue="once")
+    crashed = make_store()
+    for _ in range(2):  # two workers died holding it: claimed, never saved nor released
+        (lease,) = await crashed.claim("dead", limit=1, lease=0.0, queues=["looping"])
+        assert lease.session_id == looping
+    (lease,) = await crashed.claim("dead", limit=1, lease=0.0, queues=["once"])  # still runs
+    assert lease.session_id == once
+    async with running(make_store(), max_attempts=2, queues=["looping", "once"]) as worker:
+        poisoned = await service.wait(looping, finished=True, timeout=20)
+        assert (await service.wait(once, timeout=20)).status == "waiting"
+    assert (poisoned.status, poisoned.version, poisoned.runnable_at) == ("poisoned", 0, None)
+    assert poisoned.error is not None
+    assert "crash loop" in poisoned.error
+    assert worker.statistics().released == 1
+
+
+async def test_shutdown_waits_for_the_turn_in_flight(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    service = SessionService(make_store(), registry=registry)
+    sid, marks, gate = await gated_session(service, tmp_path)
+    worker = Worker(make_store(), registry=registry, poll=0.1, shutdown_grace=30)
+    returned = anyio.Event()
+
+    async def run() -> None:
+        await worker.run()
+        returned.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await until(lambda: len(read_marks(marks)) == 1, "the turn inside the stage")
+        worker.shutdown()
+        assert worker.statistics().running == 1
+        assert not returned.is_set()
+        gate.touch()
+        with anyio.fail_after(20):
+            await returned.wait()
+    stats = worker.statistics()
+    assert (stats.saved, stats.running, stats.claimed) == (1, 0, 1)
+    done = await service.get(sid)
+    assert (done.status, done.version, done.lease_owner) == ("completed", 1, None)
+
+
+async def test_a_turn_abandoned_at_shutdown_runs_again_after_its_lease(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    service = SessionService(make_store(), registry=registry)
+    sid, marks, gate = await gated_session(service, tmp_path)
+    first = Worker(make_store(), registry=registry, poll=0.1, lease=1.0, shutdown_grace=0)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run)
+            await until(lambda: len(read_marks(marks)) == 1, "the turn inside the stage")
+            first.shutdown()  # no grace: the turn is abandoned, its lease left to expire
+    assert (first.statistics().saved, first.statistics().running) == (0, 0)
+    row = await service.get(sid)
+    assert (row.version, row.lease_owner) == (0, first.worker_id)  # nothing written
+    gate.touch()
+    async with running(make_store(), lease=1.0):
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert (done.status, done.version, done.inbox_done) == ("completed", 1, 2)
+    assert len(read_marks(marks)) == 2  # at-least-once: the abandoned stage ran again
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL's now() cannot be moved
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+async def test_timers_follow_the_database_clock_not_the_workers(
+    make_store: Callable[..., Any], skew: float
+) -> None:
+    """The store's clock is an hour off the worker's: a 1 s timer fires after 1 s of it.
+
+    On the local clock the timer would fire at once (store ahead: early) or an
+    hour late (store behind).
+    """
+
+    def clock() -> float:
+        return time.time() + skew
+
+    service = SessionService(make_store(clock=clock), registry=registry)
+    sid = await service.start(sleep_pipeline(1.0))
+    async with running(make_store(clock=clock)):
+        sleeping = await service.wait(sid, timeout=20)  # its first turn, saved
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert (sleeping.status, done.status) == ("waiting", "completed")
+    second = datetime.timedelta(seconds=1)
+    assert sleeping.wake_at is not None
+    assert sleeping.created_at + second <= sleeping.wake_at <= sleeping.created_at + 10 * second
+    assert done.updated_at >= sleeping.wake_at  # never early, in the store's time
+
+
+async def test_purges_racing_a_conversation_lose_no_input(store: SessionStore) -> None:
+    """Purges that delete every consumed input, run beside sends, claims and saves."""
+    snapshot = stageflow.Session(chat_pipeline(), registry=registry, session_id="p").to_dict()
+    await store.create(snapshot)
+    future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    delivered: list[int] = []
+
+    async def purge() -> None:
+        await store.purge(finished_before=future, inputs_before=future)
+
+    for n in range(40):
+        leases = await _send_claim_and_purge(store, n, purge)
+        while True:
+            for lease in leases:
+                delivered.extend(i.payload["n"] for i in lease.inputs)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(purge)
+                    snap = {**lease.snapshot, "status": "waiting"}
+                    assert await store.complete(
+                        lease, snap, waiting_for=["msg"], wake_at=None, events=()
+                    )
+            leases = await store.claim("w", limit=1, lease=60)
+            if not leases:
+                break
+    assert delivered == list(range(40))  # every input once, in order
+    row = await store.get("p")
+    assert (row.inbox_head, row.inbox_done, row.status) == (40, 40, "waiting")
+    # The purges did delete the consumed inputs: a key older than the window is new again.
+    assert (await store.send_input("p", "msg", {}, idempotency_key="k3")).duplicate is False
+
+
+async def _send_claim_and_purge(
+    store: SessionStore, n: int, purge: Callable[[], Awaitable[None]]
+) -> list[Lease]:
+    """Send input ``n``, claim and purge, all released at once (threads: the database decides)."""
+    leases: list[Lease] = []
+    go = anyio.Event()
+
+    async def send() -> None:
+        await go.wait()
+        await store.send_input("p", "msg", {"n": n}, idempotency_key=f"k{n}")
+
+    async def claim() -> None:
+        await go.wait()
+        leases.extend(await store.claim("w", limit=1, lease=60))
+
+    async def racing_purge() -> None:
+        await go.wait()
+        await purge()
+
+    async with anyio.create_task_group() as tg:
+        for task in (send, claim, racing_purge):
+            tg.start_soon(task)
+        go.set()
+    return leases
+
+
+_RUNS: list[tuple[str, int]] = []
+
+
+class Count(stageflow.BaseStage):
+    """``Collect``, counting each run in ``_RUNS`` (a side effect no fence can take back)."""
+
+    spec = stageflow.StageSpec(description="append msg.n to seen, counted")
+
+    async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        _RUNS.append((ctx.session_id, ctx.arguments["msg"]["n"]))
+        seen = list(ctx.arguments.get("seen") or [])
+        return {"seen": [*seen, ctx.arguments["msg"]["n"]]}
+
+
+async def test_two_workers_run_each_turn_once(make_store: Callable[..., Any]) -> None:
+    """Two workers (two stores, as two processes) share 12 conversations: no duplicate run."""
+    counting = stageflow.StageRegistry()
+    counting.register("Collect")(Count)
+    pipeline = stageflow.Pipeline.from_dict(chat_pipeline().to_dict(), registry=counting)
+    service = SessionService(make_store(), registry=counting)
+    _RUNS.clear()
+    inputs = [1, 2, 3, -1]
+    async with (
+        running(make_store(), registry=counting, concurrency=4) as one,
+        running(make_store(), registry=counting, concurrency=4) as two,
+    ):
+        sids = [await service.start(pipeline) for _ in range(12)]
+        for n in inputs:
+            for sid in sids:
+                await service.send_input(sid, "msg", {"n": n}, idempotency_key=f"{sid}/{n}")
+        for sid in sids:
+            assert (await service.wait(sid, finished=True, timeout=30)).status == "completed"
+    assert sorted(_RUNS) == sorted((sid, n) for sid in sids for n in inputs)
+    for sid in sids:
+        snapshot = await service.store.load(sid)
+        assert snapshot["outcome"]["artifacts"]["seen"] == inputs  # once each, in order
+    stats = [one.statistics(), two.statistics()]
+    assert sum(s.fenced + s.lost + s.released for s in stats) == 0
+    assert sum(s.saved for s in stats) == sum([(await service.get(s)).version for s in sids])
