@@ -285,6 +285,7 @@ class Worker:
                     errors = 0
                     for lease in leases:
                         self._counts["claimed"] += 1
+                        self._drop_earlier_turn(lease.session_id)
                         turn = self._turns[lease.session_id] = _Turn(lease, anyio.CancelScope())
                         tg.start_soon(self._turn, turn)
                     if leases:
@@ -300,6 +301,22 @@ class Worker:
                     logger.warning("worker.claim_failed", error=str(exc), worker=self.worker_id)
                     await anyio.sleep(min(self.poll * errors, 10.0))
             self._idle = None
+
+    def _drop_earlier_turn(self, session_id: str) -> None:
+        """Cancel this worker's turn of a session it has just claimed again.
+
+        That turn's lease expired (its heartbeats failed, or came too late)
+        and the new claim fenced it: it can no longer save, and it must not
+        run the session's stages beside the new turn. Once a turn's save has
+        started the save decides (it committed before the claim, or it is
+        fenced), as with a heartbeat.
+        """
+        earlier = self._turns.get(session_id)
+        if earlier is None or earlier.saving or earlier.scope.cancel_called:
+            return
+        self._counts["lost"] += 1
+        logger.warning("worker.lease_lost", session_id=session_id, claimed_again=True)
+        earlier.scope.cancel()
 
     async def _idle_timeout(self) -> float:
         due = await self.store.next_due(queues=self.queues)

@@ -129,6 +129,31 @@ async def test_a_lease_lost_mid_turn_cancels_the_turn_and_writes_nothing(
     assert (await service.get(sid)).inbox_done == 2
 
 
+async def test_a_worker_that_claims_its_own_expired_session_cancels_the_old_turn(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Its first lease expired (heartbeats failing); its own claim loop takes the session again.
+
+    The old turn must stop there: its lease is lost for good (a newer token
+    exists), and it ran the session's stage a second time, beside the new
+    turn, in the same worker, until the gate opened and its save was fenced.
+    """
+    service = SessionService(make_store(), registry=registry)
+    sid, marks, gate = await gated_session(service, tmp_path)
+    store = _FirstLeaseUnrenewable(make_store())
+    async with running(store, lease=0.6, worker_id="A") as worker:
+        await until(lambda: len(read_marks(marks)) == 2, "the session claimed again by A")
+        assert worker.statistics().claimed == 2
+        await until(lambda: worker.statistics().lost == 1, "the first turn counted lost")
+        gate.touch()
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert (done.status, done.version, done.inbox_done) == ("completed", 1, 2)
+    stats = worker.statistics()
+    assert (stats.saved, stats.fenced, stats.lost, stats.running) == (1, 0, 1, 0)
+    assert len(read_marks(marks)) == 2
+    assert (await service.store.load(sid))["outcome"]["artifacts"]["seen"] == [1, 2]
+
+
 async def test_a_crash_loop_is_poisoned_without_running_again(
     make_store: Callable[..., Any],
 ) -> None:
