@@ -347,3 +347,104 @@ async def test_two_workers_run_each_turn_once(make_store: Callable[..., Any]) ->
     stats = [one.statistics(), two.statistics()]
     assert sum(s.fenced + s.lost + s.released for s in stats) == 0
     assert sum(s.saved for s in stats) == sum([(await service.get(s)).version for s in sids])
+
+
+async def test_concurrent_senders_get_one_seq_each_and_are_delivered_in_seq_order(
+    store: SessionStore,
+) -> None:
+    """Twenty senders at once, with and without keys, two of them retrying one key."""
+    snapshot = stageflow.Session(chat_pipeline(), registry=registry, session_id="o").to_dict()
+    await store.create(snapshot)
+    records: dict[int, Any] = {}
+    go = anyio.Event()
+
+    async def send(n: int) -> None:
+        await go.wait()
+        key = None if n % 2 else f"k{min(n, 18)}"  # 18 and 20 retry one key
+        records[n] = await store.send_input("o", "msg", {"n": n}, idempotency_key=key)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(1, 21):
+            tg.start_soon(send, n)
+        go.set()
+    fresh = sorted(r.seq for r in records.values() if not r.duplicate)
+    assert fresh == list(range(1, 20))  # one seq each, no gap; the retried key stored once
+    assert records[18].seq == records[20].seq
+    assert records[18].duplicate != records[20].duplicate
+    (lease,) = await store.claim("w", limit=1, lease=30)
+    assert [i.seq for i in lease.inputs] == fresh
+    by_seq = {r.seq: n for n, r in records.items() if not r.duplicate}
+    assert [i.payload["n"] for i in lease.inputs] == [by_seq[seq] for seq in fresh]
+
+
+def _gate_then_wait(marks: Path, gate: Path) -> stageflow.Pipeline:
+    """Run the ``Gate`` stage, then wait for a ``msg`` input, then end."""
+    return stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "gate",
+            "metadata": {"name": "gate-then-wait"},
+            "nodes": [
+                {
+                    "id": "gate",
+                    "type": "stage",
+                    "stage": "Gate",
+                    "config": {"marks": str(marks), "gate": str(gate)},
+                    "outputs": {"gated": "gated"},
+                    "next": "wait",
+                },
+                {
+                    "id": "wait",
+                    "type": "stage",
+                    "stage": "WaitStage",
+                    "config": {"input": "msg"},
+                    "outputs": {"payload": "msg"},
+                    "next": "end",
+                },
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=registry,
+    )
+
+
+async def test_a_cancel_requested_during_a_turn_ends_the_session_at_the_next(
+    make_store: Callable[..., Any], tmp_path: Path
+) -> None:
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(_gate_then_wait(marks, gate))
+    async with running(make_store()) as worker:
+        await until(lambda: len(read_marks(marks)) == 1, "the turn inside the stage")
+        record = await service.cancel(sid, "user left")
+        gate.touch()
+        done = await service.wait(sid, seq=record.seq, timeout=20)
+    assert (done.status, done.inbox_done, done.version) == ("cancelled", 1, 2)
+    history = (await service.store.load(sid, history=True))["history"]
+    assert history[-1]["type"] == "session_cancelled"
+    assert history[-1]["payload"]["reason"] == "user left"
+    assert len(read_marks(marks)) == 1  # the stage ran once
+    assert worker.statistics().saved == 2
+
+
+async def test_a_session_released_by_a_worker_lacking_a_stage_runs_on_a_deployed_one(
+    make_store: Callable[..., Any],
+) -> None:
+    """Released with backoff (not poisoned) while attempts remain; the next worker runs it."""
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store(), registry=stageflow.StageRegistry()) as old:
+        await until(lambda: old.statistics().released == 1, "the old worker releases it")
+        old.shutdown()
+    released = await service.get(sid)
+    assert (released.status, released.attempts, released.lease_owner) == ("pending", 1, None)
+    assert released.error is not None
+    assert "Collect" in released.error
+    assert released.runnable_at is not None
+    assert released.runnable_at > released.updated_at  # backing off
+    async with running(make_store()):
+        stored = await service.wait(sid, timeout=20)
+    assert (stored.status, stored.attempts, stored.error, stored.version) == (
+        "waiting", 0, None, 1,
+    )  # fmt: skip
+    assert stored.updated_at >= released.runnable_at
