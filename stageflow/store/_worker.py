@@ -47,9 +47,17 @@ _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
 _BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)
 
 
-def db_clock(db_now: datetime.datetime) -> Callable[[], datetime.datetime]:
-    """A session clock on the database's time: ``db_now`` plus the monotonic time since."""
-    start = time.monotonic()
+def db_clock(
+    db_now: datetime.datetime, *, since: float | None = None
+) -> Callable[[], datetime.datetime]:
+    """A session clock on the database's time: ``db_now`` plus the monotonic time since.
+
+    ``since`` is the ``time.monotonic()`` at which ``db_now`` was asked for
+    (taken just before the claim; now if not given). Counted from later, the
+    clock would lag the database by the delay in between, and a timer set
+    from it would fire that much early.
+    """
+    start = time.monotonic() if since is None else since
 
     def now() -> datetime.datetime:
         return db_now + datetime.timedelta(seconds=time.monotonic() - start)
@@ -86,6 +94,8 @@ class WorkerStatistics:
 class _Turn:
     lease: Lease
     scope: anyio.CancelScope
+    # time.monotonic() just before the claim: the session's clock counts from it.
+    claimed_at: float
     # Set as its fenced save starts: from then on the save decides whether
     # the lease was still held, not a heartbeat (which, running beside a save
     # that has just committed, finds the lease released).
@@ -275,6 +285,7 @@ class Worker:
                         continue
                     if woken and cooldown_until > anyio.current_time():
                         await anyio.sleep(cooldown_until - anyio.current_time())
+                    claimed_at = time.monotonic()  # before the database reads now()
                     leases = await self.store.claim(
                         self.worker_id,
                         limit=self.concurrency - len(self._turns),
@@ -286,7 +297,8 @@ class Worker:
                     for lease in leases:
                         self._counts["claimed"] += 1
                         self._drop_earlier_turn(lease.session_id)
-                        turn = self._turns[lease.session_id] = _Turn(lease, anyio.CancelScope())
+                        turn = _Turn(lease, anyio.CancelScope(), claimed_at)
+                        self._turns[lease.session_id] = turn
                         tg.start_soon(self._turn, turn)
                     if leases:
                         woken = False
@@ -398,7 +410,7 @@ class Worker:
             lease.snapshot,
             registry=self.registry,
             pipeline=pipeline,
-            clock=db_clock(lease.db_now),
+            clock=db_clock(lease.db_now, since=turn.claimed_at),
         )
         if pipeline is None and session.pipeline.digest == lease.digest:
             # Rebuilt from the snapshot's document: keep it for the next turns. Building

@@ -448,3 +448,52 @@ async def test_a_session_released_by_a_worker_lacking_a_stage_runs_on_a_deployed
         "waiting", 0, None, 1,
     )  # fmt: skip
     assert stored.updated_at >= released.runnable_at
+
+
+class _SlowAfterClaim:
+    """A store whose claims return a second after the database took them.
+
+    As a busy event loop, or a thread hop that waits: the database's clock
+    moved on before the turn starts.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.claimed: list[Lease] = []
+        self.timers: list[datetime.datetime | None] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def claim(self, worker_id: str, **options: Any) -> list[Lease]:
+        leases: list[Lease] = await self._store.claim(worker_id, **options)
+        if leases:
+            self.claimed.extend(leases)
+            await anyio.sleep(1.0)  # the delay under test, not a wait for something
+        return leases
+
+    async def complete(self, lease: Lease, snapshot: Any, **options: Any) -> bool:
+        self.timers.append(options["wake_at"])
+        saved: bool = await self._store.complete(lease, snapshot, **options)
+        return saved
+
+
+async def test_a_timer_set_by_a_turn_that_started_late_does_not_fire_early(
+    make_store: Callable[..., Any],
+) -> None:
+    """The session's clock is the claim's database time plus the time elapsed since the claim.
+
+    Counted from the turn's start instead, it lagged the database by the
+    delay between the claim and the turn: a 0.5 s sleep woke after 0.5 s of
+    the database's time counted from the claim, when the turn was 1 s old.
+    """
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(sleep_pipeline(0.5))
+    store = _SlowAfterClaim(make_store())
+    async with running(store):
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "completed"
+    wake_at = store.timers[0]  # saved by the first turn
+    assert wake_at is not None
+    started = store.claimed[0].db_now + datetime.timedelta(seconds=1.0)  # at the earliest
+    assert wake_at >= started + datetime.timedelta(seconds=0.5)
