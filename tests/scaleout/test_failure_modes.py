@@ -210,19 +210,30 @@ async def test_a_turn_abandoned_at_shutdown_runs_again_after_its_lease(
     service = SessionService(make_store(), registry=registry)
     sid, marks, gate = await gated_session(service, tmp_path)
     first = Worker(make_store(), registry=registry, poll=0.1, lease=1.0, shutdown_grace=0)
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(first.run)
-            await until(lambda: len(read_marks(marks)) == 1, "the turn inside the stage")
-            first.shutdown()  # no grace: the turn is abandoned, its lease left to expire
-    assert (first.statistics().saved, first.statistics().running) == (0, 0)
-    row = await service.get(sid)
-    assert (row.version, row.lease_owner) == (0, first.worker_id)  # nothing written
-    gate.touch()
-    async with running(make_store(), lease=1.0):
-        done = await service.wait(sid, finished=True, timeout=20)
+    followed: list[dict[str, Any]] = []
+
+    async def follow() -> None:  # the committed feed, read across the crash
+        followed.extend([event async for event in service.follow(sid)])
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as following:
+            following.start_soon(follow)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first.run)
+                await until(lambda: len(read_marks(marks)) == 1, "the turn inside the stage")
+                first.shutdown()  # no grace: the turn is abandoned, its lease left to expire
+            assert (first.statistics().saved, first.statistics().running) == (0, 0)
+            row = await service.get(sid)
+            assert (row.version, row.lease_owner) == (0, first.worker_id)  # nothing written
+            gate.touch()
+            async with running(make_store(), lease=1.0):
+                done = await service.wait(sid, finished=True, timeout=20)
     assert (done.status, done.version, done.inbox_done) == ("completed", 1, 2)
     assert len(read_marks(marks)) == 2  # at-least-once: the abandoned stage ran again
+    seqs = [event["seq"] for event in followed]
+    assert seqs == list(range(1, len(seqs) + 1))  # each committed event once, in order
+    assert followed == await service.store.events(sid)
+    assert followed[-1]["type"] == "session_completed"
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL's now() cannot be moved
@@ -497,3 +508,19 @@ async def test_a_timer_set_by_a_turn_that_started_late_does_not_fire_early(
     assert wake_at is not None
     started = store.claimed[0].db_now + datetime.timedelta(seconds=1.0)  # at the earliest
     assert wake_at >= started + datetime.timedelta(seconds=0.5)
+
+
+async def test_an_early_restore_keeps_the_timer(make_store: Callable[..., Any]) -> None:
+    """An input wakes a session sleeping for an hour: the turn runs, the timer stays as it was."""
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(sleep_pipeline(3600.0))
+    async with running(make_store()) as worker:
+        sleeping = await service.wait(sid, timeout=20)
+        assert sleeping.wake_at is not None
+        record = await service.send_input(sid, "note", {"text": "are you there?"})
+        woken = await service.wait(sid, seq=record.seq, timeout=20)
+    assert (sleeping.status, sleeping.version, woken.version) == ("waiting", 1, 2)
+    assert woken.status == "waiting"
+    assert woken.wake_at == sleeping.wake_at
+    assert woken.runnable_at == sleeping.wake_at  # claimed again only when it is due
+    assert worker.statistics().saved == 2
