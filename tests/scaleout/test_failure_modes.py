@@ -524,3 +524,43 @@ async def test_an_early_restore_keeps_the_timer(make_store: Callable[..., Any]) 
     assert woken.wake_at == sleeping.wake_at
     assert woken.runnable_at == sleeping.wake_at  # claimed again only when it is due
     assert worker.statistics().saved == 2
+
+
+async def test_processes_migrating_a_new_store_at_once_make_one_schema(
+    make_store: Callable[..., Any], backend: str
+) -> None:
+    """Four workers (four stores) start together on an empty database: one schema, one version."""
+    from stageflow.store._shared import SCHEMA_VERSION
+
+    stores = [make_store() for _ in range(4)]
+    go = anyio.Event()
+
+    async def migrate(store: Any) -> None:
+        await go.wait()
+        await store.migrate()
+
+    async with anyio.create_task_group() as tg:
+        for store in stores:
+            tg.start_soon(migrate, store)
+        go.set()
+    query = "SELECT version FROM stageflow_schema"
+
+    def versions() -> list[int]:
+        store: Any = stores[0]
+        if backend == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(store.path)
+            try:
+                return [r[0] for r in conn.execute(query)]
+            finally:
+                conn.close()
+        import psycopg
+
+        options = f"-c search_path={store.schema}"
+        with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+            return [r[0] for r in pg.execute(query)]
+
+    assert await anyio.to_thread.run_sync(versions) == [SCHEMA_VERSION]
+    sid = await SessionService(stores[1], registry=registry).start(chat_pipeline())
+    assert (await stores[2].get(sid)).status == "pending"
