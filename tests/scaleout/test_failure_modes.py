@@ -94,10 +94,15 @@ class _FirstLeaseUnrenewable:
         return held
 
 
-async def test_a_lease_lost_mid_turn_cancels_the_turn_and_writes_nothing(
-    make_store: Callable[..., Any], tmp_path: Path
+@pytest.mark.parametrize("found_by", ["heartbeat", "save"])
+async def test_a_lease_lost_mid_turn_writes_nothing(
+    make_store: Callable[..., Any], tmp_path: Path, found_by: str
 ) -> None:
-    """A heartbeat that finds the lease taken over cancels the stage; the turn is discarded."""
+    """A takes too long without heartbeats; B claims the expired lease; A writes nothing.
+
+    ``heartbeat``: A's heartbeats come back, find the lease lost and cancel the
+    stage. ``save``: they never do, the stage ends, and A's save is fenced.
+    """
     service = SessionService(make_store(), registry=registry)
     sid, marks, gate = await gated_session(service, tmp_path)
     store = _FirstLeaseUnrenewable(make_store())
@@ -114,14 +119,20 @@ async def test_a_lease_lost_mid_turn_cancels_the_turn_and_writes_nothing(
         await until(take_over, "the expired lease claimed by B")
         assert taken[0].token == 2
         assert [i.payload["n"] for i in taken[0].inputs] == [1, 2]
-        store.renew = True
-        await until(lambda: worker.statistics().lost == 1, "A's heartbeat finds the lease lost")
-        await until(lambda: worker.statistics().running == 0, "A's turn cancelled")
-        gate.touch()  # a stage that was not cancelled would now finish and try to save
+        if found_by == "heartbeat":
+            store.renew = True
+            await until(lambda: worker.statistics().lost == 1, "A's heartbeat finds it lost")
+            await until(lambda: worker.statistics().running == 0, "A's turn cancelled")
+            gate.touch()  # a stage that was not cancelled would now finish and try to save
+        else:
+            gate.touch()
+            await until(lambda: worker.statistics().fenced == 1, "A's save fenced")
         row = await service.get(sid)
         assert (row.version, row.lease_owner, row.inbox_done) == (0, "B", 0)
+        assert await service.store.events(sid) == []
     stats = worker.statistics()
-    assert (stats.saved, stats.fenced, stats.lost, stats.claimed) == (0, 0, 1, 1)
+    lost = int(found_by == "heartbeat")
+    assert (stats.saved, stats.fenced, stats.lost, stats.claimed) == (0, 1 - lost, lost, 1)
     assert len(read_marks(marks)) == 1
     # B, the holder, saves the turn: the inputs are recorded once.
     snapshot = {**taken[0].snapshot, "status": "waiting"}
