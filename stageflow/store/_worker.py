@@ -47,9 +47,17 @@ _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
 _BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)
 
 
-def db_clock(db_now: datetime.datetime) -> Callable[[], datetime.datetime]:
-    """A session clock on the database's time: ``db_now`` plus the monotonic time since."""
-    start = time.monotonic()
+def db_clock(
+    db_now: datetime.datetime, *, since: float | None = None
+) -> Callable[[], datetime.datetime]:
+    """A session clock on the database's time: ``db_now`` plus the monotonic time since.
+
+    ``since`` is the ``time.monotonic()`` at which ``db_now`` was asked for
+    (taken just before the claim; now if not given). Counted from later, the
+    clock would lag the database by the delay in between, and a timer set
+    from it would fire that much early.
+    """
+    start = time.monotonic() if since is None else since
 
     def now() -> datetime.datetime:
         return db_now + datetime.timedelta(seconds=time.monotonic() - start)
@@ -86,6 +94,8 @@ class WorkerStatistics:
 class _Turn:
     lease: Lease
     scope: anyio.CancelScope
+    # time.monotonic() just before the claim: the session's clock counts from it.
+    claimed_at: float
     # Set as its fenced save starts: from then on the save decides whether
     # the lease was still held, not a heartbeat (which, running beside a save
     # that has just committed, finds the lease released).
@@ -275,6 +285,7 @@ class Worker:
                         continue
                     if woken and cooldown_until > anyio.current_time():
                         await anyio.sleep(cooldown_until - anyio.current_time())
+                    claimed_at = time.monotonic()  # before the database reads now()
                     leases = await self.store.claim(
                         self.worker_id,
                         limit=self.concurrency - len(self._turns),
@@ -285,7 +296,9 @@ class Worker:
                     errors = 0
                     for lease in leases:
                         self._counts["claimed"] += 1
-                        turn = self._turns[lease.session_id] = _Turn(lease, anyio.CancelScope())
+                        self._drop_earlier_turn(lease.session_id)
+                        turn = _Turn(lease, anyio.CancelScope(), claimed_at)
+                        self._turns[lease.session_id] = turn
                         tg.start_soon(self._turn, turn)
                     if leases:
                         woken = False
@@ -300,6 +313,22 @@ class Worker:
                     logger.warning("worker.claim_failed", error=str(exc), worker=self.worker_id)
                     await anyio.sleep(min(self.poll * errors, 10.0))
             self._idle = None
+
+    def _drop_earlier_turn(self, session_id: str) -> None:
+        """Cancel this worker's turn of a session it has just claimed again.
+
+        That turn's lease expired (its heartbeats failed, or came too late)
+        and the new claim fenced it: it can no longer save, and it must not
+        run the session's stages beside the new turn. Once a turn's save has
+        started the save decides (it committed before the claim, or it is
+        fenced), as with a heartbeat.
+        """
+        earlier = self._turns.get(session_id)
+        if earlier is None or earlier.saving or earlier.scope.cancel_called:
+            return
+        self._counts["lost"] += 1
+        logger.warning("worker.lease_lost", session_id=session_id, claimed_again=True)
+        earlier.scope.cancel()
 
     async def _idle_timeout(self) -> float:
         due = await self.store.next_due(queues=self.queues)
@@ -381,7 +410,7 @@ class Worker:
             lease.snapshot,
             registry=self.registry,
             pipeline=pipeline,
-            clock=db_clock(lease.db_now),
+            clock=db_clock(lease.db_now, since=turn.claimed_at),
         )
         if pipeline is None and session.pipeline.digest == lease.digest:
             # Rebuilt from the snapshot's document: keep it for the next turns. Building

@@ -138,3 +138,20 @@ def test_a_worker_frozen_past_its_lease_cannot_save_late(
     assert call(store.load, sid) == saved
     assert stop(other)["saved"] == 1
     assert len(read_marks(tmp_path / "marks")) == 2
+
+
+def test_sigterm_lets_the_turn_in_flight_finish_and_save(
+    store: SessionStore, spawn: Callable[[str], subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    _, sid = start_gated(store, tmp_path)
+    worker = spawn("A")
+    wait_until(lambda: len(read_marks(tmp_path / "marks")) == 1, what="A inside the stage")
+    worker.send_signal(signal.SIGTERM)  # stop claiming; the turn goes on (grace 30 s)
+    (tmp_path / "gate").touch()
+    out, _ = worker.communicate(timeout=60)  # it exits once the turn is saved
+    assert worker.returncode == 0, out
+    stats = json.loads(out)
+    assert (stats["saved"], stats["fenced"], stats["lost"], stats["running"]) == (1, 0, 0, 0)
+    done = call(store.get, sid)
+    assert (done.status, done.version, done.lease_owner) == ("completed", 1, None)
+    assert len(read_marks(tmp_path / "marks")) == 1
