@@ -64,6 +64,7 @@ from stageflow.store._shared import (
     inbox_text,
     inline_events,
     new_session,
+    purge_in_batches,
     read_lease,
     save_of,
     snapshot_delta,
@@ -874,32 +875,38 @@ class PostgresStore:
     async def purge(
         self, *, finished_before: datetime.datetime, inputs_before: datetime.datetime
     ) -> int:
-        """Delete finished sessions and consumed inputs older than the given times."""
+        """Delete finished sessions and consumed inputs older than the given times.
 
-        def run(conn: psycopg.Connection[Any]) -> int:
+        In batches of :data:`PURGE_BATCH` rows, each its own transaction, until
+        none is left; returns the sessions and inputs deleted.
+        """
+
+        def sessions(limit: int, conn: psycopg.Connection[Any]) -> int:
             # No foreign keys (schema version 3): a session's inbox and events go
             # in the statement that deletes it.
             row = conn.execute(
                 "WITH gone AS (DELETE FROM stageflow_sessions WHERE session_id IN "
                 f"(SELECT session_id FROM stageflow_sessions WHERE status IN {FINISHED_SQL} "
-                "AND updated_at < %s LIMIT 10000) RETURNING session_id), "
+                "AND updated_at < %s LIMIT %s) RETURNING session_id), "
                 "i AS (DELETE FROM stageflow_inbox WHERE session_id IN "
                 "(SELECT session_id FROM gone)), "
                 "e AS (DELETE FROM stageflow_events WHERE session_id IN "
                 "(SELECT session_id FROM gone)) SELECT count(*) FROM gone",
-                (finished_before,),
+                (finished_before, limit),
             ).fetchone()
             assert row is not None
-            gone: int = row[0]
-            gone += conn.execute(
-                "DELETE FROM stageflow_inbox i USING stageflow_sessions s "
-                "WHERE s.session_id = i.session_id AND i.seq <= s.inbox_done "
-                "AND i.created_at < %s",
-                (inputs_before,),
-            ).rowcount
-            return gone
+            return int(row[0])
 
-        return await self._run(run)
+        def inputs(limit: int, conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(
+                "DELETE FROM stageflow_inbox WHERE (session_id, seq) IN "
+                "(SELECT i.session_id, i.seq FROM stageflow_inbox i JOIN stageflow_sessions s "
+                "ON s.session_id = i.session_id WHERE i.seq <= s.inbox_done "
+                "AND i.created_at < %s LIMIT %s)",
+                (inputs_before, limit),
+            ).rowcount
+
+        return await purge_in_batches(self._run, sessions, inputs)
 
     # ------------------------------------------------------------ wake-ups
 

@@ -11,8 +11,9 @@ import datetime
 import json
 import math
 import zlib
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -31,6 +32,8 @@ from stageflow.store._records import (
 
 __all__ = [
     "FINISHED_SQL",
+    "PURGE_BATCH",
+    "purge_in_batches",
     "ROW",
     "SCHEMA_VERSION",
     "EventBatch",
@@ -135,6 +138,16 @@ DELTA_MAX = 1024
 """The largest delta a save stores; beyond it (or 1/8 of the snapshot) it stores the whole."""
 
 FINISHED_SQL = "('completed','failed','cancelled','timed_out','poisoned')"
+
+Conn = TypeVar("Conn")
+
+PURGE_BATCH = 10_000
+"""Rows one purge statement deletes at most (SCALEOUT.md: "in batches of 10k").
+
+Each batch is a transaction of its own, so no statement runs long (workers'
+connections have a 30 s ``statement_timeout``) and no lock is held long
+beside running workers; ``purge()`` goes on until a batch finds fewer.
+"""
 
 ROW = (
     "session_id, queue, status, pipeline, waiting_for, wake_at, runnable_at, version, "
@@ -410,3 +423,25 @@ class SaveNotices:
         event, self._event = self._event, None
         if event is not None:
             event.set()
+
+
+async def purge_in_batches(
+    run: Callable[[Callable[[Conn], int]], Awaitable[int]],
+    *steps: Callable[[int, Conn], int],
+) -> int:
+    """Run each purge step until a batch deletes fewer than :data:`PURGE_BATCH` rows.
+
+    ``run(fn)`` runs ``fn(connection)`` in a transaction of its own; a step,
+    called as ``step(limit, connection)``, deletes at most ``limit`` rows and
+    returns how many it deleted.
+    Returns the rows deleted in all.
+    """
+    total = 0
+    batch = PURGE_BATCH  # read per call (a test makes it small)
+    for step in steps:
+        while True:
+            deleted = await run(partial(step, batch))
+            total += deleted
+            if deleted < batch:
+                break
+    return total

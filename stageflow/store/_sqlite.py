@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +49,7 @@ from stageflow.store._shared import (
     inbox_text,
     inline_events,
     new_session,
+    purge_in_batches,
     read_lease,
     save_of,
     stored_session,
@@ -615,23 +617,29 @@ class SQLiteStore:
     async def purge(
         self, *, finished_before: datetime.datetime, inputs_before: datetime.datetime
     ) -> int:
-        """Delete finished sessions and consumed inputs older than the given times."""
+        """Delete finished sessions and consumed inputs older than the given times.
 
-        def run(conn: sqlite3.Connection) -> int:
-            gone = conn.execute(
+        In batches of :data:`PURGE_BATCH` rows, each its own transaction, until
+        none is left; returns the sessions and inputs deleted.
+        """
+
+        def sessions(limit: int, conn: sqlite3.Connection) -> int:
+            return conn.execute(
                 "DELETE FROM stageflow_sessions WHERE session_id IN (SELECT session_id FROM "
                 f"stageflow_sessions WHERE status IN {FINISHED_SQL} AND updated_at < ? "
-                "LIMIT 10000)",
-                (finished_before.timestamp(),),
+                "LIMIT ?)",
+                (finished_before.timestamp(), limit),
             ).rowcount
-            gone += conn.execute(
-                "DELETE FROM stageflow_inbox WHERE created_at < ? AND seq <= (SELECT inbox_done "
-                "FROM stageflow_sessions s WHERE s.session_id = stageflow_inbox.session_id)",
-                (inputs_before.timestamp(),),
-            ).rowcount
-            return gone
 
-        return await self._run(run, write=True)
+        def inputs(limit: int, conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM stageflow_inbox WHERE rowid IN (SELECT rowid FROM stageflow_inbox "
+                "WHERE created_at < ? AND seq <= (SELECT inbox_done FROM stageflow_sessions s "
+                "WHERE s.session_id = stageflow_inbox.session_id) LIMIT ?)",
+                (inputs_before.timestamp(), limit),
+            ).rowcount
+
+        return await purge_in_batches(partial(self._run, write=True), sessions, inputs)
 
     async def aclose(self) -> None:
         """Close the connection."""

@@ -9,6 +9,7 @@ import pytest
 from store_support import chat_pipeline, registry
 
 import stageflow
+import stageflow.store._shared
 from stageflow.store import (
     Lease,
     SessionFinishedError,
@@ -260,6 +261,34 @@ async def test_purge_deletes_old_finished_sessions_and_consumed_inputs(store: Se
     assert [s.session_id for s in await store.list_sessions()] == ["live"]
     assert await store.events("done") == []  # went with its session (no foreign key on PG)
     assert [i.seq for i in (await store.claim("w", limit=5, lease=30))[0].inputs] == [2]
+
+
+async def test_one_purge_deletes_every_batch(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """purge() goes on batch after batch (SCALEOUT.md: "in batches of 10k").
+
+    It deleted one batch of finished sessions and stopped, so one call (and
+    `stageflow sessions purge`) left the rest; consumed inputs had no batch.
+    """
+    monkeypatch.setattr(stageflow.store._shared, "PURGE_BATCH", 3)
+    for n in range(7):
+        await store.create(snapshot(f"done{n}"))
+    await store.create(snapshot("live"))
+    for seq in range(8):
+        await store.send_input("live", "msg", {"n": seq})
+    for lease in await store.claim("w", limit=10, lease=30):
+        done = lease.session_id != "live"
+        seqs = tuple(i.seq for i in lease.inputs)
+        await store.complete(lease, saved(lease, "completed" if done else "waiting", seqs),
+                             waiting_for=(), wake_at=None, events=())  # fmt: skip
+    await store.send_input("live", "msg", {"n": 99})  # not consumed yet: kept
+    future = datetime.datetime.now(UTC) + datetime.timedelta(days=1)
+    # 7 sessions and 8 consumed inputs, in batches of 3 (the last of each smaller).
+    assert await store.purge(finished_before=future, inputs_before=future) == 15
+    assert [s.session_id for s in await store.list_sessions()] == ["live"]
+    [lease] = await store.claim("w", limit=10, lease=30)
+    assert [i.payload for i in lease.inputs] == [{"n": 99}]
 
 
 async def test_a_schema_from_a_newer_stageflow_is_refused(make_store: Any) -> None:
