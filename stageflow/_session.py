@@ -398,6 +398,9 @@ class Session:
         Failures do not raise: they end the run with status ``failed`` (or
         ``timed_out``) and a typed ``error``. Cancelling the task that awaits
         ``run()`` records ``session_cancelled`` and re-raises the cancellation.
+        A ``KeyboardInterrupt`` or ``SystemExit`` ends the session
+        ``cancelled``, any other ``BaseException`` ends it ``failed``; either
+        is re-raised.
 
         A ``waiting`` session (suspended, or restored with
         :meth:`from_dict`) goes on from where it stopped.

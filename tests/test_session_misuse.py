@@ -1,0 +1,88 @@
+"""A session used the way an embedding gets it wrong: stages that misbehave, contexts kept."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+from fakes import doc, parallel, stage, terminal
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+
+class Interrupt(BaseException):
+    """A BaseException that is neither a cancellation nor an Exception."""
+
+
+def _registry() -> stageflow.StageRegistry:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Interrupt")
+    async def interrupt(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        raise Interrupt("stop")
+
+    return registry
+
+
+@pytest.mark.parametrize("in_branch", [False, True], ids=["main_path", "branch"])
+async def test_a_stage_raising_a_base_exception_ends_the_session_failed(in_branch: bool) -> None:
+    # The exception went up, but the session stayed "running" with no run:
+    # inputs were queued for nobody, cancel() did nothing, run() said it was
+    # running, events() streams never ended.
+    if in_branch:
+        nodes = [
+            stage("ask", "WaitStage", config={"input": "go"}, next="fan"),
+            parallel("fan", ["boom"], next="end"),
+            stage("boom", "Interrupt"),
+            terminal("end"),
+        ]
+    else:
+        nodes = [
+            stage("ask", "WaitStage", config={"input": "go"}, next="boom"),
+            stage("boom", "Interrupt", next="end"),
+            terminal("end"),
+        ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=_registry())
+    session = stageflow.Session(pipeline)
+    stream = session.events()
+    session.send_input("go", {})
+    with pytest.RaisesGroup(Interrupt, allow_unwrapped=True, flatten_subgroups=True):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.FAILED
+    last = session.history[-1]
+    assert last.type == "session_failed"
+    assert "interrupted at node" in last.payload["error"]["message"]
+    assert "Interrupt: stop" in last.payload["error"]["message"]
+    with anyio.fail_after(5):
+        seen = [event.type async for event in stream]
+    assert seen[-1] == "session_failed"
+    with pytest.raises(stageflow.SessionStateError, match="takes no more inputs"):
+        session.send_input("go", {})
+    with pytest.raises(stageflow.SessionStateError, match="is failed"):
+        await session.run()
+    assert session.to_dict()["status"] == "failed"
+
+
+async def test_a_system_exit_from_a_stage_ends_the_session_cancelled_with_the_reason() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Exit")
+    async def leave(ctx: stageflow.StageContext) -> None:
+        raise SystemExit(3)
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("leave", "Exit", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline)
+    with pytest.raises(SystemExit):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    last = session.history[-1]
+    assert (last.type, last.payload["reason"]) == (
+        "session_cancelled",
+        "interrupted at node 'leave' by SystemExit: 3",
+    )
