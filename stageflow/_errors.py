@@ -450,7 +450,10 @@ class SessionTimeoutError(StageflowError, TimeoutError):
 
 
 class StageContractError(NodeError):
-    """A stage used an input or event type it did not declare, or sent invalid data."""
+    """A stage broke its contract: an undeclared input or event type, invalid data, a stale context.
+
+    A stale context is a :class:`~stageflow.StageContext` used after its attempt ended.
+    """
 
 
 class StageSchemaError(StageContractError):

@@ -86,3 +86,77 @@ async def test_a_system_exit_from_a_stage_ends_the_session_cancelled_with_the_re
         "session_cancelled",
         "interrupted at node 'leave' by SystemExit: 3",
     )
+
+
+# ------------------------------------------------------ a context kept too long
+
+
+def _keeper() -> tuple[stageflow.StageRegistry, list[stageflow.StageContext]]:
+    registry = stageflow.StageRegistry()
+    kept: list[stageflow.StageContext] = []
+
+    @registry.register("Keep")
+    async def keep(ctx: stageflow.StageContext) -> None:
+        kept.append(ctx)
+
+    class Tidy(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            ctx.emit("tidied", {"outcome": outcome})
+
+    registry.register("Tidy")(Tidy)
+    return registry, kept
+
+
+async def test_a_context_kept_after_the_session_ended_refuses_every_call() -> None:
+    # ctx.emit recorded an event after session_completed; ctx.wait_input
+    # waited for ever on a session that had ended.
+    registry, kept = _keeper()
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("keep", "Keep", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [ctx] = kept
+    with pytest.raises(stageflow.StageContractError, match=r"ctx\.emit\('late'\) after its"):
+        ctx.emit("late", {})
+    with anyio.fail_after(5):
+        with pytest.raises(stageflow.StageContractError, match=r"ctx\.wait_input\('more'\)"):
+            await ctx.wait_input("more")
+        with pytest.raises(stageflow.StageContractError, match=r"ctx\.sleep\(\) after its"):
+            await ctx.sleep(1)
+    assert session.history == result.history
+    assert session.history[-1].type == "session_completed"
+
+
+@pytest.mark.parametrize("tight", [True, False], ids=["simple_node", "node_with_config"])
+async def test_a_context_kept_from_an_earlier_node_cannot_emit_for_it(tight: bool) -> None:
+    registry, kept = _keeper()
+    keep = stage("keep", "Keep", next="ask", config=None if tight else {"any": 1})
+    pipeline = stageflow.Pipeline.from_dict(
+        doc(
+            [
+                keep,
+                stage("ask", "WaitStage", config={"input": "go"}, next="tidy"),
+                stage("tidy", "Tidy", next="end"),
+                terminal("end"),
+            ]
+        ),
+        registry=registry,
+    )
+    session = stageflow.Session(pipeline)
+    waiting = anyio.Event()
+    session.subscribe(lambda e: waiting.set() if e.type == "waiting_for_input" else None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await waiting.wait()
+        with pytest.raises(stageflow.StageContractError, match=r"at node 'keep' called ctx\.emit"):
+            kept[0].emit("late", {})
+        session.send_input("go", {})
+    assert session.status is stageflow.SessionStatus.COMPLETED
+    assert "late" not in [e.type for e in session.history]
+    # A cleanup still has its attempt's context.
+    assert [e.payload for e in session.history if e.type == "tidied"] == [{"outcome": "succeeded"}]

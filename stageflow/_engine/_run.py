@@ -1080,6 +1080,7 @@ class Run:
                             work.calls = None
                             work.replay = None
                             work.timer = None
+                            work.frame = frame
                             frame.work = work
                             ctx = engine_context(
                                 view,
