@@ -160,3 +160,47 @@ async def test_a_context_kept_from_an_earlier_node_cannot_emit_for_it(tight: boo
     assert "late" not in [e.type for e in session.history]
     # A cleanup still has its attempt's context.
     assert [e.payload for e in session.history if e.type == "tidied"] == [{"outcome": "succeeded"}]
+
+
+# ------------------------------------------------------ Session(...) arguments
+
+
+def _pipeline() -> stageflow.Pipeline:
+    return stageflow.Pipeline.from_dict(
+        doc([stage("ask", "WaitStage", config={"input": "go"}, next="end"), terminal("end")]),
+        registry=stageflow.StageRegistry(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "says"),
+    [
+        ({"session_id": ""}, ValueError, r"session_id=''\) is not a non-empty string"),
+        ({"session_id": 123}, TypeError, r"session_id=123\) is not a non-empty string"),
+        ({"limits": {"max_steps": 3}}, TypeError, r"stageflow\.Limits\(max_steps=100\)"),
+        ({"validate_events": "loud"}, ValueError, r"'loud'\) is not one of 'off', 'warn'"),
+        ({"clock": 5}, TypeError, r"clock=5\) is not callable"),
+        ({"registry": {}}, TypeError, r"registry=\.\.\.\) was given a dict"),
+    ],
+    ids=["empty id", "int id", "limits dict", "bad mode", "clock", "registry dict"],
+)
+def test_session_arguments_of_the_wrong_kind_are_named(
+    arguments: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    # An empty id was replaced by a random one and an int id was kept (its
+    # snapshot did not restore); a limits dict or a registry dict raised a bare
+    # AttributeError; a clock that is not callable failed only when run.
+    with pytest.raises(error, match=says):
+        stageflow.Session(_pipeline(), **arguments)
+
+
+def test_session_arguments_of_the_right_kind_are_taken() -> None:
+    session = stageflow.Session(
+        _pipeline(),
+        session_id="s-1",
+        limits=stageflow.Limits(max_steps=5),
+        validate_events=stageflow.ValidateEvents.STRICT,
+        registry=stageflow.StageRegistry(),
+    )
+    assert session.session_id == "s-1"
+    assert stageflow.Session(_pipeline(), validate_events="off").status.value == "pending"
