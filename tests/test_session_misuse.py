@@ -204,3 +204,30 @@ def test_session_arguments_of_the_right_kind_are_taken() -> None:
     )
     assert session.session_id == "s-1"
     assert stageflow.Session(_pipeline(), validate_events="off").status.value == "pending"
+
+
+# ------------------------------------------------------ subscribers and streams
+
+
+async def test_a_subscriber_that_changes_its_event_changes_no_other_subscribers() -> None:
+    # Every stream and callback got the same Event: the first one to change
+    # its payload changed what all the others saw.
+    session = stageflow.Session(_pipeline())
+    first, second = session.events(), session.events()
+    seen: list[Mapping[str, Any]] = []
+
+    def tamper(event: stageflow.Event) -> None:
+        event.payload["input_type"] = "tampered"
+
+    session.subscribe(tamper)
+    session.subscribe(lambda event: seen.append(dict(event.payload)))
+    session.subscribe(tamper)
+    session.send_input("go", {})
+    mine = await first.__anext__()
+    mine.payload["input_type"] = "tampered by a reader"
+    theirs = await second.__anext__()
+    assert seen == [{"input_type": "go"}]
+    assert theirs.payload == {"input_type": "go"}
+    assert session.history[0].payload == {"input_type": "go"}
+    await first.aclose()
+    await second.aclose()
