@@ -27,7 +27,8 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── StageError                  a stage raised (.attempt, chained __cause__)
     │   ├── StageOutputError            a stage returned something unusable
     │   ├── StageContractError          a stage used an input/event type it did not declare,
-    │   │   │                           or emitted an invalid event in strict mode
+    │   │   │                           emitted an invalid event in strict mode, or used
+    │   │   │                           its StageContext after its attempt ended
     │   │   └── StageSchemaError        an argument or output value broke its declared schema
     │   │                               (.kind, .key, .expected, .got; strict mode)
     │   ├── ConditionError              no condition matched and no ``else``
