@@ -27,7 +27,8 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── StageError                  a stage raised (.attempt, chained __cause__)
     │   ├── StageOutputError            a stage returned something unusable
     │   ├── StageContractError          a stage used an input/event type it did not declare,
-    │   │   │                           or emitted an invalid event in strict mode
+    │   │   │                           emitted an invalid event in strict mode, or used
+    │   │   │                           its StageContext after its attempt ended
     │   │   └── StageSchemaError        an argument or output value broke its declared schema
     │   │                               (.kind, .key, .expected, .got; strict mode)
     │   ├── ConditionError              no condition matched and no ``else``, or a rule
@@ -455,7 +456,10 @@ class SessionTimeoutError(StageflowError, TimeoutError):
 
 
 class StageContractError(NodeError):
-    """A stage used an input or event type it did not declare, or sent invalid data."""
+    """A stage broke its contract: an undeclared input or event type, invalid data, a stale context.
+
+    A stale context is a :class:`~stageflow.StageContext` used after its attempt ended.
+    """
 
 
 class StageSchemaError(StageContractError):

@@ -587,15 +587,17 @@ class History:
 
     def _deliver(self) -> None:
         """Hand the event just recorded to the subscribers."""
-        event = _event(
-            self._flat, self._spans, self.base, self.session_id, len(self._flat) // _WIDTH - 1
-        )
+        index = len(self._flat) // _WIDTH - 1
+        event = _event(self._flat, self._spans, self.base, self.session_id, index)
         # Streams first: a callback that subscribes while handling this event
         # must not receive it (a stream starts after the event in flight).
         if self._subscriptions:
-            self._publish(event)
+            self._publish(event, index)
+            if self._callbacks:
+                # Its own event: one that a stream's reader changes is not the callbacks'.
+                event = _event(self._flat, self._spans, self.base, self.session_id, index)
         if self._callbacks:
-            self._notify(event)
+            self._notify(event, index)
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every later event; returns an unsubscribe function."""
@@ -611,10 +613,14 @@ class History:
 
         return unsubscribe
 
-    def _notify(self, event: Event) -> None:
+    def _notify(self, event: Event, index: int) -> None:
         callbacks = self._callbacks
         assert callbacks is not None  # called only when there are callbacks
-        for callback in tuple(callbacks):
+        for number, callback in enumerate(tuple(callbacks)):
+            if number:
+                # Each callback its own event: one that changes its payload
+                # changes nothing another callback gets.
+                event = _event(self._flat, self._spans, self.base, self.session_id, index)
             try:
                 callback(event)
             except Exception:
@@ -628,11 +634,14 @@ class History:
                 callbacks.remove(callback)
                 self._requiet()
 
-    def _publish(self, event: Event) -> None:
+    def _publish(self, event: Event, index: int) -> None:
         # A copy: a subscriber whose reader is gone is removed while iterating.
         subscriptions = self._subscriptions
         assert subscriptions is not None  # called only when there are subscriptions
-        for sub in tuple(subscriptions):
+        for number, sub in enumerate(tuple(subscriptions)):
+            if number:
+                # Each reader its own event (see _notify).
+                event = _event(self._flat, self._spans, self.base, self.session_id, index)
             send = sub.send
             try:
                 if sub.dropped:

@@ -52,6 +52,9 @@ from stageflow._version import __version__
 __all__ = ["Session"]
 
 
+_VALIDATE_EVENTS: Final = frozenset({*ValidateEvents, *(m.value for m in ValidateEvents)})
+
+
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -168,9 +171,13 @@ class Session:
     Raises:
         PipelineValidationError: a stage the pipeline uses is not in ``registry``.
         NonJsonValueError: ``payload`` is not a JSON object.
-        TypeError: ``seed`` is not a whole number or ``None``, or
-            ``trace_wait_threshold`` is not a number or ``None``.
-        ValueError: ``trace_wait_threshold`` is negative, infinite or NaN.
+        TypeError: ``seed`` is not a whole number or ``None``,
+            ``trace_wait_threshold`` is not a number or ``None``, ``registry``
+            is not a ``StageRegistry``, ``limits`` not a ``Limits``,
+            ``session_id`` not a string or ``clock`` not callable.
+        ValueError: ``trace_wait_threshold`` is negative, infinite or NaN,
+            ``session_id`` is empty, or ``validate_events`` is not ``"off"``,
+            ``"warn"`` or ``"strict"``.
 
     Example::
 
@@ -197,11 +204,37 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> None:
+        if registry is not None and not isinstance(registry, StageRegistry):
+            raise TypeError(
+                f"Session(registry=...) was given a {type(registry).__name__}; pass a "
+                "stageflow.StageRegistry, or leave it out to use the pipeline's"
+            )
         entries = _stages_of(
             pipeline,
             registry if registry is not None else pipeline.registry,
             given=registry is not None,
         )
+        if session_id is not None and (type(session_id) is not str or not session_id):
+            raise (ValueError if isinstance(session_id, str) else TypeError)(
+                f"Session(session_id={session_id!r}) is not a non-empty string; pass one, "
+                "or leave it out for a random UUID"
+            )
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(
+                f"Session(limits=...) was given a {type(limits).__name__}; pass "
+                "stageflow.Limits(...) (a dict such as {'max_steps': 100} is the pipeline "
+                "document's form: stageflow.Limits(max_steps=100) here)"
+            )
+        if validate_events is not None and validate_events not in _VALIDATE_EVENTS:
+            raise ValueError(
+                f"Session(validate_events={validate_events!r}) is not one of "
+                f"{', '.join(repr(m.value) for m in ValidateEvents)}"
+            )
+        if clock is not None and not callable(clock):
+            raise TypeError(
+                f"Session(clock={clock!r}) is not callable; pass a function returning an "
+                "aware UTC datetime, or leave it out for the system clock"
+            )
         if seed is not None and type(seed) is not int:
             raise TypeError(
                 f"Session(seed={seed!r}): a seed is a whole number (a snapshot keeps it, "
@@ -398,6 +431,9 @@ class Session:
         Failures do not raise: they end the run with status ``failed`` (or
         ``timed_out``) and a typed ``error``. Cancelling the task that awaits
         ``run()`` records ``session_cancelled`` and re-raises the cancellation.
+        A ``KeyboardInterrupt`` or ``SystemExit`` ends the session
+        ``cancelled``, any other ``BaseException`` ends it ``failed``; either
+        is re-raised.
 
         A ``waiting`` session (suspended, or restored with
         :meth:`from_dict`) goes on from where it stopped.

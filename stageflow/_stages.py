@@ -335,12 +335,32 @@ def _describe_source(obj: object) -> str:
     return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def _takes_a_context(fn: Callable[..., Any], *bound: object) -> str | None:
+    """``fn``'s signature when it cannot be called with ``bound`` and the context, else None."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to check (some C callables)
+        return None
+    try:
+        signature.bind(*bound, None)
+    except TypeError:
+        return str(signature)
+    return None
+
+
 def _check_stage_class(cls: type[BaseStage], name: str, origin: str) -> None:
     """Catch at registration what would otherwise fail on every run of the stage."""
     if cls.run is BaseStage.run or not inspect.iscoroutinefunction(cls.run):
         raise RegistryError(
             f"stage {name!r} from {origin} does not implement run(); define "
             "'async def run(self, ctx)' returning a mapping of outputs or None"
+        )
+    wrong = _takes_a_context(cls.run, None)
+    if wrong is not None:
+        raise RegistryError(
+            f"stage {name!r} from {origin} has run{wrong}, which cannot be called with the "
+            "stage's context alone; define 'async def run(self, ctx)' and read settings "
+            "from ctx.config and ctx.arguments"
         )
     try:
         signature = inspect.signature(cls)
@@ -411,6 +431,11 @@ class StageRegistry:
         source: str | None = None,
     ) -> StageEntry:
         """Register ``target`` (see :meth:`register`) and return its entry."""
+        if name is not None and (not isinstance(name, str) or not name):
+            raise RegistryError(
+                f"stage name {name!r} given for {target!r} is not a non-empty string; "
+                "pass name='TheName', or leave it out to use the class or function name"
+            )
         stage_name = name or getattr(target, "__name__", None)
         if not isinstance(stage_name, str) or not stage_name:
             raise RegistryError(f"cannot tell the name of stage {target!r}; pass name=...")
@@ -422,6 +447,14 @@ class StageRegistry:
             factory = target
             stage_spec = spec or target.spec
         elif inspect.iscoroutinefunction(target):
+            wrong = _takes_a_context(target)
+            if wrong is not None:
+                raise RegistryError(
+                    f"stage {stage_name!r} from {origin} takes {wrong}, so it cannot be "
+                    "called with the stage's context alone; define 'async def "
+                    f"{getattr(target, '__name__', 'stage')}(ctx)' and read settings from "
+                    "ctx.config and ctx.arguments (or bind the others with functools.partial)"
+                )
             fn: StageFunction = target
             function = fn
 

@@ -209,6 +209,62 @@ def test_a_class_that_cannot_be_built_without_arguments_is_rejected() -> None:
         registry.register()(NeedsConfig)
 
 
+async def needs_more(ctx: stageflow.StageContext, client: object) -> None:
+    return None
+
+
+async def needs_nothing() -> None:
+    return None
+
+
+class RunWithoutContext(stageflow.BaseStage):
+    async def run(self) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        (needs_more, "takes (ctx: 'stageflow.StageContext', client: 'object')"),
+        (needs_nothing, "takes ()"),
+        (RunWithoutContext, "has run(self)"),
+    ],
+    ids=["function with a second argument", "function without one", "run without ctx"],
+)
+def test_a_stage_that_cannot_take_its_context_is_rejected_when_registered(
+    target: object, shown: str
+) -> None:
+    # A stage class whose constructor needs arguments was rejected; a stage
+    # function (or run method) that cannot take the context was registered
+    # and then failed every attempt of every run with a TypeError.
+    registry = stageflow.StageRegistry()
+    with pytest.raises(stageflow.RegistryError, match="alone") as info:
+        registry.register("Bad")(target)
+    assert shown in str(info.value)
+    assert "Bad" not in registry
+
+
+def test_stages_that_take_their_context_in_other_shapes_are_registered() -> None:
+    import functools
+
+    async def with_options(ctx: stageflow.StageContext, *rest: object, **options: object) -> None:
+        return None
+
+    registry = stageflow.StageRegistry()
+    registry.add(with_options)
+    registry.add(functools.partial(needs_more, client=object()), name="Bound")
+    assert {"with_options", "Bound"} <= set(registry)
+
+
+@pytest.mark.parametrize("name", ["", 3], ids=["empty", "not a string"])
+def test_a_stage_name_that_is_no_name_is_rejected(name: object) -> None:
+    # add(name="") registered the stage under its function's name instead.
+    registry = stageflow.StageRegistry()
+    with pytest.raises(stageflow.RegistryError, match="not a non-empty string"):
+        registry.add(noop, name=name)  # type: ignore[arg-type]
+    assert "noop" not in registry
+
+
 # ----------------------------------------------------------- default registry
 
 

@@ -244,6 +244,22 @@ def test_a_case_built_in_python_runs_with_a_given_registry() -> None:
     assert [f.field for f in wrong.failures] == ["artifacts"]
 
 
+@pytest.mark.anyio
+async def test_run_case_from_async_code_says_how_to_call_it(
+    write_cases: Callable[..., Path], anyio_backend_name: str
+) -> None:
+    # From a trio test, run_case raised trio's bare "Attempted to call run()
+    # from inside a run()", naming neither run_case nor a way out.
+    (case,) = load_cases(write_cases([{"name": "long", "payload": LONG}]))
+    if anyio_backend_name == "trio":
+        with pytest.raises(RuntimeError, match=r"run_case\('long'\) was called from inside a trio"):
+            run_case(case)
+    import anyio.to_thread
+
+    result = await anyio.to_thread.run_sync(run_case, case)
+    assert result.passed, result.render()
+
+
 def test_an_inline_pipeline_in_the_case_file(tmp_path: Path) -> None:
     shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
     document = {

@@ -519,6 +519,10 @@ class Run:
                     # Only to look at it (it is re-raised): on trio a cancellation that
                     # crossed a task group arrives as a group of cancellations.
                     if not is_cancellation(exc, self.backend.cancelled):
+                        # KeyboardInterrupt, SystemExit or a stage's own
+                        # BaseException: it goes up, but the session ends
+                        # (failed), not left running with no run.
+                        self._interrupted(exc)
                         raise
                     if self.suspending:
                         return self._suspended()
@@ -746,6 +750,33 @@ class Run:
         """End the session failed by an error outside any node (the caller re-raises it)."""
         error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
         error.__cause__ = exc
+        self._finish(SessionStatus.FAILED, error)
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """End the session by a BaseException that is no cancellation (the caller re-raises it).
+
+        KeyboardInterrupt and SystemExit stop the program: the session ends
+        ``cancelled``, with the reason. Any other (a stage's own BaseException)
+        ends it ``failed``, with an error naming it.
+        """
+        leaf = exc  # out of the task groups' exception groups (a branch's, a map item's)
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = next(
+                (e for e in leaf.exceptions if not is_cancellation(e, self.backend.cancelled)),
+                leaf.exceptions[0],
+            )
+        node = self.current_node
+        where = f" at node {node!r}" if node is not None else ""
+        said = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+        if isinstance(leaf, KeyboardInterrupt | SystemExit):
+            self._finish(SessionStatus.CANCELLED, None, reason=f"interrupted{where} by {said}")
+            return
+        error = StageflowError(
+            f"the run was interrupted{where} by {said}; it went up to the caller of run() and "
+            "the session ended failed (a stage that fails should raise an Exception, not a "
+            "BaseException)"
+        )
+        error.__cause__ = leaf
         self._finish(SessionStatus.FAILED, error)
 
     def clock(self) -> datetime.datetime:
@@ -1085,6 +1116,7 @@ class Run:
                             work.calls = None
                             work.replay = None
                             work.timer = None
+                            work.frame = frame
                             frame.work = work
                             ctx = engine_context(
                                 view,

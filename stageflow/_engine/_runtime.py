@@ -58,6 +58,7 @@ class StageWork:
     __slots__ = (
         "attempt",
         "calls",
+        "frame",
         "node",
         "path",
         "replay",
@@ -83,6 +84,9 @@ class StageWork:
         self.calls: list[Call] | None = None
         self.replay = replay
         self.timer: AttemptTimer | None = None  # the attempt's deadline, if it has one
+        # The frame running the attempt (set by whoever makes it): the
+        # attempt is over once the frame's work is another.
+        self.frame: HasWork | None = None
 
     def journal(self, entry: Call) -> None:
         """Append a call to the attempt's journal."""
@@ -111,8 +115,20 @@ class StageWork:
         return self.runtime.sleep(self, seconds, until)
 
 
+class HasWork(Protocol):
+    """What a :class:`StageWork` reads of its frame (a ``Frame``)."""
+
+    @property
+    def work(self) -> object:
+        """What the frame is doing right now."""
+
+
 class RuntimeState(Protocol):
     """What the runtime reads of the session's state (``SessionState`` has it)."""
+
+    @property
+    def run(self) -> object:
+        """The run in progress, if any."""
 
     @property
     def desk(self) -> InputDesk:
@@ -217,6 +233,7 @@ class StageRuntime:
 
     async def wait_input(self, work: StageWork, type: str, timeout: float | None) -> Any:
         """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
+        self.check_live(work, f"ctx.wait_input({type!r})")
         spec = work.spec
         node_id = work.node.id
         if spec.allowed_inputs and not _declares(spec, type):
@@ -363,6 +380,7 @@ class StageRuntime:
         self, work: StageWork, seconds: float | None, until: datetime.datetime | None
     ) -> float:
         """Sleep on behalf of a stage, to an absolute deadline that snapshots keep."""
+        self.check_live(work, "ctx.sleep()")
         entry = self._replayed(work, "sleep", None)
         if entry is None:
             now = self.clock()
@@ -452,6 +470,7 @@ class StageRuntime:
 
     def emit(self, work: StageWork, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event after checking it against the stage's spec."""
+        self.check_live(work, f"ctx.emit({type!r})")
         node_id = work.node.id
         stage = work.node.stage
         problem = event_type_problem(type)
@@ -496,6 +515,23 @@ class StageRuntime:
                     )
         self.check_history(node_id)
         self._state.history.record(type, node_id, work.path, copy_json(body))
+
+    def check_live(self, work: StageWork, call: str) -> None:
+        """Raise ``StageContractError`` when ``work``'s attempt is over (a context kept too long).
+
+        Its run has ended (the session finished or was suspended), or its
+        frame went on (to the next node, or to another attempt).
+        """
+        frame = work.frame
+        if self._state.run is self._hooks and (frame is None or frame.work is work):
+            return
+        node = work.node
+        raise StageContractError(
+            f"stage {node.stage!r} at node {node.id!r} called {call} after its attempt "
+            f"{work.attempt} ended; a StageContext serves only while the stage's run() (or "
+            "cleanup()) runs: do not keep it, or a task using it, past the stage's return",
+            node_id=node.id,
+        )
 
     def check_history(self, node_id: str) -> None:
         """Raise ``LimitExceededError`` when the history is full (``limits.max_history``)."""

@@ -238,6 +238,7 @@ class StageExecutor:
                 kernel.mode, kernel.history, "argument", node, frame.path, spec.arguments, arguments
             )
         work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
+        work.frame = frame
         frame.work = work
         # Positional, and node_path / execution_key made when read ("sequential
         # stage node" row): see stageflow._stages.engine_context.

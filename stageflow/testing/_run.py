@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import attrs
+import trio
 
 from stageflow import (
     Event,
@@ -78,7 +79,8 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
 
     The run uses ``trio.testing.MockClock(autojump_threshold=0)``: sleeps,
     mock delays and timeouts cost no real time. Call it from synchronous
-    code (it starts its own trio loop).
+    code (it starts its own trio loop); from async code, in a worker thread
+    (``await anyio.to_thread.run_sync(run_case, case)``).
 
     Args:
         case: the case (from :func:`~stageflow.testing.load_cases`, or built in Python).
@@ -92,7 +94,16 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
         CaseValidationError: bad stages modules, mocks or inputs.
         PipelineValidationError: the pipeline is not valid.
         OSError: the pipeline file cannot be read.
+        RuntimeError: called from inside a trio run.
     """
+    if trio.lowlevel.in_trio_run():
+        # trio.run() inside a trio run says only "Attempted to call run() from inside a run()".
+        raise RuntimeError(
+            f"run_case({case.name!r}) was called from inside a trio run (an async test, say); "
+            "it starts its own trio loop in virtual time, so call it from synchronous code, "
+            "or from async code in a worker thread: "
+            "await anyio.to_thread.run_sync(run_case, case)"
+        )
     prepared = prepare_case(case, registry=registry)
     return run_in_virtual_time(_run_prepared, prepared)
 

@@ -1,0 +1,233 @@
+"""A session used the way an embedding gets it wrong: stages that misbehave, contexts kept."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+from fakes import doc, parallel, stage, terminal
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+
+class Interrupt(BaseException):
+    """A BaseException that is neither a cancellation nor an Exception."""
+
+
+def _registry() -> stageflow.StageRegistry:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Interrupt")
+    async def interrupt(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        raise Interrupt("stop")
+
+    return registry
+
+
+@pytest.mark.parametrize("in_branch", [False, True], ids=["main_path", "branch"])
+async def test_a_stage_raising_a_base_exception_ends_the_session_failed(in_branch: bool) -> None:
+    # The exception went up, but the session stayed "running" with no run:
+    # inputs were queued for nobody, cancel() did nothing, run() said it was
+    # running, events() streams never ended.
+    if in_branch:
+        nodes = [
+            stage("ask", "WaitStage", config={"input": "go"}, next="fan"),
+            parallel("fan", ["boom"], next="end"),
+            stage("boom", "Interrupt"),
+            terminal("end"),
+        ]
+    else:
+        nodes = [
+            stage("ask", "WaitStage", config={"input": "go"}, next="boom"),
+            stage("boom", "Interrupt", next="end"),
+            terminal("end"),
+        ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=_registry())
+    session = stageflow.Session(pipeline)
+    stream = session.events()
+    session.send_input("go", {})
+    with pytest.RaisesGroup(Interrupt, allow_unwrapped=True, flatten_subgroups=True):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.FAILED
+    last = session.history[-1]
+    assert last.type == "session_failed"
+    assert "interrupted at node" in last.payload["error"]["message"]
+    assert "Interrupt: stop" in last.payload["error"]["message"]
+    with anyio.fail_after(5):
+        seen = [event.type async for event in stream]
+    assert seen[-1] == "session_failed"
+    with pytest.raises(stageflow.SessionStateError, match="takes no more inputs"):
+        session.send_input("go", {})
+    with pytest.raises(stageflow.SessionStateError, match="is failed"):
+        await session.run()
+    assert session.to_dict()["status"] == "failed"
+
+
+async def test_a_system_exit_from_a_stage_ends_the_session_cancelled_with_the_reason() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Exit")
+    async def leave(ctx: stageflow.StageContext) -> None:
+        raise SystemExit(3)
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("leave", "Exit", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline)
+    with pytest.raises(SystemExit):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    last = session.history[-1]
+    assert (last.type, last.payload["reason"]) == (
+        "session_cancelled",
+        "interrupted at node 'leave' by SystemExit: 3",
+    )
+
+
+# ------------------------------------------------------ a context kept too long
+
+
+def _keeper() -> tuple[stageflow.StageRegistry, list[stageflow.StageContext]]:
+    registry = stageflow.StageRegistry()
+    kept: list[stageflow.StageContext] = []
+
+    @registry.register("Keep")
+    async def keep(ctx: stageflow.StageContext) -> None:
+        kept.append(ctx)
+
+    class Tidy(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            ctx.emit("tidied", {"outcome": outcome})
+
+    registry.register("Tidy")(Tidy)
+    return registry, kept
+
+
+async def test_a_context_kept_after_the_session_ended_refuses_every_call() -> None:
+    # ctx.emit recorded an event after session_completed; ctx.wait_input
+    # waited for ever on a session that had ended.
+    registry, kept = _keeper()
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("keep", "Keep", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [ctx] = kept
+    with pytest.raises(stageflow.StageContractError, match=r"ctx\.emit\('late'\) after its"):
+        ctx.emit("late", {})
+    with anyio.fail_after(5):
+        with pytest.raises(stageflow.StageContractError, match=r"ctx\.wait_input\('more'\)"):
+            await ctx.wait_input("more")
+        with pytest.raises(stageflow.StageContractError, match=r"ctx\.sleep\(\) after its"):
+            await ctx.sleep(1)
+    assert session.history == result.history
+    assert session.history[-1].type == "session_completed"
+
+
+@pytest.mark.parametrize("tight", [True, False], ids=["simple_node", "node_with_config"])
+async def test_a_context_kept_from_an_earlier_node_cannot_emit_for_it(tight: bool) -> None:
+    registry, kept = _keeper()
+    keep = stage("keep", "Keep", next="ask", config=None if tight else {"any": 1})
+    pipeline = stageflow.Pipeline.from_dict(
+        doc(
+            [
+                keep,
+                stage("ask", "WaitStage", config={"input": "go"}, next="tidy"),
+                stage("tidy", "Tidy", next="end"),
+                terminal("end"),
+            ]
+        ),
+        registry=registry,
+    )
+    session = stageflow.Session(pipeline)
+    waiting = anyio.Event()
+    session.subscribe(lambda e: waiting.set() if e.type == "waiting_for_input" else None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await waiting.wait()
+        with pytest.raises(stageflow.StageContractError, match=r"at node 'keep' called ctx\.emit"):
+            kept[0].emit("late", {})
+        session.send_input("go", {})
+    assert session.status is stageflow.SessionStatus.COMPLETED
+    assert "late" not in [e.type for e in session.history]
+    # A cleanup still has its attempt's context.
+    assert [e.payload for e in session.history if e.type == "tidied"] == [{"outcome": "succeeded"}]
+
+
+# ------------------------------------------------------ Session(...) arguments
+
+
+def _pipeline() -> stageflow.Pipeline:
+    return stageflow.Pipeline.from_dict(
+        doc([stage("ask", "WaitStage", config={"input": "go"}, next="end"), terminal("end")]),
+        registry=stageflow.StageRegistry(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "says"),
+    [
+        ({"session_id": ""}, ValueError, r"session_id=''\) is not a non-empty string"),
+        ({"session_id": 123}, TypeError, r"session_id=123\) is not a non-empty string"),
+        ({"limits": {"max_steps": 3}}, TypeError, r"stageflow\.Limits\(max_steps=100\)"),
+        ({"validate_events": "loud"}, ValueError, r"'loud'\) is not one of 'off', 'warn'"),
+        ({"clock": 5}, TypeError, r"clock=5\) is not callable"),
+        ({"registry": {}}, TypeError, r"registry=\.\.\.\) was given a dict"),
+    ],
+    ids=["empty id", "int id", "limits dict", "bad mode", "clock", "registry dict"],
+)
+def test_session_arguments_of_the_wrong_kind_are_named(
+    arguments: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    # An empty id was replaced by a random one and an int id was kept (its
+    # snapshot did not restore); a limits dict or a registry dict raised a bare
+    # AttributeError; a clock that is not callable failed only when run.
+    with pytest.raises(error, match=says):
+        stageflow.Session(_pipeline(), **arguments)
+
+
+def test_session_arguments_of_the_right_kind_are_taken() -> None:
+    session = stageflow.Session(
+        _pipeline(),
+        session_id="s-1",
+        limits=stageflow.Limits(max_steps=5),
+        validate_events=stageflow.ValidateEvents.STRICT,
+        registry=stageflow.StageRegistry(),
+    )
+    assert session.session_id == "s-1"
+    assert stageflow.Session(_pipeline(), validate_events="off").status.value == "pending"
+
+
+# ------------------------------------------------------ subscribers and streams
+
+
+async def test_a_subscriber_that_changes_its_event_changes_no_other_subscribers() -> None:
+    # Every stream and callback got the same Event: the first one to change
+    # its payload changed what all the others saw.
+    session = stageflow.Session(_pipeline())
+    first, second = session.events(), session.events()
+    seen: list[Mapping[str, Any]] = []
+
+    def tamper(event: stageflow.Event) -> None:
+        event.payload["input_type"] = "tampered"
+
+    session.subscribe(tamper)
+    session.subscribe(lambda event: seen.append(dict(event.payload)))
+    session.subscribe(tamper)
+    session.send_input("go", {})
+    mine = await first.__anext__()
+    mine.payload["input_type"] = "tampered by a reader"
+    theirs = await second.__anext__()
+    assert seen == [{"input_type": "go"}]
+    assert theirs.payload == {"input_type": "go"}
+    assert session.history[0].payload == {"input_type": "go"}
+    await first.aclose()
+    await second.aclose()
