@@ -554,4 +554,7 @@ class Session:
             trace_wait_threshold=trace_wait_threshold,
         )
         load(session._state, snapshot)
+        requested = snapshot.get("cancel_requested")
+        if requested is not None:
+            session.cancel(requested)  # made before the snapshot, not yet acted on
         return session

@@ -275,7 +275,7 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
     active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
     position = copy_json(position)
     pipeline = state.pipeline
-    return {
+    snapshot: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "stageflow_version": __version__,
@@ -302,6 +302,10 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
         "history_seq": state.history.next_seq,
         "history": state.history.snapshot_events(keep),
     }
+    if state.cancel_reason is not None and status not in FINISHED:
+        # A cancel() the run has not acted on yet: the restored session is cancelled too.
+        snapshot["cancel_requested"] = state.cancel_reason
+    return snapshot
 
 
 def _trace_ids(state: SessionState) -> TraceIds | None:

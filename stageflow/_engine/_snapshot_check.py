@@ -278,6 +278,12 @@ class _Checker:
         self.counters()
         position = snapshot["position"]
         active = snapshot["status"] in _ACTIVE
+        if "cancel_requested" in snapshot and snapshot["status"] not in (*_ACTIVE, "pending"):
+            self.add(
+                "$.cancel_requested",
+                f"a {snapshot['status']} session has no cancel to act on; only a pending, "
+                "running or waiting one has",
+            )
         if active and position is None:
             self.add(
                 "$.position",
