@@ -8,6 +8,7 @@ which the node's ``outputs`` mapping writes into the session context.
 from __future__ import annotations
 
 import datetime
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
@@ -331,6 +332,9 @@ class StageEntry:
 
 
 def _describe_source(obj: object) -> str:
+    if isinstance(obj, functools.partial):
+        # Its module is functools and it has no name: say what it binds.
+        return f"functools.partial({_describe_source(obj.func)})"
     module = getattr(obj, "__module__", None) or "?"
     return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
 

@@ -254,6 +254,8 @@ def test_stages_that_take_their_context_in_other_shapes_are_registered() -> None
     registry.add(with_options)
     registry.add(functools.partial(needs_more, client=object()), name="Bound")
     assert {"with_options", "Bound"} <= set(registry)
+    # Named by what it binds (it said "functools.functools.partial(<function ...>)").
+    assert registry.get("Bound").source == f"functools.partial({__name__}.needs_more)"
 
 
 @pytest.mark.parametrize("name", ["", 3], ids=["empty", "not a string"])
