@@ -307,15 +307,20 @@ async def test_ten_thousand_messages_run_at_a_constant_snapshot_size(
     async with anyio.create_task_group() as tg:
         worker = run.embedded_worker(service)
         await tg.start(worker.run)
-        session_id = (await run.start(service))["session_id"]
-        await run.send(service, session_id, "user_name", {"name": "Ada"})
+        # It counts, it does not time: a turn may wait long on a loaded
+        # machine (the example's 30 s per request failed one in a full run).
+        patient = 600.0
+        session_id = (await run.start(service, timeout=patient))["session_id"]
+        await run.send(service, session_id, "user_name", {"name": "Ada"}, timeout=patient)
         for i in range(1, messages + 1):
             text = f"message {i:05d}"  # the same length throughout
-            reply = await run.send(service, session_id, "user_message", {"text": text})
+            reply = await run.send(
+                service, session_id, "user_message", {"text": text}, timeout=patient
+            )
             assert reply["said"] == [f"You said: {text}"]
             if i in (10, 1_000, 10_000):
                 sizes[i] = len(json.dumps(await store.load(session_id)))
-        last = await run.send(service, session_id, "user_message", {"text": "bye"})
+        last = await run.send(service, session_id, "user_message", {"text": "bye"}, timeout=patient)
         worker.shutdown()
     events = await store.events(session_id, limit=1_000_000)
     snapshot = await store.load(session_id)
