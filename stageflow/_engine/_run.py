@@ -636,14 +636,17 @@ class Run:
         state = self._state
         self._cancel_scope = scope
         timeout = state.limits.timeout
+        passed = False
         if resume is None and timeout is not None:
             scope.deadline = anyio.current_time() + timeout
         elif state.deadline is not None:
-            scope.deadline = anyio.current_time() + self.runtime.seconds_until(state.deadline)
-        if state.cancel_reason is not None or scope.deadline <= anyio.current_time():
+            left = self.runtime.seconds_until(state.deadline)
+            scope.deadline = anyio.current_time() + left
             # A deadline already passed (a run restored late) cancels now: trio
             # would notice it only at the next yield, after the nodes that
             # never await had run (asyncio's checkpoint notices it at once).
+            passed = left <= 0
+        if state.cancel_reason is not None or passed:
             scope.cancel()
         self._main.cancel = scope
 
