@@ -434,6 +434,25 @@ def _problems_beside_schema(
     return problems
 
 
+def _copy_keeping_shared(value: Any, copies: dict[int, Any]) -> Any:
+    """:func:`copy_json`, with each container copied once however often it is met.
+
+    ``copies`` maps the id of each container copied (kept alive by ``value``)
+    to its copy.
+    """
+    if not isinstance(value, Mapping | list | tuple):
+        return copy_json(value)
+    done = copies.get(id(value))
+    if done is not None:
+        return done
+    if isinstance(value, Mapping):
+        copy: Any = {k: _copy_keeping_shared(v, copies) for k, v in value.items()}
+    else:
+        copy = [_copy_keeping_shared(v, copies) for v in value]
+    copies[id(value)] = copy
+    return copy
+
+
 def plain_document(document: Any) -> tuple[Any, Problem | None]:
     """Copy ``document`` as plain JSON, or find the first value JSON cannot carry.
 
@@ -443,15 +462,20 @@ def plain_document(document: Any) -> tuple[Any, Problem | None]:
     """
     try:
         # Mappings and tuples (a frozen document) become dicts and lists; the check
-        # below reports whatever else is not JSON.
-        plain = copy_json(document)
+        # below reports whatever else is not JSON. The first copy keeps a list or
+        # object met several times shared, so that a value huge only as a tree
+        # (``x = [x, x]`` forty levels deep) is refused by the check's count
+        # instead of being copied forever; an accepted one is then copied as a
+        # tree, as the rest of the loader expects.
+        shared = _copy_keeping_shared(document, {})
     except RecursionError:
         return None, Problem(
             "$", f"the document nests more than {MAX_DEPTH} levels deep; flatten it"
         )
-    bad = find_non_json(plain, "$")
+    bad = find_non_json(shared, "$")
     if bad is None:
-        return plain, None
+        return copy_json(shared), None
+    plain = shared
     value = bad.value
     hint = "use a string, number, boolean, null, object or array"
     if isinstance(value, datetime.date | datetime.time):
