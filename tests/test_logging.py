@@ -365,7 +365,7 @@ CLEANUP_SCRIPT = textwrap.dedent(
 
 
 def test_an_unconfigured_application_gets_stageflow_warnings_on_standard_error() -> None:
-    """No run lines without a configuration, but a failed cleanup reaches stderr (docs/observability.md)."""
+    """No run lines unconfigured, but a failed cleanup reaches stderr (docs/observability.md)."""
     done = subprocess.run(
         [sys.executable, "-c", CLEANUP_SCRIPT], capture_output=True, text=True, timeout=60
     )
