@@ -265,7 +265,9 @@ class RetryPolicy:
             class hierarchy of the error and of its cause).
     """
 
-    attempts: int = 1
+    # Checked as a snapshot and the error messages need it: a whole number
+    # that can be written.
+    attempts: int = attrs.field(default=1, validator=_count(1, optional=False))
     delay: float = 0.0
     backoff: float = 2.0
     max_delay: float = 300.0
