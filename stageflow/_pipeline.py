@@ -438,7 +438,8 @@ def _copy_keeping_shared(value: Any, copies: dict[int, Any]) -> Any:
     """:func:`copy_json`, with each container copied once however often it is met.
 
     ``copies`` maps the id of each container copied (kept alive by ``value``)
-    to its copy.
+    to its copy. A container is known before its items are copied, so one
+    inside itself makes a copy inside itself, which the check then locates.
     """
     if not isinstance(value, Mapping | list | tuple):
         return copy_json(value)
@@ -446,11 +447,15 @@ def _copy_keeping_shared(value: Any, copies: dict[int, Any]) -> Any:
     if done is not None:
         return done
     if isinstance(value, Mapping):
-        copy: Any = {k: _copy_keeping_shared(v, copies) for k, v in value.items()}
-    else:
-        copy = [_copy_keeping_shared(v, copies) for v in value]
-    copies[id(value)] = copy
-    return copy
+        mapping: dict[Any, Any] = {}
+        copies[id(value)] = mapping
+        for key, item in value.items():
+            mapping[key] = _copy_keeping_shared(item, copies)
+        return mapping
+    items: list[Any] = []
+    copies[id(value)] = items
+    items.extend(_copy_keeping_shared(item, copies) for item in value)
+    return items
 
 
 def plain_document(document: Any) -> tuple[Any, Problem | None]:

@@ -168,6 +168,16 @@ def test_a_document_sharing_one_list_exponentially_is_refused_at_once() -> None:
     assert all(float(line.split()[1]) < 10 for line in lines if line.startswith("seconds:"))
 
 
+def test_a_document_inside_itself_is_a_located_validation_error() -> None:
+    looped: dict[str, Any] = {}
+    looped["again"] = looped
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        load(minimal(metadata={"loop": looped}))
+    [problem] = caught.value.problems
+    assert problem.location == "$.metadata.loop.again"
+    assert "contains itself" in problem.message
+
+
 def test_a_document_sharing_a_list_within_the_budget_loads_as_a_tree() -> None:
     shared = [1, 2, 3]
     pipeline = load(minimal(metadata={"a": shared, "b": shared}))
