@@ -465,6 +465,8 @@ def plain_document(document: Any) -> tuple[Any, Problem | None]:
     Pipelines, case files and the command line's JSON and YAML values are
     checked with it.
     """
+    if find_non_json(document, "$") is None:
+        return copy_json(document), None  # plain JSON already: the common case
     try:
         # Mappings and tuples (a frozen document) become dicts and lists; the check
         # below reports whatever else is not JSON. The first copy keeps a list or
