@@ -21,7 +21,7 @@ import attrs
 
 from stageflow._deadlines import retry_delay
 from stageflow._errors import DefinitionError
-from stageflow._guard import MAX_NESTING
+from stageflow._guard import MAX_INT_DIGITS, MAX_NESTING, int_too_large
 from stageflow._json import freeze
 from stageflow._jsonlogic_compiled import compile_condition
 
@@ -103,8 +103,19 @@ _LARGEST_FLOAT: Final = int(sys.float_info.max)
 
 
 def is_count(value: object, least: int) -> bool:
-    """Whether ``value`` is a whole number (an ``int``, not a ``bool``) of at least ``least``."""
-    return type(value) is int and value >= least
+    """Whether ``value`` is a whole number (an ``int``, not a ``bool``) of at least ``least``.
+
+    At most :data:`~stageflow._guard.MAX_INT_DIGITS` digits: what JSON (a
+    snapshot) can write.
+    """
+    return type(value) is int and value >= least and not int_too_large(value)
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message; an integer too long to write is described instead."""
+    if isinstance(value, int) and int_too_large(value):
+        return f"<an integer of more than {MAX_INT_DIGITS} digits>"
+    return repr(value)
 
 
 def is_seconds(value: object, *, zero: bool) -> bool:
@@ -137,9 +148,9 @@ def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute
         if not is_count(value, minimum):
             bound = " or None for no bound" if optional else ""
             raise DefinitionError(
-                f"{type(instance).__name__}({attribute.name}={value!r}) is not a whole number of "
-                f"at least "
-                f"{minimum}; use one{bound}"
+                f"{type(instance).__name__}({attribute.name}={_shown(value)}) is not a whole "
+                f"number of at least {minimum} (of at most {MAX_INT_DIGITS} digits, what a "
+                f"snapshot can write); use one{bound}"
             )
 
     return check
@@ -160,7 +171,7 @@ def seconds_check(
         if not is_seconds(value, zero=zero):
             bound = ", or None for no bound" if optional else ""
             raise DefinitionError(
-                f"{type(instance).__name__}({attribute.name}={value!r}) is not "
+                f"{type(instance).__name__}({attribute.name}={_shown(value)}) is not "
                 f"{seconds_wanted(zero=zero)}; "
                 f"use one{bound}"
             )
@@ -254,7 +265,9 @@ class RetryPolicy:
             class hierarchy of the error and of its cause).
     """
 
-    attempts: int = 1
+    # Checked as a snapshot and the error messages need it: a whole number
+    # that can be written.
+    attempts: int = attrs.field(default=1, validator=_count(1, optional=False))
     delay: float = 0.0
     backoff: float = 2.0
     max_delay: float = 300.0

@@ -434,6 +434,30 @@ def _problems_beside_schema(
     return problems
 
 
+def _copy_keeping_shared(value: Any, copies: dict[int, Any]) -> Any:
+    """:func:`copy_json`, with each container copied once however often it is met.
+
+    ``copies`` maps the id of each container copied (kept alive by ``value``)
+    to its copy. A container is known before its items are copied, so one
+    inside itself makes a copy inside itself, which the check then locates.
+    """
+    if not isinstance(value, Mapping | list | tuple):
+        return copy_json(value)
+    done = copies.get(id(value))
+    if done is not None:
+        return done
+    if isinstance(value, Mapping):
+        mapping: dict[Any, Any] = {}
+        copies[id(value)] = mapping
+        for key, item in value.items():
+            mapping[key] = _copy_keeping_shared(item, copies)
+        return mapping
+    items: list[Any] = []
+    copies[id(value)] = items
+    items.extend(_copy_keeping_shared(item, copies) for item in value)
+    return items
+
+
 def plain_document(document: Any) -> tuple[Any, Problem | None]:
     """Copy ``document`` as plain JSON, or find the first value JSON cannot carry.
 
@@ -441,17 +465,24 @@ def plain_document(document: Any) -> tuple[Any, Problem | None]:
     Pipelines, case files and the command line's JSON and YAML values are
     checked with it.
     """
+    if find_non_json(document, "$") is None:
+        return copy_json(document), None  # plain JSON already: the common case
     try:
         # Mappings and tuples (a frozen document) become dicts and lists; the check
-        # below reports whatever else is not JSON.
-        plain = copy_json(document)
+        # below reports whatever else is not JSON. The first copy keeps a list or
+        # object met several times shared, so that a value huge only as a tree
+        # (``x = [x, x]`` forty levels deep) is refused by the check's count
+        # instead of being copied forever; an accepted one is then copied as a
+        # tree, as the rest of the loader expects.
+        shared = _copy_keeping_shared(document, {})
     except RecursionError:
         return None, Problem(
             "$", f"the document nests more than {MAX_DEPTH} levels deep; flatten it"
         )
-    bad = find_non_json(plain, "$")
+    bad = find_non_json(shared, "$")
     if bad is None:
-        return plain, None
+        return copy_json(shared), None
+    plain = shared
     value = bad.value
     hint = "use a string, number, boolean, null, object or array"
     if isinstance(value, datetime.date | datetime.time):

@@ -39,6 +39,7 @@ from stageflow._errors import (
     SessionStateError,
 )
 from stageflow._events import Event, EventCallback, EventStream
+from stageflow._guard import MAX_INT_DIGITS, int_too_large
 from stageflow._identity import IdentityCache
 from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
@@ -235,10 +236,16 @@ class Session:
                 f"Session(clock={clock!r}) is not callable; pass a function returning an "
                 "aware UTC datetime, or leave it out for the system clock"
             )
-        if seed is not None and type(seed) is not int:
+        if seed is not None and (type(seed) is not int or int_too_large(seed)):
+            shown = (
+                f"<an integer of more than {MAX_INT_DIGITS} digits>"
+                if type(seed) is int
+                else repr(seed)
+            )
             raise TypeError(
-                f"Session(seed={seed!r}): a seed is a whole number (a snapshot keeps it, "
-                "so that a restored session draws the same delays) or None"
+                f"Session(seed={shown}): a seed is a whole number of at most "
+                f"{MAX_INT_DIGITS} digits (a snapshot keeps it, so that a restored session "
+                "draws the same delays) or None"
             )
         if trace_wait_threshold is not None and not is_seconds(trace_wait_threshold, zero=True):
             number = isinstance(trace_wait_threshold, int | float) and not isinstance(

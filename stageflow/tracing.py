@@ -181,15 +181,20 @@ def configure(
         does so at interpreter exit.
 
     Raises:
-        TracingSetupError: for an unknown ``exporter`` or ``protocol``, when
-            the OTLP exporter package for the protocol is not installed, or
-            when ``set_global`` is true and a global SDK provider is already
-            set.
+        TracingSetupError: for an unknown ``exporter``, ``protocol`` or
+            ``console_format``, when the OTLP exporter package for the
+            protocol is not installed, or when ``set_global`` is true and a
+            global SDK provider is already set.
     """
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure: unknown exporter {exporter!r}; "
             f"use one of {', '.join(repr(e) for e in _EXPORTERS)}"
+        )
+    if console_format not in ("json", "lines"):
+        raise TracingSetupError(
+            f"stageflow.tracing.configure: unknown console_format {console_format!r}; "
+            "use 'json' or 'lines'"
         )
     if set_global and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         raise TracingSetupError(

@@ -130,6 +130,60 @@ def test_yaml_aliases_within_the_budget_are_read() -> None:
     assert loaded["a2"][0] == loaded["a1"]
 
 
+def test_a_document_sharing_one_list_exponentially_is_refused_at_once() -> None:
+    """``x = [x, x]`` forty levels deep: 41 lists, 2**41 values as JSON.
+
+    Refused by the value guard's count, not copied as a tree first (which took
+    all memory); in a subprocess, so that a regression cannot take the machine.
+    """
+    code = textwrap.dedent(
+        """
+        import resource, time
+        from types import MappingProxyType
+        import stageflow
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+        x = []
+        for _ in range(40):
+            x = [x, x]
+        end = {"id": "end", "type": "terminal"}
+        for metadata in ({"x": x}, MappingProxyType({"x": tuple(x)})):
+            document = {"api_version": "1.0", "entry": "end", "nodes": [end], "metadata": metadata}
+            started = time.monotonic()
+            try:
+                stageflow.Pipeline.from_dict(document)
+            except stageflow.PipelineValidationError as exc:
+                print("refused:", exc.problems[0].location, exc.problems[0].message)
+            print("seconds:", time.monotonic() - started)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    refused = [line for line in lines if line.startswith("refused:")]
+    assert len(refused) == 2, done.stdout
+    assert all(line.startswith("refused: $.metadata.x[") for line in refused)
+    assert all("10,000,000 values" in line for line in refused)
+    assert all(float(line.split()[1]) < 10 for line in lines if line.startswith("seconds:"))
+
+
+def test_a_document_inside_itself_is_a_located_validation_error() -> None:
+    looped: dict[str, Any] = {}
+    looped["again"] = looped
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        load(minimal(metadata={"loop": looped}))
+    [problem] = caught.value.problems
+    assert problem.location == "$.metadata.loop.again"
+    assert "contains itself" in problem.message
+
+
+def test_a_document_sharing_a_list_within_the_budget_loads_as_a_tree() -> None:
+    shared = [1, 2, 3]
+    pipeline = load(minimal(metadata={"a": shared, "b": shared}))
+    assert pipeline.to_dict()["metadata"] == {"a": [1, 2, 3], "b": [1, 2, 3]}
+
+
 def test_a_billion_laughs_yaml_is_refused_in_bounded_time() -> None:
     """Ten levels would never finish; refused from the parser's events, in a subprocess."""
     code = textwrap.dedent(

@@ -146,3 +146,24 @@ async def test_a_sleep_of_1e12_seconds_in_virtual_time_ends() -> None:
     result = await session.run()
     assert result.status is stageflow.SessionStatus.COMPLETED
     json.dumps(session.to_dict())
+
+
+def test_a_policy_of_more_attempts_than_can_be_written_is_refused_when_made() -> None:
+    # It was taken; the first failure's message ("attempt 1 of ...") then
+    # raised a raw ValueError out of run().
+    with pytest.raises(stageflow.DefinitionError, match="RetryPolicy\\(attempts="):
+        RetryPolicy(attempts=10**4300)
+    with pytest.raises(stageflow.DefinitionError, match="RetryPolicy\\(attempts=0\\)"):
+        RetryPolicy(attempts=0)
+
+
+@pytest.mark.anyio
+async def test_a_policy_with_the_most_attempts_that_can_be_written_fails_normally() -> None:
+    registry = fake_registry()
+    spec = stageflow.StageSpec(retry=RetryPolicy(attempts=10**4300 - 1, retry_on=("KeyError",)))
+    registry.register("Fails", spec=spec)(registry.get("Fail").target)
+    pipeline = load(doc([stage("a", "Fails", next="end"), terminal()]), registry)
+    result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.StageError)
+    json.dumps(result.to_dict())

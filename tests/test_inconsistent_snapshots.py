@@ -563,6 +563,12 @@ _LIMITS: Final = {n for n in INTEGER_FIELDS if n.startswith("max_")}
         ("max_run_steps", "10"),
         ("max_run_events", 0),
         ("max_depth", 3.0),
+        # More digits than json.dumps writes: a count was taken and the session
+        # ran, then its snapshot raised ValueError; a duration's message did.
+        *(
+            pytest.param(field, 10**MAX_INT_DIGITS, id=f"{field}-huge-int")
+            for field in ("max_steps", "max_input_backlog", "max_depth", "timeout")
+        ),
     ],
 )
 def test_limits_a_snapshot_could_not_keep_are_refused_when_made(field: str, value: Any) -> None:
@@ -572,7 +578,9 @@ def test_limits_a_snapshot_could_not_keep_are_refused_when_made(field: str, valu
         stageflow.Limits(**{field: value})
 
 
-@pytest.mark.parametrize("seed", ["abc", 1.5, b"x", True])
+@pytest.mark.parametrize(
+    "seed", ["abc", 1.5, b"x", True, pytest.param(10**MAX_INT_DIGITS, id="huge-int")]
+)
 def test_a_seed_a_snapshot_could_not_keep_is_refused(seed: Any) -> None:
     pipeline = stageflow.Pipeline.from_dict(DOCUMENT, registry=fake_registry())
     with pytest.raises(TypeError, match="a seed is a whole number"):
@@ -581,6 +589,7 @@ def test_a_seed_a_snapshot_could_not_keep_is_refused(seed: Any) -> None:
 
 async def test_limits_at_their_bounds_snapshot_and_restore() -> None:
     limits = stageflow.Limits(
+        max_input_bytes=10**MAX_INT_DIGITS - 1,
         timeout=2**1023,
         cleanup_timeout=0,
         max_input_backlog=0,

@@ -328,3 +328,50 @@ def test_an_unconfigured_application_gets_no_log_output_from_a_run() -> None:
     assert done.stderr == ""
     assert "node.started" not in done.stdout
     assert json.loads(done.stdout[: done.stdout.rindex("}") + 1])["status"] == "completed"
+
+
+CLEANUP_SCRIPT = textwrap.dedent(
+    """
+    import anyio
+    import stageflow
+
+    registry = stageflow.StageRegistry()
+
+
+    @registry.register("Leaky")
+    class Leaky(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            raise RuntimeError("lease not returned")
+
+
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "a",
+            "nodes": [
+                {"id": "a", "type": "stage", "stage": "Leaky", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=registry,
+    )
+    result = anyio.run(stageflow.Session(pipeline).run)
+    print(result.status, [e.type for e in result.history if e.type == "cleanup_failed"])
+    """
+)
+
+
+def test_an_unconfigured_application_gets_stageflow_warnings_on_standard_error() -> None:
+    """No run lines unconfigured, but a failed cleanup reaches stderr (docs/observability.md)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CLEANUP_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "completed ['cleanup_failed']"
+    assert "stage.cleanup_failed" in done.stderr
+    assert "lease not returned" in done.stderr
+    assert "node.started" not in done.stderr
+    assert "session.finished" not in done.stderr

@@ -70,6 +70,10 @@ async def test_a_failure_is_recorded_once_where_it_was_raised(
         assert span.status.status_code is StatusCode.ERROR, name
         assert _attr(span, "error.type"), name
     assert _attr(_one(spans, "stage bad"), "error.type") == "stageflow.StageError"
+    # The status description is the class name and the message (tracing/CATALOGUE.md).
+    assert result.error is not None
+    for name in failed:
+        assert _one(spans, name).status.description == f"StageError: {result.error}", name
 
 
 async def test_every_error_span_has_an_error_type(

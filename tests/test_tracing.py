@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -350,3 +353,45 @@ async def test_a_restored_session_starts_a_new_trace_linked_to_the_original(
     # The history's events after the restore carry the new trace.
     resumed = next(e for e in result.history if e.type == "session_resumed")
     assert resumed.trace_id == format(run_span.context.trace_id, "032x")
+
+
+GLOBAL_PROVIDER_SCRIPT = textwrap.dedent(
+    """
+    import trio
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    import stageflow
+
+    pipeline = stageflow.Pipeline.from_dict(
+        {"api_version": "1.0", "entry": "end", "nodes": [{"id": "end", "type": "terminal"}]}
+    )
+    early = stageflow.Session(pipeline)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    late = stageflow.Session(pipeline)
+
+
+    async def main():
+        await early.run()
+        first = len(exporter.get_finished_spans())
+        await late.run()
+        print(first, len(exporter.get_finished_spans()) - first)
+        print(early.history[0].trace_id is None, late.history[0].trace_id is not None)
+
+
+    trio.run(main)
+    """
+)
+
+
+def test_tracing_is_decided_when_the_session_is_made() -> None:
+    """docs/observability.md: a session made before the global provider was set traces nothing."""
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "2", "True", "True"]

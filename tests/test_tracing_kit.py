@@ -377,6 +377,11 @@ def test_traces_protocol_variable_wins_over_the_general_one(
         ({"exporter": "zipkin"}, {}, "unknown exporter 'zipkin'"),
         ({"protocol": "thrift"}, {}, "protocol is 'thrift'"),
         (
+            {"exporter": "console", "console_format": "line"},
+            {},
+            "unknown console_format 'line'",
+        ),
+        (
             {},
             {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
             "environment variable OTEL_EXPORTER_OTLP_PROTOCOL is 'http/json'",

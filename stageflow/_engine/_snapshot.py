@@ -45,6 +45,7 @@ from stageflow._engine._snapshot_check import (
 )
 from stageflow._engine._state import FINISHED, SessionState, TraceIds
 from stageflow._errors import (
+    LimitExceededError,
     PipelineValidationError,
     Problem,
     SnapshotError,
@@ -412,3 +413,11 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
         if error is not None:
             state.error = restore_error(error)
         state.history.close()
+        if stopped is not None and status is SessionStatus.FAILED:
+            # Still stopped (restored without raising that limit): its snapshot
+            # says so again, so that a later restore with the limit raised goes on.
+            state.stopped_by_limit = LimitExceededError(
+                limit=stopped,
+                value=getattr(limits_of(snapshot), stopped),
+                node_id=getattr(state.error, "node_id", None) or "",
+            )

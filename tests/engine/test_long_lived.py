@@ -304,9 +304,13 @@ async def test_a_session_stopped_by_max_steps_resumes_once_the_limit_is_raised()
     assert "max_run_steps" in str(error)
     data = json_round_trip(session.to_dict(history="none"))
     assert data["stopped_by_limit"] == "max_steps"
-    # The same limits: it stays failed.
+    # The same limits: it stays failed, and its snapshot is the same one, so a
+    # service that loads and stores it again can still raise the limit later.
     same = stageflow.Session.from_dict(data, registry=stages.registry)
     assert same.status is stageflow.SessionStatus.FAILED
+    again = json_round_trip(same.to_dict(history="none"))
+    assert {**again, "taken_at": None} == {**data, "taken_at": None}
+    data = again
     # Raised: it goes on at the node it stopped at, with the inputs it had queued.
     raised = attrs.evolve(pipeline.limits, max_steps=None, max_run_steps=100)
     resumed = stageflow.Session.from_dict(data, registry=stages.registry, limits=raised)

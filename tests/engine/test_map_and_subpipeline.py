@@ -577,6 +577,36 @@ def test_nesting_deeper_than_the_limit() -> None:
     assert "nest 2 levels deep" in problems(document)["$.subpipelines"]
 
 
+@pytest.mark.parametrize("outer", ["map", "parallel"])
+async def test_maps_and_branches_nested_past_max_depth_fail_the_run(outer: str) -> None:
+    """limits.max_depth counts map items as well as parallel branches (docs/errors.md)."""
+    if outer == "map":
+        top: dict[str, Any] = {"id": "outer", "type": "map", "items": "xs", "body": "mid"}
+    else:
+        top = parallel("outer", ["mid"])
+    nodes = [
+        {**top, "next": "end"},
+        {"id": "mid", "type": "map", "items": "xs", "body": "inner"},
+        {"id": "inner", "type": "map", "items": "xs", "body": "leaf"},
+        stage("leaf", "Set"),
+        terminal("end"),
+    ]
+    result = await stageflow.Session(
+        load(doc(nodes, limits={"max_depth": 2})), payload={"xs": [1]}
+    ).run()
+    assert result.status == S.FAILED
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert (result.error.limit, result.error.value, result.error.node_id) == (
+        "max_depth",
+        2,
+        "inner",
+    )
+    result = await stageflow.Session(
+        load(doc(nodes, limits={"max_depth": 3})), payload={"xs": [1]}
+    ).run()
+    assert result.status == S.COMPLETED
+
+
 def test_map_body_must_not_escape_its_region() -> None:
     document = map_doc()
     document["nodes"][1]["next"] = "end"

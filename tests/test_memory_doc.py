@@ -1,0 +1,88 @@
+"""What docs/memory.md says a waiting session holds, counted (not timed).
+
+The page's figures come from ``benchmarks/`` on CPython 3.11 and trio; here
+each way of keeping a waiting session is counted in GC-tracked objects, with a
+little room, so that a change that makes waiting sessions heavier for the
+collector is seen, and stageflow is checked to leave the collector's settings
+alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import stageflow
+
+COUNT = 500
+
+
+def _pipeline() -> stageflow.Pipeline:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Wait", spec=stageflow.StageSpec(allowed_inputs=[stageflow.InputSpec("go")]))
+    async def wait(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": await ctx.wait_input("go")}
+
+    return stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "a",
+            "nodes": [
+                {"id": "a", "type": "stage", "stage": "Wait", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=registry,
+    )
+
+
+def _tracked_each(kind: str) -> float:
+    """GC-tracked objects each waiting session adds, kept as ``kind``."""
+    pipeline = _pipeline()
+    per_session = 0.0
+
+    async def main() -> None:
+        nonlocal per_session
+        for _ in range(2):  # caches and first-use objects, before counting
+            warm = stageflow.Session(pipeline)
+            await warm.run(suspend=True)
+            json.dumps(warm.to_dict())
+        kept: list[object] = []
+        async with trio.open_nursery() as nursery:
+            gc.collect()
+            before = len(gc.get_objects())
+            for _ in range(COUNT):
+                session = stageflow.Session(pipeline)
+                if kind == "live":
+                    nursery.start_soon(session.run)
+                    kept.append(session)
+                elif kind == "suspended":
+                    await session.run(suspend=True)
+                    kept.append(session)
+                else:
+                    await session.run(suspend=True)
+                    kept.append(json.dumps(session.to_dict()))
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            per_session = (len(gc.get_objects()) - before) / COUNT
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return per_session
+
+
+@pytest.mark.parametrize(("kind", "documented"), [("live", 35), ("suspended", 13), ("stored", 0)])
+def test_a_waiting_session_holds_what_the_memory_page_says(kind: str, documented: int) -> None:
+    assert _tracked_each(kind) <= documented + 0.5
+
+
+def test_stageflow_leaves_the_collector_settings_alone() -> None:
+    settings = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count())
+    _tracked_each("suspended")
+    assert (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()) == settings
