@@ -409,10 +409,15 @@ class Run:
             return "session_timeout"
         return "cancelled"
 
-    def positions(self, change: int) -> None:
-        """Count positions that start (branches, map workers) or end; check for idle."""
+    def positions(self, change: int, settled: bool = False) -> None:
+        """Count positions that start (branches, map workers) or end; check for idle.
+
+        Positions that end in a cancelled group (``settled``) are no reason to
+        suspend: its cancelled waits still count as blocked until they are
+        torn down, and the node goes on once they are.
+        """
         self._live += change
-        if change < 0 and self._suspend:
+        if change < 0 and self._suspend and not settled:
             self.check_idle()
         elif change < 0 and self.runtime.long_blocks:
             self.check_cut()
@@ -616,9 +621,10 @@ class Run:
         root.resume = resume
         pipeline = state.pipeline
         if resume is None:
-            state.history.record("session_started", None, "", _started_payload(pipeline))
             if timeout is not None:
+                # Before the event: a snapshot its subscribers take keeps it.
                 state.deadline = self.at(timeout)
+            state.history.record("session_started", None, "", _started_payload(pipeline))
         else:
             assert state.saved is not None
             resumed: dict[str, Any] = {

@@ -1,0 +1,124 @@
+"""Minimal reproductions of what ``test_invariants_fuzz.py`` found, one test each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from fakes import doc, stage, terminal
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+
+def _received_or_discarded(result: stageflow.SessionResult, input_type: str) -> int:
+    count = 0
+    for event in result.history:
+        if event.type == "input_received" and event.payload["input_type"] == input_type:
+            count += 1
+        elif event.type == "inputs_discarded":
+            count += sum(1 for i in event.payload["inputs"] if i["input_type"] == input_type)
+    return count
+
+
+@pytest.mark.parametrize("same_callback", [True, False])
+async def test_an_input_delivered_to_a_wait_cancelled_before_it_saw_it_is_discarded(
+    same_callback: bool,
+) -> None:
+    """A live wait given an input (``delivered=1``) and torn down before its stage resumed.
+
+    The input was in neither ``input_received`` nor ``inputs_discarded``: it
+    was dropped in silence. It is listed in ``inputs_discarded`` now.
+    """
+    nodes: list[dict[str, Any]] = [
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "ask",
+            "concurrency": 2,
+            "next": "end",
+        },
+        stage("ask", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}),
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, payload={"items": [0, 1]})
+    receipts: list[stageflow.InputReceipt] = []
+    waits = 0
+
+    def on_event(event: stageflow.Event) -> None:
+        nonlocal waits
+        if event.type == "waiting_for_input":
+            waits += 1
+            if waits == 1:
+                receipts.append(session.send_input("go", {"n": 1}))
+                if same_callback:
+                    session.cancel("now")
+            elif waits == 2:
+                session.cancel("now")
+
+    session.subscribe(on_event)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert [r.delivered for r in receipts] == [1]
+    assert _received_or_discarded(result, "go") == 1
+
+
+async def test_a_snapshot_taken_at_session_started_keeps_the_session_deadline() -> None:
+    """``limits.timeout``'s deadline was set after ``session_started`` was recorded.
+
+    A snapshot a subscriber took at that event had ``deadline: null``, and the
+    session restored from it had no deadline at all: it waited for ever.
+    """
+    nodes = [stage("ask", "WaitStage", config={"input": "go"}, next="end"), terminal("end")]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, limits=stageflow.Limits(timeout=1000))
+    taken: list[dict[str, Any]] = []
+    session.subscribe(
+        lambda event: taken.append(session.to_dict()) if event.type == "session_started" else None
+    )
+    first = await session.run(suspend=True)
+    assert first.wake_at is not None
+    assert taken[0]["deadline"] == first.wake_at.isoformat()
+    restored = stageflow.Session.from_dict(taken[0], pipeline=pipeline)
+    again = await restored.run(suspend=True)
+    assert again.status is stageflow.SessionStatus.WAITING
+    assert again.wake_at == first.wake_at
+
+
+def _race_registry() -> stageflow.StageRegistry:
+    stages = stageflow.StageRegistry()
+
+    @stages.register("Work")
+    async def work(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await anyio.sleep(ctx.config["seconds"])  # work, not a timer: never suspended
+        return {"done": True}
+
+    return stages
+
+
+@pytest.mark.trio_only
+async def test_suspend_mode_does_not_suspend_a_race_its_winner_has_decided() -> None:
+    """``policy: any``: a branch that works wins while the other waits for an input.
+
+    As the winner's branch ended, the loser (still counted as waiting, its
+    cancellation not yet delivered) made every position look blocked: the run
+    suspended, ``waiting_for`` ``('go',)``, a wait that was being cancelled,
+    and an input sent for it as the docs' service does was lost. The race is
+    decided: the run goes on to the end.
+    """
+    stages = _race_registry()
+    nodes: list[dict[str, Any]] = [
+        {"id": "race", "type": "parallel", "policy": "any", "children": ["w", "a"], "next": "end"},
+        stage("w", "Work", config={"seconds": 3}, outputs={"done": "done"}),
+        stage("a", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}),
+        terminal("end", "done", "got"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages)
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"done": True, "got": None}
