@@ -347,6 +347,7 @@ class StageRuntime:
             Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         if timed_out:
             raise self._timed_out(work, type, timeout)
+        entry.pop("parked", None)  # seen now
         history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
             tracing.add_event(

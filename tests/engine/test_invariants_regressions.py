@@ -122,3 +122,42 @@ async def test_suspend_mode_does_not_suspend_a_race_its_winner_has_decided() -> 
     result = await session.run(suspend=True)
     assert result.status is stageflow.SessionStatus.COMPLETED
     assert result.artifacts == {"done": True, "got": None}
+
+
+async def test_an_input_delivered_but_not_yet_seen_at_a_snapshot_is_received_from_the_sender() -> (
+    None
+):
+    """A snapshot between the delivery of an input and the moment its stage wakes.
+
+    The journal held the payload as if the stage had consumed it: the
+    restored stage got it as a ``replay``, so no ``input_received`` from the
+    sender was ever recorded for an input the sender was told was delivered
+    (and a restored session that ended first did not list it as discarded).
+    """
+    nodes = [
+        stage("ask", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}, next="end"),
+        terminal("end", "got"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline)
+    taken: list[dict[str, Any]] = []
+
+    def on_event(event: stageflow.Event) -> None:
+        if event.type == "waiting_for_input":
+            assert session.send_input("go", {"n": 1}).delivered == 1
+            taken.append(session.to_dict())
+
+    session.subscribe(on_event)
+    assert (await session.run()).status is stageflow.SessionStatus.COMPLETED
+
+    restored = stageflow.Session.from_dict(taken[0], pipeline=pipeline)
+    result = await restored.run()
+    assert result.artifacts == {"got": {"n": 1}}
+    froms = [e.payload["from"] for e in result.history if e.type == "input_received"]
+    assert froms == ["sender"]
+
+    ended = stageflow.Session.from_dict(taken[0], pipeline=pipeline)
+    ended.cancel("before it ran again")  # a waiting session ends at once
+    assert ended.status is stageflow.SessionStatus.CANCELLED
+    (discarded,) = [e for e in ended.history if e.type == "inputs_discarded"]
+    assert discarded.payload["inputs"] == [{"input_type": "go", "payload": {"n": 1}}]
