@@ -663,10 +663,11 @@ class Run:
             return self._suspended()
         if error is not None:
             return self._finish(SessionStatus.FAILED, error)
+        if state.cancel_reason is not None:
+            # cancel() came before the end (at the terminal, say): it is acted on.
+            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         if self._main.terminal is not None:
             return self._finish(SessionStatus.COMPLETED, None)
-        if state.cancel_reason is not None:
-            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         if timed_out:
             return self._finish(
                 SessionStatus.TIMED_OUT,

@@ -161,3 +161,26 @@ async def test_an_input_delivered_but_not_yet_seen_at_a_snapshot_is_received_fro
     assert ended.status is stageflow.SessionStatus.CANCELLED
     (discarded,) = [e for e in ended.history if e.type == "inputs_discarded"]
     assert discarded.payload["inputs"] == [{"input_type": "go", "payload": {"n": 1}}]
+
+
+@pytest.mark.parametrize("at", ["node_started", "node_finished"])
+async def test_a_cancel_from_a_callback_at_the_terminal_ends_the_session_cancelled(at: str) -> None:
+    """``cancel()`` from a subscriber while the terminal node runs.
+
+    The terminal never yields, so the run reached it before the cancellation
+    was delivered and ended ``completed``: the cancel() was accepted and
+    ignored, where the docs say run() returns ``cancelled`` with its reason.
+    """
+    pipeline = stageflow.Pipeline.from_dict(doc([terminal("end")]))
+    session = stageflow.Session(pipeline)
+
+    def on_event(event: stageflow.Event) -> None:
+        if (event.type, event.node_id) == (at, "end"):
+            session.cancel("stop")
+
+    session.subscribe(on_event)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert result.result is None
+    assert result.history[-1].type == "session_cancelled"
+    assert result.history[-1].payload["reason"] == "stop"
