@@ -1361,6 +1361,9 @@ class Run:
             # A second position (a sibling branch or map item) reached the
             # limit before the first one's stop cancelled it: the first stop
             # is the one to resume from, and the error the run ends with.
+            # This position's step was refused, not run: it does not count
+            # (a snapshot taken while the run unwinds would be past the limit).
+            state.steps -= 1
             return state.stopped_by_limit
         error = self._caps.error(
             node.id, state.steps, len(state.history) - state.desk.recorded_rejections

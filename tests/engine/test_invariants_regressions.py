@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, stage, terminal
+from fakes import doc, fake_registry, stage, terminal
 
 import stageflow
 
@@ -184,3 +185,28 @@ async def test_a_cancel_from_a_callback_at_the_terminal_ends_the_session_cancell
     assert result.result is None
     assert result.history[-1].type == "session_cancelled"
     assert result.history[-1].payload["reason"] == "stop"
+
+
+async def test_a_snapshot_taken_while_a_step_limit_stops_sibling_branches_restores() -> None:
+    """Two branches reach ``max_steps``: each counted its refused step.
+
+    ``steps`` went two past the limit, and a snapshot a subscriber took at
+    ``branch_failed`` / ``node_failed`` was refused by ``from_dict`` ("past
+    limits.max_steps; no session gets there"). Only the first refused step counts.
+    """
+    registry = fake_registry()
+    nodes = [
+        stage("a", "Set", config={"values": {"x": 1}}, outputs={"x": "x"}, next="p"),
+        {"id": "p", "type": "parallel", "children": ["l", "r"], "next": "end"},
+        stage("l", "Set", config={"values": {"l": 1}}, outputs={"l": "l"}),
+        stage("r", "Set", config={"values": {"r": 1}}, outputs={"r": "r"}),
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=registry)
+    session = stageflow.Session(pipeline, limits=stageflow.Limits(max_steps=2))
+    snapshots: list[dict[str, Any]] = []
+    session.subscribe(lambda event: snapshots.append(json.loads(json.dumps(session.to_dict()))))
+    result = await session.run()
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    for snapshot in snapshots:
+        stageflow.Session.from_dict(snapshot, pipeline=pipeline)
