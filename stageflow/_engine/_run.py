@@ -661,11 +661,12 @@ class Run:
             return self._finish(SessionStatus.FAILED, self._stopped)
         if self.suspending:
             return self._suspended()
+        if state.cancel_reason is not None:
+            # cancel() came before the end (at the terminal, or as a failure
+            # was on its way up, say): it is acted on.
+            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         if error is not None:
             return self._finish(SessionStatus.FAILED, error)
-        if state.cancel_reason is not None:
-            # cancel() came before the end (at the terminal, say): it is acted on.
-            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         if self._main.terminal is not None:
             return self._finish(SessionStatus.COMPLETED, None)
         if timed_out:

@@ -210,3 +210,26 @@ async def test_a_snapshot_taken_while_a_step_limit_stops_sibling_branches_restor
     assert isinstance(result.error, stageflow.LimitExceededError)
     for snapshot in snapshots:
         stageflow.Session.from_dict(snapshot, pipeline=pipeline)
+
+
+async def test_a_cancel_from_a_callback_as_a_node_fails_ends_the_session_cancelled() -> None:
+    """``cancel()`` at ``node_started`` of a node that fails without yielding.
+
+    The failure reached the run before the cancellation was delivered: the
+    session ended ``failed`` although cancel() had been called during the run.
+    """
+    nodes = [
+        {"id": "c", "type": "condition", "conditions": [{"if": {"var": "flag"}, "then": "end"}]},
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, payload={"flag": False})
+
+    def on_event(event: stageflow.Event) -> None:
+        if (event.type, event.node_id) == ("node_started", "c"):
+            session.cancel("stop")
+
+    session.subscribe(on_event)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert result.history[-1].payload["reason"] == "stop"
