@@ -31,6 +31,14 @@ plus those in ``inputs_discarded``); the restored runs and the asyncio run end
 with the reference's status, result and artifacts; every snapshot is JSON that
 ``from_dict`` accepts.
 
+Where the docs say otherwise the invariants bend: a snapshot taken at the
+final event restores a finished session that cannot run again (its outcome is
+compared instead); a ``cancel()`` at ``inputs_discarded`` or the final event
+comes after the end was decided; a session stopped by a step limit keeps the
+inputs its saved waits were given (they count as kept); with ``max_steps``
+which positions get the last steps depends on task order, so only the
+invariants of each run are checked, not equivalence.
+
 To hunt with many more examples locally::
 
     STAGEFLOW_FUZZ_EXAMPLES=2000 PYTHONPATH=. .venv/bin/python -m pytest \
@@ -54,12 +62,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stageflow
+from stageflow._engine._positions import parked_calls
 
 S = stageflow.SessionStatus
 FINAL = {"session_completed", "session_failed", "session_cancelled", "session_timed_out"}
 ENDS = {"node_finished", "node_failed", "node_cancelled"}
 BASE = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-LIMITS = stageflow.Limits(timeout=1000)
+
+
+def _limits(plan: Mapping[str, Any]) -> stageflow.Limits:
+    return stageflow.Limits(timeout=1000, max_steps=plan.get("max_steps"))
+
 
 KINDS = (
     "set",
@@ -74,9 +87,11 @@ KINDS = (
     "sub",
     "wait",
     "sleep",
+    "nest",
+    "twice",
 )
 # Kinds whose outcome cannot depend on timing (no timer, no race): asyncio runs them too.
-CALM = {"set", "fail_routed", "fail", "cond", "par_all", "map", "sub", "wait"}
+CALM = {"set", "fail_routed", "fail", "cond", "par_all", "map", "sub", "wait", "nest", "twice"}
 
 
 # ------------------------------------------------------------------ pipelines
@@ -105,6 +120,16 @@ def _registry() -> stageflow.StageRegistry:
         if ctx.attempt <= ctx.config.get("fails", 0):
             raise ValueError(f"attempt {ctx.attempt}")
         return {"attempt": ctx.attempt}
+
+    @stages.register(
+        "Twice", spec=stageflow.StageSpec(allowed_events=[stageflow.EventSpec("asked")])
+    )
+    async def twice(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        ctx.emit("asked", {"n": 1})
+        first = await ctx.wait_input(ctx.config["first"])
+        ctx.emit("asked", {"n": 2})
+        second = await ctx.wait_input(ctx.config["second"])
+        return {"both": [first, second]}
 
     @stages.register("Echo")
     async def echo(ctx: stageflow.StageContext) -> Mapping[str, Any]:
@@ -275,6 +300,36 @@ def _block(built: Built, kind: str, i: int, nxt: str, v: int) -> None:
         add(_wait(me, f"w{i}", f"m{i}", nxt, timeout=30 * v))
         built.types.append(f"w{i}")
         built.artifacts.append(f"m{i}")
+    elif kind == "nest":
+        # A map whose body is a parallel: a wait and a set in each item.
+        add(
+            {
+                "id": me,
+                "type": "map",
+                "items": "items",
+                "body": f"{me}_p",
+                "concurrency": 1 + v % 2,
+                "collect": {f"nw{i}": f"nouts{i}", f"ns{i}": f"nset{i}"},
+                "next": nxt,
+            }
+        )
+        add({"id": f"{me}_p", "type": "parallel", "children": [f"{me}_w", f"{me}_s"]})
+        add(_wait(f"{me}_w", f"nw{i}", f"nw{i}", None, timeout=25 if v >= 2 else 0))
+        add(_set(f"{me}_s", f"ns{i}", i, None))
+        built.types.append(f"nw{i}")
+        built.artifacts += [f"nouts{i}", f"nset{i}"]
+    elif kind == "twice":
+        add(
+            stage(
+                me,
+                "Twice",
+                config={"first": f"t{i}a", "second": f"t{i}b" if v % 2 else f"t{i}a"},
+                outputs={"both": f"both{i}"},
+                next=nxt,
+            )
+        )
+        built.types += [f"t{i}a", f"t{i}b"] if v % 2 else [f"t{i}a"]
+        built.artifacts.append(f"both{i}")
     elif kind == "sleep":
         add(stage(me, "SleepStage", config={"seconds": 10 * (v + 1)}, next=nxt))
     else:  # pragma: no cover
@@ -396,6 +451,15 @@ def check_history(result: stageflow.SessionResult) -> None:
 
 def check_nothing_lost(lineage: Lineage, result: stageflow.SessionResult) -> None:
     seen: collections.Counter[str] = collections.Counter()
+    stopped = isinstance(result.error, stageflow.LimitExceededError)
+    if stopped and lineage.session is not None:
+        # Stopped by a limit, the session keeps its positions to go on when
+        # restored with the limit raised (documented): inputs its saved waits
+        # were given are kept there (and, see the report, also listed in
+        # inputs_discarded: counted at least once, not exactly once).
+        position = lineage.session.to_dict()["position"]
+        for call in parked_calls(position):
+            seen[call["wait"]] += 1
     for e in result.history:
         if e.type == "input_received" and e.payload.get("from") in ("sender", "backlog"):
             seen[e.payload["input_type"]] += 1
@@ -405,6 +469,9 @@ def check_nothing_lost(lineage: Lineage, result: stageflow.SessionResult) -> Non
     if os.environ.get("FZ_DEBUG") and dict(+seen) != dict(+lineage.accepted):
         for e in result.history:
             print(e.seq, e.type, e.node_id, e.path, dict(e.payload))
+    if stopped:
+        assert not lineage.accepted - seen, f"accepted inputs lost: {lineage.accepted - seen}"
+        return
     assert dict(+seen) == dict(+lineage.accepted), (
         f"accepted inputs lost or counted twice: accepted {dict(+lineage.accepted)}, "
         f"received or discarded {dict(+seen)}"
@@ -424,7 +491,8 @@ async def _examine(plan: dict[str, Any]) -> dict[str, Any]:
             pipeline,
             payload=payload,
             session_id="fuzz",
-            limits=LIMITS,
+            limits=_limits(plan),
+            validate_events=plan["validate"],
             seed=1,
             clock=lineage.clock,
         )
@@ -446,6 +514,11 @@ async def _examine(plan: dict[str, Any]) -> dict[str, Any]:
     assert reference.problems == []
     outcomes = {"reference": outcome(ref)}
 
+    # With a step limit, which positions get the last steps depends on the
+    # order concurrent branches and items run in: only the reference's own
+    # invariants are checked, not equivalence (restored runs order tasks anew).
+    same = plan.get("max_steps") is None
+
     # Restored from the snapshot at a random event, on a clock set back to it.
     if taken:
         at = datetime.datetime.fromisoformat(taken["data"]["taken_at"])
@@ -463,7 +536,7 @@ async def _examine(plan: dict[str, Any]) -> dict[str, Any]:
             # Taken at the final event: restored finished, it cannot run again (documented).
             done = taken["data"]["outcome"]
             got = (restored.session.status, done["result"], done["artifacts"])
-        assert got == outcomes["reference"], f"restored at seq {plan['snapshot_at']}"
+        assert not same or got == outcomes["reference"], f"restored at {plan['snapshot_at']}"
 
     # Restored (through JSON) at every suspension.
     chained = Lineage(plan, pipeline, anyio.current_time())
@@ -472,7 +545,7 @@ async def _examine(plan: dict[str, Any]) -> dict[str, Any]:
     check_history(chain)
     check_nothing_lost(chained, chain)
     assert chained.problems == []
-    assert outcome(chain) == outcomes["reference"], "restored at each suspension"
+    assert not same or outcome(chain) == outcomes["reference"], "restored at each suspension"
 
     # Chaos: stray inputs, a cancel, a snapshot at every event.
     chaos = Lineage(plan, pipeline, anyio.current_time())
@@ -519,7 +592,8 @@ def _asyncio_outcome(plan: dict[str, Any]) -> tuple[Any, ...]:
                 pipeline,
                 payload={"flag": plan["flag"], "items": plan["items"], "acc": []},
                 session_id="fuzz",
-                limits=LIMITS,
+                limits=_limits(plan),
+                validate_events=plan["validate"],
                 seed=1,
                 clock=lineage.clock,
             )
@@ -541,6 +615,8 @@ PLANS = st.fixed_dictionaries(
             max_size=6,
         ),
         "flag": st.booleans(),
+        "validate": st.sampled_from(["off", "warn", "strict"]),
+        "max_steps": st.sampled_from([None, None, None, 2, 5, 9]),
         "items": st.lists(st.integers(min_value=0, max_value=3), max_size=4),
         "live": st.booleans(),
         "answered_mask": st.integers(min_value=0, max_value=255),
@@ -575,5 +651,6 @@ def test_invariants_hold_for_random_pipelines_and_interventions(plan: dict[str, 
     # par_all with a wait that has a timeout (v == 3) is a timer too.
     calm = calm and not any(k == "par_all" and v == 3 for k, v in plan["blocks"])
     calm = calm and not any(k == "wait" and v for k, v in plan["blocks"])
-    if calm:
+    calm = calm and not any(k == "nest" and v >= 2 for k, v in plan["blocks"])
+    if calm and plan["max_steps"] is None:
         assert _asyncio_outcome(plan) == outcomes["reference"], "trio and asyncio differ"
