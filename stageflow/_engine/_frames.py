@@ -293,8 +293,12 @@ class Kernel(Protocol):
     def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:
         """The frame as a snapshot keeps it."""
 
-    def positions(self, change: int) -> None:
-        """Count positions (branches, map workers) that start or end."""
+    def positions(self, change: int, settled: bool = False) -> None:
+        """Count positions (branches, map workers) that start or end.
+
+        ``settled``: they end in a group already cancelled (a race won, a
+        failure that cancels the rest), which goes on: not a moment to suspend.
+        """
 
     def cancelling(self, prefix: str, reason: CancelReason) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""

@@ -146,6 +146,9 @@ class InputBroker:
             # Journaled now, not when the waiter wakes: a snapshot taken in
             # between must not lose the input.
             fulfil(waiter.entry, copy_json(payload))
+            # Not seen by the stage until it wakes: a snapshot taken in between
+            # hands it over as sent (input_received "sender"), or discards it.
+            waiter.entry["parked"] = True
             waiter.give(copy_json(payload))
         self.blocked -= len(chosen)
         return len(chosen)

@@ -263,7 +263,7 @@ class MapExecutor:
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
-            kernel.positions(-1)
+            kernel.positions(-1, run.cancel is not None and run.cancel.cancel_called)
 
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:

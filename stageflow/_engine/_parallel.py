@@ -149,7 +149,7 @@ class ParallelExecutor:
                     kernel.cancelling(run.prefix, "sibling_failed")
                     scope.cancel()
         finally:
-            kernel.positions(-1)
+            kernel.positions(-1, scope.cancel_called)
 
     @staticmethod
     def _settle(

@@ -409,10 +409,15 @@ class Run:
             return "session_timeout"
         return "cancelled"
 
-    def positions(self, change: int) -> None:
-        """Count positions that start (branches, map workers) or end; check for idle."""
+    def positions(self, change: int, settled: bool = False) -> None:
+        """Count positions that start (branches, map workers) or end; check for idle.
+
+        Positions that end in a cancelled group (``settled``) are no reason to
+        suspend: its cancelled waits still count as blocked until they are
+        torn down, and the node goes on once they are.
+        """
         self._live += change
-        if change < 0 and self._suspend:
+        if change < 0 and self._suspend and not settled:
             self.check_idle()
         elif change < 0 and self.runtime.long_blocks:
             self.check_cut()
@@ -616,9 +621,10 @@ class Run:
         root.resume = resume
         pipeline = state.pipeline
         if resume is None:
-            state.history.record("session_started", None, "", _started_payload(pipeline))
             if timeout is not None:
+                # Before the event: a snapshot its subscribers take keeps it.
                 state.deadline = self.at(timeout)
+            state.history.record("session_started", None, "", _started_payload(pipeline))
         else:
             assert state.saved is not None
             resumed: dict[str, Any] = {
@@ -658,12 +664,14 @@ class Run:
             return self._finish(SessionStatus.FAILED, self._stopped)
         if self.suspending:
             return self._suspended()
+        if state.cancel_reason is not None:
+            # cancel() came before the end (at the terminal, or as a failure
+            # was on its way up, say): it is acted on.
+            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         if error is not None:
             return self._finish(SessionStatus.FAILED, error)
         if self._main.terminal is not None:
             return self._finish(SessionStatus.COMPLETED, None)
-        if state.cancel_reason is not None:
-            return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
         if timed_out:
             return self._finish(
                 SessionStatus.TIMED_OUT,
@@ -1357,6 +1365,9 @@ class Run:
             # A second position (a sibling branch or map item) reached the
             # limit before the first one's stop cancelled it: the first stop
             # is the one to resume from, and the error the run ends with.
+            # This position's step was refused, not run: it does not count
+            # (a snapshot taken while the run unwinds would be past the limit).
+            state.steps -= 1
             return state.stopped_by_limit
         error = self._caps.error(
             node.id, state.steps, len(state.history) - state.desk.recorded_rejections

@@ -162,6 +162,13 @@ class RuntimeState(Protocol):
     def parked(self) -> dict[int, Call] | None:
         """The run's parked journal entries no restored stage has replayed yet, by identity."""
 
+    @property
+    def stopped_by_limit(self) -> object:
+        """The limit error that stopped the run with its positions saved, if any."""
+
+    # Inputs delivered to live waits torn down before their stage saw them.
+    unseen: list[tuple[str, Any]] | None
+
 
 class RunHooks(Protocol):
     """What the runtime calls back on the run that made it."""
@@ -317,6 +324,10 @@ class StageRuntime:
                 # An input delivered in the instant the deadline passed was
                 # journaled and its sender told so: it is received, not lost.
                 timed_out = scope.cancelled_caught and not waiter.arrived.is_set()
+        except BaseException:
+            if waiter.arrived.is_set():
+                self._torn_down(waiter)
+            raise
         finally:
             broker.discard(waiter)
             if long:
@@ -336,6 +347,7 @@ class StageRuntime:
             Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         if timed_out:
             raise self._timed_out(work, type, timeout)
+        entry.pop("parked", None)  # seen now
         history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
             tracing.add_event(
@@ -345,6 +357,20 @@ class StageRuntime:
             if waiter.sender is not None:
                 input_link(waiter.sender)
         return waiter.payload
+
+    def _torn_down(self, waiter: Waiter) -> None:
+        """A wait delivered an input, then torn down before its stage saw it.
+
+        Suspended or stopped by a limit, the saved position keeps the input in
+        the stage's journal (it is replayed); otherwise (cancelled) no stage
+        will see it, and the session lists it with the inputs it discards.
+        """
+        state = self._state
+        if self.stop_outcome == "suspended" or state.stopped_by_limit is not None:
+            return
+        if state.unseen is None:
+            state.unseen = []
+        state.unseen.append((waiter.type, copy_json(waiter.payload)))
 
     def _waited(
         self, meters: Metrics, work: StageWork, type: str, seconds: float, waiter: Waiter

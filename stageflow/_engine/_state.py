@@ -136,6 +136,7 @@ class SessionState:
         "steps",
         "stopped_by_limit",
         "tracing",
+        "unseen",
     )
 
     def __init__(
@@ -177,6 +178,9 @@ class SessionState:
         # progress that no restored stage has replayed yet, by identity: a
         # run that ends first lists them as discarded (positions.parked_calls).
         self.parked: dict[int, Call] | None = None
+        # Inputs delivered to live waits that were torn down (cancelled)
+        # before their stage saw them: discarded when the session ends.
+        self.unseen: list[tuple[str, Any]] | None = None
         self.root_ids: TraceIds | None = None  # the last run's root span, for snapshots
         self.status = SessionStatus.PENDING
         self.steps = 0
@@ -238,14 +242,18 @@ class SessionState:
         }
         # Inputs nobody received are said to be dropped, never dropped in silence.
         broker = self.desk.broker
-        discarded = tuple(unseen) + (
-            tuple(
-                (type, payload)
-                for type, payloads in broker.backlog().items()
-                for payload in payloads
+        discarded = (
+            tuple(unseen)
+            + tuple(self.unseen or ())
+            + (
+                tuple(
+                    (type, payload)
+                    for type, payloads in broker.backlog().items()
+                    for payload in payloads
+                )
+                if broker.queued()
+                else ()
             )
-            if broker.queued()
-            else ()
         )
         if discarded:
             self.history.record(

@@ -1,0 +1,235 @@
+"""Minimal reproductions of what ``test_invariants_fuzz.py`` found, one test each."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+from fakes import doc, fake_registry, stage, terminal
+
+import stageflow
+
+pytestmark = pytest.mark.anyio
+
+
+def _received_or_discarded(result: stageflow.SessionResult, input_type: str) -> int:
+    count = 0
+    for event in result.history:
+        if event.type == "input_received" and event.payload["input_type"] == input_type:
+            count += 1
+        elif event.type == "inputs_discarded":
+            count += sum(1 for i in event.payload["inputs"] if i["input_type"] == input_type)
+    return count
+
+
+@pytest.mark.parametrize("same_callback", [True, False])
+async def test_an_input_delivered_to_a_wait_cancelled_before_it_saw_it_is_discarded(
+    same_callback: bool,
+) -> None:
+    """A live wait given an input (``delivered=1``) and torn down before its stage resumed.
+
+    The input was in neither ``input_received`` nor ``inputs_discarded``: it
+    was dropped in silence. It is listed in ``inputs_discarded`` now.
+    """
+    nodes: list[dict[str, Any]] = [
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "ask",
+            "concurrency": 2,
+            "next": "end",
+        },
+        stage("ask", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}),
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, payload={"items": [0, 1]})
+    receipts: list[stageflow.InputReceipt] = []
+    waits = 0
+
+    def on_event(event: stageflow.Event) -> None:
+        nonlocal waits
+        if event.type == "waiting_for_input":
+            waits += 1
+            if waits == 1:
+                receipts.append(session.send_input("go", {"n": 1}))
+                if same_callback:
+                    session.cancel("now")
+            elif waits == 2:
+                session.cancel("now")
+
+    session.subscribe(on_event)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert [r.delivered for r in receipts] == [1]
+    assert _received_or_discarded(result, "go") == 1
+
+
+async def test_a_snapshot_taken_at_session_started_keeps_the_session_deadline() -> None:
+    """``limits.timeout``'s deadline was set after ``session_started`` was recorded.
+
+    A snapshot a subscriber took at that event had ``deadline: null``, and the
+    session restored from it had no deadline at all: it waited for ever.
+    """
+    nodes = [stage("ask", "WaitStage", config={"input": "go"}, next="end"), terminal("end")]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, limits=stageflow.Limits(timeout=1000))
+    taken: list[dict[str, Any]] = []
+    session.subscribe(
+        lambda event: taken.append(session.to_dict()) if event.type == "session_started" else None
+    )
+    first = await session.run(suspend=True)
+    assert first.wake_at is not None
+    assert taken[0]["deadline"] == first.wake_at.isoformat()
+    restored = stageflow.Session.from_dict(taken[0], pipeline=pipeline)
+    again = await restored.run(suspend=True)
+    assert again.status is stageflow.SessionStatus.WAITING
+    assert again.wake_at == first.wake_at
+
+
+def _race_registry() -> stageflow.StageRegistry:
+    stages = stageflow.StageRegistry()
+
+    @stages.register("Work")
+    async def work(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await anyio.sleep(ctx.config["seconds"])  # work, not a timer: never suspended
+        return {"done": True}
+
+    return stages
+
+
+@pytest.mark.trio_only
+async def test_suspend_mode_does_not_suspend_a_race_its_winner_has_decided() -> None:
+    """``policy: any``: a branch that works wins while the other waits for an input.
+
+    As the winner's branch ended, the loser (still counted as waiting, its
+    cancellation not yet delivered) made every position look blocked: the run
+    suspended, ``waiting_for`` ``('go',)``, a wait that was being cancelled,
+    and an input sent for it as the docs' service does was lost. The race is
+    decided: the run goes on to the end.
+    """
+    stages = _race_registry()
+    nodes: list[dict[str, Any]] = [
+        {"id": "race", "type": "parallel", "policy": "any", "children": ["w", "a"], "next": "end"},
+        stage("w", "Work", config={"seconds": 3}, outputs={"done": "done"}),
+        stage("a", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}),
+        terminal("end", "done", "got"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages)
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"done": True, "got": None}
+
+
+async def test_an_input_delivered_but_not_yet_seen_at_a_snapshot_is_received_from_the_sender() -> (
+    None
+):
+    """A snapshot between the delivery of an input and the moment its stage wakes.
+
+    The journal held the payload as if the stage had consumed it: the
+    restored stage got it as a ``replay``, so no ``input_received`` from the
+    sender was ever recorded for an input the sender was told was delivered
+    (and a restored session that ended first did not list it as discarded).
+    """
+    nodes = [
+        stage("ask", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}, next="end"),
+        terminal("end", "got"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline)
+    taken: list[dict[str, Any]] = []
+
+    def on_event(event: stageflow.Event) -> None:
+        if event.type == "waiting_for_input":
+            assert session.send_input("go", {"n": 1}).delivered == 1
+            taken.append(session.to_dict())
+
+    session.subscribe(on_event)
+    assert (await session.run()).status is stageflow.SessionStatus.COMPLETED
+
+    restored = stageflow.Session.from_dict(taken[0], pipeline=pipeline)
+    result = await restored.run()
+    assert result.artifacts == {"got": {"n": 1}}
+    froms = [e.payload["from"] for e in result.history if e.type == "input_received"]
+    assert froms == ["sender"]
+
+    ended = stageflow.Session.from_dict(taken[0], pipeline=pipeline)
+    ended.cancel("before it ran again")  # a waiting session ends at once
+    assert ended.status is stageflow.SessionStatus.CANCELLED
+    (discarded,) = [e for e in ended.history if e.type == "inputs_discarded"]
+    assert discarded.payload["inputs"] == [{"input_type": "go", "payload": {"n": 1}}]
+
+
+@pytest.mark.parametrize("at", ["node_started", "node_finished"])
+async def test_a_cancel_from_a_callback_at_the_terminal_ends_the_session_cancelled(at: str) -> None:
+    """``cancel()`` from a subscriber while the terminal node runs.
+
+    The terminal never yields, so the run reached it before the cancellation
+    was delivered and ended ``completed``: the cancel() was accepted and
+    ignored, where the docs say run() returns ``cancelled`` with its reason.
+    """
+    pipeline = stageflow.Pipeline.from_dict(doc([terminal("end")]))
+    session = stageflow.Session(pipeline)
+
+    def on_event(event: stageflow.Event) -> None:
+        if (event.type, event.node_id) == (at, "end"):
+            session.cancel("stop")
+
+    session.subscribe(on_event)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert result.result is None
+    assert result.history[-1].type == "session_cancelled"
+    assert result.history[-1].payload["reason"] == "stop"
+
+
+async def test_a_snapshot_taken_while_a_step_limit_stops_sibling_branches_restores() -> None:
+    """Two branches reach ``max_steps``: each counted its refused step.
+
+    ``steps`` went two past the limit, and a snapshot a subscriber took at
+    ``branch_failed`` / ``node_failed`` was refused by ``from_dict`` ("past
+    limits.max_steps; no session gets there"). Only the first refused step counts.
+    """
+    registry = fake_registry()
+    nodes = [
+        stage("a", "Set", config={"values": {"x": 1}}, outputs={"x": "x"}, next="p"),
+        {"id": "p", "type": "parallel", "children": ["l", "r"], "next": "end"},
+        stage("l", "Set", config={"values": {"l": 1}}, outputs={"l": "l"}),
+        stage("r", "Set", config={"values": {"r": 1}}, outputs={"r": "r"}),
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=registry)
+    session = stageflow.Session(pipeline, limits=stageflow.Limits(max_steps=2))
+    snapshots: list[dict[str, Any]] = []
+    session.subscribe(lambda event: snapshots.append(json.loads(json.dumps(session.to_dict()))))
+    result = await session.run()
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    for snapshot in snapshots:
+        stageflow.Session.from_dict(snapshot, pipeline=pipeline)
+
+
+async def test_a_cancel_from_a_callback_as_a_node_fails_ends_the_session_cancelled() -> None:
+    """``cancel()`` at ``node_started`` of a node that fails without yielding.
+
+    The failure reached the run before the cancellation was delivered: the
+    session ended ``failed`` although cancel() had been called during the run.
+    """
+    nodes = [
+        {"id": "c", "type": "condition", "conditions": [{"if": {"var": "flag"}, "then": "end"}]},
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, payload={"flag": False})
+
+    def on_event(event: stageflow.Event) -> None:
+        if (event.type, event.node_id) == ("node_started", "c"):
+            session.cancel("stop")
+
+    session.subscribe(on_event)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert result.history[-1].payload["reason"] == "stop"
