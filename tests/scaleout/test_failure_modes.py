@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
+from store_support import running as shared_running
 
 import stageflow
 from stageflow.store import (
@@ -32,19 +33,9 @@ from stageflow.store import (
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def running(store: Any, **options: Any) -> AsyncIterator[Worker]:
-    worker = Worker(
-        store,
-        registry=options.pop("registry", registry),
-        poll=options.pop("poll", 0.1),
-        fetch_cooldown=options.pop("fetch_cooldown", 0.01),
-        **options,
-    )
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        yield worker
-        worker.shutdown()
+def running(store: Any, **options: Any) -> AbstractAsyncContextManager[Worker]:
+    """``store_support.running``, polling every 0.1 s unless told otherwise."""
+    return shared_running(store, **{"poll": 0.1, **options})
 
 
 async def until(

@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
+from store_support import (
+    chat_pipeline,
+    gate_pipeline,
+    read_marks,
+    registry,
+    running,
+    sleep_pipeline,
+)
 
 import stageflow
 from stageflow.store import Lease, SessionService, SessionStore, Worker, open_store
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def running(store: SessionStore, **options: Any) -> AsyncIterator[Worker]:
-    worker = Worker(
-        store,
-        registry=options.pop("registry", registry),
-        poll=options.pop("poll", 0.2),
-        fetch_cooldown=options.pop("fetch_cooldown", 0.01),
-        **options,
-    )
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        yield worker
-        worker.shutdown()
 
 
 async def test_a_conversation_through_the_service(make_store: Callable[..., Any]) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 import stageflow
+from stageflow.store import Worker
 
 registry = stageflow.StageRegistry()
 
@@ -161,3 +163,23 @@ def read_marks(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@asynccontextmanager
+async def running(store: Any, **options: Any) -> AsyncIterator[Worker]:
+    """A worker on ``store`` with this module's registry, running until the block ends.
+
+    ``options`` go to ``Worker``; ``poll`` defaults to 0.2 s and
+    ``fetch_cooldown`` to 0.01 s.
+    """
+    worker = Worker(
+        store,
+        registry=options.pop("registry", registry),
+        poll=options.pop("poll", 0.2),
+        fetch_cooldown=options.pop("fetch_cooldown", 0.01),
+        **options,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        yield worker
+        worker.shutdown()
