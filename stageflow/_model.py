@@ -111,7 +111,7 @@ def is_count(value: object, least: int) -> bool:
     return type(value) is int and value >= least and not int_too_large(value)
 
 
-def _shown(value: object) -> str:
+def shown_value(value: object) -> str:
     """``repr(value)`` for a message; an integer too long to write is described instead."""
     if isinstance(value, int) and int_too_large(value):
         return f"<an integer of more than {MAX_INT_DIGITS} digits>"
@@ -148,7 +148,7 @@ def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute
         if not is_count(value, minimum):
             bound = " or None for no bound" if optional else ""
             raise DefinitionError(
-                f"{type(instance).__name__}({attribute.name}={_shown(value)}) is not a whole "
+                f"{type(instance).__name__}({attribute.name}={shown_value(value)}) is not a whole "
                 f"number of at least {minimum} (of at most {MAX_INT_DIGITS} digits, what a "
                 f"snapshot can write); use one{bound}"
             )
@@ -171,7 +171,7 @@ def seconds_check(
         if not is_seconds(value, zero=zero):
             bound = ", or None for no bound" if optional else ""
             raise DefinitionError(
-                f"{type(instance).__name__}({attribute.name}={_shown(value)}) is not "
+                f"{type(instance).__name__}({attribute.name}={shown_value(value)}) is not "
                 f"{seconds_wanted(zero=zero)}; "
                 f"use one{bound}"
             )

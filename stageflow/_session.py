@@ -43,7 +43,14 @@ from stageflow._guard import MAX_INT_DIGITS, int_too_large
 from stageflow._identity import IdentityCache
 from stageflow._json import copy_json, find_non_json
 from stageflow._metrics import Metrics
-from stageflow._model import Limits, StageNode, ValidateEvents, is_seconds, seconds_wanted
+from stageflow._model import (
+    Limits,
+    StageNode,
+    ValidateEvents,
+    is_seconds,
+    seconds_wanted,
+    shown_value,
+)
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus, input_types
 from stageflow._stages import StageEntry, StageRegistry
@@ -237,13 +244,8 @@ class Session:
                 "aware UTC datetime, or leave it out for the system clock"
             )
         if seed is not None and (type(seed) is not int or int_too_large(seed)):
-            shown = (
-                f"<an integer of more than {MAX_INT_DIGITS} digits>"
-                if type(seed) is int
-                else repr(seed)
-            )
             raise TypeError(
-                f"Session(seed={shown}): a seed is a whole number of at most "
+                f"Session(seed={shown_value(seed)}): a seed is a whole number of at most "
                 f"{MAX_INT_DIGITS} digits (a snapshot keeps it, so that a restored session "
                 "draws the same delays) or None"
             )
