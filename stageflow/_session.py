@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._node_inputs import node_entry
-from stageflow._engine._positions import awaited, parked_calls, parked_waits, unseen_inputs
+from stageflow._engine._positions import awaited, parked_calls, parked_waits
 from stageflow._engine._run import Run
 from stageflow._engine._snapshot import (
     HistoryChoice,
@@ -429,7 +429,7 @@ class Session:
                 None,
                 None,
                 reason=state.cancel_reason,
-                unseen=unseen_inputs(parked_calls(saved["position"])) if saved is not None else (),
+                unseen=parked_calls(saved["position"]) if saved is not None else (),
             )
         elif state.run is not None:
             state.run.cancel()

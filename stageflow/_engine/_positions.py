@@ -16,7 +16,9 @@ read their records through these types, so a misspelt key is a type error.
 
 from __future__ import annotations
 
+import collections
 import datetime
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, TypedDict
 
@@ -44,6 +46,7 @@ __all__ = [
     "parked_waits",
     "restore_error",
     "parked_calls",
+    "not_kept",
     "unseen_inputs",
     "writes_of",
 ]
@@ -56,9 +59,11 @@ class Call(TypedDict, total=False):
     """One ``wait_input`` or ``sleep`` call in a stage attempt's journal.
 
     A wait has ``wait`` (the input type), ``deadline`` while it waits with a
-    timeout, and ``payload`` once answered (``parked`` too when it was
-    answered while the session was suspended or stored); a sleep has ``sleep`` (its absolute
-    deadline) and ``seconds`` (what the first call planned).
+    timeout, and ``payload`` once answered (``parked`` too until the stage
+    sees it: answered while the session was suspended or stored, or
+    delivered to a live wait whose stage has not woken yet); a sleep has
+    ``sleep`` (its absolute deadline) and ``seconds`` (what the first call
+    planned).
     """
 
     wait: str
@@ -294,6 +299,27 @@ def parked_calls(position: FramePosition | None) -> list[Call]:
     for child in children(position):
         found.extend(parked_calls(child))
     return found
+
+
+def not_kept(calls: Iterable[Call], kept: Iterable[Call]) -> list[Call]:
+    """Those of ``calls`` that no entry of ``kept`` holds, as a multiset.
+
+    ``kept`` are the parked entries a saved position keeps (copies): each
+    matches one entry of ``calls`` with the same input type and payload.
+    """
+    left = collections.Counter(_input_key(call) for call in kept)
+    found: list[Call] = []
+    for call in calls:
+        key = _input_key(call)
+        if left[key]:
+            left[key] -= 1
+        else:
+            found.append(call)
+    return found
+
+
+def _input_key(call: Call) -> tuple[str, str]:
+    return call["wait"], json.dumps(call["payload"], sort_keys=True)
 
 
 def unseen_inputs(calls: Iterable[Call]) -> list[tuple[str, Any]]:

@@ -56,7 +56,6 @@ from stageflow._engine._positions import (
     awaited,
     count_positions,
     parked_calls,
-    unseen_inputs,
     writes_of,
 )
 from stageflow._engine._runtime import StageRuntime, StageWork
@@ -754,7 +753,7 @@ class Run:
         state = self._state
         parked, state.parked = state.parked, None
         # Inputs sent to restored waits whose stages did not run again.
-        unseen = unseen_inputs(parked.values()) if parked else ()
+        unseen = tuple(parked.values()) if parked else ()
         return state.finish(status, error, self._main, reason=reason, unseen=unseen)
 
     def _internal_error(self, exc: Exception) -> None:
@@ -1375,6 +1374,10 @@ class Run:
         # Taken before anything unwinds: a restore with the limit raised goes on from here.
         state.saved = self.saved_state()
         state.stopped_by_limit = error
+        # Inputs sent from now on are queued, kept in the backlog for that
+        # restore: a wait the saved positions hold unanswered must not take
+        # one while the run unwinds (its stage would run again without it).
+        state.desk.broker.release()
         return error
 
     def _route_error(self, node: Node, frame: Frame, exc: Exception) -> str:

@@ -167,7 +167,7 @@ class RuntimeState(Protocol):
         """The limit error that stopped the run with its positions saved, if any."""
 
     # Inputs delivered to live waits torn down before their stage saw them.
-    unseen: list[tuple[str, Any]] | None
+    unseen: list[Call] | None
 
 
 class RunHooks(Protocol):
@@ -361,16 +361,17 @@ class StageRuntime:
     def _torn_down(self, waiter: Waiter) -> None:
         """A wait delivered an input, then torn down before its stage saw it.
 
-        Suspended or stopped by a limit, the saved position keeps the input in
-        the stage's journal (it is replayed); otherwise (cancelled) no stage
-        will see it, and the session lists it with the inputs it discards.
+        Suspended, the saved position keeps the input in the stage's journal
+        (it is replayed). Otherwise no stage will see it: the session lists it
+        with the inputs it discards when it ends, unless the position a
+        limit's stop saved holds it (it was delivered before that).
         """
-        state = self._state
-        if self.stop_outcome == "suspended" or state.stopped_by_limit is not None:
+        if self.stop_outcome == "suspended":
             return
+        state = self._state
         if state.unseen is None:
             state.unseen = []
-        state.unseen.append((waiter.type, copy_json(waiter.payload)))
+        state.unseen.append(waiter.entry)
 
     def _waited(
         self, meters: Metrics, work: StageWork, type: str, seconds: float, waiter: Waiter

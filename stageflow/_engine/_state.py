@@ -19,7 +19,7 @@ import anyio.lowlevel
 from stageflow._context import Context
 from stageflow._engine._desk import InputDesk
 from stageflow._engine._frames import Scope
-from stageflow._engine._positions import Call, FramePosition
+from stageflow._engine._positions import Call, FramePosition, not_kept, parked_calls, unseen_inputs
 from stageflow._errors import LimitExceededError, StageflowError, describe_exception
 from stageflow._events import History
 from stageflow._json import copy_json
@@ -178,9 +178,10 @@ class SessionState:
         # progress that no restored stage has replayed yet, by identity: a
         # run that ends first lists them as discarded (positions.parked_calls).
         self.parked: dict[int, Call] | None = None
-        # Inputs delivered to live waits that were torn down (cancelled)
-        # before their stage saw them: discarded when the session ends.
-        self.unseen: list[tuple[str, Any]] | None = None
+        # The entries of live waits that were given an input and torn down
+        # before their stage saw it: discarded when the session ends, unless
+        # a saved position keeps them (a suspension or a limit's stop).
+        self.unseen: list[Call] | None = None
         self.root_ids: TraceIds | None = None  # the last run's root span, for snapshots
         self.status = SessionStatus.PENDING
         self.steps = 0
@@ -217,18 +218,27 @@ class SessionState:
         main: Scope | None,
         *,
         reason: str | None = None,
-        unseen: Sequence[tuple[str, Any]] = (),
+        unseen: Sequence[Call] = (),
     ) -> SessionResult:
         """End the session: its status, outcome and final event; the result.
 
-        ``unseen`` are inputs the session took that no stage has seen (sent to
-        the saved waits of a session that ends while waiting): they are
-        discarded with the backlog.
+        ``unseen`` are the parked entries of inputs the session took that no
+        stage has seen (sent to the saved waits of a session that ends while
+        waiting, or before those stages ran again): they are discarded with
+        the backlog. A session a limit stopped discards only those its saved
+        positions do not keep: the rest, and its backlog, wait for the
+        restore that raises the limit.
         """
         self.status = status
         self.error = error
         if error is None or error is not self.stopped_by_limit:
             self.stopped_by_limit = None  # it failed for another reason: nothing to resume
+        entries = [*unseen, *(self.unseen or ())]
+        broker = self.desk.broker
+        backlog = bool(broker.queued())
+        if self.stopped_by_limit is not None and self.saved is not None:
+            entries = not_kept(entries, parked_calls(self.saved["position"]))
+            backlog = False  # in the snapshot, for the resume
         completed = status is SessionStatus.COMPLETED
         terminal = main.terminal if main is not None else None
         result = copy_json(terminal.result) if completed and terminal else None
@@ -241,19 +251,14 @@ class SessionState:
             "error": described,
         }
         # Inputs nobody received are said to be dropped, never dropped in silence.
-        broker = self.desk.broker
-        discarded = (
-            tuple(unseen)
-            + tuple(self.unseen or ())
-            + (
-                tuple(
-                    (type, payload)
-                    for type, payloads in broker.backlog().items()
-                    for payload in payloads
-                )
-                if broker.queued()
-                else ()
+        discarded = tuple(unseen_inputs(entries)) + (
+            tuple(
+                (type, payload)
+                for type, payloads in broker.backlog().items()
+                for payload in payloads
             )
+            if backlog
+            else ()
         )
         if discarded:
             self.history.record(

@@ -233,3 +233,80 @@ async def test_a_cancel_from_a_callback_as_a_node_fails_ends_the_session_cancell
     result = await session.run()
     assert result.status is stageflow.SessionStatus.CANCELLED
     assert result.history[-1].payload["reason"] == "stop"
+
+
+async def test_a_session_a_limit_stopped_keeps_its_backlog_and_discards_none_of_it() -> None:
+    """Stopped by a limit, the session keeps its backlog for the restore that raises it.
+
+    Its final events listed the backlog in ``inputs_discarded`` too, and the
+    restored session then received the same input: counted twice, once as
+    dropped. Nothing is discarded now; the restored run receives it once.
+    """
+    nodes = [
+        stage("a", "WaitStage", config={"input": "answer"}, outputs={"payload": "first"}, next="b"),
+        stage("b", "WaitStage", config={"input": "answer"}, outputs={"payload": "second"}),
+        terminal("end"),
+    ]
+    nodes[1]["next"] = "end"
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline, limits=stageflow.Limits(max_steps=1))
+    session.send_input("answer", {"n": 1})
+    session.send_input("answer", {"n": 2})
+    stopped = await session.run()
+    assert isinstance(stopped.error, stageflow.LimitExceededError)
+    assert stopped.discarded_inputs == ()
+    assert "inputs_discarded" not in [event.type for event in stopped.history]
+    data = json.loads(json.dumps(session.to_dict()))
+    assert data["backlog"] == {"answer": [{"n": 2}]}
+
+    raised = stageflow.Limits(max_steps=None)
+    resumed = stageflow.Session.from_dict(data, pipeline=pipeline, limits=raised)
+    result = await resumed.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert resumed.to_dict()["position"]["context"]["second"] == {"n": 2}
+    assert _received_or_discarded(result, "answer") == 2  # each of the two, once
+
+
+async def test_an_input_sent_after_a_limit_stopped_the_run_is_kept_for_the_resume() -> None:
+    """Sent while a step limit's stop unwinds the run, an input is queued, not delivered.
+
+    It was delivered to a wait that the stop's saved position holds
+    unanswered, and that stage saw it before it was cancelled: the session
+    restored with the limit raised ran the stage again without the input,
+    which was in no event of the resumed session: lost. It is kept in the
+    backlog now, and the resumed session's stage receives it.
+    """
+    registry = fake_registry()
+    nodes = [
+        {"id": "m", "type": "map", "items": "items", "body": "e", "concurrency": 2, "next": "end"},
+        stage("e", "Set", next="w", config={"values": {}}),
+        stage("w", "WaitStage", config={"input": "go"}),
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=registry)
+    # m, then e and w of item 0, then e of item 1: item 1's w is refused.
+    session = stageflow.Session(
+        pipeline, registry=registry, payload={"items": [0, 1]}, limits=stageflow.Limits(max_steps=4)
+    )
+    receipts: list[stageflow.InputReceipt] = []
+
+    def on_event(event: stageflow.Event) -> None:
+        if event.type == "map_item_failed":  # the stop is decided, item 0 waits
+            receipts.append(session.send_input("go", {"n": 1}))
+
+    session.subscribe(on_event)
+    stopped = await session.run()
+    assert isinstance(stopped.error, stageflow.LimitExceededError)
+    assert receipts == [stageflow.InputReceipt("go", 0, True)]
+    assert stopped.discarded_inputs == ()
+    data = json.loads(json.dumps(session.to_dict()))
+    assert data["backlog"] == {"go": [{"n": 1}]}
+
+    raised = stageflow.Limits(max_steps=None)
+    resumed = stageflow.Session.from_dict(data, pipeline=pipeline, registry=registry, limits=raised)
+    resumed.send_input("go", {"n": 2})
+    result = await resumed.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED, result.error
+    received = [e.payload["from"] for e in result.history if e.type == "input_received"]
+    assert sorted(received) == ["backlog", "sender"]  # item 1 takes the queued one
+    assert result.discarded_inputs == ()
