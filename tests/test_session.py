@@ -386,6 +386,9 @@ async def test_cancel_before_run_runs_no_node() -> None:
     result = await session.run()
     assert result.status is CANCELLED
     assert "node_started" not in types(result)
+    # No node ran, so no step is counted (it said 1: the entry's, refused).
+    assert result.history[-1].payload["steps"] == 0
+    assert session.to_dict()["steps"] == 0
 
 
 async def test_cancel_while_running_ends_cancelled_with_no_task_left() -> None:

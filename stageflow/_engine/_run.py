@@ -506,7 +506,11 @@ class Run:
                 try:
                     with self.backend.cancel_scope() as scope:
                         self._arm(scope, resume)
-                        if self._main.terminal is None:
+                        # A session cancelled before its first run ends
+                        # without entering a node (no step counted for it).
+                        if self._main.terminal is None and (
+                            resume is not None or state.cancel_reason is None
+                        ):
                             if state.limits.max_run_seconds is None:
                                 await self.run_path(state.pipeline.entry, root, None)
                             else:
