@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import attrs
 import jsonschema
+import jsonschema.validators
 import jsonschema_rs
 
 from stageflow._errors import DefinitionError
@@ -180,9 +182,87 @@ def _check_schema(instance: object, attribute: attrs.Attribute[Any], value: Any)
         ) from None
 
 
+@functools.lru_cache(maxsize=512)
+def _regex(pattern: str) -> Any:
+    """A compiled matcher of ``pattern`` (``jsonschema_rs``), or ``None`` if it cannot take it."""
+    try:
+        return jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
+    except ValueError:  # a pattern only Python's engine reads: matched with re
+        return None
+
+
+def _search(pattern: str, text: str) -> bool:
+    """Whether ``pattern`` matches somewhere in ``text``, in time that a payload cannot blow up.
+
+    Python's ``re`` backtracks: a schema's ``^(a+)+$`` against 40 ``a`` and a
+    ``!`` takes hours, so one input sent to a waiting stage would block the
+    event loop. ``jsonschema_rs``'s engine is linear (a bounded backtracker
+    for look-arounds and back-references).
+    """
+    matcher = _regex(pattern)
+    if matcher is None:
+        return re.search(pattern, text) is not None
+    return bool(matcher.is_valid(text))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    named = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    extras = [
+        key
+        for key in instance
+        if key not in named and not any(_search(pattern, key) for pattern in patterns)
+    ]
+    if validator.is_type(additional, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], additional, path=key)
+    elif additional is False and extras:
+        shown = ", ".join(repr(key) for key in sorted(extras))
+        yield jsonschema.ValidationError(f"Additional properties are not allowed ({shown})")
+
+
+# Draft 2020-12, its three regular-expression keywords matched by _search:
+# what payloads (inputs sent by anyone) are checked with.
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
+)
+
+
 def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
-    """Build a draft 2020-12 validator for a (possibly frozen) schema."""
-    return jsonschema.Draft202012Validator(thaw(schema))
+    """Build a draft 2020-12 validator for a (possibly frozen) schema.
+
+    Its ``pattern``, ``patternProperties`` and ``additionalProperties``
+    match regular expressions in linear time (:func:`_search`).
+    """
+    validator: jsonschema.protocols.Validator = _Validator(thaw(schema))
+    return validator
 
 
 class DocumentSchema:
@@ -199,7 +279,8 @@ class DocumentSchema:
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         plain = thaw(schema)
-        self._full = jsonschema.Draft202012Validator(plain)
+        # Payloads reach it (a stage's arguments): regexes in linear time.
+        self._full: jsonschema.protocols.Validator = _Validator(plain)
         self._fast = jsonschema_rs.Draft202012Validator(plain)
 
     def iter_errors(self, instance: Any) -> Iterator[jsonschema.ValidationError]:

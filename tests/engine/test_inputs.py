@@ -428,3 +428,63 @@ async def test_accepted_inputs_are_the_declared_types_or_none_when_any_may_be_aw
     wait["next"] = "f"
     open_ = load(doc([wait, stage("f", "Free", next="end"), terminal()]), registry)
     assert stageflow.Session(open_, registry=registry).accepted_inputs() is None
+
+
+@pytest.mark.timeout(20)  # Python's re took 40 s here, and hours for 40 a
+async def test_a_payload_cannot_make_a_schema_pattern_backtrack_for_hours() -> None:
+    """``pattern``, ``patternProperties`` and ``additionalProperties`` match in linear time.
+
+    Python's ``re`` took hours for ``^(a+)+$`` against 40 ``a`` and a ``!``
+    (one input sent to a waiting chat blocked the event loop, every session
+    with it); each payload below is refused at once now, and a good one
+    still goes through.
+    """
+    evil = "^(a+)+$"
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": evil}},
+        "patternProperties": {evil: {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    session = new_session(
+        doc(
+            [wait_node("w", "go", "got", next="end", input_schema=schema), terminal("end", "got")],
+            validate_events="strict",
+        )
+    )
+    attack = "a" * 28 + "!"
+    for payload in ({"name": attack}, {attack: 1}, {"aaa": "not an integer"}):
+        with pytest.raises(stageflow.InputRejectedError) as info:
+            session.send_input("go", payload)
+        assert info.value.reason == "invalid", payload
+    session.send_input("go", {"name": "aaaa", "aa": 2})
+    result = await session.run()
+    assert result.artifacts == {"got": {"name": "aaaa", "aa": 2}}
+
+
+@pytest.mark.timeout(20)  # Python's re took 40 s here, and hours for 40 a
+async def test_stage_arguments_cannot_make_their_schema_pattern_backtrack_for_hours() -> None:
+    """A stage's arguments schema, checked on values that came from a payload.
+
+    The arguments' fast check said no, then Python's ``re`` walked them again
+    for the errors: hours for ``^(a+)+$``. The check ends at once now.
+    """
+    registry = stageflow.StageRegistry()
+
+    @registry.register(
+        "Named",
+        spec=stageflow.StageSpec(
+            arguments={"type": "object", "properties": {"name": {"pattern": "^(a+)+$"}}}
+        ),
+    )
+    async def named(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        return {}
+
+    nodes = [
+        stage("n", "Named", arguments={"name": "name"}, next="end"),
+        terminal("end"),
+    ]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes, validate_events="strict"), registry=registry)
+    session = stageflow.Session(pipeline, registry=registry, payload={"name": "a" * 28 + "!"})
+    result = await session.run()
+    assert isinstance(result.error, stageflow.StageSchemaError)
