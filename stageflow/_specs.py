@@ -239,8 +239,19 @@ def _additional_properties(
         for key in extras:
             yield from validator.descend(instance[key], additional, path=key)
     elif additional is False and extras:
+        # jsonschema's wording, which its callers (and ours) show.
         shown = ", ".join(repr(key) for key in sorted(extras))
-        yield jsonschema.ValidationError(f"Additional properties are not allowed ({shown})")
+        if patterns:
+            regexes = ", ".join(repr(pattern) for pattern in sorted(patterns))
+            verb = "does" if len(extras) == 1 else "do"
+            yield jsonschema.ValidationError(
+                f"{shown} {verb} not match any of the regexes: {regexes}"
+            )
+        else:
+            verb = "was" if len(extras) == 1 else "were"
+            yield jsonschema.ValidationError(
+                f"Additional properties are not allowed ({shown} {verb} unexpected)"
+            )
 
 
 # Draft 2020-12, its three regular-expression keywords matched by _search:
