@@ -212,6 +212,18 @@ class _PackFailure(Exception):
         self.cause = cause
 
 
+def _raised(exc: BaseException) -> str:
+    """``Type: message`` for a pack's exception; a ``SystemExit`` says it tried to exit."""
+    if isinstance(exc, SystemExit):
+        # Loading a pack must never end the process (a command, a worker) that loads
+        # it: sys.exit() at import is most often an entry point aimed at a script.
+        return (
+            f"SystemExit({exc.code!r}): it called sys.exit() (is the entry point a script's "
+            "module rather than the pack's?)"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
     """Find the ``register(registry)`` callable an entry point leads to."""
     target = obj
@@ -246,9 +258,9 @@ def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
     """Import the pack and run its register function against a scratch registry."""
     try:
         obj = entry_point.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a pack that exits is one that failed
         raise _PackFailure(
-            f"could not be imported from {pack.value!r}: {type(exc).__name__}: {exc}; "
+            f"could not be imported from {pack.value!r}: {_raised(exc)}; "
             f"fix or reinstall the pack, {_LEAVE_OUT}",
             exc,
         ) from exc
@@ -259,9 +271,9 @@ def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
     scratch = type(registry)()
     try:
         returned = register(scratch)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _PackFailure(
-            f"failed in its register function {pack.value!r}: {type(exc).__name__}: {exc}; "
+            f"failed in its register function {pack.value!r}: {_raised(exc)}; "
             f"fix the pack, {_LEAVE_OUT}",
             exc,
         ) from exc

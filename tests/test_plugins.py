@@ -358,6 +358,39 @@ def test_entry_point_of_the_wrong_shape_is_reported(
     assert registry.names(core=False) == ()
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(
+            "stage_pack_exits:register",
+            "could not be imported from 'stage_pack_exits:register': SystemExit('usage: "
+            "stage_pack_exits [--help]'): it called sys.exit()",
+            id="at-import",
+        ),
+        pytest.param(
+            "stage_packs:register_exits",
+            "failed in its register function 'stage_packs:register_exits': SystemExit(3): "
+            "it called sys.exit()",
+            id="in-register",
+        ),
+    ],
+)
+def test_a_pack_that_exits_fails_and_the_others_load(
+    fake_packs: list[tuple[str, str]], value: str, expected: str
+) -> None:
+    fake_packs += [("exits", value), ("text", "stage_packs")]
+    registry = stageflow.StageRegistry()
+    report = registry.load_plugins()
+    assert [p.name for p in report.loaded] == ["echo", "text"]
+    assert [p.name for p in report.failed] == ["exits"]
+    error = report.failed[0].error
+    assert str(error).startswith(f"stage pack 'exits' {expected}")
+    assert isinstance(error.__cause__, SystemExit)
+    assert "Exited" not in registry
+    with pytest.raises(stageflow.PluginLoadError, match=r"it called sys\.exit\(\)"):
+        stageflow.StageRegistry().load_plugins(["exits"], strict=True)
+
+
 def test_same_pack_name_from_two_sources_is_a_failure(
     fake_packs: list[tuple[str, str]],
 ) -> None:

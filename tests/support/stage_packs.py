@@ -78,3 +78,9 @@ def register_returning_coroutine(registry: stageflow.StageRegistry) -> object:
 def register_upper_and_lower(registry: stageflow.StageRegistry) -> None:
     registry.add(lower, name="Lower")
     registry.add(upper, name="Upper")
+
+
+def register_exits(registry: stageflow.StageRegistry) -> None:
+    """Ends the process instead of registering (as a script's main() would)."""
+    registry.add(upper, name="Exited")
+    raise SystemExit(3)
