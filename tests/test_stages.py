@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import attrs
 import pytest
 from fakes import doc, stage, terminal
@@ -477,3 +478,69 @@ async def test_stage_context_describes_the_run() -> None:
     )
     with pytest.raises(TypeError):
         ctx.arguments["there"] = 2  # type: ignore[index]
+
+
+MISUSES: list[tuple[str, Any, str]] = [
+    (
+        "a wait for a type no sender can send",
+        lambda ctx: ctx.wait_input(123),
+        "ctx.wait_input(123) at node 'use': the input type must be a non-empty string",
+    ),
+    (
+        "a wait for the empty type",
+        lambda ctx: ctx.wait_input(""),
+        "ctx.wait_input('') at node 'use': the input type must be a non-empty string",
+    ),
+    (
+        "a NaN timeout",
+        lambda ctx: ctx.wait_input("answer", timeout=float("nan")),
+        "ctx.wait_input('answer', timeout=nan) at node 'use': the timeout must be a number",
+    ),
+    (
+        "a timeout given as text",
+        lambda ctx: ctx.wait_input("answer", timeout="5"),
+        "ctx.wait_input('answer', timeout='5') at node 'use': the timeout must be a number",
+    ),
+    (
+        "a sleep of nothing",
+        lambda ctx: ctx.sleep(None),
+        "ctx.sleep(None) at node 'use': the duration must be a number of seconds",
+    ),
+    (
+        "a sleep given as text",
+        lambda ctx: ctx.sleep("5"),
+        "ctx.sleep('5') at node 'use': the duration must be a number of seconds",
+    ),
+    (
+        "a sleep until a text",
+        lambda ctx: ctx.sleep_until("2030-01-01T09:00:00+00:00"),
+        "sleep_until('2030-01-01T09:00:00+00:00') at node 'use': pass an aware datetime.datetime",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"), [m[1:] for m in MISUSES], ids=[m[0] for m in MISUSES]
+)
+async def test_waits_and_sleeps_with_unusable_arguments_fail_the_stage_naming_the_call(
+    call: Any, expected: str
+) -> None:
+    """Each once hung (no sender can send such a type), or failed with a bare Python error."""
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Use")
+    async def use(ctx: stageflow.StageContext) -> None:
+        await call(ctx)
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("use", "Use", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry, payload={})
+    with anyio.fail_after(5):  # a guard: a wait that never ends fails the test
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.StageError)
+    assert result.error.node_id == "use"
+    cause = result.error.__cause__
+    assert isinstance(cause, TypeError)
+    assert str(cause).startswith(expected)
