@@ -13,7 +13,7 @@ __all__ = ["SleepStage", "WaitStage"]
 
 _UNTIL_PATTERN = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
-    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)(?![\s\S])"  # not "$", which allows a final newline
 )
 """The JSON Schema ``pattern`` of ``SleepStage``'s ``until``: a date and time with a UTC offset.
 
