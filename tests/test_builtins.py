@@ -269,6 +269,25 @@ async def test_increment_overflow_of_a_huge_integer_is_an_argument_error() -> No
     assert "overflows" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("value", "by"), [(10**4300 - 1, 1), (-(10**4300) + 1, -1), (1, 10**4300 - 1)]
+)
+async def test_increment_past_the_largest_integer_stored_is_an_argument_error(
+    value: int, by: int
+) -> None:
+    """Once a generic output error that told the pipeline's author to fix the stage's code."""
+    error = await failure(
+        node("increment", arguments={"value": "n"}, config={"by": by}, outputs={"value": "n"}),
+        payload={"n": value},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "value"
+    assert str(error).endswith(
+        "has more than 4300 digits, more than stageflow stores in a context; keep the counter "
+        "smaller"
+    )
+
+
 async def test_increment_of_a_path_holding_nothing_is_an_error() -> None:
     error = await failure(node("increment", arguments={"value": "n"}, outputs={"value": "n"}))
     assert isinstance(error, BuiltinArgumentError)
