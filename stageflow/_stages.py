@@ -480,6 +480,15 @@ class StageRegistry:
                 f"stage name {name!r} given for {target!r} is not a non-empty string; "
                 "pass name='TheName', or leave it out to use the class or function name"
             )
+        if isinstance(target, BaseStage):
+            # Before the name: an instance has no __name__, and "pass name=..." would
+            # only lead to the next error.
+            cls = type(target)
+            raise RegistryError(
+                f"stage {name or cls.__name__!r} is given as an instance of {cls.__qualname__}; "
+                f"register the class itself ({cls.__qualname__}, not {cls.__qualname__}()): "
+                "a fresh instance is made for every attempt"
+            )
         stage_name = name or getattr(target, "__name__", None)
         if not isinstance(stage_name, str) or not stage_name:
             raise RegistryError(f"cannot tell the name of stage {target!r}; pass name=...")

@@ -544,3 +544,23 @@ async def test_waits_and_sleeps_with_unusable_arguments_fail_the_stage_naming_th
     cause = result.error.__cause__
     assert isinstance(cause, TypeError)
     assert str(cause).startswith(expected)
+
+
+class Registered(stageflow.BaseStage):
+    async def run(self, ctx: stageflow.StageContext) -> None:
+        return None
+
+
+@pytest.mark.parametrize("name", [None, "Mine"])
+def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
+    name: str | None,
+) -> None:
+    """Without a name it was once told to pass name=..., which only led to the next error."""
+    registry = stageflow.StageRegistry()
+    with pytest.raises(stageflow.RegistryError) as info:
+        registry.add(Registered(), name=name)
+    assert str(info.value) == (
+        f"stage {name or 'Registered'!r} is given as an instance of Registered; register the "
+        "class itself (Registered, not Registered()): a fresh instance is made for every attempt"
+    )
+    assert registry.names(core=False) == ()
