@@ -26,9 +26,10 @@ This module sits below :mod:`stageflow._stages` (the registry calls it from
 from __future__ import annotations
 
 import inspect
+import re
 import types
 from collections.abc import Callable, Iterable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, distributions, entry_points
 from typing import Final, Protocol, TypeVar
 
 import attrs
@@ -189,8 +190,40 @@ def _pack_of(entry_point: EntryPoint) -> StagePack:
     return StagePack(entry_point.name, entry_point.value, dist.name, dist.version)
 
 
+def _declared() -> list[EntryPoint]:
+    """Every entry point in the group, from the distributions whose metadata can be read."""
+    try:
+        return list(entry_points(group=STAGE_PACK_GROUP))
+    except Exception:  # one broken distribution must not hide every pack
+        pass
+    # Some installed distribution (a stage pack or not) has entry point metadata that
+    # cannot be parsed, and importlib.metadata reads all of them for any group: read
+    # them one by one instead, the first of each name on sys.path (as it does).
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
+    for dist in distributions():
+        name = dist.metadata["Name"] or "?"
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            found.extend(dist.entry_points.select(group=STAGE_PACK_GROUP))
+        except Exception as exc:  # reported; the others still load
+            _log.warning(
+                "plugin.unreadable",
+                distribution=f"{name} {dist.version}",
+                error=(
+                    f"the entry point metadata of distribution {name!r} cannot be read "
+                    f"({type(exc).__name__}: {exc}); stage packs it declares, if any, are "
+                    "left out: reinstall or fix that distribution"
+                ),
+            )
+    return found
+
+
 def _discover() -> list[tuple[StagePack, EntryPoint]]:
-    found = [(_pack_of(ep), ep) for ep in entry_points(group=STAGE_PACK_GROUP)]
+    found = [(_pack_of(ep), ep) for ep in _declared()]
     found.sort(key=lambda pair: (pair[0].name, pair[0].distribution or "", pair[0].value))
     return found
 

@@ -391,6 +391,42 @@ def test_a_pack_that_exits_fails_and_the_others_load(
         stageflow.StageRegistry().load_plugins(["exits"], strict=True)
 
 
+def _install(site: Path, name: str, entry_points_txt: str) -> None:
+    """A distribution's metadata in ``site`` (a directory put on sys.path), as pip writes it."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points_txt)
+
+
+def test_a_distribution_with_unreadable_entry_points_hides_no_other_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once one such distribution, stage pack or not, made every lookup raise a bare TypeError."""
+    _install(tmp_path, "broken-tool", "[console_scripts]\nbroken-tool\n")
+    _install(tmp_path, "text-pack", f"[{GROUP}]\ntext = stage_packs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [(p.name, p.distribution) for p in stageflow.list_stage_packs()] == [
+        ("echo", "stageflow-echo-pack"),
+        ("text", "text-pack"),
+    ]
+    registry = stageflow.StageRegistry()
+    with capture_logs() as logs:
+        report = registry.load_plugins(["text"], strict=True)
+    assert [p.name for p in report.loaded] == ["text"]
+    assert registry.names(core=False) == ("Lower", "Upper")
+    [log] = logs
+    assert (log["event"], log["log_level"], log["distribution"]) == (
+        "plugin.unreadable",
+        "warning",
+        "broken-tool 1.0",
+    )
+    assert log["error"].startswith(
+        "the entry point metadata of distribution 'broken-tool' cannot be read (TypeError: "
+    )
+    assert log["error"].endswith("reinstall or fix that distribution")
+
+
 def test_same_pack_name_from_two_sources_is_a_failure(
     fake_packs: list[tuple[str, str]],
 ) -> None:
