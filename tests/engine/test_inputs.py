@@ -216,6 +216,32 @@ def test_wait_stage_config_is_checked_at_load() -> None:
 
 
 @pytest.mark.parametrize(
+    ("schema", "location", "why"),
+    [
+        ({"type": "nope"}, ".type", "'nope' is not valid under any of the given schemas"),
+        (
+            {"type": "object", "properties": {"t": {"pattern": "("}}},
+            ".properties.t.pattern",
+            "'(' is not a 'regex'",
+        ),
+    ],
+)
+def test_wait_stage_input_schema_that_is_no_schema_is_refused_at_load(
+    schema: dict[str, Any], location: str, why: str
+) -> None:
+    """Once found only by Session(): `stageflow validate` passed what every run refused."""
+    wait = stage("w", "WaitStage", config={"input": "msg", "input_schema": schema}, next="end")
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(doc([wait, terminal("end")]))
+    [problem] = info.value.problems
+    assert problem.location == f"$.nodes[0].config.input_schema{location}"
+    assert problem.message == (
+        "stage node 'w': config 'input_schema' of stage 'WaitStage' is not a valid JSON Schema "
+        f"(draft 2020-12): {why}; fix it, or leave 'input_schema' out to accept any payload"
+    )
+
+
+@pytest.mark.parametrize(
     "until",
     [
         "tomorrow",
