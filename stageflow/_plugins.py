@@ -283,6 +283,20 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
             f"register function {pack.value!r} is 'async def'; registering stages is "
             "synchronous, make it a plain 'def'"
         )
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # no signature to check (some C callables)
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(None)
+        except TypeError:
+            # Checked before the call: a TypeError from inside the function is the pack's bug.
+            shown = signature.replace(return_annotation=inspect.Signature.empty)
+            raise TypeError(
+                f"register function {pack.value!r} has the signature {shown}, so it cannot "
+                "be called with the registry alone; define 'def register(registry)'"
+            ) from None
     fn: Callable[[_R], object] = target
     return fn
 

@@ -345,6 +345,15 @@ def test_register_that_raises_leaves_no_stage_behind(
         ("stage_packs:register_returning", "returned a list; it must register"),
         ("stage_packs:register_returning_coroutine", "returned a coroutine; it must register"),
         ("stage_packs:no_such_function", "could not be imported"),
+        (
+            "stage_packs:register_without_the_registry",
+            "has the signature (), so it cannot be called with the registry alone; define "
+            "'def register(registry)'",
+        ),
+        (
+            "stage_packs:register_with_more",
+            "has the signature (registry: 'stageflow.StageRegistry', settings: 'dict[str, Any]')",
+        ),
     ],
 )
 def test_entry_point_of_the_wrong_shape_is_reported(

@@ -84,3 +84,12 @@ def register_exits(registry: stageflow.StageRegistry) -> None:
     """Ends the process instead of registering (as a script's main() would)."""
     registry.add(upper, name="Exited")
     raise SystemExit(3)
+
+
+def register_without_the_registry() -> None:
+    """A register function that forgot its parameter."""
+
+
+def register_with_more(registry: stageflow.StageRegistry, settings: dict[str, Any]) -> None:
+    """A register function that wants more than the registry."""
+    registry.add(upper, name="Configured")
