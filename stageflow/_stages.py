@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
-from stageflow._errors import RegistryError, StageConflictError, StageNotFoundError
+from stageflow._errors import (
+    CORE_SOURCE,
+    RegistryError,
+    StageConflictError,
+    StageNotFoundError,
+)
 from stageflow._log import get_logger
 from stageflow._plugins import PluginReport, load_plugins
 from stageflow._specs import StageSpec
@@ -426,7 +431,7 @@ _CORE: dict[str, StageEntry] = {}
 
 def register_core_stage(target: type[BaseStage], name: str) -> None:
     """Make ``target`` available in every registry under ``name`` (stageflow itself only)."""
-    _CORE[name] = StageEntry(name, target, target.spec, "stageflow (core)", target)
+    _CORE[name] = StageEntry(name, target, target.spec, CORE_SOURCE, target)
 
 
 class StageRegistry:

@@ -312,6 +312,16 @@ def test_a_core_stage_name_cannot_be_taken() -> None:
         stageflow.StageRegistry().register("WaitStage")(noop)
 
 
+def test_a_core_stage_name_clash_says_to_rename_not_to_use_another_registry() -> None:
+    """Every registry has the core stages: "register into a separate StageRegistry" was no fix."""
+    with pytest.raises(stageflow.StageConflictError) as info:
+        stageflow.StageRegistry().register("SleepStage")(noop)
+    assert str(info.value).endswith(
+        "; rename yours: every StageRegistry has the core stage 'SleepStage'"
+    )
+    assert "separate StageRegistry" not in str(info.value)
+
+
 # ---------------------------------------------------------------- immutability
 
 
