@@ -37,12 +37,14 @@ import attrs
 from stageflow._errors import (
     PluginLoadError,
     PluginNotFoundError,
+    RegistryError,
     StageConflictError,
 )
 from stageflow._log import get_logger
 from stageflow._specs import StageSpec
 
 __all__ = [
+    "BUILTINS_PREFIX",
     "STAGE_PACK_GROUP",
     "FailedPack",
     "LoadedPack",
@@ -60,6 +62,9 @@ STAGE_PACK_GROUP: Final = "stageflow.stages"
 _log = get_logger("stageflow.plugins")
 
 _LEAVE_OUT: Final = "or load only the packs you need with load_plugins(names=[...])"
+
+BUILTINS_PREFIX: Final = "builtins."
+"""The names of :mod:`stageflow.builtins` (its ``PREFIX``, which sits above this module)."""
 
 
 class PackEntry(Protocol):
@@ -339,6 +344,16 @@ def _move(pack: StagePack, scratch: _R, registry: _R) -> tuple[str, ...]:
     """Move the scratch registry's stages into ``registry``: all of them or none."""
     source = pack.source
     entries = scratch.catalogue(core=False)
+    reserved = [entry.name for entry in entries if entry.name.startswith(BUILTINS_PREFIX)]
+    if reserved:
+        names = ", ".join(repr(name) for name in reserved)
+        wrong = RegistryError(f"stage pack {pack.name!r} registers {names}")
+        raise _PackFailure(
+            f"was not loaded: it registers {names}, in the {BUILTINS_PREFIX!r} namespace that "
+            "is kept for stageflow.builtins (so that those names always mean the built-in "
+            f"stages); rename them in the pack (e.g. '{pack.name}.<name>'), {_LEAVE_OUT}",
+            wrong,
+        )
     clashes = [
         StageConflictError(entry.name, registry.get(entry.name).source, source)
         for entry in entries

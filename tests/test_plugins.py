@@ -400,6 +400,30 @@ def test_a_pack_that_exits_fails_and_the_others_load(
         stageflow.StageRegistry().load_plugins(["exits"], strict=True)
 
 
+def test_a_pack_cannot_take_names_kept_for_the_builtins(
+    fake_packs: list[tuple[str, str]],
+) -> None:
+    """Once it could, in a registry without them: builtins.register then failed on it."""
+    import stageflow.builtins
+
+    assert stageflow._plugins.BUILTINS_PREFIX == stageflow.builtins.PREFIX
+    fake_packs += [("shadow", "stage_packs:register_builtin_names"), ("text", "stage_packs")]
+    registry = stageflow.StageRegistry()
+    report = registry.load_plugins(["shadow", "text"])
+    assert [p.name for p in report.loaded] == ["text"]
+    [failed] = report.failed
+    assert str(failed.error) == (
+        "stage pack 'shadow' was not loaded: it registers 'builtins.set', 'builtins.shout', in "
+        "the 'builtins.' namespace that is kept for stageflow.builtins (so that those names "
+        "always mean the built-in stages); rename them in the pack (e.g. 'shadow.<name>'), or "
+        "load only the packs you need with load_plugins(names=[...])"
+    )
+    assert isinstance(failed.error.__cause__, stageflow.RegistryError)
+    assert "Fine" not in registry
+    stageflow.builtins.register(registry)
+    assert registry.get("builtins.set").target is stageflow.builtins.SetStage
+
+
 def _install(site: Path, name: str, entry_points_txt: str) -> None:
     """A distribution's metadata in ``site`` (a directory put on sys.path), as pip writes it."""
     info = site / f"{name.replace('-', '_')}-1.0.dist-info"

@@ -93,3 +93,10 @@ def register_without_the_registry() -> None:
 def register_with_more(registry: stageflow.StageRegistry, settings: dict[str, Any]) -> None:
     """A register function that wants more than the registry."""
     registry.add(upper, name="Configured")
+
+
+def register_builtin_names(registry: stageflow.StageRegistry) -> None:
+    """Takes names in the namespace kept for stageflow.builtins."""
+    registry.add(upper, name="Fine")
+    registry.add(upper, name="builtins.set")
+    registry.add(lower, name="builtins.shout")
