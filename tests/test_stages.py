@@ -16,6 +16,7 @@ from fakes import doc, stage, terminal
 
 import stageflow
 import stageflow._engine
+import stageflow._stages
 
 pytestmark = pytest.mark.anyio
 
@@ -275,8 +276,13 @@ def test_default_registry_through_register_stage_and_get_stages() -> None:
     name = f"DefaultStage_{uuid.uuid4().hex}"
     assert name not in stageflow.get_stages()
     stageflow.register_stage(name)(noop)
-    assert stageflow.get_stages()[name].target is noop
-    assert {"WaitStage", "SleepStage"} <= set(stageflow.get_stages())
+    try:
+        assert stageflow.get_stages()[name].target is noop
+        assert {"WaitStage", "SleepStage"} <= set(stageflow.get_stages())
+    finally:
+        # The default registry is process-wide: a later test that lists it (the CLI's
+        # catalogue and schema commands) must not find this stage.
+        del stageflow._stages.default_registry()._entries[name]
 
 
 def test_get_stages_is_read_only() -> None:
