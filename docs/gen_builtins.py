@@ -380,7 +380,13 @@ already taken raises `StageConflictError` and adds none).
   wrong at run time, such as a JsonLogic rule with an unknown operator),
   `AssertionFailedError` (`builtins.assert`; `.rule`, `.values`) and
   `InjectedFailureError` (`builtins.fail`; `.error_type`). Messages name the
-  stage, the node and how to fix the problem.
+  stage, the node and how to fix the problem. One exception: with
+  `"validate_events": "strict"` the engine checks every stage's arguments
+  against its declared schema before the stage runs, so an argument that is
+  absent or of the wrong type ends the session with
+  `stageflow.StageSchemaError` (`.key`) instead of `BuiltinArgumentError`
+  (with `"warn"`, the default, it records a `contract_violation` event and
+  the built-in raises as above).
 - Config mistakes (a missing or misspelt key, a wrong type, a malformed
   template) are pipeline validation problems, reported before anything runs.
 """

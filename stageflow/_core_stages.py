@@ -11,6 +11,16 @@ from stageflow._stages import BaseStage, StageContext, register_core_stage
 
 __all__ = ["SleepStage", "WaitStage"]
 
+_UNTIL_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)(?![\s\S])"  # not "$", which allows a final newline
+)
+"""The JSON Schema ``pattern`` of ``SleepStage``'s ``until``: a date and time with a UTC offset.
+
+Checked when a pipeline loads (``format`` alone is not asserted), so a time
+that is no time, or has no offset, is a validation problem, not a failed run.
+"""
+
 
 class WaitStage(BaseStage):
     """Wait for one external input and return its payload as ``payload``.
@@ -54,8 +64,25 @@ class WaitStage(BaseStage):
         return {"payload": payload}
 
 
+def _until(ctx: StageContext) -> datetime.datetime:
+    """``config.until`` as an aware datetime; what the pattern lets through may still be no time."""
+    text = ctx.config["until"]
+    problem = "has no UTC offset"
+    try:
+        until = datetime.datetime.fromisoformat(text)
+        if until.tzinfo is not None:
+            until.astimezone(datetime.UTC)  # 0001-01-01T00:00:00+01:00 is before any UTC time
+            return until
+    except (ValueError, OverflowError) as exc:
+        problem = f"is not a time stageflow can use ({exc})"
+    raise ValueError(
+        f"SleepStage at node {ctx.node_id!r}: config 'until' {text!r} {problem}; write a date "
+        "and time with a UTC offset, like 2030-01-01T09:00:00+00:00"
+    )
+
+
 class SleepStage(BaseStage):
-    """Sleep for ``seconds``, or until the absolute time ``until`` (ISO 8601 with offset).
+    """Sleep for ``seconds``, or until ``until`` (a date and time with a UTC offset).
 
     Returns ``slept``, the seconds it planned to sleep. The deadline is an
     absolute UTC time kept in snapshots: a restored session wakes on time.
@@ -71,7 +98,13 @@ class SleepStage(BaseStage):
             "additionalProperties": False,
             "properties": {
                 "seconds": {"type": "number", "minimum": 0},
-                "until": {"type": "string", "format": "date-time"},
+                "until": {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": _UNTIL_PATTERN,
+                    "description": "a date and time with a UTC offset, such as "
+                    "2030-01-01T09:00:00+00:00",
+                },
             },
             "oneOf": [{"required": ["seconds"]}, {"required": ["until"]}],
         },
@@ -83,13 +116,7 @@ class SleepStage(BaseStage):
         if "seconds" in ctx.config:
             slept = await ctx.sleep(float(ctx.config["seconds"]))
         else:
-            until = datetime.datetime.fromisoformat(ctx.config["until"])
-            if until.tzinfo is None:
-                raise ValueError(
-                    f"SleepStage at node {ctx.node_id!r}: 'until' {ctx.config['until']!r} has no "
-                    "UTC offset; write it like 2030-01-01T09:00:00+00:00"
-                )
-            slept = await ctx.sleep_until(until)
+            slept = await ctx.sleep_until(_until(ctx))
         return {"slept": slept}
 
 

@@ -274,6 +274,10 @@ class StageNotFoundError(RegistryError, KeyError):
         return str(self.args[0])
 
 
+CORE_SOURCE = "stageflow (core)"
+"""The ``source`` of the core stages (``WaitStage``, ``SleepStage``), which every registry has."""
+
+
 class StageConflictError(RegistryError):
     """A stage name is registered twice."""
 
@@ -281,10 +285,11 @@ class StageConflictError(RegistryError):
         self.name = name
         self.first = first
         self.second = second
-        super().__init__(
-            f"stage name {name!r} is registered by both {first} and {second}; "
-            "rename one of them or register into a separate StageRegistry"
-        )
+        fix = "rename one of them or register into a separate StageRegistry"
+        if first == CORE_SOURCE:
+            # Every registry has the core stages: a separate one clashes just the same.
+            fix = f"rename yours: every StageRegistry has the core stage {name!r}"
+        super().__init__(f"stage name {name!r} is registered by both {first} and {second}; {fix}")
 
 
 class PluginLoadError(RegistryError):

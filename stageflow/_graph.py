@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
+import jsonschema
 
 from stageflow import jsonlogic
 from stageflow._errors import Problem
@@ -438,6 +439,20 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 f"$.nodes[{i}].config{suffix}",
                 f"stage node {node.id!r}: config for stage {node.stage!r} is not valid: "
                 f"{json_message(error)}" + (f" ({hint})" if hint else ""),
+            )
+    schema = node.config.get("input_schema")
+    if spec.input_from_config is not None and not spec.allowed_inputs and schema is not None:
+        # What a session makes of it (the input the node declares, as WaitStage's
+        # config says): checked here too, or `stageflow validate` passes what a run refuses.
+        try:
+            jsonschema.Draft202012Validator.check_schema(thaw(schema))
+        except jsonschema.SchemaError as exc:
+            suffix = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+            yield Problem(
+                f"$.nodes[{i}].config.input_schema{suffix}",
+                f"stage node {node.id!r}: config 'input_schema' of stage {node.stage!r} is not a "
+                f"valid JSON Schema (draft 2020-12): {exc.message}; fix it, or leave "
+                "'input_schema' out to accept any payload",
             )
 
 

@@ -26,9 +26,10 @@ This module sits below :mod:`stageflow._stages` (the registry calls it from
 from __future__ import annotations
 
 import inspect
+import re
 import types
 from collections.abc import Callable, Iterable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, distributions, entry_points
 from typing import Final, Protocol, TypeVar
 
 import attrs
@@ -36,12 +37,14 @@ import attrs
 from stageflow._errors import (
     PluginLoadError,
     PluginNotFoundError,
+    RegistryError,
     StageConflictError,
 )
 from stageflow._log import get_logger
 from stageflow._specs import StageSpec
 
 __all__ = [
+    "BUILTINS_PREFIX",
     "STAGE_PACK_GROUP",
     "FailedPack",
     "LoadedPack",
@@ -59,6 +62,9 @@ STAGE_PACK_GROUP: Final = "stageflow.stages"
 _log = get_logger("stageflow.plugins")
 
 _LEAVE_OUT: Final = "or load only the packs you need with load_plugins(names=[...])"
+
+BUILTINS_PREFIX: Final = "builtins."
+"""The names of :mod:`stageflow.builtins` (its ``PREFIX``, which sits above this module)."""
 
 
 class PackEntry(Protocol):
@@ -189,8 +195,40 @@ def _pack_of(entry_point: EntryPoint) -> StagePack:
     return StagePack(entry_point.name, entry_point.value, dist.name, dist.version)
 
 
+def _declared() -> list[EntryPoint]:
+    """Every entry point in the group, from the distributions whose metadata can be read."""
+    try:
+        return list(entry_points(group=STAGE_PACK_GROUP))
+    except Exception:  # one broken distribution must not hide every pack
+        pass
+    # Some installed distribution (a stage pack or not) has entry point metadata that
+    # cannot be parsed, and importlib.metadata reads all of them for any group: read
+    # them one by one instead, the first of each name on sys.path (as it does).
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
+    for dist in distributions():
+        name = dist.metadata["Name"] or "?"
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            found.extend(dist.entry_points.select(group=STAGE_PACK_GROUP))
+        except Exception as exc:  # reported; the others still load
+            _log.warning(
+                "plugin.unreadable",
+                distribution=f"{name} {dist.version}",
+                error=(
+                    f"the entry point metadata of distribution {name!r} cannot be read "
+                    f"({type(exc).__name__}: {exc}); stage packs it declares, if any, are "
+                    "left out: reinstall or fix that distribution"
+                ),
+            )
+    return found
+
+
 def _discover() -> list[tuple[StagePack, EntryPoint]]:
-    found = [(_pack_of(ep), ep) for ep in entry_points(group=STAGE_PACK_GROUP)]
+    found = [(_pack_of(ep), ep) for ep in _declared()]
     found.sort(key=lambda pair: (pair[0].name, pair[0].distribution or "", pair[0].value))
     return found
 
@@ -210,6 +248,18 @@ class _PackFailure(Exception):
         super().__init__(detail)
         self.detail = detail
         self.cause = cause
+
+
+def _raised(exc: BaseException) -> str:
+    """``Type: message`` for a pack's exception; a ``SystemExit`` says it tried to exit."""
+    if isinstance(exc, SystemExit):
+        # Loading a pack must never end the process (a command, a worker) that loads
+        # it: sys.exit() at import is most often an entry point aimed at a script.
+        return (
+            f"SystemExit({exc.code!r}): it called sys.exit() (is the entry point a script's "
+            "module rather than the pack's?)"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
@@ -238,6 +288,20 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
             f"register function {pack.value!r} is 'async def'; registering stages is "
             "synchronous, make it a plain 'def'"
         )
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # no signature to check (some C callables)
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(None)
+        except TypeError:
+            # Checked before the call: a TypeError from inside the function is the pack's bug.
+            shown = signature.replace(return_annotation=inspect.Signature.empty)
+            raise TypeError(
+                f"register function {pack.value!r} has the signature {shown}, so it cannot "
+                "be called with the registry alone; define 'def register(registry)'"
+            ) from None
     fn: Callable[[_R], object] = target
     return fn
 
@@ -246,9 +310,9 @@ def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
     """Import the pack and run its register function against a scratch registry."""
     try:
         obj = entry_point.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a pack that exits is one that failed
         raise _PackFailure(
-            f"could not be imported from {pack.value!r}: {type(exc).__name__}: {exc}; "
+            f"could not be imported from {pack.value!r}: {_raised(exc)}; "
             f"fix or reinstall the pack, {_LEAVE_OUT}",
             exc,
         ) from exc
@@ -259,9 +323,9 @@ def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
     scratch = type(registry)()
     try:
         returned = register(scratch)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _PackFailure(
-            f"failed in its register function {pack.value!r}: {type(exc).__name__}: {exc}; "
+            f"failed in its register function {pack.value!r}: {_raised(exc)}; "
             f"fix the pack, {_LEAVE_OUT}",
             exc,
         ) from exc
@@ -280,6 +344,16 @@ def _move(pack: StagePack, scratch: _R, registry: _R) -> tuple[str, ...]:
     """Move the scratch registry's stages into ``registry``: all of them or none."""
     source = pack.source
     entries = scratch.catalogue(core=False)
+    reserved = [entry.name for entry in entries if entry.name.startswith(BUILTINS_PREFIX)]
+    if reserved:
+        names = ", ".join(repr(name) for name in reserved)
+        wrong = RegistryError(f"stage pack {pack.name!r} registers {names}")
+        raise _PackFailure(
+            f"was not loaded: it registers {names}, in the {BUILTINS_PREFIX!r} namespace that "
+            "is kept for stageflow.builtins (so that those names always mean the built-in "
+            f"stages); rename them in the pack (e.g. '{pack.name}.<name>'), {_LEAVE_OUT}",
+            wrong,
+        )
     clashes = [
         StageConflictError(entry.name, registry.get(entry.name).source, source)
         for entry in entries

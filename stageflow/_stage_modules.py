@@ -103,11 +103,11 @@ def _on_sys_path(directory: str) -> Iterator[None]:
 _FROM_FILES: dict[str, Path] = {}
 
 
-def _import_failure(ref: str, exc: BaseException) -> StagesModuleError:
+def _import_failure(ref: str, exc: BaseException, doing: str = "importing it") -> StagesModuleError:
     detail = "".join(traceback.format_exception(exc)).rstrip()
     return StagesModuleError(
         ref,
-        f"importing it raised {type(exc).__name__}: {exc}; fix the module (traceback below)",
+        f"{doing} raised {type(exc).__name__}: {exc}; fix the module (traceback below)",
         detail,
     )
 
@@ -136,6 +136,12 @@ def _unique_name(file: Path) -> str:
 
 
 def _import_file(ref: str, file: Path, *, unique_name: bool) -> ModuleType:
+    if file.is_dir():
+        raise StagesModuleError(
+            ref,
+            f"{file} is a directory, not a .py file; pass a .py file in it, or the package's "
+            f"module name ('{file.name}') from the directory above it",
+        )
     if not file.is_file():
         raise StagesModuleError(
             ref,
@@ -188,6 +194,10 @@ def import_stages_module(ref: str, *, unique_name: bool = False) -> ModuleType:
     Raises:
         StagesModuleError: the module or file does not exist, or importing it raised.
     """
+    if "\0" in ref:  # no path or module name holds one; os functions raise ValueError
+        raise StagesModuleError(
+            ref, "it contains a NUL character; pass a module name or a path to a .py file"
+        )
     if is_file_ref(ref) or Path(ref).is_file():
         return _import_file(ref, Path(ref).resolve(), unique_name=unique_name)
     try:
@@ -242,7 +252,9 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
         try:
             found = found()  # a factory, such as stageflow.builtins.registry
         except (Exception, SystemExit) as exc:
-            raise _import_failure(ref, exc) from exc
+            raise _import_failure(
+                ref, exc, f"calling its {name!r} attribute (a function that takes no arguments)"
+            ) from exc
     if not isinstance(found, StageRegistry):
         raise StagesModuleError(
             ref,

@@ -10,13 +10,20 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import math
+import numbers
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
-from stageflow._errors import RegistryError, StageConflictError, StageNotFoundError
+from stageflow._errors import (
+    CORE_SOURCE,
+    RegistryError,
+    StageConflictError,
+    StageNotFoundError,
+)
 from stageflow._log import get_logger
 from stageflow._plugins import PluginReport, load_plugins
 from stageflow._specs import StageSpec
@@ -186,7 +193,23 @@ class StageContext:
         Args:
             type: the input type, as sent with ``session.send_input(type, payload)``.
             timeout: seconds to wait; ``None`` waits as long as the session runs.
+
+        Raises:
+            TypeError: ``type`` is not a non-empty string (no sender could send
+                it), or ``timeout`` is not a number of seconds (NaN included).
         """
+        if not isinstance(type, str) or not type:
+            # No sender can send such a type (send_input refuses it): the wait would never end.
+            raise TypeError(
+                f"ctx.wait_input({type!r}) at node {self.node_id!r}: the input type must be a "
+                "non-empty string, the type a sender passes to session.send_input(type, payload)"
+            )
+        if timeout is not None and not _is_duration(timeout):
+            raise TypeError(
+                f"ctx.wait_input({type!r}, timeout={timeout!r}) at node {self.node_id!r}: the "
+                "timeout must be a number of seconds (not NaN), or None to wait as long as the "
+                "session runs"
+            )
         # The engine's coroutine itself: one frame less for every waiting session.
         return self._runtime.wait_input(type, timeout)
 
@@ -199,7 +222,15 @@ class StageContext:
 
         Returns:
             the seconds planned by the first call (also after a restore).
+
+        Raises:
+            TypeError: ``seconds`` is not a number (NaN included).
         """
+        if not _is_duration(seconds):
+            raise TypeError(
+                f"ctx.sleep({seconds!r}) at node {self.node_id!r}: the duration must be a number "
+                "of seconds (not NaN); to sleep until a time, use ctx.sleep_until(datetime)"
+            )
         return await self._runtime.sleep(float(seconds), None)
 
     async def sleep_until(self, when: datetime.datetime) -> float:
@@ -211,14 +242,28 @@ class StageContext:
             the seconds planned by the first call (also after a restore).
 
         Raises:
+            TypeError: ``when`` is not a ``datetime.datetime``.
             ValueError: ``when`` has no UTC offset.
         """
+        if not isinstance(when, datetime.datetime):
+            raise TypeError(
+                f"sleep_until({when!r}) at node {self.node_id!r}: pass an aware datetime.datetime "
+                "(for text, datetime.datetime.fromisoformat('2030-01-01T09:00:00+00:00')), or "
+                "use ctx.sleep(seconds)"
+            )
         if when.tzinfo is None:
             raise ValueError(
                 f"sleep_until({when.isoformat()!r}) at node {self.node_id!r}: the time has no UTC "
                 "offset; pass an aware datetime, e.g. with tzinfo=datetime.UTC"
             )
         return await self._runtime.sleep(None, when)
+
+
+def _is_duration(value: object) -> bool:
+    """Whether ``value`` is a number of seconds: a real number, not a bool and not NaN."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return not (isinstance(value, float) and math.isnan(value))  # an int may be past any float
 
 
 def engine_context(
@@ -386,7 +431,7 @@ _CORE: dict[str, StageEntry] = {}
 
 def register_core_stage(target: type[BaseStage], name: str) -> None:
     """Make ``target`` available in every registry under ``name`` (stageflow itself only)."""
-    _CORE[name] = StageEntry(name, target, target.spec, "stageflow (core)", target)
+    _CORE[name] = StageEntry(name, target, target.spec, CORE_SOURCE, target)
 
 
 class StageRegistry:
@@ -439,6 +484,15 @@ class StageRegistry:
             raise RegistryError(
                 f"stage name {name!r} given for {target!r} is not a non-empty string; "
                 "pass name='TheName', or leave it out to use the class or function name"
+            )
+        if isinstance(target, BaseStage):
+            # Before the name: an instance has no __name__, and "pass name=..." would
+            # only lead to the next error.
+            cls = type(target)
+            raise RegistryError(
+                f"stage {name or cls.__name__!r} is given as an instance of {cls.__qualname__}; "
+                f"register the class itself ({cls.__qualname__}, not {cls.__qualname__}()): "
+                "a fresh instance is made for every attempt"
             )
         stage_name = name or getattr(target, "__name__", None)
         if not isinstance(stage_name, str) or not stage_name:

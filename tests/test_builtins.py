@@ -251,6 +251,27 @@ async def test_increment_rejects_a_non_number(bad: Any) -> None:
     assert json.dumps(bad, separators=(",", ":")) in str(error)
 
 
+@pytest.mark.parametrize("payload", [{"n": "one"}, {}], ids=["wrong type", "absent"])
+@pytest.mark.parametrize("mode", ["off", "warn", "strict"])
+async def test_which_error_a_bad_argument_raises_in_each_validation_mode(
+    mode: str, payload: dict[str, Any]
+) -> None:
+    """What docs/builtins.md says: strict mode's own check comes first."""
+    from builtin_support import document
+
+    raw = document(node("increment", arguments={"value": "n"}, outputs={"value": "n"}))
+    pipeline = stageflow.Pipeline.from_dict({**raw, "validate_events": mode}, registry=REGISTRY)
+    result = await stageflow.Session(pipeline, registry=REGISTRY, payload=payload).run()
+    violations = [e for e in result.history if e.type == "contract_violation"]
+    if mode == "strict":
+        assert isinstance(result.error, stageflow.StageSchemaError)
+        assert result.error.key == "value"
+    else:
+        assert isinstance(result.error, BuiltinArgumentError)
+        assert result.error.argument == "value"
+    assert len(violations) == (1 if mode == "warn" else 0)
+
+
 async def test_increment_overflow_is_an_argument_error() -> None:
     error = await failure(
         node("increment", arguments={"value": "n"}, config={"by": 1e308}, outputs={"value": "n"}),
@@ -267,6 +288,25 @@ async def test_increment_overflow_of_a_huge_integer_is_an_argument_error() -> No
     )
     assert isinstance(error, BuiltinArgumentError)
     assert "overflows" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "by"), [(10**4300 - 1, 1), (-(10**4300) + 1, -1), (1, 10**4300 - 1)]
+)
+async def test_increment_past_the_largest_integer_stored_is_an_argument_error(
+    value: int, by: int
+) -> None:
+    """Once a generic output error that told the pipeline's author to fix the stage's code."""
+    error = await failure(
+        node("increment", arguments={"value": "n"}, config={"by": by}, outputs={"value": "n"}),
+        payload={"n": value},
+    )
+    assert isinstance(error, BuiltinArgumentError)
+    assert error.argument == "value"
+    assert str(error).endswith(
+        "has more than 4300 digits, more than stageflow stores in a context; keep the counter "
+        "smaller"
+    )
 
 
 async def test_increment_of_a_path_holding_nothing_is_an_error() -> None:

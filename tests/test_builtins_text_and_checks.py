@@ -221,7 +221,15 @@ async def test_fail_with_a_type_name() -> None:
 
 
 @pytest.mark.parametrize(
-    "config", [{}, {"message": ""}, {"message": "x", "error_type": "not valid"}, {"message": 1}]
+    "config",
+    [
+        {},
+        {"message": ""},
+        {"message": "x", "error_type": "not valid"},
+        {"message": 1},
+        # A YAML block scalar ends with a newline; Python's "$" matches before it.
+        {"message": "x", "error_type": "RateLimited\n"},
+    ],
 )
 def test_fail_config_is_checked_at_load_time(config: dict[str, Any]) -> None:
     found = problems(node("fail", config=config))

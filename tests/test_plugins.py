@@ -345,6 +345,15 @@ def test_register_that_raises_leaves_no_stage_behind(
         ("stage_packs:register_returning", "returned a list; it must register"),
         ("stage_packs:register_returning_coroutine", "returned a coroutine; it must register"),
         ("stage_packs:no_such_function", "could not be imported"),
+        (
+            "stage_packs:register_without_the_registry",
+            "has the signature (), so it cannot be called with the registry alone; define "
+            "'def register(registry)'",
+        ),
+        (
+            "stage_packs:register_with_more",
+            "has the signature (registry: 'stageflow.StageRegistry', settings: 'dict[str, Any]')",
+        ),
     ],
 )
 def test_entry_point_of_the_wrong_shape_is_reported(
@@ -356,6 +365,99 @@ def test_entry_point_of_the_wrong_shape_is_reported(
     assert report.loaded == ()
     assert expected in str(report.failed[0].error)
     assert registry.names(core=False) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(
+            "stage_pack_exits:register",
+            "could not be imported from 'stage_pack_exits:register': SystemExit('usage: "
+            "stage_pack_exits [--help]'): it called sys.exit()",
+            id="at-import",
+        ),
+        pytest.param(
+            "stage_packs:register_exits",
+            "failed in its register function 'stage_packs:register_exits': SystemExit(3): "
+            "it called sys.exit()",
+            id="in-register",
+        ),
+    ],
+)
+def test_a_pack_that_exits_fails_and_the_others_load(
+    fake_packs: list[tuple[str, str]], value: str, expected: str
+) -> None:
+    fake_packs += [("exits", value), ("text", "stage_packs")]
+    registry = stageflow.StageRegistry()
+    report = registry.load_plugins()
+    assert [p.name for p in report.loaded] == ["echo", "text"]
+    assert [p.name for p in report.failed] == ["exits"]
+    error = report.failed[0].error
+    assert str(error).startswith(f"stage pack 'exits' {expected}")
+    assert isinstance(error.__cause__, SystemExit)
+    assert "Exited" not in registry
+    with pytest.raises(stageflow.PluginLoadError, match=r"it called sys\.exit\(\)"):
+        stageflow.StageRegistry().load_plugins(["exits"], strict=True)
+
+
+def test_a_pack_cannot_take_names_kept_for_the_builtins(
+    fake_packs: list[tuple[str, str]],
+) -> None:
+    """Once it could, in a registry without them: builtins.register then failed on it."""
+    import stageflow.builtins
+
+    assert stageflow._plugins.BUILTINS_PREFIX == stageflow.builtins.PREFIX
+    fake_packs += [("shadow", "stage_packs:register_builtin_names"), ("text", "stage_packs")]
+    registry = stageflow.StageRegistry()
+    report = registry.load_plugins(["shadow", "text"])
+    assert [p.name for p in report.loaded] == ["text"]
+    [failed] = report.failed
+    assert str(failed.error) == (
+        "stage pack 'shadow' was not loaded: it registers 'builtins.set', 'builtins.shout', in "
+        "the 'builtins.' namespace that is kept for stageflow.builtins (so that those names "
+        "always mean the built-in stages); rename them in the pack (e.g. 'shadow.<name>'), or "
+        "load only the packs you need with load_plugins(names=[...])"
+    )
+    assert isinstance(failed.error.__cause__, stageflow.RegistryError)
+    assert "Fine" not in registry
+    stageflow.builtins.register(registry)
+    assert registry.get("builtins.set").target is stageflow.builtins.SetStage
+
+
+def _install(site: Path, name: str, entry_points_txt: str) -> None:
+    """A distribution's metadata in ``site`` (a directory put on sys.path), as pip writes it."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(entry_points_txt)
+
+
+def test_a_distribution_with_unreadable_entry_points_hides_no_other_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once one such distribution, stage pack or not, made every lookup raise a bare TypeError."""
+    _install(tmp_path, "broken-tool", "[console_scripts]\nbroken-tool\n")
+    _install(tmp_path, "text-pack", f"[{GROUP}]\ntext = stage_packs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [(p.name, p.distribution) for p in stageflow.list_stage_packs()] == [
+        ("echo", "stageflow-echo-pack"),
+        ("text", "text-pack"),
+    ]
+    registry = stageflow.StageRegistry()
+    with capture_logs() as logs:
+        report = registry.load_plugins(["text"], strict=True)
+    assert [p.name for p in report.loaded] == ["text"]
+    assert registry.names(core=False) == ("Lower", "Upper")
+    [log] = logs
+    assert (log["event"], log["log_level"], log["distribution"]) == (
+        "plugin.unreadable",
+        "warning",
+        "broken-tool 1.0",
+    )
+    assert log["error"].startswith(
+        "the entry point metadata of distribution 'broken-tool' cannot be read (TypeError: "
+    )
+    assert log["error"].endswith("reinstall or fix that distribution")
 
 
 def test_same_pack_name_from_two_sources_is_a_failure(

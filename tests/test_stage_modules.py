@@ -98,5 +98,57 @@ def test_the_current_directory_comes_first_even_when_it_is_on_sys_path_already(
     monkeypatch.syspath_prepend(str(elsewhere))  # elsewhere before here on sys.path
     monkeypatch.chdir(here)
     monkeypatch.delitem(sys.modules, "first_stages", raising=False)
-    assert "Here" in registry_of("first_stages:REGISTRY")
-    monkeypatch.delitem(sys.modules, "first_stages", raising=False)
+    try:
+        assert "Here" in registry_of("first_stages:REGISTRY")
+    finally:
+        # Not monkeypatch.delitem: it would put this module back after the test, and a
+        # later test importing its own first_stages.py would get a hashed name.
+        sys.modules.pop("first_stages", None)
+
+
+def test_a_registry_factory_that_raises_is_named_as_called_not_imported(tmp_path: Path) -> None:
+    module = tmp_path / "factory_stages.py"
+    module.write_text("import stageflow\n\ndef registry(settings):\n    return None\n")
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(str(module))
+    assert info.value.reason.startswith(
+        "calling its 'registry' attribute (a function that takes no arguments) raised "
+        "TypeError: registry() missing 1 required positional argument: 'settings'"
+    )
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_a_directory_is_named_as_a_directory(tmp_path: Path, suffix: str) -> None:
+    package = tmp_path / "stagepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(f"{package}{suffix}")
+    assert info.value.reason == (
+        f"{package} is a directory, not a .py file; pass a .py file in it, or the package's "
+        "module name ('stagepkg') from the directory above it"
+    )
+
+
+def test_a_reference_with_a_nul_character_is_a_stages_problem(tmp_path: Path) -> None:
+    from stageflow.testing import CaseValidationError, load_cases, run_case
+
+    with pytest.raises(StagesModuleError, match="it contains a NUL character"):
+        registry_of("stages\0.py")
+    (tmp_path / "pipeline.json").write_text(
+        '{"api_version": "1.0", "entry": "end", "nodes": '
+        '[{"id": "end", "type": "terminal", "result": {}, "artifacts": []}]}'
+    )
+    cases = tmp_path / "nul.cases.json"
+    cases.write_text(
+        '{"pipeline": "pipeline.json", "stages": "stages\\u0000.py", "cases": '
+        '[{"name": "done", "payload": {}, "expect": {"status": "completed"}}]}'
+    )
+    [case] = load_cases(cases)
+    with pytest.raises(CaseValidationError) as info:
+        run_case(case)
+    [problem] = info.value.problems
+    assert problem.location == "$.stages"
+    assert "it contains a NUL character; pass a module name or a path to a .py file" in (
+        problem.message
+    )

@@ -9,12 +9,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import attrs
 import pytest
 from fakes import doc, stage, terminal
 
 import stageflow
 import stageflow._engine
+import stageflow._stages
 
 pytestmark = pytest.mark.anyio
 
@@ -274,8 +276,13 @@ def test_default_registry_through_register_stage_and_get_stages() -> None:
     name = f"DefaultStage_{uuid.uuid4().hex}"
     assert name not in stageflow.get_stages()
     stageflow.register_stage(name)(noop)
-    assert stageflow.get_stages()[name].target is noop
-    assert {"WaitStage", "SleepStage"} <= set(stageflow.get_stages())
+    try:
+        assert stageflow.get_stages()[name].target is noop
+        assert {"WaitStage", "SleepStage"} <= set(stageflow.get_stages())
+    finally:
+        # The default registry is process-wide: a later test that lists it (the CLI's
+        # catalogue and schema commands) must not find this stage.
+        del stageflow._stages.default_registry()._entries[name]
 
 
 def test_get_stages_is_read_only() -> None:
@@ -309,6 +316,16 @@ def test_stage_not_found_in_a_fresh_registry_lists_the_core_stages() -> None:
 def test_a_core_stage_name_cannot_be_taken() -> None:
     with pytest.raises(stageflow.StageConflictError, match="stageflow \\(core\\)"):
         stageflow.StageRegistry().register("WaitStage")(noop)
+
+
+def test_a_core_stage_name_clash_says_to_rename_not_to_use_another_registry() -> None:
+    """Every registry has the core stages: "register into a separate StageRegistry" was no fix."""
+    with pytest.raises(stageflow.StageConflictError) as info:
+        stageflow.StageRegistry().register("SleepStage")(noop)
+    assert str(info.value).endswith(
+        "; rename yours: every StageRegistry has the core stage 'SleepStage'"
+    )
+    assert "separate StageRegistry" not in str(info.value)
 
 
 # ---------------------------------------------------------------- immutability
@@ -477,3 +494,89 @@ async def test_stage_context_describes_the_run() -> None:
     )
     with pytest.raises(TypeError):
         ctx.arguments["there"] = 2  # type: ignore[index]
+
+
+MISUSES: list[tuple[str, Any, str]] = [
+    (
+        "a wait for a type no sender can send",
+        lambda ctx: ctx.wait_input(123),
+        "ctx.wait_input(123) at node 'use': the input type must be a non-empty string",
+    ),
+    (
+        "a wait for the empty type",
+        lambda ctx: ctx.wait_input(""),
+        "ctx.wait_input('') at node 'use': the input type must be a non-empty string",
+    ),
+    (
+        "a NaN timeout",
+        lambda ctx: ctx.wait_input("answer", timeout=float("nan")),
+        "ctx.wait_input('answer', timeout=nan) at node 'use': the timeout must be a number",
+    ),
+    (
+        "a timeout given as text",
+        lambda ctx: ctx.wait_input("answer", timeout="5"),
+        "ctx.wait_input('answer', timeout='5') at node 'use': the timeout must be a number",
+    ),
+    (
+        "a sleep of nothing",
+        lambda ctx: ctx.sleep(None),
+        "ctx.sleep(None) at node 'use': the duration must be a number of seconds",
+    ),
+    (
+        "a sleep given as text",
+        lambda ctx: ctx.sleep("5"),
+        "ctx.sleep('5') at node 'use': the duration must be a number of seconds",
+    ),
+    (
+        "a sleep until a text",
+        lambda ctx: ctx.sleep_until("2030-01-01T09:00:00+00:00"),
+        "sleep_until('2030-01-01T09:00:00+00:00') at node 'use': pass an aware datetime.datetime",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"), [m[1:] for m in MISUSES], ids=[m[0] for m in MISUSES]
+)
+async def test_waits_and_sleeps_with_unusable_arguments_fail_the_stage_naming_the_call(
+    call: Any, expected: str
+) -> None:
+    """Each once hung (no sender can send such a type), or failed with a bare Python error."""
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Use")
+    async def use(ctx: stageflow.StageContext) -> None:
+        await call(ctx)
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("use", "Use", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry, payload={})
+    with anyio.fail_after(5):  # a guard: a wait that never ends fails the test
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.StageError)
+    assert result.error.node_id == "use"
+    cause = result.error.__cause__
+    assert isinstance(cause, TypeError)
+    assert str(cause).startswith(expected)
+
+
+class Registered(stageflow.BaseStage):
+    async def run(self, ctx: stageflow.StageContext) -> None:
+        return None
+
+
+@pytest.mark.parametrize("name", [None, "Mine"])
+def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
+    name: str | None,
+) -> None:
+    """Without a name it was once told to pass name=..., which only led to the next error."""
+    registry = stageflow.StageRegistry()
+    with pytest.raises(stageflow.RegistryError) as info:
+        registry.add(Registered(), name=name)
+    assert str(info.value) == (
+        f"stage {name or 'Registered'!r} is given as an instance of Registered; register the "
+        "class itself (Registered, not Registered()): a fresh instance is made for every attempt"
+    )
+    assert registry.names(core=False) == ()

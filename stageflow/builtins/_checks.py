@@ -18,6 +18,11 @@ __all__ = ["LOG_LEVELS", "AssertStage", "FailStage", "LogStage"]
 
 _NO_OUTPUTS: Final = {"type": "object", "properties": {}, "additionalProperties": False}
 
+# The end is "(?![\s\S])", not "$": Python's re (which checks patterns at load)
+# lets "$" match before a final newline, and a YAML block scalar ends with one;
+# a class named "RateLimited\n" would match no error edge naming RateLimited.
+_IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,99}(?![\s\S])"
+
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 """The levels ``builtins.log`` writes at."""
 
@@ -130,7 +135,7 @@ class FailStage(BaseStage):
                 "error_type": {
                     "description": "Class name of the raised error (a Python identifier).",
                     "type": "string",
-                    "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
+                    "pattern": _IDENTIFIER,
                     "default": "InjectedFailureError",
                 },
             },

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from stageflow._guard import MAX_INT_DIGITS, int_too_large
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
 from stageflow._stages import BaseStage, StageContext
@@ -145,8 +146,15 @@ class IncrementStage(BaseStage):
             raise argument_error(
                 ctx,
                 "value",
-                f"({preview(value, 40)}) plus {by!r} overflows past the largest float, which "
-                "JSON cannot hold; keep the counter within the range of a double",
+                f"({preview(value, 40)}) plus {preview(by, 40)} overflows past the largest "
+                "float, which JSON cannot hold; keep the counter within the range of a double",
+            )
+        if isinstance(result, int) and int_too_large(result):
+            raise argument_error(
+                ctx,
+                "value",
+                f"({preview(value, 40)}) plus {preview(by, 40)} has more than {MAX_INT_DIGITS} "
+                "digits, more than stageflow stores in a context; keep the counter smaller",
             )
         return {"value": result}
 

@@ -191,7 +191,7 @@ def cases_from_document(
 
 def _relative_to(ref: str, base: Path) -> str:
     module, attr = split_stages_ref(ref)
-    if is_file_ref(module):
+    if is_file_ref(module) and "\0" not in module:  # with a NUL the loader says what is wrong
         resolved = str((base / module).resolve())
         return f"{resolved}:{attr}" if attr else resolved
     return ref

@@ -215,6 +215,82 @@ def test_wait_stage_config_is_checked_at_load() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("schema", "location", "why"),
+    [
+        ({"type": "nope"}, ".type", "'nope' is not valid under any of the given schemas"),
+        (
+            {"type": "object", "properties": {"t": {"pattern": "("}}},
+            ".properties.t.pattern",
+            "'(' is not a 'regex'",
+        ),
+    ],
+)
+def test_wait_stage_input_schema_that_is_no_schema_is_refused_at_load(
+    schema: dict[str, Any], location: str, why: str
+) -> None:
+    """Once found only by Session(): `stageflow validate` passed what every run refused."""
+    wait = stage("w", "WaitStage", config={"input": "msg", "input_schema": schema}, next="end")
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(doc([wait, terminal("end")]))
+    [problem] = info.value.problems
+    assert problem.location == f"$.nodes[0].config.input_schema{location}"
+    assert problem.message == (
+        "stage node 'w': config 'input_schema' of stage 'WaitStage' is not a valid JSON Schema "
+        f"(draft 2020-12): {why}; fix it, or leave 'input_schema' out to accept any payload"
+    )
+
+
+@pytest.mark.parametrize(
+    "until",
+    [
+        "tomorrow",
+        "2030-01-01",
+        "2030-01-01T09:00:00",
+        "2030-01-01T09:00:00+00:00 ",
+        "2030-01-01T09:00:00+00:00\n",  # Python's "$" matches before a final newline
+    ],
+)
+def test_sleep_stage_until_that_is_no_time_with_an_offset_is_refused_at_load(until: str) -> None:
+    nap = stage("nap", "SleepStage", config={"until": until}, next="end")
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(doc([nap, terminal("end")]))
+    messages = [p.message for p in info.value.problems if p.location == "$.nodes[0].config.until"]
+    assert len(messages) == 1
+    assert "stage node 'nap'" in messages[0]
+    assert "a date and time with a UTC offset, such as 2030-01-01T09:00:00+00:00" in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("until", "why"),
+    [
+        ("2030-13-01T09:00:00+00:00", "month must be in 1..12"),
+        ("2030-01-01T09:00:00+25:00", "offset must be a timedelta"),
+        ("0001-01-01T00:00:00+14:00", "date value out of range"),
+    ],
+)
+async def test_sleep_stage_until_that_passes_the_pattern_but_is_no_time_names_node_and_fix(
+    until: str, why: str
+) -> None:
+    document = doc(
+        [stage("nap", "SleepStage", config={"until": until}, next="end"), terminal("end")]
+    )
+    result = await new_session(document).run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    error = result.error
+    assert isinstance(error, stageflow.StageError)
+    assert error.node_id == "nap"
+    cause = error.__cause__
+    assert isinstance(cause, ValueError)
+    assert str(cause).startswith(
+        f"SleepStage at node 'nap': config 'until' {until!r} is not a time stageflow can use ("
+    )
+    assert why in str(cause)
+    assert str(cause).endswith(
+        "write a date and time with a UTC offset, like 2030-01-01T09:00:00+00:00"
+    )
+
+
 async def test_sending_after_completion_is_an_error() -> None:
     session = new_session(doc([terminal("end")]))
     await session.run()

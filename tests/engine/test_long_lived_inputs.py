@@ -106,11 +106,10 @@ async def test_a_malformed_wait_stage_payload_is_flagged_to_a_live_waiter_in_war
 
 async def test_an_invalid_input_schema_in_wait_stage_config_is_located() -> None:
     registry = stageflow.StageRegistry()
-    pipeline = load(chat_doc("strict", {"type": "nope"}), registry)
     with pytest.raises(stageflow.PipelineValidationError) as caught:
-        stageflow.Session(pipeline, registry=registry)
+        load(chat_doc("strict", {"type": "nope"}), registry)  # when loaded, not at Session()
     [problem] = caught.value.problems
-    assert problem.location == "$.nodes[0].config.input_schema"
+    assert problem.location == "$.nodes[0].config.input_schema.type"
     assert "not a valid JSON Schema" in problem.message
 
 

@@ -78,3 +78,25 @@ def register_returning_coroutine(registry: stageflow.StageRegistry) -> object:
 def register_upper_and_lower(registry: stageflow.StageRegistry) -> None:
     registry.add(lower, name="Lower")
     registry.add(upper, name="Upper")
+
+
+def register_exits(registry: stageflow.StageRegistry) -> None:
+    """Ends the process instead of registering (as a script's main() would)."""
+    registry.add(upper, name="Exited")
+    raise SystemExit(3)
+
+
+def register_without_the_registry() -> None:
+    """A register function that forgot its parameter."""
+
+
+def register_with_more(registry: stageflow.StageRegistry, settings: dict[str, Any]) -> None:
+    """A register function that wants more than the registry."""
+    registry.add(upper, name="Configured")
+
+
+def register_builtin_names(registry: stageflow.StageRegistry) -> None:
+    """Takes names in the namespace kept for stageflow.builtins."""
+    registry.add(upper, name="Fine")
+    registry.add(upper, name="builtins.set")
+    registry.add(lower, name="builtins.shout")
