@@ -572,6 +572,22 @@ def test_every_subcommand_help_ends_with_its_exit_codes(cli: Cli, command: str) 
     assert all(top[code] == meaning for code, meaning in listed.items())
 
 
+@pytest.mark.parametrize(
+    "command",
+    ["worker", "sessions", "sessions list", "sessions show", "sessions send", "ui"],
+)
+def test_the_store_and_inspector_commands_help_ends_with_their_exit_codes(
+    cli: Cli, command: str
+) -> None:
+    # docs/cli.md says each command's --help ends with its codes; these had none.
+    text = cli(*command.split(), "--help").out
+    assert "exit codes:" in text
+    listed = dict(EPILOG_ROW.findall(text.split("exit codes:")[1]))
+    assert {"0", "2", "130"} <= set(listed)
+    top = dict(EPILOG_ROW.findall(cli("--help").out.split("exit codes:")[1]))
+    assert all(top[code] == meaning for code, meaning in listed.items())
+
+
 def test_the_docs_and_the_top_level_help_say_the_same_about_each_exit_code(cli: Cli) -> None:
     top = dict(EPILOG_ROW.findall(cli("--help").out.split("exit codes:")[1]))
     page = (ROOT / "docs" / "cli.md").read_text()

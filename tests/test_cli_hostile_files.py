@@ -228,3 +228,46 @@ def test_a_case_files_missing_pipeline_is_located(cli: Cli, tmp_path: Path) -> N
     assert got.code == ExitCode.FAILED
     assert "$.pipeline: cannot read" in got.out
     assert "check the path (relative to the case file)" in got.out
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("schema",),
+        ("validate", PIPELINE, "--structure-only"),
+        ("graph", PIPELINE),
+        ("run", PIPELINE, "--stages", STAGES, "--payload", '{"text": "hi"}', "--no-plugins"),
+    ],
+    ids=["schema", "validate", "graph", "run"],
+)
+def test_output_that_cannot_be_written_exits_74_with_one_line(argv: tuple[str, ...]) -> None:
+    # A full disk raised OSError out of main: a traceback, and exit 1, which
+    # says "the session failed" of a run that had completed.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "stageflow", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 74 == ExitCode.OUTPUT_FAILED
+    assert done.stderr.splitlines() == [
+        "stageflow: cannot write the output: No space left on device; the results are "
+        "lost: free some space, or send the output elsewhere"
+    ]
+
+
+def test_a_run_with_standard_output_closed_still_runs() -> None:
+    # Python makes sys.stdout None: the live view's terminal check raised
+    # AttributeError after the run had started.
+    done = subprocess.run(
+        f"{sys.executable} -m stageflow run {PIPELINE} --stages {STAGES} --no-plugins "
+        f"""--payload '{{"text": "hi"}}' >&-""",
+        shell=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (ExitCode.OK, "")

@@ -14,6 +14,7 @@ from stageflow._cli._common import (
     CommandError,
     ExitCode,
     FollowStderr,
+    OutputError,
     Streams,
     exit_codes_epilog,
 )
@@ -99,6 +100,15 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
+def _drop_output() -> None:
+    """Point standard output at the null device: what is left in its buffer cannot be written.
+
+    Python flushes it at exit; that would fail again, with a traceback.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stageflow`` command line and return its exit code.
 
@@ -117,12 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _configure_logging(args)
         code: int = args.handler(args, io)
+        io.flush()  # a full disk or a closed pipe is told now, not at exit
+    except OutputError as exc:
+        _drop_output()
+        return _report(exc, io)
     except StageflowError as exc:
         return _report(exc, io)
     except BrokenPipeError:
         # The reader went away (`stageflow schema | head`): stop quietly.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output()
         return ExitCode.BROKEN_PIPE
     except BaseException as exc:
         # Ctrl-C, also when trio delivers it in a group with the cancellations

@@ -61,12 +61,19 @@ standard error and the exit code is 2. Stage names are checked only with
 """
 
 # The exit codes each command can return (its --help lists them).
-_CHECKS = (ExitCode.OK, ExitCode.USAGE, ExitCode.INTERRUPTED, ExitCode.BROKEN_PIPE)
+_CHECKS = (
+    ExitCode.OK,
+    ExitCode.USAGE,
+    ExitCode.OUTPUT_FAILED,
+    ExitCode.INTERRUPTED,
+    ExitCode.BROKEN_PIPE,
+)
 _TESTS = (
     ExitCode.OK,
     ExitCode.FAILED,
     ExitCode.USAGE,
     ExitCode.UNAVAILABLE,
+    ExitCode.OUTPUT_FAILED,
     ExitCode.INTERRUPTED,
     ExitCode.BROKEN_PIPE,
 )
@@ -147,13 +154,13 @@ def graph_command(args: argparse.Namespace, io: Streams) -> int:
         graph = build_invalid_graph(document, exc.problems)
         if graph is None:
             raise
-        io.out.write(FORMATS[args.format](graph))
+        io.write(FORMATS[args.format](graph))
         for problem in exc.problems:
             io.warn(f"{args.pipeline}: {problem.location}: {problem.message}")
         count = len(exc.problems)
         io.warn(f"the pipeline is not valid ({count} problem{'s' if count != 1 else ''}, marked)")
         return ExitCode.USAGE
-    io.out.write(render(pipeline, args.format))
+    io.write(render(pipeline, args.format))
     return ExitCode.OK
 
 

@@ -278,7 +278,7 @@ def _print_text(
 
 
 def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None:
-    if args.json or args.no_live or not io.out.isatty():
+    if args.json or args.no_live or io.out is None or not io.out.isatty():
         return None
     from rich.console import Console
 
