@@ -10,6 +10,7 @@ promises.)
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,25 @@ def test_a_run_with_standard_output_closed_still_runs() -> None:
         timeout=120,
     )
     assert (done.returncode, done.stderr) == (ExitCode.OK, "")
+
+
+@pytest.mark.parametrize("format", ["mermaid", "dot", "json"])
+def test_a_lone_surrogate_in_an_invalid_pipeline_is_drawn_escaped(
+    cli: Cli, tmp_path: Path, format: str
+) -> None:
+    # JSON text may escape a lone surrogate ("\ud800"), which UTF-8 cannot
+    # carry: validate reports it, but graph drew it and failed writing it
+    # (UnicodeEncodeError, a traceback).
+    document = json.loads(Path(PIPELINE).read_text())
+    document["metadata"]["name"] = "x\ud800y"
+    path = tmp_path / "surrogate.json"
+    path.write_text(json.dumps(document))  # ASCII: the surrogate as its escape
+    got = cli("graph", str(path), "--format", format)
+    assert got.code == ExitCode.USAGE
+    assert "lone surrogate" in got.err
+    got.out.encode()  # UTF-8 carries all of it
+    if format == "json":
+        assert got.json()["name"] == "x\ud800y"
+    else:
+        name_line = got.out.splitlines()[0 if format == "dot" else 1]
+        assert name_line in ('digraph "x\\ud800y" {', "    %% pipeline: x\\ud800y")

@@ -154,7 +154,7 @@ def graph_command(args: argparse.Namespace, io: Streams) -> int:
         graph = build_invalid_graph(document, exc.problems)
         if graph is None:
             raise
-        io.write(FORMATS[args.format](graph))
+        io.write(_encodable(FORMATS[args.format](graph)))
         for problem in exc.problems:
             io.warn(f"{args.pipeline}: {problem.location}: {problem.message}")
         count = len(exc.problems)
@@ -162,6 +162,19 @@ def graph_command(args: argparse.Namespace, io: Streams) -> int:
         return ExitCode.USAGE
     io.write(render(pipeline, args.format))
     return ExitCode.OK
+
+
+def _encodable(text: str) -> str:
+    r"""``text`` with each lone surrogate written as its ``\u`` escape, which UTF-8 can carry.
+
+    An invalid document may hold one in a name or an id (JSON's ``"\ud800"``);
+    the escape is also what JSON reads back as the same string.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 # ----------------------------------------------------------------------- stages
