@@ -125,6 +125,18 @@ def test_a_case_file_path_that_names_no_file_is_a_usage_error(cli: Cli, tmp_path
     assert got.out == ""
 
 
+def test_a_case_file_path_that_names_a_directory_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    # `stageflow test tests/cases` printed "ERROR tests/cases: [Errno 21] Is a
+    # directory: 'tests/cases'" and exited 1, as if a case had failed.
+    got = cli("test", str(tmp_path))
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        f"stageflow: {tmp_path}: a directory, not a case file; pass the case files in it "
+        f"(e.g. {tmp_path / '*.stageflow.json'})"
+    ]
+    assert got.out == ""
+
+
 def test_the_tester_keeps_the_sessions_log_lines_out_unless_asked(cli: Cli, tmp_path: Path) -> None:
     # A case that expects a failure printed the session's ERROR lines
     # (node.finished, session.finished) around a report saying it passed.

@@ -261,14 +261,22 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
             "does not have yet; upgrade stageflow",
             exit_code=ExitCode.UNAVAILABLE,
         )
-    # A path that names no file is a typo on the command line, as for every other
-    # command (exit 2); a file that exists but cannot be read or run is reported
-    # with the others, which still run.
+    # A path that names no file (or a directory) is a slip on the command line, as
+    # for every other command (exit 2); a file that exists but cannot be read or run
+    # is reported with the others, which still run.
+    others = " (the other case files were not run)"
     missing = [path for path in args.cases if not os.path.exists(path)]
     if missing:
         raise CommandError(
             f"{', '.join(missing)}: no such file; check the path"
-            + (" (the other case files were not run)" if len(missing) < len(args.cases) else "")
+            + (others if len(missing) < len(args.cases) else "")
+        )
+    folders = [path for path in args.cases if os.path.isdir(path)]
+    if folders:
+        raise CommandError(
+            f"{', '.join(folders)}: a directory, not a case file; pass the case files in it "
+            f"(e.g. {os.path.join(folders[0], '*.stageflow.json')})"
+            + (others if len(folders) < len(args.cases) else "")
         )
     # The report says how each case ran. Without a log option, the sessions' own
     # lines stay out of it: a case that expects a failure printed ERROR lines.
