@@ -23,7 +23,14 @@ from stageflow._cli._common import (
     read_json_argument,
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
-from stageflow.store import SessionService, SessionStore, StoredSession, Worker, open_store
+from stageflow._result import SessionStatus
+from stageflow.store import (
+    SessionService,
+    SessionStore,
+    StoredSession,
+    Worker,
+    open_store,
+)
 
 __all__ = ["add_store_parsers"]
 
@@ -39,6 +46,9 @@ _MAX_DAYS = 36_500
 # stopped by Ctrl-C once it runs ends as by SIGTERM, with 0.
 _WORKER_CODES = (ExitCode.OK, ExitCode.USAGE, ExitCode.OUTPUT_FAILED, ExitCode.INTERRUPTED)
 _SESSIONS_CODES = (*_WORKER_CODES, ExitCode.BROKEN_PIPE)
+
+# What a stored session's status can be: a typo in --status listed nothing.
+_STATUSES = (*(status.value for status in SessionStatus), "poisoned")
 
 
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +180,7 @@ def add_store_parsers(subparsers: Any) -> None:
 
     q = sub.add_parser("list", help="sessions matching filters, oldest first", **action)
     _add_store_option(q)
-    q.add_argument("--status", help="pending, waiting, completed, failed, poisoned, ...")
+    q.add_argument("--status", choices=_STATUSES, help="only sessions with this status")
     q.add_argument("--pipeline", help="pipeline name")
     q.add_argument("--waiting-for", help="an input type")
     q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")

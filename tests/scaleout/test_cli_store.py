@@ -137,6 +137,16 @@ def test_a_sessions_command_on_a_missing_sqlite_file_says_so(tmp_path: Path, cap
     assert not missing.exists()
 
 
+def test_a_status_typo_is_a_usage_error_naming_the_statuses(url: str, capsys: Any) -> None:
+    # `--status complted` listed nothing and exited 0, as if no session had ended.
+    start(url)
+    code, out, err = run_cli(capsys, "sessions", "list", "--store", url, "--status", "complted")
+    assert (code, out) == (2, "")
+    assert "invalid choice: 'complted'" in err
+    assert "'completed'" in err
+    assert "'poisoned'" in err
+
+
 def test_a_damaged_row_is_named_not_a_traceback(url: str, capsys: Any) -> None:
     # A waiting_for that is not JSON text made list and show print a
     # JSONDecodeError traceback (exit 1).
