@@ -604,6 +604,17 @@ def test_files_and_options_may_be_intermixed(cli: Cli, tmp_path: Path) -> None:
     assert got.out.count(": valid (") == 2
 
 
+def test_files_after_a_double_dash_may_start_with_a_dash(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With an option between the files, `-- -p.json` was an unrecognized argument.
+    shutil.copy(PIPELINE, tmp_path / "-p.json")
+    monkeypatch.chdir(tmp_path)
+    got = cli("validate", PIPELINE, "--stages", STAGES, "--no-plugins", "--", "-p.json")
+    assert got.code == ExitCode.OK, got.err
+    assert got.out.count(": valid (") == 2
+
+
 def test_an_unknown_option_after_the_files_is_still_a_usage_error(cli: Cli) -> None:
     got = cli("validate", PIPELINE, "--frobnicate")
     assert got.code == ExitCode.USAGE

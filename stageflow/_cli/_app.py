@@ -87,13 +87,17 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
     ``stageflow validate A.json --stages s.py B.json`` is read as two files:
     what the command's list of files (its ``intermixed`` default) did not
-    take is added to it. Anything else left over is a usage error, reported
+    take is added to it, with the words after a ``--`` (files whose names
+    start with ``-``). Anything else left over is a usage error, reported
     by argparse as usual.
     """
     args, extras = parser.parse_known_args(argv)
     target = getattr(args, "intermixed", None)
-    if extras and target and not any(e.startswith("-") and e != "-" for e in extras):
-        getattr(args, target).extend(extras)
+    # After "--" every word is a file, one that starts with "-" too.
+    cut = extras.index("--") if "--" in extras else len(extras)
+    options, files = extras[:cut], extras[cut + 1 :]
+    if extras and target and not any(e.startswith("-") and e != "-" for e in options):
+        getattr(args, target).extend(options + files)
         return args
     if extras:
         return parser.parse_args(argv)  # exits with argparse's message
