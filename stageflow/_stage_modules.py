@@ -136,6 +136,12 @@ def _unique_name(file: Path) -> str:
 
 
 def _import_file(ref: str, file: Path, *, unique_name: bool) -> ModuleType:
+    if file.is_dir():
+        raise StagesModuleError(
+            ref,
+            f"{file} is a directory; pass the .py file in it that registers the stages "
+            "(such as stages.py), or a module name such as 'myapp.stages'",
+        )
     if not file.is_file():
         raise StagesModuleError(
             ref,
