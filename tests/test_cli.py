@@ -284,6 +284,16 @@ def test_run_sets_up_tracing_and_flushes_the_spans_at_the_end(
     assert calls == []
 
 
+@pytest.mark.parametrize("trace", [[], ["--trace", "none"], ["--trace", "otlp"]])
+def test_trace_json_without_trace_console_is_a_usage_error(cli: Cli, trace: list[str]) -> None:
+    # It was ignored: no span printed, exit 0, nothing said.
+    got = cli("run", PIPELINE, "--stages", STAGES, *trace, "--trace-json", "--json")
+    assert got.code == ExitCode.USAGE
+    assert got.out == ""
+    assert "--trace-json prints the spans of --trace console as JSON" in got.err
+    assert "add --trace console, or leave --trace-json out" in got.err
+
+
 LOGGING_STAGES = """
     import stageflow
 

@@ -231,7 +231,17 @@ async def drive_session(
 
 
 def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
-    """Set up tracing as asked; return what to call when the run is over."""
+    """Set up tracing as asked; return what to call when the run is over.
+
+    Raises:
+        CommandError: ``--trace-json`` without ``--trace console`` (it would do nothing).
+    """
+    if args.trace_json and args.trace != "console":
+        given = f"--trace {args.trace}" if args.trace else "no --trace"
+        raise CommandError(
+            f"--trace-json prints the spans of --trace console as JSON, and {given} prints "
+            "none; add --trace console, or leave --trace-json out"
+        )
     if args.trace is None:
         return lambda: None
     # Imported here: the OpenTelemetry SDK is only loaded when tracing is asked for.
