@@ -28,6 +28,7 @@ __all__ = [
     "parse_json_text",
     "read_text_file",
     "parse_yaml_text",
+    "yaml_problem",
 ]
 
 MAX_DEPTH: Final = 256
@@ -152,6 +153,22 @@ def parse_yaml_text(text: str) -> Any:
             f"it has an integer of more than {MAX_INT_DIGITS} digits ({exc}); "
             "quote such a number to make it a string"
         ) from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Why ``text`` is not YAML, on one line: ``not valid YAML at line L column C: ...``.
+
+    PyYAML's own text spans several lines (a copy of the line with a caret,
+    about an ``"<unicode string>"``), which breaks the one line each problem
+    gets and names no file.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        what = ": ".join(part for part in (exc.context, exc.problem) if part)
+    else:
+        where, what = "", str(exc)
+    return f"not valid YAML{where}: {' '.join(what.split())}"
 
 
 def _measure_yaml(text: str) -> None:

@@ -306,3 +306,25 @@ def test_a_lone_surrogate_in_an_invalid_pipeline_is_drawn_escaped(
     else:
         name_line = got.out.splitlines()[0 if format == "dot" else 1]
         assert name_line in ('digraph "x\\ud800y" {', "    %% pipeline: x\\ud800y")
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_line_and_column(cli: Cli, tmp_path: Path) -> None:
+    # PyYAML's message spans four lines (a copy of the line and a caret, "in
+    # <unicode string>"): validate's one line per problem became five.
+    path = tmp_path / "p.yaml"
+    path.write_text("api_version: '1.0'\nentry: end\nnodes: [\n")
+    got = cli("validate", str(path))
+    assert got.code == ExitCode.USAGE
+    assert got.out.splitlines() == [
+        f"{path}: $: not valid YAML at line 4 column 1: while parsing a flow node: "
+        "expected the node content, but found '<stream end>'; fix the syntax",
+        "1 of 1 file not valid, 1 problem",
+    ]
+    payload = tmp_path / "payload.yaml"
+    payload.write_text("user: a: b\n")
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", f"@{payload}")
+    assert got.code == ExitCode.USAGE
+    assert got.err.splitlines() == [
+        f"stageflow: --payload @{payload}: not valid YAML at line 1 column 8: mapping values "
+        "are not allowed here; fix the file"
+    ]

@@ -18,7 +18,13 @@ import attrs
 import yaml
 
 from stageflow._errors import StageflowError
-from stageflow._guard import BudgetError, parse_json_text, parse_yaml_text, read_text_file
+from stageflow._guard import (
+    BudgetError,
+    parse_json_text,
+    parse_yaml_text,
+    read_text_file,
+    yaml_problem,
+)
 from stageflow._pipeline import plain_document
 
 __all__ = [
@@ -238,7 +244,7 @@ def read_json_argument(text: str, *, option: str) -> Any:
             try:
                 return _plain(parse_yaml_text(text), source)
             except yaml.YAMLError as exc:
-                raise CommandError(f"{source}: not valid YAML: {exc}; fix the file") from exc
+                raise CommandError(f"{source}: {yaml_problem(exc)}; fix the file") from exc
             except BudgetError as exc:
                 raise CommandError(f"{source}: not read: {exc}") from exc
     try:
