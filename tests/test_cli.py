@@ -244,7 +244,9 @@ def test_validate_reports_unreadable_files_as_problems(
 def test_validate_reads_yaml(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("api_version: '1.0'\nentry: end\nnodes:\n  - {id: end, type: terminal}\n")
-    assert cli("validate", str(path)).code == ExitCode.OK
+    got = cli("validate", str(path))
+    assert got.code == ExitCode.OK
+    assert got.out == f"{path}: valid (1 node)\n"  # it said "1 nodes"
 
 
 # -------------------------------------------------- features from other modules

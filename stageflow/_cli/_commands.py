@@ -108,7 +108,8 @@ def validate_command(args: argparse.Namespace, io: Streams) -> int:
     else:
         for report in reports:
             if report["valid"]:
-                io.print(f"{report['file']}: valid ({report['nodes']} nodes)")
+                count = report["nodes"]
+                io.print(f"{report['file']}: valid ({count} node{'s' if count != 1 else ''})")
             for problem in report["problems"]:
                 io.print(f"{report['file']}: {problem['location']}: {problem['message']}")
         unknown_stages = any(UNREGISTERED in p["message"] for r in invalid for p in r["problems"])
