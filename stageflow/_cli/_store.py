@@ -234,6 +234,9 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
     registry = resolve_registry(
         args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
     )
+    if args.pipelines and not Path(args.pipelines).is_dir():
+        # A typo ran the worker without them: every session rebuilt from its snapshot.
+        raise CommandError(f"--pipelines {args.pipelines}: not a directory; check the path")
     pipelines = (
         [read_pipeline(str(p), registry) for p in sorted(Path(args.pipelines).glob("*.json"))]
         if args.pipelines

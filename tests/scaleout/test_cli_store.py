@@ -137,6 +137,24 @@ def test_a_sessions_command_on_a_missing_sqlite_file_says_so(tmp_path: Path, cap
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("name", ["typo", "file.json"])
+def test_a_worker_pipelines_path_that_is_no_directory_is_a_usage_error(
+    name: str, url: str, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A typo (or a file) ran the worker with no pipelines, in silence.
+    import stageflow._cli._store as cli_store
+
+    async def run(self: Any, **_: Any) -> None:
+        return None  # a worker that ran would stop at once
+
+    monkeypatch.setattr(cli_store.Worker, "run", run)
+    (tmp_path / "file.json").write_text("{}")
+    where = tmp_path / name
+    code, out, err = run_cli(capsys, "worker", "--store", url, "--pipelines", str(where))
+    assert (code, out) == (2, "")
+    assert err == f"stageflow: --pipelines {where}: not a directory; check the path\n"
+
+
 def test_a_status_typo_is_a_usage_error_naming_the_statuses(url: str, capsys: Any) -> None:
     # `--status complted` listed nothing and exited 0, as if no session had ended.
     start(url)
