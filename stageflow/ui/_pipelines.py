@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import attrs
 import stageflow
 from stageflow._cli._graph import Graph, build_graph, build_invalid_graph
 from stageflow._cli._registry import read_document, structural_registry
-from stageflow._guard import BudgetError, parse_json_text, read_text_file
 from stageflow.ui._drawing import drawn_kind
 from stageflow.ui._errors import InspectorError
 
@@ -169,24 +167,12 @@ def load_coverage(path: Path | None) -> Mapping[str, Sequence[Mapping[str, Any]]
     if path is None:
         return {}
     try:
-        # Within the document budgets: a huge or endless file (/dev/zero) was read whole.
-        report = parse_json_text(read_text_file(path))
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise InspectorError(
-            f"--coverage {str(path)!r}: cannot read the report: {why}; {_REPORT_HINT}"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise InspectorError(
-            f"--coverage {str(path)!r}: the report is not UTF-8 text ({exc.reason}); {_REPORT_HINT}"
-        ) from exc
-    except BudgetError as exc:
-        raise InspectorError(f"--coverage {str(path)!r}: not read: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise InspectorError(
-            f"--coverage {str(path)!r}: not valid JSON at line {exc.lineno} column "
-            f"{exc.colno}: {exc.msg}; {_REPORT_HINT}"
-        ) from exc
+        # As the CLI reads a document: within the budgets (a huge or endless file,
+        # /dev/zero, was read whole), each failure said in words.
+        report = read_document(str(path))
+    except stageflow.PipelineValidationError as exc:
+        why = "; ".join(problem.message for problem in exc.problems)
+        raise InspectorError(f"--coverage {str(path)!r}: {why}") from exc
     entries = report.get("coverage") if isinstance(report, Mapping) else None
     if not isinstance(entries, list):
         raise InspectorError(

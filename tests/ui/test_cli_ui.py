@@ -137,8 +137,9 @@ def test_a_coverage_path_that_is_a_directory_is_said_to_be_one(
 ) -> None:
     code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(tmp_path))
     assert code == 2
-    assert err.startswith(  # it quoted "[Errno 21] Is a directory: '...'"
-        f"stageflow: --coverage {str(tmp_path)!r}: cannot read the report: Is a directory; "
+    assert err == (  # it quoted "[Errno 21] Is a directory: '...'"
+        f"stageflow: --coverage {str(tmp_path)!r}: cannot read the file: Is a directory; "
+        "check the path\n"
     )
 
 
