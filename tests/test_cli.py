@@ -380,6 +380,9 @@ def test_test_command_runs_the_case_files(cli: Cli, monkeypatch: pytest.MonkeyPa
     assert got.out.splitlines()[-1] == "2 passed, 0 failed, 0 errors"
     got = cli("test", "tests/cases/reference.stageflow.json", "--no-coverage", "--json")
     assert (got.code, got.json()["ok"], got.json()["passed"]) == (ExitCode.OK, True, 2)
+    assert "coverage" not in got.json()  # --no-coverage was ignored with --json
+    got = cli("test", "tests/cases/reference.stageflow.json", "--json")
+    assert got.json()["coverage"][0]["pipeline"] == "demo_full_flow"
 
 
 def test_test_command_exits_1_on_a_failing_case(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -291,7 +291,10 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
     finally:
         session_log.setLevel(level)
     if args.json:
-        io.print(dump_json(report.to_dict()))
+        data = report.to_dict()
+        if args.no_coverage:
+            data.pop("coverage", None)
+        io.print(dump_json(data))
     else:
         io.print(report.render(coverage=not args.no_coverage).rstrip("\n"))
     return ExitCode.OK if report.ok else ExitCode.FAILED
