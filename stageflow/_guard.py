@@ -95,7 +95,8 @@ def read_text_file(path: str | PathLike[str]) -> str:
 
     At most :data:`MAX_DOCUMENT_BYTES` bytes are read (a huge file, or an
     endless one such as ``/dev/zero``, is refused without being read whole),
-    then decoded as UTF-8.
+    then decoded as UTF-8; a leading byte order mark (an editor's "UTF-8 with
+    BOM") is dropped, as JSON parsers may.
 
     Raises:
         OSError: the file cannot be read.
@@ -106,7 +107,7 @@ def read_text_file(path: str | PathLike[str]) -> str:
         data = file.read(MAX_DOCUMENT_BYTES + 1)
     if len(data) > MAX_DOCUMENT_BYTES:
         raise _too_large()
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")
 
 
 def parse_json_text(text: str) -> Any:

@@ -328,3 +328,28 @@ def test_a_yaml_syntax_error_is_one_line_with_its_line_and_column(cli: Cli, tmp_
         f"stageflow: --payload @{payload}: not valid YAML at line 1 column 8: mapping values "
         "are not allowed here; fix the file"
     ]
+
+
+def test_files_saved_as_utf8_with_a_byte_order_mark_are_read(cli: Cli, tmp_path: Path) -> None:
+    # An editor's "UTF-8 with BOM" was refused as "not valid JSON at line 1
+    # column 1: Unexpected UTF-8 BOM (decode using utf-8-sig)".
+    pipeline = tmp_path / "pipeline.json"
+    pipeline.write_text(Path(PIPELINE).read_text(), encoding="utf-8-sig")
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"text": "one two three four five"}', encoding="utf-8-sig")
+    got = cli("run", str(pipeline), "--stages", STAGES, "--payload", f"@{payload}", "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert got.json()["artifacts"]["score"] == 5
+
+
+def test_a_payload_file_that_is_not_json_is_told_to_be_fixed(cli: Cli, tmp_path: Path) -> None:
+    # The hint was for a payload on the command line: "quote JSON strings ...
+    # or pass @FILE", to someone who had passed @FILE.
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"text": ')
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", f"@{payload}")
+    assert got.code == ExitCode.USAGE
+    assert got.err.splitlines() == [
+        f"stageflow: --payload @{payload}: not valid JSON at line 1 column 10: Expecting "
+        "value; fix the file"
+    ]

@@ -252,9 +252,13 @@ def read_json_argument(text: str, *, option: str) -> Any:
     except BudgetError as exc:
         raise CommandError(f"{source}: not read: {exc}") from exc
     except json.JSONDecodeError as exc:
+        fix = (
+            "fix the file"
+            if source != option
+            else "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+        )
         raise CommandError(
-            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-            "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; {fix}"
         ) from exc
 
 
