@@ -66,6 +66,11 @@ def _add_store_option(parser: argparse.ArgumentParser) -> None:
 
 def _open(args: argparse.Namespace, **options: Any) -> SessionStore:
     if args.schema is not None:
+        if not args.store.startswith(("postgresql://", "postgres://")):
+            raise CommandError(
+                f"--schema {args.schema}: only a PostgreSQL store has schemas, and "
+                f"--store {args.store} is not one; leave --schema out"
+            )
         options["schema"] = args.schema
     return open_store(args.store, **options)
 

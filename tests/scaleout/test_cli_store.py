@@ -155,6 +155,20 @@ def test_a_worker_pipelines_path_that_is_no_directory_is_a_usage_error(
     assert err == f"stageflow: --pipelines {where}: not a directory; check the path\n"
 
 
+@pytest.mark.parametrize("command", [["sessions", "list"], ["worker"]])
+def test_schema_with_an_sqlite_store_is_a_usage_error(
+    command: list[str], url: str, capsys: Any
+) -> None:
+    # SQLiteStore(schema=...) raised TypeError: a traceback, exit 1.
+    start(url)
+    code, out, err = run_cli(capsys, *command, "--store", url, "--schema", "tenant")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"stageflow: --schema tenant: only a PostgreSQL store has schemas, and --store {url} "
+        "is not one; leave --schema out\n"
+    )
+
+
 def test_a_status_typo_is_a_usage_error_naming_the_statuses(url: str, capsys: Any) -> None:
     # `--status complted` listed nothing and exited 0, as if no session had ended.
     start(url)
