@@ -28,6 +28,7 @@ __all__ = [
     "parse_json_text",
     "read_text_file",
     "parse_yaml_text",
+    "yaml_problem",
 ]
 
 MAX_DEPTH: Final = 256
@@ -94,7 +95,8 @@ def read_text_file(path: str | PathLike[str]) -> str:
 
     At most :data:`MAX_DOCUMENT_BYTES` bytes are read (a huge file, or an
     endless one such as ``/dev/zero``, is refused without being read whole),
-    then decoded as UTF-8.
+    then decoded as UTF-8; a leading byte order mark (an editor's "UTF-8 with
+    BOM") is dropped, as JSON parsers may.
 
     Raises:
         OSError: the file cannot be read.
@@ -105,7 +107,7 @@ def read_text_file(path: str | PathLike[str]) -> str:
         data = file.read(MAX_DOCUMENT_BYTES + 1)
     if len(data) > MAX_DOCUMENT_BYTES:
         raise _too_large()
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")
 
 
 def parse_json_text(text: str) -> Any:
@@ -152,6 +154,22 @@ def parse_yaml_text(text: str) -> Any:
             f"it has an integer of more than {MAX_INT_DIGITS} digits ({exc}); "
             "quote such a number to make it a string"
         ) from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Why ``text`` is not YAML, on one line: ``not valid YAML at line L column C: ...``.
+
+    PyYAML's own text spans several lines (a copy of the line with a caret,
+    about an ``"<unicode string>"``), which breaks the one line each problem
+    gets and names no file.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        what = ": ".join(part for part in (exc.context, exc.problem) if part)
+    else:
+        where, what = "", str(exc)
+    return f"not valid YAML{where}: {' '.join(what.split())}"
 
 
 def _measure_yaml(text: str) -> None:

@@ -36,6 +36,7 @@ from stageflow._guard import (
     parse_json_text,
     parse_yaml_text,
     read_text_file,
+    yaml_problem,
 )
 from stageflow._identity import IdentityCache
 from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
@@ -557,7 +558,7 @@ def parse_document(
             f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix the syntax",
         )
     except yaml.YAMLError as exc:
-        problem = Problem("$", f"not valid YAML: {exc}; fix the syntax")
+        problem = Problem("$", f"{yaml_problem(exc)}; fix the syntax")
     raise error([problem], source=source)
 
 

@@ -8,6 +8,9 @@ Installed as the ``stageflow`` command (and runnable as ``python -m stageflow``)
     stageflow graph PIPELINE [--format mermaid|dot|json]
     stageflow stages [--json]           the stage catalogue
     stageflow test CASES...             run test case files
+    stageflow worker --store URL        run the stored sessions of a session store
+    stageflow sessions ACTION ...       list, show, send, cancel, purge stored sessions
+    stageflow ui [SNAPSHOT]             serve the web inspector
 
 ``stageflow COMMAND --help`` describes each command; docs/cli.md has the
 details. The exit status says what happened (:class:`ExitCode`).

@@ -244,7 +244,9 @@ def test_validate_reports_unreadable_files_as_problems(
 def test_validate_reads_yaml(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("api_version: '1.0'\nentry: end\nnodes:\n  - {id: end, type: terminal}\n")
-    assert cli("validate", str(path)).code == ExitCode.OK
+    got = cli("validate", str(path))
+    assert got.code == ExitCode.OK
+    assert got.out == f"{path}: valid (1 node)\n"  # it said "1 nodes"
 
 
 # -------------------------------------------------- features from other modules
@@ -282,6 +284,16 @@ def test_run_sets_up_tracing_and_flushes_the_spans_at_the_end(
     calls.clear()
     assert cli("run", PIPELINE, "--stages", STAGES).code == ExitCode.OK
     assert calls == []
+
+
+@pytest.mark.parametrize("trace", [[], ["--trace", "none"], ["--trace", "otlp"]])
+def test_trace_json_without_trace_console_is_a_usage_error(cli: Cli, trace: list[str]) -> None:
+    # It was ignored: no span printed, exit 0, nothing said.
+    got = cli("run", PIPELINE, "--stages", STAGES, *trace, "--trace-json", "--json")
+    assert got.code == ExitCode.USAGE
+    assert got.out == ""
+    assert "--trace-json prints the spans of --trace console as JSON" in got.err
+    assert "add --trace console, or leave --trace-json out" in got.err
 
 
 LOGGING_STAGES = """
@@ -368,6 +380,9 @@ def test_test_command_runs_the_case_files(cli: Cli, monkeypatch: pytest.MonkeyPa
     assert got.out.splitlines()[-1] == "2 passed, 0 failed, 0 errors"
     got = cli("test", "tests/cases/reference.stageflow.json", "--no-coverage", "--json")
     assert (got.code, got.json()["ok"], got.json()["passed"]) == (ExitCode.OK, True, 2)
+    assert "coverage" not in got.json()  # --no-coverage was ignored with --json
+    got = cli("test", "tests/cases/reference.stageflow.json", "--json")
+    assert got.json()["coverage"][0]["pipeline"] == "demo_full_flow"
 
 
 def test_test_command_exits_1_on_a_failing_case(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -572,6 +587,22 @@ def test_every_subcommand_help_ends_with_its_exit_codes(cli: Cli, command: str) 
     assert all(top[code] == meaning for code, meaning in listed.items())
 
 
+@pytest.mark.parametrize(
+    "command",
+    ["worker", "sessions", "sessions list", "sessions show", "sessions send", "ui"],
+)
+def test_the_store_and_inspector_commands_help_ends_with_their_exit_codes(
+    cli: Cli, command: str
+) -> None:
+    # docs/cli.md says each command's --help ends with its codes; these had none.
+    text = cli(*command.split(), "--help").out
+    assert "exit codes:" in text
+    listed = dict(EPILOG_ROW.findall(text.split("exit codes:")[1]))
+    assert {"0", "2", "130"} <= set(listed)
+    top = dict(EPILOG_ROW.findall(cli("--help").out.split("exit codes:")[1]))
+    assert all(top[code] == meaning for code, meaning in listed.items())
+
+
 def test_the_docs_and_the_top_level_help_say_the_same_about_each_exit_code(cli: Cli) -> None:
     top = dict(EPILOG_ROW.findall(cli("--help").out.split("exit codes:")[1]))
     page = (ROOT / "docs" / "cli.md").read_text()
@@ -584,6 +615,17 @@ def test_the_docs_and_the_top_level_help_say_the_same_about_each_exit_code(cli: 
 def test_files_and_options_may_be_intermixed(cli: Cli, tmp_path: Path) -> None:
     other = shutil.copy(PIPELINE, tmp_path / "other.json")
     got = cli("validate", PIPELINE, "--stages", STAGES, str(other), "--no-plugins")
+    assert got.code == ExitCode.OK, got.err
+    assert got.out.count(": valid (") == 2
+
+
+def test_files_after_a_double_dash_may_start_with_a_dash(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With an option between the files, `-- -p.json` was an unrecognized argument.
+    shutil.copy(PIPELINE, tmp_path / "-p.json")
+    monkeypatch.chdir(tmp_path)
+    got = cli("validate", PIPELINE, "--stages", STAGES, "--no-plugins", "--", "-p.json")
     assert got.code == ExitCode.OK, got.err
     assert got.out.count(": valid (") == 2
 

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 from cli_support import (
+    EXAMPLE,
     FAILING_STAGES,
     PIPELINE,
     ROOT,
@@ -233,6 +234,16 @@ def test_missing_stages_module_exits_2(cli: Cli) -> None:
     assert "no module named 'no_such_module_xyz'" in got.err
     got = cli("stages", "--stages", "missing/stages.py")
     assert "--stages missing/stages.py: no such file" in got.err
+
+
+def test_a_stages_directory_is_said_to_be_one(cli: Cli) -> None:
+    # `--stages examples/reference` said "no such file" of a directory that exists.
+    got = cli("stages", "--stages", str(EXAMPLE))
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip() == (
+        f"stageflow: --stages {EXAMPLE}: {EXAMPLE} is a directory, not a .py file; pass a .py "
+        f"file in it, or the package's module name ('{EXAMPLE.name}') from the directory above it"
+    )
 
 
 def test_a_stages_file_whose_name_is_no_identifier_still_imports(cli: Cli, tmp_path: Path) -> None:

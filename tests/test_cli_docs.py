@@ -78,3 +78,29 @@ def test_example(
     for line, pattern in zip(got, expected, strict=True):
         regex = ".*".join(re.escape(part) for part in pattern.split("..."))
         assert re.fullmatch(regex, line), (line, pattern)
+
+
+def test_the_broken_copy_prints_what_the_page_shows(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # The page's `validate` output for a broken copy of the reference pipeline
+    # listed the known stages without the core ones every registry has.
+    page = PAGE.read_text()
+    shown = page.split("whose second branch uses an unknown\nstage:\n\n```text\n")[1]
+    expected = shown.split("\n```")[0].splitlines()
+    document = json.loads((ROOT / "examples" / "reference" / "pipeline.json").read_text())
+    document["entry"] = "begin"
+    document["nodes"][1]["conditions"][0]["then"] = "nowhere"
+    document["nodes"][4]["stage"] = "WorkerCStage"
+    (tmp_path / "broken.json").write_text(json.dumps(document))
+    monkeypatch.chdir(tmp_path)
+    stages = str(ROOT / "examples" / "reference" / "stages.py")
+    code = main(["validate", "broken.json", "--stages", stages, "--no-plugins"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == ExitCode.USAGE
+    assert len(out) == len(expected), out
+    for line, pattern in zip(out, expected, strict=True):
+        regex = ".*".join(re.escape(part) for part in pattern.split("..."))
+        assert re.fullmatch(regex, line), (line, pattern)

@@ -10,6 +10,7 @@ promises.)
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,18 @@ def test_a_case_file_path_that_names_no_file_is_a_usage_error(cli: Cli, tmp_path
     assert got.out == ""
 
 
+def test_a_case_file_path_that_names_a_directory_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    # `stageflow test tests/cases` printed "ERROR tests/cases: [Errno 21] Is a
+    # directory: 'tests/cases'" and exited 1, as if a case had failed.
+    got = cli("test", str(tmp_path))
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        f"stageflow: {tmp_path}: a directory, not a case file; pass the case files in it "
+        f"(e.g. {tmp_path / '*.stageflow.json'})"
+    ]
+    assert got.out == ""
+
+
 def test_the_tester_keeps_the_sessions_log_lines_out_unless_asked(cli: Cli, tmp_path: Path) -> None:
     # A case that expects a failure printed the session's ERROR lines
     # (node.finished, session.finished) around a report saying it passed.
@@ -228,3 +241,115 @@ def test_a_case_files_missing_pipeline_is_located(cli: Cli, tmp_path: Path) -> N
     assert got.code == ExitCode.FAILED
     assert "$.pipeline: cannot read" in got.out
     assert "check the path (relative to the case file)" in got.out
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("schema",),
+        ("validate", PIPELINE, "--structure-only"),
+        ("graph", PIPELINE),
+        ("run", PIPELINE, "--stages", STAGES, "--payload", '{"text": "hi"}', "--no-plugins"),
+    ],
+    ids=["schema", "validate", "graph", "run"],
+)
+def test_output_that_cannot_be_written_exits_74_with_one_line(argv: tuple[str, ...]) -> None:
+    # A full disk raised OSError out of main: a traceback, and exit 1, which
+    # says "the session failed" of a run that had completed.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "stageflow", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 74 == ExitCode.OUTPUT_FAILED
+    assert done.stderr.splitlines() == [
+        "stageflow: cannot write the output: No space left on device; the results are "
+        "lost: free some space, or send the output elsewhere"
+    ]
+
+
+def test_a_run_with_standard_output_closed_still_runs() -> None:
+    # Python makes sys.stdout None: the live view's terminal check raised
+    # AttributeError after the run had started.
+    done = subprocess.run(
+        f"{sys.executable} -m stageflow run {PIPELINE} --stages {STAGES} --no-plugins "
+        f"""--payload '{{"text": "hi"}}' >&-""",
+        shell=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (ExitCode.OK, "")
+
+
+@pytest.mark.parametrize("format", ["mermaid", "dot", "json"])
+def test_a_lone_surrogate_in_an_invalid_pipeline_is_drawn_escaped(
+    cli: Cli, tmp_path: Path, format: str
+) -> None:
+    # JSON text may escape a lone surrogate ("\ud800"), which UTF-8 cannot
+    # carry: validate reports it, but graph drew it and failed writing it
+    # (UnicodeEncodeError, a traceback).
+    document = json.loads(Path(PIPELINE).read_text())
+    document["metadata"]["name"] = "x\ud800y"
+    path = tmp_path / "surrogate.json"
+    path.write_text(json.dumps(document))  # ASCII: the surrogate as its escape
+    got = cli("graph", str(path), "--format", format)
+    assert got.code == ExitCode.USAGE
+    assert "lone surrogate" in got.err
+    got.out.encode()  # UTF-8 carries all of it
+    if format == "json":
+        assert got.json()["name"] == "x\ud800y"
+    else:
+        name_line = got.out.splitlines()[0 if format == "dot" else 1]
+        assert name_line in ('digraph "x\\ud800y" {', "    %% pipeline: x\\ud800y")
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_line_and_column(cli: Cli, tmp_path: Path) -> None:
+    # PyYAML's message spans four lines (a copy of the line and a caret, "in
+    # <unicode string>"): validate's one line per problem became five.
+    path = tmp_path / "p.yaml"
+    path.write_text("api_version: '1.0'\nentry: end\nnodes: [\n")
+    got = cli("validate", str(path))
+    assert got.code == ExitCode.USAGE
+    assert got.out.splitlines() == [
+        f"{path}: $: not valid YAML at line 4 column 1: while parsing a flow node: "
+        "expected the node content, but found '<stream end>'; fix the syntax",
+        "1 of 1 file not valid, 1 problem",
+    ]
+    payload = tmp_path / "payload.yaml"
+    payload.write_text("user: a: b\n")
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", f"@{payload}")
+    assert got.code == ExitCode.USAGE
+    assert got.err.splitlines() == [
+        f"stageflow: --payload @{payload}: not valid YAML at line 1 column 8: mapping values "
+        "are not allowed here; fix the file"
+    ]
+
+
+def test_files_saved_as_utf8_with_a_byte_order_mark_are_read(cli: Cli, tmp_path: Path) -> None:
+    # An editor's "UTF-8 with BOM" was refused as "not valid JSON at line 1
+    # column 1: Unexpected UTF-8 BOM (decode using utf-8-sig)".
+    pipeline = tmp_path / "pipeline.json"
+    pipeline.write_text(Path(PIPELINE).read_text(), encoding="utf-8-sig")
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"text": "one two three four five"}', encoding="utf-8-sig")
+    got = cli("run", str(pipeline), "--stages", STAGES, "--payload", f"@{payload}", "--json")
+    assert got.code == ExitCode.OK, got.err
+    assert got.json()["artifacts"]["score"] == 5
+
+
+def test_a_payload_file_that_is_not_json_is_told_to_be_fixed(cli: Cli, tmp_path: Path) -> None:
+    # The hint was for a payload on the command line: "quote JSON strings ...
+    # or pass @FILE", to someone who had passed @FILE.
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"text": ')
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", f"@{payload}")
+    assert got.code == ExitCode.USAGE
+    assert got.err.splitlines() == [
+        f"stageflow: --payload @{payload}: not valid JSON at line 1 column 10: Expecting "
+        "value; fix the file"
+    ]

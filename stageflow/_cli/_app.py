@@ -14,6 +14,7 @@ from stageflow._cli._common import (
     CommandError,
     ExitCode,
     FollowStderr,
+    OutputError,
     Streams,
     exit_codes_epilog,
 )
@@ -86,17 +87,30 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
     ``stageflow validate A.json --stages s.py B.json`` is read as two files:
     what the command's list of files (its ``intermixed`` default) did not
-    take is added to it. Anything else left over is a usage error, reported
+    take is added to it, with the words after a ``--`` (files whose names
+    start with ``-``). Anything else left over is a usage error, reported
     by argparse as usual.
     """
     args, extras = parser.parse_known_args(argv)
     target = getattr(args, "intermixed", None)
-    if extras and target and not any(e.startswith("-") and e != "-" for e in extras):
-        getattr(args, target).extend(extras)
+    # After "--" every word is a file, one that starts with "-" too.
+    cut = extras.index("--") if "--" in extras else len(extras)
+    options, files = extras[:cut], extras[cut + 1 :]
+    if extras and target and not any(e.startswith("-") and e != "-" for e in options):
+        getattr(args, target).extend(options + files)
         return args
     if extras:
         return parser.parse_args(argv)  # exits with argparse's message
     return args
+
+
+def _drop_output() -> None:
+    """Point standard output at the null device: what is left in its buffer cannot be written.
+
+    Python flushes it at exit; that would fail again, with a traceback.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,12 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _configure_logging(args)
         code: int = args.handler(args, io)
+        io.flush()  # a full disk or a closed pipe is told now, not at exit
+    except OutputError as exc:
+        _drop_output()
+        return _report(exc, io)
     except StageflowError as exc:
         return _report(exc, io)
     except BrokenPipeError:
         # The reader went away (`stageflow schema | head`): stop quietly.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output()
         return ExitCode.BROKEN_PIPE
     except BaseException as exc:
         # Ctrl-C, also when trio delivers it in a group with the cancellations

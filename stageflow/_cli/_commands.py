@@ -61,12 +61,19 @@ standard error and the exit code is 2. Stage names are checked only with
 """
 
 # The exit codes each command can return (its --help lists them).
-_CHECKS = (ExitCode.OK, ExitCode.USAGE, ExitCode.INTERRUPTED, ExitCode.BROKEN_PIPE)
+_CHECKS = (
+    ExitCode.OK,
+    ExitCode.USAGE,
+    ExitCode.OUTPUT_FAILED,
+    ExitCode.INTERRUPTED,
+    ExitCode.BROKEN_PIPE,
+)
 _TESTS = (
     ExitCode.OK,
     ExitCode.FAILED,
     ExitCode.USAGE,
     ExitCode.UNAVAILABLE,
+    ExitCode.OUTPUT_FAILED,
     ExitCode.INTERRUPTED,
     ExitCode.BROKEN_PIPE,
 )
@@ -101,7 +108,8 @@ def validate_command(args: argparse.Namespace, io: Streams) -> int:
     else:
         for report in reports:
             if report["valid"]:
-                io.print(f"{report['file']}: valid ({report['nodes']} nodes)")
+                count = report["nodes"]
+                io.print(f"{report['file']}: valid ({count} node{'s' if count != 1 else ''})")
             for problem in report["problems"]:
                 io.print(f"{report['file']}: {problem['location']}: {problem['message']}")
         unknown_stages = any(UNREGISTERED in p["message"] for r in invalid for p in r["problems"])
@@ -147,14 +155,27 @@ def graph_command(args: argparse.Namespace, io: Streams) -> int:
         graph = build_invalid_graph(document, exc.problems)
         if graph is None:
             raise
-        io.out.write(FORMATS[args.format](graph))
+        io.write(_encodable(FORMATS[args.format](graph)))
         for problem in exc.problems:
             io.warn(f"{args.pipeline}: {problem.location}: {problem.message}")
         count = len(exc.problems)
         io.warn(f"the pipeline is not valid ({count} problem{'s' if count != 1 else ''}, marked)")
         return ExitCode.USAGE
-    io.out.write(render(pipeline, args.format))
+    io.write(render(pipeline, args.format))
     return ExitCode.OK
+
+
+def _encodable(text: str) -> str:
+    r"""``text`` with each lone surrogate written as its ``\u`` escape, which UTF-8 can carry.
+
+    An invalid document may hold one in a name or an id (JSON's ``"\ud800"``);
+    the escape is also what JSON reads back as the same string.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 # ----------------------------------------------------------------------- stages
@@ -241,14 +262,22 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
             "does not have yet; upgrade stageflow",
             exit_code=ExitCode.UNAVAILABLE,
         )
-    # A path that names no file is a typo on the command line, as for every other
-    # command (exit 2); a file that exists but cannot be read or run is reported
-    # with the others, which still run.
+    # A path that names no file (or a directory) is a slip on the command line, as
+    # for every other command (exit 2); a file that exists but cannot be read or run
+    # is reported with the others, which still run.
+    others = " (the other case files were not run)"
     missing = [path for path in args.cases if not os.path.exists(path)]
     if missing:
         raise CommandError(
             f"{', '.join(missing)}: no such file; check the path"
-            + (" (the other case files were not run)" if len(missing) < len(args.cases) else "")
+            + (others if len(missing) < len(args.cases) else "")
+        )
+    folders = [path for path in args.cases if os.path.isdir(path)]
+    if folders:
+        raise CommandError(
+            f"{', '.join(folders)}: a directory, not a case file; pass the case files in it "
+            f"(e.g. {os.path.join(folders[0], '*.stageflow.json')})"
+            + (others if len(folders) < len(args.cases) else "")
         )
     # The report says how each case ran. Without a log option, the sessions' own
     # lines stay out of it: a case that expects a failure printed ERROR lines.
@@ -262,7 +291,10 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
     finally:
         session_log.setLevel(level)
     if args.json:
-        io.print(dump_json(report.to_dict()))
+        data = report.to_dict()
+        if args.no_coverage:
+            data.pop("coverage", None)
+        io.print(dump_json(data))
     else:
         io.print(report.render(coverage=not args.no_coverage).rstrip("\n"))
     return ExitCode.OK if report.ok else ExitCode.FAILED

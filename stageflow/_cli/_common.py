@@ -18,7 +18,13 @@ import attrs
 import yaml
 
 from stageflow._errors import StageflowError
-from stageflow._guard import BudgetError, parse_json_text, parse_yaml_text, read_text_file
+from stageflow._guard import (
+    BudgetError,
+    parse_json_text,
+    parse_yaml_text,
+    read_text_file,
+    yaml_problem,
+)
 from stageflow._pipeline import plain_document
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "CommandError",
     "ExitCode",
     "FollowStderr",
+    "OutputError",
     "Streams",
     "add_logging_options",
     "dump_json",
@@ -80,6 +87,9 @@ class ExitCode(enum.IntEnum):
     was cancelled."""
     UNAVAILABLE = 5
     """A feature the command needs is not installed in this stageflow."""
+    OUTPUT_FAILED = 74
+    """Standard output could not be written (a full disk, a file that refuses writes); the
+    results are lost, whatever the command did."""
     INTERRUPTED = 130
     """Interrupted with Ctrl-C."""
     BROKEN_PIPE = 141
@@ -99,6 +109,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
         "the session waited for an input type with no scripted --input left (it was cancelled)"
     ),
     ExitCode.UNAVAILABLE: "a feature the command needs is not installed in this stageflow",
+    ExitCode.OUTPUT_FAILED: "standard output could not be written (a full disk, ...)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
     ExitCode.BROKEN_PIPE: "standard output was closed early (| head)",
 }
@@ -128,11 +139,26 @@ class CommandError(StageflowError):
         super().__init__(message)
 
 
+class OutputError(CommandError):
+    """Standard output refused a write (not a closed pipe, which ends quietly with 141)."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(
+            f"cannot write the output: {exc.strerror or exc}; the results are lost: free "
+            "some space, or send the output elsewhere",
+            exit_code=ExitCode.OUTPUT_FAILED,
+        )
+
+
 @attrs.frozen
 class Streams:
-    """Where a command writes: results to ``out``, diagnostics to ``err``."""
+    """Where a command writes: results to ``out``, diagnostics to ``err``.
 
-    out: TextIO
+    ``out`` is ``None`` when the process started with standard output closed
+    (``>&-``): the results are dropped, and the command still runs.
+    """
+
+    out: TextIO | None
     err: TextIO
 
     @classmethod
@@ -142,7 +168,34 @@ class Streams:
 
     def print(self, text: str = "") -> None:
         """Write a line of results."""
-        print(text, file=self.out)
+        self.write(text + "\n")
+
+    def write(self, text: str) -> None:
+        """Write results (nothing when standard output is closed).
+
+        Raises:
+            OutputError: standard output refused the text (a full disk, ...).
+            BrokenPipeError: its reader went away (``| head``).
+        """
+        if self.out is None:
+            return
+        try:
+            self.out.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from exc
+
+    def flush(self) -> None:
+        """Flush the results written so far (see :meth:`write` for what it raises)."""
+        if self.out is None:
+            return
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from exc
 
     def warn(self, text: str) -> None:
         """Write a line of diagnostics."""
@@ -191,7 +244,7 @@ def read_json_argument(text: str, *, option: str) -> Any:
             try:
                 return _plain(parse_yaml_text(text), source)
             except yaml.YAMLError as exc:
-                raise CommandError(f"{source}: not valid YAML: {exc}; fix the file") from exc
+                raise CommandError(f"{source}: {yaml_problem(exc)}; fix the file") from exc
             except BudgetError as exc:
                 raise CommandError(f"{source}: not read: {exc}") from exc
     try:
@@ -199,9 +252,13 @@ def read_json_argument(text: str, *, option: str) -> Any:
     except BudgetError as exc:
         raise CommandError(f"{source}: not read: {exc}") from exc
     except json.JSONDecodeError as exc:
+        fix = (
+            "fix the file"
+            if source != option
+            else "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+        )
         raise CommandError(
-            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-            "quote JSON strings (e.g. '\"yes\"') or pass @FILE"
+            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; {fix}"
         ) from exc
 
 

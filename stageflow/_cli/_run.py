@@ -231,7 +231,17 @@ async def drive_session(
 
 
 def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
-    """Set up tracing as asked; return what to call when the run is over."""
+    """Set up tracing as asked; return what to call when the run is over.
+
+    Raises:
+        CommandError: ``--trace-json`` without ``--trace console`` (it would do nothing).
+    """
+    if args.trace_json and args.trace != "console":
+        given = f"--trace {args.trace}" if args.trace else "no --trace"
+        raise CommandError(
+            f"--trace-json prints the spans of --trace console as JSON, and {given} prints "
+            "none; add --trace console, or leave --trace-json out"
+        )
     if args.trace is None:
         return lambda: None
     # Imported here: the OpenTelemetry SDK is only loaded when tracing is asked for.
@@ -278,7 +288,7 @@ def _print_text(
 
 
 def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None:
-    if args.json or args.no_live or not io.out.isatty():
+    if args.json or args.no_live or io.out is None or not io.out.isatty():
         return None
     from rich.console import Console
 

@@ -13,9 +13,24 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from stageflow._cli._common import CommandError, Streams, dump_json, number, read_json_argument
+from stageflow._cli._common import (
+    CommandError,
+    ExitCode,
+    Streams,
+    dump_json,
+    exit_codes_epilog,
+    number,
+    read_json_argument,
+)
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
-from stageflow.store import SessionService, SessionStore, StoredSession, Worker, open_store
+from stageflow._result import SessionStatus
+from stageflow.store import (
+    SessionService,
+    SessionStore,
+    StoredSession,
+    Worker,
+    open_store,
+)
 
 __all__ = ["add_store_parsers"]
 
@@ -26,6 +41,14 @@ STORE_ENV = "STAGEFLOW_STORE"
 # The oldest a purge may reach back, in days: a century (further would pass
 # the first year a date can have).
 _MAX_DAYS = 36_500
+
+# The exit codes each command can return (its --help lists them). A worker
+# stopped by Ctrl-C once it runs ends as by SIGTERM, with 0.
+_WORKER_CODES = (ExitCode.OK, ExitCode.USAGE, ExitCode.OUTPUT_FAILED, ExitCode.INTERRUPTED)
+_SESSIONS_CODES = (*_WORKER_CODES, ExitCode.BROKEN_PIPE)
+
+# What a stored session's status can be: a typo in --status listed nothing.
+_STATUSES = (*(status.value for status in SessionStatus), "poisoned")
 
 
 def _add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +66,11 @@ def _add_store_option(parser: argparse.ArgumentParser) -> None:
 
 def _open(args: argparse.Namespace, **options: Any) -> SessionStore:
     if args.schema is not None:
+        if not args.store.startswith(("postgresql://", "postgres://")):
+            raise CommandError(
+                f"--schema {args.schema}: only a PostgreSQL store has schemas, and "
+                f"--store {args.store} is not one; leave --schema out"
+            )
         options["schema"] = args.schema
     return open_store(args.store, **options)
 
@@ -93,6 +121,8 @@ def add_store_parsers(subparsers: Any) -> None:
             "(their leases expire and another worker runs them again). Prints the worker's "
             "statistics as JSON when it stops."
         ),
+        epilog=exit_codes_epilog(_WORKER_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_store_option(p)
     p.add_argument("--pipelines", metavar="DIR", help="pipeline files (*.json) to reuse by digest")
@@ -144,12 +174,18 @@ def add_store_parsers(subparsers: Any) -> None:
         "sessions",
         help="list, show, feed, cancel and purge stored sessions",
         description="Read and change the sessions of a store (see docs/scaleout.md).",
+        epilog=exit_codes_epilog(_SESSIONS_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+    action: dict[str, Any] = {
+        "epilog": exit_codes_epilog(_SESSIONS_CODES),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
-    q = sub.add_parser("list", help="sessions matching filters, oldest first")
+    q = sub.add_parser("list", help="sessions matching filters, oldest first", **action)
     _add_store_option(q)
-    q.add_argument("--status", help="pending, waiting, completed, failed, poisoned, ...")
+    q.add_argument("--status", choices=_STATUSES, help="only sessions with this status")
     q.add_argument("--pipeline", help="pipeline name")
     q.add_argument("--waiting-for", help="an input type")
     q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")
@@ -157,14 +193,14 @@ def add_store_parsers(subparsers: Any) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=list_command)
 
-    q = sub.add_parser("show", help="one session's row (and its committed events)")
+    q = sub.add_parser("show", help="one session's row (and its committed events)", **action)
     _add_store_option(q)
     q.add_argument("session_id")
     q.add_argument("--events", action="store_true", help="also the committed events")
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=show_command)
 
-    q = sub.add_parser("send", help="store an input for a session")
+    q = sub.add_parser("send", help="store an input for a session", **action)
     _add_store_option(q)
     q.add_argument("session_id")
     q.add_argument("type", help="the input type")
@@ -173,7 +209,7 @@ def add_store_parsers(subparsers: Any) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=send_command)
 
-    q = sub.add_parser("cancel", help="ask for a session to be cancelled")
+    q = sub.add_parser("cancel", help="ask for a session to be cancelled", **action)
     _add_store_option(q)
     q.add_argument("session_id")
     q.add_argument("--reason", default="cancelled")
@@ -181,7 +217,9 @@ def add_store_parsers(subparsers: Any) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=cancel_command)
 
-    q = sub.add_parser("purge", help="delete old finished sessions and old consumed inputs")
+    q = sub.add_parser(
+        "purge", help="delete old finished sessions and old consumed inputs", **action
+    )
     _add_store_option(q)
     q.add_argument(
         "--finished-days", type=number(least=0, most=_MAX_DAYS), default=30.0, help="default 30"
@@ -201,6 +239,9 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
     registry = resolve_registry(
         args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
     )
+    if args.pipelines and not Path(args.pipelines).is_dir():
+        # A typo ran the worker without them: every session rebuilt from its snapshot.
+        raise CommandError(f"--pipelines {args.pipelines}: not a directory; check the path")
     pipelines = (
         [read_pipeline(str(p), registry) for p in sorted(Path(args.pipelines).glob("*.json"))]
         if args.pipelines

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from stageflow._cli._common import CommandError, ExitCode, Streams, number
+from stageflow._cli._common import CommandError, ExitCode, Streams, exit_codes_epilog, number
 from stageflow._cli._registry import add_stage_options, resolve_registry
 from stageflow._cli._store import check_store_exists
 
@@ -155,6 +155,9 @@ def add_ui_parser(subparsers: Any) -> None:
         "ui",
         help="serve a web inspector for sessions and pipelines",
         description=_DESCRIPTION,
+        epilog=exit_codes_epilog(
+            (ExitCode.OK, ExitCode.USAGE, ExitCode.UNAVAILABLE, ExitCode.INTERRUPTED)
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

@@ -129,6 +129,9 @@ class NodeState:
     cancellations: int
 
 
+_NO_SPAN: Final = {"trace_id": None, "span_id": None, "parent_span_id": None}
+
+
 @attrs.frozen
 class SessionView:
     """Everything the session page shows, already redacted.
@@ -421,7 +424,15 @@ def inspect_session(
         nodes=states,
         taken=taken,
         events=tuple(
-            {**e, "payload": redact(e.get("payload") or {}, redact_paths)} for e in events
+            {
+                # A snapshot's own history (format 3) leaves out each event's
+                # session_id and its null span ids: Event.to_dict() has them all.
+                "session_id": snapshot["session_id"],
+                **_NO_SPAN,
+                **e,
+                "payload": redact(e.get("payload") or {}, redact_paths),
+            }
+            for e in events
         ),
         context=redact(context, redact_paths) if context is not None else None,
         backlog={

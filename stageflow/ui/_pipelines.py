@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,11 +167,12 @@ def load_coverage(path: Path | None) -> Mapping[str, Sequence[Mapping[str, Any]]
     if path is None:
         return {}
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise InspectorError(
-            f"--coverage {str(path)!r}: cannot read the report: {exc}; {_REPORT_HINT}"
-        ) from exc
+        # As the CLI reads a document: within the budgets (a huge or endless file,
+        # /dev/zero, was read whole), each failure said in words.
+        report = read_document(str(path))
+    except stageflow.PipelineValidationError as exc:
+        why = "; ".join(problem.message for problem in exc.problems)
+        raise InspectorError(f"--coverage {str(path)!r}: {why}") from exc
     entries = report.get("coverage") if isinstance(report, Mapping) else None
     if not isinstance(entries, list):
         raise InspectorError(

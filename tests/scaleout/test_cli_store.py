@@ -137,6 +137,48 @@ def test_a_sessions_command_on_a_missing_sqlite_file_says_so(tmp_path: Path, cap
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("name", ["typo", "file.json"])
+def test_a_worker_pipelines_path_that_is_no_directory_is_a_usage_error(
+    name: str, url: str, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A typo (or a file) ran the worker with no pipelines, in silence.
+    import stageflow._cli._store as cli_store
+
+    async def run(self: Any, **_: Any) -> None:
+        return None  # a worker that ran would stop at once
+
+    monkeypatch.setattr(cli_store.Worker, "run", run)
+    (tmp_path / "file.json").write_text("{}")
+    where = tmp_path / name
+    code, out, err = run_cli(capsys, "worker", "--store", url, "--pipelines", str(where))
+    assert (code, out) == (2, "")
+    assert err == f"stageflow: --pipelines {where}: not a directory; check the path\n"
+
+
+@pytest.mark.parametrize("command", [["sessions", "list"], ["worker"]])
+def test_schema_with_an_sqlite_store_is_a_usage_error(
+    command: list[str], url: str, capsys: Any
+) -> None:
+    # SQLiteStore(schema=...) raised TypeError: a traceback, exit 1.
+    start(url)
+    code, out, err = run_cli(capsys, *command, "--store", url, "--schema", "tenant")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"stageflow: --schema tenant: only a PostgreSQL store has schemas, and --store {url} "
+        "is not one; leave --schema out\n"
+    )
+
+
+def test_a_status_typo_is_a_usage_error_naming_the_statuses(url: str, capsys: Any) -> None:
+    # `--status complted` listed nothing and exited 0, as if no session had ended.
+    start(url)
+    code, out, err = run_cli(capsys, "sessions", "list", "--store", url, "--status", "complted")
+    assert (code, out) == (2, "")
+    assert "invalid choice: 'complted'" in err
+    assert "'completed'" in err
+    assert "'poisoned'" in err
+
+
 def test_a_damaged_row_is_named_not_a_traceback(url: str, capsys: Any) -> None:
     # A waiting_for that is not JSON text made list and show print a
     # JSONDecodeError traceback (exit 1).

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from stageflow._guard import MAX_DOCUMENT_BYTES
 from stageflow.cli import main
 from stageflow.ui import InspectorConfig, InspectorError, create_app
 
@@ -116,6 +117,30 @@ def test_a_coverage_file_that_is_not_a_report_is_refused(
     code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(report))
     assert code == 2
     assert "not a tester's report" in err
+
+
+def test_a_coverage_report_past_the_budget_is_refused_without_reading_it_whole(
+    capsys: pytest.CaptureFixture[str], ui_data: Path, tmp_path: Path
+) -> None:
+    # The report was read whole: /dev/zero ran out of memory (MemoryError, a
+    # traceback), and a huge file was read into memory to fail as JSON.
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as file:
+        file.truncate(MAX_DOCUMENT_BYTES + 1)  # sparse: no disk used
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(huge))
+    assert code == 2
+    assert err.startswith(f"stageflow: --coverage {str(huge)!r}: not read: the text is over ")
+
+
+def test_a_coverage_path_that_is_a_directory_is_said_to_be_one(
+    capsys: pytest.CaptureFixture[str], ui_data: Path, tmp_path: Path
+) -> None:
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), "--coverage", str(tmp_path))
+    assert code == 2
+    assert err == (  # it quoted "[Errno 21] Is a directory: '...'"
+        f"stageflow: --coverage {str(tmp_path)!r}: cannot read the file: Is a directory; "
+        "check the path\n"
+    )
 
 
 @pytest.mark.parametrize(

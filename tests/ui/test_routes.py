@@ -678,6 +678,37 @@ async def test_snapshot_files_are_read_off_the_event_loop(
     assert loop_thread not in parsed_in
 
 
+async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # Session.to_dict() leaves out the null span ids of an untraced session's
+    # events; the page read e.span_id and answered 500 for every such snapshot.
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "wait",
+            "nodes": [
+                {
+                    "id": "wait",
+                    "type": "stage",
+                    "stage": "WaitStage",
+                    "config": {"input": "approval"},
+                    "next": "done",
+                },
+                {"id": "done", "type": "terminal"},
+            ],
+        }
+    )
+    session = stageflow.Session(pipeline, session_id="plain-1")
+    await session.run(suspend=True)
+    snapshot = session.to_dict()
+    assert "span_id" not in snapshot["history"][0]
+    (tmp_path / "plain-1.json").write_text(json.dumps(snapshot))
+    response = await make_client(snapshots=tmp_path / "plain-1.json").get("/sessions/plain-1")
+    assert response.status_code == 200
+    assert "waiting_for_input" in response.text
+
+
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
     make_client: Client, ui_data: Path, tmp_path: Path
 ) -> None:
