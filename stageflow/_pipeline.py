@@ -173,7 +173,20 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
             'dotted keys and list indexes such as "order.items.0.sku": no empty segment, '
             "so no leading, trailing or double dot"
         )
+    title = error.schema.get("title") if isinstance(error.schema, Mapping) else None
+    if keyword == "pattern" and title in _NAME_RULES:
+        return f"{subject}: {json_text(error.instance)} is not {_NAME_RULES[title]}"
     return f"{subject}: {json_message(error)}"
+
+
+# What the schema's name patterns ($defs.node_id, $defs.error_name) allow, by title.
+_NAME_RULES: dict[str, str] = {
+    "Node id": (
+        'a node id; an id is a letter or "_", then letters, digits, "_", "." or "-" '
+        '(no space, "/" or line break)'
+    ),
+    "Error name": 'an error name; write the name of an exception class, such as "ValueError"',
+}
 
 
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -457,3 +458,34 @@ def test_a_long_recursive_chain_of_subpipelines_is_named_in_short() -> None:
     assert "(s0 -> s1 -> s2 -> s3 -> s4 -> ... -> s36 -> s37 -> s38 -> s39 -> s0)" in (
         problem.message
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("nodes", 8, "id"), "end\n"),
+        (("entry",), "start\n"),
+        (("nodes", 0, "on_error", 0, "errors", 0), "ValueError\n"),
+        (("nodes", 0, "next"), "choose\n"),
+    ],
+    ids=["id", "entry", "error name", "edge"],
+)
+def test_a_trailing_newline_does_not_pass_for_a_name(path: tuple[Any, ...], value: str) -> None:
+    # Python's re matches $ before a final newline: jsonschema took "end\n" for
+    # a node id (the loader then ran it) where JSON Schema's regexes, and the
+    # compiled fast check, refuse it.
+    import jsonschema_rs
+
+    document = full_document()
+    parent: Any = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    assert not FULL.is_valid(document)
+    assert not jsonschema_rs.Draft202012Validator(load_schema("pipeline")).is_valid(document)
+    found = problems(document)
+    where = "$" + "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path)
+    messages = [p.message for p in found if p.location == where]
+    # a node id / an error name, and what one is; not the pattern
+    assert any(f"{json.dumps(value)} is not a" in m for m in messages), messages
+    assert not any("(?!" in m for m in messages)
