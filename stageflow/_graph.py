@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 import attrs
@@ -69,6 +70,26 @@ class EdgeKind(enum.StrEnum):
 
 # Edge kinds that start a new path (a branch, an item) instead of continuing this one.
 _OPENING = frozenset({EdgeKind.BRANCH, EdgeKind.BODY})
+
+# Most names a message lists: a problem repeated for each of thousands of
+# nodes must not list thousands of ids each (text quadratic in the document).
+_LISTED: Final = 20
+# Id comparisons the "did you mean" hints of one graph may spend: difflib
+# compares a missing id with every id, so thousands of dangling edges among
+# thousands of nodes took minutes. Past it, edges get no hint.
+_GUESS_BUDGET: Final = 200_000
+# Longer missing ids get no hint (difflib's full comparison is quadratic in length).
+_GUESS_LENGTH: Final = 100
+
+
+def listing(names: Iterable[str], empty: str = "none") -> str:
+    """``names`` sorted and joined for a message; past :data:`_LISTED` of them, a count."""
+    ordered = sorted(names)
+    if not ordered:
+        return empty
+    if len(ordered) <= _LISTED:
+        return ", ".join(ordered)
+    return f"{', '.join(ordered[:_LISTED])} and {len(ordered) - _LISTED} more"
 
 
 @attrs.frozen(order=True)
@@ -191,9 +212,80 @@ def node_writes(node: Node) -> set[str]:
     return written
 
 
-def _region_writes(start: str, index: Mapping[str, Node], stop: str | None) -> set[str]:
-    region = walk([start], index, region_edges, stop)
-    return {path for member in region for path in node_writes(index[member])}
+class _Regions:
+    """The regions of one graph and what they write, each worked out once.
+
+    Many maps may share one body and many parallel nodes one branch: walking
+    the region again for each made loading quadratic in the graph's size.
+    """
+
+    def __init__(self, index: Mapping[str, Node]) -> None:
+        self.index = index
+        # Each node's edges, once: edges() builds them anew at every call.
+        self._all = {node_id: all_edges(node) for node_id, node in index.items()}
+        self._inside = {node_id: region_edges(node) for node_id, node in index.items()}
+        self._bodies: dict[str, frozenset[str]] = {}
+        self._writes: dict[tuple[str, str | None], frozenset[str]] = {}
+        self._inside_of: dict[str, frozenset[str]] = {}
+        self._written: dict[str, set[str]] = {}
+        self._prefixes: dict[str, set[str]] = {}
+
+    def walk_inside(self, start: Iterable[str]) -> set[str]:
+        """:func:`walk` through :func:`region_edges`."""
+        return walk(start, self.index, lambda node: self._inside[node.id])
+
+    def body(self, start: str) -> frozenset[str]:
+        """Every node a map body starting at ``start`` may run (nested bodies included)."""
+        found = self._bodies.get(start)
+        if found is None:
+            found = frozenset(walk([start], self.index, lambda node: self._all[node.id]))
+            self._bodies[start] = found
+        return found
+
+    def writes(self, start: str, stop: str | None) -> frozenset[str]:
+        """The paths written in the context of the region from ``start``, not passing ``stop``."""
+        if stop is not None and stop not in self._region(start, None):
+            stop = None  # the same region: parallel nodes sharing a branch share its writes
+        key = (start, stop)
+        found = self._writes.get(key)
+        if found is None:
+            found = frozenset(
+                path for member in self._region(start, stop) for path in self._node_writes(member)
+            )
+            self._writes[key] = found
+        return found
+
+    def overlaps_writes(self, start: str, path: str) -> bool:
+        """Whether the region from ``start`` writes ``path``, a path inside it or around it.
+
+        :func:`overlaps` against each path written, in the time of ``path``'s segments.
+        """
+        prefixes = self._prefixes.get(start)
+        if prefixes is None:
+            prefixes = set()
+            for written in self.writes(start, None):
+                parts = written.split(".")
+                prefixes.update(".".join(parts[:cut]) for cut in range(1, len(parts) + 1))
+            self._prefixes[start] = prefixes
+        if path in prefixes:  # written there or inside it
+            return True
+        exact = self.writes(start, None)
+        parts = path.split(".")
+        return any(".".join(parts[:cut]) in exact for cut in range(1, len(parts)))
+
+    def _region(self, start: str, stop: str | None) -> AbstractSet[str]:
+        if stop is not None:
+            return walk([start], self.index, lambda node: self._inside[node.id], stop)
+        found = self._inside_of.get(start)
+        if found is None:
+            found = self._inside_of[start] = frozenset(self.walk_inside([start]))
+        return found
+
+    def _node_writes(self, node_id: str) -> set[str]:
+        found = self._written.get(node_id)
+        if found is None:
+            found = self._written[node_id] = node_writes(self.index[node_id])
+        return found
 
 
 def overlaps(a: str, b: str) -> bool:
@@ -236,15 +328,16 @@ def check_graph(
         else:
             where[node.id] = i
     index = {node.id: node for node in reversed(nodes)}
-    known = ", ".join(sorted({*index, *other_ids})) or "none"
+    known = listing({*index, *other_ids})
     entry = doc["entry"]
     if entry not in index and entry not in other_ids:
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
     ids = {*index, *other_ids}  # once: per node it made loading quadratic
     meant: dict[str, list[str]] = {}  # node id -> the ids its mistyped edges likely meant
+    nearest = _Nearest(ids)
     for i, node in zip(at, nodes, strict=True):
-        for problem, guess in _check_edges(i, node, ids, known):
+        for problem, guess in _check_edges(i, node, ids, known, nearest):
             if guess is not None:
                 meant.setdefault(node.id, []).append(guess)
             yield problem
@@ -302,8 +395,9 @@ def check_graph(
             f"any run may nest ({MAX_NESTING}, the largest limits.max_depth); flatten them",
         )
         return
-    yield from _check_maps(nodes, index, where, entry)
-    yield from _check_branch_writes(doc, nodes, index, where)
+    regions = _Regions(index)
+    yield from _check_maps(nodes, regions, where, entry)
+    yield from _check_branch_writes(doc, nodes, regions, where)
 
 
 def _nesting(entry: str, index: Mapping[str, Node]) -> tuple[int, str]:
@@ -360,7 +454,7 @@ def _check_exits(
     can_end = walk(ends, index, lambda n: tuple(callers.get(n.id, ())))
     stuck = sorted(reachable - can_end, key=lambda n: where.get(n, 0))
     if stuck:
-        names = ", ".join(repr(n) for n in stuck)
+        names = listing(repr(n) for n in stuck)
         yield Problem(
             f"$.nodes[{where[stuck[0]]}]",
             f"no path from {names} ever ends: every way on from "
@@ -370,20 +464,40 @@ def _check_exits(
         )
 
 
+class _Nearest:
+    """The id a missing one likely meant, within :data:`_GUESS_BUDGET` comparisons."""
+
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = ids
+        self.budget = _GUESS_BUDGET
+        self.found: dict[str, str | None] = {}
+
+    def __call__(self, missing: str) -> str | None:
+        if missing in self.found:
+            return self.found[missing]
+        near = None
+        if len(missing) <= _GUESS_LENGTH and len(self.ids) <= self.budget:
+            self.budget -= len(self.ids)
+            close = difflib.get_close_matches(missing, self.ids, n=1)
+            near = close[0] if close else None
+        self.found[missing] = near
+        return near
+
+
 def _check_edges(
-    i: int, node: Node, ids: set[str], known: str
+    i: int, node: Node, ids: set[str], known: str, nearest: Callable[[str], str | None]
 ) -> Iterator[tuple[Problem, str | None]]:
     """Each edge to a missing node: the problem, and the id it likely meant (or ``None``)."""
     for edge in edges(node):
         if edge.target not in ids:
-            near = difflib.get_close_matches(edge.target, ids, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
+            near = nearest(edge.target)
+            hint = f"did you mean {near!r}? " if near is not None else ""
             problem = Problem(
                 f"$.nodes[{i}].{edge.field}",
                 f"{node.type} node {node.id!r} points at {edge.target!r}, which is not a node; "
                 f"{hint}use one of: {known}",
             )
-            yield problem, near[0] if near else None
+            yield problem, near
 
 
 def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:
@@ -457,56 +571,70 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
 
 
 def _check_maps(
-    nodes: tuple[Node, ...], index: Mapping[str, Node], where: Mapping[str, int], entry: str
+    nodes: tuple[Node, ...], regions: _Regions, where: Mapping[str, int], entry: str
 ) -> Iterator[Problem]:
+    index = regions.index
     maps = [node for node in nodes if isinstance(node, MapNode) and node.body in index]
     if not maps:
         return
-    outside = walk([entry], index, region_edges)
+    outside = regions.walk_inside([entry])
+    shared: dict[str, list[str]] = {}  # body -> its nodes that also run outside, once per body
+    ends: dict[str, list[str]] = {}  # body -> its terminal nodes
     for node in maps:
         i = where[node.id]
-        region = walk([node.body], index, all_edges)
-        escaped = sorted(region & outside) if node.id not in region else [node.id]
+        region = regions.body(node.body)
+        if node.body not in shared:
+            shared[node.body] = sorted(region & outside)
+            ends[node.body] = sorted(n for n in region if isinstance(index[n], TerminalNode))
+        escaped = shared[node.body] if node.id not in region else [node.id]
         if escaped:
             yield Problem(
                 f"$.nodes[{i}].body",
-                f"map node {node.id!r}: its body reaches {', '.join(repr(e) for e in escaped)}, "
+                f"map node {node.id!r}: its body reaches {listing(repr(e) for e in escaped)}, "
                 "which also runs outside the map; a body is a closed region: give it its own "
                 "nodes and end it with a node without 'next'",
             )
             continue
-        terminals = sorted(n for n in region if isinstance(index[n], TerminalNode))
+        terminals = ends[node.body]
         if terminals:
             yield Problem(
                 f"$.nodes[{i}].body",
                 f"map node {node.id!r}: its body contains terminal node(s) "
-                f"{', '.join(repr(t) for t in terminals)}; an item ends at a node without "
+                f"{listing(repr(t) for t in terminals)}; an item ends at a node without "
                 "'next' instead",
             )
-        written = _region_writes(node.body, index, None) | {node.item_path, node.index_path}
+        own = {node.item_path, node.index_path}
         for source in node.collect:
-            if not any(overlaps(source, path) for path in written):
+            if not regions.overlaps_writes(node.body, source) and not any(
+                overlaps(source, path) for path in own
+            ):
+                written = regions.writes(node.body, None) | own
                 yield Problem(
                     f"$.nodes[{i}].collect.{source}",
                     f"map node {node.id!r} collects {source!r}, which no node of its body "
-                    f"writes (the body writes: {', '.join(sorted(written))}); fix the path",
+                    f"writes (the body writes: {listing(written)}); fix the path",
                 )
 
 
 def _check_branch_writes(
     doc: Mapping[str, Any],
     nodes: tuple[Node, ...],
-    index: Mapping[str, Node],
+    regions: _Regions,
     where: Mapping[str, int],
 ) -> Iterator[Problem]:
-    reducers: Mapping[str, str] = doc.get("reducers", {})
+    reducers = doc.get("reducers", {})
+    if not isinstance(reducers, Mapping):
+        # Reported by the schema; the writes are checked as if there were none.
+        reducers = {}
+    found: dict[tuple[frozenset[str], ...], dict[str, tuple[int, int]]] = {}
     for node in nodes:
         if not isinstance(node, ParallelNode) or node.merge is not MergeStrategy.ERROR:
             continue
         children = node.children
-        clashes = _write_clashes(
-            [_region_writes(child, index, node.next) for child in children], reducers
-        )
+        writes = tuple(regions.writes(child, node.next) for child in children)
+        clashes = found.get(writes)
+        if clashes is None:  # parallel nodes with the same branches clash alike: once
+            clashes = found[writes] = _write_clashes(writes, reducers)
         for (a, b), shared in sorted((pair, path) for path, pair in clashes.items()):
             yield Problem(
                 f"$.nodes[{where[node.id]}].children",
@@ -518,7 +646,7 @@ def _check_branch_writes(
 
 
 def _write_clashes(
-    writes: list[set[str]], reducers: Mapping[str, str]
+    writes: Sequence[AbstractSet[str]], reducers: Mapping[str, str]
 ) -> dict[str, tuple[int, int]]:
     """Paths two branches can both write (or one a path inside the other's): path -> branches.
 

@@ -28,7 +28,7 @@ import yaml
 from cattrs.gen import make_dict_structure_fn, override
 
 from stageflow._errors import DefinitionError, PipelineValidationError, Problem
-from stageflow._graph import check_graph
+from stageflow._graph import check_graph, listing
 from stageflow._guard import (
     MAX_NESTING,
     BudgetError,
@@ -174,7 +174,20 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
             'dotted keys and list indexes such as "order.items.0.sku": no empty segment, '
             "so no leading, trailing or double dot"
         )
+    title = error.schema.get("title") if isinstance(error.schema, Mapping) else None
+    if keyword == "pattern" and title in _NAME_RULES:
+        return f"{subject}: {json_text(error.instance)} is not {_NAME_RULES[title]}"
     return f"{subject}: {json_message(error)}"
+
+
+# What the schema's name patterns ($defs.node_id, $defs.error_name) allow, by title.
+_NAME_RULES: dict[str, str] = {
+    "Node id": (
+        'a node id; an id is a letter or "_", then letters, digits, "_", "." or "-" '
+        '(no space, "/" or line break)'
+    ),
+    "Error name": 'an error name; write the name of an exception class, such as "ValueError"',
+}
 
 
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
@@ -562,19 +575,36 @@ def parse_document(
     raise error([problem], source=source)
 
 
-def _flatten(exc: BaseException) -> Iterator[str]:
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            yield from _flatten(sub)
-    else:
-        yield str(exc)
+# Model attributes whose document key is a Python keyword.
+_DOCUMENT_KEYS: dict[str, str] = {"if_": "if", "else_": "else"}
 
 
-def _limit_errors(exc: cattrs.BaseValidationError) -> Iterator[tuple[str, BaseException]]:
-    """``(limit name, error)`` of each limit cattrs could not structure."""
-    for sub in exc.exceptions:
-        names = [n.name for n in getattr(sub, "__notes__", ()) if hasattr(n, "name")]
-        yield (names[0] if names else "?"), sub
+def _structure_problems(exc: BaseException, where: str) -> list[Problem]:
+    """Each value cattrs could not structure, located under ``where`` (``$.nodes[3]``).
+
+    The schema refuses what the model cannot hold, so this is a safety net: a
+    gap between them is a located problem, not a crash or a message at ``$``.
+    """
+    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        problems: list[Problem] = []
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            if isinstance(note, cattrs.AttributeValidationNote):
+                inner = f"{where}.{_DOCUMENT_KEYS.get(note.name, note.name)}"
+            else:
+                inner = f"{where}[{note.index}]"
+            problems += _structure_problems(sub, inner)
+        for sub in without:
+            problems += _structure_problems(sub, where)
+        return problems
+    if isinstance(exc, KeyError):
+        return [Problem(where, "this field is required; add it")]
+    fix = "write a smaller number" if isinstance(exc, OverflowError) else "fix the value"
+    return [Problem(where, f"cannot read this value: {exc}; {fix}")]
+
+
+# Subpipelines a recursion message names at each end of its chain.
+_CHAIN_SHOWN = 5
 
 
 class _Invalid(Exception):
@@ -603,12 +633,7 @@ class _Loader:
         except cattrs.BaseValidationError as exc:
             # What the schema lets through and Limits refuses (a duration
             # past the largest float): each refusal names its limit.
-            raise _Invalid(
-                [
-                    Problem(f"$.limits.{name}", f"{error}; write a smaller number")
-                    for name, error in _limit_errors(exc)
-                ]
-            ) from None
+            raise _Invalid(_structure_problems(exc, "$.limits")) from None
         # graph location ("$", "$.subpipelines.page", ...) -> its pieces
         self.docs: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, tuple[Node, ...]] = {}
@@ -619,17 +644,16 @@ class _Loader:
         if self.problems:
             raise _Invalid(self.problems)
         for prefix, graph_doc in self.docs.items():
-            try:
-                nodes: tuple[Node, ...] = tuple(
-                    _converter.structure(n, Node)  # type: ignore[arg-type]
-                    for n in graph_doc["nodes"]
-                )
-            except (cattrs.BaseValidationError, ValueError, KeyError) as exc:
-                # The schema should have caught this; report it instead of crashing.
-                self.problems += [
-                    Problem(prefix, f"cannot read the document: {m}") for m in _flatten(exc)
-                ]
+            structured: list[Node] = []
+            for i, raw in enumerate(graph_doc["nodes"]):
+                try:
+                    structured.append(_converter.structure(raw, Node))  # type: ignore[arg-type]
+                except (cattrs.BaseValidationError, ValueError, KeyError, TypeError) as exc:
+                    # The schema should have caught this; report it instead of crashing.
+                    self.problems += _structure_problems(exc, f"{prefix}.nodes[{i}]")
+            if len(structured) < len(graph_doc["nodes"]):
                 continue
+            nodes = tuple(structured)
             self.nodes[prefix] = nodes
             self.problems += _reroot(prefix, check_graph(graph_doc, nodes, self.registry))
         if self.problems:
@@ -669,6 +693,7 @@ class _Loader:
     def _resolve_calls(self) -> dict[str, dict[str, tuple[str, str]]]:
         """Graph -> {subpipeline node id: (target graph, node location)}."""
         calls: dict[str, dict[str, tuple[str, str]]] = {}
+        returned: dict[str, set[str]] = {}  # subpipeline -> the artifacts its terminals return
         for prefix, nodes in self.nodes.items():
             calls[prefix] = {}
             for i, node in enumerate(nodes):
@@ -684,22 +709,24 @@ class _Loader:
                     None,
                 )
                 if target is None:
-                    visible = sorted(
+                    visible = {
                         name
                         for container in self.scopes[prefix]
                         for name in self.docs[container].get("subpipelines", {})
-                    )
+                    }
                     self.problems.append(
                         Problem(
                             f"{location}.pipeline",
                             f"subpipeline node {node.id!r} runs {node.pipeline!r}, which is not "
-                            f"declared (declared: {', '.join(visible) or 'none'}); declare it "
+                            f"declared (declared: {listing(visible)}); declare it "
                             'under "subpipelines" or fix the id',
                         )
                     )
                     continue
                 calls[prefix][node.id] = (target, location)
-                yield_artifacts = self._terminal_artifacts(target)
+                if target not in returned:  # once per subpipeline, not per call
+                    returned[target] = self._terminal_artifacts(target)
+                yield_artifacts = returned[target]
                 for artifact in node.artifacts:
                     if artifact not in yield_artifacts:
                         self.problems.append(
@@ -707,7 +734,7 @@ class _Loader:
                                 f"{location}.artifacts.{artifact}",
                                 f"subpipeline node {node.id!r}: no terminal of {node.pipeline!r} "
                                 f"returns artifact {artifact!r} (they return: "
-                                f"{', '.join(sorted(yield_artifacts)) or 'none'}); fix the path",
+                                f"{listing(yield_artifacts)}); fix the path",
                             )
                         )
         return calls
@@ -733,7 +760,10 @@ class _Loader:
             prefix, children, deepest = walking[-1]
             for node_id, (target, location) in children:
                 if target in on_path:
-                    chain = " -> ".join(p.rsplit(".", 1)[-1] for p in (*path[1:], target))
+                    names = [p.rsplit(".", 1)[-1] for p in (*path[1:], target)]
+                    if len(names) > 2 * _CHAIN_SHOWN:  # one cycle per call: keep each message short
+                        names[_CHAIN_SHOWN:-_CHAIN_SHOWN] = ["..."]
+                    chain = " -> ".join(names)
                     self.problems.append(
                         Problem(
                             f"{location}.pipeline",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -151,6 +152,9 @@ def json_message(error: jsonschema.ValidationError) -> str:
         return f"{got} is not allowed here; the only allowed value is {json_text(expected)}"
     if keyword == "pattern":
         return f"{got} does not match the pattern {json_text(expected)}"
+    if keyword == "maximum" and expected == sys.float_info.max:
+        # The schemas' bound on a number a float must hold (a duration, a delay).
+        return f"{got} is too large: a number here must fit a float (at most {expected!r})"
     if keyword in _BOUNDS:
         return f"{got} is {_BOUNDS[keyword]} {json_text(expected)}"
     if keyword in ("minLength", "minItems", "minProperties"):

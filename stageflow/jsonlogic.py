@@ -61,7 +61,8 @@ Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
 - ``==``, ``===`` and ``in`` compare arrays and objects by value. JavaScript
   compares them by identity, which means nothing for JSON data.
 - A fixed-arity operator given the wrong number of arguments raises
-  ``JsonLogicError``, e.g. ``{">": [1]}``.
+  ``JsonLogicError``, e.g. ``{">": [1]}``. The count is that of the rule's
+  arguments, never of data, so :func:`check` finds it before evaluation.
 - Non-JSON values are opaque objects: truthy, never equal to anything but
   themselves. ``tuple`` counts as an array and any ``Mapping`` as an object, so
   frozen rules and read-only views of data (such as a ``ChainMap``) work.
@@ -240,17 +241,24 @@ def unknown_operator_error(name: Any) -> JsonLogicError:
     )
 
 
-def _args(raw: Any, name: str, low: int = 0, high: int = _MANY) -> Sequence[Any]:
+def _args(raw: Any, name: str) -> Sequence[Any]:
     args: Sequence[Any] = raw if type(raw) is list or type(raw) is tuple else (raw,)
+    low, high = _ARITY.get(name, _ANY_COUNT)
     if low <= len(args) <= high:
         return args
+    raise JsonLogicError(_arity_message(name, len(args)))
+
+
+def _arity_message(name: str, got: int) -> str:
+    """What :func:`apply` and :func:`check` say of ``got`` arguments to a fixed-arity operator."""
+    low, high = _ARITY[name]
     count = f"{low}" if low == high else f"{low} to {high}"
     if high == _MANY:
         count = f"at least {low}"
-    raise JsonLogicError(
+    return (
         f"JsonLogic operator {name!r} takes {count} argument"
         f"{'' if count in ('1', 'at least 1') else 's'}, "
-        f"got {len(args)}; write it as {_USAGE[name]}"
+        f"got {got}; write it as {_USAGE[name]}"
     )
 
 
@@ -495,7 +503,7 @@ def compare_values(a: Any, b: Any, cmp: Callable[[Any, Any], bool]) -> bool:
 def _binary(name: str, fn: Callable[[Any, Any], Any]) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> Any:
         if (type(raw) is not list and type(raw) is not tuple) or len(raw) != 2:
-            raw = _args(raw, name, 2, 2)
+            raw = _args(raw, name)
         return fn(_eval(raw[0], data, depth), _eval(raw[1], data, depth))
 
     return op
@@ -503,7 +511,7 @@ def _binary(name: str, fn: Callable[[Any, Any], Any]) -> _Op:
 
 def _between(name: str, cmp: Callable[[Any, Any], bool]) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> bool:
-        args = _args(raw, name, 2, 3)
+        args = _args(raw, name)
         a, b = _eval(args[0], data, depth), _eval(args[1], data, depth)
         if len(args) == 2:
             return compare_values(a, b, cmp)
@@ -516,7 +524,7 @@ def _between(name: str, cmp: Callable[[Any, Any], bool]) -> _Op:
 def _unary(name: str, fn: Callable[[Any], Any]) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> Any:
         if type(raw) is list or type(raw) is tuple:
-            raw = _args(raw, name, 1, 1)[0]
+            raw = _args(raw, name)[0]
         return fn(_eval(raw, data, depth))
 
     return op
@@ -559,7 +567,7 @@ def _op_var(raw: Any, data: Any, depth: int) -> Any:
         if raw and "." not in raw:
             return step_into(data, raw, None)
         return lookup_path(data, raw, None)
-    args = _args(raw, "var", 0, 2)
+    args = _args(raw, "var")
     if not args:
         return data
     default = _eval(args[1], data, depth) if len(args) == 2 else None
@@ -581,7 +589,7 @@ def _op_missing(raw: Any, data: Any, depth: int) -> list[Any]:
 
 
 def _op_missing_some(raw: Any, data: Any, depth: int) -> list[Any]:
-    args = _args(raw, "missing_some", 2, 2)
+    args = _args(raw, "missing_some")
     need, keys = _eval(args[0], data, depth), _eval(args[1], data, depth)
     missing = _missing_keys(data, keys if _is_array(keys) else [keys])
     if not _is_array(keys) and type(keys) is not str:
@@ -634,7 +642,7 @@ def _op_add(raw: Any, data: Any, depth: int) -> int | float:
 
 
 def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
-    args = _args(raw, "*", 1)
+    args = _args(raw, "*")
     product = _bounded(_to_number(_eval(args[0], data, depth)))
     try:
         for arg in args[1:]:
@@ -645,7 +653,7 @@ def _op_multiply(raw: Any, data: Any, depth: int) -> int | float:
 
 
 def _op_subtract(raw: Any, data: Any, depth: int) -> int | float:
-    args = _args(raw, "-", 1, 2)
+    args = _args(raw, "-")
     a = _bounded(_to_number(_eval(args[0], data, depth)))
     try:
         if len(args) == 1:
@@ -699,7 +707,7 @@ def _op_cat(raw: Any, data: Any, depth: int) -> str:
 
 
 def _op_substr(raw: Any, data: Any, depth: int) -> str:
-    args = _args(raw, "substr", 2, 3)
+    args = _args(raw, "substr")
     text = _to_string(_eval(args[0], data, depth))
     start = _to_int(_eval(args[1], data, depth))
     if start < 0:
@@ -749,7 +757,7 @@ def _sized(name: str, built: _Sized) -> _Sized:
 
 def _over_array(name: str) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> Any:
-        args = _args(raw, name, 2, 2)
+        args = _args(raw, name)
         items, rule = _eval(args[0], data, depth), args[1]
         if not _is_array(items):
             items = ()
@@ -766,7 +774,7 @@ def _over_array(name: str) -> _Op:
 
 
 def _op_reduce(raw: Any, data: Any, depth: int) -> Any:
-    args = _args(raw, "reduce", 2, 3)
+    args = _args(raw, "reduce")
     items = _eval(args[0], data, depth)
     rule = args[1]
     accumulator = _eval(args[2], data, depth) if len(args) == 3 else None
@@ -830,6 +838,20 @@ OPERATOR_TABLE: Final[dict[str, _Op]] = {
 OPERATORS: Final[frozenset[str]] = frozenset(OPERATOR_TABLE)
 """The names of every supported operator."""
 
+_ANY_COUNT: Final = (0, _MANY)
+# (fewest, most) arguments of each operator that limits them; the others take any number.
+_ARITY: Final[dict[str, tuple[int, int]]] = {
+    **{name: (2, 2) for name in BINARY_OPS},
+    **{name: (2, 3) for name in BETWEEN_OPS},
+    **{name: (1, 1) for name in UNARY_OPS},
+    **{name: (2, 2) for name in ("map", "filter", "all", "some", "none", "missing_some")},
+    "var": (0, 2),
+    "*": (1, _MANY),
+    "-": (1, 2),
+    "substr": (2, 3),
+    "reduce": (2, 3),
+}
+
 _USAGE: Final[dict[str, str]] = {
     **{name: f'{{"{name}": [a, b]}}' for name in ("==", "===", "!=", "!==", ">", ">=", "/", "%")},
     **{name: f'{{"{name}": [a, b]}} or {{"{name}": [a, b, c]}}' for name in ("<", "<=")},
@@ -851,7 +873,10 @@ def check(rule: Any) -> list[tuple[str, str]]:
     Returns ``(location, message)`` pairs, the location relative to the rule
     (``""`` for the rule itself, ``.and[1]`` for an argument): unknown
     operators (every one-key object is an operation, as :func:`apply` treats
-    it) and nesting deeper than :data:`MAX_DEPTH`. Reads the rule only.
+    it), operators given a wrong number of arguments and nesting deeper than
+    :data:`MAX_DEPTH`: every error :func:`apply` can raise that does not depend
+    on the data, wherever it is in the rule (a branch ``apply`` would not take
+    included). Reads the rule only.
     """
     problems: list[tuple[str, str]] = []
     # Levels as evaluation counts them: an operation and an array literal are
@@ -875,6 +900,10 @@ def check(rule: Any) -> list[tuple[str, str]]:
                         )
                     )
                     continue
+                count = len(args) if isinstance(args, list | tuple) else 1
+                low, high = _ARITY.get(name, _ANY_COUNT)
+                if not low <= count <= high:
+                    problems.append((where, _arity_message(name, count)))
                 if isinstance(args, list | tuple):
                     stack.extend(
                         (f"{where}.{name}[{i}]", item, depth + 1) for i, item in enumerate(args)
