@@ -365,3 +365,46 @@ async def test_a_keyboard_interrupt_cancels_the_spans_it_crosses(
         assert _attr(span, "stageflow.outcome") == "cancelled", name
         assert _attr(span, "stageflow.cancel.reason") == "cancelled", name
         assert span.status.status_code is StatusCode.UNSET, name
+
+
+async def test_a_cancelled_wait_span_says_why(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # The wait span was the one cancelled span without stageflow.cancel.reason.
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry),
+        registry=registry,
+        tracer_provider=provider,
+        trace_wait_threshold=None,  # not cut: the wait span is open when cancel() comes
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "answer")
+        session.cancel()
+    spans = exporter.get_finished_spans()
+    for name in ("wait answer", "stage ask", "run pipeline"):
+        span = _one(spans, name)
+        assert _attr(span, "stageflow.outcome") == "cancelled", name
+        assert _attr(span, "stageflow.cancel.reason") == "session_cancelled", name
+
+
+async def test_a_wait_that_timed_out_is_an_error_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # The wait span said timed_out with status UNSET and no error.type.
+    document = doc([stage("ask", "Wait", next="end"), terminal()])
+    document["nodes"][0]["config"] = {"input": "answer", "timeout": 0.05}
+    result = await _run(document, provider)
+    assert result.status is stageflow.SessionStatus.FAILED
+    spans = exporter.get_finished_spans()
+    for name in ("wait answer", "stage ask"):
+        span = _one(spans, name)
+        assert _attr(span, "stageflow.outcome") == "timed_out", name
+        assert span.status.status_code is StatusCode.ERROR, name
+        assert _attr(span, "error.type") == "stageflow.InputTimeoutError", name
+    # Recorded once, where it was raised: the wait.
+    with_exception = [s.name for s in spans if any(e.name == "exception" for e in s.events)]
+    assert with_exception == ["wait answer"]
+    [timed_out] = [e for e in result.history if e.type == "input_timeout"]
+    assert timed_out.span_id == f"{_one(spans, 'stage ask').context.span_id:016x}"
