@@ -419,7 +419,14 @@ class Run:
         self._live += change
         if change < 0 and self._suspend and not settled:
             self.check_idle()
-        elif change < 0 and self.runtime.long_blocks:
+        elif (
+            change < 0
+            and self.runtime.long_blocks
+            and anyio.current_effective_deadline() > anyio.current_time()
+        ):
+            # Not while the run is torn down (cancelled, past its deadline):
+            # the waits still counted are ending too, in the segment that
+            # the teardown started, not after a cut of their own.
             self.check_cut()
 
     def _segmenting(self) -> bool:
