@@ -349,6 +349,34 @@ async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -
     ]
 
 
+async def test_a_crash_snapshot_restored_twice_rebuilds_its_spans_once(traced: Traced) -> None:
+    # Each restore exported the open spans again: the same span ids twice.
+    session, registry = _session(CRASHY, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        await _until_started(session, "b")
+        snapshot = json.loads(json.dumps(session.to_dict()))
+        exported_before_crash = traced.spans()
+        tg.cancel_scope.cancel()
+    after = Traced()
+    for _ in range(2):  # the first restored run did not get far enough to be stored again
+        restored = stageflow.Session.from_dict(
+            snapshot, registry=registry, tracer_provider=after.provider
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restored.run)
+            await wait_until_waiting(restored, "go")
+            restored.send_input("go", {})
+    after.provider.shutdown()
+    everything = exported_before_crash + after.spans()
+    assert orphans(everything) == []
+    rebuilt = [s for s in after.spans() if _attr(s, "stageflow.span.rebuilt")]
+    assert len(rebuilt) == len(snapshot["trace"]["open"])
+    ids = [(s.context.trace_id, s.context.span_id) for s in everything]
+    assert len(ids) == len(set(ids))
+
+
 async def test_a_snapshot_keeps_the_attributes_a_stage_set_that_it_can_restore(
     traced: Traced,
 ) -> None:
