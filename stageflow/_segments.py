@@ -25,6 +25,7 @@ generators (``stageflow.tracing`` installs one) ask :func:`wanted_ids` first.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, Final, TypedDict, final
@@ -59,6 +60,13 @@ _LINK_KIND: Final = "stageflow.link.kind"
 _WANTED: Final[ContextVar[tuple[int, int] | None]] = ContextVar(
     "stageflow_wanted_span_ids", default=None
 )
+
+
+# The spans rebuilt so far, per id generator (one per provider): a snapshot
+# restored again in the same process does not export its spans twice. Past
+# the bound (a bound, not a tuning knob) the record starts over.
+_REBUILT: Final[weakref.WeakKeyDictionary[Any, set[tuple[int, int]]]] = weakref.WeakKeyDictionary()
+_REBUILT_MAX: Final = 65536
 
 
 def wanted_ids() -> tuple[int, int] | None:
@@ -347,11 +355,15 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
     was known to be open) with ``stageflow.outcome = interrupted``. A
     provider whose id generator does not honour :func:`wanted_ids` gets
     nothing: a span that did not get its id is left unended, so never
-    exported, and the rebuild stops.
+    exported, and the rebuild stops. A span this provider rebuilt already
+    (the same snapshot restored again in this process) is skipped.
     """
     done = 0
+    rebuilt = _rebuilt(tracer)
     for record in spans:
         trace_id, span_id = int(record["trace_id"], 16), int(record["span_id"], 16)
+        if rebuilt is not None and (trace_id, span_id) in rebuilt:
+            continue
         parent_id = record["parent_span_id"]
         if parent_id is None:
             context = otel_context.Context()
@@ -375,5 +387,21 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
         if (got.trace_id, got.span_id) != (trace_id, span_id):
             return done
         span.end(end_time=max(end, record["start"]))
+        if rebuilt is not None:
+            rebuilt.add((trace_id, span_id))
         done += 1
     return done
+
+
+def _rebuilt(tracer: Tracer) -> set[tuple[int, int]] | None:
+    """The spans rebuilt through ``tracer``'s id generator (``None``: no SDK tracer)."""
+    generator = getattr(tracer, "id_generator", None)
+    if generator is None:
+        return None
+    try:
+        rebuilt = _REBUILT.setdefault(generator, set())
+    except TypeError:  # a generator that takes no weak reference: nothing kept
+        return None
+    if len(rebuilt) >= _REBUILT_MAX:
+        rebuilt.clear()
+    return rebuilt

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog.testing
-from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
+from fakes import doc, fake_registry, load, parallel, scaled, stage, terminal, wait_until_waiting
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -234,6 +234,44 @@ async def test_a_working_branch_keeps_the_segment_open_until_it_ends(traced: Tra
     assert orphans(traced.spans()) == []
 
 
+@pytest.mark.parametrize("ending", ["cancel", "outside", "deadline"])
+async def test_a_run_ended_in_a_cut_wait_ends_in_one_more_segment(
+    traced: Traced, ending: str
+) -> None:
+    # The first wait torn down ended its branch while the other still
+    # counted as waiting: that cut the trace again, so the teardown spread
+    # over two more segments, the first of them ending "waiting".
+    document = doc(
+        [parallel("fan", ["a", "b"], next="end"), _waiting("a"), _waiting("b"), terminal()],
+        limits={"timeout": scaled(10)} if ending == "deadline" else {},
+    )
+    session, _ = _session(document, traced, trace_wait_threshold=scaled(1))
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await session.run()
+
+        tg.start_soon(run)
+        await wait_until_waiting(session, "go", 2)
+        assert len({s.context.trace_id for s in traced.spans()}) == 1  # cut
+        if ending == "cancel":
+            session.cancel()
+        elif ending == "outside":
+            tg.cancel_scope.cancel()
+    spans = traced.spans()
+    assert orphans(spans) == []
+    roots = [s for s in spans if s.name == "run pipeline"]
+    assert [_attr(s, "stageflow.outcome") for s in roots] == [
+        "waiting",
+        {"cancel": "cancelled", "outside": "cancelled", "deadline": "timed_out"}[ending],
+    ]
+    assert len({s.context.trace_id for s in spans}) == 2
+    assert sorted(n for n in segment_tree(spans)[1] if n.startswith("stage")) == [
+        "stage a < branch fan/a",
+        "stage b < branch fan/b",
+    ]
+
+
 CRASHY = doc(
     [
         stage("first", "Set", next="fan", config={"values": {}}),
@@ -309,6 +347,34 @@ async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -
     assert [link.context.span_id for link in new_root.links] == [
         int(snapshot["trace"]["span_id"], 16)
     ]
+
+
+async def test_a_crash_snapshot_restored_twice_rebuilds_its_spans_once(traced: Traced) -> None:
+    # Each restore exported the open spans again: the same span ids twice.
+    session, registry = _session(CRASHY, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        await _until_started(session, "b")
+        snapshot = json.loads(json.dumps(session.to_dict()))
+        exported_before_crash = traced.spans()
+        tg.cancel_scope.cancel()
+    after = Traced()
+    for _ in range(2):  # the first restored run did not get far enough to be stored again
+        restored = stageflow.Session.from_dict(
+            snapshot, registry=registry, tracer_provider=after.provider
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restored.run)
+            await wait_until_waiting(restored, "go")
+            restored.send_input("go", {})
+    after.provider.shutdown()
+    everything = exported_before_crash + after.spans()
+    assert orphans(everything) == []
+    rebuilt = [s for s in after.spans() if _attr(s, "stageflow.span.rebuilt")]
+    assert len(rebuilt) == len(snapshot["trace"]["open"])
+    ids = [(s.context.trace_id, s.context.span_id) for s in everything]
+    assert len(ids) == len(set(ids))
 
 
 async def test_a_snapshot_keeps_the_attributes_a_stage_set_that_it_can_restore(

@@ -296,3 +296,115 @@ async def test_an_input_from_the_backlog_links_to_its_sender(
     await session.run()
     [link] = _one(exporter.get_finished_spans(), "stage ask").links
     assert link.context.span_id == sender.get_span_context().span_id
+
+
+class _Halt(BaseException):
+    """A stage's own BaseException: no Exception, and no cancellation either."""
+
+
+def _halting(raised: type[BaseException]) -> tuple[stageflow.StageRegistry, dict[str, Any]]:
+    registry = _registry()
+
+    @registry.register("Halt")
+    async def halt(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise raised("stop here")
+
+    document = doc(
+        [
+            parallel("fan", ["bad", "slow"], next="end"),
+            stage("bad", "Halt"),
+            stage("slow", "Hang"),
+            terminal(),
+        ]
+    )
+    return registry, document
+
+
+async def _run_until_raised(
+    registry: stageflow.StageRegistry, document: dict[str, Any], provider: TracerProvider
+) -> stageflow.Session:
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    with pytest.raises(BaseException) as raised:  # noqa: PT011 (which one is the test's point)
+        await session.run()
+    assert not isinstance(raised.value, Exception)
+    return session
+
+
+async def test_a_stages_own_base_exception_fails_the_spans_it_crosses(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # The stage's span said failed with no ERROR status and no error.type,
+    # and its branch said cancelled with no reason.
+    registry, document = _halting(_Halt)
+    session = await _run_until_raised(registry, document, provider)
+    assert session.status is stageflow.SessionStatus.FAILED
+    spans = exporter.get_finished_spans()
+    for name in ("stage bad", "branch fan/bad", "parallel fan"):
+        span = _one(spans, name)
+        assert _attr(span, "stageflow.outcome") == "failed", name
+        assert span.status.status_code is StatusCode.ERROR, name
+        assert _attr(span, "error.type") == f"{__name__}._Halt", name
+    assert _attr(_one(spans, "stage bad"), "stageflow.error.handled") is False
+    with_exception = [s.name for s in spans if any(e.name == "exception" for e in s.events)]
+    assert with_exception == ["stage bad"]
+    assert _one(spans, "run pipeline").status.status_code is StatusCode.ERROR
+
+
+@pytest.mark.trio_only  # asyncio's loop is not meant to survive a KeyboardInterrupt in a task
+async def test_a_keyboard_interrupt_cancels_the_spans_it_crosses(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry, document = _halting(KeyboardInterrupt)
+    session = await _run_until_raised(registry, document, provider)
+    assert session.status is stageflow.SessionStatus.CANCELLED  # as the session ends
+    spans = exporter.get_finished_spans()
+    for name in ("stage bad", "branch fan/bad", "parallel fan", "run pipeline"):
+        span = _one(spans, name)
+        assert _attr(span, "stageflow.outcome") == "cancelled", name
+        assert _attr(span, "stageflow.cancel.reason") == "cancelled", name
+        assert span.status.status_code is StatusCode.UNSET, name
+
+
+async def test_a_cancelled_wait_span_says_why(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # The wait span was the one cancelled span without stageflow.cancel.reason.
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry),
+        registry=registry,
+        tracer_provider=provider,
+        trace_wait_threshold=None,  # not cut: the wait span is open when cancel() comes
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "answer")
+        session.cancel()
+    spans = exporter.get_finished_spans()
+    for name in ("wait answer", "stage ask", "run pipeline"):
+        span = _one(spans, name)
+        assert _attr(span, "stageflow.outcome") == "cancelled", name
+        assert _attr(span, "stageflow.cancel.reason") == "session_cancelled", name
+
+
+async def test_a_wait_that_timed_out_is_an_error_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # The wait span said timed_out with status UNSET and no error.type.
+    document = doc([stage("ask", "Wait", next="end"), terminal()])
+    document["nodes"][0]["config"] = {"input": "answer", "timeout": 0.05}
+    result = await _run(document, provider)
+    assert result.status is stageflow.SessionStatus.FAILED
+    spans = exporter.get_finished_spans()
+    for name in ("wait answer", "stage ask"):
+        span = _one(spans, name)
+        assert _attr(span, "stageflow.outcome") == "timed_out", name
+        assert span.status.status_code is StatusCode.ERROR, name
+        assert _attr(span, "error.type") == "stageflow.InputTimeoutError", name
+    # Recorded once, where it was raised: the wait.
+    with_exception = [s.name for s in spans if any(e.name == "exception" for e in s.events)]
+    assert with_exception == ["wait answer"]
+    [timed_out] = [e for e in result.history if e.type == "input_timeout"]
+    assert timed_out.span_id == f"{_one(spans, 'stage ask').context.span_id:016x}"

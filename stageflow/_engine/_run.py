@@ -418,7 +418,14 @@ class Run:
         self._live += change
         if change < 0 and self._suspend and not settled:
             self.check_idle()
-        elif change < 0 and self.runtime.long_blocks:
+        elif (
+            change < 0
+            and self.runtime.long_blocks
+            and anyio.current_effective_deadline() > anyio.current_time()
+        ):
+            # Not while the run is torn down (cancelled, past its deadline):
+            # the waits still counted are ending too, in the segment that
+            # the teardown started, not after a cut of their own.
             self.check_cut()
 
     def _segmenting(self) -> bool:
@@ -773,12 +780,7 @@ class Run:
         ``cancelled``, with the reason. Any other (a stage's own BaseException)
         ends it ``failed``, with an error naming it.
         """
-        leaf = exc  # out of the task groups' exception groups (a branch's, a map item's)
-        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
-            leaf = next(
-                (e for e in leaf.exceptions if not is_cancellation(e, self.backend.cancelled)),
-                leaf.exceptions[0],
-            )
+        leaf = self._leaf(exc)
         node = self.current_node
         where = f" at node {node!r}" if node is not None else ""
         said = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
@@ -792,6 +794,31 @@ class Run:
         )
         error.__cause__ = leaf
         self._finish(SessionStatus.FAILED, error)
+
+    def _leaf(self, exc: BaseException) -> BaseException:
+        """``exc`` out of the task groups' exception groups (a branch's, a map item's)."""
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = next(
+                (e for e in leaf.exceptions if not is_cancellation(e, self.backend.cancelled)),
+                leaf.exceptions[0],
+            )
+        return leaf
+
+    def interruption(
+        self, exc: BaseException, path: str, failed: dict[str, Any] | None
+    ) -> tuple[str, BaseException | None, dict[str, Any] | None]:
+        """Outcome, error and last span attributes of a span ``exc`` ends (no cancellation).
+
+        As :meth:`_interrupted` ends the session: a KeyboardInterrupt or
+        SystemExit cancels the spans it crosses; any other BaseException (a
+        stage's own) fails them, with ``error.type`` and, where it was
+        raised, the ``exception`` event (``failed``: the attributes then).
+        """
+        leaf = self._leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt | SystemExit):
+            return "cancelled", None, {CANCEL_REASON: self.cancel_reason(path)}
+        return "failed", leaf, failed
 
     def clock(self) -> datetime.datetime:
         """The session's UTC clock for this run (moves with the event loop's clock)."""
@@ -996,7 +1023,7 @@ class Run:
         work: StageWork | None
         outputs: Any
         value: Any
-        error: Exception | None
+        error: BaseException | None
         span: ActiveSpan | None
         while node_id is not None and node_id != stop:
             node = index[node_id]
@@ -1212,6 +1239,10 @@ class Run:
                             {"node_type": node.type},
                             active_ids(span),
                         )
+                    else:  # KeyboardInterrupt, a stage's own BaseException
+                        outcome, error, ending = self.interruption(
+                            exc, path, {ERROR_HANDLED: False}
+                        )
                     raise
                 outcome = "succeeded"
                 frame.work = done  # a snapshot from here on resumes at the next node
@@ -1289,7 +1320,7 @@ class Run:
         # locals of a frame that waits is kept by every waiting session and
         # walked by the collector ("paused session" rows).
         outcome = "failed"
-        error: Exception | None = None
+        error: BaseException | None = None
         ending: dict[str, Any] | None = None  # span attributes known only at the end
         try:
             # The node span's ids given, not looked up: a stage that leaves
@@ -1331,6 +1362,10 @@ class Run:
                         frame.path,
                         {"node_type": node.type},
                         active_ids(span),
+                    )
+                else:  # KeyboardInterrupt, a stage's own BaseException
+                    outcome, error, ending = self.interruption(
+                        exc, frame.path, {ERROR_HANDLED: False}
                     )
                 raise
             outcome = "succeeded"
@@ -1421,7 +1456,7 @@ class Run:
         active = None if span is None or state.tracing is None else state.tracing.start(*span)
         history = state.history
         outcome = "cancelled"
-        error: Exception | None = None
+        error: BaseException | None = None
         ending: dict[str, Any] | None = None
         path = frame.path
         try:
@@ -1450,6 +1485,8 @@ class Run:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     settle(None, True)
                     history.record(kind.cancelled, node_id, frame.path, payload)
+                elif active is not None:  # KeyboardInterrupt, a stage's own BaseException
+                    outcome, error, ending = self.interruption(exc, frame.path, None)
                 raise
             outcome = "succeeded"
             settle(None, False)

@@ -35,6 +35,7 @@ from stageflow._pipeline import Pipeline
 from stageflow._segments import Segments
 from stageflow._specs import StageSpec, event_type_problem
 from stageflow._telemetry import (
+    CANCEL_REASON,
     INPUT_TYPE,
     OUTCOME,
     PIPELINE_NAME,
@@ -179,6 +180,9 @@ class RunHooks(Protocol):
     def check_cut(self) -> None:
         """A position starts a wait that may cut the trace into segments."""
 
+    def cancel_reason(self, path: str) -> str:
+        """Why the position at ``path`` is being cancelled (``stageflow.cancel.reason``)."""
+
 
 class StageRuntime:
     """Waits, sleeps and stage events for one run of a session."""
@@ -305,7 +309,7 @@ class StageRuntime:
         timer = work.timer
         if timer is not None:
             timer.pause()
-        timed_out = False
+        timed_out: InputTimeoutError | None = None
         meters = self._state.metrics
         if meters is not None or wait_span is not None:
             wait_started = anyio.current_time()
@@ -323,7 +327,8 @@ class StageRuntime:
                     await waiter.arrived.wait()
                 # An input delivered in the instant the deadline passed was
                 # journaled and its sender told so: it is received, not lost.
-                timed_out = scope.cancelled_caught and not waiter.arrived.is_set()
+                if scope.cancelled_caught and not waiter.arrived.is_set():
+                    timed_out = self._timeout_error(work, type, timeout)
         except BaseException:
             if waiter.arrived.is_set():
                 self._torn_down(waiter)
@@ -335,18 +340,13 @@ class StageRuntime:
             if timer is not None:
                 timer.resume()
             if wait_span is not None:
-                Tracing.end(
-                    wait_span,
-                    "succeeded"
-                    if waiter.arrived.is_set()
-                    else ("timed_out" if timed_out else self.stop_outcome),
-                )
+                Tracing.end(wait_span, *self._wait_ending(waiter, timed_out, path))
             if meters is not None:
                 self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
         if long and tracing is not None:
             Segments.wake()  # the stage goes on: in a new segment if the wait was cut
-        if timed_out:
-            raise self._timed_out(work, type, timeout)
+        if timed_out is not None:
+            raise self._timed_out(work, type, timeout, timed_out)
         entry.pop("parked", None)  # seen now
         history.record("input_received", node_id, path, {"input_type": type, "from": "sender"})
         if tracing is not None:
@@ -386,12 +386,36 @@ class StageRuntime:
             seconds, {PIPELINE_NAME: pipeline, INPUT_TYPE: type, OUTCOME: outcome}
         )
 
-    def _timed_out(self, work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
-        """Record ``input_timeout``; the error to raise."""
-        node_id = work.node.id
+    def _wait_ending(
+        self, waiter: Waiter, timed_out: InputTimeoutError | None, path: str
+    ) -> tuple[str, InputTimeoutError | None, dict[str, Any] | None]:
+        """How a wait span ends: its outcome, error and last attributes."""
+        if waiter.arrived.is_set():
+            return "succeeded", None, None
+        if timed_out is not None:
+            return "timed_out", timed_out, None
+        outcome = self.stop_outcome
+        if outcome != "cancelled":
+            return outcome, None, None
+        return outcome, None, {CANCEL_REASON: self._hooks.cancel_reason(path)}
+
+    def _timed_out(
+        self,
+        work: StageWork,
+        type: str,
+        timeout: float | None,
+        error: InputTimeoutError | None = None,
+    ) -> InputTimeoutError:
+        """Record ``input_timeout``; the error to raise (``error``, or a new one)."""
         self._state.history.record(
-            "input_timeout", node_id, work.path, {"input_type": type, "timeout": timeout}
+            "input_timeout", work.node.id, work.path, {"input_type": type, "timeout": timeout}
         )
+        return error if error is not None else self._timeout_error(work, type, timeout)
+
+    @staticmethod
+    def _timeout_error(work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
+        """The error of a wait for ``type`` that got no input in time."""
+        node_id = work.node.id
         return InputTimeoutError(
             f"stage {work.node.stage!r} at node {node_id!r} waited {_or_inf(timeout):g} s for "
             f"input {type!r} and got none; send it sooner, raise the timeout, or route "
