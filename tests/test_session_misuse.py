@@ -254,3 +254,29 @@ async def test_a_subscriber_that_changes_its_event_changes_no_other_subscribers(
     assert session.history[0].payload == {"input_type": "go"}
     await first.aclose()
     await second.aclose()
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, Interrupt])
+async def test_cleanup_is_told_the_outcome_the_session_ends_with(raised: type) -> None:
+    # A KeyboardInterrupt or SystemExit ends the session cancelled, but the
+    # stage's cleanup was told "failed".
+    told: list[str] = []
+
+    class Tidy(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            raise raised()
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            told.append(outcome)
+
+    registry = stageflow.StageRegistry()
+    registry.register("Tidy")(Tidy)
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("t", "Tidy", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline)
+    with pytest.RaisesGroup(raised, allow_unwrapped=True, flatten_subgroups=True):
+        await session.run()
+    expected = "failed" if raised is Interrupt else "cancelled"
+    assert session.status.value == expected
+    assert told == [expected]
