@@ -293,15 +293,21 @@ async def _until_started(session: stageflow.Session, node_id: str) -> None:
         await stream.aclose()
 
 
-async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -> None:
+async def _crashed(traced: Traced) -> tuple[dict[str, Any], Any, stageflow.StageRegistry]:
+    """CRASHY's snapshot while b works (spans open), what was exported, then the "crash"."""
     session, registry = _session(CRASHY, traced)
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.run)
         await wait_until_waiting(session, "go")
         await _until_started(session, "b")  # trio starts the branches in any order
-        snapshot = session.to_dict()  # b still works: spans are open
+        snapshot = json.loads(json.dumps(session.to_dict()))  # b still works: spans are open
         exported_before_crash = traced.spans()
         tg.cancel_scope.cancel()  # the process "dies": nothing it exports from here counts
+    return snapshot, exported_before_crash, registry
+
+
+async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -> None:
+    snapshot, exported_before_crash, registry = await _crashed(traced)
     open_spans = snapshot["trace"]["open"]
     assert sorted(s["name"] for s in open_spans) == [
         "branch fan/a",
@@ -351,14 +357,7 @@ async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -
 
 async def test_a_crash_snapshot_restored_twice_rebuilds_its_spans_once(traced: Traced) -> None:
     # Each restore exported the open spans again: the same span ids twice.
-    session, registry = _session(CRASHY, traced)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        await wait_until_waiting(session, "go")
-        await _until_started(session, "b")
-        snapshot = json.loads(json.dumps(session.to_dict()))
-        exported_before_crash = traced.spans()
-        tg.cancel_scope.cancel()
+    snapshot, exported_before_crash, registry = await _crashed(traced)
     after = Traced()
     for _ in range(2):  # the first restored run did not get far enough to be stored again
         restored = stageflow.Session.from_dict(

@@ -28,12 +28,19 @@ def _registry() -> stageflow.StageRegistry:
     return registry
 
 
-@pytest.mark.parametrize("in_branch", [False, True], ids=["main_path", "branch"])
-async def test_a_stage_raising_a_base_exception_ends_the_session_failed(in_branch: bool) -> None:
+@pytest.mark.parametrize("where", ["main_path", "branch", "item"])
+async def test_a_stage_raising_a_base_exception_ends_the_session_failed(where: str) -> None:
     # The exception went up, but the session stayed "running" with no run:
     # inputs were queued for nobody, cancel() did nothing, run() said it was
     # running, events() streams never ended.
-    if in_branch:
+    if where == "item":
+        nodes = [
+            stage("ask", "WaitStage", config={"input": "go"}, next="fan"),
+            {"id": "fan", "type": "map", "items": "items", "body": "boom", "next": "end"},
+            stage("boom", "Interrupt"),
+            terminal("end"),
+        ]
+    elif where == "branch":
         nodes = [
             stage("ask", "WaitStage", config={"input": "go"}, next="fan"),
             parallel("fan", ["boom"], next="end"),
@@ -47,7 +54,7 @@ async def test_a_stage_raising_a_base_exception_ends_the_session_failed(in_branc
             terminal("end"),
         ]
     pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=_registry())
-    session = stageflow.Session(pipeline)
+    session = stageflow.Session(pipeline, payload={"items": [1]})
     stream = session.events()
     session.send_input("go", {})
     with pytest.RaisesGroup(Interrupt, allow_unwrapped=True, flatten_subgroups=True):
@@ -65,6 +72,16 @@ async def test_a_stage_raising_a_base_exception_ends_the_session_failed(in_branc
     with pytest.raises(stageflow.SessionStateError, match="is failed"):
         await session.run()
     assert session.to_dict()["status"] == "failed"
+    # Every node, branch or item it crossed ends in the history, failed with
+    # it (they started and never ended, against the history's contract).
+    ends = [(e.type, e.node_id) for e in session.history if e.type.endswith("_failed")]
+    crossed = [("node_failed", "boom")]
+    if where != "main_path":
+        crossed += [(f"{where if where == 'branch' else 'map_item'}_failed", "fan")]
+        crossed += [("node_failed", "fan")]
+    assert ends == [*crossed, ("session_failed", None)]
+    failed = next(e for e in session.history if e.type == "node_failed")
+    assert failed.payload["error"] == {"type": "Interrupt", "message": "stop", "causes": []}
 
 
 async def test_a_system_exit_from_a_stage_ends_the_session_cancelled_with_the_reason() -> None:
@@ -86,6 +103,12 @@ async def test_a_system_exit_from_a_stage_ends_the_session_cancelled_with_the_re
         "session_cancelled",
         "interrupted at node 'leave' by SystemExit: 3",
     )
+    # The node it crossed ends cancelled, as the session does.
+    assert [e.type for e in session.history][-3:] == [
+        "node_started",
+        "node_cancelled",
+        "session_cancelled",
+    ]
 
 
 # ------------------------------------------------------ a context kept too long
@@ -231,3 +254,29 @@ async def test_a_subscriber_that_changes_its_event_changes_no_other_subscribers(
     assert session.history[0].payload == {"input_type": "go"}
     await first.aclose()
     await second.aclose()
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, Interrupt])
+async def test_cleanup_is_told_the_outcome_the_session_ends_with(raised: type) -> None:
+    # A KeyboardInterrupt or SystemExit ends the session cancelled, but the
+    # stage's cleanup was told "failed".
+    told: list[str] = []
+
+    class Tidy(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            raise raised()
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            told.append(outcome)
+
+    registry = stageflow.StageRegistry()
+    registry.register("Tidy")(Tidy)
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("t", "Tidy", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline)
+    with pytest.RaisesGroup(raised, allow_unwrapped=True, flatten_subgroups=True):
+        await session.run()
+    expected = "failed" if raised is Interrupt else "cancelled"
+    assert session.status.value == expected
+    assert told == [expected]

@@ -1243,6 +1243,13 @@ class Run:
                         outcome, error, ending = self.interruption(
                             exc, path, {ERROR_HANDLED: False}
                         )
+                        history.record(
+                            _ended_by(outcome, "node_failed", "node_cancelled"),
+                            node_id,
+                            path,
+                            _with_error({"node_type": node.type}, error),
+                            active_ids(span),
+                        )
                     raise
                 outcome = "succeeded"
                 frame.work = done  # a snapshot from here on resumes at the next node
@@ -1367,6 +1374,13 @@ class Run:
                     outcome, error, ending = self.interruption(
                         exc, frame.path, {ERROR_HANDLED: False}
                     )
+                    history.record(
+                        _ended_by(outcome, "node_failed", "node_cancelled"),
+                        node.id,
+                        frame.path,
+                        _with_error({"node_type": node.type}, error),
+                        active_ids(span),
+                    )
                 raise
             outcome = "succeeded"
             frame.work = Finished(next_id)  # a snapshot from here on resumes at next_id
@@ -1485,8 +1499,10 @@ class Run:
                         ending = {CANCEL_REASON: self.cancel_reason(frame.path)}
                     settle(None, True)
                     history.record(kind.cancelled, node_id, frame.path, payload)
-                elif active is not None:  # KeyboardInterrupt, a stage's own BaseException
+                else:  # KeyboardInterrupt, a stage's own BaseException
                     outcome, error, ending = self.interruption(exc, frame.path, None)
+                    ended = _ended_by(outcome, kind.failed, kind.cancelled)
+                    history.record(ended, node_id, frame.path, _with_error(payload, error))
                 raise
             outcome = "succeeded"
             settle(None, False)
@@ -1557,3 +1573,15 @@ _EXECUTORS: Final[Mapping[str, Callable[[Run, Any, Frame], Awaitable[str | None]
         }
     )
 )
+
+
+def _ended_by(outcome: str, failed: str, cancelled: str) -> str:
+    """The event that ends a node, branch or item an interruption crossed (see ``interruption``)."""
+    return failed if outcome == "failed" else cancelled
+
+
+def _with_error(payload: Mapping[str, Any], error: BaseException | None) -> dict[str, Any]:
+    """``payload``, with the error described when there is one."""
+    if error is None:
+        return dict(payload)
+    return {**payload, "error": describe_exception(error)}

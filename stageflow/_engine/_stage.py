@@ -121,6 +121,8 @@ class StageExecutor:
                 except BaseException as exc:  # looked at and re-raised: a cancellation
                     if is_cancellation(exc, kernel.backend.cancelled):
                         outcome = kernel.stop_outcome
+                    elif _interrupt(exc):
+                        outcome = "cancelled"  # as the session ends (Ctrl-C, sys.exit())
                     raise
                 finally:
                     if entry.has_cleanup and stage is not None:
@@ -405,3 +407,10 @@ def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
         "a stage returns a dict of outputs (or None)",
         node_id=node.id,
     )
+
+
+def _interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a group holds) a ``KeyboardInterrupt`` or ``SystemExit``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, KeyboardInterrupt | SystemExit)) is not None
+    return isinstance(exc, KeyboardInterrupt | SystemExit)
