@@ -290,6 +290,28 @@ class Kernel(Protocol):
         ``flags`` as for :meth:`run_path`.
         """
 
+    def item_step(self, body: str, scope: Scope) -> Any:
+        """What :meth:`run_item` needs to run a map body from ``body``; ``None`` if it cannot.
+
+        Only a body of one simple stage node (no retry, timeout, cleanup,
+        error edges or ``next``) in an untraced, unmetered run has one.
+        """
+
+    def run_item(
+        self,
+        step: Any,
+        node_id: str,
+        frame: Frame,
+        payload: dict[str, Any],
+        settle: Callable[[Exception | None, bool], None],
+        flags: tuple[Any, Any, Any],
+    ) -> Awaitable[bool]:
+        """:meth:`run_child` of a new map item whose body has a ``step`` (see :meth:`item_step`).
+
+        The same events, snapshots and outcome, in one coroutine ("map item"
+        benchmark row). ``flags`` as for :meth:`run_path`, already read.
+        """
+
     def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:
         """The frame as a snapshot keeps it."""
 

@@ -158,6 +158,9 @@ class MapExecutor:
         # Read once for all the items: each item's path runs in this task and
         # in this cancel scope (Kernel.run_path; "map item" row).
         flags = cancel_flags(kernel.backend) or NO_FLAGS
+        # The plan of a body of one simple stage node, run by Kernel.run_item
+        # for a new item; None otherwise ("map item" row).
+        fused = kernel.item_step(node.body, scope)
         # The item in flight: this worker runs one at a time, so one settle
         # function serves them all, reading the item it settles from these
         # (not a closure made per item: "map item" row). ``own`` is the item
@@ -236,20 +239,27 @@ class MapExecutor:
                 # The item's run_child is awaited here, not in a coroutine of
                 # its own per item ("map item" row).
                 try:
-                    succeeded = await kernel.run_child(
-                        MAP_ITEM,
-                        node.id,
-                        item,
-                        node.body,
-                        None,
-                        {"index": index},
-                        # Made only for a span ("map item" row).
-                        (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
-                        if traced
-                        else None,
-                        settle,
-                        flags,
-                    )
+                    if fused is not None and own is not None:
+                        # A new item whose body is one simple stage node: its
+                        # run_child and path in one coroutine ("map item" row).
+                        succeeded = await kernel.run_item(
+                            fused, node.id, item, {"index": index}, settle, flags
+                        )
+                    else:
+                        succeeded = await kernel.run_child(
+                            MAP_ITEM,
+                            node.id,
+                            item,
+                            node.body,
+                            None,
+                            {"index": index},
+                            # Made only for a span ("map item" row).
+                            (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
+                            if traced
+                            else None,
+                            settle,
+                            flags,
+                        )
                 except BaseException:
                     # A settled item is out of ``running`` already; one that raised may not be.
                     running.pop(index, None)

@@ -14,7 +14,8 @@ Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
 executes simple stage nodes and condition nodes of an untraced run itself,
 in a tight loop decided by a per-node plan (docs/internals.md, "The tight
 path"; the "sequential stage node", "condition node" and "1,000-node chain"
-rows).
+rows). :meth:`Run.run_item` runs a new map item whose body is one simple
+stage node, in one coroutine ("map item" rows).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from stageflow._engine._backend import (
     loop_handles,
 )
 from stageflow._engine._frames import (
+    MAP_ITEM,
     ChildKind,
     Finished,
     Frame,
@@ -1514,6 +1516,196 @@ class Run:
         finally:
             if active is not None:
                 Tracing.end(active, outcome, error, ending)
+
+    def item_step(self, body: str, scope: Scope) -> _Step | None:
+        """The plan of a map body that ``run_item`` runs, or ``None`` (``run_child`` then).
+
+        A body of one simple, direct stage node (see ``_Step``) with no
+        ``next`` and no error edges, in a run on the tight path that is
+        neither traced nor metered. Decided once per map worker.
+        """
+        simple, state = self._simple, self._state
+        if simple is None or state.tracing is not None or state.metrics is not None:
+            return None
+        node = scope.pipeline.node_index[body]
+        step = simple.get(id(node), _UNSEEN)
+        if step is _UNSEEN:
+            step = _planned(simple, node, state.entries)
+        if (
+            type(step) is not _Step
+            or not step.direct
+            or step.node.next is not None
+            or step.node.error_handlers
+        ):
+            return None
+        return step
+
+    async def run_item(
+        self,
+        step: _Step,
+        node_id: str,
+        frame: Frame,
+        payload: dict[str, Any],
+        settle: Callable[[Exception | None, bool], None],
+        flags: tuple[Any, Any, Any],
+    ) -> bool:
+        """``run_child(MAP_ITEM, ...)`` of a new item whose body is ``step`` (see ``item_step``).
+
+        What ``run_child`` and ``run_path``'s tight path do for such an item,
+        in the same order, in one coroutine and without their per-path start
+        ("map item" row): the same events, snapshots and outcome. No span and
+        no metric (``item_step`` rules them out). The property test in
+        tests/engine/test_tight_path.py holds it equal to the general path:
+        keep the three alike.
+        """
+        state = self._state
+        history = state.history
+        records = self._records
+        path = frame.path
+        kind = MAP_ITEM
+        if history.quiet:
+            records += (kind.started, _time_ns() // 1000, node_id, path, payload)
+        else:
+            history.record(kind.started, node_id, path, payload)
+        try:
+            # run_path's tight path for one stage node, written out.
+            node = step.node
+            body = node.id
+            frame.node = body
+            frame.work = None
+            frame.visits += 1
+            steps = state.steps = state.steps + 1
+            caps = self._caps
+            if (
+                steps > caps.steps
+                or len(records) >= (caps.events + state.desk.recorded_rejections) * RECORD_SLOTS
+            ):
+                raise self._stop_at_limit(node, frame)
+            status, runner, task = flags
+            if not steps & _YIELD_EVERY:
+                await self.backend.yield_()
+            elif (
+                status is None
+                or status.effectively_cancelled
+                or (runner.ki_pending and task is runner.main_task)
+            ):
+                await self.backend.checkpoint()
+            try:
+                if history.quiet:
+                    records += ("node_started", _time_ns() // 1000, body, path, step.started)
+                else:
+                    history.record("node_started", body, path, step.started, None)
+                try:
+                    context = frame.ctx
+                    layers = context.layers()
+                    assert layers is not None  # an item's context is a fork
+                    view: Mapping[str, Any] = EMPTY_MAPPING
+                    if step.pairs:
+                        arguments: dict[str, Any] = {}
+                        for name, key in step.pairs:
+                            for layer in layers[0]:
+                                value = layer.get(key, MISSING)
+                                if value is not MISSING:
+                                    break
+                            if value is not MISSING:
+                                arguments[name] = (
+                                    value if type(value) in PLAIN_SCALARS else copy_json(value)
+                                )
+                        if arguments:
+                            view = MappingProxyType(arguments)
+                    entry = step.entry
+                    spec = entry.spec
+                    work = _new(StageWork)
+                    work.runtime = self.runtime
+                    work.node = node
+                    work.spec = spec
+                    work.path = path
+                    work.attempt = 1
+                    work.calls = None
+                    work.replay = None
+                    work.timer = None
+                    work.frame = frame
+                    frame.work = work
+                    ctx = engine_context(
+                        view,
+                        EMPTY_MAPPING,
+                        state.session_id,
+                        body,
+                        path,
+                        node.stage,
+                        1,
+                        work,
+                        spec,
+                        frame.origin,
+                        frame.visits,
+                    )
+                    try:
+                        run = entry.function
+                        if run is None:
+                            run = entry.factory().run
+                        outputs = await run(ctx)
+                        if type(outputs) is dict:
+                            for key, _ in step.outputs:
+                                value = outputs.get(key, EMPTY_MAPPING)
+                                kind_ = type(value)
+                                if not (
+                                    kind_ is str
+                                    or (kind_ is int and value.bit_length() < SAFE_INT_BITS)
+                                    or value is None
+                                    or kind_ is bool
+                                ):
+                                    StageExecutor.outputs(self, node, frame, entry, outputs)
+                                    break
+                            else:
+                                written = layers[1]
+                                for key, target in step.outputs:
+                                    layers[0][0][target] = outputs[key]
+                                    if written is not None:
+                                        written[target] = None
+                        else:
+                            StageExecutor.outputs(self, node, frame, entry, outputs)
+                    except NodeError:
+                        raise
+                    except Exception as exc:
+                        raise StageExecutor.failure(node, 1, 1, exc) from exc
+                except Exception as exc:
+                    history.record(
+                        "node_failed",
+                        body,
+                        path,
+                        {"node_type": node.type, "error": describe_exception(exc)},
+                        None,
+                    )
+                    raise  # no error edges (item_step)
+                except BaseException as exc:  # looked at and re-raised (see run)
+                    if is_cancellation(exc, self.backend.cancelled):
+                        history.record("node_cancelled", body, path, {"node_type": node.type}, None)
+                    raise
+                frame.work = step.done  # a snapshot from here on: the node finished
+                if history.quiet:
+                    records += ("node_finished", _time_ns() // 1000, body, path, step.finished)
+                else:
+                    history.record("node_finished", body, path, step.finished, None)
+            finally:
+                if self._cancel_reasons:
+                    self._cancel_reasons.pop(f"{path}/{body}", None)
+        except Exception as exc:
+            settle(exc, False)
+            history.record(
+                kind.failed, node_id, path, {**payload, "error": describe_exception(exc)}
+            )
+            return False
+        except BaseException as exc:  # looked at and re-raised (see run)
+            if is_cancellation(exc, self.backend.cancelled):
+                settle(None, True)
+                history.record(kind.cancelled, node_id, path, payload)
+            raise
+        settle(None, False)
+        if history.quiet:
+            records += (kind.finished, _time_ns() // 1000, node_id, path, payload)
+        else:
+            history.record(kind.finished, node_id, path, payload)
+        return True
 
     # ---------------------------------------------- conditions and terminals
 

@@ -116,6 +116,54 @@ def test_the_tight_path_is_taken(traced: bool) -> None:
         _run.Run.execute = execute  # type: ignore[method-assign]
 
 
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("fails", [0, 1, 2, 3])
+@pytest.mark.parametrize(("watched", "max_steps"), [(True, None), (False, None), (True, 3)])
+def test_one_node_map_bodies_are_alike_on_both_paths(
+    backend: str, fails: int, watched: bool, max_steps: int | None
+) -> None:
+    """Every ``map_one`` body (echoing, failing tolerated and not, cancelling), every way."""
+    plan = {
+        "blocks": [("map_one", fails), ("map_one", 0)],
+        "traced": False,
+        "metered": False,
+        "suspend": False,
+        "max_steps": max_steps,
+        "watched": watched,
+    }
+    tight, general = _both(backend, plan)
+    assert tight == general
+
+
+@pytest.mark.parametrize(("traced", "fails", "taken"), [(False, 0, 2), (False, 1, 2), (True, 0, 0)])
+def test_a_one_node_map_body_runs_through_run_item(traced: bool, fails: int, taken: int) -> None:
+    """Each new item of a one-stage-node body is one ``run_item``, untraced; else ``run_child``."""
+    calls = 0
+    run_item = _run.Run.run_item
+
+    async def counting(self: _run.Run, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await run_item(self, *args)
+
+    plan = {
+        "blocks": [("map_one", fails), ("set", 0)],
+        "traced": traced,
+        "suspend": False,
+        "max_steps": None,
+    }
+    _run.Run.run_item = counting  # type: ignore[method-assign]
+    try:
+        anyio.run(lambda: record_run(**plan), backend="trio")
+        assert calls == taken  # two items, echoed or failing
+        calls = 0
+        with general_path():
+            anyio.run(lambda: record_run(**plan), backend="trio")
+        assert calls == 0
+    finally:
+        _run.Run.run_item = run_item  # type: ignore[method-assign]
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("tight", [True, False])
 async def test_a_subscriber_that_joins_mid_run_sees_every_later_event(tight: bool) -> None:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import anyio
 import attrs
 import sniffio
 from fakes import doc, fake_registry, parallel, scaled, stage, terminal
@@ -42,6 +43,7 @@ BLOCKS = (
     "cond",
     "parallel",
     "map",
+    "map_one",
     "sub",
     "wait",
     "cancel",
@@ -76,6 +78,13 @@ def registry(holder: Holder) -> stageflow.StageRegistry:
         if ctx.attempt <= ctx.config.get("fails", 0):
             raise ValueError(f"attempt {ctx.attempt}")
         return {"attempt": ctx.attempt}
+
+    @stages.register("FailOnObject")
+    async def fail_on_object(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        if isinstance(ctx.arguments["item"], dict):
+            raise ValueError("an object")
+        await anyio.sleep(scaled(1))  # cancelled there when a sibling item fails first
+        return {}
 
     @stages.register("Cancel")
     async def cancel(ctx: stageflow.StageContext) -> Mapping[str, Any]:
@@ -162,6 +171,30 @@ def _block(kind: str, i: int, nxt: str, fails: int) -> list[dict[str, Any]]:
             ),
             _set(f"{me}_w2", "seen", True, None),
         ]
+    if kind == "map_one":
+        # A body of one simple stage node with no next (Run.run_item's case),
+        # by ``fails``: echoing (a scalar and an object item) one at a time;
+        # two at a time, failing (tolerated), failing fast (the object item
+        # cancels the other in its stage), cancelling the session.
+        body = me + "_w"
+        bodies = [
+            stage(body, "Echo", arguments={"item": "item", "i": "index"}, outputs={"item": "item"}),
+            stage(body, "Fail"),
+            stage(body, "FailOnObject", arguments={"item": "item"}),
+            stage(body, "Cancel"),
+        ]
+        node = {
+            "id": me,
+            "type": "map",
+            "items": "items",
+            "body": body,
+            "concurrency": 2 if fails else 1,
+            "collect": {"item": f"outs{i}"},
+            "next": nxt,
+        }
+        if fails == 1:
+            node.update(max_failures=2, failures_path=f"failed{i}")
+        return [node, bodies[fails]]
     if kind == "sub":
         return [
             {
