@@ -1680,6 +1680,15 @@ class Run:
                 except BaseException as exc:  # looked at and re-raised (see run)
                     if is_cancellation(exc, self.backend.cancelled):
                         history.record("node_cancelled", body, path, {"node_type": node.type}, None)
+                    else:  # KeyboardInterrupt, a stage's own BaseException
+                        outcome, error, _ = self.interruption(exc, path, None)
+                        history.record(
+                            _ended_by(outcome, "node_failed", "node_cancelled"),
+                            body,
+                            path,
+                            _with_error({"node_type": node.type}, error),
+                            None,
+                        )
                     raise
                 frame.work = step.done  # a snapshot from here on: the node finished
                 if history.quiet:
@@ -1699,6 +1708,10 @@ class Run:
             if is_cancellation(exc, self.backend.cancelled):
                 settle(None, True)
                 history.record(kind.cancelled, node_id, path, payload)
+            else:  # KeyboardInterrupt, a stage's own BaseException
+                outcome, error, _ = self.interruption(exc, path, None)
+                ended = _ended_by(outcome, kind.failed, kind.cancelled)
+                history.record(ended, node_id, path, _with_error(payload, error))
             raise
         settle(None, False)
         if history.quiet:
