@@ -36,9 +36,14 @@ class NonJson(NamedTuple):
 _FAST_DEPTH: Final = 64
 # How much _plain looks at before it leaves the value to the walk: a container
 # costs one unit, and one more per 1,024 items it holds (10,000 containers, or
-# about 10,000,000 items: a value of more than MAX_VALUES, if shared
-# containers made it so, is refused by the walk).
+# about 10,000,000 items). It also stops past MAX_VALUES items: the walk
+# refuses such a value, long or shared, without going through its items.
 _FAST_UNITS: Final = 10_000
+# Why a value over MAX_VALUES is refused.
+_TOO_MANY: Final = (
+    f"it holds more than {MAX_VALUES:,} values written out as JSON "
+    "(a list or object shared many times over counts each time)"
+)
 # The smallest container the walk remembers as found plain (see _walk).
 _KEPT_SIZE: Final = 64
 
@@ -73,7 +78,10 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     and resume).
 
     ``left`` counts down what it may still look at (see ``_FAST_UNITS``); at
-    zero it gives up and the walk decides. A value that shares one list
+    zero it gives up and the walk decides. ``left[1]`` counts down the values
+    it may still find (:data:`MAX_VALUES`, the value itself counted): past
+    them it gives up too, and the walk refuses the value without walking a
+    long list item by item. A value that shares one list
     many times over (``x = [x, x]`` twenty levels deep, or one long list a
     thousand times) is exponential or merely huge to walk as a tree: the
     walk counts a shared container it has checked at its size without
@@ -87,6 +95,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         if depth >= max_depth or left[0] <= 0:
             return False
         left[0] -= 1 + (len(value) >> 10)
+        left[1] -= len(value)
+        if left[1] < 0:  # over MAX_VALUES, or shared: the walk counts and says which
+            return False
         depth += 1
         for key, item in value.items():
             if type(key) is not str or not (key.isascii() or _surrogate(key) is None):
@@ -111,6 +122,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         if depth >= max_depth or left[0] <= 0:
             return False
         left[0] -= 1 + (len(value) >> 10)
+        left[1] -= len(value)
+        if left[1] < 0:  # over MAX_VALUES, or shared: the walk counts and says which
+            return False
         depth += 1
         for item in value:
             kind = type(item)
@@ -157,7 +171,7 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     recursion limit nor loop forever.
     """
     fast = max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH
-    if _plain(value, 0, fast, [_FAST_UNITS]):
+    if _plain(value, 0, fast, [_FAST_UNITS, MAX_VALUES - 1]):
         return None
     return _walk(value, where, max_depth)
 
@@ -189,12 +203,7 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
             continue
         counted += 1
         if counted > MAX_VALUES:
-            return NonJson(
-                loc,
-                item,
-                f"it holds more than {MAX_VALUES:,} values written out as JSON "
-                "(a list or object shared many times over counts each time)",
-            )
+            return NonJson(loc, item, _TOO_MANY)
         if isinstance(item, str):
             why = _surrogate(item)
             if why is not None:
@@ -220,6 +229,8 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
             continue
         if depth >= max_depth:
             return NonJson(loc, item, f"it nests more than {max_depth} levels deep")
+        if counted + len(item) > MAX_VALUES:  # each item is at least one more value
+            return NonJson(loc, item, _TOO_MANY)
         inside.add(id(item))
         stack.append((None, item, depth, counted - 1))
         if isinstance(item, dict):
