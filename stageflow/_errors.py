@@ -55,6 +55,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from stageflow._json import a_json_type
+
 __all__ = [
     "ConditionError",
     "ContextError",
@@ -361,7 +363,7 @@ class NonJsonValueError(ContextError, TypeError):
         self.where = where
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"{where} is a {type(value).__name__}, which is not a JSON value{extra}; "
+            f"{where} is {a_json_type(value)}, which is not a JSON value{extra}; "
             "return only dict, list, str, int, float, bool or None"
         )
 

@@ -14,7 +14,18 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_VALUES, SAFE_INT_BITS, int_too_large
 
-__all__ = ["MAX_DEPTH", "JsonValue", "NonJson", "copy_json", "find_non_json", "freeze", "thaw"]
+__all__ = [
+    "JSON_TYPE_ARTICLES",
+    "MAX_DEPTH",
+    "JsonValue",
+    "NonJson",
+    "a_json_type",
+    "copy_json",
+    "find_non_json",
+    "freeze",
+    "json_type",
+    "thaw",
+]
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
 
@@ -46,6 +57,51 @@ _TOO_MANY: Final = (
 )
 # The smallest container the walk remembers as found plain (see _walk).
 _KEPT_SIZE: Final = 64
+
+
+# The JSON type names with their article, for messages.
+JSON_TYPE_ARTICLES: Final = {
+    "null": "null",
+    "boolean": "a boolean",
+    "object": "an object",
+    "array": "an array",
+    "number": "a number",
+    "integer": "an integer",
+    "string": "a string",
+}
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a value (``integer`` for whole numbers).
+
+    Anything else is named by its Python type (``set``).
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def a_json_type(value: Any) -> str:
+    """What ``value`` is, for messages: ``"an integer"``, ``"null"``, ``"an array"``, ...
+
+    Named as JSON names it (see :func:`json_type`); anything else by its
+    Python type (``"a Python set"``, ``"a Python object"``).
+    """
+    if value is None or isinstance(value, bool | int | float | str | list | tuple | Mapping):
+        return JSON_TYPE_ARTICLES[json_type(value)]
+    return f"a Python {type(value).__name__}"
 
 
 def _surrogate(text: str) -> str | None:

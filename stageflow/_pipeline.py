@@ -39,7 +39,7 @@ from stageflow._guard import (
     yaml_problem,
 )
 from stageflow._identity import IdentityCache
-from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
+from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -334,7 +334,7 @@ class Pipeline:
                 [
                     Problem(
                         "$",
-                        f"a pipeline document is a JSON object, got {type(document).__name__}; "
+                        f"a pipeline document is a JSON object, got {a_json_type(document)}; "
                         'start from {"api_version": "1.0", "entry": ..., "nodes": [...]}',
                     )
                 ],

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import stageflow
 from stageflow._guard import MAX_VALUES, SAFE_INT_BITS
-from stageflow._json import MAX_DEPTH, _walk, copy_json, find_non_json, freeze, thaw
+from stageflow._json import MAX_DEPTH, _walk, a_json_type, copy_json, find_non_json, freeze, thaw
 
 
 def nested(levels: int) -> list[Any]:
@@ -209,6 +209,24 @@ async def test_a_stage_output_of_an_enum_is_stored_as_its_plain_value() -> None:
     assert type(session.payload["mood"]) is str
 
 
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        (None, "null"),
+        (True, "a boolean"),
+        (3, "an integer"),
+        (1.5, "a number"),
+        ("x", "a string"),
+        ([], "an array"),
+        ({}, "an object"),
+        ({1}, "a Python set"),
+        (object(), "a Python object"),
+    ],
+)
+def test_values_are_named_for_messages_as_json_names_them(value: object, named: str) -> None:
+    assert a_json_type(value) == named
+
+
 def test_freeze_makes_containers_read_only() -> None:
     frozen = freeze({"a": [1, {"b": 2}]})
     assert isinstance(frozen, MappingProxyType)
@@ -340,5 +358,5 @@ async def test_a_payload_or_an_output_with_a_lone_surrogate_is_refused() -> None
     document = doc([stage("b", "Broken", outputs={"v": "v"}, next="end"), terminal("end", "v")])
     result = await run(document, registry=registry)
     assert isinstance(result.error, stageflow.StageOutputError)
-    assert "output 'v[1]' is a str" in str(result.error)
+    assert "output 'v[1]' is a string" in str(result.error)
     assert "lone surrogate" in str(result.error)

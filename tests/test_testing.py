@@ -175,7 +175,7 @@ def test_malformed_json_names_line_and_column(tmp_path: Path) -> None:
 def test_a_case_file_must_be_an_object(tmp_path: Path) -> None:
     path = tmp_path / "list.stageflow.yaml"
     path.write_text("- name: a\n")
-    with pytest.raises(CaseValidationError, match="a case file is an object, got list"):
+    with pytest.raises(CaseValidationError, match="a case file is an object, got an array"):
         load_cases(path)
 
 

@@ -26,7 +26,7 @@ from stageflow._engine._inputs import InputBroker, InputReceipt, fulfil
 from stageflow._engine._positions import Call
 from stageflow._errors import InputRejectedError
 from stageflow._events import History
-from stageflow._json import copy_json, find_non_json
+from stageflow._json import a_json_type, copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec, json_message
@@ -40,7 +40,6 @@ __all__ = [
     "input_json",
     "input_spec",
     "schema_errors",
-    "type_name",
 ]
 
 # Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
@@ -275,11 +274,6 @@ def input_spec(spec: StageSpec, type: str) -> InputSpec | None:
     return None
 
 
-def type_name(value: object) -> str:
-    """The type name of ``value``, for messages."""
-    return type(value).__name__
-
-
 def check_input_type(type: object) -> None:
     """Refuse an input type that is not a non-empty string (``reason="bad_type"``)."""
     if not isinstance(type, str) or not type:
@@ -305,8 +299,8 @@ def input_json(type: str, payload: Any) -> tuple[str, int]:
     bad = find_non_json(payload, "payload")
     if bad is not None:
         raise InputRejectedError(
-            f"input {type!r} was rejected: {bad.location} is a {type_name(bad.value)}, not a "
-            f"JSON value ({bad.reason}); send dict, list, str, int, float, bool or None",
+            f"input {type!r} was rejected: {bad.location} is {a_json_type(bad.value)}, "
+            f"not a JSON value ({bad.reason}); send dict, list, str, int, float, bool or None",
             input_type=type,
             reason="not_json",
         )

@@ -153,13 +153,13 @@ def test_a_coverage_path_that_is_a_directory_is_said_to_be_one(
             {"pipeline": "approval", "nodes": {"prepare": "two"}},
             "$.coverage[0].nodes.prepare: 'two' is not a whole number",
         ),
-        ({"pipeline": "approval", "edges": 12}, "$.coverage[0].edges: is a int, not a list"),
+        ({"pipeline": "approval", "edges": 12}, "$.coverage[0].edges: is an integer, not a list"),
         (
             {"pipeline": "approval", "missed_edges": [{"source": "a", "kind": 1, "target": "b"}]},
-            "$.coverage[0].missed_edges[0].kind: is a int, not a string",
+            "$.coverage[0].missed_edges[0].kind: is an integer, not a string",
         ),
-        ({"pipeline": 7}, "$.coverage[0].pipeline: is a int, not a pipeline name"),
-        ("approval", "$.coverage[0]: is a str, not an object"),
+        ({"pipeline": 7}, "$.coverage[0].pipeline: is an integer, not a pipeline name"),
+        ("approval", "$.coverage[0]: is a string, not an object"),
     ],
 )
 def test_a_coverage_report_with_a_field_of_the_wrong_type_is_refused_at_start(
