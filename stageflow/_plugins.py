@@ -54,6 +54,7 @@ __all__ = [
     "StagePack",
     "list_stage_packs",
     "load_plugins",
+    "shown_text",
 ]
 
 STAGE_PACK_GROUP: Final = "stageflow.stages"
@@ -220,7 +221,7 @@ def _declared() -> list[EntryPoint]:
                 distribution=f"{name} {dist.version}",
                 error=(
                     f"the entry point metadata of distribution {name!r} cannot be read "
-                    f"({type(exc).__name__}: {exc}); stage packs it declares, if any, are "
+                    f"({_raised(exc)}); stage packs it declares, if any, are "
                     "left out: reinstall or fix that distribution"
                 ),
             )
@@ -250,16 +251,28 @@ class _PackFailure(Exception):
         self.cause = cause
 
 
+def shown_text(show: Callable[[object], str], value: object) -> str:
+    """``show(value)`` (``str`` or ``repr``) for a message, never raising.
+
+    A pack's object whose own ``__str__`` / ``__repr__`` fails is named by its
+    type, so that the pack is reported as failed instead of the load raising.
+    """
+    try:
+        return show(value)
+    except Exception:
+        return f"<{type(value).__name__} whose {show.__name__}() failed>"
+
+
 def _raised(exc: BaseException) -> str:
     """``Type: message`` for a pack's exception; a ``SystemExit`` says it tried to exit."""
     if isinstance(exc, SystemExit):
         # Loading a pack must never end the process (a command, a worker) that loads
         # it: sys.exit() at import is most often an entry point aimed at a script.
         return (
-            f"SystemExit({exc.code!r}): it called sys.exit() (is the entry point a script's "
-            "module rather than the pack's?)"
+            f"SystemExit({shown_text(repr, exc.code)}): it called sys.exit() (is the entry point "
+            "a script's module rather than the pack's?)"
         )
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {shown_text(str, exc)}"
 
 
 def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
@@ -299,8 +312,8 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
             # Checked before the call: a TypeError from inside the function is the pack's bug.
             shown = signature.replace(return_annotation=inspect.Signature.empty)
             raise TypeError(
-                f"register function {pack.value!r} has the signature {shown}, so it cannot "
-                "be called with the registry alone; define 'def register(registry)'"
+                f"register function {pack.value!r} has the signature {shown_text(str, shown)}, so "
+                "it cannot be called with the registry alone; define 'def register(registry)'"
             ) from None
     fn: Callable[[_R], object] = target
     return fn
