@@ -225,6 +225,8 @@ def test_serves_snapshots_on_127_0_0_1_until_sigterm(ui_data: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert f"inspector on http://127.0.0.1:{port}/" in err
+    # Once: Hypercorn's own handler wrote it, and the CLI's root handler again.
+    assert err.count(f"Running on http://127.0.0.1:{port}") == 1, err
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
