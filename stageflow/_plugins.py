@@ -39,6 +39,7 @@ from stageflow._errors import (
     PluginNotFoundError,
     RegistryError,
     StageConflictError,
+    shown_text,
 )
 from stageflow._log import get_logger
 from stageflow._specs import StageSpec
@@ -54,7 +55,6 @@ __all__ = [
     "StagePack",
     "list_stage_packs",
     "load_plugins",
-    "shown_text",
 ]
 
 STAGE_PACK_GROUP: Final = "stageflow.stages"
@@ -249,18 +249,6 @@ class _PackFailure(Exception):
         super().__init__(detail)
         self.detail = detail
         self.cause = cause
-
-
-def shown_text(show: Callable[[object], str], value: object) -> str:
-    """``show(value)`` (``str`` or ``repr``) for a message, never raising.
-
-    A pack's object whose own ``__str__`` / ``__repr__`` fails is named by its
-    type, so that the pack is reported as failed instead of the load raising.
-    """
-    try:
-        return show(value)
-    except Exception:
-        return f"<{type(value).__name__} whose {show.__name__}() failed>"
 
 
 def _raised(exc: BaseException) -> str:

@@ -23,9 +23,10 @@ from stageflow._errors import (
     RegistryError,
     StageConflictError,
     StageNotFoundError,
+    shown_text,
 )
 from stageflow._log import get_logger
-from stageflow._plugins import PluginReport, load_plugins, shown_text
+from stageflow._plugins import PluginReport, load_plugins
 from stageflow._specs import StageSpec
 
 if TYPE_CHECKING:
