@@ -17,6 +17,7 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any, Final
 
 from stageflow._errors import ContextPathError
+from stageflow._json import a_json_type
 
 __all__ = ["MISSING", "Context", "parse_path"]
 
@@ -159,7 +160,7 @@ class Context:
             elif not isinstance(child, dict | list):
                 raise ContextPathError(
                     path,
-                    f"segment {part!r} holds a {type(child).__name__}, not an object or list",
+                    f"segment {part!r} holds {a_json_type(child)}, not an object or list",
                 )
             elif owned is None or id(child) in owned:
                 container = child

@@ -50,10 +50,12 @@ how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
+
+from stageflow._json import a_json_type
 
 __all__ = [
     "ConditionError",
@@ -101,6 +103,19 @@ class StageflowError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """Describe the error as JSON: its type, message and cause chain."""
         return describe_exception(self)
+
+
+def shown_text(show: Callable[[object], str], value: object) -> str:
+    """``show(value)`` (``str`` or ``repr``) for a message, never raising.
+
+    An object (a stage pack's, an input type) whose own ``__str__`` or
+    ``__repr__`` fails is named by its type, so that the problem at hand is
+    reported instead of the message raising.
+    """
+    try:
+        return show(value)
+    except Exception:
+        return f"<{type(value).__name__} whose {show.__name__}() failed>"
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:
@@ -361,7 +376,7 @@ class NonJsonValueError(ContextError, TypeError):
         self.where = where
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"{where} is a {type(value).__name__}, which is not a JSON value{extra}; "
+            f"{where} is {a_json_type(value)}, which is not a JSON value{extra}; "
             "return only dict, list, str, int, float, bool or None"
         )
 
@@ -445,9 +460,11 @@ class InputRejectedError(StageflowError):
     """``send_input`` refused an input; nothing was delivered or queued.
 
     Attributes:
-        input_type: the type of the rejected input.
+        input_type: the type of the rejected input (for ``bad_type``, a
+            type that is no string, its ``repr()`` cut to 60 characters).
         reason: a short machine-readable reason (``backlog_full``,
-            ``invalid``, ``too_large``, ``not_json``, ``unknown_type``).
+            ``bad_type``, ``invalid``, ``too_large``, ``not_json``,
+            ``unknown_type``).
     """
 
     def __init__(self, message: str, *, input_type: str, reason: str) -> None:

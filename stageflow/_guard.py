@@ -23,6 +23,7 @@ __all__ = [
     "MAX_VALUES",
     "MAX_YAML_NODES",
     "BudgetError",
+    "DuplicateKeyError",
     "SAFE_INT_BITS",
     "int_too_large",
     "parse_json_text",
@@ -70,6 +71,55 @@ class BudgetError(Exception):
     """
 
 
+class DuplicateKeyError(BudgetError):
+    """A JSON object in the text has the same key twice; ``location`` is the object's path.
+
+    ``json.loads`` keeps the last value without a word, so a pipeline or case
+    file would run with the other one ignored.
+    """
+
+    def __init__(self, key: str, location: str) -> None:
+        self.key = key
+        self.location = location
+        super().__init__(
+            f"the object at {location} has the key {key!r} more than once (JSON keeps only "
+            "the last, so the others would be ignored); keep one of them"
+        )
+
+
+class _Duplicate(Exception):
+    """Internal: the hook found a duplicate key; the text is read again to locate it."""
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: the object, refusing a key it has twice."""
+    made = dict(pairs)
+    if len(made) != len(pairs):
+        raise _Duplicate
+    return made
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """An object's pairs kept as written, to find where a key is repeated."""
+
+
+def _located_duplicate(text: str) -> DuplicateKeyError:
+    """The first object (in text order) with a repeated key, with its ``$.path``."""
+    stack: list[tuple[str, Any]] = [("$", json.loads(text, object_pairs_hook=_Pairs))]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, _Pairs):
+            seen: set[str] = set()
+            for key, _ in value:
+                if key in seen:
+                    return DuplicateKeyError(key, where)
+                seen.add(key)
+            stack.extend((f"{where}.{key}", item) for key, item in reversed(value))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    raise AssertionError("a duplicate key was found, then not")  # pragma: no cover
+
+
 def int_too_large(number: int) -> bool:
     """Whether an integer has more than :data:`MAX_INT_DIGITS` decimal digits."""
     if number.bit_length() < _SAFE_BITS:
@@ -115,14 +165,18 @@ def parse_json_text(text: str) -> Any:
 
     Raises:
         json.JSONDecodeError: the text is not JSON (the caller locates it).
+        DuplicateKeyError: an object has a key twice (``json.loads`` would
+            keep the last silently).
         BudgetError: too large, nested too deeply to parse, or an integer with
             too many digits.
     """
     _check_size(text)
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique)
     except json.JSONDecodeError:
         raise
+    except _Duplicate:
+        raise _located_duplicate(text) from None
     except RecursionError:
         raise BudgetError(
             f"the text nests arrays and objects more than {MAX_DEPTH} levels deep; flatten it"
@@ -148,12 +202,42 @@ def parse_yaml_text(text: str) -> Any:
     _check_size(text)
     _measure_yaml(text)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except ValueError as exc:  # an integer with too many digits
         raise BudgetError(
             f"it has an integer of more than {MAX_INT_DIGITS} digits ({exc}); "
             "quote such a number to make it a string"
         ) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice.
+
+    PyYAML keeps the last value without a word. Keys a merge (``<<: *base``)
+    brings in may be overridden, as YAML means them to be.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:  # unhashable: SafeLoader refuses it itself
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key!r} more than once (YAML would keep only the last, "
+                        "so the others would be ignored); keep one of them",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -14,7 +14,18 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_VALUES, SAFE_INT_BITS, int_too_large
 
-__all__ = ["MAX_DEPTH", "JsonValue", "NonJson", "copy_json", "find_non_json", "freeze", "thaw"]
+__all__ = [
+    "JSON_TYPE_ARTICLES",
+    "MAX_DEPTH",
+    "JsonValue",
+    "NonJson",
+    "a_json_type",
+    "copy_json",
+    "find_non_json",
+    "freeze",
+    "json_type",
+    "thaw",
+]
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
 
@@ -36,11 +47,61 @@ class NonJson(NamedTuple):
 _FAST_DEPTH: Final = 64
 # How much _plain looks at before it leaves the value to the walk: a container
 # costs one unit, and one more per 1,024 items it holds (10,000 containers, or
-# about 10,000,000 items: a value of more than MAX_VALUES, if shared
-# containers made it so, is refused by the walk).
+# about 10,000,000 items). It also stops past MAX_VALUES items: the walk
+# refuses such a value, long or shared, without going through its items.
 _FAST_UNITS: Final = 10_000
+# Why a value over MAX_VALUES is refused.
+_TOO_MANY: Final = (
+    f"it holds more than {MAX_VALUES:,} values written out as JSON "
+    "(a list or object shared many times over counts each time)"
+)
 # The smallest container the walk remembers as found plain (see _walk).
 _KEPT_SIZE: Final = 64
+
+
+# The JSON type names with their article, for messages.
+JSON_TYPE_ARTICLES: Final = {
+    "null": "null",
+    "boolean": "a boolean",
+    "object": "an object",
+    "array": "an array",
+    "number": "a number",
+    "integer": "an integer",
+    "string": "a string",
+}
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a value (``integer`` for whole numbers).
+
+    Anything else is named by its Python type (``set``).
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def a_json_type(value: Any) -> str:
+    """What ``value`` is, for messages: ``"an integer"``, ``"null"``, ``"an array"``, ...
+
+    Named as JSON names it (see :func:`json_type`); anything else by its
+    Python type (``"a Python set"``, ``"a Python object"``).
+    """
+    if value is None or isinstance(value, bool | int | float | str | list | tuple | Mapping):
+        return JSON_TYPE_ARTICLES[json_type(value)]
+    return f"a Python {type(value).__name__}"
 
 
 def _surrogate(text: str) -> str | None:
@@ -73,7 +134,10 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     and resume).
 
     ``left`` counts down what it may still look at (see ``_FAST_UNITS``); at
-    zero it gives up and the walk decides. A value that shares one list
+    zero it gives up and the walk decides. ``left[1]`` counts down the values
+    it may still find (:data:`MAX_VALUES`, the value itself counted): past
+    them it gives up too, and the walk refuses the value without walking a
+    long list item by item. A value that shares one list
     many times over (``x = [x, x]`` twenty levels deep, or one long list a
     thousand times) is exponential or merely huge to walk as a tree: the
     walk counts a shared container it has checked at its size without
@@ -87,6 +151,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         if depth >= max_depth or left[0] <= 0:
             return False
         left[0] -= 1 + (len(value) >> 10)
+        left[1] -= len(value)
+        if left[1] < 0:  # over MAX_VALUES, or shared: the walk counts and says which
+            return False
         depth += 1
         for key, item in value.items():
             if type(key) is not str or not (key.isascii() or _surrogate(key) is None):
@@ -111,6 +178,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
         if depth >= max_depth or left[0] <= 0:
             return False
         left[0] -= 1 + (len(value) >> 10)
+        left[1] -= len(value)
+        if left[1] < 0:  # over MAX_VALUES, or shared: the walk counts and says which
+            return False
         depth += 1
         for item in value:
             kind = type(item)
@@ -157,7 +227,7 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     recursion limit nor loop forever.
     """
     fast = max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH
-    if _plain(value, 0, fast, [_FAST_UNITS]):
+    if _plain(value, 0, fast, [_FAST_UNITS, MAX_VALUES - 1]):
         return None
     return _walk(value, where, max_depth)
 
@@ -189,12 +259,7 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
             continue
         counted += 1
         if counted > MAX_VALUES:
-            return NonJson(
-                loc,
-                item,
-                f"it holds more than {MAX_VALUES:,} values written out as JSON "
-                "(a list or object shared many times over counts each time)",
-            )
+            return NonJson(loc, item, _TOO_MANY)
         if isinstance(item, str):
             why = _surrogate(item)
             if why is not None:
@@ -220,6 +285,8 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
             continue
         if depth >= max_depth:
             return NonJson(loc, item, f"it nests more than {max_depth} levels deep")
+        if counted + len(item) > MAX_VALUES:  # each item is at least one more value
+            return NonJson(loc, item, _TOO_MANY)
         inside.add(id(item))
         stack.append((None, item, depth, counted - 1))
         if isinstance(item, dict):

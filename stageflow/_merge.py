@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from stageflow._context import MISSING, Context
 from stageflow._errors import MergeConflictError, NodeError
-from stageflow._json import find_non_json
+from stageflow._json import a_json_type, find_non_json
 from stageflow._model import MergeStrategy, Reducer
 
 __all__ = ["merge_branches"]
@@ -183,9 +183,9 @@ def _reduce(
             and not isinstance(base, _CONTAINER[reducer])
         ):
             raise TypeError(
-                f"the value before the parallel node is a {type(base).__name__}, not "
-                f"{'an object' if reducer is Reducer.MERGE else 'a list'}: write one there before "
-                "the parallel node, or leave the path unset"
+                f"the value before the parallel node is {a_json_type(base)}, not "
+                f"{'an object' if reducer is Reducer.MERGE else 'an array'}: write one there "
+                "before the parallel node, or leave the path unset"
             )
         if reducer is Reducer.APPEND:
             return [*(base if base is not MISSING else []), *items]
@@ -193,14 +193,14 @@ def _reduce(
             out = list(base) if base is not MISSING else []
             for item in items:
                 if not isinstance(item, list):
-                    raise TypeError(f"a branch wrote a {type(item).__name__}, not a list")
+                    raise TypeError(f"a branch wrote {a_json_type(item)}, not an array")
                 out.extend(item)
             return out
         if reducer is Reducer.MERGE:
             merged = dict(base) if base is not MISSING else {}
             for item in items:
                 if not isinstance(item, dict):
-                    raise TypeError(f"a branch wrote a {type(item).__name__}, not an object")
+                    raise TypeError(f"a branch wrote {a_json_type(item)}, not an object")
                 merged.update(item)
             return merged
         numbers = items if base is MISSING else [base, *items]

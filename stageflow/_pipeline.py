@@ -32,6 +32,7 @@ from stageflow._graph import check_graph, listing
 from stageflow._guard import (
     MAX_NESTING,
     BudgetError,
+    DuplicateKeyError,
     int_too_large,
     parse_json_text,
     parse_yaml_text,
@@ -39,7 +40,7 @@ from stageflow._guard import (
     yaml_problem,
 )
 from stageflow._identity import IdentityCache
-from stageflow._json import MAX_DEPTH, copy_json, find_non_json, freeze
+from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -334,7 +335,7 @@ class Pipeline:
                 [
                     Problem(
                         "$",
-                        f"a pipeline document is a JSON object, got {type(document).__name__}; "
+                        f"a pipeline document is a JSON object, got {a_json_type(document)}; "
                         'start from {"api_version": "1.0", "entry": ..., "nodes": [...]}',
                     )
                 ],
@@ -563,6 +564,12 @@ def parse_document(
         if yaml_:
             return parse_yaml_text(text)
         return parse_json_text(text)
+    except DuplicateKeyError as exc:
+        problem = Problem(
+            exc.location,
+            f"the key {exc.key!r} appears more than once in this object (JSON keeps only the "
+            "last, so the others would be ignored); keep one of them",
+        )
     except BudgetError as exc:
         problem = Problem("$", f"not read: {exc}")
     except json.JSONDecodeError as exc:

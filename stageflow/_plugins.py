@@ -39,6 +39,7 @@ from stageflow._errors import (
     PluginNotFoundError,
     RegistryError,
     StageConflictError,
+    shown_text,
 )
 from stageflow._log import get_logger
 from stageflow._specs import StageSpec
@@ -220,7 +221,7 @@ def _declared() -> list[EntryPoint]:
                 distribution=f"{name} {dist.version}",
                 error=(
                     f"the entry point metadata of distribution {name!r} cannot be read "
-                    f"({type(exc).__name__}: {exc}); stage packs it declares, if any, are "
+                    f"({_raised(exc)}); stage packs it declares, if any, are "
                     "left out: reinstall or fix that distribution"
                 ),
             )
@@ -256,10 +257,10 @@ def _raised(exc: BaseException) -> str:
         # Loading a pack must never end the process (a command, a worker) that loads
         # it: sys.exit() at import is most often an entry point aimed at a script.
         return (
-            f"SystemExit({exc.code!r}): it called sys.exit() (is the entry point a script's "
-            "module rather than the pack's?)"
+            f"SystemExit({shown_text(repr, exc.code)}): it called sys.exit() (is the entry point "
+            "a script's module rather than the pack's?)"
         )
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {shown_text(str, exc)}"
 
 
 def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
@@ -299,8 +300,8 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
             # Checked before the call: a TypeError from inside the function is the pack's bug.
             shown = signature.replace(return_annotation=inspect.Signature.empty)
             raise TypeError(
-                f"register function {pack.value!r} has the signature {shown}, so it cannot "
-                "be called with the registry alone; define 'def register(registry)'"
+                f"register function {pack.value!r} has the signature {shown_text(str, shown)}, so "
+                "it cannot be called with the registry alone; define 'def register(registry)'"
             ) from None
     fn: Callable[[_R], object] = target
     return fn

@@ -369,9 +369,10 @@ class Session:
 
         Raises:
             SessionStateError: the session has finished.
-            InputRejectedError: the backlog is full, the payload is not JSON,
-                too large, or (``validate_events="strict"``) invalid; an
-                ``input_rejected`` event is recorded.
+            InputRejectedError: the type is not a non-empty string, the
+                backlog is full, the payload is not JSON, too large, or
+                (``validate_events="strict"``) invalid; an ``input_rejected``
+                event is recorded.
         """
         state = self._state
         if state.status in FINISHED:

@@ -15,7 +15,7 @@ import jsonschema.validators
 import jsonschema_rs
 
 from stageflow._errors import DefinitionError
-from stageflow._json import freeze, thaw
+from stageflow._json import a_json_type, freeze, thaw
 from stageflow._model import RetryPolicy
 
 __all__ = [
@@ -72,16 +72,12 @@ def event_type_problem(type: object) -> str | None:
     those as the engine's own).
     """
     if not isinstance(type, str):
-        return f"an event type is a string, not {_type_name(type)}"
+        return f"an event type is a string, not {a_json_type(type)}"
     if not type.strip():
         return "an event type is a non-empty string"
     if type in ENGINE_EVENT_TYPES:
         return f"{type!r} is an event type the engine records itself"
     return None
-
-
-def _type_name(value: object) -> str:
-    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def _check_event_type(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:

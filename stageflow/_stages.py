@@ -23,6 +23,7 @@ from stageflow._errors import (
     RegistryError,
     StageConflictError,
     StageNotFoundError,
+    shown_text,
 )
 from stageflow._log import get_logger
 from stageflow._plugins import PluginReport, load_plugins
@@ -381,7 +382,8 @@ def _describe_source(obj: object) -> str:
         # Its module is functools and it has no name: say what it binds.
         return f"functools.partial({_describe_source(obj.func)})"
     module = getattr(obj, "__module__", None) or "?"
-    return f"{module}.{getattr(obj, '__qualname__', repr(obj))}"
+    qualname = getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname if isinstance(qualname, str) else shown_text(repr, obj)}"
 
 
 def _takes_a_context(fn: Callable[..., Any], *bound: object) -> str | None:
@@ -482,8 +484,8 @@ class StageRegistry:
         """Register ``target`` (see :meth:`register`) and return its entry."""
         if name is not None and (not isinstance(name, str) or not name):
             raise RegistryError(
-                f"stage name {name!r} given for {target!r} is not a non-empty string; "
-                "pass name='TheName', or leave it out to use the class or function name"
+                f"stage name {name!r} given for {shown_text(repr, target)} is not a non-empty "
+                "string; pass name='TheName', or leave it out to use the class or function name"
             )
         if isinstance(target, BaseStage):
             # Before the name: an instance has no __name__, and "pass name=..." would
@@ -496,7 +498,9 @@ class StageRegistry:
             )
         stage_name = name or getattr(target, "__name__", None)
         if not isinstance(stage_name, str) or not stage_name:
-            raise RegistryError(f"cannot tell the name of stage {target!r}; pass name=...")
+            raise RegistryError(
+                f"cannot tell the name of stage {shown_text(repr, target)}; pass name=..."
+            )
         origin = source or _describe_source(target)
         factory: Callable[[], BaseStage]
         function: StageFunction | None = None

@@ -226,7 +226,7 @@ def test_validate_structure_only_ignores_stage_names(cli: Cli, tmp_path: Path) -
     [
         (None, "cannot read the file"),
         ("{ broken", "not valid JSON at line 1 column 3"),
-        ("[1, 2]", "a pipeline document is a JSON object, got list"),
+        ("[1, 2]", "a pipeline document is a JSON object, got an array"),
     ],
 )
 def test_validate_reports_unreadable_files_as_problems(

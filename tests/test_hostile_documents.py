@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 
 import stageflow
 from stageflow._cli._common import CommandError, read_json_argument
-from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_NESTING, int_too_large
+from stageflow._guard import (
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    MAX_NESTING,
+    int_too_large,
+    parse_yaml_text,
+)
 from stageflow._json import find_non_json
 from stageflow._pipeline import parse_document
 
@@ -201,6 +207,37 @@ def test_a_billion_laughs_yaml_is_refused_in_bounded_time() -> None:
     )
     assert "refused:" in done.stdout
     assert "aliases" in done.stdout
+
+
+def test_a_json_key_given_twice_is_a_located_validation_error(tmp_path: Path) -> None:
+    # json.loads keeps the last value silently: the pipeline ran from "b".
+    path = tmp_path / "p.json"
+    path.write_text(
+        '{"api_version": "1.0", "entry": "a", "nodes": [{"id": "a", "type": "terminal", '
+        '"result": {"x": 1, "x": 2}}], "entry": "b"}'
+    )
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Pipeline.load(path)
+    [problem] = caught.value.problems
+    assert problem.location == "$"  # the outer object first
+    assert problem.message.startswith("the key 'entry' appears more than once in this object")
+    assert problem.message.endswith("keep one of them")
+    path.write_text(json.dumps(minimal()).replace('"type"', '"type": "stage", "type"'))
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Pipeline.load(path)
+    assert caught.value.problems[0].location == "$.nodes[0]"
+    with pytest.raises(CommandError, match=r"--payload: not read: the object at \$\.a has the key"):
+        read_json_argument('{"a": {"k": 1, "k": 2}}', option="--payload")
+
+
+def test_a_yaml_key_given_twice_is_a_validation_error_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("api_version: '1.0'\nentry: a\nnodes:\n  - {id: a, type: terminal}\nentry: b\n")
+    with pytest.raises(stageflow.PipelineValidationError, match=r"at line 5 column 1: .*'entry'"):
+        stageflow.Pipeline.load(path)
+    # Keys a merge brings in may be overridden: that is what merges are for.
+    merged = parse_yaml_text("base: &b {k: 1, j: 2}\nover: {<<: *b, k: 3}\n")
+    assert merged["over"] == {"k": 3, "j": 2}
 
 
 def test_a_text_over_the_size_budget_is_refused() -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import stageflow
 from stageflow._guard import MAX_VALUES, SAFE_INT_BITS
-from stageflow._json import MAX_DEPTH, _walk, copy_json, find_non_json, freeze, thaw
+from stageflow._json import MAX_DEPTH, _walk, a_json_type, copy_json, find_non_json, freeze, thaw
 
 
 def nested(levels: int) -> list[Any]:
@@ -209,6 +209,24 @@ async def test_a_stage_output_of_an_enum_is_stored_as_its_plain_value() -> None:
     assert type(session.payload["mood"]) is str
 
 
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        (None, "null"),
+        (True, "a boolean"),
+        (3, "an integer"),
+        (1.5, "a number"),
+        ("x", "a string"),
+        ([], "an array"),
+        ({}, "an object"),
+        ({1}, "a Python set"),
+        (object(), "a Python object"),
+    ],
+)
+def test_values_are_named_for_messages_as_json_names_them(value: object, named: str) -> None:
+    assert a_json_type(value) == named
+
+
 def test_freeze_makes_containers_read_only() -> None:
     frozen = freeze({"a": [1, {"b": 2}]})
     assert isinstance(frozen, MappingProxyType)
@@ -284,6 +302,44 @@ async def test_a_session_refuses_a_payload_and_an_input_that_expand_past_the_bud
         session.send_input("answer", shared_levels(40))
 
 
+def test_long_containers_are_held_to_the_value_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only shared containers were counted: one long list (or several), each
+    # of its items distinct, passed the quick check at any length.
+    monkeypatch.setattr("stageflow._json.MAX_VALUES", 1000)
+    assert find_non_json([0] * 999) is None  # 1,000 values, the list counted
+    assert find_non_json({"a": [0] * 500, "b": [0] * 497}) is None
+    for value in ([0] * 1000, {"a": [0] * 500, "b": [0] * 498}, [[0] * 600, [0] * 600]):
+        bad = find_non_json(value)
+        assert bad is not None
+        assert "values written out as JSON" in bad.reason
+
+
+@pytest.mark.anyio
+async def test_a_long_output_or_event_payload_is_refused_at_once() -> None:
+    # A stage returning a list of 33M items (extended by itself 25 times)
+    # completed: every item was checked and copied, for seconds.
+    registry = fake_registry()
+    too_long = [0] * MAX_VALUES
+
+    @registry.register("Long")
+    async def long(ctx: stageflow.StageContext) -> dict[str, Any]:
+        if ctx.config.get("emit"):
+            ctx.emit("long", {"v": too_long})
+        return {"v": too_long}
+
+    for config in ({}, {"emit": True}):
+        document = doc(
+            [stage("long", "Long", config=config, outputs={"v": "v"}, next="end"), terminal()]
+        )
+        result = await run(document, registry=registry)
+        assert result.status is stageflow.SessionStatus.FAILED
+        assert result.error is not None
+        assert result.error.node_id == "long"
+        assert f"more than {MAX_VALUES:,} values" in str(result.error)
+        if not config:
+            assert isinstance(result.error, stageflow.StageOutputError)
+
+
 @pytest.mark.anyio
 async def test_a_payload_or_an_output_with_a_lone_surrogate_is_refused() -> None:
     # Only inputs were checked for lone surrogates: a payload or a stage
@@ -302,5 +358,5 @@ async def test_a_payload_or_an_output_with_a_lone_surrogate_is_refused() -> None
     document = doc([stage("b", "Broken", outputs={"v": "v"}, next="end"), terminal("end", "v")])
     result = await run(document, registry=registry)
     assert isinstance(result.error, stageflow.StageOutputError)
-    assert "output 'v[1]' is a str" in str(result.error)
+    assert "output 'v[1]' is a string" in str(result.error)
     assert "lone surrogate" in str(result.error)

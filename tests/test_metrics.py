@@ -211,6 +211,38 @@ async def test_a_rejected_input_of_a_type_nobody_declares_is_counted_under_one_l
     assert rejected == {("(undeclared)", "unknown_type"): 3, ("answer", "not_json"): 1}
 
 
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+async def test_an_input_of_a_bad_type_is_recorded_and_counted_as_every_rejection_is(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    # A bad_type rejection was neither in the history nor in the metric.
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry), registry=registry, meter_provider=meter_provider
+    )
+    bad_types: list[Any] = ["", 42, None, ["a"] * 1000, Unprintable()]
+    for bad in bad_types:
+        with pytest.raises(stageflow.InputRejectedError) as refused:
+            session.send_input(bad, {})
+        assert refused.value.reason == "bad_type"
+    recorded = [e.payload for e in session.history if e.type == "input_rejected"]
+    assert [r["reason"] for r in recorded] == ["bad_type"] * len(bad_types)
+    shown = [r["input_type"] for r in recorded]
+    assert shown[:3] == ["", "42", "None"]
+    assert shown[3] == repr(bad_types[3])[:57] + "..."  # a repr, cut short
+    assert shown[4] == "<Unprintable whose repr() failed>"
+    [rejected] = points(reader)["stageflow.inputs.rejected"]
+    assert rejected.value == len(bad_types)
+    assert rejected.attributes == {
+        "stageflow.input.type": "(undeclared)",
+        "stageflow.input.reject_reason": "bad_type",
+    }
+
+
 def test_every_instrument_is_in_the_catalogue() -> None:
     from pathlib import Path
 

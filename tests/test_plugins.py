@@ -370,6 +370,30 @@ def test_entry_point_of_the_wrong_shape_is_reported(
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
+        ("register_raising_unprintable", "UnprintableError: <UnprintableError whose str() failed>"),
+        ("register_exiting_unprintable", "SystemExit(<Unprintable whose repr() failed>)"),
+        ("register_with_unprintable_default", "has the signature <Signature whose str() failed>"),
+        (
+            "register_unprintable_stage",
+            "RegistryError: stage 'Unprintable' from stage_packs.<Unprintable whose repr() failed> "
+            "is neither",
+        ),
+    ],
+)
+def test_a_pack_whose_objects_cannot_be_shown_is_reported(
+    fake_packs: list[tuple[str, str]], value: str, expected: str
+) -> None:
+    # Formatting the message (str(exc), repr of an exit code, of a default in
+    # the signature, of the registered object) raised out of load_plugins.
+    fake_packs.append(("unprintable", f"stage_packs:{value}"))
+    report = stageflow.StageRegistry().load_plugins(["unprintable"])
+    assert report.loaded == ()
+    assert expected in str(report.failed[0].error)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
         pytest.param(
             "stage_pack_exits:register",
             "could not be imported from 'stage_pack_exits:register': SystemExit('usage: "

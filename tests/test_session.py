@@ -204,21 +204,26 @@ async def failed_output(value: object, outputs: Mapping[str, str]) -> tuple[Any,
     return result, session
 
 
-@pytest.mark.parametrize("value", ["text", [1, 2], 3, ("a", 1)])
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("text", "a string"), ([1, 2], "an array"), (3, "an integer"), (("a", 1), "an array")],
+)
 @pytest.mark.parametrize("outputs", [{}, {"a": "a"}])
-async def test_a_stage_returning_a_non_mapping_fails(value: object, outputs: dict) -> None:
+async def test_a_stage_returning_a_non_mapping_fails(
+    value: object, kind: str, outputs: dict
+) -> None:
     result, _ = await failed_output(value, outputs)
-    assert f"returned a {type(value).__name__}" in str(result.error)
+    assert f"returned {kind};" in str(result.error)
 
 
 @pytest.mark.parametrize(
     ("value", "key", "kind"),
     [
-        ({"a": 1, "b": {1, 2}}, "'b'", "set"),
-        ({"a": 1, "b": math.nan}, "'b'", "float"),
-        ({"a": 1, "b": [1, math.inf]}, "'b[1]'", "float"),
-        ({"a": 1, "b": {"deep": object()}}, "'b.deep'", "object"),
-        ({"a": 1, "b": {2: "int key"}}, "'b key 2'", "int"),
+        ({"a": 1, "b": {1, 2}}, "'b'", "a Python set"),
+        ({"a": 1, "b": math.nan}, "'b'", "a number"),
+        ({"a": 1, "b": [1, math.inf]}, "'b[1]'", "a number"),
+        ({"a": 1, "b": {"deep": object()}}, "'b.deep'", "a Python object"),
+        ({"a": 1, "b": {2: "int key"}}, "'b key 2'", "an integer"),
     ],
 )
 async def test_a_non_json_output_value_fails_and_writes_nothing(
@@ -227,7 +232,7 @@ async def test_a_non_json_output_value_fails_and_writes_nothing(
     result, _ = await failed_output(value, {"a": "out.a", "b": "out.b"})
     message = str(result.error)
     assert f"output {key}" in message
-    assert f"is a {kind}" in message
+    assert f"is {kind}, which is not a JSON value" in message
 
 
 async def test_a_missing_output_key_fails_naming_it_and_what_was_returned() -> None:

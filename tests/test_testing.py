@@ -172,10 +172,17 @@ def test_malformed_json_names_line_and_column(tmp_path: Path) -> None:
         load_cases(path)
 
 
+def test_a_case_file_with_a_key_given_twice_names_the_object(tmp_path: Path) -> None:
+    path = tmp_path / "dup.stageflow.json"
+    path.write_text('{"pipeline": "p.json", "cases": [{"name": "a", "name": "b"}]}')
+    with pytest.raises(CaseValidationError, match=r"the key 'name' appears more than once"):
+        load_cases(path)
+
+
 def test_a_case_file_must_be_an_object(tmp_path: Path) -> None:
     path = tmp_path / "list.stageflow.yaml"
     path.write_text("- name: a\n")
-    with pytest.raises(CaseValidationError, match="a case file is an object, got list"):
+    with pytest.raises(CaseValidationError, match="a case file is an object, got an array"):
         load_cases(path)
 
 

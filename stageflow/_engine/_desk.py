@@ -24,9 +24,9 @@ import jsonschema
 
 from stageflow._engine._inputs import InputBroker, InputReceipt, fulfil
 from stageflow._engine._positions import Call
-from stageflow._errors import InputRejectedError
+from stageflow._errors import InputRejectedError, shown_text
 from stageflow._events import History
-from stageflow._json import copy_json, find_non_json
+from stageflow._json import a_json_type, copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec, json_message
@@ -40,7 +40,6 @@ __all__ = [
     "input_json",
     "input_spec",
     "schema_errors",
-    "type_name",
 ]
 
 # Compact JSON, as limits.max_input_bytes counts it: one encoder, not one per
@@ -146,7 +145,10 @@ class InputDesk:
         against every schema declared for ``type`` (their stages are not
         running to say which is theirs).
         """
-        check_input_type(type)
+        try:
+            check_input_type(type)
+        except InputRejectedError as refused:
+            raise self._reject(refused.input_type, refused.reason, str(refused)) from None
         try:
             _, size = input_json(type, payload)
         except InputRejectedError as refused:
@@ -275,17 +277,23 @@ def input_spec(spec: StageSpec, type: str) -> InputSpec | None:
     return None
 
 
-def type_name(value: object) -> str:
-    """The type name of ``value``, for messages."""
-    return type(value).__name__
+# The most characters of a bad input type's repr that a rejection keeps.
+_SHOWN_TYPE: Final = 60
 
 
 def check_input_type(type: object) -> None:
-    """Refuse an input type that is not a non-empty string (``reason="bad_type"``)."""
+    """Refuse an input type that is not a non-empty string (``reason="bad_type"``).
+
+    The error's ``input_type`` is ``""``, or for a type that is no string
+    its ``repr`` (``"42"``, ``"None"``) cut to 60 characters: it goes into the
+    history, which holds only JSON, and the sender may have passed anything.
+    """
     if not isinstance(type, str) or not type:
+        shown = shown_text(repr, type)
+        shown = shown if len(shown) <= _SHOWN_TYPE else shown[: _SHOWN_TYPE - 3] + "..."
         raise InputRejectedError(
-            f"input type {type!r} is not a non-empty string; pass the type the stage waits for",
-            input_type=str(type),
+            f"input type {shown} is not a non-empty string; pass the type the stage waits for",
+            input_type="" if isinstance(type, str) else shown,
             reason="bad_type",
         )
 
@@ -305,8 +313,8 @@ def input_json(type: str, payload: Any) -> tuple[str, int]:
     bad = find_non_json(payload, "payload")
     if bad is not None:
         raise InputRejectedError(
-            f"input {type!r} was rejected: {bad.location} is a {type_name(bad.value)}, not a "
-            f"JSON value ({bad.reason}); send dict, list, str, int, float, bool or None",
+            f"input {type!r} was rejected: {bad.location} is {a_json_type(bad.value)}, "
+            f"not a JSON value ({bad.reason}); send dict, list, str, int, float, bool or None",
             input_type=type,
             reason="not_json",
         )

@@ -33,7 +33,7 @@ from stageflow._errors import (
     NodeTimeoutError,
     describe_exception,
 )
-from stageflow._json import copy_json
+from stageflow._json import a_json_type, copy_json
 from stageflow._model import MapNode
 from stageflow._telemetry import MAP_INDEX, NODE_ID
 
@@ -79,7 +79,7 @@ class MapExecutor:
         check_depth(kernel, node.id, frame)
         items = frame.ctx.get(node.items)
         if not isinstance(items, list):
-            found = "nothing" if items is MISSING else f"a {type(items).__name__}"
+            found = "nothing" if items is MISSING else a_json_type(items)
             raise MapError(
                 f"map node {node.id!r}: 'items' path {node.items!r} holds {found}, not a list; "
                 "write a list there before the map runs",

@@ -53,7 +53,7 @@ from stageflow._errors import (
 )
 from stageflow._events import Event
 from stageflow._identity import IdentityCache
-from stageflow._json import copy_json
+from stageflow._json import a_json_type, copy_json
 from stageflow._model import Limits
 from stageflow._pipeline import Pipeline, load_schema, schema_error_message
 from stageflow._result import SessionStatus
@@ -160,7 +160,7 @@ def check_document(data: object) -> Mapping[str, Any]:
             [
                 Problem(
                     "$",
-                    f"a session snapshot is a JSON object, got a {type(data).__name__}; pass "
+                    f"a session snapshot is a JSON object, got {a_json_type(data)}; pass "
                     "what session.to_dict() returned (json.loads it first if you stored it "
                     "as text)",
                 )

@@ -37,7 +37,7 @@ from stageflow._errors import (
     error_matches,
 )
 from stageflow._guard import SAFE_INT_BITS, int_too_large
-from stageflow._json import copy_json, find_non_json
+from stageflow._json import a_json_type, copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
 from stageflow._stages import BaseStage, StageContext, StageEntry, engine_context
@@ -370,8 +370,8 @@ class StageExecutor:
             bad = find_non_json(value, key)
             if bad is not None:
                 raise StageOutputError(
-                    f"stage {node.stage!r} at node {node.id!r}: output {bad.location!r} is a "
-                    f"{type(bad.value).__name__}, which is not a JSON value ({bad.reason}); "
+                    f"stage {node.stage!r} at node {node.id!r}: output {bad.location!r} is "
+                    f"{a_json_type(bad.value)}, which is not a JSON value ({bad.reason}); "
                     "return only dict, list, str, int, finite float, bool or None",
                     node_id=node.id,
                 )
@@ -403,7 +403,7 @@ def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
             node_id=node.id,
         )
     return StageOutputError(
-        f"stage {node.stage!r} at node {node.id!r} returned a {type(outputs).__name__}; "
+        f"stage {node.stage!r} at node {node.id!r} returned {a_json_type(outputs)}; "
         "a stage returns a dict of outputs (or None)",
         node_id=node.id,
     )

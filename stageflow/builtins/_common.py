@@ -12,8 +12,10 @@ because built-in stages are meant to be nearly free.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
+from stageflow._json import JSON_TYPE_ARTICLES as _ARTICLES
+from stageflow._json import json_type
 from stageflow._specs import StageSpec
 from stageflow._stages import StageContext
 from stageflow.builtins._errors import BuiltinArgumentError, BuiltinConfigError, preview
@@ -28,35 +30,6 @@ __all__ = [
     "matches_type",
     "type_error",
 ]
-
-_ARTICLES: Final = {
-    "null": "null",
-    "boolean": "a boolean",
-    "object": "an object",
-    "array": "an array",
-    "number": "a number",
-    "integer": "an integer",
-    "string": "a string",
-}
-
-
-def json_type(value: Any) -> str:
-    """The JSON type name of a value (``integer`` for whole numbers)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "integer" if value.is_integer() else "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
 
 
 def matches_type(value: Any, expected: str | Sequence[str]) -> bool:

@@ -20,6 +20,7 @@ import attrs
 
 from stageflow._engine._desk import input_json
 from stageflow._errors import InputRejectedError
+from stageflow._json import a_json_type
 from stageflow.store._errors import StoredDataError
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
@@ -110,7 +111,7 @@ def read_lease(
             text = unpack_delta(base if base is not None else text.encode(), delta)
         snapshot = json.loads(text)
         if not isinstance(snapshot, Mapping):
-            raise ValueError(f"it is a JSON {type(snapshot).__name__}, not an object")
+            raise ValueError(f"it is {a_json_type(snapshot)}, not an object")
     except (ValueError, zlib.error) as exc:
         return {}, (), f"the stored snapshot cannot be read: {exc}"
     read: list[StoredInput] = []

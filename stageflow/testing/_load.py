@@ -13,6 +13,7 @@ import jsonschema
 
 from stageflow import Problem
 from stageflow._guard import BudgetError, read_text_file
+from stageflow._json import a_json_type
 from stageflow._pipeline import (
     load_schema,
     parse_document,
@@ -117,7 +118,7 @@ def cases_from_document(
             [
                 Problem(
                     "$",
-                    f"a case file is an object, got {type(document).__name__}; start from "
+                    f"a case file is an object, got {a_json_type(document)}; start from "
                     '{"pipeline": "pipeline.json", "cases": [{"name": ..., "expect": {...}}]}',
                 )
             ],

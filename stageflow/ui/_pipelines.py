@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -114,8 +114,21 @@ def read_pipeline_file(
 _REPORT_HINT = "write the report with stageflow test CASES --json > report.json"
 
 
-def _type_of(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+# A report is json.loads output: exact types. (The inspector imports no
+# private stageflow module, so not stageflow._json.a_json_type.)
+_KINDS: Final = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def _a_json_type(value: Any) -> str:
+    return _KINDS.get(type(value), "a value JSON has no type for")
 
 
 def _count(value: Any) -> bool:
@@ -125,30 +138,30 @@ def _count(value: Any) -> bool:
 def _entry_problem(entry: Any) -> str | None:
     """What is wrong in one coverage entry (``where: what``), or ``None``."""
     if not isinstance(entry, Mapping):
-        return f": is a {_type_of(entry)}, not an object"
+        return f": is {_a_json_type(entry)}, not an object"
     if not isinstance(entry.get("pipeline"), str):
-        return f".pipeline: is a {_type_of(entry.get('pipeline'))}, not a pipeline name"
+        return f".pipeline: is {_a_json_type(entry.get('pipeline'))}, not a pipeline name"
     if not isinstance(entry.get("source", ""), str):
-        return f".source: is a {_type_of(entry['source'])}, not a file name"
+        return f".source: is {_a_json_type(entry['source'])}, not a file name"
     if not _count(entry.get("runs", 0)):
         return f".runs: {entry['runs']!r} is not a whole number of runs (0 or more)"
     nodes = entry.get("nodes", {})
     if not isinstance(nodes, Mapping):
-        return f".nodes: is a {_type_of(nodes)}, not an object of node id -> times started"
+        return f".nodes: is {_a_json_type(nodes)}, not an object of node id -> times started"
     for node_id, hits in nodes.items():
         if not _count(hits):
             return f".nodes.{node_id}: {hits!r} is not a whole number of starts (0 or more)"
     for key in ("edges", "missed_edges"):
         edges = entry.get(key, [])
         if not isinstance(edges, list):
-            return f".{key}: is a {_type_of(edges)}, not a list of edges"
+            return f".{key}: is {_a_json_type(edges)}, not a list of edges"
         for index, edge in enumerate(edges):
             if not isinstance(edge, Mapping):
-                return f".{key}[{index}]: is a {_type_of(edge)}, not an edge object"
+                return f".{key}[{index}]: is {_a_json_type(edge)}, not an edge object"
             for field in ("source", "kind", "target"):
                 if not isinstance(edge.get(field), str):
                     return (
-                        f".{key}[{index}].{field}: is a {_type_of(edge.get(field))}, not a string"
+                        f".{key}[{index}].{field}: is {_a_json_type(edge.get(field))}, not a string"
                     )
     return None
 

@@ -150,6 +150,21 @@ async def test_failed_attempt_writes_nothing() -> None:
     assert dict(session.payload) == {"keep": True}
 
 
+async def test_a_stage_returning_no_dict_is_told_what_it_returned_in_json_names() -> None:
+    # The message said "returned a int" and "returned a list".
+    registry = fake_registry()
+
+    @registry.register("Number")
+    async def number(ctx: stageflow.StageContext) -> Any:
+        return ctx.config["value"]
+
+    for value, found in ((1, "returned an integer;"), ([1], "returned an array;")):
+        document = doc([stage("n", "Number", config={"value": value}, next="end"), terminal()])
+        result = await run_with(document, registry)
+        assert isinstance(result.error, stageflow.StageOutputError)
+        assert found in str(result.error)
+
+
 async def test_a_stage_returning_none_where_outputs_are_mapped_says_so() -> None:
     # The message used to say "returned a NoneType; a stage returns a dict of
     # outputs (or None)": None named as both the fault and the remedy.

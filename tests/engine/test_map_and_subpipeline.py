@@ -166,7 +166,15 @@ async def test_too_many_failures_fail_the_node() -> None:
 async def test_items_must_be_a_list() -> None:
     result = await run_map({"not": "a list"})  # type: ignore[arg-type]
     assert isinstance(result.error, stageflow.MapError)
-    assert "holds a dict, not a list" in str(result.error)
+    assert "holds an object, not a list" in str(result.error)
+
+
+async def test_map_items_that_are_null_or_a_number_are_named_as_json_names_them() -> None:
+    # The message said "holds a NoneType" and "holds a int".
+    for items, found in ((None, "holds null, not a list"), (7, "holds an integer, not a list")):
+        result = await run_map(items)  # type: ignore[arg-type]
+        assert isinstance(result.error, stageflow.MapError)
+        assert found in str(result.error)
 
 
 async def test_map_items_are_isolated_and_only_collect_flows_back() -> None:
@@ -288,7 +296,7 @@ async def test_an_item_path_under_a_scalar_fails_the_map_with_a_map_error(edge: 
     else:
         assert result.status is S.FAILED
         assert isinstance(result.error, stageflow.MapError)
-        assert "segment 'cur' holds a int" in str(result.error)
+        assert "segment 'cur' holds an integer" in str(result.error)
         assert types(result)[-1] == "session_failed"
 
 

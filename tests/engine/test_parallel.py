@@ -141,10 +141,10 @@ async def test_reducer_that_cannot_combine_fails_the_node() -> None:
 @pytest.mark.parametrize(
     ("reducer", "base", "found"),
     [
-        ("append", "abc", "a str, not a list"),
-        ("extend", {"k": 1}, "a dict, not a list"),
-        ("merge", [["k", 1]], "a list, not an object"),
-        ("merge", "ab", "a str, not an object"),
+        ("append", "abc", "a string, not an array"),
+        ("extend", {"k": 1}, "an object, not an array"),
+        ("merge", [["k", 1]], "an array, not an object"),
+        ("merge", "ab", "a string, not an object"),
     ],
 )
 async def test_a_reducer_over_an_old_value_it_cannot_fold_into_fails_the_node(

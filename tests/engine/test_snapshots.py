@@ -441,7 +441,7 @@ async def test_something_else_is_rejected_as_no_snapshot() -> None:
 
 async def test_text_instead_of_a_snapshot_says_to_parse_it() -> None:
     _, data = await suspended_chat()
-    with pytest.raises(stageflow.SnapshotError, match=r"got a str; pass .*json\.loads it"):
+    with pytest.raises(stageflow.SnapshotError, match=r"got a string; pass .*json\.loads it"):
         stageflow.Session.from_dict(json.dumps(data))  # type: ignore[arg-type]
 
 

@@ -100,3 +100,43 @@ def register_builtin_names(registry: stageflow.StageRegistry) -> None:
     registry.add(upper, name="Fine")
     registry.add(upper, name="builtins.set")
     registry.add(lower, name="builtins.shout")
+
+
+class Unprintable:
+    """An object whose repr() and str() raise (a proxy, a half-built object)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot be formatted."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def register_raising_unprintable(registry: stageflow.StageRegistry) -> None:
+    """Fails with an exception that cannot be shown."""
+    raise UnprintableError
+
+
+def register_exiting_unprintable(registry: stageflow.StageRegistry) -> None:
+    """Exits with a code that cannot be shown."""
+    raise SystemExit(Unprintable())
+
+
+UNPRINTABLE = Unprintable()
+
+
+def register_with_unprintable_default(
+    registry: stageflow.StageRegistry, settings: Any, more: Any = UNPRINTABLE
+) -> None:
+    """Wants more than the registry, and its signature cannot be shown."""
+
+
+def register_unprintable_stage(registry: stageflow.StageRegistry) -> None:
+    """Registers an object that is no stage and cannot be shown."""
+    registry.add(Unprintable(), name="Unprintable")  # type: ignore[arg-type]

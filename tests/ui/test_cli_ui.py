@@ -153,13 +153,13 @@ def test_a_coverage_path_that_is_a_directory_is_said_to_be_one(
             {"pipeline": "approval", "nodes": {"prepare": "two"}},
             "$.coverage[0].nodes.prepare: 'two' is not a whole number",
         ),
-        ({"pipeline": "approval", "edges": 12}, "$.coverage[0].edges: is a int, not a list"),
+        ({"pipeline": "approval", "edges": 12}, "$.coverage[0].edges: is an integer, not a list"),
         (
             {"pipeline": "approval", "missed_edges": [{"source": "a", "kind": 1, "target": "b"}]},
-            "$.coverage[0].missed_edges[0].kind: is a int, not a string",
+            "$.coverage[0].missed_edges[0].kind: is an integer, not a string",
         ),
-        ({"pipeline": 7}, "$.coverage[0].pipeline: is a int, not a pipeline name"),
-        ("approval", "$.coverage[0]: is a str, not an object"),
+        ({"pipeline": 7}, "$.coverage[0].pipeline: is an integer, not a pipeline name"),
+        ("approval", "$.coverage[0]: is a string, not an object"),
     ],
 )
 def test_a_coverage_report_with_a_field_of_the_wrong_type_is_refused_at_start(
@@ -225,6 +225,8 @@ def test_serves_snapshots_on_127_0_0_1_until_sigterm(ui_data: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert f"inspector on http://127.0.0.1:{port}/" in err
+    # Once: Hypercorn's own handler wrote it, and the CLI's root handler again.
+    assert err.count(f"Running on http://127.0.0.1:{port}") == 1, err
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
