@@ -265,6 +265,20 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
 
 
+def deciding_leaf(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
+    """``exc`` out of the task groups' exception groups: the leaf that says what ended them.
+
+    At each level the first exception that is no cancellation (the others
+    were cancelled because of it), or the first one when all are.
+    """
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = next(
+            (e for e in leaf.exceptions if not is_cancellation(e, cancelled)), leaf.exceptions[0]
+        )
+    return leaf
+
+
 def is_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is Ctrl-C: a ``KeyboardInterrupt``, alone or grouped with cancellations.
 

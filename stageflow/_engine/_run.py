@@ -37,6 +37,7 @@ from stageflow._engine._backend import (
     CancelScopeLike,
     cancel_flags,
     current_backend,
+    deciding_leaf,
     is_cancellation,
     loop_handles,
 )
@@ -782,7 +783,7 @@ class Run:
         ``cancelled``, with the reason. Any other (a stage's own BaseException)
         ends it ``failed``, with an error naming it.
         """
-        leaf = self._leaf(exc)
+        leaf = deciding_leaf(exc, self.backend.cancelled)
         node = self.current_node
         where = f" at node {node!r}" if node is not None else ""
         said = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
@@ -797,16 +798,6 @@ class Run:
         error.__cause__ = leaf
         self._finish(SessionStatus.FAILED, error)
 
-    def _leaf(self, exc: BaseException) -> BaseException:
-        """``exc`` out of the task groups' exception groups (a branch's, a map item's)."""
-        leaf = exc
-        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
-            leaf = next(
-                (e for e in leaf.exceptions if not is_cancellation(e, self.backend.cancelled)),
-                leaf.exceptions[0],
-            )
-        return leaf
-
     def interruption(
         self, exc: BaseException, path: str, failed: dict[str, Any] | None
     ) -> tuple[str, BaseException | None, dict[str, Any] | None]:
@@ -817,7 +808,7 @@ class Run:
         stage's own) fails them, with ``error.type`` and, where it was
         raised, the ``exception`` event (``failed``: the attributes then).
         """
-        leaf = self._leaf(exc)
+        leaf = deciding_leaf(exc, self.backend.cancelled)
         if isinstance(leaf, KeyboardInterrupt | SystemExit):
             return "cancelled", None, {CANCEL_REASON: self.cancel_reason(path)}
         return "failed", leaf, failed

@@ -20,7 +20,7 @@ import anyio.lowlevel
 
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
-from stageflow._engine._backend import is_cancellation
+from stageflow._engine._backend import deciding_leaf, is_cancellation
 from stageflow._engine._contracts import check_contract
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
@@ -121,7 +121,9 @@ class StageExecutor:
                 except BaseException as exc:  # looked at and re-raised: a cancellation
                     if is_cancellation(exc, kernel.backend.cancelled):
                         outcome = kernel.stop_outcome
-                    elif _interrupt(exc):
+                    elif isinstance(
+                        deciding_leaf(exc, kernel.backend.cancelled), KeyboardInterrupt | SystemExit
+                    ):
                         outcome = "cancelled"  # as the session ends (Ctrl-C, sys.exit())
                     raise
                 finally:
@@ -407,10 +409,3 @@ def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
         "a stage returns a dict of outputs (or None)",
         node_id=node.id,
     )
-
-
-def _interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` is (or a group holds) a ``KeyboardInterrupt`` or ``SystemExit``."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(lambda e: isinstance(e, KeyboardInterrupt | SystemExit)) is not None
-    return isinstance(exc, KeyboardInterrupt | SystemExit)
