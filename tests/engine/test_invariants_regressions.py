@@ -244,10 +244,11 @@ async def test_a_session_a_limit_stopped_keeps_its_backlog_and_discards_none_of_
     """
     nodes = [
         stage("a", "WaitStage", config={"input": "answer"}, outputs={"payload": "first"}, next="b"),
-        stage("b", "WaitStage", config={"input": "answer"}, outputs={"payload": "second"}),
+        stage(
+            "b", "WaitStage", config={"input": "answer"}, outputs={"payload": "second"}, next="end"
+        ),
         terminal("end"),
     ]
-    nodes[1]["next"] = "end"
     pipeline = stageflow.Pipeline.from_dict(doc(nodes))
     session = stageflow.Session(pipeline, limits=stageflow.Limits(max_steps=1))
     session.send_input("answer", {"n": 1})

@@ -87,33 +87,31 @@ def test_tight_and_general_paths_are_indistinguishable(backend: str, plan: dict[
     assert tight.metrics == general.metrics
 
 
-@pytest.mark.parametrize("traced", [False, True])
-def test_the_tight_path_is_taken(traced: bool) -> None:
-    """Stage nodes skip ``execute()``, traced or not; with the switch off they do not."""
-    calls = 0
-    execute = _run.Run.execute
+def _calls_of(
+    monkeypatch: pytest.MonkeyPatch, name: str, blocks: list[tuple[str, int]], traced: bool
+) -> tuple[int, int]:
+    """How many times ``Run.<name>`` ran for ``blocks``: tight path, then general path."""
+    calls = [0]
+    method = getattr(_run.Run, name)
 
     async def counting(self: _run.Run, *args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return await execute(self, *args)
+        calls[0] += 1
+        return await method(self, *args)
 
-    plan = {
-        "blocks": [("chain", 0), ("set", 0)],
-        "traced": traced,
-        "suspend": False,
-        "max_steps": None,
-    }
-    _run.Run.execute = counting  # type: ignore[method-assign]
-    try:
+    monkeypatch.setattr(_run.Run, name, counting)
+    plan = {"blocks": blocks, "traced": traced, "suspend": False, "max_steps": None}
+    anyio.run(lambda: record_run(**plan), backend="trio")
+    tight, calls[0] = calls[0], 0
+    with general_path():
         anyio.run(lambda: record_run(**plan), backend="trio")
-        assert calls == 1  # the terminal only
-        calls = 0
-        with general_path():
-            anyio.run(lambda: record_run(**plan), backend="trio")
-        assert calls == 5
-    finally:
-        _run.Run.execute = execute  # type: ignore[method-assign]
+    return tight, calls[0]
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_the_tight_path_is_taken(monkeypatch: pytest.MonkeyPatch, traced: bool) -> None:
+    """Stage nodes skip ``execute()``, traced or not; with the switch off they do not."""
+    # The terminal only; then every node.
+    assert _calls_of(monkeypatch, "execute", [("chain", 0), ("set", 0)], traced) == (1, 5)
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
@@ -136,32 +134,13 @@ def test_one_node_map_bodies_are_alike_on_both_paths(
 
 
 @pytest.mark.parametrize(("traced", "fails", "taken"), [(False, 0, 2), (False, 1, 2), (True, 0, 0)])
-def test_a_one_node_map_body_runs_through_run_item(traced: bool, fails: int, taken: int) -> None:
+def test_a_one_node_map_body_runs_through_run_item(
+    monkeypatch: pytest.MonkeyPatch, traced: bool, fails: int, taken: int
+) -> None:
     """Each new item of a one-stage-node body is one ``run_item``, untraced; else ``run_child``."""
-    calls = 0
-    run_item = _run.Run.run_item
-
-    async def counting(self: _run.Run, *args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return await run_item(self, *args)
-
-    plan = {
-        "blocks": [("map_one", fails), ("set", 0)],
-        "traced": traced,
-        "suspend": False,
-        "max_steps": None,
-    }
-    _run.Run.run_item = counting  # type: ignore[method-assign]
-    try:
-        anyio.run(lambda: record_run(**plan), backend="trio")
-        assert calls == taken  # two items, echoed or failing
-        calls = 0
-        with general_path():
-            anyio.run(lambda: record_run(**plan), backend="trio")
-        assert calls == 0
-    finally:
-        _run.Run.run_item = run_item  # type: ignore[method-assign]
+    # Two items, echoed or failing; none off the tight path.
+    blocks = [("map_one", fails), ("set", 0)]
+    assert _calls_of(monkeypatch, "run_item", blocks, traced) == (taken, 0)
 
 
 @pytest.mark.anyio
