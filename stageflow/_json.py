@@ -20,6 +20,7 @@ __all__ = [
     "JsonValue",
     "NonJson",
     "a_json_type",
+    "a_python_type",
     "copy_json",
     "find_non_json",
     "freeze",
@@ -102,6 +103,18 @@ def a_json_type(value: Any) -> str:
     if value is None or isinstance(value, bool | int | float | str | list | tuple | Mapping):
         return JSON_TYPE_ARTICLES[json_type(value)]
     return f"a Python {type(value).__name__}"
+
+
+def a_python_type(value: object) -> str:
+    """What ``value`` is, for messages about Python arguments: ``"an int"``, ``"a dict"``.
+
+    Named by its Python type with the article its name takes, and ``None``
+    as itself (not ``"a NoneType"``).
+    """
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _surrogate(text: str) -> str | None:

@@ -41,6 +41,7 @@ from stageflow._errors import (
     StageConflictError,
     shown_text,
 )
+from stageflow._json import a_python_type
 from stageflow._log import get_logger
 from stageflow._specs import StageSpec
 
@@ -281,7 +282,7 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
         )
     if not callable(target):
         raise TypeError(
-            f"entry point {pack.value!r} names a {type(target).__name__}, not a function; "
+            f"entry point {pack.value!r} names {a_python_type(target)}, not a function; "
             "point it at a function register(registry) or at a module that has one"
         )
     if inspect.iscoroutinefunction(target):
@@ -334,7 +335,7 @@ def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
         if inspect.iscoroutine(returned):
             returned.close()  # never awaited: close it so no warning leaks
         wrong = TypeError(
-            f"register function {pack.value!r} returned a {type(returned).__name__}; "
+            f"register function {pack.value!r} returned {a_python_type(returned)}; "
             "it must register stages into the registry it is given and return None"
         )
         raise _PackFailure(f"is not a valid stage pack: {wrong}", wrong)

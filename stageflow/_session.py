@@ -41,7 +41,7 @@ from stageflow._errors import (
 from stageflow._events import Event, EventCallback, EventStream
 from stageflow._guard import MAX_INT_DIGITS, int_too_large
 from stageflow._identity import IdentityCache
-from stageflow._json import copy_json, find_non_json
+from stageflow._json import a_python_type, copy_json, find_non_json
 from stageflow._metrics import Metrics
 from stageflow._model import (
     Limits,
@@ -214,7 +214,7 @@ class Session:
     ) -> None:
         if registry is not None and not isinstance(registry, StageRegistry):
             raise TypeError(
-                f"Session(registry=...) was given a {type(registry).__name__}; pass a "
+                f"Session(registry=...) was given {a_python_type(registry)}; pass a "
                 "stageflow.StageRegistry, or leave it out to use the pipeline's"
             )
         entries = _stages_of(
@@ -229,7 +229,7 @@ class Session:
             )
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(
-                f"Session(limits=...) was given a {type(limits).__name__}; pass "
+                f"Session(limits=...) was given {a_python_type(limits)}; pass "
                 "stageflow.Limits(...) (a dict such as {'max_steps': 100} is the pipeline "
                 "document's form: stageflow.Limits(max_steps=100) here)"
             )

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+from stageflow._json import a_python_type
 from stageflow._stages import StageRegistry, default_registry
 
 __all__ = [
@@ -258,7 +259,7 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
     if not isinstance(found, StageRegistry):
         raise StagesModuleError(
             ref,
-            f"its {name!r} attribute is a {type(found).__name__}, not a stageflow.StageRegistry "
+            f"its {name!r} attribute is {a_python_type(found)}, not a stageflow.StageRegistry "
             "(or a function returning one); name the module's registry"
             + (" after the colon" if attr else ", or make it the registry its stages are in"),
         )

@@ -25,6 +25,7 @@ from stageflow._errors import (
     StageNotFoundError,
     shown_text,
 )
+from stageflow._json import a_python_type
 from stageflow._log import get_logger
 from stageflow._plugins import PluginReport, load_plugins
 from stageflow._specs import StageSpec
@@ -531,8 +532,8 @@ class StageRegistry:
             )
         if not isinstance(stage_spec, StageSpec):
             raise RegistryError(
-                f"stage {stage_name!r} from {origin} has a spec of type "
-                f"{type(stage_spec).__name__}; use stageflow.StageSpec(...)"
+                f"stage {stage_name!r} from {origin} has a spec that is "
+                f"{a_python_type(stage_spec)}; use stageflow.StageSpec(...)"
             )
         existing = self._entries.get(stage_name) or _CORE.get(stage_name)
         if existing is not None:

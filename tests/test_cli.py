@@ -124,7 +124,10 @@ def test_run_exits_1_when_the_session_fails(cli: Cli, tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["--payload", "{not json"], "--payload: not valid JSON at line 1 column 2"),
-        (["--payload", "[1, 2]"], "--payload must be a JSON object"),
+        (
+            ["--payload", "[1, 2]"],
+            "--payload must be a JSON object (the initial context), got an array",
+        ),
         (["--payload", "@/nonexistent/payload.json"], "--payload: cannot read"),
         (["--input", "no-equals-sign"], "expected TYPE=JSON"),
         (["--input", "=1"], "expected TYPE=JSON"),

@@ -214,7 +214,7 @@ def test_one_name_from_two_modules_is_a_conflict(cli: Cli, tmp_path: Path) -> No
     ("source", "message"),
     [
         ("registry = {}\n", "its 'registry' attribute is a dict, not a stageflow.StageRegistry"),
-        ("def registry():\n    return 1\n", "its 'registry' attribute is a int, not a"),
+        ("def registry():\n    return 1\n", "its 'registry' attribute is an int, not a"),
         ("raise RuntimeError('no config')\n", "importing it raised RuntimeError: no config"),
         ("import no_such_dependency_xyz\n", "importing it raised ModuleNotFoundError"),
     ],

@@ -340,7 +340,7 @@ def test_register_that_raises_leaves_no_stage_behind(
     [
         ("stage_pack_no_register", "has no register(registry) function"),
         ("stage_packs:EchoImpostor", "names the class EchoImpostor"),
-        ("stage_packs:NOT_CALLABLE", "names a int, not a function"),
+        ("stage_packs:NOT_CALLABLE", "names an int, not a function"),
         ("stage_packs:register_async", "is 'async def'"),
         ("stage_packs:register_returning", "returned a list; it must register"),
         ("stage_packs:register_returning_coroutine", "returned a coroutine; it must register"),

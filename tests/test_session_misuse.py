@@ -204,8 +204,20 @@ def _pipeline() -> stageflow.Pipeline:
         ({"validate_events": "loud"}, ValueError, r"'loud'\) is not one of 'off', 'warn'"),
         ({"clock": 5}, TypeError, r"clock=5\) is not callable"),
         ({"registry": {}}, TypeError, r"registry=\.\.\.\) was given a dict"),
+        # "was given a int" before: the article follows the type's name.
+        ({"limits": 5}, TypeError, r"limits=\.\.\.\) was given an int;"),
+        ({"registry": None, "limits": object()}, TypeError, r"was given an object;"),
     ],
-    ids=["empty id", "int id", "limits dict", "bad mode", "clock", "registry dict"],
+    ids=[
+        "empty id",
+        "int id",
+        "limits dict",
+        "bad mode",
+        "clock",
+        "registry dict",
+        "limits int",
+        "limits object",
+    ],
 )
 def test_session_arguments_of_the_wrong_kind_are_named(
     arguments: dict[str, Any], error: type[Exception], says: str

@@ -170,7 +170,9 @@ def test_a_nameless_stage_needs_an_explicit_name() -> None:
 
 def test_a_spec_of_the_wrong_type_is_rejected() -> None:
     registry = stageflow.StageRegistry()
-    with pytest.raises(stageflow.RegistryError, match="StageSpec"):
+    with pytest.raises(
+        stageflow.RegistryError, match=r"has a spec that is a dict; use stageflow\.StageSpec"
+    ):
         registry.register("Bad", spec={"description": "x"})(noop)  # type: ignore[arg-type]
 
 

@@ -37,7 +37,7 @@ from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_r
 from stageflow._engine._backend import run_in_virtual_time
 from stageflow._errors import StageflowError
 from stageflow._events import Event
-from stageflow._json import thaw
+from stageflow._json import a_json_type, thaw
 from stageflow._result import SessionResult
 from stageflow._session import Session
 from stageflow._specs import json_text
@@ -340,7 +340,7 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     payload = {} if args.payload is None else read_json_argument(args.payload, option="--payload")
     if not isinstance(payload, dict):
         raise CommandError(
-            f"--payload must be a JSON object (the initial context), got {type(payload).__name__}; "
+            f"--payload must be a JSON object (the initial context), got {a_json_type(payload)}; "
             'e.g. --payload \'{"user_id": "u1"}\''
         )
     script = ScriptedInputs.parse(args.inputs)
