@@ -463,6 +463,10 @@ def check_nothing_lost(lineage: Lineage, result: stageflow.SessionResult) -> Non
             seen[type] += len(payloads)
     stop: int | None = None
     for e in result.history:
+        if e.type == "session_resumed":
+            # A stop in the history before it was an earlier run's (a snapshot
+            # taken while a stop unwound): this run received its inputs again.
+            stop = None
         error = e.payload.get("error") if stopped else None
         if stop is None and isinstance(error, dict) and error.get("type") == "LimitExceededError":
             # The stop saved the positions: a stage that saw a delivered input
