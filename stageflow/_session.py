@@ -321,6 +321,13 @@ class Session:
                 gets is a ``subscriber_overflow`` marker with the count (the
                 history keeps them all). ``0`` means unbounded.
         """
+        if type(buffer) is not int or buffer < 0:
+            raise (ValueError if type(buffer) is int else TypeError)(
+                "Session.events(buffer=...) was given "
+                + (shown_value(buffer) if type(buffer) is int else a_python_type(buffer))
+                + "; pass how many events may wait for a slow reader, a whole number of 0 or "
+                "more (0: no bound)"
+            )
         return self._state.history.stream(buffer)
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
@@ -329,6 +336,12 @@ class Session:
         A callback that raises is logged and detached; it never breaks the
         run. Returns a function that unsubscribes.
         """
+        if not callable(callback):
+            raise TypeError(
+                f"Session.subscribe() was given {a_python_type(callback)}, which cannot be "
+                "called; pass a function that takes an Event (or use Session.events() to "
+                "iterate over them)"
+            )
         return self._state.history.subscribe(callback)
 
     def accepted_inputs(self) -> tuple[str, ...] | None:
@@ -416,6 +429,12 @@ class Session:
         (suspended or restored) ends ``cancelled`` at once. Cancelling a
         finished session does nothing.
         """
+        if type(reason) is not str:
+            raise TypeError(
+                f"Session.cancel(reason=...) was given {a_python_type(reason)}; pass "
+                "a string (it is recorded in the history, the spans and the logs), or leave it "
+                "out for 'cancelled'"
+            )
         state = self._state
         if state.status in FINISHED:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -239,6 +240,59 @@ def test_session_arguments_of_the_right_kind_are_taken() -> None:
     )
     assert session.session_id == "s-1"
     assert stageflow.Session(_pipeline(), validate_events="off").status.value == "pending"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "says"),
+    [
+        (lambda s: s.events(buffer=-1), ValueError, r"buffer=\.\.\.\) was given -1; pass how many"),
+        (lambda s: s.events(buffer=1.5), TypeError, r"was given a float; pass how many"),
+        (lambda s: s.events(buffer=None), TypeError, r"was given None; pass how many"),
+        (lambda s: s.subscribe(None), TypeError, r"subscribe\(\) was given None, which cannot"),
+        (lambda s: s.subscribe("print"), TypeError, r"was given a str, which cannot be called"),
+        (lambda s: s.cancel(None), TypeError, r"cancel\(reason=\.\.\.\) was given None; pass a"),
+        (lambda s: s.cancel(object()), TypeError, r"was given an object; pass a string"),
+    ],
+    ids=[
+        "buffer -1",
+        "buffer float",
+        "buffer None",
+        "callback None",
+        "callback str",
+        "reason None",
+        "reason object",
+    ],
+)
+def test_session_method_arguments_of_the_wrong_kind_are_named(
+    call: Any, error: type[Exception], says: str
+) -> None:
+    # events(buffer=-1) was taken, 1.5 and None raised anyio's or a comparison's
+    # TypeError; a callback that cannot be called was taken and failed (logged,
+    # detached) at the first event; cancel()'s reason was taken as it came.
+    session = stageflow.Session(_pipeline())
+    with pytest.raises(error, match=says):
+        call(session)
+    assert session.status is stageflow.SessionStatus.PENDING
+
+
+@pytest.mark.parametrize("reason", [None, object()])
+async def test_a_cancel_with_no_string_reason_leaves_the_run_and_its_snapshot_whole(
+    reason: Any,
+) -> None:
+    # cancel(None) mid-run made run() raise TypeError (the run took the missing
+    # reason for a passed deadline); cancel(object()) put the object in the
+    # history, and json.dumps(session.to_dict()) failed.
+    session = stageflow.Session(_pipeline())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(TypeError):
+            session.cancel(reason)
+        assert session.status is stageflow.SessionStatus.RUNNING
+        session.cancel("by the test")
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    data = json.loads(json.dumps(session.to_dict()))
+    assert data["history"][-1]["payload"]["reason"] == "by the test"
 
 
 # ------------------------------------------------------ subscribers and streams
