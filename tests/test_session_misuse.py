@@ -208,6 +208,9 @@ def _pipeline() -> stageflow.Pipeline:
         # "was given a int" before: the article follows the type's name.
         ({"limits": 5}, TypeError, r"limits=\.\.\.\) was given an int;"),
         ({"registry": None, "limits": object()}, TypeError, r"was given an object;"),
+        # An AttributeError ('int' object has no attribute 'get_tracer') before.
+        ({"tracer_provider": 5}, TypeError, r"tracer_provider=\.\.\.\) was given an int, which"),
+        ({"meter_provider": "x"}, TypeError, r"meter_provider=\.\.\.\) was given a str, which"),
     ],
     ids=[
         "empty id",
@@ -218,6 +221,8 @@ def _pipeline() -> stageflow.Pipeline:
         "registry dict",
         "limits int",
         "limits object",
+        "tracer provider int",
+        "meter provider str",
     ],
 )
 def test_session_arguments_of_the_wrong_kind_are_named(
