@@ -462,29 +462,18 @@ def check_nothing_lost(lineage: Lineage, result: stageflow.SessionResult) -> Non
         for type, payloads in data["backlog"].items():
             seen[type] += len(payloads)
     stop: int | None = None
-    # Inputs a stage saw after a stop, not counted: it sees them again later.
-    after_stop: collections.Counter[tuple[str, str]] = collections.Counter()
+    # Only a stop of the last run counts: one before its session_resumed was
+    # an earlier run's, in a snapshot taken while that stop unwound, which
+    # the restored session went on from as a running session.
+    last_run = max((e.seq for e in result.history if e.type == "session_resumed"), default=0)
     for e in result.history:
-        if e.type == "session_resumed":
-            # A stop in the history before it was an earlier run's (a snapshot
-            # taken while a stop unwound): this run receives its inputs again.
-            stop = None
-        error = e.payload.get("error") if stopped else None
+        error = e.payload.get("error") if stopped and e.seq > last_run else None
         if stop is None and isinstance(error, dict) and error.get("type") == "LimitExceededError":
             # The stop saved the positions: a stage that saw a delivered input
             # after it runs again when the session goes on, and sees it then.
             stop = e.seq
-        if e.type == "input_received":
-            where = (e.path, e.payload["input_type"])
-            origin = e.payload.get("from")
-            if origin == "backlog" or (origin == "sender" and stop is None):
-                seen[e.payload["input_type"]] += 1
-            elif origin == "sender":
-                after_stop[where] += 1
-            elif origin == "replay" and stop is None and after_stop[where]:
-                # Seen after an earlier run's stop (so in the journal of a
-                # snapshot taken then): this run's stage is given it again.
-                after_stop[where] -= 1
+        if e.type == "input_received" and e.payload.get("from") in ("sender", "backlog"):
+            if stop is None or e.payload["from"] == "backlog":
                 seen[e.payload["input_type"]] += 1
         elif e.type == "inputs_discarded":
             for entry in e.payload["inputs"]:
