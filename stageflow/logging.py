@@ -40,6 +40,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from stageflow._errors import LoggingSetupError
+from stageflow._json import a_python_type
 
 __all__ = [
     "Format",
@@ -186,13 +187,20 @@ def configure(
             but leaves the traceback out (the CLI's default).
 
     Raises:
-        LoggingSetupError: for an unknown format or level.
+        LoggingSetupError: for an unknown format or level, or a stream with no
+            ``write()``.
     """
     if format not in _FORMATS:
         raise LoggingSetupError(
             f"stageflow.logging.configure: unknown format {format!r}; use 'json' or 'console'"
         )
     level_number = _level_number(level)
+    if stream is not None and not callable(getattr(stream, "write", None)):
+        raise LoggingSetupError(
+            f"stageflow.logging.configure: stream was given {a_python_type(stream)}, which has "
+            "no write(); pass a text stream such as sys.stdout, or leave it out for standard "
+            "error"
+        )
     out = stream if stream is not None else sys.stderr
 
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)

@@ -60,6 +60,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from stageflow._errors import TracingSetupError
+from stageflow._json import a_python_type
 from stageflow._metrics import global_provider_set
 from stageflow._segments import wanted_ids
 
@@ -182,10 +183,12 @@ def configure(
 
     Raises:
         TracingSetupError: for an unknown ``exporter``, ``protocol`` or
-            ``console_format``, when the OTLP exporter package for the
-            protocol is not installed, or when ``set_global`` is true and a
+            ``console_format``, a ``service_name`` that is no non-empty
+            string, a ``console_stream`` with no ``write()``, when the OTLP
+            exporter package for the protocol is not installed, or when ``set_global`` is true and a
             global SDK provider is already set.
     """
+    _check_arguments("configure", service_name, console_stream)
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure: unknown exporter {exporter!r}; "
@@ -297,6 +300,7 @@ def configure_metrics(
     Raises:
         TracingSetupError: as :func:`configure` does.
     """
+    _check_arguments("configure_metrics", service_name, console_stream)
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure_metrics: unknown exporter {exporter!r}; "
@@ -372,6 +376,23 @@ def shutdown(provider: TracerProvider | None = None) -> None:
         meters = metrics.get_meter_provider()
         if isinstance(meters, MeterProvider):
             meters.shutdown()
+
+
+def _check_arguments(caller: str, service_name: object, console_stream: object) -> None:
+    """Refuse a service name or a console stream that the SDK would take and fail on later."""
+    if service_name is not None and (type(service_name) is not str or not service_name):
+        raise TracingSetupError(
+            f"stageflow.tracing.{caller}: service_name was given "
+            f"{repr(service_name) if service_name == '' else a_python_type(service_name)}; pass "
+            "a non-empty string (the service.name that trace viewers group by), or leave it "
+            "out for OTEL_SERVICE_NAME or 'stageflow'"
+        )
+    if console_stream is not None and not callable(getattr(console_stream, "write", None)):
+        raise TracingSetupError(
+            f"stageflow.tracing.{caller}: console_stream was given "
+            f"{a_python_type(console_stream)}, which has no write(); pass a text stream such "
+            "as sys.stdout, or leave it out for standard error"
+        )
 
 
 def _sdk_provider(provider: TracerProvider | None) -> TracerProvider | None:

@@ -244,6 +244,8 @@ def test_capture_logs_still_works_after_configure() -> None:
         ({"format": "xml"}, "unknown format 'xml'; use 'json' or 'console'"),
         ({"level": "LOUD"}, "unknown level 'LOUD'; use one of DEBUG, INFO"),
         ({"level": 2.5}, "level must be a level name or number, got float"),
+        # Taken before, and the first line failed inside the logging module.
+        ({"stream": 5}, "stream was given an int, which has no write(); pass a text stream"),
     ],
 )
 def test_bad_options_are_typed_errors(kwargs: dict[str, Any], expected: str) -> None:

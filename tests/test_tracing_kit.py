@@ -398,6 +398,25 @@ def test_bad_settings_are_typed_errors_that_say_what_to_use(
     assert expected in str(caught.value)
 
 
+@pytest.mark.parametrize("configure", ["configure", "configure_metrics"])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"service_name": 5}, "service_name was given an int; pass a non-empty string"),
+        ({"service_name": ""}, "service_name was given ''; pass a non-empty string"),
+        ({"console_stream": "out.txt"}, "console_stream was given a str, which has no write()"),
+    ],
+)
+def test_a_service_name_or_console_stream_of_the_wrong_kind_is_refused(
+    configure: str, kwargs: dict[str, Any], expected: str
+) -> None:
+    # Taken before: an int service.name went into every exported resource, and
+    # a console stream with no write() failed in the exporter's thread.
+    with pytest.raises(stageflow.TracingSetupError) as caught:
+        getattr(stageflow.tracing, configure)(exporter="console", set_global=False, **kwargs)
+    assert f"stageflow.tracing.{configure}: {expected}" in str(caught.value)
+
+
 # -- the global provider (in a subprocess: OpenTelemetry sets it once per process) -----------
 
 GLOBAL_SCRIPT = textwrap.dedent(
