@@ -40,7 +40,7 @@ from stageflow._guard import (
     yaml_problem,
 )
 from stageflow._identity import IdentityCache
-from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json, freeze
+from stageflow._json import MAX_DEPTH, a_json_type, a_python_type, copy_json, find_non_json, freeze
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -329,7 +329,14 @@ class Pipeline:
 
         Raises:
             PipelineValidationError: with every problem found.
+            TypeError: ``registry`` is not a :class:`StageRegistry`.
         """
+        if registry is not None and not isinstance(registry, StageRegistry):
+            raise TypeError(
+                f"Pipeline: registry=... was given {a_python_type(registry)}; pass a "
+                "stageflow.StageRegistry (where the pipeline's stage names are looked up), or "
+                "leave it out for the default registry"
+            )
         if not isinstance(document, Mapping):
             raise PipelineValidationError(
                 [
@@ -365,6 +372,7 @@ class Pipeline:
             PipelineValidationError: the file is not valid JSON/YAML or the
                 document has problems.
             OSError: the file cannot be read.
+            TypeError: ``registry`` is not a :class:`StageRegistry`.
         """
         file = Path(path)
         try:

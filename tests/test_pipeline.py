@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,30 @@ async def test_a_document_with_enum_members_copies_and_snapshots_as_plain_json()
     assert snapshot["pipeline"]["document"]["nodes"][0]["type"] == "stage"
     restored = stageflow.Session.from_dict(snapshot, registry=registry)
     assert restored.status == "completed"
+
+
+@pytest.mark.parametrize("registry", [5, {}, "default"])
+def test_a_registry_argument_that_is_no_registry_is_refused_by_name(
+    tmp_path: Path, registry: object
+) -> None:
+    # from_dict took it as the pipeline's registry (a later Session failed on
+    # it), or raised "argument of type 'int' is not iterable" once a stage
+    # node was looked up in it; load() did the same.
+    document = {
+        "api_version": "1.0",
+        "entry": "a",
+        "nodes": [
+            {"id": "a", "type": "stage", "stage": "WaitStage", "config": {"input": "go"}},
+        ],
+    }
+    file = tmp_path / "p.json"
+    file.write_text(json.dumps(document))
+    for reading in (
+        lambda: stageflow.Pipeline.from_dict(document, registry=registry),  # type: ignore[arg-type]
+        lambda: stageflow.Pipeline.from_dict({"api_version": "1.0"}, registry=registry),  # type: ignore[arg-type]
+        lambda: stageflow.Pipeline.load(file, registry=registry),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(
+            TypeError, match=r"registry=\.\.\. was given .*; pass a stageflow\.StageRegistry"
+        ):
+            reading()
