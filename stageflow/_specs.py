@@ -15,8 +15,8 @@ import jsonschema.validators
 import jsonschema_rs
 
 from stageflow._errors import DefinitionError
-from stageflow._json import a_json_type, freeze, thaw
-from stageflow._model import RetryPolicy
+from stageflow._json import a_json_type, a_python_type, freeze, thaw
+from stageflow._model import RetryPolicy, seconds_check
 
 __all__ = [
     "ENGINE_EVENT_TYPES",
@@ -88,6 +88,49 @@ def _check_event_type(instance: object, attribute: attrs.Attribute[Any], value: 
             f"EventSpec type {value!r} cannot be declared: {problem}; name the event after "
             "what happened in your stage, such as 'order_priced'"
         )
+
+
+def _check_input_type(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """Validator: an :class:`InputSpec` declares a type a sender can send (a non-empty string)."""
+    if isinstance(value, str) and value.strip():
+        return
+    problem = (
+        "an input type is a non-empty string"
+        if isinstance(value, str)
+        else f"an input type is a string, not {a_json_type(value)}"
+    )
+    raise DefinitionError(
+        f"InputSpec type {value!r} cannot be declared: {problem}; name what the sender "
+        "passes to session.send_input(type, payload), such as 'approval'"
+    )
+
+
+def _specs_of(kind: type, example: str) -> Any:
+    """Validator: a tuple of ``kind`` objects (a list of type names is a common slip)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+        for index, item in enumerate(value):
+            if not isinstance(item, kind):
+                raise DefinitionError(
+                    f"StageSpec.{attribute.name}[{index}] is {a_python_type(item)}, not a "
+                    f"stageflow.{kind.__name__}; list {kind.__name__} objects, such as "
+                    f"{attribute.name}=[stageflow.{kind.__name__}({example!r})]"
+                )
+
+    return check
+
+
+def _check_optional(kind: type, wanted: str) -> Any:
+    """Validator: ``None`` or a ``kind``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, kind):
+            raise DefinitionError(
+                f"StageSpec({attribute.name}=...) was given {a_python_type(value)}; pass "
+                f"{wanted}, or None"
+            )
+
+    return check
 
 
 def json_text(value: Any, limit: int = 60) -> str:
@@ -314,7 +357,7 @@ class InputSpec:
         description: what the input is, for people and catalogues.
     """
 
-    type: str
+    type: str = attrs.field(validator=_check_input_type)
     schema: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_frozen_schema, validator=_check_schema
     )
@@ -387,8 +430,18 @@ class StageSpec:
     outputs: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_frozen_schema, validator=_check_schema
     )
-    allowed_inputs: tuple[InputSpec, ...] = attrs.field(default=(), converter=tuple)
-    allowed_events: tuple[EventSpec, ...] = attrs.field(default=(), converter=tuple)
-    retry: RetryPolicy | None = None
-    timeout: float | None = None
-    input_from_config: str | None = None
+    allowed_inputs: tuple[InputSpec, ...] = attrs.field(
+        default=(), converter=tuple, validator=_specs_of(InputSpec, "approval")
+    )
+    allowed_events: tuple[EventSpec, ...] = attrs.field(
+        default=(), converter=tuple, validator=_specs_of(EventSpec, "order_priced")
+    )
+    retry: RetryPolicy | None = attrs.field(
+        default=None, validator=_check_optional(RetryPolicy, "stageflow.RetryPolicy(...)")
+    )
+    timeout: float | None = attrs.field(
+        default=None, validator=seconds_check(zero=False, optional=True)
+    )
+    input_from_config: str | None = attrs.field(
+        default=None, validator=_check_optional(str, "the name of a config key (a string)")
+    )

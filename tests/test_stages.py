@@ -582,3 +582,32 @@ def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
         "class itself (Registered, not Registered()): a fresh instance is made for every attempt"
     )
     assert registry.names(core=False) == ()
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        # Each was taken: an empty input type no sender can send; a list of
+        # type names (or one name, split into letters), which raised
+        # AttributeError ('str' object has no attribute 'type') once a
+        # pipeline used the stage; a negative timeout, which no run applied.
+        (lambda: stageflow.InputSpec(""), "an input type is a non-empty string"),
+        (lambda: stageflow.InputSpec(5), "an input type is a string, not an integer"),
+        (
+            lambda: stageflow.StageSpec(allowed_inputs=["approval"]),
+            r"allowed_inputs\[0\] is a str, not a stageflow\.InputSpec; list InputSpec",
+        ),
+        (lambda: stageflow.StageSpec(allowed_inputs="go"), r"allowed_inputs\[0\] is a str"),
+        (
+            lambda: stageflow.StageSpec(allowed_events=[{"type": "done"}]),
+            r"allowed_events\[0\] is a dict, not a stageflow\.EventSpec",
+        ),
+        (lambda: stageflow.StageSpec(timeout=-1), r"StageSpec\(timeout=-1\) is not a finite"),
+        (lambda: stageflow.StageSpec(timeout=float("inf")), r"timeout=inf\) is not a finite"),
+        (lambda: stageflow.StageSpec(retry={"attempts": 3}), r"retry=\.\.\.\) was given a dict"),
+        (lambda: stageflow.StageSpec(input_from_config=5), r"input_from_config=\.\.\.\) was"),
+    ],
+)
+def test_a_spec_field_of_the_wrong_kind_is_a_definition_error(make: Any, says: str) -> None:
+    with pytest.raises(stageflow.DefinitionError, match=says):
+        make()
