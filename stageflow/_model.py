@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, Final, Literal, TypeAlias
 
@@ -247,6 +248,46 @@ class Limits:
     )
 
 
+def _number_within(low: float, high: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """Validator: a finite number (no bool) from ``low`` to ``high``, as the pipeline schema has."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        number = type(value) in (int, float) and (type(value) is float or value <= _LARGEST_FLOAT)
+        if not (number and math.isfinite(value) and low <= value <= high):
+            wanted = f"{low:g} or more" if high == _LARGEST_FLOAT else f"from {low:g} to {high:g}"
+            raise DefinitionError(
+                f"{type(instance).__name__}({attribute.name}={shown_value(value)}) is not a "
+                f"finite number {wanted}; use one"
+            )
+
+    return check
+
+
+_ERROR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _error_names(value: Any) -> tuple[str, ...]:
+    """Converter: error class names as a tuple (one name alone is refused, not split)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise DefinitionError(
+            f"RetryPolicy(retry_on={shown_value(value)}) is not a list of error class names; "
+            "use a list or tuple, such as retry_on=('TimeoutError',)"
+        )
+    names = tuple(value)
+    for name in names:
+        if not (isinstance(name, str) and _ERROR_NAME.fullmatch(name)):
+            raise DefinitionError(
+                f"RetryPolicy(retry_on=...) holds {shown_value(name)}, which is no error class "
+                "name; use names such as 'TimeoutError', 'ValueError' or 'Exception'"
+            )
+    if not names:
+        raise DefinitionError(
+            "RetryPolicy(retry_on=()) retries nothing; name at least one error class, or use "
+            "attempts=1 for no retry"
+        )
+    return names
+
+
 @attrs.frozen
 class RetryPolicy:
     """How often and when a failed stage attempt is tried again.
@@ -268,11 +309,11 @@ class RetryPolicy:
     # Checked as a snapshot and the error messages need it: a whole number
     # that can be written.
     attempts: int = attrs.field(default=1, validator=_count(1, optional=False))
-    delay: float = 0.0
-    backoff: float = 2.0
-    max_delay: float = 300.0
-    jitter: float = 0.0
-    retry_on: tuple[str, ...] = ("Exception",)
+    delay: float = attrs.field(default=0.0, validator=_number_within(0, _LARGEST_FLOAT))
+    backoff: float = attrs.field(default=2.0, validator=_number_within(1, _LARGEST_FLOAT))
+    max_delay: float = attrs.field(default=300.0, validator=_number_within(0, _LARGEST_FLOAT))
+    jitter: float = attrs.field(default=0.0, validator=_number_within(0, 1))
+    retry_on: tuple[str, ...] = attrs.field(default=("Exception",), converter=_error_names)
 
     def delay_before(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based), without jitter.

@@ -606,6 +606,17 @@ def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
         (lambda: stageflow.StageSpec(timeout=float("inf")), r"timeout=inf\) is not a finite"),
         (lambda: stageflow.StageSpec(retry={"attempts": 3}), r"retry=\.\.\.\) was given a dict"),
         (lambda: stageflow.StageSpec(input_from_config=5), r"input_from_config=\.\.\.\) was"),
+        # A RetryPolicy made in Python was not checked as the pipeline schema
+        # checks a node's "retry": delay="1" made run() itself raise TypeError.
+        (lambda: stageflow.RetryPolicy(attempts=3, delay="1"), r"delay='1'\) is not a finite"),
+        (lambda: stageflow.RetryPolicy(delay=-1), r"delay=-1\) is not a finite number 0 or"),
+        (lambda: stageflow.RetryPolicy(max_delay=float("inf")), r"max_delay=inf\) is not"),
+        (lambda: stageflow.RetryPolicy(backoff=0.5), r"backoff=0\.5\) is not a finite number 1"),
+        (lambda: stageflow.RetryPolicy(jitter=5), r"jitter=5\) is not a finite number from 0 to 1"),
+        (lambda: stageflow.RetryPolicy(jitter=True), r"jitter=True\) is not a finite number"),
+        (lambda: stageflow.RetryPolicy(retry_on="ValueError"), r"is not a list of error class"),
+        (lambda: stageflow.RetryPolicy(retry_on=[5]), r"holds 5, which is no error class name"),
+        (lambda: stageflow.RetryPolicy(retry_on=()), r"retries nothing"),
     ],
 )
 def test_a_spec_field_of_the_wrong_kind_is_a_definition_error(make: Any, says: str) -> None:
