@@ -51,7 +51,7 @@ how to fix it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -118,6 +118,33 @@ def shown_text(show: Callable[[object], str], value: object) -> str:
         return f"<{type(value).__name__} whose {show.__name__}() failed>"
 
 
+MAX_ERROR_MESSAGE: Final = 8192
+"""Characters of an exception's message that the history, logs and spans keep.
+
+A stage's exception may carry a whole response body in its message; it is
+written into several events, the snapshot and the logs. The rest is cut,
+and the cut says how much was left out (``docs/errors.md``).
+"""
+
+
+def error_text(exc: BaseException) -> str:
+    """``str(exc)`` for the history, logs and spans: never raising, cut to a bound.
+
+    Of another library's or a stage's exception, at most
+    :data:`MAX_ERROR_MESSAGE` characters are kept. stageflow's own errors
+    are whole: their messages quote such an exception through this function
+    already, so the count of characters cut stays the one said there.
+
+    An exception whose ``__str__`` fails is named by its type (see
+    :func:`shown_text`), so that the failure it reports is not replaced by
+    one raised while reporting it.
+    """
+    text = shown_text(str, exc)
+    if len(text) <= MAX_ERROR_MESSAGE or isinstance(exc, StageflowError):
+        return text
+    return f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} more characters cut)"
+
+
 def describe_exception(exc: BaseException) -> dict[str, Any]:
     """Describe any exception as a JSON object (type, message, attributes, causes).
 
@@ -127,7 +154,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, RestoredError):
         restored: dict[str, Any] = dict(exc.description)
         return restored
-    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    out: dict[str, Any] = {"type": type(exc).__name__, "message": error_text(exc)}
     for attr in ("node_id", "attempt", "stage", "limit", "path", "input_type", "timeout"):
         value = getattr(exc, attr, None)
         if isinstance(value, str | int | float | bool):
@@ -137,7 +164,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     cause = _cause_of(exc)
     while cause is not None and id(cause) not in seen and len(causes) < 16:
         seen.add(id(cause))
-        causes.append({"type": type(cause).__name__, "message": str(cause)})
+        causes.append({"type": type(cause).__name__, "message": error_text(cause)})
         cause = _cause_of(cause)
     out["causes"] = causes
     if isinstance(exc, BaseExceptionGroup):

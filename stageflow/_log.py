@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from stageflow._errors import error_text
+
 __all__ = [
     "LOG_REPORTED",
     "SPAN_REPORTED",
@@ -83,7 +85,7 @@ def node_finished(
         log.info("node.finished", **values)
         return
     values["error_type"] = type(error).__name__
-    values["error"] = str(error)
+    values["error"] = error_text(error)
     if not first_report(error, LOG_REPORTED):
         log.info("node.finished", **values)
     elif extra is not None and extra.get("stageflow.error.handled"):
@@ -139,7 +141,7 @@ def session_finished(log: Any, status: str, error: BaseException | None) -> None
     if error is None:
         log.info("session.finished", status=status)
         return
-    values = {"status": status, "error_type": type(error).__name__, "error": str(error)}
+    values = {"status": status, "error_type": type(error).__name__, "error": error_text(error)}
     if first_report(error, LOG_REPORTED):
         log.error("session.finished", exc_info=error, **values)
     else:

@@ -16,6 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from stageflow._errors import error_text
 from stageflow._log import SPAN_REPORTED, first_report
 from stageflow._segments import SegmentedSpan, Segments
 
@@ -245,7 +246,9 @@ def exit_span(
             target.set_attribute(ERROR_TYPE, error_type(error))
             if first_report(error, SPAN_REPORTED):
                 target.record_exception(error)
-            target.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            target.set_status(
+                Status(StatusCode.ERROR, f"{type(error).__name__}: {error_text(error)}")
+            )
     span.end()
     try:  # noqa: SIM105 (contextlib.suppress costs a third of a microsecond per span)
         _ENTERED.reset(active.entered)

@@ -151,3 +151,52 @@ def test_the_cli_json_log_lines_start_with_the_event(
     assert all(next(iter(line)) == "event" for line in lines)
     [error] = [x for x in lines if x["level"] == "error" and x["event"] == "node.finished"]
     assert "deep trouble" in error["exception"]
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ failed")
+
+
+@pytest.mark.parametrize(
+    "raised", [_Unprintable(), ValueError("x" * 100_000)], ids=["unprintable", "100k message"]
+)
+async def test_a_stage_error_that_cannot_be_shown_or_is_huge_fails_the_session_shown_cut(
+    provider: TracerProvider, exporter: InMemorySpanExporter, raised: Exception
+) -> None:
+    # An exception whose __str__ raises made run() itself raise RuntimeError
+    # (the engine's message for it called str());
+    # a 100,000-character message was written whole into four events, the
+    # outcome, the span and the log lines, so the snapshot held it six times.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    registry = fake_registry()
+
+    @registry.register("Raise")
+    async def raise_it(ctx: stageflow.StageContext) -> None:
+        raise raised
+
+    document = doc([stage("bad", "Raise", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    message = result.history[-1].payload["error"]["message"]
+    cause = result.history[-1].payload["error"]["causes"][0]["message"]
+    if isinstance(raised, _Unprintable):
+        assert message.endswith("_Unprintable: <_Unprintable whose str() failed>")
+        assert cause == "<_Unprintable whose str() failed>"
+    else:
+        assert cause == "x" * 8192 + "... (91808 more characters cut)"
+        assert len(json.dumps(session.to_dict())) < 100_000
+    [error_line] = [
+        json.loads(line) for line in out.getvalue().splitlines() if '"level": "error"' in line
+    ][:1]
+    assert error_line["error"] == message
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert event.attributes["exception.type"].endswith("StageError")
+    assert event.attributes["exception.message"] == message
+    assert span.status.description == f"StageError: {message}"

@@ -75,6 +75,7 @@ from stageflow._errors import (
     StageflowError,
     describe_exception,
     error_matches,
+    error_text,
 )
 from stageflow._events import (
     RECORD_SLOTS,
@@ -772,7 +773,7 @@ class Run:
 
     def _internal_error(self, exc: Exception) -> None:
         """End the session failed by an error outside any node (the caller re-raises it)."""
-        error = StageflowError(f"internal error: {type(exc).__name__}: {exc}")
+        error = StageflowError(f"internal error: {type(exc).__name__}: {error_text(exc)}")
         error.__cause__ = exc
         self._finish(SessionStatus.FAILED, error)
 

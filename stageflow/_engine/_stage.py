@@ -35,6 +35,7 @@ from stageflow._errors import (
     StageOutputError,
     describe_exception,
     error_matches,
+    error_text,
 )
 from stageflow._guard import SAFE_INT_BITS, int_too_large
 from stageflow._json import a_json_type, copy_json, find_non_json
@@ -153,7 +154,7 @@ class StageExecutor:
         """The error that names the node and attempt of a stage's own failure ``exc``."""
         return StageError(
             f"stage {node.stage!r} at node {node.id!r} failed on attempt "
-            f"{attempt} of {attempts}: {type(exc).__name__}: {exc}",
+            f"{attempt} of {attempts}: {type(exc).__name__}: {error_text(exc)}",
             node_id=node.id,
             stage=node.stage,
             attempt=attempt,
@@ -207,7 +208,7 @@ class StageExecutor:
                 {
                     ATTEMPT: attempt,
                     "exception.type": type(exc).__name__,
-                    "exception.message": str(exc),
+                    "exception.message": error_text(exc),
                 },
             )
         return delay
