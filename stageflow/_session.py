@@ -9,6 +9,7 @@ engine's choke point. See ``docs/internals.md``.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -352,6 +353,12 @@ class Session:
                 f"Session.subscribe() was given {a_python_type(callback)}, which cannot be "
                 "called; pass a function that takes an Event (or use Session.events() to "
                 "iterate over them)"
+            )
+        if inspect.iscoroutinefunction(callback):
+            raise TypeError(
+                "Session.subscribe() was given an async function: it is called without being "
+                "awaited, so its body would never run; pass a plain function, or iterate with "
+                "'async for event in session.events()' in a task of your own"
             )
         return self._state.history.subscribe(callback)
 

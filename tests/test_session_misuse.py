@@ -247,6 +247,10 @@ def test_session_arguments_of_the_right_kind_are_taken() -> None:
     assert stageflow.Session(_pipeline(), validate_events="off").status.value == "pending"
 
 
+async def _async_callback(event: stageflow.Event) -> None:
+    raise AssertionError("never called")
+
+
 @pytest.mark.parametrize(
     ("call", "error", "says"),
     [
@@ -255,6 +259,8 @@ def test_session_arguments_of_the_right_kind_are_taken() -> None:
         (lambda s: s.events(buffer=None), TypeError, r"was given None; pass how many"),
         (lambda s: s.subscribe(None), TypeError, r"subscribe\(\) was given None, which cannot"),
         (lambda s: s.subscribe("print"), TypeError, r"was given a str, which cannot be called"),
+        # Taken before: called, never awaited (a RuntimeWarning), its body never ran.
+        (lambda s: s.subscribe(_async_callback), TypeError, r"was given an async function"),
         (lambda s: s.cancel(None), TypeError, r"cancel\(reason=\.\.\.\) was given None; pass a"),
         (lambda s: s.cancel(object()), TypeError, r"was given an object; pass a string"),
     ],
@@ -264,6 +270,7 @@ def test_session_arguments_of_the_right_kind_are_taken() -> None:
         "buffer None",
         "callback None",
         "callback str",
+        "callback async",
         "reason None",
         "reason object",
     ],
