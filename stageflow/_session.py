@@ -213,6 +213,12 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> None:
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(
+                f"Session() was given {a_python_type(pipeline)} as its pipeline; pass a "
+                "stageflow.Pipeline: stageflow.Pipeline.from_dict(document) for a parsed "
+                "document, stageflow.Pipeline.load(path) for a file"
+            )
         if registry is not None and not isinstance(registry, StageRegistry):
             raise TypeError(
                 f"Session(registry=...) was given {a_python_type(registry)}; pass a "

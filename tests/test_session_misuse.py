@@ -235,6 +235,16 @@ def test_session_arguments_of_the_wrong_kind_are_named(
         stageflow.Session(_pipeline(), **arguments)
 
 
+@pytest.mark.parametrize(
+    ("pipeline", "named"),
+    [({"api_version": "1.0"}, "a dict"), ("pipeline.json", "a str"), (None, "None")],
+)
+def test_a_session_given_no_pipeline_says_how_to_make_one(pipeline: Any, named: str) -> None:
+    # AttributeError: 'dict' object has no attribute 'registry' before.
+    with pytest.raises(TypeError, match=rf"Session\(\) was given {named} as its pipeline; pass a"):
+        stageflow.Session(pipeline)
+
+
 def test_session_arguments_of_the_right_kind_are_taken() -> None:
     session = stageflow.Session(
         _pipeline(),
