@@ -94,14 +94,19 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+_JSON_CLASSES: Final = frozenset({bool, int, float, str, list, dict})
+
+
 def a_json_type(value: Any) -> str:
     """What ``value`` is, for messages: ``"an integer"``, ``"null"``, ``"an array"``, ...
 
     Named as JSON names it (see :func:`json_type`); anything else by its
     Python type (``"a Python set"``, ``"a Python object"``).
     """
-    if value is None or isinstance(value, bool | int | float | str | list | tuple | Mapping):
+    if value is None or type(value) in _JSON_CLASSES:
         return JSON_TYPE_ARTICLES[json_type(value)]
+    # A tuple, a mapping that is no dict, an enum: what find_non_json refuses
+    # is not called "an array" or "an object" in the same message.
     return f"a Python {type(value).__name__}"
 
 

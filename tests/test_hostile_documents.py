@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import Any
 
@@ -448,3 +449,21 @@ def test_a_duration_past_the_largest_float_is_a_located_problem() -> None:
     [problem] = caught.value.problems
     assert problem.location == "$.limits.timeout"
     assert "too large" in problem.message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [((1, 2), "a Python tuple"), (types.MappingProxyType({"a": 1}), "a Python mappingproxy")],
+)
+async def test_an_input_holding_a_tuple_or_a_mapping_proxy_names_what_it_is(
+    value: Any, named: str
+) -> None:
+    # "payload.k is an array, not a JSON value": the message called the tuple
+    # (and a mapping that is no dict "an object") what it refused it for not being.
+    pipeline = load(
+        doc([stage("w", "WaitStage", config={"input": "msg"}, next="end"), terminal("end")])
+    )
+    session = stageflow.Session(pipeline, registry=fake_registry())
+    with pytest.raises(stageflow.InputRejectedError, match=rf"payload\.k is {named}, not a JSON"):
+        session.send_input("msg", {"k": value})

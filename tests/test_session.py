@@ -206,7 +206,7 @@ async def failed_output(value: object, outputs: Mapping[str, str]) -> tuple[Any,
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [("text", "a string"), ([1, 2], "an array"), (3, "an integer"), (("a", 1), "an array")],
+    [("text", "a string"), ([1, 2], "an array"), (3, "an integer"), (("a", 1), "a Python tuple")],
 )
 @pytest.mark.parametrize("outputs", [{}, {"a": "a"}])
 async def test_a_stage_returning_a_non_mapping_fails(
