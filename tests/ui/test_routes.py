@@ -709,6 +709,54 @@ async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     assert "waiting_for_input" in response.text
 
 
+async def test_the_page_of_a_session_ended_by_a_limit_or_its_deadline_shows_its_error(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # A LimitExceededError has no attempt and a SessionTimeoutError no node:
+    # the page read error.attempt and error.node_id and answered 500.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Step")
+    async def step(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {}
+
+    @registry.register("Stuck")
+    async def stuck(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await anyio.sleep_forever()
+        return {}
+
+    def pipeline(first: str, then: dict[str, Any]) -> stageflow.Pipeline:
+        nodes = [{"id": "a", "type": "stage", "stage": first, "next": "b"}, then]
+        nodes.append({"id": "done", "type": "terminal"})
+        document = {"api_version": "1.0", "entry": "a", "nodes": nodes}
+        return stageflow.Pipeline.from_dict(document, registry=registry)
+
+    loop = {
+        "id": "b",
+        "type": "condition",
+        "conditions": [{"if": {"==": [1, 2]}, "then": "done"}],
+        "else": "a",
+    }
+    limited = stageflow.Session(
+        pipeline("Step", loop), session_id="limited", limits=stageflow.Limits(max_run_steps=3)
+    )
+    late = stageflow.Session(
+        pipeline("Stuck", {"id": "b", "type": "stage", "stage": "Step", "next": "done"}),
+        session_id="late",
+        limits=stageflow.Limits(timeout=0.01),
+    )
+    for session in (limited, late):
+        await session.run()
+        (tmp_path / f"{session.session_id}.json").write_text(json.dumps(session.to_dict()))
+    client = make_client(snapshots=tmp_path)
+    response = await client.get("/sessions/limited")
+    assert response.status_code == 200
+    assert "<strong>LimitExceededError</strong> at node <code>b</code></p>" in response.text
+    response = await client.get("/sessions/late")
+    assert response.status_code == 200
+    assert "<strong>SessionTimeoutError</strong></p>" in response.text
+
+
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
     make_client: Client, ui_data: Path, tmp_path: Path
 ) -> None:
