@@ -317,7 +317,14 @@ class Inspector:
 
     # ---------------------------------------------------------------- helpers
 
-    def page(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
+    def page(
+        self,
+        request: Request,
+        template: str,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        **values: Any,
+    ) -> Response:
         """Render a page of the inspector."""
         html = self.env.get_template(template).render(
             request=request,
@@ -326,7 +333,7 @@ class Inspector:
             has_pipelines=self.config.pipelines is not None,
             **values,
         )
-        return HTMLResponse(displayable(html), status_code=status)
+        return HTMLResponse(displayable(html), status_code=status, headers=headers)
 
     def need_source(self) -> Source:
         """The session source; an error page when the inspector has none."""
@@ -647,7 +654,11 @@ class Inspector:
                 "the inspector failed on this page; its log (standard error) has the details"
             )
         message = str(exc) if not isinstance(exc, HTTPException) else f"{request.url.path}: {title}"
-        return self.page(request, "error.html", status=status, title=title, message=message)
+        # An HTTPException's headers belong to its status (Allow on a 405).
+        headers = exc.headers if isinstance(exc, HTTPException) else None
+        return self.page(
+            request, "error.html", status=status, headers=headers, title=title, message=message
+        )
 
 
 def create_app(config: InspectorConfig) -> Starlette:

@@ -193,6 +193,20 @@ async def test_unknown_session_is_a_404_page_without_a_traceback(
     assert "Traceback" not in response.text
 
 
+async def test_a_wrong_method_is_a_405_page_that_names_the_allowed_ones(
+    make_client: Client, store_url: str
+) -> None:
+    # The page kept the status but dropped the Allow header a 405 must carry.
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.get("/actions/cancel/waiting-1")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "/actions/cancel/waiting-1: Method Not Allowed" in response.text
+    response = await client.post("/sessions")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
 async def test_unreachable_store_is_a_503_page(make_client: Client, tmp_path: Path) -> None:
     client = make_client(store_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
     response = await client.get("/sessions")
