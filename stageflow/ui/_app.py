@@ -9,6 +9,7 @@ what happened and what to do, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 import jinja2
 import structlog
@@ -39,7 +41,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import stageflow
-from stageflow._cli._graph import build_graph
+from stageflow._cli._graph import Graph, build_graph
 from stageflow.store import (
     FINISHED_STATUSES,
     SessionFinishedError,
@@ -297,6 +299,15 @@ def _state_label(view: SessionView, node_id: str) -> NodeMarks:
     return NodeMarks(state.state, badge, "; ".join(words))
 
 
+async def _drawn(graph: Graph, **options: Any) -> str:
+    """``draw(graph, **options)`` in a worker thread.
+
+    Laying out a graph of hundreds of nodes with many long edges takes
+    seconds: on the event loop, every other page and live update would wait.
+    """
+    return await anyio.to_thread.run_sync(functools.partial(draw, graph, **options))
+
+
 class Inspector:
     """The app's state: sources, templates, settings. One per app."""
 
@@ -441,7 +452,7 @@ class Inspector:
         view = loaded.view
         marks = {node.id: _state_label(view, node.id) for node in view.pipeline.nodes}
         graph = build_graph(view.pipeline)
-        svg = draw(
+        svg = await _drawn(
             graph,
             marks=marks,
             taken={(s, drawn_kind(k), t) for s, k, t in view.taken},
@@ -608,7 +619,7 @@ class Inspector:
                     state = "covered" if hits else "missed"
                     label = f"run {hits} times by the cases" if hits else "never run by the cases"
                     marks[node_id] = NodeMarks(state, f"{hits}x", label)
-            svg = draw(
+            svg = await _drawn(
                 loaded.graph,
                 marks=marks,
                 missed=cover.missed if cover else (),

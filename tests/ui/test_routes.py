@@ -692,6 +692,31 @@ async def test_snapshot_files_are_read_off_the_event_loop(
     assert loop_thread not in parsed_in
 
 
+async def test_graphs_are_drawn_off_the_event_loop(
+    make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Laying out a pipeline of a few hundred conditions that share a terminal
+    # took seconds on the event loop, and every other page waited.
+    from stageflow.ui import _app
+
+    loop_thread = threading.get_ident()
+    drawn_in: list[int] = []
+    draw = _app.draw
+
+    def spy(graph: Any, **options: Any) -> str:
+        drawn_in.append(threading.get_ident())
+        return draw(graph, **options)
+
+    monkeypatch.setattr(_app, "draw", spy)
+    client = make_client(store_url=store_url)
+    for address in ("/sessions/waiting-1", "/pipelines/approval.json"):
+        response = await client.get(address)
+        assert response.status_code == 200
+        assert '<svg xmlns="http://www.w3.org/2000/svg" class="graph"' in response.text
+    assert len(drawn_in) == 2
+    assert loop_thread not in drawn_in
+
+
 async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     make_client: Client, tmp_path: Path
 ) -> None:
