@@ -26,6 +26,7 @@ import attrs
 import jinja2
 import structlog
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -672,6 +673,20 @@ class Inspector:
         )
 
 
+class _IdConvertor(PathConvertor):
+    """The rest of the path, line breaks included (Starlette's ``path`` stops at one).
+
+    A session id is any text: with ``path``, an id with a line break inside
+    had no page, and one ending in a line break opened the page of the id
+    without it (``$`` matches before a final newline).
+    """
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("stageflow_id", _IdConvertor())
+
+
 def create_app(config: InspectorConfig) -> Starlette:
     """The inspector as an ASGI app (serve it with Hypercorn, on trio or asyncio).
 
@@ -696,11 +711,11 @@ def create_app(config: InspectorConfig) -> Starlette:
         Route("/", inspector.home),
         Route("/healthz", inspector.health),
         Route("/sessions", inspector.sessions),
-        Route("/sessions/{session_id:path}", inspector.session),
+        Route("/sessions/{session_id:stageflow_id}", inspector.session),
         Route("/live/sessions", inspector.sessions_stream),
-        Route("/live/sessions/{session_id:path}", inspector.session_stream),
-        Route("/actions/input/{session_id:path}", inspector.send_input, methods=["POST"]),
-        Route("/actions/cancel/{session_id:path}", inspector.cancel, methods=["POST"]),
+        Route("/live/sessions/{session_id:stageflow_id}", inspector.session_stream),
+        Route("/actions/input/{session_id:stageflow_id}", inspector.send_input, methods=["POST"]),
+        Route("/actions/cancel/{session_id:stageflow_id}", inspector.cancel, methods=["POST"]),
         Route("/pipelines", inspector.pipelines),
         Route("/pipelines/{file:str}", inspector.pipeline),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
