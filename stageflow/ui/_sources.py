@@ -23,7 +23,7 @@ import jsonschema
 
 import stageflow
 from stageflow._cli._registry import structural_registry
-from stageflow.store import SessionNotFoundError, SessionStore, StoredSession
+from stageflow.store import SessionNotFoundError, SessionStore, StoredDataError, StoredSession
 from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
 from stageflow.ui._inspect import SessionView, inspect_session, pipeline_version, plain
 
@@ -261,12 +261,25 @@ class StoreSource:
         # (session id, saved version) -> (pipeline version, error): snapshots do not change.
         self._details: dict[tuple[str, int], tuple[str, str | None]] = {}
 
+    async def _snapshot(self, session_id: str) -> Any:
+        """The stored snapshot of ``session_id``.
+
+        Raises:
+            SnapshotLoadError: the stored snapshot cannot be read (a damaged row).
+        """
+        try:
+            return await self.store.load(session_id)
+        except (StoredDataError, ValueError) as exc:  # ValueError: a store's JSON error
+            raise SnapshotLoadError(
+                f"session {session_id!r}: the stored snapshot cannot be read: {exc}"
+            ) from exc
+
     async def _details_of(self, row: StoredSession) -> tuple[str, str | None]:
         key = (row.session_id, row.version)
         found = self._details.get(key)
         if found is None:
-            snapshot = await self.store.load(row.session_id)
             try:
+                snapshot = await self._snapshot(row.session_id)
                 session, _ = self.pipelines.restore(snapshot, f"session {row.session_id!r}")
             except SnapshotLoadError as exc:
                 found = ("?", str(exc))
@@ -316,7 +329,7 @@ class StoreSource:
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:
         """Row, snapshot and committed events of one stored session."""
         stored = await self.store.get(session_id)
-        snapshot = await self.store.load(session_id)
+        snapshot = await self._snapshot(session_id)
         session, _ = self.pipelines.restore(snapshot, f"session {session_id!r}")
         events = await self.store.events(session_id, limit=_MAX_EVENTS)
         if not events:
