@@ -250,6 +250,13 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
 # ------------------------------------------------------------------------ store
 
 
+def _damaged(session_id: str, what: str, exc: Exception) -> str:
+    return (
+        f"session {session_id!r}: its stored {what} cannot be read ({exc}); the row is "
+        "damaged: restore it from a backup, or purge the session"
+    )
+
+
 class StoreSource:
     """Sessions of a session store (read through its public protocol)."""
 
@@ -270,9 +277,18 @@ class StoreSource:
         try:
             return await self.store.load(session_id)
         except (StoredDataError, ValueError) as exc:  # ValueError: a store's JSON error
-            raise SnapshotLoadError(
-                f"session {session_id!r}: the stored snapshot cannot be read: {exc}"
-            ) from exc
+            raise SnapshotLoadError(_damaged(session_id, "snapshot", exc)) from exc
+
+    async def _events(self, session_id: str) -> list[dict[str, Any]]:
+        """The committed events of ``session_id``.
+
+        Raises:
+            SnapshotLoadError: the stored history cannot be read (a damaged row).
+        """
+        try:
+            return await self.store.events(session_id, limit=_MAX_EVENTS)
+        except (StoredDataError, ValueError) as exc:
+            raise SnapshotLoadError(_damaged(session_id, "history", exc)) from exc
 
     async def _details_of(self, row: StoredSession) -> tuple[str, str | None]:
         key = (row.session_id, row.version)
@@ -331,7 +347,7 @@ class StoreSource:
         stored = await self.store.get(session_id)
         snapshot = await self._snapshot(session_id)
         session, _ = self.pipelines.restore(snapshot, f"session {session_id!r}")
-        events = await self.store.events(session_id, limit=_MAX_EVENTS)
+        events = await self._events(session_id)
         if not events:
             events = list(snapshot.get("history") or ())
         version, error = pipeline_version(session.pipeline), _error_of(snapshot)

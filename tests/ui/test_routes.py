@@ -230,27 +230,33 @@ async def test_a_store_file_damaged_while_the_inspector_runs_is_a_503_page(
         assert "cannot be read or written: file is not a database" in response.text
 
 
-async def test_a_damaged_stored_snapshot_is_shown_on_its_row_and_its_page_only(
+async def test_a_damaged_stored_snapshot_or_history_is_said_on_its_row_and_page_only(
     make_client: Client, store_url: str
 ) -> None:
     # One row whose snapshot is not JSON made the sessions page, its live
-    # updates and that session's page "Internal error" (500).
+    # updates and that session's page "Internal error" (500); damaged
+    # history rows, that session's page.
     with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
         db.execute(
             "UPDATE stageflow_sessions SET snapshot = '{not json' WHERE session_id = 'failed-1'"
         )
+        db.execute("UPDATE stageflow_events SET events = '[oops' WHERE session_id = 'done-1'")
         db.commit()
     client = make_client(store_url=store_url)
     response = await client.get("/sessions")
     assert response.status_code == 200
     rows = dict(re.findall(r'<tr data-session="([^"]+)" data-status="([^"]+)">', response.text))
     assert rows == {"done-1": "completed", "failed-1": "failed", "waiting-1": "waiting"}
-    said = "session &#39;failed-1&#39;: the stored snapshot cannot be read: Expecting property"
+    said = "session &#39;failed-1&#39;: its stored snapshot cannot be read (Expecting property"
     assert said in response.text
     response = await client.get("/sessions/failed-1")
     assert response.status_code == 422
     assert said in response.text
-    assert (await client.get("/sessions/done-1")).status_code == 200
+    assert "the row is damaged: restore it from a backup, or purge the session" in response.text
+    response = await client.get("/sessions/done-1")
+    assert response.status_code == 422
+    assert "session &#39;done-1&#39;: its stored history cannot be read" in response.text
+    assert (await client.get("/sessions/waiting-1")).status_code == 200
 
 
 class BrokenStore:
