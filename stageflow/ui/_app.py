@@ -260,9 +260,14 @@ class EventStream(StreamingResponse):
             tg.cancel_scope.cancel()
 
 
+# The line ends of the event stream format; str.splitlines also splits at
+# U+2028, U+0085, form feeds ..., which the browser then read back as "\n".
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _data(text: str) -> str:
     """``text`` as the data lines of a server-sent event (one ``data:`` line per line)."""
-    return "".join(f"data: {line}\n" for line in text.splitlines() or [""])
+    return "".join(f"data: {line}\n" for line in _LINE_END.split(text))
 
 
 # The notices a session page shows after the app's own redirect, by code: the page

@@ -347,6 +347,40 @@ async def test_sessions_stream_sends_the_rows_again_when_a_session_changes(
     assert 'data-session="new-1"' in second
 
 
+def sse_data(message: str) -> str:
+    """The data of one server-sent event, read as a browser reads the stream."""
+    lines = re.split(r"\r\n|\r|\n", message)
+    return "\n".join(line.removeprefix("data: ") for line in lines if line.startswith("data: "))
+
+
+async def test_the_live_rows_keep_every_character_of_a_session_id(tmp_path: Path) -> None:
+    # The rows were cut into data lines by str.splitlines, which also splits at
+    # U+2028 and U+0085: the browser read each back as a line feed.
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "wait",
+            "nodes": [
+                {
+                    "id": "wait",
+                    "type": "stage",
+                    "stage": "WaitStage",
+                    "config": {"input": "go"},
+                    "next": "done",
+                },
+                {"id": "done", "type": "terminal"},
+            ],
+        }
+    )
+    session = stageflow.Session(pipeline, session_id="a\u2028b\x85c")
+    await session.run(suspend=True)
+    (tmp_path / "odd.json").write_text(json.dumps(session.to_dict()))
+    app = create_app(InspectorConfig(snapshots=tmp_path))
+    (rows,) = await sse_messages(app, "/live/sessions?fp=stale", 1)
+    assert rows.startswith("event: rows")
+    assert '<tr data-session="a\u2028b\x85c" data-status="waiting">' in sse_data(rows)
+
+
 async def test_session_stream_says_changed_when_the_session_is_saved_again(
     store_url: str,
 ) -> None:
