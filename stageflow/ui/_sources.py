@@ -164,6 +164,16 @@ class PipelineCache:
             self._pipelines[session.pipeline.digest] = session.pipeline
         return session, snapshot
 
+    async def restore_in_thread(
+        self, snapshot: Any, where: str
+    ) -> tuple[stageflow.Session, Mapping[str, Any]]:
+        """:meth:`restore` in a worker thread: checking a big snapshot takes a while.
+
+        Raises:
+            SnapshotLoadError: it is not a snapshot this stageflow restores.
+        """
+        return await anyio.to_thread.run_sync(self.restore, snapshot, where)
+
 
 def _view(
     session: stageflow.Session,
@@ -296,7 +306,9 @@ class StoreSource:
         if found is None:
             try:
                 snapshot = await self._snapshot(row.session_id)
-                session, _ = self.pipelines.restore(snapshot, f"session {row.session_id!r}")
+                session, _ = await self.pipelines.restore_in_thread(
+                    snapshot, f"session {row.session_id!r}"
+                )
             except SnapshotLoadError as exc:
                 found = ("?", str(exc))
             else:
@@ -346,7 +358,7 @@ class StoreSource:
         """Row, snapshot and committed events of one stored session."""
         stored = await self.store.get(session_id)
         snapshot = await self._snapshot(session_id)
-        session, _ = self.pipelines.restore(snapshot, f"session {session_id!r}")
+        session, _ = await self.pipelines.restore_in_thread(snapshot, f"session {session_id!r}")
         events = await self._events(session_id)
         if not events:
             events = list(snapshot.get("history") or ())
@@ -472,7 +484,7 @@ class SnapshotSource:
             _check_regular(file, info)
             # Off the event loop: a big file (or a slow disk) must not stall other pages.
             data = await anyio.to_thread.run_sync(_read_json, file)
-            loaded = self.pipelines.restore(data, str(file))
+            loaded = await self.pipelines.restore_in_thread(data, str(file))
         except SnapshotLoadError as exc:
             self._cache[file] = (key, exc)
             raise

@@ -767,6 +767,32 @@ async def test_snapshot_files_are_read_off_the_event_loop(
     assert loop_thread not in parsed_in
 
 
+async def test_snapshots_are_checked_off_the_event_loop(
+    make_client: Client,
+    ui_data: Path,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the file was read in a worker thread: the restore that checks the
+    # snapshot, most of the time a big one takes, ran on the event loop.
+    loop_thread = threading.get_ident()
+    restored_in: list[int] = []
+    from_dict = stageflow.Session.from_dict
+
+    def spy(snapshot: Any, **options: Any) -> stageflow.Session:
+        restored_in.append(threading.get_ident())
+        return from_dict(snapshot, **options)
+
+    monkeypatch.setattr(stageflow.Session, "from_dict", spy)
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    for client in (make_client(snapshots=snaps), make_client(store_url=store_url)):
+        for address in ("/sessions", "/sessions/waiting-1"):
+            assert (await client.get(address)).status_code == 200
+    assert len(restored_in) >= 6  # the three sessions, of each source
+    assert loop_thread not in restored_in
+
+
 async def test_graphs_are_drawn_off_the_event_loop(
     make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
