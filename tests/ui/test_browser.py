@@ -282,3 +282,22 @@ def test_pipeline_page_draws_an_invalid_pipelines_problems(
     browser.get(f"{base}/pipelines/approval.json")
     assert "node-condition" in node_classes(browser, "decide")
     shoot(browser, "pipeline")
+
+
+def test_the_in_page_check_reads_only_the_keys_a_schema_and_a_payload_have(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # The check asked `key in object`, which finds "toString", "constructor"
+    # and "__proto__" on every object: such a key passed "additionalProperties:
+    # false" and a missing required one was taken as given.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], JSON.parse(arguments[1]))"
+    payload = '{"approved": true, "toString": 1, "__proto__": 2}'
+    assert browser.execute_script(check, ui_support.APPROVAL_SCHEMA, payload) == [
+        "$: additional property 'toString' is not allowed",
+        "$: additional property '__proto__' is not allowed",
+    ]
+    assert browser.execute_script(check, {"required": ["constructor"]}, "{}") == [
+        "$: 'constructor' is a required property"
+    ]

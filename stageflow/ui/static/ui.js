@@ -80,6 +80,9 @@
     return actual === type || (type === "number" && actual === "integer");
   }
   function equal(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+  // A key of the object itself: `in` also finds "toString", "constructor" and
+  // "__proto__" on every object, so a payload with such a key passed the check.
+  function has(object, key) { return Object.prototype.hasOwnProperty.call(object, key); }
   function check(schema, value, path, problems) {
     if (schema === true || schema === undefined || schema === null) return;
     if (schema === false) { problems.push(path + ": no value is allowed here"); return; }
@@ -110,11 +113,11 @@
     }
     if (typeOf(value) === "object") {
       (schema.required || []).forEach(function (key) {
-        if (!(key in value)) problems.push(path + ": '" + key + "' is a required property");
+        if (!has(value, key)) problems.push(path + ": '" + key + "' is a required property");
       });
       const props = schema.properties || {};
       Object.keys(value).forEach(function (key) {
-        if (key in props) check(props[key], value[key], path + "." + key, problems);
+        if (has(props, key)) check(props[key], value[key], path + "." + key, problems);
         else if (schema.additionalProperties === false)
           problems.push(path + ": additional property '" + key + "' is not allowed");
         else if (typeof schema.additionalProperties === "object")
