@@ -301,3 +301,18 @@ def test_the_in_page_check_reads_only_the_keys_a_schema_and_a_payload_have(
     assert browser.execute_script(check, {"required": ["constructor"]}, "{}") == [
         "$: 'constructor' is a required property"
     ]
+
+
+def test_a_pattern_the_browser_cannot_compile_is_left_to_the_server(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # "\-" is an escape Python's re reads and a browser's "u" mode refuses: the
+    # check threw, and the form said nothing as its payload was typed.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], arguments[1])"
+    schema = {"type": "string", "pattern": "^a\\-b$", "maxLength": 2}
+    assert browser.execute_script(check, schema, "a-b") == ["$: longer than 2 characters"]
+    assert browser.execute_script(check, {"pattern": "^a[-]b$"}, "a+b") == [
+        "$: does not match ^a[-]b$"
+    ]
