@@ -88,7 +88,9 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
         )
     _check_address(args.host, args.port)
     if args.port:
-        io.warn(f"inspector on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+        # An IPv6 address is bracketed in a URL (http://[::1]:8080/).
+        shown = f"[{args.host}]" if ":" in args.host and args.host[0] != "[" else args.host
+        io.warn(f"inspector on http://{shown}:{args.port}/ (Ctrl-C stops it)")
     else:
         io.warn(f"inspector on {args.host}, on a free port: the 'Running on' line names it")
     failed: list[OSError] = []

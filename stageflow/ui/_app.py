@@ -9,6 +9,7 @@ what happened and what to do, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 import jinja2
 import structlog
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -39,7 +42,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import stageflow
-from stageflow._cli._graph import build_graph
+from stageflow._cli._graph import Graph, build_graph
 from stageflow.store import (
     FINISHED_STATUSES,
     SessionFinishedError,
@@ -257,9 +260,14 @@ class EventStream(StreamingResponse):
             tg.cancel_scope.cancel()
 
 
+# The line ends of the event stream format; str.splitlines also splits at
+# U+2028, U+0085, form feeds ..., which the browser then read back as "\n".
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _data(text: str) -> str:
     """``text`` as the data lines of a server-sent event (one ``data:`` line per line)."""
-    return "".join(f"data: {line}\n" for line in text.splitlines() or [""])
+    return "".join(f"data: {line}\n" for line in _LINE_END.split(text))
 
 
 # The notices a session page shows after the app's own redirect, by code: the page
@@ -297,6 +305,15 @@ def _state_label(view: SessionView, node_id: str) -> NodeMarks:
     return NodeMarks(state.state, badge, "; ".join(words))
 
 
+async def _drawn(graph: Graph, **options: Any) -> str:
+    """``draw(graph, **options)`` in a worker thread.
+
+    Laying out a graph of hundreds of nodes with many long edges takes
+    seconds: on the event loop, every other page and live update would wait.
+    """
+    return await anyio.to_thread.run_sync(functools.partial(draw, graph, **options))
+
+
 class Inspector:
     """The app's state: sources, templates, settings. One per app."""
 
@@ -317,7 +334,14 @@ class Inspector:
 
     # ---------------------------------------------------------------- helpers
 
-    def page(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
+    def page(
+        self,
+        request: Request,
+        template: str,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        **values: Any,
+    ) -> Response:
         """Render a page of the inspector."""
         html = self.env.get_template(template).render(
             request=request,
@@ -326,7 +350,7 @@ class Inspector:
             has_pipelines=self.config.pipelines is not None,
             **values,
         )
-        return HTMLResponse(displayable(html), status_code=status)
+        return HTMLResponse(displayable(html), status_code=status, headers=headers)
 
     def need_source(self) -> Source:
         """The session source; an error page when the inspector has none."""
@@ -434,7 +458,7 @@ class Inspector:
         view = loaded.view
         marks = {node.id: _state_label(view, node.id) for node in view.pipeline.nodes}
         graph = build_graph(view.pipeline)
-        svg = draw(
+        svg = await _drawn(
             graph,
             marks=marks,
             taken={(s, drawn_kind(k), t) for s, k, t in view.taken},
@@ -601,7 +625,7 @@ class Inspector:
                     state = "covered" if hits else "missed"
                     label = f"run {hits} times by the cases" if hits else "never run by the cases"
                     marks[node_id] = NodeMarks(state, f"{hits}x", label)
-            svg = draw(
+            svg = await _drawn(
                 loaded.graph,
                 marks=marks,
                 missed=cover.missed if cover else (),
@@ -647,7 +671,25 @@ class Inspector:
                 "the inspector failed on this page; its log (standard error) has the details"
             )
         message = str(exc) if not isinstance(exc, HTTPException) else f"{request.url.path}: {title}"
-        return self.page(request, "error.html", status=status, title=title, message=message)
+        # An HTTPException's headers belong to its status (Allow on a 405).
+        headers = exc.headers if isinstance(exc, HTTPException) else None
+        return self.page(
+            request, "error.html", status=status, headers=headers, title=title, message=message
+        )
+
+
+class _IdConvertor(PathConvertor):
+    """The rest of the path, line breaks included (Starlette's ``path`` stops at one).
+
+    A session id is any text: with ``path``, an id with a line break inside
+    had no page, and one ending in a line break opened the page of the id
+    without it (``$`` matches before a final newline).
+    """
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("stageflow_id", _IdConvertor())
 
 
 def create_app(config: InspectorConfig) -> Starlette:
@@ -674,11 +716,11 @@ def create_app(config: InspectorConfig) -> Starlette:
         Route("/", inspector.home),
         Route("/healthz", inspector.health),
         Route("/sessions", inspector.sessions),
-        Route("/sessions/{session_id:path}", inspector.session),
+        Route("/sessions/{session_id:stageflow_id}", inspector.session),
         Route("/live/sessions", inspector.sessions_stream),
-        Route("/live/sessions/{session_id:path}", inspector.session_stream),
-        Route("/actions/input/{session_id:path}", inspector.send_input, methods=["POST"]),
-        Route("/actions/cancel/{session_id:path}", inspector.cancel, methods=["POST"]),
+        Route("/live/sessions/{session_id:stageflow_id}", inspector.session_stream),
+        Route("/actions/input/{session_id:stageflow_id}", inspector.send_input, methods=["POST"]),
+        Route("/actions/cancel/{session_id:stageflow_id}", inspector.cancel, methods=["POST"]),
         Route("/pipelines", inspector.pipelines),
         Route("/pipelines/{file:str}", inspector.pipeline),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),

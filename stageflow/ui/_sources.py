@@ -23,7 +23,7 @@ import jsonschema
 
 import stageflow
 from stageflow._cli._registry import structural_registry
-from stageflow.store import SessionNotFoundError, SessionStore, StoredSession
+from stageflow.store import SessionNotFoundError, SessionStore, StoredDataError, StoredSession
 from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
 from stageflow.ui._inspect import SessionView, inspect_session, pipeline_version, plain
 
@@ -164,6 +164,16 @@ class PipelineCache:
             self._pipelines[session.pipeline.digest] = session.pipeline
         return session, snapshot
 
+    async def restore_in_thread(
+        self, snapshot: Any, where: str
+    ) -> tuple[stageflow.Session, Mapping[str, Any]]:
+        """:meth:`restore` in a worker thread: checking a big snapshot takes a while.
+
+        Raises:
+            SnapshotLoadError: it is not a snapshot this stageflow restores.
+        """
+        return await anyio.to_thread.run_sync(self.restore, snapshot, where)
+
 
 def _view(
     session: stageflow.Session,
@@ -250,6 +260,13 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
 # ------------------------------------------------------------------------ store
 
 
+def _damaged(session_id: str, what: str, exc: Exception) -> str:
+    return (
+        f"session {session_id!r}: its stored {what} cannot be read ({exc}); the row is "
+        "damaged: restore it from a backup, or purge the session"
+    )
+
+
 class StoreSource:
     """Sessions of a session store (read through its public protocol)."""
 
@@ -261,13 +278,37 @@ class StoreSource:
         # (session id, saved version) -> (pipeline version, error): snapshots do not change.
         self._details: dict[tuple[str, int], tuple[str, str | None]] = {}
 
+    async def _snapshot(self, session_id: str) -> Any:
+        """The stored snapshot of ``session_id``.
+
+        Raises:
+            SnapshotLoadError: the stored snapshot cannot be read (a damaged row).
+        """
+        try:
+            return await self.store.load(session_id)
+        except (StoredDataError, ValueError) as exc:  # ValueError: a store's JSON error
+            raise SnapshotLoadError(_damaged(session_id, "snapshot", exc)) from exc
+
+    async def _events(self, session_id: str) -> list[dict[str, Any]]:
+        """The committed events of ``session_id``.
+
+        Raises:
+            SnapshotLoadError: the stored history cannot be read (a damaged row).
+        """
+        try:
+            return await self.store.events(session_id, limit=_MAX_EVENTS)
+        except (StoredDataError, ValueError) as exc:
+            raise SnapshotLoadError(_damaged(session_id, "history", exc)) from exc
+
     async def _details_of(self, row: StoredSession) -> tuple[str, str | None]:
         key = (row.session_id, row.version)
         found = self._details.get(key)
         if found is None:
-            snapshot = await self.store.load(row.session_id)
             try:
-                session, _ = self.pipelines.restore(snapshot, f"session {row.session_id!r}")
+                snapshot = await self._snapshot(row.session_id)
+                session, _ = await self.pipelines.restore_in_thread(
+                    snapshot, f"session {row.session_id!r}"
+                )
             except SnapshotLoadError as exc:
                 found = ("?", str(exc))
             else:
@@ -316,9 +357,9 @@ class StoreSource:
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:
         """Row, snapshot and committed events of one stored session."""
         stored = await self.store.get(session_id)
-        snapshot = await self.store.load(session_id)
-        session, _ = self.pipelines.restore(snapshot, f"session {session_id!r}")
-        events = await self.store.events(session_id, limit=_MAX_EVENTS)
+        snapshot = await self._snapshot(session_id)
+        session, _ = await self.pipelines.restore_in_thread(snapshot, f"session {session_id!r}")
+        events = await self._events(session_id)
         if not events:
             events = list(snapshot.get("history") or ())
         version, error = pipeline_version(session.pipeline), _error_of(snapshot)
@@ -443,7 +484,7 @@ class SnapshotSource:
             _check_regular(file, info)
             # Off the event loop: a big file (or a slow disk) must not stall other pages.
             data = await anyio.to_thread.run_sync(_read_json, file)
-            loaded = self.pipelines.restore(data, str(file))
+            loaded = await self.pipelines.restore_in_thread(data, str(file))
         except SnapshotLoadError as exc:
             self._cache[file] = (key, exc)
             raise

@@ -282,3 +282,37 @@ def test_pipeline_page_draws_an_invalid_pipelines_problems(
     browser.get(f"{base}/pipelines/approval.json")
     assert "node-condition" in node_classes(browser, "decide")
     shoot(browser, "pipeline")
+
+
+def test_the_in_page_check_reads_only_the_keys_a_schema_and_a_payload_have(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # The check asked `key in object`, which finds "toString", "constructor"
+    # and "__proto__" on every object: such a key passed "additionalProperties:
+    # false" and a missing required one was taken as given.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], JSON.parse(arguments[1]))"
+    payload = '{"approved": true, "toString": 1, "__proto__": 2}'
+    assert browser.execute_script(check, ui_support.APPROVAL_SCHEMA, payload) == [
+        "$: additional property 'toString' is not allowed",
+        "$: additional property '__proto__' is not allowed",
+    ]
+    assert browser.execute_script(check, {"required": ["constructor"]}, "{}") == [
+        "$: 'constructor' is a required property"
+    ]
+
+
+def test_a_pattern_the_browser_cannot_compile_is_left_to_the_server(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # "\-" is an escape Python's re reads and a browser's "u" mode refuses: the
+    # check threw, and the form said nothing as its payload was typed.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], arguments[1])"
+    schema = {"type": "string", "pattern": "^a\\-b$", "maxLength": 2}
+    assert browser.execute_script(check, schema, "a-b") == ["$: longer than 2 characters"]
+    assert browser.execute_script(check, {"pattern": "^a[-]b$"}, "a+b") == [
+        "$: does not match ^a[-]b$"
+    ]

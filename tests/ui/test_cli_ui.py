@@ -259,3 +259,28 @@ def test_serve_runs_the_app_under_trio_and_asyncio(ui_data: Path, backend: str) 
             portal.call(stop.set)
             running.result(timeout=30)
     assert 'class="status status-completed"' in page
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_the_address_of_an_ipv6_host_is_said_as_a_url(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    ui_data: Path,
+    host: str,
+) -> None:
+    from stageflow import ui
+
+    async def serve(app: Any, host: str, port: int, **options: Any) -> None:
+        return None
+
+    monkeypatch.setattr(ui, "serve", serve)
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+            port = sock.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), "--host", host, "--port", str(port))
+    assert code == 0, err
+    # It said http://::1:PORT/, which no browser opens.
+    assert f"inspector on http://[::1]:{port}/ (Ctrl-C stops it)" in err

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -193,6 +194,20 @@ async def test_unknown_session_is_a_404_page_without_a_traceback(
     assert "Traceback" not in response.text
 
 
+async def test_a_wrong_method_is_a_405_page_that_names_the_allowed_ones(
+    make_client: Client, store_url: str
+) -> None:
+    # The page kept the status but dropped the Allow header a 405 must carry.
+    client = make_client(store_url=store_url, allow_actions=True)
+    response = await client.get("/actions/cancel/waiting-1")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "/actions/cancel/waiting-1: Method Not Allowed" in response.text
+    response = await client.post("/sessions")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
 async def test_unreachable_store_is_a_503_page(make_client: Client, tmp_path: Path) -> None:
     client = make_client(store_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
     response = await client.get("/sessions")
@@ -213,6 +228,35 @@ async def test_a_store_file_damaged_while_the_inspector_runs_is_a_503_page(
         assert response.status_code == 503, path
         assert "<h1>The session store cannot be read</h1>" in response.text
         assert "cannot be read or written: file is not a database" in response.text
+
+
+async def test_a_damaged_stored_snapshot_or_history_is_said_on_its_row_and_page_only(
+    make_client: Client, store_url: str
+) -> None:
+    # One row whose snapshot is not JSON made the sessions page, its live
+    # updates and that session's page "Internal error" (500); damaged
+    # history rows, that session's page.
+    with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
+        db.execute(
+            "UPDATE stageflow_sessions SET snapshot = '{not json' WHERE session_id = 'failed-1'"
+        )
+        db.execute("UPDATE stageflow_events SET events = '[oops' WHERE session_id = 'done-1'")
+        db.commit()
+    client = make_client(store_url=store_url)
+    response = await client.get("/sessions")
+    assert response.status_code == 200
+    rows = dict(re.findall(r'<tr data-session="([^"]+)" data-status="([^"]+)">', response.text))
+    assert rows == {"done-1": "completed", "failed-1": "failed", "waiting-1": "waiting"}
+    said = "session &#39;failed-1&#39;: its stored snapshot cannot be read (Expecting property"
+    assert said in response.text
+    response = await client.get("/sessions/failed-1")
+    assert response.status_code == 422
+    assert said in response.text
+    assert "the row is damaged: restore it from a backup, or purge the session" in response.text
+    response = await client.get("/sessions/done-1")
+    assert response.status_code == 422
+    assert "session &#39;done-1&#39;: its stored history cannot be read" in response.text
+    assert (await client.get("/sessions/waiting-1")).status_code == 200
 
 
 class BrokenStore:
@@ -303,6 +347,40 @@ async def test_sessions_stream_sends_the_rows_again_when_a_session_changes(
     assert 'data-session="new-1"' in second
 
 
+def sse_data(message: str) -> str:
+    """The data of one server-sent event, read as a browser reads the stream."""
+    lines = re.split(r"\r\n|\r|\n", message)
+    return "\n".join(line.removeprefix("data: ") for line in lines if line.startswith("data: "))
+
+
+async def test_the_live_rows_keep_every_character_of_a_session_id(tmp_path: Path) -> None:
+    # The rows were cut into data lines by str.splitlines, which also splits at
+    # U+2028 and U+0085: the browser read each back as a line feed.
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "wait",
+            "nodes": [
+                {
+                    "id": "wait",
+                    "type": "stage",
+                    "stage": "WaitStage",
+                    "config": {"input": "go"},
+                    "next": "done",
+                },
+                {"id": "done", "type": "terminal"},
+            ],
+        }
+    )
+    session = stageflow.Session(pipeline, session_id="a\u2028b\x85c")
+    await session.run(suspend=True)
+    (tmp_path / "odd.json").write_text(json.dumps(session.to_dict()))
+    app = create_app(InspectorConfig(snapshots=tmp_path))
+    (rows,) = await sse_messages(app, "/live/sessions?fp=stale", 1)
+    assert rows.startswith("event: rows")
+    assert '<tr data-session="a\u2028b\x85c" data-status="waiting">' in sse_data(rows)
+
+
 async def test_session_stream_says_changed_when_the_session_is_saved_again(
     store_url: str,
 ) -> None:
@@ -327,7 +405,18 @@ async def test_session_stream_says_changed_when_the_session_is_saved_again(
     assert messages[0].startswith("event: changed")
 
 
-ODD_IDS = ("orders/42", "orders/42/stream", "stream", "x/../y", "a b?c#d%2F", "über")
+# Starlette's path convertor (.*) stopped at a line break: "two\nlines" had no
+# page, and "stream\n" opened the page of "stream".
+ODD_IDS = (
+    "orders/42",
+    "orders/42/stream",
+    "stream",
+    "x/../y",
+    "a b?c#d%2F",
+    "über",
+    "two\nlines",
+    "stream\n",
+)
 
 
 @pytest.fixture
@@ -678,6 +767,57 @@ async def test_snapshot_files_are_read_off_the_event_loop(
     assert loop_thread not in parsed_in
 
 
+async def test_snapshots_are_checked_off_the_event_loop(
+    make_client: Client,
+    ui_data: Path,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the file was read in a worker thread: the restore that checks the
+    # snapshot, most of the time a big one takes, ran on the event loop.
+    loop_thread = threading.get_ident()
+    restored_in: list[int] = []
+    from_dict = stageflow.Session.from_dict
+
+    def spy(snapshot: Any, **options: Any) -> stageflow.Session:
+        restored_in.append(threading.get_ident())
+        return from_dict(snapshot, **options)
+
+    monkeypatch.setattr(stageflow.Session, "from_dict", spy)
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    for client in (make_client(snapshots=snaps), make_client(store_url=store_url)):
+        for address in ("/sessions", "/sessions/waiting-1"):
+            assert (await client.get(address)).status_code == 200
+    assert len(restored_in) >= 6  # the three sessions, of each source
+    assert loop_thread not in restored_in
+
+
+async def test_graphs_are_drawn_off_the_event_loop(
+    make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Laying out a pipeline of a few hundred conditions that share a terminal
+    # took seconds on the event loop, and every other page waited.
+    from stageflow.ui import _app
+
+    loop_thread = threading.get_ident()
+    drawn_in: list[int] = []
+    draw = _app.draw
+
+    def spy(graph: Any, **options: Any) -> str:
+        drawn_in.append(threading.get_ident())
+        return draw(graph, **options)
+
+    monkeypatch.setattr(_app, "draw", spy)
+    client = make_client(store_url=store_url)
+    for address in ("/sessions/waiting-1", "/pipelines/approval.json"):
+        response = await client.get(address)
+        assert response.status_code == 200
+        assert '<svg xmlns="http://www.w3.org/2000/svg" class="graph"' in response.text
+    assert len(drawn_in) == 2
+    assert loop_thread not in drawn_in
+
+
 async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     make_client: Client, tmp_path: Path
 ) -> None:
@@ -707,6 +847,54 @@ async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     response = await make_client(snapshots=tmp_path / "plain-1.json").get("/sessions/plain-1")
     assert response.status_code == 200
     assert "waiting_for_input" in response.text
+
+
+async def test_the_page_of_a_session_ended_by_a_limit_or_its_deadline_shows_its_error(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # A LimitExceededError has no attempt and a SessionTimeoutError no node:
+    # the page read error.attempt and error.node_id and answered 500.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Step")
+    async def step(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {}
+
+    @registry.register("Stuck")
+    async def stuck(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await anyio.sleep_forever()
+        return {}
+
+    def pipeline(first: str, then: dict[str, Any]) -> stageflow.Pipeline:
+        nodes = [{"id": "a", "type": "stage", "stage": first, "next": "b"}, then]
+        nodes.append({"id": "done", "type": "terminal"})
+        document = {"api_version": "1.0", "entry": "a", "nodes": nodes}
+        return stageflow.Pipeline.from_dict(document, registry=registry)
+
+    loop = {
+        "id": "b",
+        "type": "condition",
+        "conditions": [{"if": {"==": [1, 2]}, "then": "done"}],
+        "else": "a",
+    }
+    limited = stageflow.Session(
+        pipeline("Step", loop), session_id="limited", limits=stageflow.Limits(max_run_steps=3)
+    )
+    late = stageflow.Session(
+        pipeline("Stuck", {"id": "b", "type": "stage", "stage": "Step", "next": "done"}),
+        session_id="late",
+        limits=stageflow.Limits(timeout=0.01),
+    )
+    for session in (limited, late):
+        await session.run()
+        (tmp_path / f"{session.session_id}.json").write_text(json.dumps(session.to_dict()))
+    client = make_client(snapshots=tmp_path)
+    response = await client.get("/sessions/limited")
+    assert response.status_code == 200
+    assert "<strong>LimitExceededError</strong> at node <code>b</code></p>" in response.text
+    response = await client.get("/sessions/late")
+    assert response.status_code == 200
+    assert "<strong>SessionTimeoutError</strong></p>" in response.text
 
 
 async def test_a_snapshot_that_does_not_load_is_a_422_page(

@@ -79,7 +79,19 @@
     const actual = typeOf(value);
     return actual === type || (type === "number" && actual === "integer");
   }
+  // A pattern this browser cannot compile (Python's re reads more) is left to the
+  // server: thrown here, it stopped the whole check of the form.
+  function regex(pattern) {
+    try {
+      return new RegExp(pattern, "u");
+    } catch (err) {
+      return null;
+    }
+  }
   function equal(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+  // A key of the object itself: `in` also finds "toString", "constructor" and
+  // "__proto__" on every object, so a payload with such a key passed the check.
+  function has(object, key) { return Object.prototype.hasOwnProperty.call(object, key); }
   function check(schema, value, path, problems) {
     if (schema === true || schema === undefined || schema === null) return;
     if (schema === false) { problems.push(path + ": no value is allowed here"); return; }
@@ -101,7 +113,8 @@
         problems.push(path + ": shorter than " + schema.minLength + " characters");
       if (schema.maxLength !== undefined && value.length > schema.maxLength)
         problems.push(path + ": longer than " + schema.maxLength + " characters");
-      if (schema.pattern !== undefined && !new RegExp(schema.pattern, "u").test(value))
+      const pattern = schema.pattern !== undefined ? regex(schema.pattern) : null;
+      if (pattern && !pattern.test(value))
         problems.push(path + ": does not match " + schema.pattern);
     }
     if (typeof value === "number") {
@@ -110,11 +123,11 @@
     }
     if (typeOf(value) === "object") {
       (schema.required || []).forEach(function (key) {
-        if (!(key in value)) problems.push(path + ": '" + key + "' is a required property");
+        if (!has(value, key)) problems.push(path + ": '" + key + "' is a required property");
       });
       const props = schema.properties || {};
       Object.keys(value).forEach(function (key) {
-        if (key in props) check(props[key], value[key], path + "." + key, problems);
+        if (has(props, key)) check(props[key], value[key], path + "." + key, problems);
         else if (schema.additionalProperties === false)
           problems.push(path + ": additional property '" + key + "' is not allowed");
         else if (typeof schema.additionalProperties === "object")
