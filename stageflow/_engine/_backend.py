@@ -46,6 +46,7 @@ __all__ = [
     "current_backend",
     "is_cancellation",
     "is_interrupt",
+    "is_stray_cancellation",
     "loop_handles",
     "run_in_virtual_time",
 ]
@@ -263,6 +264,25 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     too, not a failure.
     """
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+
+
+def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:
+    """Whether ``exc`` is asyncio's ``CancelledError`` that no cancellation of the task caused.
+
+    A stage can raise one of its own: a future or task of its own that was
+    cancelled, a client library's internal timeout. Taken by its type for the
+    run's cancellation, it would go up to the caller of ``run()``, or, in a
+    branch or a map item, cancel the others inside a task group that swallows
+    it. Every real cancellation of the task (a cancel scope, ``asyncio.timeout``,
+    ``Task.cancel``) counts in ``Task.cancelling()``; on trio asyncio's is
+    never a cancellation.
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    if backend is _TRIO:
+        return True
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
 
 
 def deciding_leaf(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
