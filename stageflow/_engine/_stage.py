@@ -350,8 +350,15 @@ class StageExecutor:
         """Run the stage's cleanup shielded from cancellation and bounded in time."""
         with anyio.CancelScope(shield=True):
             try:
-                with anyio.fail_after(kernel.limits.cleanup_timeout):
+                timeout = kernel.limits.cleanup_timeout
+                with anyio.move_on_after(timeout) as bound:
                     await stage.cleanup(ctx, outcome)
+                if bound.cancelled_caught:
+                    raise TimeoutError(
+                        f"cleanup() of stage {ctx.stage!r} at node {ctx.node_id!r} took longer "
+                        f"than limits.cleanup_timeout ({timeout:g} s) and was stopped; make it "
+                        "faster, or raise the limit"
+                    )
             except Exception as exc:
                 _log.exception(
                     "stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id
