@@ -87,6 +87,20 @@ async def test_seeded_jitter_is_reproducible_and_bounded(
     assert len(set(delays[0])) > 1
 
 
+@pytest.mark.trio
+async def test_jitter_spreads_a_capped_delay_around_max_delay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # pipeline-format.md: min(max_delay, delay * backoff^(n-1)), times the
+    # jitter factor: max_delay caps the delay before jitter spreads it.
+    retry = {"attempts": 5, "delay": 10, "backoff": 3, "max_delay": 10, "jitter": 0.5}
+    registry, _ = flaky_registry(4)
+    result = await run_with(flaky_doc(retry), registry, seed=7)
+    delays = [e.payload["delay"] for e in result.history if e.type == "node_retrying"]
+    assert all(5 <= d <= 15 for d in delays)
+    assert any(d > 10 for d in delays)
+
+
 async def test_fresh_instance_per_attempt() -> None:
     registry, calls = flaky_registry(2)
     result = await run_with(flaky_doc({"attempts": 3}), registry)
