@@ -28,6 +28,7 @@ from typing import NamedTuple
 import pytest
 
 import stageflow
+from stageflow._specs import ENGINE_EVENT_TYPES
 
 ROOT = Path(__file__).parents[1]
 
@@ -246,3 +247,14 @@ def test_pipeline_format_tables_list_every_field_the_schema_allows() -> None:
             definition = schema["$defs"][name] if name else schema
             fields = set(definition["properties"]) - {"id", "type", "description"}
             assert fields <= documented[title], (title, name, fields - documented[title])
+
+
+def test_the_event_table_of_concepts_lists_the_engines_event_types() -> None:
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    table = text.split("The engine records:", 1)[1].split("\n\n", 2)[1]
+    listed = {
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`([a-z_]+)`", row.split(" | ")[0])
+    }
+    assert listed == ENGINE_EVENT_TYPES

@@ -59,6 +59,25 @@ async def test_an_event_type_no_history_can_hold_fails_the_stage(event_type: Any
     assert not any(e.node_id == "e" and e.payload == {"n": 1} for e in result.history)
 
 
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "error_routed",
+        "cleanup_failed",
+        "contract_violation",
+        "input_unexpected",
+        "inputs_discarded",
+        "subscriber_overflow",
+    ],
+)
+async def test_the_engines_other_event_types_are_refused_too(event_type: str) -> None:
+    # They were missing from the engine's types: a stage could record an
+    # error_routed of its own, which coverage counts as an error edge taken.
+    result, _ = await emit_once(event_type)
+    assert isinstance(result.error, stageflow.StageContractError)
+    assert "the engine records itself" in str(result.error)
+
+
 async def test_a_stage_event_type_is_recorded() -> None:
     result, _ = await emit_once("order_priced")
     assert result.status is stageflow.SessionStatus.COMPLETED
