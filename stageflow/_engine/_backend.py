@@ -44,6 +44,7 @@ __all__ = [
     "NO_FLAGS",
     "cancel_flags",
     "current_backend",
+    "in_trio_run",
     "is_cancellation",
     "is_interrupt",
     "is_stray_cancellation",
@@ -310,6 +311,11 @@ def is_interrupt(exc: BaseException) -> bool:
         isinstance(leaf, KeyboardInterrupt | trio.Cancelled | asyncio.CancelledError)
         for leaf in leaves
     )
+
+
+def in_trio_run() -> bool:
+    """Whether the calling thread is inside a trio run (where :func:`run_in_virtual_time` fails)."""
+    return trio.lowlevel.in_trio_run()
 
 
 def run_in_virtual_time(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
