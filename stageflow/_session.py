@@ -368,7 +368,8 @@ class Session:
             how many waiters got it, or that it was queued.
 
         Raises:
-            SessionStateError: the session has finished.
+            SessionStateError: the session has finished, or it runs and this
+                is not its event loop's thread (use :meth:`send_input_from_thread`).
             InputRejectedError: the type is not a non-empty string, the
                 backlog is full, the payload is not JSON, too large, or
                 (``validate_events="strict"``) invalid; an ``input_rejected``
@@ -379,6 +380,15 @@ class Session:
             raise SessionStateError(
                 f"session {state.session_id!r} is {state.status.value}; it takes no more inputs "
                 f"(input {type!r} was not delivered)"
+            )
+        run = state.run
+        if run is not None and run.loop_thread != threading.get_ident():
+            # Its waiters and backlog belong to the event loop: touched from
+            # here, a wake-up would be lost (on trio it raised halfway).
+            raise SessionStateError(
+                f"session {state.session_id!r} runs on another thread's event loop; "
+                f"input {type!r} was not delivered. From other threads call "
+                "send_input_from_thread"
             )
         saved = state.saved if state.status is SessionStatus.WAITING and state.run is None else None
         # Suspended or restored: the stages it saved waiting are waiting still.
