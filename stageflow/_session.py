@@ -18,6 +18,7 @@ from typing import Any, Final
 import anyio.from_thread
 from opentelemetry import metrics, trace
 
+from stageflow._engine._backend import call_soon_from_thread
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._node_inputs import node_entry
 from stageflow._engine._positions import awaited, parked_calls, parked_waits
@@ -422,11 +423,20 @@ class Session:
     def cancel(self, reason: str = "cancelled") -> None:
         """Cancel the run from any task; ``run()`` returns with status ``cancelled``.
 
-        The reason is recorded in the history. A ``waiting`` session
+        From another thread it hands the cancellation to the run's event loop
+        and returns at once; the loop carries it out. The reason is recorded
+        in the history. A ``waiting`` session
         (suspended or restored) ends ``cancelled`` at once. Cancelling a
         finished session does nothing.
         """
         state = self._state
+        run = state.run
+        if run is not None and run.token is not None and run.loop_thread != threading.get_ident():
+            # From another thread: the run's cancel scope belongs to its event
+            # loop (on asyncio, cancelling it from here hung the loop). A loop
+            # that has finished has ended the run too.
+            call_soon_from_thread(run.token, self.cancel, reason)
+            return
         if state.status in FINISHED:
             return
         if state.cancel_reason is None:

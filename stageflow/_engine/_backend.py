@@ -42,6 +42,7 @@ __all__ = [
     "EventLike",
     "TrioWake",
     "NO_FLAGS",
+    "call_soon_from_thread",
     "cancel_flags",
     "current_backend",
     "in_trio_run",
@@ -246,6 +247,27 @@ def loop_handles() -> tuple[anyio.lowlevel.EventLoopToken, int]:
     token = anyio.lowlevel.current_token()
     _loop = (raw, token, thread)
     return token, thread
+
+
+def call_soon_from_thread(
+    token: anyio.lowlevel.EventLoopToken, function: Callable[..., object], *args: Any
+) -> bool:
+    """From another thread, have the event loop of ``token`` call ``function(*args)`` soon.
+
+    Does not wait for it (the loop's thread may be the one waiting for the
+    caller). ``function`` must not raise: on trio that would crash the run.
+    Returns ``False`` when that loop has finished, so nothing will call it.
+    """
+    native = token.native_token
+    try:
+        if isinstance(native, trio.lowlevel.TrioToken):
+            native.run_sync_soon(function, *args)
+        else:
+            assert isinstance(native, asyncio.AbstractEventLoop)
+            native.call_soon_threadsafe(function, *args)
+    except RuntimeError:  # trio's RunFinishedError, asyncio's "Event loop is closed"
+        return False
+    return True
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -333,3 +333,21 @@ async def test_a_stages_own_cancelled_error_is_retried_and_routed_like_any_failu
     assert result.status is stageflow.SessionStatus.COMPLETED
     assert types(result, node_id="s") == ["node_started", "node_retrying", "node_finished"]
     assert result.artifacts == {"error.type": "StageError", "error.causes.0.type": "CancelledError"}
+
+
+async def test_cancel_from_another_thread_cancels_the_run() -> None:
+    # On asyncio it raised "no running event loop" in the thread, halfway
+    # through cancelling the run's scope, and the event loop hung for good.
+    registry = _registry()
+    document = doc([_waiting("w", next="end"), terminal()])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    async with anyio.create_task_group() as tg:
+
+        async def from_worker_thread() -> None:
+            await wait_until_waiting(session, "go")
+            await anyio.to_thread.run_sync(session.cancel, "the user left")
+
+        tg.start_soon(from_worker_thread)
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert result.history[-1].payload["reason"] == "the user left"
