@@ -295,7 +295,11 @@ class Session:
 
     @property
     def payload(self) -> Mapping[str, Any]:
-        """The main context as it is now (read-only view; kept after a failure)."""
+        """The main context as it is now (kept after a failure).
+
+        A read-only view of its top level; the values under it are the
+        session's own, not copies: copy one before changing it.
+        """
         return MappingProxyType(self._state.ctx.data)
 
     @property

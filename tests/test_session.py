@@ -157,6 +157,15 @@ def test_the_payload_is_copied() -> None:
     assert session.payload["a"] is not mine["a"]
 
 
+def test_the_payload_view_is_read_only_at_its_top_level() -> None:
+    # docs/concepts.md: a read-only view of the context's top level; the
+    # values under it are the session's own (not copies, not frozen).
+    session = session_for(fan_pipeline(), payload={"a": {"b": 1}})
+    with pytest.raises(TypeError):
+        session.payload["a"] = 2  # type: ignore[index]
+    assert session.payload["a"] is session.payload["a"]
+
+
 def test_a_stage_missing_from_the_session_registry_is_a_validation_error() -> None:
     pipeline = load(fan_pipeline())
     with pytest.raises(stageflow.PipelineValidationError) as info:
