@@ -64,6 +64,10 @@ __all__ = ["Session"]
 _VALIDATE_EVENTS: Final = frozenset({*ValidateEvents, *(m.value for m in ValidateEvents)})
 
 
+# How to fix a payload value JSON cannot carry (the stage's wording says "return").
+_PASS_JSON: Final = "pass only dict, list, str, int, float, bool or None"
+
+
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -261,10 +265,15 @@ class Session:
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):
-            raise NonJsonValueError("the session payload", payload, detail="it must be an object")
+            raise NonJsonValueError(
+                "the session payload",
+                payload,
+                expected="a JSON object",
+                fix="pass a dict, or leave it out for an empty one",
+            )
         bad = find_non_json(payload, "payload")
         if bad is not None:
-            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason)
+            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason, fix=_PASS_JSON)
         self._state = SessionState(
             pipeline=pipeline,
             entries=entries,
