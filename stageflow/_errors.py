@@ -399,13 +399,18 @@ class ContextPathError(ContextError, ValueError):
 class NonJsonValueError(ContextError, TypeError):
     """A value that JSON cannot represent was about to enter the context or history."""
 
-    def __init__(self, where: str, value: object, *, detail: str = "") -> None:
+    def __init__(
+        self,
+        where: str,
+        value: object,
+        *,
+        detail: str = "",
+        expected: str = "a JSON value",
+        fix: str = "return only dict, list, str, int, float, bool or None",
+    ) -> None:
         self.where = where
         extra = f" ({detail})" if detail else ""
-        super().__init__(
-            f"{where} is {a_json_type(value)}, which is not a JSON value{extra}; "
-            "return only dict, list, str, int, float, bool or None"
-        )
+        super().__init__(f"{where} is {a_json_type(value)}, which is not {expected}{extra}; {fix}")
 
 
 class SessionStateError(StageflowError, RuntimeError):

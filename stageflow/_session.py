@@ -19,6 +19,7 @@ from typing import Any, Final
 import anyio.from_thread
 from opentelemetry import metrics, trace
 
+from stageflow._engine._backend import call_soon_from_thread
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._node_inputs import node_entry
 from stageflow._engine._positions import awaited, parked_calls, parked_waits
@@ -62,6 +63,10 @@ __all__ = ["Session"]
 
 
 _VALIDATE_EVENTS: Final = frozenset({*ValidateEvents, *(m.value for m in ValidateEvents)})
+
+
+# How to fix a payload value JSON cannot carry (the stage's wording says "return").
+_PASS_JSON: Final = "pass only dict, list, str, int, float, bool or None"
 
 
 def _utc_now() -> datetime.datetime:
@@ -278,10 +283,15 @@ class Session:
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):
-            raise NonJsonValueError("the session payload", payload, detail="it must be an object")
+            raise NonJsonValueError(
+                "the session payload",
+                payload,
+                expected="a JSON object",
+                fix="pass a dict, or leave it out for an empty one",
+            )
         bad = find_non_json(payload, "payload")
         if bad is not None:
-            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason)
+            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason, fix=_PASS_JSON)
         self._state = SessionState(
             pipeline=pipeline,
             entries=entries,
@@ -312,7 +322,11 @@ class Session:
 
     @property
     def payload(self) -> Mapping[str, Any]:
-        """The main context as it is now (read-only view; kept after a failure)."""
+        """The main context as it is now (kept after a failure).
+
+        A read-only view of its top level; the values under it are the
+        session's own, not copies: copy one before changing it.
+        """
         return MappingProxyType(self._state.ctx.data)
 
     @property
@@ -405,7 +419,8 @@ class Session:
             how many waiters got it, or that it was queued.
 
         Raises:
-            SessionStateError: the session has finished.
+            SessionStateError: the session has finished, or it runs and this
+                is not its event loop's thread (use :meth:`send_input_from_thread`).
             InputRejectedError: the type is not a non-empty string, the
                 backlog is full, the payload is not JSON, too large, or
                 (``validate_events="strict"``) invalid; an ``input_rejected``
@@ -416,6 +431,15 @@ class Session:
             raise SessionStateError(
                 f"session {state.session_id!r} is {state.status.value}; it takes no more inputs "
                 f"(input {type!r} was not delivered)"
+            )
+        run = state.run
+        if run is not None and run.loop_thread != threading.get_ident():
+            # Its waiters and backlog belong to the event loop: touched from
+            # here, a wake-up would be lost (on trio it raised halfway).
+            raise SessionStateError(
+                f"session {state.session_id!r} runs on another thread's event loop; "
+                f"input {type!r} was not delivered. From other threads call "
+                "send_input_from_thread"
             )
         saved = state.saved if state.status is SessionStatus.WAITING and state.run is None else None
         # Suspended or restored: the stages it saved waiting are waiting still.
@@ -449,7 +473,9 @@ class Session:
     def cancel(self, reason: str = "cancelled") -> None:
         """Cancel the run from any task; ``run()`` returns with status ``cancelled``.
 
-        The reason is recorded in the history. A ``waiting`` session
+        From another thread it hands the cancellation to the run's event loop
+        and returns at once; the loop carries it out. The reason is recorded
+        in the history. A ``waiting`` session
         (suspended or restored) ends ``cancelled`` at once. Cancelling a
         finished session does nothing.
         """
@@ -460,6 +486,13 @@ class Session:
                 "out for 'cancelled'"
             )
         state = self._state
+        run = state.run
+        if run is not None and run.token is not None and run.loop_thread != threading.get_ident():
+            # From another thread: the run's cancel scope belongs to its event
+            # loop (on asyncio, cancelling it from here hung the loop). A loop
+            # that has finished has ended the run too.
+            call_soon_from_thread(run.token, self.cancel, reason)
+            return
         if state.status in FINISHED:
             return
         if state.cancel_reason is None:

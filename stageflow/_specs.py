@@ -36,11 +36,16 @@ ENGINE_EVENT_TYPES: Final = frozenset(
         "branch_failed",
         "branch_finished",
         "branch_started",
+        "cleanup_failed",
+        "contract_violation",
+        "error_routed",
         "event_validation_failed",
         "input_queued",
         "input_received",
         "input_rejected",
         "input_timeout",
+        "input_unexpected",
+        "inputs_discarded",
         "map_item_cancelled",
         "map_item_completed",
         "map_item_failed",
@@ -58,10 +63,14 @@ ENGINE_EVENT_TYPES: Final = frozenset(
         "session_started",
         "session_suspended",
         "session_timed_out",
+        "subscriber_overflow",
         "waiting_for_input",
     }
 )
-"""The event types the engine records; a stage may not emit (or declare) them."""
+"""The event types the engine records (or gives a subscriber); a stage may not emit them.
+
+``docs/concepts.md`` lists them with their payloads (a test holds the two equal).
+"""
 
 
 def event_type_problem(type: object) -> str | None:

@@ -461,6 +461,20 @@ def test_known_layer_violations_are_still_there() -> None:
     assert set(KNOWN_VIOLATIONS) - found == set(), "fixed: delete them from KNOWN_VIOLATIONS"
 
 
+def test_only_the_backend_seam_imports_trio() -> None:
+    # docs/internals.md: the one place the package reaches past anyio to trio.
+    importers = set()
+    for file in PACKAGE.rglob("*.py"):
+        for stmt, _ in _raw_imports(ast.parse(file.read_text())):
+            if isinstance(stmt, ast.Import):
+                names = [alias.name for alias in stmt.names]
+            else:
+                names = [stmt.module or ""]
+            if any(name == "trio" or name.startswith("trio.") for name in names):
+                importers.add(file.relative_to(PACKAGE).as_posix())
+    assert importers == {"_engine/_backend.py"}
+
+
 def _write_package(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "pkg"
     for name, text in files.items():

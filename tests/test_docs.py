@@ -28,6 +28,7 @@ from typing import NamedTuple
 import pytest
 
 import stageflow
+from stageflow._specs import ENGINE_EVENT_TYPES
 
 ROOT = Path(__file__).parents[1]
 
@@ -218,3 +219,42 @@ def test_the_block_parser_reads_markers_and_lines(tmp_path: Path) -> None:
         ("json", "invalid", 10),
     ]
     assert found[1].body == "ho\n"
+
+
+# Sections of pipeline-format.md whose tables list the fields of these schema
+# definitions ("" is the top level). id, type and description are in its prose.
+FORMAT_SECTIONS = {
+    "Top level": ["", "limits"],
+    "`stage`": ["stage_node", "retry", "error_handler"],
+    "`condition`": ["condition_node"],
+    "`parallel`": ["parallel_node"],
+    "`terminal`": ["terminal_node"],
+    "`subpipeline`": ["subpipeline_node"],
+    "`map`": ["map_node"],
+    "Subpipelines": ["subpipeline_def"],
+}
+
+
+def test_pipeline_format_tables_list_every_field_the_schema_allows() -> None:
+    schema = stageflow.pipeline_schema()
+    text = (ROOT / "docs" / "pipeline-format.md").read_text()
+    documented: dict[str, set[str]] = {}
+    for section in re.split(r"^#+ ", text, flags=re.MULTILINE):
+        title = section.split("\n", 1)[0]
+        documented[title] = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    for title, definitions in FORMAT_SECTIONS.items():
+        for name in definitions:
+            definition = schema["$defs"][name] if name else schema
+            fields = set(definition["properties"]) - {"id", "type", "description"}
+            assert fields <= documented[title], (title, name, fields - documented[title])
+
+
+def test_the_event_table_of_concepts_lists_the_engines_event_types() -> None:
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    table = text.split("The engine records:", 1)[1].split("\n\n", 2)[1]
+    listed = {
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`([a-z_]+)`", row.split(" | ")[0])
+    }
+    assert listed == ENGINE_EVENT_TYPES

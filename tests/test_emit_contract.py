@@ -59,6 +59,25 @@ async def test_an_event_type_no_history_can_hold_fails_the_stage(event_type: Any
     assert not any(e.node_id == "e" and e.payload == {"n": 1} for e in result.history)
 
 
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "error_routed",
+        "cleanup_failed",
+        "contract_violation",
+        "input_unexpected",
+        "inputs_discarded",
+        "subscriber_overflow",
+    ],
+)
+async def test_the_engines_other_event_types_are_refused_too(event_type: str) -> None:
+    # They were missing from the engine's types: a stage could record an
+    # error_routed of its own, which coverage counts as an error edge taken.
+    result, _ = await emit_once(event_type)
+    assert isinstance(result.error, stageflow.StageContractError)
+    assert "the engine records itself" in str(result.error)
+
+
 async def test_a_stage_event_type_is_recorded() -> None:
     result, _ = await emit_once("order_priced")
     assert result.status is stageflow.SessionStatus.COMPLETED
@@ -94,3 +113,34 @@ async def test_fuzz_emitted_types_are_recorded_or_refused(event_type: Any) -> No
         assert isinstance(event_type, str)
         assert event_type.strip()
         assert event_type not in ENGINE_EVENT_TYPES
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([1], "event 'noted' payload is an array, which is not a JSON object; emit a dict"),
+        (
+            {"at": {1, 2}},
+            "event 'noted' payload.at is a Python set, which is not a JSON value (not a JSON "
+            "type); emit only dict, list, str, int, float, bool or None",
+        ),
+    ],
+)
+async def test_an_event_payload_json_cannot_carry_says_what_to_emit(
+    payload: Any, message: str
+) -> None:
+    # It said "... which is not a JSON value (it must be an object); return
+    # only ...": an array is JSON, and a stage emits an event, it returns outputs.
+    registry = fake_registry()
+
+    @registry.register("Note")
+    async def note(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ctx.emit("noted", payload)
+        return {}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("n", "Note", next="end"), terminal("end")]), registry=registry
+    )
+    result = await stageflow.Session(pipeline).run()
+    assert isinstance(result.error, stageflow.StageError)
+    assert str(result.error.__cause__) == message

@@ -142,12 +142,20 @@ def test_a_non_json_payload_is_a_typed_error(payload: dict[str, Any], where: str
     assert info.value.where == where
     assert isinstance(info.value, TypeError)
     assert where in str(info.value)
+    # The payload is passed, not returned (it said "return only ...").
+    assert str(info.value).endswith("; pass only dict, list, str, int, float, bool or None")
 
 
-@pytest.mark.parametrize("payload", [[1, 2], "text", 3])
-def test_a_payload_that_is_not_an_object_is_a_typed_error(payload: Any) -> None:
-    with pytest.raises(stageflow.NonJsonValueError, match="must be an object"):
+@pytest.mark.parametrize(("payload", "kind"), [([1, 2], "an array"), ("text", "a string")])
+def test_a_payload_that_is_not_an_object_is_a_typed_error(payload: Any, kind: str) -> None:
+    # It said "is an array, which is not a JSON value (it must be an object);
+    # return only dict, list, ...": an array is JSON, and a payload is passed.
+    with pytest.raises(stageflow.NonJsonValueError) as info:
         session_for(fan_pipeline(), payload=payload)
+    assert str(info.value) == (
+        f"the session payload is {kind}, which is not a JSON object; pass a dict, "
+        "or leave it out for an empty one"
+    )
 
 
 def test_the_payload_is_copied() -> None:
@@ -155,6 +163,15 @@ def test_the_payload_is_copied() -> None:
     session = session_for(fan_pipeline(), payload=mine)
     assert session.payload == mine
     assert session.payload["a"] is not mine["a"]
+
+
+def test_the_payload_view_is_read_only_at_its_top_level() -> None:
+    # docs/concepts.md: a read-only view of the context's top level; the
+    # values under it are the session's own (not copies, not frozen).
+    session = session_for(fan_pipeline(), payload={"a": {"b": 1}})
+    with pytest.raises(TypeError):
+        session.payload["a"] = 2  # type: ignore[index]
+    assert session.payload["a"] is session.payload["a"]
 
 
 def test_a_stage_missing_from_the_session_registry_is_a_validation_error() -> None:

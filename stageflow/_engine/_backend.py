@@ -42,10 +42,13 @@ __all__ = [
     "EventLike",
     "TrioWake",
     "NO_FLAGS",
+    "call_soon_from_thread",
     "cancel_flags",
     "current_backend",
+    "in_trio_run",
     "is_cancellation",
     "is_interrupt",
+    "is_stray_cancellation",
     "loop_handles",
     "run_in_virtual_time",
 ]
@@ -246,6 +249,27 @@ def loop_handles() -> tuple[anyio.lowlevel.EventLoopToken, int]:
     return token, thread
 
 
+def call_soon_from_thread(
+    token: anyio.lowlevel.EventLoopToken, function: Callable[..., object], *args: Any
+) -> bool:
+    """From another thread, have the event loop of ``token`` call ``function(*args)`` soon.
+
+    Does not wait for it (the loop's thread may be the one waiting for the
+    caller). ``function`` must not raise: on trio that would crash the run.
+    Returns ``False`` when that loop has finished, so nothing will call it.
+    """
+    native = token.native_token
+    try:
+        if isinstance(native, trio.lowlevel.TrioToken):
+            native.run_sync_soon(function, *args)
+        else:
+            assert isinstance(native, asyncio.AbstractEventLoop)
+            native.call_soon_threadsafe(function, *args)
+    except RuntimeError:  # trio's RunFinishedError, asyncio's "Event loop is closed"
+        return False
+    return True
+
+
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
     """The exceptions inside ``exc``, groups opened (``exc`` itself if it is none)."""
     if isinstance(exc, BaseExceptionGroup):
@@ -263,6 +287,25 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     too, not a failure.
     """
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+
+
+def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:
+    """Whether ``exc`` is asyncio's ``CancelledError`` that no cancellation of the task caused.
+
+    A stage can raise one of its own: a future or task of its own that was
+    cancelled, a client library's internal timeout. Taken by its type for the
+    run's cancellation, it would go up to the caller of ``run()``, or, in a
+    branch or a map item, cancel the others inside a task group that swallows
+    it. Every real cancellation of the task (a cancel scope, ``asyncio.timeout``,
+    ``Task.cancel``) counts in ``Task.cancelling()``; on trio asyncio's is
+    never a cancellation.
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    if backend is _TRIO:
+        return True
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
 
 
 def deciding_leaf(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
@@ -290,6 +333,11 @@ def is_interrupt(exc: BaseException) -> bool:
         isinstance(leaf, KeyboardInterrupt | trio.Cancelled | asyncio.CancelledError)
         for leaf in leaves
     )
+
+
+def in_trio_run() -> bool:
+    """Whether the calling thread is inside a trio run (where :func:`run_in_virtual_time` fails)."""
+    return trio.lowlevel.in_trio_run()
 
 
 def run_in_virtual_time(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:

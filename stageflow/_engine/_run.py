@@ -39,6 +39,7 @@ from stageflow._engine._backend import (
     current_backend,
     deciding_leaf,
     is_cancellation,
+    is_stray_cancellation,
     loop_handles,
 )
 from stageflow._engine._frames import (
@@ -1207,6 +1208,10 @@ class Run:
                             raise
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
+                        except BaseException as exc:  # looked at and re-raised (see run)
+                            if is_stray_cancellation(exc, backend):
+                                raise StageExecutor.failure(node, 1, 1, exc) from exc
+                            raise
                 except Exception as exc:
                     error = exc
                     if isinstance(exc, TimeoutError):
@@ -1660,6 +1665,10 @@ class Run:
                         raise
                     except Exception as exc:
                         raise StageExecutor.failure(node, 1, 1, exc) from exc
+                    except BaseException as exc:  # looked at and re-raised (see run)
+                        if is_stray_cancellation(exc, self.backend):
+                            raise StageExecutor.failure(node, 1, 1, exc) from exc
+                        raise
                 except Exception as exc:
                     history.record(
                         "node_failed",

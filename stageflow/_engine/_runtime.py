@@ -534,10 +534,17 @@ class StageRuntime:
             )
         body: Any = {} if payload is None else payload
         if not isinstance(body, Mapping):
-            raise NonJsonValueError(f"event {type!r} payload", body, detail="it must be an object")
+            raise NonJsonValueError(
+                f"event {type!r} payload", body, expected="a JSON object", fix="emit a dict"
+            )
         bad = find_non_json(body, "payload")
         if bad is not None:
-            raise NonJsonValueError(f"event {type!r} {bad[0]}", bad[1], detail=bad.reason)
+            raise NonJsonValueError(
+                f"event {type!r} {bad[0]}",
+                bad[1],
+                detail=bad.reason,
+                fix="emit only dict, list, str, int, float, bool or None",
+            )
         spec = work.spec
         if spec.allowed_events:
             matching = [s for s in spec.allowed_events if s.type == type]

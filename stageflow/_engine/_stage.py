@@ -20,7 +20,7 @@ import anyio.lowlevel
 
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
-from stageflow._engine._backend import deciding_leaf, is_cancellation
+from stageflow._engine._backend import deciding_leaf, is_cancellation, is_stray_cancellation
 from stageflow._engine._contracts import check_contract
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
@@ -120,6 +120,8 @@ class StageExecutor:
                     # attempt; the original is the cause.
                     raise self.failure(node, attempt, policy.attempts, exc) from exc
                 except BaseException as exc:  # looked at and re-raised: a cancellation
+                    if is_stray_cancellation(exc, kernel.backend):
+                        raise self.failure(node, attempt, policy.attempts, exc) from exc
                     if is_cancellation(exc, kernel.backend.cancelled):
                         outcome = kernel.stop_outcome
                     elif isinstance(
@@ -150,11 +152,21 @@ class StageExecutor:
         return policy.attempts == 1 and timeout is None and not entry.has_cleanup
 
     @staticmethod
-    def failure(node: StageNode, attempt: int, attempts: int, exc: Exception) -> StageError:
-        """The error that names the node and attempt of a stage's own failure ``exc``."""
+    def failure(node: StageNode, attempt: int, attempts: int, exc: BaseException) -> StageError:
+        """The error that names the node and attempt of a stage's own failure ``exc``.
+
+        ``exc`` is an ``Exception``, or a ``CancelledError`` the stage raised
+        though nothing cancelled it (:func:`is_stray_cancellation`).
+        """
+        what = (
+            f"{type(exc).__name__}: {error_text(exc)}"
+            if isinstance(exc, Exception)
+            else f"it raised {type(exc).__name__} though nothing cancelled it (a future or "
+            "task of its own was cancelled); catch it in the stage, or retry the node"
+        )
         return StageError(
             f"stage {node.stage!r} at node {node.id!r} failed on attempt "
-            f"{attempt} of {attempts}: {type(exc).__name__}: {error_text(exc)}",
+            f"{attempt} of {attempts}: {what}",
             node_id=node.id,
             stage=node.stage,
             attempt=attempt,
@@ -339,8 +351,15 @@ class StageExecutor:
         """Run the stage's cleanup shielded from cancellation and bounded in time."""
         with anyio.CancelScope(shield=True):
             try:
-                with anyio.fail_after(kernel.limits.cleanup_timeout):
+                timeout = kernel.limits.cleanup_timeout
+                with anyio.move_on_after(timeout) as bound:
                     await stage.cleanup(ctx, outcome)
+                if bound.cancelled_caught:
+                    raise TimeoutError(
+                        f"cleanup() of stage {ctx.stage!r} at node {ctx.node_id!r} took longer "
+                        f"than limits.cleanup_timeout ({timeout:g} s) and was stopped; make it "
+                        "faster, or raise the limit"
+                    )
             except Exception as exc:
                 _log.exception(
                     "stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import anyio
 import attrs
-import trio
 
 from stageflow import (
     Event,
@@ -20,7 +19,7 @@ from stageflow import (
     StageflowError,
     StageRegistry,
 )
-from stageflow._engine._backend import run_in_virtual_time
+from stageflow._engine._backend import in_trio_run, run_in_virtual_time
 from stageflow._json import thaw
 from stageflow.testing._expect import Observed, check
 from stageflow.testing._mocks import mock_registry, registry_from_modules
@@ -96,7 +95,7 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
         OSError: the pipeline file cannot be read.
         RuntimeError: called from inside a trio run.
     """
-    if trio.lowlevel.in_trio_run():
+    if in_trio_run():
         # trio.run() inside a trio run says only "Attempted to call run() from inside a run()".
         raise RuntimeError(
             f"run_case({case.name!r}) was called from inside a trio run (an async test, say); "

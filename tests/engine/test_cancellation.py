@@ -7,11 +7,21 @@ fix they failed on trio only.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
+from fakes import (
+    doc,
+    fake_registry,
+    load,
+    parallel,
+    stage,
+    terminal,
+    types,
+    wait_until_waiting,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -253,3 +263,91 @@ async def test_a_failing_map_item_stops_the_other_workers_before_their_next_item
     assert not any(e.type == "node_started" for e in result.history[failed_at:])
     cancelled = [e for e in result.history if e.type == "map_item_cancelled"]
     assert all(e.payload["index"] > 4 for e in cancelled)
+
+
+def _stray_registry() -> stageflow.StageRegistry:
+    registry = fake_registry()
+
+    @registry.register("Stray")
+    async def stray(ctx: stageflow.StageContext) -> dict[str, Any]:
+        # What a stage gets from a future or task of its own that was
+        # cancelled (a client library's internal timeout, say).
+        if ctx.attempt <= ctx.config.get("times", 1):
+            raise asyncio.CancelledError
+        return {"ok": ctx.attempt}
+
+    return registry
+
+
+STRAY_FAILS = {
+    "main path": doc([stage("s", "Stray", next="end"), terminal()]),
+    "branch": doc(
+        [
+            parallel("fan", ["s", "other"], next="end"),
+            stage("s", "Stray"),
+            stage("other", "Set", config={"values": {"x": 1}, "delay": 1}, outputs={"x": "x"}),
+            terminal("end", "x"),
+        ]
+    ),
+    "map item": doc(
+        [
+            {"id": "each", "type": "map", "items": "items", "body": "s", "next": "end"},
+            stage("s", "Stray"),
+            terminal(),
+        ]
+    ),
+}
+
+
+@pytest.mark.parametrize("document", STRAY_FAILS.values(), ids=STRAY_FAILS.keys())
+async def test_a_stages_own_cancelled_error_fails_its_node(document: dict[str, Any]) -> None:
+    # On asyncio a CancelledError that nothing cancelled was taken for the
+    # run's cancellation: run() raised it (main path), and in a branch or an
+    # item the task group swallowed it, cancelled the others, and the session
+    # went on past the node and completed without their writes.
+    registry = _stray_registry()
+    session = stageflow.Session(load(document, registry), payload={"items": [1]})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    error = result.error
+    while not isinstance(error, stageflow.StageError):
+        assert error is not None
+        error = error.__cause__
+    assert error.node_id == "s"
+    assert isinstance(error.__cause__, asyncio.CancelledError)
+    assert "CancelledError" in str(error)
+    assert types(result, node_id="s") == ["node_started", "node_failed"]
+
+
+async def test_a_stages_own_cancelled_error_is_retried_and_routed_like_any_failure() -> None:
+    registry = _stray_registry()
+    document = doc(
+        [
+            {**stage("s", "Stray", next="t"), "retry": {"attempts": 2}},
+            {**stage("t", "Stray", next="end", config={"times": 9}), "fallback": "handled"},
+            terminal(),
+            terminal("handled", "error.type", "error.causes.0.type"),
+        ]
+    )
+    result = await stageflow.Session(load(document, registry)).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert types(result, node_id="s") == ["node_started", "node_retrying", "node_finished"]
+    assert result.artifacts == {"error.type": "StageError", "error.causes.0.type": "CancelledError"}
+
+
+async def test_cancel_from_another_thread_cancels_the_run() -> None:
+    # On asyncio it raised "no running event loop" in the thread, halfway
+    # through cancelling the run's scope, and the event loop hung for good.
+    registry = _registry()
+    document = doc([_waiting("w", next="end"), terminal()])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    async with anyio.create_task_group() as tg:
+
+        async def from_worker_thread() -> None:
+            await wait_until_waiting(session, "go")
+            await anyio.to_thread.run_sync(session.cancel, "the user left")
+
+        tg.start_soon(from_worker_thread)
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert result.history[-1].payload["reason"] == "the user left"

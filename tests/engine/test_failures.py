@@ -87,6 +87,20 @@ async def test_seeded_jitter_is_reproducible_and_bounded(
     assert len(set(delays[0])) > 1
 
 
+@pytest.mark.trio
+async def test_jitter_spreads_a_capped_delay_around_max_delay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # pipeline-format.md: min(max_delay, delay * backoff^(n-1)), times the
+    # jitter factor: max_delay caps the delay before jitter spreads it.
+    retry = {"attempts": 5, "delay": 10, "backoff": 3, "max_delay": 10, "jitter": 0.5}
+    registry, _ = flaky_registry(4)
+    result = await run_with(flaky_doc(retry), registry, seed=7)
+    delays = [e.payload["delay"] for e in result.history if e.type == "node_retrying"]
+    assert all(5 <= d <= 15 for d in delays)
+    assert any(d > 10 for d in delays)
+
+
 async def test_fresh_instance_per_attempt() -> None:
     registry, calls = flaky_registry(2)
     result = await run_with(flaky_doc({"attempts": 3}), registry)
@@ -398,7 +412,13 @@ async def test_cleanup_that_hangs_is_bounded() -> None:
     )
     result = await run_with(document, registry)
     assert result.status is S.COMPLETED
-    assert "cleanup_failed" in types(result)
+    [failed] = [e for e in result.history if e.type == "cleanup_failed"]
+    # The error says what stopped it (it was a bare TimeoutError, message '').
+    assert failed.payload["error"]["type"] == "TimeoutError"
+    assert failed.payload["error"]["message"] == (
+        "cleanup() of stage 'BadCleanup' at node 'b' took longer than "
+        "limits.cleanup_timeout (1 s) and was stopped; make it faster, or raise the limit"
+    )
 
 
 async def test_step_limit_ends_a_loop() -> None:

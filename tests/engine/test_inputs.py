@@ -312,6 +312,24 @@ async def test_sending_from_a_thread() -> None:
     assert result.artifacts == {"got": "hi"}
 
 
+async def test_send_input_from_another_thread_is_refused_and_loses_nothing() -> None:
+    # On trio it raised a bare "must be called from async context" after
+    # taking the waiter: the stage never got the input and the run hung.
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    async with anyio.create_task_group() as tg:
+
+        async def from_worker_thread() -> None:
+            await wait_until_waiting(session, "go")
+            with pytest.raises(stageflow.SessionStateError, match="send_input_from_thread"):
+                await anyio.to_thread.run_sync(session.send_input, "go", "lost?")
+            assert session.waiting_for() == ("go",)
+            assert session.send_input("go", "hi").delivered == 1
+
+        tg.start_soon(from_worker_thread)
+        result = await session.run()
+    assert result.artifacts == {"got": "hi"}
+
+
 def test_send_from_thread_needs_a_running_session() -> None:
     session = new_session(doc([terminal("end")]))
     with pytest.raises(stageflow.SessionStateError):
