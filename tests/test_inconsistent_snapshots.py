@@ -26,10 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stageflow
+from stageflow._engine._snapshot import _validator as _snapshot_validator
 from stageflow._engine._snapshot_check import INTEGER_FIELDS, MAX_RNG_DRAWS
 from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_NESTING
 from stageflow._json import thaw
 from stageflow._pipeline import load_schema
+from stageflow._specs import MAX_DOCUMENT_ERRORS
 
 pytestmark = pytest.mark.anyio
 
@@ -281,6 +283,15 @@ async def test_a_huge_integer_in_a_context_is_refused() -> None:
     snapshot["position"]["context"]["n"] = 10**MAX_INT_DIGITS
     error = refused(snapshot)
     assert error.problems[0].location == "$.position.context.n"
+
+
+async def test_a_history_of_many_bad_events_is_explained_by_its_first_errors() -> None:
+    """A million bad events took a minute and 3.6 GB: every one became a schema error."""
+    snapshot = (await snapshots())[0]
+    snapshot["history"] = [0] * (5 * MAX_DOCUMENT_ERRORS)
+    errors = list(_snapshot_validator().iter_errors(snapshot))
+    assert len(errors) == MAX_DOCUMENT_ERRORS
+    assert refused(snapshot).problems[0].location.startswith("$.history[")
 
 
 async def test_frames_nested_three_hundred_deep_are_refused() -> None:
