@@ -50,8 +50,9 @@ how to fix it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -116,6 +117,27 @@ def shown_text(show: Callable[[object], str], value: object) -> str:
         return show(value)
     except Exception:
         return f"<{type(value).__name__} whose {show.__name__}() failed>"
+
+
+_SHOWN_INT: Final = 10**40
+"""Integers from here on are too long to quote in a message."""
+
+
+def shown_scalar(value: object) -> str:
+    """A value read from a document that may be damaged, for a message, never raising.
+
+    A short scalar is shown as it is (``'x'``, ``2.5``, ``null``, ``true``);
+    anything else by its JSON type, however long or deeply nested it is.
+    """
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int) and abs(value) < _SHOWN_INT:
+        return repr(value)
+    if isinstance(value, str) and len(value) <= 80:
+        return repr(value)
+    return a_json_type(value)
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:
@@ -246,7 +268,7 @@ class SnapshotVersionError(SnapshotError):
         self.found = found
         self.supported = tuple(supported)
         versions = ", ".join(str(v) for v in self.supported)
-        if isinstance(found, int) and not isinstance(found, bool):
+        if type(found) is int and abs(found) < _SHOWN_INT:
             message = (
                 f"snapshot format version {found} is not one this stageflow reads "
                 f"({versions}); restore it with the stageflow version that wrote it, or "
@@ -254,7 +276,7 @@ class SnapshotVersionError(SnapshotError):
             )
         else:
             message = (
-                f"the snapshot's 'version' is {found!r}, not a format version number "
+                f"the snapshot's 'version' is {shown_scalar(found)}, not a format version number "
                 f"(this stageflow reads {versions}); the snapshot is damaged: restore "
                 "the one session.to_dict() wrote"
             )
