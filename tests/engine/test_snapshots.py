@@ -500,6 +500,24 @@ async def test_a_format_that_is_no_snapshot_format_is_named_briefly(
     assert len(str(caught.value)) < 300
 
 
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ({"pipeline": {"api_version": "1.0"}}, r"from_dict\(pipeline=\.\.\.\) was given a dict"),
+        ({"registry": {}}, r"from_dict\(registry=\.\.\.\) was given a dict"),
+    ],
+    ids=["pipeline dict", "registry dict"],
+)
+async def test_restore_arguments_of_the_wrong_kind_are_named(
+    arguments: dict[str, Any], says: str
+) -> None:
+    # A pipeline document instead of a Pipeline raised a bare AttributeError; a
+    # dict registry was taken for none, so the default registry was searched.
+    _, data = await suspended_chat()
+    with pytest.raises(TypeError, match=says):
+        stageflow.Session.from_dict(data, **arguments)
+
+
 async def test_a_forgotten_registry_is_named() -> None:
     _, data = await suspended_chat()
     with pytest.raises(stageflow.SnapshotError) as caught:
