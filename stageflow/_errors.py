@@ -50,6 +50,7 @@ how to fix it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
@@ -143,6 +144,27 @@ def error_text(exc: BaseException) -> str:
     if len(text) <= MAX_ERROR_MESSAGE or isinstance(exc, StageflowError):
         return text
     return f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} more characters cut)"
+
+
+_SHOWN_INT: Final = 10**40
+"""Integers from here on are too long to quote in a message."""
+
+
+def shown_scalar(value: object) -> str:
+    """A value read from a document that may be damaged, for a message, never raising.
+
+    A short scalar is shown as it is (``'x'``, ``2.5``, ``null``, ``true``);
+    anything else by its JSON type, however long or deeply nested it is.
+    """
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int) and abs(value) < _SHOWN_INT:
+        return repr(value)
+    if isinstance(value, str) and len(value) <= 80:
+        return repr(value)
+    return a_json_type(value)
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:
@@ -273,7 +295,7 @@ class SnapshotVersionError(SnapshotError):
         self.found = found
         self.supported = tuple(supported)
         versions = ", ".join(str(v) for v in self.supported)
-        if isinstance(found, int) and not isinstance(found, bool):
+        if type(found) is int and abs(found) < _SHOWN_INT:
             message = (
                 f"snapshot format version {found} is not one this stageflow reads "
                 f"({versions}); restore it with the stageflow version that wrote it, or "
@@ -281,7 +303,7 @@ class SnapshotVersionError(SnapshotError):
             )
         else:
             message = (
-                f"the snapshot's 'version' is {found!r}, not a format version number "
+                f"the snapshot's 'version' is {shown_scalar(found)}, not a format version number "
                 f"(this stageflow reads {versions}); the snapshot is damaged: restore "
                 "the one session.to_dict() wrote"
             )

@@ -619,7 +619,21 @@ class Session:
                 ``pipeline`` does not have.
             SnapshotError: the data is not a valid snapshot, or its pipeline
                 document no longer loads.
+            TypeError: ``pipeline`` is no :class:`Pipeline` or ``registry`` no
+                :class:`StageRegistry`.
         """
+        # Checked before the snapshot is read: both are used to read it.
+        if pipeline is not None and not isinstance(pipeline, Pipeline):
+            raise TypeError(
+                f"Session.from_dict(pipeline=...) was given {a_python_type(pipeline)}; pass "
+                "a stageflow.Pipeline (stageflow.Pipeline.from_dict(document) for a parsed "
+                "document), or leave it out to go on with the snapshot's own pipeline"
+            )
+        if registry is not None and not isinstance(registry, StageRegistry):
+            raise TypeError(
+                f"Session.from_dict(registry=...) was given {a_python_type(registry)}; pass "
+                "a stageflow.StageRegistry, or leave it out to use the pipeline's"
+            )
         snapshot = check_document(data)
         pipeline = restore_pipeline(snapshot, registry, pipeline)
         position = snapshot["position"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 import sys
@@ -23,6 +24,7 @@ __all__ = [
     "DocumentSchema",
     "EventSpec",
     "InputSpec",
+    "MAX_DOCUMENT_ERRORS",
     "StageSpec",
     "compile_schema",
     "event_type_problem",
@@ -328,6 +330,12 @@ def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     return validator
 
 
+MAX_DOCUMENT_ERRORS: Final = 1000
+"""Most schema errors a document is explained with: each costs a walk and an
+object, so one broken in a million places (a list of a million bad items) is
+refused by its first thousand, in a second, not by all of them in minutes."""
+
+
 class DocumentSchema:
     """One of stageflow's own schemas: a fast yes, and a full explanation of a no.
 
@@ -347,13 +355,16 @@ class DocumentSchema:
         self._fast = jsonschema_rs.Draft202012Validator(plain)
 
     def iter_errors(self, instance: Any) -> Iterator[jsonschema.ValidationError]:
-        """The validation errors of ``instance`` (none at all when it is valid)."""
+        """The validation errors of ``instance`` (none at all when it is valid).
+
+        At most :data:`MAX_DOCUMENT_ERRORS` of them, the first ones found.
+        """
         try:
             if self._fast.is_valid(instance):
                 return iter(())
         except (TypeError, ValueError, OverflowError):
             pass  # not plain JSON for the fast check (tuples, huge ints): the full one decides
-        return self._full.iter_errors(instance)
+        return itertools.islice(self._full.iter_errors(instance), MAX_DOCUMENT_ERRORS)
 
 
 @attrs.frozen

@@ -33,6 +33,7 @@ from stageflow._guard import (
 )
 from stageflow._json import find_non_json
 from stageflow._pipeline import parse_document
+from stageflow._specs import MAX_DOCUMENT_ERRORS
 
 BIG = 10**MAX_INT_DIGITS  # MAX_INT_DIGITS + 1 digits: the smallest integer over the limit
 
@@ -245,6 +246,16 @@ def test_a_text_over_the_size_budget_is_refused() -> None:
     text = '{"api_version": "1.0", "metadata": {"x": "' + "a" * (17 * 1024 * 1024) + '"}}'
     with pytest.raises(stageflow.PipelineValidationError, match="MiB"):
         parse_document(text, source="big")
+
+
+def test_a_document_broken_in_thousands_of_places_lists_its_first_errors() -> None:
+    """Each schema error costs a walk: a million bad nodes took minutes and gigabytes."""
+    document = doc([stage("a", "Set", next="end"), terminal("end")])
+    document["nodes"] += [0] * (3 * MAX_DOCUMENT_ERRORS)
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        load(document)
+    assert len(caught.value.problems) == MAX_DOCUMENT_ERRORS
+    assert caught.value.problems[0].location == "$.nodes[2]"
 
 
 # ------------------------------------------------------------ values made at run time

@@ -26,10 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stageflow
+from stageflow._engine._snapshot import _validator as _snapshot_validator
 from stageflow._engine._snapshot_check import INTEGER_FIELDS, MAX_RNG_DRAWS
 from stageflow._guard import MAX_DEPTH, MAX_INT_DIGITS, MAX_NESTING
 from stageflow._json import thaw
 from stageflow._pipeline import load_schema
+from stageflow._specs import MAX_DOCUMENT_ERRORS
 
 pytestmark = pytest.mark.anyio
 
@@ -281,6 +283,71 @@ async def test_a_huge_integer_in_a_context_is_refused() -> None:
     snapshot["position"]["context"]["n"] = 10**MAX_INT_DIGITS
     error = refused(snapshot)
     assert error.problems[0].location == "$.position.context.n"
+
+
+async def stopped_by_max_steps() -> dict[str, Any]:
+    """A session that ``max_steps=1`` stopped before its second node, as JSON."""
+    registry = fake_registry()
+    nodes = [
+        {"id": "a", "type": "stage", "stage": "Set", "next": "b"},
+        {"id": "b", "type": "stage", "stage": "Set", "next": "end"},
+        {"id": "end", "type": "terminal"},
+    ]
+    pipeline = stageflow.Pipeline.from_dict(
+        {"api_version": "1.0", "entry": "a", "nodes": nodes}, registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry, limits=stageflow.Limits(max_steps=1))
+    await session.run()
+    snapshot: dict[str, Any] = json.loads(json.dumps(session.to_dict()))
+    assert snapshot["stopped_by_limit"] == "max_steps"
+    return snapshot
+
+
+RAISED = stageflow.Limits(max_steps=100)
+
+
+async def test_a_stopped_session_restored_with_the_limit_raised_goes_on() -> None:
+    session = stageflow.Session.from_dict(
+        await stopped_by_max_steps(), registry=fake_registry(), limits=RAISED
+    )
+    assert (await session.run()).status is stageflow.SessionStatus.COMPLETED
+
+
+async def test_a_stopped_session_without_a_position_is_refused() -> None:
+    """It was restored waiting at nowhere: run() raised an AssertionError."""
+    snapshot = await stopped_by_max_steps()
+    snapshot["position"] = None
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(snapshot, registry=fake_registry(), limits=RAISED)
+    assert caught.value.problems[0].location == "$.position"
+    assert "stopped by limits.max_steps" in caught.value.problems[0].message
+
+
+async def test_the_position_of_a_stopped_session_is_checked() -> None:
+    """It is run once the limit is raised, so it is checked as a waiting session's."""
+    snapshot = await stopped_by_max_steps()
+    snapshot["position"]["stage"]["attempt"] = 7
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(snapshot, registry=fake_registry(), limits=RAISED)
+    assert caught.value.problems[0].location == "$.position.stage.attempt"
+
+
+@pytest.mark.parametrize("status", ["completed", "cancelled"])
+async def test_only_a_failed_session_is_stopped_by_a_limit(status: str) -> None:
+    snapshot = await stopped_by_max_steps()
+    snapshot["status"] = status
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(snapshot, registry=fake_registry(), limits=RAISED)
+    assert caught.value.problems[0].location == "$.stopped_by_limit"
+
+
+async def test_a_history_of_many_bad_events_is_explained_by_its_first_errors() -> None:
+    """A million bad events took a minute and 3.6 GB: every one became a schema error."""
+    snapshot = (await snapshots())[0]
+    snapshot["history"] = [0] * (5 * MAX_DOCUMENT_ERRORS)
+    errors = list(_snapshot_validator().iter_errors(snapshot))
+    assert len(errors) == MAX_DOCUMENT_ERRORS
+    assert refused(snapshot).problems[0].location.startswith("$.history[")
 
 
 async def test_frames_nested_three_hundred_deep_are_refused() -> None:

@@ -50,6 +50,7 @@ from stageflow._errors import (
     Problem,
     SnapshotError,
     SnapshotVersionError,
+    shown_scalar,
 )
 from stageflow._events import Event
 from stageflow._identity import IdentityCache
@@ -172,13 +173,14 @@ def check_document(data: object) -> Mapping[str, Any]:
                 Problem(
                     "$.format",
                     f"this is not a stageflow session snapshot ('format' is "
-                    f"{data.get('format')!r}, not {FORMAT!r}); pass what session.to_dict() "
-                    "returned",
+                    f"{shown_scalar(data.get('format'))}, not {FORMAT!r}); pass what "
+                    "session.to_dict() returned",
                 )
             ]
         )
-    if data.get("version") not in READABLE:
-        raise SnapshotVersionError(data.get("version"), READABLE)
+    version = data.get("version")
+    if type(version) is not int or version not in READABLE:  # (True == 1, 1.0 == 1)
+        raise SnapshotVersionError(version, READABLE)
     session_id = data.get("session_id")
     source = f"session {session_id!r}" if isinstance(session_id, str) else None
     over_budget = shape_problems(data)

@@ -246,7 +246,7 @@ def consistency_problems(
     have: nodes outside the branch or map body they are in, items past the
     map's list, winners a parallel node cannot have, attempts past the retry
     policy, writes that cannot be applied. Frames are checked only when the
-    session is active (the others are not run again).
+    session is active or stopped by a limit (the others are not run again).
     """
     checker = _Checker(snapshot, pipeline, registry)
     checker.check()
@@ -284,13 +284,29 @@ class _Checker:
                 f"a {snapshot['status']} session has no cancel to act on; only a pending, "
                 "running or waiting one has",
             )
+        # A session a limit stopped goes on from its position once restored
+        # with that limit raised: it is checked as an active one's.
+        stopped = snapshot.get("stopped_by_limit")
+        if stopped is not None and snapshot["status"] != "failed":
+            self.add(
+                "$.stopped_by_limit",
+                f"a {snapshot['status']} session was not stopped by a limit; only a failed "
+                "one is; write null",
+            )
+            stopped = None
         if active and position is None:
             self.add(
                 "$.position",
                 f"the session is {snapshot['status']} but has no position to go on from",
             )
-        if active and position is not None:
-            if snapshot["current_node"] != position["node"]:
+        elif stopped is not None and position is None:
+            self.add(
+                "$.position",
+                f"the session was stopped by limits.{stopped} but has no position to go on "
+                "from once that limit is raised",
+            )
+        if (active or stopped is not None) and position is not None:
+            if active and snapshot["current_node"] != position["node"]:
                 self.add(
                     "$.current_node",
                     f"{snapshot['current_node']!r} is not the node of the position "

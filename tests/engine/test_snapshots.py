@@ -452,6 +452,72 @@ async def test_a_version_that_is_no_number_is_called_damaged() -> None:
         stageflow.Session.from_dict(data, registry=case.registry)
 
 
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"),
+    [
+        (True, "is true,"),  # True == 1: it passed for version 1, then failed the schema
+        (1.0, "is 1.0,"),
+        (3.0, "is 3.0,"),  # was accepted as version 3
+        (10**5000, "is an integer,"),  # was a ValueError: too many digits to print
+        (nested(100_000), "is an array,"),  # was a RecursionError printing it
+        ({"a": "x" * 10**6}, "is an object,"),
+    ],
+    ids=["true", "1.0", "3.0", "huge-int", "deep", "object"],
+)
+async def test_a_version_that_is_no_version_number_is_a_version_error(
+    version: Any, shown: str
+) -> None:
+    case, data = await suspended_chat()
+    data["version"] = version
+    with pytest.raises(stageflow.SnapshotVersionError) as caught:
+        stageflow.Session.from_dict(data, registry=case.registry)
+    message = caught.value.problems[0].message
+    assert shown in message
+    assert "not a format version number" in message
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("format", "shown"),
+    [(nested(100_000), "an array"), ("x" * 10**6, "a string"), (None, "null")],
+    ids=["deep", "long", "null"],
+)
+async def test_a_format_that_is_no_snapshot_format_is_named_briefly(
+    format: Any, shown: str
+) -> None:
+    _, data = await suspended_chat()
+    data["format"] = format
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(data)
+    assert f"('format' is {shown}, not 'stageflow.session-snapshot')" in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ({"pipeline": {"api_version": "1.0"}}, r"from_dict\(pipeline=\.\.\.\) was given a dict"),
+        ({"registry": {}}, r"from_dict\(registry=\.\.\.\) was given a dict"),
+    ],
+    ids=["pipeline dict", "registry dict"],
+)
+async def test_restore_arguments_of_the_wrong_kind_are_named(
+    arguments: dict[str, Any], says: str
+) -> None:
+    # A pipeline document instead of a Pipeline raised a bare AttributeError; a
+    # dict registry was taken for none, so the default registry was searched.
+    _, data = await suspended_chat()
+    with pytest.raises(TypeError, match=says):
+        stageflow.Session.from_dict(data, **arguments)
+
+
 async def test_a_forgotten_registry_is_named() -> None:
     _, data = await suspended_chat()
     with pytest.raises(stageflow.SnapshotError) as caught:
