@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -152,6 +153,10 @@ async def test_a_context_kept_after_the_session_ended_refuses_every_call() -> No
             await ctx.wait_input("more")
         with pytest.raises(stageflow.StageContractError, match=r"ctx\.sleep\(\) after its"):
             await ctx.sleep(1)
+        # It said "called ctx.sleep()" of a sleep_until call.
+        later = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+        with pytest.raises(stageflow.StageContractError, match=r"ctx\.sleep_until\(\) after"):
+            await ctx.sleep_until(later)
     assert session.history == result.history
     assert session.history[-1].type == "session_completed"
 

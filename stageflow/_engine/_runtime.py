@@ -431,7 +431,7 @@ class StageRuntime:
         self, work: StageWork, seconds: float | None, until: datetime.datetime | None
     ) -> float:
         """Sleep on behalf of a stage, to an absolute deadline that snapshots keep."""
-        self.check_live(work, "ctx.sleep()")
+        self.check_live(work, "ctx.sleep()" if until is None else "ctx.sleep_until()")
         entry = self._replayed(work, "sleep", None)
         if entry is None:
             now = self.clock()
