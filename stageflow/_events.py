@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple, overload
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from stageflow._errors import shown_text
 from stageflow._json import copy_json
 from stageflow._log import get_logger
 from stageflow._telemetry import Tracing
@@ -628,7 +629,7 @@ class History:
                 _log.exception(
                     "subscriber.detached",
                     session_id=self.session_id,
-                    subscriber=repr(callback),
+                    subscriber=shown_text(repr, callback),
                     event_type=event.type,
                 )
                 callbacks.remove(callback)

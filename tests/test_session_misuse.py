@@ -349,6 +349,27 @@ async def test_a_subscriber_that_changes_its_event_changes_no_other_subscribers(
     await second.aclose()
 
 
+async def test_a_failing_subscriber_whose_repr_fails_too_is_detached_and_the_run_goes_on() -> None:
+    # Its detachment was logged with repr(callback): an object whose __repr__
+    # raises made the log line raise, out of the run.
+    class Hook:
+        calls = 0
+
+        def __call__(self, event: stageflow.Event) -> None:
+            Hook.calls += 1
+            raise ValueError("a broken hook")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("a broken repr")
+
+    session = stageflow.Session(_pipeline())
+    session.subscribe(Hook())
+    session.send_input("go", {})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert Hook.calls == 1
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, Interrupt])
 async def test_cleanup_is_told_the_outcome_the_session_ends_with(raised: type) -> None:
     # A KeyboardInterrupt or SystemExit ends the session cancelled, but the
