@@ -14,6 +14,7 @@ from stageflow._context import MISSING, Context
 from stageflow._errors import MergeConflictError, NodeError
 from stageflow._json import a_json_type, find_non_json
 from stageflow._model import MergeStrategy, Reducer
+from stageflow._specs import json_text
 
 __all__ = ["merge_branches"]
 
@@ -206,7 +207,7 @@ def _reduce(
         numbers = items if base is MISSING else [base, *items]
         for number in numbers:
             if isinstance(number, bool) or not isinstance(number, int | float):
-                raise TypeError(f"{number!r} is not a number")
+                raise TypeError(f"a branch wrote {json_text(number)}, not a number")
         if reducer is Reducer.SUM:
             return sum(numbers)
         if reducer is Reducer.MAX:

@@ -380,3 +380,15 @@ async def test_concurrency_bounds_how_many_branches_run_at_once() -> None:
     # Two at a time, started in `children` order as others end.
     assert [sorted(r) for r in rounds] == [["a", "b"], ["c", "d"]]
     assert result.artifacts == {"a": 1, "b": 1, "c": 2, "d": 2}
+
+
+async def test_a_sum_over_a_text_value_quotes_it_as_json_and_briefly() -> None:
+    # It said "('x' * 100_000)!r is not a number": the whole value, in Python's repr.
+    pipeline = fan([set_node("x", "shared", "y" * 100_000), set_node("y", "shared", 1)])
+    pipeline["reducers"] = {"shared": "sum"}
+    result = await run(pipeline)
+    assert result.status is FAILED
+    message = str(result.error)
+    assert '(a branch wrote "yyyy' in message
+    assert "..., not a number)" in message
+    assert len(message) < 400
