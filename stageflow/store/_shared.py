@@ -19,6 +19,7 @@ import anyio
 import attrs
 
 from stageflow._engine._desk import input_json
+from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError
 from stageflow._json import a_json_type
 from stageflow.store._errors import StoredDataError
@@ -45,6 +46,8 @@ __all__ = [
     "backoff",
     "event_batch",
     "inbox_text",
+    "input_limit",
+    "too_large",
     "inline_events",
     "read_lease",
     "snapshot_delta",
@@ -56,8 +59,11 @@ __all__ = [
 ]
 
 
-def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
-    """An input's JSON text for the inbox, checked as a live session checks it.
+def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, int]:
+    """An input's JSON text for the inbox and its size, checked as a live session checks it.
+
+    The size (UTF-8 bytes) is what the session's ``limits.max_input_bytes``
+    bounds: the stores check it against the row's copy of that limit.
 
     The cancel request's type is the store's own: ``send_input`` refuses it
     (a worker would apply whatever it carried), ``request_cancel`` writes it.
@@ -73,8 +79,36 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
             input_type=type,
             reason="bad_type",
         )
-    text, _ = input_json(type, payload)
-    return text
+    return input_json(type, payload)
+
+
+def input_limit(snapshot: Mapping[str, Any]) -> int | None:
+    """The snapshot's ``limits.max_input_bytes``, kept in the row for ``send_input``.
+
+    None when the snapshot does not say it readably (the worker's delivery
+    then checks the size, as it does for every input).
+    """
+    kept = snapshot.get("limits") or {}
+    if not isinstance(kept, Mapping):
+        return None
+    value = kept.get("max_input_bytes", DEFAULT_LIMITS.max_input_bytes)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def too_large(session_id: str, type: str, size: int, limit: int) -> InputRejectedError:
+    """The error for an input over the session's ``limits.max_input_bytes`` (nothing stored).
+
+    The same reason and advice as a live session's refusal, said before the
+    input is stored: stored, it would only be refused at delivery, after the
+    sender was told it was accepted.
+    """
+    return InputRejectedError(
+        f"input {type!r} for session {session_id!r} was rejected: {size} bytes is over "
+        f"limits.max_input_bytes={limit}; nothing was stored. Send less, or raise the "
+        "pipeline's limit",
+        input_type=type,
+        reason="too_large",
+    )
 
 
 def inline_events(snapshot: Mapping[str, Any], after: int, limit: int) -> list[dict[str, Any]]:
@@ -124,7 +158,7 @@ def read_lease(
     return snapshot, tuple(read), None
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The table layout this stageflow writes (both stores).
 
 1: the first layout. 2: ``start_key`` indexed only where set; the events
@@ -132,7 +166,9 @@ table holds one row per save (``seq`` .. ``last_seq``, a JSON array), not one
 per event; stored snapshots hold no history (format v2; v1 rows still load).
 3: no foreign keys from the inbox and the events (PostgreSQL). 4: a saved
 snapshot may be stored as a delta against the stored one (PostgreSQL's
-``snapshot_delta``; see :func:`snapshot_delta`).
+``snapshot_delta``; see :func:`snapshot_delta`). 5: the session's
+``limits.max_input_bytes`` in the row (``max_input_bytes``, NULL until a
+session made before is saved), so ``send_input`` refuses an input over it.
 """
 
 DELTA_MAX = 1024
@@ -248,6 +284,7 @@ class NewSession:
     text: str
     events: EventBatch | None
     events_done: int
+    max_input_bytes: int | None
 
 
 def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSession:
@@ -258,7 +295,15 @@ def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSessio
         snapshot, held = split_history(snapshot)
         batch = event_batch(held)
     done = batch.last if batch is not None else 0
-    return NewSession(info.session_id, info.pipeline, info.digest, dumps(snapshot), batch, done)
+    return NewSession(
+        info.session_id,
+        info.pipeline,
+        info.digest,
+        dumps(snapshot),
+        batch,
+        done,
+        input_limit(snapshot),
+    )
 
 
 @attrs.frozen
@@ -272,6 +317,7 @@ class Save:
     waiting_for: list[str]
     events: EventBatch | None
     events_done: int
+    max_input_bytes: int | None
 
 
 def save_of(
@@ -294,6 +340,7 @@ def save_of(
         waiting_for=sorted(waiting_for),
         events=batch,
         events_done=max(last, lease.events_done),
+        max_input_bytes=input_limit(snapshot),
     )
 
 

@@ -128,6 +128,78 @@ async def test_a_payload_that_is_not_json_is_refused_before_it_is_stored(
     assert (record.seq, record.duplicate) == (1, False)
 
 
+def limited(session_id: str, max_input_bytes: int) -> dict[str, Any]:
+    """A snapshot of a session whose inputs may be ``max_input_bytes`` at most."""
+    document = {**chat_pipeline().to_dict(), "limits": {"max_input_bytes": max_input_bytes}}
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    return stageflow.Session(pipeline, registry=registry, session_id=session_id).to_dict()
+
+
+@pytest.mark.parametrize("key", [None, "k"])
+async def test_an_input_over_the_sessions_size_limit_is_refused_before_it_is_stored(
+    store: SessionStore, key: str | None
+) -> None:
+    # It was stored, the sender got its record, and only the worker's delivery
+    # refused it (an input_rejected event the sender never sees; past the
+    # rejection budget, not even that).
+    await store.create(limited("s", 100))
+    big = {"n": 1, "pad": "x" * 200}
+    with pytest.raises(stageflow.InputRejectedError, match=r"max_input_bytes=100") as info:
+        await store.send_input("s", "msg", big, idempotency_key=key)
+    assert (info.value.reason, info.value.input_type) == ("too_large", "msg")
+    assert "nothing was stored" in str(info.value)
+    assert (await store.get("s")).inbox_head == 0
+    record = await store.send_input("s", "msg", {"n": 1}, idempotency_key=key)
+    assert (record.seq, record.duplicate) == (1, False)
+    assert (await store.request_cancel("s", "x" * 200)).seq == 2  # no input of a stage
+    # A save keeps the limit of the snapshot it stores.
+    lease = await claim_one(store)
+    assert await store.complete(
+        lease,
+        {**saved(lease), "limits": {"max_input_bytes": 1000}},
+        waiting_for=("msg",),
+        wake_at=None,
+        events=(),
+    )
+    assert (await store.send_input("s", "msg", big)).seq == 3
+
+
+async def test_tables_of_schema_version_4_get_the_size_limit_column(
+    make_store: Any, backend: str
+) -> None:
+    store = make_store()
+    await store.create(limited("old", 100))
+    import anyio
+
+    await anyio.to_thread.run_sync(_back_to_version_4, store, backend)
+    upgraded = make_store()
+    await upgraded.migrate()
+    big = {"n": 1, "pad": "x" * 200}
+    assert (await upgraded.send_input("old", "msg", big)).seq == 1  # unknown: the worker checks
+    await upgraded.create(limited("new", 100))
+    with pytest.raises(stageflow.InputRejectedError, match="max_input_bytes=100"):
+        await upgraded.send_input("new", "msg", big)
+
+
+def _back_to_version_4(store: Any, backend: str) -> None:
+    """The tables as stageflow wrote them before the size limit column."""
+    if backend == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        conn.execute("ALTER TABLE stageflow_sessions DROP COLUMN max_input_bytes")
+        conn.execute("UPDATE stageflow_schema SET version = 4")
+        conn.commit()
+        conn.close()
+        return
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute("ALTER TABLE stageflow_sessions DROP COLUMN max_input_bytes")
+        pg.execute("UPDATE stageflow_schema SET version = 4")
+
+
 async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
     with pytest.raises(SessionNotFoundError, match="no stored session has id 'nope'"):
         await store.send_input("nope", "msg", {})
