@@ -33,11 +33,15 @@ class StoreError(StageflowError):
 class SessionNotFoundError(StoreError, LookupError):
     """No stored session has this id."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: object, *, why: str | None = None) -> None:
         self.session_id = session_id
+        shown = repr(session_id)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         super().__init__(
-            f"no stored session has id {session_id!r}; check the id, or start the session "
-            "with SessionService.start() first (purge() deletes finished sessions)"
+            f"no stored session has id {shown}"
+            + (f" ({why})" if why else "")
+            + "; check the id, or start the session with SessionService.start() first "
+            "(purge() deletes finished sessions)"
         )
 
 

@@ -38,6 +38,7 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
+from stageflow._errors import InputRejectedError
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -61,8 +62,10 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    check_name,
     inbox_text,
     inline_events,
+    lookup_id,
     new_session,
     purge_in_batches,
     read_lease,
@@ -445,6 +448,8 @@ class PostgresStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
+        check_name("queue", queue)
+        check_name("idempotency_key", idempotency_key, optional=True)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: psycopg.Connection[Any]) -> Created:
@@ -485,6 +490,8 @@ class PostgresStore:
     async def _store_input(
         self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
+        lookup_id(session_id)
+        check_name("idempotency_key", idempotency_key, optional=True)
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:
@@ -524,7 +531,16 @@ class PostgresStore:
             self._send_notify([session_id])  # committed: the notifier may send it now
             return InputRecord(session_id, seq, duplicate=False)
 
-        record = await self._run(run)
+        try:
+            record = await self._run(run)
+        except psycopg.errors.UntranslatableCharacter as exc:  # rolled back: nothing stored
+            raise InputRejectedError(
+                f"input {type!r} for session {session_id!r} was rejected: PostgreSQL's jsonb "
+                "cannot hold the character U+0000 (NUL) in a string of the payload; nothing "
+                "was stored. Remove it, or encode the text that carries it (base64)",
+                input_type=type,
+                reason="not_json",
+            ) from exc
         if not record.duplicate:
             self._work.set()
         return record
@@ -773,6 +789,7 @@ class PostgresStore:
 
     async def get(self, session_id: str) -> StoredSession:
         """The session's row (see :class:`SessionStore`)."""
+        lookup_id(session_id)
 
         def run(conn: psycopg.Connection[Any]) -> StoredSession:
             row = conn.execute(
@@ -786,6 +803,7 @@ class PostgresStore:
 
     async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
         """The session's snapshot; ``history=True`` puts its committed history back in."""
+        lookup_id(session_id)
 
         def run(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             row = conn.execute(
@@ -810,6 +828,7 @@ class PostgresStore:
         self, session_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
+        lookup_id(session_id)
         if not self._events:  # the events stay in the snapshot
             return inline_events(await self.load(session_id, history=True), after, limit)
 

@@ -20,9 +20,9 @@ import attrs
 
 from stageflow._engine._desk import input_json
 from stageflow._engine._limits import DEFAULT_LIMITS
-from stageflow._errors import InputRejectedError
+from stageflow._errors import InputRejectedError, shown_text
 from stageflow._json import a_json_type
-from stageflow.store._errors import StoredDataError
+from stageflow.store._errors import SessionNotFoundError, StoredDataError
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
     CANCEL_INPUT,
@@ -45,7 +45,10 @@ __all__ = [
     "Wakeup",
     "backoff",
     "event_batch",
+    "NAME_BYTES",
+    "check_name",
     "inbox_text",
+    "lookup_id",
     "input_limit",
     "too_large",
     "inline_events",
@@ -57,6 +60,65 @@ __all__ = [
     "save_of",
     "stored_session",
 ]
+
+
+NAME_BYTES = 1024
+"""The longest session id, idempotency key or queue name a store takes, in UTF-8 bytes.
+
+PostgreSQL indexes them, and an index entry holds at most 2,704 bytes (a
+session id and an input's key share one); SQLite takes the same, so that
+an application tried on SQLite runs on PostgreSQL.
+"""
+
+
+def _name_problem(value: object, *, limit: int | None = NAME_BYTES) -> str | None:
+    """Why ``value`` cannot be stored as a name (an id, a key, a type), or None."""
+    if not isinstance(value, str):
+        return f"it is {a_json_type(value)}, not a string"
+    if "\x00" in value:
+        return "it holds a NUL character (U+0000), which PostgreSQL cannot store"
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate, which is not Unicode text"
+    if limit is not None and size > limit:
+        return f"it is {size} bytes long in UTF-8, over the {limit} a store takes"
+    return None
+
+
+def _shown(value: object) -> str:
+    shown = shown_text(repr, value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def check_name(what: str, value: object, *, optional: bool = False) -> None:
+    """Refuse a session id, idempotency key or queue name that a store cannot hold.
+
+    Raises:
+        ValueError: ``value`` is not a string (None allowed when
+            ``optional``), holds a NUL character or a lone surrogate, or is
+            longer than :data:`NAME_BYTES`; it says which, and how to fix it.
+    """
+    if optional and value is None:
+        return
+    problem = _name_problem(value)
+    if problem is not None:
+        raise ValueError(
+            f"{what}={_shown(value)} cannot be stored: {problem}; pass text without NUL "
+            f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
+        )
+
+
+def lookup_id(session_id: object) -> None:
+    """Raise :class:`SessionNotFoundError` for an id that no stored session can have.
+
+    A driver would raise its own error for it (PostgreSQL for a NUL or a
+    non-string, both stores for a lone surrogate); the answer is the same as
+    for any unknown id, with the reason.
+    """
+    problem = _name_problem(session_id, limit=None)
+    if problem is not None:
+        raise SessionNotFoundError(session_id, why=f"{problem}, so no session can have it")
 
 
 def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, int]:
@@ -72,6 +134,14 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, i
         InputRejectedError: a bad type (the reserved one included) or a
             payload that is not JSON; nothing is stored.
     """
+    problem = None if not isinstance(type, str) or not type else _name_problem(type, limit=None)
+    if problem is not None:  # a non-string or empty type: input_json says so
+        raise InputRejectedError(
+            f"input type {_shown(type)} cannot be stored: {problem}; pass the type the stage "
+            "waits for",
+            input_type=_shown(type),
+            reason="bad_type",
+        )
     if type == CANCEL_INPUT and not cancel:
         raise InputRejectedError(
             f"input type {CANCEL_INPUT!r} is the store's cancel request; to cancel the "
@@ -290,6 +360,7 @@ class NewSession:
 def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSession:
     """The row of a new session; with an events table, the snapshot's history moves there."""
     info = snapshot_info(snapshot)
+    check_name("session_id", snapshot["session_id"])
     batch = None
     if events_table:
         snapshot, held = split_history(snapshot)

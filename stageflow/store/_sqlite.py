@@ -46,8 +46,10 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    check_name,
     inbox_text,
     inline_events,
+    lookup_id,
     new_session,
     purge_in_batches,
     read_lease,
@@ -304,6 +306,8 @@ class SQLiteStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
+        check_name("queue", queue)
+        check_name("idempotency_key", idempotency_key, optional=True)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: sqlite3.Connection) -> Created:
@@ -342,6 +346,8 @@ class SQLiteStore:
     async def _store_input(
         self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
+        lookup_id(session_id)
+        check_name("idempotency_key", idempotency_key, optional=True)
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(
@@ -533,6 +539,7 @@ class SQLiteStore:
 
     async def get(self, session_id: str) -> StoredSession:
         """The session's row (see :class:`SessionStore`)."""
+        lookup_id(session_id)
 
         def run(conn: sqlite3.Connection) -> StoredSession:
             row = conn.execute(
@@ -546,6 +553,7 @@ class SQLiteStore:
 
     async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
         """The session's snapshot; ``history=True`` puts its committed history back in."""
+        lookup_id(session_id)
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
             row = conn.execute(
@@ -568,6 +576,7 @@ class SQLiteStore:
         self, session_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
+        lookup_id(session_id)
         if not self._events:  # the events stay in the snapshot
             return inline_events(await self.load(session_id, history=True), after, limit)
 

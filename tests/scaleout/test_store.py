@@ -200,6 +200,72 @@ def _back_to_version_4(store: Any, backend: str) -> None:
         pg.execute("UPDATE stageflow_schema SET version = 4")
 
 
+UNSTORABLE = [
+    pytest.param("a\x00b", "NUL character", id="nul"),
+    pytest.param("a\udcffb", "lone surrogate", id="surrogate"),
+    pytest.param("k" * 1025, "1025 bytes long", id="long"),
+    pytest.param(7, "an integer, not a string", id="int"),
+]
+
+
+@pytest.mark.parametrize(("name", "problem"), UNSTORABLE)
+async def test_ids_keys_queues_and_types_a_store_cannot_hold_get_typed_errors(
+    store: SessionStore, name: Any, problem: str
+) -> None:
+    # They raised the driver's errors (UnicodeEncodeError; on PostgreSQL
+    # DataError, UndefinedFunction, ProgramLimitExceeded), or were stored on
+    # SQLite only (an application tried there then failed on PostgreSQL).
+    for call, what in [
+        (store.create(snapshot("s"), idempotency_key=name), "idempotency_key"),
+        (store.create(snapshot("s"), queue=name), "queue"),
+    ]:
+        with pytest.raises(ValueError, match=f"{what}=.* cannot be stored: .*{problem}"):
+            await call
+    assert await store.list_sessions() == []
+    if isinstance(name, str):
+        session = stageflow.Session(chat_pipeline(), registry=registry, session_id=name)
+        with pytest.raises(ValueError, match=f"session_id=.* cannot be stored: .*{problem}"):
+            await store.create(session.to_dict())
+    await store.create(snapshot("s"))
+    with pytest.raises(ValueError, match=f"idempotency_key=.* cannot be stored: .*{problem}"):
+        await store.send_input("s", "msg", {"n": 1}, idempotency_key=name)
+    if isinstance(name, str) and len(name) < 100:  # a type is not indexed: any length
+        with pytest.raises(stageflow.InputRejectedError, match=problem) as info:
+            await store.send_input("s", name, {"n": 1})
+        assert info.value.reason == "bad_type"
+    assert (await store.get("s")).inbox_head == 0
+    if len(str(name)) < 100:  # an unknown id of any length is not found
+        for lookup in [
+            store.get(name),
+            store.load(name),
+            store.events(name),
+            store.send_input(name, "msg", {}),
+            store.request_cancel(name, "why"),
+        ]:
+            with pytest.raises(SessionNotFoundError, match=f"no stored session has id .*{problem}"):
+                await lookup
+
+
+async def test_a_nul_character_in_a_payload_is_stored_or_refused_with_the_reason(
+    store: SessionStore, backend: str
+) -> None:
+    await store.create(snapshot("s"))
+    payload = {"text": "a\x00b", "a\x00": 1}
+    if backend == "sqlite":
+        assert (await store.send_input("s", "msg", payload, idempotency_key="k")).seq == 1
+        assert [i.payload for i in (await claim_one(store)).inputs] == [payload]
+        return
+    # PostgreSQL's jsonb cannot hold it: it raised UntranslatableCharacter.
+    for key in (None, "k"):
+        with pytest.raises(stageflow.InputRejectedError, match=r"U\+0000 \(NUL\)") as info:
+            await store.send_input("s", "msg", payload, idempotency_key=key)
+        assert (info.value.reason, info.value.input_type) == ("not_json", "msg")
+    with pytest.raises(stageflow.InputRejectedError, match="nothing was stored"):
+        await store.request_cancel("s", "a\x00b")
+    assert (await store.get("s")).inbox_head == 0
+    assert (await store.send_input("s", "msg", {"text": "ab"}, idempotency_key="k")).seq == 1
+
+
 async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
     with pytest.raises(SessionNotFoundError, match="no stored session has id 'nope'"):
         await store.send_input("nope", "msg", {})
