@@ -9,7 +9,8 @@ can raise them without importing one another::
         ├── SessionFinishedError        the session has ended; it takes no new input
         ├── StoreUnavailableError       the store URL cannot be opened or reached
         ├── StoreSchemaError            the tables were made by a newer stageflow
-        └── StoredDataError             a stored snapshot or input cannot be read
+        ├── StoredDataError             a stored snapshot or input cannot be read
+        └── StoreArgumentError          an id, key or queue name no store can hold (ValueError)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from stageflow._errors import StageflowError
 __all__ = [
     "SessionFinishedError",
     "SessionNotFoundError",
+    "StoreArgumentError",
     "StoreError",
     "StoreSchemaError",
     "StoreUnavailableError",
@@ -79,6 +81,15 @@ class StoreSchemaError(StoreError):
             f"supports up to {supported}; upgrade stageflow on this machine (every worker and "
             "service of one store must run a version that knows its schema)"
         )
+
+
+class StoreArgumentError(StoreError, ValueError):
+    """A session id, idempotency key or queue name that a store cannot hold.
+
+    Not a string, a NUL character (PostgreSQL's text cannot hold it), a lone
+    surrogate (not Unicode text), or longer than 1,024 bytes in UTF-8 (what
+    PostgreSQL can index); both stores refuse it, before anything is stored.
+    """
 
 
 class StoredDataError(StoreError):

@@ -22,7 +22,7 @@ from stageflow._engine._desk import input_json
 from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError, shown_text
 from stageflow._json import a_json_type
-from stageflow.store._errors import SessionNotFoundError, StoredDataError
+from stageflow.store._errors import SessionNotFoundError, StoreArgumentError, StoredDataError
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
     CANCEL_INPUT,
@@ -95,7 +95,7 @@ def check_name(what: str, value: object, *, optional: bool = False) -> None:
     """Refuse a session id, idempotency key or queue name that a store cannot hold.
 
     Raises:
-        ValueError: ``value`` is not a string (None allowed when
+        StoreArgumentError: ``value`` is not a string (None allowed when
             ``optional``), holds a NUL character or a lone surrogate, or is
             longer than :data:`NAME_BYTES`; it says which, and how to fix it.
     """
@@ -103,7 +103,7 @@ def check_name(what: str, value: object, *, optional: bool = False) -> None:
         return
     problem = _name_problem(value)
     if problem is not None:
-        raise ValueError(
+        raise StoreArgumentError(
             f"{what}={_shown(value)} cannot be stored: {problem}; pass text without NUL "
             f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
         )

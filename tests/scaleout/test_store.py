@@ -15,6 +15,7 @@ from stageflow.store import (
     SessionFinishedError,
     SessionNotFoundError,
     SessionStore,
+    StoreArgumentError,
     StoreSchemaError,
     StoreUnavailableError,
     open_store,
@@ -219,15 +220,15 @@ async def test_ids_keys_queues_and_types_a_store_cannot_hold_get_typed_errors(
         (store.create(snapshot("s"), idempotency_key=name), "idempotency_key"),
         (store.create(snapshot("s"), queue=name), "queue"),
     ]:
-        with pytest.raises(ValueError, match=f"{what}=.* cannot be stored: .*{problem}"):
+        with pytest.raises(StoreArgumentError, match=f"{what}=.* cannot be stored: .*{problem}"):
             await call
     assert await store.list_sessions() == []
     if isinstance(name, str):
         session = stageflow.Session(chat_pipeline(), registry=registry, session_id=name)
-        with pytest.raises(ValueError, match=f"session_id=.* cannot be stored: .*{problem}"):
+        with pytest.raises(StoreArgumentError, match=f"session_id=.* be stored: .*{problem}"):
             await store.create(session.to_dict())
     await store.create(snapshot("s"))
-    with pytest.raises(ValueError, match=f"idempotency_key=.* cannot be stored: .*{problem}"):
+    with pytest.raises(StoreArgumentError, match=f"idempotency_key=.* be stored: .*{problem}"):
         await store.send_input("s", "msg", {"n": 1}, idempotency_key=name)
     if isinstance(name, str) and len(name) < 100:  # a type is not indexed: any length
         with pytest.raises(stageflow.InputRejectedError, match=problem) as info:
