@@ -6,6 +6,7 @@ each) and reads them. Workers do the running, in this process or another.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,6 +27,34 @@ _SENT_MARKS = 10_000  # the save marks of inputs sent and not yet waited for
 def _recorded(stored: StoredSession, seq: int) -> bool:
     """Whether input ``seq`` is in a saved turn and no turn is running."""
     return stored.inbox_done >= seq and stored.version > 0 and stored.lease_owner is None
+
+
+def _timed_out(
+    session_id: str, seq: int | None, finished: bool, timeout: float, stored: StoredSession | None
+) -> str:
+    """What :meth:`SessionService.wait` waited for in vain, where the session stands, what to do."""
+    if finished:
+        what = "to finish"
+    elif seq:
+        what = f"to record input {seq}"
+    else:
+        what = "to save its first turn"
+    message = f"session {session_id!r} did not get {what} within {timeout} s"
+    if stored is None:
+        return f"{message}; the store did not answer in time: check that it is reachable"
+    message += f"; it is {stored.status}"
+    if stored.error is not None:
+        message += f" (its last attempt failed: {stored.error})"
+    if stored.lease_owner is not None:
+        return f"{message}, in a turn of worker {stored.lease_owner!r}: wait longer"
+    if stored.runnable_at is not None and stored.runnable_at <= datetime.datetime.now(datetime.UTC):
+        return (
+            f"{message} and due, but no worker took it: check that a worker runs and serves "
+            f"queue {stored.queue!r}"
+        )
+    if stored.waiting_for:
+        return f"{message}, for input {', '.join(stored.waiting_for)}: send it, or wait longer"
+    return f"{message}: wait longer"
 
 
 class SessionService:
@@ -163,27 +192,35 @@ class SessionService:
         ``finished=True``: until the session has ended (timers included).
 
         Raises:
-            TimeoutError: not within ``timeout`` seconds.
+            TimeoutError: not within ``timeout`` seconds (the message says
+                where the session stands: no worker took it, a turn runs ...).
             SessionNotFoundError: no such session.
             ValueError: ``timeout`` is NaN.
         """
         if timeout != timeout:  # NaN: anyio's own message names no argument
             raise ValueError("wait(timeout=nan): pass a number of seconds")
         pauses = self._pauses()
-        with anyio.fail_after(timeout):
-            sent = None if seq is None else self._sent.pop((session_id, seq), None)
-            if sent is not None:
-                # Sent by this service: until a save is noticed after the send, the
-                # input is not recorded (returns at once if one was noticed already).
-                await self.store.wait_for_save(session_id, sent, next(pauses))
-            mark = self.store.save_mark()
-            stored = await self.store.get(session_id)
-            target = stored.inbox_head if seq is None else seq
-            while not (stored.finished or (not finished and _recorded(stored, target))):
-                await self.store.wait_for_save(session_id, mark, next(pauses))
+        stored: StoredSession | None = None
+        target = seq
+        try:
+            with anyio.fail_after(timeout) as scope:
+                sent = None if seq is None else self._sent.pop((session_id, seq), None)
+                if sent is not None:
+                    # Sent by this service: until a save is noticed after the send, the
+                    # input is not recorded (returns at once if one was noticed already).
+                    await self.store.wait_for_save(session_id, sent, next(pauses))
                 mark = self.store.save_mark()
                 stored = await self.store.get(session_id)
-            return stored
+                target = stored.inbox_head if seq is None else seq
+                while not (stored.finished or (not finished and _recorded(stored, target))):
+                    await self.store.wait_for_save(session_id, mark, next(pauses))
+                    mark = self.store.save_mark()
+                    stored = await self.store.get(session_id)
+                return stored
+        except TimeoutError:
+            if not scope.cancelled_caught:  # not this wait's deadline
+                raise
+            raise TimeoutError(_timed_out(session_id, target, finished, timeout, stored)) from None
 
     async def follow(self, session_id: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """The committed history events (``Event.to_dict()``), each once, in ``seq`` order.

@@ -544,6 +544,22 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
         await service.wait(sid, timeout=float("nan"))
 
 
+async def test_a_wait_that_times_out_says_where_the_session_stands(
+    make_store: Callable[..., Any],
+) -> None:
+    # It raised a TimeoutError without a message: nothing told a handler that
+    # no worker ran, or that the session waited for an input.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline(), queue="later")
+    with pytest.raises(TimeoutError, match=r"no worker took it: .* serves queue 'later'"):
+        await service.wait(sid, timeout=0.05)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store()):
+        await service.wait(sid, timeout=20)
+        with pytest.raises(TimeoutError, match=r"did not get to finish .* for input msg: send it"):
+            await service.wait(sid, finished=True, timeout=0.05)
+
+
 class Raises(stageflow.BaseStage):
     """Raise what ``config.raise`` names: SystemExit or asyncio's CancelledError."""
 
