@@ -12,16 +12,20 @@ from typing import Any
 
 import anyio
 
+from stageflow._model import is_count
 from stageflow._pipeline import Pipeline
+from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
-from stageflow.store._records import InputRecord, SessionStore, StoredSession
+from stageflow.store._records import FINISHED_STATUSES, InputRecord, SessionStore, StoredSession
 
 __all__ = ["SessionService"]
 
 _MIN_POLL = 0.005
 _MAX_POLL = 0.2  # without save notices (SQLite across processes)
 _SENT_MARKS = 10_000  # the save marks of inputs sent and not yet waited for
+_STATUSES = sorted({s.value for s in SessionStatus} | FINISHED_STATUSES)  # a row's
+_MAX_LIMIT = 2**62  # what both stores' LIMIT takes (a 64-bit integer)
 
 
 def _recorded(stored: StoredSession, seq: int) -> bool:
@@ -172,7 +176,20 @@ class SessionService:
         due: bool = False,
         limit: int = 100,
     ) -> list[StoredSession]:
-        """Stored sessions matching every given filter, oldest first."""
+        """Stored sessions matching every given filter, oldest first.
+
+        Raises:
+            ValueError: ``status`` is not a status a row can have, or
+                ``limit`` is not a whole number of at least 1.
+        """
+        if status is not None and status not in _STATUSES:
+            raise ValueError(
+                f"list(status={status!r}): no stored session can have it (it would list "
+                f"nothing); use one of {', '.join(_STATUSES)}"
+            )
+        if not is_count(limit, 1):
+            raise ValueError(f"list(limit={limit!r}): pass a whole number of at least 1")
+        limit = min(limit, _MAX_LIMIT)
         return await self.store.list_sessions(
             status=status, pipeline=pipeline, waiting_for=waiting_for, due=due, limit=limit
         )

@@ -544,6 +544,23 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
         await service.wait(sid, timeout=float("nan"))
 
 
+async def test_list_refuses_a_status_no_row_has_and_a_limit_that_is_no_count(
+    make_store: Callable[..., Any],
+) -> None:
+    # A status typo listed nothing; limit=-1 listed every row on SQLite (no
+    # limit there) and was a psycopg error on PostgreSQL, as was 10**30; a
+    # string was sqlite3's "datatype mismatch".
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    with pytest.raises(ValueError, match=r"status='complete'.*use one of .*completed"):
+        await service.list(status="complete")
+    for limit in (0, -1, "5", 1.5, True):
+        with pytest.raises(ValueError, match=r"list\(limit=.*\): pass a whole number"):
+            await service.list(limit=limit)  # type: ignore[arg-type]
+    assert [s.session_id for s in await service.list(limit=10**30)] == [sid]
+    assert await service.list(status="poisoned") == []
+
+
 async def test_a_wait_that_times_out_says_where_the_session_stands(
     make_store: Callable[..., Any],
 ) -> None:
