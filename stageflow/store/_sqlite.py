@@ -211,7 +211,8 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(
                     f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
-                    "directory exists and is writable"
+                    "directory exists and is writable, and that the path names a file "
+                    "(not a directory) that is a stageflow store or does not exist yet"
                 ) from exc
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")

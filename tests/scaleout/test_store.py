@@ -477,6 +477,20 @@ async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: 
     await closed.aclose()
 
 
+@pytest.mark.parametrize("what", ["not a database", "a directory"])
+async def test_an_sqlite_path_that_is_no_store_file_says_so(tmp_path: Any, what: str) -> None:
+    # Both said only "check that the directory exists and is writable".
+    path = tmp_path / "sessions.db"
+    if what == "a directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"not a database " * 1000)
+    store = open_store(f"sqlite:///{path}")
+    with pytest.raises(StoreUnavailableError, match=r"path names a file \(not a directory\)"):
+        await store.migrate()
+    await store.aclose()
+
+
 async def test_an_sqlite_file_damaged_while_open_raises_store_unavailable(tmp_path: Any) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'sessions.db'}")
     try:
