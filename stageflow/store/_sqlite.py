@@ -179,6 +179,11 @@ class SQLiteStore:
         events: also copy each turn's history to ``stageflow_events`` (the
             feed of ``SessionService.follow``).
         clock: epoch seconds now (``time.time``); tests pass a fake one.
+
+    Raises:
+        ValueError: ``synchronous`` is neither ``"FULL"`` nor ``"NORMAL"``
+            (SQLite reads any other word as ``NORMAL``, and ``OFF`` may
+            damage the file on a power loss).
     """
 
     def __init__(
@@ -189,8 +194,13 @@ class SQLiteStore:
         events: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
+            raise ValueError(
+                f"SQLiteStore(synchronous={synchronous!r}): pass 'FULL' (the default) or "
+                "'NORMAL' (faster; a power loss may lose the last commits)"
+            )
         self.path = str(path)
-        self._synchronous = synchronous
+        self._synchronous = synchronous.upper()
         self._events = events
         self._clock = clock
         self._lock = threading.Lock()

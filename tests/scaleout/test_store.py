@@ -477,6 +477,24 @@ async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: 
     await closed.aclose()
 
 
+@pytest.mark.parametrize("synchronous", ["FUL", "OFF", "NORMAL; PRAGMA x", 2])
+def test_an_sqlite_synchronous_setting_other_than_full_or_normal_is_refused(
+    tmp_path: Any, synchronous: Any
+) -> None:
+    # SQLite read a typo as NORMAL (less durable than the FULL asked for, in
+    # silence); OFF may damage the file on a power loss; two statements were
+    # a ProgrammingError at the first query.
+    with pytest.raises(ValueError, match=r"synchronous=.*pass 'FULL' .* or 'NORMAL'"):
+        open_store(f"sqlite:///{tmp_path / 's.db'}", synchronous=synchronous)
+
+
+async def test_an_sqlite_store_takes_synchronous_normal_in_any_case(tmp_path: Any) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", synchronous="normal")
+    await store.create(snapshot("s"))
+    assert (await store.get("s")).status == "pending"
+    await store.aclose()
+
+
 @pytest.mark.parametrize("what", ["not a database", "a directory"])
 async def test_an_sqlite_path_that_is_no_store_file_says_so(tmp_path: Any, what: str) -> None:
     # Both said only "check that the directory exists and is writable".
