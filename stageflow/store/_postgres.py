@@ -74,6 +74,7 @@ from stageflow.store._shared import (
     stored_session,
     too_large,
     unbatch,
+    unmatchable,
     unpack_delta,
 )
 
@@ -852,6 +853,8 @@ class PostgresStore:
         limit: int = 100,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
+        if unmatchable(status, pipeline, waiting_for):
+            return []
         where = ["true"]
         args: list[Any] = []
         if status is not None:

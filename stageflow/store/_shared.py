@@ -49,6 +49,7 @@ __all__ = [
     "check_name",
     "inbox_text",
     "lookup_id",
+    "unmatchable",
     "input_limit",
     "too_large",
     "inline_events",
@@ -119,6 +120,16 @@ def lookup_id(session_id: object) -> None:
     problem = _name_problem(session_id, limit=None)
     if problem is not None:
         raise SessionNotFoundError(session_id, why=f"{problem}, so no session can have it")
+
+
+def unmatchable(*filters: object) -> bool:
+    """Whether a filter of ``list_sessions`` is text no stored row can have.
+
+    A NUL character or a lone surrogate (from a URL, or a command-line byte
+    that is not UTF-8): the drivers raise their own errors for it, where the
+    answer is that nothing matches.
+    """
+    return any(f is not None and _name_problem(f, limit=None) is not None for f in filters)
 
 
 def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, int]:

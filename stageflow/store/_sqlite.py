@@ -57,6 +57,7 @@ from stageflow.store._shared import (
     stored_session,
     too_large,
     unbatch,
+    unmatchable,
 )
 
 __all__ = ["SQLiteStore"]
@@ -611,6 +612,8 @@ class SQLiteStore:
         limit: int = 100,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
+        if unmatchable(status, pipeline, waiting_for):
+            return []
         where = ["1 = 1"]
         args: list[Any] = []
         if status is not None:

@@ -247,6 +247,17 @@ async def test_ids_keys_queues_and_types_a_store_cannot_hold_get_typed_errors(
                 await lookup
 
 
+async def test_a_list_filter_no_row_can_have_lists_nothing(store: SessionStore) -> None:
+    # A NUL (from a URL of the inspector) was psycopg's DataError, a lone
+    # surrogate (a command-line byte that is not UTF-8) a UnicodeEncodeError.
+    await store.create(snapshot("s"))
+    for text in ("a\x00b", "a\udcffb"):
+        assert await store.list_sessions(pipeline=text) == []
+        assert await store.list_sessions(waiting_for=text) == []
+        assert await store.list_sessions(status=text) == []
+    assert [s.session_id for s in await store.list_sessions(pipeline="chat")] == ["s"]
+
+
 async def test_a_nul_character_in_a_payload_is_stored_or_refused_with_the_reason(
     store: SessionStore, backend: str
 ) -> None:
