@@ -15,7 +15,7 @@ can raise them without importing one another::
 
 from __future__ import annotations
 
-from stageflow._errors import StageflowError
+from stageflow._errors import StageflowError, shown_text
 
 __all__ = [
     "SessionFinishedError",
@@ -28,6 +28,12 @@ __all__ = [
 ]
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, cut to 60 characters (an id or key may be huge)."""
+    text = shown_text(repr, value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class StoreError(StageflowError):
     """The session store cannot do what was asked."""
 
@@ -37,10 +43,8 @@ class SessionNotFoundError(StoreError, LookupError):
 
     def __init__(self, session_id: object, *, why: str | None = None) -> None:
         self.session_id = session_id
-        shown = repr(session_id)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         super().__init__(
-            f"no stored session has id {shown}"
+            f"no stored session has id {shown(session_id)}"
             + (f" ({why})" if why else "")
             + "; check the id, or start the session with SessionService.start() first "
             "(purge() deletes finished sessions)"

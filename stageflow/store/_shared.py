@@ -20,9 +20,14 @@ import attrs
 
 from stageflow._engine._desk import input_json
 from stageflow._engine._limits import DEFAULT_LIMITS
-from stageflow._errors import InputRejectedError, shown_text
+from stageflow._errors import InputRejectedError
 from stageflow._json import a_json_type
-from stageflow.store._errors import SessionNotFoundError, StoreArgumentError, StoredDataError
+from stageflow.store._errors import (
+    SessionNotFoundError,
+    StoreArgumentError,
+    StoredDataError,
+    shown,
+)
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
     CANCEL_INPUT,
@@ -87,11 +92,6 @@ def _name_problem(value: object, *, limit: int | None = NAME_BYTES) -> str | Non
     return None
 
 
-def _shown(value: object) -> str:
-    shown = shown_text(repr, value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
 def check_name(what: str, value: object, *, optional: bool = False) -> None:
     """Refuse a session id, idempotency key or queue name that a store cannot hold.
 
@@ -105,7 +105,7 @@ def check_name(what: str, value: object, *, optional: bool = False) -> None:
     problem = _name_problem(value)
     if problem is not None:
         raise StoreArgumentError(
-            f"{what}={_shown(value)} cannot be stored: {problem}; pass text without NUL "
+            f"{what}={shown(value)} cannot be stored: {problem}; pass text without NUL "
             f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
         )
 
@@ -148,9 +148,9 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, i
     problem = None if not isinstance(type, str) or not type else _name_problem(type, limit=None)
     if problem is not None:  # a non-string or empty type: input_json says so
         raise InputRejectedError(
-            f"input type {_shown(type)} cannot be stored: {problem}; pass the type the stage "
+            f"input type {shown(type)} cannot be stored: {problem}; pass the type the stage "
             "waits for",
-            input_type=_shown(type),
+            input_type=shown(type),
             reason="bad_type",
         )
     if type == CANCEL_INPUT and not cancel:
