@@ -19,7 +19,14 @@ from store_support import (
 )
 
 import stageflow
-from stageflow.store import Lease, SessionService, SessionStore, Worker, open_store
+from stageflow.store import (
+    Lease,
+    SessionService,
+    SessionStore,
+    StoreArgumentError,
+    Worker,
+    open_store,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -526,6 +533,27 @@ def test_worker_settings_out_of_range_are_refused(setting: dict[str, Any], tmp_p
     [name] = setting
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     with pytest.raises(ValueError, match=f"Worker\\({name}="):
+        Worker(store, registry=registry, **setting)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"queues": "default"}, r"Worker\(queues='default'\): pass a list .* its letters"),
+        ({"queues": []}, r"Worker\(queues=\(\)\): pass at least one queue name"),
+        ({"queues": ["a", ""]}, r"holds '': a queue is a non-empty string"),
+        ({"queues": ["q\udcff"]}, r"queue='q\\udcff' cannot be stored: .* lone surrogate"),
+        ({"worker_id": "w\x00"}, r"worker_id='w\\x00' cannot be stored: .* NUL"),
+    ],
+)
+def test_worker_queues_and_ids_that_match_no_row_are_refused(
+    setting: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    # A string was read as its letters and an empty list as no queue: the
+    # worker claimed nothing, in silence. A name no store can hold failed
+    # every claim, logged as an outage, forever.
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with pytest.raises(StoreArgumentError, match=message):
         Worker(store, registry=registry, **setting)
 
 
