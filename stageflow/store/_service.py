@@ -146,6 +146,10 @@ class SessionService:
             SessionNotFoundError: no such session.
             SessionFinishedError: the session has ended (a retried key returns
                 its original record instead).
+            InputRejectedError: nothing was stored: the payload is not JSON
+                (``not_json``), is over the session's ``limits.max_input_bytes``
+                (``too_large``), or the type is bad (``bad_type``).
+            StoreArgumentError: the idempotency key is no text a store holds.
         """
         mark = self.store.save_mark()
         record = await self.store.send_input(
