@@ -216,10 +216,15 @@ class SessionService:
             TimeoutError: not within ``timeout`` seconds (the message says
                 where the session stands: no worker took it, a turn runs ...).
             SessionNotFoundError: no such session.
-            ValueError: ``timeout`` is NaN.
+            ValueError: ``timeout`` is NaN, or ``seq`` is not a whole number.
         """
         if timeout != timeout:  # NaN: anyio's own message names no argument
             raise ValueError("wait(timeout=nan): pass a number of seconds")
+        if seq is not None and not is_count(seq, 0):
+            raise ValueError(
+                f"wait(seq={seq!r}): pass the seq of the InputRecord that send_input returned "
+                "(a whole number)"
+            )
         pauses = self._pauses()
         stored: StoredSession | None = None
         target = seq
