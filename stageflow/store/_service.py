@@ -253,7 +253,13 @@ class SessionService:
 
         Ends after the last event of a finished session. Events of a turn
         that a lost lease discarded never appear.
+
+        Raises:
+            ValueError: ``after`` is not a whole number (an event's ``seq``, or 0).
+            SessionNotFoundError: no such session.
         """
+        if not is_count(after, 0):
+            raise ValueError(f"follow(after={after!r}): pass the seq of an event, or 0")
         pauses = self._pauses()
         while True:
             mark = self.store.save_mark()

@@ -589,7 +589,7 @@ async def test_list_refuses_a_status_no_row_has_and_a_limit_that_is_no_count(
     assert await service.list(status="poisoned") == []
 
 
-async def test_a_wait_for_a_seq_that_is_no_whole_number_is_refused(
+async def test_a_wait_or_follow_from_a_seq_that_is_no_whole_number_is_refused(
     make_store: Callable[..., Any],
 ) -> None:
     # A list raised TypeError: unhashable type; a string, a comparison error
@@ -599,6 +599,10 @@ async def test_a_wait_for_a_seq_that_is_no_whole_number_is_refused(
     for seq in (-1, "1", [1], 1.0, True):
         with pytest.raises(ValueError, match=r"wait\(seq=.*\): pass the seq of the InputRecord"):
             await service.wait(sid, seq=seq, timeout=30)  # type: ignore[arg-type]
+    for after in (-1, "1", None):
+        # A string was psycopg's InvalidTextRepresentation, or a TypeError on SQLite.
+        with pytest.raises(ValueError, match=r"follow\(after=.*\): pass the seq of an event"):
+            await anext(aiter(service.follow(sid, after=after)))  # type: ignore[arg-type]
 
 
 async def test_a_wait_that_times_out_says_where_the_session_stands(
