@@ -600,8 +600,12 @@ async def test_a_wait_or_follow_from_a_seq_that_is_no_whole_number_is_refused(
         with pytest.raises(ValueError, match=r"wait\(seq=.*\): pass the seq of the InputRecord"):
             await service.wait(sid, seq=seq, timeout=30)  # type: ignore[arg-type]
     for after in (-1, "1", None):
-        # A string was psycopg's InvalidTextRepresentation, or a TypeError on SQLite.
-        with pytest.raises(ValueError, match=r"follow\(after=.*\): pass the seq of an event"):
+        # A string was psycopg's InvalidTextRepresentation, or a TypeError on
+        # SQLite; -1 followed (this session, which no worker runs: forever).
+        with (
+            anyio.fail_after(10),
+            pytest.raises(ValueError, match=r"follow\(after=.*\): pass the seq of an event"),
+        ):
             await anext(aiter(service.follow(sid, after=after)))  # type: ignore[arg-type]
 
 
