@@ -28,6 +28,7 @@ from typing import Any
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
+    StoreArgumentError,
     StoredDataError,
     StoreError,
     StoreSchemaError,
@@ -58,6 +59,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionService",
     "SessionStore",
+    "StoreArgumentError",
     "StoreError",
     "StoreSchemaError",
     "StoreUnavailableError",

@@ -9,21 +9,29 @@ can raise them without importing one another::
         ├── SessionFinishedError        the session has ended; it takes no new input
         ├── StoreUnavailableError       the store URL cannot be opened or reached
         ├── StoreSchemaError            the tables were made by a newer stageflow
-        └── StoredDataError             a stored snapshot or input cannot be read
+        ├── StoredDataError             a stored snapshot or input cannot be read
+        └── StoreArgumentError          an id, key or queue name no store can hold (ValueError)
 """
 
 from __future__ import annotations
 
-from stageflow._errors import StageflowError
+from stageflow._errors import StageflowError, shown_text
 
 __all__ = [
     "SessionFinishedError",
     "SessionNotFoundError",
+    "StoreArgumentError",
     "StoreError",
     "StoreSchemaError",
     "StoreUnavailableError",
     "StoredDataError",
 ]
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, cut to 60 characters (an id or key may be huge)."""
+    text = shown_text(repr, value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class StoreError(StageflowError):
@@ -33,11 +41,13 @@ class StoreError(StageflowError):
 class SessionNotFoundError(StoreError, LookupError):
     """No stored session has this id."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: object, *, why: str | None = None) -> None:
         self.session_id = session_id
         super().__init__(
-            f"no stored session has id {session_id!r}; check the id, or start the session "
-            "with SessionService.start() first (purge() deletes finished sessions)"
+            f"no stored session has id {shown(session_id)}"
+            + (f" ({why})" if why else "")
+            + "; check the id, or start the session with SessionService.start() first "
+            "(purge() deletes finished sessions)"
         )
 
 
@@ -75,6 +85,15 @@ class StoreSchemaError(StoreError):
             f"supports up to {supported}; upgrade stageflow on this machine (every worker and "
             "service of one store must run a version that knows its schema)"
         )
+
+
+class StoreArgumentError(StoreError, ValueError):
+    """A session id, idempotency key or queue name that a store cannot hold.
+
+    Not a string, a NUL character (PostgreSQL's text cannot hold it), a lone
+    surrogate (not Unicode text), or longer than 1,024 bytes in UTF-8 (what
+    PostgreSQL can index); both stores refuse it, before anything is stored.
+    """
 
 
 class StoredDataError(StoreError):

@@ -38,6 +38,7 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
+from stageflow._errors import InputRejectedError
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -61,15 +62,19 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    check_name,
     inbox_text,
     inline_events,
+    lookup_id,
     new_session,
     purge_in_batches,
     read_lease,
     save_of,
     snapshot_delta,
     stored_session,
+    too_large,
     unbatch,
+    unmatchable,
     unpack_delta,
 )
 
@@ -101,6 +106,7 @@ CREATE TABLE IF NOT EXISTS stageflow_sessions (
     last_error   text,
     version      bigint NOT NULL DEFAULT 0,
     start_key    text,
+    max_input_bytes bigint,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80, toast_tuple_target = 128, autovacuum_vacuum_scale_factor = 0.02,
@@ -182,6 +188,13 @@ ALTER TABLE stageflow_events DROP CONSTRAINT IF EXISTS stageflow_events_session_
 _UPGRADE_3 = """
 ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS snapshot_delta bytea;
 ALTER TABLE stageflow_sessions ALTER COLUMN snapshot_delta SET STORAGE MAIN;
+"""
+
+# From version 4: the session's limits.max_input_bytes in the row, so that
+# send_input refuses a larger input before storing it. A column of NULLs
+# rewrites nothing; each row gets its value at its next save.
+_UPGRADE_4 = """
+ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
 """
 
 
@@ -392,7 +405,7 @@ class PostgresStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the schema and tables (version 4), or check they are not newer."""
+        """Create or upgrade the schema and tables (version 5), or check they are not newer."""
 
         def run(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -418,6 +431,7 @@ class PostgresStore:
                 if found in (1, 2):
                     conn.execute(_UPGRADE_2)
                 conn.execute(_UPGRADE_3)  # also sets the new table's delta storage
+                conn.execute(_UPGRADE_4)
                 conn.execute(_COMPRESSION)
                 conn.execute("DELETE FROM stageflow_schema")
                 conn.execute("INSERT INTO stageflow_schema VALUES (%s)", (SCHEMA_VERSION,))
@@ -435,17 +449,19 @@ class PostgresStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
+        check_name("queue", queue)
+        check_name("idempotency_key", idempotency_key, optional=True)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: psycopg.Connection[Any]) -> Created:
             with conn.transaction():
                 row = conn.execute(
                     "INSERT INTO stageflow_sessions (session_id, queue, status, snapshot, "
-                    "pipeline, digest, runnable_at, start_key, events_done) "
-                    "VALUES (%s, %s, 'pending', %s, %s, %s, now(), %s, %s) "
+                    "pipeline, digest, runnable_at, start_key, events_done, max_input_bytes) "
+                    "VALUES (%s, %s, 'pending', %s, %s, %s, now(), %s, %s, %s) "
                     "ON CONFLICT DO NOTHING RETURNING session_id",
                     (new.session_id, queue, new.text, new.pipeline, new.digest, idempotency_key,
-                     new.events_done),
+                     new.events_done, new.max_input_bytes),
                 ).fetchone()  # fmt: skip
                 if row is not None and new.events is not None:
                     self._insert_events(conn, new.session_id, new.events)
@@ -469,19 +485,22 @@ class PostgresStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        return await self._store_input(session_id, type, inbox_text(type, payload), idempotency_key)
+        text, size = inbox_text(type, payload)
+        return await self._store_input(session_id, type, text, size, idempotency_key)
 
     async def _store_input(
-        self, session_id: str, type: str, text: str, idempotency_key: str | None
+        self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
+        lookup_id(session_id)
+        check_name("idempotency_key", idempotency_key, optional=True)
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:
-                seq = self._append(conn, session_id, type, text)
+                seq = self._append(conn, session_id, type, text, size)
             else:
                 with conn.transaction():
                     row = conn.execute(
-                        "SELECT status, inbox_head FROM stageflow_sessions "
+                        "SELECT status, inbox_head, max_input_bytes FROM stageflow_sessions "
                         "WHERE session_id = %s FOR UPDATE",
                         (session_id,),
                     ).fetchone()
@@ -496,6 +515,8 @@ class PostgresStore:
                         return InputRecord(session_id, seen[0], duplicate=True)
                     if row[0] in FINISHED_STATUSES:
                         raise SessionFinishedError(session_id, row[0], type)
+                    if row[2] is not None and size > row[2]:
+                        raise too_large(session_id, type, size, row[2])
                     seq = row[1] + 1
                     conn.execute(
                         "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
@@ -511,13 +532,24 @@ class PostgresStore:
             self._send_notify([session_id])  # committed: the notifier may send it now
             return InputRecord(session_id, seq, duplicate=False)
 
-        record = await self._run(run)
+        try:
+            record = await self._run(run)
+        except psycopg.errors.UntranslatableCharacter as exc:  # rolled back: nothing stored
+            raise InputRejectedError(
+                f"input {type!r} for session {session_id!r} was rejected: PostgreSQL's jsonb "
+                "cannot hold the character U+0000 (NUL) in a string of the payload; nothing "
+                "was stored. Remove it, or encode the text that carries it (base64)",
+                input_type=type,
+                reason="not_json",
+            ) from exc
         if not record.duplicate:
             self._work.set()
         return record
 
     @staticmethod
-    def _append(conn: psycopg.Connection[Any], session_id: str, type: str, text: str) -> int:
+    def _append(
+        conn: psycopg.Connection[Any], session_id: str, type: str, text: str, size: int
+    ) -> int:
         """An input without a key: the UPDATE takes the row lock and the seq at once.
 
         One statement fewer than the keyed path, and no row-lock record in the
@@ -526,18 +558,22 @@ class PostgresStore:
         row = conn.execute(
             "WITH u AS (UPDATE stageflow_sessions SET inbox_head = inbox_head + 1, "
             "runnable_at = CASE WHEN lease_owner IS NULL THEN now() ELSE runnable_at END "
-            f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} RETURNING inbox_head) "
+            f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} "
+            "AND (max_input_bytes IS NULL OR max_input_bytes >= %s) RETURNING inbox_head) "
             "INSERT INTO stageflow_inbox (session_id, seq, type, payload) "
             "SELECT %s, inbox_head, %s, %s::jsonb FROM u RETURNING seq",
-            (session_id, session_id, type, text),
+            (session_id, size, session_id, type, text),
         ).fetchone()
         if row is None:
             found = conn.execute(
-                "SELECT status FROM stageflow_sessions WHERE session_id = %s", (session_id,)
+                "SELECT status, max_input_bytes FROM stageflow_sessions WHERE session_id = %s",
+                (session_id,),
             ).fetchone()
             if found is None:
                 raise SessionNotFoundError(session_id)
-            raise SessionFinishedError(session_id, found[0], type)
+            if found[0] in FINISHED_STATUSES:
+                raise SessionFinishedError(session_id, found[0], type)
+            raise too_large(session_id, type, size, found[1])
         seq: int = row[0]
         return seq
 
@@ -545,8 +581,9 @@ class PostgresStore:
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Store a cancel request (an inbox row of type ``stageflow.cancel``)."""
-        text = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
-        return await self._store_input(session_id, CANCEL_INPUT, text, idempotency_key)
+        text, _ = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
+        # size 0: a cancel request is not an input of the session's stages (no limit)
+        return await self._store_input(session_id, CANCEL_INPUT, text, 0, idempotency_key)
 
     # ------------------------------------------------------------ leases
 
@@ -691,12 +728,14 @@ class PostgresStore:
                 f"WITH s AS (UPDATE stageflow_sessions SET {column}, status = %s, "
                 "waiting_for = %s, wake_at = %s, inbox_done = %s, events_done = %s, "
                 "attempts = 0, last_error = NULL, lease_owner = NULL, version = version + 1, "
-                "updated_at = now(), digest = %s, runnable_at = CASE WHEN %s THEN NULL "
+                "updated_at = now(), digest = %s, max_input_bytes = %s, "
+                "runnable_at = CASE WHEN %s THEN NULL "
                 "WHEN inbox_head > %s THEN now() ELSE %s END "
                 "WHERE session_id = %s AND lease_token = %s AND lease_owner IS NOT NULL "
                 f"RETURNING runnable_at <= now() AS due){events_cte} SELECT due FROM s",
                 (*written, save.status, save.waiting_for, wake_at, lease.inbox_head,
-                 save.events_done, save.digest, save.finished, lease.inbox_head, wake_at,
+                 save.events_done, save.digest, save.max_input_bytes, save.finished,
+                 lease.inbox_head, wake_at,
                  lease.session_id, lease.token, *events_args),
             ).fetchone()  # fmt: skip
             if row is None:
@@ -751,6 +790,7 @@ class PostgresStore:
 
     async def get(self, session_id: str) -> StoredSession:
         """The session's row (see :class:`SessionStore`)."""
+        lookup_id(session_id)
 
         def run(conn: psycopg.Connection[Any]) -> StoredSession:
             row = conn.execute(
@@ -764,6 +804,7 @@ class PostgresStore:
 
     async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
         """The session's snapshot; ``history=True`` puts its committed history back in."""
+        lookup_id(session_id)
 
         def run(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             row = conn.execute(
@@ -788,6 +829,7 @@ class PostgresStore:
         self, session_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
+        lookup_id(session_id)
         if not self._events:  # the events stay in the snapshot
             return inline_events(await self.load(session_id, history=True), after, limit)
 
@@ -811,6 +853,8 @@ class PostgresStore:
         limit: int = 100,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
+        if unmatchable(status, pipeline, waiting_for):
+            return []
         where = ["true"]
         args: list[Any] = []
         if status is not None:

@@ -221,6 +221,9 @@ class SessionStore(Protocol):
             SessionNotFoundError: no such session.
             SessionFinishedError: it has finished (only for a new key: a retried
                 key returns the original record whatever the status).
+            InputRejectedError: nothing stored: not JSON, over the session's
+                ``limits.max_input_bytes``, or a bad type.
+            StoreArgumentError: the idempotency key is no text a store holds.
         """
 
     async def request_cancel(

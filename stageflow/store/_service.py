@@ -6,26 +6,59 @@ each) and reads them. Workers do the running, in this process or another.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
 
+from stageflow._model import is_count
 from stageflow._pipeline import Pipeline
+from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
-from stageflow.store._records import InputRecord, SessionStore, StoredSession
+from stageflow.store._records import FINISHED_STATUSES, InputRecord, SessionStore, StoredSession
 
 __all__ = ["SessionService"]
 
 _MIN_POLL = 0.005
 _MAX_POLL = 0.2  # without save notices (SQLite across processes)
 _SENT_MARKS = 10_000  # the save marks of inputs sent and not yet waited for
+_STATUSES = sorted({s.value for s in SessionStatus} | FINISHED_STATUSES)  # a row's
+_MAX_LIMIT = 2**62  # what both stores' LIMIT takes (a 64-bit integer)
 
 
 def _recorded(stored: StoredSession, seq: int) -> bool:
     """Whether input ``seq`` is in a saved turn and no turn is running."""
     return stored.inbox_done >= seq and stored.version > 0 and stored.lease_owner is None
+
+
+def _timed_out(
+    session_id: str, seq: int | None, finished: bool, timeout: float, stored: StoredSession | None
+) -> str:
+    """What :meth:`SessionService.wait` waited for in vain, where the session stands, what to do."""
+    if finished:
+        what = "to finish"
+    elif seq:
+        what = f"to record input {seq}"
+    else:
+        what = "to save its first turn"
+    message = f"session {session_id!r} did not get {what} within {timeout} s"
+    if stored is None:
+        return f"{message}; the store did not answer in time: check that it is reachable"
+    message += f"; it is {stored.status}"
+    if stored.error is not None:
+        message += f" (its last attempt failed: {stored.error})"
+    if stored.lease_owner is not None:
+        return f"{message}, in a turn of worker {stored.lease_owner!r}: wait longer"
+    if stored.runnable_at is not None and stored.runnable_at <= datetime.datetime.now(datetime.UTC):
+        return (
+            f"{message} and due, but no worker took it: check that a worker runs and serves "
+            f"queue {stored.queue!r}"
+        )
+    if stored.waiting_for:
+        return f"{message}, for input {', '.join(stored.waiting_for)}: send it, or wait longer"
+    return f"{message}: wait longer"
 
 
 class SessionService:
@@ -113,6 +146,10 @@ class SessionService:
             SessionNotFoundError: no such session.
             SessionFinishedError: the session has ended (a retried key returns
                 its original record instead).
+            InputRejectedError: nothing was stored: the payload is not JSON
+                (``not_json``), is over the session's ``limits.max_input_bytes``
+                (``too_large``), or the type is bad (``bad_type``).
+            StoreArgumentError: the idempotency key is no text a store holds.
         """
         mark = self.store.save_mark()
         record = await self.store.send_input(
@@ -143,7 +180,20 @@ class SessionService:
         due: bool = False,
         limit: int = 100,
     ) -> list[StoredSession]:
-        """Stored sessions matching every given filter, oldest first."""
+        """Stored sessions matching every given filter, oldest first.
+
+        Raises:
+            ValueError: ``status`` is not a status a row can have, or
+                ``limit`` is not a whole number of at least 1.
+        """
+        if status is not None and status not in _STATUSES:
+            raise ValueError(
+                f"list(status={status!r}): no stored session can have it (it would list "
+                f"nothing); use one of {', '.join(_STATUSES)}"
+            )
+        if not is_count(limit, 1):
+            raise ValueError(f"list(limit={limit!r}): pass a whole number of at least 1")
+        limit = min(limit, _MAX_LIMIT)
         return await self.store.list_sessions(
             status=status, pipeline=pipeline, waiting_for=waiting_for, due=due, limit=limit
         )
@@ -163,34 +213,53 @@ class SessionService:
         ``finished=True``: until the session has ended (timers included).
 
         Raises:
-            TimeoutError: not within ``timeout`` seconds.
+            TimeoutError: not within ``timeout`` seconds (the message says
+                where the session stands: no worker took it, a turn runs ...).
             SessionNotFoundError: no such session.
-            ValueError: ``timeout`` is NaN.
+            ValueError: ``timeout`` is NaN, or ``seq`` is not a whole number.
         """
         if timeout != timeout:  # NaN: anyio's own message names no argument
             raise ValueError("wait(timeout=nan): pass a number of seconds")
+        if seq is not None and not is_count(seq, 0):
+            raise ValueError(
+                f"wait(seq={seq!r}): pass the seq of the InputRecord that send_input returned "
+                "(a whole number)"
+            )
         pauses = self._pauses()
-        with anyio.fail_after(timeout):
-            sent = None if seq is None else self._sent.pop((session_id, seq), None)
-            if sent is not None:
-                # Sent by this service: until a save is noticed after the send, the
-                # input is not recorded (returns at once if one was noticed already).
-                await self.store.wait_for_save(session_id, sent, next(pauses))
-            mark = self.store.save_mark()
-            stored = await self.store.get(session_id)
-            target = stored.inbox_head if seq is None else seq
-            while not (stored.finished or (not finished and _recorded(stored, target))):
-                await self.store.wait_for_save(session_id, mark, next(pauses))
+        stored: StoredSession | None = None
+        target = seq
+        try:
+            with anyio.fail_after(timeout) as scope:
+                sent = None if seq is None else self._sent.pop((session_id, seq), None)
+                if sent is not None:
+                    # Sent by this service: until a save is noticed after the send, the
+                    # input is not recorded (returns at once if one was noticed already).
+                    await self.store.wait_for_save(session_id, sent, next(pauses))
                 mark = self.store.save_mark()
                 stored = await self.store.get(session_id)
-            return stored
+                target = stored.inbox_head if seq is None else seq
+                while not (stored.finished or (not finished and _recorded(stored, target))):
+                    await self.store.wait_for_save(session_id, mark, next(pauses))
+                    mark = self.store.save_mark()
+                    stored = await self.store.get(session_id)
+                return stored
+        except TimeoutError:
+            if not scope.cancelled_caught:  # not this wait's deadline
+                raise
+            raise TimeoutError(_timed_out(session_id, target, finished, timeout, stored)) from None
 
     async def follow(self, session_id: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """The committed history events (``Event.to_dict()``), each once, in ``seq`` order.
 
         Ends after the last event of a finished session. Events of a turn
         that a lost lease discarded never appear.
+
+        Raises:
+            ValueError: ``after`` is not a whole number (an event's ``seq``, or 0).
+            SessionNotFoundError: no such session.
         """
+        if not is_count(after, 0):
+            raise ValueError(f"follow(after={after!r}): pass the seq of an event, or 0")
         pauses = self._pauses()
         while True:
             mark = self.store.save_mark()

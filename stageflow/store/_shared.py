@@ -19,9 +19,15 @@ import anyio
 import attrs
 
 from stageflow._engine._desk import input_json
+from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError
 from stageflow._json import a_json_type
-from stageflow.store._errors import StoredDataError
+from stageflow.store._errors import (
+    SessionNotFoundError,
+    StoreArgumentError,
+    StoredDataError,
+    shown,
+)
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
     CANCEL_INPUT,
@@ -44,7 +50,13 @@ __all__ = [
     "Wakeup",
     "backoff",
     "event_batch",
+    "NAME_BYTES",
+    "check_name",
     "inbox_text",
+    "lookup_id",
+    "unmatchable",
+    "input_limit",
+    "too_large",
     "inline_events",
     "read_lease",
     "snapshot_delta",
@@ -56,8 +68,75 @@ __all__ = [
 ]
 
 
-def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
-    """An input's JSON text for the inbox, checked as a live session checks it.
+NAME_BYTES = 1024
+"""The longest session id, idempotency key or queue name a store takes, in UTF-8 bytes.
+
+PostgreSQL indexes them, and an index entry holds at most 2,704 bytes (a
+session id and an input's key share one); SQLite takes the same, so that
+an application tried on SQLite runs on PostgreSQL.
+"""
+
+
+def _name_problem(value: object, *, limit: int | None = NAME_BYTES) -> str | None:
+    """Why ``value`` cannot be stored as a name (an id, a key, a type), or None."""
+    if not isinstance(value, str):
+        return f"it is {a_json_type(value)}, not a string"
+    if "\x00" in value:
+        return "it holds a NUL character (U+0000), which PostgreSQL cannot store"
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate, which is not Unicode text"
+    if limit is not None and size > limit:
+        return f"it is {size} bytes long in UTF-8, over the {limit} a store takes"
+    return None
+
+
+def check_name(what: str, value: object, *, optional: bool = False) -> None:
+    """Refuse a session id, idempotency key or queue name that a store cannot hold.
+
+    Raises:
+        StoreArgumentError: ``value`` is not a string (None allowed when
+            ``optional``), holds a NUL character or a lone surrogate, or is
+            longer than :data:`NAME_BYTES`; it says which, and how to fix it.
+    """
+    if optional and value is None:
+        return
+    problem = _name_problem(value)
+    if problem is not None:
+        raise StoreArgumentError(
+            f"{what}={shown(value)} cannot be stored: {problem}; pass text without NUL "
+            f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
+        )
+
+
+def lookup_id(session_id: object) -> None:
+    """Raise :class:`SessionNotFoundError` for an id that no stored session can have.
+
+    A driver would raise its own error for it (PostgreSQL for a NUL or a
+    non-string, both stores for a lone surrogate); the answer is the same as
+    for any unknown id, with the reason.
+    """
+    problem = _name_problem(session_id, limit=None)
+    if problem is not None:
+        raise SessionNotFoundError(session_id, why=f"{problem}, so no session can have it")
+
+
+def unmatchable(*filters: object) -> bool:
+    """Whether a filter of ``list_sessions`` is text no stored row can have.
+
+    A NUL character or a lone surrogate (from a URL, or a command-line byte
+    that is not UTF-8): the drivers raise their own errors for it, where the
+    answer is that nothing matches.
+    """
+    return any(f is not None and _name_problem(f, limit=None) is not None for f in filters)
+
+
+def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, int]:
+    """An input's JSON text for the inbox and its size, checked as a live session checks it.
+
+    The size (UTF-8 bytes) is what the session's ``limits.max_input_bytes``
+    bounds: the stores check it against the row's copy of that limit.
 
     The cancel request's type is the store's own: ``send_input`` refuses it
     (a worker would apply whatever it carried), ``request_cancel`` writes it.
@@ -66,6 +145,14 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
         InputRejectedError: a bad type (the reserved one included) or a
             payload that is not JSON; nothing is stored.
     """
+    problem = None if not isinstance(type, str) or not type else _name_problem(type, limit=None)
+    if problem is not None:  # a non-string or empty type: input_json says so
+        raise InputRejectedError(
+            f"input type {shown(type)} cannot be stored: {problem}; pass the type the stage "
+            "waits for",
+            input_type=shown(type),
+            reason="bad_type",
+        )
     if type == CANCEL_INPUT and not cancel:
         raise InputRejectedError(
             f"input type {CANCEL_INPUT!r} is the store's cancel request; to cancel the "
@@ -73,8 +160,36 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> str:
             input_type=type,
             reason="bad_type",
         )
-    text, _ = input_json(type, payload)
-    return text
+    return input_json(type, payload)
+
+
+def input_limit(snapshot: Mapping[str, Any]) -> int | None:
+    """The snapshot's ``limits.max_input_bytes``, kept in the row for ``send_input``.
+
+    None when the snapshot does not say it readably (the worker's delivery
+    then checks the size, as it does for every input).
+    """
+    kept = snapshot.get("limits") or {}
+    if not isinstance(kept, Mapping):
+        return None
+    value = kept.get("max_input_bytes", DEFAULT_LIMITS.max_input_bytes)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def too_large(session_id: str, type: str, size: int, limit: int) -> InputRejectedError:
+    """The error for an input over the session's ``limits.max_input_bytes`` (nothing stored).
+
+    The same reason and advice as a live session's refusal, said before the
+    input is stored: stored, it would only be refused at delivery, after the
+    sender was told it was accepted.
+    """
+    return InputRejectedError(
+        f"input {type!r} for session {session_id!r} was rejected: {size} bytes is over "
+        f"limits.max_input_bytes={limit}; nothing was stored. Send less, or raise the "
+        "pipeline's limit",
+        input_type=type,
+        reason="too_large",
+    )
 
 
 def inline_events(snapshot: Mapping[str, Any], after: int, limit: int) -> list[dict[str, Any]]:
@@ -124,7 +239,7 @@ def read_lease(
     return snapshot, tuple(read), None
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The table layout this stageflow writes (both stores).
 
 1: the first layout. 2: ``start_key`` indexed only where set; the events
@@ -132,7 +247,9 @@ table holds one row per save (``seq`` .. ``last_seq``, a JSON array), not one
 per event; stored snapshots hold no history (format v2; v1 rows still load).
 3: no foreign keys from the inbox and the events (PostgreSQL). 4: a saved
 snapshot may be stored as a delta against the stored one (PostgreSQL's
-``snapshot_delta``; see :func:`snapshot_delta`).
+``snapshot_delta``; see :func:`snapshot_delta`). 5: the session's
+``limits.max_input_bytes`` in the row (``max_input_bytes``, NULL until a
+session made before is saved), so ``send_input`` refuses an input over it.
 """
 
 DELTA_MAX = 1024
@@ -248,17 +365,27 @@ class NewSession:
     text: str
     events: EventBatch | None
     events_done: int
+    max_input_bytes: int | None
 
 
 def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSession:
     """The row of a new session; with an events table, the snapshot's history moves there."""
     info = snapshot_info(snapshot)
+    check_name("session_id", snapshot["session_id"])
     batch = None
     if events_table:
         snapshot, held = split_history(snapshot)
         batch = event_batch(held)
     done = batch.last if batch is not None else 0
-    return NewSession(info.session_id, info.pipeline, info.digest, dumps(snapshot), batch, done)
+    return NewSession(
+        info.session_id,
+        info.pipeline,
+        info.digest,
+        dumps(snapshot),
+        batch,
+        done,
+        input_limit(snapshot),
+    )
 
 
 @attrs.frozen
@@ -272,6 +399,7 @@ class Save:
     waiting_for: list[str]
     events: EventBatch | None
     events_done: int
+    max_input_bytes: int | None
 
 
 def save_of(
@@ -294,6 +422,7 @@ def save_of(
         waiting_for=sorted(waiting_for),
         events=batch,
         events_done=max(last, lease.events_done),
+        max_input_bytes=input_limit(snapshot),
     )
 
 

@@ -46,14 +46,18 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    check_name,
     inbox_text,
     inline_events,
+    lookup_id,
     new_session,
     purge_in_batches,
     read_lease,
     save_of,
     stored_session,
+    too_large,
     unbatch,
+    unmatchable,
 )
 
 __all__ = ["SQLiteStore"]
@@ -80,6 +84,7 @@ CREATE TABLE IF NOT EXISTS stageflow_sessions (
     last_error  TEXT,
     version     INTEGER NOT NULL DEFAULT 0,
     start_key   TEXT,
+    max_input_bytes INTEGER,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
@@ -175,6 +180,11 @@ class SQLiteStore:
         events: also copy each turn's history to ``stageflow_events`` (the
             feed of ``SessionService.follow``).
         clock: epoch seconds now (``time.time``); tests pass a fake one.
+
+    Raises:
+        ValueError: ``synchronous`` is neither ``"FULL"`` nor ``"NORMAL"``
+            (SQLite reads any other word as ``NORMAL``, and ``OFF`` may
+            damage the file on a power loss).
     """
 
     def __init__(
@@ -185,8 +195,13 @@ class SQLiteStore:
         events: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
+            raise ValueError(
+                f"SQLiteStore(synchronous={synchronous!r}): pass 'FULL' (the default) or "
+                "'NORMAL' (faster; a power loss may lose the last commits)"
+            )
         self.path = str(path)
-        self._synchronous = synchronous
+        self._synchronous = synchronous.upper()
         self._events = events
         self._clock = clock
         self._lock = threading.Lock()
@@ -207,7 +222,8 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(
                     f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
-                    "directory exists and is writable"
+                    "directory exists and is writable, and that the path names a file "
+                    "(not a directory) that is a stageflow store or does not exist yet"
                 ) from exc
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -257,12 +273,13 @@ class SQLiteStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables (schema version 4), or check that they are not newer.
+        """Create or upgrade the tables (schema version 5), or check that they are not newer.
 
         Versions 3 and 4 changed only the PostgreSQL tables (no foreign keys
         from the inbox and the events; snapshots saved as deltas); SQLite
         keeps its foreign keys (they cost no WAL record there) and whole
-        snapshots, so from version 2 only the number moves.
+        snapshots. Version 5 adds ``max_input_bytes`` (NULL in the rows of
+        older versions until their next save).
         """
 
         def run(conn: sqlite3.Connection) -> None:
@@ -279,6 +296,9 @@ class SQLiteStore:
             for statement in (_UPGRADE_1 if found == 1 else _SCHEMA).split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(stageflow_sessions)")}
+            if "max_input_bytes" not in columns:  # tables of version 4 or older
+                conn.execute("ALTER TABLE stageflow_sessions ADD COLUMN max_input_bytes INTEGER")
             conn.execute("DELETE FROM stageflow_schema")
             conn.execute("INSERT INTO stageflow_schema VALUES (?)", (SCHEMA_VERSION,))
 
@@ -298,16 +318,19 @@ class SQLiteStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
+        check_name("queue", queue)
+        check_name("idempotency_key", idempotency_key, optional=True)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: sqlite3.Connection) -> Created:
             now = self._clock()
             cur = conn.execute(
                 "INSERT INTO stageflow_sessions (session_id, queue, status, snapshot, pipeline, "
-                "digest, runnable_at, start_key, events_done, created_at, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "digest, runnable_at, start_key, events_done, max_input_bytes, created_at, "
+                "updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (new.session_id, queue, new.text, new.pipeline, new.digest, now,
-                 idempotency_key, new.events_done, now, now),
+                 idempotency_key, new.events_done, new.max_input_bytes, now, now),
             )  # fmt: skip
             if cur.rowcount == 1:
                 if new.events is not None:
@@ -329,15 +352,18 @@ class SQLiteStore:
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Append an input to the inbox (see :class:`SessionStore`)."""
-        return await self._store_input(session_id, type, inbox_text(type, payload), idempotency_key)
+        text, size = inbox_text(type, payload)
+        return await self._store_input(session_id, type, text, size, idempotency_key)
 
     async def _store_input(
-        self, session_id: str, type: str, text: str, idempotency_key: str | None
+        self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
+        lookup_id(session_id)
+        check_name("idempotency_key", idempotency_key, optional=True)
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(
-                "SELECT status, inbox_head, lease_owner FROM stageflow_sessions "
+                "SELECT status, inbox_head, max_input_bytes FROM stageflow_sessions "
                 "WHERE session_id = ?",
                 (session_id,),
             ).fetchone()
@@ -352,6 +378,8 @@ class SQLiteStore:
                     return InputRecord(session_id, seen[0], duplicate=True)
             if row[0] in FINISHED_STATUSES:
                 raise SessionFinishedError(session_id, row[0], type)
+            if row[2] is not None and size > row[2]:
+                raise too_large(session_id, type, size, row[2])
             seq = row[1] + 1
             now = self._clock()
             conn.execute(
@@ -375,8 +403,9 @@ class SQLiteStore:
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Store a cancel request (an inbox row of type ``stageflow.cancel``)."""
-        text = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
-        return await self._store_input(session_id, CANCEL_INPUT, text, idempotency_key)
+        text, _ = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
+        # size 0: a cancel request is not an input of the session's stages (no limit)
+        return await self._store_input(session_id, CANCEL_INPUT, text, 0, idempotency_key)
 
     # ------------------------------------------------------------ leases
 
@@ -469,11 +498,13 @@ class SQLiteStore:
                 "UPDATE stageflow_sessions SET snapshot = ?, status = ?, waiting_for = ?, "
                 "wake_at = ?, inbox_done = ?, events_done = ?, attempts = 0, last_error = NULL, "
                 "lease_owner = NULL, version = version + 1, updated_at = ?, digest = ?, "
+                "max_input_bytes = ?, "
                 "runnable_at = CASE WHEN ? THEN NULL WHEN inbox_head > ? THEN ? ELSE ? END "
                 "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL "
                 "RETURNING runnable_at IS NOT NULL",
                 (save.text, save.status, dumps(save.waiting_for), _epoch(wake_at),
-                 lease.inbox_head, save.events_done, now, save.digest, save.finished,
+                 lease.inbox_head, save.events_done, now, save.digest, save.max_input_bytes,
+                 save.finished,
                  lease.inbox_head, now, _epoch(wake_at), lease.session_id, lease.token),
             ).fetchall()  # fmt: skip
             if not row:
@@ -520,6 +551,7 @@ class SQLiteStore:
 
     async def get(self, session_id: str) -> StoredSession:
         """The session's row (see :class:`SessionStore`)."""
+        lookup_id(session_id)
 
         def run(conn: sqlite3.Connection) -> StoredSession:
             row = conn.execute(
@@ -533,6 +565,7 @@ class SQLiteStore:
 
     async def load(self, session_id: str, *, history: bool = False) -> dict[str, Any]:
         """The session's snapshot; ``history=True`` puts its committed history back in."""
+        lookup_id(session_id)
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
             row = conn.execute(
@@ -555,6 +588,7 @@ class SQLiteStore:
         self, session_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Committed history events past ``after`` (see :class:`SessionStore`)."""
+        lookup_id(session_id)
         if not self._events:  # the events stay in the snapshot
             return inline_events(await self.load(session_id, history=True), after, limit)
 
@@ -578,6 +612,8 @@ class SQLiteStore:
         limit: int = 100,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
+        if unmatchable(status, pipeline, waiting_for):
+            return []
         where = ["1 = 1"]
         args: list[Any] = []
         if status is not None:

@@ -35,9 +35,10 @@ from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
-from stageflow.store._errors import StoredDataError
+from stageflow.store._errors import StoreArgumentError, StoredDataError
 from stageflow.store._history import turn_snapshot
 from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
+from stageflow.store._shared import check_name
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 
@@ -117,6 +118,35 @@ def _cancelled(exc: BaseException, scope: anyio.CancelScope) -> bool:
     return scope.cancel_called or (task is not None and task.cancelling() > 0)
 
 
+def _check_names(queues: Iterable[str], worker_id: str | None) -> tuple[str, ...]:
+    """The queues as a tuple; refuse names no session's row can have.
+
+    A worker on such a queue would claim nothing forever (a string passed as
+    ``queues`` is read as its letters), and one a store cannot hold would
+    fail every claim, logged as an outage.
+
+    Raises:
+        StoreArgumentError: ``queues`` is a string or empty, or a queue name
+            or ``worker_id`` is no text a store holds (see ``check_name``).
+    """
+    if isinstance(queues, str):
+        raise StoreArgumentError(
+            f"Worker(queues={queues!r}): pass a list of queue names, as queues=[{queues!r}] "
+            "(a string is read as its letters)"
+        )
+    names = tuple(queues)
+    if not names:
+        raise StoreArgumentError("Worker(queues=()): pass at least one queue name ('default')")
+    for name in names:
+        if name == "":
+            raise StoreArgumentError(
+                "Worker(queues=...) holds '': a queue is a non-empty string ('default')"
+            )
+        check_name("queue", name)
+    check_name("worker_id", worker_id, optional=True)
+    return names
+
+
 def _check_settings(
     *,
     concurrency: int,
@@ -175,7 +205,9 @@ class Worker:
     Raises:
         ValueError: a setting out of its range (a lease or poll of 0 or
             less, fewer than 1 attempt or turn in flight, a negative or
-            infinite time).
+            infinite time); :class:`StoreArgumentError` (a ValueError) for
+            ``queues`` that are a string or empty, or a queue name or
+            ``worker_id`` a store cannot hold.
     """
 
     def __init__(
@@ -207,7 +239,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease = lease
         self.poll = poll
-        self.queues = tuple(queues)
+        self.queues = _check_names(queues, worker_id)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.max_attempts = max_attempts
         self.fetch_cooldown = fetch_cooldown

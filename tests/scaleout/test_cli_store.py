@@ -72,6 +72,19 @@ def test_unknown_sessions_and_bad_urls_exit_2_with_the_fix(url: str, capsys: Any
     assert "unknown scheme" in err
 
 
+def test_a_key_or_id_the_store_cannot_hold_exits_2_with_the_reason(url: str, capsys: Any) -> None:
+    # A byte that is not UTF-8 in an argument comes as a lone surrogate: it was
+    # a UnicodeEncodeError traceback.
+    start(url)
+    argv = ("sessions", "send", "--store", url, "s1", "msg", "{}", "--key", "k\udcff")
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "idempotency_key='k\\udcff' cannot be stored: it holds a lone surrogate" in err
+    code, out, err = run_cli(capsys, "sessions", "show", "--store", url, "s\udcff")
+    assert (code, out) == (2, "")
+    assert "no stored session has id 's\\udcff' (it holds a lone surrogate" in err
+
+
 def test_a_worker_on_an_unreachable_store_exits_2_with_the_fix(capsys: Any) -> None:
     argv = ("worker", "--store", "sqlite:////nonexistent/dir/s.db", "--no-plugins")
     code, out, err = run_cli(capsys, *argv)

@@ -15,6 +15,7 @@ from stageflow.store import (
     SessionFinishedError,
     SessionNotFoundError,
     SessionStore,
+    StoreArgumentError,
     StoreSchemaError,
     StoreUnavailableError,
     open_store,
@@ -126,6 +127,155 @@ async def test_a_payload_that_is_not_json_is_refused_before_it_is_stored(
     assert (await store.get("s")).inbox_head == 0
     record = await store.send_input("s", "msg", {"text": "fixed"}, idempotency_key="k")
     assert (record.seq, record.duplicate) == (1, False)
+
+
+def limited(session_id: str, max_input_bytes: int) -> dict[str, Any]:
+    """A snapshot of a session whose inputs may be ``max_input_bytes`` at most."""
+    document = {**chat_pipeline().to_dict(), "limits": {"max_input_bytes": max_input_bytes}}
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    return stageflow.Session(pipeline, registry=registry, session_id=session_id).to_dict()
+
+
+@pytest.mark.parametrize("key", [None, "k"])
+async def test_an_input_over_the_sessions_size_limit_is_refused_before_it_is_stored(
+    store: SessionStore, key: str | None
+) -> None:
+    # It was stored, the sender got its record, and only the worker's delivery
+    # refused it (an input_rejected event the sender never sees; past the
+    # rejection budget, not even that).
+    await store.create(limited("s", 100))
+    big = {"n": 1, "pad": "x" * 200}
+    with pytest.raises(stageflow.InputRejectedError, match=r"max_input_bytes=100") as info:
+        await store.send_input("s", "msg", big, idempotency_key=key)
+    assert (info.value.reason, info.value.input_type) == ("too_large", "msg")
+    assert "nothing was stored" in str(info.value)
+    assert (await store.get("s")).inbox_head == 0
+    record = await store.send_input("s", "msg", {"n": 1}, idempotency_key=key)
+    assert (record.seq, record.duplicate) == (1, False)
+    assert (await store.request_cancel("s", "x" * 200)).seq == 2  # no input of a stage
+    # A save keeps the limit of the snapshot it stores.
+    lease = await claim_one(store)
+    assert await store.complete(
+        lease,
+        {**saved(lease), "limits": {"max_input_bytes": 1000}},
+        waiting_for=("msg",),
+        wake_at=None,
+        events=(),
+    )
+    assert (await store.send_input("s", "msg", big)).seq == 3
+
+
+async def test_tables_of_schema_version_4_get_the_size_limit_column(
+    make_store: Any, backend: str
+) -> None:
+    store = make_store()
+    await store.create(limited("old", 100))
+    import anyio
+
+    await anyio.to_thread.run_sync(_back_to_version_4, store, backend)
+    upgraded = make_store()
+    await upgraded.migrate()
+    big = {"n": 1, "pad": "x" * 200}
+    assert (await upgraded.send_input("old", "msg", big)).seq == 1  # unknown: the worker checks
+    await upgraded.create(limited("new", 100))
+    with pytest.raises(stageflow.InputRejectedError, match="max_input_bytes=100"):
+        await upgraded.send_input("new", "msg", big)
+
+
+def _back_to_version_4(store: Any, backend: str) -> None:
+    """The tables as stageflow wrote them before the size limit column."""
+    if backend == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        conn.execute("ALTER TABLE stageflow_sessions DROP COLUMN max_input_bytes")
+        conn.execute("UPDATE stageflow_schema SET version = 4")
+        conn.commit()
+        conn.close()
+        return
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute("ALTER TABLE stageflow_sessions DROP COLUMN max_input_bytes")
+        pg.execute("UPDATE stageflow_schema SET version = 4")
+
+
+UNSTORABLE = [
+    pytest.param("a\x00b", "NUL character", id="nul"),
+    pytest.param("a\udcffb", "lone surrogate", id="surrogate"),
+    pytest.param("k" * 1025, "1025 bytes long", id="long"),
+    pytest.param(7, "an integer, not a string", id="int"),
+]
+
+
+@pytest.mark.parametrize(("name", "problem"), UNSTORABLE)
+async def test_ids_keys_queues_and_types_a_store_cannot_hold_get_typed_errors(
+    store: SessionStore, name: Any, problem: str
+) -> None:
+    # They raised the driver's errors (UnicodeEncodeError; on PostgreSQL
+    # DataError, UndefinedFunction, ProgramLimitExceeded), or were stored on
+    # SQLite only (an application tried there then failed on PostgreSQL).
+    for call, what in [
+        (store.create(snapshot("s"), idempotency_key=name), "idempotency_key"),
+        (store.create(snapshot("s"), queue=name), "queue"),
+    ]:
+        with pytest.raises(StoreArgumentError, match=f"{what}=.* cannot be stored: .*{problem}"):
+            await call
+    assert await store.list_sessions() == []
+    if isinstance(name, str):
+        session = stageflow.Session(chat_pipeline(), registry=registry, session_id=name)
+        with pytest.raises(StoreArgumentError, match=f"session_id=.* be stored: .*{problem}"):
+            await store.create(session.to_dict())
+    await store.create(snapshot("s"))
+    with pytest.raises(StoreArgumentError, match=f"idempotency_key=.* be stored: .*{problem}"):
+        await store.send_input("s", "msg", {"n": 1}, idempotency_key=name)
+    if isinstance(name, str) and len(name) < 100:  # a type is not indexed: any length
+        with pytest.raises(stageflow.InputRejectedError, match=problem) as info:
+            await store.send_input("s", name, {"n": 1})
+        assert info.value.reason == "bad_type"
+    assert (await store.get("s")).inbox_head == 0
+    if len(str(name)) < 100:  # an unknown id of any length is not found
+        for lookup in [
+            store.get(name),
+            store.load(name),
+            store.events(name),
+            store.send_input(name, "msg", {}),
+            store.request_cancel(name, "why"),
+        ]:
+            with pytest.raises(SessionNotFoundError, match=f"no stored session has id .*{problem}"):
+                await lookup
+
+
+async def test_a_list_filter_no_row_can_have_lists_nothing(store: SessionStore) -> None:
+    # A NUL (from a URL of the inspector) was psycopg's DataError, a lone
+    # surrogate (a command-line byte that is not UTF-8) a UnicodeEncodeError.
+    await store.create(snapshot("s"))
+    for text in ("a\x00b", "a\udcffb"):
+        assert await store.list_sessions(pipeline=text) == []
+        assert await store.list_sessions(waiting_for=text) == []
+        assert await store.list_sessions(status=text) == []
+    assert [s.session_id for s in await store.list_sessions(pipeline="chat")] == ["s"]
+
+
+async def test_a_nul_character_in_a_payload_is_stored_or_refused_with_the_reason(
+    store: SessionStore, backend: str
+) -> None:
+    await store.create(snapshot("s"))
+    payload = {"text": "a\x00b", "a\x00": 1}
+    if backend == "sqlite":
+        assert (await store.send_input("s", "msg", payload, idempotency_key="k")).seq == 1
+        assert [i.payload for i in (await claim_one(store)).inputs] == [payload]
+        return
+    # PostgreSQL's jsonb cannot hold it: it raised UntranslatableCharacter.
+    for key in (None, "k"):
+        with pytest.raises(stageflow.InputRejectedError, match=r"U\+0000 \(NUL\)") as info:
+            await store.send_input("s", "msg", payload, idempotency_key=key)
+        assert (info.value.reason, info.value.input_type) == ("not_json", "msg")
+    with pytest.raises(stageflow.InputRejectedError, match="nothing was stored"):
+        await store.request_cancel("s", "a\x00b")
+    assert (await store.get("s")).inbox_head == 0
+    assert (await store.send_input("s", "msg", {"text": "ab"}, idempotency_key="k")).seq == 1
 
 
 async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
@@ -336,6 +486,38 @@ async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: 
     with pytest.raises(StoreUnavailableError, match="cannot reach the PostgreSQL store"):
         await closed.migrate()
     await closed.aclose()
+
+
+@pytest.mark.parametrize("synchronous", ["FUL", "OFF", "NORMAL; PRAGMA x", 2])
+def test_an_sqlite_synchronous_setting_other_than_full_or_normal_is_refused(
+    tmp_path: Any, synchronous: Any
+) -> None:
+    # SQLite read a typo as NORMAL (less durable than the FULL asked for, in
+    # silence); OFF may damage the file on a power loss; two statements were
+    # a ProgrammingError at the first query.
+    with pytest.raises(ValueError, match=r"synchronous=.*pass 'FULL' .* or 'NORMAL'"):
+        open_store(f"sqlite:///{tmp_path / 's.db'}", synchronous=synchronous)
+
+
+async def test_an_sqlite_store_takes_synchronous_normal_in_any_case(tmp_path: Any) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", synchronous="normal")
+    await store.create(snapshot("s"))
+    assert (await store.get("s")).status == "pending"
+    await store.aclose()
+
+
+@pytest.mark.parametrize("what", ["not a database", "a directory"])
+async def test_an_sqlite_path_that_is_no_store_file_says_so(tmp_path: Any, what: str) -> None:
+    # Both said only "check that the directory exists and is writable".
+    path = tmp_path / "sessions.db"
+    if what == "a directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"not a database " * 1000)
+    store = open_store(f"sqlite:///{path}")
+    with pytest.raises(StoreUnavailableError, match=r"path names a file \(not a directory\)"):
+        await store.migrate()
+    await store.aclose()
 
 
 async def test_an_sqlite_file_damaged_while_open_raises_store_unavailable(tmp_path: Any) -> None:

@@ -19,7 +19,14 @@ from store_support import (
 )
 
 import stageflow
-from stageflow.store import Lease, SessionService, SessionStore, Worker, open_store
+from stageflow.store import (
+    Lease,
+    SessionService,
+    SessionStore,
+    StoreArgumentError,
+    Worker,
+    open_store,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -529,6 +536,27 @@ def test_worker_settings_out_of_range_are_refused(setting: dict[str, Any], tmp_p
         Worker(store, registry=registry, **setting)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"queues": "default"}, r"Worker\(queues='default'\): pass a list .* its letters"),
+        ({"queues": []}, r"Worker\(queues=\(\)\): pass at least one queue name"),
+        ({"queues": ["a", ""]}, r"holds '': a queue is a non-empty string"),
+        ({"queues": ["q\udcff"]}, r"queue='q\\udcff' cannot be stored: .* lone surrogate"),
+        ({"worker_id": "w\x00"}, r"worker_id='w\\x00' cannot be stored: .* NUL"),
+    ],
+)
+def test_worker_queues_and_ids_that_match_no_row_are_refused(
+    setting: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    # A string was read as its letters and an empty list as no queue: the
+    # worker claimed nothing, in silence. A name no store can hold failed
+    # every claim, logged as an outage, forever.
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with pytest.raises(StoreArgumentError, match=message):
+        Worker(store, registry=registry, **setting)
+
+
 async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
     make_store: Callable[..., Any],
 ) -> None:
@@ -542,6 +570,59 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
     sid = await service.start("chat")
     with pytest.raises(ValueError, match="wait\\(timeout=nan\\)"):
         await service.wait(sid, timeout=float("nan"))
+
+
+async def test_list_refuses_a_status_no_row_has_and_a_limit_that_is_no_count(
+    make_store: Callable[..., Any],
+) -> None:
+    # A status typo listed nothing; limit=-1 listed every row on SQLite (no
+    # limit there) and was a psycopg error on PostgreSQL, as was 10**30; a
+    # string was sqlite3's "datatype mismatch".
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    with pytest.raises(ValueError, match=r"status='complete'.*use one of .*completed"):
+        await service.list(status="complete")
+    for limit in (0, -1, "5", 1.5, True):
+        with pytest.raises(ValueError, match=r"list\(limit=.*\): pass a whole number"):
+            await service.list(limit=limit)  # type: ignore[arg-type]
+    assert [s.session_id for s in await service.list(limit=10**30)] == [sid]
+    assert await service.list(status="poisoned") == []
+
+
+async def test_a_wait_or_follow_from_a_seq_that_is_no_whole_number_is_refused(
+    make_store: Callable[..., Any],
+) -> None:
+    # A list raised TypeError: unhashable type; a string, a comparison error
+    # after the first read.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    for seq in (-1, "1", [1], 1.0, True):
+        with pytest.raises(ValueError, match=r"wait\(seq=.*\): pass the seq of the InputRecord"):
+            await service.wait(sid, seq=seq, timeout=30)  # type: ignore[arg-type]
+    for after in (-1, "1", None):
+        # A string was psycopg's InvalidTextRepresentation, or a TypeError on
+        # SQLite; -1 followed (this session, which no worker runs: forever).
+        with (
+            anyio.fail_after(10),
+            pytest.raises(ValueError, match=r"follow\(after=.*\): pass the seq of an event"),
+        ):
+            await anext(aiter(service.follow(sid, after=after)))  # type: ignore[arg-type]
+
+
+async def test_a_wait_that_times_out_says_where_the_session_stands(
+    make_store: Callable[..., Any],
+) -> None:
+    # It raised a TimeoutError without a message: nothing told a handler that
+    # no worker ran, or that the session waited for an input.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline(), queue="later")
+    with pytest.raises(TimeoutError, match=r"no worker took it: .* serves queue 'later'"):
+        await service.wait(sid, timeout=0.05)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store()):
+        await service.wait(sid, timeout=20)
+        with pytest.raises(TimeoutError, match=r"did not get to finish .* for input msg: send it"):
+            await service.wait(sid, finished=True, timeout=0.05)
 
 
 class Raises(stageflow.BaseStage):
