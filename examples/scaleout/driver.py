@@ -93,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
             out, _ = worker.communicate(timeout=60)
-            stats.append(json.loads(out) if out.strip() else {"exit": worker.returncode})
+            # No statistics: the signal came before the worker took signals,
+            # which it does before its first claim, so it ran no turn.
+            stats.append(
+                json.loads(out)
+                if out.strip()
+                else {"exit": worker.returncode, "saved": 0, "fenced": 0}
+            )
     outcome["workers"] = stats
     print(json.dumps(outcome))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import attrs
 
 from stageflow._cli._common import (
@@ -266,14 +267,17 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
         )
         async with anyio.create_task_group() as tg:
 
-            async def on_signals() -> None:
+            async def on_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    task_status.started()
                     async for _ in signals:
                         if worker.stopping:
                             tg.cancel_scope.cancel()  # a second signal: abandon the turns
                         worker.shutdown()
 
-            tg.start_soon(on_signals)
+            # The signals are taken before the first claim: a SIGTERM from then
+            # on stops the worker gently; before it, the worker holds no turn.
+            await tg.start(on_signals)
             await worker.run()
             tg.cancel_scope.cancel()
         return {"worker_id": worker.worker_id, **attrs.asdict(worker.statistics())}
