@@ -24,7 +24,6 @@ Needs the ``postgres`` extra: ``pip install 'stageflow[postgres]'``.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import re
 import threading
@@ -65,6 +64,7 @@ from stageflow.store._shared import (
     check_name,
     inbox_text,
     inline_events,
+    loaded_snapshot,
     lookup_id,
     new_session,
     purge_in_batches,
@@ -75,7 +75,6 @@ from stageflow.store._shared import (
     too_large,
     unbatch,
     unmatchable,
-    unpack_delta,
 )
 
 __all__ = ["PostgresStore"]
@@ -813,14 +812,15 @@ class PostgresStore:
             ).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
-            text = row[0] if row[1] is None else unpack_delta(row[0].encode(), row[1])
-            snapshot: dict[str, Any] = json.loads(text)
+            snapshot = loaded_snapshot(session_id, row[0], row[1])
             if history and self._events:
                 rows = conn.execute(
                     "SELECT events FROM stageflow_events WHERE session_id = %s ORDER BY last_seq",
                     (session_id,),
                 )
-                snapshot = with_history(snapshot, unbatch((r[0] for r in rows), 0, 2**62))
+                snapshot = with_history(
+                    snapshot, unbatch((r[0] for r in rows), 0, 2**62, session_id)
+                )
             return snapshot
 
         return await self._run(run)
@@ -839,7 +839,7 @@ class PostgresStore:
                 "ORDER BY last_seq LIMIT %s",
                 (session_id, after, limit),
             )
-            return unbatch((r[0] for r in rows), after, limit)
+            return unbatch((r[0] for r in rows), after, limit, session_id)
 
         return await self._run(run)
 

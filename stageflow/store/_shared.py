@@ -57,7 +57,9 @@ __all__ = [
     "unmatchable",
     "input_limit",
     "too_large",
+    "damaged_row",
     "inline_events",
+    "loaded_snapshot",
     "read_lease",
     "snapshot_delta",
     "unpack_delta",
@@ -296,10 +298,7 @@ def stored_session(
     try:
         waits = tuple(sorted(waiting_for(row[4])))
     except (ValueError, TypeError) as exc:
-        raise StoredDataError(
-            f"stored session {row[0]!r}: its waiting_for column cannot be read ({exc}); "
-            "the row is damaged: restore it from a backup, or purge the session"
-        ) from exc
+        raise _damaged(row[0], "waiting_for column", exc) from exc
     return StoredSession(
         session_id=row[0],
         queue=row[1],
@@ -343,15 +342,55 @@ def event_batch(events: Sequence[Mapping[str, Any]]) -> EventBatch | None:
     return EventBatch(int(events[0]["seq"]), int(events[-1]["seq"]), dumps(list(events)))
 
 
-def unbatch(rows: Iterable[str], after: int, limit: int) -> list[dict[str, Any]]:
-    """The events with ``seq > after`` of batch rows (JSON arrays), at most ``limit``."""
+def damaged_row(session_id: str, what: str, exc: Exception) -> str:
+    """What to say of a stored value of ``session_id`` that cannot be read, and what to do."""
+    return (
+        f"session {session_id!r}: its stored {what} cannot be read ({exc}); the row is "
+        "damaged: restore it from a backup, or purge the session"
+    )
+
+
+def _damaged(session_id: str, what: str, exc: Exception) -> StoredDataError:
+    """The error for a stored value of ``session_id`` that cannot be read (a damaged row)."""
+    return StoredDataError(damaged_row(session_id, what, exc))
+
+
+def loaded_snapshot(session_id: str, text: str, delta: bytes | None = None) -> dict[str, Any]:
+    """The stored snapshot of ``session_id``: ``text``, or ``delta`` applied to it.
+
+    Raises:
+        StoredDataError: it is not JSON text of an object, or the delta cannot
+            be applied (a damaged row).
+    """
+    try:
+        if delta is not None:
+            text = unpack_delta(text.encode(), delta)
+        snapshot = json.loads(text)
+        if not isinstance(snapshot, dict):
+            raise ValueError(f"it is {a_json_type(snapshot)}, not an object")
+    except (ValueError, zlib.error) as exc:
+        raise _damaged(session_id, "snapshot", exc) from exc
+    return snapshot
+
+
+def unbatch(
+    rows: Iterable[str], after: int, limit: int, session_id: str = "?"
+) -> list[dict[str, Any]]:
+    """The events with ``seq > after`` of batch rows (JSON arrays), at most ``limit``.
+
+    Raises:
+        StoredDataError: a row is not a JSON array of events with a ``seq``.
+    """
     out: list[dict[str, Any]] = []
-    for text in rows:
-        for event in json.loads(text):
-            if int(event["seq"]) > after:
-                out.append(event)
-                if len(out) >= limit:
-                    return out
+    try:
+        for text in rows:
+            for event in json.loads(text):
+                if int(event["seq"]) > after:
+                    out.append(event)
+                    if len(out) >= limit:
+                        return out
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _damaged(session_id, "history", exc) from exc
     return out
 
 

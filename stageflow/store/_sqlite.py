@@ -49,6 +49,7 @@ from stageflow.store._shared import (
     check_name,
     inbox_text,
     inline_events,
+    loaded_snapshot,
     lookup_id,
     new_session,
     purge_in_batches,
@@ -573,13 +574,15 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
-            snapshot: dict[str, Any] = json.loads(row[0])
+            snapshot = loaded_snapshot(session_id, row[0])
             if history and self._events:
                 rows = conn.execute(
                     "SELECT events FROM stageflow_events WHERE session_id = ? ORDER BY last_seq",
                     (session_id,),
                 )
-                snapshot = with_history(snapshot, unbatch((r[0] for r in rows), 0, 2**62))
+                snapshot = with_history(
+                    snapshot, unbatch((r[0] for r in rows), 0, 2**62, session_id)
+                )
             return snapshot
 
         return await self._run(run)
@@ -598,7 +601,7 @@ class SQLiteStore:
                 "ORDER BY last_seq LIMIT ?",
                 (session_id, after, limit),
             )
-            return unbatch((r[0] for r in rows), after, limit)
+            return unbatch((r[0] for r in rows), after, limit, session_id)
 
         return await self._run(run)
 

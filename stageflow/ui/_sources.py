@@ -260,7 +260,8 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
 # ------------------------------------------------------------------------ store
 
 
-def _damaged(session_id: str, what: str, exc: Exception) -> str:
+def _unreadable(session_id: str, what: str, exc: Exception) -> str:
+    """What to say of a stored value another store's reading failed on (a damaged row)."""
     return (
         f"session {session_id!r}: its stored {what} cannot be read ({exc}); the row is "
         "damaged: restore it from a backup, or purge the session"
@@ -286,8 +287,10 @@ class StoreSource:
         """
         try:
             return await self.store.load(session_id)
-        except (StoredDataError, ValueError) as exc:  # ValueError: a store's JSON error
-            raise SnapshotLoadError(_damaged(session_id, "snapshot", exc)) from exc
+        except StoredDataError as exc:
+            raise SnapshotLoadError(str(exc)) from exc
+        except ValueError as exc:  # another store's JSON error
+            raise SnapshotLoadError(_unreadable(session_id, "snapshot", exc)) from exc
 
     async def _events(self, session_id: str) -> list[dict[str, Any]]:
         """The committed events of ``session_id``.
@@ -297,8 +300,10 @@ class StoreSource:
         """
         try:
             return await self.store.events(session_id, limit=_MAX_EVENTS)
-        except (StoredDataError, ValueError) as exc:
-            raise SnapshotLoadError(_damaged(session_id, "history", exc)) from exc
+        except StoredDataError as exc:
+            raise SnapshotLoadError(str(exc)) from exc
+        except ValueError as exc:  # another store's JSON error
+            raise SnapshotLoadError(_unreadable(session_id, "history", exc)) from exc
 
     async def _details_of(self, row: StoredSession) -> tuple[str, str | None]:
         key = (row.session_id, row.version)

@@ -205,5 +205,5 @@ def test_a_damaged_row_is_named_not_a_traceback(url: str, capsys: Any) -> None:
     for command in (("list",), ("show", "s1")):
         code, _, err = run_cli(capsys, "sessions", *command, "--store", url)
         assert code == 2
-        assert "stored session 's1': its waiting_for column cannot be read" in err
+        assert "session 's1': its stored waiting_for column cannot be read" in err
         assert "Traceback" not in err

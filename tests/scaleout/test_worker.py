@@ -404,6 +404,27 @@ async def test_a_damaged_snapshot_row_is_poisoned_and_the_others_go_on(
     assert poisoned.error.startswith("StoredDataError: the stored snapshot cannot be read")
 
 
+async def test_reading_a_damaged_row_is_a_stored_data_error(
+    make_store: Callable[..., Any],
+) -> None:
+    # store.load and store.events raised json's JSONDecodeError (or a
+    # KeyError, a TypeError) for a damaged row, not the StoredDataError the
+    # store's errors promise, so a caller could not tell it from a bug.
+    store = make_store()
+    service = SessionService(store, registry=registry)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store()):
+        assert (await service.wait(sid, timeout=20)).status == "waiting"
+    assert await store.events(sid)
+    _sql(store, "UPDATE stageflow_sessions SET snapshot = ? WHERE session_id = ?", '{"cut', sid)
+    with pytest.raises(stageflow.store.StoredDataError, match=r"its stored snapshot cannot be"):
+        await store.load(sid)
+    for events in ("[oops", '[{"no_seq": 1}]', "[1]"):
+        _sql(store, "UPDATE stageflow_events SET events = ? WHERE session_id = ?", events, sid)
+        with pytest.raises(stageflow.store.StoredDataError, match=r"its stored history cannot"):
+            await store.events(sid)
+
+
 async def test_send_input_refuses_a_bad_type_and_the_cancel_requests_type(
     make_store: Callable[..., Any],
 ) -> None:
