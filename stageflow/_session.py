@@ -152,6 +152,26 @@ def _resolve_stages(
     return entries
 
 
+def _check_kinds(call: str, pipeline: object, registry: object, *, required: bool) -> None:
+    """Refuse a ``pipeline`` that is no :class:`Pipeline`, a ``registry`` no :class:`StageRegistry`.
+
+    ``required``: the pipeline may not be left out (``Session``); else it is
+    the snapshot's own pipeline when it is (``Session.from_dict``).
+    """
+    if (required or pipeline is not None) and not isinstance(pipeline, Pipeline):
+        raise TypeError(
+            f"{call}(pipeline=...) was given {a_python_type(pipeline)}; pass a "
+            "stageflow.Pipeline: stageflow.Pipeline.from_dict(document) for a parsed "
+            "document, stageflow.Pipeline.load(path) for a file"
+            + ("" if required else "; or leave it out to go on with the snapshot's own")
+        )
+    if registry is not None and not isinstance(registry, StageRegistry):
+        raise TypeError(
+            f"{call}(registry=...) was given {a_python_type(registry)}; pass a "
+            "stageflow.StageRegistry, or leave it out to use the pipeline's"
+        )
+
+
 class Session:
     """One run of a pipeline, with its own context and event history.
 
@@ -218,17 +238,7 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> None:
-        if not isinstance(pipeline, Pipeline):
-            raise TypeError(
-                f"Session() was given {a_python_type(pipeline)} as its pipeline; pass a "
-                "stageflow.Pipeline: stageflow.Pipeline.from_dict(document) for a parsed "
-                "document, stageflow.Pipeline.load(path) for a file"
-            )
-        if registry is not None and not isinstance(registry, StageRegistry):
-            raise TypeError(
-                f"Session(registry=...) was given {a_python_type(registry)}; pass a "
-                "stageflow.StageRegistry, or leave it out to use the pipeline's"
-            )
+        _check_kinds("Session", pipeline, registry, required=True)
         entries = _stages_of(
             pipeline,
             registry if registry is not None else pipeline.registry,
@@ -623,17 +633,7 @@ class Session:
                 :class:`StageRegistry`.
         """
         # Checked before the snapshot is read: both are used to read it.
-        if pipeline is not None and not isinstance(pipeline, Pipeline):
-            raise TypeError(
-                f"Session.from_dict(pipeline=...) was given {a_python_type(pipeline)}; pass "
-                "a stageflow.Pipeline (stageflow.Pipeline.from_dict(document) for a parsed "
-                "document), or leave it out to go on with the snapshot's own pipeline"
-            )
-        if registry is not None and not isinstance(registry, StageRegistry):
-            raise TypeError(
-                f"Session.from_dict(registry=...) was given {a_python_type(registry)}; pass "
-                "a stageflow.StageRegistry, or leave it out to use the pipeline's"
-            )
+        _check_kinds("Session.from_dict", pipeline, registry, required=False)
         snapshot = check_document(data)
         pipeline = restore_pipeline(snapshot, registry, pipeline)
         position = snapshot["position"]

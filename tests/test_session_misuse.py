@@ -246,7 +246,7 @@ def test_session_arguments_of_the_wrong_kind_are_named(
 )
 def test_a_session_given_no_pipeline_says_how_to_make_one(pipeline: Any, named: str) -> None:
     # AttributeError: 'dict' object has no attribute 'registry' before.
-    with pytest.raises(TypeError, match=rf"Session\(\) was given {named} as its pipeline; pass a"):
+    with pytest.raises(TypeError, match=rf"Session\(pipeline=\.\.\.\) was given {named}; pass a"):
         stageflow.Session(pipeline)
 
 

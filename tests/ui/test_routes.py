@@ -353,9 +353,8 @@ def sse_data(message: str) -> str:
     return "\n".join(line.removeprefix("data: ") for line in lines if line.startswith("data: "))
 
 
-async def test_the_live_rows_keep_every_character_of_a_session_id(tmp_path: Path) -> None:
-    # The rows were cut into data lines by str.splitlines, which also splits at
-    # U+2028 and U+0085: the browser read each back as a line feed.
+async def _suspended_waiting(session_id: str, input_type: str) -> stageflow.Session:
+    """An untraced session suspended at a wait for ``input_type``."""
     pipeline = stageflow.Pipeline.from_dict(
         {
             "api_version": "1.0",
@@ -365,15 +364,22 @@ async def test_the_live_rows_keep_every_character_of_a_session_id(tmp_path: Path
                     "id": "wait",
                     "type": "stage",
                     "stage": "WaitStage",
-                    "config": {"input": "go"},
+                    "config": {"input": input_type},
                     "next": "done",
                 },
                 {"id": "done", "type": "terminal"},
             ],
         }
     )
-    session = stageflow.Session(pipeline, session_id="a\u2028b\x85c")
+    session = stageflow.Session(pipeline, session_id=session_id)
     await session.run(suspend=True)
+    return session
+
+
+async def test_the_live_rows_keep_every_character_of_a_session_id(tmp_path: Path) -> None:
+    # The rows were cut into data lines by str.splitlines, which also splits at
+    # U+2028 and U+0085: the browser read each back as a line feed.
+    session = await _suspended_waiting("a\u2028b\x85c", "go")
     (tmp_path / "odd.json").write_text(json.dumps(session.to_dict()))
     app = create_app(InspectorConfig(snapshots=tmp_path))
     (rows,) = await sse_messages(app, "/live/sessions?fp=stale", 1)
@@ -823,24 +829,7 @@ async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
 ) -> None:
     # Session.to_dict() leaves out the null span ids of an untraced session's
     # events; the page read e.span_id and answered 500 for every such snapshot.
-    pipeline = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "wait",
-            "nodes": [
-                {
-                    "id": "wait",
-                    "type": "stage",
-                    "stage": "WaitStage",
-                    "config": {"input": "approval"},
-                    "next": "done",
-                },
-                {"id": "done", "type": "terminal"},
-            ],
-        }
-    )
-    session = stageflow.Session(pipeline, session_id="plain-1")
-    await session.run(suspend=True)
+    session = await _suspended_waiting("plain-1", "approval")
     snapshot = session.to_dict()
     assert "span_id" not in snapshot["history"][0]
     (tmp_path / "plain-1.json").write_text(json.dumps(snapshot))
