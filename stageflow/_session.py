@@ -362,6 +362,10 @@ class Session:
                 the newest are dropped for this reader and the next event it
                 gets is a ``subscriber_overflow`` marker with the count (the
                 history keeps them all). ``0`` means unbounded.
+
+        Raises:
+            ValueError: ``buffer`` is below 0.
+            TypeError: ``buffer`` is not a whole number (a ``bool`` included).
         """
         if type(buffer) is not int or buffer < 0:
             raise (ValueError if type(buffer) is int else TypeError)(
@@ -377,6 +381,10 @@ class Session:
 
         A callback that raises is logged and detached; it never breaks the
         run. Returns a function that unsubscribes.
+
+        Raises:
+            TypeError: ``callback`` cannot be called, or is an ``async def``
+                function (it would be called, never awaited).
         """
         if not callable(callback):
             raise TypeError(
@@ -488,6 +496,9 @@ class Session:
         in the history. A ``waiting`` session
         (suspended or restored) ends ``cancelled`` at once. Cancelling a
         finished session does nothing.
+
+        Raises:
+            TypeError: ``reason`` is not a string.
         """
         if type(reason) is not str:
             raise TypeError(
