@@ -359,6 +359,45 @@ def test_not_visited_names_the_step(write_cases: Callable[..., Path]) -> None:
     assert (failure.field, failure.message) == ("not_visited", "started 'fanout' (step 3)")
 
 
+def test_an_expectation_naming_a_node_the_pipeline_lacks_is_a_located_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    # "not_visited" or "count": 0 on a misspelt node would hold whatever the run did.
+    expect = {
+        "not_visited": ["fanuot"],
+        "path_in_order": ["start"],
+        "events": [{"type": "branch_started", "node_id": "fanot", "count": 0}],
+        "error": {"node_id": "strat"},
+    }
+    path = write_cases([{"name": "n", "payload": LONG, "expect": expect}])
+    (case,) = load_cases(path)
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case)
+    problems = caught.value.problems
+    assert [p.location for p in problems] == [
+        "$.cases[0].expect.not_visited[0]",
+        "$.cases[0].expect.events[0].node_id",
+        "$.cases[0].expect.error.node_id",
+    ]
+    assert problems[0].message.startswith(
+        "'fanuot' is not a node of pipeline 'demo_full_flow', so this expectation does not "
+        "test the run; use one of branch_a, branch_b, decide, fanout, finish, start"
+    )
+    report = run_case_files([path])
+    assert (report.errors, report.passed) == (1, 0)
+
+
+def test_the_nodes_of_subpipelines_can_be_expected() -> None:
+    from stageflow import builtins
+
+    expect = Expectations(path_in_order=("call", "stop"), not_visited=("nothing",))
+    case = Case(name="n", pipeline=MAP_AND_SUBPIPELINE, payload={"xs": []}, expect=expect)
+    with pytest.raises(CaseValidationError, match="'nothing' is not a node"):
+        run_case(case, registry=builtins.registry())
+    case = attrs.evolve(case, expect=attrs.evolve(expect, not_visited=()))
+    assert run_case(case, registry=builtins.registry()).passed
+
+
 def test_event_counts(write_cases: Callable[..., Path]) -> None:
     events = [
         {"type": "branch_started", "node_id": "fanout", "count": 2},

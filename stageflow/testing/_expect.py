@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from stageflow import Event, SessionStatus, StageflowError
+from stageflow import Event, Pipeline, Problem, SessionStatus, StageflowError
 from stageflow._errors import describe_exception
 from stageflow.testing._diff import (
     json_equal,
@@ -19,7 +19,7 @@ from stageflow.testing._diff import (
 from stageflow.testing._model import Case, ErrorExpectation, EventExpectation
 from stageflow.testing._result import Failure, InputRecord
 
-__all__ = ["Observed", "check"]
+__all__ = ["Observed", "check", "unknown_nodes"]
 
 _SHOWN = 5  # candidate events listed under a failed event expectation
 
@@ -41,6 +41,42 @@ class Observed:
     @property
     def visited(self) -> list[str]:
         return [e.node_id for e in self.history if e.type == "node_started" and e.node_id]
+
+
+def _node_ids(pipeline: Pipeline, into: set[str]) -> set[str]:
+    into.update(pipeline.node_index)
+    for sub in pipeline.subpipelines.values():
+        _node_ids(sub, into)
+    return into
+
+
+def unknown_nodes(case: Case, pipeline: Pipeline) -> list[Problem]:
+    """A problem for each node id in ``case.expect`` that no node of ``pipeline`` has.
+
+    Subpipelines' nodes count: their ids are in the history too. Without
+    this, ``not_visited`` or an event ``count: 0`` naming a misspelt node
+    would hold whatever the pipeline does.
+    """
+    expect = case.expect
+    named: list[tuple[str, str]] = []
+    for key in ("path", "path_in_order", "not_visited"):
+        ids: tuple[str, ...] | None = getattr(expect, key)
+        named.extend((f"{key}[{i}]", node_id) for i, node_id in enumerate(ids or ()))
+    named.extend(
+        (f"events[{i}].node_id", e.node_id) for i, e in enumerate(expect.events) if e.node_id
+    )
+    if expect.error is not None and expect.error.node_id is not None:
+        named.append(("error.node_id", expect.error.node_id))
+    known = _node_ids(pipeline, set())
+    return [
+        Problem(
+            f"{case.location}.expect.{where}",
+            f"{node_id!r} is not a node of pipeline {pipeline.name!r}, so this expectation "
+            f"does not test the run; use one of {', '.join(sorted(known))}",
+        )
+        for where, node_id in named
+        if node_id not in known
+    ]
 
 
 def check(case: Case, run: Observed) -> tuple[list[Failure], int]:
