@@ -556,6 +556,23 @@ def test_plugin_shows_the_diff_of_a_failing_case(pytester: pytest.Pytester) -> N
     assert "Traceback" not in result.stdout.str()
 
 
+@pytest.mark.parametrize("ini", ["trio_mode = true", "anyio_mode = auto"])
+def test_plugin_runs_under_the_async_plugins_modes(pytester: pytest.Pytester, ini: str) -> None:
+    # pytest-trio's trio_mode reads item.obj on every item (an INTERNALERROR before).
+    _plugin_files(pytester)
+    case = {
+        "pipeline": "pipeline.json",
+        "stages": "stages.py",
+        "cases": [{"name": "c", "payload": SHORT}],
+    }
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    pytester.makepyfile(test_async="async def test_async():\n    pass\n")
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest("-v")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["*c.stageflow.json::c PASSED*"])
+
+
 def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:
     (pytester.path / "bad.stageflow.yaml").write_text("pipeline: p.json\ncases: []\n")
     result = pytester.runpytest()
