@@ -267,6 +267,35 @@ async def test_run_case_from_async_code_says_how_to_call_it(
     assert result.passed, result.render()
 
 
+def test_one_path_given_where_a_list_is_taken_is_a_type_error(tmp_path: Path) -> None:
+    # A str is a sequence: each character was read as a case file or stages module.
+    with pytest.raises(TypeError, match=r"run_case_files\(paths=\.\.\.\) was given a str, "):
+        run_case_files(str(CASES / "reference.stageflow.json"))
+    with pytest.raises(TypeError, match=r"pass paths=\['.*reference.stageflow.json'\]"):
+        run_case_files(CASES / "reference.stageflow.json")
+    with pytest.raises(TypeError, match=r"pass stages_modules=\['stages.py'\]"):
+        run_case_files([CASES / "reference.stageflow.json"], stages_modules="stages.py")
+    with pytest.raises(TypeError, match=r"load_cases\(stages_modules=\.\.\.\) was given a str"):
+        load_cases(CASES / "reference.stageflow.json", stages_modules="stages.py")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: run_case("reference.stageflow.json"), "run_case() was given a str; pass a "),
+        (lambda: run_case(None), "run_case() was given None; pass a stageflow.testing.Case"),
+        (
+            lambda: run_case(Case(name="n", pipeline={}), registry={}),
+            "run_case(registry=...) was given a dict; pass a stageflow.StageRegistry",
+        ),
+    ],
+)
+def test_run_case_says_what_it_takes(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        call()
+    assert str(caught.value).startswith(message)
+
+
 def test_an_inline_pipeline_in_the_case_file(tmp_path: Path) -> None:
     shutil.copy(REFERENCE / "stages.py", tmp_path / "stages.py")
     document = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -13,7 +14,7 @@ import jsonschema
 
 from stageflow import Problem
 from stageflow._guard import BudgetError, read_text_file
-from stageflow._json import a_json_type
+from stageflow._json import a_json_type, a_python_type
 from stageflow._pipeline import (
     load_schema,
     parse_document,
@@ -34,11 +35,28 @@ from stageflow.testing._model import (
     StageMock,
 )
 
-__all__ = ["case_from_dict", "load_cases"]
+__all__ = ["case_from_dict", "check_list", "load_cases"]
 
 SCHEMA_NAME = "test-case"
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def check_list(call: str, name: str, value: object) -> None:
+    """Refuse one path or name given where a list of them is expected.
+
+    A ``str`` is a sequence too: ``run_case_files("cases.json")`` would read
+    one file per character.
+
+    Raises:
+        TypeError: ``value`` is a ``str``, ``bytes`` or path.
+    """
+    if isinstance(value, str | bytes | PathLike):
+        shown = os.fsdecode(value)
+        raise TypeError(
+            f"{call}({name}=...) was given {a_python_type(value)}, {shown!r}, where it "
+            f"takes a list; pass {name}=[{shown!r}]"
+        )
 
 
 @functools.cache
@@ -88,7 +106,9 @@ def load_cases(
         CaseValidationError: the file is not valid JSON/YAML or breaks the
             schema; every problem is listed with its location.
         OSError: the file cannot be read.
+        TypeError: ``stages_modules`` is one name or path, not a list.
     """
+    check_list("load_cases", "stages_modules", stages_modules)
     file = Path(path)
     try:
         text = read_text_file(file)

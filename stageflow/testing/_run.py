@@ -20,7 +20,7 @@ from stageflow import (
     StageRegistry,
 )
 from stageflow._engine._backend import in_trio_run, run_in_virtual_time
-from stageflow._json import thaw
+from stageflow._json import a_python_type, thaw
 from stageflow.testing._expect import Observed, check, unknown_nodes
 from stageflow.testing._mocks import mock_registry, registry_from_modules
 from stageflow.testing._model import Case, CaseValidationError, ScriptedInput
@@ -99,7 +99,19 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
         PipelineValidationError: the pipeline is not valid.
         OSError: the pipeline file cannot be read.
         RuntimeError: called from inside a trio run.
+        TypeError: ``case`` is no :class:`Case`, or ``registry`` no
+            :class:`~stageflow.StageRegistry`.
     """
+    if not isinstance(case, Case):
+        raise TypeError(
+            f"run_case() was given {a_python_type(case)}; pass a stageflow.testing.Case: "
+            "one of load_cases(path) for a case file, or Case(name=..., pipeline=...)"
+        )
+    if registry is not None and not isinstance(registry, StageRegistry):
+        raise TypeError(
+            f"run_case(registry=...) was given {a_python_type(registry)}; pass a "
+            "stageflow.StageRegistry, or leave it out to use the case's stages"
+        )
     if in_trio_run():
         # trio.run() inside a trio run says only "Attempted to call run() from inside a run()".
         raise RuntimeError(
