@@ -101,6 +101,23 @@ def test_mock_error_types() -> None:
         exception_class("json.dumps")
 
 
+@pytest.mark.parametrize(
+    "name", ["KeyboardInterrupt", "SystemExit", "builtins.GeneratorExit", "trio.Cancelled"]
+)
+def test_a_mock_error_that_is_no_exception_is_rejected(name: str) -> None:
+    # A plain built-in name became an Exception subclass of that name before,
+    # so a case "raising KeyboardInterrupt" tested an ordinary stage failure.
+    mocks = {"InitStage": StageMock(errors=(MockError(name),))}
+    with pytest.raises(CaseValidationError) as caught:
+        mock_registry(reference_registry(), mocks)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.mocks.InitStage.errors[0].type"
+    assert problem.message.startswith(
+        f"mock error type {name!r} is a BaseException but not an Exception, which would "
+        "stop the whole run rather than fail the stage;"
+    )
+
+
 def test_a_mock_error_that_needs_more_than_a_message_is_rejected() -> None:
     mocks = {"InitStage": StageMock(errors=(MockError("json.JSONDecodeError"),))}
     with pytest.raises(CaseValidationError, match="cannot be raised with just a message"):

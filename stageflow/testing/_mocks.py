@@ -41,12 +41,15 @@ def exception_class(name: str) -> type[Exception]:
 
     Raises:
         CaseValidationError: a dotted path that cannot be imported or is not
-            an exception class.
+            an exception class, or a class (built-in or imported) that is
+            a ``BaseException`` but no ``Exception`` (``KeyboardInterrupt``).
     """
     if "." not in name:
         found = getattr(builtins, name, None)
         if isinstance(found, type) and issubclass(found, Exception):
             return found
+        if isinstance(found, type) and issubclass(found, BaseException):
+            raise CaseValidationError([Problem("$", _not_an_exception(name))])
         cls = _SYNTHETIC.get(name)
         if cls is None:
             cls = type(name, (Exception,), {"__module__": "stageflow.testing.mocked"})
@@ -65,11 +68,23 @@ def exception_class(name: str) -> type[Exception]:
                 )
             ]
         ) from None
-    if not (isinstance(found, type) and issubclass(found, Exception)):
+    if isinstance(found, type) and issubclass(found, BaseException):
+        if not issubclass(found, Exception):
+            raise CaseValidationError([Problem("$", _not_an_exception(name))])
+    else:
         raise CaseValidationError(
             [Problem("$", f"mock error type {name!r} is not an exception class")]
         )
     return found
+
+
+def _not_an_exception(name: str) -> str:
+    # KeyboardInterrupt, SystemExit, ... end the whole run, not the stage's attempt.
+    return (
+        f"mock error type {name!r} is a BaseException but not an Exception, which would "
+        "stop the whole run rather than fail the stage; a mock raises Exception "
+        "subclasses (a plain name such as 'Interrupted' gives one)"
+    )
 
 
 def _make_error(error: MockError) -> Exception:
