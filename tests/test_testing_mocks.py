@@ -295,6 +295,26 @@ def test_an_input_never_sent_fails_the_case() -> None:
     ]
 
 
+def test_an_input_sent_but_never_received_fails_the_case() -> None:
+    # Sent at its time and kept, then discarded at the end: the case passed before.
+    inputs = [
+        {"type": "aproval", "payload": {"ok": True}, "at": 5},
+        {"type": "approval", "payload": {"ok": True}, "at": 5},
+        {"type": "approval", "payload": {"ok": False}, "at": 6},
+    ]
+    result = run_case(approval_case(inputs=inputs))
+    (failure,) = result.failures
+    assert (failure.field, failure.message) == ("inputs", "2 sent but never received")
+    assert failure.details.splitlines()[:2] == [
+        "input 'aproval' (at t=5s): sent at t=5s and kept for a wait, but no wait took it: "
+        "the session discarded it when it ended",
+        "input 'approval' (at t=6s): sent at t=6s and kept for a wait, but no wait took it: "
+        "the session discarded it when it ended",
+    ]
+    expect = {"events": [{"type": "inputs_discarded", "payload": {"count": 2}}]}
+    assert run_case(approval_case(inputs=inputs, expect=expect)).passed
+
+
 def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
     document = {
         "pipeline": "approval.json",

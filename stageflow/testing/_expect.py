@@ -37,6 +37,7 @@ class Observed:
     limit_exceeded: str | None
     limit_detail: str
     inputs: tuple[InputRecord, ...]
+    discarded: tuple[tuple[str, Any], ...] = ()  # SessionResult.discarded_inputs
 
     @property
     def visited(self) -> list[str]:
@@ -113,7 +114,9 @@ def _checks(case: Case, run: Observed) -> Iterator[Failure | None]:
     if expect.error is not None:
         yield _check_error(expect.error, run)
     if case.inputs:
-        yield _check_inputs(run)
+        # A case about discarded inputs expects their event; the others must use every input.
+        discarding = any(e.type == "inputs_discarded" for e in expect.events)
+        yield _check_inputs(run, () if discarding else run.discarded)
 
 
 def _error_line(error: BaseException | None) -> str:
@@ -297,20 +300,50 @@ def _check_error(expected: ErrorExpectation, run: Observed) -> Failure | None:
     )
 
 
-def _check_inputs(run: Observed) -> Failure | None:
+def _unreceived(
+    records: Sequence[InputRecord], discarded: Sequence[tuple[str, Any]]
+) -> list[InputRecord]:
+    """The sent inputs among ``discarded``: per type, the last ones kept (queues are FIFO)."""
+    left: dict[str, int] = {}
+    for input_type, _ in discarded:
+        left[input_type] = left.get(input_type, 0) + 1
+    kept = sorted(
+        (r for r in records if r.sent_at is not None and r.error is None and r.queued),
+        key=lambda r: r.sent_at or 0.0,
+    )
+    out: list[InputRecord] = []
+    for record in reversed(kept):
+        if left.get(record.input.type, 0) > 0:
+            left[record.input.type] -= 1
+            out.append(record)
+    return [r for r in records if any(r is o for o in out)]
+
+
+def _check_inputs(run: Observed, discarded: Sequence[tuple[str, Any]]) -> Failure | None:
     unsent = [r for r in run.inputs if r.sent_at is None]
-    if not unsent:
+    unreceived = {id(r) for r in _unreceived(run.inputs, discarded)}
+    if not unsent and not unreceived:
         return None
     lines = []
-    for record in unsent:
+    for record in run.inputs:
         scripted = record.input
-        if scripted.at is None:
+        if id(record) in unreceived:
+            why = (
+                f"sent at t={record.sent_at:g}s and kept for a wait, but no wait took it: "
+                "the session discarded it when it ended"
+            )
+        elif record.sent_at is not None:
+            continue
+        elif scripted.at is None:
             why = f"the session never waited for {scripted.type!r} while this input was next"
         else:
             why = f"the run ended at t={run.elapsed:g}s, before it was due"
         lines.append(f"{scripted.describe()}: {why}")
+    parts = [f"{len(unsent)} scripted input(s) never sent"] if unsent else []
+    if unreceived:
+        parts.append(f"{len(unreceived)} sent but never received")
     return Failure(
         "inputs",
-        f"{len(unsent)} scripted input(s) never sent",
+        ", ".join(parts),
         "\n".join(lines) + "\nremove them from the case, or fix the pipeline so it waits for them",
     )

@@ -273,4 +273,5 @@ class _Driver:
             limit_exceeded=limit,
             limit_detail=detail,
             inputs=tuple(self.records[i] for i in range(len(self.case.inputs))),
+            discarded=outcome.discarded_inputs,
         )
