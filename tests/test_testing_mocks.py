@@ -56,6 +56,20 @@ def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]
     )
 
 
+def test_a_mock_of_a_stage_no_node_uses_is_rejected() -> None:
+    # Fetch is registered but approval.json does not use it: the mock replaced nothing.
+    inputs = [{"type": "approval", "payload": {"ok": True}}]
+    case = approval_case(inputs=inputs, mocks={"Fetch": {"outputs": {"body": "x"}}})
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.Fetch"
+    assert problem.message == (
+        "mock for stage 'Fetch', which no node of pipeline 'approval_loop' uses, so it "
+        "replaces nothing; mock one of the stages it uses (AskApproval) or remove it"
+    )
+
+
 def test_core_stages_cannot_be_mocked(write_cases: Callable[..., Path]) -> None:
     path = write_cases([{"name": "n", "mocks": {"SleepStage": {}}}])
     with pytest.raises(CaseValidationError, match="'SleepStage' is a core stage"):

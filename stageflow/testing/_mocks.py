@@ -10,7 +10,15 @@ from typing import Any
 
 import anyio
 
-from stageflow import BaseStage, Problem, StageContext, StageEntry, StageRegistry
+from stageflow import (
+    BaseStage,
+    Pipeline,
+    Problem,
+    StageContext,
+    StageEntry,
+    StageNode,
+    StageRegistry,
+)
 from stageflow._json import thaw
 from stageflow._specs import compile_schema, json_message
 from stageflow._stage_modules import (
@@ -19,12 +27,13 @@ from stageflow._stage_modules import (
     registry_of,
 )
 from stageflow._stages import default_registry
-from stageflow.testing._model import CaseValidationError, MockError, StageMock
+from stageflow.testing._model import Case, CaseValidationError, MockError, StageMock
 
 __all__ = [
     "exception_class",
     "mock_registry",
     "registry_from_modules",
+    "unused_mocks",
 ]
 
 # Synthetic exception classes, one per name, so that two mocks raising
@@ -191,6 +200,31 @@ def mock_registry(
                 source=f"stageflow.testing mock of {entry.source}",
             )
     return mocked
+
+
+def _stage_names(pipeline: Pipeline, into: set[str]) -> set[str]:
+    into.update(n.stage for n in pipeline.nodes if isinstance(n, StageNode))
+    for sub in pipeline.subpipelines.values():
+        _stage_names(sub, into)
+    return into
+
+
+def unused_mocks(case: Case, pipeline: Pipeline) -> list[Problem]:
+    """A problem for each mock of ``case`` whose stage no node of ``pipeline`` uses.
+
+    Such a mock changes nothing: the case would test the real stage it meant to replace.
+    """
+    used = _stage_names(pipeline, set()) - _core_names()
+    return [
+        Problem(
+            f"{case.location}.mocks.{name}",
+            f"mock for stage {name!r}, which no node of pipeline {pipeline.name!r} uses, "
+            f"so it replaces nothing; mock one of the stages it uses "
+            f"({', '.join(sorted(used)) or 'none'}) or remove it",
+        )
+        for name in case.mocks
+        if name not in used
+    ]
 
 
 def _core_names() -> frozenset[str]:
