@@ -251,6 +251,15 @@ def test_a_case_built_in_python_runs_with_a_given_registry() -> None:
     assert [f.field for f in wrong.failures] == ["artifacts"]
 
 
+def test_a_pipeline_path_given_as_a_str_is_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was read as the document itself: "a pipeline document is a JSON object, got a string".
+    monkeypatch.chdir(REFERENCE)
+    case = Case(name="n", pipeline="pipeline.json", payload=SHORT, stages=("stages.py",))
+    assert case.pipeline == Path("pipeline.json")
+    result = run_case(case)
+    assert result.passed, result.render()
+
+
 @pytest.mark.anyio
 async def test_run_case_from_async_code_says_how_to_call_it(
     write_cases: Callable[..., Path], anyio_backend_name: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from os import PathLike
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,9 +52,10 @@ def _freeze_optional(value: Any) -> Any:
     return None if value is None else freeze(value)
 
 
-def _freeze_document(value: Path | Mapping[str, Any]) -> Path | Mapping[str, Any]:
-    if isinstance(value, Path):
-        return value
+def _freeze_document(value: str | PathLike[str] | Mapping[str, Any]) -> Path | Mapping[str, Any]:
+    # A path given as a str is a path: read as a document, it got "not a JSON object".
+    if isinstance(value, str | PathLike):
+        return Path(value)
     frozen: Mapping[str, Any] = freeze(value)
     return frozen
 
@@ -245,7 +247,9 @@ class Case:
 
     Attributes:
         name: unique within its file; the pytest test id.
-        pipeline: a path to the pipeline file, or the pipeline document.
+        pipeline: a path to the pipeline file (a ``str`` is taken as a
+            path, relative to the current directory), or the pipeline
+            document.
         description: what the case checks.
         stages: where stages come from: module names (``pkg.mod`` or
             ``pkg.mod:attr``) or paths to ``.py`` files.
