@@ -554,6 +554,50 @@ def test_times_built_in_python_are_checked_too(make: Callable[[], object]) -> No
         make()
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: Case(name="n", pipeline={}, expect={"status": "failed"}),
+            "Case(expect=...) was given a dict; pass Expectations(status='failed') "
+            "(a case file's dicts are read by load_cases)",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, limits={"max_time": 5}),
+            "Case(limits=...) was given a dict; pass CaseLimits(max_time=60) (",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, mocks={"Fetch": {"outputs": {}}}),
+            "Case.mocks['Fetch'] is a dict, not a StageMock; pass StageMock(outputs={...}) (",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, inputs=({"type": "go"},)),
+            "Case.inputs[0] is a dict, not a ScriptedInput; pass ScriptedInput(",
+        ),
+        (
+            lambda: StageMock(errors=("TimeoutError",)),
+            "StageMock.errors[0] is a str, not a MockError; pass MockError('TimeoutError')",
+        ),
+        (
+            lambda: Expectations(events=({"type": "scored"},)),
+            "Expectations.events[0] is a dict, not an EventExpectation; pass EventExpectation(",
+        ),
+        (
+            lambda: Expectations(error={"type": "StageError"}),
+            "Expectations(error=...) was given a dict; pass ErrorExpectation(type='StageError'), "
+            "or None (",
+        ),
+    ],
+)
+def test_parts_of_a_case_built_in_python_are_checked(
+    make: Callable[[], object], message: str
+) -> None:
+    # A dict (a case file's form) failed later with "'dict' object has no attribute ...".
+    with pytest.raises(stageflow.DefinitionError) as caught:
+        make()
+    assert str(caught.value).startswith(message)
+
+
 # ----------------------------------------------------------- pytest plugin
 
 

@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import attrs
 
-from stageflow._errors import ProblemsError
-from stageflow._json import freeze, thaw
+from stageflow._errors import DefinitionError, ProblemsError
+from stageflow._json import a_python_type, freeze, thaw
 from stageflow._model import seconds_check
 
 __all__ = [
@@ -46,6 +46,44 @@ class CaseValidationError(ProblemsError):
     """
 
     document = "case file"
+
+
+def _kind(value: object) -> str:
+    # A mapping is frozen to a mappingproxy before the check: call it what was passed.
+    return "a dict" if isinstance(value, Mapping) else a_python_type(value)
+
+
+def _dict_hint(value: object) -> str:
+    return " (a case file's dicts are read by load_cases)" if isinstance(value, Mapping) else ""
+
+
+def _one(kind: type, example: str, *, optional: bool = False) -> Any:
+    """Validator: a ``kind`` (or ``None`` if ``optional``); a dict is a case file's form."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, kind) and not (optional and value is None):
+            raise DefinitionError(
+                f"{type(instance).__name__}({attribute.name}=...) was given {_kind(value)}; "
+                f"pass {example}{', or None' if optional else ''}{_dict_hint(value)}"
+            )
+
+    return check
+
+
+def _each(kind: type, example: str) -> Any:
+    """Validator: a tuple, or a mapping's values, all ``kind`` objects."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        article = "an" if kind.__name__[:1] in "AEIOU" else "a"
+        for key, item in items:
+            if not isinstance(item, kind):
+                raise DefinitionError(
+                    f"{type(instance).__name__}.{attribute.name}[{key!r}] is {_kind(item)}, "
+                    f"not {article} {kind.__name__}; pass {example}{_dict_hint(item)}"
+                )
+
+    return check
 
 
 def _freeze_optional(value: Any) -> Any:
@@ -116,7 +154,9 @@ class StageMock:
 
     outputs: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
     delay: float = attrs.field(default=0.0, validator=seconds_check(zero=True, optional=False))
-    errors: tuple[MockError, ...] = ()
+    errors: tuple[MockError, ...] = attrs.field(
+        default=(), validator=_each(MockError, "MockError('TimeoutError')")
+    )
 
     def error_for(self, attempt: int) -> MockError | None:
         """The error raised on ``attempt``, or ``None`` if the attempt succeeds."""
@@ -220,8 +260,14 @@ class Expectations:
     path: tuple[str, ...] | None = None
     path_in_order: tuple[str, ...] | None = None
     not_visited: tuple[str, ...] | None = None
-    events: tuple[EventExpectation, ...] = ()
-    error: ErrorExpectation | None = None
+    events: tuple[EventExpectation, ...] = attrs.field(
+        default=(),
+        validator=_each(EventExpectation, "EventExpectation('node_failed')"),
+    )
+    error: ErrorExpectation | None = attrs.field(
+        default=None,
+        validator=_one(ErrorExpectation, "ErrorExpectation(type='StageError')", optional=True),
+    )
     limit_exceeded: str | None = None
 
     @property
@@ -267,10 +313,19 @@ class Case:
     description: str = ""
     stages: tuple[str, ...] = ()
     payload: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
-    inputs: tuple[ScriptedInput, ...] = ()
-    mocks: Mapping[str, StageMock] = attrs.field(factory=dict, converter=freeze)
-    limits: CaseLimits = CaseLimits()
-    expect: Expectations = Expectations()
+    inputs: tuple[ScriptedInput, ...] = attrs.field(
+        default=(),
+        validator=_each(ScriptedInput, "ScriptedInput('approval', {'ok': True})"),
+    )
+    mocks: Mapping[str, StageMock] = attrs.field(
+        factory=dict, converter=freeze, validator=_each(StageMock, "StageMock(outputs={...})")
+    )
+    limits: CaseLimits = attrs.field(
+        default=CaseLimits(), validator=_one(CaseLimits, "CaseLimits(max_time=60)")
+    )
+    expect: Expectations = attrs.field(
+        default=Expectations(), validator=_one(Expectations, "Expectations(status='failed')")
+    )
     file: Path | None = None
     index: int = 0
 
