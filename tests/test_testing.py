@@ -575,6 +575,11 @@ def test_times_built_in_python_are_checked_too(make: Callable[[], object]) -> No
             "Case.inputs[0] is a dict, not a ScriptedInput; pass ScriptedInput(",
         ),
         (
+            lambda: Case(name="n", pipeline={}, stages="stages.py"),
+            "Case(stages=...) was given a str, 'stages.py', where it takes a list; "
+            "pass stages=['stages.py']",
+        ),
+        (
             lambda: StageMock(errors=("TimeoutError",)),
             "StageMock.errors[0] is a str, not a MockError; pass MockError('TimeoutError')",
         ),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -14,7 +13,7 @@ import jsonschema
 
 from stageflow import Problem
 from stageflow._guard import BudgetError, read_text_file
-from stageflow._json import a_json_type, a_python_type
+from stageflow._json import a_json_type
 from stageflow._pipeline import (
     load_schema,
     parse_document,
@@ -33,30 +32,14 @@ from stageflow.testing._model import (
     MockError,
     ScriptedInput,
     StageMock,
+    check_list,
 )
 
-__all__ = ["case_from_dict", "check_list", "load_cases"]
+__all__ = ["case_from_dict", "load_cases"]
 
 SCHEMA_NAME = "test-case"
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def check_list(call: str, name: str, value: object) -> None:
-    """Refuse one path or name given where a list of them is expected.
-
-    A ``str`` is a sequence too: ``run_case_files("cases.json")`` would read
-    one file per character.
-
-    Raises:
-        TypeError: ``value`` is a ``str``, ``bytes`` or path.
-    """
-    if isinstance(value, str | bytes | PathLike):
-        shown = os.fsdecode(value)
-        raise TypeError(
-            f"{call}({name}=...) was given {a_python_type(value)}, {shown!r}, where it "
-            f"takes a list; pass {name}=[{shown!r}]"
-        )
 
 
 @functools.cache

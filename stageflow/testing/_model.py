@@ -8,6 +8,7 @@ pipeline model stores them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "MockError",
     "ScriptedInput",
     "StageMock",
+    "check_list",
 ]
 
 DEFAULT_MAX_TIME: Final = 86_400.0
@@ -46,6 +48,24 @@ class CaseValidationError(ProblemsError):
     """
 
     document = "case file"
+
+
+def check_list(call: str, name: str, value: object, *, error: type[Exception] = TypeError) -> None:
+    """Refuse one path or name given where a list of them is expected.
+
+    A ``str`` is a sequence too: ``run_case_files("cases.json")`` would read
+    one file per character.
+
+    Raises:
+        TypeError: ``value`` is a ``str``, ``bytes`` or path (``error``
+            instead, when given).
+    """
+    if isinstance(value, str | bytes | PathLike):
+        shown = os.fsdecode(value)
+        raise error(
+            f"{call}({name}=...) was given {a_python_type(value)}, {shown!r}, where it "
+            f"takes a list; pass {name}=[{shown!r}]"
+        )
 
 
 def _kind(value: object) -> str:
@@ -84,6 +104,10 @@ def _each(kind: type, example: str) -> Any:
                 )
 
     return check
+
+
+def _module_list(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_list(type(instance).__name__, attribute.name, value, error=DefinitionError)
 
 
 def _freeze_optional(value: Any) -> Any:
@@ -311,7 +335,7 @@ class Case:
     name: str
     pipeline: Path | Mapping[str, Any] = attrs.field(converter=_freeze_document)
     description: str = ""
-    stages: tuple[str, ...] = ()
+    stages: tuple[str, ...] = attrs.field(default=(), validator=_module_list)
     payload: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
     inputs: tuple[ScriptedInput, ...] = attrs.field(
         default=(),

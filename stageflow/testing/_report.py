@@ -11,8 +11,8 @@ import attrs
 
 from stageflow import StageflowError
 from stageflow.testing._coverage import Coverage, measure_coverage
-from stageflow.testing._load import check_list, load_cases
-from stageflow.testing._model import Case
+from stageflow.testing._load import load_cases
+from stageflow.testing._model import Case, check_list
 from stageflow.testing._result import CaseOutcome, CaseResult, Failure, display_path
 from stageflow.testing._run import run_case
 
