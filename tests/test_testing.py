@@ -251,6 +251,15 @@ def test_a_case_built_in_python_runs_with_a_given_registry() -> None:
     assert [f.field for f in wrong.failures] == ["artifacts"]
 
 
+def test_a_pipeline_path_given_as_a_str_is_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was read as the document itself: "a pipeline document is a JSON object, got a string".
+    monkeypatch.chdir(REFERENCE)
+    case = Case(name="n", pipeline="pipeline.json", payload=SHORT, stages=("stages.py",))
+    assert case.pipeline == Path("pipeline.json")
+    result = run_case(case)
+    assert result.passed, result.render()
+
+
 @pytest.mark.anyio
 async def test_run_case_from_async_code_says_how_to_call_it(
     write_cases: Callable[..., Path], anyio_backend_name: str
@@ -265,6 +274,35 @@ async def test_run_case_from_async_code_says_how_to_call_it(
 
     result = await anyio.to_thread.run_sync(run_case, case)
     assert result.passed, result.render()
+
+
+def test_one_path_given_where_a_list_is_taken_is_a_type_error(tmp_path: Path) -> None:
+    # A str is a sequence: each character was read as a case file or stages module.
+    with pytest.raises(TypeError, match=r"run_case_files\(paths=\.\.\.\) was given a str, "):
+        run_case_files(str(CASES / "reference.stageflow.json"))
+    with pytest.raises(TypeError, match=r"pass paths=\['.*reference.stageflow.json'\]"):
+        run_case_files(CASES / "reference.stageflow.json")
+    with pytest.raises(TypeError, match=r"pass stages_modules=\['stages.py'\]"):
+        run_case_files([CASES / "reference.stageflow.json"], stages_modules="stages.py")
+    with pytest.raises(TypeError, match=r"load_cases\(stages_modules=\.\.\.\) was given a str"):
+        load_cases(CASES / "reference.stageflow.json", stages_modules="stages.py")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: run_case("reference.stageflow.json"), "run_case() was given a str; pass a "),
+        (lambda: run_case(None), "run_case() was given None; pass a stageflow.testing.Case"),
+        (
+            lambda: run_case(Case(name="n", pipeline={}), registry={}),
+            "run_case(registry=...) was given a dict; pass a stageflow.StageRegistry",
+        ),
+    ],
+)
+def test_run_case_says_what_it_takes(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        call()
+    assert str(caught.value).startswith(message)
 
 
 def test_an_inline_pipeline_in_the_case_file(tmp_path: Path) -> None:
@@ -357,6 +395,45 @@ def test_not_visited_names_the_step(write_cases: Callable[..., Path]) -> None:
     path = write_cases([{"name": "n", "payload": LONG, "expect": {"not_visited": ["fanout"]}}])
     (failure,) = run_one(path).failures
     assert (failure.field, failure.message) == ("not_visited", "started 'fanout' (step 3)")
+
+
+def test_an_expectation_naming_a_node_the_pipeline_lacks_is_a_located_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    # "not_visited" or "count": 0 on a misspelt node would hold whatever the run did.
+    expect = {
+        "not_visited": ["fanuot"],
+        "path_in_order": ["start"],
+        "events": [{"type": "branch_started", "node_id": "fanot", "count": 0}],
+        "error": {"node_id": "strat"},
+    }
+    path = write_cases([{"name": "n", "payload": LONG, "expect": expect}])
+    (case,) = load_cases(path)
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case)
+    problems = caught.value.problems
+    assert [p.location for p in problems] == [
+        "$.cases[0].expect.not_visited[0]",
+        "$.cases[0].expect.events[0].node_id",
+        "$.cases[0].expect.error.node_id",
+    ]
+    assert problems[0].message.startswith(
+        "'fanuot' is not a node of pipeline 'demo_full_flow', so this expectation does not "
+        "test the run; use one of branch_a, branch_b, decide, fanout, finish, start"
+    )
+    report = run_case_files([path])
+    assert (report.errors, report.passed) == (1, 0)
+
+
+def test_the_nodes_of_subpipelines_can_be_expected() -> None:
+    from stageflow import builtins
+
+    expect = Expectations(path_in_order=("call", "stop"), not_visited=("nothing",))
+    case = Case(name="n", pipeline=MAP_AND_SUBPIPELINE, payload={"xs": []}, expect=expect)
+    with pytest.raises(CaseValidationError, match="'nothing' is not a node"):
+        run_case(case, registry=builtins.registry())
+    case = attrs.evolve(case, expect=attrs.evolve(expect, not_visited=()))
+    assert run_case(case, registry=builtins.registry()).passed
 
 
 def test_event_counts(write_cases: Callable[..., Path]) -> None:
@@ -477,6 +554,55 @@ def test_times_built_in_python_are_checked_too(make: Callable[[], object]) -> No
         make()
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: Case(name="n", pipeline={}, expect={"status": "failed"}),
+            "Case(expect=...) was given a dict; pass Expectations(status='failed') "
+            "(a case file's dicts are read by load_cases)",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, limits={"max_time": 5}),
+            "Case(limits=...) was given a dict; pass CaseLimits(max_time=60) (",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, mocks={"Fetch": {"outputs": {}}}),
+            "Case.mocks['Fetch'] is a dict, not a StageMock; pass StageMock(outputs={...}) (",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, inputs=({"type": "go"},)),
+            "Case.inputs[0] is a dict, not a ScriptedInput; pass ScriptedInput(",
+        ),
+        (
+            lambda: Case(name="n", pipeline={}, stages="stages.py"),
+            "Case(stages=...) was given a str, 'stages.py', where it takes a list; "
+            "pass stages=['stages.py']",
+        ),
+        (
+            lambda: StageMock(errors=("TimeoutError",)),
+            "StageMock.errors[0] is a str, not a MockError; pass MockError('TimeoutError')",
+        ),
+        (
+            lambda: Expectations(events=({"type": "scored"},)),
+            "Expectations.events[0] is a dict, not an EventExpectation; pass EventExpectation(",
+        ),
+        (
+            lambda: Expectations(error={"type": "StageError"}),
+            "Expectations(error=...) was given a dict; pass ErrorExpectation(type='StageError'), "
+            "or None (",
+        ),
+    ],
+)
+def test_parts_of_a_case_built_in_python_are_checked(
+    make: Callable[[], object], message: str
+) -> None:
+    # A dict (a case file's form) failed later with "'dict' object has no attribute ...".
+    with pytest.raises(stageflow.DefinitionError) as caught:
+        make()
+    assert str(caught.value).startswith(message)
+
+
 # ----------------------------------------------------------- pytest plugin
 
 
@@ -515,6 +641,23 @@ def test_plugin_shows_the_diff_of_a_failing_case(pytester: pytest.Pytester) -> N
         ]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("ini", ["trio_mode = true", "anyio_mode = auto"])
+def test_plugin_runs_under_the_async_plugins_modes(pytester: pytest.Pytester, ini: str) -> None:
+    # pytest-trio's trio_mode reads item.obj on every item (an INTERNALERROR before).
+    _plugin_files(pytester)
+    case = {
+        "pipeline": "pipeline.json",
+        "stages": "stages.py",
+        "cases": [{"name": "c", "payload": SHORT}],
+    }
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    pytester.makepyfile(test_async="async def test_async():\n    pass\n")
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest("-v")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["*c.stageflow.json::c PASSED*"])
 
 
 def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:

@@ -28,6 +28,20 @@ from stageflow.testing import (
 # ---------------------------------------------------------------- coverage
 
 
+def test_measure_coverage_says_what_it_takes() -> None:
+    # One history was read as several ("'int' object has no attribute 'type'").
+    case = Case(name="n", pipeline=REFERENCE / "pipeline.json", payload=SHORT)
+    result = run_case(case, registry=reference_registry())
+    assert result.pipeline is not None
+    with pytest.raises(TypeError, match=r"the events of one history, .* \[result.history\]"):
+        measure_coverage(result.pipeline, result.history)
+    with pytest.raises(TypeError, match=r"a CaseResult among the histories; .* for r in results"):
+        measure_coverage(result.pipeline, [result])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"given a str for the pipeline; pass the stageflow"):
+        measure_coverage("pipeline.json", [result.history])  # type: ignore[arg-type]
+    assert measure_coverage(result.pipeline, [result.history]).runs == 1
+
+
 def test_coverage_of_a_case_set_that_misses_the_else_branch() -> None:
     report = run_case_files([CASES / "reference.stageflow.json"])
     (coverage,) = report.coverage

@@ -56,6 +56,20 @@ def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]
     )
 
 
+def test_a_mock_of_a_stage_no_node_uses_is_rejected() -> None:
+    # Fetch is registered but approval.json does not use it: the mock replaced nothing.
+    inputs = [{"type": "approval", "payload": {"ok": True}}]
+    case = approval_case(inputs=inputs, mocks={"Fetch": {"outputs": {"body": "x"}}})
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.Fetch"
+    assert problem.message == (
+        "mock for stage 'Fetch', which no node of pipeline 'approval_loop' uses, so it "
+        "replaces nothing; mock one of the stages it uses (AskApproval) or remove it"
+    )
+
+
 def test_core_stages_cannot_be_mocked(write_cases: Callable[..., Path]) -> None:
     path = write_cases([{"name": "n", "mocks": {"SleepStage": {}}}])
     with pytest.raises(CaseValidationError, match="'SleepStage' is a core stage"):
@@ -99,6 +113,23 @@ def test_mock_error_types() -> None:
         exception_class("no_such_module.Error")
     with pytest.raises(CaseValidationError, match="is not an exception class"):
         exception_class("json.dumps")
+
+
+@pytest.mark.parametrize(
+    "name", ["KeyboardInterrupt", "SystemExit", "builtins.GeneratorExit", "trio.Cancelled"]
+)
+def test_a_mock_error_that_is_no_exception_is_rejected(name: str) -> None:
+    # A plain built-in name became an Exception subclass of that name before,
+    # so a case "raising KeyboardInterrupt" tested an ordinary stage failure.
+    mocks = {"InitStage": StageMock(errors=(MockError(name),))}
+    with pytest.raises(CaseValidationError) as caught:
+        mock_registry(reference_registry(), mocks)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.mocks.InitStage.errors[0].type"
+    assert problem.message.startswith(
+        f"mock error type {name!r} is a BaseException but not an Exception, which would "
+        "stop the whole run rather than fail the stage;"
+    )
 
 
 def test_a_mock_error_that_needs_more_than_a_message_is_rejected() -> None:
@@ -276,6 +307,26 @@ def test_an_input_never_sent_fails_the_case() -> None:
         "'approval' while this input was next",
         "input 'approval' (at t=1000s): the run ended at t=10s, before it was due",
     ]
+
+
+def test_an_input_sent_but_never_received_fails_the_case() -> None:
+    # Sent at its time and kept, then discarded at the end: the case passed before.
+    inputs = [
+        {"type": "aproval", "payload": {"ok": True}, "at": 5},
+        {"type": "approval", "payload": {"ok": True}, "at": 5},
+        {"type": "approval", "payload": {"ok": False}, "at": 6},
+    ]
+    result = run_case(approval_case(inputs=inputs))
+    (failure,) = result.failures
+    assert (failure.field, failure.message) == ("inputs", "2 sent but never received")
+    assert failure.details.splitlines()[:2] == [
+        "input 'aproval' (at t=5s): sent at t=5s and kept for a wait, but no wait took it: "
+        "the session discarded it when it ended",
+        "input 'approval' (at t=6s): sent at t=6s and kept for a wait, but no wait took it: "
+        "the session discarded it when it ended",
+    ]
+    expect = {"events": [{"type": "inputs_discarded", "payload": {"count": 2}}]}
+    assert run_case(approval_case(inputs=inputs, expect=expect)).passed
 
 
 def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:

@@ -36,6 +36,7 @@ from stageflow import (
     SubpipelineNode,
 )
 from stageflow._graph import Edge, EdgeKind, edges
+from stageflow._json import a_python_type
 
 __all__ = ["Coverage", "Edge", "EdgeKind", "measure_coverage"]
 
@@ -203,11 +204,30 @@ def measure_coverage(
         histories: the event history of each run (``SessionResult.history``
             or ``CaseResult.history``).
         source: where the pipeline came from, shown in the report.
+
+    Raises:
+        TypeError: ``pipeline`` is no :class:`~stageflow.Pipeline`, or
+            ``histories`` is one history, or holds results, not histories.
     """
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(
+            f"measure_coverage() was given {a_python_type(pipeline)} for the pipeline; pass "
+            "the stageflow.Pipeline the runs ran (CaseResult.pipeline, say)"
+        )
     node_hits: Counter[str] = Counter()
     edge_hits: Counter[Edge] = Counter()
     runs = 0
     for history in histories:
+        if isinstance(history, Event):
+            raise TypeError(
+                "measure_coverage() was given the events of one history, where it takes "
+                "several histories; pass a list of them: [result.history]"
+            )
+        if hasattr(history, "history"):
+            raise TypeError(
+                f"measure_coverage() was given {a_python_type(history)} among the histories; "
+                "pass the histories of the results: [r.history for r in results]"
+            )
         runs += 1
         for event in history:
             if event.type == "node_started" and event.node_id is not None:

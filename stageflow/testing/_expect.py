@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from stageflow import Event, SessionStatus, StageflowError
+from stageflow import Event, Pipeline, Problem, SessionStatus, StageflowError
 from stageflow._errors import describe_exception
 from stageflow.testing._diff import (
     json_equal,
@@ -19,7 +19,7 @@ from stageflow.testing._diff import (
 from stageflow.testing._model import Case, ErrorExpectation, EventExpectation
 from stageflow.testing._result import Failure, InputRecord
 
-__all__ = ["Observed", "check"]
+__all__ = ["Observed", "check", "unknown_nodes"]
 
 _SHOWN = 5  # candidate events listed under a failed event expectation
 
@@ -37,10 +37,47 @@ class Observed:
     limit_exceeded: str | None
     limit_detail: str
     inputs: tuple[InputRecord, ...]
+    discarded: tuple[tuple[str, Any], ...] = ()  # SessionResult.discarded_inputs
 
     @property
     def visited(self) -> list[str]:
         return [e.node_id for e in self.history if e.type == "node_started" and e.node_id]
+
+
+def _node_ids(pipeline: Pipeline, into: set[str]) -> set[str]:
+    into.update(pipeline.node_index)
+    for sub in pipeline.subpipelines.values():
+        _node_ids(sub, into)
+    return into
+
+
+def unknown_nodes(case: Case, pipeline: Pipeline) -> list[Problem]:
+    """A problem for each node id in ``case.expect`` that no node of ``pipeline`` has.
+
+    Subpipelines' nodes count: their ids are in the history too. Without
+    this, ``not_visited`` or an event ``count: 0`` naming a misspelt node
+    would hold whatever the pipeline does.
+    """
+    expect = case.expect
+    named: list[tuple[str, str]] = []
+    for key in ("path", "path_in_order", "not_visited"):
+        ids: tuple[str, ...] | None = getattr(expect, key)
+        named.extend((f"{key}[{i}]", node_id) for i, node_id in enumerate(ids or ()))
+    named.extend(
+        (f"events[{i}].node_id", e.node_id) for i, e in enumerate(expect.events) if e.node_id
+    )
+    if expect.error is not None and expect.error.node_id is not None:
+        named.append(("error.node_id", expect.error.node_id))
+    known = _node_ids(pipeline, set())
+    return [
+        Problem(
+            f"{case.location}.expect.{where}",
+            f"{node_id!r} is not a node of pipeline {pipeline.name!r}, so this expectation "
+            f"does not test the run; use one of {', '.join(sorted(known))}",
+        )
+        for where, node_id in named
+        if node_id not in known
+    ]
 
 
 def check(case: Case, run: Observed) -> tuple[list[Failure], int]:
@@ -77,7 +114,9 @@ def _checks(case: Case, run: Observed) -> Iterator[Failure | None]:
     if expect.error is not None:
         yield _check_error(expect.error, run)
     if case.inputs:
-        yield _check_inputs(run)
+        # A case about discarded inputs expects their event; the others must use every input.
+        discarding = any(e.type == "inputs_discarded" for e in expect.events)
+        yield _check_inputs(run, () if discarding else run.discarded)
 
 
 def _error_line(error: BaseException | None) -> str:
@@ -261,20 +300,50 @@ def _check_error(expected: ErrorExpectation, run: Observed) -> Failure | None:
     )
 
 
-def _check_inputs(run: Observed) -> Failure | None:
+def _unreceived(
+    records: Sequence[InputRecord], discarded: Sequence[tuple[str, Any]]
+) -> list[InputRecord]:
+    """The sent inputs among ``discarded``: per type, the last ones kept (queues are FIFO)."""
+    left: dict[str, int] = {}
+    for input_type, _ in discarded:
+        left[input_type] = left.get(input_type, 0) + 1
+    kept = sorted(
+        (r for r in records if r.sent_at is not None and r.error is None and r.queued),
+        key=lambda r: r.sent_at or 0.0,
+    )
+    out: list[InputRecord] = []
+    for record in reversed(kept):
+        if left.get(record.input.type, 0) > 0:
+            left[record.input.type] -= 1
+            out.append(record)
+    return [r for r in records if any(r is o for o in out)]
+
+
+def _check_inputs(run: Observed, discarded: Sequence[tuple[str, Any]]) -> Failure | None:
     unsent = [r for r in run.inputs if r.sent_at is None]
-    if not unsent:
+    unreceived = {id(r) for r in _unreceived(run.inputs, discarded)}
+    if not unsent and not unreceived:
         return None
     lines = []
-    for record in unsent:
+    for record in run.inputs:
         scripted = record.input
-        if scripted.at is None:
+        if id(record) in unreceived:
+            why = (
+                f"sent at t={record.sent_at:g}s and kept for a wait, but no wait took it: "
+                "the session discarded it when it ended"
+            )
+        elif record.sent_at is not None:
+            continue
+        elif scripted.at is None:
             why = f"the session never waited for {scripted.type!r} while this input was next"
         else:
             why = f"the run ended at t={run.elapsed:g}s, before it was due"
         lines.append(f"{scripted.describe()}: {why}")
+    parts = [f"{len(unsent)} scripted input(s) never sent"] if unsent else []
+    if unreceived:
+        parts.append(f"{len(unreceived)} sent but never received")
     return Failure(
         "inputs",
-        f"{len(unsent)} scripted input(s) never sent",
+        ", ".join(parts),
         "\n".join(lines) + "\nremove them from the case, or fix the pipeline so it waits for them",
     )

@@ -32,6 +32,7 @@ from stageflow.testing._model import (
     MockError,
     ScriptedInput,
     StageMock,
+    check_list,
 )
 
 __all__ = ["case_from_dict", "load_cases"]
@@ -88,7 +89,9 @@ def load_cases(
         CaseValidationError: the file is not valid JSON/YAML or breaks the
             schema; every problem is listed with its location.
         OSError: the file cannot be read.
+        TypeError: ``stages_modules`` is one name or path, not a list.
     """
+    check_list("load_cases", "stages_modules", stages_modules)
     file = Path(path)
     try:
         text = read_text_file(file)

@@ -10,7 +10,15 @@ from typing import Any
 
 import anyio
 
-from stageflow import BaseStage, Problem, StageContext, StageEntry, StageRegistry
+from stageflow import (
+    BaseStage,
+    Pipeline,
+    Problem,
+    StageContext,
+    StageEntry,
+    StageNode,
+    StageRegistry,
+)
 from stageflow._json import thaw
 from stageflow._specs import compile_schema, json_message
 from stageflow._stage_modules import (
@@ -19,12 +27,13 @@ from stageflow._stage_modules import (
     registry_of,
 )
 from stageflow._stages import default_registry
-from stageflow.testing._model import CaseValidationError, MockError, StageMock
+from stageflow.testing._model import Case, CaseValidationError, MockError, StageMock
 
 __all__ = [
     "exception_class",
     "mock_registry",
     "registry_from_modules",
+    "unused_mocks",
 ]
 
 # Synthetic exception classes, one per name, so that two mocks raising
@@ -41,12 +50,15 @@ def exception_class(name: str) -> type[Exception]:
 
     Raises:
         CaseValidationError: a dotted path that cannot be imported or is not
-            an exception class.
+            an exception class, or a class (built-in or imported) that is
+            a ``BaseException`` but no ``Exception`` (``KeyboardInterrupt``).
     """
     if "." not in name:
         found = getattr(builtins, name, None)
         if isinstance(found, type) and issubclass(found, Exception):
             return found
+        if isinstance(found, type) and issubclass(found, BaseException):
+            raise CaseValidationError([Problem("$", _not_an_exception(name))])
         cls = _SYNTHETIC.get(name)
         if cls is None:
             cls = type(name, (Exception,), {"__module__": "stageflow.testing.mocked"})
@@ -65,11 +77,23 @@ def exception_class(name: str) -> type[Exception]:
                 )
             ]
         ) from None
-    if not (isinstance(found, type) and issubclass(found, Exception)):
+    if isinstance(found, type) and issubclass(found, BaseException):
+        if not issubclass(found, Exception):
+            raise CaseValidationError([Problem("$", _not_an_exception(name))])
+    else:
         raise CaseValidationError(
             [Problem("$", f"mock error type {name!r} is not an exception class")]
         )
     return found
+
+
+def _not_an_exception(name: str) -> str:
+    # KeyboardInterrupt, SystemExit, ... end the whole run, not the stage's attempt.
+    return (
+        f"mock error type {name!r} is a BaseException but not an Exception, which would "
+        "stop the whole run rather than fail the stage; a mock raises Exception "
+        "subclasses (a plain name such as 'Interrupted' gives one)"
+    )
 
 
 def _make_error(error: MockError) -> Exception:
@@ -176,6 +200,31 @@ def mock_registry(
                 source=f"stageflow.testing mock of {entry.source}",
             )
     return mocked
+
+
+def _stage_names(pipeline: Pipeline, into: set[str]) -> set[str]:
+    into.update(n.stage for n in pipeline.nodes if isinstance(n, StageNode))
+    for sub in pipeline.subpipelines.values():
+        _stage_names(sub, into)
+    return into
+
+
+def unused_mocks(case: Case, pipeline: Pipeline) -> list[Problem]:
+    """A problem for each mock of ``case`` whose stage no node of ``pipeline`` uses.
+
+    Such a mock changes nothing: the case would test the real stage it meant to replace.
+    """
+    used = _stage_names(pipeline, set()) - _core_names()
+    return [
+        Problem(
+            f"{case.location}.mocks.{name}",
+            f"mock for stage {name!r}, which no node of pipeline {pipeline.name!r} uses, "
+            f"so it replaces nothing; mock one of the stages it uses "
+            f"({', '.join(sorted(used)) or 'none'}) or remove it",
+        )
+        for name in case.mocks
+        if name not in used
+    ]
 
 
 def _core_names() -> frozenset[str]:

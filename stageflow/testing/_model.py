@@ -8,14 +8,16 @@ pipeline model stores them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from os import PathLike
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
-from stageflow._errors import ProblemsError
-from stageflow._json import freeze, thaw
+from stageflow._errors import DefinitionError, ProblemsError
+from stageflow._json import a_python_type, freeze, thaw
 from stageflow._model import seconds_check
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "MockError",
     "ScriptedInput",
     "StageMock",
+    "check_list",
 ]
 
 DEFAULT_MAX_TIME: Final = 86_400.0
@@ -47,13 +50,74 @@ class CaseValidationError(ProblemsError):
     document = "case file"
 
 
+def check_list(call: str, name: str, value: object, *, error: type[Exception] = TypeError) -> None:
+    """Refuse one path or name given where a list of them is expected.
+
+    A ``str`` is a sequence too: ``run_case_files("cases.json")`` would read
+    one file per character.
+
+    Raises:
+        TypeError: ``value`` is a ``str``, ``bytes`` or path (``error``
+            instead, when given).
+    """
+    if isinstance(value, str | bytes | PathLike):
+        shown = os.fsdecode(value)
+        raise error(
+            f"{call}({name}=...) was given {a_python_type(value)}, {shown!r}, where it "
+            f"takes a list; pass {name}=[{shown!r}]"
+        )
+
+
+def _kind(value: object) -> str:
+    # A mapping is frozen to a mappingproxy before the check: call it what was passed.
+    return "a dict" if isinstance(value, Mapping) else a_python_type(value)
+
+
+def _dict_hint(value: object) -> str:
+    return " (a case file's dicts are read by load_cases)" if isinstance(value, Mapping) else ""
+
+
+def _one(kind: type, example: str, *, optional: bool = False) -> Any:
+    """Validator: a ``kind`` (or ``None`` if ``optional``); a dict is a case file's form."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, kind) and not (optional and value is None):
+            raise DefinitionError(
+                f"{type(instance).__name__}({attribute.name}=...) was given {_kind(value)}; "
+                f"pass {example}{', or None' if optional else ''}{_dict_hint(value)}"
+            )
+
+    return check
+
+
+def _each(kind: type, example: str) -> Any:
+    """Validator: a tuple, or a mapping's values, all ``kind`` objects."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        article = "an" if kind.__name__[:1] in "AEIOU" else "a"
+        for key, item in items:
+            if not isinstance(item, kind):
+                raise DefinitionError(
+                    f"{type(instance).__name__}.{attribute.name}[{key!r}] is {_kind(item)}, "
+                    f"not {article} {kind.__name__}; pass {example}{_dict_hint(item)}"
+                )
+
+    return check
+
+
+def _module_list(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_list(type(instance).__name__, attribute.name, value, error=DefinitionError)
+
+
 def _freeze_optional(value: Any) -> Any:
     return None if value is None else freeze(value)
 
 
-def _freeze_document(value: Path | Mapping[str, Any]) -> Path | Mapping[str, Any]:
-    if isinstance(value, Path):
-        return value
+def _freeze_document(value: str | PathLike[str] | Mapping[str, Any]) -> Path | Mapping[str, Any]:
+    # A path given as a str is a path: read as a document, it got "not a JSON object".
+    if isinstance(value, str | PathLike):
+        return Path(value)
     frozen: Mapping[str, Any] = freeze(value)
     return frozen
 
@@ -114,7 +178,9 @@ class StageMock:
 
     outputs: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
     delay: float = attrs.field(default=0.0, validator=seconds_check(zero=True, optional=False))
-    errors: tuple[MockError, ...] = ()
+    errors: tuple[MockError, ...] = attrs.field(
+        default=(), validator=_each(MockError, "MockError('TimeoutError')")
+    )
 
     def error_for(self, attempt: int) -> MockError | None:
         """The error raised on ``attempt``, or ``None`` if the attempt succeeds."""
@@ -218,8 +284,14 @@ class Expectations:
     path: tuple[str, ...] | None = None
     path_in_order: tuple[str, ...] | None = None
     not_visited: tuple[str, ...] | None = None
-    events: tuple[EventExpectation, ...] = ()
-    error: ErrorExpectation | None = None
+    events: tuple[EventExpectation, ...] = attrs.field(
+        default=(),
+        validator=_each(EventExpectation, "EventExpectation('node_failed')"),
+    )
+    error: ErrorExpectation | None = attrs.field(
+        default=None,
+        validator=_one(ErrorExpectation, "ErrorExpectation(type='StageError')", optional=True),
+    )
     limit_exceeded: str | None = None
 
     @property
@@ -245,7 +317,9 @@ class Case:
 
     Attributes:
         name: unique within its file; the pytest test id.
-        pipeline: a path to the pipeline file, or the pipeline document.
+        pipeline: a path to the pipeline file (a ``str`` is taken as a
+            path, relative to the current directory), or the pipeline
+            document.
         description: what the case checks.
         stages: where stages come from: module names (``pkg.mod`` or
             ``pkg.mod:attr``) or paths to ``.py`` files.
@@ -261,12 +335,21 @@ class Case:
     name: str
     pipeline: Path | Mapping[str, Any] = attrs.field(converter=_freeze_document)
     description: str = ""
-    stages: tuple[str, ...] = ()
+    stages: tuple[str, ...] = attrs.field(default=(), validator=_module_list)
     payload: Mapping[str, Any] = attrs.field(factory=dict, converter=freeze)
-    inputs: tuple[ScriptedInput, ...] = ()
-    mocks: Mapping[str, StageMock] = attrs.field(factory=dict, converter=freeze)
-    limits: CaseLimits = CaseLimits()
-    expect: Expectations = Expectations()
+    inputs: tuple[ScriptedInput, ...] = attrs.field(
+        default=(),
+        validator=_each(ScriptedInput, "ScriptedInput('approval', {'ok': True})"),
+    )
+    mocks: Mapping[str, StageMock] = attrs.field(
+        factory=dict, converter=freeze, validator=_each(StageMock, "StageMock(outputs={...})")
+    )
+    limits: CaseLimits = attrs.field(
+        default=CaseLimits(), validator=_one(CaseLimits, "CaseLimits(max_time=60)")
+    )
+    expect: Expectations = attrs.field(
+        default=Expectations(), validator=_one(Expectations, "Expectations(status='failed')")
+    )
     file: Path | None = None
     index: int = 0
 

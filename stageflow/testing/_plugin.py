@@ -66,6 +66,10 @@ class CaseFailedError(AssertionError):
 class CaseItem(pytest.Item):
     """One case, run as a test."""
 
+    # No Python function behind the item. Plugins that read ``item.obj`` on
+    # every item (pytest-trio's ``trio_mode``) see None, as for doctests.
+    obj: object = None
+
     def __init__(self, *, case: Case, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.case = case

@@ -12,7 +12,7 @@ import attrs
 from stageflow import StageflowError
 from stageflow.testing._coverage import Coverage, measure_coverage
 from stageflow.testing._load import load_cases
-from stageflow.testing._model import Case
+from stageflow.testing._model import Case, check_list
 from stageflow.testing._result import CaseOutcome, CaseResult, Failure, display_path
 from stageflow.testing._run import run_case
 
@@ -131,7 +131,12 @@ def run_case_files(
         paths: case files (``.json``, ``.yaml``, ``.yml``).
         stages_modules: stage modules for every case, in addition to each
             file's own ``stages`` (module names, or ``.py`` paths).
+
+    Raises:
+        TypeError: ``paths`` or ``stages_modules`` is one path or name, not a list.
     """
+    check_list("run_case_files", "paths", paths)
+    check_list("run_case_files", "stages_modules", stages_modules)
     results: list[CaseResult] = []
     file_errors: list[FileError] = []
     for path in paths:

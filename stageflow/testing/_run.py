@@ -20,9 +20,9 @@ from stageflow import (
     StageRegistry,
 )
 from stageflow._engine._backend import in_trio_run, run_in_virtual_time
-from stageflow._json import thaw
-from stageflow.testing._expect import Observed, check
-from stageflow.testing._mocks import mock_registry, registry_from_modules
+from stageflow._json import a_python_type, thaw
+from stageflow.testing._expect import Observed, check, unknown_nodes
+from stageflow.testing._mocks import mock_registry, registry_from_modules, unused_mocks
 from stageflow.testing._model import Case, CaseValidationError, ScriptedInput
 from stageflow.testing._result import CaseOutcome, CaseResult, InputRecord
 
@@ -42,8 +42,9 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
     """Build the mocked registry and load the pipeline of ``case``.
 
     Raises:
-        CaseValidationError: bad stages modules or mocks, or a pipeline
-            file that cannot be read.
+        CaseValidationError: bad stages modules or mocks (a mock of a stage
+            no node uses), a pipeline file that cannot be read, or an
+            expectation naming a node the pipeline does not have.
         PipelineValidationError: the pipeline is not valid.
     """
     source = str(case.file) if case.file is not None else None
@@ -70,6 +71,9 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
         pipeline = Pipeline.from_dict(
             thaw(case.pipeline), registry=mocked, source=f"{source or 'case'} $.pipeline"
         )
+    problems = unused_mocks(case, pipeline) + unknown_nodes(case, pipeline)
+    if problems:
+        raise CaseValidationError(problems, source=source)
     return PreparedCase(case, pipeline, mocked)
 
 
@@ -90,11 +94,24 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
         and ``result.render()`` shows each failure with a diff.
 
     Raises:
-        CaseValidationError: bad stages modules, mocks or inputs.
+        CaseValidationError: bad stages modules, mocks or inputs, or an
+            expectation naming a node the pipeline does not have.
         PipelineValidationError: the pipeline is not valid.
         OSError: the pipeline file cannot be read.
         RuntimeError: called from inside a trio run.
+        TypeError: ``case`` is no :class:`Case`, or ``registry`` no
+            :class:`~stageflow.StageRegistry`.
     """
+    if not isinstance(case, Case):
+        raise TypeError(
+            f"run_case() was given {a_python_type(case)}; pass a stageflow.testing.Case: "
+            "one of load_cases(path) for a case file, or Case(name=..., pipeline=...)"
+        )
+    if registry is not None and not isinstance(registry, StageRegistry):
+        raise TypeError(
+            f"run_case(registry=...) was given {a_python_type(registry)}; pass a "
+            "stageflow.StageRegistry, or leave it out to use the case's stages"
+        )
     if in_trio_run():
         # trio.run() inside a trio run says only "Attempted to call run() from inside a run()".
         raise RuntimeError(
@@ -256,4 +273,5 @@ class _Driver:
             limit_exceeded=limit,
             limit_detail=detail,
             inputs=tuple(self.records[i] for i in range(len(self.case.inputs))),
+            discarded=outcome.discarded_inputs,
         )
