@@ -181,7 +181,10 @@ def json_message(error: jsonschema.ValidationError) -> str:
     expected: Any = error.validator_value
     got = json_text(instance)
     if keyword == "required":
-        missing = [n for n in expected if isinstance(instance, dict) and n not in instance]
+        # One error per missing field, each with the whole list as its
+        # validator_value: its own field is the one its message names.
+        named = [n for n in expected if error.message == f"{n!r} is a required property"]
+        missing = named or [n for n in expected if isinstance(instance, dict) and n not in instance]
         return f"field {json_text(missing[0] if missing else expected)} is required"
     if keyword == "additionalProperties" and isinstance(instance, dict):
         allowed = (

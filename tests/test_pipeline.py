@@ -29,6 +29,16 @@ def test_schema_problems_are_in_document_order() -> None:
     assert [p.location for p in found] == ["$.nodes[2]", "$.nodes[10]"]
 
 
+def test_each_missing_field_is_named_once() -> None:
+    # {"entry": "x"} said 'field "api_version" is required' twice and never
+    # that "nodes" was missing: each required-field error named the first.
+    found = problems({"entry": "x"})
+    assert [p.message for p in found] == [
+        'the pipeline: field "api_version" is required; add it',
+        'the pipeline: field "nodes" is required; add it',
+    ]
+
+
 def test_a_file_that_is_not_utf8_is_a_validation_error(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.json"
     path.write_bytes(b'{"api_version": "1.0", \xff\xfe}')
