@@ -199,8 +199,17 @@ def import_stages_module(ref: str, *, unique_name: bool = False) -> ModuleType:
         raise StagesModuleError(
             ref, "it contains a NUL character; pass a module name or a path to a .py file"
         )
-    if is_file_ref(ref) or Path(ref).is_file():
+    # A directory that no module name can be ("." or "..") is said as a path.
+    path_only = ref in (".", "..")
+    if is_file_ref(ref) or Path(ref).is_file() or path_only:
         return _import_file(ref, Path(ref).resolve(), unique_name=unique_name)
+    if not ref or ref.startswith("."):
+        # importlib reads ".stages" as a relative import and raised TypeError.
+        raise StagesModuleError(
+            ref,
+            "it is no module name; pass a path to a .py file (such as ./stages.py) or an "
+            "importable module name (such as myapp.stages)",
+        )
     try:
         with _on_sys_path(os.getcwd()):
             _give_way(ref)

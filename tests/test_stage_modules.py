@@ -130,6 +130,26 @@ def test_a_directory_is_named_as_a_directory(tmp_path: Path, suffix: str) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        (".", "is a directory, not a .py file; pass a .py file in it"),
+        ("..", "is a directory, not a .py file; pass a .py file in it"),
+        (".stages", "it is no module name; pass a path to a .py file (such as ./stages.py)"),
+        ("", "it is no module name; pass a path to a .py file"),
+    ],
+)
+def test_a_relative_or_empty_reference_is_a_stages_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str, reason: str
+) -> None:
+    # importlib read "." and ".stages" as relative imports: "importing it
+    # raised TypeError: the 'package' argument is required", with its traceback.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(ref)
+    assert reason in info.value.reason
+
+
 def test_a_reference_with_a_nul_character_is_a_stages_problem(tmp_path: Path) -> None:
     from stageflow.testing import CaseValidationError, load_cases, run_case
 
