@@ -355,7 +355,9 @@ class Session:
     def events(self, *, buffer: int = 1024) -> EventStream:
         """Subscribe to events from now on; iterate with ``async for``.
 
-        The iterator ends when the session finishes.
+        The iterator ends when the session finishes, or when a
+        ``run(suspend=True)`` suspends it (a stream made while it waits gets
+        the next run's events).
 
         Args:
             buffer: how many events may wait for a slow reader; beyond that

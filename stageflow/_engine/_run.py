@@ -862,7 +862,10 @@ class Run:
         if state.cancel_reason is not None:
             state.saved = None
             return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
+        # This run's streams end; one made while the session waits gets the
+        # next run's events (as a restored session's does), not none.
         state.history.close()
+        state.history.reopen()
         state.status = SessionStatus.WAITING
         state.parked = None  # the new snapshot's position keeps the waits not run again
         waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
