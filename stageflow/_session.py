@@ -510,11 +510,17 @@ class Session:
             )
         state = self._state
         run = state.run
-        if run is not None and run.token is not None and run.loop_thread != threading.get_ident():
+        token = run.token if run is not None else None  # read once: the loop clears it
+        if (
+            token is not None
+            and run is not None
+            and run.loop_thread != threading.get_ident()
+            and call_soon_from_thread(token, self.cancel, reason)
+        ):
             # From another thread: the run's cancel scope belongs to its event
             # loop (on asyncio, cancelling it from here hung the loop). A loop
-            # that has finished has ended the run too.
-            call_soon_from_thread(run.token, self.cancel, reason)
+            # that has finished meanwhile has ended the run too: the
+            # cancellation is carried out here (a suspended session ends now).
             return
         if state.status in FINISHED:
             return

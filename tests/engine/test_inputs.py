@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -328,6 +329,40 @@ async def test_send_input_from_another_thread_is_refused_and_loses_nothing() -> 
         tg.start_soon(from_worker_thread)
         result = await session.run()
     assert result.artifacts == {"got": "hi"}
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_cancel_from_a_thread_as_the_runs_event_loop_ends_is_not_lost(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cancel() took the run, then handed the cancellation to its event loop,
+    # which had ended meanwhile (the run suspended, the loop returned): the
+    # cancellation was dropped, and the session stayed waiting for good.
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    handing = threading.Event()
+    loop_ended = threading.Event()
+    hand = stageflow._session.call_soon_from_thread
+
+    def late(*args: Any) -> bool:
+        handing.set()
+        loop_ended.wait()
+        return hand(*args)
+
+    monkeypatch.setattr(stageflow._session, "call_soon_from_thread", late)
+    canceller = threading.Thread(target=session.cancel, args=("the user left",))
+
+    def on_suspended(event: stageflow.Event) -> None:
+        if event.type == "session_suspended":
+            canceller.start()
+            handing.wait()  # it took the run, whose loop is still running
+
+    session.subscribe(on_suspended)
+    result = anyio.run(lambda: session.run(suspend=True), backend=backend)
+    loop_ended.set()
+    canceller.join()
+    assert result.status is stageflow.SessionStatus.WAITING
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    assert session.history[-1].payload["reason"] == "the user left"
 
 
 def test_send_from_thread_needs_a_running_session() -> None:
