@@ -473,7 +473,9 @@ class Session:
         loop has taken the input.
 
         Raises:
-            SessionStateError: the session is not running.
+            SessionStateError: the session is not running (its run's event
+                loop ended while this call waited for it, say).
+            InputRejectedError: as for :meth:`send_input`.
         """
         state = self._state
         run = state.run
@@ -488,7 +490,15 @@ class Session:
                 f"session {state.session_id!r} is {state.status.value}; send_input_from_thread "
                 "needs a running session (use send_input before run())"
             )
-        return anyio.from_thread.run_sync(self.send_input, type, payload, token=token)
+        try:
+            return anyio.from_thread.run_sync(self.send_input, type, payload, token=token)
+        except anyio.RunFinishedError:
+            # The run ended, and its event loop with it, since the check above.
+            raise SessionStateError(
+                f"session {state.session_id!r} is {state.status.value}: its run's event loop "
+                f"ended before input {type!r} was delivered (it was not); "
+                "send_input_from_thread needs a running session"
+            ) from None
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Cancel the run from any task; ``run()`` returns with status ``cancelled``.

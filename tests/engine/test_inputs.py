@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import pytest
 import trio
@@ -363,6 +364,46 @@ def test_a_cancel_from_a_thread_as_the_runs_event_loop_ends_is_not_lost(
     assert result.status is stageflow.SessionStatus.WAITING
     assert session.status is stageflow.SessionStatus.CANCELLED
     assert session.history[-1].payload["reason"] == "the user left"
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_send_from_a_thread_as_the_runs_event_loop_ends_is_a_typed_error(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The send took the run's loop, which ended (the run suspended) before
+    # the input was handed over: anyio's RunFinishedError reached the caller.
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    handing = threading.Event()
+    loop_ended = threading.Event()
+    hand = anyio.from_thread.run_sync
+    refused: list[BaseException] = []
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        handing.set()
+        loop_ended.wait()
+        return hand(*args, **kwargs)
+
+    def send() -> None:
+        try:
+            session.send_input_from_thread("go", "late")
+        except Exception as exc:
+            refused.append(exc)
+
+    monkeypatch.setattr(anyio.from_thread, "run_sync", late)
+    sender = threading.Thread(target=send)
+
+    def on_suspended(event: stageflow.Event) -> None:
+        if event.type == "session_suspended":
+            sender.start()
+            handing.wait()  # it took the run, whose loop is still running
+
+    session.subscribe(on_suspended)
+    anyio.run(lambda: session.run(suspend=True), backend=backend)
+    loop_ended.set()
+    sender.join()
+    assert [type(exc) for exc in refused] == [stageflow.SessionStateError]
+    assert "'go' was delivered (it was not)" in str(refused[0])
+    assert session.status is stageflow.SessionStatus.WAITING
 
 
 def test_send_from_thread_needs_a_running_session() -> None:
