@@ -536,6 +536,11 @@ class Run:
                     self._internal_error(exc)
                     raise
                 except BaseException as exc:
+                    if self._stopped is not None:
+                        # A limit's stop was tearing the run down (its positions
+                        # saved, its history muted): it ends so; exc goes on up.
+                        self._ended(None, False)
+                        raise
                     # Only to look at it (it is re-raised): on trio a cancellation that
                     # crossed a task group arrives as a group of cancellations.
                     if not is_cancellation(exc, self.backend.cancelled):
