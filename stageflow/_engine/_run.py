@@ -492,10 +492,15 @@ class Run:
             SessionStateError: the session has finished or is running.
         """
         state = self._state
-        if state.status is not SessionStatus.PENDING and state.status is not SessionStatus.WAITING:
+        # A run that has taken the session marks it running only once it has
+        # started (another thread's run() may come in between).
+        if state.run is not None or (
+            state.status is not SessionStatus.PENDING and state.status is not SessionStatus.WAITING
+        ):
             raise SessionStateError(
-                f"session {state.session_id!r} is {state.status.value}; a session runs once, "
-                "create a new Session to run the pipeline again"
+                f"session {state.session_id!r} is "
+                f"{'running' if state.run is not None else state.status.value}; a session runs "
+                "once, create a new Session to run the pipeline again"
             )
         state.final = None  # a restored pending session: what it saved is behind it now
         state.run = self

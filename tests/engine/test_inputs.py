@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from collections.abc import Mapping
@@ -404,6 +405,44 @@ def test_a_send_from_a_thread_as_the_runs_event_loop_ends_is_a_typed_error(
     assert [type(exc) for exc in refused] == [stageflow.SessionStateError]
     assert "'go' was delivered (it was not)" in str(refused[0])
     assert session.status is stageflow.SessionStatus.WAITING
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_second_run_from_another_thread_as_the_first_starts_is_refused(backend: str) -> None:
+    # The first run had taken the session but not yet marked it running (it
+    # was reading the clock): a run() on another thread's loop passed the
+    # check, and both ran the one session.
+    starting = threading.Event()
+    checked = threading.Event()
+
+    def clock() -> datetime.datetime:
+        if not starting.is_set():  # the first run, as it starts
+            starting.set()
+            checked.wait()
+        return datetime.datetime.now(datetime.UTC)
+
+    session = new_session(doc([terminal("end")]), clock=clock)
+    refused: list[Exception] = []
+
+    def second() -> None:
+        starting.wait()
+        try:
+            anyio.run(session.run, backend=backend)
+        except stageflow.SessionStateError as exc:
+            refused.append(exc)
+        finally:
+            checked.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    result = anyio.run(session.run, backend=backend)
+    thread.join()
+    assert [str(exc) for exc in refused] == [
+        f"session {session.session_id!r} is running; a session runs once, create a new "
+        "Session to run the pipeline again"
+    ]
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert [e.type for e in result.history].count("session_started") == 1
 
 
 def test_send_from_thread_needs_a_running_session() -> None:
