@@ -355,7 +355,9 @@ class Session:
     def events(self, *, buffer: int = 1024) -> EventStream:
         """Subscribe to events from now on; iterate with ``async for``.
 
-        The iterator ends when the session finishes.
+        The iterator ends when the session finishes, or when a
+        ``run(suspend=True)`` suspends it (a stream made while it waits gets
+        the next run's events).
 
         Args:
             buffer: how many events may wait for a slow reader; beyond that
@@ -471,7 +473,9 @@ class Session:
         loop has taken the input.
 
         Raises:
-            SessionStateError: the session is not running.
+            SessionStateError: the session is not running (its run's event
+                loop ended while this call waited for it, say).
+            InputRejectedError: as for :meth:`send_input`.
         """
         state = self._state
         run = state.run
@@ -486,7 +490,15 @@ class Session:
                 f"session {state.session_id!r} is {state.status.value}; send_input_from_thread "
                 "needs a running session (use send_input before run())"
             )
-        return anyio.from_thread.run_sync(self.send_input, type, payload, token=token)
+        try:
+            return anyio.from_thread.run_sync(self.send_input, type, payload, token=token)
+        except anyio.RunFinishedError:
+            # The run ended, and its event loop with it, since the check above.
+            raise SessionStateError(
+                f"session {state.session_id!r} is {state.status.value}: its run's event loop "
+                f"ended before input {type!r} was delivered (it was not); "
+                "send_input_from_thread needs a running session"
+            ) from None
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Cancel the run from any task; ``run()`` returns with status ``cancelled``.
@@ -508,11 +520,17 @@ class Session:
             )
         state = self._state
         run = state.run
-        if run is not None and run.token is not None and run.loop_thread != threading.get_ident():
+        token = run.token if run is not None else None  # read once: the loop clears it
+        if (
+            token is not None
+            and run is not None
+            and run.loop_thread != threading.get_ident()
+            and call_soon_from_thread(token, self.cancel, reason)
+        ):
             # From another thread: the run's cancel scope belongs to its event
             # loop (on asyncio, cancelling it from here hung the loop). A loop
-            # that has finished has ended the run too.
-            call_soon_from_thread(run.token, self.cancel, reason)
+            # that has finished meanwhile has ended the run too: the
+            # cancellation is carried out here (a suspended session ends now).
             return
         if state.status in FINISHED:
             return

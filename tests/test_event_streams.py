@@ -114,3 +114,28 @@ async def test_send_input_from_thread_on_the_loop_thread_is_a_typed_error() -> N
 
         tg.start_soon(misuse)
         await session.run()
+
+
+@pytest.mark.anyio
+async def test_a_stream_made_while_a_suspended_session_waits_gets_its_next_run() -> None:
+    # A suspended session has not finished: a stream made between its runs
+    # ended at once (a restored one's did not), so a driver watching the
+    # resumed run saw nothing, nor the cancellation of the waiting session.
+    node = stage("w", "WaitStage", config={"input": "go"}, next="end")
+    session = session_of(node, terminal("end"), registry=fake_registry())
+    assert (await session.run(suspend=True)).status is stageflow.SessionStatus.WAITING
+    resumed = session.events()
+    session.send_input("go", 1)
+    result = await session.run()
+    with anyio.fail_after(60):
+        got = [event async for event in resumed]
+    started = next(i for i, e in enumerate(result.history) if e.type == "session_resumed")
+    assert got == list(result.history[started:])
+    assert got[-1].type == "session_completed"
+
+    waiting = session_of(node, terminal("end"), registry=fake_registry())
+    await waiting.run(suspend=True)
+    cancelled = waiting.events()
+    waiting.cancel("gave up")
+    with anyio.fail_after(60):
+        assert [event.type async for event in cancelled] == ["session_cancelled"]

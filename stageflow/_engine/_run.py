@@ -492,10 +492,15 @@ class Run:
             SessionStateError: the session has finished or is running.
         """
         state = self._state
-        if state.status is not SessionStatus.PENDING and state.status is not SessionStatus.WAITING:
+        # A run that has taken the session marks it running only once it has
+        # started (another thread's run() may come in between).
+        if state.run is not None or (
+            state.status is not SessionStatus.PENDING and state.status is not SessionStatus.WAITING
+        ):
             raise SessionStateError(
-                f"session {state.session_id!r} is {state.status.value}; a session runs once, "
-                "create a new Session to run the pipeline again"
+                f"session {state.session_id!r} is "
+                f"{'running' if state.run is not None else state.status.value}; a session runs "
+                "once, create a new Session to run the pipeline again"
             )
         state.final = None  # a restored pending session: what it saved is behind it now
         state.run = self
@@ -536,6 +541,11 @@ class Run:
                     self._internal_error(exc)
                     raise
                 except BaseException as exc:
+                    if self._stopped is not None:
+                        # A limit's stop was tearing the run down (its positions
+                        # saved, its history muted): it ends so; exc goes on up.
+                        self._ended(None, False)
+                        raise
                     # Only to look at it (it is re-raised): on trio a cancellation that
                     # crossed a task group arrives as a group of cancellations.
                     if not is_cancellation(exc, self.backend.cancelled):
@@ -862,7 +872,10 @@ class Run:
         if state.cancel_reason is not None:
             state.saved = None
             return self._finish(SessionStatus.CANCELLED, None, reason=state.cancel_reason)
+        # This run's streams end; one made while the session waits gets the
+        # next run's events (as a restored session's does), not none.
         state.history.close()
+        state.history.reopen()
         state.status = SessionStatus.WAITING
         state.parked = None  # the new snapshot's position keeps the waits not run again
         waiting_for, wake_at = awaited(state.saved["position"], state.deadline)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import pytest
 import trio
@@ -328,6 +331,118 @@ async def test_send_input_from_another_thread_is_refused_and_loses_nothing() -> 
         tg.start_soon(from_worker_thread)
         result = await session.run()
     assert result.artifacts == {"got": "hi"}
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_cancel_from_a_thread_as_the_runs_event_loop_ends_is_not_lost(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cancel() took the run, then handed the cancellation to its event loop,
+    # which had ended meanwhile (the run suspended, the loop returned): the
+    # cancellation was dropped, and the session stayed waiting for good.
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    handing = threading.Event()
+    loop_ended = threading.Event()
+    hand = stageflow._session.call_soon_from_thread
+
+    def late(*args: Any) -> bool:
+        handing.set()
+        loop_ended.wait()
+        return hand(*args)
+
+    monkeypatch.setattr(stageflow._session, "call_soon_from_thread", late)
+    canceller = threading.Thread(target=session.cancel, args=("the user left",))
+
+    def on_suspended(event: stageflow.Event) -> None:
+        if event.type == "session_suspended":
+            canceller.start()
+            handing.wait()  # it took the run, whose loop is still running
+
+    session.subscribe(on_suspended)
+    result = anyio.run(lambda: session.run(suspend=True), backend=backend)
+    loop_ended.set()
+    canceller.join()
+    assert result.status is stageflow.SessionStatus.WAITING
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    assert session.history[-1].payload["reason"] == "the user left"
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_send_from_a_thread_as_the_runs_event_loop_ends_is_a_typed_error(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The send took the run's loop, which ended (the run suspended) before
+    # the input was handed over: anyio's RunFinishedError reached the caller.
+    session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
+    handing = threading.Event()
+    loop_ended = threading.Event()
+    hand = anyio.from_thread.run_sync
+    refused: list[BaseException] = []
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        handing.set()
+        loop_ended.wait()
+        return hand(*args, **kwargs)
+
+    def send() -> None:
+        try:
+            session.send_input_from_thread("go", "late")
+        except Exception as exc:
+            refused.append(exc)
+
+    monkeypatch.setattr(anyio.from_thread, "run_sync", late)
+    sender = threading.Thread(target=send)
+
+    def on_suspended(event: stageflow.Event) -> None:
+        if event.type == "session_suspended":
+            sender.start()
+            handing.wait()  # it took the run, whose loop is still running
+
+    session.subscribe(on_suspended)
+    anyio.run(lambda: session.run(suspend=True), backend=backend)
+    loop_ended.set()
+    sender.join()
+    assert [type(exc) for exc in refused] == [stageflow.SessionStateError]
+    assert "'go' was delivered (it was not)" in str(refused[0])
+    assert session.status is stageflow.SessionStatus.WAITING
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_second_run_from_another_thread_as_the_first_starts_is_refused(backend: str) -> None:
+    # The first run had taken the session but not yet marked it running (it
+    # was reading the clock): a run() on another thread's loop passed the
+    # check, and both ran the one session.
+    starting = threading.Event()
+    checked = threading.Event()
+
+    def clock() -> datetime.datetime:
+        if not starting.is_set():  # the first run, as it starts
+            starting.set()
+            checked.wait()
+        return datetime.datetime.now(datetime.UTC)
+
+    session = new_session(doc([terminal("end")]), clock=clock)
+    refused: list[Exception] = []
+
+    def second() -> None:
+        starting.wait()
+        try:
+            anyio.run(session.run, backend=backend)
+        except stageflow.SessionStateError as exc:
+            refused.append(exc)
+        finally:
+            checked.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    result = anyio.run(session.run, backend=backend)
+    thread.join()
+    assert [str(exc) for exc in refused] == [
+        f"session {session.session_id!r} is running; a session runs once, create a new "
+        "Session to run the pipeline again"
+    ]
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert [e.type for e in result.history].count("session_started") == 1
 
 
 def test_send_from_thread_needs_a_running_session() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from fakes import doc, parallel, stage, terminal
 
@@ -120,6 +121,56 @@ async def test_finished_branches_are_kept_when_the_limit_stops_a_parallel_node()
     result = await resumed.run()
     assert result.artifacts == {"quick": "Q", "slow": "S"}
     assert calls == ["quick", "slow", "slow"]
+
+
+@pytest.mark.parametrize("interruption", ["cancelled", "KeyboardInterrupt"])
+async def test_an_interruption_that_comes_while_the_limit_stops_the_run_keeps_the_stop(
+    interruption: str,
+) -> None:
+    # The task running the session was cancelled (or interrupted) while the
+    # stop tore the run down: the session ended "cancelled" with its history
+    # still muted (no final event, no inputs_discarded for the queued input).
+    outer = anyio.CancelScope()
+
+    class Stuck(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            await anyio.Event().wait()
+            return {}
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            # As the stop tears the run down.
+            if interruption == "KeyboardInterrupt":
+                raise KeyboardInterrupt
+            outer.cancel()
+            await anyio.lowlevel.checkpoint()
+
+    registry = stageflow.StageRegistry()
+    registry.add(Stuck)
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("stuck", "Stuck", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry, limits=limited(0.01))
+    session.send_input("later", 1)
+    with outer:
+        if interruption == "KeyboardInterrupt":
+            # On trio it crosses task groups: it goes up in an exception group.
+            with pytest.raises((KeyboardInterrupt, BaseExceptionGroup)) as raised:
+                await session.run()
+            interrupt = raised.value
+            assert isinstance(interrupt, KeyboardInterrupt) or raised.group_contains(
+                KeyboardInterrupt
+            )
+        else:
+            await session.run()
+    assert outer.cancelled_caught is (interruption == "cancelled")  # it went on up
+    assert session.status is FAILED
+    assert session.history[-1].type == "session_failed"
+    assert session.history[-1].payload["error"]["limit"] == "max_run_seconds"
+    data = session.to_dict()
+    assert data["stopped_by_limit"] == "max_run_seconds"
+    assert data["backlog"] == {"later": [1]}  # kept for the restore
+    resumed = stageflow.Session.from_dict(data, registry=registry, limits=limited(None))
+    assert resumed.status is WAITING
 
 
 async def test_a_run_within_its_wall_time_is_not_touched() -> None:
