@@ -21,7 +21,7 @@ import attrs
 from stageflow._engine._desk import input_json
 from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError
-from stageflow._json import a_json_type
+from stageflow._json import a_json_type, a_python_type
 from stageflow.store._errors import (
     SessionNotFoundError,
     StoreArgumentError,
@@ -49,6 +49,7 @@ __all__ = [
     "SaveNotices",
     "Wakeup",
     "backoff",
+    "cancel_text",
     "event_batch",
     "NAME_BYTES",
     "check_name",
@@ -163,6 +164,22 @@ def inbox_text(type: str, payload: Any, *, cancel: bool = False) -> tuple[str, i
             reason="bad_type",
         )
     return input_json(type, payload)
+
+
+def cancel_text(reason: object) -> str:
+    """The inbox text of a cancel request with ``reason``.
+
+    Raises:
+        TypeError: ``reason`` is not a string (a worker would have cancelled
+            with ``"cancelled"`` instead, as ``Session.cancel`` refuses it).
+    """
+    if type(reason) is not str:
+        raise TypeError(
+            f"cancel(reason=...) was given {a_python_type(reason)}; pass a string (it is "
+            "recorded in the session's history), or leave it out for 'cancelled'"
+        )
+    text, _ = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
+    return text
 
 
 def input_limit(snapshot: Mapping[str, Any]) -> int | None:

@@ -46,6 +46,7 @@ from stageflow.store._shared import (
     SaveNotices,
     Wakeup,
     backoff,
+    cancel_text,
     check_name,
     inbox_text,
     inline_events,
@@ -404,7 +405,7 @@ class SQLiteStore:
         self, session_id: str, reason: str, *, idempotency_key: str | None = None
     ) -> InputRecord:
         """Store a cancel request (an inbox row of type ``stageflow.cancel``)."""
-        text, _ = inbox_text(CANCEL_INPUT, {"reason": reason}, cancel=True)
+        text = cancel_text(reason)
         # size 0: a cancel request is not an input of the session's stages (no limit)
         return await self._store_input(session_id, CANCEL_INPUT, text, 0, idempotency_key)
 

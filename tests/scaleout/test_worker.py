@@ -438,6 +438,12 @@ async def test_send_input_refuses_a_bad_type_and_the_cancel_requests_type(
             await service.send_input(sid, bad, "x")  # type: ignore[arg-type]
         assert refused.value.reason == "bad_type"
     assert (await service.get(sid)).inbox_head == 0  # nothing was stored
+    # A reason that is no string was stored, and the worker then cancelled
+    # with "cancelled" instead (Session.cancel refuses it).
+    for reason in (None, 5):
+        with pytest.raises(TypeError, match=r"cancel\(reason=\.\.\.\) was given"):
+            await service.cancel(sid, reason)  # type: ignore[arg-type]
+    assert (await service.get(sid)).inbox_head == 0
     record = await service.cancel(sid, "the user left")
     assert record.seq == 1
 
