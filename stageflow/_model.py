@@ -252,8 +252,10 @@ def _number_within(low: float, high: float) -> Callable[[object, attrs.Attribute
     """Validator: a finite number (no bool) from ``low`` to ``high``, as the pipeline schema has."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        number = type(value) in (int, float) and (type(value) is float or value <= _LARGEST_FLOAT)
-        if not (number and math.isfinite(value) and low <= value <= high):
+        # An int is compared as it is: math.isfinite overflows on one past a float.
+        kind = type(value)
+        finite = kind is int or (kind is float and math.isfinite(value))
+        if not (finite and low <= value <= high):
             wanted = f"{low:g} or more" if high == _LARGEST_FLOAT else f"from {low:g} to {high:g}"
             raise DefinitionError(
                 f"{type(instance).__name__}({attribute.name}={shown_value(value)}) is not a "

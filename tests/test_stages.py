@@ -610,6 +610,9 @@ def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
         # checks a node's "retry": delay="1" made run() itself raise TypeError.
         (lambda: stageflow.RetryPolicy(attempts=3, delay="1"), r"delay='1'\) is not a finite"),
         (lambda: stageflow.RetryPolicy(delay=-1), r"delay=-1\) is not a finite number 0 or"),
+        # An OverflowError from math.isfinite before: the int is no float.
+        (lambda: stageflow.RetryPolicy(delay=-(10**400)), r"delay=-1000.*\) is not a finite"),
+        (lambda: stageflow.RetryPolicy(backoff=10**400), r"backoff=1000.*\) is not a finite"),
         (lambda: stageflow.RetryPolicy(max_delay=float("inf")), r"max_delay=inf\) is not"),
         (lambda: stageflow.RetryPolicy(backoff=0.5), r"backoff=0\.5\) is not a finite number 1"),
         (lambda: stageflow.RetryPolicy(jitter=5), r"jitter=5\) is not a finite number from 0 to 1"),
