@@ -58,7 +58,6 @@ __all__ = [
     "unmatchable",
     "input_limit",
     "too_large",
-    "damaged_row",
     "inline_events",
     "loaded_snapshot",
     "read_lease",
@@ -241,11 +240,7 @@ def read_lease(
     worker poisons it).
     """
     try:
-        if delta is not None:
-            text = unpack_delta(base if base is not None else text.encode(), delta)
-        snapshot = json.loads(text)
-        if not isinstance(snapshot, Mapping):
-            raise ValueError(f"it is {a_json_type(snapshot)}, not an object")
+        snapshot = _read_snapshot(text, delta, base)
     except (ValueError, zlib.error) as exc:
         return {}, (), f"the stored snapshot cannot be read: {exc}"
     read: list[StoredInput] = []
@@ -359,35 +354,39 @@ def event_batch(events: Sequence[Mapping[str, Any]]) -> EventBatch | None:
     return EventBatch(int(events[0]["seq"]), int(events[-1]["seq"]), dumps(list(events)))
 
 
-def damaged_row(session_id: str, what: str, exc: Exception) -> str:
-    """What to say of a stored value of ``session_id`` that cannot be read, and what to do."""
-    return (
+def _damaged(session_id: str, what: str, exc: Exception) -> StoredDataError:
+    """The error for a stored value of ``session_id`` that cannot be read (a damaged row)."""
+    return StoredDataError(
         f"session {session_id!r}: its stored {what} cannot be read ({exc}); the row is "
         "damaged: restore it from a backup, or purge the session"
     )
 
 
-def _damaged(session_id: str, what: str, exc: Exception) -> StoredDataError:
-    """The error for a stored value of ``session_id`` that cannot be read (a damaged row)."""
-    return StoredDataError(damaged_row(session_id, what, exc))
+def _read_snapshot(text: str, delta: bytes | None, base: bytes | None = None) -> dict[str, Any]:
+    """A stored snapshot: ``text``, or ``delta`` applied to ``base`` (``text`` if not given).
+
+    Raises:
+        ValueError, zlib.error: it is not JSON text of an object, or the delta
+            cannot be applied (a damaged row).
+    """
+    if delta is not None:
+        text = unpack_delta(base if base is not None else text.encode(), delta)
+    snapshot = json.loads(text)
+    if not isinstance(snapshot, dict):
+        raise ValueError(f"it is {a_json_type(snapshot)}, not an object")
+    return snapshot
 
 
 def loaded_snapshot(session_id: str, text: str, delta: bytes | None = None) -> dict[str, Any]:
-    """The stored snapshot of ``session_id``: ``text``, or ``delta`` applied to it.
+    """The stored snapshot of ``session_id`` (see :func:`_read_snapshot`).
 
     Raises:
-        StoredDataError: it is not JSON text of an object, or the delta cannot
-            be applied (a damaged row).
+        StoredDataError: it cannot be read (a damaged row).
     """
     try:
-        if delta is not None:
-            text = unpack_delta(text.encode(), delta)
-        snapshot = json.loads(text)
-        if not isinstance(snapshot, dict):
-            raise ValueError(f"it is {a_json_type(snapshot)}, not an object")
+        return _read_snapshot(text, delta)
     except (ValueError, zlib.error) as exc:
         raise _damaged(session_id, "snapshot", exc) from exc
-    return snapshot
 
 
 def unbatch(
