@@ -26,6 +26,7 @@ __all__ = [
     "freeze",
     "json_type",
     "thaw",
+    "with_article",
 ]
 
 JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
@@ -118,7 +119,11 @@ def a_python_type(value: object) -> str:
     """
     if value is None:
         return "None"
-    name = type(value).__name__
+    return with_article(type(value).__name__)
+
+
+def with_article(name: str) -> str:
+    """``name`` after the article it takes by its first letter: ``"an int"``, ``"a Case"``."""
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 

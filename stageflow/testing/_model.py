@@ -17,7 +17,7 @@ from typing import Any, Final
 import attrs
 
 from stageflow._errors import DefinitionError, ProblemsError
-from stageflow._json import a_python_type, freeze, thaw
+from stageflow._json import a_python_type, freeze, thaw, with_article
 from stageflow._model import seconds_check
 
 __all__ = [
@@ -95,12 +95,11 @@ def _each(kind: type, example: str) -> Any:
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        article = "an" if kind.__name__[:1] in "AEIOU" else "a"
         for key, item in items:
             if not isinstance(item, kind):
                 raise DefinitionError(
                     f"{type(instance).__name__}.{attribute.name}[{key!r}] is {_kind(item)}, "
-                    f"not {article} {kind.__name__}; pass {example}{_dict_hint(item)}"
+                    f"not {with_article(kind.__name__)}; pass {example}{_dict_hint(item)}"
                 )
 
     return check
