@@ -99,6 +99,7 @@ def _run_with_store(
     """Open the store (an SQLite file must exist unless ``create``), run ``body``, close it."""
     if not create:
         check_store_exists(args.store, "sessions commands never create a store; a worker does")
+        options["create"] = False
 
     async def main() -> T:
         store = _open(args, **options)

@@ -51,7 +51,7 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
     store = None
     if args.store:
         check_store_exists(args.store, "the inspector never creates a store")
-        store = open_store(args.store)
+        store = open_store(args.store, create=False)
     snapshots = Path(args.snapshot) if args.snapshot else None
     if snapshots is not None and not snapshots.exists():
         raise CommandError(f"SNAPSHOT {args.snapshot}: no such file or directory; check the path")

@@ -80,7 +80,8 @@ def open_store(url: str, **options: Any) -> SessionStore:
     ``sqlite:///:memory:`` open the embedded store (:class:`SQLiteStore`);
     ``postgresql://user@host/db`` the PostgreSQL store (needs
     ``pip install 'stageflow[postgres]'``). ``options`` go to the store's
-    constructor (``schema=``, ``notify=``, ``pool_size=``, ``events=`` ...).
+    constructor (``schema=``, ``notify=``, ``pool_size=``, ``events=``, ``create=``
+    ...; ``create=False`` opens only a store that exists).
 
     Raises:
         StoreUnavailableError: the URL has another scheme, or the PostgreSQL

@@ -297,6 +297,11 @@ class PostgresStore:
             poll-only mode, for PgBouncer in transaction pooling.
         events: also copy each turn's history to ``stageflow_events``.
         connect_timeout: seconds to wait for the server when connecting.
+        create: make the schema and tables if they are missing (default).
+            ``False`` opens only an existing store (tables of an older
+            version are still upgraded): a schema without stageflow's tables
+            raises :class:`StoreUnavailableError` at first use, and nothing
+            is created (``stageflow sessions`` opens stores so).
     """
 
     def __init__(
@@ -308,6 +313,7 @@ class PostgresStore:
         notify: bool = True,
         events: bool = True,
         connect_timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise StoreUnavailableError(
@@ -320,6 +326,7 @@ class PostgresStore:
         self._notify = notify
         self._events = events
         self._connect_timeout = connect_timeout
+        self._create = create
         self._channel = f"{schema}.wake"
         self._done_channel = f"{schema}.done"
         self._options = (
@@ -423,6 +430,12 @@ class PostgresStore:
                     raise StoreSchemaError(self._where(), found, SCHEMA_VERSION)
                 if found == SCHEMA_VERSION:
                     return
+                if found is None and not self._create:
+                    raise StoreUnavailableError(
+                        f"no stageflow store in {self._where()} (no stageflow_schema table); "
+                        "check the URL and the schema, or let a worker or a SessionService "
+                        "create the store there"
+                    )
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                     sql.Identifier(self.schema)))  # fmt: skip
                 conn.execute(_TABLES)

@@ -151,6 +151,33 @@ def _stored(row: Sequence[Any]) -> StoredSession:
 _BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock
 
 
+def _existing(path: str) -> str:
+    """The URI that opens ``path`` only if the file exists (SQLite's ``mode=rw``).
+
+    Raises:
+        StoreUnavailableError: there is no such file.
+    """
+    if path == ":memory:":
+        return "file::memory:"  # a new empty database: refused by _check_store
+    if not Path(path).exists():
+        raise StoreUnavailableError(
+            f"no SQLite store at {path!r} (no such file); check the path, or let a worker "
+            "or a SessionService create the store there"
+        )
+    return f"{Path(path).absolute().as_uri()}?mode=rw"
+
+
+def _check_store(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a database without stageflow's tables (a store opened with ``create=False``)."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'stageflow_schema'")
+    if found.fetchone() is None:
+        conn.close()
+        raise StoreUnavailableError(
+            f"the SQLite file {path!r} holds no stageflow store (no stageflow_schema table); "
+            "check the path, or let a worker or a SessionService create the store there"
+        )
+
+
 def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switch the database to WAL, waiting out other processes opening it too.
 
@@ -182,6 +209,12 @@ class SQLiteStore:
         events: also copy each turn's history to ``stageflow_events`` (the
             feed of ``SessionService.follow``).
         clock: epoch seconds now (``time.time``); tests pass a fake one.
+        create: make the file and the tables if they are missing (default).
+            ``False`` opens only an existing store (tables of an older
+            version are still upgraded): a file that is missing or holds no
+            stageflow tables raises :class:`StoreUnavailableError` at first
+            use, and is left as it was (``stageflow sessions`` opens stores
+            so, and never writes tables into a mistyped application database).
 
     Raises:
         ValueError: ``synchronous`` is neither ``"FULL"`` nor ``"NORMAL"``
@@ -196,6 +229,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         events: bool = True,
         clock: Callable[[], float] = time.time,
+        create: bool = True,
     ) -> None:
         if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
             raise ValueError(
@@ -206,6 +240,7 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._events = events
         self._clock = clock
+        self._create = create
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._ready = False
@@ -218,8 +253,15 @@ class SQLiteStore:
         if self._conn is None:
             try:
                 conn = sqlite3.connect(
-                    self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_SECONDS
+                    self.path if self._create else _existing(self.path),
+                    check_same_thread=False,
+                    isolation_level=None,
+                    timeout=_BUSY_SECONDS,
+                    uri=not self._create,
                 )
+                if not self._create:
+                    # Before WAL: a database that is not a store keeps its journal mode.
+                    _check_store(conn, self.path)
                 _enable_wal(conn)
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +151,52 @@ def test_a_sessions_command_on_a_missing_sqlite_file_says_so(tmp_path: Path, cap
     assert (code, out) == (2, "")
     assert f"no such SQLite file ({missing}); check the path" in err
     assert not missing.exists()
+
+
+def test_a_sessions_command_on_a_database_that_is_no_store_leaves_it_alone(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # An application's own database given by mistake: every sessions command
+    # created stageflow's tables in it (and switched it to WAL), and list said
+    # nothing, exit 0.
+    app = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(app)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+        conn.commit()
+    url = f"sqlite:///{app}"
+    for command in (
+        ["list"],
+        ["show", "s1"],
+        ["send", "s1", "msg", "{}"],
+        ["cancel", "s1"],
+        ["purge"],
+    ):
+        code, out, err = run_cli(capsys, "sessions", command[0], "--store", url, *command[1:])
+        assert (code, out) == (2, ""), command
+        assert f"the SQLite file '{app}' holds no stageflow store" in err
+        assert "Traceback" not in err
+    with contextlib.closing(sqlite3.connect(app)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
+        journal = conn.execute("PRAGMA journal_mode").fetchone()
+    assert (tables, journal) == ([("users",)], ("delete",))
+
+
+def test_a_sessions_command_on_a_postgres_schema_without_a_store_creates_nothing(
+    postgres_dsn: str, capsys: Any
+) -> None:
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    code, out, err = run_cli(
+        capsys, "sessions", "list", "--store", postgres_dsn, "--schema", schema
+    )
+    assert (code, out) == (2, "")
+    assert f"no stageflow store in schema '{schema}'" in err
+    with psycopg.connect(postgres_dsn) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        ).fetchall()
+    assert found == []
 
 
 @pytest.mark.parametrize("name", ["typo", "file.json"])

@@ -451,6 +451,20 @@ async def test_a_schema_from_a_newer_stageflow_is_refused(make_store: Any) -> No
         await make_store().migrate()
 
 
+async def test_a_store_opened_without_create_only_opens_one_that_exists(make_store: Any) -> None:
+    # create=False (what `stageflow sessions` and `stageflow ui` open): a
+    # database without the tables is refused, and nothing is created in it.
+    with pytest.raises(StoreUnavailableError, match=r"no (SQLite|stageflow) store"):
+        await make_store(create=False).list_sessions()
+    with pytest.raises(StoreUnavailableError, match=r"no (SQLite|stageflow) store"):
+        await make_store(create=False).migrate()
+    creator = make_store()
+    assert [r.session_id for r in await creator.list_sessions()] == []  # the tables, now
+    await creator.create(snapshot("s1"))
+    listed = await make_store(create=False).list_sessions()
+    assert [r.session_id for r in listed] == ["s1"]
+
+
 async def _bump_schema(store: Any, version: int) -> None:
     import anyio
 

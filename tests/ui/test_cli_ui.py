@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +39,36 @@ def test_a_store_file_that_does_not_exist_is_not_created(
     assert code == 2
     assert "no such SQLite file" in err
     assert not missing.exists()
+
+
+def test_a_database_that_is_no_store_is_said_so_and_left_alone(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An application's own database given by mistake: the first page made
+    # stageflow's tables in it and listed no sessions.
+    import httpx
+
+    from stageflow import ui
+
+    app_db = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(app_db)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+        conn.commit()
+    pages: list[httpx.Response] = []
+
+    async def serve(app: Any, host: str, port: int, **options: Any) -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            pages.append(await client.get("/sessions"))
+
+    monkeypatch.setattr(ui, "serve", serve)
+    code, err = run(capsys, "ui", "--store", f"sqlite:///{app_db}", "--port", str(_free_port()))
+    assert code == 0, err
+    assert pages[0].status_code == 503
+    assert "holds no stageflow store" in pages[0].text
+    with contextlib.closing(sqlite3.connect(app_db)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
+    assert tables == [("users",)]
 
 
 @pytest.mark.parametrize(
