@@ -377,7 +377,14 @@ class Inspector:
     def filters(self, request: Request) -> Filters:
         """The sessions page's filters from the query string."""
         q = request.query_params
-        return Filters(q.get("status", ""), q.get("pipeline", ""), q.get("waiting_for", ""))
+        status = q.get("status", "")
+        if status and status not in _STATUSES:
+            # A typo listed no sessions, as if there were none.
+            raise InspectorError(
+                f"status {status[:100]!r} is not a status a stored session has; use one of "
+                f"{', '.join(_STATUSES)}, or leave it out for every session"
+            )
+        return Filters(status, q.get("pipeline", ""), q.get("waiting_for", ""))
 
     async def sessions(self, request: Request) -> Response:
         """GET /sessions: the sessions, filtered, updated live."""

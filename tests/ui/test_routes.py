@@ -102,6 +102,17 @@ async def test_sessions_page_filters(
     assert re.findall(r'<tr data-session="([^"]+)"', response.text) == expected
 
 
+@pytest.mark.parametrize("path", ["/sessions", "/live/sessions"])
+async def test_a_status_filter_no_session_can_have_is_a_400_naming_the_statuses(
+    make_client: Client, store_url: str, path: str
+) -> None:
+    # A typo (?status=faild) listed no sessions, as if there were none.
+    response = await make_client(store_url=store_url).get(f"{path}?status=faild")
+    assert response.status_code == 400
+    assert "status &#39;faild&#39; is not a status a stored session has" in response.text
+    assert "use one of pending, waiting, completed, failed" in response.text
+
+
 async def test_home_goes_to_sessions_or_to_pipelines(make_client: Client, store_url: str) -> None:
     assert (await make_client(store_url=store_url).get("/")).headers["location"] == "/sessions"
     assert (await make_client().get("/")).headers["location"] == "/pipelines"
