@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -16,7 +16,7 @@ import jsonschema.validators
 import jsonschema_rs
 
 from stageflow._errors import DefinitionError
-from stageflow._json import a_json_type, a_python_type, freeze, thaw
+from stageflow._json import a_json_type, a_python_type, freeze, thaw, with_article
 from stageflow._model import RetryPolicy, seconds_check
 
 __all__ = [
@@ -116,29 +116,44 @@ def _check_input_type(instance: object, attribute: attrs.Attribute[Any], value: 
     )
 
 
-def _specs_of(kind: type, example: str) -> Any:
-    """Validator: a tuple of ``kind`` objects (a list of type names is a common slip)."""
+def _passed(value: object) -> str:
+    # A mapping may be frozen (a mappingproxy) before the check: call it what was passed.
+    return "a dict" if isinstance(value, Mapping) else a_python_type(value)
 
-    def check(instance: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
-        for index, item in enumerate(value):
+
+def _no_hint(value: object) -> str:
+    return ""
+
+
+def each_instance(kind: type, example: str, *, hint: Callable[[object], str] = _no_hint) -> Any:
+    """Validator: a sequence, or a mapping's values, of ``kind`` objects only.
+
+    The error names the field and the item's index or key, and says what to
+    pass (``example``, then ``hint(item)``).
+    """
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
             if not isinstance(item, kind):
                 raise DefinitionError(
-                    f"StageSpec.{attribute.name}[{index}] is {a_python_type(item)}, not a "
-                    f"stageflow.{kind.__name__}; list {kind.__name__} objects, such as "
-                    f"{attribute.name}=[stageflow.{kind.__name__}({example!r})]"
+                    f"{type(instance).__name__}.{attribute.name}[{key!r}] is {_passed(item)}, "
+                    f"not {with_article(kind.__name__)}; pass {example}{hint(item)}"
                 )
 
     return check
 
 
-def _check_optional(kind: type, wanted: str) -> Any:
-    """Validator: ``None`` or a ``kind``."""
+def one_instance(
+    kind: type, example: str, *, optional: bool = False, hint: Callable[[object], str] = _no_hint
+) -> Any:
+    """Validator: a ``kind`` object (or ``None`` when ``optional``); see :func:`each_instance`."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not isinstance(value, kind):
+        if not isinstance(value, kind) and not (optional and value is None):
             raise DefinitionError(
-                f"StageSpec({attribute.name}=...) was given {a_python_type(value)}; pass "
-                f"{wanted}, or None"
+                f"{type(instance).__name__}({attribute.name}=...) was given {_passed(value)}; "
+                f"pass {example}{', or None' if optional else ''}{hint(value)}"
             )
 
     return check
@@ -454,17 +469,23 @@ class StageSpec:
         default=None, converter=_frozen_schema, validator=_check_schema
     )
     allowed_inputs: tuple[InputSpec, ...] = attrs.field(
-        default=(), converter=tuple, validator=_specs_of(InputSpec, "approval")
+        default=(),
+        converter=tuple,
+        validator=each_instance(InputSpec, "allowed_inputs=[stageflow.InputSpec('approval')]"),
     )
     allowed_events: tuple[EventSpec, ...] = attrs.field(
-        default=(), converter=tuple, validator=_specs_of(EventSpec, "order_priced")
+        default=(),
+        converter=tuple,
+        validator=each_instance(EventSpec, "allowed_events=[stageflow.EventSpec('order_priced')]"),
     )
     retry: RetryPolicy | None = attrs.field(
-        default=None, validator=_check_optional(RetryPolicy, "stageflow.RetryPolicy(...)")
+        default=None,
+        validator=one_instance(RetryPolicy, "stageflow.RetryPolicy(...)", optional=True),
     )
     timeout: float | None = attrs.field(
         default=None, validator=seconds_check(zero=False, optional=True)
     )
     input_from_config: str | None = attrs.field(
-        default=None, validator=_check_optional(str, "the name of a config key (a string)")
+        default=None,
+        validator=one_instance(str, "the name of a config key (a string)", optional=True),
     )

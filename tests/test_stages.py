@@ -595,12 +595,12 @@ def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
         (lambda: stageflow.InputSpec(5), "an input type is a string, not an integer"),
         (
             lambda: stageflow.StageSpec(allowed_inputs=["approval"]),
-            r"allowed_inputs\[0\] is a str, not a stageflow\.InputSpec; list InputSpec",
+            r"allowed_inputs\[0\] is a str, not an InputSpec; pass allowed_inputs=\[stageflow",
         ),
         (lambda: stageflow.StageSpec(allowed_inputs="go"), r"allowed_inputs\[0\] is a str"),
         (
             lambda: stageflow.StageSpec(allowed_events=[{"type": "done"}]),
-            r"allowed_events\[0\] is a dict, not a stageflow\.EventSpec",
+            r"allowed_events\[0\] is a dict, not an EventSpec",
         ),
         (lambda: stageflow.StageSpec(timeout=-1), r"StageSpec\(timeout=-1\) is not a finite"),
         (lambda: stageflow.StageSpec(timeout=float("inf")), r"timeout=inf\) is not a finite"),

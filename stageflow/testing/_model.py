@@ -17,8 +17,9 @@ from typing import Any, Final
 import attrs
 
 from stageflow._errors import DefinitionError, ProblemsError
-from stageflow._json import a_python_type, freeze, thaw, with_article
+from stageflow._json import a_python_type, freeze, thaw
 from stageflow._model import seconds_check
+from stageflow._specs import each_instance, one_instance
 
 __all__ = [
     "DEFAULT_MAX_TIME",
@@ -68,41 +69,18 @@ def check_list(call: str, name: str, value: object, *, error: type[Exception] = 
         )
 
 
-def _kind(value: object) -> str:
-    # A mapping is frozen to a mappingproxy before the check: call it what was passed.
-    return "a dict" if isinstance(value, Mapping) else a_python_type(value)
-
-
 def _dict_hint(value: object) -> str:
     return " (a case file's dicts are read by load_cases)" if isinstance(value, Mapping) else ""
 
 
 def _one(kind: type, example: str, *, optional: bool = False) -> Any:
     """Validator: a ``kind`` (or ``None`` if ``optional``); a dict is a case file's form."""
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, kind) and not (optional and value is None):
-            raise DefinitionError(
-                f"{type(instance).__name__}({attribute.name}=...) was given {_kind(value)}; "
-                f"pass {example}{', or None' if optional else ''}{_dict_hint(value)}"
-            )
-
-    return check
+    return one_instance(kind, example, optional=optional, hint=_dict_hint)
 
 
 def _each(kind: type, example: str) -> Any:
     """Validator: a tuple, or a mapping's values, all ``kind`` objects."""
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        for key, item in items:
-            if not isinstance(item, kind):
-                raise DefinitionError(
-                    f"{type(instance).__name__}.{attribute.name}[{key!r}] is {_kind(item)}, "
-                    f"not {with_article(kind.__name__)}; pass {example}{_dict_hint(item)}"
-                )
-
-    return check
+    return each_instance(kind, example, hint=_dict_hint)
 
 
 def _module_list(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
