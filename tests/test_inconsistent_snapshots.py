@@ -176,7 +176,9 @@ async def snapshot_with(record: str, test: Callable[[dict[str, Any]], bool] = bo
 
 
 def without_taken_at(snapshot: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in snapshot.items() if k != "taken_at"}
+    # Both say who wrote the snapshot and when: a restored session's own
+    # snapshot says this stageflow, now (stageflow_version is for people only).
+    return {k: v for k, v in snapshot.items() if k not in ("taken_at", "stageflow_version")}
 
 
 # ------------------------------------------------------------------------ stability

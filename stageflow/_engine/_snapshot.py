@@ -365,12 +365,25 @@ def restore_pipeline(
     problems = check_nodes(snapshot["position"], pipeline) if active else []
     if problems:
         raise mismatch(problems, session_id)
-    problems = consistency_problems(
-        snapshot, pipeline, registry if registry is not None else pipeline.registry
-    )
+    stages = registry if registry is not None else pipeline.registry
+    problems = consistency_problems(snapshot, pipeline, stages)
     if problems:
+        if pipeline.digest != embedded["digest"] and _fits_its_own(snapshot, stages):
+            # Moved to a changed pipeline that cannot have the session where
+            # it is (an attempt past a smaller retry policy, ...): a mismatch.
+            raise mismatch(problems[:20], session_id)
         raise SnapshotError(problems[:20], source=f"session {session_id!r}")
     return pipeline
+
+
+def _fits_its_own(snapshot: Mapping[str, Any], registry: StageRegistry) -> bool:
+    """Whether the snapshot is consistent with the pipeline it was taken with."""
+    embedded = snapshot["pipeline"]
+    try:
+        own = Pipeline.from_dict(embedded["document"], registry=registry)
+    except PipelineValidationError:
+        return False
+    return own.digest == embedded["digest"] and not consistency_problems(snapshot, own, registry)
 
 
 def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:

@@ -577,6 +577,43 @@ async def test_a_pipeline_without_the_active_node_is_rejected() -> None:
     assert "'listen'" in str(caught.value)
 
 
+async def test_a_changed_pipeline_that_cannot_have_the_position_is_a_mismatch() -> None:
+    # A smaller retry policy than the attempt the session waits in: refused
+    # as a plain SnapshotError before, which a service moving sessions to a
+    # new pipeline version, catching SnapshotMismatchError, did not expect.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Flaky")
+    async def flaky(ctx: stageflow.StageContext) -> dict[str, Any]:
+        if ctx.attempt < 3:
+            raise RuntimeError("not yet")
+        return {"got": await ctx.wait_input("go")}
+
+    def pipeline(attempts: int) -> stageflow.Pipeline:
+        nodes = [
+            {
+                **stage("f", "Flaky", outputs={"got": "got"}, next="end"),
+                "retry": {"attempts": attempts, "delay": 0},
+            },
+            terminal("end", "got"),
+        ]
+        return stageflow.Pipeline.from_dict(doc(nodes), registry=registry)
+
+    session = stageflow.Session(pipeline(3))
+    assert (await session.run(suspend=True)).status is stageflow.SessionStatus.WAITING
+    data = json.loads(json.dumps(session.to_dict()))
+    with pytest.raises(stageflow.SnapshotMismatchError) as caught:
+        stageflow.Session.from_dict(data, pipeline=pipeline(2))
+    assert [p.location for p in caught.value.problems] == ["$.position.stage.attempt"]
+    assert "attempt 3 is past the 2 attempt(s)" in str(caught.value)
+    # The same position in a snapshot altered against its own pipeline is no
+    # mismatch: the snapshot does not make sense.
+    data["position"]["stage"]["attempt"] = 4
+    with pytest.raises(stageflow.SnapshotError) as damaged:
+        stageflow.Session.from_dict(data, pipeline=pipeline(2))
+    assert not isinstance(damaged.value, stageflow.SnapshotMismatchError)
+
+
 async def test_unknown_node_ids_in_the_snapshot_are_rejected() -> None:
     case, data = await suspended_chat()
     data["position"]["node"] = "nowhere"
