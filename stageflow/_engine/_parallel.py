@@ -215,7 +215,10 @@ class ParallelExecutor:
                 frame.resume = branch["position"]
                 todo.append(i)
         if saved["winner"] is not None:
-            run.winner.append(saved["winner"])
+            # An index in the saved branches, which are in the children order
+            # of the pipeline the snapshot was taken with: found by its child.
+            won = saved["branches"][saved["winner"]]["child"]
+            run.winner.append(node.children.index(won))
         stopped = bool(run.winner) or (
             node.policy is ParallelPolicy.ALL
             and node.cancel_on_error

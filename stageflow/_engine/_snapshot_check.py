@@ -504,19 +504,20 @@ class _Checker:
                 f"parallel node {node.id!r} has policy {node.policy.value!r}: only an 'any' "
                 "node has a winner",
             )
-        elif winner >= len(node.children):
+        elif winner >= len(state["branches"]):
             self.add(
                 f"{where}.winner",
-                f"winner {winner} is past the {len(node.children)} branches of parallel node "
-                f"{node.id!r}",
+                f"winner {winner} is past the {len(state['branches'])} branches listed for "
+                f"parallel node {node.id!r}",
             )
         else:
-            states = {b["child"]: b["state"] for b in state["branches"]}
-            won = states.get(node.children[winner])
-            if won in ("failed", "cancelled"):
+            # An index in the listed branches (not in the node's children,
+            # which a changed pipeline may have reordered).
+            won = state["branches"][winner]
+            if won["state"] in ("failed", "cancelled"):
                 self.add(
                     f"{where}.winner",
-                    f"the winner, branch {node.children[winner]!r}, {won}: a winner succeeded",
+                    f"the winner, branch {won['child']!r}, {won['state']}: a winner succeeded",
                 )
 
     def map(

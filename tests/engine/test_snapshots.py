@@ -614,6 +614,41 @@ async def test_a_changed_pipeline_that_cannot_have_the_position_is_a_mismatch() 
     assert not isinstance(damaged.value, stageflow.SnapshotMismatchError)
 
 
+async def test_a_decided_race_moved_to_reordered_children_keeps_its_winner() -> None:
+    # The saved winner is an index in the saved branches; it was read as an
+    # index in the new pipeline's children, so with them reordered the loser
+    # "won": the winner's writes were dropped (won: None), or the snapshot
+    # was refused as having a cancelled winner.
+    registry = fake_registry()
+
+    def pipeline(children: list[str]) -> stageflow.Pipeline:
+        nodes = [
+            parallel("race", children, next="end", policy="any"),
+            stage("fast", "Set", config={"values": {"v": "fast"}}, outputs={"v": "won"}),
+            stage("slow", "WaitStage", config={"input": "never"}, outputs={"payload": "lost"}),
+            terminal("end", "won", "lost"),
+        ]
+        return load(doc(nodes), registry)
+
+    session = stageflow.Session(pipeline(["fast", "slow"]), registry=registry)
+    taken: list[dict[str, Any]] = []
+
+    def take(event: stageflow.Event) -> None:
+        if event.type in ("branch_finished", "branch_cancelled"):
+            taken.append(json.loads(json.dumps(session.to_dict())))
+
+    session.subscribe(take)
+    assert (await session.run()).artifacts == {"won": "fast", "lost": None}
+    assert [s["position"]["parallel"]["winner"] for s in taken] == [0, 0]
+    for data in taken:
+        restored = stageflow.Session.from_dict(data, pipeline=pipeline(["slow", "fast"]))
+        result = await restored.run()
+        assert (result.status, result.artifacts) == (
+            stageflow.SessionStatus.COMPLETED,
+            {"won": "fast", "lost": None},
+        )
+
+
 async def test_unknown_node_ids_in_the_snapshot_are_rejected() -> None:
     case, data = await suspended_chat()
     data["position"]["node"] = "nowhere"
