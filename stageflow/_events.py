@@ -514,7 +514,7 @@ class History:
         self.base = next_seq - 1 - len(flat) // _WIDTH
 
     def snapshot_events(self, keep: int | None) -> list[dict[str, Any]]:
-        """The newest ``keep`` events (``None``: all) as a version 3 snapshot keeps them.
+        """The newest ``keep`` events (``None``: all) as a snapshot keeps them since version 3.
 
         Each is :meth:`Event.to_dict` without ``session_id`` (the snapshot's)
         and without the span ids that are null, made from the records

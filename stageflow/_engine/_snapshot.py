@@ -36,7 +36,10 @@ from stageflow._engine._positions import (
     FramePosition,
     check_nodes,
     mismatch,
+    not_kept,
+    parked_calls,
     restore_error,
+    unseen_inputs,
 )
 from stageflow._engine._snapshot_check import (
     consistency_problems,
@@ -78,8 +81,8 @@ __all__ = [
 ]
 
 FORMAT: Final = "stageflow.session-snapshot"
-VERSION: Final = 3
-READABLE: Final = (1, 2, 3)
+VERSION: Final = 4
+READABLE: Final = (1, 2, 3, 4)
 """The format versions :func:`load` reads (older ones are migrated as they are read)."""
 
 HistoryChoice = Literal["all", "none"] | int
@@ -95,9 +98,9 @@ _SPAN_KEYS: Final = ("trace_id", "span_id", "parent_span_id")
 
 
 def event_from_dict(data: Mapping[str, Any], session_id: str | None = None) -> Event:
-    """Rebuild an :class:`Event` from its ``to_dict()`` form, or a version 3 snapshot's.
+    """Rebuild an :class:`Event` from its ``to_dict()`` form, or a snapshot's (since version 3).
 
-    A version 3 snapshot leaves out each event's ``session_id`` (``session_id``,
+    A snapshot (since version 3) leaves out each event's ``session_id`` (``session_id``,
     the snapshot's, is taken) and the span ids that are null.
     """
     return Event(
@@ -115,7 +118,7 @@ def event_from_dict(data: Mapping[str, Any], session_id: str | None = None) -> E
 
 
 def event_to_snapshot(event: Event) -> dict[str, Any]:
-    """An event as a version 3 snapshot keeps it: no ``session_id``, no null span ids."""
+    """An event as a snapshot keeps it since version 3: no ``session_id``, no null span ids."""
     out = event.to_dict()
     del out["session_id"]
     for key in _SPAN_KEYS:
@@ -133,7 +136,7 @@ _KEPT_LIMITS: Final[IdentityCache[dict[str, Any]]] = IdentityCache()
 
 
 def limits_to_snapshot(limits: Limits) -> dict[str, Any]:
-    """The limits that differ from their defaults, as a version 3 snapshot keeps them."""
+    """The limits that differ from their defaults, as a snapshot keeps them since version 3."""
     kept = _KEPT_LIMITS.get(limits)
     if kept is None:
         kept = _KEPT_LIMITS.put(
@@ -308,7 +311,26 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
     if state.cancel_reason is not None and status not in FINISHED:
         # A cancel() the run has not acted on yet: the restored session is cancelled too.
         snapshot["cancel_requested"] = state.cancel_reason
+    if active:
+        unseen = _unseen(state, position)
+        if unseen:
+            snapshot["unseen_inputs"] = unseen
     return snapshot
+
+
+def _unseen(state: SessionState, position: FramePosition | None) -> list[dict[str, Any]]:
+    """The inputs given to waits that are gone, which no stage saw and ``position`` does not keep.
+
+    A live wait torn down after its input arrived (``state.unseen``), and a
+    restored wait whose stage has not replayed it (``state.parked``) where
+    the position no longer holds it: the session discards them when it ends,
+    so its snapshot carries them to the session restored from it.
+    """
+    entries = [*(state.unseen or ()), *(state.parked or {}).values()]
+    if not entries:
+        return []
+    left = not_kept(entries, parked_calls(position))
+    return [{"input_type": t, "payload": p} for t, p in unseen_inputs(left)]
 
 
 def _trace_ids(state: SessionState) -> TraceIds | None:
@@ -403,6 +425,11 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     state.history.restore_snapshot(events, next_seq)
     state.desk.recorded_rejections = sum(1 for event in events if event["type"] == "input_rejected")
     state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
+    unseen = snapshot.get("unseen_inputs")  # version 4
+    if unseen:
+        state.unseen = [
+            {"wait": i["input_type"], "payload": copy_json(i["payload"])} for i in unseen
+        ]
     state.deadline = snapshot["deadline"]
     state.replay_draws(snapshot["rng_draws"])
     if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:

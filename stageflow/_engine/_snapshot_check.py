@@ -105,6 +105,11 @@ def _values(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             if isinstance(payloads, list):
                 for i, payload in enumerate(payloads):
                     yield f"$.backlog.{input_type}[{i}]", payload
+    unseen = data.get("unseen_inputs")
+    if isinstance(unseen, list):
+        for i, item in enumerate(unseen):
+            if isinstance(item, Mapping) and "payload" in item:
+                yield f"$.unseen_inputs[{i}].payload", item["payload"]
     history = data.get("history")
     if isinstance(history, list):
         for i, event in enumerate(history):
@@ -283,6 +288,12 @@ class _Checker:
                 "$.cancel_requested",
                 f"a {snapshot['status']} session has no cancel to act on; only a pending, "
                 "running or waiting one has",
+            )
+        if "unseen_inputs" in snapshot and not active:
+            self.add(
+                "$.unseen_inputs",
+                f"a {snapshot['status']} session keeps no inputs to discard later; only a "
+                "running or waiting one does (a finished one listed them in inputs_discarded)",
             )
         # A session a limit stopped goes on from its position once restored
         # with that limit raised: it is checked as an active one's.

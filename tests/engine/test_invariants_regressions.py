@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, fake_registry, stage, terminal
+from fakes import doc, fake_registry, load, parallel, stage, terminal
 
 import stageflow
 
@@ -66,6 +66,62 @@ async def test_an_input_delivered_to_a_wait_cancelled_before_it_saw_it_is_discar
     assert result.status is stageflow.SessionStatus.CANCELLED
     assert [r.delivered for r in receipts] == [1]
     assert _received_or_discarded(result, "go") == 1
+
+
+@pytest.mark.parametrize("restored", [False, True])
+async def test_an_input_given_to_a_wait_torn_down_is_discarded_after_a_restore_too(
+    restored: bool,
+) -> None:
+    """A race decided while an input was on its way to the loser's wait.
+
+    The input (``delivered=1``) is held by the session until it ends, then
+    listed in ``inputs_discarded``. A snapshot taken in between (a worker
+    saves one after every turn) did not carry it: the session restored from
+    it ended without it, in neither event.
+    """
+    registry = fake_registry()
+    nodes = [
+        parallel("race", ["ask", "work"], next="after", policy="any"),
+        stage("ask", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}),
+        stage("work", "Set", config={"values": {"v": 1}, "delay": 1}, outputs={"v": "v"}),
+        stage("after", "WaitStage", config={"input": "z"}, outputs={"payload": "z"}, next="end"),
+        terminal("end", "v"),
+    ]
+    pipeline = load(doc(nodes), registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    receipts: list[stageflow.InputReceipt] = []
+
+    def send_as_the_race_ends(event: stageflow.Event) -> None:
+        if event.type == "branch_finished" and event.payload["branch"] == "work":
+            receipts.append(session.send_input("go", {"n": 1}))
+
+    session.subscribe(send_as_the_race_ends)
+    first = await session.run(suspend=True)
+    assert (first.status, first.waiting_for) == (stageflow.SessionStatus.WAITING, ("z",))
+    assert [r.delivered for r in receipts] == [1]
+    data = json.loads(json.dumps(session.to_dict()))
+    assert data["unseen_inputs"] == [{"input_type": "go", "payload": {"n": 1}}]
+    if restored:
+        session = stageflow.Session.from_dict(data, registry=registry)
+    session.send_input("z", {})
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert _received_or_discarded(result, "go") == 1
+    assert "unseen_inputs" not in session.to_dict()
+
+
+async def test_a_finished_session_with_inputs_no_stage_saw_is_refused() -> None:
+    nodes = [stage("ask", "WaitStage", config={"input": "go"}, next="end"), terminal("end")]
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes))
+    session = stageflow.Session(pipeline)
+    session.cancel("done")
+    await session.run()
+    data = json.loads(json.dumps(session.to_dict()))
+    data["unseen_inputs"] = [{"input_type": "go", "payload": 1}]
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(data, pipeline=pipeline)
+    assert [p.location for p in caught.value.problems] == ["$.unseen_inputs"]
+    assert "a cancelled session keeps no inputs to discard later" in str(caught.value)
 
 
 async def test_a_snapshot_taken_at_session_started_keeps_the_session_deadline() -> None:

@@ -59,9 +59,9 @@ def test_schema_is_a_valid_draft_2020_12_schema(schema: Doc) -> None:
 
 def test_schema_id_carries_the_format_version(schema: Doc) -> None:
     assert schema["$id"] == (
-        "https://stageflow.dev/schemas/session-snapshot/3/session-snapshot.schema.json"
+        "https://stageflow.dev/schemas/session-snapshot/4/session-snapshot.schema.json"
     )
-    assert schema["properties"]["version"]["enum"] == [1, 2, 3]  # versions 1 and 2 are still read
+    assert schema["properties"]["version"]["enum"] == [1, 2, 3, 4]  # versions 1 to 3 are still read
     assert schema["properties"]["format"]["const"] == "stageflow.session-snapshot"
 
 
@@ -498,8 +498,14 @@ FINISHED = _all(
     _set(("outcome",), {"result": {"ok": True}, "artifacts": {"approvals": [None]}, "error": None}),
 )
 
+UNSEEN = [{"input_type": "approval", "payload": {"ok": True}}]
+VERSION_4 = _all(
+    _set(("version",), 4), _set(("history_seq",), 5), _set(("stopped_by_limit",), None)
+)
+
 # Changes to the rich snapshot that keep it valid.
 GOOD_VARIANTS = {
+    "version 4 with inputs no stage saw": _all(VERSION_4, _set(("unseen_inputs",), UNSEEN)),
     "finished session with its outcome": FINISHED,
     "failed session with describe_exception output": _all(
         FINISHED,
@@ -539,9 +545,21 @@ BAD_SNAPSHOTS: dict[str, tuple[Callable[[Doc], None], list[tuple[Path_, str]]]] 
     "wrong format": (_set(("format",), "stageflow.snapshot"), [(("format",), "const")]),
     "version as a string": (_set(("version",), "1"), [(("version",), "enum")]),
     "version as a boolean": (_set(("version",), True), [(("version",), "enum")]),
-    "another version": (_set(("version",), 4), [(("version",), "enum")]),
+    "another version": (_set(("version",), 5), [(("version",), "enum")]),
     "missing version": (_delete(("version",)), [((), "required")]),
     "unknown top-level key": (_set(("context",), {}), [((), "additionalProperties")]),
+    "inputs no stage saw in a version 1 snapshot": (
+        _set(("unseen_inputs",), UNSEEN),
+        [((), NOT)],
+    ),
+    "an empty list of inputs no stage saw": (
+        _all(VERSION_4, _set(("unseen_inputs",), [])),
+        [(("unseen_inputs",), "minItems")],
+    ),
+    "an input no stage saw without its type": (
+        _all(VERSION_4, _set(("unseen_inputs",), [{"payload": 1}])),
+        [(("unseen_inputs", 0), "required")],
+    ),
     "unknown status": (_set(("status",), "paused"), [(("status",), "enum")]),
     "both context and writes at the root": (
         _set(("position", "writes"), []),
