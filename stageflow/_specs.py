@@ -27,9 +27,11 @@ __all__ = [
     "MAX_DOCUMENT_ERRORS",
     "StageSpec",
     "compile_schema",
+    "each_instance",
     "event_type_problem",
     "json_message",
     "json_text",
+    "one_instance",
 ]
 
 ENGINE_EVENT_TYPES: Final = frozenset(
