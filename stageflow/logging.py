@@ -37,9 +37,9 @@ from typing import Any, Final, Literal, TextIO
 
 import structlog
 from opentelemetry import trace
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
-from stageflow._errors import LoggingSetupError
+from stageflow._errors import LoggingSetupError, error_traceback
 from stageflow._json import a_python_type
 
 __all__ = [
@@ -217,14 +217,14 @@ def configure(
         rendering.append(_drop_exc_info)
     if format == "json":
         rendering += [
-            structlog.processors.format_exc_info,
+            structlog.processors.ExceptionRenderer(_exception_text),
             event_first,
             structlog.processors.JSONRenderer(serializer=_strict_json, default=_fallback),
         ]
     else:
         rendering.append(
             structlog.dev.ConsoleRenderer(
-                colors=_is_terminal(out), exception_formatter=structlog.dev.plain_traceback
+                colors=_is_terminal(out), exception_formatter=_write_exception
             )
         )
 
@@ -254,6 +254,19 @@ def configure(
         # would ignore a later configure() or capture_logs().
         cache_logger_on_first_use=False,
     )
+
+
+def _exception_text(exc_info: ExcInfo) -> str:
+    """A line's traceback, bounded as a span's is (``exc_info`` as structlog finds it)."""
+    error = exc_info[1]
+    if error is None:  # exc_info=True outside an except block: as structlog writes it
+        return "NoneType: None"
+    return error_traceback(error).rstrip("\n")
+
+
+def _write_exception(out: TextIO, exc_info: ExcInfo) -> None:
+    """The console format's traceback (see :func:`_exception_text`)."""
+    out.write("\n" + _exception_text(exc_info))
 
 
 def _drop_exc_info(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

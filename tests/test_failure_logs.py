@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import stageflow
 import stageflow.logging
+from stageflow._errors import MAX_ERROR_MESSAGE
 from stageflow.cli import main
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +201,53 @@ async def test_a_stage_error_that_cannot_be_shown_or_is_huge_fails_the_session_s
     assert event.attributes["exception.type"].endswith("StageError")
     assert event.attributes["exception.message"] == message
     assert span.status.description == f"StageError: {message}"
+
+
+def _chain(depth: int) -> Exception:
+    error = ValueError("root")
+    for i in range(depth):
+        outer = ValueError(f"wrapper {i}")
+        outer.__cause__ = error
+        error = outer
+    return error
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+@pytest.mark.parametrize(
+    "raised",
+    [lambda: ValueError("x" * 1_000_000), lambda: _chain(3000)],
+    ids=["1 MB message", "3000 causes"],
+)
+async def test_a_huge_traceback_is_written_bounded_in_the_log_and_the_span(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    raised: Any,
+    log_format: stageflow.logging.Format,
+) -> None:
+    # The message was cut in "error", but the traceback ("exception", the
+    # span's exception.stacktrace) held it whole: a 1 MB line and event.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, format=log_format)
+    registry = fake_registry()
+
+    @registry.register("Raise")
+    async def raise_it(ctx: stageflow.StageContext) -> None:
+        raise raised()
+
+    document = doc([stage("bad", "Raise", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    text = out.getvalue()
+    assert "Traceback (most recent call last)" in text
+    assert "more characters cut" in text
+    assert len(text) < 16 * MAX_ERROR_MESSAGE
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    stacktrace = event.attributes["exception.stacktrace"]
+    assert isinstance(stacktrace, str)
+    assert "more characters cut" in stacktrace
+    assert len(stacktrace) <= 8 * MAX_ERROR_MESSAGE + 100
