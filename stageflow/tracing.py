@@ -183,12 +183,13 @@ def configure(
 
     Raises:
         TracingSetupError: for an unknown ``exporter``, ``protocol`` or
-            ``console_format``, a ``service_name`` that is no non-empty
-            string, a ``console_stream`` with no ``write()``, when the OTLP
-            exporter package for the protocol is not installed, or when ``set_global`` is true and a
-            global SDK provider is already set.
+            ``console_format``, a ``service_name`` or ``endpoint`` that is no
+            non-empty string, a ``console_stream`` with no ``write()``, when
+            the OTLP exporter package for the protocol is not installed, or
+            when ``set_global`` is true and a global SDK provider is already
+            set.
     """
-    _check_arguments("configure", service_name, console_stream)
+    _check_arguments("configure", service_name, console_stream, endpoint)
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure: unknown exporter {exporter!r}; "
@@ -298,9 +299,20 @@ def configure_metrics(
         The configured provider; :func:`shutdown` flushes and stops it.
 
     Raises:
-        TracingSetupError: as :func:`configure` does.
+        TracingSetupError: as :func:`configure` does, and for an
+            ``export_interval_millis`` that is no number above 0.
     """
-    _check_arguments("configure_metrics", service_name, console_stream)
+    _check_arguments("configure_metrics", service_name, console_stream, endpoint)
+    if export_interval_millis is not None and (
+        isinstance(export_interval_millis, bool)
+        or not isinstance(export_interval_millis, int | float)
+        or not export_interval_millis > 0
+    ):
+        raise TracingSetupError(
+            "stageflow.tracing.configure_metrics: export_interval_millis was given "
+            f"{_shown_number(export_interval_millis)}; pass a number of milliseconds above 0 "
+            "(60000 exports every minute), or leave it out for OTEL_METRIC_EXPORT_INTERVAL"
+        )
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure_metrics: unknown exporter {exporter!r}; "
@@ -378,8 +390,25 @@ def shutdown(provider: TracerProvider | None = None) -> None:
             meters.shutdown()
 
 
-def _check_arguments(caller: str, service_name: object, console_stream: object) -> None:
-    """Refuse a service name or a console stream that the SDK would take and fail on later."""
+def _shown_number(value: object) -> str:
+    """A number as a message quotes it (``-1``, ``nan``), anything else by its type."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return a_python_type(value)
+
+
+def _check_arguments(
+    caller: str, service_name: object, console_stream: object, endpoint: object
+) -> None:
+    """Refuse arguments that the SDK would take and fail on later (in the export thread)."""
+    if endpoint is not None and (type(endpoint) is not str or not endpoint.strip()):
+        signal = "traces" if caller == "configure" else "metrics"
+        raise TracingSetupError(
+            f"stageflow.tracing.{caller}: endpoint was given "
+            f"{repr(endpoint) if isinstance(endpoint, str) else a_python_type(endpoint)}; pass "
+            f"the collector's URL as a string (http://localhost:4318/v1/{signal} over HTTP), "
+            "or leave it out for OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
     if service_name is not None and (type(service_name) is not str or not service_name):
         raise TracingSetupError(
             f"stageflow.tracing.{caller}: service_name was given "

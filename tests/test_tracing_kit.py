@@ -405,9 +405,11 @@ def test_bad_settings_are_typed_errors_that_say_what_to_use(
         ({"service_name": 5}, "service_name was given an int; pass a non-empty string"),
         ({"service_name": ""}, "service_name was given ''; pass a non-empty string"),
         ({"console_stream": "out.txt"}, "console_stream was given a str, which has no write()"),
+        ({"endpoint": 4318}, "endpoint was given an int; pass the collector's URL as a string"),
+        ({"endpoint": " "}, "endpoint was given ' '; pass the collector's URL as a string"),
     ],
 )
-def test_a_service_name_or_console_stream_of_the_wrong_kind_is_refused(
+def test_a_service_name_console_stream_or_endpoint_of_the_wrong_kind_is_refused(
     configure: str, kwargs: dict[str, Any], expected: str
 ) -> None:
     # Taken before: an int service.name went into every exported resource, and
