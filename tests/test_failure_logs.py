@@ -251,3 +251,27 @@ async def test_a_huge_traceback_is_written_bounded_in_the_log_and_the_span(
     assert isinstance(stacktrace, str)
     assert "more characters cut" in stacktrace
     assert len(stacktrace) <= 8 * MAX_ERROR_MESSAGE + 100
+
+
+def _documented_line() -> dict[str, Any]:
+    text = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    block = text.split("A JSON line:", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    line: dict[str, Any] = json.loads(block)
+    return line
+
+
+async def test_the_documented_json_line_has_the_keys_of_a_real_one_in_their_order(
+    provider: TracerProvider,
+) -> None:
+    # The example in docs/observability.md had lost node_type and path.
+    document = doc([stage("fetch", "Set", next="end"), terminal()])
+    _, lines, _ = await _logged_run(document, provider)
+    [real] = [x for x in lines if x["event"] == "node.finished" and x["node_id"] == "fetch"]
+    documented = _documented_line()
+    assert list(real) == list(documented)
+    assert {key: type(value) for key, value in real.items()} == {
+        key: type(value) for key, value in documented.items()
+    }
+    assert real["path"] == documented["path"] == ""
+    started = [x for x in lines if x["event"] == "session.started"]
+    assert [(x["pipeline"], x["resumed"]) for x in started] == [("pipeline", False)]
