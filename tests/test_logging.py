@@ -377,3 +377,41 @@ def test_an_unconfigured_application_gets_stageflow_warnings_on_standard_error()
     assert "lease not returned" in done.stderr
     assert "node.started" not in done.stderr
     assert "session.finished" not in done.stderr
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ failed")
+
+
+@pytest.mark.anyio
+async def test_a_stage_log_call_with_an_unprintable_value_fails_no_stage_unconfigured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without a structlog set-up, stageflow's own key=value rendering called
+    # repr(): the stage's ctx.log.warning raised, and the stage failed.
+    structlog.reset_defaults()
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Chatty")
+    async def chatty(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ctx.log.warning("stage.odd", value=_BadRepr(), text="two\nlines")
+        return {}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "a",
+            "nodes": [
+                {"id": "a", "type": "stage", "stage": "Chatty", "next": "end"},
+                {"id": "end", "type": "terminal", "result": {}},
+            ],
+        },
+        registry=registry,
+    )
+    with caplog.at_level(logging.WARNING, logger="stageflow.stage"):
+        result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [record] = [r for r in caplog.records if "stage.odd" in r.getMessage()]
+    assert record.getMessage().startswith("event='stage.odd' attempt=1 node_id='a' ")
+    assert "text='two\\nlines' value=<_BadRepr whose repr() failed>" in record.getMessage()
