@@ -39,7 +39,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
-from stageflow._errors import LoggingSetupError, error_traceback
+from stageflow._errors import LoggingSetupError, error_traceback, shown_text
 from stageflow._json import a_python_type
 
 __all__ = [
@@ -139,12 +139,34 @@ def _plain(value: Any, within: set[int], depth: int) -> Any:
     try:
         if isinstance(value, dict):
             return {
-                key if isinstance(key, str) else str(key): _plain(item, within, depth + 1)
+                key if isinstance(key, str) else shown_text(str, key): _plain(
+                    item, within, depth + 1
+                )
                 for key, item in value.items()
             }
         return [_plain(item, within, depth + 1) for item in value]
     finally:
         within.discard(id(value))
+
+
+def _unprintable_named(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A value the console format cannot show (its ``repr()`` raises) named by its type.
+
+    structlog's console renderer calls ``repr()`` (``str()`` on the event),
+    and a line it cannot render is lost: the JSON format writes such a value
+    as ``"<Type with a failing repr()>"``, and so does this for the console.
+    """
+    for key, value in event_dict.items():
+        if key == "exc_info" or type(value) is str:
+            continue
+        if key == "event":
+            event_dict[key] = shown_text(str, value)
+            continue
+        try:
+            repr(value)
+        except Exception:
+            event_dict[key] = _fallback(value)
+    return event_dict
 
 
 def _fallback(value: object) -> str:
@@ -222,6 +244,7 @@ def configure(
             structlog.processors.JSONRenderer(serializer=_strict_json, default=_fallback),
         ]
     else:
+        rendering.append(_unprintable_named)
         rendering.append(
             structlog.dev.ConsoleRenderer(
                 colors=_is_terminal(out), exception_formatter=_write_exception

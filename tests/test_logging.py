@@ -123,6 +123,44 @@ def test_a_container_inside_itself_or_keys_that_are_not_strings_still_make_a_lin
     assert "<nested too deep>" in json.dumps(line["deep"])
 
 
+class _Unshowable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_value_key_or_event_that_cannot_be_shown_keeps_its_line(
+    monkeypatch: pytest.MonkeyPatch, log_format: stageflow.logging.Format
+) -> None:
+    # Lost for a "--- Logging error ---": a key whose str() fails in the JSON
+    # format, and any value whose repr() fails in the console format.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, format=log_format)
+    root = logging.getLogger()
+    # pytest's own capture handlers would repr() the values too.
+    ours = [h for h in root.handlers if isinstance(h, stageflow.logging._StageflowHandler)]
+    monkeypatch.setattr(root, "handlers", ours)
+    log = structlog.get_logger("stageflow.stage")
+    log.info("odd", keyed={_Unshowable(): 1})
+    log.info("odd", value=_Unshowable(), items=[_Unshowable()])
+    log.info(_Unshowable())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    if log_format == "json":
+        assert json.loads(lines[0])["keyed"] == {"<_Unshowable whose str() failed>": 1}
+        assert json.loads(lines[1])["value"] == "<_Unshowable with a failing repr()>"
+    else:
+        assert "keyed='<dict with a failing repr()>'" in lines[0]
+        assert "value='<_Unshowable with a failing repr()>'" in lines[1]
+        assert "<_Unshowable whose str() failed>" in lines[2]
+
+
 def test_a_log_call_with_a_value_inside_itself_writes_its_line() -> None:
     out = io.StringIO()
     stageflow.logging.configure(stream=out)
