@@ -228,20 +228,22 @@ def configure(
 
 
 def format_span_line(span: ReadableSpan) -> str:
-    """One line for a finished span, for a person reading a terminal.
+    r"""One line for a finished span, for a person reading a terminal.
 
     ``span stage fetch  12.5 ms  ok  node.id=fetch outcome=succeeded  trace 4bf92f35
     span 00f067aa parent 53995c3f``: the name, the duration, the status,
     the ``stageflow.*`` attributes (prefix left out), then short trace, span
     and parent ids to tie lines together. Spans are written as they end, so
-    a parent's line comes after its children's.
+    a parent's line comes after its children's. A line break or an escape
+    sequence in a name or a value (a pipeline's name, a session id) is
+    written escaped (``\n``, ``\x1b``), so each span stays one line.
     """
     start, end = span.start_time or 0, span.end_time or span.start_time or 0
     status = span.status.status_code.name.lower()
     if status == "unset":
         status = "ok"
     attributes = " ".join(
-        f"{key.removeprefix('stageflow.')}={_short(value)}"
+        f"{_printable(key.removeprefix('stageflow.'))}={_printable(_short(value))}"
         for key, value in (span.attributes or {}).items()
         if key.startswith("stageflow.")
     )
@@ -251,12 +253,24 @@ def format_span_line(span: ReadableSpan) -> str:
         ids = f"trace {context.trace_id:032x}"[:14] + f"  span {context.span_id:016x}"[:15]
     if span.parent is not None:
         ids += f"  parent {span.parent.span_id:016x}"[:17]
-    parts = [f"span {span.name}", f"{(end - start) / 1e6:.1f} ms", status]
+    parts = [f"span {_printable(span.name)}", f"{(end - start) / 1e6:.1f} ms", status]
     if attributes:
         parts.append(attributes)
     if ids:
         parts.append(ids)
     return "  ".join(parts) + "\n"
+
+
+def _printable(text: str) -> str:
+    r"""``text`` with what a terminal would act on escaped (``\n``, ``\x1b``): one line.
+
+    A pipeline's name and a session id may hold line breaks and escape
+    sequences; written as they are, they would start a line that looks like
+    another span's, or recolor and clear the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _short(value: object) -> str:

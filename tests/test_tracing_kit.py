@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fakes import doc, fake_registry, load, stage, terminal
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
@@ -305,6 +306,34 @@ def test_console_lines_print_one_readable_line_per_span(providers: list[TracerPr
     assert lines[1].startswith("span run demo  ")
     assert "parent" not in lines[1]
     assert "{" not in out.getvalue()
+
+
+@pytest.mark.anyio
+async def test_console_lines_stay_one_line_a_span_whatever_a_name_or_an_id_holds(
+    providers: list[TracerProvider],
+) -> None:
+    # A line break in a pipeline's name or a session id started a line that
+    # looked like another span's, and an escape sequence went to the terminal.
+    out = io.StringIO()
+    provider = stageflow.tracing.configure(
+        exporter="console", console_stream=out, set_global=False, console_format="lines"
+    )
+    providers.append(provider)
+    registry = fake_registry()
+    document = doc([stage("a", "Set", next="end"), terminal()], metadata={"name": "p\nq\x1b[2J"})
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        tracer_provider=provider,
+        session_id="s\nspan fake  1.0 ms  ok\x1b[31m\ud800",
+    )
+    await session.run()
+    stageflow.tracing.shutdown(provider)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3  # stage a, terminal end, the run
+    assert "\x1b" not in out.getvalue()
+    assert lines[2].startswith("span run p\\nq\\x1b[2J  ")
+    assert "session.id=s\\nspan fake  1.0 ms  ok\\x1b[31m\\ud800 " in lines[2]
 
 
 def test_console_exporter_prints_each_span_as_json(providers: list[TracerProvider]) -> None:
