@@ -120,6 +120,19 @@ def shown_text(show: Callable[[object], str], value: object) -> str:
         return f"<{type(value).__name__} whose {show.__name__}() failed>"
 
 
+def printable_text(text: str) -> str:
+    r"""``text`` with what a terminal would act on escaped (``\n``, ``\x1b``): one line.
+
+    For text written to a terminal line by line (a span's line, a console
+    log line): a pipeline's name or a session id may hold line breaks and
+    escape sequences, which would start a line that looks like another one,
+    or recolor and clear the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 MAX_ERROR_MESSAGE: Final = 8192
 """Characters of an exception's message that the history, logs and spans keep.
 

@@ -39,7 +39,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
-from stageflow._errors import LoggingSetupError, error_traceback, shown_text
+from stageflow._errors import LoggingSetupError, error_traceback, printable_text, shown_text
 from stageflow._json import a_python_type
 
 __all__ = [
@@ -149,24 +149,32 @@ def _plain(value: Any, within: set[int], depth: int) -> Any:
         within.discard(id(value))
 
 
-def _unprintable_named(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """A value the console format cannot show (its ``repr()`` raises) named by its type.
+def _shown_on_a_terminal(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    r"""The console format's values, each as the terminal can show it in one line.
 
-    structlog's console renderer calls ``repr()`` (``str()`` on the event),
-    and a line it cannot render is lost: the JSON format writes such a value
-    as ``"<Type with a failing repr()>"``, and so does this for the console.
+    A text with line breaks or escape sequences (a pipeline's name, a session
+    id) is escaped (``\n``, ``\x1b``): written as it is, it would start
+    a line that looks like another one, or recolor and clear the terminal.
+    A value whose ``repr()`` raises is named by its type, as the JSON format
+    names it: structlog's console renderer would raise, and the line be lost.
+    The traceback (``exception``, ``exc_info``) keeps its lines.
     """
     for key, value in event_dict.items():
-        if key == "exc_info" or type(value) is str:
+        if key in _MULTILINE:
             continue
-        if key == "event":
-            event_dict[key] = shown_text(str, value)
+        if type(value) is str or key == "event":
+            event_dict[key] = printable_text(shown_text(str, value))
             continue
         try:
             repr(value)
         except Exception:
             event_dict[key] = _fallback(value)
     return event_dict
+
+
+_MULTILINE: Final = frozenset({"exc_info", "exception", "stack"})
 
 
 def _fallback(value: object) -> str:
@@ -244,7 +252,7 @@ def configure(
             structlog.processors.JSONRenderer(serializer=_strict_json, default=_fallback),
         ]
     else:
-        rendering.append(_unprintable_named)
+        rendering.append(_shown_on_a_terminal)
         rendering.append(
             structlog.dev.ConsoleRenderer(
                 colors=_is_terminal(out), exception_formatter=_write_exception

@@ -59,7 +59,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
-from stageflow._errors import TracingSetupError
+from stageflow._errors import TracingSetupError, printable_text
 from stageflow._json import a_python_type
 from stageflow._metrics import global_provider_set
 from stageflow._segments import wanted_ids
@@ -243,7 +243,7 @@ def format_span_line(span: ReadableSpan) -> str:
     if status == "unset":
         status = "ok"
     attributes = " ".join(
-        f"{_printable(key.removeprefix('stageflow.'))}={_printable(_short(value))}"
+        f"{printable_text(key.removeprefix('stageflow.'))}={printable_text(_short(value))}"
         for key, value in (span.attributes or {}).items()
         if key.startswith("stageflow.")
     )
@@ -253,24 +253,12 @@ def format_span_line(span: ReadableSpan) -> str:
         ids = f"trace {context.trace_id:032x}"[:14] + f"  span {context.span_id:016x}"[:15]
     if span.parent is not None:
         ids += f"  parent {span.parent.span_id:016x}"[:17]
-    parts = [f"span {_printable(span.name)}", f"{(end - start) / 1e6:.1f} ms", status]
+    parts = [f"span {printable_text(span.name)}", f"{(end - start) / 1e6:.1f} ms", status]
     if attributes:
         parts.append(attributes)
     if ids:
         parts.append(ids)
     return "  ".join(parts) + "\n"
-
-
-def _printable(text: str) -> str:
-    r"""``text`` with what a terminal would act on escaped (``\n``, ``\x1b``): one line.
-
-    A pipeline's name and a session id may hold line breaks and escape
-    sequences; written as they are, they would start a line that looks like
-    another span's, or recolor and clear the terminal.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _short(value: object) -> str:

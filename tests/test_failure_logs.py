@@ -275,3 +275,27 @@ async def test_the_documented_json_line_has_the_keys_of_a_real_one_in_their_orde
     assert real["path"] == documented["path"] == ""
     started = [x for x in lines if x["event"] == "session.started"]
     assert [(x["pipeline"], x["resumed"]) for x in started] == [("pipeline", False)]
+
+
+async def test_console_lines_stay_one_line_whatever_a_name_or_an_id_holds(
+    provider: TracerProvider,
+) -> None:
+    # A pipeline's name or a session id with a line break or an escape
+    # sequence was written as it is: a line that looked like another one, an
+    # escape that recolored or cleared the terminal (stageflow run's format).
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, format="console")
+    registry = fake_registry()
+    document = doc([terminal()], metadata={"name": "p\x1b[2J"})
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        tracer_provider=provider,
+        session_id="s\x1b[31m\nnode.finished",
+    )
+    await session.run()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # session.started, node.started, node.finished, session.finished
+    assert "\x1b" not in out.getvalue()
+    assert all("session_id=s\\x1b[31m\\nnode.finished" in line for line in lines)
+    assert "pipeline=p\\x1b[2J" in lines[0]
