@@ -179,10 +179,19 @@ def error_traceback(exc: BaseException) -> str:
     message, which :func:`error_text` cuts elsewhere) is cut to
     :data:`MAX_ERROR_MESSAGE` characters, and a traceback longer than
     :data:`MAX_TRACEBACK` (a chain of thousands of causes) keeps its start
-    and its end. Each cut says how much was left out.
+    and its end. Each cut says how much was left out. An exception whose
+    traceback cannot be written (a ``__notes__`` that raises) is its type
+    and message, and says so.
     """
+    try:
+        written = traceback.format_exception(exc)
+    except Exception:
+        written = [
+            f"{type(exc).__qualname__}: {error_text(exc)}\n",
+            "(its traceback could not be written)\n",
+        ]
     parts = []
-    for part in traceback.format_exception(exc):
+    for part in written:
         if len(part) > MAX_TRACEBACK_PART:
             cut = len(part) - MAX_ERROR_MESSAGE
             part = f"{part[:MAX_ERROR_MESSAGE]}... ({cut} more characters cut)\n"

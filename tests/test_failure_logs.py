@@ -299,3 +299,45 @@ async def test_console_lines_stay_one_line_whatever_a_name_or_an_id_holds(
     assert "\x1b" not in out.getvalue()
     assert all("session_id=s\\x1b[31m\\nnode.finished" in line for line in lines)
     assert "pipeline=p\\x1b[2J" in lines[0]
+
+
+class _NotesRaise(Exception):
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("__notes__ failed")
+
+
+async def test_a_stage_error_whose_traceback_cannot_be_written_fails_the_session_logged(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Writing its traceback raised (Python reads __notes__): run() raised that
+    # RuntimeError from the span's exception event, or from the logging
+    # module's own report of the log line it could not write.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    registry = fake_registry()
+
+    @registry.register("Raise")
+    async def raise_it(ctx: stageflow.StageContext) -> None:
+        raise _NotesRaise("odd")
+
+    document = doc([stage("bad", "Raise", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    raised = None
+    try:
+        await session.run()
+    except RuntimeError as exc:  # kept out of the report: pytest would write its traceback
+        raised = repr(exc)
+    assert raised is None
+    assert session.status is stageflow.SessionStatus.FAILED
+    [error_line] = [
+        json.loads(line) for line in out.getvalue().splitlines() if '"level": "error"' in line
+    ][:1]
+    assert error_line["error_type"] == "StageError"
+    assert "(its traceback could not be written)" in error_line["exception"]
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert "StageError: stage 'Raise' at node 'bad'" in str(event.attributes["exception.stacktrace"])
