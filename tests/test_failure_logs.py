@@ -340,4 +340,5 @@ async def test_a_stage_error_whose_traceback_cannot_be_written_fails_the_session
     [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
     [event] = [e for e in span.events if e.name == "exception"]
     assert event.attributes is not None
-    assert "StageError: stage 'Raise' at node 'bad'" in str(event.attributes["exception.stacktrace"])
+    stacktrace = str(event.attributes["exception.stacktrace"])
+    assert "StageError: stage 'Raise' at node 'bad'" in stacktrace
