@@ -111,7 +111,8 @@ def _strict_json(value: Any, **options: Any) -> str:
     container inside itself and on keys that are not strings; any of these
     would break the one-object-per-line stream a collector reads (or make the
     log call raise). Such floats are written as strings, other keys as their
-    ``str()``, a container met again inside itself as ``"<circular>"``, one
+    ``str()``, an int too long for Python to write (or a key whose ``str()``
+    raises) by its type, a container met again inside itself as ``"<circular>"``, one
     nested deeper than :data:`_LOG_DEPTH` as ``"<nested too deep>"``, and an
     unwritable value as its type name.
     """
@@ -129,6 +130,12 @@ def _plain(value: Any, within: set[int], depth: int) -> Any:
     """``value`` as ``json.dumps`` can write it strictly (see :func:`_strict_json`)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            int.__repr__(value)
+        except ValueError:  # longer than Python writes an int (sys.get_int_max_str_digits)
+            return shown_text(str, value)
+        return value
     if not isinstance(value, dict | list | tuple):
         return value
     if id(value) in within:

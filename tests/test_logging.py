@@ -138,8 +138,9 @@ class _Unshowable:
 def test_a_value_key_or_event_that_cannot_be_shown_keeps_its_line(
     monkeypatch: pytest.MonkeyPatch, log_format: stageflow.logging.Format
 ) -> None:
-    # Lost for a "--- Logging error ---": a key whose str() fails in the JSON
-    # format, and any value whose repr() fails in the console format.
+    # Lost for a "--- Logging error ---": a key whose str() fails or an int
+    # too long to write in the JSON format, and any value whose repr() fails
+    # in the console format.
     out = io.StringIO()
     stageflow.logging.configure(stream=out, format=log_format)
     root = logging.getLogger()
@@ -150,15 +151,18 @@ def test_a_value_key_or_event_that_cannot_be_shown_keeps_its_line(
     log.info("odd", keyed={_Unshowable(): 1})
     log.info("odd", value=_Unshowable(), items=[_Unshowable()])
     log.info(_Unshowable())
+    log.info("odd", number=10**5000)  # more digits than Python writes
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     if log_format == "json":
         assert json.loads(lines[0])["keyed"] == {"<_Unshowable whose str() failed>": 1}
         assert json.loads(lines[1])["value"] == "<_Unshowable with a failing repr()>"
+        assert json.loads(lines[3])["number"] == "<int whose str() failed>"
     else:
         assert "keyed='<dict with a failing repr()>'" in lines[0]
         assert "value='<_Unshowable with a failing repr()>'" in lines[1]
         assert "<_Unshowable whose str() failed>" in lines[2]
+        assert "number='<int with a failing repr()>'" in lines[3]
 
 
 def test_a_log_call_with_a_value_inside_itself_writes_its_line() -> None:
