@@ -26,6 +26,7 @@ from stageflow._telemetry import NODE_ID, NODE_TYPE, OUTCOME, PIPELINE_NAME, SES
 __all__ = [
     "BOUNDARIES",
     "INSTRUMENTS",
+    "PROXY_METER_PROVIDER",
     "Metrics",
     "global_provider_set",
     "node_measured",
@@ -36,12 +37,12 @@ _NO_PROVIDER = (metrics.NoOpMeterProvider,)
 # The API's stand-in before a provider is set has no public class; it is told
 # by name, as OpenTelemetry's own tests do. A session made before the
 # application sets its provider stays unmetered (decided once, like tracing).
-_PROXY_PROVIDER: Final = "_ProxyMeterProvider"
+PROXY_METER_PROVIDER: Final = "_ProxyMeterProvider"
 
 
 def global_provider_set() -> bool:
     """Whether OpenTelemetry's global meter provider was set (it can be set once)."""
-    return type(metrics.get_meter_provider()).__name__ != _PROXY_PROVIDER
+    return type(metrics.get_meter_provider()).__name__ != PROXY_METER_PROVIDER
 
 
 # name -> (kind, unit, description): the catalogue of instruments.
@@ -124,7 +125,7 @@ class Metrics:
     def resolve(cls, provider: metrics.MeterProvider | None, version: str) -> Metrics | None:
         """Metrics through ``provider`` (the global one if ``None``), or ``None`` without one."""
         chosen = provider if provider is not None else metrics.get_meter_provider()
-        if isinstance(chosen, _NO_PROVIDER) or type(chosen).__name__ == _PROXY_PROVIDER:
+        if isinstance(chosen, _NO_PROVIDER) or type(chosen).__name__ == PROXY_METER_PROVIDER:
             return None
         meter = chosen.get_meter("stageflow", version)
         # An SDK provider turned off (OTEL_SDK_DISABLED=true) hands out a no-op meter.

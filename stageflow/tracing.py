@@ -61,7 +61,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from stageflow._errors import TracingSetupError, printable_text
 from stageflow._json import a_python_type
-from stageflow._metrics import global_provider_set
+from stageflow._metrics import PROXY_METER_PROVIDER, global_provider_set
 from stageflow._segments import wanted_ids
 
 __all__ = [
@@ -352,23 +352,28 @@ def configure_metrics(
     return provider
 
 
-def force_flush(provider: TracerProvider | None = None, *, timeout_millis: int = 30_000) -> bool:
+def force_flush(
+    provider: TracerProvider | MeterProvider | None = None, *, timeout_millis: int = 30_000
+) -> bool:
     """Export every span that has ended but is still buffered.
 
     Args:
-        provider: the provider :func:`configure` returned; ``None`` flushes
-            the global provider.
+        provider: the provider :func:`configure` (or :func:`configure_metrics`)
+            returned; ``None`` flushes the global tracer provider.
         timeout_millis: how long to wait for the exporter.
 
     Returns:
         True when everything was exported in time (also when there is no SDK
         provider, so nothing to flush); False otherwise.
+
+    Raises:
+        TypeError: for a ``provider`` that has no ``force_flush()``.
     """
-    target = _sdk_provider(provider)
+    target = _sdk_provider(provider, "force_flush")
     return True if target is None else target.force_flush(timeout_millis)
 
 
-def shutdown(provider: TracerProvider | None = None) -> None:
+def shutdown(provider: TracerProvider | MeterProvider | None = None) -> None:
     """Flush buffered spans and shut the provider's processors and exporters down.
 
     Spans started afterwards are not exported. Calling it twice is harmless.
@@ -378,12 +383,16 @@ def shutdown(provider: TracerProvider | None = None) -> None:
     ``tracing/README.md`` says how to shorten it.
 
     Args:
-        provider: the provider :func:`configure` returned; ``None`` shuts the
-            global tracer provider down, and the global meter provider too
-            when it is an SDK one (:func:`configure_metrics`). Nothing happens
-            for providers that are not SDK ones.
+        provider: the provider :func:`configure` (or :func:`configure_metrics`)
+            returned; ``None`` shuts the global tracer provider down, and the
+            global meter provider too when it is an SDK one
+            (:func:`configure_metrics`). Nothing happens for the API's
+            providers (no-op, or the stand-in before one is set).
+
+    Raises:
+        TypeError: for a ``provider`` that has no ``shutdown()``.
     """
-    target = _sdk_provider(provider)
+    target = _sdk_provider(provider, "shutdown")
     if target is not None:
         target.shutdown()
     if provider is None:
@@ -426,11 +435,29 @@ def _check_arguments(
         )
 
 
-def _sdk_provider(provider: TracerProvider | None) -> TracerProvider | None:
-    if provider is not None:
-        return provider
-    current = trace.get_tracer_provider()
-    return current if isinstance(current, TracerProvider) else None
+def _sdk_provider(
+    provider: TracerProvider | MeterProvider | None, method: str
+) -> TracerProvider | MeterProvider | None:
+    """The provider to flush or shut down; ``None`` for the API's, which buffer nothing."""
+    if provider is None:
+        current = trace.get_tracer_provider()
+        return current if isinstance(current, TracerProvider) else None
+    if isinstance(provider, _API_PROVIDERS) or type(provider).__name__ == PROXY_METER_PROVIDER:
+        return None
+    if not callable(getattr(provider, method, None)):
+        raise TypeError(
+            f"stageflow.tracing.{method}: provider was given {a_python_type(provider)}, which "
+            f"has no {method}(); pass the provider configure() or configure_metrics() "
+            "returned, or leave it out for the global one"
+        )
+    return provider
+
+
+_API_PROVIDERS: Final = (
+    trace.NoOpTracerProvider,
+    trace.ProxyTracerProvider,
+    metrics.NoOpMeterProvider,
+)
 
 
 def _resource(service_name: str | None) -> Resource:

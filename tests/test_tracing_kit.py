@@ -448,6 +448,28 @@ def test_a_service_name_console_stream_or_endpoint_of_the_wrong_kind_is_refused(
     assert f"stageflow.tracing.{configure}: {expected}" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "api_provider", [trace.NoOpTracerProvider(), trace.ProxyTracerProvider()], ids=type
+)
+def test_flushing_or_shutting_down_an_api_provider_does_nothing(
+    api_provider: trace.TracerProvider,
+) -> None:
+    # "Nothing happens for providers that are not SDK ones": both raised
+    # AttributeError, having no force_flush() or shutdown().
+    assert stageflow.tracing.force_flush(api_provider) is True
+    stageflow.tracing.shutdown(api_provider)
+
+
+@pytest.mark.parametrize("function", ["force_flush", "shutdown"])
+def test_flushing_or_shutting_down_something_else_is_a_typed_error(function: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        getattr(stageflow.tracing, function)("collector")
+    assert str(caught.value).startswith(
+        f"stageflow.tracing.{function}: provider was given a str, which has no {function}(); "
+        "pass the provider configure() or configure_metrics() returned"
+    )
+
+
 # -- the global provider (in a subprocess: OpenTelemetry sets it once per process) -----------
 
 GLOBAL_SCRIPT = textwrap.dedent(
