@@ -112,9 +112,9 @@ def _strict_json(value: Any, **options: Any) -> str:
     would break the one-object-per-line stream a collector reads (or make the
     log call raise). Such floats are written as strings, other keys as their
     ``str()``, an int too long for Python to write (or a key whose ``str()``
-    raises) by its type, a container met again inside itself as ``"<circular>"``, one
-    nested deeper than :data:`_LOG_DEPTH` as ``"<nested too deep>"``, and an
-    unwritable value as its type name.
+    raises) by its type, a container met again inside itself as
+    ``"<circular>"``, one nested deeper than :data:`_LOG_DEPTH` as
+    ``"<nested too deep>"``, and an unwritable value as its type name.
     """
     try:
         return json.dumps(value, allow_nan=False, **options)
