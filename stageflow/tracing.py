@@ -183,8 +183,9 @@ def configure(
 
     Raises:
         TracingSetupError: for an unknown ``exporter``, ``protocol`` or
-            ``console_format``, a ``service_name`` or ``endpoint`` that is no
-            non-empty string, a ``console_stream`` with no ``write()``, when
+            ``console_format``, a ``service_name`` that is no non-empty
+            string, an ``endpoint`` that is no string (or only spaces), a
+            ``console_stream`` with no ``write()``, when
             the OTLP exporter package for the protocol is not installed, or
             when ``set_global`` is true and a global SDK provider is already
             set.
@@ -412,7 +413,8 @@ def _check_arguments(
     caller: str, service_name: object, console_stream: object, endpoint: object
 ) -> None:
     """Refuse arguments that the SDK would take and fail on later (in the export thread)."""
-    if endpoint is not None and (type(endpoint) is not str or not endpoint.strip()):
+    # An empty endpoint is taken as none (the exporter reads OTEL_* then), as before.
+    if endpoint is not None and (type(endpoint) is not str or (endpoint and not endpoint.strip())):
         signal = "traces" if caller == "configure" else "metrics"
         raise TracingSetupError(
             f"stageflow.tracing.{caller}: endpoint was given "

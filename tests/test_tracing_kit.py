@@ -448,6 +448,12 @@ def test_a_service_name_console_stream_or_endpoint_of_the_wrong_kind_is_refused(
     assert f"stageflow.tracing.{configure}: {expected}" in str(caught.value)
 
 
+@pytest.mark.parametrize("configure", ["configure", "configure_metrics"])
+def test_an_empty_endpoint_is_taken_as_none(configure: str) -> None:
+    provider = getattr(stageflow.tracing, configure)(exporter="none", endpoint="", set_global=False)
+    provider.shutdown()
+
+
 @pytest.mark.parametrize(
     "api_provider", [trace.NoOpTracerProvider(), trace.ProxyTracerProvider()], ids=type
 )
