@@ -51,6 +51,7 @@ how to fix it.
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
@@ -119,6 +120,19 @@ def shown_text(show: Callable[[object], str], value: object) -> str:
         return f"<{type(value).__name__} whose {show.__name__}() failed>"
 
 
+def printable_text(text: str) -> str:
+    r"""``text`` with what a terminal would act on escaped (``\n``, ``\x1b``): one line.
+
+    For text written to a terminal line by line (a span's line, a console
+    log line): a pipeline's name or a session id may hold line breaks and
+    escape sequences, which would start a line that looks like another one,
+    or recolor and clear the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 MAX_ERROR_MESSAGE: Final = 8192
 """Characters of an exception's message that the history, logs and spans keep.
 
@@ -144,6 +158,49 @@ def error_text(exc: BaseException) -> str:
     if len(text) <= MAX_ERROR_MESSAGE or isinstance(exc, StageflowError):
         return text
     return f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} more characters cut)"
+
+
+MAX_TRACEBACK_PART: Final = 2 * MAX_ERROR_MESSAGE
+"""Characters of one part of a traceback (a frame, an exception's message) that it keeps.
+
+Twice a message's bound: stageflow's own error quotes a stage's (cut) message
+with words of its own, and is kept whole.
+"""
+
+MAX_TRACEBACK: Final = 8 * MAX_ERROR_MESSAGE
+"""Characters of a traceback (an exception and its chain) that logs and spans keep."""
+
+
+def error_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` and its chain, for a span's event or a log line: bounded.
+
+    As :func:`traceback.format_exception` writes it, except that a part
+    longer than :data:`MAX_TRACEBACK_PART` (a frame, or an exception's
+    message, which :func:`error_text` cuts elsewhere) is cut to
+    :data:`MAX_ERROR_MESSAGE` characters, and a traceback longer than
+    :data:`MAX_TRACEBACK` (a chain of thousands of causes) keeps its start
+    and its end. Each cut says how much was left out. An exception whose
+    traceback cannot be written (a ``__notes__`` that raises) is its type
+    and message, and says so.
+    """
+    try:
+        written = traceback.format_exception(exc)
+    except Exception:
+        written = [
+            f"{type(exc).__qualname__}: {error_text(exc)}\n",
+            "(its traceback could not be written)\n",
+        ]
+    parts = []
+    for part in written:
+        if len(part) > MAX_TRACEBACK_PART:
+            cut = len(part) - MAX_ERROR_MESSAGE
+            part = f"{part[:MAX_ERROR_MESSAGE]}... ({cut} more characters cut)\n"
+        parts.append(part)
+    text = "".join(parts)
+    if len(text) <= MAX_TRACEBACK:
+        return text
+    half = MAX_TRACEBACK // 2
+    return f"{text[:half]}\n... ({len(text) - 2 * half} more characters cut) ...\n{text[-half:]}"
 
 
 _SHOWN_INT: Final = 10**40

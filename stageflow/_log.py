@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from stageflow._errors import error_text
+from stageflow._errors import error_text, shown_text
 
 __all__ = [
     "LOG_REPORTED",
@@ -94,9 +94,21 @@ def node_finished(
         log.error("node.finished", exc_info=error, **values)
 
 
-_STDLIB_PROCESSORS: list[Any] = [
-    structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
-]
+def _key_values(logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
+    """``event='...' key=value ...`` (the event, then the keys sorted), never raising.
+
+    As structlog's ``KeyValueRenderer`` writes a line, except that a value
+    whose ``repr()`` fails is named by its type: a stage's ``ctx.log`` call
+    fails no stage, as a record of the ``logging`` module that cannot be
+    formatted fails no caller.
+    """
+    keys = sorted(key for key in event_dict if key != "event")
+    if "event" in event_dict:
+        keys.insert(0, "event")
+    return " ".join(f"{key}={shown_text(repr, event_dict[key])}" for key in keys)
+
+
+_STDLIB_PROCESSORS: list[Any] = [_key_values]
 
 
 class _LibraryLogger:

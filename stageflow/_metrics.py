@@ -23,18 +23,26 @@ from opentelemetry import metrics
 
 from stageflow._telemetry import NODE_ID, NODE_TYPE, OUTCOME, PIPELINE_NAME, SESSION_STATUS
 
-__all__ = ["INSTRUMENTS", "Metrics", "global_provider_set", "node_measured", "session_measured"]
+__all__ = [
+    "BOUNDARIES",
+    "INSTRUMENTS",
+    "PROXY_METER_PROVIDER",
+    "Metrics",
+    "global_provider_set",
+    "node_measured",
+    "session_measured",
+]
 
 _NO_PROVIDER = (metrics.NoOpMeterProvider,)
 # The API's stand-in before a provider is set has no public class; it is told
 # by name, as OpenTelemetry's own tests do. A session made before the
 # application sets its provider stays unmetered (decided once, like tracing).
-_PROXY_PROVIDER: Final = "_ProxyMeterProvider"
+PROXY_METER_PROVIDER: Final = "_ProxyMeterProvider"
 
 
 def global_provider_set() -> bool:
     """Whether OpenTelemetry's global meter provider was set (it can be set once)."""
-    return type(metrics.get_meter_provider()).__name__ != _PROXY_PROVIDER
+    return type(metrics.get_meter_provider()).__name__ != PROXY_METER_PROVIDER
 
 
 # name -> (kind, unit, description): the catalogue of instruments.
@@ -57,6 +65,27 @@ INSTRUMENTS: Final = {
 }
 
 
+# Bucket boundaries of the histograms, in seconds. The SDK's default ones
+# (0, 5, 10, 25, ... 10000) are made for milliseconds: every node of a few
+# milliseconds would fall into the first bucket, and no bucket would tell a
+# slow node from a fast one. Work takes milliseconds to minutes (a node's
+# duration includes an input it waits for); a person answers in seconds to days.
+_WORK_BOUNDARIES: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0,
+)  # fmt: skip
+_WAIT_BOUNDARIES: Final = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+    14400.0, 43200.0, 86400.0, 259200.0, 604800.0,
+)  # fmt: skip
+BOUNDARIES: Final = {
+    "stageflow.node.duration": _WORK_BOUNDARIES,
+    "stageflow.session.duration": _WORK_BOUNDARIES,
+    "stageflow.input.wait.duration": _WAIT_BOUNDARIES,
+}
+"""Histogram name -> its bucket boundaries (an advice: a view of the application's wins)."""
+
+
 class Metrics:
     """The instruments of one session (``None`` instead when there is no meter provider)."""
 
@@ -74,7 +103,12 @@ class Metrics:
         made: dict[str, Any] = {}
         for name, (kind, unit, description) in INSTRUMENTS.items():
             if kind == "histogram":
-                made[name] = meter.create_histogram(name, unit=unit, description=description)
+                made[name] = meter.create_histogram(
+                    name,
+                    unit=unit,
+                    description=description,
+                    explicit_bucket_boundaries_advisory=BOUNDARIES[name],
+                )
             elif kind == "counter":
                 made[name] = meter.create_counter(name, unit=unit, description=description)
             else:
@@ -91,7 +125,7 @@ class Metrics:
     def resolve(cls, provider: metrics.MeterProvider | None, version: str) -> Metrics | None:
         """Metrics through ``provider`` (the global one if ``None``), or ``None`` without one."""
         chosen = provider if provider is not None else metrics.get_meter_provider()
-        if isinstance(chosen, _NO_PROVIDER) or type(chosen).__name__ == _PROXY_PROVIDER:
+        if isinstance(chosen, _NO_PROVIDER) or type(chosen).__name__ == PROXY_METER_PROVIDER:
             return None
         meter = chosen.get_meter("stageflow", version)
         # An SDK provider turned off (OTEL_SDK_DISABLED=true) hands out a no-op meter.

@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from stageflow._errors import error_text
+from stageflow._errors import error_text, error_traceback
 from stageflow._log import SPAN_REPORTED, first_report
 from stageflow._segments import SegmentedSpan, Segments
 
@@ -52,6 +52,7 @@ __all__ = [
     "enter",
     "enter_span",
     "error_type",
+    "exception_attributes",
     "exit_span",
     "bind_span",
     "input_link",
@@ -219,6 +220,23 @@ def error_type(error: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+def exception_attributes(error: BaseException) -> dict[str, Any]:
+    """The ``exception`` event of a failure: what the SDK's ``record_exception`` writes, bounded.
+
+    Its message and traceback as the log lines have them (cut, see
+    :func:`~stageflow._errors.error_traceback`), and never raising: the SDK
+    calls ``str()`` on the exception, which may fail or be megabytes long
+    for a stage's own ``BaseException`` (no :class:`~stageflow.StageError`
+    wraps those).
+    """
+    return {
+        "exception.type": error_type(error),
+        "exception.message": error_text(error),
+        "exception.stacktrace": error_traceback(error),
+        "exception.escaped": "False",
+    }
+
+
 def exit_span(
     active: ActiveSpan,
     outcome: str,
@@ -245,7 +263,7 @@ def exit_span(
         if error is not None:
             target.set_attribute(ERROR_TYPE, error_type(error))
             if first_report(error, SPAN_REPORTED):
-                target.record_exception(error)
+                target.add_event("exception", exception_attributes(error))
             target.set_status(
                 Status(StatusCode.ERROR, f"{type(error).__name__}: {error_text(error)}")
             )

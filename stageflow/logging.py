@@ -37,9 +37,9 @@ from typing import Any, Final, Literal, TextIO
 
 import structlog
 from opentelemetry import trace
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
-from stageflow._errors import LoggingSetupError
+from stageflow._errors import LoggingSetupError, error_traceback, printable_text, shown_text
 from stageflow._json import a_python_type
 
 __all__ = [
@@ -111,9 +111,10 @@ def _strict_json(value: Any, **options: Any) -> str:
     container inside itself and on keys that are not strings; any of these
     would break the one-object-per-line stream a collector reads (or make the
     log call raise). Such floats are written as strings, other keys as their
-    ``str()``, a container met again inside itself as ``"<circular>"``, one
-    nested deeper than :data:`_LOG_DEPTH` as ``"<nested too deep>"``, and an
-    unwritable value as its type name.
+    ``str()``, an int too long for Python to write (or a key whose ``str()``
+    raises) by its type, a container met again inside itself as
+    ``"<circular>"``, one nested deeper than :data:`_LOG_DEPTH` as
+    ``"<nested too deep>"``, and an unwritable value as its type name.
     """
     try:
         return json.dumps(value, allow_nan=False, **options)
@@ -129,6 +130,12 @@ def _plain(value: Any, within: set[int], depth: int) -> Any:
     """``value`` as ``json.dumps`` can write it strictly (see :func:`_strict_json`)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            int.__repr__(value)
+        except ValueError:  # longer than Python writes an int (sys.get_int_max_str_digits)
+            return shown_text(str, value)
+        return value
     if not isinstance(value, dict | list | tuple):
         return value
     if id(value) in within:
@@ -139,12 +146,42 @@ def _plain(value: Any, within: set[int], depth: int) -> Any:
     try:
         if isinstance(value, dict):
             return {
-                key if isinstance(key, str) else str(key): _plain(item, within, depth + 1)
+                key if isinstance(key, str) else shown_text(str, key): _plain(
+                    item, within, depth + 1
+                )
                 for key, item in value.items()
             }
         return [_plain(item, within, depth + 1) for item in value]
     finally:
         within.discard(id(value))
+
+
+def _shown_on_a_terminal(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    r"""The console format's values, each as the terminal can show it in one line.
+
+    A text with line breaks or escape sequences (a pipeline's name, a session
+    id) is escaped (``\n``, ``\x1b``): written as it is, it would start
+    a line that looks like another one, or recolor and clear the terminal.
+    A value whose ``repr()`` raises is named by its type, as the JSON format
+    names it: structlog's console renderer would raise, and the line be lost.
+    The traceback (``exception``, ``exc_info``) keeps its lines.
+    """
+    for key, value in event_dict.items():
+        if key in _MULTILINE:
+            continue
+        if type(value) is str or key == "event":
+            event_dict[key] = printable_text(shown_text(str, value))
+            continue
+        try:
+            repr(value)
+        except Exception:
+            event_dict[key] = _fallback(value)
+    return event_dict
+
+
+_MULTILINE: Final = frozenset({"exc_info", "exception", "stack"})
 
 
 def _fallback(value: object) -> str:
@@ -217,14 +254,15 @@ def configure(
         rendering.append(_drop_exc_info)
     if format == "json":
         rendering += [
-            structlog.processors.format_exc_info,
+            structlog.processors.ExceptionRenderer(_exception_text),
             event_first,
             structlog.processors.JSONRenderer(serializer=_strict_json, default=_fallback),
         ]
     else:
+        rendering.append(_shown_on_a_terminal)
         rendering.append(
             structlog.dev.ConsoleRenderer(
-                colors=_is_terminal(out), exception_formatter=structlog.dev.plain_traceback
+                colors=_is_terminal(out), exception_formatter=_write_exception
             )
         )
 
@@ -254,6 +292,19 @@ def configure(
         # would ignore a later configure() or capture_logs().
         cache_logger_on_first_use=False,
     )
+
+
+def _exception_text(exc_info: ExcInfo) -> str:
+    """A line's traceback, bounded as a span's is (``exc_info`` as structlog finds it)."""
+    error = exc_info[1]
+    if error is None:  # exc_info=True outside an except block: as structlog writes it
+        return "NoneType: None"
+    return error_traceback(error).rstrip("\n")
+
+
+def _write_exception(out: TextIO, exc_info: ExcInfo) -> None:
+    """The console format's traceback (see :func:`_exception_text`)."""
+    out.write("\n" + _exception_text(exc_info))
 
 
 def _drop_exc_info(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

@@ -59,9 +59,9 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
-from stageflow._errors import TracingSetupError
+from stageflow._errors import TracingSetupError, printable_text
 from stageflow._json import a_python_type
-from stageflow._metrics import global_provider_set
+from stageflow._metrics import PROXY_METER_PROVIDER, global_provider_set
 from stageflow._segments import wanted_ids
 
 __all__ = [
@@ -184,11 +184,13 @@ def configure(
     Raises:
         TracingSetupError: for an unknown ``exporter``, ``protocol`` or
             ``console_format``, a ``service_name`` that is no non-empty
-            string, a ``console_stream`` with no ``write()``, when the OTLP
-            exporter package for the protocol is not installed, or when ``set_global`` is true and a
-            global SDK provider is already set.
+            string, an ``endpoint`` that is no string (or only spaces), a
+            ``console_stream`` with no ``write()``, when
+            the OTLP exporter package for the protocol is not installed, or
+            when ``set_global`` is true and a global SDK provider is already
+            set.
     """
-    _check_arguments("configure", service_name, console_stream)
+    _check_arguments("configure", service_name, console_stream, endpoint)
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure: unknown exporter {exporter!r}; "
@@ -227,20 +229,22 @@ def configure(
 
 
 def format_span_line(span: ReadableSpan) -> str:
-    """One line for a finished span, for a person reading a terminal.
+    r"""One line for a finished span, for a person reading a terminal.
 
     ``span stage fetch  12.5 ms  ok  node.id=fetch outcome=succeeded  trace 4bf92f35
     span 00f067aa parent 53995c3f``: the name, the duration, the status,
     the ``stageflow.*`` attributes (prefix left out), then short trace, span
     and parent ids to tie lines together. Spans are written as they end, so
-    a parent's line comes after its children's.
+    a parent's line comes after its children's. A line break or an escape
+    sequence in a name or a value (a pipeline's name, a session id) is
+    written escaped (``\n``, ``\x1b``), so each span stays one line.
     """
     start, end = span.start_time or 0, span.end_time or span.start_time or 0
     status = span.status.status_code.name.lower()
     if status == "unset":
         status = "ok"
     attributes = " ".join(
-        f"{key.removeprefix('stageflow.')}={_short(value)}"
+        f"{printable_text(key.removeprefix('stageflow.'))}={printable_text(_short(value))}"
         for key, value in (span.attributes or {}).items()
         if key.startswith("stageflow.")
     )
@@ -250,7 +254,7 @@ def format_span_line(span: ReadableSpan) -> str:
         ids = f"trace {context.trace_id:032x}"[:14] + f"  span {context.span_id:016x}"[:15]
     if span.parent is not None:
         ids += f"  parent {span.parent.span_id:016x}"[:17]
-    parts = [f"span {span.name}", f"{(end - start) / 1e6:.1f} ms", status]
+    parts = [f"span {printable_text(span.name)}", f"{(end - start) / 1e6:.1f} ms", status]
     if attributes:
         parts.append(attributes)
     if ids:
@@ -298,9 +302,20 @@ def configure_metrics(
         The configured provider; :func:`shutdown` flushes and stops it.
 
     Raises:
-        TracingSetupError: as :func:`configure` does.
+        TracingSetupError: as :func:`configure` does, and for an
+            ``export_interval_millis`` that is no number above 0.
     """
-    _check_arguments("configure_metrics", service_name, console_stream)
+    _check_arguments("configure_metrics", service_name, console_stream, endpoint)
+    if export_interval_millis is not None and (
+        isinstance(export_interval_millis, bool)
+        or not isinstance(export_interval_millis, int | float)
+        or not export_interval_millis > 0
+    ):
+        raise TracingSetupError(
+            "stageflow.tracing.configure_metrics: export_interval_millis was given "
+            f"{_shown_number(export_interval_millis)}; pass a number of milliseconds above 0 "
+            "(60000 exports every minute), or leave it out for OTEL_METRIC_EXPORT_INTERVAL"
+        )
     if exporter not in _EXPORTERS:
         raise TracingSetupError(
             f"stageflow.tracing.configure_metrics: unknown exporter {exporter!r}; "
@@ -338,23 +353,28 @@ def configure_metrics(
     return provider
 
 
-def force_flush(provider: TracerProvider | None = None, *, timeout_millis: int = 30_000) -> bool:
+def force_flush(
+    provider: TracerProvider | MeterProvider | None = None, *, timeout_millis: int = 30_000
+) -> bool:
     """Export every span that has ended but is still buffered.
 
     Args:
-        provider: the provider :func:`configure` returned; ``None`` flushes
-            the global provider.
+        provider: the provider :func:`configure` (or :func:`configure_metrics`)
+            returned; ``None`` flushes the global tracer provider.
         timeout_millis: how long to wait for the exporter.
 
     Returns:
         True when everything was exported in time (also when there is no SDK
         provider, so nothing to flush); False otherwise.
+
+    Raises:
+        TypeError: for a ``provider`` that has no ``force_flush()``.
     """
-    target = _sdk_provider(provider)
+    target = _sdk_provider(provider, "force_flush")
     return True if target is None else target.force_flush(timeout_millis)
 
 
-def shutdown(provider: TracerProvider | None = None) -> None:
+def shutdown(provider: TracerProvider | MeterProvider | None = None) -> None:
     """Flush buffered spans and shut the provider's processors and exporters down.
 
     Spans started afterwards are not exported. Calling it twice is harmless.
@@ -364,12 +384,16 @@ def shutdown(provider: TracerProvider | None = None) -> None:
     ``tracing/README.md`` says how to shorten it.
 
     Args:
-        provider: the provider :func:`configure` returned; ``None`` shuts the
-            global tracer provider down, and the global meter provider too
-            when it is an SDK one (:func:`configure_metrics`). Nothing happens
-            for providers that are not SDK ones.
+        provider: the provider :func:`configure` (or :func:`configure_metrics`)
+            returned; ``None`` shuts the global tracer provider down, and the
+            global meter provider too when it is an SDK one
+            (:func:`configure_metrics`). Nothing happens for the API's
+            providers (no-op, or the stand-in before one is set).
+
+    Raises:
+        TypeError: for a ``provider`` that has no ``shutdown()``.
     """
-    target = _sdk_provider(provider)
+    target = _sdk_provider(provider, "shutdown")
     if target is not None:
         target.shutdown()
     if provider is None:
@@ -378,8 +402,26 @@ def shutdown(provider: TracerProvider | None = None) -> None:
             meters.shutdown()
 
 
-def _check_arguments(caller: str, service_name: object, console_stream: object) -> None:
-    """Refuse a service name or a console stream that the SDK would take and fail on later."""
+def _shown_number(value: object) -> str:
+    """A number as a message quotes it (``-1``, ``nan``), anything else by its type."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return a_python_type(value)
+
+
+def _check_arguments(
+    caller: str, service_name: object, console_stream: object, endpoint: object
+) -> None:
+    """Refuse arguments that the SDK would take and fail on later (in the export thread)."""
+    # An empty endpoint is taken as none (the exporter reads OTEL_* then), as before.
+    if endpoint is not None and (type(endpoint) is not str or (endpoint and not endpoint.strip())):
+        signal = "traces" if caller == "configure" else "metrics"
+        raise TracingSetupError(
+            f"stageflow.tracing.{caller}: endpoint was given "
+            f"{repr(endpoint) if isinstance(endpoint, str) else a_python_type(endpoint)}; pass "
+            f"the collector's URL as a string (http://localhost:4318/v1/{signal} over HTTP), "
+            "or leave it out for OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
     if service_name is not None and (type(service_name) is not str or not service_name):
         raise TracingSetupError(
             f"stageflow.tracing.{caller}: service_name was given "
@@ -395,11 +437,29 @@ def _check_arguments(caller: str, service_name: object, console_stream: object) 
         )
 
 
-def _sdk_provider(provider: TracerProvider | None) -> TracerProvider | None:
-    if provider is not None:
-        return provider
-    current = trace.get_tracer_provider()
-    return current if isinstance(current, TracerProvider) else None
+def _sdk_provider(
+    provider: TracerProvider | MeterProvider | None, method: str
+) -> TracerProvider | MeterProvider | None:
+    """The provider to flush or shut down; ``None`` for the API's, which buffer nothing."""
+    if provider is None:
+        current = trace.get_tracer_provider()
+        return current if isinstance(current, TracerProvider) else None
+    if isinstance(provider, _API_PROVIDERS) or type(provider).__name__ == PROXY_METER_PROVIDER:
+        return None
+    if not callable(getattr(provider, method, None)):
+        raise TypeError(
+            f"stageflow.tracing.{method}: provider was given {a_python_type(provider)}, which "
+            f"has no {method}(); pass the provider configure() or configure_metrics() "
+            "returned, or leave it out for the global one"
+        )
+    return provider
+
+
+_API_PROVIDERS: Final = (
+    trace.NoOpTracerProvider,
+    trace.ProxyTracerProvider,
+    metrics.NoOpMeterProvider,
+)
 
 
 def _resource(service_name: str | None) -> Resource:

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import stageflow
 import stageflow.logging
+from stageflow._errors import MAX_ERROR_MESSAGE
 from stageflow.cli import main
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +201,144 @@ async def test_a_stage_error_that_cannot_be_shown_or_is_huge_fails_the_session_s
     assert event.attributes["exception.type"].endswith("StageError")
     assert event.attributes["exception.message"] == message
     assert span.status.description == f"StageError: {message}"
+
+
+def _chain(depth: int) -> Exception:
+    error = ValueError("root")
+    for i in range(depth):
+        outer = ValueError(f"wrapper {i}")
+        outer.__cause__ = error
+        error = outer
+    return error
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+@pytest.mark.parametrize(
+    "raised",
+    [lambda: ValueError("x" * 1_000_000), lambda: _chain(3000)],
+    ids=["1 MB message", "3000 causes"],
+)
+async def test_a_huge_traceback_is_written_bounded_in_the_log_and_the_span(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    raised: Any,
+    log_format: stageflow.logging.Format,
+) -> None:
+    # The message was cut in "error", but the traceback ("exception", the
+    # span's exception.stacktrace) held it whole: a 1 MB line and event.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, format=log_format)
+    registry = fake_registry()
+
+    @registry.register("Raise")
+    async def raise_it(ctx: stageflow.StageContext) -> None:
+        raise raised()
+
+    document = doc([stage("bad", "Raise", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    text = out.getvalue()
+    assert "Traceback (most recent call last)" in text
+    assert "more characters cut" in text
+    assert len(text) < 16 * MAX_ERROR_MESSAGE
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    stacktrace = event.attributes["exception.stacktrace"]
+    assert isinstance(stacktrace, str)
+    assert "more characters cut" in stacktrace
+    assert len(stacktrace) <= 8 * MAX_ERROR_MESSAGE + 100
+
+
+def _documented_line() -> dict[str, Any]:
+    text = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    block = text.split("A JSON line:", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    line: dict[str, Any] = json.loads(block)
+    return line
+
+
+async def test_the_documented_json_line_has_the_keys_of_a_real_one_in_their_order(
+    provider: TracerProvider,
+) -> None:
+    # The example in docs/observability.md had lost node_type and path.
+    document = doc([stage("fetch", "Set", next="end"), terminal()])
+    _, lines, _ = await _logged_run(document, provider)
+    [real] = [x for x in lines if x["event"] == "node.finished" and x["node_id"] == "fetch"]
+    documented = _documented_line()
+    assert list(real) == list(documented)
+    assert {key: type(value) for key, value in real.items()} == {
+        key: type(value) for key, value in documented.items()
+    }
+    assert real["path"] == documented["path"] == ""
+    started = [x for x in lines if x["event"] == "session.started"]
+    assert [(x["pipeline"], x["resumed"]) for x in started] == [("pipeline", False)]
+
+
+async def test_console_lines_stay_one_line_whatever_a_name_or_an_id_holds(
+    provider: TracerProvider,
+) -> None:
+    # A pipeline's name or a session id with a line break or an escape
+    # sequence was written as it is: a line that looked like another one, an
+    # escape that recolored or cleared the terminal (stageflow run's format).
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, format="console")
+    registry = fake_registry()
+    document = doc([terminal()], metadata={"name": "p\x1b[2J"})
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        tracer_provider=provider,
+        session_id="s\x1b[31m\nnode.finished",
+    )
+    await session.run()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # session.started, node.started, node.finished, session.finished
+    assert "\x1b" not in out.getvalue()
+    assert all("session_id=s\\x1b[31m\\nnode.finished" in line for line in lines)
+    assert "pipeline=p\\x1b[2J" in lines[0]
+
+
+class _NotesRaise(Exception):
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("__notes__ failed")
+
+
+async def test_a_stage_error_whose_traceback_cannot_be_written_fails_the_session_logged(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Writing its traceback raised (Python reads __notes__): run() raised that
+    # RuntimeError from the span's exception event, or from the logging
+    # module's own report of the log line it could not write.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out)
+    registry = fake_registry()
+
+    @registry.register("Raise")
+    async def raise_it(ctx: stageflow.StageContext) -> None:
+        raise _NotesRaise("odd")
+
+    document = doc([stage("bad", "Raise", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    raised = None
+    try:
+        await session.run()
+    except RuntimeError as exc:  # kept out of the report: pytest would write its traceback
+        raised = repr(exc)
+    assert raised is None
+    assert session.status is stageflow.SessionStatus.FAILED
+    [error_line] = [
+        json.loads(line) for line in out.getvalue().splitlines() if '"level": "error"' in line
+    ][:1]
+    assert error_line["error_type"] == "StageError"
+    assert "(its traceback could not be written)" in error_line["exception"]
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    stacktrace = str(event.attributes["exception.stacktrace"])
+    assert "StageError: stage 'Raise' at node 'bad'" in stacktrace

@@ -123,6 +123,48 @@ def test_a_container_inside_itself_or_keys_that_are_not_strings_still_make_a_lin
     assert "<nested too deep>" in json.dumps(line["deep"])
 
 
+class _Unshowable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_value_key_or_event_that_cannot_be_shown_keeps_its_line(
+    monkeypatch: pytest.MonkeyPatch, log_format: stageflow.logging.Format
+) -> None:
+    # Lost for a "--- Logging error ---": a key whose str() fails or an int
+    # too long to write in the JSON format, and any value whose repr() fails
+    # in the console format.
+    out = io.StringIO()
+    stageflow.logging.configure(stream=out, format=log_format)
+    root = logging.getLogger()
+    # pytest's own capture handlers would repr() the values too.
+    ours = [h for h in root.handlers if isinstance(h, stageflow.logging._StageflowHandler)]
+    monkeypatch.setattr(root, "handlers", ours)
+    log = structlog.get_logger("stageflow.stage")
+    log.info("odd", keyed={_Unshowable(): 1})
+    log.info("odd", value=_Unshowable(), items=[_Unshowable()])
+    log.info(_Unshowable())
+    log.info("odd", number=10**5000)  # more digits than Python writes
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    if log_format == "json":
+        assert json.loads(lines[0])["keyed"] == {"<_Unshowable whose str() failed>": 1}
+        assert json.loads(lines[1])["value"] == "<_Unshowable with a failing repr()>"
+        assert json.loads(lines[3])["number"] == "<int whose str() failed>"
+    else:
+        assert "keyed='<dict with a failing repr()>'" in lines[0]
+        assert "value='<_Unshowable with a failing repr()>'" in lines[1]
+        assert "<_Unshowable whose str() failed>" in lines[2]
+        assert "number='<int with a failing repr()>'" in lines[3]
+
+
 def test_a_log_call_with_a_value_inside_itself_writes_its_line() -> None:
     out = io.StringIO()
     stageflow.logging.configure(stream=out)
@@ -377,3 +419,41 @@ def test_an_unconfigured_application_gets_stageflow_warnings_on_standard_error()
     assert "lease not returned" in done.stderr
     assert "node.started" not in done.stderr
     assert "session.finished" not in done.stderr
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ failed")
+
+
+@pytest.mark.anyio
+async def test_a_stage_log_call_with_an_unprintable_value_fails_no_stage_unconfigured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without a structlog set-up, stageflow's own key=value rendering called
+    # repr(): the stage's ctx.log.warning raised, and the stage failed.
+    structlog.reset_defaults()
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Chatty")
+    async def chatty(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ctx.log.warning("stage.odd", value=_BadRepr(), text="two\nlines")
+        return {}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "a",
+            "nodes": [
+                {"id": "a", "type": "stage", "stage": "Chatty", "next": "end"},
+                {"id": "end", "type": "terminal", "result": {}},
+            ],
+        },
+        registry=registry,
+    )
+    with caplog.at_level(logging.WARNING, logger="stageflow.stage"):
+        result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [record] = [r for r in caplog.records if "stage.odd" in r.getMessage()]
+    assert record.getMessage().startswith("event='stage.odd' attempt=1 node_id='a' ")
+    assert "text='two\\nlines' value=<_BadRepr whose repr() failed>" in record.getMessage()

@@ -249,3 +249,28 @@ def test_every_instrument_is_in_the_catalogue() -> None:
     catalogue = (Path(__file__).parents[1] / "tracing" / "CATALOGUE.md").read_text()
     missing = [name for name in INSTRUMENTS if f"`{name}`" not in catalogue]
     assert not missing
+
+
+async def test_histograms_in_seconds_have_buckets_for_seconds(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    # They had the SDK's default buckets, made for milliseconds (0, 5, 10, ...
+    # 10000): every node of a few milliseconds fell into the one bucket
+    # (0, 5 s], and a slow node's bucket could not be told from a fast one's.
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry), registry=registry, meter_provider=meter_provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "answer")
+        session.send_input("answer", {"text": "yes"})
+    found = points(reader)
+    for name in ("stageflow.node.duration", "stageflow.session.duration"):
+        bounds = found[name][0].explicit_bounds
+        assert bounds[0] <= 0.001, name  # a millisecond's work has a bucket of its own
+        assert 1.0 in bounds, name
+        assert bounds[-1] >= 3600, name
+    [wait] = found["stageflow.input.wait.duration"]
+    assert wait.explicit_bounds[0] <= 1.0
+    assert wait.explicit_bounds[-1] >= 7 * 86400  # a person may answer in a week

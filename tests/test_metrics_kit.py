@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -70,6 +71,27 @@ def test_otlp_metrics_go_to_the_metrics_url(otlp_receiver: OtlpReceiver) -> None
 def test_configure_metrics_rejects_an_unknown_exporter() -> None:
     with pytest.raises(stageflow.TracingSetupError, match="unknown exporter"):
         stageflow.tracing.configure_metrics(exporter="carrier-pigeon", set_global=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("interval", "shown"),
+    [(0, "0"), (-1, "-1"), (math.nan, "nan"), ("60000", "a str"), (True, "a bool")],
+)
+def test_configure_metrics_refuses_an_export_interval_that_is_no_positive_number(
+    interval: object, shown: str
+) -> None:
+    # Taken before: the SDK raised a bare ValueError or TypeError for most,
+    # and NaN made a reader that never exported.
+    with pytest.raises(stageflow.TracingSetupError) as caught:
+        stageflow.tracing.configure_metrics(
+            exporter="console",
+            set_global=False,
+            export_interval_millis=interval,  # type: ignore[arg-type]
+        )
+    assert (
+        f"stageflow.tracing.configure_metrics: export_interval_millis was given {shown}; "
+        "pass a number of milliseconds above 0"
+    ) in str(caught.value)
 
 
 def test_configure_metrics_refuses_a_second_global_provider() -> None:

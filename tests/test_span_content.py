@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import stageflow
+from stageflow._errors import MAX_ERROR_MESSAGE
 
 pytestmark = pytest.mark.anyio
 
@@ -408,3 +409,37 @@ async def test_a_wait_that_timed_out_is_an_error_span(
     assert with_exception == ["wait answer"]
     [timed_out] = [e for e in result.history if e.type == "input_timeout"]
     assert timed_out.span_id == f"{_one(spans, 'stage ask').context.span_id:016x}"
+
+
+class _Unshowable(BaseException):
+    """A stage's own BaseException whose ``str()`` fails."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ failed")
+
+
+class _Long(BaseException):
+    """A stage's own BaseException with a megabyte message."""
+
+    def __str__(self) -> str:
+        return "z" * 1_000_000
+
+
+@pytest.mark.parametrize("raised", [_Unshowable, _Long], ids=["str() fails", "1 MB message"])
+async def test_a_stages_own_base_exception_that_cannot_be_shown_is_recorded_bounded(
+    provider: TracerProvider, exporter: InMemorySpanExporter, raised: type[BaseException]
+) -> None:
+    # The SDK's record_exception calls str() on it: run() raised the
+    # RuntimeError of a failing __str__ (the stage's span and the run's never
+    # ended), and a long message went whole into the exception event, twice.
+    registry, document = _halting(raised)
+    session = await _run_until_raised(registry, document, provider)
+    assert session.status is stageflow.SessionStatus.FAILED
+    spans = exporter.get_finished_spans()
+    [event] = [e for e in _one(spans, "stage bad").events if e.name == "exception"]
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == f"{__name__}.{raised.__qualname__}"
+    assert len(str(event.attributes)) < 3 * MAX_ERROR_MESSAGE
+    assert _one(spans, "run pipeline").status.status_code is StatusCode.ERROR
+    [failed] = [e for e in session.history if e.type == "session_failed"]
+    assert len(str(failed.payload)) < 3 * MAX_ERROR_MESSAGE

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fakes import doc, fake_registry, load, stage, terminal
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
@@ -307,6 +308,34 @@ def test_console_lines_print_one_readable_line_per_span(providers: list[TracerPr
     assert "{" not in out.getvalue()
 
 
+@pytest.mark.anyio
+async def test_console_lines_stay_one_line_a_span_whatever_a_name_or_an_id_holds(
+    providers: list[TracerProvider],
+) -> None:
+    # A line break in a pipeline's name or a session id started a line that
+    # looked like another span's, and an escape sequence went to the terminal.
+    out = io.StringIO()
+    provider = stageflow.tracing.configure(
+        exporter="console", console_stream=out, set_global=False, console_format="lines"
+    )
+    providers.append(provider)
+    registry = fake_registry()
+    document = doc([stage("a", "Set", next="end"), terminal()], metadata={"name": "p\nq\x1b[2J"})
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        tracer_provider=provider,
+        session_id="s\nspan fake  1.0 ms  ok\x1b[31m\ud800",
+    )
+    await session.run()
+    stageflow.tracing.shutdown(provider)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3  # stage a, terminal end, the run
+    assert "\x1b" not in out.getvalue()
+    assert lines[2].startswith("span run p\\nq\\x1b[2J  ")
+    assert "session.id=s\\nspan fake  1.0 ms  ok\\x1b[31m\\ud800 " in lines[2]
+
+
 def test_console_exporter_prints_each_span_as_json(providers: list[TracerProvider]) -> None:
     out = io.StringIO()
     provider = stageflow.tracing.configure(exporter="console", console_stream=out, set_global=False)
@@ -405,9 +434,11 @@ def test_bad_settings_are_typed_errors_that_say_what_to_use(
         ({"service_name": 5}, "service_name was given an int; pass a non-empty string"),
         ({"service_name": ""}, "service_name was given ''; pass a non-empty string"),
         ({"console_stream": "out.txt"}, "console_stream was given a str, which has no write()"),
+        ({"endpoint": 4318}, "endpoint was given an int; pass the collector's URL as a string"),
+        ({"endpoint": " "}, "endpoint was given ' '; pass the collector's URL as a string"),
     ],
 )
-def test_a_service_name_or_console_stream_of_the_wrong_kind_is_refused(
+def test_a_service_name_console_stream_or_endpoint_of_the_wrong_kind_is_refused(
     configure: str, kwargs: dict[str, Any], expected: str
 ) -> None:
     # Taken before: an int service.name went into every exported resource, and
@@ -415,6 +446,34 @@ def test_a_service_name_or_console_stream_of_the_wrong_kind_is_refused(
     with pytest.raises(stageflow.TracingSetupError) as caught:
         getattr(stageflow.tracing, configure)(exporter="console", set_global=False, **kwargs)
     assert f"stageflow.tracing.{configure}: {expected}" in str(caught.value)
+
+
+@pytest.mark.parametrize("configure", ["configure", "configure_metrics"])
+def test_an_empty_endpoint_is_taken_as_none(configure: str) -> None:
+    provider = getattr(stageflow.tracing, configure)(exporter="none", endpoint="", set_global=False)
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    "api_provider", [trace.NoOpTracerProvider(), trace.ProxyTracerProvider()], ids=type
+)
+def test_flushing_or_shutting_down_an_api_provider_does_nothing(
+    api_provider: trace.TracerProvider,
+) -> None:
+    # "Nothing happens for providers that are not SDK ones": both raised
+    # AttributeError, having no force_flush() or shutdown().
+    assert stageflow.tracing.force_flush(api_provider) is True
+    stageflow.tracing.shutdown(api_provider)
+
+
+@pytest.mark.parametrize("function", ["force_flush", "shutdown"])
+def test_flushing_or_shutting_down_something_else_is_a_typed_error(function: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        getattr(stageflow.tracing, function)("collector")
+    assert str(caught.value).startswith(
+        f"stageflow.tracing.{function}: provider was given a str, which has no {function}(); "
+        "pass the provider configure() or configure_metrics() returned"
+    )
 
 
 # -- the global provider (in a subprocess: OpenTelemetry sets it once per process) -----------

@@ -798,7 +798,8 @@ class Run:
         leaf = deciding_leaf(exc, self.backend.cancelled)
         node = self.current_node
         where = f" at node {node!r}" if node is not None else ""
-        said = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+        text = error_text(leaf)
+        said = f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
         if isinstance(leaf, KeyboardInterrupt | SystemExit):
             self._finish(SessionStatus.CANCELLED, None, reason=f"interrupted{where} by {said}")
             return
