@@ -104,8 +104,35 @@ def _on_sys_path(directory: str) -> Iterator[None]:
 _FROM_FILES: dict[str, Path] = {}
 
 
+_IMPORTLIB_DIR = os.path.dirname(importlib.__file__)
+
+
+def _import_machinery(filename: str) -> bool:
+    """Whether a frame is this loader's or importlib's, not the imported module's."""
+    return (
+        filename == __file__
+        or filename.startswith("<frozen importlib")
+        or os.path.dirname(filename) == _IMPORTLIB_DIR
+    )
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of an import that raised, from the first frame of the user's code.
+
+    The frames of this loader and of importlib above it say nothing about the
+    module that failed; a SyntaxError has no frame of its own left, and shows
+    its file, line and caret.
+    """
+    report = traceback.TracebackException.from_exception(exc)
+    frames = list(report.stack)
+    while frames and _import_machinery(frames[0].filename):
+        del frames[0]
+    report.stack = traceback.StackSummary.from_list(frames)
+    return "".join(report.format()).rstrip()
+
+
 def _import_failure(ref: str, exc: BaseException, doing: str = "importing it") -> StagesModuleError:
-    detail = "".join(traceback.format_exception(exc)).rstrip()
+    detail = _user_traceback(exc)
     return StagesModuleError(
         ref,
         f"{doing} raised {type(exc).__name__}: {exc}; fix the module (traceback below)",

@@ -172,3 +172,57 @@ def test_a_reference_with_a_nul_character_is_a_stages_problem(tmp_path: Path) ->
     assert "it contains a NUL character; pass a module name or a path to a .py file" in (
         problem.message
     )
+
+
+RAISES = """\
+def helper():
+    raise RuntimeError("no config")
+
+
+helper()
+"""
+
+
+@pytest.mark.parametrize("by", ["file", "module name"])
+def test_the_traceback_of_a_module_that_raised_starts_at_the_users_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
+    # It started with the frames of this loader and of importlib (9 of them
+    # for a module name) before the first line of the module that raised.
+    package = tmp_path / "tb_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "raising_stages.py"
+    module.write_text(RAISES)
+    monkeypatch.chdir(tmp_path)
+    ref = str(module) if by == "file" else "tb_pkg.raising_stages"
+    try:
+        with pytest.raises(StagesModuleError) as info:
+            registry_of(ref)
+    finally:
+        sys.modules.pop("tb_pkg", None)
+    module = module.resolve()
+    lines = info.value.detail.splitlines()
+    assert lines[:5] == [
+        "Traceback (most recent call last):",
+        f'  File "{module}", line 5, in <module>',
+        "    helper()",
+        f'  File "{module}", line 2, in helper',
+        '    raise RuntimeError("no config")',
+    ]
+    assert lines[-1] == "RuntimeError: no config"
+
+
+def test_a_syntax_error_shows_the_users_line_without_frames_of_the_loader(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "syntax_stages.py"
+    module.write_text("def broken(:\n    pass\n")
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(str(module))
+    assert info.value.detail.splitlines()[:2] == [
+        f'  File "{module.resolve()}", line 1',
+        "    def broken(:",
+    ]
+    assert "importlib" not in info.value.detail
+    assert "_stage_modules" not in info.value.detail
