@@ -83,6 +83,8 @@ class ScriptedInputs:
     warn: Callable[[str], None] = attrs.field(default=lambda _: None, repr=False)
     schemas: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     """Input type -> the payload schema a stage declares for it, for the hint."""
+    virtual_time: bool = False
+    """Whether the run is in virtual time (a wait's timeout then passes at once)."""
 
     @classmethod
     def parse(cls, values: Sequence[str]) -> ScriptedInputs:
@@ -132,9 +134,16 @@ class ScriptedInputs:
             )
             return
         if not queue and timeout is not None:
+            # Without virtual time that is real time: say how not to wait for it.
+            hint = (
+                ""
+                if self.virtual_time
+                else f" (send one with --input {input_type}=JSON, or add --virtual-time to "
+                "reach the timeout at once)"
+            )
             self.warn(
                 f"the session waits for input {input_type!r} and no scripted input of that type "
-                f"is left; the wait times out after {timeout:g} s"
+                f"is left; the wait times out after {timeout:g} s{hint}"
             )
             return
         if not queue:
@@ -345,6 +354,7 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
         )
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
+    script.virtual_time = args.virtual_time
     script.schemas = {
         spec.type: thaw(spec.schema)
         for entry in registry.catalogue()
