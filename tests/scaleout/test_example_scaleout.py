@@ -13,7 +13,7 @@ from example_support import EXAMPLES
 DRIVER = EXAMPLES / "scaleout" / "driver.py"
 
 
-@pytest.mark.parametrize("backend", ["postgres"])  # the example's point (it runs on SQLite too)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])  # PostgreSQL is the point
 def test_two_workers_finish_every_session(store_url: str, store_options: dict[str, Any]) -> None:
     command = [sys.executable, str(DRIVER), "--store", store_url, "--sessions", "8"]
     if "schema" in store_options:
