@@ -639,6 +639,28 @@ def test_an_unknown_option_after_the_files_is_still_a_usage_error(cli: Cli) -> N
     assert "unrecognized arguments: --frobnicate" in got.err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", PIPELINE, "second.json"],
+        ["graph", PIPELINE, "--frobnicate"],
+        ["sessions", "show", "--store", "sqlite:///x.db", "id", "extra"],
+    ],
+    ids=["run", "graph", "sessions show"],
+)
+def test_a_word_left_over_is_told_with_the_usage_of_its_command(cli: Cli, argv: list[str]) -> None:
+    # `stageflow run a.json b.json` printed the top-level usage ("stageflow
+    # [-h] [--version] COMMAND ...") and "stageflow: error: ...", which does
+    # not say what `run` takes.
+    got = cli(*argv)
+    assert got.code == ExitCode.USAGE
+    command = " ".join(argv[:2] if argv[0] == "sessions" else argv[:1])
+    assert got.err.startswith(f"usage: stageflow {command} [-h]")
+    assert got.err.strip().splitlines()[-1] == (
+        f"stageflow {command}: error: unrecognized arguments: {argv[-1]}"
+    )
+
+
 def test_graph_draws_an_invalid_pipeline_with_its_problems_marked(cli: Cli, tmp_path: Path) -> None:
     document = doc(
         [

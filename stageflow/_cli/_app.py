@@ -100,8 +100,23 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         getattr(args, target).extend(options + files)
         return args
     if extras:
-        return parser.parse_args(argv)  # exits with argparse's message
+        # Said by the command's own parser, with its usage: the top-level
+        # usage ("stageflow COMMAND ...") does not say what `run` takes.
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     return args
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The (sub)command parser that parsed ``args``: the one whose handler it has."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found = _command_parser(sub, args)
+                if found.get_default("handler") is getattr(args, "handler", None):
+                    return found
+    return parser
 
 
 def _drop_output() -> None:
