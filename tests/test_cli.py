@@ -299,6 +299,17 @@ def test_trace_json_without_trace_console_is_a_usage_error(cli: Cli, trace: list
     assert "add --trace console, or leave --trace-json out" in got.err
 
 
+def test_trace_json_without_trace_console_is_told_before_the_pipeline_is_read(cli: Cli) -> None:
+    # It was checked after the stages were imported and the pipeline loaded:
+    # a pipeline without its --stages got its unregistered stages instead.
+    got = cli("run", PIPELINE, "--trace-json", "--no-plugins")
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        "stageflow: --trace-json prints the spans of --trace console as JSON, and no --trace "
+        "prints none; add --trace console, or leave --trace-json out"
+    ]
+
+
 LOGGING_STAGES = """
     import stageflow
 

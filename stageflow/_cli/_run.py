@@ -239,8 +239,8 @@ async def drive_session(
     return outcome[0]
 
 
-def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
-    """Set up tracing as asked; return what to call when the run is over.
+def _check_trace_options(args: argparse.Namespace) -> None:
+    """Refuse options that cannot go together, before anything is loaded.
 
     Raises:
         CommandError: ``--trace-json`` without ``--trace console`` (it would do nothing).
@@ -251,6 +251,10 @@ def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
             f"--trace-json prints the spans of --trace console as JSON, and {given} prints "
             "none; add --trace console, or leave --trace-json out"
         )
+
+
+def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
+    """Set up tracing as asked; return what to call when the run is over."""
     if args.trace is None:
         return lambda: None
     # Imported here: the OpenTelemetry SDK is only loaded when tracing is asked for.
@@ -342,6 +346,7 @@ def _warn_of(event: Event, io: Streams) -> None:
 
 def run_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow run``: see the module docstring."""
+    _check_trace_options(args)  # a usage error is told before the stages are imported
     registry = resolve_registry(
         args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
     )
