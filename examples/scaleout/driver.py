@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 
 import stageflow
-from stageflow.store import SessionService, open_store
+from stageflow.store import SessionService, StoreError, open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stages import registry
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     workers = start_workers(args.store, args.schema, 2)
     try:
         outcome = anyio.run(drive, args.store, args.schema, args.sessions, args.rounds)
+    except StoreError as exc:  # a store that cannot be opened: one line, as the workers say
+        print(f"driver.py: {exc}", file=sys.stderr)
+        return 2
     finally:
         stats = []
         for worker in workers:
