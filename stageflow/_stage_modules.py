@@ -271,6 +271,7 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
     name = attr or "registry"
     if not hasattr(module, name):
         if not attr:
+            _check_registered_by_default(ref, module_ref, module)
             return default_registry()  # the module registered into it on import
         raise StagesModuleError(
             ref,
@@ -300,6 +301,33 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
             + (" after the colon" if attr else ", or make it the registry its stages are in"),
         )
     return found
+
+
+def _check_registered_by_default(ref: str, module_ref: str, module: ModuleType) -> None:
+    """Refuse a module whose stages are in a registry not named ``registry``.
+
+    Such a module (``REGISTRY = StageRegistry()``) was read as one that
+    registers into the default registry, and its stages were then said to be
+    not registered, though its reference was given.
+
+    Raises:
+        StagesModuleError: the module holds a StageRegistry of its own under
+            another name and registered no stage into the default registry.
+    """
+    default = default_registry()
+    held = [k for k, v in vars(module).items() if isinstance(v, StageRegistry) and v is not default]
+    if not held:
+        return
+    for entry in default.catalogue(core=False):
+        if getattr(entry.target, "__module__", None) == module.__name__:
+            return  # it registers into the default registry too
+    names = ", ".join(repr(k) for k in held)
+    raise StagesModuleError(
+        ref,
+        f"it has no 'registry' attribute and registered no stage into the default registry, "
+        f"while it holds a StageRegistry named {names}; pass {module_ref}:{held[0]}, or name "
+        "it 'registry'",
+    )
 
 
 def merge_registries(registries: Iterable[StageRegistry]) -> StageRegistry:

@@ -10,6 +10,7 @@ import pytest
 
 import stageflow
 from stageflow._stage_modules import StagesModuleError, merge_registries, registry_of
+from stageflow._stages import default_registry
 from stageflow.testing._mocks import registry_from_modules
 
 ROOT = Path(__file__).parents[1]
@@ -226,3 +227,33 @@ def test_a_syntax_error_shows_the_users_line_without_frames_of_the_loader(
     ]
     assert "importlib" not in info.value.detail
     assert "_stage_modules" not in info.value.detail
+
+
+def test_a_registry_under_another_name_is_pointed_at(tmp_path: Path) -> None:
+    # `--stages named_other.py` for a module with REGISTRY = StageRegistry()
+    # was read as one registering into the default registry: its stages were
+    # then "not registered", with the hint to pass --stages, which was given.
+    module = tmp_path / "named_other.py"
+    module.write_text(NAMED)
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(str(module))
+    assert info.value.reason == (
+        "it has no 'registry' attribute and registered no stage into the default registry, "
+        f"while it holds a StageRegistry named 'REGISTRY'; pass {module}:REGISTRY, or name it "
+        "'registry'"
+    )
+
+
+def test_a_module_registering_into_the_default_registry_may_hold_another(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "default_and_other.py"
+    module.write_text(
+        "import stageflow\n\nSPARE = stageflow.StageRegistry()\n\n\n"
+        "@stageflow.register_stage('DefaultAndOther')\nasync def stage(ctx):\n    return {}\n"
+    )
+    try:
+        assert "DefaultAndOther" in registry_of(str(module))
+    finally:
+        # The default registry is process-wide: later tests list it.
+        del default_registry()._entries["DefaultAndOther"]
