@@ -299,6 +299,22 @@ def test_trace_json_without_trace_console_is_a_usage_error(cli: Cli, trace: list
     assert "add --trace console, or leave --trace-json out" in got.err
 
 
+@pytest.mark.parametrize("given", [True, False], ids=["with --stages", "without --stages"])
+def test_the_hint_to_pass_stages_comes_only_when_none_was_given(
+    cli: Cli, tmp_path: Path, given: bool
+) -> None:
+    # `stageflow run p.json --stages s.py` with a misspelt stage name said
+    # "pass --stages MODULE", which had been given (validate did not).
+    module = write_module(tmp_path / "boom_stages.py", FAILING_STAGES)
+    pipeline = write_json(
+        tmp_path / "p.json", doc([stage("s", "Boomm", next="end"), terminal("end")])
+    )
+    got = cli("run", pipeline, *(["--stages", module] if given else []), "--no-plugins")
+    assert got.code == ExitCode.USAGE
+    assert "uses stage 'Boomm', which is not registered" in got.err
+    assert ("pass --stages MODULE" in got.err) is not given
+
+
 def test_trace_json_without_trace_console_is_told_before_the_pipeline_is_read(cli: Cli) -> None:
     # It was checked after the stages were imported and the pipeline loaded:
     # a pipeline without its --stages got its unregistered stages instead.

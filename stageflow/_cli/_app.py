@@ -66,12 +66,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
     )
 
 
-def _report(exc: StageflowError, io: Streams) -> int:
+def _report(exc: StageflowError, io: Streams, *, stages_given: bool = False) -> int:
     if isinstance(exc, PipelineValidationError):
         where = exc.source or "pipeline"
         for problem in exc.problems:
             io.warn(f"{where}: {problem.location}: {problem.message}")
-        if any(UNREGISTERED in p.message for p in exc.problems):
+        # With --stages given the hint to pass it misleads: the name is what is wrong.
+        if not stages_given and any(UNREGISTERED in p.message for p in exc.problems):
             io.warn(STAGES_HINT)
         return ExitCode.USAGE
     io.warn(str(exc))
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _drop_output()
         return _report(exc, io)
     except StageflowError as exc:
-        return _report(exc, io)
+        return _report(exc, io, stages_given=bool(getattr(args, "stages_modules", None)))
     except BrokenPipeError:
         # The reader went away (`stageflow schema | head`): stop quietly.
         _drop_output()
