@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 from stageflow._cli._commands import add_parsers
 from stageflow._cli._common import (
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"stageflow {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
     add_run_parser(subparsers)
     add_parsers(subparsers)
     add_store_parsers(subparsers)
@@ -103,21 +105,21 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if extras:
         # Said by the command's own parser, with its usage: the top-level
         # usage ("stageflow COMMAND ...") does not say what `run` takes.
-        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+        command: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     return args
 
 
-def _command_parser(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> argparse.ArgumentParser:
-    """The (sub)command parser that parsed ``args``: the one whose handler it has."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found = _command_parser(sub, args)
-                if found.get_default("handler") is getattr(args, "handler", None):
-                    return found
-    return parser
+class _CommandParser(argparse.ArgumentParser):
+    """A (sub)command's parser, which puts itself in the arguments it parses.
+
+    The innermost command's parser is the one left (``sessions list``), so
+    :func:`_parse` can report a word left over with that command's usage.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_parser=self)
 
 
 def _drop_output() -> None:
