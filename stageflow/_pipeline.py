@@ -568,6 +568,8 @@ def parse_document(
     The text is parsed within the budgets of :mod:`stageflow._guard` (size, depth,
     integer digits, YAML aliases): a text over one is a located problem too.
     """
+    if not text.strip():  # JSON said "Expecting value", YAML read it as null
+        raise error([Problem("$", "the file is empty; write the document in it")], source=source)
     try:
         if yaml_:
             return parse_yaml_text(text)

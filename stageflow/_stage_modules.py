@@ -104,8 +104,35 @@ def _on_sys_path(directory: str) -> Iterator[None]:
 _FROM_FILES: dict[str, Path] = {}
 
 
+_IMPORTLIB_DIR = os.path.dirname(importlib.__file__)
+
+
+def _import_machinery(filename: str) -> bool:
+    """Whether a frame is this loader's or importlib's, not the imported module's."""
+    return (
+        filename == __file__
+        or filename.startswith("<frozen importlib")
+        or os.path.dirname(filename) == _IMPORTLIB_DIR
+    )
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of an import that raised, from the first frame of the user's code.
+
+    The frames of this loader and of importlib above it say nothing about the
+    module that failed; a SyntaxError has no frame of its own left, and shows
+    its file, line and caret.
+    """
+    report = traceback.TracebackException.from_exception(exc)
+    frames = list(report.stack)
+    while frames and _import_machinery(frames[0].filename):
+        del frames[0]
+    report.stack = traceback.StackSummary.from_list(frames)
+    return "".join(report.format()).rstrip()
+
+
 def _import_failure(ref: str, exc: BaseException, doing: str = "importing it") -> StagesModuleError:
-    detail = "".join(traceback.format_exception(exc)).rstrip()
+    detail = _user_traceback(exc)
     return StagesModuleError(
         ref,
         f"{doing} raised {type(exc).__name__}: {exc}; fix the module (traceback below)",
@@ -244,6 +271,7 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
     name = attr or "registry"
     if not hasattr(module, name):
         if not attr:
+            _check_registered_by_default(ref, module_ref, module)
             return default_registry()  # the module registered into it on import
         raise StagesModuleError(
             ref,
@@ -273,6 +301,33 @@ def registry_of(ref: str, *, unique_name: bool = False) -> StageRegistry:
             + (" after the colon" if attr else ", or make it the registry its stages are in"),
         )
     return found
+
+
+def _check_registered_by_default(ref: str, module_ref: str, module: ModuleType) -> None:
+    """Refuse a module whose stages are in a registry not named ``registry``.
+
+    Such a module (``REGISTRY = StageRegistry()``) was read as one that
+    registers into the default registry, and its stages were then said to be
+    not registered, though its reference was given.
+
+    Raises:
+        StagesModuleError: the module holds a StageRegistry of its own under
+            another name and registered no stage into the default registry.
+    """
+    default = default_registry()
+    held = [k for k, v in vars(module).items() if isinstance(v, StageRegistry) and v is not default]
+    if not held:
+        return
+    for entry in default.catalogue(core=False):
+        if getattr(entry.target, "__module__", None) == module.__name__:
+            return  # it registers into the default registry too
+    names = ", ".join(repr(k) for k in held)
+    raise StagesModuleError(
+        ref,
+        f"it has no 'registry' attribute and registered no stage into the default registry, "
+        f"while it holds a StageRegistry named {names}; pass {module_ref}:{held[0]}, or name "
+        "it 'registry'",
+    )
 
 
 def merge_registries(registries: Iterable[StageRegistry]) -> StageRegistry:

@@ -299,6 +299,33 @@ def test_trace_json_without_trace_console_is_a_usage_error(cli: Cli, trace: list
     assert "add --trace console, or leave --trace-json out" in got.err
 
 
+@pytest.mark.parametrize("given", [True, False], ids=["with --stages", "without --stages"])
+def test_the_hint_to_pass_stages_comes_only_when_none_was_given(
+    cli: Cli, tmp_path: Path, given: bool
+) -> None:
+    # `stageflow run p.json --stages s.py` with a misspelt stage name said
+    # "pass --stages MODULE", which had been given (validate did not).
+    module = write_module(tmp_path / "boom_stages.py", FAILING_STAGES)
+    pipeline = write_json(
+        tmp_path / "p.json", doc([stage("s", "Boomm", next="end"), terminal("end")])
+    )
+    got = cli("run", pipeline, *(["--stages", module] if given else []), "--no-plugins")
+    assert got.code == ExitCode.USAGE
+    assert "uses stage 'Boomm', which is not registered" in got.err
+    assert ("pass --stages MODULE" in got.err) is not given
+
+
+def test_trace_json_without_trace_console_is_told_before_the_pipeline_is_read(cli: Cli) -> None:
+    # It was checked after the stages were imported and the pipeline loaded:
+    # a pipeline without its --stages got its unregistered stages instead.
+    got = cli("run", PIPELINE, "--trace-json", "--no-plugins")
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        "stageflow: --trace-json prints the spans of --trace console as JSON, and no --trace "
+        "prints none; add --trace console, or leave --trace-json out"
+    ]
+
+
 LOGGING_STAGES = """
     import stageflow
 
@@ -637,6 +664,28 @@ def test_an_unknown_option_after_the_files_is_still_a_usage_error(cli: Cli) -> N
     got = cli("validate", PIPELINE, "--frobnicate")
     assert got.code == ExitCode.USAGE
     assert "unrecognized arguments: --frobnicate" in got.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", PIPELINE, "second.json"],
+        ["graph", PIPELINE, "--frobnicate"],
+        ["sessions", "show", "--store", "sqlite:///x.db", "id", "extra"],
+    ],
+    ids=["run", "graph", "sessions show"],
+)
+def test_a_word_left_over_is_told_with_the_usage_of_its_command(cli: Cli, argv: list[str]) -> None:
+    # `stageflow run a.json b.json` printed the top-level usage ("stageflow
+    # [-h] [--version] COMMAND ...") and "stageflow: error: ...", which does
+    # not say what `run` takes.
+    got = cli(*argv)
+    assert got.code == ExitCode.USAGE
+    command = " ".join(argv[:2] if argv[0] == "sessions" else argv[:1])
+    assert got.err.startswith(f"usage: stageflow {command} [-h]")
+    assert got.err.strip().splitlines()[-1] == (
+        f"stageflow {command}: error: unrecognized arguments: {argv[-1]}"
+    )
 
 
 def test_graph_draws_an_invalid_pipeline_with_its_problems_marked(cli: Cli, tmp_path: Path) -> None:

@@ -43,6 +43,24 @@ def test_schema_prints_the_draft_2020_12_pipeline_schema(cli: Cli) -> None:
     assert "enum" not in schema["$defs"]["stage_node"]["properties"]["stage"]
 
 
+@pytest.mark.parametrize(
+    ("options", "given"),
+    [(["--stages", STAGES], "--stages"), (["--plugin", "echo"], "--plugin")],
+)
+def test_schema_with_stage_options_but_not_with_stages_is_a_usage_error(
+    cli: Cli, options: list[str], given: str
+) -> None:
+    # `stageflow schema --stages s.py` printed the schema without the stage
+    # names, as if --stages had not been given, and exited 0.
+    got = cli("schema", *options)
+    assert got.code == ExitCode.USAGE
+    assert got.out == ""
+    assert got.err.strip().splitlines() == [
+        f"stageflow: {given} chooses the stage names of --with-stages, and without it the "
+        f"schema names no stage; add --with-stages, or leave {given} out"
+    ]
+
+
 def test_schema_with_stages_lists_the_registered_names(cli: Cli) -> None:
     got = cli("schema", "--with-stages", "--stages", STAGES, "--no-plugins")
     assert got.code == ExitCode.OK

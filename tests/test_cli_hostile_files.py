@@ -353,3 +353,34 @@ def test_a_payload_file_that_is_not_json_is_told_to_be_fixed(cli: Cli, tmp_path:
         f"stageflow: --payload @{payload}: not valid JSON at line 1 column 10: Expecting "
         "value; fix the file"
     ]
+
+
+@pytest.mark.parametrize("name", ["empty.json", "empty.yaml", "blank.json"])
+def test_an_empty_pipeline_or_case_file_is_said_to_be_empty(
+    cli: Cli, tmp_path: Path, name: str
+) -> None:
+    # It said "not valid JSON at line 1 column 1: Expecting value" (or, for
+    # YAML, "a pipeline document is a JSON object, got null").
+    path = tmp_path / name
+    path.write_text("" if name.startswith("empty") else "\n  \n")
+    got = cli("validate", str(path), "--structure-only")
+    assert got.code == ExitCode.USAGE
+    assert got.out.splitlines()[0] == f"{path}: $: the file is empty; write the document in it"
+    got = cli("test", str(path))
+    assert got.code == ExitCode.FAILED
+    assert "  - $: the file is empty; write the document in it" in got.out
+
+
+@pytest.mark.parametrize("option", ["--payload", "--input"])
+def test_an_empty_payload_or_input_file_is_said_to_be_empty(
+    cli: Cli, tmp_path: Path, option: str
+) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    value = f"@{path}" if option == "--payload" else f"answer=@{path}"
+    got = cli("run", PIPELINE, "--stages", STAGES, option, value)
+    assert got.code == ExitCode.USAGE
+    where = f"--payload @{path}" if option == "--payload" else f"--input answer @{path}"
+    assert got.err.strip().splitlines() == [
+        f"stageflow: {where}: the file is empty; write a JSON value in it"
+    ]

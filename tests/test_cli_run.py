@@ -126,6 +126,27 @@ async def test_a_wait_with_a_timeout_is_left_to_time_out(
     assert script.stop is None
     assert warnings == [
         "the session waits for input 'approval' and no scripted input of that type is left; "
+        "the wait times out after 30 s (send one with --input approval=JSON, or add "
+        "--virtual-time to reach the timeout at once)"
+    ]
+
+
+@pytest.mark.trio
+async def test_in_virtual_time_the_timeout_is_told_without_the_hint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Without --virtual-time the chat example's 300 s wait is 300 s of real
+    # time, and the line said only that: the hint says how to pass it at once.
+    wait = stage("wait", "WaitStage", next="end", outputs={"payload": "answer"})
+    wait["config"] = {"input": "approval", "timeout": 30}
+    wait["on_error"] = [{"errors": ["InputTimeoutError"], "next": "late"}]
+    document = doc([wait, terminal("end", "answer"), terminal("late", result={"late": True})])
+    warnings: list[str] = []
+    script = ScriptedInputs(warn=warnings.append, virtual_time=True)
+    result = await drive_session(session_for(document), script)
+    assert result.result == {"late": True}
+    assert warnings == [
+        "the session waits for input 'approval' and no scripted input of that type is left; "
         "the wait times out after 30 s"
     ]
 

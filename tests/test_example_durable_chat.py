@@ -195,6 +195,17 @@ def test_an_unknown_session_is_a_bad_request(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("worker", [True, False], ids=["embedded worker", "no worker"])
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path, worker: bool) -> None:
+    # With the embedded worker (the default) the store's error came out of
+    # the task group in an exception group: a traceback of 80 lines, exit 1.
+    db = tmp_path / "no such directory" / "chat.db"
+    proc = request(db, *([] if worker else ["--no-worker"]), "start", status=2)
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"run.py: cannot open the SQLite store '{db}': ")
+    assert proc.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("type", "payload", "error"),
     [

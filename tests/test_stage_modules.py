@@ -10,6 +10,7 @@ import pytest
 
 import stageflow
 from stageflow._stage_modules import StagesModuleError, merge_registries, registry_of
+from stageflow._stages import default_registry
 from stageflow.testing._mocks import registry_from_modules
 
 ROOT = Path(__file__).parents[1]
@@ -172,3 +173,87 @@ def test_a_reference_with_a_nul_character_is_a_stages_problem(tmp_path: Path) ->
     assert "it contains a NUL character; pass a module name or a path to a .py file" in (
         problem.message
     )
+
+
+RAISES = """\
+def helper():
+    raise RuntimeError("no config")
+
+
+helper()
+"""
+
+
+@pytest.mark.parametrize("by", ["file", "module name"])
+def test_the_traceback_of_a_module_that_raised_starts_at_the_users_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
+    # It started with the frames of this loader and of importlib (9 of them
+    # for a module name) before the first line of the module that raised.
+    package = tmp_path / "tb_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "raising_stages.py"
+    module.write_text(RAISES)
+    monkeypatch.chdir(tmp_path)
+    ref = str(module) if by == "file" else "tb_pkg.raising_stages"
+    try:
+        with pytest.raises(StagesModuleError) as info:
+            registry_of(ref)
+    finally:
+        sys.modules.pop("tb_pkg", None)
+    module = module.resolve()
+    lines = info.value.detail.splitlines()
+    assert lines[:5] == [
+        "Traceback (most recent call last):",
+        f'  File "{module}", line 5, in <module>',
+        "    helper()",
+        f'  File "{module}", line 2, in helper',
+        '    raise RuntimeError("no config")',
+    ]
+    assert lines[-1] == "RuntimeError: no config"
+
+
+def test_a_syntax_error_shows_the_users_line_without_frames_of_the_loader(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "syntax_stages.py"
+    module.write_text("def broken(:\n    pass\n")
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(str(module))
+    assert info.value.detail.splitlines()[:2] == [
+        f'  File "{module.resolve()}", line 1',
+        "    def broken(:",
+    ]
+    assert "importlib" not in info.value.detail
+    assert "_stage_modules" not in info.value.detail
+
+
+def test_a_registry_under_another_name_is_pointed_at(tmp_path: Path) -> None:
+    # `--stages named_other.py` for a module with REGISTRY = StageRegistry()
+    # was read as one registering into the default registry: its stages were
+    # then "not registered", with the hint to pass --stages, which was given.
+    module = tmp_path / "named_other.py"
+    module.write_text(NAMED)
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(str(module))
+    assert info.value.reason == (
+        "it has no 'registry' attribute and registered no stage into the default registry, "
+        f"while it holds a StageRegistry named 'REGISTRY'; pass {module}:REGISTRY, or name it "
+        "'registry'"
+    )
+
+
+def test_a_module_registering_into_the_default_registry_may_hold_another(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "default_and_other.py"
+    module.write_text(
+        "import stageflow\n\nSPARE = stageflow.StageRegistry()\n\n\n"
+        "@stageflow.register_stage('DefaultAndOther')\nasync def stage(ctx):\n    return {}\n"
+    )
+    try:
+        assert "DefaultAndOther" in registry_of(str(module))
+    finally:
+        # The default registry is process-wide: later tests list it.
+        del default_registry()._entries["DefaultAndOther"]

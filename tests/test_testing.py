@@ -754,6 +754,15 @@ def test_docs_case_file_passes(tmp_path: Path) -> None:
     assert report.results[0].elapsed == pytest.approx(3600)
 
 
+def test_docs_show_the_test_ids_pytest_gives_the_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The page showed the ids of its own example cases under the name of
+    # tests/cases/reference.stageflow.json, whose cases are others.
+    monkeypatch.chdir(ROOT)
+    path = "tests/cases/reference.stageflow.json"
+    shown = doc_blocks("text")[0].splitlines()
+    assert shown == [f"{path}::{case.name} PASSED" for case in load_cases(path)]
+
+
 def test_docs_mock_snippet_is_valid(schema: Doc) -> None:
     mocks = json.loads("{" + doc_blocks("json")[1] + "}")["mocks"]
     validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/mocks"})

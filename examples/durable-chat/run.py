@@ -25,7 +25,8 @@ sessions that wait.
 Exit status: 0 when the session waits or has completed, 1 when it ended
 otherwise (failed, cancelled, timed out), 2 for a bad request (unknown or
 finished session, malformed JSON, an input the session does not wait for or
-whose payload does not fit the input's schema). A bad request stores nothing.
+whose payload does not fit the input's schema) or a store that cannot be
+opened. A bad request stores nothing.
 """
 
 from __future__ import annotations
@@ -235,6 +236,13 @@ async def request(args: argparse.Namespace, payload: Any) -> dict[str, Any]:
     return reply
 
 
+def sole_error(error: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups; else ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, handle one request, print its outcome."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         reply = anyio.run(request, args, payload, backend="trio")
     except (BadRequestError, StoreError) as exc:
         print(f"run.py: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        # On trio an error of the embedded worker (a store that cannot be
+        # opened) leaves the task group wrapped in a group, even alone.
+        error = sole_error(group)
+        if not isinstance(error, StoreError):
+            raise
+        print(f"run.py: {error}", file=sys.stderr)
         return 2
     print(json.dumps(reply, ensure_ascii=False))
     ended_badly = reply.get("status") not in (None, "waiting", "completed")

@@ -5,13 +5,14 @@
 
 The driver starts two ``stageflow worker`` processes (``--stages stages.py``),
 starts ``--sessions`` sessions of ``pipeline.json`` through ``SessionService``,
-sends each the numbers 1..``--rounds`` and a final ``stop``, one round at a
-time, and waits until every session has completed. Then it stops the workers
-with SIGTERM (each finishes its turns in flight and prints its statistics)
-and prints one JSON object: the distinct totals, how many worker processes
-ran turns, and the workers' statistics. Any worker may run any turn (each
-takes at most 4 at a time here), so a session's turns may be spread over
-both processes.
+sends each the numbers 1..``--rounds`` + 1, one round at a time, the last
+one with ``stop``, and waits until every session has completed. Then it
+stops the workers with SIGTERM (each finishes its turns in flight and prints
+its statistics) and prints one JSON object: the distinct totals (one, 1 + 2
++ 3 + 4 = 10 by default: every session added every number once), how many
+worker processes ran turns, and the workers' statistics. Any worker may run
+any turn (each takes at most 4 at a time here), so a session's turns may be
+spread over both processes.
 
 ``--store sqlite:///tally.db`` works too (one machine, a few processes).
 """
@@ -29,7 +30,7 @@ from typing import Any
 import anyio
 
 import stageflow
-from stageflow.store import SessionService, open_store
+from stageflow.store import SessionService, StoreError, open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stages import registry
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     workers = start_workers(args.store, args.schema, 2)
     try:
         outcome = anyio.run(drive, args.store, args.schema, args.sessions, args.rounds)
+    except StoreError as exc:  # a store that cannot be opened: one line, as the workers say
+        print(f"driver.py: {exc}", file=sys.stderr)
+        return 2
     finally:
         stats = []
         for worker in workers:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 from stageflow._cli._commands import add_parsers
 from stageflow._cli._common import (
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"stageflow {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
     add_run_parser(subparsers)
     add_parsers(subparsers)
     add_store_parsers(subparsers)
@@ -66,12 +68,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
     )
 
 
-def _report(exc: StageflowError, io: Streams) -> int:
+def _report(exc: StageflowError, io: Streams, *, stages_given: bool = False) -> int:
     if isinstance(exc, PipelineValidationError):
         where = exc.source or "pipeline"
         for problem in exc.problems:
             io.warn(f"{where}: {problem.location}: {problem.message}")
-        if any(UNREGISTERED in p.message for p in exc.problems):
+        # With --stages given the hint to pass it misleads: the name is what is wrong.
+        if not stages_given and any(UNREGISTERED in p.message for p in exc.problems):
             io.warn(STAGES_HINT)
         return ExitCode.USAGE
     io.warn(str(exc))
@@ -100,8 +103,23 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         getattr(args, target).extend(options + files)
         return args
     if extras:
-        return parser.parse_args(argv)  # exits with argparse's message
+        # Said by the command's own parser, with its usage: the top-level
+        # usage ("stageflow COMMAND ...") does not say what `run` takes.
+        command: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     return args
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A (sub)command's parser, which puts itself in the arguments it parses.
+
+    The innermost command's parser is the one left (``sessions list``), so
+    :func:`_parse` can report a word left over with that command's usage.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_parser=self)
 
 
 def _drop_output() -> None:
@@ -136,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _drop_output()
         return _report(exc, io)
     except StageflowError as exc:
-        return _report(exc, io)
+        return _report(exc, io, stages_given=bool(getattr(args, "stages_modules", None)))
     except BrokenPipeError:
         # The reader went away (`stageflow schema | head`): stop quietly.
         _drop_output()

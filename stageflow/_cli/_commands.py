@@ -128,7 +128,18 @@ def validate_command(args: argparse.Namespace, io: Streams) -> int:
 
 
 def schema_command(args: argparse.Namespace, io: Streams) -> int:
-    """``stageflow schema``: the pipeline JSON Schema, optionally with the stage names."""
+    """``stageflow schema``: the pipeline JSON Schema, optionally with the stage names.
+
+    Raises:
+        CommandError: ``--stages`` or ``--plugin`` without ``--with-stages``
+            (the schema would name no stage, as if they were not given).
+    """
+    if not args.with_stages and (args.stages_modules or args.plugins):
+        given = "--stages" if args.stages_modules else "--plugin"
+        raise CommandError(
+            f"{given} chooses the stage names of --with-stages, and without it the schema "
+            f"names no stage; add --with-stages, or leave {given} out"
+        )
     names = _registry(args).names() if args.with_stages else None
     io.print(dump_json(pipeline_schema(names)))
     return ExitCode.OK

@@ -240,6 +240,8 @@ def read_json_argument(text: str, *, option: str) -> Any:
             ) from exc
         except BudgetError as exc:
             raise CommandError(f"{source}: not read: {exc}") from exc
+        if not text.strip():  # JSON said "Expecting value", YAML read it as null
+            raise CommandError(f"{source}: the file is empty; write a JSON value in it")
         if file.suffix in (".yaml", ".yml"):
             try:
                 return _plain(parse_yaml_text(text), source)

@@ -83,6 +83,8 @@ class ScriptedInputs:
     warn: Callable[[str], None] = attrs.field(default=lambda _: None, repr=False)
     schemas: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     """Input type -> the payload schema a stage declares for it, for the hint."""
+    virtual_time: bool = False
+    """Whether the run is in virtual time (a wait's timeout then passes at once)."""
 
     @classmethod
     def parse(cls, values: Sequence[str]) -> ScriptedInputs:
@@ -132,9 +134,16 @@ class ScriptedInputs:
             )
             return
         if not queue and timeout is not None:
+            # Without virtual time that is real time: say how not to wait for it.
+            hint = (
+                ""
+                if self.virtual_time
+                else f" (send one with --input {input_type}=JSON, or add --virtual-time to "
+                "reach the timeout at once)"
+            )
             self.warn(
                 f"the session waits for input {input_type!r} and no scripted input of that type "
-                f"is left; the wait times out after {timeout:g} s"
+                f"is left; the wait times out after {timeout:g} s{hint}"
             )
             return
         if not queue:
@@ -230,8 +239,8 @@ async def drive_session(
     return outcome[0]
 
 
-def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
-    """Set up tracing as asked; return what to call when the run is over.
+def _check_trace_options(args: argparse.Namespace) -> None:
+    """Refuse options that cannot go together, before anything is loaded.
 
     Raises:
         CommandError: ``--trace-json`` without ``--trace console`` (it would do nothing).
@@ -242,6 +251,10 @@ def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
             f"--trace-json prints the spans of --trace console as JSON, and {given} prints "
             "none; add --trace console, or leave --trace-json out"
         )
+
+
+def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
+    """Set up tracing as asked; return what to call when the run is over."""
     if args.trace is None:
         return lambda: None
     # Imported here: the OpenTelemetry SDK is only loaded when tracing is asked for.
@@ -333,6 +346,7 @@ def _warn_of(event: Event, io: Streams) -> None:
 
 def run_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow run``: see the module docstring."""
+    _check_trace_options(args)  # a usage error is told before the stages are imported
     registry = resolve_registry(
         args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins
     )
@@ -345,6 +359,7 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
         )
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
+    script.virtual_time = args.virtual_time
     script.schemas = {
         spec.type: thaw(spec.schema)
         for entry in registry.catalogue()

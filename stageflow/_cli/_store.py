@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -333,7 +334,9 @@ def show_command(args: argparse.Namespace, io: Streams) -> int:
     else:
         for key, value in out.items():
             if key != "events":
-                io.print(f"{key}: {value}")
+                # Values as JSON (null, ["user_name"]), as `run` prints them: not Python's repr.
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                io.print(f"{key}: {text}")
         for event in out.get("events", ()):
             io.print(f"  {event['seq']:>4}  {event['type']}  {event.get('node_id') or ''}")
     return 0

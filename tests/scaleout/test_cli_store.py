@@ -65,6 +65,17 @@ def test_sessions_list_show_send_cancel_purge(url: str, capsys: Any) -> None:
     assert (code, json.loads(out)) == (0, {"deleted": 0})
 
 
+def test_sessions_show_writes_its_values_as_json(url: str, capsys: Any) -> None:
+    # It wrote Python's repr: "waiting_for: ['msg']", "wake_at: None".
+    start(url)
+    code, out, _ = run_cli(capsys, "sessions", "show", "--store", url, "s1")
+    assert code == 0
+    shown = dict(line.split(": ", 1) for line in out.splitlines())
+    (row,) = json.loads(run_cli(capsys, "sessions", "list", "--store", url, "--json")[1])
+    for key, value in row.items():
+        assert shown[key] == (value if isinstance(value, str) else json.dumps(value)), key
+
+
 def test_unknown_sessions_and_bad_urls_exit_2_with_the_fix(url: str, capsys: Any) -> None:
     start(url)
     code, _, err = run_cli(capsys, "sessions", "show", "--store", url, "nope")
