@@ -147,6 +147,9 @@ class SessionView:
         events: the history, oldest first, as ``Event.to_dict()`` gives it.
         context: the main path's context, or ``None`` for a finished session.
         backlog: inputs waiting for a stage, by type.
+        unseen: inputs given to waits torn down before their stage saw them
+            (``input_type`` and ``payload``), which the session discards
+            when it ends.
         outcome: result, artifacts and error of a finished session, else ``None``.
         forms: the inputs it waits for.
         wake_at: its earliest deadline (ISO 8601), if any.
@@ -164,6 +167,7 @@ class SessionView:
     events: tuple[Mapping[str, Any], ...]
     context: Any
     backlog: Mapping[str, Any]
+    unseen: tuple[Mapping[str, Any], ...]
     outcome: Mapping[str, Any] | None
     forms: tuple[WaitForm, ...]
     wake_at: str | None
@@ -439,6 +443,10 @@ def inspect_session(
             k: [redact(item, redact_paths) for item in v] if isinstance(v, list) else v
             for k, v in (snapshot.get("backlog") or {}).items()
         },
+        unseen=tuple(
+            {**item, "payload": redact(item.get("payload"), redact_paths)}
+            for item in snapshot.get("unseen_inputs") or ()
+        ),
         outcome=outcome if isinstance(outcome, Mapping) else None,
         forms=tuple(forms.values()),
         wake_at=_earliest(wake),
