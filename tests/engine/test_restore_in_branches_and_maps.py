@@ -319,6 +319,9 @@ async def test_a_tolerated_map_failure_restored_gives_the_same_map_error_message
     restored = case.restore(taken[0])
     result = await restored.run()
     assert str(result.error) == str(plain.error)
+    # Its causes too: the restored failure it is chained to is described as
+    # the original was (StageError, then ValueError), not as a RestoredError.
+    assert describe(result.error) == describe(plain.error)
 
 
 # A branch writes a.b, then replaces a with an object without b, then waits:
