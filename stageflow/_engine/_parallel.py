@@ -156,7 +156,10 @@ class ParallelExecutor:
                     kernel.cancelling(run.prefix, "sibling_failed")
                     scope.cancel()
         finally:
-            kernel.positions(-1, scope.cancel_called)
+            # Settled too when a terminal (in this branch or elsewhere in the
+            # pipeline) ended the run: the sleeps and waits of the branches it
+            # cancels are no reason to suspend.
+            kernel.positions(-1, scope.cancel_called or run.frames[0].scope.terminal is not None)
 
     @staticmethod
     def _settle(
