@@ -274,13 +274,7 @@ class MapExecutor:
                     run.cancel.cancel()  # fail fast: cancel the items still running
                     return
         finally:
-            # Settled too when a terminal in a parallel branch ended the
-            # pipeline this map runs in (see ParallelExecutor._worker).
-            kernel.positions(
-                -1,
-                (run.cancel is not None and run.cancel.cancel_called)
-                or run.frame.scope.terminal is not None,
-            )
+            kernel.positions(-1, run.cancel is not None and run.cancel.cancel_called)
 
     @staticmethod
     def _item_frame(run: MapRun, index: int, ctx: Context) -> Frame:

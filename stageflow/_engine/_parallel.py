@@ -156,10 +156,7 @@ class ParallelExecutor:
                     kernel.cancelling(run.prefix, "sibling_failed")
                     scope.cancel()
         finally:
-            # Settled too when a terminal (in this branch or elsewhere in the
-            # pipeline) ended the run: the sleeps and waits of the branches it
-            # cancels are no reason to suspend.
-            kernel.positions(-1, scope.cancel_called or run.frames[0].scope.terminal is not None)
+            kernel.positions(-1, scope.cancel_called)
 
     @staticmethod
     def _settle(

@@ -353,6 +353,65 @@ async def test_a_terminal_in_a_subpipeline_branch_does_not_suspend_the_session()
     assert result.artifacts == {"got": {"early": True}}
 
 
+HANGS = [
+    parallel("fan", ["work", "nap"], next="join"),
+    stage("work", "Hang"),
+    NAP,
+    terminal("join"),
+]
+TIMED_OUT = terminal("handled", "error.type", result={"timed_out": True})
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param(
+            doc(
+                [
+                    {**HANGS[0], "timeout": 0.01, "on_error": [{"next": "handled"}]},
+                    *HANGS[1:],
+                    TIMED_OUT,
+                ]
+            ),
+            id="parallel",
+        ),
+        pytest.param(
+            doc(
+                [
+                    {
+                        "id": "call",
+                        "type": "subpipeline",
+                        "pipeline": "child",
+                        "timeout": 0.01,
+                        "on_error": [{"next": "handled"}],
+                        "next": "end",
+                    },
+                    TIMED_OUT,
+                    terminal("end"),
+                ],
+                subpipelines={"child": {"entry": "fan", "nodes": HANGS}},
+            ),
+            id="subpipeline",
+        ),
+    ],
+)
+async def test_a_node_timeout_cancelling_a_sleeping_branch_is_routed_in_suspend_mode(
+    document: dict[str, Any],
+) -> None:
+    """Whichever branch is torn down first, the sleeping one is no reason to suspend.
+
+    Both are cancelled at once, and the schedulers pick the order (trio at
+    random): a few runs try both.
+    """
+    registry = fake_registry()
+    pipeline = load(document, registry)
+    for _ in range(16):
+        session = stageflow.Session(pipeline, registry=registry)
+        result = await session.run(suspend=True)
+        assert result.status is stageflow.SessionStatus.COMPLETED
+        assert result.artifacts == {"error.type": "NodeTimeoutError"}
+
+
 async def test_a_run_without_waits_completes_in_suspend_mode() -> None:
     case = reference_case()
     result = await case.session().run(suspend=True)
