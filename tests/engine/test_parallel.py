@@ -303,6 +303,26 @@ async def test_terminal_inside_a_branch_ends_the_session() -> None:
     assert "end" not in [e.node_id for e in result.history]
 
 
+@pytest.mark.parametrize("extra", [{"cancel_on_error": False}, {"policy": "any"}])
+async def test_a_terminal_after_a_sibling_failed_still_completes_the_session(
+    extra: dict[str, object],
+) -> None:
+    """The node never ends, so neither its error nor its error edges are reached."""
+    pipeline = doc(
+        [
+            parallel("fan", ["bad", "slow"], next="end", on_error=[{"next": "handled"}], **extra),
+            stage("bad", "Fail", config={"delay": 1}),
+            set_node("slow", "a", 1, delay=2, next="early"),
+            terminal("early", "a", result={"ended": "early"}),
+            terminal("handled", result={"ended": "handled"}),
+            terminal("end"),
+        ]
+    )
+    result = await run(pipeline)
+    assert (result.status, result.result, result.error) == (COMPLETED, {"ended": "early"}, None)
+    assert ("branch_failed", "fan/bad") in [(e.type, e.path) for e in result.history]
+
+
 async def test_cancel_on_error_cancels_siblings() -> None:
     pipeline = fan([stage("bad", "Fail", config={"delay": 1}), stage("hang", "Hang")])
     before = live_tasks()
