@@ -412,6 +412,18 @@ async def test_a_node_timeout_cancelling_a_sleeping_branch_is_routed_in_suspend_
         assert result.artifacts == {"error.type": "NodeTimeoutError"}
 
 
+async def test_the_session_deadline_cancelling_a_sleeping_branch_times_out_in_suspend_mode() -> (
+    None
+):
+    registry = fake_registry()
+    pipeline = load(doc(HANGS, limits={"timeout": 0.01}), registry)
+    for _ in range(16):  # the teardown order varies (trio picks it at random)
+        session = stageflow.Session(pipeline, registry=registry)
+        result = await session.run(suspend=True)
+        assert result.status is stageflow.SessionStatus.TIMED_OUT
+        assert isinstance(result.error, stageflow.SessionTimeoutError)
+
+
 async def test_a_run_without_waits_completes_in_suspend_mode() -> None:
     case = reference_case()
     result = await case.session().run(suspend=True)
