@@ -323,6 +323,26 @@ async def test_a_terminal_after_a_sibling_failed_still_completes_the_session(
     assert ("branch_failed", "fan/bad") in [(e.type, e.path) for e in result.history]
 
 
+async def test_a_branch_leading_back_to_its_parallel_node_nests_until_max_depth() -> None:
+    pipeline = doc(
+        [
+            parallel("fan", ["again", "other"], next="end"),
+            stage("again", "Set", config={"values": {}}, next="fan"),
+            stage("other", "Set", config={"values": {}}),
+            terminal("end"),
+        ],
+        limits={"max_depth": 5},
+    )
+    before = live_tasks()
+    result = await run(pipeline)
+    assert live_tasks() == before
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert (result.error.limit, result.error.node_id) == ("max_depth", "fan")
+    deepest = max(e.path.count("/") for e in result.history if e.type == "branch_started")
+    assert deepest == 2 * 5 - 1  # fan/again/fan/again/.../fan/other: five levels
+
+
 async def test_cancel_on_error_cancels_siblings() -> None:
     pipeline = fan([stage("bad", "Fail", config={"delay": 1}), stage("hang", "Hang")])
     before = live_tasks()
