@@ -191,8 +191,12 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
             # MapError): its original class and causes, as the run that
             # was never interrupted describes them.
             original = describe_exception(cause)
-            causes.append({"type": original["type"], "message": original["message"]})
-            causes.extend(original.get("causes", ())[: 16 - len(causes)])
+            causes.append(
+                {"type": str(original.get("type")), "message": str(original.get("message"))}
+            )
+            earlier = original.get("causes")
+            if isinstance(earlier, list):
+                causes.extend(earlier[: 16 - len(causes)])
             break
         causes.append({"type": type(cause).__name__, "message": error_text(cause)})
         cause = _cause_of(cause)
