@@ -243,6 +243,18 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     cause = _cause_of(exc)
     while cause is not None and id(cause) not in seen and len(causes) < 16:
         seen.add(id(cause))
+        if isinstance(cause, RestoredError):
+            # A failure from before a restore (a map item's, chained to the
+            # MapError): its original class and causes, as the run that
+            # was never interrupted describes them.
+            original = describe_exception(cause)
+            causes.append(
+                {"type": str(original.get("type")), "message": str(original.get("message"))}
+            )
+            earlier = original.get("causes")
+            if isinstance(earlier, list):
+                causes.extend(earlier[: 16 - len(causes)])
+            break
         causes.append({"type": type(cause).__name__, "message": error_text(cause)})
         cause = _cause_of(cause)
     out["causes"] = causes

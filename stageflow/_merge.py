@@ -25,8 +25,16 @@ def merge_branches(
     reducers: Mapping[str, Reducer],
     target: Context,
     branches: Sequence[tuple[str, Context]],
+    *,
+    contribution: bool = False,
 ) -> None:
     """Write the changes of each ``(branch name, branch context)`` into ``target``.
+
+    A reducer folds the branches' values into the value its path had in
+    ``target``. With ``contribution`` (``target`` is itself a parallel
+    branch, whose value there is its own contribution to an outer join), it
+    folds into what ``target`` wrote there, or into nothing: the parent's
+    value ``target`` reads through is folded in once, at the outer join.
 
     Raises:
         MergeConflictError: two branches wrote one path (or a path and a path
@@ -61,7 +69,8 @@ def merge_branches(
     for path, values in contributions.items():
         reducer = reducers.get(path) if reducers else None
         if reducer is not None:
-            writes.append((path, _checked(node_id, path, reducer, target.get(path), values)))
+            base = target.get(path) if not contribution or target.wrote(path) else MISSING
+            writes.append((path, _checked(node_id, path, reducer, base, values)))
         else:
             # FIRST; or LAST, or ERROR where every value is equal (checked above).
             writes.append((path, values[0][1] if first else values[-1][1]))

@@ -83,10 +83,17 @@ class Frame:
     ``visits`` counts the nodes the frame has started (snapshots keep it) and
     ``origin`` names the node visit that forked it (``""`` for the main
     path): together they give every node visit its execution key.
+
+    ``contributes`` is true for a parallel branch: what it leaves at a
+    reducer's path is its contribution to the join, so a parallel node
+    nested in it folds its branches into what the branch itself wrote there,
+    not into the parent's value it reads through (that would be counted again
+    at the outer join).
     """
 
     __slots__ = (
         "branch",
+        "contributes",
         "ctx",
         "depth",
         "node",
@@ -106,6 +113,7 @@ class Frame:
         scope: Scope,
         parent: Frame | None = None,
         visit: str | None = None,
+        contributes: bool = False,
     ) -> None:
         # MapExecutor._item_frame and _worker make an item frame without this call: keep alike.
         self.ctx = ctx
@@ -113,6 +121,7 @@ class Frame:
         self.depth = depth
         self.scope = scope
         self.branch: int | str | None = None  # set by a condition for its node_finished
+        self.contributes = contributes
         self.node: str | None = None
         self.work: Work = None
         self.resume: FramePosition | None = None

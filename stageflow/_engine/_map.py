@@ -225,6 +225,7 @@ class MapExecutor:
                         item.depth = depth
                         item.scope = scope
                         item.branch = None
+                        item.contributes = False
                         item.node = None
                         item.work = None
                         item.resume = None
@@ -287,6 +288,7 @@ class MapExecutor:
         item.depth = run.depth
         item.scope = run.frame.scope
         item.branch = None
+        item.contributes = False
         item.node = None
         item.work = None
         item.resume = None

@@ -59,7 +59,7 @@ class ParallelExecutor:
         visit = frame.visit_key()
         fork, depth, scope = frame.ctx.fork, frame.depth + 1, frame.scope
         frames = [
-            Frame(fork(), f"{prefix}/{child}", depth, scope, frame, visit)
+            Frame(fork(), f"{prefix}/{child}", depth, scope, frame, visit, True)
             for child in node.children
         ]
         run = ParallelRun(node, frames, prefix)
@@ -110,7 +110,14 @@ class ParallelExecutor:
             if errors:
                 raise _branch_failure(node, errors)
             chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
-        merge_branches(node.id, node.merge, frame.scope.pipeline.reducers, frame.ctx, chosen)
+        merge_branches(
+            node.id,
+            node.merge,
+            frame.scope.pipeline.reducers,
+            frame.ctx,
+            chosen,
+            contribution=frame.contributes,
+        )
         return node.next
 
     async def _worker(

@@ -418,10 +418,19 @@ class Run:
 
         Positions that end in a cancelled group (``settled``) are no reason to
         suspend: its cancelled waits still count as blocked until they are
-        torn down, and the node goes on once they are.
+        torn down, and the node goes on once they are. Nor are positions that
+        end because a scope around them is cancelled or past its deadline (a
+        terminal reached in a branch, a node's timeout): the siblings it
+        cancels still count as blocked, and the run goes on at the terminal
+        or the timeout's error edge.
         """
         self._live += change
-        if change < 0 and self._suspend and not settled:
+        if (
+            change < 0
+            and self._suspend
+            and not settled
+            and anyio.current_effective_deadline() > anyio.current_time()
+        ):
             self.check_idle()
         elif (
             change < 0

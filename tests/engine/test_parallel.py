@@ -128,6 +128,56 @@ async def test_reducers(reducer: str, base: object, values: list[object], expect
     assert result.artifacts["shared"] == expected
 
 
+@pytest.mark.parametrize(
+    ("reducer", "base", "values", "expected"),
+    [
+        ("append", [0], [1, 2, 3], [0, 1, [2, 3]]),
+        ("extend", [0], [[1], [2], [3]], [0, 1, 2, 3]),
+        ("merge", {"k": 0}, [{"k": 1}, {"b": 2}, {"c": 3}], {"k": 1, "b": 2, "c": 3}),
+        ("sum", 10, [1, 2, 3], 16),
+    ],
+)
+async def test_a_nested_join_folds_the_value_before_the_outer_node_in_once(
+    reducer: str, base: object, values: list[object], expected: object
+) -> None:
+    """A branch's value at a reducer's path is its contribution, also when a join made it.
+
+    The inner join folds ``y`` and ``z`` into what branch ``inner`` wrote (nothing),
+    not into the parent's value it reads through: the outer join folds that in.
+    """
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "inner"], next="end"),
+            set_node("x", "shared", values[0]),
+            parallel("inner", ["y", "z"]),
+            set_node("y", "shared", values[1]),
+            set_node("z", "shared", values[2]),
+            terminal("end", "shared"),
+        ]
+    )
+    pipeline["reducers"] = {"shared": reducer}
+    result = await run(pipeline, payload={"shared": base})
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts["shared"] == expected
+
+
+async def test_a_nested_join_folds_into_what_its_branch_wrote_before() -> None:
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "own"], next="end"),
+            set_node("x", "shared", 1),
+            set_node("own", "shared", 5, next="inner"),
+            parallel("inner", ["y", "z"]),
+            set_node("y", "shared", 2),
+            set_node("z", "shared", 3),
+            terminal("end", "shared"),
+        ]
+    )
+    pipeline["reducers"] = {"shared": "sum"}
+    result = await run(pipeline, payload={"shared": 10})
+    assert result.artifacts["shared"] == 10 + 1 + 5 + 2 + 3
+
+
 async def test_reducer_that_cannot_combine_fails_the_node() -> None:
     pipeline = fan([set_node("x", "shared", "text"), set_node("y", "shared", 1)])
     pipeline["reducers"] = {"shared": "sum"}
@@ -251,6 +301,46 @@ async def test_terminal_inside_a_branch_ends_the_session() -> None:
     assert result.artifacts == {"a": 1}
     assert ("branch_cancelled", "fan/hang") in [(e.type, e.path) for e in result.history]
     assert "end" not in [e.node_id for e in result.history]
+
+
+@pytest.mark.parametrize("extra", [{"cancel_on_error": False}, {"policy": "any"}])
+async def test_a_terminal_after_a_sibling_failed_still_completes_the_session(
+    extra: dict[str, object],
+) -> None:
+    """The node never ends, so neither its error nor its error edges are reached."""
+    pipeline = doc(
+        [
+            parallel("fan", ["bad", "slow"], next="end", on_error=[{"next": "handled"}], **extra),
+            stage("bad", "Fail", config={"delay": 1}),
+            set_node("slow", "a", 1, delay=2, next="early"),
+            terminal("early", "a", result={"ended": "early"}),
+            terminal("handled", result={"ended": "handled"}),
+            terminal("end"),
+        ]
+    )
+    result = await run(pipeline)
+    assert (result.status, result.result, result.error) == (COMPLETED, {"ended": "early"}, None)
+    assert ("branch_failed", "fan/bad") in [(e.type, e.path) for e in result.history]
+
+
+async def test_a_branch_leading_back_to_its_parallel_node_nests_until_max_depth() -> None:
+    pipeline = doc(
+        [
+            parallel("fan", ["again", "other"], next="end"),
+            stage("again", "Set", config={"values": {}}, next="fan"),
+            stage("other", "Set", config={"values": {}}),
+            terminal("end"),
+        ],
+        limits={"max_depth": 5},
+    )
+    before = live_tasks()
+    result = await run(pipeline)
+    assert live_tasks() == before
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert (result.error.limit, result.error.node_id) == ("max_depth", "fan")
+    deepest = max(e.path.count("/") for e in result.history if e.type == "branch_started")
+    assert deepest == 2 * 5 - 1  # fan/again/fan/again/.../fan/other: five levels
 
 
 async def test_cancel_on_error_cancels_siblings() -> None:

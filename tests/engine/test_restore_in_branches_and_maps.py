@@ -319,6 +319,9 @@ async def test_a_tolerated_map_failure_restored_gives_the_same_map_error_message
     restored = case.restore(taken[0])
     result = await restored.run()
     assert str(result.error) == str(plain.error)
+    # Its causes too: the restored failure it is chained to is described as
+    # the original was (StageError, then ValueError), not as a RestoredError.
+    assert describe(result.error) == describe(plain.error)
 
 
 # A branch writes a.b, then replaces a with an object without b, then waits:
@@ -391,3 +394,29 @@ async def test_first_and_last_settle_overlapping_writes_alike_at_every_cut(
     assert expected.artifacts == {"a": a, "n": 1, "q": "qq", "s": 13}
     assert await every_cut(case, expected) > 20
     assert all(outcome == expected for _, outcome in await cut_at_waits(case))
+
+
+# A parallel node nested in a branch, folding into the branch's contribution
+# (not into the parent's value it reads through), cut at every event.
+NESTED_REDUCER = doc(
+    [
+        parallel("fan", ["a", "inner"], next="end"),
+        stage("a", "Ask", config={"input": "qa"}, outputs={"answer": "n"}),
+        parallel("inner", ["b", "c"]),
+        stage("b", "Ask", config={"input": "qb"}, outputs={"answer": "n"}),
+        stage("c", "Nap", config={"seconds": 3, "value": ["c"]}, outputs={"answer": "n"}),
+        terminal("end", "n"),
+    ],
+    reducers={"n": "extend"},
+)
+
+
+@pytest.mark.trio_only
+async def test_a_nested_join_restored_at_every_event_folds_the_old_value_in_once() -> None:
+    registry = review_registry()
+    case = Case(
+        load(NESTED_REDUCER, registry), registry, {"n": [0]}, {"qa": [["a"]], "qb": [["b"]]}
+    )
+    expected = await uninterrupted(case)
+    assert expected.artifacts == {"n": [0, "a", "b", "c"]}
+    await every_cut(case, expected)

@@ -287,6 +287,143 @@ async def test_suspend_waits_for_every_position_to_block() -> None:
     assert result.artifacts == {"x": "X", "y": 1}
 
 
+NAP: Mapping[str, Any] = stage("nap", "SleepStage", config={"seconds": 3600})
+ENDS_EARLY = [
+    parallel("fan", ["work", "nap"], next="join"),
+    stage(
+        "work", "Set", config={"values": {"y": 1}, "delay": 0.01}, outputs={"y": "y"}, next="early"
+    ),
+    terminal("early", "y", result={"early": True}),
+    terminal("join", result={"early": False}),
+    NAP,
+]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(ENDS_EARLY, id="branch"),
+        pytest.param(
+            [
+                *ENDS_EARLY[:3],
+                parallel("nap", ["nap1", "nap2"]),
+                {**NAP, "id": "nap1"},
+                {**NAP, "id": "nap2"},
+                ENDS_EARLY[3],
+            ],
+            id="nested-parallel",
+        ),
+        pytest.param(
+            [
+                *ENDS_EARLY[:3],
+                {"id": "nap", "type": "map", "items": "naps", "body": "nap1", "concurrency": 2},
+                {**NAP, "id": "nap1"},
+                ENDS_EARLY[3],
+            ],
+            id="map",
+        ),
+    ],
+)
+async def test_a_terminal_in_a_branch_completes_a_suspend_mode_run_while_a_sibling_sleeps(
+    shape: list[dict[str, Any]],
+) -> None:
+    """The sibling's timers are cancelled with it: not a moment to suspend until they are due."""
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(doc(shape), registry), registry=registry, payload={"naps": [1, 2, 3]}
+    )
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert (result.result, result.artifacts) == ({"early": True}, {"y": 1})
+
+
+async def test_a_terminal_in_a_subpipeline_branch_does_not_suspend_the_session() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            {"id": "call", "type": "subpipeline", "pipeline": "child", "next": "end"},
+            {**ENDS_EARLY[3], "id": "end", "artifacts": ["got"]},
+        ],
+        subpipelines={"child": {"entry": "fan", "nodes": ENDS_EARLY}},
+    )
+    document["nodes"][0]["result_output"] = "got"
+    session = stageflow.Session(load(document, registry), registry=registry)
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"got": {"early": True}}
+
+
+HANGS = [
+    parallel("fan", ["work", "nap"], next="join"),
+    stage("work", "Hang"),
+    NAP,
+    terminal("join"),
+]
+TIMED_OUT = terminal("handled", "error.type", result={"timed_out": True})
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param(
+            doc(
+                [
+                    {**HANGS[0], "timeout": 0.01, "on_error": [{"next": "handled"}]},
+                    *HANGS[1:],
+                    TIMED_OUT,
+                ]
+            ),
+            id="parallel",
+        ),
+        pytest.param(
+            doc(
+                [
+                    {
+                        "id": "call",
+                        "type": "subpipeline",
+                        "pipeline": "child",
+                        "timeout": 0.01,
+                        "on_error": [{"next": "handled"}],
+                        "next": "end",
+                    },
+                    TIMED_OUT,
+                    terminal("end"),
+                ],
+                subpipelines={"child": {"entry": "fan", "nodes": HANGS}},
+            ),
+            id="subpipeline",
+        ),
+    ],
+)
+async def test_a_node_timeout_cancelling_a_sleeping_branch_is_routed_in_suspend_mode(
+    document: dict[str, Any],
+) -> None:
+    """Whichever branch is torn down first, the sleeping one is no reason to suspend.
+
+    Both are cancelled at once, and the schedulers pick the order (trio at
+    random): a few runs try both.
+    """
+    registry = fake_registry()
+    pipeline = load(document, registry)
+    for _ in range(16):
+        session = stageflow.Session(pipeline, registry=registry)
+        result = await session.run(suspend=True)
+        assert result.status is stageflow.SessionStatus.COMPLETED
+        assert result.artifacts == {"error.type": "NodeTimeoutError"}
+
+
+async def test_the_session_deadline_cancelling_a_sleeping_branch_times_out_in_suspend_mode() -> (
+    None
+):
+    registry = fake_registry()
+    pipeline = load(doc(HANGS, limits={"timeout": 0.01}), registry)
+    for _ in range(16):  # the teardown order varies (trio picks it at random)
+        session = stageflow.Session(pipeline, registry=registry)
+        result = await session.run(suspend=True)
+        assert result.status is stageflow.SessionStatus.TIMED_OUT
+        assert isinstance(result.error, stageflow.SessionTimeoutError)
+
+
 async def test_a_run_without_waits_completes_in_suspend_mode() -> None:
     case = reference_case()
     result = await case.session().run(suspend=True)
