@@ -243,6 +243,42 @@ async def test_a_rule_past_a_jsonlogic_bound_fails_its_condition_node_by_name(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("tight", [True, False])
+async def test_a_rule_of_nested_loops_fails_its_condition_node_within_the_steps(
+    tight: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loops in loops multiply: past jsonlogic.MAX_STEPS, a ConditionError naming the node.
+
+    With the real bound, six loops over 30 items froze the event loop for
+    hours; here a lower bound keeps the test short.
+    """
+    monkeypatch.setattr(stageflow.jsonlogic, "MAX_STEPS", 10_000, raising=False)
+    loops: Any = {"var": "found"}
+    for _ in range(3):  # 27,000 rules
+        loops = {"some": [list(range(30)), {"if": [True, loops, False]}]}
+    nodes = [
+        {
+            "id": "c",
+            "type": "condition",
+            "conditions": [{"if": loops, "then": "end"}],
+            "else": "end",
+        },
+        terminal("end"),
+    ]
+    stages = stageflow.StageRegistry()
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes, entry="c"), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages, payload={})
+    with contextlib.nullcontext() if tight else general_path():
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.ConditionError)
+    assert result.error.node_id == "c"
+    assert "conditions[0]" in str(result.error)
+    assert "took more than 10,000 steps" in str(result.error)
+    assert isinstance(result.error.__cause__, stageflow.JsonLogicError)
+
+
+@pytest.mark.anyio
 async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
     """Every attribute of the context the tight path builds itself, in a branch too."""
     stages = stageflow.StageRegistry()
