@@ -30,7 +30,7 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import compile_schema, json_message
+from stageflow._specs import JSONLOGIC_FORMAT, compile_schema, json_message
 from stageflow._stages import StageRegistry
 
 __all__ = [
@@ -554,6 +554,7 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 f"stage node {node.id!r}: config for stage {node.stage!r} is not valid: "
                 f"{json_message(error)}" + (f" ({hint})" if hint else ""),
             )
+        yield from _check_config_rules(i, node, spec.config)
     schema = node.config.get("input_schema")
     if spec.input_from_config is not None and not spec.allowed_inputs and schema is not None:
         # What a session makes of it (the input the node declares, as WaitStage's
@@ -567,6 +568,30 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 f"stage node {node.id!r}: config 'input_schema' of stage {node.stage!r} is not a "
                 f"valid JSON Schema (draft 2020-12): {exc.message}; fix it, or leave "
                 "'input_schema' out to accept any payload",
+            )
+
+
+def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> Iterator[Problem]:
+    """The problems of the JsonLogic rules in a stage node's config, found as a condition's are.
+
+    A config property whose schema says ``"format": "jsonlogic"`` (as
+    ``builtins.assert`` and ``builtins.filter`` declare ``rule``) holds a rule
+    the stage evaluates: an unknown operator or a wrong argument count is
+    reported when the pipeline loads, not when the stage first runs.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return
+    for key, property_schema in properties.items():
+        if key not in node.config or not isinstance(property_schema, Mapping):
+            continue
+        if property_schema.get("format") != JSONLOGIC_FORMAT:
+            continue
+        for inner, message in jsonlogic.check(node.config[key]):
+            yield Problem(
+                f"$.nodes[{i}].config.{key}{inner}",
+                f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is a "
+                f"JsonLogic rule: {message}; fix the rule",
             )
 
 
