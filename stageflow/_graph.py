@@ -348,6 +348,7 @@ def check_graph(
                         f"$.nodes[{i}].conditions[{j}].if{inner}",
                         f"condition node {node.id!r}: {message}; fix the rule",
                     )
+            yield from _check_self_edges(i, node)
         if isinstance(node, StageNode):
             yield from _check_stage(i, node, registry)
         if isinstance(node, ParallelNode):
@@ -568,6 +569,24 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 f"stage node {node.id!r}: config 'input_schema' of stage {node.stage!r} is not a "
                 f"valid JSON Schema (draft 2020-12): {exc.message}; fix it, or leave "
                 "'input_schema' out to accept any payload",
+            )
+
+
+def _check_self_edges(i: int, node: ConditionNode) -> Iterator[Problem]:
+    """A condition's way back to itself: once taken, it is taken again and again.
+
+    Nothing runs between two evaluations of the node, so its rules read the
+    same context (a branch's context is its own) and choose the same way,
+    until ``limits.max_steps`` ends the session (with ``max_steps`` null, never).
+    """
+    for edge in edges(node):
+        if edge.target == node.id:
+            yield Problem(
+                f"$.nodes[{i}].{edge.field}",
+                f"condition node {node.id!r} leads back to itself: nothing runs in between "
+                "to change what its rules read, so once this way is taken it is taken again "
+                "and again, until limits.max_steps; point it at the node that should run "
+                "next (in a loop, one that changes what the rule reads)",
             )
 
 

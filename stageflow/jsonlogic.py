@@ -171,7 +171,8 @@ def apply(rule: Any, data: Any = None) -> Any:
 
     Raises:
         JsonLogicError: the rule uses an unknown operator, gives an operator the
-            wrong number of arguments, or nests deeper than :data:`MAX_DEPTH`.
+            wrong number of arguments, nests deeper than :data:`MAX_DEPTH`, or
+            goes past a bound of evaluation: :data:`MAX_SIZE`, :data:`MAX_STEPS`.
     """
     token = _STEPS.set([MAX_STEPS, 0])
     try:
