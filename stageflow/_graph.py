@@ -343,7 +343,7 @@ def check_graph(
             yield problem
         if isinstance(node, ConditionNode):
             for j, branch in enumerate(node.conditions):
-                for inner, message in jsonlogic.check(branch.if_):
+                for inner, message in _rule_problems(branch.if_):
                     yield Problem(
                         f"$.nodes[{i}].conditions[{j}].if{inner}",
                         f"condition node {node.id!r}: {message}; fix the rule",
@@ -572,6 +572,11 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
             )
 
 
+def _rule_problems(rule: Any) -> list[tuple[str, str]]:
+    """What :func:`jsonlogic.check` finds in a rule, and operations written as one object."""
+    return [*jsonlogic.check(rule), *jsonlogic.operations_written_as_one_object(rule)]
+
+
 def _check_self_edges(i: int, node: ConditionNode) -> Iterator[Problem]:
     """A condition's way back to itself: once taken, it is taken again and again.
 
@@ -606,7 +611,7 @@ def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> I
             continue
         if property_schema.get("format") != JSONLOGIC_FORMAT:
             continue
-        for inner, message in jsonlogic.check(node.config[key]):
+        for inner, message in _rule_problems(node.config[key]):
             yield Problem(
                 f"$.nodes[{i}].config.{key}{inner}",
                 f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is a "

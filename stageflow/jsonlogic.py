@@ -1077,3 +1077,40 @@ def check(rule: Any) -> list[tuple[str, str]]:
         if isinstance(value, list | tuple):
             stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
     return sorted(problems)
+
+
+def operations_written_as_one_object(rule: Any) -> list[tuple[str, str]]:
+    """Objects of several keys, every one an operator name: a literal where operations were meant.
+
+    ``{"==": [...], ">": [...]}`` is an object of two keys, which JsonLogic
+    reads as a literal (an operation is an object of exactly one key): as a
+    condition it is always true, whatever the data. :func:`apply` takes it as
+    the language says; the loader reports it, with :func:`check`'s locations.
+    """
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", rule)]
+    looked = 0
+    while stack and looked <= MAX_STEPS:  # a rule built in Python may share its lists
+        where, value = stack.pop()
+        looked += 1
+        if isinstance(value, list | tuple):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, Mapping):
+            if len(value) == 1:
+                [(name, args)] = value.items()
+                if isinstance(args, list | tuple):
+                    stack.extend((f"{where}.{name}[{i}]", item) for i, item in enumerate(args))
+                else:
+                    stack.append((f"{where}.{name}", args))
+            elif len(value) > 1 and all(key in OPERATORS for key in value):
+                names = ", ".join(repr(key) for key in value)
+                together = ", ".join(f'{{"{key}": ...}}' for key in value)
+                found.append(
+                    (
+                        where,
+                        f"an object of {len(value)} keys ({names}) is a literal in JsonLogic, "
+                        "not operations, and is always true: an operation is an object of "
+                        f'exactly one key; to require them all, write {{"and": [{together}]}}',
+                    )
+                )
+    return sorted(found)

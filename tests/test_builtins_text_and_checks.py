@@ -205,8 +205,9 @@ async def test_assert_with_a_rule_past_a_jsonlogic_bound_is_a_config_error() -> 
     [
         ({"nope": []}, "", "unknown JsonLogic operator 'nope'"),
         ({"and": [True, {">": [1]}]}, ".and[1]", "operator '>' takes 2 arguments, got 1"),
+        ({"!": 1, "var": "x"}, "", "is a literal in JsonLogic, not operations"),
     ],
-    ids=["unknown operator", "arity"],
+    ids=["unknown operator", "arity", "one object"],
 )
 def test_a_broken_rule_in_config_is_a_load_time_problem(
     stage: str, rule: Any, where: str, says: str
