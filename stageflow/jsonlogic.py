@@ -57,10 +57,11 @@ Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
   ``JsonLogicError``. ``map``, ``filter``, ``reduce``, ``all``, ``some`` and
   ``none`` spend, for each item, one step plus one for every value of the rule
   they apply to it (operators, arrays and scalars, those of a branch not taken
-  included). In a rule with such an operator, ``cat`` and ``merge`` also spend
-  one per character or item they build, and ``==``, ``===``, ``in``,
-  ``missing`` and text made from a list one per item of the lists they go
-  through (a long ``var`` path one per segment).
+  included). Inside them, ``cat`` and ``merge`` also spend one per character
+  or item they build, and ``==``, ``===``, ``in``, ``missing`` and text made
+  from a list one per item of the lists they go through (a long ``var`` path
+  one per segment). Outside them nothing is counted: each part of the rule is
+  evaluated once at most.
   Nested, such operators multiply: five ``some`` over 30-item lists inside each
   other evaluate 30^5 rules, and a ``reduce`` that appends to its accumulator
   copies it at every item. Without the bound, a rule of a few hundred
