@@ -30,7 +30,7 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import compile_schema, json_message
+from stageflow._specs import JSONLOGIC_FORMAT, compile_schema, json_message
 from stageflow._stages import StageRegistry
 
 __all__ = [
@@ -343,11 +343,12 @@ def check_graph(
             yield problem
         if isinstance(node, ConditionNode):
             for j, branch in enumerate(node.conditions):
-                for inner, message in jsonlogic.check(branch.if_):
+                for inner, message in _rule_problems(branch.if_):
                     yield Problem(
                         f"$.nodes[{i}].conditions[{j}].if{inner}",
                         f"condition node {node.id!r}: {message}; fix the rule",
                     )
+            yield from _check_self_edges(i, node)
         if isinstance(node, StageNode):
             yield from _check_stage(i, node, registry)
         if isinstance(node, ParallelNode):
@@ -554,6 +555,7 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 f"stage node {node.id!r}: config for stage {node.stage!r} is not valid: "
                 f"{json_message(error)}" + (f" ({hint})" if hint else ""),
             )
+        yield from _check_config_rules(i, node, spec.config)
     schema = node.config.get("input_schema")
     if spec.input_from_config is not None and not spec.allowed_inputs and schema is not None:
         # What a session makes of it (the input the node declares, as WaitStage's
@@ -567,6 +569,53 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 f"stage node {node.id!r}: config 'input_schema' of stage {node.stage!r} is not a "
                 f"valid JSON Schema (draft 2020-12): {exc.message}; fix it, or leave "
                 "'input_schema' out to accept any payload",
+            )
+
+
+def _rule_problems(rule: Any) -> list[tuple[str, str]]:
+    """What :func:`jsonlogic.check` finds in a rule, and operations written as one object."""
+    return [*jsonlogic.check(rule), *jsonlogic.operations_written_as_one_object(rule)]
+
+
+def _check_self_edges(i: int, node: ConditionNode) -> Iterator[Problem]:
+    """A condition's way back to itself: once taken, it is taken again and again.
+
+    Nothing runs between two evaluations of the node, so its rules read the
+    same context (a branch's context is its own) and choose the same way,
+    until ``limits.max_steps`` ends the session (with ``max_steps`` null, never).
+    """
+    for edge in edges(node):
+        if edge.target == node.id:
+            yield Problem(
+                f"$.nodes[{i}].{edge.field}",
+                f"condition node {node.id!r} leads back to itself: nothing runs in between "
+                "to change what its rules read, so once this way is taken it is taken again "
+                "and again, until limits.max_steps; point it at the node that should run "
+                "next (in a loop, one that changes what the rule reads)",
+            )
+
+
+def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> Iterator[Problem]:
+    """The problems of the JsonLogic rules in a stage node's config, found as a condition's are.
+
+    A config property whose schema says ``"format": "jsonlogic"`` (as
+    ``builtins.assert`` and ``builtins.filter`` declare ``rule``) holds a rule
+    the stage evaluates: an unknown operator or a wrong argument count is
+    reported when the pipeline loads, not when the stage first runs.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return
+    for key, property_schema in properties.items():
+        if key not in node.config or not isinstance(property_schema, Mapping):
+            continue
+        if property_schema.get("format") != JSONLOGIC_FORMAT:
+            continue
+        for inner, message in _rule_problems(node.config[key]):
+            yield Problem(
+                f"$.nodes[{i}].config.{key}{inner}",
+                f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is a "
+                f"JsonLogic rule: {message}; fix the rule",
             )
 
 

@@ -32,7 +32,9 @@ from stageflow.jsonlogic import (
     PLAIN_TYPES,
     UNARY_OPS,
     compare_values,
+    counting_steps,
     finite_values,
+    has_loop,
     lookup_path,
     step_into,
     too_deep_error,
@@ -54,7 +56,7 @@ _CONSTANTS: Final = frozenset({str, int, float, bool, type(None)})
 
 def compile_rule(rule: Any) -> Compiled:
     """Compile ``rule``: the result evaluates it against data as ``apply`` does."""
-    evaluate = _compile(rule, 0)
+    evaluate = _with_steps(rule, _compile(rule, 0))
 
     def apply_compiled(data: Any = None) -> Any:
         result = evaluate(data)
@@ -68,7 +70,7 @@ def compile_rule(rule: Any) -> Compiled:
 
 def compile_condition(rule: Any) -> Callable[[Any], bool]:
     """Compile ``rule`` as a condition: the result is ``truthy(apply(rule, data))``."""
-    evaluate = _compile(rule, 0)
+    evaluate = _with_steps(rule, _compile(rule, 0))
     if _is_mapping(rule) and len(rule) == 1 and next(iter(rule)) in _BOOLEAN:
         return evaluate  # a bool whenever it returns
 
@@ -80,6 +82,17 @@ def compile_condition(rule: Any) -> Callable[[Any], bool]:
         return truthy(result)
 
     return test
+
+
+def _with_steps(rule: Any, evaluate: Compiled) -> Compiled:
+    """``evaluate`` as one evaluation, its loops sharing :data:`~stageflow.jsonlogic.MAX_STEPS`.
+
+    Only a rule with a loop (``map``, ``reduce``, ...) counts steps; any other
+    is left as it is, without the cost of setting the count.
+    """
+    if not has_loop(rule):
+        return evaluate
+    return lambda data: counting_steps(evaluate, data)
 
 
 def _is_mapping(rule: Any) -> bool:

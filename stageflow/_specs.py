@@ -350,6 +350,11 @@ def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     return validator
 
 
+JSONLOGIC_FORMAT: Final = "jsonlogic"
+"""The ``format`` of a config property that holds a JsonLogic rule (``{"format":
+"jsonlogic"}`` in a stage's config schema): the loader checks the rule as it
+checks a condition's. JSON Schema validators ignore a format they do not know."""
+
 MAX_DOCUMENT_ERRORS: Final = 1000
 """Most schema errors a document is explained with: each costs a walk and an
 object, so one broken in a million places (a list of a million bad items) is

@@ -53,6 +53,19 @@ Decisions where JavaScript has no JSON answer, or JSON has no JavaScript one:
   (a ``reduce`` whose step is ``[acc, acc]`` builds 2^n leaves in n lists) is
   compared, cleaned of NaN and written as text once, so those take the time of
   the lists; text made from a list is bounded by :data:`MAX_SIZE` too.
+- An evaluation takes at most :data:`MAX_STEPS` steps, or raises
+  ``JsonLogicError``. ``map``, ``filter``, ``reduce``, ``all``, ``some`` and
+  ``none`` spend, for each item, one step plus one for every value of the rule
+  they apply to it (operators, arrays and scalars, those of a branch not taken
+  included). Inside them, ``cat`` and ``merge`` also spend one per character
+  or item they build, and ``==``, ``===``, ``in``, ``missing`` and text made
+  from a list one per item of the lists they go through (a long ``var`` path
+  one per segment). Outside them nothing is counted: each part of the rule is
+  evaluated once at most.
+  Nested, such operators multiply: five ``some`` over 30-item lists inside each
+  other evaluate 30^5 rules, and a ``reduce`` that appends to its accumulator
+  copies it at every item. Without the bound, a rule of a few hundred
+  characters froze the event loop for hours.
 - ``var`` returns a stored ``null`` as ``None``. The default applies only when a
   key or index is absent. ``missing`` counts ``null`` and ``""`` as missing.
   Path segments select dict keys, list indexes and string characters (``0``,
@@ -75,6 +88,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
@@ -84,6 +98,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_EXACT_BITS",
     "MAX_SIZE",
+    "MAX_STEPS",
     "OPERATORS",
     "apply",
     "check",
@@ -101,16 +116,25 @@ MAX_DEPTH: Final = 100
 
 _Op = Callable[[Any, Any, int], Any]
 _Sized = TypeVar("_Sized", str, list[Any])
+_T = TypeVar("_T")
 _MISSING: Final = object()
 _INF: Final = math.inf
 _NAN: Final = math.nan
 _MANY: Final = sys.maxsize
+_LONG_PATH: Final = 256  # a longer 'var' path spends a step per dot (see MAX_STEPS)
 _BIG_INT: Final = 10**21  # JavaScript prints numbers from here on in exponent form
 MAX_EXACT_BITS: Final = 1024
 """Largest integer an arithmetic result keeps exactly, in bits (the range of a float);
 beyond it the result overflows to an infinity, as in JavaScript."""
 MAX_SIZE: Final = 1_000_000
 """Most characters a ``cat`` and items a ``merge`` may build."""
+MAX_STEPS: Final = 10_000_000
+"""Most steps one evaluation of a rule may take (see the module's documentation),
+a few seconds at most: one pass over a list of a million items fits, loops
+nested in loops over it do not."""
+# The evaluation running in this context: [steps it may still take, loop
+# operators open], set by apply() and the compiled evaluator (counting_steps()).
+_STEPS: Final[ContextVar[list[int] | None]] = ContextVar("stageflow_jsonlogic_steps", default=None)
 _JS_SPACE: Final = (
     " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
@@ -148,9 +172,14 @@ def apply(rule: Any, data: Any = None) -> Any:
 
     Raises:
         JsonLogicError: the rule uses an unknown operator, gives an operator the
-            wrong number of arguments, or nests deeper than :data:`MAX_DEPTH`.
+            wrong number of arguments, nests deeper than :data:`MAX_DEPTH`, or
+            goes past a bound of evaluation: :data:`MAX_SIZE`, :data:`MAX_STEPS`.
     """
-    result = _eval(rule, data, 0)
+    token = _STEPS.set([MAX_STEPS, 0])
+    try:
+        result = _eval(rule, data, 0)
+    finally:
+        _STEPS.reset(token)
     kind = type(result)
     if kind is float:
         return result + 0.0 if math.isfinite(result) else None  # + 0.0: no negative zero
@@ -222,6 +251,82 @@ def too_deep_error() -> JsonLogicError:
         "literals count as levels); flatten it, e.g. give one 'and', 'or' or 'if' several "
         "arguments instead of nesting them, or split it into several conditions"
     )
+
+
+def counting_steps(evaluate: Callable[[Any], _T], data: Any) -> _T:
+    """``evaluate(data)`` as one evaluation, whose loops share :data:`MAX_STEPS` steps."""
+    token = _STEPS.set([MAX_STEPS, 0])
+    try:
+        return evaluate(data)
+    finally:
+        _STEPS.reset(token)
+
+
+def _open_loop() -> tuple[list[int], Token[list[int] | None] | None]:
+    """The running evaluation's steps, as a loop operator starts; see :func:`_close_loop`."""
+    steps = _STEPS.get()
+    token = None
+    if steps is None:  # an operator called on its own, not through apply(): one evaluation
+        steps = [MAX_STEPS, 0]
+        token = _STEPS.set(steps)
+    steps[1] += 1
+    return steps, token
+
+
+def _close_loop(steps: list[int], token: Token[list[int] | None] | None) -> None:
+    steps[1] -= 1
+    if token is not None:
+        _STEPS.reset(token)
+
+
+def _spend(count: int) -> None:
+    """Take ``count`` steps of :data:`MAX_STEPS` inside a loop operator, or raise.
+
+    Outside loops nothing is counted: each step of a rule is taken once at most.
+    """
+    steps = _STEPS.get()
+    if steps is None or not steps[1]:
+        return
+    steps[0] -= count
+    if steps[0] < 0:
+        raise _too_many_steps()
+
+
+def _too_many_steps() -> JsonLogicError:
+    return JsonLogicError(
+        f"JsonLogic rule took more than {MAX_STEPS:,} steps (jsonlogic.MAX_STEPS): "
+        "'map', 'filter', 'reduce', 'all', 'some' or 'none' nested inside each other "
+        "multiply their steps, and a 'cat' or 'merge' in a 'reduce' copies its "
+        "accumulator at every item; a rule decides, it does not compute: loop over "
+        "fewer items, do not nest the loops, or move that work into a stage"
+    )
+
+
+def rule_size(rule: Any) -> int:
+    """How many values evaluating ``rule`` goes through: operators, arrays and scalars.
+
+    An object that is no operator counts one (it is a literal, not looked into);
+    so does an operator's argument list, as an array would. Counting stops past
+    :data:`MAX_STEPS` (a rule built in Python may share its lists over and over).
+    """
+    size = 0
+    todo = [rule]
+    while todo and size <= MAX_STEPS:
+        value = todo.pop()
+        size += 1
+        if type(value) is list or type(value) is tuple:
+            todo.extend(value)
+        elif _is_operation(value):
+            todo.extend(value.values())
+    return size
+
+
+def _is_operation(value: Any) -> bool:
+    """Whether :func:`_eval` applies ``value`` as an operator: an object of one key."""
+    kind = type(value)
+    if kind is dict or kind is _FROZEN or (kind not in PLAIN_TYPES and isinstance(value, Mapping)):
+        return len(value) == 1
+    return False
 
 
 def _value_too_deep() -> JsonLogicError:
@@ -345,6 +450,7 @@ def _to_string(value: Any, depth: int = 0, done: dict[int, str] | None = None) -
             done = {}
         text = done.get(id(value))
         if text is None:
+            _spend(len(value))
             text = ",".join(
                 "" if item is None else _to_string(item, depth + 1, done) for item in value
             )
@@ -441,6 +547,7 @@ def _strict_eq(a: Any, b: Any, depth: int = 0, equal: set[tuple[int, int]] | Non
             return False
         if depth >= MAX_DEPTH:
             raise _value_too_deep()
+        _spend(len(a))
         # Pairs found equal are not compared again: values whose containers
         # share items over and over compare in the time of their containers.
         if equal is None:
@@ -539,6 +646,8 @@ def lookup_path(data: Any, path: Any, default: Any) -> Any:
         return data
     if "." not in path:
         return step_into(data, path, default)
+    if len(path) > _LONG_PATH:
+        _spend(path.count("."))
     for segment in path.split("."):
         data = step_into(data, segment, _MISSING)
         if data is _MISSING:
@@ -575,6 +684,7 @@ def _op_var(raw: Any, data: Any, depth: int) -> Any:
 
 
 def _missing_keys(data: Any, keys: Sequence[Any]) -> list[Any]:
+    _spend(len(keys))
     out = []
     for key in keys:
         value = lookup_path(data, key, None)
@@ -703,7 +813,9 @@ def _extreme(name: str, pick: Callable[[list[int | float]], int | float]) -> _Op
 def _op_cat(raw: Any, data: Any, depth: int) -> str:
     values = [_eval(arg, data, depth) for arg in _args(raw, "cat")]
     # json-logic-js joins its arguments (Array.prototype.join), which skips null
-    return _sized("cat", "".join("" if value is None else _to_string(value) for value in values))
+    text = _sized("cat", "".join("" if value is None else _to_string(value) for value in values))
+    _spend(len(text))
+    return text
 
 
 def _op_substr(raw: Any, data: Any, depth: int) -> str:
@@ -725,6 +837,7 @@ def _contains(needle: Any, haystack: Any) -> bool:
     if type(haystack) is str:
         return bool(haystack) and _to_string(needle) in haystack
     if _is_array(haystack):
+        _spend(len(haystack))
         return any(_strict_eq(needle, item) for item in haystack)
     return False
 
@@ -738,6 +851,7 @@ def _op_merge(raw: Any, data: Any, depth: int) -> list[Any]:
         else:
             out.append(value)
         _sized("merge", out)
+    _spend(len(out))
     return out
 
 
@@ -759,16 +873,32 @@ def _over_array(name: str) -> _Op:
     def op(raw: Any, data: Any, depth: int) -> Any:
         args = _args(raw, name)
         items, rule = _eval(args[0], data, depth), args[1]
-        if not _is_array(items):
-            items = ()
-        if name == "map":
-            return [_eval(rule, item, depth) for item in items]
-        if name == "filter":
-            return [item for item in items if truthy(_eval(rule, item, depth))]
-        if name == "all":
-            return bool(items) and all(truthy(_eval(rule, item, depth)) for item in items)
-        found = any(truthy(_eval(rule, item, depth)) for item in items)
-        return found if name == "some" else not found
+        if not _is_array(items) or not items:
+            return [] if name == "map" or name == "filter" else name == "none"
+        cost = 1 + rule_size(rule)  # per item: see MAX_STEPS
+        left, token = _open_loop()
+        try:
+            if name == "map" or name == "filter":
+                out = []
+                for item in items:
+                    left[0] -= cost
+                    if left[0] < 0:
+                        raise _too_many_steps()
+                    value = _eval(rule, item, depth)
+                    if name == "map":
+                        out.append(value)
+                    elif truthy(value):
+                        out.append(item)
+                return out
+            for item in items:
+                left[0] -= cost
+                if left[0] < 0:
+                    raise _too_many_steps()
+                if truthy(_eval(rule, item, depth)) is not (name == "all"):
+                    return name == "some"  # all: a false item; some, none: a true one
+            return name != "some"  # all: every item true; some, none: no item true
+        finally:
+            _close_loop(left, token)
 
     return op
 
@@ -778,10 +908,18 @@ def _op_reduce(raw: Any, data: Any, depth: int) -> Any:
     items = _eval(args[0], data, depth)
     rule = args[1]
     accumulator = _eval(args[2], data, depth) if len(args) == 3 else None
-    if not _is_array(items):
+    if not _is_array(items) or not items:
         return accumulator
-    for item in items:
-        accumulator = _eval(rule, {"current": item, "accumulator": accumulator}, depth)
+    cost = 1 + rule_size(rule)  # per item: see MAX_STEPS
+    left, token = _open_loop()
+    try:
+        for item in items:
+            left[0] -= cost
+            if left[0] < 0:
+                raise _too_many_steps()
+            accumulator = _eval(rule, {"current": item, "accumulator": accumulator}, depth)
+    finally:
+        _close_loop(left, token)
     return accumulator
 
 
@@ -837,6 +975,32 @@ OPERATOR_TABLE: Final[dict[str, _Op]] = {
 
 OPERATORS: Final[frozenset[str]] = frozenset(OPERATOR_TABLE)
 """The names of every supported operator."""
+
+# The operators that evaluate a rule once per item: the steps of MAX_STEPS.
+LOOPS: Final = frozenset({"map", "filter", "reduce", "all", "some", "none"})
+
+
+def has_loop(rule: Any) -> bool:
+    """Whether ``rule`` holds an operator of :data:`LOOPS`, where evaluation may take long.
+
+    A rule too large to look through (past :data:`MAX_STEPS` values) is taken to.
+    """
+    todo = [rule]
+    looked = 0
+    while todo:
+        value = todo.pop()
+        looked += 1
+        if looked > MAX_STEPS:
+            return True
+        if type(value) is list or type(value) is tuple:
+            todo.extend(value)
+        elif _is_operation(value):
+            [(name, args)] = value.items()
+            if name in LOOPS:
+                return True
+            todo.append(args)
+    return False
+
 
 _ANY_COUNT: Final = (0, _MANY)
 # (fewest, most) arguments of each operator that limits them; the others take any number.
@@ -914,3 +1078,40 @@ def check(rule: Any) -> list[tuple[str, str]]:
         if isinstance(value, list | tuple):
             stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
     return sorted(problems)
+
+
+def operations_written_as_one_object(rule: Any) -> list[tuple[str, str]]:
+    """Objects of several keys, every one an operator name: a literal where operations were meant.
+
+    ``{"==": [...], ">": [...]}`` is an object of two keys, which JsonLogic
+    reads as a literal (an operation is an object of exactly one key): as a
+    condition it is always true, whatever the data. :func:`apply` takes it as
+    the language says; the loader reports it, with :func:`check`'s locations.
+    """
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", rule)]
+    looked = 0
+    while stack and looked <= MAX_STEPS:  # a rule built in Python may share its lists
+        where, value = stack.pop()
+        looked += 1
+        if isinstance(value, list | tuple):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, Mapping):
+            if len(value) == 1:
+                [(name, args)] = value.items()
+                if isinstance(args, list | tuple):
+                    stack.extend((f"{where}.{name}[{i}]", item) for i, item in enumerate(args))
+                else:
+                    stack.append((f"{where}.{name}", args))
+            elif len(value) > 1 and all(key in OPERATORS for key in value):
+                names = ", ".join(repr(key) for key in value)
+                together = ", ".join(f'{{"{key}": ...}}' for key in value)
+                found.append(
+                    (
+                        where,
+                        f"an object of {len(value)} keys ({names}) is a literal in JsonLogic, "
+                        "not operations, and is always true: an operation is an object of "
+                        f'exactly one key; to require them all, write {{"and": [{together}]}}',
+                    )
+                )
+    return sorted(found)

@@ -188,10 +188,70 @@ async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None
     assert '"arguments": {"order": "<path>"}' in text
 
 
-async def test_assert_with_an_unknown_operator_is_a_config_error() -> None:
-    error = await failure(node("assert", config={"rule": {"nope": []}}))
+async def test_assert_with_a_rule_past_a_jsonlogic_bound_is_a_config_error() -> None:
+    # What depends on the data fails when the stage runs; the rest when it loads (below).
+    doubled = {"cat": [{"var": "text"}, {"var": "text"}]}
+    error = await failure(
+        node("assert", arguments={"text": "text"}, config={"rule": doubled}),
+        payload={"text": "x" * 600_000},
+    )
     assert isinstance(error, BuiltinConfigError)
     assert isinstance(error.__cause__, stageflow.JsonLogicError)
+
+
+@pytest.mark.parametrize("stage", ["assert", "filter"])
+@pytest.mark.parametrize(
+    ("rule", "where", "says"),
+    [
+        ({"nope": []}, "", "unknown JsonLogic operator 'nope'"),
+        ({"and": [True, {">": [1]}]}, ".and[1]", "operator '>' takes 2 arguments, got 1"),
+        ({"!": 1, "var": "x"}, "", "is a literal in JsonLogic, not operations"),
+    ],
+    ids=["unknown operator", "arity", "one object"],
+)
+def test_a_broken_rule_in_config_is_a_load_time_problem(
+    stage: str, rule: Any, where: str, says: str
+) -> None:
+    """As a condition's rule is: found before anything runs, located inside the rule."""
+    fields: dict[str, Any] = {"config": {"rule": rule}}
+    if stage == "filter":
+        fields["arguments"] = {"items": "xs"}
+    message = problem_at(f"$.nodes[0].config.rule{where}", node(stage, **fields))
+    assert f"config 'rule' of stage 'builtins.{stage}' is a JsonLogic rule" in message
+    assert says in message
+    assert message.endswith("fix the rule")
+
+
+def test_a_stage_of_ones_own_declares_a_config_rule_with_format_jsonlogic() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register(
+        "Route",
+        spec=stageflow.StageSpec(
+            config={"type": "object", "properties": {"when": {"format": "jsonlogic"}}}
+        ),
+    )
+    async def route(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document = {
+        "api_version": "1.0",
+        "entry": "r",
+        "nodes": [
+            {
+                "id": "r",
+                "type": "stage",
+                "stage": "Route",
+                "config": {"when": {"?": 1}},
+                "next": "e",
+            },
+            {"id": "e", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=registry)
+    assert [p.location for p in info.value.problems] == ["$.nodes[0].config.when"]
+    assert "unknown JsonLogic operator '?'" in info.value.problems[0].message
 
 
 def test_assert_has_no_outputs() -> None:

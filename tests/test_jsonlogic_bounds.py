@@ -50,9 +50,9 @@ def run_isolated(rule: Any, data: Any, *, compiled: bool = False) -> str:
     )
     code = textwrap.dedent(
         f"""
-        import json
+        import json, sys
         from stageflow import JsonLogicError, jsonlogic, _jsonlogic_compiled
-        rule, data = json.loads({json.dumps(rule)!r}), json.loads({json.dumps(data)!r})
+        rule, data = json.load(sys.stdin)
         try:
             value = {evaluate}
             print("list" if isinstance(value, list) else repr(value))  # a list may be huge
@@ -61,7 +61,12 @@ def run_isolated(rule: Any, data: Any, *, compiled: bool = False) -> str:
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+        [sys.executable, "-c", code],
+        input=json.dumps([rule, data]),  # on stdin: no limit on its size, as argv has
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return done.stdout.strip()
 
@@ -214,3 +219,98 @@ def test_fuzz_deep_rules_give_a_result_or_a_typed_error(levels: int, wrapper: st
         return
     with contextlib.suppress(JsonLogicError):
         jsonlogic.apply(rule, {"n": 1})
+
+
+def nested_loops(levels: int, items: int, op: str) -> Any:
+    """``op`` over ``items`` items, inside itself ``levels`` times: items**levels rules.
+
+    The innermost rule keeps ``all`` going (true) and ``some`` (false).
+    """
+    rule: Any = op == "all"
+    for _ in range(levels):
+        rule = {op: [list(range(items)), rule]}
+    return rule
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["apply", "compiled"])
+@pytest.mark.parametrize("op", ["some", "map", "all"])
+def test_nested_loops_are_refused_in_bounded_time(op: str, compiled: bool) -> None:
+    # Six loops over 30 items: 729 million evaluations, hours of a frozen
+    # event loop from a rule of 200 numbers.
+    outcome = run_isolated(nested_loops(6, 30, op), {}, compiled=compiled)
+    assert outcome.startswith("JsonLogicError JsonLogic rule took more than 10,000,000 steps")
+    assert "do not nest the loops" in outcome
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["apply", "compiled"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"merge": [{"var": "accumulator"}, [{"var": "current"}]]},
+        {"cat": [{"var": "accumulator"}, "x"]},
+    ],
+    ids=["merge", "cat"],
+)
+def test_a_reduce_that_appends_to_its_accumulator_is_refused_in_bounded_time(
+    step: Any, compiled: bool
+) -> None:
+    # Each item copies the accumulator: 300,000 items copy 45 billion values.
+    seed: Any = [] if "merge" in step else ""
+    rule = {"reduce": [{"var": "items"}, step, seed]}
+    outcome = run_isolated(rule, {"items": [0] * 300_000}, compiled=compiled)
+    assert outcome.startswith("JsonLogicError JsonLogic rule took more than")
+
+
+def evaluators(rule: Any, data: Any) -> list[Any]:
+    """What ``apply`` and the compiled rule and condition give: each result or error."""
+    outcomes: list[Any] = []
+    for evaluate in (
+        jsonlogic.apply,
+        lambda r, d: _jsonlogic_compiled.compile_rule(r)(d),
+        lambda r, d: _jsonlogic_compiled.compile_condition(r)(d),
+    ):
+        try:
+            outcomes.append(evaluate(rule, data))
+        except JsonLogicError as exc:
+            outcomes.append(str(exc).split(":")[0])
+    return outcomes
+
+
+STEPS_ERROR = "JsonLogic rule took more than 1,000 steps (jsonlogic.MAX_STEPS)"
+
+
+def test_a_loop_over_a_value_from_the_data_counts_the_items_it_goes_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 'in' scans the accumulator, a list from the data, at every item: the
+    # loop is short, its work is the data's size times the items.
+    monkeypatch.setattr(jsonlogic, "MAX_STEPS", 1_000, raising=False)
+    scan = {"if": [{"in": [-1, {"var": "accumulator"}]}, 0, {"var": "accumulator"}]}
+    rule = {"!!": {"reduce": [list(range(20)), scan, {"var": "big"}]}}
+    assert evaluators(rule, {"big": list(range(100))}) == [STEPS_ERROR] * 3
+    assert evaluators(rule, {"big": list(range(10))}) == [True] * 3
+
+
+def test_the_loops_of_one_rule_share_its_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonlogic, "MAX_STEPS", 1_000, raising=False)
+    loop = {"some": [list(range(300)), False]}  # 2 steps an item: 600
+    assert evaluators(loop, None) == [False] * 3
+    assert evaluators({"or": [loop, loop]}, None) == [STEPS_ERROR] * 3
+
+
+def test_steps_outside_loops_are_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part of a rule without a loop is evaluated once: nothing to bound."""
+    monkeypatch.setattr(jsonlogic, "MAX_STEPS", 10, raising=False)
+    data = {"a": list(range(1000)), "b": list(range(1000))}
+    assert evaluators({"==": [{"var": "a"}, {"var": "b"}]}, data) == [True] * 3
+    assert evaluators({"in": [999, {"merge": [{"var": "a"}, 1]}]}, data) == [True] * 3
+    # In a rule with a loop too: the steps are those of the loop only.
+    rule = {"and": [{"==": [{"var": "a"}, {"var": "b"}]}, {"some": [[1, 2], True]}]}
+    assert evaluators(rule, data) == [True] * 3
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["apply", "compiled"])
+def test_a_loop_through_a_large_list_of_the_data_is_within_the_steps(compiled: bool) -> None:
+    rule = {"some": [{"var": "items"}, {"==": [{"var": "sku"}, "last"]}]}
+    items = [{"sku": str(i)} for i in range(1_000_000)] + [{"sku": "last"}]
+    assert run_isolated(rule, {"items": items}, compiled=compiled) == "True"

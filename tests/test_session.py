@@ -317,6 +317,7 @@ async def test_a_condition_without_match_or_else_fails() -> None:
     assert isinstance(result.error, stageflow.ConditionError)
     assert result.error.node_id == "pick"
     assert "add an 'else'" in str(result.error)
+    assert "condition node 'pick' ($.nodes[0]): none of its 1 conditions" in str(result.error)
 
 
 async def test_a_condition_reads_the_branch_context() -> None:

@@ -303,6 +303,69 @@ def test_a_condition_whose_only_edges_loop_is_refused() -> None:
     assert any("no path from 'c' ever ends" in p.message for p in problems(document))
 
 
+@pytest.mark.parametrize(
+    ("branches", "location"),
+    [
+        (
+            {"conditions": [{"if": False, "then": "end"}, {"if": {"var": "go"}, "then": "c"}]},
+            "$.nodes[0].conditions[1].then",
+        ),
+        ({"conditions": [{"if": {"var": "go"}, "then": "end"}], "else": "c"}, "$.nodes[0].else"),
+    ],
+    ids=["then", "else"],
+)
+def test_a_condition_leading_back_to_itself_is_refused(
+    branches: dict[str, Any], location: str
+) -> None:
+    # Nothing runs in between: the same rules read the same context and take
+    # the same way again, until limits.max_steps (with it null, forever).
+    document = doc([{"id": "c", "type": "condition", **branches}, terminal("end")])
+    found = [p for p in problems(document) if p.location == location]
+    assert len(found) == 1
+    assert "condition node 'c' leads back to itself" in found[0].message
+    assert "point it at the node that should run next" in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("rule", "location"),
+    [
+        ({"==": [{"var": "x"}, 1], ">": [{"var": "y"}, 2]}, "$.nodes[0].conditions[0].if"),
+        ({"or": [True, {"!": [1], "var": "x"}]}, "$.nodes[0].conditions[0].if.or[1]"),
+    ],
+    ids=["top", "inside"],
+)
+def test_operations_written_as_one_object_are_refused(rule: Any, location: str) -> None:
+    # An object of several keys is a literal in JsonLogic: always true.
+    document = doc(
+        [
+            {
+                "id": "c",
+                "type": "condition",
+                "conditions": [{"if": rule, "then": "a"}],
+                "else": "b",
+            },
+            terminal("a"),
+            terminal("b"),
+        ]
+    )
+    found = [p for p in problems(document) if p.location == location]
+    assert len(found) == 1
+    assert "is a literal in JsonLogic, not operations, and is always true" in found[0].message
+    assert '{"and": [' in found[0].message
+
+
+def test_an_object_literal_that_is_data_is_left_as_it_is() -> None:
+    rule = {"==": [{"var": "o"}, {"a": 1, "var": 2}]}  # keys that are not all operators
+    load(
+        doc(
+            [
+                {"id": "c", "type": "condition", "conditions": [{"if": rule, "then": "a"}]},
+                terminal("a"),
+            ]
+        )
+    )
+
+
 def test_a_loop_left_only_through_an_error_edge_is_fine() -> None:
     load(doc([{**stage("a", "Set", next="a"), "fallback": "end"}, terminal("end")]))
 

@@ -1752,9 +1752,10 @@ class Run:
             try:
                 matched = branch.matches(data)
             except JsonLogicError as exc:
+                where = f"{frame.scope.pipeline.location(node.id)}.conditions[{index}].if"
                 raise ConditionError(
-                    f"condition node {node.id!r}: the 'if' of conditions[{index}] cannot be "
-                    f"evaluated against the context: {exc}",
+                    f"condition node {node.id!r}: the 'if' of conditions[{index}] ({where}) "
+                    f"cannot be evaluated against the context: {exc}",
                     node_id=node.id,
                 ) from exc
             if matched:
@@ -1764,9 +1765,9 @@ class Run:
             frame.branch = "else"
             return node.else_
         raise ConditionError(
-            f"condition node {node.id!r}: none of its {len(node.conditions)} conditions "
-            "matched and it has no 'else'; add an 'else' target or a condition that always "
-            "matches",
+            f"condition node {node.id!r} ({frame.scope.pipeline.location(node.id)}): none of "
+            f"its {len(node.conditions)} conditions matched and it has no 'else'; add an "
+            "'else' target or a condition that always matches",
             node_id=node.id,
         )
 

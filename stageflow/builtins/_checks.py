@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Final
 from stageflow import jsonlogic
 from stageflow._errors import JsonLogicError
 from stageflow._json import copy_json
-from stageflow._specs import StageSpec
+from stageflow._specs import JSONLOGIC_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
 from stageflow.builtins._common import arguments, config_error
 from stageflow.builtins._errors import AssertionFailedError, injected_failure_class
@@ -75,7 +75,10 @@ class AssertStage(BaseStage):
         config={
             "type": "object",
             "properties": {
-                "rule": {"description": "The JsonLogic rule that must be truthy."},
+                "rule": {
+                    "description": "The JsonLogic rule that must be truthy.",
+                    "format": JSONLOGIC_FORMAT,
+                },
                 "message": {
                     "description": "What the rule checks, put at the start of the error message.",
                     "type": "string",

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Final
 from stageflow import jsonlogic
 from stageflow._errors import JsonLogicError
 from stageflow._json import copy_json
-from stageflow._specs import StageSpec
+from stageflow._specs import JSONLOGIC_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
 from stageflow.builtins._common import (
     absent_error,
@@ -224,7 +224,10 @@ class FilterStage(BaseStage):
         config={
             "type": "object",
             "properties": {
-                "rule": {"description": "The JsonLogic rule; an item is kept when it is truthy."},
+                "rule": {
+                    "description": "The JsonLogic rule; an item is kept when it is truthy.",
+                    "format": JSONLOGIC_FORMAT,
+                },
                 "data": {
                     "description": 'What the rule reads: the item itself ("item"), or '
                     '`{"item", "index", "arguments"}` ("scope").',

@@ -236,10 +236,72 @@ async def test_a_rule_past_a_jsonlogic_bound_fails_its_condition_node_by_name(
     assert result.status is stageflow.SessionStatus.FAILED
     assert isinstance(result.error, stageflow.ConditionError)
     assert result.error.node_id == "c"
-    assert "conditions[1]" in str(result.error)
+    assert "the 'if' of conditions[1] ($.nodes[1].conditions[1].if)" in str(result.error)
     assert isinstance(result.error.__cause__, stageflow.JsonLogicError)
     failed = [e for e in result.history if e.type == "node_failed" and e.node_id == "c"]
     assert failed[0].payload["error"]["type"] == "ConditionError"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tight", [True, False])
+async def test_a_rule_of_nested_loops_fails_its_condition_node_within_the_steps(
+    tight: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loops in loops multiply: past jsonlogic.MAX_STEPS, a ConditionError naming the node.
+
+    With the real bound, six loops over 30 items froze the event loop for
+    hours; here a lower bound keeps the test short.
+    """
+    monkeypatch.setattr(stageflow.jsonlogic, "MAX_STEPS", 10_000, raising=False)
+    loops: Any = {"var": "found"}
+    for _ in range(3):  # 27,000 rules
+        loops = {"some": [list(range(30)), {"if": [True, loops, False]}]}
+    nodes = [
+        {
+            "id": "c",
+            "type": "condition",
+            "conditions": [{"if": loops, "then": "end"}],
+            "else": "end",
+        },
+        terminal("end"),
+    ]
+    stages = stageflow.StageRegistry()
+    pipeline = stageflow.Pipeline.from_dict(doc(nodes, entry="c"), registry=stages)
+    session = stageflow.Session(pipeline, registry=stages, payload={})
+    with contextlib.nullcontext() if tight else general_path():
+        result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert isinstance(result.error, stageflow.ConditionError)
+    assert result.error.node_id == "c"
+    assert "the 'if' of conditions[0] ($.nodes[0].conditions[0].if)" in str(result.error)
+    assert "took more than 10,000 steps" in str(result.error)
+    assert isinstance(result.error.__cause__, stageflow.JsonLogicError)
+
+
+@pytest.mark.anyio
+async def test_a_condition_error_in_a_subpipeline_names_where_the_rule_is() -> None:
+    """The node id says what, the document path where: the subpipeline's node, not the top's."""
+    doubled = {"cat": [{"var": "accumulator"}, {"var": "accumulator"}]}
+    too_long = {"==": [{"reduce": [list(range(40)), doubled, "xx"]}, "y"]}
+    inner = {
+        "entry": "c",
+        "nodes": [
+            {"id": "c", "type": "condition", "conditions": [{"if": too_long, "then": "t"}]},
+            terminal("t"),
+        ],
+    }
+    nodes = [
+        {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
+        terminal("end"),
+    ]
+    stages = stageflow.StageRegistry()
+    document = doc(nodes, subpipelines={"inner": inner})
+    pipeline = stageflow.Pipeline.from_dict(document, registry=stages)
+    result = await stageflow.Session(pipeline, registry=stages).run()
+    assert isinstance(result.error, stageflow.ConditionError)
+    assert result.error.node_id == "c"
+    where = "($.subpipelines.inner.nodes[0].conditions[0].if)"
+    assert f"condition node 'c': the 'if' of conditions[0] {where}" in str(result.error)
 
 
 @pytest.mark.anyio
