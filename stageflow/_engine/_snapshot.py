@@ -324,16 +324,12 @@ def _unseen(state: SessionState, position: FramePosition | None) -> list[dict[st
     A live wait torn down after its input arrived (``state.unseen``), and a
     restored wait whose stage has not replayed it (``state.parked``) where
     the position no longer holds it: the session discards them when it ends,
-    so its snapshot carries them to the session restored from it. Those it
-    was restored with (``unseen_inputs``, not ``parked``) no position holds:
-    an input of the same type and payload parked in a wait since is another.
+    so its snapshot carries them to the session restored from it.
     """
     entries = [*(state.unseen or ()), *(state.parked or {}).values()]
     if not entries:
         return []
-    carried = [entry for entry in entries if not entry.get("parked")]
-    parked = [entry for entry in entries if entry.get("parked")]
-    left = [*carried, *not_kept(parked, parked_calls(position))]
+    left = not_kept(entries, parked_calls(position))
     return [{"input_type": t, "payload": p} for t, p in unseen_inputs(left)]
 
 
