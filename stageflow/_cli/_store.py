@@ -25,6 +25,7 @@ from stageflow._cli._common import (
     read_json_argument,
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
+from stageflow._errors import printable_text
 from stageflow._result import SessionStatus
 from stageflow.store import (
     SessionService,
@@ -295,7 +296,8 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
 
 def _row_line(row: StoredSession) -> str:
     waits = ",".join(sorted(row.waiting_for)) or "-"
-    return f"{row.session_id}  {row.status:<9}  {row.pipeline}  waits for: {waits}"
+    # One line, escaped: an id or a name (any text) may hold line breaks and escape sequences.
+    return printable_text(f"{row.session_id}  {row.status:<9}  {row.pipeline}  waits for: {waits}")
 
 
 def list_command(args: argparse.Namespace, io: Streams) -> int:
@@ -336,9 +338,10 @@ def show_command(args: argparse.Namespace, io: Streams) -> int:
             if key != "events":
                 # Values as JSON (null, ["user_name"]), as `run` prints them: not Python's repr.
                 text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-                io.print(f"{key}: {text}")
+                io.print(f"{key}: {printable_text(text)}")
         for event in out.get("events", ()):
-            io.print(f"  {event['seq']:>4}  {event['type']}  {event.get('node_id') or ''}")
+            line = f"  {event['seq']:>4}  {event['type']}  {event.get('node_id') or ''}"
+            io.print(printable_text(line))
     return 0
 
 

@@ -305,13 +305,15 @@ def not_kept(calls: Iterable[Call], kept: Iterable[Call]) -> list[Call]:
     """Those of ``calls`` that no entry of ``kept`` holds, as a multiset.
 
     ``kept`` are the parked entries a saved position keeps (copies): each
-    matches one entry of ``calls`` with the same input type and payload.
+    matches one entry of ``calls`` with the same input type and payload. An
+    entry that is not parked (the ``unseen_inputs`` a session was restored
+    with) no position holds: an equal input parked in a wait is another one.
     """
     left = collections.Counter(_input_key(call) for call in kept)
     found: list[Call] = []
     for call in calls:
         key = _input_key(call)
-        if left[key]:
+        if call.get("parked") and left[key]:
             left[key] -= 1
         else:
             found.append(call)

@@ -110,6 +110,45 @@ async def test_an_input_given_to_a_wait_torn_down_is_discarded_after_a_restore_t
     assert "unseen_inputs" not in session.to_dict()
 
 
+async def test_inputs_carried_by_a_snapshot_are_carried_again_next_to_a_parked_equal_one() -> None:
+    """A restored session's ``unseen_inputs`` and an equal input sent to its saved wait since.
+
+    The next snapshot took the parked input for the carried one (the same
+    type and payload) and left ``unseen_inputs`` out: the session restored
+    from it ended with one of the two inputs, the other in neither event.
+    """
+    registry = fake_registry()
+    nodes = [
+        parallel("race", ["ask", "work"], next="after", policy="any"),
+        stage("ask", "WaitStage", config={"input": "go"}, outputs={"payload": "got"}),
+        stage("work", "Set", config={"values": {"v": 1}, "delay": 1}, outputs={"v": "v"}),
+        stage("after", "WaitStage", config={"input": "go"}, outputs={"payload": "z"}, next="end"),
+        terminal("end", "v", "z"),
+    ]
+    pipeline = load(doc(nodes), registry)
+    session = stageflow.Session(pipeline, registry=registry)
+
+    def send_as_the_race_ends(event: stageflow.Event) -> None:
+        if event.type == "branch_finished" and event.payload["branch"] == "work":
+            session.send_input("go", {"n": 1})
+
+    session.subscribe(send_as_the_race_ends)
+    assert (await session.run(suspend=True)).waiting_for == ("go",)
+    carried = [{"input_type": "go", "payload": {"n": 1}}]
+    data = json.loads(json.dumps(session.to_dict()))
+    assert data["unseen_inputs"] == carried
+    restored = stageflow.Session.from_dict(data, registry=registry)
+    assert restored.send_input("go", {"n": 1}).delivered == 1  # parked in "after"'s wait
+    data = json.loads(json.dumps(restored.to_dict()))
+    assert data["unseen_inputs"] == carried
+    result = await stageflow.Session.from_dict(data, registry=registry).run(suspend=True)
+    assert (result.status, result.artifacts) == (
+        stageflow.SessionStatus.COMPLETED,
+        {"v": 1, "z": {"n": 1}},
+    )
+    assert _received_or_discarded(result, "go") == 2
+
+
 async def test_a_finished_session_with_inputs_no_stage_saw_is_refused() -> None:
     nodes = [stage("ask", "WaitStage", config={"input": "go"}, next="end"), terminal("end")]
     pipeline = stageflow.Pipeline.from_dict(doc(nodes))

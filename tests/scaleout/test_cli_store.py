@@ -29,12 +29,12 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 's.db'}"
 
 
-def start(url: str) -> str:
+def start(url: str, session_id: str = "s1") -> str:
     async def body() -> str:
         store = open_store(url)
         try:
             return await SessionService(store, registry=registry).start(
-                chat_pipeline(), session_id="s1"
+                chat_pipeline(), session_id=session_id
             )
         finally:
             await store.aclose()
@@ -74,6 +74,20 @@ def test_sessions_show_writes_its_values_as_json(url: str, capsys: Any) -> None:
     (row,) = json.loads(run_cli(capsys, "sessions", "list", "--store", url, "--json")[1])
     for key, value in row.items():
         assert shown[key] == (value if isinstance(value, str) else json.dumps(value)), key
+
+
+def test_sessions_list_and_show_write_an_id_with_escapes_on_one_line(url: str, capsys: Any) -> None:
+    # The id (a store takes any text) was written as it is: its escape
+    # sequence cleared the terminal, its line break forged a second row.
+    session_id = "s1\x1b[2J\nforged  completed"
+    start(url, session_id)
+    code, out, _ = run_cli(capsys, "sessions", "list", "--store", url)
+    assert code == 0
+    assert out.splitlines() == ["s1\\x1b[2J\\nforged  completed  pending    chat  waits for: -"]
+    code, out, _ = run_cli(capsys, "sessions", "show", "--store", url, session_id, "--events")
+    assert code == 0
+    assert "\x1b" not in out
+    assert "session_id: s1\\x1b[2J\\nforged  completed" in out.splitlines()
 
 
 def test_unknown_sessions_and_bad_urls_exit_2_with_the_fix(url: str, capsys: Any) -> None:
