@@ -331,7 +331,7 @@ class StageRuntime:
                     timed_out = self._timeout_error(work, type, timeout)
         except BaseException:
             if waiter.arrived.is_set():
-                self._torn_down(waiter)
+                self._torn_down(waiter, work)
             raise
         finally:
             broker.discard(waiter)
@@ -358,16 +358,22 @@ class StageRuntime:
                 input_link(waiter.sender)
         return waiter.payload
 
-    def _torn_down(self, waiter: Waiter) -> None:
+    def _torn_down(self, waiter: Waiter, work: StageWork) -> None:
         """A wait delivered an input, then torn down before its stage saw it.
 
         Suspended, the saved position keeps the input in the stage's journal
         (it is replayed). Otherwise no stage will see it: the session lists it
         with the inputs it discards when it ends, unless the position a
-        limit's stop saved holds it (it was delivered before that).
+        limit's stop saved holds it (it was delivered before that). It leaves
+        the journal of the attempt being torn down, so that a snapshot taken
+        before the position is gone does not hold it twice: as the wait's
+        input, and in ``unseen_inputs``.
         """
         if self.stop_outcome == "suspended":
             return
+        calls = work.calls
+        if calls and calls[-1] is waiter.entry:
+            calls.pop()
         state = self._state
         if state.unseen is None:
             state.unseen = []

@@ -321,15 +321,16 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
 def _unseen(state: SessionState, position: FramePosition | None) -> list[dict[str, Any]]:
     """The inputs given to waits that are gone, which no stage saw and ``position`` does not keep.
 
-    A live wait torn down after its input arrived (``state.unseen``), and a
-    restored wait whose stage has not replayed it (``state.parked``) where
-    the position no longer holds it: the session discards them when it ends,
-    so its snapshot carries them to the session restored from it.
+    A live wait torn down after its input arrived (``state.unseen``): the
+    position of a running or waiting session never holds its frame, so each
+    is carried (matched against the position by type and payload, it would
+    be taken for an equal input another wait got). And a restored wait whose
+    stage has not replayed it (``state.parked``), where the position no
+    longer holds it. The session discards them when it ends, so its snapshot
+    carries them to the session restored from it.
     """
-    entries = [*(state.unseen or ()), *(state.parked or {}).values()]
-    if not entries:
-        return []
-    left = not_kept(entries, parked_calls(position))
+    parked = (state.parked or {}).values()
+    left = [*(state.unseen or ()), *(not_kept(parked, parked_calls(position)) if parked else ())]
     return [{"input_type": t, "payload": p} for t, p in unseen_inputs(left)]
 
 

@@ -27,7 +27,9 @@ but ``InputRejectedError`` / ``SessionStateError``; the history is well formed
 (``seq`` without gaps, one final event and last, every ``node_started`` ended
 once, or by the suspension / restore that left it); nothing lost (per input
 type, the inputs accepted equal those received from a sender or the backlog
-plus those in ``inputs_discarded``); the restored runs and the asyncio run end
+plus those in ``inputs_discarded``, and every snapshot the chaos run takes
+holds each of them once, counting its backlog, parked waits and
+``unseen_inputs``); the restored runs and the asyncio run end
 with the reference's status, result and artifacts; every snapshot is JSON that
 ``from_dict`` accepts.
 
@@ -364,6 +366,7 @@ class Lineage:
         self.problems: list[str] = []
         self.session: stageflow.Session | None = None
         self.hooks: list[Callable[[stageflow.Session, stageflow.Event], None]] = []
+        self.sending = 0  # sends in progress (their events come before their receipt)
 
     def clock(self) -> datetime.datetime:
         return BASE + datetime.timedelta(seconds=anyio.current_time() - self.offset)
@@ -371,6 +374,7 @@ class Lineage:
     def send(self, input_type: str, payload: Any) -> bool:
         """Send; whether it was accepted (refused only with the documented errors)."""
         assert self.session is not None
+        self.sending += 1
         try:
             receipt = self.session.send_input(input_type, payload)
         except (stageflow.InputRejectedError, stageflow.SessionStateError):
@@ -378,6 +382,8 @@ class Lineage:
         except Exception as exc:
             self.problems.append(f"send_input raised {exc!r}")
             return False
+        finally:
+            self.sending -= 1
         if os.environ.get("FZ_DEBUG"):
             print("receipt", receipt)
         if not (receipt.delivered or receipt.queued):
@@ -487,6 +493,31 @@ def check_nothing_lost(lineage: Lineage, result: stageflow.SessionResult) -> Non
     )
 
 
+def held_inputs(data: Mapping[str, Any]) -> collections.Counter[str]:
+    """Per input type, the inputs a snapshot accounts for, each once.
+
+    Received from a sender or the backlog, or discarded (the history); and,
+    while the session is active, waiting in the backlog, given to a saved
+    wait (parked), or given to a wait torn down before its stage saw it
+    (``unseen_inputs``).
+    """
+    held: collections.Counter[str] = collections.Counter()
+    for e in data["history"]:
+        if e["type"] == "input_received" and e["payload"].get("from") in ("sender", "backlog"):
+            held[e["payload"]["input_type"]] += 1
+        elif e["type"] == "inputs_discarded":
+            for entry in e["payload"]["inputs"]:
+                held[entry["input_type"]] += 1
+    if data["status"] in ("running", "waiting"):
+        for type, payloads in data["backlog"].items():
+            held[type] += len(payloads)
+        for call in parked_calls(data["position"]):
+            held[call["wait"]] += 1
+        for item in data.get("unseen_inputs", ()):
+            held[item["input_type"]] += 1
+    return held
+
+
 def outcome(result: stageflow.SessionResult) -> tuple[Any, ...]:
     return (result.status, result.result, dict(result.artifacts))
 
@@ -564,6 +595,15 @@ async def _examine(plan: dict[str, Any]) -> dict[str, Any]:
     def stir(session: stageflow.Session, event: stageflow.Event) -> None:
         data = session.to_dict()
         stageflow.Session.from_dict(json.loads(json.dumps(data)), pipeline=pipeline)
+        # Every snapshot holds each accepted input once (not while a send's
+        # own events come, before its receipt; a limit's stop keeps its own).
+        if not chaos.sending and data.get("stopped_by_limit") is None:
+            held = held_inputs(data)
+            if dict(+held) != dict(+chaos.accepted):
+                chaos.problems.append(
+                    f"the snapshot at event {event.seq} ({event.type}) holds {dict(+held)} "
+                    f"of the inputs accepted, {dict(+chaos.accepted)}"
+                )
         if event.seq in strays:
             kind = kinds[strays[event.seq] % len(kinds)]
             if kind == "nan":
