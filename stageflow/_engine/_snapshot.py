@@ -321,10 +321,11 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
 def _unseen(state: SessionState, position: FramePosition | None) -> list[dict[str, Any]]:
     """The inputs given to waits that are gone, which no stage saw and ``position`` does not keep.
 
-    A live wait torn down after its input arrived (``state.unseen``): the
-    position of a running or waiting session never holds its frame, so each
-    is carried (matched against the position by type and payload, it would
-    be taken for an equal input another wait got). And a restored wait whose
+    A live wait torn down after its input arrived (``state.unseen``): its
+    input left the torn attempt's journal (``StageRuntime._torn_down``), so
+    no position holds it and each is carried (matched against the position
+    by type and payload, it would be taken for an equal input another wait
+    got). And a restored wait whose
     stage has not replayed it (``state.parked``), where the position no
     longer holds it. The session discards them when it ends, so its snapshot
     carries them to the session restored from it.
