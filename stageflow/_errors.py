@@ -157,6 +157,11 @@ def error_text(exc: BaseException) -> str:
     text = shown_text(str, exc)
     if len(text) <= MAX_ERROR_MESSAGE or isinstance(exc, StageflowError):
         return text
+    return _cut(text)
+
+
+def _cut(text: str) -> str:
+    """The first :data:`MAX_ERROR_MESSAGE` characters of ``text``, saying how many were cut."""
     return f"{text[:MAX_ERROR_MESSAGE]}... ({len(text) - MAX_ERROR_MESSAGE} more characters cut)"
 
 
@@ -190,13 +195,9 @@ def error_traceback(exc: BaseException) -> str:
             f"{type(exc).__qualname__}: {error_text(exc)}\n",
             "(its traceback could not be written)\n",
         ]
-    parts = []
-    for part in written:
-        if len(part) > MAX_TRACEBACK_PART:
-            cut = len(part) - MAX_ERROR_MESSAGE
-            part = f"{part[:MAX_ERROR_MESSAGE]}... ({cut} more characters cut)\n"
-        parts.append(part)
-    text = "".join(parts)
+    text = "".join(
+        f"{_cut(part)}\n" if len(part) > MAX_TRACEBACK_PART else part for part in written
+    )
     if len(text) <= MAX_TRACEBACK:
         return text
     half = MAX_TRACEBACK // 2
