@@ -141,7 +141,10 @@ def _node_label(doc: Any, index: int) -> str:
         node_id = doc["nodes"][index]["id"]
     except (KeyError, IndexError, TypeError):
         node_id = None
-    return f"node {node_id!r}" if isinstance(node_id, str) else f"node #{index}"
+    if not isinstance(node_id, str):
+        return f"node #{index}"
+    # An id too long for the schema is cut here: its own problem says how long it is.
+    return f"node {node_id!r}" if len(node_id) <= 60 else f"node {node_id[:57]!r}..."
 
 
 def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
@@ -178,14 +181,25 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
     title = error.schema.get("title") if isinstance(error.schema, Mapping) else None
     if keyword == "pattern" and title in _NAME_RULES:
         return f"{subject}: {json_text(error.instance)} is not {_NAME_RULES[title]}"
+    if keyword == "maxLength" and title in _NAME_RULES and isinstance(error.instance, str):
+        return (
+            f"{subject}: {json_text(error.instance)} is {len(error.instance)} characters long; "
+            f"a {str(title).lower()} has at most {error.validator_value} (it names spans, "
+            "metrics and log lines): shorten it"
+        )
     return f"{subject}: {json_message(error)}"
 
 
-# What the schema's name patterns ($defs.node_id, $defs.error_name) allow, by title.
+# What the schema's name patterns ($defs.node_id, $defs.pipeline_name,
+# $defs.error_name) allow, by title.
 _NAME_RULES: dict[str, str] = {
     "Node id": (
         'a node id; an id is a letter or "_", then letters, digits, "_", "." or "-" '
         '(no space, "/" or line break)'
+    ),
+    "Pipeline name": (
+        "a pipeline name; a name is text without control characters (no line break, "
+        "tab or escape sequence)"
     ),
     "Error name": 'an error name; write the name of an exception class, such as "ValueError"',
 }

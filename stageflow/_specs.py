@@ -164,10 +164,17 @@ def one_instance(
 def json_text(value: Any, limit: int = 60) -> str:
     """``value`` written as compact JSON (``true``, ``{"x": 1}``), cut to ``limit`` characters."""
     try:
-        text = json.dumps(thaw(value), ensure_ascii=False, separators=(", ", ": "))
+        # JSON escapes the C0 controls; DEL and the C1 controls are escaped too,
+        # so that a message shows every control character it quotes.
+        text = json.dumps(thaw(value), ensure_ascii=False, separators=(", ", ": ")).translate(
+            _DEL_AND_C1
+        )
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_DEL_AND_C1: Final = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
 
 
 _JSON_TYPES: Final = {

@@ -478,3 +478,56 @@ async def test_an_input_holding_a_tuple_or_a_mapping_proxy_names_what_it_is(
     session = stageflow.Session(pipeline, registry=fake_registry())
     with pytest.raises(stageflow.InputRejectedError, match=rf"payload\.k is {named}, not a JSON"):
         session.send_input("msg", {"k": value})
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("night\nshift", '"night\\nshift"'),
+        ("\x1b[2Jcleared", '"\\u001b[2Jcleared"'),
+        ("tab\there", '"tab\\there"'),
+        ("del\x7f", '"del\\u007f"'),
+        ("c1\x85", '"c1\\u0085"'),
+        ("trailing\n", '"trailing\\n"'),
+    ],
+)
+def test_a_pipeline_name_with_control_characters_is_refused(name: str, shown: str) -> None:
+    # The name is a span name, a metric attribute and a field of every log line.
+    for where, document in (
+        ("$.metadata.name", minimal(metadata={"name": name})),
+        ("$.subpipelines.p.metadata.name", _named_subpipeline(name)),
+    ):
+        with pytest.raises(stageflow.PipelineValidationError) as caught:
+            stageflow.Pipeline.from_dict(document, registry=fake_registry())
+        [problem] = caught.value.problems
+        assert problem.location == where
+        assert problem.message == (
+            f"the pipeline: {shown} is not a pipeline name; a name is text without control "
+            "characters (no line break, tab or escape sequence)"
+        )
+
+
+def _named_subpipeline(name: str) -> dict[str, Any]:
+    document = subpipelines(1, broken=False)
+    document["subpipelines"]["p"]["metadata"] = {"name": name}
+    return document
+
+
+def test_ids_and_names_are_bounded_and_said_so_shortly() -> None:
+    for good in ("n" * 200, "résumé: the night shift ✓"):
+        assert load(minimal(metadata={"name": good})).name == good
+    long_id = "a" * 201
+    document = doc([stage(long_id, "Echo", next="end"), terminal("end")], entry=long_id)
+    document["metadata"] = {"name": "n" * 5000}
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Pipeline.from_dict(document, registry=fake_registry())
+    said = {p.location: p.message for p in caught.value.problems}
+    cut = '"' + "a" * 56 + "..."
+    assert said == {
+        "$.entry": f"the pipeline: {cut} is 201 characters long; a node id has at most 200 "
+        "(it names spans, metrics and log lines): shorten it",
+        "$.metadata.name": f'the pipeline: "{"n" * 56}... is 5000 characters long; a pipeline '
+        "name has at most 200 (it names spans, metrics and log lines): shorten it",
+        "$.nodes[0].id": f"node {'a' * 57!r}...: {cut} is 201 characters long; a node id has "
+        "at most 200 (it names spans, metrics and log lines): shorten it",
+    }
