@@ -73,7 +73,29 @@ async def test_template_unknown_argument_names_it() -> None:
 async def test_template_unknown_key_names_it() -> None:
     error = await failure(template("Hi {user.name}", user="u"), payload={"u": {"nick": "a"}})
     assert isinstance(error, TemplateError)
-    assert "has no key 'name' (it has: nick)" in str(error)
+    assert "has no key 'name' (it has: 'nick')" in str(error)
+
+
+async def test_template_error_lists_a_few_names_each_quoted() -> None:
+    # A message is kept whole in the history, the error description and the
+    # logs: an object of 100,000 keys, or a node of as many arguments, is
+    # named by twenty and a count; a key from the data is quoted, so a newline
+    # or a control character in it cannot forge a line.
+    keys = {f"k{i:06}": i for i in range(100_000)}
+    keys["a\n\u202e"] = 0
+    error = await failure(template("{x.nope}", x="x"), payload={"x": keys})
+    assert isinstance(error, TemplateError)
+    text = str(error)
+    assert "(it has: 'a\\n\\u202e', 'k000000', 'k000001'," in text
+    assert "and 99981 more); fix the template or the data" in text
+    assert "\n" not in text
+    assert len(text) < 1000
+    many = {f"a{i:06}": "x" for i in range(100_000)}
+    error = await failure(template("{nope}", **many), payload={"x": 1})
+    text = str(error)
+    assert "(known: a000000, a000001," in text
+    assert "and 99980 more); map 'nope'" in text
+    assert len(text) < 1000
 
 
 @pytest.mark.parametrize(
@@ -186,6 +208,17 @@ async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None
     assert "the rule reads 'order', not among the arguments" in text
     assert "the rule sees the node's arguments, not the context" in text
     assert '"arguments": {"order": "<path>"}' in text
+
+
+async def test_assert_names_a_few_of_many_unmapped_names() -> None:
+    rule = {"or": [{"var": f"name{i:06}"} for i in range(100_000)]}
+    error = await failure(node("assert", config={"rule": rule}))
+    assert isinstance(error, AssertionFailedError)
+    assert len(error.unmapped) == 100_000
+    text = str(error)
+    assert "the rule reads 'name000000', 'name000001'," in text
+    assert "and 99980 more, not among the arguments" in text
+    assert len(text) < 2000
 
 
 async def test_assert_with_a_rule_past_a_jsonlogic_bound_is_a_config_error() -> None:

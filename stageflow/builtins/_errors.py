@@ -20,7 +20,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stageflow._errors import StageError
+from stageflow._errors import StageError, shown_scalar
+from stageflow._graph import listing
 
 __all__ = [
     "AssertionFailedError",
@@ -136,7 +137,7 @@ class AssertionFailedError(BuiltinStageError):
         what = f"assertion failed: {reason}" if reason else "assertion failed"
         fix = "fix the data that reaches this node, or the rule in its config"
         if self.unmapped:
-            names = ", ".join(repr(n) for n in self.unmapped)
+            names = listing(map(shown_scalar, self.unmapped))
             first = self.unmapped[0]
             fix = (
                 f"the rule reads {names}, not among the arguments: the rule sees the node's "

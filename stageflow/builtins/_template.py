@@ -22,6 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
+from stageflow._errors import shown_scalar
+from stageflow._graph import listing
 from stageflow._specs import StageSpec
 from stageflow._stages import BaseStage, StageContext
 from stageflow.builtins._common import arguments, config_error, describe_type, json_type
@@ -110,8 +112,8 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
             raise _missing(
                 ctx,
                 placeholder,
-                f"no argument {part[0]!r} has a value (known: "
-                f"{', '.join(sorted(values)) or 'none'}); map {part[0]!r} in the node's "
+                f"no argument {part[0]!r} has a value (known: {listing(values)}); "
+                f"map {part[0]!r} in the node's "
                 "'arguments' to a context path that holds a value, or fix the template",
             )
         value = values[part[0]]
@@ -129,8 +131,7 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
                     ctx,
                     placeholder,
                     f"the object at {where!r} has no key {key!r} (it has: "
-                    f"{', '.join(sorted(map(str, value))) or 'none'}); fix the template "
-                    "or the data",
+                    f"{listing(map(shown_scalar, value))}); fix the template or the data",
                 )
             value = value[key]
         out.append(_text(value))
