@@ -102,9 +102,11 @@ class BuiltinConfigError(BuiltinStageError):
     """The config of a built-in stage cannot be used at run time.
 
     Most config problems are caught when the pipeline is loaded (the config
-    is checked against the stage's JSON Schema); this is for the rest, such
-    as a JsonLogic rule with an unknown operator. The original error, if any,
-    is the ``__cause__``.
+    is checked against the stage's JSON Schema, a JsonLogic rule as a
+    condition's is); this is for what only the data shows, such as a rule
+    that goes past one of JsonLogic's bounds on the values it reads, or a
+    ``separator`` for ``builtins.concat`` arguments that are lists. The
+    original error, if any, is the ``__cause__``.
     """
 
 

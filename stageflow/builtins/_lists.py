@@ -253,7 +253,9 @@ class FilterStage(BaseStage):
                 keep = jsonlogic.truthy(jsonlogic.apply(rule, data))
             except JsonLogicError as exc:
                 raise config_error(
-                    ctx, f"config 'rule' cannot be evaluated: {exc}; fix the rule"
+                    ctx,
+                    f"config 'rule' cannot be evaluated for item {index} of {len(args['items'])} "
+                    f"({preview(item, 60)}): {exc}; fix the rule, or the item",
                 ) from exc
             if keep:
                 kept.append(copy_json(item))
