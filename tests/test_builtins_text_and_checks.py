@@ -329,6 +329,16 @@ def test_fail_config_is_checked_at_load_time(config: dict[str, Any]) -> None:
     assert [p.location for p in found if p.location.startswith("$.nodes[0].config")]
 
 
+@pytest.mark.parametrize("name", ["Ошибка", "x" * 101, "9Lives"])
+def test_fail_error_type_problem_says_which_names_are_allowed(name: str) -> None:
+    # "Ошибка" is a Python identifier, yet refused: the hint says what is taken.
+    message = problem_at(
+        "$.nodes[0].config.error_type",
+        node("fail", config={"message": "x", "error_type": name}),
+    )
+    assert "ASCII letters, digits and `_`, not starting with a digit, at most 100" in message
+
+
 async def test_log_writes_one_structured_line() -> None:
     with structlog.testing.capture_logs() as logs:
         result, after = await run(
