@@ -30,7 +30,7 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import JSONLOGIC_FORMAT, compile_schema, json_message
+from stageflow._specs import ARGUMENT_FORMAT, JSONLOGIC_FORMAT, compile_schema, json_message
 from stageflow._stages import StageRegistry
 
 __all__ = [
@@ -609,6 +609,7 @@ def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> I
     for key, property_schema in properties.items():
         if key not in node.config or not isinstance(property_schema, Mapping):
             continue
+        yield from _check_config_arguments(i, node, key, property_schema)
         if property_schema.get("format") != JSONLOGIC_FORMAT:
             continue
         for inner, message in _rule_problems(node.config[key]):
@@ -616,6 +617,37 @@ def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> I
                 f"$.nodes[{i}].config.{key}{inner}",
                 f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is a "
                 f"JsonLogic rule: {message}; fix the rule",
+            )
+
+
+def _check_config_arguments(
+    i: int, node: StageNode, key: str, schema: Mapping[str, Any]
+) -> Iterator[Problem]:
+    """Names in a stage node's config that must be among its arguments and are not.
+
+    A config string whose schema says ``"format": "argument"`` (as the items of
+    ``builtins.concat``'s ``order`` do) names an argument the stage reads: one
+    the node does not map is reported when the pipeline loads, not when the
+    stage first runs. A value of the wrong type is left to the schema's problem.
+    """
+    value = node.config[key]
+    items = schema.get("items")
+    if schema.get("format") == ARGUMENT_FORMAT:
+        named = [("", value)]
+    elif isinstance(items, Mapping) and items.get("format") == ARGUMENT_FORMAT:
+        named = (
+            [(f"[{j}]", v) for j, v in enumerate(value)] if isinstance(value, list | tuple) else []
+        )
+    else:
+        return
+    for inner, name in named:
+        if isinstance(name, str) and name not in node.arguments:
+            yield Problem(
+                f"$.nodes[{i}].config.{key}{inner}",
+                f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} names "
+                f"argument {name!r}, which the node does not map (it maps: "
+                f"{listing(node.arguments)}); map it to a context path "
+                f'("arguments": {{"{name}": "<path>"}}) or fix the name',
             )
 
 

@@ -264,11 +264,26 @@ async def test_concat_of_a_number_is_a_type_error() -> None:
     assert "must be a string or an array, got an integer 5" in str(error)
 
 
-async def test_concat_of_an_unmapped_name_is_an_error() -> None:
+def test_concat_of_an_unmapped_name_is_a_load_time_problem() -> None:
+    # It would fail every run that reaches the node: refused before any does.
+    message = problem_at(
+        "$.nodes[0].config.order[1]",
+        node(
+            "concat",
+            arguments={"first": "a", "last": "b"},
+            config={"order": ["first", "lst"]},
+            outputs={"value": "out"},
+        ),
+    )
+    assert "names argument 'lst', which the node does not map (it maps: first, last)" in message
+    assert '("arguments": {"lst": "<path>"}) or fix the name' in message
+
+
+async def test_concat_of_a_name_whose_path_holds_nothing_is_an_error() -> None:
     error = await failure(
         node(
             "concat",
-            arguments={"a": "a"},
+            arguments={"a": "a", "b": "nowhere"},
             config={"order": ["a", "b"]},
             outputs={"value": "out"},
         ),

@@ -287,6 +287,50 @@ def test_a_stage_of_ones_own_declares_a_config_rule_with_format_jsonlogic() -> N
     assert "unknown JsonLogic operator '?'" in info.value.problems[0].message
 
 
+def test_a_stage_of_ones_own_declares_config_names_of_arguments_with_format_argument() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register(
+        "Pick",
+        spec=stageflow.StageSpec(
+            config={
+                "type": "object",
+                "properties": {
+                    "main": {"type": "string", "format": "argument"},
+                    "others": {"type": "array", "items": {"format": "argument"}},
+                },
+            }
+        ),
+    )
+    async def pick(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document: dict[str, Any] = {
+        "api_version": "1.0",
+        "entry": "p",
+        "nodes": [
+            {
+                "id": "p",
+                "type": "stage",
+                "stage": "Pick",
+                "arguments": {"a": "x", "b": "y"},
+                "config": {"main": "c", "others": ["a", "d", "b"]},
+                "next": "e",
+            },
+            {"id": "e", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=registry)
+    assert [p.location for p in info.value.problems] == [
+        "$.nodes[0].config.main",
+        "$.nodes[0].config.others[1]",
+    ]
+    assert "names argument 'c', which the node does not map (it maps: a, b)" in str(info.value)
+    document["nodes"][0]["config"] = {"main": "a", "others": ["b"]}
+    stageflow.Pipeline.from_dict(document, registry=registry)
+
+
 def test_assert_has_no_outputs() -> None:
     message = problem_at(
         "$.nodes[0].outputs.value", node("assert", config={"rule": True}, outputs={"value": "x"})
