@@ -30,8 +30,15 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import ARGUMENT_FORMAT, JSONLOGIC_FORMAT, compile_schema, json_message
+from stageflow._specs import (
+    ARGUMENT_FORMAT,
+    JSONLOGIC_FORMAT,
+    TEMPLATE_FORMAT,
+    compile_schema,
+    json_message,
+)
 from stageflow._stages import StageRegistry
+from stageflow._templates import MalformedTemplateError, parse_template
 
 __all__ = [
     "Edge",
@@ -626,12 +633,18 @@ def _check_config_arguments(
     """Names in a stage node's config that must be among its arguments and are not.
 
     A config string whose schema says ``"format": "argument"`` (as the items of
-    ``builtins.concat``'s ``order`` do) names an argument the stage reads: one
-    the node does not map is reported when the pipeline loads, not when the
-    stage first runs. A value of the wrong type is left to the schema's problem.
+    ``builtins.concat``'s ``order`` do) names an argument the stage reads, and
+    one that says ``"format": "template"`` (``builtins.template``'s
+    ``template``) reads an argument in each placeholder: one the node does not
+    map is reported when the pipeline loads, not when the stage first runs.
+    A value of the wrong type, or a malformed template, is left to the
+    schema's problem.
     """
     value = node.config[key]
     items = schema.get("items")
+    if schema.get("format") == TEMPLATE_FORMAT and isinstance(value, str):
+        yield from _check_template_arguments(i, node, key, value)
+        return
     if schema.get("format") == ARGUMENT_FORMAT:
         named = [("", value)]
     elif isinstance(items, Mapping) and items.get("format") == ARGUMENT_FORMAT:
@@ -649,6 +662,28 @@ def _check_config_arguments(
                 f"{listing(node.arguments)}); map it to a context path "
                 f'("arguments": {{"{name}": "<path>"}}) or fix the name',
             )
+
+
+def _check_template_arguments(i: int, node: StageNode, key: str, text: str) -> Iterator[Problem]:
+    try:
+        parts = parse_template(text)
+    except MalformedTemplateError:
+        return
+    unmapped = dict.fromkeys(
+        ".".join(part)
+        for part in parts
+        if isinstance(part, tuple) and part[0] not in node.arguments
+    )
+    if unmapped:
+        placeholders = listing(f"{{{p}}}" for p in unmapped)
+        first = next(iter(unmapped)).partition(".")[0]
+        yield Problem(
+            f"$.nodes[{i}].config.{key}",
+            f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} reads "
+            f"arguments the node does not map, in {placeholders} (it maps: "
+            f"{listing(node.arguments)}); map each to a context path "
+            f'("arguments": {{"{first}": "<path>"}}) or fix the placeholder',
+        )
 
 
 def _check_maps(

@@ -60,8 +60,22 @@ async def test_template_without_placeholders() -> None:
     assert after["out"] == "plain text"
 
 
+def test_template_placeholder_of_an_unmapped_argument_is_a_load_time_problem() -> None:
+    # Every run reaching the node would fail on it: refused before any does.
+    message = problem_at(
+        "$.nodes[0].config.template",
+        template("Hi {usr.name}, {user.name}: {count} {usr.x} {{usr}}", user="u"),
+    )
+    assert (
+        "reads arguments the node does not map, in {count}, {usr.name}, {usr.x} "
+        "(it maps: user)" in message
+    )
+    assert '("arguments": {"usr": "<path>"}) or fix the placeholder' in message
+
+
 async def test_template_unknown_argument_names_it() -> None:
-    error = await failure(template("Hi {user.name}", person="u"), payload={"u": {}})
+    # Mapped, but its path holds nothing when the node runs.
+    error = await failure(template("Hi {user.name}", person="u", user="nowhere"), payload={"u": {}})
     assert isinstance(error, TemplateError)
     assert isinstance(error, BuiltinArgumentError)
     assert error.placeholder == "user.name"
@@ -91,7 +105,7 @@ async def test_template_error_lists_a_few_names_each_quoted() -> None:
     assert "\n" not in text
     assert len(text) < 1000
     many = {f"a{i:06}": "x" for i in range(100_000)}
-    error = await failure(template("{nope}", **many), payload={"x": 1})
+    error = await failure(template("{nope}", **many, nope="nowhere"), payload={"x": 1})
     text = str(error)
     assert "(known: a000000, a000001," in text
     assert "and 99980 more); map 'nope'" in text

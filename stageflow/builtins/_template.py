@@ -16,68 +16,20 @@ A string is inserted as is; any other JSON value as compact JSON (``true``,
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from stageflow._errors import shown_scalar
 from stageflow._graph import listing
-from stageflow._specs import StageSpec
+from stageflow._specs import TEMPLATE_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
+from stageflow._templates import TEMPLATE_PATTERN, MalformedTemplateError, parse_template
 from stageflow.builtins._common import arguments, config_error, describe_type, json_type
 from stageflow.builtins._errors import TemplateError
 from stageflow.builtins._values import outputs
 
 __all__ = ["TEMPLATE_PATTERN", "TemplateStage", "render"]
-
-_NAME: Final = r"[A-Za-z0-9_-]+"
-_FIELD: Final = rf"\{{({_NAME}(?:\.{_NAME})*)\}}"
-
-TEMPLATE_PATTERN: Final = rf"^(?:[^{{}}]|\{{\{{|\}}\}}|{_FIELD})*$"
-"""The JSON Schema ``pattern`` a template must match (checked when a pipeline loads).
-
-Every alternative starts differently, so matching is linear in the length
-of the template (no catastrophic backtracking).
-"""
-
-_TOKEN: Final = re.compile(rf"[^{{}}]+|\{{\{{|\}}\}}|{_FIELD}")
-
-_Part = str | tuple[str, ...]
-
-
-class _MalformedTemplateError(ValueError):
-    def __init__(self, position: int, text: str) -> None:
-        self.position = position
-        self.text = text
-        super().__init__(position, text)
-
-
-@functools.lru_cache(maxsize=512)
-def _parse(template: str) -> tuple[_Part, ...]:
-    """Split a template into literal strings and field paths (tuples of keys)."""
-    parts: list[_Part] = []
-    literal: list[str] = []
-    position = 0
-    while position < len(template):
-        match = _TOKEN.match(template, position)
-        if match is None:
-            raise _MalformedTemplateError(position, template[position : position + 20])
-        token = match.group()
-        if match.group(1) is not None:
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append(tuple(match.group(1).split(".")))
-        elif token in ("{{", "}}"):
-            literal.append(token[0])
-        else:
-            literal.append(token)
-        position = match.end()
-    if literal:
-        parts.append("".join(literal))
-    return tuple(parts)
 
 
 def _text(value: Any) -> str:
@@ -95,8 +47,8 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
             or steps into a value that is not an object.
     """
     try:
-        parts = _parse(template)
-    except _MalformedTemplateError as exc:
+        parts = parse_template(template)
+    except MalformedTemplateError as exc:
         raise config_error(
             ctx,
             f"config 'template' is malformed at character {exc.position} ({exc.text!r}); "
@@ -157,10 +109,12 @@ class TemplateStage(BaseStage):
     access, conversion or format spec: a dotted step is an object key lookup
     and nothing else (``{x.__class__}`` looks for the key ``"__class__"``),
     so a template cannot reach anything but the JSON values it is given. Any
-    other use of a brace is a load-time error. A placeholder that names a
-    missing argument or key, or steps into a value that is not an object, is
-    a :class:`TemplateError` naming it. Strings are inserted as is, other
-    values as compact JSON (``true``, ``null``, ``[1,2]``).
+    other use of a brace, or a placeholder naming an argument the node does
+    not map, is a load-time problem. A placeholder whose argument's path
+    holds nothing when the node runs, that names a missing key, or that steps
+    into a value that is not an object, is a :class:`TemplateError` naming
+    it. Strings are inserted as is, other values as compact JSON (``true``,
+    ``null``, ``[1,2]``).
     """
 
     spec: ClassVar[StageSpec] = StageSpec(
@@ -180,6 +134,7 @@ class TemplateStage(BaseStage):
                     "`{{` and `}}` are literal braces.",
                     "type": "string",
                     "pattern": TEMPLATE_PATTERN,
+                    "format": TEMPLATE_FORMAT,
                 }
             },
             "required": ["template"],
