@@ -5,7 +5,7 @@ template's placeholders against its node's arguments (as it checks a
 JsonLogic rule, ``stageflow.jsonlogic``), and the stage fills it in.
 
 - ``{name}`` is a placeholder; ``{name.key.key}`` walks into objects by key.
-  Names and keys are letters, digits, ``_`` and ``-``.
+  Names and keys are ASCII letters, digits, ``_`` and ``-``.
 - ``{{`` and ``}}`` are a literal ``{`` and ``}``.
 - Nothing else: no ``[index]``, no ``!conversion``, no ``:format`` spec.
 """

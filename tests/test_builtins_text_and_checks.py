@@ -145,6 +145,12 @@ def test_template_syntax_beyond_keys_is_rejected_at_load_time(text: str) -> None
     assert "does not match" in message
 
 
+@pytest.mark.parametrize("text", ["{имя}", "{x.città}"])
+def test_template_names_beyond_ascii_are_refused_with_a_hint_that_says_so(text: str) -> None:
+    message = problem_at("$.nodes[0].config.template", template(text, x="x", имя="x"))
+    assert "names and keys of ASCII letters, digits, `_` and `-`" in message
+
+
 @pytest.mark.parametrize("text", ["{x[0]}", "{x.__class__!r}", "a}", "{x:>10}"])
 async def test_template_syntax_is_rejected_at_run_time_too(text: str) -> None:
     # A registry that skips the config schema: the stage itself must still refuse.

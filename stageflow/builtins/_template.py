@@ -3,7 +3,7 @@
 The syntax is deliberately tiny, so that a template is data and never code:
 
 - ``{name}`` inserts the argument ``name``; ``{name.key.key}`` walks into
-  objects by key. Names and keys are letters, digits, ``_`` and ``-``.
+  objects by key. Names and keys are ASCII letters, digits, ``_`` and ``-``.
 - ``{{`` and ``}}`` are a literal ``{`` and ``}``.
 - Nothing else: no ``[index]``, no ``!conversion``, no ``:format`` spec, no
   attribute access. A dotted step is a dict key lookup and nothing more, so
@@ -104,8 +104,8 @@ class TemplateStage(BaseStage):
     """``builtins.template``: fill a string template from the arguments.
 
     ``{name}`` inserts the argument ``name``, ``{name.key.key}`` a key of an
-    object argument (names and keys are letters, digits, ``_`` and ``-``);
-    ``{{`` and ``}}`` are literal braces. There is no indexing, attribute
+    object argument (names and keys are ASCII letters, digits, ``_`` and
+    ``-``); ``{{`` and ``}}`` are literal braces. There is no indexing, attribute
     access, conversion or format spec: a dotted step is an object key lookup
     and nothing else (``{x.__class__}`` looks for the key ``"__class__"``),
     so a template cannot reach anything but the JSON values it is given. Any
@@ -130,8 +130,9 @@ class TemplateStage(BaseStage):
             "type": "object",
             "properties": {
                 "template": {
-                    "description": "Text with `{name}` / `{name.key}` placeholders; "
-                    "`{{` and `}}` are literal braces.",
+                    "description": "Text with `{name}` / `{name.key}` placeholders (names "
+                    "and keys of ASCII letters, digits, `_` and `-`); `{{` and `}}` are literal "
+                    "braces.",
                     "type": "string",
                     "pattern": TEMPLATE_PATTERN,
                     "format": TEMPLATE_FORMAT,
