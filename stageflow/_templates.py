@@ -48,13 +48,30 @@ class MalformedTemplateError(ValueError):
         super().__init__(position, text)
 
 
-@functools.lru_cache(maxsize=512)
+# Templates up to this long are parsed once and kept (a node runs its template
+# over and over); a longer one is parsed each time, in time linear in its
+# length, so that documents loaded one after another (a service validating
+# what it is sent) cannot pin 512 templates of megabytes each in the cache.
+_CACHED_LENGTH: Final = 4096
+
+
 def parse_template(template: str) -> tuple[TemplatePart, ...]:
     """Split a template into literal strings and placeholders (tuples of keys).
 
     Raises:
         MalformedTemplateError: ``template`` is not one.
     """
+    if len(template) <= _CACHED_LENGTH:
+        return _parse_cached(template)
+    return _parse(template)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(template: str) -> tuple[TemplatePart, ...]:
+    return _parse(template)
+
+
+def _parse(template: str) -> tuple[TemplatePart, ...]:
     parts: list[TemplatePart] = []
     literal: list[str] = []
     position = 0

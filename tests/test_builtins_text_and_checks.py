@@ -7,9 +7,19 @@ from typing import Any
 
 import pytest
 import structlog
-from builtin_support import context_after, failure, node, problem_at, problems, run
+from builtin_support import (
+    REGISTRY,
+    context_after,
+    document,
+    failure,
+    node,
+    problem_at,
+    problems,
+    run,
+)
 
 import stageflow
+import stageflow._templates
 import stageflow.builtins as builtins
 from stageflow.builtins import (
     AssertionFailedError,
@@ -159,6 +169,18 @@ async def test_template_syntax_is_rejected_at_run_time_too(text: str) -> None:
     error = await failure(template(text, x="x"), payload={"x": ["a"]}, registry=loose)
     assert isinstance(error, BuiltinConfigError)
     assert "malformed at character" in str(error)
+
+
+def test_a_long_template_is_parsed_but_not_kept() -> None:
+    # A service that loads the documents it is sent must not keep 512
+    # templates of megabytes each alive in the parse cache.
+    cache = stageflow._templates._parse_cached
+    before = cache.cache_info()
+    long_text = "{x} " + "a" * 1_000_000
+    stageflow.Pipeline.from_dict(document(template(long_text, x="x")), registry=REGISTRY)
+    assert cache.cache_info()[:2] == before[:2]  # neither a hit nor a miss: not looked up
+    stageflow.Pipeline.from_dict(document(template("{x} short", x="x")), registry=REGISTRY)
+    assert cache.cache_info()[:2] != before[:2]
 
 
 def test_template_pattern_matches_the_parser() -> None:
