@@ -553,6 +553,8 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 )
     if spec.config is not None:
         for error in compile_schema(spec.config).iter_errors(thaw(node.config)):
+            if _said_as_a_template(error):
+                continue  # _check_template_arguments says where and how to fix it
             suffix = "".join(
                 f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
             )
@@ -664,10 +666,32 @@ def _check_config_arguments(
             )
 
 
+def _said_as_a_template(error: jsonschema.ValidationError) -> bool:
+    """Whether ``error`` is a template's ``pattern`` failing, which the template check explains.
+
+    The pattern's own message quotes the regular expression; the template
+    check names the character where the text stops being a template.
+    """
+    schema = error.schema
+    return (
+        error.validator == "pattern"
+        and isinstance(schema, Mapping)
+        and schema.get("format") == TEMPLATE_FORMAT
+        and isinstance(error.instance, str)
+    )
+
+
 def _check_template_arguments(i: int, node: StageNode, key: str, text: str) -> Iterator[Problem]:
     try:
         parts = parse_template(text)
-    except MalformedTemplateError:
+    except MalformedTemplateError as exc:
+        yield Problem(
+            f"$.nodes[{i}].config.{key}",
+            f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is malformed at "
+            f"character {exc.position} ({exc.text!r}); a placeholder is {{name}} or "
+            "{name.key} (ASCII letters, digits, _ and -), and a literal brace is written "
+            "{{ or }}",
+        )
         return
     unmapped = dict.fromkeys(
         ".".join(part)

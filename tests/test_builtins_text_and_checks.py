@@ -151,14 +151,26 @@ async def test_template_dotted_names_are_only_keys() -> None:
     ["{x[0]}", "{x!r}", "{x:>10}", "{}", "{ x }", "{x", "x}", "{x.}", "{.x}", "{x..y}", "{0[0]}"],
 )
 def test_template_syntax_beyond_keys_is_rejected_at_load_time(text: str) -> None:
-    message = problem_at("$.nodes[0].config.template", template(text, x="x"))
-    assert "does not match" in message
+    found = [p for p in problems(template(text, x="x")) if p.location.endswith(".template")]
+    # One problem, saying where the text stops being a template (not the
+    # pattern's regular expression) and how to write one.
+    assert len(found) == 1, found
+    assert "is malformed at character " in found[0].message
+    assert "a literal brace is written {{ or }}" in found[0].message
+
+
+def test_a_malformed_template_problem_says_where() -> None:
+    message = problem_at(
+        "$.nodes[0].config.template", template("Dear {x}, your {order[0]} ships", x="x")
+    )
+    assert "is malformed at character 15 ('{order[0]} ships')" in message
+    assert "does not match" not in message
 
 
 @pytest.mark.parametrize("text", ["{имя}", "{x.città}"])
 def test_template_names_beyond_ascii_are_refused_with_a_hint_that_says_so(text: str) -> None:
     message = problem_at("$.nodes[0].config.template", template(text, x="x", имя="x"))
-    assert "names and keys of ASCII letters, digits, `_` and `-`" in message
+    assert "(ASCII letters, digits, _ and -)" in message
 
 
 @pytest.mark.parametrize("text", ["{x[0]}", "{x.__class__!r}", "a}", "{x:>10}"])
