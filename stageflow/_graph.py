@@ -17,7 +17,7 @@ import attrs
 import jsonschema
 
 from stageflow import jsonlogic
-from stageflow._errors import Problem
+from stageflow._errors import Problem, shown_scalar
 from stageflow._guard import MAX_NESTING
 from stageflow._json import thaw
 from stageflow._model import (
@@ -655,15 +655,25 @@ def _check_config_arguments(
         )
     else:
         return
+    # One problem for the key, however many names it lists: a list of a
+    # million unmapped names is one mistake, not a million messages.
+    unmapped: dict[str, str] = {}  # name -> where it first is
     for inner, name in named:
         if isinstance(name, str) and name not in node.arguments:
-            yield Problem(
-                f"$.nodes[{i}].config.{key}{inner}",
-                f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} names "
-                f"argument {name!r}, which the node does not map (it maps: "
-                f"{listing(node.arguments)}); map it to a context path "
-                f'("arguments": {{"{name}": "<path>"}}) or fix the name',
-            )
+            unmapped.setdefault(name, inner)
+    if not unmapped:
+        return
+    first = next(iter(unmapped))
+    if len(unmapped) == 1:
+        where, what = f"{key}{unmapped[first]}", f"argument {first!r}"
+    else:
+        where, what = key, f"arguments {listing(map(shown_scalar, unmapped))}"
+    yield Problem(
+        f"$.nodes[{i}].config.{where}",
+        f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} names {what}, "
+        f"which the node does not map (it maps: {listing(node.arguments)}); map each to a "
+        f'context path ("arguments": {{"{first}": "<path>"}}) or fix the name',
+    )
 
 
 def _said_as_a_template(error: jsonschema.ValidationError) -> bool:

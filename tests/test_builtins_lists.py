@@ -279,6 +279,20 @@ def test_concat_of_an_unmapped_name_is_a_load_time_problem() -> None:
     assert '("arguments": {"lst": "<path>"}) or fix the name' in message
 
 
+def test_concat_of_many_unmapped_names_is_one_problem() -> None:
+    # One mistake, one message of bounded length: not one per name.
+    order = ["a", *(f"n{i:06}" for i in range(50_000))]
+    found = problems(
+        node("concat", arguments={"a": "a"}, config={"order": order}, outputs={"value": "o"})
+    )
+    assert [p.location for p in found] == ["$.nodes[0].config.order"]
+    message = found[0].message
+    assert "names arguments 'n000000', 'n000001'," in message
+    assert "and 49980 more, which the node does not map (it maps: a)" in message
+    assert '("arguments": {"n000000": "<path>"})' in message
+    assert len(message) < 1000
+
+
 async def test_concat_of_a_name_whose_path_holds_nothing_is_an_error() -> None:
     error = await failure(
         node(
