@@ -553,7 +553,7 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 )
     if spec.config is not None:
         for error in compile_schema(spec.config).iter_errors(thaw(node.config)):
-            if _said_as_a_template(error):
+            if _said_as_a_template(error, spec.config):
                 continue  # _check_template_arguments says where and how to fix it
             suffix = "".join(
                 f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
@@ -638,9 +638,9 @@ def _check_config_arguments(
     ``builtins.concat``'s ``order`` do) names an argument the stage reads, and
     one that says ``"format": "template"`` (``builtins.template``'s
     ``template``) reads an argument in each placeholder: one the node does not
-    map is reported when the pipeline loads, not when the stage first runs.
-    A value of the wrong type, or a malformed template, is left to the
-    schema's problem.
+    map is reported when the pipeline loads, not when the stage first runs;
+    so is a malformed template, with the character where it goes wrong. A
+    value of the wrong type is left to the schema's problem.
     """
     value = node.config[key]
     items = schema.get("items")
@@ -676,17 +676,23 @@ def _check_config_arguments(
     )
 
 
-def _said_as_a_template(error: jsonschema.ValidationError) -> bool:
+def _said_as_a_template(error: jsonschema.ValidationError, config: Mapping[str, Any]) -> bool:
     """Whether ``error`` is a template's ``pattern`` failing, which the template check explains.
 
     The pattern's own message quotes the regular expression; the template
-    check names the character where the text stops being a template.
+    check (:func:`_check_template_arguments`, run on each top-level property
+    that says ``"format": "template"``) names the character where the text
+    stops being a template. Anywhere else the pattern's problem stands.
     """
-    schema = error.schema
+    path = error.absolute_path
+    properties = config.get("properties")
+    if error.validator != "pattern" or len(path) != 1 or not isinstance(properties, Mapping):
+        return False
+    declared, failed = properties.get(path[0]), error.schema
     return (
-        error.validator == "pattern"
-        and isinstance(schema, Mapping)
-        and schema.get("format") == TEMPLATE_FORMAT
+        isinstance(declared, Mapping)
+        and isinstance(failed, Mapping)
+        and declared.get("format") == failed.get("format") == TEMPLATE_FORMAT
         and isinstance(error.instance, str)
     )
 

@@ -385,6 +385,35 @@ def test_a_stage_of_ones_own_declares_config_names_of_arguments_with_format_argu
     stageflow.Pipeline.from_dict(document, registry=registry)
 
 
+def test_a_template_format_below_the_top_of_a_config_keeps_its_pattern_problem() -> None:
+    # Only a top-level template is checked (and explained) as one; a pattern
+    # failing deeper is reported as the schema says, never dropped.
+    registry = stageflow.StageRegistry()
+    deep = {"type": "string", "pattern": "^a$", "format": "template"}
+
+    @registry.register(
+        "Texts",
+        spec=stageflow.StageSpec(
+            config={"type": "object", "properties": {"texts": {"type": "array", "items": deep}}}
+        ),
+    )
+    async def texts(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document: dict[str, Any] = {
+        "api_version": "1.0",
+        "entry": "t",
+        "nodes": [
+            {"id": "t", "type": "stage", "stage": "Texts", "config": {"texts": ["b"]}, "next": "e"},
+            {"id": "e", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=registry)
+    assert [p.location for p in info.value.problems] == ["$.nodes[0].config.texts[0]"]
+    assert "does not match" in info.value.problems[0].message
+
+
 def test_assert_has_no_outputs() -> None:
     message = problem_at(
         "$.nodes[0].outputs.value", node("assert", config={"rule": True}, outputs={"value": "x"})
