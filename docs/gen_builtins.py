@@ -376,8 +376,9 @@ already taken raises `StageConflictError` and adds none).
   and end the session `failed` with the error as `SessionResult.error`:
   `BuiltinArgumentError` (an argument is absent or of the wrong type;
   `.argument`), `TemplateError` (a template placeholder names nothing;
-  `.placeholder`), `BuiltinConfigError` (a config that can only be found
-  wrong at run time, such as a JsonLogic rule with an unknown operator),
+  `.placeholder`), `BuiltinConfigError` (a config that only the data shows
+  to be unusable, such as a JsonLogic rule that goes past one of JsonLogic's
+  bounds on the values it reads; an unknown operator is found at load time),
   `AssertionFailedError` (`builtins.assert`; `.rule`, `.values`) and
   `InjectedFailureError` (`builtins.fail`; `.error_type`). Messages name the
   stage, the node and how to fix the problem. One exception: with

@@ -17,7 +17,7 @@ import attrs
 import jsonschema
 
 from stageflow import jsonlogic
-from stageflow._errors import Problem
+from stageflow._errors import Problem, shown_scalar
 from stageflow._guard import MAX_NESTING
 from stageflow._json import thaw
 from stageflow._model import (
@@ -30,8 +30,15 @@ from stageflow._model import (
     SubpipelineNode,
     TerminalNode,
 )
-from stageflow._specs import JSONLOGIC_FORMAT, compile_schema, json_message
+from stageflow._specs import (
+    ARGUMENT_FORMAT,
+    JSONLOGIC_FORMAT,
+    TEMPLATE_FORMAT,
+    compile_schema,
+    json_message,
+)
 from stageflow._stages import StageRegistry
+from stageflow._templates import MalformedTemplateError, parse_template
 
 __all__ = [
     "Edge",
@@ -546,6 +553,8 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
                 )
     if spec.config is not None:
         for error in compile_schema(spec.config).iter_errors(thaw(node.config)):
+            if _said_as_a_template(error, spec.config):
+                continue  # _check_template_arguments says where and how to fix it
             suffix = "".join(
                 f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
             )
@@ -609,6 +618,7 @@ def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> I
     for key, property_schema in properties.items():
         if key not in node.config or not isinstance(property_schema, Mapping):
             continue
+        yield from _check_config_arguments(i, node, key, property_schema)
         if property_schema.get("format") != JSONLOGIC_FORMAT:
             continue
         for inner, message in _rule_problems(node.config[key]):
@@ -617,6 +627,103 @@ def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> I
                 f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is a "
                 f"JsonLogic rule: {message}; fix the rule",
             )
+
+
+def _check_config_arguments(
+    i: int, node: StageNode, key: str, schema: Mapping[str, Any]
+) -> Iterator[Problem]:
+    """Names in a stage node's config that must be among its arguments and are not.
+
+    A config string whose schema says ``"format": "argument"`` (as the items of
+    ``builtins.concat``'s ``order`` do) names an argument the stage reads, and
+    one that says ``"format": "template"`` (``builtins.template``'s
+    ``template``) reads an argument in each placeholder: one the node does not
+    map is reported when the pipeline loads, not when the stage first runs;
+    so is a malformed template, with the character where it goes wrong. A
+    value of the wrong type is left to the schema's problem.
+    """
+    value = node.config[key]
+    items = schema.get("items")
+    if schema.get("format") == TEMPLATE_FORMAT and isinstance(value, str):
+        yield from _check_template_arguments(i, node, key, value)
+        return
+    if schema.get("format") == ARGUMENT_FORMAT:
+        named = [("", value)]
+    elif isinstance(items, Mapping) and items.get("format") == ARGUMENT_FORMAT:
+        named = (
+            [(f"[{j}]", v) for j, v in enumerate(value)] if isinstance(value, list | tuple) else []
+        )
+    else:
+        return
+    # One problem for the key, however many names it lists: a list of a
+    # million unmapped names is one mistake, not a million messages.
+    unmapped: dict[str, str] = {}  # name -> where it first is
+    for inner, name in named:
+        if isinstance(name, str) and name not in node.arguments:
+            unmapped.setdefault(name, inner)
+    if not unmapped:
+        return
+    first = next(iter(unmapped))
+    if len(unmapped) == 1:
+        where, what = f"{key}{unmapped[first]}", f"argument {first!r}"
+    else:
+        where, what = key, f"arguments {listing(map(shown_scalar, unmapped))}"
+    yield Problem(
+        f"$.nodes[{i}].config.{where}",
+        f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} names {what}, "
+        f"which the node does not map (it maps: {listing(node.arguments)}); map each to a "
+        f'context path ("arguments": {{"{first}": "<path>"}}) or fix the name',
+    )
+
+
+def _said_as_a_template(error: jsonschema.ValidationError, config: Mapping[str, Any]) -> bool:
+    """Whether ``error`` is a template's ``pattern`` failing, which the template check explains.
+
+    The pattern's own message quotes the regular expression; the template
+    check (:func:`_check_template_arguments`, run on each top-level property
+    that says ``"format": "template"``) names the character where the text
+    stops being a template. Anywhere else the pattern's problem stands.
+    """
+    path = error.absolute_path
+    properties = config.get("properties")
+    if error.validator != "pattern" or len(path) != 1 or not isinstance(properties, Mapping):
+        return False
+    declared, failed = properties.get(path[0]), error.schema
+    return (
+        isinstance(declared, Mapping)
+        and isinstance(failed, Mapping)
+        and declared.get("format") == failed.get("format") == TEMPLATE_FORMAT
+        and isinstance(error.instance, str)
+    )
+
+
+def _check_template_arguments(i: int, node: StageNode, key: str, text: str) -> Iterator[Problem]:
+    try:
+        parts = parse_template(text)
+    except MalformedTemplateError as exc:
+        yield Problem(
+            f"$.nodes[{i}].config.{key}",
+            f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is malformed at "
+            f"character {exc.position} ({exc.text!r}); a placeholder is {{name}} or "
+            "{name.key} (ASCII letters, digits, _ and -), and a literal brace is written "
+            "{{ or }}",
+        )
+        return
+    unmapped = dict.fromkeys(
+        ".".join(part)
+        for part in parts
+        if isinstance(part, tuple) and part[0] not in node.arguments
+    )
+    if unmapped:
+        placeholders = listing(f"{{{p}}}" for p in unmapped)
+        first = next(iter(unmapped)).partition(".")[0]
+        yield Problem(
+            f"$.nodes[{i}].config.{key}",
+            f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} reads "
+            f"arguments the node does not map, in {placeholders} (it maps: "
+            f"{listing(node.arguments)}); map each to a context path "
+            f'("arguments": {{"{first}": "<path>"}}) or fix the placeholder',
+        )
 
 
 def _check_maps(

@@ -362,6 +362,18 @@ JSONLOGIC_FORMAT: Final = "jsonlogic"
 "jsonlogic"}`` in a stage's config schema): the loader checks the rule as it
 checks a condition's. JSON Schema validators ignore a format they do not know."""
 
+ARGUMENT_FORMAT: Final = "argument"
+"""The ``format`` of a config string that names one of the node's arguments
+(``{"type": "string", "format": "argument"}``, or an array's ``items`` so):
+the loader refuses a name the node's ``arguments`` does not map, which would
+fail every run that reaches the node. JSON Schema validators ignore it."""
+
+TEMPLATE_FORMAT: Final = "template"
+"""The ``format`` of a config string that is a ``builtins.template`` text
+(``stageflow._templates``): the loader refuses a placeholder whose first name
+the node's ``arguments`` does not map, which would fail every run that
+reaches the node. JSON Schema validators ignore it."""
+
 MAX_DOCUMENT_ERRORS: Final = 1000
 """Most schema errors a document is explained with: each costs a walk and an
 object, so one broken in a million places (a list of a million bad items) is

@@ -142,6 +142,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "_identity",
         "jsonlogic",
         "_jsonlogic_compiled",
+        "_templates",
         "_context",
         "_log",
         "_version",

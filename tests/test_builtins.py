@@ -75,6 +75,21 @@ def test_register_is_all_or_nothing_on_a_clash() -> None:
     assert registry.names(core=False) == ("builtins.pop",)
 
 
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        (None, "was given None;"),
+        ({}, "was given a dict;"),
+        (stageflow.StageRegistry, "was given the class stageflow.StageRegistry, not an instance"),
+    ],
+)
+def test_register_into_something_else_is_a_type_error(given: Any, named: str) -> None:
+    with pytest.raises(TypeError, match=r"^stageflow\.builtins\.register\(\)") as info:
+        builtins.register(given)
+    assert named in str(info.value)
+    assert "pass a stageflow.StageRegistry" in str(info.value)
+
+
 def test_default_registry_does_not_get_the_builtins() -> None:
     builtins.registry()
     assert not any(name.startswith("builtins.") for name in stageflow.get_stages())

@@ -187,11 +187,14 @@ async def test_filter_with_a_rule_past_a_jsonlogic_bound_is_a_config_error() -> 
     doubled = {"cat": [{"var": ""}, {"var": ""}]}
     error = await failure(
         node("filter", arguments={"items": "l"}, config={"rule": doubled}, outputs={"value": "o"}),
-        payload={"l": ["x" * 600_000]},
+        payload={"l": ["short", "x" * 600_000, "short"]},
     )
     assert isinstance(error, BuiltinConfigError)
     assert isinstance(error.__cause__, stageflow.JsonLogicError)
-    assert "fix the rule" in str(error)
+    # Which of the items the rule could not be evaluated for, and a glimpse of it.
+    assert 'cannot be evaluated for item 1 of 3 ("xxxx' in str(error)
+    assert "fix the rule, or the item" in str(error)
+    assert len(str(error)) < 1000
 
 
 async def test_filter_of_a_non_list_is_an_error() -> None:
@@ -261,11 +264,40 @@ async def test_concat_of_a_number_is_a_type_error() -> None:
     assert "must be a string or an array, got an integer 5" in str(error)
 
 
-async def test_concat_of_an_unmapped_name_is_an_error() -> None:
+def test_concat_of_an_unmapped_name_is_a_load_time_problem() -> None:
+    # It would fail every run that reaches the node: refused before any does.
+    message = problem_at(
+        "$.nodes[0].config.order[1]",
+        node(
+            "concat",
+            arguments={"first": "a", "last": "b"},
+            config={"order": ["first", "lst"]},
+            outputs={"value": "out"},
+        ),
+    )
+    assert "names argument 'lst', which the node does not map (it maps: first, last)" in message
+    assert '("arguments": {"lst": "<path>"}) or fix the name' in message
+
+
+def test_concat_of_many_unmapped_names_is_one_problem() -> None:
+    # One mistake, one message of bounded length: not one per name.
+    order = ["a", *(f"n{i:06}" for i in range(50_000))]
+    found = problems(
+        node("concat", arguments={"a": "a"}, config={"order": order}, outputs={"value": "o"})
+    )
+    assert [p.location for p in found] == ["$.nodes[0].config.order"]
+    message = found[0].message
+    assert "names arguments 'n000000', 'n000001'," in message
+    assert "and 49980 more, which the node does not map (it maps: a)" in message
+    assert '("arguments": {"n000000": "<path>"})' in message
+    assert len(message) < 1000
+
+
+async def test_concat_of_a_name_whose_path_holds_nothing_is_an_error() -> None:
     error = await failure(
         node(
             "concat",
-            arguments={"a": "a"},
+            arguments={"a": "a", "b": "nowhere"},
             config={"order": ["a", "b"]},
             outputs={"value": "out"},
         ),

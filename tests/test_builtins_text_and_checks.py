@@ -7,9 +7,19 @@ from typing import Any
 
 import pytest
 import structlog
-from builtin_support import context_after, failure, node, problem_at, problems, run
+from builtin_support import (
+    REGISTRY,
+    context_after,
+    document,
+    failure,
+    node,
+    problem_at,
+    problems,
+    run,
+)
 
 import stageflow
+import stageflow._templates
 import stageflow.builtins as builtins
 from stageflow.builtins import (
     AssertionFailedError,
@@ -60,8 +70,22 @@ async def test_template_without_placeholders() -> None:
     assert after["out"] == "plain text"
 
 
+def test_template_placeholder_of_an_unmapped_argument_is_a_load_time_problem() -> None:
+    # Every run reaching the node would fail on it: refused before any does.
+    message = problem_at(
+        "$.nodes[0].config.template",
+        template("Hi {usr.name}, {user.name}: {count} {usr.x} {{usr}}", user="u"),
+    )
+    assert (
+        "reads arguments the node does not map, in {count}, {usr.name}, {usr.x} "
+        "(it maps: user)" in message
+    )
+    assert '("arguments": {"usr": "<path>"}) or fix the placeholder' in message
+
+
 async def test_template_unknown_argument_names_it() -> None:
-    error = await failure(template("Hi {user.name}", person="u"), payload={"u": {}})
+    # Mapped, but its path holds nothing when the node runs.
+    error = await failure(template("Hi {user.name}", person="u", user="nowhere"), payload={"u": {}})
     assert isinstance(error, TemplateError)
     assert isinstance(error, BuiltinArgumentError)
     assert error.placeholder == "user.name"
@@ -73,7 +97,29 @@ async def test_template_unknown_argument_names_it() -> None:
 async def test_template_unknown_key_names_it() -> None:
     error = await failure(template("Hi {user.name}", user="u"), payload={"u": {"nick": "a"}})
     assert isinstance(error, TemplateError)
-    assert "has no key 'name' (it has: nick)" in str(error)
+    assert "has no key 'name' (it has: 'nick')" in str(error)
+
+
+async def test_template_error_lists_a_few_names_each_quoted() -> None:
+    # A message is kept whole in the history, the error description and the
+    # logs: an object of 100,000 keys, or a node of as many arguments, is
+    # named by twenty and a count; a key from the data is quoted, so a newline
+    # or a control character in it cannot forge a line.
+    keys = {f"k{i:06}": i for i in range(100_000)}
+    keys["a\n\u202e"] = 0
+    error = await failure(template("{x.nope}", x="x"), payload={"x": keys})
+    assert isinstance(error, TemplateError)
+    text = str(error)
+    assert "(it has: 'a\\n\\u202e', 'k000000', 'k000001'," in text
+    assert "and 99981 more); fix the template or the data" in text
+    assert "\n" not in text
+    assert len(text) < 1000
+    many = {f"a{i:06}": "x" for i in range(100_000)}
+    error = await failure(template("{nope}", **many, nope="nowhere"), payload={"x": 1})
+    text = str(error)
+    assert "(known: a000000, a000001," in text
+    assert "and 99980 more); map 'nope'" in text
+    assert len(text) < 1000
 
 
 @pytest.mark.parametrize(
@@ -105,8 +151,26 @@ async def test_template_dotted_names_are_only_keys() -> None:
     ["{x[0]}", "{x!r}", "{x:>10}", "{}", "{ x }", "{x", "x}", "{x.}", "{.x}", "{x..y}", "{0[0]}"],
 )
 def test_template_syntax_beyond_keys_is_rejected_at_load_time(text: str) -> None:
-    message = problem_at("$.nodes[0].config.template", template(text, x="x"))
-    assert "does not match" in message
+    found = [p for p in problems(template(text, x="x")) if p.location.endswith(".template")]
+    # One problem, saying where the text stops being a template (not the
+    # pattern's regular expression) and how to write one.
+    assert len(found) == 1, found
+    assert "is malformed at character " in found[0].message
+    assert "a literal brace is written {{ or }}" in found[0].message
+
+
+def test_a_malformed_template_problem_says_where() -> None:
+    message = problem_at(
+        "$.nodes[0].config.template", template("Dear {x}, your {order[0]} ships", x="x")
+    )
+    assert "is malformed at character 15 ('{order[0]} ships')" in message
+    assert "does not match" not in message
+
+
+@pytest.mark.parametrize("text", ["{имя}", "{x.città}"])
+def test_template_names_beyond_ascii_are_refused_with_a_hint_that_says_so(text: str) -> None:
+    message = problem_at("$.nodes[0].config.template", template(text, x="x", имя="x"))
+    assert "(ASCII letters, digits, _ and -)" in message
 
 
 @pytest.mark.parametrize("text", ["{x[0]}", "{x.__class__!r}", "a}", "{x:>10}"])
@@ -117,6 +181,18 @@ async def test_template_syntax_is_rejected_at_run_time_too(text: str) -> None:
     error = await failure(template(text, x="x"), payload={"x": ["a"]}, registry=loose)
     assert isinstance(error, BuiltinConfigError)
     assert "malformed at character" in str(error)
+
+
+def test_a_long_template_is_parsed_but_not_kept() -> None:
+    # A service that loads the documents it is sent must not keep 512
+    # templates of megabytes each alive in the parse cache.
+    cache = stageflow._templates._parse_cached
+    before = cache.cache_info()
+    long_text = "{x} " + "a" * 1_000_000
+    stageflow.Pipeline.from_dict(document(template(long_text, x="x")), registry=REGISTRY)
+    assert cache.cache_info()[:2] == before[:2]  # neither a hit nor a miss: not looked up
+    stageflow.Pipeline.from_dict(document(template("{x} short", x="x")), registry=REGISTRY)
+    assert cache.cache_info()[:2] != before[:2]
 
 
 def test_template_pattern_matches_the_parser() -> None:
@@ -188,6 +264,17 @@ async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None
     assert '"arguments": {"order": "<path>"}' in text
 
 
+async def test_assert_names_a_few_of_many_unmapped_names() -> None:
+    rule = {"or": [{"var": f"name{i:06}"} for i in range(100_000)]}
+    error = await failure(node("assert", config={"rule": rule}))
+    assert isinstance(error, AssertionFailedError)
+    assert len(error.unmapped) == 100_000
+    text = str(error)
+    assert "the rule reads 'name000000', 'name000001'," in text
+    assert "and 99980 more, not among the arguments" in text
+    assert len(text) < 2000
+
+
 async def test_assert_with_a_rule_past_a_jsonlogic_bound_is_a_config_error() -> None:
     # What depends on the data fails when the stage runs; the rest when it loads (below).
     doubled = {"cat": [{"var": "text"}, {"var": "text"}]}
@@ -254,6 +341,79 @@ def test_a_stage_of_ones_own_declares_a_config_rule_with_format_jsonlogic() -> N
     assert "unknown JsonLogic operator '?'" in info.value.problems[0].message
 
 
+def test_a_stage_of_ones_own_declares_config_names_of_arguments_with_format_argument() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register(
+        "Pick",
+        spec=stageflow.StageSpec(
+            config={
+                "type": "object",
+                "properties": {
+                    "main": {"type": "string", "format": "argument"},
+                    "others": {"type": "array", "items": {"format": "argument"}},
+                },
+            }
+        ),
+    )
+    async def pick(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document: dict[str, Any] = {
+        "api_version": "1.0",
+        "entry": "p",
+        "nodes": [
+            {
+                "id": "p",
+                "type": "stage",
+                "stage": "Pick",
+                "arguments": {"a": "x", "b": "y"},
+                "config": {"main": "c", "others": ["a", "d", "b"]},
+                "next": "e",
+            },
+            {"id": "e", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=registry)
+    assert [p.location for p in info.value.problems] == [
+        "$.nodes[0].config.main",
+        "$.nodes[0].config.others[1]",
+    ]
+    assert "names argument 'c', which the node does not map (it maps: a, b)" in str(info.value)
+    document["nodes"][0]["config"] = {"main": "a", "others": ["b"]}
+    stageflow.Pipeline.from_dict(document, registry=registry)
+
+
+def test_a_template_format_below_the_top_of_a_config_keeps_its_pattern_problem() -> None:
+    # Only a top-level template is checked (and explained) as one; a pattern
+    # failing deeper is reported as the schema says, never dropped.
+    registry = stageflow.StageRegistry()
+    deep = {"type": "string", "pattern": "^a$", "format": "template"}
+
+    @registry.register(
+        "Texts",
+        spec=stageflow.StageSpec(
+            config={"type": "object", "properties": {"texts": {"type": "array", "items": deep}}}
+        ),
+    )
+    async def texts(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document: dict[str, Any] = {
+        "api_version": "1.0",
+        "entry": "t",
+        "nodes": [
+            {"id": "t", "type": "stage", "stage": "Texts", "config": {"texts": ["b"]}, "next": "e"},
+            {"id": "e", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        stageflow.Pipeline.from_dict(document, registry=registry)
+    assert [p.location for p in info.value.problems] == ["$.nodes[0].config.texts[0]"]
+    assert "does not match" in info.value.problems[0].message
+
+
 def test_assert_has_no_outputs() -> None:
     message = problem_at(
         "$.nodes[0].outputs.value", node("assert", config={"rule": True}, outputs={"value": "x"})
@@ -294,6 +454,16 @@ async def test_fail_with_a_type_name() -> None:
 def test_fail_config_is_checked_at_load_time(config: dict[str, Any]) -> None:
     found = problems(node("fail", config=config))
     assert [p.location for p in found if p.location.startswith("$.nodes[0].config")]
+
+
+@pytest.mark.parametrize("name", ["Ошибка", "x" * 101, "9Lives"])
+def test_fail_error_type_problem_says_which_names_are_allowed(name: str) -> None:
+    # "Ошибка" is a Python identifier, yet refused: the hint says what is taken.
+    message = problem_at(
+        "$.nodes[0].config.error_type",
+        node("fail", config={"message": "x", "error_type": name}),
+    )
+    assert "ASCII letters, digits and `_`, not starting with a digit, at most 100" in message
 
 
 async def test_log_writes_one_structured_line() -> None:

@@ -252,6 +252,48 @@ async def test_a_stage_returning_a_very_deep_value_fails_the_session_cleanly() -
     assert result.error.node_id == "deep"
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["v", "a.b.c", "l.0.b"])
+async def test_an_output_nests_no_deeper_in_the_context_than_a_snapshot_holds(path: str) -> None:
+    # A value as deep as a payload may be is too deep below a path of several
+    # levels: the session took it, and its snapshot could not be restored.
+    levels = MAX_DEPTH - path.count(".") - 1  # the deepest that fits below the path
+    registry = fake_registry()
+
+    @registry.register("Deep")
+    async def deep(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": nested(ctx.config["levels"])}
+
+    for extra in (0, 1):
+        document = doc(
+            [
+                stage(
+                    "deep",
+                    "Deep",
+                    outputs={"v": path},
+                    next="end",
+                    config={"levels": levels + extra},
+                ),
+                terminal("end"),
+            ]
+        )
+        session = stageflow.Session(
+            load(document, registry=registry), registry=registry, payload={"l": [{}]}
+        )
+        result = await session.run()
+        if extra:
+            assert result.status is stageflow.SessionStatus.FAILED
+            assert isinstance(result.error, stageflow.StageOutputError)
+            assert f"cannot be written at {path!r}" in str(result.error)
+            assert f"more than {MAX_DEPTH} levels deep" in str(result.error)
+            assert dict(session.payload) == {"l": [{}]}  # nothing written
+            assert [e.type for e in result.history][-1] == "session_failed"
+        else:
+            assert result.status is stageflow.SessionStatus.COMPLETED, result.error
+        restored = stageflow.Session.from_dict(session.to_dict(), registry=registry)
+        assert restored.to_dict()["status"] == session.to_dict()["status"]
+
+
 def test_a_bad_value_after_a_shared_list_is_found_without_walking_the_tree() -> None:
     # x = [x, x], forty levels: 2**40 items as a tree, 40 lists as objects.
     # The quick check once walked that tree first, item by item, before the

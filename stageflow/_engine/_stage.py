@@ -38,7 +38,7 @@ from stageflow._errors import (
     error_text,
 )
 from stageflow._guard import SAFE_INT_BITS, int_too_large
-from stageflow._json import a_json_type, copy_json, find_non_json
+from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
 from stageflow._stages import BaseStage, StageContext, StageEntry, engine_context
@@ -389,8 +389,19 @@ class StageExecutor:
             if type(value) in _PLAIN_SCALARS and not (type(value) is int and int_too_large(value)):
                 writes.append((path, value))
                 continue
-            bad = find_non_json(value, key)
+            # The value nests as deep below its path as in the context: the
+            # levels above it count, or a snapshot holds a context too deep to restore.
+            room = MAX_DEPTH - path.count(".") - 1
+            bad = find_non_json(value, key, room)
             if bad is not None:
+                if find_non_json(value, key) is None:
+                    raise StageOutputError(
+                        f"stage {node.stage!r} at node {node.id!r}: output {key!r} cannot be "
+                        f"written at {path!r}: {bad.location!r} would nest the context more "
+                        f"than {MAX_DEPTH} levels deep, more than a snapshot holds; write it "
+                        "at a shorter path, or return a flatter value",
+                        node_id=node.id,
+                    )
                 raise StageOutputError(
                     f"stage {node.stage!r} at node {node.id!r}: output {bad.location!r} is "
                     f"{a_json_type(bad.value)}, which is not a JSON value ({bad.reason}); "

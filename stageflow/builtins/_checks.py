@@ -136,7 +136,8 @@ class FailStage(BaseStage):
                     "minLength": 1,
                 },
                 "error_type": {
-                    "description": "Class name of the raised error (a Python identifier).",
+                    "description": "Class name of the raised error: ASCII letters, digits "
+                    "and `_`, not starting with a digit, at most 100 characters.",
                     "type": "string",
                     "pattern": _IDENTIFIER,
                     "default": "InjectedFailureError",

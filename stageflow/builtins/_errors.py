@@ -20,7 +20,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stageflow._errors import StageError
+from stageflow._errors import StageError, shown_scalar
+from stageflow._graph import listing
 
 __all__ = [
     "AssertionFailedError",
@@ -101,9 +102,11 @@ class BuiltinConfigError(BuiltinStageError):
     """The config of a built-in stage cannot be used at run time.
 
     Most config problems are caught when the pipeline is loaded (the config
-    is checked against the stage's JSON Schema); this is for the rest, such
-    as a JsonLogic rule with an unknown operator. The original error, if any,
-    is the ``__cause__``.
+    is checked against the stage's JSON Schema, a JsonLogic rule as a
+    condition's is); this is for what only the data shows, such as a rule
+    that goes past one of JsonLogic's bounds on the values it reads, or a
+    ``separator`` for ``builtins.concat`` arguments that are lists. The
+    original error, if any, is the ``__cause__``.
     """
 
 
@@ -136,7 +139,7 @@ class AssertionFailedError(BuiltinStageError):
         what = f"assertion failed: {reason}" if reason else "assertion failed"
         fix = "fix the data that reaches this node, or the rule in its config"
         if self.unmapped:
-            names = ", ".join(repr(n) for n in self.unmapped)
+            names = listing(map(shown_scalar, self.unmapped))
             first = self.unmapped[0]
             fix = (
                 f"the rule reads {names}, not among the arguments: the rule sees the node's "

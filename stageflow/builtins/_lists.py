@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Final
 from stageflow import jsonlogic
 from stageflow._errors import JsonLogicError
 from stageflow._json import copy_json
-from stageflow._specs import JSONLOGIC_FORMAT, StageSpec
+from stageflow._specs import ARGUMENT_FORMAT, JSONLOGIC_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
 from stageflow.builtins._common import (
     absent_error,
@@ -253,7 +253,9 @@ class FilterStage(BaseStage):
                 keep = jsonlogic.truthy(jsonlogic.apply(rule, data))
             except JsonLogicError as exc:
                 raise config_error(
-                    ctx, f"config 'rule' cannot be evaluated: {exc}; fix the rule"
+                    ctx,
+                    f"config 'rule' cannot be evaluated for item {index} of {len(args['items'])} "
+                    f"({preview(item, 60)}): {exc}; fix the rule, or the item",
                 ) from exc
             if keep:
                 kept.append(copy_json(item))
@@ -268,7 +270,8 @@ class ConcatStage(BaseStage):
 
     The node maps any argument names it likes; ``config.order`` lists the
     ones to join, in order (JSON objects have no reliable order, so the
-    order is never taken from ``arguments``). They must be all strings --
+    order is never taken from ``arguments``); a name in ``order`` that the
+    node does not map is a load-time problem. They must be all strings --
     joined with ``config.separator`` (default ``""``) -- or all arrays,
     concatenated (a ``separator`` is then an error).
     """
@@ -287,9 +290,9 @@ class ConcatStage(BaseStage):
             "type": "object",
             "properties": {
                 "order": {
-                    "description": "Argument names to join, in order.",
+                    "description": "Argument names to join, in order; each mapped in `arguments`.",
                     "type": "array",
-                    "items": {"type": "string", "minLength": 1},
+                    "items": {"type": "string", "minLength": 1, "format": ARGUMENT_FORMAT},
                     "minItems": 1,
                     "uniqueItems": True,
                 },

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Final
 
 from stageflow._errors import StageConflictError
+from stageflow._json import a_python_type
 from stageflow._stages import BaseStage, StageRegistry
 from stageflow.builtins._checks import AssertStage, FailStage, LogStage
 from stageflow.builtins._lists import (
@@ -74,7 +75,19 @@ def register(registry: StageRegistry) -> None:
     Raises:
         StageConflictError: ``registry`` already has a stage under one of the
             names (for example because ``register`` was called on it before).
+        TypeError: ``registry`` is not a :class:`~stageflow.StageRegistry`.
     """
+    if not isinstance(registry, StageRegistry):
+        given = (
+            "the class stageflow.StageRegistry, not an instance"
+            if registry is StageRegistry
+            else a_python_type(registry)
+        )
+        raise TypeError(
+            f"stageflow.builtins.register() was given {given}; "
+            "pass a stageflow.StageRegistry to add the built-in stages to, or call "
+            "stageflow.builtins.registry() for a new one that holds them"
+        )
     for name in STAGES:
         if name in registry:
             raise StageConflictError(name, registry.get(name).source, SOURCE)

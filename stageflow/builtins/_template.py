@@ -3,7 +3,7 @@
 The syntax is deliberately tiny, so that a template is data and never code:
 
 - ``{name}`` inserts the argument ``name``; ``{name.key.key}`` walks into
-  objects by key. Names and keys are letters, digits, ``_`` and ``-``.
+  objects by key. Names and keys are ASCII letters, digits, ``_`` and ``-``.
 - ``{{`` and ``}}`` are a literal ``{`` and ``}``.
 - Nothing else: no ``[index]``, no ``!conversion``, no ``:format`` spec, no
   attribute access. A dotted step is a dict key lookup and nothing more, so
@@ -16,66 +16,20 @@ A string is inserted as is; any other JSON value as compact JSON (``true``,
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
-from stageflow._specs import StageSpec
+from stageflow._errors import shown_scalar
+from stageflow._graph import listing
+from stageflow._specs import TEMPLATE_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
+from stageflow._templates import TEMPLATE_PATTERN, MalformedTemplateError, parse_template
 from stageflow.builtins._common import arguments, config_error, describe_type, json_type
 from stageflow.builtins._errors import TemplateError
 from stageflow.builtins._values import outputs
 
 __all__ = ["TEMPLATE_PATTERN", "TemplateStage", "render"]
-
-_NAME: Final = r"[A-Za-z0-9_-]+"
-_FIELD: Final = rf"\{{({_NAME}(?:\.{_NAME})*)\}}"
-
-TEMPLATE_PATTERN: Final = rf"^(?:[^{{}}]|\{{\{{|\}}\}}|{_FIELD})*$"
-"""The JSON Schema ``pattern`` a template must match (checked when a pipeline loads).
-
-Every alternative starts differently, so matching is linear in the length
-of the template (no catastrophic backtracking).
-"""
-
-_TOKEN: Final = re.compile(rf"[^{{}}]+|\{{\{{|\}}\}}|{_FIELD}")
-
-_Part = str | tuple[str, ...]
-
-
-class _MalformedTemplateError(ValueError):
-    def __init__(self, position: int, text: str) -> None:
-        self.position = position
-        self.text = text
-        super().__init__(position, text)
-
-
-@functools.lru_cache(maxsize=512)
-def _parse(template: str) -> tuple[_Part, ...]:
-    """Split a template into literal strings and field paths (tuples of keys)."""
-    parts: list[_Part] = []
-    literal: list[str] = []
-    position = 0
-    while position < len(template):
-        match = _TOKEN.match(template, position)
-        if match is None:
-            raise _MalformedTemplateError(position, template[position : position + 20])
-        token = match.group()
-        if match.group(1) is not None:
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append(tuple(match.group(1).split(".")))
-        elif token in ("{{", "}}"):
-            literal.append(token[0])
-        else:
-            literal.append(token)
-        position = match.end()
-    if literal:
-        parts.append("".join(literal))
-    return tuple(parts)
 
 
 def _text(value: Any) -> str:
@@ -93,8 +47,8 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
             or steps into a value that is not an object.
     """
     try:
-        parts = _parse(template)
-    except _MalformedTemplateError as exc:
+        parts = parse_template(template)
+    except MalformedTemplateError as exc:
         raise config_error(
             ctx,
             f"config 'template' is malformed at character {exc.position} ({exc.text!r}); "
@@ -110,8 +64,8 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
             raise _missing(
                 ctx,
                 placeholder,
-                f"no argument {part[0]!r} has a value (known: "
-                f"{', '.join(sorted(values)) or 'none'}); map {part[0]!r} in the node's "
+                f"no argument {part[0]!r} has a value (known: {listing(values)}); "
+                f"map {part[0]!r} in the node's "
                 "'arguments' to a context path that holds a value, or fix the template",
             )
         value = values[part[0]]
@@ -129,8 +83,7 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
                     ctx,
                     placeholder,
                     f"the object at {where!r} has no key {key!r} (it has: "
-                    f"{', '.join(sorted(map(str, value))) or 'none'}); fix the template "
-                    "or the data",
+                    f"{listing(map(shown_scalar, value))}); fix the template or the data",
                 )
             value = value[key]
         out.append(_text(value))
@@ -151,15 +104,17 @@ class TemplateStage(BaseStage):
     """``builtins.template``: fill a string template from the arguments.
 
     ``{name}`` inserts the argument ``name``, ``{name.key.key}`` a key of an
-    object argument (names and keys are letters, digits, ``_`` and ``-``);
-    ``{{`` and ``}}`` are literal braces. There is no indexing, attribute
+    object argument (names and keys are ASCII letters, digits, ``_`` and
+    ``-``); ``{{`` and ``}}`` are literal braces. There is no indexing, attribute
     access, conversion or format spec: a dotted step is an object key lookup
     and nothing else (``{x.__class__}`` looks for the key ``"__class__"``),
     so a template cannot reach anything but the JSON values it is given. Any
-    other use of a brace is a load-time error. A placeholder that names a
-    missing argument or key, or steps into a value that is not an object, is
-    a :class:`TemplateError` naming it. Strings are inserted as is, other
-    values as compact JSON (``true``, ``null``, ``[1,2]``).
+    other use of a brace, or a placeholder naming an argument the node does
+    not map, is a load-time problem. A placeholder whose argument's path
+    holds nothing when the node runs, that names a missing key, or that steps
+    into a value that is not an object, is a :class:`TemplateError` naming
+    it. Strings are inserted as is, other values as compact JSON (``true``,
+    ``null``, ``[1,2]``).
     """
 
     spec: ClassVar[StageSpec] = StageSpec(
@@ -175,10 +130,12 @@ class TemplateStage(BaseStage):
             "type": "object",
             "properties": {
                 "template": {
-                    "description": "Text with `{name}` / `{name.key}` placeholders; "
-                    "`{{` and `}}` are literal braces.",
+                    "description": "Text with `{name}` / `{name.key}` placeholders (names "
+                    "and keys of ASCII letters, digits, `_` and `-`); `{{` and `}}` are literal "
+                    "braces.",
                     "type": "string",
                     "pattern": TEMPLATE_PATTERN,
+                    "format": TEMPLATE_FORMAT,
                 }
             },
             "required": ["template"],
