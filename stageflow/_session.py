@@ -555,7 +555,9 @@ class Session:
 
         Failures do not raise: they end the run with status ``failed`` (or
         ``timed_out``) and a typed ``error``. Cancelling the task that awaits
-        ``run()`` records ``session_cancelled`` and re-raises the cancellation.
+        ``run()`` records ``session_cancelled`` and re-raises the cancellation
+        (one that comes while the run is being suspended leaves the session
+        ``waiting``, and is re-raised too).
         A ``KeyboardInterrupt`` or ``SystemExit`` ends the session
         ``cancelled``, any other ``BaseException`` ends it ``failed``; either
         is re-raised.
