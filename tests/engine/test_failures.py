@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -419,6 +420,38 @@ async def test_cleanup_that_hangs_is_bounded() -> None:
         "cleanup() of stage 'BadCleanup' at node 'b' took longer than "
         "limits.cleanup_timeout (1 s) and was stopped; make it faster, or raise the limit"
     )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cleanup_runs_to_its_end_through_an_asyncio_task_cancel() -> None:
+    # anyio's shield does not hold off asyncio's own Task.cancel() (what
+    # asyncio.timeout and a TaskGroup shutting down use): the cleanup was
+    # stopped at its first await, and the stage's resources were never released.
+    registry = fake_registry()
+    started = asyncio.Event()
+    cleaned: list[str] = []
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            started.set()
+            await asyncio.sleep(0)  # the task running the session is cancelled here
+            cleaned.append(outcome)
+
+    document = doc([stage("h", "Holder", next="end"), terminal("end")])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    task = asyncio.create_task(session.run())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["succeeded"]
+    assert task.cancelled()  # the cancellation went up after the cleanup
+    assert session.status is S.CANCELLED
+    assert [e.type for e in session.history][-2:] == ["node_cancelled", "session_cancelled"]
 
 
 async def test_step_limit_ends_a_loop() -> None:
