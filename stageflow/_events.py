@@ -204,14 +204,15 @@ EventCallback = Callable[[Event], object]
 
 
 class _Subscription:
-    __slots__ = ("dropped", "receive", "send")
+    __slots__ = ("dropped", "loop", "receive", "send")
 
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, loop: object) -> None:
         self.send: MemoryObjectSendStream[Event]
         self.receive: MemoryObjectReceiveStream[Event]
         size = buffer if buffer > 0 else math.inf
         self.send, self.receive = anyio.create_memory_object_stream[Event](size)
         self.dropped = 0
+        self.loop = loop  # the event loop it was made on, as the engine names it (or None)
 
 
 class EventStream:
@@ -679,9 +680,13 @@ class History:
             {"dropped": dropped, "next_seq": next_seq},
         )
 
-    def stream(self, buffer: int) -> EventStream:
-        """Subscribe now; return an async iterator over the events from here on."""
-        sub = _Subscription(buffer)
+    def stream(self, buffer: int, loop: object = None) -> EventStream:
+        """Subscribe now; return an async iterator over the events from here on.
+
+        ``loop``: the event loop the stream is read on, as the caller names it
+        (see :meth:`streams_loop`).
+        """
+        sub = _Subscription(buffer, loop)
         if self._closed:
             sub.send.close()  # nothing more will come: the stream ends at once
         else:
@@ -690,6 +695,17 @@ class History:
             self._subscriptions.append(sub)
             self.quiet = False
         return EventStream(sub, self)
+
+    def streams_loop(self) -> object:
+        """The ``loop`` of the newest open stream that has one, else ``None``.
+
+        A stream's reader waits on that event loop: events handed to it (or
+        its end) must come from that loop's thread, which wakes the reader.
+        """
+        for sub in reversed(self._subscriptions or ()):
+            if sub.loop is not None:
+                return sub.loop
+        return None
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         if self._subscriptions is not None and sub in self._subscriptions:

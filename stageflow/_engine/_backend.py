@@ -52,6 +52,7 @@ __all__ = [
     "is_interrupt",
     "is_stray_cancellation",
     "loop_handles",
+    "loop_handles_if_any",
     "run_in_virtual_time",
     "to_its_end",
 ]
@@ -250,6 +251,15 @@ def loop_handles() -> tuple[anyio.lowlevel.EventLoopToken, int]:
     token = anyio.lowlevel.current_token()
     _loop = (raw, token, thread)
     return token, thread
+
+
+def loop_handles_if_any() -> tuple[anyio.lowlevel.EventLoopToken, int] | None:
+    """:func:`loop_handles` when an event loop runs in this thread, else ``None``."""
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    return loop_handles()
 
 
 def call_soon_from_thread(
