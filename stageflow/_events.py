@@ -225,7 +225,8 @@ class EventStream:
     resumes at (``next_seq``, ``None`` when the session ended meanwhile). The
     marker's own ``seq`` is the one after the missed events, and it is not
     part of the history, which keeps every event. Leave early with
-    :meth:`aclose`, or use the stream as an async context manager.
+    :meth:`aclose`, or use the stream as an async context manager; a stream
+    left without it stops getting events once nothing refers to it.
     """
 
     __slots__ = ("_history", "_sub")
@@ -253,6 +254,13 @@ class EventStream:
     async def aclose(self) -> None:
         """Stop receiving events."""
         self._history._unsubscribe(self._sub)
+        self._sub.receive.close()
+
+    def __del__(self) -> None:
+        # A reader that left without aclose() (a break, a cancelled task, a
+        # web response whose client went away): its subscription kept up to
+        # ``buffer`` events, each a copy, and was handed every later one for
+        # as long as the session lived. Closed, it is dropped at the next event.
         self._sub.receive.close()
 
     async def __aenter__(self) -> EventStream:
@@ -655,7 +663,8 @@ class History:
                         - stats.current_buffer_used
                         + stats.tasks_waiting_receive
                     )
-                    if room < 2:
+                    # A reader gone (see EventStream.__del__): the send says so.
+                    if room < 2 and stats.open_receive_streams:
                         sub.dropped += 1
                         continue
                     send.send_nowait(self._overflow_marker(sub, event.seq))
