@@ -374,7 +374,9 @@ class StageExecutor:
                     f"than limits.cleanup_timeout ({timeout:g} s) and was stopped; make it "
                     "faster, or raise the limit"
                 )
-        except Exception as exc:
+        except BaseException as exc:  # looked at: all but a stage's own CancelledError re-raised
+            if not isinstance(exc, Exception) and not is_stray_cancellation(exc, kernel.backend):
+                raise
             _log.exception("stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id)
             kernel.history.record(
                 "cleanup_failed",

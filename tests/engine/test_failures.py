@@ -454,6 +454,28 @@ async def test_cleanup_runs_to_its_end_through_an_asyncio_task_cancel() -> None:
     assert [e.type for e in session.history][-2:] == ["node_cancelled", "session_cancelled"]
 
 
+async def test_a_cleanups_own_cancelled_error_is_a_cleanup_failure() -> None:
+    # A CancelledError the cleanup raised though nothing cancelled it (a
+    # future of its own that was cancelled) went up as the run's
+    # cancellation: run() raised it and the session ended cancelled.
+    registry = fake_registry()
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            raise asyncio.CancelledError("a future of its own was cancelled")
+
+    result = await run_with(doc([stage("h", "Holder", next="end"), terminal("end")]), registry)
+    assert result.status is S.COMPLETED
+    [failed] = [e for e in result.history if e.type == "cleanup_failed"]
+    assert failed.node_id == "h"
+    assert failed.payload["outcome"] == "succeeded"
+    assert failed.payload["error"]["type"] == "CancelledError"
+
+
 async def test_step_limit_ends_a_loop() -> None:
     document = doc([stage("a", "Set", next="b"), stage("b", "Set", next="a"), terminal("end")])
     # A way out that is never taken: a loop with none is refused at load time.
