@@ -204,14 +204,15 @@ EventCallback = Callable[[Event], object]
 
 
 class _Subscription:
-    __slots__ = ("dropped", "receive", "send")
+    __slots__ = ("dropped", "loop", "receive", "send")
 
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, loop: object) -> None:
         self.send: MemoryObjectSendStream[Event]
         self.receive: MemoryObjectReceiveStream[Event]
         size = buffer if buffer > 0 else math.inf
         self.send, self.receive = anyio.create_memory_object_stream[Event](size)
         self.dropped = 0
+        self.loop = loop  # the event loop it was made on, as the engine names it (or None)
 
 
 class EventStream:
@@ -224,7 +225,8 @@ class EventStream:
     resumes at (``next_seq``, ``None`` when the session ended meanwhile). The
     marker's own ``seq`` is the one after the missed events, and it is not
     part of the history, which keeps every event. Leave early with
-    :meth:`aclose`, or use the stream as an async context manager.
+    :meth:`aclose`, or use the stream as an async context manager; a stream
+    left without it stops getting events once nothing refers to it.
     """
 
     __slots__ = ("_history", "_sub")
@@ -252,6 +254,13 @@ class EventStream:
     async def aclose(self) -> None:
         """Stop receiving events."""
         self._history._unsubscribe(self._sub)
+        self._sub.receive.close()
+
+    def __del__(self) -> None:
+        # A reader that left without aclose() (a break, a cancelled task, a
+        # web response whose client went away): its subscription kept up to
+        # ``buffer`` events, each a copy, and was handed every later one for
+        # as long as the session lived. Closed, it is dropped at the next event.
         self._sub.receive.close()
 
     async def __aenter__(self) -> EventStream:
@@ -654,7 +663,8 @@ class History:
                         - stats.current_buffer_used
                         + stats.tasks_waiting_receive
                     )
-                    if room < 2:
+                    # A reader gone (see EventStream.__del__): the send says so.
+                    if room < 2 and stats.open_receive_streams:
                         sub.dropped += 1
                         continue
                     send.send_nowait(self._overflow_marker(sub, event.seq))
@@ -679,9 +689,13 @@ class History:
             {"dropped": dropped, "next_seq": next_seq},
         )
 
-    def stream(self, buffer: int) -> EventStream:
-        """Subscribe now; return an async iterator over the events from here on."""
-        sub = _Subscription(buffer)
+    def stream(self, buffer: int, loop: object = None) -> EventStream:
+        """Subscribe now; return an async iterator over the events from here on.
+
+        ``loop``: the event loop the stream is read on, as the caller names it
+        (see :meth:`streams_loop`).
+        """
+        sub = _Subscription(buffer, loop)
         if self._closed:
             sub.send.close()  # nothing more will come: the stream ends at once
         else:
@@ -690,6 +704,17 @@ class History:
             self._subscriptions.append(sub)
             self.quiet = False
         return EventStream(sub, self)
+
+    def streams_loop(self) -> object:
+        """The ``loop`` of the newest open stream that has one, else ``None``.
+
+        A stream's reader waits on that event loop: events handed to it (or
+        its end) must come from that loop's thread, which wakes the reader.
+        """
+        for sub in reversed(self._subscriptions or ()):
+            if sub.loop is not None:
+                return sub.loop
+        return None
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         if self._subscriptions is not None and sub in self._subscriptions:

@@ -14,12 +14,13 @@ import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio.from_thread
+import anyio.lowlevel
 from opentelemetry import metrics, trace
 
-from stageflow._engine._backend import call_soon_from_thread
+from stageflow._engine._backend import call_soon_from_thread, loop_handles_if_any
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._node_inputs import node_entry
 from stageflow._engine._positions import awaited, parked_calls, parked_waits
@@ -376,7 +377,7 @@ class Session:
                 + "; pass how many events may wait for a slow reader, a whole number of 0 or "
                 "more (0: no bound)"
             )
-        return self._state.history.stream(buffer)
+        return self._state.history.stream(buffer, loop_handles_if_any())
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on.
@@ -433,7 +434,10 @@ class Session:
         (broadcast); a suspended or restored session's saved waits count as
         waiting. When none waits, the input is queued (up to
         ``limits.max_input_backlog`` per type) for the next stage that does.
-        May be called before ``run()`` to queue inputs.
+        May be called before ``run()`` to queue inputs. On a session that does
+        not run, from another thread than the one an ``events()`` stream is
+        read on, it is handed to that loop (which wakes the reader), and
+        returns once the loop has taken it.
 
         Returns:
             how many waiters got it, or that it was queued.
@@ -461,6 +465,13 @@ class Session:
                 f"input {type!r} was not delivered. From other threads call "
                 "send_input_from_thread"
             )
+        if run is None:
+            loop = self._streams_loop_elsewhere()
+            if loop is not None:
+                try:
+                    return anyio.from_thread.run_sync(self.send_input, type, payload, token=loop)
+                except anyio.RunFinishedError:
+                    pass  # that loop has ended, and its readers with it: none to wake
         saved = state.saved if state.status is SessionStatus.WAITING and state.run is None else None
         # Suspended or restored: the stages it saved waiting are waiting still.
         parked = parked_waits(saved["position"], type, state.clock()) if saved else []
@@ -506,8 +517,10 @@ class Session:
         From another thread it hands the cancellation to the run's event loop
         and returns at once; the loop carries it out. The reason is recorded
         in the history. A ``waiting`` session
-        (suspended or restored) ends ``cancelled`` at once. Cancelling a
-        finished session does nothing.
+        (suspended or restored) ends ``cancelled`` at once (from another
+        thread than the one an ``events()`` stream is read on: handed to that
+        loop, and carried out before this returns). Cancelling a finished
+        session does nothing.
 
         Raises:
             TypeError: ``reason`` is not a string.
@@ -534,6 +547,14 @@ class Session:
             return
         if state.status in FINISHED:
             return
+        loop = self._streams_loop_elsewhere() if run is None else None
+        if loop is not None:
+            try:
+                anyio.from_thread.run_sync(self.cancel, reason, token=loop)
+            except anyio.RunFinishedError:
+                pass  # that loop has ended, and its readers with it: none to wake
+            else:
+                return
         if state.cancel_reason is None:
             state.cancel_reason = reason
         if state.status is SessionStatus.WAITING:
@@ -550,12 +571,28 @@ class Session:
         elif state.run is not None:
             state.run.cancel()
 
+    def _streams_loop_elsewhere(self) -> anyio.lowlevel.EventLoopToken | None:
+        """The event loop this session's streams are read on, if not this thread's.
+
+        A session that does not run records events (an input queued, its end)
+        in the caller's thread, and hands them to its streams: their readers
+        must be woken from their loop's thread (on trio it raised halfway,
+        and the readers waited for good). ``None``: no stream, or this thread.
+        """
+        loop = self._state.history.streams_loop()
+        if loop is None:
+            return None
+        token, thread = cast(tuple[anyio.lowlevel.EventLoopToken, int], loop)  # see events()
+        return token if thread != threading.get_ident() else None
+
     def run(self, *, suspend: bool = False) -> Coroutine[Any, Any, SessionResult]:
         """Run the pipeline to its end and return the outcome.
 
         Failures do not raise: they end the run with status ``failed`` (or
         ``timed_out``) and a typed ``error``. Cancelling the task that awaits
-        ``run()`` records ``session_cancelled`` and re-raises the cancellation.
+        ``run()`` records ``session_cancelled`` and re-raises the cancellation
+        (one that comes while the run is being suspended leaves the session
+        ``waiting``, and is re-raised too).
         A ``KeyboardInterrupt`` or ``SystemExit`` ends the session
         ``cancelled``, any other ``BaseException`` ends it ``failed``; either
         is re-raised.

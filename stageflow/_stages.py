@@ -338,7 +338,8 @@ class BaseStage:
     async def cleanup(self, ctx: StageContext, outcome: str) -> None:
         """Release what the attempt acquired; called after every attempt.
 
-        Runs shielded from cancellation and bounded by ``limits.cleanup_timeout``.
+        Runs shielded from cancellation (on asyncio from ``Task.cancel()``
+        too) and bounded by ``limits.cleanup_timeout``.
         ``outcome`` is ``succeeded``, ``failed`` or ``cancelled``. Errors it
         raises are logged and recorded (``cleanup_failed``), never raised.
         """

@@ -7,7 +7,7 @@ import contextlib
 import anyio
 import pytest
 import trio.testing
-from fakes import doc, fake_registry, load, stage, terminal
+from fakes import doc, fake_registry, load, stage, terminal, wait_until_waiting
 
 import stageflow
 
@@ -139,3 +139,61 @@ async def test_a_stream_made_while_a_suspended_session_waits_gets_its_next_run()
     waiting.cancel("gave up")
     with anyio.fail_after(60):
         assert [event.type async for event in cancelled] == ["session_cancelled"]
+
+
+@pytest.mark.anyio
+async def test_a_waiting_session_given_an_input_or_cancelled_from_a_thread_wakes_its_stream() -> (
+    None
+):
+    # A session that does not run records what a worker thread's call does
+    # in that thread, and handed the events to the stream's reader there: on
+    # trio waking it raised RuntimeError into the thread halfway (the input
+    # kept though its sender was told it failed), and the reader waited for good.
+    node = stage("w", "WaitStage", config={"input": "go"}, next="end")
+    session = session_of(node, terminal("end"), registry=fake_registry())
+    await session.run(suspend=True)
+    stream = session.events()
+    got: list[str] = []
+    receipts: list[stageflow.InputReceipt] = []
+    async with anyio.create_task_group() as tg:
+
+        async def read() -> None:
+            got.extend([event.type async for event in stream])
+
+        tg.start_soon(read)
+        await anyio.wait_all_tasks_blocked()  # the reader waits for an event
+        receipts.append(await anyio.to_thread.run_sync(session.send_input, "later", 1))
+        await anyio.wait_all_tasks_blocked()
+        await anyio.to_thread.run_sync(session.cancel, "the user left")
+    assert receipts == [stageflow.InputReceipt("later", delivered=0, queued=True)]
+    assert got == ["input_unexpected", "input_queued", "inputs_discarded", "session_cancelled"]
+    assert session.status is stageflow.SessionStatus.CANCELLED
+
+
+@pytest.mark.anyio
+async def test_a_reader_that_leaves_without_aclose_is_unsubscribed() -> None:
+    # A reader that broke out of its loop (or whose task was cancelled)
+    # without aclose() stayed subscribed for as long as the session lived:
+    # it kept up to `buffer` events and was handed a copy of every later one.
+    node = stage("w", "WaitStage", config={"input": "go"}, next="end")
+    session = session_of(node, terminal("end"), registry=fake_registry())
+    # The first one's buffer overflows before it reads.
+    streams = [session.events(buffer=2), session.events(buffer=0)]
+    left: list[str] = []
+
+    async def leave_early(stream: stageflow.EventStream) -> None:
+        async for event in stream:
+            left.append(event.type)
+            break
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        async with anyio.create_task_group() as readers:
+            while streams:
+                readers.start_soon(leave_early, streams.pop())
+        await wait_until_waiting(session, "go")
+        session.send_input("later", 1)  # events recorded after the readers left
+        assert not session._state.history._subscriptions
+        session.send_input("go", 1)
+    assert left == ["session_started", "session_started"]
+    assert session.status is stageflow.SessionStatus.COMPLETED

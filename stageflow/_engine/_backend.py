@@ -19,7 +19,9 @@ on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
   more coroutine frame for every waiting session, about 700 bytes and three
   objects the collector walks ("paused session" rows).
 
-On any other backend both come from anyio.
+On any other backend both come from anyio, and work that must finish (a
+stage's cleanup) runs in an asyncio task of its own (:func:`to_its_end`):
+anyio's shield does not hold off asyncio's own ``Task.cancel()``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ __all__ = [
     "is_interrupt",
     "is_stray_cancellation",
     "loop_handles",
+    "loop_handles_if_any",
     "run_in_virtual_time",
+    "to_its_end",
 ]
 
 _T = TypeVar("_T")
@@ -249,6 +253,15 @@ def loop_handles() -> tuple[anyio.lowlevel.EventLoopToken, int]:
     return token, thread
 
 
+def loop_handles_if_any() -> tuple[anyio.lowlevel.EventLoopToken, int] | None:
+    """:func:`loop_handles` when an event loop runs in this thread, else ``None``."""
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    return loop_handles()
+
+
 def call_soon_from_thread(
     token: anyio.lowlevel.EventLoopToken, function: Callable[..., object], *args: Any
 ) -> bool:
@@ -268,6 +281,43 @@ def call_soon_from_thread(
     except RuntimeError:  # trio's RunFinishedError, asyncio's "Event loop is closed"
         return False
     return True
+
+
+async def to_its_end(
+    backend: Backend, function: Callable[..., Awaitable[None]], *args: Any
+) -> None:
+    """Await ``function(*args)`` to its end, in a shielded cancel scope, on any backend.
+
+    anyio's shield holds off anyio's cancellations, but on asyncio not a native
+    one (``Task.cancel()``, ``asyncio.timeout``, a ``TaskGroup`` shutting
+    down): it stopped the work at its next await. There the work runs in a task
+    of its own, awaited to its end; what it raised is raised here, else a
+    native cancellation that came meanwhile. On trio the shield is enough.
+    """
+    if backend is _TRIO:
+        await function(*args)
+        return
+    task = asyncio.ensure_future(_raised(function, *args))
+    cancelled: BaseException | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))  # a cancellation of ours leaves the task running
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    raised = task.result()
+    if raised is not None:
+        raise raised
+    if cancelled is not None:
+        raise cancelled
+
+
+async def _raised(function: Callable[..., Awaitable[None]], *args: Any) -> BaseException | None:
+    """What ``function(*args)`` raised, if anything (:func:`to_its_end`'s task)."""
+    try:
+        await function(*args)
+    except BaseException as exc:  # raised by the task awaiting this one (a KeyboardInterrupt
+        return exc  # at a task's top would stop asyncio's event loop instead)
+    return None
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

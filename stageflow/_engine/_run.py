@@ -564,7 +564,12 @@ class Run:
                         self._interrupted(exc)
                         raise
                     if self.suspending:
-                        return self._suspended()
+                        # The task running us was cancelled from outside while
+                        # the run was being suspended: it ends suspended (its
+                        # snapshot is whole), and the cancellation goes on up
+                        # (returned instead, asyncio's Task.cancel() was lost).
+                        self._suspended()
+                        raise
                     # The task running us was cancelled from outside: record, re-raise.
                     self._finish(
                         SessionStatus.CANCELLED, None, reason="the task running it was cancelled"

@@ -20,7 +20,12 @@ import anyio.lowlevel
 
 from stageflow._context import MISSING, Context
 from stageflow._deadlines import after
-from stageflow._engine._backend import deciding_leaf, is_cancellation, is_stray_cancellation
+from stageflow._engine._backend import (
+    deciding_leaf,
+    is_cancellation,
+    is_stray_cancellation,
+    to_its_end,
+)
 from stageflow._engine._contracts import check_contract
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
@@ -350,26 +355,35 @@ class StageExecutor:
     ) -> None:
         """Run the stage's cleanup shielded from cancellation and bounded in time."""
         with anyio.CancelScope(shield=True):
-            try:
-                timeout = kernel.limits.cleanup_timeout
-                with anyio.move_on_after(timeout) as bound:
-                    await stage.cleanup(ctx, outcome)
-                if bound.cancelled_caught:
-                    raise TimeoutError(
-                        f"cleanup() of stage {ctx.stage!r} at node {ctx.node_id!r} took longer "
-                        f"than limits.cleanup_timeout ({timeout:g} s) and was stopped; make it "
-                        "faster, or raise the limit"
-                    )
-            except Exception as exc:
-                _log.exception(
-                    "stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id
+            await to_its_end(
+                kernel.backend, StageExecutor._bounded_cleanup, kernel, stage, ctx, outcome, frame
+            )
+
+    @staticmethod
+    async def _bounded_cleanup(
+        kernel: Kernel, stage: BaseStage, ctx: StageContext, outcome: str, frame: Frame
+    ) -> None:
+        """The stage's cleanup, stopped after ``limits.cleanup_timeout``; a failure is recorded."""
+        try:
+            timeout = kernel.limits.cleanup_timeout
+            with anyio.move_on_after(timeout) as bound:
+                await stage.cleanup(ctx, outcome)
+            if bound.cancelled_caught:
+                raise TimeoutError(
+                    f"cleanup() of stage {ctx.stage!r} at node {ctx.node_id!r} took longer "
+                    f"than limits.cleanup_timeout ({timeout:g} s) and was stopped; make it "
+                    "faster, or raise the limit"
                 )
-                kernel.history.record(
-                    "cleanup_failed",
-                    ctx.node_id,
-                    frame.path,
-                    {"outcome": outcome, "error": describe_exception(exc)},
-                )
+        except BaseException as exc:  # looked at: all but a stage's own CancelledError re-raised
+            if not isinstance(exc, Exception) and not is_stray_cancellation(exc, kernel.backend):
+                raise
+            _log.exception("stage.cleanup_failed", session_id=ctx.session_id, node_id=ctx.node_id)
+            kernel.history.record(
+                "cleanup_failed",
+                ctx.node_id,
+                frame.path,
+                {"outcome": outcome, "error": describe_exception(exc)},
+            )
 
     @staticmethod
     def _write_outputs(node: StageNode, outputs: object, ctx: Context) -> None:

@@ -351,3 +351,51 @@ async def test_cancel_from_another_thread_cancels_the_run() -> None:
         result = await session.run()
     assert result.status is stageflow.SessionStatus.CANCELLED
     assert result.history[-1].payload["reason"] == "the user left"
+
+
+def _cancel_on_suspend(session: stageflow.Session, cancel: Any) -> None:
+    """Call ``cancel()`` as the session records ``session_suspended`` (its run tears down)."""
+
+    def on_event(event: stageflow.Event) -> None:
+        if event.type == "session_suspended":
+            cancel()
+
+    session.subscribe(on_event)
+
+
+async def test_a_cancellation_from_outside_while_suspending_goes_up_and_the_session_waits() -> None:
+    # run() returned the waiting result instead: the caller's cancellation
+    # was swallowed (on asyncio a Task.cancel() was lost for good).
+    registry = _registry()
+    session = stageflow.Session(
+        load(doc([_waiting("w", next="end"), terminal("end", "w")]), registry)
+    )
+    returned = False
+    with anyio.CancelScope() as outer:
+        _cancel_on_suspend(session, outer.cancel)
+        await session.run(suspend=True)
+        returned = True
+    assert not returned
+    assert outer.cancelled_caught
+    assert session.status is stageflow.SessionStatus.WAITING
+    assert session.history[-1].type == "session_suspended"
+    snapshot = session.to_dict()
+    assert snapshot["status"] == "waiting"
+    restored = stageflow.Session.from_dict(snapshot, registry=registry)
+    restored.send_input("go", {"ok": True})
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"w": {"ok": True}}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_task_cancel_while_suspending_is_not_lost() -> None:
+    registry = _registry()
+    session = stageflow.Session(load(doc([_waiting("w", next="end"), terminal()]), registry))
+    task = asyncio.create_task(session.run(suspend=True))
+    _cancel_on_suspend(session, task.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert session.status is stageflow.SessionStatus.WAITING
+    assert session.to_dict()["status"] == "waiting"

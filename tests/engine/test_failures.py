@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -419,6 +420,60 @@ async def test_cleanup_that_hangs_is_bounded() -> None:
         "cleanup() of stage 'BadCleanup' at node 'b' took longer than "
         "limits.cleanup_timeout (1 s) and was stopped; make it faster, or raise the limit"
     )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cleanup_runs_to_its_end_through_an_asyncio_task_cancel() -> None:
+    # anyio's shield does not hold off asyncio's own Task.cancel() (what
+    # asyncio.timeout and a TaskGroup shutting down use): the cleanup was
+    # stopped at its first await, and the stage's resources were never released.
+    registry = fake_registry()
+    started = asyncio.Event()
+    cleaned: list[str] = []
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            started.set()
+            await asyncio.sleep(0)  # the task running the session is cancelled here
+            cleaned.append(outcome)
+
+    document = doc([stage("h", "Holder", next="end"), terminal("end")])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    task = asyncio.create_task(session.run())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["succeeded"]
+    assert task.cancelled()  # the cancellation went up after the cleanup
+    assert session.status is S.CANCELLED
+    assert [e.type for e in session.history][-2:] == ["node_cancelled", "session_cancelled"]
+
+
+async def test_a_cleanups_own_cancelled_error_is_a_cleanup_failure() -> None:
+    # A CancelledError the cleanup raised though nothing cancelled it (a
+    # future of its own that was cancelled) went up as the run's
+    # cancellation: run() raised it and the session ended cancelled.
+    registry = fake_registry()
+
+    @registry.register("Holder")
+    class Holder(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> None:
+            return None
+
+        async def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:
+            raise asyncio.CancelledError("a future of its own was cancelled")
+
+    result = await run_with(doc([stage("h", "Holder", next="end"), terminal("end")]), registry)
+    assert result.status is S.COMPLETED
+    [failed] = [e for e in result.history if e.type == "cleanup_failed"]
+    assert failed.node_id == "h"
+    assert failed.payload["outcome"] == "succeeded"
+    assert failed.payload["error"]["type"] == "CancelledError"
 
 
 async def test_step_limit_ends_a_loop() -> None:
