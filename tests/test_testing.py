@@ -251,6 +251,22 @@ def test_a_case_built_in_python_runs_with_a_given_registry() -> None:
     assert [f.field for f in wrong.failures] == ["artifacts"]
 
 
+def test_a_result_expected_in_python_is_checked() -> None:
+    # Without has_result=True the result was not checked: any result passed.
+    case = Case(
+        name="n",
+        pipeline=REFERENCE / "pipeline.json",
+        stages=(str(REFERENCE / "stages.py"),),
+        payload=SHORT,
+        expect=Expectations(result={"status": "done"}),
+    )
+    (failure,) = run_case(case).failures
+    assert failure.render() == 'result: expected {"status": "done"}, got {"status": "ok"}'
+    none = attrs.evolve(case, expect=Expectations(result=None, has_result=True))
+    assert [f.field for f in run_case(none).failures] == ["result"]
+    assert not Expectations().has_result
+
+
 def test_a_pipeline_path_given_as_a_str_is_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
     # It was read as the document itself: "a pipeline document is a JSON object, got a string".
     monkeypatch.chdir(REFERENCE)

@@ -231,6 +231,10 @@ class ErrorExpectation:
     cause_type: str | None = None
 
 
+def _given_result(expectations: Expectations) -> bool:
+    return expectations.result is not None
+
+
 @attrs.frozen
 class Expectations:
     """What a run must produce. ``None`` means "not checked".
@@ -238,9 +242,10 @@ class Expectations:
     Attributes:
         status: the session status (``completed``, ``failed``, ``cancelled``).
             When neither it nor ``limit_exceeded`` is given, ``completed``.
-        result: the terminal's result, exactly. Use :attr:`has_result` to
-            tell "expect ``null``" from "not checked".
-        has_result: whether ``result`` is checked.
+        result: the terminal's result, exactly.
+        has_result: whether ``result`` is checked; by default, whether a
+            ``result`` is given. ``has_result=True`` with ``result=None``
+            expects that no terminal was reached.
         artifacts: the artifacts, exactly.
         artifacts_subset: artifacts that must be present with these values.
         path: the started node ids, exactly.
@@ -253,7 +258,9 @@ class Expectations:
 
     status: str | None = None
     result: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
-    has_result: bool = False
+    # A result given in Python is checked without has_result=True: an
+    # expectation that is left unchecked would hold whatever the run returned.
+    has_result: bool = attrs.field(default=attrs.Factory(_given_result, takes_self=True))
     artifacts: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
     artifacts_subset: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_freeze_optional
