@@ -893,6 +893,47 @@ def test_coverage_counts_map_and_subpipeline_edges() -> None:
     assert coverage.complete
 
 
+def test_coverage_does_not_credit_a_subpipeline_node_to_its_callers_namesake() -> None:
+    # The child's "done" ran, the caller's never did: it counted as covered.
+    from stageflow import builtins
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "call",
+        "nodes": [
+            {"id": "call", "type": "subpipeline", "pipeline": "child", "next": "check"},
+            {
+                "id": "check",
+                "type": "condition",
+                "conditions": [{"if": {"var": "never"}, "then": "done"}],
+                "else": "other",
+            },
+            {"id": "done", "type": "terminal"},
+            {"id": "other", "type": "terminal"},
+        ],
+        "subpipelines": {
+            "child": {
+                "entry": "other",
+                "nodes": [
+                    {
+                        "id": "other",
+                        "type": "stage",
+                        "stage": "builtins.set",
+                        "config": {"value": 1},
+                        "next": "done",
+                    },
+                    {"id": "done", "type": "terminal"},
+                ],
+            }
+        },
+    }
+    result = run_case(Case(name="n", pipeline=pipeline), registry=builtins.registry())
+    assert result.visited == ("call", "other", "done", "check", "other")
+    (coverage,) = coverage_of([result])
+    assert coverage.node_hits == {"call": 1, "check": 1, "done": 0, "other": 1}
+    assert coverage.missed_edges == (Edge("check", EdgeKind.THEN, "done", 0),)
+
+
 def test_coverage_reports_a_map_body_never_entered() -> None:
     from stageflow import builtins
 
