@@ -363,6 +363,25 @@ def test_a_rejected_input_is_recorded_with_its_reason() -> None:
     assert "max_input_backlog" in second.error
 
 
+def test_a_rejected_input_fails_a_case_that_does_not_expect_it() -> None:
+    # The case passed: a scripted input the session refused was only recorded.
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"max_input_backlog": 1}
+    inputs = [
+        {"type": "approval", "payload": {"ok": True}, "at": 1},
+        {"type": "approval", "payload": {"ok": False}, "at": 2},
+    ]
+    result = run_case(approval_case(pipeline=pipeline, inputs=inputs))
+    (failure,) = result.failures
+    assert (failure.field, failure.message) == ("inputs", "1 rejected by the session")
+    first, last = failure.details.splitlines()
+    assert first.startswith(
+        "input 'approval' (at t=2s): sent at t=2s; the session said: input 'approval' was "
+        "rejected: 1 inputs of this type already wait for a stage (limits.max_input_backlog)"
+    )
+    assert last.endswith("a case that tests rejections expects the input_rejected event")
+
+
 def test_scripted_input_descriptions() -> None:
     case = approval_case(inputs=[{"type": "a"}, {"type": "b", "payload": 1, "at": 2.5}])
     assert [i.describe() for i in case.inputs] == [

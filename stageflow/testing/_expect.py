@@ -114,9 +114,11 @@ def _checks(case: Case, run: Observed) -> Iterator[Failure | None]:
     if expect.error is not None:
         yield _check_error(expect.error, run)
     if case.inputs:
-        # A case about discarded inputs expects their event; the others must use every input.
-        discarding = any(e.type == "inputs_discarded" for e in expect.events)
-        yield _check_inputs(run, () if discarding else run.discarded)
+        # A case about discarded (rejected) inputs expects their event; the
+        # others must have every input taken.
+        expected = {e.type for e in expect.events}
+        discarded = () if "inputs_discarded" in expected else run.discarded
+        yield _check_inputs(run, discarded, rejections="input_rejected" in expected)
 
 
 def _error_line(error: BaseException | None) -> str:
@@ -319,15 +321,20 @@ def _unreceived(
     return [r for r in records if any(r is o for o in out)]
 
 
-def _check_inputs(run: Observed, discarded: Sequence[tuple[str, Any]]) -> Failure | None:
+def _check_inputs(
+    run: Observed, discarded: Sequence[tuple[str, Any]], *, rejections: bool
+) -> Failure | None:
     unsent = [r for r in run.inputs if r.sent_at is None]
     unreceived = {id(r) for r in _unreceived(run.inputs, discarded)}
-    if not unsent and not unreceived:
+    rejected = 0 if rejections else sum(r.error is not None for r in run.inputs)
+    if not unsent and not unreceived and not rejected:
         return None
     lines = []
     for record in run.inputs:
         scripted = record.input
-        if id(record) in unreceived:
+        if record.error is not None and not rejections:
+            why = f"sent at t={record.sent_at:g}s; the session said: {record.error}"
+        elif id(record) in unreceived:
             why = (
                 f"sent at t={record.sent_at:g}s and kept for a wait, but no wait took it: "
                 "the session discarded it when it ended"
@@ -342,8 +349,8 @@ def _check_inputs(run: Observed, discarded: Sequence[tuple[str, Any]]) -> Failur
     parts = [f"{len(unsent)} scripted input(s) never sent"] if unsent else []
     if unreceived:
         parts.append(f"{len(unreceived)} sent but never received")
-    return Failure(
-        "inputs",
-        ", ".join(parts),
-        "\n".join(lines) + "\nremove them from the case, or fix the pipeline so it waits for them",
-    )
+    hint = "remove them from the case, or fix the pipeline so it waits for them"
+    if rejected:
+        parts.append(f"{rejected} rejected by the session")
+        hint += "; a case that tests rejections expects the input_rejected event"
+    return Failure("inputs", ", ".join(parts), "\n".join(lines) + "\n" + hint)
