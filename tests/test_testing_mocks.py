@@ -44,6 +44,38 @@ def test_mocks_keep_the_real_spec_and_leave_the_real_registry_alone() -> None:
     assert real.get("InitStage").target.__name__ == "InitStage"
 
 
+@pytest.mark.parametrize(
+    ("registry", "mocks", "message"),
+    [
+        (
+            {},
+            {},
+            "mock_registry() was given a dict for the registry; pass the stageflow.StageRegistry "
+            "that holds the real stages",
+        ),
+        (
+            None,
+            [("InitStage", StageMock())],
+            "mock_registry() was given a list for the mocks; pass a dict of stage name -> "
+            "StageMock, such as {'Fetch': StageMock(outputs={...})}",
+        ),
+        (
+            None,
+            {"InitStage": {"outputs": {"score": 1}}},
+            "mock_registry() was given a dict as the mock of 'InitStage'; pass a StageMock, "
+            "such as {'Fetch': StageMock(outputs={...})} (a case file's dicts are read by "
+            "load_cases)",
+        ),
+    ],
+)
+def test_mock_registry_says_what_it_takes(registry: object, mocks: object, message: str) -> None:
+    # It raised AttributeError: 'dict' object has no attribute 'outputs'.
+    real = reference_registry() if registry is None else registry
+    with pytest.raises(TypeError) as caught:
+        mock_registry(real, mocks)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
 def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]) -> None:
     path = write_cases([{"name": "n", "mocks": {"InitStag": {}}}])
     with pytest.raises(CaseValidationError) as caught:

@@ -19,7 +19,7 @@ from stageflow import (
     StageNode,
     StageRegistry,
 )
-from stageflow._json import thaw
+from stageflow._json import a_python_type, thaw
 from stageflow._specs import compile_schema, json_message
 from stageflow._stage_modules import (
     StagesModuleError,
@@ -27,7 +27,13 @@ from stageflow._stage_modules import (
     registry_of,
 )
 from stageflow._stages import default_registry
-from stageflow.testing._model import Case, CaseValidationError, MockError, StageMock
+from stageflow.testing._model import (
+    Case,
+    CaseValidationError,
+    MockError,
+    StageMock,
+    dict_hint,
+)
 
 __all__ = [
     "exception_class",
@@ -136,7 +142,10 @@ def mock_registry(
     Raises:
         CaseValidationError: a mock names a stage that is not registered, or
             its outputs do not match the stage's declared outputs schema.
+        TypeError: ``registry`` is no :class:`~stageflow.StageRegistry`, or
+            ``mocks`` no mapping of stage names to :class:`StageMock` objects.
     """
+    _check_arguments(registry, mocks)
     problems: list[Problem] = []
     core = _core_names()
     for name, mock in mocks.items():
@@ -200,6 +209,26 @@ def mock_registry(
                 source=f"stageflow.testing mock of {entry.source}",
             )
     return mocked
+
+
+def _check_arguments(registry: object, mocks: object) -> None:
+    if not isinstance(registry, StageRegistry):
+        raise TypeError(
+            f"mock_registry() was given {a_python_type(registry)} for the registry; pass the "
+            "stageflow.StageRegistry that holds the real stages"
+        )
+    example = "{'Fetch': StageMock(outputs={...})}"
+    if not isinstance(mocks, Mapping):
+        raise TypeError(
+            f"mock_registry() was given {a_python_type(mocks)} for the mocks; pass a dict "
+            f"of stage name -> StageMock, such as {example}"
+        )
+    for name, mock in mocks.items():
+        if not isinstance(mock, StageMock):
+            raise TypeError(
+                f"mock_registry() was given {a_python_type(mock)} as the mock of {name!r}; "
+                f"pass a StageMock, such as {example}{dict_hint(mock)}"
+            )
 
 
 def _stage_names(pipeline: Pipeline, into: set[str]) -> set[str]:

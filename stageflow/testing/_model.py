@@ -33,6 +33,7 @@ __all__ = [
     "ScriptedInput",
     "StageMock",
     "check_list",
+    "dict_hint",
 ]
 
 DEFAULT_MAX_TIME: Final = 86_400.0
@@ -69,18 +70,19 @@ def check_list(call: str, name: str, value: object, *, error: type[Exception] = 
         )
 
 
-def _dict_hint(value: object) -> str:
+def dict_hint(value: object) -> str:
+    """A hint for a dict given where a case class is taken (a case file's form)."""
     return " (a case file's dicts are read by load_cases)" if isinstance(value, Mapping) else ""
 
 
 def _one(kind: type, example: str, *, optional: bool = False) -> Any:
     """Validator: a ``kind`` (or ``None`` if ``optional``); a dict is a case file's form."""
-    return one_instance(kind, example, optional=optional, hint=_dict_hint)
+    return one_instance(kind, example, optional=optional, hint=dict_hint)
 
 
 def _each(kind: type, example: str) -> Any:
     """Validator: a tuple, or a mapping's values, all ``kind`` objects."""
-    return each_instance(kind, example, hint=_dict_hint)
+    return each_instance(kind, example, hint=dict_hint)
 
 
 def _module_list(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
