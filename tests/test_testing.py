@@ -676,6 +676,35 @@ def test_plugin_runs_under_the_async_plugins_modes(pytester: pytest.Pytester, in
     result.stdout.fnmatch_lines(["*c.stageflow.json::c PASSED*"])
 
 
+def test_ctrl_c_in_a_case_stops_pytest(pytester: pytest.Pytester) -> None:
+    # It reached pytest in a BaseExceptionGroup: the case failed, and the next one ran.
+    pytester.makepyfile(
+        stages=(
+            "import stageflow\n"
+            "registry = stageflow.StageRegistry()\n"
+            "@registry.register('Interrupted')\n"
+            "async def interrupted(ctx):\n"
+            "    raise KeyboardInterrupt\n"
+        )
+    )
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "ask",
+        "nodes": [
+            {"id": "ask", "type": "stage", "stage": "Interrupted", "next": "end"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    case = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "a"}, {"name": "b"}]}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    (only,) = load_cases(pytester.path / "c.stageflow.json")[:1]
+    with pytest.raises(KeyboardInterrupt):
+        run_case(only)
+    result = pytester.runpytest(no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*", "*no tests ran*"])
+
+
 def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:
     (pytester.path / "bad.stageflow.yaml").write_text("pipeline: p.json\ncases: []\n")
     result = pytester.runpytest()

@@ -19,7 +19,12 @@ from stageflow import (
     StageflowError,
     StageRegistry,
 )
-from stageflow._engine._backend import in_trio_run, run_in_virtual_time
+from stageflow._engine._backend import (
+    deciding_leaf,
+    in_trio_run,
+    is_interrupt,
+    run_in_virtual_time,
+)
 from stageflow._json import a_python_type, thaw
 from stageflow.testing._expect import Observed, check, unknown_nodes
 from stageflow.testing._mocks import mock_registry, registry_from_modules, unused_mocks
@@ -251,6 +256,10 @@ class _Driver:
             # clearer on its own than wrapped in the task group's group.
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
                 raise group.exceptions[0] from None
+            # Ctrl-C goes up as KeyboardInterrupt: in a group, pytest took it
+            # for the case's failure and went on with the next case.
+            if is_interrupt(group):
+                raise deciding_leaf(group, anyio.get_cancelled_exc_class()) from None
             raise
         finally:
             unsubscribe()
