@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from tester_support import (
     CASES,
@@ -20,13 +21,16 @@ from tester_support import (
 import stageflow
 from stageflow.testing import (
     CaseValidationError,
+    InputRecord,
     MockError,
+    ScriptedInput,
     StageMock,
     load_cases,
     mock_registry,
     run_case,
     run_case_files,
 )
+from stageflow.testing._expect import Observed, check
 from stageflow.testing._load import cases_from_document
 
 # ------------------------------------------------------------------ mocks
@@ -359,6 +363,42 @@ def test_an_input_sent_but_never_received_fails_the_case() -> None:
     ]
     expect = {"events": [{"type": "inputs_discarded", "payload": {"count": 2}}]}
     assert run_case(approval_case(inputs=inputs, expect=expect)).passed
+
+
+def test_an_input_given_to_a_wait_torn_down_fails_the_case() -> None:
+    # Sent at the moment a parallel "any" race was decided, it reached the losing
+    # branch's wait, which was torn down before its stage took it: the session
+    # discarded it, and the case passed (only inputs kept in the backlog counted).
+    # Which task runs first at one virtual time varies, so the run is made up.
+    (given, twice, kept) = inputs = (
+        ScriptedInput("approval", {"ok": True}, at=5),
+        ScriptedInput("approval", {"ok": False}, at=5),
+        ScriptedInput("approval", {"ok": True, "again": True}, at=7),
+    )
+    case = approval_case(inputs=[attrs.asdict(i) for i in inputs])
+    observed = Observed(
+        status=stageflow.SessionStatus.COMPLETED,
+        result=None,
+        artifacts={},
+        error=None,
+        history=(),
+        elapsed=10.0,
+        limit_exceeded=None,
+        limit_detail="",
+        inputs=(
+            InputRecord(given, sent_at=5.0, delivered=1),
+            InputRecord(twice, sent_at=5.0, delivered=2),  # one of its two waits took it
+            InputRecord(kept, sent_at=7.0, delivered=1),
+        ),
+        discarded=(("approval", {"ok": True}), ("approval", {"ok": False})),
+    )
+    (failures, _) = check(case, observed)
+    (failure,) = failures
+    assert (failure.field, failure.message) == ("inputs", "1 sent but never received")
+    assert failure.details.splitlines()[0] == (
+        "input 'approval' (at t=5s): sent at t=5s to a waiting stage, whose branch ended "
+        "before the stage took it: the session discarded it when it ended"
+    )
 
 
 def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:

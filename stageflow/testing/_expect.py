@@ -305,20 +305,31 @@ def _check_error(expected: ErrorExpectation, run: Observed) -> Failure | None:
 def _unreceived(
     records: Sequence[InputRecord], discarded: Sequence[tuple[str, Any]]
 ) -> list[InputRecord]:
-    """The sent inputs among ``discarded``: per type, the last ones kept (queues are FIFO)."""
-    left: dict[str, int] = {}
-    for input_type, _ in discarded:
-        left[input_type] = left.get(input_type, 0) + 1
-    kept = sorted(
-        (r for r in records if r.sent_at is not None and r.error is None and r.queued),
-        key=lambda r: r.sent_at or 0.0,
+    """The sent inputs that ``discarded`` shows no stage took, matched by type and payload.
+
+    An input is discarded when it was kept and no wait took it, or when a
+    wait it was given to was torn down before its stage took it (its branch
+    lost an ``any`` race, say): one given to several waits was taken unless
+    each of them was torn down. Of equal kept inputs, the last ones are
+    taken first (queues are FIFO).
+    """
+    sent = sorted(
+        (r for r in records if r.sent_at is not None and r.error is None),
+        key=lambda r: (not r.queued, -(r.sent_at or 0.0)),
     )
-    out: list[InputRecord] = []
-    for record in reversed(kept):
-        if left.get(record.input.type, 0) > 0:
-            left[record.input.type] -= 1
-            out.append(record)
-    return [r for r in records if any(r is o for o in out)]
+    # A kept input is one copy; one given to waits, a copy per wait.
+    left = {id(r): 1 if r.queued else r.delivered for r in sent}
+    for input_type, payload in discarded:
+        for record in sent:
+            scripted = record.input
+            if (
+                left[id(record)] > 0
+                and scripted.type == input_type
+                and json_equal(scripted.payload, payload)
+            ):
+                left[id(record)] -= 1
+                break
+    return [r for r in sent if left[id(r)] == 0 and (r.queued or r.delivered)]
 
 
 def _check_inputs(
@@ -334,10 +345,15 @@ def _check_inputs(
         scripted = record.input
         if record.error is not None and not rejections:
             why = f"sent at t={record.sent_at:g}s; the session said: {record.error}"
-        elif id(record) in unreceived:
+        elif id(record) in unreceived and record.queued:
             why = (
                 f"sent at t={record.sent_at:g}s and kept for a wait, but no wait took it: "
                 "the session discarded it when it ended"
+            )
+        elif id(record) in unreceived:
+            why = (
+                f"sent at t={record.sent_at:g}s to a waiting stage, whose branch ended before "
+                "the stage took it: the session discarded it when it ended"
             )
         elif record.sent_at is not None:
             continue
