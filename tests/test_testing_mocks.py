@@ -121,6 +121,26 @@ def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[.
     assert 'expected integer, got string "high"' in problem.message
 
 
+def test_a_mock_without_an_output_a_node_writes_is_a_located_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    # The run failed with StageOutputError, which says to change the stage or the pipeline.
+    mocks = {"InitStage": {"outputs": {"score": 1}}}
+    path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks}])
+    with pytest.raises(CaseValidationError) as caught:
+        run_one(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.InitStage.outputs"
+    assert problem.message == (
+        "mock for stage 'InitStage' returns no 'need_parallel', which node 'start' writes to "
+        "'need_parallel', so the node fails whenever the mock succeeds; add 'need_parallel' "
+        "to the mock's outputs"
+    )
+    # A mock that fails its first attempt may never return: its outputs are not required.
+    mocks["InitStage"]["errors"] = [{"attempt": 1, "type": "ValueError"}]
+    assert run_one(write_cases([{"name": "n", "payload": SHORT, "mocks": mocks}])).failures
+
+
 def test_an_error_on_attempt_1_only(write_cases: Callable[..., Path]) -> None:
     # Without retries, an error on attempt 2 never fires: the run completes.
     mocks = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -37,6 +37,7 @@ from stageflow.testing._model import (
 
 __all__ = [
     "exception_class",
+    "missing_outputs",
     "mock_registry",
     "registry_from_modules",
     "unused_mocks",
@@ -231,11 +232,37 @@ def _check_arguments(registry: object, mocks: object) -> None:
             )
 
 
-def _stage_names(pipeline: Pipeline, into: set[str]) -> set[str]:
-    into.update(n.stage for n in pipeline.nodes if isinstance(n, StageNode))
+def _stage_nodes(pipeline: Pipeline) -> Iterator[StageNode]:
+    """The stage nodes of ``pipeline`` and of its subpipelines."""
+    yield from (n for n in pipeline.nodes if isinstance(n, StageNode))
     for sub in pipeline.subpipelines.values():
-        _stage_names(sub, into)
-    return into
+        yield from _stage_nodes(sub)
+
+
+def missing_outputs(case: Case, pipeline: Pipeline) -> list[Problem]:
+    """A problem for each output a node maps that its stage's mock never returns.
+
+    The node would fail with ``StageOutputError`` (whose message says to
+    change the stage or the pipeline) every time the mock succeeds. Only a
+    mock that succeeds on the first attempt is checked: whether one that
+    fails it is ever retried depends on the node's retry policy.
+    """
+    problems: list[Problem] = []
+    for node in _stage_nodes(pipeline):
+        mock = case.mocks.get(node.stage)
+        if mock is None or mock.error_for(1) is not None:
+            continue
+        problems.extend(
+            Problem(
+                f"{case.location}.mocks.{node.stage}.outputs",
+                f"mock for stage {node.stage!r} returns no {key!r}, which node {node.id!r} "
+                f"writes to {path!r}, so the node fails whenever the mock succeeds; add "
+                f"{key!r} to the mock's outputs",
+            )
+            for key, path in node.outputs.items()
+            if key not in mock.outputs
+        )
+    return problems
 
 
 def unused_mocks(case: Case, pipeline: Pipeline) -> list[Problem]:
@@ -243,7 +270,7 @@ def unused_mocks(case: Case, pipeline: Pipeline) -> list[Problem]:
 
     Such a mock changes nothing: the case would test the real stage it meant to replace.
     """
-    used = _stage_names(pipeline, set()) - _core_names()
+    used = {n.stage for n in _stage_nodes(pipeline)} - _core_names()
     return [
         Problem(
             f"{case.location}.mocks.{name}",

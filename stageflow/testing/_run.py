@@ -27,7 +27,12 @@ from stageflow._engine._backend import (
 )
 from stageflow._json import a_python_type, thaw
 from stageflow.testing._expect import Observed, check, unknown_nodes
-from stageflow.testing._mocks import mock_registry, registry_from_modules, unused_mocks
+from stageflow.testing._mocks import (
+    missing_outputs,
+    mock_registry,
+    registry_from_modules,
+    unused_mocks,
+)
 from stageflow.testing._model import Case, CaseValidationError, ScriptedInput
 from stageflow.testing._result import CaseOutcome, CaseResult, InputRecord
 
@@ -48,8 +53,9 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
 
     Raises:
         CaseValidationError: bad stages modules or mocks (a mock of a stage
-            no node uses), a pipeline file that cannot be read, or an
-            expectation naming a node the pipeline does not have.
+            no node uses, or without an output a node writes), a pipeline
+            file that cannot be read, or an expectation naming a node the
+            pipeline does not have.
         PipelineValidationError: the pipeline is not valid.
     """
     source = str(case.file) if case.file is not None else None
@@ -76,7 +82,11 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
         pipeline = Pipeline.from_dict(
             thaw(case.pipeline), registry=mocked, source=f"{source or 'case'} $.pipeline"
         )
-    problems = unused_mocks(case, pipeline) + unknown_nodes(case, pipeline)
+    problems = (
+        unused_mocks(case, pipeline)
+        + missing_outputs(case, pipeline)
+        + unknown_nodes(case, pipeline)
+    )
     if problems:
         raise CaseValidationError(problems, source=source)
     return PreparedCase(case, pipeline, mocked)
