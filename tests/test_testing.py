@@ -441,6 +441,19 @@ def test_an_expectation_naming_a_node_the_pipeline_lacks_is_a_located_error(
     assert (report.errors, report.passed) == (1, 0)
 
 
+def test_an_event_expected_of_an_empty_node_id_is_a_located_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    # The empty id was not checked, and "count": 0 held whatever the run did.
+    expect = {"events": [{"type": "node_started", "node_id": "", "count": 0}]}
+    (case,) = load_cases(write_cases([{"name": "n", "payload": SHORT, "expect": expect}]))
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].expect.events[0].node_id"
+    assert problem.message.startswith("'' is not a node of pipeline 'demo_full_flow'")
+
+
 def test_the_nodes_of_subpipelines_can_be_expected() -> None:
     from stageflow import builtins
 

@@ -64,7 +64,9 @@ def unknown_nodes(case: Case, pipeline: Pipeline) -> list[Problem]:
         ids: tuple[str, ...] | None = getattr(expect, key)
         named.extend((f"{key}[{i}]", node_id) for i, node_id in enumerate(ids or ()))
     named.extend(
-        (f"events[{i}].node_id", e.node_id) for i, e in enumerate(expect.events) if e.node_id
+        (f"events[{i}].node_id", e.node_id)
+        for i, e in enumerate(expect.events)
+        if e.node_id is not None
     )
     if expect.error is not None and expect.error.node_id is not None:
         named.append(("error.node_id", expect.error.node_id))
