@@ -484,6 +484,26 @@ def test_a_missing_event_type_lists_the_types_seen(write_cases: Callable[..., Pa
     assert failure.details.startswith("no 'nope' event at all; types seen: node_finished")
 
 
+def test_an_event_expected_of_one_node_is_compared_with_that_nodes_events(
+    write_cases: Callable[..., Path],
+) -> None:
+    # The payload was compared with the first event of the type, another node's.
+    events = [
+        {"type": "node_finished", "node_id": "decide", "payload": {"next": "fanout"}},
+        {"type": "node_finished", "node_id": "fanout", "payload": {"next": "finish"}},
+    ]
+    path = write_cases([{"name": "n", "payload": SHORT, "expect": {"events": events}}])
+    (other, never) = run_one(path).failures
+    assert other.details.splitlines() == [
+        "events of that type at node 'decide':",
+        '#6 node_finished node \'decide\' {"branch": "else", "next": "finish", '
+        '"node_type": "condition"}',
+        'first one differs: payload.next: expected "fanout", got "finish"',
+    ]
+    assert never.details.splitlines()[0] == "events of that type:"
+    assert never.details.splitlines()[-1] == "none of them at node 'fanout'"
+
+
 def test_error_expectations_report_each_mismatch(write_cases: Callable[..., Path]) -> None:
     mocks = {"WorkerAStage": {"errors": [{"type": "KeyError", "message": "gone"}]}}
     expect = {

@@ -250,13 +250,21 @@ def _check_event(
         return None
     same_type = [e for e in history if e.type == expected.type]
     if same_type:
-        more = len(same_type) - _SHOWN
-        details = "events of that type:\n" + "\n".join(_show(e) for e in same_type[:_SHOWN])
+        # The payload is compared with an event of the expected node, not
+        # with another node's (which said "differs" about the wrong event).
+        node_id = expected.node_id
+        of_node = [e for e in same_type if node_id is None or e.node_id == node_id]
+        listed = of_node or same_type
+        more = len(listed) - _SHOWN
+        where = f" at node {node_id!r}" if of_node and node_id is not None else ""
+        details = f"events of that type{where}:\n" + "\n".join(_show(e) for e in listed[:_SHOWN])
         if more > 0:
             details += f"\n... and {more} more"
-        if expected.payload is not None:
-            closest = subset_mismatches(expected.payload, same_type[0].payload, "payload")
-            details += f"\nfirst one differs: {'; '.join(closest) or 'node id'}"
+        if not of_node:
+            details += f"\nnone of them at node {node_id!r}"
+        elif expected.payload is not None:
+            closest = subset_mismatches(expected.payload, of_node[0].payload, "payload")
+            details += f"\nfirst one differs: {'; '.join(closest)}"
     else:
         types = sorted({e.type for e in history})
         details = f"no {expected.type!r} event at all; types seen: {', '.join(types)}"
