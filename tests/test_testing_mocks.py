@@ -365,6 +365,36 @@ def test_an_input_never_sent_fails_the_case() -> None:
     ]
 
 
+def test_inputs_left_unsent_by_a_broadcast_say_so() -> None:
+    # Three map items wait at once and the first input reaches all three; the
+    # others were "never waited for", though the session waited three times.
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "each",
+        "nodes": [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "xs",
+                "body": "ask",
+                "concurrency": 3,
+                "next": "done",
+            },
+            {"id": "ask", "type": "stage", "stage": "AskApproval"},
+            {"id": "done", "type": "terminal"},
+        ],
+    }
+    inputs = [{"type": "approval", "payload": {"ok": ok}} for ok in (True, False)]
+    result = run_case(approval_case(pipeline=pipeline, payload={"xs": [1, 2, 3]}, inputs=inputs))
+    assert [r.delivered for r in result.inputs] == [3, 0]
+    (failure,) = result.failures
+    assert failure.details.splitlines()[0] == (
+        "input 'approval' (when the session waits for it): the session never waited for "
+        "'approval' while this input was next (the one sent at t=0s reached 3 waiting stages "
+        "at once: an input goes to every stage waiting for its type)"
+    )
+
+
 def test_an_input_sent_but_never_received_fails_the_case() -> None:
     # Sent at its time and kept, then discarded at the end: the case passed before.
     inputs = [

@@ -342,6 +342,17 @@ def _unreceived(
     return [r for r in sent if left[id(r)] == 0 and (r.queued or r.delivered)]
 
 
+def _broadcast_note(records: Sequence[InputRecord], input_type: str) -> str:
+    """Why waits that came at once left an input unsent: one input went to all of them."""
+    shared = next((r for r in records if r.input.type == input_type and r.delivered > 1), None)
+    if shared is None:
+        return ""
+    return (
+        f" (the one sent at t={shared.sent_at or 0.0:g}s reached {shared.delivered} waiting "
+        "stages at once: an input goes to every stage waiting for its type)"
+    )
+
+
 def _check_inputs(
     run: Observed, discarded: Sequence[tuple[str, Any]], *, rejections: bool
 ) -> Failure | None:
@@ -369,6 +380,7 @@ def _check_inputs(
             continue
         elif scripted.at is None:
             why = f"the session never waited for {scripted.type!r} while this input was next"
+            why += _broadcast_note(run.inputs, scripted.type)
         else:
             why = f"the run ended at t={run.elapsed:g}s, before it was due"
         lines.append(f"{scripted.describe()}: {why}")
