@@ -273,6 +273,20 @@ def test_the_time_limit_cancels_a_slow_run(write_cases: Callable[..., Path]) -> 
     assert expected.passed, expected.render()
 
 
+def test_a_run_that_ends_at_the_time_limit_is_within_it(
+    write_cases: Callable[..., Path],
+) -> None:
+    # At max_time the clock woke the tester's timer or the mock first, at random:
+    # the case failed about half the time.
+    mocks = {"InitStage": {"delay": 60, "outputs": {"score": 1, "need_parallel": False}}}
+    case = {"name": "n", "payload": SHORT, "mocks": mocks, "limits": {"max_time": 60}}
+    (loaded,) = load_cases(write_cases([case]))
+    for _ in range(20):
+        result = run_case(loaded)
+        assert result.passed, result.render()
+        assert result.elapsed == pytest.approx(60)
+
+
 def test_the_event_limit_cancels_a_run(write_cases: Callable[..., Path]) -> None:
     # The cancellation lands where the run next waits: in the mock's delay.
     mocks = {"WorkerAStage": {"delay": 1, "outputs": {"a_result": 1}}}
