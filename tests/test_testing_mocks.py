@@ -20,6 +20,7 @@ from tester_support import (
 
 import stageflow
 from stageflow.testing import (
+    Case,
     CaseValidationError,
     InputRecord,
     MockError,
@@ -285,6 +286,36 @@ def test_a_run_that_ends_at_the_time_limit_is_within_it(
         result = run_case(loaded)
         assert result.passed, result.render()
         assert result.elapsed == pytest.approx(60)
+
+
+def test_an_input_at_the_time_a_wait_times_out_comes_after_the_timeout() -> None:
+    # Which of the input and the timeout came first was random: the run took
+    # the input or the fallback about half the time each.
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "wait",
+        "nodes": [
+            {
+                "id": "wait",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "approval", "timeout": 10},
+                "next": "done",
+                "fallback": "late",
+            },
+            {"id": "done", "type": "terminal", "result": {"on_time": True}},
+            {"id": "late", "type": "terminal", "result": {"on_time": False}},
+        ],
+    }
+    inputs = (ScriptedInput("approval", {"ok": True}, at=10),)
+    case = Case(name="n", pipeline=pipeline, inputs=inputs)
+    for _ in range(20):
+        result = run_case(case)
+        assert result.result == {"on_time": False}
+        (failure,) = result.failures
+        assert failure.details.splitlines()[0] == (
+            "input 'approval' (at t=10s): the run ended at t=10s, the time it is sent at"
+        )
 
 
 def test_the_event_limit_cancels_a_run(write_cases: Callable[..., Path]) -> None:

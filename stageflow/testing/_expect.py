@@ -383,6 +383,9 @@ def _check_inputs(
             why += _broadcast_note(run.inputs, scripted.type)
         else:
             why = f"the run ended at t={run.elapsed:g}s, before it was due"
+            if scripted.at <= run.elapsed:
+                # Sent after what the run does at its time: the run ended then.
+                why = f"the run ended at t={run.elapsed:g}s, the time it is sent at"
         lines.append(f"{scripted.describe()}: {why}")
     parts = [f"{len(unsent)} scripted input(s) never sent"] if unsent else []
     if unreceived:

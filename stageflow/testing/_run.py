@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import math
 from pathlib import Path
 
 import anyio
@@ -25,6 +24,7 @@ from stageflow._engine._backend import (
     in_trio_run,
     is_interrupt,
     run_in_virtual_time,
+    wait_virtual_instant,
 )
 from stageflow._json import a_python_type, thaw
 from stageflow.testing._expect import Observed, check, unknown_nodes
@@ -198,10 +198,11 @@ class _Driver:
 
     async def _timer(self) -> None:
         max_time = self.case.limits.max_time
-        # Just after max_time: a run that ends at max_time itself (a mock's
-        # delay of max_time) is within the limit. At max_time, which of the
-        # timer and the run the clock woke first decided it at random.
-        await anyio.sleep_until(math.nextafter(self.start + max_time, math.inf))
+        await anyio.sleep(max_time)
+        # A run that ends at max_time itself (a mock's delay of max_time) is
+        # within the limit: which of this timer and the run the clock woke
+        # first decided it at random.
+        await wait_virtual_instant()
         self._stop("max_time", f"the limit max_time={max_time:g} virtual seconds")
 
     def _send(self, index: int) -> None:
@@ -222,6 +223,9 @@ class _Driver:
         for index, scripted in timed:
             assert scripted.at is not None
             await anyio.sleep_until(self.start + scripted.at)
+            # After what the run does at this instant (a wait's timeout, a
+            # sleep's end): in the order the clock woke them, it was random.
+            await wait_virtual_instant()
             self._send(index)
 
     async def _answer_waits(
