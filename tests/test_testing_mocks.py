@@ -461,10 +461,11 @@ def test_an_input_sent_but_never_received_fails_the_case() -> None:
 
 
 def test_an_input_given_to_a_wait_torn_down_fails_the_case() -> None:
-    # Sent at the moment a parallel "any" race was decided, it reached the losing
-    # branch's wait, which was torn down before its stage took it: the session
-    # discarded it, and the case passed (only inputs kept in the backlog counted).
-    # Which task runs first at one virtual time varies, so the run is made up.
+    # Sent as a wait was seen, at the moment a parallel "any" race was decided,
+    # it reached the losing branch's wait, which was torn down before its stage
+    # took it: the session discarded it, and the case passed (only inputs kept
+    # in the backlog counted). Which task runs first at one virtual time varies,
+    # so the run is made up.
     (given, twice, kept) = inputs = (
         ScriptedInput("approval", {"ok": True}, at=5),
         ScriptedInput("approval", {"ok": False}, at=5),
