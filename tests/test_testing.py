@@ -251,6 +251,22 @@ def test_a_case_built_in_python_runs_with_a_given_registry() -> None:
     assert [f.field for f in wrong.failures] == ["artifacts"]
 
 
+def test_a_result_expected_in_python_is_checked() -> None:
+    # Without has_result=True the result was not checked: any result passed.
+    case = Case(
+        name="n",
+        pipeline=REFERENCE / "pipeline.json",
+        stages=(str(REFERENCE / "stages.py"),),
+        payload=SHORT,
+        expect=Expectations(result={"status": "done"}),
+    )
+    (failure,) = run_case(case).failures
+    assert failure.render() == 'result: expected {"status": "done"}, got {"status": "ok"}'
+    none = attrs.evolve(case, expect=Expectations(result=None, has_result=True))
+    assert [f.field for f in run_case(none).failures] == ["result"]
+    assert not Expectations().has_result
+
+
 def test_a_pipeline_path_given_as_a_str_is_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
     # It was read as the document itself: "a pipeline document is a JSON object, got a string".
     monkeypatch.chdir(REFERENCE)
@@ -425,6 +441,19 @@ def test_an_expectation_naming_a_node_the_pipeline_lacks_is_a_located_error(
     assert (report.errors, report.passed) == (1, 0)
 
 
+def test_an_event_expected_of_an_empty_node_id_is_a_located_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    # The empty id was not checked, and "count": 0 held whatever the run did.
+    expect = {"events": [{"type": "node_started", "node_id": "", "count": 0}]}
+    (case,) = load_cases(write_cases([{"name": "n", "payload": SHORT, "expect": expect}]))
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].expect.events[0].node_id"
+    assert problem.message.startswith("'' is not a node of pipeline 'demo_full_flow'")
+
+
 def test_the_nodes_of_subpipelines_can_be_expected() -> None:
     from stageflow import builtins
 
@@ -453,6 +482,26 @@ def test_a_missing_event_type_lists_the_types_seen(write_cases: Callable[..., Pa
     path = write_cases([{"name": "n", "payload": SHORT, "expect": {"events": [{"type": "nope"}]}}])
     (failure,) = run_one(path).failures
     assert failure.details.startswith("no 'nope' event at all; types seen: node_finished")
+
+
+def test_an_event_expected_of_one_node_is_compared_with_that_nodes_events(
+    write_cases: Callable[..., Path],
+) -> None:
+    # The payload was compared with the first event of the type, another node's.
+    events = [
+        {"type": "node_finished", "node_id": "decide", "payload": {"next": "fanout"}},
+        {"type": "node_finished", "node_id": "fanout", "payload": {"next": "finish"}},
+    ]
+    path = write_cases([{"name": "n", "payload": SHORT, "expect": {"events": events}}])
+    (other, never) = run_one(path).failures
+    assert other.details.splitlines() == [
+        "events of that type at node 'decide':",
+        '#6 node_finished node \'decide\' {"branch": "else", "next": "finish", '
+        '"node_type": "condition"}',
+        'first one differs: payload.next: expected "fanout", got "finish"',
+    ]
+    assert never.details.splitlines()[0] == "events of that type:"
+    assert never.details.splitlines()[-1] == "none of them at node 'fanout'"
 
 
 def test_error_expectations_report_each_mismatch(write_cases: Callable[..., Path]) -> None:
@@ -658,6 +707,35 @@ def test_plugin_runs_under_the_async_plugins_modes(pytester: pytest.Pytester, in
     result = pytester.runpytest("-v")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.stdout.fnmatch_lines(["*c.stageflow.json::c PASSED*"])
+
+
+def test_ctrl_c_in_a_case_stops_pytest(pytester: pytest.Pytester) -> None:
+    # It reached pytest in a BaseExceptionGroup: the case failed, and the next one ran.
+    pytester.makepyfile(
+        stages=(
+            "import stageflow\n"
+            "registry = stageflow.StageRegistry()\n"
+            "@registry.register('Interrupted')\n"
+            "async def interrupted(ctx):\n"
+            "    raise KeyboardInterrupt\n"
+        )
+    )
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "ask",
+        "nodes": [
+            {"id": "ask", "type": "stage", "stage": "Interrupted", "next": "end"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    case = {"pipeline": pipeline, "stages": "stages.py", "cases": [{"name": "a"}, {"name": "b"}]}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    (only,) = load_cases(pytester.path / "c.stageflow.json")[:1]
+    with pytest.raises(KeyboardInterrupt):
+        run_case(only)
+    result = pytester.runpytest(no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*", "*no tests ran*"])
 
 
 def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:
@@ -875,6 +953,47 @@ def test_coverage_counts_map_and_subpipeline_edges() -> None:
         Edge("call", EdgeKind.NEXT, "end"): 1,
     }
     assert coverage.complete
+
+
+def test_coverage_does_not_credit_a_subpipeline_node_to_its_callers_namesake() -> None:
+    # The child's "done" ran, the caller's never did: it counted as covered.
+    from stageflow import builtins
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "call",
+        "nodes": [
+            {"id": "call", "type": "subpipeline", "pipeline": "child", "next": "check"},
+            {
+                "id": "check",
+                "type": "condition",
+                "conditions": [{"if": {"var": "never"}, "then": "done"}],
+                "else": "other",
+            },
+            {"id": "done", "type": "terminal"},
+            {"id": "other", "type": "terminal"},
+        ],
+        "subpipelines": {
+            "child": {
+                "entry": "other",
+                "nodes": [
+                    {
+                        "id": "other",
+                        "type": "stage",
+                        "stage": "builtins.set",
+                        "config": {"value": 1},
+                        "next": "done",
+                    },
+                    {"id": "done", "type": "terminal"},
+                ],
+            }
+        },
+    }
+    result = run_case(Case(name="n", pipeline=pipeline), registry=builtins.registry())
+    assert result.visited == ("call", "other", "done", "check", "other")
+    (coverage,) = coverage_of([result])
+    assert coverage.node_hits == {"call": 1, "check": 1, "done": 0, "other": 1}
+    assert coverage.missed_edges == (Edge("check", EdgeKind.THEN, "done", 0),)
 
 
 def test_coverage_reports_a_map_body_never_entered() -> None:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from tester_support import (
     CASES,
@@ -19,14 +20,18 @@ from tester_support import (
 
 import stageflow
 from stageflow.testing import (
+    Case,
     CaseValidationError,
+    InputRecord,
     MockError,
+    ScriptedInput,
     StageMock,
     load_cases,
     mock_registry,
     run_case,
     run_case_files,
 )
+from stageflow.testing._expect import Observed, check
 from stageflow.testing._load import cases_from_document
 
 # ------------------------------------------------------------------ mocks
@@ -42,6 +47,38 @@ def test_mocks_keep_the_real_spec_and_leave_the_real_registry_alone() -> None:
     assert "mock of" in mocked.get("InitStage").source
     assert mocked.get("WorkerAStage").target is real.get("WorkerAStage").target
     assert real.get("InitStage").target.__name__ == "InitStage"
+
+
+@pytest.mark.parametrize(
+    ("registry", "mocks", "message"),
+    [
+        (
+            {},
+            {},
+            "mock_registry() was given a dict for the registry; pass the stageflow.StageRegistry "
+            "that holds the real stages",
+        ),
+        (
+            None,
+            [("InitStage", StageMock())],
+            "mock_registry() was given a list for the mocks; pass a dict of stage name -> "
+            "StageMock, such as {'Fetch': StageMock(outputs={...})}",
+        ),
+        (
+            None,
+            {"InitStage": {"outputs": {"score": 1}}},
+            "mock_registry() was given a dict as the mock of 'InitStage'; pass a StageMock, "
+            "such as {'Fetch': StageMock(outputs={...})} (a case file's dicts are read by "
+            "load_cases)",
+        ),
+    ],
+)
+def test_mock_registry_says_what_it_takes(registry: object, mocks: object, message: str) -> None:
+    # It raised AttributeError: 'dict' object has no attribute 'outputs'.
+    real = reference_registry() if registry is None else registry
+    with pytest.raises(TypeError) as caught:
+        mock_registry(real, mocks)  # type: ignore[arg-type]
+    assert str(caught.value) == message
 
 
 def test_a_mock_of_an_unknown_stage_is_rejected(write_cases: Callable[..., Path]) -> None:
@@ -83,6 +120,26 @@ def test_mock_outputs_are_checked_against_the_stage_spec(write_cases: Callable[.
     (problem,) = caught.value.problems
     assert problem.location == "$.cases[0].mocks.InitStage.outputs"
     assert 'expected integer, got string "high"' in problem.message
+
+
+def test_a_mock_without_an_output_a_node_writes_is_a_located_error(
+    write_cases: Callable[..., Path],
+) -> None:
+    # The run failed with StageOutputError, which says to change the stage or the pipeline.
+    mocks = {"InitStage": {"outputs": {"score": 1}}}
+    path = write_cases([{"name": "n", "payload": SHORT, "mocks": mocks}])
+    with pytest.raises(CaseValidationError) as caught:
+        run_one(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "$.cases[0].mocks.InitStage.outputs"
+    assert problem.message == (
+        "mock for stage 'InitStage' returns no 'need_parallel', which node 'start' writes to "
+        "'need_parallel', so the node fails whenever the mock succeeds; add 'need_parallel' "
+        "to the mock's outputs"
+    )
+    # A mock that fails its first attempt may never return: its outputs are not required.
+    mocks["InitStage"]["errors"] = [{"attempt": 1, "type": "ValueError"}]
+    assert run_one(write_cases([{"name": "n", "payload": SHORT, "mocks": mocks}])).failures
 
 
 def test_an_error_on_attempt_1_only(write_cases: Callable[..., Path]) -> None:
@@ -217,6 +274,50 @@ def test_the_time_limit_cancels_a_slow_run(write_cases: Callable[..., Path]) -> 
     assert expected.passed, expected.render()
 
 
+def test_a_run_that_ends_at_the_time_limit_is_within_it(
+    write_cases: Callable[..., Path],
+) -> None:
+    # At max_time the clock woke the tester's timer or the mock first, at random:
+    # the case failed about half the time.
+    mocks = {"InitStage": {"delay": 60, "outputs": {"score": 1, "need_parallel": False}}}
+    case = {"name": "n", "payload": SHORT, "mocks": mocks, "limits": {"max_time": 60}}
+    (loaded,) = load_cases(write_cases([case]))
+    for _ in range(20):
+        result = run_case(loaded)
+        assert result.passed, result.render()
+        assert result.elapsed == pytest.approx(60)
+
+
+def test_an_input_at_the_time_a_wait_times_out_comes_after_the_timeout() -> None:
+    # Which of the input and the timeout came first was random: the run took
+    # the input or the fallback about half the time each.
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "wait",
+        "nodes": [
+            {
+                "id": "wait",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "approval", "timeout": 10},
+                "next": "done",
+                "fallback": "late",
+            },
+            {"id": "done", "type": "terminal", "result": {"on_time": True}},
+            {"id": "late", "type": "terminal", "result": {"on_time": False}},
+        ],
+    }
+    inputs = (ScriptedInput("approval", {"ok": True}, at=10),)
+    case = Case(name="n", pipeline=pipeline, inputs=inputs)
+    for _ in range(20):
+        result = run_case(case)
+        assert result.result == {"on_time": False}
+        (failure,) = result.failures
+        assert failure.details.splitlines()[0] == (
+            "input 'approval' (at t=10s): the run ended at t=10s, the time it is sent at"
+        )
+
+
 def test_the_event_limit_cancels_a_run(write_cases: Callable[..., Path]) -> None:
     # The cancellation lands where the run next waits: in the mock's delay.
     mocks = {"WorkerAStage": {"delay": 1, "outputs": {"a_result": 1}}}
@@ -309,6 +410,36 @@ def test_an_input_never_sent_fails_the_case() -> None:
     ]
 
 
+def test_inputs_left_unsent_by_a_broadcast_say_so() -> None:
+    # Three map items wait at once and the first input reaches all three; the
+    # others were "never waited for", though the session waited three times.
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "each",
+        "nodes": [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "xs",
+                "body": "ask",
+                "concurrency": 3,
+                "next": "done",
+            },
+            {"id": "ask", "type": "stage", "stage": "AskApproval"},
+            {"id": "done", "type": "terminal"},
+        ],
+    }
+    inputs = [{"type": "approval", "payload": {"ok": ok}} for ok in (True, False)]
+    result = run_case(approval_case(pipeline=pipeline, payload={"xs": [1, 2, 3]}, inputs=inputs))
+    assert [r.delivered for r in result.inputs] == [3, 0]
+    (failure,) = result.failures
+    assert failure.details.splitlines()[0] == (
+        "input 'approval' (when the session waits for it): the session never waited for "
+        "'approval' while this input was next (the one sent at t=0s reached 3 waiting stages "
+        "at once: an input goes to every stage waiting for its type)"
+    )
+
+
 def test_an_input_sent_but_never_received_fails_the_case() -> None:
     # Sent at its time and kept, then discarded at the end: the case passed before.
     inputs = [
@@ -327,6 +458,43 @@ def test_an_input_sent_but_never_received_fails_the_case() -> None:
     ]
     expect = {"events": [{"type": "inputs_discarded", "payload": {"count": 2}}]}
     assert run_case(approval_case(inputs=inputs, expect=expect)).passed
+
+
+def test_an_input_given_to_a_wait_torn_down_fails_the_case() -> None:
+    # Sent as a wait was seen, at the moment a parallel "any" race was decided,
+    # it reached the losing branch's wait, which was torn down before its stage
+    # took it: the session discarded it, and the case passed (only inputs kept
+    # in the backlog counted). Which task runs first at one virtual time varies,
+    # so the run is made up.
+    (given, twice, kept) = inputs = (
+        ScriptedInput("approval", {"ok": True}, at=5),
+        ScriptedInput("approval", {"ok": False}, at=5),
+        ScriptedInput("approval", {"ok": True, "again": True}, at=7),
+    )
+    case = approval_case(inputs=[attrs.asdict(i) for i in inputs])
+    observed = Observed(
+        status=stageflow.SessionStatus.COMPLETED,
+        result=None,
+        artifacts={},
+        error=None,
+        history=(),
+        elapsed=10.0,
+        limit_exceeded=None,
+        limit_detail="",
+        inputs=(
+            InputRecord(given, sent_at=5.0, delivered=1),
+            InputRecord(twice, sent_at=5.0, delivered=2),  # one of its two waits took it
+            InputRecord(kept, sent_at=7.0, delivered=1),
+        ),
+        discarded=(("approval", {"ok": True}), ("approval", {"ok": False})),
+    )
+    (failures, _) = check(case, observed)
+    (failure,) = failures
+    assert (failure.field, failure.message) == ("inputs", "1 sent but never received")
+    assert failure.details.splitlines()[0] == (
+        "input 'approval' (at t=5s): sent at t=5s to a waiting stage, whose branch ended "
+        "before the stage took it: the session discarded it when it ended"
+    )
 
 
 def test_a_session_waiting_forever_ends_at_the_time_limit() -> None:
@@ -361,6 +529,25 @@ def test_a_rejected_input_is_recorded_with_its_reason() -> None:
     assert second.sent_at == pytest.approx(2)
     assert second.error is not None
     assert "max_input_backlog" in second.error
+
+
+def test_a_rejected_input_fails_a_case_that_does_not_expect_it() -> None:
+    # The case passed: a scripted input the session refused was only recorded.
+    pipeline = json.loads((CASES / "approval.json").read_text())
+    pipeline["limits"] = {"max_input_backlog": 1}
+    inputs = [
+        {"type": "approval", "payload": {"ok": True}, "at": 1},
+        {"type": "approval", "payload": {"ok": False}, "at": 2},
+    ]
+    result = run_case(approval_case(pipeline=pipeline, inputs=inputs))
+    (failure,) = result.failures
+    assert (failure.field, failure.message) == ("inputs", "1 rejected by the session")
+    first, last = failure.details.splitlines()
+    assert first.startswith(
+        "input 'approval' (at t=2s): sent at t=2s; the session said: input 'approval' was "
+        "rejected: 1 inputs of this type already wait for a stage (limits.max_input_backlog)"
+    )
+    assert last.endswith("a case that tests rejections expects the input_rejected event")
 
 
 def test_scripted_input_descriptions() -> None:

@@ -15,6 +15,9 @@ the run histories:
 - ``on_error`` (by index) and ``fallback`` of any node with error edges: an
   ``error_routed`` event naming the target (and the error path, which tells
   apart edges to the same target that write the error to different paths).
+
+Events inside a subpipeline the pipeline calls are left out: the child's
+node ids may repeat the caller's.
 """
 
 from __future__ import annotations
@@ -101,6 +104,18 @@ def _condition_edge(node: ConditionNode, target: str, branch: Any) -> Edge:
         if condition.then == target:
             return Edge(node.id, EdgeKind.THEN, target, i)
     return Edge(node.id, EdgeKind.ELSE, target)
+
+
+def _in_subpipeline(pipeline: Pipeline, path: str) -> bool:
+    """Whether an event at ``path`` happened inside a subpipeline ``pipeline`` calls.
+
+    A path is made of a parallel node and one of its children, a map node and
+    an item index, or a subpipeline node (whose own nodes come after it), in
+    turn. A subpipeline's node ids may repeat the caller's: its events are
+    not the caller's nodes and edges.
+    """
+    nodes = pipeline.node_index
+    return any(isinstance(nodes.get(part), SubpipelineNode) for part in path.split("/")[::2])
 
 
 def _percent(hit: int, total: int) -> str:
@@ -217,6 +232,7 @@ def measure_coverage(
     node_hits: Counter[str] = Counter()
     edge_hits: Counter[Edge] = Counter()
     runs = 0
+    nested: dict[str, bool] = {}  # event path -> inside a subpipeline
     for history in histories:
         if isinstance(history, Event):
             raise TypeError(
@@ -230,6 +246,12 @@ def measure_coverage(
             )
         runs += 1
         for event in history:
+            if event.path:
+                inside = nested.get(event.path)
+                if inside is None:
+                    inside = nested[event.path] = _in_subpipeline(pipeline, event.path)
+                if inside:
+                    continue
             if event.type == "node_started" and event.node_id is not None:
                 node_hits[event.node_id] += 1
             else:

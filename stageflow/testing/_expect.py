@@ -64,7 +64,9 @@ def unknown_nodes(case: Case, pipeline: Pipeline) -> list[Problem]:
         ids: tuple[str, ...] | None = getattr(expect, key)
         named.extend((f"{key}[{i}]", node_id) for i, node_id in enumerate(ids or ()))
     named.extend(
-        (f"events[{i}].node_id", e.node_id) for i, e in enumerate(expect.events) if e.node_id
+        (f"events[{i}].node_id", e.node_id)
+        for i, e in enumerate(expect.events)
+        if e.node_id is not None
     )
     if expect.error is not None and expect.error.node_id is not None:
         named.append(("error.node_id", expect.error.node_id))
@@ -114,9 +116,11 @@ def _checks(case: Case, run: Observed) -> Iterator[Failure | None]:
     if expect.error is not None:
         yield _check_error(expect.error, run)
     if case.inputs:
-        # A case about discarded inputs expects their event; the others must use every input.
-        discarding = any(e.type == "inputs_discarded" for e in expect.events)
-        yield _check_inputs(run, () if discarding else run.discarded)
+        # A case about discarded (rejected) inputs expects their event; the
+        # others must have every input taken.
+        expected = {e.type for e in expect.events}
+        discarded = () if "inputs_discarded" in expected else run.discarded
+        yield _check_inputs(run, discarded, rejections="input_rejected" in expected)
 
 
 def _error_line(error: BaseException | None) -> str:
@@ -246,13 +250,21 @@ def _check_event(
         return None
     same_type = [e for e in history if e.type == expected.type]
     if same_type:
-        more = len(same_type) - _SHOWN
-        details = "events of that type:\n" + "\n".join(_show(e) for e in same_type[:_SHOWN])
+        # The payload is compared with an event of the expected node, not
+        # with another node's (which said "differs" about the wrong event).
+        node_id = expected.node_id
+        of_node = [e for e in same_type if node_id is None or e.node_id == node_id]
+        listed = of_node or same_type
+        more = len(listed) - _SHOWN
+        where = f" at node {node_id!r}" if of_node and node_id is not None else ""
+        details = f"events of that type{where}:\n" + "\n".join(_show(e) for e in listed[:_SHOWN])
         if more > 0:
             details += f"\n... and {more} more"
-        if expected.payload is not None:
-            closest = subset_mismatches(expected.payload, same_type[0].payload, "payload")
-            details += f"\nfirst one differs: {'; '.join(closest) or 'node id'}"
+        if not of_node:
+            details += f"\nnone of them at node {node_id!r}"
+        elif expected.payload is not None:
+            closest = subset_mismatches(expected.payload, of_node[0].payload, "payload")
+            details += f"\nfirst one differs: {'; '.join(closest)}"
     else:
         types = sorted({e.type for e in history})
         details = f"no {expected.type!r} event at all; types seen: {', '.join(types)}"
@@ -303,47 +315,83 @@ def _check_error(expected: ErrorExpectation, run: Observed) -> Failure | None:
 def _unreceived(
     records: Sequence[InputRecord], discarded: Sequence[tuple[str, Any]]
 ) -> list[InputRecord]:
-    """The sent inputs among ``discarded``: per type, the last ones kept (queues are FIFO)."""
-    left: dict[str, int] = {}
-    for input_type, _ in discarded:
-        left[input_type] = left.get(input_type, 0) + 1
-    kept = sorted(
-        (r for r in records if r.sent_at is not None and r.error is None and r.queued),
-        key=lambda r: r.sent_at or 0.0,
+    """The sent inputs that ``discarded`` shows no stage took, matched by type and payload.
+
+    An input is discarded when it was kept and no wait took it, or when a
+    wait it was given to was torn down before its stage took it (its branch
+    lost an ``any`` race, say): one given to several waits was taken unless
+    each of them was torn down. Of equal kept inputs, the last ones are
+    taken first (queues are FIFO).
+    """
+    sent = sorted(
+        (r for r in records if r.sent_at is not None and r.error is None),
+        key=lambda r: (not r.queued, -(r.sent_at or 0.0)),
     )
-    out: list[InputRecord] = []
-    for record in reversed(kept):
-        if left.get(record.input.type, 0) > 0:
-            left[record.input.type] -= 1
-            out.append(record)
-    return [r for r in records if any(r is o for o in out)]
+    # A kept input is one copy; one given to waits, a copy per wait.
+    left = {id(r): 1 if r.queued else r.delivered for r in sent}
+    for input_type, payload in discarded:
+        for record in sent:
+            scripted = record.input
+            if (
+                left[id(record)] > 0
+                and scripted.type == input_type
+                and json_equal(scripted.payload, payload)
+            ):
+                left[id(record)] -= 1
+                break
+    return [r for r in sent if left[id(r)] == 0 and (r.queued or r.delivered)]
 
 
-def _check_inputs(run: Observed, discarded: Sequence[tuple[str, Any]]) -> Failure | None:
+def _broadcast_note(records: Sequence[InputRecord], input_type: str) -> str:
+    """Why waits that came at once left an input unsent: one input went to all of them."""
+    shared = next((r for r in records if r.input.type == input_type and r.delivered > 1), None)
+    if shared is None:
+        return ""
+    return (
+        f" (the one sent at t={shared.sent_at or 0.0:g}s reached {shared.delivered} waiting "
+        "stages at once: an input goes to every stage waiting for its type)"
+    )
+
+
+def _check_inputs(
+    run: Observed, discarded: Sequence[tuple[str, Any]], *, rejections: bool
+) -> Failure | None:
     unsent = [r for r in run.inputs if r.sent_at is None]
     unreceived = {id(r) for r in _unreceived(run.inputs, discarded)}
-    if not unsent and not unreceived:
+    rejected = 0 if rejections else sum(r.error is not None for r in run.inputs)
+    if not unsent and not unreceived and not rejected:
         return None
     lines = []
     for record in run.inputs:
         scripted = record.input
-        if id(record) in unreceived:
+        if record.error is not None and not rejections:
+            why = f"sent at t={record.sent_at:g}s; the session said: {record.error}"
+        elif id(record) in unreceived and record.queued:
             why = (
                 f"sent at t={record.sent_at:g}s and kept for a wait, but no wait took it: "
                 "the session discarded it when it ended"
+            )
+        elif id(record) in unreceived:
+            why = (
+                f"sent at t={record.sent_at:g}s to a waiting stage, whose branch ended before "
+                "the stage took it: the session discarded it when it ended"
             )
         elif record.sent_at is not None:
             continue
         elif scripted.at is None:
             why = f"the session never waited for {scripted.type!r} while this input was next"
+            why += _broadcast_note(run.inputs, scripted.type)
         else:
             why = f"the run ended at t={run.elapsed:g}s, before it was due"
+            if scripted.at <= run.elapsed:
+                # Sent after what the run does at its time: the run ended then.
+                why = f"the run ended at t={run.elapsed:g}s, the time it is sent at"
         lines.append(f"{scripted.describe()}: {why}")
     parts = [f"{len(unsent)} scripted input(s) never sent"] if unsent else []
     if unreceived:
         parts.append(f"{len(unreceived)} sent but never received")
-    return Failure(
-        "inputs",
-        ", ".join(parts),
-        "\n".join(lines) + "\nremove them from the case, or fix the pipeline so it waits for them",
-    )
+    hint = "remove them from the case, or fix the pipeline so it waits for them"
+    if rejected:
+        parts.append(f"{rejected} rejected by the session")
+        hint += "; a case that tests rejections expects the input_rejected event"
+    return Failure("inputs", ", ".join(parts), "\n".join(lines) + "\n" + hint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -19,7 +19,7 @@ from stageflow import (
     StageNode,
     StageRegistry,
 )
-from stageflow._json import thaw
+from stageflow._json import a_python_type, thaw
 from stageflow._specs import compile_schema, json_message
 from stageflow._stage_modules import (
     StagesModuleError,
@@ -27,10 +27,17 @@ from stageflow._stage_modules import (
     registry_of,
 )
 from stageflow._stages import default_registry
-from stageflow.testing._model import Case, CaseValidationError, MockError, StageMock
+from stageflow.testing._model import (
+    Case,
+    CaseValidationError,
+    MockError,
+    StageMock,
+    dict_hint,
+)
 
 __all__ = [
     "exception_class",
+    "missing_outputs",
     "mock_registry",
     "registry_from_modules",
     "unused_mocks",
@@ -136,7 +143,10 @@ def mock_registry(
     Raises:
         CaseValidationError: a mock names a stage that is not registered, or
             its outputs do not match the stage's declared outputs schema.
+        TypeError: ``registry`` is no :class:`~stageflow.StageRegistry`, or
+            ``mocks`` no mapping of stage names to :class:`StageMock` objects.
     """
+    _check_arguments(registry, mocks)
     problems: list[Problem] = []
     core = _core_names()
     for name, mock in mocks.items():
@@ -202,11 +212,57 @@ def mock_registry(
     return mocked
 
 
-def _stage_names(pipeline: Pipeline, into: set[str]) -> set[str]:
-    into.update(n.stage for n in pipeline.nodes if isinstance(n, StageNode))
+def _check_arguments(registry: object, mocks: object) -> None:
+    if not isinstance(registry, StageRegistry):
+        raise TypeError(
+            f"mock_registry() was given {a_python_type(registry)} for the registry; pass the "
+            "stageflow.StageRegistry that holds the real stages"
+        )
+    example = "{'Fetch': StageMock(outputs={...})}"
+    if not isinstance(mocks, Mapping):
+        raise TypeError(
+            f"mock_registry() was given {a_python_type(mocks)} for the mocks; pass a dict "
+            f"of stage name -> StageMock, such as {example}"
+        )
+    for name, mock in mocks.items():
+        if not isinstance(mock, StageMock):
+            raise TypeError(
+                f"mock_registry() was given {a_python_type(mock)} as the mock of {name!r}; "
+                f"pass a StageMock, such as {example}{dict_hint(mock)}"
+            )
+
+
+def _stage_nodes(pipeline: Pipeline) -> Iterator[StageNode]:
+    """The stage nodes of ``pipeline`` and of its subpipelines."""
+    yield from (n for n in pipeline.nodes if isinstance(n, StageNode))
     for sub in pipeline.subpipelines.values():
-        _stage_names(sub, into)
-    return into
+        yield from _stage_nodes(sub)
+
+
+def missing_outputs(case: Case, pipeline: Pipeline) -> list[Problem]:
+    """A problem for each output a node maps that its stage's mock never returns.
+
+    The node would fail with ``StageOutputError`` (whose message says to
+    change the stage or the pipeline) every time the mock succeeds. Only a
+    mock that succeeds on the first attempt is checked: whether one that
+    fails it is ever retried depends on the node's retry policy.
+    """
+    problems: list[Problem] = []
+    for node in _stage_nodes(pipeline):
+        mock = case.mocks.get(node.stage)
+        if mock is None or mock.error_for(1) is not None:
+            continue
+        problems.extend(
+            Problem(
+                f"{case.location}.mocks.{node.stage}.outputs",
+                f"mock for stage {node.stage!r} returns no {key!r}, which node {node.id!r} "
+                f"writes to {path!r}, so the node fails whenever the mock succeeds; add "
+                f"{key!r} to the mock's outputs",
+            )
+            for key, path in node.outputs.items()
+            if key not in mock.outputs
+        )
+    return problems
 
 
 def unused_mocks(case: Case, pipeline: Pipeline) -> list[Problem]:
@@ -214,7 +270,7 @@ def unused_mocks(case: Case, pipeline: Pipeline) -> list[Problem]:
 
     Such a mock changes nothing: the case would test the real stage it meant to replace.
     """
-    used = _stage_names(pipeline, set()) - _core_names()
+    used = {n.stage for n in _stage_nodes(pipeline)} - _core_names()
     return [
         Problem(
             f"{case.location}.mocks.{name}",

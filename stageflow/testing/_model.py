@@ -33,6 +33,7 @@ __all__ = [
     "ScriptedInput",
     "StageMock",
     "check_list",
+    "dict_hint",
 ]
 
 DEFAULT_MAX_TIME: Final = 86_400.0
@@ -69,18 +70,19 @@ def check_list(call: str, name: str, value: object, *, error: type[Exception] = 
         )
 
 
-def _dict_hint(value: object) -> str:
+def dict_hint(value: object) -> str:
+    """A hint for a dict given where a case class is taken (a case file's form)."""
     return " (a case file's dicts are read by load_cases)" if isinstance(value, Mapping) else ""
 
 
 def _one(kind: type, example: str, *, optional: bool = False) -> Any:
     """Validator: a ``kind`` (or ``None`` if ``optional``); a dict is a case file's form."""
-    return one_instance(kind, example, optional=optional, hint=_dict_hint)
+    return one_instance(kind, example, optional=optional, hint=dict_hint)
 
 
 def _each(kind: type, example: str) -> Any:
     """Validator: a tuple, or a mapping's values, all ``kind`` objects."""
-    return each_instance(kind, example, hint=_dict_hint)
+    return each_instance(kind, example, hint=dict_hint)
 
 
 def _module_list(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -231,6 +233,10 @@ class ErrorExpectation:
     cause_type: str | None = None
 
 
+def _given_result(expectations: Expectations) -> bool:
+    return expectations.result is not None
+
+
 @attrs.frozen
 class Expectations:
     """What a run must produce. ``None`` means "not checked".
@@ -238,9 +244,10 @@ class Expectations:
     Attributes:
         status: the session status (``completed``, ``failed``, ``cancelled``).
             When neither it nor ``limit_exceeded`` is given, ``completed``.
-        result: the terminal's result, exactly. Use :attr:`has_result` to
-            tell "expect ``null``" from "not checked".
-        has_result: whether ``result`` is checked.
+        result: the terminal's result, exactly.
+        has_result: whether ``result`` is checked; by default, whether a
+            ``result`` is given. ``has_result=True`` with ``result=None``
+            expects that no terminal was reached.
         artifacts: the artifacts, exactly.
         artifacts_subset: artifacts that must be present with these values.
         path: the started node ids, exactly.
@@ -253,7 +260,9 @@ class Expectations:
 
     status: str | None = None
     result: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
-    has_result: bool = False
+    # A result given in Python is checked without has_result=True: an
+    # expectation that is left unchecked would hold whatever the run returned.
+    has_result: bool = attrs.field(default=attrs.Factory(_given_result, takes_self=True))
     artifacts: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
     artifacts_subset: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_freeze_optional

@@ -19,10 +19,21 @@ from stageflow import (
     StageflowError,
     StageRegistry,
 )
-from stageflow._engine._backend import in_trio_run, run_in_virtual_time
+from stageflow._engine._backend import (
+    deciding_leaf,
+    in_trio_run,
+    is_interrupt,
+    run_in_virtual_time,
+    wait_virtual_instant,
+)
 from stageflow._json import a_python_type, thaw
 from stageflow.testing._expect import Observed, check, unknown_nodes
-from stageflow.testing._mocks import mock_registry, registry_from_modules, unused_mocks
+from stageflow.testing._mocks import (
+    missing_outputs,
+    mock_registry,
+    registry_from_modules,
+    unused_mocks,
+)
 from stageflow.testing._model import Case, CaseValidationError, ScriptedInput
 from stageflow.testing._result import CaseOutcome, CaseResult, InputRecord
 
@@ -43,8 +54,9 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
 
     Raises:
         CaseValidationError: bad stages modules or mocks (a mock of a stage
-            no node uses), a pipeline file that cannot be read, or an
-            expectation naming a node the pipeline does not have.
+            no node uses, or without an output a node writes), a pipeline
+            file that cannot be read, or an expectation naming a node the
+            pipeline does not have.
         PipelineValidationError: the pipeline is not valid.
     """
     source = str(case.file) if case.file is not None else None
@@ -71,7 +83,11 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
         pipeline = Pipeline.from_dict(
             thaw(case.pipeline), registry=mocked, source=f"{source or 'case'} $.pipeline"
         )
-    problems = unused_mocks(case, pipeline) + unknown_nodes(case, pipeline)
+    problems = (
+        unused_mocks(case, pipeline)
+        + missing_outputs(case, pipeline)
+        + unknown_nodes(case, pipeline)
+    )
     if problems:
         raise CaseValidationError(problems, source=source)
     return PreparedCase(case, pipeline, mocked)
@@ -183,6 +199,10 @@ class _Driver:
     async def _timer(self) -> None:
         max_time = self.case.limits.max_time
         await anyio.sleep(max_time)
+        # A run that ends at max_time itself (a mock's delay of max_time) is
+        # within the limit: which of this timer and the run the clock woke
+        # first decided it at random.
+        await wait_virtual_instant()
         self._stop("max_time", f"the limit max_time={max_time:g} virtual seconds")
 
     def _send(self, index: int) -> None:
@@ -203,6 +223,9 @@ class _Driver:
         for index, scripted in timed:
             assert scripted.at is not None
             await anyio.sleep_until(self.start + scripted.at)
+            # After what the run does at this instant (a wait's timeout, a
+            # sleep's end): in the order the clock woke them, it was random.
+            await wait_virtual_instant()
             self._send(index)
 
     async def _answer_waits(
@@ -251,6 +274,10 @@ class _Driver:
             # clearer on its own than wrapped in the task group's group.
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
                 raise group.exceptions[0] from None
+            # Ctrl-C goes up as KeyboardInterrupt: in a group, pytest took it
+            # for the case's failure and went on with the next case.
+            if is_interrupt(group):
+                raise deciding_leaf(group, anyio.get_cancelled_exc_class()) from None
             raise
         finally:
             unsubscribe()
