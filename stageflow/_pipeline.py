@@ -60,8 +60,10 @@ from stageflow._stages import StageRegistry, default_registry
 
 __all__ = ["Pipeline", "load_schema", "plain_document", "structure_node"]
 
-# The pattern of a context path in the pipeline schema ($defs.path).
-_PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
+# The pattern of a context path in the pipeline schema ($defs.context_path),
+# and the most segments it takes: a context nests at most MAX_DEPTH levels.
+_PATH_PATTERN = r"^[^.]+(\.[^.]+){0,255}$"
+_PATH_SEGMENTS = 256
 
 # Each pipeline's document as plain JSON in marshal's bytes, for Pipeline.to_dict.
 _PLAIN_DOCUMENTS: IdentityCache[bytes] = IdentityCache()
@@ -173,6 +175,13 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
         options = ", ".join(json.dumps(v) for v in error.validator_value)  # type: ignore[union-attr]
         return f"{subject}: {json.dumps(error.instance)} is not allowed here; use one of {options}"
     if keyword == "pattern" and error.validator_value == _PATH_PATTERN:
+        segments = str(error.instance).split(".")
+        if len(segments) > _PATH_SEGMENTS and all(segments):
+            return (
+                f"{subject}: {json_text(error.instance)} has {len(segments)} segments; a context "
+                f"path has at most {_PATH_SEGMENTS}, as deep as a context nests (a snapshot could "
+                "not hold a value written deeper): flatten it"
+            )
         return (
             f"{subject}: {json_text(error.instance)} is not a context path; a path is "
             'dotted keys and list indexes such as "order.items.0.sku": no empty segment, '

@@ -531,3 +531,52 @@ def test_ids_and_names_are_bounded_and_said_so_shortly() -> None:
         "$.nodes[0].id": f"node {'a' * 57!r}...: {cut} is 201 characters long; a node id has "
         "at most 200 (it names spans, metrics and log lines): shorten it",
     }
+
+
+@pytest.mark.anyio
+async def test_the_deepest_path_a_document_may_write_leaves_a_session_that_restores() -> None:
+    # A context nests at most 256 levels, as deep as a snapshot holds: a
+    # scalar written at a path of 257 segments made a session that ran to its
+    # end but whose snapshot could not be restored.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("One")
+    async def one(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"v": 1}
+
+    def writing_at(path: str) -> dict[str, Any]:
+        return doc([stage("s", "One", next="end") | {"outputs": {"v": path}}, terminal("end")])
+
+    deepest = ".".join(["k"] * 256)
+    pipeline = stageflow.Pipeline.from_dict(writing_at(deepest), registry=registry)
+    session = stageflow.Session(pipeline)
+    assert (await session.run()).status is stageflow.SessionStatus.COMPLETED
+    snapshot = json.loads(json.dumps(session.to_dict()))
+    assert stageflow.Session.from_dict(snapshot, registry=registry).status is (
+        stageflow.SessionStatus.COMPLETED
+    )
+    with pytest.raises(stageflow.PipelineValidationError) as caught:
+        stageflow.Pipeline.from_dict(writing_at(deepest + ".k"), registry=registry)
+    [problem] = caught.value.problems
+    assert problem.location == "$.nodes[0].outputs.v"
+    assert problem.message == (
+        f"node 's': \"{'k.' * 28}... has 257 segments; a context path has at most 256, as deep "
+        "as a context nests (a snapshot could not hold a value written deeper): flatten it"
+    )
+
+
+@pytest.mark.parametrize("field", ["inputs", "artifacts"])
+def test_the_paths_a_subpipeline_node_maps_from_are_context_paths_too(field: str) -> None:
+    # The child's side of "inputs" (where a value is written in the child) was
+    # not checked: "a..b" loaded and failed the session when the node ran,
+    # and a path of 300 segments made a child whose snapshot could not be restored.
+    for path, said in (
+        ("a..b", "is not a context path"),
+        (".".join(["k"] * 300), "has 300 segments; a context path has at most 256"),
+    ):
+        document = subpipelines(1, broken=False)
+        document["nodes"][0][field] = {path: "x"}
+        with pytest.raises(stageflow.PipelineValidationError) as caught:
+            stageflow.Pipeline.from_dict(document, registry=fake_registry())
+        assert [p.location for p in caught.value.problems] == [f"$.nodes[0].{field}"]
+        assert said in caught.value.problems[0].message
