@@ -59,6 +59,7 @@ from stageflow._engine._positions import (
     FramePosition,
     awaited,
     count_positions,
+    not_kept,
     parked_calls,
     writes_of,
 )
@@ -887,7 +888,14 @@ class Run:
         state.history.close()
         state.history.reopen()
         state.status = SessionStatus.WAITING
-        state.parked = None  # the new snapshot's position keeps the waits not run again
+        # The new position keeps the restored waits that did not run again; an
+        # input parked in one whose branch was torn down (an ``any`` race decided
+        # before its stage replayed it) is in no position any more: it is carried
+        # as unseen, so the session discards it when it ends, never in silence.
+        parked, state.parked = state.parked, None
+        gone = not_kept(parked.values(), parked_calls(state.saved["position"])) if parked else ()
+        if gone:
+            state.unseen = [*(state.unseen or ()), *gone]
         waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
         return SessionResult(
             status=SessionStatus.WAITING,

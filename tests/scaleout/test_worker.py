@@ -476,6 +476,54 @@ async def test_inputs_sent_after_a_cancel_request_are_recorded_as_discarded(
     assert history[-1]["payload"]["reason"] == "user left"
 
 
+def _race_pipeline() -> stageflow.Pipeline:
+    """``ask`` (go) races ``work`` (x); ``other`` waits for go beside them; then ``last``."""
+    nodes: list[dict[str, Any]] = [
+        {"id": "both", "type": "parallel", "children": ["race", "other"], "next": "last"},
+        {"id": "race", "type": "parallel", "children": ["work", "ask"], "policy": "any"},
+        {"id": "work", "type": "stage", "stage": "WaitStage", "config": {"input": "x"}},
+        {"id": "ask", "type": "stage", "stage": "WaitStage", "config": {"input": "go"}},
+        {"id": "other", "type": "stage", "stage": "WaitStage", "config": {"input": "go"}},
+        {"id": "last", "type": "stage", "stage": "WaitStage", "config": {"input": "done"},
+         "next": "end"},
+        {"id": "end", "type": "terminal", "result": {"ok": True}},
+    ]  # fmt: skip
+    return stageflow.Pipeline.from_dict(
+        {"api_version": "1.0", "entry": "both", "metadata": {"name": "race"}, "nodes": nodes},
+        registry=registry,
+    )
+
+
+async def test_an_input_given_to_the_loser_of_a_race_in_a_turn_is_discarded_at_the_end(
+    make_store: Callable[..., Any],
+) -> None:
+    # One turn delivers "x" and "go": "go" reaches two saved waits, and the
+    # race is decided before one of them runs again. Its input was in no
+    # position and no unseen_inputs of the saved snapshot: the session ended
+    # with it in neither input_received nor inputs_discarded.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(_race_pipeline())
+    async with running(make_store()):
+        await service.wait(sid, timeout=20)
+    await service.send_input(sid, "x", {"n": 1})
+    await service.send_input(sid, "go", {"n": 2})
+    async with running(make_store()):
+        stored = await service.wait(sid, timeout=20)
+        assert stored.waiting_for == ("done",)
+        await service.send_input(sid, "done", {})
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "completed"
+    history = (await service.store.load(sid, history=True))["history"]
+    accounted = [e["payload"]["input_type"] for e in history if e["type"] == "input_received"] + [
+        i["input_type"]
+        for e in history
+        if e["type"] == "inputs_discarded"
+        for i in e["payload"]["inputs"]
+    ]
+    # "go" reached both of its waits, "x" one: each delivery once, in one event.
+    assert sorted(accounted) == ["done", "go", "go", "x"]
+
+
 async def test_an_input_stored_during_the_last_turn_is_counted_as_not_taken(
     make_store: Callable[..., Any], tmp_path: Path
 ) -> None:
