@@ -43,6 +43,7 @@ from stageflow.store._errors import (
     SessionNotFoundError,
     StoreSchemaError,
     StoreUnavailableError,
+    hide_password,
 )
 from stageflow.store._history import with_history
 from stageflow.store._records import (
@@ -355,7 +356,7 @@ class PostgresStore:
     # ------------------------------------------------------------ plumbing
 
     def _where(self) -> str:
-        return f"schema {self.schema!r} of {psycopg.conninfo.make_conninfo(self.url, password='')}"
+        return f"schema {self.schema!r} of {hide_password(self.url)}"
 
     def _open_connection(self, autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
@@ -366,8 +367,9 @@ class PostgresStore:
                 connect_timeout=max(1, int(self._connect_timeout)),
             )
         except psycopg.Error as exc:
+            why = hide_password(str(exc).strip())  # it may quote the URL
             raise StoreUnavailableError(
-                f"cannot reach the PostgreSQL store {self.url!r}: {str(exc).strip()}; check "
+                f"cannot reach the PostgreSQL store {hide_password(self.url)!r}: {why}; check "
                 "the URL, that the server runs, and that it accepts this user"
             ) from exc
 

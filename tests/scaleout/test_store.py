@@ -502,6 +502,32 @@ async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: 
     await closed.aclose()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@127.0.0.1:1/db",
+        "postgresql://app@127.0.0.1:1/db?password=s3cret&sslmode=disable",
+        "postgresql://app:s3cret@[::1/db",  # psycopg's own message quotes the URL
+        "postgres://app:s3cret@127.0.0.1:1/db",
+        "postgressql://app:s3cret@db/app",  # a typo in the scheme
+    ],
+)
+async def test_a_store_error_never_shows_the_urls_password(url: str) -> None:
+    # The message quoted the URL as given, password included; a worker logs
+    # it at every claim that fails while the database is down.
+    async def open_and_migrate() -> None:
+        store = open_store(url, connect_timeout=2)
+        try:
+            await store.migrate()
+        finally:
+            await store.aclose()
+
+    with pytest.raises(StoreUnavailableError) as caught:
+        await open_and_migrate()
+    assert "s3cret" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
 @pytest.mark.parametrize("synchronous", ["FUL", "OFF", "NORMAL; PRAGMA x", 2])
 def test_an_sqlite_synchronous_setting_other_than_full_or_normal_is_refused(
     tmp_path: Any, synchronous: Any
