@@ -224,8 +224,9 @@ class _Notifier:
     Ids handed over while a ``pg_notify`` is in flight go out together in the
     next one (one statement for both channels), so a burst of writes costs a
     few NOTIFYs, not one per row. A payload over 7 KB becomes ``"*"`` (the
-    limit is 8 KB). A failed send is logged and dropped: notifications are
-    hints, and the receivers also poll.
+    limit is 8 KB), as does one with a session id that holds a comma. A
+    failed send is logged and dropped: notifications are hints, and the
+    receivers also poll.
     """
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
@@ -261,7 +262,9 @@ class _Notifier:
                 args: list[str] = []
                 for channel, ids in batch.items():
                     payload = ",".join(sorted(ids))
-                    args += [channel, "*" if len(payload.encode()) > 7000 else payload]
+                    # An id holding a comma would be read as several: everyone reads again.
+                    whole = len(payload.encode()) <= 7000 and not any("," in i for i in ids)
+                    args += [channel, payload if whole else "*"]
                 calls = ", ".join(["pg_notify(%s, %s)"] * (len(args) // 2))
                 try:
                     conn = conn or self._connect()
