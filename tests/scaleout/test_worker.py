@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,22 @@ async def test_timers_survive_a_worker_restart(make_store: Callable[..., Any]) -
         done = await service.wait(sid, finished=True, timeout=20)
     assert done.status == "completed"
     assert done.updated_at >= stored.wake_at
+
+
+async def test_a_timer_past_year_9999_is_read_as_the_latest_time(
+    make_store: Callable[..., Any],
+) -> None:
+    # The engine puts such a timer at datetime.max; SQLite stored it as a float
+    # that read back as year 10000, so every read of the row raised ValueError,
+    # the worker's next_due too (its idle loop failed and slept at each poll).
+    latest = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    service = SessionService(make_store(), registry=registry)
+    async with running(make_store()):
+        sid = await service.start(sleep_pipeline(1e12))
+        stored = await service.wait(sid, timeout=20)
+    assert (stored.status, stored.wake_at, stored.runnable_at) == ("waiting", latest, latest)
+    assert [s.session_id for s in await service.list(status="waiting")] == [sid]
+    assert await service.store.next_due() == latest
 
 
 async def test_heartbeats_keep_a_stage_longer_than_its_lease(
