@@ -85,9 +85,10 @@ class SessionFinishedError(StoreError):
 class StoreUnavailableError(StoreError):
     """The store URL is malformed, or its database cannot be reached or read.
 
-    Also raised by the SQLite store when its file stops being readable or
-    writable while in use (not a database, damaged, a disk error, a lock
-    held past the busy timeout).
+    Also raised while in use: by the PostgreSQL store when the server stops
+    answering (a connection it closed, a restart, a statement timeout), by
+    the SQLite store when its file stops being readable or writable (not a
+    database, damaged, a disk error, a lock held past the busy timeout).
     """
 
 

@@ -398,8 +398,24 @@ class PostgresStore:
         return self._pool
 
     def _with_conn(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._open_pool().connection() as conn:
-            return fn(conn)
+        """Run ``fn`` with a pooled connection.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached or answer
+                now (psycopg's ``OperationalError``: a connection that broke,
+                a server restarting, no pooled connection in time, a statement
+                timeout, a deadlock), as the SQLite store says for its file.
+        """
+        try:
+            with self._open_pool().connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            why = hide_password(str(exc).strip())
+            raise StoreUnavailableError(
+                f"the PostgreSQL store {hide_password(self.url)!r} did not answer: {why}; "
+                "check that the server runs and is reachable, then try again (a worker "
+                "tries again by itself)"
+            ) from exc
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self._ready:
