@@ -649,6 +649,19 @@ def test_worker_queues_and_ids_that_match_no_row_are_refused(
         Worker(store, registry=registry, **setting)
 
 
+async def test_a_worker_with_a_concurrency_past_what_a_limit_takes_claims(
+    make_store: Callable[..., Any],
+) -> None:
+    # Each claim asked for LIMIT 2**63: SQLite could not bind it, PostgreSQL
+    # refused it as no bigint; the worker logged a failed claim at every poll.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store(), concurrency=2**63) as worker:
+        stored = await service.wait(sid, timeout=20)
+    assert stored.waiting_for == ("msg",)
+    assert worker.statistics().saved == 1
+
+
 async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
     make_store: Callable[..., Any],
 ) -> None:
