@@ -24,6 +24,7 @@ Needs the ``postgres`` extra: ``pip install 'stageflow[postgres]'``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 import re
 import threading
@@ -207,6 +208,22 @@ def _stored(row: Sequence[Any]) -> StoredSession:
     return stored_session(row, _utc, list)
 
 
+def _channel(schema: str, kind: str) -> str:
+    """The notification channel ``<schema>.<kind>``, made to fit PostgreSQL's 63 bytes.
+
+    A channel name is an identifier: ``pg_notify`` refuses a longer one
+    ("channel name too long") and ``LISTEN`` cuts it, so a schema name of 59
+    or more characters made every notification fail, and workers and
+    waiters fell back to polling. Such a schema's channels are named by its
+    first 40 characters and a digest of the whole name.
+    """
+    name = f"{schema}.{kind}"
+    if len(name.encode()) < 64:
+        return name
+    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+    return f"{schema[:40]}.{digest}.{kind}"
+
+
 def _queue_filter(queues: Sequence[str]) -> tuple[str, Any]:
     """The claim's queue condition and its parameter.
 
@@ -331,8 +348,8 @@ class PostgresStore:
         self._events = events
         self._connect_timeout = connect_timeout
         self._create = create
-        self._channel = f"{schema}.wake"
-        self._done_channel = f"{schema}.done"
+        self._channel = _channel(schema, "wake")
+        self._done_channel = _channel(schema, "done")
         self._options = (
             f"-c search_path={schema} -c statement_timeout=30000 "
             "-c idle_in_transaction_session_timeout=60000"

@@ -108,3 +108,25 @@ async def test_wait_wakes_on_the_done_notification_not_the_poll(
         worker.shutdown()
     assert waited[0].inbox_done == 1
     assert reads <= 4  # a read per notice (the first LISTEN counts as one), never a poll loop
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_schema_with_a_name_of_63_characters_still_notifies(
+    make_store: Callable[..., Any], store_options: dict[str, Any]
+) -> None:
+    # "<schema>.wake" was over PostgreSQL's 63 bytes for a channel: every
+    # pg_notify failed ("channel name too long"), and the worker and the
+    # waiter only polled (60 s here).
+    schema = (store_options["schema"] + "_" * 63)[:63]
+    service = SessionService(make_store(schema=schema), registry=registry, poll=60.0)
+    worker = Worker(make_store(schema=schema), registry=registry, poll=60.0, fetch_cooldown=0.01)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        with anyio.fail_after(10):
+            sid = await service.start(chat_pipeline())
+            await service.wait(sid, timeout=60)
+            record = await service.send_input(sid, "msg", {"n": 1})
+            stored = await service.wait(sid, seq=record.seq, timeout=60)
+        worker.shutdown()
+    assert stored.inbox_done == 1
