@@ -200,6 +200,16 @@ ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
 """
 
 
+_LONGEST_LEASE = 1e11
+"""The longest lease written, in seconds (about 3,000 years: "never expires").
+
+A longer one made the lease's expiry a time past year 9999, which psycopg
+cannot read (every read of the row failed, the worker's ``next_due`` too),
+or, past about 9e12 s, an interval PostgreSQL cannot hold (every claim
+failed).
+"""
+
+
 def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
     return value.astimezone(datetime.UTC) if value is not None else None
 
@@ -644,6 +654,7 @@ class PostgresStore:
         """Lease up to ``limit`` due sessions with ``FOR UPDATE SKIP LOCKED``."""
         if limit <= 0:
             return []
+        lease = min(lease, _LONGEST_LEASE)
 
         which, named = _queue_filter(queues)
 
@@ -725,6 +736,7 @@ class PostgresStore:
         """Extend the leases still held (one statement); returns their session ids."""
         if not leases:
             return set()
+        lease = min(lease, _LONGEST_LEASE)
 
         def run(conn: psycopg.Connection[Any]) -> set[str]:
             rows = conn.execute(

@@ -317,6 +317,24 @@ async def test_an_expired_lease_is_claimed_again_with_a_new_token(store: Session
     assert (old.token, new.token, new.attempts) == (1, 2, 2)
 
 
+@pytest.mark.parametrize("lease", [1e12, 1e300])
+async def test_a_lease_past_year_9999_leaves_the_row_readable(
+    store: SessionStore, lease: float
+) -> None:
+    # A lease is "never expires" from some length on. PostgreSQL wrote its
+    # expiry past year 9999, which psycopg cannot read (get, list and next_due
+    # failed), or refused the interval (every claim failed).
+    await store.create(snapshot("s"))
+    held = await claim_one(store, "w1", lease=lease)
+    assert await store.heartbeat("w1", [held], lease) == {"s"}
+    stored = await store.get("s")
+    assert stored.lease_owner == "w1"
+    assert stored.runnable_at is not None
+    assert stored.runnable_at.year >= 5000
+    assert [s.session_id for s in await store.list_sessions()] == ["s"]
+    assert await store.next_due() == stored.runnable_at
+
+
 async def test_a_stale_tokens_save_changes_nothing(store: SessionStore) -> None:
     await store.create(snapshot("s"))
     await store.send_input("s", "msg", {"n": 1})
