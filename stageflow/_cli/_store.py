@@ -34,6 +34,7 @@ from stageflow.store import (
     Worker,
     open_store,
 )
+from stageflow.store._errors import hide_password
 
 __all__ = ["add_store_parsers"]
 
@@ -72,7 +73,7 @@ def _open(args: argparse.Namespace, **options: Any) -> SessionStore:
         if not args.store.startswith(("postgresql://", "postgres://")):
             raise CommandError(
                 f"--schema {args.schema}: only a PostgreSQL store has schemas, and "
-                f"--store {args.store} is not one; leave --schema out"
+                f"--store {hide_password(args.store)} is not one; leave --schema out"
             )
         options["schema"] = args.schema
     return open_store(args.store, **options)

@@ -56,9 +56,11 @@ from stageflow._engine._limits import RunCaps, run_time_error
 from stageflow._engine._map import MapExecutor
 from stageflow._engine._parallel import ParallelExecutor
 from stageflow._engine._positions import (
+    Call,
     FramePosition,
     awaited,
     count_positions,
+    not_kept,
     parked_calls,
     writes_of,
 )
@@ -892,7 +894,17 @@ class Run:
         state.history.close()
         state.history.reopen()
         state.status = SessionStatus.WAITING
-        state.parked = None  # the new snapshot's position keeps the waits not run again
+        # The new position keeps the restored waits that did not run again; an
+        # input parked in one whose branch was torn down (an ``any`` race decided
+        # before its stage replayed it) is in no position any more: it is carried
+        # as unseen, so the session discards it when it ends, never in silence.
+        # Carried as a restored session carries it (no longer parked): no later
+        # position holds it, so none may be taken for it.
+        parked, state.parked = state.parked, None
+        gone = not_kept(parked.values(), parked_calls(state.saved["position"])) if parked else ()
+        if gone:
+            carried: list[Call] = [{"wait": c["wait"], "payload": c["payload"]} for c in gone]
+            state.unseen = [*(state.unseen or ()), *carried]
         waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
         return SessionResult(
             status=SessionStatus.WAITING,

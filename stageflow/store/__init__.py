@@ -33,6 +33,7 @@ from stageflow.store._errors import (
     StoreError,
     StoreSchemaError,
     StoreUnavailableError,
+    hide_password,
 )
 from stageflow.store._records import (
     CANCEL_INPUT,
@@ -91,7 +92,7 @@ def open_store(url: str, **options: Any) -> SessionStore:
         rest = url[len("sqlite://") :]
         if not rest.startswith("/") or rest == "/":
             raise StoreUnavailableError(
-                f"store URL {url!r} has no file; write sqlite:///relative.db, "
+                f"store URL {hide_password(url)!r} has no file; write sqlite:///relative.db, "
                 "sqlite:////absolute/path.db or sqlite:///:memory:"
             )
         return SQLiteStore(rest[1:], **options)
@@ -105,6 +106,6 @@ def open_store(url: str, **options: Any) -> SessionStore:
             ) from exc
         return PostgresStore(url, **options)
     raise StoreUnavailableError(
-        f"store URL {url!r} has an unknown scheme; use sqlite:///path.db or "
+        f"store URL {hide_password(url)!r} has an unknown scheme; use sqlite:///path.db or "
         "postgresql://user@host/db"
     )

@@ -15,6 +15,8 @@ can raise them without importing one another::
 
 from __future__ import annotations
 
+import re
+
 from stageflow._errors import StageflowError, shown_text
 
 __all__ = [
@@ -32,6 +34,21 @@ def shown(value: object) -> str:
     """``repr(value)`` for a message, cut to 60 characters (an id or key may be huge)."""
     text = shown_text(repr, value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# The user part ends at the first "/" or "@" (as libpq reads a URL).
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^/@\s\"']*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s\"']*")
+
+
+def hide_password(text: str) -> str:
+    """``text`` (a store URL, or a driver's message quoting one) with the password as ``***``.
+
+    A password in the user part (``postgresql://app:secret@db/app``) or in
+    the query (``?password=secret``) would otherwise reach the logs: a
+    worker logs the error of every claim that fails during an outage.
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
 class StoreError(StageflowError):
@@ -68,9 +85,10 @@ class SessionFinishedError(StoreError):
 class StoreUnavailableError(StoreError):
     """The store URL is malformed, or its database cannot be reached or read.
 
-    Also raised by the SQLite store when its file stops being readable or
-    writable while in use (not a database, damaged, a disk error, a lock
-    held past the busy timeout).
+    Also raised while in use: by the PostgreSQL store when the server stops
+    answering (a connection it closed, a restart, a statement timeout), by
+    the SQLite store when its file stops being readable or writable (not a
+    database, damaged, a disk error, a lock held past the busy timeout).
     """
 
 

@@ -24,6 +24,7 @@ Needs the ``postgres`` extra: ``pip install 'stageflow[postgres]'``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 import re
 import threading
@@ -43,6 +44,7 @@ from stageflow.store._errors import (
     SessionNotFoundError,
     StoreSchemaError,
     StoreUnavailableError,
+    hide_password,
 )
 from stageflow.store._history import with_history
 from stageflow.store._records import (
@@ -198,12 +200,38 @@ ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
 """
 
 
+_LONGEST_LEASE = 1e11
+"""The longest lease written, in seconds (about 3,000 years: "never expires").
+
+A longer one made the lease's expiry a time past year 9999, which psycopg
+cannot read (every read of the row failed, the worker's ``next_due`` too),
+or, past about 9e12 s, an interval PostgreSQL cannot hold (every claim
+failed).
+"""
+
+
 def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
     return value.astimezone(datetime.UTC) if value is not None else None
 
 
 def _stored(row: Sequence[Any]) -> StoredSession:
     return stored_session(row, _utc, list)
+
+
+def _channel(schema: str, kind: str) -> str:
+    """The notification channel ``<schema>.<kind>``, made to fit PostgreSQL's 63 bytes.
+
+    A channel name is an identifier: ``pg_notify`` refuses a longer one
+    ("channel name too long") and ``LISTEN`` cuts it, so a schema name of 59
+    or more characters made every notification fail, and workers and
+    waiters fell back to polling. Such a schema's channels are named by its
+    first 40 characters and a digest of the whole name.
+    """
+    name = f"{schema}.{kind}"
+    if len(name.encode()) < 64:
+        return name
+    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+    return f"{schema[:40]}.{digest}.{kind}"
 
 
 def _queue_filter(queues: Sequence[str]) -> tuple[str, Any]:
@@ -223,8 +251,9 @@ class _Notifier:
     Ids handed over while a ``pg_notify`` is in flight go out together in the
     next one (one statement for both channels), so a burst of writes costs a
     few NOTIFYs, not one per row. A payload over 7 KB becomes ``"*"`` (the
-    limit is 8 KB). A failed send is logged and dropped: notifications are
-    hints, and the receivers also poll.
+    limit is 8 KB), as does one with a session id that holds a comma. A
+    failed send is logged and dropped: notifications are hints, and the
+    receivers also poll.
     """
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
@@ -260,7 +289,9 @@ class _Notifier:
                 args: list[str] = []
                 for channel, ids in batch.items():
                     payload = ",".join(sorted(ids))
-                    args += [channel, "*" if len(payload.encode()) > 7000 else payload]
+                    # An id holding a comma would be read as several: everyone reads again.
+                    whole = len(payload.encode()) <= 7000 and not any("," in i for i in ids)
+                    args += [channel, payload if whole else "*"]
                 calls = ", ".join(["pg_notify(%s, %s)"] * (len(args) // 2))
                 try:
                     conn = conn or self._connect()
@@ -327,8 +358,8 @@ class PostgresStore:
         self._events = events
         self._connect_timeout = connect_timeout
         self._create = create
-        self._channel = f"{schema}.wake"
-        self._done_channel = f"{schema}.done"
+        self._channel = _channel(schema, "wake")
+        self._done_channel = _channel(schema, "done")
         self._options = (
             f"-c search_path={schema} -c statement_timeout=30000 "
             "-c idle_in_transaction_session_timeout=60000"
@@ -355,7 +386,7 @@ class PostgresStore:
     # ------------------------------------------------------------ plumbing
 
     def _where(self) -> str:
-        return f"schema {self.schema!r} of {psycopg.conninfo.make_conninfo(self.url, password='')}"
+        return f"schema {self.schema!r} of {hide_password(self.url)}"
 
     def _open_connection(self, autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
@@ -366,8 +397,9 @@ class PostgresStore:
                 connect_timeout=max(1, int(self._connect_timeout)),
             )
         except psycopg.Error as exc:
+            why = hide_password(str(exc).strip())  # it may quote the URL
             raise StoreUnavailableError(
-                f"cannot reach the PostgreSQL store {self.url!r}: {str(exc).strip()}; check "
+                f"cannot reach the PostgreSQL store {hide_password(self.url)!r}: {why}; check "
                 "the URL, that the server runs, and that it accepts this user"
             ) from exc
 
@@ -393,8 +425,24 @@ class PostgresStore:
         return self._pool
 
     def _with_conn(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._open_pool().connection() as conn:
-            return fn(conn)
+        """Run ``fn`` with a pooled connection.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached or answer
+                now (psycopg's ``OperationalError``: a connection that broke,
+                a server restarting, no pooled connection in time, a statement
+                timeout, a deadlock), as the SQLite store says for its file.
+        """
+        try:
+            with self._open_pool().connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            why = hide_password(str(exc).strip())
+            raise StoreUnavailableError(
+                f"the PostgreSQL store {hide_password(self.url)!r} did not answer: {why}; "
+                "check that the server runs and is reachable, then try again (a worker "
+                "tries again by itself)"
+            ) from exc
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self._ready:
@@ -606,6 +654,7 @@ class PostgresStore:
         """Lease up to ``limit`` due sessions with ``FOR UPDATE SKIP LOCKED``."""
         if limit <= 0:
             return []
+        lease = min(lease, _LONGEST_LEASE)
 
         which, named = _queue_filter(queues)
 
@@ -687,6 +736,7 @@ class PostgresStore:
         """Extend the leases still held (one statement); returns their session ids."""
         if not leases:
             return set()
+        lease = min(lease, _LONGEST_LEASE)
 
         def run(conn: psycopg.Connection[Any]) -> set[str]:
             rows = conn.execute(

@@ -18,6 +18,7 @@ from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
 from stageflow.store._records import FINISHED_STATUSES, InputRecord, SessionStore, StoredSession
+from stageflow.store._shared import LIMIT_MAX
 
 __all__ = ["SessionService"]
 
@@ -25,7 +26,6 @@ _MIN_POLL = 0.005
 _MAX_POLL = 0.2  # without save notices (SQLite across processes)
 _SENT_MARKS = 10_000  # the save marks of inputs sent and not yet waited for
 _STATUSES = sorted({s.value for s in SessionStatus} | FINISHED_STATUSES)  # a row's
-_MAX_LIMIT = 2**62  # what both stores' LIMIT takes (a 64-bit integer)
 
 
 def _recorded(stored: StoredSession, seq: int) -> bool:
@@ -193,7 +193,7 @@ class SessionService:
             )
         if not is_count(limit, 1):
             raise ValueError(f"list(limit={limit!r}): pass a whole number of at least 1")
-        limit = min(limit, _MAX_LIMIT)
+        limit = min(limit, LIMIT_MAX)
         return await self.store.list_sessions(
             status=status, pipeline=pipeline, waiting_for=waiting_for, due=due, limit=limit
         )

@@ -51,6 +51,7 @@ __all__ = [
     "backoff",
     "cancel_text",
     "event_batch",
+    "LIMIT_MAX",
     "NAME_BYTES",
     "check_name",
     "inbox_text",
@@ -69,6 +70,9 @@ __all__ = [
     "stored_session",
 ]
 
+
+LIMIT_MAX = 2**62
+"""The largest row count both stores' ``LIMIT`` takes (a 64-bit integer)."""
 
 NAME_BYTES = 1024
 """The longest session id, idempotency key or queue name a store takes, in UTF-8 bytes.

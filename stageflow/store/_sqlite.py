@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from stageflow._deadlines import LATEST
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -134,9 +135,21 @@ DROP TABLE stageflow_events_v1;
 """
 
 
+_LATEST_EPOCH = LATEST.timestamp()  # a float: rounded up, it reads as year 10000
+
+
 def _dt(value: float | None) -> datetime.datetime | None:
+    """A stored time; from the last one a ``datetime`` holds on, that one.
+
+    A timer past year 9999 is due at :data:`~stageflow._deadlines.LATEST`
+    (a sleep of 1e12 s), stored as a float that reads back as year 10000;
+    a lease that long ends after it. Read as they are, they made every read
+    of the row (``get``, ``list``, a worker's ``next_due``) raise.
+    """
     if value is None:
         return None
+    if value >= _LATEST_EPOCH:
+        return LATEST
     return datetime.datetime.fromtimestamp(value, datetime.UTC)
 
 

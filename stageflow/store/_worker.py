@@ -38,7 +38,7 @@ from stageflow._stages import StageRegistry
 from stageflow.store._errors import StoreArgumentError, StoredDataError
 from stageflow.store._history import turn_snapshot
 from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
-from stageflow.store._shared import check_name
+from stageflow.store._shared import LIMIT_MAX, check_name
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 
@@ -320,7 +320,8 @@ class Worker:
                     claimed_at = time.monotonic()  # before the database reads now()
                     leases = await self.store.claim(
                         self.worker_id,
-                        limit=self.concurrency - len(self._turns),
+                        # A concurrency past what LIMIT takes failed every claim.
+                        limit=min(self.concurrency - len(self._turns), LIMIT_MAX),
                         lease=self.lease,
                         queues=self.queues,
                     )

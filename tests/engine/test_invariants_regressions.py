@@ -461,3 +461,39 @@ async def test_an_input_sent_after_a_limit_stopped_the_run_is_kept_for_the_resum
     received = [e.payload["from"] for e in result.history if e.type == "input_received"]
     assert sorted(received) == ["backlog", "sender"]  # item 1 takes the queued one
     assert result.discarded_inputs == ()
+
+
+@pytest.mark.parametrize("restored", [False, True])
+async def test_an_input_parked_in_a_wait_whose_race_is_decided_first_is_carried(
+    restored: bool,
+) -> None:
+    """Inputs sent to saved waits, then a run (suspend mode) decides a race before one replays.
+
+    ``go`` reaches two saved waits (``delivered=2``); the race's other
+    branch wins before ``ask`` runs again. The suspension dropped ``ask``'s
+    parked input (the new position no longer holds it) without carrying it
+    in ``unseen_inputs``: the session ended with one of the two deliveries.
+    """
+    registry = fake_registry()
+    nodes = [
+        parallel("both", ["race", "other"], next="last"),
+        parallel("race", ["work", "ask"], policy="any"),
+        stage("work", "WaitStage", config={"input": "x"}),
+        stage("ask", "WaitStage", config={"input": "go"}),
+        stage("other", "WaitStage", config={"input": "go"}),
+        stage("last", "WaitStage", config={"input": "done"}, next="end"),
+        terminal("end"),
+    ]
+    pipeline = load(doc(nodes), registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    assert (await session.run(suspend=True)).waiting_for == ("go", "x")
+    delivered = session.send_input("x", {}).delivered + session.send_input("go", {}).delivered
+    assert delivered == 3
+    assert (await session.run(suspend=True)).waiting_for == ("done",)
+    if restored:
+        data = json.loads(json.dumps(session.to_dict()))
+        session = stageflow.Session.from_dict(data, registry=registry)
+    session.send_input("done", {})
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert _received_or_discarded(result, "go") + _received_or_discarded(result, "x") == 3

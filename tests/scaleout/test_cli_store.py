@@ -120,6 +120,19 @@ def test_a_worker_on_an_unreachable_store_exits_2_with_the_fix(capsys: Any) -> N
     assert "check that the directory exists" in err
 
 
+def test_a_store_url_with_a_password_is_shown_without_it(capsys: Any) -> None:
+    store = "postgresql://app:s3cret@127.0.0.1:1/db"
+    for argv in (
+        ("worker", "--no-plugins"),
+        ("sessions", "list"),
+        ("sessions", "send", "s", "t", "{}"),
+    ):
+        code, out, err = run_cli(capsys, *argv, "--store", store)
+        assert (code, out) == (2, "")
+        assert "cannot reach the PostgreSQL store 'postgresql://app:***@127.0.0.1:1/db'" in err
+        assert "s3cret" not in err
+
+
 def test_the_worker_takes_its_tuning_options(
     url: str, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

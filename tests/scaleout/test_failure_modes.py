@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from store_support import chat_pipeline, gate_pipeline, read_marks, registry, sleep_pipeline
 from store_support import running as shared_running
@@ -606,3 +607,39 @@ async def test_a_store_opened_while_another_process_switches_the_file_to_wal_wai
     sid = await SessionService(store, registry=registry).start(chat_pipeline())
     assert (await store.get(sid)).status == "pending"
     assert refused  # the race happened, and the store waited it out
+
+
+def _terminate(dsn: str, application_name: str) -> int:
+    """Close the server side of every connection named ``application_name`` (a restart)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_broken_postgres_connection_is_a_store_unavailable_error(
+    store_url: str, store_options: dict[str, Any]
+) -> None:
+    # A pooled connection that the server closed (a restart, a failover) raised
+    # psycopg's own AdminShutdown to the service's caller: `except StoreError`
+    # missed the outage, as StoreUnavailableError says it for SQLite.
+    name = f"t{time.monotonic_ns()}"
+    separator = "&" if "?" in store_url else "?"
+    store = stageflow.store.open_store(  # one pooled connection: the one that breaks
+        f"{store_url}{separator}application_name={name}", **{**store_options, "pool_size": 1}
+    )
+    service = SessionService(store, registry=registry)
+    try:
+        sid = await service.start(chat_pipeline())
+        assert await anyio.to_thread.run_sync(_terminate, store_url, name) >= 1
+        with pytest.raises(StoreUnavailableError, match="did not answer: terminating connection"):
+            await service.send_input(sid, "msg", {"n": 1})
+        record = await service.send_input(sid, "msg", {"n": 1})  # a new connection
+        assert record.seq == 1
+    finally:
+        await store.aclose()

@@ -57,10 +57,21 @@ def test_a_payload_over_7_kb_becomes_a_star() -> None:
     assert conn.calls == [("SELECT pg_notify(%s, %s)", ["s.wake", "*"])]
 
 
+def test_a_session_id_with_a_comma_becomes_a_star() -> None:
+    # Read back as two ids ("a" and "b"), the notice woke neither waiter of "a,b".
+    conn = _BlockingConnection()
+    conn.release.set()
+    notifier = _Notifier(lambda: conn)  # type: ignore[arg-type, return-value]
+    notifier.add("s.done", ["a,b", "c"])
+    notifier.close()
+    assert conn.calls == [("SELECT pg_notify(%s, %s)", ["s.done", "*"])]
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("session_id", [None, "a,b"])
 async def test_wait_wakes_on_the_done_notification_not_the_poll(
-    make_store: Callable[..., Any],
+    make_store: Callable[..., Any], session_id: str | None
 ) -> None:
     # The service polls every 60 s at most: a wait that returns within 10 s was woken by the
     # save's NOTIFY on <schema>.done (the worker saves through another store, as another
@@ -78,7 +89,7 @@ async def test_wait_wakes_on_the_done_notification_not_the_poll(
         return await get(session_id)
 
     store.get = counted_get
-    sid = await service.start(chat_pipeline())
+    sid = await service.start(chat_pipeline(), session_id=session_id)
     record = await service.send_input(sid, "msg", {"n": 1})
     worker = Worker(make_store(), registry=registry, poll=0.1, fetch_cooldown=0.01)
     waited: list[Any] = []
@@ -97,3 +108,25 @@ async def test_wait_wakes_on_the_done_notification_not_the_poll(
         worker.shutdown()
     assert waited[0].inbox_done == 1
     assert reads <= 4  # a read per notice (the first LISTEN counts as one), never a poll loop
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_schema_with_a_name_of_63_characters_still_notifies(
+    make_store: Callable[..., Any], store_options: dict[str, Any]
+) -> None:
+    # "<schema>.wake" was over PostgreSQL's 63 bytes for a channel: every
+    # pg_notify failed ("channel name too long"), and the worker and the
+    # waiter only polled (60 s here).
+    schema = (store_options["schema"] + "_" * 63)[:63]
+    service = SessionService(make_store(schema=schema), registry=registry, poll=60.0)
+    worker = Worker(make_store(schema=schema), registry=registry, poll=60.0, fetch_cooldown=0.01)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        with anyio.fail_after(10):
+            sid = await service.start(chat_pipeline())
+            await service.wait(sid, timeout=60)
+            record = await service.send_input(sid, "msg", {"n": 1})
+            stored = await service.wait(sid, seq=record.seq, timeout=60)
+        worker.shutdown()
+    assert stored.inbox_done == 1

@@ -317,6 +317,24 @@ async def test_an_expired_lease_is_claimed_again_with_a_new_token(store: Session
     assert (old.token, new.token, new.attempts) == (1, 2, 2)
 
 
+@pytest.mark.parametrize("lease", [1e12, 1e300])
+async def test_a_lease_past_year_9999_leaves_the_row_readable(
+    store: SessionStore, lease: float
+) -> None:
+    # A lease is "never expires" from some length on. PostgreSQL wrote its
+    # expiry past year 9999, which psycopg cannot read (get, list and next_due
+    # failed), or refused the interval (every claim failed).
+    await store.create(snapshot("s"))
+    held = await claim_one(store, "w1", lease=lease)
+    assert await store.heartbeat("w1", [held], lease) == {"s"}
+    stored = await store.get("s")
+    assert stored.lease_owner == "w1"
+    assert stored.runnable_at is not None
+    assert stored.runnable_at.year >= 5000
+    assert [s.session_id for s in await store.list_sessions()] == ["s"]
+    assert await store.next_due() == stored.runnable_at
+
+
 async def test_a_stale_tokens_save_changes_nothing(store: SessionStore) -> None:
     await store.create(snapshot("s"))
     await store.send_input("s", "msg", {"n": 1})
@@ -500,6 +518,32 @@ async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: 
     with pytest.raises(StoreUnavailableError, match="cannot reach the PostgreSQL store"):
         await closed.migrate()
     await closed.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@127.0.0.1:1/db",
+        "postgresql://app@127.0.0.1:1/db?password=s3cret&sslmode=disable",
+        "postgresql://app:s3cret@[::1/db",  # psycopg's own message quotes the URL
+        "postgres://app:s3cret@127.0.0.1:1/db",
+        "postgressql://app:s3cret@db/app",  # a typo in the scheme
+    ],
+)
+async def test_a_store_error_never_shows_the_urls_password(url: str) -> None:
+    # The message quoted the URL as given, password included; a worker logs
+    # it at every claim that fails while the database is down.
+    async def open_and_migrate() -> None:
+        store = open_store(url, connect_timeout=2)
+        try:
+            await store.migrate()
+        finally:
+            await store.aclose()
+
+    with pytest.raises(StoreUnavailableError) as caught:
+        await open_and_migrate()
+    assert "s3cret" not in str(caught.value)
+    assert "***" in str(caught.value)
 
 
 @pytest.mark.parametrize("synchronous", ["FUL", "OFF", "NORMAL; PRAGMA x", 2])

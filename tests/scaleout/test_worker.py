@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,22 @@ async def test_timers_survive_a_worker_restart(make_store: Callable[..., Any]) -
         done = await service.wait(sid, finished=True, timeout=20)
     assert done.status == "completed"
     assert done.updated_at >= stored.wake_at
+
+
+async def test_a_timer_past_year_9999_is_read_as_the_latest_time(
+    make_store: Callable[..., Any],
+) -> None:
+    # The engine puts such a timer at datetime.max; SQLite stored it as a float
+    # that read back as year 10000, so every read of the row raised ValueError,
+    # the worker's next_due too (its idle loop failed and slept at each poll).
+    latest = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    service = SessionService(make_store(), registry=registry)
+    async with running(make_store()):
+        sid = await service.start(sleep_pipeline(1e12))
+        stored = await service.wait(sid, timeout=20)
+    assert (stored.status, stored.wake_at, stored.runnable_at) == ("waiting", latest, latest)
+    assert [s.session_id for s in await service.list(status="waiting")] == [sid]
+    assert await service.store.next_due() == latest
 
 
 async def test_heartbeats_keep_a_stage_longer_than_its_lease(
@@ -476,6 +493,54 @@ async def test_inputs_sent_after_a_cancel_request_are_recorded_as_discarded(
     assert history[-1]["payload"]["reason"] == "user left"
 
 
+def _race_pipeline() -> stageflow.Pipeline:
+    """``ask`` (go) races ``work`` (x); ``other`` waits for go beside them; then ``last``."""
+    nodes: list[dict[str, Any]] = [
+        {"id": "both", "type": "parallel", "children": ["race", "other"], "next": "last"},
+        {"id": "race", "type": "parallel", "children": ["work", "ask"], "policy": "any"},
+        {"id": "work", "type": "stage", "stage": "WaitStage", "config": {"input": "x"}},
+        {"id": "ask", "type": "stage", "stage": "WaitStage", "config": {"input": "go"}},
+        {"id": "other", "type": "stage", "stage": "WaitStage", "config": {"input": "go"}},
+        {"id": "last", "type": "stage", "stage": "WaitStage", "config": {"input": "done"},
+         "next": "end"},
+        {"id": "end", "type": "terminal", "result": {"ok": True}},
+    ]  # fmt: skip
+    return stageflow.Pipeline.from_dict(
+        {"api_version": "1.0", "entry": "both", "metadata": {"name": "race"}, "nodes": nodes},
+        registry=registry,
+    )
+
+
+async def test_an_input_given_to_the_loser_of_a_race_in_a_turn_is_discarded_at_the_end(
+    make_store: Callable[..., Any],
+) -> None:
+    # One turn delivers "x" and "go": "go" reaches two saved waits, and the
+    # race is decided before one of them runs again. Its input was in no
+    # position and no unseen_inputs of the saved snapshot: the session ended
+    # with it in neither input_received nor inputs_discarded.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(_race_pipeline())
+    async with running(make_store()):
+        await service.wait(sid, timeout=20)
+    await service.send_input(sid, "x", {"n": 1})
+    await service.send_input(sid, "go", {"n": 2})
+    async with running(make_store()):
+        stored = await service.wait(sid, timeout=20)
+        assert stored.waiting_for == ("done",)
+        await service.send_input(sid, "done", {})
+        done = await service.wait(sid, finished=True, timeout=20)
+    assert done.status == "completed"
+    history = (await service.store.load(sid, history=True))["history"]
+    accounted = [e["payload"]["input_type"] for e in history if e["type"] == "input_received"] + [
+        i["input_type"]
+        for e in history
+        if e["type"] == "inputs_discarded"
+        for i in e["payload"]["inputs"]
+    ]
+    # "go" reached both of its waits, "x" one: each delivery once, in one event.
+    assert sorted(accounted) == ["done", "go", "go", "x"]
+
+
 async def test_an_input_stored_during_the_last_turn_is_counted_as_not_taken(
     make_store: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -582,6 +647,19 @@ def test_worker_queues_and_ids_that_match_no_row_are_refused(
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     with pytest.raises(StoreArgumentError, match=message):
         Worker(store, registry=registry, **setting)
+
+
+async def test_a_worker_with_a_concurrency_past_what_a_limit_takes_claims(
+    make_store: Callable[..., Any],
+) -> None:
+    # Each claim asked for LIMIT 2**63: SQLite could not bind it, PostgreSQL
+    # refused it as no bigint; the worker logged a failed claim at every poll.
+    service = SessionService(make_store(), registry=registry)
+    sid = await service.start(chat_pipeline())
+    async with running(make_store(), concurrency=2**63) as worker:
+        stored = await service.wait(sid, timeout=20)
+    assert stored.waiting_for == ("msg",)
+    assert worker.statistics().saved == 1
 
 
 async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
