@@ -184,7 +184,6 @@ def _check_store(conn: sqlite3.Connection, path: str) -> None:
     """Refuse a database without stageflow's tables (a store opened with ``create=False``)."""
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'stageflow_schema'")
     if found.fetchone() is None:
-        conn.close()
         raise StoreUnavailableError(
             f"the SQLite file {path!r} holds no stageflow store (no stageflow_schema table); "
             "check the path, or let a worker or a SessionService create the store there"
@@ -272,20 +271,29 @@ class SQLiteStore:
                     timeout=_BUSY_SECONDS,
                     uri=not self._create,
                 )
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from exc
+            try:
                 if not self._create:
                     # Before WAL: a database that is not a store keeps its journal mode.
                     _check_store(conn, self.path)
                 _enable_wal(conn)
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(
-                    f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
-                    "directory exists and is writable, and that the path names a file "
-                    "(not a directory) that is a stageflow store or does not exist yet"
-                ) from exc
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except BaseException as exc:
+                conn.close()  # not left to the collector (a ResourceWarning on Python 3.13)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._unavailable(exc) from exc
+                raise
             self._conn = conn
         return self._conn
+
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
+            "directory exists and is writable, and that the path names a file "
+            "(not a directory) that is a stageflow store or does not exist yet"
+        )
 
     def _locked(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         """Run ``fn`` with the connection (in a transaction when it writes).

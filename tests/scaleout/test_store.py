@@ -483,6 +483,36 @@ async def test_a_store_opened_without_create_only_opens_one_that_exists(make_sto
     assert [r.session_id for r in listed] == ["s1"]
 
 
+@pytest.mark.parametrize("create", [True, False])
+async def test_a_sqlite_file_that_cannot_be_a_store_is_refused_and_closed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, create: bool
+) -> None:
+    # The connection opened to find out was left to the collector: Python
+    # 3.13 reports it as a ResourceWarning (an error in this suite).
+    import sqlite3
+
+    opened: list[sqlite3.Connection] = []
+    real = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    text = tmp_path / "notes.db"
+    text.write_text("not a database, " * 100)
+    empty = tmp_path / "empty.db"
+    real(str(empty)).close()  # an SQLite database without stageflow's tables
+    for path in (text, empty) if not create else (text,):
+        with pytest.raises(StoreUnavailableError):
+            await open_store(f"sqlite:///{path}", create=create).list_sessions()
+    assert opened
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+
+
 async def _bump_schema(store: Any, version: int) -> None:
     import anyio
 
