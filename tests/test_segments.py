@@ -283,11 +283,13 @@ CRASHY = doc(
 )
 
 
-async def _until_started(session: stageflow.Session, node_id: str) -> None:
+async def _until_started(
+    session: stageflow.Session, node_id: str, event: str = "node_started"
+) -> None:
     """Block until ``node_id`` has started (its ``node_started`` event; no polling)."""
     stream = session.events(buffer=0)
     try:
-        while not any(e.type == "node_started" and e.node_id == node_id for e in session.history):
+        while not any(e.type == event and e.node_id == node_id for e in session.history):
             await stream.__anext__()
     finally:
         await stream.aclose()
@@ -566,3 +568,46 @@ async def test_log_lines_carry_the_ids_of_the_segment_they_end_in(traced: Traced
     assert started["trace_id"] != ask_line["trace_id"]  # it started in the first segment
     [finished] = [x for x in logs if x["event"] == "session.finished"]
     assert finished["span_id"] == f"{root_after.context.span_id:016x}"
+
+
+@pytest.mark.parametrize("short", ["input", "timer"])
+async def test_a_short_wait_begun_beside_a_long_one_cuts_too(traced: Traced, short: str) -> None:
+    # Only a long wait looked for a cut as it began: a short input wait or
+    # timer begun after another position's long wait left the run's spans
+    # open across both (or until the short one ended), and the stage went
+    # on in the segment the cut had ended.
+    tracer = traced.provider.get_tracer("app")
+    gate = anyio.Event()
+
+    class Then(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            await gate.wait()  # once a waits long
+            if short == "input":
+                await ctx.wait_input("other", timeout=30)  # under the threshold
+            else:
+                await ctx.sleep(scaled(30))
+            with tracer.start_as_current_span("app.after"):
+                return {}
+
+    registry = _registry()
+    registry.add(Then, name="Then")
+    document = doc([parallel("fan", ["a", "b"], next="end"), _waiting("a"), stage("b", "Then")])
+    document["nodes"].append(terminal())
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=traced.provider
+    )
+    session.subscribe(lambda e: gate.set() if e.type == "waiting_for_input" else None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        if short == "input":
+            await wait_until_waiting(session, "other")
+            assert {s.name for s in traced.spans()} >= {"run pipeline", "wait other"}
+            session.send_input("other", {})
+        await _until_started(session, "b", "node_finished")
+        session.send_input("go", {})
+    spans = traced.spans()
+    assert orphans(spans) == []
+    first, second, third = segment_tree(spans)
+    assert "stage b < branch fan/b" in first
+    assert second[-2:] == ["stage b < branch fan/b", "app.after < stage b"]
+    assert "terminal end < run pipeline" in third
