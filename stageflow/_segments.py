@@ -140,12 +140,12 @@ class SegmentedSpan(Span):
             self.span, self._ended = span, None
             segments.open[self] = None
             return span
-        attributes = dict(self.attributes)
         links = []
         if owner is None:
             # The root of a new segment: a new trace, linked to the previous one.
+            # Its number is kept with its attributes: a snapshot's rebuild has it.
             segments.segment += 1
-            attributes[SEGMENT] = segments.segment
+            self.attributes[SEGMENT] = segments.segment
             context = otel_context.Context()
             kind = "previous_segment"
         else:
@@ -156,7 +156,7 @@ class SegmentedSpan(Span):
         if self.previous is not None:
             links.append(Link(self.previous, {_LINK_KIND: kind}))
         span = segments.tracer.start_span(
-            self.name, context=context, attributes=attributes, links=links
+            self.name, context=context, attributes=dict(self.attributes), links=links
         )
         self.span, self._ended = span, None
         self.ids = _span_ids(span)

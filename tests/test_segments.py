@@ -611,3 +611,33 @@ async def test_a_short_wait_begun_beside_a_long_one_cuts_too(traced: Traced, sho
     assert "stage b < branch fan/b" in first
     assert second[-2:] == ["stage b < branch fan/b", "app.after < stage b"]
     assert "terminal end < run pipeline" in third
+
+
+async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
+    traced: Traced,
+) -> None:
+    # The snapshot kept the root's attributes without stageflow.segment (set
+    # on each incarnation only): the rebuilt root of segment 2 read as a
+    # first segment.
+    document = doc([_waiting("ask", next="work"), stage("work", "Hang", next="end"), terminal()])
+    session, registry = _session(document, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        session.send_input("go", {})
+        await _until_started(session, "work")  # in segment 2, working: spans are open
+        snapshot = json.loads(json.dumps(session.to_dict()))
+        tg.cancel_scope.cancel()  # the process "dies"
+    [root] = [s for s in snapshot["trace"]["open"] if s["name"] == "run pipeline"]
+    assert root["attributes"]["stageflow.segment"] == 2
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    with anyio.move_on_after(scaled(1)):
+        await restored.run()  # rebuilds as it starts; "work" hangs
+    [rebuilt] = [
+        s for s in after.spans() if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
+    ]
+    assert f"{rebuilt.context.span_id:016x}" == root["span_id"]
+    assert _attr(rebuilt, "stageflow.segment") == 2
