@@ -641,3 +641,36 @@ async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
     ]
     assert f"{rebuilt.context.span_id:016x}" == root["span_id"]
     assert _attr(rebuilt, "stageflow.segment") == 2
+
+
+@pytest.mark.parametrize("mode", ["no threshold", "suspend mode"])
+async def test_a_run_that_is_never_cut_lists_its_open_spans_too(traced: Traced, mode: str) -> None:
+    # Only a run whose waits could cut it kept its open spans: with
+    # trace_wait_threshold=None, or under run(suspend=True), a live snapshot
+    # listed none, and a crash left the exported spans without their parents
+    # and the restored run's link without a target.
+    kw: dict[str, Any] = {"trace_wait_threshold": None} if mode == "no threshold" else {}
+    session, registry = _session(CRASHY, traced, **kw)
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await session.run(suspend=mode == "suspend mode")
+
+        tg.start_soon(run)
+        await _until_started(session, "b")
+        snapshot = json.loads(json.dumps(session.to_dict()))  # b works: spans are open
+        exported_before_crash = traced.spans()
+        tg.cancel_scope.cancel()  # the process "dies"
+    assert "run pipeline" in [s["name"] for s in snapshot["trace"]["open"]]
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "go")
+        restored.send_input("go", {})
+    everything = exported_before_crash + after.spans()
+    assert orphans(everything) == []
+    ids = [(s.context.trace_id, s.context.span_id) for s in everything]
+    assert len(ids) == len(set(ids))
