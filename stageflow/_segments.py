@@ -109,7 +109,8 @@ class SegmentedSpan(Span):
         self.span: Span | None = span  # the incarnation, None after a cut
         self.previous: SpanContext | None = None  # the incarnation a cut ended
         self._ended: Span | None = None  # that incarnation (for its parent)
-        self.revivable = revivable  # a wait span is not started again after a cut
+        # A wait span is not started again after a cut, nor any span once it ended.
+        self.revivable = revivable
         self.ids = _span_ids(span)
         self.flags = span.get_span_context().trace_flags
 
@@ -123,10 +124,16 @@ class SegmentedSpan(Span):
         return getattr(self.span if self.span is not None else self._ended, "parent", None)
 
     def live(self) -> Span:
-        """The current incarnation, started again if a cut ended it."""
+        """The current incarnation, started again if a cut ended it.
+
+        A span ended for good (or a wait span a cut ended) is not: a use
+        after its end goes to the incarnation that ended, as it would on a
+        plain span (the SDK ignores it).
+        """
         span = self.span
         if span is None:
-            span = self._revive()
+            span = self._revive() if self.revivable else self._ended
+            assert span is not None  # no incarnation: ended by a cut or for good
         return span
 
     def _revive(self) -> Span:
@@ -149,7 +156,7 @@ class SegmentedSpan(Span):
             context = otel_context.Context()
             kind = "previous_segment"
         else:
-            if owner.span is None:
+            if owner.span is None and owner.revivable:
                 owner._revive()  # the owner first: reading its context starts nothing
             context = trace.set_span_in_context(owner)
             kind = "continues"
@@ -240,6 +247,7 @@ class SegmentedSpan(Span):
         span.end(end_time)
         self.segments.open.pop(self, None)
         self.span = None
+        self.revivable = False  # for good: a later use starts nothing again
         self.previous, self._ended = span.get_span_context(), span  # what reads see from now
 
 
@@ -272,7 +280,7 @@ class Segments:
         if owner is not None:
             if owner.segments is not self:
                 owner = None  # another run's span (a session run from inside a stage)
-            elif owner.span is None:
+            elif owner.span is None and owner.revivable:
                 owner._revive()  # a child of the live incarnation, in the new segment
         span = self.tracer.start_span(name, attributes=attributes, links=links)
         wrapper = SegmentedSpan(self, owner, name, attributes, span, revivable)

@@ -674,3 +674,32 @@ async def test_a_run_that_is_never_cut_lists_its_open_spans_too(traced: Traced, 
     assert orphans(everything) == []
     ids = [(s.context.trace_id, s.context.span_id) for s in everything]
     assert len(ids) == len(set(ids))
+
+
+async def test_a_span_used_after_its_end_is_not_started_again(traced: Traced) -> None:
+    # A stage that kept its span and set an attribute on it after its node
+    # ended started the span again: an incarnation nobody ended, listed
+    # open by snapshots (a restore rebuilt it) and exported by the next cut.
+    kept: list[trace.Span] = []
+
+    class Keep(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            kept.append(trace.get_current_span())
+            return {}
+
+    registry = _registry()
+    registry.add(Keep, name="Keep")
+    document = doc([stage("keep", "Keep", next="ask"), _waiting("ask", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=traced.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        kept[0].set_attribute("app.late", True)
+        kept[0].end()
+        assert "open" not in session.to_dict()["trace"]  # a cut wait: nothing open
+        session.send_input("go", {})
+    spans = traced.spans()
+    assert [s.name for s in spans].count("stage keep") == 1
+    assert orphans(spans) == []
