@@ -703,3 +703,18 @@ async def test_a_span_used_after_its_end_is_not_started_again(traced: Traced) ->
     spans = traced.spans()
     assert [s.name for s in spans].count("stage keep") == 1
     assert orphans(spans) == []
+
+
+@pytest.mark.parametrize("key", ["trace_id", "span_id", "parent_span_id"])
+async def test_an_open_span_with_an_all_zero_id_is_refused(traced: Traced, key: str) -> None:
+    # All zeros is no id to OpenTelemetry: the restore exported the rebuilt
+    # span with an invalid trace or span id (or as a root, for its parent).
+    snapshot, _, registry = await _crashed(traced)
+    where = 1  # a span with a parent
+    width = len(snapshot["trace"]["open"][where][key])
+    snapshot["trace"]["open"][where][key] = "0" * width
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=traced.provider)
+    [problem] = caught.value.problems
+    assert problem.location == f"$.trace.open[{where}].{key}"
+    assert "all zeros" in problem.message
