@@ -364,10 +364,14 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
     provider whose id generator does not honour :func:`wanted_ids` gets
     nothing: a span that did not get its id is left unended, so never
     exported, and the rebuild stops. A span this provider rebuilt already
-    (the same snapshot restored again in this process) is skipped.
+    (the same snapshot restored again in this process) is skipped. A child
+    follows its rebuilt parent's sampling: a provider that samples the
+    rebuilt root out exports none of its children either (no orphans).
     """
     done = 0
     rebuilt = _rebuilt(tracer)
+    sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    flags: dict[int, trace.TraceFlags] = {}  # of the spans rebuilt here, by span id
     for record in spans:
         trace_id, span_id = int(record["trace_id"], 16), int(record["span_id"], 16)
         if rebuilt is not None and (trace_id, span_id) in rebuilt:
@@ -376,11 +380,13 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
         if parent_id is None:
             context = otel_context.Context()
         else:
+            # A parent not rebuilt here was sampled (a snapshot lists no other).
+            parent_span_id = int(parent_id, 16)
             parent = SpanContext(
                 trace_id,
-                int(parent_id, 16),
+                parent_span_id,
                 is_remote=True,
-                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+                trace_flags=flags.get(parent_span_id, sampled),
             )
             context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         attributes = {**record["attributes"], _OUTCOME: OUTCOME_INTERRUPTED, REBUILT: True}
@@ -394,6 +400,7 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
         got = span.get_span_context()
         if (got.trace_id, got.span_id) != (trace_id, span_id):
             return done
+        flags[span_id] = got.trace_flags
         span.end(end_time=max(end, record["start"]))
         if rebuilt is not None:
             rebuilt.add((trace_id, span_id))

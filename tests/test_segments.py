@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 import stageflow
 import stageflow.tracing
@@ -718,3 +719,24 @@ async def test_an_open_span_with_an_all_zero_id_is_refused(traced: Traced, key: 
     [problem] = caught.value.problems
     assert problem.location == f"$.trace.open[{where}].{key}"
     assert "all zeros" in problem.message
+
+
+async def test_a_rebuilt_root_sampled_out_takes_its_rebuilt_children_with_it(
+    traced: Traced,
+) -> None:
+    # Each rebuilt child had a parent marked sampled, whatever the restoring
+    # provider decided for that parent: a provider sampling nothing
+    # (ParentBased(ALWAYS_OFF)) exported the children of a root it dropped.
+    snapshot, _, registry = await _crashed(traced)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ParentBased(ALWAYS_OFF), id_generator=stageflow.tracing.RestoringIdGenerator()
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    restored = stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=provider)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "go")
+        restored.send_input("go", {})
+    provider.shutdown()
+    assert exporter.get_finished_spans() == ()
