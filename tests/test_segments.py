@@ -285,9 +285,9 @@ CRASHY = doc(
 
 
 async def _until_started(
-    session: stageflow.Session, node_id: str, event: str = "node_started"
+    session: stageflow.Session, node_id: str | None, event: str = "node_started"
 ) -> None:
-    """Block until ``node_id`` has started (its ``node_started`` event; no polling)."""
+    """Block until ``node_id`` has started (its ``event``, ``node_started``; no polling)."""
     stream = session.events(buffer=0)
     try:
         while not any(e.type == event and e.node_id == node_id for e in session.history):
@@ -635,8 +635,10 @@ async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
     restored = stageflow.Session.from_dict(
         snapshot, registry=registry, tracer_provider=after.provider
     )
-    with anyio.move_on_after(scaled(1)):
-        await restored.run()  # rebuilds as it starts; "work" hangs
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)  # rebuilds as it starts; "work" hangs
+        await _until_started(restored, None, "session_resumed")
+        tg.cancel_scope.cancel()
     [rebuilt] = [
         s for s in after.spans() if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
     ]
