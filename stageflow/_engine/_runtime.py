@@ -226,9 +226,10 @@ class StageRuntime:
         self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
         # The run's hooks, as plain flags and one reference (bound methods
         # would cost every live waiting session: "paused session, memory each"
-        # benchmark row). With on_long_block, hooks.check_cut() is called when
-        # a position starts a wait that may cut the trace into segments: an
-        # input wait, or a timer longer than cut_after seconds.
+        # benchmark row). With on_long_block, a long wait (an input wait, or a
+        # timer longer than cut_after seconds) is counted in long_blocks, and
+        # hooks.check_cut() is called when any wait or timer starts while one
+        # is: it may cut the trace into segments.
         self._hooks = hooks
         self._new_event = new_event  # the backend's event class, for input waits
         self._on_long_block = on_long_block
