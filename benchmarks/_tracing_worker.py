@@ -14,7 +14,8 @@ configured), ``noop`` (the API's ``NoOpTracerProvider`` set globally),
 ``sdk`` (SDK ``TracerProvider`` with a ``BatchSpanProcessor`` and an
 exporter that drops what it gets; the session's defaults, so its spans can
 be cut into segments at long waits), ``sdk-flat`` (the same with
-``trace_wait_threshold=None``: plain spans, no segment bookkeeping),
+``trace_wait_threshold=None``: never cut, its open spans kept for live
+snapshots all the same),
 ``metrics`` (no tracing; an SDK ``MeterProvider`` with an in-memory reader).
 """
 

@@ -109,7 +109,8 @@ class SegmentedSpan(Span):
         self.span: Span | None = span  # the incarnation, None after a cut
         self.previous: SpanContext | None = None  # the incarnation a cut ended
         self._ended: Span | None = None  # that incarnation (for its parent)
-        self.revivable = revivable  # a wait span is not started again after a cut
+        # A wait span is not started again after a cut, nor any span once it ended.
+        self.revivable = revivable
         self.ids = _span_ids(span)
         self.flags = span.get_span_context().trace_flags
 
@@ -123,10 +124,16 @@ class SegmentedSpan(Span):
         return getattr(self.span if self.span is not None else self._ended, "parent", None)
 
     def live(self) -> Span:
-        """The current incarnation, started again if a cut ended it."""
+        """The current incarnation, started again if a cut ended it.
+
+        A span ended for good (or a wait span a cut ended) is not: a use
+        after its end goes to the incarnation that ended, as it would on a
+        plain span (the SDK ignores it).
+        """
         span = self.span
         if span is None:
-            span = self._revive()
+            span = self._revive() if self.revivable else self._ended
+            assert span is not None  # no incarnation: ended by a cut or for good
         return span
 
     def _revive(self) -> Span:
@@ -140,23 +147,23 @@ class SegmentedSpan(Span):
             self.span, self._ended = span, None
             segments.open[self] = None
             return span
-        attributes = dict(self.attributes)
         links = []
         if owner is None:
             # The root of a new segment: a new trace, linked to the previous one.
+            # Its number is kept with its attributes: a snapshot's rebuild has it.
             segments.segment += 1
-            attributes[SEGMENT] = segments.segment
+            self.attributes[SEGMENT] = segments.segment
             context = otel_context.Context()
             kind = "previous_segment"
         else:
-            if owner.span is None:
+            if owner.span is None and owner.revivable:
                 owner._revive()  # the owner first: reading its context starts nothing
             context = trace.set_span_in_context(owner)
             kind = "continues"
         if self.previous is not None:
             links.append(Link(self.previous, {_LINK_KIND: kind}))
         span = segments.tracer.start_span(
-            self.name, context=context, attributes=attributes, links=links
+            self.name, context=context, attributes=dict(self.attributes), links=links
         )
         self.span, self._ended = span, None
         self.ids = _span_ids(span)
@@ -240,6 +247,7 @@ class SegmentedSpan(Span):
         span.end(end_time)
         self.segments.open.pop(self, None)
         self.span = None
+        self.revivable = False  # for good: a later use starts nothing again
         self.previous, self._ended = span.get_span_context(), span  # what reads see from now
 
 
@@ -272,7 +280,7 @@ class Segments:
         if owner is not None:
             if owner.segments is not self:
                 owner = None  # another run's span (a session run from inside a stage)
-            elif owner.span is None:
+            elif owner.span is None and owner.revivable:
                 owner._revive()  # a child of the live incarnation, in the new segment
         span = self.tracer.start_span(name, attributes=attributes, links=links)
         wrapper = SegmentedSpan(self, owner, name, attributes, span, revivable)
@@ -356,10 +364,14 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
     provider whose id generator does not honour :func:`wanted_ids` gets
     nothing: a span that did not get its id is left unended, so never
     exported, and the rebuild stops. A span this provider rebuilt already
-    (the same snapshot restored again in this process) is skipped.
+    (the same snapshot restored again in this process) is skipped. A child
+    follows its rebuilt parent's sampling: a provider that samples the
+    rebuilt root out exports none of its children either (no orphans).
     """
     done = 0
     rebuilt = _rebuilt(tracer)
+    sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    flags: dict[int, trace.TraceFlags] = {}  # of the spans rebuilt here, by span id
     for record in spans:
         trace_id, span_id = int(record["trace_id"], 16), int(record["span_id"], 16)
         if rebuilt is not None and (trace_id, span_id) in rebuilt:
@@ -368,11 +380,13 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
         if parent_id is None:
             context = otel_context.Context()
         else:
+            # A parent not rebuilt here was sampled (a snapshot lists no other).
+            parent_span_id = int(parent_id, 16)
             parent = SpanContext(
                 trace_id,
-                int(parent_id, 16),
+                parent_span_id,
                 is_remote=True,
-                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+                trace_flags=flags.get(parent_span_id, sampled),
             )
             context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         attributes = {**record["attributes"], _OUTCOME: OUTCOME_INTERRUPTED, REBUILT: True}
@@ -386,6 +400,7 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
         got = span.get_span_context()
         if (got.trace_id, got.span_id) != (trace_id, span_id):
             return done
+        flags[span_id] = got.trace_flags
         span.end(end_time=max(end, record["start"]))
         if rebuilt is not None:
             rebuilt.add((trace_id, span_id))

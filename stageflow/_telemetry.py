@@ -299,8 +299,9 @@ class Tracing:
     A session without a real tracer provider has no ``Tracing`` at all
     (``None``), so the untraced path is one ``is None`` test. ``threshold``
     is the session's ``trace_wait_threshold`` (``None``: waits never cut the
-    trace); ``segments`` holds the open spans of the run in progress when
-    it may be cut into segments (set by the run for its duration).
+    trace); ``segments`` holds the open spans of the run in progress (set
+    by the run for its duration, whether or not its waits may cut it), for
+    the cuts and for live snapshots.
     """
 
     __slots__ = ("segments", "threshold", "tracer")
@@ -328,9 +329,8 @@ class Tracing:
     ) -> ActiveSpan:
         """Start a span under the current one and make it current (see :func:`enter_span`).
 
-        In a run that may be cut into segments, the span is a
-        :class:`~stageflow._segments.SegmentedSpan` (``revivable=False``: a
-        wait span, which a cut ends for good).
+        In a run, the span is a :class:`~stageflow._segments.SegmentedSpan`
+        (``revivable=False``: a wait span, which a cut ends for good).
         """
         segments = self.segments
         if segments is None:

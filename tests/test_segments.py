@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 import stageflow
 import stageflow.tracing
@@ -283,11 +284,13 @@ CRASHY = doc(
 )
 
 
-async def _until_started(session: stageflow.Session, node_id: str) -> None:
-    """Block until ``node_id`` has started (its ``node_started`` event; no polling)."""
+async def _until_started(
+    session: stageflow.Session, node_id: str | None, event: str = "node_started"
+) -> None:
+    """Block until ``node_id`` has started (its ``event``, ``node_started``; no polling)."""
     stream = session.events(buffer=0)
     try:
-        while not any(e.type == "node_started" and e.node_id == node_id for e in session.history):
+        while not any(e.type == event and e.node_id == node_id for e in session.history):
             await stream.__anext__()
     finally:
         await stream.aclose()
@@ -566,3 +569,176 @@ async def test_log_lines_carry_the_ids_of_the_segment_they_end_in(traced: Traced
     assert started["trace_id"] != ask_line["trace_id"]  # it started in the first segment
     [finished] = [x for x in logs if x["event"] == "session.finished"]
     assert finished["span_id"] == f"{root_after.context.span_id:016x}"
+
+
+@pytest.mark.parametrize("short", ["input", "timer"])
+async def test_a_short_wait_begun_beside_a_long_one_cuts_too(traced: Traced, short: str) -> None:
+    # Only a long wait looked for a cut as it began: a short input wait or
+    # timer begun after another position's long wait left the run's spans
+    # open across both (or until the short one ended), and the stage went
+    # on in the segment the cut had ended.
+    tracer = traced.provider.get_tracer("app")
+    gate = anyio.Event()
+
+    class Then(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            await gate.wait()  # once a waits long
+            if short == "input":
+                await ctx.wait_input("other", timeout=30)  # under the threshold
+            else:
+                await ctx.sleep(scaled(30))
+            with tracer.start_as_current_span("app.after"):
+                return {}
+
+    registry = _registry()
+    registry.add(Then, name="Then")
+    document = doc([parallel("fan", ["a", "b"], next="end"), _waiting("a"), stage("b", "Then")])
+    document["nodes"].append(terminal())
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=traced.provider
+    )
+    session.subscribe(lambda e: gate.set() if e.type == "waiting_for_input" else None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        if short == "input":
+            await wait_until_waiting(session, "other")
+            assert {s.name for s in traced.spans()} >= {"run pipeline", "wait other"}
+            session.send_input("other", {})
+        await _until_started(session, "b", "node_finished")
+        session.send_input("go", {})
+    spans = traced.spans()
+    assert orphans(spans) == []
+    first, second, third = segment_tree(spans)
+    assert "stage b < branch fan/b" in first
+    assert second[-2:] == ["stage b < branch fan/b", "app.after < stage b"]
+    assert "terminal end < run pipeline" in third
+
+
+async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
+    traced: Traced,
+) -> None:
+    # The snapshot kept the root's attributes without stageflow.segment (set
+    # on each incarnation only): the rebuilt root of segment 2 read as a
+    # first segment.
+    document = doc([_waiting("ask", next="work"), stage("work", "Hang", next="end"), terminal()])
+    session, registry = _session(document, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        session.send_input("go", {})
+        await _until_started(session, "work")  # in segment 2, working: spans are open
+        snapshot = json.loads(json.dumps(session.to_dict()))
+        tg.cancel_scope.cancel()  # the process "dies"
+    [root] = [s for s in snapshot["trace"]["open"] if s["name"] == "run pipeline"]
+    assert root["attributes"]["stageflow.segment"] == 2
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)  # rebuilds as it starts; "work" hangs
+        await _until_started(restored, None, "session_resumed")
+        tg.cancel_scope.cancel()
+    [rebuilt] = [
+        s for s in after.spans() if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
+    ]
+    assert f"{rebuilt.context.span_id:016x}" == root["span_id"]
+    assert _attr(rebuilt, "stageflow.segment") == 2
+
+
+@pytest.mark.parametrize("mode", ["no threshold", "suspend mode"])
+async def test_a_run_that_is_never_cut_lists_its_open_spans_too(traced: Traced, mode: str) -> None:
+    # Only a run whose waits could cut it kept its open spans: with
+    # trace_wait_threshold=None, or under run(suspend=True), a live snapshot
+    # listed none, and a crash left the exported spans without their parents
+    # and the restored run's link without a target.
+    kw: dict[str, Any] = {"trace_wait_threshold": None} if mode == "no threshold" else {}
+    session, registry = _session(CRASHY, traced, **kw)
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await session.run(suspend=mode == "suspend mode")
+
+        tg.start_soon(run)
+        await _until_started(session, "b")
+        snapshot = json.loads(json.dumps(session.to_dict()))  # b works: spans are open
+        exported_before_crash = traced.spans()
+        tg.cancel_scope.cancel()  # the process "dies"
+    assert "run pipeline" in [s["name"] for s in snapshot["trace"]["open"]]
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "go")
+        restored.send_input("go", {})
+    everything = exported_before_crash + after.spans()
+    assert orphans(everything) == []
+    ids = [(s.context.trace_id, s.context.span_id) for s in everything]
+    assert len(ids) == len(set(ids))
+
+
+async def test_a_span_used_after_its_end_is_not_started_again(traced: Traced) -> None:
+    # A stage that kept its span and set an attribute on it after its node
+    # ended started the span again: an incarnation nobody ended, listed
+    # open by snapshots (a restore rebuilt it) and exported by the next cut.
+    kept: list[trace.Span] = []
+
+    class Keep(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+            kept.append(trace.get_current_span())
+            return {}
+
+    registry = _registry()
+    registry.add(Keep, name="Keep")
+    document = doc([stage("keep", "Keep", next="ask"), _waiting("ask", next="end"), terminal()])
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=traced.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        kept[0].set_attribute("app.late", True)
+        kept[0].end()
+        assert "open" not in session.to_dict()["trace"]  # a cut wait: nothing open
+        session.send_input("go", {})
+    spans = traced.spans()
+    assert [s.name for s in spans].count("stage keep") == 1
+    assert orphans(spans) == []
+
+
+@pytest.mark.parametrize("key", ["trace_id", "span_id", "parent_span_id"])
+async def test_an_open_span_with_an_all_zero_id_is_refused(traced: Traced, key: str) -> None:
+    # All zeros is no id to OpenTelemetry: the restore exported the rebuilt
+    # span with an invalid trace or span id (or as a root, for its parent).
+    snapshot, _, registry = await _crashed(traced)
+    where = 1  # a span with a parent
+    width = len(snapshot["trace"]["open"][where][key])
+    snapshot["trace"]["open"][where][key] = "0" * width
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=traced.provider)
+    [problem] = caught.value.problems
+    assert problem.location == f"$.trace.open[{where}].{key}"
+    assert "all zeros" in problem.message
+
+
+async def test_a_rebuilt_root_sampled_out_takes_its_rebuilt_children_with_it(
+    traced: Traced,
+) -> None:
+    # Each rebuilt child had a parent marked sampled, whatever the restoring
+    # provider decided for that parent: a provider sampling nothing
+    # (ParentBased(ALWAYS_OFF)) exported the children of a root it dropped.
+    snapshot, _, registry = await _crashed(traced)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ParentBased(ALWAYS_OFF), id_generator=stageflow.tracing.RestoringIdGenerator()
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    restored = stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=provider)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "go")
+        restored.send_input("go", {})
+    provider.shutdown()
+    assert exporter.get_finished_spans() == ()

@@ -734,10 +734,9 @@ class Run:
         if origin is not None and origin.get("open"):
             # The process that took the snapshot died with these spans open.
             rebuild(tracing.tracer, origin["open"], origin.get("seen") or time.time_ns())
-        if self._segmenting():
-            tracing.segments = Segments(
-                tracing.tracer, tracing.threshold or 0.0, self._segment_root
-            )
+        # Its open spans are kept whether or not waits cut it (no threshold,
+        # suspend mode): a live snapshot lists them, for a crash's restore.
+        tracing.segments = Segments(tracing.tracer, tracing.threshold or 0.0, self._segment_root)
         root_span = tracing.start(
             f"run {pipeline.name}",
             {

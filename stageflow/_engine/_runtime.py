@@ -226,9 +226,10 @@ class StageRuntime:
         self.waits = 0  # wait_input calls blocked right now (for the waiting-sessions gauge)
         # The run's hooks, as plain flags and one reference (bound methods
         # would cost every live waiting session: "paused session, memory each"
-        # benchmark row). With on_long_block, hooks.check_cut() is called when
-        # a position starts a wait that may cut the trace into segments: an
-        # input wait, or a timer longer than cut_after seconds.
+        # benchmark row). With on_long_block, a long wait (an input wait, or a
+        # timer longer than cut_after seconds) is counted in long_blocks, and
+        # hooks.check_cut() is called when any wait or timer starts while one
+        # is: it may cut the trace into segments.
         self._hooks = hooks
         self._new_event = new_event  # the backend's event class, for input waits
         self._on_long_block = on_long_block
@@ -304,6 +305,8 @@ class StageRuntime:
         long = self._on_long_block and (remaining is None or remaining > self._cut_after)
         if long:
             self.long_blocks += 1
+        if self.long_blocks:
+            # A short wait cuts too when it leaves only waits, one of them long.
             self._hooks.check_cut()
         history.record("waiting_for_input", node_id, path, _waiting_payload(type, timeout))
         timer = work.timer
@@ -343,7 +346,7 @@ class StageRuntime:
                 Tracing.end(wait_span, *self._wait_ending(waiter, timed_out, path))
             if meters is not None:
                 self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
-        if long and tracing is not None:
+        if self._on_long_block and tracing is not None:
             Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         if timed_out is not None:
             raise self._timed_out(work, type, timeout, timed_out)
@@ -468,12 +471,12 @@ class StageRuntime:
         if long:
             self.long_blocks += 1
         try:
-            if long:
+            if self.long_blocks:  # a short timer cuts too, beside a long wait
                 self._hooks.check_cut()
             if self._on_block:
                 self._hooks.check_idle()
             await anyio.sleep(seconds)
-            if long and self._state.tracing is not None:
+            if self._on_long_block and self._state.tracing is not None:
                 Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         finally:
             self.sleeping -= 1

@@ -250,8 +250,9 @@ def consistency_problems(
     session, counters past their limits, and positions the pipeline cannot
     have: nodes outside the branch or map body they are in, items past the
     map's list, winners a parallel node cannot have, attempts past the retry
-    policy, writes that cannot be applied. Frames are checked only when the
-    session is active or stopped by a limit (the others are not run again).
+    policy, writes that cannot be applied, open spans (``trace.open``) with
+    an all-zero id. Frames are checked only when the session is active or
+    stopped by a limit (the others are not run again).
     """
     checker = _Checker(snapshot, pipeline, registry)
     checker.check()
@@ -281,6 +282,7 @@ class _Checker:
         self.history(snapshot["history"], snapshot["session_id"], snapshot.get("history_seq"))
         self.document_name()
         self.counters()
+        self.open_spans(snapshot["trace"])
         position = snapshot["position"]
         active = snapshot["status"] in _ACTIVE
         if "cancel_requested" in snapshot and snapshot["status"] not in (*_ACTIVE, "pending"):
@@ -328,6 +330,19 @@ class _Checker:
             except (KeyError, TypeError):
                 return  # the schema requires the root frame's context
             self.frame(position, self.pipeline, ctx, "$.position", None)
+
+    def open_spans(self, trace: Mapping[str, Any] | None) -> None:
+        """The open spans a restore exports (``trace.open``) have valid OpenTelemetry ids."""
+        for i, span in enumerate((trace or {}).get("open") or ()):
+            for key in ("trace_id", "span_id", "parent_span_id"):
+                value = span[key]
+                if value is not None and not value.strip("0"):
+                    self.add(
+                        f"$.trace.open[{i}].{key}",
+                        f"{value!r} is all zeros, which OpenTelemetry reads as no id (a "
+                        "restore would export the span with it); write the id the span had, "
+                        "or remove the span from trace.open",
+                    )
 
     # ------------------------------------------------------------- scalars
 
