@@ -8,6 +8,7 @@ uninterrupted in-process run with the same inputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -55,7 +56,7 @@ def reply(db: Path, *args: str) -> dict[str, Any]:
 
 def rows(db: Path) -> list[tuple[Any, ...]]:
     """The store's session rows (without times)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return conn.execute(
             "SELECT session_id, status, waiting_for, snapshot, version, inbox_head, inbox_done, "
             "events_done FROM stageflow_sessions ORDER BY session_id"
@@ -64,7 +65,7 @@ def rows(db: Path) -> list[tuple[Any, ...]]:
 
 def stored(db: Path) -> list[tuple[Any, ...]]:
     """Everything a request could have written: session rows and inbox rows."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         inbox = conn.execute("SELECT * FROM stageflow_inbox ORDER BY session_id, seq").fetchall()
     return [*rows(db), *inbox]
 

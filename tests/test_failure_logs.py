@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,15 @@ class _NotesRaise(Exception):
         raise RuntimeError("__notes__ failed")
 
 
+def _formats(exc: BaseException) -> bool:
+    """Whether traceback writes ``exc`` here (Python 3.13 does past a raising __notes__)."""
+    try:
+        traceback.format_exception(exc)
+    except Exception:
+        return False
+    return True
+
+
 async def test_a_stage_error_whose_traceback_cannot_be_written_fails_the_session_logged(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
@@ -337,7 +347,10 @@ async def test_a_stage_error_whose_traceback_cannot_be_written_fails_the_session
         json.loads(line) for line in out.getvalue().splitlines() if '"level": "error"' in line
     ][:1]
     assert error_line["error_type"] == "StageError"
-    assert "(its traceback could not be written)" in error_line["exception"]
+    if _formats(_NotesRaise("odd")):  # Python 3.13 writes it, past the failing __notes__
+        assert "_NotesRaise: odd" in error_line["exception"]
+    else:
+        assert "(its traceback could not be written)" in error_line["exception"]
     [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
     [event] = [e for e in span.events if e.name == "exception"]
     assert event.attributes is not None

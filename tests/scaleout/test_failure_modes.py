@@ -603,9 +603,12 @@ async def test_a_store_opened_while_another_process_switches_the_file_to_wal_wai
     real = sqlite3.connect
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: Racing(real(*a, **k)))
     store = SQLiteStore(tmp_path / "new.db")
-    await store.migrate()
-    sid = await SessionService(store, registry=registry).start(chat_pipeline())
-    assert (await store.get(sid)).status == "pending"
+    try:
+        await store.migrate()
+        sid = await SessionService(store, registry=registry).start(chat_pipeline())
+        assert (await store.get(sid)).status == "pending"
+    finally:
+        await store.aclose()
     assert refused  # the race happened, and the store waited it out
 
 
