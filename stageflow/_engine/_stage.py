@@ -42,6 +42,7 @@ from stageflow._errors import (
     error_matches,
     error_text,
 )
+from stageflow._graph import listing
 from stageflow._guard import SAFE_INT_BITS, int_too_large
 from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json
 from stageflow._log import get_logger
@@ -392,7 +393,8 @@ class StageExecutor:
         writes: list[tuple[str, Any]] = []
         for key, path in node.outputs.items():
             if key not in outputs:
-                returned = ", ".join(repr(k) for k in outputs) or "nothing"
+                # Twenty keys and a count, each cut: a stage may return any dict.
+                returned = listing((_cut_repr(k) for k in outputs), "nothing")
                 raise StageOutputError(
                     f"stage {node.stage!r} at node {node.id!r} returned no output {key!r} "
                     f"(it returned {returned}); return it, or remove it from the node's "
@@ -454,3 +456,9 @@ def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
         "a stage returns a dict of outputs (or None)",
         node_id=node.id,
     )
+
+
+def _cut_repr(key: object) -> str:
+    """``repr(key)`` for a message, cut to 60 characters."""
+    text = repr(key)
+    return text if len(text) <= 60 else f"{text[:57]}..."

@@ -302,3 +302,22 @@ async def test_nodes_that_never_await_still_let_other_tasks_cancel_the_run() -> 
     assert result.status is S.CANCELLED
     steps = sum(1 for e in result.history if e.type == "node_started")
     assert steps < 1_000  # it got in after a few nodes, not at the step limit
+
+
+async def test_a_missing_output_is_said_with_a_few_of_the_keys_returned() -> None:
+    # The message named every key the stage returned, each whole: a dict of
+    # 100,000 keys made a message of a megabyte, kept in the history and logs.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Many")
+    async def many(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {f"k{i:06d}": i for i in range(100_000)} | {"x" * 500: 1}
+
+    document = doc([stage("s", "Many", next="end") | {"outputs": {"v": "v"}}, terminal("end")])
+    result = await stageflow.Session(load(document, registry), registry=registry).run()
+    assert isinstance(result.error, stageflow.StageOutputError)
+    listed = ", ".join(repr(f"k{i:06d}") for i in range(20))
+    assert str(result.error) == (
+        f"stage 'Many' at node 's' returned no output 'v' (it returned {listed} and 99981 "
+        "more); return it, or remove it from the node's 'outputs'"
+    )
