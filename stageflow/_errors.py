@@ -204,6 +204,12 @@ def error_traceback(exc: BaseException) -> str:
     return f"{text[:half]}\n... ({len(text) - 2 * half} more characters cut) ...\n{text[-half:]}"
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, never raising, cut to 60 characters (ids may be huge)."""
+    text = shown_text(repr, value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 _SHOWN_INT: Final = 10**40
 """Integers from here on are too long to quote in a message."""
 

@@ -27,7 +27,7 @@ import jsonschema
 import yaml
 from cattrs.gen import make_dict_structure_fn, override
 
-from stageflow._errors import DefinitionError, PipelineValidationError, Problem
+from stageflow._errors import DefinitionError, PipelineValidationError, Problem, shown
 from stageflow._graph import check_graph, listing
 from stageflow._guard import (
     MAX_NESTING,
@@ -146,7 +146,7 @@ def _node_label(doc: Any, index: int) -> str:
     if not isinstance(node_id, str):
         return f"node #{index}"
     # An id too long for the schema is cut here: its own problem says how long it is.
-    return f"node {node_id!r}" if len(node_id) <= 60 else f"node {node_id[:57]!r}..."
+    return f"node {shown(node_id)}"
 
 
 def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:

@@ -528,7 +528,7 @@ def test_ids_and_names_are_bounded_and_said_so_shortly() -> None:
         "(it names spans, metrics and log lines): shorten it",
         "$.metadata.name": f'the pipeline: "{"n" * 56}... is 5000 characters long; a pipeline '
         "name has at most 200 (it names spans, metrics and log lines): shorten it",
-        "$.nodes[0].id": f"node {'a' * 57!r}...: {cut} is 201 characters long; a node id has "
+        "$.nodes[0].id": f"node '{'a' * 56}...: {cut} is 201 characters long; a node id has "
         "at most 200 (it names spans, metrics and log lines): shorten it",
     }
 

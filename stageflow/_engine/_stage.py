@@ -41,6 +41,7 @@ from stageflow._errors import (
     describe_exception,
     error_matches,
     error_text,
+    shown,
 )
 from stageflow._graph import listing
 from stageflow._guard import SAFE_INT_BITS, int_too_large
@@ -394,7 +395,7 @@ class StageExecutor:
         for key, path in node.outputs.items():
             if key not in outputs:
                 # Twenty keys and a count, each cut: a stage may return any dict.
-                returned = listing((_cut_repr(k) for k in outputs), "nothing")
+                returned = listing((shown(k) for k in outputs), "nothing")
                 raise StageOutputError(
                     f"stage {node.stage!r} at node {node.id!r} returned no output {key!r} "
                     f"(it returned {returned}); return it, or remove it from the node's "
@@ -456,9 +457,3 @@ def _not_a_mapping(node: StageNode, outputs: object) -> StageOutputError:
         "a stage returns a dict of outputs (or None)",
         node_id=node.id,
     )
-
-
-def _cut_repr(key: object) -> str:
-    """``repr(key)`` for a message, cut to 60 characters."""
-    text = repr(key)
-    return text if len(text) <= 60 else f"{text[:57]}..."

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from stageflow._errors import StageflowError, shown_text
+from stageflow._errors import StageflowError, shown
 
 __all__ = [
     "SessionFinishedError",
@@ -28,12 +28,6 @@ __all__ = [
     "StoreUnavailableError",
     "StoredDataError",
 ]
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` for a message, cut to 60 characters (an id or key may be huge)."""
-    text = shown_text(repr, value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # The user part ends at the first "/" or "@" (as libpq reads a URL).

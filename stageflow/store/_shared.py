@@ -20,13 +20,12 @@ import attrs
 
 from stageflow._engine._desk import input_json
 from stageflow._engine._limits import DEFAULT_LIMITS
-from stageflow._errors import InputRejectedError
+from stageflow._errors import InputRejectedError, shown
 from stageflow._json import a_json_type, a_python_type
 from stageflow.store._errors import (
     SessionNotFoundError,
     StoreArgumentError,
     StoredDataError,
-    shown,
 )
 from stageflow.store._history import dumps, snapshot_info, split_history
 from stageflow.store._records import (
