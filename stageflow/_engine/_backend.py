@@ -55,7 +55,6 @@ __all__ = [
     "loop_handles_if_any",
     "run_in_virtual_time",
     "to_its_end",
-    "wait_virtual_instant",
 ]
 
 _T = TypeVar("_T")
@@ -395,13 +394,3 @@ def run_in_virtual_time(function: Callable[..., Awaitable[_T]], *args: Any) -> _
     """Run ``function(*args)`` on trio with an autojumping mock clock (the test kit's loop)."""
     clock = trio.testing.MockClock(autojump_threshold=0)
     return trio.run(function, *args, clock=clock)
-
-
-async def wait_virtual_instant() -> None:
-    """In :func:`run_in_virtual_time`, wait until no other task can run at this instant.
-
-    Tasks woken at one virtual time run in an order trio picks at random;
-    the caller goes on once the others are done with this instant (or blocked
-    on a later one), before the clock jumps.
-    """
-    await trio.testing.wait_all_tasks_blocked()

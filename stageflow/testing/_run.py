@@ -24,7 +24,6 @@ from stageflow._engine._backend import (
     in_trio_run,
     is_interrupt,
     run_in_virtual_time,
-    wait_virtual_instant,
 )
 from stageflow._json import a_python_type, thaw
 from stageflow.testing._expect import Observed, check, unknown_nodes
@@ -201,8 +200,9 @@ class _Driver:
         await anyio.sleep(max_time)
         # A run that ends at max_time itself (a mock's delay of max_time) is
         # within the limit: which of this timer and the run the clock woke
-        # first decided it at random.
-        await wait_virtual_instant()
+        # first decided it at random. Go on once every other task is done
+        # with this instant (the mock clock jumps only after that).
+        await anyio.wait_all_tasks_blocked()
         self._stop("max_time", f"the limit max_time={max_time:g} virtual seconds")
 
     def _send(self, index: int) -> None:
@@ -225,7 +225,7 @@ class _Driver:
             await anyio.sleep_until(self.start + scripted.at)
             # After what the run does at this instant (a wait's timeout, a
             # sleep's end): in the order the clock woke them, it was random.
-            await wait_virtual_instant()
+            await anyio.wait_all_tasks_blocked()
             self._send(index)
 
     async def _answer_waits(
