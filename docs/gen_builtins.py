@@ -390,6 +390,12 @@ already taken raises `StageConflictError` and adds none).
   the built-in raises as above).
 - Config mistakes (a missing or misspelt key, a wrong type, a malformed
   template) are pipeline validation problems, reported before anything runs.
+- No built-in stage builds a string of more than 16,777,216 characters
+  (`stageflow.builtins.MAX_TEXT`, the size of the largest document stageflow
+  reads): `builtins.concat` and `builtins.template` raise a plain
+  `BuiltinStageError` instead, so a loop that doubles a string on every turn
+  fails within a few turns rather than taking the process's memory. Lists
+  are bounded by the [value guard](limits.md#json-values).
 """
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from builtin_support import context_after, failure, node, problem_at, problems, run
+from builtin_support import REGISTRY, context_after, failure, node, problem_at, problems, run
 
 import stageflow
+import stageflow.builtins as builtins
 from stageflow.builtins import (
     BuiltinArgumentError,
     BuiltinConfigError,
+    BuiltinStageError,
 )
 
 pytestmark = pytest.mark.anyio
@@ -327,3 +329,56 @@ async def test_concat_separator_with_lists_is_a_config_error() -> None:
 def test_concat_config_is_checked_at_load_time(config: dict[str, Any]) -> None:
     found = problems(node("concat", arguments={"a": "a"}, config=config))
     assert [p.location for p in found if p.location.startswith("$.nodes[0].config")]
+
+
+async def test_concat_refuses_to_build_a_string_past_the_bound() -> None:
+    half = "x" * (builtins.MAX_TEXT // 2)
+    joined = node(
+        "concat",
+        arguments={"a": "s", "b": "s"},
+        config={"order": ["a", "b"], "separator": "-"},
+        outputs={"value": "s"},
+    )
+    error = await failure(joined, payload={"s": half})
+    assert type(error) is BuiltinStageError
+    assert f"the joined string would be more than {builtins.MAX_TEXT:,} characters" in str(error)
+    # Up to the bound is fine: two halves without a separator.
+    del joined["config"]["separator"]
+    assert len((await context_after(joined, payload={"s": half}))["s"]) == builtins.MAX_TEXT
+
+
+async def test_a_loop_that_doubles_a_string_fails_within_a_few_turns() -> None:
+    # Without the bound every turn doubles the string: thirty turns are 2**30
+    # characters per megabyte given, the process's memory long before max_steps.
+    document = {
+        "api_version": "1.0",
+        "entry": "double",
+        "limits": {"max_steps": 14},
+        "nodes": [
+            {
+                "id": "double",
+                "type": "stage",
+                "stage": "builtins.concat",
+                "arguments": {"a": "s", "b": "s"},
+                "config": {"order": ["a", "b"]},
+                "outputs": {"value": "s"},
+                "next": "again",
+            },
+            {
+                "id": "again",
+                "type": "condition",
+                "conditions": [{"if": False, "then": "end"}],
+                "else": "double",
+            },
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    pipeline = stageflow.Pipeline.from_dict(document, registry=REGISTRY)
+    session = stageflow.Session(pipeline, registry=REGISTRY, payload={"s": "x" * 2**20})
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert type(result.error) is BuiltinStageError, repr(result.error)
+    # 2**20 doubled four times is 2**24, the bound; the fifth turn is refused.
+    assert len(session.payload["s"]) == builtins.MAX_TEXT
+    turns = [e for e in session.history if e.type == "node_started" and e.node_id == "double"]
+    assert len(turns) == 5

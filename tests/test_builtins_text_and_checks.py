@@ -25,6 +25,7 @@ from stageflow.builtins import (
     AssertionFailedError,
     BuiltinArgumentError,
     BuiltinConfigError,
+    BuiltinStageError,
     InjectedFailureError,
     TemplateError,
 )
@@ -204,6 +205,27 @@ def test_template_pattern_matches_the_parser() -> None:
 
 def test_template_is_required_at_load_time() -> None:
     assert problem_at("$.nodes[0].config", node("template", config={}))
+
+
+async def test_template_refuses_to_build_a_string_past_the_bound() -> None:
+    half = "x" * (builtins.MAX_TEXT // 2)
+    error = await failure(template("{s}{s}.", s="s"), payload={"s": half})
+    assert type(error) is BuiltinStageError
+    assert f"would be more than {builtins.MAX_TEXT:,} characters" in str(error)
+    after = await context_after(template("{s}{s}", s="s"), payload={"s": half})
+    assert len(after["out"]) == builtins.MAX_TEXT
+
+
+async def test_template_refuses_a_list_that_would_write_a_string_many_times() -> None:
+    # A thousand references to one string of a megabyte: little memory, but a
+    # gigabyte once written as JSON. It is refused before being written whole.
+    many = ["x" * 2**20] * 1000
+    error = await failure(template("{many}", many="many"), payload={"many": many})
+    assert type(error) is BuiltinStageError
+    assert "the filled-in template would be more than" in str(error)
+    # Containers are still written as compact JSON, non-ASCII as is.
+    after = await context_after(template("{v}", v="v"), payload={"v": {"é": [1, None]}})
+    assert after["out"] == '{"é":[1,null]}'
 
 
 # ------------------------------------------------------- assert, fail, log

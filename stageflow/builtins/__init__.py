@@ -35,6 +35,7 @@ the specs into ``docs/builtins.md``.
 """
 
 from stageflow.builtins._checks import LOG_LEVELS, AssertStage, FailStage, LogStage
+from stageflow.builtins._common import MAX_TEXT
 from stageflow.builtins._errors import (
     AssertionFailedError,
     BuiltinArgumentError,
@@ -64,6 +65,7 @@ from stageflow.builtins._values import (
 
 __all__ = [
     "LOG_LEVELS",
+    "MAX_TEXT",
     "PREFIX",
     "SOURCE",
     "STAGES",

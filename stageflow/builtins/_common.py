@@ -12,15 +12,22 @@ because built-in stages are meant to be nearly free.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
+from stageflow._guard import MAX_DOCUMENT_BYTES
 from stageflow._json import JSON_TYPE_ARTICLES as _ARTICLES
 from stageflow._json import json_type
 from stageflow._specs import StageSpec
 from stageflow._stages import StageContext
-from stageflow.builtins._errors import BuiltinArgumentError, BuiltinConfigError, preview
+from stageflow.builtins._errors import (
+    BuiltinArgumentError,
+    BuiltinConfigError,
+    BuiltinStageError,
+    preview,
+)
 
 __all__ = [
+    "MAX_TEXT",
     "absent_error",
     "argument_error",
     "arguments",
@@ -28,8 +35,14 @@ __all__ = [
     "describe_type",
     "json_type",
     "matches_type",
+    "text_too_long",
     "type_error",
 ]
+
+MAX_TEXT: Final = MAX_DOCUMENT_BYTES
+"""Most characters a built-in stage builds into one string (16 MiB, the largest
+document stageflow reads): a loop that doubles a string with ``builtins.concat``
+or ``builtins.template`` fails within a few turns, instead of taking all memory."""
 
 
 def matches_type(value: Any, expected: str | Sequence[str]) -> bool:
@@ -109,3 +122,16 @@ def arguments(ctx: StageContext, spec: StageSpec) -> Mapping[str, Any]:
         if expected is not None and not matches_type(value, expected):
             raise type_error(ctx, name, value, expected)
     return values
+
+
+def text_too_long(ctx: StageContext, what: str) -> BuiltinStageError:
+    """The error for a string longer than :data:`MAX_TEXT` that ``what`` would be."""
+    return BuiltinStageError(
+        f"{what} would be more than {MAX_TEXT:,} characters, the most a built-in stage "
+        "builds into one string; a loop that grows a string on every turn ends here. Keep "
+        "large text out of the context (store it elsewhere and pass a reference), or build "
+        "it in a stage of your own",
+        node_id=ctx.node_id,
+        stage=ctx.stage,
+        attempt=ctx.attempt,
+    )

@@ -15,11 +15,13 @@ from stageflow._json import copy_json
 from stageflow._specs import ARGUMENT_FORMAT, JSONLOGIC_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
 from stageflow.builtins._common import (
+    MAX_TEXT,
     absent_error,
     argument_error,
     arguments,
     config_error,
     json_type,
+    text_too_long,
 )
 from stageflow.builtins._errors import preview
 from stageflow.builtins._values import outputs
@@ -273,7 +275,8 @@ class ConcatStage(BaseStage):
     order is never taken from ``arguments``); a name in ``order`` that the
     node does not map is a load-time problem. They must be all strings --
     joined with ``config.separator`` (default ``""``) -- or all arrays,
-    concatenated (a ``separator`` is then an error).
+    concatenated (a ``separator`` is then an error). A joined string longer
+    than :data:`MAX_TEXT` characters is refused.
     """
 
     spec: ClassVar[StageSpec] = StageSpec(
@@ -329,6 +332,9 @@ class ConcatStage(BaseStage):
                 )
         if kind == "string":
             separator: str = ctx.config.get("separator", "")
+            size = sum(len(args[name]) for name in order) + len(separator) * (len(order) - 1)
+            if size > MAX_TEXT:
+                raise text_too_long(ctx, "the joined string")
             return {"value": separator.join(args[name] for name in order)}
         if "separator" in ctx.config:
             raise config_error(

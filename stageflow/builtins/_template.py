@@ -18,24 +18,53 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from stageflow._errors import shown_scalar
 from stageflow._graph import listing
 from stageflow._specs import TEMPLATE_FORMAT, StageSpec
 from stageflow._stages import BaseStage, StageContext
 from stageflow._templates import TEMPLATE_PATTERN, MalformedTemplateError, parse_template
-from stageflow.builtins._common import arguments, config_error, describe_type, json_type
+from stageflow.builtins._common import (
+    MAX_TEXT,
+    arguments,
+    config_error,
+    describe_type,
+    json_type,
+    text_too_long,
+)
 from stageflow.builtins._errors import TemplateError
 from stageflow.builtins._values import outputs
 
 __all__ = ["TEMPLATE_PATTERN", "TemplateStage", "render"]
 
 
-def _text(value: Any) -> str:
+# Writes a list or object inserted into a template piece by piece, so that one
+# holding a long string many times over is refused before it is written whole.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _text(ctx: StageContext, value: Any, room: int) -> str:
+    """``value`` as template text: a string as is, anything else as compact JSON.
+
+    Raises:
+        BuiltinStageError: the text is longer than ``room`` characters.
+    """
     if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        text = value
+    elif isinstance(value, list | dict):
+        pieces: list[str] = []
+        for piece in _ENCODER.iterencode(value):
+            room -= len(piece)
+            if room < 0:
+                raise text_too_long(ctx, "the filled-in template")
+            pieces.append(piece)
+        return "".join(pieces)
+    else:
+        text = json.dumps(value)
+    if len(text) > room:
+        raise text_too_long(ctx, "the filled-in template")
+    return text
 
 
 def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
@@ -45,6 +74,7 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
         BuiltinConfigError: the template is malformed.
         TemplateError: a placeholder names an argument or key that is not there,
             or steps into a value that is not an object.
+        BuiltinStageError: the text would be longer than :data:`MAX_TEXT`.
     """
     try:
         parts = parse_template(template)
@@ -55,39 +85,44 @@ def render(ctx: StageContext, template: str, values: Mapping[str, Any]) -> str:
             "placeholders are {name} or {name.key}, and a literal brace is written {{ or }}",
         ) from None
     out: list[str] = []
+    room = MAX_TEXT
     for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-            continue
-        placeholder = ".".join(part)
-        if part[0] not in values:
+        text = _text(ctx, part if isinstance(part, str) else _lookup(ctx, part, values), room)
+        out.append(text)
+        room -= len(text)
+    return "".join(out)
+
+
+def _lookup(ctx: StageContext, part: tuple[str, ...], values: Mapping[str, Any]) -> Any:
+    """The value a placeholder (its name and keys) stands for."""
+    placeholder = ".".join(part)
+    if part[0] not in values:
+        raise _missing(
+            ctx,
+            placeholder,
+            f"no argument {part[0]!r} has a value (known: {listing(values)}); "
+            f"map {part[0]!r} in the node's "
+            "'arguments' to a context path that holds a value, or fix the template",
+        )
+    value = values[part[0]]
+    for depth, key in enumerate(part[1:], start=1):
+        where = ".".join(part[:depth])
+        if not isinstance(value, Mapping):
             raise _missing(
                 ctx,
                 placeholder,
-                f"no argument {part[0]!r} has a value (known: {listing(values)}); "
-                f"map {part[0]!r} in the node's "
-                "'arguments' to a context path that holds a value, or fix the template",
+                f"{where!r} is {describe_type(json_type(value))}, not an object; a template "
+                "looks up object keys only (no attributes, no indexes)",
             )
-        value = values[part[0]]
-        for depth, key in enumerate(part[1:], start=1):
-            where = ".".join(part[:depth])
-            if not isinstance(value, Mapping):
-                raise _missing(
-                    ctx,
-                    placeholder,
-                    f"{where!r} is {describe_type(json_type(value))}, not an object; a template "
-                    "looks up object keys only (no attributes, no indexes)",
-                )
-            if key not in value:
-                raise _missing(
-                    ctx,
-                    placeholder,
-                    f"the object at {where!r} has no key {key!r} (it has: "
-                    f"{listing(map(shown_scalar, value))}); fix the template or the data",
-                )
-            value = value[key]
-        out.append(_text(value))
-    return "".join(out)
+        if key not in value:
+            raise _missing(
+                ctx,
+                placeholder,
+                f"the object at {where!r} has no key {key!r} (it has: "
+                f"{listing(map(shown_scalar, value))}); fix the template or the data",
+            )
+        value = value[key]
+    return value
 
 
 def _missing(ctx: StageContext, placeholder: str, problem: str) -> TemplateError:
@@ -114,7 +149,8 @@ class TemplateStage(BaseStage):
     holds nothing when the node runs, that names a missing key, or that steps
     into a value that is not an object, is a :class:`TemplateError` naming
     it. Strings are inserted as is, other values as compact JSON (``true``,
-    ``null``, ``[1,2]``).
+    ``null``, ``[1,2]``). Filled-in text longer than :data:`MAX_TEXT`
+    characters is refused.
     """
 
     spec: ClassVar[StageSpec] = StageSpec(
