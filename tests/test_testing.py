@@ -33,6 +33,7 @@ from stageflow.testing import (
     CaseValidationError,
     Edge,
     EdgeKind,
+    EventExpectation,
     Expectations,
     ScriptedInput,
     StageMock,
@@ -463,6 +464,63 @@ def test_the_nodes_of_subpipelines_can_be_expected() -> None:
         run_case(case, registry=builtins.registry())
     case = attrs.evolve(case, expect=attrs.evolve(expect, not_visited=()))
     assert run_case(case, registry=builtins.registry()).passed
+
+
+def _chat_registry(*declared: str) -> stageflow.StageRegistry:
+    registry = stageflow.StageRegistry()
+
+    async def reply(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ctx.emit("token", {"text": "hi"})
+        return {}
+
+    spec = stageflow.StageSpec(allowed_events=[stageflow.EventSpec(t) for t in declared])
+    registry.add(reply, name="Reply", spec=spec)
+    return registry
+
+
+_CHAT = {
+    "api_version": "1.0",
+    "entry": "reply",
+    "nodes": [
+        {"id": "reply", "type": "stage", "stage": "Reply", "next": "end"},
+        {"id": "end", "type": "terminal"},
+    ],
+}
+
+
+def test_an_event_type_no_stage_can_emit_is_a_located_error() -> None:
+    # "count": 0 of a misspelt type held whatever the stages emitted.
+    events = (
+        EventExpectation("tokn", count=0),
+        EventExpectation("token", node_id="end", count=0),
+        EventExpectation("token", node_id="reply"),
+        EventExpectation("node_started", node_id="end"),
+    )
+    case = Case(name="n", pipeline=_CHAT, expect=Expectations(events=events))
+    with pytest.raises(CaseValidationError) as caught:
+        run_case(case, registry=_chat_registry("token"))
+    problems = caught.value.problems
+    assert [p.location for p in problems] == [
+        "$.cases[0].expect.events[0].type",
+        "$.cases[0].expect.events[1].type",
+    ]
+    assert problems[0].message.startswith(
+        "no event of type 'tokn' can be in the history: it is not an engine event, and its "
+        "stages of pipeline "
+    )
+    assert "declare only token (in StageSpec.allowed_events)" in problems[0].message
+    assert "node 'end' of pipeline" in problems[1].message
+    assert "emit no events of their own" in problems[1].message
+    # The two that can hold are checked, and hold.
+    case = attrs.evolve(case, expect=Expectations(events=events[2:]))
+    assert run_case(case, registry=_chat_registry("token")).passed
+
+
+def test_an_event_type_is_not_refused_when_a_stage_may_emit_any() -> None:
+    # A stage that declares no events may emit any type: "tokn" might be real.
+    expect = Expectations(events=(EventExpectation("tokn", count=0),))
+    case = Case(name="n", pipeline=_CHAT, expect=expect)
+    assert run_case(case, registry=_chat_registry()).passed
 
 
 def test_event_counts(write_cases: Callable[..., Path]) -> None:

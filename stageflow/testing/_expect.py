@@ -7,8 +7,18 @@ from typing import Any
 
 import attrs
 
-from stageflow import Event, Pipeline, Problem, SessionStatus, StageflowError
+from stageflow import (
+    Event,
+    Pipeline,
+    Problem,
+    SessionStatus,
+    StageflowError,
+    StageNode,
+    StageRegistry,
+)
 from stageflow._errors import describe_exception
+from stageflow._graph import listing
+from stageflow._specs import ENGINE_EVENT_TYPES
 from stageflow.testing._diff import (
     json_equal,
     json_text,
@@ -19,7 +29,7 @@ from stageflow.testing._diff import (
 from stageflow.testing._model import Case, ErrorExpectation, EventExpectation
 from stageflow.testing._result import Failure, InputRecord
 
-__all__ = ["Observed", "check", "unknown_nodes"]
+__all__ = ["Observed", "check", "unknown_event_types", "unknown_nodes"]
 
 _SHOWN = 5  # candidate events listed under a failed event expectation
 
@@ -75,11 +85,66 @@ def unknown_nodes(case: Case, pipeline: Pipeline) -> list[Problem]:
         Problem(
             f"{case.location}.expect.{where}",
             f"{node_id!r} is not a node of pipeline {pipeline.name!r}, so this expectation "
-            f"does not test the run; use one of {', '.join(sorted(known))}",
+            f"does not test the run; use one of {listing(known)}",
         )
         for where, node_id in named
         if node_id not in known
     ]
+
+
+def _pipelines(pipeline: Pipeline) -> Iterator[Pipeline]:
+    yield pipeline
+    for sub in pipeline.subpipelines.values():
+        yield from _pipelines(sub)
+
+
+def _emitted_types(
+    pipeline: Pipeline, registry: StageRegistry, node_id: str | None
+) -> frozenset[str] | None:
+    """The event types the stage nodes (those with ``node_id``, or all) may emit.
+
+    ``None`` when any of them declares no events: a stage without
+    ``allowed_events`` may emit any type.
+    """
+    types: set[str] = set()
+    for each in _pipelines(pipeline):
+        for node in each.node_index.values():
+            if node_id is not None and node.id != node_id:
+                continue
+            if isinstance(node, StageNode):
+                declared = registry.get(node.stage).spec.allowed_events
+                if not declared:
+                    return None
+                types.update(spec.type for spec in declared)
+    return frozenset(types)
+
+
+def unknown_event_types(case: Case, pipeline: Pipeline, registry: StageRegistry) -> list[Problem]:
+    """A problem for each expected event type no node it names can have in its history.
+
+    A type is possible when it is one of the engine's or one that a stage
+    declares in ``StageSpec.allowed_events``; a stage that declares none may
+    emit anything, and then no type is refused. Without this, an expectation
+    ``count: 0`` of a misspelt type would hold whatever the stages emit.
+    """
+    problems: list[Problem] = []
+    for i, expected in enumerate(case.expect.events):
+        if expected.type in ENGINE_EVENT_TYPES:
+            continue
+        emitted = _emitted_types(pipeline, registry, expected.node_id)
+        if emitted is None or expected.type in emitted:
+            continue
+        where = "its stages" if expected.node_id is None else f"node {expected.node_id!r}"
+        declared = f"declare only {listing(emitted)}" if emitted else "emit no events of their own"
+        problems.append(
+            Problem(
+                f"{case.location}.expect.events[{i}].type",
+                f"no event of type {expected.type!r} can be in the history: it is not an engine "
+                f"event, and {where} of pipeline {pipeline.name!r} {declared} (in "
+                "StageSpec.allowed_events); fix the type or the node",
+            )
+        )
+    return problems
 
 
 def check(case: Case, run: Observed) -> tuple[list[Failure], int]:

@@ -26,7 +26,7 @@ from stageflow._engine._backend import (
     run_in_virtual_time,
 )
 from stageflow._json import a_python_type, thaw
-from stageflow.testing._expect import Observed, check, unknown_nodes
+from stageflow.testing._expect import Observed, check, unknown_event_types, unknown_nodes
 from stageflow.testing._mocks import (
     missing_outputs,
     mock_registry,
@@ -86,6 +86,7 @@ def prepare_case(case: Case, *, registry: StageRegistry | None = None) -> Prepar
         unused_mocks(case, pipeline)
         + missing_outputs(case, pipeline)
         + unknown_nodes(case, pipeline)
+        + unknown_event_types(case, pipeline, mocked)
     )
     if problems:
         raise CaseValidationError(problems, source=source)
