@@ -24,9 +24,11 @@ generators (``stageflow.tracing`` installs one) ask :func:`wanted_ids` first.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Final, TypedDict, final
 
@@ -46,7 +48,9 @@ __all__ = [
     "SegmentedSpan",
     "Segments",
     "rebuild",
+    "sampled_as",
     "wanted_ids",
+    "wanted_trace_id",
 ]
 
 SEGMENT: Final = "stageflow.segment"
@@ -60,6 +64,11 @@ _LINK_KIND: Final = "stageflow.link.kind"
 _WANTED: Final[ContextVar[tuple[int, int] | None]] = ContextVar(
     "stageflow_wanted_span_ids", default=None
 )
+# The trace id the root of a new segment, started in this context, must get.
+_WANTED_TRACE: Final[ContextVar[int | None]] = ContextVar("stageflow_wanted_trace_id", default=None)
+# The bits of a trace id the SDK's ratio sampler decides on (TraceIdRatioBased
+# reads the low 64; W3C's "random" trace ids put their randomness there).
+_SAMPLING_BITS: Final = (1 << 64) - 1
 
 
 # The spans rebuilt so far, per id generator (one per provider): a snapshot
@@ -72,6 +81,34 @@ _REBUILT_MAX: Final = 65536
 def wanted_ids() -> tuple[int, int] | None:
     """The ``(trace_id, span_id)`` a span being rebuilt needs, for an id generator."""
     return _WANTED.get()
+
+
+def wanted_trace_id() -> int | None:
+    """The trace id the root of a new segment needs, for an id generator.
+
+    It keeps the low 64 bits of the previous segment's trace id, the bits
+    the SDK's ratio sampler decides on, and draws the others: a run that was
+    sampled stays sampled in its later segments, as one that was not stays
+    unsampled.
+    """
+    return _WANTED_TRACE.get()
+
+
+@contextlib.contextmanager
+def sampled_as(trace_id: int | None) -> Iterator[None]:
+    """A new trace started inside is sampled as ``trace_id``'s was (see :func:`wanted_trace_id`).
+
+    For the root of a run's next segment, and of a run restored from a
+    snapshot; ``None`` changes nothing.
+    """
+    if trace_id is None:
+        yield
+        return
+    token = _WANTED_TRACE.set(random.getrandbits(64) << 64 | trace_id & _SAMPLING_BITS)
+    try:
+        yield
+    finally:
+        _WANTED_TRACE.reset(token)
 
 
 class OpenSpan(TypedDict):
@@ -162,9 +199,10 @@ class SegmentedSpan(Span):
             kind = "continues"
         if self.previous is not None:
             links.append(Link(self.previous, {_LINK_KIND: kind}))
-        span = segments.tracer.start_span(
-            self.name, context=context, attributes=dict(self.attributes), links=links
-        )
+        with sampled_as(self.previous.trace_id if self.previous is not None else None):
+            span = segments.tracer.start_span(
+                self.name, context=context, attributes=dict(self.attributes), links=links
+            )
         self.span, self._ended = span, None
         self.ids = _span_ids(span)
         self.flags = span.get_span_context().trace_flags

@@ -62,7 +62,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from stageflow._errors import TracingSetupError, printable_text
 from stageflow._json import a_python_type
 from stageflow._metrics import PROXY_METER_PROVIDER, global_provider_set
-from stageflow._segments import wanted_ids
+from stageflow._segments import wanted_ids, wanted_trace_id
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
@@ -122,6 +122,12 @@ class RestoringIdGenerator(RandomIdGenerator):
     own provider passes it, ``TracerProvider(id_generator=RestoringIdGenerator())``.
     With another generator the rebuild exports nothing (see
     ``docs/observability.md``).
+
+    It also gives the root of a run's later segment (after a long wait) a
+    trace id with the same low 64 bits as the segment before, the bits the
+    SDK's ratio sampler (``TraceIdRatioBased``, alone or under
+    ``ParentBased``) decides on: a run sampled in its first segment is sampled
+    in every one. With another generator each segment is sampled afresh.
     """
 
     def generate_span_id(self) -> int:
@@ -130,9 +136,12 @@ class RestoringIdGenerator(RandomIdGenerator):
         return wanted[1] if wanted is not None else super().generate_span_id()
 
     def generate_trace_id(self) -> int:
-        """The trace id a rebuilt root span must keep, or a random one."""
+        """The trace id a rebuilt root span must keep, or a new segment's, or a random one."""
         wanted = wanted_ids()
-        return wanted[0] if wanted is not None else super().generate_trace_id()
+        if wanted is not None:
+            return wanted[0]
+        segment = wanted_trace_id()
+        return segment if segment is not None else super().generate_trace_id()
 
 
 def configure(

@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
 import stageflow
 import stageflow.tracing
@@ -138,6 +138,50 @@ async def test_a_long_wait_cuts_the_trace_into_linked_segments(traced: Traced) -
     [received] = [e for e in ask_after.events if e.name == "input_received"]
     assert received.attributes is not None
     assert received.attributes["stageflow.wait.seconds"] >= 0
+
+
+async def test_a_ratio_sampler_samples_every_segment_and_restore_of_a_run_alike() -> None:
+    # Each segment's root, and a restored run's, is a new trace: the ratio
+    # sampler decided afresh, so a run sampled at first lost what came after
+    # a long wait or a restore whenever that was sampled out.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(0.5)),
+        id_generator=stageflow.tracing.RestoringIdGenerator(),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = _registry()
+    nodes = [_waiting("ask", next="again"), _waiting("again", next="last"), _waiting("last")]
+    pipeline = load(doc([*nodes[:2], {**nodes[2], "next": "end"}, terminal()]), registry)
+    for _ in range(40):
+        session = stageflow.Session(pipeline, registry=registry, tracer_provider=provider)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            for _ in ("ask", "again"):  # two long waits: segments 2 and 3
+                await wait_until_waiting(session, "go")
+                session.send_input("go", {})
+            await wait_until_waiting(session, "go")
+            snapshot = session.to_dict()  # in a cut wait: a restore starts a new run
+            tg.cancel_scope.cancel()
+        restored = stageflow.Session.from_dict(
+            snapshot, registry=registry, tracer_provider=provider
+        )
+        restored.send_input("go", {})
+        assert (await restored.run()).status is stageflow.SessionStatus.COMPLETED
+    provider.shutdown()
+    roots: dict[str, list[tuple[int, int]]] = {}
+    for span in exporter.get_finished_spans():
+        if span.name == "run pipeline":
+            kinds = [link.attributes for link in span.links]
+            restored_from = int(kinds == [{"stageflow.link.kind": "restored_from"}])
+            roots.setdefault(_attr(span, "stageflow.session.id"), []).append(
+                (restored_from, _attr(span, "stageflow.segment") or 1)
+            )
+    # Every run sampled at all has its four segments (the fourth records the
+    # task's cancellation) and its restored run; about half are.
+    expected = [(0, 1), (0, 2), (0, 3), (0, 4), (1, 1)]
+    assert [sorted(runs) for runs in roots.values()] == [expected] * len(roots)
+    assert 0 < len(roots) < 40
 
 
 async def test_history_events_carry_the_ids_of_their_segment(traced: Traced) -> None:

@@ -104,7 +104,7 @@ from stageflow._model import (
 )
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
-from stageflow._segments import SegmentedSpan, Segments, rebuild
+from stageflow._segments import SegmentedSpan, Segments, rebuild, sampled_as
 from stageflow._stages import StageContext, StageEntry, engine_context
 from stageflow._telemetry import (
     ATTEMPT,
@@ -737,15 +737,18 @@ class Run:
         # Its open spans are kept whether or not waits cut it (no threshold,
         # suspend mode): a live snapshot lists them, for a crash's restore.
         tracing.segments = Segments(tracing.tracer, tracing.threshold or 0.0, self._segment_root)
-        root_span = tracing.start(
-            f"run {pipeline.name}",
-            {
-                SESSION_ID: state.session_id,
-                PIPELINE_NAME: pipeline.name,
-                PIPELINE_DIGEST: pipeline.digest,
-            },
-            links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
-        )
+        # A restored run outside any span of the caller's is a new trace,
+        # sampled as the run that saved the snapshot was.
+        with sampled_as(int(origin["trace_id"], 16) if origin else None):
+            root_span = tracing.start(
+                f"run {pipeline.name}",
+                {
+                    SESSION_ID: state.session_id,
+                    PIPELINE_NAME: pipeline.name,
+                    PIPELINE_DIGEST: pipeline.digest,
+                },
+                links=[restored_link(origin["trace_id"], origin["span_id"])] if origin else None,
+            )
         state.root_ids = {"trace_id": root_span.ids[0], "span_id": root_span.ids[1]}
         return root_span
 
