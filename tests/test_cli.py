@@ -99,6 +99,8 @@ def test_run_imports_stages_by_module_name_from_the_current_directory(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(EXAMPLE)
+    # Another example's "stages", imported by an earlier test, is not this one.
+    monkeypatch.delitem(sys.modules, "stages", raising=False)
     got = cli("run", "pipeline.json", "--stages", "stages", "--payload", '{"text": "hi"}', "--json")
     assert got.code == ExitCode.OK, got.err
     assert got.json()["status"] == "completed"
