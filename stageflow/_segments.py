@@ -28,9 +28,9 @@ import contextlib
 import random
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Final, TypedDict, final
+from typing import Any, Final, NotRequired, TypedDict, final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -111,6 +111,14 @@ def sampled_as(trace_id: int | None) -> Iterator[None]:
         _WANTED_TRACE.reset(token)
 
 
+class SpanLink(TypedDict):
+    """A link of an open span, as a live snapshot keeps it."""
+
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any]
+
+
 class OpenSpan(TypedDict):
     """An open span as a live snapshot keeps it (``trace.open``)."""
 
@@ -120,6 +128,7 @@ class OpenSpan(TypedDict):
     parent_span_id: str | None
     start: int  # nanoseconds since the epoch
     attributes: dict[str, Any]
+    links: NotRequired[list[SpanLink]]  # since format 5; left out when it has none
 
 
 def _hex_ids(context: SpanContext) -> tuple[str, str]:
@@ -356,21 +365,37 @@ class Segments:
             if not wrapper.flags.sampled:
                 continue  # a trace nobody samples: nothing to rebuild
             trace_id, span_id, parent = wrapper.ids
-            spans.append(
-                {
-                    "name": wrapper.name,
-                    "trace_id": trace_id,
-                    "span_id": span_id,
-                    "parent_span_id": parent,
-                    "start": getattr(wrapper.span, "start_time", None) or time.time_ns(),
-                    "attributes": {
-                        k: kept
-                        for k, v in wrapper.attributes.items()
-                        if k != _OUTCOME and (kept := _attribute_json(v)) is not None
-                    },
-                }
-            )
+            record: OpenSpan = {
+                "name": wrapper.name,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "parent_span_id": parent,
+                "start": getattr(wrapper.span, "start_time", None) or time.time_ns(),
+                "attributes": _attributes_json(wrapper.attributes),
+            }
+            links: Sequence[Link] = getattr(wrapper.span, "links", None) or ()
+            if links:
+                record["links"] = [_link_json(link) for link in links if link.context.is_valid]
+            spans.append(record)
         return spans
+
+
+def _link_json(link: Link) -> SpanLink:
+    trace_id, span_id = _hex_ids(link.context)
+    return {
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "attributes": _attributes_json(link.attributes or {}),
+    }
+
+
+def _attributes_json(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes a snapshot keeps (see :func:`_attribute_json`), the outcome left out."""
+    return {
+        k: kept
+        for k, v in attributes.items()
+        if k != _OUTCOME and (kept := _attribute_json(v)) is not None
+    }
 
 
 def _attribute_json(value: Any) -> Any:
@@ -428,10 +453,21 @@ def rebuild(tracer: Tracer, spans: Sequence[OpenSpan], end: int) -> int:
             )
             context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         attributes = {**record["attributes"], _OUTCOME: OUTCOME_INTERRUPTED, REBUILT: True}
+        links = [
+            Link(
+                SpanContext(int(link["trace_id"], 16), int(link["span_id"], 16), is_remote=True),
+                link["attributes"],
+            )
+            for link in record.get("links", ())
+        ]
         token = _WANTED.set((trace_id, span_id))
         try:
             span = tracer.start_span(
-                record["name"], context=context, attributes=attributes, start_time=record["start"]
+                record["name"],
+                context=context,
+                attributes=attributes,
+                links=links,
+                start_time=record["start"],
             )
         finally:
             _WANTED.reset(token)

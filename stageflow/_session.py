@@ -623,7 +623,7 @@ class Session:
     # ------------------------------------------------------------- snapshots
 
     def to_dict(self, *, history: HistoryChoice = "all") -> dict[str, Any]:
-        """A snapshot of the session as plain JSON (format version 4), at any moment.
+        """A snapshot of the session as plain JSON (format version 5), at any moment.
 
         It holds the pipeline document and digest, every active position
         (inside branches, map items and subpipelines too) with its context,

@@ -690,6 +690,47 @@ async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
     assert _attr(rebuilt, "stageflow.segment") == 2
 
 
+async def test_a_span_rebuilt_after_a_crash_keeps_its_links(traced: Traced) -> None:
+    # The snapshot kept no links: the rebuilt root of segment 2 lost its
+    # previous_segment link, so the trace of a crashed run could not be
+    # followed back to the segment before the wait.
+    document = doc([_waiting("ask", next="work"), stage("work", "Hang", next="end"), terminal()])
+    session, registry = _session(document, traced)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        session.send_input("go", {})
+        await _until_started(session, "work")  # in segment 2, working: spans are open
+        snapshot = json.loads(json.dumps(session.to_dict()))
+        exported_before_crash = traced.spans()
+        tg.cancel_scope.cancel()  # the process "dies": nothing it exports from here counts
+    [first] = [s for s in exported_before_crash if s.name == "run pipeline"]
+    [root] = [s for s in snapshot["trace"]["open"] if s["name"] == "run pipeline"]
+    assert root["links"] == [
+        {
+            "trace_id": f"{first.context.trace_id:032x}",
+            "span_id": f"{first.context.span_id:016x}",
+            "attributes": ROOT_LINK,
+        }
+    ]
+    assert snapshot["version"] == 5
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)  # rebuilds as it starts; "work" hangs
+        await _until_started(restored, None, "session_resumed")
+        tg.cancel_scope.cancel()
+    [rebuilt] = [
+        s for s in after.spans() if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
+    ]
+    assert [(link.context.span_id, link.attributes) for link in rebuilt.links] == [
+        (first.context.span_id, ROOT_LINK)
+    ]
+    assert orphans(exported_before_crash + after.spans()) == []
+
+
 @pytest.mark.parametrize("mode", ["no threshold", "suspend mode"])
 async def test_a_run_that_is_never_cut_lists_its_open_spans_too(traced: Traced, mode: str) -> None:
     # Only a run whose waits could cut it kept its open spans: with
@@ -764,6 +805,20 @@ async def test_an_open_span_with_an_all_zero_id_is_refused(traced: Traced, key: 
         stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=traced.provider)
     [problem] = caught.value.problems
     assert problem.location == f"$.trace.open[{where}].{key}"
+    assert "all zeros" in problem.message
+
+
+@pytest.mark.parametrize("key", ["trace_id", "span_id"])
+async def test_a_link_of_an_open_span_with_an_all_zero_id_is_refused(
+    traced: Traced, key: str
+) -> None:
+    snapshot, _, registry = await _crashed(traced)
+    link = {"trace_id": "ab" * 16, "span_id": "cd" * 8, "attributes": {}}
+    snapshot["trace"]["open"][1]["links"] = [{**link, key: "0" * len(link[key])}]
+    with pytest.raises(stageflow.SnapshotError) as caught:
+        stageflow.Session.from_dict(snapshot, registry=registry, tracer_provider=traced.provider)
+    [problem] = caught.value.problems
+    assert problem.location == f"$.trace.open[1].links[0].{key}"
     assert "all zeros" in problem.message
 
 

@@ -53,6 +53,8 @@ MAX_RNG_DRAWS: Final = 1_000_000
 # A snapshot wraps values in frames: each nested frame adds up to four levels
 # (frame, record, list, item) and a write three (writes, pair, value).
 _SNAPSHOT_DEPTH: Final = MAX_DEPTH + 4 * MAX_NESTING + 8
+# The ids of an open span in a snapshot (a link has the first two).
+_SPAN_ID_KEYS: Final = ("trace_id", "span_id", "parent_span_id")
 
 
 def shape_problems(data: Mapping[str, Any]) -> list[Problem]:
@@ -334,11 +336,16 @@ class _Checker:
     def open_spans(self, trace: Mapping[str, Any] | None) -> None:
         """The open spans a restore exports (``trace.open``) have valid OpenTelemetry ids."""
         for i, span in enumerate((trace or {}).get("open") or ()):
-            for key in ("trace_id", "span_id", "parent_span_id"):
-                value = span[key]
+            ids = [(f"$.trace.open[{i}].{key}", span[key]) for key in _SPAN_ID_KEYS]
+            ids += [
+                (f"$.trace.open[{i}].links[{j}].{key}", link[key])
+                for j, link in enumerate(span.get("links") or ())
+                for key in _SPAN_ID_KEYS[:2]
+            ]
+            for where, value in ids:
                 if value is not None and not value.strip("0"):
                     self.add(
-                        f"$.trace.open[{i}].{key}",
+                        where,
                         f"{value!r} is all zeros, which OpenTelemetry reads as no id (a "
                         "restore would export the span with it); write the id the span had, "
                         "or remove the span from trace.open",

@@ -59,9 +59,9 @@ def test_schema_is_a_valid_draft_2020_12_schema(schema: Doc) -> None:
 
 def test_schema_id_carries_the_format_version(schema: Doc) -> None:
     assert schema["$id"] == (
-        "https://stageflow.dev/schemas/session-snapshot/4/session-snapshot.schema.json"
+        "https://stageflow.dev/schemas/session-snapshot/5/session-snapshot.schema.json"
     )
-    assert schema["properties"]["version"]["enum"] == [1, 2, 3, 4]  # versions 1 to 3 are still read
+    assert schema["properties"]["version"]["enum"] == [1, 2, 3, 4, 5]  # 1 to 4 are still read
     assert schema["properties"]["format"]["const"] == "stageflow.session-snapshot"
 
 
@@ -503,8 +503,22 @@ VERSION_4 = _all(
     _set(("version",), 4), _set(("history_seq",), 5), _set(("stopped_by_limit",), None)
 )
 
+LINK = {"trace_id": TRACE_ID, "span_id": SPAN_ID, "attributes": {"stageflow.link.kind": "x"}}
+OPEN_SPAN = {
+    "name": "run p",
+    "trace_id": TRACE_ID,
+    "span_id": "00f067aa0ba902b8",
+    "parent_span_id": None,
+    "start": 1,
+    "attributes": {"stageflow.segment": 2},
+}
+
 # Changes to the rich snapshot that keep it valid.
 GOOD_VARIANTS = {
+    "version 5 with the links of an open span": _set(
+        ("trace",),
+        {"trace_id": TRACE_ID, "span_id": SPAN_ID, "open": [{**OPEN_SPAN, "links": [LINK]}]},
+    ),
     "version 4 with inputs no stage saw": _all(VERSION_4, _set(("unseen_inputs",), UNSEEN)),
     "finished session with its outcome": FINISHED,
     "failed session with describe_exception output": _all(
@@ -545,7 +559,7 @@ BAD_SNAPSHOTS: dict[str, tuple[Callable[[Doc], None], list[tuple[Path_, str]]]] 
     "wrong format": (_set(("format",), "stageflow.snapshot"), [(("format",), "const")]),
     "version as a string": (_set(("version",), "1"), [(("version",), "enum")]),
     "version as a boolean": (_set(("version",), True), [(("version",), "enum")]),
-    "another version": (_set(("version",), 5), [(("version",), "enum")]),
+    "another version": (_set(("version",), 6), [(("version",), "enum")]),
     "missing version": (_delete(("version",)), [((), "required")]),
     "unknown top-level key": (_set(("context",), {}), [((), "additionalProperties")]),
     "inputs no stage saw in a version 1 snapshot": (
@@ -559,6 +573,17 @@ BAD_SNAPSHOTS: dict[str, tuple[Callable[[Doc], None], list[tuple[Path_, str]]]] 
     "an input no stage saw without its type": (
         _all(VERSION_4, _set(("unseen_inputs",), [{"payload": 1}])),
         [(("unseen_inputs", 0), "required")],
+    ),
+    "an open span's link without its attributes": (
+        _set(
+            ("trace",),
+            {
+                "trace_id": TRACE_ID,
+                "span_id": SPAN_ID,
+                "open": [{**OPEN_SPAN, "links": [{"trace_id": TRACE_ID, "span_id": SPAN_ID}]}],
+            },
+        ),
+        [(("trace", "open", 0, "links", 0), "required")],
     ),
     "unknown status": (_set(("status",), "paused"), [(("status",), "enum")]),
     "both context and writes at the root": (
