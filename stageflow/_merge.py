@@ -185,38 +185,35 @@ _CONTAINER: Final[Mapping[Reducer, type]] = {
 def _reduce(
     node_id: str, path: str, reducer: Reducer, base: Any, values: list[tuple[str, Any]]
 ) -> Any:
-    items = [value for _, value in values]
+    numeric = reducer not in _CONTAINER
     try:
-        if (
-            reducer in _CONTAINER
-            and base is not MISSING
-            and not isinstance(base, _CONTAINER[reducer])
+        if base is not MISSING and (
+            _not_a_number(base) if numeric else not isinstance(base, _CONTAINER[reducer])
         ):
             raise TypeError(
                 f"the value before the parallel node is {a_json_type(base)}, not "
-                f"{'an object' if reducer is Reducer.MERGE else 'an array'}: write one there "
-                "before the parallel node, or leave the path unset"
+                f"{_WANTED[reducer]}: write one there before the parallel node, or leave the "
+                "path unset"
             )
         if reducer is Reducer.APPEND:
-            return [*(base if base is not MISSING else []), *items]
+            return [*(base if base is not MISSING else []), *(value for _, value in values)]
+        wanted = list if reducer is Reducer.EXTEND else dict
+        for branch, value in values:
+            if _not_a_number(value) if numeric else not isinstance(value, wanted):
+                shown = json_text(value) if numeric else a_json_type(value)
+                raise TypeError(f"branch {branch!r} wrote {shown}, not {_WANTED[reducer]}")
+        items = [value for _, value in values]
         if reducer is Reducer.EXTEND:
             out = list(base) if base is not MISSING else []
             for item in items:
-                if not isinstance(item, list):
-                    raise TypeError(f"a branch wrote {a_json_type(item)}, not an array")
                 out.extend(item)
             return out
         if reducer is Reducer.MERGE:
             merged = dict(base) if base is not MISSING else {}
             for item in items:
-                if not isinstance(item, dict):
-                    raise TypeError(f"a branch wrote {a_json_type(item)}, not an object")
                 merged.update(item)
             return merged
         numbers = items if base is MISSING else [base, *items]
-        for number in numbers:
-            if isinstance(number, bool) or not isinstance(number, int | float):
-                raise TypeError(f"a branch wrote {json_text(number)}, not a number")
         if reducer is Reducer.SUM:
             return sum(numbers)
         if reducer is Reducer.MAX:
@@ -229,3 +226,18 @@ def _reduce(
             "accepts, or pick another reducer",
             node_id=node_id,
         ) from exc
+
+
+# What each reducer needs the old value (and, but for append, each contribution) to be.
+_WANTED: Final[Mapping[Reducer, str]] = {
+    Reducer.APPEND: "an array",
+    Reducer.EXTEND: "an array",
+    Reducer.MERGE: "an object",
+    Reducer.SUM: "a number",
+    Reducer.MAX: "a number",
+    Reducer.MIN: "a number",
+}
+
+
+def _not_a_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int | float)

@@ -213,6 +213,27 @@ async def test_a_reducer_over_an_old_value_it_cannot_fold_into_fails_the_node(
     assert f"the value before the parallel node is {found}" in str(result.error)
 
 
+@pytest.mark.parametrize("reducer", ["sum", "max", "min"])
+async def test_a_number_reducer_over_an_old_value_not_a_number_says_so(reducer: str) -> None:
+    """It blamed the branches ("a branch wrote \"5\"") for the value the path had before."""
+    pipeline = fan([set_node("x", "shared", 1), set_node("y", "shared", 2)])
+    pipeline["reducers"] = {"shared": reducer}
+    result = await run(pipeline, payload={"shared": "5"})
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.NodeError)
+    message = str(result.error)
+    assert "the value before the parallel node is a string, not a number" in message
+    assert "wrote" not in message
+
+
+async def test_a_value_a_reducer_cannot_combine_names_the_branch_that_wrote_it() -> None:
+    pipeline = fan([set_node("x", "shared", [1]), set_node("y", "shared", {"k": 1})])
+    pipeline["reducers"] = {"shared": "extend"}
+    result = await run(pipeline)
+    assert result.status is FAILED
+    assert "(branch 'y' wrote an object, not an array)" in str(result.error)
+
+
 async def test_a_join_whose_reducer_fails_merges_nothing() -> None:
     """The paths before the one a reducer cannot combine are not written either."""
     both = stage(
@@ -479,6 +500,6 @@ async def test_a_sum_over_a_text_value_quotes_it_as_json_and_briefly() -> None:
     result = await run(pipeline)
     assert result.status is FAILED
     message = str(result.error)
-    assert '(a branch wrote "yyyy' in message
+    assert "(branch 'x' wrote \"yyyy" in message
     assert "..., not a number)" in message
     assert len(message) < 400
