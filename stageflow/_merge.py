@@ -57,6 +57,8 @@ def merge_branches(
             else:
                 found.append((branch, value))
     first = strategy is MergeStrategy.FIRST
+    if len(branches) > 1:
+        _drop_writes_inside_own(contributions)
     if strategy is MergeStrategy.ERROR:
         _check_conflicts(node_id, contributions, reducers)
     elif len(branches) > 1:
@@ -77,6 +79,30 @@ def merge_branches(
     set_ = target.set
     for path, value in writes:
         set_(path, value)
+
+
+def _drop_writes_inside_own(contributions: dict[str, list[tuple[str, Any]]]) -> None:
+    """Leave out a branch's writes inside a path that branch also wrote.
+
+    The value the branch left at the outer path holds them already (a stage
+    wrote ``notes``, a later one ``notes.y``), and whatever they overlap the
+    outer path overlaps too; a reducer of the outer path folds that whole
+    value in. Taken for another writer there, they made a reducer's
+    contribution a conflict, or made ``first`` / ``last`` drop it.
+    """
+    for path in [path for path in contributions if "." in path]:
+        parts = path.split(".")
+        above: set[str] = set()
+        for cut in range(1, len(parts)):
+            for branch, _ in contributions.get(".".join(parts[:cut]), ()):
+                above.add(branch)
+        if not above:
+            continue
+        kept = [(branch, value) for branch, value in contributions[path] if branch not in above]
+        if kept:
+            contributions[path] = kept
+        else:
+            del contributions[path]
 
 
 def _keep_one_writer_per_overlap(

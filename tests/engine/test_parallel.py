@@ -178,6 +178,24 @@ async def test_a_nested_join_folds_into_what_its_branch_wrote_before() -> None:
     assert result.artifacts["shared"] == 10 + 1 + 5 + 2 + 3
 
 
+@pytest.mark.parametrize("strategy", ["first", "last"])
+async def test_a_reducer_folds_a_contribution_its_branch_wrote_inside_too(strategy: str) -> None:
+    """The branch's later write inside its own contribution made one branch's be dropped."""
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "y"], next="end", merge=strategy),
+            set_node("x", "shared", {"x": 1}, next="x2"),
+            set_node("x2", "shared.y", 2),
+            set_node("y", "shared", {"z": 3}),
+            terminal("end", "shared"),
+        ],
+        reducers={"shared": "merge"},
+    )
+    result = await run(pipeline, payload={"shared": {"n0": 0}})
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts["shared"] == {"n0": 0, "x": 1, "y": 2, "z": 3}
+
+
 async def test_reducer_that_cannot_combine_fails_the_node() -> None:
     pipeline = fan([set_node("x", "shared", "text"), set_node("y", "shared", 1)])
     pipeline["reducers"] = {"shared": "sum"}
