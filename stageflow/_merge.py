@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from stageflow._context import MISSING, Context
 from stageflow._errors import MergeConflictError, NodeError
-from stageflow._json import a_json_type, find_non_json
+from stageflow._json import MAX_DEPTH, a_json_type, find_non_json
 from stageflow._model import MergeStrategy, Reducer
 from stageflow._specs import json_text
 
@@ -185,11 +185,27 @@ def _checked(
 
     A number is checked whole; for the container reducers the new contributions are
     (wrapped in a list, for the level they nest at), not the whole value again at
-    every join.
+    every join. They nest as deep below ``path`` as in the context: the levels
+    above it count, as for a stage's output, and ``append`` puts each one a level
+    deeper than its branch wrote it.
     """
     reduced = _reduce(node_id, path, reducer, base, values)
     numeric = reducer in (Reducer.SUM, Reducer.MAX, Reducer.MIN)
-    bad = find_non_json(reduced if numeric else [v for _, v in values], path)
+    if numeric:
+        bad = find_non_json(reduced, path)
+    else:
+        # The list wrapping extend's and merge's contributions is not in the result.
+        room = MAX_DEPTH - path.count(".") - (1 if reducer is Reducer.APPEND else 0)
+        contributions = [v for _, v in values]
+        bad = find_non_json(contributions, path, room)
+        if bad is not None and find_non_json(contributions, path) is None:
+            raise NodeError(
+                f"parallel node {node_id!r}: reducer {reducer.value!r} for path {path!r} "
+                f"would nest the context more than {MAX_DEPTH} levels deep at {bad.location}, "
+                "more than a snapshot holds; make the branches write flatter values, or "
+                "pick another reducer",
+                node_id=node_id,
+            )
     if bad is not None:
         raise NodeError(
             f"parallel node {node_id!r}: reducer {reducer.value!r} for path {path!r} made "

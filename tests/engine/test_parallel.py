@@ -521,3 +521,47 @@ async def test_a_sum_over_a_text_value_quotes_it_as_json_and_briefly() -> None:
     assert "(branch 'x' wrote \"yyyy" in message
     assert "..., not a number)" in message
     assert len(message) < 400
+
+
+def nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("path", ["shared", "deep.shared"])
+@pytest.mark.parametrize("spare", [0, 1])
+async def test_an_append_never_nests_the_context_deeper_than_a_snapshot_holds(
+    path: str, spare: int
+) -> None:
+    """A contribution as deep as its path takes went one level deeper in the list:
+    the session completed with a snapshot that could not be restored."""
+    registry = fake_registry()
+    # As deep as a stage may write at ``path`` (or a level less): a context
+    # nests at most 256 levels (docs/pipeline-format.md, "Context paths").
+    levels = 256 - path.count(".") - 1 - spare
+
+    @registry.register("Deep")
+    async def deep(ctx: stageflow.StageContext) -> dict[str, object]:
+        return {"v": nested(levels)}
+
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "y"], next="end"),
+            stage("x", "Deep", outputs={"v": path}),
+            set_node("y", path, 2),
+            terminal("end"),
+        ],
+        reducers={path: "append"},
+    )
+    session = stageflow.Session(load(pipeline, registry), registry=registry)
+    result = await session.run()
+    stageflow.Session.from_dict(session.to_dict(), registry=registry)  # restores
+    if spare:
+        assert result.status is COMPLETED, result.error
+    else:
+        assert result.status is FAILED
+        assert isinstance(result.error, stageflow.NodeError)
+        assert "reducer 'append'" in str(result.error)
+        assert "more than 256 levels deep" in str(result.error)
