@@ -794,11 +794,43 @@ def _check_branch_writes(
         for (a, b), shared in sorted((pair, path) for path, pair in clashes.items()):
             yield Problem(
                 f"$.nodes[{where[node.id]}].children",
-                f"parallel node {node.id!r}: branches {children[a]!r} and "
-                f"{children[b]!r} can both write {shared!r}; declare a reducer "
-                f'("reducers": {{"{shared}": "append"}}), set "merge": "first" or '
-                '"last" on the node, or write to different paths',
+                f"parallel node {node.id!r}: "
+                + _clash_message(children, writes, reducers, (a, b), shared),
             )
+
+
+def _clash_message(
+    children: Sequence[str],
+    writes: Sequence[AbstractSet[str]],
+    reducers: Mapping[str, str],
+    pair: tuple[int, int],
+    shared: str,
+) -> str:
+    """What two branches that can write ``shared`` (or inside it) clash on, and the way out.
+
+    A reducer combines the writes of exactly its path: where one branch
+    writes a path inside the other's, declaring one cannot help.
+    """
+    a, b = pair
+    if shared in writes[a] and shared in writes[b] and shared not in reducers:
+        return (
+            f"branches {children[a]!r} and {children[b]!r} can both write {shared!r}; "
+            f'declare a reducer ("reducers": {{"{shared}": "append"}}), set "merge": '
+            '"first" or "last" on the node, or write to different paths'
+        )
+    inside = ""
+    for outer, inner in ((a, b), (b, a)):
+        if shared in writes[outer]:
+            inside = min((p for p in writes[inner] if p.startswith(shared + ".")), default="")
+            if inside:
+                break
+    return (
+        f"branch {children[outer]!r} can write {shared!r} and branch {children[inner]!r} "
+        f"{inside!r} inside it, which no reducer combines (a reducer combines the writes of "
+        f"exactly its path): make both branches write {shared!r} whole (with a reducer for "
+        'it, such as "merge"), set "merge": "first" or "last" on the node, or write to '
+        "different paths"
+    )
 
 
 def _write_clashes(

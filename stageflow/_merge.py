@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from stageflow._context import MISSING, Context
 from stageflow._errors import MergeConflictError, NodeError
-from stageflow._json import a_json_type, find_non_json
+from stageflow._json import MAX_DEPTH, a_json_type, find_non_json
 from stageflow._model import MergeStrategy, Reducer
 from stageflow._specs import json_text
 
@@ -57,6 +57,8 @@ def merge_branches(
             else:
                 found.append((branch, value))
     first = strategy is MergeStrategy.FIRST
+    if len(branches) > 1:
+        _drop_writes_inside_own(contributions)
     if strategy is MergeStrategy.ERROR:
         _check_conflicts(node_id, contributions, reducers)
     elif len(branches) > 1:
@@ -77,6 +79,30 @@ def merge_branches(
     set_ = target.set
     for path, value in writes:
         set_(path, value)
+
+
+def _drop_writes_inside_own(contributions: dict[str, list[tuple[str, Any]]]) -> None:
+    """Leave out a branch's writes inside a path that branch also wrote.
+
+    The value the branch left at the outer path holds them already (a stage
+    wrote ``notes``, a later one ``notes.y``), and whatever they overlap the
+    outer path overlaps too; a reducer of the outer path folds that whole
+    value in. Taken for another writer there, they made a reducer's
+    contribution a conflict, or made ``first`` / ``last`` drop it.
+    """
+    for path in [path for path in contributions if "." in path]:
+        parts = path.split(".")
+        above: set[str] = set()
+        for cut in range(1, len(parts)):
+            for branch, _ in contributions.get(".".join(parts[:cut]), ()):
+                above.add(branch)
+        if not above:
+            continue
+        kept = [(branch, value) for branch, value in contributions[path] if branch not in above]
+        if kept:
+            contributions[path] = kept
+        else:
+            del contributions[path]
 
 
 def _keep_one_writer_per_overlap(
@@ -159,11 +185,27 @@ def _checked(
 
     A number is checked whole; for the container reducers the new contributions are
     (wrapped in a list, for the level they nest at), not the whole value again at
-    every join.
+    every join. They nest as deep below ``path`` as in the context: the levels
+    above it count, as for a stage's output, and ``append`` puts each one a level
+    deeper than its branch wrote it.
     """
     reduced = _reduce(node_id, path, reducer, base, values)
     numeric = reducer in (Reducer.SUM, Reducer.MAX, Reducer.MIN)
-    bad = find_non_json(reduced if numeric else [v for _, v in values], path)
+    if numeric:
+        bad = find_non_json(reduced, path)
+    else:
+        # The list wrapping extend's and merge's contributions is not in the result.
+        room = MAX_DEPTH - path.count(".") - (1 if reducer is Reducer.APPEND else 0)
+        contributions = [v for _, v in values]
+        bad = find_non_json(contributions, path, room)
+        if bad is not None and find_non_json(contributions, path) is None:
+            raise NodeError(
+                f"parallel node {node_id!r}: reducer {reducer.value!r} for path {path!r} "
+                f"would nest the context more than {MAX_DEPTH} levels deep at {bad.location}, "
+                "more than a snapshot holds; make the branches write flatter values, or "
+                "pick another reducer",
+                node_id=node_id,
+            )
     if bad is not None:
         raise NodeError(
             f"parallel node {node_id!r}: reducer {reducer.value!r} for path {path!r} made "
@@ -185,38 +227,35 @@ _CONTAINER: Final[Mapping[Reducer, type]] = {
 def _reduce(
     node_id: str, path: str, reducer: Reducer, base: Any, values: list[tuple[str, Any]]
 ) -> Any:
-    items = [value for _, value in values]
+    numeric = reducer not in _CONTAINER
     try:
-        if (
-            reducer in _CONTAINER
-            and base is not MISSING
-            and not isinstance(base, _CONTAINER[reducer])
+        if base is not MISSING and (
+            _not_a_number(base) if numeric else not isinstance(base, _CONTAINER[reducer])
         ):
             raise TypeError(
                 f"the value before the parallel node is {a_json_type(base)}, not "
-                f"{'an object' if reducer is Reducer.MERGE else 'an array'}: write one there "
-                "before the parallel node, or leave the path unset"
+                f"{_WANTED[reducer]}: write one there before the parallel node, or leave the "
+                "path unset"
             )
         if reducer is Reducer.APPEND:
-            return [*(base if base is not MISSING else []), *items]
+            return [*(base if base is not MISSING else []), *(value for _, value in values)]
+        wanted = list if reducer is Reducer.EXTEND else dict
+        for branch, value in values:
+            if _not_a_number(value) if numeric else not isinstance(value, wanted):
+                shown = json_text(value) if numeric else a_json_type(value)
+                raise TypeError(f"branch {branch!r} wrote {shown}, not {_WANTED[reducer]}")
+        items = [value for _, value in values]
         if reducer is Reducer.EXTEND:
             out = list(base) if base is not MISSING else []
             for item in items:
-                if not isinstance(item, list):
-                    raise TypeError(f"a branch wrote {a_json_type(item)}, not an array")
                 out.extend(item)
             return out
         if reducer is Reducer.MERGE:
             merged = dict(base) if base is not MISSING else {}
             for item in items:
-                if not isinstance(item, dict):
-                    raise TypeError(f"a branch wrote {a_json_type(item)}, not an object")
                 merged.update(item)
             return merged
         numbers = items if base is MISSING else [base, *items]
-        for number in numbers:
-            if isinstance(number, bool) or not isinstance(number, int | float):
-                raise TypeError(f"a branch wrote {json_text(number)}, not a number")
         if reducer is Reducer.SUM:
             return sum(numbers)
         if reducer is Reducer.MAX:
@@ -229,3 +268,18 @@ def _reduce(
             "accepts, or pick another reducer",
             node_id=node_id,
         ) from exc
+
+
+# What each reducer needs the old value (and, but for append, each contribution) to be.
+_WANTED: Final[Mapping[Reducer, str]] = {
+    Reducer.APPEND: "an array",
+    Reducer.EXTEND: "an array",
+    Reducer.MERGE: "an object",
+    Reducer.SUM: "a number",
+    Reducer.MAX: "a number",
+    Reducer.MIN: "a number",
+}
+
+
+def _not_a_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int | float)

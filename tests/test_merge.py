@@ -75,6 +75,27 @@ def test_reducer_covers_a_conflicting_path() -> None:
     assert parent.get("x") == [1, 2]
 
 
+@pytest.mark.parametrize("strategy", list(stageflow.MergeStrategy))
+def test_a_write_inside_a_reduced_path_the_branch_wrote_is_part_of_its_contribution(
+    strategy: stageflow.MergeStrategy,
+) -> None:
+    """It was taken for another writer: a conflict, or ``first`` / ``last`` dropped a branch."""
+    parent = Context({"notes": {"n0": 0}})
+    reducers = {"notes": stageflow.Reducer.MERGE}
+    forks = branches(parent, {"notes": {"x": 1}, "notes.y": 2}, {"notes": {"z": 3}})
+    merge_branches("p", strategy, reducers, parent, forks)
+    assert parent.get("notes") == {"n0": 0, "x": 1, "y": 2, "z": 3}
+
+
+def test_a_write_inside_a_path_the_branch_wrote_still_overlaps_another_branch() -> None:
+    parent = Context({})
+    forks = branches(parent, {"a": {"b": 1}, "a.b": 2}, {"a.c": 3})
+    with pytest.raises(stageflow.MergeConflictError) as info:
+        merge_branches("p", ERROR, {}, parent, forks)
+    assert info.value.path == "a"
+    assert info.value.branches == ("b0", "b1")
+
+
 def test_merge_costs_what_branches_wrote() -> None:
     big = {f"k{i}": {"v": i} for i in range(10_000)}
     parent = Context(big)

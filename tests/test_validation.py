@@ -153,9 +153,30 @@ def test_branches_that_may_write_one_path_need_a_reducer() -> None:
     )
     found = problems(document)
     assert [p.location for p in found] == ["$.nodes[0].children"]
-    assert "'a' and 'b' can both write 'out'" in found[0].message
+    assert "branch 'a' can write 'out' and branch 'b' 'out.deep' inside it" in found[0].message
     document["nodes"][0]["merge"] = "last"
     load(document)
+
+
+@pytest.mark.parametrize("reduced", ["out", "out.deep"])
+def test_a_write_inside_another_branchs_path_is_not_told_to_declare_a_reducer(
+    reduced: str,
+) -> None:
+    """A reducer covers writes of exactly its path: declaring one, as told, changed nothing."""
+    document = doc(
+        [
+            parallel("fan", ["a", "b"], next="end"),
+            stage("a", "Set", outputs={"v": "out.deep"}),
+            stage("b", "Set", outputs={"v": "out"}),
+            terminal("end"),
+        ],
+        reducers={reduced: "merge"},
+    )
+    [found] = problems(document)
+    assert found.location == "$.nodes[0].children"
+    assert "branch 'b' can write 'out' and branch 'a' 'out.deep' inside it" in found.message
+    assert "declare a reducer" not in found.message
+    assert "make both branches write 'out' whole" in found.message
 
 
 def test_stage_spec_is_checked() -> None:

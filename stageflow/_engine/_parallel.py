@@ -182,6 +182,7 @@ class ParallelExecutor:
     def save(self, kernel: Kernel, run: ParallelRun) -> ParallelPosition:
         """A parallel node in flight as a snapshot keeps it: every branch's state."""
         branches: list[BranchPosition] = []
+        decided = _decided(run)
         for child, frame, outcome in zip(run.node.children, run.frames, run.outcomes, strict=True):
             if outcome.finished:
                 branches.append(
@@ -191,9 +192,12 @@ class ParallelExecutor:
                 branches.append(
                     {"child": child, "state": "failed", "error": error_state(outcome.error)}
                 )
-            elif outcome.cancelled:
+            elif outcome.cancelled and decided:
                 branches.append({"child": child, "state": "cancelled"})
             else:
+                # Running; or cancelled before the join was decided, by a
+                # timeout (this node's or an enclosing one's) that a restored
+                # run starts again: kept where it was, to run on from there.
                 position = kernel.frame_state(frame, child, False)
                 branches.append({"child": child, "state": "running", "position": position})
         return {"branches": branches, "winner": run.winner[0] if run.winner else None}
@@ -216,7 +220,11 @@ class ParallelExecutor:
             elif state == "failed":
                 outcome.error = restore_error(branch["error"])
             elif state == "cancelled":
+                # Run again from its start unless the join had been decided
+                # (below). A snapshot of an earlier release kept a branch
+                # cancelled by a timeout so (see ``save``).
                 outcome.cancelled = True
+                todo.append(i)
             else:
                 apply_writes(frame.ctx, branch["position"]["writes"])
                 frame.resume = branch["position"]
@@ -226,12 +234,9 @@ class ParallelExecutor:
             # of the pipeline the snapshot was taken with: found by its child.
             won = saved["branches"][saved["winner"]]["child"]
             run.winner.append(node.children.index(won))
-        stopped = bool(run.winner) or (
-            node.policy is ParallelPolicy.ALL
-            and node.cancel_on_error
-            and any(o.error is not None for o in run.outcomes)
-        )
-        if not stopped:
+        if not _decided(run):
+            for i in todo:
+                run.outcomes[i].cancelled = False
             return todo
         # The join had been decided (a winner, or a failure that cancels the
         # rest): the branches still running are not run again.
@@ -240,6 +245,15 @@ class ParallelExecutor:
             if resume is not None:
                 kernel.not_rerun(resume)
         return []
+
+
+def _decided(run: ParallelRun) -> bool:
+    """Whether the join was decided: an ``any`` winner, or a failure that cancels the rest."""
+    return bool(run.winner) or (
+        run.node.policy is ParallelPolicy.ALL
+        and run.node.cancel_on_error
+        and any(o.error is not None for o in run.outcomes)
+    )
 
 
 def _branch_failure(node: ParallelNode, errors: list[Exception]) -> Exception:

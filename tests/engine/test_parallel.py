@@ -178,6 +178,24 @@ async def test_a_nested_join_folds_into_what_its_branch_wrote_before() -> None:
     assert result.artifacts["shared"] == 10 + 1 + 5 + 2 + 3
 
 
+@pytest.mark.parametrize("strategy", ["first", "last"])
+async def test_a_reducer_folds_a_contribution_its_branch_wrote_inside_too(strategy: str) -> None:
+    """The branch's later write inside its own contribution made one branch's be dropped."""
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "y"], next="end", merge=strategy),
+            set_node("x", "shared", {"x": 1}, next="x2"),
+            set_node("x2", "shared.y", 2),
+            set_node("y", "shared", {"z": 3}),
+            terminal("end", "shared"),
+        ],
+        reducers={"shared": "merge"},
+    )
+    result = await run(pipeline, payload={"shared": {"n0": 0}})
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts["shared"] == {"n0": 0, "x": 1, "y": 2, "z": 3}
+
+
 async def test_reducer_that_cannot_combine_fails_the_node() -> None:
     pipeline = fan([set_node("x", "shared", "text"), set_node("y", "shared", 1)])
     pipeline["reducers"] = {"shared": "sum"}
@@ -211,6 +229,27 @@ async def test_a_reducer_over_an_old_value_it_cannot_fold_into_fails_the_node(
     assert isinstance(result.error, stageflow.NodeError)
     assert result.error.node_id == "fan"
     assert f"the value before the parallel node is {found}" in str(result.error)
+
+
+@pytest.mark.parametrize("reducer", ["sum", "max", "min"])
+async def test_a_number_reducer_over_an_old_value_not_a_number_says_so(reducer: str) -> None:
+    """It blamed the branches ("a branch wrote \"5\"") for the value the path had before."""
+    pipeline = fan([set_node("x", "shared", 1), set_node("y", "shared", 2)])
+    pipeline["reducers"] = {"shared": reducer}
+    result = await run(pipeline, payload={"shared": "5"})
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.NodeError)
+    message = str(result.error)
+    assert "the value before the parallel node is a string, not a number" in message
+    assert "wrote" not in message
+
+
+async def test_a_value_a_reducer_cannot_combine_names_the_branch_that_wrote_it() -> None:
+    pipeline = fan([set_node("x", "shared", [1]), set_node("y", "shared", {"k": 1})])
+    pipeline["reducers"] = {"shared": "extend"}
+    result = await run(pipeline)
+    assert result.status is FAILED
+    assert "(branch 'y' wrote an object, not an array)" in str(result.error)
 
 
 async def test_a_join_whose_reducer_fails_merges_nothing() -> None:
@@ -479,6 +518,50 @@ async def test_a_sum_over_a_text_value_quotes_it_as_json_and_briefly() -> None:
     result = await run(pipeline)
     assert result.status is FAILED
     message = str(result.error)
-    assert '(a branch wrote "yyyy' in message
+    assert "(branch 'x' wrote \"yyyy" in message
     assert "..., not a number)" in message
     assert len(message) < 400
+
+
+def nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("path", ["shared", "deep.shared"])
+@pytest.mark.parametrize("spare", [0, 1])
+async def test_an_append_never_nests_the_context_deeper_than_a_snapshot_holds(
+    path: str, spare: int
+) -> None:
+    """A contribution as deep as its path takes went one level deeper in the list:
+    the session completed with a snapshot that could not be restored."""
+    registry = fake_registry()
+    # As deep as a stage may write at ``path`` (or a level less): a context
+    # nests at most 256 levels (docs/pipeline-format.md, "Context paths").
+    levels = 256 - path.count(".") - 1 - spare
+
+    @registry.register("Deep")
+    async def deep(ctx: stageflow.StageContext) -> dict[str, object]:
+        return {"v": nested(levels)}
+
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "y"], next="end"),
+            stage("x", "Deep", outputs={"v": path}),
+            set_node("y", path, 2),
+            terminal("end"),
+        ],
+        reducers={path: "append"},
+    )
+    session = stageflow.Session(load(pipeline, registry), registry=registry)
+    result = await session.run()
+    stageflow.Session.from_dict(session.to_dict(), registry=registry)  # restores
+    if spare:
+        assert result.status is COMPLETED, result.error
+    else:
+        assert result.status is FAILED
+        assert isinstance(result.error, stageflow.NodeError)
+        assert "reducer 'append'" in str(result.error)
+        assert "more than 256 levels deep" in str(result.error)

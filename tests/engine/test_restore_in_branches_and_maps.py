@@ -420,3 +420,85 @@ async def test_a_nested_join_restored_at_every_event_folds_the_old_value_in_once
     expected = await uninterrupted(case)
     assert expected.artifacts == {"n": [0, "a", "b", "c"]}
     await every_cut(case, expected)
+
+
+# ------------------------------------------------- branches a timeout cancels
+
+# A timeout cancels the branches: cut while it does, the restored run must not
+# take a cancelled branch for one that ended, nor fail on a join with no error.
+TIMED_OUT = {"errors": ["NodeTimeoutError"], "next": "late", "error_path": "err"}
+NEVER = {"input": "never"}
+TIMEOUTS = {
+    "all": doc(
+        [
+            parallel("fan", ["x", "y"], next="end", timeout=100, on_error=[TIMED_OUT]),
+            stage("x", "Ask", config=NEVER, outputs={"answer": "a"}),
+            stage("y", "Nap", config={"seconds": 5, "value": 1}, outputs={"answer": "b"}),
+            terminal("end", "a", "b"),
+            terminal("late", "err", "a", "b"),
+        ]
+    ),
+    "any": doc(
+        [
+            parallel(
+                "fan", ["x", "y"], next="end", timeout=100, policy="any", on_error=[TIMED_OUT]
+            ),
+            stage("x", "Ask", config=NEVER, outputs={"answer": "a"}),
+            stage("y", "Ask", config={"input": "never2"}, outputs={"answer": "b"}),
+            terminal("end", "a", "b"),
+            terminal("late", "err", "a", "b"),
+        ]
+    ),
+    "enclosing": doc(
+        [
+            parallel("outer", ["x", "inner"], next="end", timeout=50, on_error=[TIMED_OUT]),
+            stage("x", "Ask", config=NEVER, outputs={"answer": "a"}),
+            parallel("inner", ["i1", "i2"]),
+            stage("i1", "Ask", config={"input": "never2"}, outputs={"answer": "c"}),
+            stage("i2", "Nap", config={"seconds": 5, "value": 1}, outputs={"answer": "d"}),
+            terminal("end", "a", "c", "d"),
+            terminal("late", "err", "a", "c", "d"),
+        ]
+    ),
+}
+
+
+@pytest.mark.trio_only
+@pytest.mark.parametrize("shape", sorted(TIMEOUTS))
+async def test_branches_cancelled_by_a_timeout_restore_at_every_event(shape: str) -> None:
+    """Cut while they were cancelled, an ``all`` join went on at ``next`` and an ``any``
+    join failed with a ValueError (an empty ParallelRunError)."""
+    registry = review_registry()
+    case = Case(load(TIMEOUTS[shape], registry), registry, {})
+    expected = await uninterrupted(case)
+    assert expected.result == {"ok": True}
+    assert expected.artifacts["err"]["type"] == "NodeTimeoutError"
+    assert await every_cut(case, expected) > 10
+
+
+@pytest.mark.trio_only
+async def test_a_snapshot_keeping_a_branch_cancelled_by_a_timeout_runs_it_again() -> None:
+    """As an earlier release saved it: ``cancelled``, though the join was not decided."""
+    registry = review_registry()
+    case = Case(load(TIMEOUTS["all"], registry), registry, {})
+    expected = await uninterrupted(case)
+    session = case.session()
+    taken: list[dict[str, Any]] = []
+
+    def snapshot(event: stageflow.Event) -> None:
+        if event.type == "branch_cancelled":
+            taken.append(case.snapshot(session))
+
+    session.subscribe(snapshot)
+    await session.run()
+    data = taken[0]
+    branches = data["position"]["parallel"]["branches"]
+    assert [b["state"] for b in branches] == ["running", "finished"]
+    branches[0] = {"child": "x", "state": "cancelled"}
+    restored = Outcome.of(await case.restore(data).run())
+    # Run again from its start: its node counts as a step once more.
+    assert (restored.status, restored.result, restored.artifacts) == (
+        expected.status,
+        expected.result,
+        expected.artifacts,
+    )
