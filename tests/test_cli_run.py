@@ -374,6 +374,20 @@ async def test_live_view_rows_follow_the_events(autojump_clock: trio.testing.Moc
     assert "waiting" not in table
 
 
+@pytest.mark.anyio
+async def test_live_view_draws_brackets_in_names_as_they_are() -> None:
+    # Rich reads "[/]" as markup: drawing the view raised MarkupError mid-run.
+    now = datetime.datetime.now(datetime.UTC)
+    console, buffer = terminal_console()
+    view = LiveView(console, "demo [/] [red]v2")
+    view.on_event(Event(1, "node_started", now, "s", "a", "", {"node_type": "stage"}))
+    view.on_event(Event(2, "waiting_for_input", now, "s", "a", "", {"input_type": "ok [/]"}))
+    console.print(view.render())
+    table = buffer.getvalue()
+    assert "demo [/] [red]v2: 1 active" in table
+    assert "waiting for 'ok [/]'" in table
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -19,6 +19,7 @@ import attrs
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from stageflow._events import Event
 
@@ -81,8 +82,9 @@ class LiveView:
         """The view as a rich table: one row per active node, oldest first."""
         now = anyio.current_time()
         elapsed = now - self._started if self._started is not None else 0.0
+        # Text, not markup: a pipeline name or an input type may hold "[/]" or "[red]".
         table = Table(
-            title=(
+            title=Text(
                 f"{self._title}: {len(self._active)} active, {self._counts['finished']} "
                 f"finished, {self._counts['failed']} failed, {elapsed:.1f} s"
             ),
@@ -93,9 +95,8 @@ class LiveView:
         rows = sorted(self._active.items(), key=lambda item: item[1].since)
         for (path, node_id), active in rows:
             state = f"waiting for {active.waiting_for!r}" if active.waiting_for else "running"
-            table.add_row(
-                node_id, active.node_type, path or "-", f"{now - active.since:.1f} s", state
-            )
+            cells = (node_id, active.node_type, path or "-", f"{now - active.since:.1f} s", state)
+            table.add_row(*map(Text, cells))
         return table
 
     @asynccontextmanager
