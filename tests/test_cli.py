@@ -120,6 +120,32 @@ def test_run_exits_1_when_the_session_fails(cli: Cli, tmp_path: Path) -> None:
     assert data["result"] is None
 
 
+def test_run_prints_an_error_message_escaped_on_one_line(cli: Cli, tmp_path: Path) -> None:
+    # A stage's exception may carry any text: its line breaks started lines that
+    # looked like the command's own, its escape sequences cleared the terminal.
+    stages = write_module(
+        tmp_path / "escaping_stages.py",
+        """
+        import stageflow
+
+        registry = stageflow.StageRegistry()
+
+
+        @registry.register("Boom")
+        async def boom(ctx):
+            raise ValueError("bad\\x1b[2J\\nstatus: completed")
+        """,
+    )
+    pipeline = write_json(
+        tmp_path / "p.json", doc([stage("work", "Boom", next="end"), terminal("end")])
+    )
+    got = cli("run", pipeline, "--stages", stages, "--no-plugins")
+    assert got.code == ExitCode.FAILED
+    assert "\x1b" not in got.out
+    assert not any(line.startswith("status:") for line in got.out.splitlines())
+    assert "caused by ValueError: bad\\x1b[2J\\nstatus: completed" in got.out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -35,7 +35,7 @@ from stageflow._cli._common import (
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._engine._backend import run_in_virtual_time
-from stageflow._errors import StageflowError
+from stageflow._errors import StageflowError, printable_text
 from stageflow._events import Event
 from stageflow._json import a_json_type, thaw
 from stageflow._result import SessionResult
@@ -277,27 +277,32 @@ def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
 def _print_text(
     result: SessionResult, session: Session, args: argparse.Namespace, io: Streams
 ) -> None:
+    def show(text: str) -> None:
+        # One line each, escaped: an error message (a stage's exception) or a string
+        # value may hold line breaks and escape sequences a terminal would act on.
+        io.print(printable_text(text))
+
     data = result.to_dict()
     steps = sum(1 for e in result.history if e.type == "node_started")
     name = session.pipeline.name
-    io.print(f"{data['status']}: {name} ({steps} node runs, session {session.session_id})")
+    show(f"{data['status']}: {name} ({steps} node runs, session {session.session_id})")
     if data["result"] is not None:
-        io.print(f"result: {json.dumps(data['result'], ensure_ascii=False)}")
+        show(f"result: {json.dumps(data['result'], ensure_ascii=False)}")
     if data["artifacts"]:
-        io.print("artifacts:")
+        show("artifacts:")
         for path, value in data["artifacts"].items():
-            io.print(f"  {path}: {json.dumps(value, ensure_ascii=False)}")
+            show(f"  {path}: {json.dumps(value, ensure_ascii=False)}")
     if data["error"] is not None:
-        io.print(f"error: {data['error']['type']}: {data['error']['message']}")
+        show(f"error: {data['error']['type']}: {data['error']['message']}")
         for cause in data["error"].get("causes", ()):
-            io.print(f"  caused by {cause['type']}: {cause['message']}")
+            show(f"  caused by {cause['type']}: {cause['message']}")
     if args.history:
-        io.print(f"history ({len(result.history)} events):")
-        io.print(f"  {'seq':>4} {'type':<20} {'node':<16} {'branch':<20} payload")
+        show(f"history ({len(result.history)} events):")
+        show(f"  {'seq':>4} {'type':<20} {'node':<16} {'branch':<20} payload")
         for event in result.history:
             payload = json.dumps(dict(event.payload), ensure_ascii=False)
             node, branch = event.node_id or "-", event.path or "-"
-            io.print(f"  {event.seq:>4} {event.type:<20} {node:<16} {branch:<20} {payload}")
+            show(f"  {event.seq:>4} {event.type:<20} {node:<16} {branch:<20} {payload}")
 
 
 def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None:
