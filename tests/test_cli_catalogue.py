@@ -157,6 +157,43 @@ def test_stages_lists_inputs_and_events(cli: Cli, tmp_path: Path) -> None:
     ]
 
 
+def test_stages_keeps_a_description_of_several_lines_under_its_stage(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # Its later lines were printed flush left, like stages of their own, and
+    # an escape sequence in it reached the terminal.
+    module = write_module(
+        tmp_path / "doc_stages.py",
+        '''
+        import stageflow
+
+        registry = stageflow.StageRegistry()
+
+
+        @registry.register(
+            "Summarise",
+            spec=stageflow.StageSpec(
+                description="""Summarise a text.
+
+                Calls the model \\x1b[31mtwice\\x1b[0m.
+                """
+            ),
+        )
+        async def summarise(ctx):
+            return None
+        ''',
+    )
+    got = cli("stages", "--stages", module, "--no-plugins")
+    assert got.code == ExitCode.OK
+    lines = got.out.splitlines()
+    start = lines.index("Summarise  (doc_stages.summarise)")
+    assert lines[start + 1 : start + 4] == [
+        "    Summarise a text.",
+        "    Calls the model \\x1b[31mtwice\\x1b[0m.",
+        "    arguments: any",
+    ]
+
+
 # ------------------------------------------------------- stage modules and packs
 
 

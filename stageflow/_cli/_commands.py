@@ -26,7 +26,7 @@ from stageflow._cli._registry import (
     read_pipeline,
     resolve_registry,
 )
-from stageflow._errors import PipelineValidationError
+from stageflow._errors import PipelineValidationError, printable_text
 from stageflow._json import thaw
 from stageflow._schema_export import pipeline_schema
 from stageflow._specs import EventSpec, InputSpec, StageSpec
@@ -223,8 +223,8 @@ def spec_to_dict(spec: StageSpec) -> dict[str, Any]:
 def _describe(entry: StageEntry) -> list[str]:
     spec = entry.spec
     lines = [f"{entry.name}  ({entry.source})"]
-    if spec.description:
-        lines.append(f"    {spec.description}")
+    # A description of several lines (a docstring) stays under its stage, indented.
+    lines.extend(f"    {line.strip()}" for line in spec.description.splitlines() if line.strip())
     lines.append(f"    arguments: {_names(spec.arguments)}")
     lines.append(f"    config:    {_names(spec.config)}")
     lines.append(f"    outputs:   {_names(spec.outputs)}")
@@ -252,7 +252,8 @@ def stages_command(args: argparse.Namespace, io: Streams) -> int:
         io.print("no stages registered; pass --stages MODULE (a module name or a .py file)")
     for entry in catalogue:
         for line in _describe(entry):
-            io.print(line)
+            # Escaped: a stage pack's description or source may hold escape sequences.
+            io.print(printable_text(line))
     return ExitCode.OK
 
 
