@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
 import json
@@ -19,6 +18,7 @@ from fakes import doc, parallel, stage, terminal
 from rich.console import Console
 
 import stageflow
+from stageflow._cli._app import build_parser
 from stageflow._cli._common import Streams
 from stageflow._cli._live import LiveView
 from stageflow._cli._run import ScriptedInputs, _make_view, drive_session
@@ -399,11 +399,13 @@ class FakeTerminal(io.StringIO):
         (True, [], True),
         (True, ["--json"], False),
         (True, ["--no-live"], False),
+        # Its redraw timer made virtual time pass in steps: a day of sleep took minutes.
+        (True, ["--virtual-time"], False),
         (False, [], False),
     ],
 )
 def test_the_live_view_is_used_only_on_a_terminal(tty: bool, flags: list[str], live: bool) -> None:
-    args = argparse.Namespace(json="--json" in flags, no_live="--no-live" in flags)
+    args = build_parser().parse_args(["run", "p.json", *flags])
     out = FakeTerminal() if tty else io.StringIO()
     view = _make_view(args, Streams(out, io.StringIO()), "demo")
     assert isinstance(view, LiveView) is live

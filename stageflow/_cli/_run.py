@@ -306,7 +306,11 @@ def _print_text(
 
 
 def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None:
-    if args.json or args.no_live or io.out is None or not io.out.isatty():
+    # Not in virtual time: the view's own redraw timer would be the next one the
+    # clock jumps to, so a day of sleep passed in steps of one redraw (minutes).
+    if args.json or args.no_live or args.virtual_time:
+        return None
+    if io.out is None or not io.out.isatty():
         return None
     from rich.console import Console
 
