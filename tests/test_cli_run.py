@@ -427,6 +427,20 @@ async def test_a_wait_with_no_input_left_is_reported_at_once_with_how_to_send_it
     assert 'Send it with --input answer=JSON (a payload matching {"type": "integer"})' in warning
 
 
+def test_the_hint_for_a_missing_input_shows_the_wait_stage_nodes_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The schema was looked up in the stage catalogue, where WaitStage declares no
+    # input: the one its node gives in config.input_schema was never shown.
+    config = {"input": "approval", "input_schema": {"type": "boolean"}}
+    document = doc([stage("ask", "WaitStage", config=config, next="end"), terminal("end")])
+    pipeline = write(tmp_path, "approve.json", json.dumps(document))
+    code = main(["run", pipeline, "--no-plugins"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.NEEDS_INPUT
+    assert '--input approval=JSON (a payload matching {"type": "boolean"})' in err
+
+
 SLEEPY = doc(
     [
         stage("nap", "SleepStage", config={"seconds": 86400}, next="end"),

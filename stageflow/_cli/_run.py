@@ -39,7 +39,7 @@ from stageflow._errors import StageflowError, printable_text
 from stageflow._events import Event
 from stageflow._json import a_json_type, thaw
 from stageflow._result import SessionResult
-from stageflow._session import Session
+from stageflow._session import Session, _stages_of
 from stageflow._specs import json_text
 
 __all__ = [
@@ -369,9 +369,11 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
     script.virtual_time = args.virtual_time
+    # The entries of the pipeline's own nodes, as the session checks inputs with: a
+    # WaitStage node declares its type and config.input_schema there, not in the catalogue.
     script.schemas = {
         spec.type: thaw(spec.schema)
-        for entry in registry.catalogue()
+        for entry in _stages_of(pipeline, pipeline.registry, given=False).values()
         for spec in entry.spec.allowed_inputs
         if spec.schema is not None
     }
