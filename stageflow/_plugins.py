@@ -416,11 +416,12 @@ def load_plugins(
         except _PackFailure as failure:
             error = PluginLoadError(pack.name, failure.detail, distribution=pack._dist_label)
             error.__cause__ = failure.cause
+            if strict:
+                # The caller gets the error (the CLI prints it): a warning too said it twice.
+                raise error from failure.cause
             _log.warning(
                 "plugin.failed", pack=pack.name, distribution=pack._dist_label, error=str(error)
             )
-            if strict:
-                raise error from failure.cause
             failed.append(FailedPack(**attrs.asdict(pack, recurse=False), error=error))
             continue
         loaded.append(LoadedPack(**attrs.asdict(pack, recurse=False), stages=tuple(sorted(stages))))

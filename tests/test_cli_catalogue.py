@@ -369,3 +369,6 @@ def test_a_broken_pack_is_left_out_with_a_warning_unless_named(
     got = cli("stages", "--plugin", "broken")
     assert got.code == ExitCode.USAGE
     assert "broken" in got.err
+    # Said once, as the error: a plugin.failed warning repeated it.
+    assert "plugin.failed" not in got.err
+    assert got.err.count("could not be imported") == 1
