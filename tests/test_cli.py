@@ -155,6 +155,9 @@ def test_run_prints_an_error_message_escaped_on_one_line(cli: Cli, tmp_path: Pat
             "--payload must be a JSON object (the initial context), got an array",
         ),
         (["--payload", "@/nonexistent/payload.json"], "--payload: cannot read"),
+        # It said "cannot read '.': Is a directory".
+        (["--payload", "@"], "--payload: nothing follows '@'; pass @FILE"),
+        (["--input", "approval=@"], "--input approval: nothing follows '@'"),
         (["--input", "no-equals-sign"], "expected TYPE=JSON"),
         (["--input", "=1"], "expected TYPE=JSON"),
         (["--input", "approval={"], "--input approval: not valid JSON at line 1 column 2"),

@@ -225,6 +225,11 @@ def read_json_argument(text: str, *, option: str) -> Any:
     """
     source = option
     if text.startswith("@"):
+        if not text[1:]:  # Path("") is the current directory: "cannot read '.'"
+            raise CommandError(
+                f"{option}: nothing follows '@'; pass @FILE with the path of a JSON (or YAML) "
+                "file, or the JSON text itself"
+            )
         file = Path(text[1:])
         source = f"{option} {text}"
         try:
