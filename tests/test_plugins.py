@@ -345,6 +345,9 @@ def test_register_that_raises_leaves_no_stage_behind(
         ("stage_packs:register_returning", "returned a list; it must register"),
         ("stage_packs:register_returning_coroutine", "returned a coroutine; it must register"),
         ("stage_packs:no_such_function", "could not be imported"),
+        # Both said "AttributeError: 'NoneType' object has no attribute 'group'".
+        ("stage-packs:register", "is not 'module' or 'module:function'"),
+        ("stage_packs:register()", "is not 'module' or 'module:function'"),
         (
             "stage_packs:register_without_the_registry",
             "has the signature (), so it cannot be called with the registry alone; define "
