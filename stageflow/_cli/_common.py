@@ -155,11 +155,13 @@ class Streams:
     """Where a command writes: results to ``out``, diagnostics to ``err``.
 
     ``out`` is ``None`` when the process started with standard output closed
-    (``>&-``): the results are dropped, and the command still runs.
+    (``>&-``): the results are dropped, and the command still runs. ``err``
+    is ``None`` with standard error closed (``2>&-``): the diagnostics are
+    dropped (``print(file=None)`` would write them among the results).
     """
 
     out: TextIO | None
-    err: TextIO
+    err: TextIO | None
 
     @classmethod
     def current(cls) -> Streams:
@@ -198,8 +200,13 @@ class Streams:
             raise OutputError(exc) from exc
 
     def warn(self, text: str) -> None:
-        """Write a line of diagnostics."""
-        print(f"stageflow: {text}", file=self.err)
+        """Write a line of diagnostics (nothing when standard error is closed)."""
+        self.note(f"stageflow: {text}")
+
+    def note(self, text: str) -> None:
+        """Write text to standard error as it is (a traceback, a list), if it is open."""
+        if self.err is not None:
+            print(text, file=self.err)
 
 
 def dump_json(value: Any) -> str:
