@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -386,6 +387,28 @@ async def test_live_view_draws_brackets_in_names_as_they_are() -> None:
     table = buffer.getvalue()
     assert "demo [/] [red]v2: 1 active" in table
     assert "waiting for 'ok [/]'" in table
+
+
+@pytest.mark.trio
+async def test_a_warning_during_the_live_view_is_printed_above_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The live view redirects sys.stderr to print above its table. Warnings
+    # went to the standard error the command started with instead: written
+    # after the table's last line, the next redraw erased them.
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    streams = Streams.current()
+    console = Console(file=terminal, force_terminal=True, width=120, color_system=None)
+    view = LiveView(console, "demo", delay=0)
+    async with view.open():
+        await trio.sleep(1)
+        streams.warn("the session waits for input 'approval'")
+        await trio.sleep(1)
+    drawn = terminal.getvalue()
+    # Printed by the live view's console where the table was, which is drawn again below it.
+    assert "stageflow: the session waits for input 'approval'\ndemo: 0 active" in drawn
+    assert "┘stageflow" not in drawn  # not glued to the table's last line
 
 
 class FakeTerminal(io.StringIO):

@@ -80,7 +80,7 @@ def _report(exc: StageflowError, io: Streams, *, stages_given: bool = False) -> 
     io.warn(str(exc))
     if isinstance(exc, CommandError):
         if exc.detail:
-            io.note(exc.detail)
+            print(exc.detail, file=io.err)
         return exc.exit_code
     return ExitCode.USAGE
 

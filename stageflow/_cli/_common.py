@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import attrs
 import yaml
@@ -155,18 +155,22 @@ class Streams:
     """Where a command writes: results to ``out``, diagnostics to ``err``.
 
     ``out`` is ``None`` when the process started with standard output closed
-    (``>&-``): the results are dropped, and the command still runs. ``err``
-    is ``None`` with standard error closed (``2>&-``): the diagnostics are
-    dropped (``print(file=None)`` would write them among the results).
+    (``>&-``): the results are dropped, and the command still runs.
     """
 
     out: TextIO | None
-    err: TextIO | None
+    err: TextIO
 
     @classmethod
     def current(cls) -> Streams:
-        """The process's ``sys.stdout`` and ``sys.stderr`` as they are now."""
-        return cls(sys.stdout, sys.stderr)
+        """The process's ``sys.stdout`` as it is now, and its standard error as it is at each write.
+
+        Diagnostics go where the log lines go (:class:`FollowStderr`): above
+        the live view while it redirects ``sys.stderr``, and nowhere with
+        standard error closed (``print(file=None)`` wrote them to standard
+        output, among the results).
+        """
+        return cls(sys.stdout, cast(TextIO, FollowStderr()))
 
     def print(self, text: str = "") -> None:
         """Write a line of results."""
@@ -200,13 +204,8 @@ class Streams:
             raise OutputError(exc) from exc
 
     def warn(self, text: str) -> None:
-        """Write a line of diagnostics (nothing when standard error is closed)."""
-        self.note(f"stageflow: {text}")
-
-    def note(self, text: str) -> None:
-        """Write text to standard error as it is (a traceback, a list), if it is open."""
-        if self.err is not None:
-            print(text, file=self.err)
+        """Write a line of diagnostics."""
+        print(f"stageflow: {text}", file=self.err)
 
 
 def dump_json(value: Any) -> str:
