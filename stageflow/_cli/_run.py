@@ -39,7 +39,7 @@ from stageflow._errors import StageflowError, printable_text
 from stageflow._events import Event
 from stageflow._json import a_json_type, thaw
 from stageflow._result import SessionResult
-from stageflow._session import Session, _stages_of
+from stageflow._session import Session, stage_entries
 from stageflow._specs import json_text
 
 __all__ = [
@@ -373,7 +373,7 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     # WaitStage node declares its type and config.input_schema there, not in the catalogue.
     script.schemas = {
         spec.type: thaw(spec.schema)
-        for entry in _stages_of(pipeline, pipeline.registry, given=False).values()
+        for entry in stage_entries(pipeline, pipeline.registry, given=False).values()
         for spec in entry.spec.allowed_inputs
         if spec.schema is not None
     }
