@@ -240,6 +240,17 @@ def test_validate_exits_0_when_every_file_is_valid(cli: Cli) -> None:
     assert (got.code, got.out) == (ExitCode.OK, f"{PIPELINE}: valid (6 nodes)\n")
 
 
+@pytest.mark.parametrize("option", [["--stages", STAGES], ["--plugin", "echo"]])
+def test_validate_structure_only_with_stage_options_is_a_usage_error(
+    cli: Cli, option: list[str]
+) -> None:
+    # The stages were silently not checked (nor imported), as if not given.
+    got = cli("validate", PIPELINE, "--structure-only", *option)
+    assert got.code == ExitCode.USAGE
+    assert f"{option[0]} chooses the stages to check, and --structure-only checks none" in got.err
+    assert got.out == ""
+
+
 def test_validate_structure_only_ignores_stage_names(cli: Cli, tmp_path: Path) -> None:
     got = cli("validate", PIPELINE)
     assert got.code == ExitCode.USAGE

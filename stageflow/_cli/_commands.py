@@ -89,7 +89,18 @@ def _registry(args: argparse.Namespace) -> StageRegistry:
 
 
 def validate_command(args: argparse.Namespace, io: Streams) -> int:
-    """``stageflow validate``: every problem of every file, with its location."""
+    """``stageflow validate``: every problem of every file, with its location.
+
+    Raises:
+        CommandError: ``--stages`` or ``--plugin`` with ``--structure-only``
+            (no stage would be checked, as if they were not given).
+    """
+    if args.structure_only and (args.stages_modules or args.plugins):
+        given = "--stages" if args.stages_modules else "--plugin"
+        raise CommandError(
+            f"{given} chooses the stages to check, and --structure-only checks none; "
+            f"leave --structure-only out to check them, or leave {given} out"
+        )
     registry = None if args.structure_only else _registry(args)
     reports: list[dict[str, Any]] = []
     for path in args.pipelines:
