@@ -372,3 +372,16 @@ def test_a_broken_pack_is_left_out_with_a_warning_unless_named(
     # Said once, as the error: a plugin.failed warning repeated it.
     assert "plugin.failed" not in got.err
     assert got.err.count("could not be imported") == 1
+
+
+def test_a_named_packs_error_is_one_escaped_line(
+    cli: Cli, fake_packs: list[tuple[str, str]]
+) -> None:
+    # Its line break started a line of its own, its escape sequence cleared
+    # the terminal: the plugin.failed log line escaped them, the error did not.
+    fake_packs.append(("odd", "stage_packs:register_raising_escapes"))
+    got = cli("stages", "--plugin", "odd")
+    assert got.code == ExitCode.USAGE
+    (line,) = got.err.splitlines()
+    assert line.startswith("stageflow: stage pack 'odd'")
+    assert "RuntimeError: provider settings\\n\\x1b[2Jare missing" in line

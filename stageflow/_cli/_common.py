@@ -17,7 +17,7 @@ from typing import Any, TextIO, cast
 import attrs
 import yaml
 
-from stageflow._errors import StageflowError
+from stageflow._errors import StageflowError, printable_text
 from stageflow._guard import (
     BudgetError,
     parse_json_text,
@@ -204,8 +204,13 @@ class Streams:
             raise OutputError(exc) from exc
 
     def warn(self, text: str) -> None:
-        """Write a line of diagnostics."""
-        print(f"stageflow: {text}", file=self.err)
+        """Write a line of diagnostics: one line, escaped as log lines are.
+
+        A message may quote a stage's or a pack's exception, whose line breaks
+        would start lines that look like stageflow's own, and whose escape
+        sequences a terminal would act on.
+        """
+        print(f"stageflow: {printable_text(text)}", file=self.err)
 
 
 def dump_json(value: Any) -> str:
