@@ -411,6 +411,25 @@ async def test_a_warning_during_the_live_view_is_printed_above_it(
     assert "┘stageflow" not in drawn  # not glued to the table's last line
 
 
+@pytest.mark.trio
+async def test_a_warning_during_the_live_view_stays_in_a_redirected_standard_error(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With 2>err.log the live view still took standard error over: what was
+    # written there was printed on the terminal, and never reached the file.
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    streams = Streams.current()
+    console, drawn = terminal_console()
+    view = LiveView(console, "demo", delay=0)
+    async with view.open():
+        await trio.sleep(1)
+        streams.warn("the session waits for input 'approval'")
+        await trio.sleep(1)
+    assert log.getvalue() == "stageflow: the session waits for input 'approval'\n"
+    assert "stageflow:" not in drawn.getvalue()
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -11,6 +11,7 @@ virtual time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -112,7 +113,17 @@ class LiveView:
 
     async def _show(self) -> None:
         await anyio.sleep(self._delay)
-        with Live(self.render(), console=self._console, auto_refresh=False, transient=True) as live:
+        # Standard error on the terminal too: what is written there (log lines, the
+        # CLI's warnings) is printed above the table, which would erase it. Sent to a
+        # file (2>err.log), it stays there.
+        to_terminal = sys.stderr is not None and sys.stderr.isatty()
+        with Live(
+            self.render(),
+            console=self._console,
+            auto_refresh=False,
+            transient=True,
+            redirect_stderr=to_terminal,
+        ) as live:
             self.shown = True
             while True:
                 await anyio.sleep(self._period)
