@@ -310,6 +310,14 @@ def _register_function(obj: object, pack: StagePack) -> Callable[[_R], object]:
 
 def _collect(pack: StagePack, entry_point: EntryPoint, registry: _R) -> _R:
     """Import the pack and run its register function against a scratch registry."""
+    if EntryPoint.pattern.match(entry_point.value) is None:
+        # load() raised AttributeError: 'NoneType' object has no attribute 'group'.
+        malformed = ValueError(
+            f"entry point {pack.value!r} is not 'module' or 'module:function' (an import "
+            "path: underscores where the distribution name has dashes, no parentheses); fix "
+            "it in the pack's pyproject.toml and reinstall the pack"
+        )
+        raise _PackFailure(f"is not a valid stage pack: {malformed}", malformed)
     try:
         obj = entry_point.load()
     except (Exception, SystemExit) as exc:  # a pack that exits is one that failed
@@ -416,11 +424,12 @@ def load_plugins(
         except _PackFailure as failure:
             error = PluginLoadError(pack.name, failure.detail, distribution=pack._dist_label)
             error.__cause__ = failure.cause
+            if strict:
+                # The caller gets the error (the CLI prints it): a warning too said it twice.
+                raise error from failure.cause
             _log.warning(
                 "plugin.failed", pack=pack.name, distribution=pack._dist_label, error=str(error)
             )
-            if strict:
-                raise error from failure.cause
             failed.append(FailedPack(**attrs.asdict(pack, recurse=False), error=error))
             continue
         loaded.append(LoadedPack(**attrs.asdict(pack, recurse=False), stages=tuple(sorted(stages))))

@@ -53,7 +53,7 @@ class SessionResult:
         result: the terminal node's ``result`` object, or ``None`` when no
             terminal was reached. Never a status string.
         artifacts: context path -> value, for the terminal's ``artifacts``.
-        error: the typed error that ended a failed run, else ``None``.
+        error: the typed error that ended a failed or timed-out run, else ``None``.
         history: the events the session holds, in order: every event of a
             session that was never restored; for a restored one, the events
             its snapshot kept (all, the newest ``n`` or none, see

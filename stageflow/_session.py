@@ -60,7 +60,7 @@ from stageflow._stages import StageEntry, StageRegistry
 from stageflow._telemetry import Tracing
 from stageflow._version import __version__
 
-__all__ = ["Session"]
+__all__ = ["Session", "stage_entries"]
 
 
 _VALIDATE_EVENTS: Final = frozenset({*ValidateEvents, *(m.value for m in ValidateEvents)})
@@ -116,7 +116,7 @@ def _missing_stage(node_id: str, stage: str, registry: StageRegistry, *, given: 
 _resolved: Final[IdentityCache[tuple[StageRegistry, Mapping[int, StageEntry]]]] = IdentityCache()
 
 
-def _stages_of(
+def stage_entries(
     pipeline: Pipeline, registry: StageRegistry, *, given: bool
 ) -> Mapping[int, StageEntry]:
     """The registry entry of every stage node, resolved once per (pipeline, registry)."""
@@ -240,7 +240,7 @@ class Session:
         trace_wait_threshold: float | None = 60.0,
     ) -> None:
         _check_kinds("Session", pipeline, registry, required=True)
-        entries = _stages_of(
+        entries = stage_entries(
             pipeline,
             registry if registry is not None else pipeline.registry,
             given=registry is not None,

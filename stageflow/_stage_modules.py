@@ -311,16 +311,29 @@ def _check_registered_by_default(ref: str, module_ref: str, module: ModuleType) 
     not registered, though its reference was given.
 
     Raises:
-        StagesModuleError: the module holds a StageRegistry of its own under
-            another name and registered no stage into the default registry.
+        StagesModuleError: the module registered no stage into the default
+            registry, and holds a StageRegistry of its own under another name
+            or has a ``register`` function (a stage pack's module).
     """
     default = default_registry()
     held = [k for k, v in vars(module).items() if isinstance(v, StageRegistry) and v is not default]
-    if not held:
+    # A stage pack's module registers only into the registry its register(registry)
+    # is given: as a stages module it added nothing, and said nothing.
+    pack = callable(getattr(module, "register", None))
+    if not held and not pack:
         return
     for entry in default.catalogue(core=False):
         if getattr(entry.target, "__module__", None) == module.__name__:
             return  # it registers into the default registry too
+    if not held:
+        raise StagesModuleError(
+            ref,
+            "it has no 'registry' attribute and registered no stage into the default "
+            "registry, while it has a register function: is it a stage pack's module? A "
+            "pack's stages are loaded by its entry point (StageRegistry.load_plugins; on the "
+            "command line, installed packs load unless --no-plugins), not as a stages module; "
+            "or give the module a 'registry'",
+        )
     names = ", ".join(repr(k) for k in held)
     raise StagesModuleError(
         ref,

@@ -122,6 +122,32 @@ def test_run_exits_1_when_the_session_fails(cli: Cli, tmp_path: Path) -> None:
     assert data["result"] is None
 
 
+def test_run_prints_an_error_message_escaped_on_one_line(cli: Cli, tmp_path: Path) -> None:
+    # A stage's exception may carry any text: its line breaks started lines that
+    # looked like the command's own, its escape sequences cleared the terminal.
+    stages = write_module(
+        tmp_path / "escaping_stages.py",
+        """
+        import stageflow
+
+        registry = stageflow.StageRegistry()
+
+
+        @registry.register("Boom")
+        async def boom(ctx):
+            raise ValueError("bad\\x1b[2J\\nstatus: completed")
+        """,
+    )
+    pipeline = write_json(
+        tmp_path / "p.json", doc([stage("work", "Boom", next="end"), terminal("end")])
+    )
+    got = cli("run", pipeline, "--stages", stages, "--no-plugins")
+    assert got.code == ExitCode.FAILED
+    assert "\x1b" not in got.out
+    assert not any(line.startswith("status:") for line in got.out.splitlines())
+    assert "caused by ValueError: bad\\x1b[2J\\nstatus: completed" in got.out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -131,6 +157,9 @@ def test_run_exits_1_when_the_session_fails(cli: Cli, tmp_path: Path) -> None:
             "--payload must be a JSON object (the initial context), got an array",
         ),
         (["--payload", "@/nonexistent/payload.json"], "--payload: cannot read"),
+        # It said "cannot read '.': Is a directory".
+        (["--payload", "@"], "--payload: nothing follows '@'; pass @FILE"),
+        (["--input", "approval=@"], "--input approval: nothing follows '@'"),
         (["--input", "no-equals-sign"], "expected TYPE=JSON"),
         (["--input", "=1"], "expected TYPE=JSON"),
         (["--input", "approval={"], "--input approval: not valid JSON at line 1 column 2"),
@@ -211,6 +240,17 @@ def test_validate_json_report(cli: Cli, tmp_path: Path) -> None:
 def test_validate_exits_0_when_every_file_is_valid(cli: Cli) -> None:
     got = cli("validate", PIPELINE, "--stages", STAGES)
     assert (got.code, got.out) == (ExitCode.OK, f"{PIPELINE}: valid (6 nodes)\n")
+
+
+@pytest.mark.parametrize("option", [["--stages", STAGES], ["--plugin", "echo"]])
+def test_validate_structure_only_with_stage_options_is_a_usage_error(
+    cli: Cli, option: list[str]
+) -> None:
+    # The stages were silently not checked (nor imported), as if not given.
+    got = cli("validate", PIPELINE, "--structure-only", *option)
+    assert got.code == ExitCode.USAGE
+    assert f"{option[0]} chooses the stages to check, and --structure-only checks none" in got.err
+    assert got.out == ""
 
 
 def test_validate_structure_only_ignores_stage_names(cli: Cli, tmp_path: Path) -> None:

@@ -157,6 +157,43 @@ def test_stages_lists_inputs_and_events(cli: Cli, tmp_path: Path) -> None:
     ]
 
 
+def test_stages_keeps_a_description_of_several_lines_under_its_stage(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # Its later lines were printed flush left, like stages of their own, and
+    # an escape sequence in it reached the terminal.
+    module = write_module(
+        tmp_path / "doc_stages.py",
+        '''
+        import stageflow
+
+        registry = stageflow.StageRegistry()
+
+
+        @registry.register(
+            "Summarise",
+            spec=stageflow.StageSpec(
+                description="""Summarise a text.
+
+                Calls the model \\x1b[31mtwice\\x1b[0m.
+                """
+            ),
+        )
+        async def summarise(ctx):
+            return None
+        ''',
+    )
+    got = cli("stages", "--stages", module, "--no-plugins")
+    assert got.code == ExitCode.OK
+    lines = got.out.splitlines()
+    start = lines.index("Summarise  (doc_stages.summarise)")
+    assert lines[start + 1 : start + 4] == [
+        "    Summarise a text.",
+        "    Calls the model \\x1b[31mtwice\\x1b[0m.",
+        "    arguments: any",
+    ]
+
+
 # ------------------------------------------------------- stage modules and packs
 
 
@@ -332,3 +369,19 @@ def test_a_broken_pack_is_left_out_with_a_warning_unless_named(
     got = cli("stages", "--plugin", "broken")
     assert got.code == ExitCode.USAGE
     assert "broken" in got.err
+    # Said once, as the error: a plugin.failed warning repeated it.
+    assert "plugin.failed" not in got.err
+    assert got.err.count("could not be imported") == 1
+
+
+def test_a_named_packs_error_is_one_escaped_line(
+    cli: Cli, fake_packs: list[tuple[str, str]]
+) -> None:
+    # Its line break started a line of its own, its escape sequence cleared
+    # the terminal: the plugin.failed log line escaped them, the error did not.
+    fake_packs.append(("odd", "stage_packs:register_raising_escapes"))
+    got = cli("stages", "--plugin", "odd")
+    assert got.code == ExitCode.USAGE
+    (line,) = got.err.splitlines()
+    assert line.startswith("stageflow: stage pack 'odd'")
+    assert "RuntimeError: provider settings\\n\\x1b[2Jare missing" in line

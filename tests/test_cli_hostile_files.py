@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import PIPELINE, STAGES, Cli, restore_logging, write_json  # noqa: F401
+from fakes import doc, stage, terminal
 
 from stageflow._guard import MAX_DOCUMENT_BYTES
 from stageflow.cli import ExitCode
@@ -174,6 +175,25 @@ def test_a_command_runs_with_standard_error_closed() -> None:
     )
     assert done.returncode == 0
     assert '"$schema"' in done.stdout
+
+
+def test_diagnostics_are_dropped_with_standard_error_closed(tmp_path: Path) -> None:
+    # print(file=None) writes to standard output: the "waits for input" line
+    # went in front of the --json result, which was then no JSON document.
+    config = {"input": "approval"}
+    pipeline = write_json(
+        tmp_path / "ask.json",
+        doc([stage("ask", "WaitStage", config=config, next="end"), terminal("end")]),
+    )
+    done = subprocess.run(
+        f"{sys.executable} -m stageflow run {pipeline} --json --no-plugins 2>&-",
+        shell=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == ExitCode.NEEDS_INPUT
+    assert json.loads(done.stdout)["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("format", ["mermaid", "dot"])

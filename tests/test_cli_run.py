@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
 import json
+import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +19,7 @@ from fakes import doc, parallel, stage, terminal
 from rich.console import Console
 
 import stageflow
+from stageflow._cli._app import build_parser
 from stageflow._cli._common import Streams
 from stageflow._cli._live import LiveView
 from stageflow._cli._run import ScriptedInputs, _make_view, drive_session
@@ -374,6 +375,61 @@ async def test_live_view_rows_follow_the_events(autojump_clock: trio.testing.Moc
     assert "waiting" not in table
 
 
+@pytest.mark.anyio
+async def test_live_view_draws_brackets_in_names_as_they_are() -> None:
+    # Rich reads "[/]" as markup: drawing the view raised MarkupError mid-run.
+    now = datetime.datetime.now(datetime.UTC)
+    console, buffer = terminal_console()
+    view = LiveView(console, "demo [/] [red]v2")
+    view.on_event(Event(1, "node_started", now, "s", "a", "", {"node_type": "stage"}))
+    view.on_event(Event(2, "waiting_for_input", now, "s", "a", "", {"input_type": "ok [/]"}))
+    console.print(view.render())
+    table = buffer.getvalue()
+    assert "demo [/] [red]v2: 1 active" in table
+    assert "waiting for 'ok [/]'" in table
+
+
+@pytest.mark.trio
+async def test_a_warning_during_the_live_view_is_printed_above_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The live view redirects sys.stderr to print above its table. Warnings
+    # went to the standard error the command started with instead: written
+    # after the table's last line, the next redraw erased them.
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    streams = Streams.current()
+    console = Console(file=terminal, force_terminal=True, width=120, color_system=None)
+    view = LiveView(console, "demo", delay=0)
+    async with view.open():
+        await trio.sleep(1)
+        streams.warn("the session waits for input 'approval'")
+        await trio.sleep(1)
+    drawn = terminal.getvalue()
+    # Printed by the live view's console where the table was, which is drawn again below it.
+    assert "stageflow: the session waits for input 'approval'\ndemo: 0 active" in drawn
+    assert "┘stageflow" not in drawn  # not glued to the table's last line
+
+
+@pytest.mark.trio
+async def test_a_warning_during_the_live_view_stays_in_a_redirected_standard_error(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With 2>err.log the live view still took standard error over: what was
+    # written there was printed on the terminal, and never reached the file.
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    streams = Streams.current()
+    console, drawn = terminal_console()
+    view = LiveView(console, "demo", delay=0)
+    async with view.open():
+        await trio.sleep(1)
+        streams.warn("the session waits for input 'approval'")
+        await trio.sleep(1)
+    assert log.getvalue() == "stageflow: the session waits for input 'approval'\n"
+    assert "stageflow:" not in drawn.getvalue()
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -385,11 +441,13 @@ class FakeTerminal(io.StringIO):
         (True, [], True),
         (True, ["--json"], False),
         (True, ["--no-live"], False),
+        # Its redraw timer made virtual time pass in steps: a day of sleep took minutes.
+        (True, ["--virtual-time"], False),
         (False, [], False),
     ],
 )
 def test_the_live_view_is_used_only_on_a_terminal(tty: bool, flags: list[str], live: bool) -> None:
-    args = argparse.Namespace(json="--json" in flags, no_live="--no-live" in flags)
+    args = build_parser().parse_args(["run", "p.json", *flags])
     out = FakeTerminal() if tty else io.StringIO()
     view = _make_view(args, Streams(out, io.StringIO()), "demo")
     assert isinstance(view, LiveView) is live
@@ -409,6 +467,20 @@ async def test_a_wait_with_no_input_left_is_reported_at_once_with_how_to_send_it
     assert order.index(warning) < order.index("session_cancelled")
     assert "waits for input 'answer'" in warning
     assert 'Send it with --input answer=JSON (a payload matching {"type": "integer"})' in warning
+
+
+def test_the_hint_for_a_missing_input_shows_the_wait_stage_nodes_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The schema was looked up in the stage catalogue, where WaitStage declares no
+    # input: the one its node gives in config.input_schema was never shown.
+    config = {"input": "approval", "input_schema": {"type": "boolean"}}
+    document = doc([stage("ask", "WaitStage", config=config, next="end"), terminal("end")])
+    pipeline = write(tmp_path, "approve.json", json.dumps(document))
+    code = main(["run", pipeline, "--no-plugins"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.NEEDS_INPUT
+    assert '--input approval=JSON (a payload matching {"type": "boolean"})' in err
 
 
 SLEEPY = doc(

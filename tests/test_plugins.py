@@ -345,6 +345,9 @@ def test_register_that_raises_leaves_no_stage_behind(
         ("stage_packs:register_returning", "returned a list; it must register"),
         ("stage_packs:register_returning_coroutine", "returned a coroutine; it must register"),
         ("stage_packs:no_such_function", "could not be imported"),
+        # Both said "AttributeError: 'NoneType' object has no attribute 'group'".
+        ("stage-packs:register", "is not 'module' or 'module:function'"),
+        ("stage_packs:register()", "is not 'module' or 'module:function'"),
         (
             "stage_packs:register_without_the_registry",
             "has the signature (), so it cannot be called with the registry alone; define "
@@ -503,8 +506,9 @@ def test_same_pack_name_from_two_sources_is_a_failure(
 def test_strict_raises_the_first_failure(fake_packs: list[tuple[str, str]]) -> None:
     fake_packs += [("broken", "stage_pack_broken:register"), ("text", "stage_packs")]
     registry = stageflow.StageRegistry()
-    with pytest.raises(stageflow.PluginLoadError) as caught:
+    with capture_logs() as logs, pytest.raises(stageflow.PluginLoadError) as caught:
         registry.load_plugins(strict=True)
+    assert logs == [], "the caller gets the error; a plugin.failed warning said it twice"
     assert caught.value.pack == "broken"
     assert isinstance(caught.value.__cause__, ModuleNotFoundError)
     assert registry.names(core=False) == (), "'broken' is first by name, so nothing was loaded"

@@ -245,6 +245,20 @@ def test_a_registry_under_another_name_is_pointed_at(tmp_path: Path) -> None:
     )
 
 
+def test_a_stage_packs_module_is_said_to_be_one(tmp_path: Path) -> None:
+    # `--stages stageflow_echo_pack` imported the pack's module, which registers
+    # only when its register(registry) is called: it added no stage, silently.
+    module = tmp_path / "pack_module.py"
+    module.write_text(
+        "async def echo(ctx):\n    return {}\n\n\n"
+        "def register(registry):\n    registry.add(echo, name='PackEcho')\n"
+    )
+    with pytest.raises(StagesModuleError) as info:
+        registry_of(str(module))
+    assert "while it has a register function: is it a stage pack's module?" in info.value.reason
+    assert "loaded by its entry point" in info.value.reason
+
+
 def test_a_module_registering_into_the_default_registry_may_hold_another(
     tmp_path: Path,
 ) -> None:

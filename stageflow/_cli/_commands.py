@@ -26,7 +26,7 @@ from stageflow._cli._registry import (
     read_pipeline,
     resolve_registry,
 )
-from stageflow._errors import PipelineValidationError
+from stageflow._errors import PipelineValidationError, printable_text
 from stageflow._json import thaw
 from stageflow._schema_export import pipeline_schema
 from stageflow._specs import EventSpec, InputSpec, StageSpec
@@ -89,7 +89,18 @@ def _registry(args: argparse.Namespace) -> StageRegistry:
 
 
 def validate_command(args: argparse.Namespace, io: Streams) -> int:
-    """``stageflow validate``: every problem of every file, with its location."""
+    """``stageflow validate``: every problem of every file, with its location.
+
+    Raises:
+        CommandError: ``--stages`` or ``--plugin`` with ``--structure-only``
+            (no stage would be checked, as if they were not given).
+    """
+    if args.structure_only and (args.stages_modules or args.plugins):
+        given = "--stages" if args.stages_modules else "--plugin"
+        raise CommandError(
+            f"{given} chooses the stages to check, and --structure-only checks none; "
+            f"leave --structure-only out to check them, or leave {given} out"
+        )
     registry = None if args.structure_only else _registry(args)
     reports: list[dict[str, Any]] = []
     for path in args.pipelines:
@@ -223,8 +234,8 @@ def spec_to_dict(spec: StageSpec) -> dict[str, Any]:
 def _describe(entry: StageEntry) -> list[str]:
     spec = entry.spec
     lines = [f"{entry.name}  ({entry.source})"]
-    if spec.description:
-        lines.append(f"    {spec.description}")
+    # A description of several lines (a docstring) stays under its stage, indented.
+    lines.extend(f"    {line.strip()}" for line in spec.description.splitlines() if line.strip())
     lines.append(f"    arguments: {_names(spec.arguments)}")
     lines.append(f"    config:    {_names(spec.config)}")
     lines.append(f"    outputs:   {_names(spec.outputs)}")
@@ -252,7 +263,8 @@ def stages_command(args: argparse.Namespace, io: Streams) -> int:
         io.print("no stages registered; pass --stages MODULE (a module name or a .py file)")
     for entry in catalogue:
         for line in _describe(entry):
-            io.print(line)
+            # Escaped: a stage pack's description or source may hold escape sequences.
+            io.print(printable_text(line))
     return ExitCode.OK
 
 

@@ -12,12 +12,12 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import attrs
 import yaml
 
-from stageflow._errors import StageflowError
+from stageflow._errors import StageflowError, printable_text
 from stageflow._guard import (
     BudgetError,
     parse_json_text,
@@ -163,8 +163,14 @@ class Streams:
 
     @classmethod
     def current(cls) -> Streams:
-        """The process's ``sys.stdout`` and ``sys.stderr`` as they are now."""
-        return cls(sys.stdout, sys.stderr)
+        """The process's ``sys.stdout`` as it is now, and its standard error as it is at each write.
+
+        Diagnostics go where the log lines go (:class:`FollowStderr`): above
+        the live view while it redirects ``sys.stderr``, and nowhere with
+        standard error closed (``print(file=None)`` wrote them to standard
+        output, among the results).
+        """
+        return cls(sys.stdout, cast(TextIO, FollowStderr()))
 
     def print(self, text: str = "") -> None:
         """Write a line of results."""
@@ -198,8 +204,13 @@ class Streams:
             raise OutputError(exc) from exc
 
     def warn(self, text: str) -> None:
-        """Write a line of diagnostics."""
-        print(f"stageflow: {text}", file=self.err)
+        """Write a line of diagnostics: one line, escaped as log lines are.
+
+        A message may quote a stage's or a pack's exception, whose line breaks
+        would start lines that look like stageflow's own, and whose escape
+        sequences a terminal would act on.
+        """
+        print(f"stageflow: {printable_text(text)}", file=self.err)
 
 
 def dump_json(value: Any) -> str:
@@ -225,6 +236,11 @@ def read_json_argument(text: str, *, option: str) -> Any:
     """
     source = option
     if text.startswith("@"):
+        if not text[1:]:  # Path("") is the current directory: "cannot read '.'"
+            raise CommandError(
+                f"{option}: nothing follows '@'; pass @FILE with the path of a JSON (or YAML) "
+                "file, or the JSON text itself"
+            )
         file = Path(text[1:])
         source = f"{option} {text}"
         try:

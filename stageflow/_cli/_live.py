@@ -11,6 +11,7 @@ virtual time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ import attrs
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from stageflow._events import Event
 
@@ -81,8 +83,9 @@ class LiveView:
         """The view as a rich table: one row per active node, oldest first."""
         now = anyio.current_time()
         elapsed = now - self._started if self._started is not None else 0.0
+        # Text, not markup: a pipeline name or an input type may hold "[/]" or "[red]".
         table = Table(
-            title=(
+            title=Text(
                 f"{self._title}: {len(self._active)} active, {self._counts['finished']} "
                 f"finished, {self._counts['failed']} failed, {elapsed:.1f} s"
             ),
@@ -93,9 +96,8 @@ class LiveView:
         rows = sorted(self._active.items(), key=lambda item: item[1].since)
         for (path, node_id), active in rows:
             state = f"waiting for {active.waiting_for!r}" if active.waiting_for else "running"
-            table.add_row(
-                node_id, active.node_type, path or "-", f"{now - active.since:.1f} s", state
-            )
+            cells = (node_id, active.node_type, path or "-", f"{now - active.since:.1f} s", state)
+            table.add_row(*map(Text, cells))
         return table
 
     @asynccontextmanager
@@ -111,7 +113,17 @@ class LiveView:
 
     async def _show(self) -> None:
         await anyio.sleep(self._delay)
-        with Live(self.render(), console=self._console, auto_refresh=False, transient=True) as live:
+        # Standard error on the terminal too: what is written there (log lines, the
+        # CLI's warnings) is printed above the table, which would erase it. Sent to a
+        # file (2>err.log), it stays there.
+        to_terminal = sys.stderr is not None and sys.stderr.isatty()
+        with Live(
+            self.render(),
+            console=self._console,
+            auto_refresh=False,
+            transient=True,
+            redirect_stderr=to_terminal,
+        ) as live:
             self.shown = True
             while True:
                 await anyio.sleep(self._period)

@@ -35,11 +35,11 @@ from stageflow._cli._common import (
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._engine._backend import run_in_virtual_time
-from stageflow._errors import StageflowError
+from stageflow._errors import StageflowError, printable_text
 from stageflow._events import Event
 from stageflow._json import a_json_type, thaw
 from stageflow._result import SessionResult
-from stageflow._session import Session
+from stageflow._session import Session, stage_entries
 from stageflow._specs import json_text
 
 __all__ = [
@@ -277,31 +277,40 @@ def _configure_tracing(args: argparse.Namespace) -> Callable[[], None]:
 def _print_text(
     result: SessionResult, session: Session, args: argparse.Namespace, io: Streams
 ) -> None:
+    def show(text: str) -> None:
+        # One line each, escaped: an error message (a stage's exception) or a string
+        # value may hold line breaks and escape sequences a terminal would act on.
+        io.print(printable_text(text))
+
     data = result.to_dict()
     steps = sum(1 for e in result.history if e.type == "node_started")
     name = session.pipeline.name
-    io.print(f"{data['status']}: {name} ({steps} node runs, session {session.session_id})")
+    show(f"{data['status']}: {name} ({steps} node runs, session {session.session_id})")
     if data["result"] is not None:
-        io.print(f"result: {json.dumps(data['result'], ensure_ascii=False)}")
+        show(f"result: {json.dumps(data['result'], ensure_ascii=False)}")
     if data["artifacts"]:
-        io.print("artifacts:")
+        show("artifacts:")
         for path, value in data["artifacts"].items():
-            io.print(f"  {path}: {json.dumps(value, ensure_ascii=False)}")
+            show(f"  {path}: {json.dumps(value, ensure_ascii=False)}")
     if data["error"] is not None:
-        io.print(f"error: {data['error']['type']}: {data['error']['message']}")
+        show(f"error: {data['error']['type']}: {data['error']['message']}")
         for cause in data["error"].get("causes", ()):
-            io.print(f"  caused by {cause['type']}: {cause['message']}")
+            show(f"  caused by {cause['type']}: {cause['message']}")
     if args.history:
-        io.print(f"history ({len(result.history)} events):")
-        io.print(f"  {'seq':>4} {'type':<20} {'node':<16} {'branch':<20} payload")
+        show(f"history ({len(result.history)} events):")
+        show(f"  {'seq':>4} {'type':<20} {'node':<16} {'branch':<20} payload")
         for event in result.history:
             payload = json.dumps(dict(event.payload), ensure_ascii=False)
             node, branch = event.node_id or "-", event.path or "-"
-            io.print(f"  {event.seq:>4} {event.type:<20} {node:<16} {branch:<20} {payload}")
+            show(f"  {event.seq:>4} {event.type:<20} {node:<16} {branch:<20} {payload}")
 
 
 def _make_view(args: argparse.Namespace, io: Streams, title: str) -> View | None:
-    if args.json or args.no_live or io.out is None or not io.out.isatty():
+    # Not in virtual time: the view's own redraw timer would be the next one the
+    # clock jumps to, so a day of sleep passed in steps of one redraw (minutes).
+    if args.json or args.no_live or args.virtual_time:
+        return None
+    if io.out is None or not io.out.isatty():
         return None
     from rich.console import Console
 
@@ -360,9 +369,11 @@ def run_command(args: argparse.Namespace, io: Streams) -> int:
     script = ScriptedInputs.parse(args.inputs)
     script.warn = io.warn
     script.virtual_time = args.virtual_time
+    # The entries of the pipeline's own nodes, as the session checks inputs with: a
+    # WaitStage node declares its type and config.input_schema there, not in the catalogue.
     script.schemas = {
         spec.type: thaw(spec.schema)
-        for entry in registry.catalogue()
+        for entry in stage_entries(pipeline, pipeline.registry, given=False).values()
         for spec in entry.spec.allowed_inputs
         if spec.schema is not None
     }

@@ -50,6 +50,11 @@ def register_then_fail(registry: stageflow.StageRegistry) -> None:
     raise RuntimeError("provider settings are missing")
 
 
+def register_raising_escapes(registry: stageflow.StageRegistry) -> None:
+    """Fails with a message holding a line break and an escape sequence."""
+    raise RuntimeError("provider settings\n\x1b[2Jare missing")
+
+
 def register_with_own_source(registry: stageflow.StageRegistry) -> None:
     registry.add(upper, name="Labelled", source="somewhere else")
 
