@@ -65,6 +65,20 @@ def _check_item_paths(node: MapNode, ctx: Context) -> None:
         ) from exc
 
 
+def _unwritable(node: MapNode, exc: ContextPathError) -> MapError:
+    """A collected list (or the failures) whose path cannot hold it: nothing was written."""
+    source = next((s for s, target in node.collect.items() if target == exc.path), None)
+    what = (
+        f"the list collected from {source!r}"
+        if source is not None
+        else "its failures (failures_path)"
+    )
+    return MapError(
+        f"map node {node.id!r}: {what} cannot be written: {exc} (the map wrote nothing)",
+        node_id=node.id,
+    )
+
+
 class MapExecutor:
     """Runs map nodes; saves and restores the items in flight.
 
@@ -142,7 +156,10 @@ class MapExecutor:
                     [{"index": i, "error": describe_exception(e)} for i, e in failures],
                 )
             )
-        frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+        try:
+            frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+        except ContextPathError as exc:
+            raise _unwritable(node, exc) from exc
         return node.next
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:

@@ -300,6 +300,32 @@ async def test_an_item_path_under_a_scalar_fails_the_map_with_a_map_error(edge: 
         assert types(result)[-1] == "session_failed"
 
 
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"collect": {"out": "done.outs"}}, "the list collected from 'out'"),
+        ({"failures_path": "done.failed", "max_failures": 1}, "its failures (failures_path)"),
+    ],
+)
+async def test_a_collect_target_that_cannot_be_written_is_a_map_error_naming_it(
+    fields: dict[str, Any], what: str
+) -> None:
+    # Before: a bare ContextPathError, with no node id and no word of the map.
+    registry = work_registry()
+    session = stageflow.Session(
+        load(map_doc(**fields), registry),
+        registry=registry,
+        payload={"items": [{"v": 1}], "done": 5},
+    )
+    result = await session.run()
+    assert isinstance(result.error, stageflow.MapError)
+    assert result.error.node_id == "m"
+    assert str(result.error).startswith(f"map node 'm': {what} cannot be written: ")
+    assert "segment 'done' holds an integer" in str(result.error)
+    assert isinstance(result.error.__cause__, stageflow.ContextPathError)
+    assert session.payload["done"] == 5  # nothing written
+
+
 @pytest.mark.trio_only
 async def test_ten_thousand_items() -> None:
     items = [{"v": i} for i in range(10_000)]
@@ -463,6 +489,52 @@ async def test_missing_artifact_at_run_time_lists_the_existing_ones() -> None:
     result = await _run(document)
     assert isinstance(result.error, stageflow.SubpipelineError)
     assert "returns no artifact 'b' (it returns: 'a')" in str(result.error)
+
+
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"result_output": "done.result"}, "its result (result_output)"),
+        ({"artifacts": {"a": "done.a"}}, "artifact 'a'"),
+    ],
+)
+async def test_a_target_that_cannot_be_written_is_a_subpipeline_error_naming_it(
+    fields: dict[str, Any], what: str
+) -> None:
+    # Before: a bare ContextPathError, with no node id and no word of the node.
+    child = {"entry": "t", "nodes": [terminal("t", "a")]}
+    node = {"id": "call", "type": "subpipeline", "pipeline": "child", "next": "end", **fields}
+    document = doc([node, terminal("end")], subpipelines={"child": child})
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"done": 5})
+    result = await session.run()
+    assert isinstance(result.error, stageflow.SubpipelineError)
+    assert result.error.node_id == "call"
+    assert str(result.error).startswith(f"subpipeline node 'call': {what} cannot be written: ")
+    assert isinstance(result.error.__cause__, stageflow.ContextPathError)
+    assert session.payload == {"done": 5}  # nothing written
+
+
+async def test_inputs_that_cross_each_other_in_the_child_are_a_subpipeline_error() -> None:
+    child = {"entry": "t", "nodes": [terminal("t")]}
+    node = {
+        "id": "call",
+        "type": "subpipeline",
+        "pipeline": "child",
+        "inputs": {"a": "p", "a.b": "q"},
+        "next": "end",
+    }
+    document = doc([node, terminal("end")], subpipelines={"child": child})
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"p": 1, "q": 2}
+    )
+    result = await session.run()
+    assert isinstance(result.error, stageflow.SubpipelineError)
+    assert result.error.node_id == "call"
+    assert "input 'a.b' (from 'q') cannot be written into the context of 'child'" in str(
+        result.error
+    )
 
 
 async def test_terminal_in_a_branch_of_a_subpipeline_ends_only_the_subpipeline() -> None:
