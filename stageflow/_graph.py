@@ -358,6 +358,7 @@ def check_graph(
             yield from _check_self_edges(i, node)
         if isinstance(node, StageNode):
             yield from _check_stage(i, node, registry)
+        yield from _check_own_writes(i, node)
         if isinstance(node, ParallelNode):
             for child in node.children:
                 if child in (node.id, node.next):
@@ -406,6 +407,67 @@ def check_graph(
     regions = _Regions(index)
     yield from _check_maps(nodes, regions, where, entry)
     yield from _check_branch_writes(doc, nodes, regions, where)
+
+
+def _own_writes(node: Node) -> tuple[list[tuple[str, str, str]], bool]:
+    """``(field, what, path)`` of each path a node writes at once; whether none may nest.
+
+    A map's paths hold lists (and an item's element and index): none may be
+    inside another. Other nodes may write inside what they wrote before.
+    """
+    if isinstance(node, StageNode):
+        return [(f"outputs.{k}", f"output {k!r}", p) for k, p in node.outputs.items()], False
+    if isinstance(node, SubpipelineNode):
+        writes = [(f"artifacts.{a}", f"artifact {a!r}", p) for a, p in node.artifacts.items()]
+        if node.result_output is not None:
+            writes.insert(0, ("result_output", "the result (result_output)", node.result_output))
+        return writes, False
+    if isinstance(node, MapNode):
+        writes = [
+            ("item_path", "the item (item_path)", node.item_path),
+            ("index_path", "the index (index_path)", node.index_path),
+        ]
+        collected = [(f"collect.{s}", f"the list of {s!r}", p) for s, p in node.collect.items()]
+        if node.failures_path is not None:
+            collected.append(("failures_path", "the failures (failures_path)", node.failures_path))
+        return [*writes, *collected], True
+    return [], False
+
+
+def _check_own_writes(i: int, node: Node) -> Iterator[Problem]:
+    """Two paths one node writes at once: the same path, or (in a map) one inside the other.
+
+    The later write would replace the earlier one, or fail on it: a value lost
+    in silence, or a run that cannot succeed. A map's item and index paths
+    are written into each item's context, its collected lists and failures
+    into the parent's, so each pair is checked apart.
+    """
+    writes, flat = _own_writes(node)
+    groups = [writes[:2], writes[2:]] if isinstance(node, MapNode) else [writes]
+    for group in groups:
+        seen: dict[str, str] = {}  # path -> what is written there first
+        for field, what, path in group:
+            first = seen.setdefault(path, what)
+            if first != what:
+                yield Problem(
+                    f"$.nodes[{i}].{field}",
+                    f"{node.type} node {node.id!r} writes {first} and {what} both at "
+                    f"{path!r}: the later would replace the other; give each its own path",
+                )
+        if not flat:
+            continue
+        for field, what, path in group:
+            parts = path.split(".")
+            outer = next(
+                (o for cut in range(1, len(parts)) if (o := ".".join(parts[:cut])) in seen), None
+            )
+            if outer is not None:
+                yield Problem(
+                    f"$.nodes[{i}].{field}",
+                    f"{node.type} node {node.id!r} writes {what} at {path!r}, inside "
+                    f"{seen[outer]} at {outer!r}: one would replace the other or fail on "
+                    "it; give each a path of its own, neither inside the other",
+                )
 
 
 def _nesting(entry: str, index: Mapping[str, Node]) -> tuple[int, str]:

@@ -462,3 +462,11 @@ def test_a_typo_in_an_edge_is_reported_once_with_the_id_it_likely_meant() -> Non
             "condition, a parallel branch or a map body, or remove it",
         ),
     ]
+
+
+def test_two_outputs_of_a_stage_at_one_path_are_a_problem() -> None:
+    # Before: the output written later replaced the other in silence.
+    document = doc([stage("a", "Set", next="end", outputs={"v": "x", "w": "x"}), terminal("end")])
+    (found,) = problems(document)
+    assert found.location == "$.nodes[0].outputs.w"
+    assert "stage node 'a' writes output 'v' and output 'w' both at 'x'" in found.message

@@ -699,6 +699,65 @@ def test_collect_path_the_body_never_writes() -> None:
     assert "collects 'nope'" in found["$.nodes[0].collect.nope"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        (
+            {"collect": {"out": "x", "item": "x"}},
+            "collect.item",
+            "writes the list of 'out' and the list of 'item' both at 'x'",
+        ),
+        (
+            {"collect": {"out": "x.y", "item": "x"}},
+            "collect.out",
+            "writes the list of 'out' at 'x.y', inside the list of 'item' at 'x'",
+        ),
+        (
+            {"failures_path": "outs", "max_failures": 1},
+            "failures_path",
+            "the list of 'out' and the failures (failures_path) both at 'outs'",
+        ),
+        (
+            {"item_path": "cur", "index_path": "cur"},
+            "index_path",
+            "the item (item_path) and the index (index_path) both at 'cur'",
+        ),
+        (
+            {"item_path": "cur", "index_path": "cur.i"},
+            "index_path",
+            "at 'cur.i', inside the item (item_path) at 'cur'",
+        ),
+    ],
+)
+def test_a_map_writing_two_values_at_one_path_is_a_load_error(
+    fields: dict[str, Any], field: str, says: str
+) -> None:
+    # Before: the later write replaced the earlier one in silence (a collected
+    # list, the item replaced by its index), or every run failed on it.
+    found = problems(map_doc(**fields))
+    assert says in found[f"$.nodes[0].{field}"]
+
+
+def test_a_subpipeline_node_writing_two_values_at_one_path_is_a_load_error() -> None:
+    # Before: the artifact replaced the result in silence.
+    document = doc(
+        [sub_node("call", next="end", result_output="r", artifacts={"answer": "r"}), terminal()],
+        subpipelines={"approval": CHILD},
+    )
+    message = problems(document)["$.nodes[0].artifacts.answer"]
+    assert "the result (result_output) and artifact 'answer' both at 'r'" in message
+
+
+async def test_a_subpipeline_artifact_may_be_written_inside_its_result() -> None:
+    node = sub_node("call", next="end", result_output="r", artifacts={"answer": "r.answer"})
+    document = doc([node, terminal("end", "r")], subpipelines={"approval": CHILD})
+    registry = work_registry()
+    session = stageflow.Session(load(document, registry), registry=registry)
+    session.send_input("approve", {"yes": True})
+    result = await session.run()
+    assert result.artifacts == {"r": {"approved": True, "answer": {"yes": True}}}
+
+
 def test_unmapped_child_artifact_is_a_load_error() -> None:
     document = doc(
         [sub_node("call", next="end", artifacts={"ghost": "g"}), terminal("end")],
