@@ -259,9 +259,11 @@ def _fail_a_running_one(state: dict[str, Any]) -> None:
     ("edit", "location", "says"),
     [
         # Each was restored: an item ran twice, counted as done though it ran
-        # on, lost what it had collected, or counted as failed and ran on.
+        # on, never ran, lost what it had collected, or counted as failed and
+        # ran on.
         (_run_one_not_started, ".map.running[1].index", "is running but is not started"),
-        (lambda state: state.update(done=1), ".map", "make 3, more than the 2 started"),
+        (lambda state: state.update(done=1), ".map", "make 3, not the 2 started"),
+        (lambda state: state["running"].pop(), ".map", "make 1, not the 2 started"),
         (lambda state: state["collected"].clear(), ".map.collected", "collects 'got'"),
         (_fail_a_running_one, ".map.running[0].index", "is listed as failed too"),
     ],

@@ -255,33 +255,31 @@ class MapExecutor:
                     return
                 running[index] = item
                 # The item's run_child is awaited here, not in a coroutine of
-                # its own per item ("map item" row).
-                try:
-                    if fused is not None and own is not None:
-                        # A new item whose body is one simple stage node: its
-                        # run_child and path in one coroutine ("map item" row).
-                        succeeded = await kernel.run_item(
-                            fused, node.id, item, {"index": index}, settle, flags
-                        )
-                    else:
-                        succeeded = await kernel.run_child(
-                            MAP_ITEM,
-                            node.id,
-                            item,
-                            node.body,
-                            None,
-                            {"index": index},
-                            # Made only for a span ("map item" row).
-                            (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
-                            if traced
-                            else None,
-                            settle,
-                            flags,
-                        )
-                except BaseException:
-                    # A settled item is out of ``running`` already; one that raised may not be.
-                    running.pop(index, None)
-                    raise
+                # its own per item ("map item" row). An item that raises (it
+                # was cancelled or interrupted) stays in ``running``: a
+                # snapshot taken while the map is torn down keeps it, and the
+                # session restored from it runs the item again.
+                if fused is not None and own is not None:
+                    # A new item whose body is one simple stage node: its
+                    # run_child and path in one coroutine ("map item" row).
+                    succeeded = await kernel.run_item(
+                        fused, node.id, item, {"index": index}, settle, flags
+                    )
+                else:
+                    succeeded = await kernel.run_child(
+                        MAP_ITEM,
+                        node.id,
+                        item,
+                        node.body,
+                        None,
+                        {"index": index},
+                        # Made only for a span ("map item" row).
+                        (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
+                        if traced
+                        else None,
+                        settle,
+                        flags,
+                    )
                 if not succeeded and (
                     len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)
