@@ -748,6 +748,15 @@ def test_a_subpipeline_node_writing_two_values_at_one_path_is_a_load_error() -> 
     assert "the result (result_output) and artifact 'answer' both at 'r'" in message
 
 
+def test_a_subpipeline_input_written_around_an_earlier_one_is_a_load_error() -> None:
+    # Before: the child's "a" replaced the "a.b" copied just before it, in silence.
+    node = sub_node("call", next="end", inputs={"a.b": "q", "a": "p"})
+    message = problems(doc([node, terminal()], subpipelines={"approval": CHILD}))[
+        "$.nodes[0].inputs.a"
+    ]
+    assert "writes the input from 'p' at 'a', around the input from 'q'" in message
+
+
 async def test_a_subpipeline_artifact_may_be_written_inside_its_result() -> None:
     node = sub_node("call", next="end", result_output="r", artifacts={"answer": "r.answer"})
     document = doc([node, terminal("end", "r")], subpipelines={"approval": CHILD})
