@@ -669,11 +669,20 @@ class NodeTimeoutError(NodeError, TimeoutError):
 
 
 class SubpipelineError(NodeError):
-    """A subpipeline ended without a terminal, or without an artifact the node maps."""
+    """A subpipeline call could not take its inputs or return its outputs.
+
+    It ended without a terminal, or without an artifact the node maps; or an
+    input, its result or an artifact cannot be written where the node maps it
+    (a path through a number, say): the ``ContextPathError`` is the cause.
+    """
 
 
 class MapError(NodeError):
     """A map node's ``items`` is not a list, or more items failed than tolerated.
+
+    Also a collected list or the failures that cannot be written where
+    ``collect`` or ``failures_path`` says (the ``ContextPathError`` is the
+    cause; nothing is written).
 
     Attributes:
         failures: ``(index, error description)`` of each failed item, by index.

@@ -358,6 +358,7 @@ def check_graph(
             yield from _check_self_edges(i, node)
         if isinstance(node, StageNode):
             yield from _check_stage(i, node, registry)
+        yield from _check_own_writes(i, node)
         if isinstance(node, ParallelNode):
             for child in node.children:
                 if child in (node.id, node.next):
@@ -406,6 +407,81 @@ def check_graph(
     regions = _Regions(index)
     yield from _check_maps(nodes, regions, where, entry)
     yield from _check_branch_writes(doc, nodes, regions, where)
+
+
+_Writes = list[tuple[str, str, str]]
+"""``(field, what, path)`` of the paths a node writes into one context, in write order."""
+
+
+def _own_writes(node: Node) -> list[tuple[_Writes, bool]]:
+    """The paths a node writes at once, by context; whether none may be inside another.
+
+    A map's paths hold lists (and an item's element and index): none may be
+    inside another. Other nodes may write inside a path they wrote before.
+    """
+    if isinstance(node, StageNode):
+        return [([(f"outputs.{k}", f"output {k!r}", p) for k, p in node.outputs.items()], False)]
+    if isinstance(node, SubpipelineNode):
+        writes = [(f"artifacts.{a}", f"artifact {a!r}", p) for a, p in node.artifacts.items()]
+        if node.result_output is not None:
+            writes.insert(0, ("result_output", "the result (result_output)", node.result_output))
+        # Into the child's context, at the inputs' keys.
+        inputs = [(f"inputs.{c}", f"the input from {p!r}", c) for c, p in node.inputs.items()]
+        return [(inputs, False), (writes, False)]
+    if isinstance(node, MapNode):
+        item = [
+            ("item_path", "the item (item_path)", node.item_path),
+            ("index_path", "the index (index_path)", node.index_path),
+        ]
+        collected = [(f"collect.{s}", f"the list of {s!r}", p) for s, p in node.collect.items()]
+        if node.failures_path is not None:
+            collected.append(("failures_path", "the failures (failures_path)", node.failures_path))
+        return [(item, True), (collected, True)]
+    return []
+
+
+def _check_own_writes(i: int, node: Node) -> Iterator[Problem]:
+    """Paths one node writes at once of which the later would lose a value.
+
+    The same path twice, or a path around one written before it (in a map,
+    any path inside another): the later write would replace the earlier one,
+    or fail on it; a value lost in silence, or a run that cannot succeed.
+    """
+    for writes, flat in _own_writes(node):
+        seen: dict[str, str] = {}  # path -> what is written there first
+        around: dict[str, str] = {}  # a path above one written before -> what that is
+        for field, what, path in writes:
+            first = seen.setdefault(path, what)
+            if first != what:
+                yield Problem(
+                    f"$.nodes[{i}].{field}",
+                    f"{node.type} node {node.id!r} writes {first} and {what} both at "
+                    f"{path!r}: the later would replace the other; give each its own path",
+                )
+            elif not flat and path in around:  # (a map's is reported below)
+                yield Problem(
+                    f"$.nodes[{i}].{field}",
+                    f"{node.type} node {node.id!r} writes {what} at {path!r}, around "
+                    f"{around[path]} written inside it before, which it would replace; "
+                    "write the outer one first, or give each its own path",
+                )
+            parts = path.split(".")
+            for cut in range(1, len(parts)):
+                around.setdefault(".".join(parts[:cut]), what)
+        if not flat:
+            continue
+        for field, what, path in writes:
+            parts = path.split(".")
+            outer = next(
+                (o for cut in range(1, len(parts)) if (o := ".".join(parts[:cut])) in seen), None
+            )
+            if outer is not None:
+                yield Problem(
+                    f"$.nodes[{i}].{field}",
+                    f"{node.type} node {node.id!r} writes {what} at {path!r}, inside "
+                    f"{seen[outer]} at {outer!r}: one would replace the other or fail on "
+                    "it; give each a path of its own, neither inside the other",
+                )
 
 
 def _nesting(entry: str, index: Mapping[str, Node]) -> tuple[int, str]:

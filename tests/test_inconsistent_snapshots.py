@@ -245,6 +245,40 @@ async def test_a_map_position_past_the_list_names_the_field() -> None:
     assert refused(snapshot).problems[0].location.endswith(".map.running[0].index")
 
 
+def _run_one_not_started(state: dict[str, Any]) -> None:
+    state["running"][-1]["index"] = state["next"]
+
+
+def _fail_a_running_one(state: dict[str, Any]) -> None:
+    error = {"type": "ValueError", "message": "no", "causes": [], "classes": ["ValueError"]}
+    state["failures"].append({"index": state["running"][0]["index"], "error": error})
+    state["next"] += 1  # (the counts add up)
+
+
+@pytest.mark.parametrize(
+    ("edit", "location", "says"),
+    [
+        # Each was restored: an item ran twice, counted as done though it ran
+        # on, never ran, lost what it had collected, or counted as failed and
+        # ran on.
+        (_run_one_not_started, ".map.running[1].index", "is running but is not started"),
+        (lambda state: state.update(done=1), ".map", "make 3, not the 2 started"),
+        (lambda state: state["running"].pop(), ".map", "make 1, not the 2 started"),
+        (lambda state: state["collected"].clear(), ".map.collected", "collects 'got'"),
+        (_fail_a_running_one, ".map.running[0].index", "is listed as failed too"),
+    ],
+)
+async def test_map_items_no_run_could_list_are_refused_at_the_field(
+    edit: Callable[[dict[str, Any]], None], location: str, says: str
+) -> None:
+    snapshot, frame = await snapshot_with(
+        "map", lambda f: len(f["map"]["running"]) == 2 and f["map"]["next"] == 2
+    )
+    edit(frame["map"])
+    problems = [(p.location, p.message) for p in refused(snapshot).problems]
+    assert any(at == f"$.position{location}" and says in text for at, text in problems), problems
+
+
 async def test_a_winner_an_all_node_cannot_have_names_the_field() -> None:
     snapshot, frame = await snapshot_with("parallel", lambda f: f["node"] == "fan")
     frame["parallel"]["winner"] = 0

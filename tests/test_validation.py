@@ -483,3 +483,21 @@ def test_a_typo_in_an_edge_is_reported_once_with_the_id_it_likely_meant() -> Non
             "condition, a parallel branch or a map body, or remove it",
         ),
     ]
+
+
+def test_two_outputs_of_a_stage_at_one_path_are_a_problem() -> None:
+    # Before: the output written later replaced the other in silence.
+    document = doc([stage("a", "Set", next="end", outputs={"v": "x", "w": "x"}), terminal("end")])
+    (found,) = problems(document)
+    assert found.location == "$.nodes[0].outputs.w"
+    assert "stage node 'a' writes output 'v' and output 'w' both at 'x'" in found.message
+
+
+def test_a_stage_output_written_around_an_earlier_one_is_a_problem() -> None:
+    # Before: "x" replaced the "x.y" written just before it, in silence.
+    document = doc([stage("a", "Set", next="end", outputs={"v": "x.y", "w": "x"}), terminal("end")])
+    (found,) = problems(document)
+    assert found.location == "$.nodes[0].outputs.w"
+    assert "writes output 'w' at 'x', around output 'v' written inside it before" in (found.message)
+    # The other order writes "x.y" inside the "x" written before it: fine.
+    load(doc([stage("a", "Set", next="end", outputs={"w": "x", "v": "x.y"}), terminal("end")]))

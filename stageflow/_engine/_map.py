@@ -65,6 +65,20 @@ def _check_item_paths(node: MapNode, ctx: Context) -> None:
         ) from exc
 
 
+def _unwritable(node: MapNode, exc: ContextPathError) -> MapError:
+    """A collected list (or the failures) whose path cannot hold it: nothing was written."""
+    source = next((s for s, target in node.collect.items() if target == exc.path), None)
+    what = (
+        f"the list collected from {source!r}"
+        if source is not None
+        else "its failures (failures_path)"
+    )
+    return MapError(
+        f"map node {node.id!r}: {what} cannot be written: {exc} (the map wrote nothing)",
+        node_id=node.id,
+    )
+
+
 class MapExecutor:
     """Runs map nodes; saves and restores the items in flight.
 
@@ -142,7 +156,10 @@ class MapExecutor:
                     [{"index": i, "error": describe_exception(e)} for i, e in failures],
                 )
             )
-        frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+        try:
+            frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+        except ContextPathError as exc:
+            raise _unwritable(node, exc) from exc
         return node.next
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:
@@ -238,33 +255,31 @@ class MapExecutor:
                     return
                 running[index] = item
                 # The item's run_child is awaited here, not in a coroutine of
-                # its own per item ("map item" row).
-                try:
-                    if fused is not None and own is not None:
-                        # A new item whose body is one simple stage node: its
-                        # run_child and path in one coroutine ("map item" row).
-                        succeeded = await kernel.run_item(
-                            fused, node.id, item, {"index": index}, settle, flags
-                        )
-                    else:
-                        succeeded = await kernel.run_child(
-                            MAP_ITEM,
-                            node.id,
-                            item,
-                            node.body,
-                            None,
-                            {"index": index},
-                            # Made only for a span ("map item" row).
-                            (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
-                            if traced
-                            else None,
-                            settle,
-                            flags,
-                        )
-                except BaseException:
-                    # A settled item is out of ``running`` already; one that raised may not be.
-                    running.pop(index, None)
-                    raise
+                # its own per item ("map item" row). An item that raises (it
+                # was cancelled or interrupted) stays in ``running``: a
+                # snapshot taken while the map is torn down keeps it, and the
+                # session restored from it runs the item again.
+                if fused is not None and own is not None:
+                    # A new item whose body is one simple stage node: its
+                    # run_child and path in one coroutine ("map item" row).
+                    succeeded = await kernel.run_item(
+                        fused, node.id, item, {"index": index}, settle, flags
+                    )
+                else:
+                    succeeded = await kernel.run_child(
+                        MAP_ITEM,
+                        node.id,
+                        item,
+                        node.body,
+                        None,
+                        {"index": index},
+                        # Made only for a span ("map item" row).
+                        (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
+                        if traced
+                        else None,
+                        settle,
+                        flags,
+                    )
                 if not succeeded and (
                     len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)

@@ -250,11 +250,12 @@ def consistency_problems(
 
     Times that are no real date, a history not numbered 1..n or of another
     session, counters past their limits, and positions the pipeline cannot
-    have: nodes outside the branch or map body they are in, items past the
-    map's list, winners a parallel node cannot have, attempts past the retry
-    policy, writes that cannot be applied, open spans (``trace.open``) with
-    an all-zero id. Frames are checked only when the session is active or
-    stopped by a limit (the others are not run again).
+    have: nodes outside the branch or map body they are in, map items past
+    the list or not started, listed twice or unaccounted for, winners a
+    parallel node cannot have, attempts past the retry policy, writes that
+    cannot be applied, open spans (``trace.open``) with an all-zero id.
+    Frames are checked only when the session is active or stopped by a
+    limit (the others are not run again).
     """
     checker = _Checker(snapshot, pipeline, registry)
     checker.check()
@@ -580,6 +581,24 @@ class _Checker:
                 f"{where}.done",
                 f"{state['done']} items done, more than the {state['next']} started",
             )
+        # (An item cancelled with the map stays running: MapExecutor._worker.)
+        started = state["done"] + len(state["failures"]) + len(state["running"])
+        if started != state["next"]:
+            self.add(
+                where,
+                f"{state['done']} items done, {len(state['failures'])} failed and "
+                f"{len(state['running'])} running make {started}, not the "
+                f"{state['next']} started (next); every started item of map node "
+                f"{node.id!r} is one of these",
+            )
+        for source in node.collect:
+            if source not in state["collected"]:
+                self.add(
+                    f"{where}.collected",
+                    f"map node {node.id!r} collects {source!r}, of which the snapshot keeps "
+                    "no values (the items done would lose theirs); restore with the pipeline "
+                    "the snapshot was taken with",
+                )
         for source, values in state["collected"].items():
             if source not in node.collect:
                 self.add(
@@ -591,24 +610,33 @@ class _Checker:
                     f"{where}.collected.{source}",
                     f"{len(values)} values collected for {total} items; one per item",
                 )
+        listed: set[int] = set()
         for i, failure in enumerate(state["failures"]):
-            if failure["index"] >= total:
+            if failure["index"] >= state["next"]:
                 self.add(
                     f"{where}.failures[{i}].index",
-                    f"item {failure['index']} is past the {total} items of map node {node.id!r}",
+                    f"item {failure['index']} failed but is not started (next is "
+                    f"{state['next']}, of {total} items of map node {node.id!r})",
                 )
+            elif failure["index"] in listed:
+                self.add(f"{where}.failures[{i}].index", "a failed item is listed once")
+            listed.add(failure["index"])
         region = walk([node.body], pipeline.node_index, all_edges)
         previous = -1
         for i, item in enumerate(state["running"]):
             at = f"{where}.running[{i}]"
-            if item["index"] >= total:
+            if item["index"] >= state["next"]:
+                # It would run twice: restored, and started again as the next item.
                 self.add(
                     f"{at}.index",
-                    f"item {item['index']} is past the {total} items of map node {node.id!r}",
+                    f"item {item['index']} is running but is not started (next is "
+                    f"{state['next']}, of {total} items of map node {node.id!r})",
                 )
                 continue
             if item["index"] <= previous:
                 self.add(f"{at}.index", "running items are listed once each, in item order")
+            elif item["index"] in listed:
+                self.add(f"{at}.index", f"item {item['index']} is listed as failed too")
             previous = item["index"]
             position = item["position"]
             forked = self.fork(ctx, position["writes"], f"{at}.position.writes")

@@ -15,7 +15,12 @@ import anyio
 from stageflow._context import MISSING, Context
 from stageflow._engine._frames import Frame, Kernel, Scope, SubpipelineRun
 from stageflow._engine._positions import SubpipelinePosition
-from stageflow._errors import LimitExceededError, NodeTimeoutError, SubpipelineError
+from stageflow._errors import (
+    ContextPathError,
+    LimitExceededError,
+    NodeTimeoutError,
+    SubpipelineError,
+)
 from stageflow._json import copy_json
 from stageflow._model import SubpipelineNode
 
@@ -49,7 +54,16 @@ class SubpipelineExecutor:
             for child_path, parent_path in node.inputs.items():
                 value = frame.ctx.get(parent_path)
                 if value is not MISSING:
-                    child_ctx.set(child_path, copy_json(value))
+                    try:
+                        child_ctx.set(child_path, copy_json(value))
+                    except ContextPathError as exc:
+                        raise SubpipelineError(
+                            f"subpipeline node {node.id!r}: input {child_path!r} (from "
+                            f"{parent_path!r}) cannot be written into the context of "
+                            f"{node.pipeline!r}: {exc}; map the inputs to child paths that do "
+                            "not cross each other's values",
+                            node_id=node.id,
+                        ) from exc
         scope = Scope(target, frame.depth + 1)
         path = f"{frame.path}/{node.id}" if frame.path else node.id
         child = Frame(child_ctx, path, frame.depth + 1, scope, frame)
@@ -91,7 +105,19 @@ class SubpipelineExecutor:
                     node_id=node.id,
                 )
             writes.append((parent_path, scope.artifacts[artifact]))
-        frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+        try:
+            frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+        except ContextPathError as exc:
+            if exc.path == node.result_output:
+                what = "its result (result_output)"
+            else:
+                artifact = next(a for a, target in node.artifacts.items() if target == exc.path)
+                what = f"artifact {artifact!r}"
+            raise SubpipelineError(
+                f"subpipeline node {node.id!r}: {what} cannot be written: {exc} (nothing of "
+                f"what {node.pipeline!r} returned was written)",
+                node_id=node.id,
+            ) from exc
         return node.next
 
     def save(self, kernel: Kernel, run: SubpipelineRun) -> SubpipelinePosition:

@@ -655,7 +655,7 @@ def _set(node_id: str, values: Mapping[str, Any], outputs: Mapping[str, str]) ->
                 "next": "end",
             },
             [],
-            "ContextPathError",
+            "SubpipelineError",
         ),
         (
             {
@@ -667,7 +667,7 @@ def _set(node_id: str, values: Mapping[str, Any], outputs: Mapping[str, str]) ->
                 "next": "end",
             },
             [_set("item_body", {"a": 1, "b": 2}, {"a": "a", "b": "b"})],
-            "ContextPathError",
+            "MapError",
         ),
     ],
     ids=["stage, scalar outputs", "stage, a list output", "subpipeline", "map"],

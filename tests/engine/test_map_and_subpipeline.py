@@ -300,6 +300,32 @@ async def test_an_item_path_under_a_scalar_fails_the_map_with_a_map_error(edge: 
         assert types(result)[-1] == "session_failed"
 
 
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"collect": {"out": "done.outs"}}, "the list collected from 'out'"),
+        ({"failures_path": "done.failed", "max_failures": 1}, "its failures (failures_path)"),
+    ],
+)
+async def test_a_collect_target_that_cannot_be_written_is_a_map_error_naming_it(
+    fields: dict[str, Any], what: str
+) -> None:
+    # Before: a bare ContextPathError, with no node id and no word of the map.
+    registry = work_registry()
+    session = stageflow.Session(
+        load(map_doc(**fields), registry),
+        registry=registry,
+        payload={"items": [{"v": 1}], "done": 5},
+    )
+    result = await session.run()
+    assert isinstance(result.error, stageflow.MapError)
+    assert result.error.node_id == "m"
+    assert str(result.error).startswith(f"map node 'm': {what} cannot be written: ")
+    assert "segment 'done' holds an integer" in str(result.error)
+    assert isinstance(result.error.__cause__, stageflow.ContextPathError)
+    assert session.payload["done"] == 5  # nothing written
+
+
 @pytest.mark.trio_only
 async def test_ten_thousand_items() -> None:
     items = [{"v": i} for i in range(10_000)]
@@ -465,6 +491,52 @@ async def test_missing_artifact_at_run_time_lists_the_existing_ones() -> None:
     assert "returns no artifact 'b' (it returns: 'a')" in str(result.error)
 
 
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"result_output": "done.result"}, "its result (result_output)"),
+        ({"artifacts": {"a": "done.a"}}, "artifact 'a'"),
+    ],
+)
+async def test_a_target_that_cannot_be_written_is_a_subpipeline_error_naming_it(
+    fields: dict[str, Any], what: str
+) -> None:
+    # Before: a bare ContextPathError, with no node id and no word of the node.
+    child = {"entry": "t", "nodes": [terminal("t", "a")]}
+    node = {"id": "call", "type": "subpipeline", "pipeline": "child", "next": "end", **fields}
+    document = doc([node, terminal("end")], subpipelines={"child": child})
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"done": 5})
+    result = await session.run()
+    assert isinstance(result.error, stageflow.SubpipelineError)
+    assert result.error.node_id == "call"
+    assert str(result.error).startswith(f"subpipeline node 'call': {what} cannot be written: ")
+    assert isinstance(result.error.__cause__, stageflow.ContextPathError)
+    assert session.payload == {"done": 5}  # nothing written
+
+
+async def test_inputs_that_cross_each_other_in_the_child_are_a_subpipeline_error() -> None:
+    child = {"entry": "t", "nodes": [terminal("t")]}
+    node = {
+        "id": "call",
+        "type": "subpipeline",
+        "pipeline": "child",
+        "inputs": {"a": "p", "a.b": "q"},
+        "next": "end",
+    }
+    document = doc([node, terminal("end")], subpipelines={"child": child})
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"p": 1, "q": 2}
+    )
+    result = await session.run()
+    assert isinstance(result.error, stageflow.SubpipelineError)
+    assert result.error.node_id == "call"
+    assert "input 'a.b' (from 'q') cannot be written into the context of 'child'" in str(
+        result.error
+    )
+
+
 async def test_terminal_in_a_branch_of_a_subpipeline_ends_only_the_subpipeline() -> None:
     child = {
         "entry": "fan",
@@ -625,6 +697,74 @@ def test_map_body_must_not_escape_its_region() -> None:
 def test_collect_path_the_body_never_writes() -> None:
     found = problems(map_doc(collect={"nope": "x"}))
     assert "collects 'nope'" in found["$.nodes[0].collect.nope"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        (
+            {"collect": {"out": "x", "item": "x"}},
+            "collect.item",
+            "writes the list of 'out' and the list of 'item' both at 'x'",
+        ),
+        (
+            {"collect": {"out": "x.y", "item": "x"}},
+            "collect.out",
+            "writes the list of 'out' at 'x.y', inside the list of 'item' at 'x'",
+        ),
+        (
+            {"failures_path": "outs", "max_failures": 1},
+            "failures_path",
+            "the list of 'out' and the failures (failures_path) both at 'outs'",
+        ),
+        (
+            {"item_path": "cur", "index_path": "cur"},
+            "index_path",
+            "the item (item_path) and the index (index_path) both at 'cur'",
+        ),
+        (
+            {"item_path": "cur", "index_path": "cur.i"},
+            "index_path",
+            "at 'cur.i', inside the item (item_path) at 'cur'",
+        ),
+    ],
+)
+def test_a_map_writing_two_values_at_one_path_is_a_load_error(
+    fields: dict[str, Any], field: str, says: str
+) -> None:
+    # Before: the later write replaced the earlier one in silence (a collected
+    # list, the item replaced by its index), or every run failed on it.
+    found = problems(map_doc(**fields))
+    assert says in found[f"$.nodes[0].{field}"]
+
+
+def test_a_subpipeline_node_writing_two_values_at_one_path_is_a_load_error() -> None:
+    # Before: the artifact replaced the result in silence.
+    document = doc(
+        [sub_node("call", next="end", result_output="r", artifacts={"answer": "r"}), terminal()],
+        subpipelines={"approval": CHILD},
+    )
+    message = problems(document)["$.nodes[0].artifacts.answer"]
+    assert "the result (result_output) and artifact 'answer' both at 'r'" in message
+
+
+def test_a_subpipeline_input_written_around_an_earlier_one_is_a_load_error() -> None:
+    # Before: the child's "a" replaced the "a.b" copied just before it, in silence.
+    node = sub_node("call", next="end", inputs={"a.b": "q", "a": "p"})
+    message = problems(doc([node, terminal()], subpipelines={"approval": CHILD}))[
+        "$.nodes[0].inputs.a"
+    ]
+    assert "writes the input from 'p' at 'a', around the input from 'q'" in message
+
+
+async def test_a_subpipeline_artifact_may_be_written_inside_its_result() -> None:
+    node = sub_node("call", next="end", result_output="r", artifacts={"answer": "r.answer"})
+    document = doc([node, terminal("end", "r")], subpipelines={"approval": CHILD})
+    registry = work_registry()
+    session = stageflow.Session(load(document, registry), registry=registry)
+    session.send_input("approve", {"yes": True})
+    result = await session.run()
+    assert result.artifacts == {"r": {"approved": True, "answer": {"yes": True}}}
 
 
 def test_unmapped_child_artifact_is_a_load_error() -> None:

@@ -8,8 +8,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import pytest
-from fakes import doc, fake_registry, load, parallel, stage, terminal
+from fakes import doc, fake_registry, load, parallel, stage, terminal, wait_until_waiting
 from snapshot_support import (
     Case,
     Outcome,
@@ -264,6 +265,53 @@ async def test_a_map_that_failed_fast_counts_its_cancelled_items_once_after_a_cu
         assert restored == original
         compared += 1
     assert compared
+
+
+MAP_OF_WAITS = doc(
+    [
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "ask",
+            "concurrency": 2,
+            "collect": {"answer": "answers"},
+            "next": "end",
+        },
+        stage("ask", "Ask", config={"input": "a"}, outputs={"answer": "answer"}),
+        terminal("end", "answers"),
+    ]
+)
+
+
+@pytest.mark.parametrize("event", ["map_item_cancelled", "node_cancelled"])
+async def test_a_map_snapshotted_while_a_cancellation_tears_it_down_runs_its_items_again(
+    event: str,
+) -> None:
+    # A snapshot taken by a subscriber while the task running the session is
+    # cancelled (a process shutting down, say): the items already cancelled
+    # were in no list of the map's, so the restored map completed with null
+    # for them instead of running them again.
+    registry = review_registry()
+    pipeline = load(MAP_OF_WAITS, registry)
+    session = stageflow.Session(pipeline, registry=registry, payload={"items": [1, 2]})
+    taken: list[dict[str, Any]] = []
+
+    def snapshot(e: stageflow.Event) -> None:
+        if e.type == event and e.node_id == "each":
+            taken.append(json_round_trip(session.to_dict()))
+
+    session.subscribe(snapshot)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "a", 2)
+        tg.cancel_scope.cancel()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    restored = stageflow.Session.from_dict(taken[-1], registry=registry)
+    restored.send_input("a", "yes")  # to both waits, as in a run never cut
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"answers": ["yes", "yes"]}
 
 
 # ------------------------------------------------------------- failed branches
