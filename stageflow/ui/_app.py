@@ -73,6 +73,10 @@ __all__ = ["InspectorConfig", "create_app"]
 
 _HERE = Path(__file__).parent
 _LIMIT = 200
+# The events a session page shows unless asked for all (?history=all): the last ones.
+# A history of 100,000 events (the default max_history) was a 40 MB page that took
+# a minute to render, on the event loop.
+_HISTORY_SHOWN = 1000
 _STATUSES = ("pending", "waiting", "completed", "failed", "cancelled", "timed_out", "poisoned")
 
 log = structlog.get_logger("stageflow.ui")
@@ -386,6 +390,20 @@ class Inspector:
             )
         return Filters(status, q.get("pipeline", ""), q.get("waiting_for", ""))
 
+    def history_shown(self, request: Request, events: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The events a session page lists: the last ``_HISTORY_SHOWN``, or ``?history=all``.
+
+        Raises:
+            InspectorError: (400) ``history`` is given, but not ``all``.
+        """
+        choice = request.query_params.get("history", "")
+        if choice and choice != "all":
+            raise InspectorError(
+                f"history {choice[:100]!r} is not a choice; use history=all to list every "
+                f"event, or leave it out for the last {_HISTORY_SHOWN}"
+            )
+        return events if choice == "all" else events[-_HISTORY_SHOWN:]
+
     async def sessions(self, request: Request) -> Response:
         """GET /sessions: the sessions, filtered, updated live."""
         source = self.need_source()
@@ -463,6 +481,7 @@ class Inspector:
         fp = await source.fingerprint(session_id)
         loaded = await source.load(session_id, self.config.redact)
         view = loaded.view
+        events = self.history_shown(request, view.events)
         marks = {node.id: _state_label(view, node.id) for node in view.pipeline.nodes}
         graph = build_graph(view.pipeline)
         svg = await _drawn(
@@ -490,6 +509,7 @@ class Inspector:
                 if isinstance(n, Mapping)
             },
             finished=finished,
+            events=events,
             can_act=self.config.allow_actions and source.kind == "store" and not finished,
             refused=refused,
             sent=sent or {},

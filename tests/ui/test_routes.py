@@ -953,6 +953,72 @@ async def test_the_page_of_a_session_ended_by_a_limit_or_its_deadline_shows_its_
     assert "<strong>SessionTimeoutError</strong></p>" in response.text
 
 
+async def _looped(session_id: str, rounds: int) -> stageflow.Session:
+    """A finished, untraced session that ran a stage and a condition ``rounds`` times."""
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Count")
+    async def count(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"n": ctx.arguments["n"] + 1}
+
+    document = {
+        "api_version": "1.0",
+        "entry": "count",
+        "nodes": [
+            {
+                "id": "count",
+                "type": "stage",
+                "stage": "Count",
+                "arguments": {"n": "n"},
+                "outputs": {"n": "n"},
+                "next": "again",
+            },
+            {
+                "id": "again",
+                "type": "condition",
+                "conditions": [{"if": {"<": [{"var": "n"}, rounds]}, "then": "count"}],
+                "else": "done",
+            },
+            {"id": "done", "type": "terminal"},
+        ],
+    }
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    session = stageflow.Session(pipeline, payload={"n": 0}, session_id=session_id)
+    await session.run()
+    return session
+
+
+async def test_a_long_history_lists_its_last_events_and_all_on_request(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # Every event was listed: a history of 100,000 events (the default
+    # max_history) was a page of tens of megabytes that took a minute to render.
+    session = await _looped("long", 300)
+    snapshot = session.to_dict()
+    total = len(snapshot["history"])
+    assert total > 1200
+    (tmp_path / "long.json").write_text(json.dumps(snapshot))
+    client = make_client(snapshots=tmp_path)
+
+    def listed(page: str) -> list[int]:
+        rows = re.findall(r'<tr class="ev [^"]*"[^>]*>\s*<td>(\d+)</td>', page)
+        return [int(seq) for seq in rows]
+
+    page = await client.get("/sessions/long")
+    assert page.status_code == 200
+    assert f"History ({total} events)" in page.text
+    assert listed(page.text) == list(range(total - 999, total + 1))
+    assert f"The first {total - 1000} events are not listed here" in page.text
+    assert '<a href="?history=all">' in page.text
+    page = await client.get("/sessions/long?history=all")
+    assert page.status_code == 200
+    assert listed(page.text) == list(range(1, total + 1))
+    assert "are not listed here" not in page.text
+    page = await client.get("/sessions/long?history=some")
+    assert page.status_code == 400
+    assert "use history=all" in page.text
+
+
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
     make_client: Client, ui_data: Path, tmp_path: Path
 ) -> None:
