@@ -62,7 +62,6 @@ from stageflow.ui._pipelines import (
 from stageflow.ui._sources import (
     Filters,
     Loaded,
-    SessionRow,
     SnapshotSource,
     Source,
     StoreSource,
@@ -404,17 +403,27 @@ class Inspector:
             )
         return events if choice == "all" else events[-_HISTORY_SHOWN:]
 
+    async def listing(self, source: Source, filters: Filters) -> tuple[str, list[str]]:
+        """The rows of the sessions list (HTML) and the problems met reading them.
+
+        One session more than the list holds is asked for: a list cut at
+        ``_LIMIT`` says so (it looked like every session there was).
+        """
+        rows, problems = await source.rows(filters, _LIMIT + 1)
+        body = self.env.get_template("_rows.html").render(
+            rows=rows[:_LIMIT], more=len(rows) > _LIMIT, limit=_LIMIT
+        )
+        return displayable(body), problems
+
     async def sessions(self, request: Request) -> Response:
         """GET /sessions: the sessions, filtered, updated live."""
         source = self.need_source()
         filters = self.filters(request)
-        rows, problems = await source.rows(filters, _LIMIT)
-        body = self.env.get_template("_rows.html").render(rows=rows)
+        body, problems = await self.listing(source, filters)
         query = urllib.parse.urlencode(attrs.asdict(filters))
         return self.page(
             request,
             "sessions.html",
-            rows=rows,
             rows_html=body,
             problems=problems,
             filters=filters,
@@ -433,26 +442,24 @@ class Inspector:
         source = self.need_source()
         filters = self.filters(request)
         last = request.query_params.get("fp", "")
-        template = self.env.get_template("_rows.html")
-        first, _ = await source.rows(filters, _LIMIT)
+        first, _ = await self.listing(source, filters)
 
         async def changes() -> AsyncIterator[str]:
             nonlocal last
             yield "retry: 2000\n\n"
-            rows: list[SessionRow] | None = first
+            body: str | None = first
             problem = _StreamProblem(request.url.path)
             while True:
-                if rows is not None:
-                    body = displayable(template.render(rows=rows))
+                if body is not None:
                     fp = _fingerprint(body)
                     if fp != last:
                         last = fp
                         yield f"event: rows\nid: {fp}\n{_data(body)}\n"
                 await anyio.sleep(self.config.refresh)
                 try:
-                    rows, _ = await source.rows(filters, _LIMIT)
+                    body, _ = await self.listing(source, filters)
                 except (StoreError, InspectorError) as exc:
-                    rows = None
+                    body = None
                     if (event := problem.failed(exc)) is not None:
                         yield event
                     continue

@@ -87,6 +87,38 @@ async def test_sessions_page_lists_each_session_with_its_status(
     assert 'approval <span class="muted">1.2</span>' in response.text  # pipeline and version
 
 
+@pytest.mark.parametrize("source", ["store", "snapshots"])
+async def test_a_list_cut_at_its_limit_says_that_more_sessions_match(
+    make_client: Client,
+    store_url: str,
+    ui_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    # The list showed the 200 sessions updated last and not a word about the
+    # others: a store of 250 looked like one of 200.
+    from stageflow.ui import _app
+
+    monkeypatch.setattr(_app, "_LIMIT", 2)
+    options: dict[str, Any] = (
+        {"store_url": store_url} if source == "store" else {"snapshots": ui_data / "snaps"}
+    )
+    client = make_client(**options)
+    for address in ("/sessions", "/sessions?status=failed"):
+        page = (await client.get(address)).text
+        listed = re.findall(r'<tr data-session="([^"]+)"', page)
+        cut = "More sessions match: only the 2 updated most recently are listed" in page
+        assert (len(listed), cut) == ((2, True) if address == "/sessions" else (1, False))
+    store = open_store(store_url) if source == "store" else None
+    app = create_app(InspectorConfig(store=store, snapshots=None if store else ui_data / "snaps"))
+    try:
+        (rows,) = await sse_messages(app, "/live/sessions?fp=stale", 1)
+    finally:
+        if store is not None:
+            await store.aclose()
+    assert "More sessions match" in rows  # the live rows too
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
