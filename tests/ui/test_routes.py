@@ -868,6 +868,29 @@ async def test_graphs_are_drawn_off_the_event_loop(
     assert loop_thread not in drawn_in
 
 
+async def test_pipeline_files_are_read_off_the_event_loop(
+    make_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each file was loaded and checked on the event loop: a directory of a
+    # hundred pipelines held every other page and live update for two seconds.
+    from stageflow.ui import _app
+
+    loop_thread = threading.get_ident()
+    read_in: list[int] = []
+    read = _app.read_pipeline_file
+
+    def spy(*args: Any) -> Any:
+        read_in.append(threading.get_ident())
+        return read(*args)
+
+    monkeypatch.setattr(_app, "read_pipeline_file", spy)
+    client = make_client()
+    for address in ("/pipelines", "/pipelines/approval.json"):
+        assert (await client.get(address)).status_code == 200
+    assert len(read_in) == 3  # approval.json and invalid.json, then approval.json
+    assert loop_thread not in read_in
+
+
 async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     make_client: Client, tmp_path: Path
 ) -> None:
