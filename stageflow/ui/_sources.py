@@ -190,6 +190,16 @@ def _view(
     return inspect_session(snapshot, events, session.pipeline, redact_paths=tuple(patterns))
 
 
+async def _view_in_thread(
+    session: stageflow.Session,
+    snapshot: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    redact: Sequence[str],
+) -> SessionView:
+    """:func:`_view` in a worker thread: a history of 100,000 events takes seconds to read."""
+    return await anyio.to_thread.run_sync(_view, session, snapshot, events, redact)
+
+
 def _error_of(snapshot: Mapping[str, Any]) -> str | None:
     outcome = snapshot.get("outcome")
     error = outcome.get("error") if isinstance(outcome, Mapping) else None
@@ -370,7 +380,7 @@ class StoreSource:
         version, error = pipeline_version(session.pipeline), _error_of(snapshot)
         return Loaded(
             self._row(stored, version, error),
-            _view(session, snapshot, events, redact),
+            await _view_in_thread(session, snapshot, events, redact),
             "store",
             store_error=stored.error,
         )
@@ -542,7 +552,9 @@ class SnapshotSource:
         file, session, snapshot = await self._find(session_id)
         events = list(snapshot.get("history") or ())
         return Loaded(
-            self._row(session, snapshot), _view(session, snapshot, events, redact), str(file)
+            self._row(session, snapshot),
+            await _view_in_thread(session, snapshot, events, redact),
+            str(file),
         )
 
     async def fingerprint(self, session_id: str) -> str:

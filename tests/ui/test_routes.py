@@ -891,6 +891,33 @@ async def test_pipeline_files_are_read_off_the_event_loop(
     assert loop_thread not in read_in
 
 
+async def test_a_session_and_its_history_are_read_off_the_event_loop(
+    make_client: Client,
+    ui_data: Path,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the page shows was worked out from the snapshot and every event on
+    # the event loop: a second for a history of 40,000 events.
+    from stageflow.ui import _sources
+
+    loop_thread = threading.get_ident()
+    read_in: list[int] = []
+    view = _sources._view
+
+    def spy(*args: Any) -> Any:
+        read_in.append(threading.get_ident())
+        return view(*args)
+
+    monkeypatch.setattr(_sources, "_view", spy)
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    for client in (make_client(snapshots=snaps), make_client(store_url=store_url)):
+        assert (await client.get("/sessions/waiting-1")).status_code == 200
+    assert len(read_in) == 2
+    assert loop_thread not in read_in
+
+
 async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     make_client: Client, tmp_path: Path
 ) -> None:
