@@ -61,6 +61,7 @@ from stageflow.ui._pipelines import (
     read_pipeline_file,
 )
 from stageflow.ui._sources import (
+    MAX_EVENTS,
     Filters,
     Loaded,
     SnapshotSource,
@@ -532,6 +533,7 @@ class Inspector:
             },
             finished=finished,
             events=events,
+            max_events=MAX_EVENTS,
             can_act=self.config.allow_actions and source.kind == "store" and not finished,
             refused=refused,
             sent=sent or {},

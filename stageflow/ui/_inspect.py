@@ -145,6 +145,10 @@ class SessionView:
         taken: the edges taken, as (source, kind, target) with the tester's
             edge kinds (``next``, ``then``, ``branch`` ...).
         events: the history, oldest first, as ``Event.to_dict()`` gives it.
+        recorded: how many events the session has recorded (the snapshot's
+            ``history_seq``): more than ``events`` when the snapshot keeps
+            only the newest or none (``to_dict(history=...)``) or the store
+            holds more than the inspector reads.
         context: the main path's context, or ``None`` for a finished session.
         backlog: inputs waiting for a stage, by type.
         unseen: inputs given to waits torn down before their stage saw them
@@ -165,6 +169,7 @@ class SessionView:
     nodes: Mapping[str, NodeState]
     taken: frozenset[tuple[str, str, str]]
     events: tuple[Mapping[str, Any], ...]
+    recorded: int
     context: Any
     backlog: Mapping[str, Any]
     unseen: tuple[Mapping[str, Any], ...]
@@ -418,6 +423,9 @@ def inspect_session(
             "artifacts": redact(outcome.get("artifacts"), redact_paths),
             "error": outcome.get("error"),
         }
+    # history_seq is the seq the next event gets (snapshot format 2 on).
+    next_seq = snapshot.get("history_seq")
+    recorded = max(len(events), next_seq - 1) if isinstance(next_seq, int) else len(events)
     wake = [p.until for p in positions]
     wake.append(snapshot.get("deadline"))
     return SessionView(
@@ -438,6 +446,7 @@ def inspect_session(
             }
             for e in events
         ),
+        recorded=recorded,
         context=redact(context, redact_paths) if context is not None else None,
         backlog={
             k: [redact(item, redact_paths) for item in v] if isinstance(v, list) else v

@@ -28,6 +28,7 @@ from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
 from stageflow.ui._inspect import SessionView, inspect_session, pipeline_version, plain
 
 __all__ = [
+    "MAX_EVENTS",
     "Filters",
     "Loaded",
     "SessionRow",
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
-_MAX_EVENTS = 100_000
+MAX_EVENTS = 100_000
+"""The events of one session the inspector reads from a store, the first ones."""
 _MAX_ROWS = 10_000
 
 
@@ -309,7 +311,7 @@ class StoreSource:
             SnapshotLoadError: the stored history cannot be read (a damaged row).
         """
         try:
-            return await self.store.events(session_id, limit=_MAX_EVENTS)
+            return await self.store.events(session_id, limit=MAX_EVENTS)
         except StoredDataError as exc:
             raise SnapshotLoadError(str(exc)) from exc
         except ValueError as exc:  # another store's JSON error

@@ -1101,6 +1101,29 @@ async def test_a_long_history_lists_its_last_events_and_all_on_request(
     assert "use history=all" in page.text
 
 
+async def test_a_history_read_in_part_is_said_with_how_many_events_are_missing(
+    make_client: Client, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A snapshot taken with to_dict(history="none") drew a completed session
+    # with every node "not reached" under "History (0 events)", and the events
+    # a store holds past the inspector's cap were left out without a word.
+    from stageflow.ui import _sources
+
+    session = await _looped("brief", 3)
+    recorded = len(session.history)
+    for keep in ("none", 5, "all"):
+        (tmp_path / "brief.json").write_text(json.dumps(session.to_dict(history=keep)))
+        page = (await make_client(snapshots=tmp_path).get("/sessions/brief")).text
+        missing = {"none": recorded, 5: recorded - 5, "all": 0}[keep]
+        said = f"The session recorded {recorded} events; {missing} of them are not in"
+        assert (said in page) == (keep != "all"), keep
+    monkeypatch.setattr(_sources, "MAX_EVENTS", 5)
+    page = (await make_client(store_url=store_url).get("/sessions/done-1")).text
+    found = re.search(r"The session recorded (\d+) events; (\d+) of them are not in", page)
+    assert found is not None
+    assert int(found.group(1)) - int(found.group(2)) == 5
+
+
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
     make_client: Client, ui_data: Path, tmp_path: Path
 ) -> None:
