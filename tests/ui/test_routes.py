@@ -918,6 +918,30 @@ async def test_a_session_and_its_history_are_read_off_the_event_loop(
     assert loop_thread not in read_in
 
 
+async def test_a_pipeline_is_laid_out_once_for_the_pages_that_draw_it(
+    make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every load and live reload of a session page laid the graph out again:
+    # seconds each time for a pipeline of a hundred nodes with long edges.
+    from stageflow.ui import _drawing
+
+    laid_out: list[int] = []
+    layout = _drawing.layout
+
+    def spy(nodes: Any, sizes: Any, edges: Any) -> Any:
+        laid_out.append(len(nodes))
+        return layout(nodes, sizes, edges)
+
+    monkeypatch.setattr(_drawing, "layout", spy)
+    client = make_client(store_url=store_url)
+    for address in ("/sessions/waiting-1", "/sessions/done-1", "/pipelines/approval.json"):
+        response = await client.get(address)
+        assert response.status_code == 200
+        assert 'data-node="review"' in response.text
+    # Once at most: not at all when a page of an earlier test drew it.
+    assert laid_out in ([], [8])  # the start and the seven nodes of the approval pipeline
+
+
 async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
     make_client: Client, tmp_path: Path
 ) -> None:
