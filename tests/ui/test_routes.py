@@ -727,6 +727,31 @@ async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: st
     assert await inbox_head(store_url, "waiting-1") == 1
 
 
+async def test_a_cancel_reason_the_store_cannot_keep_is_refused_with_the_reason(
+    make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL's jsonb cannot hold a NUL character: its store refuses such a
+    # reason with InputRejectedError, which the cancel form let through (500).
+    store = open_store(store_url)
+
+    async def refuse(session_id: str, reason: str, **options: Any) -> Any:
+        raise stageflow.InputRejectedError(
+            f"input 'stageflow.cancel' for session {session_id!r} was rejected: "
+            "PostgreSQL's jsonb cannot hold the character U+0000 (NUL) in a string of "
+            "the payload; nothing was stored",
+            input_type="stageflow.cancel",
+            reason="not_json",
+        )
+
+    monkeypatch.setattr(store, "request_cancel", refuse)
+    client = make_client(store=store, allow_actions=True)
+    response = await client.post("/actions/cancel/waiting-1", data={"reason": "a\x00b"})
+    assert response.status_code == 422
+    assert "cannot hold the character U+0000 (NUL)" in response.text
+    assert '<div class="message error-message" role="alert" id="refused">' in response.text
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
 async def test_a_session_page_shows_only_the_notices_the_inspector_issues(
     make_client: Client, store_url: str
 ) -> None:
