@@ -333,6 +333,15 @@ async def _read_pipeline(
     return await anyio.to_thread.run_sync(read_pipeline_file, directory, file, registry)
 
 
+def _web_address(text: str) -> bool:
+    """Whether ``text`` is an absolute http or https URL."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # "http://[::1" and the like
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 class Inspector:
     """The app's state: sources, templates, settings. One per app."""
 
@@ -341,6 +350,12 @@ class Inspector:
             raise InspectorError(
                 f"InspectorConfig(refresh={config.refresh!r}): the seconds between two looks "
                 "at the store must be a finite number above 0; use e.g. 1.0"
+            )
+        if config.jaeger is not None and not _web_address(config.jaeger):
+            # A link to "localhost:16686/trace/..." is one to the scheme "localhost:".
+            raise InspectorError(
+                f"the Jaeger UI address {config.jaeger!r} (--jaeger) is not an http or https "
+                "URL; use e.g. http://localhost:16686"
             )
         self.config = config
         self.env = _environment()
@@ -749,8 +764,9 @@ def create_app(config: InspectorConfig) -> Starlette:
     """The inspector as an ASGI app (serve it with Hypercorn, on trio or asyncio).
 
     Raises:
-        InspectorError: the coverage report cannot be read, or ``refresh`` is
-            not a finite number of seconds above 0.
+        InspectorError: the coverage report cannot be read, ``refresh`` is
+            not a finite number of seconds above 0, or ``jaeger`` is not an
+            http or https URL.
     """
     inspector = Inspector(config)
 
