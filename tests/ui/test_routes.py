@@ -1212,6 +1212,33 @@ async def test_an_invalid_pipeline_is_drawn_with_its_problems(make_client: Clien
     assert "$.nodes[0].next" in page
 
 
+async def test_every_node_of_an_invalid_pipeline_has_its_details(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # The details were keyed by id: of two nodes with one id only the last was
+    # listed, and a node without an id (drawn as "#2") or that is not an
+    # object had none, though these are the nodes whose JSON needs fixing.
+    document = {
+        "api_version": "1.0",
+        "entry": "a",
+        "nodes": [
+            {"id": "a", "type": "stage", "stage": "First", "next": "a2"},
+            {"id": "a", "type": "terminal"},
+            {"type": "stage", "stage": "Nameless"},
+            7,
+        ],
+    }
+    (tmp_path / "dup.json").write_text(json.dumps(document))
+    page = (await make_client(pipelines=tmp_path).get("/pipelines/dup.json")).text
+    summaries = re.findall(r"<summary><code>(.*?)</code> · (\w+|\?)", page)
+    assert summaries == [("a", "stage"), ("a", "terminal"), ("#2", "stage"), ("#3", "?")]
+    assert "stage First" in page
+    assert "stage Nameless" in page
+    assert "<pre>7</pre>" in page
+    listing = (await make_client(pipelines=tmp_path).get("/pipelines")).text
+    assert "<td>4</td>" in listing  # the nodes as written
+
+
 async def test_pipeline_page_draws_the_coverage_of_the_testers_report(
     make_client: Client, store_url: str, tmp_path: Path
 ) -> None:
