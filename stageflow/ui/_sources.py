@@ -472,6 +472,21 @@ def _read_json(file: Path) -> Any:
         raise SnapshotLoadError(f"{file}: the JSON cannot be read: {exc}") from exc
 
 
+def _taken_at(snapshot: Mapping[str, Any]) -> str:
+    """When the snapshot was taken (ISO 8601, UTC: ordered as text), or ``""``."""
+    taken = snapshot.get("taken_at")
+    return taken if isinstance(taken, str) else ""
+
+
+def _shadowed(older: Path, newer: Path, session_id: str) -> str:
+    """What to say of a file whose session another file holds in a later snapshot."""
+    return (
+        f"{older}: holds session {session_id!r} as {newer.name} does, in a snapshot taken "
+        f"earlier: the sessions list and the session's page show the one of {newer.name}; "
+        f"open {older.name} alone with stageflow ui {older}"
+    )
+
+
 class SnapshotSource:
     """Sessions of snapshot files: one ``.json`` file, or every one in a directory."""
 
@@ -522,8 +537,13 @@ class SnapshotSource:
         )
 
     async def rows(self, filters: Filters, limit: int) -> tuple[list[SessionRow], list[str]]:
-        """The sessions of every readable file; the others as problems."""
-        rows: list[SessionRow] = []
+        """The sessions of every readable file; the others as problems.
+
+        A session held by several files is listed once, from the snapshot
+        taken last (the one its page shows); each other file is a problem
+        that says so.
+        """
+        latest: dict[str, tuple[Path, SessionRow]] = {}
         problems: list[str] = []
         for file in self._files():
             try:
@@ -532,21 +552,40 @@ class SnapshotSource:
                 problems.append(str(exc))
                 continue
             row = self._row(session, snapshot)
-            if _matches(row, filters):
-                rows.append(row)
+            known = latest.get(row.session_id)
+            if known is None or (row.updated or "") > (known[1].updated or ""):
+                latest[row.session_id] = (file, row)
+            if known is not None:
+                kept = latest[row.session_id][0]
+                problems.append(_shadowed(known[0] if kept == file else file, kept, row.session_id))
+        rows = [row for _, row in latest.values() if _matches(row, filters)]
         rows.sort(key=lambda r: r.updated or "", reverse=True)
         return rows[:limit], problems
 
     async def _find(self, session_id: str) -> tuple[Path, stageflow.Session, Mapping[str, Any]]:
+        """The file that holds ``session_id`` in the snapshot taken last, with its session.
+
+        Raises:
+            SessionNotFoundError: no file holds it.
+            SnapshotLoadError: none does, and the file named after it cannot be read.
+        """
+        found: tuple[Path, stageflow.Session, Mapping[str, Any]] | None = None
+        broken: SnapshotLoadError | None = None
         for file in self._files():
             try:
                 session, snapshot = await self._read(file)
-            except SnapshotLoadError:
+            except SnapshotLoadError as exc:
                 if file.stem == session_id:
-                    raise
+                    broken = exc
                 continue
-            if session.session_id == session_id:
-                return file, session, snapshot
+            if session.session_id == session_id and (
+                found is None or _taken_at(snapshot) > _taken_at(found[2])
+            ):
+                found = (file, session, snapshot)
+        if found is not None:
+            return found
+        if broken is not None:
+            raise broken
         raise SessionNotFoundError(session_id)
 
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:

@@ -796,6 +796,27 @@ async def test_snapshot_directory_lists_sessions_and_unreadable_files(
     assert "Snapshot files take no actions" in waiting
 
 
+async def test_a_session_in_several_files_is_listed_once_from_its_last_snapshot(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # Each file was a row, and both rows opened the first file by name: the
+    # session's later snapshot (here: completed) could not be opened at all.
+    session = await _suspended_waiting("twice", "go")
+    (tmp_path / "a.json").write_text(json.dumps(session.to_dict()))
+    session.send_input("go", {})
+    assert (await session.run()).status.value == "completed"
+    (tmp_path / "b.json").write_text(json.dumps(session.to_dict()))
+    client = make_client(snapshots=tmp_path)
+    page = (await client.get("/sessions")).text
+    assert re.findall(r'<tr data-session="([^"]+)" data-status="([^"]+)">', page) == [
+        ("twice", "completed")
+    ]
+    assert f"{tmp_path / 'a.json'}: holds session &#39;twice&#39; as b.json does" in page
+    page = (await client.get("/sessions/twice")).text
+    assert 'id="session-status">completed<' in page
+    assert f"<dt>Source</dt><dd>{tmp_path / 'b.json'}</dd>" in page
+
+
 def copy_snapshots(ui_data: Path, directory: Path) -> Path:
     """A copy of the snapshot directory (``done-1``, ``failed-1``, ``waiting-1``, ``broken``)."""
     shutil.copytree(ui_data / "snaps", directory)
