@@ -304,7 +304,9 @@ def _walk(
             callee = pipeline.callee(node_id)
             yield from _walk(child, callee, mark, f"{inner}/")
         return
-    yield Position(mark, inner, path, "running"), pipeline
+    # A frame with nothing in flight: its node has not started (a session no
+    # worker has run yet is at its entry node). It was "running", with no detail.
+    yield Position(mark, inner, path, "next", detail="starts next"), pipeline
 
 
 def event_objects(events: Iterable[Mapping[str, Any]]) -> list[stageflow.Event]:

@@ -120,6 +120,18 @@ async def test_an_input_whose_schema_has_a_ref_nothing_resolves_is_refused(
     assert fetched == []
 
 
+def test_a_session_that_has_not_run_is_about_to_start_its_entry_node() -> None:
+    # A session no worker has run yet (a store's "pending") is at its entry
+    # node with nothing in flight: the page said that node was running.
+    pipeline = stageflow.Pipeline.from_dict(NESTED)
+    session = stageflow.Session(pipeline, payload={"items": [1]}, session_id="n-4")
+    snapshot = session.to_dict()
+    assert snapshot["status"] == "pending"
+    view = inspect_session(snapshot, [], pipeline)
+    (position,) = view.nodes["each"].positions
+    assert (position.state, position.detail) == ("next", "starts next")
+
+
 def test_redact_hides_matching_paths_at_any_depth() -> None:
     value = {"user": {"password": "p", "name": "n"}, "password": "q", "cards": [{"no": 1}]}
     assert redact(value, ["*password", "cards.*.no"]) == {
