@@ -501,7 +501,11 @@ class Inspector:
 
     async def session(self, request: Request) -> Response:
         """GET /sessions/{id}: one session, its graph, history, context and actions."""
-        return await self.session_page(request, request.path_params["session_id"])
+        session_id = request.path_params["session_id"]
+        if not session_id:  # "/sessions/": no session has the empty id; the list is meant
+            query = request.url.query
+            return RedirectResponse("/sessions" + (f"?{query}" if query else ""), status_code=307)
+        return await self.session_page(request, session_id)
 
     async def session_page(
         self,

@@ -238,6 +238,20 @@ async def test_unknown_session_is_a_404_page_without_a_traceback(
     assert "Traceback" not in response.text
 
 
+async def test_the_sessions_address_with_a_final_slash_is_the_list(
+    make_client: Client, store_url: str
+) -> None:
+    # "/sessions/" was the page of the session with the empty id, a 404 that
+    # no session can ever answer (a session id is never empty).
+    client = make_client(store_url=store_url)
+    response = await client.get("/sessions/?status=failed")
+    assert response.status_code == 307
+    assert response.headers["location"] == "/sessions?status=failed"
+    response = await client.get("/sessions/", follow_redirects=True)
+    assert response.status_code == 200
+    assert "<h1>Sessions</h1>" in response.text
+
+
 async def test_a_wrong_method_is_a_405_page_that_names_the_allowed_ones(
     make_client: Client, store_url: str
 ) -> None:
