@@ -200,6 +200,15 @@ def session_path(session_id: str) -> str:
     return urllib.parse.quote(session_id.encode("utf-8", "surrogatepass"), safe="")
 
 
+def _root(request: Request) -> str:
+    """Where the app is mounted (``""`` at the root), for its own addresses.
+
+    Mounted in another ASGI app (``Mount("/inspector", app)``), every link,
+    form, script and redirect named an address of the outer app.
+    """
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
@@ -379,6 +388,7 @@ class Inspector:
         """Render a page of the inspector."""
         html = self.env.get_template(template).render(
             request=request,
+            root=_root(request),
             config=self.config,
             source=self.source,
             has_pipelines=self.config.pipelines is not None,
@@ -434,7 +444,7 @@ class Inspector:
             )
         return events if choice == "all" else events[-_HISTORY_SHOWN:]
 
-    async def listing(self, source: Source, filters: Filters) -> tuple[str, list[str]]:
+    async def listing(self, source: Source, filters: Filters, root: str) -> tuple[str, list[str]]:
         """The rows of the sessions list (HTML) and the problems met reading them.
 
         One session more than the list holds is asked for: a list cut at
@@ -442,7 +452,7 @@ class Inspector:
         """
         rows, problems = await source.rows(filters, _LIMIT + 1)
         body = self.env.get_template("_rows.html").render(
-            rows=rows[:_LIMIT], more=len(rows) > _LIMIT, limit=_LIMIT
+            rows=rows[:_LIMIT], more=len(rows) > _LIMIT, limit=_LIMIT, root=root
         )
         return displayable(body), problems
 
@@ -450,7 +460,7 @@ class Inspector:
         """GET /sessions: the sessions, filtered, updated live."""
         source = self.need_source()
         filters = self.filters(request)
-        body, problems = await self.listing(source, filters)
+        body, problems = await self.listing(source, filters, _root(request))
         query = urllib.parse.urlencode(attrs.asdict(filters))
         return self.page(
             request,
@@ -459,7 +469,7 @@ class Inspector:
             problems=problems,
             filters=filters,
             statuses=_STATUSES,
-            stream=f"/live/sessions?{query}&fp={_fingerprint(body)}",
+            stream=f"{_root(request)}/live/sessions?{query}&fp={_fingerprint(body)}",
         )
 
     async def sessions_stream(self, request: Request) -> Response:
@@ -473,7 +483,8 @@ class Inspector:
         source = self.need_source()
         filters = self.filters(request)
         last = request.query_params.get("fp", "")
-        first, _ = await self.listing(source, filters)
+        root = _root(request)
+        first, _ = await self.listing(source, filters, root)
 
         async def changes() -> AsyncIterator[str]:
             nonlocal last
@@ -488,7 +499,7 @@ class Inspector:
                         yield f"event: rows\nid: {fp}\n{_data(body)}\n"
                 await anyio.sleep(self.config.refresh)
                 try:
-                    body, _ = await self.listing(source, filters)
+                    body, _ = await self.listing(source, filters, root)
                 except (StoreError, InspectorError) as exc:
                     body = None
                     if (event := problem.failed(exc)) is not None:
@@ -504,7 +515,8 @@ class Inspector:
         session_id = request.path_params["session_id"]
         if not session_id:  # "/sessions/": no session has the empty id; the list is meant
             query = request.url.query
-            return RedirectResponse("/sessions" + (f"?{query}" if query else ""), status_code=307)
+            target = f"{_root(request)}/sessions" + (f"?{query}" if query else "")
+            return RedirectResponse(target, status_code=307)
         return await self.session_page(request, session_id)
 
     async def session_page(
@@ -558,7 +570,7 @@ class Inspector:
             sent=sent or {},
             notice=_notice(request.query_params),
             jaeger=self.jaeger_link,
-            stream=f"/live/sessions/{session_path(session_id)}?fp={fp}",
+            stream=f"{_root(request)}/live/sessions/{session_path(session_id)}?fp={fp}",
         )
 
     async def session_stream(self, request: Request) -> Response:
@@ -641,7 +653,7 @@ class Inspector:
             )
         log.info("ui.input_sent", session_id=session_id, type=type, seq=record.seq)
         return RedirectResponse(
-            f"/sessions/{session_path(session_id)}?"
+            f"{_root(request)}/sessions/{session_path(session_id)}?"
             + urllib.parse.urlencode({"notice": "input-stored", "seq": record.seq}),
             status_code=303,
         )
@@ -662,7 +674,7 @@ class Inspector:
             )
         log.info("ui.cancel_sent", session_id=session_id, seq=record.seq)
         return RedirectResponse(
-            f"/sessions/{session_path(session_id)}?"
+            f"{_root(request)}/sessions/{session_path(session_id)}?"
             + urllib.parse.urlencode({"notice": "cancel-stored", "seq": record.seq}),
             status_code=303,
         )
@@ -718,7 +730,7 @@ class Inspector:
     async def home(self, request: Request) -> Response:
         """GET /: the sessions, or the pipelines when there are no sessions to show."""
         target = "/sessions" if self.source is not None else "/pipelines"
-        return RedirectResponse(target, status_code=307)
+        return RedirectResponse(_root(request) + target, status_code=307)
 
     async def health(self, request: Request) -> Response:
         """GET /healthz: ``ok`` once the app serves (for readiness checks)."""

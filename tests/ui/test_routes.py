@@ -1351,6 +1351,43 @@ async def test_assets_ship_in_the_package_and_nothing_loads_from_the_network(
         assert "url(http" not in text, file
 
 
+async def test_an_inspector_mounted_in_another_app_links_inside_its_mount(
+    ui_data: Path, store_url: str
+) -> None:
+    # Every link, form, script, live stream and redirect named an address of
+    # the outer app (/sessions, /static/ui.js ...): all 404 there.
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    store = open_store(store_url)
+    inner = create_app(
+        InspectorConfig(store=store, pipelines=ui_data / "pipes", allow_actions=True)
+    )
+    outer = Starlette(routes=[Mount("/inspector", app=inner)])
+    transport = httpx.ASGITransport(app=outer)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            home = await client.get("/inspector/")
+            assert home.headers["location"] == "/inspector/sessions"
+            for address in (
+                "/inspector/sessions",
+                "/inspector/sessions/waiting-1",
+                "/inspector/pipelines",
+            ):
+                page = await client.get(address)
+                assert page.status_code == 200
+                found = re.findall(r'(href|src|action|data-stream)="(/[^"]*)"', page.text)
+                assert found
+                for kind, link in found:
+                    assert link.startswith("/inspector/"), (address, link)
+                    if kind in ("href", "src"):
+                        assert (await client.get(html.unescape(link))).status_code == 200, link
+            done = await client.post("/inspector/actions/cancel/waiting-1", data={"reason": "x"})
+            assert done.headers["location"].startswith("/inspector/sessions/waiting-1?")
+    finally:
+        await store.aclose()
+
+
 async def test_requests_naming_another_host_are_refused_when_hosts_are_given(
     make_client: Client, store_url: str
 ) -> None:
