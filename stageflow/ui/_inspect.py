@@ -331,12 +331,20 @@ def event_objects(events: Iterable[Mapping[str, Any]]) -> list[stageflow.Event]:
 def _main_path_events(
     pipeline: stageflow.Pipeline, events: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
-    """The events of the drawn pipeline's own nodes (not of the nodes of its subpipelines)."""
-    calls = {n.id for n in pipeline.nodes if isinstance(n, stageflow.SubpipelineNode)}
+    """The events of the drawn pipeline's own nodes (not of the nodes of its subpipelines).
+
+    A path is read a step at a time: a parallel node and its branch, a map
+    node and its item, then the rest. A step through anything else is a
+    subpipeline call. (Any segment naming a subpipeline node was taken for
+    one: a branch is named after its child, so the events of a subpipeline
+    node that starts a branch, at ``fan/sub``, were left out with its inside.)
+    """
+    forks = {n.id for n in pipeline.nodes if n.type in ("parallel", "map")}
     out = []
     for event in events:
         parts = [_ITEM.sub("", p) for p in str(event.get("path", "")).split("/") if p]
-        if not any(p in calls for p in parts):
+        steps = parts[::2]  # the forking nodes; parts[1::2] are their branches and items
+        if all(step in forks for step in steps):
             out.append(event)
     return out
 

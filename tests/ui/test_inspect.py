@@ -132,6 +132,48 @@ def test_a_session_that_has_not_run_is_about_to_start_its_entry_node() -> None:
     assert (position.state, position.detail) == ("next", "starts next")
 
 
+async def test_a_subpipeline_node_that_starts_a_branch_is_drawn_as_run() -> None:
+    # A branch is named after its child (path "fan/sub"): any path naming a
+    # subpipeline node was taken for the inside of its call, so the node's own
+    # events were left out and it was drawn "not reached", its branch not taken.
+    document = {
+        "api_version": "1.0",
+        "entry": "fan",
+        "nodes": [
+            {"id": "fan", "type": "parallel", "children": ["sub", "other"], "next": "done"},
+            {"id": "sub", "type": "subpipeline", "pipeline": "inner"},
+            {"id": "other", "type": "stage", "stage": "SleepStage", "config": {"seconds": 0}},
+            {"id": "done", "type": "terminal"},
+        ],
+        "subpipelines": {
+            "inner": {
+                "entry": "sub",
+                "nodes": [
+                    {
+                        "id": "sub",
+                        "type": "stage",
+                        "stage": "SleepStage",
+                        "config": {"seconds": 0},
+                        "next": "e",
+                    },
+                    {"id": "e", "type": "terminal"},
+                ],
+            }
+        },
+    }
+    pipeline = stageflow.Pipeline.from_dict(document)
+    session = stageflow.Session(pipeline, session_id="n-5")
+    await session.run()
+    view = inspect_session(session.to_dict(), [e.to_dict() for e in session.history], pipeline)
+    assert {node: (state.state, state.visits) for node, state in view.nodes.items()} == {
+        "fan": ("visited", 1),
+        "sub": ("visited", 1),  # not also the inner "sub" stage, which has the same id
+        "other": ("visited", 1),
+        "done": ("visited", 1),
+    }
+    assert ("fan", "branch", "sub") in view.taken
+
+
 def test_redact_hides_matching_paths_at_any_depth() -> None:
     value = {"user": {"password": "p", "name": "n"}, "password": "q", "cards": [{"no": 1}]}
     assert redact(value, ["*password", "cards.*.no"]) == {
