@@ -54,15 +54,16 @@ from stageflow.ui._drawing import NodeMarks, draw, drawn_kind
 from stageflow.ui._errors import ActionsDisabledError, InputRefusedError, InspectorError
 from stageflow.ui._inspect import SessionView
 from stageflow.ui._pipelines import (
+    PipelineFile,
     coverage_marks,
     list_pipeline_files,
     load_coverage,
     read_pipeline_file,
 )
 from stageflow.ui._sources import (
+    MAX_EVENTS,
     Filters,
     Loaded,
-    SessionRow,
     SnapshotSource,
     Source,
     StoreSource,
@@ -73,6 +74,10 @@ __all__ = ["InspectorConfig", "create_app"]
 
 _HERE = Path(__file__).parent
 _LIMIT = 200
+# The events a session page shows unless asked for all (?history=all): the last ones.
+# A history of 100,000 events (the default max_history) was a 40 MB page that took
+# a minute to render, on the event loop.
+_HISTORY_SHOWN = 1000
 _STATUSES = ("pending", "waiting", "completed", "failed", "cancelled", "timed_out", "poisoned")
 
 log = structlog.get_logger("stageflow.ui")
@@ -195,6 +200,15 @@ def session_path(session_id: str) -> str:
     return urllib.parse.quote(session_id.encode("utf-8", "surrogatepass"), safe="")
 
 
+def _root(request: Request) -> str:
+    """Where the app is mounted (``""`` at the root), for its own addresses.
+
+    Mounted in another ASGI app (``Mount("/inspector", app)``), every link,
+    form, script and redirect named an address of the outer app.
+    """
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
@@ -314,6 +328,29 @@ async def _drawn(graph: Graph, **options: Any) -> str:
     return await anyio.to_thread.run_sync(functools.partial(draw, graph, **options))
 
 
+async def _read_pipeline(
+    directory: Path, file: str, registry: stageflow.StageRegistry | None
+) -> PipelineFile:
+    """``read_pipeline_file(directory, file, registry)`` in a worker thread.
+
+    Loading and checking a pipeline takes tens of milliseconds: a directory of
+    a hundred held every other page and live update for two seconds.
+
+    Raises:
+        InspectorError: (404) no such pipeline file in the directory.
+    """
+    return await anyio.to_thread.run_sync(read_pipeline_file, directory, file, registry)
+
+
+def _web_address(text: str) -> bool:
+    """Whether ``text`` is an absolute http or https URL."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # "http://[::1" and the like
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 class Inspector:
     """The app's state: sources, templates, settings. One per app."""
 
@@ -322,6 +359,12 @@ class Inspector:
             raise InspectorError(
                 f"InspectorConfig(refresh={config.refresh!r}): the seconds between two looks "
                 "at the store must be a finite number above 0; use e.g. 1.0"
+            )
+        if config.jaeger is not None and not _web_address(config.jaeger):
+            # A link to "localhost:16686/trace/..." is one to the scheme "localhost:".
+            raise InspectorError(
+                f"the Jaeger UI address {config.jaeger!r} (--jaeger) is not an http or https "
+                "URL; use e.g. http://localhost:16686"
             )
         self.config = config
         self.env = _environment()
@@ -345,6 +388,7 @@ class Inspector:
         """Render a page of the inspector."""
         html = self.env.get_template(template).render(
             request=request,
+            root=_root(request),
             config=self.config,
             source=self.source,
             has_pipelines=self.config.pipelines is not None,
@@ -386,22 +430,46 @@ class Inspector:
             )
         return Filters(status, q.get("pipeline", ""), q.get("waiting_for", ""))
 
+    def history_shown(self, request: Request, events: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The events a session page lists: the last ``_HISTORY_SHOWN``, or ``?history=all``.
+
+        Raises:
+            InspectorError: (400) ``history`` is given, but not ``all``.
+        """
+        choice = request.query_params.get("history", "")
+        if choice and choice != "all":
+            raise InspectorError(
+                f"history {choice[:100]!r} is not a choice; use history=all to list every "
+                f"event, or leave it out for the last {_HISTORY_SHOWN}"
+            )
+        return events if choice == "all" else events[-_HISTORY_SHOWN:]
+
+    async def listing(self, source: Source, filters: Filters, root: str) -> tuple[str, list[str]]:
+        """The rows of the sessions list (HTML) and the problems met reading them.
+
+        One session more than the list holds is asked for: a list cut at
+        ``_LIMIT`` says so (it looked like every session there was).
+        """
+        rows, problems = await source.rows(filters, _LIMIT + 1)
+        body = self.env.get_template("_rows.html").render(
+            rows=rows[:_LIMIT], more=len(rows) > _LIMIT, limit=_LIMIT, root=root
+        )
+        return displayable(body), problems
+
     async def sessions(self, request: Request) -> Response:
         """GET /sessions: the sessions, filtered, updated live."""
         source = self.need_source()
         filters = self.filters(request)
-        rows, problems = await source.rows(filters, _LIMIT)
-        body = self.env.get_template("_rows.html").render(rows=rows)
+        body, problems = await self.listing(source, filters, _root(request))
         query = urllib.parse.urlencode(attrs.asdict(filters))
         return self.page(
             request,
             "sessions.html",
-            rows=rows,
             rows_html=body,
             problems=problems,
             filters=filters,
             statuses=_STATUSES,
-            stream=f"/live/sessions?{query}&fp={_fingerprint(body)}",
+            stream=f"{_root(request)}/live/sessions?{query}&fp={_fingerprint(body)}",
         )
 
     async def sessions_stream(self, request: Request) -> Response:
@@ -415,26 +483,25 @@ class Inspector:
         source = self.need_source()
         filters = self.filters(request)
         last = request.query_params.get("fp", "")
-        template = self.env.get_template("_rows.html")
-        first, _ = await source.rows(filters, _LIMIT)
+        root = _root(request)
+        first, _ = await self.listing(source, filters, root)
 
         async def changes() -> AsyncIterator[str]:
             nonlocal last
             yield "retry: 2000\n\n"
-            rows: list[SessionRow] | None = first
+            body: str | None = first
             problem = _StreamProblem(request.url.path)
             while True:
-                if rows is not None:
-                    body = displayable(template.render(rows=rows))
+                if body is not None:
                     fp = _fingerprint(body)
                     if fp != last:
                         last = fp
                         yield f"event: rows\nid: {fp}\n{_data(body)}\n"
                 await anyio.sleep(self.config.refresh)
                 try:
-                    rows, _ = await source.rows(filters, _LIMIT)
+                    body, _ = await self.listing(source, filters, root)
                 except (StoreError, InspectorError) as exc:
-                    rows = None
+                    body = None
                     if (event := problem.failed(exc)) is not None:
                         yield event
                     continue
@@ -445,7 +512,12 @@ class Inspector:
 
     async def session(self, request: Request) -> Response:
         """GET /sessions/{id}: one session, its graph, history, context and actions."""
-        return await self.session_page(request, request.path_params["session_id"])
+        session_id = request.path_params["session_id"]
+        if not session_id:  # "/sessions/": no session has the empty id; the list is meant
+            query = request.url.query
+            target = f"{_root(request)}/sessions" + (f"?{query}" if query else "")
+            return RedirectResponse(target, status_code=307)
+        return await self.session_page(request, session_id)
 
     async def session_page(
         self,
@@ -463,6 +535,7 @@ class Inspector:
         fp = await source.fingerprint(session_id)
         loaded = await source.load(session_id, self.config.redact)
         view = loaded.view
+        events = self.history_shown(request, view.events)
         marks = {node.id: _state_label(view, node.id) for node in view.pipeline.nodes}
         graph = build_graph(view.pipeline)
         svg = await _drawn(
@@ -490,12 +563,14 @@ class Inspector:
                 if isinstance(n, Mapping)
             },
             finished=finished,
+            events=events,
+            max_events=MAX_EVENTS,
             can_act=self.config.allow_actions and source.kind == "store" and not finished,
             refused=refused,
             sent=sent or {},
             notice=_notice(request.query_params),
             jaeger=self.jaeger_link,
-            stream=f"/live/sessions/{session_path(session_id)}?fp={fp}",
+            stream=f"{_root(request)}/live/sessions/{session_path(session_id)}?fp={fp}",
         )
 
     async def session_stream(self, request: Request) -> Response:
@@ -578,7 +653,7 @@ class Inspector:
             )
         log.info("ui.input_sent", session_id=session_id, type=type, seq=record.seq)
         return RedirectResponse(
-            f"/sessions/{session_path(session_id)}?"
+            f"{_root(request)}/sessions/{session_path(session_id)}?"
             + urllib.parse.urlencode({"notice": "input-stored", "seq": record.seq}),
             status_code=303,
         )
@@ -591,13 +666,15 @@ class Inspector:
         reason = form.get("reason", "").strip() or "cancelled from stageflow ui"
         try:
             record = await source.store.request_cancel(session_id, reason)
-        except SessionFinishedError as exc:
+        except (SessionFinishedError, stageflow.InputRejectedError) as exc:
+            # InputRejectedError: a reason the store cannot keep (PostgreSQL's jsonb
+            # refuses a NUL character); it was the 500 page.
             return await self.session_page(
                 request, session_id, refused=InputRefusedError(str(exc)), status=422
             )
         log.info("ui.cancel_sent", session_id=session_id, seq=record.seq)
         return RedirectResponse(
-            f"/sessions/{session_path(session_id)}?"
+            f"{_root(request)}/sessions/{session_path(session_id)}?"
             + urllib.parse.urlencode({"notice": "cancel-stored", "seq": record.seq}),
             status_code=303,
         )
@@ -608,9 +685,9 @@ class Inspector:
         """GET /pipelines: the pipeline files of --pipelines."""
         directory = self.config.pipelines
         entries = []
-        for file in list_pipeline_files(directory):
+        for file in await anyio.to_thread.run_sync(list_pipeline_files, directory):
             assert directory is not None
-            loaded = read_pipeline_file(directory, file, self.config.registry)
+            loaded = await _read_pipeline(directory, file, self.config.registry)
             cover = coverage_marks(self.coverage.get(loaded.name, ()), file)
             entries.append((loaded, cover))
         return self.page(request, "pipelines.html", entries=entries, directory=directory)
@@ -622,7 +699,7 @@ class Inspector:
             raise InspectorError(
                 "no pipeline directory: start stageflow ui with --pipelines DIR", status_code=404
             )
-        loaded = read_pipeline_file(directory, _path_file(request), self.config.registry)
+        loaded = await _read_pipeline(directory, _path_file(request), self.config.registry)
         cover = coverage_marks(self.coverage.get(loaded.name, ()), loaded.file)
         svg = None
         if loaded.graph is not None:
@@ -653,7 +730,7 @@ class Inspector:
     async def home(self, request: Request) -> Response:
         """GET /: the sessions, or the pipelines when there are no sessions to show."""
         target = "/sessions" if self.source is not None else "/pipelines"
-        return RedirectResponse(target, status_code=307)
+        return RedirectResponse(_root(request) + target, status_code=307)
 
     async def health(self, request: Request) -> Response:
         """GET /healthz: ``ok`` once the app serves (for readiness checks)."""
@@ -703,8 +780,9 @@ def create_app(config: InspectorConfig) -> Starlette:
     """The inspector as an ASGI app (serve it with Hypercorn, on trio or asyncio).
 
     Raises:
-        InspectorError: the coverage report cannot be read, or ``refresh`` is
-            not a finite number of seconds above 0.
+        InspectorError: the coverage report cannot be read, ``refresh`` is
+            not a finite number of seconds above 0, or ``jaeger`` is not an
+            http or https URL.
     """
     inspector = Inspector(config)
 

@@ -10,6 +10,7 @@ can read them.
 
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 from collections.abc import Collection, Mapping
@@ -18,7 +19,7 @@ from typing import Final
 import attrs
 
 from stageflow._cli._graph import EdgeKind, Graph, GraphNode
-from stageflow.ui._layout import Box, layout
+from stageflow.ui._layout import Box, Layout, layout
 
 __all__ = ["NodeMarks", "draw", "drawn_kind"]
 
@@ -119,6 +120,20 @@ def _route(points: tuple[tuple[float, float], ...], first: Box, last: Box) -> st
     return d
 
 
+@functools.lru_cache(maxsize=32)
+def _layout_of(
+    nodes: tuple[tuple[str, tuple[float, float]], ...], edges: tuple[tuple[str, str], ...]
+) -> Layout:
+    """The layout of a graph of ``nodes`` (id and size) and ``edges``, kept for the next page.
+
+    A session page is drawn again on every load and live reload, and laying
+    out a pipeline of a hundred nodes with many long edges takes seconds;
+    the layout depends on nothing else, so the pages of one pipeline's
+    sessions share it.
+    """
+    return layout([node for node, _ in nodes], dict(nodes), edges)
+
+
 def draw(
     graph: Graph,
     *,
@@ -137,9 +152,10 @@ def draw(
         title: the SVG's accessible title.
     """
     marks = marks or {}
-    sizes = {n.id: _size(n) for n in graph.nodes}
-    pairs = [(e.source, e.target) for e in graph.edges]
-    placed = layout([n.id for n in graph.nodes], sizes, pairs)
+    placed = _layout_of(
+        tuple((n.id, _size(n)) for n in graph.nodes),
+        tuple((e.source, e.target) for e in graph.edges),
+    )
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" role="group" '
         f'aria-label="{_e(title or graph.name)}" width="{placed.width:.0f}" '

@@ -145,6 +145,10 @@ class SessionView:
         taken: the edges taken, as (source, kind, target) with the tester's
             edge kinds (``next``, ``then``, ``branch`` ...).
         events: the history, oldest first, as ``Event.to_dict()`` gives it.
+        recorded: how many events the session has recorded (the snapshot's
+            ``history_seq``): more than ``events`` when the snapshot keeps
+            only the newest or none (``to_dict(history=...)``) or the store
+            holds more than the inspector reads.
         context: the main path's context, or ``None`` for a finished session.
         backlog: inputs waiting for a stage, by type.
         unseen: inputs given to waits torn down before their stage saw them
@@ -165,6 +169,7 @@ class SessionView:
     nodes: Mapping[str, NodeState]
     taken: frozenset[tuple[str, str, str]]
     events: tuple[Mapping[str, Any], ...]
+    recorded: int
     context: Any
     backlog: Mapping[str, Any]
     unseen: tuple[Mapping[str, Any], ...]
@@ -299,7 +304,9 @@ def _walk(
             callee = pipeline.callee(node_id)
             yield from _walk(child, callee, mark, f"{inner}/")
         return
-    yield Position(mark, inner, path, "running"), pipeline
+    # A frame with nothing in flight: its node has not started (a session no
+    # worker has run yet is at its entry node). It was "running", with no detail.
+    yield Position(mark, inner, path, "next", detail="starts next"), pipeline
 
 
 def event_objects(events: Iterable[Mapping[str, Any]]) -> list[stageflow.Event]:
@@ -324,12 +331,20 @@ def event_objects(events: Iterable[Mapping[str, Any]]) -> list[stageflow.Event]:
 def _main_path_events(
     pipeline: stageflow.Pipeline, events: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
-    """The events of the drawn pipeline's own nodes (not of the nodes of its subpipelines)."""
-    calls = {n.id for n in pipeline.nodes if isinstance(n, stageflow.SubpipelineNode)}
+    """The events of the drawn pipeline's own nodes (not of the nodes of its subpipelines).
+
+    A path is read a step at a time: a parallel node and its branch, a map
+    node and its item, then the rest. A step through anything else is a
+    subpipeline call. (Any segment naming a subpipeline node was taken for
+    one: a branch is named after its child, so the events of a subpipeline
+    node that starts a branch, at ``fan/sub``, were left out with its inside.)
+    """
+    forks = {n.id for n in pipeline.nodes if n.type in ("parallel", "map")}
     out = []
     for event in events:
         parts = [_ITEM.sub("", p) for p in str(event.get("path", "")).split("/") if p]
-        if not any(p in calls for p in parts):
+        steps = parts[::2]  # the forking nodes; parts[1::2] are their branches and items
+        if all(step in forks for step in steps):
             out.append(event)
     return out
 
@@ -418,6 +433,9 @@ def inspect_session(
             "artifacts": redact(outcome.get("artifacts"), redact_paths),
             "error": outcome.get("error"),
         }
+    # history_seq is the seq the next event gets (snapshot format 2 on).
+    next_seq = snapshot.get("history_seq")
+    recorded = max(len(events), next_seq - 1) if isinstance(next_seq, int) else len(events)
     wake = [p.until for p in positions]
     wake.append(snapshot.get("deadline"))
     return SessionView(
@@ -438,6 +456,7 @@ def inspect_session(
             }
             for e in events
         ),
+        recorded=recorded,
         context=redact(context, redact_paths) if context is not None else None,
         backlog={
             k: [redact(item, redact_paths) for item in v] if isinstance(v, list) else v

@@ -52,7 +52,9 @@ class PipelineFile:
         name: the pipeline's name (``metadata.name``), or the file's stem.
         graph: the drawing model (with problems marked for an invalid pipeline).
         problems: ``location: message`` of each problem; empty when valid.
-        nodes: node id -> the node's JSON as written.
+        nodes: each node as written (any JSON), in order, with its label on the
+            graph: its id, or ``#index`` when it has none (two nodes with one id
+            are both here).
         pipeline: the loaded pipeline, when valid.
     """
 
@@ -60,7 +62,7 @@ class PipelineFile:
     name: str
     graph: Graph | None
     problems: tuple[str, ...]
-    nodes: Mapping[str, Mapping[str, Any]]
+    nodes: tuple[tuple[str, Any], ...]
     pipeline: stageflow.Pipeline | None
 
 
@@ -92,13 +94,14 @@ def read_pipeline_file(
         document = read_document(path)
     except stageflow.PipelineValidationError as exc:
         problems = tuple(f"{p.location}: {p.message}" for p in exc.problems)
-        return PipelineFile(file, Path(file).stem, None, problems, {}, None)
+        return PipelineFile(file, Path(file).stem, None, problems, (), None)
     raw = document.get("nodes") if isinstance(document, Mapping) else None
-    nodes = {
-        str(n["id"]): n
-        for n in (raw if isinstance(raw, list) else ())
-        if isinstance(n, Mapping) and isinstance(n.get("id"), str)
-    }
+    # Labelled as build_invalid_graph draws them: a node without an id, or with
+    # the id of another, is one whose JSON its page must show.
+    nodes = tuple(
+        (n["id"] if isinstance(n, Mapping) and isinstance(n.get("id"), str) else f"#{i}", n)
+        for i, n in enumerate(raw if isinstance(raw, list) else ())
+    )
     try:
         pipeline = stageflow.Pipeline.from_dict(
             document, registry=registry or structural_registry(document), source=path

@@ -20,6 +20,8 @@ import anyio
 import anyio.to_thread
 import attrs
 import jsonschema
+import referencing
+import referencing.exceptions
 
 import stageflow
 from stageflow._cli._registry import structural_registry
@@ -28,6 +30,7 @@ from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
 from stageflow.ui._inspect import SessionView, inspect_session, pipeline_version, plain
 
 __all__ = [
+    "MAX_EVENTS",
     "Filters",
     "Loaded",
     "SessionRow",
@@ -39,7 +42,8 @@ __all__ = [
 ]
 
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
-_MAX_EVENTS = 100_000
+MAX_EVENTS = 100_000
+"""The events of one session the inspector reads from a store, the first ones."""
 _MAX_ROWS = 10_000
 
 
@@ -190,6 +194,16 @@ def _view(
     return inspect_session(snapshot, events, session.pipeline, redact_paths=tuple(patterns))
 
 
+async def _view_in_thread(
+    session: stageflow.Session,
+    snapshot: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    redact: Sequence[str],
+) -> SessionView:
+    """:func:`_view` in a worker thread: a history of 100,000 events takes seconds to read."""
+    return await anyio.to_thread.run_sync(_view, session, snapshot, events, redact)
+
+
 def _error_of(snapshot: Mapping[str, Any]) -> str | None:
     outcome = snapshot.get("outcome")
     error = outcome.get("error") if isinstance(outcome, Mapping) else None
@@ -237,7 +251,11 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
         ) from exc
     schema = forms[type].schema
     if schema is not None:
-        validator = jsonschema.validators.validator_for(schema)(schema)
+        # An empty registry: a "$ref" to a URL is never fetched (jsonschema's default
+        # registry retrieves it, so a schema could make the inspector read any address).
+        validator = jsonschema.validators.validator_for(schema)(
+            schema, registry=referencing.Registry()
+        )
         try:
             problems = tuple(
                 f"{e.json_path}: {e.message}"
@@ -247,6 +265,14 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
             raise InputRefusedError(
                 f"the payload of input {type!r} is nested too deeply to check against its "
                 "schema; nothing was sent. Send a flatter payload"
+            ) from exc
+        except referencing.exceptions.Unresolvable as exc:
+            # A "$ref" the pipeline's schema names but nothing resolves (a missing
+            # "#/..." pointer, or a URL): it was the 500 page.
+            raise InputRefusedError(
+                f"the payload of input {type!r} cannot be checked: the schema the session "
+                f"declares for it has a $ref that cannot be resolved ({exc}); nothing was "
+                "sent. Fix the schema in the pipeline"
             ) from exc
         if problems:
             raise InputRefusedError(
@@ -299,7 +325,7 @@ class StoreSource:
             SnapshotLoadError: the stored history cannot be read (a damaged row).
         """
         try:
-            return await self.store.events(session_id, limit=_MAX_EVENTS)
+            return await self.store.events(session_id, limit=MAX_EVENTS)
         except StoredDataError as exc:
             raise SnapshotLoadError(str(exc)) from exc
         except ValueError as exc:  # another store's JSON error
@@ -370,7 +396,7 @@ class StoreSource:
         version, error = pipeline_version(session.pipeline), _error_of(snapshot)
         return Loaded(
             self._row(stored, version, error),
-            _view(session, snapshot, events, redact),
+            await _view_in_thread(session, snapshot, events, redact),
             "store",
             store_error=stored.error,
         )
@@ -460,6 +486,21 @@ def _read_json(file: Path) -> Any:
         raise SnapshotLoadError(f"{file}: the JSON cannot be read: {exc}") from exc
 
 
+def _taken_at(snapshot: Mapping[str, Any]) -> str:
+    """When the snapshot was taken (ISO 8601, UTC: ordered as text), or ``""``."""
+    taken = snapshot.get("taken_at")
+    return taken if isinstance(taken, str) else ""
+
+
+def _shadowed(older: Path, newer: Path, session_id: str) -> str:
+    """What to say of a file whose session another file holds in a later snapshot."""
+    return (
+        f"{older}: holds session {session_id!r} as {newer.name} does, in a snapshot taken "
+        f"earlier: the sessions list and the session's page show the one of {newer.name}; "
+        f"open {older.name} alone with stageflow ui {older}"
+    )
+
+
 class SnapshotSource:
     """Sessions of snapshot files: one ``.json`` file, or every one in a directory."""
 
@@ -510,8 +551,13 @@ class SnapshotSource:
         )
 
     async def rows(self, filters: Filters, limit: int) -> tuple[list[SessionRow], list[str]]:
-        """The sessions of every readable file; the others as problems."""
-        rows: list[SessionRow] = []
+        """The sessions of every readable file; the others as problems.
+
+        A session held by several files is listed once, from the snapshot
+        taken last (the one its page shows); each other file is a problem
+        that says so.
+        """
+        latest: dict[str, tuple[Path, SessionRow]] = {}
         problems: list[str] = []
         for file in self._files():
             try:
@@ -520,21 +566,40 @@ class SnapshotSource:
                 problems.append(str(exc))
                 continue
             row = self._row(session, snapshot)
-            if _matches(row, filters):
-                rows.append(row)
+            known = latest.get(row.session_id)
+            if known is None or (row.updated or "") > (known[1].updated or ""):
+                latest[row.session_id] = (file, row)
+            if known is not None:
+                kept = latest[row.session_id][0]
+                problems.append(_shadowed(known[0] if kept == file else file, kept, row.session_id))
+        rows = [row for _, row in latest.values() if _matches(row, filters)]
         rows.sort(key=lambda r: r.updated or "", reverse=True)
         return rows[:limit], problems
 
     async def _find(self, session_id: str) -> tuple[Path, stageflow.Session, Mapping[str, Any]]:
+        """The file that holds ``session_id`` in the snapshot taken last, with its session.
+
+        Raises:
+            SessionNotFoundError: no file holds it.
+            SnapshotLoadError: none does, and the file named after it cannot be read.
+        """
+        found: tuple[Path, stageflow.Session, Mapping[str, Any]] | None = None
+        broken: SnapshotLoadError | None = None
         for file in self._files():
             try:
                 session, snapshot = await self._read(file)
-            except SnapshotLoadError:
+            except SnapshotLoadError as exc:
                 if file.stem == session_id:
-                    raise
+                    broken = exc
                 continue
-            if session.session_id == session_id:
-                return file, session, snapshot
+            if session.session_id == session_id and (
+                found is None or _taken_at(snapshot) > _taken_at(found[2])
+            ):
+                found = (file, session, snapshot)
+        if found is not None:
+            return found
+        if broken is not None:
+            raise broken
         raise SessionNotFoundError(session_id)
 
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:
@@ -542,7 +607,9 @@ class SnapshotSource:
         file, session, snapshot = await self._find(session_id)
         events = list(snapshot.get("history") or ())
         return Loaded(
-            self._row(session, snapshot), _view(session, snapshot, events, redact), str(file)
+            self._row(session, snapshot),
+            await _view_in_thread(session, snapshot, events, redact),
+            str(file),
         )
 
     async def fingerprint(self, session_id: str) -> str:

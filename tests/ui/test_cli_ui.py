@@ -133,6 +133,33 @@ def test_an_embedded_inspector_refuses_a_refresh_out_of_range(
         create_app(InspectorConfig(snapshots=ui_data / "snaps", refresh=refresh))
 
 
+@pytest.mark.parametrize(
+    "jaeger", ["localhost:16686", "javascript:alert(1)", "http://[::1", "/jaeger"]
+)
+def test_a_jaeger_address_that_is_not_a_web_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    ui_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    jaeger: str,
+) -> None:
+    # Taken as given, "localhost:16686" made every span link one to the
+    # scheme "localhost:", which no browser opens.
+    import stageflow.ui
+
+    async def serve(*args: Any, **options: Any) -> None:
+        raise AssertionError("the inspector was served")
+
+    monkeypatch.setattr(stageflow.ui, "serve", serve)
+    code, err = run(capsys, "ui", str(ui_data / "snaps"), "--jaeger", jaeger)
+    assert code == 2
+    assert (
+        f"stageflow: the Jaeger UI address {jaeger!r} (--jaeger) is not an http or https URL" in err
+    )
+    assert "use e.g. http://localhost:16686" in err
+    with pytest.raises(InspectorError, match=r"is not an http or https URL"):
+        create_app(InspectorConfig(snapshots=ui_data / "snaps", jaeger=jaeger))
+
+
 def test_store_and_snapshot_together_are_refused(
     capsys: pytest.CaptureFixture[str], ui_data: Path
 ) -> None:

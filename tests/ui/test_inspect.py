@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ import pytest
 import stageflow
 from stageflow._cli._graph import build_invalid_graph
 from stageflow.ui._drawing import draw
-from stageflow.ui._errors import SnapshotLoadError
+from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
 from stageflow.ui._inspect import REDACTED, inspect_session, redact
 from stageflow.ui._layout import layout
-from stageflow.ui._sources import PipelineCache
+from stageflow.ui._sources import PipelineCache, check_input
 
 pytestmark = pytest.mark.anyio
 
@@ -91,6 +92,86 @@ async def test_a_position_inside_a_subpipeline_marks_the_subpipeline_node() -> N
     (form,) = view.forms
     assert (form.type, form.nodes) == ("note", ("sub/note",))
     assert form.schema == NOTE_SCHEMA  # from the subpipeline's node config
+
+
+@pytest.mark.parametrize("ref", ["#/$defs/missing", "https://schemas.example/note.json"])
+async def test_an_input_whose_schema_has_a_ref_nothing_resolves_is_refused(
+    monkeypatch: pytest.MonkeyPatch, ref: str
+) -> None:
+    # Such a schema loads with the pipeline; checking a payload against it
+    # raised the validator's referencing error, and the page was the 500 one;
+    # a URL was fetched first (the inspector reads nothing from the network).
+    fetched: list[object] = []
+
+    def urlopen(*args: object, **options: object) -> None:
+        fetched.append(args[0])
+        raise OSError("no network here")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    document = copy.deepcopy(NESTED)
+    document["subpipelines"]["notes"]["nodes"][0]["config"]["input_schema"] = {"$ref": ref}
+    pipeline = stageflow.Pipeline.from_dict(document)
+    session = stageflow.Session(pipeline, payload={"items": []}, session_id="n-3")
+    await session.run(suspend=True)
+    view = inspect_session(session.to_dict(), [e.to_dict() for e in session.history], pipeline)
+    with pytest.raises(InputRefusedError, match=r"has a \$ref that cannot be resolved") as info:
+        check_input(view, "note", '{"text": "hi"}')
+    assert "nothing was sent" in str(info.value)
+    assert fetched == []
+
+
+def test_a_session_that_has_not_run_is_about_to_start_its_entry_node() -> None:
+    # A session no worker has run yet (a store's "pending") is at its entry
+    # node with nothing in flight: the page said that node was running.
+    pipeline = stageflow.Pipeline.from_dict(NESTED)
+    session = stageflow.Session(pipeline, payload={"items": [1]}, session_id="n-4")
+    snapshot = session.to_dict()
+    assert snapshot["status"] == "pending"
+    view = inspect_session(snapshot, [], pipeline)
+    (position,) = view.nodes["each"].positions
+    assert (position.state, position.detail) == ("next", "starts next")
+
+
+async def test_a_subpipeline_node_that_starts_a_branch_is_drawn_as_run() -> None:
+    # A branch is named after its child (path "fan/sub"): any path naming a
+    # subpipeline node was taken for the inside of its call, so the node's own
+    # events were left out and it was drawn "not reached", its branch not taken.
+    document = {
+        "api_version": "1.0",
+        "entry": "fan",
+        "nodes": [
+            {"id": "fan", "type": "parallel", "children": ["sub", "other"], "next": "done"},
+            {"id": "sub", "type": "subpipeline", "pipeline": "inner"},
+            {"id": "other", "type": "stage", "stage": "SleepStage", "config": {"seconds": 0}},
+            {"id": "done", "type": "terminal"},
+        ],
+        "subpipelines": {
+            "inner": {
+                "entry": "sub",
+                "nodes": [
+                    {
+                        "id": "sub",
+                        "type": "stage",
+                        "stage": "SleepStage",
+                        "config": {"seconds": 0},
+                        "next": "e",
+                    },
+                    {"id": "e", "type": "terminal"},
+                ],
+            }
+        },
+    }
+    pipeline = stageflow.Pipeline.from_dict(document)
+    session = stageflow.Session(pipeline, session_id="n-5")
+    await session.run()
+    view = inspect_session(session.to_dict(), [e.to_dict() for e in session.history], pipeline)
+    assert {node: (state.state, state.visits) for node, state in view.nodes.items()} == {
+        "fan": ("visited", 1),
+        "sub": ("visited", 1),  # not also the inner "sub" stage, which has the same id
+        "other": ("visited", 1),
+        "done": ("visited", 1),
+    }
+    assert ("fan", "branch", "sub") in view.taken
 
 
 def test_redact_hides_matching_paths_at_any_depth() -> None:

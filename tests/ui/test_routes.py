@@ -87,6 +87,38 @@ async def test_sessions_page_lists_each_session_with_its_status(
     assert 'approval <span class="muted">1.2</span>' in response.text  # pipeline and version
 
 
+@pytest.mark.parametrize("source", ["store", "snapshots"])
+async def test_a_list_cut_at_its_limit_says_that_more_sessions_match(
+    make_client: Client,
+    store_url: str,
+    ui_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    # The list showed the 200 sessions updated last and not a word about the
+    # others: a store of 250 looked like one of 200.
+    from stageflow.ui import _app
+
+    monkeypatch.setattr(_app, "_LIMIT", 2)
+    options: dict[str, Any] = (
+        {"store_url": store_url} if source == "store" else {"snapshots": ui_data / "snaps"}
+    )
+    client = make_client(**options)
+    for address in ("/sessions", "/sessions?status=failed"):
+        page = (await client.get(address)).text
+        listed = re.findall(r'<tr data-session="([^"]+)"', page)
+        cut = "More sessions match: only the 2 updated most recently are listed" in page
+        assert (len(listed), cut) == ((2, True) if address == "/sessions" else (1, False))
+    store = open_store(store_url) if source == "store" else None
+    app = create_app(InspectorConfig(store=store, snapshots=None if store else ui_data / "snaps"))
+    try:
+        (rows,) = await sse_messages(app, "/live/sessions?fp=stale", 1)
+    finally:
+        if store is not None:
+            await store.aclose()
+    assert "More sessions match" in rows  # the live rows too
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -204,6 +236,20 @@ async def test_unknown_session_is_a_404_page_without_a_traceback(
     assert response.status_code == 404
     assert "no stored session has id &#39;nope&#39;" in response.text
     assert "Traceback" not in response.text
+
+
+async def test_the_sessions_address_with_a_final_slash_is_the_list(
+    make_client: Client, store_url: str
+) -> None:
+    # "/sessions/" was the page of the session with the empty id, a 404 that
+    # no session can ever answer (a session id is never empty).
+    client = make_client(store_url=store_url)
+    response = await client.get("/sessions/?status=failed")
+    assert response.status_code == 307
+    assert response.headers["location"] == "/sessions?status=failed"
+    response = await client.get("/sessions/", follow_redirects=True)
+    assert response.status_code == 200
+    assert "<h1>Sessions</h1>" in response.text
 
 
 async def test_a_wrong_method_is_a_405_page_that_names_the_allowed_ones(
@@ -695,6 +741,31 @@ async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: st
     assert await inbox_head(store_url, "waiting-1") == 1
 
 
+async def test_a_cancel_reason_the_store_cannot_keep_is_refused_with_the_reason(
+    make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL's jsonb cannot hold a NUL character: its store refuses such a
+    # reason with InputRejectedError, which the cancel form let through (500).
+    store = open_store(store_url)
+
+    async def refuse(session_id: str, reason: str, **options: Any) -> Any:
+        raise stageflow.InputRejectedError(
+            f"input 'stageflow.cancel' for session {session_id!r} was rejected: "
+            "PostgreSQL's jsonb cannot hold the character U+0000 (NUL) in a string of "
+            "the payload; nothing was stored",
+            input_type="stageflow.cancel",
+            reason="not_json",
+        )
+
+    monkeypatch.setattr(store, "request_cancel", refuse)
+    client = make_client(store=store, allow_actions=True)
+    response = await client.post("/actions/cancel/waiting-1", data={"reason": "a\x00b"})
+    assert response.status_code == 422
+    assert "cannot hold the character U+0000 (NUL)" in response.text
+    assert '<div class="message error-message" role="alert" id="refused">' in response.text
+    assert await inbox_head(store_url, "waiting-1") == 0
+
+
 async def test_a_session_page_shows_only_the_notices_the_inspector_issues(
     make_client: Client, store_url: str
 ) -> None:
@@ -737,6 +808,27 @@ async def test_snapshot_directory_lists_sessions_and_unreadable_files(
     waiting = (await client.get("/sessions/waiting-1")).text
     assert "state-waiting" in node_classes(waiting, "review")
     assert "Snapshot files take no actions" in waiting
+
+
+async def test_a_session_in_several_files_is_listed_once_from_its_last_snapshot(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # Each file was a row, and both rows opened the first file by name: the
+    # session's later snapshot (here: completed) could not be opened at all.
+    session = await _suspended_waiting("twice", "go")
+    (tmp_path / "a.json").write_text(json.dumps(session.to_dict()))
+    session.send_input("go", {})
+    assert (await session.run()).status.value == "completed"
+    (tmp_path / "b.json").write_text(json.dumps(session.to_dict()))
+    client = make_client(snapshots=tmp_path)
+    page = (await client.get("/sessions")).text
+    assert re.findall(r'<tr data-session="([^"]+)" data-status="([^"]+)">', page) == [
+        ("twice", "completed")
+    ]
+    assert f"{tmp_path / 'a.json'}: holds session &#39;twice&#39; as b.json does" in page
+    page = (await client.get("/sessions/twice")).text
+    assert 'id="session-status">completed<' in page
+    assert f"<dt>Source</dt><dd>{tmp_path / 'b.json'}</dd>" in page
 
 
 def copy_snapshots(ui_data: Path, directory: Path) -> Path:
@@ -834,6 +926,80 @@ async def test_graphs_are_drawn_off_the_event_loop(
         assert '<svg xmlns="http://www.w3.org/2000/svg" class="graph"' in response.text
     assert len(drawn_in) == 2
     assert loop_thread not in drawn_in
+
+
+async def test_pipeline_files_are_read_off_the_event_loop(
+    make_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each file was loaded and checked on the event loop: a directory of a
+    # hundred pipelines held every other page and live update for two seconds.
+    from stageflow.ui import _app
+
+    loop_thread = threading.get_ident()
+    read_in: list[int] = []
+    read = _app.read_pipeline_file
+
+    def spy(*args: Any) -> Any:
+        read_in.append(threading.get_ident())
+        return read(*args)
+
+    monkeypatch.setattr(_app, "read_pipeline_file", spy)
+    client = make_client()
+    for address in ("/pipelines", "/pipelines/approval.json"):
+        assert (await client.get(address)).status_code == 200
+    assert len(read_in) == 3  # approval.json and invalid.json, then approval.json
+    assert loop_thread not in read_in
+
+
+async def test_a_session_and_its_history_are_read_off_the_event_loop(
+    make_client: Client,
+    ui_data: Path,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the page shows was worked out from the snapshot and every event on
+    # the event loop: a second for a history of 40,000 events.
+    from stageflow.ui import _sources
+
+    loop_thread = threading.get_ident()
+    read_in: list[int] = []
+    view = _sources._view
+
+    def spy(*args: Any) -> Any:
+        read_in.append(threading.get_ident())
+        return view(*args)
+
+    monkeypatch.setattr(_sources, "_view", spy)
+    snaps = copy_snapshots(ui_data, tmp_path / "snaps")
+    for client in (make_client(snapshots=snaps), make_client(store_url=store_url)):
+        assert (await client.get("/sessions/waiting-1")).status_code == 200
+    assert len(read_in) == 2
+    assert loop_thread not in read_in
+
+
+async def test_a_pipeline_is_laid_out_once_for_the_pages_that_draw_it(
+    make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every load and live reload of a session page laid the graph out again:
+    # seconds each time for a pipeline of a hundred nodes with long edges.
+    from stageflow.ui import _drawing
+
+    laid_out: list[int] = []
+    layout = _drawing.layout
+
+    def spy(nodes: Any, sizes: Any, edges: Any) -> Any:
+        laid_out.append(len(nodes))
+        return layout(nodes, sizes, edges)
+
+    monkeypatch.setattr(_drawing, "layout", spy)
+    client = make_client(store_url=store_url)
+    for address in ("/sessions/waiting-1", "/sessions/done-1", "/pipelines/approval.json"):
+        response = await client.get(address)
+        assert response.status_code == 200
+        assert 'data-node="review"' in response.text
+    # Once at most: not at all when a page of an earlier test drew it.
+    assert laid_out in ([], [8])  # the start and the seven nodes of the approval pipeline
 
 
 async def test_the_page_of_a_snapshot_as_session_to_dict_writes_it(
@@ -953,6 +1119,95 @@ async def test_the_page_of_a_session_ended_by_a_limit_or_its_deadline_shows_its_
     assert "<strong>SessionTimeoutError</strong></p>" in response.text
 
 
+async def _looped(session_id: str, rounds: int) -> stageflow.Session:
+    """A finished, untraced session that ran a stage and a condition ``rounds`` times."""
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Count")
+    async def count(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"n": ctx.arguments["n"] + 1}
+
+    document = {
+        "api_version": "1.0",
+        "entry": "count",
+        "nodes": [
+            {
+                "id": "count",
+                "type": "stage",
+                "stage": "Count",
+                "arguments": {"n": "n"},
+                "outputs": {"n": "n"},
+                "next": "again",
+            },
+            {
+                "id": "again",
+                "type": "condition",
+                "conditions": [{"if": {"<": [{"var": "n"}, rounds]}, "then": "count"}],
+                "else": "done",
+            },
+            {"id": "done", "type": "terminal"},
+        ],
+    }
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    session = stageflow.Session(pipeline, payload={"n": 0}, session_id=session_id)
+    await session.run()
+    return session
+
+
+async def test_a_long_history_lists_its_last_events_and_all_on_request(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # Every event was listed: a history of 100,000 events (the default
+    # max_history) was a page of tens of megabytes that took a minute to render.
+    session = await _looped("long", 300)
+    snapshot = session.to_dict()
+    total = len(snapshot["history"])
+    assert total > 1200
+    (tmp_path / "long.json").write_text(json.dumps(snapshot))
+    client = make_client(snapshots=tmp_path)
+
+    def listed(page: str) -> list[int]:
+        rows = re.findall(r'<tr class="ev [^"]*"[^>]*>\s*<td>(\d+)</td>', page)
+        return [int(seq) for seq in rows]
+
+    page = await client.get("/sessions/long")
+    assert page.status_code == 200
+    assert f"History ({total} events)" in page.text
+    assert listed(page.text) == list(range(total - 999, total + 1))
+    assert f"The first {total - 1000} events are not listed here" in page.text
+    assert '<a href="?history=all">' in page.text
+    page = await client.get("/sessions/long?history=all")
+    assert page.status_code == 200
+    assert listed(page.text) == list(range(1, total + 1))
+    assert "are not listed here" not in page.text
+    page = await client.get("/sessions/long?history=some")
+    assert page.status_code == 400
+    assert "use history=all" in page.text
+
+
+async def test_a_history_read_in_part_is_said_with_how_many_events_are_missing(
+    make_client: Client, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A snapshot taken with to_dict(history="none") drew a completed session
+    # with every node "not reached" under "History (0 events)", and the events
+    # a store holds past the inspector's cap were left out without a word.
+    from stageflow.ui import _sources
+
+    session = await _looped("brief", 3)
+    recorded = len(session.history)
+    for keep in ("none", 5, "all"):
+        (tmp_path / "brief.json").write_text(json.dumps(session.to_dict(history=keep)))
+        page = (await make_client(snapshots=tmp_path).get("/sessions/brief")).text
+        missing = {"none": recorded, 5: recorded - 5, "all": 0}[keep]
+        said = f"The session recorded {recorded} events; {missing} of them are not in"
+        assert (said in page) == (keep != "all"), keep
+    monkeypatch.setattr(_sources, "MAX_EVENTS", 5)
+    page = (await make_client(store_url=store_url).get("/sessions/done-1")).text
+    found = re.search(r"The session recorded (\d+) events; (\d+) of them are not in", page)
+    assert found is not None
+    assert int(found.group(1)) - int(found.group(2)) == 5
+
+
 async def test_a_snapshot_that_does_not_load_is_a_422_page(
     make_client: Client, ui_data: Path, tmp_path: Path
 ) -> None:
@@ -990,6 +1245,33 @@ async def test_an_invalid_pipeline_is_drawn_with_its_problems(make_client: Clien
     assert "has-problems" in node_classes(page, "a")
     assert "node-missing" in node_classes(page, "nowhere")
     assert "$.nodes[0].next" in page
+
+
+async def test_every_node_of_an_invalid_pipeline_has_its_details(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # The details were keyed by id: of two nodes with one id only the last was
+    # listed, and a node without an id (drawn as "#2") or that is not an
+    # object had none, though these are the nodes whose JSON needs fixing.
+    document = {
+        "api_version": "1.0",
+        "entry": "a",
+        "nodes": [
+            {"id": "a", "type": "stage", "stage": "First", "next": "a2"},
+            {"id": "a", "type": "terminal"},
+            {"type": "stage", "stage": "Nameless"},
+            7,
+        ],
+    }
+    (tmp_path / "dup.json").write_text(json.dumps(document))
+    page = (await make_client(pipelines=tmp_path).get("/pipelines/dup.json")).text
+    summaries = re.findall(r"<summary><code>(.*?)</code> · (\w+|\?)", page)
+    assert summaries == [("a", "stage"), ("a", "terminal"), ("#2", "stage"), ("#3", "?")]
+    assert "stage First" in page
+    assert "stage Nameless" in page
+    assert "<pre>7</pre>" in page
+    listing = (await make_client(pipelines=tmp_path).get("/pipelines")).text
+    assert "<td>4</td>" in listing  # the nodes as written
 
 
 async def test_pipeline_page_draws_the_coverage_of_the_testers_report(
@@ -1067,6 +1349,43 @@ async def test_assets_ship_in_the_package_and_nothing_loads_from_the_network(
         assert not re.search(r"(src|href)=\"(https?:)?//", text), file
         assert "@import" not in text, file
         assert "url(http" not in text, file
+
+
+async def test_an_inspector_mounted_in_another_app_links_inside_its_mount(
+    ui_data: Path, store_url: str
+) -> None:
+    # Every link, form, script, live stream and redirect named an address of
+    # the outer app (/sessions, /static/ui.js ...): all 404 there.
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    store = open_store(store_url)
+    inner = create_app(
+        InspectorConfig(store=store, pipelines=ui_data / "pipes", allow_actions=True)
+    )
+    outer = Starlette(routes=[Mount("/inspector", app=inner)])
+    transport = httpx.ASGITransport(app=outer)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            home = await client.get("/inspector/")
+            assert home.headers["location"] == "/inspector/sessions"
+            for address in (
+                "/inspector/sessions",
+                "/inspector/sessions/waiting-1",
+                "/inspector/pipelines",
+            ):
+                page = await client.get(address)
+                assert page.status_code == 200
+                found = re.findall(r'(href|src|action|data-stream)="(/[^"]*)"', page.text)
+                assert found
+                for kind, link in found:
+                    assert link.startswith("/inspector/"), (address, link)
+                    if kind in ("href", "src"):
+                        assert (await client.get(html.unescape(link))).status_code == 200, link
+            done = await client.post("/inspector/actions/cancel/waiting-1", data={"reason": "x"})
+            assert done.headers["location"].startswith("/inspector/sessions/waiting-1?")
+    finally:
+        await store.aclose()
 
 
 async def test_requests_naming_another_host_are_refused_when_hosts_are_given(
