@@ -36,6 +36,7 @@ from stageflow._specs import (
     TEMPLATE_FORMAT,
     compile_schema,
     json_message,
+    schema_problem,
 )
 from stageflow._stages import StageRegistry
 from stageflow._templates import MalformedTemplateError, parse_template
@@ -645,15 +646,13 @@ def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[P
     if spec.input_from_config is not None and not spec.allowed_inputs and schema is not None:
         # What a session makes of it (the input the node declares, as WaitStage's
         # config says): checked here too, or `stageflow validate` passes what a run refuses.
-        try:
-            jsonschema.Draft202012Validator.check_schema(thaw(schema))
-        except jsonschema.SchemaError as exc:
-            suffix = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+        problem = schema_problem(thaw(schema))
+        if problem is not None:
+            suffix, why = problem
             yield Problem(
                 f"$.nodes[{i}].config.input_schema{suffix}",
-                f"stage node {node.id!r}: config 'input_schema' of stage {node.stage!r} is not a "
-                f"valid JSON Schema (draft 2020-12): {exc.message}; fix it, or leave "
-                "'input_schema' out to accept any payload",
+                f"stage node {node.id!r}: config 'input_schema' of stage {node.stage!r} {why}; "
+                "fix it, or leave 'input_schema' out to accept any payload",
             )
 
 

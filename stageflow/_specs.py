@@ -14,6 +14,10 @@ import attrs
 import jsonschema
 import jsonschema.validators
 import jsonschema_rs
+import jsonschema_specifications
+import referencing
+import referencing.exceptions
+from referencing.jsonschema import DRAFT202012
 
 from stageflow._errors import DefinitionError
 from stageflow._json import a_json_type, a_python_type, freeze, thaw, with_article
@@ -249,18 +253,73 @@ def _frozen_schema(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return frozen
 
 
+# What payload schemas resolve a "$ref" in: nothing is fetched. jsonschema's
+# default registry retrieves a URL, so a schema in a pipeline document (a
+# WaitStage's input_schema) could make every send_input read any address.
+# jsonschema adds the draft metaschemas to the registry it is given.
+_NO_RETRIEVAL: Final = referencing.Registry()
+
+
+def unresolved_ref(schema: Any) -> str | None:
+    """The first ``$ref`` or ``$dynamicRef`` of ``schema`` that nothing resolves, or ``None``.
+
+    A reference resolves within the schema (a pointer, an anchor, an embedded
+    ``$id``) or to a draft's metaschema; stageflow fetches no schema from
+    anywhere, so one naming another address does not.
+    """
+    resource = DRAFT202012.create_resource(schema)
+    uri = resource.id() or ""
+    registry = jsonschema_specifications.REGISTRY.combine(
+        _NO_RETRIEVAL.with_resource(uri, resource)
+    ).crawl()
+    stack = [(registry.resolver(base_uri=uri), resource)]
+    while stack:
+        resolver, part = stack.pop()
+        contents = part.contents
+        if isinstance(contents, Mapping):
+            for key in ("$ref", "$dynamicRef"):
+                ref = contents.get(key)
+                if isinstance(ref, str):
+                    try:
+                        resolver.lookup(ref)
+                    except referencing.exceptions.Unresolvable:
+                        return ref
+        stack.extend((resolver.in_subresource(sub), sub) for sub in part.subresources())
+    return None
+
+
+def schema_problem(schema: Any) -> tuple[str, str] | None:
+    """Why ``schema`` is no payload schema stageflow uses: ``(path in it, reason)``, or ``None``.
+
+    It must be a valid draft 2020-12 JSON Schema whose every reference
+    resolves without fetching anything (:func:`unresolved_ref`).
+    """
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path), (
+            f"is not a valid JSON Schema (draft 2020-12): {exc.message}"
+        )
+    ref = unresolved_ref(schema)
+    if ref is not None:
+        return "", (
+            f"has a reference nothing resolves ($ref {ref!r}): stageflow fetches no schema, "
+            "so a reference must point inside the schema (such as '#/$defs/name')"
+        )
+    return None
+
+
 def _check_schema(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """Validator: a schema field holds a valid draft 2020-12 JSON Schema (or ``None``)."""
+    """Validator: a schema field holds a payload schema stageflow uses (or ``None``)."""
     if value is None:
         return
-    try:
-        jsonschema.Draft202012Validator.check_schema(thaw(value))
-    except jsonschema.SchemaError as exc:
-        where = "".join(f"[{p!r}]" for p in exc.absolute_path)
+    problem = schema_problem(thaw(value))
+    if problem is not None:
+        where, why = problem
         raise DefinitionError(
-            f"{type(instance).__name__}.{attribute.name}{where} is not a valid JSON Schema "
-            f"(draft 2020-12): {exc.message}; fix the schema, or pass None to accept any value"
-        ) from None
+            f"{type(instance).__name__}.{attribute.name}{where} {why}; fix the schema, or pass "
+            "None to accept any value"
+        )
 
 
 @functools.lru_cache(maxsize=512)
@@ -353,7 +412,7 @@ def compile_schema(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     Its ``pattern``, ``patternProperties`` and ``additionalProperties``
     match regular expressions in linear time (:func:`_search`).
     """
-    validator: jsonschema.protocols.Validator = _Validator(thaw(schema))
+    validator: jsonschema.protocols.Validator = _Validator(thaw(schema), registry=_NO_RETRIEVAL)
     return validator
 
 
@@ -395,7 +454,7 @@ class DocumentSchema:
     def __init__(self, schema: Mapping[str, Any]) -> None:
         plain = thaw(schema)
         # Payloads reach it (a stage's arguments): regexes in linear time.
-        self._full: jsonschema.protocols.Validator = _Validator(plain)
+        self._full: jsonschema.protocols.Validator = _Validator(plain, registry=_NO_RETRIEVAL)
         self._fast = jsonschema_rs.Draft202012Validator(plain)
 
     def iter_errors(self, instance: Any) -> Iterator[jsonschema.ValidationError]:

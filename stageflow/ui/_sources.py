@@ -19,9 +19,6 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 import attrs
-import jsonschema
-import referencing
-import referencing.exceptions
 
 import stageflow
 from stageflow._cli._registry import structural_registry
@@ -251,11 +248,17 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
         ) from exc
     schema = forms[type].schema
     if schema is not None:
-        # An empty registry: a "$ref" to a URL is never fetched (jsonschema's default
-        # registry retrieves it, so a schema could make the inspector read any address).
-        validator = jsonschema.validators.validator_for(schema)(
-            schema, registry=referencing.Registry()
-        )
+        # Checked as the session checks it: no "$ref" fetched, patterns matched in
+        # linear time. A schema of a pipeline this stageflow could not load (a
+        # "$ref" that resolves to nothing) is refused, saying so.
+        try:
+            validator = stageflow.InputSpec(type, schema=schema).validator
+        except stageflow.DefinitionError as exc:
+            raise InputRefusedError(
+                f"the payload of input {type!r} cannot be checked: {exc}; nothing was sent. "
+                "Fix the schema in the pipeline"
+            ) from exc
+        assert validator is not None  # a schema was given
         try:
             problems = tuple(
                 f"{e.json_path}: {e.message}"
@@ -265,14 +268,6 @@ def check_input(view: SessionView, type: str, text: str) -> Any:
             raise InputRefusedError(
                 f"the payload of input {type!r} is nested too deeply to check against its "
                 "schema; nothing was sent. Send a flatter payload"
-            ) from exc
-        except referencing.exceptions.Unresolvable as exc:
-            # A "$ref" the pipeline's schema names but nothing resolves (a missing
-            # "#/..." pointer, or a URL): it was the 500 page.
-            raise InputRefusedError(
-                f"the payload of input {type!r} cannot be checked: the schema the session "
-                f"declares for it has a $ref that cannot be resolved ({exc}); nothing was "
-                "sent. Fix the schema in the pipeline"
             ) from exc
         if problems:
             raise InputRefusedError(

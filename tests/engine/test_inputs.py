@@ -245,6 +245,64 @@ def test_wait_stage_input_schema_that_is_no_schema_is_refused_at_load(
 
 
 @pytest.mark.parametrize(
+    "ref", ["http://127.0.0.1:9/payload.json", "#/$defs/missing", "other.json"]
+)
+def test_wait_stage_input_schema_with_a_reference_nothing_resolves_is_refused_at_load(
+    ref: str,
+) -> None:
+    # It loaded: the first send_input then fetched the URL (jsonschema's default
+    # registry retrieves one) or raised referencing's Unresolvable, untyped.
+    schema = {"type": "object", "properties": {"x": {"$ref": ref}}, "$defs": {"a": {}}}
+    wait = stage("w", "WaitStage", config={"input": "msg", "input_schema": schema}, next="end")
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(doc([wait, terminal("end")]))
+    [problem] = info.value.problems
+    assert problem.location == "$.nodes[0].config.input_schema"
+    assert problem.message == (
+        "stage node 'w': config 'input_schema' of stage 'WaitStage' has a reference nothing "
+        f"resolves ($ref {ref!r}): stageflow fetches no schema, so a reference must point "
+        "inside the schema (such as '#/$defs/name'); fix it, or leave 'input_schema' out to "
+        "accept any payload"
+    )
+    with pytest.raises(stageflow.DefinitionError, match="has a reference nothing resolves"):
+        stageflow.InputSpec("msg", schema=schema)
+
+
+async def test_wait_stage_input_schema_may_refer_inside_itself() -> None:
+    defs = {"name": {"type": "string", "minLength": 1}}
+    schema = {
+        "$defs": {**defs, "tagged": {"$anchor": "tag", "enum": ["a", "b"]}},
+        "type": "object",
+        "properties": {"name": {"$ref": "#/$defs/name"}, "tag": {"$ref": "#tag"}},
+        "required": ["name"],
+    }
+    wait = stage(
+        "w",
+        "WaitStage",
+        config={"input": "msg", "input_schema": schema},
+        outputs={"payload": "got"},
+        next="end",
+    )
+    session = stageflow.Session(
+        load(doc([wait, terminal("end", "got")])),
+        registry=fake_registry(),
+        validate_events="strict",
+    )
+    results: list[stageflow.SessionResult] = []
+
+    async def run() -> None:
+        results.append(await session.run())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await wait_until_waiting(session, "msg")
+        with pytest.raises(stageflow.InputRejectedError):
+            session.send_input("msg", {"name": "", "tag": "c"})
+        session.send_input("msg", {"name": "Ada", "tag": "a"})
+    assert results[0].artifacts == {"got": {"name": "Ada", "tag": "a"}}
+
+
+@pytest.mark.parametrize(
     "until",
     [
         "tomorrow",
