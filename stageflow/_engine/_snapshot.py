@@ -433,7 +433,7 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
             {"wait": i["input_type"], "payload": copy_json(i["payload"])} for i in unseen
         ]
     state.deadline = snapshot["deadline"]
-    state.replay_draws(snapshot["rng_draws"])
+    state.draws = snapshot["rng_draws"]
     if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:
         position: FramePosition = copy_json(snapshot["position"])
         state.saved = {
