@@ -681,7 +681,9 @@ class Session:
                 exists with the same type (a migration).
             limits: the limits from now on. If not given: the limits of
                 ``pipeline`` when it is another version (another digest) than
-                the snapshot's, else the snapshot's.
+                the snapshot's, else the snapshot's. Limits with another
+                ``timeout`` than the snapshot's set the session deadline
+                anew, from the start of the next run (none for ``None``).
             tracer_provider: where spans go; the first run's root span links
                 to the span of the run that took the snapshot.
             clock: as for :class:`Session`.

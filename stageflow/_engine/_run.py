@@ -661,10 +661,11 @@ class Run:
         root = self._root = Frame(state.ctx, "", 0, self._main)
         root.resume = resume
         pipeline = state.pipeline
+        if timeout is not None and (resume is None or state.deadline is None):
+            # Before the event: a snapshot its subscribers take keeps it. (A
+            # session restored with another limits.timeout has none yet.)
+            state.deadline = self.at(timeout)
         if resume is None:
-            if timeout is not None:
-                # Before the event: a snapshot its subscribers take keeps it.
-                state.deadline = self.at(timeout)
             state.history.record("session_started", None, "", _started_payload(pipeline))
         else:
             assert state.saved is not None

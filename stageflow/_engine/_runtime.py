@@ -278,6 +278,14 @@ class StageRuntime:
             remaining = self.seconds_until(entry["deadline"])  # type: ignore[arg-type]
             restored_deadline = True
         work.journal(entry)
+        if restored_deadline and remaining is not None and remaining <= 0:
+            # Restored after its deadline: it times out now (it does not block,
+            # so suspend mode goes on to the timeout's error edge). Live, it
+            # timed out first: an input queued for its type came later (one
+            # sent in time was given to the saved wait), and is left to the
+            # next wait.
+            await anyio.lowlevel.checkpoint()
+            raise self._timed_out(work, type, timeout)
         broker = self._state.desk.broker
         found, payload = broker.take(type)
         tracing = self._state.tracing
@@ -289,11 +297,6 @@ class StageRuntime:
                 if broker.taken_sender is not None:
                     input_link(broker.taken_sender)
             return payload
-        if restored_deadline and remaining is not None and remaining <= 0:
-            # Restored after its deadline: it times out now (it does not block,
-            # so suspend mode goes on to the timeout's error edge).
-            await anyio.lowlevel.checkpoint()
-            raise self._timed_out(work, type, timeout)
         waiter = Waiter(node_id, path, spec, entry, type, self._new_event())
         wait_span: ActiveSpan | None = None
         if tracing is not None:

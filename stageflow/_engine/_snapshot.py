@@ -432,8 +432,11 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
         state.unseen = [
             {"wait": i["input_type"], "payload": copy_json(i["payload"])} for i in unseen
         ]
-    state.deadline = snapshot["deadline"]
-    state.replay_draws(snapshot["rng_draws"])
+    if state.limits.timeout == limits_of(snapshot).timeout:
+        state.deadline = snapshot["deadline"]
+    # Else the new limits changed limits.timeout: the deadline is set anew
+    # when the session's next run starts (none for null).
+    state.draws = snapshot["rng_draws"]
     if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:
         position: FramePosition = copy_json(snapshot["position"])
         state.saved = {

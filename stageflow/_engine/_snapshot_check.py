@@ -41,14 +41,10 @@ from stageflow._stages import StageRegistry
 
 __all__ = [
     "INTEGER_FIELDS",
-    "MAX_RNG_DRAWS",
     "consistency_problems",
     "integer_problems",
     "shape_problems",
 ]
-
-MAX_RNG_DRAWS: Final = 1_000_000
-"""Most random draws a snapshot may record: a restore draws as many again."""
 
 # A snapshot wraps values in frames: each nested frame adds up to four levels
 # (frame, record, list, item) and a write three (writes, pair, value).
@@ -412,12 +408,6 @@ class _Checker:
                 "$.steps",
                 f"{snapshot['steps']} node executions is past limits.max_steps="
                 f"{max_steps}; no session gets there",
-            )
-        if snapshot["rng_draws"] > MAX_RNG_DRAWS:
-            self.add(
-                "$.rng_draws",
-                f"{snapshot['rng_draws']} random draws is over the {MAX_RNG_DRAWS:,} a restore "
-                "replays; the snapshot is damaged",
             )
         for input_type, payloads in snapshot["backlog"].items():
             if len(payloads) > limits.max_input_backlog:

@@ -10,6 +10,7 @@ module reads and writes it.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NotRequired, Protocol, TypedDict
@@ -49,6 +50,9 @@ _FINAL_EVENT: Final = {
     SessionStatus.CANCELLED: "session_cancelled",
     SessionStatus.TIMED_OUT: "session_timed_out",
 }
+
+# A 53-bit integer times this is a float in [0, 1), as random.random() makes one.
+_UNIT: Final = 2.0**-53
 
 
 class FinalPosition(TypedDict):
@@ -167,8 +171,8 @@ class SessionState:
         self.desk.broker.trace_senders = tracing is not None
         self.desk.metrics = metrics
         self.seed = seed
-        self.rng: random.Random | None = None  # built when a jittered retry needs it
-        self.draws = 0  # numbers drawn from it (a snapshot replays them)
+        self.rng: random.Random | None = None  # built when an unseeded jittered retry needs it
+        self.draws = 0  # jitter numbers drawn (a seeded restore goes on from the count)
         self.clock = clock
         self.deadline: str | None = None  # the session deadline, absolute (ISO 8601)
         # What a WAITING session resumes from (a restore, or its own suspension).
@@ -197,19 +201,22 @@ class SessionState:
         self.stopped_by_limit: LimitExceededError | None = None
 
     def random(self) -> float:
-        """The next number of the session's seeded generator (a snapshot counts them)."""
-        if self.rng is None:
-            self.rng = random.Random(self.seed)
-        self.draws += 1
-        return self.rng.random()
+        """The next number of the session's jitter generator (a snapshot counts them).
 
-    def replay_draws(self, draws: int) -> None:
-        """Draw ``draws`` numbers, as the session that took a snapshot had."""
-        self.draws = draws
-        if draws and self.seed is not None:
-            self.rng = random.Random(self.seed)
-            for _ in range(draws):
-                self.rng.random()
+        Seeded, the ``n``-th number is worked out from the seed and ``n``
+        alone, so that a restore goes on from the count it saved without
+        drawing the numbers before it again: the count of a session that
+        retries for months grows without bound, and its restore stays as
+        cheap. Unseeded, numbers come from a generator seeded by the system.
+        """
+        self.draws += 1
+        if self.seed is None:
+            if self.rng is None:
+                self.rng = random.Random()
+            return self.rng.random()
+        key = f"{self.seed}/{self.draws}".encode()
+        bits = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 11
+        return bits * _UNIT
 
     def finish(
         self,

@@ -291,6 +291,41 @@ async def test_a_sink_gets_each_event_exactly_once_across_random_restores(
 # ------------------------------------------------------------------ limits
 
 
+@pytest.mark.parametrize("seed", [None, 7])
+async def test_a_session_that_drew_millions_of_jitter_numbers_restores_and_draws_on(
+    seed: int | None,
+) -> None:
+    """A lifetime of jittered retries no longer makes a snapshot unrestorable.
+
+    A restore replayed every number drawn, so a snapshot that counted more
+    than a million (a session retrying a flaky call for months; seeded or,
+    by default, not) was refused as damaged.
+    """
+    retry = {"attempts": 2, "delay": 0.001, "jitter": 0.5}
+    nodes = [
+        stage("listen", "WaitStage", config={"input": "go"}, next="call"),
+        {"id": "call", "type": "stage", "stage": "Fail", "retry": retry, "next": "end"},
+        terminal("end"),
+    ]
+    pipeline = load(doc(nodes))
+    session = stageflow.Session(pipeline, seed=seed)
+    await session.run(suspend=True)
+    data = json_round_trip(session.to_dict(history="none"))
+    data["rng_draws"] = 3_000_000  # what such a life counts
+
+    delays = []
+    for _ in range(2):
+        restored = stageflow.Session.from_dict(data, pipeline=pipeline)
+        restored.send_input("go", {})
+        result = await restored.run()
+        [retrying] = [e for e in result.history if e.type == "node_retrying"]
+        delays.append(retrying.payload["delay"])
+        assert 0.0005 <= delays[-1] <= 0.0015
+        assert restored.to_dict(history="none")["rng_draws"] == 3_000_001
+    if seed is not None:
+        assert delays[0] == delays[1]  # a seeded session draws the same numbers again
+
+
 async def test_a_session_stopped_by_max_steps_resumes_once_the_limit_is_raised() -> None:
     stages = chat_stages()
     pipeline = chat_pipeline(stages, max_steps=12)

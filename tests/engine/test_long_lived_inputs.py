@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fakes import doc, load, stage, terminal
+from snapshot_support import TIMED_REPLY
 
 import stageflow
 
@@ -388,6 +389,36 @@ async def test_a_suspended_wait_past_its_deadline_does_not_take_the_input() -> N
     clock[0] += datetime.timedelta(minutes=5)
     receipt = session.send_input("go", {"n": 3})
     assert (receipt.delivered, receipt.queued) == (0, True)
+
+
+@pytest.mark.parametrize("restore", [False, True])
+async def test_a_wait_past_its_deadline_times_out_and_leaves_the_late_input(
+    restore: bool,
+) -> None:
+    """Queued for being late, the input was then taken by that very wait.
+
+    The saved wait took it from the backlog when the session ran, as if it
+    had come in time: an idle timeout (a reminder, an expiry) of a chat
+    restored late never happened. Live, the wait times out first, and the
+    input is left for the next wait (here none: it is discarded).
+    """
+    clock = [datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)]
+    pipeline = load(TIMED_REPLY)
+    session = stageflow.Session(pipeline, clock=lambda: clock[0])
+    await session.run(suspend=True)
+    clock[0] += datetime.timedelta(minutes=30)  # the wait's deadline was at 10 minutes
+    if restore:
+        data = json.loads(json.dumps(session.to_dict(history="none")))
+        session = stageflow.Session.from_dict(data, pipeline=pipeline, clock=lambda: clock[0])
+    assert session.send_input("reply", {"n": 1}).queued
+    result = await session.run()
+    assert result.result == {"on_time": False}
+    assert [e.type for e in result.history if e.node_id == "ask"][-3:] == [
+        "input_timeout",
+        "node_failed",
+        "error_routed",
+    ]
+    assert result.discarded_inputs == (("reply", {"n": 1}),)
 
 
 def _late_doc() -> dict[str, Any]:

@@ -141,6 +141,54 @@ async def test_the_session_deadline_survives_a_restore() -> None:
     assert trio.current_time() - before == pytest.approx(30)
 
 
+@pytest.mark.parametrize("timeout", [None, 3600])
+async def test_a_restore_that_changes_the_session_timeout_sets_the_deadline_anew(
+    timeout: float | None,
+) -> None:
+    """The snapshot's deadline was kept whatever the new limits said.
+
+    Lifting ``limits.timeout`` to let a long chat go on made its next run
+    raise ``TypeError`` (from the timeout message) once the old deadline
+    passed; raising it still timed out at the old deadline.
+    """
+    registry = fake_registry()
+    document = doc(
+        [
+            {
+                "id": "ask",
+                "type": "stage",
+                "stage": "WaitStage",
+                "config": {"input": "reply"},
+                "next": "end",
+            },
+            terminal("end"),
+        ],
+        limits={"timeout": 600},
+    )
+    session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
+    await session.run(suspend=True)
+    later = T0 + datetime.timedelta(seconds=900)  # past the deadline of 600 s
+    restored = stageflow.Session.from_dict(
+        json_round_trip(session.to_dict()),
+        registry=registry,
+        clock=lambda: later,
+        limits=stageflow.Limits(timeout=timeout),
+    )
+    suspended = await restored.run(suspend=True)
+    assert suspended.status is WAITING
+    deadline = json_round_trip(restored.to_dict())["deadline"]
+    if timeout is None:
+        assert (suspended.wake_at, deadline) == (None, None)
+    else:
+        # From the restored run's start (on asyncio the clock moves on a little).
+        assert suspended.wake_at is not None
+        new = later + datetime.timedelta(seconds=timeout)
+        assert datetime.timedelta(0) <= suspended.wake_at - new < datetime.timedelta(seconds=1)
+        assert datetime.datetime.fromisoformat(deadline) == suspended.wake_at
+    restored.send_input("reply", {})
+    assert (await restored.run()).status is stageflow.SessionStatus.COMPLETED
+
+
 @pytest.mark.trio_only
 async def test_a_retry_delay_and_its_attempt_survive_a_restore() -> None:
     attempts: list[int] = []
