@@ -308,6 +308,14 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
         "history_seq": state.history.next_seq,
         "history": state.history.snapshot_events(keep),
     }
+    desk = state.desk
+    if desk.recorded_rejections or desk.unrecorded_rejections:
+        # Its budget for recording rejections is the session's, not a run's: a
+        # history kept in part ("none" in a worker) no longer counts them.
+        snapshot["rejections"] = {
+            "recorded": desk.recorded_rejections,
+            "unrecorded": desk.unrecorded_rejections,
+        }
     if state.cancel_reason is not None and status not in FINISHED:
         # A cancel() the run has not acted on yet: the restored session is cancelled too.
         snapshot["cancel_requested"] = state.cancel_reason
@@ -425,7 +433,14 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     # Version 1 kept every event and no counter; version 2 says where to go on.
     next_seq = snapshot.get("history_seq", len(events) + 1)
     state.history.restore_snapshot(events, next_seq)
-    state.desk.recorded_rejections = sum(1 for event in events if event["type"] == "input_rejected")
+    rejections = snapshot.get("rejections")  # version 5
+    if rejections is not None:
+        state.desk.recorded_rejections = rejections["recorded"]
+        state.desk.unrecorded_rejections = rejections["unrecorded"]
+    else:  # before version 5, as many as the history kept
+        state.desk.recorded_rejections = sum(
+            1 for event in events if event["type"] == "input_rejected"
+        )
     state.desk.broker.restore_backlog(copy_json(snapshot["backlog"]))
     unseen = snapshot.get("unseen_inputs")  # version 4
     if unseen:

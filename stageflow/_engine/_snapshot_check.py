@@ -157,6 +157,8 @@ INTEGER_FIELDS: Final = frozenset(
         "next",  # a map's
         "done",  # a map's
         "index",  # a map's failures[] and running[]
+        "recorded",  # rejections
+        "unrecorded",  # rejections
     )
 )
 """The names of the fields :func:`integer_problems` checks: every field the

@@ -273,6 +273,35 @@ async def test_rejected_inputs_neither_grow_the_history_nor_kill_the_session() -
     assert result.history[-1].payload["unrecorded_rejections"] == 900
 
 
+async def test_the_budget_for_recording_rejections_is_the_sessions_across_restores() -> None:
+    # A restore counted the input_rejected events its snapshot kept: with the
+    # history left out (as a worker saves each turn), every restore granted a
+    # new budget, so a sender could grow the history turn after turn until
+    # max_history ended the session; and the final count of those past the
+    # budget started again at 0.
+    registry = _wait_registry()
+    node = stage("w", "Wait", next="end", outputs={"payload": "got"})
+    node["config"] = {"input": "go"}
+    document = doc([node, terminal("end", "got")], limits={"max_input_backlog": 2})
+    pipeline = load(document, registry)
+    session = stageflow.Session(pipeline, registry=registry)
+    await session.run(suspend=True)
+    for _ in range(5):  # turn after turn: spam, save without history, restore
+        for _ in range(3):
+            with pytest.raises(stageflow.InputRejectedError):
+                session.send_input("go", {"bad": float("nan")})
+        snapshot = json.loads(json.dumps(session.to_dict(history="none")))
+        session = stageflow.Session.from_dict(snapshot, registry=registry, pipeline=pipeline)
+        await session.run(suspend=True)
+    recorded = sum(1 for e in session.history if e.type == "input_rejected")
+    assert recorded == 0  # the first two were recorded before the first save
+    session.send_input("go", {"ok": True})
+    result = await session.run()
+    assert result.status is S.COMPLETED
+    assert result.history[-1].payload["unrecorded_rejections"] == 13
+    assert snapshot["rejections"] == {"recorded": 2, "unrecorded": 13}
+
+
 async def test_nodes_that_never_await_still_let_other_tasks_cancel_the_run() -> None:
     registry = _wait_registry()
     document = doc(
