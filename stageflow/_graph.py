@@ -234,6 +234,7 @@ class _Regions:
         self._inside = {node_id: region_edges(node) for node_id, node in index.items()}
         self._bodies: dict[str, frozenset[str]] = {}
         self._writes: dict[tuple[str, str | None], frozenset[str]] = {}
+        self._joined: dict[tuple[str, str | None], frozenset[str]] = {}
         self._inside_of: dict[str, frozenset[str]] = {}
         self._written: dict[str, set[str]] = {}
         self._prefixes: dict[str, set[str]] = {}
@@ -261,6 +262,38 @@ class _Regions:
                 path for member in self._region(start, stop) for path in self._node_writes(member)
             )
             self._writes[key] = found
+        return found
+
+    def joined_writes(self, start: str, stop: str | None) -> frozenset[str]:
+        """:meth:`writes`, less the paths a node only ever writes inside one it writes with them.
+
+        A stage's outputs ``x`` and ``x.y`` are written at once: at a join,
+        ``x.y`` is part of the branch's value at ``x``, no other writer (see
+        ``_merge._drop_writes_inside_own``). Written by another node too, or
+        by an error edge (alone), it stays.
+        """
+        written = self.writes(start, stop)
+        if stop is not None and stop not in self._region(start, None):
+            stop = None  # as writes() does
+        found = self._joined.get((start, stop))
+        if found is not None:
+            return found
+        alone: set[str] = set()
+        for member in self._region(start, stop):
+            paths = self._node_writes(member)
+            if not paths:  # (a condition or terminal node has no error edges either)
+                continue
+            node = self.index[member]
+            assert isinstance(node, StageNode | SubpipelineNode | MapNode | ParallelNode)
+            errors = {handler.error_path for handler in node.error_handlers}
+            together = paths - errors
+            for path in paths:
+                parts = path.split(".")
+                if path in errors or not any(
+                    ".".join(parts[:cut]) in together for cut in range(1, len(parts))
+                ):
+                    alone.add(path)
+        found = self._joined[start, stop] = frozenset(written & alone)
         return found
 
     def overlaps_writes(self, start: str, path: str) -> bool:
@@ -862,7 +895,7 @@ def _check_branch_writes(
         if not isinstance(node, ParallelNode) or node.merge is not MergeStrategy.ERROR:
             continue
         children = node.children
-        writes = tuple(regions.writes(child, node.next) for child in children)
+        writes = tuple(regions.joined_writes(child, node.next) for child in children)
         clashes = found.get(writes)
         if clashes is None:  # parallel nodes with the same branches clash alike: once
             clashes = found[writes] = _write_clashes(writes, reducers)

@@ -89,7 +89,9 @@ def wanted_trace_id() -> int | None:
     It keeps the low 64 bits of the previous segment's trace id, the bits
     the SDK's ratio sampler decides on, and draws the others: a run that was
     sampled stays sampled in its later segments, as one that was not stays
-    unsampled.
+    unsampled. A run whose first segment had a parent span was sampled as
+    the parent was: its later segments' roots get low bits of 0, which a
+    ratio sampler samples.
     """
     return _WANTED_TRACE.get()
 
@@ -109,6 +111,17 @@ def sampled_as(trace_id: int | None) -> Iterator[None]:
         yield
     finally:
         _WANTED_TRACE.reset(token)
+
+
+def _deciding(previous: SpanContext, parent: str | None) -> int:
+    """The trace id a later incarnation of a span (sampled as ``previous``) is sampled as.
+
+    ``previous``'s own when it had no parent: a ratio sampler decided on its
+    low 64 bits. One with a parent (a run started in a caller's span) was
+    sampled as the parent was, whatever its bits: low bits of 0 are sampled
+    at any ratio a sampler samples anything at.
+    """
+    return previous.trace_id if parent is None else previous.trace_id & ~_SAMPLING_BITS
 
 
 class SpanLink(TypedDict):
@@ -208,7 +221,7 @@ class SegmentedSpan(Span):
             kind = "continues"
         if self.previous is not None:
             links.append(Link(self.previous, {_LINK_KIND: kind}))
-        with sampled_as(self.previous.trace_id if self.previous is not None else None):
+        with sampled_as(_deciding(previous, self.ids[2]) if previous is not None else None):
             span = segments.tracer.start_span(
                 self.name, context=context, attributes=dict(self.attributes), links=links
             )

@@ -446,7 +446,9 @@ class DocumentSchema:
     whether a document is valid; only when it is not does ``jsonschema`` walk
     it again for the errors, whose messages and locations stageflow explains.
     For plain JSON (what ``json.loads`` gives) the result is ``jsonschema``'s;
-    the fast check also takes a tuple for an array.
+    the fast check also takes a tuple for an array. A schema ``jsonschema-rs``
+    cannot build (a ``$ref`` to another draft's metaschema, which it does
+    not hold) is checked by ``jsonschema`` alone.
     """
 
     __slots__ = ("_fast", "_full")
@@ -455,7 +457,11 @@ class DocumentSchema:
         plain = thaw(schema)
         # Payloads reach it (a stage's arguments): regexes in linear time.
         self._full: jsonschema.protocols.Validator = _Validator(plain, registry=_NO_RETRIEVAL)
-        self._fast = jsonschema_rs.Draft202012Validator(plain)
+        self._fast: jsonschema_rs.Validator | None
+        try:
+            self._fast = jsonschema_rs.Draft202012Validator(plain)
+        except jsonschema_rs.ValidationError:
+            self._fast = None
 
     def iter_errors(self, instance: Any) -> Iterator[jsonschema.ValidationError]:
         """The validation errors of ``instance`` (none at all when it is valid).
@@ -463,7 +469,7 @@ class DocumentSchema:
         At most :data:`MAX_DOCUMENT_ERRORS` of them, the first ones found.
         """
         try:
-            if self._fast.is_valid(instance):
+            if self._fast is not None and self._fast.is_valid(instance):
                 return iter(())
         except (TypeError, ValueError, OverflowError):
             pass  # not plain JSON for the fast check (tuples, huge ints): the full one decides

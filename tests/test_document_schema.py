@@ -7,6 +7,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+import stageflow
 from stageflow._pipeline import load_schema
 from stageflow._specs import DocumentSchema
 
@@ -44,3 +45,20 @@ def test_every_shipped_schema_compiles_for_both_validators() -> None:
     for name in ("pipeline", "test-case", "session-snapshot"):
         checker = DocumentSchema(load_schema(name))
         assert list(checker.iter_errors({})) != []  # none of them accepts an empty object
+
+
+def test_a_reference_to_another_drafts_metaschema_is_checked_by_jsonschema_alone() -> None:
+    # A stage's contract may name a metaschema the spec check resolves (any
+    # draft's): jsonschema-rs knows only draft 2020-12's, and refused to build,
+    # so the run that checked the arguments raised its ValidationError.
+    spec = stageflow.StageSpec(
+        arguments={
+            "type": "object",
+            "properties": {"schema": {"$ref": "http://json-schema.org/draft-07/schema#"}},
+        }
+    )
+    assert spec.arguments is not None
+    validator = DocumentSchema(spec.arguments)
+    assert list(validator.iter_errors({"schema": {"type": "string"}})) == []
+    errors = list(validator.iter_errors({"schema": {"type": 3}}))
+    assert [list(e.absolute_path) for e in errors] == [["schema", "type"]]

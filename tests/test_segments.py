@@ -184,6 +184,43 @@ async def test_a_ratio_sampler_samples_every_segment_and_restore_of_a_run_alike(
     assert 0 < len(roots) < 40
 
 
+async def test_a_run_sampled_as_its_callers_span_is_sampled_in_every_segment() -> None:
+    # The caller's trace id fails the ratio (low bits all ones): its first
+    # segment was sampled because the caller's span was. The next segment
+    # kept those low bits, so the ratio sampler dropped the rest of the run.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(0.5)),
+        id_generator=stageflow.tracing.RestoringIdGenerator(),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = _registry()
+    nodes = [_waiting("ask", next="again"), _waiting("again", next="end"), terminal()]
+    session = stageflow.Session(
+        load(doc(nodes), registry), registry=registry, tracer_provider=provider
+    )
+    caller = trace.SpanContext(
+        1 << 64 | (1 << 64) - 1,
+        7,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    async with anyio.create_task_group() as tg:
+        with trace.use_span(trace.NonRecordingSpan(caller)):
+            tg.start_soon(session.run)
+        for _ in ("ask", "again"):
+            await wait_until_waiting(session, "go")
+            session.send_input("go", {})
+    provider.shutdown()
+    roots = [s for s in exporter.get_finished_spans() if s.name == "run pipeline"]
+    assert [_attr(s, "stageflow.segment") or 1 for s in roots] == [1, 2, 3]
+    assert roots[0].context.trace_id == caller.trace_id
+    assert roots[0].parent is not None
+    assert roots[0].parent.span_id == caller.span_id
+    assert roots[1].context.trace_id & (1 << 64) - 1 == 0  # sampled at any ratio
+    assert roots[2].context.trace_id & (1 << 64) - 1 == 0
+
+
 async def test_history_events_carry_the_ids_of_their_segment(traced: Traced) -> None:
     session, _ = _session(WAITING, traced)
     async with anyio.create_task_group() as tg:

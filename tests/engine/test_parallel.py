@@ -196,6 +196,29 @@ async def test_a_reducer_folds_a_contribution_its_branch_wrote_inside_too(strate
     assert result.artifacts["shared"] == {"n0": 0, "x": 1, "y": 2, "z": 3}
 
 
+async def test_a_node_that_writes_inside_its_own_output_is_no_other_writer_at_a_join() -> None:
+    """Its outputs ``shared`` and ``shared.y`` are written at once: ``shared.y`` is
+    part of its branch's contribution at ``shared``. The load check took it for
+    another writer, inside a path a reducer combines, and refused the pipeline."""
+    pipeline = doc(
+        [
+            parallel("fan", ["x", "y"], next="end"),
+            stage(
+                "x",
+                "Set",
+                config={"values": {"v": {"x": 1}, "w": 2}},
+                outputs={"v": "shared", "w": "shared.y"},
+            ),
+            set_node("y", "shared", {"z": 3}),
+            terminal("end", "shared"),
+        ],
+        reducers={"shared": "merge"},
+    )
+    result = await run(pipeline, payload={"shared": {"n0": 0}})
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts["shared"] == {"n0": 0, "x": 1, "y": 2, "z": 3}
+
+
 async def test_reducer_that_cannot_combine_fails_the_node() -> None:
     pipeline = fan([set_node("x", "shared", "text"), set_node("y", "shared", 1)])
     pipeline["reducers"] = {"shared": "sum"}
