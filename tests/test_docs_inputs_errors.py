@@ -153,8 +153,13 @@ def test_error_tree_matches_the_classes() -> None:
         del parents[depth:]
         if parents:
             assert cls.__bases__[0] is parents[-1], f"{cls.__name__} is not under {parents[-1]}"
-        for also in re.findall(r"also (\w+)", line):
+        alsos = re.findall(r"also (\w+)", line)
+        for also in alsos:
             assert issubclass(cls, getattr(builtins, also)), f"{cls.__name__} is no {also}"
+        # And every built-in class it derives from besides its parent in the tree is drawn.
+        for base in cls.__bases__[1:]:
+            if base.__module__ == "builtins":
+                assert base.__name__ in alsos, f"{cls.__name__} is also a {base.__name__}"
         parents.append(cls)
         named += 1
     assert named == len(stageflow._errors.__all__) - 1  # every error class; Problem is not one
