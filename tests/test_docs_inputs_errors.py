@@ -173,15 +173,16 @@ def _subclasses(cls: type) -> set[type]:
 
 
 def test_errors_page_names_every_error_class() -> None:
-    # Importing stageflow.testing adds its errors to the tree.
+    # Importing the public submodules adds their errors to the tree.
+    import stageflow.builtins
+    import stageflow.store
     import stageflow.testing
+    import stageflow.ui
 
     text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
     # Classes users can import: from stageflow or a public submodule (not the
     # CLI's internal ones, nor those builtins.fail makes at run time).
-    import stageflow.builtins
-
-    namespaces = (stageflow, stageflow.testing, stageflow.builtins)
+    namespaces = (stageflow, stageflow.testing, stageflow.builtins, stageflow.store, stageflow.ui)
     public = {
         c
         for c in _subclasses(stageflow.StageflowError)
