@@ -5,7 +5,7 @@ so ``except StageflowError`` catches them all, and the ones raised for several
 parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
 
     StageflowError
-    ├── DefinitionError                 a document (pipeline, rule, case) is wrong
+    ├── DefinitionError                 a document (pipeline, rule, case) is wrong (also ValueError)
     │   ├── ProblemsError               .problems: every problem of a document, located
     │   │   ├── PipelineValidationError a pipeline document
     │   │   └── SnapshotError           a session snapshot cannot be restored
@@ -18,9 +18,9 @@ parallel branches at once are also ``ExceptionGroup`` so ``except*`` works::
     │   ├── PluginLoadError             a stage pack failed to load (.pack, chained __cause__)
     │   └── PluginNotFoundError         no stage pack of that name is installed (also LookupError)
     ├── ContextError                    reading or writing the context
-    │   ├── ContextPathError            a malformed path
+    │   ├── ContextPathError            a malformed path (also ValueError)
     │   └── NonJsonValueError           a value that JSON cannot carry (also TypeError)
-    ├── SessionStateError               the session cannot do that now
+    ├── SessionStateError               the session cannot do that now (also RuntimeError)
     ├── InputRejectedError              send_input refused an input (.input_type, .reason)
     ├── SessionTimeoutError             the session deadline passed (also TimeoutError)
     ├── NodeError                       a node failed at run time (.node_id)

@@ -462,6 +462,18 @@ def test_known_layer_violations_are_still_there() -> None:
     assert set(KNOWN_VIOLATIONS) - found == set(), "fixed: delete them from KNOWN_VIOLATIONS"
 
 
+def test_the_layers_of_the_internals_page_are_these() -> None:
+    # docs/internals.md draws the layers for contributors: the same modules, in the same layers.
+    text = (ROOT / "docs" / "internals.md").read_text(encoding="utf-8")
+    drawn = {}
+    for row in re.findall(r"^\| (\w+) \| (`[^|]*`) \|", text, re.MULTILINE):
+        drawn[row[0]] = tuple(name.strip("`/") for name in row[1].split(", "))
+    assert drawn == LAYERS
+    # And it walks through every module of the kernel.
+    kernel = {f.name for f in (PACKAGE / "_engine").glob("_*.py")} - {"__init__.py"}
+    assert sorted(name for name in kernel if f"`{name}`" not in text) == []
+
+
 def test_only_the_backend_seam_imports_trio() -> None:
     # docs/internals.md: the one place the package reaches past anyio to trio.
     importers = set()

@@ -153,8 +153,13 @@ def test_error_tree_matches_the_classes() -> None:
         del parents[depth:]
         if parents:
             assert cls.__bases__[0] is parents[-1], f"{cls.__name__} is not under {parents[-1]}"
-        for also in re.findall(r"also (\w+)", line):
+        alsos = re.findall(r"also (\w+)", line)
+        for also in alsos:
             assert issubclass(cls, getattr(builtins, also)), f"{cls.__name__} is no {also}"
+        # And every built-in class it derives from besides its parent in the tree is drawn.
+        for base in cls.__bases__[1:]:
+            if base.__module__ == "builtins":
+                assert base.__name__ in alsos, f"{cls.__name__} is also a {base.__name__}"
         parents.append(cls)
         named += 1
     assert named == len(stageflow._errors.__all__) - 1  # every error class; Problem is not one
@@ -168,15 +173,16 @@ def _subclasses(cls: type) -> set[type]:
 
 
 def test_errors_page_names_every_error_class() -> None:
-    # Importing stageflow.testing adds its errors to the tree.
+    # Importing the public submodules adds their errors to the tree.
+    import stageflow.builtins
+    import stageflow.store
     import stageflow.testing
+    import stageflow.ui
 
     text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
     # Classes users can import: from stageflow or a public submodule (not the
     # CLI's internal ones, nor those builtins.fail makes at run time).
-    import stageflow.builtins
-
-    namespaces = (stageflow, stageflow.testing, stageflow.builtins)
+    namespaces = (stageflow, stageflow.testing, stageflow.builtins, stageflow.store, stageflow.ui)
     public = {
         c
         for c in _subclasses(stageflow.StageflowError)

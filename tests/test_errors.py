@@ -7,7 +7,7 @@ import json
 import pytest
 
 import stageflow
-from stageflow._errors import describe_exception
+from stageflow._errors import describe_exception, error_matches
 
 
 def test_a_suppressed_context_is_not_listed_as_a_cause() -> None:
@@ -34,6 +34,28 @@ def test_causes_follow_the_chain() -> None:
         "causes": [{"type": "ValueError", "message": "inner"}],
     }
     assert json.loads(json.dumps(described)) == described
+
+
+def test_retry_on_and_error_edges_match_the_cause_chain_not_the_context() -> None:
+    # docs/errors.md: only `raise ... from ...` links count; the description lists both.
+    try:
+        try:
+            raise ConnectionError("down")
+        except ConnectionError:
+            raise ValueError("raised while handling it")  # noqa: B904
+    except ValueError as exc:
+        handled = stageflow.StageError("s", node_id="n", stage="S", attempt=1)
+        handled.__cause__ = exc
+    assert [c["type"] for c in describe_exception(handled)["causes"]] == [
+        "ValueError",
+        "ConnectionError",
+    ]
+    assert not error_matches(handled, ("ConnectionError",))
+    assert error_matches(handled, ("ValueError",))
+    chained = stageflow.StageError("s", node_id="n", stage="S", attempt=1)
+    chained.__cause__ = ValueError("wrapped")
+    chained.__cause__.__cause__ = ConnectionError("down")
+    assert error_matches(chained, ("OSError",))
 
 
 def test_parallel_run_error_works_with_except_star_and_except() -> None:
