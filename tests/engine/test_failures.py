@@ -595,6 +595,27 @@ async def test_error_routed_names_the_handler_index() -> None:
     assert routed.payload == {"next": "end", "error_path": "error", "handler": 1}
 
 
+async def test_an_error_edge_that_cannot_write_its_error_path_says_so() -> None:
+    document = doc([stage("bad", "Fail", next="end", config={"message": "broken"}), terminal()])
+    document["nodes"][0]["fallback"] = "end"
+    document["nodes"][0]["on_error"] = [
+        {"errors": ["ValueError"], "next": "end", "error_path": "x.y"}
+    ]
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"x": 1})
+    result = await session.run()
+    assert result.status is S.FAILED
+    error = result.error
+    assert type(error) is stageflow.NodeError
+    assert error.node_id == "bad"
+    assert "($.nodes[0].on_error[0])" in str(error)
+    assert "'x.y'" in str(error)
+    # The failure the edge was to handle is kept, and the context is untouched.
+    assert isinstance(error.__cause__, stageflow.StageError)
+    assert str(error.__cause__.__cause__) == "broken"
+    assert session.payload == {"x": 1}
+
+
 class _RefusingRootSpans(SpanProcessor):
     """A span processor whose ``on_start`` raises for the run's own span."""
 
