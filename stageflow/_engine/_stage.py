@@ -316,8 +316,15 @@ class StageExecutor:
         """Check an attempt's outputs and write them (all of them, or none)."""
         spec = entry.spec
         if spec.outputs is not None:
+            # None is no outputs at all: the outputs a schema requires are missing.
             check_contract(
-                kernel.mode, kernel.history, "output", node, frame.path, spec.outputs, outputs
+                kernel.mode,
+                kernel.history,
+                "output",
+                node,
+                frame.path,
+                spec.outputs,
+                _EMPTY if outputs is None else outputs,
             )
         if node.outputs:
             if type(outputs) is dict:
