@@ -194,7 +194,8 @@ class StageContext:
 
         Args:
             type: the input type, as sent with ``session.send_input(type, payload)``.
-            timeout: seconds to wait; ``None`` waits as long as the session runs.
+            timeout: seconds to wait; ``None`` (or infinity) waits as long as
+                the session runs.
 
         Raises:
             TypeError: ``type`` is not a non-empty string (no sender could send
@@ -212,6 +213,8 @@ class StageContext:
                 "timeout must be a number of seconds (not NaN), or None to wait as long as the "
                 "session runs"
             )
+        if timeout is not None and _seconds(timeout) == math.inf:
+            timeout = None  # the same wait; history and snapshots hold no infinity (not JSON)
         # The engine's coroutine itself: one frame less for every waiting session.
         return self._runtime.wait_input(type, timeout)
 
@@ -221,6 +224,9 @@ class StageContext:
         Prefer this to ``anyio.sleep`` in stages: a session restored from a
         snapshot taken during the sleep wakes at the original deadline (an
         absolute UTC time), not ``seconds`` after the restore.
+
+        Infinity (or a number past any date) sleeps until the latest time a
+        deadline holds, the end of year 9999 (UTC).
 
         Returns:
             the seconds planned by the first call (also after a restore).
@@ -233,7 +239,7 @@ class StageContext:
                 f"ctx.sleep({seconds!r}) at node {self.node_id!r}: the duration must be a number "
                 "of seconds (not NaN); to sleep until a time, use ctx.sleep_until(datetime)"
             )
-        return await self._runtime.sleep(float(seconds), None)
+        return await self._runtime.sleep(_seconds(seconds), None)
 
     async def sleep_until(self, when: datetime.datetime) -> float:
         """Sleep until the aware datetime ``when`` (at once if it has passed).
@@ -266,6 +272,14 @@ def _is_duration(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return not (isinstance(value, float) and math.isnan(value))  # an int may be past any float
+
+
+def _seconds(value: float) -> float:
+    """A duration (see :func:`_is_duration`) as a float: an int past any float is infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def engine_context(

@@ -10,6 +10,7 @@ One :class:`StageRuntime` per run, made by the run with everything it needs
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Protocol
 
@@ -450,6 +451,8 @@ class StageRuntime:
             if until is None:
                 planned = max(0.0, seconds or 0.0)
                 until = after(now, planned)
+                if planned == math.inf:  # until the latest deadline: a snapshot holds no infinity
+                    planned = (until - now).total_seconds()
             else:
                 planned = max(0.0, (until - now).total_seconds())
             entry = {"sleep": until.astimezone(datetime.UTC).isoformat(), "seconds": planned}
