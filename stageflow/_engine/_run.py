@@ -1248,7 +1248,9 @@ class Run:
                                             context.set(target, outputs[key])
                             else:
                                 StageExecutor.outputs(self, node, frame, entry, outputs)
-                        except NodeError:
+                        except NodeError as exc:
+                            if exc.node_id != node.id:  # another node's: see StageExecutor.run
+                                raise StageExecutor.failure(node, 1, 1, exc) from exc
                             raise
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
@@ -1717,7 +1719,9 @@ class Run:
                                         written[target] = None
                         else:
                             StageExecutor.outputs(self, node, frame, entry, outputs)
-                    except NodeError:
+                    except NodeError as exc:
+                        if exc.node_id != node.id:  # another node's: see StageExecutor.run
+                            raise StageExecutor.failure(node, 1, 1, exc) from exc
                         raise
                     except Exception as exc:
                         raise StageExecutor.failure(node, 1, 1, exc) from exc

@@ -118,7 +118,11 @@ class StageExecutor:
                         outputs = await self._timed(node, frame, run, ctx, timeout, attempt, policy)
                     self.outputs(kernel, node, frame, entry, outputs)
                     outcome = "succeeded"
-                except NodeError:
+                except NodeError as exc:
+                    if exc.node_id != node.id:
+                        # Another node's error (a session the stage ran itself):
+                        # this node's failure, as any other exception.
+                        raise self.failure(node, attempt, policy.attempts, exc) from exc
                     raise
                 except Exception as exc:
                     # Anything else (a stage's own error, or a StageflowError that
