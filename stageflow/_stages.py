@@ -76,7 +76,7 @@ class StageContext:
     Attributes:
         arguments: argument name -> value read from the context (read-only;
             a path with nothing stored is left out, a stored ``null`` is ``None``).
-        config: the node's static ``config`` (read-only).
+        config: a copy of the node's static ``config`` (changing it changes nothing else).
         session_id: id of the running session.
         node_id: id of the stage node.
         node_path: the node's position, ``parallel/branch/node`` style.
