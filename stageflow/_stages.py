@@ -429,6 +429,14 @@ def _check_stage_class(cls: type[BaseStage], name: str, origin: str) -> None:
             "stage's context alone; define 'async def run(self, ctx)' and read settings "
             "from ctx.config and ctx.arguments"
         )
+    if cls.cleanup is not BaseStage.cleanup:
+        wrong = _takes_a_context(cls.cleanup, None, None)
+        if not inspect.iscoroutinefunction(cls.cleanup) or wrong is not None:
+            what = f"cleanup{wrong}" if wrong is not None else "a cleanup() that is not async"
+            raise RegistryError(
+                f"stage {name!r} from {origin} has {what}; define 'async def cleanup(self, "
+                "ctx, outcome)': the engine awaits it after every attempt"
+            )
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):  # no signature to check (some C types)
