@@ -195,7 +195,8 @@ class StageContext:
         Args:
             type: the input type, as sent with ``session.send_input(type, payload)``.
             timeout: seconds to wait; ``None`` (or infinity) waits as long as
-                the session runs.
+                the session runs, and 0 (or less) takes an input only if one
+                is queued.
 
         Raises:
             TypeError: ``type`` is not a non-empty string (no sender could send
@@ -213,8 +214,14 @@ class StageContext:
                 "timeout must be a number of seconds (not NaN), or None to wait as long as the "
                 "session runs"
             )
-        if timeout is not None and _seconds(timeout) == math.inf:
-            timeout = None  # the same wait; history and snapshots hold no infinity (not JSON)
+        if timeout is not None:
+            # History and snapshots hold no infinity (not JSON): an endless wait is
+            # one without a timeout, and one past its deadline already a poll.
+            seconds = _seconds(timeout)
+            if seconds == math.inf:
+                timeout = None
+            elif seconds < 0:
+                timeout = 0
         # The engine's coroutine itself: one frame less for every waiting session.
         return self._runtime.wait_input(type, timeout)
 

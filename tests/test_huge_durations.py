@@ -156,6 +156,22 @@ async def test_an_endless_stage_sleep_or_wait_snapshots_as_json(call: str, secon
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("seconds", [-math.inf, -(10**400)])
+async def test_a_wait_past_its_deadline_already_is_a_poll(seconds: float) -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Poll")
+    async def poll(ctx: stageflow.StageContext) -> None:
+        await ctx.wait_input("go", timeout=seconds)
+
+    pipeline = load(doc([stage("p", "Poll", next="end"), terminal("end")]), registry)
+    result = await stageflow.Session(pipeline, registry=registry).run()
+    assert isinstance(result.error, stageflow.InputTimeoutError)
+    assert result.error.timeout == 0
+    json.dumps(result.to_dict(), allow_nan=False)  # no -Infinity in the history
+
+
+@pytest.mark.anyio
 @pytest.mark.trio_only
 async def test_a_sleep_of_1e12_seconds_in_virtual_time_ends() -> None:
     pipeline = load(
