@@ -325,7 +325,9 @@ class StageRuntime:
             if self.waits == 1:
                 meters.waiting.add(1, {PIPELINE_NAME: self._state.pipeline.name})
         try:
-            if self._on_block:
+            if self._on_block and (remaining is None or remaining > 0):
+                # A wait already due blocks nothing (a poll): it times out now,
+                # as a due timer goes on (see pause()).
                 self._hooks.check_idle()
             if remaining is None:
                 await waiter.arrived.wait()
