@@ -76,7 +76,7 @@ class StageContext:
     Attributes:
         arguments: argument name -> value read from the context (read-only;
             a path with nothing stored is left out, a stored ``null`` is ``None``).
-        config: the node's static ``config`` (read-only).
+        config: a copy of the node's static ``config`` (changing it changes nothing else).
         session_id: id of the running session.
         node_id: id of the stage node.
         node_path: the node's position, ``parallel/branch/node`` style.
@@ -194,7 +194,9 @@ class StageContext:
 
         Args:
             type: the input type, as sent with ``session.send_input(type, payload)``.
-            timeout: seconds to wait; ``None`` waits as long as the session runs.
+            timeout: seconds to wait; ``None`` (or infinity) waits as long as
+                the session runs, and 0 (or less) takes an input only if one
+                is queued.
 
         Raises:
             TypeError: ``type`` is not a non-empty string (no sender could send
@@ -212,6 +214,14 @@ class StageContext:
                 "timeout must be a number of seconds (not NaN), or None to wait as long as the "
                 "session runs"
             )
+        if timeout is not None:
+            # History and snapshots hold no infinity (not JSON): an endless wait is
+            # one without a timeout, and one past its deadline already a poll.
+            seconds = _seconds(timeout)
+            if seconds == math.inf:
+                timeout = None
+            elif seconds < 0:
+                timeout = 0
         # The engine's coroutine itself: one frame less for every waiting session.
         return self._runtime.wait_input(type, timeout)
 
@@ -221,6 +231,9 @@ class StageContext:
         Prefer this to ``anyio.sleep`` in stages: a session restored from a
         snapshot taken during the sleep wakes at the original deadline (an
         absolute UTC time), not ``seconds`` after the restore.
+
+        Infinity (or a number past any date) sleeps until the latest time a
+        deadline holds, the end of year 9999 (UTC).
 
         Returns:
             the seconds planned by the first call (also after a restore).
@@ -233,7 +246,7 @@ class StageContext:
                 f"ctx.sleep({seconds!r}) at node {self.node_id!r}: the duration must be a number "
                 "of seconds (not NaN); to sleep until a time, use ctx.sleep_until(datetime)"
             )
-        return await self._runtime.sleep(float(seconds), None)
+        return await self._runtime.sleep(_seconds(seconds), None)
 
     async def sleep_until(self, when: datetime.datetime) -> float:
         """Sleep until the aware datetime ``when`` (at once if it has passed).
@@ -266,6 +279,14 @@ def _is_duration(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return not (isinstance(value, float) and math.isnan(value))  # an int may be past any float
+
+
+def _seconds(value: float) -> float:
+    """A duration (see :func:`_is_duration`) as a float: an int past any float is infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def engine_context(
@@ -415,6 +436,14 @@ def _check_stage_class(cls: type[BaseStage], name: str, origin: str) -> None:
             "stage's context alone; define 'async def run(self, ctx)' and read settings "
             "from ctx.config and ctx.arguments"
         )
+    if cls.cleanup is not BaseStage.cleanup:
+        wrong = _takes_a_context(cls.cleanup, None, None)
+        if not inspect.iscoroutinefunction(cls.cleanup) or wrong is not None:
+            what = f"cleanup{wrong}" if wrong is not None else "a cleanup() that is not async"
+            raise RegistryError(
+                f"stage {name!r} from {origin} has {what}; define 'async def cleanup(self, "
+                "ctx, outcome)': the engine awaits it after every attempt"
+            )
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):  # no signature to check (some C types)

@@ -132,6 +132,46 @@ async def test_a_waiting_session_with_huge_timeouts_suspends_and_restores() -> N
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("call", "seconds"), [("sleep", math.inf), ("sleep", 10**400), ("wait_input", math.inf)]
+)
+async def test_an_endless_stage_sleep_or_wait_snapshots_as_json(call: str, seconds: float) -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Block")
+    async def block(ctx: stageflow.StageContext) -> None:
+        if call == "sleep":
+            await ctx.sleep(seconds)
+        else:
+            await ctx.wait_input("go", timeout=seconds)
+
+    session = stageflow.Session(
+        load(doc([stage("b", "Block", next="end"), terminal("end")]), registry), registry=registry
+    )
+    waiting = await session.run(suspend=True)
+    assert waiting.status is stageflow.SessionStatus.WAITING
+    text = json.dumps(session.to_dict(), allow_nan=False)  # no Infinity: plain JSON
+    restored = stageflow.Session.from_dict(json.loads(text), registry=registry)
+    assert restored.status is stageflow.SessionStatus.WAITING
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("seconds", [-math.inf, -(10**400)])
+async def test_a_wait_past_its_deadline_already_is_a_poll(seconds: float) -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Poll")
+    async def poll(ctx: stageflow.StageContext) -> None:
+        await ctx.wait_input("go", timeout=seconds)
+
+    pipeline = load(doc([stage("p", "Poll", next="end"), terminal("end")]), registry)
+    result = await stageflow.Session(pipeline, registry=registry).run()
+    assert isinstance(result.error, stageflow.InputTimeoutError)
+    assert result.error.timeout == 0
+    json.dumps(result.to_dict(), allow_nan=False)  # no -Infinity in the history
+
+
+@pytest.mark.anyio
 @pytest.mark.trio_only
 async def test_a_sleep_of_1e12_seconds_in_virtual_time_ends() -> None:
     pipeline = load(

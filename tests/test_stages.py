@@ -213,6 +213,37 @@ def test_a_class_that_cannot_be_built_without_arguments_is_rejected() -> None:
         registry.register()(NeedsConfig)
 
 
+class SyncCleanup(stageflow.BaseStage):
+    async def run(self, ctx: stageflow.StageContext) -> None:
+        return None
+
+    def cleanup(self, ctx: stageflow.StageContext, outcome: str) -> None:  # type: ignore[override]
+        return None
+
+
+class CleanupWithoutOutcome(stageflow.BaseStage):
+    async def run(self, ctx: stageflow.StageContext) -> None:
+        return None
+
+    async def cleanup(self, ctx: stageflow.StageContext) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [(SyncCleanup, "a cleanup() that is not async"), (CleanupWithoutOutcome, "cleanup(self, ctx")],
+    ids=["sync cleanup", "cleanup without outcome"],
+)
+def test_a_cleanup_the_engine_cannot_await_is_rejected_when_registered(
+    target: type[stageflow.BaseStage], shown: str
+) -> None:
+    # It would fail after every attempt, each failure a cleanup_failed event.
+    with pytest.raises(stageflow.RegistryError) as caught:
+        stageflow.StageRegistry().add(target, name="Leaky")
+    assert shown in str(caught.value)
+    assert "async def cleanup(self, ctx, outcome)" in str(caught.value)
+
+
 async def needs_more(ctx: stageflow.StageContext, client: object) -> None:
     return None
 

@@ -70,6 +70,7 @@ from stageflow._engine._state import Saved, SessionState, TraceIds
 from stageflow._engine._subpipeline import SubpipelineExecutor
 from stageflow._errors import (
     ConditionError,
+    ContextPathError,
     JsonLogicError,
     LimitExceededError,
     NodeError,
@@ -1247,7 +1248,9 @@ class Run:
                                             context.set(target, outputs[key])
                             else:
                                 StageExecutor.outputs(self, node, frame, entry, outputs)
-                        except NodeError:
+                        except NodeError as exc:
+                            if exc.node_id != node.id:  # another node's: see StageExecutor.run
+                                raise StageExecutor.failure(node, 1, 1, exc) from exc
                             raise
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
@@ -1482,7 +1485,19 @@ class Run:
             for index, handler in enumerate(handlers):
                 if error_matches(exc, handler.errors):
                     description = describe_exception(exc)
-                    frame.ctx.set(handler.error_path, description)
+                    try:
+                        frame.ctx.set(handler.error_path, description)
+                    except ContextPathError as unwritable:
+                        # The failure stays the cause: it is what went wrong.
+                        edges = len(getattr(node, "on_error", ()))
+                        edge = f"on_error[{index}]" if index < edges else "fallback"
+                        raise NodeError(
+                            f"node {node.id!r} failed, and its error edge "
+                            f"({frame.scope.pipeline.location(node.id)}.{edge}) could not "
+                            f"write the error at {handler.error_path!r}: {unwritable}; give "
+                            "the edge an error_path that crosses no scalar",
+                            node_id=node.id,
+                        ) from exc
                     # Handled: a snapshot from here on goes to the handler.
                     frame.work = Finished(handler.next)
                     self._state.history.record(
@@ -1704,7 +1719,9 @@ class Run:
                                         written[target] = None
                         else:
                             StageExecutor.outputs(self, node, frame, entry, outputs)
-                    except NodeError:
+                    except NodeError as exc:
+                        if exc.node_id != node.id:  # another node's: see StageExecutor.run
+                            raise StageExecutor.failure(node, 1, 1, exc) from exc
                         raise
                     except Exception as exc:
                         raise StageExecutor.failure(node, 1, 1, exc) from exc

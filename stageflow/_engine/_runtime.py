@@ -10,6 +10,7 @@ One :class:`StageRuntime` per run, made by the run with everything it needs
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Protocol
 
@@ -324,7 +325,9 @@ class StageRuntime:
             if self.waits == 1:
                 meters.waiting.add(1, {PIPELINE_NAME: self._state.pipeline.name})
         try:
-            if self._on_block:
+            if self._on_block and (remaining is None or remaining > 0):
+                # A wait already due blocks nothing (a poll): it times out now,
+                # as a due timer goes on (see pause()).
                 self._hooks.check_idle()
             if remaining is None:
                 await waiter.arrived.wait()
@@ -450,6 +453,8 @@ class StageRuntime:
             if until is None:
                 planned = max(0.0, seconds or 0.0)
                 until = after(now, planned)
+                if planned == math.inf:  # until the latest deadline: a snapshot holds no infinity
+                    planned = (until - now).total_seconds()
             else:
                 planned = max(0.0, (until - now).total_seconds())
             entry = {"sleep": until.astimezone(datetime.UTC).isoformat(), "seconds": planned}

@@ -118,7 +118,11 @@ class StageExecutor:
                         outputs = await self._timed(node, frame, run, ctx, timeout, attempt, policy)
                     self.outputs(kernel, node, frame, entry, outputs)
                     outcome = "succeeded"
-                except NodeError:
+                except NodeError as exc:
+                    if exc.node_id != node.id:
+                        # Another node's error (a session the stage ran itself):
+                        # this node's failure, as any other exception.
+                        raise self.failure(node, attempt, policy.attempts, exc) from exc
                     raise
                 except Exception as exc:
                     # Anything else (a stage's own error, or a StageflowError that
@@ -316,8 +320,15 @@ class StageExecutor:
         """Check an attempt's outputs and write them (all of them, or none)."""
         spec = entry.spec
         if spec.outputs is not None:
+            # None is no outputs at all: the outputs a schema requires are missing.
             check_contract(
-                kernel.mode, kernel.history, "output", node, frame.path, spec.outputs, outputs
+                kernel.mode,
+                kernel.history,
+                "output",
+                node,
+                frame.path,
+                spec.outputs,
+                _EMPTY if outputs is None else outputs,
             )
         if node.outputs:
             if type(outputs) is dict:

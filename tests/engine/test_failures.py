@@ -587,12 +587,68 @@ async def test_cancel_from_a_hook_stops_a_run_whose_stages_never_await() -> None
     assert "b" not in [e.node_id for e in result.history if e.type == "node_started"]
 
 
+@pytest.mark.parametrize("shape", ["simple", "retried", "map body"])
+async def test_another_nodes_error_raised_by_a_stage_is_this_nodes_failure(shape: str) -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Outer")
+    async def outer(ctx: stageflow.StageContext) -> None:
+        # As a stage re-raising the error of a session it ran itself.
+        raise stageflow.StageError("inner failure", node_id="inner", stage="Inner", attempt=1)
+
+    node = stage("outer", "Outer")
+    if shape == "retried":
+        node["retry"] = {"attempts": 2}
+    if shape == "map body":
+        nodes = [
+            {"id": "each", "type": "map", "items": "xs", "body": "outer", "next": "end"},
+            node,
+            terminal(),
+        ]
+    else:
+        nodes = [{**node, "next": "end"}, terminal()]
+    result = await run_with(doc(nodes), registry, payload={"xs": [1]})
+    if shape == "map body":
+        assert isinstance(result.error, stageflow.MapError)
+        [(_, item)] = result.error.failures
+        assert (item["type"], item["node_id"], item["stage"]) == ("StageError", "outer", "Outer")
+        assert item["causes"][0]["message"] == "inner failure"
+        return
+    error = result.error
+    assert isinstance(error, stageflow.StageError)
+    assert (error.node_id, error.stage) == ("outer", "Outer")
+    assert error.attempt == (2 if shape == "retried" else 1)
+    assert isinstance(error.__cause__, stageflow.StageError)
+    assert error.__cause__.node_id == "inner"
+
+
 async def test_error_routed_names_the_handler_index() -> None:
     document = doc([stage("bad", "Fail", next="end"), terminal("end"), terminal("other")])
     document["nodes"][0]["on_error"] = [{"errors": ["KeyError"], "next": "other"}, {"next": "end"}]
     result = await run_with(document, fake_registry())
     [routed] = [e for e in result.history if e.type == "error_routed"]
     assert routed.payload == {"next": "end", "error_path": "error", "handler": 1}
+
+
+async def test_an_error_edge_that_cannot_write_its_error_path_says_so() -> None:
+    document = doc([stage("bad", "Fail", next="end", config={"message": "broken"}), terminal()])
+    document["nodes"][0]["fallback"] = "end"
+    document["nodes"][0]["on_error"] = [
+        {"errors": ["ValueError"], "next": "end", "error_path": "x.y"}
+    ]
+    registry = fake_registry()
+    session = stageflow.Session(load(document, registry), registry=registry, payload={"x": 1})
+    result = await session.run()
+    assert result.status is S.FAILED
+    error = result.error
+    assert type(error) is stageflow.NodeError
+    assert error.node_id == "bad"
+    assert "($.nodes[0].on_error[0])" in str(error)
+    assert "'x.y'" in str(error)
+    # The failure the edge was to handle is kept, and the context is untouched.
+    assert isinstance(error.__cause__, stageflow.StageError)
+    assert str(error.__cause__.__cause__) == "broken"
+    assert session.payload == {"x": 1}
 
 
 class _RefusingRootSpans(SpanProcessor):

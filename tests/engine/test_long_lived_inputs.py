@@ -273,6 +273,23 @@ async def test_output_checks_catch_what_the_stage_returns() -> None:
     assert "total" not in session.payload
 
 
+async def test_a_stage_returning_none_misses_the_outputs_its_schema_requires() -> None:
+    registry = stageflow.StageRegistry()
+    spec = stageflow.StageSpec(
+        outputs={"type": "object", "required": ["total"], "properties": {"total": {}}}
+    )
+
+    @registry.register("Total", spec=spec)
+    async def total(ctx: stageflow.StageContext) -> None:
+        return None
+
+    document = doc([stage("t", "Total", next="end"), terminal("end")], validate_events="strict")
+    result = await stageflow.Session(load(document, registry), registry=registry).run()
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert (error.kind, error.key, error.got) == ("output", "total", "nothing")
+
+
 async def test_violations_are_events_in_warn_and_nothing_in_off() -> None:
     warned = await run_typed("warn", {"n": "x"})
     assert warned.status is stageflow.SessionStatus.COMPLETED

@@ -478,6 +478,23 @@ async def test_a_run_without_waits_completes_in_suspend_mode() -> None:
     assert result.status is stageflow.SessionStatus.COMPLETED
 
 
+async def test_a_wait_already_due_times_out_in_suspend_mode_without_suspending() -> None:
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Poll")
+    async def poll(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        try:
+            return {"got": await ctx.wait_input("go", timeout=0)}
+        except stageflow.InputTimeoutError:
+            return {"got": None}
+
+    document = doc([stage("p", "Poll", outputs={"got": "got"}, next="end"), terminal("end", "got")])
+    result = await stageflow.Session(load(document, registry), registry=registry).run(suspend=True)
+    assert result.status is stageflow.SessionStatus.COMPLETED  # as a due timer goes on
+    assert result.artifacts == {"got": None}
+    assert "session_suspended" not in [e.type for e in result.history]
+
+
 async def test_streams_end_at_a_suspension() -> None:
     case = chat_case([])
     session = case.session()
