@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from stageflow._context import Context
 from stageflow._engine._limits import limits_of
+from stageflow._engine._positions import FramePosition, count_positions
 from stageflow._errors import ContextPathError, Problem
 from stageflow._graph import all_edges, continuation_edges, region_edges, walk
 from stageflow._guard import MAX_DEPTH, MAX_NESTING
@@ -403,9 +404,14 @@ class _Checker:
         snapshot = self.snapshot
         # Version 3 keeps only the limits that differ from their defaults.
         limits = limits_of(snapshot)
-        # A session that hit max_steps counted the step it refused.
+        # Every node in flight is counted, one refused by max_steps too (a
+        # session stopped at the limit, or a live snapshot as the stop tears
+        # the run down, when several positions may each have been refused):
+        # those that finished are at most max_steps.
         max_steps = limits.max_steps
-        if max_steps is not None and snapshot["steps"] > max_steps + 1:
+        position: FramePosition | None = snapshot.get("position")
+        in_flight = count_positions(position)
+        if max_steps is not None and snapshot["steps"] - in_flight > max_steps:
             self.add(
                 "$.steps",
                 f"{snapshot['steps']} node executions is past limits.max_steps="
