@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 
 import stageflow
 import stageflow.tracing
@@ -31,9 +31,11 @@ CONTINUES = {"stageflow.link.kind": "continues"}
 class Traced:
     """A provider (with stageflow's id generator) and its in-memory exporter."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Sampler | None = None) -> None:
         self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider(id_generator=stageflow.tracing.RestoringIdGenerator())
+        self.provider = TracerProvider(
+            sampler=sampler, id_generator=stageflow.tracing.RestoringIdGenerator()
+        )
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
 
     def spans(self) -> tuple[ReadableSpan, ...]:
@@ -144,12 +146,8 @@ async def test_a_ratio_sampler_samples_every_segment_and_restore_of_a_run_alike(
     # Each segment's root, and a restored run's, is a new trace: the ratio
     # sampler decided afresh, so a run sampled at first lost what came after
     # a long wait or a restore whenever that was sampled out.
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(0.5)),
-        id_generator=stageflow.tracing.RestoringIdGenerator(),
-    )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    kit = Traced(ParentBased(TraceIdRatioBased(0.5)))
+    exporter, provider = kit.exporter, kit.provider
     registry = _registry()
     nodes = [_waiting("ask", next="again"), _waiting("again", next="last"), _waiting("last")]
     pipeline = load(doc([*nodes[:2], {**nodes[2], "next": "end"}, terminal()]), registry)
@@ -188,12 +186,8 @@ async def test_a_run_sampled_as_its_callers_span_is_sampled_in_every_segment() -
     # The caller's trace id fails the ratio (low bits all ones): its first
     # segment was sampled because the caller's span was. The next segment
     # kept those low bits, so the ratio sampler dropped the rest of the run.
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(0.5)),
-        id_generator=stageflow.tracing.RestoringIdGenerator(),
-    )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    kit = Traced(ParentBased(TraceIdRatioBased(0.5)))
+    exporter, provider = kit.exporter, kit.provider
     registry = _registry()
     nodes = [_waiting("ask", next="again"), _waiting("again", next="end"), terminal()]
     session = stageflow.Session(
