@@ -76,7 +76,10 @@ class StageContext:
     Attributes:
         arguments: argument name -> value read from the context (read-only;
             a path with nothing stored is left out, a stored ``null`` is ``None``).
-        config: a copy of the node's static ``config`` (changing it changes nothing else).
+        config: the node's static ``config``, to read (a ``Mapping``). A node
+            with a config gives each attempt a fresh copy, so a stage that
+            changes it anyway changes nothing else; a node without one gives
+            an empty mapping that cannot be changed.
         session_id: id of the running session.
         node_id: id of the stage node.
         node_path: the node's position, ``parallel/branch/node`` style.
