@@ -689,42 +689,11 @@ async def test_a_short_wait_begun_beside_a_long_one_cuts_too(traced: Traced, sho
     assert "terminal end < run pipeline" in third
 
 
-async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
+async def _crashed_in_segment_two(
     traced: Traced,
-) -> None:
-    # The snapshot kept the root's attributes without stageflow.segment (set
-    # on each incarnation only): the rebuilt root of segment 2 read as a
-    # first segment.
-    document = doc([_waiting("ask", next="work"), stage("work", "Hang", next="end"), terminal()])
-    session, registry = _session(document, traced)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        await wait_until_waiting(session, "go")
-        session.send_input("go", {})
-        await _until_started(session, "work")  # in segment 2, working: spans are open
-        snapshot = json.loads(json.dumps(session.to_dict()))
-        tg.cancel_scope.cancel()  # the process "dies"
-    [root] = [s for s in snapshot["trace"]["open"] if s["name"] == "run pipeline"]
-    assert root["attributes"]["stageflow.segment"] == 2
-    after = Traced()
-    restored = stageflow.Session.from_dict(
-        snapshot, registry=registry, tracer_provider=after.provider
-    )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(restored.run)  # rebuilds as it starts; "work" hangs
-        await _until_started(restored, None, "session_resumed")
-        tg.cancel_scope.cancel()
-    [rebuilt] = [
-        s for s in after.spans() if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
-    ]
-    assert f"{rebuilt.context.span_id:016x}" == root["span_id"]
-    assert _attr(rebuilt, "stageflow.segment") == 2
-
-
-async def test_a_span_rebuilt_after_a_crash_keeps_its_links(traced: Traced) -> None:
-    # The snapshot kept no links: the rebuilt root of segment 2 lost its
-    # previous_segment link, so the trace of a crashed run could not be
-    # followed back to the segment before the wait.
+) -> tuple[dict[str, Any], tuple[ReadableSpan, ...], tuple[ReadableSpan, ...]]:
+    """A snapshot taken working in segment 2, what was exported before the "crash",
+    and what the restored session exported (the rebuilt spans) as it started."""
     document = doc([_waiting("ask", next="work"), stage("work", "Hang", next="end"), terminal()])
     session, registry = _session(document, traced)
     async with anyio.create_task_group() as tg:
@@ -735,6 +704,38 @@ async def test_a_span_rebuilt_after_a_crash_keeps_its_links(traced: Traced) -> N
         snapshot = json.loads(json.dumps(session.to_dict()))
         exported_before_crash = traced.spans()
         tg.cancel_scope.cancel()  # the process "dies": nothing it exports from here counts
+    after = Traced()
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, tracer_provider=after.provider
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)  # rebuilds as it starts; "work" hangs
+        await _until_started(restored, None, "session_resumed")
+        tg.cancel_scope.cancel()
+    return snapshot, exported_before_crash, after.spans()
+
+
+async def test_a_segment_root_rebuilt_after_a_crash_keeps_its_segment_number(
+    traced: Traced,
+) -> None:
+    # The snapshot kept the root's attributes without stageflow.segment (set
+    # on each incarnation only): the rebuilt root of segment 2 read as a
+    # first segment.
+    snapshot, _, rebuilt_spans = await _crashed_in_segment_two(traced)
+    [root] = [s for s in snapshot["trace"]["open"] if s["name"] == "run pipeline"]
+    assert root["attributes"]["stageflow.segment"] == 2
+    [rebuilt] = [
+        s for s in rebuilt_spans if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
+    ]
+    assert f"{rebuilt.context.span_id:016x}" == root["span_id"]
+    assert _attr(rebuilt, "stageflow.segment") == 2
+
+
+async def test_a_span_rebuilt_after_a_crash_keeps_its_links(traced: Traced) -> None:
+    # The snapshot kept no links: the rebuilt root of segment 2 lost its
+    # previous_segment link, so the trace of a crashed run could not be
+    # followed back to the segment before the wait.
+    snapshot, exported_before_crash, rebuilt_spans = await _crashed_in_segment_two(traced)
     [first] = [s for s in exported_before_crash if s.name == "run pipeline"]
     [root] = [s for s in snapshot["trace"]["open"] if s["name"] == "run pipeline"]
     assert root["links"] == [
@@ -745,21 +746,13 @@ async def test_a_span_rebuilt_after_a_crash_keeps_its_links(traced: Traced) -> N
         }
     ]
     assert snapshot["version"] == 5
-    after = Traced()
-    restored = stageflow.Session.from_dict(
-        snapshot, registry=registry, tracer_provider=after.provider
-    )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(restored.run)  # rebuilds as it starts; "work" hangs
-        await _until_started(restored, None, "session_resumed")
-        tg.cancel_scope.cancel()
     [rebuilt] = [
-        s for s in after.spans() if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
+        s for s in rebuilt_spans if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
     ]
     assert [(link.context.span_id, link.attributes) for link in rebuilt.links] == [
         (first.context.span_id, ROOT_LINK)
     ]
-    assert orphans(exported_before_crash + after.spans()) == []
+    assert orphans(exported_before_crash + rebuilt_spans) == []
 
 
 @pytest.mark.parametrize("mode", ["no threshold", "suspend mode"])
