@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import graphlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final
@@ -427,6 +428,7 @@ def check_graph(
             )
 
     yield from _check_exits(nodes, index, where, reachable)
+    yield from _check_condition_loops(nodes, index, where)
     deepest, inner = _nesting(entry, index)
     if deepest > MAX_NESTING:
         # It could never run (limits.max_depth is at most MAX_NESTING), and the
@@ -710,6 +712,47 @@ def _check_self_edges(i: int, node: ConditionNode) -> Iterator[Problem]:
                 "and again, until limits.max_steps; point it at the node that should run "
                 "next (in a loop, one that changes what the rule reads)",
             )
+
+
+def _check_condition_loops(
+    nodes: Sequence[Node], index: Mapping[str, Node], where: Mapping[str, int]
+) -> Iterator[Problem]:
+    """Condition nodes that lead around in a loop with nothing else in it.
+
+    As with a condition leading back to itself (:func:`_check_self_edges`),
+    nothing runs on the way around to change what the rules read: once the
+    way around is taken, it is taken again and again. Each loop found is
+    reported once, at its node that comes first in the document; its nodes
+    are then left out of the search for more.
+    """
+    before: dict[str, set[str]] = {}  # condition id -> the conditions leading to it
+    for node in nodes:
+        if isinstance(node, ConditionNode) and index.get(node.id) is node:
+            before.setdefault(node.id, set())
+            for edge in edges(node):
+                if edge.target != node.id and isinstance(index.get(edge.target), ConditionNode):
+                    before.setdefault(edge.target, set()).add(node.id)
+    while True:
+        try:
+            graphlib.TopologicalSorter(before).prepare()
+            return
+        except graphlib.CycleError as found:
+            # Each node of the list leads to the next; the last is the first again.
+            cycle: list[str] = found.args[1][:-1]
+        start = min(range(len(cycle)), key=lambda k: where[cycle[k]])
+        cycle = cycle[start:] + cycle[:start]
+        shown = " -> ".join(repr(node_id) for node_id in [*cycle, cycle[0]])
+        yield Problem(
+            f"$.nodes[{where[cycle[0]]}]",
+            f"condition nodes lead around in a loop ({shown}): nothing runs on the way "
+            "around to change what their rules read, so once it is taken it is taken again "
+            "and again, until limits.max_steps; point one of them at a node that should run "
+            "next (in a loop, one that changes what the rules read)",
+        )
+        for node_id in cycle:  # reported: look for the next loop without it
+            del before[node_id]
+            for leading in before.values():
+                leading.discard(node_id)
 
 
 def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> Iterator[Problem]:

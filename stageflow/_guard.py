@@ -258,20 +258,29 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 def _measure_yaml(text: str) -> None:
     """Walk the events of ``text``, raising :class:`BudgetError` when over a budget."""
-    # For each anchor: (values it expands to, levels it nests).
-    anchors: dict[str, tuple[int, int]] = {}
-    # For each open collection: [anchor, values before it, its depth, deepest level inside].
+    # For each anchor: (values it expands to, levels it nests, characters of text in it).
+    anchors: dict[str, tuple[int, int, int]] = {}
+    # For each open collection: [anchor, values before it, its depth, deepest
+    # level inside, characters before it].
     open_: list[list[Any]] = []
     values = 0
     deepest = 0
+    chars = 0
 
-    def add(count: int, height: int) -> None:
-        nonlocal values, deepest
+    def add(count: int, height: int, length: int) -> None:
+        nonlocal values, deepest, chars
         values += count
         if values > MAX_YAML_NODES:
             raise BudgetError(
                 f"the YAML expands to more than {MAX_YAML_NODES:,} values (aliases count as "
                 "often as they are used); repeat less through aliases, or split the document"
+            )
+        chars += length
+        if chars > MAX_DOCUMENT_BYTES:
+            raise BudgetError(
+                f"the YAML expands to more than {MAX_DOCUMENT_BYTES:,} characters of text "
+                "(aliases count as often as they are used), the most a document may hold; "
+                "repeat long text less through aliases, or keep it out of the document"
             )
         level = len(open_) + height
         deepest = max(deepest, level)
@@ -284,18 +293,18 @@ def _measure_yaml(text: str) -> None:
 
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.ScalarEvent):
-            add(1, 0)
+            add(1, 0, len(event.value))
             if event.anchor is not None:
-                anchors[event.anchor] = (1, 0)
+                anchors[event.anchor] = (1, 0, len(event.value))
         elif isinstance(event, yaml.AliasEvent):
-            count, height = anchors.get(event.anchor or "", (1, 0))
-            add(count, height)
+            count, height, length = anchors.get(event.anchor or "", (1, 0, 0))
+            add(count, height, length)
         elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
-            add(1, 1)
-            open_.append([event.anchor, values - 1, len(open_) + 1, len(open_) + 1])
+            add(1, 1, 0)
+            open_.append([event.anchor, values - 1, len(open_) + 1, len(open_) + 1, chars])
         elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
-            anchor, before, level, inside = open_.pop()
+            anchor, before, level, inside, chars_before = open_.pop()
             if open_:
                 open_[-1][3] = max(open_[-1][3], inside)
             if anchor is not None:
-                anchors[anchor] = (values - before, inside - level + 1)
+                anchors[anchor] = (values - before, inside - level + 1, chars - chars_before)

@@ -8,6 +8,7 @@ snapshot ("paused session, time to pause / resume" rows).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, TypeAlias
@@ -25,6 +26,7 @@ __all__ = [
     "find_non_json",
     "freeze",
     "json_type",
+    "too_much_text",
     "thaw",
     "with_article",
 ]
@@ -233,7 +235,9 @@ def _plain(value: Any, depth: int, max_depth: int, left: list[int]) -> bool:
     return False
 
 
-def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> NonJson | None:
+def find_non_json(
+    value: Any, where: str = "$", max_depth: int = MAX_DEPTH, max_chars: int | None = None
+) -> NonJson | None:
     """Return the first non-JSON part of ``value``: its location, the offending value and why.
 
     ``None`` means ``value`` is plain JSON: dicts with string keys, lists, strings
@@ -248,42 +252,55 @@ def find_non_json(value: Any, where: str = "$", max_depth: int = MAX_DEPTH) -> N
     values are answered by a check that recurses at most 64 levels; anything
     else is walked iteratively, so hostile values can neither hit the
     recursion limit nor loop forever.
+
+    With ``max_chars``, the value may also hold at most that many characters
+    of text (strings and object keys) once written out, a string shared many
+    times over counted each time: documents are held to the size of the text
+    they could be read from. Values made at run time are not (counting every
+    string's length would cost the check per input and output a third more).
     """
-    fast = max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH
-    if _plain(value, 0, fast, [_FAST_UNITS, MAX_VALUES - 1]):
-        return None
-    return _walk(value, where, max_depth)
+    if max_chars is None:
+        fast = max_depth if max_depth < _FAST_DEPTH else _FAST_DEPTH
+        if _plain(value, 0, fast, [_FAST_UNITS, MAX_VALUES - 1]):
+            return None
+        max_chars = sys.maxsize
+    return _walk(value, where, max_depth, max_chars)
 
 
-def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
+def _walk(value: Any, where: str, max_depth: int, max_chars: int) -> NonJson | None:
     """:func:`find_non_json` item by item, each with its location.
 
     A container already found plain is not walked again where it is shared
     (at the same depth or less): it counts at its size, so a value that is
     exponential as a tree costs what its distinct containers cost, and is
-    refused once its size as JSON passes :data:`MAX_VALUES`.
+    refused once its size as JSON passes :data:`MAX_VALUES` values or
+    ``max_chars`` characters.
     """
-    # (location, item, depth, values counted when entered); location None
-    # marks leaving a container.
-    stack: list[tuple[str | None, Any, int, int]] = [(where, value, 0, 0)]
+    # (location, item, depth, values and characters counted when entered);
+    # location None marks leaving a container.
+    stack: list[tuple[str | None, Any, int, int, int]] = [(where, value, 0, 0, 0)]
     inside: set[int] = set()  # ids of the containers on the current path
-    # id -> (the container, the depth it was found plain at, its size as JSON),
-    # for containers of _KEPT_SIZE values or more (a smaller one is cheaper to
-    # walk again than to keep); the container is kept so that its id is not
-    # reused during the walk.
-    plain: dict[int, tuple[Any, int, int]] = {}
+    # id -> (the container, the depth it was found plain at, its size as JSON
+    # in values and in characters), for containers of _KEPT_SIZE values or
+    # more (a smaller one is cheaper to walk again than to keep); the
+    # container is kept so that its id is not reused during the walk.
+    plain: dict[int, tuple[Any, int, int, int]] = {}
     counted = 0
+    chars = 0
     while stack:
-        loc, item, depth, entered = stack.pop()
+        loc, item, depth, entered, entered_chars = stack.pop()
         if loc is None:
             inside.discard(id(item))
             if counted - entered >= _KEPT_SIZE:
-                plain[id(item)] = (item, depth, counted - entered)
+                plain[id(item)] = (item, depth, counted - entered, chars - entered_chars)
             continue
         counted += 1
         if counted > MAX_VALUES:
             return NonJson(loc, item, _TOO_MANY)
         if isinstance(item, str):
+            chars += len(item)
+            if chars > max_chars:
+                return NonJson(loc, item, too_much_text(max_chars))
             why = _surrogate(item)
             if why is not None:
                 return NonJson(loc, item, why)
@@ -305,24 +322,43 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
         seen = plain.get(id(item))
         if seen is not None and depth <= seen[1]:
             counted += seen[2] - 1  # its values, itself counted above
+            chars += seen[3]
+            if chars > max_chars:
+                return NonJson(loc, item, too_much_text(max_chars))
             continue
         if depth >= max_depth:
             return NonJson(loc, item, f"it nests more than {max_depth} levels deep")
         if counted + len(item) > MAX_VALUES:  # each item is at least one more value
             return NonJson(loc, item, _TOO_MANY)
         inside.add(id(item))
-        stack.append((None, item, depth, counted - 1))
+        stack.append((None, item, depth, counted - 1, chars))
         if isinstance(item, dict):
-            for key, sub in item.items():
+            for key in item:
                 if not isinstance(key, str):
                     return NonJson(f"{loc} key {key!r}", key, "object keys must be strings")
                 why = _surrogate(key)
                 if why is not None:
                     return NonJson(f"{loc} key {key!r}", key, why)
-                stack.append((f"{loc}.{key}", sub, depth + 1, 0))
+                chars += len(key)
+                if chars > max_chars:
+                    return NonJson(f"{loc} key", key, too_much_text(max_chars))
+            # Pushed last first, so that the first problem in document order is found.
+            stack.extend(
+                (f"{loc}.{key}", sub, depth + 1, 0, 0) for key, sub in reversed(item.items())
+            )
         else:
-            stack.extend((f"{loc}[{i}]", sub, depth + 1, 0) for i, sub in enumerate(item))
+            stack.extend(
+                (f"{loc}[{i}]", item[i], depth + 1, 0, 0) for i in range(len(item) - 1, -1, -1)
+            )
     return None
+
+
+def too_much_text(max_chars: int) -> str:
+    """Why :func:`find_non_json` refuses a value over its ``max_chars``."""
+    return (
+        f"it holds more than {max_chars:,} characters of text written out as JSON "
+        "(a string, or a list or object holding one, met several times counts each time)"
+    )
 
 
 # Scalars a copy shares, tested by exact type before any isinstance: an

@@ -30,6 +30,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from stageflow._errors import DefinitionError, PipelineValidationError, Problem, shown
 from stageflow._graph import check_graph, listing
 from stageflow._guard import (
+    MAX_DOCUMENT_BYTES,
     MAX_NESTING,
     BudgetError,
     DuplicateKeyError,
@@ -40,7 +41,15 @@ from stageflow._guard import (
     yaml_problem,
 )
 from stageflow._identity import IdentityCache
-from stageflow._json import MAX_DEPTH, a_json_type, a_python_type, copy_json, find_non_json, freeze
+from stageflow._json import (
+    MAX_DEPTH,
+    a_json_type,
+    a_python_type,
+    copy_json,
+    find_non_json,
+    freeze,
+    too_much_text,
+)
 from stageflow._model import (
     API_VERSIONS,
     ConditionBranch,
@@ -511,7 +520,7 @@ def plain_document(document: Any) -> tuple[Any, Problem | None]:
     Pipelines, case files and the command line's JSON and YAML values are
     checked with it.
     """
-    if find_non_json(document, "$") is None:
+    if find_non_json(document, "$", max_chars=MAX_DOCUMENT_BYTES) is None:
         return copy_json(document), None  # plain JSON already: the common case
     try:
         # Mappings and tuples (a frozen document) become dicts and lists; the check
@@ -525,11 +534,17 @@ def plain_document(document: Any) -> tuple[Any, Problem | None]:
         return None, Problem(
             "$", f"the document nests more than {MAX_DEPTH} levels deep; flatten it"
         )
-    bad = find_non_json(shared, "$")
+    bad = find_non_json(shared, "$", max_chars=MAX_DOCUMENT_BYTES)
     if bad is None:
         return copy_json(shared), None
     plain = shared
     value = bad.value
+    if bad.reason == too_much_text(MAX_DOCUMENT_BYTES):
+        return plain, Problem(
+            bad.location,
+            f"the document {bad.reason.removeprefix('it ')} by this value, the most a document "
+            "may hold; keep long text out of the document, or repeat it less",
+        )
     hint = "use a string, number, boolean, null, object or array"
     if isinstance(value, datetime.date | datetime.time):
         hint = "YAML reads unquoted dates and times as such: quote it to make it a string"

@@ -580,3 +580,78 @@ def test_the_paths_a_subpipeline_node_maps_from_are_context_paths_too(field: str
             stageflow.Pipeline.from_dict(document, registry=fake_registry())
         assert [p.location for p in caught.value.problems] == [f"$.nodes[0].{field}"]
         assert said in caught.value.problems[0].message
+
+
+def test_a_yaml_that_repeats_a_long_string_through_aliases_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """A 256 KiB string aliased 100,000 times: a 1 MB text, 25 GiB of text when built.
+
+    Aliases were counted as values only: it loaded, and writing the document
+    (its digest) ran out of memory. In a subprocess with bounded memory, so
+    that a regression cannot take the machine.
+    """
+    long = "y" * (256 * 1024)
+    path = tmp_path / "many.yaml"
+    text = "\n".join(
+        [
+            'api_version: "1.0"',
+            "entry: end",
+            "nodes: [{id: end, type: terminal}]",
+            "metadata:",
+            f"  long: &long {long}",
+            "  many:",
+            *["    - *long"] * 100_000,
+        ]
+    )
+    path.write_text(text)
+    code = textwrap.dedent(
+        f"""
+        import resource
+        import stageflow
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+        try:
+            stageflow.Pipeline.load({str(path)!r})
+            print("loaded")
+        except stageflow.PipelineValidationError as exc:
+            print("refused:", exc.problems[0].location, exc.problems[0].message)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: $ "), done.stdout
+    assert "expands to more than 16,777,216 characters of text" in done.stdout
+
+
+def test_a_document_that_repeats_a_long_string_is_refused_at_it() -> None:
+    # The same from Python: one string in a list many times is written out
+    # each time, so the document is held to the text a file may hold. In a
+    # subprocess with bounded memory: before the fix it loaded, and its
+    # digest ran out of memory.
+    code = textwrap.dedent(
+        """
+        import resource
+        import stageflow
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+        document = {
+            "api_version": "1.0",
+            "entry": "end",
+            "nodes": [{"id": "end", "type": "terminal"}],
+            "metadata": {"many": ["y" * (1 << 20)] * 100_000},
+        }
+        try:
+            stageflow.Pipeline.from_dict(document)
+            print("loaded")
+        except stageflow.PipelineValidationError as exc:
+            print("refused:", exc.problems[0].location, exc.problems[0].message)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: $.metadata.many[1"), done.stdout
+    assert "more than 16,777,216 characters of text" in done.stdout
+    assert "keep long text out of the document" in done.stdout

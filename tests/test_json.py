@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from types import MappingProxyType
 from typing import Any
 
@@ -103,7 +104,7 @@ _VALUES = st.recursive(
 def test_the_quick_check_agrees_with_the_walk(value: object, max_depth: int) -> None:
     # find_non_json answers plain values without the walk: the same answers.
     found = find_non_json(value, "$", max_depth)
-    walked = _walk(value, "$", max_depth)
+    walked = _walk(value, "$", max_depth, sys.maxsize)
     assert (found is None) == (walked is None)
     if found is not None and walked is not None:
         assert (found.location, found.reason) == (walked.location, walked.reason)
@@ -297,14 +298,50 @@ async def test_an_output_nests_no_deeper_in_the_context_than_a_snapshot_holds(pa
 def test_a_bad_value_after_a_shared_list_is_found_without_walking_the_tree() -> None:
     # x = [x, x], forty levels: 2**40 items as a tree, 40 lists as objects.
     # The quick check once walked that tree first, item by item, before the
-    # walk (which takes the last item first) could refuse the NaN after it;
-    # here it would never have ended (the suite's timeout fails it).
+    # walk could refuse anything; here it would never have ended (the suite's
+    # timeout fails it). The first problem in document order is the shared
+    # list's size, then the NaN after it.
     shared: list[Any] = []
     for _ in range(40):
         shared = [shared, shared]
     bad = find_non_json({"a": shared, "z": math.nan}, "payload")
     assert bad is not None
+    assert bad.location.startswith("payload.a[0]")
+    assert "values written out as JSON" in bad.reason
+    bad = find_non_json({"a": shared_levels(10), "z": math.nan}, "payload")
+    assert bad is not None
     assert (bad.location, bad.reason) == ("payload.z", "not a finite number")
+
+
+def test_the_first_problem_in_document_order_is_the_one_named() -> None:
+    # The walk took each container's last item first, so a value with two
+    # problems was named by the later one ("the first non-JSON part").
+    assert find_non_json([{1}, {2}]) == ("$[0]", {1}, "not a JSON type")
+    found = find_non_json({"a": [1, [2, {3}]], "b": math.nan, "c": {4}})
+    assert found is not None
+    assert (found.location, found.reason) == ("$.a[1][1]", "not a JSON type")
+    found = find_non_json([math.inf, {5}], "payload")
+    assert found is not None
+    assert found.location == "payload[0]"
+
+
+def test_a_document_holds_at_most_its_budget_of_text_a_long_string_counted_each_time() -> None:
+    # One string of 1 MiB in a list 100,000 times is 100 GiB of JSON text:
+    # a document holding it loaded, then writing it (its digest, to_dict
+    # for a snapshot or the inspector) ran out of memory.
+    big = "y" * (1 << 20)
+    assert find_non_json([big] * 100_000) is None  # values made at run time: not counted
+    found = find_non_json([big] * 100_000, "$", max_chars=16 << 20)
+    assert found is not None
+    assert found.location == "$[16]"  # 16 strings are 16 MiB: the 17th passes the bound
+    assert "more than 16,777,216 characters of text" in found.reason
+    # Shared containers holding the string count it each time too.
+    shared = [big] * 80
+    found = find_non_json({"a": shared, "b": shared, "c": shared}, "$", max_chars=100 << 20)
+    assert found is not None
+    assert found.location == "$.b"
+    # 160 MiB of strings and the two keys.
+    assert find_non_json({"a": shared, "b": shared}, "$", max_chars=(160 << 20) + 2) is None
 
 
 def shared_levels(levels: int) -> list[Any]:
@@ -321,7 +358,7 @@ def test_a_value_that_expands_past_the_budget_is_refused_without_walking_it() ->
     # returned (the suite's timeout fails a walk that does).
     bad = find_non_json({"v": shared_levels(40)}, "payload")
     assert bad is not None
-    assert bad.location.startswith("payload.v[1][1]")
+    assert bad.location.startswith("payload.v[0][0]")
     assert bad.reason == (
         f"it holds more than {MAX_VALUES:,} values written out as JSON "
         "(a list or object shared many times over counts each time)"

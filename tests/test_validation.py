@@ -347,6 +347,52 @@ def test_a_condition_leading_back_to_itself_is_refused(
     assert "point it at the node that should run next" in found[0].message
 
 
+def condition(node_id: str, then: str, otherwise: str) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "type": "condition",
+        "conditions": [{"if": {"var": node_id}, "then": then}],
+        "else": otherwise,
+    }
+
+
+def test_condition_nodes_leading_around_in_a_loop_are_refused_once_each() -> None:
+    # 'a' -> 'b' -> 'a' loaded (each may also go on to 'end', so every path
+    # can end): nothing runs in between, so once the way around was taken
+    # the session went around until limits.max_steps (with it null, forever).
+    document = doc(
+        [
+            condition("a", "b", "end"),
+            condition("b", "end", "a"),
+            condition("c", "d", "end"),
+            condition("d", "e", "end"),
+            condition("e", "c", "d"),  # 'c' -> 'd' -> 'e' -> 'c', and 'd' <-> 'e'
+            {"id": "end", "type": "terminal"},
+        ],
+    )
+    document["nodes"][0]["conditions"].append({"if": True, "then": "c"})
+    loops = [p for p in problems(document) if "lead around in a loop" in p.message]
+    # One problem per group of nodes that loop (c, d and e loop two ways).
+    assert [(p.location, p.message.split(":")[0]) for p in loops] == [
+        ("$.nodes[0]", "condition nodes lead around in a loop ('a' -> 'b' -> 'a')"),
+        ("$.nodes[2]", "condition nodes lead around in a loop ('c' -> 'd' -> 'e' -> 'c')"),
+    ]
+    assert "point one of them at a node that should run next" in loops[0].message
+
+
+def test_condition_nodes_with_a_stage_on_the_way_around_may_loop() -> None:
+    registry = fake_registry()
+    document = doc(
+        [
+            condition("a", "b", "end"),
+            condition("b", "work", "end"),
+            stage("work", "Set", config={"values": {"a": False}}, next="a"),
+            {"id": "end", "type": "terminal"},
+        ],
+    )
+    load(document, registry)
+
+
 @pytest.mark.parametrize(
     ("rule", "location"),
     [

@@ -185,6 +185,20 @@ class InputDesk:
                 "already wait for a stage (limits.max_input_backlog); send it later, or raise "
                 "the limit",
             )
+        # Types no stage declares share one backlog: a sender cannot grow the
+        # session's memory and history by sending under ever new type names.
+        max_backlog = self._broker.max_backlog
+        if (
+            type not in self._declared
+            and self._broker.queued_besides(self._declared) >= max_backlog
+        ):
+            raise self._reject(
+                type,
+                "backlog_full",
+                f"input {type!r} was rejected: {max_backlog} inputs of types no stage of this "
+                "pipeline declares already wait for a stage (they share limits.max_input_backlog); "
+                "send it later, declare the type in the stage's allowed_inputs, or raise the limit",
+            )
         self._broker.enqueue(type, copy_json(payload))
         self._history.record("input_queued", None, "", {"input_type": type})
         return InputReceipt(type, 0, True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 import anyio
@@ -161,6 +162,10 @@ class InputBroker:
     def backlog_full(self, type: str) -> bool:
         """Whether one more input of ``type`` would exceed the backlog."""
         return len((self._backlog or {}).get(type, ())) >= self.max_backlog
+
+    def queued_besides(self, types: Container[str]) -> int:
+        """How many inputs wait in the backlog whose type is not one of ``types``."""
+        return sum(len(queue) for t, queue in (self._backlog or {}).items() if t not in types)
 
     def _queues(self, type: str) -> tuple[deque[Any], deque[Any]]:
         """The backlog of ``type`` and its senders (made when first needed)."""

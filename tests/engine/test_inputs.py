@@ -129,6 +129,48 @@ async def test_backlog_overflow_is_rejected_and_reported() -> None:
     assert result.artifacts == {"got": 1}  # oldest first
 
 
+async def test_types_no_stage_declares_share_one_backlog() -> None:
+    # Each type had a backlog of its own: in warn mode a sender could queue
+    # max_input_backlog inputs under every new type name, growing the
+    # session's memory and history (two events each) until max_history
+    # ended it.
+    document = doc(
+        [wait_node("w", "go", "got", next="end"), terminal("end", "got")],
+        limits={"max_input_backlog": 3},
+    )
+    session = new_session(document)
+    for n in range(3):
+        assert session.send_input(f"spam-{n}", n).queued
+    with pytest.raises(stageflow.InputRejectedError) as info:
+        session.send_input("spam-3", 3)
+    assert info.value.reason == "backlog_full"
+    assert "types no stage of this pipeline declares" in str(info.value)
+    assert "allowed_inputs" in str(info.value)
+    # A declared type keeps its own backlog.
+    for n in range(3):
+        assert session.send_input("go", n).queued
+    assert [e.type for e in session.history].count("input_queued") == 6
+    result = await session.run()
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {"got": 0}
+
+
+async def test_a_stage_that_declares_no_inputs_takes_them_from_the_shared_backlog() -> None:
+    registry = chat_registry()  # declares no inputs: it may wait for any type
+    document = doc(
+        [stage("ask", "Ask", outputs={"answer": "answer"}, next="end"), terminal("end", "answer")],
+        limits={"max_input_backlog": 2},
+    )
+    session = new_session(document, registry)
+    session.send_input("other", 1)
+    session.send_input("answer", "yes")
+    with pytest.raises(stageflow.InputRejectedError, match=r"share limits\.max_input_backlog"):
+        session.send_input("third", 3)
+    result = await session.run()
+    assert result.status is S.COMPLETED
+    assert result.artifacts == {"answer": "yes"}
+
+
 async def test_sequential_waits_each_get_their_own_input() -> None:
     document = doc(
         [
