@@ -748,3 +748,37 @@ async def test_a_node_whose_later_output_cannot_be_written_writes_none(
     assert result.status is stageflow.SessionStatus.COMPLETED
     assert result.artifacts == {"error.type": error}
     assert "written" not in session.to_dict()["position"]["context"]
+
+
+async def test_the_default_retry_on_retries_a_broken_output_contract_and_a_timeout() -> None:
+    # docs/pipeline-format.md: with the default retry_on, a StageSchemaError
+    # (strict) and a NodeTimeoutError are retried like any other failure.
+    registry = fake_registry()
+    calls = {"Shape": 0, "Slow": 0}
+    outputs = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+
+    @registry.register("Shape", spec=stageflow.StageSpec(outputs=outputs))
+    async def shape(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        calls["Shape"] += 1
+        return {"x": "not yet"} if ctx.attempt == 1 else {"x": 1}
+
+    @registry.register("Slow")
+    async def slow(ctx: stageflow.StageContext) -> None:
+        calls["Slow"] += 1
+        if ctx.attempt == 1:
+            await anyio.sleep(10)
+
+    retry = {"retry": {"attempts": 2}}
+    document = doc(
+        [
+            {**stage("shape", "Shape", outputs={"x": "x"}, next="slow"), **retry},
+            {**stage("slow", "Slow", next="end"), **retry, "timeout": 0.01},
+            terminal("end", "x"),
+        ],
+        validate_events="strict",
+    )
+    result = await run_with(document, registry)
+    assert result.status is S.COMPLETED, result.error
+    assert calls == {"Shape": 2, "Slow": 2}
+    retried = [e.payload["error"]["type"] for e in result.history if e.type == "node_retrying"]
+    assert retried == ["StageSchemaError", "NodeTimeoutError"]

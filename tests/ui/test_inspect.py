@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import ast
 import copy
+import itertools
 import urllib.request
 from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stageflow
 from stageflow._cli._graph import build_invalid_graph
 from stageflow.ui._drawing import draw
 from stageflow.ui._errors import InputRefusedError, SnapshotLoadError
 from stageflow.ui._inspect import REDACTED, inspect_session, redact
-from stageflow.ui._layout import layout
+from stageflow.ui._layout import _BENDS, _crossings, layout
 from stageflow.ui._sources import PipelineCache, check_input
 
 pytestmark = pytest.mark.anyio
@@ -202,6 +205,48 @@ def test_layout_puts_nodes_in_layers_without_overlaps_and_routes_every_edge() ->
         assert route[-1] == (placed.boxes[target].x, placed.boxes[target].y)
     assert len(placed.routes[6]) == 3  # a -> d spans two layers: one bend between
     assert layout(nodes, sizes, edges) == placed  # the same every time
+
+
+def _crossings_pair_by_pair(order: list[list[str]], down: dict[str, list[str]]) -> int:
+    count = 0
+    for upper, lower in itertools.pairwise(order):
+        where = {n: i for i, n in enumerate(lower)}
+        ends = [(i, where[t]) for i, n in enumerate(upper) for t in down[n] if t in where]
+        for k, (a1, b1) in enumerate(ends):
+            count += sum(1 for a2, b2 in ends[k + 1 :] if (a1 - a2) * (b1 - b2) < 0)
+    return count
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), widths=st.lists(st.integers(0, 6), min_size=1, max_size=5))
+def test_layout_counts_crossings_as_comparing_every_pair_of_edges_would(
+    data: st.DataObject, widths: list[int]
+) -> None:
+    order = [[f"{r}.{i}" for i in range(width)] for r, width in enumerate(widths)]
+    down: dict[str, list[str]] = {n: [] for row in order for n in row}
+    for upper, lower in itertools.pairwise(order):
+        for n in upper:
+            if lower:  # repeated edges included
+                down[n] = data.draw(st.lists(st.sampled_from(lower), max_size=3))
+    order = [data.draw(st.permutations(row)) for row in order]
+    assert _crossings(order, down) == _crossings_pair_by_pair(order, down)
+
+
+def test_a_graph_of_many_long_edges_is_laid_out_within_a_budget_of_bends() -> None:
+    # A chain of n nodes whose error edges all lead to one handler: an edge
+    # got a bend per layer it crosses, n * n / 2 in all, and every crossing
+    # count compared every pair of them; 1,600 nodes took minutes.
+    chain = [f"n{i}" for i in range(300)]
+    nodes = [*chain, "handler", "end"]
+    edges = [*itertools.pairwise(chain), (chain[-1], "end"), ("handler", "end")]
+    edges += [(node, "handler") for node in chain]
+    placed = layout(nodes, {n: (80.0, 30.0) for n in nodes}, edges)
+    assert sum(len(route) - 2 for route in placed.routes) <= _BENDS
+    for (source, target), route in zip(edges, placed.routes, strict=True):
+        assert route[0] == (placed.boxes[source].x, placed.boxes[source].y)
+        assert route[-1] == (placed.boxes[target].x, placed.boxes[target].y)
+    # The first long edges still bend round the nodes in their way.
+    assert len(placed.routes[edges.index(("n0", "handler"))]) > 2
 
 
 def test_drawing_escapes_node_ids_and_labels() -> None:
