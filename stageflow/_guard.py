@@ -10,6 +10,7 @@ or a parse that never ends. A leaf module: it imports nothing from stageflow.
 from __future__ import annotations
 
 import json
+import os
 from os import PathLike
 from typing import Any, Final
 
@@ -26,6 +27,8 @@ __all__ = [
     "DuplicateKeyError",
     "SAFE_INT_BITS",
     "int_too_large",
+    "is_document_path",
+    "is_yaml_path",
     "parse_json_text",
     "read_text_file",
     "parse_yaml_text",
@@ -138,6 +141,19 @@ def _too_large() -> BudgetError:
         f"the text is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, the most stageflow "
         "reads; split the document (subpipelines, case files) or keep data out of it"
     )
+
+
+def is_yaml_path(path: str | PathLike[str]) -> bool:
+    """Whether a document file is read as YAML: its name ends in ``.yaml`` or ``.yml``.
+
+    In any case (``PIPELINE.YAML`` too); any other file is read as JSON.
+    """
+    return os.fspath(path).lower().endswith((".yaml", ".yml"))
+
+
+def is_document_path(path: str | PathLike[str]) -> bool:
+    """Whether a file in a directory of documents is one: ``.json``, ``.yaml`` or ``.yml``."""
+    return is_yaml_path(path) or os.fspath(path).lower().endswith(".json")
 
 
 def read_text_file(path: str | PathLike[str]) -> str:

@@ -35,6 +35,7 @@ from stageflow._guard import (
     BudgetError,
     DuplicateKeyError,
     int_too_large,
+    is_yaml_path,
     parse_json_text,
     parse_yaml_text,
     read_text_file,
@@ -418,7 +419,7 @@ class Pipeline:
         except BudgetError as exc:
             problem = Problem("$", f"not read: {exc}")
             raise PipelineValidationError([problem], source=str(file)) from None
-        document = parse_document(text, source=str(file), yaml_=file.suffix in (".yaml", ".yml"))
+        document = parse_document(text, source=str(file), yaml_=is_yaml_path(file))
         return cls.from_dict(document, registry=registry, source=str(file))
 
 

@@ -655,3 +655,11 @@ def test_a_document_that_repeats_a_long_string_is_refused_at_it() -> None:
     assert done.stdout.startswith("refused: $.metadata.many[1"), done.stdout
     assert "more than 16,777,216 characters of text" in done.stdout
     assert "keep long text out of the document" in done.stdout
+
+
+def test_a_yaml_file_is_read_as_yaml_whatever_the_case_of_its_suffix(tmp_path: Path) -> None:
+    # `pipeline.YAML` was read as JSON: "not valid JSON" for a valid YAML file.
+    text = 'api_version: "1.0"\nentry: end\nnodes:\n  - {id: end, type: terminal}\n'
+    for name in ("upper.YAML", "mixed.Yml"):
+        (tmp_path / name).write_text(text)
+        assert stageflow.Pipeline.load(tmp_path / name).entry == "end"

@@ -20,6 +20,7 @@ import yaml
 from stageflow._errors import StageflowError, printable_text
 from stageflow._guard import (
     BudgetError,
+    is_yaml_path,
     parse_json_text,
     parse_yaml_text,
     read_text_file,
@@ -258,7 +259,7 @@ def read_json_argument(text: str, *, option: str) -> Any:
             raise CommandError(f"{source}: not read: {exc}") from exc
         if not text.strip():  # JSON said "Expecting value", YAML read it as null
             raise CommandError(f"{source}: the file is empty; write a JSON value in it")
-        if file.suffix in (".yaml", ".yml"):
+        if is_yaml_path(file):
             try:
                 return _plain(parse_yaml_text(text), source)
             except yaml.YAMLError as exc:

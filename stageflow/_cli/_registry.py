@@ -27,7 +27,7 @@ from typing import Any
 
 from stageflow._cli._common import CommandError
 from stageflow._errors import PipelineValidationError, Problem
-from stageflow._guard import BudgetError, read_text_file
+from stageflow._guard import BudgetError, is_yaml_path, read_text_file
 from stageflow._pipeline import Pipeline, parse_document
 from stageflow._stage_modules import StagesModuleError, merge_registries, registry_of
 from stageflow._stages import StageContext, StageRegistry, default_registry
@@ -168,7 +168,7 @@ def read_document(path: str) -> Any:
         ) from exc
     except BudgetError as exc:
         raise PipelineValidationError([Problem("$", f"not read: {exc}")], source=path) from exc
-    return parse_document(text, source=path, yaml_=file.suffix in (".yaml", ".yml"))
+    return parse_document(text, source=path, yaml_=is_yaml_path(file))
 
 
 def read_pipeline(path: str, registry: StageRegistry | None) -> Pipeline:

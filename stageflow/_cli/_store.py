@@ -26,6 +26,7 @@ from stageflow._cli._common import (
 )
 from stageflow._cli._registry import add_stage_options, read_pipeline, resolve_registry
 from stageflow._errors import printable_text
+from stageflow._guard import is_document_path
 from stageflow._result import SessionStatus
 from stageflow.store import (
     SessionService,
@@ -248,7 +249,11 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
         # A typo ran the worker without them: every session rebuilt from its snapshot.
         raise CommandError(f"--pipelines {args.pipelines}: not a directory; check the path")
     pipelines = (
-        [read_pipeline(str(p), registry) for p in sorted(Path(args.pipelines).glob("*.json"))]
+        [
+            read_pipeline(str(p), registry)
+            for p in sorted(Path(args.pipelines).iterdir())
+            if is_document_path(p) and p.is_file()
+        ]
         if args.pipelines
         else []
     )

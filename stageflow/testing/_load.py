@@ -12,7 +12,7 @@ import cattrs
 import jsonschema
 
 from stageflow import Problem
-from stageflow._guard import BudgetError, read_text_file
+from stageflow._guard import BudgetError, is_yaml_path, read_text_file
 from stageflow._json import a_json_type
 from stageflow._pipeline import (
     load_schema,
@@ -105,7 +105,7 @@ def load_cases(
     document = parse_document(
         text,
         source=str(file),
-        yaml_=file.suffix in (".yaml", ".yml"),
+        yaml_=is_yaml_path(file),
         error=CaseValidationError,
     )
     return cases_from_document(document, file=file, stages_modules=stages_modules)

@@ -70,7 +70,9 @@ def list_pipeline_files(directory: Path | None) -> list[str]:
     """The pipeline file names of ``directory`` (JSON and YAML), sorted."""
     if directory is None or not directory.is_dir():
         return []
-    return sorted(p.name for p in directory.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+    return sorted(
+        p.name for p in directory.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file()
+    )
 
 
 def read_pipeline_file(

@@ -294,3 +294,39 @@ def test_a_damaged_row_is_named_not_a_traceback(url: str, capsys: Any) -> None:
         assert code == 2
         assert "session 's1': its stored waiting_for column cannot be read" in err
         assert "Traceback" not in err
+
+
+def test_the_worker_reads_yaml_pipelines_too(
+    url: str, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --pipelines took only *.json: the YAML pipelines of the directory (which
+    # `stageflow ui --pipelines` shows) were left out in silence, and their
+    # sessions rebuilt from each snapshot's own document.
+    import stageflow._cli._store as cli_store
+
+    given: list[Any] = []
+
+    class Recorder(cli_store.Worker):
+        def __init__(self, store: Any, **options: Any) -> None:
+            super().__init__(store, **options)
+            given.extend(options["pipelines"])
+
+        async def run(self, **_: Any) -> None:
+            return None
+
+    monkeypatch.setattr(cli_store, "Worker", Recorder)
+    for name in ("a.json", "b.yaml", "c.YML", "d.Yaml"):
+        stem = name.split(".")[0]
+        document = {
+            "api_version": "1.0",
+            "entry": "end",
+            "metadata": {"name": stem},
+            "nodes": [{"id": "end", "type": "terminal"}],
+        }
+        (tmp_path / name).write_text(json.dumps(document))  # JSON is YAML too
+    (tmp_path / "notes.txt").write_text("not a pipeline")
+    code, _, err = run_cli(
+        capsys, "worker", "--store", url, "--no-plugins", "--pipelines", str(tmp_path)
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in given) == ["a", "b", "c", "d"]
