@@ -133,14 +133,20 @@ def test_one_node_map_bodies_are_alike_on_both_paths(
     assert tight == general
 
 
-@pytest.mark.parametrize(("traced", "fails", "taken"), [(False, 0, 2), (False, 1, 2), (True, 0, 0)])
-def test_a_one_node_map_body_runs_through_run_item(
-    monkeypatch: pytest.MonkeyPatch, traced: bool, fails: int, taken: int
+@pytest.mark.parametrize(
+    ("traced", "fails", "workers"), [(False, 0, 1), (False, 1, 2), (True, 0, 0)]
+)
+def test_a_one_node_map_body_runs_through_run_items(
+    monkeypatch: pytest.MonkeyPatch, traced: bool, fails: int, workers: int
 ) -> None:
-    """Each new item of a one-stage-node body is one ``run_item``, untraced; else ``run_child``."""
-    # Two items, echoed or failing; none off the tight path.
+    """Untraced, each worker runs its new items of a one-stage-node body in one ``run_items``.
+
+    No item then goes through ``run_child``; traced, or on the general path, each does.
+    """
+    # Two items, echoed (one worker) or failing (two workers); none off the tight path.
     blocks = [("map_one", fails), ("set", 0)]
-    assert _calls_of(monkeypatch, "run_item", blocks, traced) == (taken, 0)
+    assert _calls_of(monkeypatch, "run_items", blocks, traced) == (workers, 0)
+    assert _calls_of(monkeypatch, "run_child", blocks, traced) == (0 if workers else 2, 2)
 
 
 @pytest.mark.anyio
