@@ -1621,8 +1621,9 @@ class Run:
         items, running, collected = run.items, run.running, run.collected
         total = len(items)
         item_path, index_path = mapped.item_path, mapped.index_path
-        fork = run.frame.ctx.fork
-        base, visit, depth, scope = run.base, run.visit, run.depth, run.frame.scope
+        fork = run.frame.ctx.fork_layers
+        base, depth, scope = run.base, run.depth, run.frame.scope
+        origin_of = f"{run.visit}:"  # an item's origin is this and its path
         # Each collected path, whether it is a top-level key (read from the
         # item fork's own map) and the list it is collected into.
         collect = tuple((source, "." not in source, collected[source]) for source in mapped.collect)
@@ -1631,6 +1632,8 @@ class Run:
         entry = step.entry
         spec = entry.spec
         pairs, outputs_of = step.pairs, step.outputs
+        stage, started, finished, done = node.stage, step.started, step.finished, step.done
+        runtime, session_id = self.runtime, state.session_id
         while run.next < total:
             index = run.next
             run.next = index + 1
@@ -1643,8 +1646,9 @@ class Run:
                 index_path: index,
             }
             path = f"{base}/{index}"
+            context, maps, written = fork(own)
             frame = _new(Frame)
-            frame.ctx = context = fork(own)
+            frame.ctx = context
             frame.path = path
             frame.depth = depth
             frame.scope = scope
@@ -1654,7 +1658,7 @@ class Run:
             frame.work = None
             frame.resume = None
             frame.visits = 0
-            frame.origin = f"{visit}:{path}"
+            frame.origin = origin = origin_of + path
             # An item that raises (it was cancelled or interrupted) stays in
             # ``running``: a snapshot taken while the map is torn down keeps
             # it, and the session restored from it runs the item again.
@@ -1684,17 +1688,15 @@ class Run:
                     await backend.checkpoint()
                 try:
                     if history.quiet:
-                        records += ("node_started", _time_ns() // 1000, body, path, step.started)
+                        records += ("node_started", _time_ns() // 1000, body, path, started)
                     else:
-                        history.record("node_started", body, path, step.started, None)
+                        history.record("node_started", body, path, started, None)
                     try:
-                        layers = context.layers()
-                        assert layers is not None  # an item's context is a fork
                         view: Mapping[str, Any] = EMPTY_MAPPING
                         if pairs:
                             arguments: dict[str, Any] = {}
                             for name, key in pairs:
-                                for layer in layers[0]:
+                                for layer in maps:
                                     value = layer.get(key, MISSING)
                                     if value is not MISSING:
                                         break
@@ -1705,7 +1707,7 @@ class Run:
                             if arguments:
                                 view = MappingProxyType(arguments)
                         work = _new(StageWork)
-                        work.runtime = self.runtime
+                        work.runtime = runtime
                         work.node = node
                         work.spec = spec
                         work.path = path
@@ -1718,14 +1720,14 @@ class Run:
                         ctx = engine_context(
                             view,
                             EMPTY_MAPPING,
-                            state.session_id,
+                            session_id,
                             body,
                             path,
-                            node.stage,
+                            stage,
                             1,
                             work,
                             spec,
-                            frame.origin,
+                            origin,
                             1,
                         )
                         try:
@@ -1746,11 +1748,9 @@ class Run:
                                         StageExecutor.outputs(self, node, frame, entry, outputs)
                                         break
                                 else:
-                                    written = layers[1]
                                     for key, target in outputs_of:
                                         own[target] = outputs[key]
-                                        if written is not None:
-                                            written[target] = None
+                                        written[target] = None
                             else:
                                 StageExecutor.outputs(self, node, frame, entry, outputs)
                         except NodeError as exc:
@@ -1787,11 +1787,11 @@ class Run:
                                 None,
                             )
                         raise
-                    frame.work = step.done  # a snapshot from here on: the node finished
+                    frame.work = done  # a snapshot from here on: the node finished
                     if history.quiet:
-                        records += ("node_finished", _time_ns() // 1000, body, path, step.finished)
+                        records += ("node_finished", _time_ns() // 1000, body, path, finished)
                     else:
-                        history.record("node_finished", body, path, step.finished, None)
+                        history.record("node_finished", body, path, finished, None)
                 finally:
                     if self._cancel_reasons:
                         self._cancel_reasons.pop(f"{path}/{body}", None)
