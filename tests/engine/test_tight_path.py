@@ -312,7 +312,7 @@ async def test_a_condition_error_in_a_subpipeline_names_where_the_rule_is() -> N
 
 @pytest.mark.anyio
 async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
-    """Every attribute of the context the tight path builds itself, in a branch too."""
+    """Every attribute of the context the tight path builds itself, in a branch and a map item."""
     stages = stageflow.StageRegistry()
     seen: list[list[Any]] = []
 
@@ -335,10 +335,20 @@ async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
 
     nodes = [
         stage("a", "Look", arguments={"n": "n"}, outputs={"n": "n"}, next="fan"),
-        parallel("fan", ["l", "r"], next="end"),
+        parallel("fan", ["l", "r"], next="each"),
         stage("l", "Look", arguments={"n": "n"}, outputs={"n": "ln"}),
         stage("r", "Look", outputs={"n": "rn"}),
-        terminal("end", "n", "ln", "rn"),
+        # A body of one simple stage node: Run.run_items builds its context.
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "m",
+            "collect": {"n": "mn"},
+            "next": "end",
+        },
+        stage("m", "Look", arguments={"n": "item"}, outputs={"n": "n"}),
+        terminal("end", "n", "ln", "rn", "mn"),
     ]
     pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
     artifacts = []
@@ -346,12 +356,12 @@ async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
         seen.append([])
         with path:
             result = await stageflow.Session(
-                pipeline, registry=stages, payload={"n": 1}, session_id="s-1"
+                pipeline, registry=stages, payload={"n": 1, "items": [5, 6]}, session_id="s-1"
             ).run()
         artifacts.append(result.artifacts)
-    assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1}
+    assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1, "mn": [6, 7]}
     assert sorted(seen[0], key=repr) == sorted(seen[1], key=repr)
-    assert len(seen[0]) == 3
+    assert len(seen[0]) == 5
 
 
 def _traced() -> tuple[TracerProvider, InMemorySpanExporter]:
