@@ -1,7 +1,8 @@
 """Map nodes: one body path per list item, by a fixed pool of workers.
 
 The executor of ``map`` nodes. Each item is a child position
-(``Kernel.run_child``) on its own fork of the context; a fixed pool of
+(``Kernel.run_child``; ``Kernel.run_items`` for a new item of a body of one
+simple stage node) on its own fork of the context; a fixed pool of
 ``concurrency`` workers pulls item indexes in order, so memory is bounded by
 the concurrency, not by the number of items.
 
