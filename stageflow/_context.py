@@ -230,6 +230,27 @@ class Context:
         child._written = {} if top is None else dict.fromkeys(top)
         return child
 
+    def fork_layers(
+        self, top: dict[str, Any]
+    ) -> tuple[Context, list[MutableMapping[str, Any]], dict[str, None]]:
+        """``fork(top)``, with the fork's :meth:`layers`: one call where a map item needs both.
+
+        A map item of a one-node body is forked so, and its node reads and
+        writes the fork's top-level keys through the layers ("map item" row).
+        Keep it alike with :meth:`fork`.
+        """
+        data = self._data
+        chain: ChainMap[str, Any] = _new_chain(ChainMap)
+        maps: list[MutableMapping[str, Any]] = (
+            [top, *data.maps] if type(data) is ChainMap else [top, data]
+        )
+        chain.maps = maps
+        child = _new_context(Context)
+        child._data = chain
+        child._owned = {}
+        child._written = written = dict.fromkeys(top)
+        return child, maps, written
+
     def layers(self) -> tuple[list[MutableMapping[str, Any]], dict[str, None] | None] | None:
         """A fork's top-level maps and its record of written paths; ``None`` for a root.
 

@@ -242,6 +242,22 @@ def test_layers_of_a_fork_read_like_get_and_write_like_set() -> None:
     assert parent.to_dict() == {"a": 1, "b": 2}
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_fork_layers_is_a_fork_and_its_layers(nested: bool) -> None:
+    root = Context({"a": 1, "b": 2})
+    parent = root.fork({"b": 5}) if nested else root
+    fork, maps, written = parent.fork_layers({"b": 3, "i": 0})
+    reference = parent.fork({"b": 3, "i": 0})
+    assert (maps, written) == reference.layers()
+    assert fork.layers() == (maps, written)
+    assert maps[0] is fork.own()
+    assert fork.to_dict() == reference.to_dict()
+    assert list(fork.written()) == list(reference.written())
+    fork.set("a", 9)  # written into the fork only, as for any fork
+    assert root.to_dict() == {"a": 1, "b": 2}
+    assert maps[0]["a"] == 9
+
+
 def test_a_root_has_no_layers() -> None:
     assert Context({"a": 1}).layers() is None
 

@@ -300,25 +300,20 @@ class Kernel(Protocol):
         """
 
     def item_step(self, body: str, scope: Scope) -> Any:
-        """What :meth:`run_item` needs to run a map body from ``body``; ``None`` if it cannot.
+        """What :meth:`run_items` needs to run a map body from ``body``; ``None`` if it cannot.
 
         Only a body of one simple stage node (no retry, timeout, cleanup,
         error edges or ``next``) in an untraced, unmetered run has one.
         """
 
-    def run_item(
-        self,
-        step: Any,
-        node_id: str,
-        frame: Frame,
-        payload: dict[str, Any],
-        settle: Callable[[Exception | None, bool], None],
-        flags: tuple[Any, Any, Any],
-    ) -> Awaitable[bool]:
-        """:meth:`run_child` of a new map item whose body has a ``step`` (see :meth:`item_step`).
+    def run_items(self, step: Any, run: MapRun, flags: tuple[Any, Any, Any]) -> Awaitable[None]:
+        """Run ``run``'s new items, whose body has a ``step`` (see :meth:`item_step`), in turn.
 
-        The same events, snapshots and outcome, in one coroutine ("map item"
-        benchmark row). ``flags`` as for :meth:`run_path`, already read.
+        For each item what the map worker and :meth:`run_child` do, with the
+        same events, snapshots and outcome, in the caller's coroutine ("map
+        item" benchmark row). Returns when no new item is left, or once it
+        cancelled the map as it fails fast. ``flags`` as for
+        :meth:`run_path`, already read.
         """
 
     def frame_state(self, frame: Frame, entry: str, full: bool) -> FramePosition:

@@ -1,7 +1,8 @@
 """Map nodes: one body path per list item, by a fixed pool of workers.
 
 The executor of ``map`` nodes. Each item is a child position
-(``Kernel.run_child``) on its own fork of the context; a fixed pool of
+(``Kernel.run_child``; ``Kernel.run_items`` for a new item of a body of one
+simple stage node) on its own fork of the context; a fixed pool of
 ``concurrency`` workers pulls item indexes in order, so memory is bounded by
 the concurrency, not by the number of items.
 
@@ -175,8 +176,8 @@ class MapExecutor:
         # Read once for all the items: each item's path runs in this task and
         # in this cancel scope (Kernel.run_path; "map item" row).
         flags = cancel_flags(kernel.backend) or NO_FLAGS
-        # The plan of a body of one simple stage node, run by Kernel.run_item
-        # for a new item; None otherwise ("map item" row).
+        # The plan of a body of one simple stage node, whose new items
+        # Kernel.run_items runs; None otherwise ("map item" row).
         fused = kernel.item_step(node.body, scope)
         # The item in flight: this worker runs one at a time, so one settle
         # function serves them all, reading the item it settles from these
@@ -223,6 +224,12 @@ class MapExecutor:
                     index, item = run.resumes.pop(0)  # go on with a restored item first
                     own = None
                 elif run.next < len(items):
+                    if fused is not None and run.top:
+                        # New items of a body of one simple stage node: run
+                        # in this coroutine by the kernel, until none is left
+                        # or the map fails fast ("map item" row).
+                        await kernel.run_items(fused, run, flags)
+                        return
                     index = run.next
                     run.next += 1
                     if run.top:
@@ -259,27 +266,18 @@ class MapExecutor:
                 # was cancelled or interrupted) stays in ``running``: a
                 # snapshot taken while the map is torn down keeps it, and the
                 # session restored from it runs the item again.
-                if fused is not None and own is not None:
-                    # A new item whose body is one simple stage node: its
-                    # run_child and path in one coroutine ("map item" row).
-                    succeeded = await kernel.run_item(
-                        fused, node.id, item, {"index": index}, settle, flags
-                    )
-                else:
-                    succeeded = await kernel.run_child(
-                        MAP_ITEM,
-                        node.id,
-                        item,
-                        node.body,
-                        None,
-                        {"index": index},
-                        # Made only for a span ("map item" row).
-                        (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index})
-                        if traced
-                        else None,
-                        settle,
-                        flags,
-                    )
+                succeeded = await kernel.run_child(
+                    MAP_ITEM,
+                    node.id,
+                    item,
+                    node.body,
+                    None,
+                    {"index": index},
+                    # Made only for a span ("map item" row).
+                    (f"item {node.id}", {NODE_ID: node.id, MAP_INDEX: index}) if traced else None,
+                    settle,
+                    flags,
+                )
                 if not succeeded and (
                     len(run.failures) > node.tolerated(len(run.items))
                     or isinstance(run.failures[-1][1], LimitExceededError)

@@ -14,8 +14,8 @@ Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
 executes simple stage nodes and condition nodes of an untraced run itself,
 in a tight loop decided by a per-node plan (docs/internals.md, "The tight
 path"; the "sequential stage node", "condition node" and "1,000-node chain"
-rows). :meth:`Run.run_item` runs a new map item whose body is one simple
-stage node, in one coroutine ("map item" rows).
+rows). :meth:`Run.run_items` runs a map worker's new items whose body is
+one simple stage node, in the worker's coroutine ("map item" rows).
 """
 
 from __future__ import annotations
@@ -1573,7 +1573,7 @@ class Run:
                 Tracing.end(active, outcome, error, ending)
 
     def item_step(self, body: str, scope: Scope) -> _Step | None:
-        """The plan of a map body that ``run_item`` runs, or ``None`` (``run_child`` then).
+        """The plan of a map body whose new items ``run_items`` runs; ``None`` for ``run_child``.
 
         A body of one simple, direct stage node (see ``_Step``) with no
         ``next`` and no error edges, in a run on the tight path that is
@@ -1595,191 +1595,254 @@ class Run:
             return None
         return step
 
-    async def run_item(
-        self,
-        step: _Step,
-        node_id: str,
-        frame: Frame,
-        payload: dict[str, Any],
-        settle: Callable[[Exception | None, bool], None],
-        flags: tuple[Any, Any, Any],
-    ) -> bool:
-        """``run_child(MAP_ITEM, ...)`` of a new item whose body is ``step`` (see ``item_step``).
+    async def run_items(self, step: _Step, run: MapRun, flags: tuple[Any, Any, Any]) -> None:
+        """Run a map's new items whose body is ``step`` (see ``item_step``), one after another.
 
-        What ``run_child`` and ``run_path``'s tight path do for such an item,
-        in the same order, in one coroutine and without their per-path start
-        ("map item" row): the same events, snapshots and outcome. No span and
-        no metric (``item_step`` rules them out). The property test in
+        For each item what the map worker, ``run_child`` and ``run_path``'s
+        tight path do for it, in the same order (its fork and frame, events,
+        ``frame.work`` states, limits, the cancellation test, its outcome
+        settled before its last event), in the worker's own coroutine: no
+        coroutine, settle call or fork made per item beyond what the item
+        needs ("map item" row). Returns when no new item is left, or after
+        cancelling the map when it fails fast. No span and no metric
+        (``item_step`` rules them out). The property test in
         tests/engine/test_tight_path.py holds it equal to the general path:
-        keep the three alike.
+        keep ``MapExecutor._worker``, ``run_child``, ``run_path`` and this alike.
         """
         state = self._state
         history = state.history
         records = self._records
-        path = frame.path
+        caps = self._caps
+        backend = self.backend
         kind = MAP_ITEM
-        if history.quiet:
-            records += (kind.started, _time_ns() // 1000, node_id, path, payload)
-        else:
-            history.record(kind.started, node_id, path, payload)
-        try:
-            # run_path's tight path for one stage node, written out.
-            node = step.node
-            body = node.id
-            frame.node = body
+        status, runner, task = flags
+        mapped = run.node
+        node_id = mapped.id
+        items, running, collected = run.items, run.running, run.collected
+        total = len(items)
+        item_path, index_path = mapped.item_path, mapped.index_path
+        fork = run.frame.ctx.fork_layers
+        base, depth, scope = run.base, run.depth, run.frame.scope
+        origin_of = f"{run.visit}:"  # an item's origin is this and its path
+        # Each collected path, whether it is a top-level key (read from the
+        # item fork's own map) and the list it is collected into.
+        collect = tuple((source, "." not in source, collected[source]) for source in mapped.collect)
+        node = step.node
+        body = node.id
+        entry = step.entry
+        spec = entry.spec
+        pairs, outputs_of = step.pairs, step.outputs
+        stage, started, finished, done = node.stage, step.started, step.finished, step.done
+        runtime, session_id = self.runtime, state.session_id
+        while run.next < total:
+            index = run.next
+            run.next = index + 1
+            # The fork is made with the item and its index, and the frame by
+            # slot stores (what MapExecutor._new_item and _item_frame do;
+            # keep them alike).
+            value = items[index]
+            own = {
+                item_path: value if type(value) in PLAIN_SCALARS else copy_json(value),
+                index_path: index,
+            }
+            path = f"{base}/{index}"
+            context, maps, written = fork(own)
+            frame = _new(Frame)
+            frame.ctx = context
+            frame.path = path
+            frame.depth = depth
+            frame.scope = scope
+            frame.branch = None
+            frame.contributes = False
+            frame.node = None
             frame.work = None
-            frame.visits += 1
-            steps = state.steps = state.steps + 1
-            caps = self._caps
-            if (
-                steps > caps.steps
-                or len(records) >= (caps.events + state.desk.recorded_rejections) * RECORD_SLOTS
-            ):
-                raise self._stop_at_limit(node, frame)
-            status, runner, task = flags
-            if not steps & _YIELD_EVERY:
-                await self.backend.yield_()
-            elif (
-                status is None
-                or status.effectively_cancelled
-                or (runner.ki_pending and task is runner.main_task)
-            ):
-                await self.backend.checkpoint()
+            frame.resume = None
+            frame.visits = 0
+            frame.origin = origin = origin_of + path
+            # An item that raises (it was cancelled or interrupted) stays in
+            # ``running``: a snapshot taken while the map is torn down keeps
+            # it, and the session restored from it runs the item again.
+            running[index] = frame
+            payload = {"index": index}
+            if history.quiet:
+                records += (kind.started, _time_ns() // 1000, node_id, path, payload)
+            else:
+                history.record(kind.started, node_id, path, payload)
             try:
-                if history.quiet:
-                    records += ("node_started", _time_ns() // 1000, body, path, step.started)
-                else:
-                    history.record("node_started", body, path, step.started, None)
+                # run_path's tight path for one stage node, written out.
+                frame.node = body
+                frame.visits = 1
+                steps = state.steps = state.steps + 1
+                if (
+                    steps > caps.steps
+                    or len(records) >= (caps.events + state.desk.recorded_rejections) * RECORD_SLOTS
+                ):
+                    raise self._stop_at_limit(node, frame)
+                if not steps & _YIELD_EVERY:
+                    await backend.yield_()
+                elif (
+                    status is None
+                    or status.effectively_cancelled
+                    or (runner.ki_pending and task is runner.main_task)
+                ):
+                    await backend.checkpoint()
                 try:
-                    context = frame.ctx
-                    layers = context.layers()
-                    assert layers is not None  # an item's context is a fork
-                    view: Mapping[str, Any] = EMPTY_MAPPING
-                    if step.pairs:
-                        arguments: dict[str, Any] = {}
-                        for name, key in step.pairs:
-                            for layer in layers[0]:
-                                value = layer.get(key, MISSING)
-                                if value is not MISSING:
-                                    break
-                            if value is not MISSING:
-                                arguments[name] = (
-                                    value if type(value) in PLAIN_SCALARS else copy_json(value)
-                                )
-                        if arguments:
-                            view = MappingProxyType(arguments)
-                    entry = step.entry
-                    spec = entry.spec
-                    work = _new(StageWork)
-                    work.runtime = self.runtime
-                    work.node = node
-                    work.spec = spec
-                    work.path = path
-                    work.attempt = 1
-                    work.calls = None
-                    work.replay = None
-                    work.timer = None
-                    work.frame = frame
-                    frame.work = work
-                    ctx = engine_context(
-                        view,
-                        EMPTY_MAPPING,
-                        state.session_id,
-                        body,
-                        path,
-                        node.stage,
-                        1,
-                        work,
-                        spec,
-                        frame.origin,
-                        frame.visits,
-                    )
+                    if history.quiet:
+                        records += ("node_started", _time_ns() // 1000, body, path, started)
+                    else:
+                        history.record("node_started", body, path, started, None)
                     try:
-                        run = entry.function
-                        if run is None:
-                            run = entry.factory().run
-                        outputs = await run(ctx)
-                        if type(outputs) is dict:
-                            for key, _ in step.outputs:
-                                value = outputs.get(key, EMPTY_MAPPING)
-                                kind_ = type(value)
-                                if not (
-                                    kind_ is str
-                                    or (kind_ is int and value.bit_length() < SAFE_INT_BITS)
-                                    or value is None
-                                    or kind_ is bool
-                                ):
-                                    StageExecutor.outputs(self, node, frame, entry, outputs)
-                                    break
-                            else:
-                                written = layers[1]
-                                for key, target in step.outputs:
-                                    layers[0][0][target] = outputs[key]
-                                    if written is not None:
+                        view: Mapping[str, Any] = EMPTY_MAPPING
+                        if pairs:
+                            arguments: dict[str, Any] = {}
+                            for name, key in pairs:
+                                for layer in maps:
+                                    value = layer.get(key, MISSING)
+                                    if value is not MISSING:
+                                        break
+                                if value is not MISSING:
+                                    arguments[name] = (
+                                        value if type(value) in PLAIN_SCALARS else copy_json(value)
+                                    )
+                            if arguments:
+                                view = MappingProxyType(arguments)
+                        work = _new(StageWork)
+                        work.runtime = runtime
+                        work.node = node
+                        work.spec = spec
+                        work.path = path
+                        work.attempt = 1
+                        work.calls = None
+                        work.replay = None
+                        work.timer = None
+                        work.frame = frame
+                        frame.work = work
+                        # engine_context(view, EMPTY_MAPPING, session_id, body,
+                        # path, stage, 1, work, spec, origin, 1) written out:
+                        # a call less per item ("map item" row). Keep them alike.
+                        ctx = _new(StageContext)
+                        ctx.arguments = view
+                        ctx.config = EMPTY_MAPPING
+                        ctx.session_id = session_id
+                        ctx.node_id = body
+                        ctx._node_path = None
+                        ctx._parent = path
+                        ctx.stage = stage
+                        ctx.attempt = 1
+                        ctx.spec = spec
+                        ctx._key = None
+                        ctx._origin = origin
+                        ctx._visit = 1
+                        ctx._runtime = work
+                        ctx._log = None
+                        try:
+                            function = entry.function
+                            if function is None:
+                                function = entry.factory().run
+                            outputs = await function(ctx)
+                            if type(outputs) is dict:
+                                for key, _ in outputs_of:
+                                    value = outputs.get(key, EMPTY_MAPPING)
+                                    kind_ = type(value)
+                                    if not (
+                                        kind_ is str
+                                        or (kind_ is int and value.bit_length() < SAFE_INT_BITS)
+                                        or value is None
+                                        or kind_ is bool
+                                    ):
+                                        StageExecutor.outputs(self, node, frame, entry, outputs)
+                                        break
+                                else:
+                                    for key, target in outputs_of:
+                                        own[target] = outputs[key]
                                         written[target] = None
-                        else:
-                            StageExecutor.outputs(self, node, frame, entry, outputs)
-                    except NodeError as exc:
-                        if exc.node_id != node.id:  # another node's: see StageExecutor.run
+                            else:
+                                StageExecutor.outputs(self, node, frame, entry, outputs)
+                        except NodeError as exc:
+                            if exc.node_id != node.id:  # another node's: see StageExecutor.run
+                                raise StageExecutor.failure(node, 1, 1, exc) from exc
+                            raise
+                        except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
-                        raise
+                        except BaseException as exc:  # looked at and re-raised (see run)
+                            if is_stray_cancellation(exc, backend):
+                                raise StageExecutor.failure(node, 1, 1, exc) from exc
+                            raise
                     except Exception as exc:
-                        raise StageExecutor.failure(node, 1, 1, exc) from exc
-                    except BaseException as exc:  # looked at and re-raised (see run)
-                        if is_stray_cancellation(exc, self.backend):
-                            raise StageExecutor.failure(node, 1, 1, exc) from exc
-                        raise
-                except Exception as exc:
-                    history.record(
-                        "node_failed",
-                        body,
-                        path,
-                        {"node_type": node.type, "error": describe_exception(exc)},
-                        None,
-                    )
-                    raise  # no error edges (item_step)
-                except BaseException as exc:  # looked at and re-raised (see run)
-                    if is_cancellation(exc, self.backend.cancelled):
-                        history.record("node_cancelled", body, path, {"node_type": node.type}, None)
-                    else:  # KeyboardInterrupt, a stage's own BaseException
-                        outcome, error, _ = self.interruption(exc, path, None)
                         history.record(
-                            _ended_by(outcome, "node_failed", "node_cancelled"),
+                            "node_failed",
                             body,
                             path,
-                            _with_error({"node_type": node.type}, error),
+                            {"node_type": node.type, "error": describe_exception(exc)},
                             None,
                         )
-                    raise
-                frame.work = step.done  # a snapshot from here on: the node finished
-                if history.quiet:
-                    records += ("node_finished", _time_ns() // 1000, body, path, step.finished)
+                        raise  # no error edges (item_step)
+                    except BaseException as exc:  # looked at and re-raised (see run)
+                        if is_cancellation(exc, backend.cancelled):
+                            history.record(
+                                "node_cancelled", body, path, {"node_type": node.type}, None
+                            )
+                        else:  # KeyboardInterrupt, a stage's own BaseException
+                            outcome, error, _ = self.interruption(exc, path, None)
+                            history.record(
+                                _ended_by(outcome, "node_failed", "node_cancelled"),
+                                body,
+                                path,
+                                _with_error({"node_type": node.type}, error),
+                                None,
+                            )
+                        raise
+                    frame.work = done  # a snapshot from here on: the node finished
+                    if history.quiet:
+                        records += ("node_finished", _time_ns() // 1000, body, path, finished)
+                    else:
+                        history.record("node_finished", body, path, finished, None)
+                finally:
+                    if self._cancel_reasons:
+                        self._cancel_reasons.pop(f"{path}/{body}", None)
+            except Exception as exc:
+                # Settled before the event (see Kernel.run_child).
+                run.failures.append((index, exc))
+                del running[index]  # a snapshot must not run it again
+                history.record(
+                    kind.failed, node_id, path, {**payload, "error": describe_exception(exc)}
+                )
+                if len(run.failures) > mapped.tolerated(total) or isinstance(
+                    exc, LimitExceededError
+                ):
+                    assert run.cancel is not None
+                    self.cancelling(base, "sibling_failed")
+                    run.cancel.cancel()  # fail fast: cancel the items still running
+                    return
+                continue
+            except BaseException as exc:  # looked at and re-raised (see run)
+                if is_cancellation(exc, backend.cancelled):
+                    history.record(kind.cancelled, node_id, path, payload)
+                else:  # KeyboardInterrupt, a stage's own BaseException
+                    outcome, error, _ = self.interruption(exc, path, None)
+                    ended = _ended_by(outcome, kind.failed, kind.cancelled)
+                    history.record(ended, node_id, path, _with_error(payload, error))
+                raise
+            # Settled before the event: what the item wrote at each collected
+            # path (see MapExecutor._worker's settle; keep them alike).
+            for source, top, values in collect:
+                if top:
+                    value = own.get(source, MISSING)
                 else:
-                    history.record("node_finished", body, path, step.finished, None)
-            finally:
-                if self._cancel_reasons:
-                    self._cancel_reasons.pop(f"{path}/{body}", None)
-        except Exception as exc:
-            settle(exc, False)
-            history.record(
-                kind.failed, node_id, path, {**payload, "error": describe_exception(exc)}
-            )
-            return False
-        except BaseException as exc:  # looked at and re-raised (see run)
-            if is_cancellation(exc, self.backend.cancelled):
-                settle(None, True)
-                history.record(kind.cancelled, node_id, path, payload)
-            else:  # KeyboardInterrupt, a stage's own BaseException
-                outcome, error, _ = self.interruption(exc, path, None)
-                ended = _ended_by(outcome, kind.failed, kind.cancelled)
-                history.record(ended, node_id, path, _with_error(payload, error))
-            raise
-        settle(None, False)
-        if history.quiet:
-            records += (kind.finished, _time_ns() // 1000, node_id, path, payload)
-        else:
-            history.record(kind.finished, node_id, path, payload)
-        return True
+                    value = context.get(source) if context.wrote(source) else MISSING
+                values[index] = (
+                    None
+                    if value is MISSING
+                    else value
+                    if type(value) in PLAIN_SCALARS
+                    else copy_json(value)
+                )
+            run.done += 1
+            del running[index]  # a snapshot must not run it again
+            if history.quiet:
+                records += (kind.finished, _time_ns() // 1000, node_id, path, payload)
+            else:
+                history.record(kind.finished, node_id, path, payload)
 
     # ---------------------------------------------- conditions and terminals
 

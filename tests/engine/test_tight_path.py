@@ -133,14 +133,20 @@ def test_one_node_map_bodies_are_alike_on_both_paths(
     assert tight == general
 
 
-@pytest.mark.parametrize(("traced", "fails", "taken"), [(False, 0, 2), (False, 1, 2), (True, 0, 0)])
-def test_a_one_node_map_body_runs_through_run_item(
-    monkeypatch: pytest.MonkeyPatch, traced: bool, fails: int, taken: int
+@pytest.mark.parametrize(
+    ("traced", "fails", "workers"), [(False, 0, 1), (False, 1, 2), (True, 0, 0)]
+)
+def test_a_one_node_map_body_runs_through_run_items(
+    monkeypatch: pytest.MonkeyPatch, traced: bool, fails: int, workers: int
 ) -> None:
-    """Each new item of a one-stage-node body is one ``run_item``, untraced; else ``run_child``."""
-    # Two items, echoed or failing; none off the tight path.
+    """Untraced, each worker runs its new items of a one-stage-node body in one ``run_items``.
+
+    No item then goes through ``run_child``; traced, or on the general path, each does.
+    """
+    # Two items, echoed (one worker) or failing (two workers); none off the tight path.
     blocks = [("map_one", fails), ("set", 0)]
-    assert _calls_of(monkeypatch, "run_item", blocks, traced) == (taken, 0)
+    assert _calls_of(monkeypatch, "run_items", blocks, traced) == (workers, 0)
+    assert _calls_of(monkeypatch, "run_child", blocks, traced) == (0 if workers else 2, 2)
 
 
 @pytest.mark.anyio
@@ -306,7 +312,7 @@ async def test_a_condition_error_in_a_subpipeline_names_where_the_rule_is() -> N
 
 @pytest.mark.anyio
 async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
-    """Every attribute of the context the tight path builds itself, in a branch too."""
+    """Every attribute of the context the tight path builds itself, in a branch and a map item."""
     stages = stageflow.StageRegistry()
     seen: list[list[Any]] = []
 
@@ -329,10 +335,20 @@ async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
 
     nodes = [
         stage("a", "Look", arguments={"n": "n"}, outputs={"n": "n"}, next="fan"),
-        parallel("fan", ["l", "r"], next="end"),
+        parallel("fan", ["l", "r"], next="each"),
         stage("l", "Look", arguments={"n": "n"}, outputs={"n": "ln"}),
         stage("r", "Look", outputs={"n": "rn"}),
-        terminal("end", "n", "ln", "rn"),
+        # A body of one simple stage node: Run.run_items builds its context.
+        {
+            "id": "each",
+            "type": "map",
+            "items": "items",
+            "body": "m",
+            "collect": {"n": "mn"},
+            "next": "end",
+        },
+        stage("m", "Look", arguments={"n": "item"}, outputs={"n": "n"}),
+        terminal("end", "n", "ln", "rn", "mn"),
     ]
     pipeline = stageflow.Pipeline.from_dict(doc(nodes), registry=stages)
     artifacts = []
@@ -340,12 +356,12 @@ async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
         seen.append([])
         with path:
             result = await stageflow.Session(
-                pipeline, registry=stages, payload={"n": 1}, session_id="s-1"
+                pipeline, registry=stages, payload={"n": 1, "items": [5, 6]}, session_id="s-1"
             ).run()
         artifacts.append(result.artifacts)
-    assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1}
+    assert artifacts[0] == artifacts[1] == {"n": 2, "ln": 3, "rn": 1, "mn": [6, 7]}
     assert sorted(seen[0], key=repr) == sorted(seen[1], key=repr)
-    assert len(seen[0]) == 3
+    assert len(seen[0]) == 5
 
 
 def _traced() -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -172,7 +172,7 @@ def _block(kind: str, i: int, nxt: str, fails: int) -> list[dict[str, Any]]:
             _set(f"{me}_w2", "seen", True, None),
         ]
     if kind == "map_one":
-        # A body of one simple stage node with no next (Run.run_item's case),
+        # A body of one simple stage node with no next (Run.run_items's case),
         # by ``fails``: echoing (a scalar and an object item) one at a time;
         # two at a time, failing (tolerated), failing fast (the object item
         # cancels the other in its stage), cancelling the session.
