@@ -38,7 +38,6 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
-from stageflow._errors import InputRejectedError
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -123,7 +122,7 @@ CREATE TABLE IF NOT EXISTS stageflow_inbox (
     session_id      text   NOT NULL,
     seq             bigint NOT NULL,
     type            text   NOT NULL,
-    payload         jsonb  NOT NULL,
+    payload         text   NOT NULL,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (session_id, seq)
@@ -197,6 +196,16 @@ ALTER TABLE stageflow_sessions ALTER COLUMN snapshot_delta SET STORAGE MAIN;
 # rewrites nothing; each row gets its value at its next save.
 _UPGRADE_4 = """
 ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
+"""
+
+
+# From version 5: an input's payload is stored as the JSON text it was sent as
+# (as the snapshot is), not as jsonb. jsonb refused a string holding U+0000 and
+# changed what it kept: keys sorted, -0.0 read back as 0.0, a float written
+# with an exponent (1e+16) read back as an integer. Rows stored before keep
+# jsonb's form of their payload.
+_UPGRADE_5 = """
+ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE text USING payload::text;
 """
 
 
@@ -460,7 +469,7 @@ class PostgresStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the schema and tables (version 5), or check they are not newer."""
+        """Create or upgrade the schema and tables (version 6), or check they are not newer."""
 
         def run(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -493,6 +502,8 @@ class PostgresStore:
                     conn.execute(_UPGRADE_2)
                 conn.execute(_UPGRADE_3)  # also sets the new table's delta storage
                 conn.execute(_UPGRADE_4)
+                if found is not None and found < 6:
+                    conn.execute(_UPGRADE_5)
                 conn.execute(_COMPRESSION)
                 conn.execute("DELETE FROM stageflow_schema")
                 conn.execute("INSERT INTO stageflow_schema VALUES (%s)", (SCHEMA_VERSION,))
@@ -581,7 +592,7 @@ class PostgresStore:
                     seq = row[1] + 1
                     conn.execute(
                         "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
-                        "idempotency_key) VALUES (%s, %s, %s, %s::jsonb, %s)",
+                        "idempotency_key) VALUES (%s, %s, %s, %s, %s)",
                         (session_id, seq, type, text, idempotency_key),
                     )
                     conn.execute(
@@ -593,16 +604,7 @@ class PostgresStore:
             self._send_notify([session_id])  # committed: the notifier may send it now
             return InputRecord(session_id, seq, duplicate=False)
 
-        try:
-            record = await self._run(run)
-        except psycopg.errors.UntranslatableCharacter as exc:  # rolled back: nothing stored
-            raise InputRejectedError(
-                f"input {type!r} for session {session_id!r} was rejected: PostgreSQL's jsonb "
-                "cannot hold the character U+0000 (NUL) in a string of the payload; nothing "
-                "was stored. Remove it, or encode the text that carries it (base64)",
-                input_type=type,
-                reason="not_json",
-            ) from exc
+        record = await self._run(run)
         if not record.duplicate:
             self._work.set()
         return record
@@ -622,7 +624,7 @@ class PostgresStore:
             f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} "
             "AND (max_input_bytes IS NULL OR max_input_bytes >= %s) RETURNING inbox_head) "
             "INSERT INTO stageflow_inbox (session_id, seq, type, payload) "
-            "SELECT %s, inbox_head, %s, %s::jsonb FROM u RETURNING seq",
+            "SELECT %s, inbox_head, %s, %s FROM u RETURNING seq",
             (session_id, size, session_id, type, text),
         ).fetchone()
         if row is None:
@@ -675,8 +677,8 @@ class PostgresStore:
                 "FROM due WHERE s.session_id = due.session_id RETURNING s.session_id, "
                 "s.lease_token, s.snapshot, s.digest, s.inbox_done, s.inbox_head, "
                 "s.events_done, s.attempts, s.snapshot_delta) "
-                "SELECT c.*, now(), CASE WHEN c.inbox_head > c.inbox_done THEN "
-                "(SELECT json_agg(json_build_array(i.seq, i.type, i.payload) ORDER BY i.seq) "
+                "SELECT c.*, now(), CASE WHEN c.inbox_head > c.inbox_done THEN (SELECT "
+                "json_agg(json_build_array(i.seq, i.type, i.payload::json) ORDER BY i.seq) "
                 "FROM stageflow_inbox i WHERE i.session_id = c.session_id "
                 "AND i.seq > c.inbox_done AND i.seq <= c.inbox_head) END, "
                 "NULL::timestamptz FROM claimed c "
@@ -696,7 +698,7 @@ class PostgresStore:
                 found = list(r[10] or ())
                 if r[4] + len(found) < r[5]:  # committed after the statement's snapshot
                     found = conn.execute(
-                        "SELECT seq, type, payload FROM stageflow_inbox WHERE "
+                        "SELECT seq, type, payload::json FROM stageflow_inbox WHERE "
                         "session_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
                         (r[0], r[4], r[5]),
                     ).fetchall()

@@ -338,13 +338,14 @@ class SQLiteStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables (schema version 5), or check that they are not newer.
+        """Create or upgrade the tables (schema version 6), or check that they are not newer.
 
         Versions 3 and 4 changed only the PostgreSQL tables (no foreign keys
         from the inbox and the events; snapshots saved as deltas); SQLite
         keeps its foreign keys (they cost no WAL record there) and whole
         snapshots. Version 5 adds ``max_input_bytes`` (NULL in the rows of
-        older versions until their next save).
+        older versions until their next save). Version 6 changed only
+        PostgreSQL's inbox (payloads stored as text, as SQLite keeps them).
         """
 
         def run(conn: sqlite3.Connection) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
+import anyio
 import pytest
 from store_support import chat_pipeline, registry
 
@@ -258,24 +260,29 @@ async def test_a_list_filter_no_row_can_have_lists_nothing(store: SessionStore) 
     assert [s.session_id for s in await store.list_sessions(pipeline="chat")] == ["s"]
 
 
-async def test_a_nul_character_in_a_payload_is_stored_or_refused_with_the_reason(
-    store: SessionStore, backend: str
-) -> None:
+# Each came back changed from PostgreSQL's jsonb, or was refused by it (NUL).
+ODD_PAYLOADS = [
+    {"text": "a\x00b", "a\x00": 1},
+    {"b": 1, "a": 2, "aa": 3},
+    {"neg_zero": -0.0, "one": 1.0, "int": 1},
+    {"big": 1e16, "huge": 1.5e308, "tiny": 5e-324},
+    {"wide": 12345678901234567890123, "pi": 3.141592653589793},
+    "a\x00",
+]
+
+
+async def test_a_payload_is_delivered_exactly_as_it_was_sent(store: SessionStore) -> None:
     await store.create(snapshot("s"))
-    payload = {"text": "a\x00b", "a\x00": 1}
-    if backend == "sqlite":
-        assert (await store.send_input("s", "msg", payload, idempotency_key="k")).seq == 1
-        assert [i.payload for i in (await claim_one(store)).inputs] == [payload]
-        return
-    # PostgreSQL's jsonb cannot hold it: it raised UntranslatableCharacter.
-    for key in (None, "k"):
-        with pytest.raises(stageflow.InputRejectedError, match=r"U\+0000 \(NUL\)") as info:
-            await store.send_input("s", "msg", payload, idempotency_key=key)
-        assert (info.value.reason, info.value.input_type) == ("not_json", "msg")
-    with pytest.raises(stageflow.InputRejectedError, match="nothing was stored"):
-        await store.request_cancel("s", "a\x00b")
-    assert (await store.get("s")).inbox_head == 0
-    assert (await store.send_input("s", "msg", {"text": "ab"}, idempotency_key="k")).seq == 1
+    for n, payload in enumerate(ODD_PAYLOADS):
+        await store.send_input("s", "msg", payload, idempotency_key=f"k{n}" if n % 2 else None)
+    request = await store.request_cancel("s", "a\x00b")
+    lease = await claim_one(store)
+    got = [i.payload for i in lease.inputs]
+    # json.dumps tells -0.0 from 0.0, 1e16 from 10**16, and key order.
+    assert [json.dumps(p) for p in got] == [json.dumps(p) for p in ODD_PAYLOADS] + [
+        json.dumps({"reason": "a\x00b"})
+    ]
+    assert request.seq == len(ODD_PAYLOADS) + 1
 
 
 async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
@@ -629,3 +636,46 @@ async def test_an_sqlite_file_damaged_while_open_raises_store_unavailable(tmp_pa
             assert "restore it from a backup" in message
     finally:
         await store.aclose()
+
+
+def _inbox_back_to_version_5(store: Any) -> str:
+    """PostgreSQL's inbox as schema version 5 made it (payload jsonb); the column's type."""
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute(
+            "ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE jsonb USING payload::jsonb"
+        )
+        pg.execute("UPDATE stageflow_schema SET version = 5")
+        return _payload_type(pg)
+
+
+def _payload_type(pg: Any) -> str:
+    row = pg.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = 'stageflow_inbox' AND column_name = 'payload'"
+    ).fetchone()
+    return str(row[0])
+
+
+def _inbox_payload_type(store: Any) -> str:
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        return _payload_type(pg)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_an_inbox_of_schema_version_5_is_upgraded_to_text_payloads(make_store: Any) -> None:
+    store = make_store()
+    await store.create(snapshot("s"))
+    await store.send_input("s", "msg", {"n": 1})
+    assert await anyio.to_thread.run_sync(_inbox_back_to_version_5, store) == "jsonb"
+    upgraded = make_store()
+    await upgraded.migrate()
+    assert await anyio.to_thread.run_sync(_inbox_payload_type, upgraded) == "text"
+    await upgraded.send_input("s", "msg", ODD_PAYLOADS[0])
+    lease = await claim_one(upgraded)
+    assert [i.payload for i in lease.inputs] == [{"n": 1}, ODD_PAYLOADS[0]]

@@ -744,8 +744,8 @@ async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: st
 async def test_a_cancel_reason_the_store_cannot_keep_is_refused_with_the_reason(
     make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # PostgreSQL's jsonb cannot hold a NUL character: its store refuses such a
-    # reason with InputRejectedError, which the cancel form let through (500).
+    # A store that refuses the reason with InputRejectedError (PostgreSQL's
+    # jsonb refused a NUL character once): the cancel form let it through (500).
     store = open_store(store_url)
 
     async def refuse(session_id: str, reason: str, **options: Any) -> Any:
