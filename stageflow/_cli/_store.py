@@ -188,13 +188,20 @@ def add_store_parsers(subparsers: Any) -> None:
         "formatter_class": argparse.RawDescriptionHelpFormatter,
     }
 
-    q = sub.add_parser("list", help="sessions matching filters, oldest first", **action)
+    q = sub.add_parser(
+        "list",
+        help="sessions matching filters, oldest first (--newest: last updated first)",
+        **action,
+    )
     _add_store_option(q)
     q.add_argument("--status", choices=_STATUSES, help="only sessions with this status")
     q.add_argument("--pipeline", help="pipeline name")
     q.add_argument("--waiting-for", help="an input type")
     q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")
     q.add_argument("--limit", type=number(least=1, whole=True), default=100)
+    q.add_argument(
+        "--newest", action="store_true", help="the most recently updated first (default: oldest)"
+    )
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=list_command)
 
@@ -311,6 +318,7 @@ def list_command(args: argparse.Namespace, io: Streams) -> int:
             waiting_for=args.waiting_for,
             due=args.due,
             limit=args.limit,
+            newest=args.newest,
         )
 
     rows = _run_with_store(args, body)

@@ -917,6 +917,7 @@ class PostgresStore:
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
         if unmatchable(status, pipeline, waiting_for):
@@ -936,7 +937,9 @@ class PostgresStore:
             where.append("runnable_at <= now()")
         query = (
             f"SELECT {ROW} FROM stageflow_sessions WHERE {' AND '.join(where)} "
-            "ORDER BY created_at, session_id LIMIT %s"
+            "ORDER BY "
+            + ("updated_at DESC, session_id DESC" if newest else "created_at, session_id")
+            + " LIMIT %s"
         )
 
         def run(conn: psycopg.Connection[Any]) -> list[StoredSession]:

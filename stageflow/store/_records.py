@@ -285,8 +285,13 @@ class SessionStore(Protocol):
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
-        """Sessions matching every given filter, oldest first."""
+        """Sessions matching every given filter, oldest first (by creation).
+
+        ``newest=True``: the most recently updated first, so the last ones
+        of a store holding more than ``limit`` can be listed.
+        """
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Return when work may have arrived (a wake-up hint), or after ``timeout`` s.

@@ -179,8 +179,11 @@ class SessionService:
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
         """Stored sessions matching every given filter, oldest first.
+
+        ``newest=True`` lists the most recently updated first instead.
 
         Raises:
             ValueError: ``status`` is not a status a row can have, or
@@ -195,7 +198,12 @@ class SessionService:
             raise ValueError(f"list(limit={limit!r}): pass a whole number of at least 1")
         limit = min(limit, LIMIT_MAX)
         return await self.store.list_sessions(
-            status=status, pipeline=pipeline, waiting_for=waiting_for, due=due, limit=limit
+            status=status,
+            pipeline=pipeline,
+            waiting_for=waiting_for,
+            due=due,
+            limit=limit,
+            newest=newest,
         )
 
     async def wait(

@@ -161,6 +161,9 @@ def _stored(row: Sequence[Any]) -> StoredSession:
     return stored_session(row, _dt, json.loads)
 
 
+_OLDEST = "created_at, session_id"
+_NEWEST = "updated_at DESC, session_id DESC"
+
 _BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock
 
 
@@ -678,6 +681,7 @@ class SQLiteStore:
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
         if unmatchable(status, pipeline, waiting_for):
@@ -702,7 +706,7 @@ class SQLiteStore:
                 params.append(self._clock())
             sql = (
                 f"SELECT {ROW} FROM stageflow_sessions WHERE {' AND '.join(clauses)} "
-                "ORDER BY created_at, session_id LIMIT ?"
+                f"ORDER BY {_NEWEST if newest else _OLDEST} LIMIT ?"
             )
             return [_stored(r) for r in conn.execute(sql, (*params, limit))]
 

@@ -294,3 +294,13 @@ def test_a_damaged_row_is_named_not_a_traceback(url: str, capsys: Any) -> None:
         assert code == 2
         assert "session 's1': its stored waiting_for column cannot be read" in err
         assert "Traceback" not in err
+
+
+def test_sessions_list_newest_lists_the_last_updated_first(url: str, capsys: Any) -> None:
+    for sid in ("s1", "s2", "s3"):
+        start(url, sid)
+    base = ("sessions", "list", "--store", url, "--limit", "2")
+    code, out, _ = run_cli(capsys, *base, "--json")
+    assert (code, [r["session_id"] for r in json.loads(out)]) == (0, ["s1", "s2"])
+    code, out, _ = run_cli(capsys, *base, "--newest", "--json")
+    assert (code, [r["session_id"] for r in json.loads(out)]) == (0, ["s3", "s2"])

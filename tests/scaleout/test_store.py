@@ -679,3 +679,21 @@ async def test_an_inbox_of_schema_version_5_is_upgraded_to_text_payloads(make_st
     await upgraded.send_input("s", "msg", ODD_PAYLOADS[0])
     lease = await claim_one(upgraded)
     assert [i.payload for i in lease.inputs] == [{"n": 1}, ODD_PAYLOADS[0]]
+
+
+async def test_the_most_recently_updated_sessions_are_listed_first_when_asked(
+    store: SessionStore,
+) -> None:
+    for sid in "abcd":
+        await store.create(snapshot(sid))
+    (lease,) = await store.claim("w1", limit=1, lease=30.0)  # "a", the first due
+    assert lease.session_id == "a"
+    assert await store.complete(lease, saved(lease), waiting_for=["msg"], wake_at=None, events=())
+    assert [s.session_id for s in await store.list_sessions(limit=2)] == ["a", "b"]
+    newest = await store.list_sessions(limit=2, newest=True)
+    assert [s.session_id for s in newest] == ["a", "d"]
+    assert [s.session_id for s in await store.list_sessions(newest=True, status="pending")] == [
+        "d",
+        "c",
+        "b",
+    ]

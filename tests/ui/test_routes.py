@@ -1409,3 +1409,23 @@ async def test_the_newest_sessions_are_listed_first(store_url: str) -> None:
     newest = sorted(every, key=lambda r: r.updated_at, reverse=True)[:2]
     assert [r.session_id for r in rows] == [r.session_id for r in newest]
     assert problems == []
+
+
+async def test_the_newest_sessions_are_listed_past_the_first_ten_thousand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The listing took the 10,000 oldest sessions and sorted those: in a larger
+    # store the newest were never shown (a limit of 3 stands for 10,000 here).
+    from store_support import chat_pipeline, registry
+
+    monkeypatch.setattr("stageflow.ui._sources._MAX_ROWS", 3, raising=False)
+    store = open_store(f"sqlite:///{tmp_path / 'many.db'}")
+    try:
+        for sid in "abcde":
+            snap = stageflow.Session(chat_pipeline(), registry=registry, session_id=sid)
+            await store.create(snap.to_dict())
+        rows, problems = await StoreSource(store, None).rows(Filters(), 2)
+    finally:
+        await store.aclose()
+    assert [r.session_id for r in rows] == ["e", "d"]
+    assert problems == []
