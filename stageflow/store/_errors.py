@@ -105,6 +105,8 @@ class StoreArgumentError(StoreError, ValueError):
     Not a string, a NUL character (PostgreSQL's text cannot hold it), a lone
     surrogate (not Unicode text), or longer than 1,024 bytes in UTF-8 (what
     PostgreSQL can index); both stores refuse it, before anything is stored.
+    ``create()`` also raises it for a snapshot that is not a session's
+    (no ``session_id``, no pipeline name or digest) and for an empty queue.
     """
 
 

@@ -210,7 +210,14 @@ class SessionStore(Protocol):
         queue: str = "default",
         idempotency_key: str | None = None,
     ) -> Created:
-        """Store a new session (runnable at once); a known key or id returns it instead."""
+        """Store a new session (runnable at once); a known key or id returns it instead.
+
+        Raises:
+            StoreArgumentError: nothing stored: ``snapshot`` is not a session
+                snapshot (a mapping with a non-empty ``session_id`` and a
+                pipeline ``name`` and ``digest``), or the queue or key is no
+                text a store holds (an empty queue included).
+        """
 
     async def send_input(
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None

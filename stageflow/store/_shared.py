@@ -53,6 +53,7 @@ __all__ = [
     "LIMIT_MAX",
     "NAME_BYTES",
     "check_name",
+    "check_queue",
     "inbox_text",
     "lookup_id",
     "unmatchable",
@@ -112,6 +113,21 @@ def check_name(what: str, value: object, *, optional: bool = False) -> None:
         raise StoreArgumentError(
             f"{what}={shown(value)} cannot be stored: {problem}; pass text without NUL "
             f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
+        )
+
+
+def check_queue(queue: object) -> None:
+    """Refuse a queue name a new session cannot have.
+
+    Raises:
+        StoreArgumentError: as :func:`check_name`, or ``queue`` is empty (no
+            worker serves ``''``: the session would never run).
+    """
+    check_name("queue", queue)
+    if queue == "":
+        raise StoreArgumentError(
+            "queue='' cannot be stored: no worker serves an empty queue name, so the "
+            "session would never run; pass a non-empty name ('default')"
         )
 
 
@@ -430,10 +446,45 @@ class NewSession:
     max_input_bytes: int | None
 
 
+def _not_a_snapshot(snapshot: object) -> str | None:
+    """Why ``snapshot`` cannot be stored as a new session's row, or None.
+
+    The row's columns come from it (the id, the pipeline's name and digest):
+    without them a session would be stored that no worker can restore, or a
+    driver would raise its own error.
+    """
+    if not isinstance(snapshot, Mapping):
+        return f"it is {a_python_type(snapshot)}, not a mapping"
+    session_id = snapshot.get("session_id")
+    if session_id == "" or not isinstance(session_id, str):
+        given = shown(session_id) if isinstance(session_id, str) else a_json_type(session_id)
+        return f"its session_id is {given}, not a non-empty string"
+    pipeline = snapshot.get("pipeline")
+    if not isinstance(pipeline, Mapping):
+        return f"its pipeline is {a_json_type(pipeline)}, not an object"
+    for key in ("name", "digest"):
+        value = pipeline.get(key)
+        problem = _name_problem(value, limit=None) if value != "" else "it is empty"
+        if problem is not None:
+            return f"its pipeline {key} {shown(value)} cannot be stored: {problem}"
+    return None
+
+
 def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSession:
-    """The row of a new session; with an events table, the snapshot's history moves there."""
-    info = snapshot_info(snapshot)
+    """The row of a new session; with an events table, the snapshot's history moves there.
+
+    Raises:
+        StoreArgumentError: ``snapshot`` is not a session snapshot whose id,
+            pipeline name and digest a store can hold.
+    """
+    problem = _not_a_snapshot(snapshot)
+    if problem is not None:
+        raise StoreArgumentError(
+            f"create(snapshot=...) cannot store it: {problem}; pass the Session.to_dict() "
+            "of the session to store (SessionService.start makes one)"
+        )
     check_name("session_id", snapshot["session_id"])
+    info = snapshot_info(snapshot)
     batch = None
     if events_table:
         snapshot, held = split_history(snapshot)

@@ -49,6 +49,7 @@ from stageflow.store._shared import (
     backoff,
     cancel_text,
     check_name,
+    check_queue,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -387,7 +388,7 @@ class SQLiteStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
-        check_name("queue", queue)
+        check_queue(queue)
         check_name("idempotency_key", idempotency_key, optional=True)
         new = new_session(snapshot, events_table=self._events)
 

@@ -697,3 +697,49 @@ async def test_the_most_recently_updated_sessions_are_listed_first_when_asked(
         "c",
         "b",
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        pytest.param(lambda s: ["not", "a", "snapshot"], "it is a list", id="list"),
+        pytest.param(lambda s: {**s, "session_id": None}, "session_id is null", id="no-id"),
+        pytest.param(lambda s: {**s, "session_id": ""}, "session_id is ''", id="empty-id"),
+        pytest.param(
+            lambda s: {k: v for k, v in s.items() if k != "session_id"},
+            "session_id is",
+            id="missing-id",
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": "chat"}, "pipeline is a string", id="pipeline-str"
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": {**s["pipeline"], "name": 5}},
+            "pipeline name 5 cannot be stored",
+            id="name-int",
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": {**s["pipeline"], "name": "a\x00b"}},
+            "pipeline name .* NUL",
+            id="name-nul",
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": {**s["pipeline"], "digest": ""}},
+            "pipeline digest '' cannot be stored",
+            id="no-digest",
+        ),
+    ],
+)
+async def test_create_refuses_what_is_not_a_session_snapshot(
+    store: SessionStore, change: Any, match: str
+) -> None:
+    refused = f"create.snapshot=.... cannot store it: (its )?{match}"
+    with pytest.raises(StoreArgumentError, match=refused):
+        await store.create(change(snapshot("s")))
+    assert await store.list_sessions() == []
+
+
+async def test_create_refuses_an_empty_queue(store: SessionStore) -> None:
+    with pytest.raises(StoreArgumentError, match="no worker serves an empty queue name"):
+        await store.create(snapshot("s"), queue="")
+    assert await store.list_sessions() == []
