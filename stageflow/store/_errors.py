@@ -11,6 +11,7 @@ can raise them without importing one another::
         ├── StoreSchemaError            the tables were made by a newer stageflow
         ├── StoredDataError             a stored snapshot or input cannot be read
         └── StoreArgumentError          an id, key or queue name no store can hold (ValueError)
+            └── IdempotencyKeyReusedError   a key sent again with another input
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 from stageflow._errors import StageflowError, shown
 
 __all__ = [
+    "IdempotencyKeyReusedError",
     "SessionFinishedError",
     "SessionNotFoundError",
     "StoreArgumentError",
@@ -108,6 +110,26 @@ class StoreArgumentError(StoreError, ValueError):
     ``create()`` also raises it for a snapshot that is not a session's
     (no ``session_id``, no pipeline name or digest) and for an empty queue.
     """
+
+
+class IdempotencyKeyReusedError(StoreArgumentError):
+    """An idempotency key sent again with another input type or payload.
+
+    A retry returns the original record only when it sends the same input
+    (the same type and the same JSON value); this one is refused, and
+    nothing is stored. ``seq`` is the input the key was first used for.
+    """
+
+    def __init__(self, session_id: str, key: str, seq: int, first_type: str, type: str) -> None:
+        self.session_id = session_id
+        self.idempotency_key = key
+        self.seq = seq
+        what = "payload" if first_type == type else f"type {type!r} (it was {first_type!r})"
+        super().__init__(
+            f"idempotency key {key!r} of session {session_id!r} was first used for input "
+            f"{seq}, and is now sent with another {what}; nothing was stored. A retry must "
+            "send the same type and payload; send a new input with a new key"
+        )
 
 
 class StoredDataError(StoreError):

@@ -65,6 +65,7 @@ from stageflow.store._shared import (
     cancel_text,
     check_name,
     check_queue,
+    check_retry,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -580,11 +581,12 @@ class PostgresStore:
                     if row is None:
                         raise SessionNotFoundError(session_id)
                     seen = conn.execute(
-                        "SELECT seq FROM stageflow_inbox WHERE session_id = %s "
+                        "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = %s "
                         "AND idempotency_key = %s",
                         (session_id, idempotency_key),
                     ).fetchone()
                     if seen is not None:
+                        check_retry(session_id, idempotency_key, seen[0], seen[1:], type, text)
                         return InputRecord(session_id, seen[0], duplicate=True)
                     if row[0] in FINISHED_STATUSES:
                         raise SessionFinishedError(session_id, row[0], type)

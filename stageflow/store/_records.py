@@ -228,6 +228,8 @@ class SessionStore(Protocol):
             SessionNotFoundError: no such session.
             SessionFinishedError: it has finished (only for a new key: a retried
                 key returns the original record whatever the status).
+            IdempotencyKeyReusedError: the key was first used for another
+                input (type or payload); nothing stored.
             InputRejectedError: nothing stored: not JSON, over the session's
                 ``limits.max_input_bytes``, or a bad type.
             StoreArgumentError: the idempotency key is no text a store holds.

@@ -149,7 +149,9 @@ class SessionService:
             InputRejectedError: nothing was stored: the payload is not JSON
                 (``not_json``), is over the session's ``limits.max_input_bytes``
                 (``too_large``), or the type is bad (``bad_type``).
-            StoreArgumentError: the idempotency key is no text a store holds.
+            StoreArgumentError: the idempotency key is no text a store holds
+                (``IdempotencyKeyReusedError``: it was first used for
+                another input type or payload).
         """
         mark = self.store.save_mark()
         record = await self.store.send_input(

@@ -23,6 +23,7 @@ from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError, shown
 from stageflow._json import a_json_type, a_python_type
 from stageflow.store._errors import (
+    IdempotencyKeyReusedError,
     SessionNotFoundError,
     StoreArgumentError,
     StoredDataError,
@@ -53,6 +54,7 @@ __all__ = [
     "LIMIT_MAX",
     "NAME_BYTES",
     "check_name",
+    "check_retry",
     "check_queue",
     "inbox_text",
     "lookup_id",
@@ -129,6 +131,41 @@ def check_queue(queue: object) -> None:
             "queue='' cannot be stored: no worker serves an empty queue name, so the "
             "session would never run; pass a non-empty name ('default')"
         )
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two read JSON values are the same (``True`` is not ``1``; key order aside)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    return bool(a == b)
+
+
+def check_retry(
+    session_id: str, key: str, seq: int, first: tuple[str, str], type: str, text: str
+) -> None:
+    """Refuse a key sent again with another input than ``first`` (its type and JSON text).
+
+    Raises:
+        IdempotencyKeyReusedError: the type differs, or the payload is
+            another JSON value (the same value written otherwise is a retry:
+            a row stored as jsonb by schema version 5 is written so).
+    """
+    first_type, first_text = first
+    if first_type == type and first_text == text:
+        return
+    if first_type == type:
+        try:
+            if _same_json(json.loads(first_text), json.loads(text)):
+                return
+        except ValueError:
+            pass  # a damaged row: not the same input
+    raise IdempotencyKeyReusedError(session_id, key, seq, first_type, type)
 
 
 def lookup_id(session_id: object) -> None:

@@ -50,6 +50,7 @@ from stageflow.store._shared import (
     cancel_text,
     check_name,
     check_queue,
+    check_retry,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -441,10 +442,12 @@ class SQLiteStore:
                 raise SessionNotFoundError(session_id)
             if idempotency_key is not None:
                 seen = conn.execute(
-                    "SELECT seq FROM stageflow_inbox WHERE session_id = ? AND idempotency_key = ?",
+                    "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = ? "
+                    "AND idempotency_key = ?",
                     (session_id, idempotency_key),
                 ).fetchone()
                 if seen is not None:
+                    check_retry(session_id, idempotency_key, seen[0], seen[1:], type, text)
                     return InputRecord(session_id, seen[0], duplicate=True)
             if row[0] in FINISHED_STATUSES:
                 raise SessionFinishedError(session_id, row[0], type)

@@ -13,6 +13,7 @@ from store_support import chat_pipeline, registry
 import stageflow
 import stageflow.store._shared
 from stageflow.store import (
+    IdempotencyKeyReusedError,
     Lease,
     SessionFinishedError,
     SessionNotFoundError,
@@ -94,7 +95,7 @@ async def test_create_with_a_key_or_a_known_id_creates_once(store: SessionStore)
 async def test_send_input_idempotency_holds_after_the_session_finished(store: SessionStore) -> None:
     await store.create(snapshot("s"))
     first = await store.send_input("s", "msg", {"n": 1}, idempotency_key="k1")
-    retry = await store.send_input("s", "msg", {"n": 999}, idempotency_key="k1")
+    retry = await store.send_input("s", "msg", {"n": 1}, idempotency_key="k1")
     assert (first.seq, first.duplicate, retry.seq, retry.duplicate) == (1, False, 1, True)
     lease = await claim_one(store)
     assert [i.payload for i in lease.inputs] == [{"n": 1}]  # one row per key
@@ -743,3 +744,29 @@ async def test_create_refuses_an_empty_queue(store: SessionStore) -> None:
     with pytest.raises(StoreArgumentError, match="no worker serves an empty queue name"):
         await store.create(snapshot("s"), queue="")
     assert await store.list_sessions() == []
+
+
+async def test_a_key_sent_again_with_another_input_is_refused(store: SessionStore) -> None:
+    # It returned the first input's record (duplicate=True): the sender took
+    # its new input for stored, and the worker never saw it.
+    await store.create(snapshot("s"))
+    await store.send_input("s", "msg", {"n": 1, "m": [1.5, True]}, idempotency_key="k")
+    same = await store.send_input("s", "msg", {"m": [1.5, True], "n": 1}, idempotency_key="k")
+    assert (same.seq, same.duplicate) == (1, True)  # the same JSON value, keys reordered
+    for type, payload, what in [
+        ("msg", {"n": 2, "m": [1.5, True]}, "another payload"),
+        ("msg", {"n": 1, "m": [1.5, 1]}, "another payload"),  # true is not 1
+        ("other", {"n": 1, "m": [1.5, True]}, "another type 'other' \\(it was 'msg'\\)"),
+    ]:
+        with pytest.raises(
+            IdempotencyKeyReusedError,
+            match=f"first used for input 1, and is now sent with {what}; nothing was stored",
+        ) as info:
+            await store.send_input("s", type, payload, idempotency_key="k")
+        assert (info.value.seq, info.value.idempotency_key) == (1, "k")
+        assert isinstance(info.value, StoreArgumentError)
+    with pytest.raises(IdempotencyKeyReusedError, match=r"another type 'stageflow\.cancel'"):
+        await store.request_cancel("s", "bye", idempotency_key="k")
+    assert (await store.get("s")).inbox_head == 1
+    lease = await claim_one(store)
+    assert [i.payload for i in lease.inputs] == [{"n": 1, "m": [1.5, True]}]
