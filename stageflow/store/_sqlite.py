@@ -293,7 +293,27 @@ class SQLiteStore:
             self._conn = conn
         return self._conn
 
+    def _read_only(self, exc: sqlite3.Error) -> StoreUnavailableError | None:
+        """The error for a write refused because the file cannot be written, or None.
+
+        A read-only file or mount, or a directory where SQLite cannot make
+        the ``-wal`` and ``-shm`` files beside it: SQLite says only "attempt to
+        write a readonly database".
+        """
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_READONLY:
+            return None
+        return StoreUnavailableError(
+            f"the SQLite store {self.path!r} is read-only here ({exc}): workers, services "
+            "and the sessions commands that change sessions write to it, and SQLite writes "
+            "its -wal and -shm files beside it. Make the file and its directory writable "
+            "for this user (those two files too), or mount it read-write; to look at a "
+            "read-only copy, copy it to a writable directory first"
+        )
+
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        read_only = self._read_only(exc)
+        if read_only is not None:
+            return read_only
         return StoreUnavailableError(
             f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
             "directory exists and is writable, and that the path names a file "
@@ -326,6 +346,9 @@ class SQLiteStore:
             except sqlite3.DatabaseError as exc:
                 if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
                     raise
+                read_only = self._read_only(exc)
+                if read_only is not None:
+                    raise read_only from exc
                 raise StoreUnavailableError(
                     f"the SQLite store {self.path!r} cannot be read or written: {exc}; check "
                     "that the file is a stageflow store on a disk that reads and has room, "

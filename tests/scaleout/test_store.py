@@ -770,3 +770,30 @@ async def test_a_key_sent_again_with_another_input_is_refused(store: SessionStor
     assert (await store.get("s")).inbox_head == 1
     lease = await claim_one(store)
     assert [i.payload for i in lease.inputs] == [{"n": 1, "m": [1.5, True]}]
+
+
+async def test_a_read_only_sqlite_file_is_named_as_such(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A chmod 444 file or a read-only mount: SQLite says "attempt to write a
+    # readonly database", and the advice was about damaged files, full disks
+    # and locks. The file is opened read-only (mode=ro) as a stand-in: these
+    # tests may run as root, whom a file's mode does not stop.
+    from pathlib import Path
+
+    path = tmp_path / "s.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.create(snapshot("a"))
+    await store.aclose()
+    monkeypatch.setattr(
+        "stageflow.store._sqlite._existing", lambda p: f"{Path(p).absolute().as_uri()}?mode=ro"
+    )
+    read_only = open_store(f"sqlite:///{path}", create=False)
+    try:
+        with pytest.raises(StoreUnavailableError, match="is read-only here") as info:
+            await read_only.send_input("a", "msg", {"n": 1})
+    finally:
+        await read_only.aclose()
+    assert "attempt to write a readonly database" in str(info.value)
+    assert "Make the file and its directory writable for this user" in str(info.value)
+    assert "has room" not in str(info.value)
