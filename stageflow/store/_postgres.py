@@ -124,7 +124,7 @@ CREATE TABLE IF NOT EXISTS stageflow_inbox (
     session_id      text   NOT NULL,
     seq             bigint NOT NULL,
     type            text   NOT NULL,
-    payload         text   NOT NULL,
+    payload         json   NOT NULL,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (session_id, seq)
@@ -201,13 +201,14 @@ ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
 """
 
 
-# From version 5: an input's payload is stored as the JSON text it was sent as
-# (as the snapshot is), not as jsonb. jsonb refused a string holding U+0000 and
-# changed what it kept: keys sorted, -0.0 read back as 0.0, a float written
-# with an exponent (1e+16) read back as an integer. Rows stored before keep
-# jsonb's form of their payload.
+# From version 5: an input's payload is json (the text as sent, checked), not
+# jsonb. jsonb refused a string holding U+0000 and changed what it kept: keys
+# sorted, -0.0 read back as 0.0, a float written with an exponent (1e+16) read
+# back as an integer. Rows stored before keep jsonb's form of their payload. A
+# worker of version 5 still running beside the upgrade goes on working: its
+# jsonb is assigned to json, and it reads json as it read jsonb.
 _UPGRADE_5 = """
-ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE text USING payload::text;
+ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE json USING payload::json;
 """
 
 
@@ -581,8 +582,8 @@ class PostgresStore:
                     if row is None:
                         raise SessionNotFoundError(session_id)
                     seen = conn.execute(
-                        "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = %s "
-                        "AND idempotency_key = %s",
+                        "SELECT seq, type, payload::text FROM stageflow_inbox "
+                        "WHERE session_id = %s AND idempotency_key = %s",
                         (session_id, idempotency_key),
                     ).fetchone()
                     if seen is not None:
@@ -595,7 +596,7 @@ class PostgresStore:
                     seq = row[1] + 1
                     conn.execute(
                         "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
-                        "idempotency_key) VALUES (%s, %s, %s, %s, %s)",
+                        "idempotency_key) VALUES (%s, %s, %s, %s::json, %s)",
                         (session_id, seq, type, text, idempotency_key),
                     )
                     conn.execute(
@@ -627,7 +628,7 @@ class PostgresStore:
             f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} "
             "AND (max_input_bytes IS NULL OR max_input_bytes >= %s) RETURNING inbox_head) "
             "INSERT INTO stageflow_inbox (session_id, seq, type, payload) "
-            "SELECT %s, inbox_head, %s, %s FROM u RETURNING seq",
+            "SELECT %s, inbox_head, %s, %s::json FROM u RETURNING seq",
             (session_id, size, session_id, type, text),
         ).fetchone()
         if row is None:
@@ -681,7 +682,7 @@ class PostgresStore:
                 "s.lease_token, s.snapshot, s.digest, s.inbox_done, s.inbox_head, "
                 "s.events_done, s.attempts, s.snapshot_delta) "
                 "SELECT c.*, now(), CASE WHEN c.inbox_head > c.inbox_done THEN (SELECT "
-                "json_agg(json_build_array(i.seq, i.type, i.payload::json) ORDER BY i.seq) "
+                "json_agg(json_build_array(i.seq, i.type, i.payload) ORDER BY i.seq) "
                 "FROM stageflow_inbox i WHERE i.session_id = c.session_id "
                 "AND i.seq > c.inbox_done AND i.seq <= c.inbox_head) END, "
                 "NULL::timestamptz FROM claimed c "
@@ -701,7 +702,7 @@ class PostgresStore:
                 found = list(r[10] or ())
                 if r[4] + len(found) < r[5]:  # committed after the statement's snapshot
                     found = conn.execute(
-                        "SELECT seq, type, payload::json FROM stageflow_inbox WHERE "
+                        "SELECT seq, type, payload FROM stageflow_inbox WHERE "
                         "session_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
                         (r[0], r[4], r[5]),
                     ).fetchall()

@@ -290,8 +290,8 @@ def read_lease(
     ``text`` is the stored snapshot, or with ``delta`` the ``base`` it was
     packed against (:func:`unpack_delta`); ``inputs`` are ``(seq, type,
     payload)``, the payload as JSON text, or already read when
-    ``payloads_read`` (PostgreSQL reads it as ``json``, which keeps the text
-    as sent: a payload that is a JSON string comes as a ``str``). Reading
+    ``payloads_read`` (PostgreSQL's ``json``, which keeps the text as sent:
+    a payload that is a JSON string comes as a ``str``). Reading
     happens inside the claim: one damaged row must not fail the claim of
     every other (its lease says why instead, and the worker poisons it).
     """
@@ -321,7 +321,7 @@ snapshot may be stored as a delta against the stored one (PostgreSQL's
 ``limits.max_input_bytes`` in the row (``max_input_bytes``, NULL until a
 session made before is saved), so ``send_input`` refuses an input over it.
 6: an input's payload is stored as the JSON text it was sent as (PostgreSQL's
-``payload`` column is ``text``, was ``jsonb``, which refused U+0000, sorted
+``payload`` column is ``json``, was ``jsonb``, which refused U+0000, sorted
 keys, lost the sign of -0.0 and read 1e+16 back as an integer); SQLite's
 tables are unchanged.
 """

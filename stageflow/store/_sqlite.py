@@ -373,7 +373,7 @@ class SQLiteStore:
         keeps its foreign keys (they cost no WAL record there) and whole
         snapshots. Version 5 adds ``max_input_bytes`` (NULL in the rows of
         older versions until their next save). Version 6 changed only
-        PostgreSQL's inbox (payloads stored as text, as SQLite keeps them).
+        PostgreSQL's inbox (payloads stored as sent, as SQLite keeps them).
         """
 
         def run(conn: sqlite3.Connection) -> None:

@@ -652,6 +652,20 @@ def _inbox_back_to_version_5(store: Any) -> str:
         return _payload_type(pg)
 
 
+def _send_as_version_5(store: Any) -> None:
+    """Store input 3 as schema version 5's stageflow did (a jsonb payload)."""
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute(
+            "WITH u AS (UPDATE stageflow_sessions SET inbox_head = inbox_head + 1 "
+            "WHERE session_id = 's' RETURNING inbox_head) INSERT INTO stageflow_inbox "
+            "(session_id, seq, type, payload) SELECT 's', inbox_head, 'msg', %s::jsonb FROM u",
+            ('{"n": 3}',),
+        )
+
+
 def _payload_type(pg: Any) -> str:
     row = pg.execute(
         "SELECT data_type FROM information_schema.columns WHERE table_schema = "
@@ -669,17 +683,18 @@ def _inbox_payload_type(store: Any) -> str:
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_an_inbox_of_schema_version_5_is_upgraded_to_text_payloads(make_store: Any) -> None:
+async def test_an_inbox_of_schema_version_5_is_upgraded_to_json_payloads(make_store: Any) -> None:
     store = make_store()
     await store.create(snapshot("s"))
     await store.send_input("s", "msg", {"n": 1})
     assert await anyio.to_thread.run_sync(_inbox_back_to_version_5, store) == "jsonb"
     upgraded = make_store()
     await upgraded.migrate()
-    assert await anyio.to_thread.run_sync(_inbox_payload_type, upgraded) == "text"
+    assert await anyio.to_thread.run_sync(_inbox_payload_type, upgraded) == "json"
     await upgraded.send_input("s", "msg", ODD_PAYLOADS[0])
+    await anyio.to_thread.run_sync(_send_as_version_5, upgraded)  # a worker not yet upgraded
     lease = await claim_one(upgraded)
-    assert [i.payload for i in lease.inputs] == [{"n": 1}, ODD_PAYLOADS[0]]
+    assert [i.payload for i in lease.inputs] == [{"n": 1}, ODD_PAYLOADS[0], {"n": 3}]
 
 
 async def test_the_most_recently_updated_sessions_are_listed_first_when_asked(
