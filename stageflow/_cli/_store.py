@@ -7,7 +7,7 @@ import datetime
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -354,6 +354,15 @@ def show_command(args: argparse.Namespace, io: Streams) -> int:
     return 0
 
 
+def _stored_line(what: str, record: Mapping[str, Any], key: str | None) -> str:
+    """What ``send`` and ``cancel`` print: stored, or stored before under the same key."""
+    if record["duplicate"]:
+        return printable_text(
+            f"{what} {record['seq']} was stored before with key {key!r}; nothing new stored"
+        )
+    return f"{what} {record['seq']} stored"
+
+
 def send_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow sessions send``."""
     payload = read_json_argument(args.payload, option="PAYLOAD")
@@ -365,7 +374,7 @@ def send_command(args: argparse.Namespace, io: Streams) -> int:
         return attrs.asdict(record)
 
     out = _run_with_store(args, body)
-    io.print(dump_json(out) if args.json else f"input {out['seq']} stored")
+    io.print(dump_json(out) if args.json else _stored_line("input", out, args.key))
     return 0
 
 
@@ -379,7 +388,7 @@ def cancel_command(args: argparse.Namespace, io: Streams) -> int:
         return attrs.asdict(record)
 
     out = _run_with_store(args, body)
-    io.print(dump_json(out) if args.json else f"cancel request {out['seq']} stored")
+    io.print(dump_json(out) if args.json else _stored_line("cancel request", out, args.key))
     return 0
 
 

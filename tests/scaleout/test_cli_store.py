@@ -55,7 +55,8 @@ def test_sessions_list_show_send_cancel_purge(url: str, capsys: Any) -> None:
     assert (code, json.loads(out)) == (0, {"session_id": "s1", "seq": 1, "duplicate": False})
     retry = ("sessions", "send", "--store", url, "s1", "msg", '{"n":1}', "--key", "k")
     code, out, _ = run_cli(capsys, *retry)
-    assert (code, out) == (0, "input 1 stored\n")
+    # It said "input 1 stored", as for a new input.
+    assert (code, out) == (0, "input 1 was stored before with key 'k'; nothing new stored\n")
     code, out, err = run_cli(capsys, *retry[:-3], "{}", "--key", "k")
     assert (code, out) == (2, "")
     assert "idempotency key 'k' of session 's1' was first used for input 1" in err
