@@ -108,7 +108,8 @@ class StoreArgumentError(StoreError, ValueError):
     surrogate (not Unicode text), or longer than 1,024 bytes in UTF-8 (what
     PostgreSQL can index); both stores refuse it, before anything is stored.
     ``create()`` also raises it for a snapshot that is not a session's
-    (no ``session_id``, no pipeline name or digest) and for an empty queue.
+    (no ``session_id``, no pipeline name or digest) and for an empty queue;
+    every call for an empty idempotency key.
     """
 
 

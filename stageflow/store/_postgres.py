@@ -63,7 +63,7 @@ from stageflow.store._shared import (
     Wakeup,
     backoff,
     cancel_text,
-    check_name,
+    check_key,
     check_queue,
     check_retry,
     inbox_text,
@@ -525,7 +525,7 @@ class PostgresStore:
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
         check_queue(queue)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_key(idempotency_key)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: psycopg.Connection[Any]) -> Created:
@@ -567,7 +567,7 @@ class PostgresStore:
         self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
         lookup_id(session_id)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_key(idempotency_key)
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:

@@ -53,6 +53,7 @@ __all__ = [
     "event_batch",
     "LIMIT_MAX",
     "NAME_BYTES",
+    "check_key",
     "check_name",
     "check_retry",
     "check_queue",
@@ -115,6 +116,22 @@ def check_name(what: str, value: object, *, optional: bool = False) -> None:
         raise StoreArgumentError(
             f"{what}={shown(value)} cannot be stored: {problem}; pass text without NUL "
             f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
+        )
+
+
+def check_key(key: object) -> None:
+    """Refuse an idempotency key a store cannot hold, or an empty one (None is no key).
+
+    Raises:
+        StoreArgumentError: as :func:`check_name`, or ``key`` is ``""``: every
+            call given it would be taken for a retry of the first (a missing
+            request header read as ``""``), and nothing after it stored.
+    """
+    check_name("idempotency_key", key, optional=True)
+    if key == "":
+        raise StoreArgumentError(
+            "idempotency_key='' cannot be used: every call with it would be a retry of the "
+            "first, and store nothing; pass a non-empty key, or None for no key"
         )
 
 

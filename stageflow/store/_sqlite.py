@@ -48,7 +48,7 @@ from stageflow.store._shared import (
     Wakeup,
     backoff,
     cancel_text,
-    check_name,
+    check_key,
     check_queue,
     check_retry,
     inbox_text,
@@ -413,7 +413,7 @@ class SQLiteStore:
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
         check_queue(queue)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_key(idempotency_key)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: sqlite3.Connection) -> Created:
@@ -453,7 +453,7 @@ class SQLiteStore:
         self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
         lookup_id(session_id)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_key(idempotency_key)
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(

@@ -812,3 +812,18 @@ async def test_a_read_only_sqlite_file_is_named_as_such(
     assert "attempt to write a readonly database" in str(info.value)
     assert "Make the file and its directory writable for this user" in str(info.value)
     assert "has room" not in str(info.value)
+
+
+async def test_an_empty_idempotency_key_is_refused(store: SessionStore) -> None:
+    # "" was a key like any other: a handler passing a missing header as ""
+    # started one session for every caller, and stored one input per session.
+    await store.create(snapshot("s"))
+    for call in (
+        lambda: store.create(snapshot("t"), idempotency_key=""),
+        lambda: store.send_input("s", "msg", {"n": 1}, idempotency_key=""),
+        lambda: store.request_cancel("s", "bye", idempotency_key=""),
+    ):
+        with pytest.raises(StoreArgumentError, match="idempotency_key='' cannot be used"):
+            await call()
+    assert [s.session_id for s in await store.list_sessions()] == ["s"]
+    assert (await store.get("s")).inbox_head == 0
