@@ -206,8 +206,10 @@ ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
 # sorted, -0.0 read back as 0.0, a float written with an exponent (1e+16) read
 # back as an integer. Rows stored before keep jsonb's form of their payload. A
 # worker of version 5 still running beside the upgrade goes on working: its
-# jsonb is assigned to json, and it reads json as it read jsonb.
+# jsonb is assigned to json, and it reads json as it read jsonb. The rewrite of
+# a large inbox may outlast the connections' 30 s statement timeout: not here.
 _UPGRADE_5 = """
+SET LOCAL statement_timeout = 0;
 ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE json USING payload::json;
 """
 
