@@ -114,23 +114,23 @@ class StoreArgumentError(StoreError, ValueError):
 
 
 class IdempotencyKeyReusedError(StoreArgumentError):
-    """An idempotency key sent again with another input type or payload.
+    """An idempotency key sent again with another input, or to start another pipeline.
 
     A retry returns the original record only when it sends the same input
-    (the same type and the same JSON value); this one is refused, and
-    nothing is stored. ``seq`` is the input the key was first used for.
+    (the same type and the same JSON value), or starts a session of the
+    same pipeline (by name: a new version of it is still a retry; a known
+    session id counts as the key); this one is refused, and nothing is
+    stored. ``session_id`` is the session the key (or id) went to, ``seq``
+    the input it was first used for (None for a start).
     """
 
-    def __init__(self, session_id: str, key: str, seq: int, first_type: str, type: str) -> None:
+    def __init__(
+        self, message: str, *, session_id: str, key: str | None, seq: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.idempotency_key = key
         self.seq = seq
-        what = "payload" if first_type == type else f"type {type!r} (it was {first_type!r})"
-        super().__init__(
-            f"idempotency key {key!r} of session {session_id!r} was first used for input "
-            f"{seq}, and is now sent with another {what}; nothing was stored. A retry must "
-            "send the same type and payload; send a new input with a new key"
-        )
+        super().__init__(message)
 
 
 class StoredDataError(StoreError):

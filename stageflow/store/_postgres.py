@@ -66,6 +66,7 @@ from stageflow.store._shared import (
     check_key,
     check_queue,
     check_retry,
+    check_start_retry,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -546,11 +547,13 @@ class PostgresStore:
                 self._send_notify([new.session_id])
                 return Created(new.session_id, duplicate=False)
             found = conn.execute(
-                "SELECT session_id FROM stageflow_sessions WHERE start_key = %s "
-                "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = %s",
+                "SELECT session_id, pipeline, true FROM stageflow_sessions WHERE start_key = %s "
+                "UNION ALL SELECT session_id, pipeline, false FROM stageflow_sessions "
+                "WHERE session_id = %s",
                 (idempotency_key, new.session_id),
             ).fetchone()
             assert found is not None
+            check_start_retry(found, new, idempotency_key)
             return Created(found[0], duplicate=True)
 
         created = await self._run(run)

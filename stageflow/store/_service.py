@@ -115,7 +115,8 @@ class SessionService:
         """Store a new session; a worker runs it. Returns its id.
 
         A retried ``idempotency_key`` (or a known ``session_id``) returns the
-        existing session's id and creates nothing.
+        existing session's id and creates nothing; given to start another
+        pipeline (by name), it raises ``IdempotencyKeyReusedError`` instead.
 
         Raises:
             LookupError: ``pipeline`` is a name not in ``pipelines``.

@@ -56,6 +56,7 @@ __all__ = [
     "check_key",
     "check_name",
     "check_retry",
+    "check_start_retry",
     "check_queue",
     "inbox_text",
     "lookup_id",
@@ -182,7 +183,36 @@ def check_retry(
                 return
         except ValueError:
             pass  # a damaged row: not the same input
-    raise IdempotencyKeyReusedError(session_id, key, seq, first_type, type)
+    what = "payload" if first_type == type else f"type {type!r} (it was {first_type!r})"
+    raise IdempotencyKeyReusedError(
+        f"idempotency key {key!r} of session {session_id!r} was first used for input {seq}, "
+        f"and is now sent with another {what}; nothing was stored. A retry must send the "
+        "same type and payload; send a new input with a new key",
+        session_id=session_id,
+        key=key,
+        seq=seq,
+    )
+
+
+def check_start_retry(found: Sequence[Any], new: NewSession, key: str | None) -> None:
+    """Refuse a start whose key (or id) went to a session of another pipeline.
+
+    ``found`` is the existing row's ``(session_id, pipeline, by_key)``.
+
+    Raises:
+        IdempotencyKeyReusedError: the pipelines' names differ.
+    """
+    session_id, pipeline, by_key = found
+    if pipeline == new.pipeline:
+        return
+    used = f"idempotency key {key!r}" if by_key else f"session id {session_id!r}"
+    raise IdempotencyKeyReusedError(
+        f"{used} was first used to start session {session_id!r} of pipeline {pipeline!r}, "
+        f"and is now given to start pipeline {new.pipeline!r}; nothing was created. A retry "
+        "must start the same pipeline; start another session with a new key (or id)",
+        session_id=session_id,
+        key=key if by_key else None,
+    )
 
 
 def lookup_id(session_id: object) -> None:

@@ -51,6 +51,7 @@ from stageflow.store._shared import (
     check_key,
     check_queue,
     check_retry,
+    check_start_retry,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -431,10 +432,12 @@ class SQLiteStore:
                     self._insert_events(conn, new.session_id, new.events)
                 return Created(new.session_id, duplicate=False)
             row = conn.execute(
-                "SELECT session_id FROM stageflow_sessions WHERE start_key = ? "
-                "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = ?",
+                "SELECT session_id, pipeline, 1 FROM stageflow_sessions WHERE start_key = ? "
+                "UNION ALL SELECT session_id, pipeline, 0 FROM stageflow_sessions "
+                "WHERE session_id = ?",
                 (idempotency_key, new.session_id),
             ).fetchone()
+            check_start_retry(row, new, idempotency_key)
             return Created(row[0], duplicate=True)
 
         created = await self._run(run, write=True)

@@ -827,3 +827,23 @@ async def test_an_empty_idempotency_key_is_refused(store: SessionStore) -> None:
             await call()
     assert [s.session_id for s in await store.list_sessions()] == ["s"]
     assert (await store.get("s")).inbox_head == 0
+
+
+async def test_a_start_key_or_id_given_to_another_pipeline_is_refused(store: SessionStore) -> None:
+    # It returned the first session (duplicate=True): SessionService.start gave
+    # the caller a session of another pipeline than the one it started.
+    document = json.loads(json.dumps(chat_pipeline().to_dict()))
+    document["metadata"]["name"] = "other"
+    other = stageflow.Pipeline.from_dict(document, registry=registry)
+    first = await store.create(snapshot("a"), idempotency_key="k")
+    again = await store.create(snapshot("b"), idempotency_key="k")  # a retry: same pipeline
+    assert (first.duplicate, again.session_id, again.duplicate) == (False, "a", True)
+    with pytest.raises(IdempotencyKeyReusedError, match="idempotency key 'k' was first") as info:
+        await store.create(
+            stageflow.Session(other, registry=registry).to_dict(), idempotency_key="k"
+        )
+    assert (info.value.session_id, info.value.idempotency_key, info.value.seq) == ("a", "k", None)
+    assert "of pipeline 'chat', and is now given to start pipeline 'other'" in str(info.value)
+    with pytest.raises(IdempotencyKeyReusedError, match="session id 'a' was first used"):
+        await store.create(stageflow.Session(other, registry=registry, session_id="a").to_dict())
+    assert [s.session_id for s in await store.list_sessions()] == ["a"]
