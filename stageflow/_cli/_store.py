@@ -7,7 +7,7 @@ import datetime
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -189,13 +189,20 @@ def add_store_parsers(subparsers: Any) -> None:
         "formatter_class": argparse.RawDescriptionHelpFormatter,
     }
 
-    q = sub.add_parser("list", help="sessions matching filters, oldest first", **action)
+    q = sub.add_parser(
+        "list",
+        help="sessions matching filters, oldest first (--newest: last updated first)",
+        **action,
+    )
     _add_store_option(q)
     q.add_argument("--status", choices=_STATUSES, help="only sessions with this status")
     q.add_argument("--pipeline", help="pipeline name")
     q.add_argument("--waiting-for", help="an input type")
     q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")
     q.add_argument("--limit", type=number(least=1, whole=True), default=100)
+    q.add_argument(
+        "--newest", action="store_true", help="the most recently updated first (default: oldest)"
+    )
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=list_command)
 
@@ -316,6 +323,7 @@ def list_command(args: argparse.Namespace, io: Streams) -> int:
             waiting_for=args.waiting_for,
             due=args.due,
             limit=args.limit,
+            newest=args.newest,
         )
 
     rows = _run_with_store(args, body)
@@ -351,6 +359,15 @@ def show_command(args: argparse.Namespace, io: Streams) -> int:
     return 0
 
 
+def _stored_line(what: str, record: Mapping[str, Any], key: str | None) -> str:
+    """What ``send`` and ``cancel`` print: stored, or stored before under the same key."""
+    if record["duplicate"]:
+        return printable_text(
+            f"{what} {record['seq']} was stored before with key {key!r}; nothing new stored"
+        )
+    return f"{what} {record['seq']} stored"
+
+
 def send_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow sessions send``."""
     payload = read_json_argument(args.payload, option="PAYLOAD")
@@ -362,7 +379,7 @@ def send_command(args: argparse.Namespace, io: Streams) -> int:
         return attrs.asdict(record)
 
     out = _run_with_store(args, body)
-    io.print(dump_json(out) if args.json else f"input {out['seq']} stored")
+    io.print(dump_json(out) if args.json else _stored_line("input", out, args.key))
     return 0
 
 
@@ -376,7 +393,7 @@ def cancel_command(args: argparse.Namespace, io: Streams) -> int:
         return attrs.asdict(record)
 
     out = _run_with_store(args, body)
-    io.print(dump_json(out) if args.json else f"cancel request {out['seq']} stored")
+    io.print(dump_json(out) if args.json else _stored_line("cancel request", out, args.key))
     return 0
 
 

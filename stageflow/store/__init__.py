@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from stageflow.store._errors import (
+    IdempotencyKeyReusedError,
     SessionFinishedError,
     SessionNotFoundError,
     StoreArgumentError,
@@ -56,6 +57,7 @@ __all__ = [
     "InputRecord",
     "Lease",
     "SQLiteStore",
+    "IdempotencyKeyReusedError",
     "SessionFinishedError",
     "SessionNotFoundError",
     "SessionService",

@@ -11,6 +11,7 @@ can raise them without importing one another::
         ├── StoreSchemaError            the tables were made by a newer stageflow
         ├── StoredDataError             a stored snapshot or input cannot be read
         └── StoreArgumentError          an id, key or queue name no store can hold (ValueError)
+            └── IdempotencyKeyReusedError   a key sent again with another input
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 from stageflow._errors import StageflowError, shown
 
 __all__ = [
+    "IdempotencyKeyReusedError",
     "SessionFinishedError",
     "SessionNotFoundError",
     "StoreArgumentError",
@@ -105,7 +107,30 @@ class StoreArgumentError(StoreError, ValueError):
     Not a string, a NUL character (PostgreSQL's text cannot hold it), a lone
     surrogate (not Unicode text), or longer than 1,024 bytes in UTF-8 (what
     PostgreSQL can index); both stores refuse it, before anything is stored.
+    ``create()`` also raises it for a snapshot that is not a session's
+    (no ``session_id``, no pipeline name or digest) and for an empty queue;
+    every call for an empty idempotency key.
     """
+
+
+class IdempotencyKeyReusedError(StoreArgumentError):
+    """An idempotency key sent again with another input, or to start another pipeline.
+
+    A retry returns the original record only when it sends the same input
+    (the same type and the same JSON value), or starts a session of the
+    same pipeline (by name: a new version of it is still a retry; a known
+    session id counts as the key); this one is refused, and nothing is
+    stored. ``session_id`` is the session the key (or id) went to, ``seq``
+    the input it was first used for (None for a start).
+    """
+
+    def __init__(
+        self, message: str, *, session_id: str, key: str | None, seq: int | None = None
+    ) -> None:
+        self.session_id = session_id
+        self.idempotency_key = key
+        self.seq = seq
+        super().__init__(message)
 
 
 class StoredDataError(StoreError):

@@ -38,7 +38,6 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
-from stageflow._errors import InputRejectedError
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -64,7 +63,10 @@ from stageflow.store._shared import (
     Wakeup,
     backoff,
     cancel_text,
-    check_name,
+    check_key,
+    check_queue,
+    check_retry,
+    check_start_retry,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -123,7 +125,7 @@ CREATE TABLE IF NOT EXISTS stageflow_inbox (
     session_id      text   NOT NULL,
     seq             bigint NOT NULL,
     type            text   NOT NULL,
-    payload         jsonb  NOT NULL,
+    payload         json   NOT NULL,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (session_id, seq)
@@ -197,6 +199,19 @@ ALTER TABLE stageflow_sessions ALTER COLUMN snapshot_delta SET STORAGE MAIN;
 # rewrites nothing; each row gets its value at its next save.
 _UPGRADE_4 = """
 ALTER TABLE stageflow_sessions ADD COLUMN IF NOT EXISTS max_input_bytes bigint;
+"""
+
+
+# From version 5: an input's payload is json (the text as sent, checked), not
+# jsonb. jsonb refused a string holding U+0000 and changed what it kept: keys
+# sorted, -0.0 read back as 0.0, a float written with an exponent (1e+16) read
+# back as an integer. Rows stored before keep jsonb's form of their payload. A
+# worker of version 5 still running beside the upgrade goes on working: its
+# jsonb is assigned to json, and it reads json as it read jsonb. The rewrite of
+# a large inbox may outlast the connections' 30 s statement timeout: not here.
+_UPGRADE_5 = """
+SET LOCAL statement_timeout = 0;
+ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE json USING payload::json;
 """
 
 
@@ -460,7 +475,7 @@ class PostgresStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the schema and tables (version 5), or check they are not newer."""
+        """Create or upgrade the schema and tables (version 6), or check they are not newer."""
 
         def run(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -493,6 +508,8 @@ class PostgresStore:
                     conn.execute(_UPGRADE_2)
                 conn.execute(_UPGRADE_3)  # also sets the new table's delta storage
                 conn.execute(_UPGRADE_4)
+                if found is not None and found < 6:
+                    conn.execute(_UPGRADE_5)
                 conn.execute(_COMPRESSION)
                 conn.execute("DELETE FROM stageflow_schema")
                 conn.execute("INSERT INTO stageflow_schema VALUES (%s)", (SCHEMA_VERSION,))
@@ -510,8 +527,8 @@ class PostgresStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
-        check_name("queue", queue)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_queue(queue)
+        check_key(idempotency_key)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: psycopg.Connection[Any]) -> Created:
@@ -530,11 +547,13 @@ class PostgresStore:
                 self._send_notify([new.session_id])
                 return Created(new.session_id, duplicate=False)
             found = conn.execute(
-                "SELECT session_id FROM stageflow_sessions WHERE start_key = %s "
-                "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = %s",
+                "SELECT session_id, pipeline, true FROM stageflow_sessions WHERE start_key = %s "
+                "UNION ALL SELECT session_id, pipeline, false FROM stageflow_sessions "
+                "WHERE session_id = %s",
                 (idempotency_key, new.session_id),
             ).fetchone()
             assert found is not None
+            check_start_retry(found, new, idempotency_key)
             return Created(found[0], duplicate=True)
 
         created = await self._run(run)
@@ -553,7 +572,7 @@ class PostgresStore:
         self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
         lookup_id(session_id)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_key(idempotency_key)
 
         def run(conn: psycopg.Connection[Any]) -> InputRecord:
             if idempotency_key is None:
@@ -568,11 +587,12 @@ class PostgresStore:
                     if row is None:
                         raise SessionNotFoundError(session_id)
                     seen = conn.execute(
-                        "SELECT seq FROM stageflow_inbox WHERE session_id = %s "
-                        "AND idempotency_key = %s",
+                        "SELECT seq, type, payload::text FROM stageflow_inbox "
+                        "WHERE session_id = %s AND idempotency_key = %s",
                         (session_id, idempotency_key),
                     ).fetchone()
                     if seen is not None:
+                        check_retry(session_id, idempotency_key, seen[0], seen[1:], type, text)
                         return InputRecord(session_id, seen[0], duplicate=True)
                     if row[0] in FINISHED_STATUSES:
                         raise SessionFinishedError(session_id, row[0], type)
@@ -581,7 +601,7 @@ class PostgresStore:
                     seq = row[1] + 1
                     conn.execute(
                         "INSERT INTO stageflow_inbox (session_id, seq, type, payload, "
-                        "idempotency_key) VALUES (%s, %s, %s, %s::jsonb, %s)",
+                        "idempotency_key) VALUES (%s, %s, %s, %s::json, %s)",
                         (session_id, seq, type, text, idempotency_key),
                     )
                     conn.execute(
@@ -593,16 +613,7 @@ class PostgresStore:
             self._send_notify([session_id])  # committed: the notifier may send it now
             return InputRecord(session_id, seq, duplicate=False)
 
-        try:
-            record = await self._run(run)
-        except psycopg.errors.UntranslatableCharacter as exc:  # rolled back: nothing stored
-            raise InputRejectedError(
-                f"input {type!r} for session {session_id!r} was rejected: PostgreSQL's jsonb "
-                "cannot hold the character U+0000 (NUL) in a string of the payload; nothing "
-                "was stored. Remove it, or encode the text that carries it (base64)",
-                input_type=type,
-                reason="not_json",
-            ) from exc
+        record = await self._run(run)
         if not record.duplicate:
             self._work.set()
         return record
@@ -622,7 +633,7 @@ class PostgresStore:
             f"WHERE session_id = %s AND status NOT IN {FINISHED_SQL} "
             "AND (max_input_bytes IS NULL OR max_input_bytes >= %s) RETURNING inbox_head) "
             "INSERT INTO stageflow_inbox (session_id, seq, type, payload) "
-            "SELECT %s, inbox_head, %s, %s::jsonb FROM u RETURNING seq",
+            "SELECT %s, inbox_head, %s, %s::json FROM u RETURNING seq",
             (session_id, size, session_id, type, text),
         ).fetchone()
         if row is None:
@@ -675,8 +686,8 @@ class PostgresStore:
                 "FROM due WHERE s.session_id = due.session_id RETURNING s.session_id, "
                 "s.lease_token, s.snapshot, s.digest, s.inbox_done, s.inbox_head, "
                 "s.events_done, s.attempts, s.snapshot_delta) "
-                "SELECT c.*, now(), CASE WHEN c.inbox_head > c.inbox_done THEN "
-                "(SELECT json_agg(json_build_array(i.seq, i.type, i.payload) ORDER BY i.seq) "
+                "SELECT c.*, now(), CASE WHEN c.inbox_head > c.inbox_done THEN (SELECT "
+                "json_agg(json_build_array(i.seq, i.type, i.payload) ORDER BY i.seq) "
                 "FROM stageflow_inbox i WHERE i.session_id = c.session_id "
                 "AND i.seq > c.inbox_done AND i.seq <= c.inbox_head) END, "
                 "NULL::timestamptz FROM claimed c "
@@ -915,6 +926,7 @@ class PostgresStore:
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
         if unmatchable(status, pipeline, waiting_for):
@@ -934,7 +946,9 @@ class PostgresStore:
             where.append("runnable_at <= now()")
         query = (
             f"SELECT {ROW} FROM stageflow_sessions WHERE {' AND '.join(where)} "
-            "ORDER BY created_at, session_id LIMIT %s"
+            "ORDER BY "
+            + ("updated_at DESC, session_id DESC" if newest else "created_at, session_id")
+            + " LIMIT %s"
         )
 
         def run(conn: psycopg.Connection[Any]) -> list[StoredSession]:

@@ -210,7 +210,14 @@ class SessionStore(Protocol):
         queue: str = "default",
         idempotency_key: str | None = None,
     ) -> Created:
-        """Store a new session (runnable at once); a known key or id returns it instead."""
+        """Store a new session (runnable at once); a known key or id returns it instead.
+
+        Raises:
+            StoreArgumentError: nothing stored: ``snapshot`` is not a session
+                snapshot (a mapping with a non-empty ``session_id`` and a
+                pipeline ``name`` and ``digest``), or the queue or key is no
+                text a store holds (an empty queue included).
+        """
 
     async def send_input(
         self, session_id: str, type: str, payload: Any, *, idempotency_key: str | None = None
@@ -221,6 +228,8 @@ class SessionStore(Protocol):
             SessionNotFoundError: no such session.
             SessionFinishedError: it has finished (only for a new key: a retried
                 key returns the original record whatever the status).
+            IdempotencyKeyReusedError: the key was first used for another
+                input (type or payload); nothing stored.
             InputRejectedError: nothing stored: not JSON, over the session's
                 ``limits.max_input_bytes``, or a bad type.
             StoreArgumentError: the idempotency key is no text a store holds.
@@ -285,8 +294,13 @@ class SessionStore(Protocol):
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
-        """Sessions matching every given filter, oldest first."""
+        """Sessions matching every given filter, oldest first (by creation).
+
+        ``newest=True``: the most recently updated first, so the last ones
+        of a store holding more than ``limit`` can be listed.
+        """
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Return when work may have arrived (a wake-up hint), or after ``timeout`` s.

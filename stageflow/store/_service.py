@@ -115,7 +115,8 @@ class SessionService:
         """Store a new session; a worker runs it. Returns its id.
 
         A retried ``idempotency_key`` (or a known ``session_id``) returns the
-        existing session's id and creates nothing.
+        existing session's id and creates nothing; given to start another
+        pipeline (by name), it raises ``IdempotencyKeyReusedError`` instead.
 
         Raises:
             LookupError: ``pipeline`` is a name not in ``pipelines``.
@@ -149,7 +150,9 @@ class SessionService:
             InputRejectedError: nothing was stored: the payload is not JSON
                 (``not_json``), is over the session's ``limits.max_input_bytes``
                 (``too_large``), or the type is bad (``bad_type``).
-            StoreArgumentError: the idempotency key is no text a store holds.
+            StoreArgumentError: the idempotency key is no text a store holds
+                (``IdempotencyKeyReusedError``: it was first used for
+                another input type or payload).
         """
         mark = self.store.save_mark()
         record = await self.store.send_input(
@@ -179,8 +182,11 @@ class SessionService:
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
         """Stored sessions matching every given filter, oldest first.
+
+        ``newest=True`` lists the most recently updated first instead.
 
         Raises:
             ValueError: ``status`` is not a status a row can have, or
@@ -195,7 +201,12 @@ class SessionService:
             raise ValueError(f"list(limit={limit!r}): pass a whole number of at least 1")
         limit = min(limit, LIMIT_MAX)
         return await self.store.list_sessions(
-            status=status, pipeline=pipeline, waiting_for=waiting_for, due=due, limit=limit
+            status=status,
+            pipeline=pipeline,
+            waiting_for=waiting_for,
+            due=due,
+            limit=limit,
+            newest=newest,
         )
 
     async def wait(

@@ -23,6 +23,7 @@ from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError, shown
 from stageflow._json import a_json_type, a_python_type
 from stageflow.store._errors import (
+    IdempotencyKeyReusedError,
     SessionNotFoundError,
     StoreArgumentError,
     StoredDataError,
@@ -52,7 +53,11 @@ __all__ = [
     "event_batch",
     "LIMIT_MAX",
     "NAME_BYTES",
+    "check_key",
     "check_name",
+    "check_retry",
+    "check_start_retry",
+    "check_queue",
     "inbox_text",
     "lookup_id",
     "unmatchable",
@@ -113,6 +118,101 @@ def check_name(what: str, value: object, *, optional: bool = False) -> None:
             f"{what}={shown(value)} cannot be stored: {problem}; pass text without NUL "
             f"characters or lone surrogates, at most {NAME_BYTES} bytes in UTF-8"
         )
+
+
+def check_key(key: object) -> None:
+    """Refuse an idempotency key a store cannot hold, or an empty one (None is no key).
+
+    Raises:
+        StoreArgumentError: as :func:`check_name`, or ``key`` is ``""``: every
+            call given it would be taken for a retry of the first (a missing
+            request header read as ``""``), and nothing after it stored.
+    """
+    check_name("idempotency_key", key, optional=True)
+    if key == "":
+        raise StoreArgumentError(
+            "idempotency_key='' cannot be used: every call with it would be a retry of the "
+            "first, and store nothing; pass a non-empty key, or None for no key"
+        )
+
+
+def check_queue(queue: object) -> None:
+    """Refuse a queue name a new session cannot have.
+
+    Raises:
+        StoreArgumentError: as :func:`check_name`, or ``queue`` is empty (no
+            worker serves ``''``: the session would never run).
+    """
+    check_name("queue", queue)
+    if queue == "":
+        raise StoreArgumentError(
+            "queue='' cannot be stored: no worker serves an empty queue name, so the "
+            "session would never run; pass a non-empty name ('default')"
+        )
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two read JSON values are the same (``True`` is not ``1``; key order aside)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    return bool(a == b)
+
+
+def check_retry(
+    session_id: str, key: str, seq: int, first: tuple[str, str], type: str, text: str
+) -> None:
+    """Refuse a key sent again with another input than ``first`` (its type and JSON text).
+
+    Raises:
+        IdempotencyKeyReusedError: the type differs, or the payload is
+            another JSON value (the same value written otherwise is a retry:
+            a row stored as jsonb by schema version 5 is written so).
+    """
+    first_type, first_text = first
+    if first_type == type and first_text == text:
+        return
+    if first_type == type:
+        try:
+            if _same_json(json.loads(first_text), json.loads(text)):
+                return
+        except ValueError:
+            pass  # a damaged row: not the same input
+    what = "payload" if first_type == type else f"type {type!r} (it was {first_type!r})"
+    raise IdempotencyKeyReusedError(
+        f"idempotency key {key!r} of session {session_id!r} was first used for input {seq}, "
+        f"and is now sent with another {what}; nothing was stored. A retry must send the "
+        "same type and payload; send a new input with a new key",
+        session_id=session_id,
+        key=key,
+        seq=seq,
+    )
+
+
+def check_start_retry(found: Sequence[Any], new: NewSession, key: str | None) -> None:
+    """Refuse a start whose key (or id) went to a session of another pipeline.
+
+    ``found`` is the existing row's ``(session_id, pipeline, by_key)``.
+
+    Raises:
+        IdempotencyKeyReusedError: the pipelines' names differ.
+    """
+    session_id, pipeline, by_key = found
+    if pipeline == new.pipeline:
+        return
+    used = f"idempotency key {key!r}" if by_key else f"session id {session_id!r}"
+    raise IdempotencyKeyReusedError(
+        f"{used} was first used to start session {session_id!r} of pipeline {pipeline!r}, "
+        f"and is now given to start pipeline {new.pipeline!r}; nothing was created. A retry "
+        "must start the same pipeline; start another session with a new key (or id)",
+        session_id=session_id,
+        key=key if by_key else None,
+    )
 
 
 def lookup_id(session_id: object) -> None:
@@ -237,10 +337,10 @@ def read_lease(
     ``text`` is the stored snapshot, or with ``delta`` the ``base`` it was
     packed against (:func:`unpack_delta`); ``inputs`` are ``(seq, type,
     payload)``, the payload as JSON text, or already read when
-    ``payloads_read`` (PostgreSQL's jsonb: a payload that is a JSON string
-    comes as a ``str``). Reading happens inside the claim: one damaged row must not
-    fail the claim of every other (its lease says why instead, and the
-    worker poisons it).
+    ``payloads_read`` (PostgreSQL's ``json``, which keeps the text as sent:
+    a payload that is a JSON string comes as a ``str``). Reading
+    happens inside the claim: one damaged row must not fail the claim of
+    every other (its lease says why instead, and the worker poisons it).
     """
     try:
         snapshot = _read_snapshot(text, delta, base)
@@ -256,7 +356,7 @@ def read_lease(
     return snapshot, tuple(read), None
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The table layout this stageflow writes (both stores).
 
 1: the first layout. 2: ``start_key`` indexed only where set; the events
@@ -267,6 +367,10 @@ snapshot may be stored as a delta against the stored one (PostgreSQL's
 ``snapshot_delta``; see :func:`snapshot_delta`). 5: the session's
 ``limits.max_input_bytes`` in the row (``max_input_bytes``, NULL until a
 session made before is saved), so ``send_input`` refuses an input over it.
+6: an input's payload is stored as the JSON text it was sent as (PostgreSQL's
+``payload`` column is ``json``, was ``jsonb``, which refused U+0000, sorted
+keys, lost the sign of -0.0 and read 1e+16 back as an integer); SQLite's
+tables are unchanged.
 """
 
 DELTA_MAX = 1024
@@ -426,10 +530,45 @@ class NewSession:
     max_input_bytes: int | None
 
 
+def _not_a_snapshot(snapshot: object) -> str | None:
+    """Why ``snapshot`` cannot be stored as a new session's row, or None.
+
+    The row's columns come from it (the id, the pipeline's name and digest):
+    without them a session would be stored that no worker can restore, or a
+    driver would raise its own error.
+    """
+    if not isinstance(snapshot, Mapping):
+        return f"it is {a_python_type(snapshot)}, not a mapping"
+    session_id = snapshot.get("session_id")
+    if session_id == "" or not isinstance(session_id, str):
+        given = shown(session_id) if isinstance(session_id, str) else a_json_type(session_id)
+        return f"its session_id is {given}, not a non-empty string"
+    pipeline = snapshot.get("pipeline")
+    if not isinstance(pipeline, Mapping):
+        return f"its pipeline is {a_json_type(pipeline)}, not an object"
+    for key in ("name", "digest"):
+        value = pipeline.get(key)
+        problem = _name_problem(value, limit=None) if value != "" else "it is empty"
+        if problem is not None:
+            return f"its pipeline {key} {shown(value)} cannot be stored: {problem}"
+    return None
+
+
 def new_session(snapshot: Mapping[str, Any], *, events_table: bool) -> NewSession:
-    """The row of a new session; with an events table, the snapshot's history moves there."""
-    info = snapshot_info(snapshot)
+    """The row of a new session; with an events table, the snapshot's history moves there.
+
+    Raises:
+        StoreArgumentError: ``snapshot`` is not a session snapshot whose id,
+            pipeline name and digest a store can hold.
+    """
+    problem = _not_a_snapshot(snapshot)
+    if problem is not None:
+        raise StoreArgumentError(
+            f"create(snapshot=...) cannot store it: {problem}; pass the Session.to_dict() "
+            "of the session to store (SessionService.start makes one)"
+        )
     check_name("session_id", snapshot["session_id"])
+    info = snapshot_info(snapshot)
     batch = None
     if events_table:
         snapshot, held = split_history(snapshot)

@@ -48,7 +48,10 @@ from stageflow.store._shared import (
     Wakeup,
     backoff,
     cancel_text,
-    check_name,
+    check_key,
+    check_queue,
+    check_retry,
+    check_start_retry,
     inbox_text,
     inline_events,
     loaded_snapshot,
@@ -160,6 +163,9 @@ def _epoch(value: datetime.datetime | None) -> float | None:
 def _stored(row: Sequence[Any]) -> StoredSession:
     return stored_session(row, _dt, json.loads)
 
+
+_OLDEST = "created_at, session_id"
+_NEWEST = "updated_at DESC, session_id DESC"
 
 _BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock
 
@@ -288,7 +294,27 @@ class SQLiteStore:
             self._conn = conn
         return self._conn
 
+    def _read_only(self, exc: sqlite3.Error) -> StoreUnavailableError | None:
+        """The error for a write refused because the file cannot be written, or None.
+
+        A read-only file or mount, or a directory where SQLite cannot make
+        the ``-wal`` and ``-shm`` files beside it: SQLite says only "attempt to
+        write a readonly database".
+        """
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_READONLY:
+            return None
+        return StoreUnavailableError(
+            f"the SQLite store {self.path!r} is read-only here ({exc}): workers, services "
+            "and the sessions commands that change sessions write to it, and SQLite writes "
+            "its -wal and -shm files beside it. Make the file and its directory writable "
+            "for this user (those two files too), or mount it read-write; to look at a "
+            "read-only copy, copy it to a writable directory first"
+        )
+
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        read_only = self._read_only(exc)
+        if read_only is not None:
+            return read_only
         return StoreUnavailableError(
             f"cannot open the SQLite store {self.path!r}: {exc}; check that the "
             "directory exists and is writable, and that the path names a file "
@@ -321,6 +347,9 @@ class SQLiteStore:
             except sqlite3.DatabaseError as exc:
                 if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
                     raise
+                read_only = self._read_only(exc)
+                if read_only is not None:
+                    raise read_only from exc
                 raise StoreUnavailableError(
                     f"the SQLite store {self.path!r} cannot be read or written: {exc}; check "
                     "that the file is a stageflow store on a disk that reads and has room, "
@@ -338,13 +367,14 @@ class SQLiteStore:
         return self._events
 
     async def migrate(self) -> None:
-        """Create or upgrade the tables (schema version 5), or check that they are not newer.
+        """Create or upgrade the tables (schema version 6), or check that they are not newer.
 
         Versions 3 and 4 changed only the PostgreSQL tables (no foreign keys
         from the inbox and the events; snapshots saved as deltas); SQLite
         keeps its foreign keys (they cost no WAL record there) and whole
         snapshots. Version 5 adds ``max_input_bytes`` (NULL in the rows of
-        older versions until their next save).
+        older versions until their next save). Version 6 changed only
+        PostgreSQL's inbox (payloads stored as sent, as SQLite keeps them).
         """
 
         def run(conn: sqlite3.Connection) -> None:
@@ -383,8 +413,8 @@ class SQLiteStore:
         idempotency_key: str | None = None,
     ) -> Created:
         """Store a new session, runnable at once (see :class:`SessionStore`)."""
-        check_name("queue", queue)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_queue(queue)
+        check_key(idempotency_key)
         new = new_session(snapshot, events_table=self._events)
 
         def run(conn: sqlite3.Connection) -> Created:
@@ -402,10 +432,12 @@ class SQLiteStore:
                     self._insert_events(conn, new.session_id, new.events)
                 return Created(new.session_id, duplicate=False)
             row = conn.execute(
-                "SELECT session_id FROM stageflow_sessions WHERE start_key = ? "
-                "UNION ALL SELECT session_id FROM stageflow_sessions WHERE session_id = ?",
+                "SELECT session_id, pipeline, 1 FROM stageflow_sessions WHERE start_key = ? "
+                "UNION ALL SELECT session_id, pipeline, 0 FROM stageflow_sessions "
+                "WHERE session_id = ?",
                 (idempotency_key, new.session_id),
             ).fetchone()
+            check_start_retry(row, new, idempotency_key)
             return Created(row[0], duplicate=True)
 
         created = await self._run(run, write=True)
@@ -424,7 +456,7 @@ class SQLiteStore:
         self, session_id: str, type: str, text: str, size: int, idempotency_key: str | None
     ) -> InputRecord:
         lookup_id(session_id)
-        check_name("idempotency_key", idempotency_key, optional=True)
+        check_key(idempotency_key)
 
         def run(conn: sqlite3.Connection) -> InputRecord:
             row = conn.execute(
@@ -436,10 +468,12 @@ class SQLiteStore:
                 raise SessionNotFoundError(session_id)
             if idempotency_key is not None:
                 seen = conn.execute(
-                    "SELECT seq FROM stageflow_inbox WHERE session_id = ? AND idempotency_key = ?",
+                    "SELECT seq, type, payload FROM stageflow_inbox WHERE session_id = ? "
+                    "AND idempotency_key = ?",
                     (session_id, idempotency_key),
                 ).fetchone()
                 if seen is not None:
+                    check_retry(session_id, idempotency_key, seen[0], seen[1:], type, text)
                     return InputRecord(session_id, seen[0], duplicate=True)
             if row[0] in FINISHED_STATUSES:
                 raise SessionFinishedError(session_id, row[0], type)
@@ -677,6 +711,7 @@ class SQLiteStore:
         waiting_for: str | None = None,
         due: bool = False,
         limit: int = 100,
+        newest: bool = False,
     ) -> list[StoredSession]:
         """Sessions matching every given filter (see :class:`SessionStore`)."""
         if unmatchable(status, pipeline, waiting_for):
@@ -701,7 +736,7 @@ class SQLiteStore:
                 params.append(self._clock())
             sql = (
                 f"SELECT {ROW} FROM stageflow_sessions WHERE {' AND '.join(clauses)} "
-                "ORDER BY created_at, session_id LIMIT ?"
+                f"ORDER BY {_NEWEST if newest else _OLDEST} LIMIT ?"
             )
             return [_stored(r) for r in conn.execute(sql, (*params, limit))]
 

@@ -667,8 +667,8 @@ class Inspector:
         try:
             record = await source.store.request_cancel(session_id, reason)
         except (SessionFinishedError, stageflow.InputRejectedError) as exc:
-            # InputRejectedError: a reason the store cannot keep (PostgreSQL's jsonb
-            # refuses a NUL character); it was the 500 page.
+            # InputRejectedError: a reason the store cannot keep (a lone
+            # surrogate); it was the 500 page.
             return await self.session_page(
                 request, session_id, refused=InputRefusedError(str(exc)), status=422
             )

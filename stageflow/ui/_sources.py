@@ -41,7 +41,6 @@ __all__ = [
 _MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 MAX_EVENTS = 100_000
 """The events of one session the inspector reads from a store, the first ones."""
-_MAX_ROWS = 10_000
 
 
 @attrs.frozen
@@ -359,26 +358,20 @@ class StoreSource:
 
     async def rows(self, filters: Filters, limit: int) -> tuple[list[SessionRow], list[str]]:
         """Matching sessions, newest update first."""
-        # The store lists oldest first: take many rows, keep the newest.
         found = await self.store.list_sessions(
             status=filters.status or None,
             pipeline=filters.pipeline or None,
             waiting_for=filters.waiting_for or None,
-            limit=_MAX_ROWS,
+            limit=limit,
+            newest=True,
         )
-        found.sort(key=lambda r: r.updated_at, reverse=True)
         rows = []
-        for row in found[:limit]:
+        for row in found:
             try:
                 rows.append(self._row(row, *await self._details_of(row)))
             except SessionNotFoundError:
                 continue  # purged since it was listed
-        problems = (
-            [f"more than {_MAX_ROWS} sessions match: filter to see the others"]
-            if len(found) >= _MAX_ROWS
-            else []
-        )
-        return rows, problems
+        return rows, []
 
     async def load(self, session_id: str, redact: Sequence[str]) -> Loaded:
         """Row, snapshot and committed events of one stored session."""

@@ -53,9 +53,13 @@ def test_sessions_list_show_send_cancel_purge(url: str, capsys: Any) -> None:
         capsys, "sessions", "send", "--store", url, "s1", "msg", '{"n": 1}', "--key", "k", "--json"
     )
     assert (code, json.loads(out)) == (0, {"session_id": "s1", "seq": 1, "duplicate": False})
-    retry = ("sessions", "send", "--store", url, "s1", "msg", "{}", "--key", "k")
+    retry = ("sessions", "send", "--store", url, "s1", "msg", '{"n":1}', "--key", "k")
     code, out, _ = run_cli(capsys, *retry)
-    assert (code, out) == (0, "input 1 stored\n")
+    # It said "input 1 stored", as for a new input.
+    assert (code, out) == (0, "input 1 was stored before with key 'k'; nothing new stored\n")
+    code, out, err = run_cli(capsys, *retry[:-3], "{}", "--key", "k")
+    assert (code, out) == (2, "")
+    assert "idempotency key 'k' of session 's1' was first used for input 1" in err
     code, out, _ = run_cli(capsys, "sessions", "cancel", "--store", url, "s1", "--reason", "bye")
     assert (code, out) == (0, "cancel request 2 stored\n")
     code, out, _ = run_cli(capsys, "sessions", "show", "--store", url, "s1", "--events", "--json")
@@ -330,3 +334,13 @@ def test_the_worker_reads_yaml_pipelines_too(
     )
     assert code == 0, err
     assert sorted(p.name for p in given) == ["a", "b", "c", "d"]
+
+
+def test_sessions_list_newest_lists_the_last_updated_first(url: str, capsys: Any) -> None:
+    for sid in ("s1", "s2", "s3"):
+        start(url, sid)
+    base = ("sessions", "list", "--store", url, "--limit", "2")
+    code, out, _ = run_cli(capsys, *base, "--json")
+    assert (code, [r["session_id"] for r in json.loads(out)]) == (0, ["s1", "s2"])
+    code, out, _ = run_cli(capsys, *base, "--newest", "--json")
+    assert (code, [r["session_id"] for r in json.loads(out)]) == (0, ["s3", "s2"])

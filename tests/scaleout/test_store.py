@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
+import anyio
 import pytest
 from store_support import chat_pipeline, registry
 
 import stageflow
 import stageflow.store._shared
 from stageflow.store import (
+    IdempotencyKeyReusedError,
     Lease,
     SessionFinishedError,
     SessionNotFoundError,
@@ -92,7 +95,7 @@ async def test_create_with_a_key_or_a_known_id_creates_once(store: SessionStore)
 async def test_send_input_idempotency_holds_after_the_session_finished(store: SessionStore) -> None:
     await store.create(snapshot("s"))
     first = await store.send_input("s", "msg", {"n": 1}, idempotency_key="k1")
-    retry = await store.send_input("s", "msg", {"n": 999}, idempotency_key="k1")
+    retry = await store.send_input("s", "msg", {"n": 1}, idempotency_key="k1")
     assert (first.seq, first.duplicate, retry.seq, retry.duplicate) == (1, False, 1, True)
     lease = await claim_one(store)
     assert [i.payload for i in lease.inputs] == [{"n": 1}]  # one row per key
@@ -258,24 +261,29 @@ async def test_a_list_filter_no_row_can_have_lists_nothing(store: SessionStore) 
     assert [s.session_id for s in await store.list_sessions(pipeline="chat")] == ["s"]
 
 
-async def test_a_nul_character_in_a_payload_is_stored_or_refused_with_the_reason(
-    store: SessionStore, backend: str
-) -> None:
+# Each came back changed from PostgreSQL's jsonb, or was refused by it (NUL).
+ODD_PAYLOADS = [
+    {"text": "a\x00b", "a\x00": 1},
+    {"b": 1, "a": 2, "aa": 3},
+    {"neg_zero": -0.0, "one": 1.0, "int": 1},
+    {"big": 1e16, "huge": 1.5e308, "tiny": 5e-324},
+    {"wide": 12345678901234567890123, "pi": 3.141592653589793},
+    "a\x00",
+]
+
+
+async def test_a_payload_is_delivered_exactly_as_it_was_sent(store: SessionStore) -> None:
     await store.create(snapshot("s"))
-    payload = {"text": "a\x00b", "a\x00": 1}
-    if backend == "sqlite":
-        assert (await store.send_input("s", "msg", payload, idempotency_key="k")).seq == 1
-        assert [i.payload for i in (await claim_one(store)).inputs] == [payload]
-        return
-    # PostgreSQL's jsonb cannot hold it: it raised UntranslatableCharacter.
-    for key in (None, "k"):
-        with pytest.raises(stageflow.InputRejectedError, match=r"U\+0000 \(NUL\)") as info:
-            await store.send_input("s", "msg", payload, idempotency_key=key)
-        assert (info.value.reason, info.value.input_type) == ("not_json", "msg")
-    with pytest.raises(stageflow.InputRejectedError, match="nothing was stored"):
-        await store.request_cancel("s", "a\x00b")
-    assert (await store.get("s")).inbox_head == 0
-    assert (await store.send_input("s", "msg", {"text": "ab"}, idempotency_key="k")).seq == 1
+    for n, payload in enumerate(ODD_PAYLOADS):
+        await store.send_input("s", "msg", payload, idempotency_key=f"k{n}" if n % 2 else None)
+    request = await store.request_cancel("s", "a\x00b")
+    lease = await claim_one(store)
+    got = [i.payload for i in lease.inputs]
+    # json.dumps tells -0.0 from 0.0, 1e16 from 10**16, and key order.
+    assert [json.dumps(p) for p in got] == [json.dumps(p) for p in ODD_PAYLOADS] + [
+        json.dumps({"reason": "a\x00b"})
+    ]
+    assert request.seq == len(ODD_PAYLOADS) + 1
 
 
 async def test_unknown_sessions_raise_a_typed_error(store: SessionStore) -> None:
@@ -629,3 +637,213 @@ async def test_an_sqlite_file_damaged_while_open_raises_store_unavailable(tmp_pa
             assert "restore it from a backup" in message
     finally:
         await store.aclose()
+
+
+def _inbox_back_to_version_5(store: Any) -> str:
+    """PostgreSQL's inbox as schema version 5 made it (payload jsonb); the column's type."""
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute(
+            "ALTER TABLE stageflow_inbox ALTER COLUMN payload TYPE jsonb USING payload::jsonb"
+        )
+        pg.execute("UPDATE stageflow_schema SET version = 5")
+        return _payload_type(pg)
+
+
+def _send_as_version_5(store: Any) -> None:
+    """Store input 3 as schema version 5's stageflow did (a jsonb payload)."""
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        pg.execute(
+            "WITH u AS (UPDATE stageflow_sessions SET inbox_head = inbox_head + 1 "
+            "WHERE session_id = 's' RETURNING inbox_head) INSERT INTO stageflow_inbox "
+            "(session_id, seq, type, payload) SELECT 's', inbox_head, 'msg', %s::jsonb FROM u",
+            ('{"n": 3}',),
+        )
+
+
+def _payload_type(pg: Any) -> str:
+    row = pg.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = 'stageflow_inbox' AND column_name = 'payload'"
+    ).fetchone()
+    return str(row[0])
+
+
+def _inbox_payload_type(store: Any) -> str:
+    import psycopg
+
+    options = f"-c search_path={store.schema}"
+    with psycopg.connect(store.url, autocommit=True, options=options) as pg:
+        return _payload_type(pg)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_an_inbox_of_schema_version_5_is_upgraded_to_json_payloads(make_store: Any) -> None:
+    store = make_store()
+    await store.create(snapshot("s"))
+    await store.send_input("s", "msg", {"n": 1})
+    assert await anyio.to_thread.run_sync(_inbox_back_to_version_5, store) == "jsonb"
+    upgraded = make_store()
+    await upgraded.migrate()
+    assert await anyio.to_thread.run_sync(_inbox_payload_type, upgraded) == "json"
+    await upgraded.send_input("s", "msg", ODD_PAYLOADS[0])
+    await anyio.to_thread.run_sync(_send_as_version_5, upgraded)  # a worker not yet upgraded
+    lease = await claim_one(upgraded)
+    assert [i.payload for i in lease.inputs] == [{"n": 1}, ODD_PAYLOADS[0], {"n": 3}]
+
+
+async def test_the_most_recently_updated_sessions_are_listed_first_when_asked(
+    store: SessionStore,
+) -> None:
+    for sid in "abcd":
+        await store.create(snapshot(sid))
+    (lease,) = await store.claim("w1", limit=1, lease=30.0)  # "a", the first due
+    assert lease.session_id == "a"
+    assert await store.complete(lease, saved(lease), waiting_for=["msg"], wake_at=None, events=())
+    assert [s.session_id for s in await store.list_sessions(limit=2)] == ["a", "b"]
+    newest = await store.list_sessions(limit=2, newest=True)
+    assert [s.session_id for s in newest] == ["a", "d"]
+    assert [s.session_id for s in await store.list_sessions(newest=True, status="pending")] == [
+        "d",
+        "c",
+        "b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        pytest.param(lambda s: ["not", "a", "snapshot"], "it is a list", id="list"),
+        pytest.param(lambda s: {**s, "session_id": None}, "session_id is null", id="no-id"),
+        pytest.param(lambda s: {**s, "session_id": ""}, "session_id is ''", id="empty-id"),
+        pytest.param(
+            lambda s: {k: v for k, v in s.items() if k != "session_id"},
+            "session_id is",
+            id="missing-id",
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": "chat"}, "pipeline is a string", id="pipeline-str"
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": {**s["pipeline"], "name": 5}},
+            "pipeline name 5 cannot be stored",
+            id="name-int",
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": {**s["pipeline"], "name": "a\x00b"}},
+            "pipeline name .* NUL",
+            id="name-nul",
+        ),
+        pytest.param(
+            lambda s: {**s, "pipeline": {**s["pipeline"], "digest": ""}},
+            "pipeline digest '' cannot be stored",
+            id="no-digest",
+        ),
+    ],
+)
+async def test_create_refuses_what_is_not_a_session_snapshot(
+    store: SessionStore, change: Any, match: str
+) -> None:
+    refused = f"create.snapshot=.... cannot store it: (its )?{match}"
+    with pytest.raises(StoreArgumentError, match=refused):
+        await store.create(change(snapshot("s")))
+    assert await store.list_sessions() == []
+
+
+async def test_create_refuses_an_empty_queue(store: SessionStore) -> None:
+    with pytest.raises(StoreArgumentError, match="no worker serves an empty queue name"):
+        await store.create(snapshot("s"), queue="")
+    assert await store.list_sessions() == []
+
+
+async def test_a_key_sent_again_with_another_input_is_refused(store: SessionStore) -> None:
+    # It returned the first input's record (duplicate=True): the sender took
+    # its new input for stored, and the worker never saw it.
+    await store.create(snapshot("s"))
+    await store.send_input("s", "msg", {"n": 1, "m": [1.5, True]}, idempotency_key="k")
+    same = await store.send_input("s", "msg", {"m": [1.5, True], "n": 1}, idempotency_key="k")
+    assert (same.seq, same.duplicate) == (1, True)  # the same JSON value, keys reordered
+    for type, payload, what in [
+        ("msg", {"n": 2, "m": [1.5, True]}, "another payload"),
+        ("msg", {"n": 1, "m": [1.5, 1]}, "another payload"),  # true is not 1
+        ("other", {"n": 1, "m": [1.5, True]}, "another type 'other' \\(it was 'msg'\\)"),
+    ]:
+        with pytest.raises(
+            IdempotencyKeyReusedError,
+            match=f"first used for input 1, and is now sent with {what}; nothing was stored",
+        ) as info:
+            await store.send_input("s", type, payload, idempotency_key="k")
+        assert (info.value.seq, info.value.idempotency_key) == (1, "k")
+        assert isinstance(info.value, StoreArgumentError)
+    with pytest.raises(IdempotencyKeyReusedError, match=r"another type 'stageflow\.cancel'"):
+        await store.request_cancel("s", "bye", idempotency_key="k")
+    assert (await store.get("s")).inbox_head == 1
+    lease = await claim_one(store)
+    assert [i.payload for i in lease.inputs] == [{"n": 1, "m": [1.5, True]}]
+
+
+async def test_a_read_only_sqlite_file_is_named_as_such(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A chmod 444 file or a read-only mount: SQLite says "attempt to write a
+    # readonly database", and the advice was about damaged files, full disks
+    # and locks. The file is opened read-only (mode=ro) as a stand-in: these
+    # tests may run as root, whom a file's mode does not stop.
+    from pathlib import Path
+
+    path = tmp_path / "s.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.create(snapshot("a"))
+    await store.aclose()
+    monkeypatch.setattr(
+        "stageflow.store._sqlite._existing", lambda p: f"{Path(p).absolute().as_uri()}?mode=ro"
+    )
+    read_only = open_store(f"sqlite:///{path}", create=False)
+    try:
+        with pytest.raises(StoreUnavailableError, match="is read-only here") as info:
+            await read_only.send_input("a", "msg", {"n": 1})
+    finally:
+        await read_only.aclose()
+    assert "attempt to write a readonly database" in str(info.value)
+    assert "Make the file and its directory writable for this user" in str(info.value)
+    assert "has room" not in str(info.value)
+
+
+async def test_an_empty_idempotency_key_is_refused(store: SessionStore) -> None:
+    # "" was a key like any other: a handler passing a missing header as ""
+    # started one session for every caller, and stored one input per session.
+    await store.create(snapshot("s"))
+    for call in (
+        lambda: store.create(snapshot("t"), idempotency_key=""),
+        lambda: store.send_input("s", "msg", {"n": 1}, idempotency_key=""),
+        lambda: store.request_cancel("s", "bye", idempotency_key=""),
+    ):
+        with pytest.raises(StoreArgumentError, match="idempotency_key='' cannot be used"):
+            await call()
+    assert [s.session_id for s in await store.list_sessions()] == ["s"]
+    assert (await store.get("s")).inbox_head == 0
+
+
+async def test_a_start_key_or_id_given_to_another_pipeline_is_refused(store: SessionStore) -> None:
+    # It returned the first session (duplicate=True): SessionService.start gave
+    # the caller a session of another pipeline than the one it started.
+    document = json.loads(json.dumps(chat_pipeline().to_dict()))
+    document["metadata"]["name"] = "other"
+    other = stageflow.Pipeline.from_dict(document, registry=registry)
+    first = await store.create(snapshot("a"), idempotency_key="k")
+    again = await store.create(snapshot("b"), idempotency_key="k")  # a retry: same pipeline
+    assert (first.duplicate, again.session_id, again.duplicate) == (False, "a", True)
+    with pytest.raises(IdempotencyKeyReusedError, match="idempotency key 'k' was first") as info:
+        await store.create(
+            stageflow.Session(other, registry=registry).to_dict(), idempotency_key="k"
+        )
+    assert (info.value.session_id, info.value.idempotency_key, info.value.seq) == ("a", "k", None)
+    assert "of pipeline 'chat', and is now given to start pipeline 'other'" in str(info.value)
+    with pytest.raises(IdempotencyKeyReusedError, match="session id 'a' was first used"):
+        await store.create(stageflow.Session(other, registry=registry, session_id="a").to_dict())
+    assert [s.session_id for s in await store.list_sessions()] == ["a"]

@@ -744,8 +744,8 @@ async def test_cancel_stores_a_cancel_request(make_client: Client, store_url: st
 async def test_a_cancel_reason_the_store_cannot_keep_is_refused_with_the_reason(
     make_client: Client, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # PostgreSQL's jsonb cannot hold a NUL character: its store refuses such a
-    # reason with InputRejectedError, which the cancel form let through (500).
+    # A store that refuses the reason with InputRejectedError (PostgreSQL's
+    # jsonb refused a NUL character once): the cancel form let it through (500).
     store = open_store(store_url)
 
     async def refuse(session_id: str, reason: str, **options: Any) -> Any:
@@ -1408,4 +1408,24 @@ async def test_the_newest_sessions_are_listed_first(store_url: str) -> None:
         await store.aclose()
     newest = sorted(every, key=lambda r: r.updated_at, reverse=True)[:2]
     assert [r.session_id for r in rows] == [r.session_id for r in newest]
+    assert problems == []
+
+
+async def test_the_newest_sessions_are_listed_past_the_first_ten_thousand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The listing took the 10,000 oldest sessions and sorted those: in a larger
+    # store the newest were never shown (a limit of 3 stands for 10,000 here).
+    from store_support import chat_pipeline, registry
+
+    monkeypatch.setattr("stageflow.ui._sources._MAX_ROWS", 3, raising=False)
+    store = open_store(f"sqlite:///{tmp_path / 'many.db'}")
+    try:
+        for sid in "abcde":
+            snap = stageflow.Session(chat_pipeline(), registry=registry, session_id=sid)
+            await store.create(snap.to_dict())
+        rows, problems = await StoreSource(store, None).rows(Filters(), 2)
+    finally:
+        await store.aclose()
+    assert [r.session_id for r in rows] == ["e", "d"]
     assert problems == []
