@@ -27,6 +27,7 @@ import anyio.abc
 import attrs
 import sniffio
 import structlog
+from opentelemetry import context as otel_context
 
 from stageflow._engine._backend import is_cancellation, is_interrupt
 from stageflow._errors import InputRejectedError, SessionStateError
@@ -434,7 +435,21 @@ class Worker:
             logger.warning("worker.release_failed", session_id=lease.session_id, error=str(exc))
 
     async def _run_turn(self, turn: _Turn) -> bool:
-        """Restore, deliver the inputs, run until the session waits or ends, save."""
+        """Restore, deliver the inputs, run until the session waits or ends, save.
+
+        Outside any span: a span current where :meth:`run` was called (one
+        the application keeps open as long as the worker runs) is no parent
+        of the turns' runs, nor an input's sender. Each turn's run is a new
+        trace, linked to the run that saved the snapshot (``restored_from``)
+        and sampled as it was.
+        """
+        token = otel_context.attach(otel_context.Context())
+        try:
+            return await self._restore_and_run(turn)
+        finally:
+            otel_context.detach(token)
+
+    async def _restore_and_run(self, turn: _Turn) -> bool:
         lease = turn.lease
         if lease.unreadable is not None:
             raise StoredDataError(lease.unreadable)  # poisoned after max_attempts
