@@ -129,6 +129,8 @@ async def test_a_long_wait_cuts_the_trace_into_linked_segments(traced: Traced) -
     assert orphans(spans) == []
     first, second = [s for s in spans if s.name == "run pipeline"]
     assert _attr(second, "stageflow.segment") == 2
+    # Its low bits are the first segment's, random: flagged so (W3C random-trace-id).
+    assert second.context.trace_flags & 0x02 == 0x02
     assert [(link.context.span_id, link.attributes) for link in second.links] == [
         (first.context.span_id, ROOT_LINK)
     ]
@@ -214,6 +216,8 @@ async def test_a_run_sampled_as_its_callers_span_is_sampled_in_every_segment() -
     assert roots[0].parent.span_id == caller.span_id
     assert roots[1].context.trace_id & (1 << 64) - 1 == 0  # sampled at any ratio
     assert roots[2].context.trace_id & (1 << 64) - 1 == 0
+    # Not flagged random (W3C's random-trace-id, 0x02): they were, with low bits of 0.
+    assert [s.context.trace_flags & 0x02 for s in roots[1:]] == [0, 0]
 
 
 async def test_history_events_carry_the_ids_of_their_segment(traced: Traced) -> None:
