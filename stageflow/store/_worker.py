@@ -403,7 +403,7 @@ class Worker:
                 try:
                     saved = await self._run_turn(turn)
                 except Exception as exc:
-                    log.warning("worker.turn_failed", error=repr(exc))
+                    log.warning("worker.turn_failed", error=repr(exc), exc_info=exc)
                     await self._release(lease, f"{type(exc).__name__}: {exc}")
                     return
                 except BaseException as exc:
@@ -413,7 +413,7 @@ class Worker:
                     # cancellation (of this turn or of the worker) go on up.
                     if is_interrupt(exc) or _cancelled(exc, turn.scope):
                         raise
-                    log.warning("worker.turn_failed", error=repr(exc))
+                    log.warning("worker.turn_failed", error=repr(exc), exc_info=exc)
                     await self._release(lease, f"{type(exc).__name__}: {exc}")
                     return
                 self._counts["saved" if saved else "fenced"] += 1
@@ -428,11 +428,24 @@ class Worker:
                 self._slot.set()
 
     async def _release(self, lease: Lease, error: str) -> None:
+        """Give a failed turn's lease back; past ``max_attempts`` the session is poisoned.
+
+        A poisoned session runs no more: that is an ERROR line, once, as
+        for a session whose run failed.
+        """
         self._counts["released"] += 1
         try:
             await self.store.release(lease, error=error, max_attempts=self.max_attempts)
         except Exception as exc:  # the lease expires on its own
             logger.warning("worker.release_failed", session_id=lease.session_id, error=str(exc))
+            return
+        if lease.attempts >= self.max_attempts:
+            logger.error(
+                "worker.session_poisoned",
+                session_id=lease.session_id,
+                attempts=lease.attempts,
+                error=error,
+            )
 
     async def _run_turn(self, turn: _Turn) -> bool:
         """Restore, deliver the inputs, run until the session waits or ends, save.

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
 from opentelemetry import trace
 from store_support import (
     chat_pipeline,
@@ -147,6 +148,37 @@ async def test_a_poisoned_session_does_not_stop_the_others(make_store: Callable[
     assert poisoned.status == "poisoned"
     assert poisoned.error is not None
     assert "Unknown" in poisoned.error
+
+
+async def test_a_failed_turn_logs_its_traceback_and_a_poisoned_session_an_error(
+    make_store: Callable[..., Any],
+) -> None:
+    # The turn's failure was a warning with repr(exc) only, its traceback
+    # lost; and a session poisoned for good wrote no line at all.
+    unknown = _with_unknown(stageflow.StageRegistry())  # the service's; the worker lacks it
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "x",
+            "nodes": [
+                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=unknown,
+    )
+    service = SessionService(make_store(), registry=unknown)
+    with structlog.testing.capture_logs() as logs:
+        async with running(make_store(), max_attempts=2):
+            bad = await service.start(broken)
+            assert (await service.wait(bad, finished=True, timeout=20)).status == "poisoned"
+    failed = [line for line in logs if line["event"] == "worker.turn_failed"]
+    assert len(failed) == 2
+    assert all(isinstance(line["exc_info"], stageflow.StageflowError) for line in failed)
+    [poisoned] = [line for line in logs if line["log_level"] == "error"]
+    assert poisoned["event"] == "worker.session_poisoned"
+    assert (poisoned["session_id"], poisoned["attempts"]) == (bad, 2)
+    assert "Unknown" in poisoned["error"]
 
 
 def _with_unknown(reg: stageflow.StageRegistry) -> stageflow.StageRegistry:
