@@ -56,6 +56,7 @@ __all__ = [
     "exit_span",
     "bind_span",
     "input_link",
+    "measured_in",
     "sender_context",
     "resolve_tracer",
     "restored_link",
@@ -184,6 +185,18 @@ def enter(span: Span) -> ActiveSpan:
         )
     ids = span_ids(span)
     return ActiveSpan(span, otel_context.attach(context), ids, _ENTERED.set((context, ids)))
+
+
+def measured_in(active: ActiveSpan) -> None:
+    """Ready an entered span to be a measurement's exemplar: started again if a cut ended it.
+
+    A node that ends after a cut (cancelled in a long wait) ends in the new
+    segment; its duration's exemplar is that incarnation, which carries the
+    outcome, not the one the cut ended.
+    """
+    span = active.span
+    if type(span) is SegmentedSpan:
+        span.live()
 
 
 def bind_span(log: Any, active: ActiveSpan) -> Any:

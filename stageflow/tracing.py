@@ -90,6 +90,8 @@ Protocol = Literal["http/protobuf", "grpc"]
 DEFAULT_SERVICE_NAME: Final = "stageflow"
 """``service.name`` used when neither the caller nor ``OTEL_SERVICE_NAME`` names one."""
 
+# The trace id bits W3C's random-trace-id flag vouches for (its rightmost 7 bytes).
+_RANDOM_BITS: Final = (1 << 56) - 1
 _EXPORTERS: Final = ("otlp", "console", "none")
 _PROTOCOLS: Final = ("http/protobuf", "grpc")
 _PROTOCOL_ENV: Final = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -142,6 +144,18 @@ class RestoringIdGenerator(RandomIdGenerator):
             return wanted[0]
         segment = wanted_trace_id()
         return segment if segment is not None else super().generate_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        """Whether the trace id just drawn has random low bits (W3C's ``random-trace-id`` flag).
+
+        A new segment's (or a restored run's, or a rebuilt span's) keeps the
+        low bits of the trace before it, random too; but the later segments
+        of a run started in a caller's span have low bits of 0, and a trace
+        flagged random with them would mislead a sampler that reads them.
+        """
+        wanted = wanted_ids()
+        trace_id = wanted[0] if wanted is not None else wanted_trace_id()
+        return trace_id is None or trace_id & _RANDOM_BITS != 0
 
 
 def configure(

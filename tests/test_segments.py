@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -128,6 +129,8 @@ async def test_a_long_wait_cuts_the_trace_into_linked_segments(traced: Traced) -
     assert orphans(spans) == []
     first, second = [s for s in spans if s.name == "run pipeline"]
     assert _attr(second, "stageflow.segment") == 2
+    # Its low bits are the first segment's, random: flagged so (W3C random-trace-id).
+    assert second.context.trace_flags & 0x02 == 0x02
     assert [(link.context.span_id, link.attributes) for link in second.links] == [
         (first.context.span_id, ROOT_LINK)
     ]
@@ -213,6 +216,8 @@ async def test_a_run_sampled_as_its_callers_span_is_sampled_in_every_segment() -
     assert roots[0].parent.span_id == caller.span_id
     assert roots[1].context.trace_id & (1 << 64) - 1 == 0  # sampled at any ratio
     assert roots[2].context.trace_id & (1 << 64) - 1 == 0
+    # Not flagged random (W3C's random-trace-id, 0x02): they were, with low bits of 0.
+    assert [s.context.trace_flags & 0x02 for s in roots[1:]] == [0, 0]
 
 
 async def test_history_events_carry_the_ids_of_their_segment(traced: Traced) -> None:
@@ -546,6 +551,42 @@ async def test_a_snapshot_taken_in_a_cut_wait_has_nothing_to_rebuild(traced: Tra
         snapshot = session.to_dict()
         tg.cancel_scope.cancel()
     assert "open" not in snapshot["trace"]
+
+
+@pytest.mark.parametrize("logged", [False, True])  # the tight path, or execute()
+async def test_a_node_ended_after_a_cut_has_its_last_incarnation_as_exemplar(
+    traced: Traced, logged: bool
+) -> None:
+    # Cancelled in a cut wait, the node was measured before its span started
+    # again: the exemplar of its "cancelled" duration led to the incarnation
+    # the cut ended, outcome "waiting", in the segment before.
+    reader = InMemoryMetricReader()
+    session, _ = _session(WAITING, traced, meter_provider=MeterProvider(metric_readers=[reader]))
+    with structlog.testing.capture_logs() if logged else contextlib.nullcontext():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            await wait_until_waiting(session, "go")
+            session.cancel()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    data = reader.get_metrics_data()
+    assert data is not None
+    [point] = [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "stageflow.node.duration"
+        for point in metric.data.data_points
+    ]
+    assert point.attributes is not None
+    assert point.attributes["stageflow.outcome"] == "cancelled"
+    [exemplar] = point.exemplars
+    [span] = [
+        s
+        for s in traced.spans()
+        if (s.context.trace_id, s.context.span_id) == (exemplar.trace_id, exemplar.span_id)
+    ]
+    assert (span.name, _attr(span, "stageflow.outcome")) == ("stage ask", "cancelled")
 
 
 @pytest.mark.parametrize("reader", ["metrics", "subscriber"])

@@ -299,6 +299,25 @@ async def test_an_input_from_the_backlog_links_to_its_sender(
     assert link.context.span_id == sender.get_span_context().span_id
 
 
+async def test_an_input_sent_to_a_suspended_session_is_received_on_the_stage_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Given to the saved wait (as a Worker's turn gives its inputs), it was
+    # an input_received event in the history but none on the stage's span.
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry), registry=registry, tracer_provider=provider
+    )
+    assert (await session.run(suspend=True)).status is stageflow.SessionStatus.WAITING
+    session.send_input("answer", {"text": "later"})
+    assert (await session.run()).status is stageflow.SessionStatus.COMPLETED
+    waited, received = _named(exporter.get_finished_spans(), "stage ask")
+    assert [e.name for e in waited.events] == ["waiting_for_input"]
+    assert [(e.name, e.attributes) for e in received.events] == [
+        ("input_received", {"stageflow.input.type": "answer"})
+    ]
+
+
 class _Halt(BaseException):
     """A stage's own BaseException: no Exception, and no cancellation either."""
 

@@ -126,6 +126,7 @@ from stageflow._telemetry import (
     Tracing,
     active_ids,
     bind_span,
+    measured_in,
     restored_link,
 )
 
@@ -1313,6 +1314,8 @@ class Run:
                 if self._cancel_reasons:
                     self._cancel_reasons.pop(f"{path}/{node.id}" if path else node.id, None)
                 if meters is not None:  # before the span ends: the span is the exemplar
+                    if span is not None:
+                        measured_in(span)
                     node_measured(meters, frame.scope.pipeline.name, node, outcome, started)
                 if span is not None:
                     Tracing.end(span, outcome, error, ending)
@@ -1447,6 +1450,8 @@ class Run:
             if self._cancel_reasons:
                 self._cancel_reasons.pop(f"{frame.path}/{node.id}" if frame.path else node.id, None)
             if meters is not None:  # before the span ends: the span is the exemplar
+                if span is not None:
+                    measured_in(span)
                 node_measured(meters, frame.scope.pipeline.name, node, outcome, started)
             if span is not None:
                 Tracing.end(span, outcome, error, ending)

@@ -262,12 +262,19 @@ class StageRuntime:
             # Consumed before the snapshot, or sent to the suspended session:
             # hand it over (again), in order.
             work.journal(entry)
-            history.record(
-                "input_received",
-                node_id,
-                path,
-                {"input_type": type, "from": "sender" if entry.pop("parked", False) else "replay"},
-            )
+            if entry.pop("parked", False):
+                # Arrived while it was suspended or stored: received now, on
+                # this run's stage span too (a replay was received before).
+                history.record(
+                    "input_received", node_id, path, {"input_type": type, "from": "sender"}
+                )
+                tracing = self._state.tracing
+                if tracing is not None:
+                    tracing.add_event("input_received", {INPUT_TYPE: type})
+            else:
+                history.record(
+                    "input_received", node_id, path, {"input_type": type, "from": "replay"}
+                )
             return copy_json(entry["payload"])
         remaining = timeout
         restored_deadline = False

@@ -27,6 +27,7 @@ import anyio.abc
 import attrs
 import sniffio
 import structlog
+from opentelemetry import context as otel_context
 
 from stageflow._engine._backend import is_cancellation, is_interrupt
 from stageflow._errors import InputRejectedError, SessionStateError
@@ -402,7 +403,7 @@ class Worker:
                 try:
                     saved = await self._run_turn(turn)
                 except Exception as exc:
-                    log.warning("worker.turn_failed", error=repr(exc))
+                    log.warning("worker.turn_failed", error=repr(exc), exc_info=exc)
                     await self._release(lease, f"{type(exc).__name__}: {exc}")
                     return
                 except BaseException as exc:
@@ -412,7 +413,7 @@ class Worker:
                     # cancellation (of this turn or of the worker) go on up.
                     if is_interrupt(exc) or _cancelled(exc, turn.scope):
                         raise
-                    log.warning("worker.turn_failed", error=repr(exc))
+                    log.warning("worker.turn_failed", error=repr(exc), exc_info=exc)
                     await self._release(lease, f"{type(exc).__name__}: {exc}")
                     return
                 self._counts["saved" if saved else "fenced"] += 1
@@ -427,14 +428,41 @@ class Worker:
                 self._slot.set()
 
     async def _release(self, lease: Lease, error: str) -> None:
+        """Give a failed turn's lease back; past ``max_attempts`` the session is poisoned.
+
+        A poisoned session runs no more: that is an ERROR line, once, as
+        for a session whose run failed.
+        """
         self._counts["released"] += 1
         try:
             await self.store.release(lease, error=error, max_attempts=self.max_attempts)
         except Exception as exc:  # the lease expires on its own
             logger.warning("worker.release_failed", session_id=lease.session_id, error=str(exc))
+            return
+        if lease.attempts >= self.max_attempts:
+            logger.error(
+                "worker.session_poisoned",
+                session_id=lease.session_id,
+                attempts=lease.attempts,
+                error=error,
+            )
 
     async def _run_turn(self, turn: _Turn) -> bool:
-        """Restore, deliver the inputs, run until the session waits or ends, save."""
+        """Restore, deliver the inputs, run until the session waits or ends, save.
+
+        Outside any span: a span current where :meth:`run` was called (one
+        the application keeps open as long as the worker runs) is no parent
+        of the turns' runs, nor an input's sender. Each turn's run is a new
+        trace, linked to the run that saved the snapshot (``restored_from``)
+        and sampled as it was.
+        """
+        token = otel_context.attach(otel_context.Context())
+        try:
+            return await self._restore_and_run(turn)
+        finally:
+            otel_context.detach(token)
+
+    async def _restore_and_run(self, turn: _Turn) -> bool:
         lease = turn.lease
         if lease.unreadable is not None:
             raise StoredDataError(lease.unreadable)  # poisoned after max_attempts

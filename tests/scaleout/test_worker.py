@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
+from opentelemetry import trace
 from store_support import (
     chat_pipeline,
     gate_pipeline,
@@ -146,6 +148,37 @@ async def test_a_poisoned_session_does_not_stop_the_others(make_store: Callable[
     assert poisoned.status == "poisoned"
     assert poisoned.error is not None
     assert "Unknown" in poisoned.error
+
+
+async def test_a_failed_turn_logs_its_traceback_and_a_poisoned_session_an_error(
+    make_store: Callable[..., Any],
+) -> None:
+    # The turn's failure was a warning with repr(exc) only, its traceback
+    # lost; and a session poisoned for good wrote no line at all.
+    unknown = _with_unknown(stageflow.StageRegistry())  # the service's; the worker lacks it
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "x",
+            "nodes": [
+                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=unknown,
+    )
+    service = SessionService(make_store(), registry=unknown)
+    with structlog.testing.capture_logs() as logs:
+        async with running(make_store(), max_attempts=2):
+            bad = await service.start(broken)
+            assert (await service.wait(bad, finished=True, timeout=20)).status == "poisoned"
+    failed = [line for line in logs if line["event"] == "worker.turn_failed"]
+    assert len(failed) == 2
+    assert all(isinstance(line["exc_info"], stageflow.StageflowError) for line in failed)
+    [poisoned] = [line for line in logs if line["log_level"] == "error"]
+    assert poisoned["event"] == "worker.session_poisoned"
+    assert (poisoned["session_id"], poisoned["attempts"]) == (bad, 2)
+    assert "Unknown" in poisoned["error"]
 
 
 def _with_unknown(reg: stageflow.StageRegistry) -> stageflow.StageRegistry:
@@ -784,3 +817,49 @@ async def test_a_stage_that_raises_a_base_exception_fails_its_turn_not_the_worke
     assert poisoned.status == "poisoned"
     assert poisoned.error is not None
     assert poisoned.error.startswith(raised)
+
+
+async def test_a_turn_runs_outside_the_span_current_where_the_worker_was_started(
+    make_store: Callable[..., Any],
+) -> None:
+    # An application that runs its worker inside a span of its own (kept open
+    # as long as the process lives) made that span the parent of every turn's
+    # run: all sessions in one trace, under a span not exported until the
+    # worker stopped, and no turn a new trace linked to the one before.
+    local = stageflow.StageRegistry()
+    seen: list[trace.Span] = []
+
+    @local.register("Peek")
+    async def peek(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        seen.append(trace.get_current_span())
+        return {}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "wait",
+            "nodes": [
+                {
+                    "id": "wait",
+                    "type": "stage",
+                    "stage": "WaitStage",
+                    "config": {"input": "msg"},
+                    "next": "peek",
+                },
+                {"id": "peek", "type": "stage", "stage": "Peek", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=local,
+    )
+    application = trace.NonRecordingSpan(
+        trace.SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=trace.TraceFlags(1))
+    )
+    service = SessionService(make_store(), registry=local)
+    with trace.use_span(application):
+        async with running(make_store(), registry=local):
+            sid = await service.start(pipeline)
+            assert (await service.wait(sid, timeout=20)).status == "waiting"
+            await service.send_input(sid, "msg", {})
+            assert (await service.wait(sid, finished=True, timeout=20)).status == "completed"
+    assert [span.get_span_context().is_valid for span in seen] == [False]
