@@ -1639,6 +1639,11 @@ class Run:
         pairs, outputs_of = step.pairs, step.outputs
         stage, started, finished, done = node.stage, step.started, step.finished, step.done
         runtime, session_id = self.runtime, state.session_id
+        # The clock, read once for events recorded back to back with no await
+        # between them (an item's end and the next item's start, an item's
+        # start and its node's): they happen within a microsecond, the
+        # resolution events have ("map item" row). None: read it again.
+        now: int | None = None
         while run.next < total:
             index = run.next
             run.next = index + 1
@@ -1670,7 +1675,9 @@ class Run:
             running[index] = frame
             payload = {"index": index}
             if history.quiet:
-                records += (kind.started, _time_ns() // 1000, node_id, path, payload)
+                if now is None:
+                    now = _time_ns() // 1000
+                records += (kind.started, now, node_id, path, payload)
             else:
                 history.record(kind.started, node_id, path, payload)
             try:
@@ -1685,17 +1692,22 @@ class Run:
                     raise self._stop_at_limit(node, frame)
                 if not steps & _YIELD_EVERY:
                     await backend.yield_()
+                    now = None
                 elif (
                     status is None
                     or status.effectively_cancelled
                     or (runner.ki_pending and task is runner.main_task)
                 ):
                     await backend.checkpoint()
+                    now = None
                 try:
                     if history.quiet:
-                        records += ("node_started", _time_ns() // 1000, body, path, started)
+                        if now is None:
+                            now = _time_ns() // 1000
+                        records += ("node_started", now, body, path, started)
                     else:
                         history.record("node_started", body, path, started, None)
+                    now = None  # the stage awaits from here
                     try:
                         view: Mapping[str, Any] = EMPTY_MAPPING
                         if pairs:
@@ -1799,7 +1811,8 @@ class Run:
                         raise
                     frame.work = done  # a snapshot from here on: the node finished
                     if history.quiet:
-                        records += ("node_finished", _time_ns() // 1000, body, path, finished)
+                        now = _time_ns() // 1000
+                        records += ("node_finished", now, body, path, finished)
                     else:
                         history.record("node_finished", body, path, finished, None)
                 finally:
@@ -1844,8 +1857,8 @@ class Run:
                 )
             run.done += 1
             del running[index]  # a snapshot must not run it again
-            if history.quiet:
-                records += (kind.finished, _time_ns() // 1000, node_id, path, payload)
+            if history.quiet and now is not None:
+                records += (kind.finished, now, node_id, path, payload)
             else:
                 history.record(kind.finished, node_id, path, payload)
 
