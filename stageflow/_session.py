@@ -358,7 +358,9 @@ class Session:
 
         The iterator ends when the session finishes, or when a
         ``run(suspend=True)`` suspends it (a stream made while it waits gets
-        the next run's events).
+        the next run's events). Read it on the event loop it was made on,
+        which may be another thread's than the run's: each event is handed
+        to that loop, in order.
 
         Args:
             buffer: how many events may wait for a slow reader; beyond that
@@ -377,7 +379,7 @@ class Session:
                 + "; pass how many events may wait for a slow reader, a whole number of 0 or "
                 "more (0: no bound)"
             )
-        return self._state.history.stream(buffer, loop_handles_if_any())
+        return self._state.history.stream(buffer, loop_handles_if_any(), call_soon_from_thread)
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on.
