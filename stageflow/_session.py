@@ -13,6 +13,7 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Final, cast
 
@@ -640,9 +641,21 @@ class Session:
                 session's age; send events elsewhere as they happen, with
                 :meth:`subscribe`), or a count ``n`` (the newest ``n``).
 
+        From another thread than the one a run's event loop runs in, the
+        snapshot is taken on that loop, and this waits for it.
+
         Raises:
             SnapshotError: ``history`` is none of these.
         """
+        run = self._state.run
+        token = run.token if run is not None else None  # read once: the loop clears it
+        if token is not None and run is not None and run.loop_thread != threading.get_ident():
+            # The run's state belongs to its event loop: read from here, the
+            # clock of a live snapshot raised anyio's NoEventLoopError.
+            try:
+                return anyio.from_thread.run_sync(partial(dump, self._state, history), token=token)
+            except anyio.RunFinishedError:
+                pass  # the run and its loop ended since: nothing runs, read it here
         return dump(self._state, history)
 
     @classmethod

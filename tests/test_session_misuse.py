@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, parallel, stage, terminal
+from fakes import doc, parallel, stage, terminal, wait_until_waiting
 
 import stageflow
 
@@ -394,3 +394,22 @@ async def test_cleanup_is_told_the_outcome_the_session_ends_with(raised: type) -
     expected = "failed" if raised is Interrupt else "cancelled"
     assert session.status.value == expected
     assert told == [expected]
+
+
+async def test_a_snapshot_asked_for_from_another_thread_is_taken_on_the_runs_loop() -> None:
+    # A live snapshot read the run's clock from the calling thread, where no
+    # event loop runs: to_dict() raised anyio's NoEventLoopError.
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("w", "WaitStage", config={"input": "go"}, next="end"), terminal("end")])
+    )
+    session = stageflow.Session(pipeline)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        from_a_thread = await anyio.to_thread.run_sync(session.to_dict)
+        here = session.to_dict()
+        del from_a_thread["taken_at"], here["taken_at"]  # read on the system clock
+        assert from_a_thread == here
+        assert from_a_thread["status"] == "running"
+        session.send_input("go", 1)
+    assert session.status is stageflow.SessionStatus.COMPLETED
