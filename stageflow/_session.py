@@ -671,7 +671,7 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> Session:
-        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1, 2 or 3).
+        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1 to 5).
 
         The restored session has the snapshot's status: ``waiting`` when it
         had active positions (``run()`` goes on from them), ``pending``, or
