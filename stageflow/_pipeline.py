@@ -395,8 +395,19 @@ class Pipeline:
             PipelineValidationError: the file is not valid JSON/YAML or the
                 document has problems.
             OSError: the file cannot be read.
-            TypeError: ``registry`` is not a :class:`StageRegistry`.
+            TypeError: ``path`` is not a path, or ``registry`` is not a
+                :class:`StageRegistry`.
         """
+        if not isinstance(path, str | PathLike):
+            raise TypeError(
+                f"Pipeline.load(path=...) was given {a_python_type(path)}; pass the path of a "
+                ".json, .yaml or .yml file (a str or a pathlib.Path)"
+                + (
+                    ", or use Pipeline.from_dict(document) for a parsed document"
+                    if isinstance(path, Mapping)
+                    else ""
+                )
+            )
         file = Path(path)
         try:
             text = read_text_file(file)
