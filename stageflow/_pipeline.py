@@ -398,17 +398,7 @@ class Pipeline:
             TypeError: ``path`` is not a path, or ``registry`` is not a
                 :class:`StageRegistry`.
         """
-        if not isinstance(path, str | PathLike):
-            raise TypeError(
-                f"Pipeline.load(path=...) was given {a_python_type(path)}; pass the path of a "
-                ".json, .yaml or .yml file (a str or a pathlib.Path)"
-                + (
-                    ", or use Pipeline.from_dict(document) for a parsed document"
-                    if isinstance(path, Mapping)
-                    else ""
-                )
-            )
-        file = Path(path)
+        file = file_path("Pipeline.load", path, parsed="Pipeline.from_dict(document)")
         try:
             text = read_text_file(file)
         except UnicodeDecodeError as exc:
@@ -587,6 +577,24 @@ def _short(value: object) -> str:
         return f"of {len(value)} items"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def file_path(call: str, path: object, *, parsed: str | None = None) -> Path:
+    """``path`` as a :class:`Path`, or a ``TypeError`` naming ``call`` and what to pass.
+
+    ``parsed``: what to call instead with a parsed document (a mapping given as the path).
+    """
+    if not isinstance(path, str | PathLike):
+        raise TypeError(
+            f"{call}(path=...) was given {a_python_type(path)}; pass the path of a "
+            ".json, .yaml or .yml file (a str or a pathlib.Path)"
+            + (
+                f", or use {parsed} for a parsed document"
+                if parsed and isinstance(path, Mapping)
+                else ""
+            )
+        )
+    return Path(path)
 
 
 def parse_document(
