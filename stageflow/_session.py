@@ -75,6 +75,30 @@ def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _checked_clock(clock: Callable[[], datetime.datetime]) -> Callable[[], datetime.datetime]:
+    """``clock``, refusing what is no aware datetime when it is read (``Session(clock=...)``).
+
+    Read when a run starts, when a waiting session is given an input and
+    when it is snapshotted: anything else failed there with an
+    ``AttributeError`` naming no clock, and a naive datetime was taken as
+    the machine's local time.
+    """
+
+    def read() -> datetime.datetime:
+        now = clock()
+        if isinstance(now, datetime.datetime) and now.utcoffset() is not None:
+            return now
+        naive = isinstance(now, datetime.datetime)
+        raise (ValueError if naive else TypeError)(
+            f"Session(clock=...) returned {now!r}"
+            + (", a datetime with no UTC offset" if naive else f", {a_python_type(now)}")
+            + "; a clock returns the current time as an aware datetime, such as "
+            "datetime.datetime.now(datetime.UTC)"
+        )
+
+    return read
+
+
 def _new_session_id() -> str:
     """A random UUID (version 4) as text, as ``str(uuid.uuid4())`` gives it.
 
@@ -215,6 +239,11 @@ class Session:
             ``session_id`` is empty, or ``validate_events`` is not ``"off"``,
             ``"warn"`` or ``"strict"``.
 
+    A ``clock`` that returns no datetime makes the call that read it (``run()``,
+    ``send_input()`` on a waiting session, ``to_dict()``) raise a
+    ``TypeError``, one that returns a datetime without a UTC offset a
+    ``ValueError``, both naming ``Session(clock=...)``.
+
     Example::
 
         session = stageflow.Session(pipeline, payload={"user_id": "u1"})
@@ -312,7 +341,7 @@ class Session:
             limits=limits if limits is not None else pipeline.limits,
             mode=ValidateEvents(validate_events or pipeline.validate_events),
             seed=seed,
-            clock=clock if clock is not None else _utc_now,
+            clock=_checked_clock(clock) if clock is not None else _utc_now,
             tracing=Tracing.resolve(tracer_provider, __version__, trace_wait_threshold),
             metrics=Metrics.resolve(meter_provider, __version__),
         )

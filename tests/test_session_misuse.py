@@ -413,3 +413,25 @@ async def test_a_snapshot_asked_for_from_another_thread_is_taken_on_the_runs_loo
         assert from_a_thread["status"] == "running"
         session.send_input("go", 1)
     assert session.status is stageflow.SessionStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("now", "error", "said"),
+    [
+        ("now", TypeError, "returned 'now', a str;"),
+        (datetime.datetime(2030, 1, 1), ValueError, "a datetime with no UTC offset;"),
+    ],
+)
+async def test_a_clock_that_returns_no_aware_datetime_is_named_and_nothing_runs(
+    now: object, error: type[Exception], said: str
+) -> None:
+    # run() raised an AttributeError from inside the engine, naming no clock
+    # (a str), or took the datetime as the machine's local time (a naive one).
+    pipeline = stageflow.Pipeline.from_dict(doc([terminal("end")]))
+    session = stageflow.Session(pipeline, clock=lambda: now)  # type: ignore[arg-type,return-value]
+    with pytest.raises(error, match=r"^Session\(clock=\.\.\.\) ") as caught:
+        await session.run()
+    assert said in str(caught.value)
+    assert "datetime.datetime.now(datetime.UTC)" in str(caught.value)
+    assert session.status is stageflow.SessionStatus.PENDING
+    assert len(session.history) == 0
