@@ -48,7 +48,8 @@ StageOutputs = Mapping[str, Any] | None
 StageFunction = Callable[["StageContext"], Awaitable[StageOutputs]]
 """An ``async def stage(ctx) -> Mapping | None`` registered as a stage."""
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound="StageFunction | type[BaseStage]")
+"""What ``register`` takes: an ``async def`` stage or a :class:`BaseStage` subclass."""
 
 
 class StageRuntime(Protocol):
