@@ -419,7 +419,8 @@ class Session:
 
         Raises:
             TypeError: ``callback`` cannot be called, or is an ``async def``
-                function (it would be called, never awaited).
+                function or an object whose ``__call__`` is one (it would be
+                called, never awaited).
         """
         if not callable(callback):
             raise TypeError(
@@ -427,7 +428,9 @@ class Session:
                 "called; pass a function that takes an Event (or use Session.events() to "
                 "iterate over them)"
             )
-        if inspect.iscoroutinefunction(callback):
+        # An async def, or an object whose __call__ is one.
+        call = callback if inspect.isroutine(callback) else type(callback).__call__
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(call):
             raise TypeError(
                 "Session.subscribe() was given an async function: it is called without being "
                 "awaited, so its body would never run; pass a plain function, or iterate with "

@@ -266,6 +266,11 @@ async def _async_callback(event: stageflow.Event) -> None:
     raise AssertionError("never called")
 
 
+class _AsyncHook:
+    async def __call__(self, event: stageflow.Event) -> None:
+        raise AssertionError("never called")
+
+
 @pytest.mark.parametrize(
     ("call", "error", "says"),
     [
@@ -276,6 +281,8 @@ async def _async_callback(event: stageflow.Event) -> None:
         (lambda s: s.subscribe("print"), TypeError, r"was given a str, which cannot be called"),
         # Taken before: called, never awaited (a RuntimeWarning), its body never ran.
         (lambda s: s.subscribe(_async_callback), TypeError, r"was given an async function"),
+        # Taken after that: an object whose __call__ is an async def.
+        (lambda s: s.subscribe(_AsyncHook()), TypeError, r"was given an async function"),
         (lambda s: s.cancel(None), TypeError, r"cancel\(reason=\.\.\.\) was given None; pass a"),
         (lambda s: s.cancel(object()), TypeError, r"was given an object; pass a string"),
     ],
@@ -286,6 +293,7 @@ async def _async_callback(event: stageflow.Event) -> None:
         "callback None",
         "callback str",
         "callback async",
+        "callback async __call__",
         "reason None",
         "reason object",
     ],
