@@ -613,7 +613,15 @@ class StageRegistry:
 
         Raises:
             StageNotFoundError: nothing is registered under that name.
+            TypeError: ``name`` is not a string.
         """
+        if type(name) is not str:
+            # An int named itself in the fix ("register it with @registry.register(1)"),
+            # a list was dict's "unhashable type".
+            raise TypeError(
+                f"StageRegistry.get() was given {a_python_type(name)}; pass a stage name, a "
+                f"string (the registry has: {', '.join(self.names())})"
+            )
         entry = self._entries.get(name) or _CORE.get(name)
         if entry is None:
             raise StageNotFoundError(name, self.names())
