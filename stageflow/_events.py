@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import math
 import operator
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, NamedTuple, overload
@@ -203,16 +204,36 @@ EventCallback = Callable[[Event], object]
 """A function called with each event as it is recorded."""
 
 
-class _Subscription:
-    __slots__ = ("dropped", "loop", "receive", "send")
+Post = Callable[..., bool]
+"""``post(token, function, *args)``: from another thread, have the event loop of
+``token`` call ``function(*args)`` soon, without waiting; ``False`` when that
+loop has ended (the engine's ``call_soon_from_thread``)."""
 
-    def __init__(self, buffer: int, loop: object) -> None:
+
+class _Subscription:
+    __slots__ = ("dropped", "loop", "post", "receive", "send")
+
+    def __init__(self, buffer: int, loop: tuple[Any, int] | None, post: Post | None) -> None:
         self.send: MemoryObjectSendStream[Event]
         self.receive: MemoryObjectReceiveStream[Event]
         size = buffer if buffer > 0 else math.inf
         self.send, self.receive = anyio.create_memory_object_stream[Event](size)
         self.dropped = 0
-        self.loop = loop  # the event loop it was made on, as the engine names it (or None)
+        # The event loop it is read on, as (token, thread) (or None), and how
+        # to hand it work from another thread.
+        self.loop = loop
+        self.post = post
+
+    def elsewhere(self, here: int) -> tuple[Any, Post] | None:
+        """Its loop's token and ``post``, when it is read on another thread's loop than ``here``.
+
+        Its stream may only be used from that loop's thread: a send from
+        another thread raised inside the run on trio, and on asyncio left
+        the reader asleep.
+        """
+        if self.loop is None or self.post is None or self.loop[1] == here:
+            return None
+        return self.loop[0], self.post
 
 
 class EventStream:
@@ -648,33 +669,41 @@ class History:
         # A copy: a subscriber whose reader is gone is removed while iterating.
         subscriptions = self._subscriptions
         assert subscriptions is not None  # called only when there are subscriptions
+        here = threading.get_ident()
         for number, sub in enumerate(tuple(subscriptions)):
             if number:
                 # Each reader its own event (see _notify).
                 event = _event(self._flat, self._spans, self.base, self.session_id, index)
-            send = sub.send
-            try:
-                if sub.dropped:
-                    # The marker and the event go together or not at all, so the
-                    # marker's next_seq is always the event that follows it.
-                    stats = send.statistics()
-                    room = (
-                        stats.max_buffer_size
-                        - stats.current_buffer_used
-                        + stats.tasks_waiting_receive
-                    )
-                    # A reader gone (see EventStream.__del__): the send says so.
-                    if room < 2 and stats.open_receive_streams:
-                        sub.dropped += 1
-                        continue
-                    send.send_nowait(self._overflow_marker(sub, event.seq))
-                send.send_nowait(event)
-            except anyio.WouldBlock:
-                sub.dropped += 1
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                subscriptions.remove(sub)
-                send.close()
-                self._requiet()
+            away = sub.elsewhere(here)
+            if away is not None:
+                # Handed to the reader's event loop, in order; none if it has ended.
+                token, post = away
+                if not post(token, self._send, sub, event):
+                    self._unsubscribe(sub)
+            else:
+                self._send(sub, event)
+
+    def _send(self, sub: _Subscription, event: Event) -> None:
+        """Hand ``event`` to one subscription (on the thread of the loop it is read on)."""
+        send = sub.send
+        try:
+            if sub.dropped:
+                # The marker and the event go together or not at all, so the
+                # marker's next_seq is always the event that follows it.
+                stats = send.statistics()
+                room = (
+                    stats.max_buffer_size - stats.current_buffer_used + stats.tasks_waiting_receive
+                )
+                # A reader gone (see EventStream.__del__): the send says so.
+                if room < 2 and stats.open_receive_streams:
+                    sub.dropped += 1
+                    return
+                send.send_nowait(self._overflow_marker(sub, event.seq))
+            send.send_nowait(event)
+        except anyio.WouldBlock:
+            sub.dropped += 1
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._unsubscribe(sub)
 
     def _overflow_marker(self, sub: _Subscription, next_seq: int | None) -> Event:
         """The marker telling ``sub`` how many events it missed; resets the count."""
@@ -689,13 +718,16 @@ class History:
             {"dropped": dropped, "next_seq": next_seq},
         )
 
-    def stream(self, buffer: int, loop: object = None) -> EventStream:
+    def stream(
+        self, buffer: int, loop: tuple[Any, int] | None = None, post: Post | None = None
+    ) -> EventStream:
         """Subscribe now; return an async iterator over the events from here on.
 
-        ``loop``: the event loop the stream is read on, as the caller names it
-        (see :meth:`streams_loop`).
+        ``loop``: the event loop the stream is read on, as ``(token, thread)``
+        (see :meth:`streams_loop`); events recorded in another thread (a run
+        on another thread's event loop) are handed to it with ``post``.
         """
-        sub = _Subscription(buffer, loop)
+        sub = _Subscription(buffer, loop, post)
         if self._closed:
             sub.send.close()  # nothing more will come: the stream ends at once
         else:
@@ -705,7 +737,7 @@ class History:
             self.quiet = False
         return EventStream(sub, self)
 
-    def streams_loop(self) -> object:
+    def streams_loop(self) -> tuple[Any, int] | None:
         """The ``loop`` of the newest open stream that has one, else ``None``.
 
         A stream's reader waits on that event loop: events handed to it (or
@@ -717,8 +749,9 @@ class History:
         return None
 
     def _unsubscribe(self, sub: _Subscription) -> None:
-        if self._subscriptions is not None and sub in self._subscriptions:
-            self._subscriptions.remove(sub)
+        subscriptions = self._subscriptions
+        if subscriptions is not None and sub in subscriptions:
+            subscriptions.remove(sub)
             self._requiet()
         sub.send.close()
 
@@ -729,8 +762,15 @@ class History:
     def close(self) -> None:
         """End every stream, now and later (after the session finished)."""
         self._closed = True
+        here = threading.get_ident()
         for sub in self._subscriptions or ():
-            sub.send.close()
+            away = sub.elsewhere(here)
+            if away is not None:
+                # After the events handed to its loop; nothing to end if it has ended.
+                token, post = away
+                post(token, sub.send.close)
+            else:
+                sub.send.close()
         self._subscriptions = None
         self._requiet()
 

@@ -405,9 +405,10 @@ class Pipeline:
             PipelineValidationError: the file is not valid JSON/YAML or the
                 document has problems.
             OSError: the file cannot be read.
-            TypeError: ``registry`` is not a :class:`StageRegistry`.
+            TypeError: ``path`` is not a path, or ``registry`` is not a
+                :class:`StageRegistry`.
         """
-        file = Path(path)
+        file = file_path("Pipeline.load", path, parsed="Pipeline.from_dict(document)")
         try:
             text = read_text_file(file)
         except UnicodeDecodeError as exc:
@@ -592,6 +593,24 @@ def _short(value: object) -> str:
         return f"of {len(value)} items"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def file_path(call: str, path: object, *, parsed: str | None = None) -> Path:
+    """``path`` as a :class:`Path`, or a ``TypeError`` naming ``call`` and what to pass.
+
+    ``parsed``: what to call instead with a parsed document (a mapping given as the path).
+    """
+    if not isinstance(path, str | PathLike):
+        raise TypeError(
+            f"{call}(path=...) was given {a_python_type(path)}; pass the path of a "
+            ".json, .yaml or .yml file (a str or a pathlib.Path)"
+            + (
+                f", or use {parsed} for a parsed document"
+                if parsed and isinstance(path, Mapping)
+                else ""
+            )
+        )
+    return Path(path)
 
 
 def parse_document(

@@ -13,6 +13,7 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Final, cast
 
@@ -72,6 +73,30 @@ _PASS_JSON: Final = "pass only dict, list, str, int, float, bool or None"
 
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _checked_clock(clock: Callable[[], datetime.datetime]) -> Callable[[], datetime.datetime]:
+    """``clock``, refusing what is no aware datetime when it is read (``Session(clock=...)``).
+
+    Read when a run starts, when a waiting session is given an input and
+    when it is snapshotted: anything else failed there with an
+    ``AttributeError`` naming no clock, and a naive datetime was taken as
+    the machine's local time.
+    """
+
+    def read() -> datetime.datetime:
+        now = clock()
+        if isinstance(now, datetime.datetime) and now.utcoffset() is not None:
+            return now
+        naive = isinstance(now, datetime.datetime)
+        raise (ValueError if naive else TypeError)(
+            f"Session(clock=...) returned {now!r}"
+            + (", a datetime with no UTC offset" if naive else f", {a_python_type(now)}")
+            + "; a clock returns the current time as an aware datetime, such as "
+            "datetime.datetime.now(datetime.UTC)"
+        )
+
+    return read
 
 
 def _new_session_id() -> str:
@@ -214,6 +239,11 @@ class Session:
             ``session_id`` is empty, or ``validate_events`` is not ``"off"``,
             ``"warn"`` or ``"strict"``.
 
+    A ``clock`` that returns no datetime makes the call that read it (``run()``,
+    ``send_input()`` on a waiting session, ``to_dict()``) raise a
+    ``TypeError``, one that returns a datetime without a UTC offset a
+    ``ValueError``, both naming ``Session(clock=...)``.
+
     Example::
 
         session = stageflow.Session(pipeline, payload={"user_id": "u1"})
@@ -311,7 +341,7 @@ class Session:
             limits=limits if limits is not None else pipeline.limits,
             mode=ValidateEvents(validate_events or pipeline.validate_events),
             seed=seed,
-            clock=clock if clock is not None else _utc_now,
+            clock=_checked_clock(clock) if clock is not None else _utc_now,
             tracing=Tracing.resolve(tracer_provider, __version__, trace_wait_threshold),
             metrics=Metrics.resolve(meter_provider, __version__),
         )
@@ -358,7 +388,9 @@ class Session:
 
         The iterator ends when the session finishes, or when a
         ``run(suspend=True)`` suspends it (a stream made while it waits gets
-        the next run's events).
+        the next run's events). Read it on the event loop it was made on,
+        which may be another thread's than the run's: each event is handed
+        to that loop, in order.
 
         Args:
             buffer: how many events may wait for a slow reader; beyond that
@@ -377,7 +409,7 @@ class Session:
                 + "; pass how many events may wait for a slow reader, a whole number of 0 or "
                 "more (0: no bound)"
             )
-        return self._state.history.stream(buffer, loop_handles_if_any())
+        return self._state.history.stream(buffer, loop_handles_if_any(), call_soon_from_thread)
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every event from now on.
@@ -387,7 +419,8 @@ class Session:
 
         Raises:
             TypeError: ``callback`` cannot be called, or is an ``async def``
-                function (it would be called, never awaited).
+                function or an object whose ``__call__`` is one (it would be
+                called, never awaited).
         """
         if not callable(callback):
             raise TypeError(
@@ -395,7 +428,9 @@ class Session:
                 "called; pass a function that takes an Event (or use Session.events() to "
                 "iterate over them)"
             )
-        if inspect.iscoroutinefunction(callback):
+        # An async def, or an object whose __call__ is one.
+        call = callback if inspect.isroutine(callback) else type(callback).__call__
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(call):
             raise TypeError(
                 "Session.subscribe() was given an async function: it is called without being "
                 "awaited, so its body would never run; pass a plain function, or iterate with "
@@ -638,9 +673,21 @@ class Session:
                 session's age; send events elsewhere as they happen, with
                 :meth:`subscribe`), or a count ``n`` (the newest ``n``).
 
+        From another thread than the one a run's event loop runs in, the
+        snapshot is taken on that loop, and this waits for it.
+
         Raises:
             SnapshotError: ``history`` is none of these.
         """
+        run = self._state.run
+        token = run.token if run is not None else None  # read once: the loop clears it
+        if token is not None and run is not None and run.loop_thread != threading.get_ident():
+            # The run's state belongs to its event loop: read from here, the
+            # clock of a live snapshot raised anyio's NoEventLoopError.
+            try:
+                return anyio.from_thread.run_sync(partial(dump, self._state, history), token=token)
+            except anyio.RunFinishedError:
+                pass  # the run and its loop ended since: nothing runs, read it here
         return dump(self._state, history)
 
     @classmethod
@@ -656,7 +703,7 @@ class Session:
         meter_provider: metrics.MeterProvider | None = None,
         trace_wait_threshold: float | None = 60.0,
     ) -> Session:
-        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1, 2 or 3).
+        """Restore a session from a snapshot made by :meth:`to_dict` (format version 1 to 5).
 
         The restored session has the snapshot's status: ``waiting`` when it
         had active positions (``run()`` goes on from them), ``pending``, or

@@ -48,7 +48,8 @@ StageOutputs = Mapping[str, Any] | None
 StageFunction = Callable[["StageContext"], Awaitable[StageOutputs]]
 """An ``async def stage(ctx) -> Mapping | None`` registered as a stage."""
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound="StageFunction | type[BaseStage]")
+"""What ``register`` takes: an ``async def`` stage or a :class:`BaseStage` subclass."""
 
 
 class StageRuntime(Protocol):
@@ -612,7 +613,15 @@ class StageRegistry:
 
         Raises:
             StageNotFoundError: nothing is registered under that name.
+            TypeError: ``name`` is not a string.
         """
+        if type(name) is not str:
+            # An int named itself in the fix ("register it with @registry.register(1)"),
+            # a list was dict's "unhashable type".
+            raise TypeError(
+                f"StageRegistry.get() was given {a_python_type(name)}; pass a stage name, a "
+                f"string (the registry has: {', '.join(self.names())})"
+            )
         entry = self._entries.get(name) or _CORE.get(name)
         if entry is None:
             raise StageNotFoundError(name, self.names())

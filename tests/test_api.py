@@ -891,3 +891,55 @@ def test_the_published_schemas_are_the_packaged_ones() -> None:
     assert copies.keys() == packaged.keys()
     stale = sorted(name for name in packaged if copies[name] != packaged[name])
     assert stale == [], f"run: cp stageflow/_schemas/*.json schemas/ ({stale} differ)"
+
+
+_REGISTERED = """
+import stageflow
+
+registry = stageflow.StageRegistry()
+
+
+@registry.register("Typed")
+async def typed(ctx: stageflow.StageContext) -> dict[str, str]:
+    return {}
+
+
+@registry.register("Nothing")
+async def nothing(ctx: stageflow.StageContext) -> None:
+    return None
+
+
+@stageflow.register_stage("Class")
+class Class(stageflow.BaseStage):
+    async def run(self, ctx: stageflow.StageContext) -> dict[str, object]:
+        return {}
+
+
+@registry.register("Sync")
+def sync(ctx: stageflow.StageContext) -> dict[str, str]:
+    return {}
+
+
+@registry.register("List")
+async def a_list(ctx: stageflow.StageContext) -> list[int]:
+    return []
+"""
+
+
+def test_mypy_refuses_what_register_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # register() was typed to take anything: a plain function, or one that
+    # returns no mapping, passed `mypy --strict` and failed only when run.
+    mypy_api = pytest.importorskip("mypy.api")
+    program = tmp_path / "program.py"
+    program.write_text(_REGISTERED)
+    monkeypatch.chdir(ROOT)  # where mypy finds this stageflow
+    out, _, status = mypy_api.run(
+        ["--strict", "--no-incremental", "--follow-imports=silent", str(program)]
+    )
+    errors = [line.split(": error: ")[1] for line in out.splitlines() if ": error: " in line]
+    assert len(errors) == 2, out
+    assert "Callable[[StageContext], dict[str, str]]" in errors[0], out
+    assert "Coroutine[Any, Any, list[int]]" in errors[1], out
+    assert status == 1

@@ -171,6 +171,35 @@ async def test_a_waiting_session_given_an_input_or_cancelled_from_a_thread_wakes
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("run_backend", ["trio", "asyncio"])
+async def test_a_stream_read_on_another_threads_loop_gets_every_event_of_the_run(
+    run_backend: str,
+) -> None:
+    # A run on one thread's event loop handed its events to a stream read on
+    # another thread's loop from its own thread: on trio the send raised
+    # inside the run (the stage failed with an AssertionError), on asyncio
+    # the reader was never woken and waited for good.
+    node = stage("w", "WaitStage", config={"input": "go"}, next="end")
+    session = session_of(node, terminal("end"), registry=fake_registry())
+    stream = session.events()
+    got: list[str] = []
+    results: list[stageflow.SessionResult] = []
+
+    def run_in_its_own_loop() -> None:
+        results.append(anyio.run(session.run, backend=run_backend))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, run_in_its_own_loop)
+        async for event in stream:
+            got.append(event.type)
+            if event.type == "waiting_for_input":
+                await anyio.to_thread.run_sync(session.send_input_from_thread, "go", 1)
+    assert [result.status for result in results] == [stageflow.SessionStatus.COMPLETED]
+    assert got == [event.type for event in session.history]
+    assert got[-1] == "session_completed"
+
+
+@pytest.mark.anyio
 async def test_a_reader_that_leaves_without_aclose_is_unsubscribed() -> None:
     # A reader that broke out of its loop (or whose task was cancelled)
     # without aclose() stayed subscribed for as long as the session lived:

@@ -187,3 +187,16 @@ def test_a_registry_argument_that_is_no_registry_is_refused_by_name(
             TypeError, match=r"registry=\.\.\. was given .*; pass a stageflow\.StageRegistry"
         ):
             reading()
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [(1, "an int"), (b"p.json", "a bytes"), ({"api_version": "1.0"}, "a dict")],
+)
+def test_load_given_no_path_says_what_to_pass(path: object, named: str) -> None:
+    # Path() raised its own TypeError, which named neither the call nor the fix
+    # (nor from_dict, for a document passed to load).
+    with pytest.raises(TypeError, match=r"Pipeline\.load\(path=\.\.\.\) was given ") as caught:
+        stageflow.Pipeline.load(path)  # type: ignore[arg-type]
+    assert named in str(caught.value)
+    assert ("Pipeline.from_dict(document)" in str(caught.value)) is isinstance(path, dict)

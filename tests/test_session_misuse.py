@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fakes import doc, parallel, stage, terminal
+from fakes import doc, parallel, stage, terminal, wait_until_waiting
 
 import stageflow
 
@@ -266,6 +266,11 @@ async def _async_callback(event: stageflow.Event) -> None:
     raise AssertionError("never called")
 
 
+class _AsyncHook:
+    async def __call__(self, event: stageflow.Event) -> None:
+        raise AssertionError("never called")
+
+
 @pytest.mark.parametrize(
     ("call", "error", "says"),
     [
@@ -276,6 +281,8 @@ async def _async_callback(event: stageflow.Event) -> None:
         (lambda s: s.subscribe("print"), TypeError, r"was given a str, which cannot be called"),
         # Taken before: called, never awaited (a RuntimeWarning), its body never ran.
         (lambda s: s.subscribe(_async_callback), TypeError, r"was given an async function"),
+        # Taken after that: an object whose __call__ is an async def.
+        (lambda s: s.subscribe(_AsyncHook()), TypeError, r"was given an async function"),
         (lambda s: s.cancel(None), TypeError, r"cancel\(reason=\.\.\.\) was given None; pass a"),
         (lambda s: s.cancel(object()), TypeError, r"was given an object; pass a string"),
     ],
@@ -286,6 +293,7 @@ async def _async_callback(event: stageflow.Event) -> None:
         "callback None",
         "callback str",
         "callback async",
+        "callback async __call__",
         "reason None",
         "reason object",
     ],
@@ -394,3 +402,44 @@ async def test_cleanup_is_told_the_outcome_the_session_ends_with(raised: type) -
     expected = "failed" if raised is Interrupt else "cancelled"
     assert session.status.value == expected
     assert told == [expected]
+
+
+async def test_a_snapshot_asked_for_from_another_thread_is_taken_on_the_runs_loop() -> None:
+    # A live snapshot read the run's clock from the calling thread, where no
+    # event loop runs: to_dict() raised anyio's NoEventLoopError.
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("w", "WaitStage", config={"input": "go"}, next="end"), terminal("end")])
+    )
+    session = stageflow.Session(pipeline)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        await wait_until_waiting(session, "go")
+        from_a_thread = await anyio.to_thread.run_sync(session.to_dict)
+        here = session.to_dict()
+        del from_a_thread["taken_at"], here["taken_at"]  # read on the system clock
+        assert from_a_thread == here
+        assert from_a_thread["status"] == "running"
+        session.send_input("go", 1)
+    assert session.status is stageflow.SessionStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("now", "error", "said"),
+    [
+        ("now", TypeError, "returned 'now', a str;"),
+        (datetime.datetime(2030, 1, 1), ValueError, "a datetime with no UTC offset;"),
+    ],
+)
+async def test_a_clock_that_returns_no_aware_datetime_is_named_and_nothing_runs(
+    now: object, error: type[Exception], said: str
+) -> None:
+    # run() raised an AttributeError from inside the engine, naming no clock
+    # (a str), or took the datetime as the machine's local time (a naive one).
+    pipeline = stageflow.Pipeline.from_dict(doc([terminal("end")]))
+    session = stageflow.Session(pipeline, clock=lambda: now)  # type: ignore[arg-type,return-value]
+    with pytest.raises(error, match=r"^Session\(clock=\.\.\.\) ") as caught:
+        await session.run()
+    assert said in str(caught.value)
+    assert "datetime.datetime.now(datetime.UTC)" in str(caught.value)
+    assert session.status is stageflow.SessionStatus.PENDING
+    assert len(session.history) == 0

@@ -656,3 +656,14 @@ def test_an_instance_of_a_stage_class_is_rejected_naming_the_class_to_register(
 def test_a_spec_field_of_the_wrong_kind_is_a_definition_error(make: Any, says: str) -> None:
     with pytest.raises(stageflow.DefinitionError, match=says):
         make()
+
+
+@pytest.mark.parametrize(("name", "named"), [(1, "an int"), (["Greet"], "a list"), (None, "None")])
+def test_get_given_no_name_says_what_to_pass(name: object, named: str) -> None:
+    # An int was a StageNotFoundError whose fix was "@registry.register(1)";
+    # a list was dict's "unhashable type: 'list'".
+    registry = stageflow.StageRegistry()
+    with pytest.raises(TypeError, match=r"^StageRegistry\.get\(\) was given ") as caught:
+        registry.get(name)  # type: ignore[arg-type]
+    assert named in str(caught.value)
+    assert "WaitStage" in str(caught.value)

@@ -1070,3 +1070,10 @@ def test_a_pipeline_file_given_as_a_case_file_is_named_as_such() -> None:
         error.message
     )
     assert '{"pipeline": "pipeline.json", "cases": [' in error.message
+
+
+@pytest.mark.parametrize("path", [1, b"cases.stageflow.json", {"cases": []}])
+def test_load_cases_given_no_path_says_what_to_pass(path: object) -> None:
+    # Path() raised its own TypeError, which named neither the call nor the fix.
+    with pytest.raises(TypeError, match=r"^load_cases\(path=\.\.\.\) was given .*; pass the path"):
+        load_cases(path)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stageflow._json import a_python_type
 from stageflow.store._errors import (
     IdempotencyKeyReusedError,
     SessionFinishedError,
@@ -89,7 +90,13 @@ def open_store(url: str, **options: Any) -> SessionStore:
     Raises:
         StoreUnavailableError: the URL has another scheme, or the PostgreSQL
             driver is not installed.
+        TypeError: ``url`` is not a string.
     """
+    if not isinstance(url, str):
+        raise TypeError(
+            f"open_store(url=...) was given {a_python_type(url)}; pass the store's URL as a "
+            "string, such as sqlite:///path.db or postgresql://user@host/db"
+        )
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if not rest.startswith("/") or rest == "/":

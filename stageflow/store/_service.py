@@ -7,18 +7,19 @@ each) and reads them. Workers do the running, in this process or another.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
 
-from stageflow._model import is_count
+from stageflow._model import is_count, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
 from stageflow.store._records import FINISHED_STATUSES, InputRecord, SessionStore, StoredSession
-from stageflow.store._shared import LIMIT_MAX
+from stageflow.store._shared import LIMIT_MAX, check_roles
 
 __all__ = ["SessionService"]
 
@@ -84,9 +85,14 @@ class SessionService:
         pipelines: Iterable[Pipeline] = (),
         poll: float = 1.0,
     ) -> None:
+        listed = check_roles("SessionService", store, registry, pipelines)
+        if not is_seconds(poll, zero=False):
+            raise ValueError(
+                f"SessionService(poll={poll!r}): poll must be {seconds_wanted(zero=False)}"
+            )
         self.store = store
         self.registry = registry
-        self.pipelines = {p.name: p for p in pipelines}
+        self.pipelines = {p.name: p for p in listed}
         self.poll = poll
         # (session id, seq) -> the save mark taken before the input was sent: until a
         # save of the session is noticed after it, the input cannot be recorded, so
@@ -227,10 +233,15 @@ class SessionService:
             TimeoutError: not within ``timeout`` seconds (the message says
                 where the session stands: no worker took it, a turn runs ...).
             SessionNotFoundError: no such session.
-            ValueError: ``timeout`` is NaN, or ``seq`` is not a whole number.
+            ValueError: ``timeout`` is not a number of seconds above 0
+                (``math.inf``: no bound), or ``seq`` is not a whole number.
         """
-        if timeout != timeout:  # NaN: anyio's own message names no argument
-            raise ValueError("wait(timeout=nan): pass a number of seconds")
+        if not (is_seconds(timeout, zero=False) or timeout == math.inf):
+            # NaN: anyio's own message named no argument; 0 or less timed out
+            # before the store was read, blaming the store.
+            raise ValueError(
+                f"wait(timeout={timeout!r}): pass a number of seconds above 0 (math.inf: no bound)"
+            )
         if seq is not None and not is_count(seq, 0):
             raise ValueError(
                 f"wait(seq={seq!r}): pass the seq of the InputRecord that send_input returned "

@@ -22,6 +22,8 @@ from stageflow._engine._desk import input_json
 from stageflow._engine._limits import DEFAULT_LIMITS
 from stageflow._errors import InputRejectedError, shown
 from stageflow._json import a_json_type, a_python_type
+from stageflow._pipeline import Pipeline
+from stageflow._stages import StageRegistry
 from stageflow.store._errors import (
     IdempotencyKeyReusedError,
     SessionNotFoundError,
@@ -33,11 +35,13 @@ from stageflow.store._records import (
     CANCEL_INPUT,
     FINISHED_STATUSES,
     Lease,
+    SessionStore,
     StoredInput,
     StoredSession,
 )
 
 __all__ = [
+    "check_roles",
     "FINISHED_SQL",
     "PURGE_BATCH",
     "purge_in_batches",
@@ -772,3 +776,40 @@ async def purge_in_batches(
             if deleted < batch:
                 break
     return total
+
+
+# What a session store has, from its protocol: an object without one of them
+# is no store (checked when a service or a worker is made, not at its first use).
+_STORE_MEMBERS = tuple(name for name in vars(SessionStore) if not name.startswith("_"))
+
+
+def check_roles(call: str, store: object, registry: object, pipelines: object) -> list[Pipeline]:
+    """Refuse what ``SessionService(...)`` or ``Worker(...)`` cannot use; return the pipelines.
+
+    ``call`` names the constructor. Each failed at its first use, with an
+    ``AttributeError`` naming no argument.
+    """
+    missing = [name for name in _STORE_MEMBERS if not hasattr(store, name)]
+    if missing:
+        raise TypeError(
+            f"{call}(store=...) was given {a_python_type(store)}, which is no session store "
+            f"(it has no {missing[0]}); pass one from stageflow.store.open_store(url)"
+        )
+    if registry is not None and not isinstance(registry, StageRegistry):
+        raise TypeError(
+            f"{call}(registry=...) was given {a_python_type(registry)}; pass a "
+            "stageflow.StageRegistry, or leave it out for the default registry"
+        )
+    if isinstance(pipelines, str | Mapping | Pipeline) or not isinstance(pipelines, Iterable):
+        raise TypeError(
+            f"{call}(pipelines=...) was given {a_python_type(pipelines)}; pass a list of "
+            "stageflow.Pipeline (a single one in a list: pipelines=[pipeline])"
+        )
+    listed = list(pipelines)
+    for index, pipeline in enumerate(listed):
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(
+                f"{call}(pipelines=...)[{index}] is {a_python_type(pipeline)}; pass "
+                "stageflow.Pipeline objects (Pipeline.load(path) or Pipeline.from_dict(document))"
+            )
+    return listed

@@ -39,7 +39,7 @@ from stageflow._stages import StageRegistry
 from stageflow.store._errors import StoreArgumentError, StoredDataError
 from stageflow.store._history import turn_snapshot
 from stageflow.store._records import CANCEL_INPUT, Lease, SessionStore
-from stageflow.store._shared import LIMIT_MAX, check_name
+from stageflow.store._shared import LIMIT_MAX, check_name, check_roles
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 
@@ -234,9 +234,10 @@ class Worker:
             fetch_cooldown=fetch_cooldown,
             shutdown_grace=shutdown_grace,
         )
+        listed = check_roles("Worker", store, registry, pipelines)
         self.store = store
         self.registry = registry
-        self.pipelines = {p.digest: p for p in pipelines}
+        self.pipelines = {p.digest: p for p in listed}
         self.concurrency = concurrency
         self.lease = lease
         self.poll = poll

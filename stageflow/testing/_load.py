@@ -15,6 +15,7 @@ from stageflow import Problem
 from stageflow._guard import BudgetError, is_yaml_path, read_text_file
 from stageflow._json import a_json_type
 from stageflow._pipeline import (
+    file_path,
     load_schema,
     parse_document,
     plain_document,
@@ -89,10 +90,11 @@ def load_cases(
         CaseValidationError: the file is not valid JSON/YAML or breaks the
             schema; every problem is listed with its location.
         OSError: the file cannot be read.
-        TypeError: ``stages_modules`` is one name or path, not a list.
+        TypeError: ``path`` is not a path, or ``stages_modules`` is one name
+            or path, not a list.
     """
     check_list("load_cases", "stages_modules", stages_modules)
-    file = Path(path)
+    file = file_path("load_cases", path)
     try:
         text = read_text_file(file)
     except UnicodeDecodeError as exc:

@@ -545,6 +545,9 @@ async def _bump_schema(store: Any, version: int) -> None:
 
 
 async def test_unreachable_or_malformed_store_urls_raise_with_the_fix(tmp_path: Any) -> None:
+    # A URL that is no string (a pathlib.Path) was an AttributeError: no startswith.
+    with pytest.raises(TypeError, match=r"open_store\(url=\.\.\.\) was given a PosixPath"):
+        open_store(tmp_path / "s.db")
     with pytest.raises(StoreUnavailableError, match="unknown scheme"):
         open_store("mysql://x")
     with pytest.raises(StoreUnavailableError, match="has no file"):

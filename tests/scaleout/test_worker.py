@@ -706,8 +706,11 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
     with pytest.raises(ValueError, match="queue=None"):
         await service.start("chat", queue=None)  # type: ignore[arg-type]
     sid = await service.start("chat")
-    with pytest.raises(ValueError, match="wait\\(timeout=nan\\)"):
-        await service.wait(sid, timeout=float("nan"))
+    for timeout in (float("nan"), 0, -1, "5"):
+        # 0 or less timed out before the store was read, saying the store
+        # did not answer; a string was anyio's TypeError.
+        with pytest.raises(ValueError, match=r"wait\(timeout=.*\): pass a number of seconds"):
+            await service.wait(sid, timeout=timeout)  # type: ignore[arg-type]
 
 
 async def test_list_refuses_a_status_no_row_has_and_a_limit_that_is_no_count(
@@ -863,3 +866,26 @@ async def test_a_turn_runs_outside_the_span_current_where_the_worker_was_started
             await service.send_input(sid, "msg", {})
             assert (await service.wait(sid, finished=True, timeout=20)).status == "completed"
     assert [span.get_span_context().is_valid for span in seen] == [False]
+
+
+@pytest.mark.parametrize("role", [SessionService, Worker])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"store": "sqlite:///s.db"},
+            r"\(store=\.\.\.\) was given a str, which is no session store",
+        ),
+        ({"registry": {"Fetch": None}}, r"\(registry=\.\.\.\) was given a dict; pass a"),
+        ({"pipelines": "chat"}, r"\(pipelines=\.\.\.\) was given a str; pass a list"),
+        ({"pipelines": [{"api_version": "1.0"}]}, r"\(pipelines=\.\.\.\)\[0\] is a dict"),
+    ],
+)
+def test_a_service_or_worker_given_what_it_cannot_use_says_so_when_made(
+    role: type[Any], arguments: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    # Each was taken, and failed at its first use with an AttributeError
+    # naming no argument (a URL as the store, a document as a pipeline).
+    given = {"store": open_store(f"sqlite:///{tmp_path / 's.db'}"), **arguments}
+    with pytest.raises(TypeError, match=f"^{role.__name__}{message}"):
+        role(given.pop("store"), **given)
