@@ -509,8 +509,10 @@ class Session:
                     pass  # that loop has ended, and its readers with it: none to wake
         saved = state.saved if state.status is SessionStatus.WAITING and state.run is None else None
         # Suspended or restored: the stages it saved waiting are waiting still.
-        parked = parked_waits(saved["position"], type, state.clock()) if saved else []
-        return state.desk.send(type, payload, parked)
+        if saved is None:
+            return state.desk.send(type, payload)
+        now = state.clock()
+        return state.desk.send(type, payload, parked_waits(saved["position"], type, now), now)
 
     def send_input_from_thread(self, type: str, payload: Any) -> InputReceipt:
         """Like :meth:`send_input`, from a thread that is not the event loop's.
@@ -658,7 +660,7 @@ class Session:
     # ------------------------------------------------------------- snapshots
 
     def to_dict(self, *, history: HistoryChoice = "all") -> dict[str, Any]:
-        """A snapshot of the session as plain JSON (format version 5), at any moment.
+        """A snapshot of the session as plain JSON (format version 6), at any moment.
 
         It holds the pipeline document and digest, every active position
         (inside branches, map items and subpipelines too) with its context,

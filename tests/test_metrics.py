@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -274,3 +276,70 @@ async def test_histograms_in_seconds_have_buckets_for_seconds(
     [wait] = found["stageflow.input.wait.duration"]
     assert wait.explicit_bounds[0] <= 1.0
     assert wait.explicit_bounds[-1] >= 7 * 86400  # a person may answer in a week
+
+
+def _wait_points(reader: InMemoryMetricReader) -> list[Any]:
+    return points(reader).get("stageflow.input.wait.duration", [])
+
+
+async def test_a_wait_carried_over_by_a_suspend_is_measured_from_its_start(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    # A Worker's turns end at each wait (run(suspend=True)) and the next turn
+    # takes the input from the snapshot: the wait was measured as 0 s
+    # not_received at the suspend and never as received, so the histogram
+    # knew nothing of the time people take.
+    registry = _registry()
+    now = [datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)]
+
+    def clock() -> datetime.datetime:
+        return now[0]
+
+    session = stageflow.Session(
+        load(WAITING, registry), registry=registry, meter_provider=meter_provider, clock=clock
+    )
+    await session.run(suspend=True)
+    assert _wait_points(reader) == []  # suspended: the wait goes on in the snapshot
+    snapshot = session.to_dict(history="none")
+    now[0] += datetime.timedelta(hours=2)
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, meter_provider=meter_provider, clock=clock
+    )
+    restored.send_input("answer", {"text": "yes"})
+    parked = restored.to_dict(history="none")
+    assert "waited" in json.dumps(parked)  # kept in the snapshot until the stage takes it
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [wait] = _wait_points(reader)
+    assert wait.count == 1
+    assert wait.sum == pytest.approx(7200, abs=1)
+    assert wait.attributes["stageflow.outcome"] == "received"
+
+
+@pytest.mark.trio_only
+async def test_a_restored_wait_that_goes_on_live_is_measured_from_its_start(
+    meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    registry = _registry()
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+    def clock() -> datetime.datetime:  # the wall clock, moved by virtual time
+        return start + datetime.timedelta(seconds=anyio.current_time())
+
+    session = stageflow.Session(
+        load(WAITING, registry), registry=registry, meter_provider=meter_provider, clock=clock
+    )
+    await session.run(suspend=True)
+    snapshot = session.to_dict(history="none")
+    await anyio.sleep(3600)  # virtual time: stored for an hour
+    restored = stageflow.Session.from_dict(
+        snapshot, registry=registry, meter_provider=meter_provider, clock=clock
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restored.run)
+        await wait_until_waiting(restored, "answer")
+        await anyio.sleep(1800)  # and waited half an hour more
+        restored.send_input("answer", {"text": "yes"})
+    [wait] = _wait_points(reader)
+    assert wait.count == 1
+    assert wait.sum == pytest.approx(5400, abs=1)

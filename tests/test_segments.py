@@ -786,7 +786,7 @@ async def test_a_span_rebuilt_after_a_crash_keeps_its_links(traced: Traced) -> N
             "attributes": ROOT_LINK,
         }
     ]
-    assert snapshot["version"] == 5
+    assert snapshot["version"] == 6
     [rebuilt] = [
         s for s in rebuilt_spans if s.name == "run pipeline" and _attr(s, "stageflow.span.rebuilt")
     ]

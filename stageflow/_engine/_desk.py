@@ -15,6 +15,7 @@ resume" rows).
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -136,14 +137,22 @@ class InputDesk:
         limit = self._limits.max_history
         return limit is not None and len(self._history) - self.recorded_rejections >= limit
 
-    def send(self, type: str, payload: Any, parked: Sequence[Call] = ()) -> InputReceipt:
+    def send(
+        self,
+        type: str,
+        payload: Any,
+        parked: Sequence[Call] = (),
+        now: datetime.datetime | None = None,
+    ) -> InputReceipt:
         """Deliver ``payload`` to every waiter of ``type``, or queue it.
 
         ``parked`` are the unanswered saved waits of a suspended or restored
         session (see :func:`~stageflow._engine._positions.parked_waits`):
         they are waiters too, answered in their journal entries, and checked
         against every schema declared for ``type`` (their stages are not
-        running to say which is theirs).
+        running to say which is theirs). A saved wait that kept when it began
+        (``since``) keeps how long it waited (``waited``, seconds to ``now``,
+        the session clock), measured when its stage takes the input.
         """
         try:
             check_input_type(type)
@@ -174,8 +183,12 @@ class InputDesk:
         self._check(type, payload, [(spec, None) for spec in self._declared.get(type, ())])
         if parked:
             for entry in parked:
+                since = entry.get("since")
                 fulfil(entry, copy_json(payload))
                 entry["parked"] = True
+                if since is not None and now is not None:
+                    began = datetime.datetime.fromisoformat(since)
+                    entry["waited"] = max(0.0, (now - began).total_seconds())
             return InputReceipt(type, len(parked), False)
         if self._broker.backlog_full(type):
             raise self._reject(

@@ -47,6 +47,7 @@ class InputReceipt:
 def fulfil(entry: Call, payload: Any) -> None:
     """Mark a journaled wait as answered with ``payload`` (kept for replay)."""
     entry.pop("deadline", None)
+    entry.pop("since", None)
     entry["payload"] = payload
 
 

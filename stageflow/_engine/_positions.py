@@ -61,15 +61,18 @@ class Call(TypedDict, total=False):
     A wait has ``wait`` (the input type), ``deadline`` while it waits with a
     timeout, and ``payload`` once answered (``parked`` too until the stage
     sees it: answered while the session was suspended or stored, or
-    delivered to a live wait whose stage has not woken yet); a sleep has
-    ``sleep`` (its absolute deadline) and ``seconds`` (what the first call
-    planned).
+    delivered to a live wait whose stage has not woken yet); in a metered
+    session, ``since`` (when it began) while it waits, and ``waited`` (the
+    seconds it took) once parked; a sleep has ``sleep`` (its absolute
+    deadline) and ``seconds`` (what the first call planned).
     """
 
     wait: str
     deadline: str | None
     payload: Any
     parked: bool
+    since: str
+    waited: float
     sleep: str
     seconds: float
 

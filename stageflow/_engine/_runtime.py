@@ -271,6 +271,12 @@ class StageRuntime:
                 tracing = self._state.tracing
                 if tracing is not None:
                     tracing.add_event("input_received", {INPUT_TYPE: type})
+                waited = entry.pop("waited", None)
+                meters = self._state.metrics
+                if waited is not None and meters is not None:
+                    # The wait began before a suspend or a restore; it ended
+                    # when the input came (Desk.send kept how long it took).
+                    self._measure_wait(meters, type, waited, "received")
             else:
                 history.record(
                     "input_received", node_id, path, {"input_type": type, "from": "replay"}
@@ -282,6 +288,9 @@ class StageRuntime:
             entry = {"wait": type, "deadline": None}
             if timeout is not None:
                 entry["deadline"] = after(self.clock(), timeout).isoformat()
+            if self._state.metrics is not None:
+                # Measured from here across suspends and restores (see _waited).
+                entry["since"] = self.clock().isoformat()
         elif entry.get("deadline") is not None:
             remaining = self.seconds_until(entry["deadline"])  # type: ignore[arg-type]
             restored_deadline = True
@@ -326,7 +335,8 @@ class StageRuntime:
         timed_out: InputTimeoutError | None = None
         meters = self._state.metrics
         if meters is not None or wait_span is not None:
-            wait_started = anyio.current_time()
+            # Begun before a suspend or a restore: measured from its start.
+            wait_started = anyio.current_time() - self._waited_before(entry)
         if meters is not None:
             self.waits += 1
             if self.waits == 1:
@@ -358,7 +368,7 @@ class StageRuntime:
             if wait_span is not None:
                 Tracing.end(wait_span, *self._wait_ending(waiter, timed_out, path))
             if meters is not None:
-                self._waited(meters, work, type, anyio.current_time() - wait_started, waiter)
+                self._waited(meters, type, anyio.current_time() - wait_started, waiter)
         if self._on_long_block and tracing is not None:
             Segments.wake()  # the stage goes on: in a new segment if the wait was cut
         if timed_out is not None:
@@ -395,17 +405,31 @@ class StageRuntime:
             state.unseen = []
         state.unseen.append(waiter.entry)
 
-    def _waited(
-        self, meters: Metrics, work: StageWork, type: str, seconds: float, waiter: Waiter
-    ) -> None:
-        """Measure a wait that ended (in the stage's span: it is the exemplar)."""
-        pipeline = self._state.pipeline.name
+    def _waited(self, meters: Metrics, type: str, seconds: float, waiter: Waiter) -> None:
+        """Measure a wait that ended (in the stage's span: it is the exemplar).
+
+        A suspension ends no wait that kept when it began (``since``): the
+        snapshot keeps it, and it is measured when it ends, from its start.
+        """
         self.waits -= 1
         if self.waits == 0:
-            meters.waiting.add(-1, {PIPELINE_NAME: pipeline})
-        outcome = "received" if waiter.arrived.is_set() else "not_received"
+            meters.waiting.add(-1, {PIPELINE_NAME: self._state.pipeline.name})
+        arrived = waiter.arrived.is_set()
+        if not arrived and self.stop_outcome == "suspended" and "since" in waiter.entry:
+            return
+        self._measure_wait(meters, type, seconds, "received" if arrived else "not_received")
+
+    def _waited_before(self, entry: Call) -> float:
+        """Seconds a restored wait had waited (from its ``since``), or 0 for a new one."""
+        since = entry.get("since")
+        if since is None:
+            return 0.0
+        return max(0.0, (self.clock() - datetime.datetime.fromisoformat(since)).total_seconds())
+
+    def _measure_wait(self, meters: Metrics, type: str, seconds: float, outcome: str) -> None:
+        """Record one wait's duration, as it ended."""
         meters.input_wait.record(
-            seconds, {PIPELINE_NAME: pipeline, INPUT_TYPE: type, OUTCOME: outcome}
+            seconds, {PIPELINE_NAME: self._state.pipeline.name, INPUT_TYPE: type, OUTCOME: outcome}
         )
 
     def _wait_ending(

@@ -81,8 +81,8 @@ __all__ = [
 ]
 
 FORMAT: Final = "stageflow.session-snapshot"
-VERSION: Final = 5
-READABLE: Final = (1, 2, 3, 4, 5)
+VERSION: Final = 6
+READABLE: Final = (1, 2, 3, 4, 5, 6)
 """The format versions :func:`load` reads (older ones are migrated as they are read)."""
 
 HistoryChoice = Literal["all", "none"] | int

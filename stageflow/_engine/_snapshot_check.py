@@ -485,6 +485,8 @@ class _Checker:
         for i, call in enumerate(state["calls"]):
             if call.get("deadline") is not None:
                 self.time(f"{where}.calls[{i}].deadline", call["deadline"])
+            if call.get("since") is not None:
+                self.time(f"{where}.calls[{i}].since", call["since"])
             if call.get("sleep") is not None:
                 self.time(f"{where}.calls[{i}].sleep", call["sleep"])
 

@@ -84,7 +84,7 @@ async def test_a_snapshot_without_history_keeps_the_next_seq() -> None:
     await session.run(suspend=True)
     held = session.history
     data = session.to_dict(history="none")
-    assert data["version"] == 5
+    assert data["version"] == 6
     assert data["history"] == []
     assert data["history_seq"] == held[-1].seq + 1
     assert session.to_dict()["history"] == [kept(e) for e in held]  # "all" by default
@@ -149,7 +149,7 @@ async def test_a_version_1_snapshot_restores_and_finishes() -> None:
     assert result.artifacts["turns"] == 2
     assert [e.seq for e in result.history] == list(range(1, len(result.history) + 1))
     again = session.to_dict(history="none")
-    assert again["version"] == 5
+    assert again["version"] == 6
     assert again["history_seq"] == len(result.history) + 1
 
 
@@ -177,7 +177,7 @@ async def test_a_snapshot_since_version_3_keeps_events_and_limits_short() -> Non
     )
     await session.run(suspend=True)
     data = json_round_trip(session.to_dict())
-    assert data["version"] == 5
+    assert data["version"] == 6
     assert data["limits"] == {"max_steps": 50}  # only what differs from the defaults
     assert all("session_id" not in e and "trace_id" not in e for e in data["history"])
     restored = stageflow.Session.from_dict(data, registry=stages.registry)

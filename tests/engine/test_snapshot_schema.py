@@ -59,9 +59,9 @@ def test_schema_is_a_valid_draft_2020_12_schema(schema: Doc) -> None:
 
 def test_schema_id_carries_the_format_version(schema: Doc) -> None:
     assert schema["$id"] == (
-        "https://stageflow.dev/schemas/session-snapshot/5/session-snapshot.schema.json"
+        "https://stageflow.dev/schemas/session-snapshot/6/session-snapshot.schema.json"
     )
-    assert schema["properties"]["version"]["enum"] == [1, 2, 3, 4, 5]  # 1 to 4 are still read
+    assert schema["properties"]["version"]["enum"] == [1, 2, 3, 4, 5, 6]  # 1 to 5 are still read
     assert schema["properties"]["format"]["const"] == "stageflow.session-snapshot"
 
 
@@ -532,6 +532,11 @@ GOOD_VARIANTS = {
     "cancelled branch": _set((*BRANCHES, 4), {"child": "spell", "state": "cancelled"}),
     "winner of an any-parallel": _set((*SUB, "parallel", "winner"), 3),
     "pending wait without timeout": _set((*APPROVE_CALLS, 1, "deadline"), None),
+    "version 6: a pending wait's start and a parked input's wait": _all(
+        _set((*APPROVE_CALLS, 1, "since"), "2025-03-01T12:00:00+00:00"),
+        _set((*APPROVE_CALLS, 0, "parked"), True),
+        _set((*APPROVE_CALLS, 0, "waited"), 3600.5),
+    ),
     "null consumed payload": _set((*APPROVE_CALLS, 0, "payload"), None),
     "timestamp in Z without fraction": _set(("taken_at",), "2025-03-01T12:00:10Z"),
     "frame without a record": _delete((*APPROVE, "stage")),
@@ -559,7 +564,15 @@ BAD_SNAPSHOTS: dict[str, tuple[Callable[[Doc], None], list[tuple[Path_, str]]]] 
     "wrong format": (_set(("format",), "stageflow.snapshot"), [(("format",), "const")]),
     "version as a string": (_set(("version",), "1"), [(("version",), "enum")]),
     "version as a boolean": (_set(("version",), True), [(("version",), "enum")]),
-    "another version": (_set(("version",), 6), [(("version",), "enum")]),
+    "a pending wait's start that is no time": (
+        _set((*APPROVE_CALLS, 1, "since"), "yesterday"),
+        [((*APPROVE_CALLS, 1, "since"), "pattern")],
+    ),
+    "a parked input that waited less than no time": (
+        _set((*APPROVE_CALLS, 0, "waited"), -1),
+        [((*APPROVE_CALLS, 0, "waited"), "minimum")],
+    ),
+    "another version": (_set(("version",), 7), [(("version",), "enum")]),
     "missing version": (_delete(("version",)), [((), "required")]),
     "unknown top-level key": (_set(("context",), {}), [((), "additionalProperties")]),
     "inputs no stage saw in a version 1 snapshot": (

@@ -426,11 +426,11 @@ async def suspended_chat() -> tuple[Case, dict[str, Any]]:
 
 async def test_another_format_version_is_rejected() -> None:
     case, data = await suspended_chat()
-    data["version"] = 6  # 1 to 5 are read
+    data["version"] = 7  # 1 to 6 are read
     with pytest.raises(stageflow.SnapshotVersionError) as caught:
         stageflow.Session.from_dict(data, registry=case.registry)
-    assert caught.value.found == 6
-    assert "version 6" in str(caught.value)
+    assert caught.value.found == 7
+    assert "version 7" in str(caught.value)
     assert caught.value.problems[0].location == "$.version"
 
 

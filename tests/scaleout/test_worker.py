@@ -52,7 +52,7 @@ async def test_a_conversation_through_the_service(make_store: Callable[..., Any]
         assert done.status == "completed"
         assert worker.statistics().fenced == 0
     stored = await service.store.load(sid)
-    assert stored["version"] == 5  # the format to_dict() writes
+    assert stored["version"] == 6  # the format to_dict() writes
     assert stored["history"] == []  # the row holds no history: it is in the events table
     snapshot = await service.store.load(sid, history=True)
     session = stageflow.Session.from_dict(snapshot, registry=registry)
