@@ -8,6 +8,7 @@ snapshot ("paused session, time to pause / resume" rows).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, TypeAlias
@@ -33,6 +34,21 @@ JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | flo
 
 # Scalars the walk accepts as they are (a string is tested for lone surrogates first).
 _SCALARS = (bool, type(None))
+
+# A key a location writes as ``.key``: the keys JSON Schema errors write so.
+_NAME: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")
+
+
+def key_step(key: str) -> str:
+    """``key`` as a step of a location: ``.name``, or ``['a.b']`` for any other key.
+
+    As JSON Schema errors write it (``json_path``), so that a key with a dot
+    in it (an input type, a span attribute) is not read as several steps.
+    """
+    if _NAME.fullmatch(key):
+        return f".{key}"
+    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
+    return f"['{escaped}']"
 
 
 class NonJson(NamedTuple):
@@ -319,7 +335,7 @@ def _walk(value: Any, where: str, max_depth: int) -> NonJson | None:
                 why = _surrogate(key)
                 if why is not None:
                     return NonJson(f"{loc} key {key!r}", key, why)
-                stack.append((f"{loc}.{key}", sub, depth + 1, 0))
+                stack.append((loc + key_step(key), sub, depth + 1, 0))
         else:
             stack.extend((f"{loc}[{i}]", sub, depth + 1, 0) for i, sub in enumerate(item))
     return None

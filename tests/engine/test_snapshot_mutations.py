@@ -29,6 +29,7 @@ import datetime
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -396,6 +397,20 @@ KINDS = [
 # -------------------------------------------------------------------------- driving
 
 
+def resolves(snapshot: Any, location: str) -> bool:
+    """Whether a problem's location leads into the snapshot (its last step may be absent)."""
+    if not location.startswith("$"):
+        return False
+    steps = re.findall(r"\.([^.\[]+)|\[(\d+)\]|\['(.*?)'\]", location[1:])
+    value = snapshot
+    for n, (key, index, quoted) in enumerate(steps):
+        try:
+            value = value[int(index)] if index else value[key or quoted]
+        except (KeyError, IndexError, TypeError):
+            return n == len(steps) - 1  # a missing last step: a field to add
+    return True
+
+
 REFUSED = (stageflow.InputRejectedError, stageflow.SessionStateError)
 
 
@@ -413,7 +428,8 @@ async def drive(snapshot: dict[str, Any], cancel: bool) -> None:
     session = restore(snapshot)
     if isinstance(session, stageflow.SnapshotError):  # refused, saying where
         assert session.problems, session
-        assert all(p.location.startswith("$") for p in session.problems), session.problems
+        for problem in session.problems:
+            assert resolves(snapshot, problem.location), problem
         return
     json.dumps(session.to_dict())
     session.waiting_for()
