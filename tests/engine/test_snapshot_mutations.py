@@ -13,7 +13,10 @@ strings, a value moved from elsewhere in the snapshot) and checks that
 ``Session.from_dict`` raises a ``SnapshotError`` or restores; and that a
 restored session, snapshotted, sent the inputs it waits for and run on
 (trio, autojumping ``MockClock``) or cancelled, ends with a session status
-and raises nothing but the documented errors.
+and raises nothing but the documented errors, keeping the history the
+snapshot kept; and that a refusal's every problem names a location that
+leads into the snapshot. Valid snapshots restored with ``pipeline=`` a
+changed document that loads are held to the same.
 
 To hunt with many more examples locally::
 
@@ -414,18 +417,26 @@ def resolves(snapshot: Any, location: str) -> bool:
 REFUSED = (stageflow.InputRejectedError, stageflow.SessionStateError)
 
 
-def restore(snapshot: dict[str, Any]) -> stageflow.Session | stageflow.SnapshotError:
+def restore(
+    snapshot: dict[str, Any], pipeline: stageflow.Pipeline | None = None
+) -> stageflow.Session | stageflow.SnapshotError:
     try:
         return stageflow.Session.from_dict(
-            snapshot, registry=REGISTRY, clock=clock, tracer_provider=provider()
+            snapshot,
+            registry=None if pipeline else REGISTRY,
+            pipeline=pipeline,
+            clock=clock,
+            tracer_provider=provider(),
         )
     except stageflow.SnapshotError as exc:
         return exc
 
 
-async def drive(snapshot: dict[str, Any], cancel: bool) -> None:
+async def drive(
+    snapshot: dict[str, Any], cancel: bool, pipeline: stageflow.Pipeline | None = None
+) -> None:
     """Restore, snapshot again, send what it waits for, run on (or cancel) to an end."""
-    session = restore(snapshot)
+    session = restore(snapshot, pipeline)
     if isinstance(session, stageflow.SnapshotError):  # refused, saying where
         assert session.problems, session
         for problem in session.problems:
@@ -464,9 +475,11 @@ async def drive(snapshot: dict[str, Any], cancel: bool) -> None:
     raise AssertionError("the restored session did not end in 40 runs")
 
 
-def examine(snapshot: dict[str, Any], cancel: bool) -> None:
+def examine(
+    snapshot: dict[str, Any], cancel: bool, pipeline: stageflow.Pipeline | None = None
+) -> None:
     trio._core._run._r.seed(0)  # the same order of runnable tasks in every example
-    trio.run(drive, snapshot, cancel, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(drive, snapshot, cancel, pipeline, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_every_snapshot_of_the_corpus_restores_and_runs_to_an_end() -> None:
@@ -508,3 +521,38 @@ def test_mutated_snapshots_are_refused_or_restore_and_run_to_an_end(
     for kind, inside, spot, choice, other in edits:
         mutate(snapshot, kind, inside, spot, choice, other)
     examine(snapshot, cancel)
+
+
+@settings(
+    max_examples=int(os.environ.get("STAGEFLOW_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    derandomize="STAGEFLOW_FUZZ_EXAMPLES" not in os.environ,  # the suite: the same examples
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+)
+@given(
+    pick=st.integers(0, 10**6),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["drop", "node", "swap", "sibling", "duplicate", "reorder", "number"]),
+            st.integers(0, 10**6),
+            st.integers(0, 10**6),
+            st.integers(0, 10**6),
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+)
+def test_snapshots_moved_to_changed_pipelines_are_refused_or_run_to_an_end(
+    pick: int, edits: list[tuple[str, int, int, int]]
+) -> None:
+    """A valid snapshot restored with ``pipeline=`` a changed document that loads."""
+    snapshot = copy.deepcopy(CORPUS[pick % len(CORPUS)])
+    document = copy.deepcopy(DOCUMENT)
+    for kind, spot, choice, other in edits:
+        mutate(document, kind, len(PARTS), spot, choice, other)
+    try:
+        pipeline = stageflow.Pipeline.from_dict(document, registry=REGISTRY)
+    except stageflow.PipelineValidationError:
+        return
+    examine(snapshot, False, pipeline)
