@@ -8,6 +8,7 @@ snapshot ("paused session, time to pause / resume" rows).
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -35,6 +36,21 @@ JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | flo
 
 # Scalars the walk accepts as they are (a string is tested for lone surrogates first).
 _SCALARS = (bool, type(None))
+
+# A key a location writes as ``.key``: the keys JSON Schema errors write so.
+_NAME: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")
+
+
+def key_step(key: str) -> str:
+    """``key`` as a step of a location: ``.name``, or ``['a.b']`` for any other key.
+
+    As JSON Schema errors write it (``json_path``), so that a key with a dot
+    in it (an input type, a span attribute) is not read as several steps.
+    """
+    if _NAME.fullmatch(key):
+        return f".{key}"
+    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
+    return f"['{escaped}']"
 
 
 class NonJson(NamedTuple):
@@ -344,7 +360,7 @@ def _walk(value: Any, where: str, max_depth: int, max_chars: int) -> NonJson | N
                     return NonJson(f"{loc} key", key, too_much_text(max_chars))
             # Pushed last first, so that the first problem in document order is found.
             stack.extend(
-                (f"{loc}.{key}", sub, depth + 1, 0, 0) for key, sub in reversed(item.items())
+                (loc + key_step(key), sub, depth + 1, 0, 0) for key, sub in reversed(item.items())
             )
         else:
             stack.extend(

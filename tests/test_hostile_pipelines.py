@@ -6,7 +6,8 @@
 - A fuzzer over a document using every node kind: every mutation gives a
   pipeline or a ``PipelineValidationError``; what the loader accepts the JSON
   Schema accepts, and what the schema accepts the loader reads without its
-  safety net.
+  safety net; and a pipeline it loads runs to an end with a typed error or
+  none, leaving a snapshot that restores.
 - Documents of thousands of nodes whose problems or regions repeat (dangling
   edges, a map body or a parallel branch shared by many nodes) load in
   bounded time, with messages of bounded size.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +26,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+import trio
+import trio.testing
 from fakes import fake_registry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -299,6 +303,38 @@ def test_fuzz_the_loader_and_the_schema_agree(document: dict[str, Any]) -> None:
             assert "cannot read" not in problem.message, problem
         return
     assert schema_ok, [e.message for e in FULL.iter_errors(document)]
+
+
+async def _run_to_an_end(pipeline: stageflow.Pipeline) -> None:
+    registry = fake_registry()
+    session = stageflow.Session(pipeline, registry=registry, payload={"list": [1, "x", None]})
+    with trio.fail_after(10**7):  # virtual time: only a hang reaches it
+        result = await session.run()
+    assert result.status in {
+        stageflow.SessionStatus.COMPLETED,
+        stageflow.SessionStatus.FAILED,
+        stageflow.SessionStatus.TIMED_OUT,
+    }
+    assert result.error is None or isinstance(result.error, stageflow.StageflowError), repr(
+        result.error
+    )
+    snapshot = json.loads(json.dumps(session.to_dict()))
+    assert stageflow.Session.from_dict(snapshot, registry=registry).status is result.status
+
+
+@settings(
+    max_examples=int(os.environ.get("STAGEFLOW_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    derandomize="STAGEFLOW_FUZZ_EXAMPLES" not in os.environ,  # the suite: the same examples
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(document=mutated())
+def test_fuzz_a_document_the_loader_accepts_runs_to_a_typed_end(document: dict[str, Any]) -> None:
+    try:
+        pipeline = stageflow.Pipeline.from_dict(document, registry=fake_registry())
+    except stageflow.PipelineValidationError:
+        return
+    trio.run(_run_to_an_end, pipeline, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # --- bounded time ---------------------------------------------------------------

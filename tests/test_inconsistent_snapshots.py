@@ -739,3 +739,27 @@ async def test_a_value_nested_past_the_guard_is_a_snapshot_error_at_the_value(
     problem = refused(snapshot).problems[0]
     assert problem.location.startswith(where + "[0]")
     assert f"nests more than {MAX_DEPTH} levels deep" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("region", "where"),
+    [
+        ("context", "$.position.context['order.notes']"),
+        ("backlog", "$.backlog['answer.7'][0]"),
+        ("history", r"$.history[0].payload['it\'s']"),
+    ],
+)
+async def test_a_key_with_a_dot_is_one_step_of_the_location(region: str, where: str) -> None:
+    # The guard wrote every key as .key: "$.backlog.answer.7[0]" named a
+    # backlog of type "answer" holding a field "7", and the schema's own
+    # problems wrote the same key as ['answer.7'] (found by the mutation fuzzer).
+    snapshot = (await snapshots())[0]
+    deep = deeper_than_a_value_may_be()
+    if region == "context":
+        snapshot["position"]["context"]["order.notes"] = deep
+    elif region == "backlog":
+        snapshot["backlog"]["answer.7"] = [deep]
+    else:
+        snapshot["history"][0]["payload"]["it's"] = deep
+    problem = refused(snapshot).problems[0]
+    assert problem.location.startswith(where + "[0]"), problem

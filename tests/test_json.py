@@ -41,6 +41,10 @@ def test_plain_json_is_accepted(value: object) -> None:
         ({"a": -math.inf}, "$.a", "not a finite number"),
         ({"a": (1, 2)}, "$.a", "not a JSON type"),
         ({"a": {3: "x"}}, "$.a key 3", "object keys must be strings"),
+        # A key that is no plain name is one step, as JSON Schema errors write it.
+        ({"order.notes": [math.nan]}, "$['order.notes'][0]", "not a finite number"),
+        ({"a": {"it's": math.inf}}, "$.a['it\\'s']", "not a finite number"),
+        ({"_x": {"2b": math.inf}}, "$['_x']['2b']", "not a finite number"),
         # UTF-8 cannot carry a lone surrogate: a store's write used to fail on it.
         (
             {"a": ["ok", "é\ud800"]},

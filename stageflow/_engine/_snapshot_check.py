@@ -28,7 +28,7 @@ from stageflow._engine._positions import FramePosition, count_positions
 from stageflow._errors import ContextPathError, Problem
 from stageflow._graph import all_edges, continuation_edges, region_edges, walk
 from stageflow._guard import MAX_DEPTH, MAX_NESTING
-from stageflow._json import copy_json, find_non_json
+from stageflow._json import copy_json, find_non_json, key_step
 from stageflow._model import (
     MapNode,
     ParallelNode,
@@ -103,7 +103,7 @@ def _values(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         for input_type, payloads in backlog.items():
             if isinstance(payloads, list):
                 for i, payload in enumerate(payloads):
-                    yield f"$.backlog.{input_type}[{i}]", payload
+                    yield f"$.backlog{key_step(input_type)}[{i}]", payload
     unseen = data.get("unseen_inputs")
     if isinstance(unseen, list):
         for i, item in enumerate(unseen):
@@ -420,7 +420,7 @@ class _Checker:
         for input_type, payloads in snapshot["backlog"].items():
             if len(payloads) > limits.max_input_backlog:
                 self.add(
-                    f"$.backlog.{input_type}",
+                    f"$.backlog{key_step(input_type)}",
                     f"{len(payloads)} queued inputs is over limits.max_input_backlog="
                     f"{limits.max_input_backlog}",
                 )
@@ -602,12 +602,12 @@ class _Checker:
         for source, values in state["collected"].items():
             if source not in node.collect:
                 self.add(
-                    f"{where}.collected.{source}",
+                    f"{where}.collected{key_step(source)}",
                     f"map node {node.id!r} does not collect {source!r}",
                 )
             elif len(values) != total:
                 self.add(
-                    f"{where}.collected.{source}",
+                    f"{where}.collected{key_step(source)}",
                     f"{len(values)} values collected for {total} items; one per item",
                 )
         listed: set[int] = set()
