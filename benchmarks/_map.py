@@ -42,9 +42,9 @@ Figures = dict[str, float | None]
 Sampler = Callable[[], Coroutine[Any, Any, int]]
 
 
-def map_pipeline(reg: stageflow.StageRegistry, items: int, concurrency: int) -> stageflow.Pipeline:
+def map_document(items: int, concurrency: int) -> dict[str, Any]:
     """A map of ``Inc`` over ``items``, collecting each item's ``n``, then a terminal."""
-    document = {
+    return {
         "api_version": "1.0",
         "entry": "each",
         # One step for the map, one per item, one for the terminal.
@@ -70,7 +70,11 @@ def map_pipeline(reg: stageflow.StageRegistry, items: int, concurrency: int) -> 
             {"id": "end", "type": "terminal", "artifacts": ["outs"]},
         ],
     }
-    return stageflow.Pipeline.from_dict(document, registry=reg)
+
+
+def map_pipeline(reg: stageflow.StageRegistry, items: int, concurrency: int) -> stageflow.Pipeline:
+    """:func:`map_document` as a pipeline of ``reg``."""
+    return stageflow.Pipeline.from_dict(map_document(items, concurrency), registry=reg)
 
 
 def _check(result: stageflow.SessionResult, items: int) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from benchmarks._fanout_ab import load
-from benchmarks._map import plain_loop
+from benchmarks._map import map_document, plain_loop
 
 ITEMS = 10_000
 CONCURRENCY = (1, 8, 64)
@@ -40,32 +40,7 @@ def pipelines(sf: Any) -> tuple[Any, dict[int, Any]]:
         return {"n": ctx.arguments["n"] + 1}
 
     def mapped(concurrency: int) -> Any:
-        document = {
-            "api_version": "1.0",
-            "entry": "each",
-            "limits": {"max_steps": ITEMS + 10},
-            "nodes": [
-                {
-                    "id": "each",
-                    "type": "map",
-                    "items": "items",
-                    "body": "inc",
-                    "item_path": "n",
-                    "concurrency": concurrency,
-                    "collect": {"out": "outs"},
-                    "next": "end",
-                },
-                {
-                    "id": "inc",
-                    "type": "stage",
-                    "stage": "Inc",
-                    "arguments": {"n": "n"},
-                    "outputs": {"n": "out"},
-                },
-                {"id": "end", "type": "terminal", "artifacts": ["outs"]},
-            ],
-        }
-        return sf.Pipeline.from_dict(document, registry=reg)
+        return sf.Pipeline.from_dict(map_document(ITEMS, concurrency), registry=reg)
 
     return reg, {c: mapped(c) for c in CONCURRENCY}
 

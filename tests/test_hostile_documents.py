@@ -582,6 +582,32 @@ def test_the_paths_a_subpipeline_node_maps_from_are_context_paths_too(field: str
         assert said in caught.value.problems[0].message
 
 
+def refused_in_bounded_memory(load: str) -> str:
+    """What a subprocess with 2 GiB of address space prints after ``load`` (Python code).
+
+    ``"refused: LOCATION MESSAGE"`` for a ``PipelineValidationError``, else
+    ``"loaded"``; a regression that runs out of memory fails the subprocess,
+    not the machine running the tests.
+    """
+    code = textwrap.dedent(
+        """
+        import resource
+        import stageflow
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+        try:
+            {load}
+            print("loaded")
+        except stageflow.PipelineValidationError as exc:
+            print("refused:", exc.problems[0].location, exc.problems[0].message)
+        """
+    ).format(load=load)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def test_a_yaml_that_repeats_a_long_string_through_aliases_is_refused_at_once(
     tmp_path: Path,
 ) -> None:
@@ -605,56 +631,23 @@ def test_a_yaml_that_repeats_a_long_string_through_aliases_is_refused_at_once(
         ]
     )
     path.write_text(text)
-    code = textwrap.dedent(
-        f"""
-        import resource
-        import stageflow
-        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
-        try:
-            stageflow.Pipeline.load({str(path)!r})
-            print("loaded")
-        except stageflow.PipelineValidationError as exc:
-            print("refused:", exc.problems[0].location, exc.problems[0].message)
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("refused: $ "), done.stdout
-    assert "expands to more than 16,777,216 characters of text" in done.stdout
+    printed = refused_in_bounded_memory(f"stageflow.Pipeline.load({str(path)!r})")
+    assert printed.startswith("refused: $ "), printed
+    assert "expands to more than 16,777,216 characters of text" in printed
 
 
 def test_a_document_that_repeats_a_long_string_is_refused_at_it() -> None:
     # The same from Python: one string in a list many times is written out
-    # each time, so the document is held to the text a file may hold. In a
-    # subprocess with bounded memory: before the fix it loaded, and its
-    # digest ran out of memory.
-    code = textwrap.dedent(
-        """
-        import resource
-        import stageflow
-        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
-        document = {
-            "api_version": "1.0",
-            "entry": "end",
-            "nodes": [{"id": "end", "type": "terminal"}],
-            "metadata": {"many": ["y" * (1 << 20)] * 100_000},
-        }
-        try:
-            stageflow.Pipeline.from_dict(document)
-            print("loaded")
-        except stageflow.PipelineValidationError as exc:
-            print("refused:", exc.problems[0].location, exc.problems[0].message)
-        """
+    # each time, so the document is held to the text a file may hold. Before
+    # the fix it loaded, and its digest ran out of memory.
+    printed = refused_in_bounded_memory(
+        "stageflow.Pipeline.from_dict({'api_version': '1.0', 'entry': 'end', "
+        "'nodes': [{'id': 'end', 'type': 'terminal'}], "
+        "'metadata': {'many': ['y' * (1 << 20)] * 100_000}})"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("refused: $.metadata.many[1"), done.stdout
-    assert "more than 16,777,216 characters of text" in done.stdout
-    assert "keep long text out of the document" in done.stdout
+    assert printed.startswith("refused: $.metadata.many[1"), printed
+    assert "more than 16,777,216 characters of text" in printed
+    assert "keep long text out of the document" in printed
 
 
 def test_a_yaml_file_is_read_as_yaml_whatever_the_case_of_its_suffix(tmp_path: Path) -> None:
