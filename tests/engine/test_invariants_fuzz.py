@@ -62,6 +62,8 @@ import trio.testing
 from fakes import doc, stage
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import stageflow
 from stageflow._engine._positions import parked_calls
@@ -70,6 +72,10 @@ S = stageflow.SessionStatus
 FINAL = {"session_completed", "session_failed", "session_cancelled", "session_timed_out"}
 ENDS = {"node_finished", "node_failed", "node_cancelled"}
 BASE = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+# The meter of metered examples (plan["metered"]): what it measures is not
+# looked at, only that a metered session (whose snapshots keep when each wait
+# began) runs, suspends and restores as any other.
+METER = MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
 def _limits(plan: Mapping[str, Any]) -> stageflow.Limits:
@@ -367,6 +373,8 @@ class Lineage:
         self.session: stageflow.Session | None = None
         self.hooks: list[Callable[[stageflow.Session, stageflow.Event], None]] = []
         self.sending = 0  # sends in progress (their events come before their receipt)
+        # A metered session keeps when its waits began in its snapshots.
+        self.meter = METER if plan["metered"] else None
 
     def clock(self) -> datetime.datetime:
         return BASE + datetime.timedelta(seconds=anyio.current_time() - self.offset)
@@ -411,7 +419,9 @@ class Lineage:
 
     def restore(self, snapshot: dict[str, Any]) -> stageflow.Session:
         data = json.loads(json.dumps(snapshot))
-        return stageflow.Session.from_dict(data, pipeline=self.pipeline, clock=self.clock)
+        return stageflow.Session.from_dict(
+            data, pipeline=self.pipeline, clock=self.clock, meter_provider=self.meter
+        )
 
     async def drive(self, *, restore_each_suspend: bool = False) -> stageflow.SessionResult:
         assert self.session is not None
@@ -535,6 +545,7 @@ async def _examine(plan: dict[str, Any]) -> dict[str, Any]:
             validate_events=plan["validate"],
             seed=1,
             clock=lineage.clock,
+            meter_provider=lineage.meter,
         )
 
     # The reference, with a snapshot at a random event.
@@ -668,6 +679,7 @@ PLANS = st.fixed_dictionaries(
         "max_steps": st.sampled_from([None, None, None, 2, 5, 9]),
         "items": st.lists(st.integers(min_value=0, max_value=3), max_size=4),
         "live": st.booleans(),
+        "metered": st.booleans(),
         "answered_mask": st.integers(min_value=0, max_value=255),
         "snapshot_at": st.integers(min_value=1, max_value=60),
         "cancel_at": st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
@@ -701,6 +713,7 @@ def _answered(plan: dict[str, Any]) -> dict[str, Any]:
         "max_steps": 9,
         "items": [0, 0, 0],
         "live": False,
+        "metered": False,
         "answered_mask": 3,
         "snapshot_at": 1,
         "cancel_at": None,
