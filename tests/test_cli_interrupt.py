@@ -1,4 +1,4 @@
-"""Ctrl-C in ``stageflow run``: exit 130 and one line on stderr, in a real subprocess.
+"""Ctrl-C in ``stageflow run`` and ``stageflow worker``: exit 130, one line on stderr.
 
 On trio, the KeyboardInterrupt arrives wrapped in an exception group with the
 cancellations of the session's tasks; before the fix the CLI printed that
@@ -126,3 +126,77 @@ def test_ctrl_c_with_the_live_view_on_a_terminal_exits_130(command: list[str]) -
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1:] == ["stageflow: interrupted"], err
     assert "Traceback" not in err
+
+
+def _session_in_a_store(tmp_path: Path) -> tuple[str, str]:
+    """An SQLite store holding one pending session of PIPELINE; its URL and the session's id."""
+    import anyio
+
+    import stageflow
+    from stageflow.store import SessionService, open_store
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import blocking  # the STAGES module of the fixture
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("blocking", None)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+
+    async def start() -> str:
+        store = open_store(url)
+        await store.migrate()
+        service = SessionService(store, registry=blocking.registry)
+        pipeline = stageflow.Pipeline.from_dict(PIPELINE, registry=blocking.registry)
+        return await service.start(pipeline)
+
+    return url, anyio.run(start)
+
+
+def test_ctrl_c_stops_the_worker_with_130_and_one_line(command: list[str], tmp_path: Path) -> None:
+    """Ctrl-C in ``stageflow worker`` mid-turn: 130, its statistics, and the session kept."""
+    import anyio
+
+    from stageflow.store import open_store
+
+    url, session_id = _session_in_a_store(tmp_path)
+    proc = subprocess.Popen(
+        [
+            command[0],
+            "worker",
+            "--store",
+            url,
+            "--stages",
+            str(tmp_path / "blocking.py"),
+            "--no-plugins",
+            "--shutdown-grace",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_by_default,
+    )
+    try:
+        assert proc.stderr is not None
+        # The turn's two branches are blocked: then interrupt.
+        assert proc.stderr.readline() == "ready\n"
+        assert proc.stderr.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1:] == ["stageflow: interrupted"], err
+    assert "Traceback" not in err
+    assert json.loads(out)["claimed"] == 1
+
+    async def stored() -> tuple[str, dict[str, object]]:
+        store = open_store(url, create=False)
+        return (await store.get(session_id)).status, await store.load(session_id)
+
+    # The abandoned turn saved nothing: the session is as it was stored, for another worker.
+    status, snapshot = anyio.run(stored)
+    assert status == "pending"
+    assert snapshot["status"] == "pending"

@@ -504,3 +504,34 @@ def test_run_with_virtual_time_passes_a_day_of_sleep_at_once(
 def test_run_help_offers_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
     main(["run", "--help"])
     assert "--virtual-time" in capsys.readouterr().out
+
+
+EXIT_MODULE = """
+    import sys
+
+    import stageflow
+
+    registry = stageflow.StageRegistry()
+
+
+    @registry.register("Exit")
+    async def leave(ctx):
+        sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("in_a_branch", [False, True], ids=["alone", "in a branch"])
+def test_a_stage_that_calls_sys_exit_ends_the_command_with_its_code(
+    tmp_path: Path, in_a_branch: bool
+) -> None:
+    # On trio the SystemExit came out in exception groups (the branch's task
+    # group, the CLI's own): a traceback of the groups, and exit code 1.
+    stages = write(tmp_path, "exit_stages.py", textwrap.dedent(EXIT_MODULE))
+    nodes = [stage("a", "Exit", next="end")]
+    if in_a_branch:
+        nodes = [parallel("fan", ["a", "b"], next="end"), stage("a", "Exit"), stage("b", "Exit")]
+    pipeline = write(tmp_path, "exits.json", json.dumps(doc([*nodes, terminal()])))
+    with pytest.raises(SystemExit) as raised:
+        main(["run", pipeline, "--stages", stages, "--no-plugins", "--no-live"])
+    assert type(raised.value) is SystemExit
+    assert raised.value.code == 3

@@ -22,7 +22,7 @@ from stageflow._cli._registry import STAGES_HINT, UNREGISTERED
 from stageflow._cli._run import add_run_parser
 from stageflow._cli._store import add_store_parsers
 from stageflow._cli._ui import add_ui_parser
-from stageflow._engine._backend import is_interrupt
+from stageflow._engine._backend import exit_request, is_interrupt
 from stageflow._errors import PipelineValidationError, StageflowError
 
 __all__ = ["build_parser", "main"]
@@ -163,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C, also when trio delivers it in a group with the cancellations
         # of the other tasks; anything else goes on up.
         if not is_interrupt(exc):
+            # A stage's sys.exit() ends the program as it asks, without the
+            # task groups' traceback around it.
+            exiting = exit_request(exc)
+            if exiting is not None and exiting is not exc:
+                raise exiting from None
             raise
         io.warn("interrupted")
         return ExitCode.INTERRUPTED

@@ -125,7 +125,7 @@ def add_store_parsers(subparsers: Any) -> None:
             "(fenced by its lease). SIGTERM or Ctrl-C stops claiming and waits up to "
             "--shutdown-grace seconds for the turns in flight; a second signal abandons them "
             "(their leases expire and another worker runs them again). Prints the worker's "
-            "statistics as JSON when it stops."
+            "statistics as JSON when it stops, and exits 0 after SIGTERM, 130 after Ctrl-C."
         ),
         epilog=exit_codes_epilog(_WORKER_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -286,9 +286,11 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
             async def on_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     task_status.started()
-                    async for _ in signals:
+                    async for signum in signals:
                         if worker.stopping:
                             tg.cancel_scope.cancel()  # a second signal: abandon the turns
+                        if signum == signal.SIGINT:
+                            interrupted.append(signum)
                         worker.shutdown()
 
             # The signals are taken before the first claim: a SIGTERM from then
@@ -300,7 +302,11 @@ def worker_command(args: argparse.Namespace, io: Streams) -> int:
 
     if not args.store.startswith("postgres"):
         options = {}
+    interrupted: list[int] = []  # Ctrl-C stopped it (SIGTERM is the ordinary stop)
     io.print(dump_json(_run_with_store(args, body, create=True, **options)))
+    if interrupted:
+        io.warn("interrupted")
+        return ExitCode.INTERRUPTED
     return 0
 
 

@@ -94,17 +94,25 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
     else:
         io.warn(f"inspector on {args.host}, on a free port: the 'Running on' line names it")
     failed: list[OSError] = []
+    interrupted = False
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             stop = anyio.Event()
 
-            async def on_signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-                    async for _ in signals:
+            async def on_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                # Ctrl-C is taken here too: as a KeyboardInterrupt it went into
+                # the server, which took it for a stop and returned (exit 0).
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    task_status.started()
+                    async for signum in signals:
+                        if stop.is_set():
+                            tg.cancel_scope.cancel()  # a second signal: stop waiting
+                        interrupted = interrupted or signum == signal.SIGINT
                         stop.set()
 
-            tg.start_soon(on_signals)
+            await tg.start(on_signals)
             try:
                 await ui.serve(app, args.host, args.port, shutdown_trigger=stop.wait)
             except* OSError as group:  # the address cannot be bound (before anything served)
@@ -114,6 +122,9 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
     anyio.run(main, backend="trio")
     if failed:  # taken between the check and the server's own bind
         raise _cannot_listen(args.host, args.port, failed[0])
+    if interrupted:
+        io.warn("interrupted")
+        return ExitCode.INTERRUPTED
     return ExitCode.OK
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "cancel_flags",
     "current_backend",
     "in_trio_run",
+    "exit_request",
     "is_cancellation",
     "is_interrupt",
     "is_stray_cancellation",
@@ -383,6 +384,21 @@ def is_interrupt(exc: BaseException) -> bool:
         isinstance(leaf, KeyboardInterrupt | trio.Cancelled | asyncio.CancelledError)
         for leaf in leaves
     )
+
+
+def exit_request(exc: BaseException) -> SystemExit | None:
+    """The ``SystemExit`` in ``exc`` when it is one, alone or grouped with cancellations.
+
+    A stage that calls ``sys.exit()`` while tasks run (on trio always) has it
+    arrive in an exception group, with the cancellations of the other tasks.
+    """
+    leaves = list(_leaves(exc))
+    exits = [leaf for leaf in leaves if isinstance(leaf, SystemExit)]
+    if exits and all(
+        isinstance(leaf, SystemExit | trio.Cancelled | asyncio.CancelledError) for leaf in leaves
+    ):
+        return exits[0]
+    return None
 
 
 def in_trio_run() -> bool:

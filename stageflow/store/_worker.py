@@ -29,7 +29,7 @@ import sniffio
 import structlog
 from opentelemetry import context as otel_context
 
-from stageflow._engine._backend import is_cancellation, is_interrupt
+from stageflow._engine._backend import deciding_leaf, is_cancellation, is_interrupt
 from stageflow._errors import InputRejectedError, SessionStateError
 from stageflow._model import is_count, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
@@ -414,8 +414,11 @@ class Worker:
                     # cancellation (of this turn or of the worker) go on up.
                     if is_interrupt(exc) or _cancelled(exc, turn.scope):
                         raise
-                    log.warning("worker.turn_failed", error=repr(exc), exc_info=exc)
-                    await self._release(lease, f"{type(exc).__name__}: {exc}")
+                    # Raised in a branch or a map item, it comes in the task
+                    # groups' exception groups: the error names what ended them.
+                    leaf = deciding_leaf(exc, anyio.get_cancelled_exc_class())
+                    log.warning("worker.turn_failed", error=repr(leaf), exc_info=exc)
+                    await self._release(lease, f"{type(leaf).__name__}: {leaf}")
                     return
                 self._counts["saved" if saved else "fenced"] += 1
                 if not saved:

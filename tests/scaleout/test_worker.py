@@ -777,31 +777,35 @@ class Raises(stageflow.BaseStage):
         raise asyncio.CancelledError()
 
 
+@pytest.mark.parametrize("in_a_branch", [False, True], ids=["alone", "in a branch"])
 @pytest.mark.parametrize("raised", ["SystemExit", "CancelledError"])
 async def test_a_stage_that_raises_a_base_exception_fails_its_turn_not_the_worker(
-    make_store: Callable[..., Any], raised: str, anyio_backend: str
+    make_store: Callable[..., Any], raised: str, in_a_branch: bool, anyio_backend: str
 ) -> None:
     # It went up into the worker's task group: on trio the worker died, on
     # asyncio a stray CancelledError ended run() as if it had been shut down;
-    # no other session ran again.
+    # no other session ran again. In a parallel node's branch on trio the
+    # SystemExit came in an exception group, and the stored error said
+    # "BaseExceptionGroup: Exceptions from Trio nursery (1 sub-exception)".
+    if in_a_branch and raised == "SystemExit" and anyio_backend == "asyncio":
+        pytest.skip("asyncio stops its event loop on a SystemExit raised in a task")
     local = stageflow.StageRegistry()
     local.register("Collect")(registry.get("Collect").target)
     local.register("Raises")(Raises)
+    boom = {"id": "boom", "type": "stage", "stage": "Raises", "config": {"raise": raised}}
+    nodes: list[dict[str, Any]] = [{**boom, "next": "end"}]
+    if in_a_branch:
+        nodes = [
+            {"id": "fan", "type": "parallel", "children": ["boom", "idle"], "next": "end"},
+            boom,
+            {"id": "idle", "type": "stage", "stage": "WaitStage", "config": {"input": "never"}},
+        ]
     broken = stageflow.Pipeline.from_dict(
         {
             "api_version": "1.0",
-            "entry": "boom",
+            "entry": nodes[0]["id"],
             "metadata": {"name": "broken"},
-            "nodes": [
-                {
-                    "id": "boom",
-                    "type": "stage",
-                    "stage": "Raises",
-                    "config": {"raise": raised},
-                    "next": "end",
-                },
-                {"id": "end", "type": "terminal"},
-            ],
+            "nodes": [*nodes, {"id": "end", "type": "terminal"}],
         },
         registry=local,
     )

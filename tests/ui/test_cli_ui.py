@@ -288,6 +288,43 @@ def test_serves_snapshots_on_127_0_0_1_until_sigterm(ui_data: Path) -> None:
     assert err.count(f"Running on http://127.0.0.1:{port}") == 1, err
 
 
+def _sigint_by_default() -> None:
+    # A test run started in the background ignores SIGINT, and an ignored
+    # signal stays ignored across exec (see tests/test_cli_interrupt.py).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_stops_the_inspector_with_130_and_one_line(ui_data: Path) -> None:
+    # The server took Ctrl-C's KeyboardInterrupt for a stop and returned: exit 0, no word.
+    env = {**os.environ, "STAGEFLOW_STORE": ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stageflow", "ui", str(ui_data / "snaps"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=_sigint_by_default,
+    )
+    try:
+        assert process.stderr is not None
+        seen = []
+        while not seen or "Running on http" not in seen[-1]:
+            seen.append(process.stderr.readline())
+            assert seen[-1], seen  # it ended before serving
+        # Served a page: past the "Running on" line, Ctrl-C reaches the serving server.
+        port = seen[-1].split("Running on http://127.0.0.1:")[1].split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/sessions", timeout=30) as r:
+            assert r.status == 200
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["stageflow: interrupted"], err
+
+
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_serve_runs_the_app_under_trio_and_asyncio(ui_data: Path, backend: str) -> None:
     import anyio
