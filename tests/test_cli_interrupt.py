@@ -7,6 +7,7 @@ group's traceback and exited 1.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pty
@@ -135,12 +136,12 @@ def _session_in_a_store(tmp_path: Path) -> tuple[str, str]:
     import stageflow
     from stageflow.store import SessionService, open_store
 
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import blocking  # the STAGES module of the fixture
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("blocking", None)
+    # The STAGES module of the fixture, read from its file.
+    spec = importlib.util.spec_from_file_location("blocking", tmp_path / "blocking.py")
+    assert spec is not None
+    assert spec.loader is not None
+    blocking = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blocking)
     url = f"sqlite:///{tmp_path / 'store.db'}"
 
     async def start() -> str:
