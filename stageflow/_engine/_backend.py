@@ -53,6 +53,7 @@ __all__ = [
     "is_interrupt",
     "is_stray_cancellation",
     "loop_handles",
+    "stage_failure",
     "loop_handles_if_any",
     "run_in_virtual_time",
     "to_its_end",
@@ -357,6 +358,30 @@ def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:
         return True
     task = asyncio.current_task()
     return task is not None and not task.cancelling()
+
+
+def stage_failure(exc: BaseException, backend: Backend) -> BaseException | None:
+    """What of a ``BaseException`` a stage raised is its own failure, or ``None`` if nothing.
+
+    A ``CancelledError`` no cancellation caused (:func:`is_stray_cancellation`)
+    is; and of an exception group holding both cancellations and errors (a
+    task of the stage's own that raised as it was cancelled, say in its
+    cleanup; trio groups them), the errors: the stage failed, as on asyncio,
+    whose task groups leave the cancellations out. One error is given as it
+    is, several as the group of them. ``None`` for a cancellation, a
+    ``KeyboardInterrupt`` or another ``BaseException``.
+    """
+    if is_stray_cancellation(exc, backend):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled = backend.cancelled
+        leaves = list(_leaves(exc))
+        errors = [leaf for leaf in leaves if isinstance(leaf, Exception)]
+        if errors and all(isinstance(leaf, Exception | cancelled) for leaf in leaves):
+            if len(errors) == 1:
+                return errors[0]
+            return exc.split(Exception)[0]
+    return None
 
 
 def deciding_leaf(exc: BaseException, cancelled: type[BaseException]) -> BaseException:

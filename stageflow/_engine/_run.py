@@ -39,8 +39,8 @@ from stageflow._engine._backend import (
     current_backend,
     deciding_leaf,
     is_cancellation,
-    is_stray_cancellation,
     loop_handles,
+    stage_failure,
 )
 from stageflow._engine._frames import (
     MAP_ITEM,
@@ -1256,8 +1256,9 @@ class Run:
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                         except BaseException as exc:  # looked at and re-raised (see run)
-                            if is_stray_cancellation(exc, backend):
-                                raise StageExecutor.failure(node, 1, 1, exc) from exc
+                            failed = stage_failure(exc, backend)
+                            if failed is not None:
+                                raise StageExecutor.failure(node, 1, 1, failed) from failed
                             raise
                 except Exception as exc:
                     error = exc
@@ -1778,8 +1779,9 @@ class Run:
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                         except BaseException as exc:  # looked at and re-raised (see run)
-                            if is_stray_cancellation(exc, backend):
-                                raise StageExecutor.failure(node, 1, 1, exc) from exc
+                            failed = stage_failure(exc, backend)
+                            if failed is not None:
+                                raise StageExecutor.failure(node, 1, 1, failed) from failed
                             raise
                     except Exception as exc:
                         history.record(

@@ -24,6 +24,7 @@ from stageflow._engine._backend import (
     deciding_leaf,
     is_cancellation,
     is_stray_cancellation,
+    stage_failure,
     to_its_end,
 )
 from stageflow._engine._contracts import check_contract
@@ -131,8 +132,9 @@ class StageExecutor:
                     # attempt; the original is the cause.
                     raise self.failure(node, attempt, policy.attempts, exc) from exc
                 except BaseException as exc:  # looked at and re-raised: a cancellation
-                    if is_stray_cancellation(exc, kernel.backend):
-                        raise self.failure(node, attempt, policy.attempts, exc) from exc
+                    failed = stage_failure(exc, kernel.backend)
+                    if failed is not None:
+                        raise self.failure(node, attempt, policy.attempts, failed) from failed
                     if is_cancellation(exc, kernel.backend.cancelled):
                         outcome = kernel.stop_outcome
                     elif isinstance(

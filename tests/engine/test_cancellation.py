@@ -399,3 +399,83 @@ async def test_a_task_cancel_while_suspending_is_not_lost() -> None:
     assert task.cancelled()
     assert session.status is stageflow.SessionStatus.WAITING
     assert session.to_dict()["status"] == "waiting"
+
+
+def _messy_registry(started: Any) -> stageflow.StageRegistry:
+    """``Messy``: a task of its own that raises ``ValueError`` as it is cancelled."""
+    registry = fake_registry()
+
+    @registry.register("Messy")
+    async def messy(ctx: stageflow.StageContext) -> None:
+        import trio
+
+        async def child() -> None:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                raise ValueError("cleanup failed") from None
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+            started.set()
+            await trio.sleep_forever()
+
+    return registry
+
+
+_MESSY_PLACES = {
+    "alone": [stage("a", "Messy", next="end"), terminal("end")],
+    "retried": [{**stage("a", "Messy", next="end"), "retry": {"attempts": 2}}, terminal("end")],
+    "map item": [
+        {"id": "m", "type": "map", "items": "items", "body": "a", "next": "end"},
+        stage("a", "Messy"),
+        terminal("end"),
+    ],
+}
+
+
+@pytest.mark.trio_only
+@pytest.mark.parametrize("place", list(_MESSY_PLACES))
+@pytest.mark.parametrize("how", ["session.cancel()", "an outer scope"])
+async def test_a_stage_that_fails_as_it_is_cancelled_fails_its_node(
+    place: str, how: str, autojump_clock: Any
+) -> None:
+    # On trio its error came out grouped with the cancellation: run() raised
+    # an exception group, and the session ended failed with "internal error"
+    # (or blamed the stage for a BaseException). On asyncio the stage's task
+    # group leaves the cancellation out: a failure of the stage, as now here.
+    import trio
+
+    started = trio.Event()
+    registry = _messy_registry(started)
+    pipeline = load(doc(_MESSY_PLACES[place]), registry)
+    session = stageflow.Session(pipeline, registry=registry, payload={"items": [1]})
+    results: list[stageflow.SessionResult] = []
+    with trio.CancelScope() as outer:
+
+        async def run() -> None:
+            results.append(await session.run())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await started.wait()
+            if how == "session.cancel()":
+                session.cancel("stop")
+            else:
+                outer.cancel()
+    # The attempt's failure, in node_failed (or node_retrying: a retry
+    # policy takes it as any failure, and the retry's delay is cancelled).
+    ended = "node_retrying" if place == "retried" else "node_failed"
+    failed = [e for e in session.history if e.type == ended and e.node_id == "a"]
+    assert [e.payload["error"]["type"] for e in failed] == ["StageError"]
+    assert "ValueError: cleanup failed" in failed[0].payload["error"]["message"]
+    outcome = session.to_dict()["outcome"]
+    assert "internal error" not in str(outcome)
+    if how == "session.cancel()":
+        [result] = results
+        assert result.status is stageflow.SessionStatus.CANCELLED
+    elif place == "retried":  # the retry's delay took the cancellation: it went up
+        assert (results, session.status) == ([], stageflow.SessionStatus.CANCELLED)
+    else:  # the error went up through the cancelled scope, as trio lets it
+        assert session.status is stageflow.SessionStatus.FAILED
+        assert "ValueError: cleanup failed" in outcome["error"]["message"]
