@@ -33,6 +33,7 @@ from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
+import outcome
 import sniffio
 import trio
 import trio.testing
@@ -45,6 +46,7 @@ __all__ = [
     "TrioWake",
     "NO_FLAGS",
     "call_soon_from_thread",
+    "call_from_thread",
     "cancel_flags",
     "current_backend",
     "in_trio_run",
@@ -281,6 +283,38 @@ def call_soon_from_thread(
     except RuntimeError:  # trio's RunFinishedError, asyncio's "Event loop is closed"
         return False
     return True
+
+
+def call_from_thread(
+    token: anyio.lowlevel.EventLoopToken, function: Callable[..., _T], *args: Any
+) -> _T:
+    """From another thread, have the event loop of ``token`` call ``function(*args)``; wait for it.
+
+    As ``anyio.from_thread.run_sync``, also from a thread that runs a trio
+    loop of its own (blocked meanwhile), which trio refuses to block with
+    "this is a blocking function; call it from a thread" (a reader of an
+    ``events()`` stream there; from an asyncio loop anyio blocks it).
+    Returns or raises what ``function`` did.
+
+    Raises:
+        anyio.RunFinishedError: that loop has finished.
+    """
+    if not (
+        isinstance(token.native_token, trio.lowlevel.TrioToken) and trio.lowlevel.in_trio_run()
+    ):
+        return anyio.from_thread.run_sync(function, *args, token=token)
+    done = threading.Event()
+    called: list[outcome.Outcome[_T]] = []
+
+    def call() -> None:
+        called.append(outcome.capture(function, *args))  # never raises in the loop
+        done.set()
+
+    if not call_soon_from_thread(token, call):
+        raise anyio.RunFinishedError
+    # trio calls whatever run_sync_soon took before its run ends.
+    done.wait()
+    return called[0].unwrap()
 
 
 async def to_its_end(
