@@ -11,6 +11,7 @@ import attrs
 import stageflow
 from stageflow._cli._graph import Graph, build_graph, build_invalid_graph
 from stageflow._cli._registry import read_document, structural_registry
+from stageflow._guard import is_document_path
 from stageflow.ui._drawing import drawn_kind
 from stageflow.ui._errors import InspectorError
 
@@ -22,8 +23,6 @@ __all__ = [
     "load_coverage",
     "read_pipeline_file",
 ]
-
-_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 @attrs.frozen
@@ -70,9 +69,7 @@ def list_pipeline_files(directory: Path | None) -> list[str]:
     """The pipeline file names of ``directory`` (JSON and YAML), sorted."""
     if directory is None or not directory.is_dir():
         return []
-    return sorted(
-        p.name for p in directory.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file()
-    )
+    return sorted(p.name for p in directory.iterdir() if is_document_path(p) and p.is_file())
 
 
 def read_pipeline_file(
