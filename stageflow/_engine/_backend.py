@@ -33,7 +33,6 @@ from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
-import outcome
 import sniffio
 import trio
 import trio.testing
@@ -304,17 +303,24 @@ def call_from_thread(
     ):
         return anyio.from_thread.run_sync(function, *args, token=token)
     done = threading.Event()
-    called: list[outcome.Outcome[_T]] = []
+    returned: list[_T] = []
+    raised: list[BaseException] = []
 
     def call() -> None:
-        called.append(outcome.capture(function, *args))  # never raises in the loop
-        done.set()
+        try:
+            returned.append(function(*args))
+        except BaseException as exc:  # raised in the caller's thread, not in the loop
+            raised.append(exc)
+        finally:
+            done.set()
 
     if not call_soon_from_thread(token, call):
         raise anyio.RunFinishedError
     # trio calls whatever run_sync_soon took before its run ends.
     done.wait()
-    return called[0].unwrap()
+    if raised:
+        raise raised[0]
+    return returned[0]
 
 
 async def to_its_end(
