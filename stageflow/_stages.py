@@ -313,8 +313,8 @@ def engine_context(
     ``session_id + origin + "/" + node_id + "." + visit``, both made when
     read. Built without ``__init__``: a keyword call of eleven arguments cost
     several times the slot stores ("sequential stage node" benchmark row).
-    The engine's map items of a one-node body (``Run.run_items``) write these
-    stores out: keep the two alike.
+    The engine's tight paths (``Run.run_path``, ``Run.run_items``) call it:
+    no other module writes a context's private slots.
     """
     ctx: StageContext = _new(StageContext)
     ctx.arguments = arguments

@@ -1734,24 +1734,21 @@ class Run:
                         work.timer = None
                         work.frame = frame
                         frame.work = work
-                        # engine_context(view, EMPTY_MAPPING, session_id, body,
-                        # path, stage, 1, work, spec, origin, 1) written out:
-                        # a call less per item ("map item" row). Keep them alike.
-                        ctx = _new(StageContext)
-                        ctx.arguments = view
-                        ctx.config = EMPTY_MAPPING
-                        ctx.session_id = session_id
-                        ctx.node_id = body
-                        ctx._node_path = None
-                        ctx._parent = path
-                        ctx.stage = stage
-                        ctx.attempt = 1
-                        ctx.spec = spec
-                        ctx._key = None
-                        ctx._origin = origin
-                        ctx._visit = 1
-                        ctx._runtime = work
-                        ctx._log = None
+                        # The context is engine_context's (its slots are
+                        # _stages.py's), as on run_path's tight path.
+                        ctx = engine_context(
+                            view,
+                            EMPTY_MAPPING,
+                            session_id,
+                            body,
+                            path,
+                            stage,
+                            1,
+                            work,
+                            spec,
+                            origin,
+                            1,
+                        )
                         try:
                             function = entry.function
                             if function is None:
