@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import graphlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final
@@ -721,38 +720,98 @@ def _check_condition_loops(
 
     As with a condition leading back to itself (:func:`_check_self_edges`),
     nothing runs on the way around to change what the rules read: once the
-    way around is taken, it is taken again and again. Each loop found is
-    reported once, at its node that comes first in the document; its nodes
-    are then left out of the search for more.
+    way around is taken, it is taken again and again. Each group of
+    condition nodes that lead to one another is reported once, at its node
+    that comes first in the document, with the shortest way around from
+    it; in time linear in the conditions and their edges (a document of
+    thousands of such loops must not take minutes to refuse).
     """
-    before: dict[str, set[str]] = {}  # condition id -> the conditions leading to it
+    after: dict[str, list[str]] = {}  # condition id -> the conditions it leads to, in order
     for node in nodes:
         if isinstance(node, ConditionNode) and index.get(node.id) is node:
-            before.setdefault(node.id, set())
-            for edge in edges(node):
-                if edge.target != node.id and isinstance(index.get(edge.target), ConditionNode):
-                    before.setdefault(edge.target, set()).add(node.id)
-    while True:
-        try:
-            graphlib.TopologicalSorter(before).prepare()
-            return
-        except graphlib.CycleError as found:
-            # Each node of the list leads to the next; the last is the first again.
-            cycle: list[str] = found.args[1][:-1]
-        start = min(range(len(cycle)), key=lambda k: where[cycle[k]])
-        cycle = cycle[start:] + cycle[:start]
-        shown = " -> ".join(repr(node_id) for node_id in [*cycle, cycle[0]])
+            after[node.id] = [
+                edge.target
+                for edge in edges(node)
+                if edge.target != node.id and isinstance(index.get(edge.target), ConditionNode)
+            ]
+    firsts = [min(group, key=where.__getitem__) for group in _loops(after) if len(group) > 1]
+    for first in sorted(firsts, key=where.__getitem__):
+        cycle = _way_around(first, after)
+        shown = " -> ".join(repr(node_id) for node_id in [*cycle, first])
         yield Problem(
-            f"$.nodes[{where[cycle[0]]}]",
+            f"$.nodes[{where[first]}]",
             f"condition nodes lead around in a loop ({shown}): nothing runs on the way "
             "around to change what their rules read, so once it is taken it is taken again "
             "and again, until limits.max_steps; point one of them at a node that should run "
             "next (in a loop, one that changes what the rules read)",
         )
-        for node_id in cycle:  # reported: look for the next loop without it
-            del before[node_id]
-            for leading in before.values():
-                leading.discard(node_id)
+
+
+def _loops(after: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """The groups of ids of ``after`` that lead to one another (its strongly connected parts).
+
+    Tarjan's walk, with a stack of its own instead of recursion.
+    """
+    order: dict[str, int] = {}  # id -> when the walk reached it
+    low: dict[str, int] = {}  # id -> the earliest id on the stack it leads back to
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+    for root in after:
+        if root in order:
+            continue
+        order[root] = low[root] = len(order)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, 0)]  # (id, how many of its edges are followed)
+        while work:
+            node_id, followed = work[-1]
+            targets = after[node_id]
+            if followed < len(targets):
+                work[-1] = (node_id, followed + 1)
+                target = targets[followed]
+                if target not in order:
+                    order[target] = low[target] = len(order)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node_id] = min(low[node_id], order[target])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node_id])
+            if low[node_id] == order[node_id]:
+                group: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node_id:
+                        break
+                groups.append(group)
+    return groups
+
+
+def _way_around(first: str, after: Mapping[str, Sequence[str]]) -> list[str]:
+    """The shortest way from ``first`` back to it along ``after``: its ids, ``first`` first.
+
+    Edges are followed in document order; ``first`` lies on a loop.
+    """
+    came: dict[str, str] = {}  # id -> the id it was reached from
+    reached = [first]
+    for node_id in reached:  # grows as it is read: breadth first
+        for target in after[node_id]:
+            if target == first:
+                way = [node_id]
+                while way[-1] != first:
+                    way.append(came[way[-1]])
+                return way[::-1]
+            if target not in came:
+                came[target] = node_id
+                reached.append(target)
+    raise AssertionError(f"{first!r} lies on no loop")
 
 
 def _check_config_rules(i: int, node: StageNode, schema: Mapping[str, Any]) -> Iterator[Problem]:

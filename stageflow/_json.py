@@ -293,7 +293,8 @@ def _walk(value: Any, where: str, max_depth: int, max_chars: int) -> NonJson | N
     ``max_chars`` characters.
     """
     # (location, item, depth, values and characters counted when entered);
-    # location None marks leaving a container.
+    # location None marks leaving a container, or with a NonJson a key's
+    # problem found when its object was entered.
     stack: list[tuple[str | None, Any, int, int, int]] = [(where, value, 0, 0, 0)]
     inside: set[int] = set()  # ids of the containers on the current path
     # id -> (the container, the depth it was found plain at, its size as JSON
@@ -306,6 +307,8 @@ def _walk(value: Any, where: str, max_depth: int, max_chars: int) -> NonJson | N
     while stack:
         loc, item, depth, entered, entered_chars = stack.pop()
         if loc is None:
+            if type(item) is NonJson:  # a key's problem, after the values before it
+                return item
             inside.discard(id(item))
             if counted - entered >= _KEPT_SIZE:
                 plain[id(item)] = (item, depth, counted - entered, chars - entered_chars)
@@ -349,19 +352,32 @@ def _walk(value: Any, where: str, max_depth: int, max_chars: int) -> NonJson | N
         inside.add(id(item))
         stack.append((None, item, depth, counted - 1, chars))
         if isinstance(item, dict):
-            for key in item:
+            bad: NonJson | None = None
+            for at, key in enumerate(item):
                 if not isinstance(key, str):
-                    return NonJson(f"{loc} key {key!r}", key, "object keys must be strings")
-                why = _surrogate(key)
-                if why is not None:
-                    return NonJson(f"{loc} key {key!r}", key, why)
-                chars += len(key)
-                if chars > max_chars:
-                    return NonJson(f"{loc} key", key, too_much_text(max_chars))
-            # Pushed last first, so that the first problem in document order is found.
-            stack.extend(
-                (loc + key_step(key), sub, depth + 1, 0, 0) for key, sub in reversed(item.items())
-            )
+                    bad = NonJson(f"{loc} key {key!r}", key, "object keys must be strings")
+                else:
+                    why = _surrogate(key)
+                    chars += len(key)
+                    if why is not None:
+                        bad = NonJson(f"{loc} key {key!r}", key, why)
+                    elif chars > max_chars:
+                        bad = NonJson(f"{loc} key", key, too_much_text(max_chars))
+                if bad is not None:
+                    # Named once the values before the key are walked: one of
+                    # them may hold a problem that comes first.
+                    stack.append((None, bad, 0, 0, 0))
+                    stack.extend(
+                        (loc + key_step(key), sub, depth + 1, 0, 0)
+                        for key, sub in reversed(list(item.items())[:at])
+                    )
+                    break
+            else:
+                # Pushed last first, so that the first problem in document order is found.
+                stack.extend(
+                    (loc + key_step(key), sub, depth + 1, 0, 0)
+                    for key, sub in reversed(item.items())
+                )
         else:
             stack.extend(
                 (f"{loc}[{i}]", item[i], depth + 1, 0, 0) for i in range(len(item) - 1, -1, -1)

@@ -127,7 +127,7 @@ def is_seconds(value: object, *, zero: bool) -> bool:
     """
     if type(value) is int:
         return value <= _LARGEST_FLOAT and (value >= 0 if zero else value > 0)
-    if type(value) is float:
+    if isinstance(value, float):  # a subclass too (numpy's float64)
         return math.isfinite(value) and (value >= 0 if zero else value > 0)
     return False
 

@@ -13,15 +13,18 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from functools import partial
 from types import MappingProxyType
 from typing import Any, Final, cast
 
-import anyio.from_thread
+import anyio
 import anyio.lowlevel
 from opentelemetry import metrics, trace
 
-from stageflow._engine._backend import call_soon_from_thread, loop_handles_if_any
+from stageflow._engine._backend import (
+    call_from_thread,
+    call_soon_from_thread,
+    loop_handles_if_any,
+)
 from stageflow._engine._inputs import InputReceipt
 from stageflow._engine._node_inputs import node_entry
 from stageflow._engine._positions import awaited, parked_calls, parked_waits
@@ -504,7 +507,7 @@ class Session:
             loop = self._streams_loop_elsewhere()
             if loop is not None:
                 try:
-                    return anyio.from_thread.run_sync(self.send_input, type, payload, token=loop)
+                    return call_from_thread(loop, self.send_input, type, payload)
                 except anyio.RunFinishedError:
                     pass  # that loop has ended, and its readers with it: none to wake
         saved = state.saved if state.status is SessionStatus.WAITING and state.run is None else None
@@ -539,7 +542,7 @@ class Session:
                 "needs a running session (use send_input before run())"
             )
         try:
-            return anyio.from_thread.run_sync(self.send_input, type, payload, token=token)
+            return call_from_thread(token, self.send_input, type, payload)
         except anyio.RunFinishedError:
             # The run ended, and its event loop with it, since the check above.
             raise SessionStateError(
@@ -587,7 +590,7 @@ class Session:
         loop = self._streams_loop_elsewhere() if run is None else None
         if loop is not None:
             try:
-                anyio.from_thread.run_sync(self.cancel, reason, token=loop)
+                call_from_thread(loop, self.cancel, reason)
             except anyio.RunFinishedError:
                 pass  # that loop has ended, and its readers with it: none to wake
             else:
@@ -676,7 +679,9 @@ class Session:
                 :meth:`subscribe`), or a count ``n`` (the newest ``n``).
 
         From another thread than the one a run's event loop runs in, the
-        snapshot is taken on that loop, and this waits for it.
+        snapshot is taken on that loop, and this waits for it (in a thread
+        that runs an event loop of its own, trio or asyncio, that loop waits
+        too).
 
         Raises:
             SnapshotError: ``history`` is none of these.
@@ -687,7 +692,7 @@ class Session:
             # The run's state belongs to its event loop: read from here, the
             # clock of a live snapshot raised anyio's NoEventLoopError.
             try:
-                return anyio.from_thread.run_sync(partial(dump, self._state, history), token=token)
+                return call_from_thread(token, dump, self._state, history)
             except anyio.RunFinishedError:
                 pass  # the run and its loop ended since: nothing runs, read it here
         return dump(self._state, history)

@@ -313,6 +313,8 @@ def engine_context(
     ``session_id + origin + "/" + node_id + "." + visit``, both made when
     read. Built without ``__init__``: a keyword call of eleven arguments cost
     several times the slot stores ("sequential stage node" benchmark row).
+    The engine's tight paths (``Run.run_path``, ``Run.run_items``) call it:
+    no other module writes a context's private slots.
     """
     ctx: StageContext = _new(StageContext)
     ctx.arguments = arguments
@@ -613,9 +615,10 @@ class StageRegistry:
             StageNotFoundError: nothing is registered under that name.
             TypeError: ``name`` is not a string.
         """
-        if type(name) is not str:
+        if not isinstance(name, str):
             # An int named itself in the fix ("register it with @registry.register(1)"),
-            # a list was dict's "unhashable type".
+            # a list was dict's "unhashable type". A str subclass (a StrEnum member)
+            # is a name, as register() takes it.
             raise TypeError(
                 f"StageRegistry.get() was given {a_python_type(name)}; pass a stage name, a "
                 f"string (the registry has: {', '.join(self.names())})"

@@ -200,6 +200,36 @@ async def test_a_stream_read_on_another_threads_loop_gets_every_event_of_the_run
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("run_backend", ["trio", "asyncio"])
+async def test_a_snapshot_asked_for_on_another_threads_loop_is_taken_on_the_runs_loop(
+    run_backend: str,
+) -> None:
+    # A reader on one thread's trio loop asking a run on another thread's
+    # trio loop for its snapshot got trio's RuntimeError "this is a blocking
+    # function; call it from a thread" (on asyncio, or from a plain thread,
+    # the snapshot was taken on the run's loop).
+    node = stage("w", "WaitStage", config={"input": "go"}, next="end")
+    session = session_of(node, terminal("end"), registry=fake_registry())
+    stream = session.events()
+    snapshots: list[dict[str, object]] = []
+    results: list[stageflow.SessionResult] = []
+
+    def run_in_its_own_loop() -> None:
+        results.append(anyio.run(session.run, backend=run_backend))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, run_in_its_own_loop)
+        async for event in stream:
+            if event.type == "waiting_for_input":
+                try:
+                    snapshots.append(session.to_dict())
+                finally:  # the run goes on to its end whatever happened here
+                    await anyio.to_thread.run_sync(session.send_input_from_thread, "go", 1)
+    assert [result.status for result in results] == [stageflow.SessionStatus.COMPLETED]
+    assert [snapshot["status"] for snapshot in snapshots] == ["running"]
+
+
+@pytest.mark.anyio
 async def test_a_reader_that_leaves_without_aclose_is_unsubscribed() -> None:
     # A reader that broke out of its loop (or whose task was cancelled)
     # without aclose() stayed subscribed for as long as the session lived:

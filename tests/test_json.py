@@ -327,6 +327,17 @@ def test_the_first_problem_in_document_order_is_the_one_named() -> None:
     found = find_non_json([math.inf, {5}], "payload")
     assert found is not None
     assert found.location == "payload[0]"
+    # An object's keys were all checked before any of its values: a bad key
+    # after a bad value was named first.
+    found = find_non_json({"a": {1}, 2: "x"})
+    assert found is not None
+    assert (found.location, found.reason) == ("$.a", "not a JSON type")
+    found = find_non_json({"a": [1, "ok"], "b": {"c": math.nan}, 3: 1, "\ud800": 2})
+    assert found is not None
+    assert (found.location, found.reason) == ("$.b.c", "not a finite number")
+    found = find_non_json({"a": 1, 2: {3}, "b": {4}})
+    assert found is not None
+    assert (found.location, found.reason) == ("$ key 2", "object keys must be strings")
 
 
 def test_a_document_holds_at_most_its_budget_of_text_a_long_string_counted_each_time() -> None:

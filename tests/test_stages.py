@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import importlib
 import inspect
 import pkgutil
@@ -667,3 +668,19 @@ def test_get_given_no_name_says_what_to_pass(name: object, named: str) -> None:
         registry.get(name)  # type: ignore[arg-type]
     assert named in str(caught.value)
     assert "WaitStage" in str(caught.value)
+
+
+def test_get_takes_a_str_subclass_as_register_does() -> None:
+    # register() took a StrEnum member as the name (isinstance str), get()
+    # refused the same member with a TypeError (it tested type(name) is str).
+    class Stages(enum.StrEnum):
+        ECHO = "Echo"
+
+    registry = stageflow.StageRegistry()
+
+    @registry.register(Stages.ECHO)
+    async def echo(ctx: stageflow.StageContext) -> None:
+        return None
+
+    assert registry.get(Stages.ECHO).target is echo
+    assert registry.get("Echo").target is echo

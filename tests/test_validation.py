@@ -380,6 +380,37 @@ def test_condition_nodes_leading_around_in_a_loop_are_refused_once_each() -> Non
     assert "point one of them at a node that should run next" in loops[0].message
 
 
+def test_thousands_of_condition_loops_are_refused_in_linear_time() -> None:
+    # Each loop found rebuilt a topological sort of every condition left, so
+    # a document of 10,000 such loops took minutes to refuse (the suite's
+    # timeout fails it); and a group of conditions that all lead to one
+    # another is one problem, at its first node, its shortest way around.
+    loops = 10_000
+    nodes = []
+    for i in range(loops):
+        nodes.append(condition(f"a{i}", f"b{i}", f"a{i + 1}" if i + 1 < loops else "end"))
+        nodes.append(condition(f"b{i}", f"a{i}", "end"))
+    nodes.append({"id": "end", "type": "terminal"})
+    found = [p for p in problems(doc(nodes)) if "lead around in a loop" in p.message]
+    assert len(found) == loops
+    assert [p.location for p in found[:2]] == ["$.nodes[0]", "$.nodes[2]"]
+    assert "('a1' -> 'b1' -> 'a1')" in found[1].message
+    grouped = doc(
+        [
+            condition("a", "b", "end"),
+            condition("b", "c", "a"),
+            condition("c", "d", "end"),
+            condition("d", "a", "c"),
+            {"id": "end", "type": "terminal"},
+        ]
+    )
+    [one] = [p for p in problems(grouped) if "lead around in a loop" in p.message]
+    assert (one.location, one.message.split(":")[0]) == (
+        "$.nodes[0]",
+        "condition nodes lead around in a loop ('a' -> 'b' -> 'a')",
+    )
+
+
 def test_condition_nodes_with_a_stage_on_the_way_around_may_loop() -> None:
     registry = fake_registry()
     document = doc(

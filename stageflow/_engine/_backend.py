@@ -45,6 +45,7 @@ __all__ = [
     "TrioWake",
     "NO_FLAGS",
     "call_soon_from_thread",
+    "call_from_thread",
     "cancel_flags",
     "current_backend",
     "in_trio_run",
@@ -283,6 +284,45 @@ def call_soon_from_thread(
     except RuntimeError:  # trio's RunFinishedError, asyncio's "Event loop is closed"
         return False
     return True
+
+
+def call_from_thread(
+    token: anyio.lowlevel.EventLoopToken, function: Callable[..., _T], *args: Any
+) -> _T:
+    """From another thread, have the event loop of ``token`` call ``function(*args)``; wait for it.
+
+    As ``anyio.from_thread.run_sync``, also from a thread that runs a trio
+    loop of its own (blocked meanwhile), which trio refuses to block with
+    "this is a blocking function; call it from a thread" (a reader of an
+    ``events()`` stream there; from an asyncio loop anyio blocks it).
+    Returns or raises what ``function`` did.
+
+    Raises:
+        anyio.RunFinishedError: that loop has finished.
+    """
+    if not (
+        isinstance(token.native_token, trio.lowlevel.TrioToken) and trio.lowlevel.in_trio_run()
+    ):
+        return anyio.from_thread.run_sync(function, *args, token=token)
+    done = threading.Event()
+    returned: list[_T] = []
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            returned.append(function(*args))
+        except BaseException as exc:  # raised in the caller's thread, not in the loop
+            raised.append(exc)
+        finally:
+            done.set()
+
+    if not call_soon_from_thread(token, call):
+        raise anyio.RunFinishedError
+    # trio calls whatever run_sync_soon took before its run ends.
+    done.wait()
+    if raised:
+        raise raised[0]
+    return returned[0]
 
 
 async def to_its_end(

@@ -1735,7 +1735,8 @@ class Run:
                         work.timer = None
                         work.frame = frame
                         frame.work = work
-                        # Through the stages module: its private slots are its own.
+                        # The context is engine_context's (its slots are
+                        # _stages.py's), as on run_path's tight path.
                         ctx = engine_context(
                             view,
                             EMPTY_MAPPING,

@@ -23,7 +23,11 @@ __all__ = [
     "read_pipeline_file",
 ]
 
-_SUFFIXES = (".json", ".yaml", ".yml")
+
+# The files of a --pipelines directory that are pipelines, by suffix in any
+# case (as stageflow reads them: stageflow._guard.is_document_path, which the
+# inspector does not import: it reads through public APIs only).
+_SUFFIXES: Final = (".json", ".yaml", ".yml")
 
 
 @attrs.frozen

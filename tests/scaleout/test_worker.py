@@ -711,6 +711,14 @@ async def test_the_service_says_what_is_wrong_with_a_name_a_queue_or_a_timeout(
         # did not answer; a string was anyio's TypeError.
         with pytest.raises(ValueError, match=r"wait\(timeout=.*\): pass a number of seconds"):
             await service.wait(sid, timeout=timeout)  # type: ignore[arg-type]
+    # A float subclass (numpy's float64) is a number of seconds: it was
+    # refused as "wait(timeout=5.0): pass a number of seconds above 0".
+    with pytest.raises(TimeoutError):
+        await service.wait(sid, timeout=_Seconds(0.05))
+
+
+class _Seconds(float):
+    pass
 
 
 async def test_list_refuses_a_status_no_row_has_and_a_limit_that_is_no_count(
