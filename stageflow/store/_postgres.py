@@ -840,12 +840,15 @@ class PostgresStore:
             (session_id, batch.last, batch.first, batch.text),
         )
 
-    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> None:
-        """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``."""
+    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> bool:
+        """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``.
+
+        ``False``: the lease was lost (taken again, or given back already), nothing changed.
+        """
         poisoned = lease.attempts >= max_attempts
 
-        def run(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            released = conn.execute(
                 "UPDATE stageflow_sessions SET lease_owner = NULL, last_error = %s, "
                 "updated_at = now(), status = CASE WHEN %s THEN 'poisoned' ELSE status END, "
                 "runnable_at = CASE WHEN %s THEN NULL "
@@ -853,12 +856,15 @@ class PostgresStore:
                 "WHERE session_id = %s AND lease_token = %s AND lease_owner IS NOT NULL",
                 (error, poisoned, poisoned, backoff(lease.attempts), lease.session_id,
                  lease.token),
-            )  # fmt: skip
-            self._send_notify([lease.session_id], done=True)
+            ).rowcount == 1  # fmt: skip
+            if released:
+                self._send_notify([lease.session_id], done=True)
+            return released
 
-        await self._run(run)
+        released = await self._run(run)
         self._work.set()
         self._saves.notice([lease.session_id])
+        return released
 
     # ------------------------------------------------------------ reading
 

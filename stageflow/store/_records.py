@@ -259,8 +259,12 @@ class SessionStore(Protocol):
     ) -> bool:
         """Save a turn, fenced by the lease's token; ``False``: lease lost, nothing saved."""
 
-    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> None:
-        """Give a lease back after a failure: retry with backoff, or ``poisoned``."""
+    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> bool:
+        """Give a lease back after a failure: retry with backoff, or ``poisoned``.
+
+        ``False``: the lease had been lost (another claim took the session,
+        or it was given back already), and nothing changed.
+        """
 
     async def get(self, session_id: str) -> StoredSession:
         """The session's row. Raises SessionNotFoundError."""

@@ -627,24 +627,28 @@ class SQLiteStore:
             (session_id, batch.last, batch.first, batch.text),
         )
 
-    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> None:
-        """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``."""
+    async def release(self, lease: Lease, *, error: str, max_attempts: int) -> bool:
+        """Give a failed lease back: backoff ``min(2**attempts, 60)`` s, or ``poisoned``.
 
-        def run(conn: sqlite3.Connection) -> None:
+        ``False``: the lease was lost (taken again, or given back already), nothing changed.
+        """
+
+        def run(conn: sqlite3.Connection) -> bool:
             now = self._clock()
             poisoned = lease.attempts >= max_attempts
-            conn.execute(
+            return conn.execute(
                 "UPDATE stageflow_sessions SET lease_owner = NULL, last_error = ?, "
                 "updated_at = ?, status = CASE WHEN ? THEN 'poisoned' ELSE status END, "
                 "runnable_at = CASE WHEN ? THEN NULL ELSE ? END "
                 "WHERE session_id = ? AND lease_token = ? AND lease_owner IS NOT NULL",
                 (error, now, poisoned, poisoned, now + backoff(lease.attempts),
                  lease.session_id, lease.token),
-            )  # fmt: skip
+            ).rowcount == 1  # fmt: skip
 
-        await self._run(run, write=True)
+        released = await self._run(run, write=True)
         self._wake()
         self._saves.notice([lease.session_id])
+        return released
 
     # ------------------------------------------------------------ reading
 

@@ -439,9 +439,16 @@ class Worker:
         """
         self._counts["released"] += 1
         try:
-            await self.store.release(lease, error=error, max_attempts=self.max_attempts)
+            released = await self.store.release(lease, error=error, max_attempts=self.max_attempts)
         except Exception as exc:  # the lease expires on its own
             logger.warning("worker.release_failed", session_id=lease.session_id, error=str(exc))
+            return
+        if released is False:
+            # Lost before it was given back: another worker holds the session,
+            # which is neither backed off nor poisoned by this failure.
+            logger.warning(
+                "worker.release_fenced", session_id=lease.session_id, attempts=lease.attempts
+            )
             return
         if lease.attempts >= self.max_attempts:
             logger.error(

@@ -377,15 +377,16 @@ async def test_heartbeat_extends_only_the_owners_current_token(store: SessionSto
 async def test_release_backs_off_then_poisons(store: SessionStore) -> None:
     await store.create(snapshot("s"))
     lease = await claim_one(store, "w1")
-    await store.release(lease, error="boom", max_attempts=2)
+    assert await store.release(lease, error="boom", max_attempts=2) is True
     row = await store.get("s")
     assert (row.status, row.error, row.lease_owner, row.attempts) == ("pending", "boom", None, 1)
     assert row.runnable_at is not None
     backoff = (row.runnable_at - row.updated_at).total_seconds()
     assert 1.5 < backoff < 2.5  # min(2 ** attempts, 60) s
     assert await store.claim("w1", limit=5, lease=30) == []  # backing off
-    # A second release of the same lease is fenced: it was given back already.
-    await store.release(lease, error="again", max_attempts=1)
+    # A second release of the same lease is fenced: it was given back already,
+    # and says so (the worker then writes no "poisoned" line).
+    assert await store.release(lease, error="again", max_attempts=1) is False
     assert (await store.get("s")).status == "pending"
 
     await store.create(snapshot("p"))

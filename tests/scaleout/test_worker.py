@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 import structlog.testing
 from opentelemetry import trace
@@ -179,6 +180,47 @@ async def test_a_failed_turn_logs_its_traceback_and_a_poisoned_session_an_error(
     assert poisoned["event"] == "worker.session_poisoned"
     assert (poisoned["session_id"], poisoned["attempts"]) == (bad, 2)
     assert "Unknown" in poisoned["error"]
+
+
+async def test_a_lease_lost_before_its_release_is_not_logged_as_poisoned(
+    make_store: Callable[..., Any],
+) -> None:
+    # The worker wrote "worker.session_poisoned" whenever the failed attempt
+    # was the last, even when the release changed nothing because the lease
+    # had gone to another worker (nothing was poisoned).
+    unknown = _with_unknown(stageflow.StageRegistry())
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "x",
+            "nodes": [
+                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=unknown,
+    )
+    service = SessionService(make_store(), registry=unknown)
+    store = make_store()
+    released = anyio.Event()
+    real_release = store.release
+
+    async def release_after_losing_it(lease: Lease, **options: Any) -> bool:
+        # Another worker took the session meanwhile: the release is fenced.
+        stale = attrs.evolve(lease, token=lease.token + 1000)
+        result: bool = await real_release(stale, **options)
+        released.set()
+        return result
+
+    store.release = release_after_losing_it
+    with structlog.testing.capture_logs() as logs:
+        async with running(store, max_attempts=1):
+            await service.start(broken)
+            await released.wait()
+    assert [line["event"] for line in logs if line["log_level"] == "error"] == []
+    assert [line["event"] for line in logs if line["event"].startswith("worker.release")] == [
+        "worker.release_fenced"
+    ]
 
 
 def _with_unknown(reg: stageflow.StageRegistry) -> stageflow.StageRegistry:
