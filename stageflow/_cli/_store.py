@@ -131,7 +131,11 @@ def add_store_parsers(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_store_option(p)
-    p.add_argument("--pipelines", metavar="DIR", help="pipeline files (*.json) to reuse by digest")
+    p.add_argument(
+        "--pipelines",
+        metavar="DIR",
+        help="pipeline files (.json, .yaml, .yml) to reuse by digest",
+    )
     p.add_argument(
         "--concurrency",
         type=number(least=1, whole=True),

@@ -334,6 +334,9 @@ def test_the_worker_reads_yaml_pipelines_too(
     )
     assert code == 0, err
     assert sorted(p.name for p in given) == ["a", "b", "c", "d"]
+    # Its --help said "pipeline files (*.json)" after it read YAML too.
+    code, out, _ = run_cli(capsys, "worker", "--help")
+    assert (code, "*.json" in out, ".yaml" in out) == (0, False, True)
 
 
 def test_sessions_list_newest_lists_the_last_updated_first(url: str, capsys: Any) -> None:
