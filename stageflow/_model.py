@@ -212,7 +212,8 @@ class Limits:
             (1 to :data:`~stageflow._guard.MAX_NESTING`, 64).
         timeout: session deadline in seconds from the start of ``run()``
             (status ``timed_out``), or ``None`` for none.
-        max_input_backlog: inputs of one type kept while nobody waits for it.
+        max_input_backlog: inputs of one type kept while nobody waits for it
+            (the types no stage declares share one such backlog).
         max_input_bytes: largest input payload, in bytes of compact JSON.
         cleanup_timeout: seconds a stage's ``cleanup()`` may take.
         max_run_steps: node executions within one ``run()``, or ``None``.

@@ -471,7 +471,9 @@ class Session:
         Every stage waiting for ``type`` right now receives ``payload``
         (broadcast); a suspended or restored session's saved waits count as
         waiting. When none waits, the input is queued (up to
-        ``limits.max_input_backlog`` per type) for the next stage that does.
+        ``limits.max_input_backlog`` per type a stage declares, and as many
+        for all the types no stage declares together) for the next stage
+        that does.
         May be called before ``run()`` to queue inputs. On a session that does
         not run, from another thread than the one an ``events()`` stream is
         read on, it is handed to that loop (which wakes the reader), and

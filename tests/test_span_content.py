@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import anyio
@@ -315,6 +316,34 @@ async def test_an_input_sent_to_a_suspended_session_is_received_on_the_stage_spa
     assert [e.name for e in waited.events] == ["waiting_for_input"]
     assert [(e.name, e.attributes) for e in received.events] == [
         ("input_received", {"stageflow.input.type": "answer"})
+    ]
+
+
+async def test_an_input_sent_to_a_saved_wait_of_a_metered_session_says_how_long_it_waited(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # A metered session keeps when the wait began, and the histogram got how
+    # long it waited; the stage span's input_received said nothing of it.
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    now = [datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)]
+    registry = _registry()
+    session = stageflow.Session(
+        load(WAITING, registry),
+        registry=registry,
+        tracer_provider=provider,
+        meter_provider=MeterProvider(),
+        clock=lambda: now[0],
+    )
+    assert (await session.run(suspend=True)).status is stageflow.SessionStatus.WAITING
+    [call] = session.to_dict()["position"]["stage"]["calls"]
+    now[0] += datetime.timedelta(seconds=42)
+    waited = (now[0] - datetime.datetime.fromisoformat(call["since"])).total_seconds()
+    session.send_input("answer", {"text": "later"})
+    assert (await session.run()).status is stageflow.SessionStatus.COMPLETED
+    _, received = _named(exporter.get_finished_spans(), "stage ask")
+    assert [(e.name, e.attributes) for e in received.events] == [
+        ("input_received", {"stageflow.input.type": "answer", "stageflow.wait.seconds": waited})
     ]
 
 

@@ -131,7 +131,11 @@ def add_store_parsers(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_store_option(p)
-    p.add_argument("--pipelines", metavar="DIR", help="pipeline files (*.json) to reuse by digest")
+    p.add_argument(
+        "--pipelines",
+        metavar="DIR",
+        help="pipeline files (.json, .yaml, .yml) to reuse by digest",
+    )
     p.add_argument(
         "--concurrency",
         type=number(least=1, whole=True),
@@ -374,8 +378,18 @@ def _stored_line(what: str, record: Mapping[str, Any], key: str | None) -> str:
     return f"{what} {record['seq']} stored"
 
 
+def _check_key(key: str | None) -> None:
+    """Refuse ``--key ''`` in the command line's terms (the store's error speaks of ``None``)."""
+    if key == "":
+        raise CommandError(
+            "--key '': an empty idempotency key would make every call a retry of the first, "
+            "and store nothing; give a non-empty key, or leave out --key"
+        )
+
+
 def send_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow sessions send``."""
+    _check_key(args.key)
     payload = read_json_argument(args.payload, option="PAYLOAD")
 
     async def body(store: SessionStore) -> dict[str, Any]:
@@ -391,6 +405,7 @@ def send_command(args: argparse.Namespace, io: Streams) -> int:
 
 def cancel_command(args: argparse.Namespace, io: Streams) -> int:
     """``stageflow sessions cancel``."""
+    _check_key(args.key)
 
     async def body(store: SessionStore) -> dict[str, Any]:
         record = await SessionService(store).cancel(

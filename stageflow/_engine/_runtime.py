@@ -268,10 +268,13 @@ class StageRuntime:
                 history.record(
                     "input_received", node_id, path, {"input_type": type, "from": "sender"}
                 )
+                waited = entry.pop("waited", None)
                 tracing = self._state.tracing
                 if tracing is not None:
-                    tracing.add_event("input_received", {INPUT_TYPE: type})
-                waited = entry.pop("waited", None)
+                    attributes: dict[str, Any] = {INPUT_TYPE: type}
+                    if waited is not None:
+                        attributes[WAIT_SECONDS] = round(waited, 6)
+                    tracing.add_event("input_received", attributes)
                 meters = self._state.metrics
                 if waited is not None and meters is not None:
                     # The wait began before a suspend or a restore; it ended

@@ -117,6 +117,18 @@ def test_a_key_or_id_the_store_cannot_hold_exits_2_with_the_reason(url: str, cap
     assert "no stored session has id 's\\udcff' (it holds a lone surrogate" in err
 
 
+@pytest.mark.parametrize("command", [["send", "s1", "msg", "{}"], ["cancel", "s1"]])
+def test_an_empty_key_exits_2_saying_to_leave_out_key(
+    url: str, capsys: Any, command: list[str]
+) -> None:
+    # The store's refusal told the command line's user to pass None.
+    start(url)
+    code, out, err = run_cli(capsys, "sessions", *command, "--store", url, "--key", "")
+    assert (code, out) == (2, "")
+    assert "leave out --key" in err
+    assert "None" not in err
+
+
 def test_a_worker_on_an_unreachable_store_exits_2_with_the_fix(capsys: Any) -> None:
     argv = ("worker", "--store", "sqlite:////nonexistent/dir/s.db", "--no-plugins")
     code, out, err = run_cli(capsys, *argv)
@@ -334,6 +346,9 @@ def test_the_worker_reads_yaml_pipelines_too(
     )
     assert code == 0, err
     assert sorted(p.name for p in given) == ["a", "b", "c", "d"]
+    # Its --help said "pipeline files (*.json)" after it read YAML too.
+    code, out, _ = run_cli(capsys, "worker", "--help")
+    assert (code, "*.json" in out, ".yaml" in out) == (0, False, True)
 
 
 def test_sessions_list_newest_lists_the_last_updated_first(url: str, capsys: Any) -> None:
