@@ -502,7 +502,8 @@ class SnapshotSource:
 
     def _files(self) -> list[Path]:
         if self.path.is_dir():
-            return sorted(self.path.glob("*.json"))
+            # By suffix in any case (X.JSON too), as pipeline files are read.
+            return sorted(p for p in self.path.iterdir() if p.suffix.lower() == ".json")
         return [self.path]
 
     async def _read(self, file: Path) -> tuple[stageflow.Session, Mapping[str, Any]]:

@@ -229,6 +229,20 @@ async def test_span_links_go_to_jaeger_by_trace_and_span_id(
         assert f'href="{link}"' in page
 
 
+async def test_a_directory_lists_snapshots_whatever_the_case_of_their_suffix(
+    make_client: Client, tmp_path: Path
+) -> None:
+    # The directory was read with glob("*.json"): a snapshot saved as
+    # S.JSON (an archive from another system) was left out in silence.
+    session = stageflow.Session(ui_support.approval_pipeline(), session_id="upper-1")
+    await session.run(suspend=True)
+    (tmp_path / "S.JSON").write_text(json.dumps(session.to_dict()))
+    (tmp_path / "notes.txt").write_text("not a snapshot")
+    page = (await make_client(snapshots=tmp_path).get("/sessions")).text
+    assert "upper-1" in page
+    assert "notes.txt" not in page
+
+
 async def test_unknown_session_is_a_404_page_without_a_traceback(
     make_client: Client, store_url: str
 ) -> None:
