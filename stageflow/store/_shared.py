@@ -543,6 +543,9 @@ def _not_a_snapshot(snapshot: object) -> str | None:
     """
     if not isinstance(snapshot, Mapping):
         return f"it is {a_python_type(snapshot)}, not a mapping"
+    for key in ("session_id", "pipeline"):
+        if key not in snapshot:
+            return f"it has no {key}"
     session_id = snapshot.get("session_id")
     if session_id == "" or not isinstance(session_id, str):
         given = shown(session_id) if isinstance(session_id, str) else a_json_type(session_id)

@@ -726,9 +726,15 @@ async def test_the_most_recently_updated_sessions_are_listed_first_when_asked(
         pytest.param(lambda s: {**s, "session_id": None}, "session_id is null", id="no-id"),
         pytest.param(lambda s: {**s, "session_id": ""}, "session_id is ''", id="empty-id"),
         pytest.param(
+            # It said "its session_id is null", as for an id given as null.
             lambda s: {k: v for k, v in s.items() if k != "session_id"},
-            "session_id is",
+            "it has no session_id",
             id="missing-id",
+        ),
+        pytest.param(
+            lambda s: {k: v for k, v in s.items() if k != "pipeline"},
+            "it has no pipeline",
+            id="missing-pipeline",
         ),
         pytest.param(
             lambda s: {**s, "pipeline": "chat"}, "pipeline is a string", id="pipeline-str"
