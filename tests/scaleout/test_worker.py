@@ -125,18 +125,7 @@ async def test_a_poisoned_session_does_not_stop_the_others(make_store: Callable[
         async def run(self, ctx: stageflow.StageContext) -> dict[str, Any]:
             return {}
 
-    broken = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "x",
-            "metadata": {"name": "broken"},
-            "nodes": [
-                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
-                {"id": "end", "type": "terminal"},
-            ],
-        },
-        registry=_with_unknown(other),
-    )
+    broken = _needing_unknown(_with_unknown(other))
     service = SessionService(make_store(), registry=_with_unknown(other))
     store = make_store()
     async with running(store, max_attempts=1) as worker:
@@ -157,17 +146,7 @@ async def test_a_failed_turn_logs_its_traceback_and_a_poisoned_session_an_error(
     # The turn's failure was a warning with repr(exc) only, its traceback
     # lost; and a session poisoned for good wrote no line at all.
     unknown = _with_unknown(stageflow.StageRegistry())  # the service's; the worker lacks it
-    broken = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "x",
-            "nodes": [
-                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
-                {"id": "end", "type": "terminal"},
-            ],
-        },
-        registry=unknown,
-    )
+    broken = _needing_unknown(unknown)
     service = SessionService(make_store(), registry=unknown)
     with structlog.testing.capture_logs() as logs:
         async with running(make_store(), max_attempts=2):
@@ -189,17 +168,7 @@ async def test_a_lease_lost_before_its_release_is_not_logged_as_poisoned(
     # was the last, even when the release changed nothing because the lease
     # had gone to another worker (nothing was poisoned).
     unknown = _with_unknown(stageflow.StageRegistry())
-    broken = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "x",
-            "nodes": [
-                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
-                {"id": "end", "type": "terminal"},
-            ],
-        },
-        registry=unknown,
-    )
+    broken = _needing_unknown(unknown)
     service = SessionService(make_store(), registry=unknown)
     store = make_store()
     released = anyio.Event()
@@ -221,6 +190,22 @@ async def test_a_lease_lost_before_its_release_is_not_logged_as_poisoned(
     assert [line["event"] for line in logs if line["event"].startswith("worker.release")] == [
         "worker.release_fenced"
     ]
+
+
+def _needing_unknown(reg: stageflow.StageRegistry) -> stageflow.Pipeline:
+    """A pipeline named "broken" whose one stage, ``Unknown``, the workers lack."""
+    return stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "x",
+            "metadata": {"name": "broken"},
+            "nodes": [
+                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=reg,
+    )
 
 
 def _with_unknown(reg: stageflow.StageRegistry) -> stageflow.StageRegistry:
