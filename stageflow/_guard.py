@@ -139,7 +139,8 @@ def _check_size(text: str) -> None:
 def _too_large() -> BudgetError:
     return BudgetError(
         f"the text is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, the most stageflow "
-        "reads; split the document (subpipelines, case files) or keep data out of it"
+        "reads; keep large data out of it (pass a path or URL to the data instead), or "
+        "split it (a pipeline into subpipelines, a case file into several)"
     )
 
 

@@ -6,6 +6,7 @@ subprocess.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from graph_support import REFERENCE_EDGES, parse_dot
 import stageflow
 import stageflow._plugins
 import stageflow.tracing
+from stageflow._cli._app import build_parser
 from stageflow.cli import ExitCode
 
 # --------------------------------------------------------------------------- run
@@ -509,6 +512,38 @@ def test_every_subcommand_has_help(cli: Cli, command: str) -> None:
     assert got.code == ExitCode.OK
     assert got.out.startswith(f"usage: stageflow {command} ")
     assert "--help" in got.out
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, name: str
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_argument_has_help_and_every_option_default_is_told() -> None:
+    # sessions list --limit, the session ids, --reason and --json had no
+    # help; worker --max-attempts, --queue and --worker-id hid their defaults.
+    untold = []
+    for name, parser in _parsers(build_parser(), "stageflow"):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            text = action.help or ""
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not text:
+                untold.append(f"{where}: no help")
+            elif action.option_strings and action.default not in (None, False, []):
+                if "default" not in text:
+                    untold.append(f"{where}: default {action.default!r} not told")
+            elif action.dest in ("queues", "worker_id") and "default" not in text:
+                untold.append(f"{where}: default not told")
+    assert untold == []
 
 
 def test_top_level_help_lists_commands_and_exit_codes(cli: Cli) -> None:

@@ -81,6 +81,19 @@ def test_a_file_past_the_budget_is_refused_without_reading_it_whole(cli: Cli) ->
     assert f"over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB" in got.out + got.err
 
 
+def test_a_payload_past_the_budget_is_told_to_keep_its_data_out(cli: Cli) -> None:
+    # The only advice was to split the document into subpipelines or case
+    # files, which a payload cannot be.
+    got = cli("run", PIPELINE, "--stages", STAGES, "--payload", "@/dev/zero")
+    assert got.code == ExitCode.USAGE
+    assert got.err == (
+        f"stageflow: --payload @/dev/zero: not read: the text is over "
+        f"{MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, the most stageflow reads; keep large "
+        "data out of it (pass a path or URL to the data instead), or split it (a pipeline "
+        "into subpipelines, a case file into several)\n"
+    )
+
+
 def test_a_stages_module_that_exits_is_a_module_that_cannot_be_imported(
     cli: Cli, tmp_path: Path
 ) -> None:

@@ -207,6 +207,27 @@ def test_a_store_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path, wo
     assert proc.stderr.count("\n") == 1
 
 
+def test_no_worker_within_the_timeout_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # With --no-worker and no worker running, the wait's TimeoutError was a
+    # traceback; the request is stored all the same.
+    db = tmp_path / "chat.db"
+    proc = request(db, "--no-worker", "--timeout", "0.001", "start", status=1)
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("run.py: session '")
+    assert "no worker took it" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert [row[1] for row in rows(db)] == ["pending"]
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "soon"])
+def test_a_timeout_that_is_not_seconds_above_0_is_a_usage_error(
+    tmp_path: Path, timeout: str
+) -> None:
+    proc = request(tmp_path / "chat.db", "--timeout", timeout, "start", status=2)
+    assert f"--timeout: {timeout!r} is not a number of seconds above 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("type", "payload", "error"),
     [

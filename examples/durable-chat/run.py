@@ -23,7 +23,9 @@ default the request runs an embedded worker until its turn is saved; with
 sessions that wait.
 
 Exit status: 0 when the session waits or has completed, 1 when it ended
-otherwise (failed, cancelled, timed out), 2 for a bad request (unknown or
+otherwise (failed, cancelled, timed out) or when no worker saved its turn
+within ``--timeout`` seconds (the request is stored: a worker that runs
+later takes it; start one), 2 for a bad request (unknown or
 finished session, malformed JSON, an input the session does not wait for or
 whose payload does not fit the input's schema) or a store that cannot be
 opened. A bad request stores nothing.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -243,6 +246,17 @@ def sole_error(error: BaseException) -> BaseException:
     return error
 
 
+def seconds(text: str) -> float:
+    """A ``--timeout``: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, handle one request, print its outcome."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -252,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-worker", action="store_true", help="only wait: workers run as their own processes"
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a turn")
+    parser.add_argument(
+        "--timeout", type=seconds, default=30.0, help="seconds to wait for a turn (default 30)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="start a new conversation")
     send_parser = commands.add_parser("send", help="send one input to a waiting conversation")
@@ -272,14 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     except (BadRequestError, StoreError) as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
+    except TimeoutError as exc:
+        # No worker saved the turn in time (with --no-worker: none runs).
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 1
     except BaseExceptionGroup as group:
         # On trio an error of the embedded worker (a store that cannot be
-        # opened) leaves the task group wrapped in a group, even alone.
+        # opened), or the wait's timeout next to it, leaves the task group
+        # wrapped in a group, even alone.
         error = sole_error(group)
-        if not isinstance(error, StoreError):
+        if not isinstance(error, StoreError | TimeoutError):
             raise
         print(f"run.py: {error}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(error, StoreError) else 1
     print(json.dumps(reply, ensure_ascii=False))
     ended_badly = reply.get("status") not in (None, "waiting", "completed")
     return 1 if ended_badly else 0

@@ -376,7 +376,10 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("pipeline", metavar="PIPELINE", help="pipeline file")
     p.add_argument(
-        "--format", choices=tuple(FORMATS), default="mermaid", help="output format (mermaid)"
+        "--format",
+        choices=tuple(FORMATS),
+        default="mermaid",
+        help="output format (default mermaid)",
     )
     add_stage_options(p)
     p.set_defaults(handler=graph_command)
@@ -399,7 +402,12 @@ def add_parsers(subparsers: Any) -> None:
         epilog=exit_codes_epilog(_TESTS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("cases", nargs="+", metavar="CASES", help="case files (.json, .yaml)")
+    p.add_argument(
+        "cases",
+        nargs="+",
+        metavar="CASES",
+        help="case files (.json; .yaml or .yml, in any case, is YAML)",
+    )
     p.set_defaults(intermixed="cases")
     p.add_argument(
         "--stages",

@@ -416,7 +416,11 @@ def add_run_parser(subparsers: Any) -> None:
         epilog=exit_codes_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pipeline", metavar="PIPELINE", help="pipeline file (.json, .yaml)")
+    parser.add_argument(
+        "pipeline",
+        metavar="PIPELINE",
+        help="pipeline file (.json; .yaml or .yml, in any case, is YAML)",
+    )
     parser.add_argument(
         "--payload",
         metavar="JSON|@FILE",

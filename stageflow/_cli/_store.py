@@ -152,14 +152,20 @@ def add_store_parsers(subparsers: Any) -> None:
         help="longest idle wait (default 1 s)",
     )
     p.add_argument(
-        "--queue", dest="queues", action="append", default=None, help="a queue (repeatable)"
+        "--queue",
+        dest="queues",
+        action="append",
+        default=None,
+        help="a queue to claim from (repeatable; default: the queue named default)",
     )
-    p.add_argument("--worker-id", default=None, help="the name in lease_owner")
+    p.add_argument(
+        "--worker-id", default=None, help="the name in lease_owner (default: HOST:PID:RANDOM)"
+    )
     p.add_argument(
         "--max-attempts",
         type=number(least=1, whole=True),
         default=5,
-        help="failures before 'poisoned'",
+        help="failures before 'poisoned' (default 5)",
     )
     p.add_argument(
         "--shutdown-grace", type=number(least=0), default=10.0, help="seconds (default 10)"
@@ -203,35 +209,39 @@ def add_store_parsers(subparsers: Any) -> None:
     q.add_argument("--pipeline", help="pipeline name")
     q.add_argument("--waiting-for", help="an input type")
     q.add_argument("--due", action="store_true", help="only sessions a worker may claim now")
-    q.add_argument("--limit", type=number(least=1, whole=True), default=100)
+    q.add_argument(
+        "--limit", type=number(least=1, whole=True), default=100, help="most rows (default 100)"
+    )
     q.add_argument(
         "--newest", action="store_true", help="the most recently updated first (default: oldest)"
     )
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=list_command)
 
     q = sub.add_parser("show", help="one session's row (and its committed events)", **action)
     _add_store_option(q)
-    q.add_argument("session_id")
+    q.add_argument("session_id", help="the id the session was started with")
     q.add_argument("--events", action="store_true", help="also the committed events")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=show_command)
 
     q = sub.add_parser("send", help="store an input for a session", **action)
     _add_store_option(q)
-    q.add_argument("session_id")
+    q.add_argument("session_id", help="the id the session was started with")
     q.add_argument("type", help="the input type")
     q.add_argument("payload", help="JSON text or @FILE")
     q.add_argument("--key", help="idempotency key: a retry returns the original record")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=send_command)
 
     q = sub.add_parser("cancel", help="ask for a session to be cancelled", **action)
     _add_store_option(q)
-    q.add_argument("session_id")
-    q.add_argument("--reason", default="cancelled")
+    q.add_argument("session_id", help="the id the session was started with")
+    q.add_argument(
+        "--reason", default="cancelled", help="why, for the history (default: cancelled)"
+    )
     q.add_argument("--key", help="idempotency key")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=cancel_command)
 
     q = sub.add_parser(
@@ -244,7 +254,7 @@ def add_store_parsers(subparsers: Any) -> None:
     q.add_argument(
         "--inputs-days", type=number(least=0, most=_MAX_DAYS), default=7.0, help="default 7"
     )
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=purge_command)
 
 

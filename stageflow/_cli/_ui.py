@@ -58,6 +58,12 @@ def ui_command(args: argparse.Namespace, io: Streams) -> int:
     pipelines = Path(args.pipelines) if args.pipelines else None
     if pipelines is not None and not pipelines.is_dir():
         raise CommandError(f"--pipelines {args.pipelines}: not a directory; check the path")
+    if store is None and snapshots is None and pipelines is None:
+        # Every page would say "cannot show this": say it once, before serving.
+        raise CommandError(
+            "nothing to show: give --store URL (or set $STAGEFLOW_STORE), a SNAPSHOT "
+            "file or directory, or --pipelines DIR"
+        )
     registry = (
         resolve_registry(
             args.stages_modules, plugins=args.plugins, load_plugins=not args.no_plugins

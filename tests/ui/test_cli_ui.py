@@ -71,6 +71,28 @@ def test_a_database_that_is_no_store_is_said_so_and_left_alone(
     assert tables == [("users",)]
 
 
+def test_nothing_to_show_is_a_usage_error_before_serving(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no store, no snapshot and no pipelines it served pages that all
+    # said "cannot show this", and exited 0 at Ctrl-C.
+    from stageflow import ui
+
+    served: list[Any] = []
+
+    async def serve(app: Any, host: str, port: int, **options: Any) -> None:
+        served.append(app)
+
+    monkeypatch.setattr(ui, "serve", serve)
+    monkeypatch.delenv("STAGEFLOW_STORE", raising=False)
+    code, err = run(capsys, "ui", "--port", str(_free_port()))
+    assert (code, served) == (2, [])
+    assert err == (
+        "stageflow: nothing to show: give --store URL (or set $STAGEFLOW_STORE), "
+        "a SNAPSHOT file or directory, or --pipelines DIR\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
