@@ -402,14 +402,25 @@ def send_command(args: argparse.Namespace, io: Streams) -> int:
     _check_key(args.key)
     payload = read_json_argument(args.payload, option="PAYLOAD")
 
-    async def body(store: SessionStore) -> dict[str, Any]:
+    async def body(store: SessionStore) -> tuple[dict[str, Any], tuple[str, ...]]:
         record = await SessionService(store).send_input(
             args.session_id, args.type, payload, idempotency_key=args.key
         )
-        return attrs.asdict(record)
+        return attrs.asdict(record), tuple((await store.get(args.session_id)).waiting_for)
 
-    out = _run_with_store(args, body)
+    out, waits = _run_with_store(args, body)
     io.print(dump_json(out) if args.json else _stored_line("input", out, args.key))
+    if waits and args.type not in waits and not out["duplicate"]:
+        # Kept for a later wait, as it should be when sent early; but a
+        # misspelt type is kept so too, and the session goes on waiting.
+        io.err.write(
+            printable_text(
+                f"stageflow: note: session {args.session_id!r} waits for "
+                f"{', '.join(map(repr, waits))}, not {args.type!r}; the input is kept for a "
+                f"stage that waits for {args.type!r} (check the type if that is not meant)"
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 from cli_support import restore_logging  # noqa: F401  (autouse fixture)
-from store_support import chat_pipeline, registry
+from store_support import chat_pipeline, registry, running
 
 from stageflow.cli import main
 from stageflow.store import SessionService, open_store
@@ -359,3 +359,27 @@ def test_sessions_list_newest_lists_the_last_updated_first(url: str, capsys: Any
     assert (code, [r["session_id"] for r in json.loads(out)]) == (0, ["s1", "s2"])
     code, out, _ = run_cli(capsys, *base, "--newest", "--json")
     assert (code, [r["session_id"] for r in json.loads(out)]) == (0, ["s3", "s2"])
+
+
+def test_sending_a_type_the_session_does_not_wait_for_says_so(url: str, capsys: Any) -> None:
+    # A misspelt type was stored and printed "input 1 stored", like any
+    # other: the session went on waiting, and nothing told the sender.
+    async def until_waiting() -> None:
+        store = open_store(url)
+        try:
+            service = SessionService(store, registry=registry)
+            sid = await service.start(chat_pipeline(), session_id="s1")
+            async with running(open_store(url)):
+                assert (await service.wait(sid, timeout=20)).waiting_for == ("msg",)
+        finally:
+            await store.aclose()
+
+    anyio.run(until_waiting)
+    code, out, err = run_cli(capsys, "sessions", "send", "--store", url, "s1", "mgs", "{}")
+    assert (code, out) == (0, "input 1 stored\n")
+    assert err == (
+        "stageflow: note: session 's1' waits for 'msg', not 'mgs'; the input is kept for a "
+        "stage that waits for 'mgs' (check the type if that is not meant)\n"
+    )
+    code, out, err = run_cli(capsys, "sessions", "send", "--store", url, "s1", "msg", "{}")
+    assert (code, out, err) == (0, "input 2 stored\n", "")
