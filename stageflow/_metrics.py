@@ -21,12 +21,22 @@ from typing import Any, Final
 
 from opentelemetry import metrics
 
-from stageflow._telemetry import NODE_ID, NODE_TYPE, OUTCOME, PIPELINE_NAME, SESSION_STATUS
+from stageflow._telemetry import (
+    INPUT_TYPE,
+    NODE_ID,
+    NODE_TYPE,
+    OUTCOME,
+    PIPELINE_NAME,
+    REJECT_REASON,
+    SESSION_STATUS,
+)
 
 __all__ = [
     "BOUNDARIES",
     "INSTRUMENTS",
     "PROXY_METER_PROVIDER",
+    "UNCHECKED_INPUT",
+    "UNDECLARED_INPUT",
     "Metrics",
     "global_provider_set",
     "node_measured",
@@ -63,6 +73,16 @@ INSTRUMENTS: Final = {
     ),
     "stageflow.inputs.rejected": ("counter", "{input}", "Inputs refused by send_input"),
 }
+
+UNDECLARED_INPUT: Final = "(undeclared)"
+"""``stageflow.input.type`` of a rejected input whose type no stage declares or awaits."""
+UNCHECKED_INPUT: Final = "(unchecked)"
+"""``stageflow.input.type`` of an input ``SessionService.send_input`` refused before it was stored.
+
+The service refuses it before any session reads it, so it cannot tell a type
+the pipeline declares from one a sender invented; a sender must not be able
+to make one series per type it invents.
+"""
 
 
 # Bucket boundaries of the histograms, in seconds. The SDK's default ones
@@ -120,6 +140,10 @@ class Metrics:
         self.waiting: metrics.UpDownCounter = made["stageflow.sessions.waiting"]
         self.input_wait: metrics.Histogram = made["stageflow.input.wait.duration"]
         self.rejected: metrics.Counter = made["stageflow.inputs.rejected"]
+
+    def refused(self, type_label: str, reason: str) -> None:
+        """Count one refused input (``type_label``: a type the pipeline knows, or a label above)."""
+        self.rejected.add(1, {INPUT_TYPE: type_label, REJECT_REASON: reason})
 
     @classmethod
     def resolve(cls, provider: metrics.MeterProvider | None, version: str) -> Metrics | None:

@@ -77,12 +77,13 @@ def command(tmp_path: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("options", [["--no-live"], ["--json"], ["--json", "--history"]])
-def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) -> None:
+def _interrupted(argv: list[str], *, stdout: int = subprocess.PIPE) -> tuple[int, str, str]:
+    """Run ``argv``, send SIGINT once both blocking branches say ``ready``; code, out, err."""
     proc = subprocess.Popen(
-        [*command, *options],
-        stdout=subprocess.PIPE,
+        argv,
+        stdout=stdout,
         stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         text=True,
         preexec_fn=_sigint_by_default,
     )
@@ -97,7 +98,13 @@ def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) 
         # A process left running would surface later as another test's unraisable warning.
         proc.kill()
         proc.communicate()
-    assert proc.returncode == 130, err
+    return proc.returncode, out or "", err
+
+
+@pytest.mark.parametrize("options", [["--no-live"], ["--json"], ["--json", "--history"]])
+def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) -> None:
+    code, out, err = _interrupted([*command, *options])
+    assert code == 130, err
     assert err.strip().splitlines() == ["stageflow: interrupted"], err
     assert out == ""
 
@@ -105,26 +112,12 @@ def test_ctrl_c_exits_130_with_one_line(command: list[str], options: list[str]) 
 def test_ctrl_c_with_the_live_view_on_a_terminal_exits_130(command: list[str]) -> None:
     # A pseudo-terminal makes stdout a terminal, so the live view is on.
     leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        command,
-        stdout=follower,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_sigint_by_default,
-    )
-    os.close(follower)
     try:
-        assert proc.stderr is not None
-        assert proc.stderr.readline() == "ready\n"
-        assert proc.stderr.readline() == "ready\n"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        code, _, err = _interrupted(command, stdout=follower)
     finally:
-        proc.kill()
-        proc.communicate()
+        os.close(follower)
         os.close(leader)
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert err.strip().splitlines()[-1:] == ["stageflow: interrupted"], err
     assert "Traceback" not in err
 
@@ -161,7 +154,7 @@ def test_ctrl_c_stops_the_worker_with_130_and_one_line(command: list[str], tmp_p
     from stageflow.store import open_store
 
     url, session_id = _session_in_a_store(tmp_path)
-    proc = subprocess.Popen(
+    code, out, err = _interrupted(
         [
             command[0],
             "worker",
@@ -172,23 +165,9 @@ def test_ctrl_c_stops_the_worker_with_130_and_one_line(command: list[str], tmp_p
             "--no-plugins",
             "--shutdown-grace",
             "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_by_default,
+        ]
     )
-    try:
-        assert proc.stderr is not None
-        # The turn's two branches are blocked: then interrupt.
-        assert proc.stderr.readline() == "ready\n"
-        assert proc.stderr.readline() == "ready\n"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert err.strip().splitlines()[-1:] == ["stageflow: interrupted"], err
     assert "Traceback" not in err
     assert json.loads(out)["claimed"] == 1

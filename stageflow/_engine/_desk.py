@@ -28,14 +28,12 @@ from stageflow._engine._positions import Call
 from stageflow._errors import InputRejectedError, shown_text
 from stageflow._events import History
 from stageflow._json import a_json_type, copy_json, find_non_json
-from stageflow._metrics import Metrics
+from stageflow._metrics import UNDECLARED_INPUT, Metrics
 from stageflow._model import Limits, ValidateEvents
 from stageflow._specs import InputSpec, StageSpec, json_message
 from stageflow._stages import StageEntry
-from stageflow._telemetry import INPUT_TYPE, REJECT_REASON
 
 __all__ = [
-    "UNDECLARED_INPUT",
     "InputDesk",
     "check_input_type",
     "input_json",
@@ -53,10 +51,6 @@ def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any
     if validator is None:
         return []
     return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
-
-
-UNDECLARED_INPUT: Final = "(undeclared)"
-"""``stageflow.input.type`` of a rejected input whose type no stage declares or awaits."""
 
 
 class InputDesk:
@@ -126,7 +120,7 @@ class InputDesk:
             # one series per random type would let a sender grow the metrics.
             known = type in self._declared or type in self._broker.waiting_for()
             label = type if known else UNDECLARED_INPUT
-            self.metrics.rejected.add(1, {INPUT_TYPE: label, REJECT_REASON: reason})
+            self.metrics.refused(label, reason)
         return InputRejectedError(message, input_type=type, reason=reason)
 
     def history_full(self) -> bool:

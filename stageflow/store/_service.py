@@ -12,12 +12,17 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
+from opentelemetry import metrics
 
+from stageflow._errors import InputRejectedError
+from stageflow._json import a_python_type
+from stageflow._metrics import UNCHECKED_INPUT, Metrics
 from stageflow._model import is_count, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
+from stageflow._version import __version__
 from stageflow.store._records import FINISHED_STATUSES, InputRecord, SessionStore, StoredSession
 from stageflow.store._shared import LIMIT_MAX, check_roles
 
@@ -75,6 +80,11 @@ class SessionService:
             ``NOTIFY``): they wake on the notice, and the poll is only the
             safety net. Without notices they poll from 5 ms, doubling up to
             ``min(poll, 0.2)`` s.
+        meter_provider: where :meth:`send_input` counts the inputs it
+            refuses (``stageflow.inputs.rejected``, input type
+            ``(unchecked)``); the global OpenTelemetry meter provider if not
+            given, decided once, when the service is made (no provider: no
+            metrics, no cost).
     """
 
     def __init__(
@@ -84,8 +94,15 @@ class SessionService:
         registry: StageRegistry | None = None,
         pipelines: Iterable[Pipeline] = (),
         poll: float = 1.0,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         listed = check_roles("SessionService", store, registry, pipelines)
+        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+            raise TypeError(
+                f"SessionService(meter_provider=...) was given {a_python_type(meter_provider)}, "
+                "which has no get_meter(); pass an OpenTelemetry MeterProvider, or leave it out "
+                "for the global one"
+            )
         if not is_seconds(poll, zero=False):
             raise ValueError(
                 f"SessionService(poll={poll!r}): poll must be {seconds_wanted(zero=False)}"
@@ -98,6 +115,7 @@ class SessionService:
         # save of the session is noticed after it, the input cannot be recorded, so
         # wait() need not read the row first (scaleout row "database CPU per turn").
         self._sent: dict[tuple[str, int], int] = {}
+        self._metrics = Metrics.resolve(meter_provider, __version__)
 
     def _pauses(self) -> Iterator[float]:
         """The pauses between reads: fixed with save notices, else doubling from 5 ms."""
@@ -161,9 +179,14 @@ class SessionService:
                 another input type or payload).
         """
         mark = self.store.save_mark()
-        record = await self.store.send_input(
-            session_id, type, payload, idempotency_key=idempotency_key
-        )
+        try:
+            record = await self.store.send_input(
+                session_id, type, payload, idempotency_key=idempotency_key
+            )
+        except InputRejectedError as refused:
+            if self._metrics is not None:
+                self._metrics.refused(UNCHECKED_INPUT, refused.reason)
+            raise
         if not record.duplicate and self.store.save_notices:
             if len(self._sent) >= _SENT_MARKS:  # never waited for: forget the oldest
                 del self._sent[next(iter(self._sent))]

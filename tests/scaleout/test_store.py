@@ -8,9 +8,12 @@ from typing import Any
 
 import anyio
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from store_support import chat_pipeline, registry
 
 import stageflow
+import stageflow.store
 import stageflow.store._shared
 from stageflow.store import (
     IdempotencyKeyReusedError,
@@ -166,6 +169,52 @@ async def test_an_input_over_the_sessions_size_limit_is_refused_before_it_is_sto
         events=(),
     )
     assert (await store.send_input("s", "msg", big)).seq == 3
+
+
+async def test_the_services_refusals_are_counted_without_the_senders_type(
+    store: SessionStore,
+) -> None:
+    # The service refused not_json, too_large and bad_type inputs before they
+    # were stored, and stageflow.inputs.rejected never counted them: a
+    # dashboard of refused inputs saw only a live session's own refusals.
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    service = stageflow.store.SessionService(store, registry=registry, meter_provider=provider)
+    await store.create(limited("s", 100))
+    for type, payload in [("msg", {"pad": "x" * 200}), ("made-up", {"x": float("nan")})]:
+        with pytest.raises(stageflow.InputRejectedError):
+            await service.send_input("s", type, payload)
+    with pytest.raises(stageflow.InputRejectedError):
+        await service.send_input("s", 42, {})  # type: ignore[arg-type]
+    assert (await service.send_input("s", "msg", {"n": 1})).seq == 1
+    data = reader.get_metrics_data()
+    assert data is not None
+    [metric] = [
+        m
+        for r in data.resource_metrics
+        for scope in r.scope_metrics
+        for m in scope.metrics
+        if m.name == "stageflow.inputs.rejected"
+    ]
+    counted = {
+        (p.attributes["stageflow.input.type"], p.attributes["stageflow.input.reject_reason"]): (
+            p.value
+        )
+        for p in metric.data.data_points
+    }
+    assert counted == {
+        ("(unchecked)", "too_large"): 1,
+        ("(unchecked)", "not_json"): 1,
+        ("(unchecked)", "bad_type"): 1,
+    }
+    provider.shutdown()
+
+
+def test_a_service_refuses_a_meter_provider_that_is_none() -> None:
+    store = open_store("sqlite:///:memory:")
+    with pytest.raises(TypeError, match=r"meter_provider=.*no get_meter\(\)"):
+        stageflow.store.SessionService(store, meter_provider="otel")  # type: ignore[arg-type]
+    anyio.run(store.aclose)
 
 
 async def test_tables_of_schema_version_4_get_the_size_limit_column(
