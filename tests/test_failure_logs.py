@@ -62,6 +62,9 @@ async def test_a_failed_node_is_one_error_line_with_its_traceback_and_span(
     assert "ValueError: no luck" in line["exception"]
     [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
     assert line["span_id"] == f"{span.context.span_id:016x}"
+    assert line["trace_id"] == f"{span.context.trace_id:032x}"
+    # The traceback is written once in the whole run: on this line only.
+    assert [x for x in lines if "exception" in x] == [line]
     # The nodes the failure crossed say so without repeating the traceback.
     fan = [x for x in lines if x.get("node_id") == "fan" and x["event"] == "node.finished"]
     assert fan[0]["level"] == "info"
