@@ -158,6 +158,24 @@ def test_the_cli_json_log_lines_start_with_the_event(
     assert "deep trouble" in error["exception"]
 
 
+def test_the_cli_json_log_lines_of_a_traced_run_carry_trace_flags_and_the_node_span(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As a library run's lines: trace_flags on every line, and the one traceback
+    # on the failing node's line, with that node's span id.
+    pipeline, stages = _failing_cli_files(tmp_path)
+    options = ["--log-format", "json", "--trace", "none", "--traceback"]
+    code = main(["run", pipeline, "--stages", stages, *options])
+    assert code == 1
+    lines = [json.loads(text) for text in capsys.readouterr().err.splitlines() if text]
+    assert lines
+    assert all(int(line["trace_flags"], 16) & 1 for line in lines)
+    [started] = [x for x in lines if x["event"] == "node.started" and x["node_id"] == "a"]
+    [error] = [x for x in lines if "exception" in x]
+    assert (error["event"], error["level"], error["node_id"]) == ("node.finished", "error", "a")
+    assert error["span_id"] == started["span_id"]
+
+
 class _Unprintable(Exception):
     def __str__(self) -> str:
         raise RuntimeError("__str__ failed")
