@@ -62,6 +62,9 @@ async def test_a_failed_node_is_one_error_line_with_its_traceback_and_span(
     assert "ValueError: no luck" in line["exception"]
     [span] = [s for s in exporter.get_finished_spans() if s.name == "stage bad"]
     assert line["span_id"] == f"{span.context.span_id:016x}"
+    assert line["trace_id"] == f"{span.context.trace_id:032x}"
+    # The traceback is written once in the whole run: on this line only.
+    assert [x for x in lines if "exception" in x] == [line]
     # The nodes the failure crossed say so without repeating the traceback.
     fan = [x for x in lines if x.get("node_id") == "fan" and x["event"] == "node.finished"]
     assert fan[0]["level"] == "info"
@@ -153,6 +156,24 @@ def test_the_cli_json_log_lines_start_with_the_event(
     assert all(next(iter(line)) == "event" for line in lines)
     [error] = [x for x in lines if x["level"] == "error" and x["event"] == "node.finished"]
     assert "deep trouble" in error["exception"]
+
+
+def test_the_cli_json_log_lines_of_a_traced_run_carry_trace_flags_and_the_node_span(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As a library run's lines: trace_flags on every line, and the one traceback
+    # on the failing node's line, with that node's span id.
+    pipeline, stages = _failing_cli_files(tmp_path)
+    options = ["--log-format", "json", "--trace", "none", "--traceback"]
+    code = main(["run", pipeline, "--stages", stages, *options])
+    assert code == 1
+    lines = [json.loads(text) for text in capsys.readouterr().err.splitlines() if text]
+    assert lines
+    assert all(int(line["trace_flags"], 16) & 1 for line in lines)
+    [started] = [x for x in lines if x["event"] == "node.started" and x["node_id"] == "a"]
+    [error] = [x for x in lines if "exception" in x]
+    assert (error["event"], error["level"], error["node_id"]) == ("node.finished", "error", "a")
+    assert error["span_id"] == started["span_id"]
 
 
 class _Unprintable(Exception):

@@ -102,7 +102,15 @@ async def test_a_reference_run_measures_nodes_retries_and_the_session(
 
     # Each node's duration carries its node span as the exemplar.
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    for node_id, name in [("flaky", "stage flaky"), ("fan", "parallel fan"), ("a", "stage a")]:
+    node_spans = [
+        ("flaky", "stage flaky"),
+        ("fan", "parallel fan"),
+        ("a", "stage a"),
+        ("b", "stage b"),
+        ("end", "terminal end"),
+    ]
+    assert {node_id for node_id, _ in node_spans} == set(durations)
+    for node_id, name in node_spans:
         [exemplar] = durations[node_id].exemplars
         assert exemplar.span_id == spans[name].context.span_id
         assert exemplar.trace_id == spans[name].context.trace_id

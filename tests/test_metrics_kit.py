@@ -64,8 +64,15 @@ def test_otlp_metrics_go_to_the_metrics_url(otlp_receiver: OtlpReceiver) -> None
         provider.force_flush()
     finally:
         provider.shutdown()
-    # The test receiver answers traces only: the metrics request is seen, and refused.
-    assert [r.path for r in otlp_receiver.rejected][:1] == ["/v1/metrics"]
+    assert otlp_receiver.rejected == []
+    received = otlp_receiver.metrics
+    assert {m.name for m in received} >= {
+        "stageflow.node.duration",
+        "stageflow.session.duration",
+        "stageflow.sessions.active",
+    }
+    assert {m.scope for m in received} == {"stageflow"}
+    assert {m.resource["service.name"] for m in received} == {"stageflow"}
 
 
 def test_configure_metrics_rejects_an_unknown_exporter() -> None:

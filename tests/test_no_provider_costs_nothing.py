@@ -8,12 +8,12 @@ them as a run of few (none per node), on both backends.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import structlog
-from fakes import doc, fake_registry, load, stage, terminal
+from fakes import doc, fake_registry, load, parallel, stage, terminal
 from opentelemetry import metrics, trace
 from opentelemetry.sdk import trace as sdk_trace
 
@@ -61,13 +61,36 @@ async def _run_nodes(count: int) -> None:
     assert result.status is stageflow.SessionStatus.COMPLETED
 
 
-async def test_no_span_metric_or_log_object_per_node(made: Counter[str]) -> None:
+async def _run_fanned(count: int) -> None:
+    """A parallel node of ``count`` branches, then a map node over ``count`` items."""
+    children = [f"b{i}" for i in range(count)]
+    document = doc(
+        [
+            parallel("fan", children, next="each"),
+            *[stage(child, "Set", config={"values": {}}) for child in children],
+            {"id": "each", "type": "map", "items": "items", "body": "item", "next": "end"},
+            stage("item", "Set", config={"values": {}}),
+            terminal(),
+        ]
+    )
+    registry = fake_registry()
+    session = stageflow.Session(
+        load(document, registry), registry=registry, payload={"items": list(range(count))}
+    )
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+
+
+@pytest.mark.parametrize("run", [_run_nodes, _run_fanned], ids=["chain", "branches and items"])
+async def test_no_span_metric_or_log_object_per_node(
+    made: Counter[str], run: Callable[[int], Awaitable[None]]
+) -> None:
     assert not structlog.is_configured()
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    await _run_nodes(2)
+    await run(2)
     few = dict(made)
     made.clear()
-    await _run_nodes(40)
+    await run(40)
     many = dict(made)
     assert many == few  # nothing grows with the number of nodes
     assert many.get("NonRecordingSpan", 0) == many.get("sdk Span", 0) == 0

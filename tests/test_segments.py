@@ -107,6 +107,34 @@ def segment_tree(spans: tuple[ReadableSpan, ...]) -> list[list[str]]:
     ]
 
 
+def span_tree(spans: tuple[ReadableSpan, ...]) -> list[str]:
+    """Every span as an indented ``name [outcome]`` line under its parent, siblings sorted.
+
+    A rebuilt span says so, a span with links names their kinds; a span whose
+    parent is not among ``spans`` is drawn nowhere (``orphans()`` names it).
+    """
+
+    def label(span: ReadableSpan) -> str:
+        text = f"{span.name} [{_attr(span, 'stageflow.outcome')}]"
+        if _attr(span, "stageflow.span.rebuilt"):
+            text += " rebuilt"
+        kinds = [(link.attributes or {}).get("stageflow.link.kind") for link in span.links]
+        return text + (f" links={','.join(map(str, kinds))}" if kinds else "")
+
+    children: dict[int | None, list[ReadableSpan]] = {}
+    for span in spans:
+        children.setdefault(span.parent.span_id if span.parent else None, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: int | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=label):
+            lines.append("  " * depth + label(span))
+            walk(span.context.span_id, depth + 1)
+
+    walk(None, 0)
+    return lines
+
+
 WAITING = doc([_waiting("ask", next="end"), terminal()])
 
 
@@ -422,6 +450,26 @@ async def test_a_restore_after_a_crash_rebuilds_the_open_spans(traced: Traced) -
     after.provider.shutdown()
     everything = exported_before_crash + after.spans()
     assert orphans(everything) == []
+    # The exact tree: the crashed run's open spans rebuilt around the one it
+    # exported, then the restored run, linked to the rebuilt root.
+    assert span_tree(everything) == [
+        "run pipeline [interrupted] rebuilt",
+        "  parallel fan [interrupted] rebuilt",
+        "    branch fan/a [interrupted] rebuilt",
+        "      stage a [interrupted] rebuilt",
+        "        wait go [interrupted] rebuilt",
+        "    branch fan/b [interrupted] rebuilt",
+        "      stage b [interrupted] rebuilt",
+        "  stage first [succeeded]",
+        "run pipeline [succeeded] links=restored_from",
+        "  parallel fan [succeeded]",
+        "    branch fan/a [succeeded]",
+        "      stage a [succeeded]",
+        "        wait go [succeeded]",
+        "    branch fan/b [succeeded]",
+        "      stage b [succeeded]",
+        "  terminal end [succeeded]",
+    ]
     rebuilt = [s for s in after.spans() if _attr(s, "stageflow.span.rebuilt")]
     assert [f"{s.context.span_id:016x}" for s in rebuilt] == [s["span_id"] for s in open_spans]
     assert {_attr(s, "stageflow.outcome") for s in rebuilt} == {"interrupted"}

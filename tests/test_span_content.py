@@ -91,7 +91,7 @@ async def test_a_timeout_is_its_own_outcome(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     document = doc([stage("slow", "Hang", next="end"), terminal()])
-    document["nodes"][0]["timeout"] = 1
+    document["nodes"][0]["timeout"] = 0.05  # short: asyncio's clock is real
     result = await _run(document, provider)
     assert result.status is stageflow.SessionStatus.FAILED
     span = _one(exporter.get_finished_spans(), "stage slow")
@@ -103,7 +103,8 @@ async def test_a_timeout_is_its_own_outcome(
 async def test_a_session_timeout_ends_the_run_span_timed_out(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    document = doc([stage("hang", "Hang", next="end"), terminal()], limits={"timeout": 5})
+    # Short: asyncio's clock is real (5 s made this test take 5 s there).
+    document = doc([stage("hang", "Hang", next="end"), terminal()], limits={"timeout": 0.05})
     result = await _run(document, provider)
     assert result.status is stageflow.SessionStatus.TIMED_OUT
     spans = exporter.get_finished_spans()
@@ -250,7 +251,12 @@ async def test_session_cancel_is_the_reason_on_every_cancelled_span(
             await session.run()
 
         tg.start_soon(run)
-        await anyio.sleep(0.01)
+        # Cancelled once the stage has started (a real 10 ms sleep raced it on asyncio).
+        stream = session.events(buffer=0)
+        async for event in stream:
+            if event.type == "node_started" and event.node_id == "hang":
+                break
+        await stream.aclose()
         session.cancel()
     spans = exporter.get_finished_spans()
     for name in ("stage hang", "run pipeline"):

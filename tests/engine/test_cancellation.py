@@ -159,6 +159,129 @@ async def test_the_losing_branch_of_an_any_race_is_cancelled_not_failed(
     assert "failed" not in outcomes.values()
 
 
+# A subpipeline holding a parallel node, one of whose branches is a map: on
+# trio the cancellation leaves both task groups, and then the subpipeline
+# node, wrapped in exception groups.
+INNER = {
+    "entry": "seed",
+    "nodes": [
+        stage(
+            "seed",
+            "Set",
+            next="fan",
+            config={"values": {"items": [1, 2]}},
+            outputs={"items": "items"},
+        ),
+        parallel("fan", ["a", "each"], next="done"),
+        _waiting("a"),
+        {"id": "each", "type": "map", "items": "items", "body": "item", "concurrency": 2},
+        _waiting("item"),
+        terminal("done"),
+    ],
+}
+CALL = {"id": "call", "type": "subpipeline", "pipeline": "inner"}
+CANCELLED_INSIDE = {"a", "item", "each", "fan", "call"}
+# The subpipeline node's span and every span inside it.
+CANCELLED_SPANS = {
+    "subpipeline call",
+    "parallel fan",
+    "branch fan/a",
+    "stage a",
+    "wait go",
+    "branch fan/each",
+    "map each",
+    "item each",
+    "stage item",
+}
+
+
+def _cancelled_not_failed(
+    result: stageflow.SessionResult,
+    exporter: InMemorySpanExporter,
+    reason: str,
+    others: set[tuple[str, str]],
+) -> None:
+    """The subpipeline node and all in it ended cancelled for ``reason``; the rest: ``others``."""
+    types = [(e.type, e.node_id) for e in result.history]
+    assert not [t for t in types if t[0].endswith("_failed")]
+    assert {n for t, n in types if t == "node_cancelled"} == CANCELLED_INSIDE
+    assert [t for t, n in types if t == "map_item_cancelled"] == ["map_item_cancelled"] * 2
+    spans = exporter.get_finished_spans()
+    ended = {(span.name, (span.attributes or {})["stageflow.outcome"]) for span in spans}
+    assert ended == {(name, "cancelled") for name in CANCELLED_SPANS} | others
+    reasons = {
+        (span.attributes or {}).get("stageflow.cancel.reason")
+        for span in spans
+        if span.name in CANCELLED_SPANS
+    }
+    assert reasons == {reason}
+
+
+async def test_session_cancel_mid_subpipeline_cancels_it_and_everything_inside(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry = _registry()
+    document = doc([{**CALL, "next": "end"}, terminal()], subpipelines={"inner": INNER})
+    session = stageflow.Session(
+        load(document, registry),
+        registry=registry,
+        tracer_provider=provider,
+        trace_wait_threshold=None,  # not cut: the spans are open when cancel() comes
+    )
+    result: list[stageflow.SessionResult] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            result.append(await session.run())
+
+        tg.start_soon(run)
+        await wait_until_waiting(session, "go", 3)  # a and both items
+        session.cancel("stop")
+    [outcome] = result
+    assert outcome.status is stageflow.SessionStatus.CANCELLED
+    ran = {("stage seed", "succeeded"), ("run pipeline", "cancelled")}
+    _cancelled_not_failed(outcome, exporter, "session_cancelled", ran)
+
+
+async def test_a_subpipeline_in_the_losing_branch_of_an_any_race_is_cancelled_not_failed(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry = _registry()
+    sessions: list[stageflow.Session] = []
+
+    @registry.register("Win")
+    async def win(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await wait_until_waiting(sessions[0], "go", 3)  # wins once a and both items wait
+        return {}
+
+    document = doc(
+        [
+            parallel("race", ["fast", "call"], next="end", policy="any"),
+            stage("fast", "Win"),
+            CALL,
+            terminal(),
+        ],
+        subpipelines={"inner": INNER},
+    )
+    session = stageflow.Session(
+        load(document, registry), registry=registry, tracer_provider=provider
+    )
+    sessions.append(session)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    ran = {
+        ("stage seed", "succeeded"),
+        ("branch race/call", "cancelled"),
+        ("stage fast", "succeeded"),
+        ("branch race/fast", "succeeded"),
+        ("parallel race", "succeeded"),
+        ("terminal end", "succeeded"),
+        ("run pipeline", "succeeded"),
+    }
+    _cancelled_not_failed(result, exporter, "lost_race", ran)
+    assert ("branch_cancelled", "race") in [(e.type, e.node_id) for e in result.history]
+
+
 @pytest.mark.parametrize(
     ("document", "node", "child"),
     [(PARALLEL, "parallel fan", "branch fan/a"), (MAP, "map each", "item each")],

@@ -1,9 +1,11 @@
-"""A small OTLP/HTTP trace receiver for tests: real export, decoded with opentelemetry-proto.
+"""A small OTLP/HTTP receiver for tests: real export, decoded with opentelemetry-proto.
 
 It stands in for an OpenTelemetry Collector (which cannot be installed here):
 an HTTP server on 127.0.0.1 (ephemeral port, in a thread) that accepts
 ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest``, as the
-OTLP/HTTP exporter sends it, and keeps every span it decodes.
+OTLP/HTTP exporter sends it, and keeps every span it decodes; and
+``POST /v1/metrics`` (``ExportMetricsServiceRequest``), keeping each metric's
+name, scope and resource.
 
 Use it as a context manager, or through the ``otlp_receiver`` fixture, which
 ``conftest.py`` makes available to every test (``pytest_plugins``)::
@@ -32,6 +34,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -40,6 +46,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 TRACES_PATH = "/v1/traces"
+METRICS_PATH = "/v1/metrics"
 PROTOBUF = "application/x-protobuf"
 
 
@@ -74,6 +81,15 @@ class ReceivedSpan:
     scope: str
     start_ns: int
     end_ns: int
+
+
+@dataclass(frozen=True)
+class ReceivedMetric:
+    """One metric of an export request: its name, and where it came from."""
+
+    name: str
+    scope: str
+    resource: dict[str, Any]
 
 
 @dataclass
@@ -129,6 +145,7 @@ def _decode_span(span: Span, resource: dict[str, Any], scope: str) -> ReceivedSp
 class _Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     spans: list[ReceivedSpan] = field(default_factory=list)
+    metrics: list[ReceivedMetric] = field(default_factory=list)
     requests: int = 0
     headers: list[dict[str, str]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
@@ -148,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         store = self.server.store
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path != TRACES_PATH:
+        if self.path not in (TRACES_PATH, METRICS_PATH):
             return self._reject(404, f"no OTLP signal at {self.path}")
         if self.headers.get_content_type() != PROTOBUF:
             return self._reject(415, f"content type {self.headers.get('Content-Type')!r}")
@@ -160,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body = zlib.decompress(body)
             elif encoding not in ("", "identity"):
                 return self._reject(415, f"content encoding {encoding!r}")
+            if self.path == METRICS_PATH:
+                return self._store_metrics(ExportMetricsServiceRequest.FromString(body))
             request = ExportTraceServiceRequest.FromString(body)
         except Exception as exc:  # a body that does not decode is the exporter's bug
             return self._reject(400, f"undecodable body: {exc!r}")
@@ -174,6 +193,20 @@ class _Handler(BaseHTTPRequestHandler):
             store.headers.append({k.lower(): v for k, v in self.headers.items()})
             store.spans.extend(decoded)
         self._answer(200, ExportTraceServiceResponse().SerializeToString())
+
+    def _store_metrics(self, request: ExportMetricsServiceRequest) -> None:
+        decoded = [
+            ReceivedMetric(metric.name, sm.scope.name, decode_attributes(rm.resource.attributes))
+            for rm in request.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        ]
+        store = self.server.store
+        with store.lock:  # stored before answering, as spans are
+            store.requests += 1
+            store.headers.append({k.lower(): v for k, v in self.headers.items()})
+            store.metrics.extend(decoded)
+        self._answer(200, ExportMetricsServiceResponse().SerializeToString())
 
     def _reject(self, status: int, reason: str) -> None:
         store = self.server.store
@@ -193,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OtlpReceiver:
-    """An OTLP/HTTP trace receiver on 127.0.0.1; a context manager that starts and stops it."""
+    """An OTLP/HTTP trace and metric receiver on 127.0.0.1; a context manager (start, stop)."""
 
     def __init__(self) -> None:
         self._store = _Store()
@@ -235,6 +268,12 @@ class OtlpReceiver:
         """Every span received so far, in arrival order."""
         with self._store.lock:
             return list(self._store.spans)
+
+    @property
+    def metrics(self) -> list[ReceivedMetric]:
+        """Every metric received so far (one per metric per export request), in arrival order."""
+        with self._store.lock:
+            return list(self._store.metrics)
 
     @property
     def requests(self) -> int:
