@@ -118,7 +118,8 @@ class AssertionFailedError(BuiltinStageError):
         values: the arguments it was evaluated against.
         reason: the configured ``message``, or ``None``.
         unmapped: names the rule reads (``{"var": ...}``) that are not among
-            the arguments, in rule order.
+            the arguments, in rule order; not those the rule of a loop
+            operator (``map``, ``some``, ``reduce``, ...) reads from each item.
     """
 
     def __init__(
