@@ -107,7 +107,8 @@ async def test_pop(config: dict[str, Any], item: str, rest: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("items", "index", "what"), [([], -1, "is empty"), ([1, 2], 2, "has 2 items")]
+    ("items", "index", "what"),
+    [([], -1, "is empty"), ([1, 2], 2, "has 2 items"), ([1], -2, "has 1 item,")],
 )
 async def test_pop_out_of_range_is_an_error(items: list[Any], index: int, what: str) -> None:
     error = await failure(

@@ -183,7 +183,8 @@ class PopStage(BaseStage):
         source: Sequence[Any] = arguments(ctx, self.spec)["list"]
         index = int(ctx.config.get("index", -1))
         if not -len(source) <= index < len(source):
-            what = "is empty" if not source else f"has {len(source)} items"
+            count = len(source)
+            what = "is empty" if not count else f"has {count} item{'' if count == 1 else 's'}"
             raise argument_error(
                 ctx,
                 "list",
