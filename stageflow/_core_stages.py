@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from stageflow._specs import StageSpec
+from stageflow._specs import TIME_FORMAT, StageSpec, time_with_offset
 from stageflow._stages import BaseStage, StageContext, register_core_stage
 
 __all__ = ["SleepStage", "WaitStage"]
@@ -17,8 +17,9 @@ _UNTIL_PATTERN = (
 )
 """The JSON Schema ``pattern`` of ``SleepStage``'s ``until``: a date and time with a UTC offset.
 
-Checked when a pipeline loads (``format`` alone is not asserted), so a time
-that is no time, or has no offset, is a validation problem, not a failed run.
+Checked when a pipeline loads, so text that is no date and time, or has no
+offset, is a validation problem, not a failed run; so is a time this pattern
+lets through but the calendar does not have (``TIME_FORMAT``).
 """
 
 
@@ -65,20 +66,16 @@ class WaitStage(BaseStage):
 
 
 def _until(ctx: StageContext) -> datetime.datetime:
-    """``config.until`` as an aware datetime; what the pattern lets through may still be no time."""
+    """``config.until`` as an aware datetime (the loader refuses one that is no time)."""
     text = ctx.config["until"]
-    problem = "has no UTC offset"
     try:
-        until = datetime.datetime.fromisoformat(text)
-        if until.tzinfo is not None:
-            until.astimezone(datetime.UTC)  # 0001-01-01T00:00:00+01:00 is before any UTC time
-            return until
-    except (ValueError, OverflowError) as exc:
-        problem = f"is not a time stageflow can use ({exc})"
-    raise ValueError(
-        f"SleepStage at node {ctx.node_id!r}: config 'until' {text!r} {problem}; write a date "
-        "and time with a UTC offset, like 2030-01-01T09:00:00+00:00"
-    )
+        return time_with_offset(text)
+    except ValueError as exc:  # a config the loader did not check
+        raise ValueError(
+            f"SleepStage at node {ctx.node_id!r}: config 'until' {text!r} is not a time "
+            f"stageflow can use ({exc}); write a date and time with a UTC offset, like "
+            "2030-01-01T09:00:00+00:00"
+        ) from None
 
 
 class SleepStage(BaseStage):
@@ -100,7 +97,7 @@ class SleepStage(BaseStage):
                 "seconds": {"type": "number", "minimum": 0},
                 "until": {
                     "type": "string",
-                    "format": "date-time",
+                    "format": TIME_FORMAT,
                     "pattern": _UNTIL_PATTERN,
                     "description": "a date and time with a UTC offset, such as "
                     "2030-01-01T09:00:00+00:00",

@@ -34,9 +34,11 @@ from stageflow._specs import (
     ARGUMENT_FORMAT,
     JSONLOGIC_FORMAT,
     TEMPLATE_FORMAT,
+    TIME_FORMAT,
     compile_schema,
     json_message,
     schema_problem,
+    time_with_offset,
 )
 from stageflow._stages import StageRegistry
 from stageflow._templates import MalformedTemplateError, parse_template
@@ -857,6 +859,9 @@ def _check_config_arguments(
     if schema.get("format") == TEMPLATE_FORMAT and isinstance(value, str):
         yield from _check_template_arguments(i, node, key, value)
         return
+    if schema.get("format") == TIME_FORMAT and isinstance(value, str):
+        yield from _check_time(i, node, key, value, schema)
+        return
     if schema.get("format") == ARGUMENT_FORMAT:
         named = [("", value)]
     elif isinstance(items, Mapping) and items.get("format") == ARGUMENT_FORMAT:
@@ -884,6 +889,27 @@ def _check_config_arguments(
         f"which the node does not map (it maps: {listing(node.arguments)}); map each to a "
         f'context path ("arguments": {{"{first}": "<path>"}}) or fix the name',
     )
+
+
+def _check_time(
+    i: int, node: StageNode, key: str, text: str, schema: Mapping[str, Any]
+) -> Iterator[Problem]:
+    """A config time (``"format"`` :data:`TIME_FORMAT`) that its schema lets through but is no time.
+
+    Text the schema refuses (its ``pattern``) is the schema's problem, said once.
+    """
+    if not compile_schema(schema).is_valid(text):
+        return
+    try:
+        time_with_offset(text)
+    except ValueError as exc:
+        hint = schema.get("description")
+        yield Problem(
+            f"$.nodes[{i}].config.{key}",
+            f"stage node {node.id!r}: config {key!r} of stage {node.stage!r} is not a time "
+            f"stageflow can use ({exc}); write "
+            + (hint if isinstance(hint, str) else "a date and time with a UTC offset"),
+        )
 
 
 def _said_as_a_template(error: jsonschema.ValidationError, config: Mapping[str, Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import itertools
 import json
@@ -432,6 +433,30 @@ TEMPLATE_FORMAT: Final = "template"
 (``stageflow._templates``): the loader refuses a placeholder whose first name
 the node's ``arguments`` does not map, which would fail every run that
 reaches the node. JSON Schema validators ignore it."""
+
+TIME_FORMAT: Final = "time-with-offset"
+"""The ``format`` of a config string that is a date and time with a UTC offset
+(``SleepStage``'s ``until``): the loader refuses one that its ``pattern`` lets
+through but that is no time (February 30th, an offset of 25 hours, a time
+before the year 1 in UTC; :func:`time_with_offset` says why), which would fail
+every run that reaches the node. JSON Schema validators ignore it."""
+
+
+def time_with_offset(text: str) -> datetime.datetime:
+    """``text`` (ISO 8601, with a UTC offset) as an aware datetime.
+
+    Raises:
+        ValueError: ``text`` is no such time; the message says why.
+    """
+    try:
+        when = datetime.datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            raise ValueError("it has no UTC offset")
+        when.astimezone(datetime.UTC)  # 0001-01-01T00:00:00+01:00 is before any UTC time
+    except OverflowError as exc:
+        raise ValueError(str(exc)) from None
+    return when
+
 
 MAX_DOCUMENT_ERRORS: Final = 1000
 """Most schema errors a document is explained with: each costs a walk and an

@@ -180,10 +180,37 @@ def apply(rule: Any, data: Any = None) -> Any:
         result = _eval(rule, data, 0)
     finally:
         _STEPS.reset(token)
+    return _json_result(result)
+
+
+def _json_result(result: Any) -> Any:
+    """What :func:`apply` returns for what evaluation gave: NaN and infinities as ``None``."""
     kind = type(result)
     if kind is float:
         return result + 0.0 if math.isfinite(result) else None  # + 0.0: no negative zero
     return finite_values(result) if kind is list else result
+
+
+def apply_item(rule: Any, data: Any, cost: int) -> Any:
+    """``apply(rule, data)`` as one item of a loop, such as ``builtins.filter``'s over its list.
+
+    Inside :func:`counting_steps`, the items share one evaluation's
+    :data:`MAX_STEPS`, as the items of a ``filter`` operator do: each spends
+    ``cost`` (``1 + rule_size(rule)``, see the module's documentation) and
+    what the loops and ``cat``/``merge`` inside the rule spend. A loop over
+    many items thus ends within the steps of one evaluation, a few seconds,
+    instead of taking them again for every item. Called outside
+    :func:`counting_steps`, it is one evaluation on its own.
+    """
+    steps, token = _open_loop()
+    try:
+        steps[0] -= cost
+        if steps[0] < 0:
+            raise _too_many_steps()
+        result = _eval(rule, data, 0)
+    finally:
+        _close_loop(steps, token)
+    return _json_result(result)
 
 
 def is_rule(value: Any) -> bool:

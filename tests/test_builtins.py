@@ -23,6 +23,7 @@ import stageflow
 import stageflow.builtins as builtins
 from stageflow._json import thaw
 from stageflow.builtins import BuiltinArgumentError
+from stageflow.builtins._errors import preview
 
 pytestmark = pytest.mark.anyio
 
@@ -499,3 +500,27 @@ def test_generator_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert GEN.main([]) == 0
     assert GEN.main(["--check"]) == 0
     assert stale.read_text(encoding="utf-8") == GEN.render()
+
+
+class _Written:
+    """A value the JSON encoder can only write through ``default``: it records that it was."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def __repr__(self) -> str:
+        self.seen.append("written")
+        return "written"
+
+
+def test_an_error_preview_writes_only_what_it_shows() -> None:
+    # A list holding one long string many times over passes the value guard
+    # (it counts values, not characters); the message that previews it in 60
+    # characters wrote all of it first: gigabytes for a thousand 16 MiB strings.
+    seen: list[str] = []
+    long = "x" * 1_000
+    text = preview([long, long, _Written(seen), 10**5000], 60)
+    assert text == '["' + "x" * 55 + "..."
+    assert seen == []
+    assert preview({"a": [1, True, None]}, 60) == '{"a":[1,true,null]}'
+    assert preview(_Written(seen), 60) == '"written"'

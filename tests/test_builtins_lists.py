@@ -9,6 +9,7 @@ from builtin_support import REGISTRY, context_after, failure, node, problem_at, 
 
 import stageflow
 import stageflow.builtins as builtins
+from stageflow import jsonlogic
 from stageflow.builtins import (
     BuiltinArgumentError,
     BuiltinConfigError,
@@ -106,7 +107,8 @@ async def test_pop(config: dict[str, Any], item: str, rest: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("items", "index", "what"), [([], -1, "is empty"), ([1, 2], 2, "has 2 items")]
+    ("items", "index", "what"),
+    [([], -1, "is empty"), ([1, 2], 2, "has 2 items"), ([1], -2, "has 1 item,")],
 )
 async def test_pop_out_of_range_is_an_error(items: list[Any], index: int, what: str) -> None:
     error = await failure(
@@ -197,6 +199,38 @@ async def test_filter_with_a_rule_past_a_jsonlogic_bound_is_a_config_error() -> 
     assert 'cannot be evaluated for item 1 of 3 ("xxxx' in str(error)
     assert "fix the rule, or the item" in str(error)
     assert len(str(error)) < 1000
+
+
+async def test_filter_items_share_the_steps_of_one_evaluation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each item fits MAX_STEPS alone (about 600 steps of 1,000); two do not.
+    # With a fresh count for every item, a rule of seconds per item held the
+    # event loop for seconds times the items (no timeout can fire meanwhile).
+    monkeypatch.setattr(jsonlogic, "MAX_STEPS", 1_000, raising=False)
+    rule = {"some": [{"var": ""}, False]}  # 2 steps for each of the item's 300 values
+    filter_node = node("filter", arguments={"items": "l"}, config={"rule": rule}, outputs={})
+    row = list(range(300))
+    assert await context_after(filter_node, payload={"l": [row]}) == {"l": [row]}
+    error = await failure(filter_node, payload={"l": [row, row]})
+    assert isinstance(error, BuiltinConfigError)
+    assert isinstance(error.__cause__, stageflow.JsonLogicError)
+    assert "cannot be evaluated for item 1 of 2" in str(error)
+    assert "took more than 1,000 steps (jsonlogic.MAX_STEPS)" in str(error)
+    assert "share the jsonlogic.MAX_STEPS steps of one evaluation" in str(error)
+
+
+async def test_filter_rule_steps_inside_an_item_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As inside JsonLogic's 'filter': '==' spends one step per item it compares.
+    monkeypatch.setattr(jsonlogic, "MAX_STEPS", 1_000, raising=False)
+    rule = {"==": [{"var": "a"}, {"var": "b"}]}
+    filter_node = node("filter", arguments={"items": "l"}, config={"rule": rule}, outputs={})
+    row = list(range(2_000))
+    error = await failure(filter_node, payload={"l": [{"a": row, "b": row}]})
+    assert isinstance(error.__cause__, stageflow.JsonLogicError)
+    assert "took more than 1,000 steps" in str(error)
 
 
 async def test_filter_of_a_non_list_is_an_error() -> None:

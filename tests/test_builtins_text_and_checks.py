@@ -286,6 +286,38 @@ async def test_assert_says_its_rule_sees_the_arguments_not_the_context() -> None
     assert '"arguments": {"order": "<path>"}' in text
 
 
+async def test_assert_does_not_name_what_a_loop_reads_from_its_items() -> None:
+    # The rule 'some' applies reads each item, not the arguments: "price" and
+    # reduce's "current" are no arguments to map. What the loops go over, and
+    # reduce's initial value, do read the arguments.
+    rule = {
+        "and": [
+            {"some": [{"var": "cart"}, {">": [{"var": "price"}, {"var": "limit"}]}]},
+            {"reduce": [{"var": "lines"}, {"var": "current.total"}, {"var": "start"}]},
+            {"all": [[1], {"var": ""}]},
+            {"var": {"var": "which"}},
+        ]
+    }
+    error = await failure(
+        node("assert", arguments={"cart": "cart"}, config={"rule": rule}),
+        payload={"cart": [{"price": 1}]},
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.unmapped == ("lines", "start", "which")
+    assert "the rule reads 'lines', 'start', 'which', not among the arguments" in str(error)
+
+
+async def test_assert_does_not_name_what_an_object_literal_holds() -> None:
+    # An object of several keys is a literal in JsonLogic: nothing in it is read.
+    rule = {"==": [{"var": "a"}, {"x": {"var": "b"}, "y": 1}]}
+    error = await failure(
+        node("assert", arguments={"a": "a"}, config={"rule": rule}), payload={"a": 1}
+    )
+    assert isinstance(error, AssertionFailedError)
+    assert error.unmapped == ()
+    assert "fix the data that reaches this node, or the rule in its config" in str(error)
+
+
 async def test_assert_names_a_few_of_many_unmapped_names() -> None:
     rule = {"or": [{"var": f"name{i:06}"} for i in range(100_000)]}
     error = await failure(node("assert", config={"rule": rule}))

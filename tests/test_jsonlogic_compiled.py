@@ -74,13 +74,17 @@ def test_conformance_suite_compiled_as_loaded_and_as_given(rule: Any, data: Any)
 
 # A mix that reaches the compiled operators often, with right and wrong
 # argument counts, unknown operators and paths into the data.
-KEYS = st.sampled_from(["a", "b", "a.b", "b.0", "", "0", "missing"])
+KEYS = st.sampled_from(["a", "b", "a.b", "b.0", "", "0", "missing", "1", "a.", ".a"])
 SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(-3, 3)
-    | st.sampled_from([0.0, -0.0, 1.5, math.inf, -math.inf, math.nan, 1e308])
+    # integers past 2**53, the float range and 10**21 (where JavaScript prints exponents)
+    | st.sampled_from([2**53 + 1, 10**21, -(10**400), 10**4000])
+    | st.sampled_from([0.0, -0.0, 1.5, math.inf, -math.inf, math.nan, 1e308, 5e-324])
     | st.sampled_from(["", "0", "1", "a", "abc", "Infinity"])
+    # numbers JavaScript's Number() reads or refuses, and text beyond ASCII
+    | st.sampled_from([" 1 ", "-0", "0x1f", "1e400", "1_0", "\u0661", "e\u0301", "\U0001f600"])
 )
 DATA = st.recursive(
     SCALARS,
@@ -95,12 +99,23 @@ OPERATOR_NAMES = st.sampled_from(
     ]
 )
 RULES = st.recursive(
-    SCALARS | st.builds(lambda key: {"var": key}, KEYS),
+    SCALARS
+    | st.builds(lambda key: {"var": key}, KEYS)
+    # a default, and paths that are no string (JavaScript's String(path))
+    | st.builds(lambda key, default: {"var": [key, default]}, KEYS | SCALARS, SCALARS),
     lambda inner: (
         st.builds(lambda op, args: {op: args}, OPERATOR_NAMES, st.lists(inner, max_size=4))
         | st.builds(lambda op, arg: {op: arg}, OPERATOR_NAMES, inner)
         | st.lists(inner, max_size=3)
         | st.dictionaries(KEYS, inner, min_size=2, max_size=2)
+        # the loops, over arrays of the rule or of the data, with a rule of their own
+        | st.builds(
+            lambda op, items, rule: {op: [items, rule]},
+            st.sampled_from(["map", "filter", "all", "some", "none"]),
+            inner,
+            inner,
+        )
+        | st.builds(lambda items, rule, acc: {"reduce": [items, rule, acc]}, inner, inner, inner)
     ),
     max_leaves=16,
 )

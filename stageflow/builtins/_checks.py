@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from stageflow import jsonlogic
@@ -28,21 +29,32 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
 def _rule_names(rule: Any) -> list[str]:
-    """The first segment of every ``var`` name a rule reads, in order, without repeats."""
+    """The first segment of every ``var`` name a rule reads from its data, in order, once.
+
+    The rule a loop operator (``map``, ``some``, ``reduce``, ...) applies to
+    each item reads the item (``current`` and ``accumulator`` for ``reduce``),
+    not the data: its names are no arguments, and are left out.
+    """
     # A queue and a set: a failing check with a rule of 100,000 parts took
     # seconds to name what it read, with a list for both.
     names: dict[str, None] = {}
     todo = collections.deque([rule])
     while todo:
         part = todo.popleft()
-        if isinstance(part, dict):
-            if len(part) == 1 and "var" in part:
-                ref = part["var"]
-                ref = ref[0] if isinstance(ref, list) and ref else ref
+        if isinstance(part, Mapping):
+            if len(part) != 1:
+                continue  # an object of several keys is a literal: nothing in it is read
+            [(name, args)] = part.items()
+            if name == "var":
+                ref = args[0] if isinstance(args, list | tuple) and args else args
                 if isinstance(ref, str) and ref:
                     names.setdefault(ref.split(".")[0])
-            todo.extend(part.values())
-        elif isinstance(part, list):
+            elif name in jsonlogic.LOOPS and isinstance(args, list | tuple):
+                # The array and reduce's initial value read the data; args[1] is per item.
+                todo.extend(arg for i, arg in enumerate(args) if i != 1)
+                continue
+            todo.append(args)
+        elif isinstance(part, list | tuple):
             todo.extend(part)
     return list(names)
 
@@ -59,8 +71,9 @@ class AssertStage(BaseStage):
     and ``missing`` lists it). When the result is not truthy the stage
     raises :class:`AssertionFailedError` carrying the rule, the argument
     values and ``config.message``; when the rule reads a name that is not
-    among the arguments the stage got, the message says so. It returns no
-    outputs.
+    among the arguments the stage got, the message says so (not for what
+    the rule of a loop such as ``some`` or ``reduce`` reads: it reads each
+    item). It returns no outputs.
     """
 
     spec: ClassVar[StageSpec] = StageSpec(

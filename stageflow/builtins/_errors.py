@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from stageflow._errors import StageError, shown_scalar
 from stageflow._graph import listing
@@ -37,9 +37,25 @@ __all__ = [
 _PREVIEW_CHARS = 200
 
 
+# Not one-shot, iterencode writes piece by piece (the pure-Python encoder).
+_PREVIEW_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
 def preview(value: Any, limit: int = _PREVIEW_CHARS) -> str:
-    """Compact JSON for a message, cut to ``limit`` characters."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    """Compact JSON for a message, cut to ``limit`` characters.
+
+    Written only as far as it is shown: a list that holds one long string
+    many times over, which the value guard lets through (it counts values,
+    not characters), is gigabytes as a whole.
+    """
+    pieces: list[str] = []
+    size = 0
+    for piece in _PREVIEW_ENCODER.iterencode(value):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            break
+    text = "".join(pieces)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -118,7 +134,8 @@ class AssertionFailedError(BuiltinStageError):
         values: the arguments it was evaluated against.
         reason: the configured ``message``, or ``None``.
         unmapped: names the rule reads (``{"var": ...}``) that are not among
-            the arguments, in rule order.
+            the arguments, in rule order; not those the rule of a loop
+            operator (``map``, ``some``, ``reduce``, ...) reads from each item.
     """
 
     def __init__(

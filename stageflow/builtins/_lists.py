@@ -183,7 +183,8 @@ class PopStage(BaseStage):
         source: Sequence[Any] = arguments(ctx, self.spec)["list"]
         index = int(ctx.config.get("index", -1))
         if not -len(source) <= index < len(source):
-            what = "is empty" if not source else f"has {len(source)} items"
+            count = len(source)
+            what = "is empty" if not count else f"has {count} item{'' if count == 1 else 's'}"
             raise argument_error(
                 ctx,
                 "list",
@@ -201,6 +202,10 @@ class FilterStage(BaseStage):
     The rule is JsonLogic (:func:`stageflow.jsonlogic.apply`) and is evaluated
     once per item, in order; an item is kept when the result is truthy in
     JsonLogic's sense (``0``, ``""``, ``null``, ``false`` and ``[]`` are false).
+    The whole list is one evaluation, as for JsonLogic's own ``filter``: the
+    items share the :data:`stageflow.jsonlogic.MAX_STEPS` steps (each spends
+    one plus one per value of the rule, and loops inside the rule theirs), so
+    the stage ends within seconds instead of taking them again for every item.
 
     What the rule reads (``config.data``):
 
@@ -248,20 +253,29 @@ class FilterStage(BaseStage):
         args = arguments(ctx, self.spec)
         rule = ctx.config["rule"]
         scoped = ctx.config.get("data", "item") == "scope"
-        kept: list[Any] = []
-        for index, item in enumerate(args["items"]):
-            data = {"item": item, "index": index, "arguments": args} if scoped else item
-            try:
-                keep = jsonlogic.truthy(jsonlogic.apply(rule, data))
-            except JsonLogicError as exc:
-                raise config_error(
-                    ctx,
-                    f"config 'rule' cannot be evaluated for item {index} of {len(args['items'])} "
-                    f"({preview(item, 60)}): {exc}; fix the rule, or the item",
-                ) from exc
-            if keep:
-                kept.append(copy_json(item))
-        return {"value": kept}
+        cost = 1 + jsonlogic.rule_size(rule)  # per item, as the 'filter' operator spends
+
+        def keep(items: list[Any]) -> list[Any]:
+            kept: list[Any] = []
+            for index, item in enumerate(items):
+                data = {"item": item, "index": index, "arguments": args} if scoped else item
+                try:
+                    result = jsonlogic.apply_item(rule, data, cost)
+                except JsonLogicError as exc:
+                    raise config_error(
+                        ctx,
+                        f"config 'rule' cannot be evaluated for item {index} of {len(items)} "
+                        f"({preview(item, 60)}): {exc}; fix the rule, or the item (all the items "
+                        "share the jsonlogic.MAX_STEPS steps of one evaluation, as the items of "
+                        "JsonLogic's 'filter' do)",
+                    ) from exc
+                if jsonlogic.truthy(result):
+                    kept.append(copy_json(item))
+            return kept
+
+        # One evaluation over all the items: a rule that takes seconds per item
+        # must not hold the event loop for seconds times the items.
+        return {"value": jsonlogic.counting_steps(keep, args["items"])}
 
 
 _CONCAT_TYPES: Final = ["string", "array"]

@@ -368,30 +368,35 @@ def test_sleep_stage_until_that_is_no_time_with_an_offset_is_refused_at_load(unt
     ("until", "why"),
     [
         ("2030-13-01T09:00:00+00:00", "month must be in 1..12"),
+        ("2030-02-30T09:00:00+00:00", "day is out of range for month"),
         ("2030-01-01T09:00:00+25:00", "offset must be a timedelta"),
         ("0001-01-01T00:00:00+14:00", "date value out of range"),
+        ("9999-12-31T23:59:59-01:00", "date value out of range"),
     ],
 )
-async def test_sleep_stage_until_that_passes_the_pattern_but_is_no_time_names_node_and_fix(
+def test_sleep_stage_until_that_passes_the_pattern_but_is_no_time_is_refused_at_load(
     until: str, why: str
 ) -> None:
-    document = doc(
-        [stage("nap", "SleepStage", config={"until": until}, next="end"), terminal("end")]
+    # It failed every run that reached the node, with a ValueError as the cause.
+    nap = stage("nap", "SleepStage", config={"until": until}, next="end")
+    with pytest.raises(stageflow.PipelineValidationError) as info:
+        load(doc([nap, terminal("end")]))
+    [problem] = info.value.problems
+    assert problem.location == "$.nodes[0].config.until"
+    assert problem.message.startswith(
+        "stage node 'nap': config 'until' of stage 'SleepStage' is not a time stageflow can use ("
     )
-    result = await new_session(document).run()
-    assert result.status is stageflow.SessionStatus.FAILED
-    error = result.error
-    assert isinstance(error, stageflow.StageError)
-    assert error.node_id == "nap"
-    cause = error.__cause__
-    assert isinstance(cause, ValueError)
-    assert str(cause).startswith(
-        f"SleepStage at node 'nap': config 'until' {until!r} is not a time stageflow can use ("
+    assert why in problem.message
+    assert problem.message.endswith(
+        "write a date and time with a UTC offset, such as 2030-01-01T09:00:00+00:00"
     )
-    assert why in str(cause)
-    assert str(cause).endswith(
-        "write a date and time with a UTC offset, like 2030-01-01T09:00:00+00:00"
-    )
+
+
+@pytest.mark.parametrize(
+    "until", ["2030-01-01T09:00:00+00:00", "2030-01-01 09:00Z", "2030-12-31T23:59:59.5-14:00"]
+)
+def test_sleep_stage_until_that_is_a_time_loads(until: str) -> None:
+    load(doc([stage("nap", "SleepStage", config={"until": until}, next="end"), terminal("end")]))
 
 
 async def test_sending_after_completion_is_an_error() -> None:
