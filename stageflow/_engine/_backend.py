@@ -56,6 +56,7 @@ __all__ = [
     "in_trio_run",
     "exit_request",
     "is_cancellation",
+    "lone_cancellation",
     "is_interrupt",
     "is_stray_cancellation",
     "loop_handles",
@@ -439,6 +440,22 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     too, not a failure.
     """
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+
+
+def lone_cancellation(exc: BaseException) -> BaseException:
+    """A cancellation as it leaves ``run()``: one of the backend's own, never a group of them.
+
+    On trio a cancellation that crossed a task group (the branches of a
+    parallel node, the items of a map) arrives as a group of ``Cancelled``;
+    the caller of ``run()`` gets one of them, as when it was cancelled on the
+    main path (and as on asyncio), so that ``except
+    anyio.get_cancelled_exc_class()`` around it sees it. Every ``Cancelled``
+    means the same (a cancel scope tells its own by its state, not by the
+    exception object). ``exc`` itself when it is no group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:

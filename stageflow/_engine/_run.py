@@ -39,6 +39,7 @@ from stageflow._engine._backend import (
     current_backend,
     deciding_leaf,
     is_cancellation,
+    lone_cancellation,
     loop_handles,
     stage_failure,
 )
@@ -573,11 +574,17 @@ class Run:
                         # snapshot is whole), and the cancellation goes on up
                         # (returned instead, asyncio's Task.cancel() was lost).
                         self._suspended()
-                        raise
-                    # The task running us was cancelled from outside: record, re-raise.
-                    self._finish(
-                        SessionStatus.CANCELLED, None, reason="the task running it was cancelled"
-                    )
+                    else:
+                        # The task running us was cancelled from outside: record, re-raise.
+                        self._finish(
+                            SessionStatus.CANCELLED,
+                            None,
+                            reason="the task running it was cancelled",
+                        )
+                    lone = lone_cancellation(exc)
+                    if lone is not exc:
+                        # On trio, one of the group's own Cancelled (see lone_cancellation).
+                        raise lone from None
                     raise
                 finally:
                     self._cancel_scope = None
