@@ -56,7 +56,6 @@ __all__ = [
     "in_trio_run",
     "exit_request",
     "is_cancellation",
-    "lone_cancellation",
     "is_interrupt",
     "is_stray_cancellation",
     "loop_handles",
@@ -64,6 +63,7 @@ __all__ = [
     "loop_handles_if_any",
     "run_in_virtual_time",
     "to_its_end",
+    "ungrouped",
 ]
 
 _T = TypeVar("_T")
@@ -442,20 +442,28 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
 
 
-def lone_cancellation(exc: BaseException) -> BaseException:
-    """A cancellation as it leaves ``run()``: one of the backend's own, never a group of them.
+def ungrouped(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
+    """What ``run()`` raises for ``exc``: the one exception it is about, out of the task groups'.
 
-    On trio a cancellation that crossed a task group (the branches of a
-    parallel node, the items of a map) arrives as a group of ``Cancelled``;
-    the caller of ``run()`` gets one of them, as when it was cancelled on the
-    main path (and as on asyncio), so that ``except
-    anyio.get_cancelled_exc_class()`` around it sees it. Every ``Cancelled``
-    means the same (a cancel scope tells its own by its state, not by the
-    exception object). ``exc`` itself when it is no group.
+    A ``BaseException`` that crossed the task group of a parallel node's
+    branches or a map's items comes wrapped in an exception group (on trio
+    a cancellation too, a group of ``Cancelled``); on the main path it comes
+    alone. Whether a pipeline has branches is no business of the caller's:
+    ``run()`` raises the same either way. A group of cancellations gives one
+    of them (every ``Cancelled`` means the same: a cancel scope tells its own
+    by its state, not by the exception object); a group holding one
+    exception besides cancellations (a ``KeyboardInterrupt``, a stage's
+    ``SystemExit``, which the cancellations of the other branches came with)
+    gives that one. Anything else (two branches interrupted at once) is
+    ``exc``, as it came.
     """
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = list(_leaves(exc))
+    others = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
+    if not others:
+        return leaves[0] if leaves else exc
+    return others[0] if len(others) == 1 else exc
 
 
 def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:

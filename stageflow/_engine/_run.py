@@ -39,9 +39,9 @@ from stageflow._engine._backend import (
     current_backend,
     deciding_leaf,
     is_cancellation,
-    lone_cancellation,
     loop_handles,
     stage_failure,
+    ungrouped,
 )
 from stageflow._engine._frames import (
     MAP_ITEM,
@@ -562,11 +562,14 @@ class Run:
                         raise
                     # Only to look at it (it is re-raised): on trio a cancellation that
                     # crossed a task group arrives as a group of cancellations.
+                    alone = ungrouped(exc, self.backend.cancelled)
                     if not is_cancellation(exc, self.backend.cancelled):
                         # KeyboardInterrupt, SystemExit or a stage's own
                         # BaseException: it goes up, but the session ends
                         # (failed), not left running with no run.
                         self._interrupted(exc)
+                        if alone is not exc:
+                            raise alone from None  # out of the task groups' group
                         raise
                     if self.suspending:
                         # The task running us was cancelled from outside while
@@ -581,10 +584,8 @@ class Run:
                             None,
                             reason="the task running it was cancelled",
                         )
-                    lone = lone_cancellation(exc)
-                    if lone is not exc:
-                        # On trio, one of the group's own Cancelled (see lone_cancellation).
-                        raise lone from None
+                    if alone is not exc:
+                        raise alone from None  # on trio, one Cancelled of the group's
                     raise
                 finally:
                     self._cancel_scope = None
