@@ -555,21 +555,23 @@ class Run:
                     self._internal_error(exc)
                     raise
                 except BaseException as exc:
+                    # Raised out of the task groups' exception groups (on trio a
+                    # cancellation that crossed one arrives as a group of them).
+                    alone = ungrouped(exc, self.backend.cancelled)
                     if self._stopped is not None:
                         # A limit's stop was tearing the run down (its positions
                         # saved, its history muted): it ends so; exc goes on up.
                         self._ended(None, False)
+                        if alone is not exc:
+                            raise alone from None
                         raise
-                    # Only to look at it (it is re-raised): on trio a cancellation that
-                    # crossed a task group arrives as a group of cancellations.
-                    alone = ungrouped(exc, self.backend.cancelled)
                     if not is_cancellation(exc, self.backend.cancelled):
                         # KeyboardInterrupt, SystemExit or a stage's own
                         # BaseException: it goes up, but the session ends
                         # (failed), not left running with no run.
                         self._interrupted(exc)
                         if alone is not exc:
-                            raise alone from None  # out of the task groups' group
+                            raise alone from None
                         raise
                     if self.suspending:
                         # The task running us was cancelled from outside while
@@ -585,7 +587,7 @@ class Run:
                             reason="the task running it was cancelled",
                         )
                     if alone is not exc:
-                        raise alone from None  # on trio, one Cancelled of the group's
+                        raise alone from None
                     raise
                 finally:
                     self._cancel_scope = None
