@@ -534,6 +534,10 @@ class Run:
             try:
                 root = self._enter_root(resume)
                 error: StageflowError | None = None
+                # What goes up instead of a group the task groups wrapped it in,
+                # raised below: out of the except clause, so that the group is
+                # not made its __context__, and its own cause and context stay.
+                escaping: BaseException | None = None
                 try:
                     with self.backend.cancel_scope() as scope:
                         self._arm(scope, resume)
@@ -555,25 +559,16 @@ class Run:
                     self._internal_error(exc)
                     raise
                 except BaseException as exc:
-                    # Raised out of the task groups' exception groups (on trio a
-                    # cancellation that crossed one arrives as a group of them).
-                    alone = ungrouped(exc, self.backend.cancelled)
                     if self._stopped is not None:
                         # A limit's stop was tearing the run down (its positions
                         # saved, its history muted): it ends so; exc goes on up.
                         self._ended(None, False)
-                        if alone is not exc:
-                            raise alone from None
-                        raise
-                    if not is_cancellation(exc, self.backend.cancelled):
+                    elif not is_cancellation(exc, self.backend.cancelled):
                         # KeyboardInterrupt, SystemExit or a stage's own
                         # BaseException: it goes up, but the session ends
                         # (failed), not left running with no run.
                         self._interrupted(exc)
-                        if alone is not exc:
-                            raise alone from None
-                        raise
-                    if self.suspending:
+                    elif self.suspending:
                         # The task running us was cancelled from outside while
                         # the run was being suspended: it ends suspended (its
                         # snapshot is whole), and the cancellation goes on up
@@ -586,12 +581,17 @@ class Run:
                             None,
                             reason="the task running it was cancelled",
                         )
-                    if alone is not exc:
-                        raise alone from None
-                    raise
+                    # It goes on up as it came, or, when the task groups of
+                    # branches or map items wrapped it in a group (on trio a
+                    # cancellation too), as the one exception it is about.
+                    escaping = ungrouped(exc, self.backend.cancelled)
+                    if escaping is exc:
+                        raise
                 finally:
                     self._cancel_scope = None
                     self.token = None
+                if escaping is not None:
+                    raise escaping
                 return self._ended(error, scope.cancelled_caught)
             finally:
                 if observed is not None:

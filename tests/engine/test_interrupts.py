@@ -31,7 +31,7 @@ def _registry(raised: type[BaseException]) -> stageflow.StageRegistry:
         if ctx.arguments.get("index", 0) != 0:
             await anyio.sleep_forever()
         await anyio.sleep(scaled(1))
-        raise raised("stop here")
+        raise raised("stop here") from LookupError("the reason")
 
     return registry
 
@@ -83,9 +83,10 @@ async def test_an_interrupt_in_a_branch_or_item_reaches_the_caller_alone(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(bystander)
-        with pytest.raises(raised, match=r"^stop here$"):
+        with pytest.raises(raised, match=r"^stop here$") as caught:
             await session.run()
     assert bystander_done.is_set()
+    assert repr(caught.value.__cause__) == "LookupError('the reason')"  # kept as raised
     assert session.status is stageflow.SessionStatus.CANCELLED
     last = session.history[-1]
     assert (last.type, last.payload["reason"]) == (
@@ -121,7 +122,8 @@ async def test_a_stages_own_base_exception_in_a_branch_or_item_reaches_the_calle
     session = stageflow.Session(
         load(_document(where), registry), registry=registry, payload={"items": [1, 2]}
     )
-    with pytest.raises(_Halt, match=r"^stop here$"):
+    with pytest.raises(_Halt, match=r"^stop here$") as caught:
         await session.run()
+    assert repr(caught.value.__cause__) == "LookupError('the reason')"
     assert session.status is stageflow.SessionStatus.FAILED
     assert session.history[-1].type == "session_failed"
