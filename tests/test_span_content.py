@@ -407,7 +407,6 @@ async def test_a_stages_own_base_exception_fails_the_spans_it_crosses(
     assert _one(spans, "run pipeline").status.status_code is StatusCode.ERROR
 
 
-@pytest.mark.trio_only  # asyncio's loop is not meant to survive a KeyboardInterrupt in a task
 async def test_a_keyboard_interrupt_cancels_the_spans_it_crosses(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

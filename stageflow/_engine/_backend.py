@@ -21,7 +21,11 @@ on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
 
 On any other backend both come from anyio, and work that must finish (a
 stage's cleanup) runs in an asyncio task of its own (:func:`to_its_end`):
-anyio's shield does not hold off asyncio's own ``Task.cancel()``.
+anyio's shield does not hold off asyncio's own ``Task.cancel()``. The task
+groups of branches and map items are anyio's, with a ``KeyboardInterrupt`` or
+``SystemExit`` a task raises carried to the task that opened the group
+(:class:`CarryingTaskGroup`), as trio's nursery does: asyncio would re-raise it
+out of its event loop instead.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import trio.testing
 __all__ = [
     "Backend",
     "CancelFlags",
+    "CarryingTaskGroup",
     "CancelScopeLike",
     "EventLike",
     "TrioWake",
@@ -58,6 +63,7 @@ __all__ = [
     "loop_handles_if_any",
     "run_in_virtual_time",
     "to_its_end",
+    "ungrouped",
 ]
 
 _T = TypeVar("_T")
@@ -135,6 +141,61 @@ class TrioWake:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
+# The message of the group a carried KeyboardInterrupt or SystemExit comes in:
+# anyio's own, as for any other BaseException a task of the group raises.
+_CARRIED: Final = "unhandled errors in a TaskGroup"
+
+
+class CarryingTaskGroup:
+    """anyio's task group, with a task's ``KeyboardInterrupt`` or ``SystemExit`` carried out.
+
+    On asyncio a task that raises either exception has it re-raised out of
+    the event loop (``Task.__step``): the loop stops, the caller of
+    ``run()`` cannot catch it, and every other task of the program is torn
+    down. Each task here catches it instead, cancels the group, and the
+    group raises it on exit, in a ``BaseExceptionGroup`` as trio's nursery
+    (and anyio's task group, for any other ``BaseException``) would, in the
+    task that opened the group. Used on asyncio only; on trio the nursery
+    does this itself.
+    """
+
+    __slots__ = ("_carried", "_group", "cancel_scope")
+
+    def __init__(self) -> None:
+        self._group = anyio.create_task_group()
+        self._carried: list[BaseException] = []
+        self.cancel_scope = self._group.cancel_scope
+
+    async def __aenter__(self) -> CarryingTaskGroup:
+        await self._group.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        try:
+            suppressed = await self._group.__aexit__(*exc_info)
+        except BaseException as exc:
+            if not self._carried:
+                raise
+            # A cancellation that came meanwhile (from outside the group) is
+            # dropped: the interrupt goes on up, and ends the run anyway.
+            others = [] if is_cancellation(exc, asyncio.CancelledError) else [exc]
+            raise BaseExceptionGroup(_CARRIED, [*self._carried, *others]) from None
+        if self._carried:
+            raise BaseExceptionGroup(_CARRIED, self._carried)
+        return bool(suppressed)
+
+    def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any, name: Any) -> None:
+        """Start ``function(*args)`` in the group, its interrupt carried (see the class)."""
+        self._group.start_soon(self._carrying, function, *args, name=name)
+
+    async def _carrying(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await function(*args)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self._carried.append(exc)
+            self._group.cancel_scope.cancel()
+
+
 class Backend(NamedTuple):
     """The task group opener, checkpoints, cancel scopes and the cancellation class of a run."""
 
@@ -165,7 +226,7 @@ def current_backend() -> Backend:
     if sniffio.current_async_library() == "trio":
         return _TRIO
     return Backend(
-        anyio.create_task_group,
+        CarryingTaskGroup,
         anyio.lowlevel.checkpoint_if_cancelled,
         anyio.lowlevel.checkpoint,
         anyio.get_cancelled_exc_class(),
@@ -379,6 +440,30 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     too, not a failure.
     """
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
+
+
+def ungrouped(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
+    """What ``run()`` raises for ``exc``: the one exception it is about, out of the task groups'.
+
+    A ``BaseException`` that crossed the task group of a parallel node's
+    branches or a map's items comes wrapped in an exception group (on trio
+    a cancellation too, a group of ``Cancelled``); on the main path it comes
+    alone. Whether a pipeline has branches is no business of the caller's:
+    ``run()`` raises the same either way. A group of cancellations gives one
+    of them (every ``Cancelled`` means the same: a cancel scope tells its own
+    by its state, not by the exception object); a group holding one
+    exception besides cancellations (a ``KeyboardInterrupt``, a stage's
+    ``SystemExit``, which the cancellations of the other branches came with)
+    gives that one. Anything else (two branches interrupted at once) is
+    ``exc``, as it came.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = list(_leaves(exc))
+    others = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
+    if not others:
+        return leaves[0] if leaves else exc
+    return others[0] if len(others) == 1 else exc
 
 
 def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:

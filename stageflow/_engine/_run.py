@@ -41,6 +41,7 @@ from stageflow._engine._backend import (
     is_cancellation,
     loop_handles,
     stage_failure,
+    ungrouped,
 )
 from stageflow._engine._frames import (
     MAP_ITEM,
@@ -533,6 +534,10 @@ class Run:
             try:
                 root = self._enter_root(resume)
                 error: StageflowError | None = None
+                # What goes up instead of a group the task groups wrapped it in,
+                # raised below: out of the except clause, so that the group is
+                # not made its __context__, and its own cause and context stay.
+                escaping: BaseException | None = None
                 try:
                     with self.backend.cancel_scope() as scope:
                         self._arm(scope, resume)
@@ -558,30 +563,35 @@ class Run:
                         # A limit's stop was tearing the run down (its positions
                         # saved, its history muted): it ends so; exc goes on up.
                         self._ended(None, False)
-                        raise
-                    # Only to look at it (it is re-raised): on trio a cancellation that
-                    # crossed a task group arrives as a group of cancellations.
-                    if not is_cancellation(exc, self.backend.cancelled):
+                    elif not is_cancellation(exc, self.backend.cancelled):
                         # KeyboardInterrupt, SystemExit or a stage's own
                         # BaseException: it goes up, but the session ends
                         # (failed), not left running with no run.
                         self._interrupted(exc)
-                        raise
-                    if self.suspending:
+                    elif self.suspending:
                         # The task running us was cancelled from outside while
                         # the run was being suspended: it ends suspended (its
                         # snapshot is whole), and the cancellation goes on up
                         # (returned instead, asyncio's Task.cancel() was lost).
                         self._suspended()
+                    else:
+                        # The task running us was cancelled from outside: record, re-raise.
+                        self._finish(
+                            SessionStatus.CANCELLED,
+                            None,
+                            reason="the task running it was cancelled",
+                        )
+                    # It goes on up as it came, or, when the task groups of
+                    # branches or map items wrapped it in a group (on trio a
+                    # cancellation too), as the one exception it is about.
+                    escaping = ungrouped(exc, self.backend.cancelled)
+                    if escaping is exc:
                         raise
-                    # The task running us was cancelled from outside: record, re-raise.
-                    self._finish(
-                        SessionStatus.CANCELLED, None, reason="the task running it was cancelled"
-                    )
-                    raise
                 finally:
                     self._cancel_scope = None
                     self.token = None
+                if escaping is not None:
+                    raise escaping
                 return self._ended(error, scope.cancelled_caught)
             finally:
                 if observed is not None:

@@ -414,8 +414,8 @@ class Worker:
                     # cancellation (of this turn or of the worker) go on up.
                     if is_interrupt(exc) or _cancelled(exc, turn.scope):
                         raise
-                    # Raised in a branch or a map item, it comes in the task
-                    # groups' exception groups: the error names what ended them.
+                    # run() raises it alone; two at once (in two branches) come
+                    # in a group: the error names the first.
                     leaf = deciding_leaf(exc, anyio.get_cancelled_exc_class())
                     log.warning("worker.turn_failed", error=repr(leaf), exc_info=exc)
                     await self._release(lease, f"{type(leaf).__name__}: {leaf}")

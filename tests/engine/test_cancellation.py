@@ -602,3 +602,28 @@ async def test_a_stage_that_fails_as_it_is_cancelled_fails_its_node(
     else:  # the error went up through the cancelled scope, as trio lets it
         assert session.status is stageflow.SessionStatus.FAILED
         assert "ValueError: cleanup failed" in outcome["error"]["message"]
+
+
+@pytest.mark.parametrize("document", [PARALLEL, MAP], ids=["in a branch", "in a map item"])
+async def test_a_cancellation_from_outside_comes_out_of_run_as_the_backends_own(
+    document: dict[str, Any],
+) -> None:
+    # On trio, cancelled while its branches or items ran, run() raised the
+    # task group's BaseExceptionGroup of trio.Cancelled: an
+    # ``except anyio.get_cancelled_exc_class()`` around it, which catches the
+    # cancellation on asyncio and on the main path, let it through.
+    session = stageflow.Session(load(document, _registry()))
+    caught: list[BaseException] = []
+    with anyio.CancelScope() as scope:
+        session.subscribe(
+            lambda event: scope.cancel() if event.type == "waiting_for_input" else None
+        )
+        try:
+            await session.run()
+        except anyio.get_cancelled_exc_class() as exc:
+            caught.append(exc)
+            raise
+    assert scope.cancelled_caught
+    assert len(caught) == 1
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    assert session.history[-1].payload["reason"] == "the task running it was cancelled"
