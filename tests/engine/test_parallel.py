@@ -660,8 +660,7 @@ async def test_a_base_exception_from_a_branch_stage_goes_up_through_the_parallel
 
     pipeline = fan([stage("a", "Stop"), set_node("b", "b", 2, delay=5)])
     session = stageflow.Session(load(pipeline, registry), registry=registry)
-    # Grouped (with the other branch's cancellation on trio), as a task group raises it.
-    with pytest.raises(BaseExceptionGroup) as raised:
+    # Alone, as on the main path (test_interrupts.py), the sibling cancelled on its way.
+    with pytest.raises(_Stop):
         await session.run()
-    assert raised.group_contains(_Stop)
     assert ("branch_cancelled", "fan/b") in [(e.type, e.path) for e in session.history]
