@@ -1,6 +1,6 @@
 """A/B of two stageflow trees in one process: map items and fan-out branches, CPU time.
 
-``python -m benchmarks._fanout_ab BEFORE AFTER [ROUNDS] [--asyncio]``:
+``python -m benchmarks._fanout_ab BEFORE AFTER [ROUNDS] [--asyncio] [--langgraph]``:
 BEFORE and AFTER are source trees (``git archive main | tar -x -C DIR``
 makes one). Each tree's ``stageflow`` package is copied to a temporary
 directory under another name (its imports renamed), so both load into this
@@ -12,6 +12,15 @@ branches (per branch: (N - 1 branch) / (N - 1)), and a 1,000-node chain
 less a terminal-only run (per node: a control that neither side's map or
 parallel code runs). Printed: the median of each side and the median of
 the per-round ratios AFTER / BEFORE. Not part of ``make bench``.
+
+``--langgraph`` (the bench environment, which has LangGraph): LangGraph's
+fan-outs of 1, 100 and 1,000 (the ``langgraph`` section's graphs) are timed
+in the same rounds, with ``ainvoke`` on asyncio and ``invoke`` on trio, and
+every sample (both trees' too) in the process's CPU time
+(``time.process_time_ns``: LangGraph's sync API runs branches in a thread
+pool). Printed in addition: LangGraph's branch and, per tree, the median of
+the per-round ratios LangGraph / stageflow (the ``langgraph`` section's
+"parallel branch" rows, in CPU time).
 """
 
 from __future__ import annotations
@@ -118,21 +127,63 @@ DERIVED: dict[str, Callable[[dict[str, float]], float]] = {
 }
 
 
+# The CPU clock of every sample: the measuring thread's, or the process's
+# with --langgraph.
+cpu_ns = time.thread_time_ns
+
+
 async def sample(sf: Any, reg: Any, pipeline: Any, payload: dict[str, Any], runs: int) -> float:
     sessions = [sf.Session(pipeline, registry=reg, payload=dict(payload)) for _ in range(runs)]
     gc.collect()
-    start = time.thread_time_ns()
+    start = cpu_ns()
     for session in sessions:
         result = await session.run()
-    elapsed = time.thread_time_ns() - start
+    elapsed = cpu_ns() - start
     if result.status.value != "completed":
         raise RuntimeError(f"a timed run ended {result.status.value}: {result.error}")
     return elapsed / runs
 
 
-async def main(sides: list[Any], rounds: int) -> None:
+class LangGraphFanouts:
+    """LangGraph's fan-outs of 1, 100 and 1,000 (``--langgraph``), per branch as ``DERIVED``."""
+
+    SIZES = (1, 100, 1000)
+
+    def __init__(self, on_asyncio: bool) -> None:
+        from benchmarks import _langgraph  # only in the bench environment
+
+        self.on_asyncio = on_asyncio
+        self.limit = _langgraph.LIMIT
+        mode = "async" if on_asyncio else "sync"
+        self.graphs = {n: _langgraph.fanout_graph(n, mode) for n in self.SIZES}
+
+    async def sample(self, branches: int) -> float:
+        graph = self.graphs[branches]
+        runs = 20 if branches == 1 else 1  # per sample, as the trees' fan-outs
+        gc.collect()
+        start = cpu_ns()
+        for _ in range(runs):
+            if self.on_asyncio:
+                result = await graph.ainvoke({"n": 0, "r": []}, self.limit)
+            else:
+                result = graph.invoke({"n": 0, "r": []}, self.limit)  # blocks, as intended
+        elapsed = cpu_ns() - start
+        if len(result["r"]) != branches:
+            raise RuntimeError("a LangGraph fan-out lost a branch")
+        return elapsed / runs
+
+    async def round(self) -> dict[str, float]:
+        m = {n: await self.sample(n) for n in self.SIZES}
+        return {
+            "branch (fan-out of 100)": (m[100] - m[1]) / 99,
+            "branch (fan-out of 1,000)": (m[1000] - m[1]) / 999,
+        }
+
+
+async def main(sides: list[Any], rounds: int, langgraph: LangGraphFanouts | None = None) -> None:
     built = [(sf, *shapes(sf)) for sf in sides]
     figures: list[list[dict[str, float]]] = [[] for _ in sides]
+    theirs: list[dict[str, float]] = []
     for round_ in range(rounds + 1):  # the first round warms up
         order = list(enumerate(built))
         if round_ % 2:
@@ -141,6 +192,10 @@ async def main(sides: list[Any], rounds: int) -> None:
             medians = {k: await sample(sf, reg, *shape) for k, shape in timed.items()}
             if round_:
                 figures[side].append({k: f(medians) for k, f in DERIVED.items()})
+        if langgraph is not None:
+            branches = await langgraph.round()
+            if round_:
+                theirs.append(branches)
     before, after = figures
     print(f"{'':28} {'before':>10} {'after':>10}  after/before (median of rounds)")
     for key in DERIVED:
@@ -148,10 +203,19 @@ async def main(sides: list[Any], rounds: int) -> None:
         a = statistics.median(r[key] for r in after) / 1000
         ratio = statistics.median(y[key] / x[key] for x, y in zip(before, after, strict=True))
         print(f"{key:28} {b:8.2f}us {a:8.2f}us  {ratio:.3f}")
+    if theirs:
+        print(f"{'LangGraph':28} {'per branch':>10}  LangGraph / stageflow (median of rounds)")
+        for key in theirs[0]:
+            lg = statistics.median(r[key] for r in theirs) / 1000
+            cheaper = [
+                statistics.median(t[key] / r[key] for t, r in zip(theirs, side, strict=True))
+                for side in (before, after)
+            ]
+            print(f"{key:28} {lg:8.2f}us  before {cheaper[0]:.2f}x, after {cheaper[1]:.2f}x")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--asyncio"]
+    args = [a for a in sys.argv[1:] if a not in ("--asyncio", "--langgraph")]
     with tempfile.TemporaryDirectory() as scratch:
         sys.path.insert(0, scratch)
         sides = [
@@ -159,7 +223,12 @@ if __name__ == "__main__":
             load(args[1], "sf_after", Path(scratch)),
         ]
         rounds = int(args[2]) if len(args) > 2 else 15
-        if "--asyncio" in sys.argv:
-            asyncio.run(main(sides, rounds))
+        on_asyncio = "--asyncio" in sys.argv
+        langgraph = None
+        if "--langgraph" in sys.argv:
+            cpu_ns = time.process_time_ns
+            langgraph = LangGraphFanouts(on_asyncio)
+        if on_asyncio:
+            asyncio.run(main(sides, rounds, langgraph))
         else:
-            trio.run(main, sides, rounds)
+            trio.run(main, sides, rounds, langgraph)

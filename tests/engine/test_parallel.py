@@ -11,6 +11,7 @@ from fakes import (
     load,
     parallel,
     run,
+    scaled,
     stage,
     terminal,
     types,
@@ -588,3 +589,78 @@ async def test_an_append_never_nests_the_context_deeper_than_a_snapshot_holds(
         assert isinstance(result.error, stageflow.NodeError)
         assert "reducer 'append'" in str(result.error)
         assert "more than 256 levels deep" in str(result.error)
+
+
+# On asyncio a branch's worker task is started in anyio's task group without
+# anyio's per-task handle (``_backend.asyncio_spawner``): it must still be in
+# anyio's cancel scopes as a ``start_soon`` task is, with their deadlines and
+# shields.
+
+
+async def test_a_branch_stage_sees_the_parallel_nodes_timeout_as_its_deadline() -> None:
+    registry = fake_registry()
+    deadlines: list[float] = []
+
+    @registry.register("Deadline")
+    async def deadline(ctx: stageflow.StageContext) -> dict[str, object]:
+        deadlines.append(anyio.current_effective_deadline())
+        return {}
+
+    timeout = scaled(30)
+    pipeline = doc(
+        [
+            parallel("fan", ["a", "b"], next="end", timeout=timeout),
+            stage("a", "Deadline"),
+            stage("b", "Deadline"),
+            terminal("end"),
+        ]
+    )
+    start = anyio.current_time()
+    result = await run(pipeline, registry=registry)
+    end = anyio.current_time()
+    assert result.status is COMPLETED, result.error
+    assert len(deadlines) == 2
+    assert all(start + timeout <= d <= end + timeout for d in deadlines), deadlines
+
+
+async def test_a_shield_in_a_losing_branch_holds_off_its_cancellation_until_it_ends() -> None:
+    registry = fake_registry()
+    steps: list[str] = []
+
+    @registry.register("Shielded")
+    async def shielded(ctx: stageflow.StageContext) -> dict[str, object]:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(scaled(2))
+            steps.append("shielded part done")
+        await anyio.sleep(scaled(10))
+        steps.append("not cancelled")
+        return {"b": 2}
+
+    pipeline = fan(
+        [set_node("fast", "a", 1, delay=1), stage("slow", "Shielded", outputs={"b": "b"})],
+        policy="any",
+    )
+    result = await run(pipeline, registry=registry)
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts == {"a": 1, "b": None, "shared": None}
+    assert steps == ["shielded part done"]
+    assert ("branch_cancelled", "fan/slow") in [(e.type, e.path) for e in result.history]
+
+
+class _Stop(BaseException):
+    """A ``BaseException`` of a stage's own: not a failure, it goes up to the caller."""
+
+
+async def test_a_base_exception_from_a_branch_stage_goes_up_through_the_parallel_node() -> None:
+    registry = fake_registry()
+
+    @registry.register("Stop")
+    async def stop(ctx: stageflow.StageContext) -> None:
+        raise _Stop
+
+    pipeline = fan([stage("a", "Stop"), set_node("b", "b", 2, delay=5)])
+    session = stageflow.Session(load(pipeline, registry), registry=registry)
+    # Alone, as on the main path (test_interrupts.py), the sibling cancelled on its way.
+    with pytest.raises(_Stop):
+        await session.run()
+    assert ("branch_cancelled", "fan/b") in [(e.type, e.path) for e in session.history]
