@@ -818,6 +818,26 @@ def test_plugin_patterns_come_from_the_ini_option(pytester: pytest.Pytester) -> 
     result.stdout.fnmatch_lines(["*flow-cases.json::c PASSED*"])
 
 
+def test_plugin_patterns_match_file_names_in_any_case(pytester: pytest.Pytester) -> None:
+    # load_cases and `stageflow test` read CASES.STAGEFLOW.YAML as YAML; pytest skipped it.
+    _plugin_files(pytester)
+    case = {
+        "pipeline": "pipeline.json",
+        "stages": "stages.py",
+        "cases": [{"name": "c", "payload": SHORT}],
+    }
+    (pytester.path / "UPPER.STAGEFLOW.YAML").write_text(yaml.safe_dump(case))
+    (pytester.path / "Mixed.Stageflow.Json").write_text(json.dumps(case))
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*Mixed.Stageflow.Json::c PASSED*", "*UPPER.STAGEFLOW.YAML::c PASSED*"]
+    )
+    pytester.makeini("[pytest]\nstageflow_case_files = FLOW-*.json\n")
+    (pytester.path / "flow-cases.JSON").write_text(json.dumps(case))
+    pytester.runpytest("-v").assert_outcomes(passed=1)
+
+
 def test_plugin_adds_stages_modules_from_the_ini_option(pytester: pytest.Pytester) -> None:
     _plugin_files(pytester)
     case = {"pipeline": "pipeline.json", "cases": [{"name": "c", "payload": LONG}]}
