@@ -975,6 +975,46 @@ def test_an_engine_error_propagates_unwrapped(
         run_case(case)
 
 
+class _Halt(BaseException):
+    """A BaseException that is no Exception, raised by a stage."""
+
+
+@pytest.mark.parametrize("raised", [_Halt("halt"), SystemExit(3), GeneratorExit()])
+def test_a_stage_raising_a_base_exception_propagates_as_the_session_raises_it(
+    raised: BaseException,
+) -> None:
+    # Session.run() raises it bare; run_case() raised it in its task group's group.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Halts")
+    async def halts(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise raised
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "halt",
+        "nodes": [
+            {"id": "halt", "type": "stage", "stage": "Halts", "next": "end"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(type(raised)) as caught:
+        run_case(Case(name="halts", pipeline=pipeline), registry=registry)
+    assert caught.value is raised
+
+
+def test_an_engine_error_keeps_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    cause = ValueError("the cause")
+
+    async def broken_run(self: stageflow.Session) -> stageflow.SessionResult:
+        raise RuntimeError("engine bug") from cause
+
+    monkeypatch.setattr(stageflow.Session, "run", broken_run)
+    with pytest.raises(RuntimeError, match="engine bug") as caught:
+        run_case(approval_case())
+    assert caught.value.__cause__ is cause
+
+
 def test_docs_retry_mock_snippet_is_the_committed_one() -> None:
     snippet = yaml.safe_load(doc_blocks("yaml")[0])
     committed = yaml.safe_load((CASES / "fetch.stageflow.yaml").read_text())
