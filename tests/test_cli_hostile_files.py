@@ -176,6 +176,28 @@ def test_the_tester_keeps_the_sessions_log_lines_out_unless_asked(cli: Cli, tmp_
     assert "session.finished" in asked.err
 
 
+def test_the_tester_writes_a_failed_stages_traceback_with_traceback(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # --traceback alone was taken for no log option: the lines it adds to were left out.
+    (tmp_path / "buggy.py").write_text(
+        "import stageflow\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('Buggy')\n"
+        "async def buggy(ctx):\n"
+        "    return {'v': {}['missing']}\n"
+    )
+    pipeline = doc([stage("s", "Buggy", next="end"), terminal("end")])
+    case = write_json(
+        tmp_path / "case.json",
+        {"pipeline": pipeline, "stages": "buggy.py", "cases": [{"name": "buggy"}]},
+    )
+    got = cli("test", case, "--no-coverage", "--traceback")
+    assert got.code == ExitCode.FAILED
+    assert "Traceback (most recent call last)" in got.err
+    assert 'buggy.py", line 5, in buggy' in got.err
+
+
 def test_a_command_runs_with_standard_error_closed() -> None:
     # Python makes sys.stderr None: configuring the logs raised AttributeError.
     done = subprocess.run(

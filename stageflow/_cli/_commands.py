@@ -304,7 +304,12 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
         )
     # The report says how each case ran. Without a log option, the sessions' own
     # lines stay out of it: a case that expects a failure printed ERROR lines.
-    quiet = not (getattr(args, "log_level", None) or getattr(args, "log_format", None))
+    # --traceback is one: the tracebacks it asks for are written on those lines.
+    quiet = not (
+        getattr(args, "log_level", None)
+        or getattr(args, "log_format", None)
+        or getattr(args, "traceback", False)
+    )
     session_log = logging.getLogger("stageflow.session")
     level = session_log.level
     if quiet:
