@@ -750,6 +750,46 @@ def test_plugin_shows_the_diff_of_a_failing_case(pytester: pytest.Pytester) -> N
     assert "Traceback" not in result.stdout.str()
 
 
+def test_plugin_shows_where_a_stage_raised_when_the_run_was_not_to_fail(
+    pytester: pytest.Pytester,
+) -> None:
+    # The report named "KeyError: 'missing'", and no line of the stage's.
+    pytester.makepyfile(
+        buggy=(
+            "import stageflow\n"
+            "registry = stageflow.StageRegistry()\n"
+            "def lookup(row):\n"
+            "    return row['missing']\n"
+            "@registry.register('Buggy')\n"
+            "async def buggy(ctx):\n"
+            "    return {'v': lookup({})}\n"
+        )
+    )
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "s",
+        "nodes": [
+            {"id": "s", "type": "stage", "stage": "Buggy", "next": "end"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    cases = [
+        {"name": "not to fail"},
+        {"name": "to fail", "expect": {"status": "failed", "result": {"ok": True}}},
+    ]
+    case = {"pipeline": pipeline, "stages": "buggy.py", "cases": cases}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    # What docs/testing.md shows, the file named by its full path.
+    shown = doc_blocks("pytb")[0].replace('"buggy.py"', f'"{pytester.path / "buggy.py"}"')
+    assert out.index("case 'not to fail'") < out.index(shown) < out.index("case 'to fail'")
+    # Only where the run failing is the surprise, and from the stage's own frames.
+    assert out.count("Traceback") == 1
+    assert "_engine" not in out
+
+
 @pytest.mark.parametrize("ini", ["trio_mode = true", "anyio_mode = auto"])
 def test_plugin_runs_under_the_async_plugins_modes(pytester: pytest.Pytester, ini: str) -> None:
     # pytest-trio's trio_mode reads item.obj on every item (an INTERNALERROR before).
