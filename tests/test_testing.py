@@ -37,6 +37,7 @@ from stageflow.testing import (
     Expectations,
     ScriptedInput,
     StageMock,
+    _diff,
     coverage_of,
     load_cases,
     run_case,
@@ -390,6 +391,64 @@ def test_json_values_are_compared_as_json(write_cases: Callable[..., Path]) -> N
         [{"name": "b", "payload": {"text": "a"}, "expect": {"artifacts_subset": {"score": True}}}]
     )
     assert [f.field for f in run_one(path).failures] == ["artifacts_subset"]
+
+
+def test_values_that_differ_in_too_many_places_list_the_first_places() -> None:
+    # A line diff of them takes time that grows with the product of their lengths:
+    # two lists of 20,000 numbers differing at every other one took 45 s to report.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Numbers")
+    async def numbers(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"xs": list(range(2500))}
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "count",
+        "nodes": [
+            {"id": "count", "type": "stage", "stage": "Numbers", "outputs": {"xs": "xs"}},
+            {"id": "end", "type": "terminal", "artifacts": ["xs"]},
+        ],
+    }
+    pipeline["nodes"][0]["next"] = "end"
+    expected = [n if n % 2 else -n - 1 for n in range(2500)]
+    case = Case(name="n", pipeline=pipeline, expect=Expectations(artifacts={"xs": expected}))
+    (failure,) = run_case(case, registry=registry).failures
+    assert failure.field == "artifacts"
+    lines = failure.details.splitlines()
+    assert lines[:3] == [
+        "too many differing lines to diff (2504 expected, 2504 actual); "
+        "the first differing places:",
+        "  xs[0]: expected -1, got 0",
+        "  xs[2]: expected -3, got 2",
+    ]
+    assert lines[-1] == "  ... and 1230 more"
+    assert len(lines) == 22
+
+
+def test_a_value_that_differs_in_one_place_gets_a_line_diff_whatever_its_size() -> None:
+    expected = {"xs": list(range(50_000))}
+    actual = {"xs": [*range(25_000), "x", *range(25_001, 50_000)]}
+    lines = _diff.text_diff(expected, actual).splitlines()
+    changed = lines.index("-    25000,")
+    assert lines[changed - 1 : changed + 3] == [
+        "     24999,",
+        "-    25000,",
+        '+    "x",',
+        "     25001,",
+    ]
+    assert lines[:2] == ["--- expected", "+++ actual"]
+
+
+def test_paths_that_differ_in_too_many_places_list_the_first_places() -> None:
+    expected = [f"n{i}" for i in range(2500)]
+    actual = [name if i % 2 else f"m{i}" for i, name in enumerate(expected)] + ["extra"]
+    lines = _diff.list_diff(expected, actual).splitlines()
+    assert lines[:2] == [
+        "too many differing lines to diff (2500 expected, 2501 actual); the first differing names:",
+        "  #1: expected 'n0', got 'm0'",
+    ]
+    assert lines[-1] == "  ... and 1231 more"
 
 
 def test_path_in_order_says_which_node_is_missing(write_cases: Callable[..., Path]) -> None:
