@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
+import trio
 import yaml
 from tester_support import (
     CASES,
@@ -1100,6 +1101,34 @@ def test_a_stage_raising_a_base_exception_propagates_as_the_session_raises_it(
     with pytest.raises(type(raised)) as caught:
         run_case(Case(name="halts", pipeline=pipeline), registry=registry)
     assert caught.value is raised
+
+
+def test_ctrl_c_in_a_parallel_branch_goes_up_as_keyboard_interrupt() -> None:
+    # The session raises it in the parallel node's group: pytest would take it
+    # for the case's failure and go on with the next case.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Interrupted")
+    async def interrupted(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    @registry.register("Slow")
+    async def slow(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await trio.sleep(100)
+        return {}
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "fan",
+        "nodes": [
+            {"id": "fan", "type": "parallel", "children": ["a", "b"], "next": "end"},
+            {"id": "a", "type": "stage", "stage": "Interrupted"},
+            {"id": "b", "type": "stage", "stage": "Slow"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(KeyboardInterrupt):
+        run_case(Case(name="ctrl-c", pipeline=pipeline), registry=registry)
 
 
 def test_an_engine_error_keeps_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:

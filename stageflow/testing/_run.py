@@ -277,16 +277,17 @@ class _Driver:
                 outcome = await session.run()
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
+            # Ctrl-C goes up as KeyboardInterrupt, also from a parallel branch (in
+            # the session's group too): in a group, pytest took it for the case's
+            # failure and went on with the next case.
+            if is_interrupt(group):
+                raise deciding_leaf(group, cancelled) from None
             # One error (an engine bug, a stage raising a BaseException such as
             # SystemExit) goes up as Session.run() raised it, with its own cause,
             # not wrapped in the task group's group.
             if len(group.exceptions) == 1 and not is_cancellation(group.exceptions[0], cancelled):
                 only = group.exceptions[0]
                 raise only from only.__cause__
-            # Ctrl-C goes up as KeyboardInterrupt: in a group, pytest took it
-            # for the case's failure and went on with the next case.
-            if is_interrupt(group):
-                raise deciding_leaf(group, cancelled) from None
             raise
         finally:
             unsubscribe()
