@@ -42,6 +42,28 @@ def test_measure_coverage_says_what_it_takes() -> None:
     assert measure_coverage(result.pipeline, [result.history]).runs == 1
 
 
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        # A history read back from JSON (a snapshot's "history"): events as dicts.
+        ("dicts", r"given a dict in history #0, where it takes stageflow.Event objects"),
+        (None, r"given None as history #0; pass the histories of the runs"),
+        ("abc", r"given a str as history #0; pass the histories of the runs"),
+    ],
+)
+def test_measure_coverage_refuses_histories_of_anything_but_events(
+    history: object, message: str
+) -> None:
+    # It raised AttributeError: 'dict' object has no attribute 'path'.
+    case = Case(name="n", pipeline=REFERENCE / "pipeline.json", payload=SHORT)
+    result = run_case(case, registry=reference_registry())
+    assert result.pipeline is not None
+    if history == "dicts":
+        history = [event.to_dict() for event in result.history]
+    with pytest.raises(TypeError, match=message):
+        measure_coverage(result.pipeline, [history])  # type: ignore[list-item]
+
+
 def test_coverage_of_a_case_set_that_misses_the_else_branch() -> None:
     report = run_case_files([CASES / "reference.stageflow.json"])
     (coverage,) = report.coverage
