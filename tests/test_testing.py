@@ -36,6 +36,7 @@ from stageflow.testing import (
     EdgeKind,
     EventExpectation,
     Expectations,
+    MockError,
     ScriptedInput,
     StageMock,
     _diff,
@@ -719,6 +720,30 @@ def test_a_time_that_is_not_a_finite_number_is_a_located_error(
 def test_times_built_in_python_are_checked_too(make: Callable[[], object]) -> None:
     with pytest.raises(stageflow.DefinitionError, match="is not a finite number of seconds"):
         make()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: CaseLimits(max_events="3"), "CaseLimits(max_events='3') is not a whole number"),
+        (lambda: CaseLimits(max_events=0), "CaseLimits(max_events=0) is not a whole number"),
+        (lambda: CaseLimits(max_steps=1.5), "CaseLimits(max_steps=1.5) is not a whole number"),
+        (lambda: EventExpectation("x", count=-1), "EventExpectation(count=-1) is not a whole"),
+        (lambda: MockError("E", attempt=True), "MockError(attempt=True) is not a whole number"),
+    ],
+)
+def test_counts_built_in_python_are_checked(make: Callable[[], object], message: str) -> None:
+    # max_events="3" made the tester's event counter raise on every event: it was
+    # detached, and the limit never applied (the case passed).
+    with pytest.raises(stageflow.DefinitionError) as refused:
+        make()
+    assert str(refused.value).startswith(message)
+
+
+def test_a_limit_on_events_given_in_python_applies() -> None:
+    case = approval_case(inputs=[{"type": "approval", "payload": {"ok": True}}])
+    limited = attrs.evolve(case, limits=CaseLimits(max_events=3))
+    assert run_case(limited).limit_exceeded == "max_events"
 
 
 @pytest.mark.parametrize(
