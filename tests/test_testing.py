@@ -921,6 +921,25 @@ def test_ctrl_c_in_a_case_stops_pytest(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*", "*no tests ran*"])
 
 
+def test_plugin_escapes_what_a_terminal_would_act_on_in_test_ids(
+    pytester: pytest.Pytester,
+) -> None:
+    # A newline split the report's lines; an escape sequence reached the terminal.
+    _plugin_files(pytester)
+    names = ["two\nlines", "clear \x1b[2J", "caf\u00e9 \u202eoverride"]
+    cases = [{"name": name, "payload": SHORT} for name in names]
+    case = {"pipeline": "pipeline.json", "stages": "stages.py", "cases": cases}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "c.stageflow.json::two\\nlines PASSED" in out
+    assert "c.stageflow.json::clear \\x1b[2J PASSED" in out
+    assert "c.stageflow.json::caf\u00e9 \\u202eoverride PASSED" in out
+    assert "\x1b[2J" not in out
+    assert "\u202e" not in out
+
+
 def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:
     (pytester.path / "bad.stageflow.yaml").write_text("pipeline: p.json\ncases: []\n")
     result = pytester.runpytest()

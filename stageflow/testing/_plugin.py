@@ -24,7 +24,14 @@ from stageflow.testing._run import run_case
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
 
-__all__ = ["CaseFailedError", "CaseFile", "CaseItem", "stage_tracebacks", "write_coverage"]
+__all__ = [
+    "CaseFailedError",
+    "CaseFile",
+    "CaseItem",
+    "stage_tracebacks",
+    "item_name",
+    "write_coverage",
+]
 
 _RESULTS: Final = pytest.StashKey[list[CaseResult]]()
 _PACKAGE: Final = Path(__file__).resolve().parents[1]  # stageflow/
@@ -39,7 +46,7 @@ class CaseFile(pytest.File):
         stages: list[str] = self.config.getini("stageflow_stages")
         extra = [_from_root(self.config.rootpath, s) for s in stages]
         for case in load_cases(self.path, stages_modules=extra):
-            yield CaseItem.from_parent(self, name=case.name, case=case)
+            yield CaseItem.from_parent(self, name=item_name(case.name), case=case)
 
     def repr_failure(  # type: ignore[override]  # Collector's takes no style
         self, excinfo: pytest.ExceptionInfo[BaseException]
@@ -48,6 +55,17 @@ class CaseFile(pytest.File):
         if isinstance(excinfo.value, StageflowError):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo)
+
+
+def item_name(name: str) -> str:
+    """The pytest test id of a case: its name, with what a terminal would act on escaped.
+
+    A newline split pytest's report lines, and an escape sequence (``ESC [2J``)
+    or a bidirectional override in a case file reached the terminal as is.
+    """
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _from_root(root: Path, ref: str) -> str:
