@@ -20,6 +20,7 @@ from cli_support import PIPELINE, STAGES, Cli, restore_logging, write_json  # no
 from fakes import doc, stage, terminal
 
 from stageflow._guard import MAX_DOCUMENT_BYTES
+from stageflow._stages import default_registry
 from stageflow.cli import ExitCode
 
 
@@ -137,6 +138,43 @@ def test_a_case_file_path_that_names_no_file_is_a_usage_error(cli: Cli, tmp_path
         "(the other case files were not run)"
     ]
     assert got.out == ""
+
+
+def test_a_stages_module_that_cannot_be_imported_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    # Every case was an error blamed on its case file's $.stages ("case file in
+    # good.json is not valid"), which may name no stages at all, and it exited 1.
+    good = write_json(
+        tmp_path / "good.json",
+        {"pipeline": PIPELINE, "stages": STAGES, "cases": [{"name": "ok", "payload": {}}]},
+    )
+    got = cli("test", good, "--stages", "no_such_stages_module")
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        "stageflow: --stages no_such_stages_module: no module named 'no_such_stages_module' "
+        "(searched the current directory and sys.path); pass an importable module name or "
+        "a path to a .py file"
+    ]
+    assert got.out == ""
+
+
+def test_a_stages_module_given_to_the_tester_is_imported_once(cli: Cli, tmp_path: Path) -> None:
+    # It registers into the default registry: imported twice, its stage clashed with itself.
+    (tmp_path / "extra.py").write_text(
+        "import stageflow\n"
+        "@stageflow.register_stage('ExtraOnce')\n"
+        "async def extra(ctx):\n"
+        "    return {}\n"
+    )
+    good = write_json(
+        tmp_path / "good.json",
+        {"pipeline": PIPELINE, "stages": STAGES, "cases": [{"name": "ok", "payload": {}}]},
+    )
+    try:
+        got = cli("test", good, "--stages", str(tmp_path / "extra.py"), "--no-coverage")
+    finally:
+        # The default registry is process-wide: later tests list it.
+        default_registry()._entries.pop("ExtraOnce", None)
+    assert got.code == ExitCode.OK, got.out + got.err
 
 
 def test_a_case_file_path_that_names_a_directory_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
