@@ -990,6 +990,27 @@ def test_plugin_adds_stages_modules_from_the_ini_option(pytester: pytest.Pyteste
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+def test_plugin_names_the_ini_option_of_a_stages_module_that_cannot_be_imported(
+    pytester: pytest.Pytester,
+) -> None:
+    # Every case failed, blamed on its case file: "case file in c.stageflow.json is
+    # not valid: $.stages: stages module ...", though the file names no stages.
+    _plugin_files(pytester)
+    case = {"pipeline": "pipeline.json", "cases": [{"name": "a"}, {"name": "b"}]}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    pytester.makeini("[pytest]\nstageflow_stages = no_such_stages_module\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "stageflow_stages (pytest ini option) = no_such_stages_module: no module named "
+            "'no_such_stages_module' *; pass an importable module name or a path to a .py file"
+        ]
+    )
+    assert "$.stages" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
+
+
 def test_plugin_prints_coverage_on_request(pytester: pytest.Pytester) -> None:
     _plugin_files(pytester)
     case = {

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from stageflow import StageError, StageflowError
-from stageflow._stage_modules import is_file_ref, split_stages_ref
+from stageflow._stage_modules import (
+    StagesModuleError,
+    is_file_ref,
+    registry_of,
+    split_stages_ref,
+)
 from stageflow.testing._load import load_cases
 from stageflow.testing._model import Case
 from stageflow.testing._report import coverage_of
@@ -38,6 +43,10 @@ _PACKAGE: Final = Path(__file__).resolve().parents[1]  # stageflow/
 _DEPTH: Final = 8  # errors wrap errors a few levels deep; a bound, not a tuning knob
 
 
+class StagesOptionError(Exception):
+    """A module of the ``stageflow_stages`` ini option cannot be imported."""
+
+
 class CaseFile(pytest.File):
     """A case file: one test item per case."""
 
@@ -45,6 +54,16 @@ class CaseFile(pytest.File):
         """Read the file and yield an item per case (a bad file is a collection error)."""
         stages: list[str] = self.config.getini("stageflow_stages")
         extra = [_from_root(self.config.rootpath, s) for s in stages]
+        for given, ref in zip(stages, extra, strict=True):
+            # Imported as the cases import it: a module that cannot be is the
+            # option's fault, not (as the cases would say) their case file's.
+            try:
+                registry_of(ref, unique_name=True)
+            except StagesModuleError as exc:
+                traceback = f"\n{exc.detail}" if exc.detail else ""
+                raise StagesOptionError(
+                    f"stageflow_stages (pytest ini option) = {given}: {exc.reason}{traceback}"
+                ) from exc
         for case in load_cases(self.path, stages_modules=extra):
             yield CaseItem.from_parent(self, name=item_name(case.name), case=case)
 
@@ -52,6 +71,8 @@ class CaseFile(pytest.File):
         self, excinfo: pytest.ExceptionInfo[BaseException]
     ) -> str | TerminalRepr:
         """Show a bad case file as the list of its problems."""
+        if isinstance(excinfo.value, StagesOptionError):
+            return str(excinfo.value)
         if isinstance(excinfo.value, StageflowError):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo)
