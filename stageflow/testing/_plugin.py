@@ -33,8 +33,9 @@ __all__ = [
     "CaseFailedError",
     "CaseFile",
     "CaseItem",
-    "stage_tracebacks",
+    "StagesOptionError",
     "item_name",
+    "stage_tracebacks",
     "write_coverage",
 ]
 
@@ -60,9 +61,9 @@ class CaseFile(pytest.File):
             try:
                 registry_of(ref, unique_name=True)
             except StagesModuleError as exc:
-                traceback = f"\n{exc.detail}" if exc.detail else ""
+                detail = f"\n{exc.detail}" if exc.detail else ""
                 raise StagesOptionError(
-                    f"stageflow_stages (pytest ini option) = {given}: {exc.reason}{traceback}"
+                    f"stageflow_stages (pytest ini option) = {given}: {exc.reason}{detail}"
                 ) from exc
         for case in load_cases(self.path, stages_modules=extra):
             yield CaseItem.from_parent(self, name=item_name(case.name), case=case)
