@@ -177,6 +177,29 @@ def test_a_stages_module_given_to_the_tester_is_imported_once(cli: Cli, tmp_path
     assert got.code == ExitCode.OK, got.out + got.err
 
 
+def test_a_stage_that_calls_sys_exit_does_not_end_the_test_command(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # It exited with the stage's code and printed nothing: sys.exit(0) said "all passed".
+    (tmp_path / "exits.py").write_text(
+        "import sys\n"
+        "import stageflow\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('Exits')\n"
+        "async def exits(ctx):\n"
+        "    sys.exit(0)\n"
+    )
+    pipeline = doc([stage("s", "Exits", next="end"), terminal("end")])
+    case = write_json(
+        tmp_path / "case.json",
+        {"pipeline": pipeline, "stages": "exits.py", "cases": [{"name": "exits"}]},
+    )
+    got = cli("test", case, "--no-coverage")
+    assert got.code == ExitCode.FAILED
+    assert "a stage called sys.exit(0), which would end the whole test run" in got.out
+    assert got.out.rstrip().endswith("0 passed, 0 failed, 1 errors")
+
+
 def test_a_case_file_path_that_names_a_directory_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     # `stageflow test tests/cases` printed "ERROR tests/cases: [Errno 21] Is a
     # directory: 'tests/cases'" and exited 1, as if a case had failed.
