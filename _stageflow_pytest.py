@@ -5,9 +5,9 @@ so it is active wherever stageflow is installed; ``-p no:stageflow`` turns
 it off. Files whose names match one of the ``stageflow_case_files`` ini
 patterns (default ``*.stageflow.json``, ``*.stageflow.yaml``,
 ``*.stageflow.yml``; names match in any case) are collected, one test item
-per case; a failing case
-shows every failed expectation with its diff. ``--stageflow-coverage``
-prints the node and edge coverage of the cases that ran.
+per case; a failing case shows every failed expectation with its diff.
+``--stageflow-coverage`` prints the node and edge coverage of the cases
+that ran.
 
 This module sits outside the ``stageflow`` package on purpose: pytest loads
 plugins before coverage tools start measuring, and this module imports
