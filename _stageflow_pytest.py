@@ -4,9 +4,10 @@ Registered as the ``stageflow`` plugin through the ``pytest11`` entry point,
 so it is active wherever stageflow is installed; ``-p no:stageflow`` turns
 it off. Files whose names match one of the ``stageflow_case_files`` ini
 patterns (default ``*.stageflow.json``, ``*.stageflow.yaml``,
-``*.stageflow.yml``) are collected, one test item per case; a failing case
-shows every failed expectation with its diff. ``--stageflow-coverage``
-prints the node and edge coverage of the cases that ran.
+``*.stageflow.yml``; names match in any case) are collected, one test item
+per case; a failing case shows every failed expectation with its diff.
+``--stageflow-coverage`` prints the node and edge coverage of the cases
+that ran.
 
 This module sits outside the ``stageflow`` package on purpose: pytest loads
 plugins before coverage tools start measuring, and this module imports
@@ -33,7 +34,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Declare the plugin's ini options and its command-line flag."""
     parser.addini(
         "stageflow_case_files",
-        "glob patterns (matched against file names) of stageflow case files to collect",
+        "glob patterns of stageflow case files to collect (matched against file names, "
+        "in any case)",
         type="linelist",
         default=list(DEFAULT_PATTERNS),
     )
@@ -55,12 +57,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """Collect ``file_path`` as a case file if its name matches a pattern."""
     patterns: list[str] = parent.config.getini("stageflow_case_files")
-    if not any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns):
+    if not _matches(file_path.name, patterns):
         return None
     from stageflow.testing._plugin import CaseFile
 
     collector: pytest.Collector = CaseFile.from_parent(parent, path=file_path)
     return collector
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """Whether a file name matches one of the patterns, in any case.
+
+    As stageflow reads suffixes everywhere else (``load_cases`` and ``stageflow
+    test`` read ``CASES.STAGEFLOW.YAML`` as YAML), and alike on every platform:
+    ``fnmatch.fnmatch`` ignores case on Windows only.
+    """
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

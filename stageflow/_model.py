@@ -137,7 +137,9 @@ def seconds_wanted(*, zero: bool) -> str:
     return f"a finite number of seconds {'0 or more' if zero else 'above 0'}"
 
 
-def _count(minimum: int, *, optional: bool) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+def count_check(
+    minimum: int, *, optional: bool
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     """Validator: a whole number of at least ``minimum`` (or ``None`` if ``optional``).
 
     What a snapshot can keep and restore: its schema takes the same numbers.
@@ -229,21 +231,21 @@ class Limits:
             above 0 (0 or more for ``cleanup_timeout``).
     """
 
-    max_steps: int | None = attrs.field(default=10_000, validator=_count(1, optional=True))
-    max_history: int | None = attrs.field(default=100_000, validator=_count(1, optional=True))
+    max_steps: int | None = attrs.field(default=10_000, validator=count_check(1, optional=True))
+    max_history: int | None = attrs.field(default=100_000, validator=count_check(1, optional=True))
     max_depth: int = attrs.field(
-        default=32, validator=[_count(1, optional=False), _check_max_depth]
+        default=32, validator=[count_check(1, optional=False), _check_max_depth]
     )
     timeout: float | None = attrs.field(
         default=None, validator=seconds_check(zero=False, optional=True)
     )
-    max_input_backlog: int = attrs.field(default=100, validator=_count(0, optional=False))
-    max_input_bytes: int = attrs.field(default=1_048_576, validator=_count(1, optional=False))
+    max_input_backlog: int = attrs.field(default=100, validator=count_check(0, optional=False))
+    max_input_bytes: int = attrs.field(default=1_048_576, validator=count_check(1, optional=False))
     cleanup_timeout: float = attrs.field(
         default=5.0, validator=seconds_check(zero=True, optional=False)
     )
-    max_run_steps: int | None = attrs.field(default=None, validator=_count(1, optional=True))
-    max_run_events: int | None = attrs.field(default=None, validator=_count(1, optional=True))
+    max_run_steps: int | None = attrs.field(default=None, validator=count_check(1, optional=True))
+    max_run_events: int | None = attrs.field(default=None, validator=count_check(1, optional=True))
     max_run_seconds: float | None = attrs.field(
         default=None, validator=seconds_check(zero=False, optional=True)
     )
@@ -311,7 +313,7 @@ class RetryPolicy:
 
     # Checked as a snapshot and the error messages need it: a whole number
     # that can be written.
-    attempts: int = attrs.field(default=1, validator=_count(1, optional=False))
+    attempts: int = attrs.field(default=1, validator=count_check(1, optional=False))
     delay: float = attrs.field(default=0.0, validator=_number_within(0, _LARGEST_FLOAT))
     backoff: float = attrs.field(default=2.0, validator=_number_within(1, _LARGEST_FLOAT))
     max_delay: float = attrs.field(default=300.0, validator=_number_within(0, _LARGEST_FLOAT))

@@ -387,7 +387,20 @@ def _selected(names: Iterable[str] | None, found: list[tuple[StagePack, EntryPoi
     installed = sorted({pack.name for pack, _ in found})
     if names is None:
         return installed
+    if isinstance(names, bytes) or not isinstance(names, str | Iterable):
+        # bytes were read as the names 101, 99, ...; an int said "'int' object is not iterable".
+        raise TypeError(
+            f"load_plugins(names=...) was given {a_python_type(names)}, "
+            f"{shown_text(repr, names)}; pass a list "
+            "of pack names (the entry point names, such as ['echo']), or None for every pack"
+        )
     requested = [names] if isinstance(names, str) else list(names)
+    for name in requested:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"load_plugins(names=...) was given {a_python_type(name)} among the names; "
+                "pass pack names as strings (the entry point names, such as 'echo')"
+            )
     ordered = list(dict.fromkeys(requested))
     unknown = [name for name in ordered if name not in installed]
     if unknown:

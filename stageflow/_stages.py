@@ -605,6 +605,7 @@ class StageRegistry:
                 before anything is loaded; the message lists the installed packs).
             PluginLoadError: with ``strict=True``, the first pack that failed;
                 the original exception is its ``__cause__``.
+            TypeError: ``names`` is no string nor list of strings (``b"echo"``, ``5``).
         """
         return load_plugins(self, names, strict=strict)
 

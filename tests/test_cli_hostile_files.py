@@ -20,6 +20,7 @@ from cli_support import PIPELINE, STAGES, Cli, restore_logging, write_json  # no
 from fakes import doc, stage, terminal
 
 from stageflow._guard import MAX_DOCUMENT_BYTES
+from stageflow._stages import default_registry
 from stageflow.cli import ExitCode
 
 
@@ -139,6 +140,66 @@ def test_a_case_file_path_that_names_no_file_is_a_usage_error(cli: Cli, tmp_path
     assert got.out == ""
 
 
+def test_a_stages_module_that_cannot_be_imported_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    # Every case was an error blamed on its case file's $.stages ("case file in
+    # good.json is not valid"), which may name no stages at all, and it exited 1.
+    good = write_json(
+        tmp_path / "good.json",
+        {"pipeline": PIPELINE, "stages": STAGES, "cases": [{"name": "ok", "payload": {}}]},
+    )
+    got = cli("test", good, "--stages", "no_such_stages_module")
+    assert got.code == ExitCode.USAGE
+    assert got.err.strip().splitlines() == [
+        "stageflow: --stages no_such_stages_module: no module named 'no_such_stages_module' "
+        "(searched the current directory and sys.path); pass an importable module name or "
+        "a path to a .py file"
+    ]
+    assert got.out == ""
+
+
+def test_a_stages_module_given_to_the_tester_is_imported_once(cli: Cli, tmp_path: Path) -> None:
+    # It registers into the default registry: imported twice, its stage clashed with itself.
+    (tmp_path / "extra.py").write_text(
+        "import stageflow\n"
+        "@stageflow.register_stage('ExtraOnce')\n"
+        "async def extra(ctx):\n"
+        "    return {}\n"
+    )
+    good = write_json(
+        tmp_path / "good.json",
+        {"pipeline": PIPELINE, "stages": STAGES, "cases": [{"name": "ok", "payload": {}}]},
+    )
+    try:
+        got = cli("test", good, "--stages", str(tmp_path / "extra.py"), "--no-coverage")
+    finally:
+        # The default registry is process-wide: later tests list it.
+        default_registry()._entries.pop("ExtraOnce", None)
+    assert got.code == ExitCode.OK, got.out + got.err
+
+
+def test_a_stage_that_calls_sys_exit_does_not_end_the_test_command(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # It exited with the stage's code and printed nothing: sys.exit(0) said "all passed".
+    (tmp_path / "exits.py").write_text(
+        "import sys\n"
+        "import stageflow\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('Exits')\n"
+        "async def exits(ctx):\n"
+        "    sys.exit(0)\n"
+    )
+    pipeline = doc([stage("s", "Exits", next="end"), terminal("end")])
+    case = write_json(
+        tmp_path / "case.json",
+        {"pipeline": pipeline, "stages": "exits.py", "cases": [{"name": "exits"}]},
+    )
+    got = cli("test", case, "--no-coverage")
+    assert got.code == ExitCode.FAILED
+    assert "a stage called sys.exit(0), which would end the whole test run" in got.out
+    assert got.out.rstrip().endswith("0 passed, 0 failed, 1 errors")
+
+
 def test_a_case_file_path_that_names_a_directory_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     # `stageflow test tests/cases` printed "ERROR tests/cases: [Errno 21] Is a
     # directory: 'tests/cases'" and exited 1, as if a case had failed.
@@ -174,6 +235,28 @@ def test_the_tester_keeps_the_sessions_log_lines_out_unless_asked(cli: Cli, tmp_
     assert "session.finished" not in got.err
     asked = cli("test", case, "--no-coverage", "--log-level", "error")
     assert "session.finished" in asked.err
+
+
+def test_the_tester_writes_a_failed_stages_traceback_with_traceback(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # --traceback alone was taken for no log option: the lines it adds to were left out.
+    (tmp_path / "buggy.py").write_text(
+        "import stageflow\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('Buggy')\n"
+        "async def buggy(ctx):\n"
+        "    return {'v': {}['missing']}\n"
+    )
+    pipeline = doc([stage("s", "Buggy", next="end"), terminal("end")])
+    case = write_json(
+        tmp_path / "case.json",
+        {"pipeline": pipeline, "stages": "buggy.py", "cases": [{"name": "buggy"}]},
+    )
+    got = cli("test", case, "--no-coverage", "--traceback")
+    assert got.code == ExitCode.FAILED
+    assert "Traceback (most recent call last)" in got.err
+    assert 'buggy.py", line 5, in buggy' in got.err
 
 
 def test_a_command_runs_with_standard_error_closed() -> None:

@@ -177,6 +177,23 @@ def test_empty_selection_loads_nothing() -> None:
     assert registry.names(core=False) == ()
 
 
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (b"echo", r"load_plugins\(names=...\) was given a bytes, b'echo'; pass a list"),
+        (5, r"load_plugins\(names=...\) was given an int, 5; pass a list"),
+        (["echo", None], r"load_plugins\(names=...\) was given None among the names; pass"),
+        ([b"echo"], r"load_plugins\(names=...\) was given a bytes among the names; pass"),
+    ],
+)
+def test_names_that_are_no_pack_names_are_a_type_error(names: Any, message: str) -> None:
+    # bytes were read as the names 101, 99, 104, 111; an int said "'int' object is not iterable".
+    registry = stageflow.StageRegistry()
+    with pytest.raises(TypeError, match=message):
+        registry.load_plugins(names)
+    assert registry.names(core=False) == ()
+
+
 def test_unknown_name_is_an_error_listing_installed_packs(
     fake_packs: list[tuple[str, str]],
 ) -> None:

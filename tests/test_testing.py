@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
+import trio
 import yaml
 from tester_support import (
     CASES,
@@ -35,8 +36,10 @@ from stageflow.testing import (
     EdgeKind,
     EventExpectation,
     Expectations,
+    MockError,
     ScriptedInput,
     StageMock,
+    _diff,
     coverage_of,
     load_cases,
     run_case,
@@ -392,6 +395,64 @@ def test_json_values_are_compared_as_json(write_cases: Callable[..., Path]) -> N
     assert [f.field for f in run_one(path).failures] == ["artifacts_subset"]
 
 
+def test_values_that_differ_in_too_many_places_list_the_first_places() -> None:
+    # A line diff of them takes time that grows with the product of their lengths:
+    # two lists of 20,000 numbers differing at every other one took 45 s to report.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Numbers")
+    async def numbers(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"xs": list(range(2500))}
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "count",
+        "nodes": [
+            {"id": "count", "type": "stage", "stage": "Numbers", "outputs": {"xs": "xs"}},
+            {"id": "end", "type": "terminal", "artifacts": ["xs"]},
+        ],
+    }
+    pipeline["nodes"][0]["next"] = "end"
+    expected = [n if n % 2 else -n - 1 for n in range(2500)]
+    case = Case(name="n", pipeline=pipeline, expect=Expectations(artifacts={"xs": expected}))
+    (failure,) = run_case(case, registry=registry).failures
+    assert failure.field == "artifacts"
+    lines = failure.details.splitlines()
+    assert lines[:3] == [
+        "too many differing lines to diff (2504 expected, 2504 actual); "
+        "the first differing places:",
+        "  xs[0]: expected -1, got 0",
+        "  xs[2]: expected -3, got 2",
+    ]
+    assert lines[-1] == "  ... and 1230 more"
+    assert len(lines) == 22
+
+
+def test_a_value_that_differs_in_one_place_gets_a_line_diff_whatever_its_size() -> None:
+    expected = {"xs": list(range(50_000))}
+    actual = {"xs": [*range(25_000), "x", *range(25_001, 50_000)]}
+    lines = _diff.text_diff(expected, actual).splitlines()
+    changed = lines.index("-    25000,")
+    assert lines[changed - 1 : changed + 3] == [
+        "     24999,",
+        "-    25000,",
+        '+    "x",',
+        "     25001,",
+    ]
+    assert lines[:2] == ["--- expected", "+++ actual"]
+
+
+def test_paths_that_differ_in_too_many_places_list_the_first_places() -> None:
+    expected = [f"n{i}" for i in range(2500)]
+    actual = [name if i % 2 else f"m{i}" for i, name in enumerate(expected)] + ["extra"]
+    lines = _diff.list_diff(expected, actual).splitlines()
+    assert lines[:2] == [
+        "too many differing lines to diff (2500 expected, 2501 actual); the first differing names:",
+        "  #1: expected 'n0', got 'm0'",
+    ]
+    assert lines[-1] == "  ... and 1231 more"
+
+
 def test_path_in_order_says_which_node_is_missing(write_cases: Callable[..., Path]) -> None:
     path = write_cases(
         [
@@ -664,6 +725,30 @@ def test_times_built_in_python_are_checked_too(make: Callable[[], object]) -> No
 @pytest.mark.parametrize(
     ("make", "message"),
     [
+        (lambda: CaseLimits(max_events="3"), "CaseLimits(max_events='3') is not a whole number"),
+        (lambda: CaseLimits(max_events=0), "CaseLimits(max_events=0) is not a whole number"),
+        (lambda: CaseLimits(max_steps=1.5), "CaseLimits(max_steps=1.5) is not a whole number"),
+        (lambda: EventExpectation("x", count=-1), "EventExpectation(count=-1) is not a whole"),
+        (lambda: MockError("E", attempt=True), "MockError(attempt=True) is not a whole number"),
+    ],
+)
+def test_counts_built_in_python_are_checked(make: Callable[[], object], message: str) -> None:
+    # max_events="3" made the tester's event counter raise on every event: it was
+    # detached, and the limit never applied (the case passed).
+    with pytest.raises(stageflow.DefinitionError) as refused:
+        make()
+    assert str(refused.value).startswith(message)
+
+
+def test_a_limit_on_events_given_in_python_applies() -> None:
+    case = approval_case(inputs=[{"type": "approval", "payload": {"ok": True}}])
+    limited = attrs.evolve(case, limits=CaseLimits(max_events=3))
+    assert run_case(limited).limit_exceeded == "max_events"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
         (
             lambda: Case(name="n", pipeline={}, expect={"status": "failed"}),
             "Case(expect=...) was given a dict; pass Expectations(status='failed') "
@@ -750,6 +835,46 @@ def test_plugin_shows_the_diff_of_a_failing_case(pytester: pytest.Pytester) -> N
     assert "Traceback" not in result.stdout.str()
 
 
+def test_plugin_shows_where_a_stage_raised_when_the_run_was_not_to_fail(
+    pytester: pytest.Pytester,
+) -> None:
+    # The report named "KeyError: 'missing'", and no line of the stage's.
+    pytester.makepyfile(
+        buggy=(
+            "import stageflow\n"
+            "registry = stageflow.StageRegistry()\n"
+            "def lookup(row):\n"
+            "    return row['missing']\n"
+            "@registry.register('Buggy')\n"
+            "async def buggy(ctx):\n"
+            "    return {'v': lookup({})}\n"
+        )
+    )
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "s",
+        "nodes": [
+            {"id": "s", "type": "stage", "stage": "Buggy", "next": "end"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    cases = [
+        {"name": "not to fail"},
+        {"name": "to fail", "expect": {"status": "failed", "result": {"ok": True}}},
+    ]
+    case = {"pipeline": pipeline, "stages": "buggy.py", "cases": cases}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    # What docs/testing.md shows, the file named by its full path.
+    shown = doc_blocks("pytb")[0].replace('"buggy.py"', f'"{pytester.path / "buggy.py"}"')
+    assert out.index("case 'not to fail'") < out.index(shown) < out.index("case 'to fail'")
+    # Only where the run failing is the surprise, and from the stage's own frames.
+    assert out.count("Traceback") == 1
+    assert "_engine" not in out
+
+
 @pytest.mark.parametrize("ini", ["trio_mode = true", "anyio_mode = auto"])
 def test_plugin_runs_under_the_async_plugins_modes(pytester: pytest.Pytester, ini: str) -> None:
     # pytest-trio's trio_mode reads item.obj on every item (an INTERNALERROR before).
@@ -796,6 +921,25 @@ def test_ctrl_c_in_a_case_stops_pytest(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*", "*no tests ran*"])
 
 
+def test_plugin_escapes_what_a_terminal_would_act_on_in_test_ids(
+    pytester: pytest.Pytester,
+) -> None:
+    # A newline split the report's lines; an escape sequence reached the terminal.
+    _plugin_files(pytester)
+    names = ["two\nlines", "clear \x1b[2J", "caf\u00e9 \u202eoverride"]
+    cases = [{"name": name, "payload": SHORT} for name in names]
+    case = {"pipeline": "pipeline.json", "stages": "stages.py", "cases": cases}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "c.stageflow.json::two\\nlines PASSED" in out
+    assert "c.stageflow.json::clear \\x1b[2J PASSED" in out
+    assert "c.stageflow.json::caf\u00e9 \\u202eoverride PASSED" in out
+    assert "\x1b[2J" not in out
+    assert "\u202e" not in out
+
+
 def test_plugin_reports_a_bad_case_file_as_a_collection_error(pytester: pytest.Pytester) -> None:
     (pytester.path / "bad.stageflow.yaml").write_text("pipeline: p.json\ncases: []\n")
     result = pytester.runpytest()
@@ -818,12 +962,53 @@ def test_plugin_patterns_come_from_the_ini_option(pytester: pytest.Pytester) -> 
     result.stdout.fnmatch_lines(["*flow-cases.json::c PASSED*"])
 
 
+def test_plugin_patterns_match_file_names_in_any_case(pytester: pytest.Pytester) -> None:
+    # load_cases and `stageflow test` read CASES.STAGEFLOW.YAML as YAML; pytest skipped it.
+    _plugin_files(pytester)
+    case = {
+        "pipeline": "pipeline.json",
+        "stages": "stages.py",
+        "cases": [{"name": "c", "payload": SHORT}],
+    }
+    (pytester.path / "UPPER.STAGEFLOW.YAML").write_text(yaml.safe_dump(case))
+    (pytester.path / "Mixed.Stageflow.Json").write_text(json.dumps(case))
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*Mixed.Stageflow.Json::c PASSED*", "*UPPER.STAGEFLOW.YAML::c PASSED*"]
+    )
+    pytester.makeini("[pytest]\nstageflow_case_files = FLOW-*.json\n")
+    (pytester.path / "flow-cases.JSON").write_text(json.dumps(case))
+    pytester.runpytest("-v").assert_outcomes(passed=1)
+
+
 def test_plugin_adds_stages_modules_from_the_ini_option(pytester: pytest.Pytester) -> None:
     _plugin_files(pytester)
     case = {"pipeline": "pipeline.json", "cases": [{"name": "c", "payload": LONG}]}
     (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
     pytester.makeini("[pytest]\nstageflow_stages = stages.py\n")
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_plugin_names_the_ini_option_of_a_stages_module_that_cannot_be_imported(
+    pytester: pytest.Pytester,
+) -> None:
+    # Every case failed, blamed on its case file: "case file in c.stageflow.json is
+    # not valid: $.stages: stages module ...", though the file names no stages.
+    _plugin_files(pytester)
+    case = {"pipeline": "pipeline.json", "cases": [{"name": "a"}, {"name": "b"}]}
+    (pytester.path / "c.stageflow.json").write_text(json.dumps(case))
+    pytester.makeini("[pytest]\nstageflow_stages = no_such_stages_module\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "stageflow_stages (pytest ini option) = no_such_stages_module: no module named "
+            "'no_such_stages_module' *; pass an importable module name or a path to a .py file"
+        ]
+    )
+    assert "$.stages" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
 
 
 def test_plugin_prints_coverage_on_request(pytester: pytest.Pytester) -> None:
@@ -953,6 +1138,74 @@ def test_an_engine_error_propagates_unwrapped(
     monkeypatch.setattr(stageflow.Session, "run", broken_run)
     with pytest.raises(RuntimeError, match="engine bug"):
         run_case(case)
+
+
+class _Halt(BaseException):
+    """A BaseException that is no Exception, raised by a stage."""
+
+
+@pytest.mark.parametrize("raised", [_Halt("halt"), SystemExit(3), GeneratorExit()])
+def test_a_stage_raising_a_base_exception_propagates_as_the_session_raises_it(
+    raised: BaseException,
+) -> None:
+    # Session.run() raises it bare; run_case() raised it in its task group's group.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Halts")
+    async def halts(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise raised
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "halt",
+        "nodes": [
+            {"id": "halt", "type": "stage", "stage": "Halts", "next": "end"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(type(raised)) as caught:
+        run_case(Case(name="halts", pipeline=pipeline), registry=registry)
+    assert caught.value is raised
+
+
+def test_ctrl_c_in_a_parallel_branch_goes_up_as_keyboard_interrupt() -> None:
+    # The session raises it in the parallel node's group: pytest would take it
+    # for the case's failure and go on with the next case.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Interrupted")
+    async def interrupted(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    @registry.register("Slow")
+    async def slow(ctx: stageflow.StageContext) -> dict[str, Any]:
+        await trio.sleep(100)
+        return {}
+
+    pipeline = {
+        "api_version": "1.0",
+        "entry": "fan",
+        "nodes": [
+            {"id": "fan", "type": "parallel", "children": ["a", "b"], "next": "end"},
+            {"id": "a", "type": "stage", "stage": "Interrupted"},
+            {"id": "b", "type": "stage", "stage": "Slow"},
+            {"id": "end", "type": "terminal"},
+        ],
+    }
+    with pytest.raises(KeyboardInterrupt):
+        run_case(Case(name="ctrl-c", pipeline=pipeline), registry=registry)
+
+
+def test_an_engine_error_keeps_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    cause = ValueError("the cause")
+
+    async def broken_run(self: stageflow.Session) -> stageflow.SessionResult:
+        raise RuntimeError("engine bug") from cause
+
+    monkeypatch.setattr(stageflow.Session, "run", broken_run)
+    with pytest.raises(RuntimeError, match="engine bug") as caught:
+        run_case(approval_case())
+    assert caught.value.__cause__ is cause
 
 
 def test_docs_retry_mock_snippet_is_the_committed_one() -> None:

@@ -42,6 +42,28 @@ def test_measure_coverage_says_what_it_takes() -> None:
     assert measure_coverage(result.pipeline, [result.history]).runs == 1
 
 
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        # A history read back from JSON (a snapshot's "history"): events as dicts.
+        ("dicts", r"given a dict in history #0, where it takes stageflow.Event objects"),
+        (None, r"given None as history #0; pass the histories of the runs"),
+        ("abc", r"given a str as history #0; pass the histories of the runs"),
+    ],
+)
+def test_measure_coverage_refuses_histories_of_anything_but_events(
+    history: object, message: str
+) -> None:
+    # It raised AttributeError: 'dict' object has no attribute 'path'.
+    case = Case(name="n", pipeline=REFERENCE / "pipeline.json", payload=SHORT)
+    result = run_case(case, registry=reference_registry())
+    assert result.pipeline is not None
+    if history == "dicts":
+        history = [event.to_dict() for event in result.history]
+    with pytest.raises(TypeError, match=message):
+        measure_coverage(result.pipeline, [history])  # type: ignore[list-item]
+
+
 def test_coverage_of_a_case_set_that_misses_the_else_branch() -> None:
     report = run_case_files([CASES / "reference.stageflow.json"])
     (coverage,) = report.coverage
@@ -201,6 +223,51 @@ def test_run_case_files_reports_broken_files_and_cases_and_runs_the_rest(
     assert "'Nope', which is not registered" in report.results[1].render()
     assert report.render().endswith("1 passed, 0 failed, 3 errors")
     assert json.loads(json.dumps(report.to_dict()))["errors"] == 3
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_stage_that_calls_sys_exit_is_an_error_of_its_case(
+    tmp_path: Path, parallel: bool
+) -> None:
+    # It ended run_case_files, and `stageflow test` with the stage's exit code and no
+    # report: sys.exit(0) said every case passed, the failing ones too.
+    (tmp_path / "exits.py").write_text(
+        "import sys\n"
+        "import anyio\n"
+        "import stageflow\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('Exits')\n"
+        "async def exits(ctx):\n"
+        "    sys.exit(0)\n"
+        "@registry.register('Waits')\n"
+        "async def waits(ctx):\n"
+        "    await anyio.sleep(10)\n"
+        "    return {}\n"
+    )
+    nodes: list[dict[str, Any]] = [
+        {"id": "s", "type": "stage", "stage": "Exits", "next": "end"},
+        {"id": "end", "type": "terminal"},
+    ]
+    if parallel:  # the session raises it in the parallel node's group
+        nodes[:1] = [
+            {"id": "fan", "type": "parallel", "children": ["s", "w"], "next": "end"},
+            {"id": "s", "type": "stage", "stage": "Exits"},
+            {"id": "w", "type": "stage", "stage": "Waits"},
+        ]
+    pipeline = {"api_version": "1.0", "entry": nodes[0]["id"], "nodes": nodes}
+    exits = tmp_path / "exits.stageflow.json"
+    document = {"pipeline": pipeline, "stages": "exits.py", "cases": [{"name": "exits"}]}
+    exits.write_text(json.dumps(document))
+    report = run_case_files([exits, CASES / "failing.cases.json"])
+    assert [r.outcome for r in report.results] == [
+        CaseOutcome.ERROR,
+        CaseOutcome.FAILED,
+        CaseOutcome.FAILED,
+    ]
+    (failure,) = report.results[0].failures
+    assert failure.message.startswith(
+        "a stage called sys.exit(0), which would end the whole test run"
+    )
 
 
 def test_run_case_files_with_extra_stages_modules(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from stageflow._errors import PipelineValidationError, printable_text
 from stageflow._json import thaw
 from stageflow._schema_export import pipeline_schema
 from stageflow._specs import EventSpec, InputSpec, StageSpec
+from stageflow._stage_modules import StagesModuleError, registry_of
 from stageflow._stages import StageEntry, StageRegistry
 
 __all__ = ["add_parsers"]
@@ -302,9 +303,23 @@ def test_command(args: argparse.Namespace, io: Streams) -> int:
             f"(e.g. {os.path.join(folders[0], '*.stageflow.json')})"
             + (others if len(folders) < len(args.cases) else "")
         )
+    # A --stages module that cannot be imported is a slip on the command line too (exit
+    # 2, as for run): every case would be an error, blamed on its case file's stages.
+    # Imported as the tester imports it (a file under a name made from its path), so
+    # that its cases find it imported once.
+    for ref in args.stages_modules:
+        try:
+            registry_of(ref, unique_name=True)
+        except StagesModuleError as exc:
+            raise CommandError(f"--stages {exc}", detail=exc.detail) from exc
     # The report says how each case ran. Without a log option, the sessions' own
     # lines stay out of it: a case that expects a failure printed ERROR lines.
-    quiet = not (getattr(args, "log_level", None) or getattr(args, "log_format", None))
+    # --traceback is one: the tracebacks it asks for are written on those lines.
+    quiet = not (
+        getattr(args, "log_level", None)
+        or getattr(args, "log_format", None)
+        or getattr(args, "traceback", False)
+    )
     session_log = logging.getLogger("stageflow.session")
     level = session_log.level
     if quiet:

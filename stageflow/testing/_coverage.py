@@ -222,7 +222,8 @@ def measure_coverage(
 
     Raises:
         TypeError: ``pipeline`` is no :class:`~stageflow.Pipeline`, or
-            ``histories`` is one history, or holds results, not histories.
+            ``histories`` is one history, or holds results, not histories,
+            or a history holds something that is no :class:`~stageflow.Event`.
     """
     if not isinstance(pipeline, Pipeline):
         raise TypeError(
@@ -233,7 +234,7 @@ def measure_coverage(
     edge_hits: Counter[Edge] = Counter()
     runs = 0
     nested: dict[str, bool] = {}  # event path -> inside a subpipeline
-    for history in histories:
+    for index, history in enumerate(histories):
         if isinstance(history, Event):
             raise TypeError(
                 "measure_coverage() was given the events of one history, where it takes "
@@ -244,8 +245,20 @@ def measure_coverage(
                 f"measure_coverage() was given {a_python_type(history)} among the histories; "
                 "pass the histories of the results: [r.history for r in results]"
             )
+        if not isinstance(history, Iterable) or isinstance(history, str | bytes | Mapping):
+            raise TypeError(
+                f"measure_coverage() was given {a_python_type(history)} as history #{index}; "
+                "pass the histories of the runs: [r.history for r in results]"
+            )
         runs += 1
         for event in history:
+            if not isinstance(event, Event):
+                # Such as a history read back from JSON: its events are dicts.
+                raise TypeError(
+                    f"measure_coverage() was given {a_python_type(event)} in history "
+                    f"#{index}, where it takes stageflow.Event objects; pass the histories "
+                    "of the runs as they ran (SessionResult.history, CaseResult.history)"
+                )
             if event.path:
                 inside = nested.get(event.path)
                 if inside is None:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
 
 from stageflow._json import thaw
 
 __all__ = ["json_equal", "json_text", "list_diff", "subset_mismatches", "text_diff"]
+
+DIFF_BUDGET: Final = 4_000_000
+"""Most line pairs (expected lines times actual lines, once the lines both begin
+and end with are set aside) a line diff may compare. difflib's time grows with
+their product: two lists of 20,000 items that differ at every other one took
+45 s. Larger differences are shown as the first differing places instead."""
+
+_FIRST: Final = 20  # differing places listed when there are too many lines to diff
+_SHORT: Final = 200  # characters of a value shown in such a listing
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
@@ -60,6 +70,18 @@ def subset_mismatches(expected: Any, actual: Any, where: str) -> list[str]:
     return [f"{where}: expected {json_text(expected)}, got {json_text(actual)}"]
 
 
+def _within_budget(expected: Sequence[str], actual: Sequence[str]) -> bool:
+    """Whether a line diff of these lines takes bounded time (see :data:`DIFF_BUDGET`)."""
+    shortest = min(len(expected), len(actual))
+    head = 0
+    while head < shortest and expected[head] == actual[head]:
+        head += 1
+    tail = 0
+    while tail < shortest - head and expected[-1 - tail] == actual[-1 - tail]:
+        tail += 1
+    return (len(expected) - head - tail) * (len(actual) - head - tail) <= DIFF_BUDGET
+
+
 def _diff(expected: Sequence[str], actual: Sequence[str]) -> str:
     lines = difflib.unified_diff(
         list(expected), list(actual), fromfile="expected", tofile="actual", lineterm="", n=3
@@ -67,13 +89,73 @@ def _diff(expected: Sequence[str], actual: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def text_diff(expected: Any, actual: Any) -> str:
-    """A unified diff of two JSON values, pretty-printed with sorted keys."""
-    return _diff(
-        json_text(expected, indent=2).splitlines(), json_text(actual, indent=2).splitlines()
+def _too_many(expected: Sequence[str], actual: Sequence[str], what: str) -> str:
+    return (
+        f"too many differing lines to diff ({len(expected)} expected, {len(actual)} "
+        f"actual); the first differing {what}:"
     )
 
 
+def text_diff(expected: Any, actual: Any) -> str:
+    """A unified diff of two JSON values, pretty-printed with sorted keys.
+
+    Values that differ in too many places for a line diff (:data:`DIFF_BUDGET`)
+    get the first places where they differ instead, each with its JSON path.
+    """
+    expected_lines = json_text(expected, indent=2).splitlines()
+    actual_lines = json_text(actual, indent=2).splitlines()
+    if _within_budget(expected_lines, actual_lines):
+        return _diff(expected_lines, actual_lines)
+    places = _differences(expected, actual, "")
+    shown = list(itertools.islice(places, _FIRST))
+    more = sum(1 for _ in places)
+    listing = "\n".join(f"  {place}" for place in shown)
+    tail = f"\n  ... and {more} more" if more else ""
+    return f"{_too_many(expected_lines, actual_lines, 'places')}\n{listing}{tail}"
+
+
+def _short(value: Any) -> str:
+    text = json_text(value)
+    return text if len(text) <= _SHORT else f"{text[:_SHORT]}... ({len(text)} characters)"
+
+
+def _differences(expected: Any, actual: Any, where: str) -> Iterator[str]:
+    """Each place where ``actual`` differs from ``expected`` as JSON, in document order."""
+    if isinstance(expected, Mapping) and isinstance(actual, Mapping):
+        for key in sorted(expected.keys() | actual.keys()):
+            sub = f"{where}.{key}" if where else str(key)
+            if key not in actual:
+                yield f"{sub}: missing (expected {_short(expected[key])})"
+            elif key not in expected:
+                yield f"{sub}: not expected (got {_short(actual[key])})"
+            else:
+                yield from _differences(expected[key], actual[key], sub)
+        return
+    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
+        for index, (e, a) in enumerate(zip(expected, actual, strict=False)):
+            yield from _differences(e, a, f"{where}[{index}]")
+        if len(expected) != len(actual):
+            yield f"{where or 'the value'}: expected {len(expected)} items, got {len(actual)}"
+        return
+    if not json_equal(expected, actual):
+        yield f"{where or 'the value'}: expected {_short(expected)}, got {_short(actual)}"
+
+
 def list_diff(expected: Sequence[str], actual: Sequence[str]) -> str:
-    """A unified diff of two lists of names, one name per line."""
-    return _diff(expected, actual)
+    """A unified diff of two lists of names, one name per line.
+
+    Lists that differ in too many places for a line diff (:data:`DIFF_BUDGET`)
+    get the first places where they differ instead.
+    """
+    if _within_budget(expected, actual):
+        return _diff(expected, actual)
+    places = [
+        f"  #{index + 1}: expected {e!r}, got {a!r}"
+        for index, (e, a) in enumerate(zip(expected, actual, strict=False))
+        if e != a
+    ]
+    if len(expected) != len(actual):
+        places.append(f"  expected {len(expected)} names, got {len(actual)}")
+    listing = "\n".join(places[:_FIRST])
+    tail = f"\n  ... and {len(places) - _FIRST} more" if len(places) > _FIRST else ""
+    return f"{_too_many(expected, actual, 'names')}\n{listing}{tail}"

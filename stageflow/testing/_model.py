@@ -18,7 +18,7 @@ import attrs
 
 from stageflow._errors import DefinitionError, ProblemsError
 from stageflow._json import a_python_type, freeze, thaw
-from stageflow._model import seconds_check
+from stageflow._model import count_check, seconds_check
 from stageflow._specs import each_instance, one_instance
 
 __all__ = [
@@ -135,7 +135,7 @@ class MockError:
 
     type: str
     message: str = "mocked error"
-    attempt: int | None = None
+    attempt: int | None = attrs.field(default=None, validator=count_check(1, optional=True))
 
     def applies_to(self, attempt: int) -> bool:
         """Whether this error is raised on ``attempt``."""
@@ -179,8 +179,10 @@ class CaseLimits:
         max_time: virtual seconds before the tester cancels the run.
     """
 
-    max_steps: int | None = None
-    max_events: int | None = None
+    # Checked here as the schema checks a case file: a max_events that is no
+    # number made the tester's event counter raise, and the limit never applied.
+    max_steps: int | None = attrs.field(default=None, validator=count_check(1, optional=True))
+    max_events: int | None = attrs.field(default=None, validator=count_check(1, optional=True))
     max_time: float = attrs.field(
         default=DEFAULT_MAX_TIME, validator=seconds_check(zero=False, optional=False)
     )
@@ -200,7 +202,7 @@ class EventExpectation:
     type: str
     node_id: str | None = None
     payload: Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
-    count: int | None = None
+    count: int | None = attrs.field(default=None, validator=count_check(0, optional=True))
 
     def describe(self) -> str:
         """The expectation in one line, as the case file would say it."""
@@ -229,7 +231,7 @@ class ErrorExpectation:
     message_contains: str | None = None
     node_id: str | None = None
     stage: str | None = None
-    attempt: int | None = None
+    attempt: int | None = attrs.field(default=None, validator=count_check(1, optional=True))
     cause_type: str | None = None
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import attrs
 
 from stageflow import StageflowError
+from stageflow._engine._backend import exit_request
+from stageflow._errors import shown_text
 from stageflow.testing._coverage import Coverage, measure_coverage
 from stageflow.testing._load import load_cases
 from stageflow.testing._model import Case, check_list
@@ -119,13 +121,22 @@ def _errored(case: Case, exc: Exception) -> CaseResult:
     return CaseResult(case=case, outcome=CaseOutcome.ERROR, failures=(Failure("setup", str(exc)),))
 
 
+def _exited(case: Case, exiting: SystemExit) -> CaseResult:
+    message = (
+        f"a stage called sys.exit({shown_text(repr, exiting.code)}), which would end the whole "
+        "test run; make the stage raise an exception instead (a case can expect its error)"
+    )
+    return CaseResult(case=case, outcome=CaseOutcome.ERROR, failures=(Failure("run", message),))
+
+
 def run_case_files(
     paths: Sequence[str | PathLike[str]], *, stages_modules: Sequence[str] = ()
 ) -> Report:
     """Run every case of every case file and report, with coverage per pipeline.
 
     A case file or case that cannot be read or run (bad file, bad pipeline,
-    unknown stages module) is reported as an error; the others still run.
+    unknown stages module, a stage that calls ``sys.exit()``) is reported as
+    an error; the others still run.
 
     Args:
         paths: case files (``.json``, ``.yaml``, ``.yml``).
@@ -150,4 +161,11 @@ def run_case_files(
                 results.append(run_case(case))
             except (StageflowError, OSError) as exc:
                 results.append(_errored(case, exc))
+            except BaseException as exc:
+                # A stage's sys.exit() ended the run, and `stageflow test` with the
+                # stage's exit code and no report: sys.exit(0) said every case passed.
+                exiting = exit_request(exc)
+                if exiting is None:
+                    raise
+                results.append(_exited(case, exiting))
     return Report(tuple(results), tuple(file_errors), coverage_of(results))

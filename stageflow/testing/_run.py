@@ -22,6 +22,7 @@ from stageflow import (
 from stageflow._engine._backend import (
     deciding_leaf,
     in_trio_run,
+    is_cancellation,
     is_interrupt,
     run_in_virtual_time,
 )
@@ -117,6 +118,10 @@ def run_case(case: Case, *, registry: StageRegistry | None = None) -> CaseResult
         RuntimeError: called from inside a trio run.
         TypeError: ``case`` is no :class:`Case`, or ``registry`` no
             :class:`~stageflow.StageRegistry`.
+
+    What the session raises (``KeyboardInterrupt``, a stage's ``SystemExit``
+    or other ``BaseException`` that is no ``Exception``) goes up as
+    :meth:`Session.run <stageflow.Session.run>` raises it.
     """
     if not isinstance(case, Case):
         raise TypeError(
@@ -261,6 +266,7 @@ class _Driver:
         timed.sort(key=lambda item: (item[1].at, item[0]))
         # Subscribe before the run starts so that no wait is missed.
         stream = session.events(buffer=0) if pending else None
+        cancelled = anyio.get_cancelled_exc_class()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._timer)
@@ -271,14 +277,17 @@ class _Driver:
                 outcome = await session.run()
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # One error (an engine bug, a stage raising a BaseException) is
-            # clearer on its own than wrapped in the task group's group.
-            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
-                raise group.exceptions[0] from None
-            # Ctrl-C goes up as KeyboardInterrupt: in a group, pytest took it
-            # for the case's failure and went on with the next case.
+            # Ctrl-C goes up as KeyboardInterrupt, also from a parallel branch (in
+            # the session's group too): in a group, pytest took it for the case's
+            # failure and went on with the next case.
             if is_interrupt(group):
-                raise deciding_leaf(group, anyio.get_cancelled_exc_class()) from None
+                raise deciding_leaf(group, cancelled) from None
+            # One error (an engine bug, a stage raising a BaseException such as
+            # SystemExit) goes up as Session.run() raised it, with its own cause,
+            # not wrapped in the task group's group.
+            if len(group.exceptions) == 1 and not is_cancellation(group.exceptions[0], cancelled):
+                only = group.exceptions[0]
+                raise only from only.__cause__
             raise
         finally:
             unsubscribe()
