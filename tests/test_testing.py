@@ -428,6 +428,42 @@ def test_values_that_differ_in_too_many_places_list_the_first_places() -> None:
     assert len(lines) == 22
 
 
+def test_a_failed_subset_shows_at_most_the_start_of_large_artifacts() -> None:
+    # The failure wrote every artifact whole (here 1.2 MB of text per report;
+    # a report of a few cases of a document pipeline ran to megabytes).
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Big")
+    async def big(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {"text": "x" * 600_000, "score": 4}
+
+    pipeline: dict[str, Any] = {
+        "api_version": "1.0",
+        "entry": "make",
+        "nodes": [
+            {
+                "id": "make",
+                "type": "stage",
+                "stage": "Big",
+                "outputs": {"text": "text", "score": "score"},
+                "next": "end",
+            },
+            {"id": "end", "type": "terminal", "artifacts": ["text", "score"]},
+        ],
+    }
+    expected = {"score": 5, "text": "y" * 600_000}
+    case = Case(name="big", pipeline=pipeline, expect=Expectations(artifacts_subset=expected))
+    (failure,) = run_case(case, registry=registry).failures
+    assert failure.field == "artifacts_subset"
+    assert len(failure.details) < 3_000, len(failure.details)
+    lines = failure.details.splitlines()
+    assert lines[0] == "score: expected 5, got 4"
+    cut = "... (600,002 characters)"
+    assert lines[1] == f'text: expected "{"y" * 199}{cut}, got "{"x" * 199}{cut}'
+    assert lines[2].startswith('actual: {"score": 4, "text": "xxx')
+    assert lines[2].endswith("... (600,024 characters)")
+
+
 def test_a_value_that_differs_in_one_place_gets_a_line_diff_whatever_its_size() -> None:
     expected = {"xs": list(range(50_000))}
     actual = {"xs": [*range(25_000), "x", *range(25_001, 50_000)]}

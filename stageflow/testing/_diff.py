@@ -10,7 +10,15 @@ from typing import Any, Final
 
 from stageflow._json import thaw
 
-__all__ = ["json_equal", "json_text", "list_diff", "subset_mismatches", "text_diff"]
+__all__ = [
+    "SHOWN_WHOLE",
+    "json_equal",
+    "json_text",
+    "list_diff",
+    "short_text",
+    "subset_mismatches",
+    "text_diff",
+]
 
 DIFF_BUDGET: Final = 4_000_000
 """Most line pairs (expected lines times actual lines, once the lines both begin
@@ -20,6 +28,8 @@ their product: two lists of 20,000 items that differ at every other one took
 
 _FIRST: Final = 20  # differing places listed when there are too many lines to diff
 _SHORT: Final = 200  # characters of a value shown in such a listing
+SHOWN_WHOLE: Final = 2_000
+"""Characters of a whole actual value (a run's artifacts) a failure shows."""
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
@@ -56,18 +66,18 @@ def subset_mismatches(expected: Any, actual: Any, where: str) -> list[str]:
     """
     if isinstance(expected, Mapping):
         if not isinstance(actual, Mapping):
-            return [f"{where}: expected an object, got {json_text(actual)}"]
+            return [f"{where}: expected an object, got {short_text(actual)}"]
         out: list[str] = []
         for key, value in expected.items():
             sub = f"{where}.{key}" if where else str(key)
             if key not in actual:
-                out.append(f"{sub}: missing (expected {json_text(value)})")
+                out.append(f"{sub}: missing (expected {short_text(value)})")
             else:
                 out.extend(subset_mismatches(value, actual[key], sub))
         return out
     if json_equal(expected, actual):
         return []
-    return [f"{where}: expected {json_text(expected)}, got {json_text(actual)}"]
+    return [f"{where}: expected {short_text(expected)}, got {short_text(actual)}"]
 
 
 def _within_budget(expected: Sequence[str], actual: Sequence[str]) -> bool:
@@ -114,9 +124,10 @@ def text_diff(expected: Any, actual: Any) -> str:
     return f"{_too_many(expected_lines, actual_lines, 'places')}\n{listing}{tail}"
 
 
-def _short(value: Any) -> str:
+def short_text(value: Any, limit: int = _SHORT) -> str:
+    """``value`` as JSON text, cut to ``limit`` characters (saying how long it was)."""
     text = json_text(value)
-    return text if len(text) <= _SHORT else f"{text[:_SHORT]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _differences(expected: Any, actual: Any, where: str) -> Iterator[str]:
@@ -125,9 +136,9 @@ def _differences(expected: Any, actual: Any, where: str) -> Iterator[str]:
         for key in sorted(expected.keys() | actual.keys()):
             sub = f"{where}.{key}" if where else str(key)
             if key not in actual:
-                yield f"{sub}: missing (expected {_short(expected[key])})"
+                yield f"{sub}: missing (expected {short_text(expected[key])})"
             elif key not in expected:
-                yield f"{sub}: not expected (got {_short(actual[key])})"
+                yield f"{sub}: not expected (got {short_text(actual[key])})"
             else:
                 yield from _differences(expected[key], actual[key], sub)
         return
@@ -138,7 +149,7 @@ def _differences(expected: Any, actual: Any, where: str) -> Iterator[str]:
             yield f"{where or 'the value'}: expected {len(expected)} items, got {len(actual)}"
         return
     if not json_equal(expected, actual):
-        yield f"{where or 'the value'}: expected {_short(expected)}, got {_short(actual)}"
+        yield f"{where or 'the value'}: expected {short_text(expected)}, got {short_text(actual)}"
 
 
 def list_diff(expected: Sequence[str], actual: Sequence[str]) -> str:

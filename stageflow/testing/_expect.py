@@ -20,9 +20,11 @@ from stageflow._errors import describe_exception
 from stageflow._graph import listing
 from stageflow._specs import ENGINE_EVENT_TYPES
 from stageflow.testing._diff import (
+    SHOWN_WHOLE,
     json_equal,
     json_text,
     list_diff,
+    short_text,
     subset_mismatches,
     text_diff,
 )
@@ -241,7 +243,7 @@ def _check_subset(field: str, expected: Mapping[str, Any], actual: Any) -> Failu
     return Failure(
         field,
         f"{len(mismatches)} expected value(s) not found",
-        "\n".join(mismatches) + f"\nactual: {json_text(actual)}",
+        "\n".join(mismatches) + f"\nactual: {short_text(actual, SHOWN_WHOLE)}",
     )
 
 
@@ -295,7 +297,7 @@ def _matches(expected: EventExpectation, event: Event) -> bool:
 
 def _show(event: Event) -> str:
     node = f" node {event.node_id!r}" if event.node_id else ""
-    return f"#{event.seq} {event.type}{node} {json_text(event.payload)}"
+    return f"#{event.seq} {event.type}{node} {short_text(event.payload)}"
 
 
 def _check_event(
