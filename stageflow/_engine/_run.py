@@ -194,6 +194,7 @@ class _Step:
         "node",
         "outputs",
         "pairs",
+        "single",
         "started",
     )
 
@@ -209,6 +210,8 @@ class _Step:
         self.pairs = tuple(node.arguments.items())
         self.outputs = tuple(node.outputs.items())
         self.keys = tuple(node.outputs)  # the outputs' keys, to check
+        # The output pair of a node with exactly one output, else empty.
+        self.single: tuple[str, str] | tuple[()] = self.outputs[0] if len(self.outputs) == 1 else ()
         spec = entry.spec
         self.direct = (
             spec.arguments is None
@@ -1047,7 +1050,11 @@ class Run:
         # reads them once for all its items ("map item" row).
         status, runner, task = flags or cancel_flags(backend) or NO_FLAGS
         flags = None
-        caps, desk = self._caps, state.desk
+        caps = self._caps
+        # The event cap in record slots, without the recorded rejections'
+        # budget on top of it: that only grows during a run, so the whole
+        # test is needed only past this ("sequential stage node" row).
+        event_slots = caps.events * RECORD_SLOTS
         session_id = state.session_id
         runtime = self.runtime
         tracing, meters = state.tracing, state.metrics
@@ -1108,9 +1115,9 @@ class Run:
             frame.work = None
             frame.visits += 1
             steps = state.steps = state.steps + 1
-            if (
-                steps > caps.steps
-                or len(records) >= (caps.events + desk.recorded_rejections) * RECORD_SLOTS
+            if steps > caps.steps or (
+                len(records) >= event_slots
+                and len(records) >= (caps.events + state.desk.recorded_rejections) * RECORD_SLOTS
             ):
                 raise self._stop_at_limit(node, frame)
             if not steps & _YIELD_EVERY:
@@ -1233,7 +1240,28 @@ class Run:
                                 run = entry.factory().run
                             outputs = value = None  # an earlier node's (see above)
                             outputs = await run(ctx)
-                            if step.direct and type(outputs) is dict:
+                            if step.direct and type(outputs) is dict and step.single:
+                                # The one-output case of the loops below, in one
+                                # go ("sequential stage node" row): keep them alike.
+                                key, target = step.single
+                                value = outputs.get(key, EMPTY_MAPPING)
+                                kind = type(value)
+                                if not (
+                                    kind is str
+                                    or (kind is int and value.bit_length() < SAFE_INT_BITS)
+                                    or value is None
+                                    or kind is bool
+                                ):
+                                    StageExecutor.outputs(self, node, frame, entry, outputs)
+                                elif top:
+                                    data[target] = value
+                                elif layers is not None:
+                                    layers[0][0][target] = value
+                                    if layers[1] is not None:
+                                        layers[1][target] = None
+                                else:
+                                    context.set(target, value)
+                            elif step.direct and type(outputs) is dict:
                                 # StageExecutor.outputs' usual case: every output a
                                 # str, small int, bool or None, written as returned.
                                 for key in step.keys:
