@@ -1055,7 +1055,6 @@ class Run:
         # budget on top of it: that only grows during a run, so the whole
         # test is needed only past this ("sequential stage node" row).
         event_slots = caps.events * RECORD_SLOTS
-        session_id = state.session_id
         runtime = self.runtime
         tracing, meters = state.tracing, state.metrics
         path = frame.path
@@ -1221,7 +1220,7 @@ class Run:
                             frame.work = work
                             ctx = engine_context(
                                 view,
-                                session_id,
+                                state.session_id,
                                 node_id,
                                 path,
                                 node.stage,
@@ -1235,11 +1234,12 @@ class Run:
                                 self, node, frame, entry, 1, None, step.pairs
                             )
                         try:
-                            run = entry.function
-                            if run is None:
-                                run = entry.factory().run
                             outputs = value = None  # an earlier node's (see above)
-                            outputs = await run(ctx)
+                            outputs = await (
+                                entry.function
+                                if entry.function is not None
+                                else entry.factory().run
+                            )(ctx)
                             if step.direct and type(outputs) is dict and step.single:
                                 # The one-output case of the loops below, in one
                                 # go ("sequential stage node" row): keep them alike.
@@ -1294,9 +1294,10 @@ class Run:
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                         except BaseException as exc:  # looked at and re-raised (see run)
-                            failed = stage_failure(exc, backend)
-                            if failed is not None:
-                                raise StageExecutor.failure(node, 1, 1, failed) from failed
+                            # In ``error`` (None until then), not a local more.
+                            error = stage_failure(exc, backend)
+                            if error is not None:
+                                raise StageExecutor.failure(node, 1, 1, error) from error
                             raise
                 except Exception as exc:
                     now = None  # the next node's start reads the clock again
