@@ -190,10 +190,12 @@ class _Step:
         "done",
         "entry",
         "finished",
+        "keys",
         "name",
         "node",
         "outputs",
         "pairs",
+        "single",
         "started",
     )
 
@@ -208,6 +210,9 @@ class _Step:
         # The argument pairs (StageExecutor.context's ``pairs``) and output pairs.
         self.pairs = tuple(node.arguments.items())
         self.outputs = tuple(node.outputs.items())
+        self.keys = tuple(node.outputs)  # the outputs' keys, to check
+        # The output pair of a node with exactly one output, else empty.
+        self.single: tuple[str, str] | tuple[()] = self.outputs[0] if len(self.outputs) == 1 else ()
         spec = entry.spec
         self.direct = (
             spec.arguments is None
@@ -1019,17 +1024,20 @@ class Run:
         ``flags``: the running task's cancellation flags (see ``Kernel.run_path``).
         """
         index = frame.scope.pipeline.node_index
-        resume = frame.resume
-        if resume is not None:
+        # Read from the frame, not kept in locals: every local is 8 B more
+        # in the frame a live waiting session keeps ("paused session, memory
+        # each" row), as is every slot of the deepest call's stack.
+        if frame.resume is not None:
             # The node in flight runs again as the same visit (the same execution key).
-            visits = resume.get("visits", 0)
-            frame.visits = visits if "next" in resume or not visits else visits - 1
+            frame.visits = frame.resume.get("visits", 0)
+            if frame.visits and "next" not in frame.resume:
+                frame.visits -= 1
             try:
-                if "next" in resume:
-                    node_id = resume["next"]  # its node had finished
+                if "next" in frame.resume:
+                    node_id = frame.resume["next"]  # its node had finished
                 else:
                     self._unstarted -= 1  # counted again as it starts
-                    node_id = await self.execute(index[resume["node"]], frame)
+                    node_id = await self.execute(index[frame.resume["node"]], frame)
             finally:
                 frame.resume = None
         state = self._state
@@ -1052,9 +1060,11 @@ class Run:
         # reads them once for all its items ("map item" row).
         status, runner, task = flags or cancel_flags(backend) or NO_FLAGS
         flags = None
-        checkpoint, yield_ = backend.checkpoint, backend.yield_
-        caps, desk = self._caps, state.desk
-        session_id = state.session_id
+        caps = self._caps
+        # The event cap in record slots, without the recorded rejections'
+        # budget on top of it: that only grows during a run, so the whole
+        # test is needed only past this ("sequential stage node" row).
+        event_slots = caps.events * RECORD_SLOTS
         runtime = self.runtime
         tracing, meters = state.tracing, state.metrics
         path = frame.path
@@ -1075,6 +1085,12 @@ class Run:
         value: Any
         error: BaseException | None
         span: ActiveSpan | None
+        # The clock, read once for a node's node_finished and the next node's
+        # node_started, recorded back to back with nothing awaited between
+        # them: they happen within a microsecond, the resolution events have
+        # (as Run.run_items does; docs/concepts.md, "Events and subscribers";
+        # "sequential stage node" row). None: read it again.
+        now: int | None = None
         while node_id is not None and node_id != stop:
             node = index[node_id]
             step = simple.get(id(node), _UNSEEN)
@@ -1086,7 +1102,7 @@ class Run:
                 # left in its locals (an argument view over copied values,
                 # a stage's outputs, an error and its traceback, an ended
                 # span). Only here and before a stage's own await below.
-                ctx = view = work = outputs = value = error = span = None
+                ctx = view = work = outputs = value = error = span = now = None
                 node_id = await self.execute(node, frame)
                 continue
             node = step.node  # the same node, typed
@@ -1108,19 +1124,21 @@ class Run:
             frame.work = None
             frame.visits += 1
             steps = state.steps = state.steps + 1
-            if (
-                steps > caps.steps
-                or len(records) >= (caps.events + desk.recorded_rejections) * RECORD_SLOTS
+            if steps > caps.steps or (
+                len(records) >= event_slots
+                and len(records) >= (caps.events + state.desk.recorded_rejections) * RECORD_SLOTS
             ):
                 raise self._stop_at_limit(node, frame)
             if not steps & _YIELD_EVERY:
-                await yield_()
+                await backend.yield_()
+                now = None
             elif (
                 status is None
                 or status.effectively_cancelled
                 or (runner.ki_pending and task is runner.main_task)
             ):
-                await checkpoint()
+                await backend.checkpoint()
+                now = None
             # execute()'s span (its outcome, error and last attributes) and
             # duration metric.
             span = None if tracing is None else tracing.start(step.name, dict(step.attributes))
@@ -1132,7 +1150,9 @@ class Run:
             try:
                 # History.record's append, written out while nothing watches.
                 if history.quiet:
-                    records += ("node_started", _time_ns() // 1000, node_id, path, step.started)
+                    if now is None:
+                        now = _time_ns() // 1000
+                    records += ("node_started", now, node_id, path, step.started)
                 else:
                     # The span's ids given, not looked up in the context
                     # (as execute() does; "SDK ... per node" row).
@@ -1193,7 +1213,6 @@ class Run:
                                 if arguments:
                                     view = MappingProxyType(arguments)
                                 del arguments
-                            spec = entry.spec
                             # StageWork(runtime, node, spec, path, 1, None)
                             # written out: a call less per node ("sequential
                             # stage node" row). Keep them alike. The context
@@ -1201,7 +1220,7 @@ class Run:
                             work = _new(StageWork)
                             work.runtime = runtime
                             work.node = node
-                            work.spec = spec
+                            work.spec = entry.spec
                             work.path = path
                             work.attempt = 1
                             work.calls = None
@@ -1211,14 +1230,12 @@ class Run:
                             frame.work = work
                             ctx = engine_context(
                                 view,
-                                EMPTY_MAPPING,
-                                session_id,
+                                state.session_id,
                                 node_id,
                                 path,
                                 node.stage,
-                                1,
                                 work,
-                                spec,
+                                work.spec,
                                 frame.origin,
                                 frame.visits,
                             )
@@ -1227,15 +1244,37 @@ class Run:
                                 self, node, frame, entry, 1, None, step.pairs
                             )
                         try:
-                            run = entry.function
-                            if run is None:
-                                run = entry.factory().run
                             outputs = value = None  # an earlier node's (see above)
-                            outputs = await run(ctx)
-                            if step.direct and type(outputs) is dict:
+                            outputs = await (
+                                entry.function
+                                if entry.function is not None
+                                else entry.factory().run
+                            )(ctx)
+                            if step.direct and type(outputs) is dict and step.single:
+                                # The one-output case of the loops below, in one
+                                # go ("sequential stage node" row): keep them alike.
+                                key, target = step.single
+                                value = outputs.get(key, EMPTY_MAPPING)
+                                kind = type(value)
+                                if not (
+                                    kind is str
+                                    or (kind is int and value.bit_length() < SAFE_INT_BITS)
+                                    or value is None
+                                    or kind is bool
+                                ):
+                                    StageExecutor.outputs(self, node, frame, entry, outputs)
+                                elif top:
+                                    data[target] = value
+                                elif layers is not None:
+                                    layers[0][0][target] = value
+                                    if layers[1] is not None:
+                                        layers[1][target] = None
+                                else:
+                                    context.set(target, value)
+                            elif step.direct and type(outputs) is dict:
                                 # StageExecutor.outputs' usual case: every output a
                                 # str, small int, bool or None, written as returned.
-                                for key, _ in step.outputs:
+                                for key in step.keys:
                                     value = outputs.get(key, EMPTY_MAPPING)
                                     kind = type(value)
                                     if not (
@@ -1252,9 +1291,8 @@ class Run:
                                             data[target] = outputs[key]
                                         elif layers is not None:
                                             layers[0][0][target] = outputs[key]
-                                            written = layers[1]
-                                            if written is not None:
-                                                written[target] = None
+                                            if layers[1] is not None:
+                                                layers[1][target] = None
                                         else:
                                             context.set(target, outputs[key])
                             else:
@@ -1266,11 +1304,13 @@ class Run:
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                         except BaseException as exc:  # looked at and re-raised (see run)
-                            failed = stage_failure(exc, backend)
-                            if failed is not None:
-                                raise StageExecutor.failure(node, 1, 1, failed) from failed
+                            # In ``error`` (None until then), not a local more.
+                            error = stage_failure(exc, backend)
+                            if error is not None:
+                                raise StageExecutor.failure(node, 1, 1, error) from error
                             raise
                 except Exception as exc:
+                    now = None  # the next node's start reads the clock again
                     error = exc
                     if isinstance(exc, TimeoutError):
                         outcome = "timed_out"
@@ -1311,8 +1351,10 @@ class Run:
                 outcome = "succeeded"
                 frame.work = done  # a snapshot from here on resumes at the next node
                 if history.quiet:
-                    records += ("node_finished", _time_ns() // 1000, node_id, path, finished)
+                    now = _time_ns() // 1000
+                    records += ("node_finished", now, node_id, path, finished)
                 else:
+                    now = None
                     history.record(
                         "node_finished",
                         node_id,
@@ -1749,12 +1791,10 @@ class Run:
                         # _stages.py's), as on run_path's tight path.
                         ctx = engine_context(
                             view,
-                            EMPTY_MAPPING,
                             session_id,
                             body,
                             path,
                             stage,
-                            1,
                             work,
                             spec,
                             origin,

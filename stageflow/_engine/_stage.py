@@ -49,13 +49,13 @@ from stageflow._guard import SAFE_INT_BITS, int_too_large
 from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
-from stageflow._stages import BaseStage, StageContext, StageEntry, engine_context
+from stageflow._stages import EMPTY_CONFIG, BaseStage, StageContext, StageEntry, engine_context
 from stageflow._telemetry import ATTEMPT, NODE_ID, PIPELINE_NAME
 
 __all__ = ["EMPTY_MAPPING", "PLAIN_SCALARS", "StageExecutor"]
 
 _log = get_logger("stageflow.session")
-_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+_EMPTY: Final[Mapping[str, Any]] = EMPTY_CONFIG
 _NO_RETRY: Final = RetryPolicy()
 # Immutable JSON values that need neither a check nor a copy (floats may be NaN).
 _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
@@ -275,16 +275,16 @@ class StageExecutor:
         return engine_context(
             # No arguments: the shared empty view ("paused session" rows).
             MappingProxyType(arguments) if arguments else _EMPTY,
-            copy_json(node.config) if node.config else _EMPTY,
             kernel.session_id,
             node.id,
             frame.path,
             node.stage,
-            attempt,
             work,
             spec,
             frame.origin,
             frame.visits,
+            copy_json(node.config) if node.config else _EMPTY,
+            attempt,
         )
 
     @staticmethod

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tight_support import BLOCKS, Recording, general_path, record_run
 
 import stageflow
+from stageflow import _events
 from stageflow._engine import _run
 
 PLANS = st.fixed_dictionaries(
@@ -567,3 +568,69 @@ async def test_a_waiting_node_keeps_no_earlier_outputs_or_error(
         ),
     )
     assert alive == []
+
+
+def _ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reading of the clock the history is stamped with is one microsecond later."""
+    ticks = iter(range(1_700_000_000_000_000_000, 1 << 62, 1000))
+
+    def time_ns() -> int:
+        return next(ticks)
+
+    monkeypatch.setattr(_run, "_time_ns", time_ns)
+    monkeypatch.setattr(_events, "_time_ns", time_ns)
+
+
+def _fails_then_recovers() -> tuple[stageflow.Pipeline, stageflow.StageRegistry]:
+    """``a`` -> ``bad`` (raises, routed to ``h``) -> ``h`` -> ``end``, on the tight path."""
+    stages = stageflow.StageRegistry()
+
+    @stages.register("Ok")
+    async def ok(ctx: stageflow.StageContext) -> dict[str, Any]:
+        return {}
+
+    @stages.register("Bad")
+    async def bad(ctx: stageflow.StageContext) -> dict[str, Any]:
+        raise ValueError("bad")
+
+    nodes = [
+        stage("a", "Ok", next="bad"),
+        {**stage("bad", "Bad", next="end"), "on_error": [{"next": "h"}]},
+        stage("h", "Ok", next="end"),
+        terminal("end"),
+    ]
+    return stageflow.Pipeline.from_dict(doc(nodes), registry=stages), stages
+
+
+@pytest.mark.anyio
+async def test_a_node_after_a_routed_error_is_stamped_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node's start shares the previous node's end reading, never an older one."""
+    _ticking_clock(monkeypatch)
+    pipeline, stages = _fails_then_recovers()
+    result = await stageflow.Session(pipeline, registry=stages).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    stamps = {(e.type, e.node_id): e.timestamp for e in result.history}
+    assert stamps[("node_started", "h")] > stamps[("error_routed", "bad")]
+    assert stamps[("error_routed", "bad")] > stamps[("node_failed", "bad")]
+    times = [e.timestamp for e in result.history]
+    assert times == sorted(times)
+
+
+@pytest.mark.anyio
+@pytest.mark.trio_only
+async def test_a_node_start_shares_the_reading_of_the_end_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing awaited between them: one reading for both events.
+
+    Trio only: on asyncio the loop awaits a checkpoint before every node,
+    and the next start reads the clock again.
+    """
+    _ticking_clock(monkeypatch)
+    pipeline, stages = _fails_then_recovers()
+    result = await stageflow.Session(pipeline, registry=stages).run()
+    stamps = {(e.type, e.node_id): e.timestamp for e in result.history}
+    assert stamps[("node_started", "bad")] == stamps[("node_finished", "a")]
+    assert stamps[("node_finished", "a")] > stamps[("node_started", "a")]
