@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -159,15 +161,18 @@ def test_the_cli_json_log_lines_start_with_the_event(
 
 
 def test_the_cli_json_log_lines_of_a_traced_run_carry_trace_flags_and_the_node_span(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
     # As a library run's lines: trace_flags on every line, and the one traceback
-    # on the failing node's line, with that node's span id.
+    # on the failing node's line, with that node's span id. In a process of its
+    # own: --trace sets OpenTelemetry's global tracer provider, which can be set
+    # once, and would trace every later test of this one.
     pipeline, stages = _failing_cli_files(tmp_path)
     options = ["--log-format", "json", "--trace", "none", "--traceback"]
-    code = main(["run", pipeline, "--stages", stages, *options])
-    assert code == 1
-    lines = [json.loads(text) for text in capsys.readouterr().err.splitlines() if text]
+    argv = [sys.executable, "-m", "stageflow", "run", pipeline, "--stages", stages, *options]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(text) for text in done.stderr.splitlines() if text]
     assert lines
     assert all(int(line["trace_flags"], 16) & 1 for line in lines)
     [started] = [x for x in lines if x["event"] == "node.started" and x["node_id"] == "a"]
