@@ -116,8 +116,10 @@ def _cancelled(exc: BaseException, scope: anyio.CancelScope, task: int) -> bool:
     awaited then. One that comes in the turn's task a stage raised (alone, or
     out of a branch or map item, as ``run()`` raises it): the turn failed.
     """
+    if isinstance(exc, GeneratorExit):  # looked at first: a close may come with no loop running
+        return not _in_task(task)
     if not is_cancellation(exc, anyio.get_cancelled_exc_class()):
-        return isinstance(exc, GeneratorExit) and not _in_task(task)
+        return False
     if sniffio.current_async_library() != "asyncio":
         return True
     running = asyncio.current_task()
