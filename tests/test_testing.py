@@ -1187,12 +1187,16 @@ class _Halt(BaseException):
 def test_a_stage_raising_a_base_exception_propagates_as_the_session_raises_it(
     raised: BaseException,
 ) -> None:
-    # Session.run() raises it bare; run_case() raised it in its task group's group.
+    # Session.run() raises it bare; run_case() raised it in its task group's group,
+    # then with that group as its __context__ (the KeyError was lost).
     registry = stageflow.StageRegistry()
 
     @registry.register("Halts")
     async def halts(ctx: stageflow.StageContext) -> dict[str, Any]:
-        raise raised
+        try:
+            return {"v": {}["missing"]}
+        except KeyError:
+            raise raised from LookupError("the reason")
 
     pipeline = {
         "api_version": "1.0",
@@ -1205,6 +1209,8 @@ def test_a_stage_raising_a_base_exception_propagates_as_the_session_raises_it(
     with pytest.raises(type(raised)) as caught:
         run_case(Case(name="halts", pipeline=pipeline), registry=registry)
     assert caught.value is raised
+    assert repr(caught.value.__cause__) == "LookupError('the reason')"
+    assert repr(caught.value.__context__) == "KeyError('missing')"
 
 
 def test_ctrl_c_in_a_parallel_branch_goes_up_as_keyboard_interrupt() -> None:
@@ -1214,7 +1220,7 @@ def test_ctrl_c_in_a_parallel_branch_goes_up_as_keyboard_interrupt() -> None:
 
     @registry.register("Interrupted")
     async def interrupted(ctx: stageflow.StageContext) -> dict[str, Any]:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt from LookupError("the reason")
 
     @registry.register("Slow")
     async def slow(ctx: stageflow.StageContext) -> dict[str, Any]:
@@ -1231,8 +1237,10 @@ def test_ctrl_c_in_a_parallel_branch_goes_up_as_keyboard_interrupt() -> None:
             {"id": "end", "type": "terminal"},
         ],
     }
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         run_case(Case(name="ctrl-c", pipeline=pipeline), registry=registry)
+    # Kept as Session.run() raises it (its cause was dropped: "from None").
+    assert repr(caught.value.__cause__) == "LookupError('the reason')"
 
 
 def test_an_engine_error_keeps_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "InjectedFailureError",
     "TemplateError",
     "injected_failure_class",
+    "json_head",
     "preview",
 ]
 
@@ -38,24 +39,30 @@ _PREVIEW_CHARS = 200
 
 
 # Not one-shot, iterencode writes piece by piece (the pure-Python encoder).
-_PREVIEW_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
 
 
-def preview(value: Any, limit: int = _PREVIEW_CHARS) -> str:
-    """Compact JSON for a message, cut to ``limit`` characters.
+def json_head(value: Any, limit: int) -> str:
+    """``value`` as compact JSON, written only until it is longer than ``limit`` characters.
 
-    Written only as far as it is shown: a list that holds one long string
-    many times over, which the value guard lets through (it counts values,
-    not characters), is gigabytes as a whole.
+    Whole when it takes ``limit`` characters or fewer; else cut after the
+    piece that went past ``limit``. A list that holds one long string many
+    times over, which the value guard lets through (it counts values, not
+    characters), is gigabytes as a whole.
     """
     pieces: list[str] = []
     size = 0
-    for piece in _PREVIEW_ENCODER.iterencode(value):
+    for piece in _ENCODER.iterencode(value):
         pieces.append(piece)
         size += len(piece)
         if size > limit:
             break
-    text = "".join(pieces)
+    return "".join(pieces)
+
+
+def preview(value: Any, limit: int = _PREVIEW_CHARS) -> str:
+    """Compact JSON for a message, cut to ``limit`` characters (written only as far as shown)."""
+    text = json_head(value, limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

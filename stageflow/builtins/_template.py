@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from stageflow._errors import shown_scalar
 from stageflow._graph import listing
@@ -33,15 +33,10 @@ from stageflow.builtins._common import (
     json_type,
     text_too_long,
 )
-from stageflow.builtins._errors import TemplateError
+from stageflow.builtins._errors import TemplateError, json_head
 from stageflow.builtins._values import outputs
 
 __all__ = ["TEMPLATE_PATTERN", "TemplateStage", "render"]
-
-
-# Writes a list or object inserted into a template piece by piece, so that one
-# holding a long string many times over is refused before it is written whole.
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _text(ctx: StageContext, value: Any, room: int) -> str:
@@ -53,13 +48,8 @@ def _text(ctx: StageContext, value: Any, room: int) -> str:
     if isinstance(value, str):
         text = value
     elif isinstance(value, list | dict):
-        pieces: list[str] = []
-        for piece in _ENCODER.iterencode(value):
-            room -= len(piece)
-            if room < 0:
-                raise text_too_long(ctx, "the filled-in template")
-            pieces.append(piece)
-        return "".join(pieces)
+        # Refused before one holding a long string many times over is written whole.
+        text = json_head(value, room)
     else:
         text = json.dumps(value)
     if len(text) > room:

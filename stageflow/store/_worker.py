@@ -104,19 +104,34 @@ class _Turn:
     saving: bool = False
 
 
-def _cancelled(exc: BaseException, scope: anyio.CancelScope) -> bool:
+def _cancelled(exc: BaseException, scope: anyio.CancelScope, task: int) -> bool:
     """Whether ``exc`` is a cancellation that was asked for, not one a stage raised.
 
     On trio only trio makes its ``Cancelled``. On asyncio anyone can raise
     ``CancelledError``: it is a real one when the turn's scope was cancelled
     or the task has a cancellation request pending (``Task.cancelling()``).
+    A ``GeneratorExit`` is the turn's coroutine being closed only when it
+    comes outside the steps of the turn's task (``task``, its id): ``close()``
+    throws it in from wherever the coroutine is dropped, and nothing may be
+    awaited then. One that comes in the turn's task a stage raised (alone, or
+    out of a branch or map item, as ``run()`` raises it): the turn failed.
     """
+    if isinstance(exc, GeneratorExit):  # looked at first: a close may come with no loop running
+        return not _in_task(task)
     if not is_cancellation(exc, anyio.get_cancelled_exc_class()):
-        return isinstance(exc, GeneratorExit)
+        return False
     if sniffio.current_async_library() != "asyncio":
         return True
-    task = asyncio.current_task()
-    return scope.cancel_called or (task is not None and task.cancelling() > 0)
+    running = asyncio.current_task()
+    return scope.cancel_called or (running is not None and running.cancelling() > 0)
+
+
+def _in_task(task: int) -> bool:
+    """Whether the task of id ``task`` is the one running here."""
+    try:
+        return anyio.get_current_task().id == task
+    except RuntimeError:  # no event loop runs in this thread (anyio's NoEventLoopError)
+        return False
 
 
 def _check_names(queues: Iterable[str], worker_id: str | None) -> tuple[str, ...]:
@@ -396,6 +411,7 @@ class Worker:
     async def _turn(self, turn: _Turn) -> None:
         lease = turn.lease
         log = logger.bind(session_id=lease.session_id, attempt=lease.attempts)
+        task = anyio.get_current_task().id
         try:
             with turn.scope:
                 if lease.attempts > self.max_attempts:
@@ -412,7 +428,7 @@ class Worker:
                     # asked for (asyncio's CancelledError leaked by a library):
                     # the turn failed, the worker goes on. Ctrl-C and a real
                     # cancellation (of this turn or of the worker) go on up.
-                    if is_interrupt(exc) or _cancelled(exc, turn.scope):
+                    if is_interrupt(exc) or _cancelled(exc, turn.scope, task):
                         raise
                     # run() raises it alone; two at once (in two branches) come
                     # in a group: the error names the first.

@@ -267,6 +267,10 @@ class _Driver:
         # Subscribe before the run starts so that no wait is missed.
         stream = session.events(buffer=0) if pending else None
         cancelled = anyio.get_cancelled_exc_class()
+        # What goes up instead of the task group's group, raised below: out of the
+        # except clause, so that the group does not become its __context__ (its own
+        # cause and context stay, as Session.run() raised it).
+        escaping: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._timer)
@@ -277,20 +281,21 @@ class _Driver:
                 outcome = await session.run()
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # Ctrl-C goes up as KeyboardInterrupt, also from a parallel branch (in
-            # the session's group too): in a group, pytest took it for the case's
-            # failure and went on with the next case.
             if is_interrupt(group):
-                raise deciding_leaf(group, cancelled) from None
-            # One error (an engine bug, a stage raising a BaseException such as
-            # SystemExit) goes up as Session.run() raised it, with its own cause,
-            # not wrapped in the task group's group.
-            if len(group.exceptions) == 1 and not is_cancellation(group.exceptions[0], cancelled):
-                only = group.exceptions[0]
-                raise only from only.__cause__
-            raise
+                # Ctrl-C goes up as KeyboardInterrupt, also from a parallel branch (in
+                # the session's group too): in a group, pytest took it for the case's
+                # failure and went on with the next case.
+                escaping = deciding_leaf(group, cancelled)
+            elif len(group.exceptions) == 1 and not is_cancellation(group.exceptions[0], cancelled):
+                # One error (an engine bug, a stage raising a BaseException such as
+                # SystemExit) goes up as Session.run() raised it.
+                escaping = group.exceptions[0]
+            else:
+                raise
         finally:
             unsubscribe()
+        if escaping is not None:
+            raise escaping
         return self._observed(outcome)
 
     def _observed(self, outcome: SessionResult) -> Observed:

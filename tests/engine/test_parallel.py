@@ -591,10 +591,11 @@ async def test_an_append_never_nests_the_context_deeper_than_a_snapshot_holds(
         assert "more than 256 levels deep" in str(result.error)
 
 
-# On asyncio a branch's worker task is started in anyio's task group without
-# anyio's per-task handle (``_backend.asyncio_spawner``): it must still be in
-# anyio's cancel scopes as a ``start_soon`` task is, with their deadlines and
-# shields.
+# A branch's worker task is in the cancel scopes around it as a ``start_soon``
+# task is, with their deadlines and shields. They guard a change of how branch
+# tasks are started on asyncio, such as the spawner without anyio's per-task
+# handle measured in benchmarks/RESULTS.md (benchmarks/patches/asyncio-spawner.patch,
+# not merged).
 
 
 async def test_a_branch_stage_sees_the_parallel_nodes_timeout_as_its_deadline() -> None:

@@ -210,7 +210,7 @@ async def test_the_services_refusals_are_counted_without_the_senders_type(
     provider.shutdown()
 
 
-def test_a_service_refuses_a_meter_provider_that_is_none() -> None:
+def test_a_service_refuses_a_meter_provider_that_is_no_provider() -> None:
     store = open_store("sqlite:///:memory:")
     with pytest.raises(TypeError, match=r"meter_provider=.*no get_meter\(\)"):
         stageflow.store.SessionService(store, meter_provider="otel")  # type: ignore[arg-type]

@@ -802,18 +802,20 @@ async def test_a_wait_that_times_out_says_where_the_session_stands(
 
 
 class Raises(stageflow.BaseStage):
-    """Raise what ``config.raise`` names: SystemExit or asyncio's CancelledError."""
+    """Raise what ``config.raise`` names: SystemExit, GeneratorExit or asyncio's CancelledError."""
 
     spec = stageflow.StageSpec(description="raise a BaseException")
 
     async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
         if ctx.config["raise"] == "SystemExit":
             raise SystemExit(3)
+        if ctx.config["raise"] == "GeneratorExit":
+            raise GeneratorExit("a stage's own")
         raise asyncio.CancelledError()
 
 
 @pytest.mark.parametrize("in_a_branch", [False, True], ids=["alone", "in a branch"])
-@pytest.mark.parametrize("raised", ["SystemExit", "CancelledError"])
+@pytest.mark.parametrize("raised", ["SystemExit", "GeneratorExit", "CancelledError"])
 async def test_a_stage_that_raises_a_base_exception_fails_its_turn_not_the_worker(
     make_store: Callable[..., Any], raised: str, in_a_branch: bool
 ) -> None:
@@ -823,6 +825,8 @@ async def test_a_stage_that_raises_a_base_exception_fails_its_turn_not_the_worke
     # SystemExit came in an exception group, and the stored error said
     # "BaseExceptionGroup: Exceptions from Trio nursery (1 sub-exception)".
     # In a branch on asyncio the SystemExit stopped the worker's event loop.
+    # A GeneratorExit (alone, or in a branch since run() raises it alone there
+    # too) was taken for the turn's coroutine being closed: the worker died.
     local = stageflow.StageRegistry()
     local.register("Collect")(registry.get("Collect").target)
     local.register("Raises")(Raises)
