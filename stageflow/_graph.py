@@ -344,6 +344,7 @@ def check_graph(
     positions: tuple[int, ...] | None = None,
     other_ids: frozenset[str] = frozenset(),
     whole: bool = True,
+    entry_said: bool = False,
 ) -> Iterator[Problem]:
     """Every graph problem of one pipeline or subpipeline (locations rooted at ``$``).
 
@@ -358,6 +359,8 @@ def check_graph(
         whole: also run the checks of the whole graph (reachability, main
             path, loops, map regions, branch writes), which need every node;
             ``False`` when some nodes were left out.
+        entry_said: ``entry`` has a problem of its own already (the schema's:
+            it is no id); it is not reported again as a missing node.
     """
     at = positions if positions is not None else tuple(range(len(nodes)))
     where: dict[str, int] = {}
@@ -373,7 +376,7 @@ def check_graph(
     index = {node.id: node for node in reversed(nodes)}
     known = listing({*index, *other_ids})
     entry = doc["entry"]
-    if entry not in index and entry not in other_ids:
+    if entry not in index and entry not in other_ids and not entry_said:
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
     ids = {*index, *other_ids}  # once: per node it made loading quadratic

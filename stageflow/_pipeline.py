@@ -148,15 +148,34 @@ def _where(doc: Any, path: Iterable[Any]) -> str:
     return out
 
 
-def _node_label(doc: Any, index: int) -> str:
+def _node_label(graph: Any, index: int) -> str:
     try:
-        node_id = doc["nodes"][index]["id"]
+        node_id = graph["nodes"][index]["id"]
     except (KeyError, IndexError, TypeError):
         node_id = None
     if not isinstance(node_id, str):
         return f"node #{index}"
     # An id too long for the schema is cut here: its own problem says how long it is.
     return f"node {shown(node_id)}"
+
+
+def _subject(doc: Any, path: list[Any]) -> str:
+    """Who a problem at ``path`` is about: a node, a subpipeline, or the pipeline.
+
+    A node of a subpipeline (``$.subpipelines.page.nodes[2].next``) is named
+    as the node, as at the top level; a field of a subpipeline's own
+    (``$.subpipelines.page.entry``) names the subpipeline.
+    """
+    graph, name, at = doc, None, 0
+    while at + 1 < len(path) and path[at] == "subpipelines":
+        children = graph.get("subpipelines") if isinstance(graph, Mapping) else None
+        if not isinstance(children, Mapping) or path[at + 1] not in children:
+            break
+        name, graph = path[at + 1], children[path[at + 1]]
+        at += 2
+    if at + 1 < len(path) and path[at] == "nodes" and isinstance(path[at + 1], int):
+        return _node_label(graph, path[at + 1])
+    return "the pipeline" if name is None else f"subpipeline {shown(str(name))}"
 
 
 def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
@@ -213,8 +232,8 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
 # $defs.error_name) allow, by title.
 _NAME_RULES: dict[str, str] = {
     "Node id": (
-        'a node id; an id is a letter or "_", then letters, digits, "_", "." or "-" '
-        '(no space, "/" or line break)'
+        'a node id; an id is an ASCII letter or "_", then ASCII letters, digits, "_", "." '
+        'or "-" (no accented letter, space, "/" or line break)'
     ),
     "Pipeline name": (
         "a pipeline name; a name is text without control characters (no line break, "
@@ -226,9 +245,7 @@ _NAME_RULES: dict[str, str] = {
 
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
     path = list(error.absolute_path)
-    subject = "the pipeline"
-    if len(path) >= 2 and path[0] == "nodes" and isinstance(path[1], int):
-        subject = _node_label(doc, path[1])
+    subject = _subject(doc, path)
     if path == ["api_version"] and isinstance(error.instance, int | float):
         text = json_text(error.instance)
         message = (
@@ -459,10 +476,15 @@ def _problems_beside_schema(
     regions, branch writes, subpipeline calls) wait until every node is valid.
     """
     bad = _invalid_nodes(errors)
+    # An entry that is no id, or a list of no nodes, the schema reported:
+    # the graph checks would only say it again ("entry 'a b' is not a node
+    # id; use one of: none").
+    reported = {tuple(error.absolute_path) for error in errors}
     problems: list[Problem] = []
     for path, graph in _graph_docs(doc):
         nodes = graph.get("nodes") if isinstance(graph, Mapping) else None
-        if not isinstance(nodes, list) or not isinstance(graph.get("entry"), str):
+        entry = graph.get("entry") if isinstance(graph, Mapping) else None
+        if not isinstance(nodes, list) or not nodes or not isinstance(entry, str):
             continue
         valid: list[Node] = []
         positions: list[int] = []
@@ -486,6 +508,7 @@ def _problems_beside_schema(
             positions=tuple(positions),
             other_ids=frozenset(others),
             whole=len(valid) == len(nodes),
+            entry_said=(*path, "entry") in reported,
         )
         problems += _reroot(_where(doc, path), found)
     return problems

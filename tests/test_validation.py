@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 
 import stageflow
+
+FULL = jsonschema.Draft202012Validator(stageflow.pipeline_schema())
 
 
 def problems(
@@ -578,3 +581,75 @@ def test_a_stage_output_written_around_an_earlier_one_is_a_problem() -> None:
     assert "writes output 'w' at 'x', around output 'v' written inside it before" in (found.message)
     # The other order writes "x.y" inside the "x" written before it: fine.
     load(doc([stage("a", "Set", next="end", outputs={"w": "x", "v": "x.y"}), terminal("end")]))
+
+
+def _calling(subpipeline: dict[str, Any]) -> dict[str, Any]:
+    """A document whose main path runs ``subpipeline``, declared as ``page``."""
+    return doc(
+        [{"id": "call", "type": "subpipeline", "pipeline": "page", "next": "end"}, terminal()],
+        subpipelines={"page": subpipeline},
+    )
+
+
+def test_a_schema_problem_in_a_subpipeline_names_its_node_or_the_subpipeline() -> None:
+    # Before: every problem under $.subpipelines was said of "the pipeline",
+    # a node's unknown field included ("the pipeline has unknown field(s) 'nxt'").
+    document = _calling(
+        {
+            "entry": "read",
+            "nodes": [
+                {**stage("read", "Set", next="done"), "nxt": "done"},
+                {**parallel("fan", ["read"], next="done"), "policy": "some"},
+                terminal("done"),
+            ],
+            "colour": "red",
+        }
+    )
+    said = {p.location: p.message for p in problems(document)}
+    assert said == {
+        "$.subpipelines.page": "subpipeline 'page' has unknown field(s) 'colour'; remove them "
+        "or fix the spelling (allowed: entry, metadata, nodes, reducers, subpipelines)",
+        "$.subpipelines.page.nodes[0]": "node 'read' has unknown field(s) 'nxt'; remove them "
+        "or fix the spelling (allowed: arguments, config, description, fallback, id, next, "
+        "on_error, outputs, retry, stage, timeout, type)",
+        "$.subpipelines.page.nodes[1].policy": "node 'fan': \"some\" is not allowed here; use "
+        'one of "all", "any"',
+    }
+
+
+def test_an_entry_the_schema_refuses_is_reported_once() -> None:
+    # Before: the graph checks said it again ("entry 'a b' is not a node id;
+    # use one of: ..."), and an empty list of nodes gave "use one of: none".
+    document = doc([stage("a", "Nope", next="end"), terminal()], entry="a b")
+    found = problems(document)
+    assert [p.location for p in found] == ["$.entry", "$.nodes[0].stage"]  # the nodes' own go on
+    assert found[0].message.startswith('the pipeline: "a b" is not a node id;')
+    empty = _calling({"entry": "read", "nodes": []})
+    assert [(p.location, p.message) for p in problems(empty)] == [
+        ("$.subpipelines.page.nodes", "subpipeline 'page': [] is too short (at least 1)")
+    ]
+
+
+def test_a_subpipelines_metadata_is_checked_as_the_top_levels() -> None:
+    # pipeline-format.md: a subpipeline's metadata is "as at the top level",
+    # where description and version are strings; the schema took any value.
+    for field in ("description", "version"):
+        document = _calling({"entry": "done", "nodes": [terminal("done")]})
+        document["subpipelines"]["page"]["metadata"] = {field: 3}
+        assert not FULL.is_valid(document)
+        [found] = problems(document)
+        assert found.location == f"$.subpipelines.page.metadata.{field}"
+        assert found.message == "subpipeline 'page': expected string, got integer 3"
+        document["subpipelines"]["page"]["metadata"] = {field: "3", "owner": 3}
+        assert FULL.is_valid(document)
+        load(document)
+
+
+def test_a_node_id_with_an_accented_letter_says_ids_are_ascii() -> None:
+    # Before: '"étape" is not a node id; an id is a letter or "_", ...': é is a letter.
+    [found] = problems(doc([stage("a", "Set", next="étape"), terminal()]))
+    assert found.location == "$.nodes[0].next"
+    assert found.message == (
+        'node \'a\': "étape" is not a node id; an id is an ASCII letter or "_", then ASCII '
+        'letters, digits, "_", "." or "-" (no accented letter, space, "/" or line break)'
+    )
