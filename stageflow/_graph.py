@@ -382,6 +382,7 @@ def check_graph(
     ids = {*index, *other_ids}  # once: per node it made loading quadratic
     meant: dict[str, list[str]] = {}  # node id -> the ids its mistyped edges likely meant
     nearest = _Nearest(ids)
+    stages = _UnknownStages(registry)
     for i, node in zip(at, nodes, strict=True):
         for problem, guess in _check_edges(i, node, ids, known, nearest):
             if guess is not None:
@@ -396,7 +397,7 @@ def check_graph(
                     )
             yield from _check_self_edges(i, node)
         if isinstance(node, StageNode):
-            yield from _check_stage(i, node, registry)
+            yield from _check_stage(i, node, registry, stages)
         yield from _check_own_writes(i, node)
         if isinstance(node, ParallelNode):
             for child in node.children:
@@ -624,21 +625,46 @@ def _check_edges(
             yield problem, near
 
 
-def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:
-    if node.stage not in registry:
-        names = ", ".join(registry.names()) or "none are registered"
-        fix = "register it or fix the name"
-        if node.stage.startswith("builtins."):
+class _UnknownStages:
+    """What to say of a stage name the registry does not hold (made once per graph)."""
+
+    def __init__(self, registry: StageRegistry) -> None:
+        self.registry = registry
+        self._nearest: _Nearest | None = None
+        self._known: str | None = None
+        self._builtins: bool | None = None
+
+    def problem(self, i: int, node: StageNode) -> Problem:
+        if self._nearest is None:
+            names = self.registry.names()
+            self._nearest = _Nearest(set(names))
+            # At most _LISTED names, as every list in a problem: a registry of
+            # many stage packs would repeat them all at each unknown name.
+            self._known = listing(names, empty="none are registered")
+            self._builtins = any(name.startswith("builtins.") for name in names)
+        near = self._nearest(node.stage)
+        if node.stage.startswith("builtins.") and not self._builtins:
             fix = (
                 "it is a built-in stage, which a registry holds only when asked: load the "
                 "pipeline with registry=stageflow.builtins.registry() (on the command line, "
                 "--stages stageflow.builtins)"
             )
-        yield Problem(
+        elif near is not None:
+            fix = f"did you mean {near!r}? fix the name or register it"
+        else:
+            fix = "register it or fix the name"
+        return Problem(
             f"$.nodes[{i}].stage",
             f"stage node {node.id!r} uses stage {node.stage!r}, which is not registered "
-            f"(known: {names}); {fix}",
+            f"(known: {self._known}); {fix}",
         )
+
+
+def _check_stage(
+    i: int, node: StageNode, registry: StageRegistry, unknown: _UnknownStages
+) -> Iterator[Problem]:
+    if node.stage not in registry:
+        yield unknown.problem(i, node)
         return
     spec = registry.get(node.stage).spec
     if spec.arguments is not None:

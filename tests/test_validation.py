@@ -11,6 +11,7 @@ import pytest
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 
 import stageflow
+import stageflow.builtins
 
 FULL = jsonschema.Draft202012Validator(stageflow.pipeline_schema())
 
@@ -653,3 +654,28 @@ def test_a_node_id_with_an_accented_letter_says_ids_are_ascii() -> None:
         'node \'a\': "étape" is not a node id; an id is an ASCII letter or "_", then ASCII '
         'letters, digits, "_", "." or "-" (no accented letter, space, "/" or line break)'
     )
+
+
+def test_a_misspelt_builtin_stage_is_not_told_to_load_the_builtins_it_was_loaded_with() -> None:
+    # Before: "... it is a built-in stage, which a registry holds only when
+    # asked: load the pipeline with registry=stageflow.builtins.registry()":
+    # the very registry it was given.
+    document = doc([stage("a", "builtins.concatt", next="end"), terminal("end")])
+    (found,) = problems(document, registry=stageflow.builtins.registry())
+    assert found.location == "$.nodes[0].stage"
+    assert found.message.endswith("did you mean 'builtins.concat'? fix the name or register it")
+    assert "stageflow.builtins.registry()" not in found.message
+
+
+def test_the_stages_an_unknown_name_is_told_of_are_at_most_twenty() -> None:
+    # docs/limits.md: a problem lists 20 names, then "and N more".
+    registry = stageflow.StageRegistry()
+    for n in range(30):
+        registry.register(f"Pack{n:02}")(_nothing)
+    (found,) = problems(doc([stage("a", "Nope", next="end"), terminal("end")]), registry)
+    assert "(known: Pack00, Pack01, " in found.message
+    assert "Pack19 and 12 more); register it or fix the name" in found.message
+
+
+async def _nothing(ctx: stageflow.StageContext) -> dict[str, Any]:
+    return {}
