@@ -473,9 +473,12 @@ def _problems_beside_schema(
     graph with invalid nodes gets the checks of single nodes only (edges,
     rules, stages and their config; the invalid nodes' ids count as known);
     the checks of a whole graph (reachability, main path, loops, map
-    regions, branch writes, subpipeline calls) wait until every node is valid.
+    regions, branch writes) wait until every node is valid, and those of
+    subpipeline calls until every node of every graph is.
     """
     bad = _invalid_nodes(errors)
+    complete = True  # every graph is an object of valid nodes: the calls can be checked
+    structured: dict[str, tuple[Node, ...]] = {}
     # An entry that is no id, or a list of no nodes, the schema reported:
     # the graph checks would only say it again ("entry 'a b' is not a node
     # id; use one of: none").
@@ -484,7 +487,13 @@ def _problems_beside_schema(
     for path, graph in _graph_docs(doc):
         nodes = graph.get("nodes") if isinstance(graph, Mapping) else None
         entry = graph.get("entry") if isinstance(graph, Mapping) else None
-        if not isinstance(nodes, list) or not nodes or not isinstance(entry, str):
+        if (
+            not isinstance(nodes, list)
+            or not nodes
+            or not isinstance(entry, str)
+            or not isinstance(graph.get("subpipelines", {}), Mapping)
+        ):
+            complete = False
             continue
         valid: list[Node] = []
         positions: list[int] = []
@@ -511,7 +520,35 @@ def _problems_beside_schema(
             entry_said=(*path, "entry") in reported,
         )
         problems += _reroot(_where(doc, path), found)
+        complete = complete and len(valid) == len(nodes)
+        structured[_where(doc, path)] = tuple(valid)
+    if complete:
+        problems += _call_problems(doc, errors, registry, structured)
     return problems
+
+
+def _call_problems(
+    doc: dict[str, Any],
+    errors: list[jsonschema.ValidationError],
+    registry: StageRegistry,
+    nodes: Mapping[str, tuple[Node, ...]],
+) -> list[Problem]:
+    """The subpipeline calls' problems (undeclared, recursive, too deep), beside the schema's.
+
+    With limits the schema refused, nesting is checked only against what
+    stageflow reads at all (which the document passed before the schema).
+    """
+    limits = None
+    if any(error.absolute_path and error.absolute_path[0] == "limits" for error in errors):
+        limits = Limits(max_depth=MAX_NESTING)
+    try:
+        loader = _Loader(doc, registry, limits=limits)
+    except _Invalid as invalid:
+        return invalid.problems
+    loader._collect("$", doc, ())
+    loader.nodes = {prefix: nodes[prefix] for prefix in loader.docs if prefix in nodes}
+    loader._check_recursion(loader._resolve_calls())
+    return loader.problems
 
 
 def _copy_keeping_shared(value: Any, copies: dict[int, Any]) -> Any:
@@ -722,16 +759,22 @@ def _digest(doc: Any) -> str:
 class _Loader:
     """Structure and check a document and its subpipelines, then wire them together."""
 
-    def __init__(self, doc: dict[str, Any], registry: StageRegistry) -> None:
+    def __init__(
+        self, doc: dict[str, Any], registry: StageRegistry, *, limits: Limits | None = None
+    ) -> None:
+        """``limits``: instead of the document's (when the schema refused those)."""
         self.doc = doc
         self.registry = registry
         self.problems: list[Problem] = []
-        try:
-            self.limits = _converter.structure(doc.get("limits", {}), Limits)
-        except cattrs.BaseValidationError as exc:
-            # What the schema lets through and Limits refuses (a duration
-            # past the largest float): each refusal names its limit.
-            raise _Invalid(_structure_problems(exc, "$.limits")) from None
+        if limits is not None:
+            self.limits = limits
+        else:
+            try:
+                self.limits = _converter.structure(doc.get("limits", {}), Limits)
+            except cattrs.BaseValidationError as exc:
+                # What the schema lets through and Limits refuses (a duration
+                # past the largest float): each refusal names its limit.
+                raise _Invalid(_structure_problems(exc, "$.limits")) from None
         # graph location ("$", "$.subpipelines.page", ...) -> its pieces
         self.docs: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, tuple[Node, ...]] = {}

@@ -679,3 +679,48 @@ def test_the_stages_an_unknown_name_is_told_of_are_at_most_twenty() -> None:
 
 async def _nothing(ctx: stageflow.StageContext) -> dict[str, Any]:
     return {}
+
+
+def test_a_schema_problem_outside_the_nodes_does_not_hide_the_subpipeline_calls() -> None:
+    # Before: a typo in "limits" or "metadata" hid an undeclared or recursive
+    # subpipeline, though every node was valid (pipeline-format.md: schema
+    # problems do not hide the others).
+    document = _calling({"entry": "again", "nodes": [terminal("again")]})
+    document["subpipelines"]["page"]["nodes"] = [
+        {"id": "again", "type": "subpipeline", "pipeline": "page", "next": "done"},
+        {"id": "lost", "type": "subpipeline", "pipeline": "nope", "next": "done"},
+        terminal("done"),
+    ]
+    document["subpipelines"]["page"]["nodes"][0]["fallback"] = "lost"
+    document["limits"] = {"max_stepz": 1}
+    document["metadata"] = {"name": 5}
+    found = [(p.location, p.message.split(";")[0]) for p in problems(document)]
+    assert found == [
+        ("$.limits", "the pipeline has unknown field(s) 'max_stepz'"),
+        ("$.metadata.name", "the pipeline: expected string, got integer 5"),
+        (
+            "$.subpipelines.page.nodes[1].pipeline",
+            "subpipeline node 'lost' runs 'nope', which is not declared (declared: page)",
+        ),
+        (
+            "$.subpipelines.page.nodes[0].pipeline",
+            "subpipeline node 'again' makes the subpipelines recursive (page -> page)",
+        ),
+    ]
+    # An invalid node anywhere still holds them back: they need every node.
+    document["nodes"][1]["colour"] = "red"
+    assert [p.location for p in problems(document)][-1] == "$.nodes[1]"
+
+
+def test_limits_the_schema_refuses_do_not_bound_the_nesting_of_subpipelines() -> None:
+    # max_depth 100 is refused (at most 64): the calls, 33 deep, are then not
+    # measured against the default 32, a bound the document did not set.
+    def calling(n: int) -> dict[str, Any]:
+        call = {"id": "call", "type": "subpipeline", "pipeline": f"s{n}", "next": "done"}
+        return {"entry": "call", "nodes": [call, terminal("done")]}
+
+    document = doc(calling(0)["nodes"], subpipelines={f"s{n}": calling(n + 1) for n in range(33)})
+    document["subpipelines"]["s32"] = {"entry": "done", "nodes": [terminal("done")]}
+    assert [p.location for p in problems(document)] == ["$.subpipelines"]  # 33 > 32
+    document["limits"] = {"max_depth": 100}
+    assert [p.location for p in problems(document)] == ["$.limits.max_depth"]
