@@ -193,9 +193,11 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
         schema = error.schema if isinstance(error.schema, Mapping) else {}
         allowed = sorted(schema.get("properties", {}))
         instance = error.instance if isinstance(error.instance, dict) else {}
-        extra = sorted(set(instance) - set(allowed))
+        # Keys come from the document: at most 20 of them, each cut short, as
+        # every list in a problem (10,000 unknown keys made one 10,000-key message).
+        extra = listing(shown(key) for key in set(instance) - set(allowed))
         return (
-            f"{subject} has unknown field(s) {', '.join(repr(e) for e in extra)}; "
+            f"{subject} has unknown field(s) {extra}; "
             f"remove them or fix the spelling (allowed: {', '.join(allowed)})"
         )
     if keyword == "required":

@@ -724,3 +724,21 @@ def test_limits_the_schema_refuses_do_not_bound_the_nesting_of_subpipelines() ->
     assert [p.location for p in problems(document)] == ["$.subpipelines"]  # 33 > 32
     document["limits"] = {"max_depth": 100}
     assert [p.location for p in problems(document)] == ["$.limits.max_depth"]
+
+
+def test_the_unknown_fields_a_problem_names_are_at_most_twenty_each_cut_short() -> None:
+    # docs/limits.md: a problem lists 20 names, then "and N more". Before, every
+    # unknown key of the document was repeated in full in the message.
+    node = {**stage("a", "Set", next="end"), **{f"x{n:02}": n for n in range(30)}}
+    node["y" * 5000] = 1
+    (found,) = problems(doc([node, terminal("end")]))
+    assert found.location == "$.nodes[0]"
+    assert found.message.startswith(
+        "node 'a' has unknown field(s) 'x00', 'x01', 'x02', 'x03', 'x04', 'x05', 'x06', "
+        "'x07', 'x08', 'x09', 'x10', 'x11', 'x12', 'x13', 'x14', 'x15', 'x16', 'x17', "
+        "'x18', 'x19' and 11 more; remove them or fix the spelling (allowed: "
+    )
+    assert len(found.message) < 500
+    node = {**stage("a", "Set", next="end"), "y" * 5000: 1}
+    (found,) = problems(doc([node, terminal("end")]))
+    assert f"unknown field(s) '{'y' * 56}...; remove them" in found.message
