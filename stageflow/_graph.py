@@ -744,6 +744,10 @@ def _check_self_edges(i: int, node: ConditionNode) -> Iterator[Problem]:
             )
 
 
+# Ids a way around a loop of conditions is named by at each end.
+_WAY_SHOWN: Final = 5
+
+
 def _check_condition_loops(
     nodes: Sequence[Node], index: Mapping[str, Node], where: Mapping[str, int]
 ) -> Iterator[Problem]:
@@ -767,8 +771,10 @@ def _check_condition_loops(
             ]
     firsts = [min(group, key=where.__getitem__) for group in _loops(after) if len(group) > 1]
     for first in sorted(firsts, key=where.__getitem__):
-        cycle = _way_around(first, after)
-        shown = " -> ".join(repr(node_id) for node_id in [*cycle, first])
+        way = [repr(node_id) for node_id in [*_way_around(first, after), first]]
+        if len(way) > 2 * _WAY_SHOWN:  # the ends of a long way: a message of bounded length
+            way[_WAY_SHOWN:-_WAY_SHOWN] = ["..."]
+        shown = " -> ".join(way)
         yield Problem(
             f"$.nodes[{where[first]}]",
             f"condition nodes lead around in a loop ({shown}): nothing runs on the way "

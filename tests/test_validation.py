@@ -742,3 +742,17 @@ def test_the_unknown_fields_a_problem_names_are_at_most_twenty_each_cut_short() 
     node = {**stage("a", "Set", next="end"), "y" * 5000: 1}
     (found,) = problems(doc([node, terminal("end")]))
     assert f"unknown field(s) '{'y' * 56}...; remove them" in found.message
+
+
+def test_a_long_loop_of_conditions_is_named_by_its_ends() -> None:
+    # Before: every id of the loop was in the message (thousands of conditions,
+    # one message as long as the document); docs/limits.md bounds the names
+    # of a problem.
+    ids = [f"c{n:02}" for n in range(30)]
+    nodes = [condition(c, ids[(n + 1) % 30], "end") for n, c in enumerate(ids)]
+    (found,) = problems(doc([*nodes, {"id": "end", "type": "terminal"}]))
+    assert found.location == "$.nodes[0]"
+    assert found.message.startswith(
+        "condition nodes lead around in a loop ('c00' -> 'c01' -> 'c02' -> 'c03' -> 'c04' "
+        "-> ... -> 'c26' -> 'c27' -> 'c28' -> 'c29' -> 'c00'): nothing runs"
+    )
