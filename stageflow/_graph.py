@@ -344,6 +344,7 @@ def check_graph(
     positions: tuple[int, ...] | None = None,
     other_ids: frozenset[str] = frozenset(),
     whole: bool = True,
+    entry_said: bool = False,
 ) -> Iterator[Problem]:
     """Every graph problem of one pipeline or subpipeline (locations rooted at ``$``).
 
@@ -358,6 +359,8 @@ def check_graph(
         whole: also run the checks of the whole graph (reachability, main
             path, loops, map regions, branch writes), which need every node;
             ``False`` when some nodes were left out.
+        entry_said: ``entry`` has a problem of its own already (the schema's:
+            it is no id); it is not reported again as a missing node.
     """
     at = positions if positions is not None else tuple(range(len(nodes)))
     where: dict[str, int] = {}
@@ -373,12 +376,13 @@ def check_graph(
     index = {node.id: node for node in reversed(nodes)}
     known = listing({*index, *other_ids})
     entry = doc["entry"]
-    if entry not in index and entry not in other_ids:
+    if entry not in index and entry not in other_ids and not entry_said:
         yield Problem("$.entry", f"entry {entry!r} is not a node id; use one of: {known}")
 
     ids = {*index, *other_ids}  # once: per node it made loading quadratic
     meant: dict[str, list[str]] = {}  # node id -> the ids its mistyped edges likely meant
     nearest = _Nearest(ids)
+    stages = _UnknownStages(registry)
     for i, node in zip(at, nodes, strict=True):
         for problem, guess in _check_edges(i, node, ids, known, nearest):
             if guess is not None:
@@ -393,7 +397,7 @@ def check_graph(
                     )
             yield from _check_self_edges(i, node)
         if isinstance(node, StageNode):
-            yield from _check_stage(i, node, registry)
+            yield from _check_stage(i, node, registry, stages)
         yield from _check_own_writes(i, node)
         if isinstance(node, ParallelNode):
             for child in node.children:
@@ -621,21 +625,46 @@ def _check_edges(
             yield problem, near
 
 
-def _check_stage(i: int, node: StageNode, registry: StageRegistry) -> Iterator[Problem]:
-    if node.stage not in registry:
-        names = ", ".join(registry.names()) or "none are registered"
-        fix = "register it or fix the name"
-        if node.stage.startswith("builtins."):
+class _UnknownStages:
+    """What to say of a stage name the registry does not hold (made once per graph)."""
+
+    def __init__(self, registry: StageRegistry) -> None:
+        self.registry = registry
+        self._nearest: _Nearest | None = None
+        self._known: str | None = None
+        self._builtins: bool | None = None
+
+    def problem(self, i: int, node: StageNode) -> Problem:
+        if self._nearest is None:
+            names = self.registry.names()
+            self._nearest = _Nearest(set(names))
+            # At most _LISTED names, as every list in a problem: a registry of
+            # many stage packs would repeat them all at each unknown name.
+            self._known = listing(names, empty="none are registered")
+            self._builtins = any(name.startswith("builtins.") for name in names)
+        near = self._nearest(node.stage)
+        if node.stage.startswith("builtins.") and not self._builtins:
             fix = (
                 "it is a built-in stage, which a registry holds only when asked: load the "
                 "pipeline with registry=stageflow.builtins.registry() (on the command line, "
                 "--stages stageflow.builtins)"
             )
-        yield Problem(
+        elif near is not None:
+            fix = f"did you mean {near!r}? fix the name or register it"
+        else:
+            fix = "register it or fix the name"
+        return Problem(
             f"$.nodes[{i}].stage",
             f"stage node {node.id!r} uses stage {node.stage!r}, which is not registered "
-            f"(known: {names}); {fix}",
+            f"(known: {self._known}); {fix}",
         )
+
+
+def _check_stage(
+    i: int, node: StageNode, registry: StageRegistry, unknown: _UnknownStages
+) -> Iterator[Problem]:
+    if node.stage not in registry:
+        yield unknown.problem(i, node)
         return
     spec = registry.get(node.stage).spec
     if spec.arguments is not None:
@@ -715,6 +744,10 @@ def _check_self_edges(i: int, node: ConditionNode) -> Iterator[Problem]:
             )
 
 
+# Ids a way around a loop of conditions is named by at each end.
+_WAY_SHOWN: Final = 5
+
+
 def _check_condition_loops(
     nodes: Sequence[Node], index: Mapping[str, Node], where: Mapping[str, int]
 ) -> Iterator[Problem]:
@@ -738,8 +771,10 @@ def _check_condition_loops(
             ]
     firsts = [min(group, key=where.__getitem__) for group in _loops(after) if len(group) > 1]
     for first in sorted(firsts, key=where.__getitem__):
-        cycle = _way_around(first, after)
-        shown = " -> ".join(repr(node_id) for node_id in [*cycle, first])
+        way = [repr(node_id) for node_id in [*_way_around(first, after), first]]
+        if len(way) > 2 * _WAY_SHOWN:  # the ends of a long way: a message of bounded length
+            way[_WAY_SHOWN:-_WAY_SHOWN] = ["..."]
+        shown = " -> ".join(way)
         yield Problem(
             f"$.nodes[{where[first]}]",
             f"condition nodes lead around in a loop ({shown}): nothing runs on the way "

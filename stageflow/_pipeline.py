@@ -148,15 +148,34 @@ def _where(doc: Any, path: Iterable[Any]) -> str:
     return out
 
 
-def _node_label(doc: Any, index: int) -> str:
+def _node_label(graph: Any, index: int) -> str:
     try:
-        node_id = doc["nodes"][index]["id"]
+        node_id = graph["nodes"][index]["id"]
     except (KeyError, IndexError, TypeError):
         node_id = None
     if not isinstance(node_id, str):
         return f"node #{index}"
     # An id too long for the schema is cut here: its own problem says how long it is.
     return f"node {shown(node_id)}"
+
+
+def _subject(doc: Any, path: list[Any]) -> str:
+    """Who a problem at ``path`` is about: a node, a subpipeline, or the pipeline.
+
+    A node of a subpipeline (``$.subpipelines.page.nodes[2].next``) is named
+    as the node, as at the top level; a field of a subpipeline's own
+    (``$.subpipelines.page.entry``) names the subpipeline.
+    """
+    graph, name, at = doc, None, 0
+    while at + 1 < len(path) and path[at] == "subpipelines":
+        children = graph.get("subpipelines") if isinstance(graph, Mapping) else None
+        if not isinstance(children, Mapping) or path[at + 1] not in children:
+            break
+        name, graph = path[at + 1], children[path[at + 1]]
+        at += 2
+    if at + 1 < len(path) and path[at] == "nodes" and isinstance(path[at + 1], int):
+        return _node_label(graph, path[at + 1])
+    return "the pipeline" if name is None else f"subpipeline {shown(str(name))}"
 
 
 def _document_order(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
@@ -174,9 +193,11 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
         schema = error.schema if isinstance(error.schema, Mapping) else {}
         allowed = sorted(schema.get("properties", {}))
         instance = error.instance if isinstance(error.instance, dict) else {}
-        extra = sorted(set(instance) - set(allowed))
+        # Keys come from the document: at most 20 of them, each cut short, as
+        # every list in a problem (10,000 unknown keys made one 10,000-key message).
+        extra = listing(shown(key) for key in set(instance) - set(allowed))
         return (
-            f"{subject} has unknown field(s) {', '.join(repr(e) for e in extra)}; "
+            f"{subject} has unknown field(s) {extra}; "
             f"remove them or fix the spelling (allowed: {', '.join(allowed)})"
         )
     if keyword == "required":
@@ -213,8 +234,8 @@ def schema_error_message(error: jsonschema.ValidationError, subject: str) -> str
 # $defs.error_name) allow, by title.
 _NAME_RULES: dict[str, str] = {
     "Node id": (
-        'a node id; an id is a letter or "_", then letters, digits, "_", "." or "-" '
-        '(no space, "/" or line break)'
+        'a node id; an id is an ASCII letter or "_", then ASCII letters, digits, "_", "." '
+        'or "-" (no accented letter, space, "/" or line break)'
     ),
     "Pipeline name": (
         "a pipeline name; a name is text without control characters (no line break, "
@@ -226,9 +247,7 @@ _NAME_RULES: dict[str, str] = {
 
 def _schema_problem(doc: Any, error: jsonschema.ValidationError) -> Problem:
     path = list(error.absolute_path)
-    subject = "the pipeline"
-    if len(path) >= 2 and path[0] == "nodes" and isinstance(path[1], int):
-        subject = _node_label(doc, path[1])
+    subject = _subject(doc, path)
     if path == ["api_version"] and isinstance(error.instance, int | float):
         text = json_text(error.instance)
         message = (
@@ -456,13 +475,27 @@ def _problems_beside_schema(
     graph with invalid nodes gets the checks of single nodes only (edges,
     rules, stages and their config; the invalid nodes' ids count as known);
     the checks of a whole graph (reachability, main path, loops, map
-    regions, branch writes, subpipeline calls) wait until every node is valid.
+    regions, branch writes) wait until every node is valid, and those of
+    subpipeline calls until every node of every graph is.
     """
     bad = _invalid_nodes(errors)
+    complete = True  # every graph is an object of valid nodes: the calls can be checked
+    structured: dict[str, tuple[Node, ...]] = {}
+    # An entry that is no id, or a list of no nodes, the schema reported:
+    # the graph checks would only say it again ("entry 'a b' is not a node
+    # id; use one of: none").
+    reported = {tuple(error.absolute_path) for error in errors}
     problems: list[Problem] = []
     for path, graph in _graph_docs(doc):
         nodes = graph.get("nodes") if isinstance(graph, Mapping) else None
-        if not isinstance(nodes, list) or not isinstance(graph.get("entry"), str):
+        entry = graph.get("entry") if isinstance(graph, Mapping) else None
+        if (
+            not isinstance(nodes, list)
+            or not nodes
+            or not isinstance(entry, str)
+            or not isinstance(graph.get("subpipelines", {}), Mapping)
+        ):
+            complete = False
             continue
         valid: list[Node] = []
         positions: list[int] = []
@@ -486,9 +519,38 @@ def _problems_beside_schema(
             positions=tuple(positions),
             other_ids=frozenset(others),
             whole=len(valid) == len(nodes),
+            entry_said=(*path, "entry") in reported,
         )
         problems += _reroot(_where(doc, path), found)
+        complete = complete and len(valid) == len(nodes)
+        structured[_where(doc, path)] = tuple(valid)
+    if complete:
+        problems += _call_problems(doc, errors, registry, structured)
     return problems
+
+
+def _call_problems(
+    doc: dict[str, Any],
+    errors: list[jsonschema.ValidationError],
+    registry: StageRegistry,
+    nodes: Mapping[str, tuple[Node, ...]],
+) -> list[Problem]:
+    """The subpipeline calls' problems (undeclared, recursive, too deep), beside the schema's.
+
+    With limits the schema refused, nesting is checked only against what
+    stageflow reads at all (which the document passed before the schema).
+    """
+    limits = None
+    if any(error.absolute_path and error.absolute_path[0] == "limits" for error in errors):
+        limits = Limits(max_depth=MAX_NESTING)
+    try:
+        loader = _Loader(doc, registry, limits=limits)
+    except _Invalid as invalid:
+        return invalid.problems
+    loader._collect("$", doc, ())
+    loader.nodes = {prefix: nodes[prefix] for prefix in loader.docs if prefix in nodes}
+    loader._check_recursion(loader._resolve_calls())
+    return loader.problems
 
 
 def _copy_keeping_shared(value: Any, copies: dict[int, Any]) -> Any:
@@ -699,16 +761,22 @@ def _digest(doc: Any) -> str:
 class _Loader:
     """Structure and check a document and its subpipelines, then wire them together."""
 
-    def __init__(self, doc: dict[str, Any], registry: StageRegistry) -> None:
+    def __init__(
+        self, doc: dict[str, Any], registry: StageRegistry, *, limits: Limits | None = None
+    ) -> None:
+        """``limits``: instead of the document's (when the schema refused those)."""
         self.doc = doc
         self.registry = registry
         self.problems: list[Problem] = []
-        try:
-            self.limits = _converter.structure(doc.get("limits", {}), Limits)
-        except cattrs.BaseValidationError as exc:
-            # What the schema lets through and Limits refuses (a duration
-            # past the largest float): each refusal names its limit.
-            raise _Invalid(_structure_problems(exc, "$.limits")) from None
+        if limits is not None:
+            self.limits = limits
+        else:
+            try:
+                self.limits = _converter.structure(doc.get("limits", {}), Limits)
+            except cattrs.BaseValidationError as exc:
+                # What the schema lets through and Limits refuses (a duration
+                # past the largest float): each refusal names its limit.
+                raise _Invalid(_structure_problems(exc, "$.limits")) from None
         # graph location ("$", "$.subpipelines.page", ...) -> its pieces
         self.docs: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, tuple[Node, ...]] = {}

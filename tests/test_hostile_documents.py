@@ -493,16 +493,16 @@ async def test_an_input_holding_a_tuple_or_a_mapping_proxy_names_what_it_is(
 )
 def test_a_pipeline_name_with_control_characters_is_refused(name: str, shown: str) -> None:
     # The name is a span name, a metric attribute and a field of every log line.
-    for where, document in (
-        ("$.metadata.name", minimal(metadata={"name": name})),
-        ("$.subpipelines.p.metadata.name", _named_subpipeline(name)),
+    for where, subject, document in (
+        ("$.metadata.name", "the pipeline", minimal(metadata={"name": name})),
+        ("$.subpipelines.p.metadata.name", "subpipeline 'p'", _named_subpipeline(name)),
     ):
         with pytest.raises(stageflow.PipelineValidationError) as caught:
             stageflow.Pipeline.from_dict(document, registry=fake_registry())
         [problem] = caught.value.problems
         assert problem.location == where
         assert problem.message == (
-            f"the pipeline: {shown} is not a pipeline name; a name is text without control "
+            f"{subject}: {shown} is not a pipeline name; a name is text without control "
             "characters (no line break, tab or escape sequence)"
         )
 

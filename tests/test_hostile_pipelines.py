@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stageflow
-from stageflow._pipeline import _Invalid, _Loader, load_schema
+from stageflow._pipeline import _Invalid, _Loader, _schema_validator, load_schema
 
 FULL = jsonschema.Draft202012Validator(load_schema("pipeline"))
 
@@ -43,9 +43,20 @@ def full_document() -> dict[str, Any]:
     return {
         "api_version": "1.0",
         "entry": "start",
-        "metadata": {"name": "p"},
+        "metadata": {"name": "p", "description": "every kind", "version": "1", "owner": 7},
         "reducers": {"out.list": "append"},
-        "limits": {"max_steps": 100, "timeout": 5, "max_depth": 8, "cleanup_timeout": 1},
+        "limits": {
+            "max_steps": 100,
+            "max_history": 1000,
+            "timeout": 5,
+            "max_depth": 8,
+            "max_input_backlog": 3,
+            "max_input_bytes": 4096,
+            "cleanup_timeout": 1,
+            "max_run_steps": 90,
+            "max_run_events": 900,
+            "max_run_seconds": 6,
+        },
         "validate_events": "warn",
         "nodes": [
             {
@@ -55,7 +66,14 @@ def full_document() -> dict[str, Any]:
                 "config": {"values": {"x": 1}},
                 "outputs": {"x": "x"},
                 "next": "choose",
-                "retry": {"attempts": 2, "delay": 0.1, "backoff": 2, "max_delay": 1},
+                "retry": {
+                    "attempts": 2,
+                    "delay": 0.1,
+                    "backoff": 2,
+                    "max_delay": 1,
+                    "jitter": 0.5,
+                    "retry_on": ["StageError", "Exception"],
+                },
                 "timeout": 3,
                 "on_error": [{"errors": ["ValueError"], "next": "end", "error_path": "err"}],
                 "fallback": "end",
@@ -65,14 +83,21 @@ def full_document() -> dict[str, Any]:
                 "type": "condition",
                 "conditions": [{"if": {">": [{"var": "x"}, 0]}, "then": "fan"}],
                 "else": "each",
+                "description": "x is set",
             },
             {
                 "id": "fan",
                 "type": "parallel",
                 "children": ["b1", "b2"],
+                "policy": "all",
+                "cancel_on_error": False,
                 "concurrency": 2,
+                "merge": "error",
                 "next": "each",
                 "timeout": 4,
+                "on_error": [{"next": "end"}],
+                "fallback": "end",
+                "description": "two branches",
             },
             {"id": "b1", "type": "stage", "stage": "Set", "outputs": {"v": "out.list"}},
             {"id": "b2", "type": "stage", "stage": "Set", "outputs": {"v": "out.list"}},
@@ -81,11 +106,18 @@ def full_document() -> dict[str, Any]:
                 "type": "map",
                 "items": "list",
                 "body": "body",
+                "item_path": "it",
+                "index_path": "i",
                 "collect": {"y": "ys"},
+                "concurrency": 2,
                 "max_failures": 1,
+                "max_failure_ratio": 0.5,
                 "failures_path": "fails",
                 "next": "sub",
                 "timeout": 5,
+                "on_error": [{"errors": ["MapError"], "next": "end", "error_path": "map_error"}],
+                "fallback": "end",
+                "description": "per item",
             },
             {"id": "body", "type": "stage", "stage": "Set", "outputs": {"y": "y"}},
             {
@@ -97,12 +129,22 @@ def full_document() -> dict[str, Any]:
                 "artifacts": {"z": "z"},
                 "next": "end",
                 "timeout": 2,
+                "on_error": [{"next": "end"}],
+                "fallback": "end",
+                "description": "the inner pipeline",
             },
-            {"id": "end", "type": "terminal", "result": {"ok": True}, "artifacts": ["x"]},
+            {
+                "id": "end",
+                "type": "terminal",
+                "result": {"ok": True},
+                "artifacts": ["x"],
+                "description": "the end",
+            },
         ],
         "subpipelines": {
             "inner": {
                 "entry": "i1",
+                "metadata": {"name": "inner", "description": "one stage", "version": "2"},
                 "reducers": {},
                 "nodes": [
                     {
@@ -114,6 +156,9 @@ def full_document() -> dict[str, Any]:
                     },
                     {"id": "i2", "type": "terminal", "artifacts": ["z"]},
                 ],
+                "subpipelines": {
+                    "unused": {"entry": "u", "nodes": [{"id": "u", "type": "terminal"}]}
+                },
             }
         },
     }
@@ -237,8 +282,22 @@ HOSTILE = [
     {"nope": 1},
     {"": "x"},
     [[[]]],
+    # a node turned into another kind meets that kind's rules
+    "stage",
+    "condition",
+    "parallel",
+    "terminal",
+    "subpipeline",
+    "map",
+    "any",
+    "last",
+    "append",
+    "strict",
 ]
-IDS = ["start", "choose", "fan", "b1", "b2", "each", "body", "sub", "end", "inner", "i1", "i2"]
+IDS = [
+    *("start", "choose", "fan", "b1", "b2", "each", "body", "sub", "end", "inner", "i1", "i2"),
+    *("unused", "u"),
+]
 EXTRA_KEYS = ["extra", "next", "id", "type", "body", "else", "fallback", "subpipelines", "entry"]
 
 
@@ -293,6 +352,9 @@ def _resolves(document: Any, location: str) -> bool:
 @given(document=mutated())
 def test_fuzz_the_loader_and_the_schema_agree(document: dict[str, Any]) -> None:
     schema_ok = FULL.is_valid(document)
+    # The loader's own check (a compiled fast yes, then jsonschema's errors)
+    # says what the exported schema says, with jsonschema, exactly.
+    assert (not list(_schema_validator().iter_errors(document))) == schema_ok
     try:
         stageflow.Pipeline.from_dict(document, registry=fake_registry())
     except stageflow.PipelineValidationError as error:

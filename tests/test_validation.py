@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fakes import doc, fake_registry, load, parallel, stage, terminal
 
 import stageflow
+import stageflow.builtins
+
+FULL = jsonschema.Draft202012Validator(stageflow.pipeline_schema())
 
 
 def problems(
@@ -578,3 +582,177 @@ def test_a_stage_output_written_around_an_earlier_one_is_a_problem() -> None:
     assert "writes output 'w' at 'x', around output 'v' written inside it before" in (found.message)
     # The other order writes "x.y" inside the "x" written before it: fine.
     load(doc([stage("a", "Set", next="end", outputs={"w": "x", "v": "x.y"}), terminal("end")]))
+
+
+def _calling(subpipeline: dict[str, Any]) -> dict[str, Any]:
+    """A document whose main path runs ``subpipeline``, declared as ``page``."""
+    return doc(
+        [{"id": "call", "type": "subpipeline", "pipeline": "page", "next": "end"}, terminal()],
+        subpipelines={"page": subpipeline},
+    )
+
+
+def test_a_schema_problem_in_a_subpipeline_names_its_node_or_the_subpipeline() -> None:
+    # Before: every problem under $.subpipelines was said of "the pipeline",
+    # a node's unknown field included ("the pipeline has unknown field(s) 'nxt'").
+    document = _calling(
+        {
+            "entry": "read",
+            "nodes": [
+                {**stage("read", "Set", next="done"), "nxt": "done"},
+                {**parallel("fan", ["read"], next="done"), "policy": "some"},
+                terminal("done"),
+            ],
+            "colour": "red",
+        }
+    )
+    said = {p.location: p.message for p in problems(document)}
+    assert said == {
+        "$.subpipelines.page": "subpipeline 'page' has unknown field(s) 'colour'; remove them "
+        "or fix the spelling (allowed: entry, metadata, nodes, reducers, subpipelines)",
+        "$.subpipelines.page.nodes[0]": "node 'read' has unknown field(s) 'nxt'; remove them "
+        "or fix the spelling (allowed: arguments, config, description, fallback, id, next, "
+        "on_error, outputs, retry, stage, timeout, type)",
+        "$.subpipelines.page.nodes[1].policy": "node 'fan': \"some\" is not allowed here; use "
+        'one of "all", "any"',
+    }
+
+
+def test_an_entry_the_schema_refuses_is_reported_once() -> None:
+    # Before: the graph checks said it again ("entry 'a b' is not a node id;
+    # use one of: ..."), and an empty list of nodes gave "use one of: none".
+    document = doc([stage("a", "Nope", next="end"), terminal()], entry="a b")
+    found = problems(document)
+    assert [p.location for p in found] == ["$.entry", "$.nodes[0].stage"]  # the nodes' own go on
+    assert found[0].message.startswith('the pipeline: "a b" is not a node id;')
+    empty = _calling({"entry": "read", "nodes": []})
+    assert [(p.location, p.message) for p in problems(empty)] == [
+        ("$.subpipelines.page.nodes", "subpipeline 'page': [] is too short (at least 1)")
+    ]
+
+
+def test_a_subpipelines_metadata_is_checked_as_the_top_levels() -> None:
+    # pipeline-format.md: a subpipeline's metadata is "as at the top level",
+    # where description and version are strings; the schema took any value.
+    for field in ("description", "version"):
+        document = _calling({"entry": "done", "nodes": [terminal("done")]})
+        document["subpipelines"]["page"]["metadata"] = {field: 3}
+        assert not FULL.is_valid(document)
+        [found] = problems(document)
+        assert found.location == f"$.subpipelines.page.metadata.{field}"
+        assert found.message == "subpipeline 'page': expected string, got integer 3"
+        document["subpipelines"]["page"]["metadata"] = {field: "3", "owner": 3}
+        assert FULL.is_valid(document)
+        load(document)
+
+
+def test_a_node_id_with_an_accented_letter_says_ids_are_ascii() -> None:
+    # Before: '"étape" is not a node id; an id is a letter or "_", ...': é is a letter.
+    [found] = problems(doc([stage("a", "Set", next="étape"), terminal()]))
+    assert found.location == "$.nodes[0].next"
+    assert found.message == (
+        'node \'a\': "étape" is not a node id; an id is an ASCII letter or "_", then ASCII '
+        'letters, digits, "_", "." or "-" (no accented letter, space, "/" or line break)'
+    )
+
+
+def test_a_misspelt_builtin_stage_is_not_told_to_load_the_builtins_it_was_loaded_with() -> None:
+    # Before: "... it is a built-in stage, which a registry holds only when
+    # asked: load the pipeline with registry=stageflow.builtins.registry()":
+    # the very registry it was given.
+    document = doc([stage("a", "builtins.concatt", next="end"), terminal("end")])
+    (found,) = problems(document, registry=stageflow.builtins.registry())
+    assert found.location == "$.nodes[0].stage"
+    assert found.message.endswith("did you mean 'builtins.concat'? fix the name or register it")
+    assert "stageflow.builtins.registry()" not in found.message
+
+
+def test_the_stages_an_unknown_name_is_told_of_are_at_most_twenty() -> None:
+    # docs/limits.md: a problem lists 20 names, then "and N more".
+    registry = stageflow.StageRegistry()
+    for n in range(30):
+        registry.register(f"Pack{n:02}")(_nothing)
+    (found,) = problems(doc([stage("a", "Nope", next="end"), terminal("end")]), registry)
+    assert "(known: Pack00, Pack01, " in found.message
+    assert "Pack19 and 12 more); register it or fix the name" in found.message
+
+
+async def _nothing(ctx: stageflow.StageContext) -> dict[str, Any]:
+    return {}
+
+
+def test_a_schema_problem_outside_the_nodes_does_not_hide_the_subpipeline_calls() -> None:
+    # Before: a typo in "limits" or "metadata" hid an undeclared or recursive
+    # subpipeline, though every node was valid (pipeline-format.md: schema
+    # problems do not hide the others).
+    document = _calling({"entry": "again", "nodes": [terminal("again")]})
+    document["subpipelines"]["page"]["nodes"] = [
+        {"id": "again", "type": "subpipeline", "pipeline": "page", "next": "done"},
+        {"id": "lost", "type": "subpipeline", "pipeline": "nope", "next": "done"},
+        terminal("done"),
+    ]
+    document["subpipelines"]["page"]["nodes"][0]["fallback"] = "lost"
+    document["limits"] = {"max_stepz": 1}
+    document["metadata"] = {"name": 5}
+    found = [(p.location, p.message.split(";")[0]) for p in problems(document)]
+    assert found == [
+        ("$.limits", "the pipeline has unknown field(s) 'max_stepz'"),
+        ("$.metadata.name", "the pipeline: expected string, got integer 5"),
+        (
+            "$.subpipelines.page.nodes[1].pipeline",
+            "subpipeline node 'lost' runs 'nope', which is not declared (declared: page)",
+        ),
+        (
+            "$.subpipelines.page.nodes[0].pipeline",
+            "subpipeline node 'again' makes the subpipelines recursive (page -> page)",
+        ),
+    ]
+    # An invalid node anywhere still holds them back: they need every node.
+    document["nodes"][1]["colour"] = "red"
+    assert [p.location for p in problems(document)][-1] == "$.nodes[1]"
+
+
+def test_limits_the_schema_refuses_do_not_bound_the_nesting_of_subpipelines() -> None:
+    # max_depth 100 is refused (at most 64): the calls, 33 deep, are then not
+    # measured against the default 32, a bound the document did not set.
+    def calling(n: int) -> dict[str, Any]:
+        call = {"id": "call", "type": "subpipeline", "pipeline": f"s{n}", "next": "done"}
+        return {"entry": "call", "nodes": [call, terminal("done")]}
+
+    document = doc(calling(0)["nodes"], subpipelines={f"s{n}": calling(n + 1) for n in range(33)})
+    document["subpipelines"]["s32"] = {"entry": "done", "nodes": [terminal("done")]}
+    assert [p.location for p in problems(document)] == ["$.subpipelines"]  # 33 > 32
+    document["limits"] = {"max_depth": 100}
+    assert [p.location for p in problems(document)] == ["$.limits.max_depth"]
+
+
+def test_the_unknown_fields_a_problem_names_are_at_most_twenty_each_cut_short() -> None:
+    # docs/limits.md: a problem lists 20 names, then "and N more". Before, every
+    # unknown key of the document was repeated in full in the message.
+    node = {**stage("a", "Set", next="end"), **{f"x{n:02}": n for n in range(30)}}
+    node["y" * 5000] = 1
+    (found,) = problems(doc([node, terminal("end")]))
+    assert found.location == "$.nodes[0]"
+    assert found.message.startswith(
+        "node 'a' has unknown field(s) 'x00', 'x01', 'x02', 'x03', 'x04', 'x05', 'x06', "
+        "'x07', 'x08', 'x09', 'x10', 'x11', 'x12', 'x13', 'x14', 'x15', 'x16', 'x17', "
+        "'x18', 'x19' and 11 more; remove them or fix the spelling (allowed: "
+    )
+    assert len(found.message) < 500
+    node = {**stage("a", "Set", next="end"), "y" * 5000: 1}
+    (found,) = problems(doc([node, terminal("end")]))
+    assert f"unknown field(s) '{'y' * 56}...; remove them" in found.message
+
+
+def test_a_long_loop_of_conditions_is_named_by_its_ends() -> None:
+    # Before: every id of the loop was in the message (thousands of conditions,
+    # one message as long as the document); docs/limits.md bounds the names
+    # of a problem.
+    ids = [f"c{n:02}" for n in range(30)]
+    nodes = [condition(c, ids[(n + 1) % 30], "end") for n, c in enumerate(ids)]
+    (found,) = problems(doc([*nodes, {"id": "end", "type": "terminal"}]))
+    assert found.location == "$.nodes[0]"
+    assert found.message.startswith(
+        "condition nodes lead around in a loop ('c00' -> 'c01' -> 'c02' -> 'c03' -> 'c04' "
+        "-> ... -> 'c26' -> 'c27' -> 'c28' -> 'c29' -> 'c00'): nothing runs"
+    )
