@@ -167,6 +167,25 @@ def test_graph_mermaid_renames_ids_it_cannot_use(cli: Cli, tmp_path: Path) -> No
     assert named == {(s, t, st, lb) for s, t, st, lb in NESTED_EDGES}
 
 
+# Valid node ids that Mermaid 11's flowchart lexer reads as keywords (``href``, a
+# ``call`` before a space, ``interpolate``, the link targets): "stageflow graph"
+# wrote them as they were, and Mermaid refused the whole chart ("Parse error ...
+# got 'HREF'"). Its lexer is case-sensitive: "HREF" or "Call" parse.
+@pytest.mark.parametrize(
+    "node_id", ["href", "call", "interpolate", "_self", "_blank", "_parent", "_top"]
+)
+def test_graph_mermaid_renames_ids_mermaid_reads_as_keywords(
+    cli: Cli, tmp_path: Path, node_id: str
+) -> None:
+    document = doc([stage("first", "Work", next=node_id), stage(node_id, "Work", next="end")])
+    document["nodes"].append(terminal("end"))
+    path = write_json(tmp_path / "keyword.json", document)
+    nodes, edges = parse_mermaid(cli("graph", path).out)
+    (renamed,) = (k for k, (_, label) in nodes.items() if label.startswith(f"{node_id}<br/>"))
+    assert renamed != node_id
+    assert ("first", renamed, "solid", None) in edges
+
+
 def error_edge_pipeline() -> dict[str, Any]:
     """A branch whose stage routes timeouts to one handler and anything else to another."""
     ask = stage("ask", "Ask", next="done")

@@ -372,9 +372,29 @@ _MERMAID_ARROWS: Final = {
 }
 _MERMAID_ERROR_STYLE: Final = "stroke:#c0392b,color:#c0392b"
 _MERMAID_SAFE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Words Mermaid's flowchart grammar reads as keywords, never usable as bare ids.
+# Words Mermaid's flowchart grammar reads as keywords, never usable as bare ids:
+# a chart with one as a node id does not parse ("got 'HREF'"), checked against
+# Mermaid 11's parser. "call" is one only before a space, as in "call --> x";
+# the link targets ("_blank" ...) are valid node ids too.
 _MERMAID_KEYWORDS: Final = frozenset(
-    {"end", "graph", "flowchart", "subgraph", "style", "class", "classdef", "click", "linkstyle"}
+    {
+        "end",
+        "graph",
+        "flowchart",
+        "subgraph",
+        "style",
+        "class",
+        "classdef",
+        "click",
+        "linkstyle",
+        "href",
+        "call",
+        "interpolate",
+        "_self",
+        "_blank",
+        "_parent",
+        "_top",
+    }
 )
 
 

@@ -26,6 +26,7 @@ import anyio.from_thread
 import pytest
 import ui_support
 
+import stageflow
 from stageflow.store import Worker, open_store
 from stageflow.ui import InspectorConfig, create_app, serve
 
@@ -316,3 +317,61 @@ def test_a_pattern_the_browser_cannot_compile_is_left_to_the_server(
     assert browser.execute_script(check, {"pattern": "^a[-]b$"}, "a+b") == [
         "$: does not match ^a[-]b$"
     ]
+
+
+def _server_problems(schema: dict[str, Any], payload: Any) -> list[str]:
+    validator = stageflow.InputSpec("t", schema=schema).validator
+    assert validator is not None
+    return [e.message for e in validator.iter_errors(payload)]
+
+
+def test_the_in_page_check_counts_a_strings_length_in_characters(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # It counted UTF-16 units, two for an emoji: "maxLength" refused a payload
+    # the server takes, and the form would not send it.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], arguments[1])"
+    schema = {"type": "string", "minLength": 2, "maxLength": 2}
+    assert _server_problems(schema, "😀😀") == []
+    assert browser.execute_script(check, schema, "😀😀") == []
+    assert browser.execute_script(check, schema, "😀😀😀") == ["$: longer than 2 characters"]
+    assert browser.execute_script(check, schema, "😀") == ["$: shorter than 2 characters"]
+
+
+def test_the_in_page_check_compares_enum_and_const_objects_by_their_members(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # It compared JSON texts, so {"b": 2, "a": 1} was not the {"a": 1, "b": 2} of an enum.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], JSON.parse(arguments[1]))"
+    for schema in ({"enum": [{"a": 1, "b": [True, None]}]}, {"const": {"a": 1, "b": [True, None]}}):
+        assert _server_problems(schema, {"b": [True, None], "a": 1}) == []
+        assert browser.execute_script(check, schema, '{"b": [true, null], "a": 1}') == []
+        assert browser.execute_script(check, schema, '{"b": [true, 1], "a": 1}') != []
+        assert browser.execute_script(check, schema, '{"a": 1}') != []
+
+
+def test_the_in_page_check_leaves_keys_pattern_properties_name_to_them(
+    browser: Any, server: tuple[str, str]
+) -> None:
+    # "additionalProperties: false" refused every key "patternProperties" named.
+    base, _ = server
+    browser.get(f"{base}/sessions")
+    check = "return window.stageflowCheck(arguments[0], JSON.parse(arguments[1]))"
+    schema = {
+        "properties": {"id": {"type": "integer"}},
+        "patternProperties": {"^x-": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    assert _server_problems(schema, {"id": 1, "x-tag": "a"}) == []
+    assert browser.execute_script(check, schema, '{"id": 1, "x-tag": "a"}') == []
+    assert browser.execute_script(check, schema, '{"x-tag": 1, "y": 2}') == [
+        "$.x-tag: 1 is not of type string",
+        "$: additional property 'y' is not allowed",
+    ]
+    # A pattern the browser cannot compile may name the key: the server decides.
+    lenient = {"patternProperties": {"^a\\-": {}}, "additionalProperties": False}
+    assert browser.execute_script(check, lenient, '{"a-b": 1}') == []

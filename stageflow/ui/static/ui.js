@@ -88,7 +88,28 @@
       return null;
     }
   }
-  function equal(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+  // Equal as JSON values: objects by their members, whatever the order of the keys
+  // (JSON.stringify told {"a":1,"b":2} from {"b":2,"a":1}, refusing a payload the
+  // server takes).
+  function equal(a, b) {
+    if (a === b) return true;
+    const type = typeOf(a);
+    if (type !== typeOf(b)) return false;
+    if (type === "array") {
+      return a.length === b.length && a.every(function (item, i) { return equal(item, b[i]); });
+    }
+    if (type === "object") {
+      const keys = Object.keys(a);
+      return keys.length === Object.keys(b).length && keys.every(function (key) {
+        return has(b, key) && equal(a[key], b[key]);
+      });
+    }
+    return false;
+  }
+  // A string's length in characters (code points), as JSON Schema and the server count:
+  // `.length` counts UTF-16 units, two for an emoji, so "maxLength" refused payloads
+  // the server takes.
+  function length(text) { return Array.from(text).length; }
   // A key of the object itself: `in` also finds "toString", "constructor" and
   // "__proto__" on every object, so a payload with such a key passed the check.
   function has(object, key) { return Object.prototype.hasOwnProperty.call(object, key); }
@@ -109,9 +130,9 @@
       problems.push(path + ": " + JSON.stringify(value) + " should be " + JSON.stringify(schema.const));
     }
     if (typeof value === "string") {
-      if (schema.minLength !== undefined && value.length < schema.minLength)
+      if (schema.minLength !== undefined && length(value) < schema.minLength)
         problems.push(path + ": shorter than " + schema.minLength + " characters");
-      if (schema.maxLength !== undefined && value.length > schema.maxLength)
+      if (schema.maxLength !== undefined && length(value) > schema.maxLength)
         problems.push(path + ": longer than " + schema.maxLength + " characters");
       const pattern = schema.pattern !== undefined ? regex(schema.pattern) : null;
       if (pattern && !pattern.test(value))
@@ -126,9 +147,23 @@
         if (!has(value, key)) problems.push(path + ": '" + key + "' is a required property");
       });
       const props = schema.properties || {};
+      const patterns = schema.patternProperties || {};
       Object.keys(value).forEach(function (key) {
-        if (has(props, key)) check(props[key], value[key], path + "." + key, problems);
-        else if (schema.additionalProperties === false)
+        // "additionalProperties" is for the keys neither "properties" nor
+        // "patternProperties" names; a pattern this browser cannot compile may
+        // name the key, so the server decides.
+        let named = has(props, key);
+        if (named) check(props[key], value[key], path + "." + key, problems);
+        Object.keys(patterns).forEach(function (source) {
+          const pattern = regex(source);
+          if (pattern === null) named = true;
+          else if (pattern.test(key)) {
+            named = true;
+            check(patterns[source], value[key], path + "." + key, problems);
+          }
+        });
+        if (named) return;
+        if (schema.additionalProperties === false)
           problems.push(path + ": additional property '" + key + "' is not allowed");
         else if (typeof schema.additionalProperties === "object")
           check(schema.additionalProperties, value[key], path + "." + key, problems);
