@@ -1235,11 +1235,11 @@ class Run:
                                 if arguments:
                                     view = MappingProxyType(arguments)
                                 del arguments
-                            # StageWork(runtime, node, spec, path, 1, None)
+                            # stage_work(runtime, node, spec, path, 1, None)
                             # written out: a call less per node ("sequential
                             # stage node" row). Keep them alike. The context
                             # is engine_context's (its slots are _stages.py's).
-                            work = _new(StageWork)
+                            work = StageWork()
                             work.runtime = runtime
                             work.node = node
                             work.spec = entry.spec
@@ -1798,7 +1798,7 @@ class Run:
                                     )
                             if arguments:
                                 view = MappingProxyType(arguments)
-                        work = _new(StageWork)
+                        work = StageWork()
                         work.runtime = runtime
                         work.node = node
                         work.spec = spec
