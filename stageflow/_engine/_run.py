@@ -193,6 +193,7 @@ class _Step:
         "keys",
         "name",
         "node",
+        "one",
         "outputs",
         "pairs",
         "single",
@@ -212,7 +213,6 @@ class _Step:
         self.outputs = tuple(node.outputs.items())
         self.keys = tuple(node.outputs)  # the outputs' keys, to check
         # The output pair of a node with exactly one output, else empty.
-        self.single: tuple[str, str] | tuple[()] = self.outputs[0] if len(self.outputs) == 1 else ()
         spec = entry.spec
         self.direct = (
             spec.arguments is None
@@ -220,6 +220,15 @@ class _Step:
             and not node.config
             and all("." not in path for path in node.arguments.values())
             and all("." not in path for path in node.outputs.values())
+        )
+        # A direct node's one output pair, else empty.
+        self.single: tuple[str, str] | tuple[()] = (
+            self.outputs[0] if self.direct and len(self.outputs) == 1 else ()
+        )
+        # A direct node's one argument pair read from a root or subpipeline
+        # context (a dict), else empty.
+        self.one: tuple[str, str] | tuple[()] = (
+            self.pairs[0] if self.direct and len(self.pairs) == 1 else ()
         )
 
 
@@ -1192,7 +1201,20 @@ class Run:
                         view = EMPTY_MAPPING
                         if step.direct:
                             # StageExecutor.context for top-level keys, no contract, no config.
-                            if step.pairs:
+                            if top and step.one:
+                                # The one-argument case of the loop below, in one
+                                # go ("sequential stage node" row): keep them alike.
+                                name, key = step.one
+                                value = data.get(key, MISSING)
+                                if value is not MISSING:
+                                    view = MappingProxyType(
+                                        {
+                                            name: value
+                                            if type(value) in PLAIN_SCALARS
+                                            else copy_json(value)
+                                        }
+                                    )
+                            elif step.pairs:
                                 arguments: dict[str, Any] = {}
                                 for name, key in step.pairs:
                                     if top:
@@ -1213,11 +1235,11 @@ class Run:
                                 if arguments:
                                     view = MappingProxyType(arguments)
                                 del arguments
-                            # StageWork(runtime, node, spec, path, 1, None)
+                            # stage_work(runtime, node, spec, path, 1, None)
                             # written out: a call less per node ("sequential
                             # stage node" row). Keep them alike. The context
                             # is engine_context's (its slots are _stages.py's).
-                            work = _new(StageWork)
+                            work = StageWork()
                             work.runtime = runtime
                             work.node = node
                             work.spec = entry.spec
@@ -1250,7 +1272,7 @@ class Run:
                                 if entry.function is not None
                                 else entry.factory().run
                             )(ctx)
-                            if step.direct and type(outputs) is dict and step.single:
+                            if step.single and type(outputs) is dict:
                                 # The one-output case of the loops below, in one
                                 # go ("sequential stage node" row): keep them alike.
                                 key, target = step.single
@@ -1776,7 +1798,7 @@ class Run:
                                     )
                             if arguments:
                                 view = MappingProxyType(arguments)
-                        work = _new(StageWork)
+                        work = StageWork()
                         work.runtime = runtime
                         work.node = node
                         work.spec = spec

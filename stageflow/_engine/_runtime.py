@@ -46,7 +46,7 @@ from stageflow._telemetry import (
     input_link,
 )
 
-__all__ = ["RunHooks", "RuntimeState", "StageRuntime", "StageWork"]
+__all__ = ["RunHooks", "RuntimeState", "StageRuntime", "StageWork", "stage_work"]
 
 
 class StageWork:
@@ -69,26 +69,22 @@ class StageWork:
         "timer",
     )
 
-    def __init__(
-        self,
-        runtime: StageRuntime,
-        node: StageNode,
-        spec: StageSpec,
-        path: str,
-        attempt: int,
-        replay: list[Call] | None,
-    ) -> None:
-        self.runtime = runtime
-        self.node = node
-        self.spec = spec
-        self.path = path  # the frame's path (where events of this stage are recorded)
-        self.attempt = attempt
-        self.calls: list[Call] | None = None
-        self.replay = replay
-        self.timer: AttemptTimer | None = None  # the attempt's deadline, if it has one
-        # The frame running the attempt (set by whoever makes it): the
-        # attempt is over once the frame's work is another.
-        self.frame: HasWork | None = None
+    # Declared here, set by whoever makes the attempt (stage_work, or the
+    # tight paths' slot stores): no __init__ of its own, so ``StageWork()``
+    # is object's bare construction, cheaper than ``object.__new__(StageWork)``
+    # and than a Python ``__init__`` ("sequential stage node" and "map item"
+    # benchmark rows).
+    runtime: StageRuntime
+    node: StageNode
+    spec: StageSpec
+    path: str  # the frame's path (where events of this stage are recorded)
+    attempt: int
+    calls: list[Call] | None
+    replay: list[Call] | None
+    timer: AttemptTimer | None  # the attempt's deadline, if it has one
+    # The frame running the attempt (set by whoever makes it): the attempt
+    # is over once the frame's work is another.
+    frame: HasWork | None
 
     def journal(self, entry: Call) -> None:
         """Append a call to the attempt's journal."""
@@ -115,6 +111,28 @@ class StageWork:
     ) -> Coroutine[Any, Any, float]:
         """Sleep to an absolute deadline that snapshots keep."""
         return self.runtime.sleep(self, seconds, until)
+
+
+def stage_work(
+    runtime: StageRuntime,
+    node: StageNode,
+    spec: StageSpec,
+    path: str,
+    attempt: int,
+    replay: list[Call] | None,
+) -> StageWork:
+    """A :class:`StageWork` for one attempt, its ``frame`` still ``None``."""
+    work = StageWork()
+    work.runtime = runtime
+    work.node = node
+    work.spec = spec
+    work.path = path
+    work.attempt = attempt
+    work.calls = None
+    work.replay = replay
+    work.timer = None
+    work.frame = None
+    return work
 
 
 class HasWork(Protocol):

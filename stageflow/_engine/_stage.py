@@ -31,7 +31,7 @@ from stageflow._engine._contracts import check_contract
 from stageflow._engine._frames import Frame, Kernel, RetryWait, Work
 from stageflow._engine._inputs import AttemptTimer
 from stageflow._engine._positions import StagePosition
-from stageflow._engine._runtime import StageWork
+from stageflow._engine._runtime import StageWork, stage_work
 from stageflow._errors import (
     ContextPathError,
     LimitExceededError,
@@ -267,7 +267,7 @@ class StageExecutor:
             check_contract(
                 kernel.mode, kernel.history, "argument", node, frame.path, spec.arguments, arguments
             )
-        work = StageWork(kernel.runtime, node, spec, frame.path, attempt, replay)
+        work = stage_work(kernel.runtime, node, spec, frame.path, attempt, replay)
         work.frame = frame
         frame.work = work
         # Positional, and node_path / execution_key made when read ("sequential
