@@ -270,6 +270,48 @@ def test_a_stage_that_calls_sys_exit_is_an_error_of_its_case(
     )
 
 
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        ("GeneratorExit()", "a stage raised GeneratorExit, a BaseException that would end"),
+        ("Halt('stop here')", "a stage raised Halt (stop here), a BaseException that would end"),
+    ],
+)
+def test_a_stage_that_raises_another_base_exception_is_an_error_of_its_case(
+    tmp_path: Path, raised: str, said: str
+) -> None:
+    # As for sys.exit(): it ended run_case_files, and `stageflow test` with a
+    # traceback and no report of the other cases.
+    (tmp_path / "halts.py").write_text(
+        "import stageflow\n"
+        "class Halt(BaseException):\n"
+        "    pass\n"
+        "registry = stageflow.StageRegistry()\n"
+        "@registry.register('Halts')\n"
+        "async def halts(ctx):\n"
+        f"    raise {raised}\n"
+    )
+    nodes = [
+        {"id": "s", "type": "stage", "stage": "Halts", "next": "end"},
+        {"id": "end", "type": "terminal"},
+    ]
+    document = {
+        "pipeline": {"api_version": "1.0", "entry": "s", "nodes": nodes},
+        "stages": "halts.py",
+        "cases": [{"name": "halts"}],
+    }
+    halts = tmp_path / "halts.stageflow.json"
+    halts.write_text(json.dumps(document))
+    report = run_case_files([halts, CASES / "failing.cases.json"])
+    assert [r.outcome for r in report.results] == [
+        CaseOutcome.ERROR,
+        CaseOutcome.FAILED,
+        CaseOutcome.FAILED,
+    ]
+    (failure,) = report.results[0].failures
+    assert failure.message.startswith(said), failure.message
+
+
 def test_run_case_files_with_extra_stages_modules(tmp_path: Path) -> None:
     shutil.copy(REFERENCE / "pipeline.json", tmp_path / "pipeline.json")
     path = tmp_path / "nostages.stageflow.json"

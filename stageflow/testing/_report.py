@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from stageflow import StageflowError
-from stageflow._engine._backend import exit_request
+from stageflow._engine._backend import exit_request, is_interrupt
 from stageflow._errors import shown_text
 from stageflow.testing._coverage import Coverage, measure_coverage
 from stageflow.testing._load import load_cases
@@ -121,10 +121,19 @@ def _errored(case: Case, exc: Exception) -> CaseResult:
     return CaseResult(case=case, outcome=CaseOutcome.ERROR, failures=(Failure("setup", str(exc)),))
 
 
-def _exited(case: Case, exiting: SystemExit) -> CaseResult:
+def _stopped(case: Case, exc: BaseException) -> CaseResult:
+    """The error of a case whose stage raised a ``BaseException`` that is no ``Exception``."""
+    exiting = exit_request(exc)
+    if exiting is not None:
+        what = f"called sys.exit({shown_text(repr, exiting.code)}), which"
+    else:
+        detail = shown_text(str, exc)
+        what = (
+            f"raised {type(exc).__name__}{f' ({detail})' if detail else ''}, a BaseException that"
+        )
     message = (
-        f"a stage called sys.exit({shown_text(repr, exiting.code)}), which would end the whole "
-        "test run; make the stage raise an exception instead (a case can expect its error)"
+        f"a stage {what} would end the whole test run; make the stage raise an exception "
+        "instead (a case can expect its error)"
     )
     return CaseResult(case=case, outcome=CaseOutcome.ERROR, failures=(Failure("run", message),))
 
@@ -135,8 +144,9 @@ def run_case_files(
     """Run every case of every case file and report, with coverage per pipeline.
 
     A case file or case that cannot be read or run (bad file, bad pipeline,
-    unknown stages module, a stage that calls ``sys.exit()``) is reported as
-    an error; the others still run.
+    unknown stages module, a stage that calls ``sys.exit()`` or raises another
+    ``BaseException`` that is no ``Exception``, Ctrl-C aside) is reported as an
+    error; the others still run.
 
     Args:
         paths: case files (``.json``, ``.yaml``, ``.yml``).
@@ -162,10 +172,10 @@ def run_case_files(
             except (StageflowError, OSError) as exc:
                 results.append(_errored(case, exc))
             except BaseException as exc:
-                # A stage's sys.exit() ended the run, and `stageflow test` with the
-                # stage's exit code and no report: sys.exit(0) said every case passed.
-                exiting = exit_request(exc)
-                if exiting is None:
+                # A stage's sys.exit() (or GeneratorExit, or a BaseException of its
+                # own) ended the run, and `stageflow test` with no report: sys.exit(0)
+                # said every case passed. Ctrl-C and an engine's own error go on up.
+                if isinstance(exc, Exception) or is_interrupt(exc):
                     raise
-                results.append(_exited(case, exiting))
+                results.append(_stopped(case, exc))
     return Report(tuple(results), tuple(file_errors), coverage_of(results))
