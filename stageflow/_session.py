@@ -61,7 +61,7 @@ from stageflow._model import (
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus, input_types
 from stageflow._stages import StageEntry, StageRegistry
-from stageflow._telemetry import Tracing
+from stageflow._telemetry import Tracing, check_provider
 from stageflow._version import __version__
 
 __all__ = ["Session", "stage_entries"]
@@ -313,17 +313,8 @@ class Session:
                 f"Session(trace_wait_threshold={trace_wait_threshold!r}) is not "
                 f"{seconds_wanted(zero=True)}; use one, or None never to cut the trace"
             )
-        for name, provider, method in (
-            ("tracer_provider", tracer_provider, "get_tracer"),
-            ("meter_provider", meter_provider, "get_meter"),
-        ):
-            if provider is not None and not callable(getattr(provider, method, None)):
-                raise TypeError(
-                    f"Session({name}=...) was given {a_python_type(provider)}, which has no "
-                    f"{method}(); pass an OpenTelemetry "
-                    f"{'TracerProvider' if method == 'get_tracer' else 'MeterProvider'} (the "
-                    "SDK's, or the API's no-op one), or leave it out for the global one"
-                )
+        check_provider("Session", "tracer_provider", tracer_provider)
+        check_provider("Session", "meter_provider", meter_provider)
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from stageflow._errors import error_text, error_traceback
+from stageflow._json import a_python_type
 from stageflow._log import SPAN_REPORTED, first_report
 from stageflow._segments import SegmentedSpan, Segments
 
@@ -61,6 +62,7 @@ __all__ = [
     "resolve_tracer",
     "restored_link",
     "span_ids",
+    "check_provider",
 ]
 
 SESSION_ID: Final = "stageflow.session.id"
@@ -374,3 +376,23 @@ class Tracing:
     def set_attribute(key: str, value: Any) -> None:
         """Set an attribute on the current span."""
         trace.get_current_span().set_attribute(key, value)
+
+
+def check_provider(call: str, name: str, provider: object) -> None:
+    """Refuse a ``tracer_provider`` or ``meter_provider`` (``name``) that cannot be one.
+
+    ``None`` (the global provider) passes; anything else needs the provider's
+    ``get_tracer()`` or ``get_meter()``. ``call`` names what was called
+    (``Session``, ``SessionService``) in the message.
+    """
+    method, kind = (
+        ("get_tracer", "TracerProvider")
+        if name == "tracer_provider"
+        else ("get_meter", "MeterProvider")
+    )
+    if provider is not None and not callable(getattr(provider, method, None)):
+        raise TypeError(
+            f"{call}({name}=...) was given {a_python_type(provider)}, which has no {method}(); "
+            f"pass an OpenTelemetry {kind} (the SDK's, or the API's no-op one), or leave it out "
+            "for the global one"
+        )

@@ -15,13 +15,13 @@ import anyio
 from opentelemetry import metrics
 
 from stageflow._errors import InputRejectedError
-from stageflow._json import a_python_type
 from stageflow._metrics import UNCHECKED_INPUT, Metrics
 from stageflow._model import is_count, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
 from stageflow._session import Session
 from stageflow._stages import StageRegistry
+from stageflow._telemetry import check_provider
 from stageflow._version import __version__
 from stageflow.store._records import FINISHED_STATUSES, InputRecord, SessionStore, StoredSession
 from stageflow.store._shared import LIMIT_MAX, check_roles
@@ -97,12 +97,7 @@ class SessionService:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         listed = check_roles("SessionService", store, registry, pipelines)
-        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
-            raise TypeError(
-                f"SessionService(meter_provider=...) was given {a_python_type(meter_provider)}, "
-                "which has no get_meter(); pass an OpenTelemetry MeterProvider, or leave it out "
-                "for the global one"
-            )
+        check_provider("SessionService", "meter_provider", meter_provider)
         if not is_seconds(poll, zero=False):
             raise ValueError(
                 f"SessionService(poll={poll!r}): poll must be {seconds_wanted(zero=False)}"
