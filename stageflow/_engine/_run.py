@@ -287,6 +287,21 @@ def _planned(
     return planned
 
 
+# Limits -> the caps of a run that starts with no step and no event counted
+# (a new session's first run), shared: a RunCaps is never changed once made,
+# and every live waiting session keeps its run's ("paused session" rows: one
+# object less for the collector to walk, and none made per run).
+_first_caps: Final = IdentityCache[RunCaps]()
+
+
+def _caps(limits: Limits, steps: int, events: int) -> RunCaps:
+    """The caps of a run that starts at ``steps`` steps and ``events`` events."""
+    if steps or events:
+        return RunCaps(limits, steps, events)
+    caps = _first_caps.get(limits)
+    return caps if caps is not None else _first_caps.put(limits, RunCaps(limits, 0, 0))
+
+
 # (pipeline name, digest) -> the payload of its session_started event, shared
 # ("paused session, memory each" row: a payload per session otherwise).
 _STARTED: Final[dict[tuple[str, str], Mapping[str, Any]]] = {}
@@ -498,9 +513,12 @@ class Run:
         self._simple = _plan(state.entries) if _TIGHT and self._plain() else None
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
+        started_at = state.clock()
+        if started_at.tzinfo is not datetime.UTC:  # the default clock's is: no conversion
+            started_at = started_at.astimezone(datetime.UTC)
         self.runtime = StageRuntime(
             state,
-            started_at=state.clock().astimezone(datetime.UTC),
+            started_at=started_at,
             hooks=self,
             on_block=self._suspend,
             new_event=self.backend.event,
@@ -553,7 +571,13 @@ class Run:
                 # not made its __context__, and its own cause and context stay.
                 escaping: BaseException | None = None
                 try:
-                    with self.backend.cancel_scope() as scope:
+                    # The with statement written out: a with block keeps the
+                    # scope's bound __exit__ on this frame's stack while the
+                    # run waits, one more object per live waiting session for
+                    # the collector to walk ("paused session" rows).
+                    scope = self.backend.cancel_scope()
+                    scope.__enter__()
+                    try:
                         self._arm(scope, resume)
                         # A session cancelled before its first run ends
                         # without entering a node (no step counted for it).
@@ -564,6 +588,11 @@ class Run:
                                 await self.run_path(state.pipeline.entry, root, None)
                             else:
                                 await self._run_main(root)
+                    except BaseException as exc:
+                        if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                            raise
+                    else:
+                        scope.__exit__(None, None, None)
                 except StageflowError as exc:
                     error = exc
                 except Exception as exc:
@@ -632,7 +661,7 @@ class Run:
         state.stopped_by_limit = None
         # Events counted as the caps count them: recorded rejections held
         # already have their own budget, as those recorded during the run.
-        self._caps = RunCaps(
+        self._caps = _caps(
             state.limits, state.steps, len(state.history) - state.desk.recorded_rejections
         )
         self._records = state.history.records  # replaced only by a restore, never in a run

@@ -264,7 +264,7 @@ class StageRuntime:
 
     async def wait_input(self, work: StageWork, type: str, timeout: float | None) -> Any:
         """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
-        self.check_live(work, f"ctx.wait_input({type!r})")
+        self.check_live(work, "ctx.wait_input", type)
         spec = work.spec
         node_id = work.node.id
         if spec.allowed_inputs and not _declares(spec, type):
@@ -498,7 +498,7 @@ class StageRuntime:
         self, work: StageWork, seconds: float | None, until: datetime.datetime | None
     ) -> float:
         """Sleep on behalf of a stage, to an absolute deadline that snapshots keep."""
-        self.check_live(work, "ctx.sleep()" if until is None else "ctx.sleep_until()")
+        self.check_live(work, "ctx.sleep" if until is None else "ctx.sleep_until")
         entry = self._replayed(work, "sleep", None)
         if entry is None:
             now = self.clock()
@@ -590,7 +590,7 @@ class StageRuntime:
 
     def emit(self, work: StageWork, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event after checking it against the stage's spec."""
-        self.check_live(work, f"ctx.emit({type!r})")
+        self.check_live(work, "ctx.emit", type)
         node_id = work.node.id
         stage = work.node.stage
         problem = event_type_problem(type)
@@ -643,18 +643,21 @@ class StageRuntime:
         self.check_history(node_id)
         self._state.history.record(type, node_id, work.path, copy_json(body))
 
-    def check_live(self, work: StageWork, call: str) -> None:
+    def check_live(self, work: StageWork, call: str, argument: str | None = None) -> None:
         """Raise ``StageContractError`` when ``work``'s attempt is over (a context kept too long).
 
         Its run has ended (the session finished or was suspended), or its
-        frame went on (to the next node, or to another attempt).
+        frame went on (to the next node, or to another attempt). ``call``
+        and its ``argument`` name the method in the message (formatted only
+        then: not per wait or event, "paused session, time to pause" rows).
         """
         frame = work.frame
         if self._state.run is self._hooks and (frame is None or frame.work is work):
             return
         node = work.node
+        shown = "" if argument is None else repr(argument)
         raise StageContractError(
-            f"stage {node.stage!r} at node {node.id!r} called {call} after its attempt "
+            f"stage {node.stage!r} at node {node.id!r} called {call}({shown}) after its attempt "
             f"{work.attempt} ended; a StageContext serves only while the stage's run() (or "
             "cleanup()) runs: do not keep it, or a task using it, past the stage's return",
             node_id=node.id,
