@@ -15,18 +15,26 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Container
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import attrs
 
-from stageflow._engine._backend import EventLike
+from stageflow._engine._backend import EventLike, TrioWake
 from stageflow._engine._positions import Call
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
 from stageflow._telemetry import sender_context
 
-__all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter", "fulfil"]
+__all__ = [
+    "AttemptTimer",
+    "EventWaiter",
+    "InputBroker",
+    "InputReceipt",
+    "TrioWaiter",
+    "Waiter",
+    "fulfil",
+]
 
 
 @attrs.frozen
@@ -51,12 +59,32 @@ def fulfil(entry: Call, payload: Any) -> None:
     entry["payload"] = payload
 
 
-class Waiter:
+class Waiter(Protocol):
     """One pending ``wait_input`` call: who is waiting, for what, its journal entry, its input.
 
     It gets at most one input (``give``), then it is no longer registered:
-    an event and a slot, lighter than a channel.
+    an event and a slot, lighter than a channel. :class:`EventWaiter` on any
+    backend, :class:`TrioWaiter` on trio.
     """
+
+    node_id: str
+    path: str
+    spec: StageSpec
+    entry: Call
+    type: str
+    payload: Any
+    sender: Any  # the span that sent the input (when inputs are traced)
+
+    @property
+    def arrived(self) -> EventLike:
+        """The event set when the input is given."""
+
+    def give(self, payload: Any) -> None:
+        """Hand the waiter its input (``payload``) and wake it (``arrived``)."""
+
+
+class EventWaiter:
+    """A :class:`Waiter` with the backend's event (anyio's off trio)."""
 
     __slots__ = ("arrived", "entry", "node_id", "path", "payload", "sender", "spec", "type")
 
@@ -70,12 +98,44 @@ class Waiter:
         self.type = type
         self.payload: Any = None
         self.sender: Any = None  # the span that sent the input (when inputs are traced)
-        self.arrived = arrived  # the backend's event (a one-shot wake-up on trio)
+        self.arrived = arrived  # the backend's event
 
     def give(self, payload: Any) -> None:
         """Hand the waiter its input (``payload``) and wake it (``arrived``)."""
         self.payload = payload
         self.arrived.set()
+
+
+class TrioWaiter(TrioWake):
+    """A :class:`Waiter` on trio that is its own one-shot wake-up (``arrived`` is itself).
+
+    One object where a waiter and its :class:`TrioWake` were two: every live
+    waiting session keeps its waiter, and the collector walks it ("paused
+    session" rows).
+    """
+
+    __slots__ = ("entry", "node_id", "path", "payload", "sender", "spec", "type")
+
+    def __init__(self, node_id: str, path: str, spec: StageSpec, entry: Call, type: str) -> None:
+        self._set = False
+        self._task = None
+        self.node_id = node_id
+        self.path = path
+        self.spec = spec
+        self.entry = entry
+        self.type = type
+        self.payload: Any = None
+        self.sender: Any = None  # the span that sent the input (when inputs are traced)
+
+    @property
+    def arrived(self) -> TrioWaiter:
+        """The waiter itself: the wake-up set when the input is given."""
+        return self
+
+    def give(self, payload: Any) -> None:
+        """Hand the waiter its input (``payload``) and wake it."""
+        self.payload = payload
+        self.set()
 
 
 class InputBroker:

@@ -18,9 +18,9 @@ import anyio
 import anyio.lowlevel
 
 from stageflow._deadlines import after
-from stageflow._engine._backend import EventLike
+from stageflow._engine._backend import EventLike, TrioWake
 from stageflow._engine._desk import InputDesk, schema_errors
-from stageflow._engine._inputs import AttemptTimer, Waiter, fulfil
+from stageflow._engine._inputs import AttemptTimer, EventWaiter, TrioWaiter, Waiter, fulfil
 from stageflow._engine._positions import Call
 from stageflow._errors import (
     InputTimeoutError,
@@ -335,7 +335,14 @@ class StageRuntime:
                 if broker.taken_sender is not None:
                     input_link(broker.taken_sender)
             return payload
-        waiter = Waiter(node_id, path, spec, entry, type, self._new_event())
+        # On trio the waiter is its own wake-up: one object a waiting session
+        # keeps, not two ("paused session" rows). No local more for it: this
+        # frame is kept by every waiting session.
+        waiter: Waiter = (
+            TrioWaiter(node_id, path, spec, entry, type)
+            if self._new_event is TrioWake
+            else EventWaiter(node_id, path, spec, entry, type, self._new_event())
+        )
         wait_span: ActiveSpan | None = None
         if tracing is not None:
             tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
