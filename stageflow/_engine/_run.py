@@ -328,8 +328,16 @@ _SPAN_OUTCOME: Final = {
 }
 
 
-class Run:
-    """One run of a session (see the module docstring)."""
+class Run(StageRuntime):
+    """One run of a session (see the module docstring).
+
+    A run is its own stage runtime (:class:`StageRuntime`'s waits, sleeps and
+    stage events; its hooks are the run's own methods): one object less
+    that every live waiting session keeps and the collector walks ("paused
+    session" rows). ``runtime`` is the run itself, seen as the runtime.
+    """
+
+    _state: SessionState
 
     __slots__ = (
         "_cancel_reasons",
@@ -341,14 +349,12 @@ class Run:
         "_records",
         "_root",
         "_simple",
-        "_state",
         "_stopped",
         "_suspend",
         "_unstarted",
         "backend",
         "loop_thread",
         "runtime",
-        "stop_outcome",
         "suspending",
         "token",
     )
@@ -516,7 +522,8 @@ class Run:
         started_at = state.clock()
         if started_at.tzinfo is not datetime.UTC:  # the default clock's is: no conversion
             started_at = started_at.astimezone(datetime.UTC)
-        self.runtime = StageRuntime(
+        StageRuntime.__init__(
+            self,
             state,
             started_at=started_at,
             hooks=self,
@@ -526,6 +533,7 @@ class Run:
             on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
+        self.runtime: StageRuntime = self  # what executors call for waits and events
 
     async def run(self) -> SessionResult:
         """Run the session from its entry, or from where it was saved; the result.
@@ -900,13 +908,9 @@ class Run:
             return "cancelled", None, {CANCEL_REASON: self.cancel_reason(path)}
         return "failed", leaf, failed
 
-    def clock(self) -> datetime.datetime:
-        """The session's UTC clock for this run (moves with the event loop's clock)."""
-        return self.runtime.clock()
-
     def at(self, seconds: float) -> str:
         """The absolute time ``seconds`` from now on the session clock (ISO 8601)."""
-        return after(self.runtime.clock(), seconds).isoformat()
+        return after(self.clock(), seconds).isoformat()
 
     # --------------------------------------------------------------- suspend
 
