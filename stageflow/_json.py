@@ -408,6 +408,11 @@ def copy_json(value: Any) -> Any:
         return {k: v if type(v) in _SHARED else copy_json(v) for k, v in value.items()}
     if kind is list:
         return [v if type(v) in _SHARED else copy_json(v) for v in value]
+    if kind is MappingProxyType:
+        # A pipeline's frozen value (a terminal's result, a node's config): as
+        # the Mapping branch below copies it, without the ABC's isinstance
+        # ("paused session, time to resume" rows: a session's end copies one).
+        return {k: v if type(v) in _SHARED else copy_json(v) for k, v in value.items()}
     if isinstance(value, dict):
         return {k: copy_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

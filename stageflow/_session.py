@@ -102,6 +102,11 @@ def _checked_clock(clock: Callable[[], datetime.datetime]) -> Callable[[], datet
     return read
 
 
+# A hex digit -> the UUID variant digit (RFC 4122: 10xx) it becomes: a lookup,
+# not an int() parse per session ("paused session, time to pause" rows).
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def _new_session_id() -> str:
     """A random UUID (version 4) as text, as ``str(uuid.uuid4())`` gives it.
 
@@ -109,8 +114,7 @@ def _new_session_id() -> str:
     session ("3-node run, Session() to result" benchmark row).
     """
     h = os.urandom(16).hex()
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def _graphs(prefix: str, pipeline: Pipeline) -> Iterator[tuple[str, Pipeline]]:
@@ -315,25 +319,32 @@ class Session:
             )
         check_provider("Session", "tracer_provider", tracer_provider)
         check_provider("Session", "meter_provider", meter_provider)
+        data: dict[str, Any]
         if payload is None:
-            payload = {}
-        if not isinstance(payload, Mapping):
+            data = {}  # nothing to check or copy ("paused session, time to pause" rows)
+        elif not isinstance(payload, Mapping):
             raise NonJsonValueError(
                 "the session payload",
                 payload,
                 expected="a JSON object",
                 fix="pass a dict, or leave it out for an empty one",
             )
-        bad = find_non_json(payload, "payload")
-        if bad is not None:
-            raise NonJsonValueError(bad[0], bad[1], detail=bad.reason, fix=_PASS_JSON)
+        else:
+            bad = find_non_json(payload, "payload")
+            if bad is not None:
+                raise NonJsonValueError(bad[0], bad[1], detail=bad.reason, fix=_PASS_JSON)
+            data = copy_json(payload)
         self._state = SessionState(
             pipeline=pipeline,
             entries=entries,
             session_id=session_id or _new_session_id(),
-            payload=copy_json(payload),
+            payload=data,
             limits=limits if limits is not None else pipeline.limits,
-            mode=ValidateEvents(validate_events or pipeline.validate_events),
+            mode=(
+                pipeline.validate_events
+                if validate_events is None
+                else ValidateEvents(validate_events)
+            ),
             seed=seed,
             clock=_checked_clock(clock) if clock is not None else _utc_now,
             tracing=Tracing.resolve(tracer_provider, __version__, trace_wait_threshold),

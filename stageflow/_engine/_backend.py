@@ -221,19 +221,29 @@ _TRIO = Backend(
 )
 
 
+# Library name -> anyio's primitives for it, made once: a run keeps its
+# backend, and a new one per run was one more object for the collector to walk
+# in every live waiting session off trio ("paused session" rows).
+_ANYIO: Final[dict[str, Backend]] = {}
+
+
 def current_backend() -> Backend:
     """The primitives for the event loop running now."""
-    if sniffio.current_async_library() == "trio":
+    library = sniffio.current_async_library()
+    if library == "trio":
         return _TRIO
-    return Backend(
-        CarryingTaskGroup,
-        anyio.lowlevel.checkpoint_if_cancelled,
-        anyio.lowlevel.checkpoint,
-        anyio.get_cancelled_exc_class(),
-        anyio.CancelScope,
-        anyio.Event,
-        anyio.current_time,
-    )
+    backend = _ANYIO.get(library)
+    if backend is None:
+        backend = _ANYIO[library] = Backend(
+            CarryingTaskGroup,
+            anyio.lowlevel.checkpoint_if_cancelled,
+            anyio.lowlevel.checkpoint,
+            anyio.get_cancelled_exc_class(),
+            anyio.CancelScope,
+            anyio.Event,
+            anyio.current_time,
+        )
+    return backend
 
 
 # Whether trio's tasks have been found to have what cancel_flags reads.

@@ -53,11 +53,15 @@ def schema_errors(validator: jsonschema.protocols.Validator | None, payload: Any
     return [f"{e.json_path}: {json_message(e)}" for e in validator.iter_errors(payload)]
 
 
-class InputDesk:
-    """The sending side of a session's inputs: checks, the broker, the backlog."""
+class InputDesk(InputBroker):
+    """The sending side of a session's inputs: checks, the broker, the backlog.
+
+    The desk is its own broker (a subclass, not an object it holds): one
+    object less that every session keeps and the collector walks ("paused
+    session" rows). :attr:`broker` is the desk itself, seen as the broker.
+    """
 
     __slots__ = (
-        "_broker",
         "_declared",
         "_history",
         "_limits",
@@ -81,7 +85,7 @@ class InputDesk:
         # Rejected inputs recorded in the history, and those past the budget.
         self.recorded_rejections = 0
         self.unrecorded_rejections = 0
-        self._broker = InputBroker(limits.max_input_backlog)
+        InputBroker.__init__(self, limits.max_input_backlog)
         self.metrics: Metrics | None = None  # set by a metered session: counts rejections
         # Input type -> the InputSpecs the pipeline's stages declare for it, and
         # whether some stage waits without declaring its inputs (any type may
@@ -90,16 +94,12 @@ class InputDesk:
 
     @property
     def broker(self) -> InputBroker:
-        """The input broker (waiters and backlog)."""
-        return self._broker
+        """The input broker (waiters and backlog): the desk itself (see the class)."""
+        return self
 
     def accepted(self) -> tuple[str, ...] | None:
         """The input types the pipeline's stages declare, sorted; ``None`` if one declares none."""
         return None if self._open else tuple(sorted(self._declared))
-
-    def waiting_for(self) -> frozenset[str]:
-        """Input types awaited right now."""
-        return self._broker.waiting_for()
 
     # ---------------------------------------------------------------- sending
 
@@ -118,7 +118,7 @@ class InputDesk:
         if self.metrics is not None:
             # A sender's type is a metric attribute only if the pipeline knows it:
             # one series per random type would let a sender grow the metrics.
-            known = type in self._declared or type in self._broker.waiting_for()
+            known = type in self._declared or type in self.waiting_for()
             label = type if known else UNDECLARED_INPUT
             self.metrics.refused(label, reason)
         return InputRejectedError(message, input_type=type, reason=reason)
@@ -164,12 +164,12 @@ class InputDesk:
                 f"{self._limits.max_input_bytes}; send less, or raise the limit",
                 size=size,
             )
-        waiters = self._broker.waiters(type)
+        waiters = self.waiters(type)
         if waiters:
             self._check(type, payload, [(input_spec(w.spec, type), w.node_id) for w in waiters])
             # Checking may record events whose subscribers send inputs of their
             # own: deliver to the waiters still waiting, or queue it as usual.
-            delivered = self._broker.deliver(type, waiters, payload)
+            delivered = self.deliver(type, waiters, payload)
             if delivered:
                 return InputReceipt(type, delivered, False)
         if not parked and not self._open and type not in self._declared:
@@ -184,21 +184,18 @@ class InputDesk:
                     began = datetime.datetime.fromisoformat(since)
                     entry["waited"] = max(0.0, (now - began).total_seconds())
             return InputReceipt(type, len(parked), False)
-        if self._broker.backlog_full(type):
+        if self.backlog_full(type):
             raise self._reject(
                 type,
                 "backlog_full",
-                f"input {type!r} was rejected: {self._broker.max_backlog} inputs of this type "
+                f"input {type!r} was rejected: {self.max_backlog} inputs of this type "
                 "already wait for a stage (limits.max_input_backlog); send it later, or raise "
                 "the limit",
             )
         # Types no stage declares share one backlog: a sender cannot grow the
         # session's memory and history by sending under ever new type names.
-        max_backlog = self._broker.max_backlog
-        if (
-            type not in self._declared
-            and self._broker.queued_besides(self._declared) >= max_backlog
-        ):
+        max_backlog = self.max_backlog
+        if type not in self._declared and self.queued_besides(self._declared) >= max_backlog:
             raise self._reject(
                 type,
                 "backlog_full",
@@ -206,7 +203,7 @@ class InputDesk:
                 "pipeline declares already wait for a stage (they share limits.max_input_backlog); "
                 "send it later, declare the type in the stage's allowed_inputs, or raise the limit",
             )
-        self._broker.enqueue(type, copy_json(payload))
+        self.enqueue(type, copy_json(payload))
         self._history.record("input_queued", None, "", {"input_type": type})
         return InputReceipt(type, 0, True)
 

@@ -15,18 +15,26 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Container
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import attrs
 
-from stageflow._engine._backend import EventLike
+from stageflow._engine._backend import EventLike, TrioWake
 from stageflow._engine._positions import Call
 from stageflow._json import copy_json
 from stageflow._specs import StageSpec
 from stageflow._telemetry import sender_context
 
-__all__ = ["AttemptTimer", "InputBroker", "InputReceipt", "Waiter", "fulfil"]
+__all__ = [
+    "AttemptTimer",
+    "EventWaiter",
+    "InputBroker",
+    "InputReceipt",
+    "TrioWaiter",
+    "Waiter",
+    "fulfil",
+]
 
 
 @attrs.frozen
@@ -51,12 +59,32 @@ def fulfil(entry: Call, payload: Any) -> None:
     entry["payload"] = payload
 
 
-class Waiter:
+class Waiter(Protocol):
     """One pending ``wait_input`` call: who is waiting, for what, its journal entry, its input.
 
     It gets at most one input (``give``), then it is no longer registered:
-    an event and a slot, lighter than a channel.
+    an event and a slot, lighter than a channel. :class:`EventWaiter` on any
+    backend, :class:`TrioWaiter` on trio.
     """
+
+    node_id: str
+    path: str
+    spec: StageSpec
+    entry: Call
+    type: str
+    payload: Any
+    sender: Any  # the span that sent the input (when inputs are traced)
+
+    @property
+    def arrived(self) -> EventLike:
+        """The event set when the input is given."""
+
+    def give(self, payload: Any) -> None:
+        """Hand the waiter its input (``payload``) and wake it (``arrived``)."""
+
+
+class EventWaiter:
+    """A :class:`Waiter` with the backend's event (anyio's off trio)."""
 
     __slots__ = ("arrived", "entry", "node_id", "path", "payload", "sender", "spec", "type")
 
@@ -70,12 +98,44 @@ class Waiter:
         self.type = type
         self.payload: Any = None
         self.sender: Any = None  # the span that sent the input (when inputs are traced)
-        self.arrived = arrived  # the backend's event (a one-shot wake-up on trio)
+        self.arrived = arrived  # the backend's event
 
     def give(self, payload: Any) -> None:
         """Hand the waiter its input (``payload``) and wake it (``arrived``)."""
         self.payload = payload
         self.arrived.set()
+
+
+class TrioWaiter(TrioWake):
+    """A :class:`Waiter` on trio that is its own one-shot wake-up (``arrived`` is itself).
+
+    One object where a waiter and its :class:`TrioWake` were two: every live
+    waiting session keeps its waiter, and the collector walks it ("paused
+    session" rows).
+    """
+
+    __slots__ = ("entry", "node_id", "path", "payload", "sender", "spec", "type")
+
+    def __init__(self, node_id: str, path: str, spec: StageSpec, entry: Call, type: str) -> None:
+        self._set = False
+        self._task = None
+        self.node_id = node_id
+        self.path = path
+        self.spec = spec
+        self.entry = entry
+        self.type = type
+        self.payload: Any = None
+        self.sender: Any = None  # the span that sent the input (when inputs are traced)
+
+    @property
+    def arrived(self) -> TrioWaiter:
+        """The waiter itself: the wake-up set when the input is given."""
+        return self
+
+    def give(self, payload: Any) -> None:
+        """Hand the waiter its input (``payload``) and wake it."""
+        self.payload = payload
+        self.set()
 
 
 class InputBroker:
@@ -103,7 +163,9 @@ class InputBroker:
         # where a list of one is two of 88 B, which every live waiting session
         # keeps ("paused session, memory each" row). Waiters are few: at most
         # one per position of the run.
-        self._waiters: tuple[Waiter, ...] | None = None
+        # One waiter is kept as itself, not in a tuple of one: one object less
+        # that every live waiting session keeps and the collector walks.
+        self._waiters: Waiter | tuple[Waiter, ...] | None = None
         self._backlog: dict[str, deque[Any]] | None = None
         # The span that sent each queued input (None: untraced or restored),
         # kept in step with the backlog, for the input link of its receiver.
@@ -112,13 +174,24 @@ class InputBroker:
         self.trace_senders = False  # set by a traced run: remember who sent each input
         self.taken_sender: Any = None  # the sender of the input take() returned last
 
+    def _registered(self) -> tuple[Waiter, ...]:
+        """The waiters registered right now, in the order they started."""
+        waiters = self._waiters
+        if waiters is None:
+            return ()
+        return waiters if isinstance(waiters, tuple) else (waiters,)
+
+    def _keep(self, waiters: tuple[Waiter, ...]) -> None:
+        """Register exactly ``waiters`` (none: ``None``; one: itself; else the tuple)."""
+        self._waiters = None if not waiters else waiters[0] if len(waiters) == 1 else waiters
+
     def waiting_for(self) -> frozenset[str]:
         """Input types at least one stage waits for right now."""
-        return frozenset(waiter.type for waiter in self._waiters or ())
+        return frozenset(waiter.type for waiter in self._registered())
 
     def waiters(self, type: str) -> tuple[Waiter, ...]:
         """The stages waiting for ``type`` right now, in the order they started."""
-        return tuple(waiter for waiter in self._waiters or () if waiter.type == type)
+        return tuple(waiter for waiter in self._registered() if waiter.type == type)
 
     def deliver(self, type: str, waiters: tuple[Waiter, ...], payload: Any) -> int:
         """Hand a copy of ``payload`` to each of ``waiters`` still waiting; they stop waiting.
@@ -128,20 +201,20 @@ class InputBroker:
         event sent it an input) is skipped. Returns how many got it.
         """
         current = self._waiters
-        if not current:
+        if current is None:
             return 0
-        if len(current) == 1 and len(waiters) == 1 and current[0] is waiters[0]:
+        if len(waiters) == 1 and current is waiters[0]:
             # One stage waits, and it is the one chosen: the usual case, without
             # the sets below ("paused session, time to resume" rows).
-            chosen: tuple[Waiter, ...] = current
+            chosen: tuple[Waiter, ...] = waiters
             self._waiters = None
         else:
-            registered = {id(waiter) for waiter in current}
+            registered = {id(waiter) for waiter in self._registered()}
             chosen = tuple(waiter for waiter in waiters if id(waiter) in registered)
             if not chosen:
                 return 0
             taken = {id(waiter) for waiter in chosen}
-            self._waiters = tuple(waiter for waiter in current if id(waiter) not in taken) or None
+            self._keep(tuple(w for w in self._registered() if id(w) not in taken))
         sender = sender_context() if self.trace_senders else None
         for waiter in chosen:
             waiter.sender = sender
@@ -224,17 +297,19 @@ class InputBroker:
 
     def add(self, waiter: Waiter) -> None:
         """Register a waiter (for its ``type``)."""
-        self._waiters = (waiter,) if self._waiters is None else (*self._waiters, waiter)
+        current = self._waiters
+        if current is None:
+            self._waiters = waiter
+        else:
+            self._waiters = (*current, waiter) if isinstance(current, tuple) else (current, waiter)
         self.blocked += 1
 
     def discard(self, waiter: Waiter) -> None:
         """Forget a waiter that stopped waiting (timeout, cancellation)."""
-        waiters = self._waiters
-        if not waiters:
-            return
+        waiters = self._registered()
         for i, registered in enumerate(waiters):
             if registered is waiter:
-                self._waiters = (*waiters[:i], *waiters[i + 1 :]) or None
+                self._keep((*waiters[:i], *waiters[i + 1 :]))
                 self.blocked -= 1
                 return
 

@@ -287,6 +287,21 @@ def _planned(
     return planned
 
 
+# Limits -> the caps of a run that starts with no step and no event counted
+# (a new session's first run), shared: a RunCaps is never changed once made,
+# and every live waiting session keeps its run's ("paused session" rows: one
+# object less for the collector to walk, and none made per run).
+_first_caps: Final = IdentityCache[RunCaps]()
+
+
+def _caps(limits: Limits, steps: int, events: int) -> RunCaps:
+    """The caps of a run that starts at ``steps`` steps and ``events`` events."""
+    if steps or events:
+        return RunCaps(limits, steps, events)
+    caps = _first_caps.get(limits)
+    return caps if caps is not None else _first_caps.put(limits, RunCaps(limits, 0, 0))
+
+
 # (pipeline name, digest) -> the payload of its session_started event, shared
 # ("paused session, memory each" row: a payload per session otherwise).
 _STARTED: Final[dict[tuple[str, str], Mapping[str, Any]]] = {}
@@ -313,8 +328,16 @@ _SPAN_OUTCOME: Final = {
 }
 
 
-class Run:
-    """One run of a session (see the module docstring)."""
+class Run(StageRuntime):
+    """One run of a session (see the module docstring).
+
+    A run is its own stage runtime (:class:`StageRuntime`'s waits, sleeps and
+    stage events; its hooks are the run's own methods): one object less
+    that every live waiting session keeps and the collector walks ("paused
+    session" rows). ``runtime`` is the run itself, seen as the runtime.
+    """
+
+    _state: SessionState
 
     __slots__ = (
         "_cancel_reasons",
@@ -326,14 +349,12 @@ class Run:
         "_records",
         "_root",
         "_simple",
-        "_state",
         "_stopped",
         "_suspend",
         "_unstarted",
         "backend",
         "loop_thread",
         "runtime",
-        "stop_outcome",
         "suspending",
         "token",
     )
@@ -498,9 +519,13 @@ class Run:
         self._simple = _plan(state.entries) if _TIGHT and self._plain() else None
         # The session's UTC clock for deadlines: the wall clock at the start,
         # advanced by the event loop's clock (so virtual time moves it too).
-        self.runtime = StageRuntime(
+        started_at = state.clock()
+        if started_at.tzinfo is not datetime.UTC:  # the default clock's is: no conversion
+            started_at = started_at.astimezone(datetime.UTC)
+        StageRuntime.__init__(
+            self,
             state,
-            started_at=state.clock().astimezone(datetime.UTC),
+            started_at=started_at,
             hooks=self,
             on_block=self._suspend,
             new_event=self.backend.event,
@@ -508,6 +533,7 @@ class Run:
             on_long_block=self._segmenting(),
             cut_after=state.tracing.threshold or 0.0 if state.tracing is not None else 0.0,
         )
+        self.runtime: StageRuntime = self  # what executors call for waits and events
 
     async def run(self) -> SessionResult:
         """Run the session from its entry, or from where it was saved; the result.
@@ -553,7 +579,13 @@ class Run:
                 # not made its __context__, and its own cause and context stay.
                 escaping: BaseException | None = None
                 try:
-                    with self.backend.cancel_scope() as scope:
+                    # The with statement written out: a with block keeps the
+                    # scope's bound __exit__ on this frame's stack while the
+                    # run waits, one more object per live waiting session for
+                    # the collector to walk ("paused session" rows).
+                    scope = self.backend.cancel_scope()
+                    scope.__enter__()
+                    try:
                         self._arm(scope, resume)
                         # A session cancelled before its first run ends
                         # without entering a node (no step counted for it).
@@ -564,6 +596,11 @@ class Run:
                                 await self.run_path(state.pipeline.entry, root, None)
                             else:
                                 await self._run_main(root)
+                    except BaseException as exc:
+                        if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                            raise
+                    else:
+                        scope.__exit__(None, None, None)
                 except StageflowError as exc:
                     error = exc
                 except Exception as exc:
@@ -632,7 +669,7 @@ class Run:
         state.stopped_by_limit = None
         # Events counted as the caps count them: recorded rejections held
         # already have their own budget, as those recorded during the run.
-        self._caps = RunCaps(
+        self._caps = _caps(
             state.limits, state.steps, len(state.history) - state.desk.recorded_rejections
         )
         self._records = state.history.records  # replaced only by a restore, never in a run
@@ -871,13 +908,9 @@ class Run:
             return "cancelled", None, {CANCEL_REASON: self.cancel_reason(path)}
         return "failed", leaf, failed
 
-    def clock(self) -> datetime.datetime:
-        """The session's UTC clock for this run (moves with the event loop's clock)."""
-        return self.runtime.clock()
-
     def at(self, seconds: float) -> str:
         """The absolute time ``seconds`` from now on the session clock (ISO 8601)."""
-        return after(self.runtime.clock(), seconds).isoformat()
+        return after(self.clock(), seconds).isoformat()
 
     # --------------------------------------------------------------- suspend
 

@@ -18,9 +18,9 @@ import anyio
 import anyio.lowlevel
 
 from stageflow._deadlines import after
-from stageflow._engine._backend import EventLike
+from stageflow._engine._backend import EventLike, TrioWake
 from stageflow._engine._desk import InputDesk, schema_errors
-from stageflow._engine._inputs import AttemptTimer, Waiter, fulfil
+from stageflow._engine._inputs import AttemptTimer, EventWaiter, TrioWaiter, Waiter, fulfil
 from stageflow._engine._positions import Call
 from stageflow._errors import (
     InputTimeoutError,
@@ -264,7 +264,7 @@ class StageRuntime:
 
     async def wait_input(self, work: StageWork, type: str, timeout: float | None) -> Any:
         """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
-        self.check_live(work, f"ctx.wait_input({type!r})")
+        self.check_live(work, "ctx.wait_input", type)
         spec = work.spec
         node_id = work.node.id
         if spec.allowed_inputs and not _declares(spec, type):
@@ -335,7 +335,14 @@ class StageRuntime:
                 if broker.taken_sender is not None:
                     input_link(broker.taken_sender)
             return payload
-        waiter = Waiter(node_id, path, spec, entry, type, self._new_event())
+        # On trio the waiter is its own wake-up: one object a waiting session
+        # keeps, not two ("paused session" rows). No local more for it: this
+        # frame is kept by every waiting session.
+        waiter: Waiter = (
+            TrioWaiter(node_id, path, spec, entry, type)
+            if self._new_event is TrioWake
+            else EventWaiter(node_id, path, spec, entry, type, self._new_event())
+        )
         wait_span: ActiveSpan | None = None
         if tracing is not None:
             tracing.add_event("waiting_for_input", {INPUT_TYPE: type})
@@ -498,7 +505,7 @@ class StageRuntime:
         self, work: StageWork, seconds: float | None, until: datetime.datetime | None
     ) -> float:
         """Sleep on behalf of a stage, to an absolute deadline that snapshots keep."""
-        self.check_live(work, "ctx.sleep()" if until is None else "ctx.sleep_until()")
+        self.check_live(work, "ctx.sleep" if until is None else "ctx.sleep_until")
         entry = self._replayed(work, "sleep", None)
         if entry is None:
             now = self.clock()
@@ -590,7 +597,7 @@ class StageRuntime:
 
     def emit(self, work: StageWork, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event after checking it against the stage's spec."""
-        self.check_live(work, f"ctx.emit({type!r})")
+        self.check_live(work, "ctx.emit", type)
         node_id = work.node.id
         stage = work.node.stage
         problem = event_type_problem(type)
@@ -643,18 +650,21 @@ class StageRuntime:
         self.check_history(node_id)
         self._state.history.record(type, node_id, work.path, copy_json(body))
 
-    def check_live(self, work: StageWork, call: str) -> None:
+    def check_live(self, work: StageWork, call: str, argument: str | None = None) -> None:
         """Raise ``StageContractError`` when ``work``'s attempt is over (a context kept too long).
 
         Its run has ended (the session finished or was suspended), or its
-        frame went on (to the next node, or to another attempt).
+        frame went on (to the next node, or to another attempt). ``call``
+        and its ``argument`` name the method in the message (formatted only
+        then: not per wait or event, "paused session, time to pause" rows).
         """
         frame = work.frame
         if self._state.run is self._hooks and (frame is None or frame.work is work):
             return
         node = work.node
+        shown = "" if argument is None else repr(argument)
         raise StageContractError(
-            f"stage {node.stage!r} at node {node.id!r} called {call} after its attempt "
+            f"stage {node.stage!r} at node {node.id!r} called {call}({shown}) after its attempt "
             f"{work.attempt} ended; a StageContext serves only while the stage's run() (or "
             "cleanup()) runs: do not keep it, or a task using it, past the stage's return",
             node_id=node.id,

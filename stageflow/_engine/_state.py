@@ -44,6 +44,10 @@ FINISHED: Final = frozenset(
 )
 """The statuses a session ends in."""
 
+# Status -> its value: an enum's .value is a descriptor call ("paused session,
+# time to resume" rows: once per session's end).
+_STATUS_TEXT: Final = {status: status.value for status in SessionStatus}
+
 _FINAL_EVENT: Final = {
     SessionStatus.COMPLETED: "session_completed",
     SessionStatus.FAILED: "session_failed",
@@ -277,7 +281,7 @@ class SessionState:
                     "inputs": [{"input_type": t, "payload": p} for t, p in discarded],
                 },
             )
-        payload: dict[str, Any] = {"status": status.value, "steps": self.steps}
+        payload: dict[str, Any] = {"status": _STATUS_TEXT[status], "steps": self.steps}
         if described is not None:
             payload["error"] = copy_json(described)
         if reason is not None:

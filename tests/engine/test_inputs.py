@@ -100,6 +100,43 @@ async def test_broadcast_reaches_waiters_in_every_branch() -> None:
     assert types(result).count("input_received") == 3
 
 
+async def test_an_input_for_the_middle_waiter_leaves_the_others_waiting() -> None:
+    # The broker keeps one waiter as itself and several in a tuple: taking
+    # the middle one of three must leave the first and the last registered,
+    # in order, for the next input.
+    document = doc(
+        [
+            parallel("fan", ["a", "b", "c"], next="end"),
+            wait_node("a", "go", "a"),
+            wait_node("b", "other", "b"),
+            wait_node("c", "go", "c"),
+            terminal("end", "a", "b", "c"),
+        ]
+    )
+    session = new_session(document)
+    receipts = []
+    async with anyio.create_task_group() as tg:
+
+        async def send_when_all_wait() -> None:
+            await wait_until_waiting(session, "go", 2)
+            await wait_until_waiting(session, "other", 1)
+            receipts.append(session.send_input("other", "b"))
+            assert session.waiting_for() == ("go",)
+            receipts.append(session.send_input("go", "ac"))
+            assert session.waiting_for() == ()
+
+        tg.start_soon(send_when_all_wait)
+        with anyio.fail_after(5):  # a waiter lost by the broker would wait for ever
+            result = await session.run()
+    assert receipts == [
+        stageflow.InputReceipt("other", 1, False),
+        stageflow.InputReceipt("go", 2, False),
+    ]
+    assert result.artifacts == {"a": "ac", "b": "b", "c": "ac"}
+    received = [e.node_id for e in result.history if e.type == "input_received"]
+    assert sorted(received) == ["a", "b", "c"]  # each once (woken in the scheduler's order)
+
+
 async def test_early_input_is_queued_then_consumed() -> None:
     session = new_session(doc([wait_node("w", "go", "got", next="end"), terminal("end", "got")]))
     receipt = session.send_input("go", "early")
