@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from conftest import live_tasks
 from fakes import (
@@ -17,6 +18,8 @@ from fakes import (
     types,
     wait_until_waiting,
 )
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 import stageflow
 
@@ -591,11 +594,10 @@ async def test_an_append_never_nests_the_context_deeper_than_a_snapshot_holds(
         assert "more than 256 levels deep" in str(result.error)
 
 
-# A branch's worker task is in the cancel scopes around it as a ``start_soon``
-# task is, with their deadlines and shields. They guard a change of how branch
-# tasks are started on asyncio, such as the spawner without anyio's per-task
-# handle measured in benchmarks/RESULTS.md (benchmarks/patches/asyncio-spawner.patch,
-# not merged).
+# A branch's worker task is cancelled with the cancel scopes around it as a
+# ``start_soon`` task is, with their deadlines and shields. They guard any
+# other way of starting branch tasks on asyncio (two were tried and not merged:
+# benchmarks/patches/, and "Fan-out on asyncio" in benchmarks/RESULTS.md).
 
 
 async def test_a_branch_stage_sees_the_parallel_nodes_timeout_as_its_deadline() -> None:
@@ -665,3 +667,202 @@ async def test_a_base_exception_from_a_branch_stage_goes_up_through_the_parallel
     with pytest.raises(_Stop):
         await session.run()
     assert ("branch_cancelled", "fan/b") in [(e.type, e.path) for e in session.history]
+
+
+# Were a branch's task on asyncio asyncio's own, in an anyio cancel scope of
+# its own (benchmarks/patches/asyncio-scoped-group.patch), the scopes around
+# the parallel node would not know it. These tests cancel those scopes while
+# a branch is shielded, or give them a deadline, and look in the branch: a cancellation that reached
+# the branch's task natively (asyncio's ``Task.cancel()``, as an
+# ``asyncio.TaskGroup`` shutting down does) would cut the shield short.
+
+
+def _shielded_registry(steps: list[str]) -> stageflow.StageRegistry:
+    registry = fake_registry()
+
+    @registry.register("Shielded")
+    async def shielded(ctx: stageflow.StageContext) -> dict[str, object]:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(scaled(2))
+            steps.append("shielded part done")
+        await anyio.sleep(scaled(10))
+        steps.append("not cancelled")
+        return {"b": 2}
+
+    return registry
+
+
+async def test_a_shield_in_a_branch_holds_when_the_session_is_cancelled() -> None:
+    steps: list[str] = []
+    registry = _shielded_registry(steps)
+    session: list[stageflow.Session] = []
+
+    @registry.register("CancelSession")
+    async def cancel_session(ctx: stageflow.StageContext) -> dict[str, object]:
+        await anyio.sleep(scaled(1))
+        session[0].cancel("enough")
+        await anyio.sleep(scaled(10))
+        return {}
+
+    pipeline = fan([stage("canceller", "CancelSession"), stage("slow", "Shielded")])
+    session.append(stageflow.Session(load(pipeline, registry), registry=registry))
+    result = await session[0].run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert steps == ["shielded part done"]
+    ended = [(e.type, e.path) for e in result.history if e.type.startswith("branch_")]
+    assert ("branch_cancelled", "fan/slow") in ended
+    assert ("branch_cancelled", "fan/canceller") in ended
+
+
+async def test_a_shield_in_a_branch_holds_when_the_caller_stops_waiting() -> None:
+    steps: list[str] = []
+    registry = _shielded_registry(steps)
+    pipeline = fan([set_node("a", "a", 1, delay=20), stage("slow", "Shielded")])
+    session = stageflow.Session(load(pipeline, registry), registry=registry)
+    with anyio.move_on_after(scaled(1)) as outer:
+        await session.run()
+    assert outer.cancelled_caught
+    assert steps == ["shielded part done"]
+    assert session.status is stageflow.SessionStatus.CANCELLED
+    assert ("branch_cancelled", "fan/slow") in [(e.type, e.path) for e in session.history]
+
+
+async def test_a_shield_in_a_branch_holds_past_the_parallel_nodes_timeout() -> None:
+    steps: list[str] = []
+    registry = _shielded_registry(steps)
+    pipeline = fan([stage("slow", "Shielded")], timeout=scaled(1))
+    result = await run(pipeline, registry=registry)
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.NodeTimeoutError)
+    assert steps == ["shielded part done"]
+
+
+async def test_a_shield_in_a_nested_branch_holds_when_the_outer_race_is_lost() -> None:
+    steps: list[str] = []
+    registry = _shielded_registry(steps)
+    pipeline = doc(
+        [
+            parallel("outer", ["fast", "inner"], next="end", policy="any"),
+            set_node("fast", "a", 1, delay=1),
+            parallel("inner", ["slow", "other"]),
+            stage("slow", "Shielded"),
+            set_node("other", "shared", 3, delay=20),
+            terminal("end", "a", "b", "shared"),
+        ]
+    )
+    result = await run(pipeline, registry=registry)
+    assert result.status is COMPLETED, result.error
+    assert result.artifacts == {"a": 1, "b": None, "shared": None}
+    assert steps == ["shielded part done"]
+    ended = [(e.type, e.path) for e in result.history if e.type.startswith("branch_")]
+    assert ("branch_cancelled", "outer/inner/inner/slow") in ended
+    assert ("branch_cancelled", "outer/inner/inner/other") in ended
+
+
+async def test_a_branch_stage_sees_the_session_deadline_as_its_deadline() -> None:
+    registry = fake_registry()
+    deadlines: list[float] = []
+
+    @registry.register("Deadline")
+    async def deadline(ctx: stageflow.StageContext) -> dict[str, object]:
+        deadlines.append(anyio.current_effective_deadline())
+        return {}
+
+    timeout = scaled(30)
+    pipeline = {
+        **doc(
+            [
+                parallel("fan", ["a", "b"], next="end"),
+                stage("a", "Deadline"),
+                stage("b", "Deadline"),
+                terminal("end"),
+            ]
+        ),
+        "limits": {"timeout": timeout},
+    }
+    start = anyio.current_time()
+    result = await run(pipeline, registry=registry)
+    end = anyio.current_time()
+    assert result.status is COMPLETED, result.error
+    assert len(deadlines) == 2
+    assert all(start + timeout <= d <= end + timeout for d in deadlines), deadlines
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["in the branch", "in a subpipeline"])
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+@pytest.mark.parametrize("retried", [False, True], ids=["simple", "retried"])
+async def test_a_session_cancelled_by_a_branch_stage_runs_no_next_node_in_any_branch(
+    traced: bool, nested: bool, retried: bool, provider: TracerProvider
+) -> None:
+    # A cancel() takes effect before the next node even when no stage
+    # awaits, in the branch that called it and in its siblings. On asyncio
+    # the branches' tasks are in scopes of their own, which the task that
+    # waits for them cancels when the session's scope is cancelled; a
+    # branch's test before a node must not wait for that (the tight path's
+    # ScopeFlags, GroupStatus under it; execute()'s checkpoint for a node
+    # with a retry policy, which the tight path leaves to execute()).
+    registry = fake_registry()
+    ran: list[str] = []
+    session: list[stageflow.Session] = []
+
+    @registry.register("Record")
+    async def record(ctx: stageflow.StageContext) -> dict[str, object]:
+        ran.append(ctx.node_id)
+        return {}
+
+    @registry.register("CancelSession")
+    async def cancel_session(ctx: stageflow.StageContext) -> dict[str, object]:
+        ran.append(ctx.node_id)
+        session[0].cancel("enough")
+        return {}
+
+    @registry.register("Yield")
+    async def yield_(ctx: stageflow.StageContext) -> dict[str, object]:
+        ran.append(ctx.node_id)
+        await anyio.lowlevel.checkpoint()  # lets the canceller run first
+        return {}
+
+    if nested:
+        # The canceller's path is a subpipeline's, under the branch's task.
+        inner = {
+            "entry": "a",
+            "nodes": [
+                stage("a", "CancelSession", next="a2"),
+                stage("a2", "Record", next="done"),
+                terminal("done"),
+            ],
+        }
+        call = {"id": "a", "type": "subpipeline", "pipeline": "inner", "next": "a3"}
+        branch = [call, stage("a3", "Record")]
+    else:
+        inner = None
+        branch = [stage("a", "CancelSession", next="a2"), stage("a2", "Record")]
+    if retried:
+        for node in [*branch, *(inner["nodes"] if inner else [])]:
+            if node["id"] in ("a2", "a3"):
+                node["retry"] = {"attempts": 2}
+    pipeline = doc(
+        [
+            parallel("fan", ["b", "a"], next="end"),
+            *branch,
+            stage("b", "Yield", next="b2"),
+            stage("b2", "Record"),
+            terminal("end"),
+        ],
+        **({"subpipelines": {"inner": inner}} if inner else {}),
+    )
+    session.append(
+        stageflow.Session(
+            load(pipeline, registry),
+            registry=registry,
+            tracer_provider=provider if traced else NoOpTracerProvider(),
+        )
+    )
+    result = await session[0].run()
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert "a2" not in ran
+    assert "a3" not in ran
+    assert "b2" not in ran
+    ended = [(e.type, e.path) for e in result.history if e.type.startswith("branch_")]
+    assert ("branch_cancelled", "fan/a") in ended
+    assert ("branch_cancelled", "fan/b") in ended

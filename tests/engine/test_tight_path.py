@@ -134,6 +134,25 @@ def test_one_node_map_bodies_are_alike_on_both_paths(
     assert tight == general
 
 
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("fails", [0, 1, 2, 3])
+@pytest.mark.parametrize(("watched", "max_steps"), [(True, None), (False, None), (True, 3)])
+def test_one_node_branches_are_alike_on_both_paths(
+    backend: str, fails: int, watched: bool, max_steps: int | None
+) -> None:
+    """Every ``parallel_one`` block (echoing, failing, racing, cancelling), every way."""
+    plan = {
+        "blocks": [("parallel_one", fails), ("parallel_one", 0)],
+        "traced": False,
+        "metered": False,
+        "suspend": False,
+        "max_steps": max_steps,
+        "watched": watched,
+    }
+    tight, general = _both(backend, plan)
+    assert tight == general
+
+
 @pytest.mark.parametrize(
     ("traced", "fails", "workers"), [(False, 0, 1), (False, 1, 2), (True, 0, 0)]
 )

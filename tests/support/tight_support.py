@@ -42,6 +42,7 @@ BLOCKS = (
     "timeout",
     "cond",
     "parallel",
+    "parallel_one",
     "map",
     "map_one",
     "sub",
@@ -152,6 +153,23 @@ def _block(kind: str, i: int, nxt: str, fails: int) -> list[dict[str, Any]]:
             _set(f"{me}_l2", f"l{i}b", 2, None),
             _set(f"{me}_r", f"r{i}", 3, None),
         ]
+    if kind == "parallel_one":
+        # Branches of one simple stage node each (the tight loop in a branch), by
+        # ``fails``: echoing (a scalar and an object value); one failing,
+        # with the other cancelled or not; a race; one cancelling the session.
+        echo = stage(f"{me}_e", "Echo", arguments={"x": "items"}, outputs={"x": f"e{i}"})
+        other = [
+            stage(f"{me}_o", "Echo", arguments={"v": "v0"}, outputs={"v": f"o{i}"}),
+            stage(f"{me}_o", "Fail"),
+            stage(f"{me}_o", "FailOnObject", arguments={"item": "items"}),
+            stage(f"{me}_o", "Cancel"),
+        ][fails]
+        extra: dict[str, Any] = {}
+        if fails == 1:
+            extra = {"cancel_on_error": False}
+        elif fails == 2:
+            extra = {"policy": "any"}
+        return [parallel(me, [f"{me}_o", f"{me}_e"], next=nxt, **extra), other, echo]
     if kind == "map":
         return [
             {
