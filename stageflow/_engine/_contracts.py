@@ -17,18 +17,18 @@ A stage without a declared ``arguments`` / ``outputs`` schema costs one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 from stageflow._errors import StageSchemaError
 from stageflow._events import History
 from stageflow._model import StageNode, ValidateEvents
-from stageflow._specs import DocumentSchema
+from stageflow._specs import DocumentSchema, json_text
 
 __all__ = ["check_contract"]
 
 _CACHE_SIZE: Final = 1024
+_SHOWN: Final = 80  # characters of a value or a schema keyword's value in a message
 
 # id(schema) -> (schema, validator): a schema object is compiled once, and kept
 # so that an id reused after garbage collection is never taken for it. The
@@ -47,14 +47,6 @@ def _validator(schema: Mapping[str, Any]) -> DocumentSchema:
     return validator
 
 
-def _shown(value: Any) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _violations(schema: Mapping[str, Any], values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(key, expected, got)`` for every way ``values`` breaks ``schema``."""
     found: list[tuple[str, str, str]] = []
@@ -68,8 +60,8 @@ def _violations(schema: Mapping[str, Any], values: Mapping[str, Any]) -> list[tu
             continue
         key = str(path[0]) if path else "(all)"
         where = "".join(f"[{p!r}]" for p in path[1:])
-        expected = f"{error.validator} {_shown(error.validator_value)}"
-        found.append((key + where, expected, _shown(error.instance)))
+        expected = f"{error.validator} {json_text(error.validator_value, _SHOWN)}"
+        found.append((key + where, expected, json_text(error.instance, _SHOWN)))
     return found
 
 

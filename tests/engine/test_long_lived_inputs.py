@@ -232,6 +232,19 @@ async def test_a_wrong_argument_type_fails_in_strict_naming_node_key_expected_go
     )
 
 
+async def test_a_contract_message_escapes_control_characters_and_cuts_long_values() -> None:
+    # DEL and the C1 controls are escaped as JSON escapes the C0 ones (a log
+    # line or terminal shows what the value holds), and a long value is cut.
+    result = await run_typed("strict", {"n": "a\x7fb\x9bc"})
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert error.got == '"a\\u007fb\\u009bc"'
+    result = await run_typed("strict", {"n": "x" * 500})
+    error = result.error
+    assert isinstance(error, stageflow.StageSchemaError)
+    assert error.got == '"' + "x" * 76 + "..."
+
+
 async def test_a_missing_required_argument_fails_in_strict() -> None:
     result = await run_typed("strict", {})
     error = result.error
