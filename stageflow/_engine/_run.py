@@ -915,7 +915,7 @@ class Run:
             self.suspending = True
             self.stop_outcome = self.runtime.stop_outcome = "suspended"
             saved = state.saved = self.saved_state()
-            waiting_for, wake_at = awaited(saved["position"], state.deadline)
+            waiting_for, wake_at = saved["awaited"] = awaited(saved["position"], state.deadline)
             # Inputs sent from now on (subscribers of the event below included)
             # are queued, so the snapshot keeps them.
             desk.broker.release()
@@ -956,7 +956,9 @@ class Run:
         if gone:
             carried: list[Call] = [{"wait": c["wait"], "payload": c["payload"]} for c in gone]
             state.unseen = [*(state.unseen or ()), *carried]
-        waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
+        # As check_idle found it, unless the saved state is another since.
+        found = state.saved.pop("awaited", None)
+        waiting_for, wake_at = found or awaited(state.saved["position"], state.deadline)
         return SessionResult(
             status=SessionStatus.WAITING,
             result=None,

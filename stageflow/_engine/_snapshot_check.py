@@ -339,7 +339,7 @@ class _Checker:
                 # layer of its own, and copies a nested container before it
                 # changes one), so the snapshot's own dict serves, uncopied.
                 ctx = Context(position["context"])
-            except KeyError:
+            except (KeyError, TypeError):
                 return  # the schema requires the root frame's context
             self.frame(position, self.pipeline, ctx, "$.position", None)
 

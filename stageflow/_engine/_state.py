@@ -79,6 +79,10 @@ class Saved(TypedDict):
     steps: int
     trace: TraceIds | None
     digest: str
+    # What a suspension found the position waits for (input types, earliest
+    # deadline), from check_idle to the run's result, which takes it out:
+    # worked out once ("paused session, suspended" rows). Never in a snapshot.
+    awaited: NotRequired[tuple[frozenset[str], str | None]]
 
 
 class ActiveRun(Protocol):
