@@ -762,14 +762,15 @@ class Session:
         _check_kinds("Session.from_dict", pipeline, registry, required=False)
         snapshot = check_document(data)
         pipeline = restore_pipeline(snapshot, registry, pipeline)
-        position = snapshot["position"]
         if limits is None:
             migrated = pipeline.digest != snapshot["pipeline"]["digest"]
             limits = pipeline.limits if migrated else limits_of(snapshot)
+        # No payload: load() gives the session its context. The snapshot's
+        # check has found it plain JSON within the guard's bounds, which is what
+        # Session() would check it for again ("as snapshot text" rows).
         session = cls(
             pipeline,
             registry=registry,
-            payload=position["context"] if position is not None else None,
             session_id=snapshot["session_id"],
             limits=limits,
             validate_events=snapshot["validate_events"],

@@ -319,6 +319,27 @@ def _started_payload(pipeline: Pipeline) -> Mapping[str, Any]:
     return payload
 
 
+# The awaited input types -> the payload of a session_suspended event without a
+# timer, shared (History.record keeps payloads as given and hands out copies):
+# a dict and a list the collector walks, in every suspended session's history,
+# otherwise ("paused session, suspended" rows).
+_SUSPENDED: Final[dict[tuple[str, ...], Mapping[str, Any]]] = {}
+_MAX_SUSPENDED: Final = 1024
+
+
+def _suspended_payload(waiting_for: frozenset[str], wake_at: str | None) -> Mapping[str, Any]:
+    """The ``session_suspended`` payload (shared without ``wake_at``: do not modify)."""
+    if wake_at is not None:
+        return {"waiting_for": sorted(waiting_for), "wake_at": wake_at}
+    key = tuple(sorted(waiting_for))
+    payload = _SUSPENDED.get(key)
+    if payload is None:
+        payload = {"waiting_for": list(key), "wake_at": None}
+        if len(_SUSPENDED) < _MAX_SUSPENDED:
+            _SUSPENDED[key] = payload
+    return payload
+
+
 _SPAN_OUTCOME: Final = {
     SessionStatus.WAITING: "suspended",
     SessionStatus.COMPLETED: "succeeded",
@@ -657,8 +678,12 @@ class Run(StageRuntime):
         resume: FramePosition | None = None
         saved = state.saved
         if state.status is SessionStatus.WAITING and saved is not None:
-            resume = copy_json(saved["position"])
-            assert resume is not None
+            # Taken, not copied: this run owns it from here on (a restored
+            # stage's replay changes its journal entries). Nothing reads the
+            # saved position again until a suspension or a limit's stop saves
+            # a new one: a snapshot of the running session is taken from the
+            # run ("paused session, suspended" and "as snapshot text" rows).
+            resume = saved["position"]
             state.ctx = Context(resume["context"])
             self._main.ended_at(resume.get("terminal"))
             self._unstarted = count_positions(resume)
@@ -923,15 +948,12 @@ class Run(StageRuntime):
             self.suspending = True
             self.stop_outcome = self.runtime.stop_outcome = "suspended"
             saved = state.saved = self.saved_state()
-            waiting_for, wake_at = awaited(saved["position"], state.deadline)
+            waiting_for, wake_at = saved["awaited"] = awaited(saved["position"], state.deadline)
             # Inputs sent from now on (subscribers of the event below included)
             # are queued, so the snapshot keeps them.
             desk.broker.release()
             state.history.record(
-                "session_suspended",
-                None,
-                "",
-                {"waiting_for": sorted(waiting_for), "wake_at": wake_at},
+                "session_suspended", None, "", _suspended_payload(waiting_for, wake_at)
             )
             # Tearing the run down is not part of the session's history.
             state.history.muted = True
@@ -967,7 +989,9 @@ class Run(StageRuntime):
         if gone:
             carried: list[Call] = [{"wait": c["wait"], "payload": c["payload"]} for c in gone]
             state.unseen = [*(state.unseen or ()), *carried]
-        waiting_for, wake_at = awaited(state.saved["position"], state.deadline)
+        # As check_idle found it, unless the saved state is another since.
+        found = state.saved.pop("awaited", None)
+        waiting_for, wake_at = found or awaited(state.saved["position"], state.deadline)
         return SessionResult(
             status=SessionStatus.WAITING,
             result=None,
@@ -1024,7 +1048,10 @@ class Run(StageRuntime):
             state["next"] = entry  # the path has not started: it starts at its entry
         state["visits"] = frame.visits
         if full:
-            state["context"] = copy_json(dict(frame.ctx.data))
+            data = frame.ctx.data
+            # A dict (the main path's, a subpipeline run's) is copied once, not
+            # twice ("paused session, suspended" rows).
+            state["context"] = copy_json(data if type(data) is dict else dict(data))
             terminal = frame.scope.terminal
             if terminal is not None:
                 # A terminal in a branch ended this pipeline; the other branches

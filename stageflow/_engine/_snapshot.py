@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 import attrs
 import jsonschema
 
+from stageflow._context import Context
 from stageflow._engine._limits import DEFAULT_LIMITS, limits_of, raised
 from stageflow._engine._positions import (
     RECORDS,
@@ -95,6 +96,9 @@ def _validator() -> DocumentSchema:
 
 
 _SPAN_KEYS: Final = ("trace_id", "span_id", "parent_span_id")
+# A checked snapshot's status text -> the status: a dict lookup, not an enum
+# call, per restore ("paused session, as snapshot text" rows).
+_STATUSES: Final = {status.value: status for status in SessionStatus}
 
 
 def event_from_dict(data: Mapping[str, Any], session_id: str | None = None) -> Event:
@@ -391,7 +395,7 @@ def restore_pipeline(
                 ],
                 session_id,
             )
-    status = SessionStatus(snapshot["status"])
+    status = _STATUSES[snapshot["status"]]
     active = status is SessionStatus.RUNNING or status is SessionStatus.WAITING
     active = active or snapshot.get("stopped_by_limit") is not None
     problems = check_nodes(snapshot["position"], pipeline) if active else []
@@ -425,7 +429,10 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     ``waiting`` at the node it stopped at when the new session's limits raise
     that limit; otherwise ``failed``, as it was.
     """
-    status = SessionStatus(snapshot["status"])
+    if snapshot["position"] is not None:
+        # The main context, a copy of its own (checked with the snapshot).
+        state.ctx = Context(copy_json(snapshot["position"]["context"]))
+    status = _STATUSES[snapshot["status"]]
     stopped = snapshot.get("stopped_by_limit")
     if stopped is not None and raised(stopped, limits_of(snapshot), state.limits):
         status = SessionStatus.WAITING

@@ -175,40 +175,41 @@ def integer_problems(data: Mapping[str, Any]) -> list[Problem]:
     ``TypeError`` mid-run or numbers events ``1.0, 2.0, ...``.
     """
     found: list[Problem] = []
-    # An event's location is made only for a float seq: a snapshot is
-    # checked at every restore ("paused session, as snapshot text" rows).
-    records: list[tuple[str, Any, tuple[str, ...]]] = [
-        ("$.limits", data.get("limits"), _LIMIT_INTEGERS),
-        ("$", data, _TOP_INTEGERS),
+    # Locations are made only for a float found: a snapshot is checked at
+    # every restore ("paused session, as snapshot text" rows). Each record is
+    # (where, what to add to it, the record, its integer keys).
+    records: list[tuple[str, str, Any, tuple[str, ...]]] = [
+        ("$.limits", "", data.get("limits"), _LIMIT_INTEGERS),
+        ("$", "", data, _TOP_INTEGERS),
     ]
     trace = data.get("trace")
-    if isinstance(trace, Mapping):
-        records.append(("$.trace", trace, ("seen",)))
+    if trace is not None and isinstance(trace, Mapping):
+        records.append(("$.trace", "", trace, ("seen",)))
         records.extend(
-            (f"$.trace.open[{i}]", span, ("start",))
+            (f"$.trace.open[{i}]", "", span, ("start",))
             for i, span in enumerate(trace.get("open") or ())
         )
     for i, event in enumerate(data.get("history") or ()):
         if type(event.get("seq")) is float:
-            records.append((f"$.history[{i}]", event, ("seq",)))
+            records.append((f"$.history[{i}]", "", event, ("seq",)))
     for at, frame in _frames(data.get("position")):
-        records.append((at, frame, ("visits",)))
-        records.append((f"{at}.stage", frame.get("stage"), ("attempt",)))
-        records.append((f"{at}.parallel", frame.get("parallel"), ("winner",)))
+        records.append((at, "", frame, ("visits",)))
+        records.append((at, ".stage", frame.get("stage"), ("attempt",)))
+        records.append((at, ".parallel", frame.get("parallel"), ("winner",)))
         state = frame.get("map")
-        if isinstance(state, Mapping):
-            records.append((f"{at}.map", state, ("next", "done")))
+        if state is not None and isinstance(state, Mapping):
+            records.append((at, ".map", state, ("next", "done")))
             for listing in ("failures", "running"):
                 for i, item in enumerate(state.get(listing) or ()):
-                    records.append((f"{at}.map.{listing}[{i}]", item, ("index",)))
-    for where, record, keys in records:
-        if isinstance(record, Mapping):
+                    records.append((at, f".map.{listing}[{i}]", item, ("index",)))
+    for where, more, record, keys in records:
+        if record is not None and (type(record) is dict or isinstance(record, Mapping)):
             for key in keys:
                 value = record.get(key)
                 if type(value) is float:
                     found.append(
                         Problem(
-                            f"{where}.{key}",
+                            f"{where}{more}.{key}",
                             f"{value!r} is a float; write the integer {int(value)}",
                         )
                     )
@@ -230,15 +231,19 @@ def _frame_nesting(position: Any) -> str | None:
 
 def _raw_children(frame: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     """``(location suffix, frame)`` nested in a frame of unchecked shape."""
+    # (None, the usual value of each, is tested first: an isinstance on the
+    # Mapping ABC costs more: "paused session, as snapshot text" rows.)
     for key, listing in (("parallel", "branches"), ("map", "running")):
         record = frame.get(key)
+        if record is None:
+            continue
         items = record.get(listing) if isinstance(record, Mapping) else None
         if isinstance(items, list):
             for i, item in enumerate(items):
                 if isinstance(item, Mapping) and "position" in item:
                     yield f".{key}.{listing}[{i}].position", item["position"]
     record = frame.get("subpipeline")
-    if isinstance(record, Mapping) and "position" in record:
+    if record is not None and isinstance(record, Mapping) and "position" in record:
         yield ".subpipeline.position", record["position"]
 
 
@@ -262,6 +267,8 @@ def consistency_problems(
 
 
 _ACTIVE: Final = ("running", "waiting")
+# The policy of a stage node without one: made once, not per frame checked.
+_NO_RETRY: Final = RetryPolicy()
 
 
 class _Checker:
@@ -328,7 +335,10 @@ class _Checker:
                     f"({position['node']!r})",
                 )
             try:
-                ctx = Context(copy_json(position["context"]))
+                # Read, never written: the checks fork it (a fork writes into a
+                # layer of its own, and copies a nested container before it
+                # changes one), so the snapshot's own dict serves, uncopied.
+                ctx = Context(position["context"])
             except (KeyError, TypeError):
                 return  # the schema requires the root frame's context
             self.frame(position, self.pipeline, ctx, "$.position", None)
@@ -372,21 +382,26 @@ class _Checker:
                 "keeps; it is the seq of the next event",
             )
             return
+        fromisoformat = datetime.datetime.fromisoformat
+        # Locations are made only for a problem: a snapshot is checked at every
+        # restore ("paused session, as snapshot text" rows).
         for i, event in enumerate(events):
-            where = f"$.history[{i}]"
             if event["seq"] != first + i:
                 self.add(
-                    f"{where}.seq",
+                    f"$.history[{i}].seq",
                     f"event {i + 1} of the kept history has seq {event['seq']}, not "
                     f"{first + i}; a history is numbered without gaps up to history_seq - 1",
                 )
             if event.get("session_id", session_id) != session_id:
                 self.add(
-                    f"{where}.session_id",
+                    f"$.history[{i}].session_id",
                     f"event of session {event['session_id']!r} in the history of session "
                     f"{session_id!r}",
                 )
-            self.time(f"{where}.timestamp", event["timestamp"])
+            try:
+                fromisoformat(event["timestamp"])
+            except ValueError:
+                self.time(f"$.history[{i}].timestamp", event["timestamp"])
 
     def document_name(self) -> None:
         embedded = self.snapshot["pipeline"]
@@ -463,12 +478,12 @@ class _Checker:
             self.map(frame["map"], node, pipeline, ctx, f"{where}.map")
         elif "subpipeline" in frame and isinstance(node, SubpipelineNode):
             inner = frame["subpipeline"]["position"]
-            sub = Context(copy_json(inner["context"]))
+            sub = Context(inner["context"])  # read, never written (see check())
             self.frame(inner, pipeline.callee(node_id), sub, f"{where}.subpipeline.position", None)
 
     def stage(self, state: Mapping[str, Any], node: StageNode, where: str) -> None:
         entry = self.registry.get(node.stage) if node.stage in self.registry else None
-        policy = node.retry or (entry.spec.retry if entry is not None else None) or RetryPolicy()
+        policy = node.retry or (entry.spec.retry if entry is not None else None) or _NO_RETRY
         if state["attempt"] > policy.attempts:
             self.add(
                 f"{where}.attempt",

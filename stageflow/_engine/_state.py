@@ -23,9 +23,10 @@ from stageflow._engine._frames import Scope
 from stageflow._engine._positions import Call, FramePosition, not_kept, parked_calls, unseen_inputs
 from stageflow._errors import LimitExceededError, StageflowError, describe_exception
 from stageflow._events import History
+from stageflow._identity import IdentityCache
 from stageflow._json import copy_json
 from stageflow._metrics import Metrics
-from stageflow._model import Limits, ValidateEvents
+from stageflow._model import Limits, TerminalNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import OpenSpan
@@ -82,6 +83,10 @@ class Saved(TypedDict):
     steps: int
     trace: TraceIds | None
     digest: str
+    # What a suspension found the position waits for (input types, earliest
+    # deadline), from check_idle to the run's result, which takes it out:
+    # worked out once ("paused session, suspended" rows). Never in a snapshot.
+    awaited: NotRequired[tuple[frozenset[str], str | None]]
 
 
 class ActiveRun(Protocol):
@@ -111,6 +116,20 @@ class ActiveRun(Protocol):
 
     def cancel(self) -> None:
         """End the run."""
+
+
+# Each terminal node's result as a plain dict: the node keeps it frozen (read-only
+# mappings, tuples), which copy_json walks through the Mapping ABC, and a run
+# that completes copies it twice ("paused session ... time to resume" rows).
+_PLAIN_RESULTS: Final[IdentityCache[dict[str, Any]]] = IdentityCache()
+
+
+def _plain_result(terminal: TerminalNode) -> dict[str, Any]:
+    """``terminal.result`` as plain JSON, made once per node: copy it before handing it out."""
+    plain = _PLAIN_RESULTS.get(terminal)
+    if plain is None:
+        plain = _PLAIN_RESULTS.put(terminal, copy_json(terminal.result))
+    return plain
 
 
 class SessionState:
@@ -244,7 +263,7 @@ class SessionState:
         self.error = error
         if error is None or error is not self.stopped_by_limit:
             self.stopped_by_limit = None  # it failed for another reason: nothing to resume
-        entries = [*unseen, *(self.unseen or ())]
+        entries = [*unseen, *self.unseen] if self.unseen else unseen
         broker = self.desk.broker
         backlog = bool(broker.queued())
         if self.stopped_by_limit is not None and self.saved is not None:
@@ -252,7 +271,7 @@ class SessionState:
             backlog = False  # in the snapshot, for the resume
         completed = status is SessionStatus.COMPLETED
         terminal = main.terminal if main is not None else None
-        result = copy_json(terminal.result) if completed and terminal else None
+        result = copy_json(_plain_result(terminal)) if completed and terminal else None
         artifacts = main.artifacts if completed and main is not None else {}
         described = describe_exception(error) if error is not None else None
         # Kept before the final event, so a snapshot taken by its subscribers has it.
@@ -262,15 +281,10 @@ class SessionState:
             "error": described,
         }
         # Inputs nobody received are said to be dropped, never dropped in silence.
-        discarded = tuple(unseen_inputs(entries)) + (
-            tuple(
-                (type, payload)
-                for type, payloads in broker.backlog().items()
-                for payload in payloads
-            )
-            if backlog
-            else ()
-        )
+        discarded = tuple(unseen_inputs(entries)) if entries else ()
+        if backlog:
+            queued = broker.backlog().items()
+            discarded += tuple((type, payload) for type, payloads in queued for payload in payloads)
         if discarded:
             self.history.record(
                 "inputs_discarded",

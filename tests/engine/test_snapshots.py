@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -337,6 +339,39 @@ async def test_a_pending_session_round_trips() -> None:
     assert restored.status is stageflow.SessionStatus.PENDING
     result = await restored.run()
     assert result.result == {"ended": "bye"}
+
+
+async def test_event_times_are_read_and_written_back_as_datetime_reads_and_writes_them() -> None:
+    # A restore reads each event's time as datetime.fromisoformat() does, and
+    # the next snapshot writes it as isoformat() does: on a second (no
+    # fraction), before 1970, at years 1 and 9999, with "Z", with fewer or
+    # more digits than six.
+    texts = [
+        "1969-12-31T23:59:59.999999+00:00",
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-01T00:00:00.000000+00:00",
+        "2026-01-01T00:00:00.000001+00:00",
+        "2026-06-30T23:59:59.5Z",
+        "2026-06-30T23:59:59.250000Z",
+        "2026-06-30T23:59:59.1234567+00:00",
+        "0001-01-01T00:00:00.000001+00:00",
+        "9999-12-31T23:59:59.999999+00:00",
+    ]
+    case = chat_case(["bye"])
+    session = case.session()
+    assert (await session.run(suspend=True)).status is WAITING
+    data = json_round_trip(session.to_dict())
+    size = len(data["history"])
+    assert size >= 2
+    for start in range(0, len(texts), size):
+        chunk = texts[start : start + size]
+        for event, text in zip(data["history"], chunk, strict=False):
+            event["timestamp"] = text
+        restored = case.restore(copy.deepcopy(data))
+        times = [datetime.datetime.fromisoformat(text) for text in chunk]
+        assert [event.timestamp for event in restored.history][: len(chunk)] == times
+        written = [event["timestamp"] for event in restored.to_dict()["history"]]
+        assert written[: len(chunk)] == [time.isoformat() for time in times]
 
 
 async def test_a_finished_session_round_trips_with_its_outcome() -> None:
