@@ -11,11 +11,12 @@ open no node spans and record no node events of their own.
 
 Hot path: :meth:`Run.execute` and :meth:`Run.run_path` run once per node
 ("sequential stage node" and "condition node" benchmark rows). ``run_path``
-executes simple stage nodes and condition nodes of an untraced run itself,
-in a tight loop decided by a per-node plan (docs/internals.md, "The tight
-path"; the "sequential stage node", "condition node" and "1,000-node chain"
-rows). :meth:`Run.run_items` runs a map worker's new items whose body is
-one simple stage node, in the worker's coroutine ("map item" rows).
+executes simple stage nodes, condition nodes and terminals of a run without
+node log lines itself, in a tight loop decided by a per-node plan
+(docs/internals.md, "The tight path"; the "sequential stage node",
+"condition node", "1,000-node chain" and "paused session" rows).
+:meth:`Run.run_items` runs a map worker's new items whose body is one simple
+stage node, in the worker's coroutine ("map item" rows).
 """
 
 from __future__ import annotations
@@ -149,13 +150,13 @@ _new: Final = object.__new__
 # entries -> the plan, by identity: for every node of a resolved (pipeline,
 # registry) that the tight path has met, by node identity: its _Step if it is
 # a simple stage node (one attempt, no timeout, no cleanup), its _Choice if it
-# is a condition node, else None;
+# is a condition node, its _End if it is a terminal node, else None;
 # decided and made once per node, not once per execution ("sequential stage
 # node" and "3-node run" rows).
 # The cache keeps the entries, so that an id reused after garbage collection
 # is never taken for them (they hold the nodes' pipeline's resolution, so node
 # ids in the plan stay the same nodes).
-_plans: Final = IdentityCache[dict[int, "_Step | _Choice | None"]]()
+_plans: Final = IdentityCache[dict[int, "_Step | _Choice | _End | None"]]()
 
 
 def _node_span(node: Node) -> tuple[str, dict[str, Any]]:
@@ -266,23 +267,46 @@ class _Choice:
         )
 
 
-def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | None]:
+class _End:
+    """What the tight path needs of a terminal node, made once (see ``_plans``).
+
+    The span's name and starting attributes, the ``node_started`` and
+    ``node_finished`` payloads and the frame's record once it has finished,
+    shared: only read. The node itself is ended by ``Run._end_at``, as
+    ``execute()`` ends it through ``Run._terminal`` (a run that completes
+    makes two coroutines and the per-node tests less: "paused session ...
+    time to resume" and "3-node run" rows).
+    """
+
+    __slots__ = ("attributes", "done", "finished", "name", "node", "started")
+
+    def __init__(self, node: TerminalNode) -> None:
+        self.node = node
+        self.name, self.attributes = _node_span(node)
+        self.started = node_started_payload("terminal")
+        self.done = Finished(None)
+        self.finished = node_finished_payload("terminal", None, None)
+
+
+def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | _End | None]:
     """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
     plan = _plans.get(entries)
     return plan if plan is not None else _plans.put(entries, {})
 
 
 def _planned(
-    plan: dict[int, _Step | _Choice | None], node: Node, entries: Mapping[int, StageEntry]
-) -> _Step | _Choice | None:
+    plan: dict[int, _Step | _Choice | _End | None], node: Node, entries: Mapping[int, StageEntry]
+) -> _Step | _Choice | _End | None:
     """Decide, once, whether ``node`` takes the tight path; its plan if it does."""
-    planned: _Step | _Choice | None = None
+    planned: _Step | _Choice | _End | None = None
     if isinstance(node, StageNode):
         entry = entries.get(id(node))
         if entry is not None and StageExecutor.simple(node, entry):
             planned = _Step(node, entry)
     elif isinstance(node, ConditionNode):
         planned = _Choice(node)
+    elif isinstance(node, TerminalNode):
+        planned = _End(node)
     plan[id(node)] = planned
     return planned
 
@@ -1176,9 +1200,10 @@ class Run(StageRuntime):
                 continue
             node = step.node  # the same node, typed
             # The tight path ("sequential stage node", "condition node",
-            # "1,000-node chain", "SDK ... per node" and "MeterProvider: per
-            # node" rows): a simple stage node (one attempt, no timeout, no
-            # cleanup) or a condition node of a run without node log lines,
+            # "1,000-node chain", "SDK ... per node", "MeterProvider: per
+            # node" and "paused session ... time to resume" rows): a simple
+            # stage node (one attempt, no timeout, no cleanup), a condition
+            # node or a terminal of a run without node log lines,
             # executed here instead of through execute() and
             # StageExecutor.run(): two coroutine levels and the per-node
             # checks for logs less. It does what execute() does for such a
@@ -1248,6 +1273,10 @@ class Run(StageRuntime):
                             raise
                         # Set once a choice is taken: a test that raises leaves it None.
                         ending = taken
+                    elif type(step) is _End:
+                        # Run._terminal, without its coroutine.
+                        done, finished = step.done, step.finished
+                        self._end_at(step.node, frame)
                     else:
                         done, finished = step.done, step.finished
                         entry = step.entry
@@ -2021,6 +2050,11 @@ class Run(StageRuntime):
         )
 
     async def _terminal(self, node: TerminalNode, frame: Frame) -> str | None:
+        self._end_at(node, frame)
+        return None
+
+    def _end_at(self, node: TerminalNode, frame: Frame) -> None:
+        """End ``frame``'s pipeline at the terminal ``node``: its artifacts, its end."""
         get = frame.ctx.get
         scope = frame.scope
         scope.artifacts = {path: copy_json(get(path, None)) for path in node.artifacts}
@@ -2031,7 +2065,6 @@ class Run(StageRuntime):
             if scope.depth == 0:
                 self.cancelling("", "terminal_reached")
             scope.cancel.cancel()
-        return None
 
 
 # The executors hold no state: one of each serves every run, and the run

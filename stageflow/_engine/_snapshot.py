@@ -429,9 +429,6 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     ``waiting`` at the node it stopped at when the new session's limits raise
     that limit; otherwise ``failed``, as it was.
     """
-    if snapshot["position"] is not None:
-        # The main context, a copy of its own (checked with the snapshot).
-        state.ctx = Context(copy_json(snapshot["position"]["context"]))
     status = _STATUSES[snapshot["status"]]
     stopped = snapshot.get("stopped_by_limit")
     if stopped is not None and raised(stopped, limits_of(snapshot), state.limits):
@@ -461,6 +458,11 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     state.draws = snapshot["rng_draws"]
     if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:
         position: FramePosition = copy_json(snapshot["position"])
+        # The main context is the saved position's own (checked with the
+        # snapshot), not a second copy: nothing writes it before a run takes
+        # the position, and the run goes on with that same dict (Run._resume;
+        # "paused session, as snapshot text" rows).
+        state.ctx = Context(position["context"])
         state.saved = {
             "position": position,
             "steps": snapshot["steps"],
@@ -470,6 +472,10 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
         state.steps = snapshot["steps"]
         state.status = SessionStatus.WAITING
     else:
+        if snapshot["position"] is not None:
+            # The main context, a copy of its own (checked with the snapshot):
+            # a pending session's run writes it, its final position stays.
+            state.ctx = Context(copy_json(snapshot["position"]["context"]))
         state.final = {
             "position": copy_json(snapshot["position"]),
             "trace": copy_json(snapshot["trace"]),

@@ -271,12 +271,16 @@ class SessionState:
             backlog = False  # in the snapshot, for the resume
         completed = status is SessionStatus.COMPLETED
         terminal = main.terminal if main is not None else None
-        result = copy_json(_plain_result(terminal)) if completed and terminal else None
+        plain = _plain_result(terminal) if completed and terminal else None
+        result = copy_json(plain) if plain is not None else None
         artifacts = main.artifacts if completed and main is not None else {}
         described = describe_exception(error) if error is not None else None
-        # Kept before the final event, so a snapshot taken by its subscribers has it.
+        # Kept before the final event, so a snapshot taken by its subscribers
+        # has it. The result is the node's plain copy itself, not a copy of
+        # it: the outcome is only read by to_dict(), which copies it (a copy
+        # less per completed run: "paused session ... time to resume" rows).
         self.outcome = {
-            "result": copy_json(result),
+            "result": plain,
             "artifacts": copy_json(artifacts),
             "error": described,
         }

@@ -110,9 +110,30 @@ def _calls_of(
 
 @pytest.mark.parametrize("traced", [False, True])
 def test_the_tight_path_is_taken(monkeypatch: pytest.MonkeyPatch, traced: bool) -> None:
-    """Stage nodes skip ``execute()``, traced or not; with the switch off they do not."""
-    # The terminal only; then every node.
-    assert _calls_of(monkeypatch, "execute", [("chain", 0), ("set", 0)], traced) == (1, 5)
+    """Stage nodes and terminals skip ``execute()``, traced or not; with the switch off not."""
+    # No node; then every node.
+    assert _calls_of(monkeypatch, "execute", [("chain", 0), ("set", 0)], traced) == (0, 5)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("suspend", [False, True])
+@pytest.mark.parametrize("traced", [False, True])
+def test_terminals_in_branches_and_after_a_resume_are_alike_on_both_paths(
+    backend: str, suspend: bool, traced: bool
+) -> None:
+    """A terminal in a branch ends the session alike; so does one reached after a restore."""
+    for blocks in ([("set", 0), ("parallel_end", 0), ("set", 0)], [("wait", 0), ("set", 0)]):
+        plan = {
+            "blocks": blocks,
+            "traced": traced,
+            "metered": traced,
+            "suspend": suspend,
+            "max_steps": None,
+            "watched": not traced,
+        }
+        tight, general = _both(backend, plan)
+        assert tight == general
+        assert tight.results
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])

@@ -43,6 +43,7 @@ BLOCKS = (
     "cond",
     "parallel",
     "parallel_one",
+    "parallel_end",
     "map",
     "map_one",
     "sub",
@@ -170,6 +171,15 @@ def _block(kind: str, i: int, nxt: str, fails: int) -> list[dict[str, Any]]:
         elif fails == 2:
             extra = {"policy": "any"}
         return [parallel(me, [f"{me}_o", f"{me}_e"], next=nxt, **extra), other, echo]
+    if kind == "parallel_end":
+        # A terminal in a branch (the tight loop's terminal): it ends the whole
+        # pipeline, and the other branch, still sleeping, is cancelled.
+        return [
+            parallel(me, [f"{me}_l", f"{me}_r"], next=nxt),
+            _set(f"{me}_l", f"l{i}", 1, f"{me}_t"),
+            terminal(f"{me}_t", f"l{i}", "v0"),
+            stage(f"{me}_r", "Set", config={"values": {f"r{i}": 2}, "delay": 1}),
+        ]
     if kind == "map":
         return [
             {
