@@ -537,9 +537,15 @@ async def test_a_base_exception_from_a_branch_while_a_sibling_is_shielded(
     assert _others() == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 18 note): a stage's native Task.cancel() of its branch task ends "
+    "both branches cancelled and the session completed with nothing merged",
+)
 async def test_a_native_cancel_of_a_branch_task_by_its_stage() -> None:
     # A stage cancels its own task natively (asyncio's Task.cancel(), as a
-    # library bridging to asyncio might). What the session makes of it.
+    # library bridging to asyncio might). Nothing may be lost silently: the
+    # session either says it did not complete, or merges the other branch.
     if not _on_asyncio():
         pytest.skip("asyncio's Task.cancel() has no trio equivalent")
     registry = fake_registry()
@@ -568,9 +574,8 @@ async def test_a_native_cancel_of_a_branch_task_by_its_stage() -> None:
         outcome.append(type(exc).__name__)
     else:
         outcome.append(str(result.status))
-    # Recorded, not asserted against trio: compared with main in the report.
-    assert outcome in (["CancelledError"], [str(CANCELLED)], [str(FAILED)], [str(COMPLETED)])
     assert _others() == 1
+    assert outcome != [str(COMPLETED)] or result.artifacts == {"a": 1}
 
 
 async def test_an_asyncio_timeout_around_run_mid_fan_out() -> None:
