@@ -57,6 +57,7 @@ __all__ = [
     "exit_request",
     "is_cancellation",
     "is_interrupt",
+    "host_task",
     "is_stray_cancellation",
     "loop_handles",
     "stage_failure",
@@ -476,8 +477,15 @@ def ungrouped(exc: BaseException, cancelled: type[BaseException]) -> BaseExcepti
     return others[0] if len(others) == 1 else exc
 
 
-def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:
-    """Whether ``exc`` is asyncio's ``CancelledError`` that no cancellation of the task caused.
+def host_task(backend: Backend) -> asyncio.Task[Any] | None:
+    """The task running now, off trio: a run's host (see :func:`is_stray_cancellation`)."""
+    return None if backend is _TRIO else asyncio.current_task()
+
+
+def is_stray_cancellation(
+    exc: BaseException, backend: Backend, host: asyncio.Task[Any] | None = None
+) -> bool:
+    """Whether ``exc`` is asyncio's ``CancelledError`` that no cancellation of the run caused.
 
     A stage can raise one of its own: a future or task of its own that was
     cancelled, a client library's internal timeout. Taken by its type for the
@@ -486,27 +494,51 @@ def is_stray_cancellation(exc: BaseException, backend: Backend) -> bool:
     it. Every real cancellation of the task (a cancel scope, ``asyncio.timeout``,
     ``Task.cancel``) counts in ``Task.cancelling()``; on trio asyncio's is
     never a cancellation.
+
+    Given ``host``, the task that called ``run()``, one more is stray: a
+    cancellation of a task of the run's own (a branch's, a map item's) while
+    no cancel scope around it is cancelled. Nothing of the run or its caller
+    cancels such a task but through a scope (the caller's ``Task.cancel()``
+    reaches the host, whose task group then cancels its scope): only
+    ``Task.cancel()`` on that very task can have sent it, from a stage.
     """
     if not isinstance(exc, asyncio.CancelledError):
         return False
     if backend is _TRIO:
         return True
     task = asyncio.current_task()
-    return task is not None and not task.cancelling()
+    if task is None:
+        return False
+    if not task.cancelling():
+        return True
+    return (
+        host is not None
+        and task is not host
+        and anyio.current_effective_deadline() > backend.current_time()
+    )
 
 
-def stage_failure(exc: BaseException, backend: Backend) -> BaseException | None:
+def stage_failure(
+    exc: BaseException, backend: Backend, host: asyncio.Task[Any] | None = None
+) -> BaseException | None:
     """What of a ``BaseException`` a stage raised is its own failure, or ``None`` if nothing.
 
-    A ``CancelledError`` no cancellation caused (:func:`is_stray_cancellation`)
-    is; and of an exception group holding both cancellations and errors (a
-    task of the stage's own that raised as it was cancelled, say in its
-    cleanup; trio groups them), the errors: the stage failed, as on asyncio,
+    A ``CancelledError`` no cancellation of the run caused
+    (:func:`is_stray_cancellation`, ``host`` the task that called ``run()``)
+    is: if it came from ``Task.cancel()`` on the stage's task, the request is
+    taken back (``Task.uncancel()``), as asyncio asks of code that swallows
+    a cancellation, since the run goes on in that task. And of an exception
+    group holding both cancellations and errors (a task of the stage's own
+    that raised as it was cancelled, say in its cleanup; trio groups them),
+    the errors: the stage failed, as on asyncio,
     whose task groups leave the cancellations out. One error is given as it
     is, several as the group of them. ``None`` for a cancellation, a
     ``KeyboardInterrupt`` or another ``BaseException``.
     """
-    if is_stray_cancellation(exc, backend):
+    if is_stray_cancellation(exc, backend, host):
+        task = None if backend is _TRIO else asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
         return exc
     if isinstance(exc, BaseExceptionGroup):
         cancelled = backend.cancelled

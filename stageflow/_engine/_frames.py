@@ -12,6 +12,7 @@ them, so that they depend on this module and not on the run itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Protocol
@@ -251,6 +252,8 @@ class Kernel(Protocol):
     def metrics(self) -> Metrics | None: ...
     @property
     def backend(self) -> Backend: ...
+    @property
+    def host(self) -> asyncio.Task[Any] | None: ...
     @property
     def runtime(self) -> StageRuntime: ...
     @property

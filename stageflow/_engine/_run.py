@@ -21,6 +21,7 @@ stage node, in the worker's coroutine ("map item" rows).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +40,7 @@ from stageflow._engine._backend import (
     cancel_flags,
     current_backend,
     deciding_leaf,
+    host_task,
     is_cancellation,
     loop_handles,
     stage_failure,
@@ -398,6 +400,7 @@ class Run(StageRuntime):
         "_suspend",
         "_unstarted",
         "backend",
+        "host",
         "loop_thread",
         "runtime",
         "suspending",
@@ -420,6 +423,9 @@ class Run(StageRuntime):
         # Session.run(), which may be called before the loop runs).
         self.token: anyio.lowlevel.EventLoopToken | None = None
         self.loop_thread = 0
+        # Off trio, the task that called run(): a cancellation of another task
+        # of the run's (a branch's) that no scope sent is a stage's own.
+        self.host: asyncio.Task[Any] | None = None
         self._cancel_scope: CancelScopeLike | None = None
         # Path prefix -> why it is cancelled; made when first needed (a live
         # paused session keeps its run: "paused session, memory each" row).
@@ -557,6 +563,7 @@ class Run(StageRuntime):
         """Take the event loop's primitives, token and thread; make the stage runtime."""
         state = self._state
         self.backend = current_backend()
+        self.host = host_task(self.backend)
         self.token, self.loop_thread = loop_handles()
         # The tight path's plan, or None when every node goes through
         # execute(): decided once per run, not once per path (a map item's or
@@ -695,6 +702,7 @@ class Run(StageRuntime):
         finally:
             state.last_node = self.current_node
             state.run = None
+            self.host = None  # no cycle through a traceback that keeps this frame
 
     def _resume(self) -> FramePosition | None:
         """Ready the state for this run: where a waiting session goes on from (or ``None``)."""
@@ -1416,7 +1424,7 @@ class Run(StageRuntime):
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                         except BaseException as exc:  # looked at and re-raised (see run)
                             # In ``error`` (None until then), not a local more.
-                            error = stage_failure(exc, backend)
+                            error = stage_failure(exc, backend, self.host)
                             if error is not None:
                                 raise StageExecutor.failure(node, 1, 1, error) from error
                             raise
@@ -1941,7 +1949,7 @@ class Run(StageRuntime):
                         except Exception as exc:
                             raise StageExecutor.failure(node, 1, 1, exc) from exc
                         except BaseException as exc:  # looked at and re-raised (see run)
-                            failed = stage_failure(exc, backend)
+                            failed = stage_failure(exc, backend, self.host)
                             if failed is not None:
                                 raise StageExecutor.failure(node, 1, 1, failed) from failed
                             raise

@@ -132,7 +132,7 @@ class StageExecutor:
                     # attempt; the original is the cause.
                     raise self.failure(node, attempt, policy.attempts, exc) from exc
                 except BaseException as exc:  # looked at and re-raised: a cancellation
-                    failed = stage_failure(exc, kernel.backend)
+                    failed = stage_failure(exc, kernel.backend, kernel.host)
                     if failed is not None:
                         raise self.failure(node, attempt, policy.attempts, failed) from failed
                     if is_cancellation(exc, kernel.backend.cancelled):
@@ -174,8 +174,9 @@ class StageExecutor:
         what = (
             f"{type(exc).__name__}: {error_text(exc)}"
             if isinstance(exc, Exception)
-            else f"it raised {type(exc).__name__} though nothing cancelled it (a future or "
-            "task of its own was cancelled); catch it in the stage, or retry the node"
+            else f"it raised {type(exc).__name__} though nothing of the run cancelled it (a "
+            "future or task of its own was cancelled, or it called cancel() on the task it runs "
+            "in); catch it in the stage, or retry the node"
         )
         return StageError(
             f"stage {node.stage!r} at node {node.id!r} failed on attempt "

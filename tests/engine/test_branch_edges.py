@@ -537,15 +537,14 @@ async def test_a_base_exception_from_a_branch_while_a_sibling_is_shielded(
     assert _others() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 18 note): a stage's native Task.cancel() of its branch task ends "
-    "both branches cancelled and the session completed with nothing merged",
-)
-async def test_a_native_cancel_of_a_branch_task_by_its_stage() -> None:
-    # A stage cancels its own task natively (asyncio's Task.cancel(), as a
-    # library bridging to asyncio might). Nothing may be lost silently: the
-    # session either says it did not complete, or merges the other branch.
+@pytest.mark.parametrize("where", ["branch", "map item"])
+async def test_a_native_cancel_of_its_own_task_by_a_stage_fails_its_node(where: str) -> None:
+    # A stage cancels the task it runs in natively (asyncio's Task.cancel(),
+    # as a library bridging to asyncio might). A branch's or a map item's
+    # task is the run's own, which nothing but a cancel scope of the run
+    # cancels: the stage's node fails, nothing is merged in silence. It used
+    # to end both branches cancelled and the session completed with
+    # artifacts {"a": None}.
     if not _on_asyncio():
         pytest.skip("asyncio's Task.cancel() has no trio equivalent")
     registry = fake_registry()
@@ -558,24 +557,36 @@ async def test_a_native_cancel_of_a_branch_task_by_its_stage() -> None:
         await asyncio.sleep(0)
         return {}
 
-    pipeline = doc(
-        [
+    if where == "branch":
+        nodes = [
             parallel("fan", ["s", "ok"], next="end"),
             stage("s", "SelfCancel"),
             stage("ok", "Set", config={"values": {"v": 1}, "delay": 1}, outputs={"v": "a"}),
             terminal("end", "a"),
         ]
-    )
-    session = stageflow.Session(load(pipeline, registry), registry=registry)
-    outcome: list[str] = []
-    try:
-        result = await session.run()
-    except BaseException as exc:
-        outcome.append(type(exc).__name__)
+        failed = ("branch_failed", "fan/s")
     else:
-        outcome.append(str(result.status))
+        nodes = [
+            {"id": "each", "type": "map", "items": "items", "body": "s", "next": "end"},
+            stage("s", "SelfCancel"),
+            terminal("end"),
+        ]
+        failed = ("map_item_failed", "each/0")
+    session = stageflow.Session(
+        load(doc(nodes), registry), registry=registry, payload={"items": [1, 2]}
+    )
+    result = await session.run()
+    assert result.status is FAILED
+    stage_error = result.error
+    while not isinstance(stage_error, stageflow.StageError):
+        assert stage_error is not None
+        stage_error = stage_error.__cause__  # type: ignore[assignment]
+    assert stage_error.node_id == "s"
+    assert isinstance(stage_error.__cause__, asyncio.CancelledError)
+    assert "called cancel() on the task it runs in" in str(stage_error)
+    assert failed in [(e.type, e.path) for e in result.history]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
     assert _others() == 1
-    assert outcome != [str(COMPLETED)] or result.artifacts == {"a": 1}
 
 
 async def test_an_asyncio_timeout_around_run_mid_fan_out() -> None:
