@@ -53,10 +53,11 @@ _T = TypeVar("_T", bound="StageFunction | type[BaseStage]")
 
 
 class StageRuntime(Protocol):
-    """What the engine provides to a running stage: one object per attempt.
+    """What a :class:`StageContext` made with ``StageContext(...)`` calls: one object per attempt.
 
-    The engine's implementation is ``stageflow._engine._runtime.StageWork``;
-    a test double for a stage's own unit tests implements these three methods.
+    A test double for a stage's own unit tests implements these three
+    methods. The engine's context is a subclass
+    (``stageflow._engine._runtime.StageWork``) that calls the engine itself.
     """
 
     def emit(self, type: str, payload: Mapping[str, Any] | None) -> None:
@@ -97,11 +98,12 @@ class StageContext:
     """
 
     # execution_key, node_path and log are properties made when first read:
-    # most stages never read them, and an engine-made context is built by
-    # engine_context() without __init__'s keyword call ("sequential stage
-    # node" benchmark row). The slots behind them: _key / _node_path / _log
-    # (left unset until made: a store less each, same row), _origin / _visit
-    # / _parent (what they are made from).
+    # most stages never read them, and the engine's context (a subclass,
+    # stageflow._engine._runtime.StageWork) is built by slot stores without
+    # __init__'s keyword call ("sequential stage node" benchmark row). The
+    # slots behind them: _key / _node_path / _log (left unset until made: a
+    # store less each, same row), _origin / _visit / _parent (what they are
+    # made from).
     __slots__ = (
         "_key",
         "_log",
@@ -211,28 +213,8 @@ class StageContext:
             TypeError: ``type`` is not a non-empty string (no sender could send
                 it), or ``timeout`` is not a number of seconds (NaN included).
         """
-        if not isinstance(type, str) or not type:
-            # No sender can send such a type (send_input refuses it): the wait would never end.
-            raise TypeError(
-                f"ctx.wait_input({type!r}) at node {self.node_id!r}: the input type must be a "
-                "non-empty string, the type a sender passes to session.send_input(type, payload)"
-            )
-        if timeout is not None and not _is_duration(timeout):
-            raise TypeError(
-                f"ctx.wait_input({type!r}, timeout={timeout!r}) at node {self.node_id!r}: the "
-                "timeout must be a number of seconds (not NaN), or None to wait as long as the "
-                "session runs"
-            )
-        if timeout is not None:
-            # History and snapshots hold no infinity (not JSON): an endless wait is
-            # one without a timeout, and one past its deadline already a poll.
-            seconds = _seconds(timeout)
-            if seconds == math.inf:
-                timeout = None
-            elif seconds < 0:
-                timeout = 0
         # The engine's coroutine itself: one frame less for every waiting session.
-        return self._runtime.wait_input(type, timeout)
+        return self._runtime.wait_input(type, input_timeout(self, type, timeout))
 
     async def sleep(self, seconds: float) -> float:
         """Sleep for ``seconds``; the deadline survives a snapshot and restore.
@@ -250,12 +232,7 @@ class StageContext:
         Raises:
             TypeError: ``seconds`` is not a number (NaN included).
         """
-        if not _is_duration(seconds):
-            raise TypeError(
-                f"ctx.sleep({seconds!r}) at node {self.node_id!r}: the duration must be a number "
-                "of seconds (not NaN); to sleep until a time, use ctx.sleep_until(datetime)"
-            )
-        return await self._runtime.sleep(_seconds(seconds), None)
+        return await self._runtime.sleep(sleep_seconds(self, seconds), None)
 
     async def sleep_until(self, when: datetime.datetime) -> float:
         """Sleep until the aware datetime ``when`` (at once if it has passed).
@@ -269,18 +246,77 @@ class StageContext:
             TypeError: ``when`` is not a ``datetime.datetime``.
             ValueError: ``when`` has no UTC offset.
         """
-        if not isinstance(when, datetime.datetime):
-            raise TypeError(
-                f"sleep_until({when!r}) at node {self.node_id!r}: pass an aware datetime.datetime "
-                "(for text, datetime.datetime.fromisoformat('2030-01-01T09:00:00+00:00')), or "
-                "use ctx.sleep(seconds)"
-            )
-        if when.tzinfo is None:
-            raise ValueError(
-                f"sleep_until({when.isoformat()!r}) at node {self.node_id!r}: the time has no UTC "
-                "offset; pass an aware datetime, e.g. with tzinfo=datetime.UTC"
-            )
-        return await self._runtime.sleep(None, when)
+        return await self._runtime.sleep(None, sleep_until(self, when))
+
+
+# The checks of StageContext's waits and sleeps, shared with the engine's
+# subclass (stageflow._engine._runtime.StageWork), which calls the engine
+# directly instead of through a runtime object.
+
+
+def input_timeout(ctx: StageContext, type: str, timeout: float | None) -> float | None:
+    """``wait_input``'s arguments checked; its timeout as the engine takes it.
+
+    Raises:
+        TypeError: ``type`` is not a non-empty string, or ``timeout`` is not a
+            number of seconds (NaN included).
+    """
+    if not isinstance(type, str) or not type:
+        # No sender can send such a type (send_input refuses it): the wait would never end.
+        raise TypeError(
+            f"ctx.wait_input({type!r}) at node {ctx.node_id!r}: the input type must be a "
+            "non-empty string, the type a sender passes to session.send_input(type, payload)"
+        )
+    if timeout is not None and not _is_duration(timeout):
+        raise TypeError(
+            f"ctx.wait_input({type!r}, timeout={timeout!r}) at node {ctx.node_id!r}: the "
+            "timeout must be a number of seconds (not NaN), or None to wait as long as the "
+            "session runs"
+        )
+    if timeout is not None:
+        # History and snapshots hold no infinity (not JSON): an endless wait is
+        # one without a timeout, and one past its deadline already a poll.
+        seconds = _seconds(timeout)
+        if seconds == math.inf:
+            timeout = None
+        elif seconds < 0:
+            timeout = 0
+    return timeout
+
+
+def sleep_seconds(ctx: StageContext, seconds: float) -> float:
+    """``sleep``'s duration checked, as a float.
+
+    Raises:
+        TypeError: ``seconds`` is not a number (NaN included).
+    """
+    if not _is_duration(seconds):
+        raise TypeError(
+            f"ctx.sleep({seconds!r}) at node {ctx.node_id!r}: the duration must be a number "
+            "of seconds (not NaN); to sleep until a time, use ctx.sleep_until(datetime)"
+        )
+    return _seconds(seconds)
+
+
+def sleep_until(ctx: StageContext, when: datetime.datetime) -> datetime.datetime:
+    """``sleep_until``'s time checked.
+
+    Raises:
+        TypeError: ``when`` is not a ``datetime.datetime``.
+        ValueError: ``when`` has no UTC offset.
+    """
+    if not isinstance(when, datetime.datetime):
+        raise TypeError(
+            f"sleep_until({when!r}) at node {ctx.node_id!r}: pass an aware datetime.datetime "
+            "(for text, datetime.datetime.fromisoformat('2030-01-01T09:00:00+00:00')), or "
+            "use ctx.sleep(seconds)"
+        )
+    if when.tzinfo is None:
+        raise ValueError(
+            f"sleep_until({when.isoformat()!r}) at node {ctx.node_id!r}: the time has no UTC "
+            "offset; pass an aware datetime, e.g. with tzinfo=datetime.UTC"
+        )
+    return when
 
 
 def _is_duration(value: object) -> bool:
@@ -301,61 +337,6 @@ def _seconds(value: float) -> float:
 # The config of a node without one: an empty mapping that cannot be changed,
 # shared by every such context (the engine's empty mapping too).
 EMPTY_CONFIG: Final[Mapping[str, Any]] = MappingProxyType({})
-
-
-def engine_context(
-    arguments: Mapping[str, Any],
-    session_id: str,
-    node_id: str,
-    parent: str,
-    stage: str,
-    runtime: StageRuntime,
-    spec: StageSpec,
-    origin: str,
-    visit: int,
-    config: Mapping[str, Any] = EMPTY_CONFIG,
-    attempt: int = 1,
-) -> StageContext:
-    """The engine's :class:`StageContext` for one attempt (private to the engine).
-
-    The same context as ``StageContext(...)`` with ``node_path`` ``parent/node_id``
-    (``node_id`` at the top level) and ``execution_key``
-    ``session_id + origin + "/" + node_id + "." + visit``, both made when
-    read (their slots and ``log``'s left unset until then). Built without
-    ``__init__``: a keyword call of eleven arguments cost several times the
-    slot stores ("sequential stage node" benchmark row). ``config`` and
-    ``attempt`` come last, with the tight paths' values as defaults: two
-    arguments fewer there, and two stack slots fewer in the frame of a path
-    that waits ("paused session, memory each" row).
-    The engine's tight paths (``Run.run_path``, ``Run.run_items``) call it:
-    no other module writes a context's private slots.
-    """
-    ctx: StageContext = _EngineContext()
-    ctx.arguments = arguments
-    ctx.config = config
-    ctx.session_id = session_id
-    ctx.node_id = node_id
-    ctx._parent = parent
-    ctx.stage = stage
-    ctx.attempt = attempt
-    ctx.spec = spec
-    ctx._origin = origin
-    ctx._visit = visit
-    ctx._runtime = runtime
-    return ctx
-
-
-class _EngineContext(StageContext):
-    """A :class:`StageContext` as ``engine_context`` makes it: no slots or methods of its own.
-
-    Its ``__init__`` is ``object``'s: ``_EngineContext()`` is the bare
-    construction, cheaper than ``object.__new__(StageContext)`` and than the
-    keyword ``__init__`` ("sequential stage node" and "map item" benchmark
-    rows). ``isinstance(ctx, StageContext)`` holds; ``type(ctx)`` is this class.
-    """
-
-    __slots__ = ()
-    __init__ = object.__init__
 
 
 class BaseStage:

@@ -68,7 +68,7 @@ from stageflow._engine._positions import (
     parked_calls,
     writes_of,
 )
-from stageflow._engine._runtime import StageRuntime, StageWork
+from stageflow._engine._runtime import StageRuntime, stage_work
 from stageflow._engine._stage import EMPTY_MAPPING, PLAIN_SCALARS, StageExecutor
 from stageflow._engine._state import Saved, SessionState, TraceIds
 from stageflow._engine._subpipeline import SubpipelineExecutor
@@ -110,7 +110,7 @@ from stageflow._model import (
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionResult, SessionStatus
 from stageflow._segments import SegmentedSpan, Segments, rebuild, sampled_as
-from stageflow._stages import StageContext, StageEntry, engine_context
+from stageflow._stages import StageContext, StageEntry
 from stageflow._telemetry import (
     ATTEMPT,
     CANCEL_REASON,
@@ -1181,7 +1181,6 @@ class Run(StageRuntime):
         # for the release before a node that may wait (below).
         ctx: StageContext | None
         view: Mapping[str, Any] | None
-        work: StageWork | None
         outputs: Any
         value: Any
         error: BaseException | None
@@ -1203,7 +1202,7 @@ class Run(StageRuntime):
                 # left in its locals (an argument view over copied values,
                 # a stage's outputs, an error and its traceback, an ended
                 # span). Only here and before a stage's own await below.
-                ctx = view = work = outputs = value = error = span = now = None
+                ctx = view = outputs = value = error = span = now = None
                 node_id = await self.execute(node, frame)
                 continue
             node = step.node  # the same node, typed
@@ -1332,31 +1331,8 @@ class Run(StageRuntime):
                                 if arguments:
                                     view = MappingProxyType(arguments)
                                 del arguments
-                            # stage_work(runtime, node, spec, path, 1, None)
-                            # written out: a call less per node ("sequential
-                            # stage node" row). Keep them alike. The context
-                            # is engine_context's (its slots are _stages.py's).
-                            work = StageWork()
-                            work.runtime = runtime
-                            work.node = node
-                            work.spec = entry.spec
-                            work.path = path
-                            work.attempt = 1
-                            work.calls = None
-                            work.replay = None
-                            work.timer = None
-                            work.frame = frame
-                            frame.work = work
-                            ctx = engine_context(
-                                view,
-                                state.session_id,
-                                node_id,
-                                path,
-                                node.stage,
-                                work,
-                                work.spec,
-                                frame.origin,
-                                frame.visits,
+                            ctx = frame.work = stage_work(
+                                runtime, node, frame, view, state.session_id, entry.spec
                             )
                         else:
                             ctx = StageExecutor.context(
@@ -1809,7 +1785,7 @@ class Run(StageRuntime):
         entry = step.entry
         spec = entry.spec
         pairs, outputs_of = step.pairs, step.outputs
-        stage, started, finished, done = node.stage, step.started, step.finished, step.done
+        started, finished, done = step.started, step.finished, step.done
         runtime, session_id = self.runtime, state.session_id
         # The clock, read once for events recorded back to back with no await
         # between them (an item's end and the next item's start, an item's
@@ -1840,7 +1816,7 @@ class Run(StageRuntime):
             frame.work = None
             frame.resume = None
             frame.visits = 0
-            frame.origin = origin = origin_of + path
+            frame.origin = origin_of + path
             # An item that raises (it was cancelled or interrupted) stays in
             # ``running``: a snapshot taken while the map is torn down keeps
             # it, and the session restored from it runs the item again.
@@ -1895,30 +1871,7 @@ class Run(StageRuntime):
                                     )
                             if arguments:
                                 view = MappingProxyType(arguments)
-                        work = StageWork()
-                        work.runtime = runtime
-                        work.node = node
-                        work.spec = spec
-                        work.path = path
-                        work.attempt = 1
-                        work.calls = None
-                        work.replay = None
-                        work.timer = None
-                        work.frame = frame
-                        frame.work = work
-                        # The context is engine_context's (its slots are
-                        # _stages.py's), as on run_path's tight path.
-                        ctx = engine_context(
-                            view,
-                            session_id,
-                            body,
-                            path,
-                            stage,
-                            work,
-                            spec,
-                            origin,
-                            1,
-                        )
+                        ctx = frame.work = stage_work(runtime, node, frame, view, session_id, spec)
                         try:
                             function = entry.function
                             if function is None:

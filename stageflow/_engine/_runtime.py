@@ -35,6 +35,13 @@ from stageflow._model import Limits, StageNode, ValidateEvents
 from stageflow._pipeline import Pipeline
 from stageflow._segments import Segments
 from stageflow._specs import StageSpec, event_type_problem
+from stageflow._stages import (
+    EMPTY_CONFIG,
+    StageContext,
+    input_timeout,
+    sleep_seconds,
+    sleep_until,
+)
 from stageflow._telemetry import (
     CANCEL_REASON,
     INPUT_TYPE,
@@ -49,42 +56,43 @@ from stageflow._telemetry import (
 __all__ = ["RunHooks", "RuntimeState", "StageRuntime", "StageWork", "stage_work"]
 
 
-class StageWork:
-    """One attempt of a stage node in flight: who it is, its journal, its timer.
+class StageWork(StageContext):
+    """One attempt of a stage node in flight, and the context its stage sees.
+
+    The :class:`~stageflow.StageContext` the stage is given is this object:
+    one per attempt, which is also the frame's work record (its journal is
+    what a snapshot keeps) and calls the run's runtime itself. One object
+    instead of a context and its runtime ("sequential stage node", "map
+    item" and "paused session" rows). Its own slots are the engine's;
+    ``attempt`` and ``spec`` are the context's, which the engine reads too
+    (what a stage assigns to them is what its snapshot and checks see, as
+    for any attribute of its context it should only read).
 
     ``calls`` is the attempt's journal, one :class:`Call` per ``wait_input`` /
     ``sleep``, in order (kept in snapshots); after a restore ``replay`` holds
     the calls to hand back before anything runs live.
     """
 
-    __slots__ = (
-        "attempt",
-        "calls",
-        "frame",
-        "node",
-        "path",
-        "replay",
-        "runtime",
-        "spec",
-        "timer",
-    )
+    __slots__ = ("calls", "frame", "node", "path", "replay", "runtime", "timer")
 
-    # Declared here, set by whoever makes the attempt (stage_work, or the
-    # tight paths' slot stores): no __init__ of its own, so ``StageWork()``
-    # is object's bare construction, cheaper than ``object.__new__(StageWork)``
-    # and than a Python ``__init__`` ("sequential stage node" and "map item"
-    # benchmark rows).
+    # Set by stage_work() (no other code makes one): no __init__ of its own,
+    # so ``StageWork()`` is object's bare construction, cheaper than
+    # ``object.__new__`` and than StageContext's keyword ``__init__``.
+    __init__ = object.__init__
     runtime: StageRuntime
     node: StageNode
-    spec: StageSpec
     path: str  # the frame's path (where events of this stage are recorded)
-    attempt: int
     calls: list[Call] | None
     replay: list[Call] | None
     timer: AttemptTimer | None  # the attempt's deadline, if it has one
-    # The frame running the attempt (set by whoever makes it): the attempt
-    # is over once the frame's work is another.
-    frame: HasWork | None
+    # The frame running the attempt: the attempt is over once the frame's
+    # work is another.
+    frame: HasWork
+    # StageContext's own slots that stage_work() sets, as a subclass sets
+    # its base's: what node_path and execution_key are made from.
+    _parent: str
+    _origin: str
+    _visit: int
 
     def journal(self, entry: Call) -> None:
         """Append a call to the attempt's journal."""
@@ -96,42 +104,70 @@ class StageWork:
         else:
             self.calls.append(entry)
 
-    # The StageContext runtime protocol: each call goes to the run's runtime.
+    # StageContext's waits, sleeps and events, checked as it checks them,
+    # then handed to the run's runtime with this attempt.
 
-    def emit(self, type: str, payload: Mapping[str, Any] | None) -> None:
-        """Record a stage event (see :meth:`StageRuntime.emit`)."""
+    def emit(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Record a stage event (:meth:`StageContext.emit`)."""
         self.runtime.emit(self, type, payload)
 
-    def wait_input(self, type: str, timeout: float | None) -> Coroutine[Any, Any, Any]:
-        """Wait for an input (the runtime's coroutine itself: one frame less per wait)."""
-        return self.runtime.wait_input(self, type, timeout)
+    def wait_input(self, type: str, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+        """Wait for an input (:meth:`StageContext.wait_input`).
 
-    def sleep(
-        self, seconds: float | None, until: datetime.datetime | None
-    ) -> Coroutine[Any, Any, float]:
-        """Sleep to an absolute deadline that snapshots keep."""
-        return self.runtime.sleep(self, seconds, until)
+        The runtime's coroutine itself: one frame less per wait.
+        """
+        return self.runtime.wait_input(self, type, input_timeout(self, type, timeout))
+
+    async def sleep(self, seconds: float) -> float:
+        """Sleep ``seconds`` (:meth:`StageContext.sleep`)."""
+        return await self.runtime.sleep(self, sleep_seconds(self, seconds), None)
+
+    async def sleep_until(self, when: datetime.datetime) -> float:
+        """Sleep until ``when`` (:meth:`StageContext.sleep_until`)."""
+        return await self.runtime.sleep(self, None, sleep_until(self, when))
 
 
 def stage_work(
     runtime: StageRuntime,
     node: StageNode,
+    frame: HasWork,
+    arguments: Mapping[str, Any],
+    session_id: str,
     spec: StageSpec,
-    path: str,
-    attempt: int,
-    replay: list[Call] | None,
+    config: Mapping[str, Any] = EMPTY_CONFIG,
+    attempt: int = 1,
+    replay: list[Call] | None = None,
 ) -> StageWork:
-    """A :class:`StageWork` for one attempt, its ``frame`` still ``None``."""
-    work = StageWork()
+    """The context of one attempt of ``node`` in ``frame`` (the caller sets ``frame.work``).
+
+    The same context as ``StageContext(...)`` with ``node_path``
+    ``frame.path/node.id`` (``node.id`` at the top level) and
+    ``execution_key`` ``session_id + frame.origin + "/" + node.id + "." +
+    frame.visits``, both made when read (their slots and ``log``'s left
+    unset until then). Built without ``__init__``: a keyword call cost
+    several times the slot stores ("sequential stage node" row). ``config``,
+    ``attempt`` and ``replay`` come last, with the tight paths' values as
+    defaults: arguments fewer there, and stack slots fewer in the frame of a
+    path that waits ("paused session, memory each" row). The one place that
+    writes a context's private slots outside ``stageflow._stages``.
+    """
+    work: StageWork = StageWork()
+    work.arguments = arguments
+    work.config = config
+    work.session_id = session_id
+    work.node_id = node.id
+    work.stage = node.stage
+    work.attempt = attempt
+    work.spec = spec
+    work.path = work._parent = frame.path
+    work._origin = frame.origin
+    work._visit = frame.visits
     work.runtime = runtime
     work.node = node
-    work.spec = spec
-    work.path = path
-    work.attempt = attempt
     work.calls = None
     work.replay = replay
     work.timer = None
-    work.frame = None
+    work.frame = frame
     return work
 
 
@@ -141,6 +177,18 @@ class HasWork(Protocol):
     @property
     def work(self) -> object:
         """What the frame is doing right now."""
+
+    @property
+    def path(self) -> str:
+        """The frame's path (where its events are recorded)."""
+
+    @property
+    def origin(self) -> str:
+        """The frame's part of an execution key (see ``Frame``)."""
+
+    @property
+    def visits(self) -> int:
+        """How many times the frame has entered its current node."""
 
 
 class RuntimeState(Protocol):

@@ -49,7 +49,7 @@ from stageflow._guard import SAFE_INT_BITS, int_too_large
 from stageflow._json import MAX_DEPTH, a_json_type, copy_json, find_non_json
 from stageflow._log import get_logger
 from stageflow._model import RetryPolicy, StageNode
-from stageflow._stages import EMPTY_CONFIG, BaseStage, StageContext, StageEntry, engine_context
+from stageflow._stages import EMPTY_CONFIG, BaseStage, StageContext, StageEntry
 from stageflow._telemetry import ATTEMPT, NODE_ID, PIPELINE_NAME
 
 __all__ = ["EMPTY_MAPPING", "PLAIN_SCALARS", "StageExecutor"]
@@ -268,25 +268,19 @@ class StageExecutor:
             check_contract(
                 kernel.mode, kernel.history, "argument", node, frame.path, spec.arguments, arguments
             )
-        work = stage_work(kernel.runtime, node, spec, frame.path, attempt, replay)
-        work.frame = frame
-        frame.work = work
-        # Positional, and node_path / execution_key made when read ("sequential
-        # stage node" row): see stageflow._stages.engine_context.
-        return engine_context(
+        work = frame.work = stage_work(
+            kernel.runtime,
+            node,
+            frame,
             # No arguments: the shared empty view ("paused session" rows).
             MappingProxyType(arguments) if arguments else _EMPTY,
             kernel.session_id,
-            node.id,
-            frame.path,
-            node.stage,
-            work,
             spec,
-            frame.origin,
-            frame.visits,
             copy_json(node.config) if node.config else _EMPTY,
             attempt,
+            replay,
         )
+        return work
 
     @staticmethod
     async def _timed(
