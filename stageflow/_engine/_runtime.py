@@ -64,16 +64,19 @@ class StageWork(StageContext):
     what a snapshot keeps) and calls the run's runtime itself. One object
     instead of a context and its runtime ("sequential stage node", "map
     item" and "paused session" rows). Its own slots are the engine's;
-    ``attempt`` and ``spec`` are the context's, which the engine reads too
-    (what a stage assigns to them is what its snapshot and checks see, as
-    for any attribute of its context it should only read).
+    ``spec`` is the context's, which the engine's checks read too (what a
+    stage assigns to it is what its checks see, as for any attribute of its
+    context it should only read). The attempt is kept twice: ``attempt`` is
+    the stage's to read, ``tries`` the engine's, which a snapshot keeps (a
+    stage that assigned or deleted ``ctx.attempt`` made a snapshot that does
+    not restore, or none at all).
 
     ``calls`` is the attempt's journal, one :class:`Call` per ``wait_input`` /
     ``sleep``, in order (kept in snapshots); after a restore ``replay`` holds
     the calls to hand back before anything runs live.
     """
 
-    __slots__ = ("calls", "frame", "node", "path", "replay", "runtime", "timer")
+    __slots__ = ("calls", "frame", "node", "path", "replay", "runtime", "timer", "tries")
 
     # Set by stage_work() (no other code makes one): no __init__ of its own,
     # so ``StageWork()`` is object's bare construction, cheaper than
@@ -85,6 +88,7 @@ class StageWork(StageContext):
     calls: list[Call] | None
     replay: list[Call] | None
     timer: AttemptTimer | None  # the attempt's deadline, if it has one
+    tries: int  # the attempt's number, as the engine counts it (not ctx.attempt)
     # The frame running the attempt: the attempt is over once the frame's
     # work is another.
     frame: HasWork
@@ -157,7 +161,7 @@ def stage_work(
     work.session_id = session_id
     work.node_id = node.id
     work.stage = node.stage
-    work.attempt = attempt
+    work.attempt = work.tries = attempt
     work.spec = spec
     work.path = work._parent = frame.path
     work._origin = frame.origin
@@ -713,7 +717,7 @@ class StageRuntime:
         shown = "" if argument is None else repr(argument)
         raise StageContractError(
             f"stage {node.stage!r} at node {node.id!r} called {call}({shown}) after its attempt "
-            f"{work.attempt} ended; a StageContext serves only while the stage's run() (or "
+            f"{work.tries} ended; a StageContext serves only while the stage's run() (or "
             "cleanup()) runs: do not keep it, or a task using it, past the stage's return",
             node_id=node.id,
         )

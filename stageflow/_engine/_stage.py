@@ -79,7 +79,7 @@ class StageExecutor:
         """A stage node in flight as a snapshot keeps it (``work`` is the frame's)."""
         if isinstance(work, StageWork):
             calls = [*(work.calls or ()), *(work.replay or ())]
-            return {"attempt": work.attempt, "calls": copy_json(calls), "retry_at": None}
+            return {"attempt": work.tries, "calls": copy_json(calls), "retry_at": None}
         if isinstance(work, RetryWait):
             return {"attempt": work.attempt, "calls": [], "retry_at": work.at}
         return {"attempt": 1, "calls": [], "retry_at": None}
