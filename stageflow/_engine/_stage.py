@@ -24,7 +24,9 @@ from stageflow._engine._backend import (
     deciding_leaf,
     is_cancellation,
     is_stray_cancellation,
+    requested_task,
     stage_failure,
+    take_stray_request,
     to_its_end,
 )
 from stageflow._engine._contracts import check_contract
@@ -117,6 +119,12 @@ class StageExecutor:
                         outputs = await run(ctx)
                     else:
                         outputs = await self._timed(node, frame, run, ctx, timeout, attempt, policy)
+                    if kernel.host is not None:
+                        # A stage's own Task.cancel() of a branch's or an
+                        # item's task fails this node (as in Run.run_path).
+                        task = requested_task(kernel.host)
+                        if task is not None:
+                            await take_stray_request(task)
                     self.outputs(kernel, node, frame, entry, outputs)
                     outcome = "succeeded"
                 except NodeError as exc:
