@@ -80,8 +80,8 @@ class StageExecutor:
     def save(work: Work) -> StagePosition:
         """A stage node in flight as a snapshot keeps it (``work`` is the frame's)."""
         if isinstance(work, StageWork):
-            calls = [*(work.calls or ()), *(work.replay or ())]
-            return {"attempt": work.tries, "calls": copy_json(calls), "retry_at": None}
+            attempt, calls = work.saved()
+            return {"attempt": attempt, "calls": copy_json(calls), "retry_at": None}
         if isinstance(work, RetryWait):
             return {"attempt": work.attempt, "calls": [], "retry_at": work.at}
         return {"attempt": 1, "calls": [], "retry_at": None}
@@ -304,7 +304,7 @@ class StageExecutor:
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             work = frame.work
             assert isinstance(work, StageWork)
-            work.timer = AttemptTimer(scope)
+            work.timed(AttemptTimer(scope))
             outputs = await run(ctx)
         if scope.cancelled_caught:
             raise NodeTimeoutError(
