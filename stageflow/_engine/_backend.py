@@ -60,7 +60,9 @@ __all__ = [
     "host_task",
     "is_stray_cancellation",
     "loop_handles",
+    "requested_task",
     "stage_failure",
+    "take_stray_request",
     "loop_handles_if_any",
     "run_in_virtual_time",
     "to_its_end",
@@ -273,7 +275,7 @@ class CancelFlags(NamedTuple):
 NO_FLAGS: Final = (None, None, None)
 
 
-def cancel_flags(backend: Backend) -> CancelFlags | None:
+def cancel_flags(backend: Backend, host: asyncio.Task[Any] | None = None) -> CancelFlags | None:
     """The flags a cancellation test reads on trio, without a call; ``None`` elsewhere.
 
     ``checkpoint_if_cancelled`` does nothing but this test (and counts it)
@@ -284,10 +286,18 @@ def cancel_flags(backend: Backend) -> CancelFlags | None:
     (await the checkpoint every time) on asyncio, and on a trio whose tasks
     no longer have these private attributes: they are read here, in the one
     module that reaches into trio.
+
+    Off trio, given the run's ``host``, the flags of a task of the run's own
+    (a branch's, a map item's) are ``(None, None, task)``: the tight paths
+    look at that task's cancellation requests when a stage returns (see
+    :func:`take_stray_request`). ``None`` in the host.
     """
     global _flags
     if backend is not _TRIO:
-        return None
+        if host is None:
+            return None
+        own = asyncio.current_task()
+        return None if own is host else _new_flags(CancelFlags, (None, None, own))
     task = trio.lowlevel.current_task()
     status = getattr(task, "_cancel_status", None)
     runner = getattr(task, "_runner", None)
@@ -518,6 +528,31 @@ def is_stray_cancellation(
     )
 
 
+def requested_task(host: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+    """The running task if it is not ``host`` and has cancellation requests (asyncio only)."""
+    task = asyncio.current_task()
+    return task if task is not None and task is not host and task.cancelling() else None
+
+
+async def take_stray_request(task: asyncio.Task[Any]) -> None:
+    """After a stage returned: take its own ``Task.cancel()`` of ``task``, a task of the run's.
+
+    Called when ``task`` (a branch's or a map item's, not the run's host)
+    has cancellation requests as its stage returns. While no cancel scope
+    around it is cancelled, none is the run's (see
+    :func:`is_stray_cancellation`): a request still pending is raised here,
+    at a checkpoint, so that the stage's node fails (:func:`stage_failure`
+    takes it back) rather than the next node or item this task runs; one
+    the stage caught itself is taken back. A cancellation of the run is
+    left for the next checkpoint.
+    """
+    if anyio.current_effective_deadline() <= anyio.current_time():
+        return
+    await asyncio.sleep(0)
+    while task.uncancel():
+        pass
+
+
 def stage_failure(
     exc: BaseException, backend: Backend, host: asyncio.Task[Any] | None = None
 ) -> BaseException | None:
@@ -537,8 +572,9 @@ def stage_failure(
     """
     if is_stray_cancellation(exc, backend, host):
         task = None if backend is _TRIO else asyncio.current_task()
-        if task is not None and task.cancelling():
-            task.uncancel()
+        if task is not None:
+            while task.uncancel():  # every request: a stage may have made several
+                pass
         return exc
     if isinstance(exc, BaseExceptionGroup):
         cancelled = backend.cancelled

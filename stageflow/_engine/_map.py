@@ -175,7 +175,7 @@ class MapExecutor:
         traced = kernel.tracing is not None
         # Read once for all the items: each item's path runs in this task and
         # in this cancel scope (Kernel.run_path; "map item" row).
-        flags = cancel_flags(kernel.backend) or NO_FLAGS
+        flags = cancel_flags(kernel.backend, kernel.host) or NO_FLAGS
         # The plan of a body of one simple stage node, whose new items
         # Kernel.run_items runs; None otherwise ("map item" row).
         fused = kernel.item_step(node.body, scope)

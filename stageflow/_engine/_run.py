@@ -44,6 +44,7 @@ from stageflow._engine._backend import (
     is_cancellation,
     loop_handles,
     stage_failure,
+    take_stray_request,
     ungrouped,
 )
 from stageflow._engine._frames import (
@@ -1159,7 +1160,7 @@ class Run(StageRuntime):
         # Unpacked at once: the flags' tuple is not kept in the frame of a
         # path that waits ("paused session, memory each" row). A map worker
         # reads them once for all its items ("map item" row).
-        status, runner, task = flags or cancel_flags(backend) or NO_FLAGS
+        status, runner, task = flags or cancel_flags(backend, self.host) or NO_FLAGS
         flags = None
         caps = self._caps
         # The event cap in record slots, without the recorded rejections'
@@ -1345,6 +1346,11 @@ class Run(StageRuntime):
                                 if entry.function is not None
                                 else entry.factory().run
                             )(ctx)
+                            if status is None and task is not None and task.cancelling():
+                                # Off trio, in a branch's or an item's task: a
+                                # stage's own Task.cancel() of it fails its node,
+                                # not the next one this task runs.
+                                await take_stray_request(task)
                             if step.single and type(outputs) is dict:
                                 # The one-output case of the loops below, in one
                                 # go ("sequential stage node" row): keep them alike.
@@ -1877,6 +1883,8 @@ class Run(StageRuntime):
                             if function is None:
                                 function = entry.factory().run
                             outputs = await function(ctx)
+                            if status is None and task is not None and task.cancelling():
+                                await take_stray_request(task)  # as in run_path
                             if type(outputs) is dict:
                                 for key, _ in outputs_of:
                                     value = outputs.get(key, EMPTY_MAPPING)

@@ -63,31 +63,37 @@ class StageWork(StageContext):
     one per attempt, which is also the frame's work record (its journal is
     what a snapshot keeps) and calls the run's runtime itself. One object
     instead of a context and its runtime ("sequential stage node", "map
-    item" and "paused session" rows). Its own slots are the engine's;
-    ``attempt`` and ``spec`` are the context's, which the engine reads too
-    (what a stage assigns to them is what its snapshot and checks see, as
-    for any attribute of its context it should only read).
+    item" and "paused session" rows). Its own slots are the engine's, all
+    private: a stage that assigns ``ctx.path`` or ``ctx.frame`` gets the
+    ``AttributeError`` any context gives, instead of filing its events
+    elsewhere. ``spec`` is the context's, which the engine's checks read too
+    (what a stage assigns to it is what its checks see, as for any
+    attribute of its context it should only read). The attempt is kept
+    twice: ``attempt`` is the stage's to read, ``_tries`` the engine's,
+    which a snapshot keeps (a stage that assigned or deleted ``ctx.attempt``
+    made a snapshot that does not restore, or none at all).
 
-    ``calls`` is the attempt's journal, one :class:`Call` per ``wait_input`` /
-    ``sleep``, in order (kept in snapshots); after a restore ``replay`` holds
+    ``_calls`` is the attempt's journal, one :class:`Call` per ``wait_input`` /
+    ``sleep``, in order (kept in snapshots); after a restore ``_replay`` holds
     the calls to hand back before anything runs live.
     """
 
-    __slots__ = ("calls", "frame", "node", "path", "replay", "runtime", "timer")
+    __slots__ = ("_calls", "_engine", "_frame", "_node", "_path", "_replay", "_timer", "_tries")
 
     # Set by stage_work() (no other code makes one): no __init__ of its own,
     # so ``StageWork()`` is object's bare construction, cheaper than
     # ``object.__new__`` and than StageContext's keyword ``__init__``.
     __init__ = object.__init__
-    runtime: StageRuntime
-    node: StageNode
-    path: str  # the frame's path (where events of this stage are recorded)
-    calls: list[Call] | None
-    replay: list[Call] | None
-    timer: AttemptTimer | None  # the attempt's deadline, if it has one
+    _engine: StageRuntime
+    _node: StageNode
+    _path: str  # the frame's path (where events of this stage are recorded)
+    _calls: list[Call] | None
+    _replay: list[Call] | None
+    _timer: AttemptTimer | None  # the attempt's deadline, if it has one
+    _tries: int  # the attempt's number, as the engine counts it (not ctx.attempt)
     # The frame running the attempt: the attempt is over once the frame's
     # work is another.
-    frame: HasWork
+    _frame: HasWork
     # StageContext's own slots that stage_work() sets, as a subclass sets
     # its base's: what node_path and execution_key are made from.
     _parent: str
@@ -96,35 +102,43 @@ class StageWork(StageContext):
 
     def journal(self, entry: Call) -> None:
         """Append a call to the attempt's journal."""
-        if self.calls is None:
+        if self._calls is None:
             # A list of exactly one (64 B, where [] and an append make 88 B):
             # most attempts journal one call, and a waiting session keeps it
             # ("paused session, memory each" row).
-            self.calls = [entry]
+            self._calls = [entry]
         else:
-            self.calls.append(entry)
+            self._calls.append(entry)
+
+    def saved(self) -> tuple[int, list[Call]]:
+        """The attempt's number and its calls (made, then to replay), as snapshots keep them."""
+        return self._tries, [*(self._calls or ()), *(self._replay or ())]
+
+    def timed(self, timer: AttemptTimer) -> None:
+        """Give the attempt its deadline (a node's ``timeout``)."""
+        self._timer = timer
 
     # StageContext's waits, sleeps and events, checked as it checks them,
     # then handed to the run's runtime with this attempt.
 
     def emit(self, type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Record a stage event (:meth:`StageContext.emit`)."""
-        self.runtime.emit(self, type, payload)
+        self._engine.emit(self, type, payload)
 
     def wait_input(self, type: str, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
         """Wait for an input (:meth:`StageContext.wait_input`).
 
         The runtime's coroutine itself: one frame less per wait.
         """
-        return self.runtime.wait_input(self, type, input_timeout(self, type, timeout))
+        return self._engine.wait_input(self, type, input_timeout(self, type, timeout))
 
     async def sleep(self, seconds: float) -> float:
         """Sleep ``seconds`` (:meth:`StageContext.sleep`)."""
-        return await self.runtime.sleep(self, sleep_seconds(self, seconds), None)
+        return await self._engine.sleep(self, sleep_seconds(self, seconds), None)
 
     async def sleep_until(self, when: datetime.datetime) -> float:
         """Sleep until ``when`` (:meth:`StageContext.sleep_until`)."""
-        return await self.runtime.sleep(self, None, sleep_until(self, when))
+        return await self._engine.sleep(self, None, sleep_until(self, when))
 
 
 def stage_work(
@@ -157,17 +171,17 @@ def stage_work(
     work.session_id = session_id
     work.node_id = node.id
     work.stage = node.stage
-    work.attempt = attempt
+    work.attempt = work._tries = attempt
     work.spec = spec
-    work.path = work._parent = frame.path
+    work._path = work._parent = frame.path
     work._origin = frame.origin
     work._visit = frame.visits
-    work.runtime = runtime
-    work.node = node
-    work.calls = None
-    work.replay = replay
-    work.timer = None
-    work.frame = frame
+    work._engine = runtime
+    work._node = node
+    work._calls = None
+    work._replay = replay
+    work._timer = None
+    work._frame = frame
     return work
 
 
@@ -314,10 +328,10 @@ class StageRuntime:
         """Wait for an input of ``type`` on behalf of a stage (journaled for snapshots)."""
         self.check_live(work, "ctx.wait_input", type)
         spec = work.spec
-        node_id = work.node.id
+        node_id = work._node.id
         if spec.allowed_inputs and not _declares(spec, type):
             raise _undeclared_input(work, type)
-        path = work.path
+        path = work._path
         # No bound methods or closures in the locals of this frame, and no
         # local that the code can do without: a waiting session keeps the
         # frame (8 B a local), and the collector walks what it holds ("paused
@@ -405,7 +419,7 @@ class StageRuntime:
             # A short wait cuts too when it leaves only waits, one of them long.
             self._hooks.check_cut()
         history.record("waiting_for_input", node_id, path, _waiting_payload(type, timeout))
-        timer = work.timer
+        timer = work._timer
         if timer is not None:
             timer.pause()
         timed_out: InputTimeoutError | None = None
@@ -473,7 +487,7 @@ class StageRuntime:
         """
         if self.stop_outcome == "suspended":
             return
-        calls = work.calls
+        calls = work._calls
         if calls and calls[-1] is waiter.entry:
             calls.pop()
         state = self._state
@@ -530,16 +544,16 @@ class StageRuntime:
     ) -> InputTimeoutError:
         """Record ``input_timeout``; the error to raise (``error``, or a new one)."""
         self._state.history.record(
-            "input_timeout", work.node.id, work.path, {"input_type": type, "timeout": timeout}
+            "input_timeout", work._node.id, work._path, {"input_type": type, "timeout": timeout}
         )
         return error if error is not None else self._timeout_error(work, type, timeout)
 
     @staticmethod
     def _timeout_error(work: StageWork, type: str, timeout: float | None) -> InputTimeoutError:
         """The error of a wait for ``type`` that got no input in time."""
-        node_id = work.node.id
+        node_id = work._node.id
         return InputTimeoutError(
-            f"stage {work.node.stage!r} at node {node_id!r} waited {_or_inf(timeout):g} s for "
+            f"stage {work._node.stage!r} at node {node_id!r} waited {_or_inf(timeout):g} s for "
             f"input {type!r} and got none; send it sooner, raise the timeout, or route "
             "InputTimeoutError with an error edge",
             node_id=node_id,
@@ -618,7 +632,7 @@ class StageRuntime:
         input sent to the saved wait (``parked``), which the stage never saw,
         is queued again for the next wait of its type: it is not lost.
         """
-        replay = work.replay
+        replay = work._replay
         if not replay:
             return None
         entry = replay.pop(0)
@@ -627,7 +641,7 @@ class StageRuntime:
             if parked is not None:
                 parked.pop(id(entry), None)  # the stage takes its input
             return entry
-        work.replay = None
+        work._replay = None
         for unseen in (entry, *replay):
             if unseen.get("parked"):
                 self._state.desk.broker.requeue(unseen["wait"], unseen["payload"])
@@ -635,8 +649,8 @@ class StageRuntime:
                     parked.pop(id(unseen), None)  # in the backlog now
         self._state.history.record(
             "replay_diverged",
-            work.node.id,
-            work.path,
+            work._node.id,
+            work._path,
             {"expected": _describe_call(entry), "got": _describe_call({kind: key})},  # type: ignore[misc]
         )
         return None
@@ -646,8 +660,8 @@ class StageRuntime:
     def emit(self, work: StageWork, type: str, payload: Mapping[str, Any] | None) -> None:
         """Record a stage's own event after checking it against the stage's spec."""
         self.check_live(work, "ctx.emit", type)
-        node_id = work.node.id
-        stage = work.node.stage
+        node_id = work._node.id
+        stage = work._node.stage
         problem = event_type_problem(type)
         if problem is not None:
             raise StageContractError(
@@ -692,11 +706,11 @@ class StageRuntime:
                     self._state.history.record(
                         "event_validation_failed",
                         node_id,
-                        work.path,
+                        work._path,
                         {"kind": "event", "event_type": type, "errors": errors},
                     )
         self.check_history(node_id)
-        self._state.history.record(type, node_id, work.path, copy_json(body))
+        self._state.history.record(type, node_id, work._path, copy_json(body))
 
     def check_live(self, work: StageWork, call: str, argument: str | None = None) -> None:
         """Raise ``StageContractError`` when ``work``'s attempt is over (a context kept too long).
@@ -706,14 +720,14 @@ class StageRuntime:
         and its ``argument`` name the method in the message (formatted only
         then: not per wait or event, "paused session, time to pause" rows).
         """
-        frame = work.frame
+        frame = work._frame
         if self._state.run is self._hooks and (frame is None or frame.work is work):
             return
-        node = work.node
+        node = work._node
         shown = "" if argument is None else repr(argument)
         raise StageContractError(
             f"stage {node.stage!r} at node {node.id!r} called {call}({shown}) after its attempt "
-            f"{work.attempt} ended; a StageContext serves only while the stage's run() (or "
+            f"{work._tries} ended; a StageContext serves only while the stage's run() (or "
             "cleanup()) runs: do not keep it, or a task using it, past the stage's return",
             node_id=node.id,
         )
@@ -748,9 +762,9 @@ def _undeclared_input(work: StageWork, type: str) -> StageContractError:
     """The error for a wait on an input type the stage's spec does not declare."""
     declared = ", ".join(s.type for s in work.spec.allowed_inputs)
     return StageContractError(
-        f"stage {work.node.stage!r} at node {work.node.id!r} waits for input {type!r}, which "
+        f"stage {work._node.stage!r} at node {work._node.id!r} waits for input {type!r}, which "
         f"its spec does not declare (declared: {declared}); add an InputSpec for it",
-        node_id=work.node.id,
+        node_id=work._node.id,
     )
 
 

@@ -24,7 +24,9 @@ from stageflow._engine._backend import (
     deciding_leaf,
     is_cancellation,
     is_stray_cancellation,
+    requested_task,
     stage_failure,
+    take_stray_request,
     to_its_end,
 )
 from stageflow._engine._contracts import check_contract
@@ -78,8 +80,8 @@ class StageExecutor:
     def save(work: Work) -> StagePosition:
         """A stage node in flight as a snapshot keeps it (``work`` is the frame's)."""
         if isinstance(work, StageWork):
-            calls = [*(work.calls or ()), *(work.replay or ())]
-            return {"attempt": work.attempt, "calls": copy_json(calls), "retry_at": None}
+            attempt, calls = work.saved()
+            return {"attempt": attempt, "calls": copy_json(calls), "retry_at": None}
         if isinstance(work, RetryWait):
             return {"attempt": work.attempt, "calls": [], "retry_at": work.at}
         return {"attempt": 1, "calls": [], "retry_at": None}
@@ -117,6 +119,12 @@ class StageExecutor:
                         outputs = await run(ctx)
                     else:
                         outputs = await self._timed(node, frame, run, ctx, timeout, attempt, policy)
+                    if kernel.host is not None:
+                        # A stage's own Task.cancel() of a branch's or an
+                        # item's task fails this node (as in Run.run_path).
+                        task = requested_task(kernel.host)
+                        if task is not None:
+                            await take_stray_request(task)
                     self.outputs(kernel, node, frame, entry, outputs)
                     outcome = "succeeded"
                 except NodeError as exc:
@@ -296,7 +304,7 @@ class StageExecutor:
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             work = frame.work
             assert isinstance(work, StageWork)
-            work.timer = AttemptTimer(scope)
+            work.timed(AttemptTimer(scope))
             outputs = await run(ctx)
         if scope.cancelled_caught:
             raise NodeTimeoutError(

@@ -589,6 +589,77 @@ async def test_a_native_cancel_of_its_own_task_by_a_stage_fails_its_node(where: 
     assert _others() == 1
 
 
+@pytest.mark.parametrize("where", ["branch", "map item"])
+@pytest.mark.parametrize("retried", [False, True])
+async def test_a_stage_that_cancels_its_own_task_and_returns_at_once_fails_its_own_node(
+    where: str, retried: bool
+) -> None:
+    # As above, but the stage returns without awaiting anything after its
+    # Task.cancel(): the request is still pending as it returns. It used to
+    # fail whatever the task ran next (the next node of the branch, the next
+    # item of the map's worker), blamed for a cancel() it never called.
+    if not _on_asyncio():
+        pytest.skip("asyncio's Task.cancel() has no trio equivalent")
+    registry = fake_registry()
+    cancelling: list[int] = []
+
+    @registry.register("SelfCancel")
+    async def self_cancel(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling.append(task.cancelling())
+        if ctx.attempt == 1 and ctx.arguments.get("i", 0) == 0:
+            task.cancel()
+            task.cancel()  # twice: both requests are taken back
+        return {}
+
+    @registry.register("Next")
+    async def next_one(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        await asyncio.sleep(0)
+        return {}
+
+    cancelled = stage("s", "SelfCancel", next="t", arguments={"i": "i"})
+    if retried:
+        cancelled["retry"] = {"attempts": 2}
+    if where == "branch":
+        nodes = [
+            parallel("fan", ["s"], next="end"),
+            cancelled,
+            stage("t", "Next"),
+            terminal("end"),
+        ]
+        failed = ("branch_failed", "fan/s")
+    else:
+        # One worker: the item after the one that cancelled runs in its task.
+        nodes = [
+            {"id": "each", "type": "map", "items": "items", "body": "s", "next": "end"},
+            cancelled,
+            stage("t", "Next"),
+            terminal("end"),
+        ]
+        nodes[0]["concurrency"] = 1
+        failed = ("map_item_failed", "each/0")
+    session = stageflow.Session(
+        load(doc(nodes), registry), registry=registry, payload={"items": [{"i": 0}, {"i": 1}]}
+    )
+    result = await session.run()
+    if retried:
+        assert result.status is COMPLETED
+        assert cancelling[1] == 0  # the retry runs in a task with no request left
+    else:
+        assert result.status is FAILED
+        assert failed in [(e.type, e.path) for e in result.history]
+        assert next(e.node_id for e in result.history if e.type == "node_failed") == "s"
+        stage_error = result.error
+        while not isinstance(stage_error, stageflow.StageError):
+            assert stage_error is not None
+            stage_error = stage_error.__cause__  # type: ignore[assignment]
+        assert stage_error.node_id == "s"
+        assert isinstance(stage_error.__cause__, asyncio.CancelledError)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert _others() == 1
+
+
 async def test_an_asyncio_timeout_around_run_mid_fan_out() -> None:
     if not _on_asyncio():
         pytest.skip("asyncio.timeout(): a native cancellation of the caller's task")

@@ -570,6 +570,64 @@ async def test_a_context_read_after_its_visit_keeps_its_key_and_nested_path() ->
     ]
 
 
+@pytest.mark.parametrize("change", ["assigned", "deleted"])
+async def test_a_stage_that_changes_ctx_attempt_leaves_its_snapshot_restorable(
+    change: str,
+) -> None:
+    # The engine's context is its work record too: the attempt a snapshot
+    # keeps is the engine's count, not the attribute the stage may change.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Wait")
+    async def wait(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        if change == "assigned":
+            ctx.attempt = 9
+        else:
+            del ctx.attempt
+        return {"got": await ctx.wait_input("go")}
+
+    pipeline = load(
+        doc([stage("w", "Wait", next="end", outputs={"got": "got"}), terminal("end", "got")]),
+        registry,
+    )
+    session = stageflow.Session(pipeline, registry=registry)
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.WAITING
+    snapshot = json.loads(json.dumps(session.to_dict()))
+    assert snapshot["position"]["stage"]["attempt"] == 1
+    restored = stageflow.Session.from_dict(snapshot, registry=registry, pipeline=pipeline)
+    restored.send_input("go", {"ok": True})
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"got": {"ok": True}}
+
+
+@pytest.mark.parametrize("name", ["path", "frame", "node", "calls", "runtime", "timer"])
+async def test_a_stage_cannot_set_what_the_engine_keeps_on_its_context(name: str) -> None:
+    # The engine's context is its work record: what only the engine reads
+    # is not an attribute a stage can set (events filed at another path, a
+    # kept context taken for a live one), as on any StageContext.
+    registry = stageflow.StageRegistry()
+    refused: list[str] = []
+
+    @registry.register("Set")
+    async def set_it(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        try:
+            setattr(ctx, name, "elsewhere")
+        except AttributeError:
+            refused.append(name)
+        ctx.emit("done")
+        return {}
+
+    pipeline = load(
+        doc([parallel("fan", ["s"], next="end"), stage("s", "Set"), terminal("end")]), registry
+    )
+    result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert refused == [name]
+    assert [e.path for e in result.history if e.type == "done"] == ["fan/s"]
+
+
 async def test_execution_key_outside_the_engine_defaults_to_the_node_path() -> None:
     ctx = stageflow.StageContext(
         arguments={},
