@@ -521,11 +521,16 @@ def is_stray_cancellation(
         return False
     if not task.cancelling():
         return True
-    return (
-        host is not None
-        and task is not host
-        and anyio.current_effective_deadline() > backend.current_time()
-    )
+    return host is not None and task is not host and not _scope_cancelled()
+
+
+def _scope_cancelled() -> bool:
+    """Whether a cancel scope around the running task is cancelled, or past its deadline.
+
+    anyio gives a cancelled scope's deadline as ``-inf``; one past its
+    deadline whose timer has not fired yet cancels at the next checkpoint.
+    """
+    return anyio.current_effective_deadline() <= anyio.current_time()
 
 
 def requested_task(host: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
@@ -546,7 +551,7 @@ async def take_stray_request(task: asyncio.Task[Any]) -> None:
     the stage caught itself is taken back. A cancellation of the run is
     left for the next checkpoint.
     """
-    if anyio.current_effective_deadline() <= anyio.current_time():
+    if _scope_cancelled():
         return
     await asyncio.sleep(0)
     while task.uncancel():

@@ -256,8 +256,8 @@ class StageExecutor:
         attempt: int,
         replay: Any,
         pairs: tuple[tuple[str, str], ...] | None = None,
-    ) -> StageContext:
-        """An attempt's arguments, checked, and its fresh context (``frame.work`` its record).
+    ) -> StageWork:
+        """An attempt's arguments, checked, and its fresh context (``frame.work`` is it).
 
         ``pairs`` is ``tuple(node.arguments.items())`` when the caller has it
         made once per node (the tight path's plan: iterating a tuple is
@@ -295,16 +295,14 @@ class StageExecutor:
         node: StageNode,
         frame: Frame,
         run: Any,
-        ctx: StageContext,
+        ctx: StageWork,
         timeout: float,
         attempt: int,
         policy: RetryPolicy,
     ) -> Any:
         """Await the stage within its per-attempt timeout (the timer stops while it waits)."""
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            work = frame.work
-            assert isinstance(work, StageWork)
-            work.timed(AttemptTimer(scope))
+            ctx.timed(AttemptTimer(scope))
             outputs = await run(ctx)
         if scope.cancelled_caught:
             raise NodeTimeoutError(

@@ -86,6 +86,15 @@ def _ended(history: Any) -> list[tuple[str, str]]:
     )
 
 
+def _stage_error(result: stageflow.SessionResult) -> stageflow.StageError:
+    """The StageError in ``result.error``'s chain of causes (a branch's or an item's is wrapped)."""
+    error = result.error
+    while not isinstance(error, stageflow.StageError):
+        assert error is not None
+        error = error.__cause__  # type: ignore[assignment]
+    return error
+
+
 def _registry(steps: list[str], started: anyio.Event | None = None) -> stageflow.StageRegistry:
     registry = fake_registry()
 
@@ -577,10 +586,7 @@ async def test_a_native_cancel_of_its_own_task_by_a_stage_fails_its_node(where: 
     )
     result = await session.run()
     assert result.status is FAILED
-    stage_error = result.error
-    while not isinstance(stage_error, stageflow.StageError):
-        assert stage_error is not None
-        stage_error = stage_error.__cause__  # type: ignore[assignment]
+    stage_error = _stage_error(result)
     assert stage_error.node_id == "s"
     assert isinstance(stage_error.__cause__, asyncio.CancelledError)
     assert "called cancel() on the task it runs in" in str(stage_error)
@@ -618,7 +624,11 @@ async def test_a_stage_that_cancels_its_own_task_and_returns_at_once_fails_its_o
         await asyncio.sleep(0)
         return {}
 
-    cancelled = stage("s", "SelfCancel", next="t", arguments={"i": "i"})
+    # In the map, only item 0 cancels (each item is at ``item``); the
+    # branch has no ``i``, and cancels.
+    cancelled = stage(
+        "s", "SelfCancel", next="t", arguments={"i": "i" if where == "branch" else "item.i"}
+    )
     if retried:
         cancelled["retry"] = {"attempts": 2}
     if where == "branch":
@@ -650,10 +660,7 @@ async def test_a_stage_that_cancels_its_own_task_and_returns_at_once_fails_its_o
         assert result.status is FAILED
         assert failed in [(e.type, e.path) for e in result.history]
         assert next(e.node_id for e in result.history if e.type == "node_failed") == "s"
-        stage_error = result.error
-        while not isinstance(stage_error, stageflow.StageError):
-            assert stage_error is not None
-            stage_error = stage_error.__cause__  # type: ignore[assignment]
+        stage_error = _stage_error(result)
         assert stage_error.node_id == "s"
         assert isinstance(stage_error.__cause__, asyncio.CancelledError)
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
