@@ -42,6 +42,7 @@ __all__ = [
     "Scope",
     "SubpipelineRun",
     "Work",
+    "release",
 ]
 
 
@@ -235,6 +236,27 @@ class SubpipelineRun:
 
 Work = StageWork | RetryWait | ParallelRun | MapRun | SubpipelineRun | Finished | None
 """What a frame's node is doing (``None``: it has no record yet, or needs none)."""
+
+
+def release(root: Frame) -> None:
+    """Drop the work record of ``root`` and of every frame under it, once their run is over.
+
+    A frame and the record of its node in flight refer to each other (a
+    stage attempt to its frame, a map to the frame it runs in): left so, the
+    frames of a run that was suspended or cancelled mid-node, and the run and
+    session they reach, are freed only by the cyclic collector.
+    """
+    frames = [root]
+    while frames:
+        frame = frames.pop()
+        work, frame.work = frame.work, None
+        if isinstance(work, ParallelRun):
+            frames.extend(work.frames)
+        elif isinstance(work, MapRun):
+            frames.extend(work.running.values())
+            frames.extend(item for _, item in work.resumes)
+        elif isinstance(work, SubpipelineRun):
+            frames.append(work.child)
 
 
 class Kernel(Protocol):

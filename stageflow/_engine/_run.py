@@ -56,6 +56,7 @@ from stageflow._engine._frames import (
     ParallelRun,
     Scope,
     SubpipelineRun,
+    release,
 )
 from stageflow._engine._limits import RunCaps, run_time_error
 from stageflow._engine._map import MapExecutor
@@ -704,6 +705,29 @@ class Run(StageRuntime):
             state.last_node = self.current_node
             state.run = None
             self.host = None  # no cycle through a traceback that keeps this frame
+            self._release()
+
+    def _release(self) -> None:
+        """Break the run's own reference cycles once it is over.
+
+        The run is its own runtime and hooks, and a frame and its node's
+        record in flight (a suspended or cancelled stage attempt, branch, map
+        or subpipeline) refer to each other, a stage attempt to the run too.
+        Left so, a run that ended is freed only by the cyclic collector, and
+        with it the session it keeps (its state, history and context) once
+        the caller drops it; and every run's objects count toward the
+        collector's next pass ("paused session, time to pause / resume"
+        rows). A context a stage kept past its attempt still says its
+        attempt is over (``check_live``).
+        """
+        root, self._root = self._root, None
+        if root is not None:
+            release(root)
+        # Not contextlib.suppress: 0.3 us more per run ("3-node run" row).
+        try:  # noqa: SIM105
+            del self._hooks, self.runtime  # set in this order by _start
+        except AttributeError:  # _start raised before it set them
+            pass
 
     def _resume(self) -> FramePosition | None:
         """Ready the state for this run: where a waiting session goes on from (or ``None``)."""

@@ -721,7 +721,7 @@ class StageRuntime:
         then: not per wait or event, "paused session, time to pause" rows).
         """
         frame = work._frame
-        if self._state.run is self._hooks and (frame is None or frame.work is work):
+        if self._state.run is self and (frame is None or frame.work is work):
             return
         node = work._node
         shown = "" if argument is None else repr(argument)
