@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import pytest
 import sniffio
-from fakes import doc, fake_registry, parallel, stage, terminal
+from fakes import doc, fake_registry, map_node, parallel, stage, terminal
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -74,14 +74,7 @@ EVERY_KIND = stageflow.Pipeline.from_dict(
             parallel("fan", ["a", "b"], next="each"),
             stage("a", "Set", config={"values": {"a": 1}}, outputs={"a": "a"}),
             stage("b", "Set", config={"values": {"b": 2}}, outputs={"b": "b"}),
-            {
-                "id": "each",
-                "type": "map",
-                "items": "items",
-                "body": "double",
-                "collect": {"out": "outs"},
-                "next": "call",
-            },
+            map_node("each", "double", {"out": "outs"}, next="call"),
             stage("double", "Double", arguments={"item": "item"}, outputs={"out": "out"}),
             {
                 "id": "call",
@@ -136,14 +129,7 @@ NESTED_WAITS = {
     ),
     "map": doc(
         [
-            {
-                "id": "each",
-                "type": "map",
-                "items": "items",
-                "body": "w",
-                "collect": {"v": "vs"},
-                "next": "end",
-            },
+            map_node("each", "w", {"v": "vs"}, next="end"),
             stage("w", "Await", outputs={"v": "v"}),
             terminal("end", "vs"),
         ]

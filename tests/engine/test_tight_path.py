@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
-from fakes import doc, parallel, stage, terminal
+from fakes import doc, map_node, parallel, stage, terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import context as otel_context
@@ -380,14 +380,7 @@ async def test_a_stage_sees_the_same_context_on_both_paths() -> None:
         stage("l", "Look", arguments={"n": "n"}, outputs={"n": "ln"}),
         stage("r", "Look", outputs={"n": "rn"}),
         # A body of one simple stage node: Run.run_items builds its context.
-        {
-            "id": "each",
-            "type": "map",
-            "items": "items",
-            "body": "m",
-            "collect": {"n": "mn"},
-            "next": "end",
-        },
+        map_node("each", "m", {"n": "mn"}, next="end"),
         stage("m", "Look", arguments={"n": "item"}, outputs={"n": "n"}),
         terminal("end", "n", "ln", "rn", "mn"),
     ]

@@ -59,6 +59,29 @@ def parallel(
     return node
 
 
+def map_node(
+    node_id: str,
+    body: str,
+    collect: Mapping[str, str],
+    *,
+    items: str = "items",
+    next: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A map node running ``body`` for each item of ``items``, collecting ``collect``."""
+    node: dict[str, Any] = {
+        "id": node_id,
+        "type": "map",
+        "items": items,
+        "body": body,
+        "collect": dict(collect),
+        **extra,
+    }
+    if next is not None:
+        node["next"] = next
+    return node
+
+
 def scaled(seconds: float) -> float:
     """Delays are virtual on trio; on asyncio (real time) a scripted second is 20 ms."""
     try:
