@@ -43,6 +43,7 @@ __all__ = [
     "SubpipelineRun",
     "Work",
     "release",
+    "release_under",
 ]
 
 
@@ -246,10 +247,19 @@ def release(root: Frame) -> None:
     frames of a run that was suspended or cancelled mid-node, and the run and
     session they reach, are freed only by the cyclic collector.
     """
-    frames = [root]
-    while frames:
-        frame = frames.pop()
-        work, frame.work = frame.work, None
+    work, root.work = root.work, None
+    release_under(work)
+
+
+def release_under(work: Work) -> None:
+    """Drop the work records of the frames under ``work``, a record its frame let go.
+
+    A node whose frame went on (to an error edge, past an ``any`` race, out of
+    a subpipeline) leaves the frames it ran in: a branch or map item torn down
+    mid-stage keeps its attempt, which keeps it and the run (see ``release``).
+    """
+    frames: list[Frame] = []
+    while True:
         if isinstance(work, ParallelRun):
             frames.extend(work.frames)
         elif isinstance(work, MapRun):
@@ -257,6 +267,10 @@ def release(root: Frame) -> None:
             frames.extend(item for _, item in work.resumes)
         elif isinstance(work, SubpipelineRun):
             frames.append(work.child)
+        if not frames:
+            return
+        frame = frames.pop()
+        work, frame.work = frame.work, None
 
 
 class Kernel(Protocol):

@@ -16,7 +16,7 @@ from typing import Final
 import anyio
 import anyio.lowlevel
 
-from stageflow._engine._frames import BRANCH, Frame, Kernel, ParallelRun
+from stageflow._engine._frames import BRANCH, Frame, Kernel, ParallelRun, release
 from stageflow._engine._positions import (
     BranchPosition,
     ParallelPosition,
@@ -106,6 +106,11 @@ class ParallelExecutor:
             if not winner:
                 raise _branch_failure(node, errors)
             chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
+            # The losers, torn down mid-node, are saved as cancelled (see
+            # save): their records, in a cycle with their frames, go now.
+            for loser, outcome in zip(frames, outcomes, strict=True):
+                if outcome.cancelled:
+                    release(loser)
         else:
             if errors:
                 raise _branch_failure(node, errors)

@@ -57,6 +57,7 @@ from stageflow._engine._frames import (
     Scope,
     SubpipelineRun,
     release,
+    release_under,
 )
 from stageflow._engine._limits import RunCaps, run_time_error
 from stageflow._engine._map import MapExecutor
@@ -1637,6 +1638,10 @@ class Run(StageRuntime):
                 if span is not None and tracing is not None and tracing.segments is not None:
                     log = bind_span(log, span)  # a cut since it started: the newest ids
                 node_finished(log, outcome, error, ending, time.perf_counter() - started)
+            # A routed error's traceback holds this frame: not this frame the
+            # error too, a cycle that kept it (and the run, through the frames
+            # of a node torn down under it) for the collector.
+            error = None
 
     def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
         """A step or event limit stops the run before ``node``: keep where it was, to resume."""
@@ -1682,7 +1687,10 @@ class Run(StageRuntime):
                             node_id=node.id,
                         ) from exc
                     # Handled: a snapshot from here on goes to the handler.
-                    frame.work = Finished(handler.next)
+                    dropped, frame.work = frame.work, Finished(handler.next)
+                    # Branches, items or a subpipeline torn down under it: no
+                    # cycle of theirs keeps the run once it ends.
+                    release_under(dropped)
                     self._state.history.record(
                         "error_routed",
                         node.id,

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from stageflow._context import MISSING, Context
-from stageflow._engine._frames import Frame, Kernel, Scope, SubpipelineRun
+from stageflow._engine._frames import Frame, Kernel, Scope, SubpipelineRun, release
 from stageflow._engine._positions import SubpipelinePosition
 from stageflow._errors import (
     ContextPathError,
@@ -118,6 +118,9 @@ class SubpipelineExecutor:
                 f"what {node.pipeline!r} returned was written)",
                 node_id=node.id,
             ) from exc
+        # A terminal in a branch or map item ended it: the positions it tore
+        # down keep the run in a cycle (see release) unless dropped now.
+        release(child)
         return node.next
 
     def save(self, kernel: Kernel, run: SubpipelineRun) -> SubpipelinePosition:

@@ -136,6 +136,53 @@ NESTED_WAITS = {
     ),
 }
 
+# Positions torn down mid-stage under a node whose frame then went on: the
+# losing branch of an ``any`` race; a stage or the branches of a parallel node
+# past their timeout, routed to an error edge; a branch cancelled by a
+# terminal reached in its sibling, in a subpipeline the run then leaves.
+TORN_DOWN = {
+    "any_race": doc(
+        [
+            parallel("fan", ["a", "b"], next="end", policy="any"),
+            stage("a", "Set", config={"values": {"a": 1}}, outputs={"a": "a"}),
+            stage("b", "Hang"),
+            terminal("end", "a"),
+        ]
+    ),
+    "stage_timeout_routed": doc(
+        [
+            {**stage("slow", "Hang", next="end"), "timeout": 0.05, "fallback": "end"},
+            terminal("end"),
+        ]
+    ),
+    "parallel_timeout_routed": doc(
+        [
+            parallel("fan", ["a", "b"], next="end", timeout=0.05, fallback="end"),
+            stage("a", "Set"),
+            stage("b", "Hang"),
+            terminal("end"),
+        ]
+    ),
+    "terminal_in_a_subpipeline_branch": doc(
+        [
+            {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
+            terminal("end"),
+        ],
+        subpipelines={
+            "inner": {
+                "entry": "fan",
+                "nodes": [
+                    parallel("fan", ["a", "b"], next="joined"),
+                    stage("a", "Set", next="t"),
+                    stage("b", "Hang"),
+                    terminal("t"),
+                    terminal("joined"),
+                ],
+            }
+        },
+    ),
+}
+
 
 async def _suspended() -> stageflow.Session:
     session = stageflow.Session(WAITING, registry=REGISTRY)
@@ -197,6 +244,17 @@ def _suspended_in(kind: str) -> Scenario:
     return scenario
 
 
+def _torn_down_in(kind: str) -> Scenario:
+    pipeline = stageflow.Pipeline.from_dict(TORN_DOWN[kind], registry=REGISTRY)
+
+    async def scenario() -> None:
+        result = await stageflow.Session(pipeline, registry=REGISTRY).run()
+        assert result.status is stageflow.SessionStatus.COMPLETED, result.error
+
+    scenario.__name__ = kind
+    return scenario
+
+
 async def live() -> None:
     session = stageflow.Session(WAITING, registry=REGISTRY)
     async with anyio.create_task_group() as tg:
@@ -248,14 +306,22 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         _suspended_in("subpipeline"),
         _suspended_in("parallel"),
         _suspended_in("map"),
+        _torn_down_in("any_race"),
+        _torn_down_in("stage_timeout_routed"),
+        _torn_down_in("parallel_timeout_routed"),
+        _torn_down_in("terminal_in_a_subpipeline_branch"),
     ],
     ids=lambda scenario: scenario.__name__,
 )
 async def test_a_session_that_ends_or_suspends_is_freed_without_the_collector(
     scenario: Scenario,
 ) -> None:
-    if scenario.__name__ in ("suspended_in_parallel", "suspended_in_map") and (
-        sniffio.current_async_library() == "asyncio"
-    ):
+    if scenario.__name__ in (
+        "suspended_in_parallel",
+        "suspended_in_map",
+        "any_race",
+        "parallel_timeout_routed",
+        "terminal_in_a_subpipeline_branch",
+    ) and (sniffio.current_async_library() == "asyncio"):
         pytest.skip("anyio's task-done callback keeps a cancelled task's error in a cycle")
     assert await _left_for_the_collector(scenario) == []
