@@ -1638,9 +1638,9 @@ class Run(StageRuntime):
                 if span is not None and tracing is not None and tracing.segments is not None:
                     log = bind_span(log, span)  # a cut since it started: the newest ids
                 node_finished(log, outcome, error, ending, time.perf_counter() - started)
-            # A routed error's traceback holds this frame: not this frame the
-            # error too, a cycle that kept it (and the run, through the frames
-            # of a node torn down under it) for the collector.
+            # A routed error's traceback holds this frame, so this frame must
+            # not hold the error: that cycle kept the error, and the run
+            # through the frames of a node torn down under it, for the collector.
             error = None
 
     def _stop_at_limit(self, node: Node, frame: Frame) -> LimitExceededError:
