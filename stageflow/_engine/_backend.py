@@ -554,6 +554,11 @@ async def take_stray_request(task: asyncio.Task[Any]) -> None:
     if _scope_cancelled():
         return
     await asyncio.sleep(0)
+    _take_back(task)
+
+
+def _take_back(task: asyncio.Task[Any]) -> None:
+    """Take back every cancellation request of ``task``: a stage may have made several."""
     while task.uncancel():
         pass
 
@@ -578,8 +583,7 @@ def stage_failure(
     if is_stray_cancellation(exc, backend, host):
         task = None if backend is _TRIO else asyncio.current_task()
         if task is not None:
-            while task.uncancel():  # every request: a stage may have made several
-                pass
+            _take_back(task)
         return exc
     if isinstance(exc, BaseExceptionGroup):
         cancelled = backend.cancelled
