@@ -93,6 +93,7 @@ EXPORTED = [
     "RegistryError",
     "RestoredError",
     "RetryPolicy",
+    "RunSuspended",
     "STAGE_PACK_GROUP",
     "Session",
     "SessionResult",

@@ -17,7 +17,12 @@ on the hot path (benchmark rows in ``benchmarks/RESULTS.md``):
   waiting task with trio's ``wait_task_rescheduled`` itself: trio's ``Event``
   (let alone anyio's, which wraps it) keeps a set of tasks, a closure and one
   more coroutine frame for every waiting session, about 700 bytes and three
-  objects the collector walks ("paused session" rows).
+  objects the collector walks ("paused session" rows);
+- the run's cancellation class is ``(trio.Cancelled, RunSuspended)``: in
+  suspend mode the wait that leaves every position blocked raises
+  :class:`~stageflow.RunSuspended` at once, where trio would deliver its
+  cancellation through a pass of its scheduler, about a quarter of a
+  suspended pause ("paused session, suspended" rows).
 
 On any other backend both come from anyio, and work that must finish (a
 stage's cleanup) runs in an asyncio task of its own (:func:`to_its_end`):
@@ -41,11 +46,14 @@ import sniffio
 import trio
 import trio.testing
 
+from stageflow._errors import RunSuspended
+
 __all__ = [
     "Backend",
     "CancelFlags",
     "CarryingTaskGroup",
     "CancelScopeLike",
+    "Cancellations",
     "EventLike",
     "TrioWake",
     "NO_FLAGS",
@@ -59,6 +67,7 @@ __all__ = [
     "is_interrupt",
     "host_task",
     "is_stray_cancellation",
+    "is_suspension",
     "loop_handles",
     "requested_task",
     "stage_failure",
@@ -70,6 +79,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+Cancellations = type[BaseException] | tuple[type[BaseException], ...]
+"""What a backend's run counts as a cancellation (an ``isinstance`` class or classes)."""
 
 
 class CancelScopeLike(Protocol):
@@ -205,7 +217,7 @@ class Backend(NamedTuple):
     open_task_group: Callable[[], Any]
     checkpoint: Callable[[], Awaitable[None]]  # a cancellation check; does not yield
     yield_: Callable[[], Awaitable[None]]  # a cancellation check that also yields
-    cancelled: type[BaseException]
+    cancelled: Cancellations
     cancel_scope: Callable[[], CancelScopeLike]
     event: Callable[[], EventLike]
     # The event loop's clock: anyio.current_time() finds the backend first, once
@@ -217,7 +229,7 @@ _TRIO = Backend(
     trio.open_nursery,
     trio.lowlevel.checkpoint_if_cancelled,
     trio.lowlevel.checkpoint,
-    trio.Cancelled,
+    (trio.Cancelled, RunSuspended),
     trio.CancelScope,
     TrioWake,
     trio.current_time,
@@ -453,7 +465,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
+def is_cancellation(exc: BaseException, cancelled: Cancellations) -> bool:
     """Whether ``exc`` is the backend's cancellation, or a group of nothing else.
 
     On trio a cancellation that crosses a task group can arrive wrapped in an
@@ -463,7 +475,17 @@ def is_cancellation(exc: BaseException, cancelled: type[BaseException]) -> bool:
     return all(isinstance(leaf, cancelled) for leaf in _leaves(exc))
 
 
-def ungrouped(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
+def is_suspension(exc: BaseException) -> bool:
+    """Whether ``exc`` is :class:`RunSuspended`, or a group of nothing else.
+
+    What reaches the run's scope when its wait raised it: on trio the scope
+    takes out the cancellations of the positions torn down beside it, a
+    cancellation of the caller's stays (and is no suspension of the run's).
+    """
+    return all(isinstance(leaf, RunSuspended) for leaf in _leaves(exc))
+
+
+def ungrouped(exc: BaseException, cancelled: Cancellations) -> BaseException:
     """What ``run()`` raises for ``exc``: the one exception it is about, out of the task groups'.
 
     A ``BaseException`` that crossed the task group of a parallel node's
@@ -483,7 +505,10 @@ def ungrouped(exc: BaseException, cancelled: type[BaseException]) -> BaseExcepti
     leaves = list(_leaves(exc))
     others = [leaf for leaf in leaves if not isinstance(leaf, cancelled)]
     if not others:
-        return leaves[0] if leaves else exc
+        # A RunSuspended beside the caller's cancellation: the run is over,
+        # the cancellation goes on.
+        real = [leaf for leaf in leaves if not isinstance(leaf, RunSuspended)]
+        return (real or leaves or [exc])[0]
     return others[0] if len(others) == 1 else exc
 
 
@@ -589,14 +614,15 @@ def stage_failure(
         cancelled = backend.cancelled
         leaves = list(_leaves(exc))
         errors = [leaf for leaf in leaves if isinstance(leaf, Exception)]
-        if errors and all(isinstance(leaf, Exception | cancelled) for leaf in leaves):
+        # isinstance takes nested tuples: cancelled may be one.
+        if errors and all(isinstance(leaf, (Exception, cancelled)) for leaf in leaves):
             if len(errors) == 1:
                 return errors[0]
             return exc.split(Exception)[0]
     return None
 
 
-def deciding_leaf(exc: BaseException, cancelled: type[BaseException]) -> BaseException:
+def deciding_leaf(exc: BaseException, cancelled: Cancellations) -> BaseException:
     """``exc`` out of the task groups' exception groups: the leaf that says what ended them.
 
     At each level the first exception that is no cancellation (the others

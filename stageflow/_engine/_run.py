@@ -42,6 +42,7 @@ from stageflow._engine._backend import (
     deciding_leaf,
     host_task,
     is_cancellation,
+    is_suspension,
     loop_handles,
     stage_failure,
     take_stray_request,
@@ -669,6 +670,10 @@ class Run(StageRuntime):
                         # A limit's stop was tearing the run down (its positions
                         # saved, its history muted): it ends so; exc goes on up.
                         self._ended(None, False)
+                    elif self.suspending and is_suspension(exc):
+                        # The wait where the run suspends raised RunSuspended
+                        # (the scope caught the cancellations of the others).
+                        return await self._suspended_here()
                     elif not is_cancellation(exc, self.backend.cancelled):
                         # KeyboardInterrupt, SystemExit or a stage's own
                         # BaseException: it goes up, but the session ends
@@ -997,26 +1002,39 @@ class Run(StageRuntime):
 
     # --------------------------------------------------------------- suspend
 
-    def check_idle(self) -> None:
-        """In suspend mode: suspend when every running position waits or sleeps."""
+    def check_idle(self) -> bool:
+        """In suspend mode: suspend when every running position waits or sleeps (``True``)."""
         state = self._state
         desk = state.desk
         blocked = desk.broker.blocked + self.runtime.sleeping
-        if blocked and blocked >= self._live and not self.suspending:
-            self.suspending = True
-            self.stop_outcome = self.runtime.stop_outcome = "suspended"
-            saved = state.saved = self.saved_state()
-            waiting_for, wake_at = saved["awaited"] = awaited(saved["position"], state.deadline)
-            # Inputs sent from now on (subscribers of the event below included)
-            # are queued, so the snapshot keeps them.
-            desk.broker.release()
-            state.history.record(
-                "session_suspended", None, "", _suspended_payload(waiting_for, wake_at)
-            )
-            # Tearing the run down is not part of the session's history.
-            state.history.muted = True
-            if self._cancel_scope is not None:
-                self._cancel_scope.cancel()
+        if not (blocked and blocked >= self._live and not self.suspending):
+            return False
+        self.suspending = True
+        self.stop_outcome = self.runtime.stop_outcome = "suspended"
+        saved = state.saved = self.saved_state()
+        waiting_for, wake_at = saved["awaited"] = awaited(saved["position"], state.deadline)
+        # Inputs sent from now on (subscribers of the event below included)
+        # are queued, so the snapshot keeps them.
+        desk.broker.release()
+        state.history.record(
+            "session_suspended", None, "", _suspended_payload(waiting_for, wake_at)
+        )
+        # Tearing the run down is not part of the session's history.
+        state.history.muted = True
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+        return True
+
+    async def _suspended_here(self) -> SessionResult:
+        """End a run suspended by :class:`RunSuspended`: as :meth:`_suspended`.
+
+        A cancellation of the caller's that came meanwhile (trio delivers it
+        at the next checkpoint, which RunSuspended did not wait for) goes on
+        up from here, as it does when the run's scope meets it.
+        """
+        result = self._suspended()
+        await self.backend.checkpoint()
+        return result
 
     def _suspended(self) -> SessionResult:
         """End a suspended run: status ``waiting``, streams end, the snapshot is kept.

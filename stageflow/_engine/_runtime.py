@@ -26,6 +26,7 @@ from stageflow._errors import (
     InputTimeoutError,
     LimitExceededError,
     NonJsonValueError,
+    RunSuspended,
     StageContractError,
 )
 from stageflow._events import History
@@ -255,8 +256,8 @@ class RuntimeState(Protocol):
 class RunHooks(Protocol):
     """What the runtime calls back on the run that made it."""
 
-    def check_idle(self) -> None:
-        """Suspend mode: a position starts waiting or sleeping."""
+    def check_idle(self) -> bool:
+        """Suspend mode: a position starts waiting or sleeping; whether the run suspends."""
 
     def check_cut(self) -> None:
         """A position starts a wait that may cut the trace into segments."""
@@ -318,7 +319,8 @@ class StageRuntime:
         self.long_blocks = 0  # positions blocked in such waits right now
         self.stop_outcome = "cancelled"  # how a wait span ends when the run is torn down
         # With on_block (suspend mode), hooks.check_idle() is called when a
-        # position starts waiting or sleeping.
+        # position starts waiting or sleeping; if the run suspends there, the
+        # wait raises RunSuspended at once (on trio, see _backend).
         self._on_block = on_block
         self.sleeping = 0  # positions sleeping right now
 
@@ -435,7 +437,7 @@ class StageRuntime:
             if self._on_block and (remaining is None or remaining > 0):
                 # A wait already due blocks nothing (a poll): it times out now,
                 # as a due timer goes on (see pause()).
-                self._hooks.check_idle()
+                self._suspend_here()
             if remaining is None:
                 await waiter.arrived.wait()
             else:
@@ -603,7 +605,7 @@ class StageRuntime:
             if self.long_blocks:  # a short timer cuts too, beside a long wait
                 self._hooks.check_cut()
             if self._on_block:
-                self._hooks.check_idle()
+                self._suspend_here()
             await anyio.sleep(seconds)
             if self._on_long_block and self._state.tracing is not None:
                 Segments.wake()  # the stage goes on: in a new segment if the wait was cut
@@ -611,6 +613,18 @@ class StageRuntime:
             self.sleeping -= 1
             if long:
                 self.long_blocks -= 1
+
+    def _suspend_here(self) -> None:
+        """Suspend mode, a position blocks: raise :class:`RunSuspended` if the run suspends now.
+
+        On trio only: this is where the run would park the task, for trio to
+        cancel it through a pass of its scheduler ("paused session,
+        suspended" rows). The run's scope is cancelled all the same, so a
+        stage that swallows the exception is stopped at its next checkpoint.
+        On asyncio the cancellation ends the wait, as it ends every other.
+        """
+        if self._hooks.check_idle() and self._new_event is TrioWake:
+            raise RunSuspended
 
     def clock(self) -> datetime.datetime:
         """The session's UTC clock: the wall clock at the run's start, moved by the loop's clock.

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+import sniffio
 import trio
 import trio.testing
 from fakes import doc, fake_registry, load, parallel, stage, terminal
@@ -310,6 +311,112 @@ async def test_a_suspended_stage_is_cleaned_up_with_outcome_suspended() -> None:
     session = stageflow.Session(load(document, registry), registry=registry)
     assert (await session.run(suspend=True)).status is WAITING
     assert outcomes == ["suspended"]
+
+
+def _seeing_registry(seen: list[type[BaseException]]) -> stageflow.StageRegistry:
+    """``Hold``: waits for ``go`` (or sleeps an hour), noting what ended the wait."""
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Hold")
+    async def hold(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        try:
+            if ctx.config.get("sleep"):
+                await ctx.sleep(3600)
+                return {"got": "slept"}
+            return {"got": await ctx.wait_input("go")}
+        except BaseException as exc:
+            seen.append(type(exc))
+            raise
+
+    return registry
+
+
+@pytest.mark.parametrize("sleep", [False, True], ids=["wait_input", "sleep"])
+async def test_the_wait_where_the_run_suspends_raises_run_suspended_on_trio(sleep: bool) -> None:
+    # On trio that wait raises RunSuspended at once (trio delivered a
+    # cancellation through a pass of its scheduler: a quarter of a pause); on
+    # asyncio the run's cancellation ends it. The run ends waiting either way.
+    seen: list[type[BaseException]] = []
+    registry = _seeing_registry(seen)
+    hold = stage("hold", "Hold", config={"sleep": sleep}, outputs={"got": "got"}, next="end")
+    document = doc([hold, terminal("end", "got")])
+    session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
+    suspended = await session.run(suspend=True)
+    assert suspended.status is WAITING
+    expected = (
+        stageflow.RunSuspended
+        if sniffio.current_async_library() == "trio"
+        else anyio.get_cancelled_exc_class()
+    )
+    assert seen == [expected]
+    assert [e.type for e in session.history][-1] == "session_suspended"
+    # Restored an hour later (its sleep is due), on any backend.
+    restored = restore_at(session.to_dict(), registry, T0 + datetime.timedelta(hours=1))
+    if not sleep:
+        restored.send_input("go", "now")
+    result = await restored.run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    assert result.artifacts == {"got": "slept" if sleep else "now"}
+
+
+async def test_the_other_branches_of_a_suspending_run_are_cancelled() -> None:
+    # The first branch to block is parked: the run's cancellation ends its wait.
+    seen: list[type[BaseException]] = []
+    registry = _seeing_registry(seen)
+    document = doc(
+        [
+            parallel("fan", ["a", "b"], next="end"),
+            stage("a", "Hold", outputs={"got": "a"}),
+            stage("b", "Hold", outputs={"got": "b"}),
+            terminal("end", "a", "b"),
+        ]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    cancelled = anyio.get_cancelled_exc_class()
+    expected = (
+        {cancelled, stageflow.RunSuspended}
+        if sniffio.current_async_library() == "trio"
+        else {cancelled}
+    )
+    assert len(seen) == 2
+    assert set(seen) == expected
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    restored.send_input("go", "now")
+    result = await restored.run()
+    assert result.artifacts == {"a": "now", "b": "now"}
+
+
+@pytest.mark.trio_only
+async def test_a_stage_that_swallows_run_suspended_is_cancelled_at_its_next_checkpoint() -> None:
+    # The run's scope is cancelled all the same: the stage does not go on
+    # with the run half torn down, and the snapshot is the one taken at its wait.
+    after: list[str] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Swallow")
+    async def swallow(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        try:
+            got = await ctx.wait_input("go")
+        except stageflow.RunSuspended:
+            got = "swallowed"
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            after.append("cancelled")
+            raise
+        after.append("went on")
+        return {"got": got}
+
+    document = doc(
+        [stage("s", "Swallow", outputs={"got": "got"}, next="end"), terminal("end", "got")]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    assert after == ["cancelled"]
+    session.send_input("go", "real")
+    result = await session.run()
+    assert result.artifacts == {"got": "real"}
 
 
 async def test_suspend_waits_for_every_position_to_block() -> None:
