@@ -743,7 +743,7 @@ class RunSuspended(BaseException):
     the stage runs again from its start when the session resumes, replaying
     its journal. Other positions blocked at that moment (branches, map
     items) are cancelled as before, and on asyncio every position is; so is
-    a wait after ``cancel()`` or a limit stopped the run.
+    a wait after ``cancel()`` or ``limits.max_run_seconds`` stopped the run.
 
     Like a cancellation it is a ``BaseException``: clean up in ``finally``
     (or ``except BaseException: ...; raise``) and let it propagate. Made in

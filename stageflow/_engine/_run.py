@@ -1005,9 +1005,8 @@ class Run(StageRuntime):
     def check_idle(self) -> bool:
         """In suspend mode: suspend when every running position waits or sleeps.
 
-        ``True`` when the run ends at this wait, returning ``waiting`` (or
-        ``cancelled``, see :meth:`_suspended`): the wait may then raise
-        :class:`~stageflow.RunSuspended`.
+        ``True`` when the run ends at this wait, suspended: the wait may
+        then raise :class:`~stageflow.RunSuspended`.
         """
         state = self._state
         desk = state.desk
@@ -1028,10 +1027,11 @@ class Run(StageRuntime):
         state.history.muted = True
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
-        # cancel() or a limit's stop was tearing the run down already (a stage
-        # caught its cancellation and blocked again): the run ends cancelled
-        # or failed, not suspended here, and the wait is cancelled like the
-        # others (after a stop RunSuspended would go up from run()).
+        # cancel() or the max_run_seconds stop was tearing the run down
+        # already (a stage caught its cancellation and blocked again; a
+        # subscriber of the event above cancelled): the run ends cancelled or
+        # failed, not suspended here, and the wait is cancelled like the
+        # others (after the stop RunSuspended went up from run()).
         return self._stopped is None and state.cancel_reason is None
 
     async def _suspended_here(self) -> SessionResult:
