@@ -488,7 +488,7 @@ async def test_a_stage_that_waits_again_after_cancel_in_suspend_mode_is_cancelle
 
     @registry.register("Stubborn")
     async def stubborn(ctx: stageflow.StageContext) -> dict[str, Any]:
-        ctx_session.cancel("the user left")
+        session.cancel("the user left")  # the session below: run() is in progress
         try:
             await anyio.Event().wait()  # work, no wait of the run's
         except anyio.get_cancelled_exc_class():
@@ -505,7 +505,6 @@ async def test_a_stage_that_waits_again_after_cancel_in_suspend_mode_is_cancelle
     session = stageflow.Session(
         load(doc([stage("s", "Stubborn", next="end"), terminal()]), registry)
     )
-    ctx_session = session
     result = await session.run(suspend=True)
     assert result.status is stageflow.SessionStatus.CANCELLED
     assert seen == ["cancelled", anyio.get_cancelled_exc_class().__name__]
