@@ -735,18 +735,21 @@ class RestoredError(NodeError):
 class RunSuspended(BaseException):
     """The stage's wait is over because ``run(suspend=True)`` suspends the session there.
 
-    On trio, ``ctx.wait_input()`` or ``ctx.sleep()`` raises it in the stage
-    whose wait leaves every active position blocked: that wait is where the
-    run suspends, and raising at once spares a pass of trio's scheduler to
-    deliver a cancellation (about a quarter of a suspended pause). The run
-    catches it and returns the ``waiting`` result; the stage runs again
-    from its start when the session resumes, replaying its journal. Other
-    positions blocked at that moment (branches, map items) are cancelled as
-    before, and on asyncio every position is.
+    On trio, ``ctx.wait_input()``, ``ctx.sleep()`` or ``ctx.sleep_until()``
+    raises it in the stage whose wait leaves every active position blocked:
+    that wait is where the run suspends, and raising at once spares a pass
+    of trio's scheduler to deliver a cancellation (about a quarter of a
+    suspended pause). The run catches it and returns the ``waiting`` result;
+    the stage runs again from its start when the session resumes, replaying
+    its journal. Other positions blocked at that moment (branches, map
+    items) are cancelled as before, and on asyncio every position is; so is
+    a wait after ``cancel()`` or ``limits.max_run_seconds`` stopped the run.
 
     Like a cancellation it is a ``BaseException``: clean up in ``finally``
-    (or ``except BaseException: ...; raise``) and let it propagate. A stage
-    that swallows it is cancelled at its next checkpoint.
+    (or ``except BaseException: ...; raise``) and let it propagate. Made in
+    a task of the stage's own task group, it comes out of the group in a
+    ``BaseExceptionGroup``. A stage that swallows it is cancelled at its
+    next checkpoint.
     """
 
 

@@ -649,7 +649,10 @@ class Session:
                 path, each branch, each map item) waits for an input or a
                 timer. The result then has status ``waiting``, the awaited
                 input types and the earliest timer deadline; ``to_dict()``
-                gives the snapshot to keep, and ``run()`` goes on.
+                gives the snapshot to keep, and ``run()`` goes on. The stages
+                still running are stopped where they wait: on trio the wait
+                that suspends raises :class:`~stageflow.RunSuspended`, the
+                others are cancelled.
 
         Returns:
             the run's coroutine: ``await session.run()``, or pass ``session.run``

@@ -212,6 +212,8 @@ class StageContext:
         Raises:
             TypeError: ``type`` is not a non-empty string (no sender could send
                 it), or ``timeout`` is not a number of seconds (NaN included).
+            RunSuspended: on trio, ``run(suspend=True)`` suspends the session
+                at this wait (see :class:`~stageflow.RunSuspended`).
         """
         # The engine's coroutine itself: one frame less for every waiting session.
         return self._runtime.wait_input(type, input_timeout(self, type, timeout))
@@ -231,6 +233,8 @@ class StageContext:
 
         Raises:
             TypeError: ``seconds`` is not a number (NaN included).
+            RunSuspended: on trio, ``run(suspend=True)`` suspends the session
+                at this wait (see :class:`~stageflow.RunSuspended`).
         """
         return await self._runtime.sleep(sleep_seconds(self, seconds), None)
 
@@ -245,6 +249,8 @@ class StageContext:
         Raises:
             TypeError: ``when`` is not a ``datetime.datetime``.
             ValueError: ``when`` has no UTC offset.
+            RunSuspended: on trio, ``run(suspend=True)`` suspends the session
+                at this wait (see :class:`~stageflow.RunSuspended`).
         """
         return await self._runtime.sleep(None, sleep_until(self, when))
 

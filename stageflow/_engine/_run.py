@@ -1003,7 +1003,11 @@ class Run(StageRuntime):
     # --------------------------------------------------------------- suspend
 
     def check_idle(self) -> bool:
-        """In suspend mode: suspend when every running position waits or sleeps (``True``)."""
+        """In suspend mode: suspend when every running position waits or sleeps.
+
+        ``True`` when the run ends at this wait, suspended: the wait may
+        then raise :class:`~stageflow.RunSuspended`.
+        """
         state = self._state
         desk = state.desk
         blocked = desk.broker.blocked + self.runtime.sleeping
@@ -1023,7 +1027,12 @@ class Run(StageRuntime):
         state.history.muted = True
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
-        return True
+        # cancel() or the max_run_seconds stop was tearing the run down
+        # already (a stage caught its cancellation and blocked again; a
+        # subscriber of the event above cancelled): the run ends cancelled or
+        # failed, not suspended here, and the wait is cancelled like the
+        # others (after the stop RunSuspended went up from run()).
+        return self._stopped is None and state.cancel_reason is None
 
     async def _suspended_here(self) -> SessionResult:
         """End a run suspended by :class:`RunSuspended`: as :meth:`_suspended`.

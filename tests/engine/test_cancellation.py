@@ -476,6 +476,40 @@ async def test_cancel_from_another_thread_cancels_the_run() -> None:
     assert result.history[-1].payload["reason"] == "the user left"
 
 
+@pytest.mark.parametrize("wait", ["wait_input", "sleep"])
+async def test_a_stage_that_waits_again_after_cancel_in_suspend_mode_is_cancelled(
+    wait: str,
+) -> None:
+    # The stage caught cancel()'s cancellation and blocked again: every
+    # position blocked, as at a suspension. On trio that wait raised
+    # RunSuspended, though the run was cancelled, not suspended there.
+    seen: list[str] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Stubborn")
+    async def stubborn(ctx: stageflow.StageContext) -> dict[str, Any]:
+        session.cancel("the user left")  # the session below: run() is in progress
+        try:
+            await anyio.Event().wait()  # work, no wait of the run's
+        except anyio.get_cancelled_exc_class():
+            seen.append("cancelled")
+        try:
+            if wait == "sleep":
+                await ctx.sleep(3600)
+                return {}
+            return {"got": await ctx.wait_input("go")}
+        except BaseException as exc:
+            seen.append(type(exc).__name__)
+            raise
+
+    session = stageflow.Session(
+        load(doc([stage("s", "Stubborn", next="end"), terminal()]), registry)
+    )
+    result = await session.run(suspend=True)
+    assert result.status is stageflow.SessionStatus.CANCELLED
+    assert seen == ["cancelled", anyio.get_cancelled_exc_class().__name__]
+
+
 def _cancel_on_suspend(session: stageflow.Session, cancel: Any) -> None:
     """Call ``cancel()`` as the session records ``session_suspended`` (its run tears down)."""
 

@@ -11,7 +11,8 @@ counting did not free is then found by a collection that saves it.
 
 Not covered, and left to the collector: a failed session (its error's
 traceback holds the engine's frames, which hold the run), and on asyncio a
-branch or map item torn down mid-stage (anyio's task-done callback keeps the
+branch, a map item or a task of a stage's own task group torn down
+mid-stage (anyio's task-done callback keeps the
 task's ``CancelledError`` in a local of a frame of that error's own
 traceback, a cycle in anyio 4.16 whose traceback reaches the run's frames).
 """
@@ -45,6 +46,23 @@ def _registry() -> stageflow.StageRegistry:
     @registry.register("Await")
     async def await_go(ctx: Any) -> dict[str, Any]:
         return {"v": await ctx.wait_input("go")}
+
+    @registry.register("Nap")
+    async def nap(ctx: Any) -> dict[str, Any]:
+        await ctx.sleep(3600)
+        return {"v": "slept"}
+
+    @registry.register("AwaitTwo")
+    async def await_two(ctx: Any) -> dict[str, Any]:
+        got: dict[str, Any] = {}
+
+        async def take(key: str) -> None:
+            got[key] = await ctx.wait_input(key)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, "a")
+            tg.start_soon(take, "b")
+        return {"v": got}
 
     @registry.register("Double")
     async def double(ctx: Any) -> dict[str, Any]:
@@ -133,6 +151,12 @@ NESTED_WAITS = {
             stage("w", "Await", outputs={"v": "v"}),
             terminal("end", "vs"),
         ]
+    ),
+    # On trio the wait raises RunSuspended: in a sleep, and in a task group
+    # of the stage's own (out of which it comes in an exception group).
+    "sleep": doc([stage("nap", "Nap", outputs={"v": "v"}, next="end"), terminal("end", "v")]),
+    "task_group": doc(
+        [stage("two", "AwaitTwo", outputs={"v": "v"}, next="end"), terminal("end", "v")]
     ),
 }
 
@@ -306,6 +330,8 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         _suspended_in("subpipeline"),
         _suspended_in("parallel"),
         _suspended_in("map"),
+        _suspended_in("sleep"),
+        _suspended_in("task_group"),
         _torn_down_in("any_race"),
         _torn_down_in("stage_timeout_routed"),
         _torn_down_in("parallel_timeout_routed"),
@@ -319,6 +345,7 @@ async def test_a_session_that_ends_or_suspends_is_freed_without_the_collector(
     if scenario.__name__ in (
         "suspended_in_parallel",
         "suspended_in_map",
+        "suspended_in_task_group",
         "any_race",
         "parallel_timeout_routed",
         "terminal_in_a_subpipeline_branch",

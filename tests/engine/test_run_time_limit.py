@@ -170,6 +170,43 @@ async def test_an_interruption_that_comes_while_the_limit_stops_the_run_keeps_th
     assert resumed.status is WAITING
 
 
+@pytest.mark.parametrize("wait", ["wait_input", "sleep"])
+async def test_a_stage_that_blocks_again_after_the_stop_in_suspend_mode_does_not_suspend(
+    wait: str,
+) -> None:
+    # The stage caught the stop's cancellation and blocked again: every
+    # position blocked, as at a suspension. On trio that wait raised
+    # RunSuspended, which the run took for the end of its teardown and let
+    # go up from run(); the session fails by the limit all the same.
+    registry = stageflow.StageRegistry()
+    seen: list[str] = []
+
+    @registry.register("Stubborn")
+    async def stubborn(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        try:
+            await anyio.Event().wait()  # work, no wait of the run's
+        except anyio.get_cancelled_exc_class():
+            seen.append("stopped")
+        try:
+            if wait == "sleep":
+                await ctx.sleep(3600)
+                return {}
+            return {"got": await ctx.wait_input("go")}
+        except BaseException as exc:
+            seen.append(type(exc).__name__)
+            raise
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("s", "Stubborn", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry, limits=limited(0.01))
+    result = await session.run(suspend=True)
+    assert result.status is FAILED
+    assert isinstance(result.error, stageflow.LimitExceededError)
+    assert seen == ["stopped", anyio.get_cancelled_exc_class().__name__]
+    assert session.to_dict()["stopped_by_limit"] == "max_run_seconds"
+
+
 async def test_a_run_within_its_wall_time_is_not_touched() -> None:
     calls: list[str] = []
     registry = registry_with(calls, hang_first=0)

@@ -419,6 +419,42 @@ async def test_a_stage_that_swallows_run_suspended_is_cancelled_at_its_next_chec
     assert result.artifacts == {"got": "real"}
 
 
+async def test_a_wait_in_a_task_group_of_the_stages_own_suspends_the_run() -> None:
+    # On trio the group raises RunSuspended in a BaseExceptionGroup (where
+    # anyio's task group raised one Cancelled): the run still ends waiting.
+    seen: list[BaseException] = []
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Both")
+    async def both(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        got: dict[str, Any] = {}
+
+        async def take(key: str) -> None:
+            got[key] = await ctx.wait_input(key)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(take, "a")
+                tg.start_soon(take, "b")
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+        return {"got": got}
+
+    document = doc([stage("s", "Both", outputs={"got": "got"}, next="end"), terminal("end", "got")])
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    assert len(seen) == 1
+    if sniffio.current_async_library() == "trio":
+        assert isinstance(seen[0], BaseExceptionGroup)
+        assert seen[0].split(stageflow.RunSuspended)[0] is not None
+    restored = stageflow.Session.from_dict(json_round_trip(session.to_dict()), registry=registry)
+    restored.send_input("a", 1)
+    restored.send_input("b", 2)
+    result = await restored.run()
+    assert result.artifacts == {"got": {"a": 1, "b": 2}}
+
+
 async def test_suspend_waits_for_every_position_to_block() -> None:
     # One branch waits at once, the other works a while first: no early suspension.
     registry = nested_registry()
