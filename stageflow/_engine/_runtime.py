@@ -56,6 +56,12 @@ from stageflow._telemetry import (
 
 __all__ = ["RunHooks", "RuntimeState", "StageRuntime", "StageWork", "stage_work"]
 
+# What a stage that logs the RunSuspended it sees reads.
+_SUSPENDED_HERE: Final = (
+    "run(suspend=True) suspends the session at this wait; let this propagate "
+    "(clean up in finally): the stage runs again from its start when the session resumes"
+)
+
 
 class StageWork(StageContext):
     """One attempt of a stage node in flight, and the context its stage sees.
@@ -624,7 +630,7 @@ class StageRuntime:
         On asyncio the cancellation ends the wait, as it ends every other.
         """
         if self._hooks.check_idle() and self._new_event is TrioWake:
-            raise RunSuspended
+            raise RunSuspended(_SUSPENDED_HERE)
 
     def clock(self) -> datetime.datetime:
         """The session's UTC clock: the wall clock at the run's start, moved by the loop's clock.

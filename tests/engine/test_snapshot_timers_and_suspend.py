@@ -313,9 +313,12 @@ async def test_a_suspended_stage_is_cleaned_up_with_outcome_suspended() -> None:
     assert outcomes == ["suspended"]
 
 
-def _seeing_registry(seen: list[type[BaseException]]) -> stageflow.StageRegistry:
-    """``Hold``: waits for ``go`` (or sleeps an hour), noting what ended the wait."""
+def _seeing_registry(
+    seen: list[type[BaseException]], texts: list[str] | None = None
+) -> stageflow.StageRegistry:
+    """``Hold``: waits for ``go`` (or sleeps an hour), noting what ended the wait (and its text)."""
     registry = stageflow.StageRegistry()
+    texts = [] if texts is None else texts
 
     @registry.register("Hold")
     async def hold(ctx: stageflow.StageContext) -> Mapping[str, Any]:
@@ -326,6 +329,7 @@ def _seeing_registry(seen: list[type[BaseException]]) -> stageflow.StageRegistry
             return {"got": await ctx.wait_input("go")}
         except BaseException as exc:
             seen.append(type(exc))
+            texts.append(str(exc))
             raise
 
     return registry
@@ -337,7 +341,8 @@ async def test_the_wait_where_the_run_suspends_raises_run_suspended_on_trio(slee
     # cancellation through a pass of its scheduler: a quarter of a pause); on
     # asyncio the run's cancellation ends it. The run ends waiting either way.
     seen: list[type[BaseException]] = []
-    registry = _seeing_registry(seen)
+    texts: list[str] = []
+    registry = _seeing_registry(seen, texts)
     hold = stage("hold", "Hold", config={"sleep": sleep}, outputs={"got": "got"}, next="end")
     document = doc([hold, terminal("end", "got")])
     session = stageflow.Session(load(document, registry), registry=registry, clock=lambda: T0)
@@ -349,6 +354,9 @@ async def test_the_wait_where_the_run_suspends_raises_run_suspended_on_trio(slee
         else anyio.get_cancelled_exc_class()
     )
     assert seen == [expected]
+    if expected is stageflow.RunSuspended:
+        # A stage that logs what ended its wait reads what it is.
+        assert texts[0].startswith("run(suspend=True) suspends the session at this wait")
     assert [e.type for e in session.history][-1] == "session_suspended"
     # Restored an hour later (its sleep is due), on any backend.
     restored = restore_at(session.to_dict(), registry, T0 + datetime.timedelta(hours=1))
