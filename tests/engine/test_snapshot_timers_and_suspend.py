@@ -396,6 +396,27 @@ async def test_the_other_branches_of_a_suspending_run_are_cancelled() -> None:
 
 
 @pytest.mark.trio_only
+async def test_a_shielded_wait_where_the_run_suspends_is_ended_by_run_suspended() -> None:
+    # The run's cancellation cannot reach a wait in a shield: before
+    # RunSuspended, run(suspend=True) never returned here (docs/snapshots.md).
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Shielded")
+    async def shielded(ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        with trio.CancelScope(shield=True):
+            return {"got": await ctx.wait_input("go")}
+
+    document = doc(
+        [stage("s", "Shielded", outputs={"got": "got"}, next="end"), terminal("end", "got")]
+    )
+    session = stageflow.Session(load(document, registry), registry=registry)
+    assert (await session.run(suspend=True)).status is WAITING
+    session.send_input("go", "late")
+    result = await session.run()
+    assert result.artifacts == {"got": "late"}
+
+
+@pytest.mark.trio_only
 async def test_a_stage_that_swallows_run_suspended_is_cancelled_at_its_next_checkpoint() -> None:
     # The run's scope is cancelled all the same: the stage does not go on
     # with the run half torn down, and the snapshot is the one taken at its wait.
