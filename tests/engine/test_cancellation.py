@@ -8,6 +8,7 @@ fix they failed on trio only.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -20,6 +21,7 @@ from fakes import (
     stage,
     terminal,
     types,
+    wait_again_after_cancellation,
     wait_until_waiting,
 )
 from opentelemetry.sdk.trace import TracerProvider
@@ -487,20 +489,9 @@ async def test_a_stage_that_waits_again_after_cancel_in_suspend_mode_is_cancelle
     registry = stageflow.StageRegistry()
 
     @registry.register("Stubborn")
-    async def stubborn(ctx: stageflow.StageContext) -> dict[str, Any]:
+    async def stubborn(ctx: stageflow.StageContext) -> Mapping[str, Any]:
         session.cancel("the user left")  # the session below: run() is in progress
-        try:
-            await anyio.Event().wait()  # work, no wait of the run's
-        except anyio.get_cancelled_exc_class():
-            seen.append("cancelled")
-        try:
-            if wait == "sleep":
-                await ctx.sleep(3600)
-                return {}
-            return {"got": await ctx.wait_input("go")}
-        except BaseException as exc:
-            seen.append(type(exc).__name__)
-            raise
+        return await wait_again_after_cancellation(ctx, wait, seen)
 
     session = stageflow.Session(
         load(doc([stage("s", "Stubborn", next="end"), terminal()]), registry)

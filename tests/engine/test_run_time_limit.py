@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from fakes import doc, parallel, stage, terminal
+from fakes import doc, parallel, stage, terminal, wait_again_after_cancellation
 
 import stageflow
 
@@ -183,18 +183,7 @@ async def test_a_stage_that_blocks_again_after_the_stop_in_suspend_mode_does_not
 
     @registry.register("Stubborn")
     async def stubborn(ctx: stageflow.StageContext) -> Mapping[str, Any]:
-        try:
-            await anyio.Event().wait()  # work, no wait of the run's
-        except anyio.get_cancelled_exc_class():
-            seen.append("stopped")
-        try:
-            if wait == "sleep":
-                await ctx.sleep(3600)
-                return {}
-            return {"got": await ctx.wait_input("go")}
-        except BaseException as exc:
-            seen.append(type(exc).__name__)
-            raise
+        return await wait_again_after_cancellation(ctx, wait, seen)
 
     pipeline = stageflow.Pipeline.from_dict(
         doc([stage("s", "Stubborn", next="end"), terminal("end")]), registry=registry
@@ -203,7 +192,7 @@ async def test_a_stage_that_blocks_again_after_the_stop_in_suspend_mode_does_not
     result = await session.run(suspend=True)
     assert result.status is FAILED
     assert isinstance(result.error, stageflow.LimitExceededError)
-    assert seen == ["stopped", anyio.get_cancelled_exc_class().__name__]
+    assert seen == ["cancelled", anyio.get_cancelled_exc_class().__name__]
     assert session.to_dict()["stopped_by_limit"] == "max_run_seconds"
 
 

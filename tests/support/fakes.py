@@ -154,3 +154,25 @@ async def wait_until_waiting(session: stageflow.Session, input_type: str, count:
             await stream.__anext__()
     finally:
         await stream.aclose()
+
+
+async def wait_again_after_cancellation(
+    ctx: stageflow.StageContext, wait: str, seen: list[str]
+) -> Mapping[str, Any]:
+    """A stage body that works until cancelled, catches it, then blocks again.
+
+    Notes ``"cancelled"``, then the name of what ends its second wait
+    (``wait``: ``"wait_input"`` for an input ``go``, or ``"sleep"`` for an hour).
+    """
+    try:
+        await anyio.Event().wait()  # work, no wait of the run's
+    except anyio.get_cancelled_exc_class():
+        seen.append("cancelled")
+    try:
+        if wait == "sleep":
+            await ctx.sleep(3600)
+            return {}
+        return {"got": await ctx.wait_input("go")}
+    except BaseException as exc:
+        seen.append(type(exc).__name__)
+        raise
