@@ -481,8 +481,9 @@ def is_suspension(exc: BaseException) -> bool:
     What reaches the run's scope when its wait raised it: on trio the scope
     takes out the cancellations of the positions torn down beside it, a
     cancellation of the caller's stays (and is no suspension of the run's).
+    :func:`is_cancellation`'s test, with ``RunSuspended`` alone.
     """
-    return all(isinstance(leaf, RunSuspended) for leaf in _leaves(exc))
+    return is_cancellation(exc, RunSuspended)
 
 
 def ungrouped(exc: BaseException, cancelled: Cancellations) -> BaseException:
@@ -507,8 +508,8 @@ def ungrouped(exc: BaseException, cancelled: Cancellations) -> BaseException:
     if not others:
         # A RunSuspended beside the caller's cancellation: the run is over,
         # the cancellation goes on.
-        real = [leaf for leaf in leaves if not isinstance(leaf, RunSuspended)]
-        return (real or leaves or [exc])[0]
+        first = leaves[0] if leaves else exc
+        return next((leaf for leaf in leaves if not isinstance(leaf, RunSuspended)), first)
     return others[0] if len(others) == 1 else exc
 
 
