@@ -153,16 +153,20 @@ _UNSEEN: Final[Any] = object()
 _time_ns: Final = time.time_ns
 _new: Final = object.__new__
 
-# entries -> the plan, by identity: for every node of a resolved (pipeline,
-# registry) that the tight path has met, by node identity: its _Step if it is
-# a simple stage node (one attempt, no timeout, no cleanup), its _Choice if it
-# is a condition node, its _End if it is a terminal node, else None;
-# decided and made once per node, not once per execution ("sequential stage
-# node" and "3-node run" rows).
-# The cache keeps the entries, so that an id reused after garbage collection
-# is never taken for them (they hold the nodes' pipeline's resolution, so node
-# ids in the plan stay the same nodes).
-_plans: Final = IdentityCache[dict[int, "_Step | _Choice | _End | None"]]()
+# entries -> graph -> node id -> the plan, each by identity but the node ids:
+# for every node of a resolved (pipeline, registry) that the tight path has
+# met, in the graph (the pipeline or one of its subpipelines) it belongs to:
+# its _Step if it is a simple stage node (one attempt, no timeout, no
+# cleanup), its _Choice if it is a condition node, its _End if it is a
+# terminal node, else None; decided and made once per node, not once per
+# execution ("sequential stage node" and "3-node run" rows). Found by the
+# node's id in its graph's plan, which a path looks up once: per node, one
+# lookup by a string whose hash is kept, instead of the node by its id and
+# then its plan by ``id(node)`` (6.8 % fewer instructions per node:
+# benchmarks/RESULTS.md, "The plan by node id"). The caches keep the entries
+# and the graphs, so that an identity reused after garbage collection is
+# never taken for them.
+_plans: Final = IdentityCache["IdentityCache[dict[str, Planned]]"]()
 
 
 def _node_span(node: Node) -> tuple[str, dict[str, Any]]:
@@ -294,17 +298,25 @@ class _End:
         self.finished = node_finished_payload("terminal", None, None)
 
 
-def _plan(entries: Mapping[int, StageEntry]) -> dict[int, _Step | _Choice | _End | None]:
-    """The plan of a resolved pipeline (see ``_plans``), filled as nodes are met."""
-    plan = _plans.get(entries)
-    return plan if plan is not None else _plans.put(entries, {})
+Planned = _Step | _Choice | _End | None
+"""A node's plan (see ``_plans``)."""
 
 
-def _planned(
-    plan: dict[int, _Step | _Choice | _End | None], node: Node, entries: Mapping[int, StageEntry]
-) -> _Step | _Choice | _End | None:
+def _plan(entries: Mapping[int, StageEntry]) -> IdentityCache[dict[str, Planned]]:
+    """The plans of a resolved pipeline's graphs (see ``_plans``), filled as nodes are met."""
+    plans = _plans.get(entries)
+    return plans if plans is not None else _plans.put(entries, IdentityCache())
+
+
+def _graph_plan(plans: IdentityCache[dict[str, Planned]], graph: Pipeline) -> dict[str, Planned]:
+    """The plan of ``graph``'s nodes met so far, by node id (see ``_plans``)."""
+    plan = plans.get(graph)
+    return plan if plan is not None else plans.put(graph, {})
+
+
+def _planned(plan: dict[str, Planned], node: Node, entries: Mapping[int, StageEntry]) -> Planned:
     """Decide, once, whether ``node`` takes the tight path; its plan if it does."""
-    planned: _Step | _Choice | _End | None = None
+    planned: Planned = None
     if isinstance(node, StageNode):
         entry = entries.get(id(node))
         if entry is not None and StageExecutor.simple(node, entry):
@@ -313,7 +325,7 @@ def _planned(
         planned = _Choice(node)
     elif isinstance(node, TerminalNode):
         planned = _End(node)
-    plan[id(node)] = planned
+    plan[node.id] = planned
     return planned
 
 
@@ -1195,11 +1207,11 @@ class Run(StageRuntime):
             finally:
                 frame.resume = None
         state = self._state
-        simple = self._simple
-        if simple is None:
+        if self._simple is None:
             while node_id is not None and node_id != stop:
                 node_id = await self.execute(index[node_id], frame)
             return
+        simple = _graph_plan(self._simple, frame.scope.pipeline)
         # Made once per path, not per node ("sequential stage node" row): the
         # history's records (replaced only by a restore, never during a run),
         # what the cancellation test reads.
@@ -1245,10 +1257,9 @@ class Run(StageRuntime):
         # "sequential stage node" row). None: read it again.
         now: int | None = None
         while node_id is not None and node_id != stop:
-            node = index[node_id]
-            step = simple.get(id(node), _UNSEEN)
+            step = simple.get(node_id, _UNSEEN)
             if step is _UNSEEN:
-                step = _planned(simple, node, state.entries)
+                step = _planned(simple, index[node_id], state.entries)
             if step is None:
                 # This frame is what a waiting session keeps: a node that
                 # may wait for days must not keep alive what earlier nodes
@@ -1256,7 +1267,7 @@ class Run(StageRuntime):
                 # a stage's outputs, an error and its traceback, an ended
                 # span). Only here and before a stage's own await below.
                 ctx = view = outputs = value = error = span = now = None
-                node_id = await self.execute(node, frame)
+                node_id = await self.execute(index[node_id], frame)
                 continue
             node = step.node  # the same node, typed
             # The tight path ("sequential stage node", "condition node",
@@ -1797,13 +1808,13 @@ class Run(StageRuntime):
         ``next`` and no error edges, in a run on the tight path that is
         neither traced nor metered. Decided once per map worker.
         """
-        simple, state = self._simple, self._state
-        if simple is None or state.tracing is not None or state.metrics is not None:
+        state = self._state
+        if self._simple is None or state.tracing is not None or state.metrics is not None:
             return None
-        node = scope.pipeline.node_index[body]
-        step = simple.get(id(node), _UNSEEN)
+        simple = _graph_plan(self._simple, scope.pipeline)
+        step = simple.get(body, _UNSEEN)
         if step is _UNSEEN:
-            step = _planned(simple, node, state.entries)
+            step = _planned(simple, scope.pipeline.node_index[body], state.entries)
         if (
             type(step) is not _Step
             or not step.direct

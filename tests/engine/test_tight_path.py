@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
-from fakes import doc, map_node, parallel, stage, terminal
+from fakes import doc, fake_registry, map_node, parallel, stage, terminal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import context as otel_context
@@ -221,6 +221,53 @@ async def test_a_subscriber_that_joins_mid_run_sees_every_later_event(tight: boo
     assert result.artifacts == {"n": 2}
     assert seen[:3] == [("node_finished", "join"), ("node_started", "b"), ("node_finished", "b")]
     assert [(e.type, e.node_id) for e in result.history][-len(seen) :] == seen
+
+
+@pytest.mark.anyio
+async def test_nodes_of_a_subpipeline_named_as_the_pipelines_own_keep_their_own_plans() -> None:
+    # The plans are kept per graph by node id: a subpipeline's "a" (a
+    # condition) and "end" are not the pipeline's "a" (a stage) and "end".
+    stages = fake_registry()
+    inner = {
+        "entry": "a",
+        "nodes": [
+            {"id": "a", "type": "condition", "conditions": [{"if": {"var": "no"}, "then": "end"}],
+             "else": "b"},
+            stage("b", "Set", config={"values": {"v": 7}}, outputs={"v": "v"}, next="end"),
+            terminal("end", "v"),
+        ],
+    }  # fmt: skip
+    nodes = [
+        stage("a", "Set", config={"values": {"y": 1}}, outputs={"y": "y"}, next="b"),
+        {"id": "b", "type": "subpipeline", "pipeline": "inner", "artifacts": {"v": "v"},
+         "next": "end"},
+        terminal("end", "y", "v"),
+    ]  # fmt: skip
+    pipeline = stageflow.Pipeline.from_dict(
+        doc(nodes, subpipelines={"inner": inner}), registry=stages
+    )
+    outcomes = []
+    for path in (contextlib.nullcontext(), general_path()):
+        with path:
+            result = await stageflow.Session(pipeline, registry=stages).run()
+        outcomes.append(
+            (
+                result.status,
+                dict(result.artifacts),
+                [(e.type, e.path, e.node_id, dict(e.payload)) for e in result.history],
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][:2] == (stageflow.SessionStatus.COMPLETED, {"y": 1, "v": 7})
+    started = [
+        (path, node, payload["node_type"])
+        for kind, path, node, payload in outcomes[0][2]
+        if kind == "node_started"
+    ]
+    assert started == [
+        ("", "a", "stage"), ("", "b", "subpipeline"), ("b", "a", "condition"),
+        ("b", "b", "stage"), ("b", "end", "terminal"), ("", "end", "terminal"),
+    ]  # fmt: skip
 
 
 @pytest.mark.anyio
