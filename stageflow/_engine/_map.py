@@ -17,7 +17,7 @@ import anyio
 
 from stageflow._context import MISSING, Context
 from stageflow._engine._backend import NO_FLAGS, cancel_flags
-from stageflow._engine._frames import MAP_ITEM, Frame, Kernel, MapRun
+from stageflow._engine._frames import MAP_ITEM, Frame, Kernel, MapRun, release
 from stageflow._engine._positions import (
     ItemPosition,
     MapPosition,
@@ -191,10 +191,13 @@ class MapExecutor:
             """What ``run_child`` calls as the item ends (see ``Kernel.run_child``)."""
             if cancelled:
                 return
+            assert item is not None
             if error is not None:
                 run.failures.append((index, error))
+                # The failed item is over, and no snapshot keeps it: its
+                # frame lets go of its node's record, which refers back to it.
+                release(item)
             else:
-                assert item is not None
                 mine = own if own is not None else item.ctx.own()
                 for source, top in collect:
                     # Only what the item wrote (at, above or below the path),

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 import anyio
@@ -150,6 +151,11 @@ _YIELD_EVERY: Final = 63
 # (docs/internals.md, "The tight path").
 _TIGHT = True
 _UNSEEN: Final[Any] = object()
+# The errors of a failed session whose tracebacks Run._forget_frames looks at, at most.
+_CHAIN_LIMIT: Final = 100
+# Where the engine's code is: its frames are left out of a failed session's
+# error (Run._forget_frames).
+_ENGINE_CODE: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _time_ns: Final = time.time_ns
 _new: Final = object.__new__
 
@@ -741,11 +747,53 @@ class Run(StageRuntime):
         root, self._root = self._root, None
         if root is not None:
             release(root)
+        # A stage's frame kept in a failed session's error keeps the stage's
+        # context, which reaches the run: the run lets go of the state that
+        # keeps the error (check_live says the attempt is over without it).
+        del self._state
         # Not contextlib.suppress: 0.3 us more per run ("3-node run" row).
         try:  # noqa: SIM105
             del self._hooks, self.runtime  # set in this order by _start
         except AttributeError:  # _start raised before it set them
             pass
+
+    @staticmethod
+    def _forget_frames(error: BaseException) -> None:
+        """Leave the engine's frames out of the tracebacks of ``error`` and the errors it chains.
+
+        The session keeps its error, and those frames keep (in their locals)
+        the run, the session's state and the error itself: left in, a failed
+        session is freed only by the collector. The frames are not changed
+        (one of another run's may still be running, if a stage raised one
+        exception object in two sessions); only the tracebacks let go of
+        them. A stage's own frames stay in, with their locals: a stage's
+        frame keeps its context, which reaches the run but no longer the
+        session (``_release``).
+        """
+        seen: set[int] = set()
+        todo: list[BaseException] = [error]
+        while todo and len(seen) < _CHAIN_LIMIT:
+            exc = todo.pop()
+            if id(exc) in seen:
+                continue
+            seen.add(id(exc))
+            kept: TracebackType | None = None
+            last: TracebackType | None = None
+            tb = exc.__traceback__
+            while tb is not None:
+                if not tb.tb_frame.f_code.co_filename.startswith(_ENGINE_CODE):
+                    if last is None:
+                        kept = tb
+                    else:
+                        last.tb_next = tb
+                    last = tb
+                tb = tb.tb_next
+            if last is not None:
+                last.tb_next = None
+            exc.__traceback__ = kept
+            todo.extend(more for more in (exc.__cause__, exc.__context__) if more is not None)
+            if isinstance(exc, BaseExceptionGroup):
+                todo.extend(exc.exceptions)
 
     def _resume(self) -> FramePosition | None:
         """Ready the state for this run: where a waiting session goes on from (or ``None``)."""
@@ -863,6 +911,15 @@ class Run(StageRuntime):
 
     def _ended(self, error: StageflowError | None, timed_out: bool) -> SessionResult:
         """The outcome of a run whose main path returned or raised ``error``."""
+        result = self._outcome(error, timed_out)
+        if result.error is not None:
+            # The session keeps its error, whose tracebacks keep this run's
+            # frames, which keep the run and its state.
+            self._forget_frames(result.error)
+        return result
+
+    def _outcome(self, error: StageflowError | None, timed_out: bool) -> SessionResult:
+        """The session's end for ``_ended``."""
         state = self._state
         if self._stopped is not None:
             state.history.muted = False
@@ -2021,6 +2078,7 @@ class Run(StageRuntime):
                 # Settled before the event (see Kernel.run_child).
                 run.failures.append((index, exc))
                 del running[index]  # a snapshot must not run it again
+                frame.work = None  # its stage attempt refers back to it (see MapExecutor)
                 history.record(
                     kind.failed, node_id, path, {**payload, "error": describe_exception(exc)}
                 )

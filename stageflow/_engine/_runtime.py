@@ -741,7 +741,11 @@ class StageRuntime:
         then: not per wait or event, "paused session, time to pause" rows).
         """
         frame = work._frame
-        if self._state.run is self and (frame is None or frame.work is work):
+        try:
+            live = self._state.run is self
+        except AttributeError:  # the run is over and let go of its session (Run._release)
+            live = False
+        if live and (frame is None or frame.work is work):
             return
         node = work._node
         shown = "" if argument is None else repr(argument)

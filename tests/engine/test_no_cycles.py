@@ -9,8 +9,14 @@ session a service holds ("paused session" benchmark rows). Each case runs
 once to warm caches, then once with the collector off; what reference
 counting did not free is then found by a collection that saves it.
 
-Not covered, and left to the collector: a failed session (its error's
-traceback holds the engine's frames, which hold the run), and on asyncio a
+A failed session too: its error's tracebacks held the engine's frames and
+the stage's (whose context reaches the run); the run leaves its own frames
+out of them and lets go of the session's state, and the stage's frames stay,
+with their locals.
+
+Not covered, and left to the collector: a failure of a branch or map item
+routed to the parallel or map node's error edge (the node's record keeps the
+error, whose traceback holds the executor's frames), and on asyncio a
 branch, a map item or a task of a stage's own task group torn down
 mid-stage (anyio's task-done callback keeps the
 task's ``CancelledError`` in a local of a frame of that error's own
@@ -20,7 +26,10 @@ traceback, a cycle in anyio 4.16 whose traceback reaches the run's frames).
 from __future__ import annotations
 
 import gc
-from collections.abc import Awaitable, Callable
+import os
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -34,6 +43,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import stageflow
+from stageflow._engine import _run
 
 pytestmark = pytest.mark.anyio
 
@@ -67,6 +77,11 @@ def _registry() -> stageflow.StageRegistry:
     @registry.register("Double")
     async def double(ctx: Any) -> dict[str, Any]:
         return {"out": ctx.arguments["item"] * 2}
+
+    @registry.register("FailingClass")
+    class FailingClass(stageflow.BaseStage):
+        async def run(self, ctx: stageflow.StageContext) -> dict[str, Any]:
+            raise ValueError("a stage class failed")
 
     return registry
 
@@ -187,6 +202,10 @@ TORN_DOWN = {
             terminal("end"),
         ]
     ),
+    # A stage's failure routed to its error edge: the session completes.
+    "stage_failure_routed": doc(
+        [{**stage("a", "Fail", next="end"), "fallback": "end"}, terminal("end")]
+    ),
     "terminal_in_a_subpipeline_branch": doc(
         [
             {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
@@ -203,6 +222,45 @@ TORN_DOWN = {
                     terminal("joined"),
                 ],
             }
+        },
+    ),
+}
+
+
+# A session that fails (no error edge takes the failure): its error, kept in
+# the session and its result, holds the tracebacks of the engine's frames and
+# of the stage's (which holds its context).
+FAILING = {
+    "stage": doc([stage("a", "Fail", next="end"), terminal("end")]),
+    "stage_class": doc([stage("a", "FailingClass", next="end"), terminal("end")]),
+    "retried": doc([{**stage("a", "Fail", next="end"), "retry": {"attempts": 2}}, terminal("end")]),
+    "timeout": doc([{**stage("a", "Hang", next="end"), "timeout": 0.05}, terminal("end")]),
+    "step_limit": doc(
+        [stage("a", "Set", next="b"), stage("b", "Set", next="end"), terminal("end")],
+        limits={"max_steps": 1},
+    ),
+    "parallel": doc(
+        [
+            parallel("fan", ["a", "b"], next="end"),
+            stage("a", "Set"),
+            stage("b", "Fail"),
+            terminal("end"),
+        ]
+    ),
+    "map": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end"),
+            stage("f", "Fail", outputs={"v": "v"}),
+            terminal("end"),
+        ]
+    ),
+    "subpipeline": doc(
+        [
+            {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
+            terminal("end"),
+        ],
+        subpipelines={
+            "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
         },
     ),
 }
@@ -279,6 +337,18 @@ def _torn_down_in(kind: str) -> Scenario:
     return scenario
 
 
+def _failed_in(kind: str) -> Scenario:
+    pipeline = stageflow.Pipeline.from_dict(FAILING[kind], registry=REGISTRY)
+
+    async def scenario() -> None:
+        result = await stageflow.Session(pipeline, registry=REGISTRY, payload={"items": [1]}).run()
+        assert result.status is stageflow.SessionStatus.FAILED
+        assert result.error is not None
+
+    scenario.__name__ = f"failed_{kind}"
+    return scenario
+
+
 async def live() -> None:
     session = stageflow.Session(WAITING, registry=REGISTRY)
     async with anyio.create_task_group() as tg:
@@ -336,6 +406,8 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         _torn_down_in("stage_timeout_routed"),
         _torn_down_in("parallel_timeout_routed"),
         _torn_down_in("terminal_in_a_subpipeline_branch"),
+        _torn_down_in("stage_failure_routed"),
+        *(_failed_in(kind) for kind in FAILING),
     ],
     ids=lambda scenario: scenario.__name__,
 )
@@ -352,3 +424,52 @@ async def test_a_session_that_ends_or_suspends_is_freed_without_the_collector(
     ) and (sniffio.current_async_library() == "asyncio"):
         pytest.skip("anyio's task-done callback keeps a cancelled task's error in a cycle")
     assert await _left_for_the_collector(scenario) == []
+
+
+async def test_a_failed_session_keeps_the_stage_s_traceback_and_locals() -> None:
+    # The engine's frames are left out of the error's tracebacks; the
+    # stage's frames, which a post-mortem debugger would look at, stay with
+    # their locals, and the traceback still says where the stage failed.
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Broken")
+    async def broken(ctx: stageflow.StageContext) -> dict[str, Any]:
+        marker = {"seen": ctx.node_id}
+        raise KeyError(marker["missing"])
+
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("a", "Broken", next="end"), terminal("end")]), registry=registry
+    )
+    session = stageflow.Session(pipeline, registry=registry)
+    result = await session.run()
+    assert result.status is stageflow.SessionStatus.FAILED
+    assert session.status is stageflow.SessionStatus.FAILED
+    assert [e.type for e in session.history][-2:] == ["node_failed", "session_failed"]
+    cause = result.error.__cause__ if result.error is not None else None
+    assert isinstance(cause, KeyError)
+    stage_frames = [
+        tb.tb_frame for tb in _walk(cause.__traceback__) if tb.tb_frame.f_code is broken.__code__
+    ]
+    assert len(stage_frames) == 1
+    engine = os.path.dirname(_run.__file__)
+    for error in (result.error, cause):
+        assert error is not None
+        assert not [
+            tb
+            for tb in _walk(error.__traceback__)
+            if tb.tb_frame.f_code.co_filename.startswith(engine)
+        ]
+    assert stage_frames[0].f_locals["marker"] == {"seen": "a"}
+    assert type(stage_frames[0].f_locals["ctx"]).__name__ == "StageWork"
+    text = "".join(traceback.format_exception(result.error))
+    assert 'raise KeyError(marker["missing"])' in text
+    assert "The above exception was the direct cause" in text
+    # The context the stage kept says its attempt is over.
+    with pytest.raises(stageflow.StageContractError, match="after its attempt 1 ended"):
+        stage_frames[0].f_locals["ctx"].emit("late")
+
+
+def _walk(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
