@@ -473,3 +473,23 @@ def _walk(tb: TracebackType | None) -> Iterator[TracebackType]:
     while tb is not None:
         yield tb
         tb = tb.tb_next
+
+
+async def test_the_caller_s_own_exception_keeps_its_traceback() -> None:
+    # run() awaited in an except block: the stage's error has the caller's
+    # exception as its context, and that exception's traceback (here through
+    # the engine's Run.run, which raised it) is the caller's, left as it was.
+    pipeline = stageflow.Pipeline.from_dict(FAILING["stage"], registry=REGISTRY)
+    finished = stageflow.Session(pipeline, registry=REGISTRY)
+    await finished.run()
+    try:
+        await finished.run()
+    except stageflow.SessionStateError as exc:
+        caller = exc
+        before = list(_walk(caller.__traceback__))
+        result = await stageflow.Session(pipeline, registry=REGISTRY).run()
+    assert result.error is not None
+    assert result.error.__cause__ is not None
+    assert result.error.__cause__.__context__ is caller
+    assert list(_walk(caller.__traceback__)) == before
+    assert before[-1].tb_frame.f_code.co_filename == _run.__file__
