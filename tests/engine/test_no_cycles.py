@@ -16,7 +16,10 @@ with their locals.
 
 Not covered, and left to the collector: a failure of a branch or map item
 routed to the parallel or map node's error edge (the node's record keeps the
-error, whose traceback holds the executor's frames), and on asyncio a
+error, whose traceback holds the executor's frames), a failure in a
+subpipeline routed to the subpipeline node's error edge (the error's
+traceback holds the frame of the subpipeline's path, whose ``error`` local
+keeps it), and on asyncio a
 branch, a map item or a task of a stage's own task group torn down
 mid-stage (anyio's task-done callback keeps the
 task's ``CancelledError`` in a local of a frame of that error's own
