@@ -716,12 +716,18 @@ class Run(StageRuntime):
                     # cancellation too), as the one exception it is about.
                     escaping = ungrouped(exc, self.backend.cancelled)
                     if escaping is exc:
+                        # Its traceback holds this frame: the frame must not
+                        # hold it (a cycle that kept the run and the session).
+                        escaping = None
                         raise
                 finally:
                     self._cancel_scope = None
                     self.token = None
                 if escaping is not None:
-                    raise escaping
+                    try:
+                        raise escaping
+                    finally:
+                        escaping = None  # as above
                 return self._ended(error, scope.cancelled_caught)
             finally:
                 if observed is not None:

@@ -371,6 +371,22 @@ async def cancelled() -> None:
     assert session.status is stageflow.SessionStatus.CANCELLED
 
 
+async def cancelled_from_outside() -> None:
+    # The scope around run() is cancelled: the cancellation goes up from
+    # run(), its traceback through the run's frame.
+    session = stageflow.Session(WAITING, registry=REGISTRY)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_when_blocked, scope)
+            await session.run()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+
+
+async def _cancel_when_blocked(scope: anyio.CancelScope) -> None:
+    await anyio.wait_all_tasks_blocked()
+    scope.cancel()
+
+
 async def _left_for_the_collector(scenario: Scenario) -> list[str]:
     """stageflow's types among what reference counting did not free after ``scenario``."""
     await scenario()  # caches and first-use work
@@ -400,6 +416,7 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         traced_and_metered,
         live,
         cancelled,
+        cancelled_from_outside,
         _suspended_in("subpipeline"),
         _suspended_in("parallel"),
         _suspended_in("map"),
