@@ -81,6 +81,10 @@ def _registry() -> stageflow.StageRegistry:
     async def double(ctx: Any) -> dict[str, Any]:
         return {"out": ctx.arguments["item"] * 2}
 
+    @registry.register("Interrupt")
+    async def interrupt(ctx: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
     @registry.register("FailingClass")
     class FailingClass(stageflow.BaseStage):
         async def run(self, ctx: stageflow.StageContext) -> dict[str, Any]:
@@ -382,6 +386,17 @@ async def cancelled_from_outside() -> None:
     assert session.status is stageflow.SessionStatus.CANCELLED
 
 
+async def interrupted() -> None:
+    # A KeyboardInterrupt goes up from run() (the session ends cancelled).
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("a", "Interrupt", next="end"), terminal("end")]), registry=REGISTRY
+    )
+    session = stageflow.Session(pipeline, registry=REGISTRY)
+    with pytest.raises(KeyboardInterrupt):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+
+
 async def _cancel_when_blocked(scope: anyio.CancelScope) -> None:
     await anyio.wait_all_tasks_blocked()
     scope.cancel()
@@ -417,6 +432,7 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         live,
         cancelled,
         cancelled_from_outside,
+        interrupted,
         _suspended_in("subpipeline"),
         _suspended_in("parallel"),
         _suspended_in("map"),
