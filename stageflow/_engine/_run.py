@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType, TracebackType
@@ -715,12 +716,18 @@ class Run(StageRuntime):
                     # cancellation too), as the one exception it is about.
                     escaping = ungrouped(exc, self.backend.cancelled)
                     if escaping is exc:
+                        # Its traceback holds this frame: the frame must not
+                        # hold it (a cycle that kept the run and the session).
+                        escaping = None
                         raise
                 finally:
                     self._cancel_scope = None
                     self.token = None
                 if escaping is not None:
-                    raise escaping
+                    try:
+                        raise escaping
+                    finally:
+                        escaping = None  # as above
                 return self._ended(error, scope.cancelled_caught)
             finally:
                 if observed is not None:
@@ -758,8 +765,12 @@ class Run(StageRuntime):
             pass
 
     @staticmethod
-    def _forget_frames(error: BaseException) -> None:
+    def _forget_frames(error: BaseException, handled: BaseException | None) -> None:
         """Leave the engine's frames out of the tracebacks of ``error`` and the errors it chains.
+
+        Not of ``handled`` and the errors it chains: the exception being
+        handled where the run ends (the caller's, or the run's own stop), which
+        a stage's error may chain as its context.
 
         The session keeps its error, and those frames keep (in their locals)
         the run, the session's state and the error itself: left in, a failed
@@ -770,13 +781,8 @@ class Run(StageRuntime):
         frame keeps its context, which reaches the run but no longer the
         session (``_release``).
         """
-        seen: set[int] = set()
-        todo: list[BaseException] = [error]
-        while todo and len(seen) < _CHAIN_LIMIT:
-            exc = todo.pop()
-            if id(exc) in seen:
-                continue
-            seen.add(id(exc))
+        theirs = Run._chain(handled, {}) if handled is not None else {}
+        for exc in Run._chain(error, theirs).values():
             kept: TracebackType | None = None
             last: TracebackType | None = None
             tb = exc.__traceback__
@@ -791,9 +797,24 @@ class Run(StageRuntime):
             if last is not None:
                 last.tb_next = None
             exc.__traceback__ = kept
+
+    @staticmethod
+    def _chain(error: BaseException, leave: dict[int, BaseException]) -> dict[int, BaseException]:
+        """``error`` and the errors it chains (at most ``_CHAIN_LIMIT``), but for ``leave``'s.
+
+        By identity: an exception class may define ``__eq__`` (and no hash).
+        """
+        found: dict[int, BaseException] = {}
+        todo = [error]
+        while todo and len(found) < _CHAIN_LIMIT:
+            exc = todo.pop()
+            if id(exc) in found or id(exc) in leave:
+                continue
+            found[id(exc)] = exc
             todo.extend(more for more in (exc.__cause__, exc.__context__) if more is not None)
             if isinstance(exc, BaseExceptionGroup):
                 todo.extend(exc.exceptions)
+        return found
 
     def _resume(self) -> FramePosition | None:
         """Ready the state for this run: where a waiting session goes on from (or ``None``)."""
@@ -914,8 +935,10 @@ class Run(StageRuntime):
         result = self._outcome(error, timed_out)
         if result.error is not None:
             # The session keeps its error, whose tracebacks keep this run's
-            # frames, which keep the run and its state.
-            self._forget_frames(result.error)
+            # frames, which keep the run and its state. The exception the
+            # caller is handling (run() awaited in an except block), which a
+            # stage's error has as its context, is the caller's: left as is.
+            self._forget_frames(result.error, sys.exception())
         return result
 
     def _outcome(self, error: StageflowError | None, timed_out: bool) -> SessionResult:

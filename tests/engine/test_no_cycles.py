@@ -16,7 +16,10 @@ with their locals.
 
 Not covered, and left to the collector: a failure of a branch or map item
 routed to the parallel or map node's error edge (the node's record keeps the
-error, whose traceback holds the executor's frames), and on asyncio a
+error, whose traceback holds the executor's frames), a failure in a
+subpipeline routed to the subpipeline node's error edge (the error's
+traceback holds the frame of the subpipeline's path, whose ``error`` local
+keeps it), and on asyncio a
 branch, a map item or a task of a stage's own task group torn down
 mid-stage (anyio's task-done callback keeps the
 task's ``CancelledError`` in a local of a frame of that error's own
@@ -77,6 +80,10 @@ def _registry() -> stageflow.StageRegistry:
     @registry.register("Double")
     async def double(ctx: Any) -> dict[str, Any]:
         return {"out": ctx.arguments["item"] * 2}
+
+    @registry.register("Interrupt")
+    async def interrupt(ctx: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
 
     @registry.register("FailingClass")
     class FailingClass(stageflow.BaseStage):
@@ -368,6 +375,33 @@ async def cancelled() -> None:
     assert session.status is stageflow.SessionStatus.CANCELLED
 
 
+async def cancelled_from_outside() -> None:
+    # The scope around run() is cancelled: the cancellation goes up from
+    # run(), its traceback through the run's frame.
+    session = stageflow.Session(WAITING, registry=REGISTRY)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_when_blocked, scope)
+            await session.run()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+
+
+async def interrupted() -> None:
+    # A KeyboardInterrupt goes up from run() (the session ends cancelled).
+    pipeline = stageflow.Pipeline.from_dict(
+        doc([stage("a", "Interrupt", next="end"), terminal("end")]), registry=REGISTRY
+    )
+    session = stageflow.Session(pipeline, registry=REGISTRY)
+    with pytest.raises(KeyboardInterrupt):
+        await session.run()
+    assert session.status is stageflow.SessionStatus.CANCELLED
+
+
+async def _cancel_when_blocked(scope: anyio.CancelScope) -> None:
+    await anyio.wait_all_tasks_blocked()
+    scope.cancel()
+
+
 async def _left_for_the_collector(scenario: Scenario) -> list[str]:
     """stageflow's types among what reference counting did not free after ``scenario``."""
     await scenario()  # caches and first-use work
@@ -397,6 +431,8 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         traced_and_metered,
         live,
         cancelled,
+        cancelled_from_outside,
+        interrupted,
         _suspended_in("subpipeline"),
         _suspended_in("parallel"),
         _suspended_in("map"),
@@ -473,3 +509,23 @@ def _walk(tb: TracebackType | None) -> Iterator[TracebackType]:
     while tb is not None:
         yield tb
         tb = tb.tb_next
+
+
+async def test_the_caller_s_own_exception_keeps_its_traceback() -> None:
+    # run() awaited in an except block: the stage's error has the caller's
+    # exception as its context, and that exception's traceback (here through
+    # the engine's Run.run, which raised it) is the caller's, left as it was.
+    pipeline = stageflow.Pipeline.from_dict(FAILING["stage"], registry=REGISTRY)
+    finished = stageflow.Session(pipeline, registry=REGISTRY)
+    await finished.run()
+    try:
+        await finished.run()
+    except stageflow.SessionStateError as exc:
+        caller = exc
+        before = list(_walk(caller.__traceback__))
+        result = await stageflow.Session(pipeline, registry=REGISTRY).run()
+    assert result.error is not None
+    assert result.error.__cause__ is not None
+    assert result.error.__cause__.__context__ is caller
+    assert list(_walk(caller.__traceback__)) == before
+    assert before[-1].tb_frame.f_code.co_filename == _run.__file__
