@@ -2101,7 +2101,7 @@ class Run(StageRuntime):
                 # Settled before the event (see Kernel.run_child).
                 run.failures.append((index, exc))
                 del running[index]  # a snapshot must not run it again
-                frame.work = None  # its stage attempt refers back to it (see MapExecutor)
+                release(frame)  # its stage attempt refers back to it (as MapExecutor's settle)
                 history.record(
                     kind.failed, node_id, path, {**payload, "error": describe_exception(exc)}
                 )

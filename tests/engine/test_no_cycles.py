@@ -322,36 +322,33 @@ async def traced_and_metered() -> None:
         meter_provider.shutdown()
 
 
-def _suspended_in(kind: str) -> Scenario:
-    pipeline = stageflow.Pipeline.from_dict(NESTED_WAITS[kind], registry=REGISTRY)
+def _ending(documents: dict[str, Any], kind: str, status: stageflow.SessionStatus) -> Scenario:
+    """A run of ``documents[kind]`` that ends ``status`` (``waiting``: suspended)."""
+    pipeline = stageflow.Pipeline.from_dict(documents[kind], registry=REGISTRY)
+    waiting = status is stageflow.SessionStatus.WAITING
 
     async def scenario() -> None:
         session = stageflow.Session(pipeline, registry=REGISTRY, payload={"items": [1, 2]})
-        assert (await session.run(suspend=True)).status is stageflow.SessionStatus.WAITING
-
-    scenario.__name__ = f"suspended_in_{kind}"
-    return scenario
-
-
-def _torn_down_in(kind: str) -> Scenario:
-    pipeline = stageflow.Pipeline.from_dict(TORN_DOWN[kind], registry=REGISTRY)
-
-    async def scenario() -> None:
-        result = await stageflow.Session(pipeline, registry=REGISTRY).run()
-        assert result.status is stageflow.SessionStatus.COMPLETED, result.error
+        result = await session.run(suspend=waiting)
+        assert result.status is status, result.error
+        assert (result.error is not None) == (status is stageflow.SessionStatus.FAILED)
 
     scenario.__name__ = kind
     return scenario
 
 
+def _suspended_in(kind: str) -> Scenario:
+    scenario = _ending(NESTED_WAITS, kind, stageflow.SessionStatus.WAITING)
+    scenario.__name__ = f"suspended_in_{kind}"
+    return scenario
+
+
+def _torn_down_in(kind: str) -> Scenario:
+    return _ending(TORN_DOWN, kind, stageflow.SessionStatus.COMPLETED)
+
+
 def _failed_in(kind: str) -> Scenario:
-    pipeline = stageflow.Pipeline.from_dict(FAILING[kind], registry=REGISTRY)
-
-    async def scenario() -> None:
-        result = await stageflow.Session(pipeline, registry=REGISTRY, payload={"items": [1]}).run()
-        assert result.status is stageflow.SessionStatus.FAILED
-        assert result.error is not None
-
+    scenario = _ending(FAILING, kind, stageflow.SessionStatus.FAILED)
     scenario.__name__ = f"failed_{kind}"
     return scenario
 
