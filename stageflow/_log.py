@@ -94,20 +94,26 @@ def node_finished(
         log.error("node.finished", exc_info=error, **values)
 
 
-def _key_values(logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
+def _key_values(
+    logger: Any, method_name: str, event_dict: dict[str, Any]
+) -> tuple[tuple[str], dict[str, Any]]:
     """``event='...' key=value ...`` (the event, then the keys sorted), never raising.
 
     As structlog's ``KeyValueRenderer`` writes a line, except that a value
     whose ``repr()`` fails is named by its type: a stage's ``ctx.log`` call
     fails no stage, as a record of the ``logging`` module that cannot be
-    formatted fails no caller.
+    formatted fails no caller. ``exc_info`` and ``stack_info`` go to the
+    record as such, so the ``logging`` module writes the traceback (an
+    ``error`` or ``exception`` call, a worker's failed turn).
     """
+    record = {key: event_dict.pop(key) for key in _RECORD_KEYS if key in event_dict}
     keys = sorted(key for key in event_dict if key != "event")
     if "event" in event_dict:
         keys.insert(0, "event")
-    return " ".join(f"{key}={shown_text(repr, event_dict[key])}" for key in keys)
+    return (" ".join(f"{key}={shown_text(repr, event_dict[key])}" for key in keys),), record
 
 
+_RECORD_KEYS = ("exc_info", "stack_info")
 _STDLIB_PROCESSORS: list[Any] = [_key_values]
 
 

@@ -457,3 +457,45 @@ async def test_a_stage_log_call_with_an_unprintable_value_fails_no_stage_unconfi
     [record] = [r for r in caplog.records if "stage.odd" in r.getMessage()]
     assert record.getMessage().startswith("event='stage.odd' attempt=1 node_id='a' ")
     assert "text='two\\nlines' value=<_BadRepr whose repr() failed>" in record.getMessage()
+
+
+@pytest.mark.anyio
+async def test_a_stage_s_exception_line_keeps_its_traceback_unconfigured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without a structlog set-up, stageflow's key=value rendering wrote
+    # exc_info into the text ("exc_info=True"): the traceback was lost.
+    structlog.reset_defaults()
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Careful")
+    async def careful(ctx: stageflow.StageContext) -> dict[str, Any]:
+        try:
+            {}["missing"]
+        except KeyError:
+            ctx.log.exception("stage.lookup_failed", key="missing")
+        ctx.log.warning("stage.passed_on", exc_info=ValueError("kept"))
+        return {}
+
+    pipeline = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "a",
+            "nodes": [
+                {"id": "a", "type": "stage", "stage": "Careful", "next": "end"},
+                {"id": "end", "type": "terminal", "result": {}},
+            ],
+        },
+        registry=registry,
+    )
+    with caplog.at_level(logging.WARNING, logger="stageflow.stage"):
+        result = await stageflow.Session(pipeline, registry=registry).run()
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [lookup, passed] = [r for r in caplog.records if r.name == "stageflow.stage"]
+    assert lookup.levelno == logging.ERROR
+    assert "exc_info" not in lookup.getMessage()
+    assert lookup.exc_info is not None
+    assert isinstance(lookup.exc_info[1], KeyError)
+    assert '{}["missing"]' in caplog.text  # the stage's line in the traceback
+    assert passed.exc_info is not None
+    assert str(passed.exc_info[1]) == "kept"

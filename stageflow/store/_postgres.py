@@ -35,9 +35,9 @@ from typing import Any, TypeVar, cast
 import anyio
 import psycopg
 import psycopg_pool
-import structlog
 from psycopg import sql
 
+from stageflow._log import get_logger
 from stageflow.store._errors import (
     SessionFinishedError,
     SessionNotFoundError,
@@ -85,7 +85,7 @@ from stageflow.store._shared import (
 __all__ = ["PostgresStore"]
 
 T = TypeVar("T")
-logger = structlog.get_logger("stageflow.store")
+logger = get_logger("stageflow.store")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 

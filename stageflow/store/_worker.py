@@ -26,11 +26,11 @@ import anyio
 import anyio.abc
 import attrs
 import sniffio
-import structlog
 from opentelemetry import context as otel_context
 
 from stageflow._engine._backend import deciding_leaf, is_cancellation, is_interrupt
 from stageflow._errors import InputRejectedError, SessionStateError
+from stageflow._log import get_logger
 from stageflow._model import is_count, is_seconds, seconds_wanted
 from stageflow._pipeline import Pipeline
 from stageflow._result import SessionStatus
@@ -43,7 +43,7 @@ from stageflow.store._shared import LIMIT_MAX, check_name, check_roles
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 
-logger = structlog.get_logger("stageflow.worker")
+logger = get_logger("stageflow.worker")
 
 _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
 _BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)

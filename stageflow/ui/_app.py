@@ -24,7 +24,6 @@ import anyio
 import anyio.to_thread
 import attrs
 import jinja2
-import structlog
 from starlette.applications import Starlette
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
@@ -43,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 
 import stageflow
 from stageflow._cli._graph import Graph, build_graph
+from stageflow._log import get_logger
 from stageflow.store import (
     FINISHED_STATUSES,
     SessionFinishedError,
@@ -80,7 +80,7 @@ _LIMIT = 200
 _HISTORY_SHOWN = 1000
 _STATUSES = ("pending", "waiting", "completed", "failed", "cancelled", "timed_out", "poisoned")
 
-log = structlog.get_logger("stageflow.ui")
+log = get_logger("stageflow.ui")
 
 
 @attrs.frozen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -862,6 +863,68 @@ async def test_a_stage_that_raises_a_base_exception_fails_its_turn_not_the_worke
     assert poisoned.status == "poisoned"
     assert poisoned.error is not None
     assert poisoned.error.startswith(raised)
+
+
+class _Watched:
+    """A local whose ``repr()`` is counted: a log renderer that walks frame locals calls it."""
+
+    shown = 0
+
+    def __repr__(self) -> str:
+        type(self).shown += 1
+        return "<watched>"
+
+
+class RaisesHolding(stageflow.BaseStage):
+    """Raise SystemExit with a :class:`_Watched` local in the stage's frame."""
+
+    spec = stageflow.StageSpec(description="raise SystemExit, holding a local")
+
+    async def run(self, ctx: stageflow.StageContext) -> Mapping[str, Any]:
+        watched = _Watched()
+        raise SystemExit(f"stage {ctx.node_id} held {id(watched)}")
+
+
+async def test_an_unconfigured_application_gets_the_worker_s_lines_from_logging(
+    make_store: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The worker, the PostgreSQL store and the inspector took structlog's
+    # loggers directly: unconfigured, structlog's default renderer printed
+    # their lines on standard output, tracebacks drawn by rich with every
+    # frame's locals walked (trio's runner among them, whose queue the
+    # store's threads append to: "deque mutated during iteration" killed a
+    # worker in CI). They follow the library's rule now: the logging module.
+    assert not structlog.is_configured()  # tests/conftest.py keeps it so
+    local = stageflow.StageRegistry()
+    local.register("RaisesHolding")(RaisesHolding)
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "boom",
+            "metadata": {"name": "broken"},
+            "nodes": [
+                {"id": "boom", "type": "stage", "stage": "RaisesHolding", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=local,
+    )
+    service = SessionService(make_store(), registry=local)
+    _Watched.shown = 0
+    with caplog.at_level(logging.WARNING, logger="stageflow.worker"):
+        async with running(make_store(), registry=local, max_attempts=1):
+            bad = await service.start(broken)
+            assert (await service.wait(bad, finished=True, timeout=20)).status == "poisoned"
+    [failed] = [r for r in caplog.records if "worker.turn_failed" in r.getMessage()]
+    assert (failed.name, failed.levelno) == ("stageflow.worker", logging.WARNING)
+    assert failed.exc_info is not None
+    assert isinstance(failed.exc_info[1], SystemExit)
+    [poisoned] = [r for r in caplog.records if "worker.session_poisoned" in r.getMessage()]
+    assert poisoned.levelno == logging.ERROR
+    assert _Watched.shown == 0  # no frame's locals were walked
+    assert "worker." not in capsys.readouterr().out
 
 
 async def test_a_turn_runs_outside_the_span_current_where_the_worker_was_started(
