@@ -73,6 +73,36 @@ async def test_a_failed_node_is_one_error_line_with_its_traceback_and_span(
     assert "exception" not in fan[0]
 
 
+async def test_a_routed_error_is_reported_with_its_whole_traceback(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Once routed, the error leaves the engine's frames out of its
+    # tracebacks (no cycle keeps the session): only after the node's line
+    # and span have written it whole. Raised by the parallel node's executor
+    # itself, it is first reported there.
+    timed_out = doc(
+        [
+            parallel("fan", ["ok", "slow"], next="end", timeout=0.05, fallback="end"),
+            stage("ok", "Set", config={"values": {}}),
+            stage("slow", "Hang"),
+            terminal(),
+        ]
+    )
+    result, lines, _ = await _logged_run(timed_out, provider)
+    assert result.status is stageflow.SessionStatus.COMPLETED
+    [line] = [x for x in lines if x.get("node_id") == "fan" and x["event"] == "node.finished"]
+    assert (line["level"], line["handled"], line["error_type"]) == (
+        "warning",
+        True,
+        "NodeTimeoutError",
+    )
+    assert "_parallel.py" in line["exception"]  # the executor's frame, where it was raised
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "parallel fan"]
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert "_parallel.py" in str(event.attributes["exception.stacktrace"])
+
+
 async def test_a_session_is_a_start_and_an_end_line_with_its_status(
     provider: TracerProvider,
 ) -> None:

@@ -413,6 +413,7 @@ class Run(StageRuntime):
         "_cancel_reasons",
         "_cancel_scope",
         "_caps",
+        "_handled",
         "_live",
         "_main",
         "_node_log",
@@ -450,6 +451,9 @@ class Run(StageRuntime):
         # of the run's (a branch's) that no scope sent is a stage's own.
         self.host: asyncio.Task[Any] | None = None
         self._cancel_scope: CancelScopeLike | None = None
+        # The exception the caller is handling where it awaits run() (see
+        # _forget_frames): set while the run runs.
+        self._handled: BaseException | None = None
         # Path prefix -> why it is cancelled; made when first needed (a live
         # paused session keeps its run: "paused session, memory each" row).
         self._cancel_reasons: dict[str, CancelReason] | None = None
@@ -633,6 +637,7 @@ class Run(StageRuntime):
             )
         state.final = None  # a restored pending session: what it saved is behind it now
         state.run = self
+        self._handled = sys.exception()
         try:
             self._start()
             resume = self._resume()
@@ -754,6 +759,7 @@ class Run(StageRuntime):
         root, self._root = self._root, None
         if root is not None:
             release(root)
+        self._handled = None
         # A stage's frame kept in a failed session's error keeps the stage's
         # context, which reaches the run: the run lets go of the state that
         # keeps the error (check_live says the attempt is over without it).
@@ -1756,6 +1762,14 @@ class Run(StageRuntime):
                 if span is not None and tracing is not None and tracing.segments is not None:
                     log = bind_span(log, span)  # a cut since it started: the newest ids
                 node_finished(log, outcome, error, ending, time.perf_counter() - started)
+            if error is not None and ending is not None and ending.get(ERROR_HANDLED):
+                # Routed to an error edge, and reported above: nothing keeps
+                # the error now but the frames its tracebacks hold, of this
+                # node's executor, branches, items or subpipeline, whose
+                # locals hold it (a cycle that kept them, and the run, for
+                # the collector). They leave its tracebacks, as a failed
+                # session's error leaves them (_ended).
+                self._forget_frames(error, self._handled)
             # A routed error's traceback holds this frame, so this frame must
             # not hold the error: that cycle kept the error, and the run
             # through the frames of a node torn down under it, for the collector.

@@ -12,14 +12,10 @@ counting did not free is then found by a collection that saves it.
 A failed session too: its error's tracebacks held the engine's frames and
 the stage's (whose context reaches the run); the run leaves its own frames
 out of them and lets go of the session's state, and the stage's frames stay,
-with their locals.
+with their locals. A failure routed to an error edge leaves the engine's
+frames out of its tracebacks too, once its node has reported it.
 
-Not covered, and left to the collector: a failure of a branch or map item
-routed to the parallel or map node's error edge (the node's record keeps the
-error, whose traceback holds the executor's frames), a failure in a
-subpipeline routed to the subpipeline node's error edge (the error's
-traceback holds the frame of the subpipeline's path, whose ``error`` local
-keeps it), and on asyncio a
+Not covered, and left to the collector: on asyncio a
 branch, a map item or a task of a stage's own task group torn down
 mid-stage (anyio's task-done callback keeps the
 task's ``CancelledError`` in a local of a frame of that error's own
@@ -212,6 +208,38 @@ TORN_DOWN = {
     # A stage's failure routed to its error edge: the session completes.
     "stage_failure_routed": doc(
         [{**stage("a", "Fail", next="end"), "fallback": "end"}, terminal("end")]
+    ),
+    # A branch's, a map item's and a subpipeline's failure routed to the
+    # node's error edge: the session completes.
+    "branch_failure_routed": doc(
+        [
+            parallel("fan", ["a", "b"], next="end", fallback="end"),
+            stage("a", "Set"),
+            stage("b", "Fail"),
+            terminal("end"),
+        ]
+    ),
+    "map_item_failure_routed": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end", fallback="end"),
+            stage("f", "Fail", outputs={"v": "v"}),
+            terminal("end"),
+        ]
+    ),
+    "subpipeline_failure_routed": doc(
+        [
+            {
+                "id": "call",
+                "type": "subpipeline",
+                "pipeline": "inner",
+                "next": "end",
+                "fallback": "end",
+            },
+            terminal("end"),
+        ],
+        subpipelines={
+            "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
+        },
     ),
     "terminal_in_a_subpipeline_branch": doc(
         [
@@ -440,6 +468,9 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         _torn_down_in("parallel_timeout_routed"),
         _torn_down_in("terminal_in_a_subpipeline_branch"),
         _torn_down_in("stage_failure_routed"),
+        _torn_down_in("branch_failure_routed"),
+        _torn_down_in("map_item_failure_routed"),
+        _torn_down_in("subpipeline_failure_routed"),
         *(_failed_in(kind) for kind in FAILING),
     ],
     ids=lambda scenario: scenario.__name__,
@@ -508,11 +539,23 @@ def _walk(tb: TracebackType | None) -> Iterator[TracebackType]:
         tb = tb.tb_next
 
 
-async def test_the_caller_s_own_exception_keeps_its_traceback() -> None:
+@pytest.mark.parametrize(
+    ("document", "status"),
+    [
+        (FAILING["stage"], stageflow.SessionStatus.FAILED),
+        # Routed at the subpipeline node: its error edge's routing lets go
+        # of the engine's frames too, as the session completes.
+        (TORN_DOWN["subpipeline_failure_routed"], stageflow.SessionStatus.COMPLETED),
+    ],
+    ids=["failed", "routed"],
+)
+async def test_the_caller_s_own_exception_keeps_its_traceback(
+    document: dict[str, Any], status: stageflow.SessionStatus
+) -> None:
     # run() awaited in an except block: the stage's error has the caller's
     # exception as its context, and that exception's traceback (here through
     # the engine's Run.run, which raised it) is the caller's, left as it was.
-    pipeline = stageflow.Pipeline.from_dict(FAILING["stage"], registry=REGISTRY)
+    pipeline = stageflow.Pipeline.from_dict(document, registry=REGISTRY)
     finished = stageflow.Session(pipeline, registry=REGISTRY)
     await finished.run()
     try:
@@ -521,8 +564,9 @@ async def test_the_caller_s_own_exception_keeps_its_traceback() -> None:
         caller = exc
         before = list(_walk(caller.__traceback__))
         result = await stageflow.Session(pipeline, registry=REGISTRY).run()
-    assert result.error is not None
-    assert result.error.__cause__ is not None
-    assert result.error.__cause__.__context__ is caller
+    assert result.status is status
+    if result.error is not None:
+        assert result.error.__cause__ is not None
+        assert result.error.__cause__.__context__ is caller
     assert list(_walk(caller.__traceback__)) == before
     assert before[-1].tb_frame.f_code.co_filename == _run.__file__
