@@ -336,6 +336,14 @@ FAILING = {
             "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
         },
     ),
+    # Past its tolerance: the MapError chains the first failure, not the second.
+    "map_past_tolerance": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end", max_failures=1),
+            stage("f", "Fail", outputs={"v": "v"}),
+            terminal("end"),
+        ]
+    ),
 }
 
 
