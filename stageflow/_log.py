@@ -128,7 +128,7 @@ class _LibraryLogger:
 
     def bind(self, **values: Any) -> _LibraryLogger:
         """Return a logger that adds ``values`` to every line."""
-        return _LibraryLogger(self._name, {**self._context, **values})
+        return type(self)(self._name, {**self._context, **values})
 
     def _target(self) -> Any:
         if structlog.is_configured():
@@ -145,9 +145,39 @@ class _LibraryLogger:
         return getattr(self._target(), method)
 
 
-def get_logger(name: str) -> Any:
-    """Return stageflow's logger ``name`` (see the module docstring)."""
-    return _LibraryLogger(name, {})
+class _GuardedLogger(_LibraryLogger):
+    """A :class:`_LibraryLogger` whose calls never raise.
+
+    For the loops that log as they handle a failure and must outlive it (a
+    worker's turn, claim and heartbeat, the PostgreSQL store's listeners):
+    a log set-up of the application's that raises (a renderer walking frame
+    locals that a thread changes, a closed stream) loses the line, which is
+    told to the ``logging`` module instead, and not the loop.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, method: str) -> Any:
+        def call(event: str, *args: Any, **values: Any) -> Any:
+            try:
+                return getattr(self._target(), method)(event, *args, **values)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    logging.getLogger(self._name).error(
+                        "%s: the %s line could not be written", event, method, exc_info=True
+                    )
+                return None
+
+        return call
+
+
+def get_logger(name: str, *, guarded: bool = False) -> Any:
+    """Return stageflow's logger ``name`` (see the module docstring).
+
+    ``guarded``: a call that raises (a log set-up that fails) loses its line
+    and does not raise (:class:`_GuardedLogger`).
+    """
+    return (_GuardedLogger if guarded else _LibraryLogger)(name, {})
 
 
 def session_finished(log: Any, status: str, error: BaseException | None) -> None:

@@ -13,7 +13,7 @@ them, so that they depend on this module and not on the run itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
@@ -370,6 +370,15 @@ class Kernel(Protocol):
 
     def not_rerun(self, position: FramePosition) -> None:
         """A restored position that will not run again keeps its counted steps."""
+
+    def let_go(self, errors: Iterable[BaseException]) -> None:
+        """Leave the engine's frames out of failures a node kept and does not raise.
+
+        A branch's or map item's failure that a node outlived (a tolerated
+        item, a loser of an ``any`` race, one passed over by the node's
+        timeout), each reported where it was raised: its tracebacks held the
+        frames whose locals keep it.
+        """
 
     def random(self) -> float:
         """The next number of the session's seeded generator."""

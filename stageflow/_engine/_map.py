@@ -129,6 +129,9 @@ class MapExecutor:
             finally:
                 kernel.positions(1)
         if deadline.cancelled_caught:
+            # Items that failed before the timeout (tolerated): their failures,
+            # reported, go no further (see Kernel.let_go).
+            kernel.let_go(error for _, error in run.failures)
             raise NodeTimeoutError(
                 f"map node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed out "
                 f'after {node.timeout:g} s with {run.done} of {total} items done; raise "timeout"',
@@ -138,9 +141,16 @@ class MapExecutor:
             )
         for _, error in run.failures:
             if isinstance(error, LimitExceededError):
+                kernel.let_go(e for _, e in run.failures if e is not error)
                 raise error  # a session limit, not an item's failure: never tolerated
         failures = sorted(run.failures, key=lambda f: f[0])
-        if len(failures) > node.tolerated(total):
+        failed = len(failures) > node.tolerated(total)
+        if failures:
+            # The failures the node outlives (tolerated), or that its MapError
+            # does not chain (all but the first): reported, they go no further
+            # (see Kernel.let_go). The first goes up as the MapError's cause.
+            kernel.let_go(error for _, error in failures[1 if failed else 0 :])
+        if failed:
             first_index, first = failures[0]
             error = MapError(
                 f"map node {node.id!r}: {len(failures)} of {total} items failed (tolerated: "

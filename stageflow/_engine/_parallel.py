@@ -90,6 +90,9 @@ class ParallelExecutor:
             # the task group's exit: take it here, before anything is merged.
             await anyio.lowlevel.checkpoint()
         if deadline.cancelled_caught:
+            # A branch failed before the timeout (cancel_on_error false): its
+            # failure, reported, goes no further (see Kernel.let_go).
+            kernel.let_go(o.error for o in outcomes if o.error is not None)
             raise NodeTimeoutError(
                 f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
                 f'out after {node.timeout:g} s; its branches were cancelled. Raise "timeout" or '
@@ -101,15 +104,19 @@ class ParallelExecutor:
         errors = [o.error for o in outcomes if o.error is not None]
         for error in errors:
             if isinstance(error, LimitExceededError):
+                kernel.let_go(e for e in errors if e is not error)
                 raise error  # a session limit, not a branch's failure
         if node.policy is ParallelPolicy.ANY:
             if not winner:
                 raise _branch_failure(node, errors)
+            if errors:  # branches that failed before one won (see Kernel.let_go)
+                kernel.let_go(errors)
             chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
             # The losers, torn down mid-node, are saved as cancelled (see
-            # save): their records, in a cycle with their frames, go now.
+            # save), and those that failed are over: their records, in a
+            # cycle with their frames, go now.
             for loser, outcome in zip(frames, outcomes, strict=True):
-                if outcome.cancelled:
+                if outcome.cancelled or outcome.error is not None:
                     release(loser)
         else:
             if errors:

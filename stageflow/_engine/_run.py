@@ -26,7 +26,7 @@ import datetime
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
@@ -516,6 +516,19 @@ class Run(StageRuntime):
         counted = count_positions(position)
         self._unstarted -= counted
         self._state.steps += counted
+
+    def let_go(self, errors: Iterable[BaseException]) -> None:
+        """Leave the engine's frames out of failures a node kept and does not raise.
+
+        As for a routed error (``execute``): the frames of the branches or
+        items that failed keep the failure in their locals, and its
+        tracebacks keep those frames, a cycle that kept the run and the
+        session's state for the collector. Each failure was reported (log
+        line, span) where it was raised; the caller's handled exception is
+        left alone.
+        """
+        for error in errors:
+            self._forget_frames(error, self._handled)
 
     def cancelling(self, prefix: str, reason: CancelReason) -> None:
         """Say why the positions under path ``prefix`` are about to be cancelled (for spans)."""

@@ -43,7 +43,8 @@ from stageflow.store._shared import LIMIT_MAX, check_name, check_roles
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 
-logger = get_logger("stageflow.worker")
+# Guarded: a line that cannot be written must not end the loop that writes it.
+logger = get_logger("stageflow.worker", guarded=True)
 
 _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
 _BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)

@@ -13,7 +13,9 @@ A failed session too: its error's tracebacks held the engine's frames and
 the stage's (whose context reaches the run); the run leaves its own frames
 out of them and lets go of the session's state, and the stage's frames stay,
 with their locals. A failure routed to an error edge leaves the engine's
-frames out of its tracebacks too, once its node has reported it.
+frames out of its tracebacks too, once its node has reported it, and so do
+the failures of branches and map items that their node outlives or does not
+raise (tolerated, losers of an ``any`` race, passed over by a timeout).
 
 Not covered, and left to the collector: on asyncio a
 branch, a map item or a task of a stage's own task group torn down
@@ -241,6 +243,42 @@ TORN_DOWN = {
             "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
         },
     ),
+    # Failures a node outlives or does not chain: map items' within its
+    # tolerance; past it, all but the first (the MapError's cause), here
+    # routed; a branch's before another won an ``any`` race; a branch's
+    # before the node's timeout, routed. The session completes.
+    "map_item_failures_tolerated": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end", max_failures=2),
+            stage("f", "Fail", outputs={"v": "v"}),
+            terminal("end"),
+        ]
+    ),
+    "map_item_failures_past_tolerance_routed": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end", max_failures=1, fallback="end"),
+            stage("f", "Fail", outputs={"v": "v"}),
+            terminal("end"),
+        ]
+    ),
+    "branch_failure_in_an_any_race": doc(
+        [
+            parallel("fan", ["a", "b"], next="end", policy="any"),
+            stage("a", "Fail"),
+            stage("b", "Set", config={"delay": 1}),
+            terminal("end"),
+        ]
+    ),
+    "branch_failure_before_a_timeout_routed": doc(
+        [
+            parallel(
+                "fan", ["a", "b"], next="end", cancel_on_error=False, timeout=0.05, fallback="end"
+            ),
+            stage("a", "Fail"),
+            stage("b", "Hang"),
+            terminal("end"),
+        ]
+    ),
     "terminal_in_a_subpipeline_branch": doc(
         [
             {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
@@ -297,6 +335,14 @@ FAILING = {
         subpipelines={
             "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
         },
+    ),
+    # Past its tolerance: the MapError chains the first failure, not the second.
+    "map_past_tolerance": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end", max_failures=1),
+            stage("f", "Fail", outputs={"v": "v"}),
+            terminal("end"),
+        ]
     ),
 }
 
@@ -471,6 +517,10 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         _torn_down_in("branch_failure_routed"),
         _torn_down_in("map_item_failure_routed"),
         _torn_down_in("subpipeline_failure_routed"),
+        _torn_down_in("map_item_failures_tolerated"),
+        _torn_down_in("map_item_failures_past_tolerance_routed"),
+        _torn_down_in("branch_failure_in_an_any_race"),
+        _torn_down_in("branch_failure_before_a_timeout_routed"),
         *(_failed_in(kind) for kind in FAILING),
     ],
     ids=lambda scenario: scenario.__name__,
@@ -484,6 +534,7 @@ async def test_a_session_that_ends_or_suspends_is_freed_without_the_collector(
         "suspended_in_task_group",
         "any_race",
         "parallel_timeout_routed",
+        "branch_failure_before_a_timeout_routed",
         "terminal_in_a_subpipeline_branch",
     ) and (sniffio.current_async_library() == "asyncio"):
         pytest.skip("anyio's task-done callback keeps a cancelled task's error in a cycle")

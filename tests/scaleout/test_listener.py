@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+import structlog
 from store_support import chat_pipeline, registry
 
 from stageflow.store import SessionService, Worker
@@ -33,9 +34,26 @@ def _terminate_listeners(dsn: str, schema: str) -> int:
     return len(rows)
 
 
+def _failing_renderer(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    """A log set-up that fails on the store's lines (a renderer that raced a thread)."""
+    if str(event_dict.get("event")).startswith("store."):
+        raise RuntimeError("deque mutated during iteration")
+    return event_dict
+
+
+@pytest.mark.parametrize("log_set_up", ["unconfigured", "failing"])
 async def test_a_dropped_listen_connection_is_reopened(
-    make_store: Callable[..., Any], store_url: str, store_options: dict[str, Any]
+    make_store: Callable[..., Any],
+    store_url: str,
+    store_options: dict[str, Any],
+    log_set_up: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # "failing": the store's store.listener_lost line cannot be written. It
+    # raised out of wait_for_work, and the worker waited its whole poll
+    # (60 s) before it claimed again; the line is lost, not the wake-up.
+    if log_set_up == "failing":
+        structlog.configure(processors=[_failing_renderer, structlog.processors.KeyValueRenderer()])
     service = SessionService(make_store(), registry=registry)  # another "process"
     store = make_store()
     worker = Worker(store, registry=registry, poll=LONG_POLL, fetch_cooldown=0.01)
@@ -58,6 +76,9 @@ async def test_a_dropped_listen_connection_is_reopened(
         stored = await service.wait(sid, seq=record.seq, timeout=10)
         assert stored.inbox_done == 1
         worker.shutdown()
+    lost = [r.getMessage() for r in caplog.records if r.name == "stageflow.store"]
+    if log_set_up == "failing":
+        assert "store.listener_lost: the warning line could not be written" in lost
 
 
 async def test_poll_only_mode_needs_no_notify(make_store: Callable[..., Any]) -> None:

@@ -927,6 +927,48 @@ async def test_an_unconfigured_application_gets_the_worker_s_lines_from_logging(
     assert "worker." not in capsys.readouterr().out
 
 
+def _failing_renderer(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    """A log set-up that fails on the worker's lines (a renderer that raced a thread)."""
+    if str(event_dict.get("event")).startswith("worker."):
+        raise RuntimeError("deque mutated during iteration")
+    return event_dict
+
+
+async def test_a_worker_line_that_cannot_be_written_fails_no_worker(
+    make_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker writes its lines as it handles a failure (a turn's, a claim's,
+    # a heartbeat's): a log set-up of the application's that raised there
+    # (structlog's console renderer drawing frame locals with rich, which a
+    # store thread changed) ended the worker. The line is lost, not the worker.
+    structlog.configure(processors=[_failing_renderer, structlog.processors.KeyValueRenderer()])
+    local = stageflow.StageRegistry()
+    local.register("RaisesHolding")(RaisesHolding)
+    broken = stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "boom",
+            "metadata": {"name": "broken"},
+            "nodes": [
+                {"id": "boom", "type": "stage", "stage": "RaisesHolding", "next": "end"},
+                {"id": "end", "type": "terminal"},
+            ],
+        },
+        registry=local,
+    )
+    service = SessionService(make_store(), registry=local)
+    with caplog.at_level(logging.ERROR, logger="stageflow.worker"):
+        async with running(make_store(), registry=local, max_attempts=1) as worker:
+            bad = await service.start(broken)
+            assert (await service.wait(bad, finished=True, timeout=20)).status == "poisoned"
+            good = await service.start(broken)
+            assert (await service.wait(good, finished=True, timeout=20)).status == "poisoned"
+    assert worker.statistics().released == 2  # the worker went on after the first
+    lost = [r.getMessage() for r in caplog.records if r.name == "stageflow.worker"]
+    assert lost.count("worker.turn_failed: the warning line could not be written") == 2
+    assert lost.count("worker.session_poisoned: the error line could not be written") == 2
+
+
 async def test_a_turn_runs_outside_the_span_current_where_the_worker_was_started(
     make_store: Callable[..., Any],
 ) -> None:
