@@ -421,6 +421,21 @@ def test_an_unconfigured_application_gets_stageflow_warnings_on_standard_error()
     assert "session.finished" not in done.stderr
 
 
+def _one_stage(registry: stageflow.StageRegistry, stage: str) -> stageflow.Pipeline:
+    """A pipeline of one ``stage`` node, node id ``a``."""
+    return stageflow.Pipeline.from_dict(
+        {
+            "api_version": "1.0",
+            "entry": "a",
+            "nodes": [
+                {"id": "a", "type": "stage", "stage": stage, "next": "end"},
+                {"id": "end", "type": "terminal", "result": {}},
+            ],
+        },
+        registry=registry,
+    )
+
+
 class _BadRepr:
     def __repr__(self) -> str:
         raise RuntimeError("__repr__ failed")
@@ -440,17 +455,7 @@ async def test_a_stage_log_call_with_an_unprintable_value_fails_no_stage_unconfi
         ctx.log.warning("stage.odd", value=_BadRepr(), text="two\nlines")
         return {}
 
-    pipeline = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "a",
-            "nodes": [
-                {"id": "a", "type": "stage", "stage": "Chatty", "next": "end"},
-                {"id": "end", "type": "terminal", "result": {}},
-            ],
-        },
-        registry=registry,
-    )
+    pipeline = _one_stage(registry, "Chatty")
     with caplog.at_level(logging.WARNING, logger="stageflow.stage"):
         result = await stageflow.Session(pipeline, registry=registry).run()
     assert result.status is stageflow.SessionStatus.COMPLETED
@@ -477,17 +482,7 @@ async def test_a_stage_s_exception_line_keeps_its_traceback_unconfigured(
         ctx.log.warning("stage.passed_on", exc_info=ValueError("kept"))
         return {}
 
-    pipeline = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "a",
-            "nodes": [
-                {"id": "a", "type": "stage", "stage": "Careful", "next": "end"},
-                {"id": "end", "type": "terminal", "result": {}},
-            ],
-        },
-        registry=registry,
-    )
+    pipeline = _one_stage(registry, "Careful")
     with caplog.at_level(logging.WARNING, logger="stageflow.stage"):
         result = await stageflow.Session(pipeline, registry=registry).run()
     assert result.status is stageflow.SessionStatus.COMPLETED

@@ -195,13 +195,18 @@ async def test_a_lease_lost_before_its_release_is_not_logged_as_poisoned(
 
 def _needing_unknown(reg: stageflow.StageRegistry) -> stageflow.Pipeline:
     """A pipeline named "broken" whose one stage, ``Unknown``, the workers lack."""
+    return _broken(reg, "Unknown")
+
+
+def _broken(reg: stageflow.StageRegistry, stage: str) -> stageflow.Pipeline:
+    """A pipeline named "broken" of one ``stage`` node."""
     return stageflow.Pipeline.from_dict(
         {
             "api_version": "1.0",
             "entry": "x",
             "metadata": {"name": "broken"},
             "nodes": [
-                {"id": "x", "type": "stage", "stage": "Unknown", "next": "end"},
+                {"id": "x", "type": "stage", "stage": stage, "next": "end"},
                 {"id": "end", "type": "terminal"},
             ],
         },
@@ -899,18 +904,7 @@ async def test_an_unconfigured_application_gets_the_worker_s_lines_from_logging(
     assert not structlog.is_configured()  # tests/conftest.py keeps it so
     local = stageflow.StageRegistry()
     local.register("RaisesHolding")(RaisesHolding)
-    broken = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "boom",
-            "metadata": {"name": "broken"},
-            "nodes": [
-                {"id": "boom", "type": "stage", "stage": "RaisesHolding", "next": "end"},
-                {"id": "end", "type": "terminal"},
-            ],
-        },
-        registry=local,
-    )
+    broken = _broken(local, "RaisesHolding")
     service = SessionService(make_store(), registry=local)
     _Watched.shown = 0
     with caplog.at_level(logging.WARNING, logger="stageflow.worker"):
@@ -944,18 +938,7 @@ async def test_a_worker_line_that_cannot_be_written_fails_no_worker(
     structlog.configure(processors=[_failing_renderer, structlog.processors.KeyValueRenderer()])
     local = stageflow.StageRegistry()
     local.register("RaisesHolding")(RaisesHolding)
-    broken = stageflow.Pipeline.from_dict(
-        {
-            "api_version": "1.0",
-            "entry": "boom",
-            "metadata": {"name": "broken"},
-            "nodes": [
-                {"id": "boom", "type": "stage", "stage": "RaisesHolding", "next": "end"},
-                {"id": "end", "type": "terminal"},
-            ],
-        },
-        registry=local,
-    )
+    broken = _broken(local, "RaisesHolding")
     service = SessionService(make_store(), registry=local)
     with caplog.at_level(logging.ERROR, logger="stageflow.worker"):
         async with running(make_store(), registry=local, max_attempts=1) as worker:
