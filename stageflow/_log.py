@@ -117,8 +117,23 @@ _RECORD_KEYS = ("exc_info", "stack_info")
 _STDLIB_PROCESSORS: list[Any] = [_key_values]
 
 
+# The methods that write a line (structlog's and the logging module's names).
+_LINE_METHODS = frozenset(
+    {"debug", "info", "warning", "warn", "error", "err", "exception", "critical", "fatal", "msg"}
+)
+
+
 class _LibraryLogger:
-    """A logger resolved at each call, so a later ``configure()`` takes effect."""
+    """A logger resolved at each call, so a later ``configure()`` takes effect.
+
+    Its lines never raise. A log set-up of the application's that raises on
+    one (a renderer walking frame locals that another thread changes, as
+    structlog's console renderer does with rich; a closed stream) loses that
+    line, which is told to the ``logging`` module instead: it fails no run,
+    no stage (``ctx.log``), no worker and no store listener, which all write
+    their lines as they handle a failure. Its other methods (``new``,
+    ``unbind``, ...) are the target logger's.
+    """
 
     __slots__ = ("_context", "_name")
 
@@ -128,7 +143,7 @@ class _LibraryLogger:
 
     def bind(self, **values: Any) -> _LibraryLogger:
         """Return a logger that adds ``values`` to every line."""
-        return type(self)(self._name, {**self._context, **values})
+        return _LibraryLogger(self._name, {**self._context, **values})
 
     def _target(self) -> Any:
         if structlog.is_configured():
@@ -141,43 +156,28 @@ class _LibraryLogger:
         )
 
     def __getattr__(self, method: str) -> Any:
-        # debug, info, warning, error, exception, ...
-        return getattr(self._target(), method)
+        write = getattr(self._target(), method)
+        if method not in _LINE_METHODS:
+            return write
+        name = self._name
 
-
-class _GuardedLogger(_LibraryLogger):
-    """A :class:`_LibraryLogger` whose calls never raise.
-
-    For the loops that log as they handle a failure and must outlive it (a
-    worker's turn, claim and heartbeat, the PostgreSQL store's listeners):
-    a log set-up of the application's that raises (a renderer walking frame
-    locals that a thread changes, a closed stream) loses the line, which is
-    told to the ``logging`` module instead, and not the loop.
-    """
-
-    __slots__ = ()
-
-    def __getattr__(self, method: str) -> Any:
-        def call(event: str, *args: Any, **values: Any) -> Any:
+        def line(*args: Any, **values: Any) -> Any:
             try:
-                return getattr(self._target(), method)(event, *args, **values)
+                return write(*args, **values)
             except Exception:
+                event = args[0] if args else values.get("event")
                 with contextlib.suppress(Exception):
-                    logging.getLogger(self._name).error(
+                    logging.getLogger(name).error(
                         "%s: the %s line could not be written", event, method, exc_info=True
                     )
                 return None
 
-        return call
+        return line
 
 
-def get_logger(name: str, *, guarded: bool = False) -> Any:
-    """Return stageflow's logger ``name`` (see the module docstring).
-
-    ``guarded``: a call that raises (a log set-up that fails) loses its line
-    and does not raise (:class:`_GuardedLogger`).
-    """
-    return (_GuardedLogger if guarded else _LibraryLogger)(name, {})
+def get_logger(name: str) -> Any:
+    """Return stageflow's logger ``name`` (see the module docstring and ``_LibraryLogger``)."""
+    return _LibraryLogger(name, {})
 
 
 def session_finished(log: Any, status: str, error: BaseException | None) -> None:

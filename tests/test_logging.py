@@ -494,3 +494,54 @@ async def test_a_stage_s_exception_line_keeps_its_traceback_unconfigured(
     assert '{}["missing"]' in caplog.text  # the stage's line in the traceback
     assert passed.exc_info is not None
     assert str(passed.exc_info[1]) == "kept"
+
+
+def _failing_line(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    """A log set-up that fails on every line with a traceback (a renderer that raced a thread)."""
+    if event_dict.get("exc_info"):
+        raise RuntimeError("deque mutated during iteration")
+    return event_dict
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("routed", [False, True], ids=["failed", "routed"])
+async def test_a_log_line_that_cannot_be_written_fails_no_run_and_no_stage(
+    caplog: pytest.LogCaptureFixture, routed: bool
+) -> None:
+    # stageflow's lines were written unguarded: a log set-up that raised on a
+    # failed node's line (structlog's console renderer drawing frame locals
+    # with rich while another thread changed them) went up from run(), and
+    # the session ended failed by an "internal error", its failure routed to
+    # an error edge or not; a stage's own ctx.log line failed the stage.
+    structlog.configure(processors=[_failing_line, structlog.processors.KeyValueRenderer()])
+    registry = stageflow.StageRegistry()
+
+    @registry.register("Noisy")
+    async def noisy(ctx: stageflow.StageContext) -> dict[str, Any]:
+        ctx.log.warning("stage.noted", exc_info=ValueError("noted"))
+        assert ctx.log.new(fresh=True) is not None  # not a line: the target's own
+        raise ValueError("boom")
+
+    document = {
+        "api_version": "1.0",
+        "entry": "a",
+        "nodes": [
+            {"id": "a", "type": "stage", "stage": "Noisy", "next": "end"},
+            {"id": "end", "type": "terminal", "result": {}},
+        ],
+    }
+    if routed:
+        document["nodes"][0]["fallback"] = "end"  # type: ignore[index]
+    pipeline = stageflow.Pipeline.from_dict(document, registry=registry)
+    with caplog.at_level(logging.ERROR):
+        result = await stageflow.Session(pipeline, registry=registry).run()
+    if routed:
+        assert result.status is stageflow.SessionStatus.COMPLETED
+    else:
+        assert result.status is stageflow.SessionStatus.FAILED
+        assert isinstance(result.error, stageflow.StageError)
+        assert isinstance(result.error.__cause__, ValueError)
+    lost = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "stage.noted: the warning line could not be written" in lost
+    level = "warning" if routed else "error"
+    assert f"node.finished: the {level} line could not be written" in lost

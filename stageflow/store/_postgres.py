@@ -85,8 +85,7 @@ from stageflow.store._shared import (
 __all__ = ["PostgresStore"]
 
 T = TypeVar("T")
-# Guarded: a line that cannot be written must not end the loop that writes it.
-logger = get_logger("stageflow.store", guarded=True)
+logger = get_logger("stageflow.store")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 

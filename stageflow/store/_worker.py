@@ -43,8 +43,7 @@ from stageflow.store._shared import LIMIT_MAX, check_name, check_roles
 
 __all__ = ["Worker", "WorkerStatistics", "db_clock"]
 
-# Guarded: a line that cannot be written must not end the loop that writes it.
-logger = get_logger("stageflow.worker", guarded=True)
+logger = get_logger("stageflow.worker")
 
 _GOING_ON = (SessionStatus.PENDING, SessionStatus.WAITING)
 _BUILT_PIPELINES = 64  # pipelines rebuilt from snapshots kept per worker (oldest dropped)
