@@ -94,6 +94,10 @@ def node_finished(
         log.error("node.finished", exc_info=error, **values)
 
 
+# What a line hands to its logging record as such, not as text (_key_values).
+_RECORD_KEYS = ("exc_info", "stack_info")
+
+
 def _key_values(
     logger: Any, method_name: str, event_dict: dict[str, Any]
 ) -> tuple[tuple[str], dict[str, Any]]:
@@ -113,7 +117,6 @@ def _key_values(
     return (" ".join(f"{key}={shown_text(repr, event_dict[key])}" for key in keys),), record
 
 
-_RECORD_KEYS = ("exc_info", "stack_info")
 _STDLIB_PROCESSORS: list[Any] = [_key_values]
 
 

@@ -137,6 +137,19 @@ EVERY_KIND = stageflow.Pipeline.from_dict(
 )  # fmt: skip
 
 
+def _failing_subpipeline(**edge: str) -> dict[str, Any]:
+    """A subpipeline node whose one stage fails, then ``end`` (``edge``: its error edge)."""
+    return doc(
+        [
+            {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end", **edge},
+            terminal("end"),
+        ],
+        subpipelines={
+            "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
+        },
+    )
+
+
 # A wait in a subpipeline, in both branches of a parallel node, in each item of a map.
 NESTED_WAITS = {
     "subpipeline": doc(
@@ -228,21 +241,7 @@ TORN_DOWN = {
             terminal("end"),
         ]
     ),
-    "subpipeline_failure_routed": doc(
-        [
-            {
-                "id": "call",
-                "type": "subpipeline",
-                "pipeline": "inner",
-                "next": "end",
-                "fallback": "end",
-            },
-            terminal("end"),
-        ],
-        subpipelines={
-            "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
-        },
-    ),
+    "subpipeline_failure_routed": _failing_subpipeline(fallback="end"),
     # Failures a node outlives or does not chain: map items' within its
     # tolerance; past it, all but the first (the MapError's cause), here
     # routed; a branch's before another won an ``any`` race; a branch's
@@ -327,15 +326,7 @@ FAILING = {
             terminal("end"),
         ]
     ),
-    "subpipeline": doc(
-        [
-            {"id": "call", "type": "subpipeline", "pipeline": "inner", "next": "end"},
-            terminal("end"),
-        ],
-        subpipelines={
-            "inner": {"entry": "f", "nodes": [stage("f", "Fail", next="t"), terminal("t")]}
-        },
-    ),
+    "subpipeline": _failing_subpipeline(),
     # Past its tolerance: the MapError chains the first failure, not the second.
     "map_past_tolerance": doc(
         [
