@@ -126,6 +126,12 @@ class MapExecutor:
                     run.cancel = tg.cancel_scope
                     for _ in range(workers):
                         tg.start_soon(self._worker, kernel, run, name=_WORKER)
+            except BaseException:
+                # Torn down (cancelled, suspended, stopped by a limit): the
+                # failures of items that had ended go no further than the
+                # snapshot's description of them (see Kernel.let_go).
+                kernel.let_go(error for _, error in run.failures)
+                raise
             finally:
                 kernel.positions(1)
         if deadline.cancelled_caught:

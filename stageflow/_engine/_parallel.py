@@ -82,6 +82,12 @@ class ParallelExecutor:
                         tg.start_soon(
                             self._worker, kernel, run, pending, tg.cancel_scope, name=_WORKER
                         )
+            except BaseException:
+                # Torn down (cancelled, suspended, stopped by a limit): the
+                # failures of branches that had ended go no further than the
+                # snapshot's description of them (see Kernel.let_go).
+                kernel.let_go(o.error for o in outcomes if o.error is not None)
+                raise
             finally:
                 kernel.positions(1)
         if frame.scope.terminal is not None:

@@ -79,6 +79,12 @@ def _registry() -> stageflow.StageRegistry:
     async def double(ctx: Any) -> dict[str, Any]:
         return {"out": ctx.arguments["item"] * 2}
 
+    @registry.register("FailOrAwait")
+    async def fail_or_await(ctx: Any) -> dict[str, Any]:
+        if ctx.arguments["item"] == 1:
+            raise ValueError("item 1 failed")
+        return {"v": await ctx.wait_input("go")}
+
     @registry.register("Interrupt")
     async def interrupt(ctx: Any) -> dict[str, Any]:
         raise KeyboardInterrupt
@@ -190,6 +196,23 @@ NESTED_WAITS = {
     "sleep": doc([stage("nap", "Nap", outputs={"v": "v"}, next="end"), terminal("end", "v")]),
     "task_group": doc(
         [stage("two", "AwaitTwo", outputs={"v": "v"}, next="end"), terminal("end", "v")]
+    ),
+    # A branch or an item that failed while another waits: the node keeps
+    # the failure (a snapshot describes it) as the run is torn down.
+    "parallel_with_a_failed_branch": doc(
+        [
+            parallel("fan", ["a", "b"], next="end", cancel_on_error=False),
+            stage("a", "Fail"),
+            stage("b", "Await", outputs={"v": "b"}),
+            terminal("end", "b"),
+        ]
+    ),
+    "map_with_a_failed_item": doc(
+        [
+            map_node("each", "f", {"v": "vs"}, next="end", max_failures=1, concurrency=2),
+            stage("f", "FailOrAwait", arguments={"item": "item"}, outputs={"v": "v"}),
+            terminal("end", "vs"),
+        ]
     ),
 }
 
@@ -408,6 +431,22 @@ def _suspended_in(kind: str) -> Scenario:
     return scenario
 
 
+def _cancelled_in(kind: str) -> Scenario:
+    """A live run of ``NESTED_WAITS[kind]`` that ``cancel()`` ends while it waits."""
+    pipeline = stageflow.Pipeline.from_dict(NESTED_WAITS[kind], registry=REGISTRY)
+
+    async def scenario() -> None:
+        session = stageflow.Session(pipeline, registry=REGISTRY, payload={"items": [1, 2]})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            await anyio.wait_all_tasks_blocked()
+            session.cancel()
+        assert session.status is stageflow.SessionStatus.CANCELLED
+
+    scenario.__name__ = f"cancelled_in_{kind}"
+    return scenario
+
+
 def _torn_down_in(kind: str) -> Scenario:
     return _ending(TORN_DOWN, kind, stageflow.SessionStatus.COMPLETED)
 
@@ -500,6 +539,10 @@ async def _left_for_the_collector(scenario: Scenario) -> list[str]:
         _suspended_in("map"),
         _suspended_in("sleep"),
         _suspended_in("task_group"),
+        _suspended_in("parallel_with_a_failed_branch"),
+        _suspended_in("map_with_a_failed_item"),
+        _cancelled_in("parallel_with_a_failed_branch"),
+        _cancelled_in("map_with_a_failed_item"),
         _torn_down_in("any_race"),
         _torn_down_in("stage_timeout_routed"),
         _torn_down_in("parallel_timeout_routed"),
@@ -523,6 +566,10 @@ async def test_a_session_that_ends_or_suspends_is_freed_without_the_collector(
         "suspended_in_parallel",
         "suspended_in_map",
         "suspended_in_task_group",
+        "suspended_in_parallel_with_a_failed_branch",
+        "suspended_in_map_with_a_failed_item",
+        "cancelled_in_parallel_with_a_failed_branch",
+        "cancelled_in_map_with_a_failed_item",
         "any_race",
         "parallel_timeout_routed",
         "branch_failure_before_a_timeout_routed",
