@@ -372,12 +372,11 @@ class Kernel(Protocol):
         """A restored position that will not run again keeps its counted steps."""
 
     def let_go(self, errors: Iterable[BaseException]) -> None:
-        """Leave the engine's frames out of failures a node kept and does not raise.
+        """Leave the engine's frames out of the failures a node held, as it ends.
 
-        A branch's or map item's failure that a node outlived (a tolerated
-        item, a loser of an ``any`` race, one passed over by the node's
-        timeout), each reported where it was raised: its tracebacks held the
-        frames whose locals keep it.
+        A parallel or map node calls it, however it ends, with its branches'
+        or items' failures, each reported (log line, span) where it was
+        raised: their tracebacks held the frames whose locals keep them.
         """
 
     def random(self) -> float:

@@ -114,70 +114,61 @@ class MapExecutor:
             for _, item in run.resumes:
                 assert item.resume is not None
                 kernel.not_rerun(item.resume)
-        with anyio.CancelScope() as deadline:
-            if node.timeout is not None:
-                deadline.deadline = anyio.current_time() + node.timeout
-            # A fixed pool of workers pulls item indexes in order: memory is
-            # bounded by the concurrency, not by the number of items. Each
-            # worker is a position of its own while this frame waits.
-            kernel.positions(workers - 1)
-            try:
-                async with kernel.backend.open_task_group() as tg:
-                    run.cancel = tg.cancel_scope
-                    for _ in range(workers):
-                        tg.start_soon(self._worker, kernel, run, name=_WORKER)
-            except BaseException:
-                # Torn down (cancelled, suspended, stopped by a limit): the
-                # failures of items that had ended go no further than the
-                # snapshot's description of them (see Kernel.let_go).
-                kernel.let_go(error for _, error in run.failures)
-                raise
-            finally:
-                kernel.positions(1)
-        if deadline.cancelled_caught:
-            # Items that failed before the timeout (tolerated): their failures,
-            # reported, go no further (see Kernel.let_go).
-            kernel.let_go(error for _, error in run.failures)
-            raise NodeTimeoutError(
-                f"map node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed out "
-                f'after {node.timeout:g} s with {run.done} of {total} items done; raise "timeout"',
-                node_id=node.id,
-                timeout=float(node.timeout or 0),
-                attempt=1,
-            )
-        for _, error in run.failures:
-            if isinstance(error, LimitExceededError):
-                kernel.let_go(e for _, e in run.failures if e is not error)
-                raise error  # a session limit, not an item's failure: never tolerated
-        failures = sorted(run.failures, key=lambda f: f[0])
-        failed = len(failures) > node.tolerated(total)
-        if failures:
-            # The failures the node outlives (tolerated), or that its MapError
-            # does not chain (all but the first): reported, they go no further
-            # (see Kernel.let_go). The first goes up as the MapError's cause.
-            kernel.let_go(error for _, error in failures[1 if failed else 0 :])
-        if failed:
-            first_index, first = failures[0]
-            error = MapError(
-                f"map node {node.id!r}: {len(failures)} of {total} items failed (tolerated: "
-                f"{node.tolerated(total)}); first, item {first_index}: {first}",
-                node_id=node.id,
-                failures=[(i, describe_exception(e)) for i, e in failures],
-            )
-            raise error from first
-        writes = [(target, run.collected[source]) for source, target in node.collect.items()]
-        if node.failures_path is not None:
-            writes.append(
-                (
-                    node.failures_path,
-                    [{"index": i, "error": describe_exception(e)} for i, e in failures],
-                )
-            )
         try:
-            frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
-        except ContextPathError as exc:
-            raise _unwritable(node, exc) from exc
-        return node.next
+            with anyio.CancelScope() as deadline:
+                if node.timeout is not None:
+                    deadline.deadline = anyio.current_time() + node.timeout
+                # A fixed pool of workers pulls item indexes in order: memory is
+                # bounded by the concurrency, not by the number of items. Each
+                # worker is a position of its own while this frame waits.
+                kernel.positions(workers - 1)
+                try:
+                    async with kernel.backend.open_task_group() as tg:
+                        run.cancel = tg.cancel_scope
+                        for _ in range(workers):
+                            tg.start_soon(self._worker, kernel, run, name=_WORKER)
+                finally:
+                    kernel.positions(1)
+            if deadline.cancelled_caught:
+                raise NodeTimeoutError(
+                    f"map node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
+                    f"out after {node.timeout:g} s with {run.done} of {total} items done; "
+                    'raise "timeout"',
+                    node_id=node.id,
+                    timeout=float(node.timeout or 0),
+                    attempt=1,
+                )
+            for _, error in run.failures:
+                if isinstance(error, LimitExceededError):
+                    raise error  # a session limit, not an item's failure: never tolerated
+            failures = sorted(run.failures, key=lambda f: f[0])
+            if len(failures) > node.tolerated(total):
+                first_index, first = failures[0]
+                error = MapError(
+                    f"map node {node.id!r}: {len(failures)} of {total} items failed (tolerated: "
+                    f"{node.tolerated(total)}); first, item {first_index}: {first}",
+                    node_id=node.id,
+                    failures=[(i, describe_exception(e)) for i, e in failures],
+                )
+                raise error from first
+            writes = [(target, run.collected[source]) for source, target in node.collect.items()]
+            if node.failures_path is not None:
+                writes.append(
+                    (
+                        node.failures_path,
+                        [{"index": i, "error": describe_exception(e)} for i, e in failures],
+                    )
+                )
+            try:
+                frame.ctx.set_all(writes)  # a path that crosses a scalar: none is written
+            except ContextPathError as exc:
+                raise _unwritable(node, exc) from exc
+            return node.next
+        finally:
+            # However it ends (done, failed, timed out, torn down), the failures
+            # of its items were each reported where raised: they leave the
+            # engine's frames out of their tracebacks (see Kernel.let_go).
+            kernel.let_go(error for _, error in run.failures)
 
     async def _worker(self, kernel: Kernel, run: MapRun) -> None:
         node = run.node

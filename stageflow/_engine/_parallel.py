@@ -67,76 +67,70 @@ class ParallelExecutor:
         frame.work = run
         saved = frame.resume.get("parallel") if frame.resume is not None else None
         todo = self._restore(kernel, run, saved) if saved is not None else range(len(frames))
-        with anyio.CancelScope() as deadline:
-            if node.timeout is not None:
-                deadline.deadline = anyio.current_time() + node.timeout
-            # A pool of workers pulls branch indexes in ``children`` order (one
-            # per branch without a concurrency); each worker is a position of
-            # its own while this frame waits for them.
-            workers = min(len(todo), node.concurrency or len(todo))
-            pending = iter(todo)
-            kernel.positions(workers - 1)
-            try:
-                async with kernel.backend.open_task_group() as tg:
-                    for _ in range(workers):
-                        tg.start_soon(
-                            self._worker, kernel, run, pending, tg.cancel_scope, name=_WORKER
-                        )
-            except BaseException:
-                # Torn down (cancelled, suspended, stopped by a limit): the
-                # failures of branches that had ended go no further than the
-                # snapshot's description of them (see Kernel.let_go).
-                kernel.let_go(o.error for o in outcomes if o.error is not None)
-                raise
-            finally:
-                kernel.positions(1)
-        if frame.scope.terminal is not None:
-            # A terminal in a branch ended this pipeline. If every branch had
-            # finished by then, trio does not deliver the pending cancellation at
-            # the task group's exit: take it here, before anything is merged.
-            await anyio.lowlevel.checkpoint()
-        if deadline.cancelled_caught:
-            # A branch failed before the timeout (cancel_on_error false): its
-            # failure, reported, goes no further (see Kernel.let_go).
-            kernel.let_go(o.error for o in outcomes if o.error is not None)
-            raise NodeTimeoutError(
-                f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
-                f'out after {node.timeout:g} s; its branches were cancelled. Raise "timeout" or '
-                "make the branches faster",
-                node_id=node.id,
-                timeout=float(node.timeout or 0),
-                attempt=1,
+        try:
+            with anyio.CancelScope() as deadline:
+                if node.timeout is not None:
+                    deadline.deadline = anyio.current_time() + node.timeout
+                # A pool of workers pulls branch indexes in ``children`` order (one
+                # per branch without a concurrency); each worker is a position of
+                # its own while this frame waits for them.
+                workers = min(len(todo), node.concurrency or len(todo))
+                pending = iter(todo)
+                kernel.positions(workers - 1)
+                try:
+                    async with kernel.backend.open_task_group() as tg:
+                        for _ in range(workers):
+                            tg.start_soon(
+                                self._worker, kernel, run, pending, tg.cancel_scope, name=_WORKER
+                            )
+                finally:
+                    kernel.positions(1)
+            if frame.scope.terminal is not None:
+                # A terminal in a branch ended this pipeline. If every branch had
+                # finished by then, trio does not deliver the pending cancellation at
+                # the task group's exit: take it here, before anything is merged.
+                await anyio.lowlevel.checkpoint()
+            if deadline.cancelled_caught:
+                raise NodeTimeoutError(
+                    f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) "
+                    f"timed out after {node.timeout:g} s; its branches were cancelled. "
+                    'Raise "timeout" or make the branches faster',
+                    node_id=node.id,
+                    timeout=float(node.timeout or 0),
+                    attempt=1,
+                )
+            errors = [o.error for o in outcomes if o.error is not None]
+            for error in errors:
+                if isinstance(error, LimitExceededError):
+                    raise error  # a session limit, not a branch's failure
+            if node.policy is ParallelPolicy.ANY:
+                if not winner:
+                    raise _branch_failure(node, errors)
+                chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
+                # The losers, torn down mid-node, are saved as cancelled (see
+                # save), and those that failed are over: their records, in a
+                # cycle with their frames, go now.
+                for loser, outcome in zip(frames, outcomes, strict=True):
+                    if outcome.cancelled or outcome.error is not None:
+                        release(loser)
+            else:
+                if errors:
+                    raise _branch_failure(node, errors)
+                chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
+            merge_branches(
+                node.id,
+                node.merge,
+                frame.scope.pipeline.reducers,
+                frame.ctx,
+                chosen,
+                contribution=frame.contributes,
             )
-        errors = [o.error for o in outcomes if o.error is not None]
-        for error in errors:
-            if isinstance(error, LimitExceededError):
-                kernel.let_go(e for e in errors if e is not error)
-                raise error  # a session limit, not a branch's failure
-        if node.policy is ParallelPolicy.ANY:
-            if not winner:
-                raise _branch_failure(node, errors)
-            if errors:  # branches that failed before one won (see Kernel.let_go)
-                kernel.let_go(errors)
-            chosen = [(node.children[winner[0]], frames[winner[0]].ctx)]
-            # The losers, torn down mid-node, are saved as cancelled (see
-            # save), and those that failed are over: their records, in a
-            # cycle with their frames, go now.
-            for loser, outcome in zip(frames, outcomes, strict=True):
-                if outcome.cancelled or outcome.error is not None:
-                    release(loser)
-        else:
-            if errors:
-                raise _branch_failure(node, errors)
-            chosen = [(child, f.ctx) for child, f in zip(node.children, frames, strict=True)]
-        merge_branches(
-            node.id,
-            node.merge,
-            frame.scope.pipeline.reducers,
-            frame.ctx,
-            chosen,
-            contribution=frame.contributes,
-        )
-        return node.next
+            return node.next
+        finally:
+            # However it ends (joined, failed, timed out, won, torn down), the
+            # failures of its branches were each reported where raised: they leave
+            # the engine's frames out of their tracebacks (see Kernel.let_go).
+            kernel.let_go(o.error for o in outcomes if o.error is not None)
 
     async def _worker(
         self,

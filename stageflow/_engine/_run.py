@@ -518,14 +518,16 @@ class Run(StageRuntime):
         self._state.steps += counted
 
     def let_go(self, errors: Iterable[BaseException]) -> None:
-        """Leave the engine's frames out of failures a node kept and does not raise.
+        """Leave the engine's frames out of the failures a node held, as it ends.
 
         As for a routed error (``execute``): the frames of the branches or
         items that failed keep the failure in their locals, and its
         tracebacks keep those frames, a cycle that kept the run and the
         session's state for the collector. Each failure was reported (log
         line, span) where it was raised; the caller's handled exception is
-        left alone.
+        left alone. A held failure that the node raises is let go too: it is
+        reported already, and a session's error or a routed one is walked
+        again anyway (``_ended``, ``execute``).
         """
         for error in errors:
             self._forget_frames(error, self._handled)
