@@ -42,8 +42,8 @@ def _pipeline() -> stageflow.Pipeline:
     )
 
 
-def _tracked_each(kind: str) -> float:
-    """GC-tracked objects each waiting session adds, kept as ``kind``."""
+def _tracked_each(kind: str, payload: dict[str, Any] | None = None) -> float:
+    """GC-tracked objects each waiting session adds, kept as ``kind``, started with ``payload``."""
     pipeline = _pipeline()
     per_session = 0.0
 
@@ -58,7 +58,7 @@ def _tracked_each(kind: str) -> float:
             gc.collect()
             before = len(gc.get_objects())
             for _ in range(COUNT):
-                session = stageflow.Session(pipeline)
+                session = stageflow.Session(pipeline, payload=payload)
                 if kind == "live":
                     nursery.start_soon(session.run)
                     kept.append(session)
@@ -80,6 +80,15 @@ def _tracked_each(kind: str) -> float:
 @pytest.mark.parametrize(("kind", "documented"), [("live", 27), ("suspended", 10), ("stored", 0)])
 def test_a_waiting_session_holds_what_the_memory_page_says(kind: str, documented: int) -> None:
     assert _tracked_each(kind) <= documented + 0.5
+
+
+def test_a_suspended_session_holds_its_context_once() -> None:
+    # 102 containers: the object, its list, 50 messages and their tag lists.
+    # The saved position's copy is the session's context: not held twice
+    # (204 more before), however long the session waits.
+    payload = {"messages": [{"role": "user", "tags": ["a"]} for _ in range(50)]}
+    added = _tracked_each("suspended", payload) - _tracked_each("suspended")
+    assert 102 - 0.5 <= added <= 102 + 0.5
 
 
 def test_stageflow_leaves_the_collector_settings_alone() -> None:

@@ -1189,6 +1189,12 @@ class Run(StageRuntime):
         state.history.close()
         state.history.reopen()
         state.status = SessionStatus.WAITING
+        # The session's context is the saved position's own from here on, as a
+        # restored session's is, not a second copy: a suspended session may
+        # wait for days, and held its context twice, every container of it a
+        # second time for the collector to walk. The run that resumes takes
+        # that same dict (_resume).
+        state.ctx = Context(state.saved["position"]["context"])
         # The new position keeps the restored waits that did not run again; an
         # input parked in one whose branch was torn down (an ``any`` race decided
         # before its stage replayed it) is in no position any more: it is carried
