@@ -943,6 +943,11 @@ class Run(StageRuntime):
             if state.saved["digest"] != pipeline.digest:
                 resumed["previous_digest"] = state.saved["digest"]
             state.history.record("session_resumed", None, "", resumed)
+            # The run has taken the position (_resume) and its span the trace
+            # (_observe): nothing reads the rest until a suspension or a
+            # limit's stop saves anew, and a session that runs live or has
+            # completed does not keep it.
+            state.saved = None
         return root
 
     def _arm(self, scope: CancelScopeLike, resume: FramePosition | None) -> None:
