@@ -463,8 +463,9 @@ class Session:
         while the session runs.
         """
         state = self._state
-        if state.status is SessionStatus.WAITING and state.saved is not None:
-            return input_types(awaited(state.saved["position"], None)[0])
+        saved = state.saved  # read once: a run that starts meanwhile lets go of it
+        if state.status is SessionStatus.WAITING and saved is not None:
+            return input_types(awaited(saved["position"], None)[0])
         return input_types(state.desk.waiting_for())
 
     def send_input(self, type: str, payload: Any) -> InputReceipt:

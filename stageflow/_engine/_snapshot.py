@@ -253,18 +253,17 @@ def dump(state: SessionState, history: HistoryChoice = "all") -> dict[str, Any]:
     suspending = run is not None and run.suspending
     position: FramePosition | None
     stopped = state.stopped_by_limit.limit if state.stopped_by_limit is not None else None
-    if stopped is not None and state.saved is not None and status is SessionStatus.FAILED:
+    # Read once: a run that starts meanwhile (a to_dict() from another thread
+    # before the run took the loop's token) lets go of it (Run._enter_root).
+    saved = state.saved
+    if stopped is not None and saved is not None and status is SessionStatus.FAILED:
         # Stopped by a limit: the positions it would go on from once the limit is raised.
-        position = state.saved["position"]
-        steps = state.saved["steps"]
-        trace = state.saved["trace"]
-    elif state.saved is not None and (status is SessionStatus.WAITING or suspending):
+        position, steps, trace = saved["position"], saved["steps"], saved["trace"]
+    elif saved is not None and (status is SessionStatus.WAITING or suspending):
         # Suspended (or being torn down for it) or restored: the saved
         # positions, with what arrived since.
         status = SessionStatus.WAITING
-        position = state.saved["position"]
-        steps = state.saved["steps"]
-        trace = state.saved["trace"]
+        position, steps, trace = saved["position"], saved["steps"], saved["trace"]
     elif status is SessionStatus.RUNNING and run is not None:
         saved = run.saved_state()  # a live snapshot, taken mid-run
         position, steps, trace = saved["position"], saved["steps"], saved["trace"]
