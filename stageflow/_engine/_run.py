@@ -34,7 +34,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from stageflow._context import MISSING, Context
+from stageflow._context import MISSING
 from stageflow._deadlines import after
 from stageflow._engine._backend import (
     NO_FLAGS,
@@ -862,7 +862,7 @@ class Run(StageRuntime):
             # a new one: a snapshot of the running session is taken from the
             # run ("paused session, suspended" and "as snapshot text" rows).
             resume = saved["position"]
-            state.ctx = Context(resume["context"])
+            # The session's context is the position's already (SessionState.wait_at).
             self._main.ended_at(resume.get("terminal"))
             self._unstarted = count_positions(resume)
             state.steps = saved["steps"] - self._unstarted
@@ -1193,13 +1193,7 @@ class Run(StageRuntime):
         # next run's events (as a restored session's does), not none.
         state.history.close()
         state.history.reopen()
-        state.status = SessionStatus.WAITING
-        # The session's context is the saved position's own from here on, as a
-        # restored session's is, not a second copy: a suspended session may
-        # wait for days, and held its context twice, every container of it a
-        # second time for the collector to walk. The run that resumes takes
-        # that same dict (_resume).
-        state.ctx = Context(state.saved["position"]["context"])
+        state.wait_at(state.saved)  # its context the saved position's own, as a restore's
         # The new position keeps the restored waits that did not run again; an
         # input parked in one whose branch was torn down (an ``any`` race decided
         # before its stage replayed it) is in no position any more: it is carried

@@ -456,20 +456,17 @@ def load(state: SessionState, snapshot: Mapping[str, Any]) -> None:
     # when the session's next run starts (none for null).
     state.draws = snapshot["rng_draws"]
     if status is SessionStatus.RUNNING or status is SessionStatus.WAITING:
-        position: FramePosition = copy_json(snapshot["position"])
         # The main context is the saved position's own (checked with the
-        # snapshot), not a second copy: nothing writes it before a run takes
-        # the position, and the run goes on with that same dict (Run._resume;
-        # "paused session, as snapshot text" rows).
-        state.ctx = Context(position["context"])
-        state.saved = {
-            "position": position,
-            "steps": snapshot["steps"],
-            "trace": copy_json(snapshot["trace"]),
-            "digest": snapshot["pipeline"]["digest"],
-        }
+        # snapshot; SessionState.wait_at): "paused session, as snapshot text" rows.
+        state.wait_at(
+            {
+                "position": copy_json(snapshot["position"]),
+                "steps": snapshot["steps"],
+                "trace": copy_json(snapshot["trace"]),
+                "digest": snapshot["pipeline"]["digest"],
+            }
+        )
         state.steps = snapshot["steps"]
-        state.status = SessionStatus.WAITING
     else:
         if snapshot["position"] is not None:
             # The main context, a copy of its own (checked with the snapshot):

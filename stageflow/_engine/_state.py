@@ -223,6 +223,18 @@ class SessionState:
         # then holds where it stopped, so a restore with the limit raised resumes.
         self.stopped_by_limit: LimitExceededError | None = None
 
+    def wait_at(self, saved: Saved) -> None:
+        """Make the session wait at ``saved``: a suspension's or a restore's positions.
+
+        The session's context is the saved position's own, not a second
+        copy: a waiting session may wait for days, and every container of
+        its context would be held, and walked by the collector, twice. The
+        run that resumes takes that same dict (``Run._resume``).
+        """
+        self.saved = saved
+        self.ctx = Context(saved["position"]["context"])
+        self.status = SessionStatus.WAITING
+
     def random(self) -> float:
         """The next number of the session's jitter generator (a snapshot counts them).
 
