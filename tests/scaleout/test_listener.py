@@ -9,7 +9,7 @@ import anyio
 import psycopg
 import pytest
 import structlog
-from store_support import chat_pipeline, registry
+from store_support import chat_pipeline, failing_on, registry
 
 from stageflow.store import SessionService, Worker
 
@@ -34,13 +34,6 @@ def _terminate_listeners(dsn: str, schema: str) -> int:
     return len(rows)
 
 
-def _failing_renderer(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
-    """A log set-up that fails on the store's lines (a renderer that raced a thread)."""
-    if str(event_dict.get("event")).startswith("store."):
-        raise RuntimeError("deque mutated during iteration")
-    return event_dict
-
-
 @pytest.mark.parametrize("log_set_up", ["unconfigured", "failing"])
 async def test_a_dropped_listen_connection_is_reopened(
     make_store: Callable[..., Any],
@@ -53,7 +46,9 @@ async def test_a_dropped_listen_connection_is_reopened(
     # raised out of wait_for_work, and the worker waited its whole poll
     # (60 s) before it claimed again; the line is lost, not the wake-up.
     if log_set_up == "failing":
-        structlog.configure(processors=[_failing_renderer, structlog.processors.KeyValueRenderer()])
+        structlog.configure(
+            processors=[failing_on("store."), structlog.processors.KeyValueRenderer()]
+        )
     service = SessionService(make_store(), registry=registry)  # another "process"
     store = make_store()
     worker = Worker(store, registry=registry, poll=LONG_POLL, fetch_cooldown=0.01)

@@ -16,6 +16,7 @@ import structlog.testing
 from opentelemetry import trace
 from store_support import (
     chat_pipeline,
+    failing_on,
     gate_pipeline,
     read_marks,
     registry,
@@ -921,13 +922,6 @@ async def test_an_unconfigured_application_gets_the_worker_s_lines_from_logging(
     assert "worker." not in capsys.readouterr().out
 
 
-def _failing_renderer(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
-    """A log set-up that fails on the worker's lines (a renderer that raced a thread)."""
-    if str(event_dict.get("event")).startswith("worker."):
-        raise RuntimeError("deque mutated during iteration")
-    return event_dict
-
-
 async def test_a_worker_line_that_cannot_be_written_fails_no_worker(
     make_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -935,7 +929,7 @@ async def test_a_worker_line_that_cannot_be_written_fails_no_worker(
     # a heartbeat's): a log set-up of the application's that raised there
     # (structlog's console renderer drawing frame locals with rich, which a
     # store thread changed) ended the worker. The line is lost, not the worker.
-    structlog.configure(processors=[_failing_renderer, structlog.processors.KeyValueRenderer()])
+    structlog.configure(processors=[failing_on("worker."), structlog.processors.KeyValueRenderer()])
     local = stageflow.StageRegistry()
     local.register("RaisesHolding")(RaisesHolding)
     broken = _broken(local, "RaisesHolding")

@@ -183,3 +183,18 @@ async def running(store: Any, **options: Any) -> AsyncIterator[Worker]:
         await tg.start(worker.run)
         yield worker
         worker.shutdown()
+
+
+def failing_on(prefix: str) -> Any:
+    """A structlog processor that raises on lines whose event starts with ``prefix``.
+
+    A log set-up that fails on the worker's or the store's lines (a console
+    renderer walking frame locals that another thread changes).
+    """
+
+    def processor(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        if str(event_dict.get("event")).startswith(prefix):
+            raise RuntimeError("deque mutated during iteration")
+        return event_dict
+
+    return processor
