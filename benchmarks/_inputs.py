@@ -142,11 +142,23 @@ def suspended_sweep(reg: stageflow.StageRegistry, *, as_text: bool) -> Sweep:
     return sweep
 
 
-def bare_sweep() -> Sweep:
-    """The same with raw trio: one task per waiter, blocked on its own memory channel."""
+async def _bare_waiter(receive: trio.MemoryReceiveChannel[Any], ctx: dict[str, Any]) -> None:
+    ctx["v"] = await receive.receive()
 
-    async def waiter(receive: trio.MemoryReceiveChannel[Any], ctx: dict[str, Any]) -> None:
+
+async def _scoped_waiter(receive: trio.MemoryReceiveChannel[Any], ctx: dict[str, Any]) -> None:
+    with trio.CancelScope():
         ctx["v"] = await receive.receive()
+
+
+def bare_sweep(*, scoped: bool = False) -> Sweep:
+    """The same with raw trio: one task per waiter, blocked on its own memory channel.
+
+    ``scoped``: each task waits inside a cancel scope of its own, as a live
+    session's run does (``Session.cancel()`` cancels that run alone): what
+    trio and the collector cost such a task before any of stageflow's.
+    """
+    waiter = _scoped_waiter if scoped else _bare_waiter
 
     async def sweep(count: int, memory: bool) -> tuple[int, int, int]:
         settle()
@@ -243,9 +255,7 @@ class _Text(_Suspended):
 
 
 class _Bare(_Kind):
-    @staticmethod
-    async def _waiter(receive: trio.MemoryReceiveChannel[Any], ctx: dict[str, Any]) -> None:
-        ctx["v"] = await receive.receive()
+    _waiter = staticmethod(_bare_waiter)
 
     async def pause(self, n: int) -> list[Any]:
         held = []
@@ -263,6 +273,10 @@ class _Bare(_Kind):
         await trio.testing.wait_all_tasks_blocked()
         if any("v" not in ctx for _, ctx in held):
             raise RuntimeError("a bare waiter did not get its input")
+
+
+class _ScopedBare(_Bare):
+    _waiter = staticmethod(_scoped_waiter)
 
 
 def _check_completed(sessions: list[stageflow.Session]) -> None:
@@ -360,6 +374,7 @@ async def _held_sweeps(
         "live": lambda nursery: _Live(reg, nursery),
         "suspended": lambda nursery: _Suspended(reg, nursery),
         "text": lambda nursery: _Text(reg, nursery),
+        "scoped": lambda nursery: _ScopedBare(None, nursery),
         "bare": lambda nursery: _Bare(None, nursery),
     }
     return [await _held_sample(makers[kind], count, sample, rounds) for kind in (*kinds, "bare")]
@@ -424,21 +439,21 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
         ("suspended", "paused session, suspended", suspended_sweep(reg, as_text=False)),
         ("text", "paused session, as snapshot text", suspended_sweep(reg, as_text=True)),
     )
-    sweeps = [sweep for _, _, sweep in kinds] + [bare_sweep()]
+    sweeps = [sweep for _, _, sweep in kinds] + [bare_sweep(scoped=True), bare_sweep()]
     for count, name, rounds in zip(
         counts, ("small", "large"), (settings.fewer(5), settings.fewer(5)), strict=True
     ):
         if name == "small":
             warmup = settings.size(1000, 20)
-            *measured, (bare_pause, bare_resume, bare_held) = await _sweeps(
+            *measured, scoped, (bare_pause, bare_resume, bare_held) = await _sweeps(
                 sweeps, count, rounds, warmup
             )
         else:
             # 100,000 held: a sample paused and resumed on top of a held
             # population (whole sweeps of 100,000 did not finish in 25 min).
             sample = settings.size(SAMPLE, 20)
-            *measured, (bare_pause, bare_resume, bare_held) = await _held_sweeps(
-                reg, count, sample, rounds
+            *measured, scoped, (bare_pause, bare_resume, bare_held) = await _held_sweeps(
+                reg, count, sample, rounds, (*(key for key, _, _ in kinds), "scoped")
             )
         for (key, kind, _), (pause, resume, held) in zip(kinds, measured, strict=True):
             figures[f"paused_{key}_{name}_bytes"] = held
@@ -467,6 +482,18 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
                         at_most(budget, value, label),
                     )
                 )
+        # The floor under the live rows: a bare task that waits in a cancel
+        # scope of its own, as a live session's run does.
+        figures[f"paused_scoped_{name}_pause"] = scoped[0]
+        table.add(
+            Row(
+                SECTION,
+                f"trio task in a cancel scope of its own, time to pause ({count:,})",
+                us(scoped[0]),
+                f"{us(bare_pause)} start a trio task that blocks",
+                times(ratio(scoped[0], bare_pause)),
+            )
+        )
     # The same 100,000 held under the collector thresholds docs/memory.md
     # gives a service (the rows above keep the interpreter's defaults).
     tuned = await _tuned_sweeps(reg, counts[1], settings.size(SAMPLE, 20), settings.fewer(5))
