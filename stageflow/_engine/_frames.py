@@ -21,9 +21,17 @@ from stageflow._context import Context
 from stageflow._engine._backend import Backend, CancelScopeLike
 from stageflow._engine._positions import FramePosition, TerminalPosition
 from stageflow._engine._runtime import StageRuntime, StageWork
+from stageflow._errors import NodeTimeoutError
 from stageflow._events import History
 from stageflow._metrics import Metrics
-from stageflow._model import Limits, MapNode, ParallelNode, TerminalNode, ValidateEvents
+from stageflow._model import (
+    Limits,
+    MapNode,
+    ParallelNode,
+    SubpipelineNode,
+    TerminalNode,
+    ValidateEvents,
+)
 from stageflow._pipeline import Pipeline
 from stageflow._stages import StageEntry
 from stageflow._telemetry import CancelReason, Tracing
@@ -42,6 +50,7 @@ __all__ = [
     "Scope",
     "SubpipelineRun",
     "Work",
+    "node_timed_out",
     "release",
     "release_under",
 ]
@@ -237,6 +246,22 @@ class SubpipelineRun:
 
 Work = StageWork | RetryWait | ParallelRun | MapRun | SubpipelineRun | Finished | None
 """What a frame's node is doing (``None``: it has no record yet, or needs none)."""
+
+
+def node_timed_out(
+    frame: Frame, node: ParallelNode | MapNode | SubpipelineNode, then: str
+) -> NodeTimeoutError:
+    """The error of a parallel, map or subpipeline node past its ``timeout`` (one attempt).
+
+    ``then`` ends the message: what became of the node's work, and the fix.
+    """
+    return NodeTimeoutError(
+        f"{node.type} node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed out "
+        f"after {node.timeout:g} s{then}",
+        node_id=node.id,
+        timeout=float(node.timeout or 0),
+        attempt=1,
+    )
 
 
 def release(root: Frame) -> None:

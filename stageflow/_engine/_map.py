@@ -17,7 +17,7 @@ import anyio
 
 from stageflow._context import MISSING, Context
 from stageflow._engine._backend import NO_FLAGS, cancel_flags
-from stageflow._engine._frames import MAP_ITEM, Frame, Kernel, MapRun, release
+from stageflow._engine._frames import MAP_ITEM, Frame, Kernel, MapRun, node_timed_out, release
 from stageflow._engine._positions import (
     ItemPosition,
     MapPosition,
@@ -31,7 +31,6 @@ from stageflow._errors import (
     ContextPathError,
     LimitExceededError,
     MapError,
-    NodeTimeoutError,
     describe_exception,
 )
 from stageflow._json import a_json_type, copy_json
@@ -130,13 +129,8 @@ class MapExecutor:
                 finally:
                     kernel.positions(1)
             if deadline.cancelled_caught:
-                raise NodeTimeoutError(
-                    f"map node {node.id!r} ({frame.scope.pipeline.location(node.id)}) timed "
-                    f"out after {node.timeout:g} s with {run.done} of {total} items done; "
-                    'raise "timeout"',
-                    node_id=node.id,
-                    timeout=float(node.timeout or 0),
-                    attempt=1,
+                raise node_timed_out(
+                    frame, node, f' with {run.done} of {total} items done; raise "timeout"'
                 )
             for _, error in run.failures:
                 if isinstance(error, LimitExceededError):

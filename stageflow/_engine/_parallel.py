@@ -16,7 +16,14 @@ from typing import Final
 import anyio
 import anyio.lowlevel
 
-from stageflow._engine._frames import BRANCH, Frame, Kernel, ParallelRun, release
+from stageflow._engine._frames import (
+    BRANCH,
+    Frame,
+    Kernel,
+    ParallelRun,
+    node_timed_out,
+    release,
+)
 from stageflow._engine._positions import (
     BranchPosition,
     ParallelPosition,
@@ -25,7 +32,7 @@ from stageflow._engine._positions import (
     restore_error,
     writes_of,
 )
-from stageflow._errors import LimitExceededError, NodeTimeoutError, ParallelRunError
+from stageflow._errors import LimitExceededError, ParallelRunError
 from stageflow._merge import merge_branches
 from stageflow._model import ParallelNode, ParallelPolicy
 from stageflow._telemetry import BRANCH as BRANCH_ATTRIBUTE
@@ -91,13 +98,10 @@ class ParallelExecutor:
                 # the task group's exit: take it here, before anything is merged.
                 await anyio.lowlevel.checkpoint()
             if deadline.cancelled_caught:
-                raise NodeTimeoutError(
-                    f"parallel node {node.id!r} ({frame.scope.pipeline.location(node.id)}) "
-                    f"timed out after {node.timeout:g} s; its branches were cancelled. "
-                    'Raise "timeout" or make the branches faster',
-                    node_id=node.id,
-                    timeout=float(node.timeout or 0),
-                    attempt=1,
+                raise node_timed_out(
+                    frame,
+                    node,
+                    '; its branches were cancelled. Raise "timeout" or make the branches faster',
                 )
             errors = [o.error for o in outcomes if o.error is not None]
             for error in errors:

@@ -13,12 +13,18 @@ from typing import Any
 import anyio
 
 from stageflow._context import MISSING, Context
-from stageflow._engine._frames import Frame, Kernel, Scope, SubpipelineRun, release
+from stageflow._engine._frames import (
+    Frame,
+    Kernel,
+    Scope,
+    SubpipelineRun,
+    node_timed_out,
+    release,
+)
 from stageflow._engine._positions import SubpipelinePosition
 from stageflow._errors import (
     ContextPathError,
     LimitExceededError,
-    NodeTimeoutError,
     SubpipelineError,
 )
 from stageflow._json import copy_json
@@ -79,13 +85,8 @@ class SubpipelineExecutor:
                 await kernel.run_path(target.entry, child, None)
         if scope.terminal is None:
             if cancel.cancelled_caught:
-                raise NodeTimeoutError(
-                    f"subpipeline node {node.id!r} ({frame.scope.pipeline.location(node.id)}) "
-                    f'timed out after {node.timeout:g} s; raise "timeout" or make '
-                    f"{node.pipeline!r} faster",
-                    node_id=node.id,
-                    timeout=float(node.timeout or 0),
-                    attempt=1,
+                raise node_timed_out(
+                    frame, node, f'; raise "timeout" or make {node.pipeline!r} faster'
                 )
             raise SubpipelineError(
                 f"subpipeline node {node.id!r}: {node.pipeline!r} ended without reaching a "

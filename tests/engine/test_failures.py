@@ -10,7 +10,7 @@ import anyio
 import pytest
 import trio
 from conftest import live_tasks
-from fakes import doc, fake_registry, load, parallel, stage, terminal, types
+from fakes import doc, fake_registry, load, map_node, parallel, stage, terminal, types
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 import stageflow
@@ -207,6 +207,50 @@ async def test_node_timeout_is_typed_and_a_timeout_error() -> None:
     assert isinstance(result.error, stageflow.NodeTimeoutError)
     assert isinstance(result.error, TimeoutError)
     assert "'slow' ($.nodes[0]) timed out after 2 s on attempt 1 of 1" in str(result.error)
+
+
+@pytest.mark.trio_only
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        (
+            "parallel",
+            "parallel node 'n' ($.nodes[0]) timed out after 2 s; its branches were cancelled. "
+            'Raise "timeout" or make the branches faster',
+        ),
+        (
+            "map",
+            "map node 'n' ($.nodes[0]) timed out after 2 s with 0 of 2 items done; "
+            'raise "timeout"',
+        ),
+        (
+            "subpipeline",
+            "subpipeline node 'n' ($.nodes[0]) timed out after 2 s; raise \"timeout\" or make "
+            "'child' faster",
+        ),
+    ],
+)
+async def test_a_node_over_its_own_timeout_says_where_what_was_cut_and_the_fix(
+    kind: str, said: str
+) -> None:
+    slow = stage("slow", "Set", config={"delay": 10})
+    if kind == "subpipeline":
+        child = {"entry": "slow", "nodes": [{**slow, "next": "done"}, terminal("done")]}
+        node = {"id": "n", "type": "subpipeline", "pipeline": "child", "next": "end"}
+        document = doc([node, terminal("end")], subpipelines={"child": child})
+    else:
+        node = (
+            parallel("n", ["slow"], next="end")
+            if kind == "parallel"
+            else map_node("n", "slow", {}, next="end")
+        )
+        document = doc([node, slow, terminal("end")])
+    node["timeout"] = 2
+    result = await run_with(document, fake_registry(), payload={"items": [1, 2]})
+    assert result.status is S.FAILED
+    assert isinstance(result.error, stageflow.NodeTimeoutError)
+    assert str(result.error) == said
+    assert (result.error.node_id, result.error.timeout, result.error.attempt) == ("n", 2.0, 1)
 
 
 @pytest.mark.trio_only
