@@ -369,7 +369,8 @@ async def _held_sweeps(
     rounds: int,
     kinds: tuple[str, ...] = ("live", "suspended", "text"),
 ) -> list[tuple[float, float, float]]:
-    """``kinds`` and the bare trio reference, each on its own population."""
+    """``kinds`` (``"scoped"``: the bare task in its own cancel scope) and the bare trio
+    reference, each on its own population."""
     makers: dict[str, Callable[[trio.Nursery], _Kind]] = {
         "live": lambda nursery: _Live(reg, nursery),
         "suspended": lambda nursery: _Suspended(reg, nursery),
@@ -484,7 +485,6 @@ async def paused(settings: Settings, table: Table, figures: dict[str, float | No
                 )
         # The floor under the live rows: a bare task that waits in a cancel
         # scope of its own, as a live session's run does.
-        figures[f"paused_scoped_{name}_pause"] = scoped[0]
         table.add(
             Row(
                 SECTION,
