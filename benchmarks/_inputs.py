@@ -369,8 +369,11 @@ async def _held_sweeps(
     rounds: int,
     kinds: tuple[str, ...] = ("live", "suspended", "text"),
 ) -> list[tuple[float, float, float]]:
-    """``kinds`` (``"scoped"``: the bare task in its own cancel scope) and the bare trio
-    reference, each on its own population."""
+    """``kinds`` and the bare trio reference, each on its own population.
+
+    ``"scoped"`` among ``kinds`` is the bare task waiting in a cancel scope
+    of its own (:class:`_ScopedBare`).
+    """
     makers: dict[str, Callable[[trio.Nursery], _Kind]] = {
         "live": lambda nursery: _Live(reg, nursery),
         "suspended": lambda nursery: _Suspended(reg, nursery),
