@@ -306,10 +306,20 @@ def _full_collection_share(per_waiter_tracked: float) -> float:
     start = clock()
     gc.collect()
     full = clock() - start
+    return collection_share(full / max(tracked, 1), tracked, per_waiter_tracked)
+
+
+def collection_share(per_object: float, tracked: float, per_waiter_tracked: float) -> float:
+    """The full collections' cost per waiter paused, in the unit of ``per_object``.
+
+    ``per_object``: a full collection's time per tracked object; ``tracked``:
+    the objects it walks (the held population's and the rest); the rules
+    are :func:`_full_collection_share`'s.
+    """
     first, second, third = gc.get_threshold()
     per_waiter = max(per_waiter_tracked, 1.0)
     between = max(1.0, tracked / 4 / per_waiter, first * second * third / per_waiter)
-    return full / between
+    return per_object * tracked / between
 
 
 async def _held_sample(

@@ -15,8 +15,14 @@ with the thread's CPU time (``time.thread_time_ns``), collector on.
 Printed per kind: each side's median per session and the median of the
 per-round ratios AFTER / BEFORE; then, per session of one more sample, the
 bytes held (tracemalloc, as ``benchmarks/_inputs.py`` measures them) and
-the objects the collector tracks. Not part of ``make bench``; the
-``paused`` section's rows measure the same in wall time with 100,000 held.
+the objects the collector tracks. Last, each pause with the collector's
+full collections added as ``make bench`` adds them
+(``benchmarks._inputs.collection_share``), for ``N`` sessions of one kind
+held: the rounds seldom meet a full collection (the populations were
+moved to the oldest generation once), so their CPU time alone does not
+see what one tracked object more or less per session costs. Not part of
+``make bench``; the ``paused`` section's rows measure the same in wall
+time with 100,000 held.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import trio
 import trio.testing
 
 from benchmarks._fanout_ab import load
+from benchmarks._inputs import collection_share
 
 KINDS = ("live", "suspended", "text")
 
@@ -143,6 +150,17 @@ async def main(sides: list[Side], rounds: int, held: int, sample: int) -> None:
                 tracked = len(gc.get_objects()) - objects
                 memory[kind, i] = (nbytes / sample, tracked / sample)
                 await side.resume(kind, batch)
+        # A full collection's time per tracked object, the populations held;
+        # the objects that are not theirs (modules, the trees' pipelines).
+        gc.collect()
+        tracked = len(gc.get_objects(generation=2))
+        start = time.thread_time_ns()
+        gc.collect()
+        per_object = (time.thread_time_ns() - start) / tracked
+        others = tracked - sum(
+            len(population) * memory[kind, sides.index(side)][1]
+            for side, kind, population in populations
+        )
         for side, kind, population in populations:
             await side.resume(kind, population)
     print(f"{held:,} held per kind and tree, {sample:,} per round, {rounds} rounds (CPU time)")
@@ -161,6 +179,18 @@ async def main(sides: list[Side], rounds: int, held: int, sample: int) -> None:
             f"{kind + ' memory':20} {b_bytes / 1024:8.2f}KiB {a_bytes / 1024:7.2f}KiB"
             f"  tracked objects {b_objs:.1f} -> {a_objs:.1f}"
         )
+    print(
+        f"pause with the full collections of {held:,} held of one kind "
+        f"({per_object:.0f} ns per tracked object):"
+    )
+    for kind in KINDS:
+        with_share = []
+        for i in (0, 1):
+            each = memory[kind, i][1]
+            share = collection_share(per_object, others + held * each, each)
+            with_share.append(statistics.median(pause[kind, i]) + share)
+        old, new = with_share
+        print(f"{kind + ' pause':20} {old / 1000:8.2f}us {new / 1000:8.2f}us  {new / old:.3f}")
 
 
 def _option(args: list[str], name: str, default: int) -> int:
