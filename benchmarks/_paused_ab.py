@@ -153,11 +153,11 @@ async def main(sides: list[Side], rounds: int, held: int, sample: int) -> None:
         # A full collection's time per tracked object, the populations held;
         # the objects that are not theirs (modules, the trees' pipelines).
         gc.collect()
-        tracked = len(gc.get_objects(generation=2))
+        oldest = len(gc.get_objects(generation=2))
         start = time.thread_time_ns()
         gc.collect()
-        per_object = (time.thread_time_ns() - start) / tracked
-        others = tracked - sum(
+        per_object = (time.thread_time_ns() - start) / oldest
+        others = oldest - sum(
             len(population) * memory[kind, sides.index(side)][1]
             for side, kind, population in populations
         )
