@@ -301,12 +301,21 @@ def _full_collection_share(per_waiter_tracked: float) -> float:
     one is timed here (the population held) and its cost shared out over
     the waiters between two of them.
     """
+    per_object, tracked = full_collection()
+    return collection_share(per_object, tracked, per_waiter_tracked)
+
+
+def full_collection(timer: Callable[[], int] = clock) -> tuple[float, int]:
+    """One full collection timed with ``timer`` (ns): its time per object, and the objects.
+
+    The objects are those of the oldest generation after a first collection:
+    what a full collection walks when nothing is left to free.
+    """
     gc.collect()
     tracked = len(gc.get_objects(generation=2))
-    start = clock()
+    start = timer()
     gc.collect()
-    full = clock() - start
-    return collection_share(full / max(tracked, 1), tracked, per_waiter_tracked)
+    return (timer() - start) / max(tracked, 1), tracked
 
 
 def collection_share(per_object: float, tracked: float, per_waiter_tracked: float) -> float:

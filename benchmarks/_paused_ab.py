@@ -41,7 +41,7 @@ import trio
 import trio.testing
 
 from benchmarks._fanout_ab import load
-from benchmarks._inputs import collection_share
+from benchmarks._inputs import collection_share, full_collection
 
 KINDS = ("live", "suspended", "text")
 
@@ -150,13 +150,9 @@ async def main(sides: list[Side], rounds: int, held: int, sample: int) -> None:
                 tracked = len(gc.get_objects()) - objects
                 memory[kind, i] = (nbytes / sample, tracked / sample)
                 await side.resume(kind, batch)
-        # A full collection's time per tracked object, the populations held;
-        # the objects that are not theirs (modules, the trees' pipelines).
-        gc.collect()
-        oldest = len(gc.get_objects(generation=2))
-        start = time.thread_time_ns()
-        gc.collect()
-        per_object = (time.thread_time_ns() - start) / oldest
+        # A full collection's CPU time per tracked object, the populations
+        # held; the objects that are not theirs (modules, the trees' pipelines).
+        per_object, oldest = full_collection(time.thread_time_ns)
         others = oldest - sum(
             len(population) * memory[kind, sides.index(side)][1]
             for side, kind, population in populations
